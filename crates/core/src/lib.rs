@@ -1,0 +1,17 @@
+//! Tessera's domain core: typed ids, CPU sets and the Kloigos range syntax,
+//! unit port ranges, and the placement engine.
+//!
+//! Nothing here does I/O. The app layer feeds the placement engine a view of
+//! the hosts it loaded from the store and commits the engine's decisions back
+//! with a conflict check; the engine itself only decides.
+
+pub mod cpuset;
+pub mod ids;
+pub mod placement;
+pub mod ports;
+pub mod range;
+pub mod status;
+
+pub use cpuset::CpuSet;
+pub use ids::{ComputeId, HostId};
+pub use range::{CpuRange, CpuRangeError};

@@ -1,0 +1,479 @@
+//! The placement engine: given a view of the hosts, decide where a request
+//! goes. Pure and in memory.
+//!
+//! The engine only decides. The caller commits a decision to the store with a
+//! conflict check (the per-CPU ledger's unique key) and, when the commit loses
+//! a race, refreshes that host's view and asks again. So the engine's view may
+//! be stale without any CPU ever being handed out twice.
+//!
+//! Policies:
+//! - hosts are packed: the fitting host with the fewest free CPUs wins, which
+//!   keeps whole hosts free for large requests (ties go to the lower host id);
+//! - a Kloigos unit request takes a free unit of exactly `cpu_count` CPUs;
+//! - on a partitioned host an instance takes the smallest free unit that fits;
+//! - on a pooled host an instance gets exclusive CPUs inside one NUMA node
+//!   when one has room (the fullest such node), chosen from the free runs of
+//!   neighbouring CPUs so as to leave the fewest fragments.
+
+use crate::{ComputeId, CpuSet, HostId};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// One host as placement sees it.
+#[derive(Clone, Debug)]
+pub struct HostInventory {
+    pub id: HostId,
+    pub region: String,
+    pub zone: String,
+    /// Whether new work may land here (a host being prepared or retired
+    /// takes none).
+    pub schedulable: bool,
+    pub cpus: CpuSet,
+    /// The host's NUMA nodes; empty means one node holding every CPU.
+    pub numa_nodes: Vec<CpuSet>,
+    /// A partitioned host's fixed units (Kloigos `cpu_ranges`); empty for a
+    /// pooled host.
+    pub units: Vec<UnitSlot>,
+    /// CPUs held by allocations.
+    pub held: CpuSet,
+    pub memory_mb: u64,
+    pub memory_held_mb: u64,
+}
+
+#[derive(Clone, Debug)]
+pub struct UnitSlot {
+    pub id: ComputeId,
+    pub cpus: CpuSet,
+    pub free: bool,
+}
+
+impl HostInventory {
+    pub fn is_partitioned(&self) -> bool {
+        !self.units.is_empty()
+    }
+
+    pub fn free_cpus(&self) -> CpuSet {
+        if self.is_partitioned() {
+            self.units
+                .iter()
+                .filter(|u| u.free)
+                .fold(CpuSet::new(), |acc, u| acc.union(&u.cpus))
+        } else {
+            self.cpus.difference(&self.held)
+        }
+    }
+
+    fn in_location(&self, region: Option<&str>, zone: Option<&str>) -> bool {
+        region.is_none_or(|r| r == self.region) && zone.is_none_or(|z| z == self.zone)
+    }
+}
+
+/// What is asked for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Request {
+    /// A Kloigos compute unit of exactly `cpu_count` CPUs.
+    Unit {
+        cpu_count: u32,
+        region: Option<String>,
+        zone: Option<String>,
+    },
+    /// An instance's exclusive CPUs and memory.
+    Cpus {
+        count: u32,
+        memory_mb: u64,
+        region: Option<String>,
+        zone: Option<String>,
+    },
+}
+
+/// Where a request goes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Decision {
+    pub host: HostId,
+    /// Set when the request took a whole unit of a partitioned host.
+    pub unit: Option<ComputeId>,
+    pub cpus: CpuSet,
+    pub memory_mb: u64,
+}
+
+/// The engine's view of the fleet, indexed by free CPU count for best fit.
+#[derive(Default)]
+pub struct PlacementEngine {
+    hosts: BTreeMap<HostId, HostInventory>,
+    /// `(free CPUs, host)` for every schedulable host.
+    by_free: BTreeSet<(usize, HostId)>,
+}
+
+impl PlacementEngine {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn len(&self) -> usize {
+        self.hosts.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.hosts.is_empty()
+    }
+
+    pub fn host(&self, id: &HostId) -> Option<&HostInventory> {
+        self.hosts.get(id)
+    }
+
+    /// Adds a host or replaces the view of it.
+    pub fn upsert_host(&mut self, host: HostInventory) {
+        self.remove_host(&host.id);
+        if host.schedulable {
+            self.by_free.insert((host.free_cpus().len(), host.id.clone()));
+        }
+        self.hosts.insert(host.id.clone(), host);
+    }
+
+    pub fn remove_host(&mut self, id: &HostId) -> Option<HostInventory> {
+        let old = self.hosts.remove(id)?;
+        self.by_free.remove(&(old.free_cpus().len(), old.id.clone()));
+        Some(old)
+    }
+
+    /// Decides where `request` goes, or `None` when no host has room.
+    pub fn place(&self, request: &Request) -> Option<Decision> {
+        let (need, region, zone) = match request {
+            Request::Unit {
+                cpu_count,
+                region,
+                zone,
+            } => (*cpu_count, region, zone),
+            Request::Cpus {
+                count,
+                region,
+                zone,
+                ..
+            } => (*count, region, zone),
+        };
+        let start = (need as usize, HostId::new(String::new()));
+        self.by_free
+            .range(start..)
+            .filter_map(|(_, id)| self.hosts.get(id))
+            .filter(|h| h.in_location(region.as_deref(), zone.as_deref()))
+            .find_map(|host| place_on(host, request))
+    }
+
+    /// Records a committed decision in the view.
+    pub fn apply(&mut self, decision: &Decision) {
+        self.update(&decision.host, |host| {
+            if let Some(unit) = &decision.unit {
+                if let Some(slot) = host.units.iter_mut().find(|u| &u.id == unit) {
+                    slot.free = false;
+                }
+            }
+            host.held = host.held.union(&decision.cpus);
+            host.memory_held_mb += decision.memory_mb;
+        });
+    }
+
+    /// Returns a decision's resources to the view.
+    pub fn release(&mut self, decision: &Decision) {
+        self.update(&decision.host, |host| {
+            if let Some(unit) = &decision.unit {
+                if let Some(slot) = host.units.iter_mut().find(|u| &u.id == unit) {
+                    slot.free = true;
+                }
+            }
+            host.held = host.held.difference(&decision.cpus);
+            host.memory_held_mb = host.memory_held_mb.saturating_sub(decision.memory_mb);
+        });
+    }
+
+    fn update(&mut self, id: &HostId, change: impl FnOnce(&mut HostInventory)) {
+        if let Some(mut host) = self.remove_host(id) {
+            change(&mut host);
+            self.upsert_host(host);
+        }
+    }
+}
+
+fn place_on(host: &HostInventory, request: &Request) -> Option<Decision> {
+    match request {
+        Request::Unit { cpu_count, .. } => host
+            .units
+            .iter()
+            .filter(|u| u.free && u.cpus.len() == *cpu_count as usize)
+            .min_by_key(|u| u.cpus.first())
+            .map(|u| Decision {
+                host: host.id.clone(),
+                unit: Some(u.id.clone()),
+                cpus: u.cpus.clone(),
+                memory_mb: 0,
+            }),
+        Request::Cpus {
+            count, memory_mb, ..
+        } => {
+            if host.memory_held_mb + memory_mb > host.memory_mb {
+                return None;
+            }
+            if host.is_partitioned() {
+                return host
+                    .units
+                    .iter()
+                    .filter(|u| u.free && u.cpus.len() >= *count as usize)
+                    .min_by_key(|u| (u.cpus.len(), u.cpus.first()))
+                    .map(|u| Decision {
+                        host: host.id.clone(),
+                        unit: Some(u.id.clone()),
+                        cpus: u.cpus.clone(),
+                        memory_mb: *memory_mb,
+                    });
+            }
+            choose_cpus(&host.free_cpus(), &host.numa_nodes, *count as usize).map(|cpus| {
+                Decision {
+                    host: host.id.clone(),
+                    unit: None,
+                    cpus,
+                    memory_mb: *memory_mb,
+                }
+            })
+        }
+    }
+}
+
+/// Picks `n` CPUs from `free`, inside one NUMA node when one has room.
+pub fn choose_cpus(free: &CpuSet, numa_nodes: &[CpuSet], n: usize) -> Option<CpuSet> {
+    if n == 0 || free.len() < n {
+        return None;
+    }
+    if numa_nodes.is_empty() {
+        return Some(choose_in(free, n));
+    }
+    let mut per_node: Vec<CpuSet> = numa_nodes.iter().map(|node| free.intersection(node)).collect();
+    // The fullest node that still fits keeps the emptier nodes for larger sets.
+    if let Some(node) = per_node
+        .iter()
+        .filter(|f| f.len() >= n)
+        .min_by_key(|f| (f.len(), f.first()))
+    {
+        return Some(choose_in(node, n));
+    }
+    // No node has room: span as few nodes as possible, emptiest first.
+    per_node.sort_by_key(|f| std::cmp::Reverse(f.len()));
+    let mut chosen = CpuSet::new();
+    for node in per_node {
+        let want = n - chosen.len();
+        if want == 0 {
+            break;
+        }
+        chosen = chosen.union(&choose_in(&node, want.min(node.len())));
+    }
+    // CPUs in no declared node count too, so a partial NUMA map never strands them.
+    let rest = n - chosen.len();
+    if rest > 0 {
+        let outside = free.difference(&chosen);
+        chosen = chosen.union(&choose_in(&outside, rest.min(outside.len())));
+    }
+    (chosen.len() == n).then_some(chosen)
+}
+
+/// Picks `n` of `free` leaving the fewest fragments: the smallest run of
+/// neighbours that holds `n`, else whole runs from the largest down.
+fn choose_in(free: &CpuSet, n: usize) -> CpuSet {
+    let runs = free.runs();
+    let len = |(a, b): (u32, u32)| (b - a + 1) as usize;
+    if let Some(&(a, _)) = runs
+        .iter()
+        .filter(|&&r| len(r) >= n)
+        .min_by_key(|&&r| (len(r), r.0))
+    {
+        return (a..a + n as u32).collect();
+    }
+    let mut sorted = runs;
+    sorted.sort_by_key(|&r| (std::cmp::Reverse(len(r)), r.0));
+    let mut chosen = CpuSet::new();
+    for (a, b) in sorted {
+        for cpu in a..=b {
+            if chosen.len() == n {
+                return chosen;
+            }
+            chosen.insert(cpu);
+        }
+    }
+    chosen
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::range::CpuRange;
+
+    fn set(text: &str) -> CpuSet {
+        CpuSet::parse_list(text).expect("cpu list")
+    }
+
+    fn pooled(id: &str, cpus: &str, numa: &[&str]) -> HostInventory {
+        HostInventory {
+            id: HostId::new(id),
+            region: "r1".into(),
+            zone: "z1".into(),
+            schedulable: true,
+            cpus: set(cpus),
+            numa_nodes: numa.iter().map(|n| set(n)).collect(),
+            units: vec![],
+            held: CpuSet::new(),
+            memory_mb: 1 << 20,
+            memory_held_mb: 0,
+        }
+    }
+
+    fn partitioned(id: &str, ranges: &[&str]) -> HostInventory {
+        let units: Vec<UnitSlot> = ranges
+            .iter()
+            .map(|r| {
+                let range: CpuRange = r.parse().expect("range");
+                UnitSlot {
+                    id: ComputeId::for_unit(id, &range),
+                    cpus: range.cpus(),
+                    free: true,
+                }
+            })
+            .collect();
+        let cpus = units.iter().fold(CpuSet::new(), |a, u| a.union(&u.cpus));
+        HostInventory {
+            units,
+            cpus,
+            ..pooled(id, "", &[])
+        }
+    }
+
+    fn unit(n: u32) -> Request {
+        Request::Unit {
+            cpu_count: n,
+            region: None,
+            zone: None,
+        }
+    }
+
+    fn cpus(n: u32) -> Request {
+        Request::Cpus {
+            count: n,
+            memory_mb: 0,
+            region: None,
+            zone: None,
+        }
+    }
+
+    #[test]
+    fn unit_requests_take_exact_size_and_never_the_same_unit() {
+        let mut engine = PlacementEngine::new();
+        engine.upsert_host(partitioned("h1", &["0-3", "4-7", "8-15"]));
+        let a = engine.place(&unit(4)).expect("a");
+        assert_eq!(a.unit.as_ref().map(|u| u.as_str()), Some("h1_c0-3"));
+        engine.apply(&a);
+        let b = engine.place(&unit(4)).expect("b");
+        assert_eq!(b.unit.as_ref().map(|u| u.as_str()), Some("h1_c4-7"));
+        engine.apply(&b);
+        assert_eq!(engine.place(&unit(4)), None, "no exact fit left");
+        let c = engine.place(&unit(8)).expect("c");
+        assert_eq!(c.cpus.to_string(), "8-15");
+        engine.release(&a);
+        assert_eq!(engine.place(&unit(4)), Some(a));
+    }
+
+    #[test]
+    fn location_filters_and_packing() {
+        let mut engine = PlacementEngine::new();
+        let mut far = partitioned("h0", &["0-3"]);
+        far.region = "r2".into();
+        engine.upsert_host(far);
+        engine.upsert_host(partitioned("h1", &["0-3", "4-7", "8-11"]));
+        engine.upsert_host(partitioned("h2", &["0-3", "4-7"]));
+        // Anywhere: h0 has the fewest free CPUs, so it is packed first.
+        assert_eq!(engine.place(&unit(4)).map(|d| d.host), Some(HostId::new("h0")));
+        // In r1: h2 has fewer free CPUs than h1.
+        let in_r1 = Request::Unit {
+            cpu_count: 4,
+            region: Some("r1".into()),
+            zone: Some("z1".into()),
+        };
+        assert_eq!(engine.place(&in_r1).map(|d| d.host), Some(HostId::new("h2")));
+        let in_r2 = Request::Unit {
+            cpu_count: 4,
+            region: Some("r2".into()),
+            zone: None,
+        };
+        assert_eq!(engine.place(&in_r2).map(|d| d.host), Some(HostId::new("h0")));
+        let in_z9 = Request::Unit {
+            cpu_count: 4,
+            region: None,
+            zone: Some("z9".into()),
+        };
+        assert_eq!(engine.place(&in_z9), None);
+    }
+
+    #[test]
+    fn unschedulable_hosts_take_nothing() {
+        let mut engine = PlacementEngine::new();
+        let mut host = partitioned("h1", &["0-3"]);
+        host.schedulable = false;
+        engine.upsert_host(host);
+        assert_eq!(engine.place(&unit(4)), None);
+    }
+
+    #[test]
+    fn instances_stay_inside_one_numa_node_when_possible() {
+        let mut engine = PlacementEngine::new();
+        engine.upsert_host(pooled("h1", "0-15", &["0-7", "8-15"]));
+        let a = engine.place(&cpus(6)).expect("a");
+        assert_eq!(a.cpus.to_string(), "0-5");
+        engine.apply(&a);
+        // Node 0 has 2 left, node 1 has 8: a 4-CPU set goes to node 1 whole.
+        let b = engine.place(&cpus(4)).expect("b");
+        assert_eq!(b.cpus.to_string(), "8-11");
+        engine.apply(&b);
+        // 2-CPU set fits node 0's remaining pair exactly (fullest node).
+        let c = engine.place(&cpus(2)).expect("c");
+        assert_eq!(c.cpus.to_string(), "6-7");
+        engine.apply(&c);
+        // 4 left, all in node 1.
+        assert_eq!(engine.place(&cpus(5)), None);
+        assert_eq!(engine.place(&cpus(4)).map(|d| d.cpus.to_string()), Some("12-15".into()));
+    }
+
+    #[test]
+    fn spans_nodes_only_when_no_node_has_room() {
+        let free = set("2-7,10-15");
+        let nodes = [set("0-7"), set("8-15")];
+        let chosen = choose_cpus(&free, &nodes, 8).expect("fits across nodes");
+        assert_eq!(chosen.len(), 8);
+        assert!(chosen.is_subset(&free));
+        assert_eq!(choose_cpus(&free, &nodes, 13), None);
+    }
+
+    #[test]
+    fn picks_the_smallest_run_that_fits() {
+        // Runs: 0-1 (2), 4-9 (6), 12-14 (3). A 3-CPU set takes 12-14, leaving 0-1 and 4-9.
+        assert_eq!(choose_in(&set("0-1,4-9,12-14"), 3).to_string(), "12-14");
+        // No run holds 7: take the largest runs first.
+        assert_eq!(choose_in(&set("0-1,4-9,12-14"), 7).to_string(), "4-9,12");
+    }
+
+    #[test]
+    fn partitioned_hosts_give_instances_the_smallest_unit_that_fits() {
+        let mut engine = PlacementEngine::new();
+        engine.upsert_host(partitioned("h1", &["0-7", "8-11", "12-13"]));
+        let d = engine.place(&cpus(3)).expect("fits");
+        assert_eq!(d.unit.as_ref().map(|u| u.as_str()), Some("h1_c8-11"));
+    }
+
+    #[test]
+    fn memory_limits_instances() {
+        let mut engine = PlacementEngine::new();
+        let mut host = pooled("h1", "0-3", &[]);
+        host.memory_mb = 4096;
+        engine.upsert_host(host);
+        let big = Request::Cpus {
+            count: 1,
+            memory_mb: 8192,
+            region: None,
+            zone: None,
+        };
+        assert_eq!(engine.place(&big), None);
+    }
+}

@@ -1,0 +1,106 @@
+//! The life cycles of hosts and compute units, in Kloigos's upper-case
+//! vocabulary, which is also how they are stored.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::str::FromStr;
+
+macro_rules! upper_enum {
+    ($(#[$doc:meta])* $name:ident { $($variant:ident => $text:literal),+ $(,)? }) => {
+        $(#[$doc])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        pub enum $name {
+            $(#[serde(rename = $text)] $variant),+
+        }
+
+        impl $name {
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $text),+
+                }
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = UnknownStatus;
+            /// Case-insensitive, as Kloigos clients send `free` as well as `FREE`.
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                $(if s.eq_ignore_ascii_case($text) {
+                    return Ok($name::$variant);
+                })+
+                Err(UnknownStatus(s.to_string()))
+            }
+        }
+    };
+}
+
+/// A status string that names no known status.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown status {0:?}")]
+pub struct UnknownStatus(pub String);
+
+upper_enum!(
+    /// Where a compute unit is in its life.
+    UnitStatus {
+        Free => "FREE",
+        Allocating => "ALLOCATING",
+        Allocated => "ALLOCATED",
+        AllocationFail => "ALLOCATION_FAIL",
+        Deallocating => "DEALLOCATING",
+        DeallocationFail => "DEALLOCATION_FAIL",
+        Unavailable => "UNAVAILABLE",
+    }
+);
+
+impl UnitStatus {
+    /// A unit in this status belongs to a tenant: its CPUs are held in the
+    /// host's ledger and it must be deallocated before its host can go.
+    pub fn is_held(self) -> bool {
+        matches!(
+            self,
+            UnitStatus::Allocating
+                | UnitStatus::Allocated
+                | UnitStatus::AllocationFail
+                | UnitStatus::Deallocating
+                | UnitStatus::DeallocationFail
+        )
+    }
+}
+
+upper_enum!(
+    /// Where a host is in its life. `READY` is Tessera's name for a host whose
+    /// preparation is done; the others are Kloigos's.
+    HostStatus {
+        Initializing => "INITIALIZING",
+        InitFail => "INIT_FAIL",
+        Ready => "READY",
+        Decommissioning => "DECOMMISSIONING",
+        Decommissioned => "DECOMMISSIONED",
+        DecommissionFail => "DECOMMISSION_FAIL",
+    }
+);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_parse_in_any_case_and_print_upper() {
+        assert_eq!("free".parse::<UnitStatus>(), Ok(UnitStatus::Free));
+        assert_eq!(
+            "Allocation_Fail".parse::<UnitStatus>(),
+            Ok(UnitStatus::AllocationFail)
+        );
+        assert_eq!(UnitStatus::Deallocating.to_string(), "DEALLOCATING");
+        assert!("gone".parse::<UnitStatus>().is_err());
+        assert_eq!(HostStatus::InitFail.as_str(), "INIT_FAIL");
+    }
+}

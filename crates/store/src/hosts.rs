@@ -1,0 +1,284 @@
+//! Hosts: the servers of the fleet, with their Kloigos units.
+
+use crate::{Result, Store, StoreError, now};
+use sqlx::any::AnyRow;
+use sqlx::Row;
+use tessera_core::status::HostStatus;
+
+#[derive(Clone, Debug)]
+pub struct HostRecord {
+    pub id: String,
+    pub hostname: String,
+    pub ip: String,
+    pub region: String,
+    pub zone: String,
+    pub status: HostStatus,
+    pub status_detail: Option<String>,
+    pub cpu_ranges: Vec<String>,
+    /// Each node's CPUs in Linux list format.
+    pub numa_nodes: Vec<String>,
+    pub memory_mb: i64,
+    pub generation: i64,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+pub struct NewHost {
+    pub id: String,
+    pub hostname: String,
+    pub ip: String,
+    pub region: String,
+    pub zone: String,
+    pub cpu_ranges: Vec<String>,
+    pub numa_nodes: Vec<String>,
+    pub memory_mb: i64,
+    pub units: Vec<NewUnit>,
+}
+
+pub struct NewUnit {
+    pub compute_id: String,
+    pub cpu_range: String,
+    pub cpu_list: String,
+    pub cpu_count: i64,
+    pub ports_range: String,
+}
+
+const HOST_COLUMNS: &str = "id, hostname, ip, region, zone, status, status_detail, cpu_ranges, \
+     numa_nodes, memory_mb, generation, created_at, updated_at";
+
+fn host_from_row(row: &AnyRow) -> Result<HostRecord> {
+    let status: String = row.try_get("status")?;
+    let json_list = |column: &str| -> Result<Vec<String>> {
+        let text: String = row.try_get(column)?;
+        serde_json::from_str(&text)
+            .map_err(|e| StoreError::Corrupt(format!("hosts.{column} is not a JSON list: {e}")))
+    };
+    Ok(HostRecord {
+        id: row.try_get("id")?,
+        hostname: row.try_get("hostname")?,
+        ip: row.try_get("ip")?,
+        region: row.try_get("region")?,
+        zone: row.try_get("zone")?,
+        status: status
+            .parse()
+            .map_err(|e| StoreError::Corrupt(format!("hosts.status: {e}")))?,
+        status_detail: row.try_get("status_detail")?,
+        cpu_ranges: json_list("cpu_ranges")?,
+        numa_nodes: json_list("numa_nodes")?,
+        memory_mb: row.try_get("memory_mb")?,
+        generation: row.try_get("generation")?,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+    })
+}
+
+impl Store {
+    /// Records a new host in INITIALIZING with its units UNAVAILABLE.
+    /// Answers `false`, changing nothing, when the hostname is taken by a
+    /// host that is not decommissioned; a decommissioned one is replaced.
+    pub async fn insert_host(&self, host: &NewHost) -> Result<bool> {
+        let cpu_ranges = serde_json::to_string(&host.cpu_ranges).unwrap_or_default();
+        let numa_nodes = serde_json::to_string(&host.numa_nodes).unwrap_or_default();
+        self.retrying("insert_host", || async {
+            let mut tx = self.write.begin().await?;
+            let retired = "(SELECT id FROM hosts WHERE hostname = $1 AND status = 'DECOMMISSIONED')";
+            for table in ["cpu_claims", "compute_units"] {
+                sqlx::query(&format!("DELETE FROM {table} WHERE host_id IN {retired}"))
+                    .bind(&host.hostname)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            sqlx::query("DELETE FROM hosts WHERE hostname = $1 AND status = 'DECOMMISSIONED'")
+                .bind(&host.hostname)
+                .execute(&mut *tx)
+                .await?;
+            let at = now();
+            let inserted = sqlx::query(
+                "INSERT INTO hosts (id, hostname, ip, region, zone, status, cpu_ranges, numa_nodes, \
+                 memory_mb, generation, created_at, updated_at) \
+                 VALUES ($1, $2, $3, $4, $5, 'INITIALIZING', $6, $7, $8, 1, $9, $9) \
+                 ON CONFLICT (hostname) DO NOTHING",
+            )
+            .bind(&host.id)
+            .bind(&host.hostname)
+            .bind(&host.ip)
+            .bind(&host.region)
+            .bind(&host.zone)
+            .bind(&cpu_ranges)
+            .bind(&numa_nodes)
+            .bind(host.memory_mb)
+            .bind(&at)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if inserted == 0 {
+                tx.rollback().await?;
+                return Ok(false);
+            }
+            for (position, unit) in host.units.iter().enumerate() {
+                sqlx::query(
+                    "INSERT INTO compute_units (compute_id, host_id, position, cpu_range, cpu_list, \
+                     cpu_count, ports_range, status, generation, updated_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, 'UNAVAILABLE', 1, $8)",
+                )
+                .bind(&unit.compute_id)
+                .bind(&host.id)
+                .bind(position as i64)
+                .bind(&unit.cpu_range)
+                .bind(&unit.cpu_list)
+                .bind(unit.cpu_count)
+                .bind(&unit.ports_range)
+                .bind(&at)
+                .execute(&mut *tx)
+                .await?;
+            }
+            tx.commit().await?;
+            Ok(true)
+        })
+        .await
+    }
+
+    pub async fn host_by_hostname(&self, hostname: &str) -> Result<Option<HostRecord>> {
+        let sql = format!("SELECT {HOST_COLUMNS} FROM hosts WHERE hostname = $1");
+        let row = sqlx::query(&sql)
+            .bind(hostname)
+            .fetch_optional(&self.read)
+            .await?;
+        row.as_ref().map(host_from_row).transpose()
+    }
+
+    pub async fn host(&self, id: &str) -> Result<Option<HostRecord>> {
+        let sql = format!("SELECT {HOST_COLUMNS} FROM hosts WHERE id = $1");
+        let row = sqlx::query(&sql).bind(id).fetch_optional(&self.read).await?;
+        row.as_ref().map(host_from_row).transpose()
+    }
+
+    /// Hosts in any of `statuses`, or all hosts when it is empty.
+    pub async fn hosts(&self, statuses: &[HostStatus]) -> Result<Vec<HostRecord>> {
+        let sql = format!("SELECT {HOST_COLUMNS} FROM hosts ORDER BY hostname");
+        let rows = sqlx::query(&sql).fetch_all(&self.read).await?;
+        let mut hosts = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let host = host_from_row(row)?;
+            if statuses.is_empty() || statuses.contains(&host.status) {
+                hosts.push(host);
+            }
+        }
+        Ok(hosts)
+    }
+
+    /// `(id, generation)` of every host: what a placement view compares with
+    /// its own to find the hosts it must reload.
+    pub async fn host_generations(&self) -> Result<Vec<(String, i64)>> {
+        let rows = sqlx::query("SELECT id, generation FROM hosts")
+            .fetch_all(&self.read)
+            .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("id")?, r.try_get("generation")?)))
+            .collect()
+    }
+
+    /// Moves a host from one of `from` to `to`; `false` when it was in none of
+    /// them (someone else moved it first). Units follow: a host that becomes
+    /// READY publishes its UNAVAILABLE units as FREE; a host that leaves READY
+    /// takes its FREE units out of service; a DECOMMISSIONED host's units are
+    /// retired.
+    pub async fn transition_host(
+        &self,
+        id: &str,
+        from: &[HostStatus],
+        to: HostStatus,
+        detail: Option<&str>,
+    ) -> Result<bool> {
+        self.retrying("transition_host", || async {
+            let mut tx = self.write.begin().await?;
+            let at = now();
+            let from: Vec<&str> = from.iter().map(|s| s.as_str()).collect();
+            let (sql, args) = status_guard("status", &from, 5);
+            let update = format!(
+                "UPDATE hosts SET status = $1, status_detail = $2, updated_at = $3, \
+                 generation = generation + 1 WHERE id = $4 AND {sql}"
+            );
+            let moved = sqlx::query(&update)
+            .bind(to.as_str())
+            .bind(detail)
+            .bind(&at)
+            .bind(id);
+            let moved = args
+                .iter()
+                .fold(moved, |q, s| q.bind(*s))
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            if moved == 0 {
+                tx.rollback().await?;
+                return Ok(false);
+            }
+            let units = match to {
+                HostStatus::Ready => Some(("FREE", "UNAVAILABLE")),
+                HostStatus::Decommissioning | HostStatus::InitFail | HostStatus::Initializing => {
+                    Some(("UNAVAILABLE", "FREE"))
+                }
+                _ => None,
+            };
+            if let Some((new, old)) = units {
+                sqlx::query(
+                    "UPDATE compute_units SET status = $1, updated_at = $2, generation = generation + 1 \
+                     WHERE host_id = $3 AND status = $4",
+                )
+                .bind(new)
+                .bind(&at)
+                .bind(id)
+                .bind(old)
+                .execute(&mut *tx)
+                .await?;
+            }
+            if to == HostStatus::Decommissioned {
+                for table in ["cpu_claims", "compute_units"] {
+                    sqlx::query(&format!("DELETE FROM {table} WHERE host_id = $1"))
+                        .bind(id)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+            }
+            tx.commit().await?;
+            Ok(true)
+        })
+        .await
+    }
+
+    /// Records what the host's agent reported of its memory.
+    pub async fn set_host_memory(&self, id: &str, memory_mb: i64) -> Result<()> {
+        self.retrying("set_host_memory", || async {
+            sqlx::query(
+                "UPDATE hosts SET memory_mb = $1, generation = generation + 1, updated_at = $2 WHERE id = $3",
+            )
+            .bind(memory_mb)
+            .bind(now())
+            .bind(id)
+            .execute(&self.write)
+            .await
+        })
+        .await?;
+        Ok(())
+    }
+}
+
+/// `column IN ($n, $n+1, ...)` for `statuses`, with the values to bind;
+/// always true when `statuses` is empty.
+pub(crate) fn status_guard(
+    column: &str,
+    statuses: &[&'static str],
+    first_param: usize,
+) -> (String, Vec<&'static str>) {
+    if statuses.is_empty() {
+        return ("1 = 1".to_string(), vec![]);
+    }
+    let params: Vec<String> = (0..statuses.len())
+        .map(|i| format!("${}", first_param + i))
+        .collect();
+    (
+        format!("{column} IN ({})", params.join(", ")),
+        statuses.to_vec(),
+    )
+}

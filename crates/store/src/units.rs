@@ -1,0 +1,314 @@
+//! Kloigos compute units and the CPU ledger that backs their allocation.
+
+use crate::hosts::status_guard;
+use crate::{Result, Store, StoreError, now};
+use sqlx::Row;
+use sqlx::any::AnyRow;
+use tessera_core::status::UnitStatus;
+
+/// A unit with the host fields Kloigos shows beside it.
+#[derive(Clone, Debug)]
+pub struct UnitRecord {
+    pub compute_id: String,
+    pub host_id: String,
+    pub hostname: String,
+    pub ip: String,
+    pub region: String,
+    pub zone: String,
+    pub position: i64,
+    pub cpu_range: String,
+    pub cpu_list: String,
+    pub cpu_count: i64,
+    pub ports_range: String,
+    pub status: UnitStatus,
+    pub status_detail: Option<String>,
+    pub ssh_public_key: Option<String>,
+    pub tags: Option<serde_json::Value>,
+    pub started_at: Option<String>,
+    pub deadline: Option<String>,
+    pub generation: i64,
+    pub updated_at: String,
+}
+
+/// The list filters of `GET /api/compute_units/`; `None` matches anything.
+#[derive(Clone, Debug, Default)]
+pub struct UnitFilter {
+    pub compute_id: Option<String>,
+    pub hostname: Option<String>,
+    pub host_id: Option<String>,
+    pub region: Option<String>,
+    pub zone: Option<String>,
+    pub cpu_count: Option<i64>,
+    pub deployment_id: Option<String>,
+    pub statuses: Vec<UnitStatus>,
+}
+
+/// A tenant taking a FREE unit.
+pub struct UnitClaim<'a> {
+    pub compute_id: &'a str,
+    pub host_id: &'a str,
+    pub cpus: &'a [u32],
+    pub ssh_public_key: &'a str,
+    pub tags: Option<&'a serde_json::Value>,
+    pub deadline: &'a str,
+}
+
+const UNIT_SELECT: &str = "SELECT u.compute_id, u.host_id, h.hostname, h.ip, h.region, h.zone, \
+     u.position, u.cpu_range, u.cpu_list, u.cpu_count, u.ports_range, u.status, u.status_detail, \
+     u.ssh_public_key, u.tags, u.started_at, u.deadline, u.generation, u.updated_at \
+     FROM compute_units u JOIN hosts h ON h.id = u.host_id";
+
+fn unit_from_row(row: &AnyRow) -> Result<UnitRecord> {
+    let status: String = row.try_get("status")?;
+    let tags: Option<String> = row.try_get("tags")?;
+    Ok(UnitRecord {
+        compute_id: row.try_get("compute_id")?,
+        host_id: row.try_get("host_id")?,
+        hostname: row.try_get("hostname")?,
+        ip: row.try_get("ip")?,
+        region: row.try_get("region")?,
+        zone: row.try_get("zone")?,
+        position: row.try_get("position")?,
+        cpu_range: row.try_get("cpu_range")?,
+        cpu_list: row.try_get("cpu_list")?,
+        cpu_count: row.try_get("cpu_count")?,
+        ports_range: row.try_get("ports_range")?,
+        status: status
+            .parse()
+            .map_err(|e| StoreError::Corrupt(format!("compute_units.status: {e}")))?,
+        status_detail: row.try_get("status_detail")?,
+        ssh_public_key: row.try_get("ssh_public_key")?,
+        tags: tags
+            .map(|t| serde_json::from_str(&t))
+            .transpose()
+            .map_err(|e| StoreError::Corrupt(format!("compute_units.tags: {e}")))?,
+        started_at: row.try_get("started_at")?,
+        deadline: row.try_get("deadline")?,
+        generation: row.try_get("generation")?,
+        updated_at: row.try_get("updated_at")?,
+    })
+}
+
+enum Arg {
+    Text(String),
+    Int(i64),
+}
+
+fn holder(compute_id: &str) -> String {
+    format!("unit:{compute_id}")
+}
+
+impl Store {
+    pub async fn units(&self, filter: &UnitFilter) -> Result<Vec<UnitRecord>> {
+        let mut conditions: Vec<String> = Vec::new();
+        let mut args: Vec<Arg> = Vec::new();
+        let mut add = |column: &str, arg: Arg| {
+            args.push(arg);
+            conditions.push(format!("{column} = ${}", args.len()));
+        };
+        let text = |v: &Option<String>| v.clone().map(Arg::Text);
+        for (column, value) in [
+            ("u.compute_id", text(&filter.compute_id)),
+            ("h.hostname", text(&filter.hostname)),
+            ("u.host_id", text(&filter.host_id)),
+            ("h.region", text(&filter.region)),
+            ("h.zone", text(&filter.zone)),
+            ("u.deployment_id", text(&filter.deployment_id)),
+            ("u.cpu_count", filter.cpu_count.map(Arg::Int)),
+        ] {
+            if let Some(value) = value {
+                add(column, value);
+            }
+        }
+        let statuses: Vec<&'static str> = filter.statuses.iter().map(|s| s.as_str()).collect();
+        if !statuses.is_empty() {
+            let (sql, values) = status_guard("u.status", &statuses, args.len() + 1);
+            conditions.push(sql);
+            args.extend(values.into_iter().map(|s| Arg::Text(s.to_string())));
+        }
+        let mut sql = UNIT_SELECT.to_string();
+        if !conditions.is_empty() {
+            sql.push_str(" WHERE ");
+            sql.push_str(&conditions.join(" AND "));
+        }
+        sql.push_str(" ORDER BY h.hostname, u.position");
+        let mut query = sqlx::query(&sql);
+        for arg in args {
+            query = match arg {
+                Arg::Text(t) => query.bind(t),
+                Arg::Int(i) => query.bind(i),
+            };
+        }
+        let rows = query.fetch_all(&self.read).await?;
+        rows.iter().map(unit_from_row).collect()
+    }
+
+    pub async fn unit(&self, compute_id: &str) -> Result<Option<UnitRecord>> {
+        let sql = format!("{UNIT_SELECT} WHERE u.compute_id = $1");
+        let row = sqlx::query(&sql)
+            .bind(compute_id)
+            .fetch_optional(&self.read)
+            .await?;
+        row.as_ref().map(unit_from_row).transpose()
+    }
+
+    /// Takes a FREE unit for a tenant: the unit becomes ALLOCATING and its
+    /// CPUs enter the ledger. `false`, changing nothing, when the unit is no
+    /// longer FREE, its host is no longer READY, or any of its CPUs is held:
+    /// the caller lost a race and should look again.
+    pub async fn claim_unit(&self, claim: &UnitClaim<'_>) -> Result<bool> {
+        let tags = claim.tags.map(|t| t.to_string());
+        let deployment_id = claim
+            .tags
+            .and_then(|t| t.get("deployment_id"))
+            .map(|d| d.as_str().map(str::to_string).unwrap_or_else(|| d.to_string()));
+        let holder = holder(claim.compute_id);
+        self.retrying("claim_unit", || async {
+            let mut tx = self.write.begin().await?;
+            let at = now();
+            // Host first, then unit: every writer takes them in this order.
+            let host = sqlx::query(
+                "UPDATE hosts SET generation = generation + 1 WHERE id = $1 AND status = 'READY'",
+            )
+            .bind(claim.host_id)
+            .execute(&mut *tx)
+            .await?;
+            let unit = sqlx::query(
+                "UPDATE compute_units SET status = 'ALLOCATING', status_detail = NULL, \
+                 ssh_public_key = $1, tags = $2, deployment_id = $3, started_at = $4, \
+                 deadline = $5, updated_at = $4, generation = generation + 1 \
+                 WHERE compute_id = $6 AND host_id = $7 AND status = 'FREE'",
+            )
+            .bind(claim.ssh_public_key)
+            .bind(&tags)
+            .bind(&deployment_id)
+            .bind(&at)
+            .bind(claim.deadline)
+            .bind(claim.compute_id)
+            .bind(claim.host_id)
+            .execute(&mut *tx)
+            .await?;
+            if host.rows_affected() != 1 || unit.rows_affected() != 1 {
+                tx.rollback().await?;
+                return Ok(false);
+            }
+            let values: Vec<String> = (0..claim.cpus.len())
+                .map(|i| format!("($1, ${}, $2)", i + 3))
+                .collect();
+            let sql = format!(
+                "INSERT INTO cpu_claims (host_id, cpu, holder) VALUES {} ON CONFLICT DO NOTHING",
+                values.join(", ")
+            );
+            let mut insert = sqlx::query(&sql).bind(claim.host_id).bind(&holder);
+            for &cpu in claim.cpus {
+                insert = insert.bind(i64::from(cpu));
+            }
+            let claimed = insert.execute(&mut *tx).await?.rows_affected();
+            if claimed != claim.cpus.len() as u64 {
+                tx.rollback().await?;
+                return Ok(false);
+            }
+            tx.commit().await?;
+            Ok(true)
+        })
+        .await
+    }
+
+    /// Moves a unit from one of `from` to `to`, setting its detail and
+    /// deadline; `false` when it was in none of `from`. Its CPUs stay held.
+    pub async fn transition_unit(
+        &self,
+        compute_id: &str,
+        from: &[UnitStatus],
+        to: UnitStatus,
+        detail: Option<&str>,
+        deadline: Option<&str>,
+    ) -> Result<bool> {
+        let from: Vec<&'static str> = from.iter().map(|s| s.as_str()).collect();
+        let (guard, values) = status_guard("status", &from, 6);
+        let sql = format!(
+            "UPDATE compute_units SET status = $1, status_detail = $2, deadline = $3, \
+             updated_at = $4, generation = generation + 1 WHERE compute_id = $5 AND {guard}"
+        );
+        let moved = self
+            .retrying("transition_unit", || async {
+                let mut query = sqlx::query(&sql)
+                    .bind(to.as_str())
+                    .bind(detail)
+                    .bind(deadline)
+                    .bind(now())
+                    .bind(compute_id);
+                for value in &values {
+                    query = query.bind(*value);
+                }
+                query.execute(&self.write).await
+            })
+            .await?;
+        Ok(moved.rows_affected() == 1)
+    }
+
+    /// Returns a DEALLOCATING unit to the pool: FREE, no key, no tags, and its
+    /// CPUs out of the ledger. `false` when it was not DEALLOCATING.
+    pub async fn release_unit(&self, compute_id: &str) -> Result<bool> {
+        let holder = holder(compute_id);
+        self.retrying("release_unit", || async {
+            let mut tx = self.write.begin().await?;
+            let at = now();
+            sqlx::query(
+                "UPDATE hosts SET generation = generation + 1 \
+                 WHERE id = (SELECT host_id FROM compute_units WHERE compute_id = $1)",
+            )
+            .bind(compute_id)
+            .execute(&mut *tx)
+            .await?;
+            let freed = sqlx::query(
+                "UPDATE compute_units SET status = CASE WHEN (SELECT h.status FROM hosts h \
+                 WHERE h.id = compute_units.host_id) = 'READY' THEN 'FREE' ELSE 'UNAVAILABLE' END, \
+                 status_detail = NULL, ssh_public_key = NULL, tags = NULL, deployment_id = NULL, \
+                 started_at = NULL, deadline = NULL, updated_at = $1, generation = generation + 1 \
+                 WHERE compute_id = $2 AND status = 'DEALLOCATING'",
+            )
+            .bind(&at)
+            .bind(compute_id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if freed != 1 {
+                tx.rollback().await?;
+                return Ok(false);
+            }
+            sqlx::query("DELETE FROM cpu_claims WHERE holder = $1")
+                .bind(&holder)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            Ok(true)
+        })
+        .await
+    }
+
+    /// Every held CPU as `(host id, cpu)`, or only `host_id`'s.
+    pub async fn cpu_claims(&self, host_id: Option<&str>) -> Result<Vec<(String, u32)>> {
+        let rows = match host_id {
+            Some(id) => {
+                sqlx::query("SELECT host_id, cpu FROM cpu_claims WHERE host_id = $1")
+                    .bind(id)
+                    .fetch_all(&self.read)
+                    .await?
+            }
+            None => {
+                sqlx::query("SELECT host_id, cpu FROM cpu_claims")
+                    .fetch_all(&self.read)
+                    .await?
+            }
+        };
+        rows.iter()
+            .map(|r| {
+                let cpu: i64 = r.try_get("cpu")?;
+                let cpu = u32::try_from(cpu)
+                    .map_err(|_| StoreError::Corrupt(format!("cpu_claims.cpu {cpu}")))?;
+                Ok((r.try_get("host_id")?, cpu))
+            })
+            .collect()
+    }
+}
