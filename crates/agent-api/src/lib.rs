@@ -1,1 +1,73 @@
+//! What the control plane asks of a host, whoever carries it out.
+//!
+//! The control plane drives every host through [`HostAgent`]: the simulated
+//! host (in process, for tests, demos and scale runs) and the real `tessera
+//! agent` implement the same trait, so the state machines above it do not
+//! know which one they talk to. Every call is idempotent: the control plane
+//! repeats a call whose answer it never saw, after a crash or a timeout.
 
+use std::sync::Arc;
+use tessera_core::{ComputeId, CpuSet, HostId, ports::PortRange};
+
+/// A host as the control plane registered it.
+#[derive(Clone, Debug)]
+pub struct HostSpec {
+    pub id: HostId,
+    pub hostname: String,
+    pub ip: String,
+    pub cpus: CpuSet,
+    pub numa_nodes: Vec<CpuSet>,
+    pub units: Vec<UnitSpec>,
+}
+
+/// A Kloigos compute unit: a Linux user confined to its CPUs and ports.
+#[derive(Clone, Debug)]
+pub struct UnitSpec {
+    pub compute_id: ComputeId,
+    /// The unit's Linux user (`c0-3`).
+    pub user: String,
+    pub cpus: CpuSet,
+    pub ports: PortRange,
+}
+
+/// What a host has, as its agent sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HostReport {
+    pub cpus: CpuSet,
+    pub numa_nodes: Vec<CpuSet>,
+    pub memory_mb: u64,
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum AgentError {
+    /// The host refused or failed the work; the message says why.
+    #[error("{0}")]
+    Failed(String),
+    /// The host cannot be reached.
+    #[error("host unreachable: {0}")]
+    Unreachable(String),
+}
+
+#[async_trait::async_trait]
+pub trait HostAgent: Send + Sync {
+    /// What the host has.
+    async fn report(&self) -> Result<HostReport, AgentError>;
+    /// Makes the host ready to serve `host.units`: their users, CPU-pinned
+    /// groups and directories.
+    async fn prepare_host(&self, host: &HostSpec) -> Result<(), AgentError>;
+    /// Gives a unit to a tenant: installs the tenant's SSH key for the
+    /// unit's user.
+    async fn activate_unit(&self, unit: &UnitSpec, ssh_public_key: &str) -> Result<(), AgentError>;
+    /// Takes a unit back: removes the key, stops the user's processes and
+    /// wipes its directories.
+    async fn release_unit(&self, unit: &UnitSpec) -> Result<(), AgentError>;
+    /// Undoes `prepare_host`.
+    async fn retire_host(&self, host: &HostSpec) -> Result<(), AgentError>;
+}
+
+/// Finds the agent of a host.
+pub trait AgentDirectory: Send + Sync {
+    /// The agent that serves `host`, or `None` while it has none: the host
+    /// then waits for its agent to join.
+    fn agent_for(&self, host: &HostSpec) -> Option<Arc<dyn HostAgent>>;
+}

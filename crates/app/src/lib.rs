@@ -1,1 +1,184 @@
+//! The app services every face shares: hosts, compute units, placement and
+//! access, over the store and the host agents.
+//!
+//! Faces call methods on [`App`] and get [`Error`] back; they never touch the
+//! store or an agent themselves. Work on hosts is driven from the store's
+//! recorded state, so that any control-plane process can finish what another
+//! started (see [`reconciler`]).
 
+pub mod access;
+pub mod error;
+pub mod hosts;
+pub mod placement;
+pub mod reconciler;
+pub mod units;
+
+pub use error::{Error, Result};
+
+use access::Access;
+use placement::PlacementView;
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+use tessera_agent_api::{AgentDirectory, AgentError, HostAgent};
+use tessera_core::HostId;
+use tessera_store::Store;
+
+#[derive(Clone, Debug)]
+pub struct AppConfig {
+    /// How long a host may take over one step (installing a key, wiping a
+    /// unit, preparing the host) before the control plane gives up on it.
+    pub agent_timeout: Duration,
+    /// How often the reconciler looks for unfinished work.
+    pub reconcile_every: Duration,
+}
+
+impl Default for AppConfig {
+    fn default() -> Self {
+        Self {
+            agent_timeout: Duration::from_secs(30),
+            reconcile_every: Duration::from_secs(2),
+        }
+    }
+}
+
+/// The control plane's services. Cheap to clone.
+#[derive(Clone)]
+pub struct App {
+    store: Store,
+    agents: Arc<dyn AgentDirectory>,
+    placement: Arc<PlacementView>,
+    access: Arc<Access>,
+    config: Arc<AppConfig>,
+    /// Work this process is doing on hosts and units now, so the reconciler
+    /// does not start the same work twice.
+    in_flight: Arc<Mutex<HashSet<String>>>,
+    agent_of_host: Arc<Mutex<HashMap<HostId, Arc<dyn HostAgent>>>>,
+    started: Instant,
+}
+
+impl App {
+    /// Builds the services over `store` and loads the placement view.
+    pub async fn new(
+        store: Store,
+        agents: Arc<dyn AgentDirectory>,
+        config: AppConfig,
+    ) -> Result<App> {
+        let placement = Arc::new(PlacementView::default());
+        placement.load_all(&store).await?;
+        Ok(App {
+            access: Arc::new(Access::new(store.clone())),
+            store,
+            agents,
+            placement,
+            config: Arc::new(config),
+            in_flight: Arc::default(),
+            agent_of_host: Arc::default(),
+            started: Instant::now(),
+        })
+    }
+
+    pub fn access(&self) -> &Access {
+        &self.access
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn placement(&self) -> &PlacementView {
+        &self.placement
+    }
+
+    pub fn uptime(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// When a host step started now is given up on, as stored.
+    fn deadline(&self) -> String {
+        let timeout = chrono::Duration::from_std(self.config.agent_timeout)
+            .unwrap_or(chrono::Duration::seconds(30));
+        tessera_store::timestamp(chrono::Utc::now() + timeout)
+    }
+
+    /// The agent of a host, or `None` while it has none.
+    async fn agent(&self, host: &HostId) -> Result<Option<Arc<dyn HostAgent>>> {
+        if let Some(agent) = self.agents_cache().get(host) {
+            return Ok(Some(agent.clone()));
+        }
+        let Some(record) = self.store.host(host.as_str()).await? else {
+            return Ok(None);
+        };
+        let spec = self.host_spec(&record).await?;
+        let agent = self.agents.agent_for(&spec);
+        if let Some(agent) = &agent {
+            self.agents_cache().insert(host.clone(), agent.clone());
+        }
+        Ok(agent)
+    }
+
+    fn agents_cache(&self) -> std::sync::MutexGuard<'_, HashMap<HostId, Arc<dyn HostAgent>>> {
+        self.agent_of_host
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// One call to a host, bounded by the agent timeout.
+    async fn host_call<T>(
+        &self,
+        call: impl Future<Output = Result<T, AgentError>>,
+    ) -> Result<T, HostCallError> {
+        match tokio::time::timeout(self.config.agent_timeout, call).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(err)) => Err(HostCallError::Failed(err.to_string())),
+            Err(_) => Err(HostCallError::Timeout(self.config.agent_timeout)),
+        }
+    }
+}
+
+/// Why a call to a host did not succeed.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum HostCallError {
+    #[error("{0}")]
+    Failed(String),
+    #[error("the host did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error("the host has no agent")]
+    NoAgent,
+}
+
+impl From<HostCallError> for String {
+    fn from(err: HostCallError) -> Self {
+        err.to_string()
+    }
+}
+
+/// Marks a piece of work as under way in this process until dropped.
+pub(crate) struct InFlight {
+    set: Arc<Mutex<HashSet<String>>>,
+    key: String,
+}
+
+impl InFlight {
+    /// `None` when the work is already under way.
+    pub(crate) fn enter(set: &Arc<Mutex<HashSet<String>>>, key: String) -> Option<InFlight> {
+        let fresh = set
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(key.clone());
+        fresh.then(|| InFlight {
+            set: set.clone(),
+            key,
+        })
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.set
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&self.key);
+    }
+}

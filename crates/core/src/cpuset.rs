@@ -102,10 +102,7 @@ impl CpuSet {
     }
 
     pub fn is_disjoint(&self, other: &CpuSet) -> bool {
-        self.words
-            .iter()
-            .zip(&other.words)
-            .all(|(a, b)| a & b == 0)
+        self.words.iter().zip(&other.words).all(|(a, b)| a & b == 0)
     }
 
     pub fn is_subset(&self, other: &CpuSet) -> bool {

@@ -124,14 +124,16 @@ impl PlacementEngine {
     pub fn upsert_host(&mut self, host: HostInventory) {
         self.remove_host(&host.id);
         if host.schedulable {
-            self.by_free.insert((host.free_cpus().len(), host.id.clone()));
+            self.by_free
+                .insert((host.free_cpus().len(), host.id.clone()));
         }
         self.hosts.insert(host.id.clone(), host);
     }
 
     pub fn remove_host(&mut self, id: &HostId) -> Option<HostInventory> {
         let old = self.hosts.remove(id)?;
-        self.by_free.remove(&(old.free_cpus().len(), old.id.clone()));
+        self.by_free
+            .remove(&(old.free_cpus().len(), old.id.clone()));
         Some(old)
     }
 
@@ -161,11 +163,7 @@ impl PlacementEngine {
     /// Records a committed decision in the view.
     pub fn apply(&mut self, decision: &Decision) {
         self.update(&decision.host, |host| {
-            if let Some(unit) = &decision.unit {
-                if let Some(slot) = host.units.iter_mut().find(|u| &u.id == unit) {
-                    slot.free = false;
-                }
-            }
+            set_unit_free(host, decision.unit.as_ref(), false);
             host.held = host.held.union(&decision.cpus);
             host.memory_held_mb += decision.memory_mb;
         });
@@ -174,11 +172,7 @@ impl PlacementEngine {
     /// Returns a decision's resources to the view.
     pub fn release(&mut self, decision: &Decision) {
         self.update(&decision.host, |host| {
-            if let Some(unit) = &decision.unit {
-                if let Some(slot) = host.units.iter_mut().find(|u| &u.id == unit) {
-                    slot.free = true;
-                }
-            }
+            set_unit_free(host, decision.unit.as_ref(), true);
             host.held = host.held.difference(&decision.cpus);
             host.memory_held_mb = host.memory_held_mb.saturating_sub(decision.memory_mb);
         });
@@ -189,6 +183,12 @@ impl PlacementEngine {
             change(&mut host);
             self.upsert_host(host);
         }
+    }
+}
+
+fn set_unit_free(host: &mut HostInventory, unit: Option<&ComputeId>, free: bool) {
+    if let Some(slot) = unit.and_then(|id| host.units.iter_mut().find(|u| &u.id == id)) {
+        slot.free = free;
     }
 }
 
@@ -224,13 +224,11 @@ fn place_on(host: &HostInventory, request: &Request) -> Option<Decision> {
                         memory_mb: *memory_mb,
                     });
             }
-            choose_cpus(&host.free_cpus(), &host.numa_nodes, *count as usize).map(|cpus| {
-                Decision {
-                    host: host.id.clone(),
-                    unit: None,
-                    cpus,
-                    memory_mb: *memory_mb,
-                }
+            choose_cpus(&host.free_cpus(), &host.numa_nodes, *count as usize).map(|cpus| Decision {
+                host: host.id.clone(),
+                unit: None,
+                cpus,
+                memory_mb: *memory_mb,
             })
         }
     }
@@ -244,7 +242,10 @@ pub fn choose_cpus(free: &CpuSet, numa_nodes: &[CpuSet], n: usize) -> Option<Cpu
     if numa_nodes.is_empty() {
         return Some(choose_in(free, n));
     }
-    let mut per_node: Vec<CpuSet> = numa_nodes.iter().map(|node| free.intersection(node)).collect();
+    let mut per_node: Vec<CpuSet> = numa_nodes
+        .iter()
+        .map(|node| free.intersection(node))
+        .collect();
     // The fullest node that still fits keeps the emptier nodes for larger sets.
     if let Some(node) = per_node
         .iter()
@@ -385,20 +386,29 @@ mod tests {
         engine.upsert_host(partitioned("h1", &["0-3", "4-7", "8-11"]));
         engine.upsert_host(partitioned("h2", &["0-3", "4-7"]));
         // Anywhere: h0 has the fewest free CPUs, so it is packed first.
-        assert_eq!(engine.place(&unit(4)).map(|d| d.host), Some(HostId::new("h0")));
+        assert_eq!(
+            engine.place(&unit(4)).map(|d| d.host),
+            Some(HostId::new("h0"))
+        );
         // In r1: h2 has fewer free CPUs than h1.
         let in_r1 = Request::Unit {
             cpu_count: 4,
             region: Some("r1".into()),
             zone: Some("z1".into()),
         };
-        assert_eq!(engine.place(&in_r1).map(|d| d.host), Some(HostId::new("h2")));
+        assert_eq!(
+            engine.place(&in_r1).map(|d| d.host),
+            Some(HostId::new("h2"))
+        );
         let in_r2 = Request::Unit {
             cpu_count: 4,
             region: Some("r2".into()),
             zone: None,
         };
-        assert_eq!(engine.place(&in_r2).map(|d| d.host), Some(HostId::new("h0")));
+        assert_eq!(
+            engine.place(&in_r2).map(|d| d.host),
+            Some(HostId::new("h0"))
+        );
         let in_z9 = Request::Unit {
             cpu_count: 4,
             region: None,
@@ -433,7 +443,10 @@ mod tests {
         engine.apply(&c);
         // 4 left, all in node 1.
         assert_eq!(engine.place(&cpus(5)), None);
-        assert_eq!(engine.place(&cpus(4)).map(|d| d.cpus.to_string()), Some("12-15".into()));
+        assert_eq!(
+            engine.place(&cpus(4)).map(|d| d.cpus.to_string()),
+            Some("12-15".into())
+        );
     }
 
     #[test]

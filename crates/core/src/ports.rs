@@ -80,7 +80,10 @@ mod tests {
     #[test]
     fn refuses_more_cpus_than_ports() {
         let units = parse_ranges(&["0-511", "512-512"]).expect("ranges");
-        assert_eq!(unit_port_ranges(&units), Err(PortSpaceExhausted { cpus: 513 }));
+        assert_eq!(
+            unit_port_ranges(&units),
+            Err(PortSpaceExhausted { cpus: 513 })
+        );
         let units = parse_ranges(&["0-511"]).expect("ranges");
         assert_eq!(
             unit_port_ranges(&units).expect("fits")[0].to_string(),

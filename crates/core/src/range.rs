@@ -45,7 +45,9 @@ impl CpuRange {
     }
 
     pub fn cpus(&self) -> CpuSet {
-        (self.start..=self.end).step_by(self.step() as usize).collect()
+        (self.start..=self.end)
+            .step_by(self.step() as usize)
+            .collect()
     }
 
     pub fn cpu_count(&self) -> u32 {
@@ -72,7 +74,9 @@ impl FromStr for CpuRange {
             None => (text, None),
         };
         let Some((start, end)) = span.split_once('-') else {
-            return Err(bad("expected start-end or start-end:step, e.g. \"0-3\" or \"0-7:2\""));
+            return Err(bad(
+                "expected start-end or start-end:step, e.g. \"0-3\" or \"0-7:2\"",
+            ));
         };
         let number = |s: &str, what: &str| -> Result<u32, CpuRangeError> {
             let canonical = !s.is_empty()
@@ -84,7 +88,11 @@ impl FromStr for CpuRange {
             s.parse::<u32>()
                 .ok()
                 .filter(|&n| n <= MAX_CPU_ID)
-                .ok_or_else(|| bad(&format!("{what} {s} is above the largest CPU id, {MAX_CPU_ID}")))
+                .ok_or_else(|| {
+                    bad(&format!(
+                        "{what} {s} is above the largest CPU id, {MAX_CPU_ID}"
+                    ))
+                })
         };
         let start = number(start, "start")?;
         let end = number(end, "end")?;
@@ -163,8 +171,8 @@ mod tests {
     #[test]
     fn rejects_malformed_ranges_naming_them() {
         for text in [
-            "", "3", "a-b", "3-1", "0-7:0", "01-3", " 0-3", "0-3 ", "-1-3", "0--3", "0-3:", "0-3:x",
-            "0-99999", "0-3:2:1",
+            "", "3", "a-b", "3-1", "0-7:0", "01-3", " 0-3", "0-3 ", "-1-3", "0--3", "0-3:",
+            "0-3:x", "0-99999", "0-3:2:1",
         ] {
             let err = text.parse::<CpuRange>().expect_err(text);
             assert!(
@@ -187,6 +195,9 @@ mod tests {
         );
         // Interleaved strides do not overlap.
         assert!(parse_ranges(&["0-7:2", "1-7:2"]).is_ok());
-        assert!(matches!(parse_ranges::<&str>(&[]), Err(CpuRangeError::Empty)));
+        assert!(matches!(
+            parse_ranges::<&str>(&[]),
+            Err(CpuRangeError::Empty)
+        ));
     }
 }

@@ -1,1 +1,36 @@
+//! The HTTP faces over the app services: routing, wire shapes, and each
+//! face's own error format and auth flavour. No business logic lives here:
+//! a handler parses, calls one app function and shapes the answer.
+//!
+//! Faces: [`kloigos`] at `/api`; [`system`] (`/health`). Every face publishes
+//! an OpenAPI document built from this code ([`openapi_documents`]).
 
+pub mod kloigos;
+pub mod system;
+
+use axum::Router;
+use tessera_app::App;
+use tower_http::trace::TraceLayer;
+
+/// Every face, mounted at its path.
+pub fn router(app: App) -> Router {
+    Router::new()
+        .merge(system::router(app.clone()))
+        .nest("/api", kloigos::router(app))
+        .layer(TraceLayer::new_for_http())
+}
+
+/// `(file name, document)` of every face's OpenAPI document, as checked in
+/// under `openapi/`.
+pub fn openapi_documents() -> Vec<(&'static str, String)> {
+    use utoipa::OpenApi;
+    let pretty = |doc: utoipa::openapi::OpenApi| {
+        let mut text = doc.to_pretty_json().unwrap_or_default();
+        text.push('\n');
+        text
+    };
+    vec![
+        ("kloigos.json", pretty(kloigos::KloigosApi::openapi())),
+        ("system.json", pretty(system::SystemApi::openapi())),
+    ]
+}

@@ -1,9 +1,9 @@
 //! Hosts: the servers of the fleet, with their Kloigos units.
 
 use crate::{Result, Store, StoreError, now};
-use sqlx::any::AnyRow;
 use sqlx::Row;
-use tessera_core::status::HostStatus;
+use sqlx::any::AnyRow;
+use tessera_core::status::{HostStatus, UnitStatus};
 
 #[derive(Clone, Debug)]
 pub struct HostRecord {
@@ -21,6 +21,16 @@ pub struct HostRecord {
     pub generation: i64,
     pub created_at: String,
     pub updated_at: String,
+}
+
+/// How [`Store::begin_decommission`] went.
+#[derive(Debug, PartialEq, Eq)]
+pub enum DecommissionStart {
+    Started,
+    AlreadyDecommissioning,
+    AlreadyDecommissioned,
+    /// Refused: these units are held.
+    UnitsHeld(Vec<String>),
 }
 
 pub struct NewHost {
@@ -75,20 +85,25 @@ fn host_from_row(row: &AnyRow) -> Result<HostRecord> {
 impl Store {
     /// Records a new host in INITIALIZING with its units UNAVAILABLE.
     /// Answers `false`, changing nothing, when the hostname is taken by a
-    /// host that is not decommissioned; a decommissioned one is replaced.
+    /// host that is neither decommissioned nor failed; such a one is replaced.
     pub async fn insert_host(&self, host: &NewHost) -> Result<bool> {
         let cpu_ranges = serde_json::to_string(&host.cpu_ranges).unwrap_or_default();
         let numa_nodes = serde_json::to_string(&host.numa_nodes).unwrap_or_default();
         self.retrying("insert_host", || async {
             let mut tx = self.write.begin().await?;
-            let retired = "(SELECT id FROM hosts WHERE hostname = $1 AND status = 'DECOMMISSIONED')";
+            // A host that was retired, or whose preparation failed, may be
+            // registered again under the same name.
+            let retired =
+                "(SELECT id FROM hosts WHERE hostname = $1 AND status IN ('DECOMMISSIONED', 'INIT_FAIL'))";
             for table in ["cpu_claims", "compute_units"] {
                 sqlx::query(&format!("DELETE FROM {table} WHERE host_id IN {retired}"))
                     .bind(&host.hostname)
                     .execute(&mut *tx)
                     .await?;
             }
-            sqlx::query("DELETE FROM hosts WHERE hostname = $1 AND status = 'DECOMMISSIONED'")
+            sqlx::query(
+                "DELETE FROM hosts WHERE hostname = $1 AND status IN ('DECOMMISSIONED', 'INIT_FAIL')",
+            )
                 .bind(&host.hostname)
                 .execute(&mut *tx)
                 .await?;
@@ -149,7 +164,10 @@ impl Store {
 
     pub async fn host(&self, id: &str) -> Result<Option<HostRecord>> {
         let sql = format!("SELECT {HOST_COLUMNS} FROM hosts WHERE id = $1");
-        let row = sqlx::query(&sql).bind(id).fetch_optional(&self.read).await?;
+        let row = sqlx::query(&sql)
+            .bind(id)
+            .fetch_optional(&self.read)
+            .await?;
         row.as_ref().map(host_from_row).transpose()
     }
 
@@ -243,6 +261,75 @@ impl Store {
             }
             tx.commit().await?;
             Ok(true)
+        })
+        .await
+    }
+
+    /// Starts retiring a host: DECOMMISSIONING, its FREE units out of
+    /// service. Unless `force`, refused while any unit is held; the check and
+    /// the change are one transaction behind the host row's lock, which every
+    /// unit claim takes first, so no claim can slip between them.
+    pub async fn begin_decommission(&self, id: &str, force: bool) -> Result<DecommissionStart> {
+        let held: Vec<&str> = UnitStatus::ALL
+            .iter()
+            .filter(|s| s.is_held())
+            .map(|s| s.as_str())
+            .collect();
+        let (guard, values) = status_guard("status", &held, 2);
+        let held_sql = format!(
+            "SELECT compute_id FROM compute_units WHERE host_id = $1 AND {guard} ORDER BY position"
+        );
+        self.retrying("begin_decommission", || async {
+            let mut tx = self.write.begin().await?;
+            let at = now();
+            sqlx::query(
+                "UPDATE hosts SET generation = generation + 1, updated_at = $1 WHERE id = $2",
+            )
+            .bind(&at)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+            let status: Option<String> =
+                sqlx::query_scalar("SELECT status FROM hosts WHERE id = $1")
+                    .bind(id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            let early = match status.as_deref() {
+                None | Some("DECOMMISSIONED") => Some(DecommissionStart::AlreadyDecommissioned),
+                Some("DECOMMISSIONING") => Some(DecommissionStart::AlreadyDecommissioning),
+                _ => None,
+            };
+            if let Some(early) = early {
+                tx.rollback().await?;
+                return Ok(early);
+            }
+            if !force {
+                let mut query = sqlx::query_scalar::<_, String>(&held_sql).bind(id);
+                for value in &values {
+                    query = query.bind(*value);
+                }
+                let ids = query.fetch_all(&mut *tx).await?;
+                if !ids.is_empty() {
+                    tx.rollback().await?;
+                    return Ok(DecommissionStart::UnitsHeld(ids));
+                }
+            }
+            sqlx::query(
+                "UPDATE hosts SET status = 'DECOMMISSIONING', status_detail = NULL WHERE id = $1",
+            )
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(
+                "UPDATE compute_units SET status = 'UNAVAILABLE', updated_at = $1, \
+                 generation = generation + 1 WHERE host_id = $2 AND status = 'FREE'",
+            )
+            .bind(&at)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            Ok(DecommissionStart::Started)
         })
         .await
     }

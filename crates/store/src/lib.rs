@@ -11,7 +11,8 @@ mod hosts;
 mod tokens;
 mod units;
 
-pub use hosts::{HostRecord, NewHost, NewUnit};
+pub use hosts::{DecommissionStart, HostRecord, NewHost, NewUnit};
+pub use sqlx::Error as SqlxError;
 pub use tokens::TokenRecord;
 pub use units::{UnitClaim, UnitFilter, UnitRecord};
 

@@ -33,10 +33,11 @@ impl Store {
     }
 
     pub async fn token(&self, id: &str) -> Result<Option<TokenRecord>> {
-        let row = sqlx::query("SELECT id, name, token_hash, created_at FROM api_tokens WHERE id = $1")
-            .bind(id)
-            .fetch_optional(&self.write)
-            .await?;
+        let row =
+            sqlx::query("SELECT id, name, token_hash, created_at FROM api_tokens WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&self.write)
+                .await?;
         row.as_ref().map(token_from_row).transpose()
     }
 

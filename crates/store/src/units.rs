@@ -158,10 +158,11 @@ impl Store {
     /// the caller lost a race and should look again.
     pub async fn claim_unit(&self, claim: &UnitClaim<'_>) -> Result<bool> {
         let tags = claim.tags.map(|t| t.to_string());
-        let deployment_id = claim
-            .tags
-            .and_then(|t| t.get("deployment_id"))
-            .map(|d| d.as_str().map(str::to_string).unwrap_or_else(|| d.to_string()));
+        let deployment_id = claim.tags.and_then(|t| t.get("deployment_id")).map(|d| {
+            d.as_str()
+                .map(str::to_string)
+                .unwrap_or_else(|| d.to_string())
+        });
         let holder = holder(claim.compute_id);
         self.retrying("claim_unit", || async {
             let mut tx = self.write.begin().await?;

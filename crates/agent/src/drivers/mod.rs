@@ -1,0 +1,3 @@
+//! Drivers realise what the control plane asks on a host.
+
+pub mod sim;

@@ -1,0 +1,216 @@
+//! A simulated host: the fleet of `tessera server --sim-hosts`.
+//!
+//! Each simulated host reports the CPUs it was registered with and 8 GiB of
+//! memory per CPU (unless configured otherwise), and keeps in memory what a
+//! real host would keep on disk: which unit users exist and which keys they
+//! hold. It refuses calls a real host would refuse, so control-plane bugs
+//! show up in tests. Failures and latency can be injected per host and per
+//! kind of call, to exercise the control plane's failure paths.
+
+use std::collections::{HashMap, HashSet};
+use std::str::FromStr;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+use tessera_agent_api::{AgentDirectory, AgentError, HostAgent, HostReport, HostSpec, UnitSpec};
+use tessera_core::HostId;
+
+/// How simulated hosts behave.
+#[derive(Clone, Debug, Default)]
+pub struct SimConfig {
+    /// Memory reported per CPU, in MiB (default 8 GiB).
+    pub memory_mb_per_cpu: Option<u64>,
+    /// Added to every call, to model a slow host.
+    pub latency: Duration,
+    pub faults: Vec<SimFault>,
+}
+
+/// The kinds of host-side work a fault can target.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum SimStep {
+    Prepare,
+    Activate,
+    Release,
+    Retire,
+}
+
+/// Makes `step` fail on every host whose name starts with `host_prefix`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SimFault {
+    pub step: SimStep,
+    pub host_prefix: String,
+}
+
+impl FromStr for SimFault {
+    type Err = String;
+
+    /// `STEP:HOSTPREFIX`, e.g. `activate:bad-` fails key installs on hosts
+    /// named `bad-*`. Steps: prepare, activate, release, retire.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (step, host_prefix) = s
+            .split_once(':')
+            .ok_or_else(|| format!("fault {s:?} is not STEP:HOSTPREFIX"))?;
+        let step = match step {
+            "prepare" => SimStep::Prepare,
+            "activate" => SimStep::Activate,
+            "release" => SimStep::Release,
+            "retire" => SimStep::Retire,
+            other => {
+                return Err(format!(
+                    "fault step {other:?} is not one of prepare, activate, release, retire"
+                ));
+            }
+        };
+        Ok(SimFault {
+            step,
+            host_prefix: host_prefix.to_string(),
+        })
+    }
+}
+
+const DEFAULT_MEMORY_MB_PER_CPU: u64 = 8 * 1024;
+
+/// Every simulated host, created on first use.
+pub struct SimFleet {
+    config: SimConfig,
+    hosts: Mutex<HashMap<HostId, Arc<SimHost>>>,
+}
+
+impl SimFleet {
+    pub fn new(config: SimConfig) -> Self {
+        Self {
+            config,
+            hosts: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn host(&self, id: &HostId) -> Option<Arc<SimHost>> {
+        let hosts = self.hosts.lock().unwrap_or_else(PoisonError::into_inner);
+        hosts.get(id).cloned()
+    }
+}
+
+impl AgentDirectory for SimFleet {
+    fn agent_for(&self, host: &HostSpec) -> Option<Arc<dyn HostAgent>> {
+        let mut hosts = self.hosts.lock().unwrap_or_else(PoisonError::into_inner);
+        let sim = hosts
+            .entry(host.id.clone())
+            .or_insert_with(|| Arc::new(SimHost::new(host, &self.config)));
+        Some(sim.clone() as Arc<dyn HostAgent>)
+    }
+}
+
+/// One simulated host.
+pub struct SimHost {
+    hostname: String,
+    report: HostReport,
+    latency: Duration,
+    failing: HashSet<SimStep>,
+    state: Mutex<SimState>,
+}
+
+#[derive(Default, Debug)]
+struct SimState {
+    prepared: bool,
+    /// Unit users that exist, with the key each holds, if any.
+    users: HashMap<String, Option<String>>,
+}
+
+impl SimHost {
+    fn new(host: &HostSpec, config: &SimConfig) -> Self {
+        let per_cpu = config
+            .memory_mb_per_cpu
+            .unwrap_or(DEFAULT_MEMORY_MB_PER_CPU);
+        Self {
+            hostname: host.hostname.clone(),
+            report: HostReport {
+                cpus: host.cpus.clone(),
+                numa_nodes: host.numa_nodes.clone(),
+                memory_mb: host.cpus.len() as u64 * per_cpu,
+            },
+            latency: config.latency,
+            failing: config
+                .faults
+                .iter()
+                .filter(|f| host.hostname.starts_with(&f.host_prefix))
+                .map(|f| f.step)
+                .collect(),
+            state: Mutex::new(SimState::default()),
+        }
+    }
+
+    /// The key `user` holds now, if the user exists and has one.
+    pub fn installed_key(&self, user: &str) -> Option<String> {
+        self.state().users.get(user).cloned().flatten()
+    }
+
+    pub fn is_prepared(&self) -> bool {
+        self.state().prepared
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, SimState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    async fn step(&self, step: SimStep) -> Result<(), AgentError> {
+        if !self.latency.is_zero() {
+            tokio::time::sleep(self.latency).await;
+        }
+        if self.failing.contains(&step) {
+            return Err(AgentError::Failed(format!(
+                "simulated {step:?} failure on {}",
+                self.hostname
+            )));
+        }
+        Ok(())
+    }
+}
+
+#[async_trait::async_trait]
+impl HostAgent for SimHost {
+    async fn report(&self) -> Result<HostReport, AgentError> {
+        Ok(self.report.clone())
+    }
+
+    async fn prepare_host(&self, host: &HostSpec) -> Result<(), AgentError> {
+        self.step(SimStep::Prepare).await?;
+        let mut state = self.state();
+        for unit in &host.units {
+            state.users.entry(unit.user.clone()).or_insert(None);
+        }
+        state.prepared = true;
+        Ok(())
+    }
+
+    async fn activate_unit(&self, unit: &UnitSpec, ssh_public_key: &str) -> Result<(), AgentError> {
+        self.step(SimStep::Activate).await?;
+        let mut state = self.state();
+        match state.users.get_mut(&unit.user) {
+            Some(slot) => {
+                *slot = Some(ssh_public_key.to_string());
+                Ok(())
+            }
+            None => Err(AgentError::Failed(format!(
+                "unit user {} does not exist on {}",
+                unit.user, self.hostname
+            ))),
+        }
+    }
+
+    async fn release_unit(&self, unit: &UnitSpec) -> Result<(), AgentError> {
+        self.step(SimStep::Release).await?;
+        if let Some(slot) = self.state().users.get_mut(&unit.user) {
+            *slot = None;
+        }
+        Ok(())
+    }
+
+    async fn retire_host(&self, host: &HostSpec) -> Result<(), AgentError> {
+        self.step(SimStep::Retire).await?;
+        let mut state = self.state();
+        for unit in &host.units {
+            state.users.remove(&unit.user);
+        }
+        state.prepared = false;
+        Ok(())
+    }
+}

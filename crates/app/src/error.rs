@@ -1,0 +1,66 @@
+//! The one error type of the app layer. Each face turns it into its own
+//! documented error body in one place; the message is for the user, the
+//! source (when there is one) is for the log.
+
+use tessera_store::StoreError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Bad input. `field` names the offending request field when there is one.
+    #[error("{message}")]
+    Invalid {
+        field: Option<&'static str>,
+        message: String,
+    },
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    /// Nothing free matches the request.
+    #[error("{0}")]
+    NoCapacity(String),
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// A host refused or failed the work asked of it.
+    #[error("{0}")]
+    HostFailed(String),
+    /// A host did not finish in time; the work goes on in the background.
+    #[error("{0}")]
+    HostTimeout(String),
+    /// The work cannot be done now (no agent on the host, database down).
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("internal error")]
+    Internal(#[source] StoreError),
+}
+
+impl Error {
+    pub fn invalid(field: &'static str, message: impl Into<String>) -> Self {
+        Error::Invalid {
+            field: Some(field),
+            message: message.into(),
+        }
+    }
+}
+
+impl From<StoreError> for Error {
+    fn from(err: StoreError) -> Self {
+        match err {
+            StoreError::Query(sqlx_err) if is_unavailable(&sqlx_err) => {
+                Error::Unavailable("the database is unavailable; try again".into())
+            }
+            other => Error::Internal(other),
+        }
+    }
+}
+
+fn is_unavailable(err: &tessera_store::SqlxError) -> bool {
+    matches!(
+        err,
+        tessera_store::SqlxError::PoolTimedOut
+            | tessera_store::SqlxError::PoolClosed
+            | tessera_store::SqlxError::Io(_)
+    )
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

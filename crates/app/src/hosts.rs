@@ -1,0 +1,344 @@
+//! Hosts: registration (Kloigos `init_server`), preparation through the
+//! host's agent, and decommissioning.
+//!
+//! A host's status in the store is its desired state: INITIALIZING means
+//! "prepare me", DECOMMISSIONING "retire me". Requests only record that and
+//! start the work; [`crate::reconciler`] finishes whatever a crash or a
+//! missing agent left undone, so every step here is safe to run twice.
+
+use crate::error::{Error, Result};
+use crate::{App, InFlight};
+use rand::RngCore;
+use std::net::IpAddr;
+use tessera_agent_api::{HostSpec, UnitSpec};
+use tessera_core::ports::{PortRange, unit_port_ranges};
+use tessera_core::range::parse_ranges;
+use tessera_core::status::HostStatus;
+use tessera_core::{ComputeId, CpuRange, CpuSet, HostId};
+use tessera_store::{HostRecord, NewHost, NewUnit, UnitFilter, UnitRecord};
+
+/// A host to register.
+#[derive(Clone, Debug)]
+pub struct InitServer {
+    pub hostname: String,
+    pub ip: String,
+    pub region: String,
+    pub zone: String,
+    pub cpu_ranges: Vec<String>,
+    /// Each NUMA node's CPUs in Linux list format (`"0-31,64-95"`).
+    pub numa_nodes: Vec<String>,
+}
+
+pub use tessera_store::HostRecord as Host;
+
+/// How a decommission request ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Decommission {
+    Started,
+    AlreadyDone,
+}
+
+impl App {
+    /// Registers a host and starts preparing it; its units become FREE when
+    /// the host side is done.
+    pub async fn init_server(&self, req: InitServer) -> Result<Host> {
+        let new = validate_host(req)?;
+        if !self.store.insert_host(&new).await? {
+            let status = self
+                .store
+                .host_by_hostname(&new.hostname)
+                .await?
+                .map(|h| h.status.to_string())
+                .unwrap_or_default();
+            return Err(Error::Conflict(format!(
+                "server {} is already registered (status {status}); decommission it first",
+                new.hostname
+            )));
+        }
+        tracing::info!(hostname = %new.hostname, id = %new.id, "server registered");
+        let host = self
+            .store
+            .host(&new.id)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("server {} vanished", new.hostname)))?;
+        self.placement.refresh_host(&self.store, &host.id).await?;
+        let app = self.clone();
+        let id = host.id.clone();
+        tokio::spawn(async move { app.drive_host(&id).await });
+        Ok(host)
+    }
+
+    /// Retires a host. Refused while units are held unless `force`, which
+    /// takes them back first. Answers once the host takes no new units; the
+    /// host-side work goes on in the background.
+    pub async fn decommission_server(&self, hostname: &str, force: bool) -> Result<Decommission> {
+        let host = self
+            .store
+            .host_by_hostname(hostname)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("Server {hostname} not found")))?;
+        match self.store.begin_decommission(&host.id, force).await? {
+            tessera_store::DecommissionStart::Started => {}
+            tessera_store::DecommissionStart::AlreadyDecommissioning => {}
+            tessera_store::DecommissionStart::AlreadyDecommissioned => {
+                return Ok(Decommission::AlreadyDone);
+            }
+            tessera_store::DecommissionStart::UnitsHeld(ids) => {
+                return Err(Error::Conflict(format!(
+                    "server {hostname} has {} allocated compute unit(s) ({}); deallocate them \
+                     first or decommission with ?force=true",
+                    ids.len(),
+                    ids.join(", ")
+                )));
+            }
+        }
+        tracing::info!(hostname, force, "server decommissioning");
+        self.placement.refresh_host(&self.store, &host.id).await?;
+        let app = self.clone();
+        let id = host.id.clone();
+        tokio::spawn(async move { app.drive_host(&id).await });
+        Ok(Decommission::Started)
+    }
+
+    /// Does the host-side work a host's status asks for. Safe to run twice,
+    /// and a no-op while another task in this process drives the same host.
+    pub(crate) async fn drive_host(&self, id: &str) {
+        let Some(_guard) = InFlight::enter(&self.in_flight, format!("host:{id}")) else {
+            return;
+        };
+        if let Err(err) = self.drive_host_once(id).await {
+            tracing::warn!(host = id, error = %err, "host work did not finish; will retry");
+        }
+    }
+
+    async fn drive_host_once(&self, id: &str) -> Result<()> {
+        let Some(host) = self.store.host(id).await? else {
+            return Ok(());
+        };
+        match host.status {
+            HostStatus::Initializing => self.prepare(&host).await,
+            HostStatus::Decommissioning => self.retire(&host).await,
+            _ => Ok(()),
+        }
+    }
+
+    async fn prepare(&self, host: &HostRecord) -> Result<()> {
+        let spec = self.host_spec(host).await?;
+        let Some(agent) = self.agents.agent_for(&spec) else {
+            tracing::info!(hostname = %host.hostname, "server waits for its agent");
+            return Ok(());
+        };
+        let outcome = async {
+            let report = self.host_call(agent.report()).await?;
+            let missing = spec.cpus.difference(&report.cpus);
+            if !missing.is_empty() {
+                return Err(format!(
+                    "CPUs {missing} of the registered ranges are not on the host (it has {})",
+                    report.cpus
+                ));
+            }
+            self.host_call(agent.prepare_host(&spec)).await?;
+            Ok(report)
+        }
+        .await;
+        match outcome {
+            Ok(report) => {
+                let memory = i64::try_from(report.memory_mb).unwrap_or(i64::MAX);
+                self.store.set_host_memory(&host.id, memory).await?;
+                let ready = self
+                    .store
+                    .transition_host(
+                        &host.id,
+                        &[HostStatus::Initializing],
+                        HostStatus::Ready,
+                        None,
+                    )
+                    .await?;
+                if ready {
+                    tracing::info!(hostname = %host.hostname, "server ready");
+                }
+            }
+            Err(why) => {
+                tracing::warn!(hostname = %host.hostname, error = %why, "server preparation failed");
+                self.store
+                    .transition_host(
+                        &host.id,
+                        &[HostStatus::Initializing],
+                        HostStatus::InitFail,
+                        Some(&why),
+                    )
+                    .await?;
+            }
+        }
+        self.placement.refresh_host(&self.store, &host.id).await
+    }
+
+    async fn retire(&self, host: &HostRecord) -> Result<()> {
+        let spec = self.host_spec(host).await?;
+        let held = self.held_units(&host.id).await?;
+        let outcome: Result<(), String> = match self.agents.agent_for(&spec) {
+            // A host that never had an agent has nothing to undo.
+            None => Ok(()),
+            Some(agent) => {
+                async {
+                    for unit in &held {
+                        let unit_spec = unit_spec(unit).map_err(|e| e.to_string())?;
+                        self.host_call(agent.release_unit(&unit_spec)).await?;
+                    }
+                    Ok(self.host_call(agent.retire_host(&spec)).await?)
+                }
+                .await
+            }
+        };
+        let (to, detail) = match &outcome {
+            Ok(()) => (HostStatus::Decommissioned, None),
+            Err(why) => (HostStatus::DecommissionFail, Some(why.as_str())),
+        };
+        self.store
+            .transition_host(&host.id, &[HostStatus::Decommissioning], to, detail)
+            .await?;
+        tracing::info!(hostname = %host.hostname, status = %to, detail, "server decommission ended");
+        self.placement.refresh_host(&self.store, &host.id).await
+    }
+
+    async fn held_units(&self, host_id: &str) -> Result<Vec<UnitRecord>> {
+        let filter = UnitFilter {
+            host_id: Some(host_id.to_string()),
+            ..UnitFilter::default()
+        };
+        let units = self.store.units(&filter).await?;
+        Ok(units.into_iter().filter(|u| u.status.is_held()).collect())
+    }
+
+    pub(crate) async fn host_spec(&self, host: &HostRecord) -> Result<HostSpec> {
+        let filter = UnitFilter {
+            host_id: Some(host.id.clone()),
+            ..UnitFilter::default()
+        };
+        let units = self
+            .store
+            .units(&filter)
+            .await?
+            .iter()
+            .map(unit_spec)
+            .collect::<Result<Vec<_>>>()?;
+        let cpus = units
+            .iter()
+            .fold(CpuSet::new(), |all, u| all.union(&u.cpus));
+        Ok(HostSpec {
+            id: HostId::new(host.id.as_str()),
+            hostname: host.hostname.clone(),
+            ip: host.ip.clone(),
+            cpus,
+            numa_nodes: host
+                .numa_nodes
+                .iter()
+                .filter_map(|n| CpuSet::parse_list(n).ok())
+                .collect(),
+            units,
+        })
+    }
+}
+
+/// What an agent needs to know of a unit.
+pub(crate) fn unit_spec(unit: &UnitRecord) -> Result<UnitSpec> {
+    let corrupt = |what: &str| {
+        Error::Internal(tessera_store::StoreError::Corrupt(format!(
+            "unit {}: {what}",
+            unit.compute_id
+        )))
+    };
+    let range: CpuRange = unit.cpu_range.parse().map_err(|_| corrupt("cpu_range"))?;
+    let (start, end) = unit
+        .ports_range
+        .split_once('-')
+        .and_then(|(a, b)| Some((a.parse().ok()?, b.parse().ok()?)))
+        .ok_or_else(|| corrupt("ports_range"))?;
+    Ok(UnitSpec {
+        compute_id: ComputeId::new(unit.compute_id.as_str()),
+        user: range.unit_name(),
+        cpus: range.cpus(),
+        ports: PortRange { start, end },
+    })
+}
+
+fn validate_host(req: InitServer) -> Result<NewHost> {
+    validate_hostname(&req.hostname)?;
+    if req.ip.parse::<IpAddr>().is_err() && validate_hostname(&req.ip).is_err() {
+        return Err(Error::invalid(
+            "ip",
+            format!("{:?} is neither an IP address nor a host name", req.ip),
+        ));
+    }
+    for (field, value) in [("region", &req.region), ("zone", &req.zone)] {
+        if value.trim().is_empty() || value.len() > 64 || value.chars().any(char::is_control) {
+            return Err(Error::invalid(
+                field,
+                format!("{field} must be 1 to 64 printable characters"),
+            ));
+        }
+    }
+    let ranges =
+        parse_ranges(&req.cpu_ranges).map_err(|e| Error::invalid("cpu_ranges", e.to_string()))?;
+    let ports =
+        unit_port_ranges(&ranges).map_err(|e| Error::invalid("cpu_ranges", e.to_string()))?;
+    let mut numa_seen = CpuSet::new();
+    let mut numa_nodes = Vec::with_capacity(req.numa_nodes.len());
+    for (i, node) in req.numa_nodes.iter().enumerate() {
+        let cpus = CpuSet::parse_list(node)
+            .map_err(|e| Error::invalid("numa_nodes", format!("NUMA node {i}: {e}")))?;
+        if cpus.is_empty() || !cpus.is_disjoint(&numa_seen) {
+            return Err(Error::invalid(
+                "numa_nodes",
+                format!("NUMA node {i} ({node:?}) is empty or shares CPUs with an earlier node"),
+            ));
+        }
+        numa_seen = numa_seen.union(&cpus);
+        numa_nodes.push(cpus.to_string());
+    }
+    let mut id = [0u8; 8];
+    rand::rng().fill_bytes(&mut id);
+    let units = ranges
+        .iter()
+        .zip(&ports)
+        .map(|(range, ports)| NewUnit {
+            compute_id: ComputeId::for_unit(&req.hostname, range).to_string(),
+            cpu_range: range.to_string(),
+            cpu_list: range.cpus().to_list(),
+            cpu_count: i64::from(range.cpu_count()),
+            ports_range: ports.to_string(),
+        })
+        .collect();
+    Ok(NewHost {
+        id: format!("host-{}", hex::encode(id)),
+        hostname: req.hostname,
+        ip: req.ip,
+        region: req.region,
+        zone: req.zone,
+        cpu_ranges: ranges.iter().map(ToString::to_string).collect(),
+        numa_nodes,
+        memory_mb: 0,
+        units,
+    })
+}
+
+/// A DNS name: labels of letters, digits and inner hyphens, dot-separated.
+fn validate_hostname(name: &str) -> Result<()> {
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    if name.len() <= 253 && name.split('.').all(label_ok) {
+        Ok(())
+    } else {
+        Err(Error::invalid(
+            "hostname",
+            format!(
+                "{name:?} is not a valid host name (letters, digits, inner hyphens and dots, at most 253 characters)"
+            ),
+        ))
+    }
+}

@@ -1,0 +1,179 @@
+//! The control plane's placement view: the core engine fed from the store.
+//!
+//! The view is a cache. Decisions are taken on it under a short lock and
+//! applied to it at once, so that requests in this process do not pick the
+//! same unit; the store's conditional writes then decide for real. When a
+//! commit loses (another replica, or a stale view), the host is reloaded and
+//! placement asked again; when the view finds no room, the hosts whose
+//! generation changed in the store are reloaded before answering "none".
+
+use crate::error::Result;
+use std::collections::HashMap;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use tessera_core::placement::{Decision, HostInventory, PlacementEngine, Request, UnitSlot};
+use tessera_core::status::{HostStatus, UnitStatus};
+use tessera_core::{ComputeId, CpuSet, HostId};
+use tessera_store::{HostRecord, Store, UnitFilter, UnitRecord};
+
+#[derive(Default)]
+pub struct PlacementView {
+    state: Mutex<ViewState>,
+}
+
+#[derive(Default)]
+struct ViewState {
+    engine: PlacementEngine,
+    /// The store generation each host was loaded at.
+    generations: HashMap<HostId, i64>,
+}
+
+impl PlacementView {
+    fn state(&self) -> MutexGuard<'_, ViewState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Loads every host from the store.
+    pub async fn load_all(&self, store: &Store) -> Result<()> {
+        let hosts = store.hosts(&[]).await?;
+        let units = store.units(&UnitFilter::default()).await?;
+        let claims = store.cpu_claims(None).await?;
+        let mut units_by_host: HashMap<String, Vec<UnitRecord>> = HashMap::new();
+        for unit in units {
+            units_by_host
+                .entry(unit.host_id.clone())
+                .or_default()
+                .push(unit);
+        }
+        let mut held: HashMap<String, CpuSet> = HashMap::new();
+        for (host, cpu) in claims {
+            held.entry(host).or_default().insert(cpu);
+        }
+        let mut state = self.state();
+        for host in hosts {
+            let units = units_by_host.remove(&host.id).unwrap_or_default();
+            let held = held.remove(&host.id).unwrap_or_default();
+            state.put(inventory(&host, &units, held), host.generation);
+        }
+        Ok(())
+    }
+
+    /// Reloads one host from the store (or forgets it when it is gone).
+    pub async fn refresh_host(&self, store: &Store, id: &str) -> Result<()> {
+        let Some(host) = store.host(id).await? else {
+            self.state().forget(&HostId::new(id));
+            return Ok(());
+        };
+        let filter = UnitFilter {
+            host_id: Some(id.to_string()),
+            ..UnitFilter::default()
+        };
+        let units = store.units(&filter).await?;
+        let held = store
+            .cpu_claims(Some(id))
+            .await?
+            .into_iter()
+            .map(|(_, cpu)| cpu)
+            .collect();
+        self.state()
+            .put(inventory(&host, &units, held), host.generation);
+        Ok(())
+    }
+
+    /// Reloads the hosts whose generation in the store differs from the
+    /// view's, and forgets those the store no longer has. Answers how many
+    /// hosts changed.
+    pub async fn refresh_changed(&self, store: &Store) -> Result<usize> {
+        let current = store.host_generations().await?;
+        let stale: Vec<String> = {
+            let mut state = self.state();
+            let known: std::collections::HashSet<&str> =
+                current.iter().map(|(id, _)| id.as_str()).collect();
+            let gone: Vec<HostId> = state
+                .generations
+                .keys()
+                .filter(|id| !known.contains(id.as_str()))
+                .cloned()
+                .collect();
+            for id in &gone {
+                state.forget(id);
+            }
+            current
+                .into_iter()
+                .filter(|(id, generation)| {
+                    state.generations.get(&HostId::new(id.as_str())) != Some(generation)
+                })
+                .map(|(id, _)| id)
+                .collect()
+        };
+        for id in &stale {
+            self.refresh_host(store, id).await?;
+        }
+        Ok(stale.len())
+    }
+
+    /// Decides where `request` goes and marks the decision taken in the view.
+    pub fn take(&self, request: &Request) -> Option<Decision> {
+        let mut state = self.state();
+        let decision = state.engine.place(request)?;
+        state.engine.apply(&decision);
+        Some(decision)
+    }
+
+    /// Marks a unit free again in the view after its release was committed.
+    pub fn release_unit(&self, host: &HostId, unit: &ComputeId, cpus: CpuSet) {
+        self.state().engine.release(&Decision {
+            host: host.clone(),
+            unit: Some(unit.clone()),
+            cpus,
+            memory_mb: 0,
+        });
+    }
+
+    /// Runs `f` on the engine: for benchmarks and diagnostics.
+    pub fn with_engine<T>(&self, f: impl FnOnce(&PlacementEngine) -> T) -> T {
+        f(&self.state().engine)
+    }
+}
+
+impl ViewState {
+    fn put(&mut self, inventory: HostInventory, generation: i64) {
+        self.generations.insert(inventory.id.clone(), generation);
+        self.engine.upsert_host(inventory);
+    }
+
+    fn forget(&mut self, id: &HostId) {
+        self.generations.remove(id);
+        self.engine.remove_host(id);
+    }
+}
+
+/// A host's inventory as placement sees it.
+pub fn inventory(host: &HostRecord, units: &[UnitRecord], held: CpuSet) -> HostInventory {
+    let slots: Vec<UnitSlot> = units
+        .iter()
+        .map(|u| UnitSlot {
+            id: ComputeId::new(u.compute_id.as_str()),
+            cpus: CpuSet::parse_list(&u.cpu_list).unwrap_or_default(),
+            free: u.status == UnitStatus::Free,
+        })
+        .collect();
+    let cpus = slots
+        .iter()
+        .fold(CpuSet::new(), |all, u| all.union(&u.cpus));
+    HostInventory {
+        id: HostId::new(host.id.as_str()),
+        region: host.region.clone(),
+        zone: host.zone.clone(),
+        schedulable: host.status == HostStatus::Ready,
+        cpus,
+        numa_nodes: host
+            .numa_nodes
+            .iter()
+            .filter_map(|n| CpuSet::parse_list(n).ok())
+            .collect(),
+        units: slots,
+        held,
+        memory_mb: u64::try_from(host.memory_mb).unwrap_or(0),
+        memory_held_mb: 0,
+    }
+}

@@ -1,0 +1,123 @@
+//! The reconciler: finds work the store says is unfinished and finishes it.
+//!
+//! It takes no input and is safe to run any number of times, in any number of
+//! control-plane processes: a host still INITIALIZING is prepared, one
+//! DECOMMISSIONING retired, a unit DEALLOCATING past its deadline wiped
+//! again, and a unit still ALLOCATING past its deadline (its request died
+//! with a crashed process) marked ALLOCATION_FAIL, holding its CPUs until its
+//! tenant deallocates it. At start it also pushes the desired state to every
+//! ready host, so a host that lost its state (a restarted simulated host, a
+//! reinstalled agent) gets its unit users and tenants' keys back.
+
+use crate::error::Result;
+use crate::hosts::unit_spec;
+use crate::{App, InFlight};
+use tessera_core::HostId;
+use tessera_core::status::{HostStatus, UnitStatus};
+use tessera_store::UnitFilter;
+
+impl App {
+    /// Runs the reconciler until the returned task is aborted.
+    pub fn spawn_reconciler(&self) -> tokio::task::JoinHandle<()> {
+        let app = self.clone();
+        tokio::spawn(async move {
+            if let Err(err) = app.resync_hosts().await {
+                tracing::warn!(error = %err, "pushing desired state to hosts failed");
+            }
+            let mut tick = tokio::time::interval(app.config.reconcile_every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                if let Err(err) = app.reconcile_once().await {
+                    tracing::warn!(error = %err, "reconcile pass failed");
+                }
+            }
+        })
+    }
+
+    /// One pass over everything unfinished.
+    pub async fn reconcile_once(&self) -> Result<()> {
+        let pending = [HostStatus::Initializing, HostStatus::Decommissioning];
+        for host in self.store.hosts(&pending).await? {
+            let app = self.clone();
+            tokio::spawn(async move { app.drive_host(&host.id).await });
+        }
+        for unit in self.overdue_units().await? {
+            let Some(guard) = InFlight::enter(&self.in_flight, format!("unit:{}", unit.compute_id))
+            else {
+                continue;
+            };
+            match unit.status {
+                UnitStatus::Allocating => {
+                    let failed = self
+                        .store
+                        .transition_unit(
+                            &unit.compute_id,
+                            &[UnitStatus::Allocating],
+                            UnitStatus::AllocationFail,
+                            Some("the allocation was interrupted before the host confirmed it"),
+                            None,
+                        )
+                        .await?;
+                    if failed {
+                        tracing::warn!(compute_id = %unit.compute_id, "interrupted allocation marked ALLOCATION_FAIL");
+                    }
+                }
+                UnitStatus::Deallocating => {
+                    let app = self.clone();
+                    tokio::spawn(async move {
+                        let _guard = guard;
+                        let deadline = app.deadline();
+                        let retried = app
+                            .store
+                            .transition_unit(
+                                &unit.compute_id,
+                                &[UnitStatus::Deallocating],
+                                UnitStatus::Deallocating,
+                                None,
+                                Some(&deadline),
+                            )
+                            .await;
+                        if matches!(retried, Ok(true))
+                            && let Err(err) = app.release(&unit.compute_id).await
+                        {
+                            tracing::warn!(compute_id = %unit.compute_id, error = %err, "wiping the unit failed again");
+                        }
+                    });
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Pushes every ready host's desired state to its agent: its units
+    /// prepared and each allocated unit's key installed.
+    pub async fn resync_hosts(&self) -> Result<()> {
+        for host in self.store.hosts(&[HostStatus::Ready]).await? {
+            let spec = self.host_spec(&host).await?;
+            let Some(agent) = self.agent(&HostId::new(host.id.as_str())).await? else {
+                continue;
+            };
+            if let Err(err) = self.host_call(agent.prepare_host(&spec)).await {
+                tracing::warn!(hostname = %host.hostname, error = %err, "host resync failed");
+                continue;
+            }
+            let filter = UnitFilter {
+                host_id: Some(host.id.clone()),
+                statuses: vec![UnitStatus::Allocated],
+                ..UnitFilter::default()
+            };
+            for unit in self.store.units(&filter).await? {
+                let (Ok(unit_spec), Some(key)) = (unit_spec(&unit), unit.ssh_public_key.as_deref())
+                else {
+                    continue;
+                };
+                if let Err(err) = self.host_call(agent.activate_unit(&unit_spec, key)).await {
+                    tracing::warn!(compute_id = %unit.compute_id, error = %err, "key resync failed");
+                }
+            }
+        }
+        Ok(())
+    }
+}

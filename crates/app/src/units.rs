@@ -1,0 +1,259 @@
+//! Kloigos compute units: allocate, deallocate, list.
+//!
+//! Allocation is placement (a decision on the view), a claim committed with
+//! the store's conflict check, then the host side (the tenant's key) with a
+//! deadline; the answer shows the state the unit is really in. A unit's
+//! status with its deadline is the durable record of the step under way, so
+//! [`crate::reconciler`] can settle what a crash interrupted.
+
+use crate::error::{Error, Result};
+use crate::hosts::unit_spec;
+use crate::{App, HostCallError};
+use tessera_core::HostId;
+use tessera_core::placement::Request;
+use tessera_core::status::UnitStatus;
+use tessera_store::{UnitClaim, UnitFilter};
+
+pub use tessera_store::UnitFilter as UnitQuery;
+pub use tessera_store::UnitRecord as ComputeUnit;
+
+/// Kloigos's answer when nothing matches, which its clients look for.
+pub const NO_FREE_UNIT: &str = "No free Compute Unit found to match your request";
+
+/// How many times an allocation looks again after losing a race.
+const MAX_CLAIM_ATTEMPTS: usize = 64;
+
+#[derive(Clone, Debug)]
+pub struct AllocateUnit {
+    pub cpu_count: u32,
+    pub region: Option<String>,
+    pub zone: Option<String>,
+    pub ssh_public_key: String,
+    pub tags: Option<serde_json::Value>,
+}
+
+impl App {
+    pub async fn compute_units(&self, filter: &UnitQuery) -> Result<Vec<ComputeUnit>> {
+        Ok(self.store.units(filter).await?)
+    }
+
+    pub async fn allocate_unit(&self, req: AllocateUnit) -> Result<ComputeUnit> {
+        validate_allocation(&req)?;
+        let request = Request::Unit {
+            cpu_count: req.cpu_count,
+            region: req.region.clone(),
+            zone: req.zone.clone(),
+        };
+        let deadline = self.deadline();
+        let mut looked_again = false;
+        let mut attempts = 0;
+        let decision = loop {
+            let Some(decision) = self.placement.take(&request) else {
+                if looked_again {
+                    return Err(Error::NoCapacity(NO_FREE_UNIT.into()));
+                }
+                // The view may miss what other replicas freed or added.
+                self.placement.refresh_changed(&self.store).await?;
+                looked_again = true;
+                continue;
+            };
+            let compute_id = decision
+                .unit
+                .clone()
+                .map(|u| u.to_string())
+                .unwrap_or_default();
+            let cpus: Vec<u32> = decision.cpus.iter().collect();
+            let claim = UnitClaim {
+                compute_id: &compute_id,
+                host_id: decision.host.as_str(),
+                cpus: &cpus,
+                ssh_public_key: req.ssh_public_key.trim(),
+                tags: req.tags.as_ref(),
+                deadline: &deadline,
+            };
+            let claimed = self.store.claim_unit(&claim).await;
+            if matches!(claimed, Ok(true)) {
+                break decision;
+            }
+            // Lost a race, or the store failed: the view is wrong about this host.
+            self.placement
+                .refresh_host(&self.store, decision.host.as_str())
+                .await?;
+            claimed?;
+            attempts += 1;
+            if attempts >= MAX_CLAIM_ATTEMPTS {
+                return Err(Error::Unavailable(
+                    "too many concurrent allocations; try again".into(),
+                ));
+            }
+        };
+        let compute_id = decision.unit.map(|u| u.to_string()).unwrap_or_default();
+        let unit = self.unit_or_404(&compute_id).await?;
+        tracing::debug!(compute_id, host = %decision.host, "unit claimed");
+        let outcome = match self.agent(&decision.host).await? {
+            None => Err(HostCallError::NoAgent),
+            Some(agent) => match unit_spec(&unit) {
+                Ok(spec) => {
+                    self.host_call(agent.activate_unit(&spec, req.ssh_public_key.trim()))
+                        .await
+                }
+                Err(err) => Err(HostCallError::Failed(err.to_string())),
+            },
+        };
+        let (to, detail) = match &outcome {
+            Ok(()) => (UnitStatus::Allocated, None),
+            Err(why) => {
+                tracing::warn!(compute_id, error = %why, "allocation failed on the host");
+                (UnitStatus::AllocationFail, Some(why.to_string()))
+            }
+        };
+        self.store
+            .transition_unit(
+                &compute_id,
+                &[UnitStatus::Allocating],
+                to,
+                detail.as_deref(),
+                None,
+            )
+            .await?;
+        self.unit_or_404(&compute_id).await
+    }
+
+    /// Takes a unit back from its tenant and wipes it. A unit that is not
+    /// allocated is left as it is.
+    pub async fn deallocate_unit(&self, compute_id: &str) -> Result<()> {
+        let unit = self.unit_or_404(compute_id).await?;
+        let expired = unit
+            .deadline
+            .as_deref()
+            .is_some_and(|d| d < tessera_store::now().as_str());
+        match unit.status {
+            UnitStatus::Free | UnitStatus::Unavailable => return Ok(()),
+            UnitStatus::Allocating if !expired => {
+                return Err(Error::Conflict(format!(
+                    "compute unit {compute_id} is being allocated; deallocate it once it is ALLOCATED"
+                )));
+            }
+            _ => {}
+        }
+        let from = [
+            UnitStatus::Allocated,
+            UnitStatus::AllocationFail,
+            UnitStatus::DeallocationFail,
+            UnitStatus::Deallocating,
+            UnitStatus::Allocating,
+        ];
+        let deadline = self.deadline();
+        let moved = self
+            .store
+            .transition_unit(
+                compute_id,
+                &from,
+                UnitStatus::Deallocating,
+                None,
+                Some(&deadline),
+            )
+            .await?;
+        if !moved {
+            return Err(Error::Conflict(format!(
+                "compute unit {compute_id} changed while being deallocated; try again"
+            )));
+        }
+        self.release(compute_id).await
+    }
+
+    /// Wipes a DEALLOCATING unit on its host and returns it to the pool.
+    pub(crate) async fn release(&self, compute_id: &str) -> Result<()> {
+        let unit = self.unit_or_404(compute_id).await?;
+        let host = HostId::new(unit.host_id.as_str());
+        let outcome = match self.agent(&host).await? {
+            None => Err(HostCallError::NoAgent),
+            Some(agent) => match unit_spec(&unit) {
+                Ok(spec) => self.host_call(agent.release_unit(&spec)).await,
+                Err(err) => Err(HostCallError::Failed(err.to_string())),
+            },
+        };
+        match outcome {
+            Ok(()) => {
+                if self.store.release_unit(compute_id).await? {
+                    let spec = unit_spec(&unit)?;
+                    self.placement
+                        .release_unit(&host, &spec.compute_id, spec.cpus);
+                    tracing::debug!(compute_id, "unit released");
+                }
+                Ok(())
+            }
+            Err(HostCallError::Failed(why)) => {
+                self.store
+                    .transition_unit(
+                        compute_id,
+                        &[UnitStatus::Deallocating],
+                        UnitStatus::DeallocationFail,
+                        Some(&why),
+                        None,
+                    )
+                    .await?;
+                Err(Error::HostFailed(format!(
+                    "deallocation of {compute_id} failed on {}: {why}",
+                    unit.hostname
+                )))
+            }
+            Err(HostCallError::Timeout(after)) => Err(Error::HostTimeout(format!(
+                "{} did not finish wiping {compute_id} within {after:?}; it stays DEALLOCATING \
+                 and is retried",
+                unit.hostname
+            ))),
+            Err(HostCallError::NoAgent) => Err(Error::Unavailable(format!(
+                "{} has no agent to wipe {compute_id}; it stays DEALLOCATING until one joins",
+                unit.hostname
+            ))),
+        }
+    }
+
+    async fn unit_or_404(&self, compute_id: &str) -> Result<ComputeUnit> {
+        self.store
+            .unit(compute_id)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("Compute unit {compute_id} not found")))
+    }
+
+    /// Units whose host-side step is overdue: what the reconciler settles.
+    pub(crate) async fn overdue_units(&self) -> Result<Vec<ComputeUnit>> {
+        let filter = UnitFilter {
+            statuses: vec![UnitStatus::Allocating, UnitStatus::Deallocating],
+            ..UnitFilter::default()
+        };
+        let now = tessera_store::now();
+        let units = self.store.units(&filter).await?;
+        Ok(units
+            .into_iter()
+            .filter(|u| u.deadline.as_deref().is_some_and(|d| d < now.as_str()))
+            .collect())
+    }
+}
+
+fn validate_allocation(req: &AllocateUnit) -> Result<()> {
+    if req.cpu_count == 0 || req.cpu_count > tessera_core::cpuset::MAX_CPU_ID + 1 {
+        return Err(Error::invalid(
+            "cpu_count",
+            "cpu_count must be a positive number of CPUs",
+        ));
+    }
+    let key = req.ssh_public_key.trim();
+    if key.contains('\n') {
+        return Err(Error::invalid(
+            "ssh_public_key",
+            "ssh_public_key must be a single OpenSSH public key line",
+        ));
+    }
+    ssh_key::PublicKey::from_openssh(key).map_err(|e| {
+        Error::invalid(
+            "ssh_public_key",
+            format!("ssh_public_key is not an OpenSSH public key ({e}); expected e.g. \"ssh-ed25519 AAAA... user@host\""),
+        )
+    })?;
+    if req.tags.as_ref().is_some_and(|t| !t.is_object()) {
+        return Err(Error::invalid("tags", "tags must be an object or null"));
+    }
+    Ok(())
+}

@@ -1,0 +1,36 @@
+//! `tessera bench`: benchmarks that print figures. Nothing here asserts on
+//! time; the figures go in the README with the command that printed them.
+
+mod api;
+mod placement;
+
+use anyhow::Result;
+
+#[derive(clap::Subcommand)]
+pub enum BenchCommand {
+    /// Placement decisions on a synthetic fleet: p50/p99 per decision.
+    Placement(placement::PlacementArgs),
+    /// Allocate + deallocate round trips through the HTTP API.
+    Api(api::ApiArgs),
+}
+
+impl BenchCommand {
+    pub async fn run(self) -> Result<()> {
+        match self {
+            BenchCommand::Placement(args) => placement::run(args),
+            BenchCommand::Api(args) => api::run(args).await,
+        }
+    }
+}
+
+/// The value at quantile `q` of sorted samples.
+pub(crate) fn quantile<T: Copy + Default>(sorted: &[T], q: f64) -> T {
+    if sorted.is_empty() {
+        return T::default();
+    }
+    let i = ((sorted.len() - 1) as f64 * q).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+/// An OpenSSH public key for benchmark tenants.
+pub(crate) const BENCH_SSH_KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAILmnyh5Zhh+xjmtoWSoe3i1RmWA29P+9P0gB1tgCQjT5 bench@tessera";

@@ -1,0 +1,8 @@
+//! The `tessera` binary's library half: settings, the server's start-up and
+//! shutdown, and the benchmarks. Integration tests and benchmarks start the
+//! server through [`server::start`] exactly as `tessera server` does.
+
+pub mod bench;
+pub mod logging;
+pub mod server;
+pub mod settings;

@@ -1,0 +1,152 @@
+//! Starting and stopping the control plane.
+
+use crate::settings::Settings;
+use anyhow::{Context, Result};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tessera_agent::drivers::sim::SimFleet;
+use tessera_agent_api::{AgentDirectory, HostAgent, HostSpec};
+use tessera_app::{App, AppConfig};
+use tessera_store::Store;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// A control plane serving HTTP.
+pub struct RunningServer {
+    pub addr: SocketAddr,
+    pub app: App,
+    /// The generated bootstrap admin token, on the very first start only.
+    pub new_admin_token: Option<String>,
+    /// The simulated hosts, with `--sim-hosts`.
+    pub sim: Option<Arc<SimFleet>>,
+    stop: oneshot::Sender<()>,
+    serving: JoinHandle<std::io::Result<()>>,
+    reconciler: JoinHandle<()>,
+}
+
+/// Hosts with no agent, when simulated hosts are off: they wait for their
+/// agent to join.
+struct NoAgents;
+
+impl AgentDirectory for NoAgents {
+    fn agent_for(&self, _host: &HostSpec) -> Option<Arc<dyn HostAgent>> {
+        None
+    }
+}
+
+/// Opens the store, bootstraps access, and serves the API on
+/// `settings.listen` (port 0 picks a free port; see [`RunningServer::addr`]).
+pub async fn start(settings: &Settings) -> Result<RunningServer> {
+    if settings.database_url.starts_with("sqlite:") {
+        std::fs::create_dir_all(&settings.data_dir).with_context(|| {
+            format!(
+                "cannot create the data directory {}",
+                settings.data_dir.display()
+            )
+        })?;
+    }
+    let store = Store::open(&settings.database_url).await.with_context(|| {
+        format!(
+            "cannot open the database {}",
+            redact(&settings.database_url)
+        )
+    })?;
+    let sim = settings.sim.clone().map(|c| Arc::new(SimFleet::new(c)));
+    let agents: Arc<dyn AgentDirectory> = match &sim {
+        Some(fleet) => fleet.clone(),
+        None => Arc::new(NoAgents),
+    };
+    let config = AppConfig {
+        agent_timeout: settings.agent_timeout,
+        ..AppConfig::default()
+    };
+    let app = App::new(store, agents, config).await?;
+    let new_admin_token = app
+        .access()
+        .bootstrap(settings.admin_token.as_deref())
+        .await?;
+    let listener = TcpListener::bind(settings.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", settings.listen))?;
+    let addr = listener.local_addr()?;
+    let reconciler = app.spawn_reconciler();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let router = tessera_faces::router(app.clone());
+    let serving = tokio::spawn(async move {
+        axum::serve(listener, router)
+            .with_graceful_shutdown(async {
+                let _ = stopped.await;
+            })
+            .await
+    });
+    tracing::info!(
+        %addr,
+        backend = app.store().backend().name(),
+        sim_hosts = sim.is_some(),
+        "tessera serving"
+    );
+    Ok(RunningServer {
+        addr,
+        app,
+        new_admin_token,
+        sim,
+        stop,
+        serving,
+        reconciler,
+    })
+}
+
+impl RunningServer {
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Stops taking requests, lets those under way finish, and closes the store.
+    pub async fn shutdown(self) -> Result<()> {
+        let _ = self.stop.send(());
+        let served = self.serving.await;
+        self.reconciler.abort();
+        self.app.store().close().await;
+        served.context("the HTTP server task failed")??;
+        Ok(())
+    }
+}
+
+/// Resolves when the process is asked to stop (SIGINT or SIGTERM).
+pub async fn stop_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = interrupt => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = interrupt.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = interrupt.await;
+    }
+}
+
+/// A database URL without its password, for messages.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
