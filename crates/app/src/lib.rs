@@ -103,6 +103,11 @@ impl App {
     }
 
     /// The agent of a host, or `None` while it has none.
+    ///
+    /// On this process's first contact with a ready host, the host's desired
+    /// state is pushed to the agent (its units prepared): an agent that lost
+    /// its state, or a simulated host new to this replica, then serves
+    /// the units the store says it has.
     async fn agent(&self, host: &HostId) -> Result<Option<Arc<dyn HostAgent>>> {
         if let Some(agent) = self.agents_cache().get(host) {
             return Ok(Some(agent.clone()));
@@ -111,11 +116,16 @@ impl App {
             return Ok(None);
         };
         let spec = self.host_spec(&record).await?;
-        let agent = self.agents.agent_for(&spec);
-        if let Some(agent) = &agent {
-            self.agents_cache().insert(host.clone(), agent.clone());
+        let Some(agent) = self.agents.agent_for(&spec) else {
+            return Ok(None);
+        };
+        if record.status == tessera_core::status::HostStatus::Ready
+            && let Err(err) = self.host_call(agent.prepare_host(&spec)).await
+        {
+            tracing::warn!(hostname = %record.hostname, error = %err, "pushing the host's state failed");
         }
-        Ok(agent)
+        self.agents_cache().insert(host.clone(), agent.clone());
+        Ok(Some(agent))
     }
 
     fn agents_cache(&self) -> std::sync::MutexGuard<'_, HashMap<HostId, Arc<dyn HostAgent>>> {

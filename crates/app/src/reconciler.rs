@@ -95,14 +95,10 @@ impl App {
     /// prepared and each allocated unit's key installed.
     pub async fn resync_hosts(&self) -> Result<()> {
         for host in self.store.hosts(&[HostStatus::Ready]).await? {
-            let spec = self.host_spec(&host).await?;
+            // First contact prepares the host's units (see `App::agent`).
             let Some(agent) = self.agent(&HostId::new(host.id.as_str())).await? else {
                 continue;
             };
-            if let Err(err) = self.host_call(agent.prepare_host(&spec)).await {
-                tracing::warn!(hostname = %host.hostname, error = %err, "host resync failed");
-                continue;
-            }
             let filter = UnitFilter {
                 host_id: Some(host.id.clone()),
                 statuses: vec![UnitStatus::Allocated],

@@ -33,22 +33,32 @@ pub enum SimStep {
     Retire,
 }
 
-/// Makes `step` fail on every host whose name starts with `host_prefix`.
+/// Makes `step` fail, or hang, on every host whose name starts with
+/// `host_prefix`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SimFault {
     pub step: SimStep,
     pub host_prefix: String,
+    /// Never answer instead of failing: the control plane's timeout decides.
+    pub hang: bool,
 }
 
 impl FromStr for SimFault {
     type Err = String;
 
-    /// `STEP:HOSTPREFIX`, e.g. `activate:bad-` fails key installs on hosts
-    /// named `bad-*`. Steps: prepare, activate, release, retire.
+    /// `STEP:HOSTPREFIX[:hang]`, e.g. `activate:bad-` fails key installs on
+    /// hosts named `bad-*`, and `release:slow-:hang` never finishes wiping a
+    /// unit on hosts named `slow-*`. Steps: prepare, activate, release, retire.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let (step, host_prefix) = s
-            .split_once(':')
-            .ok_or_else(|| format!("fault {s:?} is not STEP:HOSTPREFIX"))?;
+        let mut parts = s.split(':');
+        let (Some(step), Some(host_prefix)) = (parts.next(), parts.next()) else {
+            return Err(format!("fault {s:?} is not STEP:HOSTPREFIX[:hang]"));
+        };
+        let hang = match parts.next() {
+            None => false,
+            Some("hang") => true,
+            Some(other) => return Err(format!("fault mode {other:?} is not \"hang\"")),
+        };
         let step = match step {
             "prepare" => SimStep::Prepare,
             "activate" => SimStep::Activate,
@@ -63,6 +73,7 @@ impl FromStr for SimFault {
         Ok(SimFault {
             step,
             host_prefix: host_prefix.to_string(),
+            hang,
         })
     }
 }
@@ -105,6 +116,7 @@ pub struct SimHost {
     report: HostReport,
     latency: Duration,
     failing: HashSet<SimStep>,
+    hanging: HashSet<SimStep>,
     state: Mutex<SimState>,
 }
 
@@ -128,12 +140,8 @@ impl SimHost {
                 memory_mb: host.cpus.len() as u64 * per_cpu,
             },
             latency: config.latency,
-            failing: config
-                .faults
-                .iter()
-                .filter(|f| host.hostname.starts_with(&f.host_prefix))
-                .map(|f| f.step)
-                .collect(),
+            failing: faults(config, host, false),
+            hanging: faults(config, host, true),
             state: Mutex::new(SimState::default()),
         }
     }
@@ -155,6 +163,9 @@ impl SimHost {
         if !self.latency.is_zero() {
             tokio::time::sleep(self.latency).await;
         }
+        if self.hanging.contains(&step) {
+            std::future::pending::<()>().await;
+        }
         if self.failing.contains(&step) {
             return Err(AgentError::Failed(format!(
                 "simulated {step:?} failure on {}",
@@ -163,6 +174,15 @@ impl SimHost {
         }
         Ok(())
     }
+}
+
+fn faults(config: &SimConfig, host: &HostSpec, hang: bool) -> HashSet<SimStep> {
+    config
+        .faults
+        .iter()
+        .filter(|f| f.hang == hang && host.hostname.starts_with(&f.host_prefix))
+        .map(|f| f.step)
+        .collect()
 }
 
 #[async_trait::async_trait]

@@ -1,0 +1,247 @@
+//! Starting servers for tests and talking to them.
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use sqlx::Connection;
+use sqlx::Executor;
+use std::time::{Duration, Instant};
+use tessera::server::{self, RunningServer};
+use tessera::settings::Settings;
+use tessera_agent::drivers::sim::{SimConfig, SimFault};
+
+pub const TOKEN: &str = "test-admin-token-0123456789";
+pub const KEY: &str =
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAILmnyh5Zhh+xjmtoWSoe3i1RmWA29P+9P0gB1tgCQjT5 test@tessera";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// Declares a `sqlite` and a `postgres` test for each named async fn taking a
+/// [`Backend`].
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::harness::Backend::Sqlite).await
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::harness::Backend::Postgres).await
+                }
+            )*
+        }
+    };
+}
+
+/// A fresh, empty PostgreSQL database on the server `scripts/test` started.
+pub async fn fresh_postgres_database() -> String {
+    let admin = std::env::var("TESSERA_TEST_POSTGRES_URL").unwrap_or_else(|_| {
+        panic!(
+            "TESSERA_TEST_POSTGRES_URL is not set: run the suite with scripts/test, which starts \
+             a throwaway PostgreSQL"
+        )
+    });
+    let name = format!("tessera_test_{:016x}", rand::random::<u64>());
+    let mut conn = sqlx::PgConnection::connect(&admin)
+        .await
+        .expect("connect to the test PostgreSQL");
+    conn.execute(format!("CREATE DATABASE {name}").as_str())
+        .await
+        .expect("create a test database");
+    let (base, _) = admin.rsplit_once('/').expect("a database URL");
+    format!("{base}/{name}")
+}
+
+pub struct TestServer {
+    pub running: RunningServer,
+    pub url: String,
+    pub client: reqwest::Client,
+    _dir: tempfile::TempDir,
+}
+
+/// What a test may change in the server's settings.
+pub struct Options {
+    pub faults: Vec<&'static str>,
+    pub agent_timeout: Duration,
+    pub database_url: Option<String>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            faults: Vec::new(),
+            agent_timeout: Duration::from_secs(10),
+            database_url: None,
+        }
+    }
+}
+
+impl TestServer {
+    pub async fn start(backend: Backend) -> TestServer {
+        Self::start_with(backend, Options::default()).await
+    }
+
+    pub async fn start_with(backend: Backend, options: Options) -> TestServer {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let database_url = match (options.database_url, backend) {
+            (Some(url), _) => url,
+            (None, Backend::Sqlite) => {
+                tessera_store::Store::sqlite_url(&dir.path().join("tessera.db"))
+            }
+            (None, Backend::Postgres) => fresh_postgres_database().await,
+        };
+        let settings = Settings {
+            data_dir: dir.path().to_path_buf(),
+            listen: "127.0.0.1:0".parse().expect("addr"),
+            database_url,
+            sim: Some(SimConfig {
+                faults: options
+                    .faults
+                    .iter()
+                    .map(|f| f.parse::<SimFault>().expect("fault"))
+                    .collect(),
+                ..SimConfig::default()
+            }),
+            agent_timeout: options.agent_timeout,
+            log_format: Default::default(),
+            admin_token: Some(TOKEN.to_string()),
+        };
+        let running = server::start(&settings).await.expect("server starts");
+        TestServer {
+            url: running.url(),
+            running,
+            client: reqwest::Client::new(),
+            _dir: dir,
+        }
+    }
+
+    pub async fn request(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&str>,
+        token: Option<&str>,
+    ) -> (StatusCode, Value) {
+        let mut request = self.client.request(method, format!("{}{path}", self.url));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request
+                .header("content-type", "application/json")
+                .body(body.to_string());
+        }
+        let response = request.send().await.expect("request sent");
+        let status = response.status();
+        let text = response.text().await.expect("body");
+        let value = serde_json::from_str(&text)
+            .unwrap_or_else(|_| panic!("{path} answered {status} with non-JSON {text:?}"));
+        (status, value)
+    }
+
+    pub async fn get(&self, path: &str) -> (StatusCode, Value) {
+        self.request(reqwest::Method::GET, path, None, Some(TOKEN))
+            .await
+    }
+
+    pub async fn post(&self, path: &str, body: &Value) -> (StatusCode, Value) {
+        self.post_raw(path, &body.to_string()).await
+    }
+
+    pub async fn post_raw(&self, path: &str, body: &str) -> (StatusCode, Value) {
+        self.request(reqwest::Method::POST, path, Some(body), Some(TOKEN))
+            .await
+    }
+
+    pub async fn delete(&self, path: &str) -> (StatusCode, Value) {
+        self.request(reqwest::Method::DELETE, path, None, Some(TOKEN))
+            .await
+    }
+
+    /// Registers a host and waits until its units are FREE.
+    pub async fn init_host(&self, hostname: &str, ranges: &[&str]) {
+        self.init_host_in(hostname, "eu-north", "a", ranges).await;
+        self.wait_host_status(hostname, "FREE", ranges.len()).await;
+    }
+
+    pub async fn init_host_in(&self, hostname: &str, region: &str, zone: &str, ranges: &[&str]) {
+        let (status, body) = self
+            .post(
+                "/api/admin/init_server",
+                &json!({
+                    "hostname": hostname, "ip": "192.0.2.10", "region": region,
+                    "zone": zone, "cpu_ranges": ranges,
+                }),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "init_server {hostname}: {body}");
+        assert_eq!(body, json!({}));
+    }
+
+    /// Waits until `count` units of `hostname` have `status`.
+    pub async fn wait_host_status(&self, hostname: &str, status: &str, count: usize) -> Vec<Value> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let units = self
+                .units(&format!("?hostname={hostname}&status={status}"))
+                .await;
+            if units.len() == count {
+                return units;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{hostname}: {} units {status}, wanted {count}",
+                units.len()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub async fn units(&self, query: &str) -> Vec<Value> {
+        let (status, body) = self.get(&format!("/api/compute_units/{query}")).await;
+        assert_eq!(status, StatusCode::OK, "list {query}: {body}");
+        body.as_array().cloned().expect("a list")
+    }
+
+    pub async fn allocate(&self, body: Value) -> (StatusCode, Value) {
+        self.post("/api/compute_units/allocate", &body).await
+    }
+
+    /// The key the simulated host holds for a unit's user, if any.
+    pub fn installed_key(&self, hostname_id: &str, user: &str) -> Option<String> {
+        let sim = self.running.sim.as_ref().expect("simulated hosts");
+        sim.host(&tessera_core::HostId::new(hostname_id))
+            .and_then(|h| h.installed_key(user))
+    }
+
+    /// The store id of a host.
+    pub async fn host_id(&self, hostname: &str) -> String {
+        self.running
+            .app
+            .store()
+            .host_by_hostname(hostname)
+            .await
+            .expect("store")
+            .expect("host")
+            .id
+    }
+
+    pub async fn stop(self) {
+        self.running.shutdown().await.expect("clean shutdown");
+    }
+}
+
+/// An allocate body.
+pub fn unit_request(cpu_count: u32, tags: Value) -> Value {
+    json!({"cpu_count": cpu_count, "ssh_public_key": KEY, "tags": tags})
+}

@@ -1,0 +1,551 @@
+//! The Kloigos face, endpoint by endpoint: success and error paths.
+
+use crate::harness::{Backend, KEY, Options, TestServer, unit_request};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use std::time::Duration;
+
+crate::on_both_backends!(
+    init_server_publishes_units_as_kloigos_shows_them,
+    init_server_rejects_bad_bodies_with_every_problem,
+    init_server_refuses_a_registered_hostname,
+    allocate_installs_the_key_and_answers_the_real_state,
+    allocate_without_a_free_unit_is_460,
+    allocate_rejects_bad_bodies,
+    list_filters_match_kloigos,
+    list_rejects_bad_queries,
+    deallocate_wipes_the_unit_and_frees_it,
+    decommission_guards_allocated_units,
+    host_failures_surface_as_kloigos_states,
+    allocation_times_out_into_allocation_fail,
+);
+
+async fn init_server_publishes_units_as_kloigos_shows_them(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    server.init_server_and_check().await;
+    server.stop().await;
+}
+
+impl TestServer {
+    async fn init_server_and_check(&self) {
+        self.init_host_in("host1", "eu-north", "a", &["0-3", "4-7", "8-15", "16-23:2"])
+            .await;
+        // Answered at once; the units are FREE when the host side is done.
+        let units = self.wait_host_status("host1", "FREE", 4).await;
+        let ids: Vec<&str> = units
+            .iter()
+            .filter_map(|u| u["compute_id"].as_str())
+            .collect();
+        assert_eq!(
+            ids,
+            ["host1_c0-3", "host1_c4-7", "host1_c8-15", "host1_c16-23-2"]
+        );
+        assert_eq!(
+            units[3],
+            json!({
+                "started_at": null, "ip": "192.0.2.10", "ports_range": "3500-3999",
+                "cpu_range": "16-23:2", "tags": null, "compute_id": "host1_c16-23-2",
+                "region": "eu-north", "zone": "a", "cpu_list": "16,18,20,22",
+                "hostname": "host1", "status": "FREE", "cpu_count": 4,
+            })
+        );
+        let ports: Vec<&str> = units
+            .iter()
+            .filter_map(|u| u["ports_range"].as_str())
+            .collect();
+        assert_eq!(ports, ["1500-1999", "2000-2499", "2500-3499", "3500-3999"]);
+        // The simulated host has a user per unit.
+        let host = self.host_id("host1").await;
+        let sim = self.running.sim.as_ref().expect("sim");
+        let sim_host = sim
+            .host(&tessera_core::HostId::new(host))
+            .expect("sim host");
+        assert!(sim_host.is_prepared());
+    }
+}
+
+async fn init_server_rejects_bad_bodies_with_every_problem(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let (status, body) = server.post_raw("/api/admin/init_server", "{}").await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    let missing: Vec<Value> = body["detail"]
+        .as_array()
+        .expect("detail list")
+        .iter()
+        .map(|e| {
+            assert_eq!(e["type"], "missing");
+            assert_eq!(e["msg"], "Field required");
+            e["loc"].clone()
+        })
+        .collect();
+    assert_eq!(
+        missing,
+        [
+            json!(["body", "ip"]),
+            json!(["body", "region"]),
+            json!(["body", "zone"]),
+            json!(["body", "cpu_ranges"]),
+            json!(["body", "hostname"]),
+        ]
+    );
+
+    let cases: [(Value, &str, Value, &str); 6] = [
+        (
+            json!({"hostname": "h", "ip": 7, "region": "r", "zone": "z", "cpu_ranges": "0-3"}),
+            "string_type",
+            json!(["body", "ip"]),
+            "Input should be a valid string",
+        ),
+        (
+            json!({"hostname": "h", "ip": "1.2.3.4", "region": "r", "zone": "z", "cpu_ranges": ["0-3", 4]}),
+            "string_type",
+            json!(["body", "cpu_ranges", 1]),
+            "Input should be a valid string",
+        ),
+        (
+            json!({"hostname": "h", "ip": "1.2.3.4", "region": "r", "zone": "z", "cpu_ranges": ["0-3", "7-4"]}),
+            "value_error",
+            json!(["body", "cpu_ranges"]),
+            "Value error, CPU range \"7-4\" is malformed: start is after end",
+        ),
+        (
+            json!({"hostname": "h", "ip": "1.2.3.4", "region": "r", "zone": "z", "cpu_ranges": ["0-7", "4-11"]}),
+            "value_error",
+            json!(["body", "cpu_ranges"]),
+            "Value error, CPU ranges \"0-7\" and \"4-11\" overlap on CPU 4",
+        ),
+        (
+            json!({"hostname": "bad_name", "ip": "1.2.3.4", "region": "r", "zone": "z", "cpu_ranges": ["0-3"]}),
+            "value_error",
+            json!(["body", "hostname"]),
+            "Value error, \"bad_name\" is not a valid host name (letters, digits, inner hyphens and dots, at most 253 characters)",
+        ),
+        (
+            json!({"hostname": "h", "ip": "1.2.3.4", "region": "r", "zone": "z", "cpu_ranges": []}),
+            "value_error",
+            json!(["body", "cpu_ranges"]),
+            "Value error, at least one CPU range is required",
+        ),
+    ];
+    for (request, kind, loc, msg) in cases {
+        let (status, body) = server.post("/api/admin/init_server", &request).await;
+        assert_eq!(
+            status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{request}: {body}"
+        );
+        let first = &body["detail"][0];
+        assert_eq!(
+            (&first["type"], &first["loc"], &first["msg"]),
+            (&json!(kind), &loc, &json!(msg)),
+            "{request}"
+        );
+    }
+    for raw in ["", "{not json", "[1, 2]", "\"host\""] {
+        let (status, body) = server.post_raw("/api/admin/init_server", raw).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{raw:?}: {body}");
+        assert!(body["detail"][0]["loc"][0] == "body", "{body}");
+    }
+    // None of it registered anything.
+    assert_eq!(server.units("").await, Vec::<Value>::new());
+    server.stop().await;
+}
+
+async fn init_server_refuses_a_registered_hostname(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    server.init_host("host1", &["0-3"]).await;
+    let (status, body) = server
+        .post(
+            "/api/admin/init_server",
+            &json!({"hostname": "host1", "ip": "192.0.2.99", "region": "x", "zone": "y", "cpu_ranges": ["0-7"]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert!(
+        body["detail"].as_str().is_some_and(|d| d.contains("host1")),
+        "{body}"
+    );
+    // The registered host is unchanged.
+    let units = server.units("?hostname=host1").await;
+    assert_eq!(units.len(), 1);
+    assert_eq!(units[0]["ip"], "192.0.2.10");
+    server.stop().await;
+}
+
+async fn allocate_installs_the_key_and_answers_the_real_state(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    server.init_host("host1", &["0-3", "4-11"]).await;
+    // cpu_count defaults to 4.
+    let (status, unit) = server
+        .allocate(json!({"ssh_public_key": KEY, "tags": {"deployment_id": "web", "team": "a"}}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{unit}");
+    assert_eq!(
+        unit["status"], "ALLOCATED",
+        "upstream answers FREE here; we answer the truth"
+    );
+    assert_eq!(unit["compute_id"], "host1_c0-3");
+    assert_eq!(unit["cpu_count"], 4);
+    assert_eq!(unit["tags"], json!({"deployment_id": "web", "team": "a"}));
+    assert!(
+        unit["started_at"]
+            .as_str()
+            .is_some_and(|s| s.ends_with('Z')),
+        "{unit}"
+    );
+    let host = server.host_id("host1").await;
+    assert_eq!(server.installed_key(&host, "c0-3").as_deref(), Some(KEY));
+    assert_eq!(server.installed_key(&host, "c4-11"), None);
+    // The list shows the same unit in the same state.
+    let listed = server.units("?compute_id=host1_c0-3").await;
+    assert_eq!(listed, vec![unit]);
+    // An 8-CPU unit exists; nulls are accepted for the optional fields.
+    let (status, unit) = server
+        .allocate(json!({"cpu_count": 8, "region": null, "zone": null, "ssh_public_key": KEY, "tags": null}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{unit}");
+    assert_eq!(
+        (unit["compute_id"].as_str(), unit["status"].as_str()),
+        (Some("host1_c4-11"), Some("ALLOCATED"))
+    );
+    server.stop().await;
+}
+
+async fn allocate_without_a_free_unit_is_460(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    server.init_host("host1", &["0-3"]).await;
+    let no_unit = json!({"detail": "No free Compute Unit found to match your request"});
+    for request in [
+        unit_request(2, json!(null)),
+        json!({"cpu_count": 4, "region": "elsewhere", "ssh_public_key": KEY, "tags": null}),
+        json!({"cpu_count": 4, "zone": "b", "ssh_public_key": KEY, "tags": null}),
+    ] {
+        let (status, body) = server.allocate(request.clone()).await;
+        assert_eq!(status.as_u16(), 460, "{request}");
+        assert_eq!(body, no_unit);
+    }
+    let (status, _) = server.allocate(unit_request(4, json!(null))).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, body) = server.allocate(unit_request(4, json!(null))).await;
+    assert_eq!((status.as_u16(), body), (460, no_unit));
+    server.stop().await;
+}
+
+async fn allocate_rejects_bad_bodies(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    server.init_host("host1", &["0-3"]).await;
+    let cases: [(Value, &str, Value); 7] = [
+        (
+            json!({"ssh_public_key": KEY}),
+            "missing",
+            json!(["body", "tags"]),
+        ),
+        (
+            json!({"tags": null}),
+            "missing",
+            json!(["body", "ssh_public_key"]),
+        ),
+        (
+            json!({"ssh_public_key": KEY, "tags": [1]}),
+            "dict_type",
+            json!(["body", "tags"]),
+        ),
+        (
+            json!({"ssh_public_key": KEY, "tags": null, "cpu_count": 0}),
+            "greater_than",
+            json!(["body", "cpu_count"]),
+        ),
+        (
+            json!({"ssh_public_key": KEY, "tags": null, "cpu_count": "four"}),
+            "int_parsing",
+            json!(["body", "cpu_count"]),
+        ),
+        (
+            json!({"ssh_public_key": KEY, "tags": null, "cpu_count": 2.5}),
+            "int_from_float",
+            json!(["body", "cpu_count"]),
+        ),
+        (
+            json!({"ssh_public_key": "not a key", "tags": null}),
+            "value_error",
+            json!(["body", "ssh_public_key"]),
+        ),
+    ];
+    for (request, kind, loc) in cases {
+        let (status, body) = server.allocate(request.clone()).await;
+        assert_eq!(
+            status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{request}: {body}"
+        );
+        assert_eq!(
+            (&body["detail"][0]["type"], &body["detail"][0]["loc"]),
+            (&json!(kind), &loc),
+            "{request}"
+        );
+    }
+    // Nothing was allocated by the refused requests.
+    assert_eq!(server.units("?status=FREE").await.len(), 1);
+    server.stop().await;
+}
+
+async fn list_filters_match_kloigos(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    server
+        .init_host_in("h1", "eu", "a", &["0-3", "4-7", "8-15"])
+        .await;
+    server.init_host_in("h2", "us", "b", &["0-3", "4-7"]).await;
+    server.wait_host_status("h1", "FREE", 3).await;
+    server.wait_host_status("h2", "FREE", 2).await;
+    let (status, _) = server
+        .allocate(json!({"cpu_count": 4, "region": "eu", "ssh_public_key": KEY, "tags": {"deployment_id": "web_app_v1"}}))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let ids = |units: Vec<Value>| -> Vec<String> {
+        units
+            .iter()
+            .filter_map(|u| u["compute_id"].as_str().map(str::to_string))
+            .collect()
+    };
+    let cases: [(&str, Vec<&str>); 11] = [
+        (
+            "",
+            vec!["h1_c0-3", "h1_c4-7", "h1_c8-15", "h2_c0-3", "h2_c4-7"],
+        ),
+        ("?hostname=h2", vec!["h2_c0-3", "h2_c4-7"]),
+        ("?region=eu&zone=a", vec!["h1_c0-3", "h1_c4-7", "h1_c8-15"]),
+        ("?zone=b", vec!["h2_c0-3", "h2_c4-7"]),
+        ("?cpu_count=8", vec!["h1_c8-15"]),
+        ("?deployment_id=web_app_v1", vec!["h1_c0-3"]),
+        ("?status=free&hostname=h1", vec!["h1_c4-7", "h1_c8-15"]),
+        ("?status=ALLOCATED", vec!["h1_c0-3"]),
+        ("?status=Allocated", vec!["h1_c0-3"]),
+        ("?compute_id=h2_c4-7", vec!["h2_c4-7"]),
+        ("?compute_id=nope", vec![]),
+    ];
+    for (query, want) in cases {
+        assert_eq!(ids(server.units(query).await), want, "{query}");
+    }
+    // The path without the trailing slash lists too.
+    let (status, body) = server.get("/api/compute_units?hostname=h2").await;
+    assert_eq!(
+        (status, body.as_array().map(Vec::len)),
+        (StatusCode::OK, Some(2))
+    );
+    server.stop().await;
+}
+
+async fn list_rejects_bad_queries(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let (status, body) = server.get("/api/compute_units/?cpu_count=many").await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(body["detail"][0]["loc"], json!(["query", "cpu_count"]));
+    assert_eq!(body["detail"][0]["type"], "int_parsing");
+    let (status, body) = server.get("/api/compute_units/?status=gone").await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(body["detail"][0]["loc"], json!(["query", "status"]));
+    assert_eq!(body["detail"][0]["input"], "gone");
+    server.stop().await;
+}
+
+async fn deallocate_wipes_the_unit_and_frees_it(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    server.init_host("host1", &["0-3"]).await;
+    let (status, body) = server
+        .delete("/api/compute_units/deallocate/host1_c9-9")
+        .await;
+    assert_eq!(
+        (status, body),
+        (
+            StatusCode::NOT_FOUND,
+            json!({"detail": "Compute unit host1_c9-9 not found"})
+        )
+    );
+    let (_, unit) = server
+        .allocate(unit_request(4, json!({"deployment_id": "d"})))
+        .await;
+    assert_eq!(unit["status"], "ALLOCATED");
+    let (status, body) = server
+        .delete("/api/compute_units/deallocate/host1_c0-3")
+        .await;
+    assert_eq!((status, body), (StatusCode::OK, json!({})));
+    let units = server.units("").await;
+    assert_eq!(units[0]["status"], "FREE");
+    assert_eq!(
+        (&units[0]["tags"], &units[0]["started_at"]),
+        (&json!(null), &json!(null))
+    );
+    let host = server.host_id("host1").await;
+    assert_eq!(
+        server.installed_key(&host, "c0-3"),
+        None,
+        "the key is removed"
+    );
+    // Deallocating a free unit changes nothing.
+    let (status, _) = server
+        .delete("/api/compute_units/deallocate/host1_c0-3")
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    // And the unit can be allocated again.
+    let (status, unit) = server.allocate(unit_request(4, json!(null))).await;
+    assert_eq!(
+        (status, unit["status"].as_str()),
+        (StatusCode::OK, Some("ALLOCATED"))
+    );
+    server.stop().await;
+}
+
+async fn decommission_guards_allocated_units(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let (status, body) = server.delete("/api/admin/decommission_server/ghost").await;
+    assert_eq!(
+        (status, body),
+        (
+            StatusCode::NOT_FOUND,
+            json!({"detail": "Server ghost not found"})
+        )
+    );
+    server.init_host("host1", &["0-3", "4-7"]).await;
+    let (_, unit) = server.allocate(unit_request(4, json!(null))).await;
+    assert_eq!(unit["status"], "ALLOCATED");
+    let (status, body) = server.delete("/api/admin/decommission_server/host1").await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert!(
+        body["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("host1_c0-3") && d.contains("force=true"))
+    );
+    // Refused means unchanged: the other unit can still be allocated.
+    let (status, _) = server.allocate(unit_request(4, json!(null))).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, body) = server
+        .delete("/api/admin/decommission_server/host1?force=maybe")
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(body["detail"][0]["loc"], json!(["query", "force"]));
+
+    let (status, body) = server
+        .delete("/api/admin/decommission_server/host1?force=true")
+        .await;
+    assert_eq!((status, body), (StatusCode::OK, json!({})));
+    // No unit of a decommissioning host is handed out.
+    let (status, _) = server.allocate(unit_request(4, json!(null))).await;
+    assert_eq!(status.as_u16(), 460);
+    let host = server.host_id("host1").await;
+    wait_until(|| async { server.units("?hostname=host1").await.is_empty() }).await;
+    assert_eq!(server.installed_key(&host, "c0-3"), None);
+    // The name can be registered again, with a new layout.
+    server.init_host("host1", &["0-7"]).await;
+    let (status, body) = server.delete("/api/admin/decommission_server/host1").await;
+    assert_eq!((status, body), (StatusCode::OK, json!({})));
+    server.stop().await;
+}
+
+async fn host_failures_surface_as_kloigos_states(backend: Backend) {
+    let options = Options {
+        faults: vec!["activate:badkey-", "prepare:broken-", "release:sticky-"],
+        ..Options::default()
+    };
+    let server = TestServer::start_with(backend, options).await;
+    // A host whose preparation fails never offers its units.
+    server
+        .init_host_in("broken-1", "eu-north", "a", &["0-3"])
+        .await;
+    wait_until(|| async {
+        let host = server
+            .running
+            .app
+            .store()
+            .host_by_hostname("broken-1")
+            .await;
+        host.ok()
+            .flatten()
+            .is_some_and(|h| h.status.as_str() == "INIT_FAIL")
+    })
+    .await;
+    server.wait_host_status("broken-1", "UNAVAILABLE", 1).await;
+    let (status, _) = server.allocate(unit_request(4, json!(null))).await;
+    assert_eq!(status.as_u16(), 460);
+    // A failed key install answers ALLOCATION_FAIL, and deallocation recovers the unit.
+    server.init_host("badkey-1", &["0-3"]).await;
+    let (status, unit) = server.allocate(unit_request(4, json!(null))).await;
+    assert_eq!(
+        (status, unit["status"].as_str()),
+        (StatusCode::OK, Some("ALLOCATION_FAIL"))
+    );
+    let (status, _) = server
+        .delete("/api/compute_units/deallocate/badkey-1_c0-3")
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        server.units("?hostname=badkey-1").await[0]["status"],
+        "FREE"
+    );
+    // A failed wipe answers 502 and leaves DEALLOCATION_FAIL, still held.
+    server.decommission("badkey-1").await;
+    server.init_host("sticky-1", &["0-3"]).await;
+    let (_, unit) = server.allocate(unit_request(4, json!(null))).await;
+    assert_eq!(unit["status"], "ALLOCATED");
+    let (status, body) = server
+        .delete("/api/compute_units/deallocate/sticky-1_c0-3")
+        .await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
+    assert_eq!(
+        server.units("?hostname=sticky-1").await[0]["status"],
+        "DEALLOCATION_FAIL"
+    );
+    let (status, _) = server.allocate(unit_request(4, json!(null))).await;
+    assert_eq!(
+        status.as_u16(),
+        460,
+        "a unit that failed to wipe is not handed out"
+    );
+    server.stop().await;
+}
+
+async fn allocation_times_out_into_allocation_fail(backend: Backend) {
+    let options = Options {
+        faults: vec!["activate:slow-:hang"],
+        agent_timeout: Duration::from_millis(300),
+        ..Options::default()
+    };
+    let server = TestServer::start_with(backend, options).await;
+    server.init_host("slow-1", &["0-3"]).await;
+    let (status, unit) = server.allocate(unit_request(4, json!(null))).await;
+    assert_eq!(
+        (status, unit["status"].as_str()),
+        (StatusCode::OK, Some("ALLOCATION_FAIL"))
+    );
+    server.stop().await;
+}
+
+impl TestServer {
+    async fn decommission(&self, hostname: &str) {
+        let (status, body) = self
+            .delete(&format!(
+                "/api/admin/decommission_server/{hostname}?force=true"
+            ))
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        wait_until(|| async {
+            self.units(&format!("?hostname={hostname}"))
+                .await
+                .is_empty()
+        })
+        .await;
+    }
+}
+
+async fn wait_until<F, Fut>(mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    for _ in 0..500 {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("condition not met within 10 s");
+}

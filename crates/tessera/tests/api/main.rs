@@ -1,0 +1,10 @@
+//! Integration tests: the real server, started on a free port against a
+//! fresh store, spoken to over HTTP. One test binary keeps link times down.
+//! Every test runs on SQLite and on PostgreSQL (`scripts/test` starts one).
+
+mod harness;
+
+mod concurrency;
+mod kloigos;
+mod openapi;
+mod system;
