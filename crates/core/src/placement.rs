@@ -16,7 +16,7 @@
 //!   neighbouring CPUs so as to leave the fewest fragments.
 
 use crate::{ComputeId, CpuSet, HostId};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 /// One host as placement sees it.
 #[derive(Clone, Debug)]
@@ -95,12 +95,16 @@ pub struct Decision {
     pub memory_mb: u64,
 }
 
-/// The engine's view of the fleet, indexed by free CPU count for best fit.
+/// The engine's view of the fleet.
+///
+/// Indexes keep a decision from scanning the fleet: schedulable hosts by free
+/// CPU count (for best fit), and hosts with a free unit of each size; each
+/// under the host's region and under "any region" (`None`).
 #[derive(Default)]
 pub struct PlacementEngine {
     hosts: BTreeMap<HostId, HostInventory>,
-    /// `(free CPUs, host)` for every schedulable host.
-    by_free: BTreeSet<(usize, HostId)>,
+    by_free: HashMap<Option<String>, BTreeSet<(usize, HostId)>>,
+    by_free_unit: HashMap<(usize, Option<String>), BTreeSet<(usize, HostId)>>,
 }
 
 impl PlacementEngine {
@@ -123,40 +127,71 @@ impl PlacementEngine {
     /// Adds a host or replaces the view of it.
     pub fn upsert_host(&mut self, host: HostInventory) {
         self.remove_host(&host.id);
-        if host.schedulable {
-            self.by_free
-                .insert((host.free_cpus().len(), host.id.clone()));
-        }
+        self.index(&host, true);
         self.hosts.insert(host.id.clone(), host);
     }
 
     pub fn remove_host(&mut self, id: &HostId) -> Option<HostInventory> {
         let old = self.hosts.remove(id)?;
-        self.by_free
-            .remove(&(old.free_cpus().len(), old.id.clone()));
+        self.index(&old, false);
         Some(old)
+    }
+
+    /// Adds `host` to the indexes, or takes it out.
+    fn index(&mut self, host: &HostInventory, add: bool) {
+        if !host.schedulable {
+            return;
+        }
+        let free = host.free_cpus().len();
+        let entry = (free, host.id.clone());
+        let sizes: BTreeSet<usize> = host
+            .units
+            .iter()
+            .filter(|u| u.free)
+            .map(|u| u.cpus.len())
+            .collect();
+        for region in [None, Some(host.region.clone())] {
+            let set = self.by_free.entry(region.clone()).or_default();
+            if add {
+                set.insert(entry.clone());
+            } else {
+                set.remove(&entry);
+            }
+            for &size in &sizes {
+                let set = self.by_free_unit.entry((size, region.clone())).or_default();
+                if add {
+                    set.insert(entry.clone());
+                } else {
+                    set.remove(&entry);
+                }
+            }
+        }
     }
 
     /// Decides where `request` goes, or `None` when no host has room.
     pub fn place(&self, request: &Request) -> Option<Decision> {
-        let (need, region, zone) = match request {
+        let (candidates, need, zone) = match request {
             Request::Unit {
                 cpu_count,
                 region,
                 zone,
-            } => (*cpu_count, region, zone),
+            } => (
+                self.by_free_unit.get(&(*cpu_count as usize, region.clone())),
+                *cpu_count,
+                zone,
+            ),
             Request::Cpus {
                 count,
                 region,
                 zone,
                 ..
-            } => (*count, region, zone),
+            } => (self.by_free.get(region), *count, zone),
         };
         let start = (need as usize, HostId::new(String::new()));
-        self.by_free
+        candidates?
             .range(start..)
             .filter_map(|(_, id)| self.hosts.get(id))
-            .filter(|h| h.in_location(region.as_deref(), zone.as_deref()))
+            .filter(|h| h.in_location(None, zone.as_deref()))
             .find_map(|host| place_on(host, request))
     }
 
