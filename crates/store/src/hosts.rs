@@ -1,8 +1,10 @@
 //! Hosts: the servers of the fleet, with their Kloigos units.
 
+use crate::writer::Commit;
 use crate::{Result, Store, StoreError, now};
-use sqlx::Row;
 use sqlx::any::AnyRow;
+use sqlx::{AnyConnection, Row};
+use std::sync::Arc;
 use tessera_core::status::{HostStatus, UnitStatus};
 
 #[derive(Clone, Debug)]
@@ -33,6 +35,7 @@ pub enum DecommissionStart {
     UnitsHeld(Vec<String>),
 }
 
+#[derive(Clone)]
 pub struct NewHost {
     pub id: String,
     pub hostname: String,
@@ -45,6 +48,7 @@ pub struct NewHost {
     pub units: Vec<NewUnit>,
 }
 
+#[derive(Clone)]
 pub struct NewUnit {
     pub compute_id: String,
     pub cpu_range: String,
@@ -87,68 +91,10 @@ impl Store {
     /// Answers `false`, changing nothing, when the hostname is taken by a
     /// host that is neither decommissioned nor failed; such a one is replaced.
     pub async fn insert_host(&self, host: &NewHost) -> Result<bool> {
-        let cpu_ranges = serde_json::to_string(&host.cpu_ranges).unwrap_or_default();
-        let numa_nodes = serde_json::to_string(&host.numa_nodes).unwrap_or_default();
-        self.retrying("insert_host", || async {
-            let mut tx = self.write.begin().await?;
-            // A host that was retired, or whose preparation failed, may be
-            // registered again under the same name.
-            let retired =
-                "(SELECT id FROM hosts WHERE hostname = $1 AND status IN ('DECOMMISSIONED', 'INIT_FAIL'))";
-            for table in ["cpu_claims", "compute_units"] {
-                sqlx::query(&format!("DELETE FROM {table} WHERE host_id IN {retired}"))
-                    .bind(&host.hostname)
-                    .execute(&mut *tx)
-                    .await?;
-            }
-            sqlx::query(
-                "DELETE FROM hosts WHERE hostname = $1 AND status IN ('DECOMMISSIONED', 'INIT_FAIL')",
-            )
-                .bind(&host.hostname)
-                .execute(&mut *tx)
-                .await?;
-            let at = now();
-            let inserted = sqlx::query(
-                "INSERT INTO hosts (id, hostname, ip, region, zone, status, cpu_ranges, numa_nodes, \
-                 memory_mb, generation, created_at, updated_at) \
-                 VALUES ($1, $2, $3, $4, $5, 'INITIALIZING', $6, $7, $8, 1, $9, $9) \
-                 ON CONFLICT (hostname) DO NOTHING",
-            )
-            .bind(&host.id)
-            .bind(&host.hostname)
-            .bind(&host.ip)
-            .bind(&host.region)
-            .bind(&host.zone)
-            .bind(&cpu_ranges)
-            .bind(&numa_nodes)
-            .bind(host.memory_mb)
-            .bind(&at)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-            if inserted == 0 {
-                tx.rollback().await?;
-                return Ok(false);
-            }
-            for (position, unit) in host.units.iter().enumerate() {
-                sqlx::query(
-                    "INSERT INTO compute_units (compute_id, host_id, position, cpu_range, cpu_list, \
-                     cpu_count, ports_range, status, generation, updated_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, 'UNAVAILABLE', 1, $8)",
-                )
-                .bind(&unit.compute_id)
-                .bind(&host.id)
-                .bind(position as i64)
-                .bind(&unit.cpu_range)
-                .bind(&unit.cpu_list)
-                .bind(unit.cpu_count)
-                .bind(&unit.ports_range)
-                .bind(&at)
-                .execute(&mut *tx)
-                .await?;
-            }
-            tx.commit().await?;
-            Ok(true)
+        let host = Arc::new(host.clone());
+        self.write("insert_host", move |conn| {
+            let host = host.clone();
+            Box::pin(async move { insert_host(conn, &host).await })
         })
         .await
     }
@@ -208,59 +154,11 @@ impl Store {
         to: HostStatus,
         detail: Option<&str>,
     ) -> Result<bool> {
-        self.retrying("transition_host", || async {
-            let mut tx = self.write.begin().await?;
-            let at = now();
-            let from: Vec<&str> = from.iter().map(|s| s.as_str()).collect();
-            let (sql, args) = status_guard("status", &from, 5);
-            let update = format!(
-                "UPDATE hosts SET status = $1, status_detail = $2, updated_at = $3, \
-                 generation = generation + 1 WHERE id = $4 AND {sql}"
-            );
-            let moved = sqlx::query(&update)
-            .bind(to.as_str())
-            .bind(detail)
-            .bind(&at)
-            .bind(id);
-            let moved = args
-                .iter()
-                .fold(moved, |q, s| q.bind(*s))
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-            if moved == 0 {
-                tx.rollback().await?;
-                return Ok(false);
-            }
-            let units = match to {
-                HostStatus::Ready => Some(("FREE", "UNAVAILABLE")),
-                HostStatus::Decommissioning | HostStatus::InitFail | HostStatus::Initializing => {
-                    Some(("UNAVAILABLE", "FREE"))
-                }
-                _ => None,
-            };
-            if let Some((new, old)) = units {
-                sqlx::query(
-                    "UPDATE compute_units SET status = $1, updated_at = $2, generation = generation + 1 \
-                     WHERE host_id = $3 AND status = $4",
-                )
-                .bind(new)
-                .bind(&at)
-                .bind(id)
-                .bind(old)
-                .execute(&mut *tx)
-                .await?;
-            }
-            if to == HostStatus::Decommissioned {
-                for table in ["cpu_claims", "compute_units"] {
-                    sqlx::query(&format!("DELETE FROM {table} WHERE host_id = $1"))
-                        .bind(id)
-                        .execute(&mut *tx)
-                        .await?;
-                }
-            }
-            tx.commit().await?;
-            Ok(true)
+        let from: Vec<&'static str> = from.iter().map(|s| s.as_str()).collect();
+        let (id, detail) = (id.to_string(), detail.map(str::to_string));
+        self.write("transition_host", move |conn| {
+            let (id, detail, from) = (id.clone(), detail.clone(), from.clone());
+            Box::pin(async move { transition_host(conn, &id, &from, to, detail.as_deref()).await })
         })
         .await
     }
@@ -279,76 +177,192 @@ impl Store {
         let held_sql = format!(
             "SELECT compute_id FROM compute_units WHERE host_id = $1 AND {guard} ORDER BY position"
         );
-        self.retrying("begin_decommission", || async {
-            let mut tx = self.write.begin().await?;
-            let at = now();
-            sqlx::query(
-                "UPDATE hosts SET generation = generation + 1, updated_at = $1 WHERE id = $2",
-            )
-            .bind(&at)
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
-            let status: Option<String> =
-                sqlx::query_scalar("SELECT status FROM hosts WHERE id = $1")
-                    .bind(id)
-                    .fetch_optional(&mut *tx)
+        let id = id.to_string();
+        self.write("begin_decommission", move |conn| {
+            let (id, held_sql, values) = (id.clone(), held_sql.clone(), values.clone());
+            Box::pin(async move {
+                let at = now();
+                // Take the host row's lock first, as every unit claim does.
+                sqlx::query("UPDATE hosts SET generation = generation + 1, updated_at = $1 WHERE id = $2")
+                    .bind(&at)
+                    .bind(&id)
+                    .execute(&mut *conn)
                     .await?;
-            let early = match status.as_deref() {
-                None | Some("DECOMMISSIONED") => Some(DecommissionStart::AlreadyDecommissioned),
-                Some("DECOMMISSIONING") => Some(DecommissionStart::AlreadyDecommissioning),
-                _ => None,
-            };
-            if let Some(early) = early {
-                tx.rollback().await?;
-                return Ok(early);
-            }
-            if !force {
-                let mut query = sqlx::query_scalar::<_, String>(&held_sql).bind(id);
-                for value in &values {
-                    query = query.bind(*value);
+                let status: Option<String> = sqlx::query_scalar("SELECT status FROM hosts WHERE id = $1")
+                    .bind(&id)
+                    .fetch_optional(&mut *conn)
+                    .await?;
+                match status.as_deref() {
+                    None | Some("DECOMMISSIONED") => {
+                        return Ok(Commit::Undo(DecommissionStart::AlreadyDecommissioned));
+                    }
+                    Some("DECOMMISSIONING") => {
+                        return Ok(Commit::Undo(DecommissionStart::AlreadyDecommissioning));
+                    }
+                    _ => {}
                 }
-                let ids = query.fetch_all(&mut *tx).await?;
-                if !ids.is_empty() {
-                    tx.rollback().await?;
-                    return Ok(DecommissionStart::UnitsHeld(ids));
+                if !force {
+                    let mut query = sqlx::query_scalar::<_, String>(&held_sql).bind(&id);
+                    for value in &values {
+                        query = query.bind(*value);
+                    }
+                    let ids = query.fetch_all(&mut *conn).await?;
+                    if !ids.is_empty() {
+                        return Ok(Commit::Undo(DecommissionStart::UnitsHeld(ids)));
+                    }
                 }
-            }
-            sqlx::query(
-                "UPDATE hosts SET status = 'DECOMMISSIONING', status_detail = NULL WHERE id = $1",
-            )
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
-            sqlx::query(
-                "UPDATE compute_units SET status = 'UNAVAILABLE', updated_at = $1, \
-                 generation = generation + 1 WHERE host_id = $2 AND status = 'FREE'",
-            )
-            .bind(&at)
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
-            tx.commit().await?;
-            Ok(DecommissionStart::Started)
+                sqlx::query(
+                    "UPDATE hosts SET status = 'DECOMMISSIONING', status_detail = NULL WHERE id = $1",
+                )
+                .bind(&id)
+                .execute(&mut *conn)
+                .await?;
+                sqlx::query(
+                    "UPDATE compute_units SET status = 'UNAVAILABLE', updated_at = $1, \
+                     generation = generation + 1 WHERE host_id = $2 AND status = 'FREE'",
+                )
+                .bind(&at)
+                .bind(&id)
+                .execute(&mut *conn)
+                .await?;
+                Ok(Commit::Keep(DecommissionStart::Started))
+            })
         })
         .await
     }
 
     /// Records what the host's agent reported of its memory.
     pub async fn set_host_memory(&self, id: &str, memory_mb: i64) -> Result<()> {
-        self.retrying("set_host_memory", || async {
-            sqlx::query(
-                "UPDATE hosts SET memory_mb = $1, generation = generation + 1, updated_at = $2 WHERE id = $3",
-            )
-            .bind(memory_mb)
-            .bind(now())
-            .bind(id)
-            .execute(&self.write)
-            .await
+        let id = id.to_string();
+        self.write("set_host_memory", move |conn| {
+            let id = id.clone();
+            Box::pin(async move {
+                sqlx::query(
+                    "UPDATE hosts SET memory_mb = $1, generation = generation + 1, updated_at = $2 WHERE id = $3",
+                )
+                .bind(memory_mb)
+                .bind(now())
+                .bind(&id)
+                .execute(&mut *conn)
+                .await?;
+                Ok(Commit::Keep(()))
+            })
         })
-        .await?;
-        Ok(())
+        .await
     }
+}
+
+async fn insert_host(conn: &mut AnyConnection, host: &NewHost) -> Result<Commit<bool>, sqlx::Error> {
+    let cpu_ranges = serde_json::to_string(&host.cpu_ranges).unwrap_or_default();
+    let numa_nodes = serde_json::to_string(&host.numa_nodes).unwrap_or_default();
+    // A host that was retired, or whose preparation failed, may be
+    // registered again under the same name.
+    let retired =
+        "(SELECT id FROM hosts WHERE hostname = $1 AND status IN ('DECOMMISSIONED', 'INIT_FAIL'))";
+    for table in ["cpu_claims", "compute_units"] {
+        sqlx::query(&format!("DELETE FROM {table} WHERE host_id IN {retired}"))
+            .bind(&host.hostname)
+            .execute(&mut *conn)
+            .await?;
+    }
+    sqlx::query("DELETE FROM hosts WHERE hostname = $1 AND status IN ('DECOMMISSIONED', 'INIT_FAIL')")
+        .bind(&host.hostname)
+        .execute(&mut *conn)
+        .await?;
+    let at = now();
+    let inserted = sqlx::query(
+        "INSERT INTO hosts (id, hostname, ip, region, zone, status, cpu_ranges, numa_nodes, \
+         memory_mb, generation, created_at, updated_at) \
+         VALUES ($1, $2, $3, $4, $5, 'INITIALIZING', $6, $7, $8, 1, $9, $9) \
+         ON CONFLICT (hostname) DO NOTHING",
+    )
+    .bind(&host.id)
+    .bind(&host.hostname)
+    .bind(&host.ip)
+    .bind(&host.region)
+    .bind(&host.zone)
+    .bind(&cpu_ranges)
+    .bind(&numa_nodes)
+    .bind(host.memory_mb)
+    .bind(&at)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    if inserted == 0 {
+        return Ok(Commit::Undo(false));
+    }
+    for (position, unit) in host.units.iter().enumerate() {
+        sqlx::query(
+            "INSERT INTO compute_units (compute_id, host_id, position, cpu_range, cpu_list, \
+             cpu_count, ports_range, status, generation, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, 'UNAVAILABLE', 1, $8)",
+        )
+        .bind(&unit.compute_id)
+        .bind(&host.id)
+        .bind(position as i64)
+        .bind(&unit.cpu_range)
+        .bind(&unit.cpu_list)
+        .bind(unit.cpu_count)
+        .bind(&unit.ports_range)
+        .bind(&at)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(Commit::Keep(true))
+}
+
+async fn transition_host(
+    conn: &mut AnyConnection,
+    id: &str,
+    from: &[&'static str],
+    to: HostStatus,
+    detail: Option<&str>,
+) -> Result<Commit<bool>, sqlx::Error> {
+    let at = now();
+    let (guard, args) = status_guard("status", from, 5);
+    let update = format!(
+        "UPDATE hosts SET status = $1, status_detail = $2, updated_at = $3, \
+         generation = generation + 1 WHERE id = $4 AND {guard}"
+    );
+    let mut query = sqlx::query(&update)
+        .bind(to.as_str())
+        .bind(detail)
+        .bind(&at)
+        .bind(id);
+    for value in &args {
+        query = query.bind(*value);
+    }
+    if query.execute(&mut *conn).await?.rows_affected() == 0 {
+        return Ok(Commit::Undo(false));
+    }
+    let units = match to {
+        HostStatus::Ready => Some(("FREE", "UNAVAILABLE")),
+        HostStatus::Decommissioning | HostStatus::InitFail | HostStatus::Initializing => {
+            Some(("UNAVAILABLE", "FREE"))
+        }
+        _ => None,
+    };
+    if let Some((new, old)) = units {
+        sqlx::query(
+            "UPDATE compute_units SET status = $1, updated_at = $2, generation = generation + 1 \
+             WHERE host_id = $3 AND status = $4",
+        )
+        .bind(new)
+        .bind(&at)
+        .bind(id)
+        .bind(old)
+        .execute(&mut *conn)
+        .await?;
+    }
+    if to == HostStatus::Decommissioned {
+        for table in ["cpu_claims", "compute_units"] {
+            sqlx::query(&format!("DELETE FROM {table} WHERE host_id = $1"))
+                .bind(id)
+                .execute(&mut *conn)
+                .await?;
+        }
+    }
+    Ok(Commit::Keep(true))
 }
 
 /// `column IN ($n, $n+1, ...)` for `statuses`, with the values to bind;

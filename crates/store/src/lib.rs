@@ -10,6 +10,7 @@
 mod hosts;
 mod tokens;
 mod units;
+mod writer;
 
 pub use hosts::{DecommissionStart, HostRecord, NewHost, NewUnit};
 pub use sqlx::Error as SqlxError;
@@ -17,9 +18,9 @@ pub use tokens::TokenRecord;
 pub use units::{UnitClaim, UnitFilter, UnitRecord};
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
-use sqlx::{AnyPool, Executor};
-use std::future::Future;
+use sqlx::{AnyConnection, AnyPool, ConnectOptions, Executor};
 use std::path::Path;
+use writer::{Work, Writer};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -35,6 +36,10 @@ pub enum StoreError {
     Query(#[from] sqlx::Error),
     #[error("stored data is inconsistent: {0}")]
     Corrupt(String),
+    #[error("{0}")]
+    Commit(String),
+    #[error("the store is closed")]
+    Closed,
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -58,11 +63,9 @@ impl Backend {
 #[derive(Clone)]
 pub struct Store {
     backend: Backend,
-    /// Reads. On SQLite a few connections that read the WAL concurrently.
+    /// Reads. On SQLite a few connections that read the WAL beside the writer.
     read: AnyPool,
-    /// Writes. On SQLite a single connection, since SQLite has one writer
-    /// anyway and a queue in-process beats SQLITE_BUSY retries.
-    write: AnyPool,
+    write: Writer,
 }
 
 impl Store {
@@ -78,15 +81,28 @@ impl Store {
             return Err(StoreError::UnsupportedUrl(url.to_string()));
         };
         let options = AnyConnectOptions::from_str(url).map_err(StoreError::Connect)?;
-        let store = match backend {
+        match backend {
             Backend::Sqlite => {
-                let read = sqlite_pool(4).connect_with(options.clone()).await;
-                let write = sqlite_pool(1).connect_with(options).await;
-                Store {
+                let mut conn = options.connect().await.map_err(StoreError::Connect)?;
+                sqlite_pragmas(&mut conn)
+                    .await
+                    .map_err(StoreError::Connect)?;
+                migrator(backend)
+                    .run(&mut conn)
+                    .await
+                    .map_err(StoreError::Migrate)?;
+                let read = AnyPoolOptions::new()
+                    .max_connections(4)
+                    .acquire_timeout(Duration::from_secs(30))
+                    .after_connect(|conn, _| Box::pin(sqlite_pragmas(conn)))
+                    .connect_with(options)
+                    .await
+                    .map_err(StoreError::Connect)?;
+                Ok(Store {
                     backend,
-                    read: read.map_err(StoreError::Connect)?,
-                    write: write.map_err(StoreError::Connect)?,
-                }
+                    read,
+                    write: Writer::sqlite(conn),
+                })
             }
             Backend::Postgres => {
                 let pool = AnyPoolOptions::new()
@@ -95,15 +111,17 @@ impl Store {
                     .connect_with(options)
                     .await
                     .map_err(StoreError::Connect)?;
-                Store {
+                migrator(backend)
+                    .run(&pool)
+                    .await
+                    .map_err(StoreError::Migrate)?;
+                Ok(Store {
                     backend,
                     read: pool.clone(),
-                    write: pool,
-                }
+                    write: Writer::Postgres(pool),
+                })
             }
-        };
-        store.migrate().await?;
-        Ok(store)
+        }
     }
 
     /// The SQLite URL of the database file `path`, created when missing.
@@ -115,14 +133,6 @@ impl Store {
         self.backend
     }
 
-    async fn migrate(&self) -> Result<()> {
-        let migrator = match self.backend {
-            Backend::Sqlite => sqlx::migrate!("./migrations/sqlite"),
-            Backend::Postgres => sqlx::migrate!("./migrations/postgres"),
-        };
-        migrator.run(&self.write).await.map_err(StoreError::Migrate)
-    }
-
     /// Whether the database answers.
     pub async fn ping(&self) -> Result<()> {
         sqlx::query("SELECT 1").execute(&self.read).await?;
@@ -131,51 +141,40 @@ impl Store {
 
     pub async fn close(&self) {
         self.read.close().await;
-        self.write.close().await;
-    }
-
-    /// Runs one transactional attempt, again when the database reports a
-    /// transient conflict (PostgreSQL serialization failure or deadlock,
-    /// SQLite busy), up to a few times with a growing pause.
-    async fn retrying<T, F, Fut>(&self, what: &'static str, mut attempt: F) -> Result<T>
-    where
-        F: FnMut() -> Fut,
-        Fut: Future<Output = std::result::Result<T, sqlx::Error>>,
-    {
-        let mut pause = Duration::from_millis(2);
-        for tries in 1.. {
-            match attempt().await {
-                Err(err) if tries < 8 && is_transient(&err) => {
-                    tracing::debug!(what, tries, error = %err, "transient conflict, retrying");
-                    tokio::time::sleep(pause).await;
-                    pause *= 2;
-                }
-                other => return other.map_err(StoreError::from),
-            }
+        if let Writer::Postgres(pool) = &self.write {
+            pool.close().await;
         }
-        unreachable!("the retry loop returns")
+    }
+
+    /// Runs `work` in a transaction (grouped with others on SQLite) and
+    /// answers what it answered once its kept changes are durable.
+    async fn write<T, F>(&self, what: &'static str, work: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: for<'c> Fn(&'c mut AnyConnection) -> Work<'c, T> + Send + Sync + 'static,
+    {
+        self.write.write(what, work).await
     }
 }
 
-fn sqlite_pool(connections: u32) -> AnyPoolOptions {
-    AnyPoolOptions::new()
-        .max_connections(connections)
-        .min_connections(connections)
-        .acquire_timeout(Duration::from_secs(30))
-        .after_connect(|conn, _| {
-            Box::pin(async move {
-                // WAL lets readers run beside the writer; synchronous=FULL
-                // keeps every commit durable across a power cut.
-                conn.execute("PRAGMA journal_mode = WAL").await?;
-                conn.execute("PRAGMA synchronous = FULL").await?;
-                conn.execute("PRAGMA busy_timeout = 10000").await?;
-                conn.execute("PRAGMA foreign_keys = ON").await?;
-                Ok(())
-            })
-        })
+fn migrator(backend: Backend) -> sqlx::migrate::Migrator {
+    match backend {
+        Backend::Sqlite => sqlx::migrate!("./migrations/sqlite"),
+        Backend::Postgres => sqlx::migrate!("./migrations/postgres"),
+    }
 }
 
-fn is_transient(err: &sqlx::Error) -> bool {
+/// WAL lets readers run beside the writer; synchronous=FULL makes every
+/// commit durable across a power cut.
+async fn sqlite_pragmas(conn: &mut AnyConnection) -> std::result::Result<(), sqlx::Error> {
+    conn.execute("PRAGMA journal_mode = WAL").await?;
+    conn.execute("PRAGMA synchronous = FULL").await?;
+    conn.execute("PRAGMA busy_timeout = 10000").await?;
+    conn.execute("PRAGMA foreign_keys = ON").await?;
+    Ok(())
+}
+
+pub(crate) fn is_transient(err: &sqlx::Error) -> bool {
     match err {
         sqlx::Error::Database(db) => matches!(
             db.code().as_deref(),

@@ -1,5 +1,6 @@
 //! API tokens, kept as hashes only.
 
+use crate::writer::Commit;
 use crate::{Result, Store, now};
 use sqlx::Row;
 use sqlx::any::AnyRow;
@@ -36,7 +37,7 @@ impl Store {
         let row =
             sqlx::query("SELECT id, name, token_hash, created_at FROM api_tokens WHERE id = $1")
                 .bind(id)
-                .fetch_optional(&self.write)
+                .fetch_optional(&self.read)
                 .await?;
         row.as_ref().map(token_from_row).transpose()
     }
@@ -44,31 +45,32 @@ impl Store {
     /// Creates token `id` with `token_hash`, or, when `id` exists, replaces its
     /// hash. Answers whether a row was created.
     pub async fn put_token(&self, id: &str, name: &str, token_hash: &str) -> Result<bool> {
-        let done = self
-            .retrying("put_token", || async {
-                sqlx::query(
+        let (id, name, hash) = (id.to_string(), name.to_string(), token_hash.to_string());
+        self.write("put_token", move |conn| {
+            let (id, name, hash) = (id.clone(), name.clone(), hash.clone());
+            Box::pin(async move {
+                let created = sqlx::query(
                     "INSERT INTO api_tokens (id, name, token_hash, created_at) VALUES ($1, $2, $3, $4) \
                      ON CONFLICT (id) DO NOTHING",
                 )
-                .bind(id)
-                .bind(name)
-                .bind(token_hash)
+                .bind(&id)
+                .bind(&name)
+                .bind(&hash)
                 .bind(now())
-                .execute(&self.write)
-                .await
+                .execute(&mut *conn)
+                .await?
+                .rows_affected()
+                    == 1;
+                if !created {
+                    sqlx::query("UPDATE api_tokens SET token_hash = $1 WHERE id = $2")
+                        .bind(&hash)
+                        .bind(&id)
+                        .execute(&mut *conn)
+                        .await?;
+                }
+                Ok(Commit::Keep(created))
             })
-            .await?;
-        if done.rows_affected() == 1 {
-            return Ok(true);
-        }
-        self.retrying("put_token", || async {
-            sqlx::query("UPDATE api_tokens SET token_hash = $1 WHERE id = $2")
-                .bind(token_hash)
-                .bind(id)
-                .execute(&self.write)
-                .await
         })
-        .await?;
-        Ok(false)
+        .await
     }
 }

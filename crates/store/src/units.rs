@@ -1,9 +1,11 @@
 //! Kloigos compute units and the CPU ledger that backs their allocation.
 
 use crate::hosts::status_guard;
+use crate::writer::Commit;
 use crate::{Result, Store, StoreError, now};
-use sqlx::Row;
 use sqlx::any::AnyRow;
+use sqlx::{AnyConnection, Row};
+use std::sync::Arc;
 use tessera_core::status::UnitStatus;
 
 /// A unit with the host fields Kloigos shows beside it.
@@ -157,60 +159,21 @@ impl Store {
     /// longer FREE, its host is no longer READY, or any of its CPUs is held:
     /// the caller lost a race and should look again.
     pub async fn claim_unit(&self, claim: &UnitClaim<'_>) -> Result<bool> {
-        let tags = claim.tags.map(|t| t.to_string());
-        let deployment_id = claim.tags.and_then(|t| t.get("deployment_id")).map(|d| {
-            d.as_str()
-                .map(str::to_string)
-                .unwrap_or_else(|| d.to_string())
+        let owned = Arc::new(OwnedClaim {
+            compute_id: claim.compute_id.to_string(),
+            host_id: claim.host_id.to_string(),
+            cpus: claim.cpus.to_vec(),
+            ssh_public_key: claim.ssh_public_key.to_string(),
+            tags: claim.tags.map(|t| t.to_string()),
+            deployment_id: claim
+                .tags
+                .and_then(|t| t.get("deployment_id"))
+                .map(|d| d.as_str().map(str::to_string).unwrap_or_else(|| d.to_string())),
+            deadline: claim.deadline.to_string(),
         });
-        let holder = holder(claim.compute_id);
-        self.retrying("claim_unit", || async {
-            let mut tx = self.write.begin().await?;
-            let at = now();
-            // Host first, then unit: every writer takes them in this order.
-            let host = sqlx::query(
-                "UPDATE hosts SET generation = generation + 1 WHERE id = $1 AND status = 'READY'",
-            )
-            .bind(claim.host_id)
-            .execute(&mut *tx)
-            .await?;
-            let unit = sqlx::query(
-                "UPDATE compute_units SET status = 'ALLOCATING', status_detail = NULL, \
-                 ssh_public_key = $1, tags = $2, deployment_id = $3, started_at = $4, \
-                 deadline = $5, updated_at = $4, generation = generation + 1 \
-                 WHERE compute_id = $6 AND host_id = $7 AND status = 'FREE'",
-            )
-            .bind(claim.ssh_public_key)
-            .bind(&tags)
-            .bind(&deployment_id)
-            .bind(&at)
-            .bind(claim.deadline)
-            .bind(claim.compute_id)
-            .bind(claim.host_id)
-            .execute(&mut *tx)
-            .await?;
-            if host.rows_affected() != 1 || unit.rows_affected() != 1 {
-                tx.rollback().await?;
-                return Ok(false);
-            }
-            let values: Vec<String> = (0..claim.cpus.len())
-                .map(|i| format!("($1, ${}, $2)", i + 3))
-                .collect();
-            let sql = format!(
-                "INSERT INTO cpu_claims (host_id, cpu, holder) VALUES {} ON CONFLICT DO NOTHING",
-                values.join(", ")
-            );
-            let mut insert = sqlx::query(&sql).bind(claim.host_id).bind(&holder);
-            for &cpu in claim.cpus {
-                insert = insert.bind(i64::from(cpu));
-            }
-            let claimed = insert.execute(&mut *tx).await?.rows_affected();
-            if claimed != claim.cpus.len() as u64 {
-                tx.rollback().await?;
-                return Ok(false);
-            }
-            tx.commit().await?;
-            Ok(true)
+        self.write("claim_unit", move |conn| {
+            let claim = owned.clone();
+            Box::pin(async move { claim_unit(conn, &claim).await })
         })
         .await
     }
@@ -227,12 +190,16 @@ impl Store {
     ) -> Result<bool> {
         let from: Vec<&'static str> = from.iter().map(|s| s.as_str()).collect();
         let (guard, values) = status_guard("status", &from, 6);
-        let sql = format!(
+        let sql = Arc::new(format!(
             "UPDATE compute_units SET status = $1, status_detail = $2, deadline = $3, \
              updated_at = $4, generation = generation + 1 WHERE compute_id = $5 AND {guard}"
-        );
-        let moved = self
-            .retrying("transition_unit", || async {
+        ));
+        let compute_id = compute_id.to_string();
+        let (detail, deadline) = (detail.map(str::to_string), deadline.map(str::to_string));
+        self.write("transition_unit", move |conn| {
+            let (sql, values, compute_id) = (sql.clone(), values.clone(), compute_id.clone());
+            let (detail, deadline) = (detail.clone(), deadline.clone());
+            Box::pin(async move {
                 let mut query = sqlx::query(&sql)
                     .bind(to.as_str())
                     .bind(detail)
@@ -242,48 +209,21 @@ impl Store {
                 for value in &values {
                     query = query.bind(*value);
                 }
-                query.execute(&self.write).await
+                let moved = query.execute(&mut *conn).await?.rows_affected();
+                Ok(Commit::Keep(moved == 1))
             })
-            .await?;
-        Ok(moved.rows_affected() == 1)
+        })
+        .await
     }
 
-    /// Returns a DEALLOCATING unit to the pool: FREE, no key, no tags, and its
-    /// CPUs out of the ledger. `false` when it was not DEALLOCATING.
+    /// Returns a DEALLOCATING unit to the pool: FREE (UNAVAILABLE if its host
+    /// is not READY), no key, no tags, and its CPUs out of the ledger.
+    /// `false` when it was not DEALLOCATING.
     pub async fn release_unit(&self, compute_id: &str) -> Result<bool> {
-        let holder = holder(compute_id);
-        self.retrying("release_unit", || async {
-            let mut tx = self.write.begin().await?;
-            let at = now();
-            sqlx::query(
-                "UPDATE hosts SET generation = generation + 1 \
-                 WHERE id = (SELECT host_id FROM compute_units WHERE compute_id = $1)",
-            )
-            .bind(compute_id)
-            .execute(&mut *tx)
-            .await?;
-            let freed = sqlx::query(
-                "UPDATE compute_units SET status = CASE WHEN (SELECT h.status FROM hosts h \
-                 WHERE h.id = compute_units.host_id) = 'READY' THEN 'FREE' ELSE 'UNAVAILABLE' END, \
-                 status_detail = NULL, ssh_public_key = NULL, tags = NULL, deployment_id = NULL, \
-                 started_at = NULL, deadline = NULL, updated_at = $1, generation = generation + 1 \
-                 WHERE compute_id = $2 AND status = 'DEALLOCATING'",
-            )
-            .bind(&at)
-            .bind(compute_id)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-            if freed != 1 {
-                tx.rollback().await?;
-                return Ok(false);
-            }
-            sqlx::query("DELETE FROM cpu_claims WHERE holder = $1")
-                .bind(&holder)
-                .execute(&mut *tx)
-                .await?;
-            tx.commit().await?;
-            Ok(true)
+        let compute_id = compute_id.to_string();
+        self.write("release_unit", move |conn| {
+            let compute_id = compute_id.clone();
+            Box::pin(async move { release_unit(conn, &compute_id).await })
         })
         .await
     }
@@ -312,4 +252,95 @@ impl Store {
             })
             .collect()
     }
+}
+
+struct OwnedClaim {
+    compute_id: String,
+    host_id: String,
+    cpus: Vec<u32>,
+    ssh_public_key: String,
+    tags: Option<String>,
+    deployment_id: Option<String>,
+    deadline: String,
+}
+
+async fn claim_unit(conn: &mut AnyConnection, claim: &OwnedClaim) -> Result<Commit<bool>, sqlx::Error> {
+    let at = now();
+    // Host first, then unit: every writer takes them in this order.
+    let host = sqlx::query(
+        "UPDATE hosts SET generation = generation + 1 WHERE id = $1 AND status = 'READY'",
+    )
+    .bind(&claim.host_id)
+    .execute(&mut *conn)
+    .await?;
+    if host.rows_affected() != 1 {
+        return Ok(Commit::Undo(false));
+    }
+    let unit = sqlx::query(
+        "UPDATE compute_units SET status = 'ALLOCATING', status_detail = NULL, \
+         ssh_public_key = $1, tags = $2, deployment_id = $3, started_at = $4, \
+         deadline = $5, updated_at = $4, generation = generation + 1 \
+         WHERE compute_id = $6 AND host_id = $7 AND status = 'FREE'",
+    )
+    .bind(&claim.ssh_public_key)
+    .bind(&claim.tags)
+    .bind(&claim.deployment_id)
+    .bind(&at)
+    .bind(&claim.deadline)
+    .bind(&claim.compute_id)
+    .bind(&claim.host_id)
+    .execute(&mut *conn)
+    .await?;
+    if unit.rows_affected() != 1 {
+        return Ok(Commit::Undo(false));
+    }
+    let values: Vec<String> = (0..claim.cpus.len())
+        .map(|i| format!("($1, ${}, $2)", i + 3))
+        .collect();
+    let sql = format!(
+        "INSERT INTO cpu_claims (host_id, cpu, holder) VALUES {} ON CONFLICT DO NOTHING",
+        values.join(", ")
+    );
+    let mut insert = sqlx::query(&sql)
+        .bind(&claim.host_id)
+        .bind(holder(&claim.compute_id));
+    for &cpu in &claim.cpus {
+        insert = insert.bind(i64::from(cpu));
+    }
+    let claimed = insert.execute(&mut *conn).await?.rows_affected();
+    if claimed != claim.cpus.len() as u64 {
+        return Ok(Commit::Undo(false));
+    }
+    Ok(Commit::Keep(true))
+}
+
+async fn release_unit(conn: &mut AnyConnection, compute_id: &str) -> Result<Commit<bool>, sqlx::Error> {
+    let at = now();
+    sqlx::query(
+        "UPDATE hosts SET generation = generation + 1 \
+         WHERE id = (SELECT host_id FROM compute_units WHERE compute_id = $1)",
+    )
+    .bind(compute_id)
+    .execute(&mut *conn)
+    .await?;
+    let freed = sqlx::query(
+        "UPDATE compute_units SET status = CASE WHEN (SELECT h.status FROM hosts h \
+         WHERE h.id = compute_units.host_id) = 'READY' THEN 'FREE' ELSE 'UNAVAILABLE' END, \
+         status_detail = NULL, ssh_public_key = NULL, tags = NULL, deployment_id = NULL, \
+         started_at = NULL, deadline = NULL, updated_at = $1, generation = generation + 1 \
+         WHERE compute_id = $2 AND status = 'DEALLOCATING'",
+    )
+    .bind(&at)
+    .bind(compute_id)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    if freed != 1 {
+        return Ok(Commit::Undo(false));
+    }
+    sqlx::query("DELETE FROM cpu_claims WHERE holder = $1")
+        .bind(holder(compute_id))
+        .execute(&mut *conn)
+        .await?;
+    Ok(Commit::Keep(true))
 }

@@ -1,0 +1,175 @@
+//! Writes, with group commit on SQLite.
+//!
+//! Every write is a unit of work run inside a transaction: [`Store::write`].
+//! On PostgreSQL each runs in its own transaction, again on a serialization
+//! failure or deadlock. On SQLite, which has one writer and pays one fsync
+//! per commit, a single writer task runs the units of work that queued up
+//! while the previous commit was in flight together, each inside its own
+//! savepoint, and commits them with one fsync; no caller hears "done" before
+//! that commit. So durability stays per request while throughput grows with
+//! concurrency.
+
+use crate::{Result, StoreError};
+use futures::future::BoxFuture;
+use sqlx::{AnyConnection, AnyPool, Connection, Executor};
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+
+/// What a unit of work decided about its own changes.
+pub(crate) enum Commit<T> {
+    /// Keep the changes; answer `T` once they are durable.
+    Keep(T),
+    /// Discard the changes (a lost race, a refused change); answer `T`.
+    Undo(T),
+}
+
+pub(crate) type Work<'c, T> = BoxFuture<'c, std::result::Result<Commit<T>, sqlx::Error>>;
+
+/// A unit of work as the SQLite writer task runs it.
+pub(crate) type Job = Box<dyn for<'c> FnOnce(&'c mut AnyConnection) -> BoxFuture<'c, Outcome> + Send>;
+
+/// A unit of work's result, waiting for the commit.
+pub(crate) struct Outcome {
+    undo: bool,
+    deliver: Box<dyn FnOnce(std::result::Result<(), String>) + Send>,
+}
+
+/// The most units of work one SQLite commit takes.
+const MAX_BATCH: usize = 512;
+
+#[derive(Clone)]
+pub(crate) enum Writer {
+    Postgres(AnyPool),
+    Sqlite(mpsc::Sender<Job>),
+}
+
+impl Writer {
+    /// Starts the SQLite writer task over `conn`.
+    pub(crate) fn sqlite(conn: AnyConnection) -> Writer {
+        let (jobs, queue) = mpsc::channel::<Job>(4096);
+        tokio::spawn(run_sqlite_writer(conn, queue));
+        Writer::Sqlite(jobs)
+    }
+
+    /// Runs `work` in a transaction and answers what it answered, once its
+    /// changes (if kept) are durable.
+    pub(crate) async fn write<T, F>(&self, what: &'static str, work: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: for<'c> Fn(&'c mut AnyConnection) -> Work<'c, T> + Send + Sync + 'static,
+    {
+        match self {
+            Writer::Postgres(pool) => write_postgres(pool, what, &work).await,
+            Writer::Sqlite(jobs) => {
+                let (reply, answer) = oneshot::channel::<Result<T>>();
+                let job: Job = Box::new(move |conn: &mut AnyConnection| -> BoxFuture<'_, Outcome> {
+                    Box::pin(async move {
+                        match work(conn).await {
+                            Ok(Commit::Keep(value)) => Outcome {
+                                undo: false,
+                                deliver: Box::new(move |committed| {
+                                    let _ = reply.send(
+                                        committed.map(|()| value).map_err(StoreError::Commit),
+                                    );
+                                }),
+                            },
+                            Ok(Commit::Undo(value)) => Outcome {
+                                undo: true,
+                                deliver: Box::new(move |_| {
+                                    let _ = reply.send(Ok(value));
+                                }),
+                            },
+                            Err(err) => Outcome {
+                                undo: true,
+                                deliver: Box::new(move |_| {
+                                    let _ = reply.send(Err(StoreError::Query(err)));
+                                }),
+                            },
+                        }
+                    })
+                });
+                jobs.send(job).await.map_err(|_| StoreError::Closed)?;
+                answer.await.map_err(|_| StoreError::Closed)?
+            }
+        }
+    }
+}
+
+async fn write_postgres<T, F>(pool: &AnyPool, what: &'static str, work: &F) -> Result<T>
+where
+    F: for<'c> Fn(&'c mut AnyConnection) -> Work<'c, T>,
+{
+    let mut pause = Duration::from_millis(2);
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        let attempt = async {
+            let mut tx = pool.begin().await?;
+            match work(&mut tx).await? {
+                Commit::Keep(value) => {
+                    tx.commit().await?;
+                    Ok(value)
+                }
+                Commit::Undo(value) => {
+                    tx.rollback().await?;
+                    Ok(value)
+                }
+            }
+        }
+        .await;
+        match attempt {
+            Err(err) if tries < 8 && crate::is_transient(&err) => {
+                tracing::debug!(what, tries, error = %err, "transient conflict, retrying");
+                tokio::time::sleep(pause).await;
+                pause *= 2;
+            }
+            other => return other.map_err(StoreError::Query),
+        }
+    }
+}
+
+async fn run_sqlite_writer(mut conn: AnyConnection, mut queue: mpsc::Receiver<Job>) {
+    while let Some(first) = queue.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match queue.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let mut outcomes = Vec::with_capacity(batch.len());
+        if let Err(err) = conn.execute("BEGIN IMMEDIATE").await {
+            // The jobs never ran; dropping them tells each caller.
+            tracing::error!(error = %err, "SQLite writer cannot begin a transaction");
+            continue;
+        }
+        for job in batch {
+            if let Err(err) = conn.execute("SAVEPOINT unit_of_work").await {
+                tracing::error!(error = %err, "SQLite savepoint failed; the unit of work is dropped");
+                continue;
+            }
+            let outcome = job(&mut conn).await;
+            if outcome.undo
+                && let Err(err) = conn.execute("ROLLBACK TO unit_of_work").await
+            {
+                tracing::error!(error = %err, "SQLite rollback to savepoint failed");
+            }
+            if let Err(err) = conn.execute("RELEASE unit_of_work").await {
+                tracing::error!(error = %err, "SQLite savepoint release failed");
+            }
+            outcomes.push(outcome);
+        }
+        let committed = conn
+            .execute("COMMIT")
+            .await
+            .map(|_| ())
+            .map_err(|err| format!("the commit failed: {err}"));
+        if committed.is_err() {
+            let _ = conn.execute("ROLLBACK").await;
+        }
+        for outcome in outcomes {
+            (outcome.deliver)(committed.clone());
+        }
+    }
+    let _ = conn.close().await;
+}
