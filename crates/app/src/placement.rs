@@ -8,8 +8,9 @@
 //! generation changed in the store are reloaded before answering "none".
 
 use crate::error::Result;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::Instant;
 use tessera_core::placement::{Decision, HostInventory, PlacementEngine, Request, UnitSlot};
 use tessera_core::status::{HostStatus, UnitStatus};
 use tessera_core::{ComputeId, CpuSet, HostId};
@@ -18,13 +19,21 @@ use tessera_store::{HostRecord, Store, UnitFilter, UnitRecord};
 #[derive(Default)]
 pub struct PlacementView {
     state: Mutex<ViewState>,
+    /// When the last look for changed hosts started: requests that ran out
+    /// of room share one look instead of each scanning the store.
+    last_look: tokio::sync::Mutex<Option<Instant>>,
 }
 
 #[derive(Default)]
 struct ViewState {
     engine: PlacementEngine,
-    /// The store generation each host was loaded at.
-    generations: HashMap<HostId, i64>,
+    /// The store version (see `Store::host_versions`) each host was loaded at.
+    versions: HashMap<HostId, i64>,
+}
+
+/// A host's version as `Store::host_versions` computes it.
+fn version(host: &HostRecord, units: &[UnitRecord]) -> i64 {
+    host.generation + units.iter().map(|u| u.generation).sum::<i64>()
 }
 
 impl PlacementView {
@@ -52,7 +61,7 @@ impl PlacementView {
         for host in hosts {
             let units = units_by_host.remove(&host.id).unwrap_or_default();
             let held = held.remove(&host.id).unwrap_or_default();
-            state.put(inventory(&host, &units, held), host.generation);
+            state.put(inventory(&host, &units, held), version(&host, &units));
         }
         Ok(())
     }
@@ -75,21 +84,25 @@ impl PlacementView {
             .map(|(_, cpu)| cpu)
             .collect();
         self.state()
-            .put(inventory(&host, &units, held), host.generation);
+            .put(inventory(&host, &units, held), version(&host, &units));
         Ok(())
     }
 
-    /// Reloads the hosts whose generation in the store differs from the
-    /// view's, and forgets those the store no longer has. Answers how many
-    /// hosts changed.
-    pub async fn refresh_changed(&self, store: &Store) -> Result<usize> {
-        let current = store.host_generations().await?;
+    /// Reloads the hosts whose version in the store differs from the view's,
+    /// and forgets those the store no longer has, unless a look that started
+    /// after `needed_at` already did so. Answers how many hosts changed.
+    pub async fn refresh_changed(&self, store: &Store, needed_at: Instant) -> Result<usize> {
+        let mut last_look = self.last_look.lock().await;
+        if last_look.is_some_and(|at| at >= needed_at) {
+            return Ok(0);
+        }
+        *last_look = Some(Instant::now());
+        let current = store.host_versions().await?;
         let stale: Vec<String> = {
             let mut state = self.state();
-            let known: std::collections::HashSet<&str> =
-                current.iter().map(|(id, _)| id.as_str()).collect();
+            let known: HashSet<&str> = current.iter().map(|(id, _)| id.as_str()).collect();
             let gone: Vec<HostId> = state
-                .generations
+                .versions
                 .keys()
                 .filter(|id| !known.contains(id.as_str()))
                 .cloned()
@@ -99,8 +112,8 @@ impl PlacementView {
             }
             current
                 .into_iter()
-                .filter(|(id, generation)| {
-                    state.generations.get(&HostId::new(id.as_str())) != Some(generation)
+                .filter(|(id, version)| {
+                    state.versions.get(&HostId::new(id.as_str())) != Some(version)
                 })
                 .map(|(id, _)| id)
                 .collect()
@@ -136,13 +149,13 @@ impl PlacementView {
 }
 
 impl ViewState {
-    fn put(&mut self, inventory: HostInventory, generation: i64) {
-        self.generations.insert(inventory.id.clone(), generation);
+    fn put(&mut self, inventory: HostInventory, version: i64) {
+        self.versions.insert(inventory.id.clone(), version);
         self.engine.upsert_host(inventory);
     }
 
     fn forget(&mut self, id: &HostId) {
-        self.generations.remove(id);
+        self.versions.remove(id);
         self.engine.remove_host(id);
     }
 }

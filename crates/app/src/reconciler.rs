@@ -79,7 +79,7 @@ impl App {
                             )
                             .await;
                         if matches!(retried, Ok(true))
-                            && let Err(err) = app.release(&unit.compute_id).await
+                            && let Err(err) = app.release(&unit).await
                         {
                             tracing::warn!(compute_id = %unit.compute_id, error = %err, "wiping the unit failed again");
                         }

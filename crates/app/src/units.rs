@@ -53,7 +53,9 @@ impl App {
                     return Err(Error::NoCapacity(NO_FREE_UNIT.into()));
                 }
                 // The view may miss what other replicas freed or added.
-                self.placement.refresh_changed(&self.store).await?;
+                self.placement
+                    .refresh_changed(&self.store, std::time::Instant::now())
+                    .await?;
                 looked_again = true;
                 continue;
             };
@@ -107,7 +109,8 @@ impl App {
                 (UnitStatus::AllocationFail, Some(why.to_string()))
             }
         };
-        self.store
+        let settled = self
+            .store
             .transition_unit(
                 &compute_id,
                 &[UnitStatus::Allocating],
@@ -116,7 +119,15 @@ impl App {
                 None,
             )
             .await?;
-        self.unit_or_404(&compute_id).await
+        if !settled {
+            // Someone else settled it (a reconciler that found it overdue).
+            return self.unit_or_404(&compute_id).await;
+        }
+        let mut unit = unit;
+        unit.status = to;
+        unit.status_detail = detail;
+        unit.deadline = None;
+        Ok(unit)
     }
 
     /// Takes a unit back from its tenant and wipes it. A unit that is not
@@ -159,16 +170,16 @@ impl App {
                 "compute unit {compute_id} changed while being deallocated; try again"
             )));
         }
-        self.release(compute_id).await
+        self.release(&unit).await
     }
 
     /// Wipes a DEALLOCATING unit on its host and returns it to the pool.
-    pub(crate) async fn release(&self, compute_id: &str) -> Result<()> {
-        let unit = self.unit_or_404(compute_id).await?;
+    pub(crate) async fn release(&self, unit: &ComputeUnit) -> Result<()> {
+        let compute_id = unit.compute_id.as_str();
         let host = HostId::new(unit.host_id.as_str());
         let outcome = match self.agent(&host).await? {
             None => Err(HostCallError::NoAgent),
-            Some(agent) => match unit_spec(&unit) {
+            Some(agent) => match unit_spec(unit) {
                 Ok(spec) => self.host_call(agent.release_unit(&spec)).await,
                 Err(err) => Err(HostCallError::Failed(err.to_string())),
             },
@@ -176,7 +187,7 @@ impl App {
         match outcome {
             Ok(()) => {
                 if self.store.release_unit(compute_id).await? {
-                    let spec = unit_spec(&unit)?;
+                    let spec = unit_spec(unit)?;
                     self.placement
                         .release_unit(&host, &spec.compute_id, spec.cpus);
                     tracing::debug!(compute_id, "unit released");

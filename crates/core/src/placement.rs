@@ -176,7 +176,8 @@ impl PlacementEngine {
                 region,
                 zone,
             } => (
-                self.by_free_unit.get(&(*cpu_count as usize, region.clone())),
+                self.by_free_unit
+                    .get(&(*cpu_count as usize, region.clone())),
                 *cpu_count,
                 zone,
             ),

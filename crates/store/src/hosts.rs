@@ -131,14 +131,20 @@ impl Store {
         Ok(hosts)
     }
 
-    /// `(id, generation)` of every host: what a placement view compares with
-    /// its own to find the hosts it must reload.
-    pub async fn host_generations(&self) -> Result<Vec<(String, i64)>> {
-        let rows = sqlx::query("SELECT id, generation FROM hosts")
-            .fetch_all(&self.read)
-            .await?;
+    /// `(id, version)` of every host: what a placement view compares with
+    /// its own to find the hosts it must reload. The version is the host's
+    /// generation plus its units' (every change to either bumps one), so
+    /// claims on one host never contend for the host row just to say so.
+    pub async fn host_versions(&self) -> Result<Vec<(String, i64)>> {
+        let rows = sqlx::query(
+            "SELECT h.id, CAST(h.generation + COALESCE(SUM(u.generation), 0) AS BIGINT) AS version \
+             FROM hosts h LEFT JOIN compute_units u ON u.host_id = h.id \
+             GROUP BY h.id, h.generation",
+        )
+        .fetch_all(&self.read)
+        .await?;
         rows.iter()
-            .map(|r| Ok((r.try_get("id")?, r.try_get("generation")?)))
+            .map(|r| Ok((r.try_get("id")?, r.try_get("version")?)))
             .collect()
     }
 
@@ -165,8 +171,9 @@ impl Store {
 
     /// Starts retiring a host: DECOMMISSIONING, its FREE units out of
     /// service. Unless `force`, refused while any unit is held; the check and
-    /// the change are one transaction behind the host row's lock, which every
-    /// unit claim takes first, so no claim can slip between them.
+    /// the change are one transaction behind the host row's exclusive lock,
+    /// which waits for every claim in flight (they hold it shared), so no
+    /// claim can slip between them.
     pub async fn begin_decommission(&self, id: &str, force: bool) -> Result<DecommissionStart> {
         let held: Vec<&str> = UnitStatus::ALL
             .iter()
@@ -252,7 +259,10 @@ impl Store {
     }
 }
 
-async fn insert_host(conn: &mut AnyConnection, host: &NewHost) -> Result<Commit<bool>, sqlx::Error> {
+async fn insert_host(
+    conn: &mut AnyConnection,
+    host: &NewHost,
+) -> Result<Commit<bool>, sqlx::Error> {
     let cpu_ranges = serde_json::to_string(&host.cpu_ranges).unwrap_or_default();
     let numa_nodes = serde_json::to_string(&host.numa_nodes).unwrap_or_default();
     // A host that was retired, or whose preparation failed, may be
@@ -265,10 +275,12 @@ async fn insert_host(conn: &mut AnyConnection, host: &NewHost) -> Result<Commit<
             .execute(&mut *conn)
             .await?;
     }
-    sqlx::query("DELETE FROM hosts WHERE hostname = $1 AND status IN ('DECOMMISSIONED', 'INIT_FAIL')")
-        .bind(&host.hostname)
-        .execute(&mut *conn)
-        .await?;
+    sqlx::query(
+        "DELETE FROM hosts WHERE hostname = $1 AND status IN ('DECOMMISSIONED', 'INIT_FAIL')",
+    )
+    .bind(&host.hostname)
+    .execute(&mut *conn)
+    .await?;
     let at = now();
     let inserted = sqlx::query(
         "INSERT INTO hosts (id, hostname, ip, region, zone, status, cpu_ranges, numa_nodes, \

@@ -20,9 +20,9 @@ pub use units::{UnitClaim, UnitFilter, UnitRecord};
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyConnection, AnyPool, ConnectOptions, Executor};
 use std::path::Path;
-use writer::{Work, Writer};
 use std::str::FromStr;
 use std::time::Duration;
+use writer::{Work, Writer};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

@@ -165,10 +165,11 @@ impl Store {
             cpus: claim.cpus.to_vec(),
             ssh_public_key: claim.ssh_public_key.to_string(),
             tags: claim.tags.map(|t| t.to_string()),
-            deployment_id: claim
-                .tags
-                .and_then(|t| t.get("deployment_id"))
-                .map(|d| d.as_str().map(str::to_string).unwrap_or_else(|| d.to_string())),
+            deployment_id: claim.tags.and_then(|t| t.get("deployment_id")).map(|d| {
+                d.as_str()
+                    .map(str::to_string)
+                    .unwrap_or_else(|| d.to_string())
+            }),
             deadline: claim.deadline.to_string(),
         });
         self.write("claim_unit", move |conn| {
@@ -264,16 +265,26 @@ struct OwnedClaim {
     deadline: String,
 }
 
-async fn claim_unit(conn: &mut AnyConnection, claim: &OwnedClaim) -> Result<Commit<bool>, sqlx::Error> {
+async fn claim_unit(
+    conn: &mut AnyConnection,
+    claim: &OwnedClaim,
+) -> Result<Commit<bool>, sqlx::Error> {
     let at = now();
-    // Host first, then unit: every writer takes them in this order.
-    let host = sqlx::query(
-        "UPDATE hosts SET generation = generation + 1 WHERE id = $1 AND status = 'READY'",
-    )
-    .bind(&claim.host_id)
-    .execute(&mut *conn)
-    .await?;
-    if host.rows_affected() != 1 {
+    // The host must be READY, and stay so until this commits: on PostgreSQL
+    // a shared lock on its row, which a decommission's update waits for
+    // (claims on one host do not wait for each other). SQLite has one
+    // writer, so nothing can change between the check and the commit.
+    let lock = if conn.backend_name() == "PostgreSQL" {
+        " FOR SHARE"
+    } else {
+        ""
+    };
+    let status: Option<String> =
+        sqlx::query_scalar(&format!("SELECT status FROM hosts WHERE id = $1{lock}"))
+            .bind(&claim.host_id)
+            .fetch_optional(&mut *conn)
+            .await?;
+    if status.as_deref() != Some("READY") {
         return Ok(Commit::Undo(false));
     }
     let unit = sqlx::query(
@@ -314,15 +325,11 @@ async fn claim_unit(conn: &mut AnyConnection, claim: &OwnedClaim) -> Result<Comm
     Ok(Commit::Keep(true))
 }
 
-async fn release_unit(conn: &mut AnyConnection, compute_id: &str) -> Result<Commit<bool>, sqlx::Error> {
+async fn release_unit(
+    conn: &mut AnyConnection,
+    compute_id: &str,
+) -> Result<Commit<bool>, sqlx::Error> {
     let at = now();
-    sqlx::query(
-        "UPDATE hosts SET generation = generation + 1 \
-         WHERE id = (SELECT host_id FROM compute_units WHERE compute_id = $1)",
-    )
-    .bind(compute_id)
-    .execute(&mut *conn)
-    .await?;
     let freed = sqlx::query(
         "UPDATE compute_units SET status = CASE WHEN (SELECT h.status FROM hosts h \
          WHERE h.id = compute_units.host_id) = 'READY' THEN 'FREE' ELSE 'UNAVAILABLE' END, \

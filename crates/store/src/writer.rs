@@ -26,7 +26,8 @@ pub(crate) enum Commit<T> {
 pub(crate) type Work<'c, T> = BoxFuture<'c, std::result::Result<Commit<T>, sqlx::Error>>;
 
 /// A unit of work as the SQLite writer task runs it.
-pub(crate) type Job = Box<dyn for<'c> FnOnce(&'c mut AnyConnection) -> BoxFuture<'c, Outcome> + Send>;
+pub(crate) type Job =
+    Box<dyn for<'c> FnOnce(&'c mut AnyConnection) -> BoxFuture<'c, Outcome> + Send>;
 
 /// A unit of work's result, waiting for the commit.
 pub(crate) struct Outcome {
@@ -62,32 +63,33 @@ impl Writer {
             Writer::Postgres(pool) => write_postgres(pool, what, &work).await,
             Writer::Sqlite(jobs) => {
                 let (reply, answer) = oneshot::channel::<Result<T>>();
-                let job: Job = Box::new(move |conn: &mut AnyConnection| -> BoxFuture<'_, Outcome> {
-                    Box::pin(async move {
-                        match work(conn).await {
-                            Ok(Commit::Keep(value)) => Outcome {
-                                undo: false,
-                                deliver: Box::new(move |committed| {
-                                    let _ = reply.send(
-                                        committed.map(|()| value).map_err(StoreError::Commit),
-                                    );
-                                }),
-                            },
-                            Ok(Commit::Undo(value)) => Outcome {
-                                undo: true,
-                                deliver: Box::new(move |_| {
-                                    let _ = reply.send(Ok(value));
-                                }),
-                            },
-                            Err(err) => Outcome {
-                                undo: true,
-                                deliver: Box::new(move |_| {
-                                    let _ = reply.send(Err(StoreError::Query(err)));
-                                }),
-                            },
-                        }
-                    })
-                });
+                let job: Job =
+                    Box::new(move |conn: &mut AnyConnection| -> BoxFuture<'_, Outcome> {
+                        Box::pin(async move {
+                            match work(conn).await {
+                                Ok(Commit::Keep(value)) => Outcome {
+                                    undo: false,
+                                    deliver: Box::new(move |committed| {
+                                        let _ = reply.send(
+                                            committed.map(|()| value).map_err(StoreError::Commit),
+                                        );
+                                    }),
+                                },
+                                Ok(Commit::Undo(value)) => Outcome {
+                                    undo: true,
+                                    deliver: Box::new(move |_| {
+                                        let _ = reply.send(Ok(value));
+                                    }),
+                                },
+                                Err(err) => Outcome {
+                                    undo: true,
+                                    deliver: Box::new(move |_| {
+                                        let _ = reply.send(Err(StoreError::Query(err)));
+                                    }),
+                                },
+                            }
+                        })
+                    });
                 jobs.send(job).await.map_err(|_| StoreError::Closed)?;
                 answer.await.map_err(|_| StoreError::Closed)?
             }
@@ -143,21 +145,38 @@ async fn run_sqlite_writer(mut conn: AnyConnection, mut queue: mpsc::Receiver<Jo
             tracing::error!(error = %err, "SQLite writer cannot begin a transaction");
             continue;
         }
+        // A lone unit of work needs no savepoint: its undo is the rollback.
+        let alone = batch.len() == 1;
+        let mut undo_all = false;
         for job in batch {
-            if let Err(err) = conn.execute("SAVEPOINT unit_of_work").await {
+            if !alone && let Err(err) = conn.execute("SAVEPOINT unit_of_work").await {
                 tracing::error!(error = %err, "SQLite savepoint failed; the unit of work is dropped");
                 continue;
             }
             let outcome = job(&mut conn).await;
-            if outcome.undo
-                && let Err(err) = conn.execute("ROLLBACK TO unit_of_work").await
-            {
-                tracing::error!(error = %err, "SQLite rollback to savepoint failed");
-            }
-            if let Err(err) = conn.execute("RELEASE unit_of_work").await {
-                tracing::error!(error = %err, "SQLite savepoint release failed");
+            if alone {
+                undo_all = outcome.undo;
+            } else {
+                if outcome.undo
+                    && let Err(err) = conn.execute("ROLLBACK TO unit_of_work").await
+                {
+                    tracing::error!(error = %err, "SQLite rollback to savepoint failed");
+                }
+                if let Err(err) = conn.execute("RELEASE unit_of_work").await {
+                    tracing::error!(error = %err, "SQLite savepoint release failed");
+                }
             }
             outcomes.push(outcome);
+        }
+        if undo_all {
+            let rolled_back = conn.execute("ROLLBACK").await.map(|_| ());
+            if let Err(err) = &rolled_back {
+                tracing::error!(error = %err, "SQLite rollback failed");
+            }
+            for outcome in outcomes {
+                (outcome.deliver)(Ok(()));
+            }
+            continue;
         }
         let committed = conn
             .execute("COMMIT")
