@@ -64,7 +64,7 @@ impl App {
         self.placement.refresh_host(&self.store, &host.id).await?;
         let app = self.clone();
         let id = host.id.clone();
-        tokio::spawn(async move { app.drive_host(&id).await });
+        self.tasks.spawn(async move { app.drive_host(&id).await });
         Ok(host)
     }
 
@@ -96,7 +96,7 @@ impl App {
         self.placement.refresh_host(&self.store, &host.id).await?;
         let app = self.clone();
         let id = host.id.clone();
-        tokio::spawn(async move { app.drive_host(&id).await });
+        self.tasks.spawn(async move { app.drive_host(&id).await });
         Ok(Decommission::Started)
     }
 

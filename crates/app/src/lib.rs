@@ -24,6 +24,8 @@ use std::time::{Duration, Instant};
 use tessera_agent_api::{AgentDirectory, AgentError, HostAgent};
 use tessera_core::HostId;
 use tessera_store::Store;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 #[derive(Clone, Debug)]
 pub struct AppConfig {
@@ -55,6 +57,9 @@ pub struct App {
     /// does not start the same work twice.
     in_flight: Arc<Mutex<HashSet<String>>>,
     agent_of_host: Arc<Mutex<HashMap<HostId, Arc<dyn HostAgent>>>>,
+    /// Background work (host steps, the reconciler), waited for at shutdown.
+    tasks: TaskTracker,
+    stopping: CancellationToken,
     started: Instant,
 }
 
@@ -75,8 +80,21 @@ impl App {
             config: Arc::new(config),
             in_flight: Arc::default(),
             agent_of_host: Arc::default(),
+            tasks: TaskTracker::new(),
+            stopping: CancellationToken::new(),
             started: Instant::now(),
         })
+    }
+
+    /// Stops the reconciler and waits for host work under way, up to the
+    /// agent timeout; what is cut short is finished by the next start.
+    pub async fn shutdown(&self) {
+        self.stopping.cancel();
+        self.tasks.close();
+        let waited = tokio::time::timeout(self.config.agent_timeout, self.tasks.wait()).await;
+        if waited.is_err() {
+            tracing::warn!("host work still under way at shutdown; it resumes at the next start");
+        }
     }
 
     pub fn access(&self) -> &Access {

@@ -17,22 +17,25 @@ use tessera_core::status::{HostStatus, UnitStatus};
 use tessera_store::UnitFilter;
 
 impl App {
-    /// Runs the reconciler until the returned task is aborted.
-    pub fn spawn_reconciler(&self) -> tokio::task::JoinHandle<()> {
+    /// Runs the reconciler until [`App::shutdown`].
+    pub fn spawn_reconciler(&self) {
         let app = self.clone();
-        tokio::spawn(async move {
+        self.tasks.spawn(async move {
             if let Err(err) = app.resync_hosts().await {
                 tracing::warn!(error = %err, "pushing desired state to hosts failed");
             }
             let mut tick = tokio::time::interval(app.config.reconcile_every);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
-                tick.tick().await;
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = app.stopping.cancelled() => return,
+                }
                 if let Err(err) = app.reconcile_once().await {
                     tracing::warn!(error = %err, "reconcile pass failed");
                 }
             }
-        })
+        });
     }
 
     /// One pass over everything unfinished.
@@ -40,7 +43,8 @@ impl App {
         let pending = [HostStatus::Initializing, HostStatus::Decommissioning];
         for host in self.store.hosts(&pending).await? {
             let app = self.clone();
-            tokio::spawn(async move { app.drive_host(&host.id).await });
+            self.tasks
+                .spawn(async move { app.drive_host(&host.id).await });
         }
         for unit in self.overdue_units().await? {
             let Some(guard) = InFlight::enter(&self.in_flight, format!("unit:{}", unit.compute_id))
@@ -65,7 +69,7 @@ impl App {
                 }
                 UnitStatus::Deallocating => {
                     let app = self.clone();
-                    tokio::spawn(async move {
+                    self.tasks.spawn(async move {
                         let _guard = guard;
                         let deadline = app.deadline();
                         let retried = app

@@ -103,9 +103,12 @@ pub struct Decision {
 #[derive(Default)]
 pub struct PlacementEngine {
     hosts: BTreeMap<HostId, HostInventory>,
-    by_free: HashMap<Option<String>, BTreeSet<(usize, HostId)>>,
-    by_free_unit: HashMap<(usize, Option<String>), BTreeSet<(usize, HostId)>>,
+    by_free: HashMap<Option<String>, BestFit>,
+    by_free_unit: HashMap<(usize, Option<String>), BestFit>,
 }
+
+/// Hosts ordered by free CPUs, fewest first: `(free CPUs, host)`.
+type BestFit = BTreeSet<(usize, HostId)>;
 
 impl PlacementEngine {
     pub fn new() -> Self {

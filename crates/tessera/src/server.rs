@@ -22,7 +22,6 @@ pub struct RunningServer {
     pub sim: Option<Arc<SimFleet>>,
     stop: oneshot::Sender<()>,
     serving: JoinHandle<std::io::Result<()>>,
-    reconciler: JoinHandle<()>,
 }
 
 /// Hosts with no agent, when simulated hosts are off: they wait for their
@@ -70,7 +69,7 @@ pub async fn start(settings: &Settings) -> Result<RunningServer> {
         .await
         .with_context(|| format!("cannot listen on {}", settings.listen))?;
     let addr = listener.local_addr()?;
-    let reconciler = app.spawn_reconciler();
+    app.spawn_reconciler();
     let (stop, stopped) = oneshot::channel::<()>();
     let router = tessera_faces::router(app.clone());
     let serving = tokio::spawn(async move {
@@ -93,7 +92,6 @@ pub async fn start(settings: &Settings) -> Result<RunningServer> {
         sim,
         stop,
         serving,
-        reconciler,
     })
 }
 
@@ -106,7 +104,7 @@ impl RunningServer {
     pub async fn shutdown(self) -> Result<()> {
         let _ = self.stop.send(());
         let served = self.serving.await;
-        self.reconciler.abort();
+        self.app.shutdown().await;
         self.app.store().close().await;
         served.context("the HTTP server task failed")??;
         Ok(())
