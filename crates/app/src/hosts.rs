@@ -125,7 +125,7 @@ impl App {
     async fn prepare(&self, host: &HostRecord) -> Result<()> {
         let spec = self.host_spec(host).await?;
         let Some(agent) = self.agents.agent_for(&spec) else {
-            tracing::info!(hostname = %host.hostname, "server waits for its agent");
+            tracing::debug!(hostname = %host.hostname, "server waits for its agent");
             return Ok(());
         };
         let outcome = async {
@@ -198,6 +198,9 @@ impl App {
             .transition_host(&host.id, &[HostStatus::Decommissioning], to, detail)
             .await?;
         tracing::info!(hostname = %host.hostname, status = %to, detail, "server decommission ended");
+        if to == HostStatus::Decommissioned {
+            self.forget_agent(&HostId::new(host.id.as_str()));
+        }
         self.placement.refresh_host(&self.store, &host.id).await
     }
 

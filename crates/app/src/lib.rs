@@ -146,6 +146,10 @@ impl App {
         Ok(Some(agent))
     }
 
+    fn forget_agent(&self, host: &HostId) {
+        self.agents_cache().remove(host);
+    }
+
     fn agents_cache(&self) -> std::sync::MutexGuard<'_, HashMap<HostId, Arc<dyn HostAgent>>> {
         self.agent_of_host
             .lock()

@@ -119,16 +119,15 @@ impl Store {
 
     /// Hosts in any of `statuses`, or all hosts when it is empty.
     pub async fn hosts(&self, statuses: &[HostStatus]) -> Result<Vec<HostRecord>> {
-        let sql = format!("SELECT {HOST_COLUMNS} FROM hosts ORDER BY hostname");
-        let rows = sqlx::query(&sql).fetch_all(&self.read).await?;
-        let mut hosts = Vec::with_capacity(rows.len());
-        for row in &rows {
-            let host = host_from_row(row)?;
-            if statuses.is_empty() || statuses.contains(&host.status) {
-                hosts.push(host);
-            }
+        let statuses: Vec<&'static str> = statuses.iter().map(|s| s.as_str()).collect();
+        let (guard, values) = status_guard("status", &statuses, 1);
+        let sql = format!("SELECT {HOST_COLUMNS} FROM hosts WHERE {guard} ORDER BY hostname");
+        let mut query = sqlx::query(&sql);
+        for value in values {
+            query = query.bind(value);
         }
-        Ok(hosts)
+        let rows = query.fetch_all(&self.read).await?;
+        rows.iter().map(host_from_row).collect()
     }
 
     /// `(id, version)` of every host: what a placement view compares with
