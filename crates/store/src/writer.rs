@@ -10,8 +10,10 @@
 //! concurrency.
 
 use crate::{Result, StoreError};
+use futures::FutureExt;
 use futures::future::BoxFuture;
 use sqlx::{AnyConnection, AnyPool, Connection, Executor};
+use std::panic::AssertUnwindSafe;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
@@ -153,20 +155,21 @@ async fn run_sqlite_writer(mut conn: AnyConnection, mut queue: mpsc::Receiver<Jo
                 tracing::error!(error = %err, "SQLite savepoint failed; the unit of work is dropped");
                 continue;
             }
-            let outcome = job(&mut conn).await;
+            // A unit of work that panics is undone; its caller hears that
+            // the store is gone (its reply is dropped), the others carry on.
+            let outcome = AssertUnwindSafe(job(&mut conn)).catch_unwind().await.ok();
+            let undo = outcome.as_ref().is_none_or(|o| o.undo);
             if alone {
-                undo_all = outcome.undo;
+                undo_all = undo;
             } else {
-                if outcome.undo
-                    && let Err(err) = conn.execute("ROLLBACK TO unit_of_work").await
-                {
+                if undo && let Err(err) = conn.execute("ROLLBACK TO unit_of_work").await {
                     tracing::error!(error = %err, "SQLite rollback to savepoint failed");
                 }
                 if let Err(err) = conn.execute("RELEASE unit_of_work").await {
                     tracing::error!(error = %err, "SQLite savepoint release failed");
                 }
             }
-            outcomes.push(outcome);
+            outcomes.extend(outcome);
         }
         if undo_all {
             let rolled_back = conn.execute("ROLLBACK").await.map(|_| ());
@@ -191,4 +194,95 @@ async fn run_sqlite_writer(mut conn: AnyConnection, mut queue: mpsc::Receiver<Jo
         }
     }
     let _ = conn.close().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sqlx::ConnectOptions;
+    use sqlx::any::AnyConnectOptions;
+    use std::str::FromStr;
+
+    async fn writer() -> (Writer, AnyPool, tempfile::TempDir) {
+        sqlx::any::install_default_drivers();
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = format!("sqlite://{}/w.db?mode=rwc", dir.path().display());
+        let options = AnyConnectOptions::from_str(&url).expect("url");
+        let mut conn = options.connect().await.expect("connect");
+        conn.execute("PRAGMA journal_mode = WAL")
+            .await
+            .expect("wal");
+        conn.execute("CREATE TABLE t (n INTEGER PRIMARY KEY)")
+            .await
+            .expect("table");
+        let reader = AnyPool::connect(&url).await.expect("reader");
+        (Writer::sqlite(conn), reader, dir)
+    }
+
+    async fn insert(writer: &Writer, n: i64, keep: bool) -> Result<bool> {
+        writer
+            .write("insert", move |conn| {
+                Box::pin(async move {
+                    sqlx::query("INSERT INTO t (n) VALUES ($1)")
+                        .bind(n)
+                        .execute(&mut *conn)
+                        .await?;
+                    Ok(if keep {
+                        Commit::Keep(true)
+                    } else {
+                        Commit::Undo(false)
+                    })
+                })
+            })
+            .await
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn batched_units_of_work_keep_or_undo_each_on_its_own() {
+        let (writer, reader, _dir) = writer().await;
+        let mut tasks = Vec::new();
+        for n in 0..200i64 {
+            let writer = writer.clone();
+            tasks.push(tokio::spawn(
+                async move { insert(&writer, n, n % 2 == 0).await },
+            ));
+        }
+        for (n, task) in tasks.into_iter().enumerate() {
+            let answer = task.await.expect("task").expect("write");
+            assert_eq!(answer, n % 2 == 0);
+        }
+        // A failing statement (duplicate key) fails only its own unit of work.
+        let err = insert(&writer, 0, true).await.expect_err("duplicate");
+        assert!(matches!(err, StoreError::Query(_)), "{err:?}");
+        let rows: Vec<i64> = sqlx::query_scalar("SELECT n FROM t ORDER BY n")
+            .fetch_all(&reader)
+            .await
+            .expect("read");
+        assert_eq!(rows, (0..200).step_by(2).collect::<Vec<i64>>());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_panicking_unit_of_work_is_undone_and_the_writer_goes_on() {
+        let (writer, reader, _dir) = writer().await;
+        let panicked = writer
+            .write("panics", |conn| {
+                Box::pin(async move {
+                    sqlx::query("INSERT INTO t (n) VALUES (7)")
+                        .execute(&mut *conn)
+                        .await?;
+                    if conn.backend_name() != "never" {
+                        panic!("a bug in a unit of work");
+                    }
+                    Ok(Commit::Keep(()))
+                })
+            })
+            .await;
+        assert!(matches!(panicked, Err(StoreError::Closed)));
+        assert!(insert(&writer, 8, true).await.expect("writer still runs"));
+        let rows: Vec<i64> = sqlx::query_scalar("SELECT n FROM t")
+            .fetch_all(&reader)
+            .await
+            .expect("read");
+        assert_eq!(rows, vec![8]);
+    }
 }
