@@ -2,12 +2,12 @@
 //! units, on each backend, and across two server processes sharing one
 //! PostgreSQL.
 
-use crate::harness::{Backend, TOKEN, TestServer, fresh_postgres_database, unit_request};
+use crate::harness::{
+    Backend, ServerProcess, TOKEN, TestServer, fresh_postgres_database, unit_request,
+};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use std::collections::HashSet;
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 crate::on_both_backends!(concurrent_allocations_never_share_a_unit);
@@ -89,65 +89,12 @@ fn check_outcomes(outcomes: &[(StatusCode, Value)], units: usize) {
     assert_eq!(granted, units, "every free unit was handed out, once");
 }
 
-/// A `tessera server` process.
-struct ServerProcess {
-    child: Child,
-    url: String,
-}
-
-impl ServerProcess {
-    fn start(database_url: &str, data_dir: &std::path::Path) -> ServerProcess {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_tessera"))
-            .args(["server", "--sim-hosts", "--listen", "127.0.0.1:0"])
-            .arg("--data-dir")
-            .arg(data_dir)
-            .env("TESSERA_DATABASE_URL", database_url)
-            .env("TESSERA_ADMIN_TOKEN", TOKEN)
-            .env("TESSERA_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn tessera server");
-        let stdout = child.stdout.take().expect("stdout");
-        let mut lines = BufReader::new(stdout).lines();
-        let url = loop {
-            let line = lines
-                .next()
-                .expect("the server printed its address")
-                .expect("stdout line");
-            if let Some(url) = line.strip_prefix("Tessera is serving on ") {
-                break url.trim().to_string();
-            }
-        };
-        ServerProcess { child, url }
-    }
-
-    /// SIGTERM, and the process must exit cleanly.
-    fn stop(mut self) {
-        let stopped = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .expect("kill");
-        assert!(stopped.success());
-        let status = self.child.wait().expect("wait");
-        assert!(status.success(), "graceful shutdown exits 0, got {status}");
-    }
-}
-
-impl Drop for ServerProcess {
-    /// A test that fails midway must not leave servers running.
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_server_processes_sharing_postgres_never_share_a_unit() {
     let database_url = fresh_postgres_database().await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let a = ServerProcess::start(&database_url, &dir.path().join("a"));
-    let b = ServerProcess::start(&database_url, &dir.path().join("b"));
+    let a = ServerProcess::start(&database_url, &dir.path().join("a"), &[]);
+    let b = ServerProcess::start(&database_url, &dir.path().join("b"), &[]);
     let client = reqwest::Client::new();
     for host in ["p1", "p2", "p3"] {
         let response = client

@@ -4,6 +4,8 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use sqlx::Connection;
 use sqlx::Executor;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use tessera::server::{self, RunningServer};
 use tessera::settings::Settings;
@@ -244,4 +246,66 @@ impl TestServer {
 /// An allocate body.
 pub fn unit_request(cpu_count: u32, tags: Value) -> Value {
     json!({"cpu_count": cpu_count, "ssh_public_key": KEY, "tags": tags})
+}
+
+/// A `tessera server` process.
+pub struct ServerProcess {
+    child: Child,
+    pub url: String,
+}
+
+impl ServerProcess {
+    pub fn start(database_url: &str, data_dir: &std::path::Path, args: &[&str]) -> ServerProcess {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tessera"))
+            .args(["server", "--sim-hosts", "--listen", "127.0.0.1:0"])
+            .args(args)
+            .arg("--data-dir")
+            .arg(data_dir)
+            .env("TESSERA_DATABASE_URL", database_url)
+            .env("TESSERA_ADMIN_TOKEN", TOKEN)
+            .env("TESSERA_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn tessera server");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let url = loop {
+            let line = lines
+                .next()
+                .expect("the server printed its address")
+                .expect("stdout line");
+            if let Some(url) = line.strip_prefix("Tessera is serving on ") {
+                break url.trim().to_string();
+            }
+        };
+        ServerProcess { child, url }
+    }
+
+    /// SIGTERM, and the process must exit cleanly.
+    pub fn stop(mut self) {
+        let stopped = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(stopped.success());
+        let status = self.child.wait().expect("wait");
+        assert!(status.success(), "graceful shutdown exits 0, got {status}");
+    }
+}
+
+impl ServerProcess {
+    /// SIGKILL: a crash, with no chance to clean up.
+    pub fn crash(mut self) {
+        self.child.kill().expect("kill -9");
+        self.child.wait().expect("wait");
+    }
+}
+
+impl Drop for ServerProcess {
+    /// A test that fails midway must not leave servers running.
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

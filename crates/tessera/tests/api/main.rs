@@ -5,6 +5,7 @@
 mod harness;
 
 mod concurrency;
+mod crash;
 mod kloigos;
 mod openapi;
 mod system;

@@ -1,0 +1,105 @@
+//! A control plane killed with SIGKILL in the middle of host work finishes
+//! or settles that work when it starts again.
+
+use crate::harness::{Backend, KEY, ServerProcess, TOKEN, fresh_postgres_database};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use std::time::Duration;
+
+crate::on_both_backends!(work_cut_short_by_a_crash_is_settled_at_restart);
+
+async fn list(client: &reqwest::Client, url: &str, query: &str) -> Vec<Value> {
+    client
+        .get(format!("{url}/api/compute_units/{query}"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .expect("list")
+        .json()
+        .await
+        .expect("JSON")
+}
+
+async fn wait_for(client: &reqwest::Client, url: &str, query: &str, count: usize) -> Vec<Value> {
+    for _ in 0..500 {
+        let units = list(client, url, query).await;
+        if units.len() == count {
+            return units;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("{query}: never {count} units");
+}
+
+async fn work_cut_short_by_a_crash_is_settled_at_restart(backend: Backend) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let database_url = match backend {
+        Backend::Sqlite => tessera_store::Store::sqlite_url(&dir.path().join("tessera.db")),
+        Backend::Postgres => fresh_postgres_database().await,
+    };
+    let client = reqwest::Client::new();
+    // First life: preparing "stuck-1" and installing keys on "slow-*" never finish.
+    let first = ServerProcess::start(
+        &database_url,
+        dir.path(),
+        &[
+            "--sim-faults",
+            "prepare:stuck-:hang,activate:slow-:hang",
+            "--agent-timeout-ms",
+            "3000",
+        ],
+    );
+    for (host, range) in [("stuck-1", "0-3"), ("slow-1", "0-3")] {
+        let response = client
+            .post(format!("{}/api/admin/init_server", first.url))
+            .bearer_auth(TOKEN)
+            .json(&json!({"hostname": host, "ip": "192.0.2.1", "region": "r", "zone": "z", "cpu_ranges": [range]}))
+            .send()
+            .await
+            .expect("init_server");
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+    wait_for(&client, &first.url, "?hostname=slow-1&status=FREE", 1).await;
+    let allocate = tokio::spawn({
+        let (client, url) = (client.clone(), first.url.clone());
+        async move {
+            client
+                .post(format!("{url}/api/compute_units/allocate"))
+                .bearer_auth(TOKEN)
+                .json(&json!({"ssh_public_key": KEY, "tags": {"deployment_id": "crash"}}))
+                .send()
+                .await
+        }
+    });
+    wait_for(&client, &first.url, "?status=ALLOCATING", 1).await;
+    first.crash();
+    assert!(
+        allocate.await.expect("task").is_err(),
+        "the request died with the server"
+    );
+
+    // Second life, healthy hosts: the stuck host is prepared, and the
+    // interrupted allocation is settled once its deadline passes.
+    let second = ServerProcess::start(&database_url, dir.path(), &[]);
+    wait_for(&client, &second.url, "?hostname=stuck-1&status=FREE", 1).await;
+    let failed = wait_for(&client, &second.url, "?status=ALLOCATION_FAIL", 1).await;
+    assert_eq!(failed[0]["compute_id"], "slow-1_c0-3");
+    assert_eq!(
+        failed[0]["tags"],
+        json!({"deployment_id": "crash"}),
+        "its tenant can find it"
+    );
+    // Its tenant gives it back, and it serves again.
+    let response = client
+        .delete(format!(
+            "{}/api/compute_units/deallocate/slow-1_c0-3",
+            second.url
+        ))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .expect("deallocate");
+    assert_eq!(response.status(), StatusCode::OK);
+    wait_for(&client, &second.url, "?status=FREE", 2).await;
+    second.stop();
+}
