@@ -240,7 +240,7 @@ impl Store {
     /// Records what the host's agent reported of its memory.
     pub async fn set_host_memory(&self, id: &str, memory_mb: i64) -> Result<()> {
         let id = id.to_string();
-        self.write("set_host_memory", move |conn| {
+        self.write_one("set_host_memory", move |conn| {
             let id = id.clone();
             Box::pin(async move {
                 sqlx::query(

@@ -22,7 +22,7 @@ use sqlx::{AnyConnection, AnyPool, ConnectOptions, Executor};
 use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
-use writer::{Work, Writer};
+use writer::{Shape, Work, Writer};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -153,7 +153,17 @@ impl Store {
         T: Send + 'static,
         F: for<'c> Fn(&'c mut AnyConnection) -> Work<'c, T> + Send + Sync + 'static,
     {
-        self.write.write(what, work).await
+        self.write.write(what, Shape::Statements, work).await
+    }
+
+    /// [`Store::write`] for a single statement kept whatever it changed,
+    /// which needs no savepoint of its own.
+    async fn write_one<T, F>(&self, what: &'static str, work: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: for<'c> Fn(&'c mut AnyConnection) -> Work<'c, T> + Send + Sync + 'static,
+    {
+        self.write.write(what, Shape::OneStatement, work).await
     }
 }
 

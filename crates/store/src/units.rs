@@ -197,7 +197,7 @@ impl Store {
         ));
         let compute_id = compute_id.to_string();
         let (detail, deadline) = (detail.map(str::to_string), deadline.map(str::to_string));
-        self.write("transition_unit", move |conn| {
+        self.write_one("transition_unit", move |conn| {
             let (sql, values, compute_id) = (sql.clone(), values.clone(), compute_id.clone());
             let (detail, deadline) = (detail.clone(), deadline.clone());
             Box::pin(async move {

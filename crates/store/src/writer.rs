@@ -27,9 +27,24 @@ pub(crate) enum Commit<T> {
 
 pub(crate) type Work<'c, T> = BoxFuture<'c, std::result::Result<Commit<T>, sqlx::Error>>;
 
+/// How a unit of work changes the database.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Shape {
+    /// Several statements: on SQLite it runs in its own savepoint, so that
+    /// an undo or an error takes back only its own changes.
+    Statements,
+    /// One statement that is kept whatever it changed (an undo only when it
+    /// changed nothing): atomic by itself, it needs no savepoint.
+    OneStatement,
+}
+
 /// A unit of work as the SQLite writer task runs it.
-pub(crate) type Job =
-    Box<dyn for<'c> FnOnce(&'c mut AnyConnection) -> BoxFuture<'c, Outcome> + Send>;
+pub(crate) struct Job {
+    shape: Shape,
+    run: RunJob,
+}
+
+type RunJob = Box<dyn for<'c> FnOnce(&'c mut AnyConnection) -> BoxFuture<'c, Outcome> + Send>;
 
 /// A unit of work's result, waiting for the commit.
 pub(crate) struct Outcome {
@@ -56,7 +71,7 @@ impl Writer {
 
     /// Runs `work` in a transaction and answers what it answered, once its
     /// changes (if kept) are durable.
-    pub(crate) async fn write<T, F>(&self, what: &'static str, work: F) -> Result<T>
+    pub(crate) async fn write<T, F>(&self, what: &'static str, shape: Shape, work: F) -> Result<T>
     where
         T: Send + 'static,
         F: for<'c> Fn(&'c mut AnyConnection) -> Work<'c, T> + Send + Sync + 'static,
@@ -65,7 +80,7 @@ impl Writer {
             Writer::Postgres(pool) => write_postgres(pool, what, &work).await,
             Writer::Sqlite(jobs) => {
                 let (reply, answer) = oneshot::channel::<Result<T>>();
-                let job: Job =
+                let run: RunJob =
                     Box::new(move |conn: &mut AnyConnection| -> BoxFuture<'_, Outcome> {
                         Box::pin(async move {
                             match work(conn).await {
@@ -92,6 +107,7 @@ impl Writer {
                             }
                         })
                     });
+                let job = Job { shape, run };
                 jobs.send(job).await.map_err(|_| StoreError::Closed)?;
                 answer.await.map_err(|_| StoreError::Closed)?
             }
@@ -151,17 +167,21 @@ async fn run_sqlite_writer(mut conn: AnyConnection, mut queue: mpsc::Receiver<Jo
         let alone = batch.len() == 1;
         let mut undo_all = false;
         for job in batch {
-            if !alone && let Err(err) = conn.execute("SAVEPOINT unit_of_work").await {
+            let savepoint = !alone && job.shape == Shape::Statements;
+            if savepoint && let Err(err) = conn.execute("SAVEPOINT unit_of_work").await {
                 tracing::error!(error = %err, "SQLite savepoint failed; the unit of work is dropped");
                 continue;
             }
             // A unit of work that panics is undone; its caller hears that
             // the store is gone (its reply is dropped), the others carry on.
-            let outcome = AssertUnwindSafe(job(&mut conn)).catch_unwind().await.ok();
+            let outcome = AssertUnwindSafe((job.run)(&mut conn))
+                .catch_unwind()
+                .await
+                .ok();
             let undo = outcome.as_ref().is_none_or(|o| o.undo);
             if alone {
                 undo_all = undo;
-            } else {
+            } else if savepoint {
                 if undo && let Err(err) = conn.execute("ROLLBACK TO unit_of_work").await {
                     tracing::error!(error = %err, "SQLite rollback to savepoint failed");
                 }
@@ -221,7 +241,7 @@ mod tests {
 
     async fn insert(writer: &Writer, n: i64, keep: bool) -> Result<bool> {
         writer
-            .write("insert", move |conn| {
+            .write("insert", Shape::Statements, move |conn| {
                 Box::pin(async move {
                     sqlx::query("INSERT INTO t (n) VALUES ($1)")
                         .bind(n)
@@ -265,7 +285,7 @@ mod tests {
     async fn a_panicking_unit_of_work_is_undone_and_the_writer_goes_on() {
         let (writer, reader, _dir) = writer().await;
         let panicked = writer
-            .write("panics", |conn| {
+            .write("panics", Shape::Statements, |conn| {
                 Box::pin(async move {
                     sqlx::query("INSERT INTO t (n) VALUES (7)")
                         .execute(&mut *conn)
