@@ -233,11 +233,7 @@ impl App {
             hostname: host.hostname.clone(),
             ip: host.ip.clone(),
             cpus,
-            numa_nodes: host
-                .numa_nodes
-                .iter()
-                .filter_map(|n| CpuSet::parse_list(n).ok())
-                .collect(),
+            numa_nodes: crate::placement::numa_nodes(host),
             units,
         })
     }

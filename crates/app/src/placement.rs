@@ -179,14 +179,18 @@ pub fn inventory(host: &HostRecord, units: &[UnitRecord], held: CpuSet) -> HostI
         zone: host.zone.clone(),
         schedulable: host.status == HostStatus::Ready,
         cpus,
-        numa_nodes: host
-            .numa_nodes
-            .iter()
-            .filter_map(|n| CpuSet::parse_list(n).ok())
-            .collect(),
+        numa_nodes: numa_nodes(host),
         units: slots,
         held,
         memory_mb: u64::try_from(host.memory_mb).unwrap_or(0),
         memory_held_mb: 0,
     }
+}
+
+/// A host's NUMA nodes, as stored (validated at registration).
+pub(crate) fn numa_nodes(host: &HostRecord) -> Vec<CpuSet> {
+    host.numa_nodes
+        .iter()
+        .filter_map(|n| CpuSet::parse_list(n).ok())
+        .collect()
 }

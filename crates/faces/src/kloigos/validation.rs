@@ -128,18 +128,9 @@ impl BodyReader {
 
     /// A field that may be absent or `null`.
     pub fn optional_string(&mut self, field: &str) -> Option<String> {
-        match self.object.get(field).cloned() {
+        match self.object.get(field) {
             None | Some(Value::Null) => None,
-            Some(Value::String(s)) => Some(s),
-            Some(other) => {
-                self.wrong(
-                    field,
-                    "string_type",
-                    "Input should be a valid string",
-                    &other,
-                );
-                None
-            }
+            Some(_) => Some(self.required_string(field)),
         }
     }
 

@@ -3,12 +3,11 @@
 //! PostgreSQL.
 
 use crate::harness::{
-    Backend, ServerProcess, TOKEN, TestServer, fresh_postgres_database, unit_request,
+    Backend, ServerProcess, TOKEN, TestServer, fresh_postgres_database, unit_request, wait_for,
 };
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use std::collections::HashSet;
-use std::time::Duration;
 
 crate::on_both_backends!(concurrent_allocations_never_share_a_unit);
 
@@ -108,24 +107,7 @@ async fn two_server_processes_sharing_postgres_never_share_a_unit() {
     }
     // Both processes see the units become FREE.
     for url in [&a.url, &b.url] {
-        let mut free = 0;
-        for _ in 0..500 {
-            let units: Vec<Value> = client
-                .get(format!("{url}/api/compute_units/?status=FREE"))
-                .bearer_auth(TOKEN)
-                .send()
-                .await
-                .expect("list")
-                .json()
-                .await
-                .expect("JSON");
-            free = units.len();
-            if free == 48 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        assert_eq!(free, 48);
+        wait_for(&client, url, "?status=FREE", 48).await;
     }
     // Warm both processes' placement views: one allocation through each.
     for url in [&b.url, &a.url] {

@@ -1,35 +1,11 @@
 //! A control plane killed with SIGKILL in the middle of host work finishes
 //! or settles that work when it starts again.
 
-use crate::harness::{Backend, KEY, ServerProcess, TOKEN, fresh_postgres_database};
+use crate::harness::{Backend, KEY, ServerProcess, TOKEN, fresh_postgres_database, wait_for};
 use reqwest::StatusCode;
-use serde_json::{Value, json};
-use std::time::Duration;
+use serde_json::json;
 
 crate::on_both_backends!(work_cut_short_by_a_crash_is_settled_at_restart);
-
-async fn list(client: &reqwest::Client, url: &str, query: &str) -> Vec<Value> {
-    client
-        .get(format!("{url}/api/compute_units/{query}"))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .expect("list")
-        .json()
-        .await
-        .expect("JSON")
-}
-
-async fn wait_for(client: &reqwest::Client, url: &str, query: &str, count: usize) -> Vec<Value> {
-    for _ in 0..500 {
-        let units = list(client, url, query).await;
-        if units.len() == count {
-            return units;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("{query}: never {count} units");
-}
 
 async fn work_cut_short_by_a_crash_is_settled_at_restart(backend: Backend) {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -309,3 +309,33 @@ impl Drop for ServerProcess {
         let _ = self.child.wait();
     }
 }
+
+/// The units `url` lists for `query`.
+pub async fn list(client: &reqwest::Client, url: &str, query: &str) -> Vec<Value> {
+    client
+        .get(format!("{url}/api/compute_units/{query}"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .expect("list")
+        .json()
+        .await
+        .expect("JSON")
+}
+
+/// Waits until `url` lists `count` units for `query`.
+pub async fn wait_for(
+    client: &reqwest::Client,
+    url: &str,
+    query: &str,
+    count: usize,
+) -> Vec<Value> {
+    for _ in 0..500 {
+        let units = list(client, url, query).await;
+        if units.len() == count {
+            return units;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("{query}: never {count} units");
+}

@@ -28,8 +28,17 @@ async fn init_server_publishes_units_as_kloigos_shows_them(backend: Backend) {
 
 impl TestServer {
     async fn init_server_and_check(&self) {
-        self.init_host_in("host1", "eu-north", "a", &["0-3", "4-7", "8-15", "16-23:2"])
+        let (status, body) = self
+            .post(
+                "/api/admin/init_server",
+                &json!({
+                    "hostname": "host1", "ip": "192.0.2.10", "region": "eu-north", "zone": "a",
+                    "cpu_ranges": ["0-3", "4-7", "8-15", "16-23:2"],
+                    "numa_nodes": ["0-11", "12-23"],
+                }),
+            )
             .await;
+        assert_eq!((status, body), (StatusCode::OK, json!({})));
         // Answered at once; the units are FREE when the host side is done.
         let units = self.wait_host_status("host1", "FREE", 4).await;
         let ids: Vec<&str> = units
@@ -89,7 +98,13 @@ async fn init_server_rejects_bad_bodies_with_every_problem(backend: Backend) {
         ]
     );
 
-    let cases: [(Value, &str, Value, &str); 6] = [
+    let cases: [(Value, &str, Value, &str); 7] = [
+        (
+            json!({"hostname": "h", "ip": "1.2.3.4", "region": "r", "zone": "z", "cpu_ranges": ["0-3"], "numa_nodes": ["0-3", "2-7"]}),
+            "value_error",
+            json!(["body", "numa_nodes"]),
+            "Value error, NUMA node 1 (\"2-7\") is empty or shares CPUs with an earlier node",
+        ),
         (
             json!({"hostname": "h", "ip": 7, "region": "r", "zone": "z", "cpu_ranges": "0-3"}),
             "string_type",
