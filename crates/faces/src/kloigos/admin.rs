@@ -13,16 +13,26 @@ use utoipa::ToSchema;
 /// `POST /api/admin/init_server`'s body.
 #[derive(ToSchema)]
 pub struct InitServerRequest {
+    /// The server's address: an IP address or a DNS name.
+    #[schema(min_length = 1, max_length = 253)]
     pub ip: String,
+    #[schema(min_length = 1, max_length = 64)]
     pub region: String,
+    #[schema(min_length = 1, max_length = 64)]
     pub zone: String,
     /// One compute unit per range, in `start-end[:step]` syntax
     /// (`"0-7:2"` is CPUs 0, 2, 4, 6). Ranges may not overlap.
+    #[schema(min_items = 1, inline, value_type = Vec<CpuRangeText>)]
     pub cpu_ranges: Vec<String>,
+    /// A DNS name: letters, digits, inner hyphens, dots.
+    #[schema(
+        max_length = 253,
+        pattern = r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$"
+    )]
     pub hostname: String,
     /// Tessera extension: each NUMA node's CPUs in Linux list format
     /// (`"0-31,64-95"`), as `/sys/devices/system/node/node*/cpulist` shows.
-    #[schema(nullable)]
+    #[schema(nullable, inline, value_type = Option<Vec<CpuListText>>)]
     pub numa_nodes: Option<Vec<String>>,
 }
 
@@ -38,6 +48,22 @@ impl From<InitServerRequest> for InitServer {
         }
     }
 }
+
+/// A CPU range in Kloigos syntax.
+#[derive(ToSchema)]
+#[schema(
+    pattern = r"^(0|[1-9][0-9]*)-(0|[1-9][0-9]*)(:[1-9][0-9]*)?$",
+    example = "0-7:2"
+)]
+pub struct CpuRangeText(#[allow(dead_code)] String);
+
+/// CPUs in Linux list format.
+#[derive(ToSchema)]
+#[schema(
+    pattern = r"^[0-9]+(-[0-9]+)?(,[0-9]+(-[0-9]+)?)*$",
+    example = "0-31,64-95"
+)]
+pub struct CpuListText(#[allow(dead_code)] String);
 
 fn parse_init(body: &[u8]) -> Result<InitServerRequest, Vec<ValidationError>> {
     let mut reader = BodyReader::parse(body)?;

@@ -16,13 +16,16 @@ use utoipa::{IntoParams, ToSchema};
 #[derive(ToSchema)]
 pub struct ComputeUnitRequest {
     /// CPUs of the unit; a free unit of exactly this size is taken.
-    #[schema(default = 4, nullable)]
+    #[schema(default = 4, nullable, minimum = 1)]
     pub cpu_count: Option<i64>,
     #[schema(nullable)]
     pub region: Option<String>,
     #[schema(nullable)]
     pub zone: Option<String>,
-    /// The OpenSSH public key installed for the unit's user.
+    /// The OpenSSH public key installed for the unit's user, one line.
+    #[schema(
+        pattern = r"^(ssh-ed25519|ssh-rsa|ssh-dss|ecdsa-sha2-nistp(256|384|521)|sk-ssh-ed25519@openssh\.com|sk-ecdsa-sha2-nistp256@openssh\.com) [A-Za-z0-9+/]+={0,2}( [^\n]*)?$"
+    )]
     pub ssh_public_key: String,
     /// Free-form labels; `deployment_id` is what the list filters on.
     #[schema(value_type = Option<Object>, required)]
@@ -178,7 +181,28 @@ pub struct ListParams {
     /// Matches `tags.deployment_id`.
     deployment_id: Option<String>,
     /// A unit status, in any case (`free` or `FREE`).
+    #[param(inline, value_type = Option<StatusFilter>)]
     status: Option<String>,
+}
+
+/// The statuses the list filters on; any case is accepted.
+#[derive(ToSchema)]
+#[allow(dead_code, non_camel_case_types, clippy::upper_case_acronyms)]
+pub enum StatusFilter {
+    FREE,
+    ALLOCATING,
+    ALLOCATED,
+    ALLOCATION_FAIL,
+    DEALLOCATING,
+    DEALLOCATION_FAIL,
+    UNAVAILABLE,
+    free,
+    allocating,
+    allocated,
+    allocation_fail,
+    deallocating,
+    deallocation_fail,
+    unavailable,
 }
 
 fn parse_list_query(query: Option<&str>) -> Result<UnitQuery, Vec<ValidationError>> {

@@ -12,11 +12,10 @@ pub struct ValidationError {
     #[serde(rename = "type")]
     pub kind: String,
     /// Where the problem is: `["body", "cpu_ranges", 1]`, `["query", "cpu_count"]`.
-    #[schema(value_type = Vec<Object>)]
     pub loc: Vec<Value>,
     pub msg: String,
+    /// The offending input, of any JSON type.
     #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Object)]
     pub input: Option<Value>,
 }
 
