@@ -28,6 +28,11 @@ pub struct UnitSpec {
     pub user: String,
     pub cpus: CpuSet,
     pub ports: PortRange,
+    /// A fencing token: the unit's generation in the store when this step
+    /// was decided. It grows with every step, so an agent refuses a step
+    /// older than one it has already done (a late key install must not land
+    /// on the unit's next tenant).
+    pub generation: i64,
 }
 
 /// What a host has, as its agent sees it.

@@ -72,11 +72,13 @@ impl App {
     /// takes them back first. Answers once the host takes no new units; the
     /// host-side work goes on in the background.
     pub async fn decommission_server(&self, hostname: &str, force: bool) -> Result<Decommission> {
-        let host = self
-            .store
-            .host_by_hostname(hostname)
-            .await?
-            .ok_or_else(|| Error::NotFound(format!("Server {hostname} not found")))?;
+        let host = match crate::units::has_nul(hostname) {
+            true => None,
+            false => self.store.host_by_hostname(hostname).await?,
+        };
+        let host = host.ok_or_else(|| {
+            Error::NotFound(format!("Server {} not found", hostname.escape_debug()))
+        })?;
         match self.store.begin_decommission(&host.id, force).await? {
             tessera_store::DecommissionStart::Started => {}
             tessera_store::DecommissionStart::AlreadyDecommissioning => {}
@@ -138,6 +140,7 @@ impl App {
                 ));
             }
             self.host_call(agent.prepare_host(&spec)).await?;
+            self.remember_agent(&spec.id, agent.clone());
             Ok(report)
         }
         .await;
@@ -175,15 +178,19 @@ impl App {
 
     async fn retire(&self, host: &HostRecord) -> Result<()> {
         let spec = self.host_spec(host).await?;
-        let held = self.held_units(&host.id).await?;
         let outcome: Result<(), String> = match self.agents.agent_for(&spec) {
             // A host that never had an agent has nothing to undo.
             None => Ok(()),
             Some(agent) => {
                 async {
-                    for unit in &held {
-                        let unit_spec = unit_spec(unit).map_err(|e| e.to_string())?;
-                        self.host_call(agent.release_unit(&unit_spec)).await?;
+                    // Units still held (a forced decommission) are given back
+                    // the ordinary way, so their state always says what is true.
+                    for unit in self.held_units(&host.id).await.map_err(|e| e.to_string())? {
+                        let releasing =
+                            self.begin_release(unit).await.map_err(|e| e.to_string())?;
+                        if let Some(unit) = releasing {
+                            self.release(&unit).await.map_err(|e| e.to_string())?;
+                        }
                     }
                     Ok(self.host_call(agent.retire_host(&spec)).await?)
                 }
@@ -258,6 +265,7 @@ pub(crate) fn unit_spec(unit: &UnitRecord) -> Result<UnitSpec> {
         user: range.unit_name(),
         cpus: range.cpus(),
         ports: PortRange { start, end },
+        generation: unit.generation,
     })
 }
 

@@ -113,11 +113,14 @@ impl App {
         self.started.elapsed()
     }
 
-    /// When a host step started now is given up on, as stored.
+    /// When a unit step started now is given up on, as stored: room for two
+    /// host calls (pushing a host's state on first contact, then the step)
+    /// and a margin, so the reconciler never takes over a request that is
+    /// still within its own time limits.
     fn deadline(&self) -> String {
-        let timeout = chrono::Duration::from_std(self.config.agent_timeout)
-            .unwrap_or(chrono::Duration::seconds(30));
-        tessera_store::timestamp(chrono::Utc::now() + timeout)
+        let timeout = chrono::Duration::from_std(self.config.agent_timeout * 2)
+            .unwrap_or(chrono::Duration::seconds(60));
+        tessera_store::timestamp(chrono::Utc::now() + timeout + chrono::Duration::seconds(5))
     }
 
     /// The agent of a host, or `None` while it has none.
@@ -144,6 +147,12 @@ impl App {
         }
         self.agents_cache().insert(host.clone(), agent.clone());
         Ok(Some(agent))
+    }
+
+    /// Records the agent of a host this process has just prepared, so the
+    /// first allocation there does not push the host's state again.
+    fn remember_agent(&self, host: &HostId, agent: Arc<dyn HostAgent>) {
+        self.agents_cache().insert(host.clone(), agent);
     }
 
     fn forget_agent(&self, host: &HostId) {

@@ -4,8 +4,9 @@
 //! control-plane processes: a host still INITIALIZING is prepared, one
 //! DECOMMISSIONING retired, a unit DEALLOCATING past its deadline wiped
 //! again, and a unit still ALLOCATING past its deadline (its request died
-//! with a crashed process) marked ALLOCATION_FAIL, holding its CPUs until its
-//! tenant deallocates it. At start it also pushes the desired state to every
+//! with a crashed process, so nobody learnt its id) unwound: wiped and
+//! returned to the pool. Every unit step is fenced by the unit's generation,
+//! so a late request never undoes what the reconciler did, nor the reverse. At start it also pushes the desired state to every
 //! ready host, so a host that lost its state (a restarted simulated host, a
 //! reinstalled agent) gets its unit users and tenants' keys back.
 
@@ -51,46 +52,34 @@ impl App {
             else {
                 continue;
             };
-            match unit.status {
-                UnitStatus::Allocating => {
-                    let failed = self
-                        .store
-                        .transition_unit(
-                            &unit.compute_id,
-                            &[UnitStatus::Allocating],
-                            UnitStatus::AllocationFail,
-                            Some("the allocation was interrupted before the host confirmed it"),
-                            None,
-                        )
-                        .await?;
-                    if failed {
-                        tracing::warn!(compute_id = %unit.compute_id, "interrupted allocation marked ALLOCATION_FAIL");
+            if !matches!(
+                unit.status,
+                UnitStatus::Allocating | UnitStatus::Deallocating
+            ) {
+                continue;
+            }
+            // An allocation whose request died (crash, lost client) is
+            // unwound like a deallocation; a stalled wipe is tried again.
+            let app = self.clone();
+            self.tasks.spawn(async move {
+                let _guard = guard;
+                let compute_id = unit.compute_id.clone();
+                let interrupted = unit.status == UnitStatus::Allocating;
+                let result = match app.begin_release(unit).await {
+                    Ok(Some(unit)) => app.release(&unit).await,
+                    Ok(None) => Ok(()),
+                    Err(err) => Err(err),
+                };
+                match result {
+                    Ok(()) if interrupted => {
+                        tracing::warn!(compute_id, "interrupted allocation unwound");
+                    }
+                    Ok(()) => {}
+                    Err(err) => {
+                        tracing::warn!(compute_id, error = %err, "wiping the unit failed again");
                     }
                 }
-                UnitStatus::Deallocating => {
-                    let app = self.clone();
-                    self.tasks.spawn(async move {
-                        let _guard = guard;
-                        let deadline = app.deadline();
-                        let retried = app
-                            .store
-                            .transition_unit(
-                                &unit.compute_id,
-                                &[UnitStatus::Deallocating],
-                                UnitStatus::Deallocating,
-                                None,
-                                Some(&deadline),
-                            )
-                            .await;
-                        if matches!(retried, Ok(true))
-                            && let Err(err) = app.release(&unit).await
-                        {
-                            tracing::warn!(compute_id = %unit.compute_id, error = %err, "wiping the unit failed again");
-                        }
-                    });
-                }
-                _ => {}
-            }
+            });
         }
         Ok(())
     }

@@ -34,6 +34,18 @@ pub struct AllocateUnit {
 
 impl App {
     pub async fn compute_units(&self, filter: &UnitQuery) -> Result<Vec<ComputeUnit>> {
+        let texts = [
+            &filter.compute_id,
+            &filter.hostname,
+            &filter.host_id,
+            &filter.region,
+            &filter.zone,
+            &filter.deployment_id,
+        ];
+        if texts.iter().any(|t| t.as_deref().is_some_and(has_nul)) {
+            // No stored text holds a NUL (PostgreSQL cannot even be asked).
+            return Ok(Vec::new());
+        }
         Ok(self.store.units(filter).await?)
     }
 
@@ -74,8 +86,8 @@ impl App {
                 deadline: &deadline,
             };
             let claimed = self.store.claim_unit(&claim).await;
-            if matches!(claimed, Ok(true)) {
-                break decision;
+            if let Ok(Some(generation)) = claimed {
+                break (decision, generation);
             }
             // Lost a race, or the store failed: the view is wrong about this host.
             self.placement
@@ -89,8 +101,13 @@ impl App {
                 ));
             }
         };
+        let (decision, generation) = decision;
         let compute_id = decision.unit.map(|u| u.to_string()).unwrap_or_default();
-        let unit = self.unit_or_404(&compute_id).await?;
+        let mut unit = self.unit_or_404(&compute_id).await?;
+        if unit.generation != generation {
+            // Already moved on (a forced decommission): answer what it is now.
+            return Ok(unit);
+        }
         tracing::debug!(compute_id, host = %decision.host, "unit claimed");
         let outcome = match self.agent(&decision.host).await? {
             None => Err(HostCallError::NoAgent),
@@ -113,20 +130,21 @@ impl App {
             .store
             .transition_unit(
                 &compute_id,
+                generation,
                 &[UnitStatus::Allocating],
                 to,
                 detail.as_deref(),
                 None,
             )
             .await?;
-        if !settled {
-            // Someone else settled it (a reconciler that found it overdue).
+        let Some(generation) = settled else {
+            // Someone else moved it (a reconciler that found it overdue).
             return self.unit_or_404(&compute_id).await;
-        }
-        let mut unit = unit;
+        };
         unit.status = to;
         unit.status_detail = detail;
         unit.deadline = None;
+        unit.generation = generation;
         Ok(unit)
     }
 
@@ -147,30 +165,37 @@ impl App {
             }
             _ => {}
         }
-        let from = [
-            UnitStatus::Allocated,
-            UnitStatus::AllocationFail,
-            UnitStatus::DeallocationFail,
-            UnitStatus::Deallocating,
-            UnitStatus::Allocating,
-        ];
+        // Only from the state just seen: a unit that changed meanwhile (given
+        // back and handed to someone else) is not taken from its new tenant.
+        let unit = self.begin_release(unit).await?.ok_or_else(|| {
+            Error::Conflict(format!(
+                "compute unit {compute_id} changed while being deallocated; look at it again"
+            ))
+        })?;
+        self.release(&unit).await
+    }
+
+    /// Moves a held unit, as last seen, to DEALLOCATING with a new deadline;
+    /// `None` when it changed since.
+    pub(crate) async fn begin_release(&self, mut unit: ComputeUnit) -> Result<Option<ComputeUnit>> {
         let deadline = self.deadline();
         let moved = self
             .store
             .transition_unit(
-                compute_id,
-                &from,
+                &unit.compute_id,
+                unit.generation,
+                &[unit.status],
                 UnitStatus::Deallocating,
                 None,
                 Some(&deadline),
             )
             .await?;
-        if !moved {
-            return Err(Error::Conflict(format!(
-                "compute unit {compute_id} changed while being deallocated; try again"
-            )));
-        }
-        self.release(&unit).await
+        Ok(moved.map(|generation| {
+            unit.status = UnitStatus::Deallocating;
+            unit.generation = generation;
+            unit.deadline = Some(deadline);
+            unit
+        }))
     }
 
     /// Wipes a DEALLOCATING unit on its host and returns it to the pool.
@@ -186,7 +211,7 @@ impl App {
         };
         match outcome {
             Ok(()) => {
-                if self.store.release_unit(compute_id).await? {
+                if self.store.release_unit(compute_id, unit.generation).await? {
                     let spec = unit_spec(unit)?;
                     self.placement
                         .release_unit(&host, &spec.compute_id, spec.cpus);
@@ -198,6 +223,7 @@ impl App {
                 self.store
                     .transition_unit(
                         compute_id,
+                        unit.generation,
                         &[UnitStatus::Deallocating],
                         UnitStatus::DeallocationFail,
                         Some(&why),
@@ -222,10 +248,16 @@ impl App {
     }
 
     async fn unit_or_404(&self, compute_id: &str) -> Result<ComputeUnit> {
-        self.store
-            .unit(compute_id)
-            .await?
-            .ok_or_else(|| Error::NotFound(format!("Compute unit {compute_id} not found")))
+        let unit = match has_nul(compute_id) {
+            true => None,
+            false => self.store.unit(compute_id).await?,
+        };
+        unit.ok_or_else(|| {
+            Error::NotFound(format!(
+                "Compute unit {} not found",
+                compute_id.escape_debug()
+            ))
+        })
     }
 
     /// Units whose host-side step is overdue: what the reconciler settles.
@@ -266,5 +298,18 @@ fn validate_allocation(req: &AllocateUnit) -> Result<()> {
     if req.tags.as_ref().is_some_and(|t| !t.is_object()) {
         return Err(Error::invalid("tags", "tags must be an object or null"));
     }
+    let deployment_id = req.tags.as_ref().and_then(|t| t.get("deployment_id"));
+    if deployment_id.and_then(|d| d.as_str()).is_some_and(has_nul) {
+        return Err(Error::invalid(
+            "tags",
+            "tags.deployment_id must not contain NUL characters",
+        ));
+    }
     Ok(())
+}
+
+/// Whether `text` holds a NUL, which no stored text can (PostgreSQL refuses
+/// it in text values).
+pub(crate) fn has_nul(text: &str) -> bool {
+    text.contains('\0')
 }

@@ -157,8 +157,9 @@ impl Store {
     /// Takes a FREE unit for a tenant: the unit becomes ALLOCATING and its
     /// CPUs enter the ledger. `false`, changing nothing, when the unit is no
     /// longer FREE, its host is no longer READY, or any of its CPUs is held:
-    /// the caller lost a race and should look again.
-    pub async fn claim_unit(&self, claim: &UnitClaim<'_>) -> Result<bool> {
+    /// the caller lost a race and should look again. Answers the unit's new
+    /// generation, which fences every later step of this allocation.
+    pub async fn claim_unit(&self, claim: &UnitClaim<'_>) -> Result<Option<i64>> {
         let owned = Arc::new(OwnedClaim {
             compute_id: claim.compute_id.to_string(),
             host_id: claim.host_id.to_string(),
@@ -180,20 +181,24 @@ impl Store {
     }
 
     /// Moves a unit from one of `from` to `to`, setting its detail and
-    /// deadline; `false` when it was in none of `from`. Its CPUs stay held.
+    /// deadline, if it is still at `generation` (nobody moved it since the
+    /// caller looked). Answers its new generation, or `None`, changing
+    /// nothing, when it was moved or is in none of `from`. Its CPUs stay held.
     pub async fn transition_unit(
         &self,
         compute_id: &str,
+        generation: i64,
         from: &[UnitStatus],
         to: UnitStatus,
         detail: Option<&str>,
         deadline: Option<&str>,
-    ) -> Result<bool> {
+    ) -> Result<Option<i64>> {
         let from: Vec<&'static str> = from.iter().map(|s| s.as_str()).collect();
-        let (guard, values) = status_guard("status", &from, 6);
+        let (guard, values) = status_guard("status", &from, 7);
         let sql = Arc::new(format!(
             "UPDATE compute_units SET status = $1, status_detail = $2, deadline = $3, \
-             updated_at = $4, generation = generation + 1 WHERE compute_id = $5 AND {guard}"
+             updated_at = $4, generation = generation + 1 \
+             WHERE compute_id = $5 AND generation = $6 AND {guard} RETURNING generation"
         ));
         let compute_id = compute_id.to_string();
         let (detail, deadline) = (detail.map(str::to_string), deadline.map(str::to_string));
@@ -201,30 +206,30 @@ impl Store {
             let (sql, values, compute_id) = (sql.clone(), values.clone(), compute_id.clone());
             let (detail, deadline) = (detail.clone(), deadline.clone());
             Box::pin(async move {
-                let mut query = sqlx::query(&sql)
+                let mut query = sqlx::query_scalar::<_, i64>(&sql)
                     .bind(to.as_str())
                     .bind(detail)
                     .bind(deadline)
                     .bind(now())
-                    .bind(compute_id);
+                    .bind(compute_id)
+                    .bind(generation);
                 for value in &values {
                     query = query.bind(*value);
                 }
-                let moved = query.execute(&mut *conn).await?.rows_affected();
-                Ok(Commit::Keep(moved == 1))
+                Ok(Commit::Keep(query.fetch_optional(&mut *conn).await?))
             })
         })
         .await
     }
 
-    /// Returns a DEALLOCATING unit to the pool: FREE (UNAVAILABLE if its host
-    /// is not READY), no key, no tags, and its CPUs out of the ledger.
-    /// `false` when it was not DEALLOCATING.
-    pub async fn release_unit(&self, compute_id: &str) -> Result<bool> {
+    /// Returns a DEALLOCATING unit still at `generation` to the pool: FREE
+    /// (UNAVAILABLE if its host is not READY), no key, no tags, and its CPUs
+    /// out of the ledger. `false`, changing nothing, otherwise.
+    pub async fn release_unit(&self, compute_id: &str, generation: i64) -> Result<bool> {
         let compute_id = compute_id.to_string();
         self.write("release_unit", move |conn| {
             let compute_id = compute_id.clone();
-            Box::pin(async move { release_unit(conn, &compute_id).await })
+            Box::pin(async move { release_unit(conn, &compute_id, generation).await })
         })
         .await
     }
@@ -248,7 +253,9 @@ impl Store {
             .map(|r| {
                 let cpu: i64 = r.try_get("cpu")?;
                 let cpu = u32::try_from(cpu)
-                    .map_err(|_| StoreError::Corrupt(format!("cpu_claims.cpu {cpu}")))?;
+                    .ok()
+                    .filter(|&c| c <= tessera_core::cpuset::MAX_CPU_ID)
+                    .ok_or_else(|| StoreError::Corrupt(format!("cpu_claims.cpu {cpu}")))?;
                 Ok((r.try_get("host_id")?, cpu))
             })
             .collect()
@@ -268,7 +275,11 @@ struct OwnedClaim {
 async fn claim_unit(
     conn: &mut AnyConnection,
     claim: &OwnedClaim,
-) -> Result<Commit<bool>, sqlx::Error> {
+) -> Result<Commit<Option<i64>>, sqlx::Error> {
+    if claim.cpus.is_empty() {
+        // Only a corrupt unit has no CPUs; never hand it out.
+        return Ok(Commit::Undo(None));
+    }
     let at = now();
     // The host must be READY, and stay so until this commits: on PostgreSQL
     // a shared lock on its row, which a decommission's update waits for
@@ -285,13 +296,13 @@ async fn claim_unit(
             .fetch_optional(&mut *conn)
             .await?;
     if status.as_deref() != Some("READY") {
-        return Ok(Commit::Undo(false));
+        return Ok(Commit::Undo(None));
     }
-    let unit = sqlx::query(
+    let generation: Option<i64> = sqlx::query_scalar(
         "UPDATE compute_units SET status = 'ALLOCATING', status_detail = NULL, \
          ssh_public_key = $1, tags = $2, deployment_id = $3, started_at = $4, \
          deadline = $5, updated_at = $4, generation = generation + 1 \
-         WHERE compute_id = $6 AND host_id = $7 AND status = 'FREE'",
+         WHERE compute_id = $6 AND host_id = $7 AND status = 'FREE' RETURNING generation",
     )
     .bind(&claim.ssh_public_key)
     .bind(&claim.tags)
@@ -300,11 +311,11 @@ async fn claim_unit(
     .bind(&claim.deadline)
     .bind(&claim.compute_id)
     .bind(&claim.host_id)
-    .execute(&mut *conn)
+    .fetch_optional(&mut *conn)
     .await?;
-    if unit.rows_affected() != 1 {
-        return Ok(Commit::Undo(false));
-    }
+    let Some(generation) = generation else {
+        return Ok(Commit::Undo(None));
+    };
     let values: Vec<String> = (0..claim.cpus.len())
         .map(|i| format!("($1, ${}, $2)", i + 3))
         .collect();
@@ -320,25 +331,45 @@ async fn claim_unit(
     }
     let claimed = insert.execute(&mut *conn).await?.rows_affected();
     if claimed != claim.cpus.len() as u64 {
-        return Ok(Commit::Undo(false));
+        return Ok(Commit::Undo(None));
     }
-    Ok(Commit::Keep(true))
+    Ok(Commit::Keep(Some(generation)))
 }
 
 async fn release_unit(
     conn: &mut AnyConnection,
     compute_id: &str,
+    generation: i64,
 ) -> Result<Commit<bool>, sqlx::Error> {
     let at = now();
+    // Whether the unit goes back to the pool depends on its host, which must
+    // not change meanwhile: on PostgreSQL a shared lock, as for claims.
+    let lock = if conn.backend_name() == "PostgreSQL" {
+        " FOR SHARE"
+    } else {
+        ""
+    };
+    let host_status: Option<String> = sqlx::query_scalar(&format!(
+        "SELECT status FROM hosts WHERE id = (SELECT host_id FROM compute_units WHERE compute_id = $1){lock}"
+    ))
+    .bind(compute_id)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let back_to = if host_status.as_deref() == Some("READY") {
+        "FREE"
+    } else {
+        "UNAVAILABLE"
+    };
     let freed = sqlx::query(
-        "UPDATE compute_units SET status = CASE WHEN (SELECT h.status FROM hosts h \
-         WHERE h.id = compute_units.host_id) = 'READY' THEN 'FREE' ELSE 'UNAVAILABLE' END, \
-         status_detail = NULL, ssh_public_key = NULL, tags = NULL, deployment_id = NULL, \
-         started_at = NULL, deadline = NULL, updated_at = $1, generation = generation + 1 \
-         WHERE compute_id = $2 AND status = 'DEALLOCATING'",
+        "UPDATE compute_units SET status = $1, status_detail = NULL, ssh_public_key = NULL, \
+         tags = NULL, deployment_id = NULL, started_at = NULL, deadline = NULL, updated_at = $2, \
+         generation = generation + 1 \
+         WHERE compute_id = $3 AND generation = $4 AND status = 'DEALLOCATING'",
     )
+    .bind(back_to)
     .bind(&at)
     .bind(compute_id)
+    .bind(generation)
     .execute(&mut *conn)
     .await?
     .rows_affected();

@@ -49,6 +49,8 @@ type RunJob = Box<dyn for<'c> FnOnce(&'c mut AnyConnection) -> BoxFuture<'c, Out
 /// A unit of work's result, waiting for the commit.
 pub(crate) struct Outcome {
     undo: bool,
+    /// The unit of work failed in a way that ended the whole transaction.
+    fatal: bool,
     deliver: Box<dyn FnOnce(std::result::Result<(), String>) + Send>,
 }
 
@@ -86,6 +88,7 @@ impl Writer {
                             match work(conn).await {
                                 Ok(Commit::Keep(value)) => Outcome {
                                     undo: false,
+                                    fatal: false,
                                     deliver: Box::new(move |committed| {
                                         let _ = reply.send(
                                             committed.map(|()| value).map_err(StoreError::Commit),
@@ -94,12 +97,14 @@ impl Writer {
                                 },
                                 Ok(Commit::Undo(value)) => Outcome {
                                     undo: true,
+                                    fatal: false,
                                     deliver: Box::new(move |_| {
                                         let _ = reply.send(Ok(value));
                                     }),
                                 },
                                 Err(err) => Outcome {
                                     undo: true,
+                                    fatal: ends_the_transaction(&err),
                                     deliver: Box::new(move |_| {
                                         let _ = reply.send(Err(StoreError::Query(err)));
                                     }),
@@ -157,63 +162,101 @@ async fn run_sqlite_writer(mut conn: AnyConnection, mut queue: mpsc::Receiver<Jo
                 Err(_) => break,
             }
         }
-        let mut outcomes = Vec::with_capacity(batch.len());
-        if let Err(err) = conn.execute("BEGIN IMMEDIATE").await {
-            // The jobs never ran; dropping them tells each caller.
-            tracing::error!(error = %err, "SQLite writer cannot begin a transaction");
-            continue;
-        }
-        // A lone unit of work needs no savepoint: its undo is the rollback.
-        let alone = batch.len() == 1;
-        let mut undo_all = false;
-        for job in batch {
-            let savepoint = !alone && job.shape == Shape::Statements;
-            if savepoint && let Err(err) = conn.execute("SAVEPOINT unit_of_work").await {
-                tracing::error!(error = %err, "SQLite savepoint failed; the unit of work is dropped");
+        if conn.execute("BEGIN IMMEDIATE").await.is_err() {
+            // A transaction left open by a failed commit: clear it, once.
+            let _ = conn.execute("ROLLBACK").await;
+            if let Err(err) = conn.execute("BEGIN IMMEDIATE").await {
+                // The jobs never ran; dropping them tells each caller.
+                tracing::error!(error = %err, "SQLite writer cannot begin a transaction");
                 continue;
             }
-            // A unit of work that panics is undone; its caller hears that
-            // the store is gone (its reply is dropped), the others carry on.
-            let outcome = AssertUnwindSafe((job.run)(&mut conn))
-                .catch_unwind()
-                .await
-                .ok();
-            let undo = outcome.as_ref().is_none_or(|o| o.undo);
-            if alone {
-                undo_all = undo;
-            } else if savepoint {
-                if undo && let Err(err) = conn.execute("ROLLBACK TO unit_of_work").await {
-                    tracing::error!(error = %err, "SQLite rollback to savepoint failed");
-                }
-                if let Err(err) = conn.execute("RELEASE unit_of_work").await {
-                    tracing::error!(error = %err, "SQLite savepoint release failed");
-                }
-            }
-            outcomes.extend(outcome);
         }
-        if undo_all {
-            let rolled_back = conn.execute("ROLLBACK").await.map(|_| ());
-            if let Err(err) = &rolled_back {
-                tracing::error!(error = %err, "SQLite rollback failed");
-            }
-            for outcome in outcomes {
-                (outcome.deliver)(Ok(()));
-            }
-            continue;
-        }
-        let committed = conn
-            .execute("COMMIT")
-            .await
-            .map(|_| ())
-            .map_err(|err| format!("the commit failed: {err}"));
-        if committed.is_err() {
-            let _ = conn.execute("ROLLBACK").await;
-        }
-        for outcome in outcomes {
-            (outcome.deliver)(committed.clone());
-        }
+        run_batch(&mut conn, batch).await;
     }
     let _ = conn.close().await;
+}
+
+/// Runs one batch inside the transaction just begun, and ends it.
+async fn run_batch(conn: &mut AnyConnection, batch: Vec<Job>) {
+    // A lone unit of work needs no savepoint: its undo is the rollback.
+    let alone = batch.len() == 1;
+    let mut outcomes = Vec::with_capacity(batch.len());
+    let mut undo_all = false;
+    // Set when the transaction can no longer be trusted (SQLite rolled it
+    // back by itself, a savepoint failed, a bare statement panicked): the
+    // batch then stops, nothing of it is kept, and the units of work not
+    // yet run are dropped, which tells their callers.
+    let mut broken = false;
+    for job in batch {
+        if broken {
+            break;
+        }
+        let savepoint = !alone && job.shape == Shape::Statements;
+        if savepoint && let Err(err) = conn.execute("SAVEPOINT unit_of_work").await {
+            tracing::error!(error = %err, "SQLite savepoint failed; the batch is abandoned");
+            broken = true;
+            break;
+        }
+        let outcome = AssertUnwindSafe((job.run)(&mut *conn))
+            .catch_unwind()
+            .await
+            .ok();
+        let undo = outcome.as_ref().is_none_or(|o| o.undo);
+        broken |= outcome.as_ref().is_some_and(|o| o.fatal);
+        if alone {
+            undo_all = undo;
+        } else if savepoint && !broken {
+            if undo && let Err(err) = conn.execute("ROLLBACK TO unit_of_work").await {
+                tracing::error!(error = %err, "SQLite rollback to savepoint failed");
+                broken = true;
+            }
+            if let Err(err) = conn.execute("RELEASE unit_of_work").await {
+                tracing::error!(error = %err, "SQLite savepoint release failed");
+                broken = true;
+            }
+        } else if outcome.is_none() {
+            // A bare statement that panicked cannot be taken back alone.
+            broken = true;
+        }
+        // A unit of work that panicked has no outcome: its reply is dropped,
+        // and its caller hears that the store is gone.
+        outcomes.extend(outcome);
+    }
+    if broken || undo_all {
+        if let Err(err) = conn.execute("ROLLBACK").await {
+            tracing::error!(error = %err, "SQLite rollback failed");
+        }
+        let ended: std::result::Result<(), String> = if broken {
+            Err("the transaction failed; nothing was written".to_string())
+        } else {
+            Ok(())
+        };
+        for outcome in outcomes {
+            (outcome.deliver)(ended.clone());
+        }
+        return;
+    }
+    let committed = conn
+        .execute("COMMIT")
+        .await
+        .map(|_| ())
+        .map_err(|err| format!("the commit failed: {err}"));
+    if committed.is_err() {
+        let _ = conn.execute("ROLLBACK").await;
+    }
+    for outcome in outcomes {
+        (outcome.deliver)(committed.clone());
+    }
+}
+
+/// SQLite errors after which it has rolled the transaction back by itself
+/// (full disk, I/O error, out of memory, interrupt, corruption).
+fn ends_the_transaction(err: &sqlx::Error) -> bool {
+    let sqlx::Error::Database(db) = err else {
+        return matches!(err, sqlx::Error::Io(_));
+    };
+    let code = db.code().and_then(|c| c.parse::<i64>().ok()).unwrap_or(0);
+    matches!(code & 0xff, 7 | 9 | 10 | 11 | 13 | 26)
 }
 
 #[cfg(test)]

@@ -125,6 +125,26 @@ struct SimState {
     prepared: bool,
     /// Unit users that exist, with the key each holds, if any.
     users: HashMap<String, Option<String>>,
+    /// The newest step done on each unit user (its fencing token).
+    newest_step: HashMap<String, i64>,
+}
+
+impl SimState {
+    /// Refuses a step older than one already done on the unit.
+    fn fence(&mut self, unit: &UnitSpec, hostname: &str) -> Result<(), AgentError> {
+        let newest = self
+            .newest_step
+            .entry(unit.user.clone())
+            .or_insert(i64::MIN);
+        if unit.generation < *newest {
+            return Err(AgentError::Failed(format!(
+                "stale step for unit user {} on {hostname} (generation {} < {})",
+                unit.user, unit.generation, newest
+            )));
+        }
+        *newest = unit.generation;
+        Ok(())
+    }
 }
 
 impl SimHost {
@@ -204,6 +224,7 @@ impl HostAgent for SimHost {
     async fn activate_unit(&self, unit: &UnitSpec, ssh_public_key: &str) -> Result<(), AgentError> {
         self.step(SimStep::Activate).await?;
         let mut state = self.state();
+        state.fence(unit, &self.hostname)?;
         match state.users.get_mut(&unit.user) {
             Some(slot) => {
                 *slot = Some(ssh_public_key.to_string());
@@ -218,7 +239,9 @@ impl HostAgent for SimHost {
 
     async fn release_unit(&self, unit: &UnitSpec) -> Result<(), AgentError> {
         self.step(SimStep::Release).await?;
-        if let Some(slot) = self.state().users.get_mut(&unit.user) {
+        let mut state = self.state();
+        state.fence(unit, &self.hostname)?;
+        if let Some(slot) = state.users.get_mut(&unit.user) {
             *slot = None;
         }
         Ok(())
@@ -232,5 +255,49 @@ impl HostAgent for SimHost {
         }
         state.prepared = false;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tessera_core::ports::PortRange;
+    use tessera_core::{ComputeId, CpuSet};
+
+    fn unit(generation: i64) -> UnitSpec {
+        UnitSpec {
+            compute_id: ComputeId::new("h_c0-3"),
+            user: "c0-3".into(),
+            cpus: (0..4).collect::<CpuSet>(),
+            ports: PortRange {
+                start: 1500,
+                end: 1999,
+            },
+            generation,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_late_step_never_lands_on_the_next_tenant() {
+        let spec = HostSpec {
+            id: HostId::new("h"),
+            hostname: "h".into(),
+            ip: "192.0.2.1".into(),
+            cpus: (0..4).collect(),
+            numa_nodes: vec![],
+            units: vec![unit(1)],
+        };
+        let fleet = SimFleet::new(SimConfig::default());
+        let agent = fleet.agent_for(&spec).expect("sim agent");
+        agent.prepare_host(&spec).await.expect("prepare");
+        // Tenant B's allocation (generation 5) lands first...
+        agent.activate_unit(&unit(5), "key-b").await.expect("b");
+        // ...then tenant A's late install (generation 2) is refused.
+        let late = agent.activate_unit(&unit(2), "key-a").await;
+        assert!(matches!(late, Err(AgentError::Failed(_))));
+        let sim = fleet.host(&HostId::new("h")).expect("sim host");
+        assert_eq!(sim.installed_key("c0-3").as_deref(), Some("key-b"));
+        // The same step again is fine (the control plane retries).
+        agent.activate_unit(&unit(5), "key-b").await.expect("retry");
     }
 }

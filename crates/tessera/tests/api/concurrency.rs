@@ -139,15 +139,15 @@ async fn two_server_processes_sharing_postgres_never_share_a_unit() {
         outcomes.push(task.await.expect("task"));
     }
     check_outcomes(&outcomes, 48);
-    let from_a = outcomes
-        .iter()
-        .enumerate()
-        .filter(|(i, (s, _))| i % 2 == 0 && *s == StatusCode::OK)
-        .count();
-    assert!(
-        from_a > 0 && from_a < 48,
-        "both processes handed out units ({from_a} by the first)"
-    );
+    // Which process won how many is up to the scheduler; what must hold is
+    // that the shared ledger holds each allocated CPU exactly once.
+    let store = tessera_store::Store::open(&database_url)
+        .await
+        .expect("store");
+    let claims = store.cpu_claims(None).await.expect("claims");
+    assert_eq!(claims.len(), 48 * 4);
+    assert_eq!(claims.iter().collect::<HashSet<_>>().len(), claims.len());
+    store.close().await;
     a.stop();
     b.stop();
 }

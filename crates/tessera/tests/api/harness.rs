@@ -330,7 +330,7 @@ pub async fn wait_for(
     query: &str,
     count: usize,
 ) -> Vec<Value> {
-    for _ in 0..500 {
+    for _ in 0..1000 {
         let units = list(client, url, query).await;
         if units.len() == count {
             return units;

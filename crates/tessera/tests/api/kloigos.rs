@@ -18,7 +18,45 @@ crate::on_both_backends!(
     decommission_guards_allocated_units,
     host_failures_surface_as_kloigos_states,
     allocation_times_out_into_allocation_fail,
+    nul_characters_are_user_errors_not_server_errors,
 );
+
+async fn nul_characters_are_user_errors_not_server_errors(backend: Backend) {
+    // PostgreSQL refuses NUL in text; none of these may become a 500.
+    let server = TestServer::start(backend).await;
+    server.init_host("host1", &["0-3"]).await;
+    assert_eq!(
+        server.units("?hostname=host%001").await,
+        Vec::<Value>::new()
+    );
+    assert_eq!(
+        server.units("?deployment_id=a%00b&zone=a").await,
+        Vec::<Value>::new()
+    );
+    let (status, _) = server
+        .delete("/api/compute_units/deallocate/host1_c0-3%00")
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _) = server
+        .delete("/api/admin/decommission_server/host1%00")
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, body) = server
+        .allocate(json!({"ssh_public_key": KEY, "tags": {"deployment_id": "a\u{0}b"}}))
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(body["detail"][0]["loc"], json!(["body", "tags"]));
+    let (status, body) = server
+        .post(
+            "/api/admin/init_server",
+            &json!({"hostname": "h\u{0}", "ip": "192.0.2.1", "region": "r\u{0}", "zone": "z", "cpu_ranges": ["0-3"]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    // Nothing changed.
+    assert_eq!(server.units("?status=FREE").await.len(), 1);
+    server.stop().await;
+}
 
 async fn init_server_publishes_units_as_kloigos_shows_them(backend: Backend) {
     let server = TestServer::start(backend).await;
