@@ -183,15 +183,7 @@ impl App {
             None => Ok(()),
             Some(agent) => {
                 async {
-                    // Units still held (a forced decommission) are given back
-                    // the ordinary way, so their state always says what is true.
-                    for unit in self.held_units(&host.id).await.map_err(|e| e.to_string())? {
-                        let releasing =
-                            self.begin_release(unit).await.map_err(|e| e.to_string())?;
-                        if let Some(unit) = releasing {
-                            self.release(&unit).await.map_err(|e| e.to_string())?;
-                        }
-                    }
+                    self.release_held_units(&host.id).await?;
                     Ok(self.host_call(agent.retire_host(&spec)).await?)
                 }
                 .await
@@ -209,6 +201,35 @@ impl App {
             self.forget_agent(&HostId::new(host.id.as_str()));
         }
         self.placement.refresh_host(&self.store, &host.id).await
+    }
+
+    /// Gives back every unit still held on a host being retired (a forced
+    /// decommission) the ordinary way, so their state says what is true.
+    /// Units that move meanwhile (an allocation settling) are looked at
+    /// again; any still held after a few rounds fail the decommission.
+    async fn release_held_units(&self, host_id: &str) -> Result<(), String> {
+        for _ in 0..5 {
+            let held = self.held_units(host_id).await.map_err(|e| e.to_string())?;
+            if held.is_empty() {
+                return Ok(());
+            }
+            for unit in held {
+                if let Some(unit) = self.begin_release(unit).await.map_err(|e| e.to_string())? {
+                    self.release(&unit).await.map_err(|e| e.to_string())?;
+                }
+            }
+        }
+        let held = self.held_units(host_id).await.map_err(|e| e.to_string())?;
+        match held.is_empty() {
+            true => Ok(()),
+            false => Err(format!(
+                "compute units still held: {}",
+                held.iter()
+                    .map(|u| u.compute_id.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
+        }
     }
 
     async fn held_units(&self, host_id: &str) -> Result<Vec<UnitRecord>> {

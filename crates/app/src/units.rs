@@ -56,7 +56,6 @@ impl App {
             region: req.region.clone(),
             zone: req.zone.clone(),
         };
-        let deadline = self.deadline();
         let mut looked_again = false;
         let mut attempts = 0;
         let decision = loop {
@@ -77,6 +76,9 @@ impl App {
                 .map(|u| u.to_string())
                 .unwrap_or_default();
             let cpus: Vec<u32> = decision.cpus.iter().collect();
+            // Taken at each attempt, so that time lost to retries never eats
+            // into the host calls' share of it.
+            let deadline = self.deadline();
             let claim = UnitClaim {
                 compute_id: &compute_id,
                 host_id: decision.host.as_str(),
@@ -103,11 +105,12 @@ impl App {
         };
         let (decision, generation) = decision;
         let compute_id = decision.unit.map(|u| u.to_string()).unwrap_or_default();
-        let mut unit = self.unit_or_404(&compute_id).await?;
-        if unit.generation != generation {
-            // Already moved on (a forced decommission): answer what it is now.
-            return Ok(unit);
-        }
+        let unit = self.store.unit(&compute_id).await?;
+        let Some(mut unit) = unit.filter(|u| u.generation == generation) else {
+            // Taken back before the host was asked (a forced decommission):
+            // the unit is no longer this request's to show.
+            return Err(interrupted(&compute_id));
+        };
         tracing::debug!(compute_id, host = %decision.host, "unit claimed");
         let outcome = match self.agent(&decision.host).await? {
             None => Err(HostCallError::NoAgent),
@@ -138,8 +141,10 @@ impl App {
             )
             .await?;
         let Some(generation) = settled else {
-            // Someone else moved it (a reconciler that found it overdue).
-            return self.unit_or_404(&compute_id).await;
+            // Someone else moved it on (a reconciler that found it overdue,
+            // a forced decommission): it was unwound, and may already be
+            // another tenant's, so it is not shown to this caller.
+            return Err(interrupted(&compute_id));
         };
         unit.status = to;
         unit.status_detail = detail;
@@ -220,7 +225,8 @@ impl App {
                 Ok(())
             }
             Err(HostCallError::Failed(why)) => {
-                self.store
+                let failed = self
+                    .store
                     .transition_unit(
                         compute_id,
                         unit.generation,
@@ -230,6 +236,20 @@ impl App {
                         None,
                     )
                     .await?;
+                if failed.is_none() {
+                    // A newer release of the same unit overtook this one
+                    // (the host refused this step as stale): its outcome
+                    // is the unit's, not this failure.
+                    let now = self.unit_or_404(compute_id).await?;
+                    return match now.status {
+                        UnitStatus::Free | UnitStatus::Unavailable | UnitStatus::Deallocating => {
+                            Ok(())
+                        }
+                        _ => Err(Error::Conflict(format!(
+                            "compute unit {compute_id} changed while being deallocated; look at it again"
+                        ))),
+                    };
+                }
                 Err(Error::HostFailed(format!(
                     "deallocation of {compute_id} failed on {}: {why}",
                     unit.hostname
@@ -306,6 +326,13 @@ fn validate_allocation(req: &AllocateUnit) -> Result<()> {
         ));
     }
     Ok(())
+}
+
+/// An allocation that lost its unit before it finished.
+fn interrupted(compute_id: &str) -> Error {
+    Error::HostTimeout(format!(
+        "the allocation of {compute_id} did not finish in time and was undone; try again"
+    ))
 }
 
 /// Whether `text` holds a NUL, which no stored text can (PostgreSQL refuses

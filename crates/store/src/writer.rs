@@ -224,7 +224,8 @@ async fn run_batch(conn: &mut AnyConnection, batch: Vec<Job>) {
     }
     if broken || undo_all {
         if let Err(err) = conn.execute("ROLLBACK").await {
-            tracing::error!(error = %err, "SQLite rollback failed");
+            // Expected when SQLite already ended the transaction itself.
+            tracing::debug!(error = %err, "SQLite rollback failed");
         }
         let ended: std::result::Result<(), String> = if broken {
             Err("the transaction failed; nothing was written".to_string())

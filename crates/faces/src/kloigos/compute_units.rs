@@ -130,6 +130,8 @@ fn parse_allocate(body: &[u8]) -> Result<ComputeUnitRequest, Vec<ValidationError
         (status = 401, description = "Missing or invalid token", body = Detail),
         (status = 422, description = "Validation Error", body = super::HttpValidationError),
         (status = 460, description = "No free Compute Unit found to match your request", body = Detail),
+        (status = 503, description = "Too many concurrent allocations; try again", body = Detail),
+        (status = 504, description = "The allocation did not finish in time and was undone; try again", body = Detail),
     )
 )]
 pub async fn allocate(

@@ -109,7 +109,8 @@ async fn two_server_processes_sharing_postgres_never_share_a_unit() {
     for url in [&a.url, &b.url] {
         wait_for(&client, url, "?status=FREE", 48).await;
     }
-    // Warm both processes' placement views: one allocation through each.
+    // Warm both processes' placement views, and show that each hands out
+    // units: one allocation through each.
     for url in [&b.url, &a.url] {
         let (status, unit) = allocate(&client, url, 999).await;
         assert_eq!(status, StatusCode::OK, "{unit}");
