@@ -1,9 +1,10 @@
 //! Hosts: the servers of the fleet, with their Kloigos units.
 
+use crate::db::{Arg, Conn, DbError};
 use crate::writer::Commit;
 use crate::{Result, Store, StoreError, now};
+use sqlx::Row;
 use sqlx::any::AnyRow;
-use sqlx::{AnyConnection, Row};
 use std::sync::Arc;
 use tessera_core::status::{HostStatus, UnitStatus};
 
@@ -184,19 +185,18 @@ impl Store {
             "SELECT compute_id FROM compute_units WHERE host_id = $1 AND {guard} ORDER BY position"
         );
         let id = id.to_string();
-        self.write("begin_decommission", move |conn| {
+        self.write("begin_decommission", move |mut conn| {
             let (id, held_sql, values) = (id.clone(), held_sql.clone(), values.clone());
             Box::pin(async move {
                 let at = now();
                 // Take the host row's lock first, as every unit claim does.
-                sqlx::query("UPDATE hosts SET generation = generation + 1, updated_at = $1 WHERE id = $2")
-                    .bind(&at)
-                    .bind(&id)
-                    .execute(&mut *conn)
-                    .await?;
-                let status: Option<String> = sqlx::query_scalar("SELECT status FROM hosts WHERE id = $1")
-                    .bind(&id)
-                    .fetch_optional(&mut *conn)
+                conn.execute(
+                    "UPDATE hosts SET generation = generation + 1, updated_at = $1 WHERE id = $2",
+                    &[(&at).into(), (&id).into()],
+                )
+                .await?;
+                let status = conn
+                    .fetch_text("SELECT status FROM hosts WHERE id = $1", &[(&id).into()])
                     .await?;
                 match status.as_deref() {
                     None | Some("DECOMMISSIONED") => {
@@ -208,28 +208,23 @@ impl Store {
                     _ => {}
                 }
                 if !force {
-                    let mut query = sqlx::query_scalar::<_, String>(&held_sql).bind(&id);
-                    for value in &values {
-                        query = query.bind(*value);
-                    }
-                    let ids = query.fetch_all(&mut *conn).await?;
+                    let mut args: Vec<Arg> = vec![(&id).into()];
+                    args.extend(values.iter().map(|v| Arg::from(*v)));
+                    let ids = conn.fetch_texts(&held_sql, &args).await?;
                     if !ids.is_empty() {
                         return Ok(Commit::Undo(DecommissionStart::UnitsHeld(ids)));
                     }
                 }
-                sqlx::query(
+                conn.execute(
                     "UPDATE hosts SET status = 'DECOMMISSIONING', status_detail = NULL WHERE id = $1",
+                    &[(&id).into()],
                 )
-                .bind(&id)
-                .execute(&mut *conn)
                 .await?;
-                sqlx::query(
+                conn.execute(
                     "UPDATE compute_units SET status = 'UNAVAILABLE', updated_at = $1, \
                      generation = generation + 1 WHERE host_id = $2 AND status = 'FREE'",
+                    &[(&at).into(), (&id).into()],
                 )
-                .bind(&at)
-                .bind(&id)
-                .execute(&mut *conn)
                 .await?;
                 Ok(Commit::Keep(DecommissionStart::Started))
             })
@@ -240,16 +235,13 @@ impl Store {
     /// Records what the host's agent reported of its memory.
     pub async fn set_host_memory(&self, id: &str, memory_mb: i64) -> Result<()> {
         let id = id.to_string();
-        self.write_one("set_host_memory", move |conn| {
+        self.write_one("set_host_memory", move |mut conn| {
             let id = id.clone();
             Box::pin(async move {
-                sqlx::query(
+                conn.execute(
                     "UPDATE hosts SET memory_mb = $1, generation = generation + 1, updated_at = $2 WHERE id = $3",
+                    &[memory_mb.into(), now().as_str().into(), (&id).into()],
                 )
-                .bind(memory_mb)
-                .bind(now())
-                .bind(&id)
-                .execute(&mut *conn)
                 .await?;
                 Ok(Commit::Keep(()))
             })
@@ -258,10 +250,7 @@ impl Store {
     }
 }
 
-async fn insert_host(
-    conn: &mut AnyConnection,
-    host: &NewHost,
-) -> Result<Commit<bool>, sqlx::Error> {
+async fn insert_host(mut conn: Conn<'_>, host: &NewHost) -> Result<Commit<bool>, DbError> {
     let cpu_ranges = serde_json::to_string(&host.cpu_ranges).unwrap_or_default();
     let numa_nodes = serde_json::to_string(&host.numa_nodes).unwrap_or_default();
     // A host that was retired, or whose preparation failed, may be
@@ -269,81 +258,77 @@ async fn insert_host(
     let retired =
         "(SELECT id FROM hosts WHERE hostname = $1 AND status IN ('DECOMMISSIONED', 'INIT_FAIL'))";
     for table in ["cpu_claims", "compute_units"] {
-        sqlx::query(&format!("DELETE FROM {table} WHERE host_id IN {retired}"))
-            .bind(&host.hostname)
-            .execute(&mut *conn)
-            .await?;
+        conn.execute(
+            &format!("DELETE FROM {table} WHERE host_id IN {retired}"),
+            &[(&host.hostname).into()],
+        )
+        .await?;
     }
-    sqlx::query(
+    conn.execute(
         "DELETE FROM hosts WHERE hostname = $1 AND status IN ('DECOMMISSIONED', 'INIT_FAIL')",
+        &[(&host.hostname).into()],
     )
-    .bind(&host.hostname)
-    .execute(&mut *conn)
     .await?;
     let at = now();
-    let inserted = sqlx::query(
-        "INSERT INTO hosts (id, hostname, ip, region, zone, status, cpu_ranges, numa_nodes, \
-         memory_mb, generation, created_at, updated_at) \
-         VALUES ($1, $2, $3, $4, $5, 'INITIALIZING', $6, $7, $8, 1, $9, $9) \
-         ON CONFLICT (hostname) DO NOTHING",
-    )
-    .bind(&host.id)
-    .bind(&host.hostname)
-    .bind(&host.ip)
-    .bind(&host.region)
-    .bind(&host.zone)
-    .bind(&cpu_ranges)
-    .bind(&numa_nodes)
-    .bind(host.memory_mb)
-    .bind(&at)
-    .execute(&mut *conn)
-    .await?
-    .rows_affected();
+    let inserted = conn
+        .execute(
+            "INSERT INTO hosts (id, hostname, ip, region, zone, status, cpu_ranges, numa_nodes, \
+             memory_mb, generation, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, 'INITIALIZING', $6, $7, $8, 1, $9, $9) \
+             ON CONFLICT (hostname) DO NOTHING",
+            &[
+                (&host.id).into(),
+                (&host.hostname).into(),
+                (&host.ip).into(),
+                (&host.region).into(),
+                (&host.zone).into(),
+                (&cpu_ranges).into(),
+                (&numa_nodes).into(),
+                host.memory_mb.into(),
+                (&at).into(),
+            ],
+        )
+        .await?;
     if inserted == 0 {
         return Ok(Commit::Undo(false));
     }
     for (position, unit) in host.units.iter().enumerate() {
-        sqlx::query(
+        conn.execute(
             "INSERT INTO compute_units (compute_id, host_id, position, cpu_range, cpu_list, \
              cpu_count, ports_range, status, generation, updated_at) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, 'UNAVAILABLE', 1, $8)",
+            &[
+                (&unit.compute_id).into(),
+                (&host.id).into(),
+                (position as i64).into(),
+                (&unit.cpu_range).into(),
+                (&unit.cpu_list).into(),
+                unit.cpu_count.into(),
+                (&unit.ports_range).into(),
+                (&at).into(),
+            ],
         )
-        .bind(&unit.compute_id)
-        .bind(&host.id)
-        .bind(position as i64)
-        .bind(&unit.cpu_range)
-        .bind(&unit.cpu_list)
-        .bind(unit.cpu_count)
-        .bind(&unit.ports_range)
-        .bind(&at)
-        .execute(&mut *conn)
         .await?;
     }
     Ok(Commit::Keep(true))
 }
 
 async fn transition_host(
-    conn: &mut AnyConnection,
+    mut conn: Conn<'_>,
     id: &str,
     from: &[&'static str],
     to: HostStatus,
     detail: Option<&str>,
-) -> Result<Commit<bool>, sqlx::Error> {
+) -> Result<Commit<bool>, DbError> {
     let at = now();
-    let (guard, args) = status_guard("status", from, 5);
+    let (guard, values) = status_guard("status", from, 5);
     let update = format!(
         "UPDATE hosts SET status = $1, status_detail = $2, updated_at = $3, \
          generation = generation + 1 WHERE id = $4 AND {guard}"
     );
-    let mut query = sqlx::query(&update)
-        .bind(to.as_str())
-        .bind(detail)
-        .bind(&at)
-        .bind(id);
-    for value in &args {
-        query = query.bind(*value);
-    }
-    if query.execute(&mut *conn).await?.rows_affected() == 0 {
+    let mut args: Vec<Arg> = vec![to.as_str().into(), detail.into(), (&at).into(), id.into()];
+    args.extend(values.iter().map(|v| Arg::from(*v)));
+    if conn.execute(&update, &args).await? == 0 {
         return Ok(Commit::Undo(false));
     }
     let units = match to {
@@ -354,23 +339,20 @@ async fn transition_host(
         _ => None,
     };
     if let Some((new, old)) = units {
-        sqlx::query(
+        conn.execute(
             "UPDATE compute_units SET status = $1, updated_at = $2, generation = generation + 1 \
              WHERE host_id = $3 AND status = $4",
+            &[new.into(), (&at).into(), id.into(), old.into()],
         )
-        .bind(new)
-        .bind(&at)
-        .bind(id)
-        .bind(old)
-        .execute(&mut *conn)
         .await?;
     }
     if to == HostStatus::Decommissioned {
         for table in ["cpu_claims", "compute_units"] {
-            sqlx::query(&format!("DELETE FROM {table} WHERE host_id = $1"))
-                .bind(id)
-                .execute(&mut *conn)
-                .await?;
+            conn.execute(
+                &format!("DELETE FROM {table} WHERE host_id = $1"),
+                &[id.into()],
+            )
+            .await?;
         }
     }
     Ok(Commit::Keep(true))

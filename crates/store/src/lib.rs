@@ -7,6 +7,7 @@
 //! and the CPU ledger's primary key, never by locks held across requests:
 //! every write that can lose a race says so in its return value.
 
+mod db;
 mod hosts;
 mod tokens;
 mod units;
@@ -17,6 +18,7 @@ pub use sqlx::Error as SqlxError;
 pub use tokens::TokenRecord;
 pub use units::{UnitClaim, UnitFilter, UnitRecord};
 
+use db::Conn;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyConnection, AnyPool, ConnectOptions, Executor};
 use std::path::Path;
@@ -36,6 +38,8 @@ pub enum StoreError {
     Query(#[from] sqlx::Error),
     #[error("stored data is inconsistent: {0}")]
     Corrupt(String),
+    #[error("database statement failed")]
+    Sqlite(#[source] rusqlite::Error),
     #[error("{0}")]
     Commit(String),
     #[error("the store is closed")]
@@ -43,6 +47,18 @@ pub enum StoreError {
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+impl From<db::DbError> for StoreError {
+    fn from(err: db::DbError) -> Self {
+        match err {
+            db::DbError::Sqlx(err) => StoreError::Query(err),
+            db::DbError::Sqlite(err) => StoreError::Sqlite(err),
+            db::DbError::MissingParameter(name) => {
+                StoreError::Corrupt(format!("statement parameter {name} has no value"))
+            }
+        }
+    }
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Backend {
@@ -91,6 +107,7 @@ impl Store {
                     .run(&mut conn)
                     .await
                     .map_err(StoreError::Migrate)?;
+                let _ = sqlx::Connection::close(conn).await;
                 let read = AnyPoolOptions::new()
                     .max_connections(4)
                     .acquire_timeout(Duration::from_secs(30))
@@ -98,10 +115,11 @@ impl Store {
                     .connect_with(options)
                     .await
                     .map_err(StoreError::Connect)?;
+                let write = Writer::sqlite(&sqlite_path(url)).map_err(StoreError::Sqlite)?;
                 Ok(Store {
                     backend,
                     read,
-                    write: Writer::sqlite(conn),
+                    write,
                 })
             }
             Backend::Postgres => {
@@ -124,7 +142,8 @@ impl Store {
         }
     }
 
-    /// The SQLite URL of the database file `path`, created when missing.
+    /// The SQLite URL of the database file `path`, created when missing
+    /// (see [`sqlite_path`] for the way back).
     pub fn sqlite_url(path: &Path) -> String {
         format!("sqlite://{}?mode=rwc", path.display())
     }
@@ -151,7 +170,7 @@ impl Store {
     async fn write<T, F>(&self, what: &'static str, work: F) -> Result<T>
     where
         T: Send + 'static,
-        F: for<'c> Fn(&'c mut AnyConnection) -> Work<'c, T> + Send + Sync + 'static,
+        F: for<'c> Fn(Conn<'c>) -> Work<'c, T> + Send + Sync + 'static,
     {
         self.write.write(what, Shape::Statements, work).await
     }
@@ -161,10 +180,20 @@ impl Store {
     async fn write_one<T, F>(&self, what: &'static str, work: F) -> Result<T>
     where
         T: Send + 'static,
-        F: for<'c> Fn(&'c mut AnyConnection) -> Work<'c, T> + Send + Sync + 'static,
+        F: for<'c> Fn(Conn<'c>) -> Work<'c, T> + Send + Sync + 'static,
     {
         self.write.write(what, Shape::OneStatement, work).await
     }
+}
+
+/// The file of an SQLite URL (`sqlite://PATH?options` or `sqlite:PATH`).
+fn sqlite_path(url: &str) -> std::path::PathBuf {
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+        .unwrap_or(url);
+    let path = rest.split('?').next().unwrap_or(rest);
+    std::path::PathBuf::from(path)
 }
 
 fn migrator(backend: Backend) -> sqlx::migrate::Migrator {

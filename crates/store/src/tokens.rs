@@ -46,27 +46,28 @@ impl Store {
     /// hash. Answers whether a row was created.
     pub async fn put_token(&self, id: &str, name: &str, token_hash: &str) -> Result<bool> {
         let (id, name, hash) = (id.to_string(), name.to_string(), token_hash.to_string());
-        self.write("put_token", move |conn| {
+        self.write("put_token", move |mut conn| {
             let (id, name, hash) = (id.clone(), name.clone(), hash.clone());
             Box::pin(async move {
-                let created = sqlx::query(
-                    "INSERT INTO api_tokens (id, name, token_hash, created_at) VALUES ($1, $2, $3, $4) \
-                     ON CONFLICT (id) DO NOTHING",
-                )
-                .bind(&id)
-                .bind(&name)
-                .bind(&hash)
-                .bind(now())
-                .execute(&mut *conn)
-                .await?
-                .rows_affected()
+                let created = conn
+                    .execute(
+                        "INSERT INTO api_tokens (id, name, token_hash, created_at) \
+                         VALUES ($1, $2, $3, $4) ON CONFLICT (id) DO NOTHING",
+                        &[
+                            (&id).into(),
+                            (&name).into(),
+                            (&hash).into(),
+                            now().as_str().into(),
+                        ],
+                    )
+                    .await?
                     == 1;
                 if !created {
-                    sqlx::query("UPDATE api_tokens SET token_hash = $1 WHERE id = $2")
-                        .bind(&hash)
-                        .bind(&id)
-                        .execute(&mut *conn)
-                        .await?;
+                    conn.execute(
+                        "UPDATE api_tokens SET token_hash = $1 WHERE id = $2",
+                        &[(&hash).into(), (&id).into()],
+                    )
+                    .await?;
                 }
                 Ok(Commit::Keep(created))
             })

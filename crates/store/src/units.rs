@@ -1,10 +1,11 @@
 //! Kloigos compute units and the CPU ledger that backs their allocation.
 
+use crate::db::{Arg, Conn, DbError};
 use crate::hosts::status_guard;
 use crate::writer::Commit;
 use crate::{Result, Store, StoreError, now};
+use sqlx::Row;
 use sqlx::any::AnyRow;
-use sqlx::{AnyConnection, Row};
 use std::sync::Arc;
 use tessera_core::status::UnitStatus;
 
@@ -91,11 +92,6 @@ fn unit_from_row(row: &AnyRow) -> Result<UnitRecord> {
     })
 }
 
-enum Arg {
-    Text(String),
-    Int(i64),
-}
-
 fn holder(compute_id: &str) -> String {
     format!("unit:{compute_id}")
 }
@@ -139,6 +135,7 @@ impl Store {
             query = match arg {
                 Arg::Text(t) => query.bind(t),
                 Arg::Int(i) => query.bind(i),
+                Arg::Null => query.bind(None::<String>),
             };
         }
         let rows = query.fetch_all(&self.read).await?;
@@ -202,22 +199,18 @@ impl Store {
         ));
         let compute_id = compute_id.to_string();
         let (detail, deadline) = (detail.map(str::to_string), deadline.map(str::to_string));
-        self.write_one("transition_unit", move |conn| {
-            let (sql, values, compute_id) = (sql.clone(), values.clone(), compute_id.clone());
-            let (detail, deadline) = (detail.clone(), deadline.clone());
-            Box::pin(async move {
-                let mut query = sqlx::query_scalar::<_, i64>(&sql)
-                    .bind(to.as_str())
-                    .bind(detail)
-                    .bind(deadline)
-                    .bind(now())
-                    .bind(compute_id)
-                    .bind(generation);
-                for value in &values {
-                    query = query.bind(*value);
-                }
-                Ok(Commit::Keep(query.fetch_optional(&mut *conn).await?))
-            })
+        self.write_one("transition_unit", move |mut conn| {
+            let mut args: Vec<Arg> = vec![
+                to.as_str().into(),
+                detail.as_deref().into(),
+                deadline.as_deref().into(),
+                now().as_str().into(),
+                compute_id.as_str().into(),
+                generation.into(),
+            ];
+            args.extend(values.iter().map(|v| Arg::from(*v)));
+            let sql = sql.clone();
+            Box::pin(async move { Ok(Commit::Keep(conn.fetch_int(&sql, &args).await?)) })
         })
         .await
     }
@@ -273,9 +266,9 @@ struct OwnedClaim {
 }
 
 async fn claim_unit(
-    conn: &mut AnyConnection,
+    mut conn: Conn<'_>,
     claim: &OwnedClaim,
-) -> Result<Commit<Option<i64>>, sqlx::Error> {
+) -> Result<Commit<Option<i64>>, DbError> {
     if claim.cpus.is_empty() {
         // Only a corrupt unit has no CPUs; never hand it out.
         return Ok(Commit::Undo(None));
@@ -285,34 +278,33 @@ async fn claim_unit(
     // a shared lock on its row, which a decommission's update waits for
     // (claims on one host do not wait for each other). SQLite has one
     // writer, so nothing can change between the check and the commit.
-    let lock = if conn.backend_name() == "PostgreSQL" {
-        " FOR SHARE"
-    } else {
-        ""
-    };
-    let status: Option<String> =
-        sqlx::query_scalar(&format!("SELECT status FROM hosts WHERE id = $1{lock}"))
-            .bind(&claim.host_id)
-            .fetch_optional(&mut *conn)
-            .await?;
+    let lock = if conn.is_postgres() { " FOR SHARE" } else { "" };
+    let status = conn
+        .fetch_text(
+            &format!("SELECT status FROM hosts WHERE id = $1{lock}"),
+            &[(&claim.host_id).into()],
+        )
+        .await?;
     if status.as_deref() != Some("READY") {
         return Ok(Commit::Undo(None));
     }
-    let generation: Option<i64> = sqlx::query_scalar(
-        "UPDATE compute_units SET status = 'ALLOCATING', status_detail = NULL, \
-         ssh_public_key = $1, tags = $2, deployment_id = $3, started_at = $4, \
-         deadline = $5, updated_at = $4, generation = generation + 1 \
-         WHERE compute_id = $6 AND host_id = $7 AND status = 'FREE' RETURNING generation",
-    )
-    .bind(&claim.ssh_public_key)
-    .bind(&claim.tags)
-    .bind(&claim.deployment_id)
-    .bind(&at)
-    .bind(&claim.deadline)
-    .bind(&claim.compute_id)
-    .bind(&claim.host_id)
-    .fetch_optional(&mut *conn)
-    .await?;
+    let generation = conn
+        .fetch_int(
+            "UPDATE compute_units SET status = 'ALLOCATING', status_detail = NULL, \
+             ssh_public_key = $1, tags = $2, deployment_id = $3, started_at = $4, \
+             deadline = $5, updated_at = $4, generation = generation + 1 \
+             WHERE compute_id = $6 AND host_id = $7 AND status = 'FREE' RETURNING generation",
+            &[
+                (&claim.ssh_public_key).into(),
+                claim.tags.as_ref().into(),
+                claim.deployment_id.as_ref().into(),
+                (&at).into(),
+                (&claim.deadline).into(),
+                (&claim.compute_id).into(),
+                (&claim.host_id).into(),
+            ],
+        )
+        .await?;
     let Some(generation) = generation else {
         return Ok(Commit::Undo(None));
     };
@@ -323,13 +315,12 @@ async fn claim_unit(
         "INSERT INTO cpu_claims (host_id, cpu, holder) VALUES {} ON CONFLICT DO NOTHING",
         values.join(", ")
     );
-    let mut insert = sqlx::query(&sql)
-        .bind(&claim.host_id)
-        .bind(holder(&claim.compute_id));
-    for &cpu in &claim.cpus {
-        insert = insert.bind(i64::from(cpu));
-    }
-    let claimed = insert.execute(&mut *conn).await?.rows_affected();
+    let mut args: Vec<Arg> = vec![
+        (&claim.host_id).into(),
+        holder(&claim.compute_id).as_str().into(),
+    ];
+    args.extend(claim.cpus.iter().map(|&cpu| Arg::from(i64::from(cpu))));
+    let claimed = conn.execute(&sql, &args).await?;
     if claimed != claim.cpus.len() as u64 {
         return Ok(Commit::Undo(None));
     }
@@ -337,48 +328,44 @@ async fn claim_unit(
 }
 
 async fn release_unit(
-    conn: &mut AnyConnection,
+    mut conn: Conn<'_>,
     compute_id: &str,
     generation: i64,
-) -> Result<Commit<bool>, sqlx::Error> {
+) -> Result<Commit<bool>, DbError> {
     let at = now();
     // Whether the unit goes back to the pool depends on its host, which must
     // not change meanwhile: on PostgreSQL a shared lock, as for claims.
-    let lock = if conn.backend_name() == "PostgreSQL" {
-        " FOR SHARE"
-    } else {
-        ""
-    };
-    let host_status: Option<String> = sqlx::query_scalar(&format!(
-        "SELECT status FROM hosts WHERE id = (SELECT host_id FROM compute_units WHERE compute_id = $1){lock}"
-    ))
-    .bind(compute_id)
-    .fetch_optional(&mut *conn)
-    .await?;
+    let lock = if conn.is_postgres() { " FOR SHARE" } else { "" };
+    let host_status = conn
+        .fetch_text(
+            &format!(
+                "SELECT status FROM hosts WHERE id = \
+                 (SELECT host_id FROM compute_units WHERE compute_id = $1){lock}"
+            ),
+            &[compute_id.into()],
+        )
+        .await?;
     let back_to = if host_status.as_deref() == Some("READY") {
         "FREE"
     } else {
         "UNAVAILABLE"
     };
-    let freed = sqlx::query(
-        "UPDATE compute_units SET status = $1, status_detail = NULL, ssh_public_key = NULL, \
-         tags = NULL, deployment_id = NULL, started_at = NULL, deadline = NULL, updated_at = $2, \
-         generation = generation + 1 \
-         WHERE compute_id = $3 AND generation = $4 AND status = 'DEALLOCATING'",
-    )
-    .bind(back_to)
-    .bind(&at)
-    .bind(compute_id)
-    .bind(generation)
-    .execute(&mut *conn)
-    .await?
-    .rows_affected();
+    let freed = conn
+        .execute(
+            "UPDATE compute_units SET status = $1, status_detail = NULL, ssh_public_key = NULL, \
+             tags = NULL, deployment_id = NULL, started_at = NULL, deadline = NULL, updated_at = $2, \
+             generation = generation + 1 \
+             WHERE compute_id = $3 AND generation = $4 AND status = 'DEALLOCATING'",
+            &[back_to.into(), (&at).into(), compute_id.into(), generation.into()],
+        )
+        .await?;
     if freed != 1 {
         return Ok(Commit::Undo(false));
     }
-    sqlx::query("DELETE FROM cpu_claims WHERE holder = $1")
-        .bind(holder(compute_id))
-        .execute(&mut *conn)
-        .await?;
+    conn.execute(
+        "DELETE FROM cpu_claims WHERE holder = $1",
+        &[holder(compute_id).as_str().into()],
+    )
+    .await?;
     Ok(Commit::Keep(true))
 }

@@ -3,17 +3,20 @@
 //! Every write is a unit of work run inside a transaction: [`Store::write`].
 //! On PostgreSQL each runs in its own transaction, again on a serialization
 //! failure or deadlock. On SQLite, which has one writer and pays one fsync
-//! per commit, a single writer task runs the units of work that queued up
+//! per commit, a single writer thread runs the units of work that queued up
 //! while the previous commit was in flight together, each inside its own
 //! savepoint, and commits them with one fsync; no caller hears "done" before
 //! that commit. So durability stays per request while throughput grows with
-//! concurrency.
+//! concurrency. The writer thread owns its SQLite connection and runs every
+//! statement itself (see [`crate::db`]).
 
+use crate::db::{Conn, DbError};
 use crate::{Result, StoreError};
 use futures::FutureExt;
 use futures::future::BoxFuture;
-use sqlx::{AnyConnection, AnyPool, Connection, Executor};
+use sqlx::AnyPool;
 use std::panic::AssertUnwindSafe;
+use std::path::Path;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
@@ -25,7 +28,7 @@ pub(crate) enum Commit<T> {
     Undo(T),
 }
 
-pub(crate) type Work<'c, T> = BoxFuture<'c, std::result::Result<Commit<T>, sqlx::Error>>;
+pub(crate) type Work<'c, T> = BoxFuture<'c, std::result::Result<Commit<T>, DbError>>;
 
 /// How a unit of work changes the database.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -38,13 +41,13 @@ pub(crate) enum Shape {
     OneStatement,
 }
 
-/// A unit of work as the SQLite writer task runs it.
+/// A unit of work as the SQLite writer thread runs it.
 pub(crate) struct Job {
     shape: Shape,
     run: RunJob,
 }
 
-type RunJob = Box<dyn for<'c> FnOnce(&'c mut AnyConnection) -> BoxFuture<'c, Outcome> + Send>;
+type RunJob = Box<dyn for<'c> FnOnce(Conn<'c>) -> BoxFuture<'c, Outcome> + Send>;
 
 /// A unit of work's result, waiting for the commit.
 pub(crate) struct Outcome {
@@ -64,11 +67,21 @@ pub(crate) enum Writer {
 }
 
 impl Writer {
-    /// Starts the SQLite writer task over `conn`.
-    pub(crate) fn sqlite(conn: AnyConnection) -> Writer {
+    /// Opens the SQLite database at `path` for writing and starts the writer
+    /// thread over it.
+    pub(crate) fn sqlite(path: &Path) -> std::result::Result<Writer, rusqlite::Error> {
+        let conn = rusqlite::Connection::open(path)?;
+        conn.query_row("PRAGMA journal_mode = WAL", [], |_| Ok(()))?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        conn.busy_timeout(Duration::from_secs(10))?;
+        conn.set_prepared_statement_cache_capacity(256);
         let (jobs, queue) = mpsc::channel::<Job>(4096);
-        tokio::spawn(run_sqlite_writer(conn, queue));
-        Writer::Sqlite(jobs)
+        std::thread::Builder::new()
+            .name("sqlite-writer".into())
+            .spawn(move || run_sqlite_writer(conn, queue))
+            .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+        Ok(Writer::Sqlite(jobs))
     }
 
     /// Runs `work` in a transaction and answers what it answered, once its
@@ -76,42 +89,41 @@ impl Writer {
     pub(crate) async fn write<T, F>(&self, what: &'static str, shape: Shape, work: F) -> Result<T>
     where
         T: Send + 'static,
-        F: for<'c> Fn(&'c mut AnyConnection) -> Work<'c, T> + Send + Sync + 'static,
+        F: for<'c> Fn(Conn<'c>) -> Work<'c, T> + Send + Sync + 'static,
     {
         match self {
             Writer::Postgres(pool) => write_postgres(pool, what, &work).await,
             Writer::Sqlite(jobs) => {
                 let (reply, answer) = oneshot::channel::<Result<T>>();
-                let run: RunJob =
-                    Box::new(move |conn: &mut AnyConnection| -> BoxFuture<'_, Outcome> {
-                        Box::pin(async move {
-                            match work(conn).await {
-                                Ok(Commit::Keep(value)) => Outcome {
-                                    undo: false,
-                                    fatal: false,
-                                    deliver: Box::new(move |committed| {
-                                        let _ = reply.send(
-                                            committed.map(|()| value).map_err(StoreError::Commit),
-                                        );
-                                    }),
-                                },
-                                Ok(Commit::Undo(value)) => Outcome {
-                                    undo: true,
-                                    fatal: false,
-                                    deliver: Box::new(move |_| {
-                                        let _ = reply.send(Ok(value));
-                                    }),
-                                },
-                                Err(err) => Outcome {
-                                    undo: true,
-                                    fatal: ends_the_transaction(&err),
-                                    deliver: Box::new(move |_| {
-                                        let _ = reply.send(Err(StoreError::Query(err)));
-                                    }),
-                                },
-                            }
-                        })
-                    });
+                let run: RunJob = Box::new(move |conn: Conn<'_>| -> BoxFuture<'_, Outcome> {
+                    Box::pin(async move {
+                        match work(conn).await {
+                            Ok(Commit::Keep(value)) => Outcome {
+                                undo: false,
+                                fatal: false,
+                                deliver: Box::new(move |committed| {
+                                    let _ = reply.send(
+                                        committed.map(|()| value).map_err(StoreError::Commit),
+                                    );
+                                }),
+                            },
+                            Ok(Commit::Undo(value)) => Outcome {
+                                undo: true,
+                                fatal: false,
+                                deliver: Box::new(move |_| {
+                                    let _ = reply.send(Ok(value));
+                                }),
+                            },
+                            Err(err) => Outcome {
+                                undo: true,
+                                fatal: ends_the_transaction(&err),
+                                deliver: Box::new(move |_| {
+                                    let _ = reply.send(Err(StoreError::from(err)));
+                                }),
+                            },
+                        }
+                    })
+                });
                 let job = Job { shape, run };
                 jobs.send(job).await.map_err(|_| StoreError::Closed)?;
                 answer.await.map_err(|_| StoreError::Closed)?
@@ -122,15 +134,15 @@ impl Writer {
 
 async fn write_postgres<T, F>(pool: &AnyPool, what: &'static str, work: &F) -> Result<T>
 where
-    F: for<'c> Fn(&'c mut AnyConnection) -> Work<'c, T>,
+    F: for<'c> Fn(Conn<'c>) -> Work<'c, T>,
 {
     let mut pause = Duration::from_millis(2);
     let mut tries = 0;
     loop {
         tries += 1;
-        let attempt = async {
+        let attempt: std::result::Result<T, DbError> = async {
             let mut tx = pool.begin().await?;
-            match work(&mut tx).await? {
+            match work(Conn::Postgres(&mut tx)).await? {
                 Commit::Keep(value) => {
                     tx.commit().await?;
                     Ok(value)
@@ -143,18 +155,18 @@ where
         }
         .await;
         match attempt {
-            Err(err) if tries < 8 && crate::is_transient(&err) => {
+            Err(DbError::Sqlx(err)) if tries < 8 && crate::is_transient(&err) => {
                 tracing::debug!(what, tries, error = %err, "transient conflict, retrying");
                 tokio::time::sleep(pause).await;
                 pause *= 2;
             }
-            other => return other.map_err(StoreError::Query),
+            other => return other.map_err(StoreError::from),
         }
     }
 }
 
-async fn run_sqlite_writer(mut conn: AnyConnection, mut queue: mpsc::Receiver<Job>) {
-    while let Some(first) = queue.recv().await {
+fn run_sqlite_writer(mut conn: rusqlite::Connection, mut queue: mpsc::Receiver<Job>) {
+    while let Some(first) = queue.blocking_recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
             match queue.try_recv() {
@@ -162,22 +174,21 @@ async fn run_sqlite_writer(mut conn: AnyConnection, mut queue: mpsc::Receiver<Jo
                 Err(_) => break,
             }
         }
-        if conn.execute("BEGIN IMMEDIATE").await.is_err() {
+        if conn.execute_batch("BEGIN IMMEDIATE").is_err() {
             // A transaction left open by a failed commit: clear it, once.
-            let _ = conn.execute("ROLLBACK").await;
-            if let Err(err) = conn.execute("BEGIN IMMEDIATE").await {
+            let _ = conn.execute_batch("ROLLBACK");
+            if let Err(err) = conn.execute_batch("BEGIN IMMEDIATE") {
                 // The jobs never ran; dropping them tells each caller.
                 tracing::error!(error = %err, "SQLite writer cannot begin a transaction");
                 continue;
             }
         }
-        run_batch(&mut conn, batch).await;
+        run_batch(&mut conn, batch);
     }
-    let _ = conn.close().await;
 }
 
 /// Runs one batch inside the transaction just begun, and ends it.
-async fn run_batch(conn: &mut AnyConnection, batch: Vec<Job>) {
+fn run_batch(conn: &mut rusqlite::Connection, batch: Vec<Job>) {
     // A lone unit of work needs no savepoint: its undo is the rollback.
     let alone = batch.len() == 1;
     let mut outcomes = Vec::with_capacity(batch.len());
@@ -192,25 +203,25 @@ async fn run_batch(conn: &mut AnyConnection, batch: Vec<Job>) {
             break;
         }
         let savepoint = !alone && job.shape == Shape::Statements;
-        if savepoint && let Err(err) = conn.execute("SAVEPOINT unit_of_work").await {
+        if savepoint && let Err(err) = conn.execute_batch("SAVEPOINT unit_of_work") {
             tracing::error!(error = %err, "SQLite savepoint failed; the batch is abandoned");
             broken = true;
             break;
         }
-        let outcome = AssertUnwindSafe((job.run)(&mut *conn))
-            .catch_unwind()
-            .await
-            .ok();
+        // Statements on SQLite never wait, so the unit of work's future
+        // completes on its first poll.
+        let run = (job.run)(Conn::Sqlite(conn));
+        let outcome = futures::executor::block_on(AssertUnwindSafe(run).catch_unwind()).ok();
         let undo = outcome.as_ref().is_none_or(|o| o.undo);
         broken |= outcome.as_ref().is_some_and(|o| o.fatal);
         if alone {
             undo_all = undo;
         } else if savepoint && !broken {
-            if undo && let Err(err) = conn.execute("ROLLBACK TO unit_of_work").await {
+            if undo && let Err(err) = conn.execute_batch("ROLLBACK TO unit_of_work") {
                 tracing::error!(error = %err, "SQLite rollback to savepoint failed");
                 broken = true;
             }
-            if let Err(err) = conn.execute("RELEASE unit_of_work").await {
+            if let Err(err) = conn.execute_batch("RELEASE unit_of_work") {
                 tracing::error!(error = %err, "SQLite savepoint release failed");
                 broken = true;
             }
@@ -223,7 +234,7 @@ async fn run_batch(conn: &mut AnyConnection, batch: Vec<Job>) {
         outcomes.extend(outcome);
     }
     if broken || undo_all {
-        if let Err(err) = conn.execute("ROLLBACK").await {
+        if let Err(err) = conn.execute_batch("ROLLBACK") {
             // Expected when SQLite already ended the transaction itself.
             tracing::debug!(error = %err, "SQLite rollback failed");
         }
@@ -238,12 +249,10 @@ async fn run_batch(conn: &mut AnyConnection, batch: Vec<Job>) {
         return;
     }
     let committed = conn
-        .execute("COMMIT")
-        .await
-        .map(|_| ())
+        .execute_batch("COMMIT")
         .map_err(|err| format!("the commit failed: {err}"));
     if committed.is_err() {
-        let _ = conn.execute("ROLLBACK").await;
+        let _ = conn.execute_batch("ROLLBACK");
     }
     for outcome in outcomes {
         (outcome.deliver)(committed.clone());
@@ -251,45 +260,40 @@ async fn run_batch(conn: &mut AnyConnection, batch: Vec<Job>) {
 }
 
 /// SQLite errors after which it has rolled the transaction back by itself
-/// (full disk, I/O error, out of memory, interrupt, corruption).
-fn ends_the_transaction(err: &sqlx::Error) -> bool {
-    let sqlx::Error::Database(db) = err else {
-        return matches!(err, sqlx::Error::Io(_));
+/// (out of memory, interrupt, I/O error, corruption, full disk, not a
+/// database).
+fn ends_the_transaction(err: &DbError) -> bool {
+    let code = match err {
+        DbError::Sqlite(rusqlite::Error::SqliteFailure(failure, _)) => failure.extended_code,
+        _ => return false,
     };
-    let code = db.code().and_then(|c| c.parse::<i64>().ok()).unwrap_or(0);
     matches!(code & 0xff, 7 | 9 | 10 | 11 | 13 | 26)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sqlx::ConnectOptions;
-    use sqlx::any::AnyConnectOptions;
-    use std::str::FromStr;
 
     async fn writer() -> (Writer, AnyPool, tempfile::TempDir) {
         sqlx::any::install_default_drivers();
         let dir = tempfile::tempdir().expect("temp dir");
-        let url = format!("sqlite://{}/w.db?mode=rwc", dir.path().display());
-        let options = AnyConnectOptions::from_str(&url).expect("url");
-        let mut conn = options.connect().await.expect("connect");
-        conn.execute("PRAGMA journal_mode = WAL")
-            .await
-            .expect("wal");
-        conn.execute("CREATE TABLE t (n INTEGER PRIMARY KEY)")
-            .await
+        let path = dir.path().join("w.db");
+        let setup = rusqlite::Connection::open(&path).expect("open");
+        setup
+            .execute_batch("CREATE TABLE t (n INTEGER PRIMARY KEY)")
             .expect("table");
-        let reader = AnyPool::connect(&url).await.expect("reader");
-        (Writer::sqlite(conn), reader, dir)
+        let writer = Writer::sqlite(&path).expect("writer");
+        let reader = AnyPool::connect(&format!("sqlite://{}", path.display()))
+            .await
+            .expect("reader");
+        (writer, reader, dir)
     }
 
     async fn insert(writer: &Writer, n: i64, keep: bool) -> Result<bool> {
         writer
-            .write("insert", Shape::Statements, move |conn| {
+            .write("insert", Shape::Statements, move |mut conn| {
                 Box::pin(async move {
-                    sqlx::query("INSERT INTO t (n) VALUES ($1)")
-                        .bind(n)
-                        .execute(&mut *conn)
+                    conn.execute("INSERT INTO t (n) VALUES ($1)", &[n.into()])
                         .await?;
                     Ok(if keep {
                         Commit::Keep(true)
@@ -317,7 +321,7 @@ mod tests {
         }
         // A failing statement (duplicate key) fails only its own unit of work.
         let err = insert(&writer, 0, true).await.expect_err("duplicate");
-        assert!(matches!(err, StoreError::Query(_)), "{err:?}");
+        assert!(matches!(err, StoreError::Sqlite(_)), "{err:?}");
         let rows: Vec<i64> = sqlx::query_scalar("SELECT n FROM t ORDER BY n")
             .fetch_all(&reader)
             .await
@@ -329,12 +333,10 @@ mod tests {
     async fn a_panicking_unit_of_work_is_undone_and_the_writer_goes_on() {
         let (writer, reader, _dir) = writer().await;
         let panicked = writer
-            .write("panics", Shape::Statements, |conn| {
+            .write("panics", Shape::Statements, |mut conn| {
                 Box::pin(async move {
-                    sqlx::query("INSERT INTO t (n) VALUES (7)")
-                        .execute(&mut *conn)
-                        .await?;
-                    if conn.backend_name() != "never" {
+                    conn.execute("INSERT INTO t (n) VALUES (7)", &[]).await?;
+                    if !conn.is_postgres() {
                         panic!("a bug in a unit of work");
                     }
                     Ok(Commit::Keep(()))
@@ -348,5 +350,29 @@ mod tests {
             .await
             .expect("read");
         assert_eq!(rows, vec![8]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn parameters_bind_by_number_not_by_first_appearance() {
+        let (writer, reader, _dir) = writer().await;
+        writer
+            .write("out of order", Shape::Statements, |mut conn| {
+                Box::pin(async move {
+                    // $2 appears before $1: SQLite alone would bind 7 to $2.
+                    conn.execute(
+                        "INSERT INTO t (n) SELECT $2 WHERE $1 = 'x'",
+                        &["x".into(), 7i64.into()],
+                    )
+                    .await?;
+                    Ok(Commit::Keep(()))
+                })
+            })
+            .await
+            .expect("write");
+        let rows: Vec<i64> = sqlx::query_scalar("SELECT n FROM t")
+            .fetch_all(&reader)
+            .await
+            .expect("read");
+        assert_eq!(rows, vec![7]);
     }
 }

@@ -1,0 +1,179 @@
+//! The connection a unit of work writes through, whichever the backend.
+//!
+//! PostgreSQL goes through sqlx. SQLite writes go through rusqlite on the
+//! writer's own thread: sqlx's SQLite driver hands every statement to a
+//! worker thread and back, and those hops, not SQLite, were most of the
+//! cost of a write. A unit of work is written once against [`Conn`], in the
+//! SQL both engines share, with `$n` parameters.
+
+use sqlx::AnyConnection;
+
+/// A statement parameter.
+#[derive(Clone, Debug)]
+pub(crate) enum Arg {
+    Text(String),
+    Int(i64),
+    Null,
+}
+
+impl From<&str> for Arg {
+    fn from(value: &str) -> Self {
+        Arg::Text(value.to_string())
+    }
+}
+
+impl From<&String> for Arg {
+    fn from(value: &String) -> Self {
+        Arg::Text(value.clone())
+    }
+}
+
+impl From<i64> for Arg {
+    fn from(value: i64) -> Self {
+        Arg::Int(value)
+    }
+}
+
+impl<T: Into<Arg>> From<Option<T>> for Arg {
+    fn from(value: Option<T>) -> Self {
+        value.map_or(Arg::Null, Into::into)
+    }
+}
+
+/// Why a statement failed.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum DbError {
+    #[error(transparent)]
+    Sqlx(#[from] sqlx::Error),
+    #[error(transparent)]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("parameter {0} of a statement has no value")]
+    MissingParameter(String),
+}
+
+/// One connection inside a transaction.
+pub(crate) enum Conn<'c> {
+    Postgres(&'c mut AnyConnection),
+    Sqlite(&'c mut rusqlite::Connection),
+}
+
+impl Conn<'_> {
+    pub(crate) fn is_postgres(&self) -> bool {
+        matches!(self, Conn::Postgres(_))
+    }
+
+    /// Runs a statement; answers how many rows it changed.
+    pub(crate) async fn execute(&mut self, sql: &str, args: &[Arg]) -> Result<u64, DbError> {
+        match self {
+            Conn::Postgres(conn) => Ok(any_query(sql, args)
+                .execute(&mut **conn)
+                .await?
+                .rows_affected()),
+            Conn::Sqlite(conn) => {
+                let mut statement = sqlite_statement(conn, sql, args)?;
+                Ok(statement.raw_execute()? as u64)
+            }
+        }
+    }
+
+    /// The first column of the first row, as an integer, if there is a row.
+    pub(crate) async fn fetch_int(
+        &mut self,
+        sql: &str,
+        args: &[Arg],
+    ) -> Result<Option<i64>, DbError> {
+        match self {
+            Conn::Postgres(conn) => {
+                let row = any_query(sql, args).fetch_optional(&mut **conn).await?;
+                Ok(row
+                    .map(|r| sqlx::Row::try_get::<i64, _>(&r, 0))
+                    .transpose()?)
+            }
+            Conn::Sqlite(conn) => {
+                let mut statement = sqlite_statement(conn, sql, args)?;
+                let mut rows = statement.raw_query();
+                match rows.next()? {
+                    Some(row) => Ok(Some(row.get(0)?)),
+                    None => Ok(None),
+                }
+            }
+        }
+    }
+
+    /// The first column of every row, as text.
+    pub(crate) async fn fetch_texts(
+        &mut self,
+        sql: &str,
+        args: &[Arg],
+    ) -> Result<Vec<String>, DbError> {
+        match self {
+            Conn::Postgres(conn) => {
+                let rows = any_query(sql, args).fetch_all(&mut **conn).await?;
+                Ok(rows
+                    .iter()
+                    .map(|r| sqlx::Row::try_get::<String, _>(r, 0))
+                    .collect::<Result<_, _>>()?)
+            }
+            Conn::Sqlite(conn) => {
+                let mut statement = sqlite_statement(conn, sql, args)?;
+                let mut rows = statement.raw_query();
+                let mut texts = Vec::new();
+                while let Some(row) = rows.next()? {
+                    texts.push(row.get(0)?);
+                }
+                Ok(texts)
+            }
+        }
+    }
+
+    /// The first column of the first row, as text, if there is a row.
+    pub(crate) async fn fetch_text(
+        &mut self,
+        sql: &str,
+        args: &[Arg],
+    ) -> Result<Option<String>, DbError> {
+        Ok(self.fetch_texts(sql, args).await?.into_iter().next())
+    }
+}
+
+fn any_query<'q>(
+    sql: &'q str,
+    args: &'q [Arg],
+) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
+    let mut query = sqlx::query(sql);
+    for arg in args {
+        query = match arg {
+            Arg::Text(text) => query.bind(text.as_str()),
+            Arg::Int(n) => query.bind(*n),
+            Arg::Null => query.bind(None::<String>),
+        };
+    }
+    query
+}
+
+/// A cached statement with `$n` parameters bound by number, as sqlx binds
+/// them (SQLite numbers named parameters by first appearance instead).
+fn sqlite_statement<'c>(
+    conn: &'c rusqlite::Connection,
+    sql: &str,
+    args: &[Arg],
+) -> Result<rusqlite::CachedStatement<'c>, DbError> {
+    let mut statement = conn.prepare_cached(sql)?;
+    for index in 1..=statement.parameter_count() {
+        let name = statement
+            .parameter_name(index)
+            .unwrap_or_default()
+            .to_string();
+        let arg = name
+            .strip_prefix('$')
+            .and_then(|n| n.parse::<usize>().ok())
+            .and_then(|n| args.get(n.checked_sub(1)?))
+            .ok_or(DbError::MissingParameter(name))?;
+        match arg {
+            Arg::Text(text) => statement.raw_bind_parameter(index, text)?,
+            Arg::Int(n) => statement.raw_bind_parameter(index, n)?,
+            Arg::Null => statement.raw_bind_parameter(index, rusqlite::types::Null)?,
+        }
+    }
+    Ok(statement)
+}
