@@ -1,11 +1,13 @@
 //! Persistence over SQLite (the embedded default) or PostgreSQL (for several
 //! control-plane replicas), with one migration history per backend.
 //!
-//! Queries are written once against sqlx's `Any` driver, in the SQL both
-//! engines share (`$n` parameters, `RETURNING`, `ON CONFLICT`), with BIGINT
-//! numbers and text timestamps. Concurrency is handled by conditional updates
-//! and the CPU ledger's primary key, never by locks held across requests:
-//! every write that can lose a race says so in its return value.
+//! Every query is written once, in the SQL both engines share (`$n`
+//! parameters, `RETURNING`, `ON CONFLICT`), with BIGINT numbers and text
+//! timestamps: reads through sqlx's `Any` driver, writes as units of work
+//! against [`db::Conn`] (sqlx on PostgreSQL, rusqlite on SQLite's writer
+//! thread, see [`writer`]). Concurrency is handled by conditional updates and
+//! the CPU ledger's primary key, never by locks held across requests: every
+//! write that can lose a race says so in its return value.
 
 mod db;
 mod hosts;
