@@ -71,7 +71,15 @@ impl Conn<'_> {
                 .rows_affected()),
             Conn::Sqlite(conn) => {
                 let mut statement = sqlite_statement(conn, sql, args)?;
-                Ok(statement.raw_execute()? as u64)
+                if statement.column_count() == 0 {
+                    return Ok(statement.raw_execute()? as u64);
+                }
+                // A statement with RETURNING: step it to its end, then count.
+                let mut rows = statement.raw_query();
+                while rows.next()?.is_some() {}
+                drop(rows);
+                drop(statement);
+                Ok(conn.changes())
             }
         }
     }

@@ -101,6 +101,7 @@ impl Store {
         let options = AnyConnectOptions::from_str(url).map_err(StoreError::Connect)?;
         match backend {
             Backend::Sqlite => {
+                sqlite_path(url)?;
                 let mut conn = options.connect().await.map_err(StoreError::Connect)?;
                 sqlite_pragmas(&mut conn)
                     .await
@@ -117,7 +118,8 @@ impl Store {
                     .connect_with(options)
                     .await
                     .map_err(StoreError::Connect)?;
-                let write = Writer::sqlite(&sqlite_path(url)).map_err(StoreError::Sqlite)?;
+                let path = sqlite_path(url)?;
+                let write = Writer::sqlite(&path).map_err(StoreError::Sqlite)?;
                 Ok(Store {
                     backend,
                     read,
@@ -188,14 +190,19 @@ impl Store {
     }
 }
 
-/// The file of an SQLite URL (`sqlite://PATH?options` or `sqlite:PATH`).
-fn sqlite_path(url: &str) -> std::path::PathBuf {
-    let rest = url
-        .strip_prefix("sqlite://")
-        .or_else(|| url.strip_prefix("sqlite:"))
-        .unwrap_or(url);
-    let path = rest.split('?').next().unwrap_or(rest);
-    std::path::PathBuf::from(path)
+/// The file of an SQLite URL, read as sqlx reads it (percent-decoding and
+/// all), so that the writer opens the very file the migrations and reads
+/// use. An in-memory database has no file to share and is refused.
+fn sqlite_path(url: &str) -> Result<std::path::PathBuf> {
+    let options = sqlx::sqlite::SqliteConnectOptions::from_str(url).map_err(StoreError::Connect)?;
+    let path = options.get_filename().to_path_buf();
+    let in_memory = url.contains(":memory:") || url.contains("mode=memory");
+    if in_memory || path.as_os_str().is_empty() {
+        return Err(StoreError::UnsupportedUrl(format!(
+            "{url} (an in-memory SQLite database cannot be shared by readers and the writer; use a file)"
+        )));
+    }
+    Ok(path)
 }
 
 fn migrator(backend: Backend) -> sqlx::migrate::Migrator {
@@ -235,4 +242,31 @@ pub fn now() -> String {
 
 pub fn timestamp(at: chrono::DateTime<chrono::Utc>) -> String {
     at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_writer_opens_the_file_sqlx_opens() {
+        let path = sqlite_path("sqlite:///tmp/a%20b/tessera.db?mode=rwc").expect("a file");
+        assert_eq!(path, std::path::PathBuf::from("/tmp/a b/tessera.db"));
+        assert!(matches!(
+            sqlite_path("sqlite::memory:"),
+            Err(StoreError::UnsupportedUrl(_))
+        ));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_path_with_escapes_is_one_database() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("a b.db");
+        let url = format!("sqlite://{}?mode=rwc", file.display()).replace(' ', "%20");
+        let store = Store::open(&url).await.expect("open");
+        assert!(store.put_token("t1", "test", "hash").await.expect("write"));
+        let token = store.token("t1").await.expect("read").expect("token");
+        assert_eq!(token.token_hash, "hash");
+        assert!(file.exists());
+    }
 }

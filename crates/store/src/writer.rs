@@ -15,6 +15,7 @@ use crate::{Result, StoreError};
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use sqlx::AnyPool;
+use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::path::Path;
 use std::time::Duration;
@@ -70,8 +71,19 @@ impl Writer {
     /// Opens the SQLite database at `path` for writing and starts the writer
     /// thread over it.
     pub(crate) fn sqlite(path: &Path) -> std::result::Result<Writer, rusqlite::Error> {
-        let conn = rusqlite::Connection::open(path)?;
-        conn.query_row("PRAGMA journal_mode = WAL", [], |_| Ok(()))?;
+        // The migrations made the file: opening without CREATE makes a
+        // wrong path an error instead of a second, empty database.
+        let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE
+            | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX
+            | rusqlite::OpenFlags::SQLITE_OPEN_URI;
+        let conn = rusqlite::Connection::open_with_flags(path, flags)?;
+        let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            tracing::warn!(
+                mode,
+                "SQLite refused WAL mode: readers and the writer will block each other"
+            );
+        }
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.busy_timeout(Duration::from_secs(10))?;
@@ -208,12 +220,11 @@ fn run_batch(conn: &mut rusqlite::Connection, batch: Vec<Job>) {
             broken = true;
             break;
         }
-        // Statements on SQLite never wait, so the unit of work's future
-        // completes on its first poll.
-        let run = (job.run)(Conn::Sqlite(conn));
-        let outcome = futures::executor::block_on(AssertUnwindSafe(run).catch_unwind()).ok();
+        let outcome = run_now((job.run)(Conn::Sqlite(conn)));
         let undo = outcome.as_ref().is_none_or(|o| o.undo);
-        broken |= outcome.as_ref().is_some_and(|o| o.fatal);
+        // SQLite may end the transaction itself on errors beyond the known
+        // list; then later statements would run, and commit, on their own.
+        broken |= outcome.as_ref().is_some_and(|o| o.fatal) || conn.is_autocommit();
         if alone {
             undo_all = undo;
         } else if savepoint && !broken {
@@ -256,6 +267,22 @@ fn run_batch(conn: &mut rusqlite::Connection, batch: Vec<Job>) {
     }
     for outcome in outcomes {
         (outcome.deliver)(committed.clone());
+    }
+}
+
+/// Runs a unit of work's future to its end on this thread. Statements on
+/// SQLite never wait, so it completes on its first poll; one that does wait
+/// (a bug: it awaited something else) or panics has no outcome, and is
+/// undone like a failure.
+fn run_now(run: BoxFuture<'_, Outcome>) -> Option<Outcome> {
+    let mut run = AssertUnwindSafe(run).catch_unwind();
+    let mut context = std::task::Context::from_waker(std::task::Waker::noop());
+    match std::pin::Pin::new(&mut run).poll(&mut context) {
+        std::task::Poll::Ready(outcome) => outcome.ok(),
+        std::task::Poll::Pending => {
+            tracing::error!("a SQLite unit of work waited on something; it is undone");
+            None
+        }
     }
 }
 
