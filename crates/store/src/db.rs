@@ -90,22 +90,11 @@ impl Conn<'_> {
         sql: &str,
         args: &[Arg],
     ) -> Result<Option<i64>, DbError> {
-        match self {
-            Conn::Postgres(conn) => {
-                let row = any_query(sql, args).fetch_optional(&mut **conn).await?;
-                Ok(row
-                    .map(|r| sqlx::Row::try_get::<i64, _>(&r, 0))
-                    .transpose()?)
-            }
-            Conn::Sqlite(conn) => {
-                let mut statement = sqlite_statement(conn, sql, args)?;
-                let mut rows = statement.raw_query();
-                match rows.next()? {
-                    Some(row) => Ok(Some(row.get(0)?)),
-                    None => Ok(None),
-                }
-            }
-        }
+        Ok(self
+            .fetch_column::<i64>(sql, args)
+            .await?
+            .into_iter()
+            .next())
     }
 
     /// The first column of every row, as text.
@@ -114,22 +103,31 @@ impl Conn<'_> {
         sql: &str,
         args: &[Arg],
     ) -> Result<Vec<String>, DbError> {
+        self.fetch_column::<String>(sql, args).await
+    }
+
+    /// The first column of every row. Steps the statement to its end, so a
+    /// `RETURNING` statement is done with when this answers.
+    async fn fetch_column<T>(&mut self, sql: &str, args: &[Arg]) -> Result<Vec<T>, DbError>
+    where
+        T: for<'r> sqlx::Decode<'r, sqlx::Any> + sqlx::Type<sqlx::Any> + rusqlite::types::FromSql,
+    {
         match self {
             Conn::Postgres(conn) => {
                 let rows = any_query(sql, args).fetch_all(&mut **conn).await?;
                 Ok(rows
                     .iter()
-                    .map(|r| sqlx::Row::try_get::<String, _>(r, 0))
+                    .map(|r| sqlx::Row::try_get::<T, _>(r, 0))
                     .collect::<Result<_, _>>()?)
             }
             Conn::Sqlite(conn) => {
                 let mut statement = sqlite_statement(conn, sql, args)?;
                 let mut rows = statement.raw_query();
-                let mut texts = Vec::new();
+                let mut values = Vec::new();
                 while let Some(row) = rows.next()? {
-                    texts.push(row.get(0)?);
+                    values.push(row.get(0)?);
                 }
-                Ok(texts)
+                Ok(values)
             }
         }
     }

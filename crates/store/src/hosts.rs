@@ -121,11 +121,11 @@ impl Store {
     /// Hosts in any of `statuses`, or all hosts when it is empty.
     pub async fn hosts(&self, statuses: &[HostStatus]) -> Result<Vec<HostRecord>> {
         let statuses: Vec<&'static str> = statuses.iter().map(|s| s.as_str()).collect();
-        let (guard, values) = status_guard("status", &statuses, 1);
+        let guard = status_guard("status", &statuses, 1);
         let sql = format!("SELECT {HOST_COLUMNS} FROM hosts WHERE {guard} ORDER BY hostname");
         let mut query = sqlx::query(&sql);
-        for value in values {
-            query = query.bind(value);
+        for value in &statuses {
+            query = query.bind(*value);
         }
         let rows = query.fetch_all(&self.read).await?;
         rows.iter().map(host_from_row).collect()
@@ -180,13 +180,13 @@ impl Store {
             .filter(|s| s.is_held())
             .map(|s| s.as_str())
             .collect();
-        let (guard, values) = status_guard("status", &held, 2);
+        let guard = status_guard("status", &held, 2);
         let held_sql = format!(
             "SELECT compute_id FROM compute_units WHERE host_id = $1 AND {guard} ORDER BY position"
         );
         let id = id.to_string();
         self.write("begin_decommission", move |mut conn| {
-            let (id, held_sql, values) = (id.clone(), held_sql.clone(), values.clone());
+            let (id, held_sql, held) = (id.clone(), held_sql.clone(), held.clone());
             Box::pin(async move {
                 let at = now();
                 // Take the host row's lock first, as every unit claim does.
@@ -209,7 +209,7 @@ impl Store {
                 }
                 if !force {
                     let mut args: Vec<Arg> = vec![(&id).into()];
-                    args.extend(values.iter().map(|v| Arg::from(*v)));
+                    args.extend(held.iter().map(|v| Arg::from(*v)));
                     let ids = conn.fetch_texts(&held_sql, &args).await?;
                     if !ids.is_empty() {
                         return Ok(Commit::Undo(DecommissionStart::UnitsHeld(ids)));
@@ -321,13 +321,13 @@ async fn transition_host(
     detail: Option<&str>,
 ) -> Result<Commit<bool>, DbError> {
     let at = now();
-    let (guard, values) = status_guard("status", from, 5);
+    let guard = status_guard("status", from, 5);
     let update = format!(
         "UPDATE hosts SET status = $1, status_detail = $2, updated_at = $3, \
          generation = generation + 1 WHERE id = $4 AND {guard}"
     );
     let mut args: Vec<Arg> = vec![to.as_str().into(), detail.into(), (&at).into(), id.into()];
-    args.extend(values.iter().map(|v| Arg::from(*v)));
+    args.extend(from.iter().map(|v| Arg::from(*v)));
     if conn.execute(&update, &args).await? == 0 {
         return Ok(Commit::Undo(false));
     }
@@ -358,21 +358,14 @@ async fn transition_host(
     Ok(Commit::Keep(true))
 }
 
-/// `column IN ($n, $n+1, ...)` for `statuses`, with the values to bind;
-/// always true when `statuses` is empty.
-pub(crate) fn status_guard(
-    column: &str,
-    statuses: &[&'static str],
-    first_param: usize,
-) -> (String, Vec<&'static str>) {
+/// `column IN ($n, $n+1, ...)`, one parameter per status (bound by the
+/// caller in that order); always true when `statuses` is empty.
+pub(crate) fn status_guard(column: &str, statuses: &[&'static str], first_param: usize) -> String {
     if statuses.is_empty() {
-        return ("1 = 1".to_string(), vec![]);
+        return "1 = 1".to_string();
     }
     let params: Vec<String> = (0..statuses.len())
         .map(|i| format!("${}", first_param + i))
         .collect();
-    (
-        format!("{column} IN ({})", params.join(", ")),
-        statuses.to_vec(),
-    )
+    format!("{column} IN ({})", params.join(", "))
 }

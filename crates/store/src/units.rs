@@ -120,9 +120,9 @@ impl Store {
         }
         let statuses: Vec<&'static str> = filter.statuses.iter().map(|s| s.as_str()).collect();
         if !statuses.is_empty() {
-            let (sql, values) = status_guard("u.status", &statuses, args.len() + 1);
+            let sql = status_guard("u.status", &statuses, args.len() + 1);
             conditions.push(sql);
-            args.extend(values.into_iter().map(|s| Arg::Text(s.to_string())));
+            args.extend(statuses.iter().map(|s| Arg::from(*s)));
         }
         let mut sql = UNIT_SELECT.to_string();
         if !conditions.is_empty() {
@@ -191,7 +191,7 @@ impl Store {
         deadline: Option<&str>,
     ) -> Result<Option<i64>> {
         let from: Vec<&'static str> = from.iter().map(|s| s.as_str()).collect();
-        let (guard, values) = status_guard("status", &from, 7);
+        let guard = status_guard("status", &from, 7);
         let sql = Arc::new(format!(
             "UPDATE compute_units SET status = $1, status_detail = $2, deadline = $3, \
              updated_at = $4, generation = generation + 1 \
@@ -208,7 +208,7 @@ impl Store {
                 compute_id.as_str().into(),
                 generation.into(),
             ];
-            args.extend(values.iter().map(|v| Arg::from(*v)));
+            args.extend(from.iter().map(|v| Arg::from(*v)));
             let sql = sql.clone();
             Box::pin(async move { Ok(Commit::Keep(conn.fetch_int(&sql, &args).await?)) })
         })
