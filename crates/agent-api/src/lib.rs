@@ -35,6 +35,30 @@ pub struct UnitSpec {
     pub generation: i64,
 }
 
+/// An instance as its host must run it.
+#[derive(Clone, Debug)]
+pub struct InstanceSpec {
+    pub id: String,
+    pub name: String,
+    pub project_id: String,
+    /// The host CPUs the instance has to itself.
+    pub cpus: CpuSet,
+    pub memory_mb: u64,
+    pub disk_gb: u64,
+    pub image: String,
+    /// Public keys to install for the instance's login user.
+    pub ssh_keys: Vec<String>,
+    /// The startup script, decoded.
+    pub user_data: Option<Vec<u8>>,
+}
+
+/// What a host made of an instance.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InstanceReport {
+    /// Where the instance answers inside the cloud's network.
+    pub private_ip: String,
+}
+
 /// What a host has, as its agent sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HostReport {
@@ -68,6 +92,15 @@ pub trait HostAgent: Send + Sync {
     async fn release_unit(&self, unit: &UnitSpec) -> Result<(), AgentError>;
     /// Undoes `prepare_host`.
     async fn retire_host(&self, host: &HostSpec) -> Result<(), AgentError>;
+    /// Creates and starts an instance; done already is success.
+    async fn create_instance(&self, instance: &InstanceSpec) -> Result<InstanceReport, AgentError>;
+    /// Starts a stopped instance; running already is success.
+    async fn start_instance(&self, instance: &InstanceSpec) -> Result<InstanceReport, AgentError>;
+    /// Stops an instance, keeping its disk; stopped already is success.
+    async fn stop_instance(&self, instance_id: &str) -> Result<(), AgentError>;
+    /// Stops an instance and removes everything it had on the host; gone
+    /// already is success.
+    async fn delete_instance(&self, instance_id: &str) -> Result<(), AgentError>;
 }
 
 /// Finds the agent of a host.

@@ -21,6 +21,9 @@ pub enum Error {
     NoCapacity(String),
     #[error("{0}")]
     Unauthenticated(String),
+    /// Authenticated, but without the permission.
+    #[error("{0}")]
+    Forbidden(String),
     /// A host refused or failed the work asked of it.
     #[error("{0}")]
     HostFailed(String),

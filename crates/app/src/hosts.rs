@@ -15,7 +15,7 @@ use tessera_core::ports::{PortRange, unit_port_ranges};
 use tessera_core::range::parse_ranges;
 use tessera_core::status::HostStatus;
 use tessera_core::{ComputeId, CpuRange, CpuSet, HostId};
-use tessera_store::{HostRecord, NewHost, NewUnit, UnitFilter, UnitRecord};
+use tessera_store::{HostRecord, InstanceFilter, NewHost, NewUnit, UnitFilter, UnitRecord};
 
 /// A host to register.
 #[derive(Clone, Debug)]
@@ -42,7 +42,7 @@ impl App {
     /// Registers a host and starts preparing it; its units become FREE when
     /// the host side is done.
     pub async fn init_server(&self, req: InitServer) -> Result<Host> {
-        let new = validate_host(req)?;
+        let new = validate_host(req, false)?;
         if !self.store.insert_host(&new).await? {
             let status = self
                 .store
@@ -84,6 +84,13 @@ impl App {
             tessera_store::DecommissionStart::AlreadyDecommissioning => {}
             tessera_store::DecommissionStart::AlreadyDecommissioned => {
                 return Ok(Decommission::AlreadyDone);
+            }
+            tessera_store::DecommissionStart::InstancesPresent(ids) => {
+                return Err(Error::Conflict(format!(
+                    "server {hostname} runs {} instance(s) ({}); delete them first",
+                    ids.len(),
+                    ids.join(", ")
+                )));
             }
             tessera_store::DecommissionStart::UnitsHeld(ids) => {
                 return Err(Error::Conflict(format!(
@@ -177,6 +184,18 @@ impl App {
     }
 
     async fn retire(&self, host: &HostRecord) -> Result<()> {
+        let staying = self
+            .store
+            .instances(&InstanceFilter {
+                host_id: Some(host.id.clone()),
+                ..InstanceFilter::default()
+            })
+            .await?;
+        if !staying.is_empty() {
+            // Retiring would take their CPUs: wait until they have left.
+            tracing::debug!(hostname = %host.hostname, instances = staying.len(), "server waits for its instances to leave");
+            return Ok(());
+        }
         let spec = self.host_spec(host).await?;
         let outcome: Result<(), String> = match self.agents.agent_for(&spec) {
             // A host that never had an agent has nothing to undo.
@@ -253,9 +272,12 @@ impl App {
             .iter()
             .map(unit_spec)
             .collect::<Result<Vec<_>>>()?;
-        let cpus = units
-            .iter()
-            .fold(CpuSet::new(), |all, u| all.union(&u.cpus));
+        let cpus = match &host.cpus {
+            Some(list) => CpuSet::parse_list(list).unwrap_or_default(),
+            None => units
+                .iter()
+                .fold(CpuSet::new(), |all, u| all.union(&u.cpus)),
+        };
         Ok(HostSpec {
             id: HostId::new(host.id.as_str()),
             hostname: host.hostname.clone(),
@@ -290,7 +312,9 @@ pub(crate) fn unit_spec(unit: &UnitRecord) -> Result<UnitSpec> {
     })
 }
 
-fn validate_host(req: InitServer) -> Result<NewHost> {
+/// Checks a host to register. Without `pooled`, its CPUs are Kloigos
+/// `cpu_ranges` carved into units, which must be given.
+pub(crate) fn validate_host(req: InitServer, pooled: bool) -> Result<NewHost> {
     validate_hostname(&req.hostname)?;
     if req.ip.parse::<IpAddr>().is_err() && validate_hostname(&req.ip).is_err() {
         return Err(Error::invalid(
@@ -306,8 +330,11 @@ fn validate_host(req: InitServer) -> Result<NewHost> {
             ));
         }
     }
-    let ranges =
-        parse_ranges(&req.cpu_ranges).map_err(|e| Error::invalid("cpu_ranges", e.to_string()))?;
+    let ranges = match pooled && req.cpu_ranges.is_empty() {
+        true => Vec::new(),
+        false => parse_ranges(&req.cpu_ranges)
+            .map_err(|e| Error::invalid("cpu_ranges", e.to_string()))?,
+    };
     let ports =
         unit_port_ranges(&ranges).map_err(|e| Error::invalid("cpu_ranges", e.to_string()))?;
     let mut numa_seen = CpuSet::new();
@@ -347,6 +374,10 @@ fn validate_host(req: InitServer) -> Result<NewHost> {
         numa_nodes,
         memory_mb: 0,
         units,
+        cpus: None,
+        provider: None,
+        plan: None,
+        tags: Vec::new(),
     })
 }
 

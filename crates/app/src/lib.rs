@@ -1,21 +1,33 @@
-//! The app services every face shares: hosts, compute units, placement and
-//! access, over the store and the host agents.
+//! The app services every face shares: identity, projects, hosts, compute
+//! units, instances, SSH keys, operations and placement, over the store and
+//! the host agents.
 //!
 //! Faces call methods on [`App`] and get [`Error`] back; they never touch the
 //! store or an agent themselves. Work on hosts is driven from the store's
 //! recorded state, so that any control-plane process can finish what another
 //! started (see [`reconciler`]).
 
-pub mod access;
 pub mod error;
+pub mod events;
 pub mod hosts;
+pub mod identity;
+pub mod instances;
+pub mod operations;
 pub mod placement;
+pub mod projects;
 pub mod reconciler;
+pub mod servers;
+pub mod ssh_keys;
+pub mod tokens;
 pub mod units;
+pub mod users;
 
 pub use error::{Error, Result};
+pub use events::Event;
+pub use identity::Principal;
+pub(crate) use units::has_nul;
 
-use access::Access;
+use identity::Identity;
 use placement::PlacementView;
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -51,7 +63,8 @@ pub struct App {
     store: Store,
     agents: Arc<dyn AgentDirectory>,
     placement: Arc<PlacementView>,
-    access: Arc<Access>,
+    identity: Arc<Identity>,
+    events: tokio::sync::broadcast::Sender<Event>,
     config: Arc<AppConfig>,
     /// Work this process is doing on hosts and units now, so the reconciler
     /// does not start the same work twice.
@@ -72,8 +85,10 @@ impl App {
     ) -> Result<App> {
         let placement = Arc::new(PlacementView::default());
         placement.load_all(&store).await?;
+        let identity = Arc::new(Identity::load(&store).await?);
         Ok(App {
-            access: Arc::new(Access::new(store.clone())),
+            identity,
+            events: tokio::sync::broadcast::channel(1024).0,
             store,
             agents,
             placement,
@@ -95,10 +110,6 @@ impl App {
         if waited.is_err() {
             tracing::warn!("host work still under way at shutdown; it resumes at the next start");
         }
-    }
-
-    pub fn access(&self) -> &Access {
-        &self.access
     }
 
     pub fn store(&self) -> &Store {
@@ -176,6 +187,14 @@ impl App {
             Err(_) => Err(HostCallError::Timeout(self.config.agent_timeout)),
         }
     }
+}
+
+/// A new random id: `prefix-` and 16 hex digits.
+pub(crate) fn new_id(prefix: &str) -> String {
+    use rand::RngCore;
+    let mut bytes = [0u8; 8];
+    rand::rng().fill_bytes(&mut bytes);
+    format!("{prefix}-{}", hex::encode(bytes))
 }
 
 /// Why a call to a host did not succeed.

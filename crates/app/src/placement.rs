@@ -46,6 +46,11 @@ impl PlacementView {
         let hosts = store.hosts(&[]).await?;
         let units = store.units(&UnitFilter::default()).await?;
         let claims = store.cpu_claims(None).await?;
+        let mut memory: HashMap<String, i64> = store
+            .instance_memory_by_host(None)
+            .await?
+            .into_iter()
+            .collect();
         let mut units_by_host: HashMap<String, Vec<UnitRecord>> = HashMap::new();
         for unit in units {
             units_by_host
@@ -61,7 +66,11 @@ impl PlacementView {
         for host in hosts {
             let units = units_by_host.remove(&host.id).unwrap_or_default();
             let held = held.remove(&host.id).unwrap_or_default();
-            state.put(inventory(&host, &units, held), version(&host, &units));
+            let memory_held = memory.remove(&host.id).unwrap_or(0);
+            state.put(
+                inventory(&host, &units, held, memory_held),
+                version(&host, &units),
+            );
         }
         Ok(())
     }
@@ -83,8 +92,15 @@ impl PlacementView {
             .into_iter()
             .map(|(_, cpu)| cpu)
             .collect();
-        self.state()
-            .put(inventory(&host, &units, held), version(&host, &units));
+        let memory_held = store
+            .instance_memory_by_host(Some(id))
+            .await?
+            .first()
+            .map_or(0, |(_, mb)| *mb);
+        self.state().put(
+            inventory(&host, &units, held, memory_held),
+            version(&host, &units),
+        );
         Ok(())
     }
 
@@ -161,7 +177,12 @@ impl ViewState {
 }
 
 /// A host's inventory as placement sees it.
-pub fn inventory(host: &HostRecord, units: &[UnitRecord], held: CpuSet) -> HostInventory {
+pub fn inventory(
+    host: &HostRecord,
+    units: &[UnitRecord],
+    held: CpuSet,
+    memory_held_mb: i64,
+) -> HostInventory {
     let slots: Vec<UnitSlot> = units
         .iter()
         .map(|u| UnitSlot {
@@ -170,9 +191,12 @@ pub fn inventory(host: &HostRecord, units: &[UnitRecord], held: CpuSet) -> HostI
             free: u.status == UnitStatus::Free,
         })
         .collect();
-    let cpus = slots
-        .iter()
-        .fold(CpuSet::new(), |all, u| all.union(&u.cpus));
+    let cpus = match &host.cpus {
+        Some(list) => CpuSet::parse_list(list).unwrap_or_default(),
+        None => slots
+            .iter()
+            .fold(CpuSet::new(), |all, u| all.union(&u.cpus)),
+    };
     HostInventory {
         id: HostId::new(host.id.as_str()),
         region: host.region.clone(),
@@ -183,7 +207,7 @@ pub fn inventory(host: &HostRecord, units: &[UnitRecord], held: CpuSet) -> HostI
         units: slots,
         held,
         memory_mb: u64::try_from(host.memory_mb).unwrap_or(0),
-        memory_held_mb: 0,
+        memory_held_mb: u64::try_from(memory_held_mb).unwrap_or(0),
     }
 }
 

@@ -41,6 +41,7 @@ impl App {
 
     /// One pass over everything unfinished.
     pub async fn reconcile_once(&self) -> Result<()> {
+        self.resume_operations().await?;
         let pending = [HostStatus::Initializing, HostStatus::Decommissioning];
         for host in self.store.hosts(&pending).await? {
             let app = self.clone();
@@ -106,6 +107,7 @@ impl App {
                     tracing::warn!(compute_id = %unit.compute_id, error = %err, "key resync failed");
                 }
             }
+            self.resync_instances(&host.id, agent).await?;
         }
         Ok(())
     }

@@ -302,19 +302,7 @@ fn validate_allocation(req: &AllocateUnit) -> Result<()> {
             "cpu_count must be a positive number of CPUs",
         ));
     }
-    let key = req.ssh_public_key.trim();
-    if key.contains('\n') {
-        return Err(Error::invalid(
-            "ssh_public_key",
-            "ssh_public_key must be a single OpenSSH public key line",
-        ));
-    }
-    ssh_key::PublicKey::from_openssh(key).map_err(|e| {
-        Error::invalid(
-            "ssh_public_key",
-            format!("ssh_public_key is not an OpenSSH public key ({e}); expected e.g. \"ssh-ed25519 AAAA... user@host\""),
-        )
-    })?;
+    crate::ssh_keys::parse_public_key("ssh_public_key", &req.ssh_public_key)?;
     if req.tags.as_ref().is_some_and(|t| !t.is_object()) {
         return Err(Error::invalid("tags", "tags must be an object or null"));
     }

@@ -5,8 +5,10 @@
 //! the hosts it loaded from the store and commits the engine's decisions back
 //! with a conflict check; the engine itself only decides.
 
+pub mod catalog;
 pub mod cpuset;
 pub mod ids;
+pub mod permissions;
 pub mod placement;
 pub mod ports;
 pub mod range;
@@ -14,4 +16,5 @@ pub mod status;
 
 pub use cpuset::CpuSet;
 pub use ids::{ComputeId, HostId};
+pub use permissions::{Permission, Role};
 pub use range::{CpuRange, CpuRangeError};

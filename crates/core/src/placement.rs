@@ -82,6 +82,9 @@ pub enum Request {
         memory_mb: u64,
         region: Option<String>,
         zone: Option<String>,
+        /// Whether a partitioned host's whole unit may be taken; without,
+        /// only pooled hosts are considered.
+        whole_units: bool,
     },
 }
 
@@ -245,12 +248,18 @@ fn place_on(host: &HostInventory, request: &Request) -> Option<Decision> {
                 memory_mb: 0,
             }),
         Request::Cpus {
-            count, memory_mb, ..
+            count,
+            memory_mb,
+            whole_units,
+            ..
         } => {
             if host.memory_held_mb + memory_mb > host.memory_mb {
                 return None;
             }
             if host.is_partitioned() {
+                if !whole_units {
+                    return None;
+                }
                 return host
                     .units
                     .iter()
@@ -396,6 +405,7 @@ mod tests {
             memory_mb: 0,
             region: None,
             zone: None,
+            whole_units: true,
         }
     }
 
@@ -525,6 +535,7 @@ mod tests {
             memory_mb: 8192,
             region: None,
             zone: None,
+            whole_units: false,
         };
         assert_eq!(engine.place(&big), None);
     }

@@ -2,10 +2,11 @@
 //! face's own error format and auth flavour. No business logic lives here:
 //! a handler parses, calls one app function and shapes the answer.
 //!
-//! Faces: [`kloigos`] at `/api`; [`system`] (`/health`). Every face publishes
+//! Faces: [`native`] at `/v1`; [`kloigos`] at `/api`; [`system`] (`/health`). Every face publishes
 //! an OpenAPI document built from this code ([`openapi_documents`]).
 
 pub mod kloigos;
+pub mod native;
 pub mod system;
 
 use axum::Router;
@@ -16,7 +17,8 @@ use tower_http::trace::TraceLayer;
 pub fn router(app: App) -> Router {
     Router::new()
         .merge(system::router(app.clone()))
-        .nest("/api", kloigos::router(app))
+        .nest("/api", kloigos::router(app.clone()))
+        .nest("/v1", native::router(app))
         .layer(TraceLayer::new_for_http())
 }
 
@@ -31,6 +33,7 @@ pub fn openapi_documents() -> Vec<(&'static str, String)> {
     };
     vec![
         ("kloigos.json", pretty(kloigos::KloigosApi::openapi())),
+        ("native.json", pretty(native::NativeApi::openapi())),
         ("system.json", pretty(system::SystemApi::openapi())),
     ]
 }

@@ -28,6 +28,12 @@ impl From<&String> for Arg {
     }
 }
 
+impl From<String> for Arg {
+    fn from(value: String) -> Self {
+        Arg::Text(value)
+    }
+}
+
 impl From<i64> for Arg {
     fn from(value: i64) -> Self {
         Arg::Int(value)
@@ -140,6 +146,21 @@ impl Conn<'_> {
     ) -> Result<Option<String>, DbError> {
         Ok(self.fetch_texts(sql, args).await?.into_iter().next())
     }
+}
+
+/// Binds `args` to a read query, in order.
+pub(crate) fn bind_all<'q, T>(
+    mut query: sqlx::query::QueryAs<'q, sqlx::Any, T, sqlx::any::AnyArguments<'q>>,
+    args: &'q [Arg],
+) -> sqlx::query::QueryAs<'q, sqlx::Any, T, sqlx::any::AnyArguments<'q>> {
+    for arg in args {
+        query = match arg {
+            Arg::Text(text) => query.bind(text.as_str()),
+            Arg::Int(n) => query.bind(*n),
+            Arg::Null => query.bind(None::<String>),
+        };
+    }
+    query
 }
 
 fn any_query<'q>(

@@ -24,6 +24,12 @@ pub struct HostRecord {
     pub generation: i64,
     pub created_at: String,
     pub updated_at: String,
+    /// A pooled host's CPUs in Linux list format; `None` for a host
+    /// partitioned into Kloigos units.
+    pub cpus: Option<String>,
+    pub provider: Option<String>,
+    pub plan: Option<String>,
+    pub tags: Vec<String>,
 }
 
 /// How [`Store::begin_decommission`] went.
@@ -34,6 +40,8 @@ pub enum DecommissionStart {
     AlreadyDecommissioned,
     /// Refused: these units are held.
     UnitsHeld(Vec<String>),
+    /// Refused: these instances are on the host.
+    InstancesPresent(Vec<String>),
 }
 
 #[derive(Clone)]
@@ -47,6 +55,11 @@ pub struct NewHost {
     pub numa_nodes: Vec<String>,
     pub memory_mb: i64,
     pub units: Vec<NewUnit>,
+    /// Set for a pooled host (no units).
+    pub cpus: Option<String>,
+    pub provider: Option<String>,
+    pub plan: Option<String>,
+    pub tags: Vec<String>,
 }
 
 #[derive(Clone)]
@@ -59,7 +72,7 @@ pub struct NewUnit {
 }
 
 const HOST_COLUMNS: &str = "id, hostname, ip, region, zone, status, status_detail, cpu_ranges, \
-     numa_nodes, memory_mb, generation, created_at, updated_at";
+     numa_nodes, memory_mb, generation, created_at, updated_at, cpus, provider, plan, tags";
 
 fn host_from_row(row: &AnyRow) -> Result<HostRecord> {
     let status: String = row.try_get("status")?;
@@ -84,6 +97,15 @@ fn host_from_row(row: &AnyRow) -> Result<HostRecord> {
         generation: row.try_get("generation")?,
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,
+        cpus: row.try_get("cpus")?,
+        provider: row.try_get("provider")?,
+        plan: row.try_get("plan")?,
+        tags: row
+            .try_get::<Option<String>, _>("tags")?
+            .map(|t| serde_json::from_str(&t))
+            .transpose()
+            .map_err(|e| StoreError::Corrupt(format!("hosts.tags is not a JSON list: {e}")))?
+            .unwrap_or_default(),
     })
 }
 
@@ -214,6 +236,16 @@ impl Store {
                     if !ids.is_empty() {
                         return Ok(Commit::Undo(DecommissionStart::UnitsHeld(ids)));
                     }
+                    let instances = conn
+                        .fetch_texts(
+                            "SELECT id FROM instances WHERE host_id = $1 \
+                             AND state <> 'terminated' ORDER BY id",
+                            &[(&id).into()],
+                        )
+                        .await?;
+                    if !instances.is_empty() {
+                        return Ok(Commit::Undo(DecommissionStart::InstancesPresent(instances)));
+                    }
                 }
                 conn.execute(
                     "UPDATE hosts SET status = 'DECOMMISSIONING', status_detail = NULL WHERE id = $1",
@@ -257,6 +289,11 @@ async fn insert_host(mut conn: Conn<'_>, host: &NewHost) -> Result<Commit<bool>,
     // registered again under the same name.
     let retired =
         "(SELECT id FROM hosts WHERE hostname = $1 AND status IN ('DECOMMISSIONED', 'INIT_FAIL'))";
+    conn.execute(
+        &format!("UPDATE instances SET host_id = NULL WHERE host_id IN {retired}"),
+        &[(&host.hostname).into()],
+    )
+    .await?;
     for table in ["cpu_claims", "compute_units"] {
         conn.execute(
             &format!("DELETE FROM {table} WHERE host_id IN {retired}"),
@@ -273,8 +310,8 @@ async fn insert_host(mut conn: Conn<'_>, host: &NewHost) -> Result<Commit<bool>,
     let inserted = conn
         .execute(
             "INSERT INTO hosts (id, hostname, ip, region, zone, status, cpu_ranges, numa_nodes, \
-             memory_mb, generation, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, 'INITIALIZING', $6, $7, $8, 1, $9, $9) \
+             memory_mb, generation, created_at, updated_at, cpus, provider, plan, tags) \
+             VALUES ($1, $2, $3, $4, $5, 'INITIALIZING', $6, $7, $8, 1, $9, $9, $10, $11, $12, $13) \
              ON CONFLICT (hostname) DO NOTHING",
             &[
                 (&host.id).into(),
@@ -286,6 +323,10 @@ async fn insert_host(mut conn: Conn<'_>, host: &NewHost) -> Result<Commit<bool>,
                 (&numa_nodes).into(),
                 host.memory_mb.into(),
                 (&at).into(),
+                host.cpus.as_ref().into(),
+                host.provider.as_ref().into(),
+                host.plan.as_ref().into(),
+                serde_json::to_string(&host.tags).unwrap_or_default().into(),
             ],
         )
         .await?;

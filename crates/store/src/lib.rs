@@ -11,16 +11,24 @@
 
 mod db;
 mod hosts;
+mod identity;
+mod instances;
+mod operations;
+mod ssh_keys;
 mod tokens;
 mod units;
 mod writer;
 
 pub use hosts::{DecommissionStart, HostRecord, NewHost, NewUnit};
+pub use identity::{MembershipRecord, NewUser, ProjectRecord, RefreshUse, UserRecord};
+pub use instances::{InstanceFilter, InstanceRecord, InstanceUpdate, NewInstance};
+pub use operations::{NewOperation, OperationEnd, OperationFilter, OperationRecord};
 pub use sqlx::Error as SqlxError;
-pub use tokens::TokenRecord;
+pub use ssh_keys::SshKeyRecord;
+pub use tokens::{NewToken, TokenRecord};
 pub use units::{UnitClaim, UnitFilter, UnitRecord};
 
-use db::Conn;
+use db::{Arg, Conn};
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyConnection, AnyPool, ConnectOptions, Executor};
 use std::path::Path;
@@ -179,6 +187,50 @@ impl Store {
         self.write.write(what, Shape::Statements, work).await
     }
 
+    /// Runs fixed statements in one transaction; answers how many rows each
+    /// changed. `keep` sees those counts and says whether to commit.
+    async fn run_statements(
+        &self,
+        what: &'static str,
+        statements: Vec<(String, Vec<Arg>)>,
+        keep: fn(&[u64]) -> bool,
+    ) -> Result<Vec<u64>> {
+        let statements = std::sync::Arc::new(statements);
+        self.write(what, move |mut conn| {
+            let statements = statements.clone();
+            Box::pin(async move {
+                let mut counts = Vec::with_capacity(statements.len());
+                for (sql, args) in statements.iter() {
+                    counts.push(conn.execute(sql, args).await?);
+                }
+                Ok(match keep(&counts) {
+                    true => writer::Commit::Keep(counts),
+                    false => writer::Commit::Undo(counts),
+                })
+            })
+        })
+        .await
+    }
+
+    /// Reads rows of `T` (see [`db::bind_all`] for the parameters).
+    async fn fetch_all<T>(&self, sql: &str, args: &[Arg]) -> Result<Vec<T>>
+    where
+        T: for<'r> sqlx::FromRow<'r, sqlx::any::AnyRow> + Send + Unpin,
+    {
+        Ok(db::bind_all(sqlx::query_as::<_, T>(sql), args)
+            .fetch_all(&self.read)
+            .await?)
+    }
+
+    async fn fetch_optional<T>(&self, sql: &str, args: &[Arg]) -> Result<Option<T>>
+    where
+        T: for<'r> sqlx::FromRow<'r, sqlx::any::AnyRow> + Send + Unpin,
+    {
+        Ok(db::bind_all(sqlx::query_as::<_, T>(sql), args)
+            .fetch_optional(&self.read)
+            .await?)
+    }
+
     /// [`Store::write`] for a single statement kept whatever it changed,
     /// which needs no savepoint of its own.
     async fn write_one<T, F>(&self, what: &'static str, work: F) -> Result<T>
@@ -264,9 +316,9 @@ mod tests {
         let file = dir.path().join("a b.db");
         let url = format!("sqlite://{}?mode=rwc", file.display()).replace(' ', "%20");
         let store = Store::open(&url).await.expect("open");
-        assert!(store.put_token("t1", "test", "hash").await.expect("write"));
-        let token = store.token("t1").await.expect("read").expect("token");
-        assert_eq!(token.token_hash, "hash");
+        store.setting_or_init("t1", "hash").await.expect("write");
+        let value = store.setting_or_init("t1", "other").await.expect("read");
+        assert_eq!(value, "hash");
         assert!(file.exists());
     }
 }

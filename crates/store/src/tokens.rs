@@ -1,62 +1,148 @@
-//! API tokens, kept as hashes only.
+//! API tokens, kept as hashes only. Each belongs to a user and acts in one
+//! project, with the user's permissions there narrowed by its scopes.
 
 use crate::writer::Commit;
 use crate::{Result, Store, now};
-use sqlx::Row;
-use sqlx::any::AnyRow;
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, sqlx::FromRow)]
 pub struct TokenRecord {
     pub id: String,
     pub name: String,
     pub token_hash: String,
+    pub user_id: Option<String>,
+    pub project_id: Option<String>,
+    /// A JSON list of permissions, or `None` for all of the user's.
+    pub scopes: Option<String>,
+    pub expires_at: Option<String>,
+    pub revoked_at: Option<String>,
     pub created_at: String,
 }
 
-fn token_from_row(row: &AnyRow) -> Result<TokenRecord> {
-    Ok(TokenRecord {
-        id: row.try_get("id")?,
-        name: row.try_get("name")?,
-        token_hash: row.try_get("token_hash")?,
-        created_at: row.try_get("created_at")?,
-    })
+#[derive(Clone, Debug)]
+pub struct NewToken {
+    pub id: String,
+    pub name: String,
+    pub token_hash: String,
+    pub user_id: String,
+    pub project_id: String,
+    pub scopes: Option<Vec<String>>,
+    pub expires_at: Option<String>,
 }
+
+const TOKEN_COLUMNS: &str = "id, name, token_hash, user_id, project_id, scopes, expires_at, \
+     revoked_at, created_at";
 
 impl Store {
     pub async fn token_by_hash(&self, token_hash: &str) -> Result<Option<TokenRecord>> {
-        let row = sqlx::query(
-            "SELECT id, name, token_hash, created_at FROM api_tokens WHERE token_hash = $1",
+        self.fetch_optional(
+            &format!("SELECT {TOKEN_COLUMNS} FROM api_tokens WHERE token_hash = $1"),
+            &[token_hash.into()],
         )
-        .bind(token_hash)
-        .fetch_optional(&self.read)
-        .await?;
-        row.as_ref().map(token_from_row).transpose()
+        .await
     }
 
     pub async fn token(&self, id: &str) -> Result<Option<TokenRecord>> {
-        let row =
-            sqlx::query("SELECT id, name, token_hash, created_at FROM api_tokens WHERE id = $1")
-                .bind(id)
-                .fetch_optional(&self.read)
-                .await?;
-        row.as_ref().map(token_from_row).transpose()
+        self.fetch_optional(
+            &format!("SELECT {TOKEN_COLUMNS} FROM api_tokens WHERE id = $1"),
+            &[id.into()],
+        )
+        .await
     }
 
-    /// Creates token `id` with `token_hash`, or, when `id` exists, replaces its
-    /// hash. Answers whether a row was created.
-    pub async fn put_token(&self, id: &str, name: &str, token_hash: &str) -> Result<bool> {
+    /// Tokens of one user, or of everyone; newest first.
+    pub async fn tokens(&self, user_id: Option<&str>) -> Result<Vec<TokenRecord>> {
+        match user_id {
+            Some(user) => {
+                self.fetch_all(
+                    &format!(
+                        "SELECT {TOKEN_COLUMNS} FROM api_tokens WHERE user_id = $1 \
+                         ORDER BY created_at DESC, id"
+                    ),
+                    &[user.into()],
+                )
+                .await
+            }
+            None => {
+                self.fetch_all(
+                    &format!("SELECT {TOKEN_COLUMNS} FROM api_tokens ORDER BY created_at DESC, id"),
+                    &[],
+                )
+                .await
+            }
+        }
+    }
+
+    pub async fn insert_token(&self, token: &NewToken) -> Result<()> {
+        let scopes = token
+            .scopes
+            .as_ref()
+            .map(|s| serde_json::to_string(s).unwrap_or_default());
+        self.run_statements(
+            "insert_token",
+            vec![(
+                "INSERT INTO api_tokens (id, name, token_hash, user_id, project_id, scopes, \
+                 expires_at, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
+                    .into(),
+                vec![
+                    (&token.id).into(),
+                    (&token.name).into(),
+                    (&token.token_hash).into(),
+                    (&token.user_id).into(),
+                    (&token.project_id).into(),
+                    scopes.into(),
+                    token.expires_at.as_ref().into(),
+                    now().into(),
+                ],
+            )],
+            |_| true,
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Revokes a token; `false` when it does not exist or already was.
+    pub async fn revoke_token(&self, id: &str) -> Result<bool> {
+        let counts = self
+            .run_statements(
+                "revoke_token",
+                vec![(
+                    "UPDATE api_tokens SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL"
+                        .into(),
+                    vec![now().into(), id.into()],
+                )],
+                |_| true,
+            )
+            .await?;
+        Ok(counts[0] == 1)
+    }
+
+    /// Creates token `id` with `token_hash` for `user_id` in `project_id`,
+    /// or, when `id` exists, replaces its hash and owner. Answers whether a
+    /// row was created.
+    pub async fn put_token(
+        &self,
+        id: &str,
+        name: &str,
+        token_hash: &str,
+        user_id: &str,
+        project_id: &str,
+    ) -> Result<bool> {
         let (id, name, hash) = (id.to_string(), name.to_string(), token_hash.to_string());
+        let (user, project) = (user_id.to_string(), project_id.to_string());
         self.write("put_token", move |mut conn| {
             let (id, name, hash) = (id.clone(), name.clone(), hash.clone());
+            let (user, project) = (user.clone(), project.clone());
             Box::pin(async move {
                 let created = conn
                     .execute(
-                        "INSERT INTO api_tokens (id, name, token_hash, created_at) \
-                         VALUES ($1, $2, $3, $4) ON CONFLICT (id) DO NOTHING",
+                        "INSERT INTO api_tokens (id, name, token_hash, user_id, project_id, \
+                         created_at) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (id) DO NOTHING",
                         &[
                             (&id).into(),
                             (&name).into(),
                             (&hash).into(),
+                            (&user).into(),
+                            (&project).into(),
                             now().as_str().into(),
                         ],
                     )
@@ -64,8 +150,14 @@ impl Store {
                     == 1;
                 if !created {
                     conn.execute(
-                        "UPDATE api_tokens SET token_hash = $1 WHERE id = $2",
-                        &[(&hash).into(), (&id).into()],
+                        "UPDATE api_tokens SET token_hash = $1, user_id = $2, project_id = $3, \
+                         revoked_at = NULL WHERE id = $4",
+                        &[
+                            (&hash).into(),
+                            (&user).into(),
+                            (&project).into(),
+                            (&id).into(),
+                        ],
                     )
                     .await?;
                 }

@@ -62,8 +62,10 @@ pub async fn start(settings: &Settings) -> Result<RunningServer> {
     };
     let app = App::new(store, agents, config).await?;
     let new_admin_token = app
-        .access()
-        .bootstrap(settings.admin_token.as_deref())
+        .bootstrap_admin(
+            settings.admin_token.as_deref(),
+            settings.admin_password.as_deref(),
+        )
         .await?;
     let listener = TcpListener::bind(settings.listen)
         .await

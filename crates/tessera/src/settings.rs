@@ -81,6 +81,8 @@ pub struct Settings {
     pub log_format: LogFormat,
     /// `TESSERA_ADMIN_TOKEN`: the bootstrap admin's token.
     pub admin_token: Option<String>,
+    /// `TESSERA_ADMIN_PASSWORD`: sets the `admin` user's password at start.
+    pub admin_password: Option<String>,
 }
 
 impl ServerArgs {
@@ -142,6 +144,9 @@ impl ServerArgs {
             agent_timeout: Duration::from_millis(agent_timeout_ms),
             log_format: self.log_format.or(file.log_format).unwrap_or_default(),
             admin_token: std::env::var("TESSERA_ADMIN_TOKEN")
+                .ok()
+                .filter(|t| !t.is_empty()),
+            admin_password: std::env::var("TESSERA_ADMIN_PASSWORD")
                 .ok()
                 .filter(|t| !t.is_empty()),
         })

@@ -11,7 +11,11 @@ use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
-use tessera_agent_api::{AgentDirectory, AgentError, HostAgent, HostReport, HostSpec, UnitSpec};
+use tessera_agent_api::{
+    AgentDirectory, AgentError, HostAgent, HostReport, HostSpec, InstanceReport, InstanceSpec,
+    UnitSpec,
+};
+use tessera_core::CpuSet;
 use tessera_core::HostId;
 
 /// How simulated hosts behave.
@@ -31,6 +35,10 @@ pub enum SimStep {
     Activate,
     Release,
     Retire,
+    CreateInstance,
+    StartInstance,
+    StopInstance,
+    DeleteInstance,
 }
 
 /// Makes `step` fail, or hang, on every host whose name starts with
@@ -48,7 +56,8 @@ impl FromStr for SimFault {
 
     /// `STEP:HOSTPREFIX[:hang]`, e.g. `activate:bad-` fails key installs on
     /// hosts named `bad-*`, and `release:slow-:hang` never finishes wiping a
-    /// unit on hosts named `slow-*`. Steps: prepare, activate, release, retire.
+    /// unit on hosts named `slow-*`. Steps: prepare, activate, release,
+    /// retire, create, start, stop, delete (the last four act on instances).
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let mut parts = s.split(':');
         let (Some(step), Some(host_prefix)) = (parts.next(), parts.next()) else {
@@ -64,9 +73,14 @@ impl FromStr for SimFault {
             "activate" => SimStep::Activate,
             "release" => SimStep::Release,
             "retire" => SimStep::Retire,
+            "create" => SimStep::CreateInstance,
+            "start" => SimStep::StartInstance,
+            "stop" => SimStep::StopInstance,
+            "delete" => SimStep::DeleteInstance,
             other => {
                 return Err(format!(
-                    "fault step {other:?} is not one of prepare, activate, release, retire"
+                    "fault step {other:?} is not one of prepare, activate, release, retire, \
+                     create, start, stop, delete"
                 ));
             }
         };
@@ -113,6 +127,7 @@ impl AgentDirectory for SimFleet {
 /// One simulated host.
 pub struct SimHost {
     hostname: String,
+    ip: String,
     report: HostReport,
     latency: Duration,
     failing: HashSet<SimStep>,
@@ -127,6 +142,8 @@ struct SimState {
     users: HashMap<String, Option<String>>,
     /// The newest step done on each unit user (its fencing token).
     newest_step: HashMap<String, i64>,
+    /// Instances that exist, with their CPUs and whether they run.
+    instances: HashMap<String, (CpuSet, bool)>,
 }
 
 impl SimState {
@@ -154,6 +171,7 @@ impl SimHost {
             .unwrap_or(DEFAULT_MEMORY_MB_PER_CPU);
         Self {
             hostname: host.hostname.clone(),
+            ip: host.ip.clone(),
             report: HostReport {
                 cpus: host.cpus.clone(),
                 numa_nodes: host.numa_nodes.clone(),
@@ -173,6 +191,16 @@ impl SimHost {
 
     pub fn is_prepared(&self) -> bool {
         self.state().prepared
+    }
+
+    /// Whether instance `id` exists here, and if so whether it runs.
+    pub fn instance(&self, id: &str) -> Option<bool> {
+        self.state().instances.get(id).map(|(_, running)| *running)
+    }
+
+    /// How many instances exist here.
+    pub fn instance_count(&self) -> usize {
+        self.state().instances.len()
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, SimState> {
@@ -244,6 +272,77 @@ impl HostAgent for SimHost {
         if let Some(slot) = state.users.get_mut(&unit.user) {
             *slot = None;
         }
+        Ok(())
+    }
+
+    async fn create_instance(&self, instance: &InstanceSpec) -> Result<InstanceReport, AgentError> {
+        self.step(SimStep::CreateInstance).await?;
+        let mut state = self.state();
+        if !state.prepared {
+            return Err(AgentError::Failed(format!(
+                "{} is not prepared",
+                self.hostname
+            )));
+        }
+        if !instance.cpus.is_subset(&self.report.cpus) {
+            return Err(AgentError::Failed(format!(
+                "{} has no CPUs {} (it has {})",
+                self.hostname, instance.cpus, self.report.cpus
+            )));
+        }
+        // A real host would run both; refusing catches a control plane
+        // that gives one CPU twice.
+        if let Some((other, _)) = state
+            .instances
+            .iter()
+            .find(|(id, (cpus, _))| *id != &instance.id && !cpus.is_disjoint(&instance.cpus))
+        {
+            return Err(AgentError::Failed(format!(
+                "CPUs {} of {} are already pinned to instance {other}",
+                instance.cpus, self.hostname
+            )));
+        }
+        state
+            .instances
+            .insert(instance.id.clone(), (instance.cpus.clone(), true));
+        Ok(InstanceReport {
+            private_ip: self.ip.clone(),
+        })
+    }
+
+    async fn start_instance(&self, instance: &InstanceSpec) -> Result<InstanceReport, AgentError> {
+        self.step(SimStep::StartInstance).await?;
+        match self.state().instances.get_mut(&instance.id) {
+            Some((_, running)) => *running = true,
+            None => {
+                return Err(AgentError::Failed(format!(
+                    "instance {} does not exist on {}",
+                    instance.id, self.hostname
+                )));
+            }
+        }
+        Ok(InstanceReport {
+            private_ip: self.ip.clone(),
+        })
+    }
+
+    async fn stop_instance(&self, instance_id: &str) -> Result<(), AgentError> {
+        self.step(SimStep::StopInstance).await?;
+        match self.state().instances.get_mut(instance_id) {
+            Some((_, running)) => {
+                *running = false;
+                Ok(())
+            }
+            None => Err(AgentError::Failed(format!(
+                "instance {instance_id} does not exist on {}",
+                self.hostname
+            ))),
+        }
+    }
+
+    async fn delete_instance(&self, instance_id: &str) -> Result<(), AgentError> {
+        self.step(SimStep::DeleteInstance).await?;
+        self.state().instances.remove(instance_id);
         Ok(())
     }
 

@@ -21,6 +21,7 @@ use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use serde::Serialize;
 use tessera_app::{App, Error};
+use tessera_core::Permission;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi, ToSchema};
 use validation::{HttpValidationError, ValidationError, value_error};
@@ -122,6 +123,7 @@ impl IntoResponse for KloigosError {
             // Kloigos's own status for "no free unit", which its clients expect.
             Error::NoCapacity(_) => StatusCode::from_u16(460).unwrap_or(StatusCode::CONFLICT),
             Error::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
+            Error::Forbidden(_) => StatusCode::FORBIDDEN,
             Error::HostFailed(_) => StatusCode::BAD_GATEWAY,
             Error::HostTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -154,14 +156,30 @@ async fn authenticate(State(app): State<App>, request: Request, next: Next) -> R
             let (scheme, token) = v.split_once(' ')?;
             scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
         });
-    match app.access().authenticate(bearer).await {
-        Ok(principal) => {
-            let mut request = request;
-            request.extensions_mut().insert(principal);
-            next.run(request).await
-        }
-        Err(err) => KloigosError::from(err).into_response(),
+    let principal = match app.authenticate(bearer).await {
+        Ok(principal) => principal,
+        Err(err) => return KloigosError::from(err).into_response(),
+    };
+    // Kloigos has no roles of its own: its routes need the native
+    // permissions of what they do.
+    let path = request.uri().path();
+    let needed = if path.contains("/admin/init_server") {
+        Permission::ServerCreate
+    } else if path.contains("/admin/") {
+        Permission::ServerDelete
+    } else if path.contains("/allocate") {
+        Permission::InstanceCreate
+    } else if path.contains("/deallocate") {
+        Permission::InstanceDelete
+    } else {
+        Permission::InstanceRead
+    };
+    if let Err(err) = principal.require(needed) {
+        return KloigosError::from(err).into_response();
     }
+    let mut request = request;
+    request.extensions_mut().insert(principal);
+    next.run(request).await
 }
 
 async fn not_found() -> Response {

@@ -44,6 +44,7 @@ pub async fn run(args: ApiArgs) -> Result<()> {
         agent_timeout: Duration::from_secs(30),
         log_format: Default::default(),
         admin_token: Some(token.clone()),
+        admin_password: None,
     };
     let running = server::start(&settings).await?;
     let base = running.url();

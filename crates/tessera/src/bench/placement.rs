@@ -77,6 +77,7 @@ fn random_request(rng: &mut impl Rng) -> Request {
             memory_mb: u64::from(count) * 4096,
             region,
             zone: None,
+            whole_units: true,
         }
     }
 }

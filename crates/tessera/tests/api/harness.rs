@@ -12,6 +12,7 @@ use tessera::settings::Settings;
 use tessera_agent::drivers::sim::{SimConfig, SimFault};
 
 pub const TOKEN: &str = "test-admin-token-0123456789";
+pub const ADMIN_PASSWORD: &str = "admin-password-for-tests";
 pub const KEY: &str =
     "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAILmnyh5Zhh+xjmtoWSoe3i1RmWA29P+9P0gB1tgCQjT5 test@tessera";
 
@@ -117,6 +118,7 @@ impl TestServer {
             agent_timeout: options.agent_timeout,
             log_format: Default::default(),
             admin_token: Some(TOKEN.to_string()),
+            admin_password: Some(ADMIN_PASSWORD.to_string()),
         };
         let running = server::start(&settings).await.expect("server starts");
         TestServer {

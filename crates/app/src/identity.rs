@@ -1,0 +1,539 @@
+//! Who is calling, and what they may do: authentication (API tokens, JWT
+//! access tokens), login with rotating refresh tokens, and the bootstrap
+//! admin.
+//!
+//! Two credentials reach the API. API tokens (`tsr_...`) are high-entropy
+//! random strings, so their SHA-256 is what is stored and compared (a slow
+//! hash buys nothing for them and would cost every request). JWTs come from
+//! `POST /v1/auth/login`, signed with a key kept in the store so that every
+//! replica accepts them. Passwords are hashed with argon2. Either way the
+//! caller's role is read from the store (cached for a few seconds), so a
+//! revoked token, a disabled user or a changed role takes effect at once on
+//! the replica that made the change and within [`CACHE_TTL`] everywhere.
+
+use crate::error::{Error, Result};
+use crate::{App, new_id};
+use argon2::Argon2;
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+use tessera_core::{Permission, Role};
+use tessera_store::{NewUser, ProjectRecord, RefreshUse, Store};
+
+pub const BOOTSTRAP_TOKEN_ID: &str = "bootstrap-admin";
+pub const ADMIN_USERNAME: &str = "admin";
+pub const DEFAULT_PROJECT: &str = "default";
+/// How long a verified credential is trusted without asking the store again.
+const CACHE_TTL: Duration = Duration::from_secs(5);
+/// Lifetime of an access token, as the provisioning API documents it.
+pub const ACCESS_TOKEN_SECONDS: i64 = 86_400;
+const REFRESH_TOKEN_DAYS: i64 = 30;
+
+/// The caller behind a request.
+#[derive(Clone, Debug)]
+pub struct Principal {
+    pub user_id: String,
+    pub username: String,
+    /// The project the caller acts in: the token's, or the user's active one.
+    pub project_id: String,
+    pub project_name: String,
+    pub role: Role,
+    /// An API token's scopes; `None` allows all of the role's permissions.
+    pub scopes: Option<Vec<Permission>>,
+    pub token_id: Option<String>,
+}
+
+impl Principal {
+    pub fn can(&self, permission: Permission) -> bool {
+        self.role.grants(permission)
+            && self
+                .scopes
+                .as_ref()
+                .is_none_or(|scopes| scopes.contains(&permission))
+    }
+
+    /// `Forbidden` unless the caller has `permission`.
+    pub fn require(&self, permission: Permission) -> Result<()> {
+        if self.can(permission) {
+            Ok(())
+        } else {
+            Err(Error::Forbidden(format!(
+                "permission {permission} is required (your role in project {} is {})",
+                self.project_name, self.role
+            )))
+        }
+    }
+
+    pub fn permissions(&self) -> Vec<Permission> {
+        Permission::ALL
+            .iter()
+            .copied()
+            .filter(|p| self.can(*p))
+            .collect()
+    }
+}
+
+/// A login's tokens, as `POST /v1/auth/login` answers them.
+#[derive(Clone, Debug)]
+pub struct Session {
+    pub token: String,
+    pub refresh_token: String,
+    pub expires_in: i64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Claims {
+    sub: String,
+    exp: i64,
+    iat: i64,
+    jti: String,
+    /// `access` or `refresh`.
+    typ: String,
+}
+
+/// Verified credentials and signing keys.
+pub struct Identity {
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+    verified: Mutex<HashMap<String, (Principal, Instant)>>,
+    /// Hash checked for unknown users, so a login takes as long whether the
+    /// user exists or not.
+    dummy_hash: String,
+}
+
+pub fn hash_token(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+/// A new API token secret.
+pub fn generate_token() -> String {
+    let mut secret = [0u8; 32];
+    rand::rng().fill_bytes(&mut secret);
+    format!("tsr_{}", hex::encode(secret))
+}
+
+pub fn hash_password(password: &str) -> Result<String> {
+    let mut salt = [0u8; 16];
+    rand::rng().fill_bytes(&mut salt);
+    let salt = SaltString::encode_b64(&salt)
+        .map_err(|e| Error::Unavailable(format!("cannot salt the password hash: {e}")))?;
+    Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| Error::Unavailable(format!("cannot hash the password: {e}")))
+}
+
+fn verify_password(password: &str, hash: &str) -> bool {
+    PasswordHash::new(hash)
+        .map(|parsed| {
+            Argon2::default()
+                .verify_password(password.as_bytes(), &parsed)
+                .is_ok()
+        })
+        .unwrap_or(false)
+}
+
+pub fn validate_password(password: &str) -> Result<()> {
+    if password.chars().count() < 8 || password.len() > 1024 {
+        return Err(Error::invalid(
+            "password",
+            "password must be 8 to 1024 characters",
+        ));
+    }
+    Ok(())
+}
+
+impl Identity {
+    /// Loads (or, on the very first start, creates) the shared signing key.
+    pub async fn load(store: &Store) -> Result<Identity> {
+        let mut fresh = [0u8; 32];
+        rand::rng().fill_bytes(&mut fresh);
+        let key = store
+            .setting_or_init("jwt_signing_key", &hex::encode(fresh))
+            .await?;
+        let key = hex::decode(key).map_err(|_| {
+            Error::Internal(tessera_store::StoreError::Corrupt(
+                "settings.jwt_signing_key is not hex".into(),
+            ))
+        })?;
+        let dummy_hash = tokio::task::spawn_blocking(|| hash_password("not a real password"))
+            .await
+            .map_err(|e| Error::Unavailable(e.to_string()))??;
+        Ok(Identity {
+            encoding: EncodingKey::from_secret(&key),
+            decoding: DecodingKey::from_secret(&key),
+            verified: Mutex::new(HashMap::new()),
+            dummy_hash,
+        })
+    }
+
+    fn sign(
+        &self,
+        user_id: &str,
+        typ: &str,
+        lifetime: chrono::Duration,
+    ) -> Result<(String, Claims)> {
+        let now = chrono::Utc::now();
+        let claims = Claims {
+            sub: user_id.to_string(),
+            iat: now.timestamp(),
+            exp: (now + lifetime).timestamp(),
+            jti: uuid::Uuid::new_v4().to_string(),
+            typ: typ.to_string(),
+        };
+        let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
+            .map_err(|e| Error::Unavailable(format!("cannot sign a token: {e}")))?;
+        Ok((token, claims))
+    }
+
+    fn verify(&self, token: &str, typ: &str) -> Option<Claims> {
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.leeway = 5;
+        let claims = jsonwebtoken::decode::<Claims>(token, &self.decoding, &validation)
+            .ok()?
+            .claims;
+        (claims.typ == typ).then_some(claims)
+    }
+
+    fn cached(&self, hash: &str) -> Option<Principal> {
+        let verified = self.verified.lock().unwrap_or_else(|e| e.into_inner());
+        verified
+            .get(hash)
+            .filter(|(_, at)| at.elapsed() < CACHE_TTL)
+            .map(|(p, _)| p.clone())
+    }
+
+    fn remember(&self, hash: String, principal: &Principal) {
+        let mut verified = self.verified.lock().unwrap_or_else(|e| e.into_inner());
+        if verified.len() > 10_000 {
+            verified.clear();
+        }
+        verified.insert(hash, (principal.clone(), Instant::now()));
+    }
+
+    /// Forgets every verified credential: after a revocation or a change of
+    /// role, this replica asks the store again at once.
+    pub fn forget_all(&self) {
+        self.verified
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+    }
+}
+
+fn unauthenticated() -> Error {
+    Error::Unauthenticated("Invalid authentication credentials".into())
+}
+
+impl App {
+    /// Ensures the bootstrap admin: the `default` project, the `admin` user
+    /// (an admin there) and its API token. With `token_from_env`, that token
+    /// is the admin's; without, one is generated on the first start and
+    /// returned so that it can be shown once (`None` on later starts). With
+    /// `password`, the admin's password is set to it.
+    pub async fn bootstrap_admin(
+        &self,
+        token_from_env: Option<&str>,
+        password: Option<&str>,
+    ) -> Result<Option<String>> {
+        if let Some(token) = token_from_env
+            && token.len() < 16
+        {
+            return Err(Error::invalid(
+                "TESSERA_ADMIN_TOKEN",
+                "TESSERA_ADMIN_TOKEN must be at least 16 characters",
+            ));
+        }
+        let project = self.ensure_project(DEFAULT_PROJECT, None).await?;
+        let user = match self.store.user_by_name(ADMIN_USERNAME).await? {
+            Some(user) => user,
+            None => {
+                self.store
+                    .insert_user(&NewUser {
+                        id: new_id("usr"),
+                        username: ADMIN_USERNAME.into(),
+                        password_hash: None,
+                        project_id: project.id.clone(),
+                        role: Role::Admin.as_str().into(),
+                    })
+                    .await?;
+                self.store
+                    .user_by_name(ADMIN_USERNAME)
+                    .await?
+                    .ok_or_else(|| Error::Unavailable("the admin user vanished".into()))?
+            }
+        };
+        if let Some(password) = password {
+            validate_password(password)?;
+            let password = password.to_string();
+            let hash = tokio::task::spawn_blocking(move || hash_password(&password))
+                .await
+                .map_err(|e| Error::Unavailable(e.to_string()))??;
+            self.store.update_user(&user.id, Some(&hash), None).await?;
+        }
+        let existing = self.store.token(BOOTSTRAP_TOKEN_ID).await?;
+        let generated = match (token_from_env, &existing) {
+            (Some(token), _) => {
+                self.put_bootstrap_token(token, &user.id, &project.id)
+                    .await?;
+                None
+            }
+            (None, Some(record)) if record.user_id.is_some() => None,
+            (None, Some(record)) => {
+                // A store from before users existed: the token stays, and
+                // now belongs to the admin.
+                let hash = record.token_hash.clone();
+                self.store
+                    .put_token(
+                        BOOTSTRAP_TOKEN_ID,
+                        "bootstrap admin",
+                        &hash,
+                        &user.id,
+                        &project.id,
+                    )
+                    .await?;
+                None
+            }
+            (None, None) => {
+                let token = generate_token();
+                self.put_bootstrap_token(&token, &user.id, &project.id)
+                    .await?;
+                Some(token)
+            }
+        };
+        Ok(generated)
+    }
+
+    async fn put_bootstrap_token(
+        &self,
+        token: &str,
+        user_id: &str,
+        project_id: &str,
+    ) -> Result<()> {
+        self.store
+            .put_token(
+                BOOTSTRAP_TOKEN_ID,
+                "bootstrap admin",
+                &hash_token(token),
+                user_id,
+                project_id,
+            )
+            .await?;
+        self.identity.forget_all();
+        Ok(())
+    }
+
+    /// The project `name`, created (with `path`) when missing.
+    pub(crate) async fn ensure_project(
+        &self,
+        name: &str,
+        path: Option<&str>,
+    ) -> Result<ProjectRecord> {
+        if let Some(project) = self.store.project_by_name(name).await? {
+            return Ok(project);
+        }
+        let project = ProjectRecord {
+            id: new_id("prj"),
+            name: name.to_string(),
+            path: path.map_or_else(|| format!("/workspaces/{name}"), str::to_string),
+            created_at: tessera_store::now(),
+        };
+        self.store.insert_project(&project, None).await?;
+        self.store
+            .project_by_name(name)
+            .await?
+            .ok_or_else(|| Error::Unavailable(format!("project {name} vanished")))
+    }
+
+    /// The principal a bearer credential stands for.
+    pub async fn authenticate(&self, bearer: Option<&str>) -> Result<Principal> {
+        let Some(token) = bearer.filter(|t| !t.is_empty()) else {
+            return Err(Error::Unauthenticated("Not authenticated".into()));
+        };
+        let hash = hash_token(token);
+        if let Some(principal) = self.identity.cached(&hash) {
+            return Ok(principal);
+        }
+        // A JWT is three base64url parts, its header starting `{"`; anything
+        // else is an API token (the bootstrap one may be any string).
+        let is_jwt = token.starts_with("eyJ") && token.split('.').count() == 3;
+        let principal = if !is_jwt {
+            self.principal_of_api_token(&hash).await?
+        } else {
+            let claims = self
+                .identity
+                .verify(token, "access")
+                .ok_or_else(unauthenticated)?;
+            self.principal_of_user(&claims.sub, None, None, None)
+                .await?
+        };
+        self.identity.remember(hash, &principal);
+        Ok(principal)
+    }
+
+    async fn principal_of_api_token(&self, hash: &str) -> Result<Principal> {
+        let record = self
+            .store
+            .token_by_hash(hash)
+            .await?
+            .ok_or_else(unauthenticated)?;
+        let expired = record
+            .expires_at
+            .as_deref()
+            .is_some_and(|at| at <= tessera_store::now().as_str());
+        if record.revoked_at.is_some() || expired {
+            return Err(unauthenticated());
+        }
+        let (Some(user_id), Some(project_id)) = (&record.user_id, &record.project_id) else {
+            return Err(unauthenticated());
+        };
+        let scopes = match &record.scopes {
+            None => None,
+            Some(text) => {
+                let names: Vec<String> = serde_json::from_str(text).unwrap_or_default();
+                Some(names.iter().filter_map(|n| n.parse().ok()).collect())
+            }
+        };
+        self.principal_of_user(user_id, Some(project_id), scopes, Some(record.id.clone()))
+            .await
+    }
+
+    /// The principal of a user acting in `project_id` (by default its active
+    /// project). 401 when the user is gone or disabled, or is no longer a
+    /// member of the project.
+    async fn principal_of_user(
+        &self,
+        user_id: &str,
+        project_id: Option<&str>,
+        scopes: Option<Vec<Permission>>,
+        token_id: Option<String>,
+    ) -> Result<Principal> {
+        let user = self
+            .store
+            .user(user_id)
+            .await?
+            .filter(|u| u.disabled == 0)
+            .ok_or_else(unauthenticated)?;
+        let project_id = project_id
+            .map(str::to_string)
+            .or(user.active_project_id.clone())
+            .ok_or_else(unauthenticated)?;
+        let membership = self
+            .store
+            .membership(&user.id, &project_id)
+            .await?
+            .ok_or_else(unauthenticated)?;
+        let role: Role = membership.role.parse().map_err(|e: String| {
+            Error::Internal(tessera_store::StoreError::Corrupt(format!(
+                "memberships.role: {e}"
+            )))
+        })?;
+        Ok(Principal {
+            user_id: user.id,
+            username: user.username,
+            project_id: membership.project_id,
+            project_name: membership.project_name,
+            role,
+            scopes,
+            token_id,
+        })
+    }
+
+    /// Checks a username and password and opens a session.
+    pub async fn login(&self, username: &str, password: &str) -> Result<Session> {
+        let user = match username.contains('\0') {
+            true => None,
+            false => self.store.user_by_name(username).await?,
+        };
+        let hash = user
+            .as_ref()
+            .filter(|u| u.disabled == 0)
+            .and_then(|u| u.password_hash.clone());
+        let known = hash.is_some();
+        let hash = hash.unwrap_or_else(|| self.identity.dummy_hash.clone());
+        let password = password.to_string();
+        let matches = tokio::task::spawn_blocking(move || verify_password(&password, &hash))
+            .await
+            .map_err(|e| Error::Unavailable(e.to_string()))?;
+        let Some(user) = user.filter(|_| known && matches) else {
+            return Err(Error::Unauthenticated("Invalid credentials".into()));
+        };
+        self.open_session(&user.id, None).await
+    }
+
+    /// Trades a refresh token for a new session; the old token stops working.
+    pub async fn refresh(&self, refresh_token: &str) -> Result<Session> {
+        let invalid = || Error::Unauthenticated("Invalid refresh token".into());
+        let claims = self
+            .identity
+            .verify(refresh_token, "refresh")
+            .ok_or_else(invalid)?;
+        let (token, next) = self.identity.sign(
+            &claims.sub,
+            "refresh",
+            chrono::Duration::days(REFRESH_TOKEN_DAYS),
+        )?;
+        let expires = chrono::DateTime::from_timestamp(next.exp, 0).unwrap_or_default();
+        match self
+            .store
+            .rotate_refresh_token(&claims.jti, &next.jti, &tessera_store::timestamp(expires))
+            .await?
+        {
+            RefreshUse::Rotated { user_id } => {
+                // The user must still exist and be enabled.
+                self.principal_of_user(&user_id, None, None, None)
+                    .await
+                    .map_err(|_| invalid())?;
+                self.open_session(&user_id, Some(token)).await
+            }
+            RefreshUse::Reused => {
+                tracing::warn!(user = %claims.sub, "a used refresh token was presented again; its sessions are revoked");
+                Err(Error::Unauthenticated(
+                    "Invalid refresh token: it was already used, so every token of this login has been revoked"
+                        .into(),
+                ))
+            }
+            RefreshUse::Invalid => Err(invalid()),
+        }
+    }
+
+    /// Signs an access token and, unless `refresh` was already recorded as
+    /// the successor of a used one, a new refresh token family.
+    async fn open_session(&self, user_id: &str, refresh: Option<String>) -> Result<Session> {
+        let (token, _) = self.identity.sign(
+            user_id,
+            "access",
+            chrono::Duration::seconds(ACCESS_TOKEN_SECONDS),
+        )?;
+        let refresh_token = match refresh {
+            Some(token) => token,
+            None => {
+                let (token, claims) = self.identity.sign(
+                    user_id,
+                    "refresh",
+                    chrono::Duration::days(REFRESH_TOKEN_DAYS),
+                )?;
+                let expires = chrono::DateTime::from_timestamp(claims.exp, 0).unwrap_or_default();
+                self.store
+                    .insert_refresh_token(
+                        &claims.jti,
+                        user_id,
+                        &uuid::Uuid::new_v4().to_string(),
+                        &tessera_store::timestamp(expires),
+                    )
+                    .await?;
+                token
+            }
+        };
+        Ok(Session {
+            token,
+            refresh_token,
+            expires_in: ACCESS_TOKEN_SECONDS,
+        })
+    }
+}

@@ -1,0 +1,803 @@
+//! Instances: exclusive, pinned CPUs on a host of the wanted location, the
+//! project's SSH keys and a startup script, through their lifecycle
+//! `provisioning -> running <-> stopped -> terminated`.
+//!
+//! Every change is an operation (see [`crate::operations`]). Creation is a
+//! saga of two steps: `placed` (a placement decision committed to the CPU
+//! ledger with its step log entry, in one transaction) and `created` (the
+//! host runs it). Undo: delete it on the host, then return its CPUs. So no
+//! instance holds CPUs without existing, and none runs without its CPUs.
+//! A stopped instance keeps its CPUs, so starting it again cannot fail for
+//! want of room.
+
+use crate::error::{Error, Result};
+use crate::identity::Principal;
+use crate::operations::{Page, Run, decode_page_token, encode_page_token, page_limit};
+use crate::{App, HostCallError, has_nul, new_id};
+use base64::Engine;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use tessera_agent_api::{InstanceReport, InstanceSpec};
+use tessera_core::catalog::{self, MAX_DISK_GB, MAX_MEMORY_MB, MAX_VCPUS};
+use tessera_core::placement::Request;
+use tessera_core::{CpuSet, HostId, Permission};
+use tessera_store::{
+    InstanceFilter, InstanceRecord, InstanceUpdate, NewInstance, NewOperation, OperationEnd,
+};
+
+pub use tessera_store::InstanceRecord as Instance;
+
+/// How many times a creation looks again after losing a race for CPUs.
+const MAX_PLACE_ATTEMPTS: usize = 64;
+const MAX_USER_DATA: usize = 64 * 1024;
+
+/// The spec of an instance, as asked for and as stored (sizes resolved
+/// from the type).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct InstanceSpecInput {
+    #[serde(rename = "type")]
+    pub instance_type: String,
+    pub image: String,
+    pub vcpus: Option<u32>,
+    pub memory_mb: Option<u64>,
+    pub disk_gb: Option<u64>,
+    pub vpc_id: Option<String>,
+    pub subnet_id: Option<String>,
+    #[serde(default)]
+    pub security_groups: Vec<String>,
+    #[serde(default)]
+    pub ssh_key_ids: Vec<String>,
+    pub user_data: Option<String>,
+    /// A region or zone the instance must be placed in.
+    pub location: Option<String>,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct CreateInstance {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub spec: InstanceSpecInput,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct InstanceQuery {
+    /// `key=value` pairs that must all match.
+    pub labels: Vec<(String, String)>,
+    pub state: Option<String>,
+    pub limit: Option<u32>,
+    pub page_token: Option<String>,
+}
+
+/// Parses a label selector: `env=production,team=platform`.
+pub fn parse_selector(selector: &str) -> Result<Vec<(String, String)>> {
+    selector
+        .split(',')
+        .filter(|part| !part.trim().is_empty())
+        .map(|part| {
+            let (key, value) = part.split_once('=').ok_or_else(|| {
+                Error::invalid(
+                    "labels",
+                    format!("label selector {part:?} is not key=value (e.g. labels=env=production,team=platform)"),
+                )
+            })?;
+            Ok((key.trim().to_string(), value.trim().to_string()))
+        })
+        .collect()
+}
+
+fn check_text(field: &'static str, value: &str, max: usize) -> Result<()> {
+    if value.is_empty() || value.len() > max || value.chars().any(char::is_control) {
+        return Err(Error::invalid(
+            field,
+            format!("{field} must be 1 to {max} printable characters"),
+        ));
+    }
+    Ok(())
+}
+
+fn validate(req: &mut CreateInstance) -> Result<Option<Vec<u8>>> {
+    let name = &req.name;
+    let name_ok = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if !name_ok {
+        return Err(Error::invalid(
+            "metadata.name",
+            "metadata.name must be 1 to 63 letters, digits, '-', '_' or '.'",
+        ));
+    }
+    if req.labels.len() > 64 {
+        return Err(Error::invalid("metadata.labels", "at most 64 labels"));
+    }
+    for (key, value) in &req.labels {
+        let key_ok = !key.is_empty()
+            && key.len() <= 63
+            && key
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'/'));
+        if !key_ok
+            || value.len() > 63
+            || value.contains([',', '='])
+            || value.chars().any(char::is_control)
+        {
+            return Err(Error::invalid(
+                "metadata.labels",
+                format!(
+                    "label {key:?}={value:?}: keys are 1 to 63 letters, digits, '-', '_', '.' or '/'; values at most 63 printable characters without ',' or '='"
+                ),
+            ));
+        }
+    }
+    let spec = &mut req.spec;
+    let Some(kind) = catalog::instance_type(&spec.instance_type) else {
+        let known: Vec<&str> = catalog::INSTANCE_TYPES.iter().map(|t| t.name).collect();
+        return Err(Error::invalid(
+            "spec.type",
+            format!(
+                "unknown instance type {:?}; known types: {}",
+                spec.instance_type.escape_debug().to_string(),
+                known.join(", ")
+            ),
+        ));
+    };
+    if catalog::image(&spec.image).is_none() {
+        let known: Vec<&str> = catalog::IMAGES.iter().map(|i| i.name).collect();
+        return Err(Error::invalid(
+            "spec.image",
+            format!(
+                "unknown image {:?}; known images: {}",
+                spec.image.escape_debug().to_string(),
+                known.join(", ")
+            ),
+        ));
+    }
+    let vcpus = spec.vcpus.unwrap_or(kind.vcpus);
+    if !(1..=MAX_VCPUS).contains(&vcpus) {
+        return Err(Error::invalid(
+            "spec.vcpus",
+            format!("vcpus must be between 1 and {MAX_VCPUS}"),
+        ));
+    }
+    let memory_mb = spec.memory_mb.unwrap_or(kind.memory_mb);
+    if !(128..=MAX_MEMORY_MB).contains(&memory_mb) {
+        return Err(Error::invalid(
+            "spec.memory_mb",
+            format!("memory_mb must be between 128 and {MAX_MEMORY_MB}"),
+        ));
+    }
+    let disk_gb = spec.disk_gb.unwrap_or(kind.disk_gb);
+    if !(1..=MAX_DISK_GB).contains(&disk_gb) {
+        return Err(Error::invalid(
+            "spec.disk_gb",
+            format!("disk_gb must be between 1 and {MAX_DISK_GB}"),
+        ));
+    }
+    (spec.vcpus, spec.memory_mb, spec.disk_gb) = (Some(vcpus), Some(memory_mb), Some(disk_gb));
+    for (field, value) in [
+        ("spec.vpc_id", &spec.vpc_id),
+        ("spec.subnet_id", &spec.subnet_id),
+        ("spec.location", &spec.location),
+    ] {
+        if let Some(value) = value {
+            check_text(field, value, 64)?;
+        }
+    }
+    if spec.security_groups.len() > 32 {
+        return Err(Error::invalid(
+            "spec.security_groups",
+            "at most 32 security groups",
+        ));
+    }
+    for group in &spec.security_groups {
+        check_text("spec.security_groups", group, 64)?;
+    }
+    if spec.ssh_key_ids.len() > 32 {
+        return Err(Error::invalid("spec.ssh_key_ids", "at most 32 SSH keys"));
+    }
+    let user_data = match &spec.user_data {
+        None => None,
+        Some(text) => {
+            let decoded = base64::engine::general_purpose::STANDARD
+                .decode(text.trim())
+                .map_err(|e| {
+                    Error::invalid("spec.user_data", format!("user_data is not base64 ({e})"))
+                })?;
+            if decoded.len() > MAX_USER_DATA {
+                return Err(Error::invalid(
+                    "spec.user_data",
+                    format!("user_data is at most {MAX_USER_DATA} bytes once decoded"),
+                ));
+            }
+            Some(decoded)
+        }
+    };
+    Ok(user_data)
+}
+
+impl App {
+    /// Records an instance and starts the operation that creates it.
+    pub async fn create_instance(
+        &self,
+        caller: &Principal,
+        mut req: CreateInstance,
+    ) -> Result<Instance> {
+        caller.require(Permission::InstanceCreate)?;
+        validate(&mut req)?;
+        for key in &req.spec.ssh_key_ids {
+            if self.project_ssh_key(&caller.project_id, key).await.is_err() {
+                return Err(Error::invalid(
+                    "spec.ssh_key_ids",
+                    format!(
+                        "SSH key {key:?} not found in workspace {}",
+                        caller.project_name
+                    ),
+                ));
+            }
+        }
+        let id = new_id("inst");
+        let op = NewOperation {
+            id: uuid::Uuid::new_v4().to_string(),
+            project_id: caller.project_id.clone(),
+            kind: "instance_create".into(),
+            resource_id: Some(id.clone()),
+            params: serde_json::json!({ "instance_id": id }),
+            created_by: caller.username.clone(),
+        };
+        let spec = serde_json::to_value(&req.spec).unwrap_or_default();
+        let labels = serde_json::to_value(&req.labels).unwrap_or_default();
+        self.store
+            .insert_instance(
+                &NewInstance {
+                    id: id.clone(),
+                    project_id: caller.project_id.clone(),
+                    name: req.name.clone(),
+                    labels,
+                    spec,
+                    memory_mb: req.spec.memory_mb.unwrap_or(0) as i64,
+                },
+                &op,
+            )
+            .await?;
+        tracing::info!(instance = %id, name = %req.name, project = %caller.project_name, "instance requested");
+        self.publish("instance", &id, Some(&caller.project_id), "provisioning");
+        self.spawn_operation(&op.id);
+        self.project_instance(&caller.project_id, &id).await
+    }
+
+    pub async fn instance(&self, caller: &Principal, id: &str) -> Result<Instance> {
+        caller.require(Permission::InstanceRead)?;
+        self.project_instance(&caller.project_id, id).await
+    }
+
+    async fn project_instance(&self, project_id: &str, id: &str) -> Result<Instance> {
+        let instance = match has_nul(id) {
+            true => None,
+            false => self.store.instance(id).await?,
+        };
+        instance
+            .filter(|i| i.project_id == project_id)
+            .ok_or_else(|| Error::NotFound(format!("instance {id} not found")))
+    }
+
+    /// The project's instances, oldest first, filtered by labels and state.
+    /// Terminated instances are listed only when asked for by state.
+    pub async fn instances(
+        &self,
+        caller: &Principal,
+        query: &InstanceQuery,
+    ) -> Result<Page<Instance>> {
+        caller.require(Permission::InstanceRead)?;
+        let limit = page_limit(query.limit)?;
+        let after = query
+            .page_token
+            .as_deref()
+            .map(decode_page_token)
+            .transpose()?;
+        let all = self
+            .store
+            .instances(&InstanceFilter {
+                project_id: Some(caller.project_id.clone()),
+                host_id: None,
+                after,
+                include_terminated: query.state.as_deref() == Some("terminated"),
+            })
+            .await?;
+        let mut items = Vec::new();
+        let mut next_page_token = None;
+        for instance in all {
+            if query.state.as_ref().is_some_and(|s| *s != instance.state) {
+                continue;
+            }
+            if !query.labels.is_empty() {
+                let labels: BTreeMap<String, String> =
+                    serde_json::from_str(&instance.labels).unwrap_or_default();
+                if !query.labels.iter().all(|(k, v)| labels.get(k) == Some(v)) {
+                    continue;
+                }
+            }
+            if items.len() == limit {
+                next_page_token = items
+                    .last()
+                    .map(|i: &Instance| encode_page_token(&i.created_at, &i.id));
+                break;
+            }
+            items.push(instance);
+        }
+        Ok(Page {
+            items,
+            next_page_token,
+        })
+    }
+
+    /// Starts deleting an instance: it stops, leaves its host and gives its
+    /// CPUs back. Answers the instance with the operation doing it.
+    pub async fn delete_instance(&self, caller: &Principal, id: &str) -> Result<Instance> {
+        caller.require(Permission::InstanceDelete)?;
+        self.begin_power(
+            caller,
+            id,
+            "instance_delete",
+            &["running", "stopped"],
+            "stopping",
+        )
+        .await
+    }
+
+    pub async fn stop_instance(&self, caller: &Principal, id: &str) -> Result<Instance> {
+        caller.require(Permission::InstanceCreate)?;
+        self.begin_power(caller, id, "instance_stop", &["running"], "stopping")
+            .await
+    }
+
+    pub async fn start_instance(&self, caller: &Principal, id: &str) -> Result<Instance> {
+        caller.require(Permission::InstanceCreate)?;
+        self.begin_power(caller, id, "instance_start", &["stopped"], "provisioning")
+            .await
+    }
+
+    async fn begin_power(
+        &self,
+        caller: &Principal,
+        id: &str,
+        kind: &str,
+        from: &[&str],
+        to: &str,
+    ) -> Result<Instance> {
+        let instance = self.project_instance(&caller.project_id, id).await?;
+        let op = NewOperation {
+            id: uuid::Uuid::new_v4().to_string(),
+            project_id: caller.project_id.clone(),
+            kind: kind.into(),
+            resource_id: Some(instance.id.clone()),
+            params: serde_json::json!({ "instance_id": instance.id }),
+            created_by: caller.username.clone(),
+        };
+        if !self
+            .store
+            .begin_instance_operation(&instance.id, from, to, &op)
+            .await?
+        {
+            let now = self.project_instance(&caller.project_id, id).await?;
+            let why = match &now.operation_id {
+                Some(op) => format!("operation {op} is still under way on it"),
+                None => format!("it is {}", now.state),
+            };
+            let verb = kind.trim_start_matches("instance_");
+            return Err(Error::Conflict(format!(
+                "instance {id} cannot {verb}: {why}"
+            )));
+        }
+        self.publish("instance", &instance.id, Some(&caller.project_id), to);
+        self.spawn_operation(&op.id);
+        self.project_instance(&caller.project_id, id).await
+    }
+
+    /// What the host must run for `instance`.
+    async fn instance_spec(&self, instance: &InstanceRecord) -> Result<InstanceSpec> {
+        let spec: InstanceSpecInput = serde_json::from_str(&instance.spec).map_err(|e| {
+            Error::Internal(tessera_store::StoreError::Corrupt(format!(
+                "instance {} spec: {e}",
+                instance.id
+            )))
+        })?;
+        let mut ssh_keys = Vec::new();
+        for id in &spec.ssh_key_ids {
+            // A key deleted since creation is simply not installed again.
+            if let Some(key) = self.store.ssh_key(&instance.project_id, id).await? {
+                ssh_keys.push(key.public_key);
+            }
+        }
+        let user_data = spec.user_data.as_deref().and_then(|u| {
+            base64::engine::general_purpose::STANDARD
+                .decode(u.trim())
+                .ok()
+        });
+        Ok(InstanceSpec {
+            id: instance.id.clone(),
+            name: instance.name.clone(),
+            project_id: instance.project_id.clone(),
+            cpus: instance
+                .cpu_list
+                .as_deref()
+                .and_then(|l| CpuSet::parse_list(l).ok())
+                .unwrap_or_default(),
+            memory_mb: u64::try_from(instance.memory_mb).unwrap_or(0),
+            disk_gb: spec.disk_gb.unwrap_or(0),
+            image: spec.image,
+            ssh_keys,
+            user_data,
+        })
+    }
+
+    /// Makes a host run the settled instances the store gives it (running
+    /// or stopped): an agent that lost its state gets them back.
+    pub(crate) async fn resync_instances(
+        &self,
+        host_id: &str,
+        agent: std::sync::Arc<dyn tessera_agent_api::HostAgent>,
+    ) -> Result<()> {
+        let on_host = self
+            .store
+            .instances(&InstanceFilter {
+                host_id: Some(host_id.to_string()),
+                ..InstanceFilter::default()
+            })
+            .await?;
+        for instance in on_host {
+            if instance.operation_id.is_some()
+                || !matches!(instance.state.as_str(), "running" | "stopped")
+            {
+                // Its operation drives it.
+                continue;
+            }
+            let spec = self.instance_spec(&instance).await?;
+            let mut outcome = self
+                .host_call(agent.create_instance(&spec))
+                .await
+                .map(|_| ());
+            if outcome.is_ok() && instance.state == "stopped" {
+                outcome = self.host_call(agent.stop_instance(&spec.id)).await;
+            }
+            if let Err(err) = outcome {
+                tracing::warn!(instance = %instance.id, error = %err, "instance resync failed");
+            }
+        }
+        Ok(())
+    }
+
+    /// Drives an `instance_create` operation (see the module doc).
+    pub(crate) async fn run_instance_create(&self, run: &mut Run) -> Result<()> {
+        let instance = self.run_instance(run).await?;
+        if self.cancel_requested(run).await? {
+            return self
+                .unwind_create(run, "cancelled", "creation cancelled")
+                .await;
+        }
+        if !run.done("placed")
+            && let Err(why) = self.place(run, &instance).await
+        {
+            let why = match why {
+                Error::NoCapacity(why) => why,
+                other => return Err(other),
+            };
+            return self.unwind_create(run, "failed", &why).await;
+        }
+        let instance = self.run_instance(run).await?;
+        if self.cancel_requested(run).await? {
+            return self
+                .unwind_create(run, "cancelled", "creation cancelled")
+                .await;
+        }
+        let created = self
+            .on_host(&instance, |agent, spec| async move {
+                agent.create_instance(&spec).await
+            })
+            .await;
+        match created {
+            Ok(report) => self.settle_running(run, &instance, report).await,
+            Err(why) => {
+                tracing::warn!(instance = %instance.id, error = %why, "creating the instance failed");
+                self.unwind_create(
+                    run,
+                    "failed",
+                    &format!("the host could not create the instance: {why}"),
+                )
+                .await
+            }
+        }
+    }
+
+    async fn run_instance(&self, run: &Run) -> Result<Instance> {
+        let id = run.op.resource_id.clone().unwrap_or_default();
+        self.store.instance(&id).await?.ok_or_else(|| {
+            Error::Internal(tessera_store::StoreError::Corrupt(format!(
+                "operation {} acts on instance {id}, which does not exist",
+                run.op.id
+            )))
+        })
+    }
+
+    /// Gives the instance exclusive CPUs on a host of its location.
+    async fn place(&self, run: &mut Run, instance: &Instance) -> Result<()> {
+        let spec: InstanceSpecInput = serde_json::from_str(&instance.spec).unwrap_or_default();
+        let count = spec.vcpus.unwrap_or(1);
+        let memory_mb = u64::try_from(instance.memory_mb).unwrap_or(0);
+        let mut looked_again = false;
+        for _ in 0..MAX_PLACE_ATTEMPTS {
+            // A location names a region or, failing that, a zone.
+            let mut decision = None;
+            let wanted = match &spec.location {
+                None => vec![(None, None)],
+                Some(l) => vec![(Some(l.clone()), None), (None, Some(l.clone()))],
+            };
+            for (region, zone) in wanted {
+                // Instances on partitioned hosts come with the unit driver.
+                let request = Request::Cpus {
+                    count,
+                    memory_mb,
+                    region,
+                    zone,
+                    whole_units: false,
+                };
+                if let Some(d) = self.placement.take(&request) {
+                    decision = Some(d);
+                    break;
+                }
+            }
+            let Some(decision) = decision else {
+                if looked_again {
+                    let place = spec
+                        .location
+                        .as_ref()
+                        .map(|l| format!(" in {l}"))
+                        .unwrap_or_default();
+                    return Err(Error::NoCapacity(format!(
+                        "no host{place} has {count} free CPUs and {memory_mb} MB of memory"
+                    )));
+                }
+                self.placement
+                    .refresh_changed(&self.store, std::time::Instant::now())
+                    .await?;
+                looked_again = true;
+                continue;
+            };
+            let cpus: Vec<u32> = decision.cpus.iter().collect();
+            let steps = run.with("placed");
+            let placed = self
+                .store
+                .place_instance(
+                    &instance.id,
+                    decision.host.as_str(),
+                    &cpus,
+                    (&run.op.id, &steps, &self.deadline()),
+                )
+                .await;
+            self.placement
+                .refresh_host(&self.store, decision.host.as_str())
+                .await?;
+            if placed? {
+                run.steps = steps;
+                tracing::debug!(instance = %instance.id, host = %decision.host, cpus = %decision.cpus, "instance placed");
+                return Ok(());
+            }
+            if self
+                .store
+                .instance(&instance.id)
+                .await?
+                .and_then(|i| i.host_id)
+                .is_some()
+            {
+                // Placed by an earlier run whose log entry this one missed.
+                return Err(Error::Conflict(format!(
+                    "operation {} was taken over by another process",
+                    run.op.id
+                )));
+            }
+        }
+        Err(Error::Unavailable(
+            "too many concurrent placements; try again".into(),
+        ))
+    }
+
+    /// Calls the instance's host with its spec.
+    async fn on_host<T, F, Fut>(&self, instance: &Instance, call: F) -> Result<T, HostCallError>
+    where
+        F: FnOnce(std::sync::Arc<dyn tessera_agent_api::HostAgent>, InstanceSpec) -> Fut,
+        Fut: std::future::Future<Output = Result<T, tessera_agent_api::AgentError>>,
+    {
+        let host = instance.host_id.clone().ok_or(HostCallError::NoAgent)?;
+        let agent = self
+            .agent(&HostId::new(host))
+            .await
+            .map_err(|e| HostCallError::Failed(e.to_string()))?
+            .ok_or(HostCallError::NoAgent)?;
+        let spec = self
+            .instance_spec(instance)
+            .await
+            .map_err(|e| HostCallError::Failed(e.to_string()))?;
+        self.host_call(call(agent, spec)).await
+    }
+
+    async fn settle_running(
+        &self,
+        run: &mut Run,
+        instance: &Instance,
+        report: InstanceReport,
+    ) -> Result<()> {
+        let result = serde_json::json!({
+            "instance_id": instance.id,
+            "host_id": instance.host_id,
+            "private_ip": report.private_ip,
+        });
+        let settled = self
+            .store
+            .settle_instance_operation(
+                &OperationEnd {
+                    id: &run.op.id,
+                    status: "completed",
+                    result: Some(&result),
+                    error: None,
+                },
+                &instance.id,
+                &InstanceUpdate {
+                    state: "running".into(),
+                    state_detail: None,
+                    private_ip: Some(report.private_ip),
+                },
+                false,
+            )
+            .await?;
+        if settled {
+            tracing::info!(instance = %instance.id, host = ?instance.host_id, "instance running");
+            self.publish(
+                "instance",
+                &instance.id,
+                Some(&instance.project_id),
+                "running",
+            );
+        }
+        Ok(())
+    }
+
+    /// Undoes a creation's done steps and ends it `status` with `why`: the
+    /// instance is terminated and holds nothing.
+    async fn unwind_create(&self, run: &mut Run, status: &str, why: &str) -> Result<()> {
+        let instance = self.run_instance(run).await?;
+        if instance.host_id.is_some() {
+            match self
+                .on_host(&instance, |agent, spec| async move {
+                    agent.delete_instance(&spec.id).await
+                })
+                .await
+            {
+                Ok(()) | Err(HostCallError::NoAgent) => {}
+                Err(err) => {
+                    // Its CPUs stay held until the host confirms.
+                    return Err(Error::HostFailed(format!(
+                        "undoing the creation of {} on its host failed: {err}",
+                        instance.id
+                    )));
+                }
+            }
+        }
+        let host = instance.host_id.clone();
+        let settled = self
+            .store
+            .settle_instance_operation(
+                &OperationEnd {
+                    id: &run.op.id,
+                    status,
+                    result: None,
+                    error: Some(why),
+                },
+                &instance.id,
+                &InstanceUpdate {
+                    state: "terminated".into(),
+                    state_detail: Some(why.to_string()),
+                    private_ip: None,
+                },
+                true,
+            )
+            .await?;
+        if let Some(host) = host {
+            self.placement.refresh_host(&self.store, &host).await?;
+        }
+        if settled {
+            tracing::info!(instance = %instance.id, status, why, "instance creation unwound");
+            self.publish(
+                "instance",
+                &instance.id,
+                Some(&instance.project_id),
+                "terminated",
+            );
+        }
+        Ok(())
+    }
+
+    /// Drives `instance_delete`, `instance_stop` and `instance_start`: one
+    /// host call, then the instance's new state.
+    pub(crate) async fn run_instance_power(&self, run: &mut Run) -> Result<()> {
+        let instance = self.run_instance(run).await?;
+        let kind = run.op.kind.clone();
+        let outcome = match kind.as_str() {
+            "instance_delete" => self
+                .on_host(&instance, |agent, spec| async move {
+                    agent.delete_instance(&spec.id).await
+                })
+                .await
+                .map(|()| None),
+            "instance_stop" => self
+                .on_host(&instance, |agent, spec| async move {
+                    agent.stop_instance(&spec.id).await
+                })
+                .await
+                .map(|()| None),
+            _ => self
+                .on_host(&instance, |agent, spec| async move {
+                    agent.start_instance(&spec).await
+                })
+                .await
+                .map(Some),
+        };
+        let (status, error, state, release) = match (&outcome, kind.as_str()) {
+            (Ok(_) | Err(HostCallError::NoAgent), "instance_delete")
+                if instance.host_id.is_none() =>
+            {
+                ("completed", None, "terminated", true)
+            }
+            (Ok(_), "instance_delete") => ("completed", None, "terminated", true),
+            (Ok(_), "instance_stop") => ("completed", None, "stopped", false),
+            (Ok(_), _) => ("completed", None, "running", false),
+            (Err(HostCallError::Timeout(_)), "instance_delete") => {
+                // Its CPUs stay held until the host confirms: try again later.
+                return Err(Error::HostTimeout(format!(
+                    "deleting {} on its host timed out",
+                    instance.id
+                )));
+            }
+            (Err(why), "instance_delete") => {
+                return Err(Error::HostFailed(format!(
+                    "deleting {} on its host failed: {why}",
+                    instance.id
+                )));
+            }
+            // A stop or start that failed leaves the instance as it was.
+            (Err(why), "instance_stop") => ("failed", Some(why.to_string()), "running", false),
+            (Err(why), _) => ("failed", Some(why.to_string()), "stopped", false),
+        };
+        let private_ip = match &outcome {
+            Ok(Some(report)) => Some(report.private_ip.clone()),
+            _ => None,
+        };
+        let result = serde_json::json!({ "instance_id": instance.id, "state": state });
+        let host = instance.host_id.clone();
+        let settled = self
+            .store
+            .settle_instance_operation(
+                &OperationEnd {
+                    id: &run.op.id,
+                    status,
+                    result: (status == "completed").then_some(&result),
+                    error: error.as_deref(),
+                },
+                &instance.id,
+                &InstanceUpdate {
+                    state: state.into(),
+                    state_detail: error.clone(),
+                    private_ip,
+                },
+                release,
+            )
+            .await?;
+        if release && let Some(host) = host {
+            self.placement.refresh_host(&self.store, &host).await?;
+        }
+        if settled {
+            tracing::info!(instance = %instance.id, kind, status, state, "instance operation ended");
+            self.publish("instance", &instance.id, Some(&instance.project_id), state);
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,347 @@
+//! Operations: every long action, persisted before it starts, driven by one
+//! process at a time, resumable after a crash, cancellable, and visible at
+//! `/v1/operations`.
+//!
+//! An operation is a saga: a list of steps, each recorded in the operation's
+//! step log as it is done (with the step's own changes where they are in the
+//! store, in the same transaction), and each with an undo. The process that
+//! drives it holds a lease, renewed at each step; when a driver dies, the
+//! reconciler of any process takes the operation over once the lease has
+//! passed and carries on from the log: forward, or back through the undos
+//! when a step failed or a cancel was asked for. A driver that cannot finish
+//! now (a host that does not answer an undo) leaves the operation running
+//! and lets its lease run out, so it is tried again.
+
+use crate::error::{Error, Result};
+use crate::identity::Principal;
+use crate::{App, InFlight, has_nul};
+use base64::Engine;
+use std::time::Duration;
+use tessera_core::Permission;
+use tessera_store::{OperationFilter, OperationRecord};
+
+pub use tessera_store::OperationRecord as Operation;
+
+/// Operation kinds a cancel can stop (and unwind) midway.
+const CANCELLABLE: &[&str] = &["instance_create", "server_create"];
+/// The longest a client may wait on one request.
+pub const MAX_WAIT: Duration = Duration::from_secs(300);
+
+#[derive(Clone, Debug, Default)]
+pub struct OperationQuery {
+    pub kind: Option<String>,
+    pub status: Option<String>,
+    pub limit: Option<u32>,
+    pub page_token: Option<String>,
+}
+
+/// One page of a list, and the token of the next page if there is one.
+#[derive(Clone, Debug)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub next_page_token: Option<String>,
+}
+
+/// A page token: where the previous page ended, `(created_at, id)`.
+pub(crate) fn encode_page_token(created_at: &str, id: &str) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("{created_at}|{id}"))
+}
+
+pub(crate) fn decode_page_token(token: &str) -> Result<(String, String)> {
+    let invalid = || Error::invalid("page_token", "page_token is not a token this API gave out");
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(token)
+        .map_err(|_| invalid())?;
+    let text = String::from_utf8(bytes).map_err(|_| invalid())?;
+    let (at, id) = text.split_once('|').ok_or_else(invalid)?;
+    if has_nul(&text) {
+        return Err(invalid());
+    }
+    Ok((at.to_string(), id.to_string()))
+}
+
+pub(crate) fn page_limit(limit: Option<u32>) -> Result<usize> {
+    match limit {
+        None => Ok(100),
+        Some(n @ 1..=1000) => Ok(n as usize),
+        Some(_) => Err(Error::invalid("limit", "limit must be between 1 and 1000")),
+    }
+}
+
+/// An operation being driven: its record and the steps done so far.
+pub(crate) struct Run {
+    pub op: OperationRecord,
+    pub steps: Vec<String>,
+}
+
+impl Run {
+    pub fn done(&self, step: &str) -> bool {
+        self.steps.iter().any(|s| s == step)
+    }
+
+    /// The log with `step` added.
+    pub fn with(&self, step: &str) -> Vec<String> {
+        let mut steps = self.steps.clone();
+        if !self.done(step) {
+            steps.push(step.to_string());
+        }
+        steps
+    }
+
+    pub fn params<T: serde::de::DeserializeOwned>(&self) -> Result<T> {
+        serde_json::from_str(&self.op.params).map_err(|e| {
+            Error::Internal(tessera_store::StoreError::Corrupt(format!(
+                "operation {} params: {e}",
+                self.op.id
+            )))
+        })
+    }
+}
+
+impl App {
+    /// The caller's project's operations, oldest first.
+    pub async fn operations(
+        &self,
+        caller: &Principal,
+        query: &OperationQuery,
+    ) -> Result<Page<Operation>> {
+        caller.require(Permission::OperationRead)?;
+        let limit = page_limit(query.limit)?;
+        let after = query
+            .page_token
+            .as_deref()
+            .map(decode_page_token)
+            .transpose()?;
+        for value in [&query.kind, &query.status].into_iter().flatten() {
+            if has_nul(value) {
+                return Ok(Page {
+                    items: Vec::new(),
+                    next_page_token: None,
+                });
+            }
+        }
+        let mut items = self
+            .store
+            .operations(&OperationFilter {
+                project_id: Some(caller.project_id.clone()),
+                kind: query.kind.clone(),
+                status: query.status.clone(),
+                after,
+                limit: Some(limit as i64 + 1),
+            })
+            .await?;
+        let next_page_token = if items.len() > limit {
+            items.truncate(limit);
+            items
+                .last()
+                .map(|op| encode_page_token(&op.created_at, &op.id))
+        } else {
+            None
+        };
+        Ok(Page {
+            items,
+            next_page_token,
+        })
+    }
+
+    /// An operation of the caller's project; another project's is a 404.
+    pub async fn operation(&self, caller: &Principal, id: &str) -> Result<Operation> {
+        caller.require(Permission::OperationRead)?;
+        self.project_operation(caller, id).await
+    }
+
+    pub(crate) async fn project_operation(
+        &self,
+        caller: &Principal,
+        id: &str,
+    ) -> Result<Operation> {
+        let op = match has_nul(id) {
+            true => None,
+            false => self.store.operation(id).await?,
+        };
+        op.filter(|op| op.project_id == caller.project_id)
+            .ok_or_else(|| Error::NotFound(format!("operation {id} not found")))
+    }
+
+    /// Answers when the operation has finished, or when `timeout` passes,
+    /// with the operation as it is then.
+    pub async fn wait_operation(
+        &self,
+        caller: &Principal,
+        id: &str,
+        timeout: Duration,
+    ) -> Result<Operation> {
+        caller.require(Permission::OperationRead)?;
+        let op = self.project_operation(caller, id).await?;
+        self.wait_for_end(op, timeout.min(MAX_WAIT)).await
+    }
+
+    async fn wait_for_end(&self, mut op: Operation, timeout: Duration) -> Result<Operation> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut events = self.subscribe();
+        while !op.is_finished() {
+            // Woken by this process's events; the poll catches other replicas'.
+            let poll = tokio::time::sleep(Duration::from_millis(500));
+            tokio::select! {
+                _ = tokio::time::sleep_until(deadline) => break,
+                _ = poll => {}
+                event = events.recv() => {
+                    if let Ok(event) = event && event.id != op.id {
+                        continue;
+                    }
+                }
+            }
+            op = self
+                .store
+                .operation(&op.id)
+                .await?
+                .ok_or_else(|| Error::NotFound(format!("operation {} not found", op.id)))?;
+        }
+        Ok(op)
+    }
+
+    /// Asks an operation to stop; its done steps are undone. Answers once it
+    /// has stopped (or after the agent timeout, still stopping).
+    pub async fn cancel_operation(&self, caller: &Principal, id: &str) -> Result<Operation> {
+        caller.require(Permission::OperationCancel)?;
+        let op = self.project_operation(caller, id).await?;
+        self.cancel(op).await
+    }
+
+    pub(crate) async fn cancel(&self, op: Operation) -> Result<Operation> {
+        if op.is_finished() {
+            return Err(Error::Conflict(format!(
+                "operation {} already ended ({})",
+                op.id, op.status
+            )));
+        }
+        if !CANCELLABLE.contains(&op.kind.as_str()) {
+            return Err(Error::Conflict(format!(
+                "operation {} ({}) cannot be cancelled; wait for it to end",
+                op.id, op.kind
+            )));
+        }
+        if !self.store.request_operation_cancel(&op.id).await? {
+            let op = self.store.operation(&op.id).await?.unwrap_or(op);
+            return Err(Error::Conflict(format!(
+                "operation {} already ended ({})",
+                op.id, op.status
+            )));
+        }
+        tracing::info!(operation = %op.id, kind = %op.kind, "cancel requested");
+        self.spawn_operation(&op.id);
+        self.wait_for_end(op, self.config.agent_timeout).await
+    }
+
+    /// Drives an operation in the background.
+    pub(crate) fn spawn_operation(&self, id: &str) {
+        let app = self.clone();
+        let id = id.to_string();
+        self.tasks
+            .spawn(async move { app.drive_operation(&id).await });
+    }
+
+    /// Takes the operation (unless another driver holds it) and carries it
+    /// as far as it goes.
+    pub(crate) async fn drive_operation(&self, id: &str) {
+        let Some(_guard) = InFlight::enter(&self.in_flight, format!("op:{id}")) else {
+            return;
+        };
+        let op = match self.store.acquire_operation(id, &self.deadline()).await {
+            Ok(Some(op)) => op,
+            Ok(None) => return,
+            Err(err) => {
+                tracing::warn!(operation = id, error = %err, "cannot take the operation");
+                return;
+            }
+        };
+        let steps: Vec<String> = serde_json::from_str(&op.steps).unwrap_or_default();
+        let kind = op.kind.clone();
+        let mut run = Run { op, steps };
+        let driven = match kind.as_str() {
+            "instance_create" => self.run_instance_create(&mut run).await,
+            "instance_delete" | "instance_start" | "instance_stop" => {
+                self.run_instance_power(&mut run).await
+            }
+            "server_create" => self.run_server_create(&mut run).await,
+            "server_delete" => self.run_server_delete(&mut run).await,
+            other => {
+                let error = format!("unknown operation kind {other}");
+                self.store
+                    .finish_operation(id, "failed", None, Some(&error))
+                    .await
+                    .map(|_| ())
+                    .map_err(Error::from)
+            }
+        };
+        if let Err(err) = driven {
+            tracing::warn!(operation = id, kind, error = %err, "operation interrupted; it resumes when its lease ends");
+            return;
+        }
+        if let Ok(Some(op)) = self.store.operation(id).await {
+            self.publish("operation", id, Some(&op.project_id), &op.status);
+        }
+    }
+
+    /// Whether a cancel was asked for since the run started.
+    pub(crate) async fn cancel_requested(&self, run: &Run) -> Result<bool> {
+        Ok(self
+            .store
+            .operation(&run.op.id)
+            .await?
+            .is_some_and(|op| op.cancel_requested != 0))
+    }
+
+    /// Records `step` as done and renews the lease. An operation another
+    /// process has settled meanwhile stops this run.
+    pub(crate) async fn record_step(&self, run: &mut Run, step: &str) -> Result<()> {
+        let steps = run.with(step);
+        if !self
+            .store
+            .record_operation_progress(&run.op.id, &steps, &self.deadline())
+            .await?
+        {
+            return Err(Error::Conflict(format!(
+                "operation {} was settled by another process",
+                run.op.id
+            )));
+        }
+        run.steps = steps;
+        Ok(())
+    }
+
+    /// Starts every unfinished operation no live process drives.
+    pub(crate) async fn resume_operations(&self) -> Result<()> {
+        for id in self.store.orphaned_operations().await? {
+            let busy = self
+                .in_flight
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .contains(&format!("op:{id}"));
+            if !busy {
+                tracing::info!(operation = %id, "resuming an unfinished operation");
+                self.spawn_operation(&id);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Counts for the system metrics.
+#[derive(Clone, Debug)]
+pub struct SystemCounts {
+    /// Operations by status.
+    pub operations: Vec<(String, i64)>,
+    /// Instances by state.
+    pub instances: Vec<(String, i64)>,
+}
+
+impl App {
+    pub async fn system_counts(&self, caller: &Principal) -> Result<SystemCounts> {
+        caller.require(Permission::SystemMetrics)?;
+        Ok(SystemCounts {
+            operations: self.store.operation_counts().await?,
+            instances: self.store.instance_counts().await?,
+        })
+    }
+}

@@ -1,0 +1,371 @@
+//! Servers, as the native API calls the fleet's hosts: registered and
+//! deleted through operations. Kloigos's `init_server` and this API see the
+//! same hosts; a server registered here without `cpu_ranges` has a CPU pool
+//! from which instances take exclusive CPUs, one with `cpu_ranges` is
+//! carved into Kloigos units.
+
+use crate::error::{Error, Result};
+use crate::hosts::{Host, InitServer, validate_host};
+use crate::identity::Principal;
+use crate::operations::{Operation, Run};
+use crate::{App, has_nul, new_id};
+use serde::{Deserialize, Serialize};
+use tessera_core::status::HostStatus;
+use tessera_core::{CpuSet, Permission};
+use tessera_store::{DecommissionStart, NewOperation};
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct CreateServer {
+    pub workspace: Option<String>,
+    pub hostname: String,
+    pub ip_address: String,
+    pub provider: Option<String>,
+    /// `NxCPU-MGB`; gives the CPUs (`0..N-1`) when `cpus` is absent.
+    pub plan: Option<String>,
+    pub region: Option<String>,
+    pub zone: String,
+    /// The CPU pool in Linux list format (`0-15`).
+    pub cpus: Option<String>,
+    /// Kloigos ranges: carve the host into units instead of a pool.
+    #[serde(default)]
+    pub cpu_ranges: Vec<String>,
+    #[serde(default)]
+    pub numa_nodes: Vec<String>,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    #[serde(default)]
+    pub check_mode: bool,
+    /// The id the server gets, chosen when the request is accepted.
+    #[serde(default)]
+    pub server_id: String,
+}
+
+/// CPUs of a plan such as `2xCPU-4GB`.
+fn plan_cpus(plan: &str) -> Option<u32> {
+    let (cpus, _) = plan.split_once("xCPU")?;
+    cpus.parse().ok().filter(|n| *n > 0 && *n <= 8192)
+}
+
+impl App {
+    pub async fn servers(&self, caller: &Principal) -> Result<Vec<Host>> {
+        caller.require(Permission::ServerRead)?;
+        Ok(self.store.hosts(&[]).await?)
+    }
+
+    /// A server by id or hostname.
+    pub async fn server(&self, caller: &Principal, id: &str) -> Result<Host> {
+        caller.require(Permission::ServerRead)?;
+        self.find_server(id).await
+    }
+
+    async fn find_server(&self, id: &str) -> Result<Host> {
+        if has_nul(id) {
+            return Err(Error::NotFound(format!(
+                "server {} not found",
+                id.escape_debug()
+            )));
+        }
+        let host = match self.store.host(id).await? {
+            Some(host) => Some(host),
+            None => self.store.host_by_hostname(id).await?,
+        };
+        host.ok_or_else(|| Error::NotFound(format!("server {id} not found")))
+    }
+
+    /// Validates a server and starts the operation that registers and
+    /// prepares it. With `check_mode`, validates only.
+    pub async fn create_server(
+        &self,
+        caller: &Principal,
+        mut req: CreateServer,
+    ) -> Result<Operation> {
+        caller.require(Permission::ServerCreate)?;
+        let project_id = self.workspace_of(caller, req.workspace.as_deref()).await?;
+        req.server_id = new_id("host");
+        self.new_host(&req)?;
+        if let Some(existing) = self.store.host_by_hostname(&req.hostname).await?
+            && !matches!(
+                existing.status,
+                HostStatus::Decommissioned | HostStatus::InitFail
+            )
+        {
+            return Err(Error::Conflict(format!(
+                "server {} is already registered (status {})",
+                req.hostname, existing.status
+            )));
+        }
+        let op = NewOperation {
+            id: uuid::Uuid::new_v4().to_string(),
+            project_id,
+            kind: "server_create".into(),
+            resource_id: Some(req.server_id.clone()),
+            params: serde_json::to_value(&req).unwrap_or_default(),
+            created_by: caller.username.clone(),
+        };
+        self.store.insert_operation(&op).await?;
+        self.spawn_operation(&op.id);
+        self.project_operation(caller, &op.id).await
+    }
+
+    fn new_host(&self, req: &CreateServer) -> Result<tessera_store::NewHost> {
+        let pooled = req.cpu_ranges.is_empty();
+        let cpus = match (&req.cpus, req.plan.as_deref().and_then(plan_cpus)) {
+            _ if !pooled => None,
+            (Some(list), _) => Some(
+                CpuSet::parse_list(list)
+                    .map_err(|e| Error::invalid("cpus", format!("cpus: {e}")))?,
+            ),
+            (None, Some(n)) => Some((0..n).collect::<CpuSet>()),
+            (None, None) => {
+                return Err(Error::invalid(
+                    "cpus",
+                    "give the server's CPUs as cpus (\"0-15\"), a plan such as \"16xCPU-64GB\", or Kloigos cpu_ranges",
+                ));
+            }
+        };
+        if cpus.as_ref().is_some_and(|c| c.is_empty()) {
+            return Err(Error::invalid("cpus", "cpus must name at least one CPU"));
+        }
+        for (field, value) in [("provider", &req.provider), ("plan", &req.plan)] {
+            if let Some(v) = value
+                && (v.is_empty() || v.len() > 64 || v.chars().any(char::is_control))
+            {
+                return Err(Error::invalid(
+                    field,
+                    format!("{field} must be 1 to 64 printable characters"),
+                ));
+            }
+        }
+        if req.tags.len() > 32
+            || req
+                .tags
+                .iter()
+                .any(|t| t.is_empty() || t.len() > 64 || t.chars().any(char::is_control))
+        {
+            return Err(Error::invalid(
+                "tags",
+                "at most 32 tags of 1 to 64 printable characters",
+            ));
+        }
+        let mut new = validate_host(
+            InitServer {
+                hostname: req.hostname.clone(),
+                ip: req.ip_address.clone(),
+                region: req.region.clone().unwrap_or_else(|| req.zone.clone()),
+                zone: req.zone.clone(),
+                cpu_ranges: req.cpu_ranges.clone(),
+                numa_nodes: req.numa_nodes.clone(),
+            },
+            pooled,
+        )?;
+        if let Some(cpus) = &cpus {
+            let numa: CpuSet = new
+                .numa_nodes
+                .iter()
+                .filter_map(|n| CpuSet::parse_list(n).ok())
+                .fold(CpuSet::new(), |all, n| all.union(&n));
+            if !numa.is_empty() && !cpus.is_subset(&numa) {
+                return Err(Error::invalid(
+                    "numa_nodes",
+                    "numa_nodes must cover every CPU of cpus",
+                ));
+            }
+        }
+        new.id = req.server_id.clone();
+        new.cpus = cpus.map(|c| c.to_string());
+        new.provider = Some(req.provider.clone().unwrap_or_else(|| "tessera".into()));
+        new.plan = req.plan.clone();
+        new.tags = req.tags.clone();
+        Ok(new)
+    }
+
+    /// Starts deleting a server. Refused while instances run on it or
+    /// compute units are held there, unless `force` (which takes the units
+    /// back; instances must be deleted first).
+    pub async fn delete_server(
+        &self,
+        caller: &Principal,
+        id: &str,
+        force: bool,
+        workspace: Option<&str>,
+    ) -> Result<Operation> {
+        caller.require(Permission::ServerDelete)?;
+        let project_id = self.workspace_of(caller, workspace).await?;
+        let host = self.find_server(id).await?;
+        if host.status == HostStatus::Decommissioned {
+            return Err(Error::NotFound(format!("server {id} not found")));
+        }
+        match self.store.begin_decommission(&host.id, force).await? {
+            DecommissionStart::Started | DecommissionStart::AlreadyDecommissioning => {}
+            DecommissionStart::AlreadyDecommissioned => {
+                return Err(Error::NotFound(format!("server {id} not found")));
+            }
+            DecommissionStart::UnitsHeld(ids) => {
+                return Err(Error::Conflict(format!(
+                    "server {} has {} allocated compute unit(s) ({}); deallocate them first or delete with force",
+                    host.hostname,
+                    ids.len(),
+                    ids.join(", ")
+                )));
+            }
+            DecommissionStart::InstancesPresent(ids) => {
+                return Err(Error::Conflict(format!(
+                    "server {} runs {} instance(s) ({}); delete them first",
+                    host.hostname,
+                    ids.len(),
+                    ids.join(", ")
+                )));
+            }
+        }
+        self.placement.refresh_host(&self.store, &host.id).await?;
+        let op = NewOperation {
+            id: uuid::Uuid::new_v4().to_string(),
+            project_id,
+            kind: "server_delete".into(),
+            resource_id: Some(host.id.clone()),
+            params: serde_json::json!({ "server_id": host.id, "force": force }),
+            created_by: caller.username.clone(),
+        };
+        self.store.insert_operation(&op).await?;
+        self.publish("host", &host.id, None, HostStatus::Decommissioning.as_str());
+        self.spawn_operation(&op.id);
+        self.project_operation(caller, &op.id).await
+    }
+
+    /// Drives `server_create`: `registered` (the host is recorded), then the
+    /// host is prepared by its agent; the operation ends with the host's
+    /// outcome.
+    pub(crate) async fn run_server_create(&self, run: &mut Run) -> Result<()> {
+        let req: CreateServer = run.params()?;
+        if req.check_mode {
+            let result =
+                serde_json::json!({ "check_mode": true, "valid": true, "hostname": req.hostname });
+            self.store
+                .finish_operation(&run.op.id, "completed", Some(&result), None)
+                .await?;
+            return Ok(());
+        }
+        if self.cancel_requested(run).await? && !run.done("registered") {
+            self.store
+                .finish_operation(
+                    &run.op.id,
+                    "cancelled",
+                    None,
+                    Some("cancelled before the server was registered"),
+                )
+                .await?;
+            return Ok(());
+        }
+        if !run.done("registered") {
+            if self.store.host(&req.server_id).await?.is_none() {
+                let new = match self.new_host(&req) {
+                    Ok(new) => new,
+                    Err(err) => {
+                        self.store
+                            .finish_operation(&run.op.id, "failed", None, Some(&err.to_string()))
+                            .await?;
+                        return Ok(());
+                    }
+                };
+                if !self.store.insert_host(&new).await? {
+                    let why = format!("server {} is already registered", req.hostname);
+                    self.store
+                        .finish_operation(&run.op.id, "failed", None, Some(&why))
+                        .await?;
+                    return Ok(());
+                }
+                tracing::info!(hostname = %req.hostname, id = %req.server_id, "server registered");
+                self.publish(
+                    "host",
+                    &req.server_id,
+                    None,
+                    HostStatus::Initializing.as_str(),
+                );
+            }
+            self.record_step(run, "registered").await?;
+        }
+        self.placement
+            .refresh_host(&self.store, &req.server_id)
+            .await?;
+        self.drive_host(&req.server_id).await;
+        let host = self.store.host(&req.server_id).await?;
+        let Some(host) = host else {
+            self.store
+                .finish_operation(&run.op.id, "failed", None, Some("the server was removed"))
+                .await?;
+            return Ok(());
+        };
+        match host.status {
+            HostStatus::Ready => {
+                let result = serde_json::json!({
+                    "server_id": host.id,
+                    "hostname": host.hostname,
+                    "ip_address": host.ip,
+                });
+                self.store
+                    .finish_operation(&run.op.id, "completed", Some(&result), None)
+                    .await?;
+                self.publish("host", &host.id, None, host.status.as_str());
+                Ok(())
+            }
+            HostStatus::InitFail => {
+                let why = host
+                    .status_detail
+                    .unwrap_or_else(|| "preparation failed".into());
+                self.store
+                    .finish_operation(&run.op.id, "failed", None, Some(&why))
+                    .await?;
+                self.publish("host", &host.id, None, host.status.as_str());
+                Ok(())
+            }
+            // No agent yet: the operation goes on when the host is ready.
+            _ => Err(Error::Unavailable(format!(
+                "server {} waits for its agent",
+                host.hostname
+            ))),
+        }
+    }
+
+    /// Drives `server_delete`: the host is retired by its agent; the
+    /// operation ends with the host's outcome.
+    pub(crate) async fn run_server_delete(&self, run: &mut Run) -> Result<()> {
+        let id = run.op.resource_id.clone().unwrap_or_default();
+        self.drive_host(&id).await;
+        let Some(host) = self.store.host(&id).await? else {
+            self.store
+                .finish_operation(
+                    &run.op.id,
+                    "completed",
+                    Some(&serde_json::json!({ "server_id": id })),
+                    None,
+                )
+                .await?;
+            return Ok(());
+        };
+        match host.status {
+            HostStatus::Decommissioned => {
+                let result = serde_json::json!({ "server_id": host.id, "hostname": host.hostname });
+                self.store
+                    .finish_operation(&run.op.id, "completed", Some(&result), None)
+                    .await?;
+            }
+            HostStatus::DecommissionFail => {
+                let why = host
+                    .status_detail
+                    .clone()
+                    .unwrap_or_else(|| "decommission failed".into());
+                self.store
+                    .finish_operation(&run.op.id, "failed", None, Some(&why))
+                    .await?;
+            }
+            _ => {
+                return Err(Error::Unavailable(format!(
+                    "server {} is still being retired",
+                    host.hostname
+                )));
+            }
+        }
+        self.publish("host", &host.id, None, host.status.as_str());
+        Ok(())
+    }
+}

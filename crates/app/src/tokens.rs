@@ -1,0 +1,174 @@
+//! API tokens for automation: created with scopes, listed, revoked. The
+//! secret is shown once, at creation; only its hash is kept.
+
+use crate::error::{Error, Result};
+use crate::identity::{BOOTSTRAP_TOKEN_ID, Principal, generate_token, hash_token};
+use crate::{App, has_nul, new_id};
+use tessera_core::Permission;
+use tessera_store::{NewToken, TokenRecord};
+
+#[derive(Clone, Debug, Default)]
+pub struct CreateToken {
+    pub name: String,
+    /// Project name; the caller's current project by default.
+    pub project: Option<String>,
+    /// User id; the caller by default (another user's needs `user_admin`).
+    pub user_id: Option<String>,
+    pub scopes: Option<Vec<String>>,
+    pub expires_in_days: Option<i64>,
+}
+
+/// A token as shown: never its hash.
+#[derive(Clone, Debug)]
+pub struct ApiToken {
+    pub record: TokenRecord,
+    pub project_name: Option<String>,
+    /// The secret, on creation only.
+    pub secret: Option<String>,
+}
+
+impl App {
+    pub async fn tokens(&self, caller: &Principal) -> Result<Vec<ApiToken>> {
+        let all = caller.can(Permission::UserAdmin);
+        let records = self
+            .store
+            .tokens((!all).then_some(caller.user_id.as_str()))
+            .await?;
+        let mut tokens = Vec::with_capacity(records.len());
+        for record in records {
+            tokens.push(self.shown_token(record, None).await?);
+        }
+        Ok(tokens)
+    }
+
+    async fn shown_token(&self, record: TokenRecord, secret: Option<String>) -> Result<ApiToken> {
+        let project_name = match &record.project_id {
+            Some(id) => self.store.project(id).await?.map(|p| p.name),
+            None => None,
+        };
+        Ok(ApiToken {
+            record,
+            project_name,
+            secret,
+        })
+    }
+
+    pub async fn create_token(&self, caller: &Principal, req: CreateToken) -> Result<ApiToken> {
+        let name = req.name.trim();
+        if name.is_empty() || name.len() > 128 || name.chars().any(char::is_control) {
+            return Err(Error::invalid(
+                "name",
+                "name must be 1 to 128 printable characters",
+            ));
+        }
+        let user_id = match &req.user_id {
+            Some(user) if *user != caller.user_id => {
+                caller.require(Permission::UserAdmin)?;
+                if has_nul(user) || self.store.user(user).await?.is_none() {
+                    return Err(Error::NotFound(format!("user {user} not found")));
+                }
+                user.clone()
+            }
+            _ => caller.user_id.clone(),
+        };
+        let project = match &req.project {
+            Some(name) => self.project_named(name).await?,
+            None => self
+                .store
+                .project(&caller.project_id)
+                .await?
+                .ok_or_else(|| Error::NotFound("your project no longer exists".into()))?,
+        };
+        let membership = self.store.membership(&user_id, &project.id).await?;
+        let Some(membership) = membership else {
+            return Err(Error::NotFound(format!(
+                "workspace {} not found (the token's user is not a member of it)",
+                project.name
+            )));
+        };
+        let role: tessera_core::Role = membership
+            .role
+            .parse()
+            .map_err(|e: String| Error::invalid("role", e))?;
+        let scopes = match &req.scopes {
+            None => None,
+            Some(names) => {
+                let mut scopes = Vec::new();
+                for name in names {
+                    let permission: Permission = name
+                        .parse()
+                        .map_err(|e: String| Error::invalid("scopes", e))?;
+                    if !role.grants(permission) {
+                        return Err(Error::invalid(
+                            "scopes",
+                            format!(
+                                "scope {permission} is not granted by role {role} in workspace {}",
+                                project.name
+                            ),
+                        ));
+                    }
+                    scopes.push(permission.as_str().to_string());
+                }
+                scopes.sort();
+                scopes.dedup();
+                Some(scopes)
+            }
+        };
+        let expires_at = match req.expires_in_days {
+            None => None,
+            Some(days) if (1..=3650).contains(&days) => Some(tessera_store::timestamp(
+                chrono::Utc::now() + chrono::Duration::days(days),
+            )),
+            Some(_) => {
+                return Err(Error::invalid(
+                    "expires_in_days",
+                    "expires_in_days must be between 1 and 3650",
+                ));
+            }
+        };
+        let secret = generate_token();
+        let id = new_id("tok");
+        self.store
+            .insert_token(&NewToken {
+                id: id.clone(),
+                name: name.to_string(),
+                token_hash: hash_token(&secret),
+                user_id,
+                project_id: project.id,
+                scopes,
+                expires_at,
+            })
+            .await?;
+        let record = self
+            .store
+            .token(&id)
+            .await?
+            .ok_or_else(|| Error::Unavailable("the new token vanished".into()))?;
+        self.shown_token(record, Some(secret)).await
+    }
+
+    /// Revokes a token of the caller's (any, for an admin). Another user's
+    /// token is a 404 to a non-admin.
+    pub async fn revoke_token(&self, caller: &Principal, id: &str) -> Result<()> {
+        let record = match has_nul(id) {
+            true => None,
+            false => self.store.token(id).await?,
+        };
+        let visible = record.filter(|r| {
+            caller.can(Permission::UserAdmin) || r.user_id.as_deref() == Some(&caller.user_id)
+        });
+        let Some(record) = visible.filter(|r| r.revoked_at.is_none()) else {
+            return Err(Error::NotFound(format!("token {id} not found")));
+        };
+        if record.id == BOOTSTRAP_TOKEN_ID && caller.token_id.as_deref() == Some(BOOTSTRAP_TOKEN_ID)
+        {
+            return Err(Error::Conflict(
+                "the bootstrap admin token cannot revoke itself; use another admin credential"
+                    .into(),
+            ));
+        }
+        self.store.revoke_token(&record.id).await?;
+        self.identity.forget_all();
+        Ok(())
+    }
+}

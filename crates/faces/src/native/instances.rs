@@ -1,0 +1,317 @@
+//! `/v1/instances`: instances as metadata, spec and status.
+
+use super::{Body, Caller, ErrorBody, Path, Query, Result, operation_location};
+use axum::Json;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use tessera_app::App;
+use tessera_app::instances::{
+    CreateInstance, Instance, InstanceQuery, InstanceSpecInput, parse_selector,
+};
+use utoipa::{IntoParams, ToSchema};
+
+#[derive(Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Metadata {
+    #[schema(example = "web-server-01")]
+    pub name: String,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Set by the server.
+    #[serde(default, skip_deserializing)]
+    pub created_at: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct InstanceSpecBody {
+    /// Instance type: cx11, cx21, cx31, cx41, cx51 or cx61.
+    #[serde(rename = "type")]
+    #[schema(example = "cx31")]
+    pub instance_type: String,
+    #[schema(example = "ubuntu-22.04")]
+    pub image: String,
+    /// Defaults to the type's.
+    pub vcpus: Option<u32>,
+    pub memory_mb: Option<u64>,
+    pub disk_gb: Option<u64>,
+    pub vpc_id: Option<String>,
+    pub subnet_id: Option<String>,
+    #[serde(default)]
+    pub security_groups: Vec<String>,
+    #[serde(default)]
+    pub ssh_key_ids: Vec<String>,
+    /// Base64-encoded startup script.
+    pub user_data: Option<String>,
+    /// Tessera extension: a region or zone to place the instance in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub location: Option<String>,
+}
+
+impl From<InstanceSpecBody> for InstanceSpecInput {
+    fn from(s: InstanceSpecBody) -> Self {
+        InstanceSpecInput {
+            instance_type: s.instance_type,
+            image: s.image,
+            vcpus: s.vcpus,
+            memory_mb: s.memory_mb,
+            disk_gb: s.disk_gb,
+            vpc_id: s.vpc_id,
+            subnet_id: s.subnet_id,
+            security_groups: s.security_groups,
+            ssh_key_ids: s.ssh_key_ids,
+            user_data: s.user_data,
+            location: s.location,
+        }
+    }
+}
+
+impl From<InstanceSpecInput> for InstanceSpecBody {
+    fn from(s: InstanceSpecInput) -> Self {
+        InstanceSpecBody {
+            instance_type: s.instance_type,
+            image: s.image,
+            vcpus: s.vcpus,
+            memory_mb: s.memory_mb,
+            disk_gb: s.disk_gb,
+            vpc_id: s.vpc_id,
+            subnet_id: s.subnet_id,
+            security_groups: s.security_groups,
+            ssh_key_ids: s.ssh_key_ids,
+            user_data: s.user_data,
+            location: s.location,
+        }
+    }
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct InstanceStatus {
+    /// `provisioning`, `running`, `stopping`, `stopped` or `terminated`.
+    pub state: String,
+    pub host_id: String,
+    pub private_ip: String,
+    pub public_ip: String,
+    /// Tessera extension: the host CPUs pinned to the instance (Linux list).
+    pub cpus: String,
+    /// Tessera extension: why the instance is in its state, when it failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct InstanceBody {
+    #[schema(example = "inst-a1b2c3")]
+    pub id: String,
+    pub metadata: Metadata,
+    pub spec: InstanceSpecBody,
+    pub status: InstanceStatus,
+    /// The operation under way on the instance, if any.
+    pub operation_id: Option<String>,
+}
+
+impl From<Instance> for InstanceBody {
+    fn from(i: Instance) -> Self {
+        let spec: InstanceSpecInput = serde_json::from_str(&i.spec).unwrap_or_default();
+        InstanceBody {
+            metadata: Metadata {
+                name: i.name,
+                labels: serde_json::from_str(&i.labels).unwrap_or_default(),
+                created_at: Some(i.created_at),
+            },
+            spec: spec.into(),
+            status: InstanceStatus {
+                state: i.state,
+                host_id: i.host_id.unwrap_or_default(),
+                private_ip: i.private_ip,
+                public_ip: i.public_ip,
+                cpus: i.cpu_list.unwrap_or_default(),
+                message: i.state_detail,
+            },
+            operation_id: i.operation_id,
+            id: i.id,
+        }
+    }
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateInstanceRequest {
+    pub metadata: Metadata,
+    pub spec: InstanceSpecBody,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct InstanceList {
+    pub items: Vec<InstanceBody>,
+    /// Pass as `page_token` for the next page; absent on the last.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_page_token: Option<String>,
+}
+
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ListParams {
+    /// Label selector: `env=production,team=platform` (all must match).
+    pub labels: Option<String>,
+    /// Only instances in this state (`terminated` lists terminated ones,
+    /// which are otherwise left out).
+    pub state: Option<String>,
+    /// At most this many (1 to 1000, default 100).
+    pub limit: Option<u32>,
+    pub page_token: Option<String>,
+}
+
+type Accepted = (
+    StatusCode,
+    [(header::HeaderName, String); 1],
+    Json<InstanceBody>,
+);
+
+fn accepted(status: StatusCode, instance: Instance) -> Accepted {
+    let location = operation_location(instance.operation_id.as_deref().unwrap_or_default());
+    (status, location, Json(instance.into()))
+}
+
+/// Create an instance; it is `provisioning` until its operation ends.
+#[utoipa::path(post, path = "/v1/instances", tag = "instances", request_body = CreateInstanceRequest,
+    responses(
+        (status = 201, description = "Created; follow operation_id", body = InstanceBody),
+        (status = 400, description = "Invalid request", body = ErrorBody),
+        (status = 401, description = "Unauthorized", body = ErrorBody),
+        (status = 403, description = "Forbidden", body = ErrorBody),
+    ))]
+pub async fn create_instance(
+    State(app): State<App>,
+    Caller(caller): Caller,
+    Body(req): Body<CreateInstanceRequest>,
+) -> Result<Accepted> {
+    let instance = app
+        .create_instance(
+            &caller,
+            CreateInstance {
+                name: req.metadata.name,
+                labels: req.metadata.labels,
+                spec: req.spec.into(),
+            },
+        )
+        .await?;
+    Ok(accepted(StatusCode::CREATED, instance))
+}
+
+/// List instances, oldest first.
+#[utoipa::path(get, path = "/v1/instances", tag = "instances", params(ListParams),
+    responses(
+        (status = 200, description = "Instances", body = InstanceList),
+        (status = 400, description = "Invalid request", body = ErrorBody),
+        (status = 401, description = "Unauthorized", body = ErrorBody),
+        (status = 403, description = "Forbidden", body = ErrorBody),
+    ))]
+pub async fn list_instances(
+    State(app): State<App>,
+    Caller(caller): Caller,
+    Query(params): Query<ListParams>,
+) -> Result<Json<InstanceList>> {
+    let labels = params
+        .labels
+        .as_deref()
+        .map(parse_selector)
+        .transpose()?
+        .unwrap_or_default();
+    let page = app
+        .instances(
+            &caller,
+            &InstanceQuery {
+                labels,
+                state: params.state,
+                limit: params.limit,
+                page_token: params.page_token,
+            },
+        )
+        .await?;
+    Ok(Json(InstanceList {
+        items: page.items.into_iter().map(InstanceBody::from).collect(),
+        next_page_token: page.next_page_token,
+    }))
+}
+
+/// Get an instance.
+#[utoipa::path(get, path = "/v1/instances/{id}", tag = "instances",
+    params(("id" = String, Path, description = "Instance id")),
+    responses(
+        (status = 200, description = "The instance", body = InstanceBody),
+        (status = 401, description = "Unauthorized", body = ErrorBody),
+        (status = 403, description = "Forbidden", body = ErrorBody),
+        (status = 404, description = "Not found", body = ErrorBody),
+    ))]
+pub async fn get_instance(
+    State(app): State<App>,
+    Caller(caller): Caller,
+    Path(id): Path<String>,
+) -> Result<Json<InstanceBody>> {
+    Ok(Json(app.instance(&caller, &id).await?.into()))
+}
+
+/// Delete an instance: 202 with the operation doing it.
+#[utoipa::path(delete, path = "/v1/instances/{id}", tag = "instances",
+    params(("id" = String, Path, description = "Instance id")),
+    responses(
+        (status = 202, description = "Deleting; follow operation_id", body = InstanceBody),
+        (status = 401, description = "Unauthorized", body = ErrorBody),
+        (status = 403, description = "Forbidden", body = ErrorBody),
+        (status = 404, description = "Not found", body = ErrorBody),
+        (status = 409, description = "Another operation is under way on it, or it is terminated", body = ErrorBody),
+    ))]
+pub async fn delete_instance(
+    State(app): State<App>,
+    Caller(caller): Caller,
+    Path(id): Path<String>,
+) -> Result<Accepted> {
+    Ok(accepted(
+        StatusCode::ACCEPTED,
+        app.delete_instance(&caller, &id).await?,
+    ))
+}
+
+/// Start a stopped instance.
+#[utoipa::path(post, path = "/v1/instances/{id}/start", tag = "instances",
+    params(("id" = String, Path, description = "Instance id")),
+    responses(
+        (status = 202, description = "Starting; follow operation_id", body = InstanceBody),
+        (status = 401, description = "Unauthorized", body = ErrorBody),
+        (status = 403, description = "Forbidden", body = ErrorBody),
+        (status = 404, description = "Not found", body = ErrorBody),
+        (status = 409, description = "Not stopped, or another operation is under way", body = ErrorBody),
+    ))]
+pub async fn start_instance(
+    State(app): State<App>,
+    Caller(caller): Caller,
+    Path(id): Path<String>,
+) -> Result<Accepted> {
+    Ok(accepted(
+        StatusCode::ACCEPTED,
+        app.start_instance(&caller, &id).await?,
+    ))
+}
+
+/// Stop a running instance; it keeps its CPUs and disk.
+#[utoipa::path(post, path = "/v1/instances/{id}/stop", tag = "instances",
+    params(("id" = String, Path, description = "Instance id")),
+    responses(
+        (status = 202, description = "Stopping; follow operation_id", body = InstanceBody),
+        (status = 401, description = "Unauthorized", body = ErrorBody),
+        (status = 403, description = "Forbidden", body = ErrorBody),
+        (status = 404, description = "Not found", body = ErrorBody),
+        (status = 409, description = "Not running, or another operation is under way", body = ErrorBody),
+    ))]
+pub async fn stop_instance(
+    State(app): State<App>,
+    Caller(caller): Caller,
+    Path(id): Path<String>,
+) -> Result<Accepted> {
+    Ok(accepted(
+        StatusCode::ACCEPTED,
+        app.stop_instance(&caller, &id).await?,
+    ))
+}

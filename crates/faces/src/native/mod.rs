@@ -1,0 +1,294 @@
+//! The native API at `/v1`: the provisioning API (identity, workspaces,
+//! servers, operations, metrics) merged with the instances API.
+//!
+//! Errors are the provisioning API's body, `{"error": "CODE", "message":
+//! "...", "code": "400"}`, for every failure including unreadable JSON and
+//! unknown routes. Callers authenticate with a bearer credential: a JWT from
+//! `POST /v1/auth/login` or an API token; each handler checks the one
+//! permission its action needs.
+
+mod auth;
+mod instances;
+mod operations;
+mod servers;
+mod ssh_keys;
+mod system;
+mod tokens;
+mod users;
+mod workspaces;
+
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::{FromRequest, FromRequestParts};
+use axum::http::request::Parts;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Serialize;
+use tessera_app::{App, Error, Principal};
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi, ToSchema};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Tessera native API",
+        version = "1.0.0",
+        description = "Identity, workspaces, servers, instances, SSH keys and operations."
+    ),
+    paths(
+        auth::login,
+        auth::refresh,
+        users::list_users,
+        users::create_user,
+        users::get_user,
+        users::update_user,
+        users::delete_user,
+        tokens::list_tokens,
+        tokens::create_token,
+        tokens::revoke_token,
+        workspaces::list_workspaces,
+        workspaces::create_workspace,
+        workspaces::activate_workspace,
+        servers::list_servers,
+        servers::create_server,
+        servers::delete_server,
+        servers::server_status,
+        instances::create_instance,
+        instances::list_instances,
+        instances::get_instance,
+        instances::delete_instance,
+        instances::start_instance,
+        instances::stop_instance,
+        ssh_keys::list_ssh_keys,
+        ssh_keys::create_ssh_key,
+        ssh_keys::get_ssh_key,
+        ssh_keys::delete_ssh_key,
+        operations::list_operations,
+        operations::get_operation,
+        operations::wait_operation,
+        operations::cancel_operation,
+        system::metrics,
+    ),
+    components(schemas(ErrorBody)),
+    modifiers(&BearerAuth),
+    security(("bearer" = [])),
+)]
+pub struct NativeApi;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+pub fn router(app: App) -> Router {
+    Router::new()
+        .route("/auth/login", post(auth::login))
+        .route("/auth/refresh", post(auth::refresh))
+        .route("/users", get(users::list_users).post(users::create_user))
+        .route(
+            "/users/{id}",
+            get(users::get_user)
+                .patch(users::update_user)
+                .delete(users::delete_user),
+        )
+        .route(
+            "/tokens",
+            get(tokens::list_tokens).post(tokens::create_token),
+        )
+        .route("/tokens/{id}", axum::routing::delete(tokens::revoke_token))
+        .route("/workspaces", get(workspaces::list_workspaces))
+        .route("/workspaces/create", post(workspaces::create_workspace))
+        .route(
+            "/workspaces/{name}/activate",
+            post(workspaces::activate_workspace),
+        )
+        .route("/servers", get(servers::list_servers))
+        .route("/servers/create", post(servers::create_server))
+        .route(
+            "/servers/{id}",
+            axum::routing::delete(servers::delete_server),
+        )
+        .route("/servers/{id}/status", get(servers::server_status))
+        .route(
+            "/instances",
+            get(instances::list_instances).post(instances::create_instance),
+        )
+        .route(
+            "/instances/{id}",
+            get(instances::get_instance).delete(instances::delete_instance),
+        )
+        .route("/instances/{id}/start", post(instances::start_instance))
+        .route("/instances/{id}/stop", post(instances::stop_instance))
+        .route(
+            "/ssh-keys",
+            get(ssh_keys::list_ssh_keys).post(ssh_keys::create_ssh_key),
+        )
+        .route(
+            "/ssh-keys/{id}",
+            get(ssh_keys::get_ssh_key).delete(ssh_keys::delete_ssh_key),
+        )
+        .route("/operations", get(operations::list_operations))
+        .route("/operations/{id}", get(operations::get_operation))
+        .route("/operations/{id}/wait", get(operations::wait_operation))
+        .route(
+            "/operations/{id}/cancel",
+            post(operations::cancel_operation),
+        )
+        .route("/metrics", get(system::metrics))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(app)
+}
+
+/// The provisioning API's error body.
+#[derive(Serialize, ToSchema)]
+pub struct ErrorBody {
+    /// A machine-readable code such as `NOT_FOUND`.
+    #[schema(example = "NOT_FOUND")]
+    pub error: String,
+    pub message: String,
+    /// The HTTP status, as a string.
+    #[schema(example = "404")]
+    pub code: String,
+}
+
+/// Every failure of this face.
+#[derive(Debug)]
+pub struct NativeError(pub Error);
+
+impl From<Error> for NativeError {
+    fn from(err: Error) -> Self {
+        NativeError(err)
+    }
+}
+
+fn error_response(status: StatusCode, error: &str, message: String) -> Response {
+    let body = ErrorBody {
+        error: error.to_string(),
+        message,
+        code: status.as_u16().to_string(),
+    };
+    let mut response = (status, Json(body)).into_response();
+    if status == StatusCode::UNAUTHORIZED {
+        response
+            .headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    }
+    response
+}
+
+impl IntoResponse for NativeError {
+    fn into_response(self) -> Response {
+        let (status, code) = match &self.0 {
+            Error::Invalid { .. } => (StatusCode::BAD_REQUEST, "INVALID_REQUEST"),
+            Error::NotFound(_) => (StatusCode::NOT_FOUND, "NOT_FOUND"),
+            Error::Conflict(_) => (StatusCode::CONFLICT, "CONFLICT"),
+            Error::NoCapacity(_) => (StatusCode::CONFLICT, "INSUFFICIENT_CAPACITY"),
+            Error::Unauthenticated(_) => (StatusCode::UNAUTHORIZED, "UNAUTHORIZED"),
+            Error::Forbidden(_) => (StatusCode::FORBIDDEN, "FORBIDDEN"),
+            Error::HostFailed(_) => (StatusCode::BAD_GATEWAY, "HOST_FAILED"),
+            Error::HostTimeout(_) => (StatusCode::GATEWAY_TIMEOUT, "HOST_TIMEOUT"),
+            Error::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "SERVICE_UNAVAILABLE"),
+            Error::Internal(source) => {
+                tracing::error!(error = ?source, "internal error");
+                (StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL_ERROR")
+            }
+        };
+        let message = match &self.0 {
+            Error::Internal(_) => "Internal Server Error".to_string(),
+            other => other.to_string(),
+        };
+        error_response(status, code, message)
+    }
+}
+
+fn bad_request(message: String) -> NativeError {
+    NativeError(Error::Invalid {
+        field: None,
+        message,
+    })
+}
+
+impl From<JsonRejection> for NativeError {
+    fn from(rejection: JsonRejection) -> Self {
+        bad_request(match rejection {
+            JsonRejection::MissingJsonContentType(_) => {
+                "the body must be JSON, sent with Content-Type: application/json".to_string()
+            }
+            other => format!("invalid JSON body: {}", other.body_text()),
+        })
+    }
+}
+
+impl From<QueryRejection> for NativeError {
+    fn from(rejection: QueryRejection) -> Self {
+        bad_request(format!("invalid query: {}", rejection.body_text()))
+    }
+}
+
+impl From<PathRejection> for NativeError {
+    fn from(rejection: PathRejection) -> Self {
+        bad_request(format!("invalid path: {}", rejection.body_text()))
+    }
+}
+
+/// A JSON body whose rejection is this face's 400.
+#[derive(FromRequest)]
+#[from_request(via(axum::Json), rejection(NativeError))]
+pub struct Body<T>(pub T);
+
+/// Query parameters whose rejection is this face's 400.
+#[derive(FromRequestParts)]
+#[from_request(via(axum::extract::Query), rejection(NativeError))]
+pub struct Query<T>(pub T);
+
+/// A path parameter whose rejection is this face's 400.
+#[derive(FromRequestParts)]
+#[from_request(via(axum::extract::Path), rejection(NativeError))]
+pub struct Path<T>(pub T);
+
+/// The authenticated caller.
+pub struct Caller(pub Principal);
+
+impl FromRequestParts<App> for Caller {
+    type Rejection = NativeError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &App) -> Result<Self, Self::Rejection> {
+        let bearer = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| {
+                let (scheme, token) = v.split_once(' ')?;
+                scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+            });
+        Ok(Caller(app.authenticate(bearer).await?))
+    }
+}
+
+/// `Location` of an operation, for answers that start one.
+fn operation_location(id: &str) -> [(header::HeaderName, String); 1] {
+    [(header::LOCATION, format!("/v1/operations/{id}"))]
+}
+
+async fn not_found() -> Response {
+    error_response(StatusCode::NOT_FOUND, "NOT_FOUND", "Not Found".into())
+}
+
+async fn method_not_allowed() -> Response {
+    error_response(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "METHOD_NOT_ALLOWED",
+        "Method Not Allowed".into(),
+    )
+}
+
+type Result<T, E = NativeError> = std::result::Result<T, E>;

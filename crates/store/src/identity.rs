@@ -1,0 +1,401 @@
+//! Projects, users, their memberships, refresh tokens and shared settings.
+
+use crate::db::Arg;
+use crate::writer::Commit;
+use crate::{Result, Store, now};
+
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct ProjectRecord {
+    pub id: String,
+    pub name: String,
+    pub path: String,
+    pub created_at: String,
+}
+
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct UserRecord {
+    pub id: String,
+    pub username: String,
+    pub password_hash: Option<String>,
+    pub active_project_id: Option<String>,
+    pub disabled: i64,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+/// A user's role in a project, with the project's fields.
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct MembershipRecord {
+    pub user_id: String,
+    pub project_id: String,
+    pub project_name: String,
+    pub path: String,
+    pub role: String,
+    pub last_used: Option<String>,
+}
+
+#[derive(Clone, Debug)]
+pub struct NewUser {
+    pub id: String,
+    pub username: String,
+    pub password_hash: Option<String>,
+    pub project_id: String,
+    pub role: String,
+}
+
+/// What presenting a refresh token did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum RefreshUse {
+    /// It was valid: it is now used, and its successor was recorded.
+    Rotated { user_id: String },
+    /// It had been used before: its whole family is now revoked.
+    Reused,
+    /// Unknown, expired or revoked.
+    Invalid,
+}
+
+const USER_COLUMNS: &str =
+    "id, username, password_hash, active_project_id, disabled, created_at, updated_at";
+const MEMBERSHIP_SELECT: &str = "SELECT m.user_id, m.project_id, p.name AS project_name, \
+     p.path, m.role, m.last_used FROM memberships m JOIN projects p ON p.id = m.project_id";
+
+impl Store {
+    /// The value of a shared setting, set to `value` first if it has none:
+    /// every replica ends up with the same one.
+    pub async fn setting_or_init(&self, name: &str, value: &str) -> Result<String> {
+        self.run_statements(
+            "setting_or_init",
+            vec![(
+                "INSERT INTO settings (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING"
+                    .into(),
+                vec![name.into(), value.into()],
+            )],
+            |_| true,
+        )
+        .await?;
+        let row: Option<(String,)> = self
+            .fetch_optional("SELECT value FROM settings WHERE name = $1", &[name.into()])
+            .await?;
+        Ok(row.map(|(v,)| v).unwrap_or_else(|| value.to_string()))
+    }
+
+    pub async fn projects(&self) -> Result<Vec<ProjectRecord>> {
+        self.fetch_all(
+            "SELECT id, name, path, created_at FROM projects ORDER BY name",
+            &[],
+        )
+        .await
+    }
+
+    pub async fn project(&self, id: &str) -> Result<Option<ProjectRecord>> {
+        self.fetch_optional(
+            "SELECT id, name, path, created_at FROM projects WHERE id = $1",
+            &[id.into()],
+        )
+        .await
+    }
+
+    pub async fn project_by_name(&self, name: &str) -> Result<Option<ProjectRecord>> {
+        self.fetch_optional(
+            "SELECT id, name, path, created_at FROM projects WHERE name = $1",
+            &[name.into()],
+        )
+        .await
+    }
+
+    /// Creates a project, and makes `owner` (if any) a member with `role`.
+    /// `false`, changing nothing, when the name is taken.
+    pub async fn insert_project(
+        &self,
+        project: &ProjectRecord,
+        owner: Option<(&str, &str)>,
+    ) -> Result<bool> {
+        let mut statements = vec![(
+            "INSERT INTO projects (id, name, path, created_at) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (name) DO NOTHING"
+                .to_string(),
+            vec![
+                (&project.id).into(),
+                (&project.name).into(),
+                (&project.path).into(),
+                (&project.created_at).into(),
+            ],
+        )];
+        if let Some((user_id, role)) = owner {
+            statements.push(membership_upsert(user_id, &project.id, role));
+        }
+        let counts = self
+            .run_statements("insert_project", statements, |c| c[0] == 1)
+            .await?;
+        Ok(counts[0] == 1)
+    }
+
+    pub async fn users(&self) -> Result<Vec<UserRecord>> {
+        self.fetch_all(
+            &format!("SELECT {USER_COLUMNS} FROM users ORDER BY username"),
+            &[],
+        )
+        .await
+    }
+
+    pub async fn user(&self, id: &str) -> Result<Option<UserRecord>> {
+        self.fetch_optional(
+            &format!("SELECT {USER_COLUMNS} FROM users WHERE id = $1"),
+            &[id.into()],
+        )
+        .await
+    }
+
+    pub async fn user_by_name(&self, username: &str) -> Result<Option<UserRecord>> {
+        self.fetch_optional(
+            &format!("SELECT {USER_COLUMNS} FROM users WHERE username = $1"),
+            &[username.into()],
+        )
+        .await
+    }
+
+    /// Creates a user, a member of its first project, which is its active
+    /// one. `false`, changing nothing, when the username is taken.
+    pub async fn insert_user(&self, user: &NewUser) -> Result<bool> {
+        let at = now();
+        let counts = self
+            .run_statements(
+                "insert_user",
+                vec![
+                    (
+                        "INSERT INTO users (id, username, password_hash, active_project_id, \
+                         disabled, created_at, updated_at) VALUES ($1, $2, $3, $4, 0, $5, $5) \
+                         ON CONFLICT (username) DO NOTHING"
+                            .into(),
+                        vec![
+                            (&user.id).into(),
+                            (&user.username).into(),
+                            user.password_hash.as_ref().into(),
+                            (&user.project_id).into(),
+                            (&at).into(),
+                        ],
+                    ),
+                    membership_upsert(&user.id, &user.project_id, &user.role),
+                ],
+                |c| c[0] == 1,
+            )
+            .await?;
+        Ok(counts[0] == 1)
+    }
+
+    /// Changes a user's password hash and/or disabled flag. A disabled user
+    /// loses every refresh token. `false` when there is no such user.
+    pub async fn update_user(
+        &self,
+        id: &str,
+        password_hash: Option<&str>,
+        disabled: Option<bool>,
+    ) -> Result<bool> {
+        let mut statements = vec![(
+            "UPDATE users SET password_hash = COALESCE($1, password_hash), \
+             disabled = COALESCE($2, disabled), updated_at = $3 WHERE id = $4"
+                .to_string(),
+            vec![
+                password_hash.into(),
+                disabled.map(i64::from).into(),
+                now().into(),
+                id.into(),
+            ],
+        )];
+        if password_hash.is_some() || disabled == Some(true) {
+            statements.push(revoke_refresh_of(id));
+        }
+        let counts = self
+            .run_statements("update_user", statements, |c| c[0] == 1)
+            .await?;
+        Ok(counts[0] == 1)
+    }
+
+    /// Deletes a user with its memberships, refresh tokens and API tokens.
+    pub async fn delete_user(&self, id: &str) -> Result<bool> {
+        let statements = vec![
+            (
+                "DELETE FROM memberships WHERE user_id = $1".to_string(),
+                vec![id.into()],
+            ),
+            (
+                "DELETE FROM refresh_tokens WHERE user_id = $1".to_string(),
+                vec![id.into()],
+            ),
+            (
+                "DELETE FROM api_tokens WHERE user_id = $1".to_string(),
+                vec![id.into()],
+            ),
+            (
+                "DELETE FROM users WHERE id = $1".to_string(),
+                vec![id.into()],
+            ),
+        ];
+        let counts = self
+            .run_statements("delete_user", statements, |c| c[3] == 1)
+            .await?;
+        Ok(counts[3] == 1)
+    }
+
+    pub async fn memberships(&self, user_id: &str) -> Result<Vec<MembershipRecord>> {
+        self.fetch_all(
+            &format!("{MEMBERSHIP_SELECT} WHERE m.user_id = $1 ORDER BY p.name"),
+            &[user_id.into()],
+        )
+        .await
+    }
+
+    pub async fn membership(
+        &self,
+        user_id: &str,
+        project_id: &str,
+    ) -> Result<Option<MembershipRecord>> {
+        self.fetch_optional(
+            &format!("{MEMBERSHIP_SELECT} WHERE m.user_id = $1 AND m.project_id = $2"),
+            &[user_id.into(), project_id.into()],
+        )
+        .await
+    }
+
+    /// Gives a user `role` in a project (replacing the role it had there).
+    pub async fn put_membership(&self, user_id: &str, project_id: &str, role: &str) -> Result<()> {
+        self.run_statements(
+            "put_membership",
+            vec![membership_upsert(user_id, project_id, role)],
+            |_| true,
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Makes a project the user's active one. `false` when the user is not
+    /// a member of it.
+    pub async fn activate_project(&self, user_id: &str, project_id: &str) -> Result<bool> {
+        let at = now();
+        let counts = self
+            .run_statements(
+                "activate_project",
+                vec![
+                    (
+                        "UPDATE memberships SET last_used = $1 WHERE user_id = $2 AND project_id = $3"
+                            .into(),
+                        vec![(&at).into(), user_id.into(), project_id.into()],
+                    ),
+                    (
+                        "UPDATE users SET active_project_id = $1, updated_at = $2 WHERE id = $3"
+                            .into(),
+                        vec![project_id.into(), (&at).into(), user_id.into()],
+                    ),
+                ],
+                |c| c[0] == 1,
+            )
+            .await?;
+        Ok(counts[0] == 1)
+    }
+
+    pub async fn insert_refresh_token(
+        &self,
+        id: &str,
+        user_id: &str,
+        family: &str,
+        expires_at: &str,
+    ) -> Result<()> {
+        self.run_statements(
+            "insert_refresh_token",
+            vec![refresh_insert(id, user_id, family, expires_at)],
+            |_| true,
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Uses refresh token `id` once: marks it used and records `next_id`, its
+    /// successor in the same family. A token used before revokes its family.
+    pub async fn rotate_refresh_token(
+        &self,
+        id: &str,
+        next_id: &str,
+        next_expires_at: &str,
+    ) -> Result<RefreshUse> {
+        let (id, next_id, next_expires_at) = (
+            id.to_string(),
+            next_id.to_string(),
+            next_expires_at.to_string(),
+        );
+        self.write("rotate_refresh_token", move |mut conn| {
+            let (id, next_id, next_expires_at) =
+                (id.clone(), next_id.clone(), next_expires_at.clone());
+            Box::pin(async move {
+                let at = now();
+                let user_id = conn
+                    .fetch_text(
+                        "UPDATE refresh_tokens SET status = 'used' \
+                         WHERE id = $1 AND status = 'active' AND expires_at > $2 RETURNING user_id",
+                        &[(&id).into(), (&at).into()],
+                    )
+                    .await?;
+                let family = conn
+                    .fetch_text(
+                        "SELECT family FROM refresh_tokens WHERE id = $1",
+                        &[(&id).into()],
+                    )
+                    .await?;
+                let (Some(user_id), Some(family)) = (user_id, family.clone()) else {
+                    let reused = conn
+                        .execute(
+                            "UPDATE refresh_tokens SET status = 'revoked' WHERE family = \
+                             (SELECT family FROM refresh_tokens WHERE id = $1 AND status = 'used')",
+                            &[(&id).into()],
+                        )
+                        .await?;
+                    return Ok(Commit::Keep(match reused {
+                        0 => RefreshUse::Invalid,
+                        _ => RefreshUse::Reused,
+                    }));
+                };
+                let (sql, args) = refresh_insert(&next_id, &user_id, &family, &next_expires_at);
+                conn.execute(&sql, &args).await?;
+                // Used tokens are kept while their family lives, to catch
+                // reuse; expired ones go.
+                conn.execute(
+                    "DELETE FROM refresh_tokens WHERE expires_at < $1",
+                    &[(&at).into()],
+                )
+                .await?;
+                Ok(Commit::Keep(RefreshUse::Rotated { user_id }))
+            })
+        })
+        .await
+    }
+}
+
+fn membership_upsert(user_id: &str, project_id: &str, role: &str) -> (String, Vec<Arg>) {
+    (
+        "INSERT INTO memberships (user_id, project_id, role, created_at) VALUES ($1, $2, $3, $4) \
+         ON CONFLICT (user_id, project_id) DO UPDATE SET role = $3"
+            .into(),
+        vec![user_id.into(), project_id.into(), role.into(), now().into()],
+    )
+}
+
+fn refresh_insert(id: &str, user_id: &str, family: &str, expires_at: &str) -> (String, Vec<Arg>) {
+    (
+        "INSERT INTO refresh_tokens (id, user_id, family, status, expires_at, created_at) \
+         VALUES ($1, $2, $3, 'active', $4, $5)"
+            .into(),
+        vec![
+            id.into(),
+            user_id.into(),
+            family.into(),
+            expires_at.into(),
+            now().into(),
+        ],
+    )
+}
+
+fn revoke_refresh_of(user_id: &str) -> (String, Vec<Arg>) {
+    (
+        "UPDATE refresh_tokens SET status = 'revoked' WHERE user_id = $1".into(),
+        vec![user_id.into()],
+    )
+}

@@ -1,0 +1,400 @@
+//! Instances and the CPUs they hold.
+//!
+//! An instance's CPUs are rows of the same `cpu_claims` ledger Kloigos units
+//! use (holder `instance:<id>`), so its primary key keeps any CPU from being
+//! given twice whichever face asked. A claim also bumps the host's
+//! generation, which is how other replicas' placement views learn of it.
+
+use crate::db::{Arg, Conn, DbError};
+use crate::operations::{
+    NewOperation, OperationEnd, operation_finish, operation_insert, operation_progress,
+};
+use crate::writer::Commit;
+use crate::{Result, Store, now};
+use std::sync::Arc;
+
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct InstanceRecord {
+    pub id: String,
+    pub project_id: String,
+    pub name: String,
+    /// JSON object.
+    pub labels: String,
+    /// JSON object: the spec as asked for.
+    pub spec: String,
+    pub state: String,
+    pub state_detail: Option<String>,
+    pub host_id: Option<String>,
+    pub cpu_list: Option<String>,
+    pub memory_mb: i64,
+    pub private_ip: String,
+    pub public_ip: String,
+    pub operation_id: Option<String>,
+    pub generation: i64,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+#[derive(Clone, Debug)]
+pub struct NewInstance {
+    pub id: String,
+    pub project_id: String,
+    pub name: String,
+    pub labels: serde_json::Value,
+    pub spec: serde_json::Value,
+    pub memory_mb: i64,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct InstanceFilter {
+    pub project_id: Option<String>,
+    pub host_id: Option<String>,
+    /// Only instances after this `(created_at, id)`, for paging.
+    pub after: Option<(String, String)>,
+    pub include_terminated: bool,
+}
+
+/// The end of an instance operation: the operation's outcome and the
+/// instance's resulting state, written together.
+#[derive(Clone, Debug)]
+pub struct InstanceUpdate {
+    pub state: String,
+    pub state_detail: Option<String>,
+    /// `None` keeps the recorded address.
+    pub private_ip: Option<String>,
+}
+
+const INSTANCE_COLUMNS: &str = "id, project_id, name, labels, spec, state, state_detail, host_id, \
+     cpu_list, memory_mb, private_ip, public_ip, operation_id, generation, created_at, updated_at";
+
+fn holder(instance_id: &str) -> String {
+    format!("instance:{instance_id}")
+}
+
+impl Store {
+    /// Records a new instance, `provisioning`, with the operation that
+    /// creates it, in one transaction.
+    pub async fn insert_instance(&self, instance: &NewInstance, op: &NewOperation) -> Result<()> {
+        let at = now();
+        self.run_statements(
+            "insert_instance",
+            vec![
+                (
+                    format!(
+                        "INSERT INTO instances ({INSTANCE_COLUMNS}) VALUES ($1, $2, $3, $4, $5, \
+                         'provisioning', NULL, NULL, NULL, $6, '', '', $7, 1, $8, $8)"
+                    ),
+                    vec![
+                        (&instance.id).into(),
+                        (&instance.project_id).into(),
+                        (&instance.name).into(),
+                        instance.labels.to_string().into(),
+                        instance.spec.to_string().into(),
+                        instance.memory_mb.into(),
+                        (&op.id).into(),
+                        at.into(),
+                    ],
+                ),
+                operation_insert(op),
+            ],
+            |_| true,
+        )
+        .await?;
+        Ok(())
+    }
+
+    pub async fn instance(&self, id: &str) -> Result<Option<InstanceRecord>> {
+        self.fetch_optional(
+            &format!("SELECT {INSTANCE_COLUMNS} FROM instances WHERE id = $1"),
+            &[id.into()],
+        )
+        .await
+    }
+
+    /// Oldest first.
+    pub async fn instances(&self, filter: &InstanceFilter) -> Result<Vec<InstanceRecord>> {
+        let mut conditions = Vec::new();
+        let mut args: Vec<Arg> = Vec::new();
+        for (column, value) in [
+            ("project_id", &filter.project_id),
+            ("host_id", &filter.host_id),
+        ] {
+            if let Some(value) = value {
+                args.push(value.into());
+                conditions.push(format!("{column} = ${}", args.len()));
+            }
+        }
+        if let Some((at, id)) = &filter.after {
+            args.push(at.into());
+            args.push(id.into());
+            let (a, b) = (args.len() - 1, args.len());
+            conditions.push(format!(
+                "(created_at > ${a} OR (created_at = ${a} AND id > ${b}))"
+            ));
+        }
+        if !filter.include_terminated {
+            conditions.push("state <> 'terminated'".into());
+        }
+        let mut sql = format!("SELECT {INSTANCE_COLUMNS} FROM instances");
+        if !conditions.is_empty() {
+            sql.push_str(" WHERE ");
+            sql.push_str(&conditions.join(" AND "));
+        }
+        sql.push_str(" ORDER BY created_at, id");
+        self.fetch_all(&sql, &args).await
+    }
+
+    /// Memory held by the instances on each host: `(host id, MB)`.
+    pub async fn instance_memory_by_host(
+        &self,
+        host_id: Option<&str>,
+    ) -> Result<Vec<(String, i64)>> {
+        let sql = "SELECT host_id, CAST(SUM(memory_mb) AS BIGINT) AS memory_mb FROM instances \
+                   WHERE host_id IS NOT NULL AND (host_id = $1 OR $1 = '') GROUP BY host_id";
+        self.fetch_all(sql, &[host_id.unwrap_or("").into()]).await
+    }
+
+    /// How many instances are in each state.
+    pub async fn instance_counts(&self) -> Result<Vec<(String, i64)>> {
+        self.fetch_all(
+            "SELECT state, COUNT(*) AS n FROM instances GROUP BY state ORDER BY state",
+            &[],
+        )
+        .await
+    }
+
+    /// Gives an unplaced instance `cpus` and memory on a READY host, and
+    /// records `steps` on its operation, in one transaction. `false`,
+    /// changing nothing, when the host is not READY, a CPU is held, or the
+    /// instance is placed already: the caller looks again.
+    pub async fn place_instance(
+        &self,
+        instance_id: &str,
+        host_id: &str,
+        cpus: &[u32],
+        op: (&str, &[String], &str),
+    ) -> Result<bool> {
+        let place = Arc::new(Placing {
+            instance_id: instance_id.to_string(),
+            host_id: host_id.to_string(),
+            cpus: cpus.to_vec(),
+            progress: operation_progress(op.0, op.1, op.2),
+        });
+        self.write("place_instance", move |conn| {
+            let place = place.clone();
+            Box::pin(async move { place_instance(conn, &place).await })
+        })
+        .await
+    }
+
+    /// Takes an instance's CPUs and memory back (its host forgets it) and
+    /// records `steps`; safe to repeat.
+    pub async fn unplace_instance(
+        &self,
+        instance_id: &str,
+        op: (&str, &[String], &str),
+    ) -> Result<()> {
+        let (clear, host) = unplace_statements(instance_id);
+        self.run_statements(
+            "unplace_instance",
+            vec![
+                host,
+                clear_claims(instance_id),
+                clear,
+                operation_progress(op.0, op.1, op.2),
+            ],
+            |_| true,
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Records steps and the instance's state while an operation goes on.
+    pub async fn instance_progress(
+        &self,
+        instance_id: &str,
+        update: &InstanceUpdate,
+        op: (&str, &[String], &str),
+    ) -> Result<bool> {
+        let counts = self
+            .run_statements(
+                "instance_progress",
+                vec![
+                    operation_progress(op.0, op.1, op.2),
+                    instance_set(instance_id, update, Some(op.0)),
+                ],
+                |c| c[0] == 1,
+            )
+            .await?;
+        Ok(counts[0] == 1)
+    }
+
+    /// Ends an instance's operation and sets the instance's state together.
+    /// `release` also takes back its CPUs. `false` when the operation had
+    /// already ended (another process settled it).
+    pub async fn settle_instance_operation(
+        &self,
+        end: &OperationEnd<'_>,
+        instance_id: &str,
+        update: &InstanceUpdate,
+        release: bool,
+    ) -> Result<bool> {
+        let mut statements = vec![
+            operation_finish(end.id, end.status, end.result, end.error),
+            instance_set(instance_id, update, None),
+        ];
+        if release {
+            let (clear, host) = unplace_statements(instance_id);
+            statements.extend([host, clear_claims(instance_id), clear]);
+        }
+        let counts = self
+            .run_statements("settle_instance_operation", statements, |c| c[0] == 1)
+            .await?;
+        Ok(counts[0] == 1)
+    }
+
+    /// Starts an operation on an instance in one of `from` that has none
+    /// under way: it moves to `to` and records `op`. `false`, changing
+    /// nothing, otherwise.
+    pub async fn begin_instance_operation(
+        &self,
+        instance_id: &str,
+        from: &[&str],
+        to: &str,
+        op: &NewOperation,
+    ) -> Result<bool> {
+        let mut args: Vec<Arg> = vec![to.into(), (&op.id).into(), now().into(), instance_id.into()];
+        let params: Vec<String> = from
+            .iter()
+            .map(|state| {
+                args.push((*state).into());
+                format!("${}", args.len())
+            })
+            .collect();
+        let counts = self
+            .run_statements(
+                "begin_instance_operation",
+                vec![
+                    (
+                        format!(
+                            "UPDATE instances SET state = $1, state_detail = NULL, operation_id = $2, \
+                             updated_at = $3, generation = generation + 1 \
+                             WHERE id = $4 AND operation_id IS NULL AND state IN ({})",
+                            params.join(", ")
+                        ),
+                        args,
+                    ),
+                    operation_insert(op),
+                ],
+                |c| c[0] == 1,
+            )
+            .await?;
+        Ok(counts[0] == 1)
+    }
+}
+
+struct Placing {
+    instance_id: String,
+    host_id: String,
+    cpus: Vec<u32>,
+    progress: (String, Vec<Arg>),
+}
+
+async fn place_instance(mut conn: Conn<'_>, place: &Placing) -> Result<Commit<bool>, DbError> {
+    if place.cpus.is_empty() {
+        return Ok(Commit::Undo(false));
+    }
+    let at = now();
+    // The host row's lock: a decommission waits for this, and this for it.
+    let ready = conn
+        .execute(
+            "UPDATE hosts SET generation = generation + 1, updated_at = $1 \
+             WHERE id = $2 AND status = 'READY'",
+            &[(&at).into(), (&place.host_id).into()],
+        )
+        .await?;
+    if ready != 1 {
+        return Ok(Commit::Undo(false));
+    }
+    let cpu_list = tessera_core::CpuSet::from_iter(place.cpus.iter().copied()).to_string();
+    let placed = conn
+        .execute(
+            "UPDATE instances SET host_id = $1, cpu_list = $2, updated_at = $3, \
+             generation = generation + 1 WHERE id = $4 AND host_id IS NULL",
+            &[
+                (&place.host_id).into(),
+                (&cpu_list).into(),
+                (&at).into(),
+                (&place.instance_id).into(),
+            ],
+        )
+        .await?;
+    if placed != 1 {
+        return Ok(Commit::Undo(false));
+    }
+    let values: Vec<String> = (0..place.cpus.len())
+        .map(|i| format!("($1, ${}, $2)", i + 3))
+        .collect();
+    let sql = format!(
+        "INSERT INTO cpu_claims (host_id, cpu, holder) VALUES {} ON CONFLICT DO NOTHING",
+        values.join(", ")
+    );
+    let mut args: Vec<Arg> = vec![(&place.host_id).into(), holder(&place.instance_id).into()];
+    args.extend(place.cpus.iter().map(|&cpu| Arg::from(i64::from(cpu))));
+    if conn.execute(&sql, &args).await? != place.cpus.len() as u64 {
+        return Ok(Commit::Undo(false));
+    }
+    if conn.execute(&place.progress.0, &place.progress.1).await? != 1 {
+        // The operation was taken over or ended meanwhile.
+        return Ok(Commit::Undo(false));
+    }
+    Ok(Commit::Keep(true))
+}
+
+/// Statements that clear an instance's placement and bump its host.
+fn unplace_statements(instance_id: &str) -> ((String, Vec<Arg>), (String, Vec<Arg>)) {
+    let at = now();
+    (
+        (
+            "UPDATE instances SET host_id = NULL, cpu_list = NULL, updated_at = $1, \
+             generation = generation + 1 WHERE id = $2"
+                .into(),
+            vec![(&at).into(), instance_id.into()],
+        ),
+        (
+            "UPDATE hosts SET generation = generation + 1, updated_at = $1 \
+             WHERE id = (SELECT host_id FROM instances WHERE id = $2)"
+                .into(),
+            vec![at.into(), instance_id.into()],
+        ),
+    )
+}
+
+fn clear_claims(instance_id: &str) -> (String, Vec<Arg>) {
+    (
+        "DELETE FROM cpu_claims WHERE holder = $1".into(),
+        vec![holder(instance_id).into()],
+    )
+}
+
+/// Sets an instance's state; `operation` is the operation still under way
+/// on it, or `None` when none is.
+fn instance_set(
+    instance_id: &str,
+    update: &InstanceUpdate,
+    operation: Option<&str>,
+) -> (String, Vec<Arg>) {
+    (
+        "UPDATE instances SET state = $1, state_detail = $2, private_ip = COALESCE($3, private_ip), \
+         operation_id = $4, updated_at = $5, generation = generation + 1 WHERE id = $6"
+            .into(),
+        vec![
+            (&update.state).into(),
+            update.state_detail.as_ref().into(),
+            update.private_ip.as_ref().into(),
+            operation.into(),
+            now().into(),
+            instance_id.into(),
+        ],
+    )
+}

@@ -1,0 +1,279 @@
+//! Operations: every long action, persisted before it starts.
+//!
+//! An operation is driven by one process at a time, which holds a lease on
+//! it (`lease_until`) and renews it at each step. A process that dies stops
+//! renewing; once the lease has passed, any process may take the operation
+//! over and finish or unwind it from its step log.
+
+use crate::db::Arg;
+use crate::{Result, Store, now};
+
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct OperationRecord {
+    pub id: String,
+    pub project_id: String,
+    pub kind: String,
+    /// `pending`, `running`, `completed`, `failed` or `cancelled`.
+    pub status: String,
+    pub resource_id: Option<String>,
+    /// JSON: what the operation was asked to do.
+    pub params: String,
+    /// JSON list of the steps done so far.
+    pub steps: String,
+    /// JSON, once completed.
+    pub result: Option<String>,
+    pub error: Option<String>,
+    pub cancel_requested: i64,
+    pub lease_until: Option<String>,
+    pub created_by: String,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+impl OperationRecord {
+    pub fn is_finished(&self) -> bool {
+        matches!(self.status.as_str(), "completed" | "failed" | "cancelled")
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct NewOperation {
+    pub id: String,
+    pub project_id: String,
+    pub kind: String,
+    pub resource_id: Option<String>,
+    pub params: serde_json::Value,
+    pub created_by: String,
+}
+
+/// How an operation ended.
+#[derive(Clone, Debug)]
+pub struct OperationEnd<'a> {
+    pub id: &'a str,
+    /// `completed`, `failed` or `cancelled`.
+    pub status: &'a str,
+    pub result: Option<&'a serde_json::Value>,
+    pub error: Option<&'a str>,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct OperationFilter {
+    pub project_id: Option<String>,
+    pub kind: Option<String>,
+    pub status: Option<String>,
+    /// Only operations after this `(created_at, id)`, for paging.
+    pub after: Option<(String, String)>,
+    pub limit: Option<i64>,
+}
+
+const OPERATION_COLUMNS: &str = "id, project_id, kind, status, resource_id, params, steps, result, \
+     error, cancel_requested, lease_until, created_by, created_at, updated_at";
+
+pub(crate) fn operation_insert(op: &NewOperation) -> (String, Vec<Arg>) {
+    let at = now();
+    (
+        format!(
+            "INSERT INTO operations ({OPERATION_COLUMNS}) \
+             VALUES ($1, $2, $3, 'pending', $4, $5, '[]', NULL, NULL, 0, NULL, $6, $7, $7)"
+        ),
+        vec![
+            (&op.id).into(),
+            (&op.project_id).into(),
+            (&op.kind).into(),
+            op.resource_id.as_ref().into(),
+            op.params.to_string().into(),
+            (&op.created_by).into(),
+            at.into(),
+        ],
+    )
+}
+
+/// Ends an unfinished operation.
+pub(crate) fn operation_finish(
+    id: &str,
+    status: &str,
+    result: Option<&serde_json::Value>,
+    error: Option<&str>,
+) -> (String, Vec<Arg>) {
+    (
+        "UPDATE operations SET status = $1, result = $2, error = $3, lease_until = NULL, \
+         updated_at = $4 WHERE id = $5 AND status IN ('pending', 'running')"
+            .into(),
+        vec![
+            status.into(),
+            result.map(|r| r.to_string()).into(),
+            error.into(),
+            now().into(),
+            id.into(),
+        ],
+    )
+}
+
+/// Records the steps done and extends the lease of a running operation.
+pub(crate) fn operation_progress(
+    id: &str,
+    steps: &[String],
+    lease_until: &str,
+) -> (String, Vec<Arg>) {
+    (
+        "UPDATE operations SET steps = $1, lease_until = $2, updated_at = $3 \
+         WHERE id = $4 AND status = 'running'"
+            .into(),
+        vec![
+            serde_json::to_string(steps).unwrap_or_default().into(),
+            lease_until.into(),
+            now().into(),
+            id.into(),
+        ],
+    )
+}
+
+impl Store {
+    pub async fn insert_operation(&self, op: &NewOperation) -> Result<()> {
+        self.run_statements("insert_operation", vec![operation_insert(op)], |_| true)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn operation(&self, id: &str) -> Result<Option<OperationRecord>> {
+        self.fetch_optional(
+            &format!("SELECT {OPERATION_COLUMNS} FROM operations WHERE id = $1"),
+            &[id.into()],
+        )
+        .await
+    }
+
+    /// Oldest first.
+    pub async fn operations(&self, filter: &OperationFilter) -> Result<Vec<OperationRecord>> {
+        let mut conditions = Vec::new();
+        let mut args: Vec<Arg> = Vec::new();
+        for (column, value) in [
+            ("project_id", &filter.project_id),
+            ("kind", &filter.kind),
+            ("status", &filter.status),
+        ] {
+            if let Some(value) = value {
+                args.push(value.into());
+                conditions.push(format!("{column} = ${}", args.len()));
+            }
+        }
+        if let Some((at, id)) = &filter.after {
+            args.push(at.into());
+            args.push(id.into());
+            let (a, b) = (args.len() - 1, args.len());
+            conditions.push(format!(
+                "(created_at > ${a} OR (created_at = ${a} AND id > ${b}))"
+            ));
+        }
+        let mut sql = format!("SELECT {OPERATION_COLUMNS} FROM operations");
+        if !conditions.is_empty() {
+            sql.push_str(" WHERE ");
+            sql.push_str(&conditions.join(" AND "));
+        }
+        sql.push_str(" ORDER BY created_at, id");
+        if let Some(limit) = filter.limit {
+            sql.push_str(&format!(" LIMIT {}", limit.max(0)));
+        }
+        self.fetch_all(&sql, &args).await
+    }
+
+    /// Takes an unfinished operation to drive it, unless another process
+    /// holds an unexpired lease on it: it becomes `running`, leased until
+    /// `lease_until`. Answers it as taken, or `None`.
+    pub async fn acquire_operation(
+        &self,
+        id: &str,
+        lease_until: &str,
+    ) -> Result<Option<OperationRecord>> {
+        let counts = self
+            .run_statements(
+                "acquire_operation",
+                vec![(
+                    "UPDATE operations SET status = 'running', lease_until = $1, updated_at = $2 \
+                     WHERE id = $3 AND status IN ('pending', 'running') \
+                     AND (lease_until IS NULL OR lease_until < $2)"
+                        .into(),
+                    vec![lease_until.into(), now().into(), id.into()],
+                )],
+                |_| true,
+            )
+            .await?;
+        if counts[0] != 1 {
+            return Ok(None);
+        }
+        self.operation(id).await
+    }
+
+    /// Records progress; `false` when the operation is no longer running.
+    pub async fn record_operation_progress(
+        &self,
+        id: &str,
+        steps: &[String],
+        lease_until: &str,
+    ) -> Result<bool> {
+        let counts = self
+            .run_statements(
+                "record_operation_progress",
+                vec![operation_progress(id, steps, lease_until)],
+                |_| true,
+            )
+            .await?;
+        Ok(counts[0] == 1)
+    }
+
+    /// Ends an operation with no resource of its own to update.
+    pub async fn finish_operation(
+        &self,
+        id: &str,
+        status: &str,
+        result: Option<&serde_json::Value>,
+        error: Option<&str>,
+    ) -> Result<bool> {
+        let counts = self
+            .run_statements(
+                "finish_operation",
+                vec![operation_finish(id, status, result, error)],
+                |_| true,
+            )
+            .await?;
+        Ok(counts[0] == 1)
+    }
+
+    /// Asks an unfinished operation to stop; `false` when it has finished.
+    pub async fn request_operation_cancel(&self, id: &str) -> Result<bool> {
+        let counts = self
+            .run_statements(
+                "request_operation_cancel",
+                vec![(
+                    "UPDATE operations SET cancel_requested = 1, updated_at = $1 \
+                     WHERE id = $2 AND status IN ('pending', 'running')"
+                        .into(),
+                    vec![now().into(), id.into()],
+                )],
+                |_| true,
+            )
+            .await?;
+        Ok(counts[0] == 1)
+    }
+
+    /// Unfinished operations that no process holds a live lease on.
+    pub async fn orphaned_operations(&self) -> Result<Vec<String>> {
+        let rows: Vec<(String,)> = self
+            .fetch_all(
+                "SELECT id FROM operations WHERE status IN ('pending', 'running') \
+                 AND (lease_until IS NULL OR lease_until < $1) ORDER BY created_at, id",
+                &[now().into()],
+            )
+            .await?;
+        Ok(rows.into_iter().map(|(id,)| id).collect())
+    }
+
+    /// How many operations are in each status.
+    pub async fn operation_counts(&self) -> Result<Vec<(String, i64)>> {
+        self.fetch_all(
+            "SELECT status, COUNT(*) AS n FROM operations GROUP BY status ORDER BY status",
+            &[],
+        )
+        .await
+    }
+}
