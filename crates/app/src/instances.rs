@@ -262,8 +262,11 @@ impl App {
             .await?;
         tracing::info!(instance = %id, name = %req.name, project = %caller.project_name, "instance requested");
         self.publish("instance", &id, Some(&caller.project_id), "provisioning");
+        // Read before the operation starts, so the answer shows what was
+        // recorded, whatever the operation does next.
+        let instance = self.project_instance(&caller.project_id, &id).await?;
         self.spawn_operation(&op.id);
-        self.project_instance(&caller.project_id, &id).await
+        Ok(instance)
     }
 
     pub async fn instance(&self, caller: &Principal, id: &str) -> Result<Instance> {
@@ -390,8 +393,9 @@ impl App {
             )));
         }
         self.publish("instance", &instance.id, Some(&caller.project_id), to);
+        let instance = self.project_instance(&caller.project_id, id).await?;
         self.spawn_operation(&op.id);
-        self.project_instance(&caller.project_id, id).await
+        Ok(instance)
     }
 
     /// What the host must run for `instance`.
@@ -490,11 +494,17 @@ impl App {
                 .unwind_create(run, "cancelled", "creation cancelled")
                 .await;
         }
-        let created = self
-            .on_host(&instance, |agent, spec| async move {
-                agent.create_instance(&spec).await
-            })
-            .await;
+        let create = self.on_host(&instance, |agent, spec| async move {
+            agent.create_instance(&spec).await
+        });
+        // A cancel does not wait for the host to answer.
+        let created = tokio::select! {
+            created = create => created,
+            cancelled = self.until_cancel_requested(run) => {
+                cancelled?;
+                return self.unwind_create(run, "cancelled", "creation cancelled").await;
+            }
+        };
         match created {
             Ok(report) => self.settle_running(run, &instance, report).await,
             Err(why) => {

@@ -229,6 +229,7 @@ impl App {
             )));
         }
         tracing::info!(operation = %op.id, kind = %op.kind, "cancel requested");
+        self.publish("operation", &op.id, Some(&op.project_id), "cancelling");
         self.spawn_operation(&op.id);
         self.wait_for_end(op, self.config.agent_timeout).await
     }
@@ -290,6 +291,21 @@ impl App {
             .operation(&run.op.id)
             .await?
             .is_some_and(|op| op.cancel_requested != 0))
+    }
+
+    /// Resolves once a cancel of the run's operation is asked for (here or
+    /// on another replica).
+    pub(crate) async fn until_cancel_requested(&self, run: &Run) -> Result<()> {
+        let mut events = self.subscribe();
+        loop {
+            if self.cancel_requested(run).await? {
+                return Ok(());
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                _ = events.recv() => {}
+            }
+        }
     }
 
     /// Records `step` as done and renews the lease. An operation another

@@ -13,7 +13,18 @@ use sqlx::AnyConnection;
 pub(crate) enum Arg {
     Text(String),
     Int(i64),
+    /// A NULL text.
     Null,
+    /// A NULL integer. PostgreSQL types a statement's parameters when it is
+    /// first prepared, so a NULL must have the type of the values the same
+    /// statement binds at other times.
+    NullInt,
+}
+
+impl Arg {
+    pub(crate) fn int_or_null(value: Option<i64>) -> Arg {
+        value.map_or(Arg::NullInt, Arg::Int)
+    }
 }
 
 impl From<&str> for Arg {
@@ -158,12 +169,13 @@ pub(crate) fn bind_all<'q, T>(
             Arg::Text(text) => query.bind(text.as_str()),
             Arg::Int(n) => query.bind(*n),
             Arg::Null => query.bind(None::<String>),
+            Arg::NullInt => query.bind(None::<i64>),
         };
     }
     query
 }
 
-fn any_query<'q>(
+pub(crate) fn any_query<'q>(
     sql: &'q str,
     args: &'q [Arg],
 ) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
@@ -173,6 +185,7 @@ fn any_query<'q>(
             Arg::Text(text) => query.bind(text.as_str()),
             Arg::Int(n) => query.bind(*n),
             Arg::Null => query.bind(None::<String>),
+            Arg::NullInt => query.bind(None::<i64>),
         };
     }
     query
@@ -199,7 +212,9 @@ fn sqlite_statement<'c>(
         match arg {
             Arg::Text(text) => statement.raw_bind_parameter(index, text)?,
             Arg::Int(n) => statement.raw_bind_parameter(index, n)?,
-            Arg::Null => statement.raw_bind_parameter(index, rusqlite::types::Null)?,
+            Arg::Null | Arg::NullInt => {
+                statement.raw_bind_parameter(index, rusqlite::types::Null)?
+            }
         }
     }
     Ok(statement)

@@ -110,7 +110,7 @@ impl Store {
         project: &ProjectRecord,
         owner: Option<(&str, &str)>,
     ) -> Result<bool> {
-        let mut statements = vec![(
+        let insert = (
             "INSERT INTO projects (id, name, path, created_at) VALUES ($1, $2, $3, $4) \
              ON CONFLICT (name) DO NOTHING"
                 .to_string(),
@@ -120,14 +120,23 @@ impl Store {
                 (&project.path).into(),
                 (&project.created_at).into(),
             ],
-        )];
-        if let Some((user_id, role)) = owner {
-            statements.push(membership_upsert(user_id, &project.id, role));
-        }
-        let counts = self
-            .run_statements("insert_project", statements, |c| c[0] == 1)
-            .await?;
-        Ok(counts[0] == 1)
+        );
+        let member = owner.map(|(user_id, role)| membership_upsert(user_id, &project.id, role));
+        let work = std::sync::Arc::new((insert, member));
+        self.write("insert_project", move |mut conn| {
+            let work = work.clone();
+            Box::pin(async move {
+                let ((sql, args), member) = &*work;
+                if conn.execute(sql, args).await? != 1 {
+                    return Ok(Commit::Undo(false));
+                }
+                if let Some((sql, args)) = member {
+                    conn.execute(sql, args).await?;
+                }
+                Ok(Commit::Keep(true))
+            })
+        })
+        .await
     }
 
     pub async fn users(&self) -> Result<Vec<UserRecord>> {
@@ -158,29 +167,33 @@ impl Store {
     /// one. `false`, changing nothing, when the username is taken.
     pub async fn insert_user(&self, user: &NewUser) -> Result<bool> {
         let at = now();
-        let counts = self
-            .run_statements(
-                "insert_user",
-                vec![
-                    (
-                        "INSERT INTO users (id, username, password_hash, active_project_id, \
-                         disabled, created_at, updated_at) VALUES ($1, $2, $3, $4, 0, $5, $5) \
-                         ON CONFLICT (username) DO NOTHING"
-                            .into(),
-                        vec![
-                            (&user.id).into(),
-                            (&user.username).into(),
-                            user.password_hash.as_ref().into(),
-                            (&user.project_id).into(),
-                            (&at).into(),
-                        ],
-                    ),
-                    membership_upsert(&user.id, &user.project_id, &user.role),
-                ],
-                |c| c[0] == 1,
-            )
-            .await?;
-        Ok(counts[0] == 1)
+        let insert = (
+            "INSERT INTO users (id, username, password_hash, active_project_id, \
+             disabled, created_at, updated_at) VALUES ($1, $2, $3, $4, 0, $5, $5) \
+             ON CONFLICT (username) DO NOTHING"
+                .to_string(),
+            vec![
+                (&user.id).into(),
+                (&user.username).into(),
+                user.password_hash.as_ref().into(),
+                (&user.project_id).into(),
+                (&at).into(),
+            ],
+        );
+        let member = membership_upsert(&user.id, &user.project_id, &user.role);
+        let work = std::sync::Arc::new((insert, member));
+        self.write("insert_user", move |mut conn| {
+            let work = work.clone();
+            Box::pin(async move {
+                let ((sql, args), (member_sql, member_args)) = &*work;
+                if conn.execute(sql, args).await? != 1 {
+                    return Ok(Commit::Undo(false));
+                }
+                conn.execute(member_sql, member_args).await?;
+                Ok(Commit::Keep(true))
+            })
+        })
+        .await
     }
 
     /// Changes a user's password hash and/or disabled flag. A disabled user
@@ -197,7 +210,7 @@ impl Store {
                 .to_string(),
             vec![
                 password_hash.into(),
-                disabled.map(i64::from).into(),
+                Arg::int_or_null(disabled.map(i64::from)),
                 now().into(),
                 id.into(),
             ],

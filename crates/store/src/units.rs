@@ -130,15 +130,9 @@ impl Store {
             sql.push_str(&conditions.join(" AND "));
         }
         sql.push_str(" ORDER BY h.hostname, u.position");
-        let mut query = sqlx::query(&sql);
-        for arg in args {
-            query = match arg {
-                Arg::Text(t) => query.bind(t),
-                Arg::Int(i) => query.bind(i),
-                Arg::Null => query.bind(None::<String>),
-            };
-        }
-        let rows = query.fetch_all(&self.read).await?;
+        let rows = crate::db::any_query(&sql, &args)
+            .fetch_all(&self.read)
+            .await?;
         rows.iter().map(unit_from_row).collect()
     }
 

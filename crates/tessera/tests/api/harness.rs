@@ -95,6 +95,12 @@ impl TestServer {
     }
 
     pub async fn start_with(backend: Backend, options: Options) -> TestServer {
+        // The server's log, shown for failing tests (filter: TESSERA_LOG).
+        let filter = std::env::var("TESSERA_LOG").unwrap_or_else(|_| "warn".into());
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_test_writer()
+            .try_init();
         let dir = tempfile::tempdir().expect("tempdir");
         let database_url = match (options.database_url, backend) {
             (Some(url), _) => url,
@@ -148,8 +154,11 @@ impl TestServer {
         let response = request.send().await.expect("request sent");
         let status = response.status();
         let text = response.text().await.expect("body");
-        let value = serde_json::from_str(&text)
-            .unwrap_or_else(|_| panic!("{path} answered {status} with non-JSON {text:?}"));
+        let value = match text.is_empty() {
+            true => Value::Null,
+            false => serde_json::from_str(&text)
+                .unwrap_or_else(|_| panic!("{path} answered {status} with non-JSON {text:?}")),
+        };
         (status, value)
     }
 
@@ -242,6 +251,137 @@ impl TestServer {
 
     pub async fn stop(self) {
         self.running.shutdown().await.expect("clean shutdown");
+    }
+
+    /// A native API call with `token`.
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+        token: &str,
+    ) -> (StatusCode, Value) {
+        let body = body.map(Value::to_string);
+        self.request(method, path, body.as_deref(), Some(token))
+            .await
+    }
+
+    /// Logs in; answers the access token.
+    pub async fn login(&self, username: &str, password: &str) -> String {
+        let body = json!({"username": username, "password": password}).to_string();
+        let (status, reply) = self
+            .request(reqwest::Method::POST, "/v1/auth/login", Some(&body), None)
+            .await;
+        assert_eq!(status, StatusCode::OK, "login {username}: {reply}");
+        reply["token"].as_str().expect("token").to_string()
+    }
+
+    /// Creates a workspace (if missing) and a user with `role` in it, and
+    /// answers the user's access token.
+    pub async fn user_in(&self, username: &str, role: &str, workspace: &str) -> String {
+        let (status, _) = self
+            .call(
+                reqwest::Method::POST,
+                "/v1/workspaces/create",
+                Some(&json!({"name": workspace})),
+                TOKEN,
+            )
+            .await;
+        assert!(
+            status == StatusCode::OK || status == StatusCode::CONFLICT,
+            "create workspace {workspace}: {status}"
+        );
+        let password = format!("{username}-password");
+        let (status, reply) = self
+            .call(
+                reqwest::Method::POST,
+                "/v1/users",
+                Some(&json!({"username": username, "password": password, "workspace": workspace, "role": role})),
+                TOKEN,
+            )
+            .await;
+        assert_eq!(
+            status,
+            StatusCode::CREATED,
+            "create user {username}: {reply}"
+        );
+        self.login(username, &password).await
+    }
+
+    /// Waits for an operation to end; answers it.
+    pub async fn wait_operation(&self, id: &str, token: &str) -> Value {
+        let (status, op) = self
+            .call(
+                reqwest::Method::GET,
+                &format!("/v1/operations/{id}/wait?timeout=30"),
+                None,
+                token,
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{op}");
+        assert!(
+            ["completed", "failed", "cancelled"].contains(&op["status"].as_str().unwrap_or("")),
+            "operation {id} did not end: {op}"
+        );
+        op
+    }
+
+    /// Registers a pooled server through `/v1/servers/create` and waits
+    /// until it runs.
+    pub async fn add_server(&self, hostname: &str, cpus: &str, zone: &str) -> String {
+        let (status, op) = self
+            .call(
+                reqwest::Method::POST,
+                "/v1/servers/create",
+                Some(&json!({"hostname": hostname, "ip_address": "192.0.2.20", "zone": zone, "cpus": cpus})),
+                TOKEN,
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "create server {hostname}: {op}");
+        let op = self
+            .wait_operation(op["id"].as_str().expect("id"), TOKEN)
+            .await;
+        assert_eq!(op["status"], "completed", "{op}");
+        op["result"]["server_id"]
+            .as_str()
+            .expect("server_id")
+            .to_string()
+    }
+
+    /// Creates an instance of `instance_type`; answers the 201 body.
+    pub async fn create_instance(&self, token: &str, name: &str, instance_type: &str) -> Value {
+        let body = json!({
+            "metadata": {"name": name, "labels": {"app": name}},
+            "spec": {"type": instance_type, "image": "ubuntu-22.04"},
+        });
+        let (status, reply) = self
+            .call(reqwest::Method::POST, "/v1/instances", Some(&body), token)
+            .await;
+        assert_eq!(
+            status,
+            StatusCode::CREATED,
+            "create instance {name}: {reply}"
+        );
+        reply
+    }
+
+    /// Creates an instance and waits for its creation to end; answers the
+    /// instance then.
+    pub async fn run_instance(&self, token: &str, name: &str, instance_type: &str) -> Value {
+        let created = self.create_instance(token, name, instance_type).await;
+        let op = created["operation_id"].as_str().expect("operation_id");
+        self.wait_operation(op, token).await;
+        let id = created["id"].as_str().expect("id");
+        let (status, instance) = self
+            .call(
+                reqwest::Method::GET,
+                &format!("/v1/instances/{id}"),
+                None,
+                token,
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK);
+        instance
     }
 }
 

@@ -6,6 +6,8 @@ mod harness;
 
 mod concurrency;
 mod crash;
+mod identity;
+mod instances;
 mod kloigos;
 mod openapi;
 mod system;

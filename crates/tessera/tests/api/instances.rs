@@ -1,0 +1,529 @@
+//! Servers, instances, SSH keys and operations through the native API.
+
+use crate::harness::{Backend, KEY, Options, TOKEN, TestServer};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use std::collections::HashSet;
+use std::time::Duration;
+use tessera_core::CpuSet;
+
+crate::on_both_backends!(
+    servers_are_created_listed_and_deleted_through_operations,
+    an_instance_lives_its_whole_lifecycle,
+    bad_instance_requests_are_400_and_create_nothing,
+    instances_filter_by_labels_and_page,
+    concurrent_instances_never_share_a_cpu,
+    a_creation_without_room_fails_and_holds_nothing,
+    a_cancelled_creation_is_unwound,
+    ssh_keys_are_validated_and_installed
+);
+
+async fn get(server: &TestServer, path: &str) -> Value {
+    let (status, body) = server.get(path).await;
+    assert_eq!(status, StatusCode::OK, "{path}: {body}");
+    body
+}
+
+async fn servers_are_created_listed_and_deleted_through_operations(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    // Validation answers at once; check_mode validates and changes nothing.
+    let (status, body) = server
+        .post(
+            "/v1/servers/create",
+            &json!({"hostname": "-bad", "ip_address": "192.0.2.1", "zone": "z", "cpus": "0-3"}),
+        )
+        .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("INVALID_REQUEST")),
+        "{body}"
+    );
+    let (status, body) = server
+        .post(
+            "/v1/servers/create",
+            &json!({"hostname": "h", "ip_address": "192.0.2.1", "zone": "z"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "no CPUs: {body}");
+    let (status, op) = server
+        .post("/v1/servers/create", &json!({"hostname": "web-01", "ip_address": "10.0.0.1", "zone": "de-fra1", "plan": "4xCPU-8GB", "check_mode": true}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{op}");
+    let op = server
+        .wait_operation(op["id"].as_str().expect("id"), TOKEN)
+        .await;
+    assert_eq!(op["result"]["check_mode"], true);
+    assert_eq!(get(&server, "/v1/servers").await, json!([]));
+
+    // The seed's request: a plan gives the CPUs.
+    let (status, op) = server
+        .post("/v1/servers/create", &json!({"workspace": "default", "provider": "upcloud", "plan": "4xCPU-8GB", "hostname": "web-01", "ip_address": "10.0.0.1", "zone": "de-fra1", "check_mode": false, "tags": ["web", "production"]}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{op}");
+    assert_eq!(op["status"], "pending");
+    assert_eq!(op["result"], json!(null));
+    let done = server
+        .wait_operation(op["id"].as_str().expect("id"), TOKEN)
+        .await;
+    assert_eq!(done["status"], "completed", "{done}");
+    let id = done["result"]["server_id"].as_str().expect("server_id");
+    let listed = get(&server, "/v1/servers").await;
+    let host = &listed[0];
+    for (field, value) in [
+        ("id", json!(id)),
+        ("hostname", json!("web-01")),
+        ("provider", json!("upcloud")),
+        ("plan", json!("4xCPU-8GB")),
+        ("zone", json!("de-fra1")),
+        ("ip_address", json!("10.0.0.1")),
+        ("status", json!("running")),
+        ("cpus", json!("0-3")),
+        ("tags", json!(["web", "production"])),
+    ] {
+        assert_eq!(host[field], value, "{field}: {host}");
+    }
+    assert_eq!(
+        get(&server, &format!("/v1/servers/{id}/status")).await,
+        *host
+    );
+    assert_eq!(get(&server, "/v1/servers/web-01/status").await, *host);
+    let (status, body) = server
+        .post("/v1/servers/create", &json!({"hostname": "web-01", "ip_address": "10.0.0.1", "zone": "de-fra1", "cpus": "0-3"}))
+        .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (StatusCode::CONFLICT, Some("CONFLICT"))
+    );
+    // Kloigos sees the same hosts: a pooled one has no units.
+    let (_, units) = server.get("/api/compute_units/?hostname=web-01").await;
+    assert_eq!(units, json!([]));
+
+    // Deleting is refused while an instance runs there.
+    let instance = server.run_instance(TOKEN, "on-web-01", "cx11").await;
+    assert_eq!(instance["status"]["host_id"], id);
+    let (status, body) = server.delete(&format!("/v1/servers/{id}")).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (StatusCode::CONFLICT, Some("CONFLICT")),
+        "{body}"
+    );
+    let (status, body) = server.delete("/v1/servers/no-such").await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    let (status, gone) = server
+        .delete(&format!(
+            "/v1/instances/{}",
+            instance["id"].as_str().expect("id")
+        ))
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    server
+        .wait_operation(gone["operation_id"].as_str().expect("op"), TOKEN)
+        .await;
+    let (status, op) = server
+        .request(
+            Method::DELETE,
+            &format!("/v1/servers/{id}"),
+            Some(&json!({"workspace": "default", "server_id": id, "force": false}).to_string()),
+            Some(TOKEN),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{op}");
+    let done = server
+        .wait_operation(op["id"].as_str().expect("id"), TOKEN)
+        .await;
+    assert_eq!(done["status"], "completed", "{done}");
+    let status_now = get(&server, &format!("/v1/servers/{id}/status")).await;
+    assert_eq!(status_now["status"], "decommissioned");
+    server.stop().await;
+}
+
+async fn an_instance_lives_its_whole_lifecycle(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let host = server.add_server("node-1", "0-7", "fin-01").await;
+    let (status, key) = server
+        .post(
+            "/v1/ssh-keys",
+            &json!({"name": "laptop", "public_key": KEY}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{key}");
+    let body = json!({
+        "metadata": {"name": "web-server-01", "labels": {"env": "production", "team": "platform"}},
+        "spec": {
+            "type": "cx31", "image": "ubuntu-22.04", "vcpus": 2, "memory_mb": 4096, "disk_gb": 80,
+            "vpc_id": "vpc-abc123", "subnet_id": "subnet-def456", "security_groups": ["sg-web", "sg-ssh"],
+            "ssh_key_ids": [key["id"]], "user_data": "IyEvYmluL2Jhc2gKYXB0IHVwZGF0ZQ=="
+        }
+    });
+    let (status, created) = server.post("/v1/instances", &body).await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    assert!(
+        created["id"]
+            .as_str()
+            .is_some_and(|i| i.starts_with("inst-"))
+    );
+    assert_eq!(created["status"]["state"], "provisioning");
+    assert_eq!(created["status"]["host_id"], "");
+    assert_eq!(created["metadata"]["labels"], body["metadata"]["labels"]);
+    for field in [
+        "type",
+        "image",
+        "vcpus",
+        "memory_mb",
+        "disk_gb",
+        "vpc_id",
+        "subnet_id",
+        "security_groups",
+        "ssh_key_ids",
+        "user_data",
+    ] {
+        assert_eq!(created["spec"][field], body["spec"][field], "{field}");
+    }
+    let id = created["id"].as_str().expect("id").to_string();
+    let op = server
+        .wait_operation(created["operation_id"].as_str().expect("op"), TOKEN)
+        .await;
+    assert_eq!(op["status"], "completed", "{op}");
+    assert_eq!(op["result"]["instance_id"], json!(id));
+    let running = get(&server, &format!("/v1/instances/{id}")).await;
+    assert_eq!(running["status"]["state"], "running");
+    assert_eq!(running["status"]["host_id"], json!(host));
+    assert_eq!(running["status"]["private_ip"], "192.0.2.20");
+    assert_eq!(running["operation_id"], json!(null));
+    let cpus =
+        CpuSet::parse_list(running["status"]["cpus"].as_str().expect("cpus")).expect("cpu list");
+    assert_eq!(cpus.len(), 2);
+    let sim = server.running.sim.as_ref().expect("sim");
+    let sim_host = sim
+        .host(&tessera_core::HostId::new(host.as_str()))
+        .expect("sim host");
+    assert_eq!(sim_host.instance(&id), Some(true), "the host runs it");
+
+    // Stop, start, and the 409s of wrong states.
+    let (status, stopping) = server
+        .post_raw(&format!("/v1/instances/{id}/stop"), "")
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{stopping}");
+    assert_eq!(stopping["status"]["state"], "stopping");
+    server
+        .wait_operation(stopping["operation_id"].as_str().expect("op"), TOKEN)
+        .await;
+    assert_eq!(
+        get(&server, &format!("/v1/instances/{id}")).await["status"]["state"],
+        "stopped"
+    );
+    assert_eq!(sim_host.instance(&id), Some(false), "stopped on the host");
+    let (status, body) = server
+        .post_raw(&format!("/v1/instances/{id}/stop"), "")
+        .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (StatusCode::CONFLICT, Some("CONFLICT"))
+    );
+    let (status, starting) = server
+        .post_raw(&format!("/v1/instances/{id}/start"), "")
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{starting}");
+    server
+        .wait_operation(starting["operation_id"].as_str().expect("op"), TOKEN)
+        .await;
+    let again = get(&server, &format!("/v1/instances/{id}")).await;
+    assert_eq!(again["status"]["state"], "running");
+    assert_eq!(
+        again["status"]["cpus"], running["status"]["cpus"],
+        "a stopped instance keeps its CPUs"
+    );
+
+    // Delete: 202 with an operation; the host forgets it, its CPUs are free.
+    let (status, deleting) = server.delete(&format!("/v1/instances/{id}")).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{deleting}");
+    let op_id = deleting["operation_id"].as_str().expect("op").to_string();
+    let op = server.wait_operation(&op_id, TOKEN).await;
+    assert_eq!(
+        (op["status"].as_str(), op["kind"].as_str()),
+        (Some("completed"), Some("instance_delete"))
+    );
+    let gone = get(&server, &format!("/v1/instances/{id}")).await;
+    assert_eq!(gone["status"]["state"], "terminated");
+    assert_eq!(gone["status"]["cpus"], "");
+    assert_eq!(sim_host.instance(&id), None);
+    assert_eq!(
+        get(&server, "/v1/instances").await["items"],
+        json!([]),
+        "terminated instances are left out"
+    );
+    assert_eq!(
+        get(&server, "/v1/instances?state=terminated").await["items"][0]["id"],
+        json!(id)
+    );
+    let (status, _) = server.delete(&format!("/v1/instances/{id}")).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    // The operations are listed oldest first, and a finished one cannot be cancelled.
+    let ops = get(&server, "/v1/operations?kind=instance_delete").await;
+    assert_eq!(ops.as_array().map(Vec::len), Some(1));
+    let (status, body) = server
+        .post_raw(&format!("/v1/operations/{op_id}/cancel"), "")
+        .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (StatusCode::CONFLICT, Some("CONFLICT"))
+    );
+    let metrics = get(&server, "/v1/metrics").await;
+    assert_eq!(metrics["tasks"]["running"], 0);
+    assert!(
+        metrics["tasks"]["total"].as_i64().is_some_and(|n| n >= 5),
+        "{metrics}"
+    );
+    server.stop().await;
+}
+
+async fn bad_instance_requests_are_400_and_create_nothing(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    server.add_server("node-1", "0-7", "fin-01").await;
+    let spec = |extra: Value| {
+        let mut spec = json!({"type": "cx11", "image": "ubuntu-22.04"});
+        for (k, v) in extra.as_object().expect("object") {
+            spec[k] = v.clone();
+        }
+        json!({"metadata": {"name": "ok"}, "spec": spec})
+    };
+    let bodies = [
+        json!({"metadata": {"name": ""}, "spec": {"type": "cx11", "image": "ubuntu-22.04"}}),
+        json!({"metadata": {"name": "has space"}, "spec": {"type": "cx11", "image": "ubuntu-22.04"}}),
+        json!({"metadata": {"name": "ok", "labels": {"bad key!": "v"}}, "spec": {"type": "cx11", "image": "ubuntu-22.04"}}),
+        json!({"metadata": {"name": "ok"}, "spec": {"image": "ubuntu-22.04"}}),
+        json!({"metadata": {"name": "ok"}}),
+        spec(json!({"type": "m5.huge"})),
+        spec(json!({"image": "windows-95"})),
+        spec(json!({"vcpus": 0})),
+        spec(json!({"vcpus": -1})),
+        spec(json!({"memory_mb": 1})),
+        spec(json!({"disk_gb": 0})),
+        spec(json!({"user_data": "not base64!"})),
+        spec(json!({"ssh_key_ids": ["key-nope"]})),
+        spec(json!({"vpc_id": ""})),
+        spec(json!({"security_groups": [""]})),
+        spec(json!({"colour": "red"})),
+    ];
+    for body in bodies {
+        let (status, reply) = server.post("/v1/instances", &body).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body} -> {reply}");
+        assert_eq!(reply["error"], "INVALID_REQUEST");
+        assert!(
+            reply["message"].as_str().is_some_and(|m| m.len() > 10),
+            "{reply}"
+        );
+    }
+    let listed = get(&server, "/v1/instances?state=terminated").await;
+    assert_eq!(listed["items"], json!([]));
+    assert_eq!(get(&server, "/v1/instances").await["items"], json!([]));
+    assert_eq!(
+        get(&server, "/v1/operations?kind=instance_create").await,
+        json!([])
+    );
+    server.stop().await;
+}
+
+async fn instances_filter_by_labels_and_page(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    server.add_server("node-1", "0-15", "fin-01").await;
+    for (name, env, team) in [
+        ("a", "production", "platform"),
+        ("b", "production", "web"),
+        ("c", "staging", "platform"),
+        ("d", "production", "platform"),
+    ] {
+        let body = json!({"metadata": {"name": name, "labels": {"env": env, "team": team}}, "spec": {"type": "cx11", "image": "debian-12"}});
+        let (status, reply) = server.post("/v1/instances", &body).await;
+        assert_eq!(status, StatusCode::CREATED, "{reply}");
+    }
+    let names = |list: &Value| -> Vec<String> {
+        list["items"]
+            .as_array()
+            .expect("items")
+            .iter()
+            .filter_map(|i| i["metadata"]["name"].as_str().map(str::to_string))
+            .collect()
+    };
+    let selected = get(&server, "/v1/instances?labels=env=production,team=platform").await;
+    assert_eq!(names(&selected), ["a", "d"]);
+    assert_eq!(
+        names(&get(&server, "/v1/instances?labels=team=web").await),
+        ["b"]
+    );
+    assert_eq!(
+        names(&get(&server, "/v1/instances?labels=team=nobody").await),
+        Vec::<String>::new()
+    );
+    let (status, body) = server.get("/v1/instances?labels=env").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+
+    let first = get(&server, "/v1/instances?limit=3").await;
+    assert_eq!(names(&first), ["a", "b", "c"]);
+    let token = first["next_page_token"].as_str().expect("a next page");
+    let second = get(
+        &server,
+        &format!("/v1/instances?limit=3&page_token={token}"),
+    )
+    .await;
+    assert_eq!(names(&second), ["d"]);
+    assert!(second.get("next_page_token").is_none(), "{second}");
+    server.stop().await;
+}
+
+async fn concurrent_instances_never_share_a_cpu(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    server.add_server("node-1", "0-7", "fin-01").await;
+    server.add_server("node-2", "0-7", "fin-01").await;
+    // 16 CPUs for 12 requests of 2: 8 fit.
+    let requests = (0..12).map(|i| {
+        let server = &server;
+        async move {
+            let body = json!({"metadata": {"name": format!("i{i}")}, "spec": {"type": "cx21", "image": "ubuntu-22.04"}});
+            let (status, reply) = server.post("/v1/instances", &body).await;
+            assert_eq!(status, StatusCode::CREATED, "{reply}");
+            server.wait_operation(reply["operation_id"].as_str().expect("op"), TOKEN).await
+        }
+    });
+    let ops = futures::future::join_all(requests).await;
+    let completed = ops.iter().filter(|o| o["status"] == "completed").count();
+    assert_eq!(completed, 8, "{ops:?}");
+    let running = get(&server, "/v1/instances?state=running").await;
+    let mut seen: HashSet<(String, u32)> = HashSet::new();
+    for instance in running["items"].as_array().expect("items") {
+        let host = instance["status"]["host_id"]
+            .as_str()
+            .expect("host")
+            .to_string();
+        let cpus =
+            CpuSet::parse_list(instance["status"]["cpus"].as_str().expect("cpus")).expect("cpus");
+        assert_eq!(cpus.len(), 2);
+        for cpu in cpus.iter() {
+            assert!(
+                seen.insert((host.clone(), cpu)),
+                "CPU {cpu} of {host} given twice"
+            );
+        }
+    }
+    assert_eq!(seen.len(), 16);
+    let failed = get(&server, "/v1/instances?state=terminated").await;
+    assert_eq!(failed["items"].as_array().map(Vec::len), Some(4));
+    server.stop().await;
+}
+
+async fn a_creation_without_room_fails_and_holds_nothing(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    server.add_server("node-1", "0-3", "fin-01").await;
+    let body =
+        json!({"metadata": {"name": "big"}, "spec": {"type": "cx61", "image": "ubuntu-22.04"}});
+    let (_, created) = server.post("/v1/instances", &body).await;
+    let op = server
+        .wait_operation(created["operation_id"].as_str().expect("op"), TOKEN)
+        .await;
+    assert_eq!(op["status"], "failed");
+    assert!(
+        op["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("16 free CPUs")),
+        "{op}"
+    );
+    let instance = get(
+        &server,
+        &format!("/v1/instances/{}", created["id"].as_str().expect("id")),
+    )
+    .await;
+    assert_eq!(instance["status"]["state"], "terminated");
+    assert_eq!(instance["status"]["cpus"], "");
+    // A location nobody has.
+    let body = json!({"metadata": {"name": "far"}, "spec": {"type": "cx11", "image": "ubuntu-22.04", "location": "mars-01"}});
+    let (_, created) = server.post("/v1/instances", &body).await;
+    let op = server
+        .wait_operation(created["operation_id"].as_str().expect("op"), TOKEN)
+        .await;
+    assert_eq!(op["status"], "failed", "{op}");
+    // The whole host is still free.
+    let all = server.run_instance(TOKEN, "fits", "cx41").await;
+    assert_eq!(all["status"]["cpus"], "0-3", "{all}");
+    server.stop().await;
+}
+
+async fn a_cancelled_creation_is_unwound(backend: Backend) {
+    let server = TestServer::start_with(
+        backend,
+        Options {
+            faults: vec!["create:slow-:hang"],
+            agent_timeout: Duration::from_secs(20),
+            ..Options::default()
+        },
+    )
+    .await;
+    let host = server.add_server("slow-1", "0-3", "fin-01").await;
+    let created = server.create_instance(TOKEN, "hangs", "cx21").await;
+    let op_id = created["operation_id"].as_str().expect("op");
+    // It is placed, and waits on the host.
+    let id = created["id"].as_str().expect("id");
+    let mut placed = Value::Null;
+    for _ in 0..200 {
+        placed = get(&server, &format!("/v1/instances/{id}")).await;
+        if placed["status"]["host_id"] != "" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(placed["status"]["host_id"], json!(host), "{placed}");
+    let (status, waited) = server
+        .get(&format!("/v1/operations/{op_id}/wait?timeout=0.2"))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(waited["status"], "running", "{waited}");
+    // Deleting meanwhile is refused: the creation is under way.
+    let (status, _) = server.delete(&format!("/v1/instances/{id}")).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    let (status, cancelled) = server
+        .post_raw(&format!("/v1/operations/{op_id}/cancel"), "")
+        .await;
+    assert_eq!(status, StatusCode::OK, "{cancelled}");
+    let op = server.wait_operation(op_id, TOKEN).await;
+    assert_eq!(op["status"], "cancelled", "{op}");
+    let instance = get(&server, &format!("/v1/instances/{id}")).await;
+    assert_eq!(instance["status"]["state"], "terminated");
+    assert_eq!(instance["status"]["cpus"], "");
+    server.stop().await;
+}
+
+async fn ssh_keys_are_validated_and_installed(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let (status, key) = server
+        .post(
+            "/v1/ssh-keys",
+            &json!({"name": "laptop", "public_key": KEY}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{key}");
+    assert!(
+        key["fingerprint"]
+            .as_str()
+            .is_some_and(|f| f.starts_with("SHA256:")),
+        "{key}"
+    );
+    let id = key["id"].as_str().expect("id");
+    assert_eq!(get(&server, &format!("/v1/ssh-keys/{id}")).await, key);
+    assert_eq!(get(&server, "/v1/ssh-keys").await, json!([key]));
+    for body in [
+        json!({"name": "laptop", "public_key": KEY}),
+        json!({"name": "x", "public_key": "ssh-rsa not-a-key"}),
+        json!({"name": "", "public_key": KEY}),
+        json!({"name": "x"}),
+    ] {
+        let (status, reply) = server.post("/v1/ssh-keys", &body).await;
+        assert!(
+            status == StatusCode::BAD_REQUEST || status == StatusCode::CONFLICT,
+            "{body} -> {status} {reply}"
+        );
+    }
+    let (status, _) = server.delete(&format!("/v1/ssh-keys/{id}")).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, _) = server.get(&format!("/v1/ssh-keys/{id}")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    server.stop().await;
+}
