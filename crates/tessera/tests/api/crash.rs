@@ -3,9 +3,14 @@
 
 use crate::harness::{Backend, KEY, ServerProcess, TOKEN, fresh_postgres_database, wait_for};
 use reqwest::StatusCode;
-use serde_json::json;
+use serde_json::{Value, json};
+use std::collections::HashSet;
+use tessera_core::CpuSet;
 
-crate::on_both_backends!(work_cut_short_by_a_crash_is_settled_at_restart);
+crate::on_both_backends!(
+    work_cut_short_by_a_crash_is_settled_at_restart,
+    an_instance_creation_cut_short_by_a_crash_is_finished_at_restart
+);
 
 async fn work_cut_short_by_a_crash_is_settled_at_restart(backend: Backend) {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -72,5 +77,154 @@ async fn work_cut_short_by_a_crash_is_settled_at_restart(backend: Backend) {
             .expect("allocate");
         assert_eq!(response.status(), StatusCode::OK);
     }
+    second.stop();
+}
+
+async fn call(
+    client: &reqwest::Client,
+    method: reqwest::Method,
+    url: String,
+    body: Option<Value>,
+) -> (StatusCode, Value) {
+    let mut request = client.request(method, url).bearer_auth(TOKEN);
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await.expect("request");
+    let status = response.status();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+async fn wait_operation(client: &reqwest::Client, url: &str, id: &str) -> Value {
+    let (status, op) = call(
+        client,
+        reqwest::Method::GET,
+        format!("{url}/v1/operations/{id}/wait?timeout=60"),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{op}");
+    op
+}
+
+async fn an_instance_creation_cut_short_by_a_crash_is_finished_at_restart(backend: Backend) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let database_url = match backend {
+        Backend::Sqlite => tessera_store::Store::sqlite_url(&dir.path().join("tessera.db")),
+        Backend::Postgres => fresh_postgres_database().await,
+    };
+    let client = reqwest::Client::new();
+    // First life: creating instances on "slow-*" never finishes.
+    let first = ServerProcess::start(
+        &database_url,
+        dir.path(),
+        &[
+            "--sim-faults",
+            "create:slow-:hang",
+            "--agent-timeout-ms",
+            "1000",
+        ],
+    );
+    let (status, op) = call(
+        &client,
+        reqwest::Method::POST,
+        format!("{}/v1/servers/create", first.url),
+        Some(json!({"hostname": "slow-1", "ip_address": "192.0.2.7", "zone": "z", "cpus": "0-7"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{op}");
+    let done = wait_operation(&client, &first.url, op["id"].as_str().expect("id")).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    let (status, created) = call(
+        &client,
+        reqwest::Method::POST,
+        format!("{}/v1/instances", first.url),
+        Some(json!({"metadata": {"name": "survivor"}, "spec": {"type": "cx21", "image": "ubuntu-22.04"}})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let id = created["id"].as_str().expect("id").to_string();
+    let op_id = created["operation_id"].as_str().expect("op").to_string();
+    // Wait until it holds its CPUs and waits on the host, then kill -9.
+    let mut placed = Value::Null;
+    for _ in 0..200 {
+        (_, placed) = call(
+            &client,
+            reqwest::Method::GET,
+            format!("{}/v1/instances/{id}", first.url),
+            None,
+        )
+        .await;
+        if placed["status"]["host_id"] != "" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(placed["status"]["state"], "provisioning", "{placed}");
+    assert_ne!(placed["status"]["cpus"], "", "{placed}");
+    first.crash();
+
+    // Second life, healthy hosts: once the dead driver's lease has passed,
+    // the operation is taken over and finished from its step log.
+    let second = ServerProcess::start(&database_url, dir.path(), &[]);
+    let op = wait_operation(&client, &second.url, &op_id).await;
+    assert_eq!(op["status"], "completed", "{op}");
+    let (_, instance) = call(
+        &client,
+        reqwest::Method::GET,
+        format!("{}/v1/instances/{id}", second.url),
+        None,
+    )
+    .await;
+    assert_eq!(instance["status"]["state"], "running", "{instance}");
+    assert_eq!(
+        instance["status"]["cpus"], placed["status"]["cpus"],
+        "the CPUs it was placed on"
+    );
+    // The ledger agrees: three more instances fill the host exactly, on
+    // CPUs disjoint from the survivor's.
+    let mut seen: HashSet<u32> =
+        CpuSet::parse_list(instance["status"]["cpus"].as_str().expect("cpus"))
+            .expect("cpus")
+            .iter()
+            .collect();
+    for n in 0..4 {
+        let (_, created) = call(
+            &client,
+            reqwest::Method::POST,
+            format!("{}/v1/instances", second.url),
+            Some(json!({"metadata": {"name": format!("after-{n}")}, "spec": {"type": "cx21", "image": "ubuntu-22.04"}})),
+        )
+        .await;
+        let op = wait_operation(
+            &client,
+            &second.url,
+            created["operation_id"].as_str().expect("op"),
+        )
+        .await;
+        if n == 3 {
+            assert_eq!(op["status"], "failed", "the host is full: {op}");
+            continue;
+        }
+        assert_eq!(op["status"], "completed", "{op}");
+        let (_, got) = call(
+            &client,
+            reqwest::Method::GET,
+            format!(
+                "{}/v1/instances/{}",
+                second.url,
+                created["id"].as_str().expect("id")
+            ),
+            None,
+        )
+        .await;
+        for cpu in CpuSet::parse_list(got["status"]["cpus"].as_str().expect("cpus"))
+            .expect("cpus")
+            .iter()
+        {
+            assert!(seen.insert(cpu), "CPU {cpu} given twice");
+        }
+    }
+    assert_eq!(seen.len(), 8);
     second.stop();
 }
