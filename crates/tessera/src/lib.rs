@@ -1,8 +1,9 @@
 //! The `tessera` binary's library half: settings, the server's start-up and
-//! shutdown, and the benchmarks. Integration tests and benchmarks start the
+//! shutdown, the client commands, and the benchmarks. Integration tests and benchmarks start the
 //! server through [`server::start`] exactly as `tessera server` does.
 
 pub mod bench;
+pub mod client;
 pub mod logging;
 pub mod server;
 pub mod settings;

@@ -3,6 +3,9 @@
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 use tessera::bench::BenchCommand;
+use tessera::client::{
+    self, ClientArgs, InstanceCommand, ProjectCommand, TokenCommand, UserCommand,
+};
 use tessera::settings::ServerArgs;
 use tessera::{logging, server};
 
@@ -29,10 +32,45 @@ enum Command {
         #[arg(default_value = "openapi")]
         dir: std::path::PathBuf,
     },
+    /// Projects (workspaces), through a running server.
+    Project {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        command: ProjectCommand,
+    },
+    /// Users, through a running server.
+    User {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        command: UserCommand,
+    },
+    /// API tokens, through a running server.
+    Token {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+    /// Instances, through a running server.
+    Instance {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        command: InstanceCommand,
+    },
 }
 
-fn main() -> Result<()> {
-    let cli = Cli::parse();
+fn main() {
+    if let Err(err) = run(Cli::parse()) {
+        // The chain of causes, without a backtrace: these are for users.
+        eprintln!("error: {err:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async move {
         match cli.command {
@@ -49,6 +87,10 @@ fn main() -> Result<()> {
                 }
                 Ok(())
             }
+            Command::Project { client, command } => client::project(client, command).await,
+            Command::User { client, command } => client::user(client, command).await,
+            Command::Token { client, command } => client::token(client, command).await,
+            Command::Instance { client, command } => client::instance(client, command).await,
         }
     })
 }

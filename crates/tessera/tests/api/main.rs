@@ -4,6 +4,7 @@
 
 mod harness;
 
+mod cli;
 mod concurrency;
 mod crash;
 mod identity;

@@ -1,0 +1,486 @@
+//! The client commands (`tessera project|user|token|instance ...`): the
+//! native API from a shell, so an operator never edits the database.
+//!
+//! They talk to a running server given by `--server` / `TESSERA_SERVER`,
+//! authenticated by `--token` / `TESSERA_TOKEN`; `--json` prints the API's
+//! answers as they are, for scripts.
+
+use anyhow::{Context, Result, bail};
+use base64::Engine;
+use clap::{Args, Subcommand};
+use serde_json::{Value, json};
+use std::io::BufRead;
+
+#[derive(Args, Clone, Debug)]
+pub struct ClientArgs {
+    /// The server's URL.
+    #[arg(
+        long,
+        env = "TESSERA_SERVER",
+        default_value = "http://127.0.0.1:8080",
+        global = true
+    )]
+    pub server: String,
+    /// An API token or access token.
+    #[arg(long, env = "TESSERA_TOKEN", hide_env_values = true, global = true)]
+    pub token: Option<String>,
+    /// Print the API's JSON answers.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ProjectCommand {
+    /// Create a project (a workspace); you become a member of it.
+    Create {
+        name: String,
+        /// The workspace path the provisioning API shows.
+        #[arg(long)]
+        path: Option<String>,
+        /// Make it your active workspace.
+        #[arg(long)]
+        activate: bool,
+    },
+    /// List your projects.
+    List,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum UserCommand {
+    /// Create a user; the password is read from stdin (one line).
+    Create {
+        name: String,
+        /// admin, operator, member or viewer.
+        #[arg(long)]
+        role: String,
+        #[arg(long)]
+        project: String,
+        /// Create the user without a password (API tokens only).
+        #[arg(long)]
+        no_password: bool,
+    },
+    /// List users.
+    List,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TokenCommand {
+    /// Create an API token and print its secret (shown once).
+    Create {
+        #[arg(long)]
+        project: Option<String>,
+        /// Limit the token to a permission; repeat for several.
+        #[arg(long = "scope")]
+        scopes: Vec<String>,
+        #[arg(long, default_value = "cli")]
+        name: String,
+        /// Another user's id (admins only).
+        #[arg(long)]
+        user: Option<String>,
+        #[arg(long)]
+        expires_in_days: Option<i64>,
+    },
+    /// List API tokens.
+    List,
+    /// Revoke an API token.
+    Revoke { id: String },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum InstanceCommand {
+    /// Create an instance and wait until it runs (or failed).
+    Create {
+        name: String,
+        #[arg(long = "type", default_value = "cx11")]
+        instance_type: String,
+        #[arg(long, default_value = "ubuntu-22.04")]
+        image: String,
+        #[arg(long)]
+        vcpus: Option<u32>,
+        #[arg(long)]
+        memory_mb: Option<u64>,
+        /// A region or zone.
+        #[arg(long)]
+        location: Option<String>,
+        /// An SSH key id; repeat for several.
+        #[arg(long = "ssh-key")]
+        ssh_keys: Vec<String>,
+        /// A label `key=value`; repeat for several.
+        #[arg(long = "label")]
+        labels: Vec<String>,
+        /// A startup script to run at first boot.
+        #[arg(long)]
+        user_data_file: Option<std::path::PathBuf>,
+        /// Answer at once instead of waiting.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// List instances.
+    List {
+        /// Label selector, e.g. `env=production,team=platform`.
+        #[arg(long)]
+        labels: Option<String>,
+    },
+    /// Show an instance.
+    Get { id: String },
+    /// Delete an instance and wait until it is gone.
+    Delete {
+        id: String,
+        #[arg(long)]
+        no_wait: bool,
+    },
+}
+
+struct Client {
+    http: reqwest::Client,
+    args: ClientArgs,
+}
+
+impl Client {
+    fn new(args: ClientArgs) -> Client {
+        Client {
+            http: reqwest::Client::new(),
+            args,
+        }
+    }
+
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<Value> {
+        let url = format!("{}{path}", self.args.server.trim_end_matches('/'));
+        let mut request = self.http.request(method, &url);
+        if let Some(token) = self.args.token.as_deref().filter(|t| !t.is_empty()) {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the Tessera server at {}", self.args.server))?;
+        let status = response.status();
+        let text = response.text().await.context("reading the answer")?;
+        let value: Value = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        };
+        if !status.is_success() {
+            let message = value["message"]
+                .as_str()
+                .map(str::to_string)
+                .unwrap_or_else(|| value.to_string());
+            if status == reqwest::StatusCode::UNAUTHORIZED
+                && self.args.token.as_deref().is_none_or(str::is_empty)
+            {
+                bail!("{message} (set TESSERA_TOKEN or pass --token)");
+            }
+            bail!("{message} ({status})");
+        }
+        Ok(value)
+    }
+
+    fn print(&self, value: &Value, human: impl FnOnce(&Value)) {
+        if self.args.json {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(value).unwrap_or_default()
+            );
+        } else {
+            human(value);
+        }
+    }
+
+    async fn wait(&self, operation_id: &str) -> Result<Value> {
+        loop {
+            let op = self
+                .call(
+                    reqwest::Method::GET,
+                    &format!("/v1/operations/{operation_id}/wait?timeout=60"),
+                    None,
+                )
+                .await?;
+            if matches!(
+                op["status"].as_str(),
+                Some("completed" | "failed" | "cancelled")
+            ) {
+                return Ok(op);
+            }
+        }
+    }
+}
+
+fn text(value: &Value) -> &str {
+    value.as_str().unwrap_or("-")
+}
+
+pub async fn project(args: ClientArgs, command: ProjectCommand) -> Result<()> {
+    let client = Client::new(args);
+    match command {
+        ProjectCommand::Create {
+            name,
+            path,
+            activate,
+        } => {
+            let created = client
+                .call(
+                    reqwest::Method::POST,
+                    "/v1/workspaces/create",
+                    Some(json!({"name": name, "path": path, "activate": activate})),
+                )
+                .await?;
+            client.print(&created, |p| {
+                println!("project {} created", text(&p["name"]))
+            });
+        }
+        ProjectCommand::List => {
+            let list = client
+                .call(reqwest::Method::GET, "/v1/workspaces", None)
+                .await?;
+            client.print(&list, |list| {
+                for p in list.as_array().into_iter().flatten() {
+                    let active = if p["active"] == true { "*" } else { " " };
+                    println!("{active} {:<24} {}", text(&p["name"]), text(&p["role"]));
+                }
+            });
+        }
+    }
+    Ok(())
+}
+
+pub async fn user(args: ClientArgs, command: UserCommand) -> Result<()> {
+    let client = Client::new(args);
+    match command {
+        UserCommand::Create {
+            name,
+            role,
+            project,
+            no_password,
+        } => {
+            let password = if no_password {
+                None
+            } else {
+                let mut line = String::new();
+                std::io::stdin()
+                    .lock()
+                    .read_line(&mut line)
+                    .context("reading the password from stdin")?;
+                let password = line.trim_end_matches(['\r', '\n']).to_string();
+                if password.is_empty() {
+                    bail!("no password on stdin (or pass --no-password)");
+                }
+                Some(password)
+            };
+            let created = client
+                .call(
+                    reqwest::Method::POST,
+                    "/v1/users",
+                    Some(json!({"username": name, "password": password, "workspace": project, "role": role})),
+                )
+                .await?;
+            client.print(&created, |u| {
+                println!(
+                    "user {} ({}) created: {role} in {project}",
+                    text(&u["username"]),
+                    text(&u["id"])
+                );
+            });
+        }
+        UserCommand::List => {
+            let list = client.call(reqwest::Method::GET, "/v1/users", None).await?;
+            client.print(&list, |list| {
+                for u in list.as_array().into_iter().flatten() {
+                    let roles: Vec<String> = u["workspaces"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .map(|m| format!("{}:{}", text(&m["workspace"]), text(&m["role"])))
+                        .collect();
+                    let disabled = if u["disabled"] == true {
+                        " (disabled)"
+                    } else {
+                        ""
+                    };
+                    println!(
+                        "{:<24} {:<22} {}{disabled}",
+                        text(&u["username"]),
+                        text(&u["id"]),
+                        roles.join(" ")
+                    );
+                }
+            });
+        }
+    }
+    Ok(())
+}
+
+pub async fn token(args: ClientArgs, command: TokenCommand) -> Result<()> {
+    let client = Client::new(args);
+    match command {
+        TokenCommand::Create {
+            project,
+            scopes,
+            name,
+            user,
+            expires_in_days,
+        } => {
+            let scopes = (!scopes.is_empty()).then_some(scopes);
+            let created = client
+                .call(
+                    reqwest::Method::POST,
+                    "/v1/tokens",
+                    Some(json!({"name": name, "workspace": project, "scopes": scopes, "user_id": user, "expires_in_days": expires_in_days})),
+                )
+                .await?;
+            client.print(&created, |t| {
+                eprintln!(
+                    "token {} for project {} (shown once):",
+                    text(&t["id"]),
+                    text(&t["workspace"])
+                );
+                println!("{}", text(&t["token"]));
+            });
+        }
+        TokenCommand::List => {
+            let list = client
+                .call(reqwest::Method::GET, "/v1/tokens", None)
+                .await?;
+            client.print(&list, |list| {
+                for t in list.as_array().into_iter().flatten() {
+                    let state = if t["revoked_at"].is_string() {
+                        "revoked"
+                    } else {
+                        "active"
+                    };
+                    println!(
+                        "{:<22} {:<16} {:<16} {state}",
+                        text(&t["id"]),
+                        text(&t["name"]),
+                        text(&t["workspace"])
+                    );
+                }
+            });
+        }
+        TokenCommand::Revoke { id } => {
+            client
+                .call(reqwest::Method::DELETE, &format!("/v1/tokens/{id}"), None)
+                .await?;
+            if !client.args.json {
+                println!("token {id} revoked");
+            }
+        }
+    }
+    Ok(())
+}
+
+fn print_instance(i: &Value) {
+    println!(
+        "{:<22} {:<20} {:<13} host={} cpus={} ip={}",
+        text(&i["id"]),
+        text(&i["metadata"]["name"]),
+        text(&i["status"]["state"]),
+        text(&i["status"]["host_id"]),
+        text(&i["status"]["cpus"]),
+        text(&i["status"]["private_ip"]),
+    );
+}
+
+pub async fn instance(args: ClientArgs, command: InstanceCommand) -> Result<()> {
+    let client = Client::new(args);
+    match command {
+        InstanceCommand::Create {
+            name,
+            instance_type,
+            image,
+            vcpus,
+            memory_mb,
+            location,
+            ssh_keys,
+            labels,
+            user_data_file,
+            no_wait,
+        } => {
+            let mut label_map = serde_json::Map::new();
+            for label in labels {
+                let (k, v) = label
+                    .split_once('=')
+                    .with_context(|| format!("label {label:?} is not key=value"))?;
+                label_map.insert(k.to_string(), Value::String(v.to_string()));
+            }
+            let user_data = match user_data_file {
+                Some(path) => {
+                    let bytes = std::fs::read(&path)
+                        .with_context(|| format!("reading {}", path.display()))?;
+                    Some(base64::engine::general_purpose::STANDARD.encode(bytes))
+                }
+                None => None,
+            };
+            let body = json!({
+                "metadata": {"name": name, "labels": label_map},
+                "spec": {"type": instance_type, "image": image, "vcpus": vcpus, "memory_mb": memory_mb,
+                         "location": location, "ssh_key_ids": ssh_keys, "user_data": user_data},
+            });
+            let created = client
+                .call(reqwest::Method::POST, "/v1/instances", Some(body))
+                .await?;
+            let id = text(&created["id"]).to_string();
+            let shown = match (no_wait, created["operation_id"].as_str()) {
+                (false, Some(op)) => {
+                    let op = client.wait(op).await?;
+                    if op["status"] != "completed" {
+                        bail!("instance {id} was not created: {}", text(&op["error"]));
+                    }
+                    client
+                        .call(reqwest::Method::GET, &format!("/v1/instances/{id}"), None)
+                        .await?
+                }
+                _ => created,
+            };
+            client.print(&shown, print_instance);
+        }
+        InstanceCommand::List { labels } => {
+            let path = match labels {
+                Some(selector) => format!(
+                    "/v1/instances?labels={}",
+                    form_urlencoded::byte_serialize(selector.as_bytes()).collect::<String>()
+                ),
+                None => "/v1/instances".to_string(),
+            };
+            let list = client.call(reqwest::Method::GET, &path, None).await?;
+            client.print(&list, |list| {
+                for i in list["items"].as_array().into_iter().flatten() {
+                    print_instance(i);
+                }
+            });
+        }
+        InstanceCommand::Get { id } => {
+            let got = client
+                .call(reqwest::Method::GET, &format!("/v1/instances/{id}"), None)
+                .await?;
+            client.print(&got, print_instance);
+        }
+        InstanceCommand::Delete { id, no_wait } => {
+            let deleting = client
+                .call(
+                    reqwest::Method::DELETE,
+                    &format!("/v1/instances/{id}"),
+                    None,
+                )
+                .await?;
+            if let (false, Some(op)) = (no_wait, deleting["operation_id"].as_str()) {
+                let op = client.wait(op).await?;
+                if op["status"] != "completed" {
+                    bail!("instance {id} was not deleted: {}", text(&op["error"]));
+                }
+            }
+            if !client.args.json {
+                println!("instance {id} deleted");
+            }
+        }
+    }
+    Ok(())
+}
