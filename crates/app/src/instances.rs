@@ -95,7 +95,7 @@ fn check_text(field: &'static str, value: &str, max: usize) -> Result<()> {
     Ok(())
 }
 
-fn validate(req: &mut CreateInstance) -> Result<Option<Vec<u8>>> {
+pub(crate) fn validate(req: &mut CreateInstance) -> Result<Option<Vec<u8>>> {
     let name = &req.name;
     let name_ok = !name.is_empty()
         && name.len() <= 63
@@ -480,7 +480,7 @@ impl App {
                 .await;
         }
         if !run.done("placed")
-            && let Err(why) = self.place(run, &instance).await
+            && let Err(why) = self.place(run, &instance, "placed", false).await
         {
             let why = match why {
                 Error::NoCapacity(why) => why,
@@ -529,8 +529,16 @@ impl App {
         })
     }
 
-    /// Gives the instance exclusive CPUs on a host of its location.
-    async fn place(&self, run: &mut Run, instance: &Instance) -> Result<()> {
+    /// Gives the instance exclusive CPUs on a host of its location, and
+    /// records `step` with them. With `moving`, the instance keeps what it
+    /// holds where it is (a move's target is reserved beside its source).
+    pub(crate) async fn place(
+        &self,
+        run: &mut Run,
+        instance: &Instance,
+        step: &str,
+        moving: bool,
+    ) -> Result<tessera_core::placement::Decision> {
         let spec: InstanceSpecInput = serde_json::from_str(&instance.spec).unwrap_or_default();
         let count = spec.vcpus.unwrap_or(1);
         let memory_mb = u64::try_from(instance.memory_mb).unwrap_or(0);
@@ -574,30 +582,45 @@ impl App {
                 continue;
             };
             let cpus: Vec<u32> = decision.cpus.iter().collect();
-            let steps = run.with("placed");
-            let placed = self
-                .store
-                .place_instance(
-                    &instance.id,
-                    decision.host.as_str(),
-                    &cpus,
-                    (&run.op.id, &steps, &self.deadline()),
-                )
-                .await;
+            let step = match moving {
+                true => format!("{step}:{}:{}", decision.host, decision.cpus),
+                false => step.to_string(),
+            };
+            let steps = run.with(&step);
+            let progress = (run.op.id.as_str(), steps.as_slice(), self.deadline());
+            let progress = (progress.0, progress.1, progress.2.as_str());
+            let placed = match moving {
+                false => {
+                    self.store
+                        .place_instance(&instance.id, decision.host.as_str(), &cpus, progress)
+                        .await
+                }
+                true => {
+                    self.store
+                        .reserve_instance_move(
+                            &instance.id,
+                            decision.host.as_str(),
+                            &cpus,
+                            progress,
+                        )
+                        .await
+                }
+            };
             self.placement
                 .refresh_host(&self.store, decision.host.as_str())
                 .await?;
             if placed? {
                 run.steps = steps;
-                tracing::debug!(instance = %instance.id, host = %decision.host, cpus = %decision.cpus, "instance placed");
-                return Ok(());
+                tracing::debug!(instance = %instance.id, host = %decision.host, cpus = %decision.cpus, moving, "instance placed");
+                return Ok(decision);
             }
-            if self
-                .store
-                .instance(&instance.id)
-                .await?
-                .and_then(|i| i.host_id)
-                .is_some()
+            if !moving
+                && self
+                    .store
+                    .instance(&instance.id)
+                    .await?
+                    .and_then(|i| i.host_id)
+                    .is_some()
             {
                 // Placed by an earlier run whose log entry this one missed.
                 return Err(Error::Conflict(format!(
@@ -612,7 +635,11 @@ impl App {
     }
 
     /// Calls the instance's host with its spec.
-    async fn on_host<T, F, Fut>(&self, instance: &Instance, call: F) -> Result<T, HostCallError>
+    pub(crate) async fn on_host<T, F, Fut>(
+        &self,
+        instance: &Instance,
+        call: F,
+    ) -> Result<T, HostCallError>
     where
         F: FnOnce(std::sync::Arc<dyn tessera_agent_api::HostAgent>, InstanceSpec) -> Fut,
         Fut: std::future::Future<Output = Result<T, tessera_agent_api::AgentError>>,

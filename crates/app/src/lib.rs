@@ -21,6 +21,7 @@ pub mod ssh_keys;
 pub mod tokens;
 pub mod units;
 pub mod users;
+pub mod workflows;
 
 pub use error::{Error, Result};
 pub use events::Event;

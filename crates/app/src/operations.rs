@@ -23,7 +23,7 @@ use tessera_store::{OperationFilter, OperationRecord};
 pub use tessera_store::OperationRecord as Operation;
 
 /// Operation kinds a cancel can stop (and unwind) midway.
-const CANCELLABLE: &[&str] = &["instance_create", "server_create"];
+const CANCELLABLE: &[&str] = &["instance_create", "server_create", "cluster_create"];
 /// The longest a client may wait on one request.
 pub const MAX_WAIT: Duration = Duration::from_secs(300);
 
@@ -266,6 +266,8 @@ impl App {
             }
             "server_create" => self.run_server_create(&mut run).await,
             "server_delete" => self.run_server_delete(&mut run).await,
+            "cluster_create" => self.run_cluster_create(&mut run).await,
+            "server_drain" => self.run_server_drain(&mut run).await,
             other => {
                 let error = format!("unknown operation kind {other}");
                 self.store

@@ -58,7 +58,7 @@ impl App {
         self.find_server(id).await
     }
 
-    async fn find_server(&self, id: &str) -> Result<Host> {
+    pub(crate) async fn find_server(&self, id: &str) -> Result<Host> {
         if has_nul(id) {
             return Err(Error::NotFound(format!(
                 "server {} not found",
@@ -180,8 +180,8 @@ impl App {
     }
 
     /// Starts deleting a server. Refused while instances run on it or
-    /// compute units are held there, unless `force` (which takes the units
-    /// back; instances must be deleted first).
+    /// compute units are held there, unless `force`, which moves its
+    /// instances to other hosts and takes its units back.
     pub async fn delete_server(
         &self,
         caller: &Principal,
@@ -330,6 +330,23 @@ impl App {
     /// operation ends with the host's outcome.
     pub(crate) async fn run_server_delete(&self, run: &mut Run) -> Result<()> {
         let id = run.op.resource_id.clone().unwrap_or_default();
+        let force = serde_json::from_str::<serde_json::Value>(&run.op.params)
+            .ok()
+            .and_then(|p| p["force"].as_bool())
+            .unwrap_or(false);
+        if force {
+            // Forced: its instances move elsewhere first.
+            if let Err(why) = self.drain_instances(run, &id).await? {
+                self.store.release_instances_of(&run.op.id).await?;
+                let why =
+                    format!("{why}; the server stays decommissioning until its instances are gone");
+                self.store
+                    .finish_operation(&run.op.id, "failed", None, Some(&why))
+                    .await?;
+                return Ok(());
+            }
+            self.store.release_instances_of(&run.op.id).await?;
+        }
         self.drive_host(&id).await;
         let Some(host) = self.store.host(&id).await? else {
             self.store

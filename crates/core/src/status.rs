@@ -77,11 +77,15 @@ impl UnitStatus {
 
 upper_enum!(
     /// Where a host is in its life. `READY` is Tessera's name for a host whose
-    /// preparation is done; the others are Kloigos's.
+    /// preparation is done, and `DRAINING`/`DRAINED` those of a host whose
+    /// instances are being moved off (it takes no new work); the others are
+    /// Kloigos's.
     HostStatus {
         Initializing => "INITIALIZING",
         InitFail => "INIT_FAIL",
         Ready => "READY",
+        Draining => "DRAINING",
+        Drained => "DRAINED",
         Decommissioning => "DECOMMISSIONING",
         Decommissioned => "DECOMMISSIONED",
         DecommissionFail => "DECOMMISSION_FAIL",

@@ -374,9 +374,11 @@ async fn transition_host(
     }
     let units = match to {
         HostStatus::Ready => Some(("FREE", "UNAVAILABLE")),
-        HostStatus::Decommissioning | HostStatus::InitFail | HostStatus::Initializing => {
-            Some(("UNAVAILABLE", "FREE"))
-        }
+        HostStatus::Decommissioning
+        | HostStatus::InitFail
+        | HostStatus::Initializing
+        | HostStatus::Draining
+        | HostStatus::Drained => Some(("UNAVAILABLE", "FREE")),
         _ => None,
     };
     if let Some((new, old)) = units {

@@ -103,6 +103,55 @@ impl Store {
         Ok(())
     }
 
+    /// Records several new instances, `provisioning`, with the one
+    /// operation that creates them all, in one transaction.
+    pub async fn insert_instances(
+        &self,
+        instances: &[NewInstance],
+        op: &NewOperation,
+    ) -> Result<()> {
+        // A microsecond apart, so that they list in their order.
+        let base = chrono::Utc::now();
+        let mut statements: Vec<(String, Vec<Arg>)> = instances
+            .iter()
+            .enumerate()
+            .map(|(n, instance)| {
+                let at = crate::timestamp(base + chrono::Duration::microseconds(n as i64));
+                (
+                    format!(
+                        "INSERT INTO instances ({INSTANCE_COLUMNS}) VALUES ($1, $2, $3, $4, $5, \
+                         'provisioning', NULL, NULL, NULL, $6, '', '', $7, 1, $8, $8)"
+                    ),
+                    vec![
+                        (&instance.id).into(),
+                        (&instance.project_id).into(),
+                        (&instance.name).into(),
+                        instance.labels.to_string().into(),
+                        instance.spec.to_string().into(),
+                        instance.memory_mb.into(),
+                        (&op.id).into(),
+                        (&at).into(),
+                    ],
+                )
+            })
+            .collect();
+        statements.push(operation_insert(op));
+        self.run_statements("insert_instances", statements, |_| true)
+            .await?;
+        Ok(())
+    }
+
+    /// Instances an operation acts on (its `operation_id`), oldest first.
+    pub async fn instances_of_operation(&self, op_id: &str) -> Result<Vec<InstanceRecord>> {
+        self.fetch_all(
+            &format!(
+                "SELECT {INSTANCE_COLUMNS} FROM instances WHERE operation_id = $1 ORDER BY created_at, id"
+            ),
+            &[op_id.into()],
+        )
+        .await
+    }
+
     pub async fn instance(&self, id: &str) -> Result<Option<InstanceRecord>> {
         self.fetch_optional(
             &format!("SELECT {INSTANCE_COLUMNS} FROM instances WHERE id = $1"),
@@ -239,18 +288,131 @@ impl Store {
         update: &InstanceUpdate,
         release: bool,
     ) -> Result<bool> {
-        let mut statements = vec![
-            operation_finish(end.id, end.status, end.result, end.error),
-            instance_set(instance_id, update, None),
-        ];
-        if release {
-            let (clear, host) = unplace_statements(instance_id);
-            statements.extend([host, clear_claims(instance_id), clear]);
+        self.settle_instances(end, &[(instance_id, update, release)])
+            .await
+    }
+
+    /// [`Store::settle_instance_operation`] for an operation acting on
+    /// several instances: `(instance, its new state, release its CPUs)`.
+    pub async fn settle_instances(
+        &self,
+        end: &OperationEnd<'_>,
+        instances: &[(&str, &InstanceUpdate, bool)],
+    ) -> Result<bool> {
+        let mut statements = vec![operation_finish(end.id, end.status, end.result, end.error)];
+        for (instance_id, update, release) in instances {
+            statements.push(instance_set(instance_id, update, None));
+            if *release {
+                let (clear, host) = unplace_statements(instance_id);
+                statements.extend([host, clear_claims(instance_id), clear]);
+            }
         }
         let counts = self
-            .run_statements("settle_instance_operation", statements, |c| c[0] == 1)
+            .run_statements("settle_instances", statements, |c| c[0] == 1)
             .await?;
         Ok(counts[0] == 1)
+    }
+
+    /// Holds `cpus` of `host_id` for an instance that moves there, beside
+    /// the CPUs it holds where it is, and records `steps`. `false`, changing
+    /// nothing, when the host is not READY or a CPU is held.
+    pub async fn reserve_instance_move(
+        &self,
+        instance_id: &str,
+        host_id: &str,
+        cpus: &[u32],
+        op: (&str, &[String], &str),
+    ) -> Result<bool> {
+        let place = Arc::new(Placing {
+            instance_id: instance_id.to_string(),
+            host_id: host_id.to_string(),
+            cpus: cpus.to_vec(),
+            progress: operation_progress(op.0, op.1, op.2),
+        });
+        self.write("reserve_instance_move", move |conn| {
+            let place = place.clone();
+            Box::pin(async move { claim_cpus(conn, &place, false).await })
+        })
+        .await
+    }
+
+    /// Lets go of the CPUs an instance holds on `host_id` (a move's source
+    /// once it has moved, or its target when the move is given up), and
+    /// records where the instance is (`to`, `cpu_list`, `private_ip`), unless
+    /// `None`.
+    pub async fn release_instance_host(
+        &self,
+        instance_id: &str,
+        host_id: &str,
+        now_on: Option<(&str, &str, &str)>,
+        op: (&str, &[String], &str),
+    ) -> Result<()> {
+        let at = now();
+        let mut statements = vec![
+            (
+                "DELETE FROM cpu_claims WHERE holder = $1 AND host_id = $2".to_string(),
+                vec![holder(instance_id).into(), host_id.into()],
+            ),
+            (
+                "UPDATE hosts SET generation = generation + 1, updated_at = $1 WHERE id = $2"
+                    .to_string(),
+                vec![(&at).into(), host_id.into()],
+            ),
+        ];
+        if let Some((to, cpu_list, private_ip)) = now_on {
+            statements.push((
+                "UPDATE instances SET host_id = $1, cpu_list = $2, private_ip = $3, \
+                 updated_at = $4, generation = generation + 1 WHERE id = $5"
+                    .to_string(),
+                vec![
+                    to.into(),
+                    cpu_list.into(),
+                    private_ip.into(),
+                    (&at).into(),
+                    instance_id.into(),
+                ],
+            ));
+        }
+        statements.push(operation_progress(op.0, op.1, op.2));
+        self.run_statements("release_instance_host", statements, |_| true)
+            .await?;
+        Ok(())
+    }
+
+    /// Marks instances as acted on by `op_id` (none may have another
+    /// operation under way). `false`, changing nothing, otherwise.
+    pub async fn claim_instances_for(&self, op_id: &str, instance_ids: &[String]) -> Result<bool> {
+        let statements = instance_ids
+            .iter()
+            .map(|id| {
+                (
+                    "UPDATE instances SET operation_id = $1, updated_at = $2 \
+                     WHERE id = $3 AND (operation_id IS NULL OR operation_id = $1)"
+                        .to_string(),
+                    vec![op_id.into(), now().into(), id.into()],
+                )
+            })
+            .collect();
+        let counts = self
+            .run_statements("claim_instances_for", statements, |c| {
+                c.iter().all(|n| *n == 1)
+            })
+            .await?;
+        Ok(counts.iter().all(|n| *n == 1))
+    }
+
+    /// Lets go of instances an operation acted on without changing them.
+    pub async fn release_instances_of(&self, op_id: &str) -> Result<()> {
+        self.run_statements(
+            "release_instances_of",
+            vec![(
+                "UPDATE instances SET operation_id = NULL WHERE operation_id = $1".into(),
+                vec![op_id.into()],
+            )],
+            |_| true,
+        )
+        .await?;
+        Ok(())
     }
 
     /// Starts an operation on an instance in one of `from` that has none
@@ -300,7 +462,18 @@ struct Placing {
     progress: (String, Vec<Arg>),
 }
 
-async fn place_instance(mut conn: Conn<'_>, place: &Placing) -> Result<Commit<bool>, DbError> {
+async fn place_instance(conn: Conn<'_>, place: &Placing) -> Result<Commit<bool>, DbError> {
+    claim_cpus(conn, place, true).await
+}
+
+/// Claims `place.cpus` of a READY host for the instance and records the
+/// operation's progress; with `placing`, the instance (unplaced until now)
+/// is recorded there too.
+async fn claim_cpus(
+    mut conn: Conn<'_>,
+    place: &Placing,
+    placing: bool,
+) -> Result<Commit<bool>, DbError> {
     if place.cpus.is_empty() {
         return Ok(Commit::Undo(false));
     }
@@ -316,21 +489,23 @@ async fn place_instance(mut conn: Conn<'_>, place: &Placing) -> Result<Commit<bo
     if ready != 1 {
         return Ok(Commit::Undo(false));
     }
-    let cpu_list = tessera_core::CpuSet::from_iter(place.cpus.iter().copied()).to_string();
-    let placed = conn
-        .execute(
-            "UPDATE instances SET host_id = $1, cpu_list = $2, updated_at = $3, \
-             generation = generation + 1 WHERE id = $4 AND host_id IS NULL",
-            &[
-                (&place.host_id).into(),
-                (&cpu_list).into(),
-                (&at).into(),
-                (&place.instance_id).into(),
-            ],
-        )
-        .await?;
-    if placed != 1 {
-        return Ok(Commit::Undo(false));
+    if placing {
+        let cpu_list = tessera_core::CpuSet::from_iter(place.cpus.iter().copied()).to_string();
+        let placed = conn
+            .execute(
+                "UPDATE instances SET host_id = $1, cpu_list = $2, updated_at = $3, \
+                 generation = generation + 1 WHERE id = $4 AND host_id IS NULL",
+                &[
+                    (&place.host_id).into(),
+                    (&cpu_list).into(),
+                    (&at).into(),
+                    (&place.instance_id).into(),
+                ],
+            )
+            .await?;
+        if placed != 1 {
+            return Ok(Commit::Undo(false));
+        }
     }
     let values: Vec<String> = (0..place.cpus.len())
         .map(|i| format!("($1, ${}, $2)", i + 3))

@@ -15,6 +15,7 @@ mod ssh_keys;
 mod system;
 mod tokens;
 mod users;
+mod workflows;
 mod workspaces;
 
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
@@ -68,6 +69,9 @@ use utoipa::{Modify, OpenApi, ToSchema};
         operations::get_operation,
         operations::wait_operation,
         operations::cancel_operation,
+        workflows::submit_workflow,
+        workflows::get_workflow,
+        workflows::cancel_workflow,
         system::metrics,
     ),
     components(schemas(ErrorBody)),
@@ -142,6 +146,9 @@ pub fn router(app: App) -> Router {
             "/operations/{id}/cancel",
             post(operations::cancel_operation),
         )
+        .route("/workflows/submit", post(workflows::submit_workflow))
+        .route("/workflows/{id}", get(workflows::get_workflow))
+        .route("/workflows/{id}/cancel", post(workflows::cancel_workflow))
         .route("/metrics", get(system::metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

@@ -21,7 +21,7 @@ pub struct ServerBody {
     pub plan: String,
     pub zone: String,
     pub ip_address: String,
-    /// `initializing`, `running`, `failed`, `decommissioning`,
+    /// `initializing`, `running`, `draining`, `drained`, `failed`, `decommissioning`,
     /// `decommissioned` or `decommission_failed`.
     pub status: String,
     pub created_at: String,
@@ -41,6 +41,8 @@ fn status_name(status: HostStatus) -> &'static str {
     match status {
         HostStatus::Initializing => "initializing",
         HostStatus::Ready => "running",
+        HostStatus::Draining => "draining",
+        HostStatus::Drained => "drained",
         HostStatus::InitFail => "failed",
         HostStatus::Decommissioning => "decommissioning",
         HostStatus::Decommissioned => "decommissioned",

@@ -9,7 +9,8 @@ use tessera_core::CpuSet;
 
 crate::on_both_backends!(
     work_cut_short_by_a_crash_is_settled_at_restart,
-    an_instance_creation_cut_short_by_a_crash_is_finished_at_restart
+    an_instance_creation_cut_short_by_a_crash_is_finished_at_restart,
+    a_cluster_creation_cut_short_by_a_crash_is_finished_at_restart
 );
 
 async fn work_cut_short_by_a_crash_is_settled_at_restart(backend: Backend) {
@@ -226,5 +227,108 @@ async fn an_instance_creation_cut_short_by_a_crash_is_finished_at_restart(backen
         }
     }
     assert_eq!(seen.len(), 8);
+    second.stop();
+}
+
+async fn a_cluster_creation_cut_short_by_a_crash_is_finished_at_restart(backend: Backend) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let database_url = match backend {
+        Backend::Sqlite => tessera_store::Store::sqlite_url(&dir.path().join("tessera.db")),
+        Backend::Postgres => fresh_postgres_database().await,
+    };
+    let client = reqwest::Client::new();
+    let first = ServerProcess::start(
+        &database_url,
+        dir.path(),
+        &[
+            "--sim-faults",
+            "create:slow-:hang",
+            "--agent-timeout-ms",
+            "1000",
+        ],
+    );
+    let (_, op) = call(
+        &client,
+        reqwest::Method::POST,
+        format!("{}/v1/servers/create", first.url),
+        Some(json!({"hostname": "slow-1", "ip_address": "192.0.2.7", "zone": "z", "cpus": "0-7"})),
+    )
+    .await;
+    wait_operation(&client, &first.url, op["id"].as_str().expect("id")).await;
+    let (status, workflow) = call(
+        &client,
+        reqwest::Method::POST,
+        format!("{}/v1/workflows/submit", first.url),
+        Some(json!({"workflow_type": "cluster_create", "parameters": {"cluster_name": "c", "node_count": 3, "type": "cx21"}})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{workflow}");
+    let workflow_id = workflow["id"].as_str().expect("id").to_string();
+    // Every node placed, the hosts hanging on them: kill -9.
+    let placed = |list: &Value| {
+        list["items"]
+            .as_array()
+            .map(|items| {
+                items
+                    .iter()
+                    .filter(|i| i["status"]["host_id"] != "")
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+    for _ in 0..200 {
+        let (_, list) = call(
+            &client,
+            reqwest::Method::GET,
+            format!("{}/v1/instances?labels=cluster=c", first.url),
+            None,
+        )
+        .await;
+        if placed(&list) == 3 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    first.crash();
+
+    let second = ServerProcess::start(&database_url, dir.path(), &[]);
+    let done = wait_operation(&client, &second.url, &workflow_id).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    let (_, list) = call(
+        &client,
+        reqwest::Method::GET,
+        format!("{}/v1/instances?labels=cluster=c", second.url),
+        None,
+    )
+    .await;
+    let nodes = list["items"].as_array().cloned().unwrap_or_default();
+    assert_eq!(nodes.len(), 3, "{list}");
+    let mut seen = HashSet::new();
+    for node in &nodes {
+        assert_eq!(node["status"]["state"], "running", "{node}");
+        for cpu in CpuSet::parse_list(node["status"]["cpus"].as_str().expect("cpus"))
+            .expect("cpus")
+            .iter()
+        {
+            assert!(seen.insert(cpu), "CPU {cpu} given twice");
+        }
+    }
+    // One instance of 2 fits in what is left, a second does not.
+    for (n, expected) in [(0, "completed"), (1, "failed")] {
+        let (_, created) = call(
+            &client,
+            reqwest::Method::POST,
+            format!("{}/v1/instances", second.url),
+            Some(json!({"metadata": {"name": format!("after-{n}")}, "spec": {"type": "cx21", "image": "ubuntu-22.04"}})),
+        )
+        .await;
+        let op = wait_operation(
+            &client,
+            &second.url,
+            created["operation_id"].as_str().expect("op"),
+        )
+        .await;
+        assert_eq!(op["status"], expected, "{op}");
+    }
     second.stop();
 }

@@ -397,9 +397,15 @@ fn probe(permission: Permission) -> Option<(Method, &'static str, Option<Value>)
         ),
         SystemMetrics => (Method::GET, "/v1/metrics", None),
         UserAdmin => (Method::GET, "/v1/users", None),
-        // Taskservs and workflows come with their endpoints.
-        TaskservRead | TaskservCreate | TaskservDelete | WorkflowSubmit | WorkflowRead
-        | WorkflowCancel => return None,
+        WorkflowSubmit => (
+            Method::POST,
+            "/v1/workflows/submit",
+            Some(json!({"workflow_type": "no-such-workflow", "parameters": {}})),
+        ),
+        WorkflowRead => (Method::GET, "/v1/workflows/none", None),
+        WorkflowCancel => (Method::POST, "/v1/workflows/none/cancel", None),
+        // Taskservs come with their endpoints.
+        TaskservRead | TaskservCreate | TaskservDelete => return None,
     })
 }
 

@@ -12,3 +12,4 @@ mod instances;
 mod kloigos;
 mod openapi;
 mod system;
+mod workflows;

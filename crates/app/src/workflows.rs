@@ -1,0 +1,563 @@
+//! Workflows: multi-step operations submitted by type.
+//!
+//! - `cluster_create` makes `node_count` instances at once, all or none:
+//!   every node is recorded with the workflow's operation, placed (one
+//!   logged step each), then created on its host; if any step fails or the
+//!   workflow is cancelled, every node is deleted and gives its CPUs back.
+//! - `server_drain` moves every instance off a host, then marks it
+//!   drained. A move reserves CPUs elsewhere (logged with the target), has
+//!   the target run the instance, has the source let it go, then gives the
+//!   source's CPUs back: at no point does the instance lack CPUs, and after
+//!   a crash the log says where each move stands. A forced server delete
+//!   drains the same way.
+//!
+//! Workflows are operations (kind = workflow type), so `/v1/operations`
+//! lists them too.
+
+use crate::error::{Error, Result};
+use crate::identity::Principal;
+use crate::instances::{CreateInstance, Instance, InstanceSpecInput, validate};
+use crate::operations::{Operation, Run};
+use crate::{App, HostCallError, has_nul, new_id};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use tessera_core::status::HostStatus;
+use tessera_core::{HostId, Permission};
+use tessera_store::{InstanceFilter, InstanceUpdate, NewInstance, NewOperation, OperationEnd};
+
+pub const WORKFLOW_TYPES: &[&str] = &["cluster_create", "server_drain"];
+const MAX_NODES: u64 = 64;
+
+#[derive(Clone, Debug)]
+pub struct SubmitWorkflow {
+    pub workspace: Option<String>,
+    pub workflow_type: String,
+    pub parameters: serde_json::Value,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClusterParams {
+    cluster_name: String,
+    node_count: u64,
+    #[serde(alias = "instance_type", rename = "type", default = "default_type")]
+    instance_type: String,
+    #[serde(default = "default_image")]
+    image: String,
+    vcpus: Option<u32>,
+    memory_mb: Option<u64>,
+    disk_gb: Option<u64>,
+    location: Option<String>,
+    #[serde(default)]
+    ssh_key_ids: Vec<String>,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+    user_data: Option<String>,
+}
+
+fn default_type() -> String {
+    "cx11".into()
+}
+
+fn default_image() -> String {
+    "ubuntu-22.04".into()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DrainParams {
+    server_id: String,
+}
+
+impl App {
+    pub async fn submit_workflow(
+        &self,
+        caller: &Principal,
+        req: SubmitWorkflow,
+    ) -> Result<Operation> {
+        caller.require(Permission::WorkflowSubmit)?;
+        let project_id = self.workspace_of(caller, req.workspace.as_deref()).await?;
+        let invalid =
+            |e: serde_json::Error| Error::invalid("parameters", format!("parameters: {e}"));
+        match req.workflow_type.as_str() {
+            "cluster_create" => {
+                caller.require(Permission::InstanceCreate)?;
+                let params: ClusterParams =
+                    serde_json::from_value(req.parameters).map_err(invalid)?;
+                self.submit_cluster(caller, project_id, params).await
+            }
+            "server_drain" => {
+                caller.require(Permission::ServerDelete)?;
+                let params: DrainParams =
+                    serde_json::from_value(req.parameters).map_err(invalid)?;
+                let host = self.find_server(&params.server_id).await?;
+                if host.status != HostStatus::Ready && host.status != HostStatus::Draining {
+                    return Err(Error::Conflict(format!(
+                        "server {} is {}, not running",
+                        host.hostname,
+                        host.status.as_str().to_lowercase()
+                    )));
+                }
+                let op = NewOperation {
+                    id: uuid::Uuid::new_v4().to_string(),
+                    project_id,
+                    kind: "server_drain".into(),
+                    resource_id: Some(host.id.clone()),
+                    params: serde_json::json!({ "server_id": host.id }),
+                    created_by: caller.username.clone(),
+                };
+                self.store.insert_operation(&op).await?;
+                self.spawn_operation(&op.id);
+                self.project_operation(caller, &op.id).await
+            }
+            other => Err(Error::invalid(
+                "workflow_type",
+                format!(
+                    "unknown workflow_type {:?}; known: {}",
+                    other.escape_debug().to_string(),
+                    WORKFLOW_TYPES.join(", ")
+                ),
+            )),
+        }
+    }
+
+    async fn submit_cluster(
+        &self,
+        caller: &Principal,
+        project_id: String,
+        params: ClusterParams,
+    ) -> Result<Operation> {
+        if !(1..=MAX_NODES).contains(&params.node_count) {
+            return Err(Error::invalid(
+                "parameters",
+                format!("node_count must be between 1 and {MAX_NODES}"),
+            ));
+        }
+        let name = &params.cluster_name;
+        let name_ok = !name.is_empty()
+            && name.len() <= 56
+            && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+        if !name_ok {
+            return Err(Error::invalid(
+                "parameters",
+                "cluster_name must be 1 to 56 letters, digits or '-'",
+            ));
+        }
+        let mut labels = params.labels.clone();
+        labels.insert("cluster".into(), name.clone());
+        let op_id = uuid::Uuid::new_v4().to_string();
+        let mut nodes = Vec::new();
+        for n in 1..=params.node_count {
+            let mut node = CreateInstance {
+                name: format!("{name}-{n}"),
+                labels: labels.clone(),
+                spec: InstanceSpecInput {
+                    instance_type: params.instance_type.clone(),
+                    image: params.image.clone(),
+                    vcpus: params.vcpus,
+                    memory_mb: params.memory_mb,
+                    disk_gb: params.disk_gb,
+                    location: params.location.clone(),
+                    ssh_key_ids: params.ssh_key_ids.clone(),
+                    user_data: params.user_data.clone(),
+                    ..InstanceSpecInput::default()
+                },
+            };
+            validate(&mut node).map_err(|e| Error::invalid("parameters", e.to_string()))?;
+            nodes.push(NewInstance {
+                id: new_id("inst"),
+                project_id: project_id.clone(),
+                name: node.name,
+                labels: serde_json::to_value(&node.labels).unwrap_or_default(),
+                spec: serde_json::to_value(&node.spec).unwrap_or_default(),
+                memory_mb: node.spec.memory_mb.unwrap_or(0) as i64,
+            });
+        }
+        for key in &params.ssh_key_ids {
+            if self.project_ssh_key(&project_id, key).await.is_err() {
+                return Err(Error::invalid(
+                    "parameters",
+                    format!(
+                        "SSH key {key:?} not found in workspace {}",
+                        caller.project_name
+                    ),
+                ));
+            }
+        }
+        let op = NewOperation {
+            id: op_id,
+            project_id,
+            kind: "cluster_create".into(),
+            resource_id: Some(name.clone()),
+            params: serde_json::json!({
+                "cluster_name": name,
+                "node_count": params.node_count,
+                "instances": nodes.iter().map(|n| n.id.clone()).collect::<Vec<_>>(),
+            }),
+            created_by: caller.username.clone(),
+        };
+        self.store.insert_instances(&nodes, &op).await?;
+        for node in &nodes {
+            self.publish("instance", &node.id, Some(&op.project_id), "provisioning");
+        }
+        tracing::info!(cluster = %name, nodes = nodes.len(), "cluster requested");
+        self.spawn_operation(&op.id);
+        self.project_operation(caller, &op.id).await
+    }
+
+    /// A workflow of the caller's project; another operation is a 404.
+    pub async fn workflow(&self, caller: &Principal, id: &str) -> Result<Operation> {
+        caller.require(Permission::WorkflowRead)?;
+        let op = self.project_operation(caller, id).await?;
+        if !WORKFLOW_TYPES.contains(&op.kind.as_str()) {
+            return Err(Error::NotFound(format!("workflow {id} not found")));
+        }
+        Ok(op)
+    }
+
+    pub async fn cancel_workflow(&self, caller: &Principal, id: &str) -> Result<Operation> {
+        caller.require(Permission::WorkflowCancel)?;
+        let op = self.project_operation(caller, id).await?;
+        if !WORKFLOW_TYPES.contains(&op.kind.as_str()) || has_nul(id) {
+            return Err(Error::NotFound(format!("workflow {id} not found")));
+        }
+        self.cancel(op).await
+    }
+
+    /// Drives `cluster_create` (see the module doc).
+    pub(crate) async fn run_cluster_create(&self, run: &mut Run) -> Result<()> {
+        let nodes = self.store.instances_of_operation(&run.op.id).await?;
+        if self.cancel_requested(run).await? {
+            return self
+                .unwind_cluster(run, "cancelled", "cluster creation cancelled")
+                .await;
+        }
+        for node in &nodes {
+            let step = format!("placed:{}", node.id);
+            if run.done(&step) {
+                continue;
+            }
+            match self.place(run, node, &step, false).await {
+                Ok(_) => {}
+                Err(Error::NoCapacity(why)) => {
+                    let why = format!("node {}: {why}", node.name);
+                    return self.unwind_cluster(run, "failed", &why).await;
+                }
+                Err(other) => return Err(other),
+            }
+            if self.cancel_requested(run).await? {
+                return self
+                    .unwind_cluster(run, "cancelled", "cluster creation cancelled")
+                    .await;
+            }
+        }
+        // Every node holds its CPUs: now the hosts run them, all at once.
+        let nodes = self.store.instances_of_operation(&run.op.id).await?;
+        let creations = nodes.iter().map(|node| {
+            self.on_host(node, |agent, spec| async move {
+                agent.create_instance(&spec).await
+            })
+        });
+        let created = tokio::select! {
+            created = futures::future::join_all(creations) => created,
+            cancelled = self.until_cancel_requested(run) => {
+                cancelled?;
+                return self.unwind_cluster(run, "cancelled", "cluster creation cancelled").await;
+            }
+        };
+        let mut updates = Vec::new();
+        for (node, outcome) in nodes.iter().zip(created) {
+            match outcome {
+                Ok(report) => updates.push(InstanceUpdate {
+                    state: "running".into(),
+                    state_detail: None,
+                    private_ip: Some(report.private_ip),
+                }),
+                Err(why) => {
+                    let why = format!("node {} could not be created on its host: {why}", node.name);
+                    return self.unwind_cluster(run, "failed", &why).await;
+                }
+            }
+        }
+        let result = serde_json::json!({
+            "cluster_name": run.op.resource_id,
+            "instances": nodes.iter().map(|n| n.id.clone()).collect::<Vec<_>>(),
+        });
+        let settle: Vec<(&str, &InstanceUpdate, bool)> = nodes
+            .iter()
+            .zip(&updates)
+            .map(|(n, u)| (n.id.as_str(), u, false))
+            .collect();
+        let end = OperationEnd {
+            id: &run.op.id,
+            status: "completed",
+            result: Some(&result),
+            error: None,
+        };
+        if self.store.settle_instances(&end, &settle).await? {
+            for node in &nodes {
+                self.publish("instance", &node.id, Some(&node.project_id), "running");
+            }
+            tracing::info!(cluster = ?run.op.resource_id, nodes = nodes.len(), "cluster running");
+        }
+        Ok(())
+    }
+
+    /// Deletes every node of a cluster that got as far as a host and ends
+    /// the workflow `status` with `why`: all nodes terminated, no CPUs held.
+    async fn unwind_cluster(&self, run: &mut Run, status: &str, why: &str) -> Result<()> {
+        let nodes = self.store.instances_of_operation(&run.op.id).await?;
+        for node in nodes.iter().filter(|n| n.host_id.is_some()) {
+            match self
+                .on_host(node, |agent, spec| async move {
+                    agent.delete_instance(&spec.id).await
+                })
+                .await
+            {
+                Ok(()) | Err(HostCallError::NoAgent) => {}
+                Err(err) => {
+                    return Err(Error::HostFailed(format!(
+                        "undoing node {} on its host failed: {err}",
+                        node.name
+                    )));
+                }
+            }
+        }
+        let terminated = InstanceUpdate {
+            state: "terminated".into(),
+            state_detail: Some(why.to_string()),
+            private_ip: None,
+        };
+        let settle: Vec<(&str, &InstanceUpdate, bool)> = nodes
+            .iter()
+            .map(|n| (n.id.as_str(), &terminated, true))
+            .collect();
+        let end = OperationEnd {
+            id: &run.op.id,
+            status,
+            result: None,
+            error: Some(why),
+        };
+        let settled = self.store.settle_instances(&end, &settle).await?;
+        let hosts: std::collections::BTreeSet<&String> =
+            nodes.iter().filter_map(|n| n.host_id.as_ref()).collect();
+        for host in hosts {
+            self.placement.refresh_host(&self.store, host).await?;
+        }
+        if settled {
+            for node in &nodes {
+                self.publish("instance", &node.id, Some(&node.project_id), "terminated");
+            }
+            tracing::info!(cluster = ?run.op.resource_id, status, why, "cluster creation unwound");
+        }
+        Ok(())
+    }
+
+    /// Drives `server_drain` (see the module doc).
+    pub(crate) async fn run_server_drain(&self, run: &mut Run) -> Result<()> {
+        let host_id = run.op.resource_id.clone().unwrap_or_default();
+        let Some(host) = self.store.host(&host_id).await? else {
+            self.store
+                .finish_operation(
+                    &run.op.id,
+                    "failed",
+                    None,
+                    Some("the server no longer exists"),
+                )
+                .await?;
+            return Ok(());
+        };
+        if !run.done("draining") {
+            self.store
+                .transition_host(&host.id, &[HostStatus::Ready], HostStatus::Draining, None)
+                .await?;
+            self.placement.refresh_host(&self.store, &host.id).await?;
+            self.publish("host", &host.id, None, HostStatus::Draining.as_str());
+            self.record_step(run, "draining").await?;
+        }
+        match self.drain_instances(run, &host.id).await? {
+            Ok(moved) => {
+                self.store
+                    .transition_host(&host.id, &[HostStatus::Draining], HostStatus::Drained, None)
+                    .await?;
+                self.store.release_instances_of(&run.op.id).await?;
+                let result = serde_json::json!({ "server_id": host.id, "hostname": host.hostname, "moved": moved });
+                self.store
+                    .finish_operation(&run.op.id, "completed", Some(&result), None)
+                    .await?;
+                self.publish("host", &host.id, None, HostStatus::Drained.as_str());
+                tracing::info!(hostname = %host.hostname, moved = moved.len(), "server drained");
+            }
+            Err(why) => {
+                self.store.release_instances_of(&run.op.id).await?;
+                self.store
+                    .transition_host(&host.id, &[HostStatus::Draining], HostStatus::Ready, None)
+                    .await?;
+                self.placement.refresh_host(&self.store, &host.id).await?;
+                self.store
+                    .finish_operation(&run.op.id, "failed", None, Some(&why))
+                    .await?;
+                self.publish("host", &host.id, None, HostStatus::Ready.as_str());
+                tracing::warn!(hostname = %host.hostname, why, "server drain failed");
+            }
+        }
+        Ok(())
+    }
+
+    /// Moves every instance off a host that takes no new work. The outer
+    /// error means "try again later" (the operation's lease runs out); the
+    /// inner one ends the drain with that message. Answers the ids moved.
+    pub(crate) async fn drain_instances(
+        &self,
+        run: &mut Run,
+        host_id: &str,
+    ) -> Result<Result<Vec<String>, String>> {
+        let on_host = self
+            .store
+            .instances(&InstanceFilter {
+                host_id: Some(host_id.to_string()),
+                ..InstanceFilter::default()
+            })
+            .await?;
+        let ids: Vec<String> = on_host.iter().map(|i| i.id.clone()).collect();
+        if !self.store.claim_instances_for(&run.op.id, &ids).await? {
+            let busy: Vec<String> = on_host
+                .iter()
+                .filter(|i| i.operation_id.as_deref().is_some_and(|o| o != run.op.id))
+                .map(|i| i.id.clone())
+                .collect();
+            return Ok(Err(format!(
+                "instance(s) {} have an operation under way; try again when it ends",
+                busy.join(", ")
+            )));
+        }
+        let mut moved = Vec::new();
+        for instance in on_host {
+            if let Err(why) = self.move_instance(run, &instance, host_id).await? {
+                return Ok(Err(why));
+            }
+            moved.push(instance.id);
+        }
+        Ok(Ok(moved))
+    }
+
+    /// Moves one instance from `from` to another host (see the module doc).
+    async fn move_instance(
+        &self,
+        run: &mut Run,
+        instance: &Instance,
+        from: &str,
+    ) -> Result<Result<(), String>> {
+        let done = format!("moved:{}", instance.id);
+        if run.done(&done) {
+            return Ok(Ok(()));
+        }
+        let reserved_prefix = format!("reserved:{}:", instance.id);
+        let reserved = run
+            .steps
+            .iter()
+            .find(|s| s.starts_with(&reserved_prefix))
+            .cloned();
+        let (target, cpus) = match reserved {
+            Some(step) => {
+                let rest = &step[reserved_prefix.len()..];
+                let (host, cpus) = rest.split_once(':').unwrap_or((rest, ""));
+                (host.to_string(), cpus.to_string())
+            }
+            None => match self
+                .place(run, instance, &format!("reserved:{}", instance.id), true)
+                .await
+            {
+                Ok(decision) => (decision.host.to_string(), decision.cpus.to_string()),
+                Err(Error::NoCapacity(why)) => {
+                    return Ok(Err(format!(
+                        "no room to move instance {}: {why}",
+                        instance.id
+                    )));
+                }
+                Err(other) => return Err(other),
+            },
+        };
+        let mut there = instance.clone();
+        there.host_id = Some(target.clone());
+        there.cpu_list = Some(cpus.clone());
+        let stopped = instance.state == "stopped";
+        let started = self
+            .on_host(&there, |agent, spec| async move {
+                let report = agent.create_instance(&spec).await?;
+                if stopped {
+                    agent.stop_instance(&spec.id).await?;
+                }
+                Ok(report)
+            })
+            .await;
+        let report = match started {
+            Ok(report) => report,
+            Err(why) => {
+                // Give the reservation up; the instance stays where it was.
+                let _ = self
+                    .on_host(&there, |agent, spec| async move {
+                        agent.delete_instance(&spec.id).await
+                    })
+                    .await;
+                let steps: Vec<String> = run
+                    .steps
+                    .iter()
+                    .filter(|s| !s.starts_with(&reserved_prefix))
+                    .cloned()
+                    .collect();
+                self.store
+                    .release_instance_host(
+                        &instance.id,
+                        &target,
+                        None,
+                        (&run.op.id, &steps, &self.deadline()),
+                    )
+                    .await?;
+                run.steps = steps;
+                self.placement.refresh_host(&self.store, &target).await?;
+                return Ok(Err(format!(
+                    "moving instance {} to {target} failed: {why}",
+                    instance.id
+                )));
+            }
+        };
+        match self
+            .on_host(instance, |agent, spec| async move {
+                agent.delete_instance(&spec.id).await
+            })
+            .await
+        {
+            Ok(()) | Err(HostCallError::NoAgent) => {}
+            Err(why) => {
+                // Both hosts keep its CPUs until the source lets it go.
+                return Err(Error::HostFailed(format!(
+                    "{from} did not let instance {} go: {why}",
+                    instance.id
+                )));
+            }
+        }
+        let steps = run.with(&done);
+        self.store
+            .release_instance_host(
+                &instance.id,
+                from,
+                Some((&target, &cpus, &report.private_ip)),
+                (&run.op.id, &steps, &self.deadline()),
+            )
+            .await?;
+        run.steps = steps;
+        for host in [from, target.as_str()] {
+            self.placement.refresh_host(&self.store, host).await?;
+        }
+        self.agent(&HostId::new(target.as_str())).await?;
+        tracing::info!(instance = %instance.id, from, to = %target, cpus, "instance moved");
+        self.publish(
+            "instance",
+            &instance.id,
+            Some(&instance.project_id),
+            &instance.state,
+        );
+        Ok(Ok(()))
+    }
+}
