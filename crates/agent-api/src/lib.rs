@@ -59,6 +59,26 @@ pub struct InstanceReport {
     pub private_ip: String,
 }
 
+/// A script a host runs as root: a taskserv's install or remove step.
+#[derive(Clone, Debug)]
+pub struct HostScript {
+    /// What it is for, for logs: `hello:install`.
+    pub label: String,
+    /// A bash script.
+    pub body: String,
+    /// Its environment, besides `TESSERA_HOST_ROOT` (the root of the host's
+    /// file system: `/` on a real host) and `TESSERA_HOSTNAME`.
+    pub env: Vec<(String, String)>,
+}
+
+/// How a script ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ScriptOutcome {
+    pub exit_code: i32,
+    /// Its output, stdout then stderr, cut to the last 16 KiB.
+    pub output: String,
+}
+
 /// What a host has, as its agent sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HostReport {
@@ -101,6 +121,9 @@ pub trait HostAgent: Send + Sync {
     /// Stops an instance and removes everything it had on the host; gone
     /// already is success.
     async fn delete_instance(&self, instance_id: &str) -> Result<(), AgentError>;
+    /// Runs a script on the host and answers how it ended (a script that
+    /// fails is an outcome, not an error).
+    async fn run_script(&self, script: &HostScript) -> Result<ScriptOutcome, AgentError>;
 }
 
 /// Finds the agent of a host.

@@ -18,6 +18,7 @@ pub mod projects;
 pub mod reconciler;
 pub mod servers;
 pub mod ssh_keys;
+pub mod taskservs;
 pub mod tokens;
 pub mod units;
 pub mod users;
@@ -47,6 +48,8 @@ pub struct AppConfig {
     pub agent_timeout: Duration,
     /// How often the reconciler looks for unfinished work.
     pub reconcile_every: Duration,
+    /// The taskserv definitions offered.
+    pub taskservs: taskservs::Catalog,
 }
 
 impl Default for AppConfig {
@@ -54,6 +57,7 @@ impl Default for AppConfig {
         Self {
             agent_timeout: Duration::from_secs(30),
             reconcile_every: Duration::from_secs(2),
+            taskservs: taskservs::Catalog::built_in(),
         }
     }
 }
@@ -65,6 +69,7 @@ pub struct App {
     agents: Arc<dyn AgentDirectory>,
     placement: Arc<PlacementView>,
     identity: Arc<Identity>,
+    catalog: Arc<taskservs::Catalog>,
     events: tokio::sync::broadcast::Sender<Event>,
     config: Arc<AppConfig>,
     /// Work this process is doing on hosts and units now, so the reconciler
@@ -89,6 +94,7 @@ impl App {
         let identity = Arc::new(Identity::load(&store).await?);
         Ok(App {
             identity,
+            catalog: Arc::new(config.taskservs.clone()),
             events: tokio::sync::broadcast::channel(1024).0,
             store,
             agents,

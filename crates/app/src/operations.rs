@@ -268,6 +268,8 @@ impl App {
             "server_delete" => self.run_server_delete(&mut run).await,
             "cluster_create" => self.run_cluster_create(&mut run).await,
             "server_drain" => self.run_server_drain(&mut run).await,
+            "taskserv_create" => self.run_taskserv_create(&mut run).await,
+            "taskserv_delete" => self.run_taskserv_delete(&mut run).await,
             other => {
                 let error = format!("unknown operation kind {other}");
                 self.store

@@ -15,6 +15,7 @@ mod identity;
 mod instances;
 mod operations;
 mod ssh_keys;
+mod taskservs;
 mod tokens;
 mod units;
 mod writer;
@@ -25,6 +26,7 @@ pub use instances::{InstanceFilter, InstanceRecord, InstanceUpdate, NewInstance}
 pub use operations::{NewOperation, OperationEnd, OperationFilter, OperationRecord};
 pub use sqlx::Error as SqlxError;
 pub use ssh_keys::SshKeyRecord;
+pub use taskservs::{NewTaskserv, TaskservRecord};
 pub use tokens::{NewToken, TokenRecord};
 pub use units::{UnitClaim, UnitFilter, UnitRecord};
 

@@ -51,13 +51,25 @@ pub async fn start(settings: &Settings) -> Result<RunningServer> {
             redact(&settings.database_url)
         )
     })?;
-    let sim = settings.sim.clone().map(|c| Arc::new(SimFleet::new(c)));
+    let sim = settings.sim.clone().map(|mut config| {
+        config
+            .root_dir
+            .get_or_insert_with(|| settings.data_dir.join("sim-hosts"));
+        Arc::new(SimFleet::new(config))
+    });
     let agents: Arc<dyn AgentDirectory> = match &sim {
         Some(fleet) => fleet.clone(),
         None => Arc::new(NoAgents),
     };
+    let taskservs = match &settings.taskserv_dir {
+        Some(dir) => tessera_app::taskservs::Catalog::load(dir)
+            .map_err(anyhow::Error::msg)
+            .context("cannot read the taskserv catalog")?,
+        None => tessera_app::taskservs::Catalog::built_in(),
+    };
     let config = AppConfig {
         agent_timeout: settings.agent_timeout,
+        taskservs,
         ..AppConfig::default()
     };
     let app = App::new(store, agents, config).await?;

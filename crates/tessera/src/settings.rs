@@ -6,7 +6,7 @@
 //! `tessera.toml` in the user's config directory when it exists. Its keys
 //! are the flags' names with underscores: `data_dir`, `listen`,
 //! `database_url`, `sim_hosts`, `sim_faults`, `sim_latency_ms`,
-//! `sim_memory_per_cpu_mb`, `agent_timeout_ms`, `log_format`.
+//! `sim_memory_per_cpu_mb`, `agent_timeout_ms`, `log_format`, `taskserv_dir`.
 
 use crate::logging::LogFormat;
 use anyhow::{Context, Result, bail};
@@ -35,7 +35,8 @@ pub struct ServerArgs {
     /// Realise every host that has no agent with the simulated driver.
     #[arg(long, env = "TESSERA_SIM_HOSTS", num_args = 0..=1, default_missing_value = "true")]
     pub sim_hosts: Option<bool>,
-    /// Simulated failures, STEP:HOSTPREFIX (steps: prepare, activate, release, retire).
+    /// Simulated failures, STEP:HOSTPREFIX[:hang] (steps: prepare, activate,
+    /// release, retire, create, start, stop, delete, script).
     #[arg(long, env = "TESSERA_SIM_FAULTS", value_delimiter = ',')]
     pub sim_faults: Vec<SimFault>,
     /// Latency added to every simulated host call, in milliseconds.
@@ -51,6 +52,9 @@ pub struct ServerArgs {
     /// Log format [default: text].
     #[arg(long, env = "TESSERA_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
+    /// A directory of taskserv definitions [default: the built-in catalog].
+    #[arg(long, env = "TESSERA_TASKSERV_DIR")]
+    pub taskserv_dir: Option<PathBuf>,
 }
 
 /// The config file's keys.
@@ -67,6 +71,7 @@ struct FileSettings {
     sim_memory_per_cpu_mb: Option<u64>,
     agent_timeout_ms: Option<u64>,
     log_format: Option<LogFormat>,
+    taskserv_dir: Option<PathBuf>,
 }
 
 /// Resolved settings.
@@ -83,6 +88,8 @@ pub struct Settings {
     pub admin_token: Option<String>,
     /// `TESSERA_ADMIN_PASSWORD`: sets the `admin` user's password at start.
     pub admin_password: Option<String>,
+    /// `None`: the built-in catalog.
+    pub taskserv_dir: Option<PathBuf>,
 }
 
 impl ServerArgs {
@@ -128,6 +135,7 @@ impl ServerArgs {
                     self.sim_latency_ms.or(file.sim_latency_ms).unwrap_or(0),
                 ),
                 faults,
+                root_dir: None,
             });
         let agent_timeout_ms = self
             .agent_timeout_ms
@@ -149,6 +157,7 @@ impl ServerArgs {
             admin_password: std::env::var("TESSERA_ADMIN_PASSWORD")
                 .ok()
                 .filter(|t| !t.is_empty()),
+            taskserv_dir: self.taskserv_dir.or(file.taskserv_dir),
         })
     }
 }

@@ -12,8 +12,8 @@ use std::str::FromStr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 use tessera_agent_api::{
-    AgentDirectory, AgentError, HostAgent, HostReport, HostSpec, InstanceReport, InstanceSpec,
-    UnitSpec,
+    AgentDirectory, AgentError, HostAgent, HostReport, HostScript, HostSpec, InstanceReport,
+    InstanceSpec, ScriptOutcome, UnitSpec,
 };
 use tessera_core::CpuSet;
 use tessera_core::HostId;
@@ -26,6 +26,11 @@ pub struct SimConfig {
     /// Added to every call, to model a slow host.
     pub latency: Duration,
     pub faults: Vec<SimFault>,
+    /// Where each simulated host's file system is (`DIR/<hostname>`): the
+    /// scripts a host runs (taskservs) really run, with that directory as
+    /// their `TESSERA_HOST_ROOT`. Default: a `tessera-sim` directory under
+    /// the system's temporary directory.
+    pub root_dir: Option<std::path::PathBuf>,
 }
 
 /// The kinds of host-side work a fault can target.
@@ -39,6 +44,7 @@ pub enum SimStep {
     StartInstance,
     StopInstance,
     DeleteInstance,
+    Script,
 }
 
 /// Makes `step` fail, or hang, on every host whose name starts with
@@ -57,7 +63,8 @@ impl FromStr for SimFault {
     /// `STEP:HOSTPREFIX[:hang]`, e.g. `activate:bad-` fails key installs on
     /// hosts named `bad-*`, and `release:slow-:hang` never finishes wiping a
     /// unit on hosts named `slow-*`. Steps: prepare, activate, release,
-    /// retire, create, start, stop, delete (the last four act on instances).
+    /// retire, create, start, stop, delete (these four act on instances),
+    /// script.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let mut parts = s.split(':');
         let (Some(step), Some(host_prefix)) = (parts.next(), parts.next()) else {
@@ -77,10 +84,11 @@ impl FromStr for SimFault {
             "start" => SimStep::StartInstance,
             "stop" => SimStep::StopInstance,
             "delete" => SimStep::DeleteInstance,
+            "script" => SimStep::Script,
             other => {
                 return Err(format!(
                     "fault step {other:?} is not one of prepare, activate, release, retire, \
-                     create, start, stop, delete"
+                     create, start, stop, delete, script"
                 ));
             }
         };
@@ -128,6 +136,7 @@ impl AgentDirectory for SimFleet {
 pub struct SimHost {
     hostname: String,
     ip: String,
+    root: std::path::PathBuf,
     report: HostReport,
     latency: Duration,
     failing: HashSet<SimStep>,
@@ -169,9 +178,15 @@ impl SimHost {
         let per_cpu = config
             .memory_mb_per_cpu
             .unwrap_or(DEFAULT_MEMORY_MB_PER_CPU);
+        let root = config
+            .root_dir
+            .clone()
+            .unwrap_or_else(|| std::env::temp_dir().join("tessera-sim"))
+            .join(&host.hostname);
         Self {
             hostname: host.hostname.clone(),
             ip: host.ip.clone(),
+            root,
             report: HostReport {
                 cpus: host.cpus.clone(),
                 numa_nodes: host.numa_nodes.clone(),
@@ -196,6 +211,11 @@ impl SimHost {
     /// Whether instance `id` exists here, and if so whether it runs.
     pub fn instance(&self, id: &str) -> Option<bool> {
         self.state().instances.get(id).map(|(_, running)| *running)
+    }
+
+    /// The directory that is this host's file system.
+    pub fn root(&self) -> &std::path::Path {
+        &self.root
     }
 
     /// How many instances exist here.
@@ -344,6 +364,43 @@ impl HostAgent for SimHost {
         self.step(SimStep::DeleteInstance).await?;
         self.state().instances.remove(instance_id);
         Ok(())
+    }
+
+    async fn run_script(&self, script: &HostScript) -> Result<ScriptOutcome, AgentError> {
+        self.step(SimStep::Script).await?;
+        let failed = |e: std::io::Error| {
+            AgentError::Failed(format!(
+                "{} cannot run {}: {e}",
+                self.hostname, script.label
+            ))
+        };
+        tokio::fs::create_dir_all(&self.root)
+            .await
+            .map_err(failed)?;
+        let output = tokio::process::Command::new("bash")
+            .arg("-euo")
+            .arg("pipefail")
+            .arg("-c")
+            .arg(&script.body)
+            .current_dir(&self.root)
+            .envs(script.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .env("TESSERA_HOST_ROOT", &self.root)
+            .env("TESSERA_HOSTNAME", &self.hostname)
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .output()
+            .await
+            .map_err(failed)?;
+        let mut text = String::from_utf8_lossy(&output.stdout).into_owned();
+        text.push_str(&String::from_utf8_lossy(&output.stderr));
+        let cut = text.len().saturating_sub(16 * 1024);
+        let cut = (cut..=text.len())
+            .find(|i| text.is_char_boundary(*i))
+            .unwrap_or(text.len());
+        Ok(ScriptOutcome {
+            exit_code: output.status.code().unwrap_or(-1),
+            output: text[cut..].to_string(),
+        })
     }
 
     async fn retire_host(&self, host: &HostSpec) -> Result<(), AgentError> {

@@ -13,6 +13,7 @@ mod operations;
 mod servers;
 mod ssh_keys;
 mod system;
+mod taskservs;
 mod tokens;
 mod users;
 mod workflows;
@@ -35,7 +36,7 @@ use utoipa::{Modify, OpenApi, ToSchema};
     info(
         title = "Tessera native API",
         version = "1.0.0",
-        description = "Identity, workspaces, servers, instances, SSH keys and operations."
+        description = "Identity, workspaces, servers, instances, SSH keys, operations, workflows and taskservs."
     ),
     paths(
         auth::login,
@@ -69,6 +70,11 @@ use utoipa::{Modify, OpenApi, ToSchema};
         operations::get_operation,
         operations::wait_operation,
         operations::cancel_operation,
+        taskservs::list_taskservs,
+        taskservs::catalog,
+        taskservs::get_taskserv,
+        taskservs::create_taskserv,
+        taskservs::delete_taskserv,
         workflows::submit_workflow,
         workflows::get_workflow,
         workflows::cancel_workflow,
@@ -145,6 +151,13 @@ pub fn router(app: App) -> Router {
         .route(
             "/operations/{id}/cancel",
             post(operations::cancel_operation),
+        )
+        .route("/taskservs", get(taskservs::list_taskservs))
+        .route("/taskservs/catalog", get(taskservs::catalog))
+        .route("/taskservs/create", post(taskservs::create_taskserv))
+        .route(
+            "/taskservs/{id}",
+            get(taskservs::get_taskserv).delete(taskservs::delete_taskserv),
         )
         .route("/workflows/submit", post(workflows::submit_workflow))
         .route("/workflows/{id}", get(workflows::get_workflow))
@@ -279,6 +292,15 @@ impl FromRequestParts<App> for Caller {
             });
         Ok(Caller(app.authenticate(bearer).await?))
     }
+}
+
+/// A JSON body that may be absent (DELETE requests the provisioning API
+/// sends with one).
+fn optional_body<T: serde::de::DeserializeOwned + Default>(body: &[u8]) -> Result<T> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(body).map_err(|e| bad_request(format!("invalid JSON body: {e}")))
 }
 
 /// `Location` of an operation, for answers that start one.

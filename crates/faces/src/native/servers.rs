@@ -208,14 +208,7 @@ pub async fn delete_server(
     Query(params): Query<DeleteParams>,
     body: Bytes,
 ) -> Result<Started> {
-    let req: DeleteServerRequest = if body.iter().all(u8::is_ascii_whitespace) {
-        DeleteServerRequest::default()
-    } else {
-        serde_json::from_slice(&body).map_err(|e| tessera_app::Error::Invalid {
-            field: None,
-            message: format!("invalid JSON body: {e}"),
-        })?
-    };
+    let req: DeleteServerRequest = super::optional_body(&body)?;
     if let Some(named) = &req.server_id
         && *named != id
     {

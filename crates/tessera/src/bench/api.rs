@@ -45,6 +45,7 @@ pub async fn run(args: ApiArgs) -> Result<()> {
         log_format: Default::default(),
         admin_token: Some(token.clone()),
         admin_password: None,
+        taskserv_dir: None,
     };
     let running = server::start(&settings).await?;
     let base = running.url();

@@ -125,6 +125,7 @@ impl TestServer {
             log_format: Default::default(),
             admin_token: Some(TOKEN.to_string()),
             admin_password: Some(ADMIN_PASSWORD.to_string()),
+            taskserv_dir: None,
         };
         let running = server::start(&settings).await.expect("server starts");
         TestServer {

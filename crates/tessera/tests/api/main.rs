@@ -12,4 +12,5 @@ mod instances;
 mod kloigos;
 mod openapi;
 mod system;
+mod taskservs;
 mod workflows;
