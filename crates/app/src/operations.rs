@@ -347,21 +347,40 @@ impl App {
     }
 }
 
-/// Counts for the system metrics.
+/// Counts for the system metrics, fleet-wide.
 #[derive(Clone, Debug)]
 pub struct SystemCounts {
     /// Operations by status.
     pub operations: Vec<(String, i64)>,
     /// Instances by state.
     pub instances: Vec<(String, i64)>,
+    /// Hosts by status.
+    pub hosts: Vec<(String, i64)>,
+    /// CPUs of hosts that take work, and how many of them are free.
+    pub cpus_total: u64,
+    pub cpus_free: u64,
 }
 
 impl App {
     pub async fn system_counts(&self, caller: &Principal) -> Result<SystemCounts> {
         caller.require(Permission::SystemMetrics)?;
+        let (cpus_total, cpus_free) = self.placement.with_engine(|engine| {
+            engine
+                .hosts()
+                .filter(|h| h.schedulable)
+                .fold((0u64, 0u64), |(total, free), h| {
+                    (
+                        total + h.cpus.len() as u64,
+                        free + h.free_cpus().len() as u64,
+                    )
+                })
+        });
         Ok(SystemCounts {
             operations: self.store.operation_counts().await?,
             instances: self.store.instance_counts().await?,
+            hosts: self.store.host_counts().await?,
+            cpus_total,
+            cpus_free,
         })
     }
 }

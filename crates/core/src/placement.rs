@@ -126,6 +126,10 @@ impl PlacementEngine {
         self.hosts.is_empty()
     }
 
+    pub fn hosts(&self) -> impl Iterator<Item = &HostInventory> {
+        self.hosts.values()
+    }
+
     pub fn host(&self, id: &HostId) -> Option<&HostInventory> {
         self.hosts.get(id)
     }

@@ -6,6 +6,7 @@
 //! an OpenAPI document built from this code ([`openapi_documents`]).
 
 pub mod kloigos;
+pub mod metrics;
 pub mod native;
 pub mod system;
 
@@ -15,10 +16,19 @@ use tower_http::trace::TraceLayer;
 
 /// Every face, mounted at its path.
 pub fn router(app: App) -> Router {
+    let http = std::sync::Arc::new(metrics::HttpMetrics::default());
+    let scrape = Router::new()
+        .route("/metrics", axum::routing::get(metrics::scrape))
+        .with_state(metrics::MetricsState {
+            app: app.clone(),
+            http: http.clone(),
+        });
     Router::new()
         .merge(system::router(app.clone()))
+        .merge(scrape)
         .nest("/api", kloigos::router(app.clone()))
         .nest("/v1", native::router(app))
+        .layer(axum::middleware::from_fn_with_state(http, metrics::track))
         .layer(TraceLayer::new_for_http())
 }
 

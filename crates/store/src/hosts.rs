@@ -153,6 +153,15 @@ impl Store {
         rows.iter().map(host_from_row).collect()
     }
 
+    /// How many hosts are in each status.
+    pub async fn host_counts(&self) -> Result<Vec<(String, i64)>> {
+        self.fetch_all(
+            "SELECT status, COUNT(*) AS n FROM hosts GROUP BY status ORDER BY status",
+            &[],
+        )
+        .await
+    }
+
     /// `(id, version)` of every host: what a placement view compares with
     /// its own to find the hosts it must reload. The version is the host's
     /// generation plus its units' (every change to either bumps one), so

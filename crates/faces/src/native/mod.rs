@@ -8,6 +8,7 @@
 //! permission its action needs.
 
 mod auth;
+mod events;
 mod instances;
 mod operations;
 mod servers;
@@ -20,7 +21,7 @@ mod workflows;
 mod workspaces;
 
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
-use axum::extract::{FromRequest, FromRequestParts};
+use axum::extract::{FromRef, FromRequest, FromRequestParts};
 use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -79,6 +80,7 @@ use utoipa::{Modify, OpenApi, ToSchema};
         workflows::get_workflow,
         workflows::cancel_workflow,
         system::metrics,
+        events::events,
     ),
     components(schemas(ErrorBody)),
     modifiers(&BearerAuth),
@@ -163,6 +165,7 @@ pub fn router(app: App) -> Router {
         .route("/workflows/{id}", get(workflows::get_workflow))
         .route("/workflows/{id}/cancel", post(workflows::cancel_workflow))
         .route("/metrics", get(system::metrics))
+        .route("/events", get(events::events))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(app)
@@ -230,7 +233,7 @@ impl IntoResponse for NativeError {
     }
 }
 
-fn bad_request(message: String) -> NativeError {
+pub(crate) fn bad_request(message: String) -> NativeError {
     NativeError(Error::Invalid {
         field: None,
         message,
@@ -278,10 +281,15 @@ pub struct Path<T>(pub T);
 /// The authenticated caller.
 pub struct Caller(pub Principal);
 
-impl FromRequestParts<App> for Caller {
+impl<S> FromRequestParts<S> for Caller
+where
+    App: FromRef<S>,
+    S: Send + Sync,
+{
     type Rejection = NativeError;
 
-    async fn from_request_parts(parts: &mut Parts, app: &App) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let app = App::from_ref(state);
         let bearer = parts
             .headers
             .get(header::AUTHORIZATION)

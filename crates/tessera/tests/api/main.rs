@@ -10,6 +10,7 @@ mod crash;
 mod identity;
 mod instances;
 mod kloigos;
+mod observability;
 mod openapi;
 mod system;
 mod taskservs;

@@ -1,0 +1,174 @@
+//! `GET /metrics`: Prometheus (OpenMetrics text) metrics of this process
+//! and the fleet.
+//!
+//! HTTP requests are counted and timed per route template (`/v1/instances/{id}`,
+//! never the raw path, so ids do not explode the series) and status. Fleet
+//! gauges (operations by status, hosts by status, instances by state, free
+//! CPUs) are read from the store and the placement view at each scrape.
+//! Scraping needs a bearer token with `system_metrics`.
+
+use crate::native::{Caller, NativeError};
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{HeaderValue, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use std::sync::Arc;
+use std::time::Instant;
+use tessera_app::App;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    method: String,
+    route: String,
+    status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabels {
+    method: String,
+    route: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabels {
+    state: String,
+}
+
+type Latencies = Family<RouteLabels, Histogram, fn() -> Histogram>;
+
+/// This process's HTTP metrics. Cheap to clone (the families are shared).
+#[derive(Clone)]
+pub struct HttpMetrics {
+    requests: Family<RequestLabels, Counter>,
+    latency: Latencies,
+}
+
+impl Default for HttpMetrics {
+    fn default() -> Self {
+        fn histogram() -> Histogram {
+            // 0.25 ms to about 4 s.
+            Histogram::new(exponential_buckets(0.000_25, 2.0, 15))
+        }
+        HttpMetrics {
+            requests: Family::default(),
+            latency: Family::new_with_constructor(histogram),
+        }
+    }
+}
+
+/// Counts and times every routed request.
+pub async fn track(
+    State(metrics): State<Arc<HttpMetrics>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
+    let method = request.method().as_str().to_string();
+    let started = Instant::now();
+    let response = next.run(request).await;
+    let labels = RouteLabels { method, route };
+    metrics
+        .latency
+        .get_or_create(&labels)
+        .observe(started.elapsed().as_secs_f64());
+    metrics
+        .requests
+        .get_or_create(&RequestLabels {
+            method: labels.method,
+            route: labels.route,
+            status: response.status().as_u16().to_string(),
+        })
+        .inc();
+    response
+}
+
+#[derive(Clone)]
+pub struct MetricsState {
+    pub app: App,
+    pub http: Arc<HttpMetrics>,
+}
+
+impl axum::extract::FromRef<MetricsState> for App {
+    fn from_ref(state: &MetricsState) -> App {
+        state.app.clone()
+    }
+}
+
+fn gauge_family(name: &str, help: &str, registry: &mut Registry, values: &[(String, i64)]) {
+    let family: Family<StateLabels, Gauge> = Family::default();
+    for (state, n) in values {
+        family
+            .get_or_create(&StateLabels {
+                state: state.to_lowercase(),
+            })
+            .set(*n);
+    }
+    registry.register(name, help, family);
+}
+
+/// The metrics in OpenMetrics text.
+pub async fn scrape(
+    State(state): State<MetricsState>,
+    Caller(caller): Caller,
+) -> Result<Response, NativeError> {
+    let counts = state.app.system_counts(&caller).await?;
+    let mut registry = Registry::with_prefix("tessera");
+    registry.register(
+        "http_requests",
+        "HTTP requests by method, route and status",
+        state.http.requests.clone(),
+    );
+    registry.register(
+        "http_request_duration_seconds",
+        "HTTP request latency by method and route",
+        state.http.latency.clone(),
+    );
+    gauge_family(
+        "operations",
+        "Operations by status",
+        &mut registry,
+        &counts.operations,
+    );
+    gauge_family("hosts", "Hosts by status", &mut registry, &counts.hosts);
+    gauge_family(
+        "instances",
+        "Instances by state",
+        &mut registry,
+        &counts.instances,
+    );
+    let cpus: Gauge = Gauge::default();
+    cpus.set(i64::try_from(counts.cpus_total).unwrap_or(i64::MAX));
+    registry.register("cpus", "CPUs of hosts that take work", cpus);
+    let free: Gauge = Gauge::default();
+    free.set(i64::try_from(counts.cpus_free).unwrap_or(i64::MAX));
+    registry.register("cpus_free", "Of those, CPUs nobody holds", free);
+    let uptime: Gauge = Gauge::default();
+    uptime.set(i64::try_from(state.app.uptime().as_secs()).unwrap_or(i64::MAX));
+    registry.register(
+        "uptime_seconds",
+        "Seconds since this process started",
+        uptime,
+    );
+    let mut text = String::new();
+    if encode(&mut text, &registry).is_err() {
+        return Err(NativeError(tessera_app::Error::Unavailable(
+            "cannot encode the metrics".into(),
+        )));
+    }
+    let mut response = text.into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+    );
+    Ok(response)
+}

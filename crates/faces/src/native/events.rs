@@ -1,0 +1,95 @@
+//! `GET /v1/events`: a WebSocket that streams the caller's project's
+//! instance and operation state changes (and host changes, for callers who
+//! may read servers) as they happen.
+
+use super::{ErrorBody, NativeError, Query, bad_request};
+use axum::extract::State;
+use axum::extract::ws::{
+    Message, WebSocket, WebSocketUpgrade, rejection::WebSocketUpgradeRejection,
+};
+use axum::http::{HeaderMap, header};
+use axum::response::Response;
+use serde::Deserialize;
+use tessera_app::{App, Event, Principal};
+use tessera_core::Permission;
+use tokio::sync::broadcast::error::RecvError;
+use utoipa::IntoParams;
+
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct EventParams {
+    /// The bearer credential, for clients that cannot set headers (browsers).
+    pub access_token: Option<String>,
+}
+
+/// Stream state changes over a WebSocket: one JSON text message per event,
+/// `{"kind": "instance"|"operation"|"host", "id", "project_id", "state", "at"}`.
+#[utoipa::path(get, path = "/v1/events", tag = "events", params(EventParams),
+    responses(
+        (status = 101, description = "Switching to the WebSocket protocol"),
+        (status = 400, description = "Not a WebSocket request", body = ErrorBody),
+        (status = 401, description = "Unauthorized", body = ErrorBody),
+        (status = 403, description = "Forbidden", body = ErrorBody),
+    ))]
+pub async fn events(
+    State(app): State<App>,
+    headers: HeaderMap,
+    Query(params): Query<EventParams>,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Result<Response, NativeError> {
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            let (scheme, token) = v.split_once(' ')?;
+            scheme
+                .eq_ignore_ascii_case("bearer")
+                .then(|| token.trim().to_string())
+        })
+        .or(params.access_token);
+    let caller = app.authenticate(bearer.as_deref()).await?;
+    caller.require(Permission::OperationRead)?;
+    let upgrade = upgrade.map_err(|_| {
+        bad_request("GET /v1/events speaks WebSocket: connect with `Upgrade: websocket`".into())
+    })?;
+    let events = app.subscribe();
+    Ok(upgrade.on_upgrade(move |socket| stream(socket, caller, events)))
+}
+
+fn visible(caller: &Principal, event: &Event) -> bool {
+    match &event.project_id {
+        Some(project) => *project == caller.project_id,
+        None => caller.can(Permission::ServerRead),
+    }
+}
+
+async fn stream(
+    mut socket: WebSocket,
+    caller: Principal,
+    mut events: tokio::sync::broadcast::Receiver<Event>,
+) {
+    loop {
+        tokio::select! {
+            event = events.recv() => {
+                let text = match event {
+                    Ok(event) if visible(&caller, &event) => {
+                        serde_json::to_string(&event).unwrap_or_default()
+                    }
+                    Ok(_) => continue,
+                    Err(RecvError::Lagged(missed)) => {
+                        serde_json::json!({"kind": "lagged", "missed": missed}).to_string()
+                    }
+                    Err(RecvError::Closed) => return,
+                };
+                if socket.send(Message::Text(text.into())).await.is_err() {
+                    return;
+                }
+            }
+            incoming = socket.recv() => match incoming {
+                // Pings are answered by the library; anything else is ignored.
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
+                Some(Ok(_)) => {}
+            }
+        }
+    }
+}
