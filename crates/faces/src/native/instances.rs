@@ -12,16 +12,21 @@ use tessera_app::instances::{
 };
 use utoipa::{IntoParams, ToSchema};
 
-#[derive(Serialize, Deserialize, ToSchema)]
+/// An instance's metadata as given at creation.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct Metadata {
+pub struct MetadataInput {
     #[schema(example = "web-server-01")]
     pub name: String,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
-    /// Set by the server.
-    #[serde(default, skip_deserializing)]
-    pub created_at: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Metadata {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub created_at: String,
 }
 
 #[derive(Serialize, Deserialize, ToSchema)]
@@ -118,7 +123,7 @@ impl From<Instance> for InstanceBody {
             metadata: Metadata {
                 name: i.name,
                 labels: serde_json::from_str(&i.labels).unwrap_or_default(),
-                created_at: Some(i.created_at),
+                created_at: i.created_at,
             },
             spec: spec.into(),
             status: InstanceStatus {
@@ -138,7 +143,7 @@ impl From<Instance> for InstanceBody {
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateInstanceRequest {
-    pub metadata: Metadata,
+    pub metadata: MetadataInput,
     pub spec: InstanceSpecBody,
 }
 

@@ -263,10 +263,30 @@ impl From<PathRejection> for NativeError {
     }
 }
 
-/// A JSON body whose rejection is this face's 400.
-#[derive(FromRequest)]
-#[from_request(via(axum::Json), rejection(NativeError))]
+/// A JSON object body whose rejection is this face's 400. (serde would
+/// also read a struct from a JSON array; the documents say object.)
 pub struct Body<T>(pub T);
+
+impl<S, T> FromRequest<S> for Body<T>
+where
+    S: Send + Sync,
+    T: serde::de::DeserializeOwned,
+{
+    type Rejection = NativeError;
+
+    async fn from_request(
+        request: axum::extract::Request,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        let Json(value) = Json::<serde_json::Value>::from_request(request, state).await?;
+        if !value.is_object() {
+            return Err(bad_request("the body must be a JSON object".into()));
+        }
+        serde_json::from_value(value)
+            .map(Body)
+            .map_err(|e| bad_request(format!("invalid JSON body: {e}")))
+    }
+}
 
 /// Query parameters whose rejection is this face's 400.
 #[derive(FromRequestParts)]
@@ -308,7 +328,12 @@ fn optional_body<T: serde::de::DeserializeOwned + Default>(body: &[u8]) -> Resul
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(T::default());
     }
-    serde_json::from_slice(body).map_err(|e| bad_request(format!("invalid JSON body: {e}")))
+    let value: serde_json::Value =
+        serde_json::from_slice(body).map_err(|e| bad_request(format!("invalid JSON body: {e}")))?;
+    if !value.is_object() {
+        return Err(bad_request("the body must be a JSON object".into()));
+    }
+    serde_json::from_value(value).map_err(|e| bad_request(format!("invalid JSON body: {e}")))
 }
 
 /// `Location` of an operation, for answers that start one.
