@@ -70,7 +70,7 @@ pub struct App {
     placement: Arc<PlacementView>,
     identity: Arc<Identity>,
     catalog: Arc<taskservs::Catalog>,
-    events: tokio::sync::broadcast::Sender<Event>,
+    events: Arc<events::EventBus>,
     config: Arc<AppConfig>,
     /// Work this process is doing on hosts and units now, so the reconciler
     /// does not start the same work twice.
@@ -95,7 +95,7 @@ impl App {
         Ok(App {
             identity,
             catalog: Arc::new(config.taskservs.clone()),
-            events: tokio::sync::broadcast::channel(1024).0,
+            events: Arc::new(events::EventBus::new()),
             store,
             agents,
             placement,

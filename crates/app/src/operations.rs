@@ -178,15 +178,15 @@ impl App {
 
     async fn wait_for_end(&self, mut op: Operation, timeout: Duration) -> Result<Operation> {
         let deadline = tokio::time::Instant::now() + timeout;
-        let mut events = self.subscribe();
+        let mut changes = self.changes();
         while !op.is_finished() {
-            // Woken by this process's events; the poll catches other replicas'.
+            // Woken by this process's changes; the poll catches other replicas'.
             let poll = tokio::time::sleep(Duration::from_millis(500));
             tokio::select! {
                 _ = tokio::time::sleep_until(deadline) => break,
                 _ = poll => {}
-                event = events.recv() => {
-                    if let Ok(event) = event && event.id != op.id {
+                changed = changes.recv() => {
+                    if let Ok(id) = changed && id != op.id {
                         continue;
                     }
                 }
@@ -300,14 +300,14 @@ impl App {
     /// Resolves once a cancel of the run's operation is asked for (here or
     /// on another replica).
     pub(crate) async fn until_cancel_requested(&self, run: &Run) -> Result<()> {
-        let mut events = self.subscribe();
+        let mut changes = self.changes();
         loop {
             if self.cancel_requested(run).await? {
                 return Ok(());
             }
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_millis(500)) => {}
-                _ = events.recv() => {}
+                _ = changes.recv() => {}
             }
         }
     }

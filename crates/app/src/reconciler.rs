@@ -27,6 +27,7 @@ impl App {
             }
             let mut tick = tokio::time::interval(app.config.reconcile_every);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut last_prune: Option<std::time::Instant> = None;
             loop {
                 tokio::select! {
                     _ = tick.tick() => {}
@@ -34,6 +35,12 @@ impl App {
                 }
                 if let Err(err) = app.reconcile_once().await {
                     tracing::warn!(error = %err, "reconcile pass failed");
+                }
+                if last_prune.is_none_or(|at| at.elapsed() > std::time::Duration::from_secs(3600)) {
+                    last_prune = Some(std::time::Instant::now());
+                    if let Err(err) = app.prune_events().await {
+                        tracing::warn!(error = %err, "forgetting old events failed");
+                    }
                 }
             }
         });

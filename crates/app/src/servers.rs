@@ -103,8 +103,10 @@ impl App {
             created_by: caller.username.clone(),
         };
         self.store.insert_operation(&op).await?;
+        // Read before the operation starts, so the answer is what was recorded.
+        let recorded = self.project_operation(caller, &op.id).await?;
         self.spawn_operation(&op.id);
-        self.project_operation(caller, &op.id).await
+        Ok(recorded)
     }
 
     fn new_host(&self, req: &CreateServer) -> Result<tessera_store::NewHost> {
@@ -228,8 +230,10 @@ impl App {
         };
         self.store.insert_operation(&op).await?;
         self.publish("host", &host.id, None, HostStatus::Decommissioning.as_str());
+        // Read before the operation starts, so the answer is what was recorded.
+        let recorded = self.project_operation(caller, &op.id).await?;
         self.spawn_operation(&op.id);
-        self.project_operation(caller, &op.id).await
+        Ok(recorded)
     }
 
     /// Drives `server_create`: `registered` (the host is recorded), then the

@@ -262,8 +262,10 @@ impl App {
             };
             self.store.insert_taskserv(&taskserv, &op).await?;
         }
+        // Read before the operation starts, so the answer is what was recorded.
+        let recorded = self.project_operation(caller, &op.id).await?;
         self.spawn_operation(&op.id);
-        self.project_operation(caller, &op.id).await
+        Ok(recorded)
     }
 
     /// Starts removing a taskserv from its servers.
@@ -290,8 +292,10 @@ impl App {
                 taskserv.status
             )));
         }
+        // Read before the operation starts, so the answer is what was recorded.
+        let recorded = self.project_operation(caller, &op.id).await?;
         self.spawn_operation(&op.id);
-        self.project_operation(caller, &op.id).await
+        Ok(recorded)
     }
 
     /// Runs one script of a taskserv on each of `servers`.

@@ -107,8 +107,9 @@ impl App {
                     created_by: caller.username.clone(),
                 };
                 self.store.insert_operation(&op).await?;
+                let recorded = self.project_operation(caller, &op.id).await?;
                 self.spawn_operation(&op.id);
-                self.project_operation(caller, &op.id).await
+                Ok(recorded)
             }
             other => Err(Error::invalid(
                 "workflow_type",
@@ -201,8 +202,10 @@ impl App {
             self.publish("instance", &node.id, Some(&op.project_id), "provisioning");
         }
         tracing::info!(cluster = %name, nodes = nodes.len(), "cluster requested");
+        // Read before the operation starts, so the answer is what was recorded.
+        let recorded = self.project_operation(caller, &op.id).await?;
         self.spawn_operation(&op.id);
-        self.project_operation(caller, &op.id).await
+        Ok(recorded)
     }
 
     /// A workflow of the caller's project; another operation is a 404.

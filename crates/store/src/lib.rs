@@ -10,6 +10,7 @@
 //! write that can lose a race says so in its return value.
 
 mod db;
+mod events;
 mod hosts;
 mod identity;
 mod instances;
@@ -20,6 +21,7 @@ mod tokens;
 mod units;
 mod writer;
 
+pub use events::{EventRecord, NewEvent};
 pub use hosts::{DecommissionStart, HostRecord, NewHost, NewUnit};
 pub use identity::{MembershipRecord, NewUser, ProjectRecord, RefreshUse, UserRecord};
 pub use instances::{InstanceFilter, InstanceRecord, InstanceUpdate, NewInstance};

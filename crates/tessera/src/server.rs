@@ -84,6 +84,7 @@ pub async fn start(settings: &Settings) -> Result<RunningServer> {
         .with_context(|| format!("cannot listen on {}", settings.listen))?;
     let addr = listener.local_addr()?;
     app.spawn_reconciler();
+    app.spawn_event_tasks();
     let (stop, stopped) = oneshot::channel::<()>();
     let router = tessera_faces::router(app.clone());
     let serving = tokio::spawn(async move {

@@ -20,10 +20,13 @@ use utoipa::IntoParams;
 pub struct EventParams {
     /// The bearer credential, for clients that cannot set headers (browsers).
     pub access_token: Option<String>,
+    /// Replay the logged events after this `seq` first (events are kept a
+    /// week), so a client that reconnects misses nothing.
+    pub since: Option<i64>,
 }
 
 /// Stream state changes over a WebSocket: one JSON text message per event,
-/// `{"kind": "instance"|"operation"|"host", "id", "project_id", "state", "at"}`.
+/// `{"seq", "kind": "instance"|"operation"|"host", "id", "project_id", "state", "at"}`.
 #[utoipa::path(get, path = "/v1/events", tag = "events", params(EventParams),
     responses(
         (status = 101, description = "Switching to the WebSocket protocol"),
@@ -52,8 +55,16 @@ pub async fn events(
     let upgrade = upgrade.map_err(|_| {
         bad_request("GET /v1/events speaks WebSocket: connect with `Upgrade: websocket`".into())
     })?;
+    // Subscribed before the replay is read, so nothing falls between.
     let events = app.subscribe();
-    Ok(upgrade.on_upgrade(move |socket| stream(socket, caller, events)))
+    let replay = match params.since {
+        Some(seq) => {
+            app.events_after(&caller.project_id, caller.can(Permission::ServerRead), seq)
+                .await?
+        }
+        None => Vec::new(),
+    };
+    Ok(upgrade.on_upgrade(move |socket| stream(socket, caller, replay, events)))
 }
 
 fn visible(caller: &Principal, event: &Event) -> bool {
@@ -66,13 +77,22 @@ fn visible(caller: &Principal, event: &Event) -> bool {
 async fn stream(
     mut socket: WebSocket,
     caller: Principal,
+    replay: Vec<Event>,
     mut events: tokio::sync::broadcast::Receiver<Event>,
 ) {
+    let mut last = i64::MIN;
+    for event in replay {
+        last = event.seq;
+        let text = serde_json::to_string(&event).unwrap_or_default();
+        if socket.send(Message::Text(text.into())).await.is_err() {
+            return;
+        }
+    }
     loop {
         tokio::select! {
             event = events.recv() => {
                 let text = match event {
-                    Ok(event) if visible(&caller, &event) => {
+                    Ok(event) if event.seq > last && visible(&caller, &event) => {
                         serde_json::to_string(&event).unwrap_or_default()
                     }
                     Ok(_) => continue,

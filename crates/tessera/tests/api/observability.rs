@@ -1,6 +1,6 @@
 //! `GET /metrics` (Prometheus) and `GET /v1/events` (WebSocket).
 
-use crate::harness::{Backend, TOKEN, TestServer};
+use crate::harness::{Backend, Options, TOKEN, TestServer, fresh_postgres_database};
 use futures::StreamExt;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -9,7 +9,8 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 crate::on_both_backends!(
     metrics_count_requests_and_the_fleet,
-    events_stream_the_projects_state_changes
+    events_stream_the_projects_state_changes,
+    events_are_logged_and_reach_every_replica
 );
 
 async fn scrape(server: &TestServer, token: Option<&str>) -> (StatusCode, String) {
@@ -142,4 +143,52 @@ async fn events_stream_the_projects_state_changes(backend: Backend) {
     let (status, body) = server.get("/v1/events").await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     server.stop().await;
+}
+
+async fn events_are_logged_and_reach_every_replica(backend: Backend) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let database_url = match backend {
+        Backend::Sqlite => tessera_store::Store::sqlite_url(&dir.path().join("shared.db")),
+        Backend::Postgres => fresh_postgres_database().await,
+    };
+    let shared = || Options {
+        database_url: Some(database_url.clone()),
+        ..Options::default()
+    };
+    let a = TestServer::start_with(backend, shared()).await;
+    let b = TestServer::start_with(backend, shared()).await;
+    a.add_server("node-1", "0-7", "fin-01").await;
+    // A client of replica B hears what replica A does.
+    let ws_b = b.url.replacen("http", "ws", 1) + "/v1/events";
+    let (mut on_b, _) = tokio_tungstenite::connect_async(format!("{ws_b}?access_token={TOKEN}"))
+        .await
+        .expect("connect to b");
+    let instance = a.run_instance(TOKEN, "far", "cx11").await;
+    let id = instance["id"].as_str().expect("id");
+    let mut heard = false;
+    while let Some(event) = next_event(&mut on_b, Duration::from_secs(5)).await {
+        if event["id"] == json!(id) && event["state"] == "running" {
+            heard = true;
+            break;
+        }
+    }
+    assert!(heard, "replica B streamed replica A's change");
+    // The log replays in order to a client that comes back.
+    let (mut again, _) =
+        tokio_tungstenite::connect_async(format!("{ws_b}?access_token={TOKEN}&since=0"))
+            .await
+            .expect("reconnect");
+    let mut states = Vec::new();
+    let mut last_seq = 0;
+    while let Some(event) = next_event(&mut again, Duration::from_millis(500)).await {
+        let seq = event["seq"].as_i64().expect("seq");
+        assert!(seq > last_seq, "in order");
+        last_seq = seq;
+        if event["id"] == json!(id) {
+            states.push(event["state"].as_str().unwrap_or("").to_string());
+        }
+    }
+    assert_eq!(states, ["provisioning", "running"]);
+    a.stop().await;
+    b.stop().await;
 }

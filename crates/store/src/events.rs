@@ -1,0 +1,98 @@
+//! The event log: state changes, in order, from every control-plane process.
+
+use crate::db::Arg;
+use crate::{Result, Store};
+
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct EventRecord {
+    pub seq: i64,
+    pub origin: String,
+    pub kind: String,
+    pub resource_id: String,
+    pub project_id: Option<String>,
+    pub state: String,
+    pub at: String,
+}
+
+/// An event to record.
+#[derive(Clone, Debug)]
+pub struct NewEvent {
+    pub origin: String,
+    pub kind: String,
+    pub resource_id: String,
+    pub project_id: Option<String>,
+    pub state: String,
+    pub at: String,
+}
+
+const EVENT_COLUMNS: &str = "seq, origin, kind, resource_id, project_id, state, at";
+
+impl Store {
+    /// Appends events, in order, in one transaction.
+    pub async fn insert_events(&self, events: &[NewEvent]) -> Result<()> {
+        let statements: Vec<(String, Vec<Arg>)> = events
+            .iter()
+            .map(|e| {
+                (
+                    "INSERT INTO events (origin, kind, resource_id, project_id, state, at) \
+                     VALUES ($1, $2, $3, $4, $5, $6)"
+                        .to_string(),
+                    vec![
+                        (&e.origin).into(),
+                        (&e.kind).into(),
+                        (&e.resource_id).into(),
+                        e.project_id.as_ref().into(),
+                        (&e.state).into(),
+                        (&e.at).into(),
+                    ],
+                )
+            })
+            .collect();
+        self.run_statements("insert_events", statements, |_| true)
+            .await?;
+        Ok(())
+    }
+
+    /// Events recorded at or after `at`, in order. (Polling by time rather
+    /// than by `seq` alone: on PostgreSQL a lower `seq` may commit after a
+    /// higher one has been seen.)
+    pub async fn events_since_time(&self, at: &str) -> Result<Vec<EventRecord>> {
+        self.fetch_all(
+            &format!("SELECT {EVENT_COLUMNS} FROM events WHERE at >= $1 ORDER BY seq LIMIT 10000"),
+            &[at.into()],
+        )
+        .await
+    }
+
+    /// A project's events after `seq` (host events too, with `hosts`), in
+    /// order, at most `limit`.
+    pub async fn project_events_after(
+        &self,
+        project_id: &str,
+        hosts: bool,
+        seq: i64,
+        limit: i64,
+    ) -> Result<Vec<EventRecord>> {
+        let hosts = if hosts { 1 } else { 0 };
+        self.fetch_all(
+            &format!(
+                "SELECT {EVENT_COLUMNS} FROM events WHERE seq > $1 \
+                 AND (project_id = $2 OR (project_id IS NULL AND $3 = 1)) ORDER BY seq LIMIT $4"
+            ),
+            &[seq.into(), project_id.into(), Arg::Int(hosts), limit.into()],
+        )
+        .await
+    }
+
+    /// Forgets events recorded before `at`.
+    pub async fn prune_events(&self, at: &str) -> Result<u64> {
+        let counts = self
+            .run_statements(
+                "prune_events",
+                vec![("DELETE FROM events WHERE at < $1".into(), vec![at.into()])],
+                |_| true,
+            )
+            .await?;
+        Ok(counts[0])
+    }
+}
