@@ -191,7 +191,8 @@ impl App {
                 ..InstanceFilter::default()
             })
             .await?;
-        if !staying.is_empty() {
+        let holding = self.store.instance_holders_on(&host.id).await?;
+        if !staying.is_empty() || !holding.is_empty() {
             // Retiring would take their CPUs: wait until they have left.
             tracing::debug!(hostname = %host.hostname, instances = staying.len(), "server waits for its instances to leave");
             return Ok(());

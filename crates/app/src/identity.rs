@@ -46,6 +46,8 @@ pub struct Principal {
     /// An API token's scopes; `None` allows all of the role's permissions.
     pub scopes: Option<Vec<Permission>>,
     pub token_id: Option<String>,
+    /// When the API token the caller used expires, if it does.
+    pub expires_at: Option<String>,
 }
 
 impl Principal {
@@ -399,8 +401,11 @@ impl App {
                 Some(names.iter().filter_map(|n| n.parse().ok()).collect())
             }
         };
-        self.principal_of_user(user_id, Some(project_id), scopes, Some(record.id.clone()))
-            .await
+        let mut principal = self
+            .principal_of_user(user_id, Some(project_id), scopes, Some(record.id.clone()))
+            .await?;
+        principal.expires_at = record.expires_at.clone();
+        Ok(principal)
     }
 
     /// The principal of a user acting in `project_id` (by default its active
@@ -441,6 +446,7 @@ impl App {
             role,
             scopes,
             token_id,
+            expires_at: None,
         })
     }
 

@@ -259,6 +259,25 @@ impl App {
         let steps: Vec<String> = serde_json::from_str(&op.steps).unwrap_or_default();
         let kind = op.kind.clone();
         let mut run = Run { op, steps };
+        // Keep the lease while this process drives it, however long a host
+        // takes; only a dead process lets it run out.
+        let heartbeat = {
+            let app = self.clone();
+            let id = id.to_string();
+            let every = (self.config.agent_timeout / 2).max(Duration::from_secs(1));
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(every).await;
+                    match app.store.renew_operation_lease(&id, &app.deadline()).await {
+                        Ok(true) => {}
+                        Ok(false) => return,
+                        Err(err) => {
+                            tracing::warn!(operation = %id, error = %err, "renewing the lease failed");
+                        }
+                    }
+                }
+            })
+        };
         let driven = match kind.as_str() {
             "instance_create" => self.run_instance_create(&mut run).await,
             "instance_delete" | "instance_start" | "instance_stop" => {
@@ -279,6 +298,7 @@ impl App {
                     .map_err(Error::from)
             }
         };
+        heartbeat.abort();
         if let Err(err) = driven {
             tracing::warn!(operation = id, kind, error = %err, "operation interrupted; it resumes when its lease ends");
             return;

@@ -16,10 +16,10 @@ pub struct CreateSshKey {
 /// Parses one OpenSSH public key line, as `field` of a request.
 pub fn parse_public_key(field: &'static str, key: &str) -> Result<ssh_key::PublicKey> {
     let key = key.trim();
-    if key.contains('\n') {
+    if key.chars().any(char::is_control) {
         return Err(Error::invalid(
             field,
-            format!("{field} must be a single OpenSSH public key line"),
+            format!("{field} must be a single OpenSSH public key line, without control characters"),
         ));
     }
     ssh_key::PublicKey::from_openssh(key).map_err(|e| {

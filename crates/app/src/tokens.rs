@@ -90,7 +90,12 @@ impl App {
             .role
             .parse()
             .map_err(|e: String| Error::invalid("role", e))?;
-        let scopes = match &req.scopes {
+        // A token made with a scoped token gets no more than its scopes.
+        let requested = match (&req.scopes, &caller.scopes) {
+            (None, Some(mine)) => Some(mine.iter().map(|p| p.as_str().to_string()).collect()),
+            (requested, _) => requested.clone(),
+        };
+        let scopes = match &requested {
             None => None,
             Some(names) => {
                 let mut scopes = Vec::new();
@@ -98,6 +103,18 @@ impl App {
                     let permission: Permission = name
                         .parse()
                         .map_err(|e: String| Error::invalid("scopes", e))?;
+                    if caller
+                        .scopes
+                        .as_ref()
+                        .is_some_and(|mine| !mine.contains(&permission))
+                    {
+                        return Err(Error::invalid(
+                            "scopes",
+                            format!(
+                                "scope {permission} is not among the scopes of the token you used"
+                            ),
+                        ));
+                    }
                     if !role.grants(permission) {
                         return Err(Error::invalid(
                             "scopes",
@@ -125,6 +142,12 @@ impl App {
                     "expires_in_days must be between 1 and 3650",
                 ));
             }
+        };
+        // Nor does it outlive it.
+        let expires_at = match (expires_at, &caller.expires_at) {
+            (None, Some(mine)) => Some(mine.clone()),
+            (Some(asked), Some(mine)) if asked > *mine => Some(mine.clone()),
+            (asked, _) => asked,
         };
         let secret = generate_token();
         let id = new_id("tok");

@@ -21,8 +21,8 @@ use crate::operations::{Operation, Run};
 use crate::{App, HostCallError, has_nul, new_id};
 use serde::Deserialize;
 use std::collections::BTreeMap;
+use tessera_core::Permission;
 use tessera_core::status::HostStatus;
-use tessera_core::{HostId, Permission};
 use tessera_store::{InstanceFilter, InstanceUpdate, NewInstance, NewOperation, OperationEnd};
 
 pub const WORKFLOW_TYPES: &[&str] = &["cluster_create", "server_drain"];
@@ -91,7 +91,7 @@ impl App {
                 let params: DrainParams =
                     serde_json::from_value(req.parameters).map_err(invalid)?;
                 let host = self.find_server(&params.server_id).await?;
-                if host.status != HostStatus::Ready && host.status != HostStatus::Draining {
+                if host.status != HostStatus::Ready {
                     return Err(Error::Conflict(format!(
                         "server {} is {}, not running",
                         host.hostname,
@@ -371,9 +371,23 @@ impl App {
             return Ok(());
         };
         if !run.done("draining") {
-            self.store
+            // Only a READY host is drained, by one drain at a time: the
+            // transition is the lock.
+            if !self
+                .store
                 .transition_host(&host.id, &[HostStatus::Ready], HostStatus::Draining, None)
-                .await?;
+                .await?
+            {
+                let why = format!(
+                    "server {} is {}, not running",
+                    host.hostname,
+                    host.status.as_str().to_lowercase()
+                );
+                self.store
+                    .finish_operation(&run.op.id, "failed", None, Some(&why))
+                    .await?;
+                return Ok(());
+            }
             self.placement.refresh_host(&self.store, &host.id).await?;
             self.publish("host", &host.id, None, HostStatus::Draining.as_str());
             self.record_step(run, "draining").await?;
@@ -415,13 +429,22 @@ impl App {
         run: &mut Run,
         host_id: &str,
     ) -> Result<Result<Vec<String>, String>> {
-        let on_host = self
+        // Those that run there, and those that still hold CPUs there (a move
+        // of this drain cut short after the switch).
+        let mut on_host = self
             .store
             .instances(&InstanceFilter {
                 host_id: Some(host_id.to_string()),
                 ..InstanceFilter::default()
             })
             .await?;
+        for id in self.store.instance_holders_on(host_id).await? {
+            if !on_host.iter().any(|i| i.id == id)
+                && let Some(instance) = self.store.instance(&id).await?
+            {
+                on_host.push(instance);
+            }
+        }
         let ids: Vec<String> = on_host.iter().map(|i| i.id.clone()).collect();
         if !self.store.claim_instances_for(&run.op.id, &ids).await? {
             let busy: Vec<String> = on_host
@@ -444,7 +467,10 @@ impl App {
         Ok(Ok(moved))
     }
 
-    /// Moves one instance from `from` to another host (see the module doc).
+    /// Moves one instance from `from` to another host (see the module doc):
+    /// `reserved:<id>:<host>:<cpus>` (CPUs held on the target), the target
+    /// runs it, `switched:<id>` (the instance is recorded there), the source
+    /// lets it go, `moved:<id>` (the source's CPUs are free).
     async fn move_instance(
         &self,
         run: &mut Run,
@@ -455,85 +481,128 @@ impl App {
         if run.done(&done) {
             return Ok(Ok(()));
         }
+        let switched = format!("switched:{}", instance.id);
         let reserved_prefix = format!("reserved:{}:", instance.id);
-        let reserved = run
-            .steps
-            .iter()
-            .find(|s| s.starts_with(&reserved_prefix))
-            .cloned();
-        let (target, cpus) = match reserved {
-            Some(step) => {
-                let rest = &step[reserved_prefix.len()..];
-                let (host, cpus) = rest.split_once(':').unwrap_or((rest, ""));
-                (host.to_string(), cpus.to_string())
-            }
-            None => match self
-                .place(run, instance, &format!("reserved:{}", instance.id), true)
-                .await
-            {
-                Ok(decision) => (decision.host.to_string(), decision.cpus.to_string()),
-                Err(Error::NoCapacity(why)) => {
-                    return Ok(Err(format!(
-                        "no room to move instance {}: {why}",
-                        instance.id
-                    )));
+        if !run.done(&switched) {
+            let reserved = run
+                .steps
+                .iter()
+                .find(|s| s.starts_with(&reserved_prefix))
+                .cloned();
+            let (target, cpus) = match reserved {
+                Some(step) => {
+                    let rest = &step[reserved_prefix.len()..];
+                    let (host, cpus) = rest.split_once(':').unwrap_or((rest, ""));
+                    (host.to_string(), cpus.to_string())
                 }
-                Err(other) => return Err(other),
-            },
-        };
-        let mut there = instance.clone();
-        there.host_id = Some(target.clone());
-        there.cpu_list = Some(cpus.clone());
-        let stopped = instance.state == "stopped";
-        let started = self
-            .on_host(&there, |agent, spec| async move {
-                let report = agent.create_instance(&spec).await?;
-                if stopped {
-                    agent.stop_instance(&spec.id).await?;
+                None => match self
+                    .place(run, instance, &format!("reserved:{}", instance.id), true)
+                    .await
+                {
+                    Ok(decision) => (decision.host.to_string(), decision.cpus.to_string()),
+                    Err(Error::NoCapacity(why)) => {
+                        return Ok(Err(format!(
+                            "no room to move instance {}: {why}",
+                            instance.id
+                        )));
+                    }
+                    Err(other) => return Err(other),
+                },
+            };
+            let mut there = instance.clone();
+            there.host_id = Some(target.clone());
+            there.cpu_list = Some(cpus.clone());
+            let stopped = instance.state == "stopped";
+            let started = self
+                .on_host(&there, |agent, spec| async move {
+                    let report = agent.create_instance(&spec).await?;
+                    if stopped {
+                        agent.stop_instance(&spec.id).await?;
+                    }
+                    Ok(report)
+                })
+                .await;
+            let recorded = match &started {
+                Ok(report) => {
+                    let steps = run.with(&switched);
+                    let ok = self
+                        .store
+                        .switch_instance_host(
+                            &instance.id,
+                            from,
+                            (&target, &cpus, &report.private_ip),
+                            (&run.op.id, &steps, &self.deadline()),
+                        )
+                        .await?;
+                    if ok {
+                        run.steps = steps;
+                    }
+                    ok
                 }
-                Ok(report)
-            })
-            .await;
-        let report = match started {
-            Ok(report) => report,
-            Err(why) => {
-                // Give the reservation up; the instance stays where it was.
-                let _ = self
+                Err(_) => false,
+            };
+            if !recorded {
+                // Give the reservation up once the target has let the
+                // instance go; it stays where it was.
+                match self
                     .on_host(&there, |agent, spec| async move {
                         agent.delete_instance(&spec.id).await
                     })
-                    .await;
+                    .await
+                {
+                    Ok(()) | Err(HostCallError::NoAgent) => {}
+                    Err(err) => {
+                        return Err(Error::HostFailed(format!(
+                            "{target} did not let go of instance {} after a failed move: {err}",
+                            instance.id
+                        )));
+                    }
+                }
                 let steps: Vec<String> = run
                     .steps
                     .iter()
                     .filter(|s| !s.starts_with(&reserved_prefix))
                     .cloned()
                     .collect();
-                self.store
+                if !self
+                    .store
                     .release_instance_host(
                         &instance.id,
                         &target,
-                        None,
                         (&run.op.id, &steps, &self.deadline()),
                     )
-                    .await?;
+                    .await?
+                {
+                    return Err(Error::Conflict(format!(
+                        "operation {} is no longer this process's",
+                        run.op.id
+                    )));
+                }
                 run.steps = steps;
                 self.placement.refresh_host(&self.store, &target).await?;
+                let why = match started {
+                    Err(why) => why.to_string(),
+                    Ok(_) => "the target is no longer available".to_string(),
+                };
                 return Ok(Err(format!(
                     "moving instance {} to {target} failed: {why}",
                     instance.id
                 )));
             }
-        };
+            self.placement.refresh_host(&self.store, &target).await?;
+            tracing::info!(instance = %instance.id, from, to = %target, cpus, "instance runs on its new host");
+        }
+        // The source lets it go; its CPUs there stay held until it has.
+        let mut left = instance.clone();
+        left.host_id = Some(from.to_string());
         match self
-            .on_host(instance, |agent, spec| async move {
+            .on_host(&left, |agent, spec| async move {
                 agent.delete_instance(&spec.id).await
             })
             .await
         {
             Ok(()) | Err(HostCallError::NoAgent) => {}
             Err(why) => {
-                // Both hosts keep its CPUs until the source lets it go.
                 return Err(Error::HostFailed(format!(
                     "{from} did not let instance {} go: {why}",
                     instance.id
@@ -541,20 +610,19 @@ impl App {
             }
         }
         let steps = run.with(&done);
-        self.store
-            .release_instance_host(
-                &instance.id,
-                from,
-                Some((&target, &cpus, &report.private_ip)),
-                (&run.op.id, &steps, &self.deadline()),
-            )
-            .await?;
-        run.steps = steps;
-        for host in [from, target.as_str()] {
-            self.placement.refresh_host(&self.store, host).await?;
+        if !self
+            .store
+            .release_instance_host(&instance.id, from, (&run.op.id, &steps, &self.deadline()))
+            .await?
+        {
+            return Err(Error::Conflict(format!(
+                "operation {} is no longer this process's",
+                run.op.id
+            )));
         }
-        self.agent(&HostId::new(target.as_str())).await?;
-        tracing::info!(instance = %instance.id, from, to = %target, cpus, "instance moved");
+        run.steps = steps;
+        self.placement.refresh_host(&self.store, from).await?;
+        tracing::info!(instance = %instance.id, from, "instance moved");
         self.publish(
             "instance",
             &instance.id,

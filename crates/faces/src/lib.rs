@@ -29,7 +29,17 @@ pub fn router(app: App) -> Router {
         .nest("/api", kloigos::router(app.clone()))
         .nest("/v1", native::router(app))
         .layer(axum::middleware::from_fn_with_state(http, metrics::track))
-        .layer(TraceLayer::new_for_http())
+        // The span names the path only: a query may carry a credential
+        // (`/v1/events?access_token=`).
+        .layer(TraceLayer::new_for_http().make_span_with(
+            |request: &axum::http::Request<axum::body::Body>| {
+                tracing::debug_span!(
+                    "request",
+                    method = %request.method(),
+                    path = %request.uri().path(),
+                )
+            },
+        ))
 }
 
 /// `(file name, document)` of every face's OpenAPI document, as checked in

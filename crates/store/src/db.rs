@@ -21,12 +21,6 @@ pub(crate) enum Arg {
     NullInt,
 }
 
-impl Arg {
-    pub(crate) fn int_or_null(value: Option<i64>) -> Arg {
-        value.map_or(Arg::NullInt, Arg::Int)
-    }
-}
-
 impl From<&str> for Arg {
     fn from(value: &str) -> Self {
         Arg::Text(value.to_string())
@@ -51,9 +45,29 @@ impl From<i64> for Arg {
     }
 }
 
-impl<T: Into<Arg>> From<Option<T>> for Arg {
-    fn from(value: Option<T>) -> Self {
+// NULLs take the type of what the statement binds at other times (see
+// `Arg::NullInt`), so each optional type converts on its own.
+impl From<Option<&str>> for Arg {
+    fn from(value: Option<&str>) -> Self {
         value.map_or(Arg::Null, Into::into)
+    }
+}
+
+impl From<Option<&String>> for Arg {
+    fn from(value: Option<&String>) -> Self {
+        value.map_or(Arg::Null, Into::into)
+    }
+}
+
+impl From<Option<String>> for Arg {
+    fn from(value: Option<String>) -> Self {
+        value.map_or(Arg::Null, Into::into)
+    }
+}
+
+impl From<Option<i64>> for Arg {
+    fn from(value: Option<i64>) -> Self {
+        value.map_or(Arg::NullInt, Arg::Int)
     }
 }
 

@@ -245,10 +245,13 @@ impl Store {
                     if !ids.is_empty() {
                         return Ok(Commit::Undo(DecommissionStart::UnitsHeld(ids)));
                     }
+                    // Instances there, and those with CPUs reserved there
+                    // (moving in).
                     let instances = conn
                         .fetch_texts(
-                            "SELECT id FROM instances WHERE host_id = $1 \
-                             AND state <> 'terminated' ORDER BY id",
+                            "SELECT id FROM instances WHERE host_id = $1 AND state <> 'terminated' \
+                             UNION SELECT DISTINCT SUBSTR(holder, 10) FROM cpu_claims \
+                             WHERE host_id = $1 AND holder LIKE 'instance:%' ORDER BY 1",
                             &[(&id).into()],
                         )
                         .await?;

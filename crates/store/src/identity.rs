@@ -210,7 +210,7 @@ impl Store {
                 .to_string(),
             vec![
                 password_hash.into(),
-                Arg::int_or_null(disabled.map(i64::from)),
+                disabled.map(i64::from).into(),
                 now().into(),
                 id.into(),
             ],

@@ -227,7 +227,7 @@ impl Store {
             instance_id: instance_id.to_string(),
             host_id: host_id.to_string(),
             cpus: cpus.to_vec(),
-            progress: operation_progress(op.0, op.1, op.2),
+            progress: operation_progress(op.0, op.1, op.2, &self.owner),
         });
         self.write("place_instance", move |conn| {
             let place = place.clone();
@@ -250,7 +250,7 @@ impl Store {
                 host,
                 clear_claims(instance_id),
                 clear,
-                operation_progress(op.0, op.1, op.2),
+                operation_progress(op.0, op.1, op.2, &self.owner),
             ],
             |_| true,
         )
@@ -269,7 +269,7 @@ impl Store {
             .run_statements(
                 "instance_progress",
                 vec![
-                    operation_progress(op.0, op.1, op.2),
+                    operation_progress(op.0, op.1, op.2, &self.owner),
                     instance_set(instance_id, update, Some(op.0)),
                 ],
                 |c| c[0] == 1,
@@ -299,7 +299,13 @@ impl Store {
         end: &OperationEnd<'_>,
         instances: &[(&str, &InstanceUpdate, bool)],
     ) -> Result<bool> {
-        let mut statements = vec![operation_finish(end.id, end.status, end.result, end.error)];
+        let mut statements = vec![operation_finish(
+            end.id,
+            end.status,
+            end.result,
+            end.error,
+            &self.owner,
+        )];
         for (instance_id, update, release) in instances {
             statements.push(instance_set(instance_id, update, None));
             if *release {
@@ -327,7 +333,7 @@ impl Store {
             instance_id: instance_id.to_string(),
             host_id: host_id.to_string(),
             cpus: cpus.to_vec(),
-            progress: operation_progress(op.0, op.1, op.2),
+            progress: operation_progress(op.0, op.1, op.2, &self.owner),
         });
         self.write("reserve_instance_move", move |conn| {
             let place = place.clone();
@@ -336,19 +342,59 @@ impl Store {
         .await
     }
 
+    /// Records that a moving instance now runs on `to` (with `cpu_list`
+    /// and `private_ip`), and `steps`. Its CPUs on `from` stay held until
+    /// [`Store::release_instance_host`]. `false`, changing nothing, unless
+    /// `to` is READY, differs from `from`, and the instance still holds
+    /// CPUs there.
+    pub async fn switch_instance_host(
+        &self,
+        instance_id: &str,
+        from: &str,
+        to: (&str, &str, &str),
+        op: (&str, &[String], &str),
+    ) -> Result<bool> {
+        let (to, cpu_list, private_ip) = to;
+        let statements = vec![
+            (
+                "UPDATE instances SET host_id = $1, cpu_list = $2, private_ip = $3, \
+                 updated_at = $4, generation = generation + 1 \
+                 WHERE id = $5 AND host_id = $6 AND $1 <> $6 \
+                 AND EXISTS (SELECT 1 FROM cpu_claims WHERE holder = $7 AND host_id = $1) \
+                 AND EXISTS (SELECT 1 FROM hosts WHERE id = $1 AND status = 'READY')"
+                    .to_string(),
+                vec![
+                    to.into(),
+                    cpu_list.into(),
+                    private_ip.into(),
+                    now().into(),
+                    instance_id.into(),
+                    from.into(),
+                    holder(instance_id).into(),
+                ],
+            ),
+            operation_progress(op.0, op.1, op.2, &self.owner),
+        ];
+        let counts = self
+            .run_statements("switch_instance_host", statements, |c| {
+                c[0] == 1 && c[1] == 1
+            })
+            .await?;
+        Ok(counts[0] == 1 && counts[1] == 1)
+    }
+
     /// Lets go of the CPUs an instance holds on `host_id` (a move's source
     /// once it has moved, or its target when the move is given up), and
-    /// records where the instance is (`to`, `cpu_list`, `private_ip`), unless
-    /// `None`.
+    /// records `steps`. `false`, changing nothing, when the operation is no
+    /// longer this process's.
     pub async fn release_instance_host(
         &self,
         instance_id: &str,
         host_id: &str,
-        now_on: Option<(&str, &str, &str)>,
         op: (&str, &[String], &str),
-    ) -> Result<()> {
+    ) -> Result<bool> {
         let at = now();
-        let mut statements = vec![
+        let statements = vec![
             (
                 "DELETE FROM cpu_claims WHERE holder = $1 AND host_id = $2".to_string(),
                 vec![holder(instance_id).into(), host_id.into()],
@@ -358,25 +404,28 @@ impl Store {
                     .to_string(),
                 vec![(&at).into(), host_id.into()],
             ),
+            operation_progress(op.0, op.1, op.2, &self.owner),
         ];
-        if let Some((to, cpu_list, private_ip)) = now_on {
-            statements.push((
-                "UPDATE instances SET host_id = $1, cpu_list = $2, private_ip = $3, \
-                 updated_at = $4, generation = generation + 1 WHERE id = $5"
-                    .to_string(),
-                vec![
-                    to.into(),
-                    cpu_list.into(),
-                    private_ip.into(),
-                    (&at).into(),
-                    instance_id.into(),
-                ],
-            ));
-        }
-        statements.push(operation_progress(op.0, op.1, op.2));
-        self.run_statements("release_instance_host", statements, |_| true)
+        let counts = self
+            .run_statements("release_instance_host", statements, |c| c[2] == 1)
             .await?;
-        Ok(())
+        Ok(counts[2] == 1)
+    }
+
+    /// Instances holding CPUs of a host, whether they run there or are
+    /// moving there.
+    pub async fn instance_holders_on(&self, host_id: &str) -> Result<Vec<String>> {
+        let rows: Vec<(String,)> = self
+            .fetch_all(
+                "SELECT DISTINCT holder FROM cpu_claims WHERE host_id = $1 \
+                 AND holder LIKE 'instance:%' ORDER BY holder",
+                &[host_id.into()],
+            )
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(h,)| h.trim_start_matches("instance:").to_string())
+            .collect())
     }
 
     /// Marks instances as acted on by `op_id` (none may have another
@@ -488,6 +537,18 @@ async fn claim_cpus(
         .await?;
     if ready != 1 {
         return Ok(Commit::Undo(false));
+    }
+    if !placing {
+        let current = conn
+            .fetch_text(
+                "SELECT host_id FROM instances WHERE id = $1",
+                &[(&place.instance_id).into()],
+            )
+            .await?;
+        if current.as_deref() == Some(place.host_id.as_str()) {
+            // A move goes elsewhere.
+            return Ok(Commit::Undo(false));
+        }
     }
     if placing {
         let cpu_list = tessera_core::CpuSet::from_iter(place.cpus.iter().copied()).to_string();

@@ -93,6 +93,8 @@ impl Backend {
 #[derive(Clone)]
 pub struct Store {
     backend: Backend,
+    /// This process, as the owner of the operations it drives.
+    owner: std::sync::Arc<str>,
     /// Reads. On SQLite a few connections that read the WAL beside the writer.
     read: AnyPool,
     write: Writer,
@@ -134,6 +136,7 @@ impl Store {
                 let write = Writer::sqlite(&path).map_err(StoreError::Sqlite)?;
                 Ok(Store {
                     backend,
+                    owner: new_owner(),
                     read,
                     write,
                 })
@@ -151,6 +154,7 @@ impl Store {
                     .map_err(StoreError::Migrate)?;
                 Ok(Store {
                     backend,
+                    owner: new_owner(),
                     read: pool.clone(),
                     write: Writer::Postgres(pool),
                 })
@@ -244,6 +248,14 @@ impl Store {
     {
         self.write.write(what, Shape::OneStatement, work).await
     }
+}
+
+/// A name for this process, unique across replicas and restarts.
+fn new_owner() -> std::sync::Arc<str> {
+    use rand::RngCore;
+    let mut bytes = [0u8; 16];
+    rand::rng().fill_bytes(&mut bytes);
+    hex::encode(bytes).into()
 }
 
 /// The file of an SQLite URL, read as sqlx reads it (percent-decoding and

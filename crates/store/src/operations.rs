@@ -88,16 +88,17 @@ pub(crate) fn operation_insert(op: &NewOperation) -> (String, Vec<Arg>) {
     )
 }
 
-/// Ends an unfinished operation.
+/// Ends an operation this process drives (`owner`).
 pub(crate) fn operation_finish(
     id: &str,
     status: &str,
     result: Option<&serde_json::Value>,
     error: Option<&str>,
+    owner: &str,
 ) -> (String, Vec<Arg>) {
     (
         "UPDATE operations SET status = $1, result = $2, error = $3, lease_until = NULL, \
-         updated_at = $4 WHERE id = $5 AND status IN ('pending', 'running')"
+         updated_at = $4 WHERE id = $5 AND status = 'running' AND lease_owner = $6"
             .into(),
         vec![
             status.into(),
@@ -105,25 +106,29 @@ pub(crate) fn operation_finish(
             error.into(),
             now().into(),
             id.into(),
+            owner.into(),
         ],
     )
 }
 
-/// Records the steps done and extends the lease of a running operation.
+/// Records the steps done and extends the lease of an operation this
+/// process drives (`owner`).
 pub(crate) fn operation_progress(
     id: &str,
     steps: &[String],
     lease_until: &str,
+    owner: &str,
 ) -> (String, Vec<Arg>) {
     (
         "UPDATE operations SET steps = $1, lease_until = $2, updated_at = $3 \
-         WHERE id = $4 AND status = 'running'"
+         WHERE id = $4 AND status = 'running' AND lease_owner = $5"
             .into(),
         vec![
             serde_json::to_string(steps).unwrap_or_default().into(),
             lease_until.into(),
             now().into(),
             id.into(),
+            owner.into(),
         ],
     )
 }
@@ -189,11 +194,16 @@ impl Store {
             .run_statements(
                 "acquire_operation",
                 vec![(
-                    "UPDATE operations SET status = 'running', lease_until = $1, updated_at = $2 \
-                     WHERE id = $3 AND status IN ('pending', 'running') \
+                    "UPDATE operations SET status = 'running', lease_until = $1, updated_at = $2, \
+                     lease_owner = $4 WHERE id = $3 AND status IN ('pending', 'running') \
                      AND (lease_until IS NULL OR lease_until < $2)"
                         .into(),
-                    vec![lease_until.into(), now().into(), id.into()],
+                    vec![
+                        lease_until.into(),
+                        now().into(),
+                        id.into(),
+                        self.owner.as_ref().into(),
+                    ],
                 )],
                 |_| true,
             )
@@ -202,6 +212,24 @@ impl Store {
             return Ok(None);
         }
         self.operation(id).await
+    }
+
+    /// Extends this process's lease on an operation it drives; `false` when
+    /// it is no longer this process's (or has ended).
+    pub async fn renew_operation_lease(&self, id: &str, lease_until: &str) -> Result<bool> {
+        let counts = self
+            .run_statements(
+                "renew_operation_lease",
+                vec![(
+                    "UPDATE operations SET lease_until = $1 \
+                     WHERE id = $2 AND status = 'running' AND lease_owner = $3"
+                        .into(),
+                    vec![lease_until.into(), id.into(), self.owner.as_ref().into()],
+                )],
+                |_| true,
+            )
+            .await?;
+        Ok(counts[0] == 1)
     }
 
     /// Records progress; `false` when the operation is no longer running.
@@ -214,7 +242,7 @@ impl Store {
         let counts = self
             .run_statements(
                 "record_operation_progress",
-                vec![operation_progress(id, steps, lease_until)],
+                vec![operation_progress(id, steps, lease_until, &self.owner)],
                 |_| true,
             )
             .await?;
@@ -232,7 +260,7 @@ impl Store {
         let counts = self
             .run_statements(
                 "finish_operation",
-                vec![operation_finish(id, status, result, error)],
+                vec![operation_finish(id, status, result, error, &self.owner)],
                 |_| true,
             )
             .await?;

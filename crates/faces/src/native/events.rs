@@ -64,8 +64,12 @@ pub async fn events(
         }
         None => Vec::new(),
     };
-    Ok(upgrade.on_upgrade(move |socket| stream(socket, caller, replay, events)))
+    Ok(upgrade.on_upgrade(move |socket| stream(socket, app, bearer, caller, replay, events)))
 }
+
+/// How often a stream checks that its credential still holds (a revoked
+/// token or a disabled user is cut off).
+const RECHECK_EVERY: std::time::Duration = std::time::Duration::from_secs(15);
 
 fn visible(caller: &Principal, event: &Event) -> bool {
     match &event.project_id {
@@ -76,7 +80,9 @@ fn visible(caller: &Principal, event: &Event) -> bool {
 
 async fn stream(
     mut socket: WebSocket,
-    caller: Principal,
+    app: App,
+    bearer: Option<String>,
+    mut caller: Principal,
     replay: Vec<Event>,
     mut events: tokio::sync::broadcast::Receiver<Event>,
 ) {
@@ -88,8 +94,19 @@ async fn stream(
             return;
         }
     }
+    let mut recheck = tokio::time::interval(RECHECK_EVERY);
+    recheck.tick().await;
     loop {
         tokio::select! {
+            _ = recheck.tick() => {
+                match app.authenticate(bearer.as_deref()).await {
+                    Ok(now) if now.can(Permission::OperationRead) => caller = now,
+                    _ => {
+                        let _ = socket.send(Message::Close(None)).await;
+                        return;
+                    }
+                }
+            }
             event = events.recv() => {
                 let text = match event {
                     Ok(event) if event.seq > last && visible(&caller, &event) => {

@@ -136,6 +136,28 @@ async fn api_tokens_are_scoped_listed_and_revoked(backend: Backend) {
     assert!(listed.get("token").is_none(), "{listed}");
     assert_eq!(listed["scopes"], json!(["instance_read", "operation_read"]));
 
+    // A scoped token cannot mint a wider one: without scopes it inherits
+    // its own, and asking for more is refused.
+    let (status, child) = server
+        .call(
+            Method::POST,
+            "/v1/tokens",
+            Some(&json!({"name": "child"})),
+            secret,
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{child}");
+    assert_eq!(child["scopes"], json!(["instance_read", "operation_read"]));
+    let (status, body) = server
+        .call(
+            Method::POST,
+            "/v1/tokens",
+            Some(&json!({"name": "wider", "scopes": ["instance_create"]})),
+            secret,
+        )
+        .await;
+    assert_error(status, &body, StatusCode::BAD_REQUEST, "INVALID_REQUEST");
+
     // A scope the role does not grant, or no such permission: 400.
     let member = server.user_in("tina", "viewer", "default").await;
     for scopes in [json!(["server_delete"]), json!(["fly"])] {

@@ -512,6 +512,8 @@ async fn ssh_keys_are_validated_and_installed(backend: Backend) {
     for body in [
         json!({"name": "laptop", "public_key": KEY}),
         json!({"name": "x", "public_key": "ssh-rsa not-a-key"}),
+        json!({"name": "x", "public_key": format!("{KEY}\u{0}")}),
+        json!({"name": "x", "public_key": format!("{KEY} with\u{7}bell")}),
         json!({"name": "", "public_key": KEY}),
         json!({"name": "x"}),
     ] {
