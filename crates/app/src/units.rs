@@ -30,6 +30,8 @@ pub struct AllocateUnit {
     pub zone: Option<String>,
     pub ssh_public_key: String,
     pub tags: Option<serde_json::Value>,
+    /// The project the unit is allocated to.
+    pub project_id: String,
 }
 
 impl App {
@@ -86,6 +88,7 @@ impl App {
                 ssh_public_key: req.ssh_public_key.trim(),
                 tags: req.tags.as_ref(),
                 deadline: &deadline,
+                project_id: &req.project_id,
             };
             let claimed = self.store.claim_unit(&claim).await;
             if let Ok(Some(generation)) = claimed {
@@ -155,8 +158,18 @@ impl App {
 
     /// Takes a unit back from its tenant and wipes it. A unit that is not
     /// allocated is left as it is.
-    pub async fn deallocate_unit(&self, compute_id: &str) -> Result<()> {
+    /// Deallocates a unit; with `project`, only one allocated to it (any
+    /// other is a 404).
+    pub async fn deallocate_unit(&self, compute_id: &str, project: Option<&str>) -> Result<()> {
         let unit = self.unit_or_404(compute_id).await?;
+        if let Some(project) = project
+            && unit.project_id.as_deref() != Some(project)
+        {
+            return Err(Error::NotFound(format!(
+                "Compute unit {} not found",
+                compute_id.escape_debug()
+            )));
+        }
         let expired = unit
             .deadline
             .as_deref()

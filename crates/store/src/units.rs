@@ -31,6 +31,8 @@ pub struct UnitRecord {
     pub deadline: Option<String>,
     pub generation: i64,
     pub updated_at: String,
+    /// The project it is allocated to.
+    pub project_id: Option<String>,
 }
 
 /// The list filters of `GET /api/compute_units/`; `None` matches anything.
@@ -44,6 +46,8 @@ pub struct UnitFilter {
     pub cpu_count: Option<i64>,
     pub deployment_id: Option<String>,
     pub statuses: Vec<UnitStatus>,
+    /// Only units allocated to this project.
+    pub project_id: Option<String>,
 }
 
 /// A tenant taking a FREE unit.
@@ -54,12 +58,13 @@ pub struct UnitClaim<'a> {
     pub ssh_public_key: &'a str,
     pub tags: Option<&'a serde_json::Value>,
     pub deadline: &'a str,
+    pub project_id: &'a str,
 }
 
 const UNIT_SELECT: &str = "SELECT u.compute_id, u.host_id, h.hostname, h.ip, h.region, h.zone, \
      u.position, u.cpu_range, u.cpu_list, u.cpu_count, u.ports_range, u.status, u.status_detail, \
-     u.ssh_public_key, u.tags, u.started_at, u.deadline, u.generation, u.updated_at \
-     FROM compute_units u JOIN hosts h ON h.id = u.host_id";
+     u.ssh_public_key, u.tags, u.started_at, u.deadline, u.generation, u.updated_at, \
+     u.project_id FROM compute_units u JOIN hosts h ON h.id = u.host_id";
 
 fn unit_from_row(row: &AnyRow) -> Result<UnitRecord> {
     let status: String = row.try_get("status")?;
@@ -89,6 +94,7 @@ fn unit_from_row(row: &AnyRow) -> Result<UnitRecord> {
         deadline: row.try_get("deadline")?,
         generation: row.try_get("generation")?,
         updated_at: row.try_get("updated_at")?,
+        project_id: row.try_get("project_id")?,
     })
 }
 
@@ -112,6 +118,7 @@ impl Store {
             ("h.region", text(&filter.region)),
             ("h.zone", text(&filter.zone)),
             ("u.deployment_id", text(&filter.deployment_id)),
+            ("u.project_id", text(&filter.project_id)),
             ("u.cpu_count", filter.cpu_count.map(Arg::Int)),
         ] {
             if let Some(value) = value {
@@ -163,6 +170,7 @@ impl Store {
                     .unwrap_or_else(|| d.to_string())
             }),
             deadline: claim.deadline.to_string(),
+            project_id: claim.project_id.to_string(),
         });
         self.write("claim_unit", move |conn| {
             let claim = owned.clone();
@@ -257,6 +265,7 @@ struct OwnedClaim {
     tags: Option<String>,
     deployment_id: Option<String>,
     deadline: String,
+    project_id: String,
 }
 
 async fn claim_unit(
@@ -286,7 +295,7 @@ async fn claim_unit(
         .fetch_int(
             "UPDATE compute_units SET status = 'ALLOCATING', status_detail = NULL, \
              ssh_public_key = $1, tags = $2, deployment_id = $3, started_at = $4, \
-             deadline = $5, updated_at = $4, generation = generation + 1 \
+             deadline = $5, updated_at = $4, generation = generation + 1, project_id = $8 \
              WHERE compute_id = $6 AND host_id = $7 AND status = 'FREE' RETURNING generation",
             &[
                 (&claim.ssh_public_key).into(),
@@ -296,6 +305,7 @@ async fn claim_unit(
                 (&claim.deadline).into(),
                 (&claim.compute_id).into(),
                 (&claim.host_id).into(),
+                (&claim.project_id).into(),
             ],
         )
         .await?;
@@ -348,6 +358,7 @@ async fn release_unit(
         .execute(
             "UPDATE compute_units SET status = $1, status_detail = NULL, ssh_public_key = NULL, \
              tags = NULL, deployment_id = NULL, started_at = NULL, deadline = NULL, updated_at = $2, \
+             project_id = NULL, \
              generation = generation + 1 \
              WHERE compute_id = $3 AND generation = $4 AND status = 'DEALLOCATING'",
             &[back_to.into(), (&at).into(), compute_id.into(), generation.into()],

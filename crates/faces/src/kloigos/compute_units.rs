@@ -2,13 +2,15 @@
 
 use super::validation::{BodyReader, ValidationError, parse_int_text, query_error};
 use super::{Detail, KloigosError};
+use axum::Extension;
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, State};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
-use tessera_app::App;
 use tessera_app::units::{AllocateUnit, ComputeUnit, UnitQuery};
+use tessera_app::{App, Principal};
+use tessera_core::Permission;
 use tessera_core::status::UnitStatus;
 use utoipa::{IntoParams, ToSchema};
 
@@ -83,6 +85,7 @@ impl From<ComputeUnitRequest> for AllocateUnit {
             zone: req.zone,
             ssh_public_key: req.ssh_public_key,
             tags: req.tags.map(Value::Object),
+            project_id: String::new(),
         }
     }
 }
@@ -136,10 +139,13 @@ fn parse_allocate(body: &[u8]) -> Result<ComputeUnitRequest, Vec<ValidationError
 )]
 pub async fn allocate(
     State(app): State<App>,
+    Extension(caller): Extension<Principal>,
     body: Bytes,
 ) -> Result<Json<ComputeUnitResponse>, KloigosError> {
     let request = parse_allocate(&body).map_err(KloigosError::Validation)?;
-    let unit = app.allocate_unit(request.into()).await?;
+    let mut request: AllocateUnit = request.into();
+    request.project_id = caller.project_id;
+    let unit = app.allocate_unit(request).await?;
     Ok(Json(unit.into()))
 }
 
@@ -164,9 +170,12 @@ pub async fn allocate(
 )]
 pub async fn deallocate(
     State(app): State<App>,
+    Extension(caller): Extension<Principal>,
     Path(compute_id): Path<String>,
 ) -> Result<Json<Value>, KloigosError> {
-    app.deallocate_unit(&compute_id).await?;
+    // Tenants deallocate their own units; the fleet's operators any.
+    let project = (!caller.can(Permission::ServerDelete)).then_some(caller.project_id.as_str());
+    app.deallocate_unit(&compute_id, project).await?;
     Ok(Json(Value::Object(Map::new())))
 }
 
@@ -260,9 +269,14 @@ fn parse_list_query(query: Option<&str>) -> Result<UnitQuery, Vec<ValidationErro
 )]
 pub async fn list_compute_units(
     State(app): State<App>,
+    Extension(caller): Extension<Principal>,
     RawQuery(query): RawQuery,
 ) -> Result<Json<Vec<ComputeUnitResponse>>, KloigosError> {
-    let filter = parse_list_query(query.as_deref()).map_err(KloigosError::Validation)?;
+    let mut filter = parse_list_query(query.as_deref()).map_err(KloigosError::Validation)?;
+    // Tenants see their own units; the fleet's operators every unit.
+    if !caller.can(Permission::ServerRead) {
+        filter.project_id = Some(caller.project_id);
+    }
     let units = app.compute_units(&filter).await?;
     Ok(Json(units.into_iter().map(Into::into).collect()))
 }

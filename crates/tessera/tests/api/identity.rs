@@ -523,6 +523,43 @@ async fn another_projects_objects_are_not_found(backend: Backend) {
         .call(Method::POST, "/v1/instances", Some(&body), &eve)
         .await;
     assert_error(status, &reply, StatusCode::BAD_REQUEST, "INVALID_REQUEST");
+    // Kloigos units too: a tenant sees and deallocates only its own.
+    server.init_host("k-1", &["0-3"]).await;
+    let allocate = json!({"ssh_public_key": KEY, "tags": null}).to_string();
+    let (status, unit) = server
+        .request(
+            Method::POST,
+            "/api/compute_units/allocate",
+            Some(&allocate),
+            Some(&alice),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{unit}");
+    let (_, hers) = server
+        .request(Method::GET, "/api/compute_units/", None, Some(&alice))
+        .await;
+    assert_eq!(hers.as_array().map(Vec::len), Some(1), "{hers}");
+    let outsider = server.user_in("mallory", "member", "team-b").await;
+    let (_, seen) = server
+        .request(Method::GET, "/api/compute_units/", None, Some(&outsider))
+        .await;
+    assert_eq!(seen, json!([]));
+    let compute_id = unit["compute_id"].as_str().expect("compute_id");
+    let (status, _) = server
+        .request(
+            Method::DELETE,
+            &format!("/api/compute_units/deallocate/{compute_id}"),
+            None,
+            Some(&outsider),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (_, all) = server.get("/api/compute_units/?status=allocated").await;
+    assert_eq!(
+        all.as_array().map(Vec::len),
+        Some(1),
+        "the fleet's admin sees it"
+    );
     // And Alice's instance is untouched.
     let (_, still) = server
         .call(

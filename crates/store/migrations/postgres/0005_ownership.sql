@@ -1,0 +1,6 @@
+-- The process driving an operation: only it may record progress or end it.
+ALTER TABLE operations ADD COLUMN lease_owner TEXT;
+
+-- The project a Kloigos unit is allocated to: only it (and the fleet's
+-- operators) sees and deallocates the unit.
+ALTER TABLE compute_units ADD COLUMN project_id TEXT;
