@@ -13,7 +13,7 @@
 use crate::error::{Error, Result};
 use crate::identity::Principal;
 use crate::operations::{Page, Run, decode_page_token, encode_page_token, page_limit};
-use crate::{App, HostCallError, has_nul, new_id};
+use crate::{App, HostCallError, InFlight, has_nul, new_id};
 use base64::Engine;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -435,6 +435,23 @@ impl App {
         })
     }
 
+    /// Waits until no other work of this process acts on the instance on
+    /// its host (a resync, an operation), and holds it off until dropped.
+    pub(crate) async fn instance_guard(&self, id: &str) -> Result<InFlight> {
+        let deadline = std::time::Instant::now() + self.config.agent_timeout * 2;
+        loop {
+            if let Some(guard) = InFlight::enter(&self.in_flight, format!("instance:{id}")) {
+                return Ok(guard);
+            }
+            if std::time::Instant::now() > deadline {
+                return Err(Error::Unavailable(format!(
+                    "instance {id} is busy on its host"
+                )));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
     /// Makes a host run the settled instances the store gives it (running
     /// or stopped): an agent that lost its state gets them back.
     pub(crate) async fn resync_instances(
@@ -449,11 +466,17 @@ impl App {
                 ..InstanceFilter::default()
             })
             .await?;
-        for instance in on_host {
+        for listed in on_host {
+            // Under the instance's guard, as it is now: an operation that
+            // started meanwhile (a delete) drives it instead.
+            let _guard = self.instance_guard(&listed.id).await?;
+            let Some(instance) = self.store.instance(&listed.id).await? else {
+                continue;
+            };
             if instance.operation_id.is_some()
+                || instance.host_id.as_deref() != Some(host_id)
                 || !matches!(instance.state.as_str(), "running" | "stopped")
             {
-                // Its operation drives it.
                 continue;
             }
             let spec = self.instance_spec(&instance).await?;
@@ -756,6 +779,9 @@ impl App {
     /// Drives `instance_delete`, `instance_stop` and `instance_start`: one
     /// host call, then the instance's new state.
     pub(crate) async fn run_instance_power(&self, run: &mut Run) -> Result<()> {
+        let _guard = self
+            .instance_guard(run.op.resource_id.as_deref().unwrap_or(""))
+            .await?;
         let instance = self.run_instance(run).await?;
         let kind = run.op.kind.clone();
         let outcome = match kind.as_str() {

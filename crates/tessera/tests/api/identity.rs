@@ -212,6 +212,11 @@ async fn admins_manage_users(backend: Backend) {
     );
     assert!(bob_record.get("password_hash").is_none());
     let bob_id = bob_record["id"].as_str().expect("id");
+    let (status, got) = server
+        .call(Method::GET, &format!("/v1/users/{bob_id}"), None, TOKEN)
+        .await;
+    assert_eq!((status, &got), (StatusCode::OK, &bob_record));
+    assert_eq!(got["active_workspace"], "default");
 
     // Taken usernames, bad roles, short passwords, unknown workspaces.
     for (body, status, code) in [
