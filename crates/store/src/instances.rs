@@ -538,6 +538,35 @@ async fn claim_cpus(
     if ready != 1 {
         return Ok(Commit::Undo(false));
     }
+    // Memory is checked here too, under the host row's lock, so replicas
+    // whose views are behind cannot overcommit it: the instances on the
+    // host and those moving in, plus this one.
+    let capacity = conn
+        .fetch_int(
+            "SELECT memory_mb FROM hosts WHERE id = $1",
+            &[(&place.host_id).into()],
+        )
+        .await?
+        .unwrap_or(0);
+    let used = conn
+        .fetch_int(
+            "SELECT CAST(COALESCE(SUM(memory_mb), 0) AS BIGINT) FROM instances \
+             WHERE id <> $2 AND (host_id = $1 OR id IN (SELECT SUBSTR(holder, 10) \
+             FROM cpu_claims WHERE host_id = $1 AND holder LIKE 'instance:%'))",
+            &[(&place.host_id).into(), (&place.instance_id).into()],
+        )
+        .await?
+        .unwrap_or(0);
+    let own = conn
+        .fetch_int(
+            "SELECT memory_mb FROM instances WHERE id = $1",
+            &[(&place.instance_id).into()],
+        )
+        .await?
+        .unwrap_or(0);
+    if used + own > capacity {
+        return Ok(Commit::Undo(false));
+    }
     if !placing {
         let current = conn
             .fetch_text(

@@ -1,6 +1,6 @@
 //! Servers, instances, SSH keys and operations through the native API.
 
-use crate::harness::{Backend, KEY, Options, TOKEN, TestServer};
+use crate::harness::{Backend, KEY, Options, TOKEN, TestServer, fresh_postgres_database};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use std::collections::HashSet;
@@ -15,7 +15,8 @@ crate::on_both_backends!(
     concurrent_instances_never_share_a_cpu,
     a_creation_without_room_fails_and_holds_nothing,
     a_cancelled_creation_is_unwound,
-    ssh_keys_are_validated_and_installed
+    ssh_keys_are_validated_and_installed,
+    replicas_never_overcommit_a_hosts_memory
 );
 
 async fn get(server: &TestServer, path: &str) -> Value {
@@ -528,4 +529,58 @@ async fn ssh_keys_are_validated_and_installed(backend: Backend) {
     let (status, _) = server.get(&format!("/v1/ssh-keys/{id}")).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     server.stop().await;
+}
+
+async fn replicas_never_overcommit_a_hosts_memory(backend: Backend) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let database_url = match backend {
+        Backend::Sqlite => tessera_store::Store::sqlite_url(&dir.path().join("shared.db")),
+        Backend::Postgres => fresh_postgres_database().await,
+    };
+    let shared = || Options {
+        database_url: Some(database_url.clone()),
+        ..Options::default()
+    };
+    let a = TestServer::start_with(backend, shared()).await;
+    // 4 CPUs, 32 GB (simulated hosts have 8 GB per CPU).
+    a.add_server("node-1", "0-3", "fin-01").await;
+    let b = TestServer::start_with(backend, shared()).await;
+    let big = |name: &str| json!({"metadata": {"name": name}, "spec": {"type": "cx11", "image": "ubuntu-22.04", "memory_mb": 20480}});
+    // On A: instances on CPUs 0, 1 and 2 (the last with 20 GB); the one on
+    // CPU 0 goes again, leaving CPUs 0 and 3 and 10 GB free.
+    let small = a.run_instance(TOKEN, "small-first", "cx11").await;
+    let first = a.run_instance(TOKEN, "first", "cx11").await;
+    assert_eq!(first["status"]["cpus"], "1", "{first}");
+    let (_, big_one) = a.post("/v1/instances", &big("big")).await;
+    let op = a
+        .wait_operation(big_one["operation_id"].as_str().expect("op"), TOKEN)
+        .await;
+    assert_eq!(op["status"], "completed", "{op}");
+    let (_, gone) = a
+        .delete(&format!(
+            "/v1/instances/{}",
+            small["id"].as_str().expect("id")
+        ))
+        .await;
+    a.wait_operation(gone["operation_id"].as_str().expect("op"), TOKEN)
+        .await;
+    // B's placement view has seen none of it and picks CPU 0, which is
+    // free; the store knows the memory is not.
+    let (_, second) = b.post("/v1/instances", &big("second")).await;
+    let op = b
+        .wait_operation(second["operation_id"].as_str().expect("op"), TOKEN)
+        .await;
+    assert_eq!(
+        op["status"], "failed",
+        "20 GB more on a host with 10 GB left: {op}"
+    );
+    assert!(
+        op["error"].as_str().is_some_and(|e| e.contains("20480 MB")),
+        "{op}"
+    );
+    // Smaller ones still fit, on the free CPUs.
+    let small = b.run_instance(TOKEN, "small", "cx11").await;
+    assert_eq!(small["status"]["state"], "running", "{small}");
+    a.stop().await;
+    b.stop().await;
 }
