@@ -301,6 +301,9 @@ impl App {
         heartbeat.abort();
         if let Err(err) = driven {
             tracing::warn!(operation = id, kind, error = %err, "operation interrupted; it resumes when its lease ends");
+            if let Err(note) = self.store.note_operation_error(id, &err.to_string()).await {
+                tracing::warn!(operation = id, error = %note, "noting the error failed");
+            }
             return;
         }
         if let Ok(Some(op)) = self.store.operation(id).await {

@@ -28,6 +28,10 @@ pub struct OperationRecord {
     pub created_by: String,
     pub created_at: String,
     pub updated_at: String,
+    /// How many times a process took it up.
+    pub attempts: i64,
+    /// Why the last attempt stopped short, while it is retried.
+    pub last_error: Option<String>,
 }
 
 impl OperationRecord {
@@ -67,14 +71,14 @@ pub struct OperationFilter {
 }
 
 const OPERATION_COLUMNS: &str = "id, project_id, kind, status, resource_id, params, steps, result, \
-     error, cancel_requested, lease_until, created_by, created_at, updated_at";
+     error, cancel_requested, lease_until, created_by, created_at, updated_at, attempts, last_error";
 
 pub(crate) fn operation_insert(op: &NewOperation) -> (String, Vec<Arg>) {
     let at = now();
     (
         format!(
             "INSERT INTO operations ({OPERATION_COLUMNS}) \
-             VALUES ($1, $2, $3, 'pending', $4, $5, '[]', NULL, NULL, 0, NULL, $6, $7, $7)"
+             VALUES ($1, $2, $3, 'pending', $4, $5, '[]', NULL, NULL, 0, NULL, $6, $7, $7, 0, NULL)"
         ),
         vec![
             (&op.id).into(),
@@ -195,7 +199,7 @@ impl Store {
                 "acquire_operation",
                 vec![(
                     "UPDATE operations SET status = 'running', lease_until = $1, updated_at = $2, \
-                     lease_owner = $4 WHERE id = $3 AND status IN ('pending', 'running') \
+                     lease_owner = $4, attempts = attempts + 1 WHERE id = $3 AND status IN ('pending', 'running') \
                      AND (lease_until IS NULL OR lease_until < $2)"
                         .into(),
                     vec![
@@ -230,6 +234,27 @@ impl Store {
             )
             .await?;
         Ok(counts[0] == 1)
+    }
+
+    /// Notes why this process's attempt at an operation stopped short.
+    pub async fn note_operation_error(&self, id: &str, error: &str) -> Result<()> {
+        self.run_statements(
+            "note_operation_error",
+            vec![(
+                "UPDATE operations SET last_error = $1, updated_at = $2 \
+                 WHERE id = $3 AND status = 'running' AND lease_owner = $4"
+                    .into(),
+                vec![
+                    error.into(),
+                    now().into(),
+                    id.into(),
+                    self.owner.as_ref().into(),
+                ],
+            )],
+            |_| true,
+        )
+        .await?;
+        Ok(())
     }
 
     /// Records progress; `false` when the operation is no longer running.

@@ -26,10 +26,17 @@ pub struct OperationBody {
     /// The id of what it acts on.
     pub resource_id: Option<String>,
     pub cancel_requested: bool,
+    /// How many times a control-plane process took it up (more than one:
+    /// it was retried, or taken over after a crash).
+    pub attempts: i64,
+    /// While it is retried: why the last attempt stopped short.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
 }
 
 impl From<Operation> for OperationBody {
     fn from(op: Operation) -> Self {
+        let finished = op.is_finished();
         OperationBody {
             result: op
                 .result
@@ -43,6 +50,8 @@ impl From<Operation> for OperationBody {
             kind: op.kind,
             resource_id: op.resource_id,
             cancel_requested: op.cancel_requested != 0,
+            attempts: op.attempts,
+            last_error: if finished { None } else { op.last_error },
         }
     }
 }

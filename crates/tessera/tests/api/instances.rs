@@ -16,7 +16,8 @@ crate::on_both_backends!(
     a_creation_without_room_fails_and_holds_nothing,
     a_cancelled_creation_is_unwound,
     ssh_keys_are_validated_and_installed,
-    replicas_never_overcommit_a_hosts_memory
+    replicas_never_overcommit_a_hosts_memory,
+    a_delete_the_host_refuses_is_retried_and_says_why
 );
 
 async fn get(server: &TestServer, path: &str) -> Value {
@@ -583,4 +584,51 @@ async fn replicas_never_overcommit_a_hosts_memory(backend: Backend) {
     assert_eq!(small["status"]["state"], "running", "{small}");
     a.stop().await;
     b.stop().await;
+}
+
+async fn a_delete_the_host_refuses_is_retried_and_says_why(backend: Backend) {
+    let server = TestServer::start_with(
+        backend,
+        Options {
+            faults: vec!["delete:bad-"],
+            agent_timeout: std::time::Duration::from_secs(1),
+            ..Options::default()
+        },
+    )
+    .await;
+    server.add_server("bad-1", "0-3", "fin-01").await;
+    let instance = server.run_instance(TOKEN, "sticky", "cx11").await;
+    let id = instance["id"].as_str().expect("id");
+    let (status, deleting) = server.delete(&format!("/v1/instances/{id}")).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let op_id = deleting["operation_id"].as_str().expect("op");
+    let mut op = Value::Null;
+    for _ in 0..100 {
+        op = get(&server, &format!("/v1/operations/{op_id}")).await;
+        if op["last_error"].is_string() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Still running: its CPUs stay held until the host lets the instance go.
+    assert_eq!(op["status"], "running", "{op}");
+    assert!(
+        op["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("simulated")),
+        "{op}"
+    );
+    let now = get(&server, &format!("/v1/instances/{id}")).await;
+    assert_eq!(now["status"]["state"], "stopping");
+    assert_ne!(now["status"]["cpus"], "");
+    // Taken up again once its lease has passed (2 x 1 s + 5 s).
+    for _ in 0..200 {
+        op = get(&server, &format!("/v1/operations/{op_id}")).await;
+        if op["attempts"].as_i64().unwrap_or(0) >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(op["attempts"].as_i64().unwrap_or(0) >= 2, "{op}");
+    server.stop().await;
 }
