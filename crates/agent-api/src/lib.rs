@@ -18,6 +18,9 @@ pub struct HostSpec {
     pub cpus: CpuSet,
     pub numa_nodes: Vec<CpuSet>,
     pub units: Vec<UnitSpec>,
+    /// The memory it was registered with (a plan's), if any; a real host
+    /// reports what it has.
+    pub memory_mb: Option<u64>,
 }
 
 /// A Kloigos compute unit: a Linux user confined to its CPUs and ports.

@@ -286,6 +286,7 @@ impl App {
             cpus,
             numa_nodes: crate::placement::numa_nodes(host),
             units,
+            memory_mb: u64::try_from(host.memory_mb).ok().filter(|m| *m > 0),
         })
     }
 }

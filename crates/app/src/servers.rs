@@ -46,6 +46,13 @@ fn plan_cpus(plan: &str) -> Option<u32> {
     cpus.parse().ok().filter(|n| *n > 0 && *n <= 8192)
 }
 
+/// Memory of a plan such as `2xCPU-4GB`, in MB.
+fn plan_memory_mb(plan: &str) -> Option<i64> {
+    let (_, rest) = plan.split_once("xCPU-")?;
+    let gb: i64 = rest.strip_suffix("GB")?.parse().ok()?;
+    (1..=64 * 1024).contains(&gb).then_some(gb * 1024)
+}
+
 impl App {
     pub async fn servers(&self, caller: &Principal) -> Result<Vec<Host>> {
         caller.require(Permission::ServerRead)?;
@@ -177,6 +184,8 @@ impl App {
         new.cpus = cpus.map(|c| c.to_string());
         new.provider = Some(req.provider.clone().unwrap_or_else(|| "tessera".into()));
         new.plan = req.plan.clone();
+        // What the host is expected to have, until its agent reports.
+        new.memory_mb = req.plan.as_deref().and_then(plan_memory_mb).unwrap_or(0);
         new.tags = req.tags.clone();
         Ok(new)
     }

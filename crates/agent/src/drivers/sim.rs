@@ -1,7 +1,7 @@
 //! A simulated host: the fleet of `tessera server --sim-hosts`.
 //!
-//! Each simulated host reports the CPUs it was registered with and 8 GiB of
-//! memory per CPU (unless configured otherwise), and keeps in memory what a
+//! Each simulated host reports the CPUs it was registered with and the
+//! memory of its plan, or 8 GiB per CPU (unless configured otherwise), and keeps in memory what a
 //! real host would keep on disk: which unit users exist and which keys they
 //! hold. It refuses calls a real host would refuse, so control-plane bugs
 //! show up in tests. Failures and latency can be injected per host and per
@@ -190,7 +190,7 @@ impl SimHost {
             report: HostReport {
                 cpus: host.cpus.clone(),
                 numa_nodes: host.numa_nodes.clone(),
-                memory_mb: host.cpus.len() as u64 * per_cpu,
+                memory_mb: host.memory_mb.unwrap_or(host.cpus.len() as u64 * per_cpu),
             },
             latency: config.latency,
             failing: faults(config, host, false),
@@ -442,6 +442,7 @@ mod tests {
             cpus: (0..4).collect(),
             numa_nodes: vec![],
             units: vec![unit(1)],
+            memory_mb: None,
         };
         let fleet = SimFleet::new(SimConfig::default());
         let agent = fleet.agent_for(&spec).expect("sim agent");

@@ -80,6 +80,7 @@ async fn servers_are_created_listed_and_deleted_through_operations(backend: Back
         ("ip_address", json!("10.0.0.1")),
         ("status", json!("running")),
         ("cpus", json!("0-3")),
+        ("memory_mb", json!(8192)),
         ("tags", json!(["web", "production"])),
     ] {
         assert_eq!(host[field], value, "{field}: {host}");
