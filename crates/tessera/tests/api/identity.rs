@@ -178,6 +178,11 @@ async fn api_tokens_are_scoped_listed_and_revoked(backend: Backend) {
         .await;
     assert_error(status, &body, StatusCode::NOT_FOUND, "NOT_FOUND");
 
+    // The bootstrap token does not revoke itself.
+    let (status, body) = server
+        .call(Method::DELETE, "/v1/tokens/bootstrap-admin", None, TOKEN)
+        .await;
+    assert_error(status, &body, StatusCode::CONFLICT, "CONFLICT");
     let (status, _) = server
         .call(Method::DELETE, &format!("/v1/tokens/{id}"), None, TOKEN)
         .await;
@@ -251,6 +256,37 @@ async fn admins_manage_users(backend: Backend) {
             .await;
         assert_error(got, &reply, status, code);
     }
+    // A role goes with a workspace.
+    let (status, body) = server
+        .call(
+            Method::PATCH,
+            &format!("/v1/users/{bob_id}"),
+            Some(&json!({"role": "viewer"})),
+            TOKEN,
+        )
+        .await;
+    assert_error(status, &body, StatusCode::BAD_REQUEST, "INVALID_REQUEST");
+    // An admin cannot lock itself out.
+    let (_, me) = server.call(Method::GET, "/v1/users", None, TOKEN).await;
+    let admin_id = me[0]["id"].as_str().expect("admin id");
+    let (status, body) = server
+        .call(
+            Method::PATCH,
+            &format!("/v1/users/{admin_id}"),
+            Some(&json!({"disabled": true})),
+            TOKEN,
+        )
+        .await;
+    assert_error(status, &body, StatusCode::CONFLICT, "CONFLICT");
+    let (status, body) = server
+        .call(
+            Method::DELETE,
+            &format!("/v1/users/{admin_id}"),
+            None,
+            TOKEN,
+        )
+        .await;
+    assert_error(status, &body, StatusCode::CONFLICT, "CONFLICT");
     // A member cannot manage users.
     let (status, body) = server.call(Method::GET, "/v1/users", None, &bob).await;
     assert_error(status, &body, StatusCode::FORBIDDEN, "FORBIDDEN");

@@ -17,7 +17,8 @@ crate::on_both_backends!(
     a_cancelled_creation_is_unwound,
     ssh_keys_are_validated_and_installed,
     replicas_never_overcommit_a_hosts_memory,
-    a_delete_the_host_refuses_is_retried_and_says_why
+    a_delete_the_host_refuses_is_retried_and_says_why,
+    operations_page_and_refuse_bad_queries
 );
 
 async fn get(server: &TestServer, path: &str) -> Value {
@@ -631,5 +632,71 @@ async fn a_delete_the_host_refuses_is_retried_and_says_why(backend: Backend) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(op["attempts"].as_i64().unwrap_or(0) >= 2, "{op}");
+    server.stop().await;
+}
+
+async fn operations_page_and_refuse_bad_queries(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    server.add_server("node-1", "0-7", "fin-01").await;
+    for n in 0..3 {
+        server.run_instance(TOKEN, &format!("p{n}"), "cx11").await;
+    }
+    // Four operations: the server's and three creations.
+    let response = server
+        .client
+        .get(format!("{}/v1/operations?limit=3", server.url))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .expect("list");
+    assert_eq!(response.status(), StatusCode::OK);
+    let token = response
+        .headers()
+        .get("x-next-page-token")
+        .and_then(|v| v.to_str().ok())
+        .expect("a next page")
+        .to_string();
+    let first: Value = response.json().await.expect("json");
+    assert_eq!(first.as_array().map(Vec::len), Some(3));
+    assert_eq!(first[0]["kind"], "server_create");
+    let rest = get(
+        &server,
+        &format!("/v1/operations?limit=3&page_token={token}"),
+    )
+    .await;
+    assert_eq!(rest.as_array().map(Vec::len), Some(1));
+    assert_ne!(rest[0]["id"], first[2]["id"]);
+    assert_eq!(
+        get(&server, "/v1/operations?status=failed").await,
+        json!([])
+    );
+    for bad in [
+        "/v1/operations?limit=0",
+        "/v1/operations?limit=x",
+        "/v1/operations?page_token=nonsense",
+        "/v1/operations/any/wait?timeout=-1",
+        "/v1/operations/any/wait?timeout=soon",
+    ] {
+        let (status, body) = server.get(bad).await;
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (StatusCode::BAD_REQUEST, Some("INVALID_REQUEST")),
+            "{bad}: {body}"
+        );
+    }
+    // Waiting on an operation that has ended answers at once.
+    let id = first[0]["id"].as_str().expect("id");
+    let started = std::time::Instant::now();
+    let (status, op) = server
+        .get(&format!("/v1/operations/{id}/wait?timeout=30"))
+        .await;
+    assert_eq!(
+        (status, op["status"].as_str()),
+        (StatusCode::OK, Some("completed"))
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "answered without waiting out the timeout"
+    );
     server.stop().await;
 }
