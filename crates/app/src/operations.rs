@@ -68,6 +68,15 @@ pub(crate) fn page_limit(limit: Option<u32>) -> Result<usize> {
     }
 }
 
+/// Stops a task when dropped, whatever way its owner ends (a panic too).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// An operation being driven: its record and the steps done so far.
 pub(crate) struct Run {
     pub op: OperationRecord,
@@ -265,7 +274,7 @@ impl App {
             let app = self.clone();
             let id = id.to_string();
             let every = (self.config.agent_timeout / 2).max(Duration::from_secs(1));
-            tokio::spawn(async move {
+            AbortOnDrop(tokio::spawn(async move {
                 loop {
                     tokio::time::sleep(every).await;
                     match app.store.renew_operation_lease(&id, &app.deadline()).await {
@@ -276,7 +285,7 @@ impl App {
                         }
                     }
                 }
-            })
+            }))
         };
         let driven = match kind.as_str() {
             "instance_create" => self.run_instance_create(&mut run).await,
@@ -298,7 +307,7 @@ impl App {
                     .map_err(Error::from)
             }
         };
-        heartbeat.abort();
+        drop(heartbeat);
         if let Err(err) = driven {
             tracing::warn!(operation = id, kind, error = %err, "operation interrupted; it resumes when its lease ends");
             if let Err(note) = self.store.note_operation_error(id, &err.to_string()).await {
