@@ -10,16 +10,19 @@
 
 use crate::App;
 use serde::Serialize;
-use std::collections::HashMap;
+use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 use tessera_store::{EventRecord, NewEvent};
 use tokio::sync::{broadcast, mpsc};
 
 /// How often the log is polled for new events.
 const PUMP_EVERY: Duration = Duration::from_millis(200);
-/// How far back each poll looks: a PostgreSQL transaction may commit an
-/// event a little after later ones were seen.
-const PUMP_WINDOW: chrono::Duration = chrono::Duration::seconds(3);
+/// How long a gap in `seq` is waited for before it is taken for a
+/// rolled-back insert: on PostgreSQL a transaction may commit an event a
+/// little after later ones were seen.
+const GAP_PATIENCE: Duration = Duration::from_secs(10);
+/// The most events a reconnecting client is replayed at once.
+pub const REPLAY_LIMIT: usize = 10_000;
 /// How long events are kept.
 pub const RETENTION: chrono::Duration = chrono::Duration::days(7);
 
@@ -106,20 +109,31 @@ impl App {
     }
 
     /// A project's events after `seq` from the log (with host events when
-    /// `hosts`), for a client catching up.
+    /// `hosts`), for a client catching up: at most [`REPLAY_LIMIT`], and
+    /// whether more were left out.
     pub async fn events_after(
         &self,
         project_id: &str,
         hosts: bool,
         seq: i64,
-    ) -> crate::Result<Vec<Event>> {
-        Ok(self
-            .store
-            .project_events_after(project_id, hosts, seq, 1000)
-            .await?
-            .into_iter()
-            .map(Event::from)
-            .collect())
+    ) -> crate::Result<(Vec<Event>, bool)> {
+        let mut events: Vec<Event> = Vec::new();
+        let mut after = seq;
+        loop {
+            let page = self
+                .store
+                .project_events_after(project_id, hosts, after, 1000)
+                .await?;
+            let full = page.len() == 1000;
+            events.extend(page.into_iter().map(Event::from));
+            after = events.last().map_or(after, |e| e.seq);
+            if !full {
+                return Ok((events, false));
+            }
+            if events.len() >= REPLAY_LIMIT {
+                return Ok((events, true));
+            }
+        }
     }
 
     /// Starts the writer and the pump (once).
@@ -165,8 +179,7 @@ impl App {
         });
         let app = self.clone();
         self.tasks.spawn(async move {
-            let started = chrono::Utc::now();
-            let mut seen: HashMap<i64, Instant> = HashMap::new();
+            let mut pump = Pump::default();
             let mut tick = tokio::time::interval(PUMP_EVERY);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
@@ -174,25 +187,9 @@ impl App {
                     _ = tick.tick() => {}
                     _ = app.stopping.cancelled() => return,
                 }
-                let since = (chrono::Utc::now() - PUMP_WINDOW).max(started);
-                let rows = match app
-                    .store
-                    .events_since_time(&tessera_store::timestamp(since))
-                    .await
-                {
-                    Ok(rows) => rows,
-                    Err(err) => {
-                        tracing::debug!(error = %err, "polling the event log failed");
-                        continue;
-                    }
-                };
-                let now = Instant::now();
-                for row in rows {
-                    if seen.insert(row.seq, now).is_none() {
-                        let _ = app.events.public.send(Event::from(row));
-                    }
+                if let Err(err) = pump.poll(&app).await {
+                    tracing::debug!(error = %err, "polling the event log failed");
                 }
-                seen.retain(|_, at| now.duration_since(*at) < Duration::from_secs(10));
             }
         });
     }
@@ -204,6 +201,53 @@ impl App {
         if pruned > 0 {
             tracing::debug!(pruned, "old events forgotten");
         }
+        Ok(())
+    }
+}
+
+/// Reads the log in `seq` order and publishes what is new.
+#[derive(Default)]
+struct Pump {
+    /// Every event up to here has been published (or given up on).
+    cursor: Option<i64>,
+    /// Published events beyond a gap.
+    ahead: BTreeSet<i64>,
+    /// Since when the gap after `cursor` has been open.
+    gap_since: Option<Instant>,
+}
+
+impl Pump {
+    async fn poll(&mut self, app: &App) -> crate::Result<()> {
+        let cursor = match self.cursor {
+            Some(cursor) => cursor,
+            // Start from now: subscribers want what happens next.
+            None => *self.cursor.insert(app.store.max_event_seq().await?),
+        };
+        let rows = app.store.events_after_seq(cursor, 2000).await?;
+        for row in rows {
+            if self.ahead.insert(row.seq) {
+                let _ = app.events.public.send(Event::from(row));
+            }
+        }
+        let mut cursor = cursor;
+        loop {
+            while self.ahead.remove(&(cursor + 1)) {
+                cursor += 1;
+                self.gap_since = None;
+            }
+            let Some(&next) = self.ahead.first() else {
+                break;
+            };
+            // A gap before `next`: a transaction still to commit, or an
+            // insert that was rolled back. Wait a while, then move on.
+            let since = *self.gap_since.get_or_insert_with(Instant::now);
+            if since.elapsed() < GAP_PATIENCE {
+                break;
+            }
+            cursor = next - 1;
+            self.gap_since = None;
+        }
+        self.cursor = Some(cursor);
         Ok(())
     }
 }

@@ -79,6 +79,17 @@ impl App {
                 .await?
                 .ok_or_else(|| Error::NotFound("your project no longer exists".into()))?,
         };
+        // A token made with an API token stays in that token's project,
+        // unless the token is an unrestricted admin's.
+        if caller.token_id.is_some()
+            && project.id != caller.project_id
+            && !caller.can(Permission::UserAdmin)
+        {
+            return Err(Error::Forbidden(format!(
+                "a token made with an API token acts in its workspace, {}; log in to make one for {}",
+                caller.project_name, project.name
+            )));
+        }
         let membership = self.store.membership(&user_id, &project.id).await?;
         let Some(membership) = membership else {
             return Err(Error::NotFound(format!(
@@ -92,7 +103,12 @@ impl App {
             .map_err(|e: String| Error::invalid("role", e))?;
         // A token made with a scoped token gets no more than its scopes.
         let requested = match (&req.scopes, &caller.scopes) {
-            (None, Some(mine)) => Some(mine.iter().map(|p| p.as_str().to_string()).collect()),
+            (None, Some(mine)) => Some(
+                mine.iter()
+                    .filter(|p| role.grants(**p))
+                    .map(|p| p.as_str().to_string())
+                    .collect(),
+            ),
             (requested, _) => requested.clone(),
         };
         let scopes = match &requested {

@@ -23,7 +23,9 @@ use serde::Deserialize;
 use std::collections::BTreeMap;
 use tessera_core::Permission;
 use tessera_core::status::HostStatus;
-use tessera_store::{InstanceFilter, InstanceUpdate, NewInstance, NewOperation, OperationEnd};
+use tessera_store::{
+    InstanceFilter, InstanceUpdate, NewInstance, NewOperation, OperationEnd, Switch,
+};
 
 pub const WORKFLOW_TYPES: &[&str] = &["cluster_create", "server_drain"];
 const MAX_NODES: u64 = 64;
@@ -372,12 +374,19 @@ impl App {
         };
         if !run.done("draining") {
             // Only a READY host is drained, by one drain at a time: the
-            // transition is the lock.
-            if !self
+            // transition (with its step) is the lock.
+            let steps = run.with("draining");
+            let took = self
                 .store
-                .transition_host(&host.id, &[HostStatus::Ready], HostStatus::Draining, None)
-                .await?
-            {
+                .transition_host_for(
+                    &host.id,
+                    HostStatus::Ready,
+                    HostStatus::Draining,
+                    (&run.op.id, &steps, &self.deadline()),
+                    None,
+                )
+                .await?;
+            if !took {
                 let why = format!(
                     "server {} is {}, not running",
                     host.hostname,
@@ -388,36 +397,60 @@ impl App {
                     .await?;
                 return Ok(());
             }
-            self.placement.refresh_host(&self.store, &host.id).await?;
+            run.steps = steps;
             self.publish("host", &host.id, None, HostStatus::Draining.as_str());
-            self.record_step(run, "draining").await?;
+        } else if host.status != HostStatus::Draining {
+            // Only this drain moves the host out of DRAINING, in the same
+            // transaction that ends it; anything else means it was changed
+            // under the drain.
+            let why = format!(
+                "server {} left DRAINING while being drained (now {})",
+                host.hostname,
+                host.status.as_str().to_lowercase()
+            );
+            self.store.release_instances_of(&run.op.id).await?;
+            self.store
+                .finish_operation(&run.op.id, "failed", None, Some(&why))
+                .await?;
+            return Ok(());
         }
-        match self.drain_instances(run, &host.id).await? {
-            Ok(moved) => {
-                self.store
-                    .transition_host(&host.id, &[HostStatus::Draining], HostStatus::Drained, None)
-                    .await?;
-                self.store.release_instances_of(&run.op.id).await?;
-                let result = serde_json::json!({ "server_id": host.id, "hostname": host.hostname, "moved": moved });
-                self.store
-                    .finish_operation(&run.op.id, "completed", Some(&result), None)
-                    .await?;
-                self.publish("host", &host.id, None, HostStatus::Drained.as_str());
-                tracing::info!(hostname = %host.hostname, moved = moved.len(), "server drained");
-            }
-            Err(why) => {
-                self.store.release_instances_of(&run.op.id).await?;
-                self.store
-                    .transition_host(&host.id, &[HostStatus::Draining], HostStatus::Ready, None)
-                    .await?;
-                self.placement.refresh_host(&self.store, &host.id).await?;
-                self.store
-                    .finish_operation(&run.op.id, "failed", None, Some(&why))
-                    .await?;
-                self.publish("host", &host.id, None, HostStatus::Ready.as_str());
-                tracing::warn!(hostname = %host.hostname, why, "server drain failed");
-            }
+        self.placement.refresh_host(&self.store, &host.id).await?;
+        let (to, end_status, result, error) = match self.drain_instances(run, &host.id).await? {
+            Ok(moved) => (
+                HostStatus::Drained,
+                "completed",
+                Some(
+                    serde_json::json!({ "server_id": host.id, "hostname": host.hostname, "moved": moved }),
+                ),
+                None,
+            ),
+            Err(why) => (HostStatus::Ready, "failed", None, Some(why)),
+        };
+        self.store.release_instances_of(&run.op.id).await?;
+        let ended = self
+            .store
+            .transition_host_for(
+                &host.id,
+                HostStatus::Draining,
+                to,
+                (&run.op.id, &run.steps, &self.deadline()),
+                Some(tessera_store::OperationEnd {
+                    id: &run.op.id,
+                    status: end_status,
+                    result: result.as_ref(),
+                    error: error.as_deref(),
+                }),
+            )
+            .await?;
+        if !ended {
+            return Err(Error::Conflict(format!(
+                "operation {} is no longer this process's",
+                run.op.id
+            )));
         }
+        self.placement.refresh_host(&self.store, &host.id).await?;
+        self.publish("host", &host.id, None, to.as_str());
+        tracing::info!(hostname = %host.hostname, status = end_status, error, "server drain ended");
         Ok(())
     }
 
@@ -477,6 +510,8 @@ impl App {
         instance: &Instance,
         from: &str,
     ) -> Result<Result<(), String>> {
+        // No resync of this process touches it on a host meanwhile.
+        let _guard = self.instance_guard(&instance.id).await?;
         let done = format!("moved:{}", instance.id);
         if run.done(&done) {
             return Ok(Ok(()));
@@ -525,7 +560,7 @@ impl App {
             let recorded = match &started {
                 Ok(report) => {
                     let steps = run.with(&switched);
-                    let ok = self
+                    match self
                         .store
                         .switch_instance_host(
                             &instance.id,
@@ -533,11 +568,22 @@ impl App {
                             (&target, &cpus, &report.private_ip),
                             (&run.op.id, &steps, &self.deadline()),
                         )
-                        .await?;
-                    if ok {
-                        run.steps = steps;
+                        .await?
+                    {
+                        Switch::Switched => {
+                            run.steps = steps;
+                            true
+                        }
+                        Switch::Refused => false,
+                        // Another process drives this drain now: touch
+                        // nothing on any host.
+                        Switch::NotOurs => {
+                            return Err(Error::Conflict(format!(
+                                "operation {} is no longer this process's",
+                                run.op.id
+                            )));
+                        }
                     }
-                    ok
                 }
                 Err(_) => false,
             };

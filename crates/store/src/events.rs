@@ -53,13 +53,22 @@ impl Store {
         Ok(())
     }
 
-    /// Events recorded at or after `at`, in order. (Polling by time rather
-    /// than by `seq` alone: on PostgreSQL a lower `seq` may commit after a
-    /// higher one has been seen.)
-    pub async fn events_since_time(&self, at: &str) -> Result<Vec<EventRecord>> {
+    /// The newest event's `seq` (0 when there is none).
+    pub async fn max_event_seq(&self) -> Result<i64> {
+        let row: Option<(i64,)> = self
+            .fetch_optional(
+                "SELECT CAST(COALESCE(MAX(seq), 0) AS BIGINT) FROM events",
+                &[],
+            )
+            .await?;
+        Ok(row.map_or(0, |(n,)| n))
+    }
+
+    /// Events after `seq`, in order, at most `limit`.
+    pub async fn events_after_seq(&self, seq: i64, limit: i64) -> Result<Vec<EventRecord>> {
         self.fetch_all(
-            &format!("SELECT {EVENT_COLUMNS} FROM events WHERE at >= $1 ORDER BY seq LIMIT 10000"),
-            &[at.into()],
+            &format!("SELECT {EVENT_COLUMNS} FROM events WHERE seq > $1 ORDER BY seq LIMIT $2"),
+            &[seq.into(), limit.into()],
         )
         .await
     }

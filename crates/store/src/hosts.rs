@@ -200,6 +200,45 @@ impl Store {
         .await
     }
 
+    /// Moves a host from `from` to `to` as a step of an operation this
+    /// process drives, in one transaction: the host's change, then either
+    /// the operation's progress (`steps`) or its end (`end`). `false`,
+    /// changing nothing, when the host was not in `from` or the operation is
+    /// no longer this process's.
+    pub async fn transition_host_for(
+        &self,
+        id: &str,
+        from: HostStatus,
+        to: HostStatus,
+        op: (&str, &[String], &str),
+        end: Option<crate::OperationEnd<'_>>,
+    ) -> Result<bool> {
+        let mark = match &end {
+            Some(end) => crate::operations::operation_finish(
+                end.id,
+                end.status,
+                end.result,
+                end.error,
+                &self.owner,
+            ),
+            None => crate::operations::operation_progress(op.0, op.1, op.2, &self.owner),
+        };
+        let (id, mark) = (id.to_string(), Arc::new(mark));
+        self.write("transition_host_for", move |mut conn| {
+            let (id, mark) = (id.clone(), mark.clone());
+            Box::pin(async move {
+                if conn.execute(&mark.0, &mark.1).await? != 1 {
+                    return Ok(Commit::Undo(false));
+                }
+                match transition_host(conn, &id, &[from.as_str()], to, None).await? {
+                    Commit::Keep(true) => Ok(Commit::Keep(true)),
+                    _ => Ok(Commit::Undo(false)),
+                }
+            })
+        })
+        .await
+    }
+
     /// Starts retiring a host: DECOMMISSIONING, its FREE units out of
     /// service. Unless `force`, refused while any unit is held; the check and
     /// the change are one transaction behind the host row's exclusive lock,

@@ -45,6 +45,16 @@ pub struct NewInstance {
     pub memory_mb: i64,
 }
 
+/// How [`Store::switch_instance_host`] went.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Switch {
+    Switched,
+    /// The target is not READY or the instance holds no CPUs there.
+    Refused,
+    /// The operation is no longer this process's.
+    NotOurs,
+}
+
 #[derive(Clone, Debug, Default)]
 pub struct InstanceFilter {
     pub project_id: Option<String>,
@@ -198,8 +208,14 @@ impl Store {
         &self,
         host_id: Option<&str>,
     ) -> Result<Vec<(String, i64)>> {
-        let sql = "SELECT host_id, CAST(SUM(memory_mb) AS BIGINT) AS memory_mb FROM instances \
-                   WHERE host_id IS NOT NULL AND (host_id = $1 OR $1 = '') GROUP BY host_id";
+        // As the store's own check counts it: instances on a host and
+        // those moving in (holding CPUs there).
+        let sql = "SELECT h.host_id, CAST(SUM(i.memory_mb) AS BIGINT) AS memory_mb \
+                   FROM (SELECT id, host_id FROM instances WHERE host_id IS NOT NULL \
+                         UNION SELECT DISTINCT SUBSTR(holder, 10), host_id FROM cpu_claims \
+                         WHERE holder LIKE 'instance:%') h \
+                   JOIN instances i ON i.id = h.id \
+                   WHERE h.host_id = $1 OR $1 = '' GROUP BY h.host_id";
         self.fetch_all(sql, &[host_id.unwrap_or("").into()]).await
     }
 
@@ -353,7 +369,7 @@ impl Store {
         from: &str,
         to: (&str, &str, &str),
         op: (&str, &[String], &str),
-    ) -> Result<bool> {
+    ) -> Result<Switch> {
         let (to, cpu_list, private_ip) = to;
         let statements = vec![
             (
@@ -380,9 +396,12 @@ impl Store {
                 c[0] == 1 && c[1] == 1
             })
             .await?;
-        Ok(counts[0] == 1 && counts[1] == 1)
+        Ok(match (counts[0], counts[1]) {
+            (1, 1) => Switch::Switched,
+            (_, 1) => Switch::Refused,
+            _ => Switch::NotOurs,
+        })
     }
-
     /// Lets go of the CPUs an instance holds on `host_id` (a move's source
     /// once it has moved, or its target when the move is given up), and
     /// records `steps`. `false`, changing nothing, when the operation is no
@@ -455,8 +474,11 @@ impl Store {
         self.run_statements(
             "release_instances_of",
             vec![(
-                "UPDATE instances SET operation_id = NULL WHERE operation_id = $1".into(),
-                vec![op_id.into()],
+                "UPDATE instances SET operation_id = NULL WHERE operation_id = $1 \
+                 AND EXISTS (SELECT 1 FROM operations WHERE id = $1 AND status = 'running' \
+                 AND lease_owner = $2)"
+                    .into(),
+                vec![op_id.into(), self.owner.as_ref().into()],
             )],
             |_| true,
         )

@@ -21,7 +21,9 @@ pub struct EventParams {
     /// The bearer credential, for clients that cannot set headers (browsers).
     pub access_token: Option<String>,
     /// Replay the logged events after this `seq` first (events are kept a
-    /// week), so a client that reconnects misses nothing.
+    /// week), so a client that reconnects misses nothing. At most 10,000
+    /// are replayed; then a `{"kind": "truncated", "seq"}` message says where
+    /// to reconnect from.
     pub since: Option<i64>,
 }
 
@@ -57,14 +59,15 @@ pub async fn events(
     })?;
     // Subscribed before the replay is read, so nothing falls between.
     let events = app.subscribe();
-    let replay = match params.since {
+    let (replay, truncated) = match params.since {
         Some(seq) => {
             app.events_after(&caller.project_id, caller.can(Permission::ServerRead), seq)
                 .await?
         }
-        None => Vec::new(),
+        None => (Vec::new(), false),
     };
-    Ok(upgrade.on_upgrade(move |socket| stream(socket, app, bearer, caller, replay, events)))
+    Ok(upgrade
+        .on_upgrade(move |socket| stream(socket, app, bearer, caller, (replay, truncated), events)))
 }
 
 /// How often a stream checks that its credential still holds (a revoked
@@ -83,13 +86,20 @@ async fn stream(
     app: App,
     bearer: Option<String>,
     mut caller: Principal,
-    replay: Vec<Event>,
+    (replay, truncated): (Vec<Event>, bool),
     mut events: tokio::sync::broadcast::Receiver<Event>,
 ) {
     let mut last = i64::MIN;
     for event in replay {
         last = event.seq;
         let text = serde_json::to_string(&event).unwrap_or_default();
+        if socket.send(Message::Text(text.into())).await.is_err() {
+            return;
+        }
+    }
+    if truncated {
+        // More were logged than one replay sends: reconnect with this seq.
+        let text = serde_json::json!({"kind": "truncated", "seq": last}).to_string();
         if socket.send(Message::Text(text.into())).await.is_err() {
             return;
         }

@@ -171,6 +171,53 @@ async fn api_tokens_are_scoped_listed_and_revoked(backend: Backend) {
             .await;
         assert_error(status, &body, StatusCode::BAD_REQUEST, "INVALID_REQUEST");
     }
+    // A token acts in its own workspace: it cannot mint one for another
+    // workspace of its user (only an unrestricted admin's can).
+    let (_, users) = server.call(Method::GET, "/v1/users", None, TOKEN).await;
+    let tina_id = users
+        .as_array()
+        .expect("users")
+        .iter()
+        .find(|u| u["username"] == "tina")
+        .and_then(|u| u["id"].as_str())
+        .expect("tina")
+        .to_string();
+    server
+        .call(
+            Method::POST,
+            "/v1/workspaces/create",
+            Some(&json!({"name": "other"})),
+            TOKEN,
+        )
+        .await;
+    let (status, _) = server
+        .call(
+            Method::PATCH,
+            &format!("/v1/users/{tina_id}"),
+            Some(&json!({"workspace": "other", "role": "viewer"})),
+            TOKEN,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (_, tinas) = server
+        .call(
+            Method::POST,
+            "/v1/tokens",
+            Some(&json!({"name": "t"})),
+            &member,
+        )
+        .await;
+    let tinas = tinas["token"].as_str().expect("secret");
+    let (status, body) = server
+        .call(
+            Method::POST,
+            "/v1/tokens",
+            Some(&json!({"name": "elsewhere", "workspace": "other"})),
+            tinas,
+        )
+        .await;
+    assert_error(status, &body, StatusCode::FORBIDDEN, "FORBIDDEN");
+
     // Another user's token is not found for a non-admin.
     let id = created["id"].as_str().expect("id");
     let (status, body) = server
