@@ -42,6 +42,20 @@ pub fn router(app: App) -> Router {
         ))
 }
 
+/// Declares the `bearer` security scheme the faces' documents refer to.
+pub(crate) struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
 /// `(file name, document)` of every face's OpenAPI document, as checked in
 /// under `openapi/`.
 pub fn openapi_documents() -> Vec<(&'static str, String)> {

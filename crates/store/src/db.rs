@@ -173,6 +173,15 @@ impl Conn<'_> {
     }
 }
 
+/// The condition of a page that starts after `(created_at, id)`, with its
+/// two parameters added to `args`.
+pub(crate) fn after_cursor(args: &mut Vec<Arg>, (at, id): &(String, String)) -> String {
+    args.push(at.into());
+    args.push(id.into());
+    let (a, b) = (args.len() - 1, args.len());
+    format!("(created_at > ${a} OR (created_at = ${a} AND id > ${b}))")
+}
+
 /// Binds `args` to a read query, in order.
 pub(crate) fn bind_all<'q, T>(
     mut query: sqlx::query::QueryAs<'q, sqlx::Any, T, sqlx::any::AnyArguments<'q>>,

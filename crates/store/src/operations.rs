@@ -166,13 +166,8 @@ impl Store {
                 conditions.push(format!("{column} = ${}", args.len()));
             }
         }
-        if let Some((at, id)) = &filter.after {
-            args.push(at.into());
-            args.push(id.into());
-            let (a, b) = (args.len() - 1, args.len());
-            conditions.push(format!(
-                "(created_at > ${a} OR (created_at = ${a} AND id > ${b}))"
-            ));
+        if let Some(after) = &filter.after {
+            conditions.push(crate::db::after_cursor(&mut args, after));
         }
         let mut sql = format!("SELECT {OPERATION_COLUMNS} FROM operations");
         if !conditions.is_empty() {

@@ -13,6 +13,7 @@ mod admin;
 mod compute_units;
 pub mod validation;
 
+use crate::BearerAuth;
 use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
@@ -22,8 +23,7 @@ use axum::{Json, Router};
 use serde::Serialize;
 use tessera_app::{App, Error};
 use tessera_core::Permission;
-use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-use utoipa::{Modify, OpenApi, ToSchema};
+use utoipa::{OpenApi, ToSchema};
 use validation::{HttpValidationError, ValidationError, value_error};
 
 #[derive(OpenApi)]
@@ -46,18 +46,6 @@ use validation::{HttpValidationError, ValidationError, value_error};
     tags((name = "compute_units"), (name = "admin"))
 )]
 pub struct KloigosApi;
-
-struct BearerAuth;
-
-impl Modify for BearerAuth {
-    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        let components = openapi.components.get_or_insert_with(Default::default);
-        components.add_security_scheme(
-            "bearer",
-            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
-        );
-    }
-}
 
 pub fn router(app: App) -> Router {
     Router::new()

@@ -108,14 +108,16 @@ async fn wait_operation(client: &reqwest::Client, url: &str, id: &str) -> Value 
     op
 }
 
-async fn an_instance_creation_cut_short_by_a_crash_is_finished_at_restart(backend: Backend) {
+/// A fresh store and a server process on it whose host `slow-1` (CPUs 0-7,
+/// pooled) never finishes creating an instance.
+async fn first_life_with_a_hanging_host(
+    backend: Backend,
+) -> (tempfile::TempDir, String, ServerProcess) {
     let dir = tempfile::tempdir().expect("tempdir");
     let database_url = match backend {
         Backend::Sqlite => tessera_store::Store::sqlite_url(&dir.path().join("tessera.db")),
         Backend::Postgres => fresh_postgres_database().await,
     };
-    let client = reqwest::Client::new();
-    // First life: creating instances on "slow-*" never finishes.
     let first = ServerProcess::start(
         &database_url,
         dir.path(),
@@ -126,6 +128,7 @@ async fn an_instance_creation_cut_short_by_a_crash_is_finished_at_restart(backen
             "1000",
         ],
     );
+    let client = reqwest::Client::new();
     let (status, op) = call(
         &client,
         reqwest::Method::POST,
@@ -136,6 +139,12 @@ async fn an_instance_creation_cut_short_by_a_crash_is_finished_at_restart(backen
     assert_eq!(status, StatusCode::OK, "{op}");
     let done = wait_operation(&client, &first.url, op["id"].as_str().expect("id")).await;
     assert_eq!(done["status"], "completed", "{done}");
+    (dir, database_url, first)
+}
+
+async fn an_instance_creation_cut_short_by_a_crash_is_finished_at_restart(backend: Backend) {
+    let (dir, database_url, first) = first_life_with_a_hanging_host(backend).await;
+    let client = reqwest::Client::new();
     let (status, created) = call(
         &client,
         reqwest::Method::POST,
@@ -231,30 +240,8 @@ async fn an_instance_creation_cut_short_by_a_crash_is_finished_at_restart(backen
 }
 
 async fn a_cluster_creation_cut_short_by_a_crash_is_finished_at_restart(backend: Backend) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let database_url = match backend {
-        Backend::Sqlite => tessera_store::Store::sqlite_url(&dir.path().join("tessera.db")),
-        Backend::Postgres => fresh_postgres_database().await,
-    };
+    let (dir, database_url, first) = first_life_with_a_hanging_host(backend).await;
     let client = reqwest::Client::new();
-    let first = ServerProcess::start(
-        &database_url,
-        dir.path(),
-        &[
-            "--sim-faults",
-            "create:slow-:hang",
-            "--agent-timeout-ms",
-            "1000",
-        ],
-    );
-    let (_, op) = call(
-        &client,
-        reqwest::Method::POST,
-        format!("{}/v1/servers/create", first.url),
-        Some(json!({"hostname": "slow-1", "ip_address": "192.0.2.7", "zone": "z", "cpus": "0-7"})),
-    )
-    .await;
-    wait_operation(&client, &first.url, op["id"].as_str().expect("id")).await;
     let (status, workflow) = call(
         &client,
         reqwest::Method::POST,
