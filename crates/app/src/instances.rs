@@ -12,7 +12,7 @@
 
 use crate::error::{Error, Result};
 use crate::identity::Principal;
-use crate::operations::{Page, Run, decode_page_token, encode_page_token, page_limit};
+use crate::operations::{Page, Run, encode_page_token, page_request};
 use crate::{App, HostCallError, InFlight, has_nul, new_id};
 use base64::Engine;
 use serde::{Deserialize, Serialize};
@@ -22,7 +22,8 @@ use tessera_core::catalog::{self, MAX_DISK_GB, MAX_MEMORY_MB, MAX_VCPUS};
 use tessera_core::placement::Request;
 use tessera_core::{CpuSet, HostId, Permission};
 use tessera_store::{
-    InstanceFilter, InstanceRecord, InstanceUpdate, NewInstance, NewOperation, OperationEnd,
+    CpuClaim, InstanceFilter, InstanceRecord, InstanceUpdate, NewInstance, NewOperation,
+    OperationEnd,
 };
 
 pub use tessera_store::InstanceRecord as Instance;
@@ -292,12 +293,7 @@ impl App {
         query: &InstanceQuery,
     ) -> Result<Page<Instance>> {
         caller.require(Permission::InstanceRead)?;
-        let limit = page_limit(query.limit)?;
-        let after = query
-            .page_token
-            .as_deref()
-            .map(decode_page_token)
-            .transpose()?;
+        let (limit, after) = page_request(query.limit, query.page_token.as_deref())?;
         let all = self
             .store
             .instances(&InstanceFilter {
@@ -503,7 +499,7 @@ impl App {
                 .await;
         }
         if !run.done("placed")
-            && let Err(why) = self.place(run, &instance, "placed", false).await
+            && let Err(why) = self.place(run, &instance, "placed", CpuClaim::Place).await
         {
             let why = match why {
                 Error::NoCapacity(why) => why,
@@ -553,14 +549,14 @@ impl App {
     }
 
     /// Gives the instance exclusive CPUs on a host of its location, and
-    /// records `step` with them. With `moving`, the instance keeps what it
+    /// records `step` with them. With [`CpuClaim::MoveTo`], the instance keeps what it
     /// holds where it is (a move's target is reserved beside its source).
     pub(crate) async fn place(
         &self,
         run: &mut Run,
         instance: &Instance,
         step: &str,
-        moving: bool,
+        purpose: CpuClaim,
     ) -> Result<tessera_core::placement::Decision> {
         let spec: InstanceSpecInput = serde_json::from_str(&instance.spec).unwrap_or_default();
         let count = spec.vcpus.unwrap_or(1);
@@ -605,39 +601,30 @@ impl App {
                 continue;
             };
             let cpus: Vec<u32> = decision.cpus.iter().collect();
-            let step = match moving {
-                true => format!("{step}:{}:{}", decision.host, decision.cpus),
-                false => step.to_string(),
+            let step = match purpose {
+                CpuClaim::MoveTo => format!("{step}:{}:{}", decision.host, decision.cpus),
+                CpuClaim::Place => step.to_string(),
             };
             let steps = run.with(&step);
-            let progress = (run.op.id.as_str(), steps.as_slice(), self.deadline());
-            let progress = (progress.0, progress.1, progress.2.as_str());
-            let placed = match moving {
-                false => {
-                    self.store
-                        .place_instance(&instance.id, decision.host.as_str(), &cpus, progress)
-                        .await
-                }
-                true => {
-                    self.store
-                        .reserve_instance_move(
-                            &instance.id,
-                            decision.host.as_str(),
-                            &cpus,
-                            progress,
-                        )
-                        .await
-                }
-            };
+            let placed = self
+                .store
+                .claim_instance_cpus(
+                    purpose,
+                    &instance.id,
+                    decision.host.as_str(),
+                    &cpus,
+                    (&run.op.id, &steps, &self.deadline()),
+                )
+                .await;
             self.placement
                 .refresh_host(&self.store, decision.host.as_str())
                 .await?;
             if placed? {
                 run.steps = steps;
-                tracing::debug!(instance = %instance.id, host = %decision.host, cpus = %decision.cpus, moving, "instance placed");
+                tracing::debug!(instance = %instance.id, host = %decision.host, cpus = %decision.cpus, ?purpose, "instance placed");
                 return Ok(decision);
             }
-            if !moving
+            if purpose == CpuClaim::Place
                 && self
                     .store
                     .instance(&instance.id)

@@ -47,7 +47,7 @@ pub(crate) fn encode_page_token(created_at: &str, id: &str) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("{created_at}|{id}"))
 }
 
-pub(crate) fn decode_page_token(token: &str) -> Result<(String, String)> {
+fn decode_page_token(token: &str) -> Result<(String, String)> {
     let invalid = || Error::invalid("page_token", "page_token is not a token this API gave out");
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(token)
@@ -60,7 +60,16 @@ pub(crate) fn decode_page_token(token: &str) -> Result<(String, String)> {
     Ok((at.to_string(), id.to_string()))
 }
 
-pub(crate) fn page_limit(limit: Option<u32>) -> Result<usize> {
+/// A list request's page size and where it starts.
+pub(crate) fn page_request(
+    limit: Option<u32>,
+    page_token: Option<&str>,
+) -> Result<(usize, Option<(String, String)>)> {
+    let after = page_token.map(decode_page_token).transpose()?;
+    Ok((page_limit(limit)?, after))
+}
+
+fn page_limit(limit: Option<u32>) -> Result<usize> {
     match limit {
         None => Ok(100),
         Some(n @ 1..=1000) => Ok(n as usize),
@@ -115,12 +124,7 @@ impl App {
         query: &OperationQuery,
     ) -> Result<Page<Operation>> {
         caller.require(Permission::OperationRead)?;
-        let limit = page_limit(query.limit)?;
-        let after = query
-            .page_token
-            .as_deref()
-            .map(decode_page_token)
-            .transpose()?;
+        let (limit, after) = page_request(query.limit, query.page_token.as_deref())?;
         for value in [&query.kind, &query.status].into_iter().flatten() {
             if has_nul(value) {
                 return Ok(Page {

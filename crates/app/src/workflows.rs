@@ -24,7 +24,7 @@ use std::collections::BTreeMap;
 use tessera_core::Permission;
 use tessera_core::status::HostStatus;
 use tessera_store::{
-    InstanceFilter, InstanceUpdate, NewInstance, NewOperation, OperationEnd, Switch,
+    CpuClaim, InstanceFilter, InstanceUpdate, NewInstance, NewOperation, OperationEnd, Switch,
 };
 
 pub const WORKFLOW_TYPES: &[&str] = &["cluster_create", "server_drain"];
@@ -242,7 +242,7 @@ impl App {
             if run.done(&step) {
                 continue;
             }
-            match self.place(run, node, &step, false).await {
+            match self.place(run, node, &step, CpuClaim::Place).await {
                 Ok(_) => {}
                 Err(Error::NoCapacity(why)) => {
                     let why = format!("node {}: {why}", node.name);
@@ -531,7 +531,12 @@ impl App {
                     (host.to_string(), cpus.to_string())
                 }
                 None => match self
-                    .place(run, instance, &format!("reserved:{}", instance.id), true)
+                    .place(
+                        run,
+                        instance,
+                        &format!("reserved:{}", instance.id),
+                        CpuClaim::MoveTo,
+                    )
                     .await
                 {
                     Ok(decision) => (decision.host.to_string(), decision.cpus.to_string()),

@@ -45,6 +45,15 @@ pub struct NewInstance {
     pub memory_mb: i64,
 }
 
+/// What [`Store::claim_instance_cpus`] claims CPUs for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CpuClaim {
+    /// An instance not yet on any host.
+    Place,
+    /// A move's target, beside the CPUs the instance holds now.
+    MoveTo,
+}
+
 /// How [`Store::switch_instance_host`] went.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Switch {
@@ -205,12 +214,14 @@ impl Store {
     ) -> Result<Vec<(String, i64)>> {
         // As the store's own check counts it: instances on a host and
         // those moving in (holding CPUs there).
+        // (The host filter is in both arms, so one host's figure reads only
+        // that host's rows.)
         let sql = "SELECT h.host_id, CAST(SUM(i.memory_mb) AS BIGINT) AS memory_mb \
-                   FROM (SELECT id, host_id FROM instances WHERE host_id IS NOT NULL \
+                   FROM (SELECT id, host_id FROM instances \
+                         WHERE host_id IS NOT NULL AND (host_id = $1 OR $1 = '') \
                          UNION SELECT DISTINCT SUBSTR(holder, 10), host_id FROM cpu_claims \
-                         WHERE holder LIKE 'instance:%') h \
-                   JOIN instances i ON i.id = h.id \
-                   WHERE h.host_id = $1 OR $1 = '' GROUP BY h.host_id";
+                         WHERE holder LIKE 'instance:%' AND (host_id = $1 OR $1 = '')) h \
+                   JOIN instances i ON i.id = h.id GROUP BY h.host_id";
         self.fetch_all(sql, &[host_id.unwrap_or("").into()]).await
     }
 
@@ -223,12 +234,16 @@ impl Store {
         .await
     }
 
-    /// Gives an unplaced instance `cpus` and memory on a READY host, and
-    /// records `steps` on its operation, in one transaction. `false`,
-    /// changing nothing, when the host is not READY, a CPU is held, or the
-    /// instance is placed already: the caller looks again.
-    pub async fn place_instance(
+    /// Claims `cpus` (and the instance's memory) of a READY host for an
+    /// instance and records `steps` on its operation, in one transaction:
+    /// [`CpuClaim::Place`] an unplaced instance there, or [`CpuClaim::MoveTo`]
+    /// reserve them beside what it holds where it is. `false`, changing
+    /// nothing, when the host is not READY or lacks the memory, a CPU is
+    /// held, the instance is placed already (or would move onto its own
+    /// host), or the operation is no longer this process's.
+    pub async fn claim_instance_cpus(
         &self,
+        purpose: CpuClaim,
         instance_id: &str,
         host_id: &str,
         cpus: &[u32],
@@ -240,53 +255,11 @@ impl Store {
             cpus: cpus.to_vec(),
             progress: operation_progress(op.0, op.1, op.2, &self.owner),
         });
-        self.write("place_instance", move |conn| {
+        self.write("claim_instance_cpus", move |conn| {
             let place = place.clone();
-            Box::pin(async move { place_instance(conn, &place).await })
+            Box::pin(async move { claim_cpus(conn, &place, purpose == CpuClaim::Place).await })
         })
         .await
-    }
-
-    /// Takes an instance's CPUs and memory back (its host forgets it) and
-    /// records `steps`; safe to repeat.
-    pub async fn unplace_instance(
-        &self,
-        instance_id: &str,
-        op: (&str, &[String], &str),
-    ) -> Result<()> {
-        let (clear, host) = unplace_statements(instance_id);
-        self.run_statements(
-            "unplace_instance",
-            vec![
-                host,
-                clear_claims(instance_id),
-                clear,
-                operation_progress(op.0, op.1, op.2, &self.owner),
-            ],
-            |_| true,
-        )
-        .await?;
-        Ok(())
-    }
-
-    /// Records steps and the instance's state while an operation goes on.
-    pub async fn instance_progress(
-        &self,
-        instance_id: &str,
-        update: &InstanceUpdate,
-        op: (&str, &[String], &str),
-    ) -> Result<bool> {
-        let counts = self
-            .run_statements(
-                "instance_progress",
-                vec![
-                    operation_progress(op.0, op.1, op.2, &self.owner),
-                    instance_set(instance_id, update, Some(op.0)),
-                ],
-                |c| c[0] == 1,
-            )
-            .await?;
-        Ok(counts[0] == 1)
     }
 
     /// Ends an instance's operation and sets the instance's state together.
@@ -328,29 +301,6 @@ impl Store {
             .run_statements("settle_instances", statements, |c| c[0] == 1)
             .await?;
         Ok(counts[0] == 1)
-    }
-
-    /// Holds `cpus` of `host_id` for an instance that moves there, beside
-    /// the CPUs it holds where it is, and records `steps`. `false`, changing
-    /// nothing, when the host is not READY or a CPU is held.
-    pub async fn reserve_instance_move(
-        &self,
-        instance_id: &str,
-        host_id: &str,
-        cpus: &[u32],
-        op: (&str, &[String], &str),
-    ) -> Result<bool> {
-        let place = Arc::new(Placing {
-            instance_id: instance_id.to_string(),
-            host_id: host_id.to_string(),
-            cpus: cpus.to_vec(),
-            progress: operation_progress(op.0, op.1, op.2, &self.owner),
-        });
-        self.write("reserve_instance_move", move |conn| {
-            let place = place.clone();
-            Box::pin(async move { claim_cpus(conn, &place, false).await })
-        })
-        .await
     }
 
     /// Records that a moving instance now runs on `to` (with `cpu_list`
@@ -526,10 +476,6 @@ struct Placing {
     host_id: String,
     cpus: Vec<u32>,
     progress: (String, Vec<Arg>),
-}
-
-async fn place_instance(conn: Conn<'_>, place: &Placing) -> Result<Commit<bool>, DbError> {
-    claim_cpus(conn, place, true).await
 }
 
 /// Claims `place.cpus` of a READY host for the instance and records the

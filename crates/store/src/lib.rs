@@ -24,7 +24,9 @@ mod writer;
 pub use events::{EventRecord, NewEvent};
 pub use hosts::{DecommissionStart, HostRecord, NewHost, NewUnit};
 pub use identity::{MembershipRecord, NewUser, ProjectRecord, RefreshUse, UserRecord};
-pub use instances::{InstanceFilter, InstanceRecord, InstanceUpdate, NewInstance, Switch};
+pub use instances::{
+    CpuClaim, InstanceFilter, InstanceRecord, InstanceUpdate, NewInstance, Switch,
+};
 pub use operations::{NewOperation, OperationEnd, OperationFilter, OperationRecord};
 pub use sqlx::Error as SqlxError;
 pub use ssh_keys::SshKeyRecord;

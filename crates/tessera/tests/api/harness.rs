@@ -168,6 +168,13 @@ impl TestServer {
             .await
     }
 
+    /// `GET path` as the admin, which must answer 200; answers the body.
+    pub async fn get_ok(&self, path: &str) -> Value {
+        let (status, body) = self.get(path).await;
+        assert_eq!(status, StatusCode::OK, "{path}: {body}");
+        body
+    }
+
     pub async fn post(&self, path: &str, body: &Value) -> (StatusCode, Value) {
         self.post_raw(path, &body.to_string()).await
     }

@@ -21,12 +21,6 @@ crate::on_both_backends!(
     operations_page_and_refuse_bad_queries
 );
 
-async fn get(server: &TestServer, path: &str) -> Value {
-    let (status, body) = server.get(path).await;
-    assert_eq!(status, StatusCode::OK, "{path}: {body}");
-    body
-}
-
 async fn servers_are_created_listed_and_deleted_through_operations(backend: Backend) {
     let server = TestServer::start(backend).await;
     // Validation answers at once; check_mode validates and changes nothing.
@@ -56,7 +50,7 @@ async fn servers_are_created_listed_and_deleted_through_operations(backend: Back
         .wait_operation(op["id"].as_str().expect("id"), TOKEN)
         .await;
     assert_eq!(op["result"]["check_mode"], true);
-    assert_eq!(get(&server, "/v1/servers").await, json!([]));
+    assert_eq!(server.get_ok("/v1/servers").await, json!([]));
 
     // The seed's request: a plan gives the CPUs.
     let (status, op) = server
@@ -70,7 +64,7 @@ async fn servers_are_created_listed_and_deleted_through_operations(backend: Back
         .await;
     assert_eq!(done["status"], "completed", "{done}");
     let id = done["result"]["server_id"].as_str().expect("server_id");
-    let listed = get(&server, "/v1/servers").await;
+    let listed = server.get_ok("/v1/servers").await;
     let host = &listed[0];
     for (field, value) in [
         ("id", json!(id)),
@@ -87,10 +81,10 @@ async fn servers_are_created_listed_and_deleted_through_operations(backend: Back
         assert_eq!(host[field], value, "{field}: {host}");
     }
     assert_eq!(
-        get(&server, &format!("/v1/servers/{id}/status")).await,
+        server.get_ok(&format!("/v1/servers/{id}/status")).await,
         *host
     );
-    assert_eq!(get(&server, "/v1/servers/web-01/status").await, *host);
+    assert_eq!(server.get_ok("/v1/servers/web-01/status").await, *host);
     let (status, body) = server
         .post("/v1/servers/create", &json!({"hostname": "web-01", "ip_address": "10.0.0.1", "zone": "de-fra1", "cpus": "0-3"}))
         .await;
@@ -136,7 +130,7 @@ async fn servers_are_created_listed_and_deleted_through_operations(backend: Back
         .wait_operation(op["id"].as_str().expect("id"), TOKEN)
         .await;
     assert_eq!(done["status"], "completed", "{done}");
-    let status_now = get(&server, &format!("/v1/servers/{id}/status")).await;
+    let status_now = server.get_ok(&format!("/v1/servers/{id}/status")).await;
     assert_eq!(status_now["status"], "decommissioned");
     server.stop().await;
 }
@@ -189,7 +183,7 @@ async fn an_instance_lives_its_whole_lifecycle(backend: Backend) {
         .await;
     assert_eq!(op["status"], "completed", "{op}");
     assert_eq!(op["result"]["instance_id"], json!(id));
-    let running = get(&server, &format!("/v1/instances/{id}")).await;
+    let running = server.get_ok(&format!("/v1/instances/{id}")).await;
     assert_eq!(running["status"]["state"], "running");
     assert_eq!(running["status"]["host_id"], json!(host));
     assert_eq!(running["status"]["private_ip"], "192.0.2.20");
@@ -213,7 +207,7 @@ async fn an_instance_lives_its_whole_lifecycle(backend: Backend) {
         .wait_operation(stopping["operation_id"].as_str().expect("op"), TOKEN)
         .await;
     assert_eq!(
-        get(&server, &format!("/v1/instances/{id}")).await["status"]["state"],
+        server.get_ok(&format!("/v1/instances/{id}")).await["status"]["state"],
         "stopped"
     );
     assert_eq!(sim_host.instance(&id), Some(false), "stopped on the host");
@@ -231,7 +225,7 @@ async fn an_instance_lives_its_whole_lifecycle(backend: Backend) {
     server
         .wait_operation(starting["operation_id"].as_str().expect("op"), TOKEN)
         .await;
-    let again = get(&server, &format!("/v1/instances/{id}")).await;
+    let again = server.get_ok(&format!("/v1/instances/{id}")).await;
     assert_eq!(again["status"]["state"], "running");
     assert_eq!(
         again["status"]["cpus"], running["status"]["cpus"],
@@ -247,23 +241,23 @@ async fn an_instance_lives_its_whole_lifecycle(backend: Backend) {
         (op["status"].as_str(), op["kind"].as_str()),
         (Some("completed"), Some("instance_delete"))
     );
-    let gone = get(&server, &format!("/v1/instances/{id}")).await;
+    let gone = server.get_ok(&format!("/v1/instances/{id}")).await;
     assert_eq!(gone["status"]["state"], "terminated");
     assert_eq!(gone["status"]["cpus"], "");
     assert_eq!(sim_host.instance(&id), None);
     assert_eq!(
-        get(&server, "/v1/instances").await["items"],
+        server.get_ok("/v1/instances").await["items"],
         json!([]),
         "terminated instances are left out"
     );
     assert_eq!(
-        get(&server, "/v1/instances?state=terminated").await["items"][0]["id"],
+        server.get_ok("/v1/instances?state=terminated").await["items"][0]["id"],
         json!(id)
     );
     let (status, _) = server.delete(&format!("/v1/instances/{id}")).await;
     assert_eq!(status, StatusCode::CONFLICT);
     // The operations are listed oldest first, and a finished one cannot be cancelled.
-    let ops = get(&server, "/v1/operations?kind=instance_delete").await;
+    let ops = server.get_ok("/v1/operations?kind=instance_delete").await;
     assert_eq!(ops.as_array().map(Vec::len), Some(1));
     let (status, body) = server
         .post_raw(&format!("/v1/operations/{op_id}/cancel"), "")
@@ -272,7 +266,7 @@ async fn an_instance_lives_its_whole_lifecycle(backend: Backend) {
         (status, body["error"].as_str()),
         (StatusCode::CONFLICT, Some("CONFLICT"))
     );
-    let metrics = get(&server, "/v1/metrics").await;
+    let metrics = server.get_ok("/v1/metrics").await;
     assert_eq!(metrics["tasks"]["running"], 0);
     assert!(
         metrics["tasks"]["total"].as_i64().is_some_and(|n| n >= 5),
@@ -318,11 +312,11 @@ async fn bad_instance_requests_are_400_and_create_nothing(backend: Backend) {
             "{reply}"
         );
     }
-    let listed = get(&server, "/v1/instances?state=terminated").await;
+    let listed = server.get_ok("/v1/instances?state=terminated").await;
     assert_eq!(listed["items"], json!([]));
-    assert_eq!(get(&server, "/v1/instances").await["items"], json!([]));
+    assert_eq!(server.get_ok("/v1/instances").await["items"], json!([]));
     assert_eq!(
-        get(&server, "/v1/operations?kind=instance_create").await,
+        server.get_ok("/v1/operations?kind=instance_create").await,
         json!([])
     );
     server.stop().await;
@@ -349,27 +343,27 @@ async fn instances_filter_by_labels_and_page(backend: Backend) {
             .filter_map(|i| i["metadata"]["name"].as_str().map(str::to_string))
             .collect()
     };
-    let selected = get(&server, "/v1/instances?labels=env=production,team=platform").await;
+    let selected = server
+        .get_ok("/v1/instances?labels=env=production,team=platform")
+        .await;
     assert_eq!(names(&selected), ["a", "d"]);
     assert_eq!(
-        names(&get(&server, "/v1/instances?labels=team=web").await),
+        names(&server.get_ok("/v1/instances?labels=team=web").await),
         ["b"]
     );
     assert_eq!(
-        names(&get(&server, "/v1/instances?labels=team=nobody").await),
+        names(&server.get_ok("/v1/instances?labels=team=nobody").await),
         Vec::<String>::new()
     );
     let (status, body) = server.get("/v1/instances?labels=env").await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
 
-    let first = get(&server, "/v1/instances?limit=3").await;
+    let first = server.get_ok("/v1/instances?limit=3").await;
     assert_eq!(names(&first), ["a", "b", "c"]);
     let token = first["next_page_token"].as_str().expect("a next page");
-    let second = get(
-        &server,
-        &format!("/v1/instances?limit=3&page_token={token}"),
-    )
-    .await;
+    let second = server
+        .get_ok(&format!("/v1/instances?limit=3&page_token={token}"))
+        .await;
     assert_eq!(names(&second), ["d"]);
     assert!(second.get("next_page_token").is_none(), "{second}");
     server.stop().await;
@@ -392,7 +386,7 @@ async fn concurrent_instances_never_share_a_cpu(backend: Backend) {
     let ops = futures::future::join_all(requests).await;
     let completed = ops.iter().filter(|o| o["status"] == "completed").count();
     assert_eq!(completed, 8, "{ops:?}");
-    let running = get(&server, "/v1/instances?state=running").await;
+    let running = server.get_ok("/v1/instances?state=running").await;
     let mut seen: HashSet<(String, u32)> = HashSet::new();
     for instance in running["items"].as_array().expect("items") {
         let host = instance["status"]["host_id"]
@@ -410,7 +404,7 @@ async fn concurrent_instances_never_share_a_cpu(backend: Backend) {
         }
     }
     assert_eq!(seen.len(), 16);
-    let failed = get(&server, "/v1/instances?state=terminated").await;
+    let failed = server.get_ok("/v1/instances?state=terminated").await;
     assert_eq!(failed["items"].as_array().map(Vec::len), Some(4));
     server.stop().await;
 }
@@ -431,11 +425,12 @@ async fn a_creation_without_room_fails_and_holds_nothing(backend: Backend) {
             .is_some_and(|e| e.contains("16 free CPUs")),
         "{op}"
     );
-    let instance = get(
-        &server,
-        &format!("/v1/instances/{}", created["id"].as_str().expect("id")),
-    )
-    .await;
+    let instance = server
+        .get_ok(&format!(
+            "/v1/instances/{}",
+            created["id"].as_str().expect("id")
+        ))
+        .await;
     assert_eq!(instance["status"]["state"], "terminated");
     assert_eq!(instance["status"]["cpus"], "");
     // A location nobody has.
@@ -468,7 +463,7 @@ async fn a_cancelled_creation_is_unwound(backend: Backend) {
     let id = created["id"].as_str().expect("id");
     let mut placed = Value::Null;
     for _ in 0..200 {
-        placed = get(&server, &format!("/v1/instances/{id}")).await;
+        placed = server.get_ok(&format!("/v1/instances/{id}")).await;
         if placed["status"]["host_id"] != "" {
             break;
         }
@@ -489,7 +484,7 @@ async fn a_cancelled_creation_is_unwound(backend: Backend) {
     assert_eq!(status, StatusCode::OK, "{cancelled}");
     let op = server.wait_operation(op_id, TOKEN).await;
     assert_eq!(op["status"], "cancelled", "{op}");
-    let instance = get(&server, &format!("/v1/instances/{id}")).await;
+    let instance = server.get_ok(&format!("/v1/instances/{id}")).await;
     assert_eq!(instance["status"]["state"], "terminated");
     assert_eq!(instance["status"]["cpus"], "");
     server.stop().await;
@@ -511,8 +506,8 @@ async fn ssh_keys_are_validated_and_installed(backend: Backend) {
         "{key}"
     );
     let id = key["id"].as_str().expect("id");
-    assert_eq!(get(&server, &format!("/v1/ssh-keys/{id}")).await, key);
-    assert_eq!(get(&server, "/v1/ssh-keys").await, json!([key]));
+    assert_eq!(server.get_ok(&format!("/v1/ssh-keys/{id}")).await, key);
+    assert_eq!(server.get_ok("/v1/ssh-keys").await, json!([key]));
     for body in [
         json!({"name": "laptop", "public_key": KEY}),
         json!({"name": "x", "public_key": "ssh-rsa not-a-key"}),
@@ -606,7 +601,7 @@ async fn a_delete_the_host_refuses_is_retried_and_says_why(backend: Backend) {
     let op_id = deleting["operation_id"].as_str().expect("op");
     let mut op = Value::Null;
     for _ in 0..100 {
-        op = get(&server, &format!("/v1/operations/{op_id}")).await;
+        op = server.get_ok(&format!("/v1/operations/{op_id}")).await;
         if op["last_error"].is_string() {
             break;
         }
@@ -620,12 +615,12 @@ async fn a_delete_the_host_refuses_is_retried_and_says_why(backend: Backend) {
             .is_some_and(|e| e.contains("simulated")),
         "{op}"
     );
-    let now = get(&server, &format!("/v1/instances/{id}")).await;
+    let now = server.get_ok(&format!("/v1/instances/{id}")).await;
     assert_eq!(now["status"]["state"], "stopping");
     assert_ne!(now["status"]["cpus"], "");
     // Taken up again once its lease has passed (2 x 1 s + 5 s).
     for _ in 0..200 {
-        op = get(&server, &format!("/v1/operations/{op_id}")).await;
+        op = server.get_ok(&format!("/v1/operations/{op_id}")).await;
         if op["attempts"].as_i64().unwrap_or(0) >= 2 {
             break;
         }
@@ -659,15 +654,13 @@ async fn operations_page_and_refuse_bad_queries(backend: Backend) {
     let first: Value = response.json().await.expect("json");
     assert_eq!(first.as_array().map(Vec::len), Some(3));
     assert_eq!(first[0]["kind"], "server_create");
-    let rest = get(
-        &server,
-        &format!("/v1/operations?limit=3&page_token={token}"),
-    )
-    .await;
+    let rest = server
+        .get_ok(&format!("/v1/operations?limit=3&page_token={token}"))
+        .await;
     assert_eq!(rest.as_array().map(Vec::len), Some(1));
     assert_ne!(rest[0]["id"], first[2]["id"]);
     assert_eq!(
-        get(&server, "/v1/operations?status=failed").await,
+        server.get_ok("/v1/operations?status=failed").await,
         json!([])
     );
     for bad in [

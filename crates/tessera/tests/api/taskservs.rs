@@ -3,7 +3,7 @@
 
 use crate::harness::{Backend, Options, TOKEN, TestServer};
 use reqwest::StatusCode;
-use serde_json::{Value, json};
+use serde_json::json;
 use std::path::PathBuf;
 use tessera_core::HostId;
 
@@ -12,12 +12,6 @@ crate::on_both_backends!(
     a_failed_install_is_rolled_back_everywhere,
     bad_taskserv_requests_change_nothing
 );
-
-async fn get(server: &TestServer, path: &str) -> Value {
-    let (status, body) = server.get(path).await;
-    assert_eq!(status, StatusCode::OK, "{path}: {body}");
-    body
-}
 
 fn host_root(server: &TestServer, host_id: &str) -> PathBuf {
     let sim = server.running.sim.as_ref().expect("sim");
@@ -41,7 +35,7 @@ async fn a_taskserv_is_installed_and_removed_on_its_servers(backend: Backend) {
     let server = TestServer::start(backend).await;
     let a = server.add_server("web-01", "0-3", "fin-01").await;
     let b = server.add_server("web-02", "0-3", "fin-01").await;
-    let catalog = get(&server, "/v1/taskservs/catalog").await;
+    let catalog = server.get_ok("/v1/taskservs/catalog").await;
     let names: Vec<&str> = catalog
         .as_array()
         .expect("list")
@@ -69,7 +63,7 @@ async fn a_taskserv_is_installed_and_removed_on_its_servers(backend: Backend) {
         .as_str()
         .expect("id")
         .to_string();
-    let list = get(&server, "/v1/taskservs").await;
+    let list = server.get_ok("/v1/taskservs").await;
     assert_eq!(list[0]["id"], json!(id));
     assert_eq!(list[0]["name"], "hello");
     assert_eq!(list[0]["version"], "1.2.3");
@@ -126,7 +120,7 @@ async fn a_taskserv_is_installed_and_removed_on_its_servers(backend: Backend) {
         }
         assert!(!alive(pid), "hello stopped");
     }
-    assert_eq!(get(&server, "/v1/taskservs").await, json!([]));
+    assert_eq!(server.get_ok("/v1/taskservs").await, json!([]));
     let (status, _) = server.get(&format!("/v1/taskservs/{id}")).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     server.stop().await;
@@ -155,14 +149,12 @@ async fn a_failed_install_is_rolled_back_everywhere(backend: Backend) {
         done["error"].as_str().is_some_and(|e| e.contains("bad-1")),
         "{done}"
     );
-    let taskserv = get(
-        &server,
-        &format!(
+    let taskserv = server
+        .get_ok(&format!(
             "/v1/taskservs/{}",
             done["resource_id"].as_str().expect("id")
-        ),
-    )
-    .await;
+        ))
+        .await;
     assert_eq!(taskserv["status"], "failed");
     assert_eq!(
         taskserv["results"]["good-1"]["status"], "rolled_back",
@@ -225,7 +217,7 @@ async fn bad_taskserv_requests_change_nothing(backend: Backend) {
         .wait_operation(op["id"].as_str().expect("id"), TOKEN)
         .await;
     assert_eq!(done["result"]["check_mode"], true, "{done}");
-    assert_eq!(get(&server, "/v1/taskservs").await, json!([]));
+    assert_eq!(server.get_ok("/v1/taskservs").await, json!([]));
     let (status, _) = server.delete("/v1/taskservs/tsk-nope").await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     server.stop().await;

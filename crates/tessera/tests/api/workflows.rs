@@ -17,12 +17,6 @@ crate::on_both_backends!(
     bad_workflows_are_400
 );
 
-async fn get(server: &TestServer, path: &str) -> Value {
-    let (status, body) = server.get(path).await;
-    assert_eq!(status, StatusCode::OK, "{path}: {body}");
-    body
-}
-
 async fn submit(server: &TestServer, workflow_type: &str, parameters: Value) -> Value {
     let (status, op) = server
         .post(
@@ -36,11 +30,11 @@ async fn submit(server: &TestServer, workflow_type: &str, parameters: Value) -> 
 }
 
 async fn cluster_nodes(server: &TestServer, name: &str, state: &str) -> Vec<Value> {
-    let list = get(
-        server,
-        &format!("/v1/instances?labels=cluster={name}&state={state}"),
-    )
-    .await;
+    let list = server
+        .get_ok(&format!(
+            "/v1/instances?labels=cluster={name}&state={state}"
+        ))
+        .await;
     list["items"].as_array().cloned().unwrap_or_default()
 }
 
@@ -57,7 +51,7 @@ async fn a_cluster_is_created_whole(backend: Backend) {
     let id = op["id"].as_str().expect("id");
     let done = server.wait_operation(id, TOKEN).await;
     assert_eq!(done["status"], "completed", "{done}");
-    let workflow = get(&server, &format!("/v1/workflows/{id}")).await;
+    let workflow = server.get_ok(&format!("/v1/workflows/{id}")).await;
     assert_eq!(workflow["workflow_type"], "cluster_create");
     assert_eq!(workflow["status"], "completed");
     assert!(workflow["created_at"].is_string() && workflow["updated_at"].is_string());
@@ -89,7 +83,7 @@ async fn a_cluster_is_created_whole(backend: Backend) {
     }
     // It is an operation too; a finished workflow cannot be cancelled; an
     // ordinary operation is not a workflow.
-    let ops = get(&server, "/v1/operations?kind=cluster_create").await;
+    let ops = server.get_ok("/v1/operations?kind=cluster_create").await;
     assert_eq!(ops[0]["id"], json!(id));
     let (status, _) = server
         .post_raw(&format!("/v1/workflows/{id}/cancel"), "")
@@ -209,7 +203,7 @@ async fn draining_a_server_moves_its_instances(backend: Backend) {
     assert_eq!(done["status"], "completed", "{done}");
     assert_eq!(done["result"]["moved"].as_array().map(Vec::len), Some(2));
     assert_eq!(
-        get(&server, &format!("/v1/servers/{a}/status")).await["status"],
+        server.get_ok(&format!("/v1/servers/{a}/status")).await["status"],
         "drained"
     );
     let sim = server.running.sim.as_ref().expect("sim");
@@ -220,7 +214,7 @@ async fn draining_a_server_moves_its_instances(backend: Backend) {
     assert_eq!(sim_a.instance_count(), 0);
     for (instance, state, runs) in [(&running, "running", true), (&stopped, "stopped", false)] {
         let id = instance["id"].as_str().expect("id");
-        let now = get(&server, &format!("/v1/instances/{id}")).await;
+        let now = server.get_ok(&format!("/v1/instances/{id}")).await;
         assert_eq!(now["status"]["host_id"], json!(b), "{now}");
         assert_eq!(now["status"]["state"], state);
         assert_eq!(now["operation_id"], json!(null));
@@ -262,14 +256,15 @@ async fn a_drain_without_room_changes_nothing(backend: Backend) {
         .await;
     assert_eq!(done["status"], "failed", "{done}");
     assert_eq!(
-        get(&server, &format!("/v1/servers/{a}/status")).await["status"],
+        server.get_ok(&format!("/v1/servers/{a}/status")).await["status"],
         "running"
     );
-    let now = get(
-        &server,
-        &format!("/v1/instances/{}", instance["id"].as_str().expect("id")),
-    )
-    .await;
+    let now = server
+        .get_ok(&format!(
+            "/v1/instances/{}",
+            instance["id"].as_str().expect("id")
+        ))
+        .await;
     assert_eq!(now["status"]["host_id"], json!(a));
     assert_eq!(now["status"]["state"], "running");
     assert_eq!(now["operation_id"], json!(null));
@@ -290,14 +285,15 @@ async fn a_forced_delete_drains_first(backend: Backend) {
         .await;
     assert_eq!(done["status"], "completed", "{done}");
     assert_eq!(
-        get(&server, &format!("/v1/servers/{a}/status")).await["status"],
+        server.get_ok(&format!("/v1/servers/{a}/status")).await["status"],
         "decommissioned"
     );
-    let now = get(
-        &server,
-        &format!("/v1/instances/{}", instance["id"].as_str().expect("id")),
-    )
-    .await;
+    let now = server
+        .get_ok(&format!(
+            "/v1/instances/{}",
+            instance["id"].as_str().expect("id")
+        ))
+        .await;
     assert_eq!(now["status"]["host_id"], json!(b), "{now}");
     assert_eq!(now["status"]["state"], "running");
     server.stop().await;
@@ -331,9 +327,9 @@ async fn bad_workflows_are_400(backend: Backend) {
         .post("/v1/workflows/submit", &json!({"workspace": "elsewhere", "workflow_type": "cluster_create", "parameters": {"cluster_name": "x", "node_count": 1}}))
         .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
-    assert_eq!(get(&server, "/v1/operations").await, json!([]));
+    assert_eq!(server.get_ok("/v1/operations").await, json!([]));
     assert_eq!(
-        get(&server, "/v1/instances?state=terminated").await["items"],
+        server.get_ok("/v1/instances?state=terminated").await["items"],
         json!([])
     );
     server.stop().await;
