@@ -6,11 +6,12 @@
 //! know which one they talk to. Every call is idempotent: the control plane
 //! repeats a call whose answer it never saw, after a crash or a timeout.
 
+use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use tessera_core::{ComputeId, CpuSet, HostId, ports::PortRange};
 
 /// A host as the control plane registered it.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct HostSpec {
     pub id: HostId,
     pub hostname: String,
@@ -24,7 +25,7 @@ pub struct HostSpec {
 }
 
 /// A Kloigos compute unit: a Linux user confined to its CPUs and ports.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct UnitSpec {
     pub compute_id: ComputeId,
     /// The unit's Linux user (`c0-3`).
@@ -39,7 +40,7 @@ pub struct UnitSpec {
 }
 
 /// An instance as its host must run it.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct InstanceSpec {
     pub id: String,
     pub name: String,
@@ -56,14 +57,17 @@ pub struct InstanceSpec {
 }
 
 /// What a host made of an instance.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InstanceReport {
     /// Where the instance answers inside the cloud's network.
     pub private_ip: String,
+    /// The host port forwarded to the instance's SSH server, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssh_port: Option<u16>,
 }
 
 /// A script a host runs as root: a taskserv's install or remove step.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct HostScript {
     /// What it is for, for logs: `hello:install`.
     pub label: String,
@@ -75,7 +79,7 @@ pub struct HostScript {
 }
 
 /// How a script ended.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ScriptOutcome {
     pub exit_code: i32,
     /// Its output, stdout then stderr, cut to the last 16 KiB.
@@ -83,14 +87,15 @@ pub struct ScriptOutcome {
 }
 
 /// What a host has, as its agent sees it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HostReport {
     pub cpus: CpuSet,
     pub numa_nodes: Vec<CpuSet>,
     pub memory_mb: u64,
 }
 
-#[derive(Debug, Clone, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "message", rename_all = "snake_case")]
 pub enum AgentError {
     /// The host refused or failed the work; the message says why.
     #[error("{0}")]

@@ -187,6 +187,20 @@ impl FromIterator<u32> for CpuSet {
 }
 
 /// Linux's compact cpuset format (`0-3,8`), as cgroups' `cpuset.cpus` takes it.
+/// On the wire a set is its Linux list (`"0-3,8"`), as in `cpuset.cpus`.
+impl serde::Serialize for CpuSet {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.to_string())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for CpuSet {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        CpuSet::parse_list(&text).map_err(serde::de::Error::custom)
+    }
+}
+
 impl fmt::Display for CpuSet {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for (i, (a, b)) in self.runs().into_iter().enumerate() {

@@ -16,7 +16,7 @@ pub const PORTS_PER_CPU: u32 = 125;
 /// The most CPUs one host can have in units: 512 * 125 + 1500 = 65,500.
 pub const MAX_UNIT_CPUS_PER_HOST: u32 = (65535 - FIRST_PORT + 1) / PORTS_PER_CPU;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PortRange {
     pub start: u16,
     pub end: u16,

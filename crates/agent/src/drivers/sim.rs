@@ -326,6 +326,7 @@ impl HostAgent for SimHost {
             .instances
             .insert(instance.id.clone(), (instance.cpus.clone(), true));
         Ok(InstanceReport {
+            ssh_port: None,
             private_ip: self.ip.clone(),
         })
     }
@@ -342,6 +343,7 @@ impl HostAgent for SimHost {
             }
         }
         Ok(InstanceReport {
+            ssh_port: None,
             private_ip: self.ip.clone(),
         })
     }
