@@ -6,6 +6,8 @@
 //! know which one they talk to. Every call is idempotent: the control plane
 //! repeats a call whose answer it never saw, after a crash or a timeout.
 
+pub mod protocol;
+
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use tessera_core::{ComputeId, CpuSet, HostId, ports::PortRange};
@@ -107,6 +109,12 @@ pub enum AgentError {
 
 #[async_trait::async_trait]
 pub trait HostAgent: Send + Sync {
+    /// Whether the host keeps its desired state across restarts of either
+    /// side, so the control plane need not push it again on first contact
+    /// (a remote agent: its desired state is in the store).
+    fn keeps_desired_state(&self) -> bool {
+        false
+    }
     /// What the host has.
     async fn report(&self) -> Result<HostReport, AgentError>;
     /// Makes the host ready to serve `host.units`: their users, CPU-pinned

@@ -1,8 +1,13 @@
 //! The host agent and its drivers.
 //!
-//! For now the only driver is [`drivers::sim`], a simulated host that keeps
-//! its state in memory and checks that the control plane's calls make sense
-//! (a key is only installed on a prepared unit, and so on). The real drivers
-//! plug into the same [`tessera_agent_api::HostAgent`] trait.
+//! [`runtime`] is `tessera agent`: it joins the control plane, heartbeats,
+//! and makes its host match the desired state it reads, through
+//! [`host::LocalHost`] and the [`drivers`]: `unit` (Kloigos compute units),
+//! `container` (instances as system containers) and `sim` (a simulated host,
+//! also used in process by `tessera server --sim-hosts`).
 
 pub mod drivers;
+pub mod host;
+pub mod inventory;
+pub mod runtime;
+mod script;

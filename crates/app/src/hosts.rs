@@ -133,7 +133,7 @@ impl App {
 
     async fn prepare(&self, host: &HostRecord) -> Result<()> {
         let spec = self.host_spec(host).await?;
-        let Some(agent) = self.agents.agent_for(&spec) else {
+        let Some(agent) = self.agent_for(&spec).await? else {
             tracing::debug!(hostname = %host.hostname, "server waits for its agent");
             return Ok(());
         };
@@ -198,7 +198,7 @@ impl App {
             return Ok(());
         }
         let spec = self.host_spec(host).await?;
-        let outcome: Result<(), String> = match self.agents.agent_for(&spec) {
+        let outcome: Result<(), String> = match self.agent_for(&spec).await? {
             // A host that never had an agent has nothing to undo.
             None => Ok(()),
             Some(agent) => {

@@ -280,9 +280,43 @@ impl App {
             true => None,
             false => self.store.instance(id).await?,
         };
-        instance
+        let instance = instance
             .filter(|i| i.project_id == project_id)
-            .ok_or_else(|| Error::NotFound(format!("instance {id} not found")))
+            .ok_or_else(|| Error::NotFound(format!("instance {id} not found")))?;
+        let mut shown = vec![instance];
+        self.mark_unknown(&mut shown).await?;
+        Ok(shown.remove(0))
+    }
+
+    /// Shows instances on a host whose agent is unreachable as `unknown`:
+    /// nobody can tell whether they still run until it returns.
+    async fn mark_unknown(&self, instances: &mut [Instance]) -> Result<()> {
+        if !instances.iter().any(|i| i.host_id.is_some()) {
+            return Ok(());
+        }
+        let lost = self.unreachable_hostnames().await?;
+        if lost.is_empty() {
+            return Ok(());
+        }
+        let mut lost_ids = std::collections::HashMap::new();
+        for hostname in lost {
+            if let Some(host) = self.store.host_by_hostname(&hostname).await? {
+                lost_ids.insert(host.id, hostname);
+            }
+        }
+        for instance in instances {
+            let on_lost = instance.host_id.as_ref().and_then(|h| lost_ids.get(h));
+            if let Some(hostname) = on_lost
+                && matches!(instance.state.as_str(), "running" | "stopped")
+            {
+                instance.state_detail = Some(format!(
+                    "its host {hostname} is unreachable; it was {} when last seen",
+                    instance.state
+                ));
+                instance.state = "unknown".into();
+            }
+        }
+        Ok(())
     }
 
     /// The project's instances, oldest first, filtered by labels and state.
@@ -324,6 +358,7 @@ impl App {
             }
             items.push(instance);
         }
+        self.mark_unknown(&mut items).await?;
         Ok(Page {
             items,
             next_page_token,

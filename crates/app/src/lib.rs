@@ -7,6 +7,7 @@
 //! recorded state, so that any control-plane process can finish what another
 //! started (see [`reconciler`]).
 
+pub mod agents;
 pub mod error;
 pub mod events;
 pub mod hosts;
@@ -46,6 +47,8 @@ pub struct AppConfig {
     /// How long a host may take over one step (installing a key, wiping a
     /// unit, preparing the host) before the control plane gives up on it.
     pub agent_timeout: Duration,
+    /// How long an agent may stay silent before its host is unreachable.
+    pub agent_silence: Duration,
     /// How often the reconciler looks for unfinished work.
     pub reconcile_every: Duration,
     /// The taskserv definitions offered.
@@ -56,6 +59,7 @@ impl Default for AppConfig {
     fn default() -> Self {
         Self {
             agent_timeout: Duration::from_secs(30),
+            agent_silence: Duration::from_secs(15),
             reconcile_every: Duration::from_secs(2),
             taskservs: taskservs::Catalog::built_in(),
         }
@@ -76,6 +80,7 @@ pub struct App {
     /// does not start the same work twice.
     in_flight: Arc<Mutex<HashSet<String>>>,
     agent_of_host: Arc<Mutex<HashMap<HostId, Arc<dyn HostAgent>>>>,
+    agent_signals: Arc<agents::AgentSignals>,
     /// Background work (host steps, the reconciler), waited for at shutdown.
     tasks: TaskTracker,
     stopping: CancellationToken,
@@ -102,6 +107,7 @@ impl App {
             config: Arc::new(config),
             in_flight: Arc::default(),
             agent_of_host: Arc::default(),
+            agent_signals: Arc::default(),
             tasks: TaskTracker::new(),
             stopping: CancellationToken::new(),
             started: Instant::now(),
@@ -155,16 +161,29 @@ impl App {
             return Ok(None);
         };
         let spec = self.host_spec(&record).await?;
-        let Some(agent) = self.agents.agent_for(&spec) else {
+        let Some(agent) = self.agent_for(&spec).await? else {
             return Ok(None);
         };
         if record.status == tessera_core::status::HostStatus::Ready
+            && !agent.keeps_desired_state()
             && let Err(err) = self.host_call(agent.prepare_host(&spec)).await
         {
             tracing::warn!(hostname = %record.hostname, error = %err, "pushing the host's state failed");
         }
         self.agents_cache().insert(host.clone(), agent.clone());
         Ok(Some(agent))
+    }
+
+    /// The agent of a host: its registered `tessera agent`, or else the
+    /// one of the directory the server started with (simulated hosts).
+    pub(crate) async fn agent_for(
+        &self,
+        spec: &tessera_agent_api::HostSpec,
+    ) -> Result<Option<Arc<dyn HostAgent>>> {
+        if let Some(remote) = self.remote_agent(&spec.hostname).await? {
+            return Ok(Some(remote));
+        }
+        Ok(self.agents.agent_for(spec))
     }
 
     /// Records the agent of a host this process has just prepared, so the

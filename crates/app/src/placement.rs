@@ -201,7 +201,7 @@ pub fn inventory(
         id: HostId::new(host.id.as_str()),
         region: host.region.clone(),
         zone: host.zone.clone(),
-        schedulable: host.status == HostStatus::Ready,
+        schedulable: host.status == HostStatus::Ready && host.reachable,
         cpus,
         numa_nodes: numa_nodes(host),
         units: slots,

@@ -49,6 +49,7 @@ impl App {
     /// One pass over everything unfinished.
     pub async fn reconcile_once(&self) -> Result<()> {
         self.resume_operations().await?;
+        self.check_heartbeats().await?;
         let pending = [HostStatus::Initializing, HostStatus::Decommissioning];
         for host in self.store.hosts(&pending).await? {
             let app = self.clone();
@@ -100,6 +101,9 @@ impl App {
             let Some(agent) = self.agent(&HostId::new(host.id.as_str())).await? else {
                 continue;
             };
+            if agent.keeps_desired_state() {
+                continue;
+            }
             let filter = UnitFilter {
                 host_id: Some(host.id.clone()),
                 statuses: vec![UnitStatus::Allocated],

@@ -116,7 +116,7 @@ impl App {
         Ok(recorded)
     }
 
-    fn new_host(&self, req: &CreateServer) -> Result<tessera_store::NewHost> {
+    pub(crate) fn new_host(&self, req: &CreateServer) -> Result<tessera_store::NewHost> {
         let pooled = req.cpu_ranges.is_empty();
         let cpus = match (&req.cpus, req.plan.as_deref().and_then(plan_cpus)) {
             _ if !pooled => None,

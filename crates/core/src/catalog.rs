@@ -76,6 +76,10 @@ pub const IMAGES: &[Image] = &[
         name: "debian-12",
         description: "Debian 12",
     },
+    Image {
+        name: "tiny",
+        description: "BusyBox and Dropbear: a small test image (scripts/images/tiny)",
+    },
 ];
 
 pub fn instance_type(name: &str) -> Option<&'static InstanceType> {

@@ -30,6 +30,8 @@ pub struct HostRecord {
     pub provider: Option<String>,
     pub plan: Option<String>,
     pub tags: Vec<String>,
+    /// `false` while the host's agent misses its heartbeats.
+    pub reachable: bool,
 }
 
 /// How [`Store::begin_decommission`] went.
@@ -72,7 +74,8 @@ pub struct NewUnit {
 }
 
 const HOST_COLUMNS: &str = "id, hostname, ip, region, zone, status, status_detail, cpu_ranges, \
-     numa_nodes, memory_mb, generation, created_at, updated_at, cpus, provider, plan, tags";
+     numa_nodes, memory_mb, generation, created_at, updated_at, cpus, provider, plan, tags, \
+     COALESCE((SELECT reachable FROM agents WHERE agents.hostname = hosts.hostname), 1) AS reachable";
 
 fn host_from_row(row: &AnyRow) -> Result<HostRecord> {
     let status: String = row.try_get("status")?;
@@ -100,6 +103,7 @@ fn host_from_row(row: &AnyRow) -> Result<HostRecord> {
         cpus: row.try_get("cpus")?,
         provider: row.try_get("provider")?,
         plan: row.try_get("plan")?,
+        reachable: row.try_get::<i64, _>("reachable")? != 0,
         tags: row
             .try_get::<Option<String>, _>("tags")?
             .map(|t| serde_json::from_str(&t))

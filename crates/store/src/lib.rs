@@ -9,6 +9,7 @@
 //! the CPU ledger's primary key, never by locks held across requests: every
 //! write that can lose a race says so in its return value.
 
+mod agents;
 mod db;
 mod events;
 mod hosts;
@@ -21,6 +22,7 @@ mod tokens;
 mod units;
 mod writer;
 
+pub use agents::{AgentRecord, JoinTokenRecord, WorkRecord};
 pub use events::{EventRecord, NewEvent};
 pub use hosts::{DecommissionStart, HostRecord, NewHost, NewUnit};
 pub use identity::{MembershipRecord, NewUser, ProjectRecord, RefreshUse, UserRecord};

@@ -87,6 +87,23 @@ pub enum TokenCommand {
 }
 
 #[derive(Subcommand, Debug)]
+pub enum JoinTokenCommand {
+    /// Create a join token for new hosts' agents and print its secret
+    /// (shown once).
+    Create {
+        #[arg(long)]
+        description: Option<String>,
+        /// Seconds until it expires (a day by default).
+        #[arg(long)]
+        ttl_seconds: Option<u64>,
+    },
+    /// List join tokens.
+    List,
+    /// Revoke a join token.
+    Revoke { id: String },
+}
+
+#[derive(Subcommand, Debug)]
 pub enum InstanceCommand {
     /// Create an instance and wait until it runs (or failed).
     Create {
@@ -142,6 +159,10 @@ impl Client {
             http: reqwest::Client::new(),
             args,
         }
+    }
+
+    fn base(&self) -> &str {
+        self.args.server.trim_end_matches('/')
     }
 
     async fn call(
@@ -480,6 +501,64 @@ pub async fn instance(args: ClientArgs, command: InstanceCommand) -> Result<()> 
             if !client.args.json {
                 println!("instance {id} deleted");
             }
+        }
+    }
+    Ok(())
+}
+
+pub async fn join_token(args: ClientArgs, command: JoinTokenCommand) -> Result<()> {
+    let client = Client::new(args);
+    match command {
+        JoinTokenCommand::Create {
+            description,
+            ttl_seconds,
+        } => {
+            let created = client
+                .call(
+                    reqwest::Method::POST,
+                    "/v1/servers/join-tokens",
+                    Some(json!({"description": description, "ttl_seconds": ttl_seconds})),
+                )
+                .await?;
+            client.print(&created, |t| {
+                eprintln!(
+                    "join token {} (shown once), valid until {}; on the new host run\n  \
+                     tessera agent --server {} --join-token TOKEN",
+                    text(&t["id"]),
+                    text(&t["expires_at"]),
+                    client.base()
+                );
+                println!("{}", text(&t["token"]));
+            });
+        }
+        JoinTokenCommand::List => {
+            let list = client
+                .call(reqwest::Method::GET, "/v1/servers/join-tokens", None)
+                .await?;
+            client.print(&list, |list| {
+                for t in list.as_array().into_iter().flatten() {
+                    let state = match t["revoked"].as_bool() {
+                        Some(true) => "revoked",
+                        _ => "active",
+                    };
+                    println!(
+                        "{:<22} {:<28} {state} {}",
+                        text(&t["id"]),
+                        text(&t["expires_at"]),
+                        text(&t["description"])
+                    );
+                }
+            });
+        }
+        JoinTokenCommand::Revoke { id } => {
+            client
+                .call(
+                    reqwest::Method::DELETE,
+                    &format!("/v1/servers/join-tokens/{id}"),
+                    None,
+                )
+                .await?;
+            eprintln!("join token {id} revoked");
         }
     }
     Ok(())

@@ -2,8 +2,10 @@
 //! shutdown, the client commands, and the benchmarks. Integration tests and benchmarks start the
 //! server through [`server::start`] exactly as `tessera server` does.
 
+pub mod agent;
 pub mod bench;
 pub mod client;
 pub mod logging;
 pub mod server;
 pub mod settings;
+pub mod up;

@@ -2,9 +2,10 @@
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
+use tessera::agent::{AgentArgs, ImageCommand};
 use tessera::bench::BenchCommand;
 use tessera::client::{
-    self, ClientArgs, InstanceCommand, ProjectCommand, TokenCommand, UserCommand,
+    self, ClientArgs, InstanceCommand, JoinTokenCommand, ProjectCommand, TokenCommand, UserCommand,
 };
 use tessera::settings::ServerArgs;
 use tessera::{logging, server};
@@ -22,8 +23,17 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// The control plane and a local agent in one process: the one-command
+    /// cloud.
+    Up(tessera::up::UpArgs),
     /// Run the control plane.
     Server(ServerArgs),
+    /// Run a host's agent: join the control plane and run what it places
+    /// here.
+    Agent(AgentArgs),
+    /// Images on this host, for the container driver.
+    #[command(subcommand)]
+    Image(ImageCommand),
     /// Run benchmarks that print figures.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -53,6 +63,13 @@ enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
+    /// Join tokens for new hosts' agents, through a running server.
+    JoinToken {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        command: JoinTokenCommand,
+    },
     /// Instances, through a running server.
     Instance {
         #[command(flatten)]
@@ -74,7 +91,10 @@ fn run(cli: Cli) -> Result<()> {
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async move {
         match cli.command {
+            Command::Up(args) => tessera::up::run(args).await,
             Command::Server(args) => run_server(args).await,
+            Command::Agent(args) => run_agent(args).await,
+            Command::Image(command) => command_image(command),
             Command::Bench(command) => {
                 logging::init(logging::LogFormat::Text);
                 command.run().await
@@ -91,6 +111,7 @@ fn run(cli: Cli) -> Result<()> {
             Command::User { client, command } => client::user(client, command).await,
             Command::Token { client, command } => client::token(client, command).await,
             Command::Instance { client, command } => client::instance(client, command).await,
+            Command::JoinToken { client, command } => client::join_token(client, command).await,
         }
     })
 }
@@ -109,4 +130,20 @@ async fn run_server(args: ServerArgs) -> Result<()> {
     server::stop_signal().await;
     tracing::info!("stopping");
     running.shutdown().await
+}
+
+async fn run_agent(args: AgentArgs) -> Result<()> {
+    logging::init(logging::LogFormat::Text);
+    let options = args.options()?;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let stopping = stop.clone();
+    tokio::spawn(async move {
+        server::stop_signal().await;
+        stopping.cancel();
+    });
+    tessera_agent::runtime::run(options, stop).await
+}
+
+fn command_image(command: ImageCommand) -> Result<()> {
+    tessera::agent::image(command)
 }

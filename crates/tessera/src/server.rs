@@ -69,6 +69,7 @@ pub async fn start(settings: &Settings) -> Result<RunningServer> {
     };
     let config = AppConfig {
         agent_timeout: settings.agent_timeout,
+        agent_silence: settings.agent_silence,
         taskservs,
         ..AppConfig::default()
     };

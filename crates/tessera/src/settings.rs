@@ -6,7 +6,7 @@
 //! `tessera.toml` in the user's config directory when it exists. Its keys
 //! are the flags' names with underscores: `data_dir`, `listen`,
 //! `database_url`, `sim_hosts`, `sim_faults`, `sim_latency_ms`,
-//! `sim_memory_per_cpu_mb`, `agent_timeout_ms`, `log_format`, `taskserv_dir`.
+//! `sim_memory_per_cpu_mb`, `agent_timeout_ms`, `agent_silence_ms`, `log_format`, `taskserv_dir`.
 
 use crate::logging::LogFormat;
 use anyhow::{Context, Result, bail};
@@ -49,6 +49,10 @@ pub struct ServerArgs {
     /// milliseconds [default: 30000].
     #[arg(long, env = "TESSERA_AGENT_TIMEOUT_MS")]
     pub agent_timeout_ms: Option<u64>,
+    /// How long an agent may stay silent before its host is unreachable and
+    /// its instances unknown, in milliseconds [default: 15000].
+    #[arg(long, env = "TESSERA_AGENT_SILENCE_MS")]
+    pub agent_silence_ms: Option<u64>,
     /// Log format [default: text].
     #[arg(long, env = "TESSERA_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
@@ -70,6 +74,7 @@ struct FileSettings {
     sim_latency_ms: Option<u64>,
     sim_memory_per_cpu_mb: Option<u64>,
     agent_timeout_ms: Option<u64>,
+    agent_silence_ms: Option<u64>,
     log_format: Option<LogFormat>,
     taskserv_dir: Option<PathBuf>,
 }
@@ -83,6 +88,7 @@ pub struct Settings {
     /// `Some` with `--sim-hosts`.
     pub sim: Option<SimConfig>,
     pub agent_timeout: Duration,
+    pub agent_silence: Duration,
     pub log_format: LogFormat,
     /// `TESSERA_ADMIN_TOKEN`: the bootstrap admin's token.
     pub admin_token: Option<String>,
@@ -150,6 +156,12 @@ impl ServerArgs {
             database_url,
             sim,
             agent_timeout: Duration::from_millis(agent_timeout_ms),
+            agent_silence: Duration::from_millis(
+                self.agent_silence_ms
+                    .or(file.agent_silence_ms)
+                    .unwrap_or(15_000)
+                    .max(1),
+            ),
             log_format: self.log_format.or(file.log_format).unwrap_or_default(),
             admin_token: std::env::var("TESSERA_ADMIN_TOKEN")
                 .ok()

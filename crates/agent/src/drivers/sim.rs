@@ -370,39 +370,7 @@ impl HostAgent for SimHost {
 
     async fn run_script(&self, script: &HostScript) -> Result<ScriptOutcome, AgentError> {
         self.step(SimStep::Script).await?;
-        let failed = |e: std::io::Error| {
-            AgentError::Failed(format!(
-                "{} cannot run {}: {e}",
-                self.hostname, script.label
-            ))
-        };
-        tokio::fs::create_dir_all(&self.root)
-            .await
-            .map_err(failed)?;
-        let output = tokio::process::Command::new("bash")
-            .arg("-euo")
-            .arg("pipefail")
-            .arg("-c")
-            .arg(&script.body)
-            .current_dir(&self.root)
-            .envs(script.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .env("TESSERA_HOST_ROOT", &self.root)
-            .env("TESSERA_HOSTNAME", &self.hostname)
-            .stdin(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .output()
-            .await
-            .map_err(failed)?;
-        let mut text = String::from_utf8_lossy(&output.stdout).into_owned();
-        text.push_str(&String::from_utf8_lossy(&output.stderr));
-        let cut = text.len().saturating_sub(16 * 1024);
-        let cut = (cut..=text.len())
-            .find(|i| text.is_char_boundary(*i))
-            .unwrap_or(text.len());
-        Ok(ScriptOutcome {
-            exit_code: output.status.code().unwrap_or(-1),
-            output: text[cut..].to_string(),
-        })
+        crate::script::run(script, &self.root, &self.hostname).await
     }
 
     async fn retire_host(&self, host: &HostSpec) -> Result<(), AgentError> {

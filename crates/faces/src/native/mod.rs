@@ -7,9 +7,11 @@
 //! `POST /v1/auth/login` or an API token; each handler checks the one
 //! permission its action needs.
 
+mod agent;
 mod auth;
 mod events;
 mod instances;
+mod join_tokens;
 mod operations;
 mod servers;
 mod ssh_keys;
@@ -57,6 +59,9 @@ use utoipa::{OpenApi, ToSchema};
         servers::create_server,
         servers::delete_server,
         servers::server_status,
+        join_tokens::list_join_tokens,
+        join_tokens::create_join_token,
+        join_tokens::revoke_join_token,
         instances::create_instance,
         instances::list_instances,
         instances::get_instance,
@@ -113,6 +118,14 @@ pub fn router(app: App) -> Router {
         .route("/servers", get(servers::list_servers))
         .route("/servers/create", post(servers::create_server))
         .route(
+            "/servers/join-tokens",
+            get(join_tokens::list_join_tokens).post(join_tokens::create_join_token),
+        )
+        .route(
+            "/servers/join-tokens/{id}",
+            axum::routing::delete(join_tokens::revoke_join_token),
+        )
+        .route(
             "/servers/{id}",
             axum::routing::delete(servers::delete_server),
         )
@@ -154,6 +167,7 @@ pub fn router(app: App) -> Router {
         .route("/workflows/{id}/cancel", post(workflows::cancel_workflow))
         .route("/metrics", get(system::metrics))
         .route("/events", get(events::events))
+        .nest("/agent", agent::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(app)

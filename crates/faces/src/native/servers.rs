@@ -21,7 +21,8 @@ pub struct ServerBody {
     pub plan: String,
     pub zone: String,
     pub ip_address: String,
-    /// `initializing`, `running`, `draining`, `drained`, `failed`, `decommissioning`,
+    /// `initializing`, `running`, `unreachable` (its agent misses its heartbeats),
+    /// `draining`, `drained`, `failed`, `decommissioning`,
     /// `decommissioned` or `decommission_failed`.
     pub status: String,
     pub created_at: String,
@@ -70,7 +71,10 @@ impl From<Host> for ServerBody {
         ServerBody {
             provider: h.provider.clone().unwrap_or_else(|| "kloigos".into()),
             plan,
-            status: status_name(h.status).into(),
+            status: match (h.status, h.reachable) {
+                (HostStatus::Ready, false) => "unreachable".into(),
+                (status, _) => status_name(status).into(),
+            },
             message: h.status_detail,
             id: h.id,
             hostname: h.hostname,

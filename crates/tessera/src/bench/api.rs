@@ -42,6 +42,7 @@ pub async fn run(args: ApiArgs) -> Result<()> {
             .unwrap_or_else(|| tessera_store::Store::sqlite_url(&dir.path().join("bench.db"))),
         sim: Some(Default::default()),
         agent_timeout: Duration::from_secs(30),
+        agent_silence: std::time::Duration::from_secs(15),
         log_format: Default::default(),
         admin_token: Some(token.clone()),
         admin_password: None,

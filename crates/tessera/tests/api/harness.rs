@@ -122,6 +122,7 @@ impl TestServer {
                 ..SimConfig::default()
             }),
             agent_timeout: options.agent_timeout,
+            agent_silence: std::time::Duration::from_secs(15),
             log_format: Default::default(),
             admin_token: Some(TOKEN.to_string()),
             admin_password: Some(ADMIN_PASSWORD.to_string()),

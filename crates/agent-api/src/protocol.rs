@@ -1,0 +1,155 @@
+//! The wire protocol between the control plane and `tessera agent`.
+//!
+//! The agent speaks first and always: it registers with a join token
+//! (`POST /v1/agent/register`) and gets a credential for its host, then
+//! heartbeats (`POST /v1/agent/heartbeat`), long-polls the desired state of
+//! its host (`GET /v1/agent/desired?after=GENERATION`), and reports what it
+//! observed of each object (`POST /v1/agent/observed`). The control plane
+//! never connects to a host, so hosts behind NAT or a firewall work, and any
+//! replica can serve any agent: the desired state lives in the store.
+//!
+//! Every change of an object's desired state takes the host's next
+//! generation. A report names the generation it answers; the control plane
+//! keeps it only while that generation is the object's current one.
+
+use crate::{
+    AgentError, HostScript, HostSpec, InstanceReport, InstanceSpec, ScriptOutcome, UnitSpec,
+};
+use serde::{Deserialize, Serialize};
+use tessera_core::CpuSet;
+
+/// What an agent finds on its host.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Inventory {
+    /// The CPUs instances may have: the host's online CPUs less those the
+    /// operator reserved for the host itself.
+    pub cpus: CpuSet,
+    /// Each NUMA node's CPUs (of `cpus`).
+    pub numa_nodes: Vec<CpuSet>,
+    /// CPUs kept for the host itself.
+    #[serde(default)]
+    pub reserved_cpus: CpuSet,
+    pub memory_mb: u64,
+    /// Free space where instances' disks go.
+    #[serde(default)]
+    pub disk_gb: u64,
+    #[serde(default)]
+    pub gpus: Vec<Gpu>,
+    /// Images present on the host.
+    #[serde(default)]
+    pub images: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Gpu {
+    pub model: String,
+    pub memory_mb: u64,
+}
+
+/// `POST /v1/agent/register`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RegisterRequest {
+    pub join_token: String,
+    pub hostname: String,
+    /// The address the host is reached at (its instances' SSH endpoints).
+    pub ip: String,
+    /// A location code such as `FIN-01`: the host's region and zone.
+    pub location: Option<String>,
+    /// `unit`, `container` or `sim`.
+    pub driver: String,
+    pub inventory: Inventory,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RegisterResponse {
+    /// The host's own credential: a bearer token for every later call.
+    pub credential: String,
+    pub hostname: String,
+}
+
+/// `POST /v1/agent/heartbeat`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Heartbeat {
+    pub inventory: Inventory,
+}
+
+/// What the control plane wants of one object on a host.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Desired {
+    /// The host serves these units (`retired`: none, and is cleaned up).
+    Host { spec: HostSpec, retired: bool },
+    /// A unit held by a tenant with this key, or free (`None`).
+    Unit {
+        unit: UnitSpec,
+        ssh_public_key: Option<String>,
+    },
+    /// An instance in this state.
+    Instance {
+        spec: InstanceSpec,
+        state: InstanceState,
+    },
+    /// A script to run once.
+    Script { script: HostScript },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InstanceState {
+    Running,
+    Stopped,
+    Absent,
+}
+
+/// One object of a host's desired state, as the agent reads it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct WorkItem {
+    pub key: String,
+    pub generation: i64,
+    pub desired: Desired,
+    /// Whether the agent already reported on this generation (a script
+    /// then is not run again).
+    pub observed: bool,
+}
+
+/// `GET /v1/agent/desired?after=G`: what changed after generation `G`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DesiredPage {
+    /// The host's current generation: the next poll's `after`.
+    pub generation: i64,
+    pub items: Vec<WorkItem>,
+}
+
+/// What came of working on an object.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Outcome {
+    Done,
+    Instance { report: InstanceReport },
+    Script { outcome: ScriptOutcome },
+}
+
+/// `POST /v1/agent/observed`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Observed {
+    pub key: String,
+    pub generation: i64,
+    pub result: Result<Outcome, AgentError>,
+}
+
+/// The key of an object in a host's desired state.
+pub fn host_key() -> String {
+    "host".to_string()
+}
+
+pub fn unit_key(compute_id: &str) -> String {
+    format!("unit:{compute_id}")
+}
+
+pub fn instance_key(id: &str) -> String {
+    format!("instance:{id}")
+}
+
+pub fn script_key(label: &str, nonce: &str) -> String {
+    format!("script:{label}:{nonce}")
+}

@@ -1,0 +1,176 @@
+//! The OCI runtime configuration of an instance.
+
+use oci_spec::runtime::{
+    Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxDeviceCgroupBuilder,
+    LinuxMemoryBuilder, LinuxNamespaceBuilder, LinuxNamespaceType, LinuxPidsBuilder,
+    LinuxResourcesBuilder, Mount, MountBuilder, PosixRlimitBuilder, PosixRlimitType,
+    ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder, get_default_maskedpaths,
+    get_default_mounts, get_default_readonly_paths,
+};
+use std::collections::HashSet;
+use std::path::PathBuf;
+use tessera_agent_api::AgentError;
+
+/// What an instance's `config.json` says.
+pub(super) struct BundleParams {
+    pub hostname: String,
+    pub args: Vec<String>,
+    pub env: Vec<String>,
+    /// A Linux CPU list: `1`, `0-3`.
+    pub cpus: String,
+    /// The memory nodes (`0`).
+    pub mems: String,
+    pub memory_bytes: i64,
+    pub pids_limit: i64,
+    /// The open files limit (at most the host's own hard limit).
+    pub nofile: u64,
+    pub netns_path: PathBuf,
+    pub cgroups_path: PathBuf,
+}
+
+/// The capabilities of an instance's processes: runc's defaults plus what a
+/// system container's daemons (sshd, ping) need.
+fn capabilities() -> HashSet<Capability> {
+    [
+        Capability::AuditWrite,
+        Capability::Chown,
+        Capability::DacOverride,
+        Capability::Fowner,
+        Capability::Fsetid,
+        Capability::Kill,
+        Capability::Mknod,
+        Capability::NetBindService,
+        Capability::NetRaw,
+        Capability::Setfcap,
+        Capability::Setgid,
+        Capability::Setpcap,
+        Capability::Setuid,
+        Capability::SysChroot,
+    ]
+    .into_iter()
+    .collect()
+}
+
+fn err(e: impl std::fmt::Display) -> AgentError {
+    AgentError::Failed(format!("building the OCI runtime configuration: {e}"))
+}
+
+pub(super) fn build(p: &BundleParams) -> Result<Spec, AgentError> {
+    let caps = capabilities();
+    let capabilities = LinuxCapabilitiesBuilder::default()
+        .bounding(caps.clone())
+        .effective(caps.clone())
+        .permitted(caps)
+        .inheritable(HashSet::new())
+        .ambient(HashSet::new())
+        .build()
+        .map_err(err)?;
+    let process = ProcessBuilder::default()
+        .terminal(false)
+        .user(
+            UserBuilder::default()
+                .uid(0u32)
+                .gid(0u32)
+                .build()
+                .map_err(err)?,
+        )
+        .args(p.args.clone())
+        .env(p.env.clone())
+        .cwd("/")
+        .no_new_privileges(false)
+        .capabilities(capabilities)
+        .rlimits(vec![
+            PosixRlimitBuilder::default()
+                .typ(PosixRlimitType::RlimitNofile)
+                .hard(p.nofile)
+                .soft(p.nofile)
+                .build()
+                .map_err(err)?,
+        ])
+        .build()
+        .map_err(err)?;
+
+    let mut mounts: Vec<Mount> = get_default_mounts();
+    mounts.push(
+        MountBuilder::default()
+            .destination("/run")
+            .typ("tmpfs")
+            .source("tmpfs")
+            .options(vec![
+                "nosuid".to_string(),
+                "nodev".to_string(),
+                "mode=755".to_string(),
+                "size=65536k".to_string(),
+            ])
+            .build()
+            .map_err(err)?,
+    );
+
+    let ns = |typ: LinuxNamespaceType| LinuxNamespaceBuilder::default().typ(typ).build();
+    let namespaces = vec![
+        ns(LinuxNamespaceType::Pid).map_err(err)?,
+        ns(LinuxNamespaceType::Ipc).map_err(err)?,
+        ns(LinuxNamespaceType::Uts).map_err(err)?,
+        ns(LinuxNamespaceType::Mount).map_err(err)?,
+        LinuxNamespaceBuilder::default()
+            .typ(LinuxNamespaceType::Network)
+            .path(p.netns_path.clone())
+            .build()
+            .map_err(err)?,
+    ];
+
+    let resources = LinuxResourcesBuilder::default()
+        .devices(vec![
+            LinuxDeviceCgroupBuilder::default()
+                .allow(false)
+                .access("rwm")
+                .build()
+                .map_err(err)?,
+        ])
+        .cpu(
+            LinuxCpuBuilder::default()
+                .cpus(p.cpus.clone())
+                .mems(p.mems.clone())
+                .build()
+                .map_err(err)?,
+        )
+        .memory(
+            LinuxMemoryBuilder::default()
+                .limit(p.memory_bytes)
+                .build()
+                .map_err(err)?,
+        )
+        .pids(
+            LinuxPidsBuilder::default()
+                .limit(p.pids_limit)
+                .build()
+                .map_err(err)?,
+        )
+        .build()
+        .map_err(err)?;
+
+    let linux = LinuxBuilder::default()
+        .namespaces(namespaces)
+        .resources(resources)
+        .cgroups_path(p.cgroups_path.clone())
+        .masked_paths(get_default_maskedpaths())
+        .readonly_paths(get_default_readonly_paths())
+        .build()
+        .map_err(err)?;
+
+    SpecBuilder::default()
+        .version("1.0.2-dev")
+        .root(
+            RootBuilder::default()
+                .path("rootfs")
+                .readonly(false)
+                .build()
+                .map_err(err)?,
+        )
+        .hostname(p.hostname.clone())
+        .process(process)
+        .mounts(mounts)
+        .linux(linux)
+        .build()
+        .map_err(err)
+}

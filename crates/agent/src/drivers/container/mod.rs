@@ -1,0 +1,992 @@
+//! Instances as system containers.
+//!
+//! Each instance is an OCI bundle under `STATE/containers/<id>/` run by
+//! `runc` (with its own `--root`, `STATE/runc`, so that several agents on
+//! one machine never see each other's containers):
+//!
+//! - `lower/`: a hard-linked copy of the image's root filesystem (so that
+//!   re-importing the image does not change instances made from it), under
+//!   an overlay mount `rootfs/` whose writes land in `upper/`;
+//! - `config.json`: written with `oci-spec`: the image's init as PID 1, the
+//!   instance's name as hostname, its CPUs, memory and a pids limit in its
+//!   own cgroup, and the network namespace `tsr-<tag>`;
+//! - `instance.json`: the instance's address and forwarded SSH port, kept
+//!   for its whole life (across stops and agent restarts);
+//! - `console.log`: the init's output.
+//!
+//! The network namespace holds `eth0`, one end of a veth pair whose other
+//! end (`tv<tag>`) sits on the host bridge; `<tag>` is 8 hex digits of a
+//! hash of the state directory and the instance id. The SSH port is a
+//! userspace TCP proxy owned by the driver.
+
+mod bundle;
+mod forward;
+mod image;
+mod network;
+#[cfg(test)]
+mod tests;
+
+pub use image::{import_image, list_images};
+
+use forward::Proxy;
+use network::{NetNames, Subnet};
+use serde::{Deserialize, Serialize};
+use sha2::Digest;
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::fs;
+use std::io::Write;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tessera_agent_api::{AgentError, InstanceReport, InstanceSpec};
+
+/// Where and how containers live on this host.
+#[derive(Clone, Debug)]
+pub struct ContainerConfig {
+    /// The agent's state directory; containers live under
+    /// `STATE/containers/`.
+    pub state_dir: PathBuf,
+    /// The image store (`STATE/images` by default).
+    pub image_dir: PathBuf,
+    /// The host bridge instances attach to.
+    pub bridge: String,
+    /// The host-local IPv4 subnet instances get addresses from, such as
+    /// `10.88.0.0/24`: the bridge takes the first address.
+    pub subnet: String,
+    /// The first host port forwarded to instances' SSH servers.
+    pub ssh_port_base: u16,
+}
+
+/// An instance as the host has it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ContainerState {
+    pub id: String,
+    pub running: bool,
+}
+
+/// The most processes an instance may have.
+const PIDS_LIMIT: i64 = 1024;
+/// How long an instance has to stop after TERM before it gets KILL.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+
+pub(super) fn fail(msg: impl Into<String>) -> AgentError {
+    AgentError::Failed(msg.into())
+}
+
+/// Runs a command; answers its stdout, or fails with its stderr.
+pub(super) async fn run<S: AsRef<OsStr>>(program: &str, args: &[S]) -> Result<String, AgentError> {
+    run_path(Path::new(program), args).await
+}
+
+async fn run_path<S: AsRef<OsStr>>(program: &Path, args: &[S]) -> Result<String, AgentError> {
+    let shown = || {
+        let mut s = program.display().to_string();
+        for a in args {
+            s.push(' ');
+            s.push_str(&a.as_ref().to_string_lossy());
+        }
+        s
+    };
+    let out = tokio::process::Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output()
+        .await
+        .map_err(|e| fail(format!("running `{}`: {e}", shown())))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(fail(format!(
+            "`{}` failed ({}): {}",
+            shown(),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        )))
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, AgentError> + Send + 'static,
+) -> Result<T, AgentError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| fail(format!("a blocking task failed: {e}")))?
+}
+
+fn io_fail(what: &str, path: &Path, e: std::io::Error) -> AgentError {
+    fail(format!("{what} {}: {e}", path.display()))
+}
+
+/// What the driver keeps about an instance (`instance.json`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct Record {
+    id: String,
+    name: String,
+    image: String,
+    ip: Ipv4Addr,
+    ssh_port: u16,
+    /// Whether it was last started rather than stopped: after a host
+    /// reboot, an instance that should run but does not is reported stopped.
+    should_run: bool,
+}
+
+impl Record {
+    fn report(&self) -> InstanceReport {
+        InstanceReport {
+            private_ip: self.ip.to_string(),
+            ssh_port: Some(self.ssh_port),
+        }
+    }
+}
+
+/// What `runc state` says.
+#[derive(Debug, Deserialize)]
+struct RuncState {
+    status: String,
+    #[serde(default)]
+    pid: i64,
+}
+
+fn validate_id(id: &str) -> Result<(), AgentError> {
+    let ok = !id.is_empty()
+        && id.len() <= 64
+        && !id.starts_with('.')
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'));
+    if ok {
+        Ok(())
+    } else {
+        Err(fail(format!(
+            "bad instance id {id:?}: use 1 to 64 letters, digits, '.', '-' or '_'"
+        )))
+    }
+}
+
+fn find_runc() -> Option<PathBuf> {
+    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect())
+        .unwrap_or_default();
+    for d in [
+        "/usr/local/sbin",
+        "/usr/local/bin",
+        "/usr/sbin",
+        "/usr/bin",
+        "/sbin",
+        "/bin",
+    ] {
+        dirs.push(PathBuf::from(d));
+    }
+    dirs.into_iter()
+        .map(|d| d.join("runc"))
+        .find(|p| p.is_file())
+}
+
+fn host_mems() -> String {
+    for path in [
+        "/sys/fs/cgroup/cpuset/cpuset.mems",
+        "/sys/fs/cgroup/cpuset.mems.effective",
+        "/sys/devices/system/node/online",
+    ] {
+        if let Ok(text) = fs::read_to_string(path) {
+            let text = text.trim();
+            if !text.is_empty() {
+                return text.to_string();
+            }
+        }
+    }
+    "0".to_string()
+}
+
+/// The open files limit for instances: 65536, or the agent's own hard
+/// limit when lower (runc cannot raise it).
+fn nofile_limit() -> u64 {
+    let hard = fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|text| {
+            let line = text.lines().find(|l| l.starts_with("Max open files"))?;
+            line.split_whitespace().nth(4)?.parse::<u64>().ok()
+        });
+    hard.map_or(1024, |h| h.min(65536))
+}
+
+fn short_hash(parts: &[&[u8]]) -> String {
+    let mut h = sha2::Sha256::new();
+    for p in parts {
+        h.update(p);
+        h.update([0u8]);
+    }
+    hex::encode(h.finalize())[..8].to_string()
+}
+
+/// Whether something is mounted at `path`.
+fn is_mounted(path: &Path) -> bool {
+    let Ok(info) = fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
+    let want = path.to_string_lossy();
+    info.lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .any(|mp| unescape_mountinfo(mp) == want)
+}
+
+fn unescape_mountinfo(s: &str) -> String {
+    s.replace("\\040", " ")
+        .replace("\\011", "\t")
+        .replace("\\012", "\n")
+        .replace("\\134", "\\")
+}
+
+/// Makes `root/rel` a real directory, replacing a symlink or file in the
+/// way: nothing written into an instance's root may follow its symlinks.
+fn safe_dir(root: &Path, rel: &str) -> std::io::Result<PathBuf> {
+    let mut p = root.to_path_buf();
+    for part in rel.split('/').filter(|s| !s.is_empty() && *s != ".") {
+        if part == ".." {
+            return Err(std::io::Error::other("'..' in a path inside an instance"));
+        }
+        p.push(part);
+        match fs::symlink_metadata(&p) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => {
+                fs::remove_file(&p)?;
+                fs::create_dir(&p)?;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => fs::create_dir(&p)?,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(p)
+}
+
+/// Writes `root/dir/name`, owned by root with `mode`, never through a
+/// symlink.
+fn safe_write(
+    root: &Path,
+    dir: &str,
+    name: &str,
+    data: &[u8],
+    mode: u32,
+) -> Result<(), AgentError> {
+    let d = safe_dir(root, dir).map_err(|e| io_fail("preparing", &root.join(dir), e))?;
+    let path = d.join(name);
+    let err = |e| io_fail("writing", &path, e);
+    if let Ok(m) = fs::symlink_metadata(&path) {
+        if m.is_dir() {
+            fs::remove_dir_all(&path).map_err(err)?;
+        } else if !m.is_file() {
+            fs::remove_file(&path).map_err(err)?;
+        }
+    }
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .custom_flags(nix::libc::O_NOFOLLOW)
+        .open(&path)
+        .map_err(err)?;
+    f.write_all(data).map_err(err)?;
+    f.set_permissions(fs::Permissions::from_mode(mode))
+        .map_err(err)?;
+    std::os::unix::fs::fchown(&f, Some(0), Some(0)).map_err(err)?;
+    Ok(())
+}
+
+/// Containers on this host.
+pub struct ContainerDriver {
+    config: ContainerConfig,
+    runc: PathBuf,
+    subnet: Subnet,
+    /// 8 hex digits unique to this agent (its state directory).
+    agent_tag: String,
+    mems: String,
+    /// One lock per instance: its operations never overlap.
+    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Held while choosing addresses and ports.
+    alloc: tokio::sync::Mutex<()>,
+    proxies: Mutex<HashMap<String, Proxy>>,
+}
+
+impl ContainerDriver {
+    /// Checks what the host offers (an OCI runtime, cgroups).
+    pub fn new(mut config: ContainerConfig) -> Result<Self, AgentError> {
+        let runc = find_runc().ok_or_else(|| {
+            fail("no OCI runtime: `runc` is not installed (install the Debian package `runc`)")
+        })?;
+        if !Path::new("/sys/fs/cgroup/cpuset/cpuset.cpus").exists()
+            && !fs::read_to_string("/sys/fs/cgroup/cgroup.controllers")
+                .is_ok_and(|c| c.split_whitespace().any(|w| w == "cpuset"))
+        {
+            return Err(fail(
+                "the host has no cpuset cgroup controller (neither /sys/fs/cgroup/cpuset nor cpuset in cgroup v2)",
+            ));
+        }
+        let subnet = Subnet::parse(&config.subnet)?;
+        if config.bridge.is_empty() || config.bridge.len() > 15 {
+            return Err(fail(format!(
+                "bad bridge name {:?}: 1 to 15 characters",
+                config.bridge
+            )));
+        }
+        for dir in [
+            config.state_dir.join("containers"),
+            config.state_dir.join("runc"),
+        ] {
+            fs::create_dir_all(&dir).map_err(|e| io_fail("creating", &dir, e))?;
+        }
+        // Absolute and free of symlinks: mounts are found by path.
+        config.state_dir = fs::canonicalize(&config.state_dir)
+            .map_err(|e| io_fail("resolving", &config.state_dir, e))?;
+        if let Ok(images) = fs::canonicalize(&config.image_dir) {
+            config.image_dir = images;
+        }
+        let agent_tag = short_hash(&[config.state_dir.as_os_str().as_encoded_bytes()]);
+        Ok(Self {
+            runc,
+            subnet,
+            agent_tag,
+            mems: host_mems(),
+            locks: Mutex::new(HashMap::new()),
+            alloc: tokio::sync::Mutex::new(()),
+            proxies: Mutex::new(HashMap::new()),
+            config,
+        })
+    }
+
+    /// Creates and starts an instance; done already is success.
+    pub async fn create(&self, spec: &InstanceSpec) -> Result<InstanceReport, AgentError> {
+        validate_id(&spec.id)?;
+        image::validate_image_name(&spec.image)?;
+        let lock = self.lock(&spec.id);
+        let _held = lock.lock().await;
+        if let Some(rec) = self.load_record(&spec.id)? {
+            return self.start_locked(spec, rec).await;
+        }
+        if spec.cpus.is_empty() {
+            return Err(fail("an instance needs at least one CPU"));
+        }
+        if spec.memory_mb == 0 {
+            return Err(fail("an instance needs some memory"));
+        }
+        let image_root = image::image_rootfs(&self.config.image_dir, &spec.image);
+        if !image_root.is_dir() {
+            return Err(fail(format!(
+                "image {} is not on this host; import it with `tessera image import {} FILE`",
+                spec.image, spec.image
+            )));
+        }
+        let dir = self.dir(&spec.id);
+        fs::create_dir_all(&dir).map_err(|e| io_fail("creating", &dir, e))?;
+        let rec = {
+            let _alloc = self.alloc.lock().await;
+            let (ip, ssh_port) = self.allocate().await?;
+            let rec = Record {
+                id: spec.id.clone(),
+                name: spec.name.clone(),
+                image: spec.image.clone(),
+                ip,
+                ssh_port,
+                should_run: true,
+            };
+            self.save_record(&rec)?;
+            rec
+        };
+        tracing::info!(id = %rec.id, ip = %rec.ip, ssh_port = rec.ssh_port, "creating instance");
+        self.start_locked(spec, rec).await
+    }
+
+    /// Starts a stopped instance; running already is success.
+    pub async fn start(&self, spec: &InstanceSpec) -> Result<InstanceReport, AgentError> {
+        validate_id(&spec.id)?;
+        let lock = self.lock(&spec.id);
+        let _held = lock.lock().await;
+        let rec = self
+            .load_record(&spec.id)?
+            .ok_or_else(|| fail(format!("instance {} is not on this host", spec.id)))?;
+        self.start_locked(spec, rec).await
+    }
+
+    /// Stops an instance, keeping its disk; stopped already is success.
+    pub async fn stop(&self, id: &str) -> Result<(), AgentError> {
+        validate_id(id)?;
+        let lock = self.lock(id);
+        let _held = lock.lock().await;
+        self.stop_locked(id).await?;
+        if let Some(mut rec) = self.load_record(id)?
+            && rec.should_run
+        {
+            rec.should_run = false;
+            self.save_record(&rec)?;
+        }
+        Ok(())
+    }
+
+    /// Removes everything the instance had; gone already is success.
+    pub async fn delete(&self, id: &str) -> Result<(), AgentError> {
+        validate_id(id)?;
+        let lock = self.lock(id);
+        let _held = lock.lock().await;
+        self.stop_locked(id).await?;
+        let dir = self.dir(id);
+        let rootfs = dir.join("rootfs");
+        if is_mounted(&rootfs) {
+            return Err(fail(format!(
+                "{} is still mounted; not removing the instance",
+                rootfs.display()
+            )));
+        }
+        blocking(move || match fs::remove_dir_all(&dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_fail("removing", &dir, e)),
+        })
+        .await?;
+        tracing::info!(%id, "deleted instance");
+        self.locks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
+        Ok(())
+    }
+
+    /// The instances on this host and whether each runs.
+    pub async fn list(&self) -> Result<Vec<ContainerState>, AgentError> {
+        let records = self.records()?;
+        let running = self.running_ids().await?;
+        Ok(records
+            .into_iter()
+            .map(|r| ContainerState {
+                running: running.contains_key(&r.id),
+                id: r.id,
+            })
+            .collect())
+    }
+
+    /// After an agent restart: takes over running instances (their network
+    /// and port forwards) without restarting them.
+    pub async fn adopt(&self) -> Result<(), AgentError> {
+        let mut first_error = None;
+        for rec in self.records()? {
+            let lock = self.lock(&rec.id);
+            let _held = lock.lock().await;
+            match self.runc_state(&rec.id).await {
+                Ok(Some(state)) if state.status == "running" => {
+                    if let Err(e) = self.ensure_proxy(&rec).await {
+                        tracing::warn!(id = %rec.id, error = %e, "re-forwarding SSH");
+                        first_error.get_or_insert(e);
+                    } else {
+                        tracing::info!(id = %rec.id, pid = state.pid, "adopted running instance");
+                    }
+                }
+                Ok(_) => {
+                    if rec.should_run {
+                        tracing::info!(id = %rec.id, "instance should run but is stopped; leaving it stopped");
+                    }
+                }
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// The pid of an instance's init while it runs.
+    pub async fn pid(&self, id: &str) -> Result<Option<i64>, AgentError> {
+        Ok(self
+            .runc_state(id)
+            .await?
+            .filter(|s| s.status == "running")
+            .map(|s| s.pid))
+    }
+
+    // --- the steps ---
+
+    async fn start_locked(
+        &self,
+        spec: &InstanceSpec,
+        mut rec: Record,
+    ) -> Result<InstanceReport, AgentError> {
+        let id = rec.id.clone();
+        match self.runc_state(&id).await? {
+            Some(state) if state.status == "running" => {
+                self.ensure_proxy(&rec).await?;
+                return Ok(rec.report());
+            }
+            Some(_) => {
+                self.runc(&["delete", "--force", &id]).await?;
+            }
+            None => {}
+        }
+        let dir = self.dir(&id);
+        self.ensure_rootfs(&rec).await?;
+
+        // What the instance's root gets from the spec.
+        let rootfs = dir.join("rootfs");
+        let (spec2, ip) = (spec.clone(), rec.ip);
+        let root2 = rootfs.clone();
+        blocking(move || prepare_rootfs(&root2, &spec2, ip)).await?;
+
+        let names = self.net_names(&id);
+        network::setup(&names, &self.config.bridge, &self.subnet, rec.ip).await?;
+
+        let meta = image::read_meta(&self.config.image_dir, &rec.image).unwrap_or_default();
+        let args = if fs::symlink_metadata(rootfs.join("sbin/tessera-init")).is_ok() {
+            vec!["/sbin/tessera-init".to_string()]
+        } else if !meta.command.is_empty() {
+            meta.command.clone()
+        } else {
+            vec!["/sbin/init".to_string()]
+        };
+        let mut env = vec![
+            "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string(),
+            "HOME=/root".to_string(),
+            "container=tessera".to_string(),
+        ];
+        env.extend(meta.env.iter().filter(|e| !e.starts_with("PATH=")).cloned());
+        let oci = bundle::build(&bundle::BundleParams {
+            hostname: spec.name.clone(),
+            args,
+            env,
+            cpus: spec.cpus.to_string(),
+            mems: self.mems.clone(),
+            memory_bytes: i64::try_from(spec.memory_mb.saturating_mul(1024 * 1024))
+                .unwrap_or(i64::MAX),
+            pids_limit: PIDS_LIMIT,
+            nofile: nofile_limit(),
+            netns_path: PathBuf::from(names.netns_path()),
+            cgroups_path: PathBuf::from(self.cgroups_path(&id)),
+        })?;
+        let config_path = dir.join("config.json");
+        let json = serde_json::to_vec_pretty(&oci).map_err(|e| fail(e.to_string()))?;
+        fs::write(&config_path, json).map_err(|e| io_fail("writing", &config_path, e))?;
+
+        if let Err(e) = self.runc_run(&id).await {
+            let _ = self.runc(&["delete", "--force", &id]).await;
+            network::teardown(&names).await;
+            return Err(e);
+        }
+        if !rec.should_run {
+            rec.should_run = true;
+            self.save_record(&rec)?;
+        }
+        self.ensure_proxy(&rec).await?;
+        tracing::info!(%id, ip = %rec.ip, ssh_port = rec.ssh_port, "instance running");
+        Ok(rec.report())
+    }
+
+    async fn runc_run(&self, id: &str) -> Result<(), AgentError> {
+        let dir = self.dir(id);
+        let console = dir.join("console.log");
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&console)
+            .map_err(|e| io_fail("opening", &console, e))?;
+        let log2 = log
+            .try_clone()
+            .map_err(|e| io_fail("opening", &console, e))?;
+        let before = log.metadata().map(|m| m.len()).unwrap_or(0);
+        let child = tokio::process::Command::new(&self.runc)
+            .arg("--root")
+            .arg(self.runc_root())
+            .args(["run", "-d", "--bundle"])
+            .arg(&dir)
+            .arg("--pid-file")
+            .arg(dir.join("init.pid"))
+            .arg(id)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log2)
+            .status();
+        let status = tokio::time::timeout(Duration::from_secs(60), child)
+            .await
+            .map_err(|_| fail(format!("`runc run {id}` did not finish in 60 s")))?
+            .map_err(|e| fail(format!("running runc: {e}")))?;
+        if status.success() {
+            return Ok(());
+        }
+        let text = fs::read(&console).unwrap_or_default();
+        let tail = String::from_utf8_lossy(text.get(before as usize..).unwrap_or(&text));
+        let tail: String = tail
+            .chars()
+            .rev()
+            .take(2000)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect();
+        Err(fail(format!(
+            "`runc run {id}` failed ({status}): {}",
+            tail.trim()
+        )))
+    }
+
+    async fn stop_locked(&self, id: &str) -> Result<(), AgentError> {
+        // Closing the forward first: no new sessions while it stops.
+        let proxy = self
+            .proxies
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
+        drop(proxy);
+        if let Some(state) = self.runc_state(id).await? {
+            if state.status == "running" {
+                let _ = self.runc(&["kill", id, "TERM"]).await;
+                if !self.wait_stopped(id, STOP_GRACE).await? {
+                    tracing::info!(%id, "instance ignored TERM; killing it");
+                    let _ = self.runc(&["kill", id, "KILL"]).await;
+                    self.wait_stopped(id, Duration::from_secs(5)).await?;
+                }
+            }
+            self.runc(&["delete", "--force", id]).await?;
+        }
+        self.remove_cgroups(id).await;
+        network::teardown(&self.net_names(id)).await;
+        let rootfs = self.dir(id).join("rootfs");
+        blocking(move || unmount_all(&rootfs)).await?;
+        Ok(())
+    }
+
+    /// Waits until runc says the instance is stopped; answers whether it is.
+    async fn wait_stopped(&self, id: &str, limit: Duration) -> Result<bool, AgentError> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            match self.runc_state(id).await? {
+                None => return Ok(true),
+                Some(s) if s.status == "stopped" => return Ok(true),
+                Some(_) => {}
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Ok(false);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Removes cgroup directories runc left (it normally removes them).
+    async fn remove_cgroups(&self, id: &str) {
+        let rel = self.cgroups_path(id);
+        let rel = rel.trim_start_matches('/').to_string();
+        let _ = blocking(move || {
+            let base = Path::new("/sys/fs/cgroup");
+            let mut candidates = vec![base.join(&rel)];
+            if let Ok(entries) = fs::read_dir(base) {
+                for e in entries.flatten() {
+                    candidates.push(e.path().join(&rel));
+                }
+            }
+            for c in candidates {
+                if c.is_dir()
+                    && let Err(e) = fs::remove_dir(&c)
+                {
+                    tracing::warn!(path = %c.display(), error = %e, "removing a leftover cgroup");
+                }
+            }
+            Ok(())
+        })
+        .await;
+    }
+
+    /// Makes sure the instance's root is mounted: its own copy of the image
+    /// under an overlay.
+    async fn ensure_rootfs(&self, rec: &Record) -> Result<(), AgentError> {
+        let dir = self.dir(&rec.id);
+        let lower = dir.join("lower");
+        if !lower.is_dir() {
+            let image_root = image::image_rootfs(&self.config.image_dir, &rec.image);
+            if !image_root.is_dir() {
+                return Err(fail(format!(
+                    "image {} is not on this host; import it with `tessera image import {} FILE`",
+                    rec.image, rec.image
+                )));
+            }
+            let tmp = dir.join("lower.tmp");
+            let tmp2 = tmp.clone();
+            blocking(move || match fs::remove_dir_all(&tmp2) {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(io_fail("removing", &tmp2, e)),
+            })
+            .await?;
+            // Hard links are instant and share nothing writable: the overlay
+            // never writes to its lower layer.
+            let linked = run(
+                "cp",
+                &[OsStr::new("-al"), image_root.as_os_str(), tmp.as_os_str()],
+            )
+            .await;
+            if let Err(e) = linked {
+                tracing::info!(error = %e, "cannot hard-link the image; copying it");
+                let _ = run("rm", &[OsStr::new("-rf"), tmp.as_os_str()]).await;
+                run(
+                    "cp",
+                    &[OsStr::new("-a"), image_root.as_os_str(), tmp.as_os_str()],
+                )
+                .await?;
+            }
+            fs::rename(&tmp, &lower).map_err(|e| io_fail("renaming", &tmp, e))?;
+        }
+        let rootfs = dir.join("rootfs");
+        if is_mounted(&rootfs) {
+            return Ok(());
+        }
+        let (upper, work) = (dir.join("upper"), dir.join("work"));
+        for d in [&upper, &work, &rootfs] {
+            fs::create_dir_all(d).map_err(|e| io_fail("creating", d, e))?;
+        }
+        for p in [&lower, &upper, &work] {
+            let s = p.to_string_lossy();
+            if s.contains(',') || s.contains(':') {
+                return Err(fail(format!(
+                    "{} has ',' or ':' in its path: it cannot be an overlay layer",
+                    p.display()
+                )));
+            }
+        }
+        let opts = format!(
+            "lowerdir={},upperdir={},workdir={}",
+            lower.display(),
+            upper.display(),
+            work.display()
+        );
+        blocking(move || {
+            nix::mount::mount(
+                Some("overlay"),
+                &rootfs,
+                Some("overlay"),
+                nix::mount::MsFlags::empty(),
+                Some(opts.as_str()),
+            )
+            .map_err(|e| {
+                fail(format!(
+                    "mounting the overlay at {} ({opts}): {e}",
+                    rootfs.display()
+                ))
+            })
+        })
+        .await
+    }
+
+    /// Starts the SSH forward of a running instance unless it has one.
+    async fn ensure_proxy(&self, rec: &Record) -> Result<(), AgentError> {
+        let target = SocketAddr::new(rec.ip.into(), 22);
+        let old = {
+            let mut proxies = self.proxies.lock().unwrap_or_else(|p| p.into_inner());
+            match proxies.get(&rec.id) {
+                Some(p) if p.is_alive() && p.port == rec.ssh_port && p.target == target => {
+                    return Ok(());
+                }
+                _ => proxies.remove(&rec.id),
+            }
+        };
+        drop(old);
+        let proxy = Proxy::spawn(rec.ssh_port, target).await?;
+        self.proxies
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(rec.id.clone(), proxy);
+        Ok(())
+    }
+
+    /// The first free address and port (the caller holds `alloc`).
+    async fn allocate(&self) -> Result<(Ipv4Addr, u16), AgentError> {
+        let records = self.records()?;
+        let ip = self
+            .subnet
+            .instance_addresses()
+            .find(|a| records.iter().all(|r| r.ip != *a))
+            .ok_or_else(|| fail(format!("subnet {} has no free address", self.config.subnet)))?;
+        let base = self.config.ssh_port_base;
+        let port = blocking(move || {
+            (base..=u16::MAX)
+                .filter(|p| *p != 0 && records.iter().all(|r| r.ssh_port != *p))
+                .find(|p| std::net::TcpListener::bind(("0.0.0.0", *p)).is_ok())
+                .ok_or_else(|| fail(format!("no free host port from {base} up")))
+        })
+        .await?;
+        Ok((ip, port))
+    }
+
+    // --- runc ---
+
+    fn runc_root(&self) -> PathBuf {
+        self.config.state_dir.join("runc")
+    }
+
+    async fn runc(&self, args: &[&str]) -> Result<String, AgentError> {
+        let root = self.runc_root();
+        let mut all: Vec<&OsStr> = vec![OsStr::new("--root"), root.as_os_str()];
+        all.extend(args.iter().map(OsStr::new));
+        run_path(&self.runc, &all).await
+    }
+
+    async fn runc_state(&self, id: &str) -> Result<Option<RuncState>, AgentError> {
+        if !self.runc_root().join(id).exists() {
+            return Ok(None);
+        }
+        match self.runc(&["state", id]).await {
+            Ok(out) => serde_json::from_str(&out)
+                .map(Some)
+                .map_err(|e| fail(format!("reading `runc state {id}`: {e}"))),
+            Err(e) if e.to_string().contains("does not exist") => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Running containers by id, with their pids.
+    async fn running_ids(&self) -> Result<HashMap<String, i64>, AgentError> {
+        let out = self.runc(&["list", "--format", "json"]).await?;
+        let list: Option<Vec<serde_json::Value>> = serde_json::from_str(out.trim())
+            .map_err(|e| fail(format!("reading `runc list`: {e}")))?;
+        Ok(list
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|c| c["status"] == "running")
+            .filter_map(|c| {
+                Some((
+                    c["id"].as_str()?.to_string(),
+                    c["pid"].as_i64().unwrap_or(0),
+                ))
+            })
+            .collect())
+    }
+
+    // --- names and records ---
+
+    fn lock(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
+        self.locks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(id.to_string())
+            .or_default()
+            .clone()
+    }
+
+    fn dir(&self, id: &str) -> PathBuf {
+        self.config.state_dir.join("containers").join(id)
+    }
+
+    fn tag(&self, id: &str) -> String {
+        short_hash(&[
+            self.config.state_dir.as_os_str().as_encoded_bytes(),
+            id.as_bytes(),
+        ])
+    }
+
+    fn net_names(&self, id: &str) -> NetNames {
+        NetNames::new(&self.tag(id))
+    }
+
+    fn cgroups_path(&self, id: &str) -> String {
+        format!("/tessera-{}-{id}", self.agent_tag)
+    }
+
+    fn load_record(&self, id: &str) -> Result<Option<Record>, AgentError> {
+        let path = self.dir(id).join("instance.json");
+        match fs::read(&path) {
+            Ok(text) => serde_json::from_slice(&text)
+                .map(Some)
+                .map_err(|e| fail(format!("reading {}: {e}", path.display()))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io_fail("reading", &path, e)),
+        }
+    }
+
+    fn save_record(&self, rec: &Record) -> Result<(), AgentError> {
+        let dir = self.dir(&rec.id);
+        let path = dir.join("instance.json");
+        let tmp = dir.join("instance.json.tmp");
+        let json = serde_json::to_vec_pretty(rec).map_err(|e| fail(e.to_string()))?;
+        fs::write(&tmp, json).map_err(|e| io_fail("writing", &tmp, e))?;
+        fs::rename(&tmp, &path).map_err(|e| io_fail("writing", &path, e))
+    }
+
+    fn records(&self) -> Result<Vec<Record>, AgentError> {
+        let dir = self.config.state_dir.join("containers");
+        let entries = match fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(io_fail("listing", &dir, e)),
+        };
+        let mut out = Vec::new();
+        for entry in entries.flatten() {
+            let Some(id) = entry.file_name().to_str().map(str::to_string) else {
+                continue;
+            };
+            if validate_id(&id).is_err() {
+                continue;
+            }
+            match self.load_record(&id) {
+                Ok(Some(rec)) => out.push(rec),
+                Ok(None) => {}
+                Err(e) => tracing::warn!(%id, error = %e, "skipping an unreadable instance record"),
+            }
+        }
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(out)
+    }
+}
+
+/// Unmounts everything mounted at `path`.
+fn unmount_all(path: &Path) -> Result<(), AgentError> {
+    let mut tries = 0;
+    while is_mounted(path) {
+        tries += 1;
+        if tries > 8 {
+            return Err(fail(format!("{} stays mounted", path.display())));
+        }
+        if let Err(e) = nix::mount::umount2(path, nix::mount::MntFlags::empty()) {
+            tracing::debug!(path = %path.display(), error = %e, "unmount failed; detaching");
+            nix::mount::umount2(path, nix::mount::MntFlags::MNT_DETACH)
+                .map_err(|e| fail(format!("unmounting {}: {e}", path.display())))?;
+        }
+    }
+    Ok(())
+}
+
+/// Writes what the instance's root gets from its spec: hostname, hosts,
+/// root's authorized keys, and the startup script before the first boot.
+fn prepare_rootfs(root: &Path, spec: &InstanceSpec, ip: Ipv4Addr) -> Result<(), AgentError> {
+    let name = &spec.name;
+    safe_write(
+        root,
+        "etc",
+        "hostname",
+        format!("{name}\n").as_bytes(),
+        0o644,
+    )?;
+    let hosts = format!("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost\n{ip}\t{name}\n");
+    safe_write(root, "etc", "hosts", hosts.as_bytes(), 0o644)?;
+    let home = safe_dir(root, "root").map_err(|e| io_fail("preparing", &root.join("root"), e))?;
+    fs::set_permissions(&home, fs::Permissions::from_mode(0o700))
+        .map_err(|e| io_fail("preparing", &home, e))?;
+    let ssh = safe_dir(root, "root/.ssh").map_err(|e| io_fail("preparing", &home, e))?;
+    fs::set_permissions(&ssh, fs::Permissions::from_mode(0o700))
+        .map_err(|e| io_fail("preparing", &ssh, e))?;
+    std::os::unix::fs::chown(&ssh, Some(0), Some(0)).map_err(|e| io_fail("preparing", &ssh, e))?;
+    let mut keys = String::new();
+    for key in &spec.ssh_keys {
+        let key = key.trim();
+        if !key.is_empty() && !key.contains('\n') {
+            keys.push_str(key);
+            keys.push('\n');
+        }
+    }
+    safe_write(root, "root/.ssh", "authorized_keys", keys.as_bytes(), 0o600)?;
+    if let Some(script) = &spec.user_data {
+        let lib = safe_dir(root, "var/lib/tessera")
+            .map_err(|e| io_fail("preparing", &root.join("var/lib/tessera"), e))?;
+        let exists = |n: &str| fs::symlink_metadata(lib.join(n)).is_ok();
+        if !exists("user-data") && !exists("user-data.done") {
+            safe_write(root, "var/lib/tessera", "user-data", script, 0o700)?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,482 @@
+//! Real containers: these tests run as root with runc, dropbear, ssh and
+//! busybox installed, and skip (saying why) otherwise.
+
+use super::*;
+use std::process::Command as StdCommand;
+use tessera_core::CpuSet;
+
+fn have(tool: &str) -> bool {
+    StdCommand::new("sh")
+        .args([
+            "-c",
+            &format!("command -v {tool} || test -x /usr/sbin/{tool}"),
+        ])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+fn skip_reason() -> Option<String> {
+    if !nix::unistd::geteuid().is_root() {
+        return Some("not root".into());
+    }
+    if find_runc().is_none() {
+        return Some("runc is not installed".into());
+    }
+    for tool in [
+        "dropbear",
+        "dropbearkey",
+        "ssh",
+        "ssh-keygen",
+        "busybox",
+        "ip",
+        "bash",
+    ] {
+        if !have(tool) {
+            return Some(format!("{tool} is not installed"));
+        }
+    }
+    if !Path::new("/sys/fs/cgroup/cpuset/cpuset.cpus").exists()
+        && !Path::new("/sys/fs/cgroup/cgroup.controllers").exists()
+    {
+        return Some("no cpuset cgroup".into());
+    }
+    if !Path::new("/sys/devices/system/cpu/cpu1").exists() {
+        return Some("the host has no CPU 1".into());
+    }
+    None
+}
+
+macro_rules! skip_unless_able {
+    () => {
+        if let Some(reason) = skip_reason() {
+            eprintln!("skipped: {reason}");
+            return;
+        }
+    };
+}
+
+/// Removes whatever a failed test left on the host.
+struct Cleanup {
+    state_dir: PathBuf,
+    bridge: String,
+    netns: Vec<String>,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let root = self.state_dir.join("runc");
+        if let Some(runc) = find_runc()
+            && let Ok(out) = StdCommand::new(&runc)
+                .arg("--root")
+                .arg(&root)
+                .args(["list", "-q"])
+                .output()
+        {
+            for id in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                let _ = StdCommand::new(&runc)
+                    .arg("--root")
+                    .arg(&root)
+                    .args(["delete", "--force", id])
+                    .output();
+            }
+        }
+        for ns in &self.netns {
+            let _ = StdCommand::new("ip").args(["netns", "del", ns]).output();
+        }
+        let prefix = self.state_dir.to_string_lossy().to_string();
+        if let Ok(info) = fs::read_to_string("/proc/self/mountinfo") {
+            for mp in info.lines().filter_map(|l| l.split(' ').nth(4)) {
+                if mp.starts_with(&prefix) {
+                    let _ = nix::mount::umount2(mp, nix::mount::MntFlags::MNT_DETACH);
+                }
+            }
+        }
+        let _ = StdCommand::new("ip")
+            .args(["link", "del", &self.bridge])
+            .output();
+    }
+}
+
+struct Fixture {
+    dir: tempfile::TempDir,
+    config: ContainerConfig,
+    key: PathBuf,
+    public_key: String,
+}
+
+fn fixture(bridge: &str, subnet: &str, ssh_port_base: u16) -> Fixture {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let tarball = dir.path().join("tiny.tar.gz");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/images/tiny");
+    let built = StdCommand::new("bash")
+        .arg(&script)
+        .arg(&tarball)
+        .output()
+        .expect("running scripts/images/tiny");
+    assert!(
+        built.status.success(),
+        "scripts/images/tiny failed: {}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    let image_dir = dir.path().join("images");
+    import_image(&image_dir, "tiny", &tarball).expect("importing the tiny image");
+    assert_eq!(
+        list_images(&image_dir).expect("images"),
+        vec!["tiny".to_string()]
+    );
+
+    let key = dir.path().join("key");
+    let made = StdCommand::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "test", "-f"])
+        .arg(&key)
+        .output()
+        .expect("ssh-keygen");
+    assert!(made.status.success(), "ssh-keygen failed");
+    let public_key = fs::read_to_string(key.with_extension("pub")).expect("public key");
+
+    let config = ContainerConfig {
+        state_dir: dir.path().join("state"),
+        image_dir,
+        bridge: bridge.to_string(),
+        subnet: subnet.to_string(),
+        ssh_port_base,
+    };
+    Fixture {
+        dir,
+        config,
+        key,
+        public_key,
+    }
+}
+
+fn spec(f: &Fixture, id: &str, name: &str) -> InstanceSpec {
+    InstanceSpec {
+        id: id.to_string(),
+        name: name.to_string(),
+        project_id: "p1".to_string(),
+        cpus: CpuSet::parse_list("1").expect("cpus"),
+        memory_mb: 256,
+        disk_gb: 1,
+        image: "tiny".to_string(),
+        ssh_keys: vec![f.public_key.trim().to_string()],
+        user_data: Some(b"#!/bin/sh\necho hello >> /root/startup-ran\n".to_vec()),
+    }
+}
+
+/// Runs `command` over SSH; answers (success, stdout + stderr).
+async fn ssh(key: &Path, host: &str, port: u16, command: &str) -> (bool, String) {
+    let out = tokio::process::Command::new("ssh")
+        .arg("-i")
+        .arg(key)
+        .args(["-p", &port.to_string()])
+        .args([
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "ConnectTimeout=3",
+            "-o",
+            "LogLevel=ERROR",
+        ])
+        .arg(format!("root@{host}"))
+        .arg(command)
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .expect("running ssh");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// SSH until it works (the instance's init may still be starting dropbear).
+async fn ssh_ok(key: &Path, host: &str, port: u16, command: &str) -> String {
+    let mut last = String::new();
+    for _ in 0..40 {
+        let (ok, text) = ssh(key, host, port, command).await;
+        if ok {
+            return text;
+        }
+        last = text;
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    panic!("ssh root@{host} -p {port} never worked: {last}");
+}
+
+fn mounts_under(dir: &Path) -> Vec<String> {
+    let prefix = dir.to_string_lossy().to_string();
+    fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains(&prefix))
+        .map(str::to_string)
+        .collect()
+}
+
+fn cgroup_leftovers(cgroup: &str) -> Vec<PathBuf> {
+    let rel = cgroup.trim_start_matches('/');
+    let mut found = Vec::new();
+    for e in fs::read_dir("/sys/fs/cgroup").expect("cgroups").flatten() {
+        let p = e.path().join(rel);
+        if p.exists() {
+            found.push(p);
+        }
+    }
+    found
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn container_lifecycle() {
+    skip_unless_able!();
+    let bridge = format!("tsrt{}", std::process::id() % 100_000);
+    let f = fixture(&bridge, "10.250.7.0/24", 43000);
+    let driver = ContainerDriver::new(f.config.clone()).expect("driver");
+    let s = spec(&f, "i-web-1", "web-1");
+    let names = driver.net_names(&s.id);
+    let _cleanup = Cleanup {
+        state_dir: f.config.state_dir.clone(),
+        bridge: bridge.clone(),
+        netns: vec![names.netns.clone()],
+    };
+
+    // An image that is not there.
+    let mut missing = s.clone();
+    missing.id = "i-missing".into();
+    missing.image = "nope".into();
+    let e = driver.create(&missing).await.expect_err("no image");
+    assert!(e.to_string().contains("import it with"), "{e}");
+
+    let t0 = std::time::Instant::now();
+    let report = driver.create(&s).await.expect("create");
+    eprintln!("created in {:?}: {report:?}", t0.elapsed());
+    assert_eq!(report.private_ip, "10.250.7.2");
+    let port = report.ssh_port.expect("an ssh port");
+    assert!(port >= 43000);
+    assert_eq!(driver.create(&s).await.expect("create again"), report);
+
+    let cmd = "hostname; grep Cpus_allowed_list /proc/self/status; cat /root/startup-ran";
+    let out = ssh_ok(&f.key, "127.0.0.1", port, cmd).await;
+    eprintln!("via the forward: {out}");
+    assert!(out.contains("web-1"), "{out}");
+    assert!(out.contains("Cpus_allowed_list:\t1\n"), "{out}");
+    assert_eq!(out.matches("hello").count(), 1, "{out}");
+    let out = ssh_ok(
+        &f.key,
+        &report.private_ip,
+        22,
+        "hostname; ip -4 addr show eth0; id -u",
+    )
+    .await;
+    eprintln!("direct: {out}");
+    assert!(
+        out.contains("web-1") && out.contains("10.250.7.2/24"),
+        "{out}"
+    );
+    // The limits are in place.
+    let cg = driver.cgroups_path(&s.id);
+    let mem_limit = fs::read_to_string(format!("/sys/fs/cgroup/memory{cg}/memory.limit_in_bytes"))
+        .unwrap_or_default();
+    if !mem_limit.is_empty() {
+        assert_eq!(mem_limit.trim(), (256u64 << 20).to_string());
+    }
+
+    assert_eq!(
+        driver.list().await.expect("list"),
+        vec![ContainerState {
+            id: s.id.clone(),
+            running: true
+        }]
+    );
+
+    driver.stop(&s.id).await.expect("stop");
+    driver.stop(&s.id).await.expect("stop again");
+    assert!(!driver.list().await.expect("list")[0].running);
+    let (ok, _) = ssh(&f.key, "127.0.0.1", port, "true").await;
+    assert!(!ok, "ssh works while stopped");
+
+    let again = driver.start(&s).await.expect("start");
+    assert_eq!(again, report, "the address and port stay");
+    assert_eq!(driver.start(&s).await.expect("start again"), report);
+    let out = ssh_ok(
+        &f.key,
+        "127.0.0.1",
+        port,
+        "cat /root/startup-ran; ls /var/lib/tessera",
+    )
+    .await;
+    assert_eq!(
+        out.matches("hello").count(),
+        1,
+        "the startup script ran again: {out}"
+    );
+    assert!(out.contains("user-data.done"), "{out}");
+
+    let pid = driver.pid(&s.id).await.expect("pid").expect("running");
+    driver.delete(&s.id).await.expect("delete");
+    driver.delete(&s.id).await.expect("delete again");
+
+    let runc_list = StdCommand::new(find_runc().expect("runc"))
+        .arg("--root")
+        .arg(f.config.state_dir.join("runc"))
+        .args(["list", "-q"])
+        .output()
+        .expect("runc list");
+    assert_eq!(String::from_utf8_lossy(&runc_list.stdout).trim(), "");
+    // Dead: gone, or a zombie the host's init has yet to reap.
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    assert!(
+        status.is_empty() || status.contains("State:\tZ"),
+        "init {pid} lives: {status}"
+    );
+    assert!(!Path::new(&names.netns_path()).exists(), "netns left");
+    let link = StdCommand::new("ip")
+        .args(["link", "show", &names.host_veth])
+        .output()
+        .expect("ip");
+    assert!(!link.status.success(), "veth left");
+    assert_eq!(cgroup_leftovers(&cg), Vec::<PathBuf>::new(), "cgroups left");
+    assert_eq!(
+        mounts_under(&f.config.state_dir),
+        Vec::<String>::new(),
+        "mounts left"
+    );
+    assert!(!driver.dir(&s.id).exists(), "instance directory left");
+    assert!(driver.list().await.expect("list").is_empty());
+    // The image is untouched by the instance's writes.
+    assert!(
+        !f.config
+            .image_dir
+            .join("tiny/rootfs/root/startup-ran")
+            .exists()
+    );
+
+    let del = StdCommand::new("ip")
+        .args(["link", "del", &bridge])
+        .output()
+        .expect("ip");
+    assert!(del.status.success());
+    drop(f.dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn container_adopt_keeps_running_instances() {
+    skip_unless_able!();
+    let bridge = format!("tsru{}", std::process::id() % 100_000);
+    let f = fixture(&bridge, "10.250.8.0/24", 43100);
+    let driver = ContainerDriver::new(f.config.clone()).expect("driver");
+    let a = spec(&f, "i-a", "adopt-a");
+    let mut b = spec(&f, "i-b", "adopt-b");
+    b.cpus = CpuSet::parse_list("0").expect("cpus");
+    b.user_data = None;
+    let _cleanup = Cleanup {
+        state_dir: f.config.state_dir.clone(),
+        bridge: bridge.clone(),
+        netns: vec![driver.net_names(&a.id).netns, driver.net_names(&b.id).netns],
+    };
+    let ra = driver.create(&a).await.expect("create a");
+    let rb = driver.create(&b).await.expect("create b");
+    assert_ne!(ra.private_ip, rb.private_ip);
+    assert_ne!(ra.ssh_port, rb.ssh_port);
+    let pa = ra.ssh_port.expect("port");
+    ssh_ok(&f.key, "127.0.0.1", pa, "true").await;
+    driver.stop(&b.id).await.expect("stop b");
+    let pid = driver.pid(&a.id).await.expect("pid").expect("running");
+
+    // The agent restarts: a new driver on the same state.
+    drop(driver);
+    let driver = ContainerDriver::new(f.config.clone()).expect("driver again");
+    driver.adopt().await.expect("adopt");
+    assert_eq!(
+        driver.pid(&a.id).await.expect("pid"),
+        Some(pid),
+        "a restarted"
+    );
+    let listed = driver.list().await.expect("list");
+    assert_eq!(
+        listed,
+        vec![
+            ContainerState {
+                id: a.id.clone(),
+                running: true
+            },
+            ContainerState {
+                id: b.id.clone(),
+                running: false
+            },
+        ]
+    );
+    let out = ssh_ok(&f.key, "127.0.0.1", pa, "hostname").await;
+    assert!(out.contains("adopt-a"), "{out}");
+    // Create on an adopted instance is a no-op answering the same.
+    assert_eq!(driver.create(&a).await.expect("create again"), ra);
+    assert_eq!(driver.pid(&a.id).await.expect("pid"), Some(pid));
+    // The stopped one starts with its address and port.
+    assert_eq!(driver.start(&b).await.expect("start b"), rb);
+    let out = ssh_ok(
+        &f.key,
+        "127.0.0.1",
+        rb.ssh_port.expect("port"),
+        "hostname; grep Cpus_allowed_list /proc/self/status",
+    )
+    .await;
+    assert!(
+        out.contains("adopt-b") && out.contains("Cpus_allowed_list:\t0\n"),
+        "{out}"
+    );
+
+    // Its init dies behind the driver's back (as after a host crash): it is
+    // reported stopped, and starts again on request.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(pid).expect("pid")),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill");
+    for _ in 0..50 {
+        if driver.pid(&a.id).await.expect("pid").is_none() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(!driver.list().await.expect("list")[0].running);
+    driver.adopt().await.expect("adopt with a dead instance");
+    assert_eq!(
+        driver.pid(&a.id).await.expect("pid"),
+        None,
+        "adopt restarted it"
+    );
+    assert_eq!(driver.start(&a).await.expect("start a"), ra);
+    let out = ssh_ok(&f.key, "127.0.0.1", pa, "cat /root/startup-ran").await;
+    assert_eq!(out.matches("hello").count(), 1, "{out}");
+
+    driver.delete(&a.id).await.expect("delete a");
+    driver.delete(&b.id).await.expect("delete b");
+    assert_eq!(
+        mounts_under(&f.config.state_dir),
+        Vec::<String>::new(),
+        "mounts left"
+    );
+    assert!(driver.list().await.expect("list").is_empty());
+    let _ = StdCommand::new("ip")
+        .args(["link", "del", &bridge])
+        .output();
+}
+
+/// The driver serves an async trait: it and its futures must be Send.
+#[allow(dead_code)]
+fn futures_are_send(d: &ContainerDriver, s: &InstanceSpec) {
+    fn send<T: Send + Sync>(_: &T) {}
+    fn send_future<T: Send>(_: T) {}
+    send(d);
+    send_future(d.create(s));
+    send_future(d.start(s));
+    send_future(d.stop("x"));
+    send_future(d.delete("x"));
+    send_future(d.list());
+    send_future(d.adopt());
+}

@@ -1,0 +1,114 @@
+//! `/v1/agent/*`: the agent protocol ([`tessera_agent_api::protocol`]),
+//! spoken by `tessera agent` and nothing else. Not part of the public
+//! document: its types are the agent crate's, versioned with the binary.
+
+use super::{NativeError, Query, Result};
+use axum::extract::{FromRef, FromRequestParts, State};
+use axum::http::request::Parts;
+use axum::http::{StatusCode, header};
+use axum::{Json, Router};
+use serde::Deserialize;
+use std::time::Duration;
+use tessera_agent_api::protocol::{
+    DesiredPage, Heartbeat, Observed, RegisterRequest, RegisterResponse,
+};
+use tessera_app::App;
+use tessera_app::agents::AgentCaller;
+
+pub fn router() -> Router<App> {
+    use axum::routing::{get, post};
+    Router::new()
+        .route("/register", post(register))
+        .route("/heartbeat", post(heartbeat))
+        .route("/desired", get(desired))
+        .route("/observed", post(observed))
+}
+
+/// The agent a request comes from, by its host credential.
+pub struct Agent(pub AgentCaller);
+
+impl<S> FromRequestParts<S> for Agent
+where
+    App: FromRef<S>,
+    S: Send + Sync,
+{
+    type Rejection = NativeError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let app = App::from_ref(state);
+        let bearer = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| {
+                let (scheme, token) = v.split_once(' ')?;
+                scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+            });
+        Ok(Agent(app.authenticate_agent(bearer).await?))
+    }
+}
+
+/// A JSON body whose rejection is this face's 400.
+pub struct AgentJson<T>(pub T);
+
+impl<S, T> axum::extract::FromRequest<S> for AgentJson<T>
+where
+    S: Send + Sync,
+    T: serde::de::DeserializeOwned,
+{
+    type Rejection = NativeError;
+
+    async fn from_request(
+        request: axum::extract::Request,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        let Json(value) = Json::<T>::from_request(request, state).await?;
+        Ok(AgentJson(value))
+    }
+}
+
+async fn register(
+    State(app): State<App>,
+    AgentJson(req): AgentJson<RegisterRequest>,
+) -> Result<(StatusCode, Json<RegisterResponse>)> {
+    let registered = app.register_agent(req).await?;
+    Ok((StatusCode::CREATED, Json(registered)))
+}
+
+async fn heartbeat(
+    State(app): State<App>,
+    Agent(agent): Agent,
+    AgentJson(beat): AgentJson<Heartbeat>,
+) -> Result<StatusCode> {
+    app.agent_heartbeat(&agent, beat).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+struct DesiredQuery {
+    #[serde(default)]
+    after: i64,
+    /// Seconds to wait for a change (at most 20).
+    #[serde(default)]
+    wait: u64,
+}
+
+async fn desired(
+    State(app): State<App>,
+    Agent(agent): Agent,
+    Query(query): Query<DesiredQuery>,
+) -> Result<Json<DesiredPage>> {
+    let page = app
+        .agent_desired(&agent, query.after, Duration::from_secs(query.wait))
+        .await?;
+    Ok(Json(page))
+}
+
+async fn observed(
+    State(app): State<App>,
+    Agent(agent): Agent,
+    AgentJson(report): AgentJson<Observed>,
+) -> Result<StatusCode> {
+    app.agent_observed(&agent, report).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,106 @@
+//! `/v1/servers/join-tokens`: what a new host's `tessera agent` registers
+//! with.
+
+use super::{Body, Caller, ErrorBody, Path, Result};
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+use tessera_app::App;
+use tessera_app::agents::JoinToken;
+use utoipa::ToSchema;
+
+#[derive(Serialize, ToSchema)]
+pub struct JoinTokenBody {
+    pub id: String,
+    pub description: String,
+    pub created_at: String,
+    pub expires_at: String,
+    pub revoked: bool,
+    /// The secret: shown once, in the answer that creates the token. Give
+    /// it to `tessera agent --join-token`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+}
+
+impl From<JoinToken> for JoinTokenBody {
+    fn from(t: JoinToken) -> Self {
+        JoinTokenBody {
+            id: t.id,
+            description: t.description,
+            created_at: t.created_at,
+            expires_at: t.expires_at,
+            revoked: t.revoked,
+            token: t.token,
+        }
+    }
+}
+
+#[derive(Deserialize, ToSchema, Default)]
+#[serde(deny_unknown_fields)]
+pub struct CreateJoinTokenRequest {
+    pub description: Option<String>,
+    /// Seconds until the token expires (60 to 31536000; a day by default).
+    /// Any number of hosts may join with it until then.
+    pub ttl_seconds: Option<u64>,
+}
+
+/// List join tokens, without their secrets.
+#[utoipa::path(get, path = "/v1/servers/join-tokens", tag = "servers",
+    responses(
+        (status = 200, description = "Join tokens", body = Vec<JoinTokenBody>),
+        (status = 401, description = "Unauthorized", body = ErrorBody),
+        (status = 403, description = "Forbidden", body = ErrorBody),
+    ))]
+pub async fn list_join_tokens(
+    State(app): State<App>,
+    Caller(caller): Caller,
+) -> Result<Json<Vec<JoinTokenBody>>> {
+    let tokens = app.join_tokens(&caller).await?;
+    Ok(Json(tokens.into_iter().map(JoinTokenBody::from).collect()))
+}
+
+/// Create a join token for new hosts' agents; its secret is in this answer
+/// only.
+#[utoipa::path(post, path = "/v1/servers/join-tokens", tag = "servers",
+    request_body = CreateJoinTokenRequest,
+    responses(
+        (status = 201, description = "Created", body = JoinTokenBody),
+        (status = 400, description = "Invalid request", body = ErrorBody),
+        (status = 401, description = "Unauthorized", body = ErrorBody),
+        (status = 403, description = "Forbidden", body = ErrorBody),
+    ))]
+pub async fn create_join_token(
+    State(app): State<App>,
+    Caller(caller): Caller,
+    Body(req): Body<CreateJoinTokenRequest>,
+) -> Result<(StatusCode, Json<JoinTokenBody>)> {
+    let token = app
+        .create_join_token(
+            &caller,
+            req.description,
+            req.ttl_seconds.map(Duration::from_secs),
+        )
+        .await?;
+    Ok((StatusCode::CREATED, Json(token.into())))
+}
+
+/// Revoke a join token: no new host joins with it (hosts that joined keep
+/// their own credentials).
+#[utoipa::path(delete, path = "/v1/servers/join-tokens/{id}", tag = "servers",
+    params(("id" = String, Path, description = "Join token id")),
+    responses(
+        (status = 204, description = "Revoked"),
+        (status = 401, description = "Unauthorized", body = ErrorBody),
+        (status = 403, description = "Forbidden", body = ErrorBody),
+        (status = 404, description = "Not found", body = ErrorBody),
+    ))]
+pub async fn revoke_join_token(
+    State(app): State<App>,
+    Caller(caller): Caller,
+    Path(id): Path<String>,
+) -> Result<StatusCode> {
+    app.revoke_join_token(&caller, &id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,351 @@
+//! Host agents: join tokens, registered agents, and the desired state each
+//! agent works towards with what it last observed.
+//!
+//! The control plane never calls an agent. It writes what it wants of an
+//! object on a host (`agent_work.desired`) under a new generation of that
+//! host; the agent, on whichever replica it talks to, reads what changed
+//! since the generation it last saw, makes the host match, and reports what
+//! it observed for the generation it worked on. A report for an older
+//! generation than the row's changes nothing.
+
+use crate::db::{Arg, Conn, DbError};
+use crate::writer::Commit;
+use crate::{Result, Store, now};
+
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct JoinTokenRecord {
+    pub id: String,
+    pub token_hash: String,
+    pub description: String,
+    pub created_by: Option<String>,
+    pub created_at: String,
+    pub expires_at: String,
+    pub revoked_at: Option<String>,
+}
+
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct AgentRecord {
+    pub hostname: String,
+    pub credential_hash: String,
+    pub driver: String,
+    /// What the agent reported of its host, as JSON.
+    pub inventory: String,
+    pub generation: i64,
+    pub reachable: i64,
+    pub last_seen: String,
+    pub registered_at: String,
+}
+
+/// One object's desired state on a host and what the agent observed of it.
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct WorkRecord {
+    pub hostname: String,
+    pub key: String,
+    pub generation: i64,
+    pub desired: String,
+    pub observed_generation: i64,
+    pub observed: Option<String>,
+}
+
+const AGENT_COLUMNS: &str =
+    "hostname, credential_hash, driver, inventory, generation, reachable, last_seen, registered_at";
+const WORK_COLUMNS: &str = "hostname, key, generation, desired, observed_generation, observed";
+
+impl Store {
+    pub async fn insert_join_token(
+        &self,
+        id: &str,
+        token_hash: &str,
+        description: &str,
+        created_by: Option<&str>,
+        expires_at: &str,
+    ) -> Result<()> {
+        self.run_statements(
+            "insert_join_token",
+            vec![(
+                "INSERT INTO join_tokens (id, token_hash, description, created_by, created_at, \
+                 expires_at) VALUES ($1, $2, $3, $4, $5, $6)"
+                    .into(),
+                vec![
+                    id.into(),
+                    token_hash.into(),
+                    description.into(),
+                    created_by.into(),
+                    now().into(),
+                    expires_at.into(),
+                ],
+            )],
+            |_| true,
+        )
+        .await?;
+        Ok(())
+    }
+
+    pub async fn join_token_by_hash(&self, token_hash: &str) -> Result<Option<JoinTokenRecord>> {
+        self.fetch_optional(
+            "SELECT id, token_hash, description, created_by, created_at, expires_at, revoked_at \
+             FROM join_tokens WHERE token_hash = $1",
+            &[token_hash.into()],
+        )
+        .await
+    }
+
+    pub async fn join_tokens(&self) -> Result<Vec<JoinTokenRecord>> {
+        self.fetch_all(
+            "SELECT id, token_hash, description, created_by, created_at, expires_at, revoked_at \
+             FROM join_tokens ORDER BY created_at DESC, id",
+            &[],
+        )
+        .await
+    }
+
+    /// Revokes a join token; `false` when it does not exist or already was.
+    pub async fn revoke_join_token(&self, id: &str) -> Result<bool> {
+        let counts = self
+            .run_statements(
+                "revoke_join_token",
+                vec![(
+                    "UPDATE join_tokens SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL"
+                        .into(),
+                    vec![now().into(), id.into()],
+                )],
+                |_| true,
+            )
+            .await?;
+        Ok(counts[0] == 1)
+    }
+
+    /// Records the agent of `hostname` with a new credential, replacing the
+    /// one of an earlier agent of the same host (a host reinstalled, or an
+    /// agent that lost its state). Its desired state stays: the new agent
+    /// works towards it.
+    pub async fn register_agent(
+        &self,
+        hostname: &str,
+        credential_hash: &str,
+        driver: &str,
+        inventory: &str,
+    ) -> Result<()> {
+        let at = now();
+        self.run_statements(
+            "register_agent",
+            vec![(
+                "INSERT INTO agents (hostname, credential_hash, driver, inventory, generation, \
+                 reachable, last_seen, registered_at) VALUES ($1, $2, $3, $4, 0, 1, $5, $5) \
+                 ON CONFLICT (hostname) DO UPDATE SET credential_hash = excluded.credential_hash, \
+                 driver = excluded.driver, inventory = excluded.inventory, reachable = 1, \
+                 last_seen = excluded.last_seen, registered_at = excluded.registered_at"
+                    .into(),
+                vec![
+                    hostname.into(),
+                    credential_hash.into(),
+                    driver.into(),
+                    inventory.into(),
+                    at.into(),
+                ],
+            )],
+            |_| true,
+        )
+        .await?;
+        Ok(())
+    }
+
+    pub async fn agent(&self, hostname: &str) -> Result<Option<AgentRecord>> {
+        self.fetch_optional(
+            &format!("SELECT {AGENT_COLUMNS} FROM agents WHERE hostname = $1"),
+            &[hostname.into()],
+        )
+        .await
+    }
+
+    pub async fn agent_by_credential(&self, credential_hash: &str) -> Result<Option<AgentRecord>> {
+        self.fetch_optional(
+            &format!("SELECT {AGENT_COLUMNS} FROM agents WHERE credential_hash = $1"),
+            &[credential_hash.into()],
+        )
+        .await
+    }
+
+    pub async fn agents(&self) -> Result<Vec<AgentRecord>> {
+        self.fetch_all(
+            &format!("SELECT {AGENT_COLUMNS} FROM agents ORDER BY hostname"),
+            &[],
+        )
+        .await
+    }
+
+    /// Notes that the agent of `hostname` was heard from, with what it now
+    /// reports of its host. Answers whether it had been unreachable.
+    pub async fn agent_heartbeat(&self, hostname: &str, inventory: &str) -> Result<bool> {
+        let counts = self
+            .run_statements(
+                "agent_heartbeat",
+                vec![
+                    (
+                        "UPDATE agents SET reachable = 1 WHERE hostname = $1 AND reachable = 0"
+                            .into(),
+                        vec![hostname.into()],
+                    ),
+                    (
+                        "UPDATE agents SET last_seen = $1, inventory = $2 WHERE hostname = $3"
+                            .into(),
+                        vec![now().into(), inventory.into(), hostname.into()],
+                    ),
+                ],
+                |_| true,
+            )
+            .await?;
+        Ok(counts[0] == 1)
+    }
+
+    /// Marks unreachable every agent not heard from since `before`; answers
+    /// their host names.
+    pub async fn mark_agents_unreachable(&self, before: &str) -> Result<Vec<String>> {
+        let stale: Vec<String> = self
+            .agents()
+            .await?
+            .into_iter()
+            .filter(|a| a.reachable == 1 && a.last_seen.as_str() < before)
+            .map(|a| a.hostname)
+            .collect();
+        let mut lost = Vec::new();
+        for hostname in stale {
+            let counts = self
+                .run_statements(
+                    "mark_agent_unreachable",
+                    vec![(
+                        "UPDATE agents SET reachable = 0 WHERE hostname = $1 AND reachable = 1 \
+                         AND last_seen < $2"
+                            .into(),
+                        vec![(&hostname).into(), before.into()],
+                    )],
+                    |_| true,
+                )
+                .await?;
+            if counts[0] == 1 {
+                lost.push(hostname);
+            }
+        }
+        Ok(lost)
+    }
+
+    /// Sets the desired state of `key` on `hostname` under the host's next
+    /// generation; answers that generation, or `None` when the host has no
+    /// agent.
+    pub async fn set_desired(
+        &self,
+        hostname: &str,
+        key: &str,
+        desired: &str,
+    ) -> Result<Option<i64>> {
+        let (hostname, key, desired) = (hostname.to_string(), key.to_string(), desired.to_string());
+        self.write("set_desired", move |conn| {
+            let (hostname, key, desired) = (hostname.clone(), key.clone(), desired.clone());
+            Box::pin(async move { set_desired(conn, &hostname, &key, &desired).await })
+        })
+        .await
+    }
+
+    /// The objects of `hostname` changed after generation `after`, oldest
+    /// change first.
+    pub async fn work_after(&self, hostname: &str, after: i64) -> Result<Vec<WorkRecord>> {
+        self.fetch_all(
+            &format!(
+                "SELECT {WORK_COLUMNS} FROM agent_work WHERE hostname = $1 AND generation > $2 \
+                 ORDER BY generation"
+            ),
+            &[hostname.into(), after.into()],
+        )
+        .await
+    }
+
+    pub async fn work(&self, hostname: &str, key: &str) -> Result<Option<WorkRecord>> {
+        self.fetch_optional(
+            &format!("SELECT {WORK_COLUMNS} FROM agent_work WHERE hostname = $1 AND key = $2"),
+            &[hostname.into(), key.into()],
+        )
+        .await
+    }
+
+    /// Records what the agent observed of `key` at `generation`. Changes
+    /// nothing (answers `false`) when the row has moved on to a newer
+    /// generation or already has this report.
+    pub async fn set_observed(
+        &self,
+        hostname: &str,
+        key: &str,
+        generation: i64,
+        observed: &str,
+    ) -> Result<bool> {
+        let counts = self
+            .run_statements(
+                "set_observed",
+                vec![(
+                    "UPDATE agent_work SET observed_generation = $1, observed = $2, updated_at = $3 \
+                     WHERE hostname = $4 AND key = $5 AND generation = $1 \
+                     AND observed_generation < $1"
+                        .into(),
+                    vec![
+                        generation.into(),
+                        observed.into(),
+                        now().into(),
+                        hostname.into(),
+                        key.into(),
+                    ],
+                )],
+                |_| true,
+            )
+            .await?;
+        Ok(counts[0] == 1)
+    }
+
+    /// Forgets an object whose desired state was reached for good (an
+    /// instance deleted), unless it changed since `generation`.
+    pub async fn forget_work(&self, hostname: &str, key: &str, generation: i64) -> Result<()> {
+        self.run_statements(
+            "forget_work",
+            vec![(
+                "DELETE FROM agent_work WHERE hostname = $1 AND key = $2 AND generation <= $3"
+                    .into(),
+                vec![hostname.into(), key.into(), generation.into()],
+            )],
+            |_| true,
+        )
+        .await?;
+        Ok(())
+    }
+}
+
+async fn set_desired(
+    mut conn: Conn<'_>,
+    hostname: &str,
+    key: &str,
+    desired: &str,
+) -> std::result::Result<Commit<Option<i64>>, DbError> {
+    let generation = conn
+        .fetch_int(
+            "UPDATE agents SET generation = generation + 1 WHERE hostname = $1 \
+             RETURNING generation",
+            &[hostname.into()],
+        )
+        .await?;
+    let Some(generation) = generation else {
+        return Ok(Commit::Undo(None));
+    };
+    let args: Vec<Arg> = vec![
+        hostname.into(),
+        key.into(),
+        generation.into(),
+        desired.into(),
+        now().into(),
+    ];
+    conn.execute(
+        "INSERT INTO agent_work (hostname, key, generation, desired, observed_generation, \
+         updated_at) VALUES ($1, $2, $3, $4, 0, $5) ON CONFLICT (hostname, key) DO UPDATE SET \
+         generation = excluded.generation, desired = excluded.desired, \
+         updated_at = excluded.updated_at",
+        &args,
+    )
+    .await?;
+    Ok(Commit::Keep(Some(generation)))
+}

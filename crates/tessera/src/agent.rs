@@ -1,0 +1,155 @@
+//! `tessera agent` and `tessera image`: the host side.
+
+use anyhow::{Context, Result};
+use clap::{Args, Subcommand};
+use std::path::PathBuf;
+use std::time::Duration;
+use tessera_agent::host::DriverKind;
+use tessera_agent::runtime::AgentOptions;
+use tessera_core::CpuSet;
+
+#[derive(Args, Debug, Clone)]
+pub struct AgentArgs {
+    /// The control plane's URL.
+    #[arg(long, env = "TESSERA_SERVER")]
+    pub server: String,
+    /// A join token (`tessera join-token create`); needed on the first start
+    /// only, the agent keeps its own credential afterwards.
+    #[arg(long, env = "TESSERA_JOIN_TOKEN", hide_env_values = true)]
+    pub join_token: Option<String>,
+    /// The host's name in the cloud (default: the machine's host name).
+    #[arg(long)]
+    pub hostname: Option<String>,
+    /// The address the host's units and instances are reached at.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub ip: String,
+    /// A location code such as FIN-01: the host's region and zone.
+    #[arg(long)]
+    pub location: Option<String>,
+    /// Where the agent keeps its credential, images and instances.
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
+    /// How instances run: unit (Kloigos units only), container, or sim.
+    #[arg(long, default_value = "container", value_parser = parse_driver)]
+    pub driver: DriverKind,
+    /// CPUs kept for the host itself, in Linux list format (`0-1`).
+    #[arg(long, default_value = "", value_parser = parse_cpus)]
+    pub reserved_cpus: CpuSet,
+    /// Prepended to unit users' names, to run several agents on one machine.
+    #[arg(long, default_value = "")]
+    pub user_prefix: String,
+    /// The bridge containers attach to.
+    #[arg(long, default_value = "tsr0")]
+    pub bridge: String,
+    /// The subnet containers get addresses from; the bridge takes the first.
+    #[arg(long, default_value = "10.88.0.0/24")]
+    pub subnet: String,
+    /// The first host port forwarded to containers' SSH servers.
+    #[arg(long, default_value_t = 2200)]
+    pub ssh_port_base: u16,
+    /// Seconds between heartbeats; three missed make the host unreachable.
+    #[arg(long, default_value_t = 5)]
+    pub heartbeat_secs: u64,
+}
+
+fn parse_driver(s: &str) -> Result<DriverKind, String> {
+    s.parse()
+}
+
+fn parse_cpus(s: &str) -> Result<CpuSet, String> {
+    match s.trim() {
+        "" => Ok(CpuSet::new()),
+        list => CpuSet::parse_list(list),
+    }
+}
+
+/// The state directory when none is given: the system's as root, the
+/// user's otherwise.
+pub fn default_state_dir() -> PathBuf {
+    if nix_is_root() {
+        PathBuf::from("/var/lib/tessera/agent")
+    } else {
+        dirs::data_dir()
+            .unwrap_or_else(std::env::temp_dir)
+            .join("tessera")
+            .join("agent")
+    }
+}
+
+fn nix_is_root() -> bool {
+    std::fs::metadata("/proc/self")
+        .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
+        .unwrap_or(false)
+}
+
+impl AgentArgs {
+    pub fn options(self) -> Result<AgentOptions> {
+        let hostname = match self.hostname {
+            Some(name) => name,
+            None => std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .context("cannot read the machine's host name; pass --hostname")?
+                .trim()
+                .to_string(),
+        };
+        if self.heartbeat_secs == 0 {
+            anyhow::bail!("--heartbeat-secs must be at least 1");
+        }
+        Ok(AgentOptions {
+            server: self.server,
+            join_token: self.join_token,
+            hostname,
+            ip: self.ip,
+            location: self.location,
+            state_dir: self.state_dir.unwrap_or_else(default_state_dir),
+            driver: self.driver,
+            reserved_cpus: self.reserved_cpus,
+            user_prefix: self.user_prefix,
+            bridge: self.bridge,
+            subnet: self.subnet,
+            ssh_port_base: self.ssh_port_base,
+            heartbeat_every: Duration::from_secs(self.heartbeat_secs),
+        })
+    }
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ImageCommand {
+    /// Import a root filesystem tarball (optionally gzipped) or an OCI image
+    /// layout (directory or tar) as image NAME on this host.
+    Import {
+        name: String,
+        file: PathBuf,
+        /// The agent's state directory.
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+    },
+    /// List the images on this host.
+    List {
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+    },
+}
+
+pub fn image(command: ImageCommand) -> Result<()> {
+    match command {
+        ImageCommand::Import {
+            name,
+            file,
+            state_dir,
+        } => {
+            let dir = state_dir.unwrap_or_else(default_state_dir).join("images");
+            tessera_agent::drivers::container::import_image(&dir, &name, &file)
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            println!("imported {name} into {}", dir.display());
+        }
+        ImageCommand::List { state_dir } => {
+            let dir = state_dir.unwrap_or_else(default_state_dir).join("images");
+            for name in tessera_agent::drivers::container::list_images(&dir)
+                .map_err(|e| anyhow::anyhow!("{e}"))?
+            {
+                println!("{name}");
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,224 @@
+//! `tessera up`: the control plane on the embedded store plus an agent for
+//! this machine, in one process. The agent uses the best driver the machine
+//! allows: containers when run as root with cgroups and an OCI runtime,
+//! otherwise simulated instances; `up` says which and why.
+
+use crate::agent::AgentArgs;
+use crate::settings::ServerArgs;
+use crate::{logging, server};
+use anyhow::{Context, Result};
+use clap::Args;
+use std::path::{Path, PathBuf};
+use tessera_agent::host::DriverKind;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Args, Debug)]
+pub struct UpArgs {
+    #[command(flatten)]
+    pub server: ServerArgs,
+    /// Force a driver instead of the best this machine allows.
+    #[arg(long, value_parser = parse_driver)]
+    pub driver: Option<DriverKind>,
+    /// Do not install missing host packages (runc, dropbear, busybox).
+    #[arg(long)]
+    pub no_install: bool,
+}
+
+fn parse_driver(s: &str) -> Result<DriverKind, String> {
+    s.parse()
+}
+
+/// The repository's `scripts` directory, when running from a checkout.
+fn scripts_dir() -> Option<PathBuf> {
+    let built = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts");
+    [built, PathBuf::from("scripts")]
+        .into_iter()
+        .find(|dir| dir.join("host-packages").exists())
+}
+
+fn is_root() -> bool {
+    std::fs::metadata("/proc/self")
+        .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
+        .unwrap_or(false)
+}
+
+fn has_cpuset_cgroups() -> bool {
+    Path::new("/sys/fs/cgroup/cpuset/cpuset.cpus").exists()
+        || std::fs::read_to_string("/sys/fs/cgroup/cgroup.controllers")
+            .is_ok_and(|c| c.split_whitespace().any(|c| c == "cpuset"))
+}
+
+fn on_path(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|paths| std::env::split_paths(&paths).collect::<Vec<_>>())
+        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")])
+        .any(|dir| dir.join(program).is_file())
+}
+
+fn missing_tools() -> Vec<&'static str> {
+    ["runc", "dropbear", "busybox"]
+        .into_iter()
+        .filter(|tool| !on_path(tool))
+        .collect()
+}
+
+/// The best driver here, and why.
+fn choose_driver(no_install: bool) -> (DriverKind, String) {
+    if !is_root() {
+        return (
+            DriverKind::Sim,
+            "not running as root, so instances cannot be real containers".into(),
+        );
+    }
+    if !has_cpuset_cgroups() {
+        return (
+            DriverKind::Sim,
+            "this machine has no cpuset cgroup to pin CPUs with".into(),
+        );
+    }
+    let missing = missing_tools();
+    if !missing.is_empty() {
+        let script = scripts_dir().map(|d| d.join("host-packages"));
+        match (no_install, script) {
+            (false, Some(script)) => {
+                eprintln!(
+                    "installing what containers need ({}) with {}",
+                    missing.join(", "),
+                    script.display()
+                );
+                let installed = std::process::Command::new("bash")
+                    .arg(&script)
+                    .status()
+                    .is_ok_and(|s| s.success());
+                if !installed {
+                    return (
+                        DriverKind::Sim,
+                        format!("installing {} failed", missing.join(", ")),
+                    );
+                }
+            }
+            _ => {
+                return (
+                    DriverKind::Sim,
+                    format!(
+                        "{} missing (Debian packages runc, dropbear-bin, busybox-static)",
+                        missing.join(", ")
+                    ),
+                );
+            }
+        }
+    }
+    (
+        DriverKind::Container,
+        "root, cpuset cgroups and runc are here".into(),
+    )
+}
+
+/// Builds and imports the `tiny` image when the host has none.
+fn ensure_tiny_image(state_dir: &Path) -> Result<()> {
+    let images = state_dir.join("images");
+    let present = tessera_agent::drivers::container::list_images(&images).unwrap_or_default();
+    if present.iter().any(|i| i == "tiny") {
+        return Ok(());
+    }
+    let script = scripts_dir()
+        .map(|d| d.join("images/tiny"))
+        .filter(|s| s.exists())
+        .context("scripts/images/tiny is not here to build the tiny image; import one with `tessera image import tiny FILE`")?;
+    let out = tempfile::tempdir()?;
+    let tarball = out.path().join("tiny.tar.gz");
+    eprintln!(
+        "building the tiny image (busybox + dropbear) with {}",
+        script.display()
+    );
+    let built = std::process::Command::new("bash")
+        .arg(&script)
+        .arg(&tarball)
+        .status()
+        .context("cannot run the image script")?;
+    if !built.success() {
+        anyhow::bail!("{} failed", script.display());
+    }
+    tessera_agent::drivers::container::import_image(&images, "tiny", &tarball)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(())
+}
+
+pub async fn run(args: UpArgs) -> Result<()> {
+    let settings = args.server.resolve()?;
+    logging::init(settings.log_format);
+    let (driver, why) = match args.driver {
+        Some(driver) => (driver, "asked for with --driver".to_string()),
+        None => choose_driver(args.no_install),
+    };
+    let state_dir = settings.data_dir.join("agent");
+    if driver == DriverKind::Container {
+        ensure_tiny_image(&state_dir)?;
+    }
+    let running = server::start(&settings).await?;
+    let join_token = running.app.local_join_token().await?;
+    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into());
+    let agent = AgentArgs {
+        server: running.url(),
+        join_token: Some(join_token),
+        hostname: Some(hostname.clone()),
+        ip: "127.0.0.1".into(),
+        location: None,
+        state_dir: Some(state_dir),
+        driver,
+        reserved_cpus: Default::default(),
+        user_prefix: String::new(),
+        bridge: "tsr0".into(),
+        subnet: "10.88.0.0/24".into(),
+        ssh_port_base: 2200,
+        heartbeat_secs: 5,
+    }
+    .options()?;
+    let stop = CancellationToken::new();
+    let agent_task = tokio::spawn(tessera_agent::runtime::run(agent, stop.clone()));
+    println!("\nTessera is up on {} with host {hostname}", running.url());
+    println!("driver: {} ({why})", driver.as_str());
+    match &running.new_admin_token {
+        Some(token) => println!(
+            "\nThe bootstrap admin token, shown this once (only its hash is stored):\n\n    \
+             export TESSERA_TOKEN={token}\n"
+        ),
+        None => println!(
+            "\nUse the admin token printed at the first start (export TESSERA_TOKEN=...).\n"
+        ),
+    }
+    let image = match driver {
+        DriverKind::Container => "tiny",
+        _ => "ubuntu-22.04",
+    };
+    println!(
+        "Try:\n\n    ssh-keygen -t ed25519 -N '' -f ~/.ssh/tessera\n    \
+         tessera ssh-key add mykey --public-key-file ~/.ssh/tessera.pub\n    \
+         tessera instance create web-1 --image {image} --ssh-key mykey\n    \
+         ssh -i ~/.ssh/tessera root@PRIVATE_IP     # the address the last command printed\n"
+    );
+    let mut agent_task = agent_task;
+    let agent_ended = tokio::select! {
+        _ = server::stop_signal() => None,
+        ended = &mut agent_task => Some(ended),
+    };
+    stop.cancel();
+    let agent_result = match agent_ended {
+        Some(ended) => ended,
+        None => {
+            tracing::info!("stopping; instances keep running and are adopted at the next start");
+            agent_task.await
+        }
+    };
+    let shutdown = running.shutdown().await;
+    match agent_result {
+        Ok(Err(err)) => Err(err.context("the local agent stopped")),
+        Err(err) => Err(anyhow::anyhow!("the local agent failed: {err}")),
+        Ok(Ok(())) => shutdown,
+    }
+}
