@@ -87,6 +87,21 @@ pub enum TokenCommand {
 }
 
 #[derive(Subcommand, Debug)]
+pub enum SshKeyCommand {
+    /// Add a public key; prints its id (for `instance create --ssh-key`).
+    Add {
+        name: String,
+        /// An OpenSSH public key file (`~/.ssh/id_ed25519.pub`).
+        #[arg(long)]
+        public_key_file: std::path::PathBuf,
+    },
+    /// List your project's keys.
+    List,
+    /// Delete a key.
+    Delete { id: String },
+}
+
+#[derive(Subcommand, Debug)]
 pub enum JoinTokenCommand {
     /// Create a join token for new hosts' agents and print its secret
     /// (shown once).
@@ -559,6 +574,50 @@ pub async fn join_token(args: ClientArgs, command: JoinTokenCommand) -> Result<(
                 )
                 .await?;
             eprintln!("join token {id} revoked");
+        }
+    }
+    Ok(())
+}
+
+pub async fn ssh_key(args: ClientArgs, command: SshKeyCommand) -> Result<()> {
+    let client = Client::new(args);
+    match command {
+        SshKeyCommand::Add {
+            name,
+            public_key_file,
+        } => {
+            let public_key = std::fs::read_to_string(&public_key_file)
+                .with_context(|| format!("cannot read {}", public_key_file.display()))?;
+            let created = client
+                .call(
+                    reqwest::Method::POST,
+                    "/v1/ssh-keys",
+                    Some(json!({"name": name, "public_key": public_key.trim()})),
+                )
+                .await?;
+            client.print(&created, |k| println!("{}", text(&k["id"])));
+        }
+        SshKeyCommand::List => {
+            let list = client
+                .call(reqwest::Method::GET, "/v1/ssh-keys", None)
+                .await?;
+            client.print(&list, |list| {
+                let items = list.get("items").unwrap_or(list);
+                for k in items.as_array().into_iter().flatten() {
+                    println!(
+                        "{:<22} {:<20} {}",
+                        text(&k["id"]),
+                        text(&k["name"]),
+                        text(&k["fingerprint"])
+                    );
+                }
+            });
+        }
+        SshKeyCommand::Delete { id } => {
+            client
+                .call(reqwest::Method::DELETE, &format!("/v1/ssh-keys/{id}"), None)
+                .await?;
+            eprintln!("ssh key {id} deleted");
         }
     }
     Ok(())

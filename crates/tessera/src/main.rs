@@ -5,7 +5,7 @@ use clap::{Parser, Subcommand};
 use tessera::agent::{AgentArgs, ImageCommand};
 use tessera::bench::BenchCommand;
 use tessera::client::{
-    self, ClientArgs, InstanceCommand, JoinTokenCommand, ProjectCommand, TokenCommand, UserCommand,
+    self, ClientArgs, InstanceCommand, JoinTokenCommand, ProjectCommand, SshKeyCommand, TokenCommand, UserCommand,
 };
 use tessera::settings::ServerArgs;
 use tessera::{logging, server};
@@ -63,6 +63,13 @@ enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
+    /// SSH keys, through a running server.
+    SshKey {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        command: SshKeyCommand,
+    },
     /// Join tokens for new hosts' agents, through a running server.
     JoinToken {
         #[command(flatten)]
@@ -111,6 +118,7 @@ fn run(cli: Cli) -> Result<()> {
             Command::User { client, command } => client::user(client, command).await,
             Command::Token { client, command } => client::token(client, command).await,
             Command::Instance { client, command } => client::instance(client, command).await,
+            Command::SshKey { client, command } => client::ssh_key(client, command).await,
             Command::JoinToken { client, command } => client::join_token(client, command).await,
         }
     })

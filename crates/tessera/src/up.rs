@@ -197,10 +197,12 @@ pub async fn run(args: UpArgs) -> Result<()> {
         _ => "ubuntu-22.04",
     };
     println!(
-        "Try:\n\n    ssh-keygen -t ed25519 -N '' -f ~/.ssh/tessera\n    \
-         tessera ssh-key add mykey --public-key-file ~/.ssh/tessera.pub\n    \
-         tessera instance create web-1 --image {image} --ssh-key mykey\n    \
-         ssh -i ~/.ssh/tessera root@PRIVATE_IP     # the address the last command printed\n"
+        "Try, in another shell:\n\n    \
+         export TESSERA_TOKEN=...        # the admin token\n    \
+         ssh-keygen -t ed25519 -N '' -f ~/.ssh/tessera\n    \
+         KEY=$(cargo run -q --release -- ssh-key add mine --public-key-file ~/.ssh/tessera.pub)\n    \
+         cargo run -q --release -- instance create web-1 --image {image} --ssh-key $KEY\n    \
+         ssh -i ~/.ssh/tessera root@IP     # IP: the ip= the last command printed\n"
     );
     let mut agent_task = agent_task;
     let agent_ended = tokio::select! {
