@@ -5,7 +5,8 @@ use clap::{Parser, Subcommand};
 use tessera::agent::{AgentArgs, ImageCommand};
 use tessera::bench::BenchCommand;
 use tessera::client::{
-    self, ClientArgs, InstanceCommand, JoinTokenCommand, ProjectCommand, SshKeyCommand, TokenCommand, UserCommand,
+    self, ClientArgs, InstanceCommand, JoinTokenCommand, ProjectCommand, SshKeyCommand,
+    TokenCommand, UserCommand,
 };
 use tessera::settings::ServerArgs;
 use tessera::{logging, server};

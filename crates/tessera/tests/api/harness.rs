@@ -77,6 +77,10 @@ pub struct Options {
     pub faults: Vec<&'static str>,
     pub agent_timeout: Duration,
     pub database_url: Option<String>,
+    /// Hosts without a registered agent are simulated in process.
+    pub sim_hosts: bool,
+    /// How long an agent may stay silent before its host is unreachable.
+    pub agent_silence: Duration,
 }
 
 impl Default for Options {
@@ -85,6 +89,8 @@ impl Default for Options {
             faults: Vec::new(),
             agent_timeout: Duration::from_secs(10),
             database_url: None,
+            sim_hosts: true,
+            agent_silence: Duration::from_secs(15),
         }
     }
 }
@@ -113,7 +119,7 @@ impl TestServer {
             data_dir: dir.path().to_path_buf(),
             listen: "127.0.0.1:0".parse().expect("addr"),
             database_url,
-            sim: Some(SimConfig {
+            sim: options.sim_hosts.then(|| SimConfig {
                 faults: options
                     .faults
                     .iter()
@@ -122,7 +128,7 @@ impl TestServer {
                 ..SimConfig::default()
             }),
             agent_timeout: options.agent_timeout,
-            agent_silence: std::time::Duration::from_secs(15),
+            agent_silence: options.agent_silence,
             log_format: Default::default(),
             admin_token: Some(TOKEN.to_string()),
             admin_password: Some(ADMIN_PASSWORD.to_string()),
@@ -407,8 +413,20 @@ pub struct ServerProcess {
 
 impl ServerProcess {
     pub fn start(database_url: &str, data_dir: &std::path::Path, args: &[&str]) -> ServerProcess {
+        let mut with_sim = vec!["--sim-hosts"];
+        with_sim.extend_from_slice(args);
+        Self::start_on(database_url, data_dir, "127.0.0.1:0", &with_sim)
+    }
+
+    /// A server on `listen`, which a restart can take again.
+    pub fn start_on(
+        database_url: &str,
+        data_dir: &std::path::Path,
+        listen: &str,
+        args: &[&str],
+    ) -> ServerProcess {
         let mut child = Command::new(env!("CARGO_BIN_EXE_tessera"))
-            .args(["server", "--sim-hosts", "--listen", "127.0.0.1:0"])
+            .args(["server", "--listen", listen])
             .args(args)
             .arg("--data-dir")
             .arg(data_dir)
@@ -489,4 +507,121 @@ pub async fn wait_for(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     panic!("{query}: never {count} units");
+}
+
+/// A free TCP port on the loopback interface, for a server that restarts
+/// on the same address.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// A join token, created through the API as the admin.
+pub async fn join_token(url: &str) -> String {
+    let reply: Value = reqwest::Client::new()
+        .post(format!("{url}/v1/servers/join-tokens"))
+        .bearer_auth(TOKEN)
+        .json(&json!({"description": "test"}))
+        .send()
+        .await
+        .expect("join token request")
+        .json()
+        .await
+        .expect("join token body");
+    reply["token"].as_str().expect("token").to_string()
+}
+
+/// A `tessera agent` process; its log goes to `STATE/agent.log`.
+pub struct AgentProcess {
+    child: Child,
+    pub state_dir: std::path::PathBuf,
+}
+
+impl AgentProcess {
+    /// Starts an agent for `hostname` with `driver` (`--heartbeat-secs 1`).
+    pub fn start(
+        server: &str,
+        join_token: Option<&str>,
+        hostname: &str,
+        state_dir: &std::path::Path,
+        driver: &str,
+        args: &[&str],
+    ) -> AgentProcess {
+        std::fs::create_dir_all(state_dir).expect("state dir");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(state_dir.join("agent.log"))
+            .expect("agent log");
+        let mut command = Command::new(env!("CARGO_BIN_EXE_tessera"));
+        command
+            .args(["agent", "--server", server, "--hostname", hostname])
+            .args(["--driver", driver, "--heartbeat-secs", "1"])
+            .arg("--state-dir")
+            .arg(state_dir)
+            .args(args)
+            .env("TESSERA_LOG", "info")
+            .env_remove("TESSERA_JOIN_TOKEN")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log);
+        if let Some(token) = join_token {
+            command.args(["--join-token", token]);
+        }
+        let child = command.spawn().expect("spawn tessera agent");
+        AgentProcess {
+            child,
+            state_dir: state_dir.to_path_buf(),
+        }
+    }
+
+    /// SIGKILL: the agent dies with no chance to clean up.
+    pub fn crash(mut self) {
+        self.child.kill().expect("kill -9");
+        self.child.wait().expect("wait");
+    }
+
+    /// Waits for the agent to exit by itself; answers its exit status and
+    /// log.
+    pub fn wait_exit(mut self, within: Duration) -> (std::process::ExitStatus, String) {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                let log =
+                    std::fs::read_to_string(self.state_dir.join("agent.log")).unwrap_or_default();
+                return (status, log);
+            }
+            assert!(Instant::now() < deadline, "the agent did not exit");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.state_dir.join("agent.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Polls `what` every 50 ms until it answers `Some`, for up to `within`.
+pub async fn eventually<T, F, Fut>(within: Duration, what: &str, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(value) = probe().await {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

@@ -4,9 +4,11 @@
 
 mod harness;
 
+mod agents;
 mod cli;
 mod concurrency;
 mod crash;
+mod dataplane;
 mod identity;
 mod instances;
 mod kloigos;

@@ -72,6 +72,28 @@ pub struct ContainerState {
 const PIDS_LIMIT: i64 = 1024;
 /// How long an instance has to stop after TERM before it gets KILL.
 const STOP_GRACE: Duration = Duration::from_secs(5);
+/// How long a start waits for the instance's SSH server to answer.
+const SSH_WAIT: Duration = Duration::from_secs(10);
+
+/// Waits until `addr` accepts a TCP connection, up to `within`; answers
+/// whether it did.
+async fn wait_for_port(addr: SocketAddr, within: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let attempt = tokio::time::timeout(
+            Duration::from_millis(500),
+            tokio::net::TcpStream::connect(addr),
+        )
+        .await;
+        if matches!(attempt, Ok(Ok(_))) {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
 
 pub(super) fn fail(msg: impl Into<String>) -> AgentError {
     AgentError::Failed(msg.into())
@@ -577,7 +599,10 @@ impl ContainerDriver {
             self.save_record(&rec)?;
         }
         self.ensure_proxy(&rec).await?;
-        tracing::info!(%id, ip = %rec.ip, ssh_port = rec.ssh_port, "instance running");
+        // Answer once SSH does, as a cloud's "running" means reachable; an
+        // image without an SSH server still runs, so this only waits.
+        let ssh_answers = wait_for_port(SocketAddr::from((rec.ip, 22)), SSH_WAIT).await;
+        tracing::info!(%id, ip = %rec.ip, ssh_port = rec.ssh_port, ssh_answers, "instance running");
         Ok(rec.report())
     }
 

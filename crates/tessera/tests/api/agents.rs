@@ -1,0 +1,248 @@
+//! `tessera agent` processes against one server: joining with a join
+//! token, placement across their hosts, a host lost (agent killed) and
+//! found again, and the protocol's refusals. The agents use the `sim`
+//! driver, so these run anywhere; `dataplane.rs` runs the real drivers.
+
+use crate::harness::{AgentProcess, Backend, Options, TOKEN, TestServer, eventually, join_token};
+use crate::on_both_backends;
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+on_both_backends!(
+    agents_join_share_the_load_and_survive_a_lost_host,
+    join_tokens_are_checked_and_agents_authenticated,
+);
+
+async fn server_status(server: &TestServer, hostname: &str) -> Option<String> {
+    let servers = server.get_ok("/v1/servers").await;
+    servers
+        .as_array()?
+        .iter()
+        .find(|s| s["hostname"] == hostname)
+        .and_then(|s| s["status"].as_str().map(str::to_string))
+}
+
+async fn instances(server: &TestServer) -> Vec<Value> {
+    let (status, list) = server.call(Method::GET, "/v1/instances", None, TOKEN).await;
+    assert_eq!(status, StatusCode::OK, "{list}");
+    list["items"].as_array().cloned().unwrap_or_default()
+}
+
+async fn agents_join_share_the_load_and_survive_a_lost_host(backend: Backend) {
+    let server = TestServer::start_with(
+        backend,
+        Options {
+            sim_hosts: false,
+            agent_silence: Duration::from_secs(3),
+            ..Options::default()
+        },
+    )
+    .await;
+    let token = join_token(&server.url).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut agents = Vec::new();
+    for name in ["node-a", "node-b"] {
+        agents.push(AgentProcess::start(
+            &server.url,
+            Some(&token),
+            name,
+            &dir.path().join(name),
+            "sim",
+            &[],
+        ));
+    }
+    for name in ["node-a", "node-b"] {
+        eventually(Duration::from_secs(20), "both hosts running", || async {
+            (server_status(&server, name).await.as_deref() == Some("running")).then_some(())
+        })
+        .await;
+    }
+    // Each host has this machine's CPUs; four 1-CPU instances spread over
+    // both (the placement fills the emptiest host first).
+    let mut hosts = BTreeSet::new();
+    for i in 0..4 {
+        let instance = server
+            .run_instance(TOKEN, &format!("web-{i}"), "cx11")
+            .await;
+        assert_eq!(instance["status"]["state"], "running", "{instance}");
+        hosts.insert(
+            instance["status"]["host_id"]
+                .as_str()
+                .unwrap_or("")
+                .to_string(),
+        );
+    }
+    assert_eq!(hosts.len(), 2, "instances landed on both hosts: {hosts:?}");
+    let node_a = server.host_id("node-a").await;
+
+    // node-a's agent dies: the host becomes unreachable, its instances
+    // unknown, and nothing new is placed there.
+    let a = agents.remove(0);
+    let a_dir = a.state_dir.clone();
+    a.crash();
+    eventually(Duration::from_secs(15), "node-a unreachable", || async {
+        (server_status(&server, "node-a").await.as_deref() == Some("unreachable")).then_some(())
+    })
+    .await;
+    let listed = instances(&server).await;
+    for instance in &listed {
+        let on_a = instance["status"]["host_id"] == node_a.as_str();
+        let state = instance["status"]["state"].as_str().unwrap_or("");
+        match on_a {
+            true => assert_eq!(state, "unknown", "{instance}"),
+            false => assert_eq!(state, "running", "{instance}"),
+        }
+    }
+    assert_eq!(
+        server_status(&server, "node-b").await.as_deref(),
+        Some("running")
+    );
+
+    // It comes back, without a join token: it kept its credential. The
+    // same instances run again, none lost or duplicated.
+    let _a = AgentProcess::start(&server.url, None, "node-a", &a_dir, "sim", &[]);
+    eventually(Duration::from_secs(15), "node-a back", || async {
+        (server_status(&server, "node-a").await.as_deref() == Some("running")).then_some(())
+    })
+    .await;
+    let again = instances(&server).await;
+    let ids = |list: &[Value]| -> BTreeSet<String> {
+        list.iter()
+            .map(|i| i["id"].as_str().unwrap_or("").to_string())
+            .collect()
+    };
+    assert_eq!(ids(&again), ids(&listed));
+    assert_eq!(again.len(), 4);
+    for instance in &again {
+        assert_eq!(instance["status"]["state"], "running", "{instance}");
+    }
+    // The restarted agent was handed its instances again.
+    let log = std::fs::read_to_string(a_dir.join("agent.log")).unwrap_or_default();
+    assert!(log.contains("agent running"), "{log}");
+
+    // Deleting them goes through the agents.
+    for instance in &again {
+        let id = instance["id"].as_str().expect("id");
+        let (status, reply) = server
+            .call(Method::DELETE, &format!("/v1/instances/{id}"), None, TOKEN)
+            .await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{reply}");
+        let op = reply["operation_id"].as_str().expect("operation");
+        let op = server.wait_operation(op, TOKEN).await;
+        assert_eq!(op["status"], "completed", "{op}");
+    }
+    server.stop().await;
+}
+
+async fn join_tokens_are_checked_and_agents_authenticated(backend: Backend) {
+    let server = TestServer::start_with(
+        backend,
+        Options {
+            sim_hosts: false,
+            ..Options::default()
+        },
+    )
+    .await;
+    let dir = tempfile::tempdir().expect("tempdir");
+
+    // A made-up join token: the agent says why and exits.
+    let bogus = AgentProcess::start(
+        &server.url,
+        Some("tsj_not-a-real-token"),
+        "node-x",
+        &dir.path().join("x"),
+        "sim",
+        &[],
+    );
+    let (status, log) = bogus.wait_exit(Duration::from_secs(20));
+    assert!(!status.success());
+    assert!(log.contains("registration refused"), "{log}");
+    assert_eq!(server_status(&server, "node-x").await, None);
+
+    // Without any token or kept credential, it says what to do.
+    let none = AgentProcess::start(
+        &server.url,
+        None,
+        "node-y",
+        &dir.path().join("y"),
+        "sim",
+        &[],
+    );
+    let (status, log) = none.wait_exit(Duration::from_secs(20));
+    assert!(!status.success());
+    assert!(log.contains("--join-token"), "{log}");
+
+    // A revoked token no longer admits anyone.
+    let (status, created) = server
+        .call(
+            Method::POST,
+            "/v1/servers/join-tokens",
+            Some(&json!({"ttl_seconds": 600})),
+            TOKEN,
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let id = created["id"].as_str().expect("id");
+    let secret = created["token"].as_str().expect("token");
+    let listed = server.get_ok("/v1/servers/join-tokens").await;
+    assert!(listed.to_string().contains(id));
+    assert!(
+        !listed.to_string().contains(secret),
+        "secrets are shown once"
+    );
+    let (status, _) = server
+        .call(
+            Method::DELETE,
+            &format!("/v1/servers/join-tokens/{id}"),
+            None,
+            TOKEN,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let revoked = AgentProcess::start(
+        &server.url,
+        Some(secret),
+        "node-z",
+        &dir.path().join("z"),
+        "sim",
+        &[],
+    );
+    let (status, log) = revoked.wait_exit(Duration::from_secs(20));
+    assert!(!status.success(), "{log}");
+
+    // Bad input to the token API is the face's 400.
+    let (status, body) = server
+        .call(
+            Method::POST,
+            "/v1/servers/join-tokens",
+            Some(&json!({"ttl_seconds": 1})),
+            TOKEN,
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["error"], "INVALID_REQUEST");
+
+    // The agent protocol wants a host credential, not a user's token.
+    for (method, path) in [
+        (Method::GET, "/v1/agent/desired"),
+        (Method::POST, "/v1/agent/heartbeat"),
+        (Method::POST, "/v1/agent/observed"),
+    ] {
+        let (status, body) = server.request(method, path, Some("{}"), Some(TOKEN)).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{path}: {body}");
+    }
+    // A tenant cannot make join tokens.
+    let member = server.user_in("joiner", "member", "default").await;
+    let (status, _) = server
+        .call(
+            Method::POST,
+            "/v1/servers/join-tokens",
+            Some(&json!({})),
+            &member,
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    server.stop().await;
+}

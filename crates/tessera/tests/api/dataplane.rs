@@ -1,0 +1,652 @@
+//! The real data plane: `tessera agent` with the `unit` and `container`
+//! drivers changing this machine, checked over SSH. These need root,
+//! cpuset cgroups, runc, dropbear, busybox and an SSH client
+//! (`scripts/host-packages` installs them); elsewhere they print why they
+//! are skipped. They run on SQLite only: they share the machine's users,
+//! ports and network, and the store is not what they test.
+
+use crate::harness::{
+    AgentProcess, Backend, Options, ServerProcess, TOKEN, TestServer, eventually, free_port,
+    join_token,
+};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+/// Why this machine cannot run the real drivers, if it cannot.
+fn cannot_run() -> Option<String> {
+    let root = std::fs::metadata("/proc/self")
+        .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
+        .unwrap_or(false);
+    if !root {
+        return Some("not running as root".into());
+    }
+    let cpuset = Path::new("/sys/fs/cgroup/cpuset/cpuset.cpus").exists()
+        || std::fs::read_to_string("/sys/fs/cgroup/cgroup.controllers")
+            .is_ok_and(|c| c.contains("cpuset"));
+    if !cpuset {
+        return Some("no cpuset cgroup".into());
+    }
+    let missing: Vec<&str> = ["runc", "dropbear", "busybox", "ssh", "ssh-keygen", "ip"]
+        .into_iter()
+        .filter(|tool| {
+            !Command::new("sh")
+                .args([
+                    "-c",
+                    &format!("command -v {tool} || test -x /usr/sbin/{tool}"),
+                ])
+                .output()
+                .is_ok_and(|o| o.status.success())
+        })
+        .collect();
+    match missing.is_empty() {
+        true => None,
+        false => Some(format!(
+            "{} missing (run scripts/host-packages)",
+            missing.join(", ")
+        )),
+    }
+}
+
+macro_rules! skip_unless_dataplane {
+    () => {
+        if let Some(why) = cannot_run() {
+            eprintln!("skipped: the real data plane cannot run here: {why}");
+            return;
+        }
+    };
+}
+
+/// A fresh ed25519 key pair: (private key path, public key line).
+fn key_pair(dir: &Path) -> (PathBuf, String) {
+    let path = dir.join("id_ed25519");
+    let made = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(&path)
+        .status()
+        .expect("ssh-keygen");
+    assert!(made.success());
+    let public = std::fs::read_to_string(path.with_extension("pub")).expect("public key");
+    (path, public.trim().to_string())
+}
+
+/// `ssh -p port user@host command`; answers stdout on success.
+fn ssh(key: &Path, user: &str, host: &str, port: u16, command: &str) -> Result<String, String> {
+    let output = Command::new("ssh")
+        .arg("-i")
+        .arg(key)
+        .args(["-p", &port.to_string()])
+        .args([
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "ConnectTimeout=5",
+            "-o",
+            "LogLevel=ERROR",
+        ])
+        .arg(format!("{user}@{host}"))
+        .arg(command)
+        .output()
+        .expect("ssh");
+    match output.status.success() {
+        true => Ok(String::from_utf8_lossy(&output.stdout).into_owned()),
+        false => Err(String::from_utf8_lossy(&output.stderr).into_owned()),
+    }
+}
+
+/// [`ssh`] until it succeeds, for up to ten seconds (a startup script
+/// runs once SSH is up).
+async fn ssh_until(key: &Path, user: &str, host: &str, port: u16, command: &str) -> String {
+    let mut last = String::new();
+    for _ in 0..100 {
+        match ssh(key, user, host, port, command) {
+            Ok(out) => return out,
+            Err(err) => last = err,
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("ssh {user}@{host} -p {port} {command:?} never worked: {last}");
+}
+
+/// The live processes of `user`. A zombie is not counted: it has ended,
+/// and only waits for PID 1 to reap it (which this sandbox's init does
+/// about once a second).
+fn processes_of(user: &str) -> String {
+    let output = Command::new("ps")
+        .args(["-u", user, "-o", "stat=,pid=,args="])
+        .output()
+        .expect("ps");
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter(|l| !l.trim_start().starts_with('Z'))
+        .map(|l| format!("{l}\n"))
+        .collect()
+}
+
+fn user_exists(user: &str) -> bool {
+    Command::new("id")
+        .arg(user)
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kloigos_unit_on_a_real_agent_is_a_pinned_ssh_login() {
+    skip_unless_dataplane!();
+    let server = TestServer::start_with(
+        Backend::Sqlite,
+        Options {
+            sim_hosts: false,
+            ..Options::default()
+        },
+    )
+    .await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let prefix = format!("tu{}-", std::process::id() % 10000);
+    // The host is registered first and waits for its agent.
+    server
+        .init_host_in("unit-host", "eu-north", "a", &["0-0", "1-1"])
+        .await;
+    let waiting = server.units("?hostname=unit-host").await;
+    assert!(
+        waiting
+            .iter()
+            .all(|u| u["status"] == "INITIALIZING" || u["status"] == "UNAVAILABLE"),
+        "units are not FREE before the host is prepared: {waiting:?}"
+    );
+    let token = join_token(&server.url).await;
+    let agent = AgentProcess::start(
+        &server.url,
+        Some(&token),
+        "unit-host",
+        &dir.path().join("agent"),
+        "unit",
+        &["--user-prefix", &prefix],
+    );
+    server.wait_host_status("unit-host", "FREE", 2).await;
+
+    let (key, public) = key_pair(dir.path());
+    let started = std::time::Instant::now();
+    let (status, unit) = server
+        .allocate(json!({"cpu_count": 1, "ssh_public_key": public, "tags": {"t": "dp"}}))
+        .await;
+    let allocate_ms = started.elapsed().as_millis();
+    assert_eq!(status, StatusCode::OK, "{unit}");
+    assert_eq!(unit["status"], "ALLOCATED", "{unit}");
+    eprintln!("allocate on a real host answered in {allocate_ms} ms");
+    let cpu_list = unit["cpu_list"].as_str().expect("cpu_list").to_string();
+    let range = unit["cpu_range"].as_str().expect("cpu_range");
+    let user = format!("{prefix}c{range}");
+    let port: u16 = unit["ports_range"]
+        .as_str()
+        .and_then(|r| r.split('-').next())
+        .and_then(|p| p.parse().ok())
+        .expect("ports_range");
+    let seen = ssh(
+        &key,
+        &user,
+        "127.0.0.1",
+        port,
+        "grep Cpus_allowed_list /proc/self/status",
+    )
+    .unwrap_or_else(|e| panic!("ssh into the unit: {e}\n{}", agent.log()));
+    assert_eq!(
+        seen.trim(),
+        format!("Cpus_allowed_list:\t{cpu_list}"),
+        "the session is pinned to the unit's CPUs"
+    );
+    ssh(
+        &key,
+        &user,
+        "127.0.0.1",
+        port,
+        "nohup sleep 1000 >/dev/null 2>&1 &",
+    )
+    .expect("background job");
+    assert!(processes_of(&user).contains("sleep 1000"));
+
+    let compute_id = unit["compute_id"].as_str().expect("compute_id");
+    let (status, body) = server
+        .delete(&format!("/api/compute_units/deallocate/{compute_id}"))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(
+        ssh(&key, &user, "127.0.0.1", port, "true").is_err(),
+        "the login is refused after deallocate"
+    );
+    assert_eq!(processes_of(&user), "", "no process of {user} remains");
+
+    // Decommission leaves nothing behind.
+    let (status, body) = server
+        .delete("/api/admin/decommission_server/unit-host")
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    eventually(
+        Duration::from_secs(20),
+        "the unit users removed",
+        || async {
+            (!user_exists(&user)
+                && !user_exists(&format!("{prefix}c1"))
+                && !user_exists(&format!("{prefix}c0")))
+            .then_some(())
+        },
+    )
+    .await;
+    assert!(!Path::new(&format!("/home/{user}")).exists());
+    assert!(!Path::new(&format!("/sys/fs/cgroup/cpuset/tessera/{user}")).exists());
+    drop(agent);
+    server.stop().await;
+}
+
+/// Builds the tiny image once and imports it into `state_dir`.
+fn import_tiny(state_dir: &Path) {
+    static TARBALL: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    let tarball = TARBALL.get_or_init(|| {
+        let out = std::env::temp_dir().join(format!("tessera-tiny-{}.tar.gz", std::process::id()));
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/images/tiny");
+        let built = Command::new("bash")
+            .arg(script)
+            .arg(&out)
+            .output()
+            .expect("scripts/images/tiny");
+        assert!(
+            built.status.success(),
+            "{}",
+            String::from_utf8_lossy(&built.stderr)
+        );
+        out
+    });
+    let imported = Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .args(["image", "import", "tiny"])
+        .arg(tarball)
+        .arg("--state-dir")
+        .arg(state_dir)
+        .output()
+        .expect("tessera image import");
+    assert!(
+        imported.status.success(),
+        "{}",
+        String::from_utf8_lossy(&imported.stderr)
+    );
+}
+
+/// Waits for an operation through the API of `url`.
+async fn wait_op(url: &str, op: &str) -> Value {
+    let client = reqwest::Client::new();
+    let reply: Value = client
+        .get(format!("{url}/v1/operations/{op}/wait?timeout=60"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .expect("wait")
+        .json()
+        .await
+        .expect("operation");
+    reply
+}
+
+async fn api(url: &str, method: Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+    let client = reqwest::Client::new();
+    let mut request = client
+        .request(method, format!("{url}{path}"))
+        .bearer_auth(TOKEN);
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await.expect("request");
+    let status = response.status();
+    let text = response.text().await.expect("body");
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+/// Creates an instance of the tiny image with `key` and a startup script,
+/// and waits for it to run.
+async fn create_tiny(url: &str, name: &str, public: &str) -> Value {
+    let (status, key) = api(
+        url,
+        Method::POST,
+        "/v1/ssh-keys",
+        Some(json!({"name": format!("{name}-key"), "public_key": public})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{key}");
+    use base64::Engine;
+    let script = "#!/bin/sh\necho booted-once >> /root/startup-ran\n";
+    let (status, created) = api(
+        url,
+        Method::POST,
+        "/v1/instances",
+        Some(json!({
+            "metadata": {"name": name},
+            "spec": {
+                "type": "cx11", "image": "tiny",
+                "ssh_key_ids": [key["id"]],
+                "user_data": base64::engine::general_purpose::STANDARD.encode(script),
+            },
+        })),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let op = wait_op(url, created["operation_id"].as_str().expect("op")).await;
+    assert_eq!(op["status"], "completed", "{op}");
+    let id = created["id"].as_str().expect("id");
+    let (_, instance) = api(url, Method::GET, &format!("/v1/instances/{id}"), None).await;
+    assert_eq!(instance["status"]["state"], "running", "{instance}");
+    instance
+}
+
+/// What a container leaves on the host, by instance id.
+fn traces_of(state_dir: &Path, id: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    if state_dir.join("containers").join(id).exists() {
+        found.push("its directory".to_string());
+    }
+    let runc = Command::new("runc")
+        .arg("--root")
+        .arg(state_dir.join("runc"))
+        .args(["list", "-q"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    if runc.lines().any(|l| l.trim() == id) {
+        found.push("a runc container".into());
+    }
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    if mounts.contains(id) {
+        found.push("a mount".into());
+    }
+    for controller in ["cpuset", "memory", "pids"] {
+        let listing = Command::new("find")
+            .arg(format!("/sys/fs/cgroup/{controller}"))
+            .args(["-maxdepth", "2", "-name", &format!("*{id}*")])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        if !listing.trim().is_empty() {
+            found.push(format!("a {controller} cgroup"));
+        }
+    }
+    found
+}
+
+/// How many links are attached to `bridge`.
+fn links_on(bridge: &str) -> usize {
+    let links = Command::new("ip")
+        .args(["-o", "link", "show", "master", bridge])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    links.lines().count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_container_instance_is_reached_over_ssh_and_leaves_nothing() {
+    skip_unless_dataplane!();
+    let server = TestServer::start_with(
+        Backend::Sqlite,
+        Options {
+            sim_hosts: false,
+            agent_timeout: Duration::from_secs(60),
+            ..Options::default()
+        },
+    )
+    .await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("agent");
+    import_tiny(&state);
+    let token = join_token(&server.url).await;
+    let agent = AgentProcess::start(
+        &server.url,
+        Some(&token),
+        "box-host",
+        &state,
+        "container",
+        &[
+            "--bridge",
+            "tsrt1",
+            "--subnet",
+            "10.251.1.0/24",
+            "--ssh-port-base",
+            "44100",
+            "--user-prefix",
+            "tc1-",
+        ],
+    );
+    eventually(Duration::from_secs(20), "the host running", || async {
+        let servers = server.get_ok("/v1/servers").await;
+        servers
+            .as_array()
+            .and_then(|l| l.iter().find(|s| s["hostname"] == "box-host"))
+            .filter(|s| s["status"] == "running")
+            .map(|_| ())
+    })
+    .await;
+    let (key, public) = key_pair(dir.path());
+    let started = std::time::Instant::now();
+    let instance = create_tiny(&server.url, "web-1", &public).await;
+    eprintln!("instance running in {} ms", started.elapsed().as_millis());
+    let id = instance["id"].as_str().expect("id").to_string();
+    let ip = instance["status"]["private_ip"]
+        .as_str()
+        .expect("ip")
+        .to_string();
+    let cpus = instance["status"]["cpus"]
+        .as_str()
+        .expect("cpus")
+        .to_string();
+    // SSH answers when the instance is reported running; the startup
+    // script may still be finishing.
+    ssh(&key, "root", &ip, 22, "true")
+        .unwrap_or_else(|e| panic!("ssh into the instance: {e}\n{}", agent.log()));
+    let seen = ssh_until(
+        &key,
+        "root",
+        &ip,
+        22,
+        "hostname; grep Cpus_allowed_list /proc/self/status; cat /root/startup-ran",
+    )
+    .await;
+    let lines: Vec<&str> = seen.lines().collect();
+    assert_eq!(lines.first().copied(), Some("web-1"), "{seen}");
+    assert_eq!(
+        lines
+            .get(1)
+            .map(|l| l.split_whitespace().last().unwrap_or("")),
+        Some(cpus.as_str()),
+        "pinned to its CPUs: {seen}"
+    );
+    assert_eq!(lines.get(2).copied(), Some("booted-once"), "{seen}");
+
+    // Stop: SSH is gone. Start: it is back, and the startup script did not
+    // run again.
+    let (status, stopped) = api(
+        &server.url,
+        Method::POST,
+        &format!("/v1/instances/{id}/stop"),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{stopped}");
+    wait_op(&server.url, stopped["operation_id"].as_str().expect("op")).await;
+    assert!(
+        ssh(&key, "root", &ip, 22, "true").is_err(),
+        "a stopped instance answers no SSH"
+    );
+    let (status, started) = api(
+        &server.url,
+        Method::POST,
+        &format!("/v1/instances/{id}/start"),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{started}");
+    let op = wait_op(&server.url, started["operation_id"].as_str().expect("op")).await;
+    assert_eq!(op["status"], "completed", "{op}");
+    let seen = ssh(&key, "root", &ip, 22, "cat /root/startup-ran").expect("ssh after start");
+    assert_eq!(seen.trim(), "booted-once", "the startup script runs once");
+
+    // Delete leaves no process, mount, cgroup, veth or file.
+    let links = links_on("tsrt1");
+    assert!(links >= 1, "the instance's veth is on the bridge");
+    let (status, deleted) = api(
+        &server.url,
+        Method::DELETE,
+        &format!("/v1/instances/{id}"),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{deleted}");
+    let op = wait_op(&server.url, deleted["operation_id"].as_str().expect("op")).await;
+    assert_eq!(op["status"], "completed", "{op}");
+    assert_eq!(traces_of(&state, &id), Vec::<String>::new(), "left behind");
+    assert_eq!(links_on("tsrt1"), links - 1, "its veth is gone");
+    drop(agent);
+    let _ = Command::new("ip").args(["link", "del", "tsrt1"]).status();
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_survive_restarts_of_the_agent_and_the_server() {
+    skip_unless_dataplane!();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("server");
+    let database_url = tessera_store::Store::sqlite_url(&data.join("tessera.db"));
+    std::fs::create_dir_all(&data).expect("data dir");
+    let listen = format!("127.0.0.1:{}", free_port());
+    let server = ServerProcess::start_on(
+        &database_url,
+        &data,
+        &listen,
+        &["--agent-silence-ms", "3000"],
+    );
+    let url = server.url.clone();
+    let state = dir.path().join("agent");
+    import_tiny(&state);
+    let token = join_token(&url).await;
+    let agent_args = [
+        "--bridge",
+        "tsrt2",
+        "--subnet",
+        "10.251.2.0/24",
+        "--ssh-port-base",
+        "44200",
+        "--user-prefix",
+        "tc2-",
+    ];
+    let agent = AgentProcess::start(
+        &url,
+        Some(&token),
+        "restart-host",
+        &state,
+        "container",
+        &agent_args,
+    );
+    let (key, public) = key_pair(dir.path());
+    eventually(Duration::from_secs(20), "the host running", || async {
+        let (_, servers) = api(&url, Method::GET, "/v1/servers", None).await;
+        servers
+            .as_array()
+            .and_then(|l| l.iter().find(|s| s["hostname"] == "restart-host"))
+            .filter(|s| s["status"] == "running")
+            .map(|_| ())
+    })
+    .await;
+    let instance = create_tiny(&url, "keeper", &public).await;
+    let id = instance["id"].as_str().expect("id").to_string();
+    let ip = instance["status"]["private_ip"]
+        .as_str()
+        .expect("ip")
+        .to_string();
+    let pid_of = |state: &Path| -> String {
+        let out = Command::new("runc")
+            .arg("--root")
+            .arg(state.join("runc"))
+            .args(["state", &id])
+            .output()
+            .expect("runc state");
+        let state: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        format!("{}:{}", state["status"], state["pid"])
+    };
+    let before = pid_of(&state);
+    assert!(before.starts_with("\"running\""), "{before}");
+
+    // Both die at once; the instance keeps running on its own.
+    agent.crash();
+    server.crash();
+    ssh(&key, "root", &ip, 22, "true").expect("the instance runs with no control plane");
+    assert_eq!(pid_of(&state), before);
+
+    // Both come back: the agent adopts, neither restarting nor duplicating.
+    let server = ServerProcess::start_on(
+        &database_url,
+        &data,
+        &listen,
+        &["--agent-silence-ms", "3000"],
+    );
+    let agent = AgentProcess::start(&url, None, "restart-host", &state, "container", &agent_args);
+    eventually(
+        Duration::from_secs(20),
+        "the instance listed as running",
+        || async {
+            let (_, got) = api(&url, Method::GET, &format!("/v1/instances/{id}"), None).await;
+            (got["status"]["state"] == "running").then_some(())
+        },
+    )
+    .await;
+    // A full resync has happened once the agent reported every object.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(pid_of(&state), before, "the same process, not a new one");
+    let (_, listed) = api(&url, Method::GET, "/v1/instances", None).await;
+    assert_eq!(
+        listed["items"].as_array().map(Vec::len),
+        Some(1),
+        "{listed}"
+    );
+    let runc = Command::new("runc")
+        .arg("--root")
+        .arg(state.join("runc"))
+        .args(["list", "-q"])
+        .output()
+        .expect("runc list");
+    assert_eq!(
+        String::from_utf8_lossy(&runc.stdout).trim(),
+        id,
+        "one container"
+    );
+    ssh(&key, "root", &ip, 22, "true").expect("still reachable");
+
+    // The agent alone dies: its host becomes unreachable and the instance
+    // unknown; it returns and all is as it was.
+    agent.crash();
+    eventually(Duration::from_secs(15), "the instance unknown", || async {
+        let (_, got) = api(&url, Method::GET, &format!("/v1/instances/{id}"), None).await;
+        (got["status"]["state"] == "unknown").then_some(())
+    })
+    .await;
+    let agent = AgentProcess::start(&url, None, "restart-host", &state, "container", &agent_args);
+    eventually(
+        Duration::from_secs(15),
+        "the instance running again",
+        || async {
+            let (_, got) = api(&url, Method::GET, &format!("/v1/instances/{id}"), None).await;
+            (got["status"]["state"] == "running").then_some(())
+        },
+    )
+    .await;
+    assert_eq!(pid_of(&state), before);
+
+    let (status, deleted) = api(&url, Method::DELETE, &format!("/v1/instances/{id}"), None).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{deleted}");
+    let op = wait_op(&url, deleted["operation_id"].as_str().expect("op")).await;
+    assert_eq!(op["status"], "completed", "{op}");
+    assert_eq!(traces_of(&state, &id), Vec::<String>::new());
+    drop(agent);
+    let _ = Command::new("ip").args(["link", "del", "tsrt2"]).status();
+    server.stop();
+}
