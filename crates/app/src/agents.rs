@@ -166,7 +166,8 @@ impl App {
 
     /// Registers the agent of a host: exchanges a join token for the host's
     /// own credential. A host the control plane does not know yet is
-    /// registered as a pooled host with the CPUs the agent reported; one
+    /// registered as a pooled host with the CPUs the agent reported (unless
+    /// its agent serves units only); one
     /// registered before (Kloigos `init_server`, `POST /v1/servers`) gets
     /// its agent, and its preparation, waiting for it, goes on.
     pub async fn register_agent(&self, req: RegisterRequest) -> Result<RegisterResponse> {
@@ -206,6 +207,9 @@ impl App {
                     host.hostname
                 )));
             }
+            // A units-only host serves the Kloigos partition an operator
+            // registers for it (`init_server`), and nothing before that.
+            None if req.driver == "unit" => None,
             None => {
                 let numa_nodes = req
                     .inventory
@@ -253,7 +257,13 @@ impl App {
                 new.id
             }
             (None, Some(host)) => host.id,
-            (None, None) => unreachable_host(&req.hostname)?,
+            (None, None) => {
+                tracing::info!(hostname = %req.hostname, "units-only agent registered; its host waits for init_server");
+                return Ok(RegisterResponse {
+                    credential,
+                    hostname: req.hostname,
+                });
+            }
         };
         tracing::info!(hostname = %req.hostname, driver = %req.driver, "agent registered");
         self.forget_agent(&tessera_core::HostId::new(host_id.as_str()));
@@ -416,12 +426,6 @@ impl App {
             .map(|a| a.hostname)
             .collect())
     }
-}
-
-fn unreachable_host(hostname: &str) -> Result<String> {
-    Err(Error::Conflict(format!(
-        "server {hostname} vanished while its agent registered; register again"
-    )))
 }
 
 /// A high-entropy secret: `prefix_` and 64 hex digits.
@@ -619,7 +623,16 @@ impl HostAgent for RemoteAgent {
         let Some(spec) = self.known_instance(instance_id).await? else {
             return Ok(());
         };
-        self.instance(&spec, InstanceState::Absent).await.map(drop)
+        self.instance(&spec, InstanceState::Absent).await?;
+        // The agent confirmed it is gone: the row has nothing left to say.
+        let key = protocol::instance_key(instance_id);
+        if let Ok(Some(row)) = self.store.work(&self.hostname, &key).await {
+            let _ = self
+                .store
+                .forget_work(&self.hostname, &key, row.generation)
+                .await;
+        }
+        Ok(())
     }
 
     async fn run_script(&self, script: &HostScript) -> Result<ScriptOutcome, AgentError> {

@@ -300,8 +300,7 @@ impl App {
         self.placement
             .refresh_host(&self.store, &req.server_id)
             .await?;
-        self.drive_host(&req.server_id).await;
-        let host = self.store.host(&req.server_id).await?;
+        let host = self.prepared_host(&req.server_id).await?;
         let Some(host) = host else {
             self.store
                 .finish_operation(&run.op.id, "failed", None, Some("the server was removed"))
@@ -336,6 +335,28 @@ impl App {
                 "server {} waits for its agent",
                 host.hostname
             ))),
+        }
+    }
+
+    /// Prepares a host (or waits while another task of this process does,
+    /// up to the agent timeout); answers it as it then is.
+    async fn prepared_host(&self, id: &str) -> Result<Option<Host>> {
+        let deadline = tokio::time::Instant::now() + self.config.agent_timeout;
+        loop {
+            self.drive_host(id).await;
+            let host = self.store.host(id).await?;
+            let preparing = host.as_ref().is_some_and(|h| {
+                h.status == HostStatus::Initializing
+                    && self
+                        .in_flight
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .contains(&format!("host:{id}"))
+            });
+            if !preparing || tokio::time::Instant::now() >= deadline {
+                return Ok(host);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
     }
 

@@ -543,6 +543,22 @@ async fn replicas_never_overcommit_a_hosts_memory(backend: Backend) {
     // 4 CPUs, 32 GB (simulated hosts have 8 GB per CPU).
     a.add_server("node-1", "0-3", "fin-01").await;
     let b = TestServer::start_with(backend, shared()).await;
+    // B pushes the hosts' desired state to its own simulated hosts as it
+    // starts; let that pass before A places anything, or B's simulated
+    // node-1 would hold A's first instance forever (a real host is one).
+    let node = tessera_core::HostId::new(a.host_id("node-1").await.as_str());
+    let sim = b.running.sim.clone().expect("simulated hosts");
+    crate::harness::eventually(
+        Duration::from_secs(10),
+        "B's first contact with node-1",
+        || {
+            let sim = sim.clone();
+            let node = node.clone();
+            async move { sim.host(&node).map(|_| ()) }
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
     let big = |name: &str| json!({"metadata": {"name": name}, "spec": {"type": "cx11", "image": "ubuntu-22.04", "memory_mb": 20480}});
     // On A: instances on CPUs 0, 1 and 2 (the last with 20 GB); the one on
     // CPU 0 goes again, leaving CPUs 0 and 3 and 10 GB free.
