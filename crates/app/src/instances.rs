@@ -288,6 +288,20 @@ impl App {
         Ok(shown.remove(0))
     }
 
+    /// `HOST:PORT` of the SSH forward a host reported for an instance.
+    pub(crate) async fn ssh_endpoint(
+        &self,
+        host_id: Option<&str>,
+        report: &tessera_agent_api::InstanceReport,
+    ) -> Option<String> {
+        let port = report.ssh_port?;
+        let host = self.store.host(host_id?).await.ok()??;
+        Some(match host.ip.contains(':') {
+            true => format!("[{}]:{port}", host.ip),
+            false => format!("{}:{port}", host.ip),
+        })
+    }
+
     /// Shows instances on a host whose agent is unreachable as `unknown`:
     /// nobody can tell whether they still run until it returns.
     async fn mark_unknown(&self, instances: &mut [Instance]) -> Result<()> {
@@ -726,6 +740,9 @@ impl App {
                 &InstanceUpdate {
                     state: "running".into(),
                     state_detail: None,
+                    ssh_endpoint: self
+                        .ssh_endpoint(instance.host_id.as_deref(), &report)
+                        .await,
                     private_ip: Some(report.private_ip),
                 },
                 false,
@@ -779,6 +796,7 @@ impl App {
                     state: "terminated".into(),
                     state_detail: Some(why.to_string()),
                     private_ip: None,
+                    ssh_endpoint: None,
                 },
                 true,
             )
@@ -852,9 +870,12 @@ impl App {
             (Err(why), "instance_stop") => ("failed", Some(why.to_string()), "running", false),
             (Err(why), _) => ("failed", Some(why.to_string()), "stopped", false),
         };
-        let private_ip = match &outcome {
-            Ok(Some(report)) => Some(report.private_ip.clone()),
-            _ => None,
+        let (private_ip, ssh_endpoint) = match &outcome {
+            Ok(Some(report)) => (
+                Some(report.private_ip.clone()),
+                self.ssh_endpoint(instance.host_id.as_deref(), report).await,
+            ),
+            _ => (None, None),
         };
         let result = serde_json::json!({ "instance_id": instance.id, "state": state });
         let host = instance.host_id.clone();
@@ -872,6 +893,7 @@ impl App {
                     state: state.into(),
                     state_detail: error.clone(),
                     private_ip,
+                    ssh_endpoint,
                 },
                 release,
             )

@@ -276,6 +276,7 @@ impl App {
                 Ok(report) => updates.push(InstanceUpdate {
                     state: "running".into(),
                     state_detail: None,
+                    ssh_endpoint: self.ssh_endpoint(node.host_id.as_deref(), &report).await,
                     private_ip: Some(report.private_ip),
                 }),
                 Err(why) => {
@@ -332,6 +333,7 @@ impl App {
             state: "terminated".into(),
             state_detail: Some(why.to_string()),
             private_ip: None,
+            ssh_endpoint: None,
         };
         let settle: Vec<(&str, &InstanceUpdate, bool)> = nodes
             .iter()

@@ -33,6 +33,9 @@ pub struct InstanceRecord {
     pub generation: i64,
     pub created_at: String,
     pub updated_at: String,
+    /// `HOST:PORT` forwarded to the instance's SSH server, when its host
+    /// forwards one.
+    pub ssh_endpoint: Option<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -81,10 +84,16 @@ pub struct InstanceUpdate {
     pub state_detail: Option<String>,
     /// `None` keeps the recorded address.
     pub private_ip: Option<String>,
+    /// `None` keeps the recorded endpoint.
+    pub ssh_endpoint: Option<String>,
 }
 
-const INSTANCE_COLUMNS: &str = "id, project_id, name, labels, spec, state, state_detail, host_id, \
+/// The columns a new instance is written with.
+const INSERT_COLUMNS: &str = "id, project_id, name, labels, spec, state, state_detail, host_id, \
      cpu_list, memory_mb, private_ip, public_ip, operation_id, generation, created_at, updated_at";
+const INSTANCE_COLUMNS: &str = "id, project_id, name, labels, spec, state, state_detail, host_id, \
+     cpu_list, memory_mb, private_ip, public_ip, operation_id, generation, created_at, updated_at, \
+     ssh_endpoint";
 
 fn holder(instance_id: &str) -> String {
     format!("instance:{instance_id}")
@@ -100,7 +109,7 @@ impl Store {
             vec![
                 (
                     format!(
-                        "INSERT INTO instances ({INSTANCE_COLUMNS}) VALUES ($1, $2, $3, $4, $5, \
+                        "INSERT INTO instances ({INSERT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, \
                          'provisioning', NULL, NULL, NULL, $6, '', '', $7, 1, $8, $8)"
                     ),
                     vec![
@@ -138,7 +147,7 @@ impl Store {
                 let at = crate::timestamp(base + chrono::Duration::microseconds(n as i64));
                 (
                     format!(
-                        "INSERT INTO instances ({INSTANCE_COLUMNS}) VALUES ($1, $2, $3, $4, $5, \
+                        "INSERT INTO instances ({INSERT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, \
                          'provisioning', NULL, NULL, NULL, $6, '', '', $7, 1, $8, $8)"
                     ),
                     vec![
@@ -318,7 +327,7 @@ impl Store {
         let (to, cpu_list, private_ip) = to;
         let statements = vec![
             (
-                "UPDATE instances SET host_id = $1, cpu_list = $2, private_ip = $3, \
+                "UPDATE instances SET host_id = $1, cpu_list = $2, private_ip = $3, ssh_endpoint = NULL, \
                  updated_at = $4, generation = generation + 1 \
                  WHERE id = $5 AND host_id = $6 AND $1 <> $6 \
                  AND EXISTS (SELECT 1 FROM cpu_claims WHERE holder = $7 AND host_id = $1) \
@@ -614,7 +623,8 @@ fn instance_set(
 ) -> (String, Vec<Arg>) {
     (
         "UPDATE instances SET state = $1, state_detail = $2, private_ip = COALESCE($3, private_ip), \
-         operation_id = $4, updated_at = $5, generation = generation + 1 WHERE id = $6"
+         operation_id = $4, updated_at = $5, generation = generation + 1, \
+         ssh_endpoint = COALESCE($7, ssh_endpoint) WHERE id = $6"
             .into(),
         vec![
             (&update.state).into(),
@@ -623,6 +633,7 @@ fn instance_set(
             operation.into(),
             now().into(),
             instance_id.into(),
+            update.ssh_endpoint.as_ref().into(),
         ],
     )
 }

@@ -161,6 +161,23 @@ pub enum InstanceCommand {
         #[arg(long)]
         no_wait: bool,
     },
+    /// Stop an instance (its disk stays) and wait.
+    Stop { id: String },
+    /// Start a stopped instance and wait.
+    Start { id: String },
+    /// SSH into an instance as root: at its address, or with `--forwarded`
+    /// through the port its host forwards (from another machine).
+    Ssh {
+        id: String,
+        /// The private key to log in with.
+        #[arg(short = 'i', long)]
+        identity: Option<std::path::PathBuf>,
+        #[arg(long)]
+        forwarded: bool,
+        /// A command to run instead of a shell.
+        #[arg(last = true)]
+        command: Vec<String>,
+    },
 }
 
 struct Client {
@@ -414,8 +431,12 @@ pub async fn token(args: ClientArgs, command: TokenCommand) -> Result<()> {
 }
 
 fn print_instance(i: &Value) {
+    let ssh = match i["status"]["ssh_endpoint"].as_str() {
+        Some(endpoint) => format!(" ssh={endpoint}"),
+        None => String::new(),
+    };
     println!(
-        "{:<22} {:<20} {:<13} host={} cpus={} ip={}",
+        "{:<22} {:<20} {:<13} host={} cpus={} ip={}{ssh}",
         text(&i["id"]),
         text(&i["metadata"]["name"]),
         text(&i["status"]["state"]),
@@ -427,6 +448,11 @@ fn print_instance(i: &Value) {
 
 pub async fn instance(args: ClientArgs, command: InstanceCommand) -> Result<()> {
     let client = Client::new(args);
+    let command_verb = match &command {
+        InstanceCommand::Stop { .. } => Some("stop"),
+        InstanceCommand::Start { .. } => Some("start"),
+        _ => None,
+    };
     match command {
         InstanceCommand::Create {
             name,
@@ -515,6 +541,68 @@ pub async fn instance(args: ClientArgs, command: InstanceCommand) -> Result<()> 
             }
             if !client.args.json {
                 println!("instance {id} deleted");
+            }
+        }
+        InstanceCommand::Stop { id } | InstanceCommand::Start { id } => {
+            let verb = match &command_verb {
+                Some(verb) => *verb,
+                None => "start",
+            };
+            let changing = client
+                .call(
+                    reqwest::Method::POST,
+                    &format!("/v1/instances/{id}/{verb}"),
+                    None,
+                )
+                .await?;
+            if let Some(op) = changing["operation_id"].as_str() {
+                let op = client.wait(op).await?;
+                if op["status"] != "completed" {
+                    bail!("instance {id} did not {verb}: {}", text(&op["error"]));
+                }
+            }
+            let shown = client
+                .call(reqwest::Method::GET, &format!("/v1/instances/{id}"), None)
+                .await?;
+            client.print(&shown, print_instance);
+        }
+        InstanceCommand::Ssh {
+            id,
+            identity,
+            forwarded,
+            command,
+        } => {
+            let shown = client
+                .call(reqwest::Method::GET, &format!("/v1/instances/{id}"), None)
+                .await?;
+            let status = &shown["status"];
+            let (host, port) = match (forwarded, status["ssh_endpoint"].as_str()) {
+                (true, Some(endpoint)) => {
+                    let (host, port) = endpoint
+                        .rsplit_once(':')
+                        .context("the instance's ssh_endpoint is not HOST:PORT")?;
+                    (host.trim_matches(['[', ']']).to_string(), port.to_string())
+                }
+                (true, None) => bail!("instance {id}'s host forwards no SSH port"),
+                (false, _) => match status["private_ip"].as_str().filter(|ip| !ip.is_empty()) {
+                    Some(ip) => (ip.to_string(), "22".to_string()),
+                    None => bail!(
+                        "instance {id} has no address yet (it is {})",
+                        text(&status["state"])
+                    ),
+                },
+            };
+            let mut ssh = std::process::Command::new("ssh");
+            if let Some(identity) = identity {
+                ssh.arg("-i").arg(identity);
+            }
+            ssh.args(["-p", &port, &format!("root@{host}")])
+                .args(command);
+            let ended = ssh
+                .status()
+                .context("cannot run ssh (is an SSH client installed?)")?;
+            if !ended.success() {
+                std::process::exit(ended.code().unwrap_or(255));
             }
         }
     }

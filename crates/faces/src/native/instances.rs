@@ -100,6 +100,10 @@ pub struct InstanceStatus {
     pub public_ip: String,
     /// Tessera extension: the host CPUs pinned to the instance (Linux list).
     pub cpus: String,
+    /// Tessera extension: `HOST:PORT` forwarded to the instance's SSH
+    /// server, when its host forwards one (`ssh -p PORT root@HOST`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ssh_endpoint: Option<String>,
     /// Tessera extension: why the instance is in its state, when it failed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
@@ -132,6 +136,7 @@ impl From<Instance> for InstanceBody {
                 private_ip: i.private_ip,
                 public_ip: i.public_ip,
                 cpus: i.cpu_list.unwrap_or_default(),
+                ssh_endpoint: i.ssh_endpoint,
                 message: i.state_detail,
             },
             operation_id: i.operation_id,

@@ -39,3 +39,7 @@ CREATE TABLE agent_work (
     PRIMARY KEY (hostname, key)
 );
 CREATE INDEX agent_work_by_generation ON agent_work (hostname, generation);
+
+-- Where an instance's SSH server is reached from outside its host: the
+-- host's address and the port its agent forwards (`HOST:PORT`).
+ALTER TABLE instances ADD COLUMN ssh_endpoint TEXT;

@@ -462,6 +462,15 @@ async fn a_container_instance_is_reached_over_ssh_and_leaves_nothing() {
         "pinned to its CPUs: {seen}"
     );
     assert_eq!(lines.get(2).copied(), Some("booted-once"), "{seen}");
+    // And from outside, through the port its host forwards.
+    let endpoint = instance["status"]["ssh_endpoint"]
+        .as_str()
+        .expect("ssh_endpoint");
+    let (host, port) = endpoint.rsplit_once(':').expect("HOST:PORT");
+    assert_eq!(host, "127.0.0.1", "the host's address: {endpoint}");
+    let through = ssh(&key, "root", host, port.parse().expect("port"), "hostname")
+        .expect("ssh through the forwarded port");
+    assert_eq!(through.trim(), "web-1");
 
     // Stop: SSH is gone. Start: it is back, and the startup script did not
     // run again.
