@@ -596,7 +596,11 @@ pub async fn instance(args: ClientArgs, command: InstanceCommand) -> Result<()> 
             if let Some(identity) = identity {
                 ssh.arg("-i").arg(identity);
             }
-            ssh.args(["-p", &port, &format!("root@{host}")])
+            // Host keys are remembered by instance, not by address: an
+            // address a deleted instance had may come back with a new key.
+            ssh.args(["-o", &format!("HostKeyAlias=tessera-{id}")])
+                .args(["-o", "StrictHostKeyChecking=accept-new"])
+                .args(["-p", &port, &format!("root@{host}")])
                 .args(command);
             let ended = ssh
                 .status()

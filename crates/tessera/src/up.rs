@@ -202,7 +202,8 @@ pub async fn run(args: UpArgs) -> Result<()> {
          ssh-keygen -t ed25519 -N '' -f ~/.ssh/tessera\n    \
          KEY=$(cargo run -q --release -- ssh-key add mine --public-key-file ~/.ssh/tessera.pub)\n    \
          cargo run -q --release -- instance create web-1 --image {image} --ssh-key $KEY\n    \
-         ssh -i ~/.ssh/tessera root@IP     # IP: the ip= the last command printed\n"
+         ssh -i ~/.ssh/tessera root@IP     # IP: the ip= the last command printed\n    \
+         cargo run -q --release -- instance ssh ID -i ~/.ssh/tessera   # the same, by instance id\n"
     );
     let mut agent_task = agent_task;
     let agent_ended = tokio::select! {
