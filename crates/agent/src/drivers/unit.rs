@@ -1,10 +1,21 @@
 //! Kloigos compute units on a real Linux host.
 //!
 //! A unit is a Linux user (`c0-3`) with its home, `/opt/<user>` and
-//! `/mnt/<user>`, a cgroup pinned to the unit's CPUs (cgroup v1 `cpuset`, or
-//! cgroup v2 with the `cpuset` controller) and, while a tenant holds it, an
-//! SSH endpoint: a `dropbear` of its own on the unit's first port, started in
-//! the unit's cgroup so that every session lands there. `dropbear -G <user>`
+//! `/mnt/<user>`, a cgroup pinned to the unit's CPUs and, while a tenant
+//! holds it, an SSH endpoint: a `dropbear` of its own on the unit's first
+//! port, started in the unit's cgroup so that every session lands there.
+//!
+//! The cgroup comes in two flavours (`UnitConfig::cgroup_manager`):
+//! - cgroupfs: the driver writes the cgroup file system itself, cgroup v1
+//!   `cpuset` (and `pids`) hierarchies or cgroup v2 with the `cpuset`
+//!   controller, and starts dropbear through a `setsid` shell that moves
+//!   itself into the unit's cgroups first;
+//! - systemd, where systemd is PID 1 (with the unified hierarchy): a slice
+//!   per unit with `AllowedCPUs=` and dropbear as a transient service in it;
+//!   see `unit/systemd.rs`. Not exercised end to end on the development
+//!   machine, which has no systemd as PID 1.
+//!
+//! By default (`Auto`) the driver uses systemd where it can, else cgroupfs. `dropbear -G <user>`
 //! admits only the unit's user (its private group), `-w` refuses root and
 //! `-s` password logins.
 //!
@@ -26,6 +37,25 @@ use std::time::{Duration, Instant};
 use tessera_agent_api::{AgentError, HostSpec, UnitSpec};
 use tessera_core::CpuSet;
 
+mod systemd;
+use systemd::Systemd;
+
+/// Who makes the units' cgroups.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum CgroupManager {
+    /// systemd where it is PID 1 (`/run/systemd/system` exists, `systemctl`
+    /// and `systemd-run` are there) and the unified hierarchy offers
+    /// `cpuset`; cgroupfs elsewhere.
+    #[default]
+    Auto,
+    /// The driver writes the cgroup file system itself (cgroup v1 `cpuset`,
+    /// or cgroup v2 with `cpuset`).
+    Cgroupfs,
+    /// A systemd slice per unit (`AllowedCPUs=`), the SSH endpoint a
+    /// transient service in it.
+    Systemd,
+}
+
 /// Where and how units live on this host.
 #[derive(Clone, Debug)]
 pub struct UnitConfig {
@@ -42,8 +72,10 @@ pub struct UnitConfig {
     /// Where each unit's `/mnt/<user>` goes (`/mnt`).
     pub mnt_base: PathBuf,
     /// The parent cgroup of the units: `tessera` under cgroup v1 hierarchies,
-    /// `tessera.slice` under cgroup v2.
+    /// `tessera.slice` under cgroup v2 and systemd.
     pub cgroup_name: String,
+    /// Who makes the units' cgroups; `Auto` by default.
+    pub cgroup_manager: CgroupManager,
     /// The most tasks a unit may have (`pids.max`), where the `pids`
     /// controller is available; `None` for no limit.
     pub pids_max: Option<u64>,
@@ -62,6 +94,7 @@ impl UnitConfig {
             opt_base: PathBuf::from("/opt"),
             mnt_base: PathBuf::from("/mnt"),
             cgroup_name: "tessera".into(),
+            cgroup_manager: CgroupManager::Auto,
             pids_max: Some(16384),
             ssh_ready_timeout: Duration::from_secs(2),
         }
@@ -404,6 +437,31 @@ impl Cgroups {
     }
 }
 
+/// How the units are confined to their CPUs.
+#[derive(Debug)]
+enum Backend {
+    /// The driver writes the cgroup file system.
+    Cgroupfs(Cgroups),
+    /// systemd slices and transient services.
+    Systemd(Systemd),
+}
+
+impl Backend {
+    fn detect(manager: CgroupManager) -> Result<Backend> {
+        match manager {
+            CgroupManager::Cgroupfs => Ok(Backend::Cgroupfs(Cgroups::detect()?)),
+            CgroupManager::Systemd => Ok(Backend::Systemd(Systemd::detect()?)),
+            CgroupManager::Auto => match Systemd::detect() {
+                Ok(systemd) => Ok(Backend::Systemd(systemd)),
+                Err(why) => {
+                    tracing::debug!(%why, "unit driver: using the cgroup file system");
+                    Ok(Backend::Cgroupfs(Cgroups::detect()?))
+                }
+            },
+        }
+    }
+}
+
 fn enable_controllers(dir: &Path, controllers: &str) -> Result<()> {
     let current = read_trimmed(&dir.join("cgroup.subtree_control"))?;
     let current: Vec<&str> = current.split_whitespace().collect();
@@ -457,7 +515,7 @@ struct UnitRecord {
 struct Inner {
     config: UnitConfig,
     tools: Tools,
-    cgroups: Cgroups,
+    backend: Backend,
     /// The driver's directory: `STATE/units`.
     dir: PathBuf,
     /// Serialises read-modify-write of the state file.
@@ -476,16 +534,16 @@ const SKEL: &str = "/etc/skel";
 impl Inner {
     fn new(config: UnitConfig) -> Result<Inner> {
         let tools = Tools::find()?;
-        let cgroups = Cgroups::detect()?;
+        let backend = Backend::detect(config.cgroup_manager)?;
         let dir = config.state_dir.join("units");
         fs::create_dir_all(&dir)
             .map_err(|e| io_failed(format!("creating {}", dir.display()), e))?;
         set_mode(&dir, 0o700)?;
-        tracing::debug!(?cgroups, ?tools, "unit driver ready");
+        tracing::debug!(?backend, ?tools, "unit driver ready");
         Ok(Inner {
             config,
             tools,
-            cgroups,
+            backend,
             dir,
             state_lock: Mutex::new(()),
         })
@@ -651,7 +709,9 @@ impl Inner {
                 .cloned()
                 .collect())
         })?;
-        self.cgroups.ensure_parent(&self.config.cgroup_name)?;
+        if let Backend::Cgroupfs(cgroups) = &self.backend {
+            cgroups.ensure_parent(&self.config.cgroup_name)?;
+        }
         for (user, unit) in &wanted {
             self.ensure_unit(unit, user)?;
         }
@@ -671,12 +731,7 @@ impl Inner {
         for dir in self.extra_dirs(user) {
             ensure_owned_dir(&dir, &account, 0o700)?;
         }
-        self.cgroups.ensure_unit(
-            &self.config.cgroup_name,
-            user,
-            &unit.cpus,
-            self.config.pids_max,
-        )?;
+        self.confine(user, &unit.cpus, Some(&account))?;
         self.ensure_host_key(user)?;
         Ok(account)
     }
@@ -795,8 +850,10 @@ impl Inner {
                 let _ = fs::remove_file(self.state_path());
             }
         }
-        self.cgroups
-            .remove_parent_if_empty(&self.config.cgroup_name);
+        match &self.backend {
+            Backend::Cgroupfs(cgroups) => cgroups.remove_parent_if_empty(&self.config.cgroup_name),
+            Backend::Systemd(systemd) => systemd.remove_parent_if_empty(&self.config.cgroup_name),
+        }
         Ok(())
     }
 
@@ -808,14 +865,8 @@ impl Inner {
         let mut errors = Vec::new();
         for (user, record) in &state.units {
             // After a reboot the cgroups are gone: make them again.
-            let result = self
-                .cgroups
-                .ensure_unit(
-                    &self.config.cgroup_name,
-                    user,
-                    &record.spec.cpus,
-                    self.config.pids_max,
-                )
+            let result = lookup_user(user)
+                .and_then(|account| self.confine(user, &record.spec.cpus, account.as_ref()))
                 .and_then(|()| {
                     if record.active {
                         self.ensure_dropbear(&record.spec, user)
@@ -840,6 +891,9 @@ impl Inner {
         let account = lookup_user(user)?;
         self.stop_dropbear(user)?;
         self.kill_all(user, account.as_ref().map(|a| a.uid))?;
+        if let Backend::Systemd(systemd) = &self.backend {
+            systemd.remove_slice(&self.config.cgroup_name, user)?;
+        }
         if let Some(account) = &account {
             self.wipe_shared(account)?;
             let mut cmd = Command::new(&self.tools.userdel);
@@ -857,14 +911,58 @@ impl Inner {
             remove_tree(&dir)?;
         }
         let _ = fs::remove_file(Path::new("/var/spool/cron/crontabs").join(user));
-        self.cgroups.remove_unit(&self.config.cgroup_name, user)?;
+        if let Backend::Cgroupfs(cgroups) = &self.backend {
+            cgroups.remove_unit(&self.config.cgroup_name, user)?;
+        }
         remove_tree(&self.unit_state_dir(user))
+    }
+
+    // --- confinement ---
+
+    /// The unit's cgroup exists and is pinned to `cpus`. `account`: the
+    /// unit's user, if it exists (systemd pins its logins too).
+    fn confine(&self, user: &str, cpus: &CpuSet, account: Option<&Account>) -> Result<()> {
+        let parent = &self.config.cgroup_name;
+        match &self.backend {
+            Backend::Cgroupfs(cgroups) => {
+                cgroups.ensure_unit(parent, user, cpus, self.config.pids_max)
+            }
+            Backend::Systemd(systemd) => systemd.ensure_slice(
+                parent,
+                user,
+                cpus,
+                self.config.pids_max,
+                account.map(|a| a.uid),
+            ),
+        }
+    }
+
+    /// The unit's cgroup directories, the cpuset one first.
+    #[cfg_attr(not(test), allow(dead_code))]
+    fn unit_cgroup_dirs(&self, user: &str) -> Vec<PathBuf> {
+        match &self.backend {
+            Backend::Cgroupfs(cgroups) => cgroups.unit_dirs(&self.config.cgroup_name, user),
+            Backend::Systemd(systemd) => vec![systemd.cgroup_dir(&self.config.cgroup_name, user)],
+        }
+    }
+
+    /// The processes in the unit's cgroups.
+    fn confined_pids(&self, user: &str) -> BTreeSet<i32> {
+        match &self.backend {
+            Backend::Cgroupfs(cgroups) => cgroups.pids(&self.config.cgroup_name, user),
+            Backend::Systemd(systemd) => systemd.pids(&self.config.cgroup_name, user),
+        }
     }
 
     // --- dropbear ---
 
     /// The pid of the unit's running dropbear, if it runs.
     fn dropbear_pid(&self, user: &str) -> Option<i32> {
+        if let Backend::Systemd(systemd) = &self.backend {
+            let service = systemd::ssh_service(&self.config.cgroup_name, user);
+            let status = systemd.status(&service).ok()?;
+            return status.main_pid.filter(|_| status.active == "active");
+        }
         let text = fs::read_to_string(self.pid_file(user)).ok()?;
         let pid: i32 = text.trim().parse().ok()?;
         if pid <= 1 || !process_alive(pid) {
@@ -879,6 +977,9 @@ impl Inner {
     }
 
     fn ensure_dropbear(&self, unit: &UnitSpec, user: &str) -> Result<()> {
+        if let Backend::Systemd(systemd) = &self.backend {
+            return self.ensure_dropbear_service(systemd, unit, user);
+        }
         if self.dropbear_pid(user).is_some() {
             return Ok(());
         }
@@ -904,7 +1005,12 @@ impl Inner {
         let log_err = log
             .try_clone()
             .map_err(|e| io_failed(format!("opening {}", log_path.display()), e))?;
-        let procs = self.cgroups.procs_files(&self.config.cgroup_name, user);
+        let Backend::Cgroupfs(cgroups) = &self.backend else {
+            return Err(failed(
+                "unit driver: cgroupfs start of dropbear under systemd",
+            ));
+        };
+        let procs = cgroups.procs_files(&self.config.cgroup_name, user);
         // The shell writes its pid (dropbear's, after exec) to the pid file,
         // moves itself into the unit's cgroups and becomes dropbear: every
         // session dropbear forks is born in the unit's cgroups.
@@ -977,7 +1083,86 @@ exec "$@""#;
         }
     }
 
+    /// systemd: dropbear as a transient service in the unit's slice; no
+    /// `setsid` shell, systemd makes it a session leader in the slice.
+    fn ensure_dropbear_service(
+        &self,
+        systemd: &Systemd,
+        unit: &UnitSpec,
+        user: &str,
+    ) -> Result<()> {
+        let parent = &self.config.cgroup_name;
+        let service = systemd::ssh_service(parent, user);
+        let slice = systemd::unit_slice(parent, user);
+        let port = unit.ports.start;
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let log_path = self.log_file(user);
+        if !systemd.status(&service)?.running() {
+            if TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok() {
+                return Err(failed(format!(
+                    "unit {} ({user}): cannot start its SSH endpoint: port {port} is already in use by another process",
+                    unit.compute_id
+                )));
+            }
+            self.ensure_host_key(user)?;
+            // After a reboot the slice is not started; `systemd-run` would
+            // start it too, but with its file possibly missing.
+            let account = lookup_user(user)?;
+            self.confine(user, &unit.cpus, account.as_ref())?;
+            let pid_file = self.pid_file(user);
+            let _ = fs::remove_file(&pid_file);
+            fs::OpenOptions::new()
+                .create(true)
+                .write(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&log_path)
+                .map_err(|e| io_failed(format!("opening {}", log_path.display()), e))?;
+            let host_key = self.host_key(user);
+            systemd.start_ssh(&systemd::SshService {
+                service: &service,
+                slice: &slice,
+                user,
+                dropbear: &self.tools.dropbear,
+                host_key: &host_key,
+                pid_file: &pid_file,
+                log_file: &log_path,
+                port,
+            })?;
+        }
+        let deadline = Instant::now() + self.config.ssh_ready_timeout;
+        let mut checked = Instant::now();
+        loop {
+            if TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok() {
+                return Ok(());
+            }
+            if checked.elapsed() > Duration::from_millis(50) {
+                checked = Instant::now();
+                if !systemd.status(&service)?.running() {
+                    return Err(failed(format!(
+                        "unit {user}: dropbear ({service}) exited at start: {}",
+                        tail(&log_path)
+                    )));
+                }
+            }
+            if Instant::now() > deadline {
+                return Err(failed(format!(
+                    "unit {user}: dropbear ({service}) did not accept connections on port {port} within {:?}: {}",
+                    self.config.ssh_ready_timeout,
+                    tail(&log_path)
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(3));
+        }
+    }
+
     fn stop_dropbear(&self, user: &str) -> Result<()> {
+        if let Backend::Systemd(systemd) = &self.backend {
+            // Stops the sessions in the service's cgroup too.
+            systemd.stop_ssh(&self.config.cgroup_name, user)?;
+            let _ = fs::remove_file(self.pid_file(user));
+            return Ok(());
+        }
         if let Some(pid) = self.dropbear_pid(user) {
             let _ = signal(pid, nix::sys::signal::Signal::SIGTERM);
             let deadline = Instant::now() + Duration::from_secs(1);
@@ -997,8 +1182,11 @@ exec "$@""#;
     fn kill_all(&self, user: &str, uid: Option<u32>) -> Result<()> {
         let me = std::process::id() as i32;
         let deadline = Instant::now() + Duration::from_secs(10);
+        if let Backend::Systemd(systemd) = &self.backend {
+            systemd.kill_slice(&self.config.cgroup_name, user);
+        }
         loop {
-            let mut pids = self.cgroups.pids(&self.config.cgroup_name, user);
+            let mut pids = self.confined_pids(user);
             if let Some(uid) = uid {
                 pids.extend(processes_of(uid));
             }
@@ -1396,7 +1584,7 @@ mod tests {
         if !nix::unistd::Uid::effective().is_root() {
             return Some("not root".into());
         }
-        if let Err(e) = Cgroups::detect() {
+        if let Err(e) = Backend::detect(CgroupManager::Auto) {
             return Some(e.to_string());
         }
         if let Err(e) = Tools::find() {
@@ -1526,7 +1714,7 @@ mod tests {
             for dir in inner.extra_dirs(user) {
                 assert!(dir.is_dir(), "{} exists", dir.display());
             }
-            let cg = &inner.cgroups.unit_dirs(&config.cgroup_name, user)[0];
+            let cg = &inner.unit_cgroup_dirs(user)[0];
             assert_eq!(
                 read_trimmed(&cg.join("cpuset.cpus")).expect("cpus"),
                 cpu.to_string()
@@ -1690,7 +1878,7 @@ mod tests {
             for dir in driver.inner.extra_dirs(user) {
                 assert!(!dir.exists(), "{} removed", dir.display());
             }
-            for dir in driver.inner.cgroups.unit_dirs(&config.cgroup_name, user) {
+            for dir in driver.inner.unit_cgroup_dirs(user) {
                 assert!(!dir.exists(), "{} removed", dir.display());
             }
             assert_eq!(pgrep(user), "");
