@@ -228,16 +228,22 @@ async fn a_kloigos_unit_on_a_real_agent_is_a_pinned_ssh_login() {
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     eventually(
-        Duration::from_secs(20),
-        "the unit users removed",
+        Duration::from_secs(30),
+        "the host decommissioned",
         || async {
-            (!user_exists(&user)
-                && !user_exists(&format!("{prefix}c1"))
-                && !user_exists(&format!("{prefix}c0")))
-            .then_some(())
+            let servers = server.get_ok("/v1/servers").await;
+            let status = servers
+                .as_array()
+                .and_then(|l| l.iter().find(|s| s["hostname"] == "unit-host"))
+                .map(|s| s["status"].as_str().unwrap_or("").to_string());
+            assert_ne!(status.as_deref(), Some("decommission_failed"), "{servers}");
+            (status.as_deref() == Some("decommissioned")).then_some(())
         },
     )
     .await;
+    for unit_user in [format!("{prefix}c0-0"), format!("{prefix}c1-1")] {
+        assert!(!user_exists(&unit_user), "{unit_user} removed");
+    }
     assert!(!Path::new(&format!("/home/{user}")).exists());
     assert!(!Path::new(&format!("/sys/fs/cgroup/cpuset/tessera/{user}")).exists());
     drop(agent);
