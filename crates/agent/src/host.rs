@@ -117,6 +117,28 @@ impl LocalHost {
         Ok(())
     }
 
+    /// Stops instances this host runs that the control plane's desired
+    /// state does not name (`known` holds its keys): left over from a store
+    /// restored from a backup, or from a delete this host never heard of.
+    /// Their CPUs may be handed out again, so they must not keep running;
+    /// their disks stay for an operator to look at.
+    pub async fn stop_unknown_instances(
+        &self,
+        known: &std::collections::HashSet<String>,
+    ) -> Result<(), AgentError> {
+        let Some(containers) = &self.containers else {
+            return Ok(());
+        };
+        for instance in containers.list().await? {
+            let key = tessera_agent_api::protocol::instance_key(&instance.id);
+            if instance.running && !known.contains(&key) {
+                tracing::warn!(id = %instance.id, "stopping an instance the control plane does not know");
+                containers.stop(&instance.id).await?;
+            }
+        }
+        Ok(())
+    }
+
     /// Images present on the host.
     pub fn images(&self) -> Vec<String> {
         match self.config.driver {

@@ -11,12 +11,13 @@
 use crate::host::{DriverKind, HostConfig, LocalHost};
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
+use tessera_agent_api::AgentError;
 use tessera_agent_api::protocol::{
-    Desired, DesiredPage, Heartbeat, Observed, RegisterRequest, RegisterResponse, WorkItem,
+    Desired, Heartbeat, Observed, RegisterRequest, RegisterResponse, WorkItem,
 };
 use tessera_core::CpuSet;
 use tokio_util::sync::CancellationToken;
@@ -179,7 +180,17 @@ async fn register(mut client: Client, options: &AgentOptions, host: &LocalHost) 
         && kept.server.trim_end_matches('/') == client.base
     {
         client.credential = kept.credential;
-        return Ok(client);
+        match (verify(&client).await, &options.join_token) {
+            (Err(why), Some(_)) => {
+                tracing::warn!(error = %why, "the kept credential is refused; joining again");
+                client.credential.clear();
+            }
+            (Err(why), None) => bail!(
+                "the control plane refuses this agent's credential ({why}); give --join-token to \
+                 join again"
+            ),
+            (Ok(()), _) => return Ok(client),
+        }
     }
     let Some(join_token) = options.join_token.clone() else {
         bail!(
@@ -227,6 +238,25 @@ async fn register(mut client: Client, options: &AgentOptions, host: &LocalHost) 
     tracing::info!(hostname = %kept.hostname, "agent joined the control plane");
     client.credential = kept.credential;
     Ok(client)
+}
+
+/// Whether the control plane accepts the kept credential (a desired-state
+/// read that does not wait). Only a refusal is an error: an absent control
+/// plane is waited for later.
+async fn verify(client: &Client) -> Result<(), String> {
+    let call = client
+        .call::<serde_json::Value>(
+            client
+                .http
+                .get(format!("{}/v1/agent/desired", client.base))
+                .query(&[("after", "0"), ("wait", "0")])
+                .timeout(Duration::from_secs(10)),
+        )
+        .await;
+    match call {
+        Err(CallError::Rejected(why)) => Err(why),
+        _ => Ok(()),
+    }
 }
 
 /// Writes a file only its owner can read.
@@ -310,7 +340,7 @@ async fn reconcile(
     let mut after = 0i64;
     let mut backoff = Backoff::default();
     loop {
-        let poll = client.call::<DesiredPage>(
+        let poll = client.call::<serde_json::Value>(
             client
                 .http
                 .get(format!("{}/v1/agent/desired", client.base))
@@ -339,9 +369,56 @@ async fn reconcile(
                 continue;
             }
         };
-        after = page.generation;
-        let (hosts, others): (Vec<WorkItem>, Vec<WorkItem>) = page
-            .items
+        let Some(generation) = page.get("generation").and_then(serde_json::Value::as_i64) else {
+            tracing::warn!("the desired state has no generation; retrying");
+            tokio::time::sleep(backoff.next()).await;
+            continue;
+        };
+        let snapshot = after == 0 || generation < after;
+        if generation < after {
+            // The control plane's store went back (a restore): generations
+            // restart, so what this agent did under them says nothing.
+            tracing::warn!(
+                generation,
+                after,
+                "the desired state went back; applying it all again"
+            );
+            locks.lock().unwrap_or_else(PoisonError::into_inner).clear();
+        }
+        after = generation;
+        let mut items = Vec::new();
+        for raw in page
+            .get("items")
+            .and_then(serde_json::Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            match serde_json::from_value::<WorkItem>(raw.clone()) {
+                Ok(item) => items.push(item),
+                // A kind of work this agent does not know (a newer control
+                // plane): say so for that object, and go on with the rest.
+                Err(err) => {
+                    let key = raw.get("key").and_then(|k| k.as_str()).unwrap_or_default();
+                    let generation = raw.get("generation").and_then(|g| g.as_i64()).unwrap_or(0);
+                    tracing::warn!(key, error = %err, "cannot read a desired state");
+                    let report = Observed {
+                        key: key.to_string(),
+                        generation,
+                        result: Err(AgentError::Failed(format!(
+                            "this agent cannot read the desired state of {key} ({err}); upgrade it"
+                        ))),
+                    };
+                    tokio::spawn(report_observed(client.clone(), report));
+                }
+            }
+        }
+        if snapshot {
+            let known: HashSet<String> = items.iter().map(|i| i.key.clone()).collect();
+            if let Err(err) = host.stop_unknown_instances(&known).await {
+                tracing::warn!(error = %err, "looking for unknown instances failed");
+            }
+        }
+        let (hosts, others): (Vec<WorkItem>, Vec<WorkItem>) = items
             .into_iter()
             .partition(|item| matches!(item.desired, Desired::Host { .. }));
         // The host first: its units exist before a key goes in.
@@ -384,11 +461,28 @@ async fn work_on(
     }
     *done = item.generation;
     drop(done);
+    {
+        // Forget the object's lock once nobody else waits on it.
+        let mut map = locks.lock().unwrap_or_else(PoisonError::into_inner);
+        if map
+            .get(&item.key)
+            .is_some_and(|l| Arc::strong_count(l) <= 2)
+        {
+            map.remove(&item.key);
+        }
+    }
+    drop(lock);
     let report = Observed {
         key: item.key.clone(),
         generation: item.generation,
         result,
     };
+    report_observed(client, report).await;
+}
+
+/// Sends a report, retrying a while; the control plane asks again (a new
+/// generation) if it still cares after that.
+async fn report_observed(client: Arc<Client>, report: Observed) {
     let mut backoff = Backoff::default();
     for _ in 0..8 {
         let call = client
@@ -403,17 +497,16 @@ async fn work_on(
         match call {
             Ok(_) => return,
             Err(CallError::Rejected(why)) => {
-                tracing::warn!(key = %item.key, error = %why, "report refused");
+                tracing::warn!(key = %report.key, error = %why, "report refused");
                 return;
             }
             Err(CallError::Retry(why)) => {
-                tracing::debug!(key = %item.key, error = %why, "report failed; retrying");
+                tracing::debug!(key = %report.key, error = %why, "report failed; retrying");
                 tokio::time::sleep(backoff.next()).await;
             }
         }
     }
-    // The control plane asks again (a new generation) if it still cares.
-    tracing::warn!(key = %item.key, "report not delivered");
+    tracing::warn!(key = %report.key, "report not delivered");
 }
 
 /// Exponential backoff from 250 ms to 5 s.

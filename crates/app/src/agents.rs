@@ -46,6 +46,8 @@ pub struct JoinToken {
     pub created_at: String,
     pub expires_at: String,
     pub revoked: bool,
+    /// Past its expiry: no host joins with it any more.
+    pub expired: bool,
 }
 
 /// Wakes whoever waits on a host's desired state or reports in this process.
@@ -115,6 +117,7 @@ impl App {
             created_at: tessera_store::now(),
             expires_at,
             revoked: false,
+            expired: false,
         })
     }
 
@@ -147,6 +150,7 @@ impl App {
                 token: None,
                 description: t.description,
                 created_at: t.created_at,
+                expired: t.expires_at.as_str() <= tessera_store::now().as_str(),
                 expires_at: t.expires_at,
                 revoked: t.revoked_at.is_some(),
             })
@@ -155,7 +159,11 @@ impl App {
 
     pub async fn revoke_join_token(&self, caller: &Principal, id: &str) -> Result<()> {
         caller.require(Permission::ServerCreate)?;
-        match self.store.revoke_join_token(id).await? {
+        let revoked = match crate::has_nul(id) {
+            true => false,
+            false => self.store.revoke_join_token(id).await?,
+        };
+        match revoked {
             true => Ok(()),
             false => Err(Error::NotFound(format!(
                 "join token {} not found or already revoked",
@@ -185,6 +193,18 @@ impl App {
                     .into(),
             ));
         }
+        crate::hosts::validate_hostname(&req.hostname)?;
+        if let Some(live) = self.store.agent(&req.hostname).await? {
+            let silence = chrono::Duration::from_std(self.config.agent_silence).unwrap_or_default();
+            let quiet_since = tessera_store::timestamp(chrono::Utc::now() - silence);
+            if live.reachable == 1 && live.last_seen.as_str() > quiet_since.as_str() {
+                return Err(Error::Conflict(format!(
+                    "{} already has a live agent (last heard from at {}); stop it, or give \
+                     this one another --hostname",
+                    req.hostname, live.last_seen
+                )));
+            }
+        }
         if !matches!(req.driver.as_str(), "unit" | "container" | "sim") {
             return Err(Error::invalid(
                 "driver",
@@ -203,7 +223,8 @@ impl App {
             Some(host) if host.status != HostStatus::Decommissioned => None,
             Some(host) => {
                 return Err(Error::Conflict(format!(
-                    "server {} was decommissioned; delete its record before it rejoins",
+                    "server {} was decommissioned; register it again (POST /v1/servers/create \
+                     or Kloigos init_server) before its agent rejoins",
                     host.hostname
                 )));
             }
@@ -443,13 +464,14 @@ struct RemoteAgent {
 }
 
 impl RemoteAgent {
-    /// Sets `key`'s desired state and waits for the agent's report on it.
-    async fn converge(&self, key: String, desired: Desired) -> Result<Outcome, AgentError> {
-        let body = serde_json::to_string(&desired)
+    /// Sets `key`'s desired state and waits for the agent's report on it;
+    /// answers the report and the generation it answers.
+    async fn converge(&self, key: &str, desired: &Desired) -> Result<(Outcome, i64), AgentError> {
+        let body = serde_json::to_string(desired)
             .map_err(|e| AgentError::Failed(format!("cannot encode the desired state: {e}")))?;
         let generation = self
             .store
-            .set_desired(&self.hostname, &key, &body)
+            .set_desired(&self.hostname, key, &body)
             .await
             .map_err(store_error)?
             .ok_or_else(|| {
@@ -464,7 +486,7 @@ impl RemoteAgent {
             .map_err(store_error)?;
         if agent.is_some_and(|a| a.reachable == 0) {
             return Err(AgentError::Unreachable(format!(
-                "the agent of {} missed its heartbeats; the change waits for it",
+                "the agent of {} missed its heartbeats",
                 self.hostname
             )));
         }
@@ -472,7 +494,7 @@ impl RemoteAgent {
             let notified = signal.notified();
             let row = self
                 .store
-                .work(&self.hostname, &key)
+                .work(&self.hostname, key)
                 .await
                 .map_err(store_error)?;
             match row {
@@ -490,10 +512,11 @@ impl RemoteAgent {
                 }
                 Some(row) if row.observed_generation >= generation => {
                     let observed = row.observed.unwrap_or_default();
-                    return serde_json::from_str::<Result<Outcome, AgentError>>(&observed)
+                    let outcome = serde_json::from_str::<Result<Outcome, AgentError>>(&observed)
                         .map_err(|e| {
-                            AgentError::Failed(format!("the agent's report is unreadable: {e}"))
-                        })?;
+                        AgentError::Failed(format!("the agent's report is unreadable: {e}"))
+                    })??;
+                    return Ok((outcome, generation));
                 }
                 Some(_) => {}
             }
@@ -504,22 +527,58 @@ impl RemoteAgent {
         }
     }
 
+    /// [`RemoteAgent::converge`] for a change that must not happen later
+    /// when it did not happen now (a stop or a start that failed or timed
+    /// out leaves the instance as it was): unless it succeeds, the key's
+    /// earlier desired state is written back, even when the wait is cut
+    /// short by the caller's timeout.
+    async fn converge_or_restore(
+        &self,
+        key: &str,
+        desired: &Desired,
+    ) -> Result<(Outcome, i64), AgentError> {
+        let previous = self
+            .store
+            .work(&self.hostname, key)
+            .await
+            .map_err(store_error)?
+            .map(|row| row.desired);
+        let mut restore = RestoreOnDrop {
+            store: self.store.clone(),
+            hostname: self.hostname.clone(),
+            key: key.to_string(),
+            previous,
+        };
+        let outcome = self.converge(key, desired).await;
+        if outcome.is_ok() {
+            restore.previous = None;
+        }
+        outcome
+    }
+
     async fn instance(
         &self,
         spec: &InstanceSpec,
         state: InstanceState,
     ) -> Result<Option<InstanceReport>, AgentError> {
         let key = protocol::instance_key(&spec.id);
-        match self
-            .converge(
-                key,
-                Desired::Instance {
-                    spec: spec.clone(),
-                    state,
-                },
-            )
-            .await?
-        {
+        let desired = Desired::Instance {
+            spec: spec.clone(),
+            state,
+        };
+        let (outcome, generation) = match state {
+            InstanceState::Absent => self.converge(&key, &desired).await?,
+            _ => self.converge_or_restore(&key, &desired).await?,
+        };
+        if state == InstanceState::Absent {
+            // The agent confirmed it is gone: the row has nothing left to
+            // say (unless a newer change took it over meanwhile).
+            let _ = self
+                .store
+                .forget_work(&self.hostname, &key, generation)
+                .await;
+        }
+        match outcome {
             Outcome::Instance { report } => Ok(Some(report)),
             _ => Ok(None),
         }
@@ -538,6 +597,31 @@ impl RemoteAgent {
                 _ => None,
             }),
         )
+    }
+}
+
+/// Writes a key's earlier desired state back when dropped armed.
+struct RestoreOnDrop {
+    store: Store,
+    hostname: String,
+    key: String,
+    /// The desired state to write back; `None` disarms.
+    previous: Option<String>,
+}
+
+impl Drop for RestoreOnDrop {
+    fn drop(&mut self) {
+        let Some(previous) = self.previous.take() else {
+            return;
+        };
+        let (store, hostname, key) = (self.store.clone(), self.hostname.clone(), self.key.clone());
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                if let Err(err) = store.set_desired(&hostname, &key, &previous).await {
+                    tracing::warn!(%hostname, %key, error = %err, "restoring a desired state failed");
+                }
+            });
+        }
     }
 }
 
@@ -572,7 +656,9 @@ impl HostAgent for RemoteAgent {
             spec: host.clone(),
             retired: false,
         };
-        self.converge(protocol::host_key(), desired).await.map(drop)
+        self.converge(&protocol::host_key(), &desired)
+            .await
+            .map(drop)
     }
 
     async fn activate_unit(&self, unit: &UnitSpec, ssh_public_key: &str) -> Result<(), AgentError> {
@@ -581,7 +667,7 @@ impl HostAgent for RemoteAgent {
             ssh_public_key: Some(ssh_public_key.to_string()),
         };
         let key = protocol::unit_key(unit.compute_id.as_str());
-        self.converge(key, desired).await.map(drop)
+        self.converge(&key, &desired).await.map(drop)
     }
 
     async fn release_unit(&self, unit: &UnitSpec) -> Result<(), AgentError> {
@@ -590,7 +676,7 @@ impl HostAgent for RemoteAgent {
             ssh_public_key: None,
         };
         let key = protocol::unit_key(unit.compute_id.as_str());
-        self.converge(key, desired).await.map(drop)
+        self.converge(&key, &desired).await.map(drop)
     }
 
     async fn retire_host(&self, host: &HostSpec) -> Result<(), AgentError> {
@@ -598,7 +684,9 @@ impl HostAgent for RemoteAgent {
             spec: host.clone(),
             retired: true,
         };
-        self.converge(protocol::host_key(), desired).await.map(drop)
+        self.converge(&protocol::host_key(), &desired)
+            .await
+            .map(drop)
     }
 
     async fn create_instance(&self, instance: &InstanceSpec) -> Result<InstanceReport, AgentError> {
@@ -623,16 +711,7 @@ impl HostAgent for RemoteAgent {
         let Some(spec) = self.known_instance(instance_id).await? else {
             return Ok(());
         };
-        self.instance(&spec, InstanceState::Absent).await?;
-        // The agent confirmed it is gone: the row has nothing left to say.
-        let key = protocol::instance_key(instance_id);
-        if let Ok(Some(row)) = self.store.work(&self.hostname, &key).await {
-            let _ = self
-                .store
-                .forget_work(&self.hostname, &key, row.generation)
-                .await;
-        }
-        Ok(())
+        self.instance(&spec, InstanceState::Absent).await.map(drop)
     }
 
     async fn run_script(&self, script: &HostScript) -> Result<ScriptOutcome, AgentError> {
@@ -642,15 +721,13 @@ impl HostAgent for RemoteAgent {
         let desired = Desired::Script {
             script: script.clone(),
         };
-        let outcome = self.converge(key.clone(), desired).await;
+        let (outcome, generation) = self.converge(&key, &desired).await?;
         // A script's row is done with once answered.
-        if let Ok(Some(row)) = self.store.work(&self.hostname, &key).await {
-            let _ = self
-                .store
-                .forget_work(&self.hostname, &key, row.generation)
-                .await;
-        }
-        match outcome? {
+        let _ = self
+            .store
+            .forget_work(&self.hostname, &key, generation)
+            .await;
+        match outcome {
             Outcome::Script { outcome } => Ok(outcome),
             _ => Err(AgentError::Failed(
                 "the agent reported no script outcome".into(),

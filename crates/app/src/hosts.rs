@@ -219,6 +219,9 @@ impl App {
         tracing::info!(hostname = %host.hostname, status = %to, detail, "server decommission ended");
         if to == HostStatus::Decommissioned {
             self.forget_agent(&HostId::new(host.id.as_str()));
+            // Its agent, if it had one, is done: its credential stops
+            // working and its desired state goes.
+            self.store.forget_agent(&host.hostname).await?;
         }
         self.placement.refresh_host(&self.store, &host.id).await
     }
@@ -384,7 +387,7 @@ pub(crate) fn validate_host(req: InitServer, pooled: bool) -> Result<NewHost> {
 }
 
 /// A DNS name: labels of letters, digits and inner hyphens, dot-separated.
-fn validate_hostname(name: &str) -> Result<()> {
+pub(crate) fn validate_hostname(name: &str) -> Result<()> {
     let label_ok = |l: &str| {
         !l.is_empty()
             && l.len() <= 63

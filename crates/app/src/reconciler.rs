@@ -41,6 +41,11 @@ impl App {
                     if let Err(err) = app.prune_events().await {
                         tracing::warn!(error = %err, "forgetting old events failed");
                     }
+                    let day_ago =
+                        tessera_store::timestamp(chrono::Utc::now() - chrono::Duration::days(1));
+                    if let Err(err) = app.store.prune_agent_work(&day_ago).await {
+                        tracing::warn!(error = %err, "forgetting answered scripts failed");
+                    }
                 }
             }
         });

@@ -143,6 +143,11 @@ impl Store {
                     inventory.into(),
                     at.into(),
                 ],
+            ), (
+                // A new agent (its host reinstalled, its state lost) reports
+                // afresh on everything: what the last one saw is not true.
+                "UPDATE agent_work SET observed_generation = 0 WHERE hostname = $1".into(),
+                vec![hostname.into()],
             )],
             |_| true,
         )
@@ -177,25 +182,33 @@ impl Store {
     /// Notes that the agent of `hostname` was heard from, with what it now
     /// reports of its host. Answers whether it had been unreachable.
     pub async fn agent_heartbeat(&self, hostname: &str, inventory: &str) -> Result<bool> {
-        let counts = self
-            .run_statements(
-                "agent_heartbeat",
-                vec![
-                    (
-                        "UPDATE agents SET reachable = 1 WHERE hostname = $1 AND reachable = 0"
-                            .into(),
-                        vec![hostname.into()],
-                    ),
-                    (
-                        "UPDATE agents SET last_seen = $1, inventory = $2 WHERE hostname = $3"
-                            .into(),
-                        vec![now().into(), inventory.into(), hostname.into()],
-                    ),
-                ],
-                |_| true,
-            )
-            .await?;
-        Ok(counts[0] == 1)
+        let (hostname, inventory) = (hostname.to_string(), inventory.to_string());
+        self.write("agent_heartbeat", move |mut conn| {
+            let (hostname, inventory) = (hostname.clone(), inventory.clone());
+            Box::pin(async move {
+                let back = conn
+                    .execute(
+                        "UPDATE agents SET reachable = 1 WHERE hostname = $1 AND reachable = 0",
+                        &[hostname.as_str().into()],
+                    )
+                    .await?
+                    == 1;
+                conn.execute(
+                    "UPDATE agents SET last_seen = $1, inventory = $2 WHERE hostname = $3",
+                    &[
+                        now().into(),
+                        inventory.as_str().into(),
+                        hostname.as_str().into(),
+                    ],
+                )
+                .await?;
+                if back {
+                    bump_host(&mut conn, &hostname).await?;
+                }
+                Ok(Commit::Keep(back))
+            })
+        })
+        .await
     }
 
     /// Marks unreachable every agent not heard from since `before`; answers
@@ -210,23 +223,74 @@ impl Store {
             .collect();
         let mut lost = Vec::new();
         for hostname in stale {
-            let counts = self
-                .run_statements(
-                    "mark_agent_unreachable",
-                    vec![(
-                        "UPDATE agents SET reachable = 0 WHERE hostname = $1 AND reachable = 1 \
-                         AND last_seen < $2"
-                            .into(),
-                        vec![(&hostname).into(), before.into()],
-                    )],
-                    |_| true,
-                )
+            let (name, before) = (hostname.clone(), before.to_string());
+            let flipped = self
+                .write("mark_agent_unreachable", move |mut conn| {
+                    let (hostname, before) = (name.clone(), before.clone());
+                    Box::pin(async move {
+                        let flipped = conn
+                            .execute(
+                                "UPDATE agents SET reachable = 0 WHERE hostname = $1 \
+                                 AND reachable = 1 AND last_seen < $2",
+                                &[hostname.as_str().into(), before.as_str().into()],
+                            )
+                            .await?
+                            == 1;
+                        if flipped {
+                            bump_host(&mut conn, &hostname).await?;
+                        }
+                        Ok(Commit::Keep(flipped))
+                    })
+                })
                 .await?;
-            if counts[0] == 1 {
+            if flipped {
                 lost.push(hostname);
             }
         }
         Ok(lost)
+    }
+
+    /// Forgets the agent of `hostname` and its desired state: its host was
+    /// retired. Its credential stops working at once.
+    pub async fn forget_agent(&self, hostname: &str) -> Result<()> {
+        self.run_statements(
+            "forget_agent",
+            vec![
+                (
+                    "DELETE FROM agent_work WHERE hostname = $1".into(),
+                    vec![hostname.into()],
+                ),
+                (
+                    "DELETE FROM agents WHERE hostname = $1".into(),
+                    vec![hostname.into()],
+                ),
+            ],
+            |_| true,
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Forgets answered scripts and join tokens expired before `before`.
+    pub async fn prune_agent_work(&self, before: &str) -> Result<()> {
+        self.run_statements(
+            "prune_agent_work",
+            vec![
+                (
+                    "DELETE FROM agent_work WHERE key LIKE 'script:%' \
+                     AND observed_generation >= generation AND updated_at < $1"
+                        .into(),
+                    vec![before.into()],
+                ),
+                (
+                    "DELETE FROM join_tokens WHERE expires_at < $1".into(),
+                    vec![before.into()],
+                ),
+            ],
+            |_| true,
+        )
+        .await?;
+        Ok(())
     }
 
     /// Sets the desired state of `key` on `hostname` under the host's next
@@ -314,6 +378,17 @@ impl Store {
         .await?;
         Ok(())
     }
+}
+
+/// Moves a host's version, so that every replica's placement view reloads
+/// it (its reachability changed).
+async fn bump_host(conn: &mut Conn<'_>, hostname: &str) -> std::result::Result<(), DbError> {
+    conn.execute(
+        "UPDATE hosts SET generation = generation + 1 WHERE hostname = $1",
+        &[hostname.into()],
+    )
+    .await?;
+    Ok(())
 }
 
 async fn set_desired(

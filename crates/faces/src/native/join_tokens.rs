@@ -18,6 +18,8 @@ pub struct JoinTokenBody {
     pub created_at: String,
     pub expires_at: String,
     pub revoked: bool,
+    /// Past its expiry.
+    pub expired: bool,
     /// The secret: shown once, in the answer that creates the token. Give
     /// it to `tessera agent --join-token`.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -32,6 +34,7 @@ impl From<JoinToken> for JoinTokenBody {
             created_at: t.created_at,
             expires_at: t.expires_at,
             revoked: t.revoked,
+            expired: t.expired,
             token: t.token,
         }
     }

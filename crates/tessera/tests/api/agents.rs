@@ -211,6 +211,35 @@ async fn join_tokens_are_checked_and_agents_authenticated(backend: Backend) {
     );
     let (status, log) = revoked.wait_exit(Duration::from_secs(20));
     assert!(!status.success(), "{log}");
+    assert!(log.contains("registration refused"), "{log}");
+    assert_eq!(server_status(&server, "node-z").await, None);
+
+    // A host name with a live agent cannot be taken over by another
+    // machine holding a join token.
+    let token = join_token(&server.url).await;
+    let _live = AgentProcess::start(
+        &server.url,
+        Some(&token),
+        "node-live",
+        &dir.path().join("live"),
+        "sim",
+        &[],
+    );
+    eventually(Duration::from_secs(20), "node-live running", || async {
+        (server_status(&server, "node-live").await.as_deref() == Some("running")).then_some(())
+    })
+    .await;
+    let usurper = AgentProcess::start(
+        &server.url,
+        Some(&token),
+        "node-live",
+        &dir.path().join("usurper"),
+        "sim",
+        &[],
+    );
+    let (status, log) = usurper.wait_exit(Duration::from_secs(20));
+    assert!(!status.success(), "{log}");
+    assert!(log.contains("already has a live agent"), "{log}");
 
     // Bad input to the token API is the face's 400.
     let (status, body) = server

@@ -347,6 +347,15 @@ async fn create_tiny(url: &str, name: &str, public: &str) -> Value {
     instance
 }
 
+/// How many times the agent's log says it applied `id`'s desired state.
+fn applied_count(state_dir: &Path, id: &str) -> usize {
+    std::fs::read_to_string(state_dir.join("agent.log"))
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains(" applied") && l.contains(id))
+        .count()
+}
+
 /// What a container leaves on the host, by instance id.
 fn traces_of(state_dir: &Path, id: &str) -> Vec<String> {
     let mut found = Vec::new();
@@ -367,16 +376,20 @@ fn traces_of(state_dir: &Path, id: &str) -> Vec<String> {
     if mounts.contains(id) {
         found.push("a mount".into());
     }
-    for controller in ["cpuset", "memory", "pids"] {
-        let listing = Command::new("find")
-            .arg(format!("/sys/fs/cgroup/{controller}"))
-            .args(["-maxdepth", "2", "-name", &format!("*{id}*")])
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-            .unwrap_or_default();
-        if !listing.trim().is_empty() {
-            found.push(format!("a {controller} cgroup"));
-        }
+    // cgroup v1 controllers' trees and the v2 tree alike.
+    let cgroups = Command::new("find")
+        .args([
+            "/sys/fs/cgroup",
+            "-maxdepth",
+            "3",
+            "-name",
+            &format!("*{id}*"),
+        ])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    if !cgroups.trim().is_empty() {
+        found.push(format!("cgroups {}", cgroups.trim()));
     }
     found
 }
@@ -446,10 +459,9 @@ async fn a_container_instance_is_reached_over_ssh_and_leaves_nothing() {
         .as_str()
         .expect("cpus")
         .to_string();
-    // SSH answers when the instance is reported running; the startup
-    // script may still be finishing.
-    ssh(&key, "root", &ip, 22, "true")
-        .unwrap_or_else(|e| panic!("ssh into the instance: {e}\n{}", agent.log()));
+    // SSH answers when the instance is reported running (retried only for
+    // slow machines); the startup script may still be finishing.
+    ssh_until(&key, "root", &ip, 22, "true").await;
     let seen = ssh_until(
         &key,
         "root",
@@ -591,6 +603,7 @@ async fn instances_survive_restarts_of_the_agent_and_the_server() {
     let before = pid_of(&state);
     assert!(before.starts_with("\"running\""), "{before}");
 
+    let applied_before = applied_count(&state, &id);
     // Both die at once; the instance keeps running on its own.
     agent.crash();
     server.crash();
@@ -614,8 +627,13 @@ async fn instances_survive_restarts_of_the_agent_and_the_server() {
         },
     )
     .await;
-    // A full resync has happened once the agent reported every object.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // The restarted agent re-applied the instance's desired state.
+    eventually(
+        Duration::from_secs(20),
+        "the agent's resync of the instance",
+        || async { (applied_count(&state, &id) >= applied_before + 1).then_some(()) },
+    )
+    .await;
     assert_eq!(pid_of(&state), before, "the same process, not a new one");
     let (_, listed) = api(&url, Method::GET, "/v1/instances", None).await;
     assert_eq!(
