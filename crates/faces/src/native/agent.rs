@@ -4,8 +4,8 @@
 
 use super::{NativeError, Query, Result};
 use axum::extract::{FromRef, FromRequestParts, State};
+use axum::http::StatusCode;
 use axum::http::request::Parts;
-use axum::http::{StatusCode, header};
 use axum::{Json, Router};
 use serde::Deserialize;
 use std::time::Duration;
@@ -36,15 +36,7 @@ where
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         let app = App::from_ref(state);
-        let bearer = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| {
-                let (scheme, token) = v.split_once(' ')?;
-                scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
-            });
-        Ok(Agent(app.authenticate_agent(bearer).await?))
+        Ok(Agent(app.authenticate_agent(super::bearer(parts)).await?))
     }
 }
 
