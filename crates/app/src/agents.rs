@@ -469,14 +469,25 @@ impl RemoteAgent {
     async fn converge(&self, key: &str, desired: &Desired) -> Result<(Outcome, i64), AgentError> {
         let body = serde_json::to_string(desired)
             .map_err(|e| AgentError::Failed(format!("cannot encode the desired state: {e}")))?;
-        let generation = self
+        let pending = self
             .store
-            .set_desired(&self.hostname, key, &body)
+            .work(&self.hostname, key)
             .await
             .map_err(store_error)?
-            .ok_or_else(|| {
-                AgentError::Unreachable(format!("{} has no registered agent", self.hostname))
-            })?;
+            .filter(|row| row.desired == body && row.observed_generation < row.generation);
+        let generation = match pending {
+            // The same change is still under way (a call repeated after a
+            // timeout): wait for it rather than ask for it twice.
+            Some(row) => row.generation,
+            None => self
+                .store
+                .set_desired(&self.hostname, key, &body)
+                .await
+                .map_err(store_error)?
+                .ok_or_else(|| {
+                    AgentError::Unreachable(format!("{} has no registered agent", self.hostname))
+                })?,
+        };
         let signal = self.signals.of(&self.hostname);
         signal.notify_waiters();
         let agent = self
@@ -715,9 +726,22 @@ impl HostAgent for RemoteAgent {
     }
 
     async fn run_script(&self, script: &HostScript) -> Result<ScriptOutcome, AgentError> {
-        let mut nonce = [0u8; 8];
-        rand::rng().fill_bytes(&mut nonce);
-        let key = protocol::script_key(&script.label, &hex::encode(nonce));
+        // The same script (body and environment) has one key, so a call
+        // repeated after a timeout waits for the run under way instead of
+        // starting a second one.
+        let digest = {
+            use sha2::Digest;
+            let mut hasher = sha2::Sha256::new();
+            hasher.update(script.body.as_bytes());
+            for (name, value) in &script.env {
+                hasher.update([0]);
+                hasher.update(name.as_bytes());
+                hasher.update([0]);
+                hasher.update(value.as_bytes());
+            }
+            hex::encode(&hasher.finalize()[..8])
+        };
+        let key = protocol::script_key(&script.label, &digest);
         let desired = Desired::Script {
             script: script.clone(),
         };
