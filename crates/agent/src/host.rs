@@ -67,6 +67,10 @@ pub struct LocalHost {
     sim: Option<SimFleet>,
     /// The simulated host, once the control plane has said what it is.
     sim_host: Mutex<Option<Arc<dyn HostAgent>>>,
+    /// Preparing or retiring the host excludes every other change: a unit
+    /// wiped or an instance started while the host's users and groups are
+    /// being removed would bring some back.
+    gate: tokio::sync::RwLock<()>,
 }
 
 impl LocalHost {
@@ -102,6 +106,7 @@ impl LocalHost {
             containers,
             sim,
             sim_host: Mutex::new(None),
+            gate: tokio::sync::RwLock::new(()),
         })
     }
 
@@ -152,6 +157,12 @@ impl LocalHost {
 
     /// Makes one object match its desired state.
     pub async fn apply(&self, desired: &Desired) -> Result<Outcome, AgentError> {
+        let _exclusive;
+        let _shared;
+        match desired {
+            Desired::Host { .. } => _exclusive = self.gate.write().await,
+            _ => _shared = self.gate.read().await,
+        }
         if let Some(sim) = &self.sim {
             return self.apply_sim(sim, desired).await;
         }
