@@ -280,8 +280,4 @@ impl LocalHost {
             }),
         }
     }
-
-    pub fn hostname(&self) -> &str {
-        &self.config.hostname
-    }
 }

@@ -11,3 +11,5 @@ pub mod host;
 pub mod inventory;
 pub mod runtime;
 mod script;
+#[cfg(any(test, feature = "testkit"))]
+pub mod testkit;

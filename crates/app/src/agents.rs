@@ -350,7 +350,7 @@ impl App {
         loop {
             let notified = signal.notified();
             let record = self.agent_record(&agent.hostname).await?;
-            if record.generation > after || after > record.generation {
+            if record.generation != after {
                 // Newer work, or a generation from before a reset of the
                 // store: answer from scratch in the second case.
                 let from = if after > record.generation { 0 } else { after };

@@ -112,7 +112,7 @@ impl App {
     /// Does the host-side work a host's status asks for. Safe to run twice,
     /// and a no-op while another task in this process drives the same host.
     pub(crate) async fn drive_host(&self, id: &str) {
-        let Some(_guard) = InFlight::enter(&self.in_flight, format!("host:{id}")) else {
+        let Some(_guard) = InFlight::enter(&self.in_flight, host_work(id)) else {
             return;
         };
         if let Err(err) = self.drive_host_once(id).await {
@@ -292,6 +292,11 @@ impl App {
             memory_mb: u64::try_from(host.memory_mb).ok().filter(|m| *m > 0),
         })
     }
+}
+
+/// The in-flight key of the host-side work on host `id`.
+pub(crate) fn host_work(id: &str) -> String {
+    format!("host:{id}")
 }
 
 /// What an agent needs to know of a unit.

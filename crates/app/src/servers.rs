@@ -351,7 +351,7 @@ impl App {
                         .in_flight
                         .lock()
                         .unwrap_or_else(std::sync::PoisonError::into_inner)
-                        .contains(&format!("host:{id}"))
+                        .contains(&crate::hosts::host_work(id))
             });
             if !preparing || tokio::time::Instant::now() >= deadline {
                 return Ok(host);

@@ -47,6 +47,8 @@ pub struct WorkRecord {
     pub observed: Option<String>,
 }
 
+const JOIN_TOKEN_COLUMNS: &str =
+    "id, token_hash, description, created_by, created_at, expires_at, revoked_at";
 const AGENT_COLUMNS: &str =
     "hostname, credential_hash, driver, inventory, generation, reachable, last_seen, registered_at";
 const WORK_COLUMNS: &str = "hostname, key, generation, desired, observed_generation, observed";
@@ -83,8 +85,7 @@ impl Store {
 
     pub async fn join_token_by_hash(&self, token_hash: &str) -> Result<Option<JoinTokenRecord>> {
         self.fetch_optional(
-            "SELECT id, token_hash, description, created_by, created_at, expires_at, revoked_at \
-             FROM join_tokens WHERE token_hash = $1",
+            &format!("SELECT {JOIN_TOKEN_COLUMNS} FROM join_tokens WHERE token_hash = $1"),
             &[token_hash.into()],
         )
         .await
@@ -92,8 +93,7 @@ impl Store {
 
     pub async fn join_tokens(&self) -> Result<Vec<JoinTokenRecord>> {
         self.fetch_all(
-            "SELECT id, token_hash, description, created_by, created_at, expires_at, revoked_at \
-             FROM join_tokens ORDER BY created_at DESC, id",
+            &format!("SELECT {JOIN_TOKEN_COLUMNS} FROM join_tokens ORDER BY created_at DESC, id"),
             &[],
         )
         .await

@@ -66,7 +66,7 @@ fn parse_cpus(s: &str) -> Result<CpuSet, String> {
 /// The state directory when none is given: the system's as root, the
 /// user's otherwise.
 pub fn default_state_dir() -> PathBuf {
-    if nix_is_root() {
+    if is_root() {
         PathBuf::from("/var/lib/tessera/agent")
     } else {
         dirs::data_dir()
@@ -76,7 +76,8 @@ pub fn default_state_dir() -> PathBuf {
     }
 }
 
-fn nix_is_root() -> bool {
+/// Whether this process runs as root.
+pub(crate) fn is_root() -> bool {
     std::fs::metadata("/proc/self")
         .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
         .unwrap_or(false)

@@ -3,7 +3,7 @@
 //! allows: containers when run as root with cgroups and an OCI runtime,
 //! otherwise simulated instances; `up` says which and why.
 
-use crate::agent::AgentArgs;
+use crate::agent::{AgentArgs, is_root};
 use crate::settings::ServerArgs;
 use crate::{logging, server};
 use anyhow::{Context, Result};
@@ -34,12 +34,6 @@ fn scripts_dir() -> Option<PathBuf> {
     [built, PathBuf::from("scripts")]
         .into_iter()
         .find(|dir| dir.join("host-packages").exists())
-}
-
-fn is_root() -> bool {
-    std::fs::metadata("/proc/self")
-        .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
-        .unwrap_or(false)
 }
 
 fn has_cpuset_cgroups() -> bool {

@@ -1624,27 +1624,7 @@ mod tests {
     }
 
     fn ssh(key: &Path, port: u16, user: &str, command: &str) -> std::process::Output {
-        Command::new("ssh")
-            .arg("-i")
-            .arg(key)
-            .args(["-p", &port.to_string()])
-            .args([
-                "-o",
-                "StrictHostKeyChecking=no",
-                "-o",
-                "UserKnownHostsFile=/dev/null",
-                "-o",
-                "BatchMode=yes",
-                "-o",
-                "IdentitiesOnly=yes",
-                "-o",
-                "ConnectTimeout=5",
-                "-o",
-                "LogLevel=ERROR",
-            ])
-            .arg(format!("{user}@127.0.0.1"))
-            .arg(command)
-            .stdin(Stdio::null())
+        crate::testkit::ssh_command(key, user, "127.0.0.1", port, command)
             .output()
             .expect("run ssh")
     }
@@ -1721,14 +1701,7 @@ mod tests {
             );
         }
 
-        let key = work.path().join("key");
-        let status = Command::new("ssh-keygen")
-            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
-            .arg(&key)
-            .status()
-            .expect("ssh-keygen");
-        assert!(status.success());
-        let public = fs::read_to_string(work.path().join("key.pub")).expect("public key");
+        let (key, public) = crate::testkit::key_pair(work.path());
 
         let a2 = UnitSpec {
             generation: 2,

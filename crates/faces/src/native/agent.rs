@@ -2,7 +2,7 @@
 //! spoken by `tessera agent` and nothing else. Not part of the public
 //! document: its types are the agent crate's, versioned with the binary.
 
-use super::{NativeError, Query, Result};
+use super::{Body, NativeError, Query, Result};
 use axum::extract::{FromRef, FromRequestParts, State};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
@@ -40,28 +40,9 @@ where
     }
 }
 
-/// A JSON body whose rejection is this face's 400.
-pub struct AgentJson<T>(pub T);
-
-impl<S, T> axum::extract::FromRequest<S> for AgentJson<T>
-where
-    S: Send + Sync,
-    T: serde::de::DeserializeOwned,
-{
-    type Rejection = NativeError;
-
-    async fn from_request(
-        request: axum::extract::Request,
-        state: &S,
-    ) -> Result<Self, Self::Rejection> {
-        let Json(value) = Json::<T>::from_request(request, state).await?;
-        Ok(AgentJson(value))
-    }
-}
-
 async fn register(
     State(app): State<App>,
-    AgentJson(req): AgentJson<RegisterRequest>,
+    Body(req): Body<RegisterRequest>,
 ) -> Result<(StatusCode, Json<RegisterResponse>)> {
     let registered = app.register_agent(req).await?;
     Ok((StatusCode::CREATED, Json(registered)))
@@ -70,7 +51,7 @@ async fn register(
 async fn heartbeat(
     State(app): State<App>,
     Agent(agent): Agent,
-    AgentJson(beat): AgentJson<Heartbeat>,
+    Body(beat): Body<Heartbeat>,
 ) -> Result<StatusCode> {
     app.agent_heartbeat(&agent, beat).await?;
     Ok(StatusCode::NO_CONTENT)
@@ -99,7 +80,7 @@ async fn desired(
 async fn observed(
     State(app): State<App>,
     Agent(agent): Agent,
-    AgentJson(report): AgentJson<Observed>,
+    Body(report): Body<Observed>,
 ) -> Result<StatusCode> {
     app.agent_observed(&agent, report).await?;
     Ok(StatusCode::NO_CONTENT)

@@ -59,39 +59,11 @@ macro_rules! skip_unless_dataplane {
     };
 }
 
-/// A fresh ed25519 key pair: (private key path, public key line).
-fn key_pair(dir: &Path) -> (PathBuf, String) {
-    let path = dir.join("id_ed25519");
-    let made = Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
-        .arg(&path)
-        .status()
-        .expect("ssh-keygen");
-    assert!(made.success());
-    let public = std::fs::read_to_string(path.with_extension("pub")).expect("public key");
-    (path, public.trim().to_string())
-}
+use tessera_agent::testkit::key_pair;
 
 /// `ssh -p port user@host command`; answers stdout on success.
 fn ssh(key: &Path, user: &str, host: &str, port: u16, command: &str) -> Result<String, String> {
-    let output = Command::new("ssh")
-        .arg("-i")
-        .arg(key)
-        .args(["-p", &port.to_string()])
-        .args([
-            "-o",
-            "StrictHostKeyChecking=no",
-            "-o",
-            "UserKnownHostsFile=/dev/null",
-            "-o",
-            "BatchMode=yes",
-            "-o",
-            "ConnectTimeout=5",
-            "-o",
-            "LogLevel=ERROR",
-        ])
-        .arg(format!("{user}@{host}"))
-        .arg(command)
+    let output = tessera_agent::testkit::ssh_command(key, user, host, port, command)
         .output()
         .expect("ssh");
     match output.status.success() {

@@ -125,14 +125,7 @@ fn fixture(bridge: &str, subnet: &str, ssh_port_base: u16) -> Fixture {
         vec!["tiny".to_string()]
     );
 
-    let key = dir.path().join("key");
-    let made = StdCommand::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-C", "test", "-f"])
-        .arg(&key)
-        .output()
-        .expect("ssh-keygen");
-    assert!(made.status.success(), "ssh-keygen failed");
-    let public_key = fs::read_to_string(key.with_extension("pub")).expect("public key");
+    let (key, public_key) = crate::testkit::key_pair(dir.path());
 
     let config = ContainerConfig {
         state_dir: dir.path().join("state"),
@@ -165,28 +158,10 @@ fn spec(f: &Fixture, id: &str, name: &str) -> InstanceSpec {
 
 /// Runs `command` over SSH; answers (success, stdout + stderr).
 async fn ssh(key: &Path, host: &str, port: u16, command: &str) -> (bool, String) {
-    let out = tokio::process::Command::new("ssh")
-        .arg("-i")
-        .arg(key)
-        .args(["-p", &port.to_string()])
-        .args([
-            "-o",
-            "StrictHostKeyChecking=no",
-            "-o",
-            "UserKnownHostsFile=/dev/null",
-            "-o",
-            "BatchMode=yes",
-            "-o",
-            "ConnectTimeout=3",
-            "-o",
-            "LogLevel=ERROR",
-        ])
-        .arg(format!("root@{host}"))
-        .arg(command)
-        .stdin(Stdio::null())
-        .output()
-        .await
-        .expect("running ssh");
+    let mut ssh = tokio::process::Command::from(crate::testkit::ssh_command(
+        key, "root", host, port, command,
+    ));
+    let out = ssh.output().await.expect("running ssh");
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
