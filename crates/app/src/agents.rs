@@ -435,18 +435,6 @@ impl App {
         }
         Ok(())
     }
-
-    /// Hosts whose agent is registered but not heard from lately.
-    pub(crate) async fn unreachable_hostnames(&self) -> Result<std::collections::HashSet<String>> {
-        Ok(self
-            .store
-            .agents()
-            .await?
-            .into_iter()
-            .filter(|a| a.reachable == 0)
-            .map(|a| a.hostname)
-            .collect())
-    }
 }
 
 /// A high-entropy secret: `prefix_` and 64 hex digits.

@@ -308,15 +308,10 @@ impl App {
         if !instances.iter().any(|i| i.host_id.is_some()) {
             return Ok(());
         }
-        let lost = self.unreachable_hostnames().await?;
-        if lost.is_empty() {
+        // Usually empty: one query for the hosts whose agents are silent.
+        let lost_ids = self.store.unreachable_hosts().await?;
+        if lost_ids.is_empty() {
             return Ok(());
-        }
-        let mut lost_ids = std::collections::HashMap::new();
-        for hostname in lost {
-            if let Some(host) = self.store.host_by_hostname(&hostname).await? {
-                lost_ids.insert(host.id, hostname);
-            }
         }
         for instance in instances {
             let on_lost = instance.host_id.as_ref().and_then(|h| lost_ids.get(h));

@@ -171,6 +171,18 @@ impl Store {
         .await
     }
 
+    /// Hosts whose agent misses its heartbeats: host id to host name.
+    pub async fn unreachable_hosts(&self) -> Result<std::collections::HashMap<String, String>> {
+        let rows: Vec<(String, String)> = self
+            .fetch_all(
+                "SELECT hosts.id, hosts.hostname FROM hosts JOIN agents \
+                 ON agents.hostname = hosts.hostname WHERE agents.reachable = 0",
+                &[],
+            )
+            .await?;
+        Ok(rows.into_iter().collect())
+    }
+
     pub async fn agents(&self) -> Result<Vec<AgentRecord>> {
         self.fetch_all(
             &format!("SELECT {AGENT_COLUMNS} FROM agents ORDER BY hostname"),
