@@ -183,14 +183,6 @@ impl Store {
         Ok(rows.into_iter().collect())
     }
 
-    pub async fn agents(&self) -> Result<Vec<AgentRecord>> {
-        self.fetch_all(
-            &format!("SELECT {AGENT_COLUMNS} FROM agents ORDER BY hostname"),
-            &[],
-        )
-        .await
-    }
-
     /// Notes that the agent of `hostname` was heard from, with what it now
     /// reports of its host. Answers whether it had been unreachable.
     pub async fn agent_heartbeat(&self, hostname: &str, inventory: &str) -> Result<bool> {
@@ -226,15 +218,14 @@ impl Store {
     /// Marks unreachable every agent not heard from since `before`; answers
     /// their host names.
     pub async fn mark_agents_unreachable(&self, before: &str) -> Result<Vec<String>> {
-        let stale: Vec<String> = self
-            .agents()
-            .await?
-            .into_iter()
-            .filter(|a| a.reachable == 1 && a.last_seen.as_str() < before)
-            .map(|a| a.hostname)
-            .collect();
+        let stale: Vec<(String,)> = self
+            .fetch_all(
+                "SELECT hostname FROM agents WHERE reachable = 1 AND last_seen < $1",
+                &[before.into()],
+            )
+            .await?;
         let mut lost = Vec::new();
-        for hostname in stale {
+        for (hostname,) in stale {
             let (name, before) = (hostname.clone(), before.to_string());
             let flipped = self
                 .write("mark_agent_unreachable", move |mut conn| {
