@@ -18,7 +18,7 @@ use base64::Engine;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use tessera_agent_api::{InstanceReport, InstanceSpec};
-use tessera_core::catalog::{self, MAX_DISK_GB, MAX_MEMORY_MB, MAX_VCPUS};
+use tessera_core::catalog::{Catalog, MAX_DISK_GB, MAX_MEMORY_MB, MAX_VCPUS};
 use tessera_core::placement::Request;
 use tessera_core::{CpuSet, HostId, Permission};
 use tessera_store::{
@@ -96,7 +96,7 @@ fn check_text(field: &'static str, value: &str, max: usize) -> Result<()> {
     Ok(())
 }
 
-pub(crate) fn validate(req: &mut CreateInstance) -> Result<Option<Vec<u8>>> {
+pub(crate) fn validate(catalog: &Catalog, req: &mut CreateInstance) -> Result<Option<Vec<u8>>> {
     let name = &req.name;
     let name_ok = !name.is_empty()
         && name.len() <= 63
@@ -132,25 +132,23 @@ pub(crate) fn validate(req: &mut CreateInstance) -> Result<Option<Vec<u8>>> {
         }
     }
     let spec = &mut req.spec;
-    let Some(kind) = catalog::instance_type(&spec.instance_type) else {
-        let known: Vec<&str> = catalog::INSTANCE_TYPES.iter().map(|t| t.name).collect();
+    let Some(kind) = catalog.instance_type(&spec.instance_type) else {
         return Err(Error::invalid(
             "spec.type",
             format!(
                 "unknown instance type {:?}; known types: {}",
                 spec.instance_type.escape_debug().to_string(),
-                known.join(", ")
+                Catalog::names(catalog.instance_types.iter().map(|t| t.name.as_str()))
             ),
         ));
     };
-    if catalog::image(&spec.image).is_none() {
-        let known: Vec<&str> = catalog::IMAGES.iter().map(|i| i.name).collect();
+    if catalog.image(&spec.image).is_none() {
         return Err(Error::invalid(
             "spec.image",
             format!(
                 "unknown image {:?}; known images: {}",
                 spec.image.escape_debug().to_string(),
-                known.join(", ")
+                Catalog::names(catalog.images.iter().map(|i| i.image_type.as_str()))
             ),
         ));
     }
@@ -161,7 +159,7 @@ pub(crate) fn validate(req: &mut CreateInstance) -> Result<Option<Vec<u8>>> {
             format!("vcpus must be between 1 and {MAX_VCPUS}"),
         ));
     }
-    let memory_mb = spec.memory_mb.unwrap_or(kind.memory_mb);
+    let memory_mb = spec.memory_mb.unwrap_or(kind.memory_mb());
     if !(128..=MAX_MEMORY_MB).contains(&memory_mb) {
         return Err(Error::invalid(
             "spec.memory_mb",
@@ -225,7 +223,7 @@ impl App {
         mut req: CreateInstance,
     ) -> Result<Instance> {
         caller.require(Permission::InstanceCreate)?;
-        validate(&mut req)?;
+        validate(&self.catalog, &mut req)?;
         for key in &req.spec.ssh_key_ids {
             if self.project_ssh_key(&caller.project_id, key).await.is_err() {
                 return Err(Error::invalid(

@@ -53,6 +53,29 @@ pub struct AppConfig {
     pub reconcile_every: Duration,
     /// The taskserv definitions offered.
     pub taskservs: taskservs::Catalog,
+    /// Locations, instance types, images, volume types and prices.
+    pub catalog: tessera_core::catalog::Catalog,
+    /// The Verda face's request limits.
+    pub rate_limits: RateLimits,
+}
+
+/// How many authenticated requests a project may make per window: in all,
+/// and to one method and path.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RateLimits {
+    pub project: u32,
+    pub endpoint: u32,
+    pub window: Duration,
+}
+
+impl Default for RateLimits {
+    fn default() -> Self {
+        RateLimits {
+            project: 500,
+            endpoint: 60,
+            window: Duration::from_secs(60),
+        }
+    }
 }
 
 impl Default for AppConfig {
@@ -62,6 +85,8 @@ impl Default for AppConfig {
             agent_silence: Duration::from_secs(15),
             reconcile_every: Duration::from_secs(2),
             taskservs: taskservs::Catalog::built_in(),
+            catalog: tessera_core::catalog::Catalog::built_in(),
+            rate_limits: RateLimits::default(),
         }
     }
 }
@@ -73,7 +98,9 @@ pub struct App {
     agents: Arc<dyn AgentDirectory>,
     placement: Arc<PlacementView>,
     identity: Arc<Identity>,
-    catalog: Arc<taskservs::Catalog>,
+    taskservs: Arc<taskservs::Catalog>,
+    /// What can be ordered, where, at what price.
+    catalog: Arc<tessera_core::catalog::Catalog>,
     events: Arc<events::EventBus>,
     config: Arc<AppConfig>,
     /// Work this process is doing on hosts and units now, so the reconciler
@@ -99,7 +126,8 @@ impl App {
         let identity = Arc::new(Identity::load(&store).await?);
         Ok(App {
             identity,
-            catalog: Arc::new(config.taskservs.clone()),
+            taskservs: Arc::new(config.taskservs.clone()),
+            catalog: Arc::new(config.catalog.clone()),
             events: Arc::new(events::EventBus::new()),
             store,
             agents,
@@ -131,6 +159,15 @@ impl App {
 
     pub fn placement(&self) -> &PlacementView {
         &self.placement
+    }
+
+    /// What can be ordered, where, at what price.
+    pub fn catalog(&self) -> &tessera_core::catalog::Catalog {
+        &self.catalog
+    }
+
+    pub fn rate_limits(&self) -> &RateLimits {
+        &self.config.rate_limits
     }
 
     pub fn uptime(&self) -> Duration {

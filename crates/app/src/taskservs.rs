@@ -152,7 +152,7 @@ fn script_env(taskserv: &TaskservRecord) -> Vec<(String, String)> {
 
 impl App {
     pub fn taskserv_catalog(&self) -> &Catalog {
-        &self.catalog
+        &self.taskservs
     }
 
     pub async fn taskservs(&self, caller: &Principal) -> Result<Vec<Taskserv>> {
@@ -184,9 +184,9 @@ impl App {
     ) -> Result<Operation> {
         caller.require(Permission::TaskservCreate)?;
         let project_id = self.workspace_of(caller, req.workspace.as_deref()).await?;
-        let Some(def) = self.catalog.get(&req.name) else {
+        let Some(def) = self.taskservs.get(&req.name) else {
             let known: Vec<&str> = self
-                .catalog
+                .taskservs
                 .definitions()
                 .map(|d| d.name.as_str())
                 .collect();
@@ -305,7 +305,7 @@ impl App {
         servers: &[String],
         phase: &str,
     ) -> Result<BTreeMap<String, Result<ScriptOutcome, String>>> {
-        let def = self.catalog.get(&taskserv.name).ok_or_else(|| {
+        let def = self.taskservs.get(&taskserv.name).ok_or_else(|| {
             Error::Unavailable(format!("taskserv {} left the catalog", taskserv.name))
         })?;
         let body = if phase == "install" {

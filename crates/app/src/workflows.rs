@@ -166,7 +166,7 @@ impl App {
                     ..InstanceSpecInput::default()
                 },
             };
-            validate(&mut node).map_err(|e| Error::invalid("parameters", e.to_string()))?;
+            validate(&self.catalog, &mut node).map_err(|e| Error::invalid("parameters", e.to_string()))?;
             nodes.push(NewInstance {
                 id: new_id("inst"),
                 project_id: project_id.clone(),

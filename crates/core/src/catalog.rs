@@ -1,91 +1,368 @@
-//! What can be ordered: instance types and images.
+//! What can be ordered, where, and at what price: locations, instance
+//! types, images, volume types, long-term periods, container and cluster
+//! types.
 //!
-//! The built-in catalog. Types give an instance's default size; a request
-//! may ask for other `vcpus` or `memory_mb` within [`MAX_VCPUS`] and
-//! [`MAX_MEMORY_MB`].
+//! The catalog is data, read from a TOML file the operator may replace
+//! (`--catalog FILE`); [`Catalog::built_in`] is `crates/core/catalog.toml`.
+//! Every face reads the same catalog: a type's name means the same size
+//! and price through the native API and through the Verda face. Prices are
+//! kept as given and turned into integer micro-units ([`to_micros`]) where
+//! money is counted.
 
-/// A size of instance.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct InstanceType {
-    pub name: &'static str,
-    pub vcpus: u32,
-    pub memory_mb: u64,
-    pub disk_gb: u64,
-}
-
-/// An operating system image.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Image {
-    pub name: &'static str,
-    pub description: &'static str,
-}
+use serde::Deserialize;
+use std::collections::HashSet;
 
 pub const MAX_VCPUS: u32 = 512;
 pub const MAX_MEMORY_MB: u64 = 4 * 1024 * 1024;
 pub const MAX_DISK_GB: u64 = 64 * 1024;
+/// Hours in a month, for volume prices given per month.
+pub const HOURS_PER_MONTH: f64 = 730.0;
 
-pub const INSTANCE_TYPES: &[InstanceType] = &[
-    InstanceType {
-        name: "cx11",
-        vcpus: 1,
-        memory_mb: 2048,
-        disk_gb: 20,
-    },
-    InstanceType {
-        name: "cx21",
-        vcpus: 2,
-        memory_mb: 4096,
-        disk_gb: 40,
-    },
-    InstanceType {
-        name: "cx31",
-        vcpus: 2,
-        memory_mb: 8192,
-        disk_gb: 80,
-    },
-    InstanceType {
-        name: "cx41",
-        vcpus: 4,
-        memory_mb: 16384,
-        disk_gb: 160,
-    },
-    InstanceType {
-        name: "cx51",
-        vcpus: 8,
-        memory_mb: 32768,
-        disk_gb: 240,
-    },
-    InstanceType {
-        name: "cx61",
-        vcpus: 16,
-        memory_mb: 65536,
-        disk_gb: 360,
-    },
-];
+const BUILT_IN: &str = include_str!("../catalog.toml");
 
-pub const IMAGES: &[Image] = &[
-    Image {
-        name: "ubuntu-22.04",
-        description: "Ubuntu 22.04 LTS",
-    },
-    Image {
-        name: "ubuntu-24.04",
-        description: "Ubuntu 24.04 LTS",
-    },
-    Image {
-        name: "debian-12",
-        description: "Debian 12",
-    },
-    Image {
-        name: "tiny",
-        description: "BusyBox and Dropbear: a small test image (scripts/images/tiny)",
-    },
-];
-
-pub fn instance_type(name: &str) -> Option<&'static InstanceType> {
-    INSTANCE_TYPES.iter().find(|t| t.name == name)
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Catalog {
+    /// `usd` or `eur`: every price is in it.
+    pub currency: String,
+    #[serde(default)]
+    pub locations: Vec<Location>,
+    #[serde(default)]
+    pub images: Vec<Image>,
+    #[serde(default)]
+    pub instance_types: Vec<InstanceType>,
+    #[serde(default)]
+    pub volume_types: Vec<VolumeType>,
+    #[serde(default)]
+    pub long_term_periods: Vec<LongTermPeriod>,
+    #[serde(default)]
+    pub container_types: Vec<ContainerType>,
+    #[serde(default)]
+    pub cluster_types: Vec<ClusterType>,
 }
 
-pub fn image(name: &str) -> Option<&'static Image> {
-    IMAGES.iter().find(|i| i.name == name)
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Location {
+    pub code: String,
+    pub name: String,
+    pub country_code: String,
+}
+
+/// An operating system image.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Image {
+    pub id: String,
+    /// What requests name: `ubuntu-24.04`.
+    pub image_type: String,
+    pub name: String,
+    pub category: String,
+    #[serde(default)]
+    pub details: Vec<String>,
+    #[serde(default)]
+    pub is_default: bool,
+    #[serde(default)]
+    pub is_cluster: bool,
+}
+
+/// A size of instance.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct InstanceType {
+    pub id: String,
+    pub name: String,
+    pub description: String,
+    pub vcpus: u32,
+    pub memory_gb: u64,
+    /// The default size of the OS volume.
+    pub disk_gb: u64,
+    #[serde(default)]
+    pub gpus: u32,
+    #[serde(default)]
+    pub gpu_memory_gb: u64,
+    pub price_per_hour: f64,
+    pub spot_price: f64,
+    #[serde(default)]
+    pub model: String,
+    /// The GPU's (or CPU's) model name.
+    #[serde(default)]
+    pub gpu_name: String,
+    #[serde(default)]
+    pub manufacturer: String,
+    #[serde(default)]
+    pub display_name: String,
+    #[serde(default)]
+    pub p2p: String,
+    #[serde(default)]
+    pub best_for: Vec<String>,
+    /// Image types it may run; empty allows any.
+    #[serde(default)]
+    pub supported_os: Vec<String>,
+}
+
+impl InstanceType {
+    pub fn memory_mb(&self) -> u64 {
+        self.memory_gb * 1024
+    }
+
+    /// Its hourly price, spot or not.
+    pub fn hourly(&self, spot: bool) -> f64 {
+        if spot {
+            self.spot_price
+        } else {
+            self.price_per_hour
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct VolumeType {
+    #[serde(rename = "type")]
+    pub name: String,
+    pub price_per_month_per_gb: f64,
+    #[serde(default)]
+    pub is_shared_fs: bool,
+    #[serde(default)]
+    pub burst_bandwidth: f64,
+    #[serde(default)]
+    pub continuous_bandwidth: f64,
+    #[serde(default)]
+    pub internal_network_speed: f64,
+    #[serde(default)]
+    pub iops: String,
+    #[serde(default)]
+    pub throughput_gbps: f64,
+}
+
+impl VolumeType {
+    /// The hourly price of `size_gb` of it.
+    pub fn hourly(&self, size_gb: u64) -> f64 {
+        self.price_per_month_per_gb * size_gb as f64 / HOURS_PER_MONTH
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LongTermPeriod {
+    pub code: String,
+    pub name: String,
+    #[serde(default = "yes")]
+    pub is_enabled: bool,
+    pub unit_name: String,
+    pub unit_value: u32,
+    pub discount_percentage: f64,
+    /// `instances`, `clusters`.
+    #[serde(rename = "for")]
+    pub applies_to: Vec<String>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ContainerType {
+    pub id: String,
+    pub name: String,
+    pub model: String,
+    pub gpu_name: String,
+    pub vcpus: u32,
+    pub memory_gb: u64,
+    pub gpus: u32,
+    pub gpu_memory_gb: u64,
+    pub serverless_price: f64,
+    pub serverless_spot_price: f64,
+    pub manufacturer: String,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterType {
+    pub id: String,
+    pub name: String,
+    pub model: String,
+    pub gpu_name: String,
+    pub vcpus: u32,
+    pub memory_gb: u64,
+    pub gpus: u32,
+    pub gpu_memory_gb: u64,
+    pub price_per_hour: f64,
+    pub manufacturer: String,
+    #[serde(default)]
+    pub node_details: Vec<String>,
+    #[serde(default)]
+    pub supported_os: Vec<String>,
+}
+
+/// An amount of money in millionths of the currency unit.
+pub fn to_micros(amount: f64) -> i64 {
+    (amount * 1_000_000.0).round() as i64
+}
+
+/// Micro-units back to the currency unit.
+pub fn from_micros(micros: i64) -> f64 {
+    micros as f64 / 1_000_000.0
+}
+
+impl Catalog {
+    /// The catalog that ships with Tessera.
+    pub fn built_in() -> Catalog {
+        Catalog::from_toml(BUILT_IN).expect("the built-in catalog is valid")
+    }
+
+    /// Reads and checks a catalog file's text.
+    pub fn from_toml(text: &str) -> Result<Catalog, String> {
+        let catalog: Catalog = toml::from_str(text).map_err(|e| e.to_string())?;
+        catalog.check()?;
+        Ok(catalog)
+    }
+
+    fn check(&self) -> Result<(), String> {
+        if !matches!(self.currency.as_str(), "usd" | "eur") {
+            return Err(format!(
+                "currency must be \"usd\" or \"eur\", not {:?}",
+                self.currency
+            ));
+        }
+        unique("location", self.locations.iter().map(|l| l.code.as_str()))?;
+        unique("image", self.images.iter().map(|i| i.image_type.as_str()))?;
+        unique(
+            "instance type",
+            self.instance_types.iter().map(|t| t.name.as_str()),
+        )?;
+        unique(
+            "volume type",
+            self.volume_types.iter().map(|t| t.name.as_str()),
+        )?;
+        unique(
+            "long-term period",
+            self.long_term_periods.iter().map(|p| p.code.as_str()),
+        )?;
+        for location in &self.locations {
+            let ok = !location.code.is_empty()
+                && location
+                    .code
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+            if !ok {
+                return Err(format!(
+                    "location code {:?} must be letters, digits, '-', '_' or '.'",
+                    location.code
+                ));
+            }
+        }
+        for kind in &self.instance_types {
+            if !(1..=MAX_VCPUS).contains(&kind.vcpus)
+                || kind.memory_gb == 0
+                || kind.memory_mb() > MAX_MEMORY_MB
+                || !(1..=MAX_DISK_GB).contains(&kind.disk_gb)
+            {
+                return Err(format!(
+                    "instance type {}: vcpus must be 1 to {MAX_VCPUS}, memory_gb at least 1 and disk_gb 1 to {MAX_DISK_GB}",
+                    kind.name
+                ));
+            }
+            if !(kind.price_per_hour >= 0.0 && kind.spot_price >= 0.0) {
+                return Err(format!(
+                    "instance type {}: prices cannot be negative",
+                    kind.name
+                ));
+            }
+            for os in &kind.supported_os {
+                if self.image(os).is_none() {
+                    return Err(format!(
+                        "instance type {} supports image {os}, which the catalog does not list",
+                        kind.name
+                    ));
+                }
+            }
+        }
+        for kind in &self.volume_types {
+            if !(kind.price_per_month_per_gb >= 0.0) {
+                return Err(format!(
+                    "volume type {}: the price cannot be negative",
+                    kind.name
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn instance_type(&self, name: &str) -> Option<&InstanceType> {
+        self.instance_types.iter().find(|t| t.name == name)
+    }
+
+    pub fn image(&self, image_type: &str) -> Option<&Image> {
+        self.images.iter().find(|i| i.image_type == image_type)
+    }
+
+    pub fn location(&self, code: &str) -> Option<&Location> {
+        self.locations.iter().find(|l| l.code == code)
+    }
+
+    pub fn volume_type(&self, name: &str) -> Option<&VolumeType> {
+        self.volume_types.iter().find(|t| t.name == name)
+    }
+
+    /// The names of a list, for "known ...: " hints.
+    pub fn names<'a>(items: impl Iterator<Item = &'a str>) -> String {
+        items.collect::<Vec<_>>().join(", ")
+    }
+}
+
+fn unique<'a>(what: &str, names: impl Iterator<Item = &'a str>) -> Result<(), String> {
+    let mut seen = HashSet::new();
+    for name in names {
+        if !seen.insert(name) {
+            return Err(format!("{what} {name:?} is listed twice"));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_built_in_catalog_is_valid_and_mirrors_verda() {
+        let catalog = Catalog::built_in();
+        for code in ["FIN-01", "FIN-02", "FIN-03", "ICE-01"] {
+            assert!(catalog.location(code).is_some(), "{code}");
+        }
+        let cpu = catalog.instance_type("CPU.4V.16G").expect("CPU.4V.16G");
+        assert_eq!((cpu.vcpus, cpu.memory_mb()), (4, 16 * 1024));
+        assert!(catalog.instance_type("cx11").is_some());
+        assert!(catalog.image("ubuntu-24.04").is_some());
+        assert!(catalog.volume_type("NVMe").is_some());
+    }
+
+    #[test]
+    fn a_catalog_that_does_not_hold_together_is_refused() {
+        let bad = [
+            ("currency = \"gbp\"", "currency"),
+            ("currency = \"usd\"\nbogus = 1", "unknown field"),
+            (
+                "currency = \"usd\"\n[[locations]]\ncode = \"A\"\nname = \"a\"\ncountry_code = \"X\"\n[[locations]]\ncode = \"A\"\nname = \"b\"\ncountry_code = \"X\"",
+                "twice",
+            ),
+            (
+                "currency = \"usd\"\n[[instance_types]]\nid = \"x\"\nname = \"t\"\ndescription = \"\"\nvcpus = 1\nmemory_gb = 1\ndisk_gb = 1\nprice_per_hour = 1\nspot_price = 1\nsupported_os = [\"nope\"]",
+                "does not list",
+            ),
+        ];
+        for (text, why) in bad {
+            let err = Catalog::from_toml(text).expect_err(text);
+            assert!(err.contains(why), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn money_is_counted_in_micro_units() {
+        assert_eq!(to_micros(0.0799), 79_900);
+        assert_eq!(from_micros(1_500_000), 1.5);
+    }
 }

@@ -67,10 +67,22 @@ pub async fn start(settings: &Settings) -> Result<RunningServer> {
             .context("cannot read the taskserv catalog")?,
         None => tessera_app::taskservs::Catalog::built_in(),
     };
+    let catalog = match &settings.catalog {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read the catalog {}", path.display()))?;
+            tessera_core::catalog::Catalog::from_toml(&text)
+                .map_err(anyhow::Error::msg)
+                .with_context(|| format!("in the catalog {}", path.display()))?
+        }
+        None => tessera_core::catalog::Catalog::built_in(),
+    };
     let config = AppConfig {
         agent_timeout: settings.agent_timeout,
         agent_silence: settings.agent_silence,
         taskservs,
+        catalog,
+        rate_limits: settings.rate_limits.clone(),
         ..AppConfig::default()
     };
     let app = App::new(store, agents, config).await?;

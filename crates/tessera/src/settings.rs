@@ -6,7 +6,8 @@
 //! `tessera.toml` in the user's config directory when it exists. Its keys
 //! are the flags' names with underscores: `data_dir`, `listen`,
 //! `database_url`, `sim_hosts`, `sim_faults`, `sim_latency_ms`,
-//! `sim_memory_per_cpu_mb`, `agent_timeout_ms`, `agent_silence_ms`, `log_format`, `taskserv_dir`.
+//! `sim_memory_per_cpu_mb`, `agent_timeout_ms`, `agent_silence_ms`, `log_format`, `taskserv_dir`,
+//! `catalog`, `rate_limit_project`, `rate_limit_endpoint`, `rate_limit_window_secs`.
 
 use crate::logging::LogFormat;
 use anyhow::{Context, Result, bail};
@@ -59,6 +60,21 @@ pub struct ServerArgs {
     /// A directory of taskserv definitions [default: the built-in catalog].
     #[arg(long, env = "TESSERA_TASKSERV_DIR")]
     pub taskserv_dir: Option<PathBuf>,
+    /// A catalog file: locations, instance types, images, volume types and
+    /// prices [default: the built-in one, crates/core/catalog.toml].
+    #[arg(long, env = "TESSERA_CATALOG")]
+    pub catalog: Option<PathBuf>,
+    /// Verda face: authenticated requests a project may make per window
+    /// [default: 500].
+    #[arg(long, env = "TESSERA_RATE_LIMIT_PROJECT")]
+    pub rate_limit_project: Option<u32>,
+    /// Verda face: requests a project may make per window to one method
+    /// and path [default: 60].
+    #[arg(long, env = "TESSERA_RATE_LIMIT_ENDPOINT")]
+    pub rate_limit_endpoint: Option<u32>,
+    /// Verda face: the rate-limit window in seconds [default: 60].
+    #[arg(long, env = "TESSERA_RATE_LIMIT_WINDOW_SECS")]
+    pub rate_limit_window_secs: Option<u64>,
 }
 
 /// The config file's keys.
@@ -77,6 +93,10 @@ struct FileSettings {
     agent_silence_ms: Option<u64>,
     log_format: Option<LogFormat>,
     taskserv_dir: Option<PathBuf>,
+    catalog: Option<PathBuf>,
+    rate_limit_project: Option<u32>,
+    rate_limit_endpoint: Option<u32>,
+    rate_limit_window_secs: Option<u64>,
 }
 
 /// Resolved settings.
@@ -96,6 +116,9 @@ pub struct Settings {
     pub admin_password: Option<String>,
     /// `None`: the built-in catalog.
     pub taskserv_dir: Option<PathBuf>,
+    /// `None`: the built-in catalog.
+    pub catalog: Option<PathBuf>,
+    pub rate_limits: tessera_app::RateLimits,
 }
 
 impl ServerArgs {
@@ -170,6 +193,23 @@ impl ServerArgs {
                 .ok()
                 .filter(|t| !t.is_empty()),
             taskserv_dir: self.taskserv_dir.or(file.taskserv_dir),
+            catalog: self.catalog.or(file.catalog),
+            rate_limits: tessera_app::RateLimits {
+                project: self
+                    .rate_limit_project
+                    .or(file.rate_limit_project)
+                    .unwrap_or(500),
+                endpoint: self
+                    .rate_limit_endpoint
+                    .or(file.rate_limit_endpoint)
+                    .unwrap_or(60),
+                window: Duration::from_secs(
+                    self.rate_limit_window_secs
+                        .or(file.rate_limit_window_secs)
+                        .unwrap_or(60)
+                        .max(1),
+                ),
+            },
         })
     }
 }

@@ -47,6 +47,8 @@ pub async fn run(args: ApiArgs) -> Result<()> {
         admin_token: Some(token.clone()),
         admin_password: None,
         taskserv_dir: None,
+        catalog: None,
+        rate_limits: Default::default(),
     };
     let running = server::start(&settings).await?;
     let base = running.url();
