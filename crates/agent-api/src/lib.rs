@@ -56,6 +56,33 @@ pub struct InstanceSpec {
     pub ssh_keys: Vec<String>,
     /// The startup script, decoded.
     pub user_data: Option<Vec<u8>>,
+    /// Volumes it sees as block devices (`/dev/<target>`).
+    #[serde(default)]
+    pub volumes: Vec<AttachedVolume>,
+}
+
+/// A volume attached to an instance.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttachedVolume {
+    pub id: String,
+    /// Its device name inside the instance: `vdb` is `/dev/vdb`.
+    pub target: String,
+}
+
+/// A block volume's storage on a host.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeSpec {
+    pub id: String,
+    pub size_gb: u64,
+    /// Made as a copy of this volume when new.
+    #[serde(default)]
+    pub clone_of: Option<String>,
+}
+
+/// What a host made of a volume.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeReport {
+    pub size_bytes: u64,
 }
 
 /// What a host made of an instance.
@@ -140,6 +167,21 @@ pub trait HostAgent: Send + Sync {
     /// Runs a script on the host and answers how it ended (a script that
     /// fails is an outcome, not an error).
     async fn run_script(&self, script: &HostScript) -> Result<ScriptOutcome, AgentError>;
+    /// Makes a volume's storage (a copy of `clone_of` when new), or grows it
+    /// to `size_gb`; never shrinks it. Done already is success.
+    async fn ensure_volume(&self, volume: &VolumeSpec) -> Result<VolumeReport, AgentError> {
+        Err(AgentError::Failed(format!(
+            "this host cannot store volumes (volume {})",
+            volume.id
+        )))
+    }
+    /// Destroys a volume's storage; gone already is success. A volume an
+    /// instance on the host still has is refused.
+    async fn delete_volume(&self, volume_id: &str) -> Result<(), AgentError> {
+        Err(AgentError::Failed(format!(
+            "this host cannot store volumes (volume {volume_id})"
+        )))
+    }
 }
 
 /// Finds the agent of a host.

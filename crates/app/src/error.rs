@@ -16,6 +16,12 @@ pub enum Error {
     NotFound(String),
     #[error("{0}")]
     Conflict(String),
+    /// The project's balance does not cover it.
+    #[error("{0}")]
+    InsufficientFunds(String),
+    /// Too many requests in the current window; retry after the seconds given.
+    #[error("{message}")]
+    RateLimited { message: String, retry_after: u64 },
     /// Nothing free matches the request.
     #[error("{0}")]
     NoCapacity(String),

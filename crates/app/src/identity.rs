@@ -89,8 +89,8 @@ pub struct Session {
 }
 
 #[derive(Debug, Serialize, Deserialize)]
-struct Claims {
-    sub: String,
+pub(crate) struct Claims {
+    pub(crate) sub: String,
     exp: i64,
     iat: i64,
     jti: String,
@@ -174,7 +174,7 @@ impl Identity {
         })
     }
 
-    fn sign(
+    pub(crate) fn sign(
         &self,
         user_id: &str,
         typ: &str,
@@ -193,7 +193,7 @@ impl Identity {
         Ok((token, claims))
     }
 
-    fn verify(&self, token: &str, typ: &str) -> Option<Claims> {
+    pub(crate) fn verify(&self, token: &str, typ: &str) -> Option<Claims> {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.leeway = 5;
         let claims = jsonwebtoken::decode::<Claims>(token, &self.decoding, &validation)
@@ -202,7 +202,7 @@ impl Identity {
         (claims.typ == typ).then_some(claims)
     }
 
-    fn cached(&self, hash: &str) -> Option<Principal> {
+    pub(crate) fn cached(&self, hash: &str) -> Option<Principal> {
         let verified = self.verified.lock().unwrap_or_else(|e| e.into_inner());
         verified
             .get(hash)
@@ -210,7 +210,7 @@ impl Identity {
             .map(|(p, _)| p.clone())
     }
 
-    fn remember(&self, hash: String, principal: &Principal) {
+    pub(crate) fn remember(&self, hash: String, principal: &Principal) {
         let mut verified = self.verified.lock().unwrap_or_else(|e| e.into_inner());
         if verified.len() > 10_000 {
             verified.clear();
@@ -228,7 +228,7 @@ impl Identity {
     }
 }
 
-fn unauthenticated() -> Error {
+pub(crate) fn unauthenticated() -> Error {
     Error::Unauthenticated("Invalid authentication credentials".into())
 }
 

@@ -51,6 +51,20 @@ pub struct InstanceSpecInput {
     pub user_data: Option<String>,
     /// A region or zone the instance must be placed in.
     pub location: Option<String>,
+    /// A spot instance: charged the type's spot price.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub is_spot: bool,
+    /// `PAY_AS_YOU_GO`, `SPOT` or `LONG_TERM`, as asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub contract: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// The startup script it ran (its text is in `user_data`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub startup_script_id: Option<String>,
+    /// What to do with its volumes if a spot instance is discontinued.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_spot_discontinue: Option<String>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -58,6 +72,15 @@ pub struct CreateInstance {
     pub name: String,
     pub labels: BTreeMap<String, String>,
     pub spec: InstanceSpecInput,
+    /// An OS volume to make for it (`vda`).
+    pub os_volume: Option<crate::volumes::VolumeInput>,
+    /// More volumes to make for it.
+    pub volumes: Vec<crate::volumes::VolumeInput>,
+    /// Detached volumes of the project to attach to it.
+    pub existing_volumes: Vec<String>,
+    /// Refuse with `InsufficientFunds` unless the project's balance covers
+    /// an hour of it.
+    pub require_funds: bool,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -235,7 +258,100 @@ impl App {
                 ));
             }
         }
+        if let Some(script_id) = req.spec.startup_script_id.clone() {
+            let script = self
+                .project_script(&caller.project_id, &script_id)
+                .await
+                .map_err(|_| {
+                    Error::invalid(
+                        "startup_script_id",
+                        format!("startup script {script_id} not found"),
+                    )
+                })?;
+            req.spec.user_data =
+                Some(base64::engine::general_purpose::STANDARD.encode(script.script));
+        }
+        let kind = self
+            .catalog
+            .instance_type(&req.spec.instance_type)
+            .cloned()
+            .unwrap_or_else(|| unreachable!("validate checked the type"));
+        let mut micros_per_hour = tessera_core::catalog::to_micros(kind.hourly(req.spec.is_spot));
+        let location = req.spec.location.clone().unwrap_or_default();
+        // The OS volume is `vda`; the others follow from `vdb`.
+        let mut volumes = Vec::new();
+        let mut next_target = 1;
+        for (field, input) in req
+            .os_volume
+            .iter()
+            .map(|v| ("os_volume", v))
+            .chain(req.volumes.iter().map(|v| ("volumes", v)))
+        {
+            let rate = self.check_volume(field, input)?;
+            micros_per_hour += rate;
+            let os = field == "os_volume";
+            let mut volume = self.new_volume(caller, input, &location, os, rate);
+            volume.record.status = "attached".into();
+            volume.record.target = Some(crate::volumes::target(match os {
+                true => 0,
+                false => {
+                    next_target += 1;
+                    next_target - 1
+                }
+            }));
+            volumes.push(volume);
+        }
+        let mut attach = Vec::new();
+        for volume_id in &req.existing_volumes {
+            let volume = self
+                .project_volume(&caller.project_id, volume_id)
+                .await
+                .map_err(|_| {
+                    Error::invalid("existing_volumes", format!("volume {volume_id} not found"))
+                })?;
+            if volume.is_os_volume != 0 {
+                return Err(Error::invalid(
+                    "existing_volumes",
+                    format!(
+                        "volume {volume_id} is an OS volume; it cannot be attached to another instance"
+                    ),
+                ));
+            }
+            if volume.status != "detached" || volume.instance_id.is_some() {
+                return Err(Error::invalid(
+                    "existing_volumes",
+                    format!("volume {volume_id} is {}, not detached", volume.status),
+                ));
+            }
+            if !location.is_empty() && volume.location != location {
+                return Err(Error::invalid(
+                    "existing_volumes",
+                    format!(
+                        "volume {volume_id} is in {}, not {location}",
+                        volume.location
+                    ),
+                ));
+            }
+            attach.push((volume.id, crate::volumes::target(next_target)));
+            next_target += 1;
+        }
+        if volumes.len() + attach.len() > crate::volumes::MAX_VOLUMES_PER_INSTANCE {
+            return Err(Error::invalid(
+                "volumes",
+                format!(
+                    "an instance can have at most {} volumes",
+                    crate::volumes::MAX_VOLUMES_PER_INSTANCE
+                ),
+            ));
+        }
+        if req.require_funds {
+            self.check_funds(caller, micros_per_hour, &format!("instance {}", req.name))
+                .await?;
+        }
         let id = new_id("inst");
+        for volume in &mut volumes {
+            volume.record.instance_id = Some(id.clone());
+        }
         let op = NewOperation {
             id: uuid::Uuid::new_v4().to_string(),
             project_id: caller.project_id.clone(),
@@ -246,7 +362,8 @@ impl App {
         };
         let spec = serde_json::to_value(&req.spec).unwrap_or_default();
         let labels = serde_json::to_value(&req.labels).unwrap_or_default();
-        self.store
+        let recorded = self
+            .store
             .insert_instance(
                 &NewInstance {
                     id: id.clone(),
@@ -255,10 +372,18 @@ impl App {
                     labels,
                     spec,
                     memory_mb: req.spec.memory_mb.unwrap_or(0) as i64,
+                    micros_per_hour,
+                    volumes,
+                    attach,
                 },
                 &op,
             )
             .await?;
+        if !recorded {
+            return Err(Error::Conflict(
+                "a volume in existing_volumes was attached elsewhere meanwhile; try again".into(),
+            ));
+        }
         tracing::info!(instance = %id, name = %req.name, project = %caller.project_name, "instance requested");
         self.publish("instance", &id, Some(&caller.project_id), "provisioning");
         // Read before the operation starts, so the answer shows what was
@@ -273,7 +398,7 @@ impl App {
         self.project_instance(&caller.project_id, id).await
     }
 
-    async fn project_instance(&self, project_id: &str, id: &str) -> Result<Instance> {
+    pub(crate) async fn project_instance(&self, project_id: &str, id: &str) -> Result<Instance> {
         let instance = match has_nul(id) {
             true => None,
             false => self.store.instance(id).await?,
@@ -456,6 +581,20 @@ impl App {
                 .decode(u.trim())
                 .ok()
         });
+        let volumes = self
+            .store
+            .instance_volumes(&instance.id)
+            .await?
+            .into_iter()
+            // The OS volume is the instance's own root file system.
+            .filter(|v| v.is_os_volume == 0)
+            .filter_map(|v| {
+                Some(tessera_agent_api::AttachedVolume {
+                    target: v.target?,
+                    id: v.id,
+                })
+            })
+            .collect();
         Ok(InstanceSpec {
             id: instance.id.clone(),
             name: instance.name.clone(),
@@ -470,6 +609,7 @@ impl App {
             image: spec.image,
             ssh_keys,
             user_data,
+            volumes,
         })
     }
 
@@ -553,6 +693,16 @@ impl App {
         if self.cancel_requested(run).await? {
             return self
                 .unwind_create(run, "cancelled", "creation cancelled")
+                .await;
+        }
+        if let Err(why) = self.prepare_volumes(&instance).await {
+            tracing::warn!(instance = %instance.id, error = %why, "preparing the instance's volumes failed");
+            return self
+                .unwind_create(
+                    run,
+                    "failed",
+                    &format!("the host could not prepare the instance's volumes: {why}"),
+                )
                 .await;
         }
         let create = self.on_host(&instance, |agent, spec| async move {
@@ -830,12 +980,15 @@ impl App {
                 })
                 .await
                 .map(|()| None),
-            _ => self
-                .on_host(&instance, |agent, spec| async move {
-                    agent.start_instance(&spec).await
-                })
-                .await
-                .map(Some),
+            _ => match self.prepare_volumes(&instance).await {
+                Err(why) => Err(why),
+                Ok(()) => self
+                    .on_host(&instance, |agent, spec| async move {
+                        agent.start_instance(&spec).await
+                    })
+                    .await
+                    .map(Some),
+            },
         };
         let (status, error, state, release) = match (&outcome, kind.as_str()) {
             (Ok(_) | Err(HostCallError::NoAgent), "instance_delete")

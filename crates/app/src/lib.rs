@@ -8,21 +8,27 @@
 //! started (see [`reconciler`]).
 
 pub mod agents;
+pub mod billing;
+pub mod catalog;
 pub mod error;
 pub mod events;
 pub mod hosts;
 pub mod identity;
+pub mod instance_actions;
 pub mod instances;
+pub mod oauth;
 pub mod operations;
 pub mod placement;
 pub mod projects;
 pub mod reconciler;
+pub mod scripts;
 pub mod servers;
 pub mod ssh_keys;
 pub mod taskservs;
 pub mod tokens;
 pub mod units;
 pub mod users;
+pub mod volumes;
 pub mod workflows;
 
 pub use error::{Error, Result};
@@ -57,6 +63,11 @@ pub struct AppConfig {
     pub catalog: tessera_core::catalog::Catalog,
     /// The Verda face's request limits.
     pub rate_limits: RateLimits,
+    /// How many startup scripts a project may have (at most
+    /// [`scripts::MAX_SCRIPT_QUOTA`]).
+    pub script_quota: u32,
+    /// How long a deleted volume stays in the trash before it is purged.
+    pub volume_trash: Duration,
 }
 
 /// How many authenticated requests a project may make per window: in all,
@@ -87,6 +98,8 @@ impl Default for AppConfig {
             taskservs: taskservs::Catalog::built_in(),
             catalog: tessera_core::catalog::Catalog::built_in(),
             rate_limits: RateLimits::default(),
+            script_quota: 100,
+            volume_trash: Duration::from_secs(96 * 3600),
         }
     }
 }

@@ -55,6 +55,7 @@ impl App {
     pub async fn reconcile_once(&self) -> Result<()> {
         self.resume_operations().await?;
         self.check_heartbeats().await?;
+        self.purge_volumes().await?;
         let pending = [HostStatus::Initializing, HostStatus::Decommissioning];
         for host in self.store.hosts(&pending).await? {
             let app = self.clone();

@@ -165,8 +165,10 @@ impl App {
                     user_data: params.user_data.clone(),
                     ..InstanceSpecInput::default()
                 },
+                ..CreateInstance::default()
             };
-            validate(&self.catalog, &mut node).map_err(|e| Error::invalid("parameters", e.to_string()))?;
+            validate(&self.catalog, &mut node)
+                .map_err(|e| Error::invalid("parameters", e.to_string()))?;
             nodes.push(NewInstance {
                 id: new_id("inst"),
                 project_id: project_id.clone(),
@@ -174,6 +176,12 @@ impl App {
                 labels: serde_json::to_value(&node.labels).unwrap_or_default(),
                 spec: serde_json::to_value(&node.spec).unwrap_or_default(),
                 memory_mb: node.spec.memory_mb.unwrap_or(0) as i64,
+                micros_per_hour: self
+                    .catalog
+                    .instance_type(&node.spec.instance_type)
+                    .map_or(0, |t| tessera_core::catalog::to_micros(t.hourly(false))),
+                volumes: Vec::new(),
+                attach: Vec::new(),
             });
         }
         for key in &params.ssh_key_ids {

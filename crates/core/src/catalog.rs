@@ -265,7 +265,10 @@ impl Catalog {
                     kind.name
                 ));
             }
-            if !(kind.price_per_hour >= 0.0 && kind.spot_price >= 0.0) {
+            if [kind.price_per_hour, kind.spot_price]
+                .iter()
+                .any(|p| p.is_nan() || *p < 0.0)
+            {
                 return Err(format!(
                     "instance type {}: prices cannot be negative",
                     kind.name
@@ -281,7 +284,7 @@ impl Catalog {
             }
         }
         for kind in &self.volume_types {
-            if !(kind.price_per_month_per_gb >= 0.0) {
+            if kind.price_per_month_per_gb.is_nan() || kind.price_per_month_per_gb < 0.0 {
                 return Err(format!(
                     "volume type {}: the price cannot be negative",
                     kind.name

@@ -48,6 +48,13 @@ permissions! {
     InstanceDelete => "instance_delete",
     SshKeyRead => "ssh_key_read",
     SshKeyWrite => "ssh_key_write",
+    VolumeRead => "volume_read",
+    VolumeWrite => "volume_write",
+    ScriptRead => "script_read",
+    ScriptWrite => "script_write",
+    BalanceRead => "balance_read",
+    BalanceAdmin => "balance_admin",
+    CredentialWrite => "credential_write",
     UserAdmin => "user_admin",
 }
 
@@ -100,7 +107,7 @@ impl Role {
         use Permission::*;
         match self {
             Role::Admin => true,
-            Role::Operator => !matches!(permission, UserAdmin | WorkspaceCreate),
+            Role::Operator => !matches!(permission, UserAdmin | WorkspaceCreate | BalanceAdmin),
             Role::Member => matches!(
                 permission,
                 TaskservRead
@@ -115,6 +122,12 @@ impl Role {
                     | InstanceDelete
                     | SshKeyRead
                     | SshKeyWrite
+                    | VolumeRead
+                    | VolumeWrite
+                    | ScriptRead
+                    | ScriptWrite
+                    | BalanceRead
+                    | CredentialWrite
             ),
             Role::Viewer => matches!(
                 permission,
@@ -124,6 +137,9 @@ impl Role {
                     | WorkspaceRead
                     | InstanceRead
                     | SshKeyRead
+                    | VolumeRead
+                    | ScriptRead
+                    | BalanceRead
             ),
         }
     }

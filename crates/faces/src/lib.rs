@@ -2,13 +2,15 @@
 //! face's own error format and auth flavour. No business logic lives here:
 //! a handler parses, calls one app function and shapes the answer.
 //!
-//! Faces: [`native`] at `/v1`; [`kloigos`] at `/api`; [`system`] (`/health`). Every face publishes
+//! Faces: [`native`] at `/v1`; [`kloigos`] at `/api`; [`verda`] at
+//! `/verda/v1`; [`system`] (`/health`). Every face publishes
 //! an OpenAPI document built from this code ([`openapi_documents`]).
 
 pub mod kloigos;
 pub mod metrics;
 pub mod native;
 pub mod system;
+pub mod verda;
 
 use axum::Router;
 use tessera_app::App;
@@ -27,6 +29,7 @@ pub fn router(app: App) -> Router {
         .merge(system::router(app.clone()))
         .merge(scrape)
         .nest("/api", kloigos::router(app.clone()))
+        .nest("/verda/v1", verda::router(app.clone()))
         .nest("/v1", native::router(app))
         .layer(axum::middleware::from_fn_with_state(http, metrics::track))
         // The span names the path only: a query may carry a credential
@@ -69,5 +72,6 @@ pub fn openapi_documents() -> Vec<(&'static str, String)> {
         ("kloigos.json", pretty(kloigos::KloigosApi::openapi())),
         ("native.json", pretty(native::NativeApi::openapi())),
         ("system.json", pretty(system::SystemApi::openapi())),
+        ("verda.json", pretty(verda::VerdaApi::openapi())),
     ]
 }

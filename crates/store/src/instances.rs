@@ -5,10 +5,12 @@
 //! given twice whichever face asked. A claim also bumps the host's
 //! generation, which is how other replicas' placement views learn of it.
 
+use crate::billing::{meter_open, meter_set};
 use crate::db::{Arg, Conn, DbError};
 use crate::operations::{
     NewOperation, OperationEnd, operation_finish, operation_insert, operation_progress,
 };
+use crate::volumes::{volume_attach, volume_insert};
 use crate::writer::Commit;
 use crate::{Result, Store, now};
 use std::sync::Arc;
@@ -46,6 +48,12 @@ pub struct NewInstance {
     pub labels: serde_json::Value,
     pub spec: serde_json::Value,
     pub memory_mb: i64,
+    /// What it costs per hour while it runs.
+    pub micros_per_hour: i64,
+    /// Volumes made for it (attached to it).
+    pub volumes: Vec<crate::NewVolume>,
+    /// Detached volumes of the project to attach to it: `(volume, target)`.
+    pub attach: Vec<(String, String)>,
 }
 
 /// What [`Store::claim_instance_cpus`] claims CPUs for.
@@ -101,72 +109,78 @@ fn holder(instance_id: &str) -> String {
 
 impl Store {
     /// Records a new instance, `provisioning`, with the operation that
-    /// creates it, in one transaction.
-    pub async fn insert_instance(&self, instance: &NewInstance, op: &NewOperation) -> Result<()> {
-        let at = now();
-        self.run_statements(
-            "insert_instance",
-            vec![
-                (
-                    format!(
-                        "INSERT INTO instances ({INSERT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, \
-                         'provisioning', NULL, NULL, NULL, $6, '', '', $7, 1, $8, $8)"
-                    ),
-                    vec![
-                        (&instance.id).into(),
-                        (&instance.project_id).into(),
-                        (&instance.name).into(),
-                        instance.labels.to_string().into(),
-                        instance.spec.to_string().into(),
-                        instance.memory_mb.into(),
-                        (&op.id).into(),
-                        at.into(),
-                    ],
-                ),
-                operation_insert(op),
-            ],
-            |_| true,
-        )
-        .await?;
-        Ok(())
+    /// creates it, its meter and its volumes, in one transaction. `false`,
+    /// changing nothing, when a volume to attach is no longer detached.
+    pub async fn insert_instance(&self, instance: &NewInstance, op: &NewOperation) -> Result<bool> {
+        self.insert_instances(std::slice::from_ref(instance), op)
+            .await
     }
 
-    /// Records several new instances, `provisioning`, with the one
-    /// operation that creates them all, in one transaction.
+    /// [`Store::insert_instance`] for several instances created by one
+    /// operation.
     pub async fn insert_instances(
         &self,
         instances: &[NewInstance],
         op: &NewOperation,
-    ) -> Result<()> {
+    ) -> Result<bool> {
         // A microsecond apart, so that they list in their order.
         let base = chrono::Utc::now();
-        let mut statements: Vec<(String, Vec<Arg>)> = instances
-            .iter()
-            .enumerate()
-            .map(|(n, instance)| {
-                let at = crate::timestamp(base + chrono::Duration::microseconds(n as i64));
-                (
-                    format!(
-                        "INSERT INTO instances ({INSERT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, \
-                         'provisioning', NULL, NULL, NULL, $6, '', '', $7, 1, $8, $8)"
-                    ),
-                    vec![
-                        (&instance.id).into(),
-                        (&instance.project_id).into(),
-                        (&instance.name).into(),
-                        instance.labels.to_string().into(),
-                        instance.spec.to_string().into(),
-                        instance.memory_mb.into(),
-                        (&op.id).into(),
-                        (&at).into(),
-                    ],
-                )
-            })
-            .collect();
+        let mut statements: Vec<(String, Vec<Arg>)> = Vec::new();
+        let mut attaches = Vec::new();
+        for (n, instance) in instances.iter().enumerate() {
+            let at = crate::timestamp(base + chrono::Duration::microseconds(n as i64));
+            statements.push((
+                format!(
+                    "INSERT INTO instances ({INSERT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, \
+                     'provisioning', NULL, NULL, NULL, $6, '', '', $7, 1, $8, $8)"
+                ),
+                vec![
+                    (&instance.id).into(),
+                    (&instance.project_id).into(),
+                    (&instance.name).into(),
+                    instance.labels.to_string().into(),
+                    instance.spec.to_string().into(),
+                    instance.memory_mb.into(),
+                    (&op.id).into(),
+                    (&at).into(),
+                ],
+            ));
+            statements.push(meter_open(
+                &instance.id,
+                &instance.project_id,
+                "instance",
+                instance.micros_per_hour,
+                false,
+            ));
+            for volume in &instance.volumes {
+                statements.extend(volume_insert(volume));
+            }
+            for (volume, target) in &instance.attach {
+                attaches.push(statements.len());
+                statements.push(volume_attach(
+                    volume,
+                    &instance.project_id,
+                    &instance.id,
+                    target,
+                ));
+            }
+        }
         statements.push(operation_insert(op));
-        self.run_statements("insert_instances", statements, |_| true)
-            .await?;
-        Ok(())
+        let attaches = Arc::new(attaches);
+        let statements = Arc::new(statements);
+        self.write("insert_instances", move |mut conn| {
+            let (statements, attaches) = (statements.clone(), attaches.clone());
+            Box::pin(async move {
+                for (n, (sql, args)) in statements.iter().enumerate() {
+                    let changed = conn.execute(sql, args).await?;
+                    if attaches.contains(&n) && changed != 1 {
+                        return Ok(Commit::Undo(false));
+                    }
+                }
+                Ok(Commit::Keep(true))
+            })
+        })
+        .await
     }
 
     /// Instances an operation acts on (its `operation_id`), oldest first.
@@ -301,6 +315,10 @@ impl Store {
         )];
         for (instance_id, update, release) in instances {
             statements.push(instance_set(instance_id, update, None));
+            statements.push(meter_set(instance_id, update.state == "running", None));
+            if update.state == "terminated" {
+                statements.push(detach_all(instance_id));
+            }
             if *release {
                 let (clear, host) = unplace_statements(instance_id);
                 statements.extend([host, clear_claims(instance_id), clear]);
@@ -604,6 +622,16 @@ fn unplace_statements(instance_id: &str) -> ((String, Vec<Arg>), (String, Vec<Ar
                 .into(),
             vec![at.into(), instance_id.into()],
         ),
+    )
+}
+
+/// Detaches every volume of an instance that is gone.
+fn detach_all(instance_id: &str) -> (String, Vec<Arg>) {
+    (
+        "UPDATE volumes SET instance_id = NULL, target = NULL, status = 'detached', \
+         generation = generation + 1 WHERE instance_id = $1 AND status = 'attached'"
+            .into(),
+        vec![instance_id.into()],
     )
 }
 

@@ -10,31 +10,39 @@
 //! write that can lose a race says so in its return value.
 
 mod agents;
+mod billing;
 mod db;
 mod events;
 mod hosts;
 mod identity;
 mod instances;
+mod oauth;
 mod operations;
+mod scripts;
 mod ssh_keys;
 mod taskservs;
 mod tokens;
 mod units;
+mod volumes;
 mod writer;
 
 pub use agents::{AgentRecord, JoinTokenRecord, WorkRecord};
+pub use billing::{Balance, now_ms};
 pub use events::{EventRecord, NewEvent};
 pub use hosts::{DecommissionStart, HostRecord, NewHost, NewUnit};
 pub use identity::{MembershipRecord, NewUser, ProjectRecord, RefreshUse, UserRecord};
 pub use instances::{
     CpuClaim, InstanceFilter, InstanceRecord, InstanceUpdate, NewInstance, Switch,
 };
+pub use oauth::OAuthClientRecord;
 pub use operations::{NewOperation, OperationEnd, OperationFilter, OperationRecord};
+pub use scripts::ScriptRecord;
 pub use sqlx::Error as SqlxError;
 pub use ssh_keys::SshKeyRecord;
 pub use taskservs::{NewTaskserv, TaskservRecord};
 pub use tokens::{NewToken, TokenRecord};
 pub use units::{UnitClaim, UnitFilter, UnitRecord};
+pub use volumes::{MeterChange, NewVolume, VolumeRecord, VolumeSet};
 
 use db::{Arg, Conn};
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};

@@ -119,6 +119,44 @@ pub enum JoinTokenCommand {
 }
 
 #[derive(Subcommand, Debug)]
+pub enum CredentialsCommand {
+    /// Create OAuth2 client credentials for the Verda face and print them
+    /// as JSON: `{"client_id": ..., "client_secret": ...}` (the secret is
+    /// shown once).
+    Create {
+        /// The project they act in [default: yours].
+        #[arg(long)]
+        project: Option<String>,
+        /// admin, operator, member or viewer [default: member for an
+        /// admin, else your own role].
+        #[arg(long)]
+        role: Option<String>,
+        #[arg(long)]
+        description: Option<String>,
+    },
+    /// List credentials.
+    List,
+    /// Revoke credentials: their tokens stop working.
+    Revoke { client_id: String },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum BalanceCommand {
+    /// Add money to a project's balance (admins).
+    Add {
+        #[arg(long)]
+        project: String,
+        /// In the catalog's currency.
+        amount: f64,
+    },
+    /// Show a project's balance.
+    Show {
+        #[arg(long)]
+        project: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
 pub enum InstanceCommand {
     /// Create an instance and wait until it runs (or failed).
     Create {
@@ -712,5 +750,97 @@ pub async fn ssh_key(args: ClientArgs, command: SshKeyCommand) -> Result<()> {
             eprintln!("ssh key {id} deleted");
         }
     }
+    Ok(())
+}
+
+pub async fn credentials(args: ClientArgs, command: CredentialsCommand) -> Result<()> {
+    let client = Client::new(args);
+    match command {
+        CredentialsCommand::Create {
+            project,
+            role,
+            description,
+        } => {
+            let created = client
+                .call(
+                    reqwest::Method::POST,
+                    "/v1/credentials",
+                    Some(json!({"project": project, "role": role, "description": description})),
+                )
+                .await?;
+            eprintln!(
+                "credentials for project {} (role {}); the secret is shown once",
+                text(&created["project"]),
+                text(&created["role"])
+            );
+            println!(
+                "{}",
+                json!({"client_id": created["client_id"], "client_secret": created["client_secret"]})
+            );
+        }
+        CredentialsCommand::List => {
+            let list = client
+                .call(reqwest::Method::GET, "/v1/credentials", None)
+                .await?;
+            client.print(&list, |list| {
+                for c in list.as_array().into_iter().flatten() {
+                    let state = match c["revoked"].as_bool() {
+                        Some(true) => "revoked",
+                        _ => "active",
+                    };
+                    println!(
+                        "{:<22} {:<16} {:<9} {state} {}",
+                        text(&c["client_id"]),
+                        text(&c["project"]),
+                        text(&c["role"]),
+                        text(&c["description"])
+                    );
+                }
+            });
+        }
+        CredentialsCommand::Revoke { client_id } => {
+            client
+                .call(
+                    reqwest::Method::DELETE,
+                    &format!("/v1/credentials/{client_id}"),
+                    None,
+                )
+                .await?;
+            eprintln!("credentials {client_id} revoked");
+        }
+    }
+    Ok(())
+}
+
+pub async fn balance(args: ClientArgs, command: BalanceCommand) -> Result<()> {
+    let client = Client::new(args);
+    let shown = match command {
+        BalanceCommand::Add { project, amount } => {
+            client
+                .call(
+                    reqwest::Method::POST,
+                    &format!("/v1/workspaces/{project}/balance/top-ups"),
+                    Some(json!({ "amount": amount })),
+                )
+                .await?
+        }
+        BalanceCommand::Show { project } => {
+            client
+                .call(
+                    reqwest::Method::GET,
+                    &format!("/v1/workspaces/{project}/balance"),
+                    None,
+                )
+                .await?
+        }
+    };
+    client.print(&shown, |b| {
+        println!(
+            "{}: {} {}",
+            text(&b["project"]),
+            b["amount"].as_f64().unwrap_or_default(),
+            text(&b["currency"])
+        );
+    });
     Ok(())
 }

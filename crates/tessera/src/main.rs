@@ -5,8 +5,8 @@ use clap::{Parser, Subcommand};
 use tessera::agent::{AgentArgs, ImageCommand};
 use tessera::bench::BenchCommand;
 use tessera::client::{
-    self, ClientArgs, InstanceCommand, JoinTokenCommand, ProjectCommand, SshKeyCommand,
-    TokenCommand, UserCommand,
+    self, BalanceCommand, ClientArgs, CredentialsCommand, InstanceCommand, JoinTokenCommand,
+    ProjectCommand, SshKeyCommand, TokenCommand, UserCommand,
 };
 use tessera::settings::ServerArgs;
 use tessera::{logging, server};
@@ -78,6 +78,21 @@ enum Command {
         #[command(subcommand)]
         command: JoinTokenCommand,
     },
+    /// OAuth2 client credentials for the Verda face, through a running
+    /// server.
+    Credentials {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        command: CredentialsCommand,
+    },
+    /// Project balances, through a running server.
+    Balance {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        command: BalanceCommand,
+    },
     /// Instances, through a running server.
     Instance {
         #[command(flatten)]
@@ -121,6 +136,8 @@ fn run(cli: Cli) -> Result<()> {
             Command::Instance { client, command } => client::instance(client, command).await,
             Command::SshKey { client, command } => client::ssh_key(client, command).await,
             Command::JoinToken { client, command } => client::join_token(client, command).await,
+            Command::Credentials { client, command } => client::credentials(client, command).await,
+            Command::Balance { client, command } => client::balance(client, command).await,
         }
     })
 }

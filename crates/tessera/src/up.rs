@@ -22,6 +22,10 @@ pub struct UpArgs {
     /// Do not install missing host packages (runc, dropbear, busybox).
     #[arg(long)]
     pub no_install: bool,
+    /// The location of this machine's host [default: the catalog's first,
+    /// FIN-01 with the built-in catalog, so that Verda clients find it].
+    #[arg(long)]
+    pub location: Option<String>,
 }
 
 fn parse_driver(s: &str) -> Result<DriverKind, String> {
@@ -157,12 +161,20 @@ pub async fn run(args: UpArgs) -> Result<()> {
         .ok()
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "localhost".into());
+    let location = args.location.clone().or_else(|| {
+        running
+            .app
+            .catalog()
+            .locations
+            .first()
+            .map(|l| l.code.clone())
+    });
     let agent = AgentArgs {
         server: running.url(),
         join_token: Some(join_token),
         hostname: Some(hostname.clone()),
         ip: "127.0.0.1".into(),
-        location: None,
+        location: location.clone(),
         state_dir: Some(state_dir),
         driver,
         reserved_cpus: Default::default(),
@@ -175,7 +187,11 @@ pub async fn run(args: UpArgs) -> Result<()> {
     .options()?;
     let stop = CancellationToken::new();
     let agent_task = tokio::spawn(tessera_agent::runtime::run(agent, stop.clone()));
-    println!("\nTessera is up on {} with host {hostname}", running.url());
+    println!(
+        "\nTessera is up on {} with host {hostname} in {}",
+        running.url(),
+        location.as_deref().unwrap_or("no location")
+    );
     println!("driver: {} ({why})", driver.as_str());
     match &running.new_admin_token {
         Some(token) => println!(

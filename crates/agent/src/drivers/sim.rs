@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 use tessera_agent_api::{
     AgentDirectory, AgentError, HostAgent, HostReport, HostScript, HostSpec, InstanceReport,
-    InstanceSpec, ScriptOutcome, UnitSpec,
+    InstanceSpec, ScriptOutcome, UnitSpec, VolumeReport, VolumeSpec,
 };
 use tessera_core::CpuSet;
 use tessera_core::HostId;
@@ -153,9 +153,32 @@ struct SimState {
     newest_step: HashMap<String, i64>,
     /// Instances that exist, with their CPUs and whether they run.
     instances: HashMap<String, (CpuSet, bool)>,
+    /// Volumes stored here, with their size in GB.
+    volumes: HashMap<String, u64>,
+    /// The volumes each instance was last created or started with.
+    attached: HashMap<String, Vec<String>>,
 }
 
 impl SimState {
+    /// Records the volumes an instance sees; each must be stored here.
+    fn attach(&mut self, instance: &InstanceSpec, hostname: &str) -> Result<(), AgentError> {
+        if let Some(missing) = instance
+            .volumes
+            .iter()
+            .find(|v| !self.volumes.contains_key(&v.id))
+        {
+            return Err(AgentError::Failed(format!(
+                "volume {} of instance {} is not stored on {hostname}",
+                missing.id, instance.id
+            )));
+        }
+        self.attached.insert(
+            instance.id.clone(),
+            instance.volumes.iter().map(|v| v.id.clone()).collect(),
+        );
+        Ok(())
+    }
+
     /// Refuses a step older than one already done on the unit.
     fn fence(&mut self, unit: &UnitSpec, hostname: &str) -> Result<(), AgentError> {
         let newest = self
@@ -322,6 +345,7 @@ impl HostAgent for SimHost {
                 instance.cpus, self.hostname
             )));
         }
+        state.attach(instance, &self.hostname)?;
         state
             .instances
             .insert(instance.id.clone(), (instance.cpus.clone(), true));
@@ -333,7 +357,11 @@ impl HostAgent for SimHost {
 
     async fn start_instance(&self, instance: &InstanceSpec) -> Result<InstanceReport, AgentError> {
         self.step(SimStep::StartInstance).await?;
-        match self.state().instances.get_mut(&instance.id) {
+        let mut state = self.state();
+        if state.instances.contains_key(&instance.id) {
+            state.attach(instance, &self.hostname)?;
+        }
+        match state.instances.get_mut(&instance.id) {
             Some((_, running)) => *running = true,
             None => {
                 return Err(AgentError::Failed(format!(
@@ -364,7 +392,55 @@ impl HostAgent for SimHost {
 
     async fn delete_instance(&self, instance_id: &str) -> Result<(), AgentError> {
         self.step(SimStep::DeleteInstance).await?;
-        self.state().instances.remove(instance_id);
+        let mut state = self.state();
+        state.instances.remove(instance_id);
+        state.attached.remove(instance_id);
+        Ok(())
+    }
+
+    async fn ensure_volume(&self, volume: &VolumeSpec) -> Result<VolumeReport, AgentError> {
+        if !self.latency.is_zero() {
+            tokio::time::sleep(self.latency).await;
+        }
+        let mut state = self.state();
+        let size = match state.volumes.get(&volume.id) {
+            Some(&had) if volume.size_gb < had => {
+                return Err(AgentError::Failed(format!(
+                    "volume {} has {had} GB; it cannot shrink to {}",
+                    volume.id, volume.size_gb
+                )));
+            }
+            Some(_) => volume.size_gb,
+            None => match &volume.clone_of {
+                Some(source) if !state.volumes.contains_key(source) => {
+                    return Err(AgentError::Failed(format!(
+                        "volume {source} to clone is not stored on {}",
+                        self.hostname
+                    )));
+                }
+                _ => volume.size_gb,
+            },
+        };
+        state.volumes.insert(volume.id.clone(), size);
+        Ok(VolumeReport {
+            size_bytes: size << 30,
+        })
+    }
+
+    async fn delete_volume(&self, volume_id: &str) -> Result<(), AgentError> {
+        let mut state = self.state();
+        // In use while an instance that has it runs.
+        let running = |id: &String| state.instances.get(id).is_some_and(|(_, run)| *run);
+        if let Some((instance, _)) = state
+            .attached
+            .iter()
+            .find(|(id, volumes)| running(id) && volumes.iter().any(|v| v == volume_id))
+        {
+            return Err(AgentError::Failed(format!(
+                "volume {volume_id} is in use by running instance {instance}"
+            )));
+        }
+        state.volumes.remove(volume_id);
         Ok(())
     }
 
@@ -426,5 +502,64 @@ mod tests {
         assert_eq!(sim.installed_key("c0-3").as_deref(), Some("key-b"));
         // The same step again is fine (the control plane retries).
         agent.activate_unit(&unit(5), "key-b").await.expect("retry");
+    }
+
+    #[tokio::test]
+    async fn volumes_grow_never_shrink_and_are_kept_while_in_use() {
+        let spec = HostSpec {
+            id: HostId::new("v"),
+            hostname: "v".into(),
+            ip: "192.0.2.2".into(),
+            cpus: (0..4).collect(),
+            numa_nodes: vec![],
+            units: vec![],
+            memory_mb: None,
+        };
+        let fleet = SimFleet::new(SimConfig::default());
+        let agent = fleet.agent_for(&spec).expect("sim agent");
+        agent.prepare_host(&spec).await.expect("prepare");
+        let volume = |size_gb, clone_of: Option<&str>| VolumeSpec {
+            id: "vol-1".into(),
+            size_gb,
+            clone_of: clone_of.map(str::to_string),
+        };
+        let made = agent.ensure_volume(&volume(2, None)).await.expect("make");
+        assert_eq!(made.size_bytes, 2 << 30);
+        agent.ensure_volume(&volume(2, None)).await.expect("again");
+        agent.ensure_volume(&volume(3, None)).await.expect("grow");
+        assert!(agent.ensure_volume(&volume(1, None)).await.is_err());
+        let orphan = VolumeSpec {
+            id: "vol-2".into(),
+            size_gb: 1,
+            clone_of: Some("nope".into()),
+        };
+        assert!(agent.ensure_volume(&orphan).await.is_err());
+        let mut instance = InstanceSpec {
+            id: "inst-1".into(),
+            name: "i".into(),
+            project_id: "p".into(),
+            cpus: (0..1).collect(),
+            memory_mb: 128,
+            disk_gb: 1,
+            image: "tiny".into(),
+            ssh_keys: vec![],
+            user_data: None,
+            volumes: vec![tessera_agent_api::AttachedVolume {
+                id: "vol-9".into(),
+                target: "vdb".into(),
+            }],
+        };
+        // A volume that is not stored here cannot be attached.
+        assert!(agent.create_instance(&instance).await.is_err());
+        instance.volumes[0].id = "vol-1".into();
+        agent.create_instance(&instance).await.expect("create");
+        assert!(agent.delete_volume("vol-1").await.is_err(), "in use");
+        agent.stop_instance("inst-1").await.expect("stop");
+        agent
+            .delete_volume("vol-1")
+            .await
+            .expect("delete once stopped");
+        agent.delete_volume("vol-1").await.expect("gone already");
+        assert!(agent.start_instance(&instance).await.is_err());
     }
 }

@@ -112,6 +112,8 @@ impl IntoResponse for KloigosError {
             Error::NoCapacity(_) => StatusCode::from_u16(460).unwrap_or(StatusCode::CONFLICT),
             Error::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
             Error::Forbidden(_) => StatusCode::FORBIDDEN,
+            Error::InsufficientFunds(_) => StatusCode::PAYMENT_REQUIRED,
+            Error::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Error::HostFailed(_) => StatusCode::BAD_GATEWAY,
             Error::HostTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,

@@ -69,6 +69,7 @@ impl From<InstanceSpecBody> for InstanceSpecInput {
             ssh_key_ids: s.ssh_key_ids,
             user_data: s.user_data,
             location: s.location,
+            ..InstanceSpecInput::default()
         }
     }
 }
@@ -204,6 +205,7 @@ pub async fn create_instance(
                 name: req.metadata.name,
                 labels: req.metadata.labels,
                 spec: req.spec.into(),
+                ..CreateInstance::default()
             },
         )
         .await?;

@@ -9,6 +9,7 @@
 
 mod agent;
 mod auth;
+mod credentials;
 mod events;
 mod instances;
 mod join_tokens;
@@ -39,7 +40,7 @@ use utoipa::{OpenApi, ToSchema};
     info(
         title = "Tessera native API",
         version = "1.0.0",
-        description = "Identity, workspaces, servers, instances, SSH keys, operations, workflows and taskservs."
+        description = "Identity, workspaces, balances, OAuth credentials, servers, instances, SSH keys, operations, workflows and taskservs."
     ),
     paths(
         auth::login,
@@ -55,6 +56,11 @@ use utoipa::{OpenApi, ToSchema};
         workspaces::list_workspaces,
         workspaces::create_workspace,
         workspaces::activate_workspace,
+        credentials::create_credential,
+        credentials::list_credentials,
+        credentials::revoke_credential,
+        credentials::get_balance,
+        credentials::top_up,
         servers::list_servers,
         servers::create_server,
         servers::delete_server,
@@ -114,6 +120,19 @@ pub fn router(app: App) -> Router {
         .route(
             "/workspaces/{name}/activate",
             post(workspaces::activate_workspace),
+        )
+        .route("/workspaces/{name}/balance", get(credentials::get_balance))
+        .route(
+            "/workspaces/{name}/balance/top-ups",
+            post(credentials::top_up),
+        )
+        .route(
+            "/credentials",
+            get(credentials::list_credentials).post(credentials::create_credential),
+        )
+        .route(
+            "/credentials/{client_id}",
+            axum::routing::delete(credentials::revoke_credential),
         )
         .route("/servers", get(servers::list_servers))
         .route("/servers/create", post(servers::create_server))
@@ -219,6 +238,8 @@ impl IntoResponse for NativeError {
             Error::NoCapacity(_) => (StatusCode::CONFLICT, "INSUFFICIENT_CAPACITY"),
             Error::Unauthenticated(_) => (StatusCode::UNAUTHORIZED, "UNAUTHORIZED"),
             Error::Forbidden(_) => (StatusCode::FORBIDDEN, "FORBIDDEN"),
+            Error::InsufficientFunds(_) => (StatusCode::PAYMENT_REQUIRED, "INSUFFICIENT_FUNDS"),
+            Error::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "RATE_LIMITED"),
             Error::HostFailed(_) => (StatusCode::BAD_GATEWAY, "HOST_FAILED"),
             Error::HostTimeout(_) => (StatusCode::GATEWAY_TIMEOUT, "HOST_TIMEOUT"),
             Error::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "SERVICE_UNAVAILABLE"),

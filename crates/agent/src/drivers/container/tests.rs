@@ -153,6 +153,7 @@ fn spec(f: &Fixture, id: &str, name: &str) -> InstanceSpec {
         image: "tiny".to_string(),
         ssh_keys: vec![f.public_key.trim().to_string()],
         user_data: Some(b"#!/bin/sh\necho hello >> /root/startup-ran\n".to_vec()),
+        volumes: vec![],
     }
 }
 

@@ -1,0 +1,95 @@
+//! Balances and what things cost.
+//!
+//! Every instance and volume has a meter in the store that accrues at its
+//! catalog price (the spot price for spot instances) while it runs; see
+//! `tessera_store::billing`. An instance runs up cost while `running`; a
+//! volume from its creation until its storage is destroyed, trash included.
+//! A project's balance is what was put in less what its meters show now.
+
+use crate::error::{Error, Result};
+use crate::identity::Principal;
+use crate::{App, new_id};
+use tessera_core::Permission;
+use tessera_core::catalog::{from_micros, to_micros};
+
+/// The largest single top-up.
+const MAX_TOP_UP: f64 = 1_000_000_000.0;
+
+/// A project's balance, in the catalog's currency.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Balance {
+    pub project: String,
+    pub amount: f64,
+    pub currency: String,
+}
+
+impl App {
+    pub async fn balance(&self, caller: &Principal) -> Result<Balance> {
+        caller.require(Permission::BalanceRead)?;
+        self.project_balance(&caller.project_id, &caller.project_name)
+            .await
+    }
+
+    async fn project_balance(&self, project_id: &str, name: &str) -> Result<Balance> {
+        let balance = self.store.balance(project_id).await?;
+        Ok(Balance {
+            project: name.to_string(),
+            amount: from_micros(balance.amount_micros()),
+            currency: self.catalog.currency.clone(),
+        })
+    }
+
+    /// Any project's balance, by name: an admin's view.
+    pub async fn balance_of(&self, caller: &Principal, project: &str) -> Result<Balance> {
+        if project != caller.project_name {
+            caller.require(Permission::BalanceAdmin)?;
+        } else {
+            caller.require(Permission::BalanceRead)?;
+        }
+        let record = self.project_named(project).await?;
+        self.project_balance(&record.id, &record.name).await
+    }
+
+    /// Adds `amount` to a project's balance.
+    pub async fn top_up(&self, caller: &Principal, project: &str, amount: f64) -> Result<Balance> {
+        caller.require(Permission::BalanceAdmin)?;
+        if !amount.is_finite() || amount <= 0.0 || amount > MAX_TOP_UP {
+            return Err(Error::invalid(
+                "amount",
+                format!("amount must be a number above 0 and at most {MAX_TOP_UP}"),
+            ));
+        }
+        let record = self.project_named(project).await?;
+        self.store
+            .top_up(
+                &new_id("topup"),
+                &record.id,
+                to_micros(amount),
+                Some(&caller.user_id),
+            )
+            .await?;
+        tracing::info!(project = %record.name, amount, by = %caller.username, "balance topped up");
+        self.project_balance(&record.id, &record.name).await
+    }
+
+    /// `InsufficientFunds` unless the project's balance covers an hour of
+    /// `micros_per_hour` on top of what it already runs.
+    pub(crate) async fn check_funds(
+        &self,
+        caller: &Principal,
+        micros_per_hour: i64,
+        what: &str,
+    ) -> Result<()> {
+        let balance = self.store.balance(&caller.project_id).await?;
+        if balance.amount_micros() < micros_per_hour {
+            return Err(Error::InsufficientFunds(format!(
+                "{what} costs {:.4} {cur} per hour; the balance of project {} is {:.4} {cur}, which does not cover an hour",
+                from_micros(micros_per_hour),
+                caller.project_name,
+                from_micros(balance.amount_micros()),
+                cur = self.catalog.currency,
+            )));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,105 @@
+//! Catalog questions whose answers depend on the fleet: which instance
+//! types could be placed now, and where. Computed from the hosts' real free
+//! CPUs and memory (the placement view, refreshed first so that other
+//! replicas' decisions count), never from the catalog file.
+
+use crate::App;
+use crate::error::{Error, Result};
+use tessera_core::catalog::InstanceType;
+use tessera_core::placement::Request;
+
+/// The instance types that could be placed now in one location.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Availability {
+    pub location: String,
+    pub instance_types: Vec<String>,
+}
+
+impl App {
+    fn fits(&self, kind: &InstanceType, location: &str) -> bool {
+        // A location names a region or, failing that, a zone.
+        [
+            (Some(location.to_string()), None),
+            (None, Some(location.to_string())),
+        ]
+        .into_iter()
+        .any(|(region, zone)| {
+            let request = Request::Cpus {
+                count: kind.vcpus,
+                memory_mb: kind.memory_mb(),
+                region,
+                zone,
+                whole_units: false,
+            };
+            self.placement
+                .with_engine(|engine| engine.place(&request).is_some())
+        })
+    }
+
+    /// Checks a location code against the catalog.
+    pub fn check_location(&self, field: &'static str, code: &str) -> Result<()> {
+        if self.catalog.location(code).is_none() {
+            return Err(Error::invalid(
+                field,
+                format!(
+                    "unknown location {:?}; known locations: {}",
+                    code.escape_debug().to_string(),
+                    tessera_core::catalog::Catalog::names(
+                        self.catalog.locations.iter().map(|l| l.code.as_str())
+                    )
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Whether an instance of `type_name` could be placed now, in
+    /// `location` or anywhere.
+    pub async fn is_available(&self, type_name: &str, location: Option<&str>) -> Result<bool> {
+        let Some(kind) = self.catalog.instance_type(type_name) else {
+            return Err(Error::NotFound(format!(
+                "instance type {type_name} not found"
+            )));
+        };
+        if let Some(code) = location {
+            self.check_location("location_code", code)?;
+        }
+        self.placement
+            .refresh_changed(&self.store, std::time::Instant::now())
+            .await?;
+        Ok(match location {
+            Some(code) => self.fits(kind, code),
+            None => self
+                .catalog
+                .locations
+                .iter()
+                .any(|l| self.fits(kind, &l.code)),
+        })
+    }
+
+    /// The instance types that could be placed now, per location.
+    pub async fn availability(&self, location: Option<&str>) -> Result<Vec<Availability>> {
+        if let Some(code) = location {
+            self.check_location("location_code", code)?;
+        }
+        self.placement
+            .refresh_changed(&self.store, std::time::Instant::now())
+            .await?;
+        Ok(self
+            .catalog
+            .locations
+            .iter()
+            .filter(|l| location.is_none_or(|code| code == l.code))
+            .map(|l| Availability {
+                location: l.code.clone(),
+                instance_types: self
+                    .catalog
+                    .instance_types
+                    .iter()
+                    .filter(|kind| self.fits(kind, &l.code))
+                    .map(|kind| kind.name.clone())
+                    .collect(),
+            })
+            .collect())
+    }
+}

@@ -1,0 +1,88 @@
+//! Power and deletion as one call that says whether anything had to be
+//! done: what faces with bulk actions (Verda's `PUT /instances`) need. A
+//! delete may take the instance's volumes with it, to the trash or for
+//! good; volumes it leaves are detached when the instance is gone.
+
+use crate::App;
+use crate::error::{Error, Result};
+use crate::identity::Principal;
+use tessera_core::Permission;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum InstanceAction {
+    Start,
+    /// Shut down, keeping CPUs, volumes and disk.
+    Stop,
+    /// `volume_ids`: which of its volumes go too (`None`: all of them).
+    Delete {
+        volume_ids: Option<Vec<String>>,
+        permanently: bool,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ActionOutcome {
+    /// Under way.
+    Started,
+    /// The instance was already in the state asked for.
+    Already,
+}
+
+impl App {
+    pub async fn instance_action(
+        &self,
+        caller: &Principal,
+        id: &str,
+        action: &InstanceAction,
+    ) -> Result<ActionOutcome> {
+        let instance = self.instance(caller, id).await?;
+        let creating = instance.state == "provisioning" && instance.host_id.is_none();
+        match action {
+            InstanceAction::Start => {
+                if matches!(instance.state.as_str(), "running") || creating {
+                    return Ok(ActionOutcome::Already);
+                }
+                self.start_instance(caller, id).await?;
+            }
+            InstanceAction::Stop => {
+                if instance.state == "stopped" {
+                    return Ok(ActionOutcome::Already);
+                }
+                self.stop_instance(caller, id).await?;
+            }
+            InstanceAction::Delete {
+                volume_ids,
+                permanently,
+            } => {
+                if instance.state == "terminated" {
+                    return Ok(ActionOutcome::Already);
+                }
+                caller.require(Permission::VolumeWrite)?;
+                let attached = self.instance_volumes(&instance.id).await?;
+                let going: Vec<_> = match volume_ids {
+                    None => attached,
+                    Some(ids) => {
+                        let mut going = Vec::new();
+                        for volume_id in ids {
+                            let Some(volume) = attached.iter().find(|v| v.id == *volume_id) else {
+                                return Err(Error::invalid(
+                                    "volume_ids",
+                                    format!("volume {volume_id} is not attached to instance {id}"),
+                                ));
+                            };
+                            going.push(volume.clone());
+                        }
+                        going
+                    }
+                };
+                self.delete_instance(caller, id).await?;
+                for volume in going {
+                    // Its storage is destroyed once the instance is gone
+                    // from its host.
+                    self.trash_volume(&volume, *permanently).await?;
+                }
+            }
+        }
+        Ok(ActionOutcome::Started)
+    }
+}

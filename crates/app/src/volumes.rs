@@ -1,0 +1,649 @@
+//! Block volumes: raw disks an instance sees as `/dev/vdX`.
+//!
+//! A volume's storage lives on one host: a volume made with an instance
+//! lives on the instance's host, and a volume made on its own gets a home
+//! when it is first attached (until then it is only a record, and resizing
+//! it is only a number). Volumes are attached and detached while their
+//! instance is shut down; an instance sees its volumes when it starts.
+//! Deleting a volume moves it to the trash, where it stays for
+//! [`crate::AppConfig::volume_trash`] (96 hours by default) and can be
+//! restored; then, or at once when deleted permanently, the reconciler
+//! destroys its storage on its host. A volume costs its catalog price per
+//! GB and month from creation until its storage is destroyed.
+//!
+//! An instance's OS volume (`vda`) is its root file system, made and
+//! destroyed by its host with the instance: it is listed and billed like
+//! the others, but it cannot be moved to another instance, and what it
+//! held is gone once its instance is deleted.
+
+use crate::error::{Error, Result};
+use crate::identity::Principal;
+use crate::{App, HostCallError, has_nul};
+use tessera_agent_api::VolumeSpec;
+use tessera_core::catalog::{MAX_DISK_GB, to_micros};
+use tessera_core::{HostId, Permission};
+use tessera_store::{MeterChange, NewVolume, VolumeRecord, VolumeSet};
+
+pub use tessera_store::VolumeRecord as Volume;
+
+/// A volume to make: with an instance, or on its own.
+#[derive(Clone, Debug, Default)]
+pub struct VolumeInput {
+    pub name: String,
+    pub size_gb: u64,
+    pub volume_type: String,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct CreateVolume {
+    pub volume: VolumeInput,
+    pub location: String,
+    /// Instances to attach it to (at most one: a volume is not shared).
+    pub instance_ids: Vec<String>,
+}
+
+/// An action on volumes (`PUT /volumes` in the Verda face).
+#[derive(Clone, Debug)]
+pub enum VolumeAction {
+    Attach { instance_id: String },
+    Detach,
+    Rename { name: String },
+    Resize { size_gb: u64 },
+    Delete { permanently: bool },
+    Restore,
+    Clone { name: Option<String> },
+}
+
+impl VolumeAction {
+    pub fn name(&self) -> &'static str {
+        match self {
+            VolumeAction::Attach { .. } => "attach",
+            VolumeAction::Detach => "detach",
+            VolumeAction::Rename { .. } => "rename",
+            VolumeAction::Resize { .. } => "resize",
+            VolumeAction::Delete { .. } => "delete",
+            VolumeAction::Restore => "restore",
+            VolumeAction::Clone { .. } => "clone",
+        }
+    }
+}
+
+/// Device names of an instance's volumes, in order: the OS volume is `vda`.
+pub(crate) fn target(n: usize) -> String {
+    let letters = b"abcdefghijklmnopqrstuvwxyz";
+    match n < letters.len() {
+        true => format!("vd{}", letters[n] as char),
+        false => format!(
+            "vd{}{}",
+            letters[n / 26 - 1] as char,
+            letters[n % 26] as char
+        ),
+    }
+}
+
+/// The most volumes one instance may have.
+pub const MAX_VOLUMES_PER_INSTANCE: usize = 64;
+
+impl App {
+    /// Checks a new volume's name, size and type; answers its hourly price.
+    pub(crate) fn check_volume(&self, field: &'static str, input: &VolumeInput) -> Result<i64> {
+        let name = input.name.trim();
+        if name.is_empty() || name.len() > 255 || name.chars().any(char::is_control) {
+            return Err(Error::invalid(
+                field,
+                "a volume name must be 1 to 255 printable characters",
+            ));
+        }
+        if !(1..=MAX_DISK_GB).contains(&input.size_gb) {
+            return Err(Error::invalid(
+                field,
+                format!("a volume size must be 1 to {MAX_DISK_GB} GB"),
+            ));
+        }
+        let Some(kind) = self.catalog.volume_type(&input.volume_type) else {
+            return Err(Error::invalid(
+                field,
+                format!(
+                    "unknown volume type {:?}; known types: {}",
+                    input.volume_type.escape_debug().to_string(),
+                    tessera_core::catalog::Catalog::names(
+                        self.catalog.volume_types.iter().map(|t| t.name.as_str())
+                    )
+                ),
+            ));
+        };
+        Ok(to_micros(kind.hourly(input.size_gb)))
+    }
+
+    fn volume_rate(&self, volume: &VolumeRecord) -> i64 {
+        self.catalog
+            .volume_type(&volume.volume_type)
+            .map_or(0, |t| {
+                to_micros(t.hourly(u64::try_from(volume.size_gb).unwrap_or(0)))
+            })
+    }
+
+    /// A record for a new volume of the caller's project.
+    pub(crate) fn new_volume(
+        &self,
+        caller: &Principal,
+        input: &VolumeInput,
+        location: &str,
+        os: bool,
+        micros_per_hour: i64,
+    ) -> NewVolume {
+        NewVolume {
+            record: VolumeRecord {
+                id: uuid::Uuid::new_v4().to_string(),
+                project_id: caller.project_id.clone(),
+                name: input.name.trim().to_string(),
+                volume_type: input.volume_type.clone(),
+                size_gb: input.size_gb as i64,
+                location: location.to_string(),
+                status: "detached".into(),
+                is_os_volume: i64::from(os),
+                instance_id: None,
+                target: None,
+                host_id: None,
+                created_by: Some(caller.username.clone()),
+                created_at: tessera_store::now(),
+                trashed_at: None,
+                purged_at: None,
+                generation: 1,
+            },
+            micros_per_hour,
+        }
+    }
+
+    /// Makes a volume, attached to an instance when one is named.
+    pub async fn create_volume(&self, caller: &Principal, req: CreateVolume) -> Result<Volume> {
+        caller.require(Permission::VolumeWrite)?;
+        let rate = self.check_volume("size", &req.volume)?;
+        if req.instance_ids.len() > 1 {
+            return Err(Error::invalid(
+                "instance_ids",
+                "a volume can be attached to one instance only",
+            ));
+        }
+        self.check_funds(caller, rate, "the volume").await?;
+        let volume = self.new_volume(caller, &req.volume, &req.location, false, rate);
+        let id = volume.record.id.clone();
+        if let Some(instance_id) = req.instance_ids.first() {
+            // Refused before anything is made when the instance cannot
+            // take it now.
+            self.stopped_instance(caller, instance_id).await?;
+        }
+        self.store
+            .insert_volumes(std::slice::from_ref(&volume))
+            .await?;
+        if let Some(instance_id) = req.instance_ids.first()
+            && let Err(err) = self.attach_volume(caller, &id, instance_id).await
+        {
+            // Made for an instance it cannot join: it is not kept.
+            let record = self.project_volume(&caller.project_id, &id).await?;
+            let mut gone = record.clone();
+            gone.status = "deleted".into();
+            gone.purged_at = Some(tessera_store::now());
+            self.store
+                .update_volume(&gone, record.generation, Some(MeterChange::Stop))
+                .await?;
+            return Err(err);
+        }
+        tracing::info!(volume = %id, project = %caller.project_name, "volume created");
+        self.project_volume(&caller.project_id, &id).await
+    }
+
+    pub async fn volumes(&self, caller: &Principal, set: VolumeSet) -> Result<Vec<Volume>> {
+        caller.require(Permission::VolumeRead)?;
+        Ok(self.store.volumes(&caller.project_id, set).await?)
+    }
+
+    /// A volume of the project, deleted ones included.
+    pub async fn volume(&self, caller: &Principal, id: &str) -> Result<Volume> {
+        caller.require(Permission::VolumeRead)?;
+        self.project_volume(&caller.project_id, id).await
+    }
+
+    pub(crate) async fn project_volume(&self, project_id: &str, id: &str) -> Result<Volume> {
+        let volume = match has_nul(id) {
+            true => None,
+            false => self.store.volume(id).await?,
+        };
+        volume
+            .filter(|v| v.project_id == project_id)
+            .ok_or_else(|| Error::NotFound(format!("volume {id} not found")))
+    }
+
+    /// The volumes attached to an instance.
+    pub async fn instance_volumes(&self, instance_id: &str) -> Result<Vec<Volume>> {
+        Ok(self.store.instance_volumes(instance_id).await?)
+    }
+
+    /// Does `action` to a volume. Answers the new volume's id for a clone.
+    pub async fn volume_action(
+        &self,
+        caller: &Principal,
+        id: &str,
+        action: &VolumeAction,
+    ) -> Result<Option<String>> {
+        caller.require(Permission::VolumeWrite)?;
+        match action {
+            VolumeAction::Attach { instance_id } => {
+                self.attach_volume(caller, id, instance_id).await?
+            }
+            VolumeAction::Detach => self.detach_volume(caller, id).await?,
+            VolumeAction::Rename { name } => {
+                let volume = self.live_volume(caller, id).await?;
+                let name = name.trim();
+                if name.is_empty() || name.len() > 255 || name.chars().any(char::is_control) {
+                    return Err(Error::invalid(
+                        "name",
+                        "a volume name must be 1 to 255 printable characters",
+                    ));
+                }
+                let mut next = volume.clone();
+                next.name = name.to_string();
+                self.write_volume(&next, volume.generation, None).await?;
+            }
+            VolumeAction::Resize { size_gb } => self.resize_volume(caller, id, *size_gb).await?,
+            VolumeAction::Delete { permanently } => {
+                self.delete_volume(caller, id, *permanently).await?;
+            }
+            VolumeAction::Restore => {
+                let volume = self.project_volume(&caller.project_id, id).await?;
+                if volume.status != "deleted" || volume.trashed_at.is_none() {
+                    return Err(Error::invalid(
+                        "id",
+                        format!("volume {id} is not in the trash"),
+                    ));
+                }
+                if volume.purged_at.is_some() {
+                    return Err(Error::invalid(
+                        "id",
+                        format!("volume {id} was deleted permanently"),
+                    ));
+                }
+                let mut next = volume.clone();
+                next.status = "detached".into();
+                next.trashed_at = None;
+                self.write_volume(&next, volume.generation, None).await?;
+            }
+            VolumeAction::Clone { name } => {
+                return self
+                    .clone_volume(caller, id, name.as_deref())
+                    .await
+                    .map(Some);
+            }
+        }
+        Ok(None)
+    }
+
+    /// A volume of the project that is not deleted.
+    async fn live_volume(&self, caller: &Principal, id: &str) -> Result<Volume> {
+        let volume = self.project_volume(&caller.project_id, id).await?;
+        if volume.status == "deleted" {
+            return Err(Error::invalid(
+                "id",
+                format!("volume {id} is deleted; restore it first"),
+            ));
+        }
+        Ok(volume)
+    }
+
+    async fn write_volume(
+        &self,
+        next: &Volume,
+        read_generation: i64,
+        meter: Option<MeterChange>,
+    ) -> Result<()> {
+        if !self
+            .store
+            .update_volume(next, read_generation, meter)
+            .await?
+        {
+            return Err(Error::Conflict(format!(
+                "volume {} changed meanwhile; try again",
+                next.id
+            )));
+        }
+        Ok(())
+    }
+
+    /// The instance a volume may be attached to or detached from now: one
+    /// of the project's, shut down.
+    async fn stopped_instance(
+        &self,
+        caller: &Principal,
+        instance_id: &str,
+    ) -> Result<crate::instances::Instance> {
+        let instance = self
+            .project_instance(&caller.project_id, instance_id)
+            .await
+            .map_err(|_| {
+                Error::invalid("instance_id", format!("instance {instance_id} not found"))
+            })?;
+        if instance.state != "stopped" || instance.operation_id.is_some() {
+            return Err(Error::invalid(
+                "instance_id",
+                format!(
+                    "instance {instance_id} is {}; shut it down before attaching or detaching volumes",
+                    instance.state
+                ),
+            ));
+        }
+        Ok(instance)
+    }
+
+    async fn attach_volume(&self, caller: &Principal, id: &str, instance_id: &str) -> Result<()> {
+        let volume = self.live_volume(caller, id).await?;
+        if volume.instance_id.as_deref() == Some(instance_id) {
+            return Ok(());
+        }
+        if volume.instance_id.is_some() {
+            return Err(Error::invalid(
+                "id",
+                format!("volume {id} is attached to another instance; detach it first"),
+            ));
+        }
+        if volume.is_os_volume != 0 {
+            return Err(Error::invalid(
+                "id",
+                format!(
+                    "volume {id} is an OS volume (its instance's root file system); it cannot be attached elsewhere"
+                ),
+            ));
+        }
+        let instance = self.stopped_instance(caller, instance_id).await?;
+        let spec: crate::instances::InstanceSpecInput =
+            serde_json::from_str(&instance.spec).unwrap_or_default();
+        if let Some(location) = spec.location.as_deref()
+            && location != volume.location
+        {
+            return Err(Error::invalid(
+                "instance_id",
+                format!(
+                    "volume {id} is in {} and instance {instance_id} in {location}",
+                    volume.location
+                ),
+            ));
+        }
+        if let (Some(home), Some(host)) = (&volume.host_id, &instance.host_id)
+            && home != host
+        {
+            return Err(Error::invalid(
+                "instance_id",
+                format!(
+                    "volume {id} is stored on another host than instance {instance_id}; \
+                     volumes are local to a host (clone it there instead)"
+                ),
+            ));
+        }
+        let attached = self.store.instance_volumes(instance_id).await?;
+        if attached.len() >= MAX_VOLUMES_PER_INSTANCE {
+            return Err(Error::invalid(
+                "instance_id",
+                format!(
+                    "instance {instance_id} has {MAX_VOLUMES_PER_INSTANCE} volumes, the most it can"
+                ),
+            ));
+        }
+        let taken: Vec<String> = attached.iter().filter_map(|v| v.target.clone()).collect();
+        let free = (0..=MAX_VOLUMES_PER_INSTANCE)
+            .map(target)
+            .find(|t| !taken.contains(t))
+            .unwrap_or_else(|| target(MAX_VOLUMES_PER_INSTANCE));
+        let mut next = volume.clone();
+        next.status = "attached".into();
+        next.instance_id = Some(instance.id.clone());
+        next.target = Some(free);
+        next.host_id = volume.host_id.clone().or(instance.host_id.clone());
+        self.write_volume(&next, volume.generation, None).await?;
+        tracing::info!(volume = %id, instance = %instance_id, "volume attached");
+        Ok(())
+    }
+
+    async fn detach_volume(&self, caller: &Principal, id: &str) -> Result<()> {
+        let volume = self.live_volume(caller, id).await?;
+        let Some(instance_id) = volume.instance_id.clone() else {
+            return Ok(());
+        };
+        self.stopped_instance(caller, &instance_id).await?;
+        let mut next = volume.clone();
+        next.status = "detached".into();
+        next.instance_id = None;
+        next.target = None;
+        self.write_volume(&next, volume.generation, None).await?;
+        tracing::info!(volume = %id, instance = %instance_id, "volume detached");
+        Ok(())
+    }
+
+    async fn resize_volume(&self, caller: &Principal, id: &str, size_gb: u64) -> Result<()> {
+        let volume = self.live_volume(caller, id).await?;
+        let current = u64::try_from(volume.size_gb).unwrap_or(0);
+        if size_gb < current {
+            return Err(Error::invalid(
+                "size",
+                format!("volume {id} has {current} GB; a volume can grow, never shrink"),
+            ));
+        }
+        if size_gb > MAX_DISK_GB {
+            return Err(Error::invalid(
+                "size",
+                format!("a volume size must be at most {MAX_DISK_GB} GB"),
+            ));
+        }
+        if size_gb == current {
+            return Ok(());
+        }
+        let mut next = volume.clone();
+        next.size_gb = size_gb as i64;
+        let rate = self.volume_rate(&next);
+        self.check_funds(
+            caller,
+            rate - self.volume_rate(&volume),
+            "the larger volume",
+        )
+        .await?;
+        if let Some(host) = &volume.host_id {
+            self.ensure_on_host(
+                host,
+                &VolumeSpec {
+                    id: volume.id.clone(),
+                    size_gb,
+                    clone_of: None,
+                },
+            )
+            .await
+            .map_err(|e| {
+                Error::HostFailed(format!("resizing volume {id} on its host failed: {e}"))
+            })?;
+        }
+        self.write_volume(&next, volume.generation, Some(MeterChange::Rerate(rate)))
+            .await?;
+        tracing::info!(volume = %id, size_gb, "volume resized");
+        Ok(())
+    }
+
+    /// Moves a volume to the trash, or deletes it for good. Answers `false`
+    /// when it was deleted already (nothing changes then).
+    pub async fn delete_volume(
+        &self,
+        caller: &Principal,
+        id: &str,
+        permanently: bool,
+    ) -> Result<bool> {
+        caller.require(Permission::VolumeWrite)?;
+        let volume = self.project_volume(&caller.project_id, id).await?;
+        if volume.status == "deleted" && (volume.trashed_at.is_none() || !permanently) {
+            return Ok(false);
+        }
+        if let Some(instance_id) = &volume.instance_id {
+            let instance = self
+                .project_instance(&caller.project_id, instance_id)
+                .await?;
+            if instance.state != "stopped" {
+                return Err(Error::invalid(
+                    "id",
+                    format!(
+                        "volume {id} is attached to instance {instance_id}, which is {}; shut it down or detach the volume first",
+                        instance.state
+                    ),
+                ));
+            }
+        }
+        self.trash_volume(&volume, permanently).await?;
+        Ok(true)
+    }
+
+    /// Marks a volume deleted and detached: in the trash, or (permanently)
+    /// due for purging now.
+    pub(crate) async fn trash_volume(&self, volume: &Volume, permanently: bool) -> Result<()> {
+        let mut next = volume.clone();
+        next.status = "deleted".into();
+        next.instance_id = None;
+        next.target = None;
+        next.trashed_at = match permanently {
+            true => None,
+            false => Some(tessera_store::now()),
+        };
+        self.write_volume(&next, volume.generation, None).await?;
+        tracing::info!(volume = %volume.id, permanently, "volume deleted");
+        Ok(())
+    }
+
+    async fn clone_volume(
+        &self,
+        caller: &Principal,
+        id: &str,
+        name: Option<&str>,
+    ) -> Result<String> {
+        let volume = self.live_volume(caller, id).await?;
+        let input = VolumeInput {
+            name: name.map_or_else(|| format!("{}-clone", volume.name), str::to_string),
+            size_gb: u64::try_from(volume.size_gb).unwrap_or(1),
+            volume_type: volume.volume_type.clone(),
+        };
+        let rate = self.check_volume("name", &input)?;
+        self.check_funds(caller, rate, "the clone").await?;
+        let mut clone = self.new_volume(caller, &input, &volume.location, false, rate);
+        clone.record.host_id = volume.host_id.clone();
+        if let Some(host) = &volume.host_id {
+            self.ensure_on_host(
+                host,
+                &VolumeSpec {
+                    id: clone.record.id.clone(),
+                    size_gb: input.size_gb,
+                    clone_of: Some(volume.id.clone()),
+                },
+            )
+            .await
+            .map_err(|e| {
+                Error::HostFailed(format!("cloning volume {id} on its host failed: {e}"))
+            })?;
+        }
+        self.store
+            .insert_volumes(std::slice::from_ref(&clone))
+            .await?;
+        tracing::info!(volume = %id, clone = %clone.record.id, "volume cloned");
+        Ok(clone.record.id)
+    }
+
+    async fn ensure_on_host(&self, host: &str, spec: &VolumeSpec) -> Result<(), HostCallError> {
+        let agent = self
+            .agent(&HostId::new(host.to_string()))
+            .await
+            .map_err(|e| HostCallError::Failed(e.to_string()))?
+            .ok_or(HostCallError::NoAgent)?;
+        self.host_call(agent.ensure_volume(spec)).await.map(|_| ())
+    }
+
+    /// Makes sure the storage of every volume of an instance placed on a
+    /// host is there, at its size; a volume without a home gets the
+    /// instance's host.
+    pub(crate) async fn prepare_volumes(
+        &self,
+        instance: &crate::instances::Instance,
+    ) -> Result<(), HostCallError> {
+        let Some(host) = instance.host_id.clone() else {
+            return Ok(());
+        };
+        let volumes = self
+            .store
+            .instance_volumes(&instance.id)
+            .await
+            .map_err(|e| HostCallError::Failed(e.to_string()))?;
+        // The OS volume is the instance's root file system, which the host
+        // makes with the instance.
+        for volume in volumes.into_iter().filter(|v| v.is_os_volume == 0) {
+            match &volume.host_id {
+                Some(home) if *home != host => {
+                    return Err(HostCallError::Failed(format!(
+                        "volume {} is stored on another host; volumes are local to a host",
+                        volume.id
+                    )));
+                }
+                Some(_) => {}
+                None => {
+                    let mut next = volume.clone();
+                    next.host_id = Some(host.clone());
+                    let homed = self
+                        .store
+                        .update_volume(&next, volume.generation, None)
+                        .await
+                        .map_err(|e| HostCallError::Failed(e.to_string()))?;
+                    if !homed {
+                        return Err(HostCallError::Failed(format!(
+                            "volume {} changed meanwhile",
+                            volume.id
+                        )));
+                    }
+                }
+            }
+            self.ensure_on_host(
+                &host,
+                &VolumeSpec {
+                    id: volume.id.clone(),
+                    size_gb: u64::try_from(volume.size_gb).unwrap_or(1),
+                    clone_of: None,
+                },
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Destroys the storage of volumes deleted for good or in the trash for
+    /// longer than the trash keeps them. Called by the reconciler.
+    pub(crate) async fn purge_volumes(&self) -> Result<()> {
+        let keep = chrono::Duration::from_std(self.config.volume_trash)
+            .unwrap_or(chrono::Duration::hours(96));
+        let cutoff = tessera_store::timestamp(chrono::Utc::now() - keep);
+        for volume in self.store.volumes_to_purge(&cutoff).await? {
+            let Some(_work) =
+                crate::InFlight::enter(&self.in_flight, format!("volume:{}", volume.id))
+            else {
+                continue;
+            };
+            if let Some(host) = &volume.host_id {
+                let outcome = match self.agent(&HostId::new(host.clone())).await? {
+                    Some(agent) => self.host_call(agent.delete_volume(&volume.id)).await,
+                    None => Err(HostCallError::NoAgent),
+                };
+                if let Err(err) = outcome {
+                    tracing::debug!(volume = %volume.id, error = %err, "purging the volume's storage failed; retrying later");
+                    continue;
+                }
+            }
+            let mut next = volume.clone();
+            next.purged_at = Some(tessera_store::now());
+            if self
+                .store
+                .update_volume(&next, volume.generation, Some(MeterChange::Stop))
+                .await?
+            {
+                tracing::info!(volume = %volume.id, "volume purged");
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,622 @@
+//! `/instances`: deploy, list, get, and actions for one instance or many.
+//!
+//! Statuses are Verda's, read from what the host really did: `ordered`
+//! until the instance has a host, `provisioning` while the host creates or
+//! starts it, `running`, `offline` once shut down, `deleting`, and
+//! `discontinued` once deleted (`no_capacity` or `error` when creation
+//! failed).
+
+use super::{
+    Body, Caller, ErrorBody, OneOrMany, Path, Query, Result, VerdaError, bad_request, id_text,
+    status_of, whole_gb,
+};
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use tessera_app::instance_actions::{ActionOutcome, InstanceAction};
+use tessera_app::instances::{CreateInstance, Instance, InstanceQuery, InstanceSpecInput};
+use tessera_app::volumes::VolumeInput;
+use tessera_app::{App, Error, Principal};
+use utoipa::{IntoParams, ToSchema};
+
+/// Verda's instance statuses.
+pub const STATUSES: &[&str] = &[
+    "running",
+    "provisioning",
+    "offline",
+    "discontinued",
+    "unknown",
+    "ordered",
+    "notfound",
+    "new",
+    "error",
+    "deleting",
+    "validating",
+    "no_capacity",
+    "installation_failed",
+];
+
+#[derive(Serialize, ToSchema)]
+pub struct CountBody {
+    pub description: String,
+    pub number_of_cores: u32,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct GpuCountBody {
+    pub description: String,
+    pub number_of_gpus: u32,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct GigabytesBody {
+    pub description: String,
+    pub size_in_gigabytes: u64,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct DescriptionBody {
+    pub description: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct InstanceBody {
+    #[schema(example = "inst-0a1b2c3d4e5f6789")]
+    pub id: String,
+    /// Its address in the cloud's network, once it has one.
+    pub ip: Option<String>,
+    #[schema(example = "running")]
+    pub status: String,
+    pub created_at: String,
+    pub created_by_user_id: String,
+    pub cpu: CountBody,
+    pub gpu: GpuCountBody,
+    pub gpu_memory: GigabytesBody,
+    pub memory: GigabytesBody,
+    pub storage: DescriptionBody,
+    pub hostname: String,
+    pub description: String,
+    #[schema(example = "FIN-01")]
+    pub location: String,
+    pub price_per_hour: f64,
+    pub is_spot: bool,
+    #[schema(example = "CPU.4V.16G")]
+    pub instance_type: String,
+    #[schema(example = "ubuntu-24.04")]
+    pub image: String,
+    pub os_name: String,
+    pub startup_script_id: Option<String>,
+    pub ssh_key_ids: Vec<String>,
+    pub os_volume_id: Option<String>,
+    pub jupyter_token: Option<String>,
+    /// `LONG_TERM`, `PAY_AS_YOU_GO` or `SPOT`.
+    pub contract: String,
+    /// Always `FIXED_PRICE`.
+    pub pricing: String,
+    pub volume_ids: Vec<String>,
+}
+
+/// An instance's Verda status.
+async fn status(app: &App, caller: &Principal, instance: &Instance) -> String {
+    let placed = instance.host_id.is_some();
+    match instance.state.as_str() {
+        "provisioning" if !placed => "ordered".into(),
+        "provisioning" => "provisioning".into(),
+        "running" => "running".into(),
+        "stopped" => "offline".into(),
+        "unknown" => "unknown".into(),
+        "stopping" => {
+            let deleting = match &instance.operation_id {
+                Some(op) => app
+                    .operation(caller, op)
+                    .await
+                    .is_ok_and(|op| op.kind == "instance_delete"),
+                None => false,
+            };
+            match deleting {
+                true => "deleting".into(),
+                false => "running".into(),
+            }
+        }
+        "terminated" => {
+            let detail = instance.state_detail.as_deref().unwrap_or("");
+            if detail.starts_with("no host") {
+                "no_capacity".into()
+            } else if detail.contains("could not create") || detail.contains("could not prepare") {
+                "error".into()
+            } else {
+                "discontinued".into()
+            }
+        }
+        _ => "unknown".into(),
+    }
+}
+
+pub(crate) async fn instance_body(app: &App, caller: &Principal, i: Instance) -> InstanceBody {
+    let spec: InstanceSpecInput = serde_json::from_str(&i.spec).unwrap_or_default();
+    let catalog = app.catalog();
+    let kind = catalog.instance_type(&spec.instance_type);
+    let volumes = app.instance_volumes(&i.id).await.unwrap_or_default();
+    let os_volume_id = volumes
+        .iter()
+        .find(|v| v.is_os_volume != 0)
+        .map(|v| v.id.clone());
+    let price_per_hour = kind.map_or(0.0, |k| k.hourly(spec.is_spot));
+    let vcpus = spec.vcpus.unwrap_or(0);
+    let memory_gb = spec.memory_mb.unwrap_or(0) / 1024;
+    let status = status(app, caller, &i).await;
+    InstanceBody {
+        ip: (!i.private_ip.is_empty()).then(|| i.private_ip.clone()),
+        status,
+        created_at: i.created_at.clone(),
+        created_by_user_id: caller.user_id.clone(),
+        cpu: CountBody {
+            description: format!("{vcpus} CPU"),
+            number_of_cores: vcpus,
+        },
+        gpu: GpuCountBody {
+            description: kind
+                .filter(|k| k.gpus > 0)
+                .map(|k| format!("{}x {}", k.gpus, k.gpu_name))
+                .unwrap_or_default(),
+            number_of_gpus: kind.map_or(0, |k| k.gpus),
+        },
+        gpu_memory: GigabytesBody {
+            description: kind
+                .filter(|k| k.gpu_memory_gb > 0)
+                .map(|k| format!("{}GB GPU RAM", k.gpu_memory_gb))
+                .unwrap_or_default(),
+            size_in_gigabytes: kind.map_or(0, |k| k.gpu_memory_gb),
+        },
+        memory: GigabytesBody {
+            description: format!("{memory_gb}GB RAM"),
+            size_in_gigabytes: memory_gb,
+        },
+        storage: DescriptionBody {
+            description: "dynamic".into(),
+        },
+        hostname: i.name.clone(),
+        description: spec.description.clone().unwrap_or_default(),
+        location: spec.location.clone().unwrap_or_default(),
+        price_per_hour,
+        is_spot: spec.is_spot,
+        instance_type: spec.instance_type.clone(),
+        os_name: catalog
+            .image(&spec.image)
+            .map(|img| img.name.clone())
+            .unwrap_or_else(|| spec.image.clone()),
+        image: spec.image.clone(),
+        startup_script_id: spec.startup_script_id.clone(),
+        ssh_key_ids: spec.ssh_key_ids.clone(),
+        os_volume_id,
+        jupyter_token: None,
+        contract: spec.contract.clone().unwrap_or_else(|| {
+            match spec.is_spot {
+                true => "SPOT",
+                false => "PAY_AS_YOU_GO",
+            }
+            .into()
+        }),
+        pricing: "FIXED_PRICE".into(),
+        volume_ids: volumes.into_iter().map(|v| v.id).collect(),
+        id: i.id,
+    }
+}
+
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ListQuery {
+    /// Only instances with this status.
+    pub status: Option<String>,
+    /// Accepted for compatibility; Tessera has no compute ids here.
+    #[allow(dead_code)]
+    #[serde(rename = "computeId")]
+    #[param(rename = "computeId")]
+    pub compute_id: Option<String>,
+}
+
+/// List the project's instances (deleted ones only when asked for by
+/// status).
+#[utoipa::path(get, path = "/v1/instances", tag = "Instances",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "Instances", body = Vec<InstanceBody>),
+        (status = 400, description = "Invalid request", body = ErrorBody),
+        (status = 401, description = "Unauthorized", body = ErrorBody),
+        (status = 429, description = "Too many requests", body = ErrorBody),
+    ))]
+pub async fn list_instances(
+    State(app): State<App>,
+    Caller(caller): Caller,
+    Query(query): Query<ListQuery>,
+) -> Result<Json<Vec<InstanceBody>>> {
+    if let Some(wanted) = &query.status
+        && !STATUSES.contains(&wanted.as_str())
+    {
+        return Err(bad_request(format!(
+            "status must be one of {}",
+            STATUSES.join(", ")
+        )));
+    }
+    let ended = matches!(
+        query.status.as_deref(),
+        Some("discontinued" | "no_capacity" | "error")
+    );
+    let mut bodies = Vec::new();
+    let mut page_token = None;
+    loop {
+        let page = app
+            .instances(
+                &caller,
+                &InstanceQuery {
+                    state: ended.then(|| "terminated".to_string()),
+                    limit: Some(1000),
+                    page_token: page_token.take(),
+                    ..InstanceQuery::default()
+                },
+            )
+            .await?;
+        for instance in page.items {
+            let body = instance_body(&app, &caller, instance).await;
+            if query.status.as_ref().is_none_or(|s| *s == body.status) {
+                bodies.push(body);
+            }
+        }
+        match page.next_page_token {
+            Some(token) => page_token = Some(token),
+            None => break,
+        }
+    }
+    Ok(Json(bodies))
+}
+
+/// Get an instance.
+#[utoipa::path(get, path = "/v1/instances/{instance_id}", tag = "Instances",
+    params(("instance_id" = String, Path, description = "Instance id")),
+    responses(
+        (status = 200, description = "The instance", body = InstanceBody),
+        (status = 401, description = "Unauthorized", body = ErrorBody),
+        (status = 404, description = "Not found", body = ErrorBody),
+        (status = 429, description = "Too many requests", body = ErrorBody),
+    ))]
+pub async fn get_instance(
+    State(app): State<App>,
+    Caller(caller): Caller,
+    Path(id): Path<String>,
+) -> Result<Json<InstanceBody>> {
+    let instance = app.instance(&caller, &id).await?;
+    Ok(Json(instance_body(&app, &caller, instance).await))
+}
+
+#[derive(Deserialize, ToSchema)]
+pub struct OsVolumeRequest {
+    pub name: Option<String>,
+    /// GB.
+    pub size: Option<f64>,
+    /// `keep_detached`, `move_to_trash` or `delete_permanently`.
+    pub on_spot_discontinue: Option<String>,
+}
+
+#[derive(Deserialize, ToSchema)]
+pub struct VolumeRequest {
+    pub name: String,
+    /// GB.
+    pub size: f64,
+    #[serde(rename = "type")]
+    #[schema(example = "NVMe")]
+    pub volume_type: String,
+    pub on_spot_discontinue: Option<String>,
+}
+
+#[derive(Deserialize, ToSchema)]
+pub struct DeployRequest {
+    #[schema(example = "CPU.4V.16G")]
+    pub instance_type: Option<String>,
+    /// An image type from `GET /images`.
+    #[schema(example = "ubuntu-24.04")]
+    pub image: Option<String>,
+    #[schema(value_type = Option<Vec<String>>)]
+    pub ssh_key_ids: Option<OneOrMany>,
+    pub startup_script_id: Option<String>,
+    #[schema(example = "my-instance")]
+    pub hostname: Option<String>,
+    pub description: Option<String>,
+    #[schema(example = "FIN-01")]
+    pub location_code: Option<String>,
+    pub os_volume: Option<OsVolumeRequest>,
+    pub is_spot: Option<bool>,
+    /// Accepted; Tessera has no coupons.
+    #[allow(dead_code)]
+    pub coupon: Option<String>,
+    pub volumes: Option<Vec<VolumeRequest>>,
+    pub existing_volumes: Option<Vec<String>>,
+    /// `LONG_TERM`, `PAY_AS_YOU_GO` or `SPOT`.
+    pub contract: Option<String>,
+    /// Only `FIXED_PRICE`.
+    pub pricing: Option<String>,
+}
+
+fn check_policy(field: &str, policy: &Option<String>) -> Result<()> {
+    match policy.as_deref() {
+        None | Some("keep_detached" | "move_to_trash" | "delete_permanently") => Ok(()),
+        Some(other) => Err(bad_request(format!(
+            "{field} must be keep_detached, move_to_trash or delete_permanently, not {:?}",
+            other.escape_debug().to_string()
+        ))),
+    }
+}
+
+/// Deploy an instance; answers its id as text. Poll `GET
+/// /instances/{id}` until it is `running`.
+#[utoipa::path(post, path = "/v1/instances", tag = "Instances", request_body = DeployRequest,
+    responses(
+        (status = 202, description = "The new instance's id", body = String, content_type = "text/plain"),
+        (status = 400, description = "Invalid request", body = ErrorBody),
+        (status = 401, description = "Unauthorized", body = ErrorBody),
+        (status = 402, description = "The balance does not cover an hour of it", body = ErrorBody),
+        (status = 429, description = "Too many requests", body = ErrorBody),
+    ))]
+pub async fn deploy_instance(
+    State(app): State<App>,
+    Caller(caller): Caller,
+    Body(req): Body<DeployRequest>,
+) -> Result<Response> {
+    let instance_type = req
+        .instance_type
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| bad_request("instance_type is required"))?;
+    let image = req
+        .image
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| bad_request("image is required"))?;
+    let hostname = req
+        .hostname
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| bad_request("hostname is required"))?;
+    let location = req
+        .location_code
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| bad_request("location_code is required"))?;
+    app.check_location("location_code", &location)?;
+    let catalog = app.catalog();
+    let Some(kind) = catalog.instance_type(&instance_type) else {
+        return Err(bad_request(format!(
+            "unknown instance_type {:?}; see GET /instance-types",
+            instance_type.escape_debug().to_string()
+        )));
+    };
+    if catalog.image(&image).is_none() {
+        return Err(bad_request(format!(
+            "unknown image {:?}: use an image_type from GET /images (booting from an existing OS volume is not supported)",
+            image.escape_debug().to_string()
+        )));
+    }
+    if !kind.supported_os.is_empty() && !kind.supported_os.contains(&image) {
+        return Err(bad_request(format!(
+            "instance type {instance_type} does not support image {image}; it supports {}",
+            kind.supported_os.join(", ")
+        )));
+    }
+    if let Some(contract) = &req.contract
+        && !matches!(contract.as_str(), "LONG_TERM" | "PAY_AS_YOU_GO" | "SPOT")
+    {
+        return Err(bad_request(
+            "contract must be LONG_TERM, PAY_AS_YOU_GO or SPOT",
+        ));
+    }
+    if let Some(pricing) = &req.pricing
+        && !matches!(pricing.as_str(), "FIXED_PRICE" | "DYNAMIC_PRICE")
+    {
+        return Err(bad_request("pricing must be FIXED_PRICE"));
+    }
+    let is_spot = req.is_spot.unwrap_or(false) || req.contract.as_deref() == Some("SPOT");
+    let default_type = match catalog.volume_type("NVMe") {
+        Some(t) => t.name.clone(),
+        None => catalog
+            .volume_types
+            .first()
+            .map(|t| t.name.clone())
+            .unwrap_or_default(),
+    };
+    let os_volume = req.os_volume.unwrap_or(OsVolumeRequest {
+        name: None,
+        size: None,
+        on_spot_discontinue: None,
+    });
+    check_policy(
+        "os_volume.on_spot_discontinue",
+        &os_volume.on_spot_discontinue,
+    )?;
+    let os_volume_input = VolumeInput {
+        name: os_volume
+            .name
+            .filter(|n| !n.trim().is_empty())
+            .unwrap_or_else(|| format!("OS-{hostname}")),
+        size_gb: match os_volume.size {
+            Some(size) => whole_gb("os_volume.size", size)?,
+            None => kind.disk_gb,
+        },
+        volume_type: default_type,
+    };
+    let mut volumes = Vec::new();
+    for v in req.volumes.unwrap_or_default() {
+        check_policy("volumes.on_spot_discontinue", &v.on_spot_discontinue)?;
+        volumes.push(VolumeInput {
+            name: v.name,
+            size_gb: whole_gb("volumes.size", v.size)?,
+            volume_type: v.volume_type,
+        });
+    }
+    let instance = app
+        .create_instance(
+            &caller,
+            CreateInstance {
+                name: hostname,
+                labels: Default::default(),
+                spec: InstanceSpecInput {
+                    instance_type,
+                    image,
+                    disk_gb: Some(os_volume_input.size_gb),
+                    ssh_key_ids: req.ssh_key_ids.map(OneOrMany::into_vec).unwrap_or_default(),
+                    location: Some(location),
+                    is_spot,
+                    contract: req.contract,
+                    description: req.description,
+                    startup_script_id: req.startup_script_id,
+                    on_spot_discontinue: os_volume.on_spot_discontinue,
+                    ..InstanceSpecInput::default()
+                },
+                os_volume: Some(os_volume_input),
+                volumes,
+                existing_volumes: req.existing_volumes.unwrap_or_default(),
+                require_funds: true,
+            },
+        )
+        .await?;
+    Ok(id_text(StatusCode::ACCEPTED, instance.id))
+}
+
+#[derive(Deserialize, ToSchema)]
+pub struct ActionRequest {
+    /// `boot`, `start`, `shutdown`, `force_shutdown`, `hibernate`,
+    /// `delete`, `discontinue` or `delete_stuck`.
+    #[schema(example = "shutdown")]
+    pub action: Option<String>,
+    /// One instance id or several.
+    #[schema(value_type = Vec<String>)]
+    pub id: Option<OneOrMany>,
+    /// For `delete`: which of its volumes go too (absent: all; empty: none).
+    pub volume_ids: Option<Vec<String>>,
+    /// For `delete`: delete those volumes for good instead of moving them
+    /// to the trash.
+    pub delete_permanently: Option<bool>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ActionResultBody {
+    #[serde(rename = "instanceId")]
+    pub instance_id: String,
+    pub action: String,
+    /// `success` or `error`.
+    pub status: String,
+    pub error: Option<String>,
+    #[serde(rename = "statusCode")]
+    pub status_code: Option<u16>,
+}
+
+fn parse_action(req: &ActionRequest) -> Result<(String, InstanceAction)> {
+    let name = req
+        .action
+        .clone()
+        .filter(|a| !a.is_empty())
+        .ok_or_else(|| bad_request("action is required"))?;
+    let action = match name.as_str() {
+        "boot" | "start" => InstanceAction::Start,
+        "shutdown" | "force_shutdown" | "hibernate" => InstanceAction::Stop,
+        "delete" | "discontinue" | "delete_stuck" => InstanceAction::Delete {
+            volume_ids: req.volume_ids.clone(),
+            permanently: req.delete_permanently.unwrap_or(false),
+        },
+        "configure_spot" | "deploy" | "transfer" => {
+            return Err(bad_request(format!(
+                "action {name} is not supported by Tessera"
+            )));
+        }
+        other => {
+            return Err(bad_request(format!(
+                "unknown action {:?}: use boot, start, shutdown, force_shutdown, hibernate, delete, discontinue or delete_stuck",
+                other.escape_debug().to_string()
+            )));
+        }
+    };
+    Ok((name, action))
+}
+
+/// Act on one instance or many: 202 when every action started, 204 when a
+/// single instance already was in the state asked for, 207 with each
+/// instance's outcome when some failed.
+#[utoipa::path(put, path = "/v1/instances", tag = "Instances", request_body = ActionRequest,
+    responses(
+        (status = 202, description = "Every action started", body = Vec<ActionResultBody>),
+        (status = 204, description = "The instance already is in that state"),
+        (status = 207, description = "Some actions failed", body = Vec<ActionResultBody>),
+        (status = 400, description = "Invalid request", body = ErrorBody),
+        (status = 401, description = "Unauthorized", body = ErrorBody),
+        (status = 404, description = "Not found", body = ErrorBody),
+        (status = 429, description = "Too many requests", body = ErrorBody),
+    ))]
+pub async fn instance_actions(
+    State(app): State<App>,
+    Caller(caller): Caller,
+    Body(req): Body<ActionRequest>,
+) -> Result<Response> {
+    let (name, action) = parse_action(&req)?;
+    let ids = req
+        .id
+        .map(OneOrMany::into_vec)
+        .filter(|ids| !ids.is_empty())
+        .ok_or_else(|| bad_request("id is required: one instance id or a list of them"))?;
+    if let [id] = ids.as_slice() {
+        return match app.instance_action(&caller, id, &action).await? {
+            ActionOutcome::Already => Ok(StatusCode::NO_CONTENT.into_response()),
+            ActionOutcome::Started => Ok((
+                StatusCode::ACCEPTED,
+                Json(vec![ActionResultBody {
+                    instance_id: id.clone(),
+                    action: name,
+                    status: "success".into(),
+                    error: None,
+                    status_code: None,
+                }]),
+            )
+                .into_response()),
+        };
+    }
+    let mut results = Vec::new();
+    let mut failed = false;
+    for id in ids {
+        let outcome = app.instance_action(&caller, &id, &action).await;
+        let (status, error, status_code) = match outcome {
+            Ok(_) => ("success", None, None),
+            Err(Error::Internal(source)) => return Err(VerdaError(Error::Internal(source))),
+            Err(err) => {
+                failed = true;
+                let (code, _) = status_of(&err);
+                ("error", Some(err.to_string()), Some(code.as_u16()))
+            }
+        };
+        results.push(ActionResultBody {
+            instance_id: id,
+            action: name.clone(),
+            status: status.into(),
+            error,
+            status_code,
+        });
+    }
+    let status = match failed {
+        true => StatusCode::MULTI_STATUS,
+        false => StatusCode::ACCEPTED,
+    };
+    Ok((status, Json(results)).into_response())
+}
+
+/// Act on one instance or many (deprecated path).
+#[utoipa::path(post, path = "/v1/instances/action", tag = "Instances", request_body = ActionRequest,
+    responses(
+        (status = 202, description = "Every action started", body = Vec<ActionResultBody>),
+        (status = 204, description = "The instance already is in that state"),
+        (status = 207, description = "Some actions failed", body = Vec<ActionResultBody>),
+        (status = 400, description = "Invalid request", body = ErrorBody),
+        (status = 401, description = "Unauthorized", body = ErrorBody),
+        (status = 404, description = "Not found", body = ErrorBody),
+        (status = 429, description = "Too many requests", body = ErrorBody),
+    ))]
+pub async fn instance_action_deprecated(
+    state: State<App>,
+    caller: Caller,
+    body: Body<ActionRequest>,
+) -> Result<Response> {
+    instance_actions(state, caller, body).await
+}

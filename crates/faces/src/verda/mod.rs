@@ -1,0 +1,477 @@
+//! The Verda Cloud (ex DataCrunch) public API at `/verda/v1`, so that code
+//! written for Verda (its Python SDK, its Terraform provider, curl scripts)
+//! runs against Tessera with only the base URL changed.
+//!
+//! Errors are always `{"code": ..., "message": ...}` with Verda's codes,
+//! including for unknown paths and unreadable JSON. Callers authenticate
+//! with an OAuth2 access token from `POST /oauth2/token`; the catalog's
+//! public endpoints need none. Authenticated requests are rate limited per
+//! project ([`ratelimit`]) and carry the `RateLimit-Policy` and `RateLimit`
+//! headers. Bodies are read as JSON whatever their content type, an empty
+//! body is an empty object, and unknown keys are ignored, as the SDK needs.
+
+mod balance;
+mod catalog;
+mod instances;
+mod oauth;
+pub mod ratelimit;
+mod scripts;
+mod ssh_keys;
+mod volumes;
+
+use crate::BearerAuth;
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{FromRequest, FromRequestParts, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Serialize;
+use std::sync::Arc;
+use tessera_app::{App, Error, Principal};
+use utoipa::{OpenApi, ToSchema};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Tessera: Verda Cloud compatible API",
+        version = "1.0.0",
+        description = "Verda Cloud's public API (OAuth2, catalog, instances, volumes, SSH keys, startup scripts, balance) over Tessera. Rate limits, pagination and errors as Verda documents them."
+    ),
+    servers((url = "/verda")),
+    paths(
+        oauth::token,
+        balance::balance,
+        catalog::locations,
+        catalog::instance_types,
+        catalog::instance_types_deprecated,
+        catalog::price_history,
+        catalog::images,
+        catalog::cluster_images,
+        catalog::volume_types,
+        catalog::long_term_periods,
+        catalog::long_term_periods_instances,
+        catalog::long_term_periods_clusters,
+        catalog::container_types,
+        catalog::cluster_types,
+        catalog::availabilities,
+        catalog::availability,
+        catalog::availability_deprecated,
+        instances::list_instances,
+        instances::get_instance,
+        instances::deploy_instance,
+        instances::instance_actions,
+        instances::instance_action_deprecated,
+        volumes::list_volumes,
+        volumes::list_trash,
+        volumes::get_volume,
+        volumes::create_volume,
+        volumes::volume_actions,
+        volumes::delete_volume,
+        ssh_keys::list_keys,
+        ssh_keys::add_key,
+        ssh_keys::delete_keys,
+        ssh_keys::get_key,
+        ssh_keys::delete_key,
+        ssh_keys::list_keys_alias,
+        ssh_keys::add_key_alias,
+        ssh_keys::delete_keys_alias,
+        ssh_keys::get_key_alias,
+        ssh_keys::delete_key_alias,
+        scripts::list_scripts,
+        scripts::add_script,
+        scripts::delete_scripts,
+        scripts::get_script,
+        scripts::delete_script,
+    ),
+    components(schemas(ErrorBody)),
+    modifiers(&BearerAuth),
+    security(("bearer" = [])),
+)]
+pub struct VerdaApi;
+
+/// The face's shared state: the app and the rate limiter.
+#[derive(Clone)]
+pub struct VerdaState {
+    pub app: App,
+    pub limiter: Arc<ratelimit::RateLimiter>,
+}
+
+impl axum::extract::FromRef<VerdaState> for App {
+    fn from_ref(state: &VerdaState) -> App {
+        state.app.clone()
+    }
+}
+
+pub fn router(app: App) -> Router {
+    let state = VerdaState {
+        limiter: Arc::new(ratelimit::RateLimiter::new(app.rate_limits().clone())),
+        app,
+    };
+    let public = Router::new()
+        .route("/oauth2/token", post(oauth::token))
+        .route("/instance-types", get(catalog::instance_types))
+        .route("/instance-types/price-history", get(catalog::price_history))
+        .route("/volume-types", get(catalog::volume_types))
+        .route("/long-term/periods", get(catalog::long_term_periods))
+        .route(
+            "/long-term/periods/instances",
+            get(catalog::long_term_periods_instances),
+        )
+        .route(
+            "/long-term/periods/clusters",
+            get(catalog::long_term_periods_clusters),
+        )
+        .route("/container-types", get(catalog::container_types))
+        .route("/cluster-types", get(catalog::cluster_types));
+    let private = Router::new()
+        .route("/balance", get(balance::balance))
+        .route("/locations", get(catalog::locations))
+        .route("/images", get(catalog::images))
+        .route("/images/cluster", get(catalog::cluster_images))
+        .route("/instance-availability", get(catalog::availabilities))
+        .route(
+            "/instance-availability/{instance_type}",
+            get(catalog::availability),
+        )
+        .route(
+            "/instances",
+            get(instances::list_instances)
+                .post(instances::deploy_instance)
+                .put(instances::instance_actions),
+        )
+        .route("/instances/types", get(catalog::instance_types_deprecated))
+        .route(
+            "/instances/availability/{instanceType}",
+            get(catalog::availability_deprecated),
+        )
+        .route(
+            "/instances/action",
+            post(instances::instance_action_deprecated),
+        )
+        .route("/instances/{instance_id}", get(instances::get_instance))
+        .route(
+            "/volumes",
+            get(volumes::list_volumes)
+                .post(volumes::create_volume)
+                .put(volumes::volume_actions),
+        )
+        .route("/volumes/trash", get(volumes::list_trash))
+        .route(
+            "/volumes/{volume_id}",
+            get(volumes::get_volume).delete(volumes::delete_volume),
+        )
+        .route(
+            "/sshkeys",
+            get(ssh_keys::list_keys)
+                .post(ssh_keys::add_key)
+                .delete(ssh_keys::delete_keys),
+        )
+        .route(
+            "/sshkeys/{sshKeyId}",
+            get(ssh_keys::get_key).delete(ssh_keys::delete_key),
+        )
+        .route(
+            "/ssh-keys",
+            get(ssh_keys::list_keys_alias)
+                .post(ssh_keys::add_key_alias)
+                .delete(ssh_keys::delete_keys_alias),
+        )
+        .route(
+            "/ssh-keys/{sshKeyId}",
+            get(ssh_keys::get_key_alias).delete(ssh_keys::delete_key_alias),
+        )
+        .route(
+            "/scripts",
+            get(scripts::list_scripts)
+                .post(scripts::add_script)
+                .delete(scripts::delete_scripts),
+        )
+        .route(
+            "/scripts/{scriptId}",
+            get(scripts::get_script).delete(scripts::delete_script),
+        )
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            authenticate,
+        ));
+    Router::new()
+        .merge(public)
+        .merge(private)
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state)
+}
+
+/// Verda's error body.
+#[derive(Serialize, ToSchema)]
+pub struct ErrorBody {
+    /// `invalid_request`, `unauthorized_request`, `insufficient_funds`,
+    /// `forbidden_action`, `not_found`, `conflict`, `rate_limit_exceeded`,
+    /// `server_error` or `service_unavailable`.
+    #[schema(example = "invalid_request")]
+    pub code: String,
+    pub message: String,
+}
+
+/// Every failure of this face.
+#[derive(Debug)]
+pub struct VerdaError(pub Error);
+
+impl From<Error> for VerdaError {
+    fn from(err: Error) -> Self {
+        VerdaError(err)
+    }
+}
+
+pub(crate) fn error_response(status: StatusCode, code: &str, message: String) -> Response {
+    let body = ErrorBody {
+        code: code.to_string(),
+        message,
+    };
+    (status, Json(body)).into_response()
+}
+
+/// The status and code of an app error, as Verda answers it.
+pub(crate) fn status_of(err: &Error) -> (StatusCode, &'static str) {
+    match err {
+        Error::Invalid { .. } => (StatusCode::BAD_REQUEST, "invalid_request"),
+        Error::Unauthenticated(_) => (StatusCode::UNAUTHORIZED, "unauthorized_request"),
+        Error::InsufficientFunds(_) => (StatusCode::PAYMENT_REQUIRED, "insufficient_funds"),
+        Error::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden_action"),
+        Error::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+        Error::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+        Error::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limit_exceeded"),
+        Error::NoCapacity(_)
+        | Error::HostFailed(_)
+        | Error::HostTimeout(_)
+        | Error::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "service_unavailable"),
+        Error::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "server_error"),
+    }
+}
+
+impl IntoResponse for VerdaError {
+    fn into_response(self) -> Response {
+        let (status, code) = status_of(&self.0);
+        let message = match &self.0 {
+            Error::Internal(source) => {
+                tracing::error!(error = ?source, "internal error");
+                "Internal Server Error".to_string()
+            }
+            other => other.to_string(),
+        };
+        let mut response = error_response(status, code, message);
+        if let Error::RateLimited { retry_after, .. } = &self.0 {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(*retry_after));
+        }
+        response
+    }
+}
+
+pub(crate) fn bad_request(message: impl Into<String>) -> VerdaError {
+    VerdaError(Error::Invalid {
+        field: None,
+        message: message.into(),
+    })
+}
+
+impl From<QueryRejection> for VerdaError {
+    fn from(rejection: QueryRejection) -> Self {
+        bad_request(format!("invalid query: {}", rejection.body_text()))
+    }
+}
+
+impl From<PathRejection> for VerdaError {
+    fn from(rejection: PathRejection) -> Self {
+        bad_request(format!("invalid path: {}", rejection.body_text()))
+    }
+}
+
+/// A JSON body, read whatever the content type says: empty is `{}`,
+/// unknown keys are ignored, and a rejection is this face's 400.
+pub struct Body<T>(pub T);
+
+impl<S, T> FromRequest<S> for Body<T>
+where
+    S: Send + Sync,
+    T: serde::de::DeserializeOwned,
+{
+    type Rejection = VerdaError;
+
+    async fn from_request(
+        request: axum::extract::Request,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        let bytes = axum::body::Bytes::from_request(request, state)
+            .await
+            .map_err(|e| bad_request(format!("cannot read the body: {}", e.body_text())))?;
+        let value: serde_json::Value = match bytes.iter().all(u8::is_ascii_whitespace) {
+            true => serde_json::Value::Object(Default::default()),
+            false => serde_json::from_slice(&bytes)
+                .map_err(|e| bad_request(format!("the body is not valid JSON: {e}")))?,
+        };
+        if !value.is_object() {
+            return Err(bad_request("the body must be a JSON object"));
+        }
+        serde_json::from_value(value)
+            .map(Body)
+            .map_err(|e| bad_request(e.to_string()))
+    }
+}
+
+/// Query parameters whose rejection is this face's 400.
+#[derive(FromRequestParts)]
+#[from_request(via(axum::extract::Query), rejection(VerdaError))]
+pub struct Query<T>(pub T);
+
+/// A path parameter whose rejection is this face's 400.
+#[derive(FromRequestParts)]
+#[from_request(via(axum::extract::Path), rejection(VerdaError))]
+pub struct Path<T>(pub T);
+
+/// The authenticated caller, put in place by [`authenticate`].
+pub struct Caller(pub Principal);
+
+impl<S: Send + Sync> FromRequestParts<S> for Caller {
+    type Rejection = VerdaError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        parts
+            .extensions
+            .get::<Principal>()
+            .cloned()
+            .map(Caller)
+            .ok_or_else(|| VerdaError(Error::Unauthenticated("Access token is missing".into())))
+    }
+}
+
+/// Authenticates an OAuth access token, counts the request against the
+/// project's limits, and adds the rate-limit headers to the answer.
+async fn authenticate(
+    State(state): State<VerdaState>,
+    mut request: axum::extract::Request,
+    next: Next,
+) -> Response {
+    let (mut parts, body) = request.into_parts();
+    let principal = match state
+        .app
+        .authenticate_oauth(crate::native::bearer(&parts))
+        .await
+    {
+        Ok(principal) => principal,
+        Err(err) => {
+            let mut response = VerdaError(err).into_response();
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            return response;
+        }
+    };
+    let endpoint = format!("{} {}", parts.method, parts.uri.path());
+    let verdict = state.limiter.check(&principal.project_id, &endpoint);
+    parts.extensions.insert(principal);
+    request = axum::extract::Request::from_parts(parts, body);
+    let mut response = match verdict.retry_after {
+        Some(retry_after) => VerdaError(Error::RateLimited {
+            message: format!(
+                "Too many requests: the {} limit is {} requests per {} seconds; retry in {retry_after} s",
+                verdict.exceeded.unwrap_or("project"),
+                verdict.exceeded_quota(),
+                verdict.window_secs,
+            ),
+            retry_after,
+        })
+        .into_response(),
+        None => next.run(request).await,
+    };
+    verdict.write_headers(response.headers_mut());
+    response
+}
+
+/// An id answered as bare text, as Verda answers new ids.
+pub(crate) fn id_text(status: StatusCode, id: String) -> Response {
+    (
+        status,
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        )],
+        id,
+    )
+        .into_response()
+}
+
+/// Pagination headers of a page.
+pub(crate) fn page_headers(page: u32, page_size: u32, total: i64) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    for (name, value) in [
+        ("x-page", i64::from(page)),
+        ("x-page-size", i64::from(page_size)),
+        ("x-total-count", total),
+    ] {
+        headers.insert(HeaderName::from_static(name), HeaderValue::from(value));
+    }
+    headers
+}
+
+/// A size in whole GB, as Verda's numbers carry it.
+pub(crate) fn whole_gb(field: &str, size: f64) -> Result<u64> {
+    if size.fract() != 0.0 || !(1.0..=1e12).contains(&size) {
+        return Err(bad_request(format!(
+            "{field} must be a whole number of GB, at least 1"
+        )));
+    }
+    Ok(size as u64)
+}
+
+/// A request's bare `true`/`false` JSON answer.
+pub(crate) fn json_bool(value: bool) -> Response {
+    Json(value).into_response()
+}
+
+async fn not_found(request: axum::extract::Request) -> Response {
+    error_response(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        format!(
+            "{} {} is not a path of this API",
+            request.method(),
+            request.uri().path()
+        ),
+    )
+}
+
+async fn method_not_allowed(request: axum::extract::Request) -> Response {
+    error_response(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "not_found",
+        format!(
+            "{} is not allowed on {}",
+            request.method(),
+            request.uri().path()
+        ),
+    )
+}
+
+/// A value as Verda lists it: one id, or several.
+#[derive(Clone, Debug, serde::Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    pub fn into_vec(self) -> Vec<String> {
+        match self {
+            OneOrMany::One(id) => vec![id],
+            OneOrMany::Many(ids) => ids,
+        }
+    }
+}
+
+type Result<T, E = VerdaError> = std::result::Result<T, E>;
