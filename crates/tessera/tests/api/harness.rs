@@ -81,6 +81,8 @@ pub struct Options {
     pub sim_hosts: bool,
     /// How long an agent may stay silent before its host is unreachable.
     pub agent_silence: Duration,
+    /// The Verda face's rate limits.
+    pub rate_limits: tessera_app::RateLimits,
 }
 
 impl Default for Options {
@@ -91,6 +93,12 @@ impl Default for Options {
             database_url: None,
             sim_hosts: true,
             agent_silence: Duration::from_secs(15),
+            // High enough that tests which do not test limits never meet them.
+            rate_limits: tessera_app::RateLimits {
+                project: 100_000,
+                endpoint: 100_000,
+                window: Duration::from_secs(60),
+            },
         }
     }
 }
@@ -133,6 +141,8 @@ impl TestServer {
             admin_token: Some(TOKEN.to_string()),
             admin_password: Some(ADMIN_PASSWORD.to_string()),
             taskserv_dir: None,
+            catalog: None,
+            rate_limits: options.rate_limits,
         };
         let running = server::start(&settings).await.expect("server starts");
         TestServer {

@@ -521,6 +521,26 @@ fn probe(permission: Permission) -> (Method, &'static str, Option<Value>) {
             Some(json!({"name": "no-such-taskserv", "servers": ["x"]})),
         ),
         TaskservDelete => (Method::DELETE, "/v1/taskservs/tsk-none", None),
+        BalanceRead => (Method::GET, "/v1/workspaces/default/balance", None),
+        BalanceAdmin => (
+            Method::POST,
+            "/v1/workspaces/default/balance/top-ups",
+            Some(json!({"amount": 0})),
+        ),
+        CredentialWrite => (Method::GET, "/v1/credentials", None),
+        // Only the Verda face uses these: see `verda_probe`.
+        VolumeRead => (Method::GET, "/verda/v1/volumes", None),
+        VolumeWrite => (
+            Method::POST,
+            "/verda/v1/volumes",
+            Some(json!({"type": "TAPE", "location_code": "FIN-01", "size": 1, "name": "probe"})),
+        ),
+        ScriptRead => (Method::GET, "/verda/v1/scripts", None),
+        ScriptWrite => (
+            Method::POST,
+            "/verda/v1/scripts",
+            Some(json!({"name": "", "script": "echo"})),
+        ),
     }
 }
 
@@ -530,9 +550,50 @@ async fn every_role_gets_exactly_its_permissions(backend: Backend) {
         let token = server
             .user_in(&format!("u-{role}"), role.as_str(), "default")
             .await;
+        // The Verda face's callers are OAuth clients with a role.
+        let (_, client) = server
+            .call(
+                Method::POST,
+                "/v1/credentials",
+                Some(&json!({"project": "default", "role": role.as_str()})),
+                TOKEN,
+            )
+            .await;
+        let (_, tokens) = server
+            .request(
+                Method::POST,
+                "/verda/v1/oauth2/token",
+                Some(&json!({"grant_type": "client_credentials", "client_id": client["client_id"], "client_secret": client["client_secret"]}).to_string()),
+                None,
+            )
+            .await;
+        let oauth = tokens["access_token"]
+            .as_str()
+            .expect("access token")
+            .to_string();
         for permission in Permission::ALL {
             let (method, path, body) = probe(*permission);
-            let (status, reply) = server.call(method, path, body.as_ref(), &token).await;
+            let (status, reply) = match path.starts_with("/verda/") {
+                true => server.call(method, path, body.as_ref(), &oauth).await,
+                false => server.call(method, path, body.as_ref(), &token).await,
+            };
+            if path.starts_with("/verda/") {
+                match role.grants(*permission) {
+                    true => assert!(
+                        status != StatusCode::FORBIDDEN && status.as_u16() < 500,
+                        "{role} should have {permission}: {path} answered {status} {reply}"
+                    ),
+                    false => {
+                        assert_eq!(
+                            status,
+                            StatusCode::FORBIDDEN,
+                            "{role} {permission}: {reply}"
+                        );
+                        assert_eq!(reply["code"], "forbidden_action", "{reply}");
+                    }
+                }
+                continue;
+            }
             if role.grants(*permission) {
                 assert!(
                     status != StatusCode::FORBIDDEN

@@ -16,4 +16,6 @@ mod observability;
 mod openapi;
 mod system;
 mod taskservs;
+mod verda;
+
 mod workflows;

@@ -1,0 +1,1213 @@
+//! The Verda face at `/verda/v1`: OAuth2, the catalog, instances,
+//! volumes, keys, scripts, balance and billing, rate limits, and the
+//! isolation of projects. (`verda_sdk.rs` drives the same face with the
+//! official Python SDK.)
+
+use crate::harness::{Backend, Options, TOKEN, TestServer, eventually};
+use crate::on_both_backends;
+use reqwest::header::HeaderMap;
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use std::time::Duration;
+
+on_both_backends!(
+    oauth_tokens_refresh_once_and_guard_every_private_path,
+    the_catalog_and_availability_follow_the_hosts,
+    instances_and_volumes_through_their_lifecycle_and_billed,
+    projects_cannot_see_each_others_resources,
+    rate_limits_answer_429_with_headers,
+    scripts_are_paginated_under_a_quota,
+);
+
+/// A Verda client of one project.
+pub struct Verda<'a> {
+    server: &'a TestServer,
+    pub token: String,
+    pub refresh_token: String,
+}
+
+/// Client credentials for `project`, made by the admin.
+pub async fn credentials(server: &TestServer, project: &str) -> (String, String) {
+    let (status, created) = server
+        .call(
+            Method::POST,
+            "/v1/credentials",
+            Some(&json!({"project": project})),
+            TOKEN,
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    (
+        created["client_id"].as_str().expect("client_id").into(),
+        created["client_secret"].as_str().expect("secret").into(),
+    )
+}
+
+pub async fn top_up(server: &TestServer, project: &str, amount: f64) {
+    let (status, body) = server
+        .call(
+            Method::POST,
+            &format!("/v1/workspaces/{project}/balance/top-ups"),
+            Some(&json!({ "amount": amount })),
+            TOKEN,
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+}
+
+impl<'a> Verda<'a> {
+    /// Logs in with new credentials of `project`.
+    pub async fn login(server: &'a TestServer, project: &str) -> Verda<'a> {
+        let (id, secret) = credentials(server, project).await;
+        let mut verda = Verda {
+            server,
+            token: String::new(),
+            refresh_token: String::new(),
+        };
+        let (status, tokens) = verda
+            .json(
+                Method::POST,
+                "/oauth2/token",
+                Some(json!({"grant_type": "client_credentials", "client_id": id, "client_secret": secret})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{tokens}");
+        verda.token = tokens["access_token"].as_str().expect("token").into();
+        verda.refresh_token = tokens["refresh_token"].as_str().expect("refresh").into();
+        verda
+    }
+
+    /// A request as the SDK sends it: JSON content type, even when empty.
+    pub async fn raw(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<String>,
+        token: Option<&str>,
+    ) -> (StatusCode, HeaderMap, String) {
+        let mut request = self
+            .server
+            .client
+            .request(method, format!("{}/verda/v1{path}", self.server.url))
+            .header("content-type", "application/json")
+            .body(body.unwrap_or_default());
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().await.expect("request sent");
+        let status = response.status();
+        let headers = response.headers().clone();
+        (status, headers, response.text().await.expect("body"))
+    }
+
+    /// A request with this client's token; answers its JSON (or `Null`
+    /// for an empty body; a non-JSON body fails the test unless 2xx).
+    pub async fn json(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let token = (!self.token.is_empty()).then_some(self.token.as_str());
+        let (status, _, text) = self
+            .raw(method, path, body.map(|b| b.to_string()), token)
+            .await;
+        (status, parse(path, status, &text))
+    }
+
+    /// A POST that answers a new id as bare text.
+    pub async fn create(&self, path: &str, body: Value) -> String {
+        let (status, headers, text) = self
+            .raw(
+                Method::POST,
+                path,
+                Some(body.to_string()),
+                Some(&self.token),
+            )
+            .await;
+        assert!(status.is_success(), "POST {path}: {status} {text}");
+        assert!(
+            headers["content-type"]
+                .to_str()
+                .unwrap_or("")
+                .starts_with("text/plain"),
+            "{headers:?}"
+        );
+        assert!(!text.contains('"') && !text.contains('\n'), "{text:?}");
+        text
+    }
+
+    pub async fn get(&self, path: &str) -> Value {
+        let (status, body) = self.json(Method::GET, path, None).await;
+        assert_eq!(status, StatusCode::OK, "GET {path}: {body}");
+        body
+    }
+
+    pub async fn put(&self, path: &str, body: Value) -> (StatusCode, Value) {
+        self.json(Method::PUT, path, Some(body)).await
+    }
+
+    pub async fn wait_status(&self, id: &str, status: &str) -> Value {
+        eventually(
+            Duration::from_secs(20),
+            &format!("instance {id} {status}"),
+            || async {
+                let instance = self.get(&format!("/instances/{id}")).await;
+                (instance["status"] == status).then_some(instance)
+            },
+        )
+        .await
+    }
+
+    pub async fn balance(&self) -> f64 {
+        self.get("/balance").await["amount"]
+            .as_f64()
+            .expect("amount")
+    }
+}
+
+fn parse(path: &str, status: StatusCode, text: &str) -> Value {
+    if text.is_empty() {
+        return Value::Null;
+    }
+    match serde_json::from_str(text) {
+        Ok(value) => value,
+        Err(_) if status.is_success() => Value::String(text.into()),
+        Err(_) => panic!("{path} answered {status} with a non-JSON error {text:?}"),
+    }
+}
+
+fn assert_error(status: StatusCode, body: &Value, want: StatusCode, code: &str) {
+    assert_eq!(status, want, "{body}");
+    assert_eq!(body["code"], code, "{body}");
+    assert!(
+        body["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "{body}"
+    );
+}
+
+async fn oauth_tokens_refresh_once_and_guard_every_private_path(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let verda = Verda::login(&server, "default").await;
+    let anonymous = Verda {
+        server: &server,
+        token: String::new(),
+        refresh_token: String::new(),
+    };
+    // The token answer has every field the SDK reads.
+    let (id, secret) = credentials(&server, "default").await;
+    let (status, tokens) = anonymous
+        .json(
+            Method::POST,
+            "/oauth2/token",
+            Some(json!({"grant_type": "client_credentials", "client_id": id, "client_secret": secret})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{tokens}");
+    assert_eq!(tokens["token_type"], "Bearer");
+    assert_eq!(tokens["scope"], "cloud-api-v1");
+    assert_eq!(tokens["expires_in"], 3600);
+    // A refresh token works once.
+    let refresh = json!({"grant_type": "refresh_token", "refresh_token": tokens["refresh_token"]});
+    let (status, renewed) = anonymous
+        .json(Method::POST, "/oauth2/token", Some(refresh.clone()))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{renewed}");
+    assert_ne!(renewed["refresh_token"], tokens["refresh_token"]);
+    let (status, body) = anonymous
+        .json(Method::POST, "/oauth2/token", Some(refresh))
+        .await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::UNAUTHORIZED,
+        "unauthorized_request",
+    );
+    // The renewed access token works.
+    let (status, _, _) = verda
+        .raw(
+            Method::GET,
+            "/balance",
+            None,
+            renewed["access_token"].as_str(),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    // Wrong secrets, missing fields, unknown grants, bad JSON.
+    for (body, want, code) in [
+        (
+            json!({"grant_type": "client_credentials", "client_id": id, "client_secret": "wrong"}),
+            StatusCode::UNAUTHORIZED,
+            "unauthorized_request",
+        ),
+        (
+            json!({"grant_type": "client_credentials", "client_id": "nobody", "client_secret": "x"}),
+            StatusCode::UNAUTHORIZED,
+            "unauthorized_request",
+        ),
+        (
+            json!({"grant_type": "client_credentials", "client_id": id}),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            json!({"grant_type": "password"}),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (json!({}), StatusCode::BAD_REQUEST, "invalid_request"),
+    ] {
+        let (status, reply) = anonymous
+            .json(Method::POST, "/oauth2/token", Some(body))
+            .await;
+        assert_error(status, &reply, want, code);
+    }
+    let (status, _, text) = anonymous
+        .raw(Method::POST, "/oauth2/token", Some("{oops".into()), None)
+        .await;
+    assert_error(
+        status,
+        &parse("/oauth2/token", status, &text),
+        StatusCode::BAD_REQUEST,
+        "invalid_request",
+    );
+    // Private paths need an OAuth access token: none, garbage, or the
+    // native admin token are all 401 in Verda's shape.
+    for path in [
+        "/balance",
+        "/instances",
+        "/volumes",
+        "/sshkeys",
+        "/scripts",
+        "/locations",
+        "/images",
+    ] {
+        for token in [None, Some("garbage"), Some(TOKEN)] {
+            let (status, headers, text) = anonymous.raw(Method::GET, path, None, token).await;
+            assert_error(
+                status,
+                &parse(path, status, &text),
+                StatusCode::UNAUTHORIZED,
+                "unauthorized_request",
+            );
+            assert!(!headers.contains_key("ratelimit"), "{path}");
+        }
+    }
+    // Public ones need none.
+    for path in [
+        "/instance-types",
+        "/volume-types",
+        "/long-term/periods",
+        "/long-term/periods/instances",
+        "/long-term/periods/clusters",
+        "/container-types",
+        "/cluster-types",
+        "/instance-types/price-history",
+    ] {
+        let (status, body) = anonymous.json(Method::GET, path, None).await;
+        assert_eq!(status, StatusCode::OK, "{path}: {body}");
+        assert!(body.is_array(), "{path}: {body}");
+    }
+    // Unknown paths and methods are Verda errors too.
+    let (status, body) = verda.json(Method::GET, "/no-such-thing", None).await;
+    assert_error(status, &body, StatusCode::NOT_FOUND, "not_found");
+    let (status, body) = verda.json(Method::PATCH, "/balance", None).await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED, "{body}");
+    assert!(
+        body["code"].is_string() && body["message"].is_string(),
+        "{body}"
+    );
+    // A revoked credential's tokens stop working.
+    let (status, _) = server
+        .call(
+            Method::DELETE,
+            &format!("/v1/credentials/{id}"),
+            None,
+            TOKEN,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let revoked = renewed["access_token"].as_str().map(str::to_string);
+    eventually(Duration::from_secs(10), "revocation", || async {
+        let (status, _, _) = anonymous
+            .raw(Method::GET, "/balance", None, revoked.as_deref())
+            .await;
+        (status == StatusCode::UNAUTHORIZED).then_some(())
+    })
+    .await;
+}
+
+async fn the_catalog_and_availability_follow_the_hosts(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let verda = Verda::login(&server, "default").await;
+    let locations = verda.get("/locations").await;
+    let codes: Vec<&str> = locations
+        .as_array()
+        .expect("list")
+        .iter()
+        .filter_map(|l| l["code"].as_str())
+        .collect();
+    for code in ["FIN-01", "FIN-02", "FIN-03", "ICE-01"] {
+        assert!(codes.contains(&code), "{locations}");
+    }
+    let types = verda.get("/instance-types").await;
+    let cpu = types
+        .as_array()
+        .expect("list")
+        .iter()
+        .find(|t| t["instance_type"] == "CPU.4V.16G")
+        .cloned()
+        .expect("CPU.4V.16G");
+    for key in [
+        "id",
+        "instance_type",
+        "price_per_hour",
+        "spot_price",
+        "description",
+        "cpu",
+        "gpu",
+        "memory",
+        "gpu_memory",
+        "storage",
+        "best_for",
+        "model",
+        "name",
+        "p2p",
+        "currency",
+        "manufacturer",
+        "display_name",
+        "supported_os",
+    ] {
+        assert!(cpu.get(key).is_some(), "{key} missing: {cpu}");
+    }
+    assert_eq!(cpu["cpu"]["number_of_cores"], 4);
+    assert_eq!(cpu["memory"]["size_in_gigabytes"], 16);
+    assert!(
+        types
+            .as_array()
+            .expect("list")
+            .iter()
+            .any(|t| t["gpu"]["number_of_gpus"].as_u64() > Some(0))
+    );
+    let images = verda.get("/images").await;
+    assert!(
+        images
+            .as_array()
+            .expect("list")
+            .iter()
+            .any(|i| i["image_type"] == "ubuntu-24.04")
+    );
+    let filtered = verda.get("/images?instance_type=CPU.4V.16G").await;
+    assert!(!filtered.as_array().expect("list").is_empty());
+    let (status, body) = verda
+        .json(Method::GET, "/images?instance_type=NOPE", None)
+        .await;
+    assert_error(status, &body, StatusCode::NOT_FOUND, "not_found");
+    let volume_types = verda.get("/volume-types").await;
+    assert!(
+        volume_types
+            .as_array()
+            .expect("list")
+            .iter()
+            .any(|t| t["type"] == "NVMe" && t["price"]["price_per_month_per_gb"].is_number())
+    );
+    let (status, body) = verda
+        .json(Method::GET, "/instance-types?currency=gbp", None)
+        .await;
+    assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_request");
+    // Nothing can be placed before there are hosts.
+    let available = |path: &'static str| {
+        let verda = &verda;
+        async move { verda.get(path).await }
+    };
+    assert_eq!(
+        available("/instance-availability/CPU.4V.16G?location_code=FIN-01").await,
+        false
+    );
+    // One host of 8 CPUs and 32 GB in FIN-01.
+    let (status, op) = server
+        .call(
+            Method::POST,
+            "/v1/servers/create",
+            Some(&json!({"hostname": "fin-a", "ip_address": "192.0.2.30", "zone": "FIN-01", "plan": "8xCPU-32GB"})),
+            TOKEN,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{op}");
+    server
+        .wait_operation(op["id"].as_str().expect("id"), TOKEN)
+        .await;
+    assert_eq!(
+        available("/instance-availability/CPU.4V.16G?location_code=FIN-01").await,
+        true
+    );
+    assert_eq!(
+        available("/instance-availability/CPU.4V.16G?isSpot=false&location_code=FIN-01").await,
+        true
+    );
+    assert_eq!(available("/instance-availability/CPU.4V.16G").await, true);
+    assert_eq!(
+        available("/instance-availability/CPU.4V.16G?location_code=ICE-01").await,
+        false
+    );
+    assert_eq!(
+        available("/instance-availability/CPU.16V.64G?location_code=FIN-01").await,
+        false
+    );
+    assert_eq!(available("/instances/availability/CPU.4V.16G").await, true);
+    let all = verda.get("/instance-availability").await;
+    let fin = all
+        .as_array()
+        .expect("list")
+        .iter()
+        .find(|a| a["location_code"] == "FIN-01")
+        .expect("FIN-01");
+    let listed: Vec<&str> = fin["availabilities"]
+        .as_array()
+        .expect("list")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(
+        listed.contains(&"CPU.8V.32G") && !listed.contains(&"CPU.16V.64G"),
+        "{fin}"
+    );
+    let (status, body) = verda
+        .json(Method::GET, "/instance-availability/NOPE", None)
+        .await;
+    assert_error(status, &body, StatusCode::NOT_FOUND, "not_found");
+    let (status, body) = verda
+        .json(
+            Method::GET,
+            "/instance-availability?location_code=MARS-1",
+            None,
+        )
+        .await;
+    assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_request");
+}
+
+/// A deploy body for `CPU.4V.16G` in FIN-01.
+fn deploy(hostname: &str, extra: Value) -> Value {
+    let mut body = json!({
+        "instance_type": "CPU.4V.16G",
+        "image": "ubuntu-24.04",
+        "hostname": hostname,
+        "description": "test",
+        "location_code": "FIN-01",
+        "os_volume": null,
+        "coupon": null,
+        "startup_script_id": null,
+    });
+    for (k, v) in extra.as_object().into_iter().flatten() {
+        body[k] = v.clone();
+    }
+    body
+}
+
+async fn add_fin_host(server: &TestServer, name: &str, plan: &str) {
+    let (status, op) = server
+        .call(
+            Method::POST,
+            "/v1/servers/create",
+            Some(&json!({"hostname": name, "ip_address": "192.0.2.31", "zone": "FIN-01", "plan": plan})),
+            TOKEN,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{op}");
+    server
+        .wait_operation(op["id"].as_str().expect("id"), TOKEN)
+        .await;
+}
+
+async fn instances_and_volumes_through_their_lifecycle_and_billed(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    add_fin_host(&server, "fin-b", "16xCPU-64GB").await;
+    let verda = Verda::login(&server, "default").await;
+    // No money: 402, and nothing is made.
+    let (status, body) = verda
+        .json(Method::POST, "/instances", Some(deploy("web-1", json!({}))))
+        .await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::PAYMENT_REQUIRED,
+        "insufficient_funds",
+    );
+    assert_eq!(verda.get("/instances").await, json!([]));
+    assert_eq!(verda.get("/volumes").await, json!([]));
+    top_up(&server, "default", 10.0).await;
+    assert_eq!(verda.balance().await, 10.0);
+    // Bad input: 400 with the reason, and nothing is made.
+    for (body, why) in [
+        (
+            json!({"instance_type": "CPU.4V.16G", "image": "ubuntu-24.04", "hostname": "x", "description": ""}),
+            "location_code",
+        ),
+        (deploy("x", json!({"location_code": "MARS-1"})), "location"),
+        (
+            deploy("x", json!({"instance_type": "HUGE"})),
+            "instance_type",
+        ),
+        (deploy("x", json!({"image": "windows"})), "image"),
+        (deploy("x", json!({"ssh_key_ids": ["nope"]})), "SSH key"),
+        (
+            deploy("x", json!({"startup_script_id": "nope"})),
+            "startup script",
+        ),
+        (
+            deploy(
+                "x",
+                json!({"volumes": [{"name": "d", "size": 1.5, "type": "NVMe"}]}),
+            ),
+            "size",
+        ),
+        (
+            deploy(
+                "x",
+                json!({"volumes": [{"name": "d", "size": 10, "type": "TAPE"}]}),
+            ),
+            "volume type",
+        ),
+        (deploy("x", json!({"existing_volumes": ["nope"]})), "volume"),
+        (deploy("x", json!({"contract": "FOREVER"})), "contract"),
+        (deploy("bad name!", json!({})), "name"),
+    ] {
+        let (status, reply) = verda.json(Method::POST, "/instances", Some(body)).await;
+        assert_error(status, &reply, StatusCode::BAD_REQUEST, "invalid_request");
+        assert!(
+            reply["message"].as_str().unwrap_or("").contains(why),
+            "{why}: {reply}"
+        );
+    }
+    assert_eq!(verda.get("/instances").await, json!([]));
+    // A key, a script, and an instance with an extra volume.
+    let key = verda
+        .create(
+            "/sshkeys",
+            json!({"name": "laptop", "key": crate::harness::KEY}),
+        )
+        .await;
+    let (status, body) = verda
+        .json(
+            Method::POST,
+            "/sshkeys",
+            Some(json!({"name": "bad", "key": "ssh-rsa nope"})),
+        )
+        .await;
+    assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_request");
+    let script = verda
+        .create(
+            "/scripts",
+            json!({"name": "hello", "script": "#!/bin/sh\necho hello"}),
+        )
+        .await;
+    let id = verda
+        .create(
+            "/instances",
+            deploy(
+                "web-1",
+                json!({"ssh_key_ids": [key], "startup_script_id": script,
+                       "os_volume": {"name": "root", "size": 60},
+                       "volumes": [{"name": "data", "size": 20, "type": "NVMe"}]}),
+            ),
+        )
+        .await;
+    let running = verda.wait_status(&id, "running").await;
+    assert_eq!(running["instance_type"], "CPU.4V.16G");
+    assert_eq!(running["location"], "FIN-01");
+    assert_eq!(running["ssh_key_ids"], json!([key]));
+    assert_eq!(running["startup_script_id"], script.as_str());
+    assert_eq!(running["volume_ids"].as_array().map(Vec::len), Some(2));
+    assert_eq!(running["price_per_hour"], 0.0799);
+    assert!(running["ip"].is_string(), "{running}");
+    let os_volume = running["os_volume_id"]
+        .as_str()
+        .expect("os volume")
+        .to_string();
+    let os = verda.get(&format!("/volumes/{os_volume}")).await;
+    assert_eq!(
+        (
+            os["is_os_volume"].as_bool(),
+            os["size"].as_f64(),
+            os["name"].as_str()
+        ),
+        (Some(true), Some(60.0), Some("root"))
+    );
+    assert_eq!(os["status"], "attached");
+    assert!(os.get("deleted_at").is_none(), "{os}");
+    assert_eq!(
+        verda
+            .get("/instances?status=running")
+            .await
+            .as_array()
+            .map(Vec::len),
+        Some(1)
+    );
+    assert_eq!(verda.get("/instances?status=offline").await, json!([]));
+    let (status, body) = verda
+        .json(Method::GET, "/instances?status=sleeping", None)
+        .await;
+    assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_request");
+    // The same instance through the native API.
+    let (status, native) = server
+        .call(Method::GET, &format!("/v1/instances/{id}"), None, TOKEN)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(native["status"]["state"], "running", "{native}");
+    // Attaching needs the instance shut down.
+    let volume = verda
+        .create(
+            "/volumes",
+            json!({"type": "NVMe", "location_code": "FIN-01", "size": 5, "name": "extra"}),
+        )
+        .await;
+    let (status, body) = verda
+        .put(
+            "/volumes",
+            json!({"action": "attach", "id": volume, "instance_id": id}),
+        )
+        .await;
+    assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_request");
+    // Shut down: 202, then 204 when asked again.
+    let (status, results) = verda
+        .put(
+            "/instances",
+            json!({"action": "shutdown", "id": id, "volume_ids": null}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{results}");
+    assert_eq!(results[0]["status"], "success");
+    verda.wait_status(&id, "offline").await;
+    let (status, _) = verda
+        .put("/instances", json!({"action": "shutdown", "id": id}))
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    // Volume actions.
+    let (status, body) = verda
+        .put(
+            "/volumes",
+            json!({"action": "attach", "id": [volume], "instance_id": id}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let attached = verda.get(&format!("/volumes/{volume}")).await;
+    assert_eq!(
+        (
+            attached["status"].as_str(),
+            attached["instance_id"].as_str()
+        ),
+        (Some("attached"), Some(id.as_str()))
+    );
+    assert_eq!(attached["target"], "vdc");
+    let (status, body) = verda
+        .put(
+            "/volumes",
+            json!({"action": "attach", "id": os_volume, "instance_id": id}),
+        )
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::ACCEPTED,
+        "attaching again is a no-op: {body}"
+    );
+    let (status, _) = verda
+        .put("/volumes", json!({"action": "detach", "id": volume}))
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    assert_eq!(
+        verda.get(&format!("/volumes/{volume}")).await["status"],
+        "detached"
+    );
+    let (status, _) = verda
+        .put(
+            "/volumes",
+            json!({"action": "resize", "id": volume, "size": 8}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    assert_eq!(verda.get(&format!("/volumes/{volume}")).await["size"], 8.0);
+    let (status, body) = verda
+        .put(
+            "/volumes",
+            json!({"action": "resize", "id": volume, "size": 4}),
+        )
+        .await;
+    assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_request");
+    let (status, _) = verda
+        .put(
+            "/volumes",
+            json!({"action": "rename", "id": volume, "name": "renamed"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let (status, clones) = verda
+        .put(
+            "/volumes",
+            json!({"action": "clone", "id": volume, "name": "copy"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{clones}");
+    let clone = clones[0].as_str().expect("clone id").to_string();
+    let copy = verda.get(&format!("/volumes/{clone}")).await;
+    assert_eq!(
+        (copy["name"].as_str(), copy["size"].as_f64()),
+        (Some("copy"), Some(8.0))
+    );
+    let (status, body) = verda
+        .put("/volumes", json!({"action": "teleport", "id": volume}))
+        .await;
+    assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_request");
+    let (status, body) = verda
+        .put(
+            "/volumes",
+            json!({"action": "rename", "id": "nope", "name": "x"}),
+        )
+        .await;
+    assert_error(status, &body, StatusCode::NOT_FOUND, "not_found");
+    // Delete to the trash (202, then 204), restore, delete for good.
+    let (status, _, _) = verda
+        .raw(
+            Method::DELETE,
+            &format!("/volumes/{volume}"),
+            Some(json!({"is_permanent": false}).to_string()),
+            Some(&verda.token),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let (status, _, _) = verda
+        .raw(
+            Method::DELETE,
+            &format!("/volumes/{volume}"),
+            None,
+            Some(&verda.token),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let trashed = verda.get(&format!("/volumes/{volume}")).await;
+    assert_eq!(
+        (
+            trashed["status"].as_str(),
+            trashed["is_permanently_deleted"].as_bool()
+        ),
+        (Some("deleted"), Some(false))
+    );
+    assert!(trashed["deleted_at"].is_string());
+    assert!(
+        verda
+            .get("/volumes/trash")
+            .await
+            .as_array()
+            .expect("list")
+            .iter()
+            .any(|v| v["id"] == volume.as_str())
+    );
+    assert!(
+        !verda
+            .get("/volumes")
+            .await
+            .as_array()
+            .expect("list")
+            .iter()
+            .any(|v| v["id"] == volume.as_str())
+    );
+    let (status, _) = verda
+        .put("/volumes", json!({"action": "restore", "id": volume}))
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    assert_eq!(
+        verda.get(&format!("/volumes/{volume}")).await["status"],
+        "detached"
+    );
+    let (status, _) = verda
+        .put(
+            "/volumes",
+            json!({"action": "delete", "id": [volume, clone], "is_permanent": true}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    eventually(Duration::from_secs(15), "purge", || async {
+        let v = verda.get(&format!("/volumes/{volume}")).await;
+        (v["is_permanently_deleted"] == true).then_some(())
+    })
+    .await;
+    // Boot, then delete the instance with its volumes.
+    let (status, _) = verda
+        .put("/instances", json!({"action": "boot", "id": id}))
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    verda.wait_status(&id, "running").await;
+    let (status, body) = verda
+        .put("/instances", json!({"action": "hover", "id": id}))
+        .await;
+    assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_request");
+    let (status, body) = verda
+        .put("/instances", json!({"action": "shutdown", "id": "nope"}))
+        .await;
+    assert_error(status, &body, StatusCode::NOT_FOUND, "not_found");
+    let (status, results) = verda
+        .put(
+            "/instances",
+            json!({"action": "shutdown", "id": [id, "nope"]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::MULTI_STATUS, "{results}");
+    assert_eq!(results[0]["status"], "success");
+    assert_eq!(
+        (
+            results[1]["status"].as_str(),
+            results[1]["statusCode"].as_u64()
+        ),
+        (Some("error"), Some(404))
+    );
+    verda.wait_status(&id, "offline").await;
+    let before = verda.balance().await;
+    assert!(before < 10.0, "running cost something: {before}");
+    let (status, _) = verda
+        .put(
+            "/instances",
+            json!({"action": "delete", "id": id, "volume_ids": null, "delete_permanently": true}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    verda.wait_status(&id, "discontinued").await;
+    assert_eq!(verda.get("/instances").await, json!([]));
+    assert_eq!(
+        verda
+            .get("/instances?status=discontinued")
+            .await
+            .as_array()
+            .map(Vec::len),
+        Some(1)
+    );
+    let (status, _) = verda
+        .put("/instances", json!({"action": "delete", "id": id}))
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let gone = verda.get(&format!("/volumes/{os_volume}")).await;
+    assert_eq!(gone["status"], "deleted");
+    // Once nothing runs and every volume is purged, the balance stays put.
+    eventually(Duration::from_secs(15), "every volume purged", || async {
+        let trash = verda.get("/volumes/trash").await;
+        let live = verda.get("/volumes").await;
+        (trash == json!([]) && live == json!([])).then_some(())
+    })
+    .await;
+    let settled = verda.balance().await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(verda.balance().await, settled);
+    assert!(settled < before);
+    // The native API shows the same figure.
+    let native = server.get_ok("/v1/workspaces/default/balance").await;
+    assert_eq!(native["amount"].as_f64(), Some(settled));
+    // Keys and scripts go; unknown ones are 404.
+    let (status, _) = verda
+        .json(Method::DELETE, "/sshkeys", Some(json!({"keys": [key]})))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, body) = verda
+        .json(Method::DELETE, &format!("/sshkeys/{key}"), None)
+        .await;
+    assert_error(status, &body, StatusCode::NOT_FOUND, "not_found");
+    let (status, _) = verda
+        .json(Method::DELETE, &format!("/scripts/{script}"), None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, body) = verda
+        .json(Method::GET, &format!("/scripts/{script}"), None)
+        .await;
+    assert_error(status, &body, StatusCode::NOT_FOUND, "not_found");
+}
+
+async fn projects_cannot_see_each_others_resources(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    add_fin_host(&server, "fin-c", "16xCPU-64GB").await;
+    server.user_in("alice", "member", "alpha").await;
+    server.user_in("bob", "member", "beta").await;
+    top_up(&server, "alpha", 5.0).await;
+    top_up(&server, "beta", 1.0).await;
+    let alpha = Verda::login(&server, "alpha").await;
+    let beta = Verda::login(&server, "beta").await;
+    let key = alpha
+        .create("/sshkeys", json!({"name": "k", "key": crate::harness::KEY}))
+        .await;
+    let script = alpha
+        .create("/scripts", json!({"name": "s", "script": "echo"}))
+        .await;
+    let volume = alpha
+        .create(
+            "/volumes",
+            json!({"type": "HDD", "location_code": "FIN-01", "size": 10, "name": "v"}),
+        )
+        .await;
+    let instance = alpha.create("/instances", deploy("a-1", json!({}))).await;
+    alpha.wait_status(&instance, "running").await;
+    // Beta sees none of it, and cannot act on it.
+    for path in [
+        "/instances",
+        "/volumes",
+        "/sshkeys",
+        "/scripts",
+        "/volumes/trash",
+    ] {
+        assert_eq!(beta.get(path).await, json!([]), "{path}");
+    }
+    for path in [
+        format!("/instances/{instance}"),
+        format!("/volumes/{volume}"),
+        format!("/sshkeys/{key}"),
+        format!("/ssh-keys/{key}"),
+        format!("/scripts/{script}"),
+    ] {
+        let (status, body) = beta.json(Method::GET, &path, None).await;
+        assert_error(status, &body, StatusCode::NOT_FOUND, "not_found");
+    }
+    let (status, body) = beta
+        .put("/instances", json!({"action": "delete", "id": instance}))
+        .await;
+    assert_error(status, &body, StatusCode::NOT_FOUND, "not_found");
+    let (status, body) = beta
+        .put("/volumes", json!({"action": "delete", "id": volume}))
+        .await;
+    assert_error(status, &body, StatusCode::NOT_FOUND, "not_found");
+    let (status, body) = beta
+        .json(Method::DELETE, "/sshkeys", Some(json!({"keys": [key]})))
+        .await;
+    assert_error(status, &body, StatusCode::NOT_FOUND, "not_found");
+    let (status, body) = beta
+        .json(
+            Method::POST,
+            "/instances",
+            Some(deploy("b-1", json!({"ssh_key_ids": [key]}))),
+        )
+        .await;
+    assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_request");
+    let (status, body) = beta
+        .json(
+            Method::POST,
+            "/instances",
+            Some(deploy("b-1", json!({"existing_volumes": [volume]}))),
+        )
+        .await;
+    assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_request");
+    // Each pays for its own: beta's balance is untouched.
+    assert_eq!(beta.balance().await, 1.0);
+    assert!(alpha.balance().await < 5.0);
+    // Alpha's things are all still there.
+    assert_eq!(
+        alpha.get(&format!("/instances/{instance}")).await["status"],
+        "running"
+    );
+    assert_eq!(
+        alpha.get(&format!("/sshkeys/{key}")).await[0]["id"],
+        key.as_str()
+    );
+    // A member cannot top up, nor make credentials for another project.
+    let alice = server.login("alice", "alice-password").await;
+    let (status, _) = server
+        .call(
+            Method::POST,
+            "/v1/workspaces/alpha/balance/top-ups",
+            Some(&json!({"amount": 1})),
+            &alice,
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, _) = server
+        .call(
+            Method::POST,
+            "/v1/credentials",
+            Some(&json!({"project": "beta"})),
+            &alice,
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, mine) = server
+        .call(Method::POST, "/v1/credentials", Some(&json!({})), &alice)
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{mine}");
+    assert_eq!(mine["project"], "alpha");
+}
+
+async fn rate_limits_answer_429_with_headers(backend: Backend) {
+    let server = TestServer::start_with(
+        backend,
+        Options {
+            rate_limits: tessera_app::RateLimits {
+                project: 6,
+                endpoint: 3,
+                window: Duration::from_secs(60),
+            },
+            ..Options::default()
+        },
+    )
+    .await;
+    let verda = Verda::login(&server, "default").await;
+    for n in 0..3 {
+        let (status, headers, _) = verda
+            .raw(Method::GET, "/balance", None, Some(&verda.token))
+            .await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(
+            headers["ratelimit-policy"],
+            "\"project\";q=6;w=60, \"endpoint\";q=3;w=60"
+        );
+        let state = headers["ratelimit"].to_str().expect("text");
+        assert!(
+            state.starts_with(&format!("\"project\";r={};t=", 5 - n))
+                && state.contains(&format!("\"endpoint\";r={};t=", 2 - n)),
+            "{state}"
+        );
+    }
+    let (status, headers, text) = verda
+        .raw(Method::GET, "/balance", None, Some(&verda.token))
+        .await;
+    assert_error(
+        status,
+        &parse("/balance", status, &text),
+        StatusCode::TOO_MANY_REQUESTS,
+        "rate_limit_exceeded",
+    );
+    let retry: u64 = headers["retry-after"]
+        .to_str()
+        .expect("text")
+        .parse()
+        .expect("seconds");
+    assert!((1..=60).contains(&retry), "{retry}");
+    assert!(headers.contains_key("ratelimit-policy"));
+    // Other paths still answer until the project's limit.
+    for path in ["/sshkeys", "/scripts", "/volumes"] {
+        let (status, _, _) = verda.raw(Method::GET, path, None, Some(&verda.token)).await;
+        assert_eq!(status, StatusCode::OK, "{path}");
+    }
+    let (status, _, text) = verda
+        .raw(Method::GET, "/locations", None, Some(&verda.token))
+        .await;
+    assert_error(
+        status,
+        &parse("/locations", status, &text),
+        StatusCode::TOO_MANY_REQUESTS,
+        "rate_limit_exceeded",
+    );
+    // Another project has its own windows; public paths are not limited.
+    let other = Verda::login(&server, "default").await;
+    let (status, _, _) = other.raw(Method::GET, "/instance-types", None, None).await;
+    assert_eq!(status, StatusCode::OK);
+    server.user_in("carol", "member", "gamma").await;
+    let gamma = Verda::login(&server, "gamma").await;
+    let (status, _, _) = gamma
+        .raw(Method::GET, "/balance", None, Some(&gamma.token))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+async fn scripts_are_paginated_under_a_quota(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let verda = Verda::login(&server, "default").await;
+    let mut ids = Vec::new();
+    for n in 0..100 {
+        ids.push(
+            verda
+                .create(
+                    "/scripts",
+                    json!({"name": format!("script-{n:03}"), "script": "echo hi"}),
+                )
+                .await,
+        );
+    }
+    // The quota (100 by default) is reached.
+    let (status, body) = verda
+        .json(
+            Method::POST,
+            "/scripts",
+            Some(json!({"name": "one-more", "script": "echo"})),
+        )
+        .await;
+    assert_error(status, &body, StatusCode::FORBIDDEN, "forbidden_action");
+    let (status, headers, text) = verda
+        .raw(
+            Method::GET,
+            "/scripts?page=2&pageSize=30",
+            None,
+            Some(&verda.token),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let page: Value = serde_json::from_str(&text).expect("json");
+    let page = page.as_array().expect("list");
+    assert_eq!(page.len(), 30);
+    assert_eq!(page[0]["id"], ids[30].as_str());
+    assert_eq!(headers["x-page"], "2");
+    assert_eq!(headers["x-page-size"], "30");
+    assert_eq!(headers["x-total-count"], "100");
+    let (_, headers, text) = verda
+        .raw(
+            Method::GET,
+            "/scripts?page=4&pageSize=30",
+            None,
+            Some(&verda.token),
+        )
+        .await;
+    assert_eq!(
+        serde_json::from_str::<Value>(&text)
+            .expect("json")
+            .as_array()
+            .map(Vec::len),
+        Some(10)
+    );
+    assert_eq!(headers["x-total-count"], "100");
+    // Unpaged, as before pagination: every script.
+    assert_eq!(
+        verda.get("/scripts").await.as_array().map(Vec::len),
+        Some(100)
+    );
+    assert_eq!(
+        verda
+            .get("/scripts?name=script-09")
+            .await
+            .as_array()
+            .map(Vec::len),
+        Some(10)
+    );
+    for bad in ["page=0", "pageSize=101", "pageSize=abc", "page=-1"] {
+        let (status, body) = verda
+            .json(Method::GET, &format!("/scripts?{bad}"), None)
+            .await;
+        assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_request");
+    }
+    // Bulk delete is all or none.
+    let (status, body) = verda
+        .json(
+            Method::DELETE,
+            "/scripts",
+            Some(json!({"scripts": [ids[0], "nope"]})),
+        )
+        .await;
+    assert_error(status, &body, StatusCode::NOT_FOUND, "not_found");
+    assert_eq!(
+        verda.get("/scripts").await.as_array().map(Vec::len),
+        Some(100)
+    );
+    let (status, _) = verda
+        .json(
+            Method::DELETE,
+            "/scripts",
+            Some(json!({"scripts": ids[..50]})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        verda.get("/scripts").await.as_array().map(Vec::len),
+        Some(50)
+    );
+    let (status, body) = verda
+        .json(
+            Method::POST,
+            "/scripts",
+            Some(json!({"name": "", "script": "echo"})),
+        )
+        .await;
+    assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_request");
+    verda
+        .create("/scripts", json!({"name": "fits again", "script": "echo"}))
+        .await;
+}
