@@ -65,6 +65,9 @@ pub struct InstanceSpecInput {
     /// What to do with its volumes if a spot instance is discontinued.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub on_spot_discontinue: Option<String>,
+    /// The volumes made with it, which go if its creation fails.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes_made: Vec<String>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -352,6 +355,7 @@ impl App {
         for volume in &mut volumes {
             volume.record.instance_id = Some(id.clone());
         }
+        req.spec.volumes_made = volumes.iter().map(|v| v.record.id.clone()).collect();
         let op = NewOperation {
             id: uuid::Uuid::new_v4().to_string(),
             project_id: caller.project_id.clone(),
@@ -644,6 +648,7 @@ impl App {
                 ..InstanceFilter::default()
             })
             .await?;
+        self.resync_volumes(host_id, &agent).await?;
         for listed in on_host {
             // Under the instance's guard, as it is now: an operation that
             // started meanwhile (a delete) drives it instead.
@@ -946,6 +951,16 @@ impl App {
             .await?;
         if let Some(host) = host {
             self.placement.refresh_host(&self.store, &host).await?;
+        }
+        // The volumes made for it go too (for good: they never held
+        // anything); volumes it was to take are detached again.
+        let spec: InstanceSpecInput = serde_json::from_str(&instance.spec).unwrap_or_default();
+        for volume_id in &spec.volumes_made {
+            if let Some(volume) = self.store.volume(volume_id).await?
+                && volume.status != "deleted"
+            {
+                self.trash_volume(&volume, true).await?;
+            }
         }
         if settled {
             tracing::info!(instance = %instance.id, status, why, "instance creation unwound");

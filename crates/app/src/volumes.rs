@@ -19,6 +19,7 @@
 use crate::error::{Error, Result};
 use crate::identity::Principal;
 use crate::{App, HostCallError, has_nul};
+use std::sync::Arc;
 use tessera_agent_api::VolumeSpec;
 use tessera_core::catalog::{MAX_DISK_GB, to_micros};
 use tessera_core::{HostId, Permission};
@@ -546,6 +547,27 @@ impl App {
             .await?;
         tracing::info!(volume = %id, clone = %clone.record.id, "volume cloned");
         Ok(clone.record.id)
+    }
+
+    /// Makes sure the storage of every volume homed on a host is there: an
+    /// agent that lost its state gets its volumes back (empty, for a
+    /// simulated host).
+    pub(crate) async fn resync_volumes(
+        &self,
+        host_id: &str,
+        agent: &Arc<dyn tessera_agent_api::HostAgent>,
+    ) -> Result<()> {
+        for volume in self.store.host_volumes(host_id).await? {
+            let spec = VolumeSpec {
+                id: volume.id.clone(),
+                size_gb: u64::try_from(volume.size_gb).unwrap_or(1),
+                clone_of: None,
+            };
+            if let Err(err) = self.host_call(agent.ensure_volume(&spec)).await {
+                tracing::warn!(volume = %volume.id, error = %err, "volume resync failed");
+            }
+        }
+        Ok(())
     }
 
     async fn ensure_on_host(&self, host: &str, spec: &VolumeSpec) -> Result<(), HostCallError> {

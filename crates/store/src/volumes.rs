@@ -153,6 +153,18 @@ impl Store {
         .await
     }
 
+    /// The volumes whose storage lives on a host and is not destroyed.
+    pub async fn host_volumes(&self, host_id: &str) -> Result<Vec<VolumeRecord>> {
+        self.fetch_all(
+            &format!(
+                "SELECT {VOLUME_COLUMNS} FROM volumes WHERE host_id = $1 AND purged_at IS NULL \
+                 AND is_os_volume = 0 ORDER BY created_at, id"
+            ),
+            &[host_id.into()],
+        )
+        .await
+    }
+
     /// Deleted volumes whose storage is still there: in the trash since
     /// before `cutoff`, or deleted for good but not yet purged.
     pub async fn volumes_to_purge(&self, cutoff: &str) -> Result<Vec<VolumeRecord>> {

@@ -31,14 +31,26 @@ const STATUSES: &[&str] = &[
     "canceling",
 ];
 
+/// An instance a volume is attached to.
+#[derive(Serialize, ToSchema)]
+pub struct AttachedToBody {
+    pub id: String,
+    pub hostname: String,
+    pub instance_type: String,
+    /// The instance's Verda status.
+    pub status: String,
+    pub ip: Option<String>,
+    pub os_volume_id: Option<String>,
+}
+
 #[derive(Serialize, ToSchema)]
 pub struct VolumeBody {
     #[schema(example = "03b07f44-d896-4ac4-9211-60f75332e56d")]
     pub id: String,
     /// The instance it is attached to.
     pub instance_id: Option<String>,
-    /// The ids of the instances it is attached to (one at most).
-    pub instances: Vec<String>,
+    /// The instances it is attached to (one at most).
+    pub instances: Vec<AttachedToBody>,
     pub name: String,
     pub created_at: String,
     pub created_by_user_id: Option<String>,
@@ -95,19 +107,32 @@ async fn volume_body(app: &App, caller: &Principal, v: Volume) -> VolumeBody {
         true => None,
         false => v.target.as_ref().map(|t| format!("/dev/{t}")),
     };
-    let ssh_key_ids = match (&v.instance_id, v.is_os_volume != 0) {
-        (Some(instance), true) => match app.instance(caller, instance).await {
-            Ok(i) => serde_json::from_str::<tessera_app::instances::InstanceSpecInput>(&i.spec)
-                .map(|s| s.ssh_key_ids)
-                .unwrap_or_default(),
-            Err(_) => Vec::new(),
-        },
+    let instance = match &v.instance_id {
+        Some(id) => app.instance(caller, id).await.ok(),
+        None => None,
+    };
+    let instance = match instance {
+        Some(i) => Some(super::instances::instance_body(app, caller, i).await),
+        None => None,
+    };
+    let ssh_key_ids = match (&instance, v.is_os_volume != 0) {
+        (Some(i), true) => i.ssh_key_ids.clone(),
         _ => Vec::new(),
     };
     let deleted = v.status == "deleted";
     VolumeBody {
         instance_id: v.instance_id.clone(),
-        instances: v.instance_id.iter().cloned().collect(),
+        instances: instance
+            .into_iter()
+            .map(|i| AttachedToBody {
+                id: i.id,
+                hostname: i.hostname,
+                instance_type: i.instance_type,
+                status: i.status,
+                ip: i.ip,
+                os_volume_id: i.os_volume_id,
+            })
+            .collect(),
         name: v.name.clone(),
         created_at: v.created_at.clone(),
         created_by_user_id: v.created_by.clone(),

@@ -580,6 +580,21 @@ async fn instances_and_volumes_through_their_lifecycle_and_billed(backend: Backe
         );
     }
     assert_eq!(verda.get("/instances").await, json!([]));
+    // Too big for any host: it ends `no_capacity`, and the volumes made
+    // for it go with it.
+    let big = verda
+        .create(
+            "/instances",
+            deploy("big-1", json!({"instance_type": "CPU.32V.128G"})),
+        )
+        .await;
+    verda.wait_status(&big, "no_capacity").await;
+    eventually(
+        Duration::from_secs(15),
+        "the failed deploy's volumes gone",
+        || async { (verda.get("/volumes").await == json!([])).then_some(()) },
+    )
+    .await;
     // A key, a script, and an instance with an extra volume.
     let key = verda
         .create(
