@@ -17,5 +17,6 @@ mod openapi;
 mod system;
 mod taskservs;
 mod verda;
+mod verda_sdk;
 
 mod workflows;

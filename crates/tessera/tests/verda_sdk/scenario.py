@@ -1,0 +1,239 @@
+"""A Verda customer's day, with the official Verda Python SDK, unmodified,
+against Tessera's Verda face.
+
+Run by crates/tessera/tests/api/verda_sdk.rs. Environment:
+
+  VERDA_BASE_URL        http://HOST:PORT/verda/v1
+  VERDA_CLIENT_ID, VERDA_CLIENT_SECRET
+  VERDA_LOCATION        default FIN-01
+  VERDA_INSTANCE_TYPE   default CPU.4V.16G
+  VERDA_IMAGE           default ubuntu-24.04
+  VERDA_SSH_PUBLIC_KEY  a public key line for the instance
+  VERDA_PAUSE_FILE      optional: once the instance runs, its address is
+                        written there and the scenario waits (up to 120 s)
+                        until the file is removed (the caller SSHes in)
+
+Each step prints `ok <step> <detail>`; the last line is `scenario passed`.
+
+The SDK's services and where they are called (in scope: everything but
+clusters, serverless containers and jobs, secrets, registry credentials):
+
+  authentication  authenticate (VerdaClient()), refresh        step "auth"
+  locations       get                                           "catalog"
+  instance_types  get                                           "catalog"
+  images          get                                           "catalog"
+  volume_types    get                                           "catalog"
+  long_term       get_instance_periods, get_cluster_periods     "catalog"
+  container_types get                                           "catalog"
+  cluster_types   get                                           "catalog"
+  instances       is_available, get_availabilities              "availability"
+                  create, get, get_by_id, action                "deploy", "shutdown", ...
+  balance         get                                           "balance", "billed"
+  ssh_keys        create, get, get_by_id, delete_by_id, delete  "key", "cleanup"
+  startup_scripts create, get, get_by_id, delete_by_id, delete  "script", "cleanup"
+  volumes         create, get, get_by_id, attach, detach,       "volumes"
+                  increase_size, rename, clone, delete,
+                  delete_by_id, get_in_trash
+  out of scope:   clusters, containers, job_deployments, inference_client
+"""
+
+import os
+import sys
+import time
+
+import requests
+from verda import VerdaClient
+from verda.exceptions import APIException
+
+BASE = os.environ["VERDA_BASE_URL"]
+LOCATION = os.environ.get("VERDA_LOCATION", "FIN-01")
+TYPE = os.environ.get("VERDA_INSTANCE_TYPE", "CPU.4V.16G")
+IMAGE = os.environ.get("VERDA_IMAGE", "ubuntu-24.04")
+PUBLIC_KEY = os.environ["VERDA_SSH_PUBLIC_KEY"]
+PAUSE = os.environ.get("VERDA_PAUSE_FILE")
+
+
+def ok(step, detail=""):
+    print(f"ok {step} {detail}".rstrip(), flush=True)
+
+
+def check(condition, message):
+    if not condition:
+        print(f"FAILED: {message}", flush=True)
+        sys.exit(1)
+
+
+def wait_status(client, instance_id, status, within=120):
+    deadline = time.monotonic() + within
+    while True:
+        instance = client.instances.get_by_id(instance_id)
+        if instance.status == status:
+            return instance
+        check(time.monotonic() < deadline, f"instance {instance_id} is {instance.status}, not {status}")
+        time.sleep(0.3)
+
+
+def wait_volume(client, volume_id, predicate, what, within=60):
+    deadline = time.monotonic() + within
+    while True:
+        volume = client.volumes.get_by_id(volume_id)
+        if predicate(volume):
+            return volume
+        check(time.monotonic() < deadline, f"volume {volume_id}: {what} (it is {volume.status})")
+        time.sleep(0.3)
+
+
+def main():
+    # Authentication: the constructor logs in; a refresh trades the refresh
+    # token for new tokens, and the old refresh token is then refused.
+    client = VerdaClient(os.environ["VERDA_CLIENT_ID"], os.environ["VERDA_CLIENT_SECRET"], base_url=BASE)
+    auth = client._authentication
+    old_refresh = auth._refresh_token
+    refreshed = auth.refresh()
+    check(refreshed["refresh_token"] != old_refresh, "refresh gave the same refresh token")
+    check(refreshed["scope"] == "cloud-api-v1", f"scope {refreshed['scope']}")
+    reused = requests.post(
+        BASE + "/oauth2/token", json={"grant_type": "refresh_token", "refresh_token": old_refresh}
+    )
+    check(reused.status_code == 401, f"a used refresh token answered {reused.status_code}")
+    check(reused.json()["code"] == "unauthorized_request", reused.text)
+    ok("auth", "login, refresh, used refresh token refused")
+
+    # The catalog.
+    locations = client.locations.get()
+    codes = [l["code"] for l in locations]
+    check(LOCATION in codes and "ICE-01" in codes, f"locations {codes}")
+    types = client.instance_types.get()
+    names = [t.instance_type for t in types]
+    check(TYPE in names and "CPU.4V.16G" in names, f"instance types {names}")
+    cpu = next(t for t in types if t.instance_type == "CPU.4V.16G")
+    check(cpu.cpu["number_of_cores"] == 4 and cpu.memory["size_in_gigabytes"] == 16, f"{cpu}")
+    images = [i.image_type for i in client.images.get()]
+    check(IMAGE in images and "ubuntu-24.04" in images, f"images {images}")
+    volume_types = {t.type: t.price_per_month_per_gb for t in client.volume_types.get()}
+    check("NVMe" in volume_types, f"volume types {volume_types}")
+    periods = client.long_term.get_instance_periods()
+    check(any(p.code == "3_MONTHS" for p in periods), f"periods {periods}")
+    check(len(client.long_term.get_cluster_periods()) > 0, "cluster periods")
+    check(len(client.container_types.get()) > 0, "container types")
+    check(len(client.cluster_types.get()) > 0, "cluster types")
+    ok("catalog", f"{len(codes)} locations, {len(names)} instance types, {len(images)} images")
+
+    check(client.instances.is_available(TYPE, location_code=LOCATION), f"{TYPE} unavailable in {LOCATION}")
+    check(not client.instances.is_available(TYPE, location_code="ICE-01"), f"{TYPE} available in ICE-01")
+    availability = client.instances.get_availabilities(location_code=LOCATION)
+    check(TYPE in availability[0]["availabilities"], f"availability {availability}")
+    ok("availability", f"{TYPE} in {LOCATION}")
+
+    start_balance = client.balance.get().amount
+    ok("balance", f"{start_balance}")
+
+    key = client.ssh_keys.create("scenario-key", PUBLIC_KEY)
+    check(client.ssh_keys.get_by_id(key.id).public_key == PUBLIC_KEY, "key read back")
+    check(key.id in [k.id for k in client.ssh_keys.get()], "key listed")
+    ok("key", key.id)
+    script = client.startup_scripts.create("scenario-script", "#!/bin/sh\necho scenario > /root/scenario-ran\n")
+    check(client.startup_scripts.get_by_id(script.id).name == "scenario-script", "script read back")
+    check(script.id in [s.id for s in client.startup_scripts.get()], "script listed")
+    ok("script", script.id)
+
+    # Deploy, with the key, the script, an OS volume and a new data volume.
+    instance = client.instances.create(
+        instance_type=TYPE,
+        image=IMAGE,
+        hostname="scenario-1",
+        description="the SDK scenario",
+        ssh_key_ids=[key.id],
+        location=LOCATION,
+        startup_script_id=script.id,
+        os_volume={"name": "scenario-os", "size": 20},
+        volumes=[{"name": "scenario-data", "size": 1, "type": "NVMe"}],
+    )
+    instance = wait_status(client, instance.id, "running")
+    check(instance.location == LOCATION and instance.instance_type == TYPE, f"{instance}")
+    check(instance.ssh_key_ids == [key.id], f"keys {instance.ssh_key_ids}")
+    mine = [v for v in client.volumes.get() if v.instance_id == instance.id]
+    check(
+        sorted(v.name for v in mine) == ["scenario-data", "scenario-os"]
+        and instance.os_volume_id in [v.id for v in mine],
+        f"its volumes {mine}",
+    )
+    os_volume = next(v for v in mine if v.id == instance.os_volume_id)
+    check(os_volume.is_os_volume and os_volume.size == 20 and os_volume.target == "vda", f"{os_volume}")
+    check(instance.id in [i.id for i in client.instances.get(status="running")], "listed as running")
+    ok("deploy", f"instance {instance.id} ip={instance.ip}")
+    print(f"ok instance {instance.id} ip={instance.ip}", flush=True)
+
+    if PAUSE:
+        with open(PAUSE, "w") as f:
+            f.write(instance.ip)
+        deadline = time.monotonic() + 120
+        while os.path.exists(PAUSE):
+            check(time.monotonic() < deadline, "the caller never removed the pause file")
+            time.sleep(0.2)
+        ok("paused", "the caller checked the instance")
+
+    # Errors come back as APIException with Verda's codes.
+    try:
+        client.instances.get_by_id("no-such-instance")
+        check(False, "an unknown instance was found")
+    except APIException as e:
+        check(e.code == "not_found", f"code {e.code}")
+    ok("errors", "not_found")
+
+    client.instances.action(instance.id, "shutdown")
+    wait_status(client, instance.id, "offline")
+    ok("shutdown", instance.id)
+
+    # Volumes: create, list, get, attach to the shut-down instance, detach,
+    # resize, rename, clone, delete to the trash and for good.
+    volume = client.volumes.create(type="NVMe", name="scenario-extra", size=1, location=LOCATION)
+    check(volume.id in [v.id for v in client.volumes.get()], "volume listed")
+    check(client.volumes.get_by_id(volume.id).status == "detached", "new volume detached")
+    client.volumes.attach(volume.id, instance.id)
+    attached = client.volumes.get_by_id(volume.id)
+    check(attached.status == "attached" and attached.instance_id == instance.id, f"{attached}")
+    client.volumes.detach(volume.id)
+    check(client.volumes.get_by_id(volume.id).status == "detached", "detached")
+    client.volumes.increase_size(volume.id, 2)
+    check(client.volumes.get_by_id(volume.id).size == 2, "resized")
+    client.volumes.rename(volume.id, "scenario-renamed")
+    check(client.volumes.get_by_id(volume.id).name == "scenario-renamed", "renamed")
+    clone = client.volumes.clone(volume.id, name="scenario-clone")
+    check(clone.size == 2 and clone.name == "scenario-clone", f"clone {clone}")
+    client.volumes.delete(volume.id)
+    trashed = client.volumes.get_by_id(volume.id)
+    check(trashed.status == "deleted" and trashed.deleted_at, f"trashed {trashed}")
+    check(volume.id in [v.id for v in client.volumes.get_in_trash()], "in the trash")
+    client.volumes.delete_by_id(clone.id, is_permanent=True)
+    check(client.volumes.get_by_id(clone.id).status == "deleted", "clone deleted")
+    ok("volumes", "create attach detach resize rename clone delete trash")
+
+    # Start it again, then delete it with its volumes.
+    client.instances.action(instance.id, "boot")
+    wait_status(client, instance.id, "running")
+    ok("boot", instance.id)
+    client.instances.action(instance.id, "delete", volume_ids=[v.id for v in mine], delete_permanently=True)
+    wait_status(client, instance.id, "discontinued")
+    check(instance.id not in [i.id for i in client.instances.get()], "deleted instance listed")
+    ok("delete", instance.id)
+
+    # Running it and keeping its volumes cost money.
+    end_balance = client.balance.get().amount
+    check(end_balance < start_balance, f"balance {start_balance} -> {end_balance}")
+    ok("billed", f"{start_balance} -> {end_balance}")
+
+    client.ssh_keys.delete_by_id(key.id)
+    client.startup_scripts.delete_by_id(script.id)
+    spare_key = client.ssh_keys.create("scenario-spare", PUBLIC_KEY)
+    spare_script = client.startup_scripts.create("scenario-spare", "echo")
+    client.ssh_keys.delete([spare_key.id])
+    client.startup_scripts.delete([spare_script.id])
+    check(key.id not in [k.id for k in client.ssh_keys.get()], "key still listed")
+    check(script.id not in [s.id for s in client.startup_scripts.get()], "script still listed")
+    ok("cleanup", "keys and scripts deleted")
+    print("scenario passed", flush=True)
+
+
+if __name__ == "__main__":
+    main()
