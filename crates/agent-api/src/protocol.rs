@@ -14,6 +14,7 @@
 
 use crate::{
     AgentError, HostScript, HostSpec, InstanceReport, InstanceSpec, ScriptOutcome, UnitSpec,
+    VolumeReport, VolumeSpec,
 };
 use serde::{Deserialize, Serialize};
 use tessera_core::CpuSet;
@@ -91,6 +92,8 @@ pub enum Desired {
     },
     /// A script to run once.
     Script { script: HostScript },
+    /// A volume's storage, there (at least this large) or gone.
+    Volume { spec: VolumeSpec, present: bool },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -127,6 +130,7 @@ pub enum Outcome {
     Done,
     Instance { report: InstanceReport },
     Script { outcome: ScriptOutcome },
+    Volume { report: VolumeReport },
 }
 
 /// `POST /v1/agent/observed`.
@@ -148,6 +152,10 @@ pub fn unit_key(compute_id: &str) -> String {
 
 pub fn instance_key(id: &str) -> String {
     format!("instance:{id}")
+}
+
+pub fn volume_key(id: &str) -> String {
+    format!("volume:{id}")
 }
 
 pub fn script_key(label: &str, nonce: &str) -> String {

@@ -194,6 +194,27 @@ impl LocalHost {
                         .await?;
                 Ok(Outcome::Script { outcome })
             }
+            Desired::Volume { spec, present } => {
+                let Some(containers) = &self.containers else {
+                    return match present {
+                        false => Ok(Outcome::Done),
+                        true => Err(AgentError::Failed(format!(
+                            "{} stores no volumes (its agent uses the {} driver)",
+                            self.config.hostname,
+                            self.config.driver.as_str()
+                        ))),
+                    };
+                };
+                match present {
+                    true => Ok(Outcome::Volume {
+                        report: containers.ensure_volume(spec).await?,
+                    }),
+                    false => containers
+                        .delete_volume(&spec.id)
+                        .await
+                        .map(|()| Outcome::Done),
+                }
+            }
         }
     }
 
@@ -278,6 +299,16 @@ impl LocalHost {
             Desired::Script { script } => Ok(Outcome::Script {
                 outcome: host.run_script(script).await?,
             }),
+            Desired::Volume {
+                spec,
+                present: true,
+            } => Ok(Outcome::Volume {
+                report: host.ensure_volume(spec).await?,
+            }),
+            Desired::Volume {
+                spec,
+                present: false,
+            } => host.delete_volume(&spec.id).await.map(|()| Outcome::Done),
         }
     }
 }

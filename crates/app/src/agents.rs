@@ -21,7 +21,7 @@ use tessera_agent_api::protocol::{
 };
 use tessera_agent_api::{
     AgentError, HostAgent, HostReport, HostScript, HostSpec, InstanceReport, InstanceSpec,
-    ScriptOutcome, UnitSpec,
+    ScriptOutcome, UnitSpec, VolumeReport, VolumeSpec,
 };
 use tessera_core::Permission;
 use tessera_core::status::HostStatus;
@@ -711,6 +711,39 @@ impl HostAgent for RemoteAgent {
             return Ok(());
         };
         self.instance(&spec, InstanceState::Absent).await.map(drop)
+    }
+
+    async fn ensure_volume(&self, volume: &VolumeSpec) -> Result<VolumeReport, AgentError> {
+        let desired = Desired::Volume {
+            spec: volume.clone(),
+            present: true,
+        };
+        match self
+            .converge(&protocol::volume_key(&volume.id), &desired)
+            .await?
+        {
+            (Outcome::Volume { report }, _) => Ok(report),
+            _ => Err(AgentError::Failed("the agent reported no volume".into())),
+        }
+    }
+
+    async fn delete_volume(&self, volume_id: &str) -> Result<(), AgentError> {
+        let key = protocol::volume_key(volume_id);
+        let desired = Desired::Volume {
+            spec: VolumeSpec {
+                id: volume_id.to_string(),
+                size_gb: 0,
+                clone_of: None,
+            },
+            present: false,
+        };
+        let (_, generation) = self.converge(&key, &desired).await?;
+        // The agent confirmed it is gone: the row has nothing left to say.
+        let _ = self
+            .store
+            .forget_work(&self.hostname, &key, generation)
+            .await;
+        Ok(())
     }
 
     async fn run_script(&self, script: &HostScript) -> Result<ScriptOutcome, AgentError> {

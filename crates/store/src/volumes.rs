@@ -130,7 +130,9 @@ impl Store {
     pub async fn volumes(&self, project_id: &str, set: VolumeSet) -> Result<Vec<VolumeRecord>> {
         let condition = match set {
             VolumeSet::Live => "status <> 'deleted'",
-            VolumeSet::Trash => "status = 'deleted' AND purged_at IS NULL",
+            VolumeSet::Trash => {
+                "status = 'deleted' AND trashed_at IS NOT NULL AND purged_at IS NULL"
+            }
         };
         self.fetch_all(
             &format!(

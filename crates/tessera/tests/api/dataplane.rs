@@ -16,7 +16,7 @@ use std::process::Command;
 use std::time::Duration;
 
 /// Why this machine cannot run the real drivers, if it cannot.
-fn cannot_run() -> Option<String> {
+pub(crate) fn cannot_run() -> Option<String> {
     let root = std::fs::metadata("/proc/self")
         .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
         .unwrap_or(false);
@@ -62,7 +62,13 @@ macro_rules! skip_unless_dataplane {
 use tessera_agent::testkit::key_pair;
 
 /// `ssh -p port user@host command`; answers stdout on success.
-fn ssh(key: &Path, user: &str, host: &str, port: u16, command: &str) -> Result<String, String> {
+pub(crate) fn ssh(
+    key: &Path,
+    user: &str,
+    host: &str,
+    port: u16,
+    command: &str,
+) -> Result<String, String> {
     let output = tessera_agent::testkit::ssh_command(key, user, host, port, command)
         .output()
         .expect("ssh");
@@ -223,7 +229,7 @@ async fn a_kloigos_unit_on_a_real_agent_is_a_pinned_ssh_login() {
 }
 
 /// Builds the tiny image once and imports it into `state_dir`.
-fn import_tiny(state_dir: &Path) {
+pub(crate) fn import_tiny(state_dir: &Path) {
     static TARBALL: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     let tarball = TARBALL.get_or_init(|| {
         let out = std::env::temp_dir().join(format!("tessera-tiny-{}.tar.gz", std::process::id()));

@@ -901,15 +901,15 @@ async fn instances_and_volumes_through_their_lifecycle_and_billed(backend: Backe
     let gone = verda.get(&format!("/volumes/{os_volume}")).await;
     assert_eq!(gone["status"], "deleted");
     // Once nothing runs and every volume is purged, the balance stays put.
-    eventually(Duration::from_secs(15), "every volume purged", || async {
-        let trash = verda.get("/volumes/trash").await;
-        let live = verda.get("/volumes").await;
-        (trash == json!([]) && live == json!([])).then_some(())
+    let trash = verda.get("/volumes/trash").await;
+    let live = verda.get("/volumes").await;
+    assert_eq!((trash, live), (json!([]), json!([])));
+    let settled = eventually(Duration::from_secs(15), "the balance settled", || async {
+        let first = verda.balance().await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        (verda.balance().await == first).then_some(first)
     })
     .await;
-    let settled = verda.balance().await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(verda.balance().await, settled);
     assert!(settled < before);
     // The native API shows the same figure.
     let native = server.get_ok("/v1/workspaces/default/balance").await;

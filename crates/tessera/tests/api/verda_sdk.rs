@@ -6,13 +6,15 @@
 //! `scripts/test` makes the virtualenv (`scripts/lib/python.sh`) and names
 //! it in `TESSERA_VERDA_VENV`; without it these print why they are skipped.
 
-use crate::harness::{Backend, TOKEN, TestServer};
+use crate::dataplane::{cannot_run, import_tiny, ssh};
+use crate::harness::{AgentProcess, Backend, Options, TOKEN, TestServer, eventually, join_token};
 use crate::on_both_backends;
 use crate::verda::{credentials, top_up};
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::time::Duration;
 
 on_both_backends!(the_verda_sdk_runs_its_scenario_on_simulated_hosts);
 
@@ -106,4 +108,145 @@ async fn the_verda_sdk_runs_its_scenario_on_simulated_hosts(backend: Backend) {
         &[("VERDA_SSH_PUBLIC_KEY", public)],
     );
     finish(child).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_verda_sdk_deploys_a_container_reached_over_ssh() {
+    if let Some(why) = cannot_run() {
+        eprintln!("skipped: the real data plane cannot run here: {why}");
+        return;
+    }
+    let python = match sdk_python() {
+        Ok(python) => python,
+        Err(why) => {
+            eprintln!("skipped: the Verda SDK is not available: {why}");
+            return;
+        }
+    };
+    let server = TestServer::start_with(
+        Backend::Sqlite,
+        Options {
+            sim_hosts: false,
+            agent_timeout: Duration::from_secs(60),
+            ..Options::default()
+        },
+    )
+    .await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("agent");
+    import_tiny(&state);
+    let token = join_token(&server.url).await;
+    let _agent = AgentProcess::start(
+        &server.url,
+        Some(&token),
+        "verda-box",
+        &state,
+        "container",
+        &[
+            "--location",
+            "FIN-01",
+            "--bridge",
+            "tsrv1",
+            "--subnet",
+            "10.251.7.0/24",
+            "--ssh-port-base",
+            "44700",
+            "--user-prefix",
+            "tv1-",
+        ],
+    );
+    eventually(Duration::from_secs(20), "the host running", || async {
+        let servers = server.get_ok("/v1/servers").await;
+        servers
+            .as_array()
+            .and_then(|l| l.iter().find(|s| s["hostname"] == "verda-box"))
+            .filter(|s| s["status"] == "running")
+            .map(|_| ())
+    })
+    .await;
+    top_up(&server, "default", 50.0).await;
+    let client = credentials(&server, "default").await;
+    let (key, public) = tessera_agent::testkit::key_pair(dir.path());
+    let pause = dir.path().join("pause");
+    let child = start_scenario(
+        &python,
+        &server,
+        &client,
+        &[
+            ("VERDA_SSH_PUBLIC_KEY", public),
+            ("VERDA_IMAGE", "tiny".into()),
+            ("VERDA_INSTANCE_TYPE", "cx11".into()),
+            ("VERDA_PAUSE_FILE", pause.display().to_string()),
+        ],
+    );
+    // Once the instance runs, the scenario writes its address and waits.
+    let ip = eventually(
+        Duration::from_secs(120),
+        "the scenario's instance",
+        || async {
+            std::fs::read_to_string(&pause)
+                .ok()
+                .map(|ip| ip.trim().to_string())
+                .filter(|ip| !ip.is_empty())
+        },
+    )
+    .await;
+    // The deploy's key logs in; the instance is pinned, sees its data
+    // volume (1 GB) as /dev/vdb, and ran the startup script.
+    let command = "hostname; grep Cpus_allowed_list /proc/self/status; \
+                   blockdev --getsize64 /dev/vdb; cat /root/scenario-ran";
+    let mut seen = Err(String::new());
+    for _ in 0..100 {
+        seen = ssh(&key, "root", &ip, 22, command);
+        if seen.as_ref().is_ok_and(|out| out.contains("scenario\n")) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let seen = seen.unwrap_or_else(|e| panic!("ssh root@{ip} with the deploy's key failed: {e}"));
+    eprintln!("ssh root@{ip}: {seen}");
+    let lines: Vec<&str> = seen.lines().collect();
+    assert_eq!(lines.first().copied(), Some("scenario-1"), "{seen}");
+    assert!(
+        lines
+            .get(1)
+            .is_some_and(|l| l.starts_with("Cpus_allowed_list")),
+        "{seen}"
+    );
+    assert_eq!(lines.get(2).copied(), Some("1073741824"), "{seen}");
+    assert_eq!(lines.get(3).copied(), Some("scenario"), "{seen}");
+    std::fs::remove_file(&pause).expect("let the scenario go on");
+    finish(child).await;
+    // The volumes deleted for good lose their storage; the one in the
+    // trash keeps it (for 96 hours), and no loop device is left.
+    let verda = crate::verda::Verda::login(&server, "default").await;
+    let trash: Vec<String> = verda
+        .get("/volumes/trash")
+        .await
+        .as_array()
+        .expect("trash")
+        .iter()
+        .filter_map(|v| v["id"].as_str().map(|id| format!("{id}.img")))
+        .collect();
+    assert_eq!(trash.len(), 1, "{trash:?}");
+    let volumes = state.join("volumes");
+    eventually(
+        Duration::from_secs(20),
+        "only the trash's storage kept",
+        || async {
+            let mut left: Vec<String> = std::fs::read_dir(&volumes)
+                .map(|d| {
+                    d.flatten()
+                        .map(|e| e.file_name().to_string_lossy().into_owned())
+                        .collect()
+                })
+                .unwrap_or_default();
+            left.sort();
+            (left == trash).then_some(())
+        },
+    )
+    .await;
+    let loops = Command::new("losetup").arg("-a").output().expect("losetup");
+    let loops = String::from_utf8_lossy(&loops.stdout);
+    assert!(!loops.contains(&volumes.display().to_string()), "{loops}");
 }

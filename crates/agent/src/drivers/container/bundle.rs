@@ -1,11 +1,11 @@
 //! The OCI runtime configuration of an instance.
 
 use oci_spec::runtime::{
-    Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxDeviceCgroupBuilder,
-    LinuxMemoryBuilder, LinuxNamespaceBuilder, LinuxNamespaceType, LinuxPidsBuilder,
-    LinuxResourcesBuilder, Mount, MountBuilder, PosixRlimitBuilder, PosixRlimitType,
-    ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder, get_default_maskedpaths,
-    get_default_mounts, get_default_readonly_paths,
+    Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxDeviceBuilder,
+    LinuxDeviceCgroupBuilder, LinuxDeviceType, LinuxMemoryBuilder, LinuxNamespaceBuilder,
+    LinuxNamespaceType, LinuxPidsBuilder, LinuxResourcesBuilder, Mount, MountBuilder,
+    PosixRlimitBuilder, PosixRlimitType, ProcessBuilder, RootBuilder, Spec, SpecBuilder,
+    UserBuilder, get_default_maskedpaths, get_default_mounts, get_default_readonly_paths,
 };
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -26,6 +26,16 @@ pub(super) struct BundleParams {
     pub nofile: u64,
     pub netns_path: PathBuf,
     pub cgroups_path: PathBuf,
+    /// Block devices it sees (its volumes).
+    pub devices: Vec<Device>,
+}
+
+/// A block device inside an instance.
+pub(super) struct Device {
+    /// `/dev/vdb`.
+    pub path: String,
+    pub major: i64,
+    pub minor: i64,
 }
 
 /// The capabilities of an instance's processes: runc's defaults plus what a
@@ -119,14 +129,41 @@ pub(super) fn build(p: &BundleParams) -> Result<Spec, AgentError> {
             .map_err(err)?,
     ];
 
-    let resources = LinuxResourcesBuilder::default()
-        .devices(vec![
+    // Every device is denied but the defaults runc allows, and the volumes.
+    let mut allowed = vec![
+        LinuxDeviceCgroupBuilder::default()
+            .allow(false)
+            .access("rwm")
+            .build()
+            .map_err(err)?,
+    ];
+    let mut devices = Vec::new();
+    for d in &p.devices {
+        allowed.push(
             LinuxDeviceCgroupBuilder::default()
-                .allow(false)
+                .allow(true)
+                .typ(LinuxDeviceType::B)
+                .major(d.major)
+                .minor(d.minor)
                 .access("rwm")
                 .build()
                 .map_err(err)?,
-        ])
+        );
+        devices.push(
+            LinuxDeviceBuilder::default()
+                .path(d.path.clone())
+                .typ(LinuxDeviceType::B)
+                .major(d.major)
+                .minor(d.minor)
+                .file_mode(0o660u32)
+                .uid(0u32)
+                .gid(0u32)
+                .build()
+                .map_err(err)?,
+        );
+    }
+    let resources = LinuxResourcesBuilder::default()
+        .devices(allowed)
         .cpu(
             LinuxCpuBuilder::default()
                 .cpus(p.cpus.clone())
@@ -150,6 +187,7 @@ pub(super) fn build(p: &BundleParams) -> Result<Spec, AgentError> {
         .map_err(err)?;
 
     let linux = LinuxBuilder::default()
+        .devices(devices)
         .namespaces(namespaces)
         .resources(resources)
         .cgroups_path(p.cgroups_path.clone())

@@ -25,6 +25,7 @@ mod image;
 mod network;
 #[cfg(test)]
 mod tests;
+mod volume;
 
 pub use image::{import_image, list_images};
 
@@ -42,7 +43,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tessera_agent_api::{AgentError, InstanceReport, InstanceSpec};
+use tessera_agent_api::{AgentError, InstanceReport, InstanceSpec, VolumeReport, VolumeSpec};
 
 /// Where and how containers live on this host.
 #[derive(Clone, Debug)]
@@ -132,7 +133,7 @@ async fn run_path<S: AsRef<OsStr>>(program: &Path, args: &[S]) -> Result<String,
     }
 }
 
-async fn blocking<T: Send + 'static>(
+pub(super) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, AgentError> + Send + 'static,
 ) -> Result<T, AgentError> {
     tokio::task::spawn_blocking(f)
@@ -140,7 +141,7 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| fail(format!("a blocking task failed: {e}")))?
 }
 
-fn io_fail(what: &str, path: &Path, e: std::io::Error) -> AgentError {
+pub(super) fn io_fail(what: &str, path: &Path, e: std::io::Error) -> AgentError {
     fail(format!("{what} {}: {e}", path.display()))
 }
 
@@ -174,7 +175,7 @@ struct RuncState {
     pid: i64,
 }
 
-fn validate_id(id: &str) -> Result<(), AgentError> {
+pub(super) fn validate_id(id: &str) -> Result<(), AgentError> {
     let ok = !id.is_empty()
         && id.len() <= 64
         && !id.starts_with('.')
@@ -185,7 +186,7 @@ fn validate_id(id: &str) -> Result<(), AgentError> {
         Ok(())
     } else {
         Err(fail(format!(
-            "bad instance id {id:?}: use 1 to 64 letters, digits, '.', '-' or '_'"
+            "bad id {id:?}: use 1 to 64 letters, digits, '.', '-' or '_'"
         )))
     }
 }
@@ -477,6 +478,16 @@ impl ContainerDriver {
         Ok(())
     }
 
+    /// Makes a volume's storage, or grows it (see [`volume`]).
+    pub async fn ensure_volume(&self, spec: &VolumeSpec) -> Result<VolumeReport, AgentError> {
+        volume::ensure(&self.config.state_dir, spec).await
+    }
+
+    /// Destroys a volume's storage unless a running instance uses it.
+    pub async fn delete_volume(&self, id: &str) -> Result<(), AgentError> {
+        volume::delete(&self.config.state_dir, id).await
+    }
+
     /// The instances on this host and whether each runs.
     pub async fn list(&self) -> Result<Vec<ContainerState>, AgentError> {
         let records = self.records()?;
@@ -558,6 +569,29 @@ impl ContainerDriver {
         let names = self.net_names(&id);
         network::setup(&names, &self.config.bridge, &self.subnet, rec.ip).await?;
 
+        // Its volumes, as block devices; the ids are kept so that a stop
+        // releases them.
+        let mut devices = Vec::new();
+        let attached = dir.join("volumes");
+        let ids: Vec<String> = spec.volumes.iter().map(|v| v.id.clone()).collect();
+        fs::write(&attached, ids.join("\n")).map_err(|e| io_fail("writing", &attached, e))?;
+        for v in &spec.volumes {
+            if !v.target.starts_with("vd") || validate_id(&v.target).is_err() {
+                return Err(fail(format!("bad volume target {:?}", v.target)));
+            }
+            match volume::attach(&self.config.state_dir, &v.id).await {
+                Ok(device) => devices.push(bundle::Device {
+                    path: format!("/dev/{}", v.target),
+                    major: device.major,
+                    minor: device.minor,
+                }),
+                Err(e) => {
+                    self.release_volumes(&id).await;
+                    return Err(e);
+                }
+            }
+        }
+
         let meta = image::read_meta(&self.config.image_dir, &rec.image).unwrap_or_default();
         let args = if fs::symlink_metadata(rootfs.join("sbin/tessera-init")).is_ok() {
             vec!["/sbin/tessera-init".to_string()]
@@ -584,6 +618,7 @@ impl ContainerDriver {
             nofile: nofile_limit(),
             netns_path: PathBuf::from(names.netns_path()),
             cgroups_path: PathBuf::from(self.cgroups_path(&id)),
+            devices,
         })?;
         let config_path = dir.join("config.json");
         let json = serde_json::to_vec_pretty(&oci).map_err(|e| fail(e.to_string()))?;
@@ -592,6 +627,7 @@ impl ContainerDriver {
         if let Err(e) = self.runc_run(&id).await {
             let _ = self.runc(&["delete", "--force", &id]).await;
             network::teardown(&names).await;
+            self.release_volumes(&id).await;
             return Err(e);
         }
         if !rec.should_run {
@@ -676,7 +712,22 @@ impl ContainerDriver {
         network::teardown(&self.net_names(id)).await;
         let rootfs = self.dir(id).join("rootfs");
         blocking(move || unmount_all(&rootfs)).await?;
+        self.release_volumes(id).await;
         Ok(())
+    }
+
+    /// Releases the loop devices of the volumes an instance was started
+    /// with.
+    async fn release_volumes(&self, id: &str) {
+        let attached = self.dir(id).join("volumes");
+        let Ok(ids) = fs::read_to_string(&attached) else {
+            return;
+        };
+        for volume in ids.lines().filter(|l| !l.is_empty()) {
+            if let Err(e) = volume::detach(&self.config.state_dir, volume).await {
+                tracing::warn!(%id, %volume, error = %e, "releasing the volume's loop device");
+            }
+        }
     }
 
     /// Waits until runc says the instance is stopped; answers whether it is.

@@ -2,6 +2,7 @@
 //! busybox installed, and skip (saying why) otherwise.
 
 use super::*;
+use std::os::unix::fs::MetadataExt;
 use std::process::Command as StdCommand;
 use tessera_core::CpuSet;
 
@@ -444,6 +445,127 @@ async fn container_adopt_keeps_running_instances() {
 }
 
 /// The driver serves an async trait: it and its futures must be Send.
+
+/// The size of a block device inside an instance, in bytes.
+async fn device_bytes(f: &Fixture, port: u16, name: &str) -> u64 {
+    let out = ssh_ok(
+        &f.key,
+        "127.0.0.1",
+        port,
+        &format!("blockdev --getsize64 /dev/{name}"),
+    )
+    .await;
+    out.trim()
+        .parse::<u64>()
+        .unwrap_or_else(|_| panic!("size of /dev/{name}: {out}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn volumes_are_block_devices_that_grow_keep_data_and_leave_nothing() {
+    skip_unless_able!();
+    let bridge = format!("tsrv{}", std::process::id() % 100_000);
+    let f = fixture(&bridge, "10.250.9.0/24", 43400);
+    let driver = ContainerDriver::new(f.config.clone()).expect("driver");
+    let mut s = spec(&f, "i-vol-1", "vol-1");
+    let names = driver.net_names(&s.id);
+    let _cleanup = Cleanup {
+        state_dir: f.config.state_dir.clone(),
+        bridge: bridge.clone(),
+        netns: vec![names.netns.clone()],
+    };
+    let volume = |size_gb, clone_of: Option<&str>| VolumeSpec {
+        id: "vol-a".into(),
+        size_gb,
+        clone_of: clone_of.map(str::to_string),
+    };
+    let made = driver
+        .ensure_volume(&volume(1, None))
+        .await
+        .expect("volume");
+    assert_eq!(made.size_bytes, 1 << 30);
+    let file = volume::file(&f.config.state_dir, "vol-a");
+    // Sparse: it takes (almost) no room until written.
+    assert!(fs::metadata(&file).expect("file").blocks() < 64);
+    s.volumes = vec![tessera_agent_api::AttachedVolume {
+        id: "vol-a".into(),
+        target: "vdb".into(),
+    }];
+    let mut missing = s.clone();
+    missing.id = "i-vol-missing".into();
+    missing.volumes[0].id = "vol-none".into();
+    let e = driver.create(&missing).await.expect_err("no such volume");
+    assert!(e.to_string().contains("not stored"), "{e}");
+    let port = driver
+        .create(&s)
+        .await
+        .expect("create")
+        .ssh_port
+        .expect("port");
+    assert_eq!(device_bytes(&f, port, "vdb").await, 1 << 30);
+    // Written data is there after a stop and a start.
+    ssh_ok(
+        &f.key,
+        "127.0.0.1",
+        port,
+        "echo kept-across-restarts | dd of=/dev/vdb bs=512 count=1 conv=sync 2>/dev/null; sync",
+    )
+    .await;
+    let e = driver.delete_volume("vol-a").await.expect_err("in use");
+    assert!(e.to_string().contains("in use"), "{e}");
+    // Growing while it runs is seen at once; shrinking is refused.
+    driver.ensure_volume(&volume(2, None)).await.expect("grow");
+    assert_eq!(device_bytes(&f, port, "vdb").await, 2 << 30);
+    assert!(driver.ensure_volume(&volume(1, None)).await.is_err());
+    driver.stop(&s.id).await.expect("stop");
+    assert_eq!(
+        volume_loops(&file),
+        "",
+        "a stopped instance holds no loop device"
+    );
+    let port = driver
+        .start(&s)
+        .await
+        .expect("start")
+        .ssh_port
+        .expect("port");
+    let data = ssh_ok(
+        &f.key,
+        "127.0.0.1",
+        port,
+        "dd if=/dev/vdb bs=512 count=1 2>/dev/null | head -c 21",
+    )
+    .await;
+    assert_eq!(data, "kept-across-restarts\n");
+    // A clone is a copy.
+    driver.stop(&s.id).await.expect("stop");
+    let copy = VolumeSpec {
+        id: "vol-b".into(),
+        size_gb: 2,
+        clone_of: Some("vol-a".into()),
+    };
+    driver.ensure_volume(&copy).await.expect("clone");
+    let head = fs::read(volume::file(&f.config.state_dir, "vol-b"))
+        .map(|b| b[..21].to_vec())
+        .expect("clone");
+    assert_eq!(head, b"kept-across-restarts\n");
+    // Gone: no loop device, no file.
+    driver.delete(&s.id).await.expect("delete");
+    driver.delete_volume("vol-a").await.expect("delete volume");
+    driver.delete_volume("vol-a").await.expect("gone already");
+    driver.delete_volume("vol-b").await.expect("delete clone");
+    assert!(!file.exists());
+    assert_eq!(volume_loops(&file), "");
+}
+
+fn volume_loops(file: &Path) -> String {
+    let out = StdCommand::new("losetup")
+        .args(["-n", "-O", "NAME", "-j"])
+        .arg(file)
+        .output()
+        .expect("losetup");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
 #[allow(dead_code)]
 fn futures_are_send(d: &ContainerDriver, s: &InstanceSpec) {
     fn send<T: Send + Sync>(_: &T) {}
