@@ -215,6 +215,12 @@ pub async fn run(args: UpArgs) -> Result<()> {
          ssh -i ~/.ssh/tessera root@IP     # IP: the ip= the last command printed\n    \
          cargo run -q --release -- instance ssh ID -i ~/.ssh/tessera   # the same, by instance id\n"
     );
+    println!(
+        "Verda Cloud clients (base URL {}/verda/v1) need credentials and money:\n\n    \
+         cargo run -q --release -- credentials create --project default\n    \
+         cargo run -q --release -- balance add --project default 100\n",
+        running.url()
+    );
     let mut agent_task = agent_task;
     let agent_ended = tokio::select! {
         _ = server::stop_signal() => None,

@@ -195,7 +195,7 @@ mod tests {
         assert!(
             headers["ratelimit"]
                 .to_str()
-                .unwrap()
+                .expect("text")
                 .starts_with("\"project\";r=0;t=")
         );
     }

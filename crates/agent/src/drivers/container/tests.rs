@@ -444,8 +444,6 @@ async fn container_adopt_keeps_running_instances() {
         .output();
 }
 
-/// The driver serves an async trait: it and its futures must be Send.
-
 /// The size of a block device inside an instance, in bytes.
 async fn device_bytes(f: &Fixture, port: u16, name: &str) -> u64 {
     let out = ssh_ok(
@@ -566,6 +564,7 @@ fn volume_loops(file: &Path) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
+/// The driver serves an async trait: it and its futures must be Send.
 #[allow(dead_code)]
 fn futures_are_send(d: &ContainerDriver, s: &InstanceSpec) {
     fn send<T: Send + Sync>(_: &T) {}
