@@ -134,11 +134,22 @@ async fn status(app: &App, caller: &Principal, instance: &Instance) -> String {
     }
 }
 
+/// An instance as Verda shows it.
 pub(crate) async fn instance_body(app: &App, caller: &Principal, i: Instance) -> InstanceBody {
+    let volumes = app.instance_volumes(&i.id).await.unwrap_or_default();
+    instance_body_with(app, caller, i, volumes).await
+}
+
+/// [`instance_body`] with the instance's volumes already read.
+async fn instance_body_with(
+    app: &App,
+    caller: &Principal,
+    i: Instance,
+    volumes: Vec<tessera_app::volumes::Volume>,
+) -> InstanceBody {
     let spec: InstanceSpecInput = serde_json::from_str(&i.spec).unwrap_or_default();
     let catalog = app.catalog();
     let kind = catalog.instance_type(&spec.instance_type);
-    let volumes = app.instance_volumes(&i.id).await.unwrap_or_default();
     let os_volume_id = volumes
         .iter()
         .find(|v| v.is_os_volume != 0)
@@ -244,6 +255,14 @@ pub async fn list_instances(
         query.status.as_deref(),
         Some("discontinued" | "no_capacity" | "error")
     );
+    // Every attached volume in one read, rather than one per instance.
+    let mut volumes_of: std::collections::HashMap<String, Vec<tessera_app::volumes::Volume>> =
+        std::collections::HashMap::new();
+    for volume in app.volumes(&caller, tessera_store::VolumeSet::Live).await? {
+        if let Some(instance) = volume.instance_id.clone() {
+            volumes_of.entry(instance).or_default().push(volume);
+        }
+    }
     let mut bodies = Vec::new();
     let mut page_token = None;
     loop {
@@ -259,7 +278,8 @@ pub async fn list_instances(
             )
             .await?;
         for instance in page.items {
-            let body = instance_body(&app, &caller, instance).await;
+            let volumes = volumes_of.remove(&instance.id).unwrap_or_default();
+            let body = instance_body_with(&app, &caller, instance, volumes).await;
             if query.status.as_ref().is_none_or(|s| *s == body.status) {
                 bodies.push(body);
             }

@@ -504,7 +504,8 @@ fn deploy(hostname: &str, extra: Value) -> Value {
     body
 }
 
-async fn add_fin_host(server: &TestServer, name: &str, plan: &str) {
+/// Registers a pooled host in FIN-01 and waits until it is ready.
+pub async fn add_fin_host(server: &TestServer, name: &str, plan: &str) {
     let (status, op) = server
         .call(
             Method::POST,

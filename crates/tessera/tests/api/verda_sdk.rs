@@ -7,11 +7,9 @@
 //! it in `TESSERA_VERDA_VENV`; without it these print why they are skipped.
 
 use crate::dataplane::{cannot_run, import_tiny, ssh};
-use crate::harness::{AgentProcess, Backend, Options, TOKEN, TestServer, eventually, join_token};
+use crate::harness::{AgentProcess, Backend, Options, TestServer, eventually, join_token};
 use crate::on_both_backends;
-use crate::verda::{credentials, top_up};
-use reqwest::{Method, StatusCode};
-use serde_json::json;
+use crate::verda::{add_fin_host, credentials, top_up};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -85,18 +83,7 @@ async fn the_verda_sdk_runs_its_scenario_on_simulated_hosts(backend: Backend) {
         }
     };
     let server = TestServer::start(backend).await;
-    let (status, op) = server
-        .call(
-            Method::POST,
-            "/v1/servers/create",
-            Some(&json!({"hostname": "sdk-fin", "ip_address": "192.0.2.40", "zone": "FIN-01", "plan": "16xCPU-64GB"})),
-            TOKEN,
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{op}");
-    server
-        .wait_operation(op["id"].as_str().expect("id"), TOKEN)
-        .await;
+    add_fin_host(&server, "sdk-fin", "16xCPU-64GB").await;
     top_up(&server, "default", 50.0).await;
     let client = credentials(&server, "default").await;
     let dir = tempfile::tempdir().expect("tempdir");
