@@ -55,7 +55,17 @@ impl App {
     pub async fn reconcile_once(&self) -> Result<()> {
         self.resume_operations().await?;
         self.check_heartbeats().await?;
-        self.purge_volumes().await?;
+        // Destroying volumes' storage waits on hosts: in the background,
+        // one pass at a time, so a slow host never holds up the rest.
+        if let Some(guard) = InFlight::enter(&self.in_flight, "purge-volumes".into()) {
+            let app = self.clone();
+            self.tasks.spawn(async move {
+                let _guard = guard;
+                if let Err(err) = app.purge_volumes().await {
+                    tracing::warn!(error = %err, "purging volumes failed; retrying later");
+                }
+            });
+        }
         let pending = [HostStatus::Initializing, HostStatus::Decommissioning];
         for host in self.store.hosts(&pending).await? {
             let app = self.clone();

@@ -393,12 +393,21 @@ impl App {
             .map(target)
             .find(|t| !taken.contains(t))
             .unwrap_or_else(|| target(MAX_VOLUMES_PER_INSTANCE));
-        let mut next = volume.clone();
-        next.status = "attached".into();
-        next.instance_id = Some(instance.id.clone());
-        next.target = Some(free);
-        next.host_id = volume.host_id.clone().or(instance.host_id.clone());
-        self.write_volume(&next, volume.generation, None).await?;
+        if !self
+            .store
+            .attach_volume(
+                &volume.id,
+                volume.generation,
+                &instance.id,
+                &free,
+                instance.host_id.as_deref(),
+            )
+            .await?
+        {
+            return Err(Error::Conflict(format!(
+                "volume {id} or instance {instance_id} changed meanwhile; try again"
+            )));
+        }
         tracing::info!(volume = %id, instance = %instance_id, "volume attached");
         Ok(())
     }

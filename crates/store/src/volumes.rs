@@ -180,6 +180,48 @@ impl Store {
         .await
     }
 
+    /// Attaches a volume read at `read_generation` to an instance as
+    /// `target`, with `host_id` as its home if it has none. `false`,
+    /// changing nothing, when the volume changed since or the instance
+    /// already has a volume there. Attaches to one instance are serialised
+    /// on the instance's row, so two cannot take one target.
+    pub async fn attach_volume(
+        &self,
+        volume_id: &str,
+        read_generation: i64,
+        instance_id: &str,
+        target: &str,
+        host_id: Option<&str>,
+    ) -> Result<bool> {
+        let counts = self
+            .run_statements(
+                "attach_volume",
+                vec![
+                    (
+                        "UPDATE instances SET updated_at = updated_at WHERE id = $1".into(),
+                        vec![instance_id.into()],
+                    ),
+                    (
+                        "UPDATE volumes SET status = 'attached', instance_id = $1, target = $2, \
+                         host_id = COALESCE(host_id, $3), generation = generation + 1 \
+                         WHERE id = $4 AND generation = $5 AND NOT EXISTS \
+                         (SELECT 1 FROM volumes AS other WHERE other.instance_id = $1 AND other.target = $2)"
+                            .into(),
+                        vec![
+                            instance_id.into(),
+                            target.into(),
+                            host_id.into(),
+                            volume_id.into(),
+                            read_generation.into(),
+                        ],
+                    ),
+                ],
+                |c| c[1] == 1,
+            )
+            .await?;
+        Ok(counts[1] == 1)
+    }
+
     /// Writes `volume` over the record of generation `read_generation`;
     /// `false`, changing nothing, when it changed since.
     pub async fn update_volume(

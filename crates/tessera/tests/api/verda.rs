@@ -17,6 +17,7 @@ on_both_backends!(
     projects_cannot_see_each_others_resources,
     rate_limits_answer_429_with_headers,
     scripts_are_paginated_under_a_quota,
+    concurrent_attaches_never_share_a_device,
 );
 
 /// A Verda client of one project.
@@ -1226,4 +1227,51 @@ async fn scripts_are_paginated_under_a_quota(backend: Backend) {
     verda
         .create("/scripts", json!({"name": "fits again", "script": "echo"}))
         .await;
+}
+
+async fn concurrent_attaches_never_share_a_device(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    add_fin_host(&server, "fin-d", "16xCPU-64GB").await;
+    top_up(&server, "default", 10.0).await;
+    let verda = Verda::login(&server, "default").await;
+    let id = verda.create("/instances", deploy("att-1", json!({}))).await;
+    verda.wait_status(&id, "running").await;
+    let (status, _) = verda
+        .put("/instances", json!({"action": "shutdown", "id": id}))
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    verda.wait_status(&id, "offline").await;
+    let mut volumes = Vec::new();
+    for n in 0..6 {
+        volumes.push(
+            verda
+                .create(
+                    "/volumes",
+                    json!({"type": "HDD", "location_code": "FIN-01", "size": 1, "name": format!("c{n}")}),
+                )
+                .await,
+        );
+    }
+    let attaches = volumes.iter().map(|v| {
+        verda.put(
+            "/volumes",
+            json!({"action": "attach", "id": v, "instance_id": id}),
+        )
+    });
+    for (status, body) in futures::future::join_all(attaches).await {
+        assert!(
+            status == StatusCode::ACCEPTED || status == StatusCode::CONFLICT,
+            "{status} {body}"
+        );
+    }
+    let mut targets: Vec<String> = Vec::new();
+    for v in &volumes {
+        let volume = verda.get(&format!("/volumes/{v}")).await;
+        if let Some(target) = volume["target"].as_str() {
+            targets.push(target.to_string());
+        }
+    }
+    let unique: std::collections::BTreeSet<&String> = targets.iter().collect();
+    assert_eq!(unique.len(), targets.len(), "{targets:?}");
+    assert!(!targets.is_empty());
 }
