@@ -83,6 +83,7 @@ pub async fn start(settings: &Settings) -> Result<RunningServer> {
         taskservs,
         catalog,
         rate_limits: settings.rate_limits.clone(),
+        script_quota: settings.script_quota,
         ..AppConfig::default()
     };
     let app = App::new(store, agents, config).await?;

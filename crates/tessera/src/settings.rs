@@ -7,7 +7,8 @@
 //! are the flags' names with underscores: `data_dir`, `listen`,
 //! `database_url`, `sim_hosts`, `sim_faults`, `sim_latency_ms`,
 //! `sim_memory_per_cpu_mb`, `agent_timeout_ms`, `agent_silence_ms`, `log_format`, `taskserv_dir`,
-//! `catalog`, `rate_limit_project`, `rate_limit_endpoint`, `rate_limit_window_secs`.
+//! `catalog`, `rate_limit_project`, `rate_limit_endpoint`, `rate_limit_window_secs`,
+//! `script_quota`.
 
 use crate::logging::LogFormat;
 use anyhow::{Context, Result, bail};
@@ -75,6 +76,10 @@ pub struct ServerArgs {
     /// Verda face: the rate-limit window in seconds [default: 60].
     #[arg(long, env = "TESSERA_RATE_LIMIT_WINDOW_SECS")]
     pub rate_limit_window_secs: Option<u64>,
+    /// How many startup scripts a project may have [default: 100, at most
+    /// 10000].
+    #[arg(long, env = "TESSERA_SCRIPT_QUOTA")]
+    pub script_quota: Option<u32>,
 }
 
 /// The config file's keys.
@@ -97,6 +102,7 @@ struct FileSettings {
     rate_limit_project: Option<u32>,
     rate_limit_endpoint: Option<u32>,
     rate_limit_window_secs: Option<u64>,
+    script_quota: Option<u32>,
 }
 
 /// Resolved settings.
@@ -119,6 +125,7 @@ pub struct Settings {
     /// `None`: the built-in catalog.
     pub catalog: Option<PathBuf>,
     pub rate_limits: tessera_app::RateLimits,
+    pub script_quota: u32,
 }
 
 impl ServerArgs {
@@ -194,6 +201,16 @@ impl ServerArgs {
                 .filter(|t| !t.is_empty()),
             taskserv_dir: self.taskserv_dir.or(file.taskserv_dir),
             catalog: self.catalog.or(file.catalog),
+            script_quota: {
+                let quota = self.script_quota.or(file.script_quota).unwrap_or(100);
+                if !(1..=tessera_app::scripts::MAX_SCRIPT_QUOTA).contains(&quota) {
+                    bail!(
+                        "the script quota must be 1 to {}",
+                        tessera_app::scripts::MAX_SCRIPT_QUOTA
+                    );
+                }
+                quota
+            },
             rate_limits: tessera_app::RateLimits {
                 project: self
                     .rate_limit_project

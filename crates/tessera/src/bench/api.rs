@@ -49,6 +49,7 @@ pub async fn run(args: ApiArgs) -> Result<()> {
         taskserv_dir: None,
         catalog: None,
         rate_limits: Default::default(),
+        script_quota: 100,
     };
     let running = server::start(&settings).await?;
     let base = running.url();

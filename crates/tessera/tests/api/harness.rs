@@ -143,6 +143,7 @@ impl TestServer {
             taskserv_dir: None,
             catalog: None,
             rate_limits: options.rate_limits,
+            script_quota: 100,
         };
         let running = server::start(&settings).await.expect("server starts");
         TestServer {
