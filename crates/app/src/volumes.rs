@@ -88,13 +88,7 @@ pub const MAX_VOLUMES_PER_INSTANCE: usize = 64;
 impl App {
     /// Checks a new volume's name, size and type; answers its hourly price.
     pub(crate) fn check_volume(&self, field: &'static str, input: &VolumeInput) -> Result<i64> {
-        let name = input.name.trim();
-        if name.is_empty() || name.len() > 255 || name.chars().any(char::is_control) {
-            return Err(Error::invalid(
-                field,
-                "a volume name must be 1 to 255 printable characters",
-            ));
-        }
+        check_name(field, &input.name)?;
         if !(1..=MAX_DISK_GB).contains(&input.size_gb) {
             return Err(Error::invalid(
                 field,
@@ -235,15 +229,9 @@ impl App {
             VolumeAction::Detach => self.detach_volume(caller, id).await?,
             VolumeAction::Rename { name } => {
                 let volume = self.live_volume(caller, id).await?;
-                let name = name.trim();
-                if name.is_empty() || name.len() > 255 || name.chars().any(char::is_control) {
-                    return Err(Error::invalid(
-                        "name",
-                        "a volume name must be 1 to 255 printable characters",
-                    ));
-                }
+                check_name("name", name)?;
                 let mut next = volume.clone();
-                next.name = name.to_string();
+                next.name = name.trim().to_string();
                 self.write_volume(&next, volume.generation, None).await?;
             }
             VolumeAction::Resize { size_gb } => self.resize_volume(caller, id, *size_gb).await?,
@@ -252,18 +240,7 @@ impl App {
             }
             VolumeAction::Restore => {
                 let volume = self.project_volume(&caller.project_id, id).await?;
-                if volume.status != "deleted" || volume.trashed_at.is_none() {
-                    return Err(Error::invalid(
-                        "id",
-                        format!("volume {id} is not in the trash"),
-                    ));
-                }
-                if volume.purged_at.is_some() {
-                    return Err(Error::invalid(
-                        "id",
-                        format!("volume {id} was deleted permanently"),
-                    ));
-                }
+                restorable(&volume)?;
                 let mut next = volume.clone();
                 next.status = "detached".into();
                 next.trashed_at = None;
@@ -337,8 +314,45 @@ impl App {
 
     async fn attach_volume(&self, caller: &Principal, id: &str, instance_id: &str) -> Result<()> {
         let volume = self.live_volume(caller, id).await?;
-        if volume.instance_id.as_deref() == Some(instance_id) {
+        let Some(instance) = self.attachable(caller, &volume, instance_id).await? else {
             return Ok(());
+        };
+        let attached = self.store.instance_volumes(instance_id).await?;
+        let taken: Vec<String> = attached.iter().filter_map(|v| v.target.clone()).collect();
+        let free = (0..=MAX_VOLUMES_PER_INSTANCE)
+            .map(target)
+            .find(|t| !taken.contains(t))
+            .unwrap_or_else(|| target(MAX_VOLUMES_PER_INSTANCE));
+        if !self
+            .store
+            .attach_volume(
+                &volume.id,
+                volume.generation,
+                &instance.id,
+                &free,
+                instance.host_id.as_deref(),
+            )
+            .await?
+        {
+            return Err(Error::Conflict(format!(
+                "volume {id} or instance {instance_id} changed meanwhile; try again"
+            )));
+        }
+        tracing::info!(volume = %id, instance = %instance_id, "volume attached");
+        Ok(())
+    }
+
+    /// The instance `volume` may be attached to now, or `None` when it
+    /// already is.
+    async fn attachable(
+        &self,
+        caller: &Principal,
+        volume: &Volume,
+        instance_id: &str,
+    ) -> Result<Option<crate::instances::Instance>> {
+        let id = &volume.id;
+        if volume.instance_id.as_deref() == Some(instance_id) {
+            return Ok(None);
         }
         if volume.instance_id.is_some() {
             return Err(Error::invalid(
@@ -388,28 +402,7 @@ impl App {
                 ),
             ));
         }
-        let taken: Vec<String> = attached.iter().filter_map(|v| v.target.clone()).collect();
-        let free = (0..=MAX_VOLUMES_PER_INSTANCE)
-            .map(target)
-            .find(|t| !taken.contains(t))
-            .unwrap_or_else(|| target(MAX_VOLUMES_PER_INSTANCE));
-        if !self
-            .store
-            .attach_volume(
-                &volume.id,
-                volume.generation,
-                &instance.id,
-                &free,
-                instance.host_id.as_deref(),
-            )
-            .await?
-        {
-            return Err(Error::Conflict(format!(
-                "volume {id} or instance {instance_id} changed meanwhile; try again"
-            )));
-        }
-        tracing::info!(volume = %id, instance = %instance_id, "volume attached");
-        Ok(())
+        Ok(Some(instance))
     }
 
     async fn detach_volume(&self, caller: &Principal, id: &str) -> Result<()> {
@@ -429,20 +422,7 @@ impl App {
 
     async fn resize_volume(&self, caller: &Principal, id: &str, size_gb: u64) -> Result<()> {
         let volume = self.live_volume(caller, id).await?;
-        let current = u64::try_from(volume.size_gb).unwrap_or(0);
-        if size_gb < current {
-            return Err(Error::invalid(
-                "size",
-                format!("volume {id} has {current} GB; a volume can grow, never shrink"),
-            ));
-        }
-        if size_gb > MAX_DISK_GB {
-            return Err(Error::invalid(
-                "size",
-                format!("a volume size must be at most {MAX_DISK_GB} GB"),
-            ));
-        }
-        if size_gb == current {
+        if size_gb == resizable(&volume, size_gb)? {
             return Ok(());
         }
         let mut next = volume.clone();
@@ -487,6 +467,13 @@ impl App {
         if volume.status == "deleted" && (volume.trashed_at.is_none() || !permanently) {
             return Ok(false);
         }
+        self.deletable(caller, &volume).await?;
+        self.trash_volume(&volume, permanently).await?;
+        Ok(true)
+    }
+
+    /// `Ok` unless the volume's instance runs.
+    async fn deletable(&self, caller: &Principal, volume: &Volume) -> Result<()> {
         if let Some(instance_id) = &volume.instance_id {
             let instance = self
                 .project_instance(&caller.project_id, instance_id)
@@ -495,14 +482,78 @@ impl App {
                 return Err(Error::invalid(
                     "id",
                     format!(
-                        "volume {id} is attached to instance {instance_id}, which is {}; shut it down or detach the volume first",
-                        instance.state
+                        "volume {} is attached to instance {instance_id}, which is {}; shut it down or detach the volume first",
+                        volume.id, instance.state
                     ),
                 ));
             }
         }
-        self.trash_volume(&volume, permanently).await?;
-        Ok(true)
+        Ok(())
+    }
+
+    /// Checks that `action` could be done to volume `id` now, changing
+    /// nothing: a bulk action checks every volume before it changes any.
+    async fn check_volume_action(
+        &self,
+        caller: &Principal,
+        id: &str,
+        action: &VolumeAction,
+    ) -> Result<()> {
+        match action {
+            VolumeAction::Attach { instance_id } => {
+                let volume = self.live_volume(caller, id).await?;
+                self.attachable(caller, &volume, instance_id).await?;
+            }
+            VolumeAction::Detach => {
+                let volume = self.live_volume(caller, id).await?;
+                if let Some(instance_id) = &volume.instance_id {
+                    self.stopped_instance(caller, instance_id).await?;
+                }
+            }
+            VolumeAction::Rename { name } => {
+                self.live_volume(caller, id).await?;
+                check_name("name", name)?;
+            }
+            VolumeAction::Resize { size_gb } => {
+                resizable(&self.live_volume(caller, id).await?, *size_gb)?;
+            }
+            VolumeAction::Delete { .. } => {
+                let volume = self.project_volume(&caller.project_id, id).await?;
+                self.deletable(caller, &volume).await?;
+            }
+            VolumeAction::Restore => {
+                restorable(&self.project_volume(&caller.project_id, id).await?)?;
+            }
+            VolumeAction::Clone { name } => {
+                self.live_volume(caller, id).await?;
+                if let Some(name) = name {
+                    check_name("name", name)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Does `action` to every volume in `ids`, after checking that it could
+    /// be done to each: bad input changes nothing. Answers the new ids of
+    /// clones.
+    pub async fn volume_actions(
+        &self,
+        caller: &Principal,
+        ids: &[String],
+        action: &VolumeAction,
+    ) -> Result<Vec<String>> {
+        caller.require(Permission::VolumeWrite)?;
+        for id in ids {
+            self.check_volume_action(caller, id, action).await?;
+        }
+        let mut made = Vec::new();
+        for id in ids {
+            if let Some(new_id) = self.volume_action(caller, id, action).await? {
+                made.push(new_id);
+            }
+        }
+        Ok(made)
     }
 
     /// Marks a volume deleted and detached: in the trash, or (permanently)
@@ -677,4 +728,52 @@ impl App {
         }
         Ok(())
     }
+}
+
+fn check_name(field: &'static str, name: &str) -> Result<()> {
+    let name = name.trim();
+    if name.is_empty() || name.len() > 255 || name.chars().any(char::is_control) {
+        return Err(Error::invalid(
+            field,
+            "a volume name must be 1 to 255 printable characters",
+        ));
+    }
+    Ok(())
+}
+
+/// The volume's current size, when it may grow to `size_gb`.
+fn resizable(volume: &Volume, size_gb: u64) -> Result<u64> {
+    let current = u64::try_from(volume.size_gb).unwrap_or(0);
+    if size_gb < current {
+        return Err(Error::invalid(
+            "size",
+            format!(
+                "volume {} has {current} GB; a volume can grow, never shrink",
+                volume.id
+            ),
+        ));
+    }
+    if size_gb > MAX_DISK_GB {
+        return Err(Error::invalid(
+            "size",
+            format!("a volume size must be at most {MAX_DISK_GB} GB"),
+        ));
+    }
+    Ok(current)
+}
+
+fn restorable(volume: &Volume) -> Result<()> {
+    if volume.status != "deleted" || volume.trashed_at.is_none() {
+        return Err(Error::invalid(
+            "id",
+            format!("volume {} is not in the trash", volume.id),
+        ));
+    }
+    if volume.purged_at.is_some() {
+        return Err(Error::invalid(
+            "id",
+            format!("volume {} was deleted permanently", volume.id),
+        ));
+    }
+    Ok(())
 }

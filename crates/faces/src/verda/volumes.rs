@@ -431,16 +431,8 @@ pub async fn volume_actions(
             }
         }
     }
-    // Every volume must exist before anything is done.
-    for id in &ids {
-        app.volume(&caller, id).await?;
-    }
-    let mut new_ids = Vec::new();
-    for id in &ids {
-        if let Some(new_id) = app.volume_action(&caller, id, &action).await? {
-            new_ids.push(new_id);
-        }
-    }
+    // Every volume is checked before any is changed.
+    let new_ids = app.volume_actions(&caller, &ids, &action).await?;
     Ok((StatusCode::ACCEPTED, Json(new_ids)).into_response())
 }
 

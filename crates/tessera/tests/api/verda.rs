@@ -770,6 +770,26 @@ async fn instances_and_volumes_through_their_lifecycle_and_billed(backend: Backe
         (copy["name"].as_str(), copy["size"].as_f64()),
         (Some("copy"), Some(8.0))
     );
+    // A bulk action checks every volume first: one bad id changes none.
+    let (status, body) = verda
+        .put(
+            "/volumes",
+            json!({"action": "resize", "id": [clone, volume, os_volume], "size": 9}),
+        )
+        .await;
+    assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_request");
+    assert_eq!(verda.get(&format!("/volumes/{clone}")).await["size"], 8.0);
+    let (status, body) = verda
+        .put(
+            "/volumes",
+            json!({"action": "rename", "id": [clone, "nope"], "name": "x"}),
+        )
+        .await;
+    assert_error(status, &body, StatusCode::NOT_FOUND, "not_found");
+    assert_eq!(
+        verda.get(&format!("/volumes/{clone}")).await["name"],
+        "copy"
+    );
     let (status, body) = verda
         .put("/volumes", json!({"action": "teleport", "id": volume}))
         .await;
