@@ -48,6 +48,8 @@ pub struct JoinToken {
     pub revoked: bool,
     /// Past its expiry: no host joins with it any more.
     pub expired: bool,
+    /// The one host whose agent it may replace, if any.
+    pub replaces: Option<String>,
 }
 
 /// Wakes whoever waits on a host's desired state or reports in this process.
@@ -74,14 +76,35 @@ pub struct AgentCaller {
 }
 
 impl App {
-    /// Creates a join token a new host's agent registers with.
+    /// Creates a join token a new host's agent registers with. With
+    /// `replaces`, it also admits a new agent for that one registered host,
+    /// which no other token does once the host has had an agent.
     pub async fn create_join_token(
         &self,
         caller: &Principal,
         description: Option<String>,
         ttl: Option<Duration>,
+        replaces: Option<String>,
     ) -> Result<JoinToken> {
         caller.require(Permission::ServerCreate)?;
+        if let Some(hostname) = &replaces {
+            let host = self.find_server(hostname).await.map_err(|_| {
+                Error::invalid(
+                    "replaces",
+                    format!("replaces names server {hostname}, which is not registered"),
+                )
+            })?;
+            if host.status == HostStatus::Decommissioned {
+                return Err(Error::invalid(
+                    "replaces",
+                    format!("server {hostname} is decommissioned; register it again instead"),
+                ));
+            }
+        }
+        let replaces = match replaces {
+            Some(name) => Some(self.find_server(&name).await?.hostname),
+            None => None,
+        };
         let description = description.unwrap_or_default();
         if description.len() > 200 || description.chars().any(char::is_control) {
             return Err(Error::invalid(
@@ -108,8 +131,12 @@ impl App {
                 &description,
                 Some(&caller.username),
                 &expires_at,
+                replaces.as_deref(),
             )
             .await?;
+        if let Some(hostname) = &replaces {
+            tracing::warn!(%hostname, by = %caller.username, "join token made to replace a host's agent");
+        }
         Ok(JoinToken {
             id,
             token: Some(token),
@@ -118,12 +145,15 @@ impl App {
             expires_at,
             revoked: false,
             expired: false,
+            replaces,
         })
     }
 
     /// A join token for the agent `tessera up` starts beside the control
-    /// plane, valid for an hour.
-    pub async fn local_join_token(&self) -> Result<String> {
+    /// plane, valid for an hour. It may replace the agent of `hostname`, this
+    /// machine (one that lost its state directory): the token never leaves
+    /// the process.
+    pub async fn local_join_token(&self, hostname: &str) -> Result<String> {
         let token = secret("tsj");
         let expires_at = tessera_store::timestamp(chrono::Utc::now() + chrono::Duration::hours(1));
         self.store
@@ -133,6 +163,7 @@ impl App {
                 "tessera up: the local agent",
                 None,
                 &expires_at,
+                Some(hostname),
             )
             .await?;
         Ok(token)
@@ -153,6 +184,7 @@ impl App {
                 expired: t.expires_at.as_str() <= tessera_store::now().as_str(),
                 expires_at: t.expires_at,
                 revoked: t.revoked_at.is_some(),
+                replaces: t.replaces,
             })
             .collect())
     }
@@ -183,18 +215,19 @@ impl App {
             .store
             .join_token_by_hash(&hash_token(&req.join_token))
             .await?;
-        let valid = token.is_some_and(|t| {
+        let token = token.filter(|t| {
             t.revoked_at.is_none() && t.expires_at.as_str() > tessera_store::now().as_str()
         });
-        if !valid {
+        let Some(token) = token else {
             return Err(Error::Unauthenticated(
                 "the join token is unknown, expired or revoked; create one with `tessera \
                  join-token create`"
                     .into(),
             ));
-        }
+        };
         crate::hosts::validate_hostname(&req.hostname)?;
-        if let Some(live) = self.store.agent(&req.hostname).await? {
+        let previous_agent = self.store.agent(&req.hostname).await?;
+        if let Some(live) = &previous_agent {
             let silence = chrono::Duration::from_std(self.config.agent_silence).unwrap_or_default();
             let quiet_since = tessera_store::timestamp(chrono::Utc::now() - silence);
             if live.reachable == 1 && live.last_seen.as_str() > quiet_since.as_str() {
@@ -219,6 +252,25 @@ impl App {
         }
         let location = req.location.clone().unwrap_or_else(|| "local".into());
         let existing = self.store.host_by_hostname(&req.hostname).await?;
+        // A host that has had an agent (or is served without one, as a
+        // simulated host is) is handed to a new agent only with a join token
+        // an admin made for that: holding a join token is not enough to
+        // take over a host.
+        let waiting_for_first_agent = |host: &tessera_store::HostRecord| {
+            matches!(host.status, HostStatus::Initializing | HostStatus::InitFail)
+        };
+        let claimable = match &existing {
+            Some(host) if host.status == HostStatus::Decommissioned => true,
+            Some(host) => previous_agent.is_none() && waiting_for_first_agent(host),
+            None => previous_agent.is_none(),
+        };
+        if !claimable && token.replaces.as_deref() != Some(req.hostname.as_str()) {
+            return Err(Error::Conflict(format!(
+                "{} is a registered host that has had an agent; to give it a new one, an admin \
+                 makes a join token for that: `tessera join-token create --replace {}`",
+                req.hostname, req.hostname
+            )));
+        }
         let new_host = match &existing {
             Some(host) if host.status != HostStatus::Decommissioned => None,
             Some(host) => {

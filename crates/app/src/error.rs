@@ -25,6 +25,9 @@ pub enum Error {
     /// Nothing free matches the request.
     #[error("{0}")]
     NoCapacity(String),
+    /// The request would take its project over a quota.
+    #[error("{0}")]
+    QuotaExceeded(String),
     #[error("{0}")]
     Unauthenticated(String),
     /// Authenticated, but without the permission.
@@ -58,6 +61,7 @@ impl From<StoreError> for Error {
             StoreError::Query(sqlx_err) if is_unavailable(&sqlx_err) => {
                 Error::Unavailable("the database is unavailable; try again".into())
             }
+            StoreError::QuotaExceeded(exceeded) => Error::QuotaExceeded(exceeded.to_string()),
             other => Error::Internal(other),
         }
     }

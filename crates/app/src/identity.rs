@@ -14,7 +14,7 @@
 use crate::error::{Error, Result};
 use crate::{App, new_id};
 use argon2::Argon2;
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::password_hash::{PasswordHasher, SaltString};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
@@ -22,14 +22,15 @@ use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
-use tessera_core::{Permission, Role};
+use tessera_core::{InstallRole, Permission, Reach, Role};
 use tessera_store::{NewUser, ProjectRecord, RefreshUse, Store};
 
 pub const BOOTSTRAP_TOKEN_ID: &str = "bootstrap-admin";
 pub const ADMIN_USERNAME: &str = "admin";
 pub const DEFAULT_PROJECT: &str = "default";
-/// How long a verified credential is trusted without asking the store again.
-const CACHE_TTL: Duration = Duration::from_secs(5);
+/// How long a verified credential is trusted without asking the store again:
+/// a revocation made on another replica takes effect within it.
+pub const CACHE_TTL: Duration = Duration::from_secs(5);
 /// Lifetime of an access token, as the provisioning API documents it.
 pub const ACCESS_TOKEN_SECONDS: i64 = 86_400;
 const REFRESH_TOKEN_DAYS: i64 = 30;
@@ -42,9 +43,13 @@ pub struct Principal {
     /// The project the caller acts in: the token's, or the user's active one.
     pub project_id: String,
     pub project_name: String,
+    /// The caller's role in that project.
     pub role: Role,
-    /// An API token's scopes; `None` allows all of the role's permissions.
+    /// The caller's role over the whole install, if it has one.
+    pub install_role: Option<InstallRole>,
+    /// An API token's scopes; `None` allows all of the roles' permissions.
     pub scopes: Option<Vec<Permission>>,
+    /// The API token (or OAuth client) the caller used, if any.
     pub token_id: Option<String>,
     /// When the API token the caller used expires, if it does.
     pub expires_at: Option<String>,
@@ -52,23 +57,50 @@ pub struct Principal {
 
 impl Principal {
     pub fn can(&self, permission: Permission) -> bool {
-        self.role.grants(permission)
-            && self
-                .scopes
-                .as_ref()
-                .is_none_or(|scopes| scopes.contains(&permission))
+        let granted = match permission.reach() {
+            Reach::Workspace => self.role.grants(permission),
+            Reach::Fleet => self.install_role.is_some_and(|r| r.grants(permission)),
+        };
+        granted && self.scope_allows(permission)
+    }
+
+    /// Whether the credential's scopes (if any) include `permission`.
+    pub fn scope_allows(&self, permission: Permission) -> bool {
+        self.scopes
+            .as_ref()
+            .is_none_or(|scopes| scopes.contains(&permission))
+    }
+
+    /// An install admin, unscoped for users: acts on the users, tokens and
+    /// credentials of every workspace.
+    pub fn is_install_admin(&self) -> bool {
+        self.install_role == Some(InstallRole::Admin) && self.scope_allows(Permission::UserAdmin)
     }
 
     /// `Forbidden` unless the caller has `permission`.
     pub fn require(&self, permission: Permission) -> Result<()> {
         if self.can(permission) {
-            Ok(())
-        } else {
-            Err(Error::Forbidden(format!(
-                "permission {permission} is required (your role in project {} is {})",
-                self.project_name, self.role
-            )))
+            return Ok(());
         }
+        if !self.scope_allows(permission) {
+            return Err(Error::Forbidden(format!(
+                "permission {permission} is required, and the token you used is not scoped to it"
+            )));
+        }
+        Err(Error::Forbidden(match permission.reach() {
+            Reach::Workspace => format!(
+                "permission {permission} is required (your role in workspace {} is {})",
+                self.project_name, self.role
+            ),
+            Reach::Fleet => format!(
+                "permission {permission} is required: it acts on the whole install, and belongs \
+                 to install-wide roles ({})",
+                match self.install_role {
+                    Some(role) => format!("yours is {role}"),
+                    None => "you have none".to_string(),
+                }
+            ),
+        }))
     }
 
     pub fn permissions(&self) -> Vec<Permission> {
@@ -96,6 +128,10 @@ pub(crate) struct Claims {
     jti: String,
     /// `access` or `refresh`.
     typ: String,
+    /// The login (refresh-token family) an access token belongs to: refused
+    /// once that login is revoked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    fam: Option<String>,
 }
 
 /// Verified credentials and signing keys.
@@ -128,16 +164,6 @@ pub fn hash_password(password: &str) -> Result<String> {
         .hash_password(password.as_bytes(), &salt)
         .map(|h| h.to_string())
         .map_err(|e| Error::Unavailable(format!("cannot hash the password: {e}")))
-}
-
-fn verify_password(password: &str, hash: &str) -> bool {
-    PasswordHash::new(hash)
-        .map(|parsed| {
-            Argon2::default()
-                .verify_password(password.as_bytes(), &parsed)
-                .is_ok()
-        })
-        .unwrap_or(false)
 }
 
 pub fn validate_password(password: &str) -> Result<()> {
@@ -180,6 +206,17 @@ impl Identity {
         typ: &str,
         lifetime: chrono::Duration,
     ) -> Result<(String, Claims)> {
+        self.sign_in(user_id, typ, lifetime, None)
+    }
+
+    /// [`Identity::sign`] for a token of login `family`.
+    fn sign_in(
+        &self,
+        user_id: &str,
+        typ: &str,
+        lifetime: chrono::Duration,
+        family: Option<&str>,
+    ) -> Result<(String, Claims)> {
         let now = chrono::Utc::now();
         let claims = Claims {
             sub: user_id.to_string(),
@@ -187,6 +224,7 @@ impl Identity {
             exp: (now + lifetime).timestamp(),
             jti: uuid::Uuid::new_v4().to_string(),
             typ: typ.to_string(),
+            fam: family.map(str::to_string),
         };
         let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
             .map_err(|e| Error::Unavailable(format!("cannot sign a token: {e}")))?;
@@ -262,6 +300,7 @@ impl App {
                         password_hash: None,
                         project_id: project.id.clone(),
                         role: Role::Admin.as_str().into(),
+                        install_role: Some(InstallRole::Admin.as_str().into()),
                     })
                     .await?;
                 self.store
@@ -371,6 +410,15 @@ impl App {
                 .identity
                 .verify(token, "access")
                 .ok_or_else(unauthenticated)?;
+            // Every access token belongs to a login; one whose refresh token
+            // was reused is revoked, and its access tokens with it.
+            let family = claims.fam.as_deref().ok_or_else(unauthenticated)?;
+            if self.store.refresh_family_revoked(family).await? {
+                return Err(Error::Unauthenticated(
+                    "this login was revoked (its refresh token was used twice); log in again"
+                        .into(),
+                ));
+            }
             self.principal_of_user(&claims.sub, None, None, None)
                 .await?
         };
@@ -411,7 +459,7 @@ impl App {
     /// The principal of a user acting in `project_id` (by default its active
     /// project). 401 when the user is gone or disabled, or is no longer a
     /// member of the project.
-    async fn principal_of_user(
+    pub(crate) async fn principal_of_user(
         &self,
         user_id: &str,
         project_id: Option<&str>,
@@ -438,20 +486,30 @@ impl App {
                 "memberships.role: {e}"
             )))
         })?;
+        let install_role = parse_install_role(user.install_role.as_deref())?;
         Ok(Principal {
             user_id: user.id,
             username: user.username,
             project_id: membership.project_id,
             project_name: membership.project_name,
             role,
+            install_role,
             scopes,
             token_id,
             expires_at: None,
         })
     }
 
-    /// Checks a username and password and opens a session.
-    pub async fn login(&self, username: &str, password: &str) -> Result<Session> {
+    /// Checks a username and password and opens a session. Attempts are
+    /// throttled per user and per client address ([`crate::throttle`]); an
+    /// attempt over a limit is refused before any password is checked.
+    pub async fn login(
+        &self,
+        username: &str,
+        password: &str,
+        client: Option<std::net::IpAddr>,
+    ) -> Result<Session> {
+        let attempt = self.throttle.begin_login(username, client)?;
         let user = match username.contains('\0') {
             true => None,
             false => self.store.user_by_name(username).await?,
@@ -462,13 +520,12 @@ impl App {
             .and_then(|u| u.password_hash.clone());
         let known = hash.is_some();
         let hash = hash.unwrap_or_else(|| self.identity.dummy_hash.clone());
-        let password = password.to_string();
-        let matches = tokio::task::spawn_blocking(move || verify_password(&password, &hash))
-            .await
-            .map_err(|e| Error::Unavailable(e.to_string()))?;
+        let matches = self.throttle.verify_password(password, &hash).await?;
         let Some(user) = user.filter(|_| known && matches) else {
+            attempt.failed();
             return Err(Error::Unauthenticated("Invalid credentials".into()));
         };
+        attempt.succeeded();
         self.open_session(&user.id, None).await
     }
 
@@ -479,10 +536,11 @@ impl App {
             .identity
             .verify(refresh_token, "refresh")
             .ok_or_else(invalid)?;
-        let (token, next) = self.identity.sign(
+        let (token, next) = self.identity.sign_in(
             &claims.sub,
             "refresh",
             chrono::Duration::days(REFRESH_TOKEN_DAYS),
+            claims.fam.as_deref(),
         )?;
         let expires = chrono::DateTime::from_timestamp(next.exp, 0).unwrap_or_default();
         match self
@@ -490,14 +548,17 @@ impl App {
             .rotate_refresh_token(&claims.jti, &next.jti, &tessera_store::timestamp(expires))
             .await?
         {
-            RefreshUse::Rotated { user_id } => {
+            RefreshUse::Rotated { user_id, family } => {
                 // The user must still exist and be enabled.
                 self.principal_of_user(&user_id, None, None, None)
                     .await
                     .map_err(|_| invalid())?;
-                self.open_session(&user_id, Some(token)).await
+                self.open_session(&user_id, Some((token, family))).await
             }
             RefreshUse::Reused => {
+                // This replica forgets the login's access tokens at once;
+                // the others within CACHE_TTL.
+                self.identity.forget_all();
                 tracing::warn!(user = %claims.sub, "a used refresh token was presented again; its sessions are revoked");
                 Err(Error::Unauthenticated(
                     "Invalid refresh token: it was already used, so every token of this login has been revoked"
@@ -508,38 +569,58 @@ impl App {
         }
     }
 
-    /// Signs an access token and, unless `refresh` was already recorded as
-    /// the successor of a used one, a new refresh token family.
-    async fn open_session(&self, user_id: &str, refresh: Option<String>) -> Result<Session> {
-        let (token, _) = self.identity.sign(
-            user_id,
-            "access",
-            chrono::Duration::seconds(ACCESS_TOKEN_SECONDS),
-        )?;
-        let refresh_token = match refresh {
-            Some(token) => token,
+    /// Signs an access token and, unless `refresh` (a token and its login)
+    /// was already recorded as the successor of a used one, a new login: a
+    /// new refresh-token family.
+    async fn open_session(
+        &self,
+        user_id: &str,
+        refresh: Option<(String, String)>,
+    ) -> Result<Session> {
+        let (refresh_token, family) = match refresh {
+            Some(pair) => pair,
             None => {
-                let (token, claims) = self.identity.sign(
+                let family = uuid::Uuid::new_v4().to_string();
+                let (token, claims) = self.identity.sign_in(
                     user_id,
                     "refresh",
                     chrono::Duration::days(REFRESH_TOKEN_DAYS),
+                    Some(&family),
                 )?;
                 let expires = chrono::DateTime::from_timestamp(claims.exp, 0).unwrap_or_default();
                 self.store
                     .insert_refresh_token(
                         &claims.jti,
                         user_id,
-                        &uuid::Uuid::new_v4().to_string(),
+                        &family,
                         &tessera_store::timestamp(expires),
                     )
                     .await?;
-                token
+                (token, family)
             }
         };
+        let (token, _) = self.identity.sign_in(
+            user_id,
+            "access",
+            chrono::Duration::seconds(ACCESS_TOKEN_SECONDS),
+            Some(&family),
+        )?;
         Ok(Session {
             token,
             refresh_token,
             expires_in: ACCESS_TOKEN_SECONDS,
         })
     }
+}
+
+/// An install role as stored.
+pub(crate) fn parse_install_role(text: Option<&str>) -> Result<Option<InstallRole>> {
+    text.map(|t| {
+        t.parse::<InstallRole>().map_err(|e| {
+            Error::Internal(tessera_store::StoreError::Corrupt(format!(
+                "users.install_role: {e}"
+            )))
+        })
+    })
+    .transpose()
 }

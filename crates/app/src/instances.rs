@@ -241,6 +241,23 @@ pub(crate) fn validate(catalog: &Catalog, req: &mut CreateInstance) -> Result<Op
     Ok(user_data)
 }
 
+/// What new instances add to their project's usage.
+pub(crate) fn instances_usage(instances: &[NewInstance]) -> tessera_store::Usage {
+    let mut adds = tessera_store::Usage::default();
+    for instance in instances {
+        adds.instances += 1;
+        adds.vcpus += instance.vcpus;
+        adds.memory_mb += instance.memory_mb;
+        adds.volumes += instance.volumes.len() as i64;
+        adds.volume_gb += instance
+            .volumes
+            .iter()
+            .map(|v| v.record.size_gb)
+            .sum::<i64>();
+    }
+    adds
+}
+
 impl App {
     /// Records an instance and starts the operation that creates it.
     pub async fn create_instance(
@@ -291,6 +308,8 @@ impl App {
             .chain(req.volumes.iter().map(|v| ("volumes", v)))
         {
             let rate = self.check_volume(field, input)?;
+            self.check_volume_room(field, &location, input.size_gb)
+                .await?;
             micros_per_hour += rate;
             let os = field == "os_volume";
             let mut volume = self.new_volume(caller, input, &location, os, rate);
@@ -366,22 +385,27 @@ impl App {
         };
         let spec = serde_json::to_value(&req.spec).unwrap_or_default();
         let labels = serde_json::to_value(&req.labels).unwrap_or_default();
+        let instance = NewInstance {
+            id: id.clone(),
+            project_id: caller.project_id.clone(),
+            name: req.name.clone(),
+            labels,
+            spec,
+            memory_mb: req.spec.memory_mb.unwrap_or(0) as i64,
+            vcpus: i64::from(req.spec.vcpus.unwrap_or(1)),
+            micros_per_hour,
+            volumes,
+            attach,
+        };
+        let quota = self
+            .quota_check(
+                &caller.project_id,
+                instances_usage(std::slice::from_ref(&instance)),
+            )
+            .await?;
         let recorded = self
             .store
-            .insert_instance(
-                &NewInstance {
-                    id: id.clone(),
-                    project_id: caller.project_id.clone(),
-                    name: req.name.clone(),
-                    labels,
-                    spec,
-                    memory_mb: req.spec.memory_mb.unwrap_or(0) as i64,
-                    micros_per_hour,
-                    volumes,
-                    attach,
-                },
-                &op,
-            )
+            .insert_instance(&instance, &op, Some(&quota))
             .await?;
         if !recorded {
             return Err(Error::Conflict(

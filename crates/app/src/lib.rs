@@ -20,11 +20,13 @@ pub mod oauth;
 pub mod operations;
 pub mod placement;
 pub mod projects;
+pub mod quotas;
 pub mod reconciler;
 pub mod scripts;
 pub mod servers;
 pub mod ssh_keys;
 pub mod taskservs;
+pub mod throttle;
 pub mod tokens;
 pub mod units;
 pub mod users;
@@ -63,29 +65,70 @@ pub struct AppConfig {
     pub catalog: tessera_core::catalog::Catalog,
     /// The Verda face's request limits.
     pub rate_limits: RateLimits,
+    /// The native API's request limits.
+    pub native_rate_limits: RateLimits,
+    /// Requests per rate-limit window to the endpoints that hand out
+    /// credentials (login, refresh, the OAuth token endpoint), per client
+    /// address and per named client.
+    pub credential_rate_limit: u32,
+    /// How long a request may take to be answered (long-polls and
+    /// WebSockets keep their own bounds).
+    pub request_timeout: Duration,
     /// How many startup scripts a project may have (at most
     /// [`scripts::MAX_SCRIPT_QUOTA`]).
     pub script_quota: u32,
     /// How long a deleted volume stays in the trash before it is purged.
     pub volume_trash: Duration,
+    /// How logins are limited.
+    pub login_limits: throttle::LoginLimits,
+    /// Each project's quota unless it has its own (`-1`: unlimited).
+    pub quota_defaults: tessera_store::Usage,
 }
 
+/// A project's quota unless configured otherwise.
+pub const DEFAULT_QUOTA: tessera_store::Usage = tessera_store::Usage {
+    instances: 100,
+    vcpus: 256,
+    memory_mb: 1024 * 1024,
+    volumes: 100,
+    volume_gb: 10 * 1024,
+};
+
 /// How many authenticated requests a project may make per window: in all,
-/// and to one method and path.
+/// to one method and path, and with one credential.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RateLimits {
     pub project: u32,
     pub endpoint: u32,
+    pub client: u32,
     pub window: Duration,
+}
+
+impl RateLimits {
+    /// Verda's documented limits.
+    pub fn verda() -> Self {
+        RateLimits {
+            project: 500,
+            endpoint: 60,
+            client: 500,
+            window: Duration::from_secs(60),
+        }
+    }
+
+    /// The native API's: room for automation that polls.
+    pub fn native() -> Self {
+        RateLimits {
+            project: 3_000,
+            endpoint: 600,
+            client: 1_500,
+            window: Duration::from_secs(60),
+        }
+    }
 }
 
 impl Default for RateLimits {
     fn default() -> Self {
-        RateLimits {
-            project: 500,
-            endpoint: 60,
-            window: Duration::from_secs(60),
-        }
+        RateLimits::verda()
     }
 }
 
@@ -97,9 +140,14 @@ impl Default for AppConfig {
             reconcile_every: Duration::from_secs(2),
             taskservs: taskservs::Catalog::built_in(),
             catalog: tessera_core::catalog::Catalog::built_in(),
-            rate_limits: RateLimits::default(),
+            rate_limits: RateLimits::verda(),
+            native_rate_limits: RateLimits::native(),
+            credential_rate_limit: 60,
+            request_timeout: Duration::from_secs(60),
             script_quota: 100,
             volume_trash: Duration::from_secs(96 * 3600),
+            login_limits: throttle::LoginLimits::default(),
+            quota_defaults: DEFAULT_QUOTA,
         }
     }
 }
@@ -111,6 +159,7 @@ pub struct App {
     agents: Arc<dyn AgentDirectory>,
     placement: Arc<PlacementView>,
     identity: Arc<Identity>,
+    throttle: Arc<throttle::Throttle>,
     taskservs: Arc<taskservs::Catalog>,
     /// What can be ordered, where, at what price.
     catalog: Arc<tessera_core::catalog::Catalog>,
@@ -139,6 +188,7 @@ impl App {
         let identity = Arc::new(Identity::load(&store).await?);
         Ok(App {
             identity,
+            throttle: Arc::new(throttle::Throttle::new(config.login_limits.clone())),
             taskservs: Arc::new(config.taskservs.clone()),
             catalog: Arc::new(config.catalog.clone()),
             events: Arc::new(events::EventBus::new()),
@@ -179,8 +229,25 @@ impl App {
         &self.catalog
     }
 
+    /// The Verda face's request limits.
     pub fn rate_limits(&self) -> &RateLimits {
         &self.config.rate_limits
+    }
+
+    /// The native API's request limits.
+    pub fn native_rate_limits(&self) -> &RateLimits {
+        &self.config.native_rate_limits
+    }
+
+    /// Requests per window to the endpoints that hand out credentials, per
+    /// client address and per named client.
+    pub fn credential_rate_limit(&self) -> u32 {
+        self.config.credential_rate_limit
+    }
+
+    /// How long a request may take to be answered.
+    pub fn request_timeout(&self) -> Duration {
+        self.config.request_timeout
     }
 
     pub fn uptime(&self) -> Duration {

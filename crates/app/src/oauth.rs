@@ -7,6 +7,14 @@
 //! secret and refresh tokens are random and kept as SHA-256 hashes. Each
 //! request checks that the client still exists and is not revoked (cached
 //! for a few seconds, like every credential).
+//!
+//! A credential never does more than what made it. One made by a user acts
+//! with that user's *current* membership and role in the project (capped by
+//! the role it was given): a deleted, disabled, demoted or removed user
+//! takes it down or narrows it. One made with a scoped API token carries
+//! those scopes, and is revoked with that token. Only an install admin
+//! makes a credential with a fixed role for a project it is not a member
+//! of; such a credential is listed as acting for no user.
 
 use crate::error::{Error, Result};
 use crate::identity::{Principal, hash_token, unauthenticated};
@@ -41,6 +49,11 @@ pub struct Credential {
     pub description: String,
     pub created_at: String,
     pub revoked_at: Option<String>,
+    /// The user whose membership and role it acts with; `None` for a fixed
+    /// role an install admin gave it.
+    pub acts_as: Option<String>,
+    /// The scopes it is limited to, if it was made with a scoped token.
+    pub scopes: Option<Vec<String>>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -50,6 +63,8 @@ pub struct CreateCredential {
     /// The caller's own role when `None`.
     pub role: Option<String>,
     pub description: Option<String>,
+    /// A fixed role, acting for no user (install admins only).
+    pub fixed_role: bool,
 }
 
 /// What the token endpoint answers.
@@ -73,9 +88,10 @@ fn invalid_client() -> Error {
 }
 
 impl App {
-    /// Makes a client id and secret for a project. An admin may make them
-    /// for any project and role; others only for their current project,
-    /// with at most their own role.
+    /// Makes a client id and secret for a project: the caller's own, with
+    /// at most the caller's role, acting as the caller; or, for an install
+    /// admin, any project, where (unless it is a member) it has the role it
+    /// is given, acting for no user.
     pub async fn create_credential(
         &self,
         caller: &Principal,
@@ -88,9 +104,9 @@ impl App {
                 (caller.project_id.clone(), caller.project_name.clone())
             }
             Some(name) => {
-                if !caller.can(Permission::UserAdmin) {
+                if !caller.is_install_admin() {
                     return Err(Error::Forbidden(format!(
-                        "only an admin may make credentials for project {name}; yours is {}",
+                        "only an install admin may make credentials for project {name}; yours is {}",
                         caller.project_name
                     )));
                 }
@@ -98,19 +114,36 @@ impl App {
                 (project.id, project.name)
             }
         };
+        // Acting as the caller wherever the caller is a member there, unless
+        // an install admin fixes the role.
+        if req.fixed_role && !caller.is_install_admin() {
+            return Err(Error::Forbidden(
+                "only an install admin may make a credential with a fixed role".into(),
+            ));
+        }
+        let own_role = match (req.fixed_role, project_id == caller.project_id) {
+            (true, _) => None,
+            (false, true) => Some(caller.role),
+            (false, false) => self
+                .store
+                .membership(&caller.user_id, &project_id)
+                .await?
+                .and_then(|m| m.role.parse::<Role>().ok()),
+        };
         let role = match req.role.as_deref() {
-            None if caller.role == Role::Admin => Role::Member,
-            None => caller.role,
+            None => match own_role {
+                Some(Role::Admin) | None => Role::Member,
+                Some(own) => own,
+            },
             Some(text) => text
                 .parse::<Role>()
                 .map_err(|e| Error::invalid("role", e))?,
         };
-        let allowed =
-            caller.role == Role::Admin || role.permissions().iter().all(|p| caller.role.grants(*p));
-        if !allowed {
+        if let Some(own) = own_role
+            && !role.within(own)
+        {
             return Err(Error::Forbidden(format!(
-                "you cannot give a credential the role {role}, which can do more than yours ({})",
-                caller.role
+                "you cannot give a credential the role {role}, which can do more than yours ({own})"
             )));
         }
         let description = req.description.unwrap_or_default();
@@ -120,6 +153,10 @@ impl App {
                 "description must be at most 256 printable characters",
             ));
         }
+        let scopes = caller.scopes.as_ref().map(|scopes| {
+            let names: Vec<&str> = scopes.iter().map(|p| p.as_str()).collect();
+            serde_json::to_string(&names).unwrap_or_default()
+        });
         let client_id = random_text(21);
         let client_secret = random_text(43);
         let record = OAuthClientRecord {
@@ -131,6 +168,9 @@ impl App {
             created_by: Some(caller.user_id.clone()),
             created_at: tessera_store::now(),
             revoked_at: None,
+            scopes,
+            parent_token_id: caller.token_id.clone(),
+            acts_as: own_role.map(|_| caller.user_id.clone()),
         };
         self.store.insert_oauth_client(&record).await?;
         tracing::info!(client_id = %client_id, project = %project_name, %role, "OAuth credential created");
@@ -143,10 +183,19 @@ impl App {
         })
     }
 
-    /// The credentials of the caller's project; an admin sees all.
+    /// Whether `caller` may see and revoke credential `record`: its own;
+    /// its workspace's with `credential_admin`; any for an install admin.
+    fn manages_credential(caller: &Principal, record: &OAuthClientRecord) -> bool {
+        caller.is_install_admin()
+            || (record.project_id == caller.project_id
+                && (caller.can(Permission::CredentialAdmin)
+                    || record.created_by.as_deref() == Some(&caller.user_id)))
+    }
+
+    /// The credentials the caller manages.
     pub async fn credentials(&self, caller: &Principal) -> Result<Vec<Credential>> {
         caller.require(Permission::CredentialWrite)?;
-        let scope = (!caller.can(Permission::UserAdmin)).then_some(caller.project_id.as_str());
+        let scope = (!caller.is_install_admin()).then_some(caller.project_id.as_str());
         let records = self.store.oauth_clients(scope).await?;
         let mut names = std::collections::HashMap::new();
         for project in self.store.projects().await? {
@@ -154,6 +203,7 @@ impl App {
         }
         Ok(records
             .into_iter()
+            .filter(|r| Self::manages_credential(caller, r))
             .map(|r| Credential {
                 project: names.get(&r.project_id).cloned().unwrap_or_default(),
                 client_id: r.client_id,
@@ -161,6 +211,8 @@ impl App {
                 description: r.description,
                 created_at: r.created_at,
                 revoked_at: r.revoked_at,
+                acts_as: r.acts_as,
+                scopes: r.scopes.and_then(|s| serde_json::from_str(&s).ok()),
             })
             .collect())
     }
@@ -173,7 +225,7 @@ impl App {
             false => self.store.oauth_client(client_id).await?,
         };
         let record = record
-            .filter(|r| caller.can(Permission::UserAdmin) || r.project_id == caller.project_id)
+            .filter(|r| Self::manages_credential(caller, r))
             .ok_or_else(|| Error::NotFound(format!("credential {client_id} not found")))?;
         self.store.revoke_oauth_client(&record.client_id).await?;
         self.identity.forget_all();
@@ -200,6 +252,8 @@ impl App {
         if !same {
             return Err(invalid_client());
         }
+        // No tokens for a credential whose user is gone.
+        self.principal_of_client(&record).await?;
         self.oauth_tokens(&record.client_id).await
     }
 
@@ -222,6 +276,7 @@ impl App {
             .await?
             .filter(|r| r.revoked_at.is_none())
             .ok_or_else(invalid_client)?;
+        self.principal_of_client(&record).await?;
         let (access_token, _) = self.identity.sign(
             &record.client_id,
             ACCESS_TYP,
@@ -280,30 +335,69 @@ impl App {
             .await?
             .filter(|r| r.revoked_at.is_none())
             .ok_or_else(unauthenticated)?;
-        let project = self
-            .store
-            .project(&record.project_id)
-            .await?
-            .ok_or_else(unauthenticated)?;
+        let principal = self.principal_of_client(&record).await?;
+        self.identity.remember(hash, &principal);
+        Ok(principal)
+    }
+
+    /// What a credential may do now: its role, capped by the current role
+    /// of the user it acts as (gone, disabled or no longer a member: 401),
+    /// narrowed by its scopes. A credential never has an install role.
+    async fn principal_of_client(&self, record: &OAuthClientRecord) -> Result<Principal> {
         let role: Role = record.role.parse().map_err(|e: String| {
             Error::Internal(tessera_store::StoreError::Corrupt(format!(
                 "oauth_clients.role: {e}"
             )))
         })?;
-        let principal = Principal {
-            user_id: record
-                .created_by
-                .clone()
-                .unwrap_or_else(|| record.client_id.clone()),
-            username: format!("oauth:{}", record.client_id),
-            project_id: project.id,
-            project_name: project.name,
-            role,
-            scopes: None,
-            token_id: Some(record.client_id),
-            expires_at: None,
+        let scopes = match &record.scopes {
+            None => None,
+            Some(text) => {
+                let names: Vec<String> = serde_json::from_str(text).map_err(|e| {
+                    Error::Internal(tessera_store::StoreError::Corrupt(format!(
+                        "oauth_clients.scopes: {e}"
+                    )))
+                })?;
+                Some(names.iter().filter_map(|n| n.parse().ok()).collect())
+            }
         };
-        self.identity.remember(hash, &principal);
-        Ok(principal)
+        let (user_id, project_id, project_name, role) = match &record.acts_as {
+            Some(user) => {
+                let holder = self
+                    .principal_of_user(user, Some(&record.project_id), None, None)
+                    .await
+                    .map_err(|_| {
+                        Error::Unauthenticated(
+                            "the user this credential acts for is gone, disabled or no longer \
+                             a member of its project"
+                                .into(),
+                        )
+                    })?;
+                (
+                    holder.user_id,
+                    holder.project_id,
+                    holder.project_name,
+                    role.min(holder.role),
+                )
+            }
+            None => {
+                let project = self
+                    .store
+                    .project(&record.project_id)
+                    .await?
+                    .ok_or_else(unauthenticated)?;
+                (record.client_id.clone(), project.id, project.name, role)
+            }
+        };
+        Ok(Principal {
+            user_id,
+            username: format!("oauth:{}", record.client_id),
+            project_id,
+            project_name,
+            role,
+            install_role: None,
+            scopes,
+            token_id: Some(record.client_id.clone()),
+            expires_at: None,
+        })
     }
 }

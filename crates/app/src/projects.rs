@@ -35,7 +35,7 @@ impl App {
         project.ok_or_else(|| Error::NotFound(format!("workspace {name} not found")))
     }
 
-    /// The caller's workspaces; an admin sees every project.
+    /// The caller's workspaces; an install admin sees every project.
     pub async fn workspaces(&self, caller: &Principal) -> Result<Vec<Workspace>> {
         caller.require(Permission::WorkspaceRead)?;
         let mine = self.store.memberships(&caller.user_id).await?;
@@ -49,7 +49,7 @@ impl App {
                 last_used: m.last_used,
             })
             .collect();
-        if caller.can(Permission::UserAdmin) {
+        if caller.is_install_admin() {
             for project in self.store.projects().await? {
                 if !workspaces.iter().any(|w| w.name == project.name) {
                     workspaces.push(Workspace {
@@ -66,7 +66,8 @@ impl App {
         Ok(workspaces)
     }
 
-    /// Creates a project; the caller becomes a member with its current role.
+    /// Creates a project (install admins: `workspace_create` is a fleet
+    /// permission); the caller becomes its admin.
     pub async fn create_workspace(
         &self,
         caller: &Principal,
@@ -92,7 +93,7 @@ impl App {
             path,
             created_at: tessera_store::now(),
         };
-        let role = caller.role.as_str();
+        let role = tessera_core::Role::Admin.as_str();
         if !self
             .store
             .insert_project(&project, Some((&caller.user_id, role)))

@@ -1,18 +1,23 @@
 //! API tokens for automation: created with scopes, listed, revoked. The
 //! secret is shown once, at creation; only its hash is kept.
+//!
+//! Making a token needs `token_write`. A token made with an API token is
+//! that token's child: it has at most its parent's scopes, expires no
+//! later, acts in the same workspace, and is revoked with it. Only an
+//! install admin makes tokens for other users.
 
 use crate::error::{Error, Result};
 use crate::identity::{BOOTSTRAP_TOKEN_ID, Principal, generate_token, hash_token};
 use crate::{App, has_nul, new_id};
 use tessera_core::Permission;
-use tessera_store::{NewToken, TokenRecord};
+use tessera_store::{NewToken, TokenOwner, TokenRecord};
 
 #[derive(Clone, Debug, Default)]
 pub struct CreateToken {
     pub name: String,
     /// Project name; the caller's current project by default.
     pub project: Option<String>,
-    /// User id; the caller by default (another user's needs `user_admin`).
+    /// User id; the caller by default (another user's: install admins only).
     pub user_id: Option<String>,
     pub scopes: Option<Vec<String>>,
     pub expires_in_days: Option<i64>,
@@ -28,12 +33,17 @@ pub struct ApiToken {
 }
 
 impl App {
+    /// The caller's tokens; every token of its workspace with
+    /// `credential_admin`; every token for an install admin.
     pub async fn tokens(&self, caller: &Principal) -> Result<Vec<ApiToken>> {
-        let all = caller.can(Permission::UserAdmin);
-        let records = self
-            .store
-            .tokens((!all).then_some(caller.user_id.as_str()))
-            .await?;
+        let owner = if caller.is_install_admin() {
+            TokenOwner::Everyone
+        } else if caller.can(Permission::CredentialAdmin) {
+            TokenOwner::Project(&caller.project_id)
+        } else {
+            TokenOwner::User(&caller.user_id)
+        };
+        let records = self.store.tokens(owner).await?;
         let mut tokens = Vec::with_capacity(records.len());
         for record in records {
             tokens.push(self.shown_token(record, None).await?);
@@ -54,6 +64,7 @@ impl App {
     }
 
     pub async fn create_token(&self, caller: &Principal, req: CreateToken) -> Result<ApiToken> {
+        caller.require(Permission::TokenWrite)?;
         let name = req.name.trim();
         if name.is_empty() || name.len() > 128 || name.chars().any(char::is_control) {
             return Err(Error::invalid(
@@ -63,7 +74,11 @@ impl App {
         }
         let user_id = match &req.user_id {
             Some(user) if *user != caller.user_id => {
-                caller.require(Permission::UserAdmin)?;
+                if !caller.is_install_admin() {
+                    return Err(Error::Forbidden(
+                        "only an install admin may make tokens for another user".into(),
+                    ));
+                }
                 if has_nul(user) || self.store.user(user).await?.is_none() {
                     return Err(Error::NotFound(format!("user {user} not found")));
                 }
@@ -80,10 +95,10 @@ impl App {
                 .ok_or_else(|| Error::NotFound("your project no longer exists".into()))?,
         };
         // A token made with an API token stays in that token's project,
-        // unless the token is an unrestricted admin's.
+        // unless the token is an unrestricted install admin's.
         if caller.token_id.is_some()
             && project.id != caller.project_id
-            && !caller.can(Permission::UserAdmin)
+            && !caller.is_install_admin()
         {
             return Err(Error::Forbidden(format!(
                 "a token made with an API token acts in its workspace, {}; log in to make one for {}",
@@ -101,11 +116,21 @@ impl App {
             .role
             .parse()
             .map_err(|e: String| Error::invalid("role", e))?;
+        let user = self
+            .store
+            .user(&user_id)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("user {user_id} not found")))?;
+        let install_role = crate::identity::parse_install_role(user.install_role.as_deref())?;
+        let grants = |p: Permission| match p.reach() {
+            tessera_core::Reach::Workspace => role.grants(p),
+            tessera_core::Reach::Fleet => install_role.is_some_and(|r| r.grants(p)),
+        };
         // A token made with a scoped token gets no more than its scopes.
         let requested = match (&req.scopes, &caller.scopes) {
             (None, Some(mine)) => Some(
                 mine.iter()
-                    .filter(|p| role.grants(**p))
+                    .filter(|p| grants(**p))
                     .map(|p| p.as_str().to_string())
                     .collect(),
             ),
@@ -131,13 +156,19 @@ impl App {
                             ),
                         ));
                     }
-                    if !role.grants(permission) {
+                    if !grants(permission) {
                         return Err(Error::invalid(
                             "scopes",
-                            format!(
-                                "scope {permission} is not granted by role {role} in workspace {}",
-                                project.name
-                            ),
+                            match permission.reach() {
+                                tessera_core::Reach::Workspace => format!(
+                                    "scope {permission} is not granted by role {role} in workspace {}",
+                                    project.name
+                                ),
+                                tessera_core::Reach::Fleet => format!(
+                                    "scope {permission} acts on the whole install, and the \
+                                     token's user has no install role that grants it"
+                                ),
+                            },
                         ));
                     }
                     scopes.push(permission.as_str().to_string());
@@ -176,6 +207,7 @@ impl App {
                 project_id: project.id,
                 scopes,
                 expires_at,
+                parent_id: caller.token_id.clone(),
             })
             .await?;
         let record = self
@@ -186,15 +218,19 @@ impl App {
         self.shown_token(record, Some(secret)).await
     }
 
-    /// Revokes a token of the caller's (any, for an admin). Another user's
-    /// token is a 404 to a non-admin.
+    /// Revokes a token, with every token and credential made with it: the
+    /// caller's own; any of its workspace's with `credential_admin`; any
+    /// for an install admin. Another token is a 404.
     pub async fn revoke_token(&self, caller: &Principal, id: &str) -> Result<()> {
         let record = match has_nul(id) {
             true => None,
             false => self.store.token(id).await?,
         };
         let visible = record.filter(|r| {
-            caller.can(Permission::UserAdmin) || r.user_id.as_deref() == Some(&caller.user_id)
+            caller.is_install_admin()
+                || r.user_id.as_deref() == Some(&caller.user_id)
+                || (caller.can(Permission::CredentialAdmin)
+                    && r.project_id.as_deref() == Some(&caller.project_id))
         });
         let Some(record) = visible.filter(|r| r.revoked_at.is_none()) else {
             return Err(Error::NotFound(format!("token {id} not found")));

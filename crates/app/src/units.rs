@@ -58,6 +58,16 @@ impl App {
             region: req.region.clone(),
             zone: req.zone.clone(),
         };
+        let quota = self
+            .quota_check(
+                &req.project_id,
+                tessera_store::Usage {
+                    instances: 1,
+                    vcpus: i64::from(req.cpu_count),
+                    ..tessera_store::Usage::default()
+                },
+            )
+            .await?;
         let mut looked_again = false;
         let mut attempts = 0;
         let decision = loop {
@@ -89,10 +99,18 @@ impl App {
                 tags: req.tags.as_ref(),
                 deadline: &deadline,
                 project_id: &req.project_id,
+                quota: Some(&quota),
             };
             let claimed = self.store.claim_unit(&claim).await;
             if let Ok(Some(generation)) = claimed {
                 break (decision, generation);
+            }
+            if let Err(tessera_store::StoreError::QuotaExceeded(exceeded)) = claimed {
+                // The unit stays free for others.
+                self.placement
+                    .refresh_host(&self.store, decision.host.as_str())
+                    .await?;
+                return Err(Error::QuotaExceeded(exceeded.to_string()));
             }
             // Lost a race, or the store failed: the view is wrong about this host.
             self.placement

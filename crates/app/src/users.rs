@@ -1,9 +1,17 @@
-//! Users and their roles in projects, managed by admins.
+//! Users and their roles, managed by admins.
+//!
+//! An install admin manages every user: their workspace roles, their
+//! install roles, passwords, and their existence. A workspace admin manages
+//! the members of the workspace it acts in, and nobody else: it sees only
+//! them (and only their role there), gives roles there, takes members out,
+//! and changes the password of, disables or deletes only users who belong
+//! to that workspace alone and hold no install role, since anything more
+//! would reach into workspaces it does not administer.
 
 use crate::error::{Error, Result};
-use crate::identity::{Principal, hash_password, validate_password};
+use crate::identity::{Principal, validate_password};
 use crate::{App, has_nul, new_id};
-use tessera_core::{Permission, Role};
+use tessera_core::{InstallRole, Permission, Role};
 use tessera_store::{MembershipRecord, NewUser, UserRecord};
 
 /// A user with the projects it belongs to.
@@ -19,14 +27,19 @@ pub struct CreateUser {
     pub password: Option<String>,
     pub project: String,
     pub role: String,
+    /// `admin` or `operator` over the whole install (install admins only).
+    pub install_role: Option<String>,
 }
 
 #[derive(Clone, Debug, Default)]
 pub struct UpdateUser {
     pub password: Option<String>,
     pub disabled: Option<bool>,
-    /// Gives the user this role in this project (added if not a member).
+    /// Gives the user this role in this project (added if not a member);
+    /// the role `none` takes the user out of the project.
     pub membership: Option<(String, String)>,
+    /// Sets (`admin`, `operator`) or clears (`none`) the install role.
+    pub install_role: Option<String>,
 }
 
 pub fn validate_name(field: &'static str, name: &str) -> Result<()> {
@@ -53,31 +66,97 @@ fn parse_role(role: &str) -> Result<Role> {
     role.parse().map_err(|e: String| Error::invalid("role", e))
 }
 
-async fn hash(password: &str) -> Result<String> {
-    validate_password(password)?;
-    let password = password.to_string();
-    tokio::task::spawn_blocking(move || hash_password(&password))
-        .await
-        .map_err(|e| Error::Unavailable(e.to_string()))?
+/// An install role as a request names it; `none` clears it.
+fn parse_install_role(role: &str) -> Result<Option<InstallRole>> {
+    match role {
+        "none" => Ok(None),
+        other => other
+            .parse()
+            .map(Some)
+            .map_err(|e: String| Error::invalid("install_role", format!("{e}, or none"))),
+    }
+}
+
+/// Not an install admin: the users this caller may see are the members of
+/// its workspace, if it administers that workspace.
+fn workspace_admin(caller: &Principal) -> Result<&str> {
+    caller.require(Permission::UserAdmin)?;
+    Ok(caller.project_id.as_str())
 }
 
 impl App {
+    async fn hash(&self, password: &str) -> Result<String> {
+        validate_password(password)?;
+        self.throttle.hash_password(password).await
+    }
+
     pub async fn users(&self, caller: &Principal) -> Result<Vec<User>> {
-        caller.require(Permission::UserAdmin)?;
+        let records = match caller.is_install_admin() {
+            true => self.store.users().await?,
+            false => self.store.project_users(workspace_admin(caller)?).await?,
+        };
         let mut users = Vec::new();
-        for record in self.store.users().await? {
+        for record in records {
             let memberships = self.store.memberships(&record.id).await?;
-            users.push(User {
-                record,
-                memberships,
-            });
+            users.push(self.shown(
+                caller,
+                User {
+                    record,
+                    memberships,
+                },
+            ));
         }
         Ok(users)
     }
 
     pub async fn user(&self, caller: &Principal, id: &str) -> Result<User> {
-        caller.require(Permission::UserAdmin)?;
-        self.load_user(id).await
+        let user = self.visible_user(caller, id).await?;
+        Ok(self.shown(caller, user))
+    }
+
+    /// A user as `caller` may see it: a workspace admin sees its role in
+    /// the workspace only.
+    fn shown(&self, caller: &Principal, mut user: User) -> User {
+        if !caller.is_install_admin() {
+            user.memberships
+                .retain(|m| m.project_id == caller.project_id);
+        }
+        user
+    }
+
+    /// A user the caller administers; anyone else is a 404.
+    async fn visible_user(&self, caller: &Principal, id: &str) -> Result<User> {
+        let scope = match caller.is_install_admin() {
+            true => None,
+            false => Some(workspace_admin(caller)?),
+        };
+        let user = self.load_user(id).await?;
+        match scope {
+            Some(project) if !user.memberships.iter().any(|m| m.project_id == project) => {
+                Err(Error::NotFound(format!("user {id} not found")))
+            }
+            _ => Ok(user),
+        }
+    }
+
+    /// Refuses a change to a user's password, state or existence unless the
+    /// caller is an install admin, or administers every workspace the user
+    /// belongs to (its own) and the user holds no install role.
+    fn require_whole_user(&self, caller: &Principal, user: &User, what: &str) -> Result<()> {
+        if caller.is_install_admin() {
+            return Ok(());
+        }
+        let elsewhere = user
+            .memberships
+            .iter()
+            .any(|m| m.project_id != caller.project_id);
+        if elsewhere || user.record.install_role.is_some() {
+            return Err(Error::Forbidden(format!(
+                "only an install admin may {what} user {}: it belongs to more than workspace {}",
+                user.record.username, caller.project_name
+            )));
+        }
+        Ok(())
     }
 
     async fn load_user(&self, id: &str) -> Result<User> {
@@ -93,15 +172,62 @@ impl App {
         })
     }
 
+    /// The project a user-admin request names: any for an install admin,
+    /// the caller's own otherwise (another is a 404, as every other
+    /// workspace is to it).
+    async fn administered_project(
+        &self,
+        caller: &Principal,
+        name: &str,
+    ) -> Result<tessera_store::ProjectRecord> {
+        if !caller.is_install_admin() {
+            workspace_admin(caller)?;
+            if name != caller.project_name {
+                return Err(Error::NotFound(format!(
+                    "workspace {name} not found (you administer {})",
+                    caller.project_name
+                )));
+            }
+        }
+        self.project_named(name).await
+    }
+
+    fn require_install_admin(caller: &Principal, what: &str) -> Result<()> {
+        match caller.is_install_admin() {
+            true => Ok(()),
+            false => Err(Error::Forbidden(format!(
+                "only an install admin may {what}"
+            ))),
+        }
+    }
+
     pub async fn create_user(&self, caller: &Principal, req: CreateUser) -> Result<User> {
-        caller.require(Permission::UserAdmin)?;
         validate_name("username", &req.username)?;
         let role = parse_role(&req.role)?;
+        let project = self.administered_project(caller, &req.project).await?;
+        let install_role = match req.install_role.as_deref() {
+            None => None,
+            Some(text) => {
+                let parsed = parse_install_role(text)?;
+                if parsed.is_some() {
+                    Self::require_install_admin(caller, "grant install roles")?;
+                }
+                parsed
+            }
+        };
+        if let Some(password) = &req.password {
+            validate_password(password)?;
+        }
+        if self.store.user_by_name(&req.username).await?.is_some() {
+            return Err(Error::Conflict(format!(
+                "user {} already exists",
+                req.username
+            )));
+        }
         let password_hash = match &req.password {
-            Some(password) => Some(hash(password).await?),
+            Some(password) => Some(self.hash(password).await?),
             None => None,
         };
-        let project = self.project_named(&req.project).await?;
         let id = new_id("usr");
         let created = self
             .store
@@ -111,6 +237,7 @@ impl App {
                 password_hash,
                 project_id: project.id,
                 role: role.as_str().into(),
+                install_role: install_role.map(|r| r.as_str().to_string()),
             })
             .await?;
         if !created {
@@ -120,30 +247,78 @@ impl App {
             )));
         }
         tracing::info!(username = %req.username, %role, project = %req.project, by = %caller.username, "user created");
-        self.load_user(&id).await
+        let user = self.load_user(&id).await?;
+        Ok(self.shown(caller, user))
     }
 
     pub async fn update_user(&self, caller: &Principal, id: &str, req: UpdateUser) -> Result<User> {
-        caller.require(Permission::UserAdmin)?;
-        let user = self.load_user(id).await?;
+        let user = self.visible_user(caller, id).await?;
+        let install_role = match req.install_role.as_deref() {
+            None => None,
+            Some(text) => {
+                let parsed = parse_install_role(text)?;
+                Self::require_install_admin(caller, "grant or take install roles")?;
+                if user.record.id == caller.user_id {
+                    return Err(Error::Conflict(
+                        "you cannot change your own install role; ask another install admin".into(),
+                    ));
+                }
+                Some(parsed)
+            }
+        };
+        let membership = match &req.membership {
+            None => None,
+            Some((project, role)) => {
+                let project = self.administered_project(caller, project).await?;
+                let role = match role.as_str() {
+                    "none" => None,
+                    other => Some(parse_role(other)?),
+                };
+                if role.is_none() && user.record.id == caller.user_id {
+                    return Err(Error::Conflict(
+                        "you cannot take yourself out of a workspace".into(),
+                    ));
+                }
+                Some((project, role))
+            }
+        };
+        if req.password.is_some() {
+            self.require_whole_user(caller, &user, "change the password of")?;
+        }
+        if req.disabled.is_some() {
+            self.require_whole_user(caller, &user, "disable or enable")?;
+        }
         if req.disabled == Some(true) && user.record.id == caller.user_id {
             return Err(Error::Conflict("you cannot disable yourself".into()));
         }
         let password_hash = match &req.password {
-            Some(password) => Some(hash(password).await?),
+            Some(password) => Some(self.hash(password).await?),
             None => None,
         };
-        if let Some((project, role)) = &req.membership {
-            let role = parse_role(role)?;
-            let project = self.project_named(project).await?;
-            self.store
-                .put_membership(&user.record.id, &project.id, role.as_str())
-                .await?;
-            if user.record.active_project_id.is_none() {
-                self.store
-                    .activate_project(&user.record.id, &project.id)
-                    .await?;
+        if let Some((project, role)) = &membership {
+            match role {
+                Some(role) => {
+                    self.store
+                        .put_membership(&user.record.id, &project.id, role.as_str())
+                        .await?;
+                    if user.record.active_project_id.is_none() {
+                        self.store
+                            .activate_project(&user.record.id, &project.id)
+                            .await?;
+                    }
+                }
+                None => {
+                    self.store
+                        .delete_membership(&user.record.id, &project.id)
+                        .await?;
+                }
             }
+        }
+        if let Some(role) = install_role {
+            self.store
+                .set_install_role(&user.record.id, role.map(InstallRole::as_str))
+                .await?;
+            tracing::info!(username = %user.record.username, install_role = ?role, by = %caller.username, "install role changed");
         }
         if password_hash.is_some() || req.disabled.is_some() {
             self.store
@@ -151,15 +326,16 @@ impl App {
                 .await?;
         }
         self.identity.forget_all();
-        self.load_user(&user.record.id).await
+        let user = self.load_user(&user.record.id).await?;
+        Ok(self.shown(caller, user))
     }
 
     pub async fn delete_user(&self, caller: &Principal, id: &str) -> Result<()> {
-        caller.require(Permission::UserAdmin)?;
-        let user = self.load_user(id).await?;
+        let user = self.visible_user(caller, id).await?;
         if user.record.id == caller.user_id {
             return Err(Error::Conflict("you cannot delete yourself".into()));
         }
+        self.require_whole_user(caller, &user, "delete")?;
         self.store.delete_user(&user.record.id).await?;
         self.identity.forget_all();
         tracing::info!(username = %user.record.username, by = %caller.username, "user deleted");

@@ -85,6 +85,15 @@ pub(crate) fn target(n: usize) -> String {
 /// The most volumes one instance may have.
 pub const MAX_VOLUMES_PER_INSTANCE: usize = 64;
 
+/// What new volumes of these sizes add to their project's usage.
+pub(crate) fn volumes_usage(sizes_gb: &[u64]) -> tessera_store::Usage {
+    tessera_store::Usage {
+        volumes: sizes_gb.len() as i64,
+        volume_gb: sizes_gb.iter().map(|s| *s as i64).sum(),
+        ..tessera_store::Usage::default()
+    }
+}
+
 impl App {
     /// Checks a new volume's name, size and type; answers its hourly price.
     pub(crate) fn check_volume(&self, field: &'static str, input: &VolumeInput) -> Result<i64> {
@@ -108,6 +117,41 @@ impl App {
             ));
         };
         Ok(to_micros(kind.hourly(input.size_gb)))
+    }
+
+    /// Refuses a volume larger than any host of `location` can hold: a
+    /// volume lives on one host, so the bound is the most free disk one of
+    /// the location's ready hosts reports (hosts that report none, such as
+    /// simulated ones, bound nothing beyond the catalog's maximum).
+    pub(crate) async fn check_volume_room(
+        &self,
+        field: &'static str,
+        location: &str,
+        size_gb: u64,
+    ) -> Result<()> {
+        let room = self.store.location_disk_gb(location).await?;
+        if let Some(room) = room
+            && size_gb > room
+        {
+            return Err(Error::invalid(
+                field,
+                format!(
+                    "a volume of {size_gb} GB does not fit in {location}: its largest host has \
+                     {room} GB free"
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// A quota check ahead of work on a host that cannot wait for the
+    /// store's own (atomic) check at the end.
+    pub(crate) async fn check_quota_now(&self, quota: &tessera_store::QuotaCheck) -> Result<()> {
+        let used = self.store.project_usage(&quota.project_id).await?;
+        match quota.exceeded(&used) {
+            Some(exceeded) => Err(Error::QuotaExceeded(exceeded.to_string())),
+            None => Ok(()),
+        }
     }
 
     fn volume_rate(&self, volume: &VolumeRecord) -> i64 {
@@ -168,8 +212,13 @@ impl App {
             // take it now.
             self.stopped_instance(caller, instance_id).await?;
         }
+        self.check_volume_room("size", &req.location, req.volume.size_gb)
+            .await?;
+        let quota = self
+            .quota_check(&caller.project_id, volumes_usage(&[req.volume.size_gb]))
+            .await?;
         self.store
-            .insert_volumes(std::slice::from_ref(&volume))
+            .insert_volumes(std::slice::from_ref(&volume), Some(&quota))
             .await?;
         if let Some(instance_id) = req.instance_ids.first()
             && let Err(err) = self.attach_volume(caller, &id, instance_id).await
@@ -180,7 +229,7 @@ impl App {
             gone.status = "deleted".into();
             gone.purged_at = Some(tessera_store::now());
             self.store
-                .update_volume(&gone, record.generation, Some(MeterChange::Stop))
+                .update_volume(&gone, record.generation, Some(MeterChange::Stop), None)
                 .await?;
             return Err(err);
         }
@@ -276,7 +325,7 @@ impl App {
     ) -> Result<()> {
         if !self
             .store
-            .update_volume(next, read_generation, meter)
+            .update_volume(next, read_generation, meter, None)
             .await?
         {
             return Err(Error::Conflict(format!(
@@ -434,6 +483,21 @@ impl App {
             "the larger volume",
         )
         .await?;
+        self.check_volume_room("size", &volume.location, size_gb)
+            .await?;
+        let growth = volumes_usage(&[size_gb.saturating_sub(volume.size_gb as u64)]);
+        let quota = self
+            .quota_check(
+                &caller.project_id,
+                tessera_store::Usage {
+                    volumes: 0,
+                    ..growth
+                },
+            )
+            .await?;
+        // Checked before the host grows the disk, and again, atomically,
+        // when the new size is recorded.
+        self.check_quota_now(&quota).await?;
         if let Some(host) = &volume.host_id {
             self.ensure_on_host(
                 host,
@@ -448,8 +512,20 @@ impl App {
                 Error::HostFailed(format!("resizing volume {id} on its host failed: {e}"))
             })?;
         }
-        self.write_volume(&next, volume.generation, Some(MeterChange::Rerate(rate)))
-            .await?;
+        if !self
+            .store
+            .update_volume(
+                &next,
+                volume.generation,
+                Some(MeterChange::Rerate(rate)),
+                Some(&quota),
+            )
+            .await?
+        {
+            return Err(Error::Conflict(format!(
+                "volume {id} changed meanwhile; try again"
+            )));
+        }
         tracing::info!(volume = %id, size_gb, "volume resized");
         Ok(())
     }
@@ -586,6 +662,10 @@ impl App {
         };
         let rate = self.check_volume("name", &input)?;
         self.check_funds(caller, rate, "the clone").await?;
+        let quota = self
+            .quota_check(&caller.project_id, volumes_usage(&[input.size_gb]))
+            .await?;
+        self.check_quota_now(&quota).await?;
         let mut clone = self.new_volume(caller, &input, &volume.location, false, rate);
         clone.record.host_id = volume.host_id.clone();
         if let Some(host) = &volume.host_id {
@@ -603,7 +683,7 @@ impl App {
             })?;
         }
         self.store
-            .insert_volumes(std::slice::from_ref(&clone))
+            .insert_volumes(std::slice::from_ref(&clone), Some(&quota))
             .await?;
         tracing::info!(volume = %id, clone = %clone.record.id, "volume cloned");
         Ok(clone.record.id)
@@ -670,7 +750,7 @@ impl App {
                     next.host_id = Some(host.clone());
                     let homed = self
                         .store
-                        .update_volume(&next, volume.generation, None)
+                        .update_volume(&next, volume.generation, None, None)
                         .await
                         .map_err(|e| HostCallError::Failed(e.to_string()))?;
                     if !homed {
@@ -720,7 +800,7 @@ impl App {
             next.purged_at = Some(tessera_store::now());
             if self
                 .store
-                .update_volume(&next, volume.generation, Some(MeterChange::Stop))
+                .update_volume(&next, volume.generation, Some(MeterChange::Stop), None)
                 .await?
             {
                 tracing::info!(volume = %volume.id, "volume purged");

@@ -176,6 +176,7 @@ impl App {
                 labels: serde_json::to_value(&node.labels).unwrap_or_default(),
                 spec: serde_json::to_value(&node.spec).unwrap_or_default(),
                 memory_mb: node.spec.memory_mb.unwrap_or(0) as i64,
+                vcpus: i64::from(node.spec.vcpus.unwrap_or(1)),
                 micros_per_hour: self
                     .catalog
                     .instance_type(&node.spec.instance_type)
@@ -207,7 +208,12 @@ impl App {
             }),
             created_by: caller.username.clone(),
         };
-        self.store.insert_instances(&nodes, &op).await?;
+        let quota = self
+            .quota_check(&op.project_id, crate::instances::instances_usage(&nodes))
+            .await?;
+        self.store
+            .insert_instances(&nodes, &op, Some(&quota))
+            .await?;
         for node in &nodes {
             self.publish("instance", &node.id, Some(&op.project_id), "provisioning");
         }

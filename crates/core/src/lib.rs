@@ -16,5 +16,5 @@ pub mod status;
 
 pub use cpuset::CpuSet;
 pub use ids::{ComputeId, HostId};
-pub use permissions::{Permission, Role};
+pub use permissions::{InstallRole, Permission, Reach, Role};
 pub use range::{CpuRange, CpuRangeError};

@@ -1,9 +1,15 @@
 //! Roles and the permissions they grant.
 //!
 //! Permissions are the provisioning API's (`server_read`, `workflow_submit`,
-//! ...) plus the native API's own for instances, SSH keys and users. A role
-//! is a fixed set of them; an API token may narrow its user's set further
-//! with scopes, never widen it.
+//! ...) plus the native API's own for instances, SSH keys, users, tokens
+//! and quotas. Each permission has a reach ([`Reach`]): a *workspace*
+//! permission acts inside the one project the caller acts in, and comes from
+//! the caller's [`Role`] there; a *fleet* permission acts on the whole
+//! install (hosts, join tokens, Kloigos administration, every workspace),
+//! and comes only from the user's [`InstallRole`], which only an install
+//! admin grants. No workspace role grants a fleet permission, so an admin of
+//! one workspace is nobody in another. An API token may narrow its user's
+//! set further with scopes, never widen it.
 
 use std::fmt;
 use std::str::FromStr;
@@ -55,7 +61,30 @@ permissions! {
     BalanceRead => "balance_read",
     BalanceAdmin => "balance_admin",
     CredentialWrite => "credential_write",
+    CredentialAdmin => "credential_admin",
+    TokenWrite => "token_write",
     UserAdmin => "user_admin",
+    QuotaAdmin => "quota_admin",
+}
+
+/// Where a permission acts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reach {
+    /// Inside the caller's workspace (project), granted by its [`Role`] there.
+    Workspace,
+    /// On the whole install, granted by an [`InstallRole`] only.
+    Fleet,
+}
+
+impl Permission {
+    pub fn reach(self) -> Reach {
+        use Permission::*;
+        match self {
+            ServerRead | ServerCreate | ServerDelete | TaskservCreate | TaskservDelete
+            | WorkspaceCreate | SystemMetrics | BalanceAdmin | QuotaAdmin => Reach::Fleet,
+            _ => Reach::Workspace,
+        }
+    }
 }
 
 impl fmt::Display for Permission {
@@ -76,18 +105,19 @@ impl FromStr for Permission {
     }
 }
 
-/// A user's role in a project.
+/// A user's role in one workspace (project). It grants workspace
+/// permissions only, and only there.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Role {
-    /// Runs the cloud: everything, including users and the fleet.
+    /// Everything in the workspace, its members included.
     Admin,
-    /// Runs the fleet: hosts, taskservs, workflows, and the project's
-    /// instances; no users, no new workspaces.
+    /// Everything in the workspace but its members: also sees and revokes
+    /// every member's API tokens and OAuth credentials there.
     Operator,
-    /// Uses the cloud: the project's instances, keys, workflows and
-    /// operations; reads taskservs.
+    /// Uses the workspace: instances, keys, volumes, scripts, workflows,
+    /// operations, its own tokens and credentials.
     Member,
-    /// Reads what a member can see.
+    /// Reads what a member can see; makes read-only tokens.
     Viewer,
 }
 
@@ -103,11 +133,16 @@ impl Role {
         }
     }
 
+    /// Whether the role grants `permission` in its workspace. Never a
+    /// fleet permission.
     pub fn grants(self, permission: Permission) -> bool {
         use Permission::*;
+        if permission.reach() == Reach::Fleet {
+            return false;
+        }
         match self {
             Role::Admin => true,
-            Role::Operator => !matches!(permission, UserAdmin | WorkspaceCreate | BalanceAdmin),
+            Role::Operator => permission != UserAdmin,
             Role::Member => matches!(
                 permission,
                 TaskservRead
@@ -128,6 +163,7 @@ impl Role {
                     | ScriptWrite
                     | BalanceRead
                     | CredentialWrite
+                    | TokenWrite
             ),
             Role::Viewer => matches!(
                 permission,
@@ -140,6 +176,7 @@ impl Role {
                     | VolumeRead
                     | ScriptRead
                     | BalanceRead
+                    | TokenWrite
             ),
         }
     }
@@ -150,6 +187,84 @@ impl Role {
             .copied()
             .filter(|p| self.grants(*p))
             .collect()
+    }
+
+    /// Roles nest: each grants all that the ones below it grant.
+    fn rank(self) -> u8 {
+        match self {
+            Role::Viewer => 0,
+            Role::Member => 1,
+            Role::Operator => 2,
+            Role::Admin => 3,
+        }
+    }
+
+    /// The lesser of two roles.
+    pub fn min(self, other: Role) -> Role {
+        if self.rank() <= other.rank() {
+            self
+        } else {
+            other
+        }
+    }
+
+    /// Whether this role grants nothing `other` does not.
+    pub fn within(self, other: Role) -> bool {
+        self.rank() <= other.rank()
+    }
+}
+
+/// A user's role over the whole install, besides its workspace roles.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum InstallRole {
+    /// Every fleet permission, every workspace and every user; grants
+    /// install roles.
+    Admin,
+    /// Runs the fleet: hosts, join tokens, taskservs on hosts, Kloigos
+    /// administration and every workspace's units, fleet metrics and events.
+    Operator,
+}
+
+impl InstallRole {
+    pub const ALL: &'static [InstallRole] = &[InstallRole::Admin, InstallRole::Operator];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InstallRole::Admin => "admin",
+            InstallRole::Operator => "operator",
+        }
+    }
+
+    /// Whether the role grants `permission`: fleet permissions only.
+    pub fn grants(self, permission: Permission) -> bool {
+        use Permission::*;
+        if permission.reach() != Reach::Fleet {
+            return false;
+        }
+        match self {
+            InstallRole::Admin => true,
+            InstallRole::Operator => {
+                !matches!(permission, WorkspaceCreate | BalanceAdmin | QuotaAdmin)
+            }
+        }
+    }
+}
+
+impl fmt::Display for InstallRole {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for InstallRole {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        InstallRole::ALL
+            .iter()
+            .copied()
+            .find(|r| r.as_str() == s)
+            .ok_or_else(|| format!("unknown install role {s:?}: use admin or operator"))
     }
 }
 
@@ -183,6 +298,9 @@ mod tests {
         for r in Role::ALL {
             assert_eq!(r.as_str().parse::<Role>(), Ok(*r));
         }
+        for r in InstallRole::ALL {
+            assert_eq!(r.as_str().parse::<InstallRole>(), Ok(*r));
+        }
         assert!("root".parse::<Role>().is_err());
     }
 
@@ -199,5 +317,31 @@ mod tests {
         assert!(!Role::Operator.grants(Permission::UserAdmin));
         assert!(!Role::Member.grants(Permission::ServerRead));
         assert!(!Role::Viewer.grants(Permission::InstanceCreate));
+        assert_eq!(Role::Admin.min(Role::Viewer), Role::Viewer);
+        assert!(Role::Member.within(Role::Operator));
+        assert!(!Role::Admin.within(Role::Member));
+    }
+
+    #[test]
+    fn no_workspace_role_reaches_the_fleet() {
+        for p in Permission::ALL {
+            match p.reach() {
+                Reach::Fleet => {
+                    for r in Role::ALL {
+                        assert!(!r.grants(*p), "{r} grants {p}");
+                    }
+                    assert!(InstallRole::Admin.grants(*p), "{p}");
+                }
+                Reach::Workspace => {
+                    for r in InstallRole::ALL {
+                        assert!(!r.grants(*p), "install {r} grants {p}");
+                    }
+                    assert!(Role::Admin.grants(*p), "{p}");
+                }
+            }
+        }
+        assert!(InstallRole::Operator.grants(Permission::ServerDelete));
+        assert!(!InstallRole::Operator.grants(Permission::WorkspaceCreate));
+        assert!(!InstallRole::Operator.grants(Permission::QuotaAdmin));
     }
 }

@@ -7,8 +7,11 @@
 //! an OpenAPI document built from this code ([`openapi_documents`]).
 
 pub mod kloigos;
+mod limits;
 pub mod metrics;
 pub mod native;
+pub mod ratelimit;
+pub mod serve;
 pub mod system;
 pub mod verda;
 

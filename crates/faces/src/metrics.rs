@@ -1,8 +1,11 @@
 //! `GET /metrics`: Prometheus (OpenMetrics text) metrics of this process
 //! and the fleet.
 //!
-//! HTTP requests are counted and timed per route template (`/v1/instances/{id}`,
-//! never the raw path, so ids do not explode the series) and status. Fleet
+//! HTTP requests are counted and timed per method, route template
+//! (`/v1/instances/{id}`, never the raw path) and status. Every label value
+//! comes from a fixed set, whatever clients send: a method that is not one
+//! of HTTP's is `OTHER`, a path no route matches is `unmatched`, so made-up
+//! methods and ids never create new series. Fleet
 //! gauges (operations by status, hosts by status, instances by state, free
 //! CPUs) are read from the store and the placement view at each scrape.
 //! Scraping needs a bearer token with `system_metrics`.
@@ -73,7 +76,7 @@ pub async fn track(
         .extensions()
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
-    let method = request.method().as_str().to_string();
+    let method = method_label(request.method()).to_string();
     let started = Instant::now();
     let response = next.run(request).await;
     let labels = RouteLabels { method, route };
@@ -90,6 +93,23 @@ pub async fn track(
         })
         .inc();
     response
+}
+
+/// A request method as a label: one of HTTP's, or `OTHER`.
+fn method_label(method: &axum::http::Method) -> &'static str {
+    use axum::http::Method;
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        Method::CONNECT => "CONNECT",
+        Method::TRACE => "TRACE",
+        _ => "OTHER",
+    }
 }
 
 #[derive(Clone)]

@@ -21,6 +21,8 @@ pub struct JoinTokenRecord {
     pub created_at: String,
     pub expires_at: String,
     pub revoked_at: Option<String>,
+    /// The one host whose agent this token may replace, if any.
+    pub replaces: Option<String>,
 }
 
 #[derive(Clone, Debug, sqlx::FromRow)]
@@ -48,7 +50,7 @@ pub struct WorkRecord {
 }
 
 const JOIN_TOKEN_COLUMNS: &str =
-    "id, token_hash, description, created_by, created_at, expires_at, revoked_at";
+    "id, token_hash, description, created_by, created_at, expires_at, revoked_at, replaces";
 const AGENT_COLUMNS: &str =
     "hostname, credential_hash, driver, inventory, generation, reachable, last_seen, registered_at";
 const WORK_COLUMNS: &str = "hostname, key, generation, desired, observed_generation, observed";
@@ -61,12 +63,13 @@ impl Store {
         description: &str,
         created_by: Option<&str>,
         expires_at: &str,
+        replaces: Option<&str>,
     ) -> Result<()> {
         self.run_statements(
             "insert_join_token",
             vec![(
                 "INSERT INTO join_tokens (id, token_hash, description, created_by, created_at, \
-                 expires_at) VALUES ($1, $2, $3, $4, $5, $6)"
+                 expires_at, replaces) VALUES ($1, $2, $3, $4, $5, $6, $7)"
                     .into(),
                 vec![
                     id.into(),
@@ -75,6 +78,7 @@ impl Store {
                     created_by.into(),
                     now().into(),
                     expires_at.into(),
+                    replaces.into(),
                 ],
             )],
             |_| true,
@@ -153,6 +157,27 @@ impl Store {
         )
         .await?;
         Ok(())
+    }
+
+    /// The most free disk (GB) any ready host of `location` reported
+    /// through its agent; `None` when none reported any.
+    pub async fn location_disk_gb(&self, location: &str) -> Result<Option<u64>> {
+        let rows: Vec<(String,)> = self
+            .fetch_all(
+                "SELECT a.inventory FROM agents a JOIN hosts h ON h.hostname = a.hostname \
+                 WHERE h.region = $1 AND h.status = 'READY'",
+                &[location.into()],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .filter_map(|(inventory,)| {
+                serde_json::from_str::<serde_json::Value>(inventory)
+                    .ok()?
+                    .get("disk_gb")?
+                    .as_u64()
+            })
+            .max())
     }
 
     pub async fn agent(&self, hostname: &str) -> Result<Option<AgentRecord>> {

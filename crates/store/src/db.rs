@@ -128,6 +128,36 @@ impl Conn<'_> {
             .next())
     }
 
+    /// Every column of the first row, as integers (empty: no row).
+    pub(crate) async fn fetch_ints(
+        &mut self,
+        sql: &str,
+        args: &[Arg],
+    ) -> Result<Vec<i64>, DbError> {
+        match self {
+            Conn::Postgres(conn) => {
+                let row = any_query(sql, args).fetch_optional(&mut **conn).await?;
+                let Some(row) = row else {
+                    return Ok(Vec::new());
+                };
+                (0..sqlx::Row::len(&row))
+                    .map(|n| sqlx::Row::try_get::<i64, _>(&row, n).map_err(DbError::from))
+                    .collect()
+            }
+            Conn::Sqlite(conn) => {
+                let mut statement = sqlite_statement(conn, sql, args)?;
+                let columns = statement.column_count();
+                let mut rows = statement.raw_query();
+                let Some(row) = rows.next()? else {
+                    return Ok(Vec::new());
+                };
+                (0..columns)
+                    .map(|n| row.get::<_, i64>(n).map_err(DbError::from))
+                    .collect()
+            }
+        }
+    }
+
     /// The first column of every row, as text.
     pub(crate) async fn fetch_texts(
         &mut self,

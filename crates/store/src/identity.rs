@@ -19,6 +19,8 @@ pub struct UserRecord {
     pub password_hash: Option<String>,
     pub active_project_id: Option<String>,
     pub disabled: i64,
+    /// `admin` or `operator` over the whole install, if either.
+    pub install_role: Option<String>,
     pub created_at: String,
     pub updated_at: String,
 }
@@ -41,21 +43,22 @@ pub struct NewUser {
     pub password_hash: Option<String>,
     pub project_id: String,
     pub role: String,
+    pub install_role: Option<String>,
 }
 
 /// What presenting a refresh token did.
 #[derive(Debug, PartialEq, Eq)]
 pub enum RefreshUse {
     /// It was valid: it is now used, and its successor was recorded.
-    Rotated { user_id: String },
+    Rotated { user_id: String, family: String },
     /// It had been used before: its whole family is now revoked.
     Reused,
     /// Unknown, expired or revoked.
     Invalid,
 }
 
-const USER_COLUMNS: &str =
-    "id, username, password_hash, active_project_id, disabled, created_at, updated_at";
+const USER_COLUMNS: &str = "id, username, password_hash, active_project_id, disabled, \
+     install_role, created_at, updated_at";
 const MEMBERSHIP_SELECT: &str = "SELECT m.user_id, m.project_id, p.name AS project_name, \
      p.path, m.role, m.last_used FROM memberships m JOIN projects p ON p.id = m.project_id";
 
@@ -169,7 +172,7 @@ impl Store {
         let at = now();
         let insert = (
             "INSERT INTO users (id, username, password_hash, active_project_id, \
-             disabled, created_at, updated_at) VALUES ($1, $2, $3, $4, 0, $5, $5) \
+             disabled, install_role, created_at, updated_at) VALUES ($1, $2, $3, $4, 0, $5, $6, $6) \
              ON CONFLICT (username) DO NOTHING"
                 .to_string(),
             vec![
@@ -177,6 +180,7 @@ impl Store {
                 (&user.username).into(),
                 user.password_hash.as_ref().into(),
                 (&user.project_id).into(),
+                user.install_role.as_ref().into(),
                 (&at).into(),
             ],
         );
@@ -243,11 +247,93 @@ impl Store {
                 "DELETE FROM users WHERE id = $1".to_string(),
                 vec![id.into()],
             ),
+            // Credentials that acted as the user die with it.
+            (
+                "UPDATE oauth_clients SET revoked_at = $2 WHERE acts_as = $1 AND revoked_at IS NULL"
+                    .to_string(),
+                vec![id.into(), now().into()],
+            ),
         ];
         let counts = self
             .run_statements("delete_user", statements, |c| c[3] == 1)
             .await?;
         Ok(counts[3] == 1)
+    }
+
+    /// Sets or clears a user's install role. `false` when there is no such
+    /// user.
+    pub async fn set_install_role(&self, id: &str, role: Option<&str>) -> Result<bool> {
+        let counts = self
+            .run_statements(
+                "set_install_role",
+                vec![(
+                    "UPDATE users SET install_role = $1, updated_at = $2 WHERE id = $3".into(),
+                    vec![role.into(), now().into(), id.into()],
+                )],
+                |c| c[0] == 1,
+            )
+            .await?;
+        Ok(counts[0] == 1)
+    }
+
+    /// The users who are members of a project, by name.
+    pub async fn project_users(&self, project_id: &str) -> Result<Vec<UserRecord>> {
+        let columns = USER_COLUMNS
+            .split(", ")
+            .map(|c| format!("u.{}", c.trim()))
+            .collect::<Vec<_>>()
+            .join(", ");
+        self.fetch_all(
+            &format!(
+                "SELECT {columns} FROM users u JOIN memberships m ON m.user_id = u.id \
+                 WHERE m.project_id = $1 ORDER BY u.username"
+            ),
+            &[project_id.into()],
+        )
+        .await
+    }
+
+    /// Takes a user out of a project; its active project moves to another
+    /// of its projects (or none). `false` when it was not a member.
+    pub async fn delete_membership(&self, user_id: &str, project_id: &str) -> Result<bool> {
+        let counts = self
+            .run_statements(
+                "delete_membership",
+                vec![
+                    (
+                        "DELETE FROM memberships WHERE user_id = $1 AND project_id = $2".into(),
+                        vec![user_id.into(), project_id.into()],
+                    ),
+                    (
+                        "UPDATE users SET active_project_id = (SELECT MIN(project_id) FROM \
+                         memberships WHERE user_id = $1), updated_at = $3 \
+                         WHERE id = $1 AND active_project_id = $2"
+                            .into(),
+                        vec![user_id.into(), project_id.into(), now().into()],
+                    ),
+                    // Its tokens there stop working with it.
+                    (
+                        "UPDATE api_tokens SET revoked_at = $3 WHERE user_id = $1 \
+                         AND project_id = $2 AND revoked_at IS NULL"
+                            .into(),
+                        vec![user_id.into(), project_id.into(), now().into()],
+                    ),
+                ],
+                |c| c[0] == 1,
+            )
+            .await?;
+        Ok(counts[0] == 1)
+    }
+
+    /// Whether the login (refresh-token family) `family` was revoked.
+    pub async fn refresh_family_revoked(&self, family: &str) -> Result<bool> {
+        let revoked: Option<(String,)> = self
+            .fetch_optional(
+                "SELECT id FROM refresh_tokens WHERE family = $1 AND status = 'revoked' LIMIT 1",
+                &[family.into()],
+            )
+            .await?;
+        Ok(revoked.is_some())
     }
 
     pub async fn memberships(&self, user_id: &str) -> Result<Vec<MembershipRecord>> {
@@ -375,7 +461,7 @@ impl Store {
                     &[(&at).into()],
                 )
                 .await?;
-                Ok(Commit::Keep(RefreshUse::Rotated { user_id }))
+                Ok(Commit::Keep(RefreshUse::Rotated { user_id, family }))
             })
         })
         .await

@@ -12,7 +12,7 @@ use crate::operations::{
 };
 use crate::volumes::{volume_attach, volume_insert};
 use crate::writer::Commit;
-use crate::{Result, Store, now};
+use crate::{QuotaCheck, Result, Store, now};
 use std::sync::Arc;
 
 #[derive(Clone, Debug, sqlx::FromRow)]
@@ -48,6 +48,7 @@ pub struct NewInstance {
     pub labels: serde_json::Value,
     pub spec: serde_json::Value,
     pub memory_mb: i64,
+    pub vcpus: i64,
     /// What it costs per hour while it runs.
     pub micros_per_hour: i64,
     /// Volumes made for it (attached to it).
@@ -98,7 +99,8 @@ pub struct InstanceUpdate {
 
 /// The columns a new instance is written with.
 const INSERT_COLUMNS: &str = "id, project_id, name, labels, spec, state, state_detail, host_id, \
-     cpu_list, memory_mb, private_ip, public_ip, operation_id, generation, created_at, updated_at";
+     cpu_list, memory_mb, private_ip, public_ip, operation_id, generation, created_at, updated_at, \
+     vcpus";
 const INSTANCE_COLUMNS: &str = "id, project_id, name, labels, spec, state, state_detail, host_id, \
      cpu_list, memory_mb, private_ip, public_ip, operation_id, generation, created_at, updated_at, \
      ssh_endpoint";
@@ -111,8 +113,13 @@ impl Store {
     /// Records a new instance, `provisioning`, with the operation that
     /// creates it, its meter and its volumes, in one transaction. `false`,
     /// changing nothing, when a volume to attach is no longer detached.
-    pub async fn insert_instance(&self, instance: &NewInstance, op: &NewOperation) -> Result<bool> {
-        self.insert_instances(std::slice::from_ref(instance), op)
+    pub async fn insert_instance(
+        &self,
+        instance: &NewInstance,
+        op: &NewOperation,
+        quota: Option<&QuotaCheck>,
+    ) -> Result<bool> {
+        self.insert_instances(std::slice::from_ref(instance), op, quota)
             .await
     }
 
@@ -122,6 +129,7 @@ impl Store {
         &self,
         instances: &[NewInstance],
         op: &NewOperation,
+        quota: Option<&QuotaCheck>,
     ) -> Result<bool> {
         // A microsecond apart, so that they list in their order.
         let base = chrono::Utc::now();
@@ -132,7 +140,7 @@ impl Store {
             statements.push((
                 format!(
                     "INSERT INTO instances ({INSERT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, \
-                     'provisioning', NULL, NULL, NULL, $6, '', '', $7, 1, $8, $8)"
+                     'provisioning', NULL, NULL, NULL, $6, '', '', $7, 1, $8, $8, $9)"
                 ),
                 vec![
                     (&instance.id).into(),
@@ -143,6 +151,7 @@ impl Store {
                     instance.memory_mb.into(),
                     (&op.id).into(),
                     (&at).into(),
+                    instance.vcpus.into(),
                 ],
             ));
             statements.push(meter_open(
@@ -168,19 +177,28 @@ impl Store {
         statements.push(operation_insert(op));
         let attaches = Arc::new(attaches);
         let statements = Arc::new(statements);
-        self.write("insert_instances", move |mut conn| {
-            let (statements, attaches) = (statements.clone(), attaches.clone());
-            Box::pin(async move {
-                for (n, (sql, args)) in statements.iter().enumerate() {
-                    let changed = conn.execute(sql, args).await?;
-                    if attaches.contains(&n) && changed != 1 {
-                        return Ok(Commit::Undo(false));
+        let quota = Arc::new(quota.cloned());
+        let outcome = self
+            .write("insert_instances", move |mut conn| {
+                let (statements, attaches, quota) =
+                    (statements.clone(), attaches.clone(), quota.clone());
+                Box::pin(async move {
+                    if let Some(quota) = quota.as_ref()
+                        && let Some(exceeded) = crate::quotas::enforce(&mut conn, quota).await?
+                    {
+                        return Ok(Commit::Undo(Err(exceeded)));
                     }
-                }
-                Ok(Commit::Keep(true))
+                    for (n, (sql, args)) in statements.iter().enumerate() {
+                        let changed = conn.execute(sql, args).await?;
+                        if attaches.contains(&n) && changed != 1 {
+                            return Ok(Commit::Undo(Ok(false)));
+                        }
+                    }
+                    Ok(Commit::Keep(Ok(true)))
+                })
             })
-        })
-        .await
+            .await?;
+        outcome.map_err(crate::StoreError::QuotaExceeded)
     }
 
     /// Instances an operation acts on (its `operation_id`), oldest first.

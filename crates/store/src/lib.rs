@@ -18,6 +18,7 @@ mod identity;
 mod instances;
 mod oauth;
 mod operations;
+mod quotas;
 mod scripts;
 mod ssh_keys;
 mod taskservs;
@@ -36,11 +37,12 @@ pub use instances::{
 };
 pub use oauth::OAuthClientRecord;
 pub use operations::{NewOperation, OperationEnd, OperationFilter, OperationRecord};
+pub use quotas::{QuotaCheck, QuotaExceeded, QuotaOverrides, Usage};
 pub use scripts::ScriptRecord;
 pub use sqlx::Error as SqlxError;
 pub use ssh_keys::SshKeyRecord;
 pub use taskservs::{NewTaskserv, TaskservRecord};
-pub use tokens::{NewToken, TokenRecord};
+pub use tokens::{NewToken, TokenOwner, TokenRecord};
 pub use units::{UnitClaim, UnitFilter, UnitRecord};
 pub use volumes::{MeterChange, NewVolume, VolumeRecord, VolumeSet};
 
@@ -70,6 +72,9 @@ pub enum StoreError {
     Commit(String),
     #[error("the store is closed")]
     Closed,
+    /// A write would have taken a project over a quota; nothing changed.
+    #[error("{0}")]
+    QuotaExceeded(QuotaExceeded),
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -230,6 +235,42 @@ impl Store {
             })
         })
         .await
+    }
+
+    /// [`Store::run_statements`] after `quota`'s check in the same
+    /// transaction: [`StoreError::QuotaExceeded`], changing nothing, when the
+    /// statements would take the project over a limit.
+    async fn run_statements_within(
+        &self,
+        what: &'static str,
+        statements: Vec<(String, Vec<Arg>)>,
+        keep: fn(&[u64]) -> bool,
+        quota: Option<&QuotaCheck>,
+    ) -> Result<Vec<u64>> {
+        let Some(quota) = quota else {
+            return self.run_statements(what, statements, keep).await;
+        };
+        let work = std::sync::Arc::new((statements, quota.clone()));
+        let outcome = self
+            .write(what, move |mut conn| {
+                let work = work.clone();
+                Box::pin(async move {
+                    let (statements, quota) = &*work;
+                    if let Some(exceeded) = quotas::enforce(&mut conn, quota).await? {
+                        return Ok(writer::Commit::Undo(Err(exceeded)));
+                    }
+                    let mut counts = Vec::with_capacity(statements.len());
+                    for (sql, args) in statements.iter() {
+                        counts.push(conn.execute(sql, args).await?);
+                    }
+                    Ok(match keep(&counts) {
+                        true => writer::Commit::Keep(Ok(counts)),
+                        false => writer::Commit::Undo(Ok(counts)),
+                    })
+                })
+            })
+            .await?;
+        outcome.map_err(StoreError::QuotaExceeded)
     }
 
     /// Reads rows of `T` (see [`db::bind_all`] for the parameters).

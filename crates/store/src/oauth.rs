@@ -13,10 +13,17 @@ pub struct OAuthClientRecord {
     pub created_by: Option<String>,
     pub created_at: String,
     pub revoked_at: Option<String>,
+    /// The scopes of the API token it was made with (a JSON list), if any.
+    pub scopes: Option<String>,
+    /// The API token it was made with, if it was.
+    pub parent_token_id: Option<String>,
+    /// The user whose current membership and role it acts with; `None` for
+    /// a credential with a fixed role.
+    pub acts_as: Option<String>,
 }
 
-const CLIENT_COLUMNS: &str =
-    "client_id, secret_hash, project_id, role, description, created_by, created_at, revoked_at";
+const CLIENT_COLUMNS: &str = "client_id, secret_hash, project_id, role, description, created_by, \
+     created_at, revoked_at, scopes, parent_token_id, acts_as";
 
 impl Store {
     pub async fn insert_oauth_client(&self, client: &OAuthClientRecord) -> Result<()> {
@@ -24,7 +31,8 @@ impl Store {
             "insert_oauth_client",
             vec![(
                 format!(
-                    "INSERT INTO oauth_clients ({CLIENT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, NULL)"
+                    "INSERT INTO oauth_clients ({CLIENT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, \
+                     NULL, $8, $9, $10)"
                 ),
                 vec![
                     (&client.client_id).into(),
@@ -34,6 +42,9 @@ impl Store {
                     (&client.description).into(),
                     client.created_by.as_ref().into(),
                     (&client.created_at).into(),
+                    client.scopes.as_ref().into(),
+                    client.parent_token_id.as_ref().into(),
+                    client.acts_as.as_ref().into(),
                 ],
             )],
             |_| true,

@@ -16,6 +16,8 @@ pub struct TokenRecord {
     pub expires_at: Option<String>,
     pub revoked_at: Option<String>,
     pub created_at: String,
+    /// The API token this one was made with, if it was.
+    pub parent_id: Option<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -27,10 +29,24 @@ pub struct NewToken {
     pub project_id: String,
     pub scopes: Option<Vec<String>>,
     pub expires_at: Option<String>,
+    pub parent_id: Option<String>,
+}
+
+/// Whose tokens to list.
+#[derive(Clone, Copy, Debug)]
+pub enum TokenOwner<'a> {
+    Everyone,
+    User(&'a str),
+    Project(&'a str),
 }
 
 const TOKEN_COLUMNS: &str = "id, name, token_hash, user_id, project_id, scopes, expires_at, \
-     revoked_at, created_at";
+     revoked_at, created_at, parent_id";
+
+/// Everything made with token `$1`, itself included: the tokens made with
+/// it, with those, and so on.
+const LINEAGE: &str = "WITH RECURSIVE lineage (id) AS (SELECT id FROM api_tokens WHERE id = $1 \
+     UNION SELECT t.id FROM api_tokens t JOIN lineage l ON t.parent_id = l.id)";
 
 impl Store {
     pub async fn token_by_hash(&self, token_hash: &str) -> Result<Option<TokenRecord>> {
@@ -49,27 +65,20 @@ impl Store {
         .await
     }
 
-    /// Tokens of one user, or of everyone; newest first.
-    pub async fn tokens(&self, user_id: Option<&str>) -> Result<Vec<TokenRecord>> {
-        match user_id {
-            Some(user) => {
-                self.fetch_all(
-                    &format!(
-                        "SELECT {TOKEN_COLUMNS} FROM api_tokens WHERE user_id = $1 \
-                         ORDER BY created_at DESC, id"
-                    ),
-                    &[user.into()],
-                )
-                .await
-            }
-            None => {
-                self.fetch_all(
-                    &format!("SELECT {TOKEN_COLUMNS} FROM api_tokens ORDER BY created_at DESC, id"),
-                    &[],
-                )
-                .await
-            }
-        }
+    /// Tokens of one user, of one project, or of everyone; newest first.
+    pub async fn tokens(&self, owner: TokenOwner<'_>) -> Result<Vec<TokenRecord>> {
+        let (filter, args) = match owner {
+            TokenOwner::Everyone => ("", vec![]),
+            TokenOwner::User(user) => ("WHERE user_id = $1", vec![user.into()]),
+            TokenOwner::Project(project) => ("WHERE project_id = $1", vec![project.into()]),
+        };
+        self.fetch_all(
+            &format!(
+                "SELECT {TOKEN_COLUMNS} FROM api_tokens {filter} ORDER BY created_at DESC, id"
+            ),
+            &args,
+        )
+        .await
     }
 
     pub async fn insert_token(&self, token: &NewToken) -> Result<()> {
@@ -81,7 +90,7 @@ impl Store {
             "insert_token",
             vec![(
                 "INSERT INTO api_tokens (id, name, token_hash, user_id, project_id, scopes, \
-                 expires_at, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
+                 expires_at, created_at, parent_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
                     .into(),
                 vec![
                     (&token.id).into(),
@@ -92,6 +101,7 @@ impl Store {
                     scopes.into(),
                     token.expires_at.as_ref().into(),
                     now().into(),
+                    token.parent_id.as_ref().into(),
                 ],
             )],
             |_| true,
@@ -100,17 +110,36 @@ impl Store {
         Ok(())
     }
 
-    /// Revokes a token; `false` when it does not exist or already was.
+    /// Revokes a token with everything made with it: the tokens made with
+    /// it (and with those) and the OAuth credentials made with any of them.
+    /// `false` when it does not exist or already was revoked.
     pub async fn revoke_token(&self, id: &str) -> Result<bool> {
+        let at = now();
         let counts = self
             .run_statements(
                 "revoke_token",
-                vec![(
-                    "UPDATE api_tokens SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL"
-                        .into(),
-                    vec![now().into(), id.into()],
-                )],
-                |_| true,
+                vec![
+                    (
+                        "UPDATE api_tokens SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL"
+                            .into(),
+                        vec![(&at).into(), id.into()],
+                    ),
+                    (
+                        format!(
+                            "{LINEAGE} UPDATE oauth_clients SET revoked_at = $2 \
+                             WHERE revoked_at IS NULL AND parent_token_id IN (SELECT id FROM lineage)"
+                        ),
+                        vec![id.into(), (&at).into()],
+                    ),
+                    (
+                        format!(
+                            "{LINEAGE} UPDATE api_tokens SET revoked_at = $2 \
+                             WHERE revoked_at IS NULL AND id IN (SELECT id FROM lineage)"
+                        ),
+                        vec![id.into(), (&at).into()],
+                    ),
+                ],
+                |c| c[0] == 1,
             )
             .await?;
         Ok(counts[0] == 1)

@@ -59,6 +59,8 @@ pub struct UnitClaim<'a> {
     pub tags: Option<&'a serde_json::Value>,
     pub deadline: &'a str,
     pub project_id: &'a str,
+    /// The project's quota, checked in the claim's transaction.
+    pub quota: Option<&'a crate::QuotaCheck>,
 }
 
 const UNIT_SELECT: &str = "SELECT u.compute_id, u.host_id, h.hostname, h.ip, h.region, h.zone, \
@@ -156,7 +158,8 @@ impl Store {
     /// CPUs enter the ledger. `false`, changing nothing, when the unit is no
     /// longer FREE, its host is no longer READY, or any of its CPUs is held:
     /// the caller lost a race and should look again. Answers the unit's new
-    /// generation, which fences every later step of this allocation.
+    /// generation, which fences every later step of this allocation, or
+    /// [`crate::StoreError::QuotaExceeded`] when the project is at a limit.
     pub async fn claim_unit(&self, claim: &UnitClaim<'_>) -> Result<Option<i64>> {
         let owned = Arc::new(OwnedClaim {
             compute_id: claim.compute_id.to_string(),
@@ -171,12 +174,14 @@ impl Store {
             }),
             deadline: claim.deadline.to_string(),
             project_id: claim.project_id.to_string(),
+            quota: claim.quota.cloned(),
         });
         self.write("claim_unit", move |conn| {
             let claim = owned.clone();
             Box::pin(async move { claim_unit(conn, &claim).await })
         })
-        .await
+        .await?
+        .map_err(crate::StoreError::QuotaExceeded)
     }
 
     /// Moves a unit from one of `from` to `to`, setting its detail and
@@ -266,15 +271,18 @@ struct OwnedClaim {
     deployment_id: Option<String>,
     deadline: String,
     project_id: String,
+    quota: Option<crate::QuotaCheck>,
 }
+
+type ClaimOutcome = std::result::Result<Option<i64>, crate::QuotaExceeded>;
 
 async fn claim_unit(
     mut conn: Conn<'_>,
     claim: &OwnedClaim,
-) -> Result<Commit<Option<i64>>, DbError> {
+) -> Result<Commit<ClaimOutcome>, DbError> {
     if claim.cpus.is_empty() {
         // Only a corrupt unit has no CPUs; never hand it out.
-        return Ok(Commit::Undo(None));
+        return Ok(Commit::Undo(Ok(None)));
     }
     let at = now();
     // The host must be READY, and stay so until this commits: on PostgreSQL
@@ -289,7 +297,12 @@ async fn claim_unit(
         )
         .await?;
     if status.as_deref() != Some("READY") {
-        return Ok(Commit::Undo(None));
+        return Ok(Commit::Undo(Ok(None)));
+    }
+    if let Some(quota) = &claim.quota
+        && let Some(exceeded) = crate::quotas::enforce(&mut conn, quota).await?
+    {
+        return Ok(Commit::Undo(Err(exceeded)));
     }
     let generation = conn
         .fetch_int(
@@ -310,7 +323,7 @@ async fn claim_unit(
         )
         .await?;
     let Some(generation) = generation else {
-        return Ok(Commit::Undo(None));
+        return Ok(Commit::Undo(Ok(None)));
     };
     let values: Vec<String> = (0..claim.cpus.len())
         .map(|i| format!("($1, ${}, $2)", i + 3))
@@ -326,9 +339,9 @@ async fn claim_unit(
     args.extend(claim.cpus.iter().map(|&cpu| Arg::from(i64::from(cpu))));
     let claimed = conn.execute(&sql, &args).await?;
     if claimed != claim.cpus.len() as u64 {
-        return Ok(Commit::Undo(None));
+        return Ok(Commit::Undo(Ok(None)));
     }
-    Ok(Commit::Keep(Some(generation)))
+    Ok(Commit::Keep(Ok(Some(generation))))
 }
 
 async fn release_unit(

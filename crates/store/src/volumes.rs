@@ -6,7 +6,7 @@
 
 use crate::billing::{meter_open, meter_set};
 use crate::db::Arg;
-use crate::{Result, Store};
+use crate::{QuotaCheck, Result, Store};
 
 #[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
 pub struct VolumeRecord {
@@ -111,9 +111,14 @@ pub(crate) fn volume_attach(
 
 impl Store {
     /// Records new volumes (each billed from now), all or none.
-    pub async fn insert_volumes(&self, volumes: &[NewVolume]) -> Result<()> {
+    /// Records new volumes, within `quota` when given.
+    pub async fn insert_volumes(
+        &self,
+        volumes: &[NewVolume],
+        quota: Option<&QuotaCheck>,
+    ) -> Result<()> {
         let statements = volumes.iter().flat_map(volume_insert).collect();
-        self.run_statements("insert_volumes", statements, |_| true)
+        self.run_statements_within("insert_volumes", statements, |_| true, quota)
             .await?;
         Ok(())
     }
@@ -224,11 +229,15 @@ impl Store {
 
     /// Writes `volume` over the record of generation `read_generation`;
     /// `false`, changing nothing, when it changed since.
+    /// Writes a volume read at `read_generation` (within `quota` when
+    /// given: a volume that grows); `false`, changing nothing, when it
+    /// changed meanwhile.
     pub async fn update_volume(
         &self,
         volume: &VolumeRecord,
         read_generation: i64,
         meter: Option<MeterChange>,
+        quota: Option<&QuotaCheck>,
     ) -> Result<bool> {
         let mut statements = vec![(
             "UPDATE volumes SET name = $1, type = $2, size_gb = $3, status = $4, instance_id = $5, \
@@ -257,7 +266,7 @@ impl Store {
             None => {}
         }
         let counts = self
-            .run_statements("update_volume", statements, |c| c[0] == 1)
+            .run_statements_within("update_volume", statements, |c| c[0] == 1, quota)
             .await?;
         Ok(counts[0] == 1)
     }

@@ -58,9 +58,56 @@ pub enum UserCommand {
         /// Create the user without a password (API tokens only).
         #[arg(long)]
         no_password: bool,
+        /// admin or operator over the whole install (install admins only).
+        #[arg(long)]
+        install_role: Option<String>,
     },
     /// List users.
     List,
+    /// Change a user: its role in a project (`none` takes it out), its
+    /// install role (`none` takes it away), or whether it is disabled.
+    Update {
+        /// The user's id.
+        id: String,
+        /// With --project: admin, operator, member, viewer or none.
+        #[arg(long, requires = "project")]
+        role: Option<String>,
+        #[arg(long, requires = "role")]
+        project: Option<String>,
+        /// admin, operator or none (install admins only).
+        #[arg(long)]
+        install_role: Option<String>,
+        #[arg(long, conflicts_with = "enable")]
+        disable: bool,
+        #[arg(long)]
+        enable: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum QuotaCommand {
+    /// Show a project's quota and what it uses.
+    Show {
+        /// The project [default: your current one].
+        #[arg(long)]
+        project: Option<String>,
+    },
+    /// Set a project's limits (install admins): a number, -1 for unlimited,
+    /// or `default`.
+    Set {
+        #[arg(long)]
+        project: String,
+        #[arg(long, allow_hyphen_values = true)]
+        instances: Option<String>,
+        #[arg(long, allow_hyphen_values = true)]
+        vcpus: Option<String>,
+        #[arg(long, allow_hyphen_values = true)]
+        memory_mb: Option<String>,
+        #[arg(long, allow_hyphen_values = true)]
+        volumes: Option<String>,
+        #[arg(long, allow_hyphen_values = true)]
+        volume_gb: Option<String>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -111,6 +158,10 @@ pub enum JoinTokenCommand {
         /// Seconds until it expires (a day by default).
         #[arg(long)]
         ttl_seconds: Option<u64>,
+        /// Also let it give this registered host a new agent (replacing
+        /// one that is gone): no other token can.
+        #[arg(long, value_name = "HOSTNAME")]
+        replace: Option<String>,
     },
     /// List join tokens.
     List,
@@ -133,6 +184,11 @@ pub enum CredentialsCommand {
         role: Option<String>,
         #[arg(long)]
         description: Option<String>,
+        /// Keep the role whatever becomes of you: the credential acts for
+        /// no user (install admins). Without it, it acts with your current
+        /// role in the project and dies with your account.
+        #[arg(long)]
+        fixed_role: bool,
     },
     /// List credentials.
     List,
@@ -351,6 +407,7 @@ pub async fn user(args: ClientArgs, command: UserCommand) -> Result<()> {
             role,
             project,
             no_password,
+            install_role,
         } => {
             let password = if no_password {
                 None
@@ -370,7 +427,7 @@ pub async fn user(args: ClientArgs, command: UserCommand) -> Result<()> {
                 .call(
                     reqwest::Method::POST,
                     "/v1/users",
-                    Some(json!({"username": name, "password": password, "workspace": project, "role": role})),
+                    Some(json!({"username": name, "password": password, "workspace": project, "role": role, "install_role": install_role})),
                 )
                 .await?;
             client.print(&created, |u| {
@@ -396,8 +453,12 @@ pub async fn user(args: ClientArgs, command: UserCommand) -> Result<()> {
                     } else {
                         ""
                     };
+                    let install = match u["install_role"].as_str() {
+                        Some(role) => format!(" install:{role}"),
+                        None => String::new(),
+                    };
                     println!(
-                        "{:<24} {:<22} {}{disabled}",
+                        "{:<24} {:<22} {}{install}{disabled}",
                         text(&u["username"]),
                         text(&u["id"]),
                         roles.join(" ")
@@ -405,7 +466,124 @@ pub async fn user(args: ClientArgs, command: UserCommand) -> Result<()> {
                 }
             });
         }
+        UserCommand::Update {
+            id,
+            role,
+            project,
+            install_role,
+            disable,
+            enable,
+        } => {
+            let mut body = serde_json::Map::new();
+            if let (Some(role), Some(project)) = (role, project) {
+                body.insert("workspace".into(), json!(project));
+                body.insert("role".into(), json!(role));
+            }
+            if let Some(role) = install_role {
+                body.insert("install_role".into(), json!(role));
+            }
+            if disable || enable {
+                body.insert("disabled".into(), json!(disable));
+            }
+            let updated = client
+                .call(
+                    reqwest::Method::PATCH,
+                    &format!("/v1/users/{id}"),
+                    Some(serde_json::Value::Object(body)),
+                )
+                .await?;
+            client.print(&updated, |u| {
+                println!("user {} ({}) updated", text(&u["username"]), text(&u["id"]));
+            });
+        }
     }
+    Ok(())
+}
+
+/// A limit as `quota set` takes it: a number, `-1`, or `default` (null).
+fn limit_value(name: &str, value: &str) -> Result<serde_json::Value> {
+    if value == "default" {
+        return Ok(serde_json::Value::Null);
+    }
+    value
+        .parse::<i64>()
+        .map(|n| json!(n))
+        .map_err(|_| anyhow::anyhow!("--{name} takes a number, -1 (unlimited) or default"))
+}
+
+pub async fn quota(args: ClientArgs, command: QuotaCommand) -> Result<()> {
+    let client = Client::new(args);
+    let quota = match command {
+        QuotaCommand::Show { project } => {
+            let project = match project {
+                Some(project) => project,
+                None => {
+                    let list = client
+                        .call(reqwest::Method::GET, "/v1/workspaces", None)
+                        .await?;
+                    list.as_array()
+                        .into_iter()
+                        .flatten()
+                        .find(|w| w["active"] == true)
+                        .map(|w| text(&w["name"]).to_string())
+                        .context("you have no current project; pass --project")?
+                }
+            };
+            client
+                .call(
+                    reqwest::Method::GET,
+                    &format!("/v1/workspaces/{project}/quota"),
+                    None,
+                )
+                .await?
+        }
+        QuotaCommand::Set {
+            project,
+            instances,
+            vcpus,
+            memory_mb,
+            volumes,
+            volume_gb,
+        } => {
+            let mut body = serde_json::Map::new();
+            for (name, value) in [
+                ("instances", instances),
+                ("vcpus", vcpus),
+                ("memory_mb", memory_mb),
+                ("volumes", volumes),
+                ("volume_gb", volume_gb),
+            ] {
+                if let Some(value) = value {
+                    body.insert(name.into(), limit_value(&name.replace('_', "-"), &value)?);
+                }
+            }
+            client
+                .call(
+                    reqwest::Method::PUT,
+                    &format!("/v1/workspaces/{project}/quota"),
+                    Some(serde_json::Value::Object(body)),
+                )
+                .await?
+        }
+    };
+    client.print(&quota, |q| {
+        println!("project {}", text(&q["workspace"]));
+        for name in ["instances", "vcpus", "memory_mb", "volumes", "volume_gb"] {
+            let limit = match q["limits"][name].as_i64() {
+                Some(-1) => "unlimited".to_string(),
+                Some(n) => n.to_string(),
+                None => "?".to_string(),
+            };
+            let source = match q["overrides"][name].is_null() {
+                true => "default",
+                false => "set",
+            };
+            println!(
+                "  {name:<10} {:>8} used of {limit} ({source})",
+                q["usage"][name].as_i64().unwrap_or(0)
+            );
+        }
+    });
     Ok(())
 }
 
@@ -657,12 +835,13 @@ pub async fn join_token(args: ClientArgs, command: JoinTokenCommand) -> Result<(
         JoinTokenCommand::Create {
             description,
             ttl_seconds,
+            replace,
         } => {
             let created = client
                 .call(
                     reqwest::Method::POST,
                     "/v1/servers/join-tokens",
-                    Some(json!({"description": description, "ttl_seconds": ttl_seconds})),
+                    Some(json!({"description": description, "ttl_seconds": ttl_seconds, "replaces": replace})),
                 )
                 .await?;
             client.print(&created, |t| {
@@ -760,12 +939,13 @@ pub async fn credentials(args: ClientArgs, command: CredentialsCommand) -> Resul
             project,
             role,
             description,
+            fixed_role,
         } => {
             let created = client
                 .call(
                     reqwest::Method::POST,
                     "/v1/credentials",
-                    Some(json!({"project": project, "role": role, "description": description})),
+                    Some(json!({"project": project, "role": role, "description": description, "fixed_role": fixed_role})),
                 )
                 .await?;
             eprintln!(

@@ -6,7 +6,7 @@ use tessera::agent::{AgentArgs, ImageCommand};
 use tessera::bench::BenchCommand;
 use tessera::client::{
     self, BalanceCommand, ClientArgs, CredentialsCommand, InstanceCommand, JoinTokenCommand,
-    ProjectCommand, SshKeyCommand, TokenCommand, UserCommand,
+    ProjectCommand, QuotaCommand, SshKeyCommand, TokenCommand, UserCommand,
 };
 use tessera::settings::ServerArgs;
 use tessera::{logging, server};
@@ -86,6 +86,13 @@ enum Command {
         #[command(subcommand)]
         command: CredentialsCommand,
     },
+    /// Project quotas, through a running server.
+    Quota {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        command: QuotaCommand,
+    },
     /// Project balances, through a running server.
     Balance {
         #[command(flatten)]
@@ -138,6 +145,7 @@ fn run(cli: Cli) -> Result<()> {
             Command::JoinToken { client, command } => client::join_token(client, command).await,
             Command::Credentials { client, command } => client::credentials(client, command).await,
             Command::Balance { client, command } => client::balance(client, command).await,
+            Command::Quota { client, command } => client::quota(client, command).await,
         }
     })
 }

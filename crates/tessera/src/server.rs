@@ -83,6 +83,11 @@ pub async fn start(settings: &Settings) -> Result<RunningServer> {
         taskservs,
         catalog,
         rate_limits: settings.rate_limits.clone(),
+        native_rate_limits: settings.native_rate_limits.clone(),
+        credential_rate_limit: settings.credential_rate_limit,
+        request_timeout: settings.request_timeout,
+        login_limits: settings.login_limits.clone(),
+        quota_defaults: settings.quota_defaults,
         script_quota: settings.script_quota,
         ..AppConfig::default()
     };
@@ -101,12 +106,12 @@ pub async fn start(settings: &Settings) -> Result<RunningServer> {
     app.spawn_event_tasks();
     let (stop, stopped) = oneshot::channel::<()>();
     let router = tessera_faces::router(app.clone());
+    let limits = settings.http.clone();
     let serving = tokio::spawn(async move {
-        axum::serve(listener, router)
-            .with_graceful_shutdown(async {
-                let _ = stopped.await;
-            })
-            .await
+        tessera_faces::serve::serve(listener, router, limits, async {
+            let _ = stopped.await;
+        })
+        .await
     });
     tracing::info!(
         %addr,

@@ -7,7 +7,13 @@
 //! are the flags' names with underscores: `data_dir`, `listen`,
 //! `database_url`, `sim_hosts`, `sim_faults`, `sim_latency_ms`,
 //! `sim_memory_per_cpu_mb`, `agent_timeout_ms`, `agent_silence_ms`, `log_format`, `taskserv_dir`,
-//! `catalog`, `rate_limit_project`, `rate_limit_endpoint`, `rate_limit_window_secs`,
+//! `catalog`, `rate_limit_project`, `rate_limit_endpoint`, `rate_limit_client`,
+//! `rate_limit_window_secs`, `native_rate_limit_project`,
+//! `native_rate_limit_endpoint`, `native_rate_limit_client`,
+//! `credential_rate_limit`, `login_attempts_per_minute`, `login_concurrency`,
+//! `request_timeout_secs`, `header_timeout_secs`, `write_timeout_secs`,
+//! `max_connections`, `max_connections_per_address`, `quota_instances`,
+//! `quota_vcpus`, `quota_memory_mb`, `quota_volumes`, `quota_volume_gb`,
 //! `script_quota`.
 
 use crate::logging::LogFormat;
@@ -73,9 +79,70 @@ pub struct ServerArgs {
     /// and path [default: 60].
     #[arg(long, env = "TESSERA_RATE_LIMIT_ENDPOINT")]
     pub rate_limit_endpoint: Option<u32>,
-    /// Verda face: the rate-limit window in seconds [default: 60].
+    /// Verda face: requests one OAuth credential may make per window
+    /// [default: 500].
+    #[arg(long, env = "TESSERA_RATE_LIMIT_CLIENT")]
+    pub rate_limit_client: Option<u32>,
+    /// The rate-limit window of every face, in seconds [default: 60].
     #[arg(long, env = "TESSERA_RATE_LIMIT_WINDOW_SECS")]
     pub rate_limit_window_secs: Option<u64>,
+    /// Native API: authenticated requests a project may make per window
+    /// [default: 3000].
+    #[arg(long, env = "TESSERA_NATIVE_RATE_LIMIT_PROJECT")]
+    pub native_rate_limit_project: Option<u32>,
+    /// Native API: requests a project may make per window to one method and
+    /// route [default: 600].
+    #[arg(long, env = "TESSERA_NATIVE_RATE_LIMIT_ENDPOINT")]
+    pub native_rate_limit_endpoint: Option<u32>,
+    /// Native API: requests one credential (API token, or a login's user)
+    /// may make per window [default: 1500].
+    #[arg(long, env = "TESSERA_NATIVE_RATE_LIMIT_CLIENT")]
+    pub native_rate_limit_client: Option<u32>,
+    /// Requests per window to login, refresh and the OAuth token endpoint,
+    /// per client address and per named user or client [default: 60].
+    #[arg(long, env = "TESSERA_CREDENTIAL_RATE_LIMIT")]
+    pub credential_rate_limit: Option<u32>,
+    /// Password logins a client address may try per minute [default: 30].
+    #[arg(long, env = "TESSERA_LOGIN_ATTEMPTS_PER_MINUTE")]
+    pub login_attempts_per_minute: Option<u32>,
+    /// Password checks (Argon2, about 19 MiB each) run at once [default:
+    /// the CPU count, 2 to 8].
+    #[arg(long, env = "TESSERA_LOGIN_CONCURRENCY")]
+    pub login_concurrency: Option<usize>,
+    /// Seconds a request may take to be answered (long-polls and
+    /// WebSockets excepted) [default: 60].
+    #[arg(long, env = "TESSERA_REQUEST_TIMEOUT_SECS")]
+    pub request_timeout_secs: Option<u64>,
+    /// Seconds a client has to send a request's headers, and that an idle
+    /// kept-alive connection stays open [default: 15].
+    #[arg(long, env = "TESSERA_HEADER_TIMEOUT_SECS")]
+    pub header_timeout_secs: Option<u64>,
+    /// Seconds a write to a client may make no progress before the
+    /// connection is dropped [default: 60].
+    #[arg(long, env = "TESSERA_WRITE_TIMEOUT_SECS")]
+    pub write_timeout_secs: Option<u64>,
+    /// Client connections open at once [default: 10000, within the
+    /// file-descriptor limit].
+    #[arg(long, env = "TESSERA_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// Client connections open at once from one address [default: 1000].
+    #[arg(long, env = "TESSERA_MAX_CONNECTIONS_PER_ADDRESS")]
+    pub max_connections_per_address: Option<usize>,
+    /// Default quota: instances per project (-1: unlimited) [default: 100].
+    #[arg(long, env = "TESSERA_QUOTA_INSTANCES", allow_negative_numbers = true)]
+    pub quota_instances: Option<i64>,
+    /// Default quota: vCPUs per project [default: 256].
+    #[arg(long, env = "TESSERA_QUOTA_VCPUS", allow_negative_numbers = true)]
+    pub quota_vcpus: Option<i64>,
+    /// Default quota: instance memory per project, MiB [default: 1048576].
+    #[arg(long, env = "TESSERA_QUOTA_MEMORY_MB", allow_negative_numbers = true)]
+    pub quota_memory_mb: Option<i64>,
+    /// Default quota: volumes per project [default: 100].
+    #[arg(long, env = "TESSERA_QUOTA_VOLUMES", allow_negative_numbers = true)]
+    pub quota_volumes: Option<i64>,
+    /// Default quota: volume GB per project [default: 10240].
+    #[arg(long, env = "TESSERA_QUOTA_VOLUME_GB", allow_negative_numbers = true)]
+    pub quota_volume_gb: Option<i64>,
     /// How many startup scripts a project may have [default: 100, at most
     /// 10000].
     #[arg(long, env = "TESSERA_SCRIPT_QUOTA")]
@@ -101,7 +168,24 @@ struct FileSettings {
     catalog: Option<PathBuf>,
     rate_limit_project: Option<u32>,
     rate_limit_endpoint: Option<u32>,
+    rate_limit_client: Option<u32>,
     rate_limit_window_secs: Option<u64>,
+    native_rate_limit_project: Option<u32>,
+    native_rate_limit_endpoint: Option<u32>,
+    native_rate_limit_client: Option<u32>,
+    credential_rate_limit: Option<u32>,
+    login_attempts_per_minute: Option<u32>,
+    login_concurrency: Option<usize>,
+    request_timeout_secs: Option<u64>,
+    header_timeout_secs: Option<u64>,
+    write_timeout_secs: Option<u64>,
+    max_connections: Option<usize>,
+    max_connections_per_address: Option<usize>,
+    quota_instances: Option<i64>,
+    quota_vcpus: Option<i64>,
+    quota_memory_mb: Option<i64>,
+    quota_volumes: Option<i64>,
+    quota_volume_gb: Option<i64>,
     script_quota: Option<u32>,
 }
 
@@ -124,8 +208,32 @@ pub struct Settings {
     pub taskserv_dir: Option<PathBuf>,
     /// `None`: the built-in catalog.
     pub catalog: Option<PathBuf>,
+    /// The Verda face's request limits.
     pub rate_limits: tessera_app::RateLimits,
+    /// The native API's request limits.
+    pub native_rate_limits: tessera_app::RateLimits,
+    pub credential_rate_limit: u32,
+    pub login_limits: tessera_app::throttle::LoginLimits,
+    pub request_timeout: Duration,
+    pub http: tessera_faces::serve::HttpLimits,
+    /// Each project's quota unless it has its own.
+    pub quota_defaults: tessera_store::Usage,
     pub script_quota: u32,
+}
+
+impl Settings {
+    /// Every default, for a server on `database_url` keeping its files in
+    /// `data_dir` (tests and benchmarks change what they need).
+    pub fn with_defaults(data_dir: PathBuf, database_url: String) -> Settings {
+        let resolved = ServerArgs {
+            data_dir: Some(data_dir),
+            database_url: Some(database_url),
+            ..ServerArgs::default()
+        }
+        .resolve_with(FileSettings::default());
+        // The defaults are valid by construction.
+        resolved.unwrap_or_else(|e| unreachable!("default settings are invalid: {e:#}"))
+    }
 }
 
 impl ServerArgs {
@@ -137,6 +245,19 @@ impl ServerArgs {
                 _ => FileSettings::default(),
             },
         };
+        let mut settings = self.resolve_with(file)?;
+        settings.admin_token = std::env::var("TESSERA_ADMIN_TOKEN")
+            .ok()
+            .filter(|t| !t.is_empty());
+        settings.admin_password = std::env::var("TESSERA_ADMIN_PASSWORD")
+            .ok()
+            .filter(|t| !t.is_empty());
+        Ok(settings)
+    }
+
+    /// The settings from the flags over `file`, without the environment's
+    /// secrets.
+    fn resolve_with(self, file: FileSettings) -> Result<Settings> {
         let data_dir = match self.data_dir.or(file.data_dir) {
             Some(dir) => dir,
             None => dirs::data_dir()
@@ -180,6 +301,33 @@ impl ServerArgs {
         if agent_timeout_ms == 0 {
             bail!("the agent timeout must be at least 1 ms");
         }
+        let window = seconds(self.rate_limit_window_secs, file.rate_limit_window_secs, 60);
+        let login_defaults = tessera_app::throttle::LoginLimits::default();
+        let http_defaults = tessera_faces::serve::HttpLimits::default();
+        let defaults = tessera_app::DEFAULT_QUOTA;
+        let quota_defaults = tessera_store::Usage {
+            instances: self
+                .quota_instances
+                .or(file.quota_instances)
+                .unwrap_or(defaults.instances),
+            vcpus: self
+                .quota_vcpus
+                .or(file.quota_vcpus)
+                .unwrap_or(defaults.vcpus),
+            memory_mb: self
+                .quota_memory_mb
+                .or(file.quota_memory_mb)
+                .unwrap_or(defaults.memory_mb),
+            volumes: self
+                .quota_volumes
+                .or(file.quota_volumes)
+                .unwrap_or(defaults.volumes),
+            volume_gb: self
+                .quota_volume_gb
+                .or(file.quota_volume_gb)
+                .unwrap_or(defaults.volume_gb),
+        };
+        tessera_app::quotas::validate_limits(&quota_defaults).map_err(anyhow::Error::msg)?;
         Ok(Settings {
             data_dir,
             listen,
@@ -193,12 +341,8 @@ impl ServerArgs {
                     .max(1),
             ),
             log_format: self.log_format.or(file.log_format).unwrap_or_default(),
-            admin_token: std::env::var("TESSERA_ADMIN_TOKEN")
-                .ok()
-                .filter(|t| !t.is_empty()),
-            admin_password: std::env::var("TESSERA_ADMIN_PASSWORD")
-                .ok()
-                .filter(|t| !t.is_empty()),
+            admin_token: None,
+            admin_password: None,
             taskserv_dir: self.taskserv_dir.or(file.taskserv_dir),
             catalog: self.catalog.or(file.catalog),
             script_quota: {
@@ -212,23 +356,76 @@ impl ServerArgs {
                 quota
             },
             rate_limits: tessera_app::RateLimits {
-                project: self
-                    .rate_limit_project
-                    .or(file.rate_limit_project)
-                    .unwrap_or(500),
-                endpoint: self
-                    .rate_limit_endpoint
-                    .or(file.rate_limit_endpoint)
-                    .unwrap_or(60),
-                window: Duration::from_secs(
-                    self.rate_limit_window_secs
-                        .or(file.rate_limit_window_secs)
-                        .unwrap_or(60)
-                        .max(1),
-                ),
+                project: pick(self.rate_limit_project, file.rate_limit_project, 500),
+                endpoint: pick(self.rate_limit_endpoint, file.rate_limit_endpoint, 60),
+                client: pick(self.rate_limit_client, file.rate_limit_client, 500),
+                window,
             },
+            native_rate_limits: tessera_app::RateLimits {
+                project: pick(
+                    self.native_rate_limit_project,
+                    file.native_rate_limit_project,
+                    3_000,
+                ),
+                endpoint: pick(
+                    self.native_rate_limit_endpoint,
+                    file.native_rate_limit_endpoint,
+                    600,
+                ),
+                client: pick(
+                    self.native_rate_limit_client,
+                    file.native_rate_limit_client,
+                    1_500,
+                ),
+                window,
+            },
+            credential_rate_limit: pick(self.credential_rate_limit, file.credential_rate_limit, 60),
+            login_limits: tessera_app::throttle::LoginLimits {
+                per_address_per_minute: pick(
+                    self.login_attempts_per_minute,
+                    file.login_attempts_per_minute,
+                    login_defaults.per_address_per_minute,
+                ),
+                concurrent_checks: pick(
+                    self.login_concurrency,
+                    file.login_concurrency,
+                    login_defaults.concurrent_checks,
+                ),
+                ..login_defaults
+            },
+            request_timeout: seconds(self.request_timeout_secs, file.request_timeout_secs, 60),
+            http: tessera_faces::serve::HttpLimits {
+                max_connections: pick(
+                    self.max_connections,
+                    file.max_connections,
+                    http_defaults.max_connections,
+                ),
+                max_per_address: pick(
+                    self.max_connections_per_address,
+                    file.max_connections_per_address,
+                    http_defaults.max_per_address,
+                ),
+                header_timeout: seconds(self.header_timeout_secs, file.header_timeout_secs, 15),
+                write_timeout: seconds(self.write_timeout_secs, file.write_timeout_secs, 60),
+            },
+            quota_defaults,
         })
     }
+}
+
+/// A flag, else the file's key, else the default; at least 1.
+fn pick<T: PartialOrd + From<u8>>(flag: Option<T>, file: Option<T>, default: T) -> T {
+    let value = flag.or(file).unwrap_or(default);
+    if value < T::from(1) {
+        T::from(1)
+    } else {
+        value
+    }
+}
+
+/// [`pick`] for a number of seconds.
+fn seconds(flag: Option<u64>, file: Option<u64>, default: u64) -> Duration {
+    Duration::from_secs(pick(flag, file, default))
 }
 
 fn read_file(path: &Path) -> Result<FileSettings> {

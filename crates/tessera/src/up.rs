@@ -155,12 +155,12 @@ pub async fn run(args: UpArgs) -> Result<()> {
         ensure_tiny_image(&state_dir)?;
     }
     let running = server::start(&settings).await?;
-    let join_token = running.app.local_join_token().await?;
     let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
         .ok()
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "localhost".into());
+    let join_token = running.app.local_join_token(&hostname).await?;
     let location = args.location.clone().or_else(|| {
         running
             .app

@@ -96,6 +96,7 @@ fn parse_init(body: &[u8]) -> Result<InitServerRequest, Vec<ValidationError>> {
     responses(
         (status = 200, description = "Registered; preparation under way", body = Object),
         (status = 401, description = "Missing or invalid token", body = Detail),
+        (status = 403, description = "Not allowed: the caller's roles, or the project's quota", body = Detail),
         (status = 409, description = "The hostname is already registered", body = Detail),
         (status = 422, description = "Validation Error", body = super::HttpValidationError),
     )
@@ -122,6 +123,7 @@ pub async fn init_server(State(app): State<App>, body: Bytes) -> Result<Json<Val
     responses(
         (status = 200, description = "Decommissioning", body = Object),
         (status = 401, description = "Missing or invalid token", body = Detail),
+        (status = 403, description = "Not allowed: the caller's roles, or the project's quota", body = Detail),
         (status = 404, description = "No such server", body = Detail),
         (status = 409, description = "The server has allocated units", body = Detail),
         (status = 422, description = "Validation Error", body = super::HttpValidationError),

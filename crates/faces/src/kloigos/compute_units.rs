@@ -131,6 +131,7 @@ fn parse_allocate(body: &[u8]) -> Result<ComputeUnitRequest, Vec<ValidationError
     responses(
         (status = 200, description = "The allocated unit", body = ComputeUnitResponse),
         (status = 401, description = "Missing or invalid token", body = Detail),
+        (status = 403, description = "Not allowed: the caller's roles, or the project's quota", body = Detail),
         (status = 422, description = "Validation Error", body = super::HttpValidationError),
         (status = 460, description = "No free Compute Unit found to match your request", body = Detail),
         (status = 503, description = "Too many concurrent allocations; try again", body = Detail),
@@ -161,6 +162,7 @@ pub async fn allocate(
     responses(
         (status = 200, description = "Deallocated", body = Object),
         (status = 401, description = "Missing or invalid token", body = Detail),
+        (status = 403, description = "Not allowed: the caller's roles, or the project's quota", body = Detail),
         (status = 404, description = "No such compute unit", body = Detail),
         (status = 409, description = "The unit is still being allocated", body = Detail),
         (status = 422, description = "Validation Error", body = super::HttpValidationError),

@@ -111,7 +111,7 @@ impl IntoResponse for KloigosError {
             // Kloigos's own status for "no free unit", which its clients expect.
             Error::NoCapacity(_) => StatusCode::from_u16(460).unwrap_or(StatusCode::CONFLICT),
             Error::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
-            Error::Forbidden(_) => StatusCode::FORBIDDEN,
+            Error::Forbidden(_) | Error::QuotaExceeded(_) => StatusCode::FORBIDDEN,
             Error::InsufficientFunds(_) => StatusCode::PAYMENT_REQUIRED,
             Error::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Error::HostFailed(_) => StatusCode::BAD_GATEWAY,
@@ -138,15 +138,10 @@ impl IntoResponse for KloigosError {
 
 /// Every route needs a bearer token.
 async fn authenticate(State(app): State<App>, request: Request, next: Next) -> Response {
-    let bearer = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            let (scheme, token) = v.split_once(' ')?;
-            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
-        });
-    let principal = match app.authenticate(bearer).await {
+    let principal = match app
+        .authenticate(crate::native::bearer(request.headers()))
+        .await
+    {
         Ok(principal) => principal,
         Err(err) => return KloigosError::from(err).into_response(),
     };

@@ -15,7 +15,7 @@ use tessera_agent_api::protocol::{
 use tessera_app::App;
 use tessera_app::agents::AgentCaller;
 
-pub fn router() -> Router<App> {
+pub fn router() -> Router<super::NativeState> {
     use axum::routing::{get, post};
     Router::new()
         .route("/register", post(register))
@@ -36,7 +36,10 @@ where
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         let app = App::from_ref(state);
-        Ok(Agent(app.authenticate_agent(super::bearer(parts)).await?))
+        Ok(Agent(
+            app.authenticate_agent(super::bearer(&parts.headers))
+                .await?,
+        ))
     }
 }
 

@@ -1,10 +1,11 @@
 //! `/v1/auth`: login and refresh.
 
-use super::{Body, ErrorBody, Result};
+use super::{Body, ErrorBody, NativeError, NativeState, Result};
+use crate::serve::ClientAddress;
 use axum::Json;
 use axum::extract::State;
+use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
-use tessera_app::App;
 use tessera_app::identity::Session;
 use utoipa::ToSchema;
 
@@ -49,12 +50,27 @@ impl From<Session> for TokenResponse {
         (status = 200, description = "Logged in", body = TokenResponse),
         (status = 400, description = "Invalid request", body = ErrorBody),
         (status = 401, description = "Invalid credentials", body = ErrorBody),
+        (status = 429, description = "Too many logins from this address or for this user; see Retry-After", body = ErrorBody),
     ))]
 pub async fn login(
-    State(app): State<App>,
+    State(state): State<NativeState>,
+    ClientAddress(client): ClientAddress,
     Body(req): Body<LoginRequest>,
-) -> Result<Json<TokenResponse>> {
-    Ok(Json(app.login(&req.username, &req.password).await?.into()))
+) -> Response {
+    let verdict =
+        crate::limits::credential_request(&state.limiter, &state.app, client, Some(&req.username));
+    let answer = match verdict.error() {
+        Some(err) => Err(NativeError(err)),
+        None => state
+            .app
+            .login(&req.username, &req.password, client)
+            .await
+            .map(|session| Json(TokenResponse::from(session)))
+            .map_err(NativeError),
+    };
+    let mut response = answer.into_response();
+    verdict.write_headers(response.headers_mut());
+    response
 }
 
 /// Trade a refresh token for new tokens; the old refresh token stops working.
@@ -64,10 +80,22 @@ pub async fn login(
         (status = 200, description = "New tokens", body = TokenResponse),
         (status = 400, description = "Invalid request", body = ErrorBody),
         (status = 401, description = "Invalid refresh token", body = ErrorBody),
+        (status = 429, description = "Too many requests from this address; see Retry-After", body = ErrorBody),
     ))]
 pub async fn refresh(
-    State(app): State<App>,
+    State(state): State<NativeState>,
+    ClientAddress(client): ClientAddress,
     Body(req): Body<RefreshRequest>,
-) -> Result<Json<TokenResponse>> {
-    Ok(Json(app.refresh(&req.refresh_token).await?.into()))
+) -> Response {
+    let verdict = crate::limits::credential_request(&state.limiter, &state.app, client, None);
+    let answer: Result<Json<TokenResponse>> = match verdict.error() {
+        Some(err) => Err(NativeError(err)),
+        None => match state.app.refresh(&req.refresh_token).await {
+            Ok(session) => Ok(Json(session.into())),
+            Err(err) => Err(NativeError(err)),
+        },
+    };
+    let mut response = answer.into_response();
+    verdict.write_headers(response.headers_mut());
+    response
 }

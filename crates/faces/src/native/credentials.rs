@@ -14,14 +14,19 @@ use utoipa::ToSchema;
 #[derive(Deserialize, ToSchema, Default)]
 #[serde(deny_unknown_fields)]
 pub struct CreateCredentialRequest {
-    /// The project (workspace) it acts in; yours by default. Only an admin
-    /// may name another.
+    /// The project (workspace) it acts in; yours by default. Only an
+    /// install admin may name another.
     #[schema(example = "research")]
     pub project: Option<String>,
     /// `admin`, `operator`, `member` or `viewer`: at most your own role
-    /// (`member` when an admin does not say).
+    /// (`member` when an admin does not say). It acts with your current
+    /// role in the project, never more.
     pub role: Option<String>,
     pub description: Option<String>,
+    /// Install admins: the credential keeps `role` whatever becomes of you
+    /// (it acts for no user). Otherwise it acts with your current role.
+    #[serde(default)]
+    pub fixed_role: bool,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -43,6 +48,12 @@ pub struct CredentialBody {
     pub description: String,
     pub created_at: String,
     pub revoked: bool,
+    /// The user whose current membership and role it acts with (gone with
+    /// that user); `null` for a fixed role an install admin gave it.
+    pub user_id: Option<String>,
+    /// The permissions it is limited to (those of the scoped token it was
+    /// made with); `null` for all of its role's.
+    pub scopes: Option<Vec<String>>,
 }
 
 impl From<Credential> for CredentialBody {
@@ -54,6 +65,8 @@ impl From<Credential> for CredentialBody {
             description: c.description,
             created_at: c.created_at,
             revoked: c.revoked_at.is_some(),
+            user_id: c.acts_as,
+            scopes: c.scopes,
         }
     }
 }
@@ -80,6 +93,7 @@ pub async fn create_credential(
                 project: req.project,
                 role: req.role,
                 description: req.description,
+                fixed_role: req.fixed_role,
             },
         )
         .await?;
@@ -95,7 +109,7 @@ pub async fn create_credential(
     ))
 }
 
-/// List your project's credentials (an admin sees all).
+/// List the credentials you manage: yours; your workspace's with `credential_admin`; all for an install admin.
 #[utoipa::path(get, path = "/v1/credentials", tag = "credentials",
     responses(
         (status = 200, description = "Credentials", body = Vec<CredentialBody>),

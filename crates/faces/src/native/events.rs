@@ -7,7 +7,7 @@ use axum::extract::State;
 use axum::extract::ws::{
     Message, WebSocket, WebSocketUpgrade, rejection::WebSocketUpgradeRejection,
 };
-use axum::http::{HeaderMap, header};
+use axum::http::HeaderMap;
 use axum::response::Response;
 use serde::Deserialize;
 use tessera_app::{App, Event, Principal};
@@ -42,15 +42,8 @@ pub async fn events(
     Query(params): Query<EventParams>,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, NativeError> {
-    let bearer = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            let (scheme, token) = v.split_once(' ')?;
-            scheme
-                .eq_ignore_ascii_case("bearer")
-                .then(|| token.trim().to_string())
-        })
+    let bearer = super::bearer(&headers)
+        .map(str::to_string)
         .or(params.access_token);
     let caller = app.authenticate(bearer.as_deref()).await?;
     caller.require(Permission::OperationRead)?;

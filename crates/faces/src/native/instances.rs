@@ -191,7 +191,7 @@ fn accepted(status: StatusCode, instance: Instance) -> Accepted {
         (status = 201, description = "Created; follow operation_id", body = InstanceBody),
         (status = 400, description = "Invalid request", body = ErrorBody),
         (status = 401, description = "Unauthorized", body = ErrorBody),
-        (status = 403, description = "Forbidden", body = ErrorBody),
+        (status = 403, description = "Forbidden, or over the project's quota", body = ErrorBody),
     ))]
 pub async fn create_instance(
     State(app): State<App>,

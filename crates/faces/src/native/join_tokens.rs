@@ -20,6 +20,8 @@ pub struct JoinTokenBody {
     pub revoked: bool,
     /// Past its expiry.
     pub expired: bool,
+    /// The one registered host whose agent this token may replace.
+    pub replaces: Option<String>,
     /// The secret: shown once, in the answer that creates the token. Give
     /// it to `tessera agent --join-token`.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -35,6 +37,7 @@ impl From<JoinToken> for JoinTokenBody {
             expires_at: t.expires_at,
             revoked: t.revoked,
             expired: t.expired,
+            replaces: t.replaces,
             token: t.token,
         }
     }
@@ -47,6 +50,10 @@ pub struct CreateJoinTokenRequest {
     /// Seconds until the token expires (60 to 31536000; a day by default).
     /// Any number of hosts may join with it until then.
     pub ttl_seconds: Option<u64>,
+    /// A registered host (hostname or id) whose agent this token may
+    /// replace. Without it, a token admits only hosts that never had an
+    /// agent.
+    pub replaces: Option<String>,
 }
 
 /// List join tokens, without their secrets.
@@ -84,6 +91,7 @@ pub async fn create_join_token(
             &caller,
             req.description,
             req.ttl_seconds.map(Duration::from_secs),
+            req.replaces,
         )
         .await?;
     Ok((StatusCode::CREATED, Json(token.into())))

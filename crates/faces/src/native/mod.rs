@@ -14,6 +14,7 @@ mod events;
 mod instances;
 mod join_tokens;
 mod operations;
+mod quotas;
 mod servers;
 mod ssh_keys;
 mod system;
@@ -24,14 +25,17 @@ mod workflows;
 mod workspaces;
 
 use crate::BearerAuth;
+use crate::ratelimit::RateLimiter;
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
-use axum::extract::{FromRef, FromRequest, FromRequestParts};
+use axum::extract::{FromRef, FromRequest, FromRequestParts, Request, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Serialize;
+use std::sync::Arc;
 use tessera_app::{App, Error, Principal};
 use utoipa::{OpenApi, ToSchema};
 
@@ -61,6 +65,8 @@ use utoipa::{OpenApi, ToSchema};
         credentials::revoke_credential,
         credentials::get_balance,
         credentials::top_up,
+        quotas::get_quota,
+        quotas::set_quota,
         servers::list_servers,
         servers::create_server,
         servers::delete_server,
@@ -94,15 +100,82 @@ use utoipa::{OpenApi, ToSchema};
         events::events,
     ),
     components(schemas(ErrorBody)),
-    modifiers(&BearerAuth),
+    modifiers(&BearerAuth, &RateLimited),
     security(("bearer" = [])),
 )]
 pub struct NativeApi;
 
+/// Adds the 429 every rate-limited operation may answer to the document.
+struct RateLimited;
+
+impl utoipa::Modify for RateLimited {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::{RefOr, ResponseBuilder, content::ContentBuilder};
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            if path.starts_with("/v1/agent/") || path == "/v1/events" {
+                continue;
+            }
+            let operations = [
+                item.get.as_mut(),
+                item.post.as_mut(),
+                item.put.as_mut(),
+                item.patch.as_mut(),
+                item.delete.as_mut(),
+            ];
+            for operation in operations.into_iter().flatten() {
+                let limited = ResponseBuilder::new()
+                    .description(
+                        "Too many requests: over a rate limit (see the Retry-After, \
+                         RateLimit-Policy and RateLimit headers)",
+                    )
+                    .content(
+                        "application/json",
+                        ContentBuilder::new()
+                            .schema(Some(utoipa::openapi::Ref::from_schema_name("ErrorBody")))
+                            .build(),
+                    )
+                    .build();
+                operation
+                    .responses
+                    .responses
+                    .entry("429".into())
+                    .or_insert(RefOr::T(limited));
+            }
+        }
+    }
+}
+
+/// The face's shared state: the app and its request counters.
+#[derive(Clone)]
+pub struct NativeState {
+    pub app: App,
+    pub limiter: Arc<RateLimiter>,
+}
+
+impl FromRef<NativeState> for App {
+    fn from_ref(state: &NativeState) -> App {
+        state.app.clone()
+    }
+}
+
+/// The face's routes. Authenticated requests are rate limited per project,
+/// endpoint and credential ([`limit`]) and answered within the request
+/// timeout; the long-poll (`/operations/{id}/wait`), the event WebSocket and
+/// the agents' protocol keep their own bounds, and login and refresh count
+/// per client address and user.
 pub fn router(app: App) -> Router {
-    Router::new()
+    let state = NativeState {
+        limiter: Arc::new(RateLimiter::new(app.native_rate_limits().window)),
+        app: app.clone(),
+    };
+    let credentials = Router::new()
         .route("/auth/login", post(auth::login))
         .route("/auth/refresh", post(auth::refresh))
+        .route_layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            crate::limits::deadline::<NativeError>,
+        ));
+    let private = Router::new()
         .route("/users", get(users::list_users).post(users::create_user))
         .route(
             "/users/{id}",
@@ -125,6 +198,10 @@ pub fn router(app: App) -> Router {
         .route(
             "/workspaces/{name}/balance/top-ups",
             post(credentials::top_up),
+        )
+        .route(
+            "/workspaces/{name}/quota",
+            get(quotas::get_quota).put(quotas::set_quota),
         )
         .route(
             "/credentials",
@@ -169,7 +246,6 @@ pub fn router(app: App) -> Router {
         )
         .route("/operations", get(operations::list_operations))
         .route("/operations/{id}", get(operations::get_operation))
-        .route("/operations/{id}/wait", get(operations::wait_operation))
         .route(
             "/operations/{id}/cancel",
             post(operations::cancel_operation),
@@ -185,11 +261,41 @@ pub fn router(app: App) -> Router {
         .route("/workflows/{id}", get(workflows::get_workflow))
         .route("/workflows/{id}/cancel", post(workflows::cancel_workflow))
         .route("/metrics", get(system::metrics))
-        .route("/events", get(events::events))
+        .route_layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            crate::limits::deadline::<NativeError>,
+        ))
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), limit));
+    let long = Router::new()
+        .route("/operations/{id}/wait", get(operations::wait_operation))
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), limit))
+        .route("/events", get(events::events));
+    Router::new()
+        .merge(credentials)
+        .merge(private)
+        .merge(long)
         .nest("/agent", agent::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .with_state(app)
+        .with_state(state)
+}
+
+/// Authenticates the caller (for [`Caller`]), counts the request against
+/// its project's, endpoint's and credential's limits, and adds the
+/// rate-limit headers to the answer.
+async fn limit(State(state): State<NativeState>, request: Request, next: Next) -> Response {
+    let principal = match state.app.authenticate(bearer(request.headers())).await {
+        Ok(principal) => principal,
+        Err(err) => return NativeError(err).into_response(),
+    };
+    crate::limits::count_request::<NativeError>(
+        &state.limiter,
+        state.app.native_rate_limits(),
+        principal,
+        request,
+        next,
+    )
+    .await
 }
 
 /// The provisioning API's error body.
@@ -236,6 +342,7 @@ impl IntoResponse for NativeError {
             Error::NotFound(_) => (StatusCode::NOT_FOUND, "NOT_FOUND"),
             Error::Conflict(_) => (StatusCode::CONFLICT, "CONFLICT"),
             Error::NoCapacity(_) => (StatusCode::CONFLICT, "INSUFFICIENT_CAPACITY"),
+            Error::QuotaExceeded(_) => (StatusCode::FORBIDDEN, "QUOTA_EXCEEDED"),
             Error::Unauthenticated(_) => (StatusCode::UNAUTHORIZED, "UNAUTHORIZED"),
             Error::Forbidden(_) => (StatusCode::FORBIDDEN, "FORBIDDEN"),
             Error::InsufficientFunds(_) => (StatusCode::PAYMENT_REQUIRED, "INSUFFICIENT_FUNDS"),
@@ -252,7 +359,13 @@ impl IntoResponse for NativeError {
             Error::Internal(_) => "Internal Server Error".to_string(),
             other => other.to_string(),
         };
-        error_response(status, code, message)
+        let mut response = error_response(status, code, message);
+        if let Error::RateLimited { retry_after, .. } = &self.0 {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(*retry_after));
+        }
+        response
     }
 }
 
@@ -332,15 +445,18 @@ where
     type Rejection = NativeError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        // Authenticated already by the rate limiter, on most routes.
+        if let Some(principal) = parts.extensions.get::<Principal>() {
+            return Ok(Caller(principal.clone()));
+        }
         let app = App::from_ref(state);
-        Ok(Caller(app.authenticate(bearer(parts)).await?))
+        Ok(Caller(app.authenticate(bearer(&parts.headers)).await?))
     }
 }
 
 /// The credential of an `Authorization: Bearer` header, if there is one.
-pub(crate) fn bearer(parts: &Parts) -> Option<&str> {
-    parts
-        .headers
+pub(crate) fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
+    headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| {

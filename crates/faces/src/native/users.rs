@@ -1,4 +1,5 @@
-//! `/v1/users`: users and their roles, for admins.
+//! `/v1/users`: users and their roles: every user for install admins, the
+//! members of its workspace for a workspace admin.
 
 use super::{Body, Caller, ErrorBody, Path, Result};
 use axum::Json;
@@ -15,6 +16,8 @@ pub struct UserBody {
     pub username: String,
     pub disabled: bool,
     pub has_password: bool,
+    /// `admin` or `operator` over the whole install; `null` for neither.
+    pub install_role: Option<String>,
     /// The workspace the user's logins act in.
     pub active_workspace: Option<String>,
     pub workspaces: Vec<MembershipBody>,
@@ -40,6 +43,7 @@ impl From<User> for UserBody {
             username: u.record.username,
             disabled: u.record.disabled != 0,
             has_password: u.record.password_hash.is_some(),
+            install_role: u.record.install_role,
             active_workspace: active,
             workspaces: u
                 .memberships
@@ -60,10 +64,12 @@ pub struct CreateUserRequest {
     pub username: String,
     /// At least 8 characters; a user without one can only use API tokens.
     pub password: Option<String>,
-    /// The user's first workspace.
+    /// The user's first workspace (a workspace admin's own).
     pub workspace: String,
-    /// `admin`, `operator`, `member` or `viewer`.
+    /// `admin`, `operator`, `member` or `viewer`: the role there.
     pub role: String,
+    /// `admin` or `operator` over the whole install (install admins only).
+    pub install_role: Option<String>,
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -71,9 +77,12 @@ pub struct CreateUserRequest {
 pub struct UpdateUserRequest {
     pub password: Option<String>,
     pub disabled: Option<bool>,
-    /// With `role`: give the user this role in this workspace.
+    /// With `role`: give the user this role in this workspace (`none`
+    /// takes it out of the workspace).
     pub workspace: Option<String>,
     pub role: Option<String>,
+    /// `admin`, `operator`, or `none` to take it away (install admins only).
+    pub install_role: Option<String>,
 }
 
 /// List users.
@@ -114,6 +123,7 @@ pub async fn create_user(
                 password: req.password,
                 project: req.workspace,
                 role: req.role,
+                install_role: req.install_role,
             },
         )
         .await?;
@@ -137,7 +147,7 @@ pub async fn get_user(
     Ok(Json(app.user(&caller, &id).await?.into()))
 }
 
-/// Change a user's password, disable or enable it, or give it a role in a workspace.
+/// Change a user's password, disable or enable it, give it a role in a workspace (or take it out), or change its install role.
 #[utoipa::path(patch, path = "/v1/users/{id}", tag = "users", request_body = UpdateUserRequest,
     params(("id" = String, Path, description = "User id")),
     responses(
@@ -167,6 +177,7 @@ pub async fn update_user(
         password: req.password,
         disabled: req.disabled,
         membership,
+        install_role: req.install_role,
     };
     Ok(Json(app.update_user(&caller, &id, update).await?.into()))
 }

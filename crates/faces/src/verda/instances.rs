@@ -376,6 +376,7 @@ fn check_policy(field: &str, policy: &Option<String>) -> Result<()> {
         (status = 400, description = "Invalid request", body = ErrorBody),
         (status = 401, description = "Unauthorized", body = ErrorBody),
         (status = 402, description = "The balance does not cover an hour of it", body = ErrorBody),
+        (status = 403, description = "Not allowed: the credential's role or scopes, or the project's quota", body = ErrorBody),
         (status = 429, description = "Too many requests", body = ErrorBody),
     ))]
 pub async fn deploy_instance(
@@ -564,6 +565,7 @@ fn parse_action(req: &ActionRequest) -> Result<(String, InstanceAction)> {
         (status = 207, description = "Some actions failed", body = Vec<ActionResultBody>),
         (status = 400, description = "Invalid request", body = ErrorBody),
         (status = 401, description = "Unauthorized", body = ErrorBody),
+        (status = 403, description = "Not allowed: the credential's role or scopes, or the project's quota", body = ErrorBody),
         (status = 404, description = "Not found", body = ErrorBody),
         (status = 429, description = "Too many requests", body = ErrorBody),
     ))]
@@ -630,6 +632,7 @@ pub async fn instance_actions(
         (status = 207, description = "Some actions failed", body = Vec<ActionResultBody>),
         (status = 400, description = "Invalid request", body = ErrorBody),
         (status = 401, description = "Unauthorized", body = ErrorBody),
+        (status = 403, description = "Not allowed: the credential's role or scopes, or the project's quota", body = ErrorBody),
         (status = 404, description = "Not found", body = ErrorBody),
         (status = 429, description = "Too many requests", body = ErrorBody),
     ))]

@@ -14,12 +14,12 @@ mod balance;
 mod catalog;
 mod instances;
 mod oauth;
-pub mod ratelimit;
 mod scripts;
 mod ssh_keys;
 mod volumes;
 
 use crate::BearerAuth;
+use crate::ratelimit;
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts, State};
 use axum::http::request::Parts;
@@ -107,7 +107,7 @@ impl axum::extract::FromRef<VerdaState> for App {
 
 pub fn router(app: App) -> Router {
     let state = VerdaState {
-        limiter: Arc::new(ratelimit::RateLimiter::new(app.rate_limits().clone())),
+        limiter: Arc::new(ratelimit::RateLimiter::new(app.rate_limits().window)),
         app,
     };
     let public = Router::new()
@@ -194,9 +194,17 @@ pub fn router(app: App) -> Router {
             get(scripts::get_script).delete(scripts::delete_script),
         )
         .route_layer(axum::middleware::from_fn_with_state(
+            state.app.clone(),
+            crate::limits::deadline::<VerdaError>,
+        ))
+        .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             authenticate,
         ));
+    let public = public.route_layer(axum::middleware::from_fn_with_state(
+        state.app.clone(),
+        crate::limits::deadline::<VerdaError>,
+    ));
     Router::new()
         .merge(public)
         .merge(private)
@@ -240,7 +248,9 @@ pub(crate) fn status_of(err: &Error) -> (StatusCode, &'static str) {
         Error::Invalid { .. } => (StatusCode::BAD_REQUEST, "invalid_request"),
         Error::Unauthenticated(_) => (StatusCode::UNAUTHORIZED, "unauthorized_request"),
         Error::InsufficientFunds(_) => (StatusCode::PAYMENT_REQUIRED, "insufficient_funds"),
-        Error::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden_action"),
+        Error::Forbidden(_) | Error::QuotaExceeded(_) => {
+            (StatusCode::FORBIDDEN, "forbidden_action")
+        }
         Error::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
         Error::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
         Error::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limit_exceeded"),
@@ -353,13 +363,12 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
 /// project's limits, and adds the rate-limit headers to the answer.
 async fn authenticate(
     State(state): State<VerdaState>,
-    mut request: axum::extract::Request,
+    request: axum::extract::Request,
     next: Next,
 ) -> Response {
-    let (mut parts, body) = request.into_parts();
     let principal = match state
         .app
-        .authenticate_oauth(crate::native::bearer(&parts))
+        .authenticate_oauth(crate::native::bearer(request.headers()))
         .await
     {
         Ok(principal) => principal,
@@ -371,25 +380,14 @@ async fn authenticate(
             return response;
         }
     };
-    let endpoint = format!("{} {}", parts.method, parts.uri.path());
-    let verdict = state.limiter.check(&principal.project_id, &endpoint);
-    parts.extensions.insert(principal);
-    request = axum::extract::Request::from_parts(parts, body);
-    let mut response = match verdict.retry_after {
-        Some(retry_after) => VerdaError(Error::RateLimited {
-            message: format!(
-                "Too many requests: the {} limit is {} requests per {} seconds; retry in {retry_after} s",
-                verdict.exceeded.unwrap_or("project"),
-                verdict.exceeded_quota(),
-                verdict.window_secs,
-            ),
-            retry_after,
-        })
-        .into_response(),
-        None => next.run(request).await,
-    };
-    verdict.write_headers(response.headers_mut());
-    response
+    crate::limits::count_request::<VerdaError>(
+        &state.limiter,
+        state.app.rate_limits(),
+        principal,
+        request,
+        next,
+    )
+    .await
 }
 
 /// An id answered as bare text, as Verda answers new ids.

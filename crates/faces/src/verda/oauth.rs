@@ -1,9 +1,11 @@
 //! `POST /oauth2/token`: the `client_credentials` and `refresh_token`
 //! grants, with JSON bodies.
 
-use super::{Body, ErrorBody, Result, bad_request};
+use super::{Body, ErrorBody, Result, VerdaError, VerdaState, bad_request};
+use crate::serve::ClientAddress;
 use axum::Json;
 use axum::extract::State;
+use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use tessera_app::App;
 use tessera_app::oauth::{OAuthTokens, SCOPE};
@@ -62,9 +64,28 @@ fn required(value: Option<String>, field: &str) -> Result<String> {
         (status = 429, description = "Too many requests", body = ErrorBody),
     ))]
 pub async fn token(
-    State(app): State<App>,
+    State(state): State<VerdaState>,
+    ClientAddress(client): ClientAddress,
     Body(req): Body<TokenRequest>,
-) -> Result<Json<TokenResponse>> {
+) -> Response {
+    // Counted per client address, and per client id when one is named.
+    let address = client;
+    let verdict = crate::limits::credential_request(
+        &state.limiter,
+        &state.app,
+        address,
+        req.client_id.as_deref().filter(|id| !id.is_empty()),
+    );
+    let answer = match verdict.error() {
+        Some(err) => Err(VerdaError(err)),
+        None => grant(&state.app, req).await,
+    };
+    let mut response = answer.into_response();
+    verdict.write_headers(response.headers_mut());
+    response
+}
+
+async fn grant(app: &App, req: TokenRequest) -> Result<Json<TokenResponse>> {
     let grant = required(req.grant_type, "grant_type")?;
     let tokens = match grant.as_str() {
         "client_credentials" => {

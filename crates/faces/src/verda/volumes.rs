@@ -272,6 +272,7 @@ pub struct CreateVolumeRequest {
         (status = 400, description = "Invalid request", body = ErrorBody),
         (status = 401, description = "Unauthorized", body = ErrorBody),
         (status = 402, description = "The balance does not cover an hour of it", body = ErrorBody),
+        (status = 403, description = "Not allowed: the credential's role or scopes, or the project's quota", body = ErrorBody),
         (status = 429, description = "Too many requests", body = ErrorBody),
     ))]
 pub async fn create_volume(
@@ -405,6 +406,7 @@ fn parse_volume_action(req: &VolumeActionRequest) -> Result<VolumeAction> {
         (status = 202, description = "Done; for clone, the new ids", body = Vec<String>),
         (status = 400, description = "Invalid request", body = ErrorBody),
         (status = 401, description = "Unauthorized", body = ErrorBody),
+        (status = 403, description = "Not allowed: the credential's role or scopes, or the project's quota", body = ErrorBody),
         (status = 402, description = "The balance does not cover it", body = ErrorBody),
         (status = 404, description = "Not found", body = ErrorBody),
         (status = 429, description = "Too many requests", body = ErrorBody),

@@ -33,23 +33,24 @@ pub async fn run(args: ApiArgs) -> Result<()> {
     let mut secret = [0u8; 16];
     rand::rng().fill_bytes(&mut secret);
     let token = format!("bench-{}", hex(&secret));
+    let database_url = args
+        .database_url
+        .clone()
+        .unwrap_or_else(|| tessera_store::Store::sqlite_url(&dir.path().join("bench.db")));
     let settings = Settings {
-        data_dir: dir.path().to_path_buf(),
         listen: "127.0.0.1:0".parse()?,
-        database_url: args
-            .database_url
-            .clone()
-            .unwrap_or_else(|| tessera_store::Store::sqlite_url(&dir.path().join("bench.db"))),
         sim: Some(Default::default()),
         agent_timeout: Duration::from_secs(30),
-        agent_silence: std::time::Duration::from_secs(15),
-        log_format: Default::default(),
         admin_token: Some(token.clone()),
-        admin_password: None,
-        taskserv_dir: None,
-        catalog: None,
-        rate_limits: Default::default(),
-        script_quota: 100,
+        // The benchmark measures allocations, not a tenant's limits.
+        quota_defaults: tessera_store::Usage {
+            instances: -1,
+            vcpus: -1,
+            memory_mb: -1,
+            volumes: -1,
+            volume_gb: -1,
+        },
+        ..Settings::with_defaults(dir.path().to_path_buf(), database_url)
     };
     let running = server::start(&settings).await?;
     let base = running.url();

@@ -83,6 +83,15 @@ pub struct Options {
     pub agent_silence: Duration,
     /// The Verda face's rate limits.
     pub rate_limits: tessera_app::RateLimits,
+    /// The native API's rate limits.
+    pub native_rate_limits: tessera_app::RateLimits,
+    /// Requests per window to login, refresh and the OAuth token endpoint.
+    pub credential_rate_limit: u32,
+    pub login_limits: tessera_app::throttle::LoginLimits,
+    /// Each project's quota unless it has its own.
+    pub quota_defaults: tessera_store::Usage,
+    pub http: tessera_faces::serve::HttpLimits,
+    pub request_timeout: Duration,
 }
 
 impl Default for Options {
@@ -97,8 +106,23 @@ impl Default for Options {
             rate_limits: tessera_app::RateLimits {
                 project: 100_000,
                 endpoint: 100_000,
+                client: 100_000,
                 window: Duration::from_secs(60),
             },
+            native_rate_limits: tessera_app::RateLimits {
+                project: 100_000,
+                endpoint: 100_000,
+                client: 100_000,
+                window: Duration::from_secs(60),
+            },
+            credential_rate_limit: 100_000,
+            login_limits: tessera_app::throttle::LoginLimits {
+                per_address_per_minute: 100_000,
+                ..Default::default()
+            },
+            quota_defaults: tessera_app::DEFAULT_QUOTA,
+            http: Default::default(),
+            request_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -124,9 +148,7 @@ impl TestServer {
             (None, Backend::Postgres) => fresh_postgres_database().await,
         };
         let settings = Settings {
-            data_dir: dir.path().to_path_buf(),
             listen: "127.0.0.1:0".parse().expect("addr"),
-            database_url,
             sim: options.sim_hosts.then(|| SimConfig {
                 faults: options
                     .faults
@@ -137,13 +159,16 @@ impl TestServer {
             }),
             agent_timeout: options.agent_timeout,
             agent_silence: options.agent_silence,
-            log_format: Default::default(),
             admin_token: Some(TOKEN.to_string()),
             admin_password: Some(ADMIN_PASSWORD.to_string()),
-            taskserv_dir: None,
-            catalog: None,
             rate_limits: options.rate_limits,
-            script_quota: 100,
+            native_rate_limits: options.native_rate_limits,
+            credential_rate_limit: options.credential_rate_limit,
+            login_limits: options.login_limits,
+            quota_defaults: options.quota_defaults,
+            http: options.http,
+            request_timeout: options.request_timeout,
+            ..Settings::with_defaults(dir.path().to_path_buf(), database_url)
         };
         let running = server::start(&settings).await.expect("server starts");
         TestServer {
@@ -411,6 +436,17 @@ impl TestServer {
     }
 }
 
+/// Asserts a native API error: its status and the provisioning API's body.
+pub fn assert_error(status: StatusCode, body: &Value, expected: StatusCode, code: &str) {
+    assert_eq!(status, expected, "{body}");
+    assert_eq!(body["error"], code, "{body}");
+    assert_eq!(body["code"], expected.as_u16().to_string(), "{body}");
+    assert!(
+        body["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "{body}"
+    );
+}
+
 /// An allocate body.
 pub fn unit_request(cpu_count: u32, tags: Value) -> Value {
     json!({"cpu_count": cpu_count, "ssh_public_key": KEY, "tags": tags})
@@ -460,6 +496,18 @@ impl ServerProcess {
             }
         };
         ServerProcess { child, url }
+    }
+
+    /// The server's resident memory, in bytes (Linux).
+    pub fn resident_bytes(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .expect("the server's /proc status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map(|kb| kb * 1024)
+            .expect("VmRSS")
     }
 
     /// SIGTERM, and the process must exit cleanly.

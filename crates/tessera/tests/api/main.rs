@@ -14,6 +14,7 @@ mod instances;
 mod kloigos;
 mod observability;
 mod openapi;
+mod security;
 mod system;
 mod taskservs;
 mod verda;

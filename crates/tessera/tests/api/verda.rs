@@ -1072,6 +1072,7 @@ async fn rate_limits_answer_429_with_headers(backend: Backend) {
             rate_limits: tessera_app::RateLimits {
                 project: 6,
                 endpoint: 3,
+                client: 100,
                 window: Duration::from_secs(60),
             },
             ..Options::default()
@@ -1086,7 +1087,7 @@ async fn rate_limits_answer_429_with_headers(backend: Backend) {
         assert_eq!(status, StatusCode::OK);
         assert_eq!(
             headers["ratelimit-policy"],
-            "\"project\";q=6;w=60, \"endpoint\";q=3;w=60"
+            "\"project\";q=6;w=60, \"endpoint\";q=3;w=60, \"client\";q=100;w=60"
         );
         let state = headers["ratelimit"].to_str().expect("text");
         assert!(

@@ -1,0 +1,202 @@
+//! Per-project quotas: the limits a project has set (the rest come from the
+//! configuration), what it uses, and the check that runs inside the very
+//! transaction that would take more.
+//!
+//! The check is atomic across replicas: on PostgreSQL it first locks the
+//! project's row (`SELECT ... FOR UPDATE`), so two creations for one
+//! project never both pass on the same free room; on SQLite the single
+//! writer already runs them one after the other.
+
+use crate::db::{Conn, DbError};
+use crate::{Result, Store, now};
+
+/// What a project uses, or may use, or asks for. `-1` as a limit is
+/// unlimited.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub instances: i64,
+    pub vcpus: i64,
+    pub memory_mb: i64,
+    pub volumes: i64,
+    pub volume_gb: i64,
+}
+
+impl Usage {
+    /// `(name, value)` of each resource.
+    pub fn items(&self) -> [(&'static str, i64); 5] {
+        [
+            ("instances", self.instances),
+            ("vcpus", self.vcpus),
+            ("memory_mb", self.memory_mb),
+            ("volumes", self.volumes),
+            ("volume_gb", self.volume_gb),
+        ]
+    }
+}
+
+/// The limits a project has set for itself; `None` takes the default.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, sqlx::FromRow)]
+pub struct QuotaOverrides {
+    pub instances: Option<i64>,
+    pub vcpus: Option<i64>,
+    pub memory_mb: Option<i64>,
+    pub volumes: Option<i64>,
+    pub volume_gb: Option<i64>,
+}
+
+/// A write's quota check: the project, its limits, and what the write adds.
+#[derive(Clone, Debug)]
+pub struct QuotaCheck {
+    pub project_id: String,
+    pub limits: Usage,
+    pub adds: Usage,
+}
+
+/// Which limit a write would have gone over.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QuotaExceeded {
+    pub resource: &'static str,
+    pub limit: i64,
+    pub used: i64,
+    pub requested: i64,
+}
+
+impl std::fmt::Display for QuotaExceeded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "quota exceeded: {} would be {} with this request, over the project's limit of {} \
+             ({} in use, {} asked for)",
+            self.resource,
+            self.used + self.requested,
+            self.limit,
+            self.used,
+            self.requested
+        )
+    }
+}
+
+/// One row of what a project uses: instances that are not terminated
+/// (and the Kloigos units it holds, as instances of their CPU count),
+/// and volumes not yet purged (the trash holds storage), OS volumes too.
+const USAGE: &str = "SELECT \
+     (SELECT COUNT(*) FROM instances WHERE project_id = $1 AND state <> 'terminated') \
+     + (SELECT COUNT(*) FROM compute_units WHERE project_id = $1), \
+     (SELECT CAST(COALESCE(SUM(vcpus), 0) AS BIGINT) FROM instances \
+      WHERE project_id = $1 AND state <> 'terminated') \
+     + (SELECT CAST(COALESCE(SUM(cpu_count), 0) AS BIGINT) FROM compute_units WHERE project_id = $1), \
+     (SELECT CAST(COALESCE(SUM(memory_mb), 0) AS BIGINT) FROM instances \
+      WHERE project_id = $1 AND state <> 'terminated'), \
+     (SELECT COUNT(*) FROM volumes WHERE project_id = $1 AND purged_at IS NULL), \
+     (SELECT CAST(COALESCE(SUM(size_gb), 0) AS BIGINT) FROM volumes \
+      WHERE project_id = $1 AND purged_at IS NULL)";
+
+fn usage_of(row: &[i64]) -> Usage {
+    let at = |n: usize| row.get(n).copied().unwrap_or(0);
+    Usage {
+        instances: at(0),
+        vcpus: at(1),
+        memory_mb: at(2),
+        volumes: at(3),
+        volume_gb: at(4),
+    }
+}
+
+/// Runs a write's quota check inside its transaction: `Some` names the
+/// limit it would go over (the caller then undoes its write).
+pub(crate) async fn enforce(
+    conn: &mut Conn<'_>,
+    check: &QuotaCheck,
+) -> std::result::Result<Option<QuotaExceeded>, DbError> {
+    if check.is_unbounded() {
+        return Ok(None);
+    }
+    let project = check.project_id.as_str();
+    if conn.is_postgres() {
+        conn.fetch_text(
+            "SELECT id FROM projects WHERE id = $1 FOR UPDATE",
+            &[project.into()],
+        )
+        .await?;
+    }
+    let used = usage_of(&conn.fetch_ints(USAGE, &[project.into()]).await?);
+    Ok(check.exceeded(&used))
+}
+
+impl QuotaCheck {
+    /// Whether nothing the write adds has a limit (so nothing is counted).
+    pub fn is_unbounded(&self) -> bool {
+        self.limits
+            .items()
+            .into_iter()
+            .zip(self.adds.items())
+            .all(|((_, limit), (_, asked))| limit < 0 || asked <= 0)
+    }
+
+    /// The first limit that `used` plus what the write adds goes over.
+    pub fn exceeded(&self, used: &Usage) -> Option<QuotaExceeded> {
+        self.limits
+            .items()
+            .into_iter()
+            .zip(used.items().into_iter().zip(self.adds.items()))
+            .find(|((_, limit), ((_, used), (_, asked)))| {
+                *asked > 0 && *limit >= 0 && used + asked > *limit
+            })
+            .map(
+                |((resource, limit), ((_, used), (_, asked)))| QuotaExceeded {
+                    resource,
+                    limit,
+                    used,
+                    requested: asked,
+                },
+            )
+    }
+}
+
+impl Store {
+    /// The limits a project has set, if it has any.
+    pub async fn project_quota(&self, project_id: &str) -> Result<QuotaOverrides> {
+        let row: Option<QuotaOverrides> = self
+            .fetch_optional(
+                "SELECT instances, vcpus, memory_mb, volumes, volume_gb FROM project_quotas \
+                 WHERE project_id = $1",
+                &[project_id.into()],
+            )
+            .await?;
+        Ok(row.unwrap_or_default())
+    }
+
+    /// Sets a project's own limits (`None`: the default).
+    pub async fn set_project_quota(&self, project_id: &str, quota: &QuotaOverrides) -> Result<()> {
+        self.run_statements(
+            "set_project_quota",
+            vec![(
+                "INSERT INTO project_quotas (project_id, instances, vcpus, memory_mb, volumes, \
+                 volume_gb, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7) \
+                 ON CONFLICT (project_id) DO UPDATE SET instances = $2, vcpus = $3, \
+                 memory_mb = $4, volumes = $5, volume_gb = $6, updated_at = $7"
+                    .into(),
+                vec![
+                    project_id.into(),
+                    quota.instances.into(),
+                    quota.vcpus.into(),
+                    quota.memory_mb.into(),
+                    quota.volumes.into(),
+                    quota.volume_gb.into(),
+                    now().into(),
+                ],
+            )],
+            |_| true,
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// What a project uses now.
+    pub async fn project_usage(&self, project_id: &str) -> Result<Usage> {
+        let row: Option<(i64, i64, i64, i64, i64)> =
+            self.fetch_optional(USAGE, &[project_id.into()]).await?;
+        let (a, b, c, d, e) = row.unwrap_or_default();
+        Ok(usage_of(&[a, b, c, d, e]))
+    }
+}

@@ -1,0 +1,1314 @@
+//! The attacks of a hostile user, replayed over HTTP: from another
+//! workspace, with a scoped or stale credential, with floods of logins and
+//! slow sockets, past quotas and rate limits, and onto another's host. Each
+//! must be refused with the face's documented error and change nothing,
+//! while the allowed paths still work.
+
+use crate::harness::{
+    Backend, KEY, Options, ServerProcess, TOKEN, TestServer, assert_error, fresh_postgres_database,
+    unit_request,
+};
+use crate::on_both_backends;
+use crate::verda::{Verda, top_up};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+on_both_backends!(
+    a_workspace_admin_administers_only_its_workspace,
+    fleet_powers_belong_to_install_roles,
+    nothing_made_with_a_scoped_token_does_more_than_its_scopes,
+    credentials_act_with_their_users_current_role,
+    a_reused_refresh_token_revokes_the_logins_access_tokens,
+    failed_logins_back_off_per_user_and_address,
+    slow_clients_are_cut_off,
+    metric_labels_come_from_a_fixed_set,
+    quotas_hold_on_every_face,
+    racing_creations_never_pass_a_quota,
+    the_native_api_and_token_issuance_are_rate_limited,
+    a_join_token_does_not_take_over_a_host,
+    a_login_burst_leaves_memory_and_health_as_they_were,
+);
+
+/// The id of user `name`, as the admin sees it.
+async fn user_id(server: &TestServer, name: &str) -> String {
+    let (_, users) = server.call(Method::GET, "/v1/users", None, TOKEN).await;
+    users
+        .as_array()
+        .expect("users")
+        .iter()
+        .find(|u| u["username"] == name)
+        .and_then(|u| u["id"].as_str())
+        .unwrap_or_else(|| panic!("no user {name}"))
+        .to_string()
+}
+
+fn names(list: &Value, field: &str) -> Vec<String> {
+    list.as_array()
+        .expect("a list")
+        .iter()
+        .filter_map(|v| v[field].as_str().map(str::to_string))
+        .collect()
+}
+
+async fn a_workspace_admin_administers_only_its_workspace(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let alice = server.user_in("alice", "admin", "alpha").await;
+    server.user_in("bob", "member", "beta").await;
+    let (admin_id, alice_id, bob_id) = (
+        user_id(&server, "admin").await,
+        user_id(&server, "alice").await,
+        user_id(&server, "bob").await,
+    );
+
+    // The attack: admin of alpha makes herself admin of beta ...
+    let (status, body) = server
+        .call(
+            Method::PATCH,
+            &format!("/v1/users/{alice_id}"),
+            Some(&json!({"workspace": "beta", "role": "admin"})),
+            &alice,
+        )
+        .await;
+    assert_error(status, &body, StatusCode::NOT_FOUND, "NOT_FOUND");
+    // ... or an admin of the install ...
+    let (status, body) = server
+        .call(
+            Method::PATCH,
+            &format!("/v1/users/{alice_id}"),
+            Some(&json!({"install_role": "admin"})),
+            &alice,
+        )
+        .await;
+    assert_error(status, &body, StatusCode::FORBIDDEN, "FORBIDDEN");
+    // ... and mints a token for the bootstrap admin in `default`.
+    let (status, body) = server
+        .call(
+            Method::POST,
+            "/v1/tokens",
+            Some(&json!({"name": "mine now", "user_id": admin_id, "workspace": "default"})),
+            &alice,
+        )
+        .await;
+    assert_error(status, &body, StatusCode::FORBIDDEN, "FORBIDDEN");
+    // She sees alpha's members only (the install admin made alpha, so is
+    // one), and cannot take over the install admin's account.
+    let (status, users) = server.call(Method::GET, "/v1/users", None, &alice).await;
+    assert_eq!(status, StatusCode::OK, "{users}");
+    assert_eq!(names(&users, "username"), ["admin", "alice"]);
+    let (status, body) = server
+        .call(
+            Method::PATCH,
+            &format!("/v1/users/{admin_id}"),
+            Some(&json!({"password": "taken-over-1"})),
+            &alice,
+        )
+        .await;
+    assert_error(status, &body, StatusCode::FORBIDDEN, "FORBIDDEN");
+    // She changes and revokes no one outside alpha.
+    for (method, body) in [
+        (Method::GET, None),
+        (Method::PATCH, Some(json!({"password": "taken-over-1"}))),
+        (Method::DELETE, None),
+    ] {
+        let (status, reply) = server
+            .call(
+                method,
+                &format!("/v1/users/{bob_id}"),
+                body.as_ref(),
+                &alice,
+            )
+            .await;
+        assert_error(status, &reply, StatusCode::NOT_FOUND, "NOT_FOUND");
+    }
+    let (_, tokens) = server.call(Method::GET, "/v1/tokens", None, &alice).await;
+    assert!(!names(&tokens, "id").contains(&"bootstrap-admin".to_string()));
+    let (status, body) = server
+        .call(Method::DELETE, "/v1/tokens/bootstrap-admin", None, &alice)
+        .await;
+    assert_error(status, &body, StatusCode::NOT_FOUND, "NOT_FOUND");
+    // Nothing of the fleet either.
+    for (method, path, body) in [
+        (Method::GET, "/v1/servers", None),
+        (Method::POST, "/v1/servers/join-tokens", Some(json!({}))),
+        (
+            Method::POST,
+            "/v1/workspaces/create",
+            Some(json!({"name": "gamma"})),
+        ),
+        (
+            Method::POST,
+            "/v1/workspaces/beta/balance/top-ups",
+            Some(json!({"amount": 10})),
+        ),
+    ] {
+        let (status, reply) = server.call(method, path, body.as_ref(), &alice).await;
+        assert_error(status, &reply, StatusCode::FORBIDDEN, "FORBIDDEN");
+    }
+    let (_, workspaces) = server
+        .call(Method::GET, "/v1/workspaces", None, &alice)
+        .await;
+    assert_eq!(names(&workspaces, "name"), ["alpha"]);
+
+    // A user of alpha and beta: alice sees only its alpha role, gives it
+    // roles there, but cannot take the account itself over.
+    let (status, _) = server
+        .call(
+            Method::PATCH,
+            &format!("/v1/users/{bob_id}"),
+            Some(&json!({"workspace": "alpha", "role": "member"})),
+            TOKEN,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, bob) = server
+        .call(Method::GET, &format!("/v1/users/{bob_id}"), None, &alice)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{bob}");
+    assert_eq!(
+        bob["workspaces"],
+        json!([{"workspace": "alpha", "role": "member"}])
+    );
+    for body in [
+        json!({"password": "taken-over-1"}),
+        json!({"disabled": true}),
+    ] {
+        let (status, reply) = server
+            .call(
+                Method::PATCH,
+                &format!("/v1/users/{bob_id}"),
+                Some(&body),
+                &alice,
+            )
+            .await;
+        assert_error(status, &reply, StatusCode::FORBIDDEN, "FORBIDDEN");
+    }
+    let (status, reply) = server
+        .call(Method::DELETE, &format!("/v1/users/{bob_id}"), None, &alice)
+        .await;
+    assert_error(status, &reply, StatusCode::FORBIDDEN, "FORBIDDEN");
+    let (status, _) = server
+        .call(
+            Method::PATCH,
+            &format!("/v1/users/{bob_id}"),
+            Some(&json!({"workspace": "alpha", "role": "viewer"})),
+            &alice,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = server
+        .call(
+            Method::PATCH,
+            &format!("/v1/users/{bob_id}"),
+            Some(&json!({"workspace": "alpha", "role": "none"})),
+            &alice,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, body) = server
+        .call(Method::GET, &format!("/v1/users/{bob_id}"), None, &alice)
+        .await;
+    assert_error(status, &body, StatusCode::NOT_FOUND, "NOT_FOUND");
+
+    // What is hers to do still works: a user of alpha alone, from creation
+    // to deletion. Another workspace is not hers to add users to.
+    let (status, body) = server
+        .call(
+            Method::POST,
+            "/v1/users",
+            Some(&json!({"username": "dora", "password": "dora-password", "workspace": "beta", "role": "member"})),
+            &alice,
+        )
+        .await;
+    assert_error(status, &body, StatusCode::NOT_FOUND, "NOT_FOUND");
+    let (status, carol) = server
+        .call(
+            Method::POST,
+            "/v1/users",
+            Some(&json!({"username": "carol", "password": "carol-password", "workspace": "alpha", "role": "member"})),
+            &alice,
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{carol}");
+    let carol_id = carol["id"].as_str().expect("id");
+    let (status, _) = server
+        .call(
+            Method::PATCH,
+            &format!("/v1/users/{carol_id}"),
+            Some(&json!({"password": "carol-new-password"})),
+            &alice,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    server.login("carol", "carol-new-password").await;
+    let (status, _) = server
+        .call(
+            Method::DELETE,
+            &format!("/v1/users/{carol_id}"),
+            None,
+            &alice,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+
+    // Nothing outside alpha changed.
+    let (_, bob) = server
+        .call(Method::GET, &format!("/v1/users/{bob_id}"), None, TOKEN)
+        .await;
+    assert_eq!(
+        bob["workspaces"],
+        json!([{"workspace": "beta", "role": "member"}])
+    );
+    server.login("bob", "bob-password").await;
+    let (_, admin) = server
+        .call(Method::GET, &format!("/v1/users/{admin_id}"), None, TOKEN)
+        .await;
+    assert_eq!(admin["install_role"], "admin");
+    let (_, alice_now) = server
+        .call(Method::GET, &format!("/v1/users/{alice_id}"), None, TOKEN)
+        .await;
+    assert_eq!(alice_now["install_role"], Value::Null);
+    assert_eq!(
+        alice_now["workspaces"],
+        json!([{"workspace": "alpha", "role": "admin"}])
+    );
+    server.stop().await;
+}
+
+async fn fleet_powers_belong_to_install_roles(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    server.init_host("k-1", &["0-1", "2-3"]).await;
+    server.wait_host_status("k-1", "FREE", 2).await;
+    let oscar = server.user_in("oscar", "operator", "alpha").await;
+    let bob = server.user_in("bob", "member", "beta").await;
+    let (status, unit) = server
+        .request(
+            Method::POST,
+            "/api/compute_units/allocate",
+            Some(&unit_request(2, json!({"owner": "bob"})).to_string()),
+            Some(&bob),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{unit}");
+    let unit_id = unit["compute_id"].as_str().expect("compute_id").to_string();
+
+    // An operator of alpha sees none of beta's units, wipes none, and
+    // administers no host.
+    let (status, units) = server
+        .request(Method::GET, "/api/compute_units/", None, Some(&oscar))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(units, json!([]));
+    let (status, body) = server
+        .request(
+            Method::DELETE,
+            &format!("/api/compute_units/deallocate/{unit_id}"),
+            None,
+            Some(&oscar),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    let (status, body) = server
+        .request(
+            Method::DELETE,
+            "/api/admin/decommission_server/k-1?force=true",
+            None,
+            Some(&oscar),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert!(
+        body["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("install")),
+        "{body}"
+    );
+    let (status, body) = server.call(Method::GET, "/v1/servers", None, &oscar).await;
+    assert_error(status, &body, StatusCode::FORBIDDEN, "FORBIDDEN");
+    let units = server.units("?hostname=k-1").await;
+    assert!(
+        units.iter().any(|u| u["status"] == "ALLOCATED"),
+        "{units:?}"
+    );
+
+    // Made an install operator by an install admin, he runs the fleet ...
+    let oscar_id = user_id(&server, "oscar").await;
+    let (status, reply) = server
+        .call(
+            Method::PATCH,
+            &format!("/v1/users/{oscar_id}"),
+            Some(&json!({"install_role": "operator"})),
+            TOKEN,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{reply}");
+    assert_eq!(reply["install_role"], "operator");
+    let (status, _) = server.call(Method::GET, "/v1/servers", None, &oscar).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = server
+        .call(
+            Method::POST,
+            "/v1/servers/join-tokens",
+            Some(&json!({})),
+            &oscar,
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (_, units) = server
+        .request(Method::GET, "/api/compute_units/", None, Some(&oscar))
+        .await;
+    assert_eq!(names(&units, "compute_id").len(), 2, "{units}");
+    // ... but grants nothing and makes no workspace, user or money.
+    for (method, path, body) in [
+        (
+            Method::POST,
+            "/v1/workspaces/create",
+            json!({"name": "gamma"}),
+        ),
+        (
+            Method::PATCH,
+            &format!("/v1/users/{oscar_id}") as &str,
+            json!({"install_role": "admin"}),
+        ),
+        (
+            Method::POST,
+            "/v1/workspaces/beta/balance/top-ups",
+            json!({"amount": 5}),
+        ),
+        (
+            Method::PUT,
+            "/v1/workspaces/beta/quota",
+            json!({"instances": 1000}),
+        ),
+    ] {
+        let (status, reply) = server.call(method, path, Some(&body), &oscar).await;
+        assert!(
+            status == StatusCode::FORBIDDEN || status == StatusCode::NOT_FOUND,
+            "{path}: {status} {reply}"
+        );
+    }
+    // Taking the role away takes the fleet away.
+    server
+        .call(
+            Method::PATCH,
+            &format!("/v1/users/{oscar_id}"),
+            Some(&json!({"install_role": "none"})),
+            TOKEN,
+        )
+        .await;
+    let (status, body) = server.call(Method::GET, "/v1/servers", None, &oscar).await;
+    assert_error(status, &body, StatusCode::FORBIDDEN, "FORBIDDEN");
+    server.stop().await;
+}
+
+/// Creates an API token with `body` as `token`; answers `(id, secret)`.
+async fn api_token(server: &TestServer, body: Value, token: &str) -> (String, String) {
+    let (status, created) = server
+        .call(Method::POST, "/v1/tokens", Some(&body), token)
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    (
+        created["id"].as_str().expect("id").into(),
+        created["token"].as_str().expect("secret").into(),
+    )
+}
+
+/// Client credentials made with `token` (`body` as given); answers `(id, secret)`.
+async fn oauth_credential(server: &TestServer, body: Value, token: &str) -> (String, String) {
+    let (status, created) = server
+        .call(Method::POST, "/v1/credentials", Some(&body), token)
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    (
+        created["client_id"].as_str().expect("client_id").into(),
+        created["client_secret"].as_str().expect("secret").into(),
+    )
+}
+
+/// The OAuth token endpoint's answer for client credentials.
+async fn oauth_token(server: &TestServer, id: &str, secret: &str) -> (StatusCode, Value) {
+    let body =
+        json!({"grant_type": "client_credentials", "client_id": id, "client_secret": secret});
+    server
+        .request(
+            Method::POST,
+            "/verda/v1/oauth2/token",
+            Some(&body.to_string()),
+            None,
+        )
+        .await
+}
+
+async fn nothing_made_with_a_scoped_token_does_more_than_its_scopes(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let alice = server.user_in("alice", "member", "alpha").await;
+    let (token_id, scoped) = api_token(
+        &server,
+        json!({"name": "creds only", "scopes": ["credential_write"]}),
+        &alice,
+    )
+    .await;
+    let (status, body) = server
+        .call(Method::GET, "/v1/instances", None, &scoped)
+        .await;
+    assert_error(status, &body, StatusCode::FORBIDDEN, "FORBIDDEN");
+
+    // The attack: a credential made with it ...
+    let (client_id, secret) = oauth_credential(&server, json!({}), &scoped).await;
+    let (_, listed) = server
+        .call(Method::GET, "/v1/credentials", None, &alice)
+        .await;
+    let shown = listed
+        .as_array()
+        .expect("list")
+        .iter()
+        .find(|c| c["client_id"] == client_id.as_str())
+        .expect("listed")
+        .clone();
+    assert_eq!(shown["scopes"], json!(["credential_write"]), "{shown}");
+    let (status, tokens) = oauth_token(&server, &client_id, &secret).await;
+    assert_eq!(status, StatusCode::OK, "{tokens}");
+    let access = tokens["access_token"].as_str().expect("access");
+    // ... cannot list instances or add keys on the Verda face.
+    for (method, path, body) in [
+        (Method::GET, "/verda/v1/instances", None),
+        (
+            Method::POST,
+            "/verda/v1/sshkeys",
+            Some(json!({"name": "k", "key": KEY})),
+        ),
+    ] {
+        let (status, reply) = server
+            .request(
+                method,
+                path,
+                body.map(|b| b.to_string()).as_deref(),
+                Some(access),
+            )
+            .await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{path}: {reply}");
+        assert_eq!(reply["code"], "forbidden_action");
+    }
+    // Minting tokens needs its own permission.
+    let (status, body) = server
+        .call(
+            Method::POST,
+            "/v1/tokens",
+            Some(&json!({"name": "x"})),
+            &scoped,
+        )
+        .await;
+    assert_error(status, &body, StatusCode::FORBIDDEN, "FORBIDDEN");
+
+    // Revoking a token revokes what was made with it: tokens made with it
+    // (and with those), and credentials.
+    let (parent_id, parent) = api_token(
+        &server,
+        json!({"name": "parent", "scopes": ["token_write", "instance_read", "credential_write"]}),
+        &alice,
+    )
+    .await;
+    let (_, child) = api_token(&server, json!({"name": "child"}), &parent).await;
+    let (_, grandchild) = api_token(&server, json!({"name": "grandchild"}), &child).await;
+    let (child_client, child_secret) = oauth_credential(&server, json!({}), &grandchild).await;
+    for token in [&child, &grandchild] {
+        let (status, _) = server.call(Method::GET, "/v1/instances", None, token).await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    for id in [&token_id, &parent_id] {
+        let (status, _) = server
+            .call(Method::DELETE, &format!("/v1/tokens/{id}"), None, &alice)
+            .await;
+        assert_eq!(status, StatusCode::NO_CONTENT);
+    }
+    for token in [&scoped, &parent, &child, &grandchild] {
+        let (status, body) = server
+            .call(Method::GET, "/v1/workspaces", None, token)
+            .await;
+        assert_error(status, &body, StatusCode::UNAUTHORIZED, "UNAUTHORIZED");
+    }
+    for (id, secret) in [(&client_id, &secret), (&child_client, &child_secret)] {
+        let (status, body) = oauth_token(&server, id, secret).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    }
+    let (status, _) = server
+        .request(Method::GET, "/verda/v1/balance", None, Some(access))
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    // Her own login is untouched.
+    let (status, _) = server
+        .call(Method::GET, "/v1/instances", None, &alice)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    server.stop().await;
+}
+
+async fn credentials_act_with_their_users_current_role(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let alice = server.user_in("alice", "member", "alpha").await;
+    let alice_id = user_id(&server, "alice").await;
+    let (client_id, secret) = oauth_credential(&server, json!({}), &alice).await;
+    // A credential an install admin gave a fixed role acts for no user,
+    // and says so; no one else may make one.
+    let (fixed_id, fixed_secret) = oauth_credential(
+        &server,
+        json!({"project": "alpha", "role": "member", "fixed_role": true}),
+        TOKEN,
+    )
+    .await;
+    let (status, body) = server
+        .call(
+            Method::POST,
+            "/v1/credentials",
+            Some(&json!({"fixed_role": true})),
+            &alice,
+        )
+        .await;
+    assert_error(status, &body, StatusCode::FORBIDDEN, "FORBIDDEN");
+    let (_, listed) = server
+        .call(Method::GET, "/v1/credentials", None, TOKEN)
+        .await;
+    let acts_as = |id: &str| {
+        listed
+            .as_array()
+            .expect("list")
+            .iter()
+            .find(|c| c["client_id"] == id)
+            .map(|c| c["user_id"].clone())
+            .expect("listed")
+    };
+    assert_eq!(acts_as(&client_id), json!(alice_id));
+    assert_eq!(acts_as(&fixed_id), Value::Null);
+    let (_, tokens) = oauth_token(&server, &client_id, &secret).await;
+    let access = tokens["access_token"].as_str().expect("access").to_string();
+    // Verda answers a new id as bare text.
+    let add_key = |name: &'static str, token: String| {
+        let server = &server;
+        async move {
+            let response = server
+                .client
+                .post(format!("{}/verda/v1/sshkeys", server.url))
+                .bearer_auth(token)
+                .json(&json!({"name": name, "key": KEY}))
+                .send()
+                .await
+                .expect("sent");
+            (response.status(), response.text().await.expect("body"))
+        }
+    };
+    let (status, reply) = add_key("one", access.clone()).await;
+    assert_eq!(status, StatusCode::CREATED, "{reply}");
+
+    // Demoted to viewer, she takes her credential down with her.
+    server
+        .call(
+            Method::PATCH,
+            &format!("/v1/users/{alice_id}"),
+            Some(&json!({"workspace": "alpha", "role": "viewer"})),
+            TOKEN,
+        )
+        .await;
+    let (status, reply) = add_key("two", access.clone()).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{reply}");
+    let (status, _) = server
+        .request(Method::GET, "/verda/v1/sshkeys", None, Some(&access))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+
+    // Deleted, her credential issues nothing and its tokens stop working.
+    let (status, _) = server
+        .call(
+            Method::DELETE,
+            &format!("/v1/users/{alice_id}"),
+            None,
+            TOKEN,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, body) = oauth_token(&server, &client_id, &secret).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    assert_eq!(body["code"], "unauthorized_request");
+    let (status, _) = server
+        .request(Method::GET, "/verda/v1/sshkeys", None, Some(&access))
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (_, listed) = server
+        .call(Method::GET, "/v1/credentials", None, TOKEN)
+        .await;
+    let revoked = listed
+        .as_array()
+        .expect("list")
+        .iter()
+        .find(|c| c["client_id"] == client_id.as_str())
+        .map(|c| c["revoked"].clone());
+    assert_eq!(revoked, Some(json!(true)));
+    // The fixed-role credential lives on: it never was hers.
+    let (status, tokens) = oauth_token(&server, &fixed_id, &fixed_secret).await;
+    assert_eq!(status, StatusCode::OK, "{tokens}");
+    let fixed = tokens["access_token"].as_str().expect("access").to_string();
+    let (status, reply) = add_key("three", fixed).await;
+    assert_eq!(status, StatusCode::CREATED, "{reply}");
+    server.stop().await;
+}
+
+async fn a_reused_refresh_token_revokes_the_logins_access_tokens(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    server.user_in("alice", "member", "alpha").await;
+    let login = json!({"username": "alice", "password": "alice-password"}).to_string();
+    let (status, first) = server
+        .request(Method::POST, "/v1/auth/login", Some(&login), None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let refresh = |token: &Value| json!({"refresh_token": token}).to_string();
+    let (status, second) = server
+        .request(
+            Method::POST,
+            "/v1/auth/refresh",
+            Some(&refresh(&first["refresh_token"])),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{second}");
+    // Another login of hers is a separate family, and lives on.
+    let other = server.login("alice", "alice-password").await;
+    for token in [&first["token"], &second["token"]] {
+        let (status, _) = server
+            .call(
+                Method::GET,
+                "/v1/workspaces",
+                None,
+                token.as_str().expect("token"),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    // The stolen first refresh token, presented again: the family dies,
+    // and every access token of that login with it.
+    let (status, body) = server
+        .request(
+            Method::POST,
+            "/v1/auth/refresh",
+            Some(&refresh(&first["refresh_token"])),
+            None,
+        )
+        .await;
+    assert_error(status, &body, StatusCode::UNAUTHORIZED, "UNAUTHORIZED");
+    for token in [&first["token"], &second["token"]] {
+        let (status, body) = server
+            .call(
+                Method::GET,
+                "/v1/workspaces",
+                None,
+                token.as_str().expect("token"),
+            )
+            .await;
+        assert_error(status, &body, StatusCode::UNAUTHORIZED, "UNAUTHORIZED");
+    }
+    let (status, body) = server
+        .request(
+            Method::POST,
+            "/v1/auth/refresh",
+            Some(&refresh(&second["refresh_token"])),
+            None,
+        )
+        .await;
+    assert_error(status, &body, StatusCode::UNAUTHORIZED, "UNAUTHORIZED");
+    let (status, _) = server
+        .call(Method::GET, "/v1/workspaces", None, &other)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    server.stop().await;
+}
+
+/// A login's status, body and `Retry-After`.
+async fn try_login(
+    server: &TestServer,
+    username: &str,
+    password: &str,
+) -> (StatusCode, Value, Option<u64>) {
+    let response = server
+        .client
+        .post(format!("{}/v1/auth/login", server.url))
+        .json(&json!({"username": username, "password": password}))
+        .send()
+        .await
+        .expect("login sent");
+    let status = response.status();
+    let retry = response
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok());
+    (status, response.json().await.expect("JSON"), retry)
+}
+
+async fn failed_logins_back_off_per_user_and_address(backend: Backend) {
+    let server = TestServer::start_with(
+        backend,
+        Options {
+            login_limits: tessera_app::throttle::LoginLimits {
+                per_address_per_minute: 8,
+                free_failures: 3,
+                user_free_failures: 50,
+                max_backoff: Duration::from_secs(60),
+                concurrent_checks: 2,
+            },
+            ..Options::default()
+        },
+    )
+    .await;
+    server.user_in("alice", "member", "alpha").await;
+    // That login was the address's first of eight this minute.
+    for _ in 0..4 {
+        let (status, body, _) = try_login(&server, "alice", "wrong guess").await;
+        assert_error(status, &body, StatusCode::UNAUTHORIZED, "UNAUTHORIZED");
+    }
+    // Past the free failures, alice's account backs off from this address,
+    // even for the right password, before any password is checked.
+    let (status, body, retry) = try_login(&server, "alice", "alice-password").await;
+    assert_error(status, &body, StatusCode::TOO_MANY_REQUESTS, "RATE_LIMITED");
+    assert!(retry.is_some_and(|s| (1..=60).contains(&s)), "{retry:?}");
+    assert!(
+        body["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("failed logins")),
+        "{body}"
+    );
+    // Other users are not held up by alice's guesser ...
+    for _ in 0..2 {
+        let (status, body, _) = try_login(&server, "nobody", "guess").await;
+        assert_error(status, &body, StatusCode::UNAUTHORIZED, "UNAUTHORIZED");
+    }
+    // ... until the address has used its logins for the minute.
+    let (status, body, retry) = try_login(&server, "nobody", "guess").await;
+    assert_error(status, &body, StatusCode::TOO_MANY_REQUESTS, "RATE_LIMITED");
+    assert!(retry.is_some_and(|s| s >= 1), "{retry:?}");
+    assert!(
+        body["message"].as_str().is_some_and(|m| m.contains("from")),
+        "{body}"
+    );
+    server.stop().await;
+}
+
+async fn slow_clients_are_cut_off(backend: Backend) {
+    let server = TestServer::start_with(
+        backend,
+        Options {
+            http: tessera_faces::serve::HttpLimits {
+                max_connections: 10_000,
+                max_per_address: 50,
+                header_timeout: Duration::from_secs(1),
+                write_timeout: Duration::from_secs(5),
+            },
+            request_timeout: Duration::from_secs(2),
+            ..Options::default()
+        },
+    )
+    .await;
+    let addr = server.running.addr;
+    // 300 sockets that never finish their headers, from one address.
+    let mut slow = Vec::new();
+    for _ in 0..300 {
+        let mut socket = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let _ = socket
+            .write_all(b"GET /health HTTP/1.1\r\nHost: tessera\r\nX-Slow: ")
+            .await;
+        slow.push(socket);
+    }
+    // Others are served meanwhile.
+    let other = reqwest::Client::builder()
+        .local_address(Some("127.0.0.2".parse().expect("address")))
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("client");
+    let health = other
+        .get(format!("{}/health", server.url))
+        .send()
+        .await
+        .expect("health answers while slow sockets are open");
+    assert_eq!(health.status(), StatusCode::OK);
+    // Every slow socket is closed by the server: those over the address's
+    // limit at once, the others when their headers are late.
+    for mut socket in slow {
+        let mut buf = [0u8; 256];
+        let read = tokio::time::timeout(Duration::from_secs(10), socket.read(&mut buf))
+            .await
+            .expect("the server closes a slow socket");
+        if let Ok(n) = read {
+            let text = String::from_utf8_lossy(&buf[..n]);
+            assert!(n == 0 || text.starts_with("HTTP/1.1 408"), "{text}");
+        }
+    }
+    // A body sent too slowly gets the face's error once the request
+    // deadline passes.
+    let mut socket = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    socket
+        .write_all(
+            b"POST /v1/auth/login HTTP/1.1\r\nHost: tessera\r\nContent-Type: application/json\r\n\
+              Content-Length: 100\r\n\r\n{\"username\":",
+        )
+        .await
+        .expect("write");
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), socket.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(answer.contains("SERVICE_UNAVAILABLE"), "{answer}");
+    server.stop().await;
+}
+
+async fn metric_labels_come_from_a_fixed_set(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    for n in 0..200 {
+        let method = Method::from_bytes(format!("MADEUP{n}").as_bytes()).expect("method");
+        let _ = server
+            .client
+            .request(method, format!("{}/v1/instances/inst-{n}", server.url))
+            .send()
+            .await
+            .expect("sent");
+        let _ = server
+            .client
+            .get(format!("{}/v1/nothing-here-{n}", server.url))
+            .send()
+            .await
+            .expect("sent");
+    }
+    let text = server
+        .client
+        .get(format!("{}/metrics", server.url))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .expect("scrape")
+        .text()
+        .await
+        .expect("text");
+    assert!(!text.contains("MADEUP"), "a made-up method became a label");
+    assert!(!text.contains("nothing-here"), "a raw path became a label");
+    let series = text
+        .lines()
+        .filter(|l| l.starts_with("tessera_http_requests_total{"))
+        .count();
+    assert!(series < 20, "{series} series:\n{text}");
+    assert!(text.contains("method=\"OTHER\""), "{text}");
+    server.stop().await;
+}
+
+/// A project's quota as `token` sees it.
+async fn quota(server: &TestServer, project: &str, token: &str) -> Value {
+    let (status, quota) = server
+        .call(
+            Method::GET,
+            &format!("/v1/workspaces/{project}/quota"),
+            None,
+            token,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{quota}");
+    quota
+}
+
+async fn set_quota(server: &TestServer, project: &str, limits: Value) {
+    let (status, reply) = server
+        .call(
+            Method::PUT,
+            &format!("/v1/workspaces/{project}/quota"),
+            Some(&limits),
+            TOKEN,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{reply}");
+}
+
+async fn quotas_hold_on_every_face(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    crate::verda::add_fin_host(&server, "fin-q", "32xCPU-128GB").await;
+    let alice = server.user_in("alice", "member", "alpha").await;
+    let shown = quota(&server, "alpha", &alice).await;
+    assert_eq!(shown["limits"]["instances"], 100, "{shown}");
+    assert_eq!(shown["overrides"]["instances"], Value::Null);
+    assert_eq!(shown["usage"]["instances"], 0);
+    // Only install admins set quotas; bad limits change nothing.
+    let (status, body) = server
+        .call(
+            Method::PUT,
+            "/v1/workspaces/alpha/quota",
+            Some(&json!({"instances": 1000})),
+            &alice,
+        )
+        .await;
+    assert_error(status, &body, StatusCode::FORBIDDEN, "FORBIDDEN");
+    for bad in [
+        json!({"instances": -7}),
+        json!({"vcpus": "lots"}),
+        json!({"gpus": 1}),
+    ] {
+        let (status, body) = server
+            .call(Method::PUT, "/v1/workspaces/alpha/quota", Some(&bad), TOKEN)
+            .await;
+        assert_error(status, &body, StatusCode::BAD_REQUEST, "INVALID_REQUEST");
+    }
+    let (status, body) = server
+        .call(Method::GET, "/v1/workspaces/beta/quota", None, &alice)
+        .await;
+    assert_error(status, &body, StatusCode::NOT_FOUND, "NOT_FOUND");
+    set_quota(&server, "alpha", json!({"instances": 2, "vcpus": 3})).await;
+
+    // The native API: two instances, then no more.
+    server.run_instance(&alice, "one", "cx11").await;
+    server.run_instance(&alice, "two", "cx11").await;
+    let body =
+        json!({"metadata": {"name": "three"}, "spec": {"type": "cx11", "image": "ubuntu-22.04"}});
+    let (status, reply) = server
+        .call(Method::POST, "/v1/instances", Some(&body), &alice)
+        .await;
+    assert_error(status, &reply, StatusCode::FORBIDDEN, "QUOTA_EXCEEDED");
+    assert!(
+        reply["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("instances")),
+        "{reply}"
+    );
+    let used = quota(&server, "alpha", &alice).await;
+    assert_eq!(used["usage"]["instances"], 2, "{used}");
+    assert_eq!(used["limits"]["instances"], 2);
+
+    // The Verda face, same project, same limits.
+    top_up(&server, "alpha", 1000.0).await;
+    let verda = Verda::login(&server, "alpha").await;
+    let key = verda
+        .create("/sshkeys", json!({"name": "k", "key": KEY}))
+        .await;
+    let deploy = json!({
+        "instance_type": "CPU.4V.16G", "image": "ubuntu-24.04", "hostname": "v-1",
+        "description": "quota", "location_code": "FIN-01", "ssh_key_ids": [key],
+    });
+    let (status, reply) = verda.json(Method::POST, "/instances", Some(deploy)).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{reply}");
+    assert_eq!(reply["code"], "forbidden_action");
+    // 64 TB of volumes: over the default volume quota.
+    let (status, reply) = verda
+        .json(
+            Method::POST,
+            "/volumes",
+            Some(json!({"type": "NVMe", "location_code": "FIN-01", "size": 65536, "name": "huge"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{reply}");
+    assert!(
+        reply["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("volume_gb")),
+        "{reply}"
+    );
+    let (_, volumes) = verda.json(Method::GET, "/volumes", None).await;
+    assert_eq!(volumes, json!([]));
+
+    // Kloigos units count as instances of their CPUs.
+    set_quota(&server, "alpha", json!({"instances": 10, "vcpus": 3})).await;
+    server.init_host("k-1", &["0-1", "2-3"]).await;
+    server.wait_host_status("k-1", "FREE", 2).await;
+    let (status, body) = server
+        .request(
+            Method::POST,
+            "/api/compute_units/allocate",
+            Some(&unit_request(2, Value::Null).to_string()),
+            Some(&alice),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert_eq!(server.units("?status=FREE").await.len(), 2);
+
+    // Freeing room lets the project grow again.
+    set_quota(&server, "alpha", json!({"vcpus": null, "instances": 2})).await;
+    let (_, list) = server
+        .call(Method::GET, "/v1/instances", None, &alice)
+        .await;
+    let first = list["items"][0]["id"].as_str().expect("id").to_string();
+    let (status, deleting) = server
+        .call(
+            Method::DELETE,
+            &format!("/v1/instances/{first}"),
+            None,
+            &alice,
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{deleting}");
+    let op = deleting["operation_id"].as_str().expect("operation_id");
+    server.wait_operation(op, &alice).await;
+    server.run_instance(&alice, "three", "cx11").await;
+    let shown = quota(&server, "alpha", TOKEN).await;
+    assert_eq!(
+        shown["limits"]["vcpus"], 256,
+        "back to the default: {shown}"
+    );
+    assert_eq!(shown["usage"]["instances"], 2);
+    server.stop().await;
+}
+
+async fn racing_creations_never_pass_a_quota(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    server.add_server("race-1", "0-63", "z1").await;
+    let alice = server.user_in("alice", "member", "alpha").await;
+    set_quota(&server, "alpha", json!({"instances": 5})).await;
+    let attempts = (0..50).map(|n| {
+        let server = &server;
+        let alice = alice.clone();
+        async move {
+            let body = json!({"metadata": {"name": format!("r-{n}")}, "spec": {"type": "cx11", "image": "ubuntu-22.04"}});
+            server
+                .call(Method::POST, "/v1/instances", Some(&body), &alice)
+                .await
+        }
+    });
+    let answers = futures::future::join_all(attempts).await;
+    let created = answers
+        .iter()
+        .filter(|(s, _)| *s == StatusCode::CREATED)
+        .count();
+    assert_eq!(created, 5, "{answers:?}");
+    for (status, body) in &answers {
+        if *status != StatusCode::CREATED {
+            assert_error(*status, body, StatusCode::FORBIDDEN, "QUOTA_EXCEEDED");
+        }
+    }
+    let (_, list) = server
+        .call(Method::GET, "/v1/instances", None, &alice)
+        .await;
+    assert_eq!(list["items"].as_array().map(Vec::len), Some(5));
+    server.stop().await;
+}
+
+async fn the_native_api_and_token_issuance_are_rate_limited(backend: Backend) {
+    let server = TestServer::start_with(
+        backend,
+        Options {
+            native_rate_limits: tessera_app::RateLimits {
+                project: 1000,
+                endpoint: 3,
+                client: 1000,
+                window: Duration::from_secs(60),
+            },
+            credential_rate_limit: 3,
+            ..Options::default()
+        },
+    )
+    .await;
+    let get = || async {
+        server
+            .client
+            .get(format!("{}/v1/instances", server.url))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .expect("sent")
+    };
+    for n in 0..3 {
+        let response = get().await;
+        assert_eq!(response.status(), StatusCode::OK);
+        let state = response.headers()["ratelimit"]
+            .to_str()
+            .expect("text")
+            .to_string();
+        assert!(
+            state.contains(&format!("\"endpoint\";r={};t=", 2 - n)),
+            "{state}"
+        );
+    }
+    let over = get().await;
+    assert_eq!(over.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(over.headers().contains_key("retry-after"));
+    assert!(over.headers().contains_key("ratelimit-policy"));
+    let body: Value = over.json().await.expect("JSON");
+    assert_error(
+        StatusCode::TOO_MANY_REQUESTS,
+        &body,
+        StatusCode::TOO_MANY_REQUESTS,
+        "RATE_LIMITED",
+    );
+    // Another endpoint is still open.
+    let (status, _) = server.call(Method::GET, "/v1/ssh-keys", None, TOKEN).await;
+    assert_eq!(status, StatusCode::OK);
+
+    // The OAuth token endpoint counts per client id (and address).
+    let (id, secret) = oauth_credential(&server, json!({}), TOKEN).await;
+    for _ in 0..3 {
+        let (status, body) = oauth_token(&server, &id, "not the secret").await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    }
+    let (status, body) = oauth_token(&server, &id, &secret).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+    assert_eq!(body["code"], "rate_limit_exceeded");
+    server.stop().await;
+}
+
+async fn a_join_token_does_not_take_over_a_host(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    // A host served without an agent of its own (simulated here).
+    server.add_server("taken", "0-3", "z1").await;
+    let register = |token: String| {
+        let server = &server;
+        async move {
+            let body = json!({
+                "join_token": token, "hostname": "taken", "ip": "192.0.2.66",
+                "location": null, "driver": "sim",
+                "inventory": {"cpus": "0-3", "numa_nodes": ["0-3"], "memory_mb": 8192},
+            });
+            server
+                .request(
+                    Method::POST,
+                    "/v1/agent/register",
+                    Some(&body.to_string()),
+                    None,
+                )
+                .await
+        }
+    };
+    let plain = crate::harness::join_token(&server.url).await;
+    let (status, body) = register(plain.clone()).await;
+    assert_error(status, &body, StatusCode::CONFLICT, "CONFLICT");
+    assert!(
+        body["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("--replace")),
+        "{body}"
+    );
+    // A replacement needs an admin to say which host.
+    let (status, body) = server
+        .call(
+            Method::POST,
+            "/v1/servers/join-tokens",
+            Some(&json!({"replaces": "nowhere"})),
+            TOKEN,
+        )
+        .await;
+    assert_error(status, &body, StatusCode::BAD_REQUEST, "INVALID_REQUEST");
+    let (status, made) = server
+        .call(
+            Method::POST,
+            "/v1/servers/join-tokens",
+            Some(&json!({"replaces": "taken"})),
+            TOKEN,
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{made}");
+    assert_eq!(made["replaces"], "taken");
+    let (status, joined) = register(made["token"].as_str().expect("token").to_string()).await;
+    assert_eq!(status, StatusCode::CREATED, "{joined}");
+    assert!(joined["credential"].is_string());
+    // Once it has had an agent, a plain join token cannot take it either.
+    let (status, body) = register(plain).await;
+    assert_error(status, &body, StatusCode::CONFLICT, "CONFLICT");
+    server.stop().await;
+}
+
+async fn a_login_burst_leaves_memory_and_health_as_they_were(backend: Backend) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let database_url = match backend {
+        Backend::Sqlite => tessera_store::Store::sqlite_url(&dir.path().join("t.db")),
+        Backend::Postgres => fresh_postgres_database().await,
+    };
+    // Every login reaches a password check: no address limit to hide behind.
+    let server = ServerProcess::start(
+        &database_url,
+        dir.path(),
+        &[
+            "--login-attempts-per-minute",
+            "1000000",
+            "--credential-rate-limit",
+            "1000000",
+            "--max-connections-per-address",
+            "5000",
+        ],
+    );
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .expect("client");
+    for name in ["alice", "bob"] {
+        let response = client
+            .post(format!("{}/v1/users", server.url))
+            .bearer_auth(TOKEN)
+            .json(&json!({"username": name, "password": format!("{name}-password"), "workspace": "default", "role": "member"}))
+            .send()
+            .await
+            .expect("create user");
+        assert_eq!(response.status(), StatusCode::CREATED);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = server.resident_bytes();
+    let burst = (0..1000).map(|n| {
+        let client = client.clone();
+        let url = format!("{}/v1/auth/login", server.url);
+        async move {
+            let response = client
+                .post(url)
+                .json(&json!({"username": "alice", "password": format!("guess-{n}")}))
+                .send()
+                .await
+                .expect("login sent");
+            (
+                response.status(),
+                response.headers().contains_key("retry-after"),
+            )
+        }
+    });
+    let burst = tokio::spawn(futures::future::join_all(burst));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The server answers its health check in the middle of the burst.
+    let started = std::time::Instant::now();
+    let health = client
+        .get(format!("{}/health", server.url))
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await
+        .expect("health answers during the burst");
+    let health_ms = started.elapsed().as_secs_f64() * 1e3;
+    assert_eq!(health.status(), StatusCode::OK);
+    let during = server.resident_bytes();
+    let answers = burst.await.expect("burst");
+    let refused = answers
+        .iter()
+        .filter(|(s, _)| *s == StatusCode::UNAUTHORIZED)
+        .count();
+    let busy = answers
+        .iter()
+        .filter(|(s, retry)| *s == StatusCode::TOO_MANY_REQUESTS && *retry)
+        .count();
+    assert_eq!(
+        refused + busy,
+        1000,
+        "every login is refused, by password or as too many"
+    );
+    assert!(
+        refused > 0 && busy > 0,
+        "{refused} checked, {busy} told to retry"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let after = server.resident_bytes();
+    let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+    println!(
+        "login burst ({backend:?}): 1000 wrong passwords, {refused} checked, {busy} told to retry; \
+         /health in {health_ms:.1} ms during it; memory {:.1} MiB before, {:.1} during, {:.1} after",
+        mib(before),
+        mib(during),
+        mib(after)
+    );
+    assert!(
+        after < before + 100 * 1024 * 1024,
+        "memory grew from {:.1} MiB to {:.1} MiB",
+        mib(before),
+        mib(after)
+    );
+    // Another user is not locked out by alice's guessers.
+    let response = client
+        .post(format!("{}/v1/auth/login", server.url))
+        .json(&json!({"username": "bob", "password": "bob-password"}))
+        .send()
+        .await
+        .expect("login");
+    assert_eq!(response.status(), StatusCode::OK);
+    server.stop();
+}
