@@ -54,16 +54,15 @@ impl App {
     }
 
     /// Whether an instance of `type_name` could be placed now, in
-    /// `location` or anywhere.
+    /// `location` or anywhere. A type the catalog does not have is not
+    /// available (as Verda answers), not an error.
     pub async fn is_available(&self, type_name: &str, location: Option<&str>) -> Result<bool> {
-        let Some(kind) = self.catalog.instance_type(type_name) else {
-            return Err(Error::NotFound(format!(
-                "instance type {type_name} not found"
-            )));
-        };
         if let Some(code) = location {
             self.check_location("location_code", code)?;
         }
+        let Some(kind) = self.catalog.instance_type(type_name) else {
+            return Ok(false);
+        };
         self.placement
             .refresh_changed(&self.store, std::time::Instant::now())
             .await?;

@@ -84,6 +84,8 @@ pub struct CreateInstance {
     /// Refuse with `InsufficientFunds` unless the project's balance covers
     /// an hour of it.
     pub require_funds: bool,
+    /// Tags to put on it: `(key, value)`.
+    pub tags: Vec<(String, String)>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -267,6 +269,7 @@ impl App {
     ) -> Result<Instance> {
         caller.require(Permission::InstanceCreate)?;
         validate(&self.catalog, &mut req)?;
+        let tags = crate::tags::check_tags("tags", &req.tags)?;
         for key in &req.spec.ssh_key_ids {
             if self.project_ssh_key(&caller.project_id, key).await.is_err() {
                 return Err(Error::invalid(
@@ -412,6 +415,13 @@ impl App {
                 "a volume in existing_volumes was attached elsewhere meanwhile; try again".into(),
             ));
         }
+        self.tag_new(
+            &caller.project_id,
+            crate::tags::Tagged::Instance,
+            &id,
+            &tags,
+        )
+        .await?;
         tracing::info!(instance = %id, name = %req.name, project = %caller.project_name, "instance requested");
         self.publish("instance", &id, Some(&caller.project_id), "provisioning");
         // Read before the operation starts, so the answer shows what was

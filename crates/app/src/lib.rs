@@ -25,6 +25,7 @@ pub mod reconciler;
 pub mod scripts;
 pub mod servers;
 pub mod ssh_keys;
+pub mod tags;
 pub mod taskservs;
 pub mod throttle;
 pub mod tokens;

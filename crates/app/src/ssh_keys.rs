@@ -1,4 +1,12 @@
 //! SSH public keys of a project, which instances name in `ssh_key_ids`.
+//!
+//! A key is taken as Verda takes it: one line of a known key type and a
+//! base64 body, with an optional comment. Its body is not parsed further (a
+//! client may send a key real Verda accepts that the `ssh-key` crate would
+//! not), so a host copes with a key it cannot use: it writes the line to
+//! `authorized_keys`, where the SSH server ignores what it cannot read.
+//! What is clearly not a key (no type, an unknown type, NUL, line breaks,
+//! a body that is not base64) is refused.
 
 use crate::error::{Error, Result};
 use crate::identity::Principal;
@@ -32,6 +40,63 @@ pub fn parse_public_key(field: &'static str, key: &str) -> Result<ssh_key::Publi
     })
 }
 
+/// The key types an OpenSSH `authorized_keys` line may name.
+const KEY_TYPES: &[&str] = &[
+    "ssh-ed25519",
+    "ssh-rsa",
+    "ssh-dss",
+    "ecdsa-sha2-nistp256",
+    "ecdsa-sha2-nistp384",
+    "ecdsa-sha2-nistp521",
+    "sk-ssh-ed25519@openssh.com",
+    "sk-ecdsa-sha2-nistp256@openssh.com",
+    "ssh-ed25519-cert-v01@openssh.com",
+    "ssh-rsa-cert-v01@openssh.com",
+    "ecdsa-sha2-nistp256-cert-v01@openssh.com",
+    "ecdsa-sha2-nistp384-cert-v01@openssh.com",
+    "ecdsa-sha2-nistp521-cert-v01@openssh.com",
+    "sk-ssh-ed25519-cert-v01@openssh.com",
+    "sk-ecdsa-sha2-nistp256-cert-v01@openssh.com",
+];
+
+/// A key line as stored: its trimmed text and its SHA-256 fingerprint
+/// (OpenSSH's, of the decoded body).
+pub fn check_public_key(field: &'static str, key: &str) -> Result<(String, String)> {
+    use base64::Engine;
+    use sha2::Digest;
+    let key = key.trim();
+    if key.chars().any(char::is_control) {
+        return Err(Error::invalid(
+            field,
+            format!("{field} must be a single OpenSSH public key line, without control characters"),
+        ));
+    }
+    let mut parts = key.split_ascii_whitespace();
+    let (kind, body) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    if !KEY_TYPES.contains(&kind) {
+        return Err(Error::invalid(
+            field,
+            format!(
+                "{field} must start with a key type ({}), as in \"ssh-ed25519 AAAA... user@host\"",
+                KEY_TYPES[..6].join(", ")
+            ),
+        ));
+    }
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(body)
+        .ok()
+        .filter(|d| d.len() >= 16);
+    let Some(decoded) = decoded else {
+        return Err(Error::invalid(
+            field,
+            format!("{field}: the key's body after {kind} is not base64"),
+        ));
+    };
+    let fingerprint =
+        base64::engine::general_purpose::STANDARD_NO_PAD.encode(sha2::Sha256::digest(&decoded));
+    Ok((key.to_string(), format!("SHA256:{fingerprint}")))
+}
+
 impl App {
     pub async fn ssh_keys(&self, caller: &Principal) -> Result<Vec<SshKey>> {
         caller.require(Permission::SshKeyRead)?;
@@ -60,13 +125,13 @@ impl App {
                 "name must be 1 to 128 printable characters",
             ));
         }
-        let parsed = parse_public_key("public_key", &req.public_key)?;
+        let (public_key, fingerprint) = check_public_key("public_key", &req.public_key)?;
         let key = SshKey {
             id: new_id("key"),
             project_id: caller.project_id.clone(),
             name: name.to_string(),
-            public_key: req.public_key.trim().to_string(),
-            fingerprint: parsed.fingerprint(ssh_key::HashAlg::Sha256).to_string(),
+            public_key,
+            fingerprint,
             created_at: tessera_store::now(),
         };
         if !self.store.insert_ssh_key(&key).await? {
@@ -84,5 +149,44 @@ impl App {
             .delete_ssh_key(&caller.project_id, &key.id)
             .await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAILmnyh5Zhh+xjmtoWSoe3i1RmWA29P+9P0gB1tgCQjT5 test@tessera";
+
+    #[test]
+    fn a_key_is_taken_as_verda_takes_it() {
+        let (text, fingerprint) = check_public_key("key", &format!("  {KEY}\n")).expect("key");
+        assert_eq!(text, KEY);
+        let parsed = ssh_key::PublicKey::from_openssh(KEY).expect("parses");
+        assert_eq!(
+            fingerprint,
+            parsed.fingerprint(ssh_key::HashAlg::Sha256).to_string(),
+            "the fingerprint is OpenSSH's"
+        );
+        // A body Verda accepts that is no key the ssh-key crate reads.
+        let odd = "ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAABgQC7c2VjcmV0IHN0dWZm go-client";
+        assert!(ssh_key::PublicKey::from_openssh(odd).is_err());
+        assert!(check_public_key("key", odd).is_ok());
+    }
+
+    #[test]
+    fn what_is_clearly_not_a_key_is_refused() {
+        for bad in [
+            "AAAAC3NzaC1lZDI1NTE5AAAAILmnyh5Zhh+xjmtoWSoe3i1RmWA29P+9P0gB1tgCQjT5",
+            "ssh-foo AAAAC3NzaC1lZDI1NTE5AAAAILmnyh5Zhh+xjmtoWSoe3i1RmWA29P+9P0gB1tgCQjT5",
+            "ssh-ed25519 not*base64!",
+            "ssh-ed25519",
+            "ssh-ed25519 AAAA",
+            "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAILmnyh5Zhh+xjmtoWSoe3i1RmWA29P+9P0gB1tgCQjT5\nssh-rsa AAAA",
+            "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAILmnyh5Zhh+xjmtoWSoe3i1RmWA29P+9P0gB1tgCQjT5\0",
+            "",
+        ] {
+            assert!(check_public_key("key", bad).is_err(), "{bad:?}");
+        }
     }
 }

@@ -41,6 +41,8 @@ pub struct CreateVolume {
     pub location: String,
     /// Instances to attach it to (at most one: a volume is not shared).
     pub instance_ids: Vec<String>,
+    /// Tags to put on it: `(key, value)`.
+    pub tags: Vec<(String, String)>,
 }
 
 /// An action on volumes (`PUT /volumes` in the Verda face).
@@ -198,6 +200,7 @@ impl App {
     pub async fn create_volume(&self, caller: &Principal, req: CreateVolume) -> Result<Volume> {
         caller.require(Permission::VolumeWrite)?;
         let rate = self.check_volume("size", &req.volume)?;
+        let tags = crate::tags::check_tags("tags", &req.tags)?;
         if req.instance_ids.len() > 1 {
             return Err(Error::invalid(
                 "instance_ids",
@@ -233,6 +236,8 @@ impl App {
                 .await?;
             return Err(err);
         }
+        self.tag_new(&caller.project_id, crate::tags::Tagged::Volume, &id, &tags)
+            .await?;
         tracing::info!(volume = %id, project = %caller.project_name, "volume created");
         self.project_volume(&caller.project_id, &id).await
     }

@@ -10,6 +10,7 @@ use tessera_app::App;
 use tessera_app::instances::{
     CreateInstance, Instance, InstanceQuery, InstanceSpecInput, parse_selector,
 };
+use tessera_app::tags::{Tag, Tagged};
 use utoipa::{IntoParams, ToSchema};
 
 /// An instance's metadata as given at creation.
@@ -26,7 +27,40 @@ pub struct MetadataInput {
 pub struct Metadata {
     pub name: String,
     pub labels: BTreeMap<String, String>,
+    /// Tags, as the Verda face shows them (at most 10; keys in lower case).
+    pub tags: Vec<TagBody>,
     pub created_at: String,
+}
+
+/// A tag on a resource.
+#[derive(Serialize, ToSchema)]
+pub struct TagBody {
+    pub id: String,
+    #[schema(example = "team")]
+    pub key: String,
+    #[schema(example = "platform")]
+    pub value: String,
+}
+
+impl From<Tag> for TagBody {
+    fn from(t: Tag) -> Self {
+        TagBody {
+            id: t.id,
+            key: t.key,
+            value: t.value,
+        }
+    }
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TagRequest {
+    /// 1 to 63 characters, kept in lower case; unique on the instance.
+    #[schema(example = "team")]
+    pub key: String,
+    /// At most 127 characters; empty by default.
+    #[serde(default)]
+    pub value: String,
 }
 
 #[derive(Serialize, Deserialize, ToSchema)]
@@ -121,13 +155,14 @@ pub struct InstanceBody {
     pub operation_id: Option<String>,
 }
 
-impl From<Instance> for InstanceBody {
-    fn from(i: Instance) -> Self {
+impl InstanceBody {
+    fn new(i: Instance, tags: Vec<Tag>) -> Self {
         let spec: InstanceSpecInput = serde_json::from_str(&i.spec).unwrap_or_default();
         InstanceBody {
             metadata: Metadata {
                 name: i.name,
                 labels: serde_json::from_str(&i.labels).unwrap_or_default(),
+                tags: tags.into_iter().map(TagBody::from).collect(),
                 created_at: i.created_at,
             },
             spec: spec.into(),
@@ -180,9 +215,15 @@ type Accepted = (
     Json<InstanceBody>,
 );
 
-fn accepted(status: StatusCode, instance: Instance) -> Accepted {
+/// An instance as shown, with its tags.
+async fn body(app: &App, instance: Instance) -> Result<InstanceBody> {
+    let tags = app.tags_of(Tagged::Instance, &instance.id).await?;
+    Ok(InstanceBody::new(instance, tags))
+}
+
+async fn accepted(app: &App, status: StatusCode, instance: Instance) -> Result<Accepted> {
     let location = operation_location(instance.operation_id.as_deref().unwrap_or_default());
-    (status, location, Json(instance.into()))
+    Ok((status, location, Json(body(app, instance).await?)))
 }
 
 /// Create an instance; it is `provisioning` until its operation ends.
@@ -209,7 +250,7 @@ pub async fn create_instance(
             },
         )
         .await?;
-    Ok(accepted(StatusCode::CREATED, instance))
+    accepted(&app, StatusCode::CREATED, instance).await
 }
 
 /// List instances, oldest first.
@@ -242,8 +283,18 @@ pub async fn list_instances(
             },
         )
         .await?;
+    let mut tags = app
+        .project_tags(&caller.project_id, Tagged::Instance)
+        .await?;
     Ok(Json(InstanceList {
-        items: page.items.into_iter().map(InstanceBody::from).collect(),
+        items: page
+            .items
+            .into_iter()
+            .map(|i| {
+                let own = tags.remove(&i.id).unwrap_or_default();
+                InstanceBody::new(i, own)
+            })
+            .collect(),
         next_page_token: page.next_page_token,
     }))
 }
@@ -262,7 +313,7 @@ pub async fn get_instance(
     Caller(caller): Caller,
     Path(id): Path<String>,
 ) -> Result<Json<InstanceBody>> {
-    Ok(Json(app.instance(&caller, &id).await?.into()))
+    Ok(Json(body(&app, app.instance(&caller, &id).await?).await?))
 }
 
 /// Delete an instance: 202 with the operation doing it.
@@ -280,10 +331,8 @@ pub async fn delete_instance(
     Caller(caller): Caller,
     Path(id): Path<String>,
 ) -> Result<Accepted> {
-    Ok(accepted(
-        StatusCode::ACCEPTED,
-        app.delete_instance(&caller, &id).await?,
-    ))
+    let instance = app.delete_instance(&caller, &id).await?;
+    accepted(&app, StatusCode::ACCEPTED, instance).await
 }
 
 /// Start a stopped instance.
@@ -301,10 +350,8 @@ pub async fn start_instance(
     Caller(caller): Caller,
     Path(id): Path<String>,
 ) -> Result<Accepted> {
-    Ok(accepted(
-        StatusCode::ACCEPTED,
-        app.start_instance(&caller, &id).await?,
-    ))
+    let instance = app.start_instance(&caller, &id).await?;
+    accepted(&app, StatusCode::ACCEPTED, instance).await
 }
 
 /// Stop a running instance; it keeps its CPUs and disk.
@@ -322,8 +369,52 @@ pub async fn stop_instance(
     Caller(caller): Caller,
     Path(id): Path<String>,
 ) -> Result<Accepted> {
-    Ok(accepted(
-        StatusCode::ACCEPTED,
-        app.stop_instance(&caller, &id).await?,
-    ))
+    let instance = app.stop_instance(&caller, &id).await?;
+    accepted(&app, StatusCode::ACCEPTED, instance).await
+}
+
+/// Tag an instance: 409 when it has a tag with that key, 400 when it has
+/// 10 already.
+#[utoipa::path(post, path = "/v1/instances/{id}/tags", tag = "instances",
+    params(("id" = String, Path, description = "Instance id")),
+    request_body = TagRequest,
+    responses(
+        (status = 201, description = "The new tag", body = TagBody),
+        (status = 400, description = "Invalid request, or the instance has 10 tags", body = ErrorBody),
+        (status = 401, description = "Unauthorized", body = ErrorBody),
+        (status = 403, description = "Forbidden", body = ErrorBody),
+        (status = 404, description = "Not found", body = ErrorBody),
+        (status = 409, description = "The instance has a tag with that key", body = ErrorBody),
+    ))]
+pub async fn add_tag(
+    State(app): State<App>,
+    Caller(caller): Caller,
+    Path(id): Path<String>,
+    Body(req): Body<TagRequest>,
+) -> Result<(StatusCode, Json<TagBody>)> {
+    let tag = app
+        .add_tag(&caller, Tagged::Instance, &id, &req.key, &req.value)
+        .await?;
+    Ok((StatusCode::CREATED, Json(tag.into())))
+}
+
+/// Remove an instance's tag by key.
+#[utoipa::path(delete, path = "/v1/instances/{id}/tags/{key}", tag = "instances",
+    params(
+        ("id" = String, Path, description = "Instance id"),
+        ("key" = String, Path, description = "Tag key"),
+    ),
+    responses(
+        (status = 204, description = "Removed"),
+        (status = 401, description = "Unauthorized", body = ErrorBody),
+        (status = 403, description = "Forbidden", body = ErrorBody),
+        (status = 404, description = "No such instance or tag", body = ErrorBody),
+    ))]
+pub async fn delete_tag(
+    State(app): State<App>,
+    Caller(caller): Caller,
+    Path((id, key)): Path<(String, String)>,
+) -> Result<StatusCode> {
+    app.delete_tag(&caller, Tagged::Instance, &id, &key).await?;
+    Ok(StatusCode::NO_CONTENT)
 }

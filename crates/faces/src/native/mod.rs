@@ -80,6 +80,8 @@ use utoipa::{OpenApi, ToSchema};
         instances::delete_instance,
         instances::start_instance,
         instances::stop_instance,
+        instances::add_tag,
+        instances::delete_tag,
         ssh_keys::list_ssh_keys,
         ssh_keys::create_ssh_key,
         ssh_keys::get_ssh_key,
@@ -236,6 +238,11 @@ pub fn router(app: App) -> Router {
         )
         .route("/instances/{id}/start", post(instances::start_instance))
         .route("/instances/{id}/stop", post(instances::stop_instance))
+        .route("/instances/{id}/tags", post(instances::add_tag))
+        .route(
+            "/instances/{id}/tags/{key}",
+            axum::routing::delete(instances::delete_tag),
+        )
         .route(
             "/ssh-keys",
             get(ssh_keys::list_ssh_keys).post(ssh_keys::create_ssh_key),

@@ -1,7 +1,7 @@
 //! `GET /balance`.
 
+use super::Json;
 use super::{Caller, ErrorBody, Result};
-use axum::Json;
 use axum::extract::State;
 use serde::Serialize;
 use tessera_app::App;

@@ -2,8 +2,8 @@
 //! periods, container and cluster types, and availability (computed from
 //! the hosts' free capacity).
 
+use super::Json;
 use super::{Caller, ErrorBody, Path, Query, Result, bad_request, json_bool};
-use axum::Json;
 use axum::extract::State;
 use axum::response::Response;
 use serde::{Deserialize, Serialize};
@@ -234,13 +234,14 @@ pub async fn instance_types_deprecated(
     )
 }
 
-/// Daily dynamic price history (public): dynamic pricing is gone, so there
-/// is none.
+/// Daily dynamic price history (public), by instance type: dynamic pricing
+/// is gone, so there is none. A map, as Verda's clients read it.
 #[utoipa::path(get, path = "/v1/instance-types/price-history", tag = "Instance Types",
     security(()),
-    responses((status = 200, description = "No history", body = Vec<String>)))]
-pub async fn price_history() -> Json<Vec<String>> {
-    Json(Vec::new())
+    responses((status = 200, description = "No history: an empty map of instance type to records",
+        body = std::collections::BTreeMap<String, Vec<String>>)))]
+pub async fn price_history() -> Json<std::collections::BTreeMap<String, Vec<String>>> {
+    Json(std::collections::BTreeMap::new())
 }
 
 #[derive(Serialize, ToSchema)]
@@ -265,10 +266,31 @@ pub struct ImageQuery {
     pub instance_type: Option<String>,
 }
 
+/// Which images a listing shows.
+enum ImageFilter {
+    All,
+    /// A type's supported images (all, when it names none).
+    SupportedBy(Vec<String>),
+    /// A type the catalog does not have: no image (as Verda answers).
+    Nothing,
+}
+
+impl ImageFilter {
+    fn shows(&self, image_type: &str) -> bool {
+        match self {
+            ImageFilter::All => true,
+            ImageFilter::SupportedBy(list) => {
+                list.is_empty() || list.iter().any(|s| s == image_type)
+            }
+            ImageFilter::Nothing => false,
+        }
+    }
+}
+
 fn image_list(app: &App, instance_type: Option<&str>, cluster: bool) -> Result<Vec<ImageBody>> {
     let catalog = app.catalog();
-    let supported: Option<Vec<String>> = match instance_type {
-        None => None,
+    let filter = match instance_type {
+        None => ImageFilter::All,
         Some(name) => {
             let list = match cluster {
                 false => catalog.instance_type(name).map(|t| t.supported_os.clone()),
@@ -278,21 +300,13 @@ fn image_list(app: &App, instance_type: Option<&str>, cluster: bool) -> Result<V
                     .find(|t| t.name == name)
                     .map(|t| t.supported_os.clone()),
             };
-            Some(list.ok_or_else(|| {
-                super::VerdaError(tessera_app::Error::NotFound(format!(
-                    "instance type {name} not found"
-                )))
-            })?)
+            list.map_or(ImageFilter::Nothing, ImageFilter::SupportedBy)
         }
     };
     Ok(catalog
         .images
         .iter()
-        .filter(|i| {
-            supported
-                .as_ref()
-                .is_none_or(|s| s.is_empty() || s.contains(&i.image_type))
-        })
+        .filter(|i| filter.shows(&i.image_type))
         .map(|i| ImageBody {
             id: i.id.clone(),
             image_type: i.image_type.clone(),
@@ -642,7 +656,6 @@ pub async fn availabilities(
         (status = 200, description = "Whether it is available", body = bool, content_type = "application/json"),
         (status = 400, description = "Invalid request", body = ErrorBody),
         (status = 401, description = "Unauthorized", body = ErrorBody),
-        (status = 404, description = "Unknown instance type", body = ErrorBody),
         (status = 429, description = "Too many requests", body = ErrorBody),
     ))]
 pub async fn availability(
@@ -664,7 +677,6 @@ pub async fn availability(
         (status = 200, description = "Whether it is available", body = bool, content_type = "application/json"),
         (status = 400, description = "Invalid request", body = ErrorBody),
         (status = 401, description = "Unauthorized", body = ErrorBody),
-        (status = 404, description = "Unknown instance type", body = ErrorBody),
         (status = 429, description = "Too many requests", body = ErrorBody),
     ))]
 pub async fn availability_deprecated(

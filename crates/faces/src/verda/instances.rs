@@ -6,11 +6,11 @@
 //! `discontinued` once deleted (`no_capacity` or `error` when creation
 //! failed).
 
+use super::Json;
 use super::{
     Body, Caller, ErrorBody, OneOrMany, Path, Query, Result, VerdaError, bad_request, id_text,
     status_of, whole_gb,
 };
-use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -96,6 +96,7 @@ pub struct InstanceBody {
     /// Always `FIXED_PRICE`.
     pub pricing: String,
     pub volume_ids: Vec<String>,
+    pub tags: Vec<super::tags::TagBody>,
 }
 
 /// An instance's Verda status.
@@ -137,15 +138,20 @@ async fn status(app: &App, caller: &Principal, instance: &Instance) -> String {
 /// An instance as Verda shows it.
 pub(crate) async fn instance_body(app: &App, caller: &Principal, i: Instance) -> InstanceBody {
     let volumes = app.instance_volumes(&i.id).await.unwrap_or_default();
-    instance_body_with(app, caller, i, volumes).await
+    let tags = app
+        .tags_of(tessera_app::tags::Tagged::Instance, &i.id)
+        .await
+        .unwrap_or_default();
+    instance_body_with(app, caller, i, volumes, tags).await
 }
 
-/// [`instance_body`] with the instance's volumes already read.
+/// [`instance_body`] with the instance's volumes and tags already read.
 async fn instance_body_with(
     app: &App,
     caller: &Principal,
     i: Instance,
     volumes: Vec<tessera_app::volumes::Volume>,
+    tags: Vec<tessera_app::tags::Tag>,
 ) -> InstanceBody {
     let spec: InstanceSpecInput = serde_json::from_str(&i.spec).unwrap_or_default();
     let catalog = app.catalog();
@@ -212,6 +218,7 @@ async fn instance_body_with(
         }),
         pricing: "FIXED_PRICE".into(),
         volume_ids: volumes.into_iter().map(|v| v.id).collect(),
+        tags: tags.into_iter().map(Into::into).collect(),
         id: i.id,
     }
 }
@@ -263,6 +270,9 @@ pub async fn list_instances(
             volumes_of.entry(instance).or_default().push(volume);
         }
     }
+    let mut tags_of = app
+        .project_tags(&caller.project_id, tessera_app::tags::Tagged::Instance)
+        .await?;
     let mut bodies = Vec::new();
     let mut page_token = None;
     loop {
@@ -279,7 +289,8 @@ pub async fn list_instances(
             .await?;
         for instance in page.items {
             let volumes = volumes_of.remove(&instance.id).unwrap_or_default();
-            let body = instance_body_with(&app, &caller, instance, volumes).await;
+            let tags = tags_of.remove(&instance.id).unwrap_or_default();
+            let body = instance_body_with(&app, &caller, instance, volumes, tags).await;
             if query.status.as_ref().is_none_or(|s| *s == body.status) {
                 bodies.push(body);
             }
@@ -356,6 +367,8 @@ pub struct DeployRequest {
     pub contract: Option<String>,
     /// Only `FIXED_PRICE`.
     pub pricing: Option<String>,
+    /// Tags to put on it (at most 10).
+    pub tags: Option<Vec<super::tags::TagRequest>>,
 }
 
 fn check_policy(field: &str, policy: &Option<String>) -> Result<()> {
@@ -461,6 +474,7 @@ pub async fn deploy_instance(
         },
         volume_type: default_type,
     };
+    let tags = super::tags::requested(req.tags)?;
     let mut volumes = Vec::new();
     for v in req.volumes.unwrap_or_default() {
         check_policy("volumes.on_spot_discontinue", &v.on_spot_discontinue)?;
@@ -493,6 +507,7 @@ pub async fn deploy_instance(
                 volumes,
                 existing_volumes: req.existing_volumes.unwrap_or_default(),
                 require_funds: true,
+                tags,
             },
         )
         .await?;

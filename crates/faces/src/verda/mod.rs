@@ -16,10 +16,12 @@ mod instances;
 mod oauth;
 mod scripts;
 mod ssh_keys;
+mod tags;
 mod volumes;
 
 use crate::BearerAuth;
 use crate::ratelimit;
+use axum::Router;
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts, State};
 use axum::http::request::Parts;
@@ -27,7 +29,6 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
 use serde::Serialize;
 use std::sync::Arc;
 use tessera_app::{App, Error, Principal};
@@ -85,6 +86,10 @@ use utoipa::{OpenApi, ToSchema};
         scripts::delete_scripts,
         scripts::get_script,
         scripts::delete_script,
+        tags::add_instance_tag,
+        tags::delete_instance_tag,
+        tags::add_volume_tag,
+        tags::delete_volume_tag,
     ),
     components(schemas(ErrorBody)),
     modifiers(&BearerAuth),
@@ -153,6 +158,19 @@ pub fn router(app: App) -> Router {
         )
         .route("/instances/{instance_id}", get(instances::get_instance))
         .route(
+            "/instances/{instance_id}/tags",
+            post(tags::add_instance_tag),
+        )
+        .route(
+            "/instances/{instance_id}/tags/{key}",
+            axum::routing::delete(tags::delete_instance_tag),
+        )
+        .route("/volumes/{volume_id}/tags", post(tags::add_volume_tag))
+        .route(
+            "/volumes/{volume_id}/tags/{key}",
+            axum::routing::delete(tags::delete_volume_tag),
+        )
+        .route(
             "/volumes",
             get(volumes::list_volumes)
                 .post(volumes::create_volume)
@@ -211,6 +229,48 @@ pub fn router(app: App) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
+}
+
+/// A JSON answer written as Verda's (JavaScript) service writes JSON: a
+/// number with no fraction is an integer (`50`, never `50.0`), whatever
+/// Rust type held it. Every answer of this face goes through it, so clients
+/// that decode strictly into integer types (Verda's Go SDK, its CLI and
+/// Terraform provider) read every whole number.
+pub struct Json<T>(pub T);
+
+impl<T: Serialize> IntoResponse for Json<T> {
+    fn into_response(self) -> Response {
+        match serde_json::to_value(&self.0) {
+            Ok(mut value) => {
+                as_javascript_numbers(&mut value);
+                axum::Json(value).into_response()
+            }
+            Err(err) => VerdaError(Error::Unavailable(format!(
+                "cannot write the answer: {err}"
+            )))
+            .into_response(),
+        }
+    }
+}
+
+/// The largest integer a JavaScript number holds exactly.
+const MAX_SAFE_INTEGER: f64 = 9_007_199_254_740_991.0;
+
+/// Rewrites every whole floating-point number in `value` as an integer.
+pub(crate) fn as_javascript_numbers(value: &mut serde_json::Value) {
+    match value {
+        serde_json::Value::Number(n) => {
+            if let Some(f) = n.as_f64().filter(|_| n.is_f64())
+                && f.fract() == 0.0
+                && f.abs() <= MAX_SAFE_INTEGER
+            {
+                *n = serde_json::Number::from(f as i64);
+            }
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(as_javascript_numbers),
+        serde_json::Value::Object(fields) => fields.values_mut().for_each(as_javascript_numbers),
+        _ => {}
+    }
 }
 
 /// Verda's error body.

@@ -1,9 +1,9 @@
 //! `POST /oauth2/token`: the `client_credentials` and `refresh_token`
 //! grants, with JSON bodies.
 
+use super::Json;
 use super::{Body, ErrorBody, Result, VerdaError, VerdaState, bad_request};
 use crate::serve::ClientAddress;
-use axum::Json;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};

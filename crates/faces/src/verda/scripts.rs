@@ -2,8 +2,8 @@
 //! counts in `X-Page`, `X-Page-Size` and `X-Total-Count`), under the
 //! project's quota.
 
+use super::Json;
 use super::{Body, Caller, ErrorBody, Path, Query, Result, bad_request, id_text, page_headers};
-use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};

@@ -1,8 +1,8 @@
 //! `/sshkeys` and its alias `/ssh-keys`: the project's SSH public keys (the
 //! same keys the native API's `/v1/ssh-keys` lists).
 
+use super::Json;
 use super::{Body, Caller, ErrorBody, Path, Result, id_text};
-use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;

@@ -1,14 +1,15 @@
 //! `/volumes`: block volumes, their trash, and actions for one volume or
 //! many.
 
+use super::Json;
 use super::{
     Body, Caller, ErrorBody, OneOrMany, Path, Query, Result, bad_request, id_text, whole_gb,
 };
-use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
+use tessera_app::tags::{Tag, Tagged};
 use tessera_app::volumes::{CreateVolume, Volume, VolumeAction, VolumeInput};
 use tessera_app::{App, Principal};
 use tessera_core::catalog::HOURS_PER_MONTH;
@@ -88,9 +89,10 @@ pub struct VolumeBody {
     /// is in the trash otherwise).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub is_permanently_deleted: Option<bool>,
+    pub tags: Vec<super::tags::TagBody>,
 }
 
-async fn volume_body(app: &App, caller: &Principal, v: Volume) -> VolumeBody {
+async fn volume_body(app: &App, caller: &Principal, v: Volume, tags: Vec<Tag>) -> VolumeBody {
     let catalog = app.catalog();
     let size = u64::try_from(v.size_gb).unwrap_or(0);
     let monthly = catalog
@@ -162,16 +164,19 @@ async fn volume_body(app: &App, caller: &Principal, v: Volume) -> VolumeBody {
         long_term: None,
         deleted_at: deleted.then(|| v.trashed_at.clone().unwrap_or_else(|| v.created_at.clone())),
         is_permanently_deleted: deleted.then(|| v.trashed_at.is_none()),
+        tags: tags.into_iter().map(Into::into).collect(),
         id: v.id,
     }
 }
 
-async fn bodies(app: &App, caller: &Principal, volumes: Vec<Volume>) -> Vec<VolumeBody> {
+async fn bodies(app: &App, caller: &Principal, volumes: Vec<Volume>) -> Result<Vec<VolumeBody>> {
+    let mut tags = app.project_tags(&caller.project_id, Tagged::Volume).await?;
     let mut out = Vec::with_capacity(volumes.len());
     for v in volumes {
-        out.push(volume_body(app, caller, v).await);
+        let own = tags.remove(&v.id).unwrap_or_default();
+        out.push(volume_body(app, caller, v, own).await);
     }
-    out
+    Ok(out)
 }
 
 #[derive(Deserialize, IntoParams)]
@@ -213,7 +218,7 @@ pub async fn list_volumes(
         .into_iter()
         .filter(|v| query.status.as_ref().is_none_or(|s| *s == v.status))
         .collect();
-    Ok(Json(bodies(&app, &caller, volumes).await))
+    Ok(Json(bodies(&app, &caller, volumes).await?))
 }
 
 /// List the volumes in the trash: deleted, restorable until purged.
@@ -228,7 +233,7 @@ pub async fn list_trash(
     Caller(caller): Caller,
 ) -> Result<Json<Vec<VolumeBody>>> {
     let volumes = app.volumes(&caller, VolumeSet::Trash).await?;
-    Ok(Json(bodies(&app, &caller, volumes).await))
+    Ok(Json(bodies(&app, &caller, volumes).await?))
 }
 
 /// Get a volume, deleted ones included (with `deleted_at` and
@@ -247,7 +252,8 @@ pub async fn get_volume(
     Path(id): Path<String>,
 ) -> Result<Json<VolumeBody>> {
     let volume = app.volume(&caller, &id).await?;
-    Ok(Json(volume_body(&app, &caller, volume).await))
+    let tags = app.tags_of(Tagged::Volume, &volume.id).await?;
+    Ok(Json(volume_body(&app, &caller, volume, tags).await))
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -262,6 +268,8 @@ pub struct CreateVolumeRequest {
     pub instance_id: Option<String>,
     pub instance_ids: Option<Vec<String>>,
     pub name: Option<String>,
+    /// Tags to put on it (at most 10).
+    pub tags: Option<Vec<super::tags::TagRequest>>,
 }
 
 /// Create a volume, attached to a (shut down) instance if one is named;
@@ -293,6 +301,7 @@ pub async fn create_volume(
         req.size.ok_or_else(|| bad_request("size is required"))?,
     )?;
     let name = req.name.ok_or_else(|| bad_request("name is required"))?;
+    let tags = super::tags::requested(req.tags)?;
     let mut instance_ids = req.instance_ids.unwrap_or_default();
     if let Some(id) = req.instance_id {
         instance_ids.insert(0, id);
@@ -309,6 +318,7 @@ pub async fn create_volume(
                 },
                 location,
                 instance_ids,
+                tags,
             },
         )
         .await?;

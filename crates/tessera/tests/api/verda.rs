@@ -18,6 +18,8 @@ on_both_backends!(
     rate_limits_answer_429_with_headers,
     scripts_are_paginated_under_a_quota,
     concurrent_attaches_never_share_a_device,
+    go_clients_read_every_answer_and_add_their_keys,
+    tags_on_instances_and_volumes,
 );
 
 /// A Verda client of one project.
@@ -171,10 +173,35 @@ fn parse(path: &str, status: StatusCode, text: &str) -> Value {
     if text.is_empty() {
         return Value::Null;
     }
-    match serde_json::from_str(text) {
+    let value = match serde_json::from_str(text) {
         Ok(value) => value,
         Err(_) if status.is_success() => Value::String(text.into()),
         Err(_) => panic!("{path} answered {status} with a non-JSON error {text:?}"),
+    };
+    assert_javascript_numbers(path, &value);
+    value
+}
+
+/// Fails when an answer writes a whole number with a fraction (`50.0`):
+/// Verda's (JavaScript) service never does, and its Go clients decode such
+/// fields into integers, failing on the whole answer. Every answer the
+/// Verda tests read goes through here.
+pub fn assert_javascript_numbers(path: &str, value: &Value) {
+    match value {
+        Value::Number(n) if n.is_f64() => {
+            let f = n.as_f64().unwrap_or(0.5);
+            assert!(
+                f.fract() != 0.0,
+                "{path}: the whole number {f} is written with a fraction"
+            );
+        }
+        Value::Array(items) => items
+            .iter()
+            .for_each(|v| assert_javascript_numbers(path, v)),
+        Value::Object(fields) => fields
+            .values()
+            .for_each(|v| assert_javascript_numbers(path, v)),
+        _ => {}
     }
 }
 
@@ -307,7 +334,11 @@ async fn oauth_tokens_refresh_once_and_guard_every_private_path(backend: Backend
     ] {
         let (status, body) = anonymous.json(Method::GET, path, None).await;
         assert_eq!(status, StatusCode::OK, "{path}: {body}");
-        assert!(body.is_array(), "{path}: {body}");
+        // The price history is a map of type to records, as clients read it.
+        match path {
+            "/instance-types/price-history" => assert!(body.is_object(), "{path}: {body}"),
+            _ => assert!(body.is_array(), "{path}: {body}"),
+        }
     }
     // Unknown paths and methods are Verda errors too.
     let (status, body) = verda.json(Method::GET, "/no-such-thing", None).await;
@@ -348,9 +379,12 @@ async fn the_catalog_and_availability_follow_the_hosts(backend: Backend) {
         .iter()
         .filter_map(|l| l["code"].as_str())
         .collect();
-    for code in ["FIN-01", "FIN-02", "FIN-03", "ICE-01"] {
-        assert!(codes.contains(&code), "{locations}");
-    }
+    // In Verda's order, oldest first.
+    assert_eq!(
+        codes,
+        ["FIN-01", "ICE-01", "FIN-02", "FIN-03"],
+        "{locations}"
+    );
     let types = verda.get("/instance-types").await;
     let cpu = types
         .as_array()
@@ -400,10 +434,6 @@ async fn the_catalog_and_availability_follow_the_hosts(backend: Backend) {
     );
     let filtered = verda.get("/images?instance_type=CPU.4V.16G").await;
     assert!(!filtered.as_array().expect("list").is_empty());
-    let (status, body) = verda
-        .json(Method::GET, "/images?instance_type=NOPE", None)
-        .await;
-    assert_error(status, &body, StatusCode::NOT_FOUND, "not_found");
     let volume_types = verda.get("/volume-types").await;
     assert!(
         volume_types
@@ -473,10 +503,20 @@ async fn the_catalog_and_availability_follow_the_hosts(backend: Backend) {
         listed.contains(&"CPU.8V.32G") && !listed.contains(&"CPU.16V.64G"),
         "{fin}"
     );
-    let (status, body) = verda
-        .json(Method::GET, "/instance-availability/NOPE", None)
-        .await;
-    assert_error(status, &body, StatusCode::NOT_FOUND, "not_found");
+    // Of a type the catalog does not have, as Verda answers: not available,
+    // no images, and no price history (a map).
+    assert_eq!(available("/instance-availability/NOPE").await, false);
+    assert_eq!(
+        available("/instance-availability/NOPE?location_code=FIN-01").await,
+        false
+    );
+    assert_eq!(available("/instances/availability/NOPE").await, false);
+    assert_eq!(verda.get("/images?instance_type=NOPE").await, json!([]));
+    assert_eq!(
+        verda.get("/images/cluster?instance_type=NOPE").await,
+        json!([])
+    );
+    assert_eq!(verda.get("/instance-types/price-history").await, json!({}));
     let (status, body) = verda
         .json(
             Method::GET,
@@ -1295,4 +1335,281 @@ async fn concurrent_attaches_never_share_a_device(backend: Backend) {
     let unique: std::collections::BTreeSet<&String> = targets.iter().collect();
     assert_eq!(unique.len(), targets.len(), "{targets:?}");
     assert!(!targets.is_empty());
+}
+
+/// What Verda's Go SDK needs: every whole number an integer in every
+/// answer (checked by `parse` for each one read here), and the keys it adds
+/// on the real service.
+async fn go_clients_read_every_answer_and_add_their_keys(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    add_fin_host(&server, "fin-go", "16xCPU-64GB").await;
+    top_up(&server, "default", 100.0).await;
+    let verda = Verda::login(&server, "default").await;
+    // A key body real Verda takes that is no key the ssh-key crate reads;
+    // the host writes it and its SSH server ignores what it cannot use.
+    let odd = "ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAABgQC7c2VjcmV0IHN0dWZm go-client";
+    let odd_key = verda
+        .create("/sshkeys", json!({"name": "go", "key": odd}))
+        .await;
+    let key = verda
+        .create("/sshkeys", json!({"name": "k", "key": crate::harness::KEY}))
+        .await;
+    for bad in [
+        "AAAAB3NzaC1yc2EAAAADAQABAAABgQC7c2VjcmV0IHN0dWZm",
+        "ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAABgQC7\\nssh-rsa AAAA",
+        "ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAABgQC7\\u0000",
+        "ssh-rsa not-base64!",
+    ] {
+        let body = format!("{{\"name\": \"bad\", \"key\": \"{bad}\"}}");
+        let (status, _, text) = verda
+            .raw(Method::POST, "/sshkeys", Some(body), Some(&verda.token))
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {text}");
+    }
+    let id = verda
+        .create(
+            "/instances",
+            deploy(
+                "go-1",
+                json!({"ssh_key_ids": [key, odd_key], "os_volume": {"name": "root", "size": 50}}),
+            ),
+        )
+        .await;
+    let instance = verda.wait_status(&id, "running").await;
+    assert_eq!(instance["ssh_key_ids"], json!([key, odd_key]));
+    let volume = verda
+        .create(
+            "/volumes",
+            json!({"type": "NVMe", "location_code": "FIN-01", "size": 50, "name": "data"}),
+        )
+        .await;
+    let shown = verda.get(&format!("/volumes/{volume}")).await;
+    assert!(shown["size"].is_u64() && shown["size"] == 50, "{shown}");
+    let periods = verda.get("/long-term/periods").await;
+    assert!(
+        periods
+            .as_array()
+            .expect("list")
+            .iter()
+            .all(|p| p["unit_value"].is_u64()),
+        "{periods}"
+    );
+    // Every read path, resources present, through `parse`.
+    for path in [
+        "/instance-types",
+        "/instances/types",
+        "/instance-types/price-history",
+        "/volume-types",
+        "/long-term/periods/instances",
+        "/long-term/periods/clusters",
+        "/container-types",
+        "/cluster-types",
+        "/locations",
+        "/images",
+        "/images/cluster",
+        "/instance-availability",
+        "/instances",
+        "/volumes",
+        "/volumes/trash",
+        "/sshkeys",
+        "/scripts",
+        "/balance",
+    ] {
+        verda.get(path).await;
+    }
+    verda.get(&format!("/instances/{id}")).await;
+    verda.get(&format!("/sshkeys/{key}")).await;
+}
+
+async fn tags_on_instances_and_volumes(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    add_fin_host(&server, "fin-t", "16xCPU-64GB").await;
+    top_up(&server, "default", 100.0).await;
+    let verda = Verda::login(&server, "default").await;
+    let id = verda
+        .create(
+            "/instances",
+            deploy(
+                "tagged",
+                json!({"tags": [{"key": "Team", "value": "platform"}, {"key": "free"}]}),
+            ),
+        )
+        .await;
+    let instance = verda.get(&format!("/instances/{id}")).await;
+    let keys: Vec<&str> = instance["tags"]
+        .as_array()
+        .expect("tags")
+        .iter()
+        .filter_map(|t| t["key"].as_str())
+        .collect();
+    assert_eq!(
+        keys,
+        ["team", "free"],
+        "keys are kept in lower case: {instance}"
+    );
+    assert!(instance["tags"][0]["id"].is_string());
+    // Adding one answers it; a key the instance has is a 409.
+    let (status, tag) = verda
+        .json(
+            Method::POST,
+            &format!("/instances/{id}/tags"),
+            Some(json!({"key": "env", "value": "prod"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{tag}");
+    assert_eq!(
+        (&tag["key"], &tag["value"]),
+        (&json!("env"), &json!("prod"))
+    );
+    let (status, body) = verda
+        .json(
+            Method::POST,
+            &format!("/instances/{id}/tags"),
+            Some(json!({"key": "ENV", "value": "dev"})),
+        )
+        .await;
+    assert_error(status, &body, StatusCode::CONFLICT, "conflict");
+    // Bad tags change nothing.
+    for bad in [
+        json!({"value": "no key"}),
+        json!({"key": "k".repeat(64)}),
+        json!({"key": "long", "value": "v".repeat(128)}),
+    ] {
+        let (status, body) = verda
+            .json(Method::POST, &format!("/instances/{id}/tags"), Some(bad))
+            .await;
+        assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_request");
+    }
+    // At most ten.
+    for n in 3..10 {
+        let (status, body) = verda
+            .json(
+                Method::POST,
+                &format!("/instances/{id}/tags"),
+                Some(json!({"key": format!("k{n}")})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+    }
+    let (status, body) = verda
+        .json(
+            Method::POST,
+            &format!("/instances/{id}/tags"),
+            Some(json!({"key": "eleventh"})),
+        )
+        .await;
+    assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_request");
+    let listed = verda.get("/instances").await;
+    assert_eq!(
+        listed[0]["tags"].as_array().map(Vec::len),
+        Some(10),
+        "{listed}"
+    );
+    let (status, _) = verda
+        .json(Method::DELETE, &format!("/instances/{id}/tags/Team"), None)
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, body) = verda
+        .json(Method::DELETE, &format!("/instances/{id}/tags/team"), None)
+        .await;
+    assert_error(status, &body, StatusCode::NOT_FOUND, "not_found");
+    // The native API shows and manages the same tags.
+    let (_, native) = server
+        .call(Method::GET, &format!("/v1/instances/{id}"), None, TOKEN)
+        .await;
+    assert_eq!(
+        native["metadata"]["tags"].as_array().map(Vec::len),
+        Some(9),
+        "{native}"
+    );
+    let (status, _) = server
+        .call(
+            Method::DELETE,
+            &format!("/v1/instances/{id}/tags/env"),
+            None,
+            TOKEN,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, tag) = server
+        .call(
+            Method::POST,
+            &format!("/v1/instances/{id}/tags"),
+            Some(&json!({"key": "from-native", "value": "yes"})),
+            TOKEN,
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{tag}");
+    let instance = verda.get(&format!("/instances/{id}")).await;
+    assert!(
+        instance["tags"]
+            .as_array()
+            .expect("tags")
+            .iter()
+            .any(|t| t["key"] == "from-native"),
+        "{instance}"
+    );
+
+    // Volumes: at creation, added, listed, removed.
+    let volume = verda
+        .create(
+            "/volumes",
+            json!({"type": "NVMe", "location_code": "FIN-01", "size": 5, "name": "v",
+                   "tags": [{"key": "backup", "value": "daily"}]}),
+        )
+        .await;
+    let shown = verda.get(&format!("/volumes/{volume}")).await;
+    assert_eq!(shown["tags"][0]["key"], "backup", "{shown}");
+    let (status, _) = verda
+        .json(
+            Method::POST,
+            &format!("/volumes/{volume}/tags"),
+            Some(json!({"key": "tier", "value": "gold"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let listed = verda.get("/volumes").await;
+    let mine = listed
+        .as_array()
+        .expect("list")
+        .iter()
+        .find(|v| v["id"] == volume.as_str())
+        .expect("listed")
+        .clone();
+    assert_eq!(mine["tags"].as_array().map(Vec::len), Some(2), "{mine}");
+    let (status, _) = verda
+        .json(
+            Method::DELETE,
+            &format!("/volumes/{volume}/tags/tier"),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    // Eleven tags at creation, or a key twice: nothing is made.
+    let many: Vec<Value> = (0..11).map(|n| json!({"key": format!("t{n}")})).collect();
+    for tags in [json!(many), json!([{"key": "a"}, {"key": "A"}])] {
+        let (status, body) = verda
+            .json(
+                Method::POST,
+                "/volumes",
+                Some(json!({"type": "NVMe", "location_code": "FIN-01", "size": 5, "name": "w", "tags": tags})),
+            )
+            .await;
+        assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_request");
+    }
+    assert_eq!(
+        verda.get("/volumes").await.as_array().map(Vec::len),
+        Some(2)
+    );
+    // Another project's resources are not found.
+    server.user_in("olga", "member", "other").await;
+    let other = Verda::login(&server, "other").await;
+    let (status, body) = other
+        .json(
+            Method::POST,
+            &format!("/volumes/{volume}/tags"),
+            Some(json!({"key": "mine"})),
+        )
+        .await;
+    assert_error(status, &body, StatusCode::NOT_FOUND, "not_found");
 }
