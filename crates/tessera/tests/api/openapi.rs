@@ -29,6 +29,15 @@ const VERDA_LATER: &[&str] = &[
     "/v1/container-registry-credentials",
 ];
 
+/// Paths the real service has that its document predates: tags, as Verda's
+/// Go SDK manages them.
+const VERDA_BEYOND_THE_DOCUMENT: &[&str] = &[
+    "/v1/instances/{instance_id}/tags",
+    "/v1/instances/{instance_id}/tags/{key}",
+    "/v1/volumes/{volume_id}/tags",
+    "/v1/volumes/{volume_id}/tags/{key}",
+];
+
 /// Where Tessera answers what the real API answers rather than what its
 /// document says: `GET /sshkeys/{id}` and `GET /scripts/{id}` answer a list
 /// of one (the SDK reads `[0]`).
@@ -150,6 +159,9 @@ fn the_verda_document_agrees_with_verda_s() {
         }
     }
     for (path, item) in ours["paths"].as_object().expect("paths") {
+        if VERDA_BEYOND_THE_DOCUMENT.contains(&path.as_str()) {
+            continue;
+        }
         for method in methods {
             if item.get(method).is_some() && seed["paths"][path].get(method).is_none() {
                 problems.push(format!("{method} {path} is not in Verda's document"));
