@@ -226,6 +226,14 @@ impl App {
             ));
         };
         crate::hosts::validate_hostname(&req.hostname)?;
+        if req.ip.parse::<std::net::IpAddr>().is_err()
+            && crate::hosts::validate_hostname(&req.ip).is_err()
+        {
+            return Err(Error::invalid(
+                "ip",
+                format!("{:?} is neither an IP address nor a host name", req.ip),
+            ));
+        }
         let previous_agent = self.store.agent(&req.hostname).await?;
         if let Some(live) = &previous_agent {
             let silence = chrono::Duration::from_std(self.config.agent_silence).unwrap_or_default();
@@ -329,7 +337,17 @@ impl App {
                 self.placement.refresh_host(&self.store, &new.id).await?;
                 new.id
             }
-            (None, Some(host)) => host.id,
+            (None, Some(host)) => {
+                if host.ip.is_empty()
+                    && self
+                        .store
+                        .set_host_address_if_unknown(&host.id, &req.ip)
+                        .await?
+                {
+                    tracing::info!(hostname = %req.hostname, ip = %req.ip, "server takes the address its agent reported");
+                }
+                host.id
+            }
             (None, None) => {
                 tracing::info!(hostname = %req.hostname, "units-only agent registered; its host waits for init_server");
                 return Ok(RegisterResponse {

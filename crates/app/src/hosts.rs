@@ -42,7 +42,7 @@ impl App {
     /// Registers a host and starts preparing it; its units become FREE when
     /// the host side is done.
     pub async fn init_server(&self, req: InitServer) -> Result<Host> {
-        let new = validate_host(req, false)?;
+        let new = validate_host(req, Registration::Kloigos)?;
         if !self.store.insert_host(&new).await? {
             let status = self
                 .store
@@ -166,6 +166,9 @@ impl App {
                     .await?;
                 if ready {
                     tracing::info!(hostname = %host.hostname, "server ready");
+                    // A registration that gave up waiting for this host
+                    // goes on now.
+                    self.resume_operations_on("server_create", &host.id).await?;
                 }
             }
             Err(why) => {
@@ -322,11 +325,25 @@ pub(crate) fn unit_spec(unit: &UnitRecord) -> Result<UnitSpec> {
     })
 }
 
-/// Checks a host to register. Without `pooled`, its CPUs are Kloigos
+/// How a host being registered is given.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Registration {
+    /// Kloigos `init_server`: units, and an address.
+    Kloigos,
+    /// The native API: a pool unless `cpu_ranges` are given, and an
+    /// address that may be left for its agent to report.
+    Native { pooled: bool },
+}
+
+/// Checks a host to register. Unless pooled, its CPUs are Kloigos
 /// `cpu_ranges` carved into units, which must be given.
-pub(crate) fn validate_host(req: InitServer, pooled: bool) -> Result<NewHost> {
+pub(crate) fn validate_host(req: InitServer, how: Registration) -> Result<NewHost> {
     validate_hostname(&req.hostname)?;
-    if req.ip.parse::<IpAddr>().is_err() && validate_hostname(&req.ip).is_err() {
+    let pooled = how == Registration::Native { pooled: true };
+    // A server registered through the native API may come without an
+    // address: it takes the one its agent reports when it joins.
+    let unknown = matches!(how, Registration::Native { .. }) && req.ip.is_empty();
+    if !unknown && req.ip.parse::<IpAddr>().is_err() && validate_hostname(&req.ip).is_err() {
         return Err(Error::invalid(
             "ip",
             format!("{:?} is neither an IP address nor a host name", req.ip),

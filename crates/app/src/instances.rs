@@ -537,8 +537,15 @@ impl App {
 
     /// Starts deleting an instance: it stops, leaves its host and gives its
     /// CPUs back. Answers the instance with the operation doing it.
+    /// Starts deleting an instance. One that is terminated already (a
+    /// creation that failed, or a delete done before) is answered as it is,
+    /// with no operation: deleting is idempotent.
     pub async fn delete_instance(&self, caller: &Principal, id: &str) -> Result<Instance> {
         caller.require(Permission::InstanceDelete)?;
+        let instance = self.project_instance(&caller.project_id, id).await?;
+        if instance.state == "terminated" && instance.operation_id.is_none() {
+            return Ok(instance);
+        }
         self.begin_power(
             caller,
             id,

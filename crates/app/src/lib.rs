@@ -206,6 +206,12 @@ impl App {
         })
     }
 
+    /// Tells long waits (agents' long-polls, operation waits) to answer now
+    /// and background loops to stop, so a stopping server drains at once.
+    pub fn begin_shutdown(&self) {
+        self.stopping.cancel();
+    }
+
     /// Stops the reconciler and waits for host work under way, up to the
     /// agent timeout; what is cut short is finished by the next start.
     pub async fn shutdown(&self) {

@@ -197,6 +197,8 @@ impl App {
             let poll = tokio::time::sleep(Duration::from_millis(500));
             tokio::select! {
                 _ = tokio::time::sleep_until(deadline) => break,
+                // The server stops: answer the operation as it is.
+                _ = self.stopping.cancelled() => break,
                 _ = poll => {}
                 changed = changes.recv() => {
                     if let Ok(id) = changed && id != op.id {
@@ -249,19 +251,36 @@ impl App {
 
     /// Drives an operation in the background.
     pub(crate) fn spawn_operation(&self, id: &str) {
+        self.spawn_driver(id, false);
+    }
+
+    /// Drives an operation in the background, taking back a lease this
+    /// replica holds itself (what it drove before a restart, or an attempt
+    /// it gave up on that can go on now).
+    pub(crate) fn spawn_reclaimed(&self, id: &str) {
+        self.spawn_driver(id, true);
+    }
+
+    fn spawn_driver(&self, id: &str, reclaim: bool) {
         let app = self.clone();
         let id = id.to_string();
         self.tasks
-            .spawn(async move { app.drive_operation(&id).await });
+            .spawn(async move { app.drive_operation(&id, reclaim).await });
     }
 
     /// Takes the operation (unless another driver holds it) and carries it
     /// as far as it goes.
-    pub(crate) async fn drive_operation(&self, id: &str) {
+    pub(crate) async fn drive_operation(&self, id: &str, reclaim: bool) {
+        // One driver per operation in this process: so a lease of this
+        // replica's may be taken back without two drivers at once.
         let Some(_guard) = InFlight::enter(&self.in_flight, format!("op:{id}")) else {
             return;
         };
-        let op = match self.store.acquire_operation(id, &self.deadline()).await {
+        let op = match self
+            .store
+            .acquire_operation(id, &self.deadline(), reclaim)
+            .await
+        {
             Ok(Some(op)) => op,
             Ok(None) => return,
             Err(err) => {
@@ -367,6 +386,31 @@ impl App {
     }
 
     /// Starts every unfinished operation no live process drives.
+    /// At start: takes back at once the operations this replica was
+    /// driving when it stopped (its leases name it), rather than waiting
+    /// for their leases to pass as another replica must.
+    pub(crate) async fn resume_own_operations(&self) -> Result<()> {
+        for id in self.store.own_operations().await? {
+            tracing::info!(operation = %id, "resuming an operation this replica was driving");
+            self.spawn_reclaimed(&id);
+        }
+        Ok(())
+    }
+
+    /// Goes on at once with the unfinished operations of `kind` on
+    /// `resource_id` whose lease is this replica's (one that gave up
+    /// waiting for what has just happened).
+    pub(crate) async fn resume_operations_on(&self, kind: &str, resource_id: &str) -> Result<()> {
+        for id in self
+            .store
+            .unfinished_operations_on(kind, resource_id)
+            .await?
+        {
+            self.spawn_reclaimed(&id);
+        }
+        Ok(())
+    }
+
     pub(crate) async fn resume_operations(&self) -> Result<()> {
         for id in self.store.orphaned_operations().await? {
             let busy = self

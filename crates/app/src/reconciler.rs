@@ -22,6 +22,9 @@ impl App {
     pub fn spawn_reconciler(&self) {
         let app = self.clone();
         self.tasks.spawn(async move {
+            if let Err(err) = app.resume_own_operations().await {
+                tracing::warn!(error = %err, "resuming this replica's operations failed");
+            }
             if let Err(err) = app.resync_hosts().await {
                 tracing::warn!(error = %err, "pushing desired state to hosts failed");
             }

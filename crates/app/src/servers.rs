@@ -5,7 +5,7 @@
 //! carved into Kloigos units.
 
 use crate::error::{Error, Result};
-use crate::hosts::{Host, InitServer, validate_host};
+use crate::hosts::{Host, InitServer, Registration, validate_host};
 use crate::identity::Principal;
 use crate::operations::{Operation, Run};
 use crate::{App, has_nul, new_id};
@@ -18,6 +18,8 @@ use tessera_store::{DecommissionStart, NewOperation};
 pub struct CreateServer {
     pub workspace: Option<String>,
     pub hostname: String,
+    /// Empty until its agent reports one, when the request gave none.
+    #[serde(default)]
     pub ip_address: String,
     pub provider: Option<String>,
     /// `NxCPU-MGB`; gives the CPUs (`0..N-1`) when `cpus` is absent.
@@ -165,7 +167,7 @@ impl App {
                 cpu_ranges: req.cpu_ranges.clone(),
                 numa_nodes: req.numa_nodes.clone(),
             },
-            pooled,
+            Registration::Native { pooled },
         )?;
         if let Some(cpus) = &cpus {
             let numa: CpuSet = new

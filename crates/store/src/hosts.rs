@@ -319,6 +319,24 @@ impl Store {
         .await
     }
 
+    /// Gives a host registered without an address the one its agent
+    /// reported; a host that has one keeps it.
+    pub async fn set_host_address_if_unknown(&self, id: &str, ip: &str) -> Result<bool> {
+        let counts = self
+            .run_statements(
+                "set_host_address_if_unknown",
+                vec![(
+                    "UPDATE hosts SET ip = $1, generation = generation + 1, updated_at = $2 \
+                     WHERE id = $3 AND ip = ''"
+                        .into(),
+                    vec![ip.into(), now().into(), id.into()],
+                )],
+                |_| true,
+            )
+            .await?;
+        Ok(counts[0] == 1)
+    }
+
     /// Records what the host's agent reported of its memory.
     pub async fn set_host_memory(&self, id: &str, memory_mb: i64) -> Result<()> {
         let id = id.to_string();

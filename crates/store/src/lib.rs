@@ -181,6 +181,20 @@ impl Store {
         }
     }
 
+    /// This store as used by replica `owner`: the operations it drives are
+    /// leased in that name, so a replica that restarts with the same name
+    /// knows the leases it held are its own (see
+    /// [`Store::acquire_operation`]). Without, a random name of its own.
+    pub fn with_owner(mut self, owner: &str) -> Store {
+        self.owner = owner.into();
+        self
+    }
+
+    /// The name this store's operations are leased in.
+    pub fn owner(&self) -> &str {
+        &self.owner
+    }
+
     /// The SQLite URL of the database file `path`, created when missing
     /// (see [`sqlite_path`] for the way back).
     pub fn sqlite_url(path: &Path) -> String {

@@ -181,13 +181,17 @@ impl Store {
         self.fetch_all(&sql, &args).await
     }
 
-    /// Takes an unfinished operation to drive it, unless another process
+    /// Takes an unfinished operation to drive it, unless another replica
     /// holds an unexpired lease on it: it becomes `running`, leased until
-    /// `lease_until`. Answers it as taken, or `None`.
+    /// `lease_until`. With `reclaim`, a lease this replica holds itself is
+    /// taken back at once (a restarted replica's: nothing of it still
+    /// drives the operation; the caller makes sure of that in-process).
+    /// Answers it as taken, or `None`.
     pub async fn acquire_operation(
         &self,
         id: &str,
         lease_until: &str,
+        reclaim: bool,
     ) -> Result<Option<OperationRecord>> {
         let counts = self
             .run_statements(
@@ -195,13 +199,14 @@ impl Store {
                 vec![(
                     "UPDATE operations SET status = 'running', lease_until = $1, updated_at = $2, \
                      lease_owner = $4, attempts = attempts + 1 WHERE id = $3 AND status IN ('pending', 'running') \
-                     AND (lease_until IS NULL OR lease_until < $2)"
+                     AND (lease_until IS NULL OR lease_until < $2 OR (lease_owner = $4 AND $5 = 1))"
                         .into(),
                     vec![
                         lease_until.into(),
                         now().into(),
                         id.into(),
                         self.owner.as_ref().into(),
+                        i64::from(reclaim).into(),
                     ],
                 )],
                 |_| true,
@@ -305,6 +310,34 @@ impl Store {
     }
 
     /// Unfinished operations that no process holds a live lease on.
+    /// Unfinished operations this replica holds the lease of.
+    pub async fn own_operations(&self) -> Result<Vec<String>> {
+        let rows: Vec<(String,)> = self
+            .fetch_all(
+                "SELECT id FROM operations WHERE status IN ('pending', 'running') \
+                 AND lease_owner = $1 ORDER BY created_at, id",
+                &[self.owner.as_ref().into()],
+            )
+            .await?;
+        Ok(rows.into_iter().map(|(id,)| id).collect())
+    }
+
+    /// Unfinished operations of kind `kind` on `resource_id`.
+    pub async fn unfinished_operations_on(
+        &self,
+        kind: &str,
+        resource_id: &str,
+    ) -> Result<Vec<String>> {
+        let rows: Vec<(String,)> = self
+            .fetch_all(
+                "SELECT id FROM operations WHERE status IN ('pending', 'running') \
+                 AND kind = $1 AND resource_id = $2 ORDER BY created_at, id",
+                &[kind.into(), resource_id.into()],
+            )
+            .await?;
+        Ok(rows.into_iter().map(|(id,)| id).collect())
+    }
+
     pub async fn orphaned_operations(&self) -> Result<Vec<String>> {
         let rows: Vec<(String,)> = self
             .fetch_all(

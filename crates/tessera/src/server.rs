@@ -37,20 +37,22 @@ impl AgentDirectory for NoAgents {
 /// Opens the store, bootstraps access, and serves the API on
 /// `settings.listen` (port 0 picks a free port; see [`RunningServer::addr`]).
 pub async fn start(settings: &Settings) -> Result<RunningServer> {
-    if settings.database_url.starts_with("sqlite:") {
-        std::fs::create_dir_all(&settings.data_dir).with_context(|| {
-            format!(
-                "cannot create the data directory {}",
-                settings.data_dir.display()
-            )
-        })?;
-    }
-    let store = Store::open(&settings.database_url).await.with_context(|| {
+    std::fs::create_dir_all(&settings.data_dir).with_context(|| {
         format!(
-            "cannot open the database {}",
-            redact(&settings.database_url)
+            "cannot create the data directory {}",
+            settings.data_dir.display()
         )
     })?;
+    let replica = replica_id(settings)?;
+    let store = Store::open(&settings.database_url)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot open the database {}",
+                redact(&settings.database_url)
+            )
+        })?
+        .with_owner(&replica);
     let sim = settings.sim.clone().map(|mut config| {
         config
             .root_dir
@@ -136,6 +138,7 @@ impl RunningServer {
 
     /// Stops taking requests, lets those under way finish, and closes the store.
     pub async fn shutdown(self) -> Result<()> {
+        self.app.begin_shutdown();
         let _ = self.stop.send(());
         let served = self.serving.await;
         self.app.shutdown().await;
@@ -143,6 +146,47 @@ impl RunningServer {
         served.context("the HTTP server task failed")??;
         Ok(())
     }
+}
+
+/// This replica's name: the configured one, else the one kept in the data
+/// directory (made on the first start). A restarted replica keeps it, so it
+/// takes back at once the operations it was driving.
+fn replica_id(settings: &Settings) -> Result<String> {
+    let valid = |id: &str| {
+        !id.is_empty()
+            && id.len() <= 64
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+    };
+    if let Some(id) = &settings.replica_id {
+        anyhow::ensure!(
+            valid(id),
+            "the replica id must be 1 to 64 letters, digits, '-', '_' or '.'"
+        );
+        return Ok(id.clone());
+    }
+    let path = settings.data_dir.join("replica-id");
+    match std::fs::read_to_string(&path) {
+        Ok(text) if valid(text.trim()) => return Ok(text.trim().to_string()),
+        Ok(_) => anyhow::bail!(
+            "{} does not hold a replica id; remove it to make a new one",
+            path.display()
+        ),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+        Err(err) => {
+            return Err(err).with_context(|| format!("cannot read {}", path.display()));
+        }
+    }
+    let mut bytes = [0u8; 8];
+    rand::RngCore::fill_bytes(&mut rand::rng(), &mut bytes);
+    let id = format!(
+        "replica-{}",
+        bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    );
+    std::fs::write(&path, format!("{id}\n"))
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(id)
 }
 
 /// Resolves when the process is asked to stop (SIGINT or SIGTERM).

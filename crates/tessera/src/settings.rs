@@ -14,7 +14,7 @@
 //! `request_timeout_secs`, `header_timeout_secs`, `write_timeout_secs`,
 //! `max_connections`, `max_connections_per_address`, `quota_instances`,
 //! `quota_vcpus`, `quota_memory_mb`, `quota_volumes`, `quota_volume_gb`,
-//! `script_quota`.
+//! `script_quota`, `replica_id`.
 
 use crate::logging::LogFormat;
 use anyhow::{Context, Result, bail};
@@ -147,6 +147,10 @@ pub struct ServerArgs {
     /// 10000].
     #[arg(long, env = "TESSERA_SCRIPT_QUOTA")]
     pub script_quota: Option<u32>,
+    /// This control-plane replica's name, unique among the replicas of one
+    /// store [default: made on the first start and kept in DATA_DIR/replica-id].
+    #[arg(long, env = "TESSERA_REPLICA_ID")]
+    pub replica_id: Option<String>,
 }
 
 /// The config file's keys.
@@ -187,6 +191,7 @@ struct FileSettings {
     quota_volumes: Option<i64>,
     quota_volume_gb: Option<i64>,
     script_quota: Option<u32>,
+    replica_id: Option<String>,
 }
 
 /// Resolved settings.
@@ -219,6 +224,8 @@ pub struct Settings {
     /// Each project's quota unless it has its own.
     pub quota_defaults: tessera_store::Usage,
     pub script_quota: u32,
+    /// `None`: the one kept in the data directory.
+    pub replica_id: Option<String>,
 }
 
 impl Settings {
@@ -409,6 +416,7 @@ impl ServerArgs {
                 write_timeout: seconds(self.write_timeout_secs, file.write_timeout_secs, 60),
             },
             quota_defaults,
+            replica_id: self.replica_id.or(file.replica_id),
         })
     }
 }

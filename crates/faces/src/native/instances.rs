@@ -226,6 +226,14 @@ async fn accepted(app: &App, status: StatusCode, instance: Instance) -> Result<A
     Ok((status, location, Json(body(app, instance).await?)))
 }
 
+/// A delete's answer: 202 with the operation doing it, or 200 with the
+/// instance as it is when it was terminated already.
+type Deleted = (
+    StatusCode,
+    Option<[(header::HeaderName, String); 1]>,
+    Json<InstanceBody>,
+);
+
 /// Create an instance; it is `provisioning` until its operation ends.
 #[utoipa::path(post, path = "/v1/instances", tag = "instances", request_body = CreateInstanceRequest,
     responses(
@@ -316,23 +324,31 @@ pub async fn get_instance(
     Ok(Json(body(&app, app.instance(&caller, &id).await?).await?))
 }
 
-/// Delete an instance: 202 with the operation doing it.
+/// Delete an instance: 202 with the operation doing it; 200, changing
+/// nothing, for one that is terminated already (a failed creation, a delete
+/// done before).
 #[utoipa::path(delete, path = "/v1/instances/{id}", tag = "instances",
     params(("id" = String, Path, description = "Instance id")),
     responses(
+        (status = 200, description = "Terminated already: nothing to do", body = InstanceBody),
         (status = 202, description = "Deleting; follow operation_id", body = InstanceBody),
         (status = 401, description = "Unauthorized", body = ErrorBody),
         (status = 403, description = "Forbidden", body = ErrorBody),
         (status = 404, description = "Not found", body = ErrorBody),
-        (status = 409, description = "Another operation is under way on it, or it is terminated", body = ErrorBody),
+        (status = 409, description = "Another operation is under way on it", body = ErrorBody),
     ))]
 pub async fn delete_instance(
     State(app): State<App>,
     Caller(caller): Caller,
     Path(id): Path<String>,
-) -> Result<Accepted> {
+) -> Result<Deleted> {
     let instance = app.delete_instance(&caller, &id).await?;
-    accepted(&app, StatusCode::ACCEPTED, instance).await
+    let location = instance.operation_id.as_deref().map(operation_location);
+    let status = match location {
+        Some(_) => StatusCode::ACCEPTED,
+        None => StatusCode::OK,
+    };
+    Ok((status, location, Json(body(&app, instance).await?)))
 }
 
 /// Start a stopped instance.

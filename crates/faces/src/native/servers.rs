@@ -101,9 +101,10 @@ pub struct CreateServerRequest {
     pub plan: Option<String>,
     #[schema(example = "web-01")]
     pub hostname: String,
-    /// Where its agent is reached.
+    /// Where it is reached; when absent, the address its agent reports
+    /// when it joins.
     #[schema(example = "10.0.0.1")]
-    pub ip_address: String,
+    pub ip_address: Option<String>,
     #[schema(example = "de-fra1")]
     pub zone: String,
     /// Tessera extension: the region; the zone by default.
@@ -175,7 +176,7 @@ pub async fn create_server(
             CreateServer {
                 workspace: req.workspace,
                 hostname: req.hostname,
-                ip_address: req.ip_address,
+                ip_address: req.ip_address.unwrap_or_default(),
                 provider: req.provider,
                 plan: req.plan,
                 region: req.region,

@@ -13,6 +13,7 @@ use std::time::Duration;
 on_both_backends!(
     agents_join_share_the_load_and_survive_a_lost_host,
     join_tokens_are_checked_and_agents_authenticated,
+    a_server_registered_without_an_address_takes_its_agents,
 );
 
 async fn server_status(server: &TestServer, hostname: &str) -> Option<String> {
@@ -273,5 +274,59 @@ async fn join_tokens_are_checked_and_agents_authenticated(backend: Backend) {
         )
         .await;
     assert_eq!(status, StatusCode::FORBIDDEN);
+    server.stop().await;
+}
+
+async fn a_server_registered_without_an_address_takes_its_agents(backend: Backend) {
+    let server = TestServer::start_with(
+        backend,
+        Options {
+            sim_hosts: false,
+            ..Options::default()
+        },
+    )
+    .await;
+    // The provisioning API's example: no address.
+    let (status, op) = server
+        .post(
+            "/v1/servers/create",
+            &json!({"hostname": "web-01", "provider": "upcloud", "plan": "2xCPU-4GB", "zone": "de-fra1"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{op}");
+    let shown = eventually(Duration::from_secs(10), "web-01 registered", || async {
+        let (status, shown) = server
+            .call(Method::GET, "/v1/servers/web-01/status", None, TOKEN)
+            .await;
+        (status == StatusCode::OK).then_some(shown)
+    })
+    .await;
+    assert_eq!(shown["ip_address"], "", "{shown}");
+    assert_eq!(
+        shown["status"], "initializing",
+        "it waits for its agent: {shown}"
+    );
+    let token = join_token(&server.url).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let _agent = AgentProcess::start(
+        &server.url,
+        Some(&token),
+        "web-01",
+        &dir.path().join("web-01"),
+        "sim",
+        &["--ip", "192.0.2.77"],
+    );
+    eventually(Duration::from_secs(20), "web-01 running", || async {
+        (server_status(&server, "web-01").await.as_deref() == Some("running")).then_some(())
+    })
+    .await;
+    let (_, shown) = server
+        .call(Method::GET, "/v1/servers/web-01/status", None, TOKEN)
+        .await;
+    assert_eq!(shown["ip_address"], "192.0.2.77", "{shown}");
+    let op = server
+        .wait_operation(op["id"].as_str().expect("id"), TOKEN)
+        .await;
+    assert_eq!(op["status"], "completed", "{op}");
     server.stop().await;
 }

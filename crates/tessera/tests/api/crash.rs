@@ -10,7 +10,8 @@ use tessera_core::CpuSet;
 crate::on_both_backends!(
     work_cut_short_by_a_crash_is_settled_at_restart,
     an_instance_creation_cut_short_by_a_crash_is_finished_at_restart,
-    a_cluster_creation_cut_short_by_a_crash_is_finished_at_restart
+    a_cluster_creation_cut_short_by_a_crash_is_finished_at_restart,
+    a_restarted_replica_resumes_its_own_operations_at_once
 );
 
 async fn work_cut_short_by_a_crash_is_settled_at_restart(backend: Backend) {
@@ -174,9 +175,10 @@ async fn an_instance_creation_cut_short_by_a_crash_is_finished_at_restart(backen
     assert_ne!(placed["status"]["cpus"], "", "{placed}");
     first.crash();
 
-    // Second life, healthy hosts: once the dead driver's lease has passed,
-    // the operation is taken over and finished from its step log.
-    let second = ServerProcess::start(&database_url, dir.path(), &[]);
+    // Another replica, healthy hosts: once the dead driver's lease has
+    // passed (not before: the dead one might have been alive), it takes the
+    // operation over and finishes it from its step log.
+    let second = ServerProcess::start(&database_url, dir.path(), &["--replica-id", "another"]);
     let op = wait_operation(&client, &second.url, &op_id).await;
     assert_eq!(op["status"], "completed", "{op}");
     let (_, instance) = call(
@@ -316,6 +318,97 @@ async fn a_cluster_creation_cut_short_by_a_crash_is_finished_at_restart(backend:
         )
         .await;
         assert_eq!(op["status"], expected, "{op}");
+    }
+    second.stop();
+}
+
+async fn a_restarted_replica_resumes_its_own_operations_at_once(backend: Backend) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let database_url = match backend {
+        Backend::Sqlite => tessera_store::Store::sqlite_url(&dir.path().join("tessera.db")),
+        Backend::Postgres => fresh_postgres_database().await,
+    };
+    // Leases of over a minute (twice the agent timeout, and a margin).
+    let first = ServerProcess::start(
+        &database_url,
+        dir.path(),
+        &[
+            "--sim-faults",
+            "create:slow-:hang",
+            "--agent-timeout-ms",
+            "30000",
+        ],
+    );
+    let client = reqwest::Client::new();
+    let (status, op) = call(
+        &client,
+        reqwest::Method::POST,
+        format!("{}/v1/servers/create", first.url),
+        Some(json!({"hostname": "slow-1", "ip_address": "192.0.2.7", "zone": "z", "cpus": "0-15"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{op}");
+    let done = wait_operation(&client, &first.url, op["id"].as_str().expect("id")).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    let mut creations = Vec::new();
+    for n in 0..4 {
+        let (status, created) = call(
+            &client,
+            reqwest::Method::POST,
+            format!("{}/v1/instances", first.url),
+            Some(json!({"metadata": {"name": format!("c-{n}")}, "spec": {"type": "cx21", "image": "ubuntu-22.04"}})),
+        )
+        .await;
+        assert_eq!(status, StatusCode::CREATED, "{created}");
+        creations.push((
+            created["id"].as_str().expect("id").to_string(),
+            created["operation_id"].as_str().expect("op").to_string(),
+        ));
+    }
+    // Every one waits on the host, holding its CPUs; then kill -9.
+    for (id, _) in &creations {
+        let mut placed = Value::Null;
+        for _ in 0..200 {
+            (_, placed) = call(
+                &client,
+                reqwest::Method::GET,
+                format!("{}/v1/instances/{id}", first.url),
+                None,
+            )
+            .await;
+            if placed["status"]["host_id"] != "" {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        assert_ne!(placed["status"]["cpus"], "", "{placed}");
+    }
+    first.crash();
+
+    // The same replica (its name kept in the data directory) restarts: it
+    // takes its operations back at once instead of waiting out its leases.
+    let second = ServerProcess::start(&database_url, dir.path(), &["--agent-timeout-ms", "30000"]);
+    for (id, op_id) in &creations {
+        let (status, op) = call(
+            &client,
+            reqwest::Method::GET,
+            format!("{}/v1/operations/{op_id}/wait?timeout=15", second.url),
+            None,
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{op}");
+        assert_eq!(
+            op["status"], "completed",
+            "finished well within the lease of the replica that died: {op}"
+        );
+        let (_, instance) = call(
+            &client,
+            reqwest::Method::GET,
+            format!("{}/v1/instances/{id}", second.url),
+            None,
+        )
+        .await;
+        assert_eq!(instance["status"]["state"], "running", "{instance}");
     }
     second.stop();
 }

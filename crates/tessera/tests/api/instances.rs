@@ -433,6 +433,14 @@ async fn a_creation_without_room_fails_and_holds_nothing(backend: Backend) {
         .await;
     assert_eq!(instance["status"]["state"], "terminated");
     assert_eq!(instance["status"]["cpus"], "");
+    // Deleting what failed is no error: 200, as it is, again and again.
+    let path = format!("/v1/instances/{}", created["id"].as_str().expect("id"));
+    for _ in 0..2 {
+        let (status, deleted) = server.delete(&path).await;
+        assert_eq!(status, StatusCode::OK, "{deleted}");
+        assert_eq!(deleted["status"]["state"], "terminated");
+        assert_eq!(deleted["operation_id"], Value::Null);
+    }
     // A location nobody has.
     let body = json!({"metadata": {"name": "far"}, "spec": {"type": "cx11", "image": "ubuntu-22.04", "location": "mars-01"}});
     let (_, created) = server.post("/v1/instances", &body).await;

@@ -15,6 +15,7 @@ mod kloigos;
 mod observability;
 mod openapi;
 mod security;
+mod seed_examples;
 mod system;
 mod taskservs;
 mod verda;
