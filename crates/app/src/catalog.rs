@@ -29,7 +29,7 @@ impl App {
                 memory_mb: kind.memory_mb(),
                 region,
                 zone,
-                whole_units: false,
+                whole_units: true,
             };
             self.placement
                 .with_engine(|engine| engine.place(&request).is_some())

@@ -79,7 +79,13 @@ impl App {
         let host = host.ok_or_else(|| {
             Error::NotFound(format!("Server {} not found", hostname.escape_debug()))
         })?;
-        match self.store.begin_decommission(&host.id, force).await? {
+        // Kloigos moves no instance: a host running some is not retired,
+        // forced or not.
+        match self
+            .store
+            .begin_decommission(&host.id, force, false)
+            .await?
+        {
             tessera_store::DecommissionStart::Started => {}
             tessera_store::DecommissionStart::AlreadyDecommissioning => {}
             tessera_store::DecommissionStart::AlreadyDecommissioned => {
@@ -87,7 +93,8 @@ impl App {
             }
             tessera_store::DecommissionStart::InstancesPresent(ids) => {
                 return Err(Error::Conflict(format!(
-                    "server {hostname} runs {} instance(s) ({}); delete them first",
+                    "server {hostname} runs {} instance(s) ({}); delete them first, or delete \
+                     the server with force through the native API, which moves them",
                     ids.len(),
                     ids.join(", ")
                 )));
@@ -231,6 +238,7 @@ impl App {
 
     /// Gives back every unit still held on a host being retired (a forced
     /// decommission) the ordinary way, so their state says what is true.
+    /// Units instances hold are theirs: they go when their instances leave.
     /// Units that move meanwhile (an allocation settling) are looked at
     /// again; any still held after a few rounds fail the decommission.
     async fn release_held_units(&self, host_id: &str) -> Result<(), String> {
@@ -264,7 +272,10 @@ impl App {
             ..UnitFilter::default()
         };
         let units = self.store.units(&filter).await?;
-        Ok(units.into_iter().filter(|u| u.status.is_held()).collect())
+        Ok(units
+            .into_iter()
+            .filter(|u| u.status.is_held() && u.instance_id.is_none())
+            .collect())
     }
 
     pub(crate) async fn host_spec(&self, host: &HostRecord) -> Result<HostSpec> {

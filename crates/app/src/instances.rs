@@ -808,13 +808,13 @@ impl App {
                 Some(l) => vec![(Some(l.clone()), None), (None, Some(l.clone()))],
             };
             for (region, zone) in wanted {
-                // Instances on partitioned hosts come with the unit driver.
+                // A pooled host's CPUs, or a whole unit of a partitioned one.
                 let request = Request::Cpus {
                     count,
                     memory_mb,
                     region,
                     zone,
-                    whole_units: false,
+                    whole_units: true,
                 };
                 if let Some(d) = self.placement.take(&request) {
                     decision = Some(d);
@@ -849,7 +849,10 @@ impl App {
                 .claim_instance_cpus(
                     purpose,
                     &instance.id,
-                    decision.host.as_str(),
+                    (
+                        decision.host.as_str(),
+                        decision.unit.as_ref().map(|u| u.as_str()),
+                    ),
                     &cpus,
                     (&run.op.id, &steps, &self.deadline()),
                 )

@@ -208,6 +208,7 @@ pub fn inventory(
         held,
         memory_mb: u64::try_from(host.memory_mb).unwrap_or(0),
         memory_held_mb: u64::try_from(memory_held_mb).unwrap_or(0),
+        runs_instances: host.runs_instances,
     }
 }
 

@@ -208,7 +208,11 @@ impl App {
         if host.status == HostStatus::Decommissioned {
             return Err(Error::NotFound(format!("server {id} not found")));
         }
-        match self.store.begin_decommission(&host.id, force).await? {
+        match self
+            .store
+            .begin_decommission(&host.id, force, force)
+            .await?
+        {
             DecommissionStart::Started | DecommissionStart::AlreadyDecommissioning => {}
             DecommissionStart::AlreadyDecommissioned => {
                 return Err(Error::NotFound(format!("server {id} not found")));

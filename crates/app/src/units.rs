@@ -188,6 +188,12 @@ impl App {
                 compute_id.escape_debug()
             )));
         }
+        if let Some(instance) = &unit.instance_id {
+            return Err(Error::Conflict(format!(
+                "compute unit {compute_id} is held by instance {instance}; delete the instance \
+                 to free it"
+            )));
+        }
         let expired = unit
             .deadline
             .as_deref()

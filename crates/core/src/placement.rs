@@ -37,6 +37,9 @@ pub struct HostInventory {
     pub held: CpuSet,
     pub memory_mb: u64,
     pub memory_held_mb: u64,
+    /// Whether instances may run here (a host whose agent serves Kloigos
+    /// units only takes unit requests).
+    pub runs_instances: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -257,7 +260,7 @@ fn place_on(host: &HostInventory, request: &Request) -> Option<Decision> {
             whole_units,
             ..
         } => {
-            if host.memory_held_mb + memory_mb > host.memory_mb {
+            if !host.runs_instances || host.memory_held_mb + memory_mb > host.memory_mb {
                 return None;
             }
             if host.is_partitioned() {
@@ -372,6 +375,7 @@ mod tests {
             held: CpuSet::new(),
             memory_mb: 1 << 20,
             memory_held_mb: 0,
+            runs_instances: true,
         }
     }
 
@@ -526,6 +530,19 @@ mod tests {
         engine.upsert_host(partitioned("h1", &["0-7", "8-11", "12-13"]));
         let d = engine.place(&cpus(3)).expect("fits");
         assert_eq!(d.unit.as_ref().map(|u| u.as_str()), Some("h1_c8-11"));
+    }
+
+    #[test]
+    fn a_host_that_serves_units_only_takes_no_instance() {
+        let mut engine = PlacementEngine::new();
+        let mut host = partitioned("h1", &["0-3"]);
+        host.runs_instances = false;
+        engine.upsert_host(host);
+        assert_eq!(engine.place(&cpus(2)), None);
+        assert!(
+            engine.place(&unit(4)).is_some(),
+            "Kloigos still gets its unit"
+        );
     }
 
     #[test]

@@ -32,6 +32,9 @@ pub struct HostRecord {
     pub tags: Vec<String>,
     /// `false` while the host's agent misses its heartbeats.
     pub reachable: bool,
+    /// Whether the host can run instances: not when its agent runs the
+    /// `unit` driver (Kloigos units only).
+    pub runs_instances: bool,
 }
 
 /// How [`Store::begin_decommission`] went.
@@ -75,7 +78,8 @@ pub struct NewUnit {
 
 const HOST_COLUMNS: &str = "id, hostname, ip, region, zone, status, status_detail, cpu_ranges, \
      numa_nodes, memory_mb, generation, created_at, updated_at, cpus, provider, plan, tags, \
-     COALESCE((SELECT reachable FROM agents WHERE agents.hostname = hosts.hostname), 1) AS reachable";
+     COALESCE((SELECT reachable FROM agents WHERE agents.hostname = hosts.hostname), 1) AS reachable, \
+     COALESCE((SELECT driver FROM agents WHERE agents.hostname = hosts.hostname), '') AS agent_driver";
 
 fn host_from_row(row: &AnyRow) -> Result<HostRecord> {
     let status: String = row.try_get("status")?;
@@ -104,6 +108,7 @@ fn host_from_row(row: &AnyRow) -> Result<HostRecord> {
         provider: row.try_get("provider")?,
         plan: row.try_get("plan")?,
         reachable: row.try_get::<i64, _>("reachable")? != 0,
+        runs_instances: row.try_get::<String, _>("agent_driver")? != "unit",
         tags: row
             .try_get::<Option<String>, _>("tags")?
             .map(|t| serde_json::from_str(&t))
@@ -244,11 +249,18 @@ impl Store {
     }
 
     /// Starts retiring a host: DECOMMISSIONING, its FREE units out of
-    /// service. Unless `force`, refused while any unit is held; the check and
-    /// the change are one transaction behind the host row's exclusive lock,
-    /// which waits for every claim in flight (they hold it shared), so no
-    /// claim can slip between them.
-    pub async fn begin_decommission(&self, id: &str, force: bool) -> Result<DecommissionStart> {
+    /// service. Unless `force`, refused while a Kloigos tenant holds a
+    /// unit; unless `move_instances` (the caller moves them off), refused
+    /// while instances are there or moving there. The checks and the change
+    /// are one transaction behind the host row's exclusive lock, which waits
+    /// for every claim in flight (they hold it shared), so no claim can slip
+    /// between them.
+    pub async fn begin_decommission(
+        &self,
+        id: &str,
+        force: bool,
+        move_instances: bool,
+    ) -> Result<DecommissionStart> {
         let held: Vec<&str> = UnitStatus::ALL
             .iter()
             .filter(|s| s.is_held())
@@ -256,7 +268,8 @@ impl Store {
             .collect();
         let guard = status_guard("status", &held, 2);
         let held_sql = format!(
-            "SELECT compute_id FROM compute_units WHERE host_id = $1 AND {guard} ORDER BY position"
+            "SELECT compute_id FROM compute_units WHERE host_id = $1 AND {guard} \
+             AND instance_id IS NULL ORDER BY position"
         );
         let id = id.to_string();
         self.write("begin_decommission", move |mut conn| {
@@ -288,6 +301,8 @@ impl Store {
                     if !ids.is_empty() {
                         return Ok(Commit::Undo(DecommissionStart::UnitsHeld(ids)));
                     }
+                }
+                if !move_instances {
                     // Instances there, and those with CPUs reserved there
                     // (moving in).
                     let instances = conn

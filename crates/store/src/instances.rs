@@ -286,7 +286,7 @@ impl Store {
         &self,
         purpose: CpuClaim,
         instance_id: &str,
-        host_id: &str,
+        (host_id, unit): (&str, Option<&str>),
         cpus: &[u32],
         op: (&str, &[String], &str),
     ) -> Result<bool> {
@@ -294,6 +294,7 @@ impl Store {
             instance_id: instance_id.to_string(),
             host_id: host_id.to_string(),
             cpus: cpus.to_vec(),
+            unit: unit.map(str::to_string),
             progress: operation_progress(op.0, op.1, op.2, &self.owner),
         });
         self.write("claim_instance_cpus", move |conn| {
@@ -339,7 +340,12 @@ impl Store {
             }
             if *release {
                 let (clear, host) = unplace_statements(instance_id);
-                statements.extend([host, clear_claims(instance_id), clear]);
+                statements.extend([
+                    host,
+                    clear_claims(instance_id),
+                    free_units(instance_id, None),
+                    clear,
+                ]);
             }
         }
         let counts = self
@@ -414,6 +420,7 @@ impl Store {
                 vec![(&at).into(), host_id.into()],
             ),
             operation_progress(op.0, op.1, op.2, &self.owner),
+            free_units(instance_id, Some(host_id)),
         ];
         let counts = self
             .run_statements("release_instance_host", statements, |c| c[2] == 1)
@@ -520,6 +527,8 @@ struct Placing {
     instance_id: String,
     host_id: String,
     cpus: Vec<u32>,
+    /// The Kloigos unit of a partitioned host whose CPUs these are.
+    unit: Option<String>,
     progress: (String, Vec<Arg>),
 }
 
@@ -605,6 +614,30 @@ async fn claim_cpus(
             return Ok(Commit::Undo(false));
         }
     }
+    if let Some(unit) = &place.unit {
+        // A whole unit of a partitioned host: Kloigos shows it ALLOCATED,
+        // held by the instance, in the instance's project.
+        let tags = serde_json::json!({ "instance_id": place.instance_id }).to_string();
+        let taken = conn
+            .execute(
+                "UPDATE compute_units SET status = 'ALLOCATED', status_detail = NULL, \
+                 instance_id = $1, project_id = (SELECT project_id FROM instances WHERE id = $1), \
+                 tags = $2, deployment_id = NULL, ssh_public_key = NULL, started_at = $3, \
+                 deadline = NULL, updated_at = $3, generation = generation + 1 \
+                 WHERE compute_id = $4 AND host_id = $5 AND status = 'FREE'",
+                &[
+                    (&place.instance_id).into(),
+                    tags.into(),
+                    (&at).into(),
+                    unit.into(),
+                    (&place.host_id).into(),
+                ],
+            )
+            .await?;
+        if taken != 1 {
+            return Ok(Commit::Undo(false));
+        }
+    }
     let values: Vec<String> = (0..place.cpus.len())
         .map(|i| format!("($1, ${}, $2)", i + 3))
         .collect();
@@ -650,6 +683,23 @@ fn detach_all(instance_id: &str) -> (String, Vec<Arg>) {
          generation = generation + 1 WHERE instance_id = $1 AND status = 'attached'"
             .into(),
         vec![instance_id.into()],
+    )
+}
+
+/// Gives back the Kloigos units an instance holds (on `host_id`, or
+/// anywhere): FREE again, with no tenant.
+fn free_units(instance_id: &str, host_id: Option<&str>) -> (String, Vec<Arg>) {
+    (
+        "UPDATE compute_units SET status = 'FREE', status_detail = NULL, instance_id = NULL, \
+         project_id = NULL, tags = NULL, deployment_id = NULL, ssh_public_key = NULL, \
+         started_at = NULL, deadline = NULL, updated_at = $1, generation = generation + 1 \
+         WHERE instance_id = $2 AND ($3 = '' OR host_id = $3)"
+            .into(),
+        vec![
+            now().into(),
+            instance_id.into(),
+            host_id.unwrap_or("").into(),
+        ],
     )
 }
 

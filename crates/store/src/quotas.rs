@@ -77,14 +77,16 @@ impl std::fmt::Display for QuotaExceeded {
 }
 
 /// One row of what a project uses: instances that are not terminated
-/// (and the Kloigos units it holds, as instances of their CPU count),
+/// (and the Kloigos units it holds, as instances of their CPU count; a unit
+/// an instance holds is that instance's),
 /// and volumes not yet purged (the trash holds storage), OS volumes too.
 const USAGE: &str = "SELECT \
      (SELECT COUNT(*) FROM instances WHERE project_id = $1 AND state <> 'terminated') \
-     + (SELECT COUNT(*) FROM compute_units WHERE project_id = $1), \
+     + (SELECT COUNT(*) FROM compute_units WHERE project_id = $1 AND instance_id IS NULL), \
      (SELECT CAST(COALESCE(SUM(vcpus), 0) AS BIGINT) FROM instances \
       WHERE project_id = $1 AND state <> 'terminated') \
-     + (SELECT CAST(COALESCE(SUM(cpu_count), 0) AS BIGINT) FROM compute_units WHERE project_id = $1), \
+     + (SELECT CAST(COALESCE(SUM(cpu_count), 0) AS BIGINT) FROM compute_units \
+        WHERE project_id = $1 AND instance_id IS NULL), \
      (SELECT CAST(COALESCE(SUM(memory_mb), 0) AS BIGINT) FROM instances \
       WHERE project_id = $1 AND state <> 'terminated'), \
      (SELECT COUNT(*) FROM volumes WHERE project_id = $1 AND purged_at IS NULL), \

@@ -33,6 +33,9 @@ pub struct UnitRecord {
     pub updated_at: String,
     /// The project it is allocated to.
     pub project_id: Option<String>,
+    /// The instance holding it, when an instance (not a Kloigos tenant)
+    /// took it.
+    pub instance_id: Option<String>,
 }
 
 /// The list filters of `GET /api/compute_units/`; `None` matches anything.
@@ -66,7 +69,7 @@ pub struct UnitClaim<'a> {
 const UNIT_SELECT: &str = "SELECT u.compute_id, u.host_id, h.hostname, h.ip, h.region, h.zone, \
      u.position, u.cpu_range, u.cpu_list, u.cpu_count, u.ports_range, u.status, u.status_detail, \
      u.ssh_public_key, u.tags, u.started_at, u.deadline, u.generation, u.updated_at, \
-     u.project_id FROM compute_units u JOIN hosts h ON h.id = u.host_id";
+     u.project_id, u.instance_id FROM compute_units u JOIN hosts h ON h.id = u.host_id";
 
 fn unit_from_row(row: &AnyRow) -> Result<UnitRecord> {
     let status: String = row.try_get("status")?;
@@ -97,6 +100,7 @@ fn unit_from_row(row: &AnyRow) -> Result<UnitRecord> {
         generation: row.try_get("generation")?,
         updated_at: row.try_get("updated_at")?,
         project_id: row.try_get("project_id")?,
+        instance_id: row.try_get("instance_id")?,
     })
 }
 

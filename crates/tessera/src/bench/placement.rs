@@ -55,6 +55,7 @@ fn fleet(n: usize) -> PlacementEngine {
             held: CpuSet::new(),
             memory_mb: 64 * 8192,
             memory_held_mb: 0,
+            runs_instances: true,
         });
     }
     engine

@@ -12,6 +12,7 @@ mod dataplane;
 mod identity;
 mod instances;
 mod kloigos;
+mod ledger;
 mod observability;
 mod openapi;
 mod security;

@@ -14,7 +14,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-on_both_backends!(the_verda_sdk_runs_its_scenario_on_simulated_hosts);
+on_both_backends!(
+    the_verda_sdk_runs_its_scenario_on_simulated_hosts,
+    the_verda_sdk_runs_its_scenario_on_a_fleet_registered_through_kloigos,
+);
 
 /// The virtualenv's Python with the SDK, or why there is none.
 fn sdk_python() -> Result<PathBuf, String> {
@@ -95,6 +98,40 @@ async fn the_verda_sdk_runs_its_scenario_on_simulated_hosts(backend: Backend) {
         &[("VERDA_SSH_PUBLIC_KEY", public)],
     );
     finish(child).await;
+}
+
+/// One allocation ledger for every host: a fleet registered only through
+/// Kloigos `init_server` serves the SDK's instances, each on a whole unit.
+async fn the_verda_sdk_runs_its_scenario_on_a_fleet_registered_through_kloigos(backend: Backend) {
+    let python = match sdk_python() {
+        Ok(python) => python,
+        Err(why) => {
+            eprintln!("skipped: the Verda SDK is not available: {why}");
+            return;
+        }
+    };
+    let server = TestServer::start(backend).await;
+    server
+        .init_host_in("kloigos-fin", "FIN-01", "FIN-01", &["0-3", "4-7", "8-15"])
+        .await;
+    server.wait_host_status("kloigos-fin", "FREE", 3).await;
+    top_up(&server, "default", 50.0).await;
+    let client = credentials(&server, "default").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_, public) = tessera_agent::testkit::key_pair(dir.path());
+    let child = start_scenario(
+        &python,
+        &server,
+        &client,
+        &[("VERDA_SSH_PUBLIC_KEY", public)],
+    );
+    finish(child).await;
+    // What the scenario deployed took units, and gave them back.
+    let units = server.units("?hostname=kloigos-fin").await;
+    assert!(
+        units.iter().all(|u| u["status"] == "FREE"),
+        "every unit is free again: {units:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
