@@ -78,8 +78,10 @@ impl App {
                 self.delete_instance(caller, id).await?;
                 for volume in going {
                     // Its storage is destroyed once the instance is gone
-                    // from its host.
-                    self.trash_volume(&volume, *permanently).await?;
+                    // from its host. Read again if it changed meanwhile (its
+                    // host reporting on it): the delete is under way, so it
+                    // goes with the instance whatever changed.
+                    self.trash_volume_as_it_is(&volume.id, *permanently).await?;
                 }
             }
         }

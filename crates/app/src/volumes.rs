@@ -653,6 +653,26 @@ impl App {
         Ok(())
     }
 
+    /// [`App::trash_volume`] of a volume as the store has it now, again
+    /// when it changes under the write; one deleted meanwhile is left so.
+    pub(crate) async fn trash_volume_as_it_is(&self, id: &str, permanently: bool) -> Result<()> {
+        for _ in 0..5 {
+            let Some(volume) = self.store.volume(id).await? else {
+                return Ok(());
+            };
+            if volume.status == "deleted" {
+                return Ok(());
+            }
+            match self.trash_volume(&volume, permanently).await {
+                Err(Error::Conflict(_)) => continue,
+                other => return other,
+            }
+        }
+        Err(Error::Unavailable(format!(
+            "volume {id} kept changing while being deleted; try again"
+        )))
+    }
+
     async fn clone_volume(
         &self,
         caller: &Principal,

@@ -661,3 +661,132 @@ async fn instances_survive_restarts_of_the_agent_and_the_server() {
     let _ = Command::new("ip").args(["link", "del", "tsrt2"]).status();
     server.stop();
 }
+
+/// One ledger on a real host: a server registered only through Kloigos,
+/// whose agent runs the container driver, serves an instance on a whole
+/// unit, pinned to the unit's CPUs, and a Kloigos tenant on the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_on_a_kloigos_unit_of_a_real_host_is_pinned_to_it() {
+    skip_unless_dataplane!();
+    let server = TestServer::start_with(
+        Backend::Sqlite,
+        Options {
+            sim_hosts: false,
+            agent_timeout: Duration::from_secs(60),
+            ..Options::default()
+        },
+    )
+    .await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("agent");
+    import_tiny(&state);
+    let prefix = format!("tk{}-", std::process::id() % 10000);
+    server
+        .init_host_in("carved-host", "eu-north", "a", &["0-0", "1-1"])
+        .await;
+    let token = join_token(&server.url).await;
+    let agent = AgentProcess::start(
+        &server.url,
+        Some(&token),
+        "carved-host",
+        &state,
+        "container",
+        &[
+            "--bridge",
+            "tsrt4",
+            "--subnet",
+            "10.251.4.0/24",
+            "--ssh-port-base",
+            "44400",
+            "--user-prefix",
+            &prefix,
+        ],
+    );
+    server.wait_host_status("carved-host", "FREE", 2).await;
+    let (key, public) = key_pair(dir.path());
+    let instance = create_tiny(&server.url, "on-a-unit", &public).await;
+    let id = instance["id"].as_str().expect("id").to_string();
+    let cpus = instance["status"]["cpus"]
+        .as_str()
+        .expect("cpus")
+        .to_string();
+    let ip = instance["status"]["private_ip"]
+        .as_str()
+        .expect("ip")
+        .to_string();
+    let units = server.units("?hostname=carved-host").await;
+    let held = units
+        .iter()
+        .find(|u| u["tags"]["instance_id"] == id.as_str())
+        .unwrap_or_else(|| panic!("a unit held by {id}: {units:?}"));
+    assert_eq!(held["status"], "ALLOCATED");
+    assert_eq!(
+        held["cpu_list"],
+        cpus.as_str(),
+        "the instance has the unit's CPUs"
+    );
+    let seen = ssh_until(
+        &key,
+        "root",
+        &ip,
+        22,
+        "grep Cpus_allowed_list /proc/self/status",
+    )
+    .await;
+    assert_eq!(
+        seen.split_whitespace().last(),
+        Some(cpus.as_str()),
+        "pinned to the unit's CPUs: {seen}\n{}",
+        agent.log()
+    );
+    // The other unit goes to a Kloigos tenant, and nothing more fits.
+    let (status, unit) = server
+        .allocate(json!({"cpu_count": 1, "ssh_public_key": public, "tags": null}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{unit}");
+    assert_ne!(unit["cpu_list"], cpus.as_str());
+    let (status, _) = server
+        .allocate(json!({"cpu_count": 1, "ssh_public_key": public, "tags": null}))
+        .await;
+    assert_eq!(status.as_u16(), 460);
+    // Deleting the instance frees its unit; then everything is retired.
+    let (status, deleting) = api(
+        &server.url,
+        Method::DELETE,
+        &format!("/v1/instances/{id}"),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{deleting}");
+    let op = wait_op(&server.url, deleting["operation_id"].as_str().expect("op")).await;
+    assert_eq!(op["status"], "completed", "{op}");
+    let freed = server.units("?hostname=carved-host&status=FREE").await;
+    assert_eq!(freed.len(), 1, "{freed:?}");
+    let compute_id = unit["compute_id"].as_str().expect("compute_id");
+    let (status, body) = server
+        .delete(&format!("/api/compute_units/deallocate/{compute_id}"))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = server
+        .delete("/api/admin/decommission_server/carved-host")
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    eventually(
+        Duration::from_secs(30),
+        "the host decommissioned",
+        || async {
+            let servers = server.get_ok("/v1/servers").await;
+            let status = servers
+                .as_array()
+                .and_then(|l| l.iter().find(|s| s["hostname"] == "carved-host"))
+                .map(|s| s["status"].as_str().unwrap_or("").to_string());
+            (status.as_deref() == Some("decommissioned")).then_some(())
+        },
+    )
+    .await;
+    for unit_user in [format!("{prefix}c0-0"), format!("{prefix}c1-1")] {
+        assert!(!user_exists(&unit_user), "{unit_user} removed");
+    }
+    drop(agent);
+    server.stop().await;
+}

@@ -939,13 +939,13 @@ async fn instances_and_volumes_through_their_lifecycle_and_billed(backend: Backe
     verda.wait_status(&id, "offline").await;
     let before = verda.balance().await;
     assert!(before < 10.0, "running cost something: {before}");
-    let (status, _) = verda
+    let (status, body) = verda
         .put(
             "/instances",
             json!({"action": "delete", "id": id, "volume_ids": null, "delete_permanently": true}),
         )
         .await;
-    assert_eq!(status, StatusCode::ACCEPTED);
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
     verda.wait_status(&id, "discontinued").await;
     assert_eq!(verda.get("/instances").await, json!([]));
     assert_eq!(
