@@ -42,6 +42,26 @@ string_id!(
     /// A Kloigos compute unit: `<hostname>_c<range>`, see [`crate::range::CpuRange::unit_suffix`].
     ComputeId
 );
+string_id!(
+    /// A project (a workspace).
+    ProjectId
+);
+string_id!(
+    /// An instance: `inst-` and 16 hex digits.
+    InstanceId
+);
+string_id!(
+    /// A block volume.
+    VolumeId
+);
+string_id!(
+    /// An operation.
+    OperationId
+);
+string_id!(
+    /// A user.
+    UserId
+);
 
 impl ComputeId {
     /// The Kloigos id of the unit made of `range` on `hostname`.

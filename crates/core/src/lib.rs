@@ -15,6 +15,6 @@ pub mod range;
 pub mod status;
 
 pub use cpuset::CpuSet;
-pub use ids::{ComputeId, HostId};
+pub use ids::{ComputeId, HostId, InstanceId, OperationId, ProjectId, UserId, VolumeId};
 pub use permissions::{InstallRole, Permission, Reach, Role};
 pub use range::{CpuRange, CpuRangeError};

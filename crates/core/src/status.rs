@@ -1,16 +1,18 @@
-//! The life cycles of hosts and compute units, in Kloigos's upper-case
-//! vocabulary, which is also how they are stored.
+//! The life cycles of what Tessera manages: hosts and compute units, in
+//! Kloigos's upper-case vocabulary; instances, volumes and operations, in
+//! the native API's lower-case one. Each is stored as its text, and every
+//! face maps these enums to its own words with a `match`.
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::str::FromStr;
 
 macro_rules! upper_enum {
-    ($(#[$doc:meta])* $name:ident { $($variant:ident => $text:literal),+ $(,)? }) => {
+    ($(#[$doc:meta])* $name:ident { $($(#[$vdoc:meta])* $variant:ident => $text:literal),+ $(,)? }) => {
         $(#[$doc])*
         #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
         pub enum $name {
-            $(#[serde(rename = $text)] $variant),+
+            $($(#[$vdoc])* #[serde(rename = $text)] $variant),+
         }
 
         impl $name {
@@ -92,6 +94,80 @@ upper_enum!(
     }
 );
 
+upper_enum!(
+    /// Where an instance is in its life. `unknown`: its host's agent is
+    /// silent, so nobody can say.
+    InstanceState {
+        Provisioning => "provisioning",
+        Running => "running",
+        Stopping => "stopping",
+        Stopped => "stopped",
+        Terminated => "terminated",
+        Unknown => "unknown",
+    }
+);
+
+upper_enum!(
+    /// Why an instance was terminated.
+    TerminationCause {
+        /// Deleted by its project.
+        Deleted => "deleted",
+        /// No host had room for it.
+        NoCapacity => "no_capacity",
+        /// Its host could not make it (or its volumes).
+        HostFailed => "host_failed",
+        /// Its creation was cancelled.
+        Cancelled => "cancelled",
+    }
+);
+
+upper_enum!(
+    /// Where a volume is in its life. `deleted` covers the trash and the
+    /// volumes purged for good.
+    VolumeStatus {
+        Detached => "detached",
+        Attached => "attached",
+        Deleted => "deleted",
+    }
+);
+
+upper_enum!(
+    /// Where an operation is.
+    OperationStatus {
+        Pending => "pending",
+        Running => "running",
+        Completed => "completed",
+        Failed => "failed",
+        Cancelled => "cancelled",
+    }
+);
+
+impl OperationStatus {
+    /// It has ended, one way or another.
+    pub fn is_finished(self) -> bool {
+        matches!(
+            self,
+            OperationStatus::Completed | OperationStatus::Failed | OperationStatus::Cancelled
+        )
+    }
+}
+
+upper_enum!(
+    /// What an operation does.
+    OperationKind {
+        InstanceCreate => "instance_create",
+        InstanceDelete => "instance_delete",
+        InstanceStart => "instance_start",
+        InstanceStop => "instance_stop",
+        ServerCreate => "server_create",
+        ServerDelete => "server_delete",
+        ClusterCreate => "cluster_create",
+        ServerDrain => "server_drain",
+        TaskservCreate => "taskserv_create",
+        TaskservDelete => "taskserv_delete",
+    }
+);
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -106,5 +182,13 @@ mod tests {
         assert_eq!(UnitStatus::Deallocating.to_string(), "DEALLOCATING");
         assert!("gone".parse::<UnitStatus>().is_err());
         assert_eq!(HostStatus::InitFail.as_str(), "INIT_FAIL");
+        for state in InstanceState::ALL {
+            assert_eq!(state.as_str().parse::<InstanceState>(), Ok(*state));
+        }
+        for kind in OperationKind::ALL {
+            assert_eq!(kind.as_str().parse::<OperationKind>(), Ok(*kind));
+        }
+        assert!(OperationStatus::Cancelled.is_finished());
+        assert!(!OperationStatus::Running.is_finished());
     }
 }

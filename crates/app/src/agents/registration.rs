@@ -1,0 +1,177 @@
+//! An agent's registration: a join token exchanged for the host's own
+//! credential. A host the control plane does not know joins as a pooled
+//! host; one registered before gets its agent; one that has had an agent
+//! is handed over only with a join token made to replace it.
+
+use super::secret;
+use crate::error::{Error, Result};
+use crate::identity::hash_token;
+use crate::servers::CreateServer;
+use crate::{App, new_id};
+use tessera_agent_api::protocol::{RegisterRequest, RegisterResponse};
+use tessera_core::status::HostStatus;
+
+impl App {
+    /// Registers the agent of a host: exchanges a join token for the host's
+    /// own credential. A host the control plane does not know yet is
+    /// registered as a pooled host with the CPUs the agent reported (unless
+    /// its agent serves units only); one
+    /// registered before (Kloigos `init_server`, `POST /v1/servers`) gets
+    /// its agent, and its preparation, waiting for it, goes on.
+    pub async fn register_agent(&self, req: RegisterRequest) -> Result<RegisterResponse> {
+        let token = self
+            .store
+            .join_token_by_hash(&hash_token(&req.join_token))
+            .await?;
+        let token = token.filter(|t| {
+            t.revoked_at.is_none() && t.expires_at.as_str() > tessera_store::now().as_str()
+        });
+        let Some(token) = token else {
+            return Err(Error::Unauthenticated(
+                "the join token is unknown, expired or revoked; create one with `tessera \
+                 join-token create`"
+                    .into(),
+            ));
+        };
+        crate::hosts::validate_hostname(&req.hostname)?;
+        if req.ip.parse::<std::net::IpAddr>().is_err()
+            && crate::hosts::validate_hostname(&req.ip).is_err()
+        {
+            return Err(Error::invalid(
+                "ip",
+                format!("{:?} is neither an IP address nor a host name", req.ip),
+            ));
+        }
+        let previous_agent = self.store.agent(&req.hostname).await?;
+        if let Some(live) = &previous_agent {
+            let silence = chrono::Duration::from_std(self.config.agent_silence).unwrap_or_default();
+            let quiet_since = tessera_store::timestamp(chrono::Utc::now() - silence);
+            if live.reachable == 1 && live.last_seen.as_str() > quiet_since.as_str() {
+                return Err(Error::Conflict(format!(
+                    "{} already has a live agent (last heard from at {}); stop it, or give \
+                     this one another --hostname",
+                    req.hostname, live.last_seen
+                )));
+            }
+        }
+        if !matches!(req.driver.as_str(), "unit" | "container" | "sim") {
+            return Err(Error::invalid(
+                "driver",
+                format!("driver {:?} is not one of unit, container, sim", req.driver),
+            ));
+        }
+        if req.inventory.cpus.is_empty() {
+            return Err(Error::invalid(
+                "inventory",
+                "the host reports no CPU for instances",
+            ));
+        }
+        let location = req.location.clone().unwrap_or_else(|| "local".into());
+        let existing = self.store.host_by_hostname(&req.hostname).await?;
+        // A host that has had an agent (or is served without one, as a
+        // simulated host is) is handed to a new agent only with a join token
+        // an admin made for that: holding a join token is not enough to
+        // take over a host.
+        let waiting_for_first_agent = |host: &tessera_store::HostRecord| {
+            matches!(host.status, HostStatus::Initializing | HostStatus::InitFail)
+        };
+        let claimable = match &existing {
+            Some(host) if host.status == HostStatus::Decommissioned => true,
+            Some(host) => previous_agent.is_none() && waiting_for_first_agent(host),
+            None => previous_agent.is_none(),
+        };
+        if !claimable && token.replaces.as_deref() != Some(req.hostname.as_str()) {
+            return Err(Error::Conflict(format!(
+                "{} is a registered host that has had an agent; to give it a new one, an admin \
+                 makes a join token for that: `tessera join-token create --replace {}`",
+                req.hostname, req.hostname
+            )));
+        }
+        let new_host = match &existing {
+            Some(host) if host.status != HostStatus::Decommissioned => None,
+            Some(host) => {
+                return Err(Error::Conflict(format!(
+                    "server {} was decommissioned; register it again (POST /v1/servers/create \
+                     or Kloigos init_server) before its agent rejoins",
+                    host.hostname
+                )));
+            }
+            // A units-only host serves the Kloigos partition an operator
+            // registers for it (`init_server`), and nothing before that.
+            None if req.driver == "unit" => None,
+            None => {
+                let numa_nodes = req
+                    .inventory
+                    .numa_nodes
+                    .iter()
+                    .map(|n| n.intersection(&req.inventory.cpus))
+                    .filter(|n| !n.is_empty())
+                    .map(|n| n.to_string())
+                    .collect();
+                let create = CreateServer {
+                    hostname: req.hostname.clone(),
+                    ip_address: req.ip.clone(),
+                    provider: Some("tessera-agent".into()),
+                    region: Some(location.clone()),
+                    zone: location.clone(),
+                    cpus: Some(req.inventory.cpus.to_string()),
+                    numa_nodes,
+                    server_id: new_id("host"),
+                    ..CreateServer::default()
+                };
+                let mut host = self.new_host(&create)?;
+                host.memory_mb = i64::try_from(req.inventory.memory_mb).unwrap_or(i64::MAX);
+                Some(host)
+            }
+        };
+        let credential = secret("tsh");
+        let inventory = serde_json::to_string(&req.inventory).unwrap_or_default();
+        self.store
+            .register_agent(
+                &req.hostname,
+                &hash_token(&credential),
+                &req.driver,
+                &inventory,
+            )
+            .await?;
+        let host_id = match (new_host, existing) {
+            (Some(new), _) => {
+                if !self.store.insert_host(&new).await? {
+                    return Err(Error::Conflict(format!(
+                        "server {} was registered meanwhile; register the agent again",
+                        new.hostname
+                    )));
+                }
+                self.placement.refresh_host(&self.store, &new.id).await?;
+                new.id
+            }
+            (None, Some(host)) => {
+                if host.ip.is_empty()
+                    && self
+                        .store
+                        .set_host_address_if_unknown(&host.id, &req.ip)
+                        .await?
+                {
+                    tracing::info!(hostname = %req.hostname, ip = %req.ip, "server takes the address its agent reported");
+                }
+                host.id
+            }
+            (None, None) => {
+                tracing::info!(hostname = %req.hostname, "units-only agent registered; its host waits for init_server");
+                return Ok(RegisterResponse {
+                    credential,
+                    hostname: req.hostname,
+                });
+            }
+        };
+        tracing::info!(hostname = %req.hostname, driver = %req.driver, "agent registered");
+        self.forget_agent(&tessera_core::HostId::new(host_id.as_str()));
+        let app = self.clone();
+        self.tasks
+            .spawn(async move { app.drive_host(&host_id).await });
+        Ok(RegisterResponse {
+            credential,
+            hostname: req.hostname,
+        })
+    }
+}

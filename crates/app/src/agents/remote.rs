@@ -1,0 +1,350 @@
+//! [`RemoteAgent`]: a host driven by writing its desired state to the
+//! store and waiting for its agent's report, behind the same
+//! [`HostAgent`] trait as a simulated host.
+
+use super::{AgentSignals, STORE_POLL};
+use crate::error::Result;
+use std::sync::Arc;
+use tessera_agent_api::protocol::{self, Desired, InstanceState, Inventory, Outcome};
+use tessera_agent_api::{
+    AgentError, HostAgent, HostReport, HostScript, HostSpec, InstanceReport, InstanceSpec,
+    ScriptOutcome, UnitSpec, VolumeReport, VolumeSpec,
+};
+use tessera_store::Store;
+
+/// A host driven through its agent's desired state.
+pub(super) struct RemoteAgent {
+    pub(super) hostname: String,
+    pub(super) store: Store,
+    pub(super) signals: Arc<AgentSignals>,
+}
+
+impl RemoteAgent {
+    /// Sets `key`'s desired state and waits for the agent's report on it;
+    /// answers the report and the generation it answers.
+    async fn converge(&self, key: &str, desired: &Desired) -> Result<(Outcome, i64), AgentError> {
+        let body = serde_json::to_string(desired)
+            .map_err(|e| AgentError::Failed(format!("cannot encode the desired state: {e}")))?;
+        let pending = self
+            .store
+            .work(&self.hostname, key)
+            .await
+            .map_err(store_error)?
+            .filter(|row| row.desired == body && row.observed_generation < row.generation);
+        let generation = match pending {
+            // The same change is still under way (a call repeated after a
+            // timeout): wait for it rather than ask for it twice.
+            Some(row) => row.generation,
+            None => self
+                .store
+                .set_desired(&self.hostname, key, &body)
+                .await
+                .map_err(store_error)?
+                .ok_or_else(|| {
+                    AgentError::Unreachable(format!("{} has no registered agent", self.hostname))
+                })?,
+        };
+        let signal = self.signals.of(&self.hostname);
+        signal.notify_waiters();
+        let agent = self
+            .store
+            .agent(&self.hostname)
+            .await
+            .map_err(store_error)?;
+        if agent.is_some_and(|a| a.reachable == 0) {
+            return Err(AgentError::Unreachable(format!(
+                "the agent of {} missed its heartbeats",
+                self.hostname
+            )));
+        }
+        loop {
+            let notified = signal.notified();
+            let row = self
+                .store
+                .work(&self.hostname, key)
+                .await
+                .map_err(store_error)?;
+            match row {
+                None => {
+                    return Err(AgentError::Failed(format!(
+                        "{key} on {} was superseded",
+                        self.hostname
+                    )));
+                }
+                Some(row) if row.generation > generation => {
+                    return Err(AgentError::Failed(format!(
+                        "{key} on {} was superseded by a newer change",
+                        self.hostname
+                    )));
+                }
+                Some(row) if row.observed_generation >= generation => {
+                    let observed = row.observed.unwrap_or_default();
+                    let outcome = serde_json::from_str::<Result<Outcome, AgentError>>(&observed)
+                        .map_err(|e| {
+                        AgentError::Failed(format!("the agent's report is unreadable: {e}"))
+                    })??;
+                    return Ok((outcome, generation));
+                }
+                Some(_) => {}
+            }
+            tokio::select! {
+                _ = notified => {}
+                _ = tokio::time::sleep(STORE_POLL) => {}
+            }
+        }
+    }
+
+    /// [`RemoteAgent::converge`] for a change that must not happen later
+    /// when it did not happen now (a stop or a start that failed or timed
+    /// out leaves the instance as it was): unless it succeeds, the key's
+    /// earlier desired state is written back, even when the wait is cut
+    /// short by the caller's timeout.
+    async fn converge_or_restore(
+        &self,
+        key: &str,
+        desired: &Desired,
+    ) -> Result<(Outcome, i64), AgentError> {
+        let previous = self
+            .store
+            .work(&self.hostname, key)
+            .await
+            .map_err(store_error)?
+            .map(|row| row.desired);
+        let mut restore = RestoreOnDrop {
+            store: self.store.clone(),
+            hostname: self.hostname.clone(),
+            key: key.to_string(),
+            previous,
+        };
+        let outcome = self.converge(key, desired).await;
+        if outcome.is_ok() {
+            restore.previous = None;
+        }
+        outcome
+    }
+
+    async fn instance(
+        &self,
+        spec: &InstanceSpec,
+        state: InstanceState,
+    ) -> Result<Option<InstanceReport>, AgentError> {
+        let key = protocol::instance_key(&spec.id);
+        let desired = Desired::Instance {
+            spec: spec.clone(),
+            state,
+        };
+        let (outcome, generation) = match state {
+            InstanceState::Absent => self.converge(&key, &desired).await?,
+            _ => self.converge_or_restore(&key, &desired).await?,
+        };
+        if state == InstanceState::Absent {
+            // The agent confirmed it is gone: the row has nothing left to
+            // say (unless a newer change took it over meanwhile).
+            let _ = self
+                .store
+                .forget_work(&self.hostname, &key, generation)
+                .await;
+        }
+        match outcome {
+            Outcome::Instance { report } => Ok(Some(report)),
+            _ => Ok(None),
+        }
+    }
+
+    /// The last spec of an instance this host was asked to run.
+    async fn known_instance(&self, id: &str) -> Result<Option<InstanceSpec>, AgentError> {
+        let row = self
+            .store
+            .work(&self.hostname, &protocol::instance_key(id))
+            .await
+            .map_err(store_error)?;
+        Ok(
+            row.and_then(|row| match serde_json::from_str::<Desired>(&row.desired) {
+                Ok(Desired::Instance { spec, .. }) => Some(spec),
+                _ => None,
+            }),
+        )
+    }
+}
+
+/// Writes a key's earlier desired state back when dropped armed.
+struct RestoreOnDrop {
+    store: Store,
+    hostname: String,
+    key: String,
+    /// The desired state to write back; `None` disarms.
+    previous: Option<String>,
+}
+
+impl Drop for RestoreOnDrop {
+    fn drop(&mut self) {
+        let Some(previous) = self.previous.take() else {
+            return;
+        };
+        let (store, hostname, key) = (self.store.clone(), self.hostname.clone(), self.key.clone());
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                if let Err(err) = store.set_desired(&hostname, &key, &previous).await {
+                    tracing::warn!(%hostname, %key, error = %err, "restoring a desired state failed");
+                }
+            });
+        }
+    }
+}
+
+fn store_error(err: tessera_store::StoreError) -> AgentError {
+    AgentError::Unreachable(format!("the store is unavailable: {err}"))
+}
+
+#[async_trait::async_trait]
+impl HostAgent for RemoteAgent {
+    fn keeps_desired_state(&self) -> bool {
+        true
+    }
+
+    async fn report(&self) -> Result<HostReport, AgentError> {
+        let agent = self
+            .store
+            .agent(&self.hostname)
+            .await
+            .map_err(store_error)?
+            .ok_or_else(|| AgentError::Unreachable(format!("{} has no agent", self.hostname)))?;
+        let inventory: Inventory = serde_json::from_str(&agent.inventory)
+            .map_err(|e| AgentError::Failed(format!("the host's inventory is unreadable: {e}")))?;
+        Ok(HostReport {
+            cpus: inventory.cpus,
+            numa_nodes: inventory.numa_nodes,
+            memory_mb: inventory.memory_mb,
+        })
+    }
+
+    async fn prepare_host(&self, host: &HostSpec) -> Result<(), AgentError> {
+        let desired = Desired::Host {
+            spec: host.clone(),
+            retired: false,
+        };
+        self.converge(&protocol::host_key(), &desired)
+            .await
+            .map(drop)
+    }
+
+    async fn activate_unit(&self, unit: &UnitSpec, ssh_public_key: &str) -> Result<(), AgentError> {
+        let desired = Desired::Unit {
+            unit: unit.clone(),
+            ssh_public_key: Some(ssh_public_key.to_string()),
+        };
+        let key = protocol::unit_key(unit.compute_id.as_str());
+        self.converge(&key, &desired).await.map(drop)
+    }
+
+    async fn release_unit(&self, unit: &UnitSpec) -> Result<(), AgentError> {
+        let desired = Desired::Unit {
+            unit: unit.clone(),
+            ssh_public_key: None,
+        };
+        let key = protocol::unit_key(unit.compute_id.as_str());
+        self.converge(&key, &desired).await.map(drop)
+    }
+
+    async fn retire_host(&self, host: &HostSpec) -> Result<(), AgentError> {
+        let desired = Desired::Host {
+            spec: host.clone(),
+            retired: true,
+        };
+        self.converge(&protocol::host_key(), &desired)
+            .await
+            .map(drop)
+    }
+
+    async fn create_instance(&self, instance: &InstanceSpec) -> Result<InstanceReport, AgentError> {
+        self.instance(instance, InstanceState::Running)
+            .await?
+            .ok_or_else(|| AgentError::Failed("the agent reported no instance".into()))
+    }
+
+    async fn start_instance(&self, instance: &InstanceSpec) -> Result<InstanceReport, AgentError> {
+        self.create_instance(instance).await
+    }
+
+    async fn stop_instance(&self, instance_id: &str) -> Result<(), AgentError> {
+        let Some(spec) = self.known_instance(instance_id).await? else {
+            // Never asked to run here: nothing to stop.
+            return Ok(());
+        };
+        self.instance(&spec, InstanceState::Stopped).await.map(drop)
+    }
+
+    async fn delete_instance(&self, instance_id: &str) -> Result<(), AgentError> {
+        let Some(spec) = self.known_instance(instance_id).await? else {
+            return Ok(());
+        };
+        self.instance(&spec, InstanceState::Absent).await.map(drop)
+    }
+
+    async fn ensure_volume(&self, volume: &VolumeSpec) -> Result<VolumeReport, AgentError> {
+        let desired = Desired::Volume {
+            spec: volume.clone(),
+            present: true,
+        };
+        match self
+            .converge(&protocol::volume_key(&volume.id), &desired)
+            .await?
+        {
+            (Outcome::Volume { report }, _) => Ok(report),
+            _ => Err(AgentError::Failed("the agent reported no volume".into())),
+        }
+    }
+
+    async fn delete_volume(&self, volume_id: &str) -> Result<(), AgentError> {
+        let key = protocol::volume_key(volume_id);
+        let desired = Desired::Volume {
+            spec: VolumeSpec {
+                id: volume_id.to_string(),
+                size_gb: 0,
+                clone_of: None,
+            },
+            present: false,
+        };
+        let (_, generation) = self.converge(&key, &desired).await?;
+        // The agent confirmed it is gone: the row has nothing left to say.
+        let _ = self
+            .store
+            .forget_work(&self.hostname, &key, generation)
+            .await;
+        Ok(())
+    }
+
+    async fn run_script(&self, script: &HostScript) -> Result<ScriptOutcome, AgentError> {
+        // The same script (body and environment) has one key, so a call
+        // repeated after a timeout waits for the run under way instead of
+        // starting a second one.
+        let digest = {
+            use sha2::Digest;
+            let mut hasher = sha2::Sha256::new();
+            hasher.update(script.body.as_bytes());
+            for (name, value) in &script.env {
+                hasher.update([0]);
+                hasher.update(name.as_bytes());
+                hasher.update([0]);
+                hasher.update(value.as_bytes());
+            }
+            hex::encode(&hasher.finalize()[..8])
+        };
+        let key = protocol::script_key(&script.label, &digest);
+        let desired = Desired::Script {
+            script: script.clone(),
+        };
+        let (outcome, generation) = self.converge(&key, &desired).await?;
+        // A script's row is done with once answered.
+        let _ = self
+            .store
+            .forget_work(&self.hostname, &key, generation)
+            .await;
+        match outcome {
+            Outcome::Script { outcome } => Ok(outcome),
+            _ => Err(AgentError::Failed(
+                "the agent reported no script outcome".into(),
+            )),
+        }
+    }
+}

@@ -1,0 +1,139 @@
+//! Serving the agent protocol: heartbeats, the long-polled desired state,
+//! and what agents observed; silent agents make their hosts unreachable.
+
+use super::{AgentCaller, LONG_POLL, STORE_POLL};
+use crate::App;
+use crate::error::{Error, Result};
+use crate::identity::hash_token;
+use std::time::Duration;
+use tessera_agent_api::protocol::{Desired, DesiredPage, Heartbeat, Observed, WorkItem};
+use tessera_store::AgentRecord;
+
+impl App {
+    /// The agent a bearer credential belongs to.
+    pub async fn authenticate_agent(&self, bearer: Option<&str>) -> Result<AgentCaller> {
+        let Some(credential) = bearer else {
+            return Err(Error::Unauthenticated(
+                "an agent credential is required".into(),
+            ));
+        };
+        match self
+            .store
+            .agent_by_credential(&hash_token(credential))
+            .await?
+        {
+            Some(agent) => Ok(AgentCaller {
+                hostname: agent.hostname,
+            }),
+            None => Err(Error::Unauthenticated(
+                "the agent credential is unknown or was replaced; register again with a join \
+                 token"
+                    .into(),
+            )),
+        }
+    }
+
+    /// Notes an agent's heartbeat and what it reports of its host.
+    pub async fn agent_heartbeat(&self, agent: &AgentCaller, beat: Heartbeat) -> Result<()> {
+        let inventory = serde_json::to_string(&beat.inventory).unwrap_or_default();
+        if self
+            .store
+            .agent_heartbeat(&agent.hostname, &inventory)
+            .await?
+        {
+            tracing::info!(hostname = %agent.hostname, "host reachable again");
+            if let Some(host) = self.store.host_by_hostname(&agent.hostname).await? {
+                self.placement.refresh_host(&self.store, &host.id).await?;
+                self.publish("host", &host.id, None, "reachable");
+            }
+        }
+        Ok(())
+    }
+
+    /// What changed in the agent's desired state after generation `after`,
+    /// waiting up to `wait` for a change when nothing has.
+    pub async fn agent_desired(
+        &self,
+        agent: &AgentCaller,
+        after: i64,
+        wait: Duration,
+    ) -> Result<DesiredPage> {
+        let signal = self.agent_signals.of(&agent.hostname);
+        let deadline = tokio::time::Instant::now() + wait.min(LONG_POLL);
+        loop {
+            let notified = signal.notified();
+            let record = self.agent_record(&agent.hostname).await?;
+            if record.generation != after {
+                // Newer work, or a generation from before a reset of the
+                // store: answer from scratch in the second case.
+                let from = if after > record.generation { 0 } else { after };
+                let rows = self.store.work_after(&agent.hostname, from).await?;
+                let items = rows
+                    .into_iter()
+                    .filter_map(|row| {
+                        let desired = serde_json::from_str::<Desired>(&row.desired).ok()?;
+                        Some(WorkItem {
+                            observed: row.observed_generation >= row.generation,
+                            key: row.key,
+                            generation: row.generation,
+                            desired,
+                        })
+                    })
+                    .collect();
+                return Ok(DesiredPage {
+                    generation: record.generation,
+                    items,
+                });
+            }
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                return Ok(DesiredPage {
+                    generation: record.generation,
+                    items: Vec::new(),
+                });
+            }
+            let nap = (deadline - now).min(STORE_POLL * 4);
+            tokio::select! {
+                _ = notified => {}
+                _ = tokio::time::sleep(nap) => {}
+                _ = self.stopping.cancelled() => {
+                    return Ok(DesiredPage { generation: record.generation, items: Vec::new() });
+                }
+            }
+        }
+    }
+
+    /// Records what an agent observed of one object.
+    pub async fn agent_observed(&self, agent: &AgentCaller, observed: Observed) -> Result<()> {
+        let body = serde_json::to_string(&observed.result).unwrap_or_default();
+        let kept = self
+            .store
+            .set_observed(&agent.hostname, &observed.key, observed.generation, &body)
+            .await?;
+        if !kept {
+            tracing::debug!(hostname = %agent.hostname, key = %observed.key, generation = observed.generation, "stale report ignored");
+        }
+        self.agent_signals.of(&agent.hostname).notify_waiters();
+        Ok(())
+    }
+
+    pub(super) async fn agent_record(&self, hostname: &str) -> Result<AgentRecord> {
+        self.store.agent(hostname).await?.ok_or_else(|| {
+            Error::Unauthenticated(format!("the agent of {hostname} is no longer registered"))
+        })
+    }
+
+    /// Marks hosts whose agent missed its heartbeats as unreachable.
+    pub(crate) async fn check_heartbeats(&self) -> Result<()> {
+        let silence = chrono::Duration::from_std(self.config.agent_silence).unwrap_or_default();
+        let before = tessera_store::timestamp(chrono::Utc::now() - silence);
+        for hostname in self.store.mark_agents_unreachable(&before).await? {
+            tracing::warn!(%hostname, "host unreachable: its agent missed its heartbeats");
+            if let Some(host) = self.store.host_by_hostname(&hostname).await? {
+                self.placement.refresh_host(&self.store, &host.id).await?;
+                self.publish("host", &host.id, None, "unreachable");
+            }
+        }
+        Ok(())
+    }
+}

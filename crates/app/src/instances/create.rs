@@ -1,0 +1,482 @@
+//! Creating an instance: the `instance_create` saga. `placed` commits a
+//! placement decision to the CPU ledger with its step log entry in one
+//! transaction; `created` is the host running it. Undo: delete it on the
+//! host, then return its CPUs.
+
+use super::validate::validate;
+use super::{CreateInstance, Instance, InstanceSpecInput, MAX_PLACE_ATTEMPTS};
+use crate::error::{Error, Result};
+use crate::identity::Principal;
+use crate::operations::Run;
+use crate::{App, HostCallError, new_id};
+use base64::Engine;
+use tessera_agent_api::InstanceReport;
+use tessera_core::Permission;
+use tessera_core::placement::Request;
+use tessera_store::{CpuClaim, InstanceUpdate, NewInstance, NewOperation, OperationEnd};
+
+/// What new instances add to their project's usage.
+pub(crate) fn instances_usage(instances: &[NewInstance]) -> tessera_store::Usage {
+    let mut adds = tessera_store::Usage::default();
+    for instance in instances {
+        adds.instances += 1;
+        adds.vcpus += instance.vcpus;
+        adds.memory_mb += instance.memory_mb;
+        adds.volumes += instance.volumes.len() as i64;
+        adds.volume_gb += instance
+            .volumes
+            .iter()
+            .map(|v| v.record.size_gb)
+            .sum::<i64>();
+    }
+    adds
+}
+
+impl App {
+    /// Records an instance and starts the operation that creates it.
+    pub async fn create_instance(
+        &self,
+        caller: &Principal,
+        mut req: CreateInstance,
+    ) -> Result<Instance> {
+        caller.require(Permission::InstanceCreate)?;
+        validate(&self.catalog, &mut req)?;
+        let tags = crate::tags::check_tags("tags", &req.tags)?;
+        for key in &req.spec.ssh_key_ids {
+            if self.project_ssh_key(&caller.project_id, key).await.is_err() {
+                return Err(Error::invalid(
+                    "spec.ssh_key_ids",
+                    format!(
+                        "SSH key {key:?} not found in workspace {}",
+                        caller.project_name
+                    ),
+                ));
+            }
+        }
+        if let Some(script_id) = req.spec.startup_script_id.clone() {
+            let script = self
+                .project_script(&caller.project_id, &script_id)
+                .await
+                .map_err(|_| {
+                    Error::invalid(
+                        "startup_script_id",
+                        format!("startup script {script_id} not found"),
+                    )
+                })?;
+            req.spec.user_data =
+                Some(base64::engine::general_purpose::STANDARD.encode(script.script));
+        }
+        let kind = self
+            .catalog
+            .instance_type(&req.spec.instance_type)
+            .cloned()
+            .unwrap_or_else(|| unreachable!("validate checked the type"));
+        let mut micros_per_hour = tessera_core::catalog::to_micros(kind.hourly(req.spec.is_spot));
+        let location = req.spec.location.clone().unwrap_or_default();
+        // The OS volume is `vda`; the others follow from `vdb`.
+        let mut volumes = Vec::new();
+        let mut next_target = 1;
+        for (field, input) in req
+            .os_volume
+            .iter()
+            .map(|v| ("os_volume", v))
+            .chain(req.volumes.iter().map(|v| ("volumes", v)))
+        {
+            let rate = self.check_volume(field, input)?;
+            self.check_volume_room(field, &location, input.size_gb)
+                .await?;
+            micros_per_hour += rate;
+            let os = field == "os_volume";
+            let mut volume = self.new_volume(caller, input, &location, os, rate);
+            volume.record.status = "attached".into();
+            volume.record.target = Some(crate::volumes::target(match os {
+                true => 0,
+                false => {
+                    next_target += 1;
+                    next_target - 1
+                }
+            }));
+            volumes.push(volume);
+        }
+        let mut attach = Vec::new();
+        for volume_id in &req.existing_volumes {
+            let volume = self
+                .project_volume(&caller.project_id, volume_id)
+                .await
+                .map_err(|_| {
+                    Error::invalid("existing_volumes", format!("volume {volume_id} not found"))
+                })?;
+            if volume.is_os_volume != 0 {
+                return Err(Error::invalid(
+                    "existing_volumes",
+                    format!(
+                        "volume {volume_id} is an OS volume; it cannot be attached to another instance"
+                    ),
+                ));
+            }
+            if volume.status != "detached" || volume.instance_id.is_some() {
+                return Err(Error::invalid(
+                    "existing_volumes",
+                    format!("volume {volume_id} is {}, not detached", volume.status),
+                ));
+            }
+            if !location.is_empty() && volume.location != location {
+                return Err(Error::invalid(
+                    "existing_volumes",
+                    format!(
+                        "volume {volume_id} is in {}, not {location}",
+                        volume.location
+                    ),
+                ));
+            }
+            attach.push((volume.id, crate::volumes::target(next_target)));
+            next_target += 1;
+        }
+        if volumes.len() + attach.len() > crate::volumes::MAX_VOLUMES_PER_INSTANCE {
+            return Err(Error::invalid(
+                "volumes",
+                format!(
+                    "an instance can have at most {} volumes",
+                    crate::volumes::MAX_VOLUMES_PER_INSTANCE
+                ),
+            ));
+        }
+        if req.require_funds {
+            self.check_funds(caller, micros_per_hour, &format!("instance {}", req.name))
+                .await?;
+        }
+        let id = new_id("inst");
+        for volume in &mut volumes {
+            volume.record.instance_id = Some(id.clone());
+        }
+        req.spec.volumes_made = volumes.iter().map(|v| v.record.id.clone()).collect();
+        let op = NewOperation {
+            id: uuid::Uuid::new_v4().to_string(),
+            project_id: caller.project_id.clone(),
+            kind: "instance_create".into(),
+            resource_id: Some(id.clone()),
+            params: serde_json::json!({ "instance_id": id }),
+            created_by: caller.username.clone(),
+        };
+        let spec = serde_json::to_value(&req.spec).unwrap_or_default();
+        let labels = serde_json::to_value(&req.labels).unwrap_or_default();
+        let instance = NewInstance {
+            id: id.clone(),
+            project_id: caller.project_id.clone(),
+            name: req.name.clone(),
+            labels,
+            spec,
+            memory_mb: req.spec.memory_mb.unwrap_or(0) as i64,
+            vcpus: i64::from(req.spec.vcpus.unwrap_or(1)),
+            micros_per_hour,
+            volumes,
+            attach,
+        };
+        let quota = self
+            .quota_check(
+                &caller.project_id,
+                instances_usage(std::slice::from_ref(&instance)),
+            )
+            .await?;
+        let recorded = self
+            .store
+            .insert_instance(&instance, &op, Some(&quota))
+            .await?;
+        if !recorded {
+            return Err(Error::Conflict(
+                "a volume in existing_volumes was attached elsewhere meanwhile; try again".into(),
+            ));
+        }
+        self.tag_new(
+            &caller.project_id,
+            crate::tags::Tagged::Instance,
+            &id,
+            &tags,
+        )
+        .await?;
+        tracing::info!(instance = %id, name = %req.name, project = %caller.project_name, "instance requested");
+        self.publish("instance", &id, Some(&caller.project_id), "provisioning");
+        // Read before the operation starts, so the answer shows what was
+        // recorded, whatever the operation does next.
+        let instance = self.project_instance(&caller.project_id, &id).await?;
+        self.spawn_operation(&op.id);
+        Ok(instance)
+    }
+
+    /// Drives an `instance_create` operation (see the module doc).
+    pub(crate) async fn run_instance_create(&self, run: &mut Run) -> Result<()> {
+        let instance = self.run_instance(run).await?;
+        if self.cancel_requested(run).await? {
+            return self
+                .unwind_create(run, "cancelled", "creation cancelled")
+                .await;
+        }
+        if !run.done("placed")
+            && let Err(why) = self.place(run, &instance, "placed", CpuClaim::Place).await
+        {
+            let why = match why {
+                Error::NoCapacity(why) => why,
+                other => return Err(other),
+            };
+            return self.unwind_create(run, "failed", &why).await;
+        }
+        let instance = self.run_instance(run).await?;
+        if self.cancel_requested(run).await? {
+            return self
+                .unwind_create(run, "cancelled", "creation cancelled")
+                .await;
+        }
+        if let Err(why) = self.prepare_volumes(&instance).await {
+            tracing::warn!(instance = %instance.id, error = %why, "preparing the instance's volumes failed");
+            return self
+                .unwind_create(
+                    run,
+                    "failed",
+                    &format!("the host could not prepare the instance's volumes: {why}"),
+                )
+                .await;
+        }
+        let create = self.on_host(&instance, |agent, spec| async move {
+            agent.create_instance(&spec).await
+        });
+        // A cancel does not wait for the host to answer.
+        let created = tokio::select! {
+            created = create => created,
+            cancelled = self.until_cancel_requested(run) => {
+                cancelled?;
+                return self.unwind_create(run, "cancelled", "creation cancelled").await;
+            }
+        };
+        match created {
+            Ok(report) => self.settle_running(run, &instance, report).await,
+            Err(why) => {
+                tracing::warn!(instance = %instance.id, error = %why, "creating the instance failed");
+                self.unwind_create(
+                    run,
+                    "failed",
+                    &format!("the host could not create the instance: {why}"),
+                )
+                .await
+            }
+        }
+    }
+
+    pub(super) async fn run_instance(&self, run: &Run) -> Result<Instance> {
+        let id = run.op.resource_id.clone().unwrap_or_default();
+        self.store.instance(&id).await?.ok_or_else(|| {
+            Error::Internal(tessera_store::StoreError::Corrupt(format!(
+                "operation {} acts on instance {id}, which does not exist",
+                run.op.id
+            )))
+        })
+    }
+
+    /// Gives the instance exclusive CPUs on a host of its location, and
+    /// records `step` with them. With [`CpuClaim::MoveTo`], the instance keeps what it
+    /// holds where it is (a move's target is reserved beside its source).
+    pub(crate) async fn place(
+        &self,
+        run: &mut Run,
+        instance: &Instance,
+        step: &str,
+        purpose: CpuClaim,
+    ) -> Result<tessera_core::placement::Decision> {
+        let spec: InstanceSpecInput = serde_json::from_str(&instance.spec).unwrap_or_default();
+        let count = spec.vcpus.unwrap_or(1);
+        let memory_mb = u64::try_from(instance.memory_mb).unwrap_or(0);
+        let mut looked_again = false;
+        for _ in 0..MAX_PLACE_ATTEMPTS {
+            // A location names a region or, failing that, a zone.
+            let mut decision = None;
+            let wanted = match &spec.location {
+                None => vec![(None, None)],
+                Some(l) => vec![(Some(l.clone()), None), (None, Some(l.clone()))],
+            };
+            for (region, zone) in wanted {
+                // A pooled host's CPUs, or a whole unit of a partitioned one.
+                let request = Request::Cpus {
+                    count,
+                    memory_mb,
+                    region,
+                    zone,
+                    whole_units: true,
+                };
+                if let Some(d) = self.placement.take(&request) {
+                    decision = Some(d);
+                    break;
+                }
+            }
+            let Some(decision) = decision else {
+                if looked_again {
+                    let place = spec
+                        .location
+                        .as_ref()
+                        .map(|l| format!(" in {l}"))
+                        .unwrap_or_default();
+                    return Err(Error::NoCapacity(format!(
+                        "no host{place} has {count} free CPUs and {memory_mb} MB of memory"
+                    )));
+                }
+                self.placement
+                    .refresh_changed(&self.store, std::time::Instant::now())
+                    .await?;
+                looked_again = true;
+                continue;
+            };
+            let cpus: Vec<u32> = decision.cpus.iter().collect();
+            let step = match purpose {
+                CpuClaim::MoveTo => format!("{step}:{}:{}", decision.host, decision.cpus),
+                CpuClaim::Place => step.to_string(),
+            };
+            let steps = run.with(&step);
+            let placed = self
+                .store
+                .claim_instance_cpus(
+                    purpose,
+                    &instance.id,
+                    (
+                        decision.host.as_str(),
+                        decision.unit.as_ref().map(|u| u.as_str()),
+                    ),
+                    &cpus,
+                    (&run.op.id, &steps, &self.deadline()),
+                )
+                .await;
+            self.placement
+                .refresh_host(&self.store, decision.host.as_str())
+                .await?;
+            if placed? {
+                run.steps = steps;
+                tracing::debug!(instance = %instance.id, host = %decision.host, cpus = %decision.cpus, ?purpose, "instance placed");
+                return Ok(decision);
+            }
+            if purpose == CpuClaim::Place
+                && self
+                    .store
+                    .instance(&instance.id)
+                    .await?
+                    .and_then(|i| i.host_id)
+                    .is_some()
+            {
+                // Placed by an earlier run whose log entry this one missed.
+                return Err(Error::Conflict(format!(
+                    "operation {} was taken over by another process",
+                    run.op.id
+                )));
+            }
+        }
+        Err(Error::Unavailable(
+            "too many concurrent placements; try again".into(),
+        ))
+    }
+
+    pub(super) async fn settle_running(
+        &self,
+        run: &mut Run,
+        instance: &Instance,
+        report: InstanceReport,
+    ) -> Result<()> {
+        let result = serde_json::json!({
+            "instance_id": instance.id,
+            "host_id": instance.host_id,
+            "private_ip": report.private_ip,
+        });
+        let settled = self
+            .store
+            .settle_instance_operation(
+                &OperationEnd {
+                    id: &run.op.id,
+                    status: "completed",
+                    result: Some(&result),
+                    error: None,
+                },
+                &instance.id,
+                &InstanceUpdate {
+                    state: "running".into(),
+                    state_detail: None,
+                    ssh_endpoint: self
+                        .ssh_endpoint(instance.host_id.as_deref(), &report)
+                        .await,
+                    private_ip: Some(report.private_ip),
+                },
+                false,
+            )
+            .await?;
+        if settled {
+            tracing::info!(instance = %instance.id, host = ?instance.host_id, "instance running");
+            self.publish(
+                "instance",
+                &instance.id,
+                Some(&instance.project_id),
+                "running",
+            );
+        }
+        Ok(())
+    }
+
+    /// Undoes a creation's done steps and ends it `status` with `why`: the
+    /// instance is terminated and holds nothing.
+    pub(super) async fn unwind_create(&self, run: &mut Run, status: &str, why: &str) -> Result<()> {
+        let instance = self.run_instance(run).await?;
+        if instance.host_id.is_some() {
+            match self
+                .on_host(&instance, |agent, spec| async move {
+                    agent.delete_instance(&spec.id).await
+                })
+                .await
+            {
+                Ok(()) | Err(HostCallError::NoAgent) => {}
+                Err(err) => {
+                    // Its CPUs stay held until the host confirms.
+                    return Err(Error::HostFailed(format!(
+                        "undoing the creation of {} on its host failed: {err}",
+                        instance.id
+                    )));
+                }
+            }
+        }
+        let host = instance.host_id.clone();
+        let settled = self
+            .store
+            .settle_instance_operation(
+                &OperationEnd {
+                    id: &run.op.id,
+                    status,
+                    result: None,
+                    error: Some(why),
+                },
+                &instance.id,
+                &InstanceUpdate {
+                    state: "terminated".into(),
+                    state_detail: Some(why.to_string()),
+                    private_ip: None,
+                    ssh_endpoint: None,
+                },
+                true,
+            )
+            .await?;
+        if let Some(host) = host {
+            self.placement.refresh_host(&self.store, &host).await?;
+        }
+        // The volumes made for it go too (for good: they never held
+        // anything); volumes it was to take are detached again.
+        let spec: InstanceSpecInput = serde_json::from_str(&instance.spec).unwrap_or_default();
+        for volume_id in &spec.volumes_made {
+            if let Some(volume) = self.store.volume(volume_id).await?
+                && volume.status != "deleted"
+            {
+                self.trash_volume(&volume, true).await?;
+            }
+        }
+        if settled {
+            tracing::info!(instance = %instance.id, status, why, "instance creation unwound");
+            self.publish(
+                "instance",
+                &instance.id,
+                Some(&instance.project_id),
+                "terminated",
+            );
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,104 @@
+//! What an instance's host is told: its spec, and calls to it made under
+//! the instance's guard.
+
+use super::{Instance, InstanceSpecInput};
+use crate::error::{Error, Result};
+use crate::{App, HostCallError, InFlight};
+use base64::Engine;
+use tessera_agent_api::InstanceSpec;
+use tessera_core::{CpuSet, HostId};
+use tessera_store::InstanceRecord;
+
+impl App {
+    /// What the host must run for `instance`.
+    pub(super) async fn instance_spec(&self, instance: &InstanceRecord) -> Result<InstanceSpec> {
+        let spec: InstanceSpecInput = serde_json::from_str(&instance.spec).map_err(|e| {
+            Error::Internal(tessera_store::StoreError::Corrupt(format!(
+                "instance {} spec: {e}",
+                instance.id
+            )))
+        })?;
+        let mut ssh_keys = Vec::new();
+        for id in &spec.ssh_key_ids {
+            // A key deleted since creation is simply not installed again.
+            if let Some(key) = self.store.ssh_key(&instance.project_id, id).await? {
+                ssh_keys.push(key.public_key);
+            }
+        }
+        let user_data = spec.user_data.as_deref().and_then(|u| {
+            base64::engine::general_purpose::STANDARD
+                .decode(u.trim())
+                .ok()
+        });
+        let volumes = self
+            .store
+            .instance_volumes(&instance.id)
+            .await?
+            .into_iter()
+            // The OS volume is the instance's own root file system.
+            .filter(|v| v.is_os_volume == 0)
+            .filter_map(|v| {
+                Some(tessera_agent_api::AttachedVolume {
+                    target: v.target?,
+                    id: v.id,
+                })
+            })
+            .collect();
+        Ok(InstanceSpec {
+            id: instance.id.clone(),
+            name: instance.name.clone(),
+            project_id: instance.project_id.clone(),
+            cpus: instance
+                .cpu_list
+                .as_deref()
+                .and_then(|l| CpuSet::parse_list(l).ok())
+                .unwrap_or_default(),
+            memory_mb: u64::try_from(instance.memory_mb).unwrap_or(0),
+            disk_gb: spec.disk_gb.unwrap_or(0),
+            image: spec.image,
+            ssh_keys,
+            user_data,
+            volumes,
+        })
+    }
+
+    /// Waits until no other work of this process acts on the instance on
+    /// its host (a resync, an operation), and holds it off until dropped.
+    pub(crate) async fn instance_guard(&self, id: &str) -> Result<InFlight> {
+        let deadline = std::time::Instant::now() + self.config.agent_timeout * 2;
+        loop {
+            if let Some(guard) = InFlight::enter(&self.in_flight, format!("instance:{id}")) {
+                return Ok(guard);
+            }
+            if std::time::Instant::now() > deadline {
+                return Err(Error::Unavailable(format!(
+                    "instance {id} is busy on its host"
+                )));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Calls the instance's host with its spec.
+    pub(crate) async fn on_host<T, F, Fut>(
+        &self,
+        instance: &Instance,
+        call: F,
+    ) -> Result<T, HostCallError>
+    where
+        F: FnOnce(std::sync::Arc<dyn tessera_agent_api::HostAgent>, InstanceSpec) -> Fut,
+        Fut: std::future::Future<Output = Result<T, tessera_agent_api::AgentError>>,
+    {
+        let host = instance.host_id.clone().ok_or(HostCallError::NoAgent)?;
+        let agent = self
+            .agent(&HostId::new(host))
+            .await
+            .map_err(|e| HostCallError::Failed(e.to_string()))?
+            .ok_or(HostCallError::NoAgent)?;
+        let spec = self
+            .instance_spec(instance)
+            .await
+            .map_err(|e| HostCallError::Failed(e.to_string()))?;
+        self.host_call(call(agent, spec)).await
+    }
+}

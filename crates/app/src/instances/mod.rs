@@ -1,0 +1,210 @@
+//! Instances: exclusive, pinned CPUs on a host of the wanted location, the
+//! project's SSH keys and a startup script, through their lifecycle
+//! `provisioning -> running <-> stopped -> terminated`.
+//!
+//! Every change is an operation (see [`crate::operations`]). Creation is a
+//! saga of two steps: `placed` (a placement decision committed to the CPU
+//! ledger with its step log entry, in one transaction) and `created` (the
+//! host runs it). Undo: delete it on the host, then return its CPUs. So no
+//! instance holds CPUs without existing, and none runs without its CPUs.
+//! A stopped instance keeps its CPUs, so starting it again cannot fail for
+//! want of room.
+//!
+//! Rooms: `validate` (a request against the catalog), `create` (the
+//! creation saga and placement), `power` (delete, stop, start), `host` (what
+//! the host is told), `resync` (a host that lost track); reads are here.
+
+use crate::error::{Error, Result};
+use crate::identity::Principal;
+use crate::operations::{Page, encode_page_token, page_request};
+use crate::{App, has_nul};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use tessera_core::Permission;
+use tessera_store::InstanceFilter;
+
+mod create;
+mod host;
+mod power;
+mod resync;
+mod validate;
+
+pub(crate) use create::instances_usage;
+pub use tessera_store::InstanceRecord as Instance;
+pub use validate::parse_selector;
+pub(crate) use validate::validate;
+
+/// How many times a creation looks again after losing a race for CPUs.
+pub(super) const MAX_PLACE_ATTEMPTS: usize = 64;
+pub(super) const MAX_USER_DATA: usize = 64 * 1024;
+
+/// The spec of an instance, as asked for and as stored (sizes resolved
+/// from the type).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct InstanceSpecInput {
+    #[serde(rename = "type")]
+    pub instance_type: String,
+    pub image: String,
+    pub vcpus: Option<u32>,
+    pub memory_mb: Option<u64>,
+    pub disk_gb: Option<u64>,
+    pub vpc_id: Option<String>,
+    pub subnet_id: Option<String>,
+    #[serde(default)]
+    pub security_groups: Vec<String>,
+    #[serde(default)]
+    pub ssh_key_ids: Vec<String>,
+    pub user_data: Option<String>,
+    /// A region or zone the instance must be placed in.
+    pub location: Option<String>,
+    /// A spot instance: charged the type's spot price.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub is_spot: bool,
+    /// `PAY_AS_YOU_GO`, `SPOT` or `LONG_TERM`, as asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub contract: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// The startup script it ran (its text is in `user_data`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub startup_script_id: Option<String>,
+    /// What to do with its volumes if a spot instance is discontinued.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_spot_discontinue: Option<String>,
+    /// The volumes made with it, which go if its creation fails.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes_made: Vec<String>,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct CreateInstance {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub spec: InstanceSpecInput,
+    /// An OS volume to make for it (`vda`).
+    pub os_volume: Option<crate::volumes::VolumeInput>,
+    /// More volumes to make for it.
+    pub volumes: Vec<crate::volumes::VolumeInput>,
+    /// Detached volumes of the project to attach to it.
+    pub existing_volumes: Vec<String>,
+    /// Refuse with `InsufficientFunds` unless the project's balance covers
+    /// an hour of it.
+    pub require_funds: bool,
+    /// Tags to put on it: `(key, value)`.
+    pub tags: Vec<(String, String)>,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct InstanceQuery {
+    /// `key=value` pairs that must all match.
+    pub labels: Vec<(String, String)>,
+    pub state: Option<String>,
+    pub limit: Option<u32>,
+    pub page_token: Option<String>,
+}
+
+impl App {
+    pub async fn instance(&self, caller: &Principal, id: &str) -> Result<Instance> {
+        caller.require(Permission::InstanceRead)?;
+        self.project_instance(&caller.project_id, id).await
+    }
+
+    pub(crate) async fn project_instance(&self, project_id: &str, id: &str) -> Result<Instance> {
+        let instance = match has_nul(id) {
+            true => None,
+            false => self.store.instance(id).await?,
+        };
+        let instance = instance
+            .filter(|i| i.project_id == project_id)
+            .ok_or_else(|| Error::NotFound(format!("instance {id} not found")))?;
+        let mut shown = vec![instance];
+        self.mark_unknown(&mut shown).await?;
+        Ok(shown.remove(0))
+    }
+
+    /// `HOST:PORT` of the SSH forward a host reported for an instance.
+    pub(crate) async fn ssh_endpoint(
+        &self,
+        host_id: Option<&str>,
+        report: &tessera_agent_api::InstanceReport,
+    ) -> Option<String> {
+        let port = report.ssh_port?;
+        let host = self.store.host(host_id?).await.ok()??;
+        Some(match host.ip.contains(':') {
+            true => format!("[{}]:{port}", host.ip),
+            false => format!("{}:{port}", host.ip),
+        })
+    }
+
+    /// Shows instances on a host whose agent is unreachable as `unknown`:
+    /// nobody can tell whether they still run until it returns.
+    pub(super) async fn mark_unknown(&self, instances: &mut [Instance]) -> Result<()> {
+        if !instances.iter().any(|i| i.host_id.is_some()) {
+            return Ok(());
+        }
+        // Usually empty: one query for the hosts whose agents are silent.
+        let lost_ids = self.store.unreachable_hosts().await?;
+        if lost_ids.is_empty() {
+            return Ok(());
+        }
+        for instance in instances {
+            let on_lost = instance.host_id.as_ref().and_then(|h| lost_ids.get(h));
+            if let Some(hostname) = on_lost
+                && matches!(instance.state.as_str(), "running" | "stopped")
+            {
+                instance.state_detail = Some(format!(
+                    "its host {hostname} is unreachable; it was {} when last seen",
+                    instance.state
+                ));
+                instance.state = "unknown".into();
+            }
+        }
+        Ok(())
+    }
+
+    /// The project's instances, oldest first, filtered by labels and state.
+    /// Terminated instances are listed only when asked for by state.
+    pub async fn instances(
+        &self,
+        caller: &Principal,
+        query: &InstanceQuery,
+    ) -> Result<Page<Instance>> {
+        caller.require(Permission::InstanceRead)?;
+        let (limit, after) = page_request(query.limit, query.page_token.as_deref())?;
+        let all = self
+            .store
+            .instances(&InstanceFilter {
+                project_id: Some(caller.project_id.clone()),
+                host_id: None,
+                after,
+                include_terminated: query.state.as_deref() == Some("terminated"),
+            })
+            .await?;
+        let mut items = Vec::new();
+        let mut next_page_token = None;
+        for instance in all {
+            if query.state.as_ref().is_some_and(|s| *s != instance.state) {
+                continue;
+            }
+            if !query.labels.is_empty() {
+                let labels: BTreeMap<String, String> =
+                    serde_json::from_str(&instance.labels).unwrap_or_default();
+                if !query.labels.iter().all(|(k, v)| labels.get(k) == Some(v)) {
+                    continue;
+                }
+            }
+            if items.len() == limit {
+                next_page_token = items
+                    .last()
+                    .map(|i: &Instance| encode_page_token(&i.created_at, &i.id));
+                break;
+            }
+            items.push(instance);
+        }
+        self.mark_unknown(&mut items).await?;
+        Ok(Page {
+            items,
+            next_page_token,
+        })
+    }
+}

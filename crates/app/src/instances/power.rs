@@ -1,0 +1,178 @@
+//! Deleting, stopping and starting an instance: one-step operations on
+//! its host.
+
+use super::Instance;
+use crate::error::{Error, Result};
+use crate::identity::Principal;
+use crate::operations::Run;
+use crate::{App, HostCallError};
+use tessera_core::Permission;
+use tessera_store::{InstanceUpdate, NewOperation, OperationEnd};
+
+impl App {
+    /// Starts deleting an instance: it stops, leaves its host and gives its
+    /// CPUs back; answers the instance with the operation doing it. One
+    /// that is terminated already (a
+    /// creation that failed, or a delete done before) is answered as it is,
+    /// with no operation: deleting is idempotent.
+    pub async fn delete_instance(&self, caller: &Principal, id: &str) -> Result<Instance> {
+        caller.require(Permission::InstanceDelete)?;
+        let instance = self.project_instance(&caller.project_id, id).await?;
+        if instance.state == "terminated" && instance.operation_id.is_none() {
+            return Ok(instance);
+        }
+        self.begin_power(
+            caller,
+            id,
+            "instance_delete",
+            &["running", "stopped"],
+            "stopping",
+        )
+        .await
+    }
+
+    pub async fn stop_instance(&self, caller: &Principal, id: &str) -> Result<Instance> {
+        caller.require(Permission::InstanceCreate)?;
+        self.begin_power(caller, id, "instance_stop", &["running"], "stopping")
+            .await
+    }
+
+    pub async fn start_instance(&self, caller: &Principal, id: &str) -> Result<Instance> {
+        caller.require(Permission::InstanceCreate)?;
+        self.begin_power(caller, id, "instance_start", &["stopped"], "provisioning")
+            .await
+    }
+
+    pub(super) async fn begin_power(
+        &self,
+        caller: &Principal,
+        id: &str,
+        kind: &str,
+        from: &[&str],
+        to: &str,
+    ) -> Result<Instance> {
+        let instance = self.project_instance(&caller.project_id, id).await?;
+        let op = NewOperation {
+            id: uuid::Uuid::new_v4().to_string(),
+            project_id: caller.project_id.clone(),
+            kind: kind.into(),
+            resource_id: Some(instance.id.clone()),
+            params: serde_json::json!({ "instance_id": instance.id }),
+            created_by: caller.username.clone(),
+        };
+        if !self
+            .store
+            .begin_instance_operation(&instance.id, from, to, &op)
+            .await?
+        {
+            let now = self.project_instance(&caller.project_id, id).await?;
+            let why = match &now.operation_id {
+                Some(op) => format!("operation {op} is still under way on it"),
+                None => format!("it is {}", now.state),
+            };
+            let verb = kind.trim_start_matches("instance_");
+            return Err(Error::Conflict(format!(
+                "instance {id} cannot {verb}: {why}"
+            )));
+        }
+        self.publish("instance", &instance.id, Some(&caller.project_id), to);
+        let instance = self.project_instance(&caller.project_id, id).await?;
+        self.spawn_operation(&op.id);
+        Ok(instance)
+    }
+
+    /// Drives `instance_delete`, `instance_stop` and `instance_start`: one
+    /// host call, then the instance's new state.
+    pub(crate) async fn run_instance_power(&self, run: &mut Run) -> Result<()> {
+        let _guard = self
+            .instance_guard(run.op.resource_id.as_deref().unwrap_or(""))
+            .await?;
+        let instance = self.run_instance(run).await?;
+        let kind = run.op.kind.clone();
+        let outcome = match kind.as_str() {
+            "instance_delete" => self
+                .on_host(&instance, |agent, spec| async move {
+                    agent.delete_instance(&spec.id).await
+                })
+                .await
+                .map(|()| None),
+            "instance_stop" => self
+                .on_host(&instance, |agent, spec| async move {
+                    agent.stop_instance(&spec.id).await
+                })
+                .await
+                .map(|()| None),
+            _ => match self.prepare_volumes(&instance).await {
+                Err(why) => Err(why),
+                Ok(()) => self
+                    .on_host(&instance, |agent, spec| async move {
+                        agent.start_instance(&spec).await
+                    })
+                    .await
+                    .map(Some),
+            },
+        };
+        let (status, error, state, release) = match (&outcome, kind.as_str()) {
+            (Ok(_) | Err(HostCallError::NoAgent), "instance_delete")
+                if instance.host_id.is_none() =>
+            {
+                ("completed", None, "terminated", true)
+            }
+            (Ok(_), "instance_delete") => ("completed", None, "terminated", true),
+            (Ok(_), "instance_stop") => ("completed", None, "stopped", false),
+            (Ok(_), _) => ("completed", None, "running", false),
+            (Err(HostCallError::Timeout(_)), "instance_delete") => {
+                // Its CPUs stay held until the host confirms: try again later.
+                return Err(Error::HostTimeout(format!(
+                    "deleting {} on its host timed out",
+                    instance.id
+                )));
+            }
+            (Err(why), "instance_delete") => {
+                return Err(Error::HostFailed(format!(
+                    "deleting {} on its host failed: {why}",
+                    instance.id
+                )));
+            }
+            // A stop or start that failed leaves the instance as it was.
+            (Err(why), "instance_stop") => ("failed", Some(why.to_string()), "running", false),
+            (Err(why), _) => ("failed", Some(why.to_string()), "stopped", false),
+        };
+        let (private_ip, ssh_endpoint) = match &outcome {
+            Ok(Some(report)) => (
+                Some(report.private_ip.clone()),
+                self.ssh_endpoint(instance.host_id.as_deref(), report).await,
+            ),
+            _ => (None, None),
+        };
+        let result = serde_json::json!({ "instance_id": instance.id, "state": state });
+        let host = instance.host_id.clone();
+        let settled = self
+            .store
+            .settle_instance_operation(
+                &OperationEnd {
+                    id: &run.op.id,
+                    status,
+                    result: (status == "completed").then_some(&result),
+                    error: error.as_deref(),
+                },
+                &instance.id,
+                &InstanceUpdate {
+                    state: state.into(),
+                    state_detail: error.clone(),
+                    private_ip,
+                    ssh_endpoint,
+                },
+                release,
+            )
+            .await?;
+        if release && let Some(host) = host {
+            self.placement.refresh_host(&self.store, &host).await?;
+        }
+        if settled {
+            tracing::info!(instance = %instance.id, kind, status, state, "instance operation ended");
+            self.publish("instance", &instance.id, Some(&instance.project_id), state);
+        }
+        Ok(())
+    }
+}
