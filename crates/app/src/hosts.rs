@@ -29,7 +29,66 @@ pub struct InitServer {
     pub numa_nodes: Vec<String>,
 }
 
-pub use tessera_store::HostRecord as Host;
+/// A host of the fleet, as the app speaks of it.
+#[derive(Clone, Debug)]
+pub struct Host {
+    pub id: HostId,
+    pub hostname: String,
+    pub ip: String,
+    pub region: String,
+    pub zone: String,
+    pub status: HostStatus,
+    /// Why it is in its status, when it failed.
+    pub status_detail: Option<String>,
+    /// All its CPUs: a pooled host's, or those of its compute units.
+    pub cpus: CpuSet,
+    /// The Kloigos ranges of its compute units, for a host carved into
+    /// them; empty for a pooled host.
+    pub cpu_ranges: Vec<String>,
+    pub memory_mb: u64,
+    pub provider: Option<String>,
+    pub plan: Option<String>,
+    pub tags: Vec<String>,
+    /// `false` while its agent misses its heartbeats.
+    pub reachable: bool,
+    /// Whether it runs instances (not when its agent runs the `unit`
+    /// driver, for Kloigos units only).
+    pub runs_instances: bool,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+impl From<HostRecord> for Host {
+    fn from(r: HostRecord) -> Host {
+        let cpus = match r.cpus.as_deref() {
+            Some(list) => CpuSet::parse_list(list).unwrap_or_default(),
+            None => r
+                .cpu_ranges
+                .iter()
+                .filter_map(|range| range.parse::<CpuRange>().ok())
+                .fold(CpuSet::new(), |all, range| all.union(&range.cpus())),
+        };
+        Host {
+            id: HostId::new(r.id),
+            hostname: r.hostname,
+            ip: r.ip,
+            region: r.region,
+            zone: r.zone,
+            status: r.status,
+            status_detail: r.status_detail,
+            cpus,
+            cpu_ranges: r.cpu_ranges,
+            memory_mb: u64::try_from(r.memory_mb).unwrap_or(0),
+            provider: r.provider,
+            plan: r.plan,
+            tags: r.tags,
+            reachable: r.reachable,
+            runs_instances: r.runs_instances,
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+        }
+    }
+}
 
 /// How a decommission request ended.
 #[derive(Debug, PartialEq, Eq)]
@@ -65,7 +124,7 @@ impl App {
         let app = self.clone();
         let id = host.id.clone();
         self.tasks.spawn(async move { app.drive_host(&id).await });
-        Ok(host)
+        Ok(host.into())
     }
 
     /// Retires a host. Refused while units are held unless `force`, which

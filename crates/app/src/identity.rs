@@ -442,13 +442,7 @@ impl App {
         let (Some(user_id), Some(project_id)) = (&record.user_id, &record.project_id) else {
             return Err(unauthenticated());
         };
-        let scopes = match &record.scopes {
-            None => None,
-            Some(text) => {
-                let names: Vec<String> = serde_json::from_str(text).unwrap_or_default();
-                Some(names.iter().filter_map(|n| n.parse().ok()).collect())
-            }
-        };
+        let scopes = stored_scopes(record.scopes.as_deref());
         let mut principal = self
             .principal_of_user(user_id, Some(project_id), scopes, Some(record.id.clone()))
             .await?;
@@ -623,4 +617,12 @@ pub(crate) fn parse_install_role(text: Option<&str>) -> Result<Option<InstallRol
         })
     })
     .transpose()
+}
+
+/// A token's stored scopes: `None` for all of its user's permissions. A list
+/// that cannot be read, or a name no longer known, grants nothing rather
+/// than more.
+pub(crate) fn stored_scopes(text: Option<&str>) -> Option<Vec<Permission>> {
+    let names: Vec<String> = serde_json::from_str(text?).unwrap_or_default();
+    Some(names.iter().filter_map(|n| n.parse().ok()).collect())
 }

@@ -7,6 +7,7 @@ use crate::App;
 use crate::error::{Error, Result};
 use crate::identity::Principal;
 use tessera_core::Permission;
+use tessera_core::status::InstanceState;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum InstanceAction {
@@ -36,16 +37,16 @@ impl App {
         action: &InstanceAction,
     ) -> Result<ActionOutcome> {
         let instance = self.instance(caller, id).await?;
-        let creating = instance.state == "provisioning" && instance.host_id.is_none();
+        let creating = instance.state == InstanceState::Provisioning && instance.host_id.is_none();
         match action {
             InstanceAction::Start => {
-                if matches!(instance.state.as_str(), "running") || creating {
+                if instance.state == InstanceState::Running || creating {
                     return Ok(ActionOutcome::Already);
                 }
                 self.start_instance(caller, id).await?;
             }
             InstanceAction::Stop => {
-                if instance.state == "stopped" {
+                if instance.state == InstanceState::Stopped {
                     return Ok(ActionOutcome::Already);
                 }
                 self.stop_instance(caller, id).await?;
@@ -54,7 +55,7 @@ impl App {
                 volume_ids,
                 permanently,
             } => {
-                if instance.state == "terminated" {
+                if instance.state == InstanceState::Terminated {
                     return Ok(ActionOutcome::Already);
                 }
                 caller.require(Permission::VolumeWrite)?;
@@ -64,7 +65,8 @@ impl App {
                     Some(ids) => {
                         let mut going = Vec::new();
                         for volume_id in ids {
-                            let Some(volume) = attached.iter().find(|v| v.id == *volume_id) else {
+                            let Some(volume) = attached.iter().find(|v| *v.id == **volume_id)
+                            else {
                                 return Err(Error::invalid(
                                     "volume_ids",
                                     format!("volume {volume_id} is not attached to instance {id}"),

@@ -83,11 +83,11 @@ pub struct AppConfig {
     /// How logins are limited.
     pub login_limits: throttle::LoginLimits,
     /// Each project's quota unless it has its own (`-1`: unlimited).
-    pub quota_defaults: tessera_store::Usage,
+    pub quota_defaults: tessera_core::quota::Usage,
 }
 
 /// A project's quota unless configured otherwise.
-pub const DEFAULT_QUOTA: tessera_store::Usage = tessera_store::Usage {
+pub const DEFAULT_QUOTA: tessera_core::quota::Usage = tessera_core::quota::Usage {
     instances: 100,
     vcpus: 256,
     memory_mb: 1024 * 1024,
@@ -223,12 +223,15 @@ impl App {
         }
     }
 
+    /// The store, for the process that runs the app (its backend's name,
+    /// closing it at shutdown). Faces go through the app's services.
     pub fn store(&self) -> &Store {
         &self.store
     }
 
-    pub fn placement(&self) -> &PlacementView {
-        &self.placement
+    /// Whether the database answers.
+    pub async fn healthy(&self) -> bool {
+        self.store.ping().await.is_ok()
     }
 
     /// What can be ordered, where, at what price.

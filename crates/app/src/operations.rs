@@ -17,20 +17,89 @@ use crate::identity::Principal;
 use crate::{App, InFlight, has_nul};
 use base64::Engine;
 use std::time::Duration;
-use tessera_core::Permission;
+use tessera_core::status::{OperationKind, OperationStatus};
+use tessera_core::{OperationId, Permission, ProjectId};
 use tessera_store::{OperationFilter, OperationRecord};
 
-pub use tessera_store::OperationRecord as Operation;
+/// An operation, as the app speaks of it. Made from its store row once,
+/// here; its step log and parameters stay with the driver ([`Run`]).
+#[derive(Clone, Debug)]
+pub struct Operation {
+    pub id: OperationId,
+    pub project_id: ProjectId,
+    pub kind: OperationKind,
+    pub status: OperationStatus,
+    /// The id of what it acts on.
+    pub resource_id: Option<String>,
+    /// What it produced, once completed.
+    pub result: Option<serde_json::Value>,
+    /// Why it failed, once failed or cancelled.
+    pub error: Option<String>,
+    pub cancel_requested: bool,
+    /// The user who started it.
+    pub created_by: String,
+    pub created_at: String,
+    pub updated_at: String,
+    /// How many times a process took it up.
+    pub attempts: u32,
+    /// Why the last attempt stopped short, while it is retried.
+    pub last_error: Option<String>,
+}
+
+impl Operation {
+    pub(crate) fn from_record(r: OperationRecord) -> Result<Operation> {
+        let corrupt = |what: String| {
+            Error::Internal(tessera_store::StoreError::Corrupt(format!(
+                "operation {}: {what}",
+                r.id
+            )))
+        };
+        let kind = r.kind.parse().map_err(|e| corrupt(format!("kind: {e}")))?;
+        let status = r
+            .status
+            .parse()
+            .map_err(|e| corrupt(format!("status: {e}")))?;
+        let result = r
+            .result
+            .as_deref()
+            .map(serde_json::from_str)
+            .transpose()
+            .map_err(|e| corrupt(format!("result: {e}")))?;
+        Ok(Operation {
+            id: OperationId::new(r.id),
+            project_id: ProjectId::new(r.project_id),
+            kind,
+            status,
+            resource_id: r.resource_id,
+            result,
+            error: r.error,
+            cancel_requested: r.cancel_requested != 0,
+            created_by: r.created_by,
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+            attempts: u32::try_from(r.attempts).unwrap_or(u32::MAX),
+            last_error: r.last_error,
+        })
+    }
+
+    pub fn is_finished(&self) -> bool {
+        self.status.is_finished()
+    }
+}
 
 /// Operation kinds a cancel can stop (and unwind) midway.
-const CANCELLABLE: &[&str] = &["instance_create", "server_create", "cluster_create"];
+const CANCELLABLE: &[OperationKind] = &[
+    OperationKind::InstanceCreate,
+    OperationKind::ServerCreate,
+    OperationKind::ClusterCreate,
+];
 /// The longest a client may wait on one request.
 pub const MAX_WAIT: Duration = Duration::from_secs(300);
 
 #[derive(Clone, Debug, Default)]
 pub struct OperationQuery {
-    pub kind: Option<String>,
-    pub status: Option<String>,
+    pub kind: Option<OperationKind>,
+    pub status: Option<OperationStatus>,
     pub limit: Option<u32>,
     pub page_token: Option<String>,
 }
@@ -125,20 +194,12 @@ impl App {
     ) -> Result<Page<Operation>> {
         caller.require(Permission::OperationRead)?;
         let (limit, after) = page_request(query.limit, query.page_token.as_deref())?;
-        for value in [&query.kind, &query.status].into_iter().flatten() {
-            if has_nul(value) {
-                return Ok(Page {
-                    items: Vec::new(),
-                    next_page_token: None,
-                });
-            }
-        }
         let mut items = self
             .store
             .operations(&OperationFilter {
                 project_id: Some(caller.project_id.clone()),
-                kind: query.kind.clone(),
-                status: query.status.clone(),
+                kind: query.kind,
+                status: query.status,
                 after,
                 limit: Some(limit as i64 + 1),
             })
@@ -152,7 +213,10 @@ impl App {
             None
         };
         Ok(Page {
-            items,
+            items: items
+                .into_iter()
+                .map(Operation::from_record)
+                .collect::<Result<_>>()?,
             next_page_token,
         })
     }
@@ -168,12 +232,23 @@ impl App {
         caller: &Principal,
         id: &str,
     ) -> Result<Operation> {
-        let op = match has_nul(id) {
-            true => None,
-            false => self.store.operation(id).await?,
-        };
-        op.filter(|op| op.project_id == caller.project_id)
+        self.stored_operation(id)
+            .await?
+            .filter(|op| op.project_id == *caller.project_id)
             .ok_or_else(|| Error::NotFound(format!("operation {id} not found")))
+    }
+
+    /// An operation as the store has it now.
+    async fn stored_operation(&self, id: &str) -> Result<Option<Operation>> {
+        match has_nul(id) {
+            true => Ok(None),
+            false => self
+                .store
+                .operation(id)
+                .await?
+                .map(Operation::from_record)
+                .transpose(),
+        }
     }
 
     /// Answers when the operation has finished, or when `timeout` passes,
@@ -201,14 +276,13 @@ impl App {
                 _ = self.stopping.cancelled() => break,
                 _ = poll => {}
                 changed = changes.recv() => {
-                    if let Ok(id) = changed && id != op.id {
+                    if let Ok(id) = changed && id != *op.id {
                         continue;
                     }
                 }
             }
             op = self
-                .store
-                .operation(&op.id)
+                .stored_operation(&op.id)
                 .await?
                 .ok_or_else(|| Error::NotFound(format!("operation {} not found", op.id)))?;
         }
@@ -230,14 +304,14 @@ impl App {
                 op.id, op.status
             )));
         }
-        if !CANCELLABLE.contains(&op.kind.as_str()) {
+        if !CANCELLABLE.contains(&op.kind) {
             return Err(Error::Conflict(format!(
                 "operation {} ({}) cannot be cancelled; wait for it to end",
                 op.id, op.kind
             )));
         }
         if !self.store.request_operation_cancel(&op.id).await? {
-            let op = self.store.operation(&op.id).await?.unwrap_or(op);
+            let op = self.stored_operation(&op.id).await?.unwrap_or(op);
             return Err(Error::Conflict(format!(
                 "operation {} already ended ({})",
                 op.id, op.status
@@ -310,21 +384,23 @@ impl App {
                 }
             }))
         };
-        let driven = match kind.as_str() {
-            "instance_create" => self.run_instance_create(&mut run).await,
-            "instance_delete" | "instance_start" | "instance_stop" => {
-                self.run_instance_power(&mut run).await
-            }
-            "server_create" => self.run_server_create(&mut run).await,
-            "server_delete" => self.run_server_delete(&mut run).await,
-            "cluster_create" => self.run_cluster_create(&mut run).await,
-            "server_drain" => self.run_server_drain(&mut run).await,
-            "taskserv_create" => self.run_taskserv_create(&mut run).await,
-            "taskserv_delete" => self.run_taskserv_delete(&mut run).await,
-            other => {
-                let error = format!("unknown operation kind {other}");
+        let driven = match kind.parse::<OperationKind>() {
+            Ok(OperationKind::InstanceCreate) => self.run_instance_create(&mut run).await,
+            Ok(
+                kind @ (OperationKind::InstanceDelete
+                | OperationKind::InstanceStart
+                | OperationKind::InstanceStop),
+            ) => self.run_instance_power(&mut run, kind).await,
+            Ok(OperationKind::ServerCreate) => self.run_server_create(&mut run).await,
+            Ok(OperationKind::ServerDelete) => self.run_server_delete(&mut run).await,
+            Ok(OperationKind::ClusterCreate) => self.run_cluster_create(&mut run).await,
+            Ok(OperationKind::ServerDrain) => self.run_server_drain(&mut run).await,
+            Ok(OperationKind::TaskservCreate) => self.run_taskserv_create(&mut run).await,
+            Ok(OperationKind::TaskservDelete) => self.run_taskserv_delete(&mut run).await,
+            Err(_) => {
+                let error = format!("unknown operation kind {kind}");
                 self.store
-                    .finish_operation(id, "failed", None, Some(&error))
+                    .finish_operation(id, OperationStatus::Failed, None, Some(&error))
                     .await
                     .map(|_| ())
                     .map_err(Error::from)

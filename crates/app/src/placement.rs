@@ -177,7 +177,7 @@ impl ViewState {
 }
 
 /// A host's inventory as placement sees it.
-pub fn inventory(
+pub(crate) fn inventory(
     host: &HostRecord,
     units: &[UnitRecord],
     held: CpuSet,

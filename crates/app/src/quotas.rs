@@ -13,7 +13,8 @@ use crate::App;
 use crate::error::{Error, Result};
 use crate::identity::Principal;
 use tessera_core::Permission;
-use tessera_store::{QuotaCheck, QuotaOverrides, Usage};
+use tessera_core::quota::{QuotaOverrides, Usage};
+use tessera_store::QuotaCheck;
 
 /// The highest limit that may be set (besides `-1`, unlimited).
 pub const MAX_LIMIT: i64 = 1 << 40;

@@ -4,9 +4,31 @@
 use crate::error::{Error, Result};
 use crate::identity::Principal;
 use crate::{App, has_nul};
-use tessera_core::Permission;
+use tessera_core::{Permission, ProjectId};
+use tessera_store::ScriptRecord;
 
-pub use tessera_store::ScriptRecord as Script;
+/// A startup script of a project.
+#[derive(Clone, Debug)]
+pub struct Script {
+    pub id: String,
+    pub project_id: ProjectId,
+    pub name: String,
+    /// Its text.
+    pub script: String,
+    pub created_at: String,
+}
+
+impl From<ScriptRecord> for Script {
+    fn from(r: ScriptRecord) -> Script {
+        Script {
+            id: r.id,
+            project_id: ProjectId::new(r.project_id),
+            name: r.name,
+            script: r.script,
+            created_at: r.created_at,
+        }
+    }
+}
 
 /// The largest script, as instances' `user_data` is.
 pub const MAX_SCRIPT_BYTES: usize = 64 * 1024;
@@ -41,7 +63,7 @@ impl App {
                 format!("script must be 1 to {MAX_SCRIPT_BYTES} bytes of text"),
             ));
         }
-        let record = Script {
+        let record = ScriptRecord {
             id: uuid::Uuid::new_v4().to_string(),
             project_id: caller.project_id.clone(),
             name: name.to_string(),
@@ -55,7 +77,7 @@ impl App {
                 caller.project_name
             )));
         }
-        Ok(record)
+        Ok(record.into())
     }
 
     /// A page of the project's scripts, oldest first: `page` from 1.
@@ -71,7 +93,10 @@ impl App {
             .store
             .scripts(&caller.project_id, offset, i64::from(page_size))
             .await?;
-        Ok(ScriptPage { items, total })
+        Ok(ScriptPage {
+            items: items.into_iter().map(Script::from).collect(),
+            total,
+        })
     }
 
     pub async fn script(&self, caller: &Principal, id: &str) -> Result<Script> {
@@ -84,7 +109,9 @@ impl App {
             true => None,
             false => self.store.script(project_id, id).await?,
         };
-        script.ok_or_else(|| Error::NotFound(format!("startup script {id} not found")))
+        script
+            .map(Script::from)
+            .ok_or_else(|| Error::NotFound(format!("startup script {id} not found")))
     }
 
     /// Deletes scripts of the project; every id must be one of them, or

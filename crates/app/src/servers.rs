@@ -10,9 +10,9 @@ use crate::identity::Principal;
 use crate::operations::{Operation, Run};
 use crate::{App, has_nul, new_id};
 use serde::{Deserialize, Serialize};
-use tessera_core::status::HostStatus;
+use tessera_core::status::{HostStatus, OperationKind, OperationStatus};
 use tessera_core::{CpuSet, Permission};
-use tessera_store::{DecommissionStart, NewOperation};
+use tessera_store::{DecommissionStart, HostRecord, NewOperation};
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct CreateServer {
@@ -58,16 +58,17 @@ fn plan_memory_mb(plan: &str) -> Option<i64> {
 impl App {
     pub async fn servers(&self, caller: &Principal) -> Result<Vec<Host>> {
         caller.require(Permission::ServerRead)?;
-        Ok(self.store.hosts(&[]).await?)
+        let hosts = self.store.hosts(&[]).await?;
+        Ok(hosts.into_iter().map(Host::from).collect())
     }
 
     /// A server by id or hostname.
     pub async fn server(&self, caller: &Principal, id: &str) -> Result<Host> {
         caller.require(Permission::ServerRead)?;
-        self.find_server(id).await
+        self.find_server(id).await.map(Host::from)
     }
 
-    pub(crate) async fn find_server(&self, id: &str) -> Result<Host> {
+    pub(crate) async fn find_server(&self, id: &str) -> Result<HostRecord> {
         if has_nul(id) {
             return Err(Error::NotFound(format!(
                 "server {} not found",
@@ -106,7 +107,7 @@ impl App {
         let op = NewOperation {
             id: uuid::Uuid::new_v4().to_string(),
             project_id,
-            kind: "server_create".into(),
+            kind: OperationKind::ServerCreate,
             resource_id: Some(req.server_id.clone()),
             params: serde_json::to_value(&req).unwrap_or_default(),
             created_by: caller.username.clone(),
@@ -238,7 +239,7 @@ impl App {
         let op = NewOperation {
             id: uuid::Uuid::new_v4().to_string(),
             project_id,
-            kind: "server_delete".into(),
+            kind: OperationKind::ServerDelete,
             resource_id: Some(host.id.clone()),
             params: serde_json::json!({ "server_id": host.id, "force": force }),
             created_by: caller.username.clone(),
@@ -260,7 +261,7 @@ impl App {
             let result =
                 serde_json::json!({ "check_mode": true, "valid": true, "hostname": req.hostname });
             self.store
-                .finish_operation(&run.op.id, "completed", Some(&result), None)
+                .finish_operation(&run.op.id, OperationStatus::Completed, Some(&result), None)
                 .await?;
             return Ok(());
         }
@@ -268,7 +269,7 @@ impl App {
             self.store
                 .finish_operation(
                     &run.op.id,
-                    "cancelled",
+                    OperationStatus::Cancelled,
                     None,
                     Some("cancelled before the server was registered"),
                 )
@@ -281,7 +282,12 @@ impl App {
                     Ok(new) => new,
                     Err(err) => {
                         self.store
-                            .finish_operation(&run.op.id, "failed", None, Some(&err.to_string()))
+                            .finish_operation(
+                                &run.op.id,
+                                OperationStatus::Failed,
+                                None,
+                                Some(&err.to_string()),
+                            )
                             .await?;
                         return Ok(());
                     }
@@ -289,7 +295,7 @@ impl App {
                 if !self.store.insert_host(&new).await? {
                     let why = format!("server {} is already registered", req.hostname);
                     self.store
-                        .finish_operation(&run.op.id, "failed", None, Some(&why))
+                        .finish_operation(&run.op.id, OperationStatus::Failed, None, Some(&why))
                         .await?;
                     return Ok(());
                 }
@@ -309,7 +315,12 @@ impl App {
         let host = self.prepared_host(&req.server_id).await?;
         let Some(host) = host else {
             self.store
-                .finish_operation(&run.op.id, "failed", None, Some("the server was removed"))
+                .finish_operation(
+                    &run.op.id,
+                    OperationStatus::Failed,
+                    None,
+                    Some("the server was removed"),
+                )
                 .await?;
             return Ok(());
         };
@@ -321,7 +332,7 @@ impl App {
                     "ip_address": host.ip,
                 });
                 self.store
-                    .finish_operation(&run.op.id, "completed", Some(&result), None)
+                    .finish_operation(&run.op.id, OperationStatus::Completed, Some(&result), None)
                     .await?;
                 self.publish("host", &host.id, None, host.status.as_str());
                 Ok(())
@@ -331,7 +342,7 @@ impl App {
                     .status_detail
                     .unwrap_or_else(|| "preparation failed".into());
                 self.store
-                    .finish_operation(&run.op.id, "failed", None, Some(&why))
+                    .finish_operation(&run.op.id, OperationStatus::Failed, None, Some(&why))
                     .await?;
                 self.publish("host", &host.id, None, host.status.as_str());
                 Ok(())
@@ -346,7 +357,7 @@ impl App {
 
     /// Prepares a host (or waits while another task of this process does,
     /// up to the agent timeout); answers it as it then is.
-    async fn prepared_host(&self, id: &str) -> Result<Option<Host>> {
+    async fn prepared_host(&self, id: &str) -> Result<Option<HostRecord>> {
         let deadline = tokio::time::Instant::now() + self.config.agent_timeout;
         loop {
             self.drive_host(id).await;
@@ -381,7 +392,7 @@ impl App {
                 let why =
                     format!("{why}; the server stays decommissioning until its instances are gone");
                 self.store
-                    .finish_operation(&run.op.id, "failed", None, Some(&why))
+                    .finish_operation(&run.op.id, OperationStatus::Failed, None, Some(&why))
                     .await?;
                 return Ok(());
             }
@@ -392,7 +403,7 @@ impl App {
             self.store
                 .finish_operation(
                     &run.op.id,
-                    "completed",
+                    OperationStatus::Completed,
                     Some(&serde_json::json!({ "server_id": id })),
                     None,
                 )
@@ -403,7 +414,7 @@ impl App {
             HostStatus::Decommissioned => {
                 let result = serde_json::json!({ "server_id": host.id, "hostname": host.hostname });
                 self.store
-                    .finish_operation(&run.op.id, "completed", Some(&result), None)
+                    .finish_operation(&run.op.id, OperationStatus::Completed, Some(&result), None)
                     .await?;
             }
             HostStatus::DecommissionFail => {
@@ -412,7 +423,7 @@ impl App {
                     .clone()
                     .unwrap_or_else(|| "decommission failed".into());
                 self.store
-                    .finish_operation(&run.op.id, "failed", None, Some(&why))
+                    .finish_operation(&run.op.id, OperationStatus::Failed, None, Some(&why))
                     .await?;
             }
             _ => {

@@ -11,9 +11,34 @@
 use crate::error::{Error, Result};
 use crate::identity::Principal;
 use crate::{App, has_nul, new_id};
-use tessera_core::Permission;
+use tessera_core::{Permission, ProjectId};
+use tessera_store::SshKeyRecord;
 
-pub use tessera_store::SshKeyRecord as SshKey;
+/// An SSH public key of a project.
+#[derive(Clone, Debug)]
+pub struct SshKey {
+    pub id: String,
+    pub project_id: ProjectId,
+    pub name: String,
+    /// One `authorized_keys` line.
+    pub public_key: String,
+    /// `SHA256:...`, as `ssh-keygen -l` prints it.
+    pub fingerprint: String,
+    pub created_at: String,
+}
+
+impl From<SshKeyRecord> for SshKey {
+    fn from(r: SshKeyRecord) -> SshKey {
+        SshKey {
+            id: r.id,
+            project_id: ProjectId::new(r.project_id),
+            name: r.name,
+            public_key: r.public_key,
+            fingerprint: r.fingerprint,
+            created_at: r.created_at,
+        }
+    }
+}
 
 #[derive(Clone, Debug)]
 pub struct CreateSshKey {
@@ -100,7 +125,8 @@ pub fn check_public_key(field: &'static str, key: &str) -> Result<(String, Strin
 impl App {
     pub async fn ssh_keys(&self, caller: &Principal) -> Result<Vec<SshKey>> {
         caller.require(Permission::SshKeyRead)?;
-        Ok(self.store.ssh_keys(&caller.project_id).await?)
+        let keys = self.store.ssh_keys(&caller.project_id).await?;
+        Ok(keys.into_iter().map(SshKey::from).collect())
     }
 
     pub async fn ssh_key(&self, caller: &Principal, id: &str) -> Result<SshKey> {
@@ -113,7 +139,8 @@ impl App {
             true => None,
             false => self.store.ssh_key(project_id, id).await?,
         };
-        key.ok_or_else(|| Error::NotFound(format!("SSH key {id} not found")))
+        key.map(SshKey::from)
+            .ok_or_else(|| Error::NotFound(format!("SSH key {id} not found")))
     }
 
     pub async fn create_ssh_key(&self, caller: &Principal, req: CreateSshKey) -> Result<SshKey> {
@@ -126,7 +153,7 @@ impl App {
             ));
         }
         let (public_key, fingerprint) = check_public_key("public_key", &req.public_key)?;
-        let key = SshKey {
+        let key = SshKeyRecord {
             id: new_id("key"),
             project_id: caller.project_id.clone(),
             name: name.to_string(),
@@ -139,7 +166,7 @@ impl App {
                 "an SSH key named {name} already exists"
             )));
         }
-        Ok(key)
+        Ok(key.into())
     }
 
     pub async fn delete_ssh_key(&self, caller: &Principal, id: &str) -> Result<()> {

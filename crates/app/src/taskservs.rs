@@ -16,11 +16,55 @@ use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::Path;
 use tessera_agent_api::{HostScript, ScriptOutcome};
-use tessera_core::status::HostStatus;
+use tessera_core::ProjectId;
+use tessera_core::status::{HostStatus, OperationKind, OperationStatus, TaskservStatus};
 use tessera_core::{HostId, Permission};
 use tessera_store::{NewOperation, NewTaskserv, TaskservRecord};
 
-pub use tessera_store::TaskservRecord as Taskserv;
+/// A service installed on servers of the fleet.
+#[derive(Clone, Debug)]
+pub struct Taskserv {
+    pub id: String,
+    pub project_id: ProjectId,
+    pub name: String,
+    pub version: String,
+    pub config: serde_json::Value,
+    /// Hostnames.
+    pub servers: Vec<String>,
+    pub status: TaskservStatus,
+    /// Each server's outcome (`status`, `exit_code`, `output`).
+    pub results: serde_json::Value,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+impl Taskserv {
+    fn from_record(r: TaskservRecord) -> Result<Taskserv> {
+        let corrupt = |what: String| {
+            Error::Internal(tessera_store::StoreError::Corrupt(format!(
+                "taskserv {}: {what}",
+                r.id
+            )))
+        };
+        Ok(Taskserv {
+            status: r
+                .status
+                .parse()
+                .map_err(|e| corrupt(format!("status: {e}")))?,
+            config: serde_json::from_str(&r.config).map_err(|e| corrupt(format!("config: {e}")))?,
+            servers: serde_json::from_str(&r.servers)
+                .map_err(|e| corrupt(format!("servers: {e}")))?,
+            results: serde_json::from_str(&r.results)
+                .map_err(|e| corrupt(format!("results: {e}")))?,
+            id: r.id,
+            project_id: ProjectId::new(r.project_id),
+            name: r.name,
+            version: r.version,
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+        })
+    }
+}
 
 /// One catalog entry.
 #[derive(Clone, Debug)]
@@ -157,7 +201,8 @@ impl App {
 
     pub async fn taskservs(&self, caller: &Principal) -> Result<Vec<Taskserv>> {
         caller.require(Permission::TaskservRead)?;
-        Ok(self.store.taskservs(&caller.project_id).await?)
+        let records = self.store.taskservs(&caller.project_id).await?;
+        records.into_iter().map(Taskserv::from_record).collect()
     }
 
     pub async fn taskserv(&self, caller: &Principal, id: &str) -> Result<Taskserv> {
@@ -171,7 +216,9 @@ impl App {
             false => self.store.taskserv(id).await?,
         };
         found
-            .filter(|t| t.project_id == caller.project_id && t.status != "removed")
+            .map(Taskserv::from_record)
+            .transpose()?
+            .filter(|t| *t.project_id == *caller.project_id && t.status != TaskservStatus::Removed)
             .ok_or_else(|| Error::NotFound(format!("taskserv {id} not found")))
     }
 
@@ -244,7 +291,7 @@ impl App {
         let op = NewOperation {
             id: uuid::Uuid::new_v4().to_string(),
             project_id: project_id.clone(),
-            kind: "taskserv_create".into(),
+            kind: OperationKind::TaskservCreate,
             resource_id: Some(id.clone()),
             params: serde_json::json!({ "taskserv_id": id, "check_mode": req.check_mode, "name": req.name }),
             created_by: caller.username.clone(),
@@ -281,7 +328,7 @@ impl App {
         let op = NewOperation {
             id: uuid::Uuid::new_v4().to_string(),
             project_id,
-            kind: "taskserv_delete".into(),
+            kind: OperationKind::TaskservDelete,
             resource_id: Some(taskserv.id.clone()),
             params: serde_json::json!({ "taskserv_id": taskserv.id }),
             created_by: caller.username.clone(),
@@ -351,7 +398,7 @@ impl App {
             let result =
                 serde_json::json!({ "check_mode": true, "valid": true, "name": params["name"] });
             self.store
-                .finish_operation(&run.op.id, "completed", Some(&result), None)
+                .finish_operation(&run.op.id, OperationStatus::Completed, Some(&result), None)
                 .await?;
             return Ok(());
         }
@@ -360,7 +407,7 @@ impl App {
             self.store
                 .finish_operation(
                     &run.op.id,
-                    "failed",
+                    OperationStatus::Failed,
                     None,
                     Some("the taskserv no longer exists"),
                 )
@@ -369,7 +416,7 @@ impl App {
         };
         let servers: Vec<String> = serde_json::from_str(&taskserv.servers).unwrap_or_default();
         self.store
-            .set_taskserv(&id, "installing", &serde_json::json!({}))
+            .set_taskserv(&id, TaskservStatus::Installing, &serde_json::json!({}))
             .await?;
         let outcomes = self.run_on_servers(&taskserv, &servers, "install").await?;
         let mut results = serde_json::Map::new();
@@ -385,10 +432,12 @@ impl App {
         }
         if failed.is_empty() {
             let results = serde_json::Value::Object(results);
-            self.store.set_taskserv(&id, "running", &results).await?;
+            self.store
+                .set_taskserv(&id, TaskservStatus::Running, &results)
+                .await?;
             let result = serde_json::json!({ "taskserv_id": id, "servers": results });
             self.store
-                .finish_operation(&run.op.id, "completed", Some(&result), None)
+                .finish_operation(&run.op.id, OperationStatus::Completed, Some(&result), None)
                 .await?;
             tracing::info!(taskserv = %taskserv.name, id, servers = servers.len(), "taskserv installed");
             return Ok(());
@@ -400,10 +449,14 @@ impl App {
         }
         let why = format!("install failed on {}", failed.join(", "));
         self.store
-            .set_taskserv(&id, "failed", &serde_json::Value::Object(results))
+            .set_taskserv(
+                &id,
+                TaskservStatus::Failed,
+                &serde_json::Value::Object(results),
+            )
             .await?;
         self.store
-            .finish_operation(&run.op.id, "failed", None, Some(&why))
+            .finish_operation(&run.op.id, OperationStatus::Failed, None, Some(&why))
             .await?;
         tracing::warn!(taskserv = %taskserv.name, id, why, "taskserv install failed");
         Ok(())
@@ -416,7 +469,7 @@ impl App {
             self.store
                 .finish_operation(
                     &run.op.id,
-                    "failed",
+                    OperationStatus::Failed,
                     None,
                     Some("the taskserv no longer exists"),
                 )
@@ -435,16 +488,20 @@ impl App {
         }
         let results = serde_json::Value::Object(results);
         if failed.is_empty() {
-            self.store.set_taskserv(&id, "removed", &results).await?;
+            self.store
+                .set_taskserv(&id, TaskservStatus::Removed, &results)
+                .await?;
             let result = serde_json::json!({ "taskserv_id": id, "servers": results });
             self.store
-                .finish_operation(&run.op.id, "completed", Some(&result), None)
+                .finish_operation(&run.op.id, OperationStatus::Completed, Some(&result), None)
                 .await?;
         } else {
-            self.store.set_taskserv(&id, "failed", &results).await?;
+            self.store
+                .set_taskserv(&id, TaskservStatus::Failed, &results)
+                .await?;
             let why = format!("remove failed on {}", failed.join(", "));
             self.store
-                .finish_operation(&run.op.id, "failed", None, Some(&why))
+                .finish_operation(&run.op.id, OperationStatus::Failed, None, Some(&why))
                 .await?;
         }
         Ok(())

@@ -9,7 +9,7 @@
 use crate::error::{Error, Result};
 use crate::identity::{BOOTSTRAP_TOKEN_ID, Principal, generate_token, hash_token};
 use crate::{App, has_nul, new_id};
-use tessera_core::Permission;
+use tessera_core::{Permission, UserId};
 use tessera_store::{NewToken, TokenOwner, TokenRecord};
 
 #[derive(Clone, Debug, Default)]
@@ -26,7 +26,16 @@ pub struct CreateToken {
 /// A token as shown: never its hash.
 #[derive(Clone, Debug)]
 pub struct ApiToken {
-    pub record: TokenRecord,
+    pub id: String,
+    pub name: String,
+    /// Its user, unless it is the bootstrap token.
+    pub user_id: Option<UserId>,
+    /// The permissions it is limited to; `None` for all of its user's.
+    pub scopes: Option<Vec<Permission>>,
+    pub created_at: String,
+    pub expires_at: Option<String>,
+    pub revoked_at: Option<String>,
+    /// The workspace it acts in.
     pub project_name: Option<String>,
     /// The secret, on creation only.
     pub secret: Option<String>,
@@ -56,8 +65,15 @@ impl App {
             Some(id) => self.store.project(id).await?.map(|p| p.name),
             None => None,
         };
+        let scopes = crate::identity::stored_scopes(record.scopes.as_deref());
         Ok(ApiToken {
-            record,
+            id: record.id,
+            name: record.name,
+            user_id: record.user_id.map(UserId::new),
+            scopes,
+            created_at: record.created_at,
+            expires_at: record.expires_at,
+            revoked_at: record.revoked_at,
             project_name,
             secret,
         })

@@ -9,13 +9,78 @@
 use crate::error::{Error, Result};
 use crate::hosts::unit_spec;
 use crate::{App, HostCallError};
-use tessera_core::HostId;
 use tessera_core::placement::Request;
+use tessera_core::quota::Usage;
 use tessera_core::status::UnitStatus;
-use tessera_store::{UnitClaim, UnitFilter};
+use tessera_core::{ComputeId, HostId, InstanceId, ProjectId};
+use tessera_store::{UnitClaim, UnitFilter, UnitRecord};
 
-pub use tessera_store::UnitFilter as UnitQuery;
-pub use tessera_store::UnitRecord as ComputeUnit;
+/// A Kloigos compute unit: a fixed slice of a host's CPUs and ports that a
+/// tenant (or an instance) takes whole.
+#[derive(Clone, Debug)]
+pub struct ComputeUnit {
+    pub compute_id: ComputeId,
+    pub host_id: HostId,
+    pub hostname: String,
+    pub ip: String,
+    pub region: String,
+    pub zone: String,
+    /// Its CPUs, in the Kloigos range syntax (`0-3`).
+    pub cpu_range: String,
+    /// Its CPUs, in Linux list format.
+    pub cpu_list: String,
+    pub cpu_count: u32,
+    /// The host ports it forwards, `FIRST-LAST`.
+    pub ports_range: String,
+    pub status: UnitStatus,
+    pub status_detail: Option<String>,
+    pub tags: Option<serde_json::Value>,
+    pub started_at: Option<String>,
+    pub updated_at: String,
+    /// The project it is allocated to.
+    pub project_id: Option<ProjectId>,
+    /// The instance holding it, when an instance took it.
+    pub instance_id: Option<InstanceId>,
+}
+
+impl From<UnitRecord> for ComputeUnit {
+    fn from(r: UnitRecord) -> ComputeUnit {
+        ComputeUnit {
+            compute_id: ComputeId::new(r.compute_id),
+            host_id: HostId::new(r.host_id),
+            hostname: r.hostname,
+            ip: r.ip,
+            region: r.region,
+            zone: r.zone,
+            cpu_range: r.cpu_range,
+            cpu_list: r.cpu_list,
+            cpu_count: u32::try_from(r.cpu_count).unwrap_or(0),
+            ports_range: r.ports_range,
+            status: r.status,
+            status_detail: r.status_detail,
+            tags: r.tags,
+            started_at: r.started_at,
+            updated_at: r.updated_at,
+            project_id: r.project_id.map(ProjectId::new),
+            instance_id: r.instance_id.map(InstanceId::new),
+        }
+    }
+}
+
+/// Which units to list (`GET /api/compute_units/`); `None` matches anything.
+#[derive(Clone, Debug, Default)]
+pub struct UnitQuery {
+    pub compute_id: Option<String>,
+    pub hostname: Option<String>,
+    pub host_id: Option<String>,
+    pub region: Option<String>,
+    pub zone: Option<String>,
+    pub cpu_count: Option<i64>,
+    pub deployment_id: Option<String>,
+    pub statuses: Vec<UnitStatus>,
+    /// Only units allocated to this project.
+    pub project_id: Option<String>,
+}
 
 /// Kloigos's answer when nothing matches, which its clients look for.
 pub const NO_FREE_UNIT: &str = "No free Compute Unit found to match your request";
@@ -48,7 +113,19 @@ impl App {
             // No stored text holds a NUL (PostgreSQL cannot even be asked).
             return Ok(Vec::new());
         }
-        Ok(self.store.units(filter).await?)
+        let filter = UnitFilter {
+            compute_id: filter.compute_id.clone(),
+            hostname: filter.hostname.clone(),
+            host_id: filter.host_id.clone(),
+            region: filter.region.clone(),
+            zone: filter.zone.clone(),
+            cpu_count: filter.cpu_count,
+            deployment_id: filter.deployment_id.clone(),
+            statuses: filter.statuses.clone(),
+            project_id: filter.project_id.clone(),
+        };
+        let units = self.store.units(&filter).await?;
+        Ok(units.into_iter().map(ComputeUnit::from).collect())
     }
 
     pub async fn allocate_unit(&self, req: AllocateUnit) -> Result<ComputeUnit> {
@@ -61,10 +138,10 @@ impl App {
         let quota = self
             .quota_check(
                 &req.project_id,
-                tessera_store::Usage {
+                Usage {
                     instances: 1,
                     vcpus: i64::from(req.cpu_count),
-                    ..tessera_store::Usage::default()
+                    ..Usage::default()
                 },
             )
             .await?;
@@ -171,7 +248,7 @@ impl App {
         unit.status_detail = detail;
         unit.deadline = None;
         unit.generation = generation;
-        Ok(unit)
+        Ok(unit.into())
     }
 
     /// Takes a unit back from its tenant and wipes it. A unit that is not
@@ -219,7 +296,7 @@ impl App {
 
     /// Moves a held unit, as last seen, to DEALLOCATING with a new deadline;
     /// `None` when it changed since.
-    pub(crate) async fn begin_release(&self, mut unit: ComputeUnit) -> Result<Option<ComputeUnit>> {
+    pub(crate) async fn begin_release(&self, mut unit: UnitRecord) -> Result<Option<UnitRecord>> {
         let deadline = self.deadline();
         let moved = self
             .store
@@ -241,7 +318,7 @@ impl App {
     }
 
     /// Wipes a DEALLOCATING unit on its host and returns it to the pool.
-    pub(crate) async fn release(&self, unit: &ComputeUnit) -> Result<()> {
+    pub(crate) async fn release(&self, unit: &UnitRecord) -> Result<()> {
         let compute_id = unit.compute_id.as_str();
         let host = HostId::new(unit.host_id.as_str());
         let outcome = match self.agent(&host).await? {
@@ -304,7 +381,7 @@ impl App {
         }
     }
 
-    async fn unit_or_404(&self, compute_id: &str) -> Result<ComputeUnit> {
+    async fn unit_or_404(&self, compute_id: &str) -> Result<UnitRecord> {
         let unit = match has_nul(compute_id) {
             true => None,
             false => self.store.unit(compute_id).await?,
@@ -318,7 +395,7 @@ impl App {
     }
 
     /// Units whose host-side step is overdue: what the reconciler settles.
-    pub(crate) async fn overdue_units(&self) -> Result<Vec<ComputeUnit>> {
+    pub(crate) async fn overdue_units(&self) -> Result<Vec<UnitRecord>> {
         let filter = UnitFilter {
             statuses: vec![UnitStatus::Allocating, UnitStatus::Deallocating],
             ..UnitFilter::default()

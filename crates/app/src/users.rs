@@ -11,14 +11,71 @@
 use crate::error::{Error, Result};
 use crate::identity::{Principal, validate_password};
 use crate::{App, has_nul, new_id};
-use tessera_core::{InstallRole, Permission, Role};
+use tessera_core::{InstallRole, Permission, ProjectId, Role, UserId};
 use tessera_store::{MembershipRecord, NewUser, UserRecord};
 
-/// A user with the projects it belongs to.
+/// A user with the projects it belongs to (never its password hash).
 #[derive(Clone, Debug)]
 pub struct User {
-    pub record: UserRecord,
-    pub memberships: Vec<MembershipRecord>,
+    pub id: UserId,
+    pub username: String,
+    pub disabled: bool,
+    pub has_password: bool,
+    /// `admin` or `operator` over the whole install, if either.
+    pub install_role: Option<InstallRole>,
+    /// The project its logins act in.
+    pub active_project_id: Option<ProjectId>,
+    pub memberships: Vec<Membership>,
+    pub created_at: String,
+}
+
+/// A user's role in a project.
+#[derive(Clone, Debug)]
+pub struct Membership {
+    pub project_id: ProjectId,
+    pub project_name: String,
+    pub role: Role,
+}
+
+impl User {
+    fn from_records(record: UserRecord, memberships: Vec<MembershipRecord>) -> Result<User> {
+        let corrupt = |what: String| {
+            Error::Internal(tessera_store::StoreError::Corrupt(format!(
+                "user {}: {what}",
+                record.id
+            )))
+        };
+        let install_role = record
+            .install_role
+            .as_deref()
+            .map(str::parse::<InstallRole>)
+            .transpose()
+            .map_err(|e| corrupt(format!("install role: {e}")))?;
+        let memberships = memberships
+            .into_iter()
+            .map(|m| {
+                let role = m
+                    .role
+                    .parse::<Role>()
+                    .map_err(|e| corrupt(format!("role in {}: {e}", m.project_name)))?;
+                Ok(Membership {
+                    project_id: ProjectId::new(m.project_id),
+                    project_name: m.project_name,
+                    role,
+                })
+            })
+            .collect::<Result<_>>()?;
+        Ok(User {
+            id: UserId::new(record.id.clone()),
+            username: record.username.clone(),
+            disabled: record.disabled != 0,
+            has_password: record.password_hash.is_some(),
+            install_role,
+            active_project_id: record.active_project_id.clone().map(ProjectId::new),
+            memberships,
+            created_at: record.created_at.clone(),
+        })
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -98,13 +155,7 @@ impl App {
         let mut users = Vec::new();
         for record in records {
             let memberships = self.store.memberships(&record.id).await?;
-            users.push(self.shown(
-                caller,
-                User {
-                    record,
-                    memberships,
-                },
-            ));
+            users.push(self.shown(caller, User::from_records(record, memberships)?));
         }
         Ok(users)
     }
@@ -119,7 +170,7 @@ impl App {
     fn shown(&self, caller: &Principal, mut user: User) -> User {
         if !caller.is_install_admin() {
             user.memberships
-                .retain(|m| m.project_id == caller.project_id);
+                .retain(|m| *m.project_id == *caller.project_id);
         }
         user
     }
@@ -132,7 +183,7 @@ impl App {
         };
         let user = self.load_user(id).await?;
         match scope {
-            Some(project) if !user.memberships.iter().any(|m| m.project_id == project) => {
+            Some(project) if !user.memberships.iter().any(|m| *m.project_id == *project) => {
                 Err(Error::NotFound(format!("user {id} not found")))
             }
             _ => Ok(user),
@@ -149,11 +200,11 @@ impl App {
         let elsewhere = user
             .memberships
             .iter()
-            .any(|m| m.project_id != caller.project_id);
-        if elsewhere || user.record.install_role.is_some() {
+            .any(|m| *m.project_id != *caller.project_id);
+        if elsewhere || user.install_role.is_some() {
             return Err(Error::Forbidden(format!(
                 "only an install admin may {what} user {}: it belongs to more than workspace {}",
-                user.record.username, caller.project_name
+                user.username, caller.project_name
             )));
         }
         Ok(())
@@ -166,10 +217,7 @@ impl App {
         };
         let record = record.ok_or_else(|| Error::NotFound(format!("user {id} not found")))?;
         let memberships = self.store.memberships(&record.id).await?;
-        Ok(User {
-            record,
-            memberships,
-        })
+        User::from_records(record, memberships)
     }
 
     /// The project a user-admin request names: any for an install admin,
@@ -258,7 +306,7 @@ impl App {
             Some(text) => {
                 let parsed = parse_install_role(text)?;
                 Self::require_install_admin(caller, "grant or take install roles")?;
-                if user.record.id == caller.user_id {
+                if *user.id == *caller.user_id {
                     return Err(Error::Conflict(
                         "you cannot change your own install role; ask another install admin".into(),
                     ));
@@ -274,7 +322,7 @@ impl App {
                     "none" => None,
                     other => Some(parse_role(other)?),
                 };
-                if role.is_none() && user.record.id == caller.user_id {
+                if role.is_none() && *user.id == *caller.user_id {
                     return Err(Error::Conflict(
                         "you cannot take yourself out of a workspace".into(),
                     ));
@@ -288,7 +336,7 @@ impl App {
         if req.disabled.is_some() {
             self.require_whole_user(caller, &user, "disable or enable")?;
         }
-        if req.disabled == Some(true) && user.record.id == caller.user_id {
+        if req.disabled == Some(true) && *user.id == *caller.user_id {
             return Err(Error::Conflict("you cannot disable yourself".into()));
         }
         let password_hash = match &req.password {
@@ -299,46 +347,42 @@ impl App {
             match role {
                 Some(role) => {
                     self.store
-                        .put_membership(&user.record.id, &project.id, role.as_str())
+                        .put_membership(&user.id, &project.id, role.as_str())
                         .await?;
-                    if user.record.active_project_id.is_none() {
-                        self.store
-                            .activate_project(&user.record.id, &project.id)
-                            .await?;
+                    if user.active_project_id.is_none() {
+                        self.store.activate_project(&user.id, &project.id).await?;
                     }
                 }
                 None => {
-                    self.store
-                        .delete_membership(&user.record.id, &project.id)
-                        .await?;
+                    self.store.delete_membership(&user.id, &project.id).await?;
                 }
             }
         }
         if let Some(role) = install_role {
             self.store
-                .set_install_role(&user.record.id, role.map(InstallRole::as_str))
+                .set_install_role(&user.id, role.map(InstallRole::as_str))
                 .await?;
-            tracing::info!(username = %user.record.username, install_role = ?role, by = %caller.username, "install role changed");
+            tracing::info!(username = %user.username, install_role = ?role, by = %caller.username, "install role changed");
         }
         if password_hash.is_some() || req.disabled.is_some() {
             self.store
-                .update_user(&user.record.id, password_hash.as_deref(), req.disabled)
+                .update_user(&user.id, password_hash.as_deref(), req.disabled)
                 .await?;
         }
         self.identity.forget_all();
-        let user = self.load_user(&user.record.id).await?;
+        let user = self.load_user(&user.id).await?;
         Ok(self.shown(caller, user))
     }
 
     pub async fn delete_user(&self, caller: &Principal, id: &str) -> Result<()> {
         let user = self.visible_user(caller, id).await?;
-        if user.record.id == caller.user_id {
+        if *user.id == *caller.user_id {
             return Err(Error::Conflict("you cannot delete yourself".into()));
         }
         self.require_whole_user(caller, &user, "delete")?;
-        self.store.delete_user(&user.record.id).await?;
+        self.store.delete_user(&user.id).await?;
         self.identity.forget_all();
-        tracing::info!(username = %user.record.username, by = %caller.username, "user deleted");
+        tracing::info!(username = %user.username, by = %caller.username, "user deleted");
         Ok(())
     }
 }

@@ -22,10 +22,76 @@ use crate::{App, HostCallError, has_nul};
 use std::sync::Arc;
 use tessera_agent_api::VolumeSpec;
 use tessera_core::catalog::{MAX_DISK_GB, to_micros};
-use tessera_core::{HostId, Permission};
-use tessera_store::{MeterChange, NewVolume, VolumeRecord, VolumeSet};
+use tessera_core::status::{InstanceState, VolumeStatus};
+use tessera_core::{HostId, InstanceId, Permission, ProjectId, VolumeId};
+use tessera_store::{MeterChange, NewVolume, VolumeRecord};
 
-pub use tessera_store::VolumeRecord as Volume;
+/// A volume, as the app speaks of it. Made from its store row once, here.
+#[derive(Clone, Debug)]
+pub struct Volume {
+    pub id: VolumeId,
+    pub project_id: ProjectId,
+    pub name: String,
+    pub volume_type: String,
+    pub size_gb: u64,
+    pub location: String,
+    pub status: VolumeStatus,
+    /// Its instance's root file system (`vda`), which goes with it.
+    pub is_os_volume: bool,
+    pub instance_id: Option<InstanceId>,
+    /// Its device name on its instance (`vdb`), while attached.
+    pub target: Option<String>,
+    /// The host its storage lives on, once it has one.
+    pub host_id: Option<HostId>,
+    /// The user who made it.
+    pub created_by: Option<String>,
+    pub created_at: String,
+    /// When it went to the trash.
+    pub trashed_at: Option<String>,
+    /// When its storage was destroyed for good.
+    pub purged_at: Option<String>,
+}
+
+impl Volume {
+    fn from_record(r: VolumeRecord) -> Result<Volume> {
+        let status = r.status.parse().map_err(|e| {
+            Error::Internal(tessera_store::StoreError::Corrupt(format!(
+                "volume {}: status: {e}",
+                r.id
+            )))
+        })?;
+        Ok(Volume {
+            id: VolumeId::new(r.id),
+            project_id: ProjectId::new(r.project_id),
+            name: r.name,
+            volume_type: r.volume_type,
+            size_gb: u64::try_from(r.size_gb).unwrap_or(0),
+            location: r.location,
+            status,
+            is_os_volume: r.is_os_volume != 0,
+            instance_id: r.instance_id.map(InstanceId::new),
+            target: r.target,
+            host_id: r.host_id.map(HostId::new),
+            created_by: r.created_by,
+            created_at: r.created_at,
+            trashed_at: r.trashed_at,
+            purged_at: r.purged_at,
+        })
+    }
+}
+
+/// Which of a project's volumes to list.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VolumeSet {
+    /// Not deleted.
+    Live,
+    /// Deleted but not yet purged: restorable.
+    Trash,
+}
+
+fn models(records: Vec<VolumeRecord>) -> Result<Vec<Volume>> {
+    records.into_iter().map(Volume::from_record).collect()
+}
 
 /// A volume to make: with an instance, or on its own.
 #[derive(Clone, Debug, Default)]
@@ -88,11 +154,11 @@ pub(crate) fn target(n: usize) -> String {
 pub const MAX_VOLUMES_PER_INSTANCE: usize = 64;
 
 /// What new volumes of these sizes add to their project's usage.
-pub(crate) fn volumes_usage(sizes_gb: &[u64]) -> tessera_store::Usage {
-    tessera_store::Usage {
+pub(crate) fn volumes_usage(sizes_gb: &[u64]) -> tessera_core::quota::Usage {
+    tessera_core::quota::Usage {
         volumes: sizes_gb.len() as i64,
         volume_gb: sizes_gb.iter().map(|s| *s as i64).sum(),
-        ..tessera_store::Usage::default()
+        ..tessera_core::quota::Usage::default()
     }
 }
 
@@ -181,7 +247,7 @@ impl App {
                 volume_type: input.volume_type.clone(),
                 size_gb: input.size_gb as i64,
                 location: location.to_string(),
-                status: "detached".into(),
+                status: VolumeStatus::Detached.to_string(),
                 is_os_volume: i64::from(os),
                 instance_id: None,
                 target: None,
@@ -229,7 +295,7 @@ impl App {
             // Made for an instance it cannot join: it is not kept.
             let record = self.project_volume(&caller.project_id, &id).await?;
             let mut gone = record.clone();
-            gone.status = "deleted".into();
+            gone.status = VolumeStatus::Deleted.to_string();
             gone.purged_at = Some(tessera_store::now());
             self.store
                 .update_volume(&gone, record.generation, Some(MeterChange::Stop), None)
@@ -239,21 +305,25 @@ impl App {
         self.tag_new(&caller.project_id, crate::tags::Tagged::Volume, &id, &tags)
             .await?;
         tracing::info!(volume = %id, project = %caller.project_name, "volume created");
-        self.project_volume(&caller.project_id, &id).await
+        Volume::from_record(self.project_volume(&caller.project_id, &id).await?)
     }
 
     pub async fn volumes(&self, caller: &Principal, set: VolumeSet) -> Result<Vec<Volume>> {
         caller.require(Permission::VolumeRead)?;
-        Ok(self.store.volumes(&caller.project_id, set).await?)
+        let set = match set {
+            VolumeSet::Live => tessera_store::VolumeSet::Live,
+            VolumeSet::Trash => tessera_store::VolumeSet::Trash,
+        };
+        models(self.store.volumes(&caller.project_id, set).await?)
     }
 
     /// A volume of the project, deleted ones included.
     pub async fn volume(&self, caller: &Principal, id: &str) -> Result<Volume> {
         caller.require(Permission::VolumeRead)?;
-        self.project_volume(&caller.project_id, id).await
+        Volume::from_record(self.project_volume(&caller.project_id, id).await?)
     }
 
-    pub(crate) async fn project_volume(&self, project_id: &str, id: &str) -> Result<Volume> {
+    pub(crate) async fn project_volume(&self, project_id: &str, id: &str) -> Result<VolumeRecord> {
         let volume = match has_nul(id) {
             true => None,
             false => self.store.volume(id).await?,
@@ -265,7 +335,7 @@ impl App {
 
     /// The volumes attached to an instance.
     pub async fn instance_volumes(&self, instance_id: &str) -> Result<Vec<Volume>> {
-        Ok(self.store.instance_volumes(instance_id).await?)
+        models(self.store.instance_volumes(instance_id).await?)
     }
 
     /// Does `action` to a volume. Answers the new volume's id for a clone.
@@ -296,7 +366,7 @@ impl App {
                 let volume = self.project_volume(&caller.project_id, id).await?;
                 restorable(&volume)?;
                 let mut next = volume.clone();
-                next.status = "detached".into();
+                next.status = VolumeStatus::Detached.to_string();
                 next.trashed_at = None;
                 self.write_volume(&next, volume.generation, None).await?;
             }
@@ -311,9 +381,9 @@ impl App {
     }
 
     /// A volume of the project that is not deleted.
-    async fn live_volume(&self, caller: &Principal, id: &str) -> Result<Volume> {
+    async fn live_volume(&self, caller: &Principal, id: &str) -> Result<VolumeRecord> {
         let volume = self.project_volume(&caller.project_id, id).await?;
-        if volume.status == "deleted" {
+        if volume.status == VolumeStatus::Deleted.as_str() {
             return Err(Error::invalid(
                 "id",
                 format!("volume {id} is deleted; restore it first"),
@@ -324,7 +394,7 @@ impl App {
 
     async fn write_volume(
         &self,
-        next: &Volume,
+        next: &VolumeRecord,
         read_generation: i64,
         meter: Option<MeterChange>,
     ) -> Result<()> {
@@ -354,7 +424,7 @@ impl App {
             .map_err(|_| {
                 Error::invalid("instance_id", format!("instance {instance_id} not found"))
             })?;
-        if instance.state != "stopped" || instance.operation_id.is_some() {
+        if instance.state != InstanceState::Stopped || instance.operation_id.is_some() {
             return Err(Error::invalid(
                 "instance_id",
                 format!(
@@ -401,7 +471,7 @@ impl App {
     async fn attachable(
         &self,
         caller: &Principal,
-        volume: &Volume,
+        volume: &VolumeRecord,
         instance_id: &str,
     ) -> Result<Option<crate::instances::Instance>> {
         let id = &volume.id;
@@ -423,9 +493,7 @@ impl App {
             ));
         }
         let instance = self.stopped_instance(caller, instance_id).await?;
-        let spec: crate::instances::InstanceSpecInput =
-            serde_json::from_str(&instance.spec).unwrap_or_default();
-        if let Some(location) = spec.location.as_deref()
+        if let Some(location) = instance.spec.location.as_deref()
             && location != volume.location
         {
             return Err(Error::invalid(
@@ -437,7 +505,7 @@ impl App {
             ));
         }
         if let (Some(home), Some(host)) = (&volume.host_id, &instance.host_id)
-            && home != host
+            && home.as_str() != host.as_str()
         {
             return Err(Error::invalid(
                 "instance_id",
@@ -466,7 +534,7 @@ impl App {
         };
         self.stopped_instance(caller, &instance_id).await?;
         let mut next = volume.clone();
-        next.status = "detached".into();
+        next.status = VolumeStatus::Detached.to_string();
         next.instance_id = None;
         next.target = None;
         self.write_volume(&next, volume.generation, None).await?;
@@ -494,7 +562,7 @@ impl App {
         let quota = self
             .quota_check(
                 &caller.project_id,
-                tessera_store::Usage {
+                tessera_core::quota::Usage {
                     volumes: 0,
                     ..growth
                 },
@@ -545,7 +613,9 @@ impl App {
     ) -> Result<bool> {
         caller.require(Permission::VolumeWrite)?;
         let volume = self.project_volume(&caller.project_id, id).await?;
-        if volume.status == "deleted" && (volume.trashed_at.is_none() || !permanently) {
+        if volume.status == VolumeStatus::Deleted.as_str()
+            && (volume.trashed_at.is_none() || !permanently)
+        {
             return Ok(false);
         }
         self.deletable(caller, &volume).await?;
@@ -554,12 +624,12 @@ impl App {
     }
 
     /// `Ok` unless the volume's instance runs.
-    async fn deletable(&self, caller: &Principal, volume: &Volume) -> Result<()> {
+    async fn deletable(&self, caller: &Principal, volume: &VolumeRecord) -> Result<()> {
         if let Some(instance_id) = &volume.instance_id {
             let instance = self
                 .project_instance(&caller.project_id, instance_id)
                 .await?;
-            if instance.state != "stopped" {
+            if instance.state != InstanceState::Stopped {
                 return Err(Error::invalid(
                     "id",
                     format!(
@@ -639,9 +709,13 @@ impl App {
 
     /// Marks a volume deleted and detached: in the trash, or (permanently)
     /// due for purging now.
-    pub(crate) async fn trash_volume(&self, volume: &Volume, permanently: bool) -> Result<()> {
+    pub(crate) async fn trash_volume(
+        &self,
+        volume: &VolumeRecord,
+        permanently: bool,
+    ) -> Result<()> {
         let mut next = volume.clone();
-        next.status = "deleted".into();
+        next.status = VolumeStatus::Deleted.to_string();
         next.instance_id = None;
         next.target = None;
         next.trashed_at = match permanently {
@@ -660,7 +734,7 @@ impl App {
             let Some(volume) = self.store.volume(id).await? else {
                 return Ok(());
             };
-            if volume.status == "deleted" {
+            if volume.status == VolumeStatus::Deleted.as_str() {
                 return Ok(());
             }
             match self.trash_volume(&volume, permanently).await {
@@ -763,7 +837,7 @@ impl App {
         // makes with the instance.
         for volume in volumes.into_iter().filter(|v| v.is_os_volume == 0) {
             match &volume.host_id {
-                Some(home) if *home != host => {
+                Some(home) if home.as_str() != host.as_str() => {
                     return Err(HostCallError::Failed(format!(
                         "volume {} is stored on another host; volumes are local to a host",
                         volume.id
@@ -772,7 +846,7 @@ impl App {
                 Some(_) => {}
                 None => {
                     let mut next = volume.clone();
-                    next.host_id = Some(host.clone());
+                    next.host_id = Some(host.to_string());
                     let homed = self
                         .store
                         .update_volume(&next, volume.generation, None, None)
@@ -847,7 +921,7 @@ fn check_name(field: &'static str, name: &str) -> Result<()> {
 }
 
 /// The volume's current size, when it may grow to `size_gb`.
-fn resizable(volume: &Volume, size_gb: u64) -> Result<u64> {
+fn resizable(volume: &VolumeRecord, size_gb: u64) -> Result<u64> {
     let current = u64::try_from(volume.size_gb).unwrap_or(0);
     if size_gb < current {
         return Err(Error::invalid(
@@ -867,8 +941,8 @@ fn resizable(volume: &Volume, size_gb: u64) -> Result<u64> {
     Ok(current)
 }
 
-fn restorable(volume: &Volume) -> Result<()> {
-    if volume.status != "deleted" || volume.trashed_at.is_none() {
+fn restorable(volume: &VolumeRecord) -> Result<()> {
+    if volume.status != VolumeStatus::Deleted.as_str() || volume.trashed_at.is_none() {
         return Err(Error::invalid(
             "id",
             format!("volume {} is not in the trash", volume.id),

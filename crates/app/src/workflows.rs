@@ -21,13 +21,16 @@ use crate::operations::{Operation, Run};
 use crate::{App, HostCallError, has_nul, new_id};
 use serde::Deserialize;
 use std::collections::BTreeMap;
-use tessera_core::Permission;
-use tessera_core::status::HostStatus;
+use tessera_core::status::{
+    HostStatus, InstanceState, OperationKind, OperationStatus, TerminationCause,
+};
+use tessera_core::{CpuSet, HostId, Permission};
 use tessera_store::{
     CpuClaim, InstanceFilter, InstanceUpdate, NewInstance, NewOperation, OperationEnd, Switch,
 };
 
-pub const WORKFLOW_TYPES: &[&str] = &["cluster_create", "server_drain"];
+pub const WORKFLOW_TYPES: &[OperationKind] =
+    &[OperationKind::ClusterCreate, OperationKind::ServerDrain];
 const MAX_NODES: u64 = 64;
 
 #[derive(Clone, Debug)]
@@ -103,7 +106,7 @@ impl App {
                 let op = NewOperation {
                     id: uuid::Uuid::new_v4().to_string(),
                     project_id,
-                    kind: "server_drain".into(),
+                    kind: OperationKind::ServerDrain,
                     resource_id: Some(host.id.clone()),
                     params: serde_json::json!({ "server_id": host.id }),
                     created_by: caller.username.clone(),
@@ -118,7 +121,11 @@ impl App {
                 format!(
                     "unknown workflow_type {:?}; known: {}",
                     other.escape_debug().to_string(),
-                    WORKFLOW_TYPES.join(", ")
+                    WORKFLOW_TYPES
+                        .iter()
+                        .map(|k| k.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 ),
             )),
         }
@@ -199,7 +206,7 @@ impl App {
         let op = NewOperation {
             id: op_id,
             project_id,
-            kind: "cluster_create".into(),
+            kind: OperationKind::ClusterCreate,
             resource_id: Some(name.clone()),
             params: serde_json::json!({
                 "cluster_name": name,
@@ -228,7 +235,7 @@ impl App {
     pub async fn workflow(&self, caller: &Principal, id: &str) -> Result<Operation> {
         caller.require(Permission::WorkflowRead)?;
         let op = self.project_operation(caller, id).await?;
-        if !WORKFLOW_TYPES.contains(&op.kind.as_str()) {
+        if !WORKFLOW_TYPES.contains(&op.kind) {
             return Err(Error::NotFound(format!("workflow {id} not found")));
         }
         Ok(op)
@@ -237,7 +244,7 @@ impl App {
     pub async fn cancel_workflow(&self, caller: &Principal, id: &str) -> Result<Operation> {
         caller.require(Permission::WorkflowCancel)?;
         let op = self.project_operation(caller, id).await?;
-        if !WORKFLOW_TYPES.contains(&op.kind.as_str()) || has_nul(id) {
+        if !WORKFLOW_TYPES.contains(&op.kind) || has_nul(id) {
             return Err(Error::NotFound(format!("workflow {id} not found")));
         }
         self.cancel(op).await
@@ -245,10 +252,14 @@ impl App {
 
     /// Drives `cluster_create` (see the module doc).
     pub(crate) async fn run_cluster_create(&self, run: &mut Run) -> Result<()> {
-        let nodes = self.store.instances_of_operation(&run.op.id).await?;
+        let nodes = self.operation_instances(&run.op.id).await?;
         if self.cancel_requested(run).await? {
             return self
-                .unwind_cluster(run, "cancelled", "cluster creation cancelled")
+                .unwind_cluster(
+                    run,
+                    TerminationCause::Cancelled,
+                    "cluster creation cancelled",
+                )
                 .await;
         }
         for node in &nodes {
@@ -260,18 +271,24 @@ impl App {
                 Ok(_) => {}
                 Err(Error::NoCapacity(why)) => {
                     let why = format!("node {}: {why}", node.name);
-                    return self.unwind_cluster(run, "failed", &why).await;
+                    return self
+                        .unwind_cluster(run, TerminationCause::NoCapacity, &why)
+                        .await;
                 }
                 Err(other) => return Err(other),
             }
             if self.cancel_requested(run).await? {
                 return self
-                    .unwind_cluster(run, "cancelled", "cluster creation cancelled")
+                    .unwind_cluster(
+                        run,
+                        TerminationCause::Cancelled,
+                        "cluster creation cancelled",
+                    )
                     .await;
             }
         }
         // Every node holds its CPUs: now the hosts run them, all at once.
-        let nodes = self.store.instances_of_operation(&run.op.id).await?;
+        let nodes = self.operation_instances(&run.op.id).await?;
         let creations = nodes.iter().map(|node| {
             self.on_host(node, |agent, spec| async move {
                 agent.create_instance(&spec).await
@@ -281,21 +298,26 @@ impl App {
             created = futures::future::join_all(creations) => created,
             cancelled = self.until_cancel_requested(run) => {
                 cancelled?;
-                return self.unwind_cluster(run, "cancelled", "cluster creation cancelled").await;
+                return self
+                    .unwind_cluster(run, TerminationCause::Cancelled, "cluster creation cancelled")
+                    .await;
             }
         };
         let mut updates = Vec::new();
         for (node, outcome) in nodes.iter().zip(created) {
             match outcome {
                 Ok(report) => updates.push(InstanceUpdate {
-                    state: "running".into(),
+                    state: InstanceState::Running,
                     state_detail: None,
-                    ssh_endpoint: self.ssh_endpoint(node.host_id.as_deref(), &report).await,
+                    cause: None,
+                    ssh_endpoint: self.ssh_endpoint(node.host_id.as_ref(), &report).await,
                     private_ip: Some(report.private_ip),
                 }),
                 Err(why) => {
                     let why = format!("node {} could not be created on its host: {why}", node.name);
-                    return self.unwind_cluster(run, "failed", &why).await;
+                    return self
+                        .unwind_cluster(run, TerminationCause::HostFailed, &why)
+                        .await;
                 }
             }
         }
@@ -310,7 +332,7 @@ impl App {
             .collect();
         let end = OperationEnd {
             id: &run.op.id,
-            status: "completed",
+            status: OperationStatus::Completed,
             result: Some(&result),
             error: None,
         };
@@ -325,8 +347,17 @@ impl App {
 
     /// Deletes every node of a cluster that got as far as a host and ends
     /// the workflow `status` with `why`: all nodes terminated, no CPUs held.
-    async fn unwind_cluster(&self, run: &mut Run, status: &str, why: &str) -> Result<()> {
-        let nodes = self.store.instances_of_operation(&run.op.id).await?;
+    async fn unwind_cluster(
+        &self,
+        run: &mut Run,
+        cause: TerminationCause,
+        why: &str,
+    ) -> Result<()> {
+        let status = match cause {
+            TerminationCause::Cancelled => OperationStatus::Cancelled,
+            _ => OperationStatus::Failed,
+        };
+        let nodes = self.operation_instances(&run.op.id).await?;
         for node in nodes.iter().filter(|n| n.host_id.is_some()) {
             match self
                 .on_host(node, |agent, spec| async move {
@@ -344,8 +375,9 @@ impl App {
             }
         }
         let terminated = InstanceUpdate {
-            state: "terminated".into(),
+            state: InstanceState::Terminated,
             state_detail: Some(why.to_string()),
+            cause: Some(cause),
             private_ip: None,
             ssh_endpoint: None,
         };
@@ -360,7 +392,7 @@ impl App {
             error: Some(why),
         };
         let settled = self.store.settle_instances(&end, &settle).await?;
-        let hosts: std::collections::BTreeSet<&String> =
+        let hosts: std::collections::BTreeSet<&HostId> =
             nodes.iter().filter_map(|n| n.host_id.as_ref()).collect();
         for host in hosts {
             self.placement.refresh_host(&self.store, host).await?;
@@ -369,7 +401,7 @@ impl App {
             for node in &nodes {
                 self.publish("instance", &node.id, Some(&node.project_id), "terminated");
             }
-            tracing::info!(cluster = ?run.op.resource_id, status, why, "cluster creation unwound");
+            tracing::info!(cluster = ?run.op.resource_id, status = %status, why, "cluster creation unwound");
         }
         Ok(())
     }
@@ -381,7 +413,7 @@ impl App {
             self.store
                 .finish_operation(
                     &run.op.id,
-                    "failed",
+                    OperationStatus::Failed,
                     None,
                     Some("the server no longer exists"),
                 )
@@ -409,7 +441,7 @@ impl App {
                     host.status.as_str().to_lowercase()
                 );
                 self.store
-                    .finish_operation(&run.op.id, "failed", None, Some(&why))
+                    .finish_operation(&run.op.id, OperationStatus::Failed, None, Some(&why))
                     .await?;
                 return Ok(());
             }
@@ -426,7 +458,7 @@ impl App {
             );
             self.store.release_instances_of(&run.op.id).await?;
             self.store
-                .finish_operation(&run.op.id, "failed", None, Some(&why))
+                .finish_operation(&run.op.id, OperationStatus::Failed, None, Some(&why))
                 .await?;
             return Ok(());
         }
@@ -434,13 +466,13 @@ impl App {
         let (to, end_status, result, error) = match self.drain_instances(run, &host.id).await? {
             Ok(moved) => (
                 HostStatus::Drained,
-                "completed",
+                OperationStatus::Completed,
                 Some(
                     serde_json::json!({ "server_id": host.id, "hostname": host.hostname, "moved": moved }),
                 ),
                 None,
             ),
-            Err(why) => (HostStatus::Ready, "failed", None, Some(why)),
+            Err(why) => (HostStatus::Ready, OperationStatus::Failed, None, Some(why)),
         };
         self.store.release_instances_of(&run.op.id).await?;
         let ended = self
@@ -466,7 +498,7 @@ impl App {
         }
         self.placement.refresh_host(&self.store, &host.id).await?;
         self.publish("host", &host.id, None, to.as_str());
-        tracing::info!(hostname = %host.hostname, status = end_status, error, "server drain ended");
+        tracing::info!(hostname = %host.hostname, status = %end_status, error, "server drain ended");
         Ok(())
     }
 
@@ -481,25 +513,24 @@ impl App {
         // Those that run there, and those that still hold CPUs there (a move
         // of this drain cut short after the switch).
         let mut on_host = self
-            .store
-            .instances(&InstanceFilter {
+            .stored_instances(&InstanceFilter {
                 host_id: Some(host_id.to_string()),
                 ..InstanceFilter::default()
             })
             .await?;
         for id in self.store.instance_holders_on(host_id).await? {
-            if !on_host.iter().any(|i| i.id == id)
-                && let Some(instance) = self.store.instance(&id).await?
+            if !on_host.iter().any(|i| i.id == *id)
+                && let Some(instance) = self.stored_instance(&id).await?
             {
                 on_host.push(instance);
             }
         }
-        let ids: Vec<String> = on_host.iter().map(|i| i.id.clone()).collect();
+        let ids: Vec<String> = on_host.iter().map(|i| i.id.to_string()).collect();
         if !self.store.claim_instances_for(&run.op.id, &ids).await? {
             let busy: Vec<String> = on_host
                 .iter()
-                .filter(|i| i.operation_id.as_deref().is_some_and(|o| o != run.op.id))
-                .map(|i| i.id.clone())
+                .filter(|i| i.operation_id.as_ref().is_some_and(|o| *o != *run.op.id))
+                .map(|i| i.id.to_string())
                 .collect();
             return Ok(Err(format!(
                 "instance(s) {} have an operation under way; try again when it ends",
@@ -511,7 +542,7 @@ impl App {
             if let Err(why) = self.move_instance(run, &instance, host_id).await? {
                 return Ok(Err(why));
             }
-            moved.push(instance.id);
+            moved.push(instance.id.to_string());
         }
         Ok(Ok(moved))
     }
@@ -544,7 +575,13 @@ impl App {
                 Some(step) => {
                     let rest = &step[reserved_prefix.len()..];
                     let (host, cpus) = rest.split_once(':').unwrap_or((rest, ""));
-                    (host.to_string(), cpus.to_string())
+                    let cpus = CpuSet::parse_list(cpus).map_err(|e| {
+                        Error::Internal(tessera_store::StoreError::Corrupt(format!(
+                            "operation {}: step {step}: {e}",
+                            run.op.id
+                        )))
+                    })?;
+                    (HostId::new(host), cpus)
                 }
                 None => match self
                     .place(
@@ -555,7 +592,7 @@ impl App {
                     )
                     .await
                 {
-                    Ok(decision) => (decision.host.to_string(), decision.cpus.to_string()),
+                    Ok(decision) => (decision.host, decision.cpus),
                     Err(Error::NoCapacity(why)) => {
                         return Ok(Err(format!(
                             "no room to move instance {}: {why}",
@@ -567,8 +604,8 @@ impl App {
             };
             let mut there = instance.clone();
             there.host_id = Some(target.clone());
-            there.cpu_list = Some(cpus.clone());
-            let stopped = instance.state == "stopped";
+            there.cpus = Some(cpus.clone());
+            let stopped = instance.state == InstanceState::Stopped;
             let started = self
                 .on_host(&there, |agent, spec| async move {
                     let report = agent.create_instance(&spec).await?;
@@ -586,7 +623,7 @@ impl App {
                         .switch_instance_host(
                             &instance.id,
                             from,
-                            (&target, &cpus, &report.private_ip),
+                            (&target, &cpus.to_string(), &report.private_ip),
                             (&run.op.id, &steps, &self.deadline()),
                         )
                         .await?
@@ -657,11 +694,11 @@ impl App {
                 )));
             }
             self.placement.refresh_host(&self.store, &target).await?;
-            tracing::info!(instance = %instance.id, from, to = %target, cpus, "instance runs on its new host");
+            tracing::info!(instance = %instance.id, from, to = %target, cpus = %cpus, "instance runs on its new host");
         }
         // The source lets it go; its CPUs there stay held until it has.
         let mut left = instance.clone();
-        left.host_id = Some(from.to_string());
+        left.host_id = Some(HostId::new(from));
         match self
             .on_host(&left, |agent, spec| async move {
                 agent.delete_instance(&spec.id).await
@@ -694,7 +731,7 @@ impl App {
             "instance",
             &instance.id,
             Some(&instance.project_id),
-            &instance.state,
+            instance.state.as_str(),
         );
         Ok(Ok(()))
     }

@@ -31,6 +31,27 @@ macro_rules! string_id {
                 Self(value)
             }
         }
+
+        /// Read as the text it is (the store and the wire speak text); the
+        /// type still keeps one kind of id from standing for another.
+        impl std::ops::Deref for $name {
+            type Target = str;
+            fn deref(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl PartialEq<str> for $name {
+            fn eq(&self, other: &str) -> bool {
+                self.0 == other
+            }
+        }
+
+        impl PartialEq<&str> for $name {
+            fn eq(&self, other: &&str) -> bool {
+                self.0 == *other
+            }
+        }
     };
 }
 

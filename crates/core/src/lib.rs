@@ -11,6 +11,7 @@ pub mod ids;
 pub mod permissions;
 pub mod placement;
 pub mod ports;
+pub mod quota;
 pub mod range;
 pub mod status;
 

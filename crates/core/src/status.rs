@@ -153,6 +153,18 @@ impl OperationStatus {
 }
 
 upper_enum!(
+    /// Where a taskserv (a service installed on servers) is in its life.
+    TaskservStatus {
+        Pending => "pending",
+        Installing => "installing",
+        Running => "running",
+        Failed => "failed",
+        Removing => "removing",
+        Removed => "removed",
+    }
+);
+
+upper_enum!(
     /// What an operation does.
     OperationKind {
         InstanceCreate => "instance_create",

@@ -41,7 +41,7 @@ pub struct Health {
     )
 )]
 async fn health(State(app): State<App>) -> (StatusCode, Json<Health>) {
-    let healthy = app.store().ping().await.is_ok();
+    let healthy = app.healthy().await;
     let body = Health {
         status: if healthy { "healthy" } else { "unhealthy" },
         version: env!("CARGO_PKG_VERSION"),

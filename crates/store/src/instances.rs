@@ -14,6 +14,7 @@ use crate::volumes::{volume_attach, volume_insert};
 use crate::writer::Commit;
 use crate::{QuotaCheck, Result, Store, now};
 use std::sync::Arc;
+use tessera_core::status::{InstanceState, TerminationCause};
 
 #[derive(Clone, Debug, sqlx::FromRow)]
 pub struct InstanceRecord {
@@ -38,6 +39,8 @@ pub struct InstanceRecord {
     /// `HOST:PORT` forwarded to the instance's SSH server, when its host
     /// forwards one.
     pub ssh_endpoint: Option<String>,
+    /// Why a terminated instance ended (a `TerminationCause`).
+    pub end_cause: Option<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -89,8 +92,10 @@ pub struct InstanceFilter {
 /// instance's resulting state, written together.
 #[derive(Clone, Debug)]
 pub struct InstanceUpdate {
-    pub state: String,
+    pub state: InstanceState,
     pub state_detail: Option<String>,
+    /// Why it ended, when it is terminated.
+    pub cause: Option<TerminationCause>,
     /// `None` keeps the recorded address.
     pub private_ip: Option<String>,
     /// `None` keeps the recorded endpoint.
@@ -103,7 +108,7 @@ const INSERT_COLUMNS: &str = "id, project_id, name, labels, spec, state, state_d
      vcpus";
 const INSTANCE_COLUMNS: &str = "id, project_id, name, labels, spec, state, state_detail, host_id, \
      cpu_list, memory_mb, private_ip, public_ip, operation_id, generation, created_at, updated_at, \
-     ssh_endpoint";
+     ssh_endpoint, end_cause";
 
 fn holder(instance_id: &str) -> String {
     format!("instance:{instance_id}")
@@ -334,8 +339,12 @@ impl Store {
         )];
         for (instance_id, update, release) in instances {
             statements.push(instance_set(instance_id, update, None));
-            statements.push(meter_set(instance_id, update.state == "running", None));
-            if update.state == "terminated" {
+            statements.push(meter_set(
+                instance_id,
+                update.state == InstanceState::Running,
+                None,
+            ));
+            if update.state == InstanceState::Terminated {
                 statements.push(detach_all(instance_id));
             }
             if *release {
@@ -720,16 +729,17 @@ fn instance_set(
     (
         "UPDATE instances SET state = $1, state_detail = $2, private_ip = COALESCE($3, private_ip), \
          operation_id = $4, updated_at = $5, generation = generation + 1, \
-         ssh_endpoint = COALESCE($7, ssh_endpoint) WHERE id = $6"
+         ssh_endpoint = COALESCE($7, ssh_endpoint), end_cause = $8 WHERE id = $6"
             .into(),
         vec![
-            (&update.state).into(),
+            update.state.as_str().into(),
             update.state_detail.as_ref().into(),
             update.private_ip.as_ref().into(),
             operation.into(),
             now().into(),
             instance_id.into(),
             update.ssh_endpoint.as_ref().into(),
+            update.cause.map(TerminationCause::as_str).into(),
         ],
     )
 }

@@ -7,6 +7,7 @@
 
 use crate::db::Arg;
 use crate::{Result, Store, now};
+use tessera_core::status::{OperationKind, OperationStatus};
 
 #[derive(Clone, Debug, sqlx::FromRow)]
 pub struct OperationRecord {
@@ -44,7 +45,7 @@ impl OperationRecord {
 pub struct NewOperation {
     pub id: String,
     pub project_id: String,
-    pub kind: String,
+    pub kind: OperationKind,
     pub resource_id: Option<String>,
     pub params: serde_json::Value,
     pub created_by: String,
@@ -54,8 +55,8 @@ pub struct NewOperation {
 #[derive(Clone, Debug)]
 pub struct OperationEnd<'a> {
     pub id: &'a str,
-    /// `completed`, `failed` or `cancelled`.
-    pub status: &'a str,
+    /// `Completed`, `Failed` or `Cancelled`.
+    pub status: OperationStatus,
     pub result: Option<&'a serde_json::Value>,
     pub error: Option<&'a str>,
 }
@@ -63,8 +64,8 @@ pub struct OperationEnd<'a> {
 #[derive(Clone, Debug, Default)]
 pub struct OperationFilter {
     pub project_id: Option<String>,
-    pub kind: Option<String>,
-    pub status: Option<String>,
+    pub kind: Option<OperationKind>,
+    pub status: Option<OperationStatus>,
     /// Only operations after this `(created_at, id)`, for paging.
     pub after: Option<(String, String)>,
     pub limit: Option<i64>,
@@ -83,7 +84,7 @@ pub(crate) fn operation_insert(op: &NewOperation) -> (String, Vec<Arg>) {
         vec![
             (&op.id).into(),
             (&op.project_id).into(),
-            (&op.kind).into(),
+            op.kind.as_str().into(),
             op.resource_id.as_ref().into(),
             op.params.to_string().into(),
             (&op.created_by).into(),
@@ -95,7 +96,7 @@ pub(crate) fn operation_insert(op: &NewOperation) -> (String, Vec<Arg>) {
 /// Ends an operation this process drives (`owner`).
 pub(crate) fn operation_finish(
     id: &str,
-    status: &str,
+    status: OperationStatus,
     result: Option<&serde_json::Value>,
     error: Option<&str>,
     owner: &str,
@@ -105,7 +106,7 @@ pub(crate) fn operation_finish(
          updated_at = $4 WHERE id = $5 AND status = 'running' AND lease_owner = $6"
             .into(),
         vec![
-            status.into(),
+            status.as_str().into(),
             result.map(|r| r.to_string()).into(),
             error.into(),
             now().into(),
@@ -157,9 +158,9 @@ impl Store {
         let mut conditions = Vec::new();
         let mut args: Vec<Arg> = Vec::new();
         for (column, value) in [
-            ("project_id", &filter.project_id),
-            ("kind", &filter.kind),
-            ("status", &filter.status),
+            ("project_id", filter.project_id.as_deref()),
+            ("kind", filter.kind.map(OperationKind::as_str)),
+            ("status", filter.status.map(OperationStatus::as_str)),
         ] {
             if let Some(value) = value {
                 args.push(value.into());
@@ -278,7 +279,7 @@ impl Store {
     pub async fn finish_operation(
         &self,
         id: &str,
-        status: &str,
+        status: OperationStatus,
         result: Option<&serde_json::Value>,
         error: Option<&str>,
     ) -> Result<bool> {

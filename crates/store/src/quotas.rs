@@ -10,39 +10,7 @@
 use crate::db::{Conn, DbError};
 use crate::{Result, Store, now};
 
-/// What a project uses, or may use, or asks for. `-1` as a limit is
-/// unlimited.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Usage {
-    pub instances: i64,
-    pub vcpus: i64,
-    pub memory_mb: i64,
-    pub volumes: i64,
-    pub volume_gb: i64,
-}
-
-impl Usage {
-    /// `(name, value)` of each resource.
-    pub fn items(&self) -> [(&'static str, i64); 5] {
-        [
-            ("instances", self.instances),
-            ("vcpus", self.vcpus),
-            ("memory_mb", self.memory_mb),
-            ("volumes", self.volumes),
-            ("volume_gb", self.volume_gb),
-        ]
-    }
-}
-
-/// The limits a project has set for itself; `None` takes the default.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, sqlx::FromRow)]
-pub struct QuotaOverrides {
-    pub instances: Option<i64>,
-    pub vcpus: Option<i64>,
-    pub memory_mb: Option<i64>,
-    pub volumes: Option<i64>,
-    pub volume_gb: Option<i64>,
-}
+pub use tessera_core::quota::{QuotaOverrides, Usage};
 
 /// A write's quota check: the project, its limits, and what the write adds.
 #[derive(Clone, Debug)]
@@ -158,14 +126,31 @@ impl QuotaCheck {
 impl Store {
     /// The limits a project has set, if it has any.
     pub async fn project_quota(&self, project_id: &str) -> Result<QuotaOverrides> {
-        let row: Option<QuotaOverrides> = self
+        type Row = (
+            Option<i64>,
+            Option<i64>,
+            Option<i64>,
+            Option<i64>,
+            Option<i64>,
+        );
+        let row: Option<Row> = self
             .fetch_optional(
                 "SELECT instances, vcpus, memory_mb, volumes, volume_gb FROM project_quotas \
                  WHERE project_id = $1",
                 &[project_id.into()],
             )
             .await?;
-        Ok(row.unwrap_or_default())
+        Ok(row
+            .map(
+                |(instances, vcpus, memory_mb, volumes, volume_gb)| QuotaOverrides {
+                    instances,
+                    vcpus,
+                    memory_mb,
+                    volumes,
+                    volume_gb,
+                },
+            )
+            .unwrap_or_default())
     }
 
     /// Sets a project's own limits (`None`: the default).

@@ -3,6 +3,7 @@
 use crate::db::Arg;
 use crate::operations::{NewOperation, operation_insert};
 use crate::{Result, Store, now};
+use tessera_core::status::TaskservStatus;
 
 #[derive(Clone, Debug, sqlx::FromRow)]
 pub struct TaskservRecord {
@@ -87,7 +88,7 @@ impl Store {
     pub async fn set_taskserv(
         &self,
         id: &str,
-        status: &str,
+        status: TaskservStatus,
         results: &serde_json::Value,
     ) -> Result<()> {
         self.run_statements(
@@ -96,7 +97,7 @@ impl Store {
                 "UPDATE taskservs SET status = $1, results = $2, updated_at = $3 WHERE id = $4"
                     .into(),
                 vec![
-                    status.into(),
+                    status.as_str().into(),
                     results.to_string().into(),
                     now().into(),
                     id.into(),

@@ -4,7 +4,7 @@
 //! host, then return its CPUs.
 
 use super::validate::validate;
-use super::{CreateInstance, Instance, InstanceSpecInput, MAX_PLACE_ATTEMPTS};
+use super::{CreateInstance, Instance, MAX_PLACE_ATTEMPTS};
 use crate::error::{Error, Result};
 use crate::identity::Principal;
 use crate::operations::Run;
@@ -13,11 +13,14 @@ use base64::Engine;
 use tessera_agent_api::InstanceReport;
 use tessera_core::Permission;
 use tessera_core::placement::Request;
+use tessera_core::status::{
+    InstanceState, OperationKind, OperationStatus, TerminationCause, VolumeStatus,
+};
 use tessera_store::{CpuClaim, InstanceUpdate, NewInstance, NewOperation, OperationEnd};
 
 /// What new instances add to their project's usage.
-pub(crate) fn instances_usage(instances: &[NewInstance]) -> tessera_store::Usage {
-    let mut adds = tessera_store::Usage::default();
+pub(crate) fn instances_usage(instances: &[NewInstance]) -> tessera_core::quota::Usage {
+    let mut adds = tessera_core::quota::Usage::default();
     for instance in instances {
         adds.instances += 1;
         adds.vcpus += instance.vcpus;
@@ -88,7 +91,7 @@ impl App {
             micros_per_hour += rate;
             let os = field == "os_volume";
             let mut volume = self.new_volume(caller, input, &location, os, rate);
-            volume.record.status = "attached".into();
+            volume.record.status = VolumeStatus::Attached.to_string();
             volume.record.target = Some(crate::volumes::target(match os {
                 true => 0,
                 false => {
@@ -114,7 +117,7 @@ impl App {
                     ),
                 ));
             }
-            if volume.status != "detached" || volume.instance_id.is_some() {
+            if volume.status != VolumeStatus::Detached.as_str() || volume.instance_id.is_some() {
                 return Err(Error::invalid(
                     "existing_volumes",
                     format!("volume {volume_id} is {}, not detached", volume.status),
@@ -153,7 +156,7 @@ impl App {
         let op = NewOperation {
             id: uuid::Uuid::new_v4().to_string(),
             project_id: caller.project_id.clone(),
-            kind: "instance_create".into(),
+            kind: OperationKind::InstanceCreate,
             resource_id: Some(id.clone()),
             params: serde_json::json!({ "instance_id": id }),
             created_by: caller.username.clone(),
@@ -208,7 +211,7 @@ impl App {
         let instance = self.run_instance(run).await?;
         if self.cancel_requested(run).await? {
             return self
-                .unwind_create(run, "cancelled", "creation cancelled")
+                .unwind_create(run, TerminationCause::Cancelled, "creation cancelled")
                 .await;
         }
         if !run.done("placed")
@@ -218,12 +221,14 @@ impl App {
                 Error::NoCapacity(why) => why,
                 other => return Err(other),
             };
-            return self.unwind_create(run, "failed", &why).await;
+            return self
+                .unwind_create(run, TerminationCause::NoCapacity, &why)
+                .await;
         }
         let instance = self.run_instance(run).await?;
         if self.cancel_requested(run).await? {
             return self
-                .unwind_create(run, "cancelled", "creation cancelled")
+                .unwind_create(run, TerminationCause::Cancelled, "creation cancelled")
                 .await;
         }
         if let Err(why) = self.prepare_volumes(&instance).await {
@@ -231,7 +236,7 @@ impl App {
             return self
                 .unwind_create(
                     run,
-                    "failed",
+                    TerminationCause::HostFailed,
                     &format!("the host could not prepare the instance's volumes: {why}"),
                 )
                 .await;
@@ -244,7 +249,7 @@ impl App {
             created = create => created,
             cancelled = self.until_cancel_requested(run) => {
                 cancelled?;
-                return self.unwind_create(run, "cancelled", "creation cancelled").await;
+                return self.unwind_create(run, TerminationCause::Cancelled, "creation cancelled").await;
             }
         };
         match created {
@@ -253,7 +258,7 @@ impl App {
                 tracing::warn!(instance = %instance.id, error = %why, "creating the instance failed");
                 self.unwind_create(
                     run,
-                    "failed",
+                    TerminationCause::HostFailed,
                     &format!("the host could not create the instance: {why}"),
                 )
                 .await
@@ -263,7 +268,7 @@ impl App {
 
     pub(super) async fn run_instance(&self, run: &Run) -> Result<Instance> {
         let id = run.op.resource_id.clone().unwrap_or_default();
-        self.store.instance(&id).await?.ok_or_else(|| {
+        self.stored_instance(&id).await?.ok_or_else(|| {
             Error::Internal(tessera_store::StoreError::Corrupt(format!(
                 "operation {} acts on instance {id}, which does not exist",
                 run.op.id
@@ -281,9 +286,9 @@ impl App {
         step: &str,
         purpose: CpuClaim,
     ) -> Result<tessera_core::placement::Decision> {
-        let spec: InstanceSpecInput = serde_json::from_str(&instance.spec).unwrap_or_default();
+        let spec = &instance.spec;
         let count = spec.vcpus.unwrap_or(1);
-        let memory_mb = u64::try_from(instance.memory_mb).unwrap_or(0);
+        let memory_mb = instance.memory_mb;
         let mut looked_again = false;
         for _ in 0..MAX_PLACE_ATTEMPTS {
             // A location names a region or, failing that, a zone.
@@ -386,17 +391,16 @@ impl App {
             .settle_instance_operation(
                 &OperationEnd {
                     id: &run.op.id,
-                    status: "completed",
+                    status: OperationStatus::Completed,
                     result: Some(&result),
                     error: None,
                 },
                 &instance.id,
                 &InstanceUpdate {
-                    state: "running".into(),
+                    state: InstanceState::Running,
                     state_detail: None,
-                    ssh_endpoint: self
-                        .ssh_endpoint(instance.host_id.as_deref(), &report)
-                        .await,
+                    cause: None,
+                    ssh_endpoint: self.ssh_endpoint(instance.host_id.as_ref(), &report).await,
                     private_ip: Some(report.private_ip),
                 },
                 false,
@@ -414,9 +418,19 @@ impl App {
         Ok(())
     }
 
-    /// Undoes a creation's done steps and ends it `status` with `why`: the
-    /// instance is terminated and holds nothing.
-    pub(super) async fn unwind_create(&self, run: &mut Run, status: &str, why: &str) -> Result<()> {
+    /// Undoes a creation's done steps and ends it with `why`: the instance
+    /// is terminated for `cause` and holds nothing; the operation is
+    /// cancelled or failed.
+    pub(super) async fn unwind_create(
+        &self,
+        run: &mut Run,
+        cause: TerminationCause,
+        why: &str,
+    ) -> Result<()> {
+        let status = match cause {
+            TerminationCause::Cancelled => OperationStatus::Cancelled,
+            _ => OperationStatus::Failed,
+        };
         let instance = self.run_instance(run).await?;
         if instance.host_id.is_some() {
             match self
@@ -447,8 +461,9 @@ impl App {
                 },
                 &instance.id,
                 &InstanceUpdate {
-                    state: "terminated".into(),
+                    state: InstanceState::Terminated,
                     state_detail: Some(why.to_string()),
+                    cause: Some(cause),
                     private_ip: None,
                     ssh_endpoint: None,
                 },
@@ -460,16 +475,15 @@ impl App {
         }
         // The volumes made for it go too (for good: they never held
         // anything); volumes it was to take are detached again.
-        let spec: InstanceSpecInput = serde_json::from_str(&instance.spec).unwrap_or_default();
-        for volume_id in &spec.volumes_made {
+        for volume_id in &instance.spec.volumes_made {
             if let Some(volume) = self.store.volume(volume_id).await?
-                && volume.status != "deleted"
+                && volume.status != VolumeStatus::Deleted.as_str()
             {
                 self.trash_volume(&volume, true).await?;
             }
         }
         if settled {
-            tracing::info!(instance = %instance.id, status, why, "instance creation unwound");
+            tracing::info!(instance = %instance.id, status = %status, why, "instance creation unwound");
             self.publish(
                 "instance",
                 &instance.id,

@@ -1,23 +1,16 @@
 //! What an instance's host is told: its spec, and calls to it made under
 //! the instance's guard.
 
-use super::{Instance, InstanceSpecInput};
+use super::Instance;
 use crate::error::{Error, Result};
 use crate::{App, HostCallError, InFlight};
 use base64::Engine;
 use tessera_agent_api::InstanceSpec;
-use tessera_core::{CpuSet, HostId};
-use tessera_store::InstanceRecord;
 
 impl App {
     /// What the host must run for `instance`.
-    pub(super) async fn instance_spec(&self, instance: &InstanceRecord) -> Result<InstanceSpec> {
-        let spec: InstanceSpecInput = serde_json::from_str(&instance.spec).map_err(|e| {
-            Error::Internal(tessera_store::StoreError::Corrupt(format!(
-                "instance {} spec: {e}",
-                instance.id
-            )))
-        })?;
+    pub(super) async fn instance_spec(&self, instance: &Instance) -> Result<InstanceSpec> {
+        let spec = &instance.spec;
         let mut ssh_keys = Vec::new();
         for id in &spec.ssh_key_ids {
             // A key deleted since creation is simply not installed again.
@@ -45,17 +38,13 @@ impl App {
             })
             .collect();
         Ok(InstanceSpec {
-            id: instance.id.clone(),
+            id: instance.id.to_string(),
             name: instance.name.clone(),
-            project_id: instance.project_id.clone(),
-            cpus: instance
-                .cpu_list
-                .as_deref()
-                .and_then(|l| CpuSet::parse_list(l).ok())
-                .unwrap_or_default(),
-            memory_mb: u64::try_from(instance.memory_mb).unwrap_or(0),
+            project_id: instance.project_id.to_string(),
+            cpus: instance.cpus.clone().unwrap_or_default(),
+            memory_mb: instance.memory_mb,
             disk_gb: spec.disk_gb.unwrap_or(0),
-            image: spec.image,
+            image: spec.image.clone(),
             ssh_keys,
             user_data,
             volumes,
@@ -91,7 +80,7 @@ impl App {
     {
         let host = instance.host_id.clone().ok_or(HostCallError::NoAgent)?;
         let agent = self
-            .agent(&HostId::new(host))
+            .agent(&host)
             .await
             .map_err(|e| HostCallError::Failed(e.to_string()))?
             .ok_or(HostCallError::NoAgent)?;

@@ -20,8 +20,9 @@ use crate::operations::{Page, encode_page_token, page_request};
 use crate::{App, has_nul};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use tessera_core::Permission;
-use tessera_store::InstanceFilter;
+use tessera_core::status::{InstanceState, TerminationCause};
+use tessera_core::{CpuSet, HostId, InstanceId, OperationId, Permission, ProjectId};
+use tessera_store::{InstanceFilter, InstanceRecord};
 
 mod create;
 mod host;
@@ -30,13 +31,101 @@ mod resync;
 mod validate;
 
 pub(crate) use create::instances_usage;
-pub use tessera_store::InstanceRecord as Instance;
 pub use validate::parse_selector;
 pub(crate) use validate::validate;
 
 /// How many times a creation looks again after losing a race for CPUs.
 pub(super) const MAX_PLACE_ATTEMPTS: usize = 64;
 pub(super) const MAX_USER_DATA: usize = 64 * 1024;
+
+/// An instance, as the app speaks of it: its spec and labels parsed, its
+/// state and why it ended typed. Made from its store row once, here.
+#[derive(Clone, Debug)]
+pub struct Instance {
+    pub id: InstanceId,
+    pub project_id: ProjectId,
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub spec: InstanceSpecInput,
+    pub state: InstanceState,
+    /// Why it is in its state, in words (a failure's message), for people.
+    pub detail: Option<String>,
+    /// Why it ended, once terminated.
+    pub cause: Option<TerminationCause>,
+    pub host_id: Option<HostId>,
+    /// The host CPUs pinned to it, while it holds some.
+    pub cpus: Option<CpuSet>,
+    pub memory_mb: u64,
+    pub private_ip: String,
+    pub public_ip: String,
+    /// The unfinished operation acting on it, if any.
+    pub operation_id: Option<OperationId>,
+    /// `HOST:PORT` forwarded to its SSH server, when its host forwards one.
+    pub ssh_endpoint: Option<String>,
+    pub generation: i64,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+impl Instance {
+    /// The instance a store row records; a row the app cannot read is
+    /// corrupt.
+    pub(crate) fn from_record(r: InstanceRecord) -> Result<Instance> {
+        let corrupt = |what: String| {
+            Error::Internal(tessera_store::StoreError::Corrupt(format!(
+                "instance {}: {what}",
+                r.id
+            )))
+        };
+        let state = r
+            .state
+            .parse()
+            .map_err(|e| corrupt(format!("state: {e}")))?;
+        let cause = r
+            .end_cause
+            .as_deref()
+            .map(str::parse)
+            .transpose()
+            .map_err(|e| corrupt(format!("end_cause: {e}")))?;
+        let spec = serde_json::from_str(&r.spec).map_err(|e| corrupt(format!("spec: {e}")))?;
+        let labels =
+            serde_json::from_str(&r.labels).map_err(|e| corrupt(format!("labels: {e}")))?;
+        let cpus = match r.cpu_list.as_deref() {
+            None | Some("") => None,
+            Some(list) => {
+                Some(CpuSet::parse_list(list).map_err(|e| corrupt(format!("cpus: {e}")))?)
+            }
+        };
+        Ok(Instance {
+            id: InstanceId::new(r.id),
+            project_id: ProjectId::new(r.project_id),
+            name: r.name,
+            labels,
+            spec,
+            state,
+            detail: r.state_detail,
+            cause,
+            host_id: r.host_id.map(HostId::new),
+            cpus,
+            memory_mb: u64::try_from(r.memory_mb).unwrap_or(0),
+            private_ip: r.private_ip,
+            public_ip: r.public_ip,
+            operation_id: r.operation_id.map(OperationId::new),
+            ssh_endpoint: r.ssh_endpoint,
+            generation: r.generation,
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+        })
+    }
+
+    /// Its CPUs in Linux list format; empty when it holds none.
+    pub fn cpu_list(&self) -> String {
+        self.cpus
+            .as_ref()
+            .map(CpuSet::to_string)
+            .unwrap_or_default()
+    }
+}
 
 /// The spec of an instance, as asked for and as stored (sizes resolved
 /// from the type).
@@ -98,7 +187,7 @@ pub struct CreateInstance {
 pub struct InstanceQuery {
     /// `key=value` pairs that must all match.
     pub labels: Vec<(String, String)>,
-    pub state: Option<String>,
+    pub state: Option<InstanceState>,
     pub limit: Option<u32>,
     pub page_token: Option<String>,
 }
@@ -109,13 +198,36 @@ impl App {
         self.project_instance(&caller.project_id, id).await
     }
 
+    /// An instance as the store has it now (not marked for a silent host).
+    pub(crate) async fn stored_instance(&self, id: &str) -> Result<Option<Instance>> {
+        match has_nul(id) {
+            true => Ok(None),
+            false => self
+                .store
+                .instance(id)
+                .await?
+                .map(Instance::from_record)
+                .transpose(),
+        }
+    }
+
+    /// The instances the store lists for `filter`, as they are stored.
+    pub(crate) async fn stored_instances(&self, filter: &InstanceFilter) -> Result<Vec<Instance>> {
+        let records = self.store.instances(filter).await?;
+        records.into_iter().map(Instance::from_record).collect()
+    }
+
+    /// The instances an operation made (a cluster's nodes).
+    pub(crate) async fn operation_instances(&self, operation_id: &str) -> Result<Vec<Instance>> {
+        let records = self.store.instances_of_operation(operation_id).await?;
+        records.into_iter().map(Instance::from_record).collect()
+    }
+
     pub(crate) async fn project_instance(&self, project_id: &str, id: &str) -> Result<Instance> {
-        let instance = match has_nul(id) {
-            true => None,
-            false => self.store.instance(id).await?,
-        };
-        let instance = instance
-            .filter(|i| i.project_id == project_id)
+        let instance = self
+            .stored_instance(id)
+            .await?
+            .filter(|i| i.project_id.as_str() == project_id)
             .ok_or_else(|| Error::NotFound(format!("instance {id} not found")))?;
         let mut shown = vec![instance];
         self.mark_unknown(&mut shown).await?;
@@ -125,11 +237,11 @@ impl App {
     /// `HOST:PORT` of the SSH forward a host reported for an instance.
     pub(crate) async fn ssh_endpoint(
         &self,
-        host_id: Option<&str>,
+        host_id: Option<&HostId>,
         report: &tessera_agent_api::InstanceReport,
     ) -> Option<String> {
         let port = report.ssh_port?;
-        let host = self.store.host(host_id?).await.ok()??;
+        let host = self.store.host(host_id?.as_str()).await.ok()??;
         Some(match host.ip.contains(':') {
             true => format!("[{}]:{port}", host.ip),
             false => format!("{}:{port}", host.ip),
@@ -148,15 +260,21 @@ impl App {
             return Ok(());
         }
         for instance in instances {
-            let on_lost = instance.host_id.as_ref().and_then(|h| lost_ids.get(h));
+            let on_lost = instance
+                .host_id
+                .as_ref()
+                .and_then(|h| lost_ids.get(h.as_str()));
             if let Some(hostname) = on_lost
-                && matches!(instance.state.as_str(), "running" | "stopped")
+                && matches!(
+                    instance.state,
+                    InstanceState::Running | InstanceState::Stopped
+                )
             {
-                instance.state_detail = Some(format!(
+                instance.detail = Some(format!(
                     "its host {hostname} is unreachable; it was {} when last seen",
                     instance.state
                 ));
-                instance.state = "unknown".into();
+                instance.state = InstanceState::Unknown;
             }
         }
         Ok(())
@@ -177,26 +295,27 @@ impl App {
                 project_id: Some(caller.project_id.clone()),
                 host_id: None,
                 after,
-                include_terminated: query.state.as_deref() == Some("terminated"),
+                include_terminated: query.state == Some(InstanceState::Terminated),
             })
             .await?;
         let mut items = Vec::new();
         let mut next_page_token = None;
-        for instance in all {
-            if query.state.as_ref().is_some_and(|s| *s != instance.state) {
+        for record in all {
+            let instance = Instance::from_record(record)?;
+            if query.state.is_some_and(|s| s != instance.state) {
                 continue;
             }
-            if !query.labels.is_empty() {
-                let labels: BTreeMap<String, String> =
-                    serde_json::from_str(&instance.labels).unwrap_or_default();
-                if !query.labels.iter().all(|(k, v)| labels.get(k) == Some(v)) {
-                    continue;
-                }
+            if !query
+                .labels
+                .iter()
+                .all(|(k, v)| instance.labels.get(k) == Some(v))
+            {
+                continue;
             }
             if items.len() == limit {
                 next_page_token = items
                     .last()
-                    .map(|i: &Instance| encode_page_token(&i.created_at, &i.id));
+                    .map(|i: &Instance| encode_page_token(&i.created_at, i.id.as_str()));
                 break;
             }
             items.push(instance);

@@ -7,62 +7,76 @@ use crate::identity::Principal;
 use crate::operations::Run;
 use crate::{App, HostCallError};
 use tessera_core::Permission;
+use tessera_core::status::{InstanceState, OperationKind, OperationStatus, TerminationCause};
 use tessera_store::{InstanceUpdate, NewOperation, OperationEnd};
 
 impl App {
     /// Starts deleting an instance: it stops, leaves its host and gives its
     /// CPUs back; answers the instance with the operation doing it. One
-    /// that is terminated already (a
-    /// creation that failed, or a delete done before) is answered as it is,
-    /// with no operation: deleting is idempotent.
+    /// that is terminated already (a creation that failed, or a delete done
+    /// before) is answered as it is, with no operation: deleting is
+    /// idempotent.
     pub async fn delete_instance(&self, caller: &Principal, id: &str) -> Result<Instance> {
         caller.require(Permission::InstanceDelete)?;
         let instance = self.project_instance(&caller.project_id, id).await?;
-        if instance.state == "terminated" && instance.operation_id.is_none() {
+        if instance.state == InstanceState::Terminated && instance.operation_id.is_none() {
             return Ok(instance);
         }
         self.begin_power(
             caller,
             id,
-            "instance_delete",
-            &["running", "stopped"],
-            "stopping",
+            OperationKind::InstanceDelete,
+            &[InstanceState::Running, InstanceState::Stopped],
+            InstanceState::Stopping,
         )
         .await
     }
 
     pub async fn stop_instance(&self, caller: &Principal, id: &str) -> Result<Instance> {
         caller.require(Permission::InstanceCreate)?;
-        self.begin_power(caller, id, "instance_stop", &["running"], "stopping")
-            .await
+        self.begin_power(
+            caller,
+            id,
+            OperationKind::InstanceStop,
+            &[InstanceState::Running],
+            InstanceState::Stopping,
+        )
+        .await
     }
 
     pub async fn start_instance(&self, caller: &Principal, id: &str) -> Result<Instance> {
         caller.require(Permission::InstanceCreate)?;
-        self.begin_power(caller, id, "instance_start", &["stopped"], "provisioning")
-            .await
+        self.begin_power(
+            caller,
+            id,
+            OperationKind::InstanceStart,
+            &[InstanceState::Stopped],
+            InstanceState::Provisioning,
+        )
+        .await
     }
 
     pub(super) async fn begin_power(
         &self,
         caller: &Principal,
         id: &str,
-        kind: &str,
-        from: &[&str],
-        to: &str,
+        kind: OperationKind,
+        from: &[InstanceState],
+        to: InstanceState,
     ) -> Result<Instance> {
         let instance = self.project_instance(&caller.project_id, id).await?;
         let op = NewOperation {
             id: uuid::Uuid::new_v4().to_string(),
             project_id: caller.project_id.clone(),
-            kind: kind.into(),
-            resource_id: Some(instance.id.clone()),
+            kind,
+            resource_id: Some(instance.id.to_string()),
             params: serde_json::json!({ "instance_id": instance.id }),
             created_by: caller.username.clone(),
         };
+        let from: Vec<&str> = from.iter().map(|s| s.as_str()).collect();
         if !self
             .store
-            .begin_instance_operation(&instance.id, from, to, &op)
+            .begin_instance_operation(&instance.id, &from, to.as_str(), &op)
             .await?
         {
             let now = self.project_instance(&caller.project_id, id).await?;
@@ -70,33 +84,41 @@ impl App {
                 Some(op) => format!("operation {op} is still under way on it"),
                 None => format!("it is {}", now.state),
             };
-            let verb = kind.trim_start_matches("instance_");
+            let verb = kind.as_str().trim_start_matches("instance_");
             return Err(Error::Conflict(format!(
                 "instance {id} cannot {verb}: {why}"
             )));
         }
-        self.publish("instance", &instance.id, Some(&caller.project_id), to);
+        self.publish(
+            "instance",
+            &instance.id,
+            Some(&caller.project_id),
+            to.as_str(),
+        );
         let instance = self.project_instance(&caller.project_id, id).await?;
         self.spawn_operation(&op.id);
         Ok(instance)
     }
 
-    /// Drives `instance_delete`, `instance_stop` and `instance_start`: one
-    /// host call, then the instance's new state.
-    pub(crate) async fn run_instance_power(&self, run: &mut Run) -> Result<()> {
+    /// Drives an `instance_delete`, `instance_stop` or `instance_start`
+    /// operation: one call to the host, then the instance's new state.
+    pub(crate) async fn run_instance_power(
+        &self,
+        run: &mut Run,
+        kind: OperationKind,
+    ) -> Result<()> {
         let _guard = self
             .instance_guard(run.op.resource_id.as_deref().unwrap_or(""))
             .await?;
         let instance = self.run_instance(run).await?;
-        let kind = run.op.kind.clone();
-        let outcome = match kind.as_str() {
-            "instance_delete" => self
+        let outcome = match kind {
+            OperationKind::InstanceDelete => self
                 .on_host(&instance, |agent, spec| async move {
                     agent.delete_instance(&spec.id).await
                 })
                 .await
                 .map(|()| None),
-            "instance_stop" => self
+            OperationKind::InstanceStop => self
                 .on_host(&instance, |agent, spec| async move {
                     agent.stop_instance(&spec.id).await
                 })
@@ -112,40 +134,55 @@ impl App {
                     .map(Some),
             },
         };
-        let (status, error, state, release) = match (&outcome, kind.as_str()) {
-            (Ok(_) | Err(HostCallError::NoAgent), "instance_delete")
+        use InstanceState::{Running, Stopped, Terminated};
+        let (status, error, state, release) = match (&outcome, kind) {
+            (Ok(_) | Err(HostCallError::NoAgent), OperationKind::InstanceDelete)
                 if instance.host_id.is_none() =>
             {
-                ("completed", None, "terminated", true)
+                (OperationStatus::Completed, None, Terminated, true)
             }
-            (Ok(_), "instance_delete") => ("completed", None, "terminated", true),
-            (Ok(_), "instance_stop") => ("completed", None, "stopped", false),
-            (Ok(_), _) => ("completed", None, "running", false),
-            (Err(HostCallError::Timeout(_)), "instance_delete") => {
+            (Ok(_), OperationKind::InstanceDelete) => {
+                (OperationStatus::Completed, None, Terminated, true)
+            }
+            (Ok(_), OperationKind::InstanceStop) => {
+                (OperationStatus::Completed, None, Stopped, false)
+            }
+            (Ok(_), _) => (OperationStatus::Completed, None, Running, false),
+            (Err(HostCallError::Timeout(_)), OperationKind::InstanceDelete) => {
                 // Its CPUs stay held until the host confirms: try again later.
                 return Err(Error::HostTimeout(format!(
                     "deleting {} on its host timed out",
                     instance.id
                 )));
             }
-            (Err(why), "instance_delete") => {
+            (Err(why), OperationKind::InstanceDelete) => {
                 return Err(Error::HostFailed(format!(
                     "deleting {} on its host failed: {why}",
                     instance.id
                 )));
             }
             // A stop or start that failed leaves the instance as it was.
-            (Err(why), "instance_stop") => ("failed", Some(why.to_string()), "running", false),
-            (Err(why), _) => ("failed", Some(why.to_string()), "stopped", false),
+            (Err(why), OperationKind::InstanceStop) => (
+                OperationStatus::Failed,
+                Some(why.to_string()),
+                Running,
+                false,
+            ),
+            (Err(why), _) => (
+                OperationStatus::Failed,
+                Some(why.to_string()),
+                Stopped,
+                false,
+            ),
         };
         let (private_ip, ssh_endpoint) = match &outcome {
             Ok(Some(report)) => (
                 Some(report.private_ip.clone()),
-                self.ssh_endpoint(instance.host_id.as_deref(), report).await,
+                self.ssh_endpoint(instance.host_id.as_ref(), report).await,
             ),
             _ => (None, None),
         };
-        let result = serde_json::json!({ "instance_id": instance.id, "state": state });
+        let result = serde_json::json!({ "instance_id": instance.id, "state": state.as_str() });
         let host = instance.host_id.clone();
         let settled = self
             .store
@@ -153,13 +190,14 @@ impl App {
                 &OperationEnd {
                     id: &run.op.id,
                     status,
-                    result: (status == "completed").then_some(&result),
+                    result: (status == OperationStatus::Completed).then_some(&result),
                     error: error.as_deref(),
                 },
                 &instance.id,
                 &InstanceUpdate {
-                    state: state.into(),
+                    state,
                     state_detail: error.clone(),
+                    cause: (state == Terminated).then_some(TerminationCause::Deleted),
                     private_ip,
                     ssh_endpoint,
                 },
@@ -170,8 +208,13 @@ impl App {
             self.placement.refresh_host(&self.store, &host).await?;
         }
         if settled {
-            tracing::info!(instance = %instance.id, kind, status, state, "instance operation ended");
-            self.publish("instance", &instance.id, Some(&instance.project_id), state);
+            tracing::info!(instance = %instance.id, kind = %kind, status = %status, state = %state, "instance operation ended");
+            self.publish(
+                "instance",
+                &instance.id,
+                Some(&instance.project_id),
+                state.as_str(),
+            );
         }
         Ok(())
     }

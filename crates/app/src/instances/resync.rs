@@ -3,6 +3,7 @@
 
 use crate::App;
 use crate::error::Result;
+use tessera_core::status::InstanceState;
 use tessera_store::InstanceFilter;
 
 impl App {
@@ -14,8 +15,7 @@ impl App {
         agent: std::sync::Arc<dyn tessera_agent_api::HostAgent>,
     ) -> Result<()> {
         let on_host = self
-            .store
-            .instances(&InstanceFilter {
+            .stored_instances(&InstanceFilter {
                 host_id: Some(host_id.to_string()),
                 ..InstanceFilter::default()
             })
@@ -25,12 +25,15 @@ impl App {
             // Under the instance's guard, as it is now: an operation that
             // started meanwhile (a delete) drives it instead.
             let _guard = self.instance_guard(&listed.id).await?;
-            let Some(instance) = self.store.instance(&listed.id).await? else {
+            let Some(instance) = self.stored_instance(&listed.id).await? else {
                 continue;
             };
             if instance.operation_id.is_some()
-                || instance.host_id.as_deref() != Some(host_id)
-                || !matches!(instance.state.as_str(), "running" | "stopped")
+                || instance.host_id.as_ref().map(|h| h.as_str()) != Some(host_id)
+                || !matches!(
+                    instance.state,
+                    InstanceState::Running | InstanceState::Stopped
+                )
             {
                 continue;
             }
@@ -39,7 +42,7 @@ impl App {
                 .host_call(agent.create_instance(&spec))
                 .await
                 .map(|_| ());
-            if outcome.is_ok() && instance.state == "stopped" {
+            if outcome.is_ok() && instance.state == InstanceState::Stopped {
                 outcome = self.host_call(agent.stop_instance(&spec.id)).await;
             }
             if let Err(err) = outcome {

@@ -61,13 +61,13 @@ impl From<ComputeUnit> for ComputeUnitResponse {
             ports_range: Some(unit.ports_range),
             cpu_range: unit.cpu_range,
             tags: unit.tags,
-            compute_id: unit.compute_id,
+            compute_id: unit.compute_id.to_string(),
             region: unit.region,
             zone: unit.zone,
             cpu_list: unit.cpu_list,
             hostname: unit.hostname,
             status: unit.status.to_string(),
-            cpu_count: unit.cpu_count,
+            cpu_count: i64::from(unit.cpu_count),
         }
     }
 }

@@ -1,6 +1,6 @@
 //! `/v1/instances`: instances as metadata, spec and status.
 
-use super::{Body, Caller, ErrorBody, Path, Query, Result, operation_location};
+use super::{Body, Caller, ErrorBody, Path, Query, Result, one_of, operation_location};
 use axum::Json;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
@@ -11,6 +11,7 @@ use tessera_app::instances::{
     CreateInstance, Instance, InstanceQuery, InstanceSpecInput, parse_selector,
 };
 use tessera_app::tags::{Tag, Tagged};
+use tessera_core::status::InstanceState;
 use utoipa::{IntoParams, ToSchema};
 
 /// An instance's metadata as given at creation.
@@ -157,26 +158,26 @@ pub struct InstanceBody {
 
 impl InstanceBody {
     fn new(i: Instance, tags: Vec<Tag>) -> Self {
-        let spec: InstanceSpecInput = serde_json::from_str(&i.spec).unwrap_or_default();
+        let cpus = i.cpu_list();
         InstanceBody {
             metadata: Metadata {
                 name: i.name,
-                labels: serde_json::from_str(&i.labels).unwrap_or_default(),
+                labels: i.labels,
                 tags: tags.into_iter().map(TagBody::from).collect(),
                 created_at: i.created_at,
             },
-            spec: spec.into(),
+            spec: i.spec.into(),
             status: InstanceStatus {
-                state: i.state,
-                host_id: i.host_id.unwrap_or_default(),
+                state: i.state.as_str().to_string(),
+                host_id: i.host_id.map(|h| h.to_string()).unwrap_or_default(),
                 private_ip: i.private_ip,
                 public_ip: i.public_ip,
-                cpus: i.cpu_list.unwrap_or_default(),
+                cpus,
                 ssh_endpoint: i.ssh_endpoint,
-                message: i.state_detail,
+                message: i.detail,
             },
-            operation_id: i.operation_id,
-            id: i.id,
+            operation_id: i.operation_id.map(|o| o.to_string()),
+            id: i.id.to_string(),
         }
     }
 }
@@ -285,7 +286,7 @@ pub async fn list_instances(
             &caller,
             &InstanceQuery {
                 labels,
-                state: params.state,
+                state: one_of("state", params.state.as_deref(), InstanceState::ALL)?,
                 limit: params.limit,
                 page_token: params.page_token,
             },
@@ -299,7 +300,7 @@ pub async fn list_instances(
             .items
             .into_iter()
             .map(|i| {
-                let own = tags.remove(&i.id).unwrap_or_default();
+                let own = tags.remove(i.id.as_str()).unwrap_or_default();
                 InstanceBody::new(i, own)
             })
             .collect(),

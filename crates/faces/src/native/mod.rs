@@ -487,6 +487,29 @@ fn optional_body<T: serde::de::DeserializeOwned + Default>(body: &[u8]) -> Resul
 }
 
 /// `Location` of an operation, for answers that start one.
+/// A query parameter that names one of a closed set of words (a state, a
+/// kind): `None` when absent, a 400 that lists the words when unknown.
+pub(crate) fn one_of<T>(field: &'static str, value: Option<&str>, all: &[T]) -> Result<Option<T>>
+where
+    T: Copy + std::str::FromStr + std::fmt::Display,
+{
+    let Some(value) = value else {
+        return Ok(None);
+    };
+    value.parse().map(Some).map_err(|_| {
+        let known: Vec<String> = all.iter().map(ToString::to_string).collect();
+        Error::invalid(
+            field,
+            format!(
+                "unknown {field} {:?}; one of {}",
+                value.escape_debug().to_string(),
+                known.join(", ")
+            ),
+        )
+        .into()
+    })
+}
+
 fn operation_location(id: &str) -> [(header::HeaderName, String); 1] {
     [(header::LOCATION, format!("/v1/operations/{id}"))]
 }

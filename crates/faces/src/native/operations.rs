@@ -1,6 +1,6 @@
 //! `/v1/operations`: the long actions of the caller's workspace.
 
-use super::{Caller, ErrorBody, Path, Query, Result};
+use super::{Caller, ErrorBody, Path, Query, Result, one_of};
 use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue};
@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use std::time::Duration;
 use tessera_app::App;
 use tessera_app::operations::{Operation, OperationQuery};
+use tessera_core::status::{OperationKind, OperationStatus};
 use utoipa::{IntoParams, ToSchema};
 
 /// An operation, in the provisioning API's shape.
@@ -38,19 +39,16 @@ impl From<Operation> for OperationBody {
     fn from(op: Operation) -> Self {
         let finished = op.is_finished();
         OperationBody {
-            result: op
-                .result
-                .as_deref()
-                .and_then(|r| serde_json::from_str(r).ok()),
-            id: op.id,
-            status: op.status,
+            result: op.result,
+            id: op.id.to_string(),
+            status: op.status.as_str().to_string(),
             created_at: op.created_at,
             updated_at: op.updated_at,
             error: op.error,
-            kind: op.kind,
+            kind: op.kind.as_str().to_string(),
             resource_id: op.resource_id,
-            cancel_requested: op.cancel_requested != 0,
-            attempts: op.attempts,
+            cancel_requested: op.cancel_requested,
+            attempts: i64::from(op.attempts),
             last_error: if finished { None } else { op.last_error },
         }
     }
@@ -94,8 +92,8 @@ pub async fn list_operations(
         .operations(
             &caller,
             &OperationQuery {
-                kind: params.kind,
-                status: params.status,
+                kind: one_of("kind", params.kind.as_deref(), OperationKind::ALL)?,
+                status: one_of("status", params.status.as_deref(), OperationStatus::ALL)?,
                 limit: params.limit,
                 page_token: params.page_token,
             },

@@ -7,7 +7,7 @@ use axum::extract::State;
 use serde::{Deserialize, Deserializer, Serialize};
 use tessera_app::App;
 use tessera_app::quotas::{Quota, SetQuota};
-use tessera_store::Usage;
+use tessera_core::quota::Usage;
 use utoipa::ToSchema;
 
 /// Amounts of each resource a quota covers. As limits, `-1` is unlimited.

@@ -53,21 +53,10 @@ fn status_name(status: HostStatus) -> &'static str {
 
 impl From<Host> for ServerBody {
     fn from(h: Host) -> Self {
-        let cpus = match &h.cpus {
-            Some(list) => list.clone(),
-            None => h
-                .cpu_ranges
-                .iter()
-                .filter_map(|r| r.parse::<tessera_core::CpuRange>().ok())
-                .fold(tessera_core::CpuSet::new(), |all, r| all.union(&r.cpus()))
-                .to_string(),
-        };
-        let plan = h.plan.clone().unwrap_or_else(|| {
-            let count = tessera_core::CpuSet::parse_list(&cpus)
-                .map(|c| c.len())
-                .unwrap_or(0);
-            format!("{count}xCPU-{}GB", h.memory_mb / 1024)
-        });
+        let plan = h
+            .plan
+            .clone()
+            .unwrap_or_else(|| format!("{}xCPU-{}GB", h.cpus.len(), h.memory_mb / 1024));
         ServerBody {
             provider: h.provider.clone().unwrap_or_else(|| "kloigos".into()),
             plan,
@@ -76,15 +65,15 @@ impl From<Host> for ServerBody {
                 (status, _) => status_name(status).into(),
             },
             message: h.status_detail,
-            id: h.id,
+            id: h.id.to_string(),
             hostname: h.hostname,
             zone: h.zone,
             ip_address: h.ip,
             created_at: h.created_at,
             region: h.region,
-            cpus,
+            cpus: h.cpus.to_string(),
             cpu_ranges: h.cpu_ranges,
-            memory_mb: h.memory_mb,
+            memory_mb: i64::try_from(h.memory_mb).unwrap_or(i64::MAX),
             tags: h.tags,
         }
     }

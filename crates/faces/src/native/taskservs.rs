@@ -35,11 +35,11 @@ impl From<Taskserv> for TaskservBody {
             id: t.id,
             name: t.name,
             version: t.version,
-            servers: serde_json::from_str(&t.servers).unwrap_or_default(),
-            status: t.status,
+            servers: t.servers,
+            status: t.status.as_str().to_string(),
             created_at: t.created_at,
-            results: serde_json::from_str(&t.results).unwrap_or_default(),
-            config: serde_json::from_str(&t.config).unwrap_or_default(),
+            results: t.results,
+            config: t.config,
         }
     }
 }

@@ -28,14 +28,16 @@ pub struct TokenBody {
 impl From<ApiToken> for TokenBody {
     fn from(t: ApiToken) -> Self {
         TokenBody {
-            id: t.record.id,
-            name: t.record.name,
-            user_id: t.record.user_id,
+            id: t.id,
+            name: t.name,
+            user_id: t.user_id.map(|u| u.to_string()),
             workspace: t.project_name,
-            scopes: t.record.scopes.and_then(|s| serde_json::from_str(&s).ok()),
-            created_at: t.record.created_at,
-            expires_at: t.record.expires_at,
-            revoked_at: t.record.revoked_at,
+            scopes: t
+                .scopes
+                .map(|scopes| scopes.iter().map(ToString::to_string).collect()),
+            created_at: t.created_at,
+            expires_at: t.expires_at,
+            revoked_at: t.revoked_at,
             token: t.secret,
         }
     }

@@ -36,24 +36,24 @@ impl From<User> for UserBody {
         let active = u
             .memberships
             .iter()
-            .find(|m| Some(&m.project_id) == u.record.active_project_id.as_ref())
+            .find(|m| Some(&m.project_id) == u.active_project_id.as_ref())
             .map(|m| m.project_name.clone());
         UserBody {
-            id: u.record.id,
-            username: u.record.username,
-            disabled: u.record.disabled != 0,
-            has_password: u.record.password_hash.is_some(),
-            install_role: u.record.install_role,
+            id: u.id.to_string(),
+            username: u.username,
+            disabled: u.disabled,
+            has_password: u.has_password,
+            install_role: u.install_role.map(|r| r.as_str().to_string()),
             active_workspace: active,
             workspaces: u
                 .memberships
                 .into_iter()
                 .map(|m| MembershipBody {
                     workspace: m.project_name,
-                    role: m.role,
+                    role: m.role.as_str().to_string(),
                 })
                 .collect(),
-            created_at: u.record.created_at,
+            created_at: u.created_at,
         }
     }
 }

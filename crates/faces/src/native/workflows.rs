@@ -41,13 +41,10 @@ pub struct WorkflowBody {
 impl From<Operation> for WorkflowBody {
     fn from(op: Operation) -> Self {
         WorkflowBody {
-            result: op
-                .result
-                .as_deref()
-                .and_then(|r| serde_json::from_str(r).ok()),
-            id: op.id,
-            workflow_type: op.kind,
-            status: op.status,
+            result: op.result,
+            id: op.id.to_string(),
+            workflow_type: op.kind.as_str().to_string(),
+            status: op.status.as_str().to_string(),
             created_at: op.created_at,
             updated_at: op.updated_at,
             error: op.error,

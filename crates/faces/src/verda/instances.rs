@@ -17,8 +17,9 @@ use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use tessera_app::instance_actions::{ActionOutcome, InstanceAction};
 use tessera_app::instances::{CreateInstance, Instance, InstanceQuery, InstanceSpecInput};
-use tessera_app::volumes::VolumeInput;
+use tessera_app::volumes::{VolumeInput, VolumeSet};
 use tessera_app::{App, Error, Principal};
+use tessera_core::status::{InstanceState, OperationKind, TerminationCause};
 use utoipa::{IntoParams, ToSchema};
 
 /// Verda's instance statuses.
@@ -99,40 +100,36 @@ pub struct InstanceBody {
     pub tags: Vec<super::tags::TagBody>,
 }
 
-/// An instance's Verda status.
+/// An instance's Verda status: `ordered` until it has a host, `offline`
+/// when stopped, `deleting` while a delete stops it, and for a terminated
+/// one, why it ended.
 async fn status(app: &App, caller: &Principal, instance: &Instance) -> String {
-    let placed = instance.host_id.is_some();
-    match instance.state.as_str() {
-        "provisioning" if !placed => "ordered".into(),
-        "provisioning" => "provisioning".into(),
-        "running" => "running".into(),
-        "stopped" => "offline".into(),
-        "unknown" => "unknown".into(),
-        "stopping" => {
+    let status = match instance.state {
+        InstanceState::Provisioning if instance.host_id.is_none() => "ordered",
+        InstanceState::Provisioning => "provisioning",
+        InstanceState::Running => "running",
+        InstanceState::Stopped => "offline",
+        InstanceState::Unknown => "unknown",
+        InstanceState::Stopping => {
             let deleting = match &instance.operation_id {
                 Some(op) => app
                     .operation(caller, op)
                     .await
-                    .is_ok_and(|op| op.kind == "instance_delete"),
+                    .is_ok_and(|op| op.kind == OperationKind::InstanceDelete),
                 None => false,
             };
             match deleting {
-                true => "deleting".into(),
-                false => "running".into(),
+                true => "deleting",
+                false => "running",
             }
         }
-        "terminated" => {
-            let detail = instance.state_detail.as_deref().unwrap_or("");
-            if detail.starts_with("no host") {
-                "no_capacity".into()
-            } else if detail.contains("could not create") || detail.contains("could not prepare") {
-                "error".into()
-            } else {
-                "discontinued".into()
-            }
-        }
-        _ => "unknown".into(),
-    }
+        InstanceState::Terminated => match instance.cause {
+            Some(TerminationCause::NoCapacity) => "no_capacity",
+            Some(TerminationCause::HostFailed) => "error",
+            Some(TerminationCause::Deleted | TerminationCause::Cancelled) | None => "discontinued",
+        },
+    };
+    status.to_string()
 }
 
 /// An instance as Verda shows it.
@@ -153,13 +150,13 @@ async fn instance_body_with(
     volumes: Vec<tessera_app::volumes::Volume>,
     tags: Vec<tessera_app::tags::Tag>,
 ) -> InstanceBody {
-    let spec: InstanceSpecInput = serde_json::from_str(&i.spec).unwrap_or_default();
+    let spec = &i.spec;
     let catalog = app.catalog();
     let kind = catalog.instance_type(&spec.instance_type);
     let os_volume_id = volumes
         .iter()
-        .find(|v| v.is_os_volume != 0)
-        .map(|v| v.id.clone());
+        .find(|v| v.is_os_volume)
+        .map(|v| v.id.to_string());
     let price_per_hour = kind.map_or(0.0, |k| k.hourly(spec.is_spot));
     let vcpus = spec.vcpus.unwrap_or(0);
     let memory_gb = spec.memory_mb.unwrap_or(0) / 1024;
@@ -217,9 +214,9 @@ async fn instance_body_with(
             .into()
         }),
         pricing: "FIXED_PRICE".into(),
-        volume_ids: volumes.into_iter().map(|v| v.id).collect(),
+        volume_ids: volumes.into_iter().map(|v| v.id.to_string()).collect(),
         tags: tags.into_iter().map(Into::into).collect(),
-        id: i.id,
+        id: i.id.to_string(),
     }
 }
 
@@ -265,9 +262,12 @@ pub async fn list_instances(
     // Every attached volume in one read, rather than one per instance.
     let mut volumes_of: std::collections::HashMap<String, Vec<tessera_app::volumes::Volume>> =
         std::collections::HashMap::new();
-    for volume in app.volumes(&caller, tessera_store::VolumeSet::Live).await? {
+    for volume in app.volumes(&caller, VolumeSet::Live).await? {
         if let Some(instance) = volume.instance_id.clone() {
-            volumes_of.entry(instance).or_default().push(volume);
+            volumes_of
+                .entry(instance.to_string())
+                .or_default()
+                .push(volume);
         }
     }
     let mut tags_of = app
@@ -280,7 +280,7 @@ pub async fn list_instances(
             .instances(
                 &caller,
                 &InstanceQuery {
-                    state: ended.then(|| "terminated".to_string()),
+                    state: ended.then_some(InstanceState::Terminated),
                     limit: Some(1000),
                     page_token: page_token.take(),
                     ..InstanceQuery::default()
@@ -288,8 +288,8 @@ pub async fn list_instances(
             )
             .await?;
         for instance in page.items {
-            let volumes = volumes_of.remove(&instance.id).unwrap_or_default();
-            let tags = tags_of.remove(&instance.id).unwrap_or_default();
+            let volumes = volumes_of.remove(instance.id.as_str()).unwrap_or_default();
+            let tags = tags_of.remove(instance.id.as_str()).unwrap_or_default();
             let body = instance_body_with(&app, &caller, instance, volumes, tags).await;
             if query.status.as_ref().is_none_or(|s| *s == body.status) {
                 bodies.push(body);
@@ -511,7 +511,7 @@ pub async fn deploy_instance(
             },
         )
         .await?;
-    Ok(id_text(StatusCode::ACCEPTED, instance.id))
+    Ok(id_text(StatusCode::ACCEPTED, instance.id.to_string()))
 }
 
 #[derive(Deserialize, ToSchema)]

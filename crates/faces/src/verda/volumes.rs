@@ -10,10 +10,10 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use tessera_app::tags::{Tag, Tagged};
-use tessera_app::volumes::{CreateVolume, Volume, VolumeAction, VolumeInput};
+use tessera_app::volumes::{CreateVolume, Volume, VolumeAction, VolumeInput, VolumeSet};
 use tessera_app::{App, Principal};
 use tessera_core::catalog::HOURS_PER_MONTH;
-use tessera_store::VolumeSet;
+use tessera_core::status::VolumeStatus;
 use utoipa::{IntoParams, ToSchema};
 
 const STATUSES: &[&str] = &[
@@ -92,9 +92,18 @@ pub struct VolumeBody {
     pub tags: Vec<super::tags::TagBody>,
 }
 
+/// A volume's Verda status.
+fn status(volume: &Volume) -> &'static str {
+    match volume.status {
+        VolumeStatus::Detached => "detached",
+        VolumeStatus::Attached => "attached",
+        VolumeStatus::Deleted => "deleted",
+    }
+}
+
 async fn volume_body(app: &App, caller: &Principal, v: Volume, tags: Vec<Tag>) -> VolumeBody {
     let catalog = app.catalog();
-    let size = u64::try_from(v.size_gb).unwrap_or(0);
+    let size = v.size_gb;
     let monthly = catalog
         .volume_type(&v.volume_type)
         .map_or(0.0, |t| t.price_per_month_per_gb * size as f64);
@@ -105,7 +114,7 @@ async fn volume_body(app: &App, caller: &Principal, v: Volume, tags: Vec<Tag>) -
             .collect();
     let dir = format!("/mnt/volume-{short}");
     // An OS volume is its instance's root file system, mounted already.
-    let device = match v.is_os_volume != 0 {
+    let device = match v.is_os_volume {
         true => None,
         false => v.target.as_ref().map(|t| format!("/dev/{t}")),
     };
@@ -117,13 +126,13 @@ async fn volume_body(app: &App, caller: &Principal, v: Volume, tags: Vec<Tag>) -
         Some(i) => Some(super::instances::instance_body(app, caller, i).await),
         None => None,
     };
-    let ssh_key_ids = match (&instance, v.is_os_volume != 0) {
+    let ssh_key_ids = match (&instance, v.is_os_volume) {
         (Some(i), true) => i.ssh_key_ids.clone(),
         _ => Vec::new(),
     };
-    let deleted = v.status == "deleted";
+    let deleted = v.status == VolumeStatus::Deleted;
     VolumeBody {
-        instance_id: v.instance_id.clone(),
+        instance_id: v.instance_id.as_ref().map(ToString::to_string),
         instances: instance
             .into_iter()
             .map(|i| AttachedToBody {
@@ -138,9 +147,9 @@ async fn volume_body(app: &App, caller: &Principal, v: Volume, tags: Vec<Tag>) -
         name: v.name.clone(),
         created_at: v.created_at.clone(),
         created_by_user_id: v.created_by.clone(),
-        status: v.status.clone(),
+        status: status(&v).to_string(),
         size: size as f64,
-        is_os_volume: v.is_os_volume != 0,
+        is_os_volume: v.is_os_volume,
         target: v.target.clone(),
         volume_type: v.volume_type.clone(),
         location: v.location.clone(),
@@ -165,7 +174,7 @@ async fn volume_body(app: &App, caller: &Principal, v: Volume, tags: Vec<Tag>) -
         deleted_at: deleted.then(|| v.trashed_at.clone().unwrap_or_else(|| v.created_at.clone())),
         is_permanently_deleted: deleted.then(|| v.trashed_at.is_none()),
         tags: tags.into_iter().map(Into::into).collect(),
-        id: v.id,
+        id: v.id.to_string(),
     }
 }
 
@@ -173,7 +182,7 @@ async fn bodies(app: &App, caller: &Principal, volumes: Vec<Volume>) -> Result<V
     let mut tags = app.project_tags(&caller.project_id, Tagged::Volume).await?;
     let mut out = Vec::with_capacity(volumes.len());
     for v in volumes {
-        let own = tags.remove(&v.id).unwrap_or_default();
+        let own = tags.remove(v.id.as_str()).unwrap_or_default();
         out.push(volume_body(app, caller, v, own).await);
     }
     Ok(out)
@@ -216,7 +225,7 @@ pub async fn list_volumes(
         .volumes(&caller, set)
         .await?
         .into_iter()
-        .filter(|v| query.status.as_ref().is_none_or(|s| *s == v.status))
+        .filter(|v| query.status.as_ref().is_none_or(|s| s == status(v)))
         .collect();
     Ok(Json(bodies(&app, &caller, volumes).await?))
 }
@@ -322,7 +331,7 @@ pub async fn create_volume(
             },
         )
         .await?;
-    Ok(id_text(StatusCode::ACCEPTED, volume.id))
+    Ok(id_text(StatusCode::ACCEPTED, volume.id.to_string()))
 }
 
 #[derive(Deserialize, ToSchema)]

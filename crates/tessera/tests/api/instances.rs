@@ -695,6 +695,11 @@ async fn operations_page_and_refuse_bad_queries(backend: Backend) {
         "/v1/operations?page_token=nonsense",
         "/v1/operations/any/wait?timeout=-1",
         "/v1/operations/any/wait?timeout=soon",
+        // A filter on a state or kind that does not exist is a mistake,
+        // not an empty list.
+        "/v1/operations?kind=instance_explode",
+        "/v1/operations?status=done",
+        "/v1/instances?state=sleeping",
     ] {
         let (status, body) = server.get(bad).await;
         assert_eq!(
