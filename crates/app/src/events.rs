@@ -8,10 +8,12 @@
 //! through the log: it wakes on this process's changes at once and polls
 //! the store for the others'.
 
-use crate::App;
+use crate::identity::Principal;
+use crate::{App, Result};
 use serde::Serialize;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
+use tessera_core::Permission;
 use tessera_store::{EventRecord, NewEvent};
 use tokio::sync::{broadcast, mpsc};
 
@@ -51,6 +53,84 @@ impl From<EventRecord> for Event {
             state: r.state,
             at: r.at,
         }
+    }
+}
+
+/// How often a feed checks that its credential still holds (a revoked
+/// token or a disabled user is cut off).
+const RECHECK_EVERY: Duration = Duration::from_secs(15);
+
+/// What a feed gives next.
+#[derive(Debug)]
+pub enum FeedItem {
+    /// An event the caller may see, in `seq` order.
+    Event(Event),
+    /// The feed fell behind and skipped this many events: reconnect with
+    /// the last `seq` seen to catch up.
+    Lagged(u64),
+    /// The feed is over: the credential no longer holds, or the server
+    /// stops.
+    Ended,
+}
+
+/// A caller's live view of the event log: first the logged events after
+/// the `seq` it asked for, then each new one it may see (its project's,
+/// and the fleet's hosts' for those who may read servers). It checks its
+/// credential again every [`RECHECK_EVERY`], so a revoked credential or a
+/// disabled user stops seeing events.
+pub struct EventFeed {
+    app: App,
+    bearer: Option<String>,
+    caller: Principal,
+    /// The logged events replayed before the live ones.
+    pub replay: Vec<Event>,
+    /// More were logged than one replay gives ([`REPLAY_LIMIT`]).
+    pub truncated: bool,
+    live: broadcast::Receiver<Event>,
+    recheck: tokio::time::Interval,
+    /// The last `seq` given, so nothing is given twice.
+    last: i64,
+}
+
+impl EventFeed {
+    /// The next event the caller may see, or why there are no more.
+    pub async fn next(&mut self) -> FeedItem {
+        loop {
+            tokio::select! {
+                _ = self.recheck.tick() => {
+                    match self.app.authenticate(self.bearer.as_deref()).await {
+                        Ok(now) if now.can(Permission::OperationRead) => self.caller = now,
+                        _ => return FeedItem::Ended,
+                    }
+                }
+                _ = self.app.stopping.cancelled() => return FeedItem::Ended,
+                event = self.live.recv() => match event {
+                    Ok(event) if event.seq > self.last && visible(&self.caller, &event) => {
+                        self.last = event.seq;
+                        return FeedItem::Event(event);
+                    }
+                    Ok(_) => {}
+                    Err(broadcast::error::RecvError::Lagged(missed)) => {
+                        return FeedItem::Lagged(missed);
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return FeedItem::Ended,
+                },
+            }
+        }
+    }
+
+    /// The `seq` of the last event given (replayed or live).
+    pub fn last_seq(&self) -> i64 {
+        self.last
+    }
+}
+
+/// Whether a caller may see an event: its own project's, and hosts' (which
+/// belong to the fleet) if it may read servers.
+fn visible(caller: &Principal, event: &Event) -> bool {
+    match &event.project_id {
+        Some(project) => *project == caller.project_id,
+        None => caller.can(Permission::ServerRead),
     }
 }
 
@@ -103,6 +183,34 @@ impl App {
         self.events.public.subscribe()
     }
 
+    /// Opens a feed of the events a bearer credential's caller may see,
+    /// replaying the logged ones after `since` first.
+    pub async fn event_feed(&self, bearer: Option<&str>, since: Option<i64>) -> Result<EventFeed> {
+        let caller = self.authenticate(bearer).await?;
+        caller.require(Permission::OperationRead)?;
+        // Subscribed before the replay is read, so nothing falls between.
+        let live = self.subscribe();
+        let (replay, truncated) = match since {
+            Some(seq) => {
+                self.events_after(&caller.project_id, caller.can(Permission::ServerRead), seq)
+                    .await?
+            }
+            None => (Vec::new(), false),
+        };
+        let mut recheck = tokio::time::interval(RECHECK_EVERY);
+        recheck.reset();
+        Ok(EventFeed {
+            app: self.clone(),
+            bearer: bearer.map(str::to_string),
+            last: replay.last().map_or(i64::MIN, |e| e.seq),
+            caller,
+            replay,
+            truncated,
+            live,
+            recheck,
+        })
+    }
+
     /// Ids of what this process changes from now on.
     pub(crate) fn changes(&self) -> broadcast::Receiver<String> {
         self.events.changes.subscribe()
@@ -116,7 +224,7 @@ impl App {
         project_id: &str,
         hosts: bool,
         seq: i64,
-    ) -> crate::Result<(Vec<Event>, bool)> {
+    ) -> Result<(Vec<Event>, bool)> {
         let mut events: Vec<Event> = Vec::new();
         let mut after = seq;
         loop {

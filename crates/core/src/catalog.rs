@@ -102,6 +102,11 @@ pub struct InstanceType {
 }
 
 impl InstanceType {
+    /// Whether it may run the image (of this image type).
+    pub fn runs(&self, image_type: &str) -> bool {
+        self.supported_os.is_empty() || self.supported_os.iter().any(|os| os == image_type)
+    }
+
     pub fn memory_mb(&self) -> u64 {
         self.memory_gb * 1024
     }
@@ -304,6 +309,12 @@ impl Catalog {
 
     pub fn location(&self, code: &str) -> Option<&Location> {
         self.locations.iter().find(|l| l.code == code)
+    }
+
+    /// The volume type a volume gets when none is asked for (an OS
+    /// volume): `NVMe` where the catalog has it, else its first.
+    pub fn default_volume_type(&self) -> Option<&VolumeType> {
+        self.volume_type("NVMe").or(self.volume_types.first())
     }
 
     pub fn volume_type(&self, name: &str) -> Option<&VolumeType> {

@@ -6,11 +6,10 @@
 //! `/verda/v1`; [`system`] (`/health`). Every face publishes
 //! an OpenAPI document built from this code ([`openapi_documents`]).
 
+pub mod kit;
 pub mod kloigos;
-mod limits;
 pub mod metrics;
 pub mod native;
-pub mod ratelimit;
 pub mod serve;
 pub mod system;
 pub mod verda;

@@ -89,6 +89,17 @@ pub(crate) fn validate(catalog: &Catalog, req: &mut CreateInstance) -> Result<Op
             ),
         ));
     }
+    if !kind.runs(&spec.image) {
+        return Err(Error::invalid(
+            "spec.image",
+            format!(
+                "instance type {} does not support image {}; it supports {}",
+                spec.instance_type,
+                spec.image,
+                kind.supported_os.join(", ")
+            ),
+        ));
+    }
     let vcpus = spec.vcpus.unwrap_or(kind.vcpus);
     if !(1..=MAX_VCPUS).contains(&vcpus) {
         return Err(Error::invalid(

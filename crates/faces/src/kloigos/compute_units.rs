@@ -2,14 +2,14 @@
 
 use super::validation::{BodyReader, ValidationError, parse_int_text, query_error};
 use super::{Detail, KloigosError};
-use axum::Extension;
+use crate::kit::Caller;
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, State};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
+use tessera_app::App;
 use tessera_app::units::{AllocateUnit, ComputeUnit, UnitQuery};
-use tessera_app::{App, Principal};
 use tessera_core::Permission;
 use tessera_core::status::UnitStatus;
 use utoipa::{IntoParams, ToSchema};
@@ -140,7 +140,7 @@ fn parse_allocate(body: &[u8]) -> Result<ComputeUnitRequest, Vec<ValidationError
 )]
 pub async fn allocate(
     State(app): State<App>,
-    Extension(caller): Extension<Principal>,
+    Caller(caller): Caller,
     body: Bytes,
 ) -> Result<Json<ComputeUnitResponse>, KloigosError> {
     let request = parse_allocate(&body).map_err(KloigosError::Validation)?;
@@ -172,7 +172,7 @@ pub async fn allocate(
 )]
 pub async fn deallocate(
     State(app): State<App>,
-    Extension(caller): Extension<Principal>,
+    Caller(caller): Caller,
     Path(compute_id): Path<String>,
 ) -> Result<Json<Value>, KloigosError> {
     // Tenants deallocate their own units; the fleet's operators any.
@@ -271,7 +271,7 @@ fn parse_list_query(query: Option<&str>) -> Result<UnitQuery, Vec<ValidationErro
 )]
 pub async fn list_compute_units(
     State(app): State<App>,
-    Extension(caller): Extension<Principal>,
+    Caller(caller): Caller,
     RawQuery(query): RawQuery,
 ) -> Result<Json<Vec<ComputeUnitResponse>>, KloigosError> {
     let mut filter = parse_list_query(query.as_deref()).map_err(KloigosError::Validation)?;

@@ -14,14 +14,15 @@ mod compute_units;
 pub mod validation;
 
 use crate::BearerAuth;
-use axum::extract::{Request, State};
-use axum::http::{HeaderValue, StatusCode, header};
-use axum::middleware::{self, Next};
+use crate::kit::{self, BodyRule, Face, FaceState};
+use axum::extract::Request;
+use axum::http::{Method, StatusCode};
+use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use serde::Serialize;
-use tessera_app::{App, Error};
+use tessera_app::{App, Error, Principal, RateLimits};
 use tessera_core::Permission;
 use utoipa::{OpenApi, ToSchema};
 use validation::{HttpValidationError, ValidationError, value_error};
@@ -47,7 +48,60 @@ use validation::{HttpValidationError, ValidationError, value_error};
 )]
 pub struct KloigosApi;
 
+/// The Kloigos face, for the kit: FastAPI's error bodies, bearer JWTs and
+/// API tokens, the native permission of what each route does, no rate
+/// limits (Kloigos has none).
+pub struct Kloigos;
+
+impl Face for Kloigos {
+    type Error = KloigosError;
+
+    // Bodies are read field by field, as pydantic does (see `validation`).
+    const BODY: BodyRule = BodyRule::Strict;
+
+    async fn authenticate(app: &App, bearer: Option<&str>) -> Result<Principal, Error> {
+        app.authenticate(bearer).await
+    }
+
+    /// Kloigos has no roles of its own: its routes need the native
+    /// permissions of what they do.
+    fn authorize(caller: &Principal, request: &Request) -> Result<(), Error> {
+        let path = request.uri().path();
+        let needed = if path.contains("/admin/init_server") {
+            Permission::ServerCreate
+        } else if path.contains("/admin/") {
+            Permission::ServerDelete
+        } else if path.contains("/allocate") {
+            Permission::InstanceCreate
+        } else if path.contains("/deallocate") {
+            Permission::InstanceDelete
+        } else {
+            Permission::InstanceRead
+        };
+        caller.require(needed)
+    }
+
+    fn rate_limits(_: &App) -> Option<&RateLimits> {
+        None
+    }
+
+    fn not_found(_: &Method, _: &str) -> Response {
+        let body = Detail {
+            detail: "Not Found".into(),
+        };
+        (StatusCode::NOT_FOUND, Json(body)).into_response()
+    }
+
+    fn method_not_allowed(_: &Method, _: &str) -> Response {
+        let body = Detail {
+            detail: "Method Not Allowed".into(),
+        };
+        (StatusCode::METHOD_NOT_ALLOWED, Json(body)).into_response()
+    }
+}
+
 pub fn router(app: App) -> Router {
+    let state = FaceState::<Kloigos>::new(app);
     Router::new()
         .route("/compute_units/allocate", post(compute_units::allocate))
         .route(
@@ -61,10 +115,13 @@ pub fn router(app: App) -> Router {
             "/admin/decommission_server/{hostname}",
             delete(admin::decommission_server),
         )
-        .fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed)
-        .route_layer(middleware::from_fn_with_state(app.clone(), authenticate))
-        .with_state(app)
+        .fallback(kit::not_found::<Kloigos>)
+        .method_not_allowed_fallback(kit::method_not_allowed::<Kloigos>)
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            kit::authenticate::<Kloigos>,
+        ))
+        .with_state(state)
 }
 
 /// FastAPI's error body for everything but validation.
@@ -117,66 +174,8 @@ impl IntoResponse for KloigosError {
             Error::HostFailed(_) => StatusCode::BAD_GATEWAY,
             Error::HostTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            Error::Internal(source) => {
-                tracing::error!(error = ?source, "internal error");
-                StatusCode::INTERNAL_SERVER_ERROR
-            }
+            Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
-        let detail = match &err {
-            Error::Internal(_) => "Internal Server Error".to_string(),
-            other => other.to_string(),
-        };
-        let mut response = (status, Json(Detail { detail })).into_response();
-        if status == StatusCode::UNAUTHORIZED {
-            response
-                .headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-        }
-        response
+        kit::answer(&err, status, |detail| Json(Detail { detail }))
     }
-}
-
-/// Every route needs a bearer token.
-async fn authenticate(State(app): State<App>, request: Request, next: Next) -> Response {
-    let principal = match app
-        .authenticate(crate::native::bearer(request.headers()))
-        .await
-    {
-        Ok(principal) => principal,
-        Err(err) => return KloigosError::from(err).into_response(),
-    };
-    // Kloigos has no roles of its own: its routes need the native
-    // permissions of what they do.
-    let path = request.uri().path();
-    let needed = if path.contains("/admin/init_server") {
-        Permission::ServerCreate
-    } else if path.contains("/admin/") {
-        Permission::ServerDelete
-    } else if path.contains("/allocate") {
-        Permission::InstanceCreate
-    } else if path.contains("/deallocate") {
-        Permission::InstanceDelete
-    } else {
-        Permission::InstanceRead
-    };
-    if let Err(err) = principal.require(needed) {
-        return KloigosError::from(err).into_response();
-    }
-    let mut request = request;
-    request.extensions_mut().insert(principal);
-    next.run(request).await
-}
-
-async fn not_found() -> Response {
-    let body = Detail {
-        detail: "Not Found".into(),
-    };
-    (StatusCode::NOT_FOUND, Json(body)).into_response()
-}
-
-async fn method_not_allowed() -> Response {
-    let body = Detail {
-        detail: "Method Not Allowed".into(),
-    };
-    (StatusCode::METHOD_NOT_ALLOWED, Json(body)).into_response()
 }

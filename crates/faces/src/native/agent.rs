@@ -37,7 +37,7 @@ where
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         let app = App::from_ref(state);
         Ok(Agent(
-            app.authenticate_agent(super::bearer(&parts.headers))
+            app.authenticate_agent(crate::kit::bearer(&parts.headers))
                 .await?,
         ))
     }

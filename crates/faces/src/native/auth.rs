@@ -57,8 +57,12 @@ pub async fn login(
     ClientAddress(client): ClientAddress,
     Body(req): Body<LoginRequest>,
 ) -> Response {
-    let verdict =
-        crate::limits::credential_request(&state.limiter, &state.app, client, Some(&req.username));
+    let verdict = crate::kit::limits::credential_request(
+        &state.limiter,
+        &state.app,
+        client,
+        Some(&req.username),
+    );
     let answer = match verdict.error() {
         Some(err) => Err(NativeError(err)),
         None => state
@@ -87,7 +91,7 @@ pub async fn refresh(
     ClientAddress(client): ClientAddress,
     Body(req): Body<RefreshRequest>,
 ) -> Response {
-    let verdict = crate::limits::credential_request(&state.limiter, &state.app, client, None);
+    let verdict = crate::kit::limits::credential_request(&state.limiter, &state.app, client, None);
     let answer: Result<Json<TokenResponse>> = match verdict.error() {
         Some(err) => Err(NativeError(err)),
         None => match state.app.refresh(&req.refresh_token).await {

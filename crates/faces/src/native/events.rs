@@ -10,9 +10,8 @@ use axum::extract::ws::{
 use axum::http::HeaderMap;
 use axum::response::Response;
 use serde::Deserialize;
-use tessera_app::{App, Event, Principal};
-use tessera_core::Permission;
-use tokio::sync::broadcast::error::RecvError;
+use tessera_app::App;
+use tessera_app::events::{EventFeed, FeedItem};
 use utoipa::IntoParams;
 
 #[derive(Deserialize, IntoParams)]
@@ -42,86 +41,51 @@ pub async fn events(
     Query(params): Query<EventParams>,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, NativeError> {
-    let bearer = super::bearer(&headers)
+    let bearer = crate::kit::bearer(&headers)
         .map(str::to_string)
         .or(params.access_token);
-    let caller = app.authenticate(bearer.as_deref()).await?;
-    caller.require(Permission::OperationRead)?;
+    let feed = app.event_feed(bearer.as_deref(), params.since).await?;
     let upgrade = upgrade.map_err(|_| {
         bad_request("GET /v1/events speaks WebSocket: connect with `Upgrade: websocket`".into())
     })?;
-    // Subscribed before the replay is read, so nothing falls between.
-    let events = app.subscribe();
-    let (replay, truncated) = match params.since {
-        Some(seq) => {
-            app.events_after(&caller.project_id, caller.can(Permission::ServerRead), seq)
-                .await?
-        }
-        None => (Vec::new(), false),
-    };
-    Ok(upgrade
-        .on_upgrade(move |socket| stream(socket, app, bearer, caller, (replay, truncated), events)))
+    Ok(upgrade.on_upgrade(move |socket| stream(socket, feed)))
 }
 
-/// How often a stream checks that its credential still holds (a revoked
-/// token or a disabled user is cut off).
-const RECHECK_EVERY: std::time::Duration = std::time::Duration::from_secs(15);
-
-fn visible(caller: &Principal, event: &Event) -> bool {
-    match &event.project_id {
-        Some(project) => *project == caller.project_id,
-        None => caller.can(Permission::ServerRead),
-    }
-}
-
-async fn stream(
-    mut socket: WebSocket,
-    app: App,
-    bearer: Option<String>,
-    mut caller: Principal,
-    (replay, truncated): (Vec<Event>, bool),
-    mut events: tokio::sync::broadcast::Receiver<Event>,
-) {
-    let mut last = i64::MIN;
-    for event in replay {
-        last = event.seq;
-        let text = serde_json::to_string(&event).unwrap_or_default();
-        if socket.send(Message::Text(text.into())).await.is_err() {
+/// Sends the feed's events, one JSON text message each, until it ends or
+/// the client goes.
+async fn stream(mut socket: WebSocket, mut feed: EventFeed) {
+    for event in std::mem::take(&mut feed.replay) {
+        if send(
+            &mut socket,
+            serde_json::to_string(&event).unwrap_or_default(),
+        )
+        .await
+        .is_err()
+        {
             return;
         }
     }
-    if truncated {
+    if feed.truncated {
         // More were logged than one replay sends: reconnect with this seq.
-        let text = serde_json::json!({"kind": "truncated", "seq": last}).to_string();
-        if socket.send(Message::Text(text.into())).await.is_err() {
+        let text = serde_json::json!({"kind": "truncated", "seq": feed.last_seq()}).to_string();
+        if send(&mut socket, text).await.is_err() {
             return;
         }
     }
-    let mut recheck = tokio::time::interval(RECHECK_EVERY);
-    recheck.tick().await;
     loop {
         tokio::select! {
-            _ = recheck.tick() => {
-                match app.authenticate(bearer.as_deref()).await {
-                    Ok(now) if now.can(Permission::OperationRead) => caller = now,
-                    _ => {
+            item = feed.next() => {
+                let text = match item {
+                    FeedItem::Event(event) => serde_json::to_string(&event).unwrap_or_default(),
+                    FeedItem::Lagged(missed) => {
+                        serde_json::json!({"kind": "lagged", "missed": missed}).to_string()
+                    }
+                    FeedItem::Ended => {
                         let _ = socket.send(Message::Close(None)).await;
                         return;
                     }
-                }
-            }
-            event = events.recv() => {
-                let text = match event {
-                    Ok(event) if event.seq > last && visible(&caller, &event) => {
-                        serde_json::to_string(&event).unwrap_or_default()
-                    }
-                    Ok(_) => continue,
-                    Err(RecvError::Lagged(missed)) => {
-                        serde_json::json!({"kind": "lagged", "missed": missed}).to_string()
-                    }
-                    Err(RecvError::Closed) => return,
                 };
-                if socket.send(Message::Text(text.into())).await.is_err() {
+                if send(&mut socket, text).await.is_err() {
                     return;
                 }
             }
@@ -132,4 +96,8 @@ async fn stream(
             }
         }
     }
+}
+
+async fn send(socket: &mut WebSocket, text: String) -> Result<(), axum::Error> {
+    socket.send(Message::Text(text.into())).await
 }

@@ -25,19 +25,16 @@ mod workflows;
 mod workspaces;
 
 use crate::BearerAuth;
-use crate::ratelimit::RateLimiter;
-use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
-use axum::extract::{FromRef, FromRequest, FromRequestParts, Request, State};
-use axum::http::request::Parts;
-use axum::http::{HeaderValue, StatusCode, header};
-use axum::middleware::Next;
+use crate::kit::{self, BodyRule, Face, FaceState};
+use axum::http::{Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Serialize;
-use std::sync::Arc;
-use tessera_app::{App, Error, Principal};
+use tessera_app::{App, Error, Principal, RateLimits};
 use utoipa::{OpenApi, ToSchema};
+
+pub(crate) use crate::kit::{Body, Caller, Path, Query};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -147,35 +144,52 @@ impl utoipa::Modify for RateLimited {
     }
 }
 
-/// The face's shared state: the app and its request counters.
-#[derive(Clone)]
-pub struct NativeState {
-    pub app: App,
-    pub limiter: Arc<RateLimiter>,
-}
+/// The native face, for the kit: the provisioning API's error body, bearer
+/// JWTs and API tokens, JSON bodies sent as JSON, the native rate limits.
+pub struct Native;
 
-impl FromRef<NativeState> for App {
-    fn from_ref(state: &NativeState) -> App {
-        state.app.clone()
+impl Face for Native {
+    type Error = NativeError;
+
+    const BODY: BodyRule = BodyRule::Strict;
+
+    async fn authenticate(app: &App, bearer: Option<&str>) -> Result<Principal, Error> {
+        app.authenticate(bearer).await
+    }
+
+    fn rate_limits(app: &App) -> Option<&RateLimits> {
+        Some(app.native_rate_limits())
+    }
+
+    fn not_found(_: &Method, _: &str) -> Response {
+        error_response(StatusCode::NOT_FOUND, "NOT_FOUND", "Not Found".into())
+    }
+
+    fn method_not_allowed(_: &Method, _: &str) -> Response {
+        error_response(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "METHOD_NOT_ALLOWED",
+            "Method Not Allowed".into(),
+        )
     }
 }
 
+/// The face's router state.
+pub type NativeState = FaceState<Native>;
+
 /// The face's routes. Authenticated requests are rate limited per project,
-/// endpoint and credential ([`limit`]) and answered within the request
+/// endpoint and credential ([`kit::authenticate`]) and answered within the request
 /// timeout; the long-poll (`/operations/{id}/wait`), the event WebSocket and
 /// the agents' protocol keep their own bounds, and login and refresh count
 /// per client address and user.
 pub fn router(app: App) -> Router {
-    let state = NativeState {
-        limiter: Arc::new(RateLimiter::new(app.native_rate_limits().window)),
-        app: app.clone(),
-    };
+    let state = NativeState::new(app.clone());
     let credentials = Router::new()
         .route("/auth/login", post(auth::login))
         .route("/auth/refresh", post(auth::refresh))
         .route_layer(axum::middleware::from_fn_with_state(
             app.clone(),
-            crate::limits::deadline::<NativeError>,
+            kit::limits::deadline::<NativeError>,
         ));
     let private = Router::new()
         .route("/users", get(users::list_users).post(users::create_user))
@@ -270,39 +284,27 @@ pub fn router(app: App) -> Router {
         .route("/metrics", get(system::metrics))
         .route_layer(axum::middleware::from_fn_with_state(
             app.clone(),
-            crate::limits::deadline::<NativeError>,
+            kit::limits::deadline::<NativeError>,
         ))
-        .route_layer(axum::middleware::from_fn_with_state(state.clone(), limit));
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            kit::authenticate::<Native>,
+        ));
     let long = Router::new()
         .route("/operations/{id}/wait", get(operations::wait_operation))
-        .route_layer(axum::middleware::from_fn_with_state(state.clone(), limit))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            kit::authenticate::<Native>,
+        ))
         .route("/events", get(events::events));
     Router::new()
         .merge(credentials)
         .merge(private)
         .merge(long)
         .nest("/agent", agent::router())
-        .fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed)
+        .fallback(kit::not_found::<Native>)
+        .method_not_allowed_fallback(kit::method_not_allowed::<Native>)
         .with_state(state)
-}
-
-/// Authenticates the caller (for [`Caller`]), counts the request against
-/// its project's, endpoint's and credential's limits, and adds the
-/// rate-limit headers to the answer.
-async fn limit(State(state): State<NativeState>, request: Request, next: Next) -> Response {
-    let principal = match state.app.authenticate(bearer(request.headers())).await {
-        Ok(principal) => principal,
-        Err(err) => return NativeError(err).into_response(),
-    };
-    crate::limits::count_request::<NativeError>(
-        &state.limiter,
-        state.app.native_rate_limits(),
-        principal,
-        request,
-        next,
-    )
-    .await
 }
 
 /// The provisioning API's error body.
@@ -333,13 +335,7 @@ fn error_response(status: StatusCode, error: &str, message: String) -> Response 
         message,
         code: status.as_u16().to_string(),
     };
-    let mut response = (status, Json(body)).into_response();
-    if status == StatusCode::UNAUTHORIZED {
-        response
-            .headers_mut()
-            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-    }
-    response
+    (status, Json(body)).into_response()
 }
 
 impl IntoResponse for NativeError {
@@ -357,22 +353,15 @@ impl IntoResponse for NativeError {
             Error::HostFailed(_) => (StatusCode::BAD_GATEWAY, "HOST_FAILED"),
             Error::HostTimeout(_) => (StatusCode::GATEWAY_TIMEOUT, "HOST_TIMEOUT"),
             Error::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "SERVICE_UNAVAILABLE"),
-            Error::Internal(source) => {
-                tracing::error!(error = ?source, "internal error");
-                (StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL_ERROR")
-            }
+            Error::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL_ERROR"),
         };
-        let message = match &self.0 {
-            Error::Internal(_) => "Internal Server Error".to_string(),
-            other => other.to_string(),
-        };
-        let mut response = error_response(status, code, message);
-        if let Error::RateLimited { retry_after, .. } = &self.0 {
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(*retry_after));
-        }
-        response
+        kit::answer(&self.0, status, |message| {
+            Json(ErrorBody {
+                error: code.to_string(),
+                message,
+                code: status.as_u16().to_string(),
+            })
+        })
     }
 }
 
@@ -381,95 +370,6 @@ pub(crate) fn bad_request(message: String) -> NativeError {
         field: None,
         message,
     })
-}
-
-impl From<JsonRejection> for NativeError {
-    fn from(rejection: JsonRejection) -> Self {
-        bad_request(match rejection {
-            JsonRejection::MissingJsonContentType(_) => {
-                "the body must be JSON, sent with Content-Type: application/json".to_string()
-            }
-            other => format!("invalid JSON body: {}", other.body_text()),
-        })
-    }
-}
-
-impl From<QueryRejection> for NativeError {
-    fn from(rejection: QueryRejection) -> Self {
-        bad_request(format!("invalid query: {}", rejection.body_text()))
-    }
-}
-
-impl From<PathRejection> for NativeError {
-    fn from(rejection: PathRejection) -> Self {
-        bad_request(format!("invalid path: {}", rejection.body_text()))
-    }
-}
-
-/// A JSON object body whose rejection is this face's 400. (serde would
-/// also read a struct from a JSON array; the documents say object.)
-pub struct Body<T>(pub T);
-
-impl<S, T> FromRequest<S> for Body<T>
-where
-    S: Send + Sync,
-    T: serde::de::DeserializeOwned,
-{
-    type Rejection = NativeError;
-
-    async fn from_request(
-        request: axum::extract::Request,
-        state: &S,
-    ) -> Result<Self, Self::Rejection> {
-        let Json(value) = Json::<serde_json::Value>::from_request(request, state).await?;
-        if !value.is_object() {
-            return Err(bad_request("the body must be a JSON object".into()));
-        }
-        serde_json::from_value(value)
-            .map(Body)
-            .map_err(|e| bad_request(format!("invalid JSON body: {e}")))
-    }
-}
-
-/// Query parameters whose rejection is this face's 400.
-#[derive(FromRequestParts)]
-#[from_request(via(axum::extract::Query), rejection(NativeError))]
-pub struct Query<T>(pub T);
-
-/// A path parameter whose rejection is this face's 400.
-#[derive(FromRequestParts)]
-#[from_request(via(axum::extract::Path), rejection(NativeError))]
-pub struct Path<T>(pub T);
-
-/// The authenticated caller.
-pub struct Caller(pub Principal);
-
-impl<S> FromRequestParts<S> for Caller
-where
-    App: FromRef<S>,
-    S: Send + Sync,
-{
-    type Rejection = NativeError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        // Authenticated already by the rate limiter, on most routes.
-        if let Some(principal) = parts.extensions.get::<Principal>() {
-            return Ok(Caller(principal.clone()));
-        }
-        let app = App::from_ref(state);
-        Ok(Caller(app.authenticate(bearer(&parts.headers)).await?))
-    }
-}
-
-/// The credential of an `Authorization: Bearer` header, if there is one.
-pub(crate) fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
-    headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            let (scheme, token) = v.split_once(' ')?;
-            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
-        })
 }
 
 /// A JSON body that may be absent (DELETE requests the provisioning API
@@ -486,7 +386,6 @@ fn optional_body<T: serde::de::DeserializeOwned + Default>(body: &[u8]) -> Resul
     serde_json::from_value(value).map_err(|e| bad_request(format!("invalid JSON body: {e}")))
 }
 
-/// `Location` of an operation, for answers that start one.
 /// A query parameter that names one of a closed set of words (a state, a
 /// kind): `None` when absent, a 400 that lists the words when unknown.
 pub(crate) fn one_of<T>(field: &'static str, value: Option<&str>, all: &[T]) -> Result<Option<T>>
@@ -510,20 +409,9 @@ where
     })
 }
 
+/// `Location` of an operation, for answers that start one.
 fn operation_location(id: &str) -> [(header::HeaderName, String); 1] {
     [(header::LOCATION, format!("/v1/operations/{id}"))]
-}
-
-async fn not_found() -> Response {
-    error_response(StatusCode::NOT_FOUND, "NOT_FOUND", "Not Found".into())
-}
-
-async fn method_not_allowed() -> Response {
-    error_response(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "METHOD_NOT_ALLOWED",
-        "Method Not Allowed".into(),
-    )
 }
 
 type Result<T, E = NativeError> = std::result::Result<T, E>;

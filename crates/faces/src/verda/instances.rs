@@ -427,12 +427,6 @@ pub async fn deploy_instance(
             image.escape_debug().to_string()
         )));
     }
-    if !kind.supported_os.is_empty() && !kind.supported_os.contains(&image) {
-        return Err(bad_request(format!(
-            "instance type {instance_type} does not support image {image}; it supports {}",
-            kind.supported_os.join(", ")
-        )));
-    }
     if let Some(contract) = &req.contract
         && !matches!(contract.as_str(), "LONG_TERM" | "PAY_AS_YOU_GO" | "SPOT")
     {
@@ -446,14 +440,10 @@ pub async fn deploy_instance(
         return Err(bad_request("pricing must be FIXED_PRICE"));
     }
     let is_spot = req.is_spot.unwrap_or(false) || req.contract.as_deref() == Some("SPOT");
-    let default_type = match catalog.volume_type("NVMe") {
-        Some(t) => t.name.clone(),
-        None => catalog
-            .volume_types
-            .first()
-            .map(|t| t.name.clone())
-            .unwrap_or_default(),
-    };
+    let default_type = catalog
+        .default_volume_type()
+        .map(|t| t.name.clone())
+        .unwrap_or_default();
     let os_volume = req.os_volume.unwrap_or(OsVolumeRequest {
         name: None,
         size: None,

@@ -20,19 +20,16 @@ mod tags;
 mod volumes;
 
 use crate::BearerAuth;
-use crate::ratelimit;
+use crate::kit::{self, BodyRule, Face, FaceState};
 use axum::Router;
-use axum::extract::rejection::{PathRejection, QueryRejection};
-use axum::extract::{FromRequest, FromRequestParts, State};
-use axum::http::request::Parts;
-use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
-use axum::middleware::Next;
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Serialize;
-use std::sync::Arc;
-use tessera_app::{App, Error, Principal};
+use tessera_app::{App, Error, Principal, RateLimits};
 use utoipa::{OpenApi, ToSchema};
+
+pub(crate) use crate::kit::{Body, Caller, Path, Query};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -97,24 +94,45 @@ use utoipa::{OpenApi, ToSchema};
 )]
 pub struct VerdaApi;
 
-/// The face's shared state: the app and the rate limiter.
-#[derive(Clone)]
-pub struct VerdaState {
-    pub app: App,
-    pub limiter: Arc<ratelimit::RateLimiter>,
-}
+/// The Verda face, for the kit: Verda's error body, OAuth access tokens,
+/// JSON bodies whatever their content type, Verda's rate limits.
+pub struct Verda;
 
-impl axum::extract::FromRef<VerdaState> for App {
-    fn from_ref(state: &VerdaState) -> App {
-        state.app.clone()
+impl Face for Verda {
+    type Error = VerdaError;
+
+    const BODY: BodyRule = BodyRule::Lenient;
+
+    async fn authenticate(app: &App, bearer: Option<&str>) -> Result<Principal, Error> {
+        app.authenticate_oauth(bearer).await
+    }
+
+    fn rate_limits(app: &App) -> Option<&RateLimits> {
+        Some(app.rate_limits())
+    }
+
+    fn not_found(method: &Method, path: &str) -> Response {
+        error_response(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("{method} {path} is not a path of this API"),
+        )
+    }
+
+    fn method_not_allowed(method: &Method, path: &str) -> Response {
+        error_response(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "not_found",
+            format!("{method} is not allowed on {path}"),
+        )
     }
 }
 
+/// The face's router state.
+pub type VerdaState = FaceState<Verda>;
+
 pub fn router(app: App) -> Router {
-    let state = VerdaState {
-        limiter: Arc::new(ratelimit::RateLimiter::new(app.rate_limits().window)),
-        app,
-    };
+    let state = VerdaState::new(app);
     let public = Router::new()
         .route("/oauth2/token", post(oauth::token))
         .route("/instance-types", get(catalog::instance_types))
@@ -213,21 +231,21 @@ pub fn router(app: App) -> Router {
         )
         .route_layer(axum::middleware::from_fn_with_state(
             state.app.clone(),
-            crate::limits::deadline::<VerdaError>,
+            kit::limits::deadline::<VerdaError>,
         ))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
-            authenticate,
+            kit::authenticate::<Verda>,
         ));
     let public = public.route_layer(axum::middleware::from_fn_with_state(
         state.app.clone(),
-        crate::limits::deadline::<VerdaError>,
+        kit::limits::deadline::<VerdaError>,
     ));
     Router::new()
         .merge(public)
         .merge(private)
-        .fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed)
+        .fallback(kit::not_found::<Verda>)
+        .method_not_allowed_fallback(kit::method_not_allowed::<Verda>)
         .with_state(state)
 }
 
@@ -325,20 +343,12 @@ pub(crate) fn status_of(err: &Error) -> (StatusCode, &'static str) {
 impl IntoResponse for VerdaError {
     fn into_response(self) -> Response {
         let (status, code) = status_of(&self.0);
-        let message = match &self.0 {
-            Error::Internal(source) => {
-                tracing::error!(error = ?source, "internal error");
-                "Internal Server Error".to_string()
-            }
-            other => other.to_string(),
-        };
-        let mut response = error_response(status, code, message);
-        if let Error::RateLimited { retry_after, .. } = &self.0 {
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(*retry_after));
-        }
-        response
+        kit::answer(&self.0, status, |message| {
+            Json(ErrorBody {
+                code: code.to_string(),
+                message,
+            })
+        })
     }
 }
 
@@ -347,107 +357,6 @@ pub(crate) fn bad_request(message: impl Into<String>) -> VerdaError {
         field: None,
         message: message.into(),
     })
-}
-
-impl From<QueryRejection> for VerdaError {
-    fn from(rejection: QueryRejection) -> Self {
-        bad_request(format!("invalid query: {}", rejection.body_text()))
-    }
-}
-
-impl From<PathRejection> for VerdaError {
-    fn from(rejection: PathRejection) -> Self {
-        bad_request(format!("invalid path: {}", rejection.body_text()))
-    }
-}
-
-/// A JSON body, read whatever the content type says: empty is `{}`,
-/// unknown keys are ignored, and a rejection is this face's 400.
-pub struct Body<T>(pub T);
-
-impl<S, T> FromRequest<S> for Body<T>
-where
-    S: Send + Sync,
-    T: serde::de::DeserializeOwned,
-{
-    type Rejection = VerdaError;
-
-    async fn from_request(
-        request: axum::extract::Request,
-        state: &S,
-    ) -> Result<Self, Self::Rejection> {
-        let bytes = axum::body::Bytes::from_request(request, state)
-            .await
-            .map_err(|e| bad_request(format!("cannot read the body: {}", e.body_text())))?;
-        let value: serde_json::Value = match bytes.iter().all(u8::is_ascii_whitespace) {
-            true => serde_json::Value::Object(Default::default()),
-            false => serde_json::from_slice(&bytes)
-                .map_err(|e| bad_request(format!("the body is not valid JSON: {e}")))?,
-        };
-        if !value.is_object() {
-            return Err(bad_request("the body must be a JSON object"));
-        }
-        serde_json::from_value(value)
-            .map(Body)
-            .map_err(|e| bad_request(e.to_string()))
-    }
-}
-
-/// Query parameters whose rejection is this face's 400.
-#[derive(FromRequestParts)]
-#[from_request(via(axum::extract::Query), rejection(VerdaError))]
-pub struct Query<T>(pub T);
-
-/// A path parameter whose rejection is this face's 400.
-#[derive(FromRequestParts)]
-#[from_request(via(axum::extract::Path), rejection(VerdaError))]
-pub struct Path<T>(pub T);
-
-/// The authenticated caller, put in place by [`authenticate`].
-pub struct Caller(pub Principal);
-
-impl<S: Send + Sync> FromRequestParts<S> for Caller {
-    type Rejection = VerdaError;
-
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        parts
-            .extensions
-            .get::<Principal>()
-            .cloned()
-            .map(Caller)
-            .ok_or_else(|| VerdaError(Error::Unauthenticated("Access token is missing".into())))
-    }
-}
-
-/// Authenticates an OAuth access token, counts the request against the
-/// project's limits, and adds the rate-limit headers to the answer.
-async fn authenticate(
-    State(state): State<VerdaState>,
-    request: axum::extract::Request,
-    next: Next,
-) -> Response {
-    let principal = match state
-        .app
-        .authenticate_oauth(crate::native::bearer(request.headers()))
-        .await
-    {
-        Ok(principal) => principal,
-        Err(err) => {
-            let mut response = VerdaError(err).into_response();
-            response
-                .headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-            return response;
-        }
-    };
-    crate::limits::count_request::<VerdaError>(
-        &state.limiter,
-        state.app.rate_limits(),
-        principal,
-        request,
-        next,
-    )
-    .await
 }
 
 /// An id answered as bare text, as Verda answers new ids.
@@ -489,30 +398,6 @@ pub(crate) fn whole_gb(field: &str, size: f64) -> Result<u64> {
 /// A request's bare `true`/`false` JSON answer.
 pub(crate) fn json_bool(value: bool) -> Response {
     Json(value).into_response()
-}
-
-async fn not_found(request: axum::extract::Request) -> Response {
-    error_response(
-        StatusCode::NOT_FOUND,
-        "not_found",
-        format!(
-            "{} {} is not a path of this API",
-            request.method(),
-            request.uri().path()
-        ),
-    )
-}
-
-async fn method_not_allowed(request: axum::extract::Request) -> Response {
-    error_response(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "not_found",
-        format!(
-            "{} is not allowed on {}",
-            request.method(),
-            request.uri().path()
-        ),
-    )
 }
 
 /// A value as Verda lists it: one id, or several.

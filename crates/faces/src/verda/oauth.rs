@@ -70,7 +70,7 @@ pub async fn token(
 ) -> Response {
     // Counted per client address, and per client id when one is named.
     let address = client;
-    let verdict = crate::limits::credential_request(
+    let verdict = crate::kit::limits::credential_request(
         &state.limiter,
         &state.app,
         address,

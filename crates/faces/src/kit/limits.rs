@@ -1,7 +1,7 @@
 //! Request limits every face shares: a deadline on answering, and the
 //! limits on the endpoints that hand out credentials.
 
-use crate::ratelimit::{Limit, RateLimiter, Verdict};
+use super::ratelimit::{Limit, RateLimiter, Verdict};
 use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -11,7 +11,7 @@ use tessera_app::{App, Error, Principal, RateLimits};
 /// Answers with the face's error (`E`, a 503) when the rest of the request
 /// (reading its body, the handler) takes longer than the app's request
 /// timeout. Long-polls and WebSocket upgrades are routed around it.
-pub(crate) async fn deadline<E>(State(app): State<App>, request: Request, next: Next) -> Response
+pub async fn deadline<E>(State(app): State<App>, request: Request, next: Next) -> Response
 where
     E: From<Error> + IntoResponse,
 {
@@ -30,7 +30,7 @@ where
 /// Counts a request to an endpoint that hands out credentials: per client
 /// address and, when the request names one, per client (a username, an
 /// OAuth client id), each at the app's credential rate.
-pub(crate) fn credential_request(
+pub fn credential_request(
     limiter: &RateLimiter,
     app: &App,
     address: Option<IpAddr>,
@@ -59,7 +59,7 @@ pub(crate) fn credential_request(
 /// project and route, per credential), passes it on with its caller unless
 /// it is over one (then `E`, the face's 429), and adds the rate-limit
 /// headers to the answer.
-pub(crate) async fn count_request<E>(
+pub async fn count_request<E>(
     limiter: &RateLimiter,
     limits: &RateLimits,
     principal: Principal,

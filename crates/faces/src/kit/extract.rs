@@ -1,0 +1,111 @@
+//! The extractors every face's handlers take. Which face a request is in
+//! is known from the router's state ([`FaceState`]), so a rejection is that
+//! face's error: a 400 in its body for what cannot be read, its 401 for a
+//! missing or bad credential.
+
+use super::{BodyRule, Face, FaceState, bearer};
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
+use serde::de::DeserializeOwned;
+use tessera_app::{Error, Principal};
+
+fn unreadable<F: Face>(message: String) -> F::Error {
+    F::Error::from(Error::Invalid {
+        field: None,
+        message,
+    })
+}
+
+/// A JSON object body, read by the face's [`BodyRule`]. (serde would also
+/// read a struct from a JSON array; the documents say object.)
+pub struct Body<T>(pub T);
+
+impl<F: Face, T: DeserializeOwned> FromRequest<FaceState<F>> for Body<T> {
+    type Rejection = F::Error;
+
+    async fn from_request(request: Request, state: &FaceState<F>) -> Result<Self, F::Error> {
+        let value = match F::BODY {
+            BodyRule::Strict => {
+                let read = Json::<serde_json::Value>::from_request(request, state).await;
+                read.map(|Json(value)| value)
+                    .map_err(|rejection| unreadable::<F>(strict_message(rejection)))?
+            }
+            BodyRule::Lenient => {
+                let bytes = Bytes::from_request(request, state).await.map_err(|e| {
+                    unreadable::<F>(format!("cannot read the body: {}", e.body_text()))
+                })?;
+                match bytes.iter().all(u8::is_ascii_whitespace) {
+                    true => serde_json::Value::Object(Default::default()),
+                    false => serde_json::from_slice(&bytes)
+                        .map_err(|e| unreadable::<F>(format!("the body is not valid JSON: {e}")))?,
+                }
+            }
+        };
+        if !value.is_object() {
+            return Err(unreadable::<F>("the body must be a JSON object".into()));
+        }
+        serde_json::from_value(value)
+            .map(Body)
+            .map_err(|e| match F::BODY {
+                BodyRule::Strict => unreadable::<F>(format!("invalid JSON body: {e}")),
+                BodyRule::Lenient => unreadable::<F>(e.to_string()),
+            })
+    }
+}
+
+fn strict_message(rejection: JsonRejection) -> String {
+    match rejection {
+        JsonRejection::MissingJsonContentType(_) => {
+            "the body must be JSON, sent with Content-Type: application/json".to_string()
+        }
+        other => format!("invalid JSON body: {}", other.body_text()),
+    }
+}
+
+/// Query parameters.
+pub struct Query<T>(pub T);
+
+impl<F: Face, T: DeserializeOwned> FromRequestParts<FaceState<F>> for Query<T> {
+    type Rejection = F::Error;
+
+    async fn from_request_parts(parts: &mut Parts, state: &FaceState<F>) -> Result<Self, F::Error> {
+        axum::extract::Query::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Query(value)| Query(value))
+            .map_err(|e| unreadable::<F>(format!("invalid query: {}", e.body_text())))
+    }
+}
+
+/// Path parameters.
+pub struct Path<T>(pub T);
+
+impl<F: Face, T: DeserializeOwned + Send> FromRequestParts<FaceState<F>> for Path<T> {
+    type Rejection = F::Error;
+
+    async fn from_request_parts(parts: &mut Parts, state: &FaceState<F>) -> Result<Self, F::Error> {
+        axum::extract::Path::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Path(value)| Path(value))
+            .map_err(|e| unreadable::<F>(format!("invalid path: {}", e.body_text())))
+    }
+}
+
+/// The authenticated caller: the one [`super::authenticate`] found, or,
+/// on a route it does not guard, the bearer credential's.
+pub struct Caller(pub Principal);
+
+impl<F: Face> FromRequestParts<FaceState<F>> for Caller {
+    type Rejection = F::Error;
+
+    async fn from_request_parts(parts: &mut Parts, state: &FaceState<F>) -> Result<Self, F::Error> {
+        if let Some(principal) = parts.extensions.get::<Principal>() {
+            return Ok(Caller(principal.clone()));
+        }
+        Ok(Caller(
+            F::authenticate(&state.app, bearer(&parts.headers)).await?,
+        ))
+    }
+}
