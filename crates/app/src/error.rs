@@ -47,6 +47,12 @@ pub enum Error {
 }
 
 impl Error {
+    /// What the store holds cannot be read (a row no code writes): an
+    /// internal error, with what is wrong for the log.
+    pub fn corrupt(what: impl Into<String>) -> Self {
+        Error::Internal(StoreError::Corrupt(what.into()))
+    }
+
     pub fn invalid(field: &'static str, message: impl Into<String>) -> Self {
         Error::Invalid {
             field: Some(field),

@@ -374,12 +374,7 @@ pub(crate) fn host_work(id: &str) -> String {
 
 /// What an agent needs to know of a unit.
 pub(crate) fn unit_spec(unit: &UnitRecord) -> Result<UnitSpec> {
-    let corrupt = |what: &str| {
-        Error::Internal(tessera_store::StoreError::Corrupt(format!(
-            "unit {}: {what}",
-            unit.compute_id
-        )))
-    };
+    let corrupt = |what: &str| Error::corrupt(format!("unit {}: {what}", unit.compute_id));
     let range: CpuRange = unit.cpu_range.parse().map_err(|_| corrupt("cpu_range"))?;
     let (start, end) = unit
         .ports_range

@@ -184,11 +184,8 @@ impl Identity {
         let key = store
             .setting_or_init("jwt_signing_key", &hex::encode(fresh))
             .await?;
-        let key = hex::decode(key).map_err(|_| {
-            Error::Internal(tessera_store::StoreError::Corrupt(
-                "settings.jwt_signing_key is not hex".into(),
-            ))
-        })?;
+        let key =
+            hex::decode(key).map_err(|_| Error::corrupt("settings.jwt_signing_key is not hex"))?;
         let dummy_hash = tokio::task::spawn_blocking(|| hash_password("not a real password"))
             .await
             .map_err(|e| Error::Unavailable(e.to_string()))??;
@@ -475,11 +472,10 @@ impl App {
             .membership(&user.id, &project_id)
             .await?
             .ok_or_else(unauthenticated)?;
-        let role: Role = membership.role.parse().map_err(|e: String| {
-            Error::Internal(tessera_store::StoreError::Corrupt(format!(
-                "memberships.role: {e}"
-            )))
-        })?;
+        let role: Role = membership
+            .role
+            .parse()
+            .map_err(|e: String| Error::corrupt(format!("memberships.role: {e}")))?;
         let install_role = parse_install_role(user.install_role.as_deref())?;
         Ok(Principal {
             user_id: user.id,
@@ -610,11 +606,8 @@ impl App {
 /// An install role as stored.
 pub(crate) fn parse_install_role(text: Option<&str>) -> Result<Option<InstallRole>> {
     text.map(|t| {
-        t.parse::<InstallRole>().map_err(|e| {
-            Error::Internal(tessera_store::StoreError::Corrupt(format!(
-                "users.install_role: {e}"
-            )))
-        })
+        t.parse::<InstallRole>()
+            .map_err(|e| Error::corrupt(format!("users.install_role: {e}")))
     })
     .transpose()
 }

@@ -344,19 +344,15 @@ impl App {
     /// of the user it acts as (gone, disabled or no longer a member: 401),
     /// narrowed by its scopes. A credential never has an install role.
     async fn principal_of_client(&self, record: &OAuthClientRecord) -> Result<Principal> {
-        let role: Role = record.role.parse().map_err(|e: String| {
-            Error::Internal(tessera_store::StoreError::Corrupt(format!(
-                "oauth_clients.role: {e}"
-            )))
-        })?;
+        let role: Role = record
+            .role
+            .parse()
+            .map_err(|e: String| Error::corrupt(format!("oauth_clients.role: {e}")))?;
         let scopes = match &record.scopes {
             None => None,
             Some(text) => {
-                let names: Vec<String> = serde_json::from_str(text).map_err(|e| {
-                    Error::Internal(tessera_store::StoreError::Corrupt(format!(
-                        "oauth_clients.scopes: {e}"
-                    )))
-                })?;
+                let names: Vec<String> = serde_json::from_str(text)
+                    .map_err(|e| Error::corrupt(format!("oauth_clients.scopes: {e}")))?;
                 Some(names.iter().filter_map(|n| n.parse().ok()).collect())
             }
         };

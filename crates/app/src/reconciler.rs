@@ -1,82 +1,117 @@
-//! The reconciler: finds work the store says is unfinished and finishes it.
+//! The reconciler: background tasks that find work the store says is
+//! unfinished and finish it, and keep the store tidy.
 //!
-//! It takes no input and is safe to run any number of times, in any number of
-//! control-plane processes: a host still INITIALIZING is prepared, one
-//! DECOMMISSIONING retired, a unit DEALLOCATING past its deadline wiped
-//! again, and a unit still ALLOCATING past its deadline (its request died
-//! with a crashed process, so nobody learnt its id) unwound: wiped and
-//! returned to the pool. Every unit step is fenced by the unit's generation,
-//! so a late request never undoes what the reconciler did, nor the reverse. At start it also pushes the desired state to every
-//! ready host, so a host that lost its state (a restarted simulated host, a
-//! reinstalled agent) gets its unit users and tenants' keys back.
+//! Each task is a [`Task`]: a name, a period, and one pass. Every task runs
+//! in its own loop, so a slow one (a host that takes long to destroy a
+//! volume) never holds up another, and its passes never overlap. A pass
+//! takes no input and is safe to run any number of times, in any number of
+//! control-plane processes: an orphaned operation is taken over, a host
+//! still INITIALIZING is prepared, one DECOMMISSIONING retired, a unit
+//! DEALLOCATING past its deadline wiped again, and a unit still ALLOCATING
+//! past its deadline (its request died with a crashed process, so nobody
+//! learnt its id) unwound: wiped and returned to the pool. Every unit step
+//! is fenced by the unit's generation, so a late request never undoes what
+//! the reconciler did, nor the reverse.
+//!
+//! At start it first takes back this replica's own operations and pushes
+//! the desired state to every ready host, so a host that lost its state (a
+//! restarted simulated host, a reinstalled agent) gets its unit users,
+//! tenants' keys and instances back.
+//!
+//! A new background task is a [`Task`] added to [`App::spawn_reconciler`].
 
 use crate::error::Result;
 use crate::hosts::unit_spec;
 use crate::{App, InFlight};
+use std::future::Future;
+use std::time::Duration;
 use tessera_core::HostId;
 use tessera_core::status::{HostStatus, UnitStatus};
 use tessera_store::UnitFilter;
 
-impl App {
-    /// Runs the reconciler until [`App::shutdown`].
-    pub fn spawn_reconciler(&self) {
-        let app = self.clone();
-        self.tasks.spawn(async move {
-            if let Err(err) = app.resume_own_operations().await {
-                tracing::warn!(error = %err, "resuming this replica's operations failed");
-            }
-            if let Err(err) = app.resync_hosts().await {
-                tracing::warn!(error = %err, "pushing desired state to hosts failed");
-            }
-            let mut tick = tokio::time::interval(app.config.reconcile_every);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            let mut last_prune: Option<std::time::Instant> = None;
-            loop {
-                tokio::select! {
-                    _ = tick.tick() => {}
-                    _ = app.stopping.cancelled() => return,
-                }
-                if let Err(err) = app.reconcile_once().await {
-                    tracing::warn!(error = %err, "reconcile pass failed");
-                }
-                if last_prune.is_none_or(|at| at.elapsed() > std::time::Duration::from_secs(3600)) {
-                    last_prune = Some(std::time::Instant::now());
-                    if let Err(err) = app.prune_events().await {
-                        tracing::warn!(error = %err, "forgetting old events failed");
-                    }
-                    let day_ago =
-                        tessera_store::timestamp(chrono::Utc::now() - chrono::Duration::days(1));
-                    if let Err(err) = app.store.prune_agent_work(&day_ago).await {
-                        tracing::warn!(error = %err, "forgetting answered scripts failed");
-                    }
-                }
-            }
-        });
-    }
+/// A piece of work the control plane does on its own, again and again.
+pub(crate) trait Task: Send + Sync + 'static {
+    /// Its name, in logs.
+    const NAME: &'static str;
 
-    /// One pass over everything unfinished.
-    pub async fn reconcile_once(&self) -> Result<()> {
-        self.resume_operations().await?;
-        self.check_heartbeats().await?;
-        // Destroying volumes' storage waits on hosts: in the background,
-        // one pass at a time, so a slow host never holds up the rest.
-        if let Some(guard) = InFlight::enter(&self.in_flight, "purge-volumes".into()) {
-            let app = self.clone();
-            self.tasks.spawn(async move {
-                let _guard = guard;
-                if let Err(err) = app.purge_volumes().await {
-                    tracing::warn!(error = %err, "purging volumes failed; retrying later");
-                }
-            });
-        }
+    /// How long from the start of one pass to the start of the next.
+    fn period(app: &App) -> Duration;
+
+    /// One pass.
+    fn run(app: &App) -> impl Future<Output = Result<()>> + Send;
+}
+
+/// Takes over operations whose driver died (their lease ran out).
+struct ResumeOperations;
+
+impl Task for ResumeOperations {
+    const NAME: &'static str = "resume operations";
+    fn period(app: &App) -> Duration {
+        app.config.reconcile_every
+    }
+    async fn run(app: &App) -> Result<()> {
+        app.resume_operations().await
+    }
+}
+
+/// Marks hosts whose agents went silent unreachable.
+struct Heartbeats;
+
+impl Task for Heartbeats {
+    const NAME: &'static str = "check heartbeats";
+    fn period(app: &App) -> Duration {
+        app.config.reconcile_every
+    }
+    async fn run(app: &App) -> Result<()> {
+        app.check_heartbeats().await
+    }
+}
+
+/// Destroys the storage of volumes whose time in the trash is up.
+struct PurgeVolumes;
+
+impl Task for PurgeVolumes {
+    const NAME: &'static str = "purge volumes";
+    fn period(app: &App) -> Duration {
+        app.config.reconcile_every
+    }
+    async fn run(app: &App) -> Result<()> {
+        app.purge_volumes().await
+    }
+}
+
+/// Prepares hosts still INITIALIZING and retires those DECOMMISSIONING.
+struct PendingHosts;
+
+impl Task for PendingHosts {
+    const NAME: &'static str = "drive pending hosts";
+    fn period(app: &App) -> Duration {
+        app.config.reconcile_every
+    }
+    async fn run(app: &App) -> Result<()> {
         let pending = [HostStatus::Initializing, HostStatus::Decommissioning];
-        for host in self.store.hosts(&pending).await? {
-            let app = self.clone();
-            self.tasks
-                .spawn(async move { app.drive_host(&host.id).await });
+        for host in app.store.hosts(&pending).await? {
+            // In the background: a host that takes long holds up no other.
+            let driver = app.clone();
+            app.tasks
+                .spawn(async move { driver.drive_host(&host.id).await });
         }
-        for unit in self.overdue_units().await? {
-            let Some(guard) = InFlight::enter(&self.in_flight, format!("unit:{}", unit.compute_id))
+        Ok(())
+    }
+}
+
+/// Unwinds allocations whose request died, and wipes again units whose
+/// wipe stalled.
+struct OverdueUnits;
+
+impl Task for OverdueUnits {
+    const NAME: &'static str = "settle overdue units";
+    fn period(app: &App) -> Duration {
+        app.config.reconcile_every
+    }
+    async fn run(app: &App) -> Result<()> {
+        for unit in app.overdue_units().await? {
+            let Some(guard) = InFlight::enter(&app.in_flight, format!("unit:{}", unit.compute_id))
             else {
                 continue;
             };
@@ -88,13 +123,13 @@ impl App {
             }
             // An allocation whose request died (crash, lost client) is
             // unwound like a deallocation; a stalled wipe is tried again.
-            let app = self.clone();
-            self.tasks.spawn(async move {
+            let worker = app.clone();
+            app.tasks.spawn(async move {
                 let _guard = guard;
                 let compute_id = unit.compute_id.clone();
                 let interrupted = unit.status == UnitStatus::Allocating;
-                let result = match app.begin_release(unit).await {
-                    Ok(Some(unit)) => app.release(&unit).await,
+                let result = match worker.begin_release(unit).await {
+                    Ok(Some(unit)) => worker.release(&unit).await,
                     Ok(None) => Ok(()),
                     Err(err) => Err(err),
                 };
@@ -110,6 +145,65 @@ impl App {
             });
         }
         Ok(())
+    }
+}
+
+/// Forgets events older than their retention, and agents' answered
+/// scripts older than a day.
+struct Prune;
+
+impl Task for Prune {
+    const NAME: &'static str = "prune";
+    fn period(_: &App) -> Duration {
+        Duration::from_secs(3600)
+    }
+    async fn run(app: &App) -> Result<()> {
+        app.prune_events().await?;
+        let day_ago = tessera_store::timestamp(chrono::Utc::now() - chrono::Duration::days(1));
+        app.store.prune_agent_work(&day_ago).await?;
+        Ok(())
+    }
+}
+
+impl App {
+    /// Starts the reconciler's tasks, after this replica has taken back its
+    /// own operations and pushed the desired state to its hosts; they run
+    /// until [`App::shutdown`].
+    pub fn spawn_reconciler(&self) {
+        let app = self.clone();
+        self.tasks.spawn(async move {
+            if let Err(err) = app.resume_own_operations().await {
+                tracing::warn!(error = %err, "resuming this replica's operations failed");
+            }
+            if let Err(err) = app.resync_hosts().await {
+                tracing::warn!(error = %err, "pushing desired state to hosts failed");
+            }
+            app.spawn_task::<ResumeOperations>();
+            app.spawn_task::<Heartbeats>();
+            app.spawn_task::<PurgeVolumes>();
+            app.spawn_task::<PendingHosts>();
+            app.spawn_task::<OverdueUnits>();
+            app.spawn_task::<Prune>();
+        });
+    }
+
+    /// Runs a task's passes, one at a time, every period (the first at
+    /// once), until the app stops.
+    fn spawn_task<T: Task>(&self) {
+        let app = self.clone();
+        self.tasks.spawn(async move {
+            let mut tick = tokio::time::interval(T::period(&app));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = app.stopping.cancelled() => return,
+                }
+                if let Err(err) = T::run(&app).await {
+                    tracing::warn!(task = T::NAME, error = %err, "background task failed; it runs again");
+                }
+            }
+        });
     }
 
     /// Pushes every ready host's desired state to its agent: its units

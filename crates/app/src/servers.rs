@@ -7,7 +7,7 @@
 use crate::error::{Error, Result};
 use crate::hosts::{Host, InitServer, Registration, validate_host};
 use crate::identity::Principal;
-use crate::operations::{Operation, Run};
+use crate::operations::{Operation, Run, Step};
 use crate::{App, has_nul, new_id};
 use serde::{Deserialize, Serialize};
 use tessera_core::status::{HostStatus, OperationKind, OperationStatus};
@@ -265,7 +265,7 @@ impl App {
                 .await?;
             return Ok(());
         }
-        if self.cancel_requested(run).await? && !run.done("registered") {
+        if self.cancel_requested(run).await? && !run.done(&Step::Registered) {
             self.store
                 .finish_operation(
                     &run.op.id,
@@ -276,7 +276,7 @@ impl App {
                 .await?;
             return Ok(());
         }
-        if !run.done("registered") {
+        if !run.done(&Step::Registered) {
             if self.store.host(&req.server_id).await?.is_none() {
                 let new = match self.new_host(&req) {
                     Ok(new) => new,
@@ -307,7 +307,7 @@ impl App {
                     HostStatus::Initializing.as_str(),
                 );
             }
-            self.record_step(run, "registered").await?;
+            self.record_step(run, Step::Registered).await?;
         }
         self.placement
             .refresh_host(&self.store, &req.server_id)

@@ -40,12 +40,7 @@ pub struct Taskserv {
 
 impl Taskserv {
     fn from_record(r: TaskservRecord) -> Result<Taskserv> {
-        let corrupt = |what: String| {
-            Error::Internal(tessera_store::StoreError::Corrupt(format!(
-                "taskserv {}: {what}",
-                r.id
-            )))
-        };
+        let corrupt = |what: String| Error::corrupt(format!("taskserv {}: {what}", r.id));
         Ok(Taskserv {
             status: r
                 .status

@@ -39,12 +39,7 @@ pub struct Membership {
 
 impl User {
     fn from_records(record: UserRecord, memberships: Vec<MembershipRecord>) -> Result<User> {
-        let corrupt = |what: String| {
-            Error::Internal(tessera_store::StoreError::Corrupt(format!(
-                "user {}: {what}",
-                record.id
-            )))
-        };
+        let corrupt = |what: String| Error::corrupt(format!("user {}: {what}", record.id));
         let install_role = record
             .install_role
             .as_deref()

@@ -54,12 +54,10 @@ pub struct Volume {
 
 impl Volume {
     fn from_record(r: VolumeRecord) -> Result<Volume> {
-        let status = r.status.parse().map_err(|e| {
-            Error::Internal(tessera_store::StoreError::Corrupt(format!(
-                "volume {}: status: {e}",
-                r.id
-            )))
-        })?;
+        let status = r
+            .status
+            .parse()
+            .map_err(|e| Error::corrupt(format!("volume {}: status: {e}", r.id)))?;
         Ok(Volume {
             id: VolumeId::new(r.id),
             project_id: ProjectId::new(r.project_id),

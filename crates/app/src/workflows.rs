@@ -17,14 +17,14 @@
 use crate::error::{Error, Result};
 use crate::identity::Principal;
 use crate::instances::{CreateInstance, Instance, InstanceSpecInput, validate};
-use crate::operations::{Operation, Run};
-use crate::{App, HostCallError, has_nul, new_id};
+use crate::operations::{Operation, Run, Step};
+use crate::{App, has_nul, new_id};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use tessera_core::status::{
     HostStatus, InstanceState, OperationKind, OperationStatus, TerminationCause,
 };
-use tessera_core::{CpuSet, HostId, Permission};
+use tessera_core::{HostId, Permission};
 use tessera_store::{
     CpuClaim, InstanceFilter, InstanceUpdate, NewInstance, NewOperation, OperationEnd, Switch,
 };
@@ -263,11 +263,16 @@ impl App {
                 .await;
         }
         for node in &nodes {
-            let step = format!("placed:{}", node.id);
+            let step = Step::NodePlaced {
+                instance: node.id.clone(),
+            };
             if run.done(&step) {
                 continue;
             }
-            match self.place(run, node, &step, CpuClaim::Place).await {
+            match self
+                .place(run, node, |_| step.clone(), CpuClaim::Place)
+                .await
+            {
                 Ok(_) => {}
                 Err(Error::NoCapacity(why)) => {
                     let why = format!("node {}: {why}", node.name);
@@ -359,19 +364,11 @@ impl App {
         };
         let nodes = self.operation_instances(&run.op.id).await?;
         for node in nodes.iter().filter(|n| n.host_id.is_some()) {
-            match self
-                .on_host(node, |agent, spec| async move {
-                    agent.delete_instance(&spec.id).await
-                })
-                .await
-            {
-                Ok(()) | Err(HostCallError::NoAgent) => {}
-                Err(err) => {
-                    return Err(Error::HostFailed(format!(
-                        "undoing node {} on its host failed: {err}",
-                        node.name
-                    )));
-                }
+            if let Err(err) = self.remove_from_host(node).await {
+                return Err(Error::HostFailed(format!(
+                    "undoing node {} on its host failed: {err}",
+                    node.name
+                )));
             }
         }
         let terminated = InstanceUpdate {
@@ -420,17 +417,17 @@ impl App {
                 .await?;
             return Ok(());
         };
-        if !run.done("draining") {
+        if !run.done(&Step::Draining) {
             // Only a READY host is drained, by one drain at a time: the
             // transition (with its step) is the lock.
-            let steps = run.with("draining");
+            let steps = run.with(Step::Draining);
             let took = self
                 .store
                 .transition_host_for(
                     &host.id,
                     HostStatus::Ready,
                     HostStatus::Draining,
-                    (&run.op.id, &steps, &self.deadline()),
+                    (&run.op.id, &steps.to_json(), &self.deadline()),
                     None,
                 )
                 .await?;
@@ -481,7 +478,7 @@ impl App {
                 &host.id,
                 HostStatus::Draining,
                 to,
-                (&run.op.id, &run.steps, &self.deadline()),
+                (&run.op.id, &run.steps.to_json(), &self.deadline()),
                 Some(tessera_store::OperationEnd {
                     id: &run.op.id,
                     status: end_status,
@@ -559,35 +556,27 @@ impl App {
     ) -> Result<Result<(), String>> {
         // No resync of this process touches it on a host meanwhile.
         let _guard = self.instance_guard(&instance.id).await?;
-        let done = format!("moved:{}", instance.id);
+        let done = Step::Moved {
+            instance: instance.id.clone(),
+        };
         if run.done(&done) {
             return Ok(Ok(()));
         }
-        let switched = format!("switched:{}", instance.id);
-        let reserved_prefix = format!("reserved:{}:", instance.id);
+        let switched = Step::Switched {
+            instance: instance.id.clone(),
+        };
         if !run.done(&switched) {
-            let reserved = run
-                .steps
-                .iter()
-                .find(|s| s.starts_with(&reserved_prefix))
-                .cloned();
-            let (target, cpus) = match reserved {
-                Some(step) => {
-                    let rest = &step[reserved_prefix.len()..];
-                    let (host, cpus) = rest.split_once(':').unwrap_or((rest, ""));
-                    let cpus = CpuSet::parse_list(cpus).map_err(|e| {
-                        Error::Internal(tessera_store::StoreError::Corrupt(format!(
-                            "operation {}: step {step}: {e}",
-                            run.op.id
-                        )))
-                    })?;
-                    (HostId::new(host), cpus)
-                }
+            let (target, cpus) = match run.steps.reservation(&instance.id) {
+                Some(reserved) => reserved,
                 None => match self
                     .place(
                         run,
                         instance,
-                        &format!("reserved:{}", instance.id),
+                        |decision| Step::Reserved {
+                            instance: instance.id.clone(),
+                            host: decision.host.clone(),
+                            cpus: decision.cpus.clone(),
+                        },
                         CpuClaim::MoveTo,
                     )
                     .await
@@ -617,14 +606,14 @@ impl App {
                 .await;
             let recorded = match &started {
                 Ok(report) => {
-                    let steps = run.with(&switched);
+                    let steps = run.with(switched.clone());
                     match self
                         .store
                         .switch_instance_host(
                             &instance.id,
                             from,
                             (&target, &cpus.to_string(), &report.private_ip),
-                            (&run.op.id, &steps, &self.deadline()),
+                            (&run.op.id, &steps.to_json(), &self.deadline()),
                         )
                         .await?
                     {
@@ -648,32 +637,21 @@ impl App {
             if !recorded {
                 // Give the reservation up once the target has let the
                 // instance go; it stays where it was.
-                match self
-                    .on_host(&there, |agent, spec| async move {
-                        agent.delete_instance(&spec.id).await
-                    })
-                    .await
-                {
-                    Ok(()) | Err(HostCallError::NoAgent) => {}
-                    Err(err) => {
-                        return Err(Error::HostFailed(format!(
-                            "{target} did not let go of instance {} after a failed move: {err}",
-                            instance.id
-                        )));
-                    }
+                if let Err(err) = self.remove_from_host(&there).await {
+                    return Err(Error::HostFailed(format!(
+                        "{target} did not let go of instance {} after a failed move: {err}",
+                        instance.id
+                    )));
                 }
-                let steps: Vec<String> = run
-                    .steps
-                    .iter()
-                    .filter(|s| !s.starts_with(&reserved_prefix))
-                    .cloned()
-                    .collect();
+                let steps = run.steps.without(|step| {
+                    matches!(step, Step::Reserved { instance: id, .. } if *id == instance.id)
+                });
                 if !self
                     .store
                     .release_instance_host(
                         &instance.id,
                         &target,
-                        (&run.op.id, &steps, &self.deadline()),
+                        (&run.op.id, &steps.to_json(), &self.deadline()),
                     )
                     .await?
                 {
@@ -699,24 +677,20 @@ impl App {
         // The source lets it go; its CPUs there stay held until it has.
         let mut left = instance.clone();
         left.host_id = Some(HostId::new(from));
-        match self
-            .on_host(&left, |agent, spec| async move {
-                agent.delete_instance(&spec.id).await
-            })
-            .await
-        {
-            Ok(()) | Err(HostCallError::NoAgent) => {}
-            Err(why) => {
-                return Err(Error::HostFailed(format!(
-                    "{from} did not let instance {} go: {why}",
-                    instance.id
-                )));
-            }
+        if let Err(why) = self.remove_from_host(&left).await {
+            return Err(Error::HostFailed(format!(
+                "{from} did not let instance {} go: {why}",
+                instance.id
+            )));
         }
-        let steps = run.with(&done);
+        let steps = run.with(done);
         if !self
             .store
-            .release_instance_host(&instance.id, from, (&run.op.id, &steps, &self.deadline()))
+            .release_instance_host(
+                &instance.id,
+                from,
+                (&run.op.id, &steps.to_json(), &self.deadline()),
+            )
             .await?
         {
             return Err(Error::Conflict(format!(

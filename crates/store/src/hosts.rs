@@ -219,7 +219,7 @@ impl Store {
         id: &str,
         from: HostStatus,
         to: HostStatus,
-        op: (&str, &[String], &str),
+        op: (&str, &str, &str),
         end: Option<crate::OperationEnd<'_>>,
     ) -> Result<bool> {
         let mark = match &end {

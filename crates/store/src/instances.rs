@@ -293,7 +293,7 @@ impl Store {
         instance_id: &str,
         (host_id, unit): (&str, Option<&str>),
         cpus: &[u32],
-        op: (&str, &[String], &str),
+        op: (&str, &str, &str),
     ) -> Result<bool> {
         let place = Arc::new(Placing {
             instance_id: instance_id.to_string(),
@@ -373,7 +373,7 @@ impl Store {
         instance_id: &str,
         from: &str,
         to: (&str, &str, &str),
-        op: (&str, &[String], &str),
+        op: (&str, &str, &str),
     ) -> Result<Switch> {
         let (to, cpu_list, private_ip) = to;
         let statements = vec![
@@ -415,7 +415,7 @@ impl Store {
         &self,
         instance_id: &str,
         host_id: &str,
-        op: (&str, &[String], &str),
+        op: (&str, &str, &str),
     ) -> Result<bool> {
         let at = now();
         let statements = vec![

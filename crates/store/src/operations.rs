@@ -116,11 +116,11 @@ pub(crate) fn operation_finish(
     )
 }
 
-/// Records the steps done and extends the lease of an operation this
-/// process drives (`owner`).
+/// Records the steps done (`steps`, the step log as JSON) and extends the
+/// lease of an operation this process drives (`owner`).
 pub(crate) fn operation_progress(
     id: &str,
-    steps: &[String],
+    steps: &str,
     lease_until: &str,
     owner: &str,
 ) -> (String, Vec<Arg>) {
@@ -129,7 +129,7 @@ pub(crate) fn operation_progress(
          WHERE id = $4 AND status = 'running' AND lease_owner = $5"
             .into(),
         vec![
-            serde_json::to_string(steps).unwrap_or_default().into(),
+            steps.into(),
             lease_until.into(),
             now().into(),
             id.into(),
@@ -258,11 +258,12 @@ impl Store {
         Ok(())
     }
 
-    /// Records progress; `false` when the operation is no longer running.
+    /// Records progress (the step log, as JSON); `false` when the
+    /// operation is no longer running.
     pub async fn record_operation_progress(
         &self,
         id: &str,
-        steps: &[String],
+        steps: &str,
         lease_until: &str,
     ) -> Result<bool> {
         let counts = self

@@ -7,12 +7,12 @@ use super::validate::validate;
 use super::{CreateInstance, Instance, MAX_PLACE_ATTEMPTS};
 use crate::error::{Error, Result};
 use crate::identity::Principal;
-use crate::operations::Run;
-use crate::{App, HostCallError, new_id};
+use crate::operations::{Run, Step};
+use crate::{App, new_id};
 use base64::Engine;
 use tessera_agent_api::InstanceReport;
 use tessera_core::Permission;
-use tessera_core::placement::Request;
+use tessera_core::placement::{Decision, Request};
 use tessera_core::status::{
     InstanceState, OperationKind, OperationStatus, TerminationCause, VolumeStatus,
 };
@@ -214,8 +214,10 @@ impl App {
                 .unwind_create(run, TerminationCause::Cancelled, "creation cancelled")
                 .await;
         }
-        if !run.done("placed")
-            && let Err(why) = self.place(run, &instance, "placed", CpuClaim::Place).await
+        if !run.done(&Step::Placed)
+            && let Err(why) = self
+                .place(run, &instance, |_| Step::Placed, CpuClaim::Place)
+                .await
         {
             let why = match why {
                 Error::NoCapacity(why) => why,
@@ -269,23 +271,24 @@ impl App {
     pub(super) async fn run_instance(&self, run: &Run) -> Result<Instance> {
         let id = run.op.resource_id.clone().unwrap_or_default();
         self.stored_instance(&id).await?.ok_or_else(|| {
-            Error::Internal(tessera_store::StoreError::Corrupt(format!(
+            Error::corrupt(format!(
                 "operation {} acts on instance {id}, which does not exist",
                 run.op.id
-            )))
+            ))
         })
     }
 
     /// Gives the instance exclusive CPUs on a host of its location, and
-    /// records `step` with them. With [`CpuClaim::MoveTo`], the instance keeps what it
-    /// holds where it is (a move's target is reserved beside its source).
+    /// records the step `step` makes of the decision with them. With
+    /// [`CpuClaim::MoveTo`], the instance keeps what it holds where it is (a
+    /// move's target is reserved beside its source).
     pub(crate) async fn place(
         &self,
         run: &mut Run,
         instance: &Instance,
-        step: &str,
+        step: impl Fn(&Decision) -> Step,
         purpose: CpuClaim,
-    ) -> Result<tessera_core::placement::Decision> {
+    ) -> Result<Decision> {
         let spec = &instance.spec;
         let count = spec.vcpus.unwrap_or(1);
         let memory_mb = instance.memory_mb;
@@ -329,11 +332,7 @@ impl App {
                 continue;
             };
             let cpus: Vec<u32> = decision.cpus.iter().collect();
-            let step = match purpose {
-                CpuClaim::MoveTo => format!("{step}:{}:{}", decision.host, decision.cpus),
-                CpuClaim::Place => step.to_string(),
-            };
-            let steps = run.with(&step);
+            let steps = run.with(step(&decision));
             let placed = self
                 .store
                 .claim_instance_cpus(
@@ -344,7 +343,7 @@ impl App {
                         decision.unit.as_ref().map(|u| u.as_str()),
                     ),
                     &cpus,
-                    (&run.op.id, &steps, &self.deadline()),
+                    (&run.op.id, &steps.to_json(), &self.deadline()),
                 )
                 .await;
             self.placement
@@ -432,22 +431,14 @@ impl App {
             _ => OperationStatus::Failed,
         };
         let instance = self.run_instance(run).await?;
-        if instance.host_id.is_some() {
-            match self
-                .on_host(&instance, |agent, spec| async move {
-                    agent.delete_instance(&spec.id).await
-                })
-                .await
-            {
-                Ok(()) | Err(HostCallError::NoAgent) => {}
-                Err(err) => {
-                    // Its CPUs stay held until the host confirms.
-                    return Err(Error::HostFailed(format!(
-                        "undoing the creation of {} on its host failed: {err}",
-                        instance.id
-                    )));
-                }
-            }
+        if instance.host_id.is_some()
+            && let Err(err) = self.remove_from_host(&instance).await
+        {
+            // Its CPUs stay held until the host confirms.
+            return Err(Error::HostFailed(format!(
+                "undoing the creation of {} on its host failed: {err}",
+                instance.id
+            )));
         }
         let host = instance.host_id.clone();
         let settled = self

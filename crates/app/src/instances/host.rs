@@ -90,4 +90,18 @@ impl App {
             .map_err(|e| HostCallError::Failed(e.to_string()))?;
         self.host_call(call(agent, spec)).await
     }
+
+    /// Has the instance's host let it go. A host with no agent (gone for
+    /// good) has nothing left to let go of.
+    pub(crate) async fn remove_from_host(&self, instance: &Instance) -> Result<(), HostCallError> {
+        let removed = self
+            .on_host(instance, |agent, spec| async move {
+                agent.delete_instance(&spec.id).await
+            })
+            .await;
+        match removed {
+            Ok(()) | Err(HostCallError::NoAgent) => Ok(()),
+            Err(err) => Err(err),
+        }
+    }
 }

@@ -71,12 +71,7 @@ impl Instance {
     /// The instance a store row records; a row the app cannot read is
     /// corrupt.
     pub(crate) fn from_record(r: InstanceRecord) -> Result<Instance> {
-        let corrupt = |what: String| {
-            Error::Internal(tessera_store::StoreError::Corrupt(format!(
-                "instance {}: {what}",
-                r.id
-            )))
-        };
+        let corrupt = |what: String| Error::corrupt(format!("instance {}: {what}", r.id));
         let state = r
             .state
             .parse()

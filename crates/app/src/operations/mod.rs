@@ -21,6 +21,10 @@ use tessera_core::status::{OperationKind, OperationStatus};
 use tessera_core::{OperationId, Permission, ProjectId};
 use tessera_store::{OperationFilter, OperationRecord};
 
+mod steps;
+
+pub(crate) use steps::{Step, StepLog};
+
 /// An operation, as the app speaks of it. Made from its store row once,
 /// here; its step log and parameters stay with the driver ([`Run`]).
 #[derive(Clone, Debug)]
@@ -48,12 +52,7 @@ pub struct Operation {
 
 impl Operation {
     pub(crate) fn from_record(r: OperationRecord) -> Result<Operation> {
-        let corrupt = |what: String| {
-            Error::Internal(tessera_store::StoreError::Corrupt(format!(
-                "operation {}: {what}",
-                r.id
-            )))
-        };
+        let corrupt = |what: String| Error::corrupt(format!("operation {}: {what}", r.id));
         let kind = r.kind.parse().map_err(|e| corrupt(format!("kind: {e}")))?;
         let status = r
             .status
@@ -158,30 +157,22 @@ impl Drop for AbortOnDrop {
 /// An operation being driven: its record and the steps done so far.
 pub(crate) struct Run {
     pub op: OperationRecord,
-    pub steps: Vec<String>,
+    pub steps: StepLog,
 }
 
 impl Run {
-    pub fn done(&self, step: &str) -> bool {
-        self.steps.iter().any(|s| s == step)
+    pub fn done(&self, step: &Step) -> bool {
+        self.steps.done(step)
     }
 
     /// The log with `step` added.
-    pub fn with(&self, step: &str) -> Vec<String> {
-        let mut steps = self.steps.clone();
-        if !self.done(step) {
-            steps.push(step.to_string());
-        }
-        steps
+    pub fn with(&self, step: Step) -> StepLog {
+        self.steps.with(step)
     }
 
     pub fn params<T: serde::de::DeserializeOwned>(&self) -> Result<T> {
-        serde_json::from_str(&self.op.params).map_err(|e| {
-            Error::Internal(tessera_store::StoreError::Corrupt(format!(
-                "operation {} params: {e}",
-                self.op.id
-            )))
-        })
+        serde_json::from_str(&self.op.params)
+            .map_err(|e| Error::corrupt(format!("operation {} params: {e}", self.op.id)))
     }
 }
 
@@ -362,7 +353,19 @@ impl App {
                 return;
             }
         };
-        let steps: Vec<String> = serde_json::from_str(&op.steps).unwrap_or_default();
+        let steps = match StepLog::read(&op.id, &op.steps) {
+            Ok(steps) => steps,
+            Err(err) => {
+                // What was done is unknown: nothing is touched, and the
+                // operation stays as it is, with why, for an operator.
+                tracing::error!(operation = id, error = ?err, "the operation's step log cannot be read");
+                let _ = self
+                    .store
+                    .note_operation_error(id, "its step log cannot be read")
+                    .await;
+                return;
+            }
+        };
         let kind = op.kind.clone();
         let mut run = Run { op, steps };
         // Keep the lease while this process drives it, however long a host
@@ -445,11 +448,11 @@ impl App {
 
     /// Records `step` as done and renews the lease. An operation another
     /// process has settled meanwhile stops this run.
-    pub(crate) async fn record_step(&self, run: &mut Run, step: &str) -> Result<()> {
+    pub(crate) async fn record_step(&self, run: &mut Run, step: Step) -> Result<()> {
         let steps = run.with(step);
         if !self
             .store
-            .record_operation_progress(&run.op.id, &steps, &self.deadline())
+            .record_operation_progress(&run.op.id, &steps.to_json(), &self.deadline())
             .await?
         {
             return Err(Error::Conflict(format!(
