@@ -4,14 +4,22 @@
 //! - `unit`: Kloigos units only.
 //! - `container`: Kloigos units, and instances as containers.
 //! - `sim`: everything simulated, in memory and under the state directory.
+//!
+//! The design decision: instances and volumes go through one
+//! [`InstanceRuntime`], whichever driver runs them. The container driver's
+//! is made at start-up; the simulated host's is the one the control plane
+//! names in its `Host` object, so it exists only once that has arrived.
+//! Adopting and stopping unknown instances at start-up concern the
+//! start-up runtime only: a simulated host keeps nothing across restarts.
 
 use crate::drivers::container::{ContainerConfig, ContainerDriver};
-use crate::drivers::sim::{SimConfig, SimFleet};
+use crate::drivers::sim::{SimConfig, SimFleet, SimHost};
 use crate::drivers::unit::{UnitConfig, UnitDriver};
+use crate::drivers::{InstanceRuntime, Session};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 use tessera_agent_api::protocol::{Desired, InstanceState, Outcome};
-use tessera_agent_api::{AgentDirectory, AgentError, HostAgent, InstanceSpec};
+use tessera_agent_api::{AgentError, HostAgent, InstanceSpec, VolumeSpec};
 
 /// Which driver realises instances.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -63,10 +71,14 @@ pub struct HostConfig {
 pub struct LocalHost {
     config: HostConfig,
     units: Option<UnitDriver>,
-    containers: Option<ContainerDriver>,
+    /// What runs instances, where the driver made it at start-up (the
+    /// container driver); `None` on a unit-only host and under `sim`.
+    instances: Option<Box<dyn InstanceRuntime>>,
     sim: Option<SimFleet>,
-    /// The simulated host, once the control plane has said what it is.
-    sim_host: Mutex<Option<Arc<dyn HostAgent>>>,
+    /// The simulated host (its units, scripts and, as an
+    /// [`InstanceRuntime`], its instances), once the control plane has said
+    /// what it is.
+    sim_host: Mutex<Option<Arc<SimHost>>>,
     /// Preparing or retiring the host excludes every other change: a unit
     /// wiped or an instance started while the host's users and groups are
     /// being removed would bring some back.
@@ -75,7 +87,7 @@ pub struct LocalHost {
 
 impl LocalHost {
     pub fn new(config: HostConfig) -> Result<LocalHost, AgentError> {
-        let (units, containers, sim) = match config.driver {
+        let (units, instances, sim) = match config.driver {
             DriverKind::Sim => {
                 let sim = SimFleet::new(SimConfig {
                     root_dir: Some(config.state_dir.join("sim-root")),
@@ -87,23 +99,25 @@ impl LocalHost {
                 let mut unit_config = UnitConfig::new(config.state_dir.clone());
                 unit_config.user_prefix = config.user_prefix.clone();
                 let units = UnitDriver::new(unit_config)?;
-                let containers = match config.driver {
-                    DriverKind::Container => Some(ContainerDriver::new(ContainerConfig {
-                        state_dir: config.state_dir.clone(),
-                        image_dir: config.state_dir.join("images"),
-                        bridge: config.bridge.clone(),
-                        subnet: config.subnet.clone(),
-                        ssh_port_base: config.ssh_port_base,
-                    })?),
+                let instances: Option<Box<dyn InstanceRuntime>> = match config.driver {
+                    DriverKind::Container => {
+                        Some(Box::new(ContainerDriver::new(ContainerConfig {
+                            state_dir: config.state_dir.clone(),
+                            image_dir: config.state_dir.join("images"),
+                            bridge: config.bridge.clone(),
+                            subnet: config.subnet.clone(),
+                            ssh_port_base: config.ssh_port_base,
+                        })?))
+                    }
                     _ => None,
                 };
-                (Some(units), containers, None)
+                (Some(units), instances, None)
             }
         };
         Ok(LocalHost {
             config,
             units,
-            containers,
+            instances,
             sim,
             sim_host: Mutex::new(None),
             gate: tokio::sync::RwLock::new(()),
@@ -116,8 +130,8 @@ impl LocalHost {
         if let Some(units) = &self.units {
             units.adopt().await?;
         }
-        if let Some(containers) = &self.containers {
-            containers.adopt().await?;
+        if let Some(instances) = &self.instances {
+            instances.adopt().await?;
         }
         Ok(())
     }
@@ -131,14 +145,14 @@ impl LocalHost {
         &self,
         known: &std::collections::HashSet<String>,
     ) -> Result<(), AgentError> {
-        let Some(containers) = &self.containers else {
+        let Some(instances) = &self.instances else {
             return Ok(());
         };
-        for instance in containers.list().await? {
+        for instance in instances.list().await? {
             let key = tessera_agent_api::protocol::instance_key(&instance.id);
             if instance.running && !known.contains(&key) {
                 tracing::warn!(id = %instance.id, "stopping an instance the control plane does not know");
-                containers.stop(&instance.id).await?;
+                instances.stop(&instance.id).await?;
             }
         }
         Ok(())
@@ -187,7 +201,10 @@ impl LocalHost {
                 unit,
                 ssh_public_key: None,
             } => self.units()?.release(unit).await.map(|()| Outcome::Done),
-            Desired::Instance { spec, state } => self.apply_instance(spec, *state).await,
+            Desired::Instance { spec, state } => {
+                self.apply_instance(self.instances.as_deref(), spec, *state)
+                    .await
+            }
             Desired::Script { script } => {
                 let outcome =
                     crate::script::run(script, std::path::Path::new("/"), &self.config.hostname)
@@ -195,26 +212,31 @@ impl LocalHost {
                 Ok(Outcome::Script { outcome })
             }
             Desired::Volume { spec, present } => {
-                let Some(containers) = &self.containers else {
-                    return match present {
-                        false => Ok(Outcome::Done),
-                        true => Err(AgentError::Failed(format!(
-                            "{} stores no volumes (its agent uses the {} driver)",
-                            self.config.hostname,
-                            self.config.driver.as_str()
-                        ))),
-                    };
-                };
-                match present {
-                    true => Ok(Outcome::Volume {
-                        report: containers.ensure_volume(spec).await?,
-                    }),
-                    false => containers
-                        .delete_volume(&spec.id)
-                        .await
-                        .map(|()| Outcome::Done),
-                }
+                self.apply_volume(self.instances.as_deref(), spec, *present)
+                    .await
             }
+        }
+    }
+
+    /// Opens a session into a running instance (see [`Session`]): through
+    /// the host's runtime, whichever driver it is.
+    pub async fn open_session(
+        &self,
+        instance_id: &str,
+        command: Option<Vec<String>>,
+    ) -> Result<Session, AgentError> {
+        let _shared = self.gate.read().await;
+        if self.sim.is_some() {
+            let host = self.prepared_sim_host()?;
+            return host.open_session(instance_id, command).await;
+        }
+        match &self.instances {
+            Some(instances) => instances.open_session(instance_id, command).await,
+            None => Err(AgentError::Failed(format!(
+                "{} runs compute units only (its agent uses the {} driver)",
+                self.config.hostname,
+                self.config.driver.as_str()
+            ))),
         }
     }
 
@@ -226,10 +248,11 @@ impl LocalHost {
 
     async fn apply_instance(
         &self,
+        runtime: Option<&dyn InstanceRuntime>,
         spec: &InstanceSpec,
         state: InstanceState,
     ) -> Result<Outcome, AgentError> {
-        let Some(containers) = &self.containers else {
+        let Some(runtime) = runtime else {
             return match state {
                 // Nothing to remove from a host that runs no instances.
                 InstanceState::Absent => Ok(Outcome::Done),
@@ -242,29 +265,60 @@ impl LocalHost {
         };
         match state {
             InstanceState::Running => {
-                let exists = containers.list().await?.iter().any(|c| c.id == spec.id);
+                let exists = runtime.list().await?.iter().any(|c| c.id == spec.id);
                 let report = match exists {
-                    true => containers.start(spec).await?,
-                    false => containers.create(spec).await?,
+                    true => runtime.start(spec).await?,
+                    false => runtime.create(spec).await?,
                 };
                 Ok(Outcome::Instance { report })
             }
-            InstanceState::Stopped => containers.stop(&spec.id).await.map(|()| Outcome::Done),
-            InstanceState::Absent => containers.delete(&spec.id).await.map(|()| Outcome::Done),
+            InstanceState::Stopped => runtime.stop(&spec.id).await.map(|()| Outcome::Done),
+            InstanceState::Absent => runtime.delete(&spec.id).await.map(|()| Outcome::Done),
         }
+    }
+
+    async fn apply_volume(
+        &self,
+        runtime: Option<&dyn InstanceRuntime>,
+        spec: &VolumeSpec,
+        present: bool,
+    ) -> Result<Outcome, AgentError> {
+        let Some(runtime) = runtime else {
+            return match present {
+                false => Ok(Outcome::Done),
+                true => Err(AgentError::Failed(format!(
+                    "{} stores no volumes (its agent uses the {} driver)",
+                    self.config.hostname,
+                    self.config.driver.as_str()
+                ))),
+            };
+        };
+        match present {
+            true => Ok(Outcome::Volume {
+                report: runtime.ensure_volume(spec).await?,
+            }),
+            false => runtime
+                .delete_volume(&spec.id)
+                .await
+                .map(|()| Outcome::Done),
+        }
+    }
+
+    /// The simulated host, once a `Host` object has named it.
+    fn prepared_sim_host(&self) -> Result<Arc<SimHost>, AgentError> {
+        self.sim_host
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+            .ok_or_else(|| AgentError::Failed("the host is not prepared yet".into()))
     }
 
     async fn apply_sim(&self, sim: &SimFleet, desired: &Desired) -> Result<Outcome, AgentError> {
         if let Desired::Host { spec, .. } = desired {
-            let host = sim.agent_for(spec);
-            *self.sim_host.lock().unwrap_or_else(PoisonError::into_inner) = host;
+            let host = sim.host_for(spec);
+            *self.sim_host.lock().unwrap_or_else(PoisonError::into_inner) = Some(host);
         }
-        let host = self
-            .sim_host
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
-            .ok_or_else(|| AgentError::Failed("the host is not prepared yet".into()))?;
+        let host = self.prepared_sim_host()?;
         match desired {
             Desired::Host { spec, retired } => {
                 match retired {
@@ -281,34 +335,139 @@ impl LocalHost {
                 unit,
                 ssh_public_key: None,
             } => host.release_unit(unit).await.map(|()| Outcome::Done),
-            Desired::Instance { spec, state } => match state {
-                InstanceState::Running => {
-                    let report = match host.start_instance(spec).await {
-                        Ok(report) => report,
-                        Err(_) => host.create_instance(spec).await?,
-                    };
-                    Ok(Outcome::Instance { report })
-                }
-                InstanceState::Stopped => {
-                    host.stop_instance(&spec.id).await.map(|()| Outcome::Done)
-                }
-                InstanceState::Absent => {
-                    host.delete_instance(&spec.id).await.map(|()| Outcome::Done)
-                }
-            },
+            Desired::Instance { spec, state } => {
+                self.apply_instance(Some(host.as_ref()), spec, *state).await
+            }
             Desired::Script { script } => Ok(Outcome::Script {
                 outcome: host.run_script(script).await?,
             }),
-            Desired::Volume {
-                spec,
-                present: true,
-            } => Ok(Outcome::Volume {
-                report: host.ensure_volume(spec).await?,
-            }),
-            Desired::Volume {
-                spec,
-                present: false,
-            } => host.delete_volume(&spec.id).await.map(|()| Outcome::Done),
+            Desired::Volume { spec, present } => {
+                self.apply_volume(Some(host.as_ref()), spec, *present).await
+            }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tessera_agent_api::{AttachedVolume, HostSpec};
+    use tessera_core::HostId;
+
+    fn sim_host(dir: &std::path::Path) -> LocalHost {
+        LocalHost::new(HostConfig {
+            hostname: "sim-1".into(),
+            state_dir: dir.to_path_buf(),
+            driver: DriverKind::Sim,
+            user_prefix: String::new(),
+            bridge: "tsr0".into(),
+            subnet: "10.88.0.0/24".into(),
+            ssh_port_base: 2200,
+        })
+        .expect("a sim host needs nothing of the machine")
+    }
+
+    fn instance(state: InstanceState) -> Desired {
+        Desired::Instance {
+            spec: InstanceSpec {
+                id: "i-1".into(),
+                name: "one".into(),
+                project_id: "p".into(),
+                cpus: (0..2).collect(),
+                memory_mb: 512,
+                disk_gb: 1,
+                image: "tiny".into(),
+                ssh_keys: vec![],
+                user_data: None,
+                volumes: vec![AttachedVolume {
+                    id: "vol-1".into(),
+                    target: "vdb".into(),
+                }],
+            },
+            state,
+        }
+    }
+
+    fn volume(present: bool) -> Desired {
+        Desired::Volume {
+            spec: VolumeSpec {
+                id: "vol-1".into(),
+                size_gb: 2,
+                clone_of: None,
+            },
+            present,
+        }
+    }
+
+    /// The simulated host's instances and volumes go through the same
+    /// runtime path as containers, and answer as the simulated host always
+    /// did.
+    #[tokio::test]
+    async fn a_simulated_host_runs_instances_through_its_runtime() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let host = sim_host(dir.path());
+        let early = host.apply(&instance(InstanceState::Absent)).await;
+        assert!(
+            matches!(&early, Err(e) if e.to_string().contains("not prepared")),
+            "{early:?}"
+        );
+        let early = host.open_session("i-1", None).await.err();
+        assert!(
+            early.is_some_and(|e| e.to_string().contains("not prepared")),
+            "a session before the host is prepared"
+        );
+        let spec = HostSpec {
+            id: HostId::new("h-sim-1"),
+            hostname: "sim-1".into(),
+            ip: "192.0.2.7".into(),
+            cpus: (0..4).collect(),
+            numa_nodes: vec![],
+            units: vec![],
+            memory_mb: None,
+        };
+        let prepare = Desired::Host {
+            spec,
+            retired: false,
+        };
+        assert!(matches!(host.apply(&prepare).await, Ok(Outcome::Done)));
+        // Its volume must be stored first.
+        assert!(host.apply(&instance(InstanceState::Running)).await.is_err());
+        match host.apply(&volume(true)).await {
+            Ok(Outcome::Volume { report }) => assert_eq!(report.size_bytes, 2 << 30),
+            other => panic!("volume: {other:?}"),
+        }
+        for _ in 0..2 {
+            match host.apply(&instance(InstanceState::Running)).await {
+                Ok(Outcome::Instance { report }) => {
+                    assert_eq!(report.private_ip, "192.0.2.7");
+                    assert_eq!(report.ssh_port, None);
+                }
+                other => panic!("running: {other:?}"),
+            }
+        }
+        let session = host.open_session("i-1", None).await.expect("session");
+        assert!(session.is_simulated());
+        drop(session);
+        assert!(host.apply(&volume(false)).await.is_err(), "in use");
+        assert!(matches!(
+            host.apply(&instance(InstanceState::Stopped)).await,
+            Ok(Outcome::Done)
+        ));
+        assert!(host.open_session("i-1", None).await.is_err(), "stopped");
+        assert!(matches!(
+            host.apply(&volume(false)).await,
+            Ok(Outcome::Done)
+        ));
+        assert!(matches!(
+            host.apply(&instance(InstanceState::Absent)).await,
+            Ok(Outcome::Done)
+        ));
+        // The simulated host refuses to stop what it does not have.
+        assert!(host.apply(&instance(InstanceState::Stopped)).await.is_err());
+        // Nothing is adopted or stopped at start-up under `sim`.
+        host.adopt().await.expect("adopt");
+        host.stop_unknown_instances(&Default::default())
+            .await
+            .expect("stop unknown");
     }
 }

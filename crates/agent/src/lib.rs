@@ -4,8 +4,11 @@
 //! and makes its host match the desired state it reads, through
 //! [`host::LocalHost`] and the [`drivers`]: `unit` (Kloigos compute units),
 //! `container` (instances as system containers) and `sim` (a simulated host,
-//! also used in process by `tessera server --sim-hosts`).
+//! also used in process by `tessera server --sim-hosts`). Instances go
+//! through one trait, [`drivers::InstanceRuntime`]; [`cgroup`] pins
+//! processes to CPUs for any driver that needs it.
 
+pub mod cgroup;
 pub mod drivers;
 pub mod host;
 pub mod inventory;

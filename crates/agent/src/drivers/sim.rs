@@ -6,7 +6,14 @@
 //! hold. It refuses calls a real host would refuse, so control-plane bugs
 //! show up in tests. Failures and latency can be injected per host and per
 //! kind of call, to exercise the control plane's failure paths.
+//!
+//! A simulated host is also an [`InstanceRuntime`], so `tessera agent
+//! --driver sim` runs its (pretend) instances through the same trait as the
+//! container driver. The design decision: it pretends, and says so.
+//! Nothing runs; a session into an instance is a small in-memory shell
+//! that echoes, exits, and answers every other command with "not run".
 
+use super::{InstanceRuntime, InstanceStatus, Session, SessionEnd};
 use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -17,6 +24,7 @@ use tessera_agent_api::{
 };
 use tessera_core::CpuSet;
 use tessera_core::HostId;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 
 /// How simulated hosts behave.
 #[derive(Clone, Debug, Default)]
@@ -120,15 +128,20 @@ impl SimFleet {
         let hosts = self.hosts.lock().unwrap_or_else(PoisonError::into_inner);
         hosts.get(id).cloned()
     }
+
+    /// The simulated host that `host` is, made on first use.
+    pub fn host_for(&self, host: &HostSpec) -> Arc<SimHost> {
+        let mut hosts = self.hosts.lock().unwrap_or_else(PoisonError::into_inner);
+        hosts
+            .entry(host.id.clone())
+            .or_insert_with(|| Arc::new(SimHost::new(host, &self.config)))
+            .clone()
+    }
 }
 
 impl AgentDirectory for SimFleet {
     fn agent_for(&self, host: &HostSpec) -> Option<Arc<dyn HostAgent>> {
-        let mut hosts = self.hosts.lock().unwrap_or_else(PoisonError::into_inner);
-        let sim = hosts
-            .entry(host.id.clone())
-            .or_insert_with(|| Arc::new(SimHost::new(host, &self.config)));
-        Some(sim.clone() as Arc<dyn HostAgent>)
+        Some(self.host_for(host) as Arc<dyn HostAgent>)
     }
 }
 
@@ -460,6 +473,168 @@ impl HostAgent for SimHost {
     }
 }
 
+/// Its instances, as the container driver runs real ones: through
+/// [`HostAgent`]'s instance and volume calls.
+#[async_trait::async_trait]
+impl InstanceRuntime for SimHost {
+    async fn create(&self, spec: &InstanceSpec) -> Result<InstanceReport, AgentError> {
+        self.create_instance(spec).await
+    }
+
+    async fn start(&self, spec: &InstanceSpec) -> Result<InstanceReport, AgentError> {
+        self.start_instance(spec).await
+    }
+
+    async fn stop(&self, id: &str) -> Result<(), AgentError> {
+        self.stop_instance(id).await
+    }
+
+    async fn delete(&self, id: &str) -> Result<(), AgentError> {
+        self.delete_instance(id).await
+    }
+
+    async fn list(&self) -> Result<Vec<InstanceStatus>, AgentError> {
+        let mut list: Vec<InstanceStatus> = self
+            .state()
+            .instances
+            .iter()
+            .map(|(id, (_, running))| InstanceStatus {
+                id: id.clone(),
+                running: *running,
+            })
+            .collect();
+        list.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(list)
+    }
+
+    /// Nothing outlives the process that simulates the host.
+    async fn adopt(&self) -> Result<(), AgentError> {
+        Ok(())
+    }
+
+    async fn ensure_volume(&self, spec: &VolumeSpec) -> Result<VolumeReport, AgentError> {
+        HostAgent::ensure_volume(self, spec).await
+    }
+
+    async fn delete_volume(&self, id: &str) -> Result<(), AgentError> {
+        HostAgent::delete_volume(self, id).await
+    }
+
+    async fn open_session(
+        &self,
+        id: &str,
+        command: Option<Vec<String>>,
+    ) -> Result<Session, AgentError> {
+        if self.instance(id) != Some(true) {
+            return Err(AgentError::Failed(format!(
+                "instance {id} is not running on {}",
+                self.hostname
+            )));
+        }
+        // One stream each way, so that closing the input alone is an end
+        // of file for the shell.
+        let (input, shell_input) = tokio::io::duplex(64 * 1024);
+        let (shell_output, output) = tokio::io::duplex(64 * 1024);
+        let task = tokio::spawn(simulated_shell(
+            id.to_string(),
+            command,
+            shell_input,
+            shell_output,
+        ));
+        Ok(Session {
+            input: Box::new(input),
+            output: Box::new(output),
+            end: SessionEnd::simulated(task),
+        })
+    }
+}
+
+/// What the simulated shell makes of a command line.
+#[derive(Debug, PartialEq, Eq)]
+enum SimReply {
+    /// It printed this and ended with this status.
+    Ran { output: String, status: i32 },
+    /// `exit`: the session ends with this code.
+    Exit(i32),
+}
+
+fn simulated_command(id: &str, words: &[String]) -> SimReply {
+    match words.first().map(String::as_str) {
+        None => SimReply::Ran {
+            output: String::new(),
+            status: 0,
+        },
+        Some("echo") => SimReply::Ran {
+            output: format!("{}\n", words[1..].join(" ")),
+            status: 0,
+        },
+        Some("exit") => match words.get(1).map(|code| code.parse::<i32>()) {
+            None => SimReply::Exit(0),
+            Some(Ok(code)) => SimReply::Exit(code),
+            // As bash: a code that is not a number is a usage error.
+            Some(Err(_)) => SimReply::Exit(2),
+        },
+        // As a shell's "command not found", saying why.
+        Some(program) => SimReply::Ran {
+            output: format!(
+                "{program}: not run: {id} is a simulated instance, nothing runs on it\n"
+            ),
+            status: 127,
+        },
+    }
+}
+
+/// Plays the instance's side of a session: runs `command` once, or reads
+/// command lines until `exit` or the end of the input (a shell's last
+/// status is its exit code).
+async fn simulated_shell(
+    id: String,
+    command: Option<Vec<String>>,
+    reader: tokio::io::DuplexStream,
+    mut writer: tokio::io::DuplexStream,
+) -> i32 {
+    if let Some(words) = command {
+        return match simulated_command(&id, &words) {
+            SimReply::Ran { output, status } => {
+                let _ = writer.write_all(output.as_bytes()).await;
+                status
+            }
+            SimReply::Exit(code) => code,
+        };
+    }
+    let banner = format!(
+        "{id} is a simulated instance: nothing runs on it. `echo` and `exit` answer; \
+         other commands are not run.\n"
+    );
+    let prompt = format!("{id}$ ");
+    if writer.write_all(banner.as_bytes()).await.is_err() {
+        return 0;
+    }
+    let mut status = 0;
+    let mut lines = tokio::io::BufReader::new(reader).lines();
+    loop {
+        if writer.write_all(prompt.as_bytes()).await.is_err() {
+            return status;
+        }
+        let Ok(Some(line)) = lines.next_line().await else {
+            return status;
+        };
+        let words: Vec<String> = line.split_whitespace().map(str::to_string).collect();
+        match simulated_command(&id, &words) {
+            SimReply::Ran {
+                output,
+                status: ran,
+            } => {
+                status = ran;
+                if writer.write_all(output.as_bytes()).await.is_err() {
+                    return status;
+                }
+            }
+            SimReply::Exit(code) => return code,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -561,5 +736,93 @@ mod tests {
             .expect("delete once stopped");
         agent.delete_volume("vol-1").await.expect("gone already");
         assert!(agent.start_instance(&instance).await.is_err());
+    }
+
+    fn tiny_instance(id: &str) -> InstanceSpec {
+        InstanceSpec {
+            id: id.into(),
+            name: id.into(),
+            project_id: "p".into(),
+            cpus: (0..1).collect(),
+            memory_mb: 128,
+            disk_gb: 1,
+            image: "tiny".into(),
+            ssh_keys: vec![],
+            user_data: None,
+            volumes: vec![],
+        }
+    }
+
+    #[tokio::test]
+    async fn a_session_into_a_simulated_instance_says_it_is_simulated() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let spec = HostSpec {
+            id: HostId::new("s"),
+            hostname: "s".into(),
+            ip: "192.0.2.3".into(),
+            cpus: (0..4).collect(),
+            numa_nodes: vec![],
+            units: vec![],
+            memory_mb: None,
+        };
+        let fleet = SimFleet::new(SimConfig::default());
+        let host = fleet.host_for(&spec);
+        host.prepare_host(&spec).await.expect("prepare");
+        let runtime: &dyn InstanceRuntime = host.as_ref();
+        assert!(
+            runtime.open_session("i-1", None).await.is_err(),
+            "no instance"
+        );
+        runtime.create(&tiny_instance("i-1")).await.expect("create");
+        assert_eq!(
+            runtime.list().await.expect("list"),
+            vec![InstanceStatus {
+                id: "i-1".into(),
+                running: true
+            }]
+        );
+
+        let mut session = runtime.open_session("i-1", None).await.expect("session");
+        assert!(session.is_simulated());
+        session
+            .input
+            .write_all(b"echo hello   there\nuname -a\nexit 4\necho never\n")
+            .await
+            .expect("typing");
+        let mut out = String::new();
+        session
+            .output
+            .read_to_string(&mut out)
+            .await
+            .expect("reading");
+        assert!(out.starts_with("i-1 is a simulated instance"), "{out}");
+        assert!(out.contains("hello there\n"), "{out}");
+        assert!(out.contains("uname: not run"), "{out}");
+        assert!(!out.contains("never"), "{out}");
+        assert_eq!(session.end.wait().await.expect("exit"), 4);
+        assert_eq!(session.end.wait().await.expect("exit again"), 4);
+
+        // One command, and the end of the input ends the shell.
+        let mut session = runtime
+            .open_session("i-1", Some(vec!["ls".into(), "/".into()]))
+            .await
+            .expect("command");
+        let mut out = String::new();
+        session
+            .output
+            .read_to_string(&mut out)
+            .await
+            .expect("reading");
+        assert!(out.contains("ls: not run"), "{out}");
+        assert_eq!(session.end.wait().await.expect("exit"), 127);
+        let mut session = runtime.open_session("i-1", None).await.expect("session");
+        drop(session.input);
+        assert_eq!(session.end.wait().await.expect("exit at end of input"), 0);
+
+        runtime.stop("i-1").await.expect("stop");
+        assert!(
+            runtime.open_session("i-1", None).await.is_err(),
+            "a stopped instance has no sessions"
+        );
     }
 }

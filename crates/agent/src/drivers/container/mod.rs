@@ -18,8 +18,15 @@
 //! end (`tv<tag>`) sits on the host bridge; `<tag>` is 8 hex digits of a
 //! hash of the state directory and the instance id. The SSH port is a
 //! userspace TCP proxy owned by the driver.
+//!
+//! The driver is an [`InstanceRuntime`]; sessions into an instance are
+//! `runc exec` (see `exec.rs`). CPU pinning is runc's: `config.json` names
+//! the instance's CPUs and runc makes (and normally removes) the cgroup
+//! `/tessera-<agent tag>-<id>` in every hierarchy, so the driver does not
+//! use [`crate::cgroup`]; it only sweeps what runc left after a stop.
 
 mod bundle;
+mod exec;
 mod forward;
 mod image;
 mod network;
@@ -29,6 +36,7 @@ mod volume;
 
 pub use image::{import_image, list_images};
 
+use super::{InstanceRuntime, InstanceStatus, Session};
 use forward::Proxy;
 use network::{NetNames, Subnet};
 use serde::{Deserialize, Serialize};
@@ -60,13 +68,6 @@ pub struct ContainerConfig {
     pub subnet: String,
     /// The first host port forwarded to instances' SSH servers.
     pub ssh_port_base: u16,
-}
-
-/// An instance as the host has it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ContainerState {
-    pub id: String,
-    pub running: bool,
 }
 
 /// The most processes an instance may have.
@@ -380,154 +381,6 @@ impl ContainerDriver {
             proxies: Mutex::new(HashMap::new()),
             config,
         })
-    }
-
-    /// Creates and starts an instance; done already is success.
-    pub async fn create(&self, spec: &InstanceSpec) -> Result<InstanceReport, AgentError> {
-        validate_id(&spec.id)?;
-        image::validate_image_name(&spec.image)?;
-        let lock = self.lock(&spec.id);
-        let _held = lock.lock().await;
-        if let Some(rec) = self.load_record(&spec.id)? {
-            return self.start_locked(spec, rec).await;
-        }
-        if spec.cpus.is_empty() {
-            return Err(fail("an instance needs at least one CPU"));
-        }
-        if spec.memory_mb == 0 {
-            return Err(fail("an instance needs some memory"));
-        }
-        let image_root = image::image_rootfs(&self.config.image_dir, &spec.image);
-        if !image_root.is_dir() {
-            return Err(fail(format!(
-                "image {} is not on this host; import it with `tessera image import {} FILE`",
-                spec.image, spec.image
-            )));
-        }
-        let dir = self.dir(&spec.id);
-        fs::create_dir_all(&dir).map_err(|e| io_fail("creating", &dir, e))?;
-        let rec = {
-            let _alloc = self.alloc.lock().await;
-            let (ip, ssh_port) = self.allocate().await?;
-            let rec = Record {
-                id: spec.id.clone(),
-                name: spec.name.clone(),
-                image: spec.image.clone(),
-                ip,
-                ssh_port,
-                should_run: true,
-            };
-            self.save_record(&rec)?;
-            rec
-        };
-        tracing::info!(id = %rec.id, ip = %rec.ip, ssh_port = rec.ssh_port, "creating instance");
-        self.start_locked(spec, rec).await
-    }
-
-    /// Starts a stopped instance; running already is success.
-    pub async fn start(&self, spec: &InstanceSpec) -> Result<InstanceReport, AgentError> {
-        validate_id(&spec.id)?;
-        let lock = self.lock(&spec.id);
-        let _held = lock.lock().await;
-        let rec = self
-            .load_record(&spec.id)?
-            .ok_or_else(|| fail(format!("instance {} is not on this host", spec.id)))?;
-        self.start_locked(spec, rec).await
-    }
-
-    /// Stops an instance, keeping its disk; stopped already is success.
-    pub async fn stop(&self, id: &str) -> Result<(), AgentError> {
-        validate_id(id)?;
-        let lock = self.lock(id);
-        let _held = lock.lock().await;
-        self.stop_locked(id).await?;
-        if let Some(mut rec) = self.load_record(id)?
-            && rec.should_run
-        {
-            rec.should_run = false;
-            self.save_record(&rec)?;
-        }
-        Ok(())
-    }
-
-    /// Removes everything the instance had; gone already is success.
-    pub async fn delete(&self, id: &str) -> Result<(), AgentError> {
-        validate_id(id)?;
-        let lock = self.lock(id);
-        let _held = lock.lock().await;
-        self.stop_locked(id).await?;
-        let dir = self.dir(id);
-        let rootfs = dir.join("rootfs");
-        if is_mounted(&rootfs) {
-            return Err(fail(format!(
-                "{} is still mounted; not removing the instance",
-                rootfs.display()
-            )));
-        }
-        blocking(move || match fs::remove_dir_all(&dir) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(io_fail("removing", &dir, e)),
-        })
-        .await?;
-        tracing::info!(%id, "deleted instance");
-        self.locks
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(id);
-        Ok(())
-    }
-
-    /// Makes a volume's storage, or grows it (see [`volume`]).
-    pub async fn ensure_volume(&self, spec: &VolumeSpec) -> Result<VolumeReport, AgentError> {
-        volume::ensure(&self.config.state_dir, spec).await
-    }
-
-    /// Destroys a volume's storage unless a running instance uses it.
-    pub async fn delete_volume(&self, id: &str) -> Result<(), AgentError> {
-        volume::delete(&self.config.state_dir, id).await
-    }
-
-    /// The instances on this host and whether each runs.
-    pub async fn list(&self) -> Result<Vec<ContainerState>, AgentError> {
-        let records = self.records()?;
-        let running = self.running_ids().await?;
-        Ok(records
-            .into_iter()
-            .map(|r| ContainerState {
-                running: running.contains_key(&r.id),
-                id: r.id,
-            })
-            .collect())
-    }
-
-    /// After an agent restart: takes over running instances (their network
-    /// and port forwards) without restarting them.
-    pub async fn adopt(&self) -> Result<(), AgentError> {
-        let mut first_error = None;
-        for rec in self.records()? {
-            let lock = self.lock(&rec.id);
-            let _held = lock.lock().await;
-            match self.runc_state(&rec.id).await {
-                Ok(Some(state)) if state.status == "running" => {
-                    if let Err(e) = self.ensure_proxy(&rec).await {
-                        tracing::warn!(id = %rec.id, error = %e, "re-forwarding SSH");
-                        first_error.get_or_insert(e);
-                    } else {
-                        tracing::info!(id = %rec.id, pid = state.pid, "adopted running instance");
-                    }
-                }
-                Ok(_) => {
-                    if rec.should_run {
-                        tracing::info!(id = %rec.id, "instance should run but is stopped; leaving it stopped");
-                    }
-                }
-                Err(e) => {
-                    first_error.get_or_insert(e);
-                }
-            }
-        }
-        first_error.map_or(Ok(()), Err)
     }
 
     /// The pid of an instance's init while it runs.
@@ -1007,6 +860,165 @@ impl ContainerDriver {
         }
         out.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(out)
+    }
+}
+
+#[async_trait::async_trait]
+impl InstanceRuntime for ContainerDriver {
+    /// Creates and starts an instance; done already is success.
+    async fn create(&self, spec: &InstanceSpec) -> Result<InstanceReport, AgentError> {
+        validate_id(&spec.id)?;
+        image::validate_image_name(&spec.image)?;
+        let lock = self.lock(&spec.id);
+        let _held = lock.lock().await;
+        if let Some(rec) = self.load_record(&spec.id)? {
+            return self.start_locked(spec, rec).await;
+        }
+        if spec.cpus.is_empty() {
+            return Err(fail("an instance needs at least one CPU"));
+        }
+        if spec.memory_mb == 0 {
+            return Err(fail("an instance needs some memory"));
+        }
+        let image_root = image::image_rootfs(&self.config.image_dir, &spec.image);
+        if !image_root.is_dir() {
+            return Err(fail(format!(
+                "image {} is not on this host; import it with `tessera image import {} FILE`",
+                spec.image, spec.image
+            )));
+        }
+        let dir = self.dir(&spec.id);
+        fs::create_dir_all(&dir).map_err(|e| io_fail("creating", &dir, e))?;
+        let rec = {
+            let _alloc = self.alloc.lock().await;
+            let (ip, ssh_port) = self.allocate().await?;
+            let rec = Record {
+                id: spec.id.clone(),
+                name: spec.name.clone(),
+                image: spec.image.clone(),
+                ip,
+                ssh_port,
+                should_run: true,
+            };
+            self.save_record(&rec)?;
+            rec
+        };
+        tracing::info!(id = %rec.id, ip = %rec.ip, ssh_port = rec.ssh_port, "creating instance");
+        self.start_locked(spec, rec).await
+    }
+
+    /// Starts a stopped instance; running already is success.
+    async fn start(&self, spec: &InstanceSpec) -> Result<InstanceReport, AgentError> {
+        validate_id(&spec.id)?;
+        let lock = self.lock(&spec.id);
+        let _held = lock.lock().await;
+        let rec = self
+            .load_record(&spec.id)?
+            .ok_or_else(|| fail(format!("instance {} is not on this host", spec.id)))?;
+        self.start_locked(spec, rec).await
+    }
+
+    /// Stops an instance, keeping its disk; stopped already is success.
+    async fn stop(&self, id: &str) -> Result<(), AgentError> {
+        validate_id(id)?;
+        let lock = self.lock(id);
+        let _held = lock.lock().await;
+        self.stop_locked(id).await?;
+        if let Some(mut rec) = self.load_record(id)?
+            && rec.should_run
+        {
+            rec.should_run = false;
+            self.save_record(&rec)?;
+        }
+        Ok(())
+    }
+
+    /// Removes everything the instance had; gone already is success.
+    async fn delete(&self, id: &str) -> Result<(), AgentError> {
+        validate_id(id)?;
+        let lock = self.lock(id);
+        let _held = lock.lock().await;
+        self.stop_locked(id).await?;
+        let dir = self.dir(id);
+        let rootfs = dir.join("rootfs");
+        if is_mounted(&rootfs) {
+            return Err(fail(format!(
+                "{} is still mounted; not removing the instance",
+                rootfs.display()
+            )));
+        }
+        blocking(move || match fs::remove_dir_all(&dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_fail("removing", &dir, e)),
+        })
+        .await?;
+        tracing::info!(%id, "deleted instance");
+        self.locks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
+        Ok(())
+    }
+
+    /// Makes a volume's storage, or grows it (see [`volume`]).
+    async fn ensure_volume(&self, spec: &VolumeSpec) -> Result<VolumeReport, AgentError> {
+        volume::ensure(&self.config.state_dir, spec).await
+    }
+
+    /// Destroys a volume's storage unless a running instance uses it.
+    async fn delete_volume(&self, id: &str) -> Result<(), AgentError> {
+        volume::delete(&self.config.state_dir, id).await
+    }
+
+    /// The instances on this host and whether each runs.
+    async fn list(&self) -> Result<Vec<InstanceStatus>, AgentError> {
+        let records = self.records()?;
+        let running = self.running_ids().await?;
+        Ok(records
+            .into_iter()
+            .map(|r| InstanceStatus {
+                running: running.contains_key(&r.id),
+                id: r.id,
+            })
+            .collect())
+    }
+
+    /// After an agent restart: takes over running instances (their network
+    /// and port forwards) without restarting them.
+    async fn adopt(&self) -> Result<(), AgentError> {
+        let mut first_error = None;
+        for rec in self.records()? {
+            let lock = self.lock(&rec.id);
+            let _held = lock.lock().await;
+            match self.runc_state(&rec.id).await {
+                Ok(Some(state)) if state.status == "running" => {
+                    if let Err(e) = self.ensure_proxy(&rec).await {
+                        tracing::warn!(id = %rec.id, error = %e, "re-forwarding SSH");
+                        first_error.get_or_insert(e);
+                    } else {
+                        tracing::info!(id = %rec.id, pid = state.pid, "adopted running instance");
+                    }
+                }
+                Ok(_) => {
+                    if rec.should_run {
+                        tracing::info!(id = %rec.id, "instance should run but is stopped; leaving it stopped");
+                    }
+                }
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    async fn open_session(
+        &self,
+        id: &str,
+        command: Option<Vec<String>>,
+    ) -> Result<Session, AgentError> {
+        self.exec(id, command).await
     }
 }
 

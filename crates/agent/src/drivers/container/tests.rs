@@ -265,7 +265,7 @@ async fn container_lifecycle() {
 
     assert_eq!(
         driver.list().await.expect("list"),
-        vec![ContainerState {
+        vec![InstanceStatus {
             id: s.id.clone(),
             running: true
         }]
@@ -378,11 +378,11 @@ async fn container_adopt_keeps_running_instances() {
     assert_eq!(
         listed,
         vec![
-            ContainerState {
+            InstanceStatus {
                 id: a.id.clone(),
                 running: true
             },
-            ContainerState {
+            InstanceStatus {
                 id: b.id.clone(),
                 running: false
             },
@@ -564,16 +564,105 @@ fn volume_loops(file: &Path) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
-/// The driver serves an async trait: it and its futures must be Send.
-#[allow(dead_code)]
-fn futures_are_send(d: &ContainerDriver, s: &InstanceSpec) {
-    fn send<T: Send + Sync>(_: &T) {}
-    fn send_future<T: Send>(_: T) {}
-    send(d);
-    send_future(d.create(s));
-    send_future(d.start(s));
-    send_future(d.stop("x"));
-    send_future(d.delete("x"));
-    send_future(d.list());
-    send_future(d.adopt());
+/// Reads a session's output to its end.
+async fn read_all(output: &mut (dyn tokio::io::AsyncRead + Send + Unpin)) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(30), output.read_to_end(&mut out))
+        .await
+        .expect("the session's output ends")
+        .expect("reading the session");
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_run_inside_the_instance_on_its_cpus() {
+    use tokio::io::AsyncWriteExt;
+    skip_unless_able!();
+    let bridge = format!("tsrs{}", std::process::id() % 100_000);
+    let f = fixture(&bridge, "10.250.10.0/24", 43500);
+    let driver = ContainerDriver::new(f.config.clone()).expect("driver");
+    let s = spec(&f, "i-session-1", "session-1");
+    let _cleanup = Cleanup {
+        state_dir: f.config.state_dir.clone(),
+        bridge: bridge.clone(),
+        netns: vec![driver.net_names(&s.id).netns],
+    };
+    let e = driver
+        .open_session(&s.id, None)
+        .await
+        .err()
+        .expect("no session into an instance that is not there");
+    assert!(e.to_string().contains("not running"), "{e}");
+    let report = driver.create(&s).await.expect("create");
+    let ip = report.private_ip.clone();
+
+    // A command: its output and errors, and its exit code.
+    let command = "hostname; grep Cpus_allowed_list /proc/self/status; echo oops >&2; exit 3";
+    let mut session = driver
+        .open_session(&s.id, Some(vec!["sh".into(), "-c".into(), command.into()]))
+        .await
+        .expect("session");
+    assert!(!session.is_simulated());
+    drop(session.input);
+    let out = read_all(&mut session.output).await;
+    assert!(out.contains("session-1"), "{out}");
+    assert!(out.contains("Cpus_allowed_list:\t1\n"), "{out}");
+    assert!(out.contains("oops"), "{out}");
+    assert_eq!(session.end.wait().await.expect("exit"), 3);
+    assert_eq!(session.end.wait().await.expect("exit again"), 3);
+
+    // The shell, fed line by line.
+    let mut session = driver.open_session(&s.id, None).await.expect("shell");
+    session
+        .input
+        .write_all(b"echo $((40 + 2)) > /root/typed\ncat /root/typed\nexit 5\n")
+        .await
+        .expect("typing");
+    let out = read_all(&mut session.output).await;
+    assert!(out.contains("42"), "{out}");
+    assert_eq!(session.end.wait().await.expect("exit"), 5);
+    let out = ssh_ok(&f.key, &ip, 22, "cat /root/typed").await;
+    assert_eq!(out.trim(), "42", "the shell ran in the instance");
+
+    // Dropping a session ends what it runs.
+    let session = driver
+        .open_session(&s.id, Some(vec!["sleep".into(), "1001".into()]))
+        .await
+        .expect("sleep");
+    let mut seen = String::new();
+    for _ in 0..50 {
+        seen = ssh_ok(&f.key, &ip, 22, "ps | grep '[s]leep 1001' || true").await;
+        if !seen.trim().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        seen.contains("sleep 1001"),
+        "the session's process never ran: {seen}"
+    );
+    drop(session);
+    let mut left = String::new();
+    for _ in 0..50 {
+        // `[s]` keeps the pattern from matching the shell that runs it.
+        left = ssh_ok(&f.key, &ip, 22, "ps | grep '[s]leep 1001' || true").await;
+        if left.trim().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(left.trim(), "", "the session's process outlived it");
+
+    driver.stop(&s.id).await.expect("stop");
+    let e = driver
+        .open_session(&s.id, None)
+        .await
+        .err()
+        .expect("no session into a stopped instance");
+    assert!(e.to_string().contains("not running"), "{e}");
+    driver.delete(&s.id).await.expect("delete");
+    let _ = StdCommand::new("ip")
+        .args(["link", "del", &bridge])
+        .output();
 }

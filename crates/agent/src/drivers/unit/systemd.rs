@@ -32,7 +32,9 @@
 //! is written against systemd's documented behaviour (`--collect` needs
 //! v236, `append:` outputs v240, `AllowedCPUs=` v244).
 
-use super::{Result, failed, find_tool, io_failed, remove_tree, run, write_atomic};
+use super::files::{remove_tree, write_atomic};
+use super::tools::{find_tool, run};
+use super::{Result, failed, io_failed};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::{Path, PathBuf};
