@@ -59,6 +59,98 @@ pub struct InstanceSpec {
     /// Volumes it sees as block devices (`/dev/<target>`).
     #[serde(default)]
     pub volumes: Vec<AttachedVolume>,
+    /// A shared-CPU instance: its share of `cpus` in thousandths of a CPU
+    /// (500 is half of one), enforced as a CPU quota, while other
+    /// shared-CPU instances may run on the same CPUs. `None`: `cpus` are
+    /// the instance's own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_millis: Option<u32>,
+    /// Whether the host forwards a port to the instance's SSH server
+    /// ([`InstanceReport::ssh_port`]). Starting a running instance with a
+    /// spec that changes it opens or closes the forward at once, without a
+    /// restart.
+    #[serde(default = "forward_ssh")]
+    pub ssh_forward: bool,
+    /// Persistent storage mounted into the instance, if it has any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage: Option<InstanceStorage>,
+}
+
+fn forward_ssh() -> bool {
+    true
+}
+
+/// An instance's persistent storage: one file system of `size_gb` (writing
+/// past it fails inside the instance), of which each of `mount_paths`
+/// (absolute, distinct, not `/`) is a directory mounted at that path. It
+/// survives stops, starts and agent restarts, and goes with the instance.
+/// Starting an instance with other paths mounts those; what the storage
+/// holds stays.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceStorage {
+    pub size_gb: u64,
+    pub mount_paths: Vec<String>,
+}
+
+/// An instance as its host finds it now.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceObservation {
+    pub id: String,
+    pub running: bool,
+    /// Why it is not running, when the host knows (it exited with a code,
+    /// it keeps dying, its image is missing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    /// The memory its processes use (its memory cgroup), while it runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_used_bytes: Option<u64>,
+    /// What its persistent storage holds (not the host's disk).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_used_bytes: Option<u64>,
+}
+
+/// A terminal's size, in characters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TtySize {
+    pub cols: u16,
+    pub rows: u16,
+}
+
+/// What a session into an instance runs, and how.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionRequest {
+    /// A program and its arguments; `None`: the instance's shell.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<Vec<String>>,
+    /// A pseudo-terminal of this size (`TERM=xterm-256color`); `None`: plain
+    /// pipes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tty: Option<TtySize>,
+}
+
+/// An open session into an instance: its input, its output (standard
+/// output and error, interleaved; a terminal's output with a tty) and its
+/// control.
+pub struct Session {
+    /// The process's input; dropping it closes it (end of file).
+    pub input: Box<dyn tokio::io::AsyncWrite + Send + Unpin>,
+    pub output: Box<dyn tokio::io::AsyncRead + Send + Unpin>,
+    pub control: Box<dyn SessionControl>,
+}
+
+/// How a session is resized and ends. Dropping it ends a process that
+/// still runs.
+#[async_trait::async_trait]
+pub trait SessionControl: Send {
+    /// Waits until the session's process ends; answers its exit code, or
+    /// 128 + N when signal N ended it. Waiting again answers the same.
+    async fn wait(&mut self) -> Result<i32, AgentError>;
+    /// Resizes the session's terminal; refused without one.
+    fn resize(&mut self, size: TtySize) -> Result<(), AgentError>;
+    /// Whether nothing real runs behind the session (a simulated host).
+    fn is_simulated(&self) -> bool {
+        false
+    }
 }
 
 /// A volume attached to an instance.
@@ -180,6 +272,22 @@ pub trait HostAgent: Send + Sync {
     async fn delete_volume(&self, volume_id: &str) -> Result<(), AgentError> {
         Err(AgentError::Failed(format!(
             "this host cannot store volumes (volume {volume_id})"
+        )))
+    }
+    /// The instances on the host as they are now: whether each runs, why
+    /// not, and what it uses.
+    async fn observe_instances(&self) -> Result<Vec<InstanceObservation>, AgentError> {
+        Ok(Vec::new())
+    }
+    /// Opens an interactive session into a running instance.
+    async fn open_session(
+        &self,
+        instance_id: &str,
+        request: &SessionRequest,
+    ) -> Result<Session, AgentError> {
+        let _ = request;
+        Err(AgentError::Failed(format!(
+            "this host opens no sessions (instance {instance_id})"
         )))
     }
 }

@@ -39,6 +39,23 @@ pub struct Inventory {
     /// Images present on the host.
     #[serde(default)]
     pub images: Vec<String>,
+    /// The host's CPU architecture, as instance types name it: `amd64` or
+    /// `arm64`.
+    #[serde(default = "default_arch")]
+    pub arch: String,
+}
+
+fn default_arch() -> String {
+    "amd64".into()
+}
+
+/// The architecture of the machine this runs on, as instance types name it.
+pub fn this_arch() -> String {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64".into(),
+        "aarch64" => "arm64".into(),
+        other => other.into(),
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -72,6 +89,10 @@ pub struct RegisterResponse {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Heartbeat {
     pub inventory: Inventory,
+    /// The host's instances as the agent finds them now (whether each runs,
+    /// what it uses).
+    #[serde(default)]
+    pub instances: Vec<crate::InstanceObservation>,
 }
 
 /// What the control plane wants of one object on a host.

@@ -228,7 +228,7 @@ impl LocalHost {
         let _shared = self.gate.read().await;
         if self.sim.is_some() {
             let host = self.prepared_sim_host()?;
-            return host.open_session(instance_id, command).await;
+            return InstanceRuntime::open_session(host.as_ref(), instance_id, command).await;
         }
         match &self.instances {
             Some(instances) => instances.open_session(instance_id, command).await,
@@ -383,6 +383,9 @@ mod tests {
                     id: "vol-1".into(),
                     target: "vdb".into(),
                 }],
+                cpu_millis: None,
+                ssh_forward: true,
+                storage: None,
             },
             state,
         }

@@ -24,6 +24,7 @@ pub fn discover(state_dir: &Path, reserved: &CpuSet) -> anyhow::Result<Inventory
         disk_gb: disk_gb(state_dir),
         gpus: gpus(),
         images: Vec::new(),
+        arch: tessera_agent_api::protocol::this_arch(),
     })
 }
 

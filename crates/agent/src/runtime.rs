@@ -306,7 +306,10 @@ async fn heartbeats(
                     .http
                     .post(format!("{}/v1/agent/heartbeat", client.base))
                     .timeout(Duration::from_secs(10))
-                    .json(&Heartbeat { inventory }),
+                    .json(&Heartbeat {
+                        inventory,
+                        instances: Vec::new(),
+                    }),
             )
             .await;
         match call {

@@ -723,6 +723,9 @@ mod tests {
                 id: "vol-9".into(),
                 target: "vdb".into(),
             }],
+            cpu_millis: None,
+            ssh_forward: true,
+            storage: None,
         };
         // A volume that is not stored here cannot be attached.
         assert!(agent.create_instance(&instance).await.is_err());
@@ -750,6 +753,9 @@ mod tests {
             ssh_keys: vec![],
             user_data: None,
             volumes: vec![],
+            cpu_millis: None,
+            ssh_forward: true,
+            storage: None,
         }
     }
 

@@ -48,6 +48,9 @@ impl App {
             ssh_keys,
             user_data,
             volumes,
+            cpu_millis: None,
+            ssh_forward: true,
+            storage: None,
         })
     }
 

@@ -155,6 +155,9 @@ fn spec(f: &Fixture, id: &str, name: &str) -> InstanceSpec {
         ssh_keys: vec![f.public_key.trim().to_string()],
         user_data: Some(b"#!/bin/sh\necho hello >> /root/startup-ran\n".to_vec()),
         volumes: vec![],
+        cpu_millis: None,
+        ssh_forward: true,
+        storage: None,
     }
 }
 
