@@ -11,6 +11,18 @@
 //! Every change of an object's desired state takes the host's next
 //! generation. A report names the generation it answers; the control plane
 //! keeps it only while that generation is the object's current one.
+//!
+//! Sessions into instances (a terminal) need the control plane to reach
+//! the host at once, which polling cannot do. So the agent also keeps a
+//! WebSocket open, `GET /v1/agent/channel` (its control channel), on which
+//! the control plane sends [`ChannelMessage`]s. For each `open`, the agent
+//! opens the session on its host and dials back
+//! `GET /v1/agent/sessions/{session}` (a WebSocket of its own per session,
+//! so a busy terminal never holds up another): binary frames carry the
+//! session's bytes both ways, text frames carry [`SessionControlFrame`]s.
+//! The agent still speaks first: hosts behind NAT keep working. The channel
+//! reaches the replica it is connected to; a terminal asked of another
+//! replica is refused with a clear error until replicas forward sessions.
 
 use crate::{
     AgentError, HostScript, HostSpec, InstanceReport, InstanceSpec, ScriptOutcome, UnitSpec,
@@ -181,4 +193,29 @@ pub fn volume_key(id: &str) -> String {
 
 pub fn script_key(label: &str, nonce: &str) -> String {
     format!("script:{label}:{nonce}")
+}
+
+/// What the control plane sends on an agent's control channel.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChannelMessage {
+    /// Open a session into an instance and dial back
+    /// `/v1/agent/sessions/{session}`.
+    Open {
+        session: String,
+        instance_id: String,
+        request: crate::SessionRequest,
+    },
+}
+
+/// A control frame of a session's WebSocket (a text frame).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SessionControlFrame {
+    /// Control plane to agent: the terminal's new size.
+    Resize(crate::TtySize),
+    /// Agent to control plane: the session's process ended with this code.
+    Exit(i32),
+    /// Agent to control plane: the session could not be opened.
+    Error(String),
 }

@@ -11,15 +11,24 @@
 //! names in its `Host` object, so it exists only once that has arrived.
 //! Adopting and stopping unknown instances at start-up concern the
 //! start-up runtime only: a simulated host keeps nothing across restarts.
+//!
+//! [`LocalHost`] is also a [`HostAgent`], the contract the control plane
+//! drives hosts through, so what the agent does for its desired state and
+//! what an in-process caller asks (sessions, observations) take the same
+//! paths.
 
 use crate::drivers::container::{ContainerConfig, ContainerDriver};
 use crate::drivers::sim::{SimConfig, SimFleet, SimHost};
 use crate::drivers::unit::{UnitConfig, UnitDriver};
-use crate::drivers::{InstanceRuntime, Session};
+use crate::drivers::{InstanceRuntime, Session, SessionRequest};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 use tessera_agent_api::protocol::{Desired, InstanceState, Outcome};
-use tessera_agent_api::{AgentError, HostAgent, InstanceSpec, VolumeSpec};
+use tessera_agent_api::{
+    AgentError, HostAgent, HostReport, HostScript, HostSpec, InstanceObservation, InstanceReport,
+    InstanceSpec, ScriptOutcome, UnitSpec, VolumeReport, VolumeSpec,
+};
+use tessera_core::CpuSet;
 
 /// Which driver realises instances.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -66,6 +75,27 @@ pub struct HostConfig {
     pub bridge: String,
     pub subnet: String,
     pub ssh_port_base: u16,
+    /// CPUs kept for the host itself (not in its [`HostAgent::report`]).
+    pub reserved_cpus: CpuSet,
+}
+
+/// The host's instance runtime, whichever driver it is.
+enum Runtime<'a> {
+    /// Made at start-up (the container driver).
+    Local(&'a dyn InstanceRuntime),
+    /// The simulated host the control plane named.
+    Sim(Arc<SimHost>),
+}
+
+impl<'a> std::ops::Deref for Runtime<'a> {
+    type Target = dyn InstanceRuntime + 'a;
+
+    fn deref(&self) -> &Self::Target {
+        match self {
+            Runtime::Local(runtime) => *runtime,
+            Runtime::Sim(host) => host.as_ref(),
+        }
+    }
 }
 
 pub struct LocalHost {
@@ -218,26 +248,24 @@ impl LocalHost {
         }
     }
 
-    /// Opens a session into a running instance (see [`Session`]): through
-    /// the host's runtime, whichever driver it is.
-    pub async fn open_session(
-        &self,
-        instance_id: &str,
-        command: Option<Vec<String>>,
-    ) -> Result<Session, AgentError> {
-        let _shared = self.gate.read().await;
+    /// The host's instance runtime: the simulated host once prepared, or
+    /// the one made at start-up; a unit-only host has none.
+    fn runtime(&self) -> Result<Runtime<'_>, AgentError> {
         if self.sim.is_some() {
-            let host = self.prepared_sim_host()?;
-            return InstanceRuntime::open_session(host.as_ref(), instance_id, command).await;
+            return self.prepared_sim_host().map(Runtime::Sim);
         }
         match &self.instances {
-            Some(instances) => instances.open_session(instance_id, command).await,
-            None => Err(AgentError::Failed(format!(
-                "{} runs compute units only (its agent uses the {} driver)",
-                self.config.hostname,
-                self.config.driver.as_str()
-            ))),
+            Some(instances) => Ok(Runtime::Local(instances.as_ref())),
+            None => Err(self.units_only()),
         }
+    }
+
+    fn units_only(&self) -> AgentError {
+        AgentError::Failed(format!(
+            "{} runs compute units only (its agent uses the {} driver)",
+            self.config.hostname,
+            self.config.driver.as_str()
+        ))
     }
 
     fn units(&self) -> Result<&UnitDriver, AgentError> {
@@ -256,11 +284,7 @@ impl LocalHost {
             return match state {
                 // Nothing to remove from a host that runs no instances.
                 InstanceState::Absent => Ok(Outcome::Done),
-                _ => Err(AgentError::Failed(format!(
-                    "{} runs compute units only (its agent uses the {} driver)",
-                    self.config.hostname,
-                    self.config.driver.as_str()
-                ))),
+                _ => Err(self.units_only()),
             };
         };
         match state {
@@ -348,6 +372,138 @@ impl LocalHost {
     }
 }
 
+/// Answers what came of `apply` when it is not the `expected` kind of
+/// outcome (it always is).
+fn unexpected(outcome: Outcome) -> AgentError {
+    AgentError::Failed(format!("the host answered {outcome:?}"))
+}
+
+/// The host's side of the contract, through the same paths as the desired
+/// state (`apply`) and the host's instance runtime.
+#[async_trait::async_trait]
+impl HostAgent for LocalHost {
+    /// What the host has: the simulated host's registration, or the
+    /// machine's CPUs (less the reserved ones), NUMA nodes and memory.
+    async fn report(&self) -> Result<HostReport, AgentError> {
+        if self.sim.is_some() {
+            return self.prepared_sim_host()?.report().await;
+        }
+        let inventory =
+            crate::inventory::discover(&self.config.state_dir, &self.config.reserved_cpus)
+                .map_err(|e| AgentError::Failed(format!("reading the host's inventory: {e:#}")))?;
+        Ok(HostReport {
+            cpus: inventory.cpus,
+            numa_nodes: inventory.numa_nodes,
+            memory_mb: inventory.memory_mb,
+        })
+    }
+
+    async fn prepare_host(&self, host: &HostSpec) -> Result<(), AgentError> {
+        self.apply(&Desired::Host {
+            spec: host.clone(),
+            retired: false,
+        })
+        .await
+        .map(drop)
+    }
+
+    async fn activate_unit(&self, unit: &UnitSpec, ssh_public_key: &str) -> Result<(), AgentError> {
+        self.apply(&Desired::Unit {
+            unit: unit.clone(),
+            ssh_public_key: Some(ssh_public_key.to_string()),
+        })
+        .await
+        .map(drop)
+    }
+
+    async fn release_unit(&self, unit: &UnitSpec) -> Result<(), AgentError> {
+        self.apply(&Desired::Unit {
+            unit: unit.clone(),
+            ssh_public_key: None,
+        })
+        .await
+        .map(drop)
+    }
+
+    async fn retire_host(&self, host: &HostSpec) -> Result<(), AgentError> {
+        self.apply(&Desired::Host {
+            spec: host.clone(),
+            retired: true,
+        })
+        .await
+        .map(drop)
+    }
+
+    async fn create_instance(&self, instance: &InstanceSpec) -> Result<InstanceReport, AgentError> {
+        let _shared = self.gate.read().await;
+        self.runtime()?.create(instance).await
+    }
+
+    async fn start_instance(&self, instance: &InstanceSpec) -> Result<InstanceReport, AgentError> {
+        let _shared = self.gate.read().await;
+        self.runtime()?.start(instance).await
+    }
+
+    async fn stop_instance(&self, instance_id: &str) -> Result<(), AgentError> {
+        let _shared = self.gate.read().await;
+        self.runtime()?.stop(instance_id).await
+    }
+
+    async fn delete_instance(&self, instance_id: &str) -> Result<(), AgentError> {
+        let _shared = self.gate.read().await;
+        match self.runtime() {
+            Ok(runtime) => runtime.delete(instance_id).await,
+            // Nothing to remove from a host that runs no instances.
+            Err(_) if self.sim.is_none() => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn run_script(&self, script: &HostScript) -> Result<ScriptOutcome, AgentError> {
+        match self
+            .apply(&Desired::Script {
+                script: script.clone(),
+            })
+            .await?
+        {
+            Outcome::Script { outcome } => Ok(outcome),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn ensure_volume(&self, volume: &VolumeSpec) -> Result<VolumeReport, AgentError> {
+        let _shared = self.gate.read().await;
+        self.runtime()?.ensure_volume(volume).await
+    }
+
+    async fn delete_volume(&self, volume_id: &str) -> Result<(), AgentError> {
+        let _shared = self.gate.read().await;
+        self.runtime()?.delete_volume(volume_id).await
+    }
+
+    /// The instances the host's runtime has now; none on a unit-only host
+    /// or a simulated one not prepared yet. Not behind the gate: a long
+    /// preparation must not hold up heartbeats.
+    async fn observe_instances(&self) -> Result<Vec<InstanceObservation>, AgentError> {
+        match self.runtime() {
+            Ok(runtime) => runtime.observe().await,
+            Err(_) => Ok(Vec::new()),
+        }
+    }
+
+    /// Opens a session into a running instance (see
+    /// [`crate::drivers::session`]): through the host's runtime, whichever
+    /// driver it is.
+    async fn open_session(
+        &self,
+        instance_id: &str,
+        request: &SessionRequest,
+    ) -> Result<Session, AgentError> {
+        let _shared = self.gate.read().await;
+        self.runtime()?.open_session(instance_id, request).await
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -363,6 +519,7 @@ mod tests {
             bridge: "tsr0".into(),
             subnet: "10.88.0.0/24".into(),
             ssh_port_base: 2200,
+            reserved_cpus: CpuSet::default(),
         })
         .expect("a sim host needs nothing of the machine")
     }
@@ -414,7 +571,10 @@ mod tests {
             matches!(&early, Err(e) if e.to_string().contains("not prepared")),
             "{early:?}"
         );
-        let early = host.open_session("i-1", None).await.err();
+        let early = host
+            .open_session("i-1", &SessionRequest::default())
+            .await
+            .err();
         assert!(
             early.is_some_and(|e| e.to_string().contains("not prepared")),
             "a session before the host is prepared"
@@ -448,15 +608,28 @@ mod tests {
                 other => panic!("running: {other:?}"),
             }
         }
-        let session = host.open_session("i-1", None).await.expect("session");
-        assert!(session.is_simulated());
+        let session = host
+            .open_session("i-1", &SessionRequest::default())
+            .await
+            .expect("session");
+        assert!(session.control.is_simulated());
         drop(session);
+        let seen = host.observe_instances().await.expect("observe");
+        assert_eq!(seen.len(), 1);
+        assert!(seen[0].running && seen[0].id == "i-1", "{seen:?}");
         assert!(host.apply(&volume(false)).await.is_err(), "in use");
         assert!(matches!(
             host.apply(&instance(InstanceState::Stopped)).await,
             Ok(Outcome::Done)
         ));
-        assert!(host.open_session("i-1", None).await.is_err(), "stopped");
+        assert!(
+            host.open_session("i-1", &SessionRequest::default())
+                .await
+                .is_err(),
+            "stopped"
+        );
+        let seen = host.observe_instances().await.expect("observe");
+        assert!(!seen[0].running, "{seen:?}");
         assert!(matches!(
             host.apply(&volume(false)).await,
             Ok(Outcome::Done)

@@ -9,6 +9,7 @@
 //! processes to CPUs for any driver that needs it.
 
 pub mod cgroup;
+mod channel;
 pub mod drivers;
 pub mod host;
 pub mod inventory;

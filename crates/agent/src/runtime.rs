@@ -1,5 +1,7 @@
-//! `tessera agent`: registers with the control plane, heartbeats, and makes
-//! its host match the desired state it reads, reporting what it observed.
+//! `tessera agent`: registers with the control plane, heartbeats (with what
+//! its host's instances are doing: running or not, memory and storage used),
+//! and makes its host match the desired state it reads, reporting what it
+//! observed.
 //!
 //! The agent keeps its credential in its state directory, so a restart
 //! neither registers again nor touches what runs: drivers adopt their
@@ -15,10 +17,10 @@ use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
-use tessera_agent_api::AgentError;
 use tessera_agent_api::protocol::{
     Desired, Heartbeat, Observed, RegisterRequest, RegisterResponse, WorkItem,
 };
+use tessera_agent_api::{AgentError, HostAgent};
 use tessera_core::CpuSet;
 use tokio_util::sync::CancellationToken;
 
@@ -70,6 +72,7 @@ pub async fn run(options: AgentOptions, stop: CancellationToken) -> Result<()> {
             bridge: options.bridge.clone(),
             subnet: options.subnet.clone(),
             ssh_port_base: options.ssh_port_base,
+            reserved_cpus: options.reserved_cpus.clone(),
         })
         .map_err(|e| {
             anyhow::anyhow!(
@@ -96,6 +99,14 @@ pub async fn run(options: AgentOptions, stop: CancellationToken) -> Result<()> {
     };
     tracing::info!(hostname = %options.hostname, driver = options.driver.as_str(), server = %options.server, "agent running");
     let client = Arc::new(client);
+    let channel = tokio::spawn(crate::channel::keep(
+        crate::channel::Dialer {
+            base: client.base.clone(),
+            credential: client.credential.clone(),
+        },
+        host.clone(),
+        stop.clone(),
+    ));
     let beating = tokio::spawn(heartbeats(
         client.clone(),
         options.clone(),
@@ -104,6 +115,7 @@ pub async fn run(options: AgentOptions, stop: CancellationToken) -> Result<()> {
     ));
     let working = reconcile(client, host, stop.clone()).await;
     stop.cancel();
+    let _ = channel.await;
     let beat = beating.await.context("the heartbeat task failed")?;
     working.and(beat)
 }
@@ -300,6 +312,14 @@ async fn heartbeats(
                 }
             };
         inventory.images = host.images();
+        // What runs is news, not a condition of the heartbeat.
+        let instances = match host.observe_instances().await {
+            Ok(instances) => instances,
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot observe the host's instances");
+                Vec::new()
+            }
+        };
         let call = client
             .call::<serde_json::Value>(
                 client
@@ -308,7 +328,7 @@ async fn heartbeats(
                     .timeout(Duration::from_secs(10))
                     .json(&Heartbeat {
                         inventory,
-                        instances: Vec::new(),
+                        instances,
                     }),
             )
             .await;

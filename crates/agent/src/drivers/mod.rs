@@ -1,7 +1,8 @@
 //! Drivers realise what the control plane asks on a host.
 //!
 //! - [`instances`]: [`InstanceRuntime`], the one trait for what runs
-//!   instances on a host, and [`session`]: a session into an instance.
+//!   instances on a host, and [`session`]: what sessions into instances
+//!   are made of here (the contract's `Session`, a host pseudo-terminal).
 //! - [`sim`]: a simulated host, in memory, for tests and scale runs; it
 //!   runs (pretend) instances through [`InstanceRuntime`] too.
 //! - [`unit`]: Kloigos compute units: a Linux user per unit in a cgroup
@@ -21,4 +22,4 @@ pub mod sim;
 pub mod unit;
 
 pub use instances::{InstanceRuntime, InstanceStatus};
-pub use session::{Session, SessionEnd};
+pub use session::{Session, SessionControl, SessionRequest, TtySize};

@@ -1,121 +1,184 @@
-//! An interactive session into an instance: what a terminal attaches to.
+//! Sessions into instances as this host makes them: the contract's
+//! [`Session`] (input, output and a [`SessionControl`]), over plain pipes or
+//! over a pseudo-terminal the agent allocates on the host ([`Pty`]).
 //!
-//! A session is two byte streams and an ending: `input` goes to the
-//! process's standard input, `output` carries its standard output and
-//! standard error interleaved as written, and [`SessionEnd::wait`] answers
-//! its exit code. The design decision a reader must know: there is no
-//! pseudo-terminal. Drivers join an instance over plain pipes (the
-//! container driver runs `runc exec` without `-t`), so the process sees no
-//! tty: no echo, no line editing, no window size, and programs that ask
-//! `isatty` get "no". A terminal in front of a session does its own echo;
-//! a pty needs `runc exec -t` with a console socket, and is not built yet.
-//!
-//! Dropping a [`SessionEnd`] whose process still runs sends it SIGTERM
-//! (`runc exec` passes it on to the process in the instance).
+//! Each driver brings its own [`SessionControl`] (the container driver's
+//! for a `runc exec` process, the simulated host's for its pretend shell);
+//! what they share is here. The design decision: with a terminal, the agent
+//! keeps the pty's master (the session's input and output) and hands its
+//! slave to the driver's process as standard input, output and error; how
+//! the process in the instance gets a terminal of its own is the driver's
+//! business (the container driver's `runc exec -t` makes one inside the
+//! container, copies between the two, and makes it the process's
+//! controlling terminal). The output ends when the last slave is closed
+//! (Linux answers EIO there, read here as the end of file), and closing the
+//! input of a terminal types the end-of-file character (`^D`), since a
+//! terminal cannot be half closed.
 
+use std::io;
+use std::os::fd::OwnedFd;
+use std::pin::Pin;
 use std::process::ExitStatus;
+use std::task::{Context, Poll, ready};
 use tessera_agent_api::AgentError;
-use tokio::io::{AsyncRead, AsyncWrite};
+pub use tessera_agent_api::{Session, SessionControl, SessionRequest, TtySize};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-/// An open session into an instance.
-pub struct Session {
-    /// The process's standard input; dropping it closes it (end of file).
-    pub input: Box<dyn AsyncWrite + Send + Unpin>,
-    /// The process's standard output and standard error, interleaved.
-    pub output: Box<dyn AsyncRead + Send + Unpin>,
-    /// How the session ends.
-    pub end: SessionEnd,
-}
+/// The end-of-file character of a terminal in canonical mode (`VEOF`).
+const END_OF_FILE: u8 = 0x04;
 
-impl Session {
-    /// Whether nothing real runs behind the session (the simulated host).
-    pub fn is_simulated(&self) -> bool {
-        self.end.is_simulated()
-    }
-}
-
-/// The end of a session: a process on the host, or a simulated shell.
-pub struct SessionEnd {
-    ending: Ending,
-}
-
-enum Ending {
-    /// A process of the agent's (`runc exec`), reaped by tokio.
-    Process(tokio::process::Child),
-    /// A task of the agent's that plays the instance's side.
-    Simulated {
-        task: tokio::task::JoinHandle<i32>,
-        /// Its exit code, once seen (a finished task cannot be awaited
-        /// again).
-        code: Option<i32>,
-    },
-}
-
-impl SessionEnd {
-    pub(crate) fn process(child: tokio::process::Child) -> SessionEnd {
-        SessionEnd {
-            ending: Ending::Process(child),
-        }
-    }
-
-    pub(crate) fn simulated(task: tokio::task::JoinHandle<i32>) -> SessionEnd {
-        SessionEnd {
-            ending: Ending::Simulated { task, code: None },
-        }
-    }
-
-    /// Whether nothing real runs behind the session (the simulated host).
-    pub fn is_simulated(&self) -> bool {
-        matches!(self.ending, Ending::Simulated { .. })
-    }
-
-    /// Waits until the session's process ends; answers its exit code, or
-    /// 128 + N when signal N ended it, as a shell does. Waiting again
-    /// answers the same.
-    pub async fn wait(&mut self) -> Result<i32, AgentError> {
-        match &mut self.ending {
-            Ending::Process(child) => {
-                let status = child.wait().await.map_err(|e| {
-                    AgentError::Failed(format!("waiting for the session's process: {e}"))
-                })?;
-                Ok(exit_code(status))
-            }
-            Ending::Simulated { task, code } => {
-                if let Some(code) = code {
-                    return Ok(*code);
-                }
-                let ended = task.await.map_err(|e| {
-                    AgentError::Failed(format!("the simulated session failed: {e}"))
-                })?;
-                *code = Some(ended);
-                Ok(ended)
-            }
-        }
-    }
-}
-
-impl Drop for SessionEnd {
-    fn drop(&mut self) {
-        match &mut self.ending {
-            // `id` is `None` once the process has been reaped: nothing to
-            // stop, and its pid may belong to another process by now.
-            Ending::Process(child) => {
-                if let Some(pid) = child.id().and_then(|pid| i32::try_from(pid).ok()) {
-                    let _ = nix::sys::signal::kill(
-                        nix::unistd::Pid::from_raw(pid),
-                        nix::sys::signal::Signal::SIGTERM,
-                    );
-                }
-            }
-            Ending::Simulated { task, .. } => task.abort(),
-        }
-    }
-}
-
-fn exit_code(status: ExitStatus) -> i32 {
+/// The exit code of a process on the host: its code, or 128 + N when
+/// signal N ended it, as a shell says.
+pub(crate) fn exit_code(status: ExitStatus) -> i32 {
     use std::os::unix::process::ExitStatusExt;
     status
         .code()
         .or_else(|| status.signal().map(|signal| 128 + signal))
         .unwrap_or(-1)
+}
+
+fn pty_fail(what: &str, e: impl std::fmt::Display) -> AgentError {
+    AgentError::Failed(format!("allocating a pseudo-terminal: {what}: {e}"))
+}
+
+/// The window size of a terminal, as the kernel keeps it.
+pub(crate) fn winsize(size: TtySize) -> rustix::termios::Winsize {
+    rustix::termios::Winsize {
+        ws_row: size.rows,
+        ws_col: size.cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    }
+}
+
+/// A pseudo-terminal pair on the host, sized, before its slave goes to a
+/// process.
+pub struct Pty {
+    /// What the process writes to its terminal.
+    pub output: PtyReader,
+    /// What the process reads from its terminal (typed keys).
+    pub input: PtyWriter,
+    /// The terminal's window size.
+    pub master: PtyMaster,
+    /// The terminal side: give it (or copies of it) to the process, then
+    /// drop it, so that the output ends when the process does.
+    pub slave: OwnedFd,
+}
+
+impl Pty {
+    /// Allocates a pair (`/dev/ptmx`) of `size`; needs a tokio runtime.
+    pub fn open(size: TtySize) -> Result<Pty, AgentError> {
+        use rustix::pty::OpenptFlags;
+        let flags = OpenptFlags::RDWR | OpenptFlags::NOCTTY | OpenptFlags::CLOEXEC;
+        let master = rustix::pty::openpt(flags).map_err(|e| pty_fail("opening /dev/ptmx", e))?;
+        rustix::pty::grantpt(&master).map_err(|e| pty_fail("grantpt", e))?;
+        rustix::pty::unlockpt(&master).map_err(|e| pty_fail("unlockpt", e))?;
+        let name = rustix::pty::ptsname(&master, Vec::new()).map_err(|e| pty_fail("ptsname", e))?;
+        let slave = rustix::fs::open(
+            name.as_c_str(),
+            rustix::fs::OFlags::RDWR | rustix::fs::OFlags::NOCTTY | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::Mode::empty(),
+        )
+        .map_err(|e| pty_fail(&format!("opening {}", name.to_string_lossy()), e))?;
+        rustix::termios::tcsetwinsize(&master, winsize(size))
+            .map_err(|e| pty_fail("setting the window size", e))?;
+        // Shared by every copy of the master (one open file).
+        rustix::io::ioctl_fionbio(&master, true)
+            .map_err(|e| pty_fail("making the master non-blocking", e))?;
+        let copy = |e: io::Error| pty_fail("copying the master", e);
+        // tokio polls any pollable descriptor as a pipe's end; a pty's
+        // master reads and writes as one.
+        let output = tokio::net::unix::pipe::Receiver::from_owned_fd_unchecked(
+            master.try_clone().map_err(copy)?,
+        )
+        .map_err(|e| pty_fail("polling the master", e))?;
+        let input = tokio::net::unix::pipe::Sender::from_owned_fd_unchecked(
+            master.try_clone().map_err(copy)?,
+        )
+        .map_err(|e| pty_fail("polling the master", e))?;
+        Ok(Pty {
+            output: PtyReader(output),
+            input: PtyWriter {
+                sender: input,
+                closed: false,
+            },
+            master: PtyMaster(master),
+            slave,
+        })
+    }
+}
+
+/// The agent's side of a pseudo-terminal, for its window size.
+pub struct PtyMaster(OwnedFd);
+
+impl PtyMaster {
+    /// Sets the terminal's window size (the kernel tells the terminal's
+    /// foreground processes with SIGWINCH).
+    pub fn resize(&self, size: TtySize) -> Result<(), AgentError> {
+        rustix::termios::tcsetwinsize(&self.0, winsize(size))
+            .map_err(|e| AgentError::Failed(format!("resizing the session's terminal: {e}")))
+    }
+}
+
+/// The output of a terminal; EIO (no slave open any more) is its end.
+pub struct PtyReader(tokio::net::unix::pipe::Receiver);
+
+impl AsyncRead for PtyReader {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match ready!(Pin::new(&mut self.0).poll_read(cx, buf)) {
+            Err(e) if e.raw_os_error() == Some(rustix::io::Errno::IO.raw_os_error()) => {
+                Poll::Ready(Ok(()))
+            }
+            other => Poll::Ready(other),
+        }
+    }
+}
+
+/// The input of a terminal; shutting it down (or dropping it) types `^D`.
+pub struct PtyWriter {
+    sender: tokio::net::unix::pipe::Sender,
+    closed: bool,
+}
+
+impl AsyncWrite for PtyWriter {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        if self.closed {
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "the session's input is closed",
+            )));
+        }
+        Pin::new(&mut self.sender).poll_write(cx, data)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.closed {
+            return Poll::Ready(Ok(()));
+        }
+        // Written, or nobody reads the terminal any more: closed either way.
+        let _ = ready!(self.as_mut().poll_write(cx, &[END_OF_FILE]));
+        self.closed = true;
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl Drop for PtyWriter {
+    fn drop(&mut self) {
+        if !self.closed {
+            // Best effort: a full terminal buffer or a gone process loses it.
+            let _ = self.sender.try_write(&[END_OF_FILE]);
+        }
+    }
 }

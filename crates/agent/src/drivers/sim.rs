@@ -11,16 +11,20 @@
 //! --driver sim` runs its (pretend) instances through the same trait as the
 //! container driver. The design decision: it pretends, and says so.
 //! Nothing runs; a session into an instance is a small in-memory shell
-//! that echoes, exits, and answers every other command with "not run".
+//! that echoes, exits, and answers every other command with "not run"
+//! (with a terminal it also echoes what is typed, ends lines with `\r\n`,
+//! and answers `tty` and `stty size`). Its observations are its own state:
+//! whether each instance runs, and no usage.
 
-use super::{InstanceRuntime, InstanceStatus, Session, SessionEnd};
+use super::instances::check_spec;
+use super::{InstanceRuntime, InstanceStatus, Session, SessionControl, SessionRequest, TtySize};
 use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 use tessera_agent_api::{
-    AgentDirectory, AgentError, HostAgent, HostReport, HostScript, HostSpec, InstanceReport,
-    InstanceSpec, ScriptOutcome, UnitSpec, VolumeReport, VolumeSpec,
+    AgentDirectory, AgentError, HostAgent, HostReport, HostScript, HostSpec, InstanceObservation,
+    InstanceReport, InstanceSpec, ScriptOutcome, UnitSpec, VolumeReport, VolumeSpec,
 };
 use tessera_core::CpuSet;
 use tessera_core::HostId;
@@ -157,6 +161,15 @@ pub struct SimHost {
     state: Mutex<SimState>,
 }
 
+/// A (pretend) instance.
+#[derive(Debug)]
+struct SimInstance {
+    cpus: CpuSet,
+    /// A shared-CPU instance (its CPUs may be other shared ones' too).
+    shared: bool,
+    running: bool,
+}
+
 #[derive(Default, Debug)]
 struct SimState {
     prepared: bool,
@@ -164,8 +177,8 @@ struct SimState {
     users: HashMap<String, Option<String>>,
     /// The newest step done on each unit user (its fencing token).
     newest_step: HashMap<String, i64>,
-    /// Instances that exist, with their CPUs and whether they run.
-    instances: HashMap<String, (CpuSet, bool)>,
+    /// Instances that exist.
+    instances: HashMap<String, SimInstance>,
     /// Volumes stored here, with their size in GB.
     volumes: HashMap<String, u64>,
     /// The volumes each instance was last created or started with.
@@ -246,7 +259,7 @@ impl SimHost {
 
     /// Whether instance `id` exists here, and if so whether it runs.
     pub fn instance(&self, id: &str) -> Option<bool> {
-        self.state().instances.get(id).map(|(_, running)| *running)
+        self.state().instances.get(id).map(|i| i.running)
     }
 
     /// The directory that is this host's file system.
@@ -346,22 +359,29 @@ impl HostAgent for SimHost {
                 self.hostname, instance.cpus, self.report.cpus
             )));
         }
+        check_spec(instance)?;
         // A real host would run both; refusing catches a control plane
-        // that gives one CPU twice.
-        if let Some((other, _)) = state
-            .instances
-            .iter()
-            .find(|(id, (cpus, _))| *id != &instance.id && !cpus.is_disjoint(&instance.cpus))
-        {
+        // that gives one CPU twice. Shared-CPU instances share theirs.
+        let shared = instance.cpu_millis.is_some();
+        if let Some((other, _)) = state.instances.iter().find(|(id, other)| {
+            *id != &instance.id
+                && !(shared && other.shared)
+                && !other.cpus.is_disjoint(&instance.cpus)
+        }) {
             return Err(AgentError::Failed(format!(
                 "CPUs {} of {} are already pinned to instance {other}",
                 instance.cpus, self.hostname
             )));
         }
         state.attach(instance, &self.hostname)?;
-        state
-            .instances
-            .insert(instance.id.clone(), (instance.cpus.clone(), true));
+        state.instances.insert(
+            instance.id.clone(),
+            SimInstance {
+                cpus: instance.cpus.clone(),
+                shared,
+                running: true,
+            },
+        );
         Ok(InstanceReport {
             ssh_port: None,
             private_ip: self.ip.clone(),
@@ -370,12 +390,13 @@ impl HostAgent for SimHost {
 
     async fn start_instance(&self, instance: &InstanceSpec) -> Result<InstanceReport, AgentError> {
         self.step(SimStep::StartInstance).await?;
+        check_spec(instance)?;
         let mut state = self.state();
         if state.instances.contains_key(&instance.id) {
             state.attach(instance, &self.hostname)?;
         }
         match state.instances.get_mut(&instance.id) {
-            Some((_, running)) => *running = true,
+            Some(found) => found.running = true,
             None => {
                 return Err(AgentError::Failed(format!(
                     "instance {} does not exist on {}",
@@ -392,8 +413,8 @@ impl HostAgent for SimHost {
     async fn stop_instance(&self, instance_id: &str) -> Result<(), AgentError> {
         self.step(SimStep::StopInstance).await?;
         match self.state().instances.get_mut(instance_id) {
-            Some((_, running)) => {
-                *running = false;
+            Some(found) => {
+                found.running = false;
                 Ok(())
             }
             None => Err(AgentError::Failed(format!(
@@ -443,7 +464,7 @@ impl HostAgent for SimHost {
     async fn delete_volume(&self, volume_id: &str) -> Result<(), AgentError> {
         let mut state = self.state();
         // In use while an instance that has it runs.
-        let running = |id: &String| state.instances.get(id).is_some_and(|(_, run)| *run);
+        let running = |id: &String| state.instances.get(id).is_some_and(|i| i.running);
         if let Some((instance, _)) = state
             .attached
             .iter()
@@ -470,6 +491,18 @@ impl HostAgent for SimHost {
         }
         state.prepared = false;
         Ok(())
+    }
+
+    async fn observe_instances(&self) -> Result<Vec<InstanceObservation>, AgentError> {
+        InstanceRuntime::observe(self).await
+    }
+
+    async fn open_session(
+        &self,
+        instance_id: &str,
+        request: &SessionRequest,
+    ) -> Result<Session, AgentError> {
+        InstanceRuntime::open_session(self, instance_id, request).await
     }
 }
 
@@ -498,13 +531,32 @@ impl InstanceRuntime for SimHost {
             .state()
             .instances
             .iter()
-            .map(|(id, (_, running))| InstanceStatus {
+            .map(|(id, instance)| InstanceStatus {
                 id: id.clone(),
-                running: *running,
+                running: instance.running,
             })
             .collect();
         list.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(list)
+    }
+
+    /// Whether each runs, from its own state; nothing runs, so nothing is
+    /// used.
+    async fn observe(&self) -> Result<Vec<InstanceObservation>, AgentError> {
+        let mut seen: Vec<InstanceObservation> = self
+            .state()
+            .instances
+            .iter()
+            .map(|(id, instance)| InstanceObservation {
+                id: id.clone(),
+                running: instance.running,
+                detail: None,
+                memory_used_bytes: None,
+                storage_used_bytes: None,
+            })
+            .collect();
+        seen.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(seen)
     }
 
     /// Nothing outlives the process that simulates the host.
@@ -523,8 +575,16 @@ impl InstanceRuntime for SimHost {
     async fn open_session(
         &self,
         id: &str,
-        command: Option<Vec<String>>,
+        request: &SessionRequest,
     ) -> Result<Session, AgentError> {
+        if let Some(size) = request.tty
+            && (size.rows == 0 || size.cols == 0)
+        {
+            return Err(AgentError::Failed(format!(
+                "a terminal of {} columns and {} rows is no terminal",
+                size.cols, size.rows
+            )));
+        }
         if self.instance(id) != Some(true) {
             return Err(AgentError::Failed(format!(
                 "instance {id} is not running on {}",
@@ -535,17 +595,73 @@ impl InstanceRuntime for SimHost {
         // of file for the shell.
         let (input, shell_input) = tokio::io::duplex(64 * 1024);
         let (shell_output, output) = tokio::io::duplex(64 * 1024);
+        let tty = request.tty.map(|size| Arc::new(Mutex::new(size)));
         let task = tokio::spawn(simulated_shell(
             id.to_string(),
-            command,
+            request.command.clone(),
+            tty.clone(),
             shell_input,
             shell_output,
         ));
         Ok(Session {
             input: Box::new(input),
             output: Box::new(output),
-            end: SessionEnd::simulated(task),
+            control: Box::new(SimulatedControl {
+                task,
+                code: None,
+                tty,
+            }),
         })
+    }
+}
+
+/// The end of a session into a simulated instance: the task that plays
+/// the instance's side.
+struct SimulatedControl {
+    task: tokio::task::JoinHandle<i32>,
+    /// Its exit code, once seen (a finished task cannot be awaited again).
+    code: Option<i32>,
+    /// Its terminal's size, shared with the shell, when it has one.
+    tty: Option<Arc<Mutex<TtySize>>>,
+}
+
+#[async_trait::async_trait]
+impl SessionControl for SimulatedControl {
+    async fn wait(&mut self) -> Result<i32, AgentError> {
+        if let Some(code) = self.code {
+            return Ok(code);
+        }
+        let ended = (&mut self.task)
+            .await
+            .map_err(|e| AgentError::Failed(format!("the simulated session failed: {e}")))?;
+        self.code = Some(ended);
+        Ok(ended)
+    }
+
+    fn resize(&mut self, size: TtySize) -> Result<(), AgentError> {
+        let Some(tty) = &self.tty else {
+            return Err(AgentError::Failed(
+                "this session has no terminal to resize (open it with one)".into(),
+            ));
+        };
+        if size.rows == 0 || size.cols == 0 {
+            return Err(AgentError::Failed(format!(
+                "a terminal of {} columns and {} rows is no terminal",
+                size.cols, size.rows
+            )));
+        }
+        *tty.lock().unwrap_or_else(PoisonError::into_inner) = size;
+        Ok(())
+    }
+
+    fn is_simulated(&self) -> bool {
+        true
+    }
+}
+
+impl Drop for SimulatedControl {
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }
 
@@ -558,11 +674,32 @@ enum SimReply {
     Exit(i32),
 }
 
-fn simulated_command(id: &str, words: &[String]) -> SimReply {
+fn simulated_command(id: &str, words: &[String], tty: Option<TtySize>) -> SimReply {
     match words.first().map(String::as_str) {
         None => SimReply::Ran {
             output: String::new(),
             status: 0,
+        },
+        // As on a real host: a terminal has a name and a size.
+        Some("tty") => match tty {
+            Some(_) => SimReply::Ran {
+                output: "/dev/pts/0\n".into(),
+                status: 0,
+            },
+            None => SimReply::Ran {
+                output: "not a tty\n".into(),
+                status: 1,
+            },
+        },
+        Some("stty") if words.get(1).map(String::as_str) == Some("size") => match tty {
+            Some(size) => SimReply::Ran {
+                output: format!("{} {}\n", size.rows, size.cols),
+                status: 0,
+            },
+            None => SimReply::Ran {
+                output: "stty: standard input: Not a tty\n".into(),
+                status: 1,
+            },
         },
         Some("echo") => SimReply::Ran {
             output: format!("{}\n", words[1..].join(" ")),
@@ -586,15 +723,25 @@ fn simulated_command(id: &str, words: &[String]) -> SimReply {
 
 /// Plays the instance's side of a session: runs `command` once, or reads
 /// command lines until `exit` or the end of the input (a shell's last
-/// status is its exit code).
+/// status is its exit code). With a terminal (`tty`, its size) it echoes
+/// what it reads and ends lines with `\r\n`, as a terminal would.
 async fn simulated_shell(
     id: String,
     command: Option<Vec<String>>,
+    tty: Option<Arc<Mutex<TtySize>>>,
     reader: tokio::io::DuplexStream,
-    mut writer: tokio::io::DuplexStream,
+    writer: tokio::io::DuplexStream,
 ) -> i32 {
+    let size = || {
+        tty.as_ref()
+            .map(|t| *t.lock().unwrap_or_else(PoisonError::into_inner))
+    };
+    let mut writer = SimTerminal {
+        writer,
+        crlf: tty.is_some(),
+    };
     if let Some(words) = command {
-        return match simulated_command(&id, &words) {
+        return match simulated_command(&id, &words, size()) {
             SimReply::Ran { output, status } => {
                 let _ = writer.write_all(output.as_bytes()).await;
                 status
@@ -619,8 +766,16 @@ async fn simulated_shell(
         let Ok(Some(line)) = lines.next_line().await else {
             return status;
         };
+        if writer.crlf
+            && writer
+                .write_all(format!("{line}\n").as_bytes())
+                .await
+                .is_err()
+        {
+            return status;
+        }
         let words: Vec<String> = line.split_whitespace().map(str::to_string).collect();
-        match simulated_command(&id, &words) {
+        match simulated_command(&id, &words, size()) {
             SimReply::Ran {
                 output,
                 status: ran,
@@ -632,6 +787,22 @@ async fn simulated_shell(
             }
             SimReply::Exit(code) => return code,
         }
+    }
+}
+
+/// The simulated shell's output: with a terminal, lines end with `\r\n`.
+struct SimTerminal {
+    writer: tokio::io::DuplexStream,
+    crlf: bool,
+}
+
+impl SimTerminal {
+    async fn write_all(&mut self, text: &[u8]) -> std::io::Result<()> {
+        if !self.crlf {
+            return self.writer.write_all(text).await;
+        }
+        let text = String::from_utf8_lossy(text).replace('\n', "\r\n");
+        self.writer.write_all(text.as_bytes()).await
     }
 }
 
@@ -759,12 +930,10 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn a_session_into_a_simulated_instance_says_it_is_simulated() {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    fn prepared_host(name: &str) -> Arc<SimHost> {
         let spec = HostSpec {
-            id: HostId::new("s"),
-            hostname: "s".into(),
+            id: HostId::new(name),
+            hostname: name.into(),
             ip: "192.0.2.3".into(),
             cpus: (0..4).collect(),
             numa_nodes: vec![],
@@ -773,10 +942,28 @@ mod tests {
         };
         let fleet = SimFleet::new(SimConfig::default());
         let host = fleet.host_for(&spec);
-        host.prepare_host(&spec).await.expect("prepare");
+        host.state().prepared = true;
+        host
+    }
+
+    fn shell() -> SessionRequest {
+        SessionRequest::default()
+    }
+
+    fn run(words: &[&str]) -> SessionRequest {
+        SessionRequest {
+            command: Some(words.iter().map(|w| w.to_string()).collect()),
+            tty: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_session_into_a_simulated_instance_says_it_is_simulated() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let host = prepared_host("s");
         let runtime: &dyn InstanceRuntime = host.as_ref();
         assert!(
-            runtime.open_session("i-1", None).await.is_err(),
+            runtime.open_session("i-1", &shell()).await.is_err(),
             "no instance"
         );
         runtime.create(&tiny_instance("i-1")).await.expect("create");
@@ -788,11 +975,14 @@ mod tests {
             }]
         );
 
-        let mut session = runtime.open_session("i-1", None).await.expect("session");
-        assert!(session.is_simulated());
+        let mut session = runtime
+            .open_session("i-1", &shell())
+            .await
+            .expect("session");
+        assert!(session.control.is_simulated());
         session
             .input
-            .write_all(b"echo hello   there\nuname -a\nexit 4\necho never\n")
+            .write_all(b"echo hello   there\nuname -a\ntty\nexit 4\necho never\n")
             .await
             .expect("typing");
         let mut out = String::new();
@@ -804,13 +994,24 @@ mod tests {
         assert!(out.starts_with("i-1 is a simulated instance"), "{out}");
         assert!(out.contains("hello there\n"), "{out}");
         assert!(out.contains("uname: not run"), "{out}");
+        assert!(out.contains("not a tty"), "{out}");
         assert!(!out.contains("never"), "{out}");
-        assert_eq!(session.end.wait().await.expect("exit"), 4);
-        assert_eq!(session.end.wait().await.expect("exit again"), 4);
+        assert_eq!(session.control.wait().await.expect("exit"), 4);
+        assert_eq!(session.control.wait().await.expect("exit again"), 4);
+        assert!(
+            session
+                .control
+                .resize(TtySize {
+                    cols: 100,
+                    rows: 30
+                })
+                .is_err(),
+            "no terminal to resize"
+        );
 
         // One command, and the end of the input ends the shell.
         let mut session = runtime
-            .open_session("i-1", Some(vec!["ls".into(), "/".into()]))
+            .open_session("i-1", &run(&["ls", "/"]))
             .await
             .expect("command");
         let mut out = String::new();
@@ -820,15 +1021,114 @@ mod tests {
             .await
             .expect("reading");
         assert!(out.contains("ls: not run"), "{out}");
-        assert_eq!(session.end.wait().await.expect("exit"), 127);
-        let mut session = runtime.open_session("i-1", None).await.expect("session");
+        assert_eq!(session.control.wait().await.expect("exit"), 127);
+        let mut session = runtime
+            .open_session("i-1", &shell())
+            .await
+            .expect("session");
         drop(session.input);
-        assert_eq!(session.end.wait().await.expect("exit at end of input"), 0);
+        assert_eq!(
+            session.control.wait().await.expect("exit at end of input"),
+            0
+        );
 
         runtime.stop("i-1").await.expect("stop");
         assert!(
-            runtime.open_session("i-1", None).await.is_err(),
+            runtime.open_session("i-1", &shell()).await.is_err(),
             "a stopped instance has no sessions"
         );
+    }
+
+    #[tokio::test]
+    async fn a_simulated_terminal_has_a_size_that_changes() {
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+        let host = prepared_host("t");
+        host.create_instance(&tiny_instance("i-1"))
+            .await
+            .expect("create");
+        let request = SessionRequest {
+            command: None,
+            tty: Some(TtySize { cols: 80, rows: 24 }),
+        };
+        let mut session = HostAgent::open_session(host.as_ref(), "i-1", &request)
+            .await
+            .expect("session");
+        let mut output = tokio::io::BufReader::new(session.output);
+        // Reads up to the next line that holds `want`.
+        async fn line_with(
+            output: &mut (impl tokio::io::AsyncBufRead + Unpin),
+            want: &str,
+        ) -> String {
+            loop {
+                let mut line = String::new();
+                let n = output.read_line(&mut line).await.expect("reading");
+                assert!(n > 0, "the output ended before {want:?}");
+                if line.contains(want) {
+                    return line;
+                }
+            }
+        }
+        session.input.write_all(b"tty\n").await.expect("typing");
+        session
+            .input
+            .write_all(b"stty size\n")
+            .await
+            .expect("typing");
+        assert_eq!(line_with(&mut output, "/dev/").await, "/dev/pts/0\r\n");
+        let echoed = line_with(&mut output, "stty size").await;
+        assert!(echoed.ends_with("stty size\r\n"), "{echoed:?}");
+        assert_eq!(line_with(&mut output, "24").await, "24 80\r\n");
+        session
+            .control
+            .resize(TtySize {
+                cols: 132,
+                rows: 50,
+            })
+            .expect("resize");
+        session
+            .input
+            .write_all(b"stty size\n")
+            .await
+            .expect("typing");
+        assert_eq!(line_with(&mut output, "50").await, "50 132\r\n");
+        assert!(
+            session
+                .control
+                .resize(TtySize { cols: 0, rows: 50 })
+                .is_err()
+        );
+        session.input.write_all(b"exit 0\n").await.expect("typing");
+        assert_eq!(session.control.wait().await.expect("exit"), 0);
+    }
+
+    #[tokio::test]
+    async fn shared_cpu_instances_share_cpus_and_are_observed() {
+        let host = prepared_host("o");
+        let shared = |id: &str| InstanceSpec {
+            cpu_millis: Some(500),
+            ..tiny_instance(id)
+        };
+        host.create_instance(&shared("i-1")).await.expect("one");
+        host.create_instance(&shared("i-2"))
+            .await
+            .expect("two on the same CPU");
+        let e = host
+            .create_instance(&tiny_instance("i-3"))
+            .await
+            .expect_err("an exclusive instance on a shared CPU");
+        assert!(e.to_string().contains("already pinned"), "{e}");
+        let too_much = InstanceSpec {
+            cpu_millis: Some(1500),
+            ..tiny_instance("i-4")
+        };
+        assert!(
+            host.create_instance(&too_much).await.is_err(),
+            "1.5 of 1 CPU"
+        );
+        host.stop_instance("i-2").await.expect("stop");
+        let seen = host.observe_instances().await.expect("observe");
+        let running: Vec<(&str, bool)> = seen.iter().map(|o| (o.id.as_str(), o.running)).collect();
+        assert_eq!(running, vec![("i-1", true), ("i-2", false)]);
+        assert!(seen.iter().all(|o| o.memory_used_bytes.is_none()));
     }
 }

@@ -1,4 +1,8 @@
 //! The OCI runtime configuration of an instance.
+//!
+//! One decision to know: a shared-CPU instance is still confined to its
+//! CPUs (cpuset) and gets, on top, a CFS quota of its share per
+//! [`CPU_PERIOD_US`], so several of them can share the same CPUs.
 
 use oci_spec::runtime::{
     Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxDeviceBuilder,
@@ -28,6 +32,26 @@ pub(super) struct BundleParams {
     pub cgroups_path: PathBuf,
     /// Block devices it sees (its volumes).
     pub devices: Vec<Device>,
+    /// A shared-CPU instance's share of its CPUs, in thousandths of a CPU.
+    pub cpu_millis: Option<u32>,
+    /// Host directories mounted into it (its persistent storage).
+    pub binds: Vec<Bind>,
+}
+
+/// The CFS period of a shared-CPU instance's quota, in microseconds.
+pub(super) const CPU_PERIOD_US: u64 = 100_000;
+
+/// A shared-CPU instance's CFS quota per [`CPU_PERIOD_US`]: its share of a
+/// period per thousandth of a CPU.
+pub(super) fn cpu_quota_us(millis: u32) -> i64 {
+    i64::from(millis) * (CPU_PERIOD_US as i64 / 1000)
+}
+
+/// A host directory bind-mounted into an instance.
+pub(super) struct Bind {
+    pub source: PathBuf,
+    /// Absolute, inside the instance.
+    pub destination: String,
 }
 
 /// A block device inside an instance.
@@ -116,6 +140,23 @@ pub(super) fn build(p: &BundleParams) -> Result<Spec, AgentError> {
             .map_err(err)?,
     );
 
+    for bind in &p.binds {
+        mounts.push(
+            MountBuilder::default()
+                .destination(bind.destination.clone())
+                .typ("bind")
+                .source(bind.source.clone())
+                .options(vec![
+                    "rbind".to_string(),
+                    "rw".to_string(),
+                    "nosuid".to_string(),
+                    "nodev".to_string(),
+                ])
+                .build()
+                .map_err(err)?,
+        );
+    }
+
     let ns = |typ: LinuxNamespaceType| LinuxNamespaceBuilder::default().typ(typ).build();
     let namespaces = vec![
         ns(LinuxNamespaceType::Pid).map_err(err)?,
@@ -162,15 +203,15 @@ pub(super) fn build(p: &BundleParams) -> Result<Spec, AgentError> {
                 .map_err(err)?,
         );
     }
+    let mut cpu = LinuxCpuBuilder::default()
+        .cpus(p.cpus.clone())
+        .mems(p.mems.clone());
+    if let Some(millis) = p.cpu_millis {
+        cpu = cpu.quota(cpu_quota_us(millis)).period(CPU_PERIOD_US);
+    }
     let resources = LinuxResourcesBuilder::default()
         .devices(allowed)
-        .cpu(
-            LinuxCpuBuilder::default()
-                .cpus(p.cpus.clone())
-                .mems(p.mems.clone())
-                .build()
-                .map_err(err)?,
-        )
+        .cpu(cpu.build().map_err(err)?)
         .memory(
             LinuxMemoryBuilder::default()
                 .limit(p.memory_bytes)

@@ -1,4 +1,8 @@
 //! Host ports forwarded to instances: a userspace TCP proxy per instance.
+//!
+//! A forward is a task that owns its listener and its connections, so
+//! ending the task closes the port and every connection through it;
+//! [`Proxy::close`] waits until it has.
 
 use super::fail;
 use std::net::SocketAddr;
@@ -7,16 +11,20 @@ use tessera_agent_api::AgentError;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::{JoinHandle, JoinSet};
 
-/// A running forward; dropping it closes the port and its connections.
+/// A running forward; dropping it closes the port and its connections
+/// (soon after: [`Proxy::close`] to know when).
 pub(super) struct Proxy {
     pub port: u16,
     pub target: SocketAddr,
-    task: JoinHandle<()>,
+    /// `None` once closed.
+    task: Option<JoinHandle<()>>,
 }
 
 impl Drop for Proxy {
     fn drop(&mut self) {
-        self.task.abort();
+        if let Some(task) = &self.task {
+            task.abort();
+        }
     }
 }
 
@@ -40,11 +48,23 @@ impl Proxy {
             }
         };
         let task = tokio::spawn(serve(listener, target));
-        Ok(Proxy { port, target, task })
+        Ok(Proxy {
+            port,
+            target,
+            task: Some(task),
+        })
     }
 
     pub fn is_alive(&self) -> bool {
-        !self.task.is_finished()
+        self.task.as_ref().is_some_and(|task| !task.is_finished())
+    }
+
+    /// Closes the port and its connections; answers once they are closed.
+    pub async fn close(mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+            let _ = task.await;
+        }
     }
 }
 

@@ -10,32 +10,41 @@
 //! - `config.json`: written with `oci-spec`: the image's init as PID 1, the
 //!   instance's name as hostname, its CPUs, memory and a pids limit in its
 //!   own cgroup, and the network namespace `tsr-<tag>`;
-//! - `instance.json`: the instance's address and forwarded SSH port, kept
-//!   for its whole life (across stops and agent restarts);
-//! - `console.log`: the init's output.
+//! - `instance.json`: the instance's address and SSH port, and whether the
+//!   port is forwarded, kept for its whole life (across stops and agent
+//!   restarts);
+//! - `console.log`: the init's output;
+//! - `storage.img`, mounted at `storage/` while it runs: its persistent
+//!   storage, if it has any (see `storage.rs`).
 //!
 //! The network namespace holds `eth0`, one end of a veth pair whose other
 //! end (`tv<tag>`) sits on the host bridge; `<tag>` is 8 hex digits of a
 //! hash of the state directory and the instance id. The SSH port is a
-//! userspace TCP proxy owned by the driver.
+//! userspace TCP proxy owned by the driver; an instance whose spec turns it
+//! off keeps its port reserved (in `instance.json`), so turning it on again
+//! reopens the same one unless something else has taken it meanwhile.
 //!
 //! The driver is an [`InstanceRuntime`]; sessions into an instance are
 //! `runc exec` (see `exec.rs`). CPU pinning is runc's: `config.json` names
 //! the instance's CPUs and runc makes (and normally removes) the cgroup
 //! `/tessera-<agent tag>-<id>` in every hierarchy, so the driver does not
-//! use [`crate::cgroup`]; it only sweeps what runc left after a stop.
+//! use [`crate::cgroup`]; it only sweeps what runc left after a stop, and
+//! reads the memory an instance uses there. A shared-CPU instance gets a
+//! CFS quota besides its CPUs (see `bundle.rs`).
 
 mod bundle;
 mod exec;
 mod forward;
 mod image;
 mod network;
+mod storage;
 #[cfg(test)]
 mod tests;
 mod volume;
 
 pub use image::{import_image, list_images};
 
+use super::instances::check_spec;
 use super::{InstanceRuntime, InstanceStatus, Session};
 use forward::Proxy;
 use network::{NetNames, Subnet};
@@ -51,7 +60,10 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tessera_agent_api::{AgentError, InstanceReport, InstanceSpec, VolumeReport, VolumeSpec};
+use tessera_agent_api::{
+    AgentError, InstanceObservation, InstanceReport, InstanceSpec, SessionRequest, VolumeReport,
+    VolumeSpec,
+};
 
 /// Where and how containers live on this host.
 #[derive(Clone, Debug)]
@@ -153,17 +165,26 @@ struct Record {
     name: String,
     image: String,
     ip: Ipv4Addr,
+    /// Its SSH port on the host: reserved for it while the forward is off.
     ssh_port: u16,
+    /// Whether `ssh_port` is forwarded (the spec's last word).
+    #[serde(default = "forwarded")]
+    ssh_forward: bool,
     /// Whether it was last started rather than stopped: after a host
     /// reboot, an instance that should run but does not is reported stopped.
     should_run: bool,
+}
+
+/// Records written before forwards could be turned off had one.
+fn forwarded() -> bool {
+    true
 }
 
 impl Record {
     fn report(&self) -> InstanceReport {
         InstanceReport {
             private_ip: self.ip.to_string(),
-            ssh_port: Some(self.ssh_port),
+            ssh_port: self.ssh_forward.then_some(self.ssh_port),
         }
     }
 }
@@ -402,7 +423,9 @@ impl ContainerDriver {
         let id = rec.id.clone();
         match self.runc_state(&id).await? {
             Some(state) if state.status == "running" => {
-                self.ensure_proxy(&rec).await?;
+                // Its CPUs, limits and mounts stay as they are until its
+                // next start; its SSH forward follows the spec at once.
+                self.converge_forward(&mut rec, spec.ssh_forward).await?;
                 return Ok(rec.report());
             }
             Some(_) => {
@@ -422,6 +445,41 @@ impl ContainerDriver {
         let names = self.net_names(&id);
         network::setup(&names, &self.config.bridge, &self.subnet, rec.ip).await?;
 
+        if let Err(e) = self.launch(spec, &rec, &names).await {
+            // A failed start leaves nothing running: no container, network,
+            // loop devices or storage mount.
+            let _ = self.runc(&["delete", "--force", &id]).await;
+            network::teardown(&names).await;
+            self.release_volumes(&id).await;
+            if let Err(e) = storage::unmount(&dir).await {
+                tracing::warn!(%id, error = %e, "unmounting the persistent storage");
+            }
+            return Err(e);
+        }
+        if !rec.should_run {
+            rec.should_run = true;
+            self.save_record(&rec)?;
+        }
+        self.converge_forward(&mut rec, spec.ssh_forward).await?;
+        // Answer once SSH does, as a cloud's "running" means reachable; an
+        // image without an SSH server still runs, so this only waits.
+        let ssh_answers = wait_for_port(SocketAddr::from((rec.ip, 22)), SSH_WAIT).await;
+        tracing::info!(%id, ip = %rec.ip, ssh_port = ?rec.report().ssh_port, ssh_answers, "instance running");
+        Ok(rec.report())
+    }
+
+    /// Runs a prepared instance in its network namespace: attaches its
+    /// volumes, mounts its storage, writes its `config.json` and starts it
+    /// (the caller undoes all of it on failure).
+    async fn launch(
+        &self,
+        spec: &InstanceSpec,
+        rec: &Record,
+        names: &NetNames,
+    ) -> Result<(), AgentError> {
+        let id = rec.id.as_str();
+        let dir = self.dir(id);
+        let rootfs = dir.join("rootfs");
         // Its volumes, as block devices; the ids are kept so that a stop
         // releases them.
         let mut devices = Vec::new();
@@ -432,17 +490,33 @@ impl ContainerDriver {
             if !v.target.starts_with("vd") || validate_id(&v.target).is_err() {
                 return Err(fail(format!("bad volume target {:?}", v.target)));
             }
-            match volume::attach(&self.config.state_dir, &v.id).await {
-                Ok(device) => devices.push(bundle::Device {
-                    path: format!("/dev/{}", v.target),
-                    major: device.major,
-                    minor: device.minor,
-                }),
-                Err(e) => {
-                    self.release_volumes(&id).await;
-                    return Err(e);
-                }
-            }
+            let device = volume::attach(&self.config.state_dir, &v.id).await?;
+            devices.push(bundle::Device {
+                path: format!("/dev/{}", v.target),
+                major: device.major,
+                minor: device.minor,
+            });
+        }
+
+        // Its persistent storage, mounted on the host and bound in.
+        let binds = match &spec.storage {
+            Some(storage) => storage::mount(&dir, id, storage).await?,
+            None => Vec::new(),
+        };
+        // A mount path over root's keys (`/root`, the containers API's
+        // default) hides those written into the root filesystem: write
+        // them where the instance will see them.
+        if let Some((source, rel)) = covering_bind(&binds, "/root/.ssh") {
+            let keys = authorized_keys(spec);
+            blocking(move || {
+                let ssh = safe_dir(&source, &rel).map_err(|e| io_fail("preparing", &source, e))?;
+                fs::set_permissions(&ssh, fs::Permissions::from_mode(0o700))
+                    .map_err(|e| io_fail("preparing", &ssh, e))?;
+                std::os::unix::fs::chown(&ssh, Some(0), Some(0))
+                    .map_err(|e| io_fail("preparing", &ssh, e))?;
+                safe_write(&source, &rel, "authorized_keys", keys.as_bytes(), 0o600)
+            })
+            .await?;
         }
 
         let meta = image::read_meta(&self.config.image_dir, &rec.image).unwrap_or_default();
@@ -470,29 +544,16 @@ impl ContainerDriver {
             pids_limit: PIDS_LIMIT,
             nofile: nofile_limit(),
             netns_path: PathBuf::from(names.netns_path()),
-            cgroups_path: PathBuf::from(self.cgroups_path(&id)),
+            cgroups_path: PathBuf::from(self.cgroups_path(id)),
             devices,
+            cpu_millis: spec.cpu_millis,
+            binds,
         })?;
         let config_path = dir.join("config.json");
         let json = serde_json::to_vec_pretty(&oci).map_err(|e| fail(e.to_string()))?;
         fs::write(&config_path, json).map_err(|e| io_fail("writing", &config_path, e))?;
 
-        if let Err(e) = self.runc_run(&id).await {
-            let _ = self.runc(&["delete", "--force", &id]).await;
-            network::teardown(&names).await;
-            self.release_volumes(&id).await;
-            return Err(e);
-        }
-        if !rec.should_run {
-            rec.should_run = true;
-            self.save_record(&rec)?;
-        }
-        self.ensure_proxy(&rec).await?;
-        // Answer once SSH does, as a cloud's "running" means reachable; an
-        // image without an SSH server still runs, so this only waits.
-        let ssh_answers = wait_for_port(SocketAddr::from((rec.ip, 22)), SSH_WAIT).await;
-        tracing::info!(%id, ip = %rec.ip, ssh_port = rec.ssh_port, ssh_answers, "instance running");
-        Ok(rec.report())
+        self.runc_run(id).await
     }
 
     async fn runc_run(&self, id: &str) -> Result<(), AgentError> {
@@ -544,12 +605,7 @@ impl ContainerDriver {
 
     async fn stop_locked(&self, id: &str) -> Result<(), AgentError> {
         // Closing the forward first: no new sessions while it stops.
-        let proxy = self
-            .proxies
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(id);
-        drop(proxy);
+        self.close_forward(id).await;
         if let Some(state) = self.runc_state(id).await? {
             if state.status == "running" {
                 let _ = self.runc(&["kill", id, "TERM"]).await;
@@ -565,6 +621,7 @@ impl ContainerDriver {
         network::teardown(&self.net_names(id)).await;
         let rootfs = self.dir(id).join("rootfs");
         blocking(move || unmount_all(&rootfs)).await?;
+        storage::unmount(&self.dir(id)).await?;
         self.release_volumes(id).await;
         Ok(())
     }
@@ -703,8 +760,26 @@ impl ContainerDriver {
         .await
     }
 
-    /// Starts the SSH forward of a running instance unless it has one.
-    async fn ensure_proxy(&self, rec: &Record) -> Result<(), AgentError> {
+    /// Opens or closes the SSH forward of a running instance as `want`
+    /// says, keeping the choice in its record (an agent restart honours
+    /// it).
+    async fn converge_forward(&self, rec: &mut Record, want: bool) -> Result<(), AgentError> {
+        if rec.ssh_forward != want {
+            rec.ssh_forward = want;
+            self.save_record(rec)?;
+        }
+        if want {
+            self.open_forward(rec).await
+        } else {
+            self.close_forward(&rec.id).await;
+            Ok(())
+        }
+    }
+
+    /// Starts the SSH forward of a running instance unless it has one: on
+    /// its port, or on another one (kept from then on) when something else
+    /// holds that one.
+    async fn open_forward(&self, rec: &mut Record) -> Result<(), AgentError> {
         let target = SocketAddr::new(rec.ip.into(), 22);
         let old = {
             let mut proxies = self.proxies.lock().unwrap_or_else(|p| p.into_inner());
@@ -715,13 +790,40 @@ impl ContainerDriver {
                 _ => proxies.remove(&rec.id),
             }
         };
-        drop(old);
-        let proxy = Proxy::spawn(rec.ssh_port, target).await?;
+        if let Some(old) = old {
+            old.close().await;
+        }
+        let proxy = match Proxy::spawn(rec.ssh_port, target).await {
+            Ok(proxy) => proxy,
+            Err(e) => {
+                let _alloc = self.alloc.lock().await;
+                let port = self.free_port().await?;
+                tracing::warn!(id = %rec.id, error = %e, old = rec.ssh_port, new = port, "the instance's SSH port is taken; forwarding another one");
+                let proxy = Proxy::spawn(port, target).await?;
+                rec.ssh_port = port;
+                self.save_record(rec)?;
+                proxy
+            }
+        };
         self.proxies
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(rec.id.clone(), proxy);
         Ok(())
+    }
+
+    /// Closes an instance's SSH forward and the connections through it
+    /// (closed when this returns); its port stays reserved for it.
+    async fn close_forward(&self, id: &str) {
+        let proxy = self
+            .proxies
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
+        if let Some(proxy) = proxy {
+            proxy.close().await;
+            tracing::info!(%id, "SSH forward closed");
+        }
     }
 
     /// The first free address and port (the caller holds `alloc`).
@@ -732,15 +834,21 @@ impl ContainerDriver {
             .instance_addresses()
             .find(|a| records.iter().all(|r| r.ip != *a))
             .ok_or_else(|| fail(format!("subnet {} has no free address", self.config.subnet)))?;
+        Ok((ip, self.free_port().await?))
+    }
+
+    /// The first host port from the base that no instance has and nothing
+    /// listens on (the caller holds `alloc`).
+    async fn free_port(&self) -> Result<u16, AgentError> {
+        let records = self.records()?;
         let base = self.config.ssh_port_base;
-        let port = blocking(move || {
+        blocking(move || {
             (base..=u16::MAX)
                 .filter(|p| *p != 0 && records.iter().all(|r| r.ssh_port != *p))
                 .find(|p| std::net::TcpListener::bind(("0.0.0.0", *p)).is_ok())
                 .ok_or_else(|| fail(format!("no free host port from {base} up")))
         })
-        .await?;
-        Ok((ip, port))
+        .await
     }
 
     // --- runc ---
@@ -771,17 +879,30 @@ impl ContainerDriver {
 
     /// Running containers by id, with their pids.
     async fn running_ids(&self) -> Result<HashMap<String, i64>, AgentError> {
+        Ok(self
+            .runc_list()
+            .await?
+            .into_iter()
+            .filter(|(_, state)| state.status == "running")
+            .map(|(id, state)| (id, state.pid))
+            .collect())
+    }
+
+    /// Every container runc has, by id, whatever its status.
+    async fn runc_list(&self) -> Result<HashMap<String, RuncState>, AgentError> {
         let out = self.runc(&["list", "--format", "json"]).await?;
         let list: Option<Vec<serde_json::Value>> = serde_json::from_str(out.trim())
             .map_err(|e| fail(format!("reading `runc list`: {e}")))?;
         Ok(list
             .unwrap_or_default()
             .into_iter()
-            .filter(|c| c["status"] == "running")
             .filter_map(|c| {
                 Some((
                     c["id"].as_str()?.to_string(),
-                    c["pid"].as_i64().unwrap_or(0),
+                    RuncState {
+                        status: c["status"].as_str()?.to_string(),
+                        pid: c["pid"].as_i64().unwrap_or(0),
+                    },
                 ))
             })
             .collect())
@@ -869,6 +990,10 @@ impl InstanceRuntime for ContainerDriver {
     async fn create(&self, spec: &InstanceSpec) -> Result<InstanceReport, AgentError> {
         validate_id(&spec.id)?;
         image::validate_image_name(&spec.image)?;
+        check_spec(spec)?;
+        if let Some(storage) = &spec.storage {
+            storage::validate(storage)?;
+        }
         let lock = self.lock(&spec.id);
         let _held = lock.lock().await;
         if let Some(rec) = self.load_record(&spec.id)? {
@@ -898,6 +1023,7 @@ impl InstanceRuntime for ContainerDriver {
                 image: spec.image.clone(),
                 ip,
                 ssh_port,
+                ssh_forward: spec.ssh_forward,
                 should_run: true,
             };
             self.save_record(&rec)?;
@@ -910,6 +1036,10 @@ impl InstanceRuntime for ContainerDriver {
     /// Starts a stopped instance; running already is success.
     async fn start(&self, spec: &InstanceSpec) -> Result<InstanceReport, AgentError> {
         validate_id(&spec.id)?;
+        check_spec(spec)?;
+        if let Some(storage) = &spec.storage {
+            storage::validate(storage)?;
+        }
         let lock = self.lock(&spec.id);
         let _held = lock.lock().await;
         let rec = self
@@ -940,12 +1070,13 @@ impl InstanceRuntime for ContainerDriver {
         let _held = lock.lock().await;
         self.stop_locked(id).await?;
         let dir = self.dir(id);
-        let rootfs = dir.join("rootfs");
-        if is_mounted(&rootfs) {
-            return Err(fail(format!(
-                "{} is still mounted; not removing the instance",
-                rootfs.display()
-            )));
+        for mounted in [dir.join("rootfs"), storage::mount_point(&dir)] {
+            if is_mounted(&mounted) {
+                return Err(fail(format!(
+                    "{} is still mounted; not removing the instance",
+                    mounted.display()
+                )));
+            }
         }
         blocking(move || match fs::remove_dir_all(&dir) {
             Ok(()) => Ok(()),
@@ -988,12 +1119,13 @@ impl InstanceRuntime for ContainerDriver {
     /// and port forwards) without restarting them.
     async fn adopt(&self) -> Result<(), AgentError> {
         let mut first_error = None;
-        for rec in self.records()? {
+        for mut rec in self.records()? {
             let lock = self.lock(&rec.id);
             let _held = lock.lock().await;
             match self.runc_state(&rec.id).await {
                 Ok(Some(state)) if state.status == "running" => {
-                    if let Err(e) = self.ensure_proxy(&rec).await {
+                    let want = rec.ssh_forward;
+                    if let Err(e) = self.converge_forward(&mut rec, want).await {
                         tracing::warn!(id = %rec.id, error = %e, "re-forwarding SSH");
                         first_error.get_or_insert(e);
                     } else {
@@ -1013,13 +1145,117 @@ impl InstanceRuntime for ContainerDriver {
         first_error.map_or(Ok(()), Err)
     }
 
+    /// Every instance, from its record, runc's list, its cgroup and its
+    /// storage: one `runc list` for all of them.
+    async fn observe(&self) -> Result<Vec<InstanceObservation>, AgentError> {
+        let records = self.records()?;
+        let states = self.runc_list().await?;
+        let seen: Vec<(Record, Option<String>, PathBuf, String)> = records
+            .into_iter()
+            .map(|rec| {
+                let status = states.get(&rec.id).map(|s| s.status.clone());
+                let dir = self.dir(&rec.id);
+                let cgroup = self.cgroups_path(&rec.id);
+                (rec, status, dir, cgroup)
+            })
+            .collect();
+        blocking(move || {
+            Ok(seen
+                .into_iter()
+                .map(|(rec, status, dir, cgroup)| {
+                    observe_one(&rec, status.as_deref(), &dir, &cgroup)
+                })
+                .collect())
+        })
+        .await
+    }
+
     async fn open_session(
         &self,
         id: &str,
-        command: Option<Vec<String>>,
+        request: &SessionRequest,
     ) -> Result<Session, AgentError> {
-        self.exec(id, command).await
+        self.exec(id, request).await
     }
+}
+
+/// What an instance is now, from runc's `status` of it (`None`: runc has
+/// no such container), its directory and its cgroup.
+fn observe_one(
+    rec: &Record,
+    status: Option<&str>,
+    dir: &Path,
+    cgroup: &str,
+) -> InstanceObservation {
+    let running = status == Some("running");
+    let detail = match (running, status) {
+        (true, _) => None,
+        // Stops delete the container: one runc still has stopped ended on
+        // its own (or was killed behind the driver's back).
+        (false, Some(status)) => {
+            let mut why = match status {
+                "stopped" => "its init exited on its own (runc keeps no exit code)".to_string(),
+                other => format!("runc has it {other}"),
+            };
+            if cgroup_counter(cgroup, "memory.oom_control", "memory.events", "oom_kill")
+                .is_some_and(|kills| kills > 0)
+            {
+                why.push_str("; the out-of-memory killer killed a process of it");
+            }
+            if let Some(line) = last_line(&dir.join("console.log")) {
+                why.push_str("; its last output: ");
+                why.push_str(&line);
+            }
+            Some(why)
+        }
+        (false, None) if rec.should_run => Some(
+            "it should run but is not running (its start failed, or the host restarted)"
+                .to_string(),
+        ),
+        (false, None) => None,
+    };
+    InstanceObservation {
+        id: rec.id.clone(),
+        running,
+        detail,
+        memory_used_bytes: running.then(|| memory_used(cgroup)).flatten(),
+        storage_used_bytes: storage::used_bytes(dir),
+    }
+}
+
+/// The memory a cgroup's processes use now: `memory.usage_in_bytes` in
+/// cgroup v1's memory hierarchy, `memory.current` in v2.
+fn memory_used(cgroup: &str) -> Option<u64> {
+    let read = |path: String| fs::read_to_string(path).ok()?.trim().parse::<u64>().ok();
+    read(format!(
+        "/sys/fs/cgroup/memory{cgroup}/memory.usage_in_bytes"
+    ))
+    .or_else(|| read(format!("/sys/fs/cgroup{cgroup}/memory.current")))
+}
+
+/// A `key value` counter of a cgroup's memory controller: in `v1` (cgroup
+/// v1's memory hierarchy) or else `v2`.
+fn cgroup_counter(cgroup: &str, v1: &str, v2: &str, key: &str) -> Option<u64> {
+    let text = fs::read_to_string(format!("/sys/fs/cgroup/memory{cgroup}/{v1}"))
+        .or_else(|_| fs::read_to_string(format!("/sys/fs/cgroup{cgroup}/{v2}")))
+        .ok()?;
+    text.lines().find_map(|line| {
+        let (k, v) = line.split_once(' ')?;
+        (k == key).then(|| v.trim().parse().ok()).flatten()
+    })
+}
+
+/// The last line a file has (of its last 4 KiB), cut to 200 characters.
+fn last_line(path: &Path) -> Option<String> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut file = fs::File::open(path).ok()?;
+    let len = file.metadata().ok()?.len();
+    file.seek(SeekFrom::Start(len.saturating_sub(4096))).ok()?;
+    let mut tail = Vec::new();
+    file.read_to_end(&mut tail).ok()?;
+    let text = String::from_utf8_lossy(&tail);
+    let line = text.lines().rev().map(str::trim).find(|l| !l.is_empty())?;
+    Some(line.chars().filter(|c| !c.is_control()).take(200).collect())
 }
 
 /// Unmounts everything mounted at `path`.
@@ -1037,6 +1273,39 @@ fn unmount_all(path: &Path) -> Result<(), AgentError> {
         }
     }
     Ok(())
+}
+
+/// Root's `authorized_keys`: the spec's keys, one per line.
+fn authorized_keys(spec: &InstanceSpec) -> String {
+    let mut keys = String::new();
+    for key in &spec.ssh_keys {
+        let key = key.trim();
+        if !key.is_empty() && !key.contains('\n') {
+            keys.push_str(key);
+            keys.push('\n');
+        }
+    }
+    keys
+}
+
+/// The bind whose destination holds `path` most closely, with `path`
+/// relative to its source (`""` for the destination itself).
+fn covering_bind(binds: &[bundle::Bind], path: &str) -> Option<(PathBuf, String)> {
+    binds
+        .iter()
+        .filter_map(|bind| {
+            let destination = bind.destination.trim_end_matches('/');
+            let rest = path.strip_prefix(destination)?;
+            (rest.is_empty() || rest.starts_with('/')).then(|| {
+                (
+                    destination.len(),
+                    bind.source.clone(),
+                    rest.trim_start_matches('/').to_string(),
+                )
+            })
+        })
+        .max_by_key(|(len, _, _)| *len)
+        .map(|(_, source, rest)| (source, rest))
 }
 
 /// Writes what the instance's root gets from its spec: hostname, hosts,
@@ -1059,14 +1328,7 @@ fn prepare_rootfs(root: &Path, spec: &InstanceSpec, ip: Ipv4Addr) -> Result<(), 
     fs::set_permissions(&ssh, fs::Permissions::from_mode(0o700))
         .map_err(|e| io_fail("preparing", &ssh, e))?;
     std::os::unix::fs::chown(&ssh, Some(0), Some(0)).map_err(|e| io_fail("preparing", &ssh, e))?;
-    let mut keys = String::new();
-    for key in &spec.ssh_keys {
-        let key = key.trim();
-        if !key.is_empty() && !key.contains('\n') {
-            keys.push_str(key);
-            keys.push('\n');
-        }
-    }
+    let keys = authorized_keys(spec);
     safe_write(root, "root/.ssh", "authorized_keys", keys.as_bytes(), 0o600)?;
     if let Some(script) = &spec.user_data {
         let lib = safe_dir(root, "var/lib/tessera")

@@ -1,9 +1,11 @@
 //! Real containers: these tests run as root with runc, dropbear, ssh and
-//! busybox installed, and skip (saying why) otherwise.
+//! busybox installed (persistent storage also wants mkfs.ext4 and loop
+//! devices), and skip (saying why) otherwise.
 
 use super::*;
 use std::os::unix::fs::MetadataExt;
 use std::process::Command as StdCommand;
+use tessera_agent_api::{SessionRequest, TtySize};
 use tessera_core::CpuSet;
 
 fn have(tool: &str) -> bool {
@@ -472,7 +474,7 @@ async fn volumes_are_block_devices_that_grow_keep_data_and_leave_nothing() {
     let _cleanup = Cleanup {
         state_dir: f.config.state_dir.clone(),
         bridge: bridge.clone(),
-        netns: vec![names.netns.clone()],
+        netns: vec![names.netns.clone(), driver.net_names("i-vol-missing").netns],
     };
     let volume = |size_gb, clone_of: Option<&str>| VolumeSpec {
         id: "vol-a".into(),
@@ -496,6 +498,11 @@ async fn volumes_are_block_devices_that_grow_keep_data_and_leave_nothing() {
     missing.volumes[0].id = "vol-none".into();
     let e = driver.create(&missing).await.expect_err("no such volume");
     assert!(e.to_string().contains("not stored"), "{e}");
+    let missing_net = driver.net_names(&missing.id).netns_path();
+    assert!(
+        !Path::new(&missing_net).exists(),
+        "a failed start left its network namespace"
+    );
     let port = driver
         .create(&s)
         .await
@@ -567,6 +574,14 @@ fn volume_loops(file: &Path) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
+/// A session that runs `words`, over pipes.
+fn run_command(words: &[&str]) -> SessionRequest {
+    SessionRequest {
+        command: Some(words.iter().map(|w| w.to_string()).collect()),
+        tty: None,
+    }
+}
+
 /// Reads a session's output to its end.
 async fn read_all(output: &mut (dyn tokio::io::AsyncRead + Send + Unpin)) -> String {
     use tokio::io::AsyncReadExt;
@@ -592,7 +607,7 @@ async fn sessions_run_inside_the_instance_on_its_cpus() {
         netns: vec![driver.net_names(&s.id).netns],
     };
     let e = driver
-        .open_session(&s.id, None)
+        .open_session(&s.id, &SessionRequest::default())
         .await
         .err()
         .expect("no session into an instance that is not there");
@@ -603,20 +618,23 @@ async fn sessions_run_inside_the_instance_on_its_cpus() {
     // A command: its output and errors, and its exit code.
     let command = "hostname; grep Cpus_allowed_list /proc/self/status; echo oops >&2; exit 3";
     let mut session = driver
-        .open_session(&s.id, Some(vec!["sh".into(), "-c".into(), command.into()]))
+        .open_session(&s.id, &run_command(&["sh", "-c", command]))
         .await
         .expect("session");
-    assert!(!session.is_simulated());
+    assert!(!session.control.is_simulated());
     drop(session.input);
     let out = read_all(&mut session.output).await;
     assert!(out.contains("session-1"), "{out}");
     assert!(out.contains("Cpus_allowed_list:\t1\n"), "{out}");
     assert!(out.contains("oops"), "{out}");
-    assert_eq!(session.end.wait().await.expect("exit"), 3);
-    assert_eq!(session.end.wait().await.expect("exit again"), 3);
+    assert_eq!(session.control.wait().await.expect("exit"), 3);
+    assert_eq!(session.control.wait().await.expect("exit again"), 3);
 
     // The shell, fed line by line.
-    let mut session = driver.open_session(&s.id, None).await.expect("shell");
+    let mut session = driver
+        .open_session(&s.id, &SessionRequest::default())
+        .await
+        .expect("shell");
     session
         .input
         .write_all(b"echo $((40 + 2)) > /root/typed\ncat /root/typed\nexit 5\n")
@@ -624,13 +642,13 @@ async fn sessions_run_inside_the_instance_on_its_cpus() {
         .expect("typing");
     let out = read_all(&mut session.output).await;
     assert!(out.contains("42"), "{out}");
-    assert_eq!(session.end.wait().await.expect("exit"), 5);
+    assert_eq!(session.control.wait().await.expect("exit"), 5);
     let out = ssh_ok(&f.key, &ip, 22, "cat /root/typed").await;
     assert_eq!(out.trim(), "42", "the shell ran in the instance");
 
     // Dropping a session ends what it runs.
     let session = driver
-        .open_session(&s.id, Some(vec!["sleep".into(), "1001".into()]))
+        .open_session(&s.id, &run_command(&["sleep", "1001"]))
         .await
         .expect("sleep");
     let mut seen = String::new();
@@ -659,7 +677,7 @@ async fn sessions_run_inside_the_instance_on_its_cpus() {
 
     driver.stop(&s.id).await.expect("stop");
     let e = driver
-        .open_session(&s.id, None)
+        .open_session(&s.id, &SessionRequest::default())
         .await
         .err()
         .expect("no session into a stopped instance");
@@ -668,4 +686,552 @@ async fn sessions_run_inside_the_instance_on_its_cpus() {
     let _ = StdCommand::new("ip")
         .args(["link", "del", &bridge])
         .output();
+}
+
+/// Runs `command` in the instance over a session without a terminal;
+/// answers its exit code and output.
+async fn in_instance(driver: &ContainerDriver, id: &str, command: &str) -> (i32, String) {
+    let mut session = driver
+        .open_session(id, &run_command(&["sh", "-c", command]))
+        .await
+        .expect("session");
+    drop(session.input);
+    let out = read_all(&mut session.output).await;
+    let code = session.control.wait().await.expect("exit");
+    (code, out)
+}
+
+/// Whether something accepts connections on the host's `port`.
+fn answers(port: u16) -> bool {
+    std::net::TcpStream::connect_timeout(
+        &SocketAddr::from(([127, 0, 0, 1], port)),
+        Duration::from_secs(1),
+    )
+    .is_ok()
+}
+
+/// A cgroup file of an instance's in the first hierarchy that has it
+/// (cgroup v1: `cpu`, `cpu,cpuacct`, `memory`; v2: the unified one).
+fn cgroup_file(cgroup: &str, names: &[&str]) -> Option<String> {
+    let base = Path::new("/sys/fs/cgroup");
+    let rel = cgroup.trim_start_matches('/');
+    for hierarchy in ["cpu", "cpu,cpuacct", "cpuacct,cpu", "memory", ""] {
+        for name in names {
+            let path = base.join(hierarchy).join(rel).join(name);
+            if let Ok(text) = fs::read_to_string(&path) {
+                return Some(text);
+            }
+        }
+    }
+    None
+}
+
+/// An instance's CFS quota and period, from its cgroup.
+fn cpu_quota(cgroup: &str) -> Option<(i64, i64)> {
+    if let Some(max) = cgroup_file(cgroup, &["cpu.max"]) {
+        let mut parts = max.split_whitespace();
+        return Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?));
+    }
+    let quota = cgroup_file(cgroup, &["cpu.cfs_quota_us"])?;
+    let period = cgroup_file(cgroup, &["cpu.cfs_period_us"])?;
+    Some((quota.trim().parse().ok()?, period.trim().parse().ok()?))
+}
+
+/// How often an instance's CPU quota held it back.
+fn times_throttled(cgroup: &str) -> u64 {
+    cgroup_file(cgroup, &["cpu.stat"])
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("nr_throttled ")?.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shared_cpu_instances_share_their_cpus_under_a_quota() {
+    skip_unless_able!();
+    let bridge = format!("tsrq{}", std::process::id() % 100_000);
+    let f = fixture(&bridge, "10.250.11.0/24", 43600);
+    let driver = ContainerDriver::new(f.config.clone()).expect("driver");
+    let mut a = spec(&f, "i-shared-a", "shared-a");
+    a.cpu_millis = Some(250);
+    a.user_data = None;
+    let mut b = spec(&f, "i-shared-b", "shared-b");
+    b.cpu_millis = Some(500);
+    b.user_data = None;
+    let _cleanup = Cleanup {
+        state_dir: f.config.state_dir.clone(),
+        bridge: bridge.clone(),
+        netns: vec![driver.net_names(&a.id).netns, driver.net_names(&b.id).netns],
+    };
+    let mut greedy = a.clone();
+    greedy.id = "i-greedy".into();
+    greedy.cpu_millis = Some(1001);
+    let e = driver.create(&greedy).await.expect_err("more than its CPU");
+    assert!(e.to_string().contains("more than"), "{e}");
+    assert!(
+        !driver.dir(&greedy.id).exists(),
+        "a refused instance left a trace"
+    );
+
+    driver.create(&a).await.expect("create a");
+    driver.create(&b).await.expect("create b on the same CPU");
+    for (s, millis) in [(&a, 250i64), (&b, 500)] {
+        let (code, out) =
+            in_instance(&driver, &s.id, "grep Cpus_allowed_list /proc/self/status").await;
+        assert_eq!(code, 0, "{out}");
+        assert!(out.contains("Cpus_allowed_list:\t1\n"), "{}: {out}", s.id);
+        let cgroup = driver.cgroups_path(&s.id);
+        assert_eq!(
+            cpu_quota(&cgroup),
+            Some((millis * 100, 100_000)),
+            "{}'s quota",
+            s.id
+        );
+        let config: serde_json::Value = serde_json::from_slice(
+            &fs::read(driver.dir(&s.id).join("config.json")).expect("config.json"),
+        )
+        .expect("json");
+        let cpu = &config["linux"]["resources"]["cpu"];
+        assert_eq!(cpu["quota"], millis * 100, "{cpu}");
+        assert_eq!(cpu["period"], 100_000, "{cpu}");
+        assert_eq!(cpu["cpus"], "1", "{cpu}");
+    }
+    // A busy loop is held to its share.
+    let cgroup = driver.cgroups_path(&a.id);
+    let before = times_throttled(&cgroup);
+    let (_, out) = in_instance(
+        &driver,
+        &a.id,
+        "timeout 1 sh -c 'while :; do :; done'; echo spun",
+    )
+    .await;
+    assert!(out.contains("spun"), "{out}");
+    assert!(
+        times_throttled(&cgroup) > before,
+        "a quarter of a CPU was never throttled"
+    );
+    // An exclusive instance has none.
+    driver.stop(&b.id).await.expect("stop b");
+    b.cpu_millis = None;
+    driver.start(&b).await.expect("start b exclusive");
+    let (quota, _) = cpu_quota(&driver.cgroups_path(&b.id)).expect("b's quota");
+    assert!(quota < 0, "an exclusive instance has a quota: {quota}");
+
+    driver.delete(&a.id).await.expect("delete a");
+    driver.delete(&b.id).await.expect("delete b");
+    assert_eq!(cgroup_leftovers(&cgroup), Vec::<PathBuf>::new());
+    let _ = StdCommand::new("ip")
+        .args(["link", "del", &bridge])
+        .output();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ssh_forwards_open_and_close_without_a_restart() {
+    skip_unless_able!();
+    let bridge = format!("tsrf{}", std::process::id() % 100_000);
+    let f = fixture(&bridge, "10.250.12.0/24", 43700);
+    let driver = ContainerDriver::new(f.config.clone()).expect("driver");
+    let mut s = spec(&f, "i-fwd-1", "fwd-1");
+    s.user_data = None;
+    s.ssh_forward = false;
+    let _cleanup = Cleanup {
+        state_dir: f.config.state_dir.clone(),
+        bridge: bridge.clone(),
+        netns: vec![driver.net_names(&s.id).netns],
+    };
+    let report = driver.create(&s).await.expect("create");
+    assert_eq!(report.ssh_port, None, "no forward asked");
+    let port = driver
+        .load_record(&s.id)
+        .expect("record")
+        .expect("record")
+        .ssh_port;
+    assert!(!answers(port), "port {port} answers without a forward");
+    // The instance itself answers on its own address.
+    ssh_ok(&f.key, &report.private_ip, 22, "true").await;
+    let pid = driver.pid(&s.id).await.expect("pid").expect("running");
+
+    s.ssh_forward = true;
+    let on = driver.start(&s).await.expect("forward on");
+    assert_eq!(on.ssh_port, Some(port), "the port it had reserved");
+    let out = ssh_ok(&f.key, "127.0.0.1", port, "hostname").await;
+    assert!(out.contains("fwd-1"), "{out}");
+    s.ssh_forward = false;
+    let off = driver.create(&s).await.expect("forward off");
+    assert_eq!(off.ssh_port, None);
+    assert!(!answers(port), "the forward stayed open");
+    assert_eq!(
+        driver.pid(&s.id).await.expect("pid"),
+        Some(pid),
+        "restarted"
+    );
+
+    // An agent restart keeps it off, and then on.
+    drop(driver);
+    let driver = ContainerDriver::new(f.config.clone()).expect("driver again");
+    driver.adopt().await.expect("adopt");
+    assert!(!answers(port), "adopt opened a forward that was off");
+    s.ssh_forward = true;
+    assert_eq!(driver.start(&s).await.expect("on").ssh_port, Some(port));
+    drop(driver);
+    let driver = ContainerDriver::new(f.config.clone()).expect("driver again");
+    driver.adopt().await.expect("adopt");
+    let out = ssh_ok(&f.key, "127.0.0.1", port, "hostname").await;
+    assert!(out.contains("fwd-1"), "{out}");
+
+    // Something else took its port while it was off: it gets another.
+    s.ssh_forward = false;
+    driver.start(&s).await.expect("off");
+    let squatter = std::net::TcpListener::bind(("0.0.0.0", port)).expect("the port is free");
+    s.ssh_forward = true;
+    let moved = driver
+        .start(&s)
+        .await
+        .expect("on again")
+        .ssh_port
+        .expect("a port");
+    assert_ne!(moved, port);
+    ssh_ok(&f.key, "127.0.0.1", moved, "true").await;
+    drop(squatter);
+    assert_eq!(
+        driver.pid(&s.id).await.expect("pid"),
+        Some(pid),
+        "restarted"
+    );
+
+    driver.delete(&s.id).await.expect("delete");
+    assert!(!answers(moved), "the forward outlived the instance");
+    let _ = StdCommand::new("ip")
+        .args(["link", "del", &bridge])
+        .output();
+}
+
+/// The observation of one instance.
+async fn observed(driver: &ContainerDriver, id: &str) -> InstanceObservation {
+    driver
+        .observe()
+        .await
+        .expect("observe")
+        .into_iter()
+        .find(|o| o.id == id)
+        .unwrap_or_else(|| panic!("{id} is not observed"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn persistent_storage_outlives_restarts_and_goes_with_the_instance() {
+    use tessera_agent_api::InstanceStorage;
+    skip_unless_able!();
+    if !have("mkfs.ext4") || !Path::new("/dev/loop-control").exists() {
+        eprintln!("skipped: no mkfs.ext4 or no loop devices");
+        return;
+    }
+    let bridge = format!("tsrp{}", std::process::id() % 100_000);
+    let f = fixture(&bridge, "10.250.13.0/24", 43800);
+    let driver = ContainerDriver::new(f.config.clone()).expect("driver");
+    let mut s = spec(&f, "i-store-1", "store-1");
+    s.user_data = None;
+    s.storage = Some(InstanceStorage {
+        size_gb: 1,
+        mount_paths: vec!["/var/data".into(), "/var-data".into()],
+    });
+    let _cleanup = Cleanup {
+        state_dir: f.config.state_dir.clone(),
+        bridge: bridge.clone(),
+        netns: vec![driver.net_names(&s.id).netns],
+    };
+    let mut nested = s.clone();
+    nested.id = "i-nested".into();
+    nested.storage = Some(InstanceStorage {
+        size_gb: 1,
+        mount_paths: vec!["/var".into(), "/var/data".into()],
+    });
+    let e = driver
+        .create(&nested)
+        .await
+        .expect_err("nested mount paths");
+    assert!(e.to_string().contains("inside"), "{e}");
+    assert!(!driver.dir(&nested.id).exists());
+
+    driver.create(&s).await.expect("create");
+    let dir = driver.dir(&s.id);
+    // Two paths that an encoding by '-' would confuse stay apart.
+    let (code, out) = in_instance(
+        &driver,
+        &s.id,
+        "echo one > /var/data/kept && echo two > /var-data/kept && sync && \
+         cat /var/data/kept /var-data/kept",
+    )
+    .await;
+    assert_eq!((code, out.as_str()), (0, "one\ntwo\n"));
+
+    let seen = observed(&driver, &s.id).await;
+    assert!(seen.running && seen.detail.is_none(), "{seen:?}");
+    assert!(seen.memory_used_bytes.is_some_and(|m| m > 0), "{seen:?}");
+    let used = seen.storage_used_bytes.expect("storage used");
+    let (code, out) = in_instance(
+        &driver,
+        &s.id,
+        "dd if=/dev/urandom of=/var/data/blob bs=1M count=20 2>&1 && sync",
+    )
+    .await;
+    assert_eq!(code, 0, "{out}");
+    let grown = observed(&driver, &s.id)
+        .await
+        .storage_used_bytes
+        .expect("storage used");
+    assert!(grown >= used + (19 << 20), "{used} -> {grown}");
+    assert!(grown < 1 << 30, "the host's disk, not the storage: {grown}");
+
+    // Its size is the limit, inside.
+    let (code, out) = in_instance(
+        &driver,
+        &s.id,
+        "dd if=/dev/zero of=/var/data/big bs=1M count=1200 2>&1; echo status=$?; rm -f /var/data/big",
+    )
+    .await;
+    assert!(out.contains("No space left on device"), "{out}");
+    assert!(!out.contains("status=0"), "{out}");
+    assert_eq!(code, 0);
+
+    // A stop and a start keep it.
+    driver.stop(&s.id).await.expect("stop");
+    let seen = observed(&driver, &s.id).await;
+    assert!(!seen.running && seen.detail.is_none(), "{seen:?}");
+    assert_eq!(seen.memory_used_bytes, None);
+    assert!(
+        !is_mounted(&storage::mount_point(&dir)),
+        "mounted while stopped"
+    );
+    driver.start(&s).await.expect("start");
+    let (_, out) = in_instance(&driver, &s.id, "cat /var/data/kept").await;
+    assert_eq!(out, "one\n");
+
+    // So does an agent restart.
+    let pid = driver.pid(&s.id).await.expect("pid").expect("running");
+    drop(driver);
+    let driver = ContainerDriver::new(f.config.clone()).expect("driver again");
+    driver.adopt().await.expect("adopt");
+    assert_eq!(driver.pid(&s.id).await.expect("pid"), Some(pid));
+    let (_, out) = in_instance(&driver, &s.id, "cat /var/data/kept").await;
+    assert_eq!(out, "one\n");
+
+    // Other mount paths (and a larger size) at the next start; a kept path
+    // keeps its data, a dropped one is no longer mounted.
+    driver.stop(&s.id).await.expect("stop");
+    s.storage = Some(InstanceStorage {
+        size_gb: 2,
+        mount_paths: vec!["/var/data".into(), "/srv/new".into()],
+    });
+    driver.start(&s).await.expect("start with other paths");
+    let (code, out) = in_instance(
+        &driver,
+        &s.id,
+        "cat /var/data/kept; test -d /srv/new && echo new-there; \
+         grep -c ' /var-data ' /proc/mounts; df -k /var/data | awk 'NR==2 {print \"kb=\" $2}'",
+    )
+    .await;
+    assert_eq!(code, 0, "{out}");
+    assert!(out.starts_with("one\nnew-there\n0\n"), "{out}");
+    let kb: u64 = out
+        .lines()
+        .find_map(|l| l.strip_prefix("kb="))
+        .and_then(|kb| kb.parse().ok())
+        .unwrap_or_else(|| panic!("no size: {out}"));
+    assert!(kb > 3 << 19, "not grown to 2 GB: {kb} KiB");
+
+    // Its init exits on its own: it is seen stopped, and why.
+    let pid = driver.pid(&s.id).await.expect("pid").expect("running");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(pid).expect("pid")),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill");
+    let mut seen = observed(&driver, &s.id).await;
+    for _ in 0..50 {
+        if !seen.running {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        seen = observed(&driver, &s.id).await;
+    }
+    eprintln!("after its init died: {seen:?}");
+    assert!(!seen.running, "{seen:?}");
+    assert!(
+        seen.detail.as_deref().is_some_and(|d| d.contains("exited")),
+        "{seen:?}"
+    );
+    assert_eq!(seen.memory_used_bytes, None);
+
+    // It goes with the instance.
+    let image = storage::image(&dir);
+    assert!(image.exists());
+    driver.delete(&s.id).await.expect("delete");
+    assert!(!image.exists(), "the storage outlived its instance");
+    assert_eq!(volume_loops(&image), "");
+    assert_eq!(
+        mounts_under(&f.config.state_dir),
+        Vec::<String>::new(),
+        "mounts left"
+    );
+    assert!(driver.observe().await.expect("observe").is_empty());
+    let _ = StdCommand::new("ip")
+        .args(["link", "del", &bridge])
+        .output();
+}
+
+/// Reads a session's output until it holds `want`; answers all it read.
+async fn read_until(output: &mut (dyn tokio::io::AsyncRead + Send + Unpin), want: &str) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut seen = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let text = String::from_utf8_lossy(&seen).into_owned();
+        if text.contains(want) {
+            return text;
+        }
+        let mut buf = [0u8; 4096];
+        let n = tokio::time::timeout_at(deadline, output.read(&mut buf))
+            .await
+            .unwrap_or_else(|_| panic!("no {want:?} in: {text:?}"))
+            .expect("reading the session");
+        assert!(n > 0, "the output ended without {want:?}: {text:?}");
+        seen.extend_from_slice(&buf[..n]);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_with_a_terminal_is_a_terminal() {
+    use tokio::io::AsyncWriteExt;
+    skip_unless_able!();
+    let bridge = format!("tsry{}", std::process::id() % 100_000);
+    let f = fixture(&bridge, "10.250.14.0/24", 43900);
+    let driver = ContainerDriver::new(f.config.clone()).expect("driver");
+    let mut s = spec(&f, "i-tty-1", "tty-1");
+    s.user_data = None;
+    let _cleanup = Cleanup {
+        state_dir: f.config.state_dir.clone(),
+        bridge: bridge.clone(),
+        netns: vec![driver.net_names(&s.id).netns],
+    };
+    driver.create(&s).await.expect("create");
+    let terminal = |cols, rows, command: Option<&[&str]>| SessionRequest {
+        command: command.map(|c| c.iter().map(|w| w.to_string()).collect()),
+        tty: Some(TtySize { cols, rows }),
+    };
+    let mut session = driver
+        .open_session(&s.id, &terminal(80, 24, None))
+        .await
+        .expect("a shell with a terminal");
+    // `h""i` echoes as typed, and prints `hi`.
+    session
+        .input
+        .write_all(b"tty; stty size; echo $TERM; cut -d' ' -f7 /proc/self/stat; echo h\"\"i\n")
+        .await
+        .expect("typing");
+    // A terminal ends lines with "\r\n" (or "\r\r\n", which shows the
+    // same, when the shell restores settings it read before runc cleared
+    // ONLCR on its side): compared here without the "\r"s.
+    let raw = read_until(&mut session.output, "\nhi\r").await;
+    eprintln!("with a terminal: {raw:?}");
+    assert!(raw.contains("\r\n"), "{raw:?}");
+    let out = raw.replace('\r', "");
+    assert!(out.contains("\n/dev/pts/"), "{out:?}");
+    assert!(!out.contains("not a tty"), "{out:?}");
+    assert!(out.contains("\n24 80\n"), "{out:?}");
+    assert!(out.contains("\nxterm-256color\n"), "{out:?}");
+    // Its terminal is its controlling one (a device number, not 0).
+    let ctty: Vec<i64> = out
+        .lines()
+        .filter_map(|l| l.trim().parse::<i64>().ok())
+        .collect();
+    assert!(
+        ctty.iter().any(|n| *n > 0),
+        "no controlling terminal: {out:?}"
+    );
+    session
+        .control
+        .resize(TtySize {
+            cols: 100,
+            rows: 30,
+        })
+        .expect("resize");
+    session
+        .input
+        .write_all(b"stty size; echo do\"\"ne\n")
+        .await
+        .expect("typing");
+    let out = read_until(&mut session.output, "\ndone\r")
+        .await
+        .replace('\r', "");
+    assert!(out.contains("\n30 100\n"), "{out:?}");
+    session.input.write_all(b"exit 3\n").await.expect("typing");
+    read_all(&mut session.output).await;
+    assert_eq!(session.control.wait().await.expect("exit"), 3);
+
+    // A command with a terminal; its output ends with it.
+    let mut session = driver
+        .open_session(
+            &s.id,
+            &terminal(40, 10, Some(&["sh", "-c", "tty; stty size"])),
+        )
+        .await
+        .expect("a command with a terminal");
+    let out = read_all(&mut session.output).await;
+    assert!(
+        out.contains("/dev/pts/") && out.contains("10 40"),
+        "{out:?}"
+    );
+    assert_eq!(session.control.wait().await.expect("exit"), 0);
+
+    // Closing the input of a shell's terminal is its end of file.
+    let mut session = driver
+        .open_session(&s.id, &terminal(80, 24, None))
+        .await
+        .expect("shell");
+    drop(session.input);
+    let ended = tokio::time::timeout(Duration::from_secs(20), session.control.wait()).await;
+    assert_eq!(ended.expect("the shell ends").expect("exit"), 0);
+
+    // Without a terminal there is none to resize.
+    let mut session = driver
+        .open_session(&s.id, &run_command(&["sleep", "5"]))
+        .await
+        .expect("pipes");
+    assert!(
+        session
+            .control
+            .resize(TtySize { cols: 1, rows: 1 })
+            .is_err()
+    );
+    drop(session);
+
+    driver.delete(&s.id).await.expect("delete");
+    let _ = StdCommand::new("ip")
+        .args(["link", "del", &bridge])
+        .output();
+}
+
+#[test]
+fn root_keys_go_to_the_mount_path_that_covers_them() {
+    let bind = |source: &str, destination: &str| bundle::Bind {
+        source: PathBuf::from(source),
+        destination: destination.to_string(),
+    };
+    let binds = [bind("/s/root", "/root"), bind("/s/data", "/data")];
+    assert_eq!(
+        covering_bind(&binds, "/root/.ssh"),
+        Some((PathBuf::from("/s/root"), ".ssh".to_string()))
+    );
+    let binds = [bind("/s/root", "/root"), bind("/s/ssh", "/root/.ssh")];
+    assert_eq!(
+        covering_bind(&binds, "/root/.ssh"),
+        Some((PathBuf::from("/s/ssh"), String::new())),
+        "the closest mount wins"
+    );
+    let binds = [bind("/s/rootfoo", "/rootfoo"), bind("/s/data", "/data")];
+    assert_eq!(
+        covering_bind(&binds, "/root/.ssh"),
+        None,
+        "not a prefix by name"
+    );
 }
