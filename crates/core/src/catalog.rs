@@ -39,6 +39,12 @@ pub struct Catalog {
     pub container_types: Vec<ContainerType>,
     #[serde(default)]
     pub cluster_types: Vec<ClusterType>,
+    /// The sizes of container the containers API (`/compute`) offers.
+    #[serde(default)]
+    pub compute_types: Vec<ComputeType>,
+    /// The image a container gets when its request names none.
+    #[serde(default)]
+    pub compute_image: Option<String>,
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -99,6 +105,43 @@ pub struct InstanceType {
     /// Image types it may run; empty allows any.
     #[serde(default)]
     pub supported_os: Vec<String>,
+    /// The host architecture it runs on: `amd64` or `arm64`.
+    #[serde(default = "amd64")]
+    pub arch: String,
+}
+
+fn amd64() -> String {
+    "amd64".into()
+}
+
+/// A size of container on the containers API (`/compute`).
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ComputeType {
+    pub name: String,
+    /// The host architecture it runs on: `amd64` or `arm64`.
+    pub arch: String,
+    /// Its CPU in thousandths: under 1000, a share of a CPU it shares with
+    /// other such containers (a CPU quota); else whole CPUs of its own.
+    pub cpu_millis: u32,
+    pub price_per_hour: f64,
+}
+
+impl ComputeType {
+    /// Its share of a shared CPU, if it has one rather than CPUs of its own.
+    pub fn share(&self) -> Option<u32> {
+        (self.cpu_millis < crate::placement::CPU_MILLIS).then_some(self.cpu_millis)
+    }
+
+    /// The CPUs placement gives it: one shared, or its own.
+    pub fn cpus(&self) -> u32 {
+        self.cpu_millis.div_ceil(crate::placement::CPU_MILLIS)
+    }
+
+    /// Its cores, as people write them (`0.5`).
+    pub fn cores(&self) -> f64 {
+        f64::from(self.cpu_millis) / f64::from(crate::placement::CPU_MILLIS)
+    }
 }
 
 impl InstanceType {
@@ -243,6 +286,42 @@ impl Catalog {
             self.volume_types.iter().map(|t| t.name.as_str()),
         )?;
         unique(
+            "compute type",
+            self.compute_types.iter().map(|t| t.name.as_str()),
+        )?;
+        for kind in &self.compute_types {
+            let per_cpu = crate::placement::CPU_MILLIS;
+            // A share under 10 thousandths is below the kernel's quota.
+            let sized = kind.cpu_millis >= 10
+                && (kind.cpu_millis < per_cpu || kind.cpu_millis % per_cpu == 0)
+                && kind.cpus() <= MAX_VCPUS;
+            if !sized {
+                return Err(format!(
+                    "compute type {}: cpu_millis must be 10 to 999 (a share of one CPU) or whole CPUs (a multiple of 1000), at most {MAX_VCPUS} CPUs",
+                    kind.name
+                ));
+            }
+            if !matches!(kind.arch.as_str(), "amd64" | "arm64") {
+                return Err(format!(
+                    "compute type {}: arch must be amd64 or arm64",
+                    kind.name
+                ));
+            }
+            if kind.price_per_hour.is_nan() || kind.price_per_hour < 0.0 {
+                return Err(format!(
+                    "compute type {}: the price cannot be negative",
+                    kind.name
+                ));
+            }
+        }
+        if let Some(image) = &self.compute_image
+            && self.image(image).is_none()
+        {
+            return Err(format!(
+                "compute_image {image} is not an image the catalog lists"
+            ));
+        }
+        unique(
             "long-term period",
             self.long_term_periods.iter().map(|p| p.code.as_str()),
         )?;
@@ -315,6 +394,10 @@ impl Catalog {
     /// volume): `NVMe` where the catalog has it, else its first.
     pub fn default_volume_type(&self) -> Option<&VolumeType> {
         self.volume_type("NVMe").or(self.volume_types.first())
+    }
+
+    pub fn compute_type(&self, name: &str) -> Option<&ComputeType> {
+        self.compute_types.iter().find(|t| t.name == name)
     }
 
     pub fn volume_type(&self, name: &str) -> Option<&VolumeType> {

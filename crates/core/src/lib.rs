@@ -13,6 +13,7 @@ pub mod placement;
 pub mod ports;
 pub mod quota;
 pub mod range;
+pub mod scopes;
 pub mod status;
 
 pub use cpuset::CpuSet;

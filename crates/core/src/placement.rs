@@ -13,7 +13,13 @@
 //! - on a partitioned host an instance takes the smallest free unit that fits;
 //! - on a pooled host an instance gets exclusive CPUs inside one NUMA node
 //!   when one has room (the fullest such node), chosen from the free runs of
-//!   neighbouring CPUs so as to leave the fewest fragments.
+//!   neighbouring CPUs so as to leave the fewest fragments;
+//! - a shared-CPU instance (a fraction of a CPU, enforced as a quota) goes on
+//!   a host's shared CPU that has room, the fullest first, and only when
+//!   none has, makes a free CPU shared. A shared CPU is held in the same
+//!   ledger as exclusive ones, so no shared instance ever runs on a CPU
+//!   another instance has to itself, nor the reverse;
+//! - an instance type's architecture must be its host's.
 
 use crate::{ComputeId, CpuSet, HostId};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -40,7 +46,15 @@ pub struct HostInventory {
     /// Whether instances may run here (a host whose agent serves Kloigos
     /// units only takes unit requests).
     pub runs_instances: bool,
+    /// Its CPU architecture: `amd64`, `arm64`.
+    pub arch: String,
+    /// Its shared CPUs, each with the thousandths of it that shared-CPU
+    /// instances hold (at most [`CPU_MILLIS`]). They are in `held` too.
+    pub shared: BTreeMap<u32, u32>,
 }
+
+/// A whole CPU, in the thousandths shared-CPU instances are measured in.
+pub const CPU_MILLIS: u32 = 1000;
 
 #[derive(Clone, Debug)]
 pub struct UnitSlot {
@@ -68,6 +82,15 @@ impl HostInventory {
     fn in_location(&self, region: Option<&str>, zone: Option<&str>) -> bool {
         region.is_none_or(|r| r == self.region) && zone.is_none_or(|z| z == self.zone)
     }
+
+    /// The shared CPU with room for `millis` that has the least room left.
+    fn shared_cpu_for(&self, millis: u32) -> Option<u32> {
+        self.shared
+            .iter()
+            .filter(|(_, used)| **used + millis <= CPU_MILLIS)
+            .max_by_key(|(cpu, used)| (**used, std::cmp::Reverse(**cpu)))
+            .map(|(cpu, _)| *cpu)
+    }
 }
 
 /// What is asked for.
@@ -79,7 +102,8 @@ pub enum Request {
         region: Option<String>,
         zone: Option<String>,
     },
-    /// An instance's exclusive CPUs and memory.
+    /// An instance's CPUs and memory: `count` exclusive CPUs, or with
+    /// `share`, that many thousandths of one shared CPU.
     Cpus {
         count: u32,
         memory_mb: u64,
@@ -88,6 +112,11 @@ pub enum Request {
         /// Whether a partitioned host's whole unit may be taken; without,
         /// only pooled hosts are considered.
         whole_units: bool,
+        /// The host architecture it needs; `None`: any.
+        arch: Option<String>,
+        /// A shared-CPU instance's share of a CPU, in thousandths (1 to
+        /// [`CPU_MILLIS`]).
+        share: Option<u32>,
     },
 }
 
@@ -99,6 +128,8 @@ pub struct Decision {
     pub unit: Option<ComputeId>,
     pub cpus: CpuSet,
     pub memory_mb: u64,
+    /// A shared-CPU instance's share of `cpus` (one shared CPU).
+    pub share: Option<u32>,
 }
 
 /// The engine's view of the fleet.
@@ -111,6 +142,8 @@ pub struct PlacementEngine {
     hosts: BTreeMap<HostId, HostInventory>,
     by_free: HashMap<Option<String>, BestFit>,
     by_free_unit: HashMap<(usize, Option<String>), BestFit>,
+    /// Schedulable hosts with a shared CPU that has some room left.
+    with_shared_room: BTreeSet<HostId>,
 }
 
 /// Hosts ordered by free CPUs, fewest first: `(free CPUs, host)`.
@@ -155,6 +188,13 @@ impl PlacementEngine {
         if !host.schedulable {
             return;
         }
+        if host.shared.values().any(|used| *used < CPU_MILLIS) {
+            if add {
+                self.with_shared_room.insert(host.id.clone());
+            } else {
+                self.with_shared_room.remove(&host.id);
+            }
+        }
         let free = host.free_cpus().len();
         let entry = (free, host.id.clone());
         let sizes: BTreeSet<usize> = host
@@ -183,6 +223,31 @@ impl PlacementEngine {
 
     /// Decides where `request` goes, or `None` when no host has room.
     pub fn place(&self, request: &Request) -> Option<Decision> {
+        if let Request::Cpus {
+            share: Some(millis),
+            region,
+            zone,
+            ..
+        } = request
+        {
+            // A shared CPU with room first, so free CPUs stay whole.
+            let on_shared = self
+                .with_shared_room
+                .iter()
+                .filter_map(|id| self.hosts.get(id))
+                .filter(|h| h.in_location(region.as_deref(), zone.as_deref()))
+                .filter(|h| h.shared_cpu_for(*millis).is_some())
+                .filter_map(|host| place_on(host, request))
+                .min_by_key(|d| {
+                    (
+                        self.hosts.get(&d.host).map(|h| h.free_cpus().len()),
+                        d.host.clone(),
+                    )
+                });
+            if on_shared.is_some() {
+                return on_shared;
+            }
+        }
         let (candidates, need, zone) = match request {
             Request::Unit {
                 cpu_count,
@@ -198,8 +263,13 @@ impl PlacementEngine {
                 count,
                 region,
                 zone,
+                share,
                 ..
-            } => (self.by_free.get(region), *count, zone),
+            } => (
+                self.by_free.get(region),
+                if share.is_some() { 1 } else { *count },
+                zone,
+            ),
         };
         let start = (need as usize, HostId::new(String::new()));
         candidates?
@@ -215,6 +285,11 @@ impl PlacementEngine {
             set_unit_free(host, decision.unit.as_ref(), false);
             host.held = host.held.union(&decision.cpus);
             host.memory_held_mb += decision.memory_mb;
+            if let Some(millis) = decision.share {
+                for cpu in decision.cpus.iter() {
+                    *host.shared.entry(cpu).or_default() += millis;
+                }
+            }
         });
     }
 
@@ -222,8 +297,24 @@ impl PlacementEngine {
     pub fn release(&mut self, decision: &Decision) {
         self.update(&decision.host, |host| {
             set_unit_free(host, decision.unit.as_ref(), true);
-            host.held = host.held.difference(&decision.cpus);
             host.memory_held_mb = host.memory_held_mb.saturating_sub(decision.memory_mb);
+            match decision.share {
+                None => host.held = host.held.difference(&decision.cpus),
+                Some(millis) => {
+                    for cpu in decision.cpus.iter() {
+                        let left = host
+                            .shared
+                            .get(&cpu)
+                            .map_or(0, |used| used.saturating_sub(millis));
+                        if left == 0 {
+                            host.shared.remove(&cpu);
+                            host.held.remove(cpu);
+                        } else {
+                            host.shared.insert(cpu, left);
+                        }
+                    }
+                }
+            }
         });
     }
 
@@ -253,15 +344,38 @@ fn place_on(host: &HostInventory, request: &Request) -> Option<Decision> {
                 unit: Some(u.id.clone()),
                 cpus: u.cpus.clone(),
                 memory_mb: 0,
+                share: None,
             }),
         Request::Cpus {
             count,
             memory_mb,
             whole_units,
+            arch,
+            share,
             ..
         } => {
             if !host.runs_instances || host.memory_held_mb + memory_mb > host.memory_mb {
                 return None;
+            }
+            if arch.as_ref().is_some_and(|a| *a != host.arch) {
+                return None;
+            }
+            if let Some(millis) = share {
+                // Shared CPUs are a pooled host's.
+                if host.is_partitioned() || *millis == 0 || *millis > CPU_MILLIS {
+                    return None;
+                }
+                let cpu = match host.shared_cpu_for(*millis) {
+                    Some(cpu) => cpu,
+                    None => choose_cpus(&host.free_cpus(), &host.numa_nodes, 1)?.first()?,
+                };
+                return Some(Decision {
+                    host: host.id.clone(),
+                    unit: None,
+                    cpus: std::iter::once(cpu).collect(),
+                    memory_mb: *memory_mb,
+                    share: Some(*millis),
+                });
             }
             if host.is_partitioned() {
                 if !whole_units {
@@ -277,6 +391,7 @@ fn place_on(host: &HostInventory, request: &Request) -> Option<Decision> {
                         unit: Some(u.id.clone()),
                         cpus: u.cpus.clone(),
                         memory_mb: *memory_mb,
+                        share: None,
                     });
             }
             choose_cpus(&host.free_cpus(), &host.numa_nodes, *count as usize).map(|cpus| Decision {
@@ -284,6 +399,7 @@ fn place_on(host: &HostInventory, request: &Request) -> Option<Decision> {
                 unit: None,
                 cpus,
                 memory_mb: *memory_mb,
+                share: None,
             })
         }
     }
@@ -376,6 +492,8 @@ mod tests {
             memory_mb: 1 << 20,
             memory_held_mb: 0,
             runs_instances: true,
+            arch: "amd64".into(),
+            shared: BTreeMap::new(),
         }
     }
 
@@ -414,7 +532,58 @@ mod tests {
             region: None,
             zone: None,
             whole_units: true,
+            arch: None,
+            share: None,
         }
+    }
+
+    fn shared(millis: u32, arch: &str) -> Request {
+        Request::Cpus {
+            count: 1,
+            memory_mb: 0,
+            region: None,
+            zone: None,
+            whole_units: false,
+            arch: Some(arch.into()),
+            share: Some(millis),
+        }
+    }
+
+    #[test]
+    fn shared_instances_fill_a_shared_cpu_and_never_touch_exclusive_ones() {
+        let mut engine = PlacementEngine::new();
+        engine.upsert_host(pooled("h1", "0-3", &[]));
+        // Two exclusive CPUs, then half CPUs: they share one CPU, the next
+        // free one.
+        let exclusive = engine.place(&cpus(2)).expect("exclusive");
+        engine.apply(&exclusive);
+        let a = engine.place(&shared(500, "amd64")).expect("a");
+        engine.apply(&a);
+        let b = engine.place(&shared(500, "amd64")).expect("b");
+        engine.apply(&b);
+        assert!(a.cpus.intersection(&exclusive.cpus).is_empty());
+        assert_eq!(a.cpus, b.cpus, "two halves share one CPU");
+        // That CPU is full: a third half takes the last free CPU, and no
+        // exclusive request can have either.
+        let c = engine.place(&shared(500, "amd64")).expect("c");
+        engine.apply(&c);
+        assert_ne!(c.cpus, a.cpus);
+        assert_eq!(engine.place(&cpus(1)), None, "every CPU is held");
+        // Once both halves go, their CPU is whole again.
+        engine.release(&a);
+        assert_eq!(engine.place(&cpus(1)), None, "b still runs there");
+        engine.release(&b);
+        let whole = engine.place(&cpus(1)).expect("whole again");
+        assert_eq!(whole.cpus, a.cpus);
+        // The architecture must match.
+        assert_eq!(engine.place(&shared(500, "arm64")), None);
+        let mut arm = pooled("h2", "0-1", &[]);
+        arm.arch = "arm64".into();
+        engine.upsert_host(arm);
+        assert_eq!(
+            engine.place(&shared(500, "arm64")).map(|d| d.host),
+            Some(HostId::new("h2"))
+        );
     }
 
     #[test]
@@ -557,6 +726,8 @@ mod tests {
             region: None,
             zone: None,
             whole_units: false,
+            arch: None,
+            share: None,
         };
         assert_eq!(engine.place(&big), None);
     }

@@ -9,17 +9,23 @@ pub struct Usage {
     pub memory_mb: i64,
     pub volumes: i64,
     pub volume_gb: i64,
+    /// Containers of the containers API (`/compute`); they are instances
+    /// too.
+    pub containers: i64,
+    pub ssh_keys: i64,
 }
 
 impl Usage {
     /// `(name, value)` of each resource.
-    pub fn items(&self) -> [(&'static str, i64); 5] {
+    pub fn items(&self) -> [(&'static str, i64); 7] {
         [
             ("instances", self.instances),
             ("vcpus", self.vcpus),
             ("memory_mb", self.memory_mb),
             ("volumes", self.volumes),
             ("volume_gb", self.volume_gb),
+            ("containers", self.containers),
+            ("ssh_keys", self.ssh_keys),
         ]
     }
 }
@@ -32,4 +38,30 @@ pub struct QuotaOverrides {
     pub memory_mb: Option<i64>,
     pub volumes: Option<i64>,
     pub volume_gb: Option<i64>,
+    pub containers: Option<i64>,
+    pub ssh_keys: Option<i64>,
+}
+
+/// Which limit a write would have gone over.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QuotaExceeded {
+    pub resource: &'static str,
+    pub limit: i64,
+    pub used: i64,
+    pub requested: i64,
+}
+
+impl std::fmt::Display for QuotaExceeded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "quota exceeded: {} would be {} with this request, over the project's limit of {} \
+             ({} in use, {} asked for)",
+            self.resource,
+            self.used + self.requested,
+            self.limit,
+            self.used,
+            self.requested
+        )
+    }
 }

@@ -108,7 +108,7 @@ upper_enum!(
 );
 
 upper_enum!(
-    /// Why an instance was terminated.
+    /// Why an instance was terminated, or stopped on its own.
     TerminationCause {
         /// Deleted by its project.
         Deleted => "deleted",
@@ -118,6 +118,9 @@ upper_enum!(
         HostFailed => "host_failed",
         /// Its creation was cancelled.
         Cancelled => "cancelled",
+        /// It kept dying on its host, so it was left stopped (its state is
+        /// `stopped`, not `terminated`).
+        Crashed => "crashed",
     }
 );
 

@@ -35,6 +35,8 @@ pub struct HostRecord {
     /// Whether the host can run instances: not when its agent runs the
     /// `unit` driver (Kloigos units only).
     pub runs_instances: bool,
+    /// Its CPU architecture: `amd64`, `arm64`.
+    pub arch: String,
 }
 
 /// How [`Store::begin_decommission`] went.
@@ -65,6 +67,8 @@ pub struct NewHost {
     pub provider: Option<String>,
     pub plan: Option<String>,
     pub tags: Vec<String>,
+    /// Its CPU architecture: `amd64`, `arm64`.
+    pub arch: String,
 }
 
 #[derive(Clone)]
@@ -77,7 +81,7 @@ pub struct NewUnit {
 }
 
 const HOST_COLUMNS: &str = "id, hostname, ip, region, zone, status, status_detail, cpu_ranges, \
-     numa_nodes, memory_mb, generation, created_at, updated_at, cpus, provider, plan, tags, \
+     numa_nodes, memory_mb, generation, created_at, updated_at, cpus, provider, plan, tags, arch, \
      COALESCE((SELECT reachable FROM agents WHERE agents.hostname = hosts.hostname), 1) AS reachable, \
      COALESCE((SELECT driver FROM agents WHERE agents.hostname = hosts.hostname), '') AS agent_driver";
 
@@ -109,6 +113,7 @@ fn host_from_row(row: &AnyRow) -> Result<HostRecord> {
         plan: row.try_get("plan")?,
         reachable: row.try_get::<i64, _>("reachable")? != 0,
         runs_instances: row.try_get::<String, _>("agent_driver")? != "unit",
+        arch: row.try_get("arch")?,
         tags: row
             .try_get::<Option<String>, _>("tags")?
             .map(|t| serde_json::from_str(&t))
@@ -309,7 +314,9 @@ impl Store {
                         .fetch_texts(
                             "SELECT id FROM instances WHERE host_id = $1 AND state <> 'terminated' \
                              UNION SELECT DISTINCT SUBSTR(holder, 10) FROM cpu_claims \
-                             WHERE host_id = $1 AND holder LIKE 'instance:%' ORDER BY 1",
+                             WHERE host_id = $1 AND holder LIKE 'instance:%' \
+                             UNION SELECT DISTINCT instance_id FROM cpu_shares \
+                             WHERE host_id = $1 ORDER BY 1",
                             &[(&id).into()],
                         )
                         .await?;
@@ -332,6 +339,22 @@ impl Store {
             })
         })
         .await
+    }
+
+    /// Sets a host's CPU architecture (as its agent reports it).
+    pub async fn set_host_arch(&self, id: &str, arch: &str) -> Result<()> {
+        self.run_statements(
+            "set_host_arch",
+            vec![(
+                "UPDATE hosts SET arch = $1, generation = generation + 1, updated_at = $2 \
+                 WHERE id = $3"
+                    .into(),
+                vec![arch.into(), now().into(), id.into()],
+            )],
+            |_| true,
+        )
+        .await?;
+        Ok(())
     }
 
     /// Gives a host registered without an address the one its agent
@@ -382,7 +405,7 @@ async fn insert_host(mut conn: Conn<'_>, host: &NewHost) -> Result<Commit<bool>,
         &[(&host.hostname).into()],
     )
     .await?;
-    for table in ["cpu_claims", "compute_units"] {
+    for table in ["cpu_shares", "cpu_claims", "compute_units"] {
         conn.execute(
             &format!("DELETE FROM {table} WHERE host_id IN {retired}"),
             &[(&host.hostname).into()],
@@ -398,8 +421,9 @@ async fn insert_host(mut conn: Conn<'_>, host: &NewHost) -> Result<Commit<bool>,
     let inserted = conn
         .execute(
             "INSERT INTO hosts (id, hostname, ip, region, zone, status, cpu_ranges, numa_nodes, \
-             memory_mb, generation, created_at, updated_at, cpus, provider, plan, tags) \
-             VALUES ($1, $2, $3, $4, $5, 'INITIALIZING', $6, $7, $8, 1, $9, $9, $10, $11, $12, $13) \
+             memory_mb, generation, created_at, updated_at, cpus, provider, plan, tags, arch) \
+             VALUES ($1, $2, $3, $4, $5, 'INITIALIZING', $6, $7, $8, 1, $9, $9, $10, $11, $12, $13, \
+             $14) \
              ON CONFLICT (hostname) DO NOTHING",
             &[
                 (&host.id).into(),
@@ -415,6 +439,7 @@ async fn insert_host(mut conn: Conn<'_>, host: &NewHost) -> Result<Commit<bool>,
                 host.provider.as_ref().into(),
                 host.plan.as_ref().into(),
                 serde_json::to_string(&host.tags).unwrap_or_default().into(),
+                (&host.arch).into(),
             ],
         )
         .await?;
@@ -478,7 +503,7 @@ async fn transition_host(
         .await?;
     }
     if to == HostStatus::Decommissioned {
-        for table in ["cpu_claims", "compute_units"] {
+        for table in ["cpu_shares", "cpu_claims", "compute_units"] {
             conn.execute(
                 &format!("DELETE FROM {table} WHERE host_id = $1"),
                 &[id.into()],

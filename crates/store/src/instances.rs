@@ -58,6 +58,8 @@ pub struct NewInstance {
     pub volumes: Vec<crate::NewVolume>,
     /// Detached volumes of the project to attach to it: `(volume, target)`.
     pub attach: Vec<(String, String)>,
+    /// What the containers API adds, when it is a container.
+    pub container: Option<crate::NewContainer>,
 }
 
 /// What [`Store::claim_instance_cpus`] claims CPUs for.
@@ -169,6 +171,13 @@ impl Store {
             for volume in &instance.volumes {
                 statements.extend(volume_insert(volume));
             }
+            if let Some(container) = &instance.container {
+                statements.extend(crate::containers::container_insert(
+                    &instance.id,
+                    &instance.project_id,
+                    container,
+                ));
+            }
             for (volume, target) in &instance.attach {
                 attaches.push(statements.len());
                 statements.push(volume_attach(
@@ -204,6 +213,68 @@ impl Store {
             })
             .await?;
         outcome.map_err(crate::StoreError::QuotaExceeded)
+    }
+
+    /// Leaves a running instance (with no operation under way) stopped,
+    /// with why and its cause. `false` when it changed meanwhile.
+    pub async fn set_instance_crashed(
+        &self,
+        id: &str,
+        why: &str,
+        cause: TerminationCause,
+    ) -> Result<bool> {
+        let counts = self
+            .run_statements(
+                "set_instance_crashed",
+                vec![
+                    (
+                        "UPDATE instances SET state = 'stopped', state_detail = $1, end_cause = $2, \
+                         ssh_endpoint = NULL, updated_at = $3, generation = generation + 1 \
+                         WHERE id = $4 AND state = 'running' AND operation_id IS NULL"
+                            .into(),
+                        vec![why.into(), cause.as_str().into(), now().into(), id.into()],
+                    ),
+                    meter_set(id, false, None),
+                ],
+                |c| c[0] == 1,
+            )
+            .await?;
+        Ok(counts[0] == 1)
+    }
+
+    /// Records that a terminated instance (one whose creation failed) was
+    /// deleted by its project.
+    pub async fn mark_instance_deleted(&self, id: &str) -> Result<()> {
+        self.run_statements(
+            "mark_instance_deleted",
+            vec![(
+                "UPDATE instances SET end_cause = 'deleted', updated_at = $1, \
+                 generation = generation + 1 WHERE id = $2 AND state = 'terminated'"
+                    .into(),
+                vec![now().into(), id.into()],
+            )],
+            |_| true,
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Sets (or clears) where an instance's SSH server is forwarded: when
+    /// its host opens or closes the forward without the instance's state
+    /// changing.
+    pub async fn set_instance_ssh_endpoint(&self, id: &str, endpoint: Option<&str>) -> Result<()> {
+        self.run_statements(
+            "set_instance_ssh_endpoint",
+            vec![(
+                "UPDATE instances SET ssh_endpoint = $1, updated_at = $2, \
+                 generation = generation + 1 WHERE id = $3"
+                    .into(),
+                vec![endpoint.into(), now().into(), id.into()],
+            )],
+            |_| true,
+        )
+        .await?;
+        Ok(())
     }
 
     /// Instances an operation acts on (its `operation_id`), oldest first.
@@ -266,7 +337,9 @@ impl Store {
                    FROM (SELECT id, host_id FROM instances \
                          WHERE host_id IS NOT NULL AND (host_id = $1 OR $1 = '') \
                          UNION SELECT DISTINCT SUBSTR(holder, 10), host_id FROM cpu_claims \
-                         WHERE holder LIKE 'instance:%' AND (host_id = $1 OR $1 = '')) h \
+                         WHERE holder LIKE 'instance:%' AND (host_id = $1 OR $1 = '') \
+                         UNION SELECT DISTINCT instance_id, host_id FROM cpu_shares \
+                         WHERE host_id = $1 OR $1 = '') h \
                    JOIN instances i ON i.id = h.id GROUP BY h.host_id";
         self.fetch_all(sql, &[host_id.unwrap_or("").into()]).await
     }
@@ -292,13 +365,14 @@ impl Store {
         purpose: CpuClaim,
         instance_id: &str,
         (host_id, unit): (&str, Option<&str>),
-        cpus: &[u32],
+        (cpus, share): (&[u32], Option<u32>),
         op: (&str, &str, &str),
     ) -> Result<bool> {
         let place = Arc::new(Placing {
             instance_id: instance_id.to_string(),
             host_id: host_id.to_string(),
             cpus: cpus.to_vec(),
+            share,
             unit: unit.map(str::to_string),
             progress: operation_progress(op.0, op.1, op.2, &self.owner),
         });
@@ -352,6 +426,8 @@ impl Store {
                 statements.extend([
                     host,
                     clear_claims(instance_id),
+                    clear_shares(instance_id, None),
+                    free_unshared(None),
                     free_units(instance_id, None),
                     clear,
                 ]);
@@ -381,7 +457,8 @@ impl Store {
                 "UPDATE instances SET host_id = $1, cpu_list = $2, private_ip = $3, ssh_endpoint = NULL, \
                  updated_at = $4, generation = generation + 1 \
                  WHERE id = $5 AND host_id = $6 AND $1 <> $6 \
-                 AND EXISTS (SELECT 1 FROM cpu_claims WHERE holder = $7 AND host_id = $1) \
+                 AND (EXISTS (SELECT 1 FROM cpu_claims WHERE holder = $7 AND host_id = $1) \
+                      OR EXISTS (SELECT 1 FROM cpu_shares WHERE instance_id = $5 AND host_id = $1)) \
                  AND EXISTS (SELECT 1 FROM hosts WHERE id = $1 AND status = 'READY')"
                     .to_string(),
                 vec![
@@ -430,6 +507,8 @@ impl Store {
             ),
             operation_progress(op.0, op.1, op.2, &self.owner),
             free_units(instance_id, Some(host_id)),
+            clear_shares(instance_id, Some(host_id)),
+            free_unshared(Some(host_id)),
         ];
         let counts = self
             .run_statements("release_instance_host", statements, |c| c[2] == 1)
@@ -442,15 +521,14 @@ impl Store {
     pub async fn instance_holders_on(&self, host_id: &str) -> Result<Vec<String>> {
         let rows: Vec<(String,)> = self
             .fetch_all(
-                "SELECT DISTINCT holder FROM cpu_claims WHERE host_id = $1 \
-                 AND holder LIKE 'instance:%' ORDER BY holder",
+                "SELECT DISTINCT SUBSTR(holder, 10) FROM cpu_claims WHERE host_id = $1 \
+                 AND holder LIKE 'instance:%' \
+                 UNION SELECT DISTINCT instance_id FROM cpu_shares WHERE host_id = $1 \
+                 ORDER BY 1",
                 &[host_id.into()],
             )
             .await?;
-        Ok(rows
-            .into_iter()
-            .map(|(h,)| h.trim_start_matches("instance:").to_string())
-            .collect())
+        Ok(rows.into_iter().map(|(id,)| id).collect())
     }
 
     /// Marks instances as acted on by `op_id` (none may have another
@@ -536,6 +614,8 @@ struct Placing {
     instance_id: String,
     host_id: String,
     cpus: Vec<u32>,
+    /// A shared-CPU instance's thousandths of its one CPU.
+    share: Option<u32>,
     /// The Kloigos unit of a partitioned host whose CPUs these are.
     unit: Option<String>,
     progress: (String, Vec<Arg>),
@@ -578,7 +658,8 @@ async fn claim_cpus(
         .fetch_int(
             "SELECT CAST(COALESCE(SUM(memory_mb), 0) AS BIGINT) FROM instances \
              WHERE id <> $2 AND (host_id = $1 OR id IN (SELECT SUBSTR(holder, 10) \
-             FROM cpu_claims WHERE host_id = $1 AND holder LIKE 'instance:%'))",
+             FROM cpu_claims WHERE host_id = $1 AND holder LIKE 'instance:%') \
+             OR id IN (SELECT instance_id FROM cpu_shares WHERE host_id = $1))",
             &[(&place.host_id).into(), (&place.instance_id).into()],
         )
         .await?
@@ -647,23 +728,80 @@ async fn claim_cpus(
             return Ok(Commit::Undo(false));
         }
     }
-    let values: Vec<String> = (0..place.cpus.len())
-        .map(|i| format!("($1, ${}, $2)", i + 3))
-        .collect();
-    let sql = format!(
-        "INSERT INTO cpu_claims (host_id, cpu, holder) VALUES {} ON CONFLICT DO NOTHING",
-        values.join(", ")
-    );
-    let mut args: Vec<Arg> = vec![(&place.host_id).into(), holder(&place.instance_id).into()];
-    args.extend(place.cpus.iter().map(|&cpu| Arg::from(i64::from(cpu))));
-    if conn.execute(&sql, &args).await? != place.cpus.len() as u64 {
-        return Ok(Commit::Undo(false));
+    match place.share {
+        Some(millis) => {
+            if !claim_share(&mut conn, place, millis).await? {
+                return Ok(Commit::Undo(false));
+            }
+        }
+        None => {
+            let values: Vec<String> = (0..place.cpus.len())
+                .map(|i| format!("($1, ${}, $2)", i + 3))
+                .collect();
+            let sql = format!(
+                "INSERT INTO cpu_claims (host_id, cpu, holder) VALUES {} ON CONFLICT DO NOTHING",
+                values.join(", ")
+            );
+            let mut args: Vec<Arg> =
+                vec![(&place.host_id).into(), holder(&place.instance_id).into()];
+            args.extend(place.cpus.iter().map(|&cpu| Arg::from(i64::from(cpu))));
+            if conn.execute(&sql, &args).await? != place.cpus.len() as u64 {
+                return Ok(Commit::Undo(false));
+            }
+        }
     }
     if conn.execute(&place.progress.0, &place.progress.1).await? != 1 {
         // The operation was taken over or ended meanwhile.
         return Ok(Commit::Undo(false));
     }
     Ok(Commit::Keep(true))
+}
+
+/// Gives a shared-CPU instance `millis` of its one CPU: the CPU becomes
+/// shared (held by `shared` in the ledger) unless it is, and its shares may
+/// not pass a whole CPU. `false` when the CPU is someone's own, or full.
+/// Runs under the host row's lock, which every release takes too.
+async fn claim_share(conn: &mut Conn<'_>, place: &Placing, millis: u32) -> Result<bool, DbError> {
+    let [cpu] = place.cpus[..] else {
+        return Ok(false);
+    };
+    let cpu = i64::from(cpu);
+    conn.execute(
+        "INSERT INTO cpu_claims (host_id, cpu, holder) VALUES ($1, $2, 'shared') \
+         ON CONFLICT DO NOTHING",
+        &[(&place.host_id).into(), cpu.into()],
+    )
+    .await?;
+    let holder = conn
+        .fetch_text(
+            "SELECT holder FROM cpu_claims WHERE host_id = $1 AND cpu = $2",
+            &[(&place.host_id).into(), cpu.into()],
+        )
+        .await?;
+    if holder.as_deref() != Some("shared") {
+        return Ok(false);
+    }
+    let added = conn
+        .execute(
+            "INSERT INTO cpu_shares (host_id, cpu, instance_id, millis) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT DO NOTHING",
+            &[
+                (&place.host_id).into(),
+                cpu.into(),
+                (&place.instance_id).into(),
+                i64::from(millis).into(),
+            ],
+        )
+        .await?;
+    let held = conn
+        .fetch_int(
+            "SELECT CAST(COALESCE(SUM(millis), 0) AS BIGINT) FROM cpu_shares \
+             WHERE host_id = $1 AND cpu = $2",
+            &[(&place.host_id).into(), cpu.into()],
+        )
+        .await?
+        .unwrap_or(0);
+    Ok(added == 1 && held <= i64::from(tessera_core::placement::CPU_MILLIS))
 }
 
 /// Statements that clear an instance's placement and bump its host.
@@ -716,6 +854,27 @@ fn clear_claims(instance_id: &str) -> (String, Vec<Arg>) {
     (
         "DELETE FROM cpu_claims WHERE holder = $1".into(),
         vec![holder(instance_id).into()],
+    )
+}
+
+/// Takes back an instance's shares of shared CPUs (on `host_id`, or
+/// anywhere).
+fn clear_shares(instance_id: &str, host_id: Option<&str>) -> (String, Vec<Arg>) {
+    (
+        "DELETE FROM cpu_shares WHERE instance_id = $1 AND (host_id = $2 OR $2 = '')".into(),
+        vec![instance_id.into(), host_id.unwrap_or("").into()],
+    )
+}
+
+/// Frees the shared CPUs (of `host_id`, or anywhere) whose last share is
+/// gone: they are whole again.
+fn free_unshared(host_id: Option<&str>) -> (String, Vec<Arg>) {
+    (
+        "DELETE FROM cpu_claims WHERE holder = 'shared' AND (host_id = $1 OR $1 = '') \
+         AND NOT EXISTS (SELECT 1 FROM cpu_shares s \
+                         WHERE s.host_id = cpu_claims.host_id AND s.cpu = cpu_claims.cpu)"
+            .into(),
+        vec![host_id.unwrap_or("").into()],
     )
 }
 

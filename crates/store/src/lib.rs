@@ -11,6 +11,7 @@
 
 mod agents;
 mod billing;
+mod containers;
 mod db;
 mod events;
 mod hosts;
@@ -30,6 +31,7 @@ mod writer;
 
 pub use agents::{AgentRecord, JoinTokenRecord, WorkRecord};
 pub use billing::{Balance, now_ms};
+pub use containers::{ContainerRecord, IngressRoute, IngressRule, InstanceUsage, NewContainer};
 pub use events::{EventRecord, NewEvent};
 pub use hosts::{DecommissionStart, HostRecord, NewHost, NewUnit};
 pub use identity::{MembershipRecord, NewUser, ProjectRecord, RefreshUse, UserRecord};
@@ -41,7 +43,7 @@ pub use operations::{NewOperation, OperationEnd, OperationFilter, OperationRecor
 pub use quotas::{QuotaCheck, QuotaExceeded, QuotaOverrides, Usage};
 pub use scripts::ScriptRecord;
 pub use sqlx::Error as SqlxError;
-pub use ssh_keys::SshKeyRecord;
+pub use ssh_keys::{KeyAdded, SshKeyRecord};
 pub use tags::{TagAdded, TagRecord};
 pub use taskservs::{NewTaskserv, TaskservRecord};
 pub use tokens::{NewToken, TokenOwner, TokenRecord};

@@ -10,7 +10,7 @@
 use crate::db::{Conn, DbError};
 use crate::{Result, Store, now};
 
-pub use tessera_core::quota::{QuotaOverrides, Usage};
+pub use tessera_core::quota::{QuotaExceeded, QuotaOverrides, Usage};
 
 /// A write's quota check: the project, its limits, and what the write adds.
 #[derive(Clone, Debug)]
@@ -20,34 +20,11 @@ pub struct QuotaCheck {
     pub adds: Usage,
 }
 
-/// Which limit a write would have gone over.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct QuotaExceeded {
-    pub resource: &'static str,
-    pub limit: i64,
-    pub used: i64,
-    pub requested: i64,
-}
-
-impl std::fmt::Display for QuotaExceeded {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "quota exceeded: {} would be {} with this request, over the project's limit of {} \
-             ({} in use, {} asked for)",
-            self.resource,
-            self.used + self.requested,
-            self.limit,
-            self.used,
-            self.requested
-        )
-    }
-}
-
 /// One row of what a project uses: instances that are not terminated
 /// (and the Kloigos units it holds, as instances of their CPU count; a unit
-/// an instance holds is that instance's),
-/// and volumes not yet purged (the trash holds storage), OS volumes too.
+/// an instance holds is that instance's), volumes not yet purged (the trash
+/// holds storage), OS volumes too, the containers among its live instances,
+/// and its SSH keys.
 const USAGE: &str = "SELECT \
      (SELECT COUNT(*) FROM instances WHERE project_id = $1 AND state <> 'terminated') \
      + (SELECT COUNT(*) FROM compute_units WHERE project_id = $1 AND instance_id IS NULL), \
@@ -59,7 +36,10 @@ const USAGE: &str = "SELECT \
       WHERE project_id = $1 AND state <> 'terminated'), \
      (SELECT COUNT(*) FROM volumes WHERE project_id = $1 AND purged_at IS NULL), \
      (SELECT CAST(COALESCE(SUM(size_gb), 0) AS BIGINT) FROM volumes \
-      WHERE project_id = $1 AND purged_at IS NULL)";
+      WHERE project_id = $1 AND purged_at IS NULL), \
+     (SELECT COUNT(*) FROM containers c JOIN instances i ON i.id = c.id \
+      WHERE c.project_id = $1 AND i.state <> 'terminated'), \
+     (SELECT COUNT(*) FROM ssh_keys WHERE project_id = $1)";
 
 fn usage_of(row: &[i64]) -> Usage {
     let at = |n: usize| row.get(n).copied().unwrap_or(0);
@@ -69,6 +49,8 @@ fn usage_of(row: &[i64]) -> Usage {
         memory_mb: at(2),
         volumes: at(3),
         volume_gb: at(4),
+        containers: at(5),
+        ssh_keys: at(6),
     }
 }
 
@@ -132,22 +114,28 @@ impl Store {
             Option<i64>,
             Option<i64>,
             Option<i64>,
+            Option<i64>,
+            Option<i64>,
         );
         let row: Option<Row> = self
             .fetch_optional(
-                "SELECT instances, vcpus, memory_mb, volumes, volume_gb FROM project_quotas \
-                 WHERE project_id = $1",
+                "SELECT instances, vcpus, memory_mb, volumes, volume_gb, containers, ssh_keys \
+                 FROM project_quotas WHERE project_id = $1",
                 &[project_id.into()],
             )
             .await?;
         Ok(row
             .map(
-                |(instances, vcpus, memory_mb, volumes, volume_gb)| QuotaOverrides {
-                    instances,
-                    vcpus,
-                    memory_mb,
-                    volumes,
-                    volume_gb,
+                |(instances, vcpus, memory_mb, volumes, volume_gb, containers, ssh_keys)| {
+                    QuotaOverrides {
+                        instances,
+                        vcpus,
+                        memory_mb,
+                        volumes,
+                        volume_gb,
+                        containers,
+                        ssh_keys,
+                    }
                 },
             )
             .unwrap_or_default())
@@ -159,9 +147,11 @@ impl Store {
             "set_project_quota",
             vec![(
                 "INSERT INTO project_quotas (project_id, instances, vcpus, memory_mb, volumes, \
-                 volume_gb, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7) \
+                 volume_gb, containers, ssh_keys, updated_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
                  ON CONFLICT (project_id) DO UPDATE SET instances = $2, vcpus = $3, \
-                 memory_mb = $4, volumes = $5, volume_gb = $6, updated_at = $7"
+                 memory_mb = $4, volumes = $5, volume_gb = $6, containers = $7, ssh_keys = $8, \
+                 updated_at = $9"
                     .into(),
                 vec![
                     project_id.into(),
@@ -170,6 +160,8 @@ impl Store {
                     quota.memory_mb.into(),
                     quota.volumes.into(),
                     quota.volume_gb.into(),
+                    quota.containers.into(),
+                    quota.ssh_keys.into(),
                     now().into(),
                 ],
             )],
@@ -181,9 +173,9 @@ impl Store {
 
     /// What a project uses now.
     pub async fn project_usage(&self, project_id: &str) -> Result<Usage> {
-        let row: Option<(i64, i64, i64, i64, i64)> =
+        let row: Option<(i64, i64, i64, i64, i64, i64, i64)> =
             self.fetch_optional(USAGE, &[project_id.into()]).await?;
-        let (a, b, c, d, e) = row.unwrap_or_default();
-        Ok(usage_of(&[a, b, c, d, e]))
+        let (a, b, c, d, e, f, g) = row.unwrap_or_default();
+        Ok(usage_of(&[a, b, c, d, e, f, g]))
     }
 }

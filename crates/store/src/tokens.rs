@@ -18,6 +18,9 @@ pub struct TokenRecord {
     pub created_at: String,
     /// The API token this one was made with, if it was.
     pub parent_id: Option<String>,
+    /// Its grants on the containers API (JSON: path to actions), if it is
+    /// limited that way.
+    pub compute_scopes: Option<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -30,6 +33,8 @@ pub struct NewToken {
     pub scopes: Option<Vec<String>>,
     pub expires_at: Option<String>,
     pub parent_id: Option<String>,
+    /// Its grants on the containers API, as JSON.
+    pub compute_scopes: Option<String>,
 }
 
 /// Whose tokens to list.
@@ -41,7 +46,7 @@ pub enum TokenOwner<'a> {
 }
 
 const TOKEN_COLUMNS: &str = "id, name, token_hash, user_id, project_id, scopes, expires_at, \
-     revoked_at, created_at, parent_id";
+     revoked_at, created_at, parent_id, compute_scopes";
 
 /// Everything made with token `$1`, itself included: the tokens made with
 /// it, with those, and so on.
@@ -90,7 +95,8 @@ impl Store {
             "insert_token",
             vec![(
                 "INSERT INTO api_tokens (id, name, token_hash, user_id, project_id, scopes, \
-                 expires_at, created_at, parent_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
+                 expires_at, created_at, parent_id, compute_scopes) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
                     .into(),
                 vec![
                     (&token.id).into(),
@@ -102,6 +108,7 @@ impl Store {
                     token.expires_at.as_ref().into(),
                     now().into(),
                     token.parent_id.as_ref().into(),
+                    token.compute_scopes.as_ref().into(),
                 ],
             )],
             |_| true,

@@ -239,6 +239,28 @@ impl Store {
     }
 
     /// Every held CPU as `(host id, cpu)`, or only `host_id`'s.
+    /// Each shared CPU of one host (or all): `(host, cpu, thousandths held)`.
+    pub async fn cpu_shares(&self, host_id: Option<&str>) -> Result<Vec<(String, u32, u32)>> {
+        let rows: Vec<(String, i64, i64)> = self
+            .fetch_all(
+                "SELECT host_id, cpu, CAST(SUM(millis) AS BIGINT) AS millis FROM cpu_shares \
+                 WHERE host_id = $1 OR $1 = '' GROUP BY host_id, cpu",
+                &[host_id.unwrap_or("").into()],
+            )
+            .await?;
+        rows.into_iter()
+            .map(|(host, cpu, millis)| {
+                let cpu = u32::try_from(cpu)
+                    .ok()
+                    .filter(|&c| c <= tessera_core::cpuset::MAX_CPU_ID)
+                    .ok_or_else(|| StoreError::Corrupt(format!("cpu_shares.cpu {cpu}")))?;
+                let millis = u32::try_from(millis)
+                    .map_err(|_| StoreError::Corrupt(format!("cpu_shares.millis {millis}")))?;
+                Ok((host, cpu, millis))
+            })
+            .collect()
+    }
+
     pub async fn cpu_claims(&self, host_id: Option<&str>) -> Result<Vec<(String, u32)>> {
         let rows = match host_id {
             Some(id) => {
