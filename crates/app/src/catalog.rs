@@ -30,6 +30,8 @@ impl App {
                 region,
                 zone,
                 whole_units: true,
+                arch: Some(kind.arch.clone()),
+                share: None,
             };
             self.placement
                 .with_engine(|engine| engine.place(&request).is_some())

@@ -27,7 +27,7 @@ pub enum Error {
     NoCapacity(String),
     /// The request would take its project over a quota.
     #[error("{0}")]
-    QuotaExceeded(String),
+    QuotaExceeded(tessera_core::quota::QuotaExceeded),
     #[error("{0}")]
     Unauthenticated(String),
     /// Authenticated, but without the permission.
@@ -67,7 +67,7 @@ impl From<StoreError> for Error {
             StoreError::Query(sqlx_err) if is_unavailable(&sqlx_err) => {
                 Error::Unavailable("the database is unavailable; try again".into())
             }
-            StoreError::QuotaExceeded(exceeded) => Error::QuotaExceeded(exceeded.to_string()),
+            StoreError::QuotaExceeded(exceeded) => Error::QuotaExceeded(exceeded),
             other => Error::Internal(other),
         }
     }

@@ -54,6 +54,8 @@ pub struct Host {
     /// Whether it runs instances (not when its agent runs the `unit`
     /// driver, for Kloigos units only).
     pub runs_instances: bool,
+    /// Its CPU architecture: `amd64`, `arm64`.
+    pub arch: String,
     pub created_at: String,
     pub updated_at: String,
 }
@@ -84,6 +86,7 @@ impl From<HostRecord> for Host {
             tags: r.tags,
             reachable: r.reachable,
             runs_instances: r.runs_instances,
+            arch: r.arch,
             created_at: r.created_at,
             updated_at: r.updated_at,
         }
@@ -470,6 +473,7 @@ pub(crate) fn validate_host(req: InitServer, how: Registration) -> Result<NewHos
         provider: None,
         plan: None,
         tags: Vec::new(),
+        arch: "amd64".into(),
     })
 }
 

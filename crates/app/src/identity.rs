@@ -22,6 +22,7 @@ use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+use tessera_core::scopes::{ComputeAction, ComputeScopes};
 use tessera_core::{InstallRole, Permission, Reach, Role};
 use tessera_store::{NewUser, ProjectRecord, RefreshUse, Store};
 
@@ -53,9 +54,20 @@ pub struct Principal {
     pub token_id: Option<String>,
     /// When the API token the caller used expires, if it does.
     pub expires_at: Option<String>,
+    /// An API token's grants on the containers API; `None`: not limited
+    /// that way.
+    pub compute_scopes: Option<ComputeScopes>,
 }
 
 impl Principal {
+    /// Whether the credential's containers-API grants (if any) allow
+    /// `action` on `path` (`compute.<uid>.containers.<id>`).
+    pub fn compute_allows(&self, path: &str, action: ComputeAction) -> bool {
+        self.compute_scopes
+            .as_ref()
+            .is_none_or(|scopes| scopes.allows(path, action))
+    }
+
     pub fn can(&self, permission: Permission) -> bool {
         let granted = match permission.reach() {
             Reach::Workspace => self.role.grants(permission),
@@ -444,6 +456,7 @@ impl App {
             .principal_of_user(user_id, Some(project_id), scopes, Some(record.id.clone()))
             .await?;
         principal.expires_at = record.expires_at.clone();
+        principal.compute_scopes = stored_compute_scopes(record.compute_scopes.as_deref());
         Ok(principal)
     }
 
@@ -487,6 +500,7 @@ impl App {
             scopes,
             token_id,
             expires_at: None,
+            compute_scopes: None,
         })
     }
 
@@ -618,4 +632,13 @@ pub(crate) fn parse_install_role(text: Option<&str>) -> Result<Option<InstallRol
 pub(crate) fn stored_scopes(text: Option<&str>) -> Option<Vec<Permission>> {
     let names: Vec<String> = serde_json::from_str(text?).unwrap_or_default();
     Some(names.iter().filter_map(|n| n.parse().ok()).collect())
+}
+
+/// A token's stored containers-API grants. Grants that cannot be read
+/// grant nothing rather than more.
+pub(crate) fn stored_compute_scopes(text: Option<&str>) -> Option<ComputeScopes> {
+    let text = text?;
+    let grants: std::collections::BTreeMap<String, Vec<String>> =
+        serde_json::from_str(text).unwrap_or_default();
+    Some(ComputeScopes::parse(&grants).unwrap_or_default())
 }

@@ -10,6 +10,7 @@
 pub mod agents;
 pub mod billing;
 pub mod catalog;
+pub mod containers;
 pub mod error;
 pub mod events;
 pub mod hosts;
@@ -84,6 +85,8 @@ pub struct AppConfig {
     pub login_limits: throttle::LoginLimits,
     /// Each project's quota unless it has its own (`-1`: unlimited).
     pub quota_defaults: tessera_core::quota::Usage,
+    /// The containers API's settings.
+    pub compute: containers::ComputeConfig,
 }
 
 /// A project's quota unless configured otherwise.
@@ -93,6 +96,9 @@ pub const DEFAULT_QUOTA: tessera_core::quota::Usage = tessera_core::quota::Usage
     memory_mb: 1024 * 1024,
     volumes: 100,
     volume_gb: 10 * 1024,
+    // The containers API's own defaults: 3 containers and 10 keys.
+    containers: 3,
+    ssh_keys: 10,
 };
 
 /// How many authenticated requests a project may make per window: in all,
@@ -149,6 +155,7 @@ impl Default for AppConfig {
             volume_trash: Duration::from_secs(96 * 3600),
             login_limits: throttle::LoginLimits::default(),
             quota_defaults: DEFAULT_QUOTA,
+            compute: containers::ComputeConfig::default(),
         }
     }
 }
@@ -171,6 +178,11 @@ pub struct App {
     in_flight: Arc<Mutex<HashSet<String>>>,
     agent_of_host: Arc<Mutex<HashMap<HostId, Arc<dyn HostAgent>>>>,
     agent_signals: Arc<agents::AgentSignals>,
+    /// When each instance lately stopped running on its own (this
+    /// process's observations), to tell a crash loop from a crash.
+    deaths: Arc<Mutex<HashMap<String, Vec<Instant>>>>,
+    /// Remote agents' control channels to this process, for sessions.
+    sessions: Arc<agents::sessions::SessionHub>,
     /// Background work (host steps, the reconciler), waited for at shutdown.
     tasks: TaskTracker,
     stopping: CancellationToken,
@@ -198,6 +210,8 @@ impl App {
             placement,
             config: Arc::new(config),
             in_flight: Arc::default(),
+            deaths: Arc::default(),
+            sessions: Arc::default(),
             agent_of_host: Arc::default(),
             agent_signals: Arc::default(),
             tasks: TaskTracker::new(),
@@ -237,6 +251,11 @@ impl App {
     /// What can be ordered, where, at what price.
     pub fn catalog(&self) -> &tessera_core::catalog::Catalog {
         &self.catalog
+    }
+
+    /// The containers API's settings.
+    pub fn compute_config(&self) -> &containers::ComputeConfig {
+        &self.config.compute
     }
 
     /// The Verda face's request limits.

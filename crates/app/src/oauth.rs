@@ -394,6 +394,7 @@ impl App {
             scopes,
             token_id: Some(record.client_id.clone()),
             expires_at: None,
+            compute_scopes: None,
         })
     }
 }

@@ -8,7 +8,7 @@
 //! generation changed in the store are reloaded before answering "none".
 
 use crate::error::Result;
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 use tessera_core::placement::{Decision, HostInventory, PlacementEngine, Request, UnitSlot};
@@ -46,6 +46,10 @@ impl PlacementView {
         let hosts = store.hosts(&[]).await?;
         let units = store.units(&UnitFilter::default()).await?;
         let claims = store.cpu_claims(None).await?;
+        let mut shares: HashMap<String, BTreeMap<u32, u32>> = HashMap::new();
+        for (host, cpu, millis) in store.cpu_shares(None).await? {
+            shares.entry(host).or_default().insert(cpu, millis);
+        }
         let mut memory: HashMap<String, i64> = store
             .instance_memory_by_host(None)
             .await?
@@ -67,8 +71,9 @@ impl PlacementView {
             let units = units_by_host.remove(&host.id).unwrap_or_default();
             let held = held.remove(&host.id).unwrap_or_default();
             let memory_held = memory.remove(&host.id).unwrap_or(0);
+            let shared = shares.remove(&host.id).unwrap_or_default();
             state.put(
-                inventory(&host, &units, held, memory_held),
+                inventory(&host, &units, (held, shared), memory_held),
                 version(&host, &units),
             );
         }
@@ -97,8 +102,14 @@ impl PlacementView {
             .await?
             .first()
             .map_or(0, |(_, mb)| *mb);
+        let shared = store
+            .cpu_shares(Some(id))
+            .await?
+            .into_iter()
+            .map(|(_, cpu, millis)| (cpu, millis))
+            .collect();
         self.state().put(
-            inventory(&host, &units, held, memory_held),
+            inventory(&host, &units, (held, shared), memory_held),
             version(&host, &units),
         );
         Ok(())
@@ -155,6 +166,7 @@ impl PlacementView {
             unit: Some(unit.clone()),
             cpus,
             memory_mb: 0,
+            share: None,
         });
     }
 
@@ -180,7 +192,7 @@ impl ViewState {
 pub(crate) fn inventory(
     host: &HostRecord,
     units: &[UnitRecord],
-    held: CpuSet,
+    (held, shared): (CpuSet, BTreeMap<u32, u32>),
     memory_held_mb: i64,
 ) -> HostInventory {
     let slots: Vec<UnitSlot> = units
@@ -209,6 +221,8 @@ pub(crate) fn inventory(
         memory_mb: u64::try_from(host.memory_mb).unwrap_or(0),
         memory_held_mb: u64::try_from(memory_held_mb).unwrap_or(0),
         runs_instances: host.runs_instances,
+        arch: host.arch.clone(),
+        shared,
     }
 }
 

@@ -1,4 +1,5 @@
-//! Per-project quotas: instances, vCPUs, memory, volumes and volume GB.
+//! Per-project quotas: instances, vCPUs, memory, volumes and volume GB,
+//! containers (of the containers API) and SSH keys.
 //!
 //! Each limit is the project's own when an install admin set one, else the
 //! configured default; `-1` is unlimited. Every face's creations go through
@@ -39,6 +40,8 @@ pub struct SetQuota {
     pub memory_mb: Option<Option<i64>>,
     pub volumes: Option<Option<i64>>,
     pub volume_gb: Option<Option<i64>>,
+    pub containers: Option<Option<i64>>,
+    pub ssh_keys: Option<Option<i64>>,
 }
 
 fn resolve(defaults: &Usage, own: &QuotaOverrides) -> Usage {
@@ -48,6 +51,8 @@ fn resolve(defaults: &Usage, own: &QuotaOverrides) -> Usage {
         memory_mb: own.memory_mb.unwrap_or(defaults.memory_mb),
         volumes: own.volumes.unwrap_or(defaults.volumes),
         volume_gb: own.volume_gb.unwrap_or(defaults.volume_gb),
+        containers: own.containers.unwrap_or(defaults.containers),
+        ssh_keys: own.ssh_keys.unwrap_or(defaults.ssh_keys),
     }
 }
 
@@ -120,6 +125,8 @@ impl App {
             (&mut own.memory_mb, req.memory_mb, "memory_mb"),
             (&mut own.volumes, req.volumes, "volumes"),
             (&mut own.volume_gb, req.volume_gb, "volume_gb"),
+            (&mut own.containers, req.containers, "containers"),
+            (&mut own.ssh_keys, req.ssh_keys, "ssh_keys"),
         ] {
             if let Some(value) = change {
                 if let Some(n) = value

@@ -67,6 +67,20 @@ impl Task for Heartbeats {
     }
 }
 
+/// Asks in-process hosts what they see of their instances: usage, and
+/// instances that died (remote agents report with their heartbeats).
+struct ObserveInstances;
+
+impl Task for ObserveInstances {
+    const NAME: &'static str = "observe instances";
+    fn period(app: &App) -> Duration {
+        app.config.reconcile_every
+    }
+    async fn run(app: &App) -> Result<()> {
+        app.observe_hosts().await
+    }
+}
+
 /// Destroys the storage of volumes whose time in the trash is up.
 struct PurgeVolumes;
 
@@ -180,6 +194,7 @@ impl App {
             }
             app.spawn_task::<ResumeOperations>();
             app.spawn_task::<Heartbeats>();
+            app.spawn_task::<ObserveInstances>();
             app.spawn_task::<PurgeVolumes>();
             app.spawn_task::<PendingHosts>();
             app.spawn_task::<OverdueUnits>();

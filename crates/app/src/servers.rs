@@ -37,6 +37,9 @@ pub struct CreateServer {
     pub tags: Vec<String>,
     #[serde(default)]
     pub check_mode: bool,
+    /// Its CPU architecture, `amd64` (the default) or `arm64`.
+    #[serde(default)]
+    pub arch: Option<String>,
     /// The id the server gets, chosen when the request is accepted.
     #[serde(default)]
     pub server_id: String,
@@ -190,6 +193,19 @@ impl App {
         // What the host is expected to have, until its agent reports.
         new.memory_mb = req.plan.as_deref().and_then(plan_memory_mb).unwrap_or(0);
         new.tags = req.tags.clone();
+        new.arch = match req.arch.as_deref() {
+            None => "amd64".into(),
+            Some(arch @ ("amd64" | "arm64")) => arch.into(),
+            Some(other) => {
+                return Err(Error::invalid(
+                    "arch",
+                    format!(
+                        "arch {:?} is not amd64 or arm64",
+                        other.escape_debug().to_string()
+                    ),
+                ));
+            }
+        };
         Ok(new)
     }
 

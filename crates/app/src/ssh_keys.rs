@@ -11,8 +11,9 @@
 use crate::error::{Error, Result};
 use crate::identity::Principal;
 use crate::{App, has_nul, new_id};
+use tessera_core::quota::Usage;
 use tessera_core::{Permission, ProjectId};
-use tessera_store::SshKeyRecord;
+use tessera_store::{KeyAdded, SshKeyRecord};
 
 /// An SSH public key of a project.
 #[derive(Clone, Debug)]
@@ -25,6 +26,8 @@ pub struct SshKey {
     /// `SHA256:...`, as `ssh-keygen -l` prints it.
     pub fingerprint: String,
     pub created_at: String,
+    /// Its number within its project (the containers API's integer id).
+    pub number: i64,
 }
 
 impl From<SshKeyRecord> for SshKey {
@@ -36,6 +39,7 @@ impl From<SshKeyRecord> for SshKey {
             public_key: r.public_key,
             fingerprint: r.fingerprint,
             created_at: r.created_at,
+            number: r.number,
         }
     }
 }
@@ -153,20 +157,48 @@ impl App {
             ));
         }
         let (public_key, fingerprint) = check_public_key("public_key", &req.public_key)?;
-        let key = SshKeyRecord {
+        let mut key = SshKeyRecord {
             id: new_id("key"),
             project_id: caller.project_id.clone(),
             name: name.to_string(),
             public_key,
             fingerprint,
             created_at: tessera_store::now(),
+            number: 0,
         };
-        if !self.store.insert_ssh_key(&key).await? {
-            return Err(Error::Conflict(format!(
-                "an SSH key named {name} already exists"
-            )));
+        let quota = self
+            .quota_check(
+                &caller.project_id,
+                Usage {
+                    ssh_keys: 1,
+                    ..Usage::default()
+                },
+            )
+            .await?;
+        match self.store.insert_ssh_key(&key, Some(&quota)).await? {
+            KeyAdded::Added(number) => key.number = number,
+            KeyAdded::NameTaken => {
+                return Err(Error::Conflict(format!(
+                    "an SSH key named {name} already exists"
+                )));
+            }
         }
         Ok(key.into())
+    }
+
+    /// Deletes a key of the project by its number (the containers API's
+    /// integer id).
+    pub async fn delete_ssh_key_numbered(&self, caller: &Principal, number: i64) -> Result<()> {
+        caller.require(Permission::SshKeyWrite)?;
+        let key = self
+            .store
+            .ssh_key_numbered(&caller.project_id, number)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("SSH key {number} not found")))?;
+        self.store
+            .delete_ssh_key(&caller.project_id, &key.id)
+            .await?;
+        Ok(())
     }
 
     pub async fn delete_ssh_key(&self, caller: &Principal, id: &str) -> Result<()> {

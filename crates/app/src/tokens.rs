@@ -9,6 +9,8 @@
 use crate::error::{Error, Result};
 use crate::identity::{BOOTSTRAP_TOKEN_ID, Principal, generate_token, hash_token};
 use crate::{App, has_nul, new_id};
+use std::collections::BTreeMap;
+use tessera_core::scopes::ComputeScopes;
 use tessera_core::{Permission, UserId};
 use tessera_store::{NewToken, TokenOwner, TokenRecord};
 
@@ -21,6 +23,9 @@ pub struct CreateToken {
     pub user_id: Option<String>,
     pub scopes: Option<Vec<String>>,
     pub expires_in_days: Option<i64>,
+    /// Grants on the containers API (`compute.<uid>...` to actions); none:
+    /// not limited that way (unless the token used is).
+    pub compute_scopes: Option<BTreeMap<String, Vec<String>>>,
 }
 
 /// A token as shown: never its hash.
@@ -32,6 +37,8 @@ pub struct ApiToken {
     pub user_id: Option<UserId>,
     /// The permissions it is limited to; `None` for all of its user's.
     pub scopes: Option<Vec<Permission>>,
+    /// Its grants on the containers API, if it is limited that way.
+    pub compute_scopes: Option<BTreeMap<String, Vec<String>>>,
     pub created_at: String,
     pub expires_at: Option<String>,
     pub revoked_at: Option<String>,
@@ -66,11 +73,15 @@ impl App {
             None => None,
         };
         let scopes = crate::identity::stored_scopes(record.scopes.as_deref());
+        let compute_scopes =
+            crate::identity::stored_compute_scopes(record.compute_scopes.as_deref())
+                .map(|s| s.to_map());
         Ok(ApiToken {
             id: record.id,
             name: record.name,
             user_id: record.user_id.map(UserId::new),
             scopes,
+            compute_scopes,
             created_at: record.created_at,
             expires_at: record.expires_at,
             revoked_at: record.revoked_at,
@@ -212,6 +223,31 @@ impl App {
             (Some(asked), Some(mine)) if asked > *mine => Some(mine.clone()),
             (asked, _) => asked,
         };
+        let compute_scopes = match (&req.compute_scopes, &caller.compute_scopes) {
+            (None, mine) => mine.clone(),
+            (Some(asked), mine) => {
+                let asked =
+                    ComputeScopes::parse(asked).map_err(|e| Error::invalid("compute_scopes", e))?;
+                let own = format!("compute.{user_id}");
+                if let Some(path) = asked.paths().find(|p| {
+                    *p != own
+                        && !(p.starts_with(own.as_str())
+                            && p.as_bytes().get(own.len()) == Some(&b'.'))
+                }) {
+                    return Err(Error::invalid(
+                        "compute_scopes",
+                        format!("scope path {path} is not under {own}, the token's user's"),
+                    ));
+                }
+                if mine.as_ref().is_some_and(|mine| !mine.covers(&asked)) {
+                    return Err(Error::invalid(
+                        "compute_scopes",
+                        "the compute scopes asked for go beyond those of the token you used",
+                    ));
+                }
+                Some(asked)
+            }
+        };
         let secret = generate_token();
         let id = new_id("tok");
         self.store
@@ -224,6 +260,8 @@ impl App {
                 scopes,
                 expires_at,
                 parent_id: caller.token_id.clone(),
+                compute_scopes: compute_scopes
+                    .map(|s| serde_json::to_string(&s.to_map()).unwrap_or_default()),
             })
             .await?;
         let record = self

@@ -187,7 +187,7 @@ impl App {
                 self.placement
                     .refresh_host(&self.store, decision.host.as_str())
                     .await?;
-                return Err(Error::QuotaExceeded(exceeded.to_string()));
+                return Err(Error::QuotaExceeded(exceeded));
             }
             // Lost a race, or the store failed: the view is wrong about this host.
             self.placement

@@ -215,7 +215,7 @@ impl App {
     pub(crate) async fn check_quota_now(&self, quota: &tessera_store::QuotaCheck) -> Result<()> {
         let used = self.store.project_usage(&quota.project_id).await?;
         match quota.exceeded(&used) {
-            Some(exceeded) => Err(Error::QuotaExceeded(exceeded.to_string())),
+            Some(exceeded) => Err(Error::QuotaExceeded(exceeded)),
             None => Ok(()),
         }
     }

@@ -190,6 +190,7 @@ impl App {
                     .map_or(0, |t| tessera_core::catalog::to_micros(t.hourly(false))),
                 volumes: Vec::new(),
                 attach: Vec::new(),
+                container: None,
             });
         }
         for key in &params.ssh_key_ids {

@@ -24,6 +24,7 @@ mod join_tokens;
 mod registration;
 mod remote;
 mod serving;
+pub mod sessions;
 
 pub use join_tokens::JoinToken;
 use remote::RemoteAgent;
@@ -67,6 +68,7 @@ impl App {
             hostname: hostname.to_string(),
             store: self.store.clone(),
             signals: self.agent_signals.clone(),
+            sessions: self.sessions.clone(),
         })))
     }
 }

@@ -117,6 +117,7 @@ impl App {
                     cpus: Some(req.inventory.cpus.to_string()),
                     numa_nodes,
                     server_id: new_id("host"),
+                    arch: Some(req.inventory.arch.clone()),
                     ..CreateServer::default()
                 };
                 let mut host = self.new_host(&create)?;
@@ -153,6 +154,14 @@ impl App {
                         .await?
                 {
                     tracing::info!(hostname = %req.hostname, ip = %req.ip, "server takes the address its agent reported");
+                }
+                // The agent knows the host's architecture better than
+                // whoever registered it.
+                if host.arch != req.inventory.arch {
+                    self.store
+                        .set_host_arch(&host.id, &req.inventory.arch)
+                        .await?;
+                    tracing::info!(hostname = %req.hostname, arch = %req.inventory.arch, "server takes the architecture its agent reported");
                 }
                 host.id
             }

@@ -17,6 +17,7 @@ pub(super) struct RemoteAgent {
     pub(super) hostname: String,
     pub(super) store: Store,
     pub(super) signals: Arc<AgentSignals>,
+    pub(super) sessions: Arc<super::sessions::SessionHub>,
 }
 
 impl RemoteAgent {
@@ -200,6 +201,16 @@ fn store_error(err: tessera_store::StoreError) -> AgentError {
 impl HostAgent for RemoteAgent {
     fn keeps_desired_state(&self) -> bool {
         true
+    }
+
+    async fn open_session(
+        &self,
+        instance_id: &str,
+        request: &tessera_agent_api::SessionRequest,
+    ) -> Result<tessera_agent_api::Session, AgentError> {
+        self.sessions
+            .open(&self.hostname, instance_id, request)
+            .await
     }
 
     async fn report(&self) -> Result<HostReport, AgentError> {

@@ -36,6 +36,11 @@ impl App {
     /// Notes an agent's heartbeat and what it reports of its host.
     pub async fn agent_heartbeat(&self, agent: &AgentCaller, beat: Heartbeat) -> Result<()> {
         let inventory = serde_json::to_string(&beat.inventory).unwrap_or_default();
+        if !beat.instances.is_empty()
+            && let Some(host) = self.store.host_by_hostname(&agent.hostname).await?
+        {
+            self.instances_observed(&host.id, beat.instances).await?;
+        }
         if self
             .store
             .agent_heartbeat(&agent.hostname, &inventory)

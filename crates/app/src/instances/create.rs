@@ -31,11 +31,28 @@ pub(crate) fn instances_usage(instances: &[NewInstance]) -> tessera_core::quota:
             .iter()
             .map(|v| v.record.size_gb)
             .sum::<i64>();
+        adds.containers += i64::from(instance.container.is_some());
     }
     adds
 }
 
 impl App {
+    /// What placement needs of an instance's type besides its CPUs and
+    /// memory: the host architecture, and a share of a shared CPU (a
+    /// container type of under one core).
+    pub(crate) fn placement_needs(
+        &self,
+        spec: &super::InstanceSpecInput,
+    ) -> (Option<String>, Option<u32>) {
+        if let Some(kind) = self.catalog.instance_type(&spec.instance_type) {
+            return (Some(kind.arch.clone()), None);
+        }
+        match self.catalog.compute_type(&spec.instance_type) {
+            Some(kind) => (Some(kind.arch.clone()), kind.share()),
+            None => (None, None),
+        }
+    }
+
     /// Records an instance and starts the operation that creates it.
     pub async fn create_instance(
         &self,
@@ -153,14 +170,6 @@ impl App {
             volume.record.instance_id = Some(id.clone());
         }
         req.spec.volumes_made = volumes.iter().map(|v| v.record.id.clone()).collect();
-        let op = NewOperation {
-            id: uuid::Uuid::new_v4().to_string(),
-            project_id: caller.project_id.clone(),
-            kind: OperationKind::InstanceCreate,
-            resource_id: Some(id.clone()),
-            params: serde_json::json!({ "instance_id": id }),
-            created_by: caller.username.clone(),
-        };
         let spec = serde_json::to_value(&req.spec).unwrap_or_default();
         let labels = serde_json::to_value(&req.labels).unwrap_or_default();
         let instance = NewInstance {
@@ -174,36 +183,53 @@ impl App {
             micros_per_hour,
             volumes,
             attach,
+            container: None,
+        };
+        self.record_instance(caller, &instance, &tags).await
+    }
+
+    /// Records a new instance (within its project's quota) with the
+    /// operation that creates it, tags it, and starts the operation.
+    /// Answers the instance as recorded.
+    pub(crate) async fn record_instance(
+        &self,
+        caller: &Principal,
+        instance: &NewInstance,
+        tags: &[(String, String)],
+    ) -> Result<Instance> {
+        let id = instance.id.clone();
+        let op = NewOperation {
+            id: uuid::Uuid::new_v4().to_string(),
+            project_id: caller.project_id.clone(),
+            kind: OperationKind::InstanceCreate,
+            resource_id: Some(id.clone()),
+            params: serde_json::json!({ "instance_id": id }),
+            created_by: caller.username.clone(),
         };
         let quota = self
             .quota_check(
                 &caller.project_id,
-                instances_usage(std::slice::from_ref(&instance)),
+                instances_usage(std::slice::from_ref(instance)),
             )
             .await?;
         let recorded = self
             .store
-            .insert_instance(&instance, &op, Some(&quota))
+            .insert_instance(instance, &op, Some(&quota))
             .await?;
         if !recorded {
             return Err(Error::Conflict(
                 "a volume in existing_volumes was attached elsewhere meanwhile; try again".into(),
             ));
         }
-        self.tag_new(
-            &caller.project_id,
-            crate::tags::Tagged::Instance,
-            &id,
-            &tags,
-        )
-        .await?;
-        tracing::info!(instance = %id, name = %req.name, project = %caller.project_name, "instance requested");
+        self.tag_new(&caller.project_id, crate::tags::Tagged::Instance, &id, tags)
+            .await?;
+        tracing::info!(instance = %id, name = %instance.name, project = %caller.project_name, "instance requested");
         self.publish("instance", &id, Some(&caller.project_id), "provisioning");
         // Read before the operation starts, so the answer shows what was
         // recorded, whatever the operation does next.
-        let instance = self.project_instance(&caller.project_id, &id).await?;
+        let recorded = self.project_instance(&caller.project_id, &id).await?;
         self.spawn_operation(&op.id);
-        Ok(instance)
+        Ok(recorded)
     }
 
     /// Drives an `instance_create` operation (see the module doc).
@@ -292,6 +318,7 @@ impl App {
         let spec = &instance.spec;
         let count = spec.vcpus.unwrap_or(1);
         let memory_mb = instance.memory_mb;
+        let (arch, share) = self.placement_needs(spec);
         let mut looked_again = false;
         for _ in 0..MAX_PLACE_ATTEMPTS {
             // A location names a region or, failing that, a zone.
@@ -307,7 +334,9 @@ impl App {
                     memory_mb,
                     region,
                     zone,
-                    whole_units: true,
+                    whole_units: share.is_none(),
+                    arch: arch.clone(),
+                    share,
                 };
                 if let Some(d) = self.placement.take(&request) {
                     decision = Some(d);
@@ -342,7 +371,7 @@ impl App {
                         decision.host.as_str(),
                         decision.unit.as_ref().map(|u| u.as_str()),
                     ),
-                    &cpus,
+                    (&cpus, decision.share),
                     (&run.op.id, &steps.to_json(), &self.deadline()),
                 )
                 .await;

@@ -37,6 +37,14 @@ impl App {
                 })
             })
             .collect();
+        // A container's SSH switch and storage.
+        let container = self.store.container(&instance.id).await?;
+        let storage = container
+            .as_ref()
+            .map(|c| tessera_agent_api::InstanceStorage {
+                size_gb: u64::try_from(c.storage_gb).unwrap_or(0),
+                mount_paths: c.mount_paths.clone(),
+            });
         Ok(InstanceSpec {
             id: instance.id.to_string(),
             name: instance.name.clone(),
@@ -48,9 +56,9 @@ impl App {
             ssh_keys,
             user_data,
             volumes,
-            cpu_millis: None,
-            ssh_forward: true,
-            storage: None,
+            cpu_millis: self.placement_needs(spec).1,
+            ssh_forward: container.as_ref().is_none_or(|c| c.ssh_enabled),
+            storage,
         })
     }
 
@@ -106,5 +114,43 @@ impl App {
             Ok(()) | Err(HostCallError::NoAgent) => Ok(()),
             Err(err) => Err(err),
         }
+    }
+}
+
+impl App {
+    /// Opens an interactive session (a shell, with a terminal when asked)
+    /// into one of the project's running instances, through its host's
+    /// agent.
+    pub async fn open_instance_session(
+        &self,
+        caller: &crate::identity::Principal,
+        id: &str,
+        request: &tessera_agent_api::SessionRequest,
+    ) -> Result<tessera_agent_api::Session> {
+        caller.require(tessera_core::Permission::InstanceCreate)?;
+        let instance = self.project_instance(&caller.project_id, id).await?;
+        if instance.state != tessera_core::status::InstanceState::Running {
+            return Err(Error::invalid(
+                "id",
+                format!("instance {id} is {}, not running", instance.state),
+            ));
+        }
+        let host = instance
+            .host_id
+            .clone()
+            .ok_or_else(|| Error::Unavailable(format!("instance {id} has no host")))?;
+        let agent = self
+            .agent(&host)
+            .await?
+            .ok_or_else(|| Error::Unavailable(format!("the host of instance {id} has no agent")))?;
+        let opened =
+            tokio::time::timeout(self.config.agent_timeout, agent.open_session(id, request))
+                .await
+                .map_err(|_| {
+                    Error::HostTimeout(format!(
+                        "the host of instance {id} did not open the session in time"
+                    ))
+                })?;
+        opened.map_err(|e| Error::HostFailed(format!("opening a session into {id}: {e}")))
     }
 }

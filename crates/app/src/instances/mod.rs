@@ -12,7 +12,9 @@
 //!
 //! Rooms: `validate` (a request against the catalog), `create` (the
 //! creation saga and placement), `power` (delete, stop, start), `host` (what
-//! the host is told), `resync` (a host that lost track); reads are here.
+//! the host is told), `resync` (a host that lost track), `observe` (what
+//! hosts see of their instances: usage, and instances that die); reads are
+//! here.
 
 use crate::error::{Error, Result};
 use crate::identity::Principal;
@@ -26,6 +28,7 @@ use tessera_store::{InstanceFilter, InstanceRecord};
 
 mod create;
 mod host;
+mod observe;
 mod power;
 mod resync;
 mod validate;

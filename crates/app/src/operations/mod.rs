@@ -255,6 +255,19 @@ impl App {
         self.wait_for_end(op, timeout.min(MAX_WAIT)).await
     }
 
+    /// Waits until an operation ends, or `timeout` passes: for services
+    /// that answer once their own operation is done.
+    pub(crate) async fn wait_operation_quietly(
+        &self,
+        id: &str,
+        timeout: Duration,
+    ) -> Result<Option<Operation>> {
+        match self.stored_operation(id).await? {
+            Some(op) => Ok(Some(self.wait_for_end(op, timeout).await?)),
+            None => Ok(None),
+        }
+    }
+
     async fn wait_for_end(&self, mut op: Operation, timeout: Duration) -> Result<Operation> {
         let deadline = tokio::time::Instant::now() + timeout;
         let mut changes = self.changes();
