@@ -3,9 +3,11 @@
 //! a handler parses, calls one app function and shapes the answer.
 //!
 //! Faces: [`native`] at `/v1`; [`kloigos`] at `/api`; [`verda`] at
-//! `/verda/v1`; [`system`] (`/health`). Every face publishes
+//! `/verda/v1`; [`compute`] (the containers API) at `/compute`; [`system`]
+//! (`/health`). Every face publishes
 //! an OpenAPI document built from this code ([`openapi_documents`]).
 
+pub mod compute;
 pub mod kit;
 pub mod kloigos;
 pub mod metrics;
@@ -32,6 +34,7 @@ pub fn router(app: App) -> Router {
         .merge(scrape)
         .nest("/api", kloigos::router(app.clone()))
         .nest("/verda/v1", verda::router(app.clone()))
+        .nest("/compute", compute::router(app.clone()))
         .nest("/v1", native::router(app))
         .layer(axum::middleware::from_fn_with_state(http, metrics::track))
         // The span names the path only: a query may carry a credential
@@ -71,6 +74,7 @@ pub fn openapi_documents() -> Vec<(&'static str, String)> {
         text
     };
     vec![
+        ("compute.json", pretty(compute::ComputeApi::openapi())),
         ("kloigos.json", pretty(kloigos::KloigosApi::openapi())),
         ("native.json", pretty(native::NativeApi::openapi())),
         ("system.json", pretty(system::SystemApi::openapi())),

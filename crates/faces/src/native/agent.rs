@@ -22,6 +22,8 @@ pub fn router() -> Router<super::NativeState> {
         .route("/heartbeat", post(heartbeat))
         .route("/desired", get(desired))
         .route("/observed", post(observed))
+        .route("/channel", get(super::agent_channel::channel))
+        .route("/sessions/{id}", get(super::agent_channel::session))
 }
 
 /// The agent a request comes from, by its host credential.

@@ -8,6 +8,7 @@
 //! permission its action needs.
 
 mod agent;
+mod agent_channel;
 mod auth;
 mod credentials;
 mod events;

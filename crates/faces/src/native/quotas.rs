@@ -19,6 +19,10 @@ pub struct UsageBody {
     /// Volumes not yet purged, OS volumes and the trash included.
     pub volumes: i64,
     pub volume_gb: i64,
+    /// Containers of the containers API (`/compute`), which are instances
+    /// too.
+    pub containers: i64,
+    pub ssh_keys: i64,
 }
 
 impl From<Usage> for UsageBody {
@@ -29,6 +33,8 @@ impl From<Usage> for UsageBody {
             memory_mb: u.memory_mb,
             volumes: u.volumes,
             volume_gb: u.volume_gb,
+            containers: u.containers,
+            ssh_keys: u.ssh_keys,
         }
     }
 }
@@ -41,6 +47,8 @@ pub struct OverridesBody {
     pub memory_mb: Option<i64>,
     pub volumes: Option<i64>,
     pub volume_gb: Option<i64>,
+    pub containers: Option<i64>,
+    pub ssh_keys: Option<i64>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -65,6 +73,8 @@ impl From<Quota> for QuotaBody {
                 memory_mb: q.overrides.memory_mb,
                 volumes: q.overrides.volumes,
                 volume_gb: q.overrides.volume_gb,
+                containers: q.overrides.containers,
+                ssh_keys: q.overrides.ssh_keys,
             },
             usage: q.usage.into(),
         }
@@ -96,6 +106,12 @@ pub struct SetQuotaRequest {
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Option<i64>)]
     pub volume_gb: Option<Option<i64>>,
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<i64>)]
+    pub containers: Option<Option<i64>>,
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<i64>)]
+    pub ssh_keys: Option<Option<i64>>,
 }
 
 /// A project's quota and usage: your workspace's, or any for an install admin.
@@ -138,6 +154,8 @@ pub async fn set_quota(
         memory_mb: req.memory_mb,
         volumes: req.volumes,
         volume_gb: req.volume_gb,
+        containers: req.containers,
+        ssh_keys: req.ssh_keys,
     };
     Ok(Json(app.set_quota(&caller, &name, set).await?.into()))
 }

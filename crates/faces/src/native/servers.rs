@@ -33,6 +33,8 @@ pub struct ServerBody {
     pub cpu_ranges: Vec<String>,
     pub memory_mb: i64,
     pub tags: Vec<String>,
+    /// Its CPU architecture: `amd64` or `arm64`.
+    pub arch: String,
     /// Why it failed, when it did.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
@@ -75,6 +77,7 @@ impl From<Host> for ServerBody {
             cpu_ranges: h.cpu_ranges,
             memory_mb: i64::try_from(h.memory_mb).unwrap_or(i64::MAX),
             tags: h.tags,
+            arch: h.arch,
         }
     }
 }
@@ -109,6 +112,10 @@ pub struct CreateServerRequest {
     pub check_mode: bool,
     #[serde(default)]
     pub tags: Vec<String>,
+    /// Tessera extension: the CPU architecture, `amd64` (the default) or
+    /// `arm64`; a joining agent reports its own.
+    #[schema(example = "amd64")]
+    pub arch: Option<String>,
 }
 
 #[derive(Deserialize, ToSchema, Default)]
@@ -175,6 +182,7 @@ pub async fn create_server(
                 numa_nodes: req.numa_nodes.unwrap_or_default(),
                 tags: req.tags,
                 check_mode: req.check_mode,
+                arch: req.arch,
                 server_id: String::new(),
             },
         )

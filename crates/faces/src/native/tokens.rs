@@ -17,6 +17,11 @@ pub struct TokenBody {
     pub workspace: Option<String>,
     /// The permissions the token is limited to; `null` for all of its user's.
     pub scopes: Option<Vec<String>>,
+    /// Its grants on the containers API (`/compute`): dotted paths
+    /// (`compute.<uid>.containers.<id>`) to actions; `null` when it is not
+    /// limited that way.
+    #[schema(value_type = Option<Object>)]
+    pub compute_scopes: Option<std::collections::BTreeMap<String, Vec<String>>>,
     pub created_at: String,
     pub expires_at: Option<String>,
     pub revoked_at: Option<String>,
@@ -35,6 +40,7 @@ impl From<ApiToken> for TokenBody {
             scopes: t
                 .scopes
                 .map(|scopes| scopes.iter().map(ToString::to_string).collect()),
+            compute_scopes: t.compute_scopes,
             created_at: t.created_at,
             expires_at: t.expires_at,
             revoked_at: t.revoked_at,
@@ -55,6 +61,12 @@ pub struct CreateTokenRequest {
     pub scopes: Option<Vec<String>>,
     /// Days until the token expires; it never does by default.
     pub expires_in_days: Option<i64>,
+    /// Limit the token on the containers API (`/compute`): dotted paths
+    /// under `compute.<your user id>` to actions (`read`, `create`,
+    /// `update`, `delete`, `start`, `stop`); a grant on a path covers the
+    /// paths under it.
+    #[schema(value_type = Option<Object>, example = json!({"compute.usr-1.containers": ["read", "create"]}))]
+    pub compute_scopes: Option<std::collections::BTreeMap<String, Vec<String>>>,
 }
 
 /// List your API tokens (every token, for an admin).
@@ -94,6 +106,7 @@ pub async fn create_token(
                 user_id: req.user_id,
                 scopes: req.scopes,
                 expires_in_days: req.expires_in_days,
+                compute_scopes: req.compute_scopes,
             },
         )
         .await?;

@@ -126,7 +126,10 @@ async fn status(app: &App, caller: &Principal, instance: &Instance) -> String {
         InstanceState::Terminated => match instance.cause {
             Some(TerminationCause::NoCapacity) => "no_capacity",
             Some(TerminationCause::HostFailed) => "error",
-            Some(TerminationCause::Deleted | TerminationCause::Cancelled) | None => "discontinued",
+            Some(
+                TerminationCause::Deleted | TerminationCause::Cancelled | TerminationCause::Crashed,
+            )
+            | None => "discontinued",
         },
     };
     status.to_string()

@@ -1,0 +1,141 @@
+//! `GET /compute/containers/{id}/terminal`: a WebSocket carrying a
+//! terminal (`xterm-256color`, 24x80 unless `?cols=&rows=` say otherwise)
+//! into a running container, through its host's agent: no SSH server in
+//! the image and no key written into the container.
+//!
+//! Every frame the client sends, text or binary, is the terminal's input,
+//! and its output comes back in binary frames; the socket closes when the
+//! shell ends. A client that asks for the `tessera.terminal.v1`
+//! subprotocol may also resize: its text frames are then control messages,
+//! `{"resize": {"cols": C, "rows": R}}` (its input goes in binary frames),
+//! and the last frame before the close is `{"exit": CODE}`. Without the
+//! subprotocol no text is ever taken for a control message, so pasted text
+//! is always input.
+
+use super::ws::socket_caller;
+use super::{ComputeError, bad_request};
+use axum::extract::ws::{
+    Message, WebSocket, WebSocketUpgrade, rejection::WebSocketUpgradeRejection,
+};
+use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
+use axum::response::Response;
+use serde::Deserialize;
+use tessera_agent_api::{Session, SessionRequest, TtySize};
+use tessera_app::App;
+use tessera_app::containers::ContainerStatus;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// The subprotocol that turns text frames into control messages.
+pub const CONTROL_PROTOCOL: &str = "tessera.terminal.v1";
+
+#[derive(Deserialize)]
+pub struct TerminalParams {
+    pub token: Option<String>,
+    pub cols: Option<u16>,
+    pub rows: Option<u16>,
+}
+
+#[derive(Deserialize)]
+struct Control {
+    resize: Option<TtySize>,
+}
+
+pub async fn terminal(
+    State(app): State<App>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    Query(params): Query<TerminalParams>,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Result<Response, ComputeError> {
+    let path = format!("/containers/{id}/terminal");
+    let (caller, _) = socket_caller(&app, &headers, params.token, &path).await?;
+    let container = app.container(&caller, &id).await?;
+    if container.status != ContainerStatus::Running {
+        return Err(bad_request("container not running"));
+    }
+    let size = TtySize {
+        cols: params.cols.filter(|c| (1..=1000).contains(c)).unwrap_or(80),
+        rows: params.rows.filter(|r| (1..=1000).contains(r)).unwrap_or(24),
+    };
+    let upgrade = upgrade.map_err(|_| {
+        bad_request("the terminal speaks WebSocket: connect with `Upgrade: websocket`")
+    })?;
+    let session = app
+        .open_instance_session(
+            &caller,
+            container.id(),
+            &SessionRequest {
+                command: None,
+                tty: Some(size),
+            },
+        )
+        .await?;
+    let upgrade = upgrade.protocols([CONTROL_PROTOCOL]);
+    Ok(upgrade.on_upgrade(move |socket| {
+        let control = socket.protocol().is_some_and(|p| p == CONTROL_PROTOCOL);
+        pipe(socket, session, control)
+    }))
+}
+
+/// Carries input and output between the socket and the session until
+/// either ends.
+async fn pipe(mut socket: WebSocket, session: Session, control: bool) {
+    let Session {
+        mut input,
+        mut output,
+        control: mut end,
+    } = session;
+    let mut buffer = vec![0u8; 16 * 1024];
+    let mut output_open = true;
+    loop {
+        tokio::select! {
+            read = output.read(&mut buffer), if output_open => match read {
+                Ok(0) | Err(_) => output_open = false,
+                Ok(n) => {
+                    let frame = Message::Binary(buffer[..n].to_vec().into());
+                    if socket.send(frame).await.is_err() {
+                        return;
+                    }
+                }
+            },
+            code = end.wait(), if !output_open => {
+                match code {
+                    Ok(code) if control => {
+                        let text = serde_json::json!({ "exit": code }).to_string();
+                        let _ = socket.send(Message::Text(text.into())).await;
+                    }
+                    Ok(_) => {}
+                    // As upstream's clients read a setup failure.
+                    Err(why) => {
+                        let _ = socket.send(Message::Text(format!("error: {why}").into())).await;
+                    }
+                }
+                let _ = socket.send(Message::Close(None)).await;
+                return;
+            }
+            incoming = socket.recv() => match incoming {
+                Some(Ok(Message::Binary(bytes))) => {
+                    if input.write_all(&bytes).await.is_err() {
+                        return;
+                    }
+                }
+                Some(Ok(Message::Text(text))) if control => {
+                    if let Ok(Control { resize: Some(size) }) = serde_json::from_str(text.as_str())
+                        && (1..=1000).contains(&size.cols)
+                        && (1..=1000).contains(&size.rows)
+                    {
+                        let _ = end.resize(size);
+                    }
+                }
+                Some(Ok(Message::Text(text))) => {
+                    if input.write_all(text.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
+                Some(Ok(_)) => {}
+            }
+        }
+    }
+}

@@ -1,0 +1,144 @@
+//! `GET /compute/ws`: a WebSocket of the caller's containers. The first
+//! message is the full list, `{"type": "containers", "data": [...]}` (the
+//! containers as `GET /compute/containers/{id}` shows them); then every
+//! change of one of them, from any replica, as
+//! `{"type": "container_status", "data": {"container_id", "status",
+//! "external_ip"?}}`, and a deletion as `{"type": "container_deleted",
+//! "data": {"container_id"}}`. A client that falls behind gets
+//! `{"type": "resync", ...}` with the full list again. Client frames are
+//! ignored; the server pings every 30 seconds.
+
+use super::containers::ContainerBody;
+use super::{ComputeError, check_origin, grant_needed, socket_credential};
+use axum::extract::ws::{
+    Message, WebSocket, WebSocketUpgrade, rejection::WebSocketUpgradeRejection,
+};
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, Method};
+use axum::response::Response;
+use serde::Deserialize;
+use serde_json::json;
+use std::collections::BTreeSet;
+use tessera_app::events::{EventFeed, FeedItem};
+use tessera_app::{App, Error, Principal};
+
+#[derive(Deserialize)]
+pub struct SocketParams {
+    /// The credential, for browsers (which cannot set headers here).
+    pub token: Option<String>,
+}
+
+/// The caller of a WebSocket request, checked like any other request of
+/// this face (its credential, its grant on `path`).
+pub(crate) async fn socket_caller(
+    app: &App,
+    headers: &HeaderMap,
+    token: Option<String>,
+    path: &str,
+) -> Result<(Principal, Option<String>), ComputeError> {
+    check_origin(headers)?;
+    let credential = socket_credential(headers, token);
+    let caller = app.authenticate(credential.as_deref()).await?;
+    let (grant, action) = grant_needed(&caller.user_id, &Method::GET, path);
+    if !caller.compute_allows(&grant, action) {
+        return Err(ComputeError(Error::Forbidden(format!(
+            "this token is not granted {action} on {grant}"
+        ))));
+    }
+    Ok((caller, credential))
+}
+
+pub async fn status(
+    State(app): State<App>,
+    headers: HeaderMap,
+    Query(params): Query<SocketParams>,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Result<Response, ComputeError> {
+    let (caller, credential) = socket_caller(&app, &headers, params.token, "/ws").await?;
+    let upgrade = upgrade.map_err(|_| {
+        super::bad_request("GET /compute/ws speaks WebSocket: connect with `Upgrade: websocket`")
+    })?;
+    let feed = app.event_feed(credential.as_deref(), None).await?;
+    let containers = app.containers(&caller).await?;
+    Ok(upgrade.on_upgrade(move |socket| stream(socket, app, caller, feed, containers)))
+}
+
+fn list_message(containers: Vec<tessera_app::containers::Container>, kind: &str) -> String {
+    let data: Vec<ContainerBody> = containers.into_iter().map(Into::into).collect();
+    json!({ "type": kind, "data": data }).to_string()
+}
+
+async fn stream(
+    mut socket: WebSocket,
+    app: App,
+    caller: Principal,
+    mut feed: EventFeed,
+    containers: Vec<tessera_app::containers::Container>,
+) {
+    let mut known: BTreeSet<String> = containers.iter().map(|c| c.id().to_string()).collect();
+    if send(&mut socket, list_message(containers, "containers"))
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let mut ping = tokio::time::interval(std::time::Duration::from_secs(30));
+    ping.reset();
+    loop {
+        tokio::select! {
+            _ = ping.tick() => {
+                if socket.send(Message::Ping(Vec::new().into())).await.is_err() {
+                    return;
+                }
+            }
+            item = feed.next() => {
+                let text = match item {
+                    FeedItem::Event(event) if event.kind == "instance" => {
+                        match app.container(&caller, &event.id).await {
+                            Ok(container) => {
+                                known.insert(container.id().to_string());
+                                let mut data = json!({
+                                    "container_id": container.id(),
+                                    "status": container.status.as_str(),
+                                });
+                                if !container.instance.private_ip.is_empty() {
+                                    data["external_ip"] = json!(container.instance.private_ip);
+                                }
+                                json!({ "type": "container_status", "data": data }).to_string()
+                            }
+                            Err(Error::NotFound(_)) if known.remove(&event.id) => json!({
+                                "type": "container_deleted",
+                                "data": { "container_id": event.id },
+                            })
+                            .to_string(),
+                            Err(_) => continue,
+                        }
+                    }
+                    FeedItem::Event(_) => continue,
+                    FeedItem::Lagged(_) => match app.containers(&caller).await {
+                        Ok(containers) => {
+                            known = containers.iter().map(|c| c.id().to_string()).collect();
+                            list_message(containers, "resync")
+                        }
+                        Err(_) => return,
+                    },
+                    FeedItem::Ended => {
+                        let _ = socket.send(Message::Close(None)).await;
+                        return;
+                    }
+                };
+                if send(&mut socket, text).await.is_err() {
+                    return;
+                }
+            }
+            incoming = socket.recv() => match incoming {
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
+                Some(Ok(_)) => {}
+            }
+        }
+    }
+}
+
+async fn send(socket: &mut WebSocket, text: String) -> Result<(), axum::Error> {
+    socket.send(Message::Text(text.into())).await
+}
