@@ -49,6 +49,8 @@ pub async fn run(args: ApiArgs) -> Result<()> {
             memory_mb: -1,
             volumes: -1,
             volume_gb: -1,
+            containers: -1,
+            ssh_keys: -1,
         },
         ..Settings::with_defaults(dir.path().to_path_buf(), database_url)
     };

@@ -2,6 +2,7 @@
 //! time; the figures go in the README with the command that printed them.
 
 mod api;
+mod gateway;
 mod placement;
 
 use anyhow::Result;
@@ -12,6 +13,8 @@ pub enum BenchCommand {
     Placement(placement::PlacementArgs),
     /// Allocate + deallocate round trips through the HTTP API.
     Api(api::ApiArgs),
+    /// Latency through the ingress gateway (HTTP and HTTPS) versus direct.
+    Gateway(gateway::GatewayArgs),
 }
 
 impl BenchCommand {
@@ -19,6 +22,7 @@ impl BenchCommand {
         match self {
             BenchCommand::Placement(args) => placement::run(args),
             BenchCommand::Api(args) => api::run(args).await,
+            BenchCommand::Gateway(args) => gateway::run(args).await,
         }
     }
 }

@@ -56,6 +56,8 @@ fn fleet(n: usize) -> PlacementEngine {
             memory_mb: 64 * 8192,
             memory_held_mb: 0,
             runs_instances: true,
+            arch: "amd64".into(),
+            shared: Default::default(),
         });
     }
     engine
@@ -79,6 +81,8 @@ fn random_request(rng: &mut impl Rng) -> Request {
             region,
             zone: None,
             whole_units: true,
+            arch: Some("amd64".into()),
+            share: None,
         }
     }
 }
