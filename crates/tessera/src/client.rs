@@ -107,6 +107,11 @@ pub enum QuotaCommand {
         volumes: Option<String>,
         #[arg(long, allow_hyphen_values = true)]
         volume_gb: Option<String>,
+        /// Containers of the containers API (`/compute`).
+        #[arg(long, allow_hyphen_values = true)]
+        containers: Option<String>,
+        #[arg(long, allow_hyphen_values = true)]
+        ssh_keys: Option<String>,
     },
 }
 
@@ -274,13 +279,13 @@ pub enum InstanceCommand {
     },
 }
 
-struct Client {
+pub(crate) struct Client {
     http: reqwest::Client,
-    args: ClientArgs,
+    pub(crate) args: ClientArgs,
 }
 
 impl Client {
-    fn new(args: ClientArgs) -> Client {
+    pub(crate) fn new(args: ClientArgs) -> Client {
         Client {
             http: reqwest::Client::new(),
             args,
@@ -291,7 +296,7 @@ impl Client {
         self.args.server.trim_end_matches('/')
     }
 
-    async fn call(
+    pub(crate) async fn call(
         &self,
         method: reqwest::Method,
         path: &str,
@@ -317,8 +322,10 @@ impl Client {
             serde_json::from_str(&text).unwrap_or(Value::String(text))
         };
         if !status.is_success() {
+            // The native faces' `message`, the containers API's `error`.
             let message = value["message"]
                 .as_str()
+                .or(value["error"].as_str())
                 .map(str::to_string)
                 .unwrap_or_else(|| value.to_string());
             if status == reqwest::StatusCode::UNAUTHORIZED
@@ -331,7 +338,7 @@ impl Client {
         Ok(value)
     }
 
-    fn print(&self, value: &Value, human: impl FnOnce(&Value)) {
+    pub(crate) fn print(&self, value: &Value, human: impl FnOnce(&Value)) {
         if self.args.json {
             println!(
                 "{}",
@@ -544,6 +551,8 @@ pub async fn quota(args: ClientArgs, command: QuotaCommand) -> Result<()> {
             memory_mb,
             volumes,
             volume_gb,
+            containers,
+            ssh_keys,
         } => {
             let mut body = serde_json::Map::new();
             for (name, value) in [
@@ -552,6 +561,8 @@ pub async fn quota(args: ClientArgs, command: QuotaCommand) -> Result<()> {
                 ("memory_mb", memory_mb),
                 ("volumes", volumes),
                 ("volume_gb", volume_gb),
+                ("containers", containers),
+                ("ssh_keys", ssh_keys),
             ] {
                 if let Some(value) = value {
                     body.insert(name.into(), limit_value(&name.replace('_', "-"), &value)?);
@@ -568,7 +579,15 @@ pub async fn quota(args: ClientArgs, command: QuotaCommand) -> Result<()> {
     };
     client.print(&quota, |q| {
         println!("project {}", text(&q["workspace"]));
-        for name in ["instances", "vcpus", "memory_mb", "volumes", "volume_gb"] {
+        for name in [
+            "instances",
+            "vcpus",
+            "memory_mb",
+            "volumes",
+            "volume_gb",
+            "containers",
+            "ssh_keys",
+        ] {
             let limit = match q["limits"][name].as_i64() {
                 Some(-1) => "unlimited".to_string(),
                 Some(n) => n.to_string(),

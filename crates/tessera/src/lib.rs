@@ -5,6 +5,8 @@
 pub mod agent;
 pub mod bench;
 pub mod client;
+pub mod compute;
+pub mod ingress;
 pub mod logging;
 pub mod server;
 pub mod settings;

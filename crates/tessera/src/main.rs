@@ -107,6 +107,14 @@ enum Command {
         #[command(subcommand)]
         command: InstanceCommand,
     },
+    /// Containers of the containers API (`/compute`), through a running
+    /// server: create, SSH, ingress, mounts, a terminal, the status stream.
+    Compute {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        command: tessera::compute::ComputeCommand,
+    },
 }
 
 fn main() {
@@ -146,6 +154,7 @@ fn run(cli: Cli) -> Result<()> {
             Command::Credentials { client, command } => client::credentials(client, command).await,
             Command::Balance { client, command } => client::balance(client, command).await,
             Command::Quota { client, command } => client::quota(client, command).await,
+            Command::Compute { client, command } => tessera::compute::run(client, command).await,
         }
     })
 }
@@ -161,6 +170,13 @@ async fn run_server(args: ServerArgs) -> Result<()> {
         );
     }
     println!("Tessera is serving on {}", running.url());
+    if let Some(gateway) = &running.gateway {
+        println!(
+            "Ingress gateway for *.{}: {}",
+            running.app.compute_config().domain,
+            gateway.describe()
+        );
+    }
     server::stop_signal().await;
     tracing::info!("stopping");
     running.shutdown().await

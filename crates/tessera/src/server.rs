@@ -1,5 +1,6 @@
 //! Starting and stopping the control plane.
 
+use crate::ingress::RunningGateway;
 use crate::settings::Settings;
 use anyhow::{Context, Result};
 use std::net::SocketAddr;
@@ -20,6 +21,8 @@ pub struct RunningServer {
     pub new_admin_token: Option<String>,
     /// The simulated hosts, with `--sim-hosts`.
     pub sim: Option<Arc<SimFleet>>,
+    /// The ingress gateway, unless this replica runs none.
+    pub gateway: Option<RunningGateway>,
     stop: oneshot::Sender<()>,
     serving: JoinHandle<std::io::Result<()>>,
 }
@@ -91,6 +94,7 @@ pub async fn start(settings: &Settings) -> Result<RunningServer> {
         login_limits: settings.login_limits.clone(),
         quota_defaults: settings.quota_defaults,
         script_quota: settings.script_quota,
+        compute: settings.compute.clone(),
         ..AppConfig::default()
     };
     let app = App::new(store, agents, config).await?;
@@ -106,6 +110,10 @@ pub async fn start(settings: &Settings) -> Result<RunningServer> {
     let addr = listener.local_addr()?;
     app.spawn_reconciler();
     app.spawn_event_tasks();
+    let gateway = match &settings.gateway {
+        Some(gateway) => Some(RunningGateway::start(app.clone(), gateway).await?),
+        None => None,
+    };
     let (stop, stopped) = oneshot::channel::<()>();
     let router = tessera_faces::router(app.clone());
     let limits = settings.http.clone();
@@ -119,6 +127,7 @@ pub async fn start(settings: &Settings) -> Result<RunningServer> {
         %addr,
         backend = app.store().backend().name(),
         sim_hosts = sim.is_some(),
+        gateway = gateway.as_ref().map(RunningGateway::describe),
         "tessera serving"
     );
     Ok(RunningServer {
@@ -126,6 +135,7 @@ pub async fn start(settings: &Settings) -> Result<RunningServer> {
         app,
         new_admin_token,
         sim,
+        gateway,
         stop,
         serving,
     })
@@ -139,6 +149,9 @@ impl RunningServer {
     /// Stops taking requests, lets those under way finish, and closes the store.
     pub async fn shutdown(self) -> Result<()> {
         self.app.begin_shutdown();
+        if let Some(gateway) = self.gateway {
+            gateway.stop().await;
+        }
         let _ = self.stop.send(());
         let served = self.serving.await;
         self.app.shutdown().await;

@@ -14,12 +14,15 @@
 //! `request_timeout_secs`, `header_timeout_secs`, `write_timeout_secs`,
 //! `max_connections`, `max_connections_per_address`, `quota_instances`,
 //! `quota_vcpus`, `quota_memory_mb`, `quota_volumes`, `quota_volume_gb`,
-//! `script_quota`, `replica_id`.
+//! `quota_containers`, `quota_ssh_keys`, `script_quota`, `replica_id`,
+//! `compute_domain`, `compute_max_memory_mb`, `compute_max_storage_gb`,
+//! `gateway_listen`, `gateway_port_offset`, `gateway_certificate`,
+//! `gateway_private_key`.
 
 use crate::logging::LogFormat;
 use anyhow::{Context, Result, bail};
 use serde::Deserialize;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tessera_agent::drivers::sim::{SimConfig, SimFault};
@@ -143,6 +146,13 @@ pub struct ServerArgs {
     /// Default quota: volume GB per project [default: 10240].
     #[arg(long, env = "TESSERA_QUOTA_VOLUME_GB", allow_negative_numbers = true)]
     pub quota_volume_gb: Option<i64>,
+    /// Default quota: containers of the containers API per project
+    /// [default: 3].
+    #[arg(long, env = "TESSERA_QUOTA_CONTAINERS", allow_negative_numbers = true)]
+    pub quota_containers: Option<i64>,
+    /// Default quota: SSH keys per project [default: 10].
+    #[arg(long, env = "TESSERA_QUOTA_SSH_KEYS", allow_negative_numbers = true)]
+    pub quota_ssh_keys: Option<i64>,
     /// How many startup scripts a project may have [default: 100, at most
     /// 10000].
     #[arg(long, env = "TESSERA_SCRIPT_QUOTA")]
@@ -151,6 +161,71 @@ pub struct ServerArgs {
     /// store [default: made on the first start and kept in DATA_DIR/replica-id].
     #[arg(long, env = "TESSERA_REPLICA_ID")]
     pub replica_id: Option<String>,
+    /// The containers API: containers answer at `<id>.<domain>` (the
+    /// gateway routes them by it) [default: compute.localhost].
+    #[arg(long, env = "TESSERA_COMPUTE_DOMAIN")]
+    pub compute_domain: Option<String>,
+    /// The containers API: the most memory a container may have, MB
+    /// [default: 8192; at least 128].
+    #[arg(long, env = "TESSERA_COMPUTE_MAX_MEMORY_MB")]
+    pub compute_max_memory_mb: Option<u64>,
+    /// The containers API: the most storage a container may have, GB
+    /// [default: 100].
+    #[arg(long, env = "TESSERA_COMPUTE_MAX_STORAGE_GB")]
+    pub compute_max_storage_gb: Option<u64>,
+    /// The ingress gateway: the address its ports listen on, or `off` for
+    /// a replica that runs none [default: 0.0.0.0].
+    #[arg(long, env = "TESSERA_GATEWAY_LISTEN")]
+    pub gateway_listen: Option<GatewayListen>,
+    /// The ingress gateway serves external port P on P + this offset
+    /// [default: 0 as root, else 20000: port 80 on 20080].
+    #[arg(long, env = "TESSERA_GATEWAY_PORT_OFFSET")]
+    pub gateway_port_offset: Option<u16>,
+    /// The ingress gateway's certificate chain, PEM (with
+    /// --gateway-private-key) [default: a self-signed one for *.DOMAIN,
+    /// made at the first start in DATA_DIR/gateway].
+    #[arg(long, env = "TESSERA_GATEWAY_CERTIFICATE")]
+    pub gateway_certificate: Option<PathBuf>,
+    /// The private key of --gateway-certificate, PEM.
+    #[arg(long, env = "TESSERA_GATEWAY_PRIVATE_KEY")]
+    pub gateway_private_key: Option<PathBuf>,
+}
+
+/// Where the ingress gateway listens: an address, or nowhere.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub enum GatewayListen {
+    Off,
+    On(IpAddr),
+}
+
+impl std::str::FromStr for GatewayListen {
+    type Err = String;
+
+    fn from_str(text: &str) -> std::result::Result<Self, String> {
+        if text.eq_ignore_ascii_case("off") {
+            return Ok(GatewayListen::Off);
+        }
+        text.parse()
+            .map(GatewayListen::On)
+            .map_err(|_| format!("{text:?} is neither an IP address nor `off`"))
+    }
+}
+
+impl TryFrom<String> for GatewayListen {
+    type Error = String;
+
+    fn try_from(text: String) -> std::result::Result<Self, String> {
+        text.parse()
+    }
+}
+
+/// The ingress gateway a replica runs.
+#[derive(Debug, Clone)]
+pub struct GatewaySettings {
+    pub listen: IpAddr,
+    pub ports: tessera_gateway::PortMapping,
+    pub certificate: tessera_gateway::CertificateSource,
 }
 
 /// The config file's keys.
@@ -190,8 +265,17 @@ struct FileSettings {
     quota_memory_mb: Option<i64>,
     quota_volumes: Option<i64>,
     quota_volume_gb: Option<i64>,
+    quota_containers: Option<i64>,
+    quota_ssh_keys: Option<i64>,
     script_quota: Option<u32>,
     replica_id: Option<String>,
+    compute_domain: Option<String>,
+    compute_max_memory_mb: Option<u64>,
+    compute_max_storage_gb: Option<u64>,
+    gateway_listen: Option<GatewayListen>,
+    gateway_port_offset: Option<u16>,
+    gateway_certificate: Option<PathBuf>,
+    gateway_private_key: Option<PathBuf>,
 }
 
 /// Resolved settings.
@@ -226,6 +310,10 @@ pub struct Settings {
     pub script_quota: u32,
     /// `None`: the one kept in the data directory.
     pub replica_id: Option<String>,
+    /// The containers API's settings.
+    pub compute: tessera_app::containers::ComputeConfig,
+    /// The ingress gateway this replica runs, if any.
+    pub gateway: Option<GatewaySettings>,
 }
 
 impl Settings {
@@ -239,7 +327,12 @@ impl Settings {
         }
         .resolve_with(FileSettings::default());
         // The defaults are valid by construction.
-        resolved.unwrap_or_else(|e| unreachable!("default settings are invalid: {e:#}"))
+        let mut settings =
+            resolved.unwrap_or_else(|e| unreachable!("default settings are invalid: {e:#}"));
+        // Servers side by side cannot share ports 80 and 443: a test or a
+        // benchmark that wants a gateway opens one on ephemeral ports.
+        settings.gateway = None;
+        settings
     }
 }
 
@@ -333,8 +426,98 @@ impl ServerArgs {
                 .quota_volume_gb
                 .or(file.quota_volume_gb)
                 .unwrap_or(defaults.volume_gb),
+            containers: self
+                .quota_containers
+                .or(file.quota_containers)
+                .unwrap_or(defaults.containers),
+            ssh_keys: self
+                .quota_ssh_keys
+                .or(file.quota_ssh_keys)
+                .unwrap_or(defaults.ssh_keys),
         };
         tessera_app::quotas::validate_limits(&quota_defaults).map_err(anyhow::Error::msg)?;
+        let compute_defaults = tessera_app::containers::ComputeConfig::default();
+        let domain = self
+            .compute_domain
+            .or(file.compute_domain)
+            .unwrap_or(compute_defaults.domain)
+            .to_ascii_lowercase();
+        let domain_ok = !domain.is_empty()
+            && domain.len() <= 200
+            && domain.split('.').all(|label| {
+                !label.is_empty()
+                    && label.len() <= 63
+                    && label
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                    && !label.starts_with('-')
+                    && !label.ends_with('-')
+            });
+        if !domain_ok {
+            bail!("compute_domain {domain:?} is not a DNS name");
+        }
+        let max_memory = self
+            .compute_max_memory_mb
+            .or(file.compute_max_memory_mb)
+            .unwrap_or(compute_defaults.memory_mb.1);
+        let max_storage = self
+            .compute_max_storage_gb
+            .or(file.compute_max_storage_gb)
+            .unwrap_or(compute_defaults.storage_gb.1);
+        if max_memory < compute_defaults.memory_mb.0 || max_storage < 1 {
+            bail!(
+                "compute_max_memory_mb must be at least {} and compute_max_storage_gb at least 1",
+                compute_defaults.memory_mb.0
+            );
+        }
+        let compute = tessera_app::containers::ComputeConfig {
+            domain,
+            memory_mb: (compute_defaults.memory_mb.0, max_memory),
+            storage_gb: (compute_defaults.storage_gb.0, max_storage),
+        };
+        let gateway = match self.gateway_listen.or(file.gateway_listen) {
+            Some(GatewayListen::Off) => None,
+            listen => {
+                let offset = self
+                    .gateway_port_offset
+                    .or(file.gateway_port_offset)
+                    .unwrap_or(if rustix::process::geteuid().is_root() {
+                        0
+                    } else {
+                        20_000
+                    });
+                if offset > u16::MAX - 8999 {
+                    bail!(
+                        "gateway_port_offset {offset} is too large: port 8999 must fit below 65536"
+                    );
+                }
+                let certificate = match (
+                    self.gateway_certificate.or(file.gateway_certificate),
+                    self.gateway_private_key.or(file.gateway_private_key),
+                ) {
+                    (Some(certificate), Some(private_key)) => {
+                        tessera_gateway::CertificateSource::Files {
+                            certificate,
+                            private_key,
+                        }
+                    }
+                    (None, None) => tessera_gateway::CertificateSource::SelfSigned {
+                        dir: data_dir.join("gateway"),
+                    },
+                    _ => bail!(
+                        "gateway_certificate and gateway_private_key go together: give both or neither"
+                    ),
+                };
+                Some(GatewaySettings {
+                    listen: match listen {
+                        Some(GatewayListen::On(ip)) => ip,
+                        _ => IpAddr::from([0, 0, 0, 0]),
+                    },
+                    ports: tessera_gateway::PortMapping::Offset(offset),
+                    certificate,
+                })
+            }
+        };
         Ok(Settings {
             data_dir,
             listen,
@@ -417,6 +600,8 @@ impl ServerArgs {
             },
             quota_defaults,
             replica_id: self.replica_id.or(file.replica_id),
+            compute,
+            gateway,
         })
     }
 }

@@ -193,6 +193,13 @@ pub async fn run(args: UpArgs) -> Result<()> {
         location.as_deref().unwrap_or("no location")
     );
     println!("driver: {} ({why})", driver.as_str());
+    if let Some(gateway) = &running.gateway {
+        println!(
+            "ingress gateway for containers at <id>.{}: external port {}",
+            running.app.compute_config().domain,
+            gateway.describe()
+        );
+    }
     match &running.new_admin_token {
         Some(token) => println!(
             "\nThe bootstrap admin token, shown this once (only its hash is stored):\n\n    \

@@ -80,7 +80,13 @@ pub(crate) fn ssh(
 
 /// [`ssh`] until it succeeds, for up to ten seconds (a startup script
 /// runs once SSH is up).
-async fn ssh_until(key: &Path, user: &str, host: &str, port: u16, command: &str) -> String {
+pub(crate) async fn ssh_until(
+    key: &Path,
+    user: &str,
+    host: &str,
+    port: u16,
+    command: &str,
+) -> String {
     let mut last = String::new();
     for _ in 0..100 {
         match ssh(key, user, host, port, command) {
@@ -335,7 +341,7 @@ fn applied_count(state_dir: &Path, id: &str) -> usize {
 }
 
 /// What a container leaves on the host, by instance id.
-fn traces_of(state_dir: &Path, id: &str) -> Vec<String> {
+pub(crate) fn traces_of(state_dir: &Path, id: &str) -> Vec<String> {
     let mut found = Vec::new();
     if state_dir.join("containers").join(id).exists() {
         found.push("its directory".to_string());
@@ -373,7 +379,7 @@ fn traces_of(state_dir: &Path, id: &str) -> Vec<String> {
 }
 
 /// How many links are attached to `bridge`.
-fn links_on(bridge: &str) -> usize {
+pub(crate) fn links_on(bridge: &str) -> usize {
     let links = Command::new("ip")
         .args(["-o", "link", "show", "master", bridge])
         .output()

@@ -92,6 +92,8 @@ pub struct Options {
     pub quota_defaults: tessera_store::Usage,
     pub http: tessera_faces::serve::HttpLimits,
     pub request_timeout: Duration,
+    /// Run the ingress gateway, on ephemeral ports of 127.0.0.1.
+    pub gateway: bool,
 }
 
 impl Default for Options {
@@ -123,6 +125,7 @@ impl Default for Options {
             quota_defaults: tessera_app::DEFAULT_QUOTA,
             http: Default::default(),
             request_timeout: Duration::from_secs(60),
+            gateway: false,
         }
     }
 }
@@ -168,6 +171,13 @@ impl TestServer {
             quota_defaults: options.quota_defaults,
             http: options.http,
             request_timeout: options.request_timeout,
+            gateway: options.gateway.then(|| tessera::settings::GatewaySettings {
+                listen: [127, 0, 0, 1].into(),
+                ports: tessera_gateway::PortMapping::Ephemeral,
+                certificate: tessera_gateway::CertificateSource::SelfSigned {
+                    dir: dir.path().join("gateway"),
+                },
+            }),
             ..Settings::with_defaults(dir.path().to_path_buf(), database_url)
         };
         let running = server::start(&settings).await.expect("server starts");

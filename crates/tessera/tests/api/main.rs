@@ -6,6 +6,8 @@ mod harness;
 
 mod agents;
 mod cli;
+mod compute;
+mod compute_dataplane;
 mod concurrency;
 mod crash;
 mod dataplane;
