@@ -819,11 +819,19 @@ async fn shared_and_exclusive_cpus_share_a_host_without_overlap(backend: Backend
     server.stop().await;
 }
 
-pub(crate) async fn socket(
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+pub(crate) async fn socket(server: &TestServer, path: &str, protocol: Option<&str>) -> Socket {
+    try_socket(server, path, protocol).await.expect("connect")
+}
+
+/// A WebSocket to `path`, or why the server refused the upgrade.
+pub(crate) async fn try_socket(
     server: &TestServer,
     path: &str,
     protocol: Option<&str>,
-) -> tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>> {
+) -> Result<Socket, tokio_tungstenite::tungstenite::Error> {
     let url = server.url.replacen("http", "ws", 1) + path;
     let mut request = url.as_str().into_client_request().expect("request");
     if let Some(protocol) = protocol {
@@ -831,10 +839,8 @@ pub(crate) async fn socket(
             .headers_mut()
             .insert("sec-websocket-protocol", protocol.parse().expect("header"));
     }
-    let (socket, _) = tokio_tungstenite::connect_async(request)
-        .await
-        .expect("connect");
-    socket
+    let (socket, _) = tokio_tungstenite::connect_async(request).await?;
+    Ok(socket)
 }
 
 pub(crate) async fn next_json(
@@ -998,15 +1004,28 @@ pub(crate) async fn run_in_terminal(
     id: &str,
     input: &[u8],
 ) -> (String, Option<Value>) {
-    let mut term = socket(
+    try_run_in_terminal(server, id, input)
+        .await
+        .expect("the terminal opens")
+}
+
+/// [`run_in_terminal`], or `None` when the server refuses the terminal
+/// (the container is not running).
+pub(crate) async fn try_run_in_terminal(
+    server: &TestServer,
+    id: &str,
+    input: &[u8],
+) -> Option<(String, Option<Value>)> {
+    let mut term = try_socket(
         server,
         &format!("/compute/containers/{id}/terminal?token={TOKEN}"),
         Some("tessera.terminal.v1"),
     )
-    .await;
+    .await
+    .ok()?;
     term.send(Message::Binary(input.to_vec().into()))
         .await
-        .expect("send");
+        .ok()?;
     let mut output = Vec::new();
     let mut exit = None;
     while let Ok(Some(Ok(message))) =
@@ -1019,7 +1038,7 @@ pub(crate) async fn run_in_terminal(
             _ => {}
         }
     }
-    (String::from_utf8_lossy(&output).into_owned(), exit)
+    Some((String::from_utf8_lossy(&output).into_owned(), exit))
 }
 
 async fn a_remote_agents_container_has_a_terminal_through_its_channel(backend: Backend) {

@@ -234,6 +234,46 @@ async fn a_kloigos_unit_on_a_real_agent_is_a_pinned_ssh_login() {
     server.stop().await;
 }
 
+/// A `container`-driver agent for `hostname` on network `net` of its own
+/// (bridge `tsrt<net>`, subnet `10.251.<net>.0/24`, SSH ports from
+/// `44<net>00`: tests run side by side and must not share them), joined to
+/// `server` and running.
+pub(crate) async fn container_agent(
+    server: &TestServer,
+    hostname: &str,
+    state: &Path,
+    net: u8,
+) -> AgentProcess {
+    let token = join_token(&server.url).await;
+    let agent = AgentProcess::start(
+        &server.url,
+        Some(&token),
+        hostname,
+        state,
+        "container",
+        &[
+            "--bridge",
+            &format!("tsrt{net}"),
+            "--subnet",
+            &format!("10.251.{net}.0/24"),
+            "--ssh-port-base",
+            &format!("44{net}00"),
+            "--user-prefix",
+            &format!("tc{net}-"),
+        ],
+    );
+    eventually(Duration::from_secs(20), "the host running", || async {
+        let servers = server.get_ok("/v1/servers").await;
+        servers
+            .as_array()
+            .and_then(|l| l.iter().find(|s| s["hostname"] == hostname))
+            .filter(|s| s["status"] == "running")
+            .map(|_| ())
+    })
+    .await;
+    agent
+}
+
 /// Builds the tiny image once and imports it into `state_dir`.
 pub(crate) fn import_tiny(state_dir: &Path) {
     static TARBALL: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
@@ -403,33 +443,7 @@ async fn a_container_instance_is_reached_over_ssh_and_leaves_nothing() {
     let dir = tempfile::tempdir().expect("tempdir");
     let state = dir.path().join("agent");
     import_tiny(&state);
-    let token = join_token(&server.url).await;
-    let agent = AgentProcess::start(
-        &server.url,
-        Some(&token),
-        "box-host",
-        &state,
-        "container",
-        &[
-            "--bridge",
-            "tsrt1",
-            "--subnet",
-            "10.251.1.0/24",
-            "--ssh-port-base",
-            "44100",
-            "--user-prefix",
-            "tc1-",
-        ],
-    );
-    eventually(Duration::from_secs(20), "the host running", || async {
-        let servers = server.get_ok("/v1/servers").await;
-        servers
-            .as_array()
-            .and_then(|l| l.iter().find(|s| s["hostname"] == "box-host"))
-            .filter(|s| s["status"] == "running")
-            .map(|_| ())
-    })
-    .await;
+    let agent = container_agent(&server, "box-host", &state, 1).await;
     let (key, public) = key_pair(dir.path());
     let started = std::time::Instant::now();
     let instance = create_tiny(&server.url, "web-1", &public).await;

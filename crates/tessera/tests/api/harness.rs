@@ -490,6 +490,8 @@ impl ServerProcess {
             .env("TESSERA_DATABASE_URL", database_url)
             .env("TESSERA_ADMIN_TOKEN", TOKEN)
             .env("TESSERA_LOG", "warn")
+            // Servers side by side cannot all have ports 80 and 443.
+            .env("TESSERA_GATEWAY_LISTEN", "off")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
