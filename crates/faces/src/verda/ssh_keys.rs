@@ -72,6 +72,7 @@ pub async fn list_keys(
         (status = 201, description = "The new key's id", body = String, content_type = "text/plain"),
         (status = 400, description = "Invalid request", body = ErrorBody),
         (status = 401, description = "Unauthorized", body = ErrorBody),
+        (status = 403, description = "Not allowed: the credential's role or scopes, or the project's key quota", body = ErrorBody),
         (status = 409, description = "The name is taken", body = ErrorBody),
         (status = 429, description = "Too many requests", body = ErrorBody),
     ))]
@@ -167,6 +168,7 @@ pub async fn list_keys_alias(state: State<App>, caller: Caller) -> Result<Json<V
         (status = 201, description = "The new key's id", body = String, content_type = "text/plain"),
         (status = 400, description = "Invalid request", body = ErrorBody),
         (status = 401, description = "Unauthorized", body = ErrorBody),
+        (status = 403, description = "Not allowed: the credential's role or scopes, or the project's key quota", body = ErrorBody),
         (status = 409, description = "The name is taken", body = ErrorBody),
         (status = 429, description = "Too many requests", body = ErrorBody),
     ))]
