@@ -178,9 +178,6 @@ pub struct App {
     in_flight: Arc<Mutex<HashSet<String>>>,
     agent_of_host: Arc<Mutex<HashMap<HostId, Arc<dyn HostAgent>>>>,
     agent_signals: Arc<agents::AgentSignals>,
-    /// When each instance lately stopped running on its own (this
-    /// process's observations), to tell a crash loop from a crash.
-    deaths: Arc<Mutex<HashMap<String, Vec<Instant>>>>,
     /// Remote agents' control channels to this process, for sessions.
     sessions: Arc<agents::sessions::SessionHub>,
     /// Background work (host steps, the reconciler), waited for at shutdown.
@@ -210,7 +207,6 @@ impl App {
             placement,
             config: Arc::new(config),
             in_flight: Arc::default(),
-            deaths: Arc::default(),
             sessions: Arc::default(),
             agent_of_host: Arc::default(),
             agent_signals: Arc::default(),

@@ -351,6 +351,30 @@ impl Store {
         Ok(rows.into_iter().map(|(id,)| id).collect())
     }
 
+    /// How many operations of `kind` made by `created_by` an instance (or
+    /// other resource) has had since `since` (a store timestamp).
+    pub async fn operations_since(
+        &self,
+        resource_id: &str,
+        kind: OperationKind,
+        created_by: &str,
+        since: &str,
+    ) -> Result<i64> {
+        let rows: Vec<(i64,)> = self
+            .fetch_all(
+                "SELECT COUNT(*) FROM operations WHERE resource_id = $1 AND kind = $2 \
+                 AND created_by = $3 AND created_at >= $4",
+                &[
+                    resource_id.into(),
+                    kind.as_str().into(),
+                    created_by.into(),
+                    since.into(),
+                ],
+            )
+            .await?;
+        Ok(rows.first().map_or(0, |(n,)| *n))
+    }
+
     /// How many operations are in each status.
     pub async fn operation_counts(&self) -> Result<Vec<(String, i64)>> {
         self.fetch_all(

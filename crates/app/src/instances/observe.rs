@@ -6,7 +6,7 @@
 
 use crate::App;
 use crate::error::Result;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tessera_agent_api::InstanceObservation;
 use tessera_core::status::{InstanceState, OperationKind, TerminationCause};
 use tessera_store::{InstanceUsage, NewOperation};
@@ -17,6 +17,8 @@ pub(crate) const DEATH_WINDOW: Duration = Duration::from_secs(600);
 /// An observation of an instance changed this recently may predate the
 /// change: it is not taken for a death.
 const SETTLING: chrono::Duration = chrono::Duration::seconds(10);
+/// Who makes the operations that start a dead instance again.
+const RESTARTED_BY: &str = "tessera:restart";
 
 impl App {
     /// Records what a host observed of its instances and acts on those
@@ -62,17 +64,24 @@ impl App {
     /// Starts a dead instance again, or, when it keeps dying, leaves it
     /// stopped and says why.
     async fn instance_died(&self, instance: &super::Instance, detail: Option<&str>) -> Result<()> {
-        let deaths = {
-            let mut all = self
-                .deaths
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            let now = Instant::now();
-            let mine = all.entry(instance.id.to_string()).or_default();
-            mine.retain(|at| now.duration_since(*at) < DEATH_WINDOW);
-            mine.push(now);
-            mine.len()
-        };
+        // Deaths are counted from the restarts they caused, in the store,
+        // so every replica counts the same whichever one hears of them.
+        let since = tessera_store::timestamp(
+            chrono::Utc::now()
+                - chrono::Duration::from_std(DEATH_WINDOW).unwrap_or(chrono::Duration::zero()),
+        );
+        let restarts = self
+            .store
+            .operations_since(
+                instance.id.as_str(),
+                OperationKind::InstanceStart,
+                RESTARTED_BY,
+                &since,
+            )
+            .await?;
+        let deaths = usize::try_from(restarts)
+            .unwrap_or(usize::MAX)
+            .saturating_add(1);
         let detail = detail.unwrap_or("it stopped running");
         if deaths > MAX_DEATHS {
             let why = format!(
@@ -100,7 +109,7 @@ impl App {
             kind: OperationKind::InstanceStart,
             resource_id: Some(instance.id.to_string()),
             params: serde_json::json!({ "instance_id": instance.id, "restart": true }),
-            created_by: "tessera".into(),
+            created_by: RESTARTED_BY.into(),
         };
         let began = self
             .store
