@@ -561,7 +561,7 @@ impl App {
     /// way is answered as it is.
     pub async fn start_container(&self, caller: &Principal, id: &str) -> Result<Container> {
         caller.require(Permission::InstanceCreate)?;
-        let container = self.container(caller, id).await?;
+        let container = self.settled_container(caller, id).await?;
         if container.instance.state != InstanceState::Stopped
             || container.instance.operation_id.is_some()
         {
@@ -571,11 +571,25 @@ impl App {
         self.container(caller, id).await
     }
 
+    /// A container once the change under way (a start, a stop, a restart
+    /// for new mounts) is over, or the wait is: a stop asked of a starting
+    /// container stops it once it has started, as its user means.
+    async fn settled_container(&self, caller: &Principal, id: &str) -> Result<Container> {
+        let container = self.container(caller, id).await?;
+        match &container.instance.operation_id {
+            Some(op) => {
+                self.wait_operation_quietly(op, POWER_WAIT).await?;
+                self.container(caller, id).await
+            }
+            None => Ok(container),
+        }
+    }
+
     /// Stops a running container and answers once it has (or once the
     /// wait is over); one that is not running is answered as it is.
     pub async fn stop_container(&self, caller: &Principal, id: &str) -> Result<Container> {
         caller.require(Permission::InstanceCreate)?;
-        let container = self.container(caller, id).await?;
+        let container = self.settled_container(caller, id).await?;
         if container.instance.state != InstanceState::Running
             || container.instance.operation_id.is_some()
         {

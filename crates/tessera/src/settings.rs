@@ -28,6 +28,9 @@ use std::time::Duration;
 use tessera_agent::drivers::sim::{SimConfig, SimFault};
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+/// Where the gateway serves external port P unless told: P + 20000, clear
+/// of privileged ports and of the API's own 8080.
+pub const DEFAULT_GATEWAY_OFFSET: u16 = 20_000;
 
 #[derive(clap::Args, Debug, Default, Clone)]
 pub struct ServerArgs {
@@ -177,8 +180,9 @@ pub struct ServerArgs {
     /// a replica that runs none [default: 0.0.0.0].
     #[arg(long, env = "TESSERA_GATEWAY_LISTEN")]
     pub gateway_listen: Option<GatewayListen>,
-    /// The ingress gateway serves external port P on P + this offset
-    /// [default: 0 as root, else 20000: port 80 on 20080].
+    /// The ingress gateway serves external port P on P + this offset: 0 in
+    /// production (the API then listens outside 80, 443 and 8000-8999)
+    /// [default: 20000, port 80 on 20080].
     #[arg(long, env = "TESSERA_GATEWAY_PORT_OFFSET")]
     pub gateway_port_offset: Option<u16>,
     /// The ingress gateway's certificate chain, PEM (with
@@ -477,18 +481,27 @@ impl ServerArgs {
         };
         let gateway = match self.gateway_listen.or(file.gateway_listen) {
             Some(GatewayListen::Off) => None,
-            listen => {
+            gateway_listen => {
                 let offset = self
                     .gateway_port_offset
                     .or(file.gateway_port_offset)
-                    .unwrap_or(if rustix::process::geteuid().is_root() {
-                        0
-                    } else {
-                        20_000
-                    });
+                    .unwrap_or(DEFAULT_GATEWAY_OFFSET);
                 if offset > u16::MAX - 8999 {
                     bail!(
                         "gateway_port_offset {offset} is too large: port 8999 must fit below 65536"
+                    );
+                }
+                let api = listen.port();
+                let clash = api
+                    .checked_sub(offset)
+                    .is_some_and(tessera_gateway::is_ingress_port);
+                if clash {
+                    bail!(
+                        "the API listens on port {api}, which the ingress gateway needs for \
+                         external port {} (gateway_port_offset {offset}): move the API \
+                         (--listen) or the gateway (--gateway-port-offset, or \
+                         --gateway-listen off)",
+                        api - offset
                     );
                 }
                 let certificate = match (
@@ -509,7 +522,7 @@ impl ServerArgs {
                     ),
                 };
                 Some(GatewaySettings {
-                    listen: match listen {
+                    listen: match gateway_listen {
                         Some(GatewayListen::On(ip)) => ip,
                         _ => IpAddr::from([0, 0, 0, 0]),
                     },
@@ -655,6 +668,36 @@ mod tests {
         );
         let sim = settings.sim.expect("sim hosts from the file");
         assert_eq!(sim.faults.len(), 1);
+    }
+
+    #[test]
+    fn the_gateway_and_the_api_never_want_one_port() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let args = |offset: Option<u16>, listen: GatewayListen| ServerArgs {
+            data_dir: Some(dir.path().to_path_buf()),
+            listen: Some("127.0.0.1:8080".parse().expect("addr")),
+            gateway_port_offset: offset,
+            gateway_listen: Some(listen),
+            ..ServerArgs::default()
+        };
+        let on = GatewayListen::On([0, 0, 0, 0].into());
+        let err = format!("{:#}", args(Some(0), on).resolve().expect_err("clash"));
+        assert!(err.contains("8080"), "{err}");
+        let settings = args(None, on)
+            .resolve()
+            .expect("the default offset clears 8080");
+        let gateway = settings.gateway.expect("a gateway");
+        assert_eq!(gateway.ports, tessera_gateway::PortMapping::Offset(20_000));
+        assert!(matches!(
+            gateway.certificate,
+            tessera_gateway::CertificateSource::SelfSigned { .. }
+        ));
+        let off = args(Some(0), GatewayListen::Off)
+            .resolve()
+            .expect("no gateway");
+        assert!(off.gateway.is_none());
+        assert_eq!("off".parse::<GatewayListen>(), Ok(GatewayListen::Off));
+        assert!("nowhere".parse::<GatewayListen>().is_err());
     }
 
     #[test]

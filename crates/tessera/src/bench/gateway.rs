@@ -33,8 +33,8 @@ pub struct GatewayArgs {
     clients: usize,
 }
 
-const CONTAINER: &str = "bench000";
-const HOST: &str = "bench000.bench.localhost";
+const CONTAINER: &str = "be4c4000";
+const HOST: &str = "be4c4000.bench.localhost";
 
 /// Where a client sends its requests.
 #[derive(Clone)]
@@ -80,9 +80,9 @@ async fn request(sender: &mut SendRequest<Empty<Bytes>>) -> Result<()> {
         .body(Empty::new())?;
     let response = sender.send_request(request).await?;
     let status = response.status();
-    response.into_body().collect().await?;
+    let body = response.into_body().collect().await?.to_bytes();
     if !status.is_success() {
-        bail!("answered {status}");
+        bail!("answered {status}: {}", String::from_utf8_lossy(&body));
     }
     Ok(())
 }

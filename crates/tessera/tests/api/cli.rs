@@ -107,3 +107,23 @@ async fn an_operator_sets_up_a_team_from_the_shell() {
     assert!(err.contains("unknown role"), "{err}");
     server.stop();
 }
+
+/// `tessera bench gateway` runs end to end (a few requests: the figures
+/// are for people, never asserted on).
+#[test]
+fn the_gateway_benchmark_runs_and_prints_its_rows() {
+    let out = Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .args(["bench", "gateway", "--requests", "20", "--clients", "2"])
+        .env("TESSERA_LOG", "warn")
+        .output()
+        .expect("tessera bench gateway");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for row in ["direct (http)", "gateway http :80", "gateway https :443"] {
+        assert_eq!(stdout.matches(row).count(), 3, "{row}: {stdout}");
+    }
+}
