@@ -52,6 +52,9 @@ pub(super) struct Bind {
     pub source: PathBuf,
     /// Absolute, inside the instance.
     pub destination: String,
+    /// Made just now, empty: it starts with what the image has at
+    /// `destination`, as a new Docker volume does.
+    pub fresh: bool,
 }
 
 /// A block device inside an instance.

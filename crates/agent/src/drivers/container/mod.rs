@@ -503,6 +503,11 @@ impl ContainerDriver {
             Some(storage) => storage::mount(&dir, id, storage).await?,
             None => Vec::new(),
         };
+        // A path new to the storage starts with what the image has there
+        // (a home's dotfiles under `/root`), as a new Docker volume does.
+        for bind in binds.iter().filter(|b| b.fresh) {
+            seed_from_image(&rootfs, bind).await;
+        }
         // A mount path over root's keys (`/root`, the containers API's
         // default) hides those written into the root filesystem: write
         // them where the instance will see them.
@@ -1273,6 +1278,42 @@ fn unmount_all(path: &Path) -> Result<(), AgentError> {
         }
     }
     Ok(())
+}
+
+/// Copies what the image has at `bind.destination` into the new, empty
+/// `bind.source`. The path is followed inside the root filesystem only
+/// while each of its components is a directory there, never a symlink,
+/// which would be resolved on the host (the instance is not running, so
+/// nothing changes it meanwhile); links inside are copied as links. A copy
+/// that fails (the storage is too small for it) leaves what it copied and
+/// says so in the log: the instance starts all the same.
+async fn seed_from_image(rootfs: &Path, bind: &bundle::Bind) {
+    let mut from = rootfs.to_path_buf();
+    for part in bind.destination.split('/').filter(|p| !p.is_empty()) {
+        from.push(part);
+        match fs::symlink_metadata(&from) {
+            Ok(meta) if meta.is_dir() => {}
+            _ => return,
+        }
+    }
+    let copied = run(
+        "cp",
+        &[
+            OsStr::new("-a"),
+            OsStr::new("--no-dereference"),
+            OsStr::new("--"),
+            from.join(".").as_os_str(),
+            bind.source.as_os_str(),
+        ],
+    )
+    .await;
+    if let Err(err) = copied {
+        tracing::warn!(
+            path = %bind.destination,
+            error = %err,
+            "could not copy the image's files into new persistent storage"
+        );
+    }
 }
 
 /// Root's `authorized_keys`: the spec's keys, one per line.

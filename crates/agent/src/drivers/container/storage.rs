@@ -119,7 +119,8 @@ pub(super) async fn mount(
     for (path, name) in paths {
         let source = root.join(&name);
         let source2 = source.clone();
-        blocking(move || {
+        let fresh = blocking(move || {
+            let fresh = fs::symlink_metadata(&source2).is_err();
             fs::DirBuilder::new()
                 .recursive(true)
                 .mode(0o755)
@@ -131,12 +132,13 @@ pub(super) async fn mount(
             if !meta.is_dir() {
                 return Err(fail(format!("{} is not a directory", source2.display())));
             }
-            Ok(())
+            Ok(fresh)
         })
         .await?;
         binds.push(Bind {
             source,
             destination: path,
+            fresh,
         });
     }
     Ok(binds)

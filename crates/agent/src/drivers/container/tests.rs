@@ -1216,6 +1216,7 @@ fn root_keys_go_to_the_mount_path_that_covers_them() {
     let bind = |source: &str, destination: &str| bundle::Bind {
         source: PathBuf::from(source),
         destination: destination.to_string(),
+        fresh: false,
     };
     let binds = [bind("/s/root", "/root"), bind("/s/data", "/data")];
     assert_eq!(
@@ -1234,4 +1235,40 @@ fn root_keys_go_to_the_mount_path_that_covers_them() {
         None,
         "not a prefix by name"
     );
+}
+
+#[tokio::test]
+async fn new_storage_starts_with_the_images_files_never_the_hosts() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let rootfs = tmp.path().join("rootfs");
+    fs::create_dir_all(rootfs.join("root/.config")).expect("mkdir");
+    fs::write(rootfs.join("root/.profile"), "export A=1\n").expect("write");
+    std::os::unix::fs::symlink("/etc", rootfs.join("linked")).expect("symlink");
+    std::os::unix::fs::symlink("/etc/hostname", rootfs.join("root/host-file")).expect("symlink");
+    let bind = |name: &str, destination: &str| {
+        let source = tmp.path().join("storage").join(name);
+        fs::create_dir_all(&source).expect("mkdir");
+        bundle::Bind {
+            source,
+            destination: destination.to_string(),
+            fresh: true,
+        }
+    };
+    let home = bind("root", "/root");
+    seed_from_image(&rootfs, &home).await;
+    assert_eq!(
+        fs::read_to_string(home.source.join(".profile")).expect("copied"),
+        "export A=1\n"
+    );
+    assert!(home.source.join(".config").is_dir());
+    let link = fs::symlink_metadata(home.source.join("host-file")).expect("link copied");
+    assert!(link.file_type().is_symlink(), "a link stays a link");
+    // A path that is a symlink in the image would be resolved on the host:
+    // nothing is copied.
+    let linked = bind("linked", "/linked");
+    seed_from_image(&rootfs, &linked).await;
+    assert_eq!(fs::read_dir(&linked.source).expect("dir").count(), 0);
+    let missing = bind("none", "/not/there");
+    seed_from_image(&rootfs, &missing).await;
+    assert_eq!(fs::read_dir(&missing.source).expect("dir").count(), 0);
 }
