@@ -20,9 +20,11 @@
 //! `GET /v1/agent/sessions/{session}` (a WebSocket of its own per session,
 //! so a busy terminal never holds up another): binary frames carry the
 //! session's bytes both ways, text frames carry [`SessionControlFrame`]s.
-//! The agent still speaks first: hosts behind NAT keep working. The channel
-//! reaches the replica it is connected to; a terminal asked of another
-//! replica is refused with a clear error until replicas forward sessions.
+//! The agent still speaks first: hosts behind NAT keep working. A terminal
+//! asked of another replica than the channel's is relayed through the
+//! store: that replica records the request, the channel's replica sends it
+//! down the channel with the asking replica's address as `dial_back`, and
+//! the agent dials that replica directly.
 
 use crate::{
     AgentError, HostScript, HostSpec, InstanceReport, InstanceSpec, ScriptOutcome, UnitSpec,
@@ -200,11 +202,15 @@ pub fn script_key(label: &str, nonce: &str) -> String {
 #[serde(rename_all = "snake_case")]
 pub enum ChannelMessage {
     /// Open a session into an instance and dial back
-    /// `/v1/agent/sessions/{session}`.
+    /// `/v1/agent/sessions/{session}`: at `dial_back` (the base URL of the
+    /// replica the user is connected to) when given, else at the URL the
+    /// agent reaches the control plane by.
     Open {
         session: String,
         instance_id: String,
         request: crate::SessionRequest,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        dial_back: Option<String>,
     },
 }
 

@@ -30,6 +30,14 @@ pub(crate) struct Dialer {
 }
 
 impl Dialer {
+    /// The same credential towards another base URL (a replica's own).
+    fn towards(&self, base: &str) -> Dialer {
+        Dialer {
+            base: base.trim_end_matches('/').to_string(),
+            credential: self.credential.clone(),
+        }
+    }
+
     fn request(
         &self,
         path: &str,
@@ -99,8 +107,15 @@ async fn serve_channel(
                 session,
                 instance_id,
                 request,
+                dial_back,
             }) => {
-                let (dialer, host) = (dialer.clone(), host.clone());
+                let dialer = match &dial_back {
+                    Some(base) if base.starts_with("http://") || base.starts_with("https://") => {
+                        dialer.towards(base)
+                    }
+                    _ => dialer.clone(),
+                };
+                let host = host.clone();
                 tokio::spawn(async move {
                     if let Err(why) =
                         serve_session(&dialer, &host, &session, &instance_id, &request).await
