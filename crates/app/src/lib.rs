@@ -87,6 +87,10 @@ pub struct AppConfig {
     pub quota_defaults: tessera_core::quota::Usage,
     /// The containers API's settings.
     pub compute: containers::ComputeConfig,
+    /// This replica's base URL as agents reach it directly, so a terminal
+    /// asked here of a host whose channel is at another replica can be
+    /// relayed; `None`: such a terminal is refused.
+    pub advertise_url: Option<String>,
 }
 
 /// A project's quota unless configured otherwise.
@@ -156,6 +160,7 @@ impl Default for AppConfig {
             login_limits: throttle::LoginLimits::default(),
             quota_defaults: DEFAULT_QUOTA,
             compute: containers::ComputeConfig::default(),
+            advertise_url: None,
         }
     }
 }

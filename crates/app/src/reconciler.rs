@@ -81,6 +81,20 @@ impl Task for ObserveInstances {
     }
 }
 
+/// Sends down this replica's agent channels the terminal sessions other
+/// replicas asked of those hosts.
+struct RelaySessions;
+
+impl Task for RelaySessions {
+    const NAME: &'static str = "relay sessions";
+    fn period(_: &App) -> Duration {
+        crate::agents::sessions::RELAY_POLL
+    }
+    async fn run(app: &App) -> Result<()> {
+        app.relay_sessions().await
+    }
+}
+
 /// Destroys the storage of volumes whose time in the trash is up.
 struct PurgeVolumes;
 
@@ -195,6 +209,7 @@ impl App {
             app.spawn_task::<ResumeOperations>();
             app.spawn_task::<Heartbeats>();
             app.spawn_task::<ObserveInstances>();
+            app.spawn_task::<RelaySessions>();
             app.spawn_task::<PurgeVolumes>();
             app.spawn_task::<PendingHosts>();
             app.spawn_task::<OverdueUnits>();

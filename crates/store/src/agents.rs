@@ -452,3 +452,80 @@ async fn set_desired(
     .await?;
     Ok(Commit::Keep(Some(generation)))
 }
+
+/// A terminal session asked of a replica that does not hold the host's
+/// agent channel.
+#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
+pub struct SessionRequestRecord {
+    pub session: String,
+    pub hostname: String,
+    pub instance_id: String,
+    /// The session request, JSON.
+    pub request: String,
+    /// The asking replica's base URL, for the agent to dial.
+    pub dial_back: String,
+    pub created_at: String,
+}
+
+impl Store {
+    /// Records a session for the replica holding `hostname`'s channel to
+    /// take.
+    pub async fn request_session(&self, request: &SessionRequestRecord) -> Result<()> {
+        self.run_statements(
+            "request_session",
+            vec![(
+                "INSERT INTO session_requests (session, hostname, instance_id, request, \
+                 dial_back, created_at) VALUES ($1, $2, $3, $4, $5, $6)"
+                    .into(),
+                vec![
+                    (&request.session).into(),
+                    (&request.hostname).into(),
+                    (&request.instance_id).into(),
+                    (&request.request).into(),
+                    (&request.dial_back).into(),
+                    (&request.created_at).into(),
+                ],
+            )],
+            |_| true,
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// The sessions asked of these hosts, oldest first.
+    pub async fn session_requests(
+        &self,
+        hostnames: &[String],
+    ) -> Result<Vec<SessionRequestRecord>> {
+        if hostnames.is_empty() {
+            return Ok(Vec::new());
+        }
+        let marks: Vec<String> = (1..=hostnames.len()).map(|i| format!("${i}")).collect();
+        let args: Vec<Arg> = hostnames.iter().map(Into::into).collect();
+        self.fetch_all(
+            &format!(
+                "SELECT session, hostname, instance_id, request, dial_back, created_at \
+                 FROM session_requests WHERE hostname IN ({}) ORDER BY created_at, session",
+                marks.join(", ")
+            ),
+            &args,
+        )
+        .await
+    }
+
+    /// Removes a session request; `true` for the one caller that removed
+    /// it (the replica that takes it, or the asker giving up).
+    pub async fn take_session_request(&self, session: &str) -> Result<bool> {
+        let counts = self
+            .run_statements(
+                "take_session_request",
+                vec![(
+                    "DELETE FROM session_requests WHERE session = $1".into(),
+                    vec![session.into()],
+                )],
+                |_| true,
+            )
+            .await?;
+        Ok(counts[0] == 1)
+    }
+}

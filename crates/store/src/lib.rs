@@ -29,7 +29,7 @@ mod units;
 mod volumes;
 mod writer;
 
-pub use agents::{AgentRecord, JoinTokenRecord, WorkRecord};
+pub use agents::{AgentRecord, JoinTokenRecord, SessionRequestRecord, WorkRecord};
 pub use billing::{Balance, now_ms};
 pub use containers::{ContainerRecord, IngressRoute, IngressRule, InstanceUsage, NewContainer};
 pub use events::{EventRecord, NewEvent};

@@ -82,6 +82,17 @@ pub async fn start(settings: &Settings) -> Result<RunningServer> {
         }
         None => tessera_core::catalog::Catalog::built_in(),
     };
+    let listener = TcpListener::bind(settings.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", settings.listen))?;
+    let addr = listener.local_addr()?;
+    let advertise_url = settings.advertise_url.clone().unwrap_or_else(|| {
+        let mut own = addr;
+        if own.ip().is_unspecified() {
+            own.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+        }
+        format!("http://{own}")
+    });
     let config = AppConfig {
         agent_timeout: settings.agent_timeout,
         agent_silence: settings.agent_silence,
@@ -95,6 +106,7 @@ pub async fn start(settings: &Settings) -> Result<RunningServer> {
         quota_defaults: settings.quota_defaults,
         script_quota: settings.script_quota,
         compute: settings.compute.clone(),
+        advertise_url: Some(advertise_url),
         ..AppConfig::default()
     };
     let app = App::new(store, agents, config).await?;
@@ -104,10 +116,6 @@ pub async fn start(settings: &Settings) -> Result<RunningServer> {
             settings.admin_password.as_deref(),
         )
         .await?;
-    let listener = TcpListener::bind(settings.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", settings.listen))?;
-    let addr = listener.local_addr()?;
     app.spawn_reconciler();
     app.spawn_event_tasks();
     let gateway = match &settings.gateway {

@@ -17,7 +17,7 @@
 //! `quota_containers`, `quota_ssh_keys`, `script_quota`, `replica_id`,
 //! `compute_domain`, `compute_max_memory_mb`, `compute_max_storage_gb`,
 //! `gateway_listen`, `gateway_port_offset`, `gateway_certificate`,
-//! `gateway_private_key`.
+//! `gateway_private_key`, `advertise_url`.
 
 use crate::logging::LogFormat;
 use anyhow::{Context, Result, bail};
@@ -193,6 +193,12 @@ pub struct ServerArgs {
     /// The private key of --gateway-certificate, PEM.
     #[arg(long, env = "TESSERA_GATEWAY_PRIVATE_KEY")]
     pub gateway_private_key: Option<PathBuf>,
+    /// This replica's own base URL as agents reach it directly (not through
+    /// a load balancer), so terminals asked here of hosts whose agents are
+    /// connected to another replica are dialled back here [default:
+    /// http://LISTEN, with 127.0.0.1 for an unspecified address].
+    #[arg(long, env = "TESSERA_ADVERTISE_URL")]
+    pub advertise_url: Option<String>,
 }
 
 /// Where the ingress gateway listens: an address, or nowhere.
@@ -280,6 +286,7 @@ struct FileSettings {
     gateway_port_offset: Option<u16>,
     gateway_certificate: Option<PathBuf>,
     gateway_private_key: Option<PathBuf>,
+    advertise_url: Option<String>,
 }
 
 /// Resolved settings.
@@ -318,6 +325,8 @@ pub struct Settings {
     pub compute: tessera_app::containers::ComputeConfig,
     /// The ingress gateway this replica runs, if any.
     pub gateway: Option<GatewaySettings>,
+    /// `None`: made from the address the API is served on.
+    pub advertise_url: Option<String>,
 }
 
 impl Settings {
@@ -615,6 +624,13 @@ impl ServerArgs {
             replica_id: self.replica_id.or(file.replica_id),
             compute,
             gateway,
+            advertise_url: match self.advertise_url.or(file.advertise_url) {
+                Some(url) if url.starts_with("http://") || url.starts_with("https://") => {
+                    Some(url.trim_end_matches('/').to_string())
+                }
+                Some(url) => bail!("advertise_url {url:?} is not an http:// or https:// URL"),
+                None => None,
+            },
         })
     }
 }

@@ -69,6 +69,7 @@ impl App {
             store: self.store.clone(),
             signals: self.agent_signals.clone(),
             sessions: self.sessions.clone(),
+            advertise_url: self.config.advertise_url.clone(),
         })))
     }
 }

@@ -18,6 +18,8 @@ pub(super) struct RemoteAgent {
     pub(super) store: Store,
     pub(super) signals: Arc<AgentSignals>,
     pub(super) sessions: Arc<super::sessions::SessionHub>,
+    /// This replica's own base URL, for agents to dial sessions back at.
+    pub(super) advertise_url: Option<String>,
 }
 
 impl RemoteAgent {
@@ -208,8 +210,15 @@ impl HostAgent for RemoteAgent {
         instance_id: &str,
         request: &tessera_agent_api::SessionRequest,
     ) -> Result<tessera_agent_api::Session, AgentError> {
+        let relay = self
+            .advertise_url
+            .as_deref()
+            .map(|dial_back| super::sessions::Relay {
+                store: &self.store,
+                dial_back,
+            });
         self.sessions
-            .open(&self.hostname, instance_id, request)
+            .open(&self.hostname, instance_id, request, relay)
             .await
     }
 

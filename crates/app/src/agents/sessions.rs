@@ -5,8 +5,12 @@
 //!
 //! The design decision: channels and sessions waiting for their socket are
 //! this process's (in memory), since a socket cannot move between
-//! processes; a session asked of a host whose channel is connected to
-//! another replica is refused, saying so.
+//! processes. A session asked of a host whose channel is connected to
+//! another replica is relayed through the store: this replica records the
+//! request with its own address (`advertise_url`), the replica holding the
+//! channel takes it within [`RELAY_POLL`] and sends it down the channel,
+//! and the agent dials this replica back directly, so the session's bytes
+//! never cross a second replica.
 
 use super::AgentCaller;
 use crate::App;
@@ -21,6 +25,16 @@ use tokio::sync::{mpsc, oneshot};
 
 /// How long an agent has to open a session and dial its socket back.
 const DIAL_BACK: Duration = Duration::from_secs(15);
+/// How often a replica holding agent channels looks for sessions other
+/// replicas asked of them.
+pub(crate) const RELAY_POLL: Duration = Duration::from_millis(200);
+
+/// How a replica without a host's channel asks the one with it: through
+/// the store, to be dialled back at this replica's own address.
+pub(crate) struct Relay<'a> {
+    pub store: &'a tessera_store::Store,
+    pub dial_back: &'a str,
+}
 
 /// The channels of the agents connected to this process, and the sessions
 /// waiting for their socket.
@@ -56,12 +70,14 @@ impl Drop for ChannelGuard {
 }
 
 impl SessionHub {
-    /// Asks `hostname`'s agent for a session and waits for its socket.
+    /// Asks `hostname`'s agent for a session and waits for its socket:
+    /// down its channel when this process holds it, else through `relay`.
     pub(crate) async fn open(
         &self,
         hostname: &str,
         instance_id: &str,
         request: &SessionRequest,
+        relay: Option<Relay<'_>>,
     ) -> Result<Session, AgentError> {
         let channel = self
             .channels
@@ -69,32 +85,57 @@ impl SessionHub {
             .unwrap_or_else(PoisonError::into_inner)
             .get(hostname)
             .map(|(_, tx)| tx.clone());
-        let Some(channel) = channel else {
+        if channel.is_none() && relay.is_none() {
             return Err(AgentError::Unreachable(format!(
                 "the agent of {hostname} has no control channel to this control-plane process \
-                 (it is down, or connected to another replica)"
+                 (it is down, or connected to another replica, and this one has no \
+                 advertise_url to be dialled back at)"
             )));
-        };
+        }
         let session = uuid::Uuid::new_v4().to_string();
         let (tx, rx) = oneshot::channel();
         self.waiting
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .insert(session.clone(), (hostname.to_string(), tx));
-        let sent = channel.send(ChannelMessage::Open {
-            session: session.clone(),
-            instance_id: instance_id.to_string(),
-            request: request.clone(),
-        });
+        let mut relayed = None;
+        let sent = match (channel, relay) {
+            (Some(channel), _) => channel
+                .send(ChannelMessage::Open {
+                    session: session.clone(),
+                    instance_id: instance_id.to_string(),
+                    request: request.clone(),
+                    dial_back: None,
+                })
+                .map_err(|_| {
+                    AgentError::Unreachable(format!("the control channel of {hostname} closed"))
+                }),
+            (None, Some(relay)) => {
+                let record = tessera_store::SessionRequestRecord {
+                    session: session.clone(),
+                    hostname: hostname.to_string(),
+                    instance_id: instance_id.to_string(),
+                    request: serde_json::to_string(request).unwrap_or_default(),
+                    dial_back: relay.dial_back.to_string(),
+                    created_at: tessera_store::now(),
+                };
+                relayed = Some(relay.store);
+                relay.store.request_session(&record).await.map_err(|e| {
+                    AgentError::Unreachable(format!(
+                        "cannot ask the replica holding {hostname}'s channel: {e}"
+                    ))
+                })
+            }
+            (None, None) => unreachable!("checked above"),
+        };
         let outcome = match sent {
-            Err(_) => Err(AgentError::Unreachable(format!(
-                "the control channel of {hostname} closed"
-            ))),
+            Err(err) => Err(err),
             Ok(()) => match tokio::time::timeout(DIAL_BACK, rx).await {
                 Ok(Ok(session)) => Ok(session),
                 Ok(Err(_)) => Err(AgentError::Failed("the session was dropped".into())),
                 Err(_) => Err(AgentError::Unreachable(format!(
-                    "the agent of {hostname} did not open the session within {} s",
+                    "the agent of {hostname} did not open the session within {} s \
+                     (is it connected?)",
                     DIAL_BACK.as_secs()
                 ))),
             },
@@ -103,7 +144,33 @@ impl SessionHub {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .remove(&session);
+        if let Some(store) = relayed {
+            // Not taken (no replica holds the channel): withdrawn.
+            let _ = store.take_session_request(&session).await;
+        }
         outcome
+    }
+
+    /// The hosts whose agents' channels this process holds.
+    fn hostnames(&self) -> Vec<String> {
+        self.channels
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .keys()
+            .cloned()
+            .collect()
+    }
+
+    /// Sends a message down a host's channel; `false` when this process no
+    /// longer holds it.
+    fn send(&self, hostname: &str, message: ChannelMessage) -> bool {
+        let channel = self
+            .channels
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(hostname)
+            .map(|(_, tx)| tx.clone());
+        channel.is_some_and(|tx| tx.send(message).is_ok())
     }
 }
 
@@ -129,6 +196,46 @@ impl App {
             id,
         };
         (guard, rx)
+    }
+
+    /// Sends down this process's channels the sessions other replicas
+    /// asked of their hosts (each taken by one replica only); requests
+    /// older than their asker waits are dropped.
+    pub(crate) async fn relay_sessions(&self) -> Result<()> {
+        let hostnames = self.sessions.hostnames();
+        if hostnames.is_empty() {
+            return Ok(());
+        }
+        let stale = tessera_store::timestamp(
+            chrono::Utc::now()
+                - chrono::Duration::from_std(DIAL_BACK).unwrap_or(chrono::Duration::zero()),
+        );
+        for asked in self.store.session_requests(&hostnames).await? {
+            if !self.store.take_session_request(&asked.session).await? {
+                continue;
+            }
+            if asked.created_at < stale {
+                continue;
+            }
+            let request = match serde_json::from_str::<SessionRequest>(&asked.request) {
+                Ok(request) => request,
+                Err(err) => {
+                    tracing::warn!(session = %asked.session, error = %err, "an unreadable session request");
+                    continue;
+                }
+            };
+            let sent = self.sessions.send(
+                &asked.hostname,
+                ChannelMessage::Open {
+                    session: asked.session.clone(),
+                    instance_id: asked.instance_id,
+                    request,
+                    dial_back: Some(asked.dial_back),
+                },
+            );
+            tracing::debug!(session = %asked.session, hostname = %asked.hostname, sent, "relayed a session");
+        }
+        Ok(())
     }
 
     /// The socket of a session an agent opened arrived: hands it to

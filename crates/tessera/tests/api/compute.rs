@@ -22,7 +22,8 @@ crate::on_both_backends!(
     the_status_socket_streams_every_change,
     the_terminal_socket_runs_a_shell,
     a_remote_agents_container_has_a_terminal_through_its_channel,
-    the_gateway_follows_the_rules_and_says_why_it_cannot_route
+    the_gateway_follows_the_rules_and_says_why_it_cannot_route,
+    a_terminal_asked_of_another_replica_is_relayed_to_the_agents
 );
 
 /// Registers a pooled simulated server of an architecture and waits for
@@ -1191,4 +1192,69 @@ async fn the_gateway_follows_the_rules_and_says_why_it_cannot_route(backend: Bac
     })
     .await;
     server.stop().await;
+}
+
+/// Two replicas of one store; the agent's channel is at the first. A
+/// terminal asked of the second is relayed through the store and the agent
+/// dials the second back directly.
+async fn a_terminal_asked_of_another_replica_is_relayed_to_the_agents(backend: Backend) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let database_url = match backend {
+        Backend::Sqlite => tessera_store::Store::sqlite_url(&dir.path().join("shared.db")),
+        Backend::Postgres => crate::harness::fresh_postgres_database().await,
+    };
+    let replica = |url: String| async move {
+        TestServer::start_with(
+            backend,
+            crate::harness::Options {
+                database_url: Some(url),
+                ..Default::default()
+            },
+        )
+        .await
+    };
+    let first = replica(database_url.clone()).await;
+    let second = replica(database_url).await;
+    let token = join_token(&first.url).await;
+    let _agent = AgentProcess::start(
+        &first.url,
+        Some(&token),
+        "remote-2",
+        &dir.path().join("agent"),
+        "sim",
+        &[],
+    );
+    eventually(Duration::from_secs(20), "the remote host runs", || async {
+        let servers = second.get_ok("/v1/servers").await;
+        servers
+            .as_array()?
+            .iter()
+            .any(|s| s["hostname"] == "remote-2" && s["status"] == "running")
+            .then_some(())
+    })
+    .await;
+    let key = add_key(&second, "k").await;
+    let (status, made) = compute(
+        &second,
+        Method::POST,
+        "/containers",
+        Some(json!({"name": "relayed", "instance_type": "tiny", "ssh_key_ids": [key]})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{made}");
+    let id = made["id"].as_str().expect("id").to_string();
+    wait_status(&second, &id, "running").await;
+    let (output, exit) = eventually(
+        Duration::from_secs(20),
+        "a terminal through the other replica's channel",
+        || async {
+            let (output, exit) =
+                run_in_terminal(&second, &id, b"echo relayed-here\nexit 3\n").await;
+            output.contains("relayed-here").then_some((output, exit))
+        },
+    )
+    .await;
+    assert_eq!(exit, Some(json!({"exit": 3})), "{output}");
+    second.stop().await;
+    first.stop().await;
 }
