@@ -141,6 +141,12 @@ async fn a_container_lives_its_whole_life_through_the_seed(backend: Backend) {
     let instance = server.get_ok(&format!("/v1/instances/{id}")).await;
     assert_eq!(instance["spec"]["type"], "tiny");
     assert_eq!(instance["status"]["state"], "running");
+    // And on the Verda face, as far as its shape goes.
+    let verda = crate::verda::Verda::login(&server, "default").await;
+    let seen = verda.get(&format!("/instances/{id}")).await;
+    assert_eq!(seen["id"], json!(id), "{seen}");
+    assert_eq!(seen["instance_type"], "tiny", "{seen}");
+    assert_eq!(seen["status"], "running", "{seen}");
     let (_, list) = compute(&server, Method::GET, "/containers", None).await;
     assert_eq!(list["containers"][0]["id"], json!(id));
     // SSH off, then on.
