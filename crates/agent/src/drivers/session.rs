@@ -15,6 +15,7 @@
 //! input of a terminal types the end-of-file character (`^D`), since a
 //! terminal cannot be half closed.
 
+use std::future::Future;
 use std::io;
 use std::os::fd::OwnedFd;
 use std::pin::Pin;
@@ -92,15 +93,13 @@ impl Pty {
             master.try_clone().map_err(copy)?,
         )
         .map_err(|e| pty_fail("polling the master", e))?;
-        let input = tokio::net::unix::pipe::Sender::from_owned_fd_unchecked(
-            master.try_clone().map_err(copy)?,
-        )
-        .map_err(|e| pty_fail("polling the master", e))?;
+        let input = master.try_clone().map_err(copy)?;
         Ok(Pty {
             output: PtyReader(output),
             input: PtyWriter {
-                sender: input,
+                master: input,
                 closed: false,
+                backoff: None,
             },
             master: PtyMaster(master),
             slave,
@@ -138,10 +137,21 @@ impl AsyncRead for PtyReader {
     }
 }
 
+/// How long a write to a full terminal waits before it tries again.
+const FULL_TERMINAL_RETRY: std::time::Duration = std::time::Duration::from_millis(10);
+
 /// The input of a terminal; shutting it down (or dropping it) types `^D`.
+///
+/// The design decision: it writes the master itself (non-blocking) and,
+/// when the terminal's input buffer is full (a process that does not read,
+/// a line longer than the buffer), waits [`FULL_TERMINAL_RETRY`] before it
+/// tries again. Polling the master for writability is no help there: Linux
+/// reports a pty master writable while its line discipline refuses the
+/// bytes, which made a reactor retry without pause and spin its threads.
 pub struct PtyWriter {
-    sender: tokio::net::unix::pipe::Sender,
+    master: OwnedFd,
     closed: bool,
+    backoff: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl AsyncWrite for PtyWriter {
@@ -156,7 +166,20 @@ impl AsyncWrite for PtyWriter {
                 "the session's input is closed",
             )));
         }
-        Pin::new(&mut self.sender).poll_write(cx, data)
+        loop {
+            if let Some(backoff) = self.backoff.as_mut() {
+                ready!(backoff.as_mut().poll(cx));
+                self.backoff = None;
+            }
+            match rustix::io::write(&self.master, data) {
+                Ok(written) => return Poll::Ready(Ok(written)),
+                Err(rustix::io::Errno::INTR) => {}
+                Err(rustix::io::Errno::AGAIN) => {
+                    self.backoff = Some(Box::pin(tokio::time::sleep(FULL_TERMINAL_RETRY)));
+                }
+                Err(e) => return Poll::Ready(Err(e.into())),
+            }
+        }
     }
 
     fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -178,7 +201,44 @@ impl Drop for PtyWriter {
     fn drop(&mut self) {
         if !self.closed {
             // Best effort: a full terminal buffer or a gone process loses it.
-            let _ = self.sender.try_write(&[END_OF_FILE]);
+            let _ = rustix::io::write(&self.master, &[END_OF_FILE]);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+    use tokio::io::AsyncWriteExt;
+
+    /// Input larger than the terminal holds waits while nothing reads it
+    /// and goes through once something does (the retry path).
+    #[tokio::test]
+    async fn input_to_a_full_terminal_waits_then_goes_through() {
+        let pty = Pty::open(TtySize { cols: 80, rows: 24 }).expect("pty");
+        let Pty {
+            output: _output,
+            mut input,
+            master: _master,
+            slave,
+        } = pty;
+        // Raw mode on the slave, so the bytes arrive as written.
+        let mut termios = rustix::termios::tcgetattr(&slave).expect("termios");
+        termios.make_raw();
+        rustix::termios::tcsetattr(&slave, rustix::termios::OptionalActions::Now, &termios)
+            .expect("raw");
+        let data = vec![b'x'; 256 * 1024];
+        let writing = tokio::spawn(async move { input.write_all(&data).await.map(|()| input) });
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        assert!(!writing.is_finished(), "the terminal cannot hold it all");
+        let reader = std::thread::spawn(move || {
+            let mut slave = std::fs::File::from(slave);
+            let mut got = vec![0u8; 256 * 1024];
+            slave.read_exact(&mut got).map(|()| got)
+        });
+        let _input = writing.await.expect("join").expect("written");
+        let got = reader.join().expect("reader").expect("read");
+        assert!(got.iter().all(|b| *b == b'x'));
     }
 }
