@@ -68,6 +68,16 @@ impl Principal {
             .is_none_or(|scopes| scopes.allows(path, action))
     }
 
+    /// The caller as the containers API sees it: a token limited by
+    /// containers-API grants alone acts there with its role's permissions,
+    /// each request having been checked against its grants first.
+    pub fn on_compute_face(mut self) -> Principal {
+        if self.compute_scopes.is_some() && self.scopes.as_ref().is_some_and(Vec::is_empty) {
+            self.scopes = None;
+        }
+        self
+    }
+
     pub fn can(&self, permission: Permission) -> bool {
         let granted = match permission.reach() {
             Reach::Workspace => self.role.grants(permission),
@@ -451,12 +461,18 @@ impl App {
         let (Some(user_id), Some(project_id)) = (&record.user_id, &record.project_id) else {
             return Err(unauthenticated());
         };
-        let scopes = stored_scopes(record.scopes.as_deref());
+        let compute_scopes = stored_compute_scopes(record.compute_scopes.as_deref());
+        // A token limited by containers-API grants alone has nothing on the
+        // other faces (the containers API lifts this: `on_compute_face`).
+        let scopes = match stored_scopes(record.scopes.as_deref()) {
+            None if compute_scopes.is_some() => Some(Vec::new()),
+            scopes => scopes,
+        };
         let mut principal = self
             .principal_of_user(user_id, Some(project_id), scopes, Some(record.id.clone()))
             .await?;
         principal.expires_at = record.expires_at.clone();
-        principal.compute_scopes = stored_compute_scopes(record.compute_scopes.as_deref());
+        principal.compute_scopes = compute_scopes;
         Ok(principal)
     }
 

@@ -72,7 +72,9 @@ impl Face for Compute {
     const BODY: BodyRule = BodyRule::Lenient;
 
     async fn authenticate(app: &App, bearer: Option<&str>) -> Result<Principal, Error> {
-        app.authenticate(bearer).await
+        app.authenticate(bearer)
+            .await
+            .map(Principal::on_compute_face)
     }
 
     /// A token limited by containers-API grants reaches only what they

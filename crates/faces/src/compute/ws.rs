@@ -38,7 +38,10 @@ pub(crate) async fn socket_caller(
 ) -> Result<(Principal, Option<String>), ComputeError> {
     check_origin(headers)?;
     let credential = socket_credential(headers, token);
-    let caller = app.authenticate(credential.as_deref()).await?;
+    let caller = app
+        .authenticate(credential.as_deref())
+        .await?
+        .on_compute_face();
     let (grant, action) = grant_needed(&caller.user_id, &Method::GET, path);
     if !caller.compute_allows(&grant, action) {
         return Err(ComputeError(Error::Forbidden(format!(
