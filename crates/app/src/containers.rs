@@ -47,6 +47,30 @@ impl From<tessera_store::IngressRule> for IngressRule {
     }
 }
 
+/// How many terminals a container may have open at once (per replica).
+pub const TERMINALS_PER_CONTAINER: usize = 8;
+
+/// One open terminal's place; see [`App::terminal_slot`].
+pub struct TerminalSlot {
+    terminals: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>,
+    id: String,
+}
+
+impl Drop for TerminalSlot {
+    fn drop(&mut self) {
+        let mut open = self
+            .terminals
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(count) = open.get_mut(&self.id) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                open.remove(&self.id);
+            }
+        }
+    }
+}
+
 /// A container as the ingress gateway routes to it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ContainerRoute {
@@ -761,6 +785,28 @@ impl App {
         }
         self.start_instance(caller, id).await?;
         Ok(())
+    }
+
+    /// A place for one more terminal into a container, held until dropped:
+    /// at most [`TERMINALS_PER_CONTAINER`] at once through this process,
+    /// since each is a process on the container's host outside its limits.
+    pub fn terminal_slot(&self, container: &Container) -> Result<TerminalSlot> {
+        let id = container.id().to_string();
+        let mut open = self
+            .terminals
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let count = open.entry(id.clone()).or_default();
+        if *count >= TERMINALS_PER_CONTAINER {
+            return Err(Error::Conflict(format!(
+                "container {id} has {TERMINALS_PER_CONTAINER} terminals open already; close one first"
+            )));
+        }
+        *count += 1;
+        Ok(TerminalSlot {
+            terminals: self.terminals.clone(),
+            id,
+        })
     }
 
     /// Every live container with where it answers (while it runs) and its

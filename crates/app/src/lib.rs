@@ -185,6 +185,8 @@ pub struct App {
     agent_signals: Arc<agents::AgentSignals>,
     /// Remote agents' control channels to this process, for sessions.
     sessions: Arc<agents::sessions::SessionHub>,
+    /// The terminals open through this process, by container.
+    terminals: Arc<Mutex<HashMap<String, usize>>>,
     /// Background work (host steps, the reconciler), waited for at shutdown.
     tasks: TaskTracker,
     stopping: CancellationToken,
@@ -213,6 +215,7 @@ impl App {
             config: Arc::new(config),
             in_flight: Arc::default(),
             sessions: Arc::default(),
+            terminals: Arc::default(),
             agent_of_host: Arc::default(),
             agent_signals: Arc::default(),
             tasks: TaskTracker::new(),

@@ -30,6 +30,7 @@ const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 const X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
+const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 
 /// Headers that describe one hop and are never forwarded (RFC 9110 7.6.1).
 const HOP_BY_HOP: [HeaderName; 9] = [
@@ -239,7 +240,9 @@ fn upstream_request(
     );
     headers.insert(X_FORWARDED_PORT, HeaderValue::from(arrival.port));
     if let Ok(peer) = HeaderValue::from_str(&arrival.peer.ip().to_string()) {
-        headers.insert(X_FORWARDED_FOR, peer);
+        headers.insert(X_FORWARDED_FOR, peer.clone());
+        // Set, never passed on: a client must not name its own address.
+        headers.insert(X_REAL_IP, peer);
     }
     Ok(Request::from_parts(parts, body))
 }

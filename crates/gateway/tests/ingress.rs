@@ -42,6 +42,7 @@ async fn an_http_rule_reaches_the_container_by_host_name() {
         .uri("/hello?name=world")
         .header("host", "ABC12345.Compute.Localhost:80")
         .header("x-forwarded-for", "6.6.6.6")
+        .header("x-real-ip", "6.6.6.6")
         .header("connection", "x-secret")
         .header("x-secret", "hop")
         .header("x-kept", "end-to-end")
@@ -63,6 +64,7 @@ async fn an_http_rule_reaches_the_container_by_host_name() {
         headers["x-forwarded-for"], "127.0.0.1",
         "the client's own claim is replaced"
     );
+    assert_eq!(headers["x-real-ip"], "127.0.0.1", "so is this one");
     assert_eq!(headers["x-forwarded-proto"], "http");
     assert_eq!(headers["x-forwarded-host"], "ABC12345.Compute.Localhost:80");
     assert_eq!(headers["x-forwarded-port"], "80");

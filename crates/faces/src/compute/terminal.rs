@@ -28,6 +28,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// The subprotocol that turns text frames into control messages.
 pub const CONTROL_PROTOCOL: &str = "tessera.terminal.v1";
+/// The largest message a terminal takes: a socket that sends more is
+/// closed.
+const MAX_INPUT_MESSAGE: usize = 64 * 1024;
 
 #[derive(Deserialize)]
 pub struct TerminalParams {
@@ -61,6 +64,7 @@ pub async fn terminal(
     let upgrade = upgrade.map_err(|_| {
         bad_request("the terminal speaks WebSocket: connect with `Upgrade: websocket`")
     })?;
+    let slot = app.terminal_slot(&container)?;
     let session = app
         .open_instance_session(
             &caller,
@@ -71,10 +75,15 @@ pub async fn terminal(
             },
         )
         .await?;
-    let upgrade = upgrade.protocols([CONTROL_PROTOCOL]);
-    Ok(upgrade.on_upgrade(move |socket| {
+    // Typed keys and pastes, never megabytes at once.
+    let upgrade = upgrade
+        .protocols([CONTROL_PROTOCOL])
+        .max_message_size(MAX_INPUT_MESSAGE)
+        .max_frame_size(MAX_INPUT_MESSAGE);
+    Ok(upgrade.on_upgrade(move |socket| async move {
         let control = socket.protocol().is_some_and(|p| p == CONTROL_PROTOCOL);
-        pipe(socket, session, control)
+        pipe(socket, session, control).await;
+        drop(slot);
     }))
 }
 

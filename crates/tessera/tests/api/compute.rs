@@ -447,6 +447,22 @@ async fn token_grants_reach_only_what_they_name(backend: Backend) {
     wait_status(&server, b, "running").await;
     // Read on the list only: no create, no keys.
     let reader = token_with(&server, json!({"compute.{uid}.containers": ["read"]})).await;
+    // Grants on this API alone reach nothing on the others: not the
+    // instances, not a stop, not a new token.
+    for (method, path, body) in [
+        (Method::GET, "/v1/instances".to_string(), None),
+        (Method::POST, format!("/v1/instances/{a}/stop"), None),
+        (
+            Method::POST,
+            "/v1/tokens".to_string(),
+            Some(json!({"name": "child"}).to_string()),
+        ),
+    ] {
+        let (status, body) = server
+            .request(method.clone(), &path, body.as_deref(), Some(&reader))
+            .await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{method} {path}: {body}");
+    }
     assert_eq!(
         as_token(&server, &reader, Method::GET, "/containers", None).await,
         StatusCode::OK
@@ -983,6 +999,24 @@ async fn the_terminal_socket_runs_a_shell(backend: Backend) {
     let output = String::from_utf8_lossy(&output);
     assert!(output.contains("hello-from-the-terminal"), "{output}");
     assert_eq!(exit, Some(json!({"exit": 3})), "{output}");
+    // Eight terminals at once, not nine; a closed one frees its place.
+    let path = format!("/compute/containers/{id}/terminal?token={TOKEN}");
+    let mut open = Vec::new();
+    for _ in 0..8 {
+        open.push(socket(&server, &path, None).await);
+    }
+    assert!(
+        try_socket(&server, &path, None).await.is_err(),
+        "a ninth terminal is refused"
+    );
+    let mut closed = open.pop().expect("one");
+    closed.close(None).await.expect("close");
+    drop(closed);
+    eventually(Duration::from_secs(5), "a place frees", || async {
+        try_socket(&server, &path, None).await.ok()
+    })
+    .await;
+    drop(open);
     // A stopped container has no terminal.
     compute(
         &server,
