@@ -25,6 +25,7 @@
 
 use super::{ContainerDriver, blocking, fail, validate_id};
 use crate::drivers::session::{Pty, PtyMaster, PtyWriter, exit_code, winsize};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -244,19 +245,30 @@ impl ContainerConsole {
     fn resize(&self, size: TtySize) -> Result<(), AgentError> {
         let path = stdin_path(self.pid);
         let open = |e: std::io::Error| fail(format!("opening {}: {e}", path.display()));
-        let file = std::fs::OpenOptions::new()
+        // The process is the tenant's: what its fd 0 is now is checked on
+        // a handle that opens nothing (O_PATH) before the file itself is
+        // opened, through that handle, so a device planted there is never
+        // opened by the agent.
+        let handle = std::fs::OpenOptions::new()
             .read(true)
-            .write(true)
-            .custom_flags(nix::libc::O_NOCTTY | nix::libc::O_NONBLOCK)
+            .custom_flags(nix::libc::O_PATH)
             .open(&path)
             .map_err(open)?;
-        let rdev = file.metadata().map_err(open)?.rdev();
+        let rdev = rustix::fs::fstat(&handle)
+            .map_err(|e| open(e.into()))?
+            .st_rdev;
         if rdev != self.rdev {
             return Err(fail(format!(
                 "{} is no longer the session's terminal",
                 path.display()
             )));
         }
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(nix::libc::O_NOCTTY | nix::libc::O_NONBLOCK)
+            .open(format!("/proc/self/fd/{}", handle.as_raw_fd()))
+            .map_err(open)?;
         rustix::termios::tcsetwinsize(&file, winsize(size))
             .map_err(|e| fail(format!("resizing the container's terminal: {e}")))
     }
