@@ -60,6 +60,7 @@ impl RemoteAgent {
                 self.hostname
             )));
         }
+        let mut generation = generation;
         loop {
             let notified = signal.notified();
             let row = self
@@ -73,6 +74,12 @@ impl RemoteAgent {
                         "{key} on {} was superseded",
                         self.hostname
                     )));
+                }
+                // The same change asked again meanwhile (two replicas
+                // preparing one host at once): its answer is ours too.
+                Some(row) if row.generation > generation && row.desired == body => {
+                    generation = row.generation;
+                    continue;
                 }
                 Some(row) if row.generation > generation => {
                     return Err(AgentError::Failed(format!(
