@@ -63,6 +63,26 @@ impl MemoryRoutes {
             .insert(port, target_port);
     }
 
+    /// Replaces everything at once with `containers`: `(id, address,
+    /// rules as (port, target_port))`. A request sees the old table or the
+    /// new one, never half of each.
+    pub fn replace_all(
+        &self,
+        containers: impl IntoIterator<Item = (String, Option<IpAddr>, Vec<(u16, u16)>)>,
+    ) {
+        let fresh: HashMap<String, Container> = containers
+            .into_iter()
+            .map(|(id, address, rules)| {
+                let rules = rules.into_iter().collect();
+                (id, Container { address, rules })
+            })
+            .collect();
+        *self
+            .containers
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = fresh;
+    }
+
     /// Removes the rule for external `port`, if there is one.
     pub fn remove_rule(&self, id: &str, port: u16) {
         let mut containers = self
@@ -122,5 +142,12 @@ mod tests {
         assert_eq!(routes.ports(), vec![8080]);
         routes.remove_rule("abc12345", 8080);
         assert!(routes.ports().is_empty());
+        routes.replace_all([("deadbeef".to_string(), None, vec![(80, 3000)])]);
+        assert_eq!(
+            routes.route("abc12345", 8080),
+            Err(NoRoute::UnknownContainer)
+        );
+        assert_eq!(routes.route("deadbeef", 80), Err(NoRoute::NotRunning));
+        assert_eq!(routes.ports(), vec![80]);
     }
 }

@@ -3,19 +3,18 @@
 //! The gateway (`tessera-gateway`) asks a route table on every request and
 //! must be answered from memory; containers, their addresses and their
 //! rules live in the store, written by any replica. So a task here reads
-//! the whole table from the app every [`REFRESH`] and swaps it in at once:
+//! the whole table from the app every [`REFRESH`] and swaps it into the
+//! gateway's own in-memory table ([`MemoryRoutes::replace_all`]) at once:
 //! a rule or a start made through any replica applies within that period,
 //! and a store that is briefly unreachable leaves the last table serving.
 
 use crate::settings::GatewaySettings;
 use anyhow::{Context, Result};
-use std::collections::{BTreeSet, HashMap};
-use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 use tessera_app::App;
 use tessera_app::containers::ContainerRoute;
-use tessera_gateway::{Gateway, GatewayConfig, NoRoute, RouteTable};
+use tessera_gateway::{Gateway, GatewayConfig, MemoryRoutes};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -33,8 +32,8 @@ impl RunningGateway {
     /// Reads the table once (so the gateway starts with every port it
     /// needs), opens the gateway and starts keeping the table.
     pub async fn start(app: App, settings: &GatewaySettings) -> Result<RunningGateway> {
-        let table = Arc::new(AppRoutes::default());
-        table.replace(app.ingress_table().await?);
+        let table = Arc::new(MemoryRoutes::new());
+        replace(&table, app.ingress_table().await?);
         let config = GatewayConfig::new(
             app.compute_config().domain.clone(),
             settings.listen,
@@ -70,7 +69,16 @@ impl RunningGateway {
     }
 }
 
-async fn feed(app: App, table: Arc<AppRoutes>, stop: CancellationToken) {
+/// Swaps in the table as read from the app.
+fn replace(table: &MemoryRoutes, routes: Vec<ContainerRoute>) {
+    table.replace_all(
+        routes
+            .into_iter()
+            .map(|route| (route.id, route.address, route.rules)),
+    );
+}
+
+async fn feed(app: App, table: Arc<MemoryRoutes>, stop: CancellationToken) {
     let mut failing = false;
     loop {
         tokio::select! {
@@ -83,7 +91,7 @@ async fn feed(app: App, table: Arc<AppRoutes>, stop: CancellationToken) {
                     tracing::info!("the ingress table is read again");
                     failing = false;
                 }
-                table.replace(routes);
+                replace(&table, routes);
             }
             Err(err) if !failing => {
                 failing = true;
@@ -94,60 +102,5 @@ async fn feed(app: App, table: Arc<AppRoutes>, stop: CancellationToken) {
             }
             Err(_) => {}
         }
-    }
-}
-
-/// The table as last read.
-#[derive(Default)]
-struct AppRoutes {
-    containers: RwLock<HashMap<String, Entry>>,
-}
-
-struct Entry {
-    address: Option<IpAddr>,
-    rules: HashMap<u16, u16>,
-}
-
-impl AppRoutes {
-    fn replace(&self, routes: Vec<ContainerRoute>) {
-        let fresh = routes
-            .into_iter()
-            .map(|route| {
-                let entry = Entry {
-                    address: route.address,
-                    rules: route.rules.into_iter().collect(),
-                };
-                (route.id, entry)
-            })
-            .collect();
-        *self
-            .containers
-            .write()
-            .unwrap_or_else(PoisonError::into_inner) = fresh;
-    }
-}
-
-impl RouteTable for AppRoutes {
-    fn route(&self, container: &str, port: u16) -> Result<SocketAddr, NoRoute> {
-        let containers = self
-            .containers
-            .read()
-            .unwrap_or_else(PoisonError::into_inner);
-        let entry = containers.get(container).ok_or(NoRoute::UnknownContainer)?;
-        let target = entry.rules.get(&port).ok_or(NoRoute::NoRule)?;
-        let address = entry.address.ok_or(NoRoute::NotRunning)?;
-        Ok(SocketAddr::new(address, *target))
-    }
-
-    fn ports(&self) -> Vec<u16> {
-        let containers = self
-            .containers
-            .read()
-            .unwrap_or_else(PoisonError::into_inner);
-        let ports: BTreeSet<u16> = containers
-            .values()
-            .flat_map(|entry| entry.rules.keys().copied())
-            .collect();
-        ports.into_iter().collect()
     }
 }
