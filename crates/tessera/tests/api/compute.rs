@@ -74,15 +74,21 @@ async fn add_key(server: &TestServer, name: &str) -> i64 {
 }
 
 pub(crate) async fn wait_status(server: &TestServer, id: &str, status: &str) -> Value {
-    eventually(
-        Duration::from_secs(15),
-        &format!("{id} {status}"),
-        || async {
-            let (code, container) =
-                compute(server, Method::GET, &format!("/containers/{id}"), None).await;
-            (code == StatusCode::OK && container["status"] == status).then_some(container)
-        },
-    )
+    wait_status_within(server, id, status, Duration::from_secs(15)).await
+}
+
+/// [`wait_status`] for up to `within`.
+pub(crate) async fn wait_status_within(
+    server: &TestServer,
+    id: &str,
+    status: &str,
+    within: Duration,
+) -> Value {
+    eventually(within, &format!("{id} {status}"), || async {
+        let (code, container) =
+            compute(server, Method::GET, &format!("/containers/{id}"), None).await;
+        (code == StatusCode::OK && container["status"] == status).then_some(container)
+    })
     .await
 }
 
@@ -1084,36 +1090,8 @@ pub(crate) async fn try_run_in_terminal(
 
 async fn a_remote_agents_container_has_a_terminal_through_its_channel(backend: Backend) {
     let server = TestServer::start(backend).await;
-    let token = join_token(&server.url).await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let _agent = AgentProcess::start(
-        &server.url,
-        Some(&token),
-        "remote-1",
-        dir.path(),
-        "sim",
-        &[],
-    );
-    eventually(Duration::from_secs(20), "the remote host runs", || async {
-        let servers = server.get_ok("/v1/servers").await;
-        servers
-            .as_array()?
-            .iter()
-            .any(|s| s["hostname"] == "remote-1" && s["status"] == "running")
-            .then_some(())
-    })
-    .await;
-    let key = add_key(&server, "k").await;
-    let (status, made) = compute(
-        &server,
-        Method::POST,
-        "/containers",
-        Some(json!({"name": "far", "instance_type": "tiny", "ssh_key_ids": [key]})),
-    )
-    .await;
-    assert_eq!(status, StatusCode::OK, "{made}");
-    let id = made["id"].as_str().expect("id").to_string();
-    wait_status(&server, &id, "running").await;
+    let (_agent, id) = remote_container(&server, &server, "remote-1", dir.path(), "far").await;
     // The agent's control channel may still be dialling: try a few times.
     let (output, exit) = eventually(
         Duration::from_secs(20),
@@ -1255,35 +1233,14 @@ async fn a_terminal_asked_of_another_replica_is_relayed_to_the_agents(backend: B
     };
     let first = replica(database_url.clone()).await;
     let second = replica(database_url).await;
-    let token = join_token(&first.url).await;
-    let _agent = AgentProcess::start(
-        &first.url,
-        Some(&token),
+    let (_agent, id) = remote_container(
+        &first,
+        &second,
         "remote-2",
         &dir.path().join("agent"),
-        "sim",
-        &[],
-    );
-    eventually(Duration::from_secs(20), "the remote host runs", || async {
-        let servers = second.get_ok("/v1/servers").await;
-        servers
-            .as_array()?
-            .iter()
-            .any(|s| s["hostname"] == "remote-2" && s["status"] == "running")
-            .then_some(())
-    })
-    .await;
-    let key = add_key(&second, "k").await;
-    let (status, made) = compute(
-        &second,
-        Method::POST,
-        "/containers",
-        Some(json!({"name": "relayed", "instance_type": "tiny", "ssh_key_ids": [key]})),
+        "relayed",
     )
     .await;
-    assert_eq!(status, StatusCode::OK, "{made}");
-    let id = made["id"].as_str().expect("id").to_string();
-    wait_status(&second, &id, "running").await;
     let (output, exit) = eventually(
         Duration::from_secs(20),
         "a terminal through the other replica's channel",
@@ -1297,4 +1254,38 @@ async fn a_terminal_asked_of_another_replica_is_relayed_to_the_agents(backend: B
     assert_eq!(exit, Some(json!({"exit": 3})), "{output}");
     second.stop().await;
     first.stop().await;
+}
+
+/// A `sim` agent for `hostname` joined to `joined`, and a running container
+/// on it made through `via` (the same server, or another replica).
+async fn remote_container(
+    joined: &TestServer,
+    via: &TestServer,
+    hostname: &str,
+    state: &std::path::Path,
+    name: &str,
+) -> (AgentProcess, String) {
+    let token = join_token(&joined.url).await;
+    let agent = AgentProcess::start(&joined.url, Some(&token), hostname, state, "sim", &[]);
+    eventually(Duration::from_secs(20), "the remote host runs", || async {
+        let servers = via.get_ok("/v1/servers").await;
+        servers
+            .as_array()?
+            .iter()
+            .any(|s| s["hostname"] == hostname && s["status"] == "running")
+            .then_some(())
+    })
+    .await;
+    let key = add_key(via, "k").await;
+    let (status, made) = compute(
+        via,
+        Method::POST,
+        "/containers",
+        Some(json!({"name": name, "instance_type": "tiny", "ssh_key_ids": [key]})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{made}");
+    let id = made["id"].as_str().expect("id").to_string();
+    wait_status(via, &id, "running").await;
+    (agent, id)
 }

@@ -2,7 +2,9 @@
 //! user would, end to end on this machine (root, runc, dropbear, busybox:
 //! see `dataplane.rs`; elsewhere it says why it is skipped).
 
-use crate::compute::{compute, next_json, run_in_terminal, socket, try_run_in_terminal};
+use crate::compute::{
+    compute, next_json, run_in_terminal, socket, try_run_in_terminal, wait_status_within,
+};
 use crate::dataplane::{cannot_run, container_agent, import_tiny, links_on, traces_of};
 use crate::harness::{Backend, KEY, Options, TOKEN, TestServer, eventually};
 use reqwest::{Method, StatusCode};
@@ -20,16 +22,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 /// Waits (up to a minute: a restart stops and starts a real container)
 /// for a container's status.
 async fn until_status(server: &TestServer, id: &str, status: &str) -> Value {
-    eventually(
-        Duration::from_secs(60),
-        &format!("{id} {status}"),
-        || async {
-            let (code, container) =
-                compute(server, Method::GET, &format!("/containers/{id}"), None).await;
-            (code == StatusCode::OK && container["status"] == status).then_some(container)
-        },
-    )
-    .await
+    wait_status_within(server, id, status, Duration::from_secs(60)).await
 }
 
 /// `GET /` with `host` through the gateway's local port for external
