@@ -100,7 +100,9 @@ pub struct UnitConfig {
     /// controller is available; `None` for no limit.
     pub pids_max: Option<u64>,
     /// How long `activate` waits for the unit's SSH port to accept
-    /// connections.
+    /// connections. A dead dropbear is noticed at once; this bounds only a
+    /// live one that is slow to listen, as on a host (or CI machine) whose
+    /// pinned CPUs are busy, so it is generous.
     pub ssh_ready_timeout: Duration,
 }
 
@@ -116,7 +118,7 @@ impl UnitConfig {
             cgroup_name: "tessera".into(),
             cgroup_manager: CgroupManager::Auto,
             pids_max: Some(16384),
-            ssh_ready_timeout: Duration::from_secs(2),
+            ssh_ready_timeout: Duration::from_secs(15),
         }
     }
 }
