@@ -74,6 +74,15 @@ pub struct InstanceSpec {
     /// Persistent storage mounted into the instance, if it has any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub storage: Option<InstanceStorage>,
+    /// Whether it may reach beyond its host and its project's instances
+    /// (through the host's NAT). Off, it reaches only its project and its
+    /// host's DNS forwarder.
+    #[serde(default = "egress")]
+    pub egress: bool,
+}
+
+fn egress() -> bool {
+    true
 }
 
 fn forward_ssh() -> bool {

@@ -75,6 +75,11 @@ pub struct HostConfig {
     pub bridge: String,
     pub subnet: String,
     pub ssh_port_base: u16,
+    /// The resolvers instances' DNS goes to (empty: the host's own).
+    pub dns_upstreams: Vec<std::net::SocketAddr>,
+    /// Run instances as the host's root where they cannot have user
+    /// namespaces of their own.
+    pub allow_privileged: bool,
     /// CPUs kept for the host itself (not in its [`HostAgent::report`]).
     pub reserved_cpus: CpuSet,
 }
@@ -137,6 +142,8 @@ impl LocalHost {
                             bridge: config.bridge.clone(),
                             subnet: config.subnet.clone(),
                             ssh_port_base: config.ssh_port_base,
+                            dns_upstreams: config.dns_upstreams.clone(),
+                            allow_privileged: config.allow_privileged,
                         })?))
                     }
                     _ => None,
@@ -519,6 +526,8 @@ mod tests {
             bridge: "tsr0".into(),
             subnet: "10.88.0.0/24".into(),
             ssh_port_base: 2200,
+            dns_upstreams: Vec::new(),
+            allow_privileged: false,
             reserved_cpus: CpuSet::default(),
         })
         .expect("a sim host needs nothing of the machine")
@@ -542,6 +551,7 @@ mod tests {
                 }],
                 cpu_millis: None,
                 ssh_forward: true,
+                egress: true,
                 storage: None,
             },
             state,

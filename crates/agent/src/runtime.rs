@@ -42,6 +42,11 @@ pub struct AgentOptions {
     pub bridge: String,
     pub subnet: String,
     pub ssh_port_base: u16,
+    /// The resolvers instances' DNS goes to (empty: the host's own).
+    pub dns_upstreams: Vec<std::net::SocketAddr>,
+    /// Run instances as the host's root where they cannot have user
+    /// namespaces of their own.
+    pub allow_privileged: bool,
     pub heartbeat_every: Duration,
 }
 
@@ -72,6 +77,8 @@ pub async fn run(options: AgentOptions, stop: CancellationToken) -> Result<()> {
             bridge: options.bridge.clone(),
             subnet: options.subnet.clone(),
             ssh_port_base: options.ssh_port_base,
+            dns_upstreams: options.dns_upstreams.clone(),
+            allow_privileged: options.allow_privileged,
             reserved_cpus: options.reserved_cpus.clone(),
         })
         .map_err(|e| {

@@ -47,9 +47,27 @@ pub struct AgentArgs {
     /// The first host port forwarded to containers' SSH servers.
     #[arg(long, default_value_t = 2200)]
     pub ssh_port_base: u16,
+    /// A DNS resolver (`ADDRESS` or `ADDRESS:PORT`) the agent's forwarder
+    /// asks for instances; repeat for more. Default: the host's own, from
+    /// /etc/resolv.conf.
+    #[arg(long = "dns", value_parser = parse_resolver)]
+    pub dns: Vec<std::net::SocketAddr>,
+    /// Run instances as the host's root when this host cannot give them
+    /// user namespaces of their own (no idmapped mounts). Only for hosts
+    /// whose instances are all trusted: by default such a host refuses to
+    /// run any.
+    #[arg(long)]
+    pub allow_privileged_instances: bool,
     /// Seconds between heartbeats; three missed make the host unreachable.
     #[arg(long, default_value_t = 5)]
     pub heartbeat_secs: u64,
+}
+
+fn parse_resolver(s: &str) -> Result<std::net::SocketAddr, String> {
+    let s = s.trim();
+    s.parse::<std::net::SocketAddr>()
+        .or_else(|_| s.parse::<std::net::IpAddr>().map(|ip| (ip, 53).into()))
+        .map_err(|_| format!("{s:?} is not an IP address or ADDRESS:PORT"))
 }
 
 fn parse_driver(s: &str) -> Result<DriverKind, String> {
@@ -108,6 +126,8 @@ impl AgentArgs {
             bridge: self.bridge,
             subnet: self.subnet,
             ssh_port_base: self.ssh_port_base,
+            dns_upstreams: self.dns,
+            allow_privileged: self.allow_privileged_instances,
             heartbeat_every: Duration::from_secs(self.heartbeat_secs),
         })
     }

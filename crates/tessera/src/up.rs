@@ -182,6 +182,8 @@ pub async fn run(args: UpArgs) -> Result<()> {
         bridge: "tsr0".into(),
         subnet: "10.88.0.0/24".into(),
         ssh_port_base: 2200,
+        dns: Vec::new(),
+        allow_privileged_instances: false,
         heartbeat_secs: 5,
     }
     .options()?;

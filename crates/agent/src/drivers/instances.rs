@@ -251,6 +251,7 @@ mod tests {
             volumes: vec![],
             cpu_millis: millis,
             ssh_forward: true,
+            egress: true,
             storage: None,
         };
         check_spec(&spec("1", None)).expect("exclusive");

@@ -896,6 +896,7 @@ mod tests {
             }],
             cpu_millis: None,
             ssh_forward: true,
+            egress: true,
             storage: None,
         };
         // A volume that is not stored here cannot be attached.
@@ -926,6 +927,7 @@ mod tests {
             volumes: vec![],
             cpu_millis: None,
             ssh_forward: true,
+            egress: true,
             storage: None,
         }
     }

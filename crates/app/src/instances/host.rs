@@ -58,6 +58,7 @@ impl App {
             volumes,
             cpu_millis: self.placement_needs(spec).1,
             ssh_forward: container.as_ref().is_none_or(|c| c.ssh_enabled),
+            egress: true,
             storage,
         })
     }

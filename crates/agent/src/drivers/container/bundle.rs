@@ -6,10 +6,11 @@
 
 use oci_spec::runtime::{
     Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxDeviceBuilder,
-    LinuxDeviceCgroupBuilder, LinuxDeviceType, LinuxMemoryBuilder, LinuxNamespaceBuilder,
-    LinuxNamespaceType, LinuxPidsBuilder, LinuxResourcesBuilder, Mount, MountBuilder,
-    PosixRlimitBuilder, PosixRlimitType, ProcessBuilder, RootBuilder, Spec, SpecBuilder,
-    UserBuilder, get_default_maskedpaths, get_default_mounts, get_default_readonly_paths,
+    LinuxDeviceCgroupBuilder, LinuxDeviceType, LinuxIdMappingBuilder, LinuxMemoryBuilder,
+    LinuxNamespaceBuilder, LinuxNamespaceType, LinuxPidsBuilder, LinuxResourcesBuilder, Mount,
+    MountBuilder, PosixRlimitBuilder, PosixRlimitType, ProcessBuilder, RootBuilder, Spec,
+    SpecBuilder, UserBuilder, get_default_maskedpaths, get_default_mounts,
+    get_default_readonly_paths,
 };
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -28,8 +29,10 @@ pub(super) struct BundleParams {
     pub pids_limit: i64,
     /// The open files limit (at most the host's own hard limit).
     pub nofile: u64,
-    pub netns_path: PathBuf,
     pub cgroups_path: PathBuf,
+    /// An unprivileged instance's host ids (its own user namespace); `None`
+    /// runs it as the host's root, for an operator who chose that.
+    pub ids: Option<super::idmap::IdRange>,
     /// Block devices it sees (its volumes).
     pub devices: Vec<Device>,
     /// A shared-CPU instance's share of its CPUs, in thousandths of a CPU.
@@ -63,6 +66,9 @@ pub(super) struct Device {
     pub path: String,
     pub major: i64,
     pub minor: i64,
+    /// A node of it on the host, owned by the instance's root, bound in
+    /// at `path` (a user namespace cannot make device nodes).
+    pub node: PathBuf,
 }
 
 /// The capabilities of an instance's processes: runc's defaults plus what a
@@ -166,12 +172,14 @@ pub(super) fn build(p: &BundleParams) -> Result<Spec, AgentError> {
         ns(LinuxNamespaceType::Ipc).map_err(err)?,
         ns(LinuxNamespaceType::Uts).map_err(err)?,
         ns(LinuxNamespaceType::Mount).map_err(err)?,
-        LinuxNamespaceBuilder::default()
-            .typ(LinuxNamespaceType::Network)
-            .path(p.netns_path.clone())
-            .build()
-            .map_err(err)?,
+        // Its own, made with it (inside its user namespace); the driver
+        // moves its veth in before it starts.
+        ns(LinuxNamespaceType::Network).map_err(err)?,
     ];
+    let mut namespaces = namespaces;
+    if p.ids.is_some() {
+        namespaces.push(ns(LinuxNamespaceType::User).map_err(err)?);
+    }
 
     // Every device is denied but the defaults runc allows, and the volumes.
     let mut allowed = vec![
@@ -193,6 +201,18 @@ pub(super) fn build(p: &BundleParams) -> Result<Spec, AgentError> {
                 .build()
                 .map_err(err)?,
         );
+        if p.ids.is_some() {
+            mounts.push(
+                MountBuilder::default()
+                    .destination(d.path.clone())
+                    .typ("bind")
+                    .source(d.node.clone())
+                    .options(vec!["bind".to_string(), "nosuid".to_string()])
+                    .build()
+                    .map_err(err)?,
+            );
+            continue;
+        }
         devices.push(
             LinuxDeviceBuilder::default()
                 .path(d.path.clone())
@@ -218,6 +238,8 @@ pub(super) fn build(p: &BundleParams) -> Result<Spec, AgentError> {
         .memory(
             LinuxMemoryBuilder::default()
                 .limit(p.memory_bytes)
+                // No swap beyond its memory: a hog meets its limit.
+                .swap(p.memory_bytes)
                 .build()
                 .map_err(err)?,
         )
@@ -230,7 +252,18 @@ pub(super) fn build(p: &BundleParams) -> Result<Spec, AgentError> {
         .build()
         .map_err(err)?;
 
-    let linux = LinuxBuilder::default()
+    let mut linux = LinuxBuilder::default();
+    if let Some(ids) = p.ids {
+        let map = LinuxIdMappingBuilder::default()
+            .container_id(0u32)
+            .host_id(ids.base)
+            .size(super::idmap::RANGE)
+            .build()
+            .map_err(err)?;
+        linux = linux.uid_mappings(vec![map]).gid_mappings(vec![map]);
+    }
+    let linux = linux
+        .seccomp(super::seccomp::default_profile()?)
         .devices(devices)
         .namespaces(namespaces)
         .resources(resources)

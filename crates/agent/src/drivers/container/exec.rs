@@ -96,6 +96,20 @@ impl ContainerDriver {
             }
             Some(size) => {
                 let pty = Pty::open(size)?;
+                // The host's terminal only carries bytes to runc, which
+                // relays them to the instance's own terminal: raw from the
+                // start, so that keys typed before runc makes it raw (a ^D
+                // at once) reach the instance rather than the host's line
+                // discipline.
+                let mut modes = rustix::termios::tcgetattr(&pty.slave)
+                    .map_err(|e| fail(format!("reading the session's terminal: {e}")))?;
+                modes.make_raw();
+                rustix::termios::tcsetattr(
+                    &pty.slave,
+                    rustix::termios::OptionalActions::Now,
+                    &modes,
+                )
+                .map_err(|e| fail(format!("setting up the session's terminal: {e}")))?;
                 let config = self.dir(id).join("config.json");
                 let (process_file2, command2) = (process_file.clone(), command.clone());
                 blocking(move || write_process(&config, &process_file2, command2, size)).await?;

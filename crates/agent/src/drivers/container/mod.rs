@@ -6,23 +6,40 @@
 //!
 //! - `lower/`: a hard-linked copy of the image's root filesystem (so that
 //!   re-importing the image does not change instances made from it), under
-//!   an overlay mount `rootfs/` whose writes land in `upper/`;
+//!   an overlay mount `rootfs/` whose writes land in `rw/upper/`;
+//! - `rw.img`, mounted at `rw/` while it runs: an ext4 file system of the
+//!   instance's disk size that holds its writes (`upper/`, `work/`), so
+//!   filling its disk never fills the host's;
 //! - `config.json`: written with `oci-spec`: the image's init as PID 1, the
 //!   instance's name as hostname, its CPUs, memory and a pids limit in its
-//!   own cgroup, and the network namespace `tsr-<tag>`;
-//! - `instance.json`: the instance's address and SSH port, and whether the
-//!   port is forwarded, kept for its whole life (across stops and agent
-//!   restarts);
+//!   own cgroup, its own user namespace (see `idmap.rs`), network namespace
+//!   and Tessera's seccomp profile (`seccomp.rs`);
+//! - `instance.json`: the instance's address, SSH port and host ids, and
+//!   whether the port is forwarded, kept for its whole life (across stops
+//!   and agent restarts);
 //! - `console.log`: the init's output;
 //! - `storage.img`, mounted at `storage/` while it runs: its persistent
 //!   storage, if it has any (see `storage.rs`).
 //!
-//! The network namespace holds `eth0`, one end of a veth pair whose other
-//! end (`tv<tag>`) sits on the host bridge; `<tag>` is 8 hex digits of a
-//! hash of the state directory and the instance id. The SSH port is a
-//! userspace TCP proxy owned by the driver; an instance whose spec turns it
-//! off keeps its port reserved (in `instance.json`), so turning it on again
-//! reopens the same one unless something else has taken it meanwhile.
+//! **Isolation.** Root inside is an unprivileged range of host ids
+//! (`idmap.rs`): the instance's files are seen through idmapped mounts, and
+//! the agent writes into them as the instance's root, never as the host's.
+//! Instances made before this, or on a host without idmapped mounts whose
+//! operator allowed it, run as the host's root (`Record::ids` is `None`,
+//! with the old layout `upper/`, `work/`).
+//!
+//! **Network.** runc makes the instance's network namespace inside its user
+//! namespace; between `runc create` and `runc start` the driver names it
+//! `tsr-<tag>`, moves in `eth0`, one end of a veth pair whose other end
+//! (`tv<tag>`) stays on the host with a route to the instance's address, and
+//! puts that port in the agent's nftables table (`firewall.rs`): instances
+//! are routed, not bridged, so every packet crosses the host's filter. The
+//! agent serves DNS to them on their gateway (`dns.rs`). `<tag>` is 8 hex
+//! digits of a hash of the state directory and the instance id. The SSH
+//! port is a userspace TCP proxy owned by the driver; an instance whose
+//! spec turns it off keeps its port reserved (in `instance.json`), so
+//! turning it on again reopens the same one unless something else has
+//! taken it meanwhile.
 //!
 //! The driver is an [`InstanceRuntime`]; sessions into an instance are
 //! `runc exec` (see `exec.rs`). CPU pinning is runc's: `config.json` names
@@ -33,10 +50,16 @@
 //! CFS quota besides its CPUs (see `bundle.rs`).
 
 mod bundle;
+mod dns;
 mod exec;
+mod firewall;
 mod forward;
+mod idmap;
 mod image;
+#[cfg(test)]
+mod isolation_tests;
 mod network;
+mod seccomp;
 mod storage;
 #[cfg(test)]
 mod tests;
@@ -80,10 +103,19 @@ pub struct ContainerConfig {
     pub subnet: String,
     /// The first host port forwarded to instances' SSH servers.
     pub ssh_port_base: u16,
+    /// The resolvers the agent's DNS forwarder asks for instances; empty:
+    /// the host's own (`/etc/resolv.conf`).
+    pub dns_upstreams: Vec<SocketAddr>,
+    /// Runs instances as the host's root when this host cannot give them a
+    /// user namespace of their own (no idmapped mounts): the operator's
+    /// explicit choice, for hosts that only run trusted instances.
+    pub allow_privileged: bool,
 }
 
 /// The most processes an instance may have.
 const PIDS_LIMIT: i64 = 1024;
+/// The size of the root disk of an instance whose spec gives none.
+const DEFAULT_DISK_GB: u64 = 10;
 /// How long an instance has to stop after TERM before it gets KILL.
 const STOP_GRACE: Duration = Duration::from_secs(5);
 /// How long a start waits for the instance's SSH server to answer.
@@ -173,6 +205,15 @@ struct Record {
     /// Whether it was last started rather than stopped: after a host
     /// reboot, an instance that should run but does not is reported stopped.
     should_run: bool,
+    /// Its host ids (its own user namespace); `None`: it runs as the host's
+    /// root (made before instances had their own, or by the operator's
+    /// choice).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    ids: Option<idmap::IdRange>,
+    /// Its project's network on this host ([`firewall::net_of`]), while it
+    /// has a port in the firewall.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    net: Option<String>,
 }
 
 /// Records written before forwards could be turned off had one.
@@ -309,14 +350,15 @@ fn safe_dir(root: &Path, rel: &str) -> std::io::Result<PathBuf> {
     Ok(p)
 }
 
-/// Writes `root/dir/name`, owned by root with `mode`, never through a
-/// symlink.
+/// Writes `root/dir/name`, owned by `owner` (the instance's root, as the
+/// host sees it) with `mode`, never through a symlink.
 fn safe_write(
     root: &Path,
     dir: &str,
     name: &str,
     data: &[u8],
     mode: u32,
+    owner: u32,
 ) -> Result<(), AgentError> {
     let d = safe_dir(root, dir).map_err(|e| io_fail("preparing", &root.join(dir), e))?;
     let path = d.join(name);
@@ -324,7 +366,9 @@ fn safe_write(
     if let Ok(m) = fs::symlink_metadata(&path) {
         if m.is_dir() {
             fs::remove_dir_all(&path).map_err(err)?;
-        } else if !m.is_file() {
+        } else {
+            // Made anew: a file of another owner inside could not be
+            // truncated by the instance's root without overriding it.
             fs::remove_file(&path).map_err(err)?;
         }
     }
@@ -339,8 +383,41 @@ fn safe_write(
     f.write_all(data).map_err(err)?;
     f.set_permissions(fs::Permissions::from_mode(mode))
         .map_err(err)?;
-    std::os::unix::fs::fchown(&f, Some(0), Some(0)).map_err(err)?;
+    std::os::unix::fs::fchown(&f, Some(owner), Some(owner)).map_err(err)?;
     Ok(())
+}
+
+/// Runs `f` (file work in an instance's trees) as the instance's root when
+/// it has ids of its own, or else as the host's root.
+async fn as_root_of<T: Send + 'static>(
+    ids: Option<idmap::IdRange>,
+    f: impl FnOnce() -> Result<T, AgentError> + Send + 'static,
+) -> Result<T, AgentError> {
+    match ids {
+        Some(ids) => blocking(move || idmap::as_instance_root(ids, f)).await,
+        None => blocking(f).await,
+    }
+}
+
+/// Makes a block device node at `path` owned by `owner`, as a volume of an
+/// unprivileged instance is bound in (replacing what is there).
+fn make_device_node(path: &Path, major: i64, minor: i64, owner: u32) -> Result<(), AgentError> {
+    use nix::sys::stat::{Mode, SFlag, makedev, mknod};
+    if let Some(parent) = path.parent() {
+        fs::create_dir_all(parent).map_err(|e| io_fail("creating", parent, e))?;
+    }
+    match fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io_fail("removing", path, e)),
+    }
+    let dev = makedev(
+        u64::try_from(major).unwrap_or_default(),
+        u64::try_from(minor).unwrap_or_default(),
+    );
+    mknod(path, SFlag::S_IFBLK, Mode::from_bits_truncate(0o660), dev)
+        .map_err(|e| fail(format!("making the device node {}: {e}", path.display())))?;
+    std::os::unix::fs::chown(path, Some(owner), Some(owner)).map_err(|e| io_fail("owning", path, e))
 }
 
 /// Containers on this host.
@@ -356,6 +433,14 @@ pub struct ContainerDriver {
     /// Held while choosing addresses and ports.
     alloc: tokio::sync::Mutex<()>,
     proxies: Mutex<HashMap<String, Proxy>>,
+    /// Whether instances can have user namespaces of their own here, or
+    /// why not (found at start).
+    isolation: Result<(), String>,
+    firewall: firewall::Firewall,
+    /// The host's side of instances' networks, made at the first start or
+    /// adoption: the gateway's device, forwarding, the firewall's table and
+    /// the DNS forwarder (held here while the driver lives).
+    host_net: tokio::sync::Mutex<Option<dns::DnsForwarder>>,
 }
 
 impl ContainerDriver {
@@ -392,7 +477,38 @@ impl ContainerDriver {
             config.image_dir = images;
         }
         let agent_tag = short_hash(&[config.state_dir.as_os_str().as_encoded_bytes()]);
+        // Traversable (not readable) by instances' roots, which runc mounts
+        // their roots as.
+        for dir in [
+            config.state_dir.clone(),
+            config.state_dir.join("containers"),
+        ] {
+            let mode = fs::metadata(&dir)
+                .map_err(|e| io_fail("reading", &dir, e))?
+                .permissions()
+                .mode();
+            if mode & 0o001 == 0 {
+                fs::set_permissions(&dir, fs::Permissions::from_mode((mode & 0o7777) | 0o111))
+                    .map_err(|e| io_fail("opening", &dir, e))?;
+            }
+        }
+        let isolation = idmap::probe(&config.state_dir);
+        match &isolation {
+            Ok(()) => tracing::info!(
+                "instances run unprivileged: each in its own user namespace, with idmapped mounts"
+            ),
+            Err(why) if config.allow_privileged => {
+                tracing::warn!(%why, "this host cannot give instances user namespaces of their own; they run as the host's root (--allow-privileged-instances)")
+            }
+            Err(why) => {
+                tracing::warn!(%why, "this host cannot give instances user namespaces of their own; it refuses to run them (--allow-privileged-instances runs them as the host's root)")
+            }
+        }
+        let firewall = firewall::Firewall::new(&agent_tag, subnet.gateway());
         Ok(Self {
+            isolation,
+            firewall,
+            host_net: tokio::sync::Mutex::new(None),
             runc,
             subnet,
             agent_tag,
@@ -402,6 +518,35 @@ impl ContainerDriver {
             proxies: Mutex::new(HashMap::new()),
             config,
         })
+    }
+
+    /// Makes the host's side of instances' networks, once: the gateway's
+    /// device, IPv4 forwarding, the firewall's table (nftables) and the DNS
+    /// forwarder on the gateway's address.
+    async fn ensure_host_net(&self) -> Result<(), AgentError> {
+        let mut ready = self.host_net.lock().await;
+        if ready.is_some() {
+            return Ok(());
+        }
+        network::ensure_bridge(&self.config.bridge, &self.subnet).await?;
+        firewall::enable_forwarding().await?;
+        self.firewall.ensure().await?;
+        let upstreams = if self.config.dns_upstreams.is_empty() {
+            let text = fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+            dns::upstreams_from_resolv_conf(&text)
+        } else {
+            self.config.dns_upstreams.clone()
+        };
+        if upstreams.is_empty() {
+            tracing::warn!(
+                "no DNS resolvers for instances: the host's /etc/resolv.conf names none and none were given"
+            );
+        }
+        let listen = SocketAddr::from((self.subnet.gateway(), 53));
+        let forwarder = dns::DnsForwarder::spawn(listen, upstreams.clone()).await?;
+        tracing::info!(dns = %forwarder.local_addr(), ?upstreams, "instances' network ready: firewall table, forwarding, DNS");
+        *ready = Some(forwarder);
+        Ok(())
     }
 
     /// The pid of an instance's init while it runs.
@@ -434,24 +579,37 @@ impl ContainerDriver {
             None => {}
         }
         let dir = self.dir(&id);
-        self.ensure_rootfs(&rec).await?;
+        self.ensure_host_net().await?;
+        self.ensure_rootfs(&rec, spec.disk_gb).await?;
 
         // What the instance's root gets from the spec.
         let rootfs = dir.join("rootfs");
-        let (spec2, ip) = (spec.clone(), rec.ip);
+        let (spec2, ip, gateway) = (spec.clone(), rec.ip, self.subnet.gateway());
         let root2 = rootfs.clone();
-        blocking(move || prepare_rootfs(&root2, &spec2, ip)).await?;
+        let owner = rec.ids.map_or(0, |ids| ids.base);
+        as_root_of(rec.ids, move || {
+            prepare_rootfs(&root2, &spec2, ip, gateway, owner)
+        })
+        .await?;
 
+        let net = firewall::net_of(&spec.project_id);
+        if rec.net.as_deref() != Some(net.as_str()) {
+            if let Some(old) = rec.net.take() {
+                self.firewall
+                    .remove(&self.net_names(&id).host_veth, rec.ip, &old)
+                    .await?;
+            }
+            rec.net = Some(net);
+            self.save_record(&rec)?;
+        }
         let names = self.net_names(&id);
-        network::setup(&names, &self.config.bridge, &self.subnet, rec.ip).await?;
-
         if let Err(e) = self.launch(spec, &rec, &names).await {
             // A failed start leaves nothing running: no container, network,
-            // loop devices or storage mount.
+            // firewall port, loop devices or storage mount.
             let _ = self.runc(&["delete", "--force", &id]).await;
-            network::teardown(&names).await;
+            self.unplug(&rec).await;
             self.release_volumes(&id).await;
-            if let Err(e) = storage::unmount(&dir).await {
+            if let Err(e) = self.unmount_storage(&dir).await {
                 tracing::warn!(%id, error = %e, "unmounting the persistent storage");
             }
             return Err(e);
@@ -491,35 +649,62 @@ impl ContainerDriver {
                 return Err(fail(format!("bad volume target {:?}", v.target)));
             }
             let device = volume::attach(&self.config.state_dir, &v.id).await?;
+            let node = dir.join("dev").join(&v.target);
+            if let Some(ids) = rec.ids {
+                make_device_node(&node, device.major, device.minor, ids.base)?;
+            }
             devices.push(bundle::Device {
                 path: format!("/dev/{}", v.target),
                 major: device.major,
                 minor: device.minor,
+                node,
             });
         }
 
-        // Its persistent storage, mounted on the host and bound in.
-        let binds = match &spec.storage {
+        // Its persistent storage, mounted on the host and bound in (through
+        // an idmapped clone of its mount, for an unprivileged instance).
+        let mut binds = match &spec.storage {
             Some(storage) => storage::mount(&dir, id, storage).await?,
             None => Vec::new(),
         };
+        if let (Some(ids), false) = (rec.ids, binds.is_empty()) {
+            let (raw, mapped) = (storage::mount_point(&dir), dir.join("storage.id"));
+            if !is_mounted(&mapped) {
+                fs::create_dir_all(&mapped).map_err(|e| io_fail("creating", &mapped, e))?;
+                let (raw2, mapped2) = (raw.clone(), mapped.clone());
+                blocking(move || idmap::Userns::new(ids)?.bind(&raw2, &mapped2)).await?;
+            }
+            for bind in &mut binds {
+                if let Ok(rel) = bind.source.strip_prefix(&raw) {
+                    bind.source = mapped.join(rel);
+                }
+            }
+        }
         // A path new to the storage starts with what the image has there
         // (a home's dotfiles under `/root`), as a new Docker volume does.
         for bind in binds.iter().filter(|b| b.fresh) {
-            seed_from_image(&rootfs, bind).await;
+            seed_from_image(&rootfs, bind, rec.ids).await;
         }
         // A mount path over root's keys (`/root`, the containers API's
         // default) hides those written into the root filesystem: write
         // them where the instance will see them.
         if let Some((source, rel)) = covering_bind(&binds, "/root/.ssh") {
             let keys = authorized_keys(spec);
-            blocking(move || {
+            let owner = rec.ids.map_or(0, |ids| ids.base);
+            as_root_of(rec.ids, move || {
                 let ssh = safe_dir(&source, &rel).map_err(|e| io_fail("preparing", &source, e))?;
                 fs::set_permissions(&ssh, fs::Permissions::from_mode(0o700))
                     .map_err(|e| io_fail("preparing", &ssh, e))?;
-                std::os::unix::fs::chown(&ssh, Some(0), Some(0))
+                std::os::unix::fs::chown(&ssh, Some(owner), Some(owner))
                     .map_err(|e| io_fail("preparing", &ssh, e))?;
-                safe_write(&source, &rel, "authorized_keys", keys.as_bytes(), 0o600)
+                safe_write(
+                    &source,
+                    &rel,
+                    "authorized_keys",
+                    keys.as_bytes(),
+                    0o600,
+                    owner,
+                )
             })
             .await?;
         }
@@ -548,8 +733,8 @@ impl ContainerDriver {
                 .unwrap_or(i64::MAX),
             pids_limit: PIDS_LIMIT,
             nofile: nofile_limit(),
-            netns_path: PathBuf::from(names.netns_path()),
             cgroups_path: PathBuf::from(self.cgroups_path(id)),
+            ids: rec.ids,
             devices,
             cpu_millis: spec.cpu_millis,
             binds,
@@ -558,10 +743,49 @@ impl ContainerDriver {
         let json = serde_json::to_vec_pretty(&oci).map_err(|e| fail(e.to_string()))?;
         fs::write(&config_path, json).map_err(|e| io_fail("writing", &config_path, e))?;
 
-        self.runc_run(id).await
+        // Made but not started: its network goes into its namespace and its
+        // port into the firewall before its init runs.
+        self.runc_create(id).await?;
+        let pid = self
+            .runc_state(id)
+            .await?
+            .map(|s| s.pid)
+            .filter(|pid| *pid > 0)
+            .ok_or_else(|| fail(format!("`runc create {id}` left no init process")))?;
+        network::setup(names, &self.config.bridge, &self.subnet, rec.ip, pid).await?;
+        let net = rec.net.as_deref().unwrap_or_default();
+        self.firewall
+            .add(&firewall::Port {
+                ifname: &names.host_veth,
+                ip: rec.ip,
+                net,
+                egress: spec.egress,
+            })
+            .await?;
+        self.runc(&["start", id]).await?;
+        Ok(())
     }
 
-    async fn runc_run(&self, id: &str) -> Result<(), AgentError> {
+    /// Takes an instance's network away: its firewall port, veth and
+    /// namespace.
+    async fn unplug(&self, rec: &Record) {
+        let names = self.net_names(&rec.id);
+        if let Some(net) = &rec.net
+            && let Err(e) = self.firewall.remove(&names.host_veth, rec.ip, net).await
+        {
+            tracing::warn!(id = %rec.id, error = %e, "removing the instance's firewall port");
+        }
+        network::teardown(&names).await;
+    }
+
+    /// Unmounts an instance's persistent storage (and its idmapped clone).
+    async fn unmount_storage(&self, dir: &Path) -> Result<(), AgentError> {
+        let mapped = dir.join("storage.id");
+        blocking(move || unmount_all(&mapped)).await?;
+        storage::unmount(dir).await
+    }
+
+    async fn runc_create(&self, id: &str) -> Result<(), AgentError> {
         let dir = self.dir(id);
         let console = dir.join("console.log");
         let log = fs::OpenOptions::new()
@@ -576,7 +800,7 @@ impl ContainerDriver {
         let child = tokio::process::Command::new(&self.runc)
             .arg("--root")
             .arg(self.runc_root())
-            .args(["run", "-d", "--bundle"])
+            .args(["create", "--bundle"])
             .arg(&dir)
             .arg("--pid-file")
             .arg(dir.join("init.pid"))
@@ -587,7 +811,7 @@ impl ContainerDriver {
             .status();
         let status = tokio::time::timeout(Duration::from_secs(60), child)
             .await
-            .map_err(|_| fail(format!("`runc run {id}` did not finish in 60 s")))?
+            .map_err(|_| fail(format!("`runc create {id}` did not finish in 60 s")))?
             .map_err(|e| fail(format!("running runc: {e}")))?;
         if status.success() {
             return Ok(());
@@ -603,7 +827,7 @@ impl ContainerDriver {
             .rev()
             .collect();
         Err(fail(format!(
-            "`runc run {id}` failed ({status}): {}",
+            "`runc create {id}` failed ({status}): {}",
             tail.trim()
         )))
     }
@@ -623,10 +847,17 @@ impl ContainerDriver {
             self.runc(&["delete", "--force", id]).await?;
         }
         self.remove_cgroups(id).await;
-        network::teardown(&self.net_names(id)).await;
-        let rootfs = self.dir(id).join("rootfs");
-        blocking(move || unmount_all(&rootfs)).await?;
-        storage::unmount(&self.dir(id)).await?;
+        match self.load_record(id)? {
+            Some(rec) => self.unplug(&rec).await,
+            None => network::teardown(&self.net_names(id)).await,
+        }
+        let (rootfs, rw) = (self.dir(id).join("rootfs"), self.dir(id).join("rw"));
+        blocking(move || {
+            unmount_all(&rootfs)?;
+            unmount_all(&rw)
+        })
+        .await?;
+        self.unmount_storage(&self.dir(id)).await?;
         self.release_volumes(id).await;
         Ok(())
     }
@@ -687,7 +918,7 @@ impl ContainerDriver {
 
     /// Makes sure the instance's root is mounted: its own copy of the image
     /// under an overlay.
-    async fn ensure_rootfs(&self, rec: &Record) -> Result<(), AgentError> {
+    async fn ensure_rootfs(&self, rec: &Record, disk_gb: u64) -> Result<(), AgentError> {
         let dir = self.dir(&rec.id);
         let lower = dir.join("lower");
         if !lower.is_dir() {
@@ -727,6 +958,25 @@ impl ContainerDriver {
         let rootfs = dir.join("rootfs");
         if is_mounted(&rootfs) {
             return Ok(());
+        }
+        if let Some(ids) = rec.ids {
+            let gb = if disk_gb == 0 {
+                DEFAULT_DISK_GB
+            } else {
+                disk_gb
+            };
+            let rw = dir.join("rw");
+            // The instance's writes land in a file system of its disk's
+            // size: filling it fills its disk, never the host's.
+            storage::ensure_fs(
+                &dir.join("rw.img"),
+                &rw,
+                gb.saturating_mul(storage::GIB),
+                "nodev",
+            )
+            .await
+            .map_err(|e| fail(format!("the root disk of {}: {e}", rec.id)))?;
+            return mount_idmapped_root(&dir, ids).await;
         }
         let (upper, work) = (dir.join("upper"), dir.join("work"));
         for d in [&upper, &work, &rootfs] {
@@ -1017,8 +1267,25 @@ impl InstanceRuntime for ContainerDriver {
                 spec.image, spec.image
             )));
         }
+        let ids = match &self.isolation {
+            Ok(()) => None,
+            Err(_) if self.config.allow_privileged => Some(None),
+            Err(why) => {
+                return Err(fail(format!(
+                    "this host cannot run instances unprivileged ({why}); it runs none unless its agent is started with --allow-privileged-instances"
+                )));
+            }
+        };
         let dir = self.dir(&spec.id);
         fs::create_dir_all(&dir).map_err(|e| io_fail("creating", &dir, e))?;
+        // Traversable by the instance's root (runc mounts its root from
+        // here), listable by no one but the host's root.
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o711))
+            .map_err(|e| io_fail("protecting", &dir, e))?;
+        let ids = match ids {
+            Some(none) => none,
+            None => Some(idmap::claim(dir.clone()).await?),
+        };
         let rec = {
             let _alloc = self.alloc.lock().await;
             let (ip, ssh_port) = self.allocate().await?;
@@ -1030,6 +1297,8 @@ impl InstanceRuntime for ContainerDriver {
                 ssh_port,
                 ssh_forward: spec.ssh_forward,
                 should_run: true,
+                ids,
+                net: None,
             };
             self.save_record(&rec)?;
             rec
@@ -1075,7 +1344,12 @@ impl InstanceRuntime for ContainerDriver {
         let _held = lock.lock().await;
         self.stop_locked(id).await?;
         let dir = self.dir(id);
-        for mounted in [dir.join("rootfs"), storage::mount_point(&dir)] {
+        for mounted in [
+            dir.join("rootfs"),
+            dir.join("rw"),
+            storage::mount_point(&dir),
+            dir.join("storage.id"),
+        ] {
             if is_mounted(&mounted) {
                 return Err(fail(format!(
                     "{} is still mounted; not removing the instance",
@@ -1083,12 +1357,17 @@ impl InstanceRuntime for ContainerDriver {
                 )));
             }
         }
-        blocking(move || match fs::remove_dir_all(&dir) {
+        let ids = self.load_record(id)?.and_then(|rec| rec.ids);
+        let dir2 = dir.clone();
+        blocking(move || match fs::remove_dir_all(&dir2) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(io_fail("removing", &dir, e)),
+            Err(e) => Err(io_fail("removing", &dir2, e)),
         })
         .await?;
+        if let Some(ids) = ids {
+            idmap::release(ids, dir).await?;
+        }
         tracing::info!(%id, "deleted instance");
         self.locks
             .lock()
@@ -1124,6 +1403,10 @@ impl InstanceRuntime for ContainerDriver {
     /// and port forwards) without restarting them.
     async fn adopt(&self) -> Result<(), AgentError> {
         let mut first_error = None;
+        if let Err(e) = self.ensure_host_net().await {
+            tracing::warn!(error = %e, "making the instances' network on this host");
+            first_error = Some(e);
+        }
         for mut rec in self.records()? {
             let lock = self.lock(&rec.id);
             let _held = lock.lock().await;
@@ -1263,6 +1546,53 @@ fn last_line(path: &Path) -> Option<String> {
     Some(line.chars().filter(|c| !c.is_control()).take(200).collect())
 }
 
+/// Mounts an unprivileged instance's root at `dir/rootfs`: an overlay of
+/// idmapped mounts of its layers (`lower/`, and `rw/` holding `upper/` and
+/// `work/`), mounted as the instance's root. The layers' mounts are
+/// detached at once: the overlay holds them, and nothing else may.
+async fn mount_idmapped_root(dir: &Path, ids: idmap::IdRange) -> Result<(), AgentError> {
+    let dir = dir.to_path_buf();
+    blocking(move || {
+        let (lower, rw, rootfs) = (dir.join("lower"), dir.join("rw"), dir.join("rootfs"));
+        let (ilower, irw) = (dir.join("lower.id"), dir.join("rw.id"));
+        for d in [rw.join("upper"), rw.join("work"), rootfs.clone(), ilower.clone(), irw.clone()] {
+            fs::create_dir_all(&d).map_err(|e| io_fail("creating", &d, e))?;
+        }
+        // What the instance writes is owned by 0 on disk, set-user-id bits
+        // and all: no host account may reach it but through the overlay.
+        fs::set_permissions(&rw, fs::Permissions::from_mode(0o700))
+            .map_err(|e| io_fail("protecting", &rw, e))?;
+        for p in [&ilower, &irw] {
+            let s = p.to_string_lossy();
+            if s.contains(',') || s.contains(':') {
+                return Err(fail(format!(
+                    "{} has ',' or ':' in its path: it cannot be an overlay layer",
+                    p.display()
+                )));
+            }
+        }
+        unmount_all(&ilower)?;
+        unmount_all(&irw)?;
+        let ns = idmap::Userns::new(ids)?;
+        ns.bind(&lower, &ilower)?;
+        ns.bind(&rw, &irw)?;
+        let opts = format!(
+            "lowerdir={},upperdir={},workdir={}",
+            ilower.display(),
+            irw.join("upper").display(),
+            irw.join("work").display()
+        );
+        let mounted = idmap::mount_overlay(ids, &rootfs, &opts);
+        for p in [&ilower, &irw] {
+            if let Err(e) = nix::mount::umount2(p.as_path(), nix::mount::MntFlags::MNT_DETACH) {
+                tracing::warn!(path = %p.display(), error = %e, "detaching a layer's idmapped mount");
+            }
+        }
+        mounted
+    })
+    .await
+}
+
 /// Unmounts everything mounted at `path`.
 fn unmount_all(path: &Path) -> Result<(), AgentError> {
     let mut tries = 0;
@@ -1287,7 +1617,7 @@ fn unmount_all(path: &Path) -> Result<(), AgentError> {
 /// nothing changes it meanwhile); links inside are copied as links. A copy
 /// that fails (the storage is too small for it) leaves what it copied and
 /// says so in the log: the instance starts all the same.
-async fn seed_from_image(rootfs: &Path, bind: &bundle::Bind) {
+async fn seed_from_image(rootfs: &Path, bind: &bundle::Bind, ids: Option<idmap::IdRange>) {
     let mut from = rootfs.to_path_buf();
     for part in bind.destination.split('/').filter(|p| !p.is_empty()) {
         from.push(part);
@@ -1296,17 +1626,21 @@ async fn seed_from_image(rootfs: &Path, bind: &bundle::Bind) {
             _ => return,
         }
     }
-    let copied = run(
-        "cp",
-        &[
-            OsStr::new("-a"),
-            OsStr::new("--no-dereference"),
-            OsStr::new("--"),
-            from.join(".").as_os_str(),
-            bind.source.as_os_str(),
-        ],
-    )
-    .await;
+    // An unprivileged instance's files are copied by its root (through
+    // idmapped mounts, where the host's root has no id).
+    let mut args: Vec<std::ffi::OsString> = Vec::new();
+    let program = match ids {
+        Some(ids) => {
+            args.extend(idmap::setpriv_args(ids).into_iter().map(Into::into));
+            args.push("cp".into());
+            "setpriv"
+        }
+        None => "cp",
+    };
+    args.extend(["-a", "--no-dereference", "--"].map(Into::into));
+    args.push(from.join(".").into_os_string());
+    args.push(bind.source.clone().into_os_string());
+    let copied = run(program, &args).await;
     if let Err(err) = copied {
         tracing::warn!(
             path = %bind.destination,
@@ -1351,7 +1685,13 @@ fn covering_bind(binds: &[bundle::Bind], path: &str) -> Option<(PathBuf, String)
 
 /// Writes what the instance's root gets from its spec: hostname, hosts,
 /// root's authorized keys, and the startup script before the first boot.
-fn prepare_rootfs(root: &Path, spec: &InstanceSpec, ip: Ipv4Addr) -> Result<(), AgentError> {
+fn prepare_rootfs(
+    root: &Path,
+    spec: &InstanceSpec,
+    ip: Ipv4Addr,
+    gateway: Ipv4Addr,
+    owner: u32,
+) -> Result<(), AgentError> {
     let name = &spec.name;
     safe_write(
         root,
@@ -1359,24 +1699,38 @@ fn prepare_rootfs(root: &Path, spec: &InstanceSpec, ip: Ipv4Addr) -> Result<(), 
         "hostname",
         format!("{name}\n").as_bytes(),
         0o644,
+        owner,
     )?;
     let hosts = format!("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost\n{ip}\t{name}\n");
-    safe_write(root, "etc", "hosts", hosts.as_bytes(), 0o644)?;
+    safe_write(root, "etc", "hosts", hosts.as_bytes(), 0o644, owner)?;
+    // The agent's DNS forwarder, on the gateway.
+    let resolv = format!(
+        "# Written by Tessera at each start: the host's DNS forwarder.\nnameserver {gateway}\n"
+    );
+    safe_write(root, "etc", "resolv.conf", resolv.as_bytes(), 0o644, owner)?;
     let home = safe_dir(root, "root").map_err(|e| io_fail("preparing", &root.join("root"), e))?;
     fs::set_permissions(&home, fs::Permissions::from_mode(0o700))
         .map_err(|e| io_fail("preparing", &home, e))?;
     let ssh = safe_dir(root, "root/.ssh").map_err(|e| io_fail("preparing", &home, e))?;
     fs::set_permissions(&ssh, fs::Permissions::from_mode(0o700))
         .map_err(|e| io_fail("preparing", &ssh, e))?;
-    std::os::unix::fs::chown(&ssh, Some(0), Some(0)).map_err(|e| io_fail("preparing", &ssh, e))?;
+    std::os::unix::fs::chown(&ssh, Some(owner), Some(owner))
+        .map_err(|e| io_fail("preparing", &ssh, e))?;
     let keys = authorized_keys(spec);
-    safe_write(root, "root/.ssh", "authorized_keys", keys.as_bytes(), 0o600)?;
+    safe_write(
+        root,
+        "root/.ssh",
+        "authorized_keys",
+        keys.as_bytes(),
+        0o600,
+        owner,
+    )?;
     if let Some(script) = &spec.user_data {
         let lib = safe_dir(root, "var/lib/tessera")
             .map_err(|e| io_fail("preparing", &root.join("var/lib/tessera"), e))?;
         let exists = |n: &str| fs::symlink_metadata(lib.join(n)).is_ok();
         if !exists("user-data") && !exists("user-data.done") {
-            safe_write(root, "var/lib/tessera", "user-data", script, 0o700)?;
+            safe_write(root, "var/lib/tessera", "user-data", script, 0o700, owner)?;
         }
     }
     Ok(())

@@ -1,5 +1,7 @@
-//! Instance networking: a host bridge, a network namespace per instance and
-//! a veth pair between them.
+//! Instance networking: a network namespace per instance, a veth pair from
+//! it to the host, and a route per instance; the host device named by the
+//! agent's `--bridge` only holds the gateway's address (no instance is a
+//! port of it). The filter between them is `firewall.rs`.
 
 use super::{fail, run};
 use std::net::Ipv4Addr;
@@ -99,25 +101,32 @@ impl NetNames {
     }
 }
 
-/// Creates the instance's namespace and veth pair and gives it `ip`; any
-/// remains of an earlier attempt are removed first.
+/// Gives a created (not yet started) instance its network: names its
+/// network namespace (that of its init, `pid`, made by runc inside its user
+/// namespace) `names.netns`, and routes `ip` to it through a veth pair.
+/// The host end has no address of its own: it answers ARP for the subnet
+/// (proxy ARP), and the host routes `ip/32` to it, so every packet between
+/// instances crosses the host's filter. Any remains of an earlier attempt
+/// are removed first.
 pub(super) async fn setup(
     names: &NetNames,
-    bridge: &str,
+    gateway_dev: &str,
     subnet: &Subnet,
     ip: Ipv4Addr,
+    pid: i64,
 ) -> Result<(), AgentError> {
     teardown(names).await;
-    ensure_bridge(bridge, subnet).await?;
+    ensure_bridge(gateway_dev, subnet).await?;
     let ns = names.netns.as_str();
+    let host = names.host_veth.as_str();
     let result = async {
-        run("ip", &["netns", "add", ns]).await?;
+        run("ip", &["netns", "attach", ns, &pid.to_string()]).await?;
         run(
             "ip",
             &[
                 "link",
                 "add",
-                &names.host_veth,
+                host,
                 "type",
                 "veth",
                 "peer",
@@ -126,8 +135,12 @@ pub(super) async fn setup(
             ],
         )
         .await?;
-        run("ip", &["link", "set", &names.host_veth, "master", bridge]).await?;
-        run("ip", &["link", "set", &names.host_veth, "up"]).await?;
+        sysctl(&format!("ipv6/conf/{host}/disable_ipv6"), "1").await?;
+        sysctl(&format!("ipv4/conf/{host}/proxy_arp"), "1").await?;
+        sysctl(&format!("ipv4/conf/{host}/rp_filter"), "1").await?;
+        // Answer at once (the default waits up to 0.8 s per new neighbour).
+        sysctl(&format!("ipv4/neigh/{host}/proxy_delay"), "0").await?;
+        run("ip", &["link", "set", host, "up"]).await?;
         run("ip", &["link", "set", &names.peer_veth, "netns", ns]).await?;
         run(
             "ip",
@@ -140,6 +153,8 @@ pub(super) async fn setup(
         run("ip", &["-n", ns, "link", "set", "lo", "up"]).await?;
         let gw = subnet.gateway().to_string();
         run("ip", &["-n", ns, "route", "add", "default", "via", &gw]).await?;
+        let route = format!("{ip}/32");
+        run("ip", &["route", "replace", &route, "dev", host]).await?;
         Ok::<(), AgentError>(())
     }
     .await;
@@ -148,6 +163,14 @@ pub(super) async fn setup(
         return Err(e);
     }
     Ok(())
+}
+
+/// Writes `/proc/sys/net/<key>`.
+async fn sysctl(key: &str, value: &str) -> Result<(), AgentError> {
+    let path = format!("/proc/sys/net/{key}");
+    tokio::fs::write(&path, value)
+        .await
+        .map_err(|e| fail(format!("writing {path}: {e}")))
 }
 
 /// Removes the instance's veth pair and namespace; missing is fine.

@@ -21,12 +21,13 @@
 use super::bundle::Bind;
 use super::{blocking, fail, io_fail, is_mounted, run};
 use crate::drivers::instances::check_storage;
+use std::ffi::OsStr;
 use std::fs;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use tessera_agent_api::{AgentError, InstanceStorage};
 
-const GIB: u64 = 1 << 30;
+pub(super) const GIB: u64 = 1 << 30;
 /// The longest name a directory may have (ext4's `NAME_MAX`).
 const NAME_MAX: usize = 255;
 
@@ -79,41 +80,11 @@ pub(super) async fn mount(
     storage: &InstanceStorage,
 ) -> Result<Vec<Bind>, AgentError> {
     let paths = validate(storage)?;
-    let image = image(dir);
     let mount_point = mount_point(dir);
     let wanted = storage.size_gb.saturating_mul(GIB);
-    if !image.exists() {
-        format(&image, wanted).await?;
-    }
-    let mounted = is_mounted(&mount_point);
-    let had = fs::metadata(&image)
-        .map_err(|e| io_fail("reading", &image, e))?
-        .len();
-    if had < wanted && mounted {
-        tracing::warn!(%id, size_gb = storage.size_gb, "persistent storage is mounted; it grows when next mounted");
-    } else if had < wanted {
-        grow(&image, had, wanted).await?;
-        tracing::info!(%id, size_gb = storage.size_gb, "persistent storage grown");
-    } else if had > wanted {
-        tracing::warn!(%id, size_gb = storage.size_gb, had_gb = had / GIB, "persistent storage cannot shrink; keeping its size");
-    }
-    if !mounted {
-        check_loop_devices()?;
-        fs::create_dir_all(&mount_point).map_err(|e| io_fail("creating", &mount_point, e))?;
-        run(
-            "mount",
-            &[
-                "-t".as_ref(),
-                "ext4".as_ref(),
-                "-o".as_ref(),
-                "loop,nosuid,nodev".as_ref(),
-                image.as_os_str(),
-                mount_point.as_os_str(),
-            ],
-        )
+    ensure_fs(&image(dir), &mount_point, wanted, "loop,nosuid,nodev")
         .await
-        .map_err(|e| fail(format!("mounting the persistent storage of {id}: {e}")))?;
-    }
+        .map_err(|e| fail(format!("the persistent storage of {id}: {e}")))?;
     let root = mount_point.join("paths");
     let mut binds = Vec::new();
     for (path, name) in paths {
@@ -142,6 +113,51 @@ pub(super) async fn mount(
         });
     }
     Ok(binds)
+}
+
+/// Makes sure the ext4 file system in the file `image` is mounted at
+/// `mount_point` with `options`: made (sparse, `bytes`) when new, grown to
+/// `bytes` when smaller and not mounted (a mounted one grows at its next
+/// mount; none ever shrinks, data might not fit).
+pub(super) async fn ensure_fs(
+    image: &Path,
+    mount_point: &Path,
+    bytes: u64,
+    options: &str,
+) -> Result<(), AgentError> {
+    if !image.exists() {
+        format(image, bytes).await?;
+    }
+    let mounted = is_mounted(mount_point);
+    let had = fs::metadata(image)
+        .map_err(|e| io_fail("reading", image, e))?
+        .len();
+    if had < bytes && mounted {
+        tracing::warn!(image = %image.display(), gb = bytes / GIB, "a mounted file system grows when next mounted");
+    } else if had < bytes {
+        grow(image, had, bytes).await?;
+        tracing::info!(image = %image.display(), gb = bytes / GIB, "file system grown");
+    } else if had > bytes {
+        tracing::warn!(image = %image.display(), gb = bytes / GIB, had_gb = had / GIB, "a file system cannot shrink; keeping its size");
+    }
+    if !mounted {
+        check_loop_devices()?;
+        fs::create_dir_all(mount_point).map_err(|e| io_fail("creating", mount_point, e))?;
+        run(
+            "mount",
+            &[
+                "-t".as_ref(),
+                "ext4".as_ref(),
+                "-o".as_ref(),
+                OsStr::new(&format!("loop,{options}")),
+                image.as_os_str(),
+                mount_point.as_os_str(),
+            ],
+        )
+        .await
+        .map_err(|e| fail(format!("mounting {}: {e}", image.display())))?;
+    }
+    Ok(())
 }
 
 /// A sparse file of `bytes`, formatted ext4 with no blocks reserved for

@@ -18,7 +18,7 @@ fn have(tool: &str) -> bool {
         .is_ok_and(|o| o.status.success())
 }
 
-fn skip_reason() -> Option<String> {
+pub(super) fn skip_reason() -> Option<String> {
     if !nix::unistd::geteuid().is_root() {
         return Some("not root".into());
     }
@@ -33,6 +33,9 @@ fn skip_reason() -> Option<String> {
         "busybox",
         "ip",
         "bash",
+        "nft",
+        "setpriv",
+        "unshare",
     ] {
         if !have(tool) {
             return Some(format!("{tool} is not installed"));
@@ -59,10 +62,10 @@ macro_rules! skip_unless_able {
 }
 
 /// Removes whatever a failed test left on the host.
-struct Cleanup {
-    state_dir: PathBuf,
-    bridge: String,
-    netns: Vec<String>,
+pub(super) struct Cleanup {
+    pub state_dir: PathBuf,
+    pub bridge: String,
+    pub netns: Vec<String>,
 }
 
 impl Drop for Cleanup {
@@ -97,17 +100,24 @@ impl Drop for Cleanup {
         let _ = StdCommand::new("ip")
             .args(["link", "del", &self.bridge])
             .output();
+        // The agent's firewall table (named after its state directory).
+        if let Ok(state_dir) = fs::canonicalize(&self.state_dir) {
+            let tag = short_hash(&[state_dir.as_os_str().as_encoded_bytes()]);
+            let _ = StdCommand::new("nft")
+                .args(["delete", "table", "inet", &format!("tessera-{tag}")])
+                .output();
+        }
     }
 }
 
-struct Fixture {
-    dir: tempfile::TempDir,
-    config: ContainerConfig,
-    key: PathBuf,
-    public_key: String,
+pub(super) struct Fixture {
+    pub dir: tempfile::TempDir,
+    pub config: ContainerConfig,
+    pub key: PathBuf,
+    pub public_key: String,
 }
 
-fn fixture(bridge: &str, subnet: &str, ssh_port_base: u16) -> Fixture {
+pub(super) fn fixture(bridge: &str, subnet: &str, ssh_port_base: u16) -> Fixture {
     let dir = tempfile::tempdir().expect("tempdir");
     let tarball = dir.path().join("tiny.tar.gz");
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/images/tiny");
@@ -136,6 +146,8 @@ fn fixture(bridge: &str, subnet: &str, ssh_port_base: u16) -> Fixture {
         bridge: bridge.to_string(),
         subnet: subnet.to_string(),
         ssh_port_base,
+        dns_upstreams: Vec::new(),
+        allow_privileged: false,
     };
     Fixture {
         dir,
@@ -145,7 +157,7 @@ fn fixture(bridge: &str, subnet: &str, ssh_port_base: u16) -> Fixture {
     }
 }
 
-fn spec(f: &Fixture, id: &str, name: &str) -> InstanceSpec {
+pub(super) fn spec(f: &Fixture, id: &str, name: &str) -> InstanceSpec {
     InstanceSpec {
         id: id.to_string(),
         name: name.to_string(),
@@ -159,12 +171,13 @@ fn spec(f: &Fixture, id: &str, name: &str) -> InstanceSpec {
         volumes: vec![],
         cpu_millis: None,
         ssh_forward: true,
+        egress: true,
         storage: None,
     }
 }
 
 /// Runs `command` over SSH; answers (success, stdout + stderr).
-async fn ssh(key: &Path, host: &str, port: u16, command: &str) -> (bool, String) {
+pub(super) async fn ssh(key: &Path, host: &str, port: u16, command: &str) -> (bool, String) {
     let mut ssh = tokio::process::Command::from(crate::testkit::ssh_command(
         key, "root", host, port, command,
     ));
@@ -178,7 +191,7 @@ async fn ssh(key: &Path, host: &str, port: u16, command: &str) -> (bool, String)
 }
 
 /// SSH until it works (the instance's init may still be starting dropbear).
-async fn ssh_ok(key: &Path, host: &str, port: u16, command: &str) -> String {
+pub(super) async fn ssh_ok(key: &Path, host: &str, port: u16, command: &str) -> String {
     let mut last = String::new();
     for _ in 0..40 {
         let (ok, text) = ssh(key, host, port, command).await;
@@ -260,6 +273,31 @@ async fn container_lifecycle() {
         out.contains("web-1") && out.contains("10.250.7.2/24"),
         "{out}"
     );
+    // Unprivileged: root inside is an id of its own outside, under the
+    // seccomp filter, and its files are its root's.
+    let out = ssh_ok(
+        &f.key,
+        &report.private_ip,
+        22,
+        "cat /proc/self/uid_map; grep Seccomp: /proc/self/status; ls -ln /etc/hostname /root/.ssh/authorized_keys; cat /etc/resolv.conf",
+    )
+    .await;
+    eprintln!("isolation: {out}");
+    let map: Vec<&str> = out
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    assert_eq!(map.first(), Some(&"0"), "{out}");
+    assert_ne!(map.get(1), Some(&"0"), "root inside is root outside: {out}");
+    assert_eq!(map.get(2), Some(&"65536"), "{out}");
+    assert!(out.contains("Seccomp:\t2"), "{out}");
+    for file in out.lines().filter(|l| l.starts_with("-rw")) {
+        let fields: Vec<&str> = file.split_whitespace().collect();
+        assert_eq!(fields.get(2..4), Some(&["0", "0"][..]), "not root's: {out}");
+    }
+    assert!(out.contains("nameserver 10.250.7.1"), "{out}");
     // The limits are in place.
     let cg = driver.cgroups_path(&s.id);
     let mem_limit = fs::read_to_string(format!("/sys/fs/cgroup/memory{cg}/memory.limit_in_bytes"))
@@ -690,7 +728,11 @@ async fn sessions_run_inside_the_instance_on_its_cpus() {
 
 /// Runs `command` in the instance over a session without a terminal;
 /// answers its exit code and output.
-async fn in_instance(driver: &ContainerDriver, id: &str, command: &str) -> (i32, String) {
+pub(super) async fn in_instance(
+    driver: &ContainerDriver,
+    id: &str,
+    command: &str,
+) -> (i32, String) {
     let mut session = driver
         .open_session(id, &run_command(&["sh", "-c", command]))
         .await
@@ -1255,7 +1297,7 @@ async fn new_storage_starts_with_the_images_files_never_the_hosts() {
         }
     };
     let home = bind("root", "/root");
-    seed_from_image(&rootfs, &home).await;
+    seed_from_image(&rootfs, &home, None).await;
     assert_eq!(
         fs::read_to_string(home.source.join(".profile")).expect("copied"),
         "export A=1\n"
@@ -1266,9 +1308,9 @@ async fn new_storage_starts_with_the_images_files_never_the_hosts() {
     // A path that is a symlink in the image would be resolved on the host:
     // nothing is copied.
     let linked = bind("linked", "/linked");
-    seed_from_image(&rootfs, &linked).await;
+    seed_from_image(&rootfs, &linked, None).await;
     assert_eq!(fs::read_dir(&linked.source).expect("dir").count(), 0);
     let missing = bind("none", "/not/there");
-    seed_from_image(&rootfs, &missing).await;
+    seed_from_image(&rootfs, &missing, None).await;
     assert_eq!(fs::read_dir(&missing.source).expect("dir").count(), 0);
 }

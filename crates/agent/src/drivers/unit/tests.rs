@@ -209,8 +209,11 @@ async fn scenario(config: UnitConfig) {
         &key,
         port_a,
         &user_a,
+        // The session waits until the sleep is `sleep` (past nohup, immune
+        // to the hang-up at the session's end) before it ends.
         "touch /tmp/tessera-test-$(id -u) ~/junk /opt/$(id -un)/junk; \
-         nohup sleep 1000 </dev/null >/dev/null 2>&1 &",
+         nohup sleep 1000 </dev/null >/dev/null 2>&1 & p=$!; \
+         for i in $(seq 100); do [ \"$(cat /proc/$p/comm)\" = sleep ] && break; sleep 0.05; done",
     );
     assert!(
         out.status.success(),

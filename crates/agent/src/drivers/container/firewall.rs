@@ -1,0 +1,192 @@
+//! The host's firewall for instances, in nftables: one table per agent,
+//! `inet tessera-<agent tag>`, changed only in whole transactions
+//! (`nft -f -`), so a rule set is never seen half made.
+//!
+//! Instances are routed, not bridged: each has a veth whose host end is a
+//! port of this table, so every packet an instance sends goes through the
+//! host's filter, and no two instances share a link (nothing to spoof at
+//! layer 2). What the table says:
+//!
+//! - **No forged sources** (`prerouting`): a port's packets must come from
+//!   its instance's address; IPv6 from instances is dropped.
+//! - **Networks per project** (`forward`): a port jumps to its project's
+//!   chain `net_<hash>`, which lets it reach the ports of the same project,
+//!   drops what goes to any other instance, and then lets egress out (or
+//!   drops it, when the project has egress turned off). Traffic to an
+//!   instance from anywhere else goes through `inbound`: replies, SSH and
+//!   ping (the default security group of clouds).
+//! - **The host is closed** (`input`): from an instance, the host answers
+//!   only replies, DNS on the gateway's address (the agent's forwarder) and
+//!   ping of the gateway. The agent, the control plane and the host's SSH
+//!   are out of reach.
+//! - **Egress** (`postrouting`): what leaves for the outside is masqueraded
+//!   behind the host.
+
+use super::fail;
+use std::net::Ipv4Addr;
+use tessera_agent_api::AgentError;
+use tokio::io::AsyncWriteExt;
+
+/// An agent's table.
+#[derive(Clone, Debug)]
+pub(super) struct Firewall {
+    table: String,
+    gateway: Ipv4Addr,
+}
+
+/// An instance's place in the table.
+pub(super) struct Port<'a> {
+    /// Its veth's host end.
+    pub ifname: &'a str,
+    pub ip: Ipv4Addr,
+    /// Its project's chain suffix ([`net_of`]).
+    pub net: &'a str,
+    /// Whether it may reach beyond the host and its project.
+    pub egress: bool,
+}
+
+/// The chain suffix of a project: 8 hex digits of a hash of its id.
+pub(super) fn net_of(project_id: &str) -> String {
+    super::short_hash(&[b"net", project_id.as_bytes()])
+}
+
+impl Firewall {
+    pub fn new(agent_tag: &str, gateway: Ipv4Addr) -> Firewall {
+        Firewall {
+            table: format!("tessera-{agent_tag}"),
+            gateway,
+        }
+    }
+
+    /// Makes the table and its base chains (replacing their rules, keeping
+    /// the ports the sets hold): run at every agent start.
+    pub async fn ensure(&self) -> Result<(), AgentError> {
+        let t = &self.table;
+        let gw = self.gateway;
+        let script = format!(
+            r#"add table inet {t}
+add set inet {t} ports {{ type ifname; }}
+add set inet {t} port_addr {{ type ifname . ipv4_addr; }}
+add map inet {t} port_net {{ type ifname : verdict; }}
+add chain inet {t} prerouting {{ type filter hook prerouting priority raw; policy accept; }}
+add chain inet {t} input {{ type filter hook input priority filter; policy accept; }}
+add chain inet {t} forward {{ type filter hook forward priority filter; policy accept; }}
+add chain inet {t} inbound
+add chain inet {t} postrouting {{ type nat hook postrouting priority srcnat; policy accept; }}
+flush chain inet {t} prerouting
+flush chain inet {t} input
+flush chain inet {t} forward
+flush chain inet {t} inbound
+flush chain inet {t} postrouting
+add rule inet {t} prerouting iifname @ports meta nfproto ipv6 drop
+add rule inet {t} prerouting iifname @ports iifname . ip saddr != @port_addr drop
+add rule inet {t} input iifname != @ports accept
+add rule inet {t} input ct state established,related accept
+add rule inet {t} input ip daddr {gw} udp dport 53 accept
+add rule inet {t} input ip daddr {gw} tcp dport 53 accept
+add rule inet {t} input ip daddr {gw} icmp type echo-request accept
+add rule inet {t} input drop
+add rule inet {t} forward iifname @ports iifname vmap @port_net
+add rule inet {t} forward iifname @ports drop
+add rule inet {t} forward oifname @ports jump inbound
+add rule inet {t} inbound ct state established,related accept
+add rule inet {t} inbound tcp dport 22 accept
+add rule inet {t} inbound icmp type echo-request accept
+add rule inet {t} inbound drop
+add rule inet {t} postrouting iifname @ports oifname != @ports masquerade
+"#
+        );
+        nft(&script).await
+    }
+
+    /// Puts an instance's port in the table (and makes or refreshes its
+    /// project's chain).
+    pub async fn add(&self, port: &Port<'_>) -> Result<(), AgentError> {
+        let t = &self.table;
+        let (ifname, ip, net) = (port.ifname, port.ip, port.net);
+        let egress = if port.egress { "accept" } else { "drop" };
+        let script = format!(
+            r#"add set inet {t} net_{net}_ports {{ type ifname; }}
+add chain inet {t} net_{net}
+flush chain inet {t} net_{net}
+add rule inet {t} net_{net} oifname @net_{net}_ports accept
+add rule inet {t} net_{net} oifname @ports drop
+add rule inet {t} net_{net} {egress}
+add element inet {t} net_{net}_ports {{ {ifname} }}
+add element inet {t} ports {{ {ifname} }}
+add element inet {t} port_addr {{ {ifname} . {ip} }}
+add element inet {t} port_net {{ {ifname} : jump net_{net} }}
+"#
+        );
+        self.remove(ifname, ip, net).await?;
+        nft(&script).await
+    }
+
+    /// Takes an instance's port out of the table; not there is fine.
+    pub async fn remove(&self, ifname: &str, ip: Ipv4Addr, net: &str) -> Result<(), AgentError> {
+        let t = &self.table;
+        // Adding first makes each deletion sure to succeed, in one
+        // transaction; a port of another project under this name would
+        // make the map's add fail, so that one is deleted on its own.
+        let _ = nft(&format!(
+            "delete element inet {t} port_net {{ {ifname} }}\n"
+        ))
+        .await;
+        let script = format!(
+            r#"add set inet {t} net_{net}_ports {{ type ifname; }}
+add element inet {t} net_{net}_ports {{ {ifname} }}
+delete element inet {t} net_{net}_ports {{ {ifname} }}
+add element inet {t} ports {{ {ifname} }}
+delete element inet {t} ports {{ {ifname} }}
+add element inet {t} port_addr {{ {ifname} . {ip} }}
+delete element inet {t} port_addr {{ {ifname} . {ip} }}
+"#
+        );
+        nft(&script).await
+    }
+}
+
+/// Applies an nft script as one transaction.
+async fn nft(script: &str) -> Result<(), AgentError> {
+    let mut child = tokio::process::Command::new("nft")
+        .args(["-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| fail(format!("running `nft` (install the package nftables): {e}")))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(script.as_bytes())
+            .await
+            .map_err(|e| fail(format!("writing to `nft`: {e}")))?;
+    }
+    let out = child
+        .wait_with_output()
+        .await
+        .map_err(|e| fail(format!("running `nft`: {e}")))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(fail(format!(
+            "`nft -f -` failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        )))
+    }
+}
+
+/// Turns on IPv4 forwarding on the host (instances are routed through it).
+pub(super) async fn enable_forwarding() -> Result<(), AgentError> {
+    let path = "/proc/sys/net/ipv4/ip_forward";
+    if tokio::fs::read_to_string(path)
+        .await
+        .is_ok_and(|v| v.trim() == "1")
+    {
+        return Ok(());
+    }
+    tokio::fs::write(path, b"1")
+        .await
+        .map_err(|e| fail(format!("turning on IPv4 forwarding ({path}): {e}")))
+}
