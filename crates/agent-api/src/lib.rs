@@ -79,6 +79,11 @@ pub struct InstanceSpec {
     /// host's DNS forwarder.
     #[serde(default = "egress")]
     pub egress: bool,
+    /// Made as the host's root, without a user namespace of its own: an
+    /// install admin's explicit choice for its project. Read when the
+    /// instance is made; it keeps what it was made with.
+    #[serde(default)]
+    pub privileged: bool,
 }
 
 fn egress() -> bool {

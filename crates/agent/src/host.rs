@@ -552,6 +552,7 @@ mod tests {
                 cpu_millis: None,
                 ssh_forward: true,
                 egress: true,
+                privileged: false,
                 storage: None,
             },
             state,

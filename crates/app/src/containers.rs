@@ -661,7 +661,7 @@ impl App {
 
     /// Has a running container's host apply its settings again (the SSH
     /// forward), and records where its SSH server is forwarded now.
-    async fn converge_running(&self, instance: &Instance) -> Result<()> {
+    pub(crate) async fn converge_running(&self, instance: &Instance) -> Result<()> {
         let _guard = self.instance_guard(&instance.id).await?;
         let Some(now) = self.stored_instance(&instance.id).await? else {
             return Ok(());

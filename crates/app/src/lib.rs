@@ -20,6 +20,7 @@ pub mod instances;
 pub mod oauth;
 pub mod operations;
 pub mod placement;
+pub mod policies;
 pub mod projects;
 pub mod quotas;
 pub mod reconciler;

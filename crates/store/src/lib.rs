@@ -19,6 +19,7 @@ mod identity;
 mod instances;
 mod oauth;
 mod operations;
+mod policies;
 mod quotas;
 mod scripts;
 mod ssh_keys;
@@ -40,6 +41,7 @@ pub use instances::{
 };
 pub use oauth::OAuthClientRecord;
 pub use operations::{NewOperation, OperationEnd, OperationFilter, OperationRecord};
+pub use policies::ProjectPolicyRecord;
 pub use quotas::{QuotaCheck, QuotaExceeded, QuotaOverrides, Usage};
 pub use scripts::ScriptRecord;
 pub use sqlx::Error as SqlxError;

@@ -252,6 +252,7 @@ mod tests {
             cpu_millis: millis,
             ssh_forward: true,
             egress: true,
+            privileged: false,
             storage: None,
         };
         check_spec(&spec("1", None)).expect("exclusive");

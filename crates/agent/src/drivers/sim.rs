@@ -897,6 +897,7 @@ mod tests {
             cpu_millis: None,
             ssh_forward: true,
             egress: true,
+            privileged: false,
             storage: None,
         };
         // A volume that is not stored here cannot be attached.
@@ -928,6 +929,7 @@ mod tests {
             cpu_millis: None,
             ssh_forward: true,
             egress: true,
+            privileged: false,
             storage: None,
         }
     }

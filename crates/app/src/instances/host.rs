@@ -45,6 +45,10 @@ impl App {
                 size_gb: u64::try_from(c.storage_gb).unwrap_or(0),
                 mount_paths: c.mount_paths.clone(),
             });
+        let policy = self
+            .store
+            .project_policy(instance.project_id.as_str())
+            .await?;
         Ok(InstanceSpec {
             id: instance.id.to_string(),
             name: instance.name.clone(),
@@ -58,7 +62,8 @@ impl App {
             volumes,
             cpu_millis: self.placement_needs(spec).1,
             ssh_forward: container.as_ref().is_none_or(|c| c.ssh_enabled),
-            egress: true,
+            egress: policy.egress,
+            privileged: policy.privileged,
             storage,
         })
     }

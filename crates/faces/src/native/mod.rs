@@ -15,6 +15,7 @@ mod events;
 mod instances;
 mod join_tokens;
 mod operations;
+mod policies;
 mod quotas;
 mod servers;
 mod ssh_keys;
@@ -65,6 +66,8 @@ pub(crate) use crate::kit::{Body, Caller, Path, Query};
         credentials::top_up,
         quotas::get_quota,
         quotas::set_quota,
+        policies::get_policy,
+        policies::set_policy,
         servers::list_servers,
         servers::create_server,
         servers::delete_server,
@@ -219,6 +222,10 @@ pub fn router(app: App) -> Router {
         .route(
             "/workspaces/{name}/quota",
             get(quotas::get_quota).put(quotas::set_quota),
+        )
+        .route(
+            "/workspaces/{name}/policy",
+            get(policies::get_policy).put(policies::set_policy),
         )
         .route(
             "/credentials",

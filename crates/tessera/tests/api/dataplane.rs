@@ -419,6 +419,30 @@ pub(crate) fn traces_of(state_dir: &Path, id: &str) -> Vec<String> {
 }
 
 /// How many links are attached to `bridge`.
+/// The last verdict of the project chain (in the agent's nftables table)
+/// of the instance at `ip`: `accept` when its project has egress, `drop`
+/// when not.
+pub(crate) fn project_verdict(ip: &str) -> Option<String> {
+    let ruleset = Command::new("nft")
+        .args(["list", "ruleset"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    let table = ruleset
+        .split("\ntable ")
+        .find(|t| {
+            [" ", ",", "\n", "}"]
+                .iter()
+                .any(|end| t.contains(&format!(" . {ip}{end}")))
+        })?;
+    let chain = table.split("chain net_").nth(1)?;
+    let body = chain.split('}').next()?;
+    body.lines()
+        .map(str::trim)
+        .rfind(|l| !l.is_empty())
+        .map(str::to_string)
+}
+
 /// How many instances the host routes into the subnet of the test agent
 /// `net` (`container_agent`): one `/32` route to a veth each.
 pub(crate) fn routed_instances(net: u8) -> usize {
@@ -489,6 +513,31 @@ async fn a_container_instance_is_reached_over_ssh_and_leaves_nothing() {
     let through = ssh(&key, "root", host, port.parse().expect("port"), "hostname")
         .expect("ssh through the forwarded port");
     assert_eq!(through.trim(), "web-1");
+    // Unprivileged, as every instance is by default.
+    let map = ssh(&key, "root", &ip, 22, "cat /proc/self/uid_map").expect("uid_map");
+    assert!(
+        !map.split_whitespace().eq(["0", "0", "4294967295"]),
+        "{map}"
+    );
+
+    // An install admin turns the project's egress off: its host's firewall
+    // says so at once for the running instance, and on again.
+    for egress in [false, true] {
+        let (status, set) = api(
+            &server.url,
+            Method::PUT,
+            "/v1/workspaces/default/policy",
+            Some(json!({"egress": egress})),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{set}");
+        let verdict = if egress { "accept" } else { "drop" };
+        assert_eq!(
+            project_verdict(&ip).as_deref(),
+            Some(verdict),
+            "the project's chain on the host"
+        );
+    }
 
     // Stop: SSH is gone. Start: it is back, and the startup script did not
     // run again.

@@ -25,6 +25,7 @@ on_both_backends!(
     slow_clients_are_cut_off,
     metric_labels_come_from_a_fixed_set,
     quotas_hold_on_every_face,
+    only_install_admins_set_a_projects_policy,
     racing_creations_never_pass_a_quota,
     the_native_api_and_token_issuance_are_rate_limited,
     a_join_token_does_not_take_over_a_host,
@@ -920,6 +921,83 @@ async fn set_quota(server: &TestServer, project: &str, limits: Value) {
         )
         .await;
     assert_eq!(status, StatusCode::OK, "{reply}");
+}
+
+/// A project's policy as `token` sees it: `(status, body)`.
+async fn policy(server: &TestServer, project: &str, token: &str) -> (StatusCode, Value) {
+    server
+        .call(
+            Method::GET,
+            &format!("/v1/workspaces/{project}/policy"),
+            None,
+            token,
+        )
+        .await
+}
+
+async fn put_policy(
+    server: &TestServer,
+    project: &str,
+    body: Value,
+    token: &str,
+) -> (StatusCode, Value) {
+    server
+        .call(
+            Method::PUT,
+            &format!("/v1/workspaces/{project}/policy"),
+            Some(&body),
+            token,
+        )
+        .await
+}
+
+async fn only_install_admins_set_a_projects_policy(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let alice = server.user_in("alice", "member", "alpha").await;
+    let ann = server.user_in("ann", "admin", "alpha").await;
+    server.user_in("bob", "member", "beta").await;
+    // Members see their own: egress on, unprivileged by default.
+    let (status, shown) = policy(&server, "alpha", &alice).await;
+    assert_eq!(status, StatusCode::OK, "{shown}");
+    assert_eq!(
+        shown,
+        json!({"workspace": "alpha", "egress": true, "privileged": false})
+    );
+    // Not another's, and nobody but an install admin sets one, not even
+    // the workspace's own admin.
+    let (status, body) = policy(&server, "beta", &alice).await;
+    assert_error(status, &body, StatusCode::NOT_FOUND, "NOT_FOUND");
+    for token in [&alice, &ann] {
+        let (status, body) = put_policy(&server, "alpha", json!({"privileged": true}), token).await;
+        assert_error(status, &body, StatusCode::FORBIDDEN, "FORBIDDEN");
+    }
+    // Bad bodies change nothing.
+    for bad in [
+        json!({"egress": "no"}),
+        json!({"egress": false, "nat": true}),
+        json!([]),
+    ] {
+        let (status, body) = put_policy(&server, "alpha", bad.clone(), TOKEN).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {body}");
+    }
+    let (status, body) = put_policy(&server, "nowhere", json!({"egress": false}), TOKEN).await;
+    assert_error(status, &body, StatusCode::NOT_FOUND, "NOT_FOUND");
+    assert_eq!(policy(&server, "alpha", &alice).await.1["egress"], true);
+    // The install admin sets each part alone; the other stays.
+    let (status, set) = put_policy(&server, "alpha", json!({"egress": false}), TOKEN).await;
+    assert_eq!(status, StatusCode::OK, "{set}");
+    assert_eq!(
+        set,
+        json!({"workspace": "alpha", "egress": false, "privileged": false})
+    );
+    let (_, set) = put_policy(&server, "alpha", json!({"privileged": true}), TOKEN).await;
+    assert_eq!(
+        set,
+        json!({"workspace": "alpha", "egress": false, "privileged": true})
+    );
+    assert_eq!(policy(&server, "alpha", &alice).await.1, set);
+    assert_eq!(policy(&server, "beta", TOKEN).await.1["egress"], true);
+    server.stop().await;
 }
 
 async fn quotas_hold_on_every_face(backend: Backend) {

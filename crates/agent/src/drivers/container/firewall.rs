@@ -99,8 +99,9 @@ add rule inet {t} postrouting iifname @ports oifname != @ports masquerade
         nft(&script).await
     }
 
-    /// Puts an instance's port in the table (and makes or refreshes its
-    /// project's chain).
+    /// Puts an instance's port in the table, or leaves it there, and makes
+    /// or refreshes its project's chain (its egress): one transaction, so
+    /// the port is never out of the table meanwhile.
     pub async fn add(&self, port: &Port<'_>) -> Result<(), AgentError> {
         let t = &self.table;
         let (ifname, ip, net) = (port.ifname, port.ip, port.net);
@@ -118,7 +119,6 @@ add element inet {t} port_addr {{ {ifname} . {ip} }}
 add element inet {t} port_net {{ {ifname} : jump net_{net} }}
 "#
         );
-        self.remove(ifname, ip, net).await?;
         nft(&script).await
     }
 

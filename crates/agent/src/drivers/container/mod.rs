@@ -569,8 +569,20 @@ impl ContainerDriver {
         match self.runc_state(&id).await? {
             Some(state) if state.status == "running" => {
                 // Its CPUs, limits and mounts stay as they are until its
-                // next start; its SSH forward follows the spec at once.
+                // next start; its SSH forward and its project's egress
+                // follow the spec at once.
                 self.converge_forward(&mut rec, spec.ssh_forward).await?;
+                if let Some(net) = &rec.net {
+                    self.ensure_host_net().await?;
+                    self.firewall
+                        .add(&firewall::Port {
+                            ifname: &self.net_names(&id).host_veth,
+                            ip: rec.ip,
+                            net,
+                            egress: spec.egress,
+                        })
+                        .await?;
+                }
                 return Ok(rec.report());
             }
             Some(_) => {
@@ -1268,6 +1280,10 @@ impl InstanceRuntime for ContainerDriver {
             )));
         }
         let ids = match &self.isolation {
+            _ if spec.privileged => {
+                tracing::warn!(id = %spec.id, "making a privileged instance (its project's policy): root inside is the host's root");
+                Some(None)
+            }
             Ok(()) => None,
             Err(_) if self.config.allow_privileged => Some(None),
             Err(why) => {

@@ -172,6 +172,7 @@ pub(super) fn spec(f: &Fixture, id: &str, name: &str) -> InstanceSpec {
         cpu_millis: None,
         ssh_forward: true,
         egress: true,
+        privileged: false,
         storage: None,
     }
 }

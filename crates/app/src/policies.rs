@@ -1,0 +1,87 @@
+//! Per-project policies: whether a project's instances may reach beyond
+//! their host and their project (egress), and whether its new instances run
+//! as the host's root (privileged) instead of in user namespaces of their
+//! own. Install admins (`quota_admin`) set them, explicitly; a project's
+//! members see their own. A change of egress reaches running instances at
+//! once; privileged applies to instances made afterwards (an instance keeps
+//! the ids it was made with).
+
+use crate::App;
+use crate::error::{Error, Result};
+use crate::identity::Principal;
+use tessera_core::Permission;
+use tessera_core::status::InstanceState;
+use tessera_store::{InstanceFilter, ProjectPolicyRecord};
+
+/// A project's policy as shown.
+#[derive(Clone, Debug)]
+pub struct ProjectPolicy {
+    pub project: String,
+    pub egress: bool,
+    pub privileged: bool,
+}
+
+/// Changes to a policy; `None` keeps what there is.
+#[derive(Clone, Debug, Default)]
+pub struct SetPolicy {
+    pub egress: Option<bool>,
+    pub privileged: Option<bool>,
+}
+
+impl App {
+    /// A project's policy: the caller's own (`workspace_read`), or any
+    /// (`quota_admin`, install admins).
+    pub async fn project_policy(&self, caller: &Principal, project: &str) -> Result<ProjectPolicy> {
+        let record = if project == caller.project_name {
+            caller.require(Permission::WorkspaceRead)?;
+            self.project_named(project).await?
+        } else if caller.can(Permission::QuotaAdmin) {
+            self.project_named(project).await?
+        } else {
+            return Err(Error::NotFound(format!(
+                "workspace {project} not found (requests act in your current workspace, {})",
+                caller.project_name
+            )));
+        };
+        let policy = self.store.project_policy(&record.id).await?;
+        Ok(ProjectPolicy {
+            project: record.name,
+            egress: policy.egress,
+            privileged: policy.privileged,
+        })
+    }
+
+    /// Sets a project's policy (`quota_admin`: install admins). Turning
+    /// egress on or off reaches its running instances' hosts at once.
+    pub async fn set_project_policy(
+        &self,
+        caller: &Principal,
+        project: &str,
+        req: SetPolicy,
+    ) -> Result<ProjectPolicy> {
+        caller.require(Permission::QuotaAdmin)?;
+        let record = self.project_named(project).await?;
+        let before = self.store.project_policy(&record.id).await?;
+        let after = ProjectPolicyRecord {
+            egress: req.egress.unwrap_or(before.egress),
+            privileged: req.privileged.unwrap_or(before.privileged),
+        };
+        self.store.set_project_policy(&record.id, &after).await?;
+        tracing::info!(project = %record.name, by = %caller.username, ?after, "project policy set");
+        if after.egress != before.egress {
+            let running = self
+                .stored_instances(&InstanceFilter {
+                    project_id: Some(record.id.clone()),
+                    ..InstanceFilter::default()
+                })
+                .await?;
+            for instance in running.iter().filter(|i| i.state == InstanceState::Running) {
+                if let Err(e) = self.converge_running(instance).await {
+                    // Its host applies the policy when it next starts it.
+                    tracing::warn!(instance = %instance.id, error = %e, "applying the project's egress");
+                }
+            }
+        }
+        self.project_policy(caller, project).await
+    }
+}
