@@ -57,6 +57,11 @@ pub struct Inventory {
     /// `arm64`.
     #[serde(default = "default_arch")]
     pub arch: String,
+    /// What isolation the host gives instances, in a sentence for
+    /// operators: unprivileged (user namespaces, seccomp, firewall), or why
+    /// not and what it does instead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub isolation: Option<String>,
 }
 
 fn default_arch() -> String {

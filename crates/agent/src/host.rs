@@ -195,6 +195,14 @@ impl LocalHost {
         Ok(())
     }
 
+    /// What isolation this host's instances get (see
+    /// [`InstanceRuntime::isolation`]).
+    pub fn isolation(&self) -> Option<String> {
+        self.instances
+            .as_ref()
+            .and_then(|driver| driver.isolation())
+    }
+
     /// Images present on the host.
     pub fn images(&self) -> Vec<String> {
         match self.config.driver {

@@ -25,6 +25,7 @@ pub fn discover(state_dir: &Path, reserved: &CpuSet) -> anyhow::Result<Inventory
         gpus: gpus(),
         images: Vec::new(),
         arch: tessera_agent_api::protocol::this_arch(),
+        isolation: None,
     })
 }
 

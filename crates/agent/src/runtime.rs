@@ -220,6 +220,7 @@ async fn register(mut client: Client, options: &AgentOptions, host: &LocalHost) 
     };
     let mut inventory = crate::inventory::discover(&options.state_dir, &options.reserved_cpus)?;
     inventory.images = host.images();
+    inventory.isolation = host.isolation();
     let request = RegisterRequest {
         join_token,
         hostname: options.hostname.clone(),
@@ -319,6 +320,7 @@ async fn heartbeats(
                 }
             };
         inventory.images = host.images();
+        inventory.isolation = host.isolation();
         // What runs is news, not a condition of the heartbeat.
         let instances = match host.observe_instances().await {
             Ok(instances) => instances,

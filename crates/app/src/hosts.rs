@@ -56,6 +56,8 @@ pub struct Host {
     pub runs_instances: bool,
     /// Its CPU architecture: `amd64`, `arm64`.
     pub arch: String,
+    /// What isolation its agent gives instances, as it last said.
+    pub isolation: Option<String>,
     pub created_at: String,
     pub updated_at: String,
 }
@@ -87,6 +89,7 @@ impl From<HostRecord> for Host {
             reachable: r.reachable,
             runs_instances: r.runs_instances,
             arch: r.arch,
+            isolation: r.isolation,
             created_at: r.created_at,
             updated_at: r.updated_at,
         }

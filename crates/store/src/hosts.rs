@@ -37,6 +37,8 @@ pub struct HostRecord {
     pub runs_instances: bool,
     /// Its CPU architecture: `amd64`, `arm64`.
     pub arch: String,
+    /// What isolation its agent gives instances (its last inventory).
+    pub isolation: Option<String>,
 }
 
 /// How [`Store::begin_decommission`] went.
@@ -83,7 +85,8 @@ pub struct NewUnit {
 const HOST_COLUMNS: &str = "id, hostname, ip, region, zone, status, status_detail, cpu_ranges, \
      numa_nodes, memory_mb, generation, created_at, updated_at, cpus, provider, plan, tags, arch, \
      COALESCE((SELECT reachable FROM agents WHERE agents.hostname = hosts.hostname), 1) AS reachable, \
-     COALESCE((SELECT driver FROM agents WHERE agents.hostname = hosts.hostname), '') AS agent_driver";
+     COALESCE((SELECT driver FROM agents WHERE agents.hostname = hosts.hostname), '') AS agent_driver, \
+     (SELECT inventory FROM agents WHERE agents.hostname = hosts.hostname) AS agent_inventory";
 
 fn host_from_row(row: &AnyRow) -> Result<HostRecord> {
     let status: String = row.try_get("status")?;
@@ -114,6 +117,12 @@ fn host_from_row(row: &AnyRow) -> Result<HostRecord> {
         reachable: row.try_get::<i64, _>("reachable")? != 0,
         runs_instances: row.try_get::<String, _>("agent_driver")? != "unit",
         arch: row.try_get("arch")?,
+        // What its agent last said of its isolation (a newer field of the
+        // inventory: absent from older agents' and simulated hosts').
+        isolation: row
+            .try_get::<Option<String>, _>("agent_inventory")?
+            .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
+            .and_then(|inventory| inventory["isolation"].as_str().map(str::to_string)),
         tags: row
             .try_get::<Option<String>, _>("tags")?
             .map(|t| serde_json::from_str(&t))

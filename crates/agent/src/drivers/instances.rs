@@ -61,6 +61,13 @@ pub trait InstanceRuntime: Send + Sync {
     /// leaves stopped ones stopped.
     async fn adopt(&self) -> Result<(), AgentError>;
 
+    /// What isolation the driver gives instances on this host, in a
+    /// sentence for operators (`/v1/servers`); `None` where it is not a
+    /// question (a simulated host).
+    fn isolation(&self) -> Option<String> {
+        None
+    }
+
     /// Makes a volume's storage (a copy of `clone_of` when new), or grows it
     /// to `size_gb`; never shrinks it. Done already is success.
     async fn ensure_volume(&self, spec: &VolumeSpec) -> Result<VolumeReport, AgentError>;

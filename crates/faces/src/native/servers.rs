@@ -35,6 +35,13 @@ pub struct ServerBody {
     pub tags: Vec<String>,
     /// Its CPU architecture: `amd64` or `arm64`.
     pub arch: String,
+    /// What isolation its agent gives instances, as it last said:
+    /// `unprivileged: ...` (a user namespace, seccomp filter and firewall
+    /// per instance), `privileged: why; ...` (the operator allowed instances
+    /// as the host's root) or `none: why; this host refuses to run
+    /// instances`. Absent for simulated hosts and hosts without an agent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub isolation: Option<String>,
     /// Why it failed, when it did.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
@@ -78,6 +85,7 @@ impl From<Host> for ServerBody {
             memory_mb: i64::try_from(h.memory_mb).unwrap_or(i64::MAX),
             tags: h.tags,
             arch: h.arch,
+            isolation: h.isolation,
         }
     }
 }

@@ -428,13 +428,11 @@ pub(crate) fn project_verdict(ip: &str) -> Option<String> {
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
         .unwrap_or_default();
-    let table = ruleset
-        .split("\ntable ")
-        .find(|t| {
-            [" ", ",", "\n", "}"]
-                .iter()
-                .any(|end| t.contains(&format!(" . {ip}{end}")))
-        })?;
+    let table = ruleset.split("\ntable ").find(|t| {
+        [" ", ",", "\n", "}"]
+            .iter()
+            .any(|end| t.contains(&format!(" . {ip}{end}")))
+    })?;
     let chain = table.split("chain net_").nth(1)?;
     let body = chain.split('}').next()?;
     body.lines()
@@ -470,6 +468,18 @@ async fn a_container_instance_is_reached_over_ssh_and_leaves_nothing() {
     let state = dir.path().join("agent");
     import_tiny(&state);
     let agent = container_agent(&server, "box-host", &state, 1).await;
+    // The server says what isolation its instances get.
+    let servers = server.get_ok("/v1/servers").await;
+    let host = servers
+        .as_array()
+        .and_then(|l| l.iter().find(|s| s["hostname"] == "box-host"))
+        .expect("box-host");
+    assert!(
+        host["isolation"]
+            .as_str()
+            .is_some_and(|i| i.starts_with("unprivileged:")),
+        "{host}"
+    );
     let (key, public) = key_pair(dir.path());
     let started = std::time::Instant::now();
     let instance = create_tiny(&server.url, "web-1", &public).await;

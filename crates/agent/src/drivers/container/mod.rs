@@ -493,15 +493,30 @@ impl ContainerDriver {
             }
         }
         let isolation = idmap::probe(&config.state_dir);
+        // The firewall is made at the first start; whether it can be is
+        // known now.
+        let isolation = isolation.and_then(|()| {
+            let listed = std::process::Command::new("nft")
+                .args(["list", "tables"])
+                .output()
+                .map_err(|e| format!("no nftables (`nft`: {e}; install the package nftables)"))?;
+            match listed.status.success() {
+                true => Ok(()),
+                false => Err(format!(
+                    "no nftables: `nft list tables` failed: {}",
+                    String::from_utf8_lossy(&listed.stderr).trim()
+                )),
+            }
+        });
         match &isolation {
             Ok(()) => tracing::info!(
-                "instances run unprivileged: each in its own user namespace, with idmapped mounts"
+                "instances run unprivileged: user namespaces with idmapped mounts, seccomp, nftables"
             ),
             Err(why) if config.allow_privileged => {
-                tracing::warn!(%why, "this host cannot give instances user namespaces of their own; they run as the host's root (--allow-privileged-instances)")
+                tracing::warn!(%why, "this host cannot isolate instances; they run as the host's root (--allow-privileged-instances)")
             }
             Err(why) => {
-                tracing::warn!(%why, "this host cannot give instances user namespaces of their own; it refuses to run them (--allow-privileged-instances runs them as the host's root)")
+                tracing::warn!(%why, "this host cannot isolate instances; it refuses to run them (--allow-privileged-instances runs them as the host's root)")
             }
         }
         let firewall = firewall::Firewall::new(&agent_tag, subnet.gateway());
@@ -1480,6 +1495,18 @@ impl InstanceRuntime for ContainerDriver {
         request: &SessionRequest,
     ) -> Result<Session, AgentError> {
         self.exec(id, request).await
+    }
+
+    fn isolation(&self) -> Option<String> {
+        Some(match &self.isolation {
+            Ok(()) => "unprivileged: each instance in its own user namespace, under a seccomp \
+                       filter, behind the host's firewall (projects apart, the host closed)"
+                .to_string(),
+            Err(why) if self.config.allow_privileged => format!(
+                "privileged: {why}; instances run as the host's root (--allow-privileged-instances)"
+            ),
+            Err(why) => format!("none: {why}; this host refuses to run instances"),
+        })
     }
 }
 
