@@ -80,6 +80,8 @@ pub struct HostConfig {
     /// Run instances as the host's root where they cannot have user
     /// namespaces of their own.
     pub allow_privileged: bool,
+    /// Destinations instances may never reach (IPv4 CIDRs).
+    pub egress_denied: Vec<String>,
     /// CPUs kept for the host itself (not in its [`HostAgent::report`]).
     pub reserved_cpus: CpuSet,
 }
@@ -144,6 +146,7 @@ impl LocalHost {
                             ssh_port_base: config.ssh_port_base,
                             dns_upstreams: config.dns_upstreams.clone(),
                             allow_privileged: config.allow_privileged,
+                            egress_denied: config.egress_denied.clone(),
                         })?))
                     }
                     _ => None,
@@ -536,6 +539,7 @@ mod tests {
             ssh_port_base: 2200,
             dns_upstreams: Vec::new(),
             allow_privileged: false,
+            egress_denied: Vec::new(),
             reserved_cpus: CpuSet::default(),
         })
         .expect("a sim host needs nothing of the machine")

@@ -47,6 +47,8 @@ pub struct AgentOptions {
     /// Run instances as the host's root where they cannot have user
     /// namespaces of their own.
     pub allow_privileged: bool,
+    /// Destinations instances may never reach (IPv4 CIDRs).
+    pub egress_denied: Vec<String>,
     pub heartbeat_every: Duration,
 }
 
@@ -79,6 +81,7 @@ pub async fn run(options: AgentOptions, stop: CancellationToken) -> Result<()> {
             ssh_port_base: options.ssh_port_base,
             dns_upstreams: options.dns_upstreams.clone(),
             allow_privileged: options.allow_privileged,
+            egress_denied: options.egress_denied.clone(),
             reserved_cpus: options.reserved_cpus.clone(),
         })
         .map_err(|e| {

@@ -58,6 +58,11 @@ pub struct AgentArgs {
     /// run any.
     #[arg(long)]
     pub allow_privileged_instances: bool,
+    /// A destination (IPv4 CIDR) no instance may reach, egress or not;
+    /// repeat for more. Link-local (169.254.0.0/16, where clouds serve
+    /// metadata) is always denied; add the host's management networks.
+    #[arg(long = "egress-deny")]
+    pub egress_deny: Vec<String>,
     /// Seconds between heartbeats; three missed make the host unreachable.
     #[arg(long, default_value_t = 5)]
     pub heartbeat_secs: u64,
@@ -128,6 +133,7 @@ impl AgentArgs {
             ssh_port_base: self.ssh_port_base,
             dns_upstreams: self.dns,
             allow_privileged: self.allow_privileged_instances,
+            egress_denied: self.egress_deny,
             heartbeat_every: Duration::from_secs(self.heartbeat_secs),
         })
     }

@@ -184,6 +184,7 @@ pub async fn run(args: UpArgs) -> Result<()> {
         ssh_port_base: 2200,
         dns: Vec::new(),
         allow_privileged_instances: false,
+        egress_deny: Vec::new(),
         heartbeat_secs: 5,
     }
     .options()?;

@@ -20,7 +20,12 @@
 //!   ping of the gateway. The agent, the control plane and the host's SSH
 //!   are out of reach.
 //! - **Egress** (`postrouting`): what leaves for the outside is masqueraded
-//!   behind the host.
+//!   behind the host. Some destinations no instance reaches, egress or not
+//!   (`denied`: link-local, where clouds serve the host's metadata, and
+//!   what the operator adds).
+//! - **The host stays what it was**: a host that did not route before its
+//!   agent turned IPv4 forwarding on forwards nothing but its instances'
+//!   traffic.
 
 use super::fail;
 use std::net::Ipv4Addr;
@@ -32,7 +37,14 @@ use tokio::io::AsyncWriteExt;
 pub(super) struct Firewall {
     table: String,
     gateway: Ipv4Addr,
+    /// Where instances may never go, egress or not (the link-local range of
+    /// cloud metadata services, by default, and what the operator adds).
+    denied: Vec<String>,
 }
+
+/// Destinations no instance reaches by default: link-local, where clouds
+/// serve their metadata (and the host's cloud credentials).
+pub(super) const DENIED_BY_DEFAULT: &[&str] = &["169.254.0.0/16"];
 
 /// An instance's place in the table.
 pub(super) struct Port<'a> {
@@ -51,23 +63,41 @@ pub(super) fn net_of(project_id: &str) -> String {
 }
 
 impl Firewall {
-    pub fn new(agent_tag: &str, gateway: Ipv4Addr) -> Firewall {
+    pub fn new(agent_tag: &str, gateway: Ipv4Addr, denied: Vec<String>) -> Firewall {
         Firewall {
             table: format!("tessera-{agent_tag}"),
             gateway,
+            denied,
         }
     }
 
     /// Makes the table and its base chains (replacing their rules, keeping
-    /// the ports the sets hold): run at every agent start.
-    pub async fn ensure(&self) -> Result<(), AgentError> {
+    /// the ports the sets hold): run at every agent start. `route_only_instances`:
+    /// the host forwards nothing but its instances' traffic (it did not
+    /// route before the agent turned forwarding on).
+    pub async fn ensure(&self, route_only_instances: bool) -> Result<(), AgentError> {
         let t = &self.table;
         let gw = self.gateway;
+        let denied = match self.denied.is_empty() {
+            true => String::new(),
+            false => format!(" elements = {{ {} }}", self.denied.join(", ")),
+        };
+        let others = match route_only_instances {
+            // Every agent's instance ports are `tv<tag>`: other agents'
+            // instances on this machine are routed too.
+            true => {
+                format!("add rule inet {t} forward iifname != \"tv*\" oifname != \"tv*\" drop\n")
+            }
+            false => String::new(),
+        };
         let script = format!(
             r#"add table inet {t}
 add set inet {t} ports {{ type ifname; }}
 add set inet {t} port_addr {{ type ifname . ipv4_addr; }}
 add map inet {t} port_net {{ type ifname : verdict; }}
+add set inet {t} denied {{ type ipv4_addr; flags interval; }}
+flush set inet {t} denied
+add set inet {t} denied {{ type ipv4_addr; flags interval;{denied} }}
 add chain inet {t} prerouting {{ type filter hook prerouting priority raw; policy accept; }}
 add chain inet {t} input {{ type filter hook input priority filter; policy accept; }}
 add chain inet {t} forward {{ type filter hook forward priority filter; policy accept; }}
@@ -86,6 +116,7 @@ add rule inet {t} input ip daddr {gw} udp dport 53 accept
 add rule inet {t} input ip daddr {gw} tcp dport 53 accept
 add rule inet {t} input ip daddr {gw} icmp type echo-request accept
 add rule inet {t} input drop
+add rule inet {t} forward iifname @ports ip daddr @denied drop
 add rule inet {t} forward iifname @ports iifname vmap @port_net
 add rule inet {t} forward iifname @ports drop
 add rule inet {t} forward oifname @ports jump inbound
@@ -94,7 +125,7 @@ add rule inet {t} inbound tcp dport 22 accept
 add rule inet {t} inbound icmp type echo-request accept
 add rule inet {t} inbound drop
 add rule inet {t} postrouting iifname @ports oifname != @ports masquerade
-"#
+{others}"#
         );
         nft(&script).await
     }
@@ -146,6 +177,29 @@ delete element inet {t} port_addr {{ {ifname} . {ip} }}
     }
 }
 
+/// Checks an IPv4 CIDR (`169.254.0.0/16`, or an address alone); answers it
+/// as nft writes it.
+pub(super) fn parse_cidr(text: &str) -> Result<String, AgentError> {
+    let bad = || {
+        fail(format!(
+            "bad CIDR {text:?}: expected an IPv4 network like 10.0.0.0/8"
+        ))
+    };
+    let (addr, prefix) = match text.trim().split_once('/') {
+        Some((addr, prefix)) => (addr, prefix.parse::<u8>().map_err(|_| bad())?),
+        None => (text.trim(), 32),
+    };
+    let addr: Ipv4Addr = addr.parse().map_err(|_| bad())?;
+    if prefix > 32 {
+        return Err(bad());
+    }
+    let mask = u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0);
+    Ok(format!(
+        "{}/{prefix}",
+        Ipv4Addr::from(u32::from(addr) & mask)
+    ))
+}
+
 /// Applies an nft script as one transaction.
 async fn nft(script: &str) -> Result<(), AgentError> {
     let mut child = tokio::process::Command::new("nft")
@@ -178,15 +232,51 @@ async fn nft(script: &str) -> Result<(), AgentError> {
 }
 
 /// Turns on IPv4 forwarding on the host (instances are routed through it).
-pub(super) async fn enable_forwarding() -> Result<(), AgentError> {
+/// Answers whether the host routes only for its instances: it did not
+/// forward before an agent turned it on, which `marker` (in the agent's
+/// state directory) remembers across restarts.
+pub(super) async fn enable_forwarding(marker: &std::path::Path) -> Result<bool, AgentError> {
     let path = "/proc/sys/net/ipv4/ip_forward";
     if tokio::fs::read_to_string(path)
         .await
         .is_ok_and(|v| v.trim() == "1")
     {
-        return Ok(());
+        return Ok(tokio::fs::metadata(marker).await.is_ok());
     }
+    tokio::fs::write(
+        marker,
+        b"the host did not forward IPv4 before this agent turned it on\n",
+    )
+    .await
+    .map_err(|e| fail(format!("writing {}: {e}", marker.display())))?;
     tokio::fs::write(path, b"1")
         .await
-        .map_err(|e| fail(format!("turning on IPv4 forwarding ({path}): {e}")))
+        .map_err(|e| fail(format!("turning on IPv4 forwarding ({path}): {e}")))?;
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cidrs_are_checked_and_written_as_networks() {
+        assert_eq!(
+            parse_cidr("169.254.0.0/16").expect("fine"),
+            "169.254.0.0/16"
+        );
+        assert_eq!(parse_cidr(" 10.1.2.3/8 ").expect("fine"), "10.0.0.0/8");
+        assert_eq!(parse_cidr("192.0.2.7").expect("fine"), "192.0.2.7/32");
+        assert_eq!(parse_cidr("0.0.0.0/0").expect("fine"), "0.0.0.0/0");
+        for bad in [
+            "",
+            "10.0.0.0/33",
+            "10.0.0/8",
+            "fe80::/10",
+            "10.0.0.0/x",
+            "1.2.3.4; flush ruleset",
+        ] {
+            assert!(parse_cidr(bad).is_err(), "{bad:?}");
+        }
+    }
 }

@@ -19,6 +19,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 const INTERNET_HOST: Ipv4Addr = Ipv4Addr::new(10, 253, 9, 1);
 const INTERNET: Ipv4Addr = Ipv4Addr::new(10, 253, 9, 2);
 const NAME: &str = "internet.tessera-test";
+/// Where clouds serve their metadata (and the host's credentials).
+const METADATA: Ipv4Addr = Ipv4Addr::new(169, 254, 169, 254);
+/// An address of the "internet" the operator denies (`--egress-deny`).
+const DENIED: Ipv4Addr = Ipv4Addr::new(10, 253, 9, 200);
 
 fn ip(args: &[&str]) {
     let out = StdCommand::new("ip").args(args).output().expect("ip");
@@ -81,11 +85,36 @@ impl Internet {
             "via",
             &INTERNET_HOST.to_string(),
         ]);
+        ip(&[
+            "-n",
+            &ns,
+            "addr",
+            "add",
+            &format!("{METADATA}/32"),
+            "dev",
+            &peer,
+        ]);
+        ip(&[
+            "-n",
+            &ns,
+            "addr",
+            "add",
+            &format!("{DENIED}/32"),
+            "dev",
+            &peer,
+        ]);
+        ip(&[
+            "route",
+            "replace",
+            &format!("{METADATA}/32"),
+            "dev",
+            &host_if,
+        ]);
         let seen = Arc::new(Mutex::new(Vec::new()));
         let netns = format!("/var/run/netns/{ns}");
         let (web, dns, sink) = in_netns(&netns, || {
             (
-                TcpListener::bind((INTERNET, 8080)).expect("web server"),
+                TcpListener::bind(("0.0.0.0", 8080)).expect("web server"),
                 UdpSocket::bind((INTERNET, 53)).expect("dns server"),
                 UdpSocket::bind((INTERNET, 9999)).expect("udp sink"),
             )
@@ -143,6 +172,9 @@ impl Internet {
 
 impl Drop for Internet {
     fn drop(&mut self) {
+        let _ = StdCommand::new("ip")
+            .args(["route", "del", &format!("{METADATA}/32")])
+            .output();
         let _ = StdCommand::new("ip")
             .args(["link", "del", &self.host_if])
             .output();
@@ -293,6 +325,7 @@ async fn attacks_from_inside_instances_fail_and_what_they_need_works() {
     let bridge = format!("tsri{tag}");
     let mut f: Fixture = fixture(&bridge, "10.250.15.0/24", 42900);
     f.config.dns_upstreams = vec![SocketAddr::from((INTERNET, 53))];
+    f.config.egress_denied = vec![format!("{DENIED}/32")];
     let internet = Internet::start(&tag);
     let host_service = HostService::start();
     let driver = ContainerDriver::new(f.config.clone()).expect("driver");
@@ -409,6 +442,23 @@ async fn attacks_from_inside_instances_fail_and_what_they_need_works() {
                 .all(|p| p.ip() == std::net::IpAddr::V4(INTERNET_HOST)),
         "egress is not masqueraded behind the host: {seen:?}"
     );
+    // Never the cloud's metadata, nor what the operator denied (both of
+    // which answer the host itself).
+    for there in [METADATA, DENIED] {
+        std::net::TcpStream::connect_timeout(
+            &SocketAddr::from((there, 8080)),
+            Duration::from_secs(3),
+        )
+        .unwrap_or_else(|e| panic!("the host cannot reach {there}: {e}"));
+    }
+    refused(&driver, "a1", &tcp(METADATA, 8080), "the metadata service").await;
+    refused(
+        &driver,
+        "a1",
+        &tcp(DENIED, 8080),
+        "a destination the operator denied",
+    )
+    .await;
     // No egress for project c, but its DNS works.
     works(
         &driver,

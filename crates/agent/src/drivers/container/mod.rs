@@ -110,6 +110,9 @@ pub struct ContainerConfig {
     /// user namespace of their own (no idmapped mounts): the operator's
     /// explicit choice, for hosts that only run trusted instances.
     pub allow_privileged: bool,
+    /// Destinations (IPv4 CIDRs) no instance may reach, besides
+    /// [`firewall::DENIED_BY_DEFAULT`].
+    pub egress_denied: Vec<String>,
 }
 
 /// The most processes an instance may have.
@@ -214,10 +217,19 @@ struct Record {
     /// has a port in the firewall.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     net: Option<String>,
+    /// Its project's egress as its last spec said (the firewall is remade
+    /// from it when the agent adopts the instance).
+    #[serde(default = "egress_on")]
+    egress: bool,
 }
 
 /// Records written before forwards could be turned off had one.
 fn forwarded() -> bool {
+    true
+}
+
+/// Records written before projects could lose egress had it.
+fn egress_on() -> bool {
     true
 }
 
@@ -519,7 +531,14 @@ impl ContainerDriver {
                 tracing::warn!(%why, "this host cannot isolate instances; it refuses to run them (--allow-privileged-instances runs them as the host's root)")
             }
         }
-        let firewall = firewall::Firewall::new(&agent_tag, subnet.gateway());
+        let mut denied: Vec<String> = firewall::DENIED_BY_DEFAULT
+            .iter()
+            .map(|c| c.to_string())
+            .collect();
+        for cidr in &config.egress_denied {
+            denied.push(firewall::parse_cidr(cidr)?);
+        }
+        let firewall = firewall::Firewall::new(&agent_tag, subnet.gateway(), denied);
         Ok(Self {
             isolation,
             firewall,
@@ -544,8 +563,9 @@ impl ContainerDriver {
             return Ok(());
         }
         network::ensure_bridge(&self.config.bridge, &self.subnet).await?;
-        firewall::enable_forwarding().await?;
-        self.firewall.ensure().await?;
+        let marker = self.config.state_dir.join("forwarding-turned-on");
+        let route_only_instances = firewall::enable_forwarding(&marker).await?;
+        self.firewall.ensure(route_only_instances).await?;
         let upstreams = if self.config.dns_upstreams.is_empty() {
             let text = fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
             dns::upstreams_from_resolv_conf(&text)
@@ -587,6 +607,10 @@ impl ContainerDriver {
                 // next start; its SSH forward and its project's egress
                 // follow the spec at once.
                 self.converge_forward(&mut rec, spec.ssh_forward).await?;
+                if rec.egress != spec.egress {
+                    rec.egress = spec.egress;
+                    self.save_record(&rec)?;
+                }
                 if let Some(net) = &rec.net {
                     self.ensure_host_net().await?;
                     self.firewall
@@ -620,6 +644,10 @@ impl ContainerDriver {
         .await?;
 
         let net = firewall::net_of(&spec.project_id);
+        if rec.egress != spec.egress {
+            rec.egress = spec.egress;
+            self.save_record(&rec)?;
+        }
         if rec.net.as_deref() != Some(net.as_str()) {
             if let Some(old) = rec.net.take() {
                 self.firewall
@@ -1330,6 +1358,7 @@ impl InstanceRuntime for ContainerDriver {
                 should_run: true,
                 ids,
                 net: None,
+                egress: spec.egress,
             };
             self.save_record(&rec)?;
             rec
@@ -1443,6 +1472,20 @@ impl InstanceRuntime for ContainerDriver {
             let _held = lock.lock().await;
             match self.runc_state(&rec.id).await {
                 Ok(Some(state)) if state.status == "running" => {
+                    // Its port in the firewall, should the table have been
+                    // lost (a flushed ruleset); adding it again is a no-op.
+                    if let Some(net) = rec.net.clone() {
+                        let port = firewall::Port {
+                            ifname: &self.net_names(&rec.id).host_veth,
+                            ip: rec.ip,
+                            net: &net,
+                            egress: rec.egress,
+                        };
+                        if let Err(e) = self.firewall.add(&port).await {
+                            tracing::warn!(id = %rec.id, error = %e, "putting the instance's port back in the firewall");
+                            first_error.get_or_insert(e);
+                        }
+                    }
                     let want = rec.ssh_forward;
                     if let Err(e) = self.converge_forward(&mut rec, want).await {
                         tracing::warn!(id = %rec.id, error = %e, "re-forwarding SSH");

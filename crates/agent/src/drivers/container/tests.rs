@@ -148,6 +148,7 @@ pub(super) fn fixture(bridge: &str, subnet: &str, ssh_port_base: u16) -> Fixture
         ssh_port_base,
         dns_upstreams: Vec::new(),
         allow_privileged: false,
+        egress_denied: Vec::new(),
     };
     Fixture {
         dir,
