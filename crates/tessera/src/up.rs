@@ -19,7 +19,8 @@ pub struct UpArgs {
     /// Force a driver instead of the best this machine allows.
     #[arg(long, value_parser = parse_driver)]
     pub driver: Option<DriverKind>,
-    /// Do not install missing host packages (runc, dropbear, busybox).
+    /// Do not install missing host packages (runc, dropbear, busybox,
+    /// nftables).
     #[arg(long)]
     pub no_install: bool,
     /// The location of this machine's host [default: the catalog's first,
@@ -55,7 +56,7 @@ fn on_path(program: &str) -> bool {
 }
 
 fn missing_tools() -> Vec<&'static str> {
-    ["runc", "dropbear", "busybox"]
+    ["runc", "dropbear", "busybox", "nft"]
         .into_iter()
         .filter(|tool| !on_path(tool))
         .collect()
@@ -100,7 +101,7 @@ fn choose_driver(no_install: bool) -> (DriverKind, String) {
                 return (
                     DriverKind::Sim,
                     format!(
-                        "{} missing (Debian packages runc, dropbear-bin, busybox-static)",
+                        "{} missing (Debian packages runc, dropbear-bin, busybox-static, nftables)",
                         missing.join(", ")
                     ),
                 );
