@@ -7,7 +7,7 @@
 //! the ids it was made with).
 
 use crate::App;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::identity::Principal;
 use tessera_core::Permission;
 use tessera_core::status::InstanceState;
@@ -32,17 +32,7 @@ impl App {
     /// A project's policy: the caller's own (`workspace_read`), or any
     /// (`quota_admin`, install admins).
     pub async fn project_policy(&self, caller: &Principal, project: &str) -> Result<ProjectPolicy> {
-        let record = if project == caller.project_name {
-            caller.require(Permission::WorkspaceRead)?;
-            self.project_named(project).await?
-        } else if caller.can(Permission::QuotaAdmin) {
-            self.project_named(project).await?
-        } else {
-            return Err(Error::NotFound(format!(
-                "workspace {project} not found (requests act in your current workspace, {})",
-                caller.project_name
-            )));
-        };
+        let record = self.project_to_read(caller, project).await?;
         let policy = self.store.project_policy(&record.id).await?;
         Ok(ProjectPolicy {
             project: record.name,

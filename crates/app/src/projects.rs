@@ -35,6 +35,25 @@ impl App {
         project.ok_or_else(|| Error::NotFound(format!("workspace {name} not found")))
     }
 
+    /// A project whose settings (quota, policy) the caller may read: its
+    /// own (`workspace_read`), or any (`quota_admin`, install admins);
+    /// another's is 404, as if it were not there.
+    pub(crate) async fn project_to_read(
+        &self,
+        caller: &Principal,
+        project: &str,
+    ) -> Result<ProjectRecord> {
+        if project == caller.project_name {
+            caller.require(Permission::WorkspaceRead)?;
+        } else if !caller.can(Permission::QuotaAdmin) {
+            return Err(Error::NotFound(format!(
+                "workspace {project} not found (requests act in your current workspace, {})",
+                caller.project_name
+            )));
+        }
+        self.project_named(project).await
+    }
+
     /// The caller's workspaces; an install admin sees every project.
     pub async fn workspaces(&self, caller: &Principal) -> Result<Vec<Workspace>> {
         caller.require(Permission::WorkspaceRead)?;

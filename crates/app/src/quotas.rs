@@ -88,17 +88,7 @@ impl App {
     /// A project's quota and usage: the caller's own (`workspace_read`), or
     /// any (`quota_admin`, install admins).
     pub async fn quota(&self, caller: &Principal, project: &str) -> Result<Quota> {
-        let record = if project == caller.project_name {
-            caller.require(Permission::WorkspaceRead)?;
-            self.project_named(project).await?
-        } else if caller.can(Permission::QuotaAdmin) {
-            self.project_named(project).await?
-        } else {
-            return Err(Error::NotFound(format!(
-                "workspace {project} not found (requests act in your current workspace, {})",
-                caller.project_name
-            )));
-        };
+        let record = self.project_to_read(caller, project).await?;
         let overrides = self.store.project_quota(&record.id).await?;
         Ok(Quota {
             project: record.name,

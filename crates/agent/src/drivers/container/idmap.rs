@@ -287,14 +287,14 @@ fn probe_in(dir: &Path) -> Result<(), String> {
         ));
     }
     let merged = dir.join("merged");
-    let opts = format!(
-        "lowerdir={},upperdir={},workdir={}",
-        dir.join("ilower").display(),
-        dir.join("irw/upper").display(),
-        dir.join("irw/work").display()
-    );
-    mount_overlay(range, &merged, &opts)
-        .map_err(|e| format!("no overlay over idmapped layers: {e}"))?;
+    mount_overlay(
+        range,
+        &merged,
+        &dir.join("ilower"),
+        &dir.join("irw/upper"),
+        &dir.join("irw/work"),
+    )
+    .map_err(|e| format!("no overlay over idmapped layers: {e}"))?;
     as_instance_root(range, move || {
         fs::write(merged.join("written"), b"x").map_err(|e| io_fail("writing", &merged, e))
     })
@@ -311,23 +311,19 @@ fn probe_in(dir: &Path) -> Result<(), String> {
 }
 
 /// Mounts an overlay at `target` with the range root's credentials, so
-/// that the overlay can write through idmapped layers.
-pub(super) fn mount_overlay(range: IdRange, target: &Path, opts: &str) -> Result<(), AgentError> {
-    let (target, opts) = (target.to_path_buf(), opts.to_string());
+/// that the overlay can write through idmapped layers (mounted by the
+/// host's root, it would come up read-only).
+pub(super) fn mount_overlay(
+    range: IdRange,
+    target: &Path,
+    lower: &Path,
+    upper: &Path,
+    work: &Path,
+) -> Result<(), AgentError> {
+    let paths = [target, lower, upper, work].map(Path::to_path_buf);
     as_instance_root(range, move || {
-        nix::mount::mount(
-            Some("overlay"),
-            &target,
-            Some("overlay"),
-            nix::mount::MsFlags::empty(),
-            Some(opts.as_str()),
-        )
-        .map_err(|e| {
-            fail(format!(
-                "mounting the overlay at {} ({opts}): {e}",
-                target.display()
-            ))
-        })
+        let [target, lower, upper, work] = paths;
+        super::mount_overlay(&target, &lower, &upper, &work)
     })
 }
 

@@ -1037,37 +1037,7 @@ impl ContainerDriver {
         for d in [&upper, &work, &rootfs] {
             fs::create_dir_all(d).map_err(|e| io_fail("creating", d, e))?;
         }
-        for p in [&lower, &upper, &work] {
-            let s = p.to_string_lossy();
-            if s.contains(',') || s.contains(':') {
-                return Err(fail(format!(
-                    "{} has ',' or ':' in its path: it cannot be an overlay layer",
-                    p.display()
-                )));
-            }
-        }
-        let opts = format!(
-            "lowerdir={},upperdir={},workdir={}",
-            lower.display(),
-            upper.display(),
-            work.display()
-        );
-        blocking(move || {
-            nix::mount::mount(
-                Some("overlay"),
-                &rootfs,
-                Some("overlay"),
-                nix::mount::MsFlags::empty(),
-                Some(opts.as_str()),
-            )
-            .map_err(|e| {
-                fail(format!(
-                    "mounting the overlay at {} ({opts}): {e}",
-                    rootfs.display()
-                ))
-            })
-        })
-        .await
+        blocking(move || mount_overlay(&rootfs, &lower, &upper, &work)).await
     }
 
     /// Opens or closes the SSH forward of a running instance as `want`
@@ -1632,6 +1602,38 @@ fn last_line(path: &Path) -> Option<String> {
     Some(line.chars().filter(|c| !c.is_control()).take(200).collect())
 }
 
+/// Mounts an overlay of `lower` at `target`, its writes in `upper`.
+fn mount_overlay(target: &Path, lower: &Path, upper: &Path, work: &Path) -> Result<(), AgentError> {
+    for p in [lower, upper, work] {
+        let s = p.to_string_lossy();
+        if s.contains(',') || s.contains(':') {
+            return Err(fail(format!(
+                "{} has ',' or ':' in its path: it cannot be an overlay layer",
+                p.display()
+            )));
+        }
+    }
+    let opts = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        lower.display(),
+        upper.display(),
+        work.display()
+    );
+    nix::mount::mount(
+        Some("overlay"),
+        target,
+        Some("overlay"),
+        nix::mount::MsFlags::empty(),
+        Some(opts.as_str()),
+    )
+    .map_err(|e| {
+        fail(format!(
+            "mounting the overlay at {} ({opts}): {e}",
+            target.display()
+        ))
+    })
+}
+
 /// Mounts an unprivileged instance's root at `dir/rootfs`: an overlay of
 /// idmapped mounts of its layers (`lower/`, and `rw/` holding `upper/` and
 /// `work/`), mounted as the instance's root. The layers' mounts are
@@ -1648,27 +1650,18 @@ async fn mount_idmapped_root(dir: &Path, ids: idmap::IdRange) -> Result<(), Agen
         // and all: no host account may reach it but through the overlay.
         fs::set_permissions(&rw, fs::Permissions::from_mode(0o700))
             .map_err(|e| io_fail("protecting", &rw, e))?;
-        for p in [&ilower, &irw] {
-            let s = p.to_string_lossy();
-            if s.contains(',') || s.contains(':') {
-                return Err(fail(format!(
-                    "{} has ',' or ':' in its path: it cannot be an overlay layer",
-                    p.display()
-                )));
-            }
-        }
         unmount_all(&ilower)?;
         unmount_all(&irw)?;
         let ns = idmap::Userns::new(ids)?;
         ns.bind(&lower, &ilower)?;
         ns.bind(&rw, &irw)?;
-        let opts = format!(
-            "lowerdir={},upperdir={},workdir={}",
-            ilower.display(),
-            irw.join("upper").display(),
-            irw.join("work").display()
+        let mounted = idmap::mount_overlay(
+            ids,
+            &rootfs,
+            &ilower,
+            &irw.join("upper"),
+            &irw.join("work"),
         );
-        let mounted = idmap::mount_overlay(ids, &rootfs, &opts);
         for p in [&ilower, &irw] {
             if let Err(e) = nix::mount::umount2(p.as_path(), nix::mount::MntFlags::MNT_DETACH) {
                 tracing::warn!(path = %p.display(), error = %e, "detaching a layer's idmapped mount");
