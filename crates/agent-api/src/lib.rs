@@ -84,6 +84,29 @@ pub struct InstanceSpec {
     /// instance is made; it keeps what it was made with.
     #[serde(default)]
     pub privileged: bool,
+    /// Its place in its project's private network. `None`: an address of
+    /// the host's own instance network, and one network per project.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<NetworkAttachment>,
+    /// The security groups it is a member of, with their inbound rules,
+    /// enforced on its host. Empty: the defaults of a project without
+    /// groups (SSH and ping from anywhere, everything from its project).
+    #[serde(default)]
+    pub security_groups: Vec<tessera_core::network::GroupRules>,
+}
+
+/// Where an instance sits in its project's private network.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkAttachment {
+    /// Its VPC: instances of one VPC reach each other (as their security
+    /// groups let them), and no instance of another.
+    pub vpc_id: String,
+    /// The VPC's block: no packet to an address of it leaves the host.
+    pub vpc_cidr: String,
+    /// Its address, given by the control plane, and its subnet's prefix
+    /// length.
+    pub address: std::net::Ipv4Addr,
+    pub prefix: u8,
 }
 
 fn egress() -> bool {

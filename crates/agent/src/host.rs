@@ -565,6 +565,8 @@ mod tests {
                 ssh_forward: true,
                 egress: true,
                 privileged: false,
+                network: None,
+                security_groups: Vec::new(),
                 storage: None,
             },
             state,

@@ -496,7 +496,7 @@ impl App {
         // Metered like any instance; like the native API's, a creation does
         // not ask for a balance up front.
         let micros_per_hour = to_micros(kind.price_per_hour);
-        let spec = InstanceSpecInput {
+        let mut spec = InstanceSpecInput {
             instance_type: kind.name.clone(),
             image,
             vcpus: Some(kind.cpus()),
@@ -506,6 +506,9 @@ impl App {
             description: Some("container".into()),
             ..InstanceSpecInput::default()
         };
+        let network = self
+            .attach_new_instance(&caller.project_id, &mut spec)
+            .await?;
         let id = self.new_container_id().await?;
         let instance = NewInstance {
             id: id.clone(),
@@ -524,6 +527,7 @@ impl App {
                 storage_gb: i64::try_from(storage_gb).unwrap_or(i64::MAX),
                 ingress,
             }),
+            network: Some(network),
         };
         self.record_instance(caller, &instance, &[]).await?;
         self.container(caller, &id).await

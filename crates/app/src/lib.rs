@@ -17,6 +17,7 @@ pub mod hosts;
 pub mod identity;
 pub mod instance_actions;
 pub mod instances;
+pub mod networks;
 pub mod oauth;
 pub mod operations;
 pub mod placement;
@@ -92,7 +93,14 @@ pub struct AppConfig {
     /// asked here of a host whose channel is at another replica can be
     /// relayed; `None`: such a terminal is refused.
     pub advertise_url: Option<String>,
+    /// The addresses of instances: every VPC's block lies within it (a /20
+    /// of it when none is asked for); no VPC overlaps another in the
+    /// install.
+    pub vpc_pool: ipnet::Ipv4Net,
 }
+
+/// The default of [`AppConfig::vpc_pool`].
+pub const DEFAULT_VPC_POOL: &str = "10.128.0.0/9";
 
 /// A project's quota unless configured otherwise.
 pub const DEFAULT_QUOTA: tessera_core::quota::Usage = tessera_core::quota::Usage {
@@ -162,6 +170,7 @@ impl Default for AppConfig {
             quota_defaults: DEFAULT_QUOTA,
             compute: containers::ComputeConfig::default(),
             advertise_url: None,
+            vpc_pool: DEFAULT_VPC_POOL.parse().unwrap_or_else(|_| unreachable!()),
         }
     }
 }

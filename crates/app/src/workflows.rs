@@ -176,6 +176,9 @@ impl App {
             };
             validate(&self.catalog, &mut node)
                 .map_err(|e| Error::invalid("parameters", e.to_string()))?;
+            let network = self
+                .attach_new_instance(&project_id, &mut node.spec)
+                .await?;
             nodes.push(NewInstance {
                 id: new_id("inst"),
                 project_id: project_id.clone(),
@@ -191,6 +194,7 @@ impl App {
                 volumes: Vec::new(),
                 attach: Vec::new(),
                 container: None,
+                network: Some(network),
             });
         }
         for key in &params.ssh_key_ids {
@@ -219,9 +223,17 @@ impl App {
         let quota = self
             .quota_check(&op.project_id, crate::instances::instances_usage(&nodes))
             .await?;
-        self.store
+        match self
+            .store
             .insert_instances(&nodes, &op, Some(&quota))
-            .await?;
+            .await?
+        {
+            tessera_store::InstancesAdded::SubnetFull(subnet) => {
+                return Err(crate::instances::subnet_full(&subnet));
+            }
+            tessera_store::InstancesAdded::Recorded
+            | tessera_store::InstancesAdded::VolumeTaken => {}
+        }
         for node in &nodes {
             self.publish("instance", &node.id, Some(&op.project_id), "provisioning");
         }

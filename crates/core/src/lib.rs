@@ -8,6 +8,7 @@
 pub mod catalog;
 pub mod cpuset;
 pub mod ids;
+pub mod network;
 pub mod permissions;
 pub mod placement;
 pub mod ports;

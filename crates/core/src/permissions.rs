@@ -54,6 +54,8 @@ permissions! {
     InstanceDelete => "instance_delete",
     SshKeyRead => "ssh_key_read",
     SshKeyWrite => "ssh_key_write",
+    NetworkRead => "network_read",
+    NetworkWrite => "network_write",
     VolumeRead => "volume_read",
     VolumeWrite => "volume_write",
     ScriptRead => "script_read",
@@ -157,6 +159,8 @@ impl Role {
                     | InstanceDelete
                     | SshKeyRead
                     | SshKeyWrite
+                    | NetworkRead
+                    | NetworkWrite
                     | VolumeRead
                     | VolumeWrite
                     | ScriptRead
@@ -173,6 +177,7 @@ impl Role {
                     | WorkspaceRead
                     | InstanceRead
                     | SshKeyRead
+                    | NetworkRead
                     | VolumeRead
                     | ScriptRead
                     | BalanceRead

@@ -60,6 +60,18 @@ pub struct NewInstance {
     pub attach: Vec<(String, String)>,
     /// What the containers API adds, when it is a container.
     pub container: Option<crate::NewContainer>,
+    /// Its subnet (an address is given to it there) and security groups.
+    pub network: Option<crate::NewAttachment>,
+}
+
+/// How recording new instances went; nothing changed unless `Recorded`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum InstancesAdded {
+    Recorded,
+    /// A volume to attach is no longer detached.
+    VolumeTaken,
+    /// This subnet has no free address left.
+    SubnetFull(String),
 }
 
 /// What [`Store::claim_instance_cpus`] claims CPUs for.
@@ -125,7 +137,7 @@ impl Store {
         instance: &NewInstance,
         op: &NewOperation,
         quota: Option<&QuotaCheck>,
-    ) -> Result<bool> {
+    ) -> Result<InstancesAdded> {
         self.insert_instances(std::slice::from_ref(instance), op, quota)
             .await
     }
@@ -137,7 +149,7 @@ impl Store {
         instances: &[NewInstance],
         op: &NewOperation,
         quota: Option<&QuotaCheck>,
-    ) -> Result<bool> {
+    ) -> Result<InstancesAdded> {
         // A microsecond apart, so that they list in their order.
         let base = chrono::Utc::now();
         let mut statements: Vec<(String, Vec<Arg>)> = Vec::new();
@@ -192,10 +204,20 @@ impl Store {
         let attaches = Arc::new(attaches);
         let statements = Arc::new(statements);
         let quota = Arc::new(quota.cloned());
+        let networks: Arc<Vec<(String, crate::NewAttachment)>> = Arc::new(
+            instances
+                .iter()
+                .filter_map(|i| Some((i.id.clone(), i.network.clone()?)))
+                .collect(),
+        );
         let outcome = self
             .write("insert_instances", move |mut conn| {
-                let (statements, attaches, quota) =
-                    (statements.clone(), attaches.clone(), quota.clone());
+                let (statements, attaches, quota, networks) = (
+                    statements.clone(),
+                    attaches.clone(),
+                    quota.clone(),
+                    networks.clone(),
+                );
                 Box::pin(async move {
                     if let Some(quota) = quota.as_ref()
                         && let Some(exceeded) = crate::quotas::enforce(&mut conn, quota).await?
@@ -205,10 +227,20 @@ impl Store {
                     for (n, (sql, args)) in statements.iter().enumerate() {
                         let changed = conn.execute(sql, args).await?;
                         if attaches.contains(&n) && changed != 1 {
-                            return Ok(Commit::Undo(Ok(false)));
+                            return Ok(Commit::Undo(Ok(InstancesAdded::VolumeTaken)));
                         }
                     }
-                    Ok(Commit::Keep(Ok(true)))
+                    for (id, network) in networks.iter() {
+                        if crate::networks::attach_instance(&mut conn, id, network)
+                            .await?
+                            .is_none()
+                        {
+                            return Ok(Commit::Undo(Ok(InstancesAdded::SubnetFull(
+                                network.subnet_id.clone(),
+                            ))));
+                        }
+                    }
+                    Ok(Commit::Keep(Ok(InstancesAdded::Recorded)))
                 })
             })
             .await?;

@@ -17,6 +17,7 @@ mod events;
 mod hosts;
 mod identity;
 mod instances;
+mod networks;
 mod oauth;
 mod operations;
 mod policies;
@@ -37,7 +38,11 @@ pub use events::{EventRecord, NewEvent};
 pub use hosts::{DecommissionStart, HostRecord, NewHost, NewUnit};
 pub use identity::{MembershipRecord, NewUser, ProjectRecord, RefreshUse, UserRecord};
 pub use instances::{
-    CpuClaim, InstanceFilter, InstanceRecord, InstanceUpdate, NewInstance, Switch,
+    CpuClaim, InstanceFilter, InstanceRecord, InstanceUpdate, InstancesAdded, NewInstance, Switch,
+};
+pub use networks::{
+    Block, NetworkAdded, NetworkRemoved, NewAttachment, NewVpc, SecurityGroupRecord, SubnetRecord,
+    VpcRecord,
 };
 pub use oauth::OAuthClientRecord;
 pub use operations::{NewOperation, OperationEnd, OperationFilter, OperationRecord};

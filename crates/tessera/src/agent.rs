@@ -41,7 +41,11 @@ pub struct AgentArgs {
     /// The bridge containers attach to.
     #[arg(long, default_value = "tsr0")]
     pub bridge: String,
-    /// The subnet containers get addresses from; the bridge takes the first.
+    /// The host's own instance network: the bridge takes its first address,
+    /// every instance's gateway and DNS forwarder. Instances have addresses
+    /// of their VPC subnets (the control plane's `--vpc-pool`); only those
+    /// made without one get addresses from here. It must not overlap the
+    /// VPC pool.
     #[arg(long, default_value = "10.88.0.0/24")]
     pub subnet: String,
     /// The first host port forwarded to containers' SSH servers.

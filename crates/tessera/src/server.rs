@@ -107,6 +107,7 @@ pub async fn start(settings: &Settings) -> Result<RunningServer> {
         script_quota: settings.script_quota,
         compute: settings.compute.clone(),
         advertise_url: Some(advertise_url),
+        vpc_pool: settings.vpc_pool,
         ..AppConfig::default()
     };
     let app = App::new(store, agents, config).await?;

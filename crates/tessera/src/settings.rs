@@ -17,7 +17,7 @@
 //! `quota_containers`, `quota_ssh_keys`, `script_quota`, `replica_id`,
 //! `compute_domain`, `compute_max_memory_mb`, `compute_max_storage_gb`,
 //! `gateway_listen`, `gateway_port_offset`, `gateway_certificate`,
-//! `gateway_private_key`, `advertise_url`.
+//! `gateway_private_key`, `advertise_url`, `vpc_pool`.
 
 use crate::logging::LogFormat;
 use anyhow::{Context, Result, bail};
@@ -199,6 +199,12 @@ pub struct ServerArgs {
     /// http://LISTEN, with 127.0.0.1 for an unspecified address].
     #[arg(long, env = "TESSERA_ADVERTISE_URL")]
     pub advertise_url: Option<String>,
+    /// The addresses instances have: VPCs' blocks lie within it (a /20
+    /// each when a project asks for none, the default VPC's too). Hosts
+    /// route it, so it must not overlap their own networks [default:
+    /// 10.128.0.0/9]. No two VPCs of the install overlap.
+    #[arg(long, env = "TESSERA_VPC_POOL")]
+    pub vpc_pool: Option<String>,
 }
 
 /// Where the ingress gateway listens: an address, or nowhere.
@@ -287,6 +293,7 @@ struct FileSettings {
     gateway_certificate: Option<PathBuf>,
     gateway_private_key: Option<PathBuf>,
     advertise_url: Option<String>,
+    vpc_pool: Option<String>,
 }
 
 /// Resolved settings.
@@ -327,6 +334,8 @@ pub struct Settings {
     pub gateway: Option<GatewaySettings>,
     /// `None`: made from the address the API is served on.
     pub advertise_url: Option<String>,
+    /// Where VPCs get their blocks.
+    pub vpc_pool: ipnet::Ipv4Net,
 }
 
 impl Settings {
@@ -630,6 +639,22 @@ impl ServerArgs {
                 }
                 Some(url) => bail!("advertise_url {url:?} is not an http:// or https:// URL"),
                 None => None,
+            },
+            vpc_pool: {
+                let text = self
+                    .vpc_pool
+                    .or(file.vpc_pool)
+                    .unwrap_or_else(|| tessera_app::DEFAULT_VPC_POOL.to_string());
+                let pool = tessera_core::network::parse_block(&text)
+                    .map_err(|e| anyhow::anyhow!("vpc_pool: {e}"))?;
+                if pool.prefix_len() > tessera_core::network::NARROWEST_PREFIX
+                    || tessera_core::network::is_reserved(&pool)
+                {
+                    bail!(
+                        "vpc_pool {text:?} must be a block of /28 or wider outside loopback, link-local and multicast (and outside the network the hosts use)"
+                    );
+                }
+                pool
             },
         })
     }

@@ -260,6 +260,8 @@ mod tests {
             ssh_forward: true,
             egress: true,
             privileged: false,
+            network: None,
+            security_groups: Vec::new(),
             storage: None,
         };
         check_spec(&spec("1", None)).expect("exclusive");

@@ -223,6 +223,15 @@ impl SimState {
 }
 
 impl SimHost {
+    /// The address a simulated instance has: the one its network gave it,
+    /// or the host's.
+    fn address_of(&self, instance: &InstanceSpec) -> String {
+        instance
+            .network
+            .as_ref()
+            .map_or_else(|| self.ip.clone(), |n| n.address.to_string())
+    }
+
     fn new(host: &HostSpec, config: &SimConfig) -> Self {
         let per_cpu = config
             .memory_mb_per_cpu
@@ -384,7 +393,7 @@ impl HostAgent for SimHost {
         );
         Ok(InstanceReport {
             ssh_port: None,
-            private_ip: self.ip.clone(),
+            private_ip: self.address_of(instance),
         })
     }
 
@@ -406,7 +415,7 @@ impl HostAgent for SimHost {
         }
         Ok(InstanceReport {
             ssh_port: None,
-            private_ip: self.ip.clone(),
+            private_ip: self.address_of(instance),
         })
     }
 
@@ -898,6 +907,8 @@ mod tests {
             ssh_forward: true,
             egress: true,
             privileged: false,
+            network: None,
+            security_groups: Vec::new(),
             storage: None,
         };
         // A volume that is not stored here cannot be attached.
@@ -930,6 +941,8 @@ mod tests {
             ssh_forward: true,
             egress: true,
             privileged: false,
+            network: None,
+            security_groups: Vec::new(),
             storage: None,
         }
     }

@@ -16,7 +16,16 @@ use tessera_core::placement::{Decision, Request};
 use tessera_core::status::{
     InstanceState, OperationKind, OperationStatus, TerminationCause, VolumeStatus,
 };
-use tessera_store::{CpuClaim, InstanceUpdate, NewInstance, NewOperation, OperationEnd};
+use tessera_store::{
+    CpuClaim, InstanceUpdate, InstancesAdded, NewInstance, NewOperation, OperationEnd,
+};
+
+/// The error of a subnet with no address left.
+pub(crate) fn subnet_full(subnet: &str) -> Error {
+    Error::NoCapacity(format!(
+        "subnet {subnet} has no free address left; use another subnet (spec.subnet_id)"
+    ))
+}
 
 /// What new instances add to their project's usage.
 pub(crate) fn instances_usage(instances: &[NewInstance]) -> tessera_core::quota::Usage {
@@ -165,6 +174,9 @@ impl App {
             self.check_funds(caller, micros_per_hour, &format!("instance {}", req.name))
                 .await?;
         }
+        let network = self
+            .attach_new_instance(&caller.project_id, &mut req.spec)
+            .await?;
         let id = new_id("inst");
         for volume in &mut volumes {
             volume.record.instance_id = Some(id.clone());
@@ -184,6 +196,7 @@ impl App {
             volumes,
             attach,
             container: None,
+            network: Some(network),
         };
         self.record_instance(caller, &instance, &tags).await
     }
@@ -212,14 +225,19 @@ impl App {
                 instances_usage(std::slice::from_ref(instance)),
             )
             .await?;
-        let recorded = self
+        match self
             .store
             .insert_instance(instance, &op, Some(&quota))
-            .await?;
-        if !recorded {
-            return Err(Error::Conflict(
-                "a volume in existing_volumes was attached elsewhere meanwhile; try again".into(),
-            ));
+            .await?
+        {
+            InstancesAdded::Recorded => {}
+            InstancesAdded::VolumeTaken => {
+                return Err(Error::Conflict(
+                    "a volume in existing_volumes was attached elsewhere meanwhile; try again"
+                        .into(),
+                ));
+            }
+            InstancesAdded::SubnetFull(subnet) => return Err(subnet_full(&subnet)),
         }
         self.tag_new(&caller.project_id, crate::tags::Tagged::Instance, &id, tags)
             .await?;

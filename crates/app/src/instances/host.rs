@@ -49,6 +49,7 @@ impl App {
             .store
             .project_policy(instance.project_id.as_str())
             .await?;
+        let (network, security_groups) = self.instance_network(instance).await?;
         Ok(InstanceSpec {
             id: instance.id.to_string(),
             name: instance.name.clone(),
@@ -65,6 +66,8 @@ impl App {
             egress: policy.egress,
             privileged: policy.privileged,
             storage,
+            network,
+            security_groups,
         })
     }
 

@@ -14,6 +14,7 @@ mod credentials;
 mod events;
 mod instances;
 mod join_tokens;
+mod networks;
 mod operations;
 mod policies;
 mod quotas;
@@ -43,7 +44,7 @@ pub(crate) use crate::kit::{Body, Caller, Path, Query};
     info(
         title = "Tessera native API",
         version = "1.0.0",
-        description = "Identity, workspaces, balances, OAuth credentials, servers, instances, SSH keys, operations, workflows and taskservs."
+        description = "Identity, workspaces, balances, OAuth credentials, servers, instances, SSH keys, private networks (VPCs, subnets, security groups), operations, workflows and taskservs."
     ),
     paths(
         auth::login,
@@ -87,6 +88,19 @@ pub(crate) use crate::kit::{Body, Caller, Path, Query};
         ssh_keys::create_ssh_key,
         ssh_keys::get_ssh_key,
         ssh_keys::delete_ssh_key,
+        networks::list_vpcs,
+        networks::create_vpc,
+        networks::get_vpc,
+        networks::delete_vpc,
+        networks::list_subnets,
+        networks::create_subnet,
+        networks::get_subnet,
+        networks::delete_subnet,
+        networks::list_security_groups,
+        networks::create_security_group,
+        networks::get_security_group,
+        networks::set_security_group,
+        networks::delete_security_group,
         operations::list_operations,
         operations::get_operation,
         operations::wait_operation,
@@ -272,6 +286,29 @@ pub fn router(app: App) -> Router {
         .route(
             "/ssh-keys/{id}",
             get(ssh_keys::get_ssh_key).delete(ssh_keys::delete_ssh_key),
+        )
+        .route("/vpcs", get(networks::list_vpcs).post(networks::create_vpc))
+        .route(
+            "/vpcs/{id}",
+            get(networks::get_vpc).delete(networks::delete_vpc),
+        )
+        .route(
+            "/subnets",
+            get(networks::list_subnets).post(networks::create_subnet),
+        )
+        .route(
+            "/subnets/{id}",
+            get(networks::get_subnet).delete(networks::delete_subnet),
+        )
+        .route(
+            "/security-groups",
+            get(networks::list_security_groups).post(networks::create_security_group),
+        )
+        .route(
+            "/security-groups/{id}",
+            get(networks::get_security_group)
+                .put(networks::set_security_group)
+                .delete(networks::delete_security_group),
         )
         .route("/operations", get(operations::list_operations))
         .route("/operations/{id}", get(operations::get_operation))

@@ -1129,6 +1129,9 @@ async fn the_gateway_follows_the_rules_and_says_why_it_cannot_route(backend: Bac
         backend,
         crate::harness::Options {
             gateway: true,
+            // Addresses beside the simulated host's own, which lead nowhere
+            // either.
+            vpc_pool: Some("192.0.2.64/26"),
             ..Default::default()
         },
     )

@@ -137,6 +137,7 @@ async fn a_container_walks_the_seed_on_the_real_driver() {
         Options {
             sim_hosts: false,
             agent_timeout: Duration::from_secs(60),
+            vpc_pool: Some("10.252.5.0/24"),
             gateway: true,
             ..Options::default()
         },
@@ -388,6 +389,7 @@ async fn a_container_that_keeps_dying_ends_failed_with_why() {
         Options {
             sim_hosts: false,
             agent_timeout: Duration::from_secs(60),
+            vpc_pool: Some("10.252.6.0/24"),
             ..Options::default()
         },
     )

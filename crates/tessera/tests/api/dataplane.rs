@@ -441,11 +441,12 @@ pub(crate) fn project_verdict(ip: &str) -> Option<String> {
         .map(str::to_string)
 }
 
-/// How many instances the host routes into the subnet of the test agent
-/// `net` (`container_agent`): one `/32` route to a veth each.
+/// How many instances the host routes into the VPC pool of the test
+/// server whose agent is on `net` (`container_agent`; the server's pool is
+/// `10.252.<net>.0/24`): one `/32` route to a veth each.
 pub(crate) fn routed_instances(net: u8) -> usize {
     let routes = Command::new("ip")
-        .args(["-4", "route", "show", "root", &format!("10.251.{net}.0/24")])
+        .args(["-4", "route", "show", "root", &format!("10.252.{net}.0/24")])
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
         .unwrap_or_default();
@@ -460,6 +461,7 @@ async fn a_container_instance_is_reached_over_ssh_and_leaves_nothing() {
         Options {
             sim_hosts: false,
             agent_timeout: Duration::from_secs(60),
+            vpc_pool: Some("10.252.1.0/24"),
             ..Options::default()
         },
     )
@@ -609,7 +611,7 @@ async fn instances_survive_restarts_of_the_agent_and_the_server() {
         &database_url,
         &data,
         &listen,
-        &["--agent-silence-ms", "3000"],
+        &["--agent-silence-ms", "3000", "--vpc-pool", "10.252.2.0/24"],
     );
     let url = server.url.clone();
     let state = dir.path().join("agent");
@@ -674,7 +676,7 @@ async fn instances_survive_restarts_of_the_agent_and_the_server() {
         &database_url,
         &data,
         &listen,
-        &["--agent-silence-ms", "3000"],
+        &["--agent-silence-ms", "3000", "--vpc-pool", "10.252.2.0/24"],
     );
     let agent = AgentProcess::start(&url, None, "restart-host", &state, "container", &agent_args);
     eventually(
@@ -754,6 +756,7 @@ async fn an_instance_on_a_kloigos_unit_of_a_real_host_is_pinned_to_it() {
         Options {
             sim_hosts: false,
             agent_timeout: Duration::from_secs(60),
+            vpc_pool: Some("10.252.4.0/24"),
             ..Options::default()
         },
     )

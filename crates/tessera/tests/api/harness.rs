@@ -94,6 +94,8 @@ pub struct Options {
     pub request_timeout: Duration,
     /// Run the ingress gateway, on ephemeral ports of 127.0.0.1.
     pub gateway: bool,
+    /// The addresses of instances (`--vpc-pool`); `None`: the default.
+    pub vpc_pool: Option<&'static str>,
 }
 
 impl Default for Options {
@@ -126,6 +128,7 @@ impl Default for Options {
             http: Default::default(),
             request_timeout: Duration::from_secs(60),
             gateway: false,
+            vpc_pool: None,
         }
     }
 }
@@ -179,6 +182,13 @@ impl TestServer {
                 },
             }),
             ..Settings::with_defaults(dir.path().to_path_buf(), database_url)
+        };
+        let settings = match options.vpc_pool {
+            Some(pool) => Settings {
+                vpc_pool: pool.parse().expect("a VPC pool"),
+                ..settings
+            },
+            None => settings,
         };
         let running = server::start(&settings).await.expect("server starts");
         TestServer {

@@ -511,6 +511,8 @@ fn probe(permission: Permission) -> Option<(Method, &'static str, Option<Value>)
             "/v1/ssh-keys",
             Some(json!({"name": "probe", "public_key": "not a key"})),
         ),
+        NetworkRead => (Method::GET, "/v1/vpcs", None),
+        NetworkWrite => (Method::POST, "/v1/vpcs", Some(json!({"name": ""}))),
         OperationRead => (Method::GET, "/v1/operations", None),
         OperationCancel => (Method::POST, "/v1/operations/none/cancel", None),
         WorkspaceRead => (Method::GET, "/v1/workspaces", None),

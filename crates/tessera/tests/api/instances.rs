@@ -145,6 +145,27 @@ async fn an_instance_lives_its_whole_lifecycle(backend: Backend) {
         )
         .await;
     assert_eq!(status, StatusCode::CREATED, "{key}");
+    // The network the seed's example names, by those names.
+    let (status, vpc) = server
+        .post(
+            "/v1/vpcs",
+            &json!({"name": "vpc-abc123", "cidr_block": "10.200.0.0/16"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{vpc}");
+    let (status, subnet) = server
+        .post(
+            "/v1/subnets",
+            &json!({"vpc_id": vpc["id"], "name": "subnet-def456", "cidr_block": "10.200.1.0/24"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{subnet}");
+    for name in ["sg-web", "sg-ssh"] {
+        let (status, group) = server
+            .post("/v1/security-groups", &json!({"name": name}))
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{group}");
+    }
     let body = json!({
         "metadata": {"name": "web-server-01", "labels": {"env": "production", "team": "platform"}},
         "spec": {
@@ -186,7 +207,9 @@ async fn an_instance_lives_its_whole_lifecycle(backend: Backend) {
     let running = server.get_ok(&format!("/v1/instances/{id}")).await;
     assert_eq!(running["status"]["state"], "running");
     assert_eq!(running["status"]["host_id"], json!(host));
-    assert_eq!(running["status"]["private_ip"], "192.0.2.20");
+    // The first address of its subnet (the network and gateway are not
+    // given).
+    assert_eq!(running["status"]["private_ip"], "10.200.1.2");
     assert_eq!(running["operation_id"], json!(null));
     let cpus =
         CpuSet::parse_list(running["status"]["cpus"].as_str().expect("cpus")).expect("cpu list");

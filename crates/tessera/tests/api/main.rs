@@ -15,6 +15,7 @@ mod identity;
 mod instances;
 mod kloigos;
 mod ledger;
+mod networks;
 mod observability;
 mod openapi;
 mod security;

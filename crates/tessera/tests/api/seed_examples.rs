@@ -260,6 +260,31 @@ async fn the_seeds_request_examples_are_accepted_as_written(backend: Backend) {
         .await;
     assert_eq!(status, StatusCode::CREATED, "{key}");
     let with_key = INSTANCE_CREATE.replace("key-001", key["id"].as_str().expect("id"));
+    // Its network does not exist either ...
+    let (status, body) = send(
+        &server,
+        Method::POST,
+        "/v1/instances",
+        Some(&with_key),
+        token,
+    )
+    .await;
+    assert_error(status, &body, StatusCode::BAD_REQUEST, "INVALID_REQUEST");
+    names(&body, "vpc-abc123");
+    // ... until the workspace has a VPC, subnet and groups of those names
+    // (references take ids or names).
+    for (path, body) in [
+        ("/v1/vpcs", json!({"name": "vpc-abc123"})),
+        (
+            "/v1/subnets",
+            json!({"vpc_id": "vpc-abc123", "name": "subnet-def456"}),
+        ),
+        ("/v1/security-groups", json!({"name": "sg-web"})),
+        ("/v1/security-groups", json!({"name": "sg-ssh"})),
+    ] {
+        let (status, made) = server.call(Method::POST, path, Some(&body), &jwt).await;
+        assert_eq!(status, StatusCode::CREATED, "{path}: {made}");
+    }
     let (status, instance) = send(
         &server,
         Method::POST,

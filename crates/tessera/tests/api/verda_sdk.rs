@@ -152,6 +152,7 @@ async fn the_verda_sdk_deploys_a_container_reached_over_ssh() {
         Options {
             sim_hosts: false,
             agent_timeout: Duration::from_secs(60),
+            vpc_pool: Some("10.252.7.0/24"),
             ..Options::default()
         },
     )

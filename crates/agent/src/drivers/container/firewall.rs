@@ -9,12 +9,19 @@
 //!
 //! - **No forged sources** (`prerouting`): a port's packets must come from
 //!   its instance's address; IPv6 from instances is dropped.
-//! - **Networks per project** (`forward`): a port jumps to its project's
-//!   chain `net_<hash>`, which lets it reach the ports of the same project,
-//!   drops what goes to any other instance, and then lets egress out (or
-//!   drops it, when the project has egress turned off). Traffic to an
-//!   instance from anywhere else goes through `inbound`: replies, SSH and
-//!   ping (the default security group of clouds).
+//! - **Networks per VPC** (`forward`): a port jumps to its VPC's chain
+//!   `net_<hash>` (its project's, for an instance made without one), which
+//!   sends what goes to a port of the same VPC through that port's inbound
+//!   chain, drops what goes to any other instance or to any other address
+//!   of the VPC's block, and then lets egress out (or drops it, when the
+//!   project has egress turned off).
+//! - **Security groups** (`in_<port>`): each port has an inbound chain made
+//!   from its groups' rules: replies pass, then what a rule lets in (from a
+//!   block, or from the ports of a group's members: sets `sg_<hash>`), and
+//!   the rest is dropped. Traffic to an instance from outside its host goes
+//!   through it too. An instance made without groups gets what clouds'
+//!   default group gives: SSH and ping from anywhere, everything from its
+//!   project.
 //! - **The host is closed** (`input`): from an instance, the host answers
 //!   only replies, DNS on the gateway's address (the agent's forwarder) and
 //!   ping of the gateway. The agent, the control plane and the host's SSH
@@ -28,8 +35,10 @@
 //!   traffic.
 
 use super::fail;
+use std::fmt::Write as _;
 use std::net::Ipv4Addr;
 use tessera_agent_api::AgentError;
+use tessera_core::network::{GroupRules, InboundRule, Protocol, Source};
 use tokio::io::AsyncWriteExt;
 
 /// An agent's table.
@@ -51,15 +60,47 @@ pub(super) struct Port<'a> {
     /// Its veth's host end.
     pub ifname: &'a str,
     pub ip: Ipv4Addr,
-    /// Its project's chain suffix ([`net_of`]).
+    /// Its network's chain suffix ([`net_of`]).
     pub net: &'a str,
     /// Whether it may reach beyond the host and its project.
     pub egress: bool,
+    /// Its VPC's block, where nothing but the VPC's ports is reached.
+    pub vpc_cidr: Option<&'a str>,
+    /// Its security groups; empty: the defaults of an instance without.
+    pub groups: &'a [GroupRules],
 }
 
-/// The chain suffix of a project: 8 hex digits of a hash of its id.
-pub(super) fn net_of(project_id: &str) -> String {
-    super::short_hash(&[b"net", project_id.as_bytes()])
+/// The chain suffix of a network (a VPC, or a project for instances made
+/// without one): 8 hex digits of a hash of its id.
+pub(super) fn net_of(network_id: &str) -> String {
+    super::short_hash(&[b"net", network_id.as_bytes()])
+}
+
+/// The set of a security group's member ports: `sg_` and 8 hex digits.
+fn group_set(group_id: &str) -> String {
+    format!("sg_{}", super::short_hash(&[b"sg", group_id.as_bytes()]))
+}
+
+/// One rule as nft writes it, in chain `chain`; `None` for a rule it
+/// cannot write (a block that is not one: the control plane checks them).
+fn rule_line(t: &str, chain: &str, rule: &InboundRule) -> Option<String> {
+    let source = match &rule.source {
+        Source::Cidr(block) if block == "0.0.0.0/0" => String::new(),
+        Source::Cidr(block) => format!("ip saddr {} ", parse_cidr(block).ok()?),
+        Source::Group(id) => format!("iifname @{} ", group_set(id)),
+    };
+    let ports = |proto: &str| match rule.ports {
+        Some(p) if p.from == p.to => format!("{proto} dport {} ", p.from),
+        Some(p) => format!("{proto} dport {}-{} ", p.from, p.to),
+        None => format!("meta l4proto {proto} "),
+    };
+    let what = match rule.protocol {
+        Protocol::Tcp => ports("tcp"),
+        Protocol::Udp => ports("udp"),
+        Protocol::Icmp => "meta l4proto icmp ".to_string(),
+        Protocol::All => String::new(),
+    };
+    Some(format!("add rule inet {t} {chain} {source}{what}accept\n"))
 }
 
 impl Firewall {
@@ -100,14 +141,15 @@ flush set inet {t} denied
 add set inet {t} denied {{ type ipv4_addr; flags interval;{denied} }}
 add chain inet {t} prerouting {{ type filter hook prerouting priority raw; policy accept; }}
 add chain inet {t} input {{ type filter hook input priority filter; policy accept; }}
+add map inet {t} port_in {{ type ifname : verdict; }}
 add chain inet {t} forward {{ type filter hook forward priority filter; policy accept; }}
-add chain inet {t} inbound
 add chain inet {t} postrouting {{ type nat hook postrouting priority srcnat; policy accept; }}
 flush chain inet {t} prerouting
 flush chain inet {t} input
 flush chain inet {t} forward
-flush chain inet {t} inbound
 flush chain inet {t} postrouting
+add chain inet {t} inbound
+delete chain inet {t} inbound
 add rule inet {t} prerouting iifname @ports meta nfproto ipv6 drop
 add rule inet {t} prerouting iifname @ports iifname . ip saddr != @port_addr drop
 add rule inet {t} input iifname != @ports accept
@@ -119,11 +161,8 @@ add rule inet {t} input drop
 add rule inet {t} forward iifname @ports ip daddr @denied drop
 add rule inet {t} forward iifname @ports iifname vmap @port_net
 add rule inet {t} forward iifname @ports drop
-add rule inet {t} forward oifname @ports jump inbound
-add rule inet {t} inbound ct state established,related accept
-add rule inet {t} inbound tcp dport 22 accept
-add rule inet {t} inbound icmp type echo-request accept
-add rule inet {t} inbound drop
+add rule inet {t} forward oifname @ports oifname vmap @port_in
+add rule inet {t} forward oifname @ports drop
 add rule inet {t} postrouting iifname @ports oifname != @ports masquerade
 {others}"#
         );
@@ -131,39 +170,95 @@ add rule inet {t} postrouting iifname @ports oifname != @ports masquerade
     }
 
     /// Puts an instance's port in the table, or leaves it there, and makes
-    /// or refreshes its project's chain (its egress): one transaction, so
-    /// the port is never out of the table meanwhile.
+    /// or refreshes its network's chain (its egress) and its inbound chain
+    /// (its groups' rules): one transaction, so the port is never out of
+    /// the table or half filtered meanwhile.
     pub async fn add(&self, port: &Port<'_>) -> Result<(), AgentError> {
+        nft(&self.add_script(port)).await
+    }
+
+    fn add_script(&self, port: &Port<'_>) -> String {
         let t = &self.table;
         let (ifname, ip, net) = (port.ifname, port.ip, port.net);
         let egress = if port.egress { "accept" } else { "drop" };
-        let script = format!(
+        let block = match port.vpc_cidr.and_then(|c| parse_cidr(c).ok()) {
+            Some(block) => format!("add rule inet {t} net_{net} ip daddr {block} drop\n"),
+            None => String::new(),
+        };
+        let mut script = format!(
             r#"add set inet {t} net_{net}_ports {{ type ifname; }}
 add chain inet {t} net_{net}
 flush chain inet {t} net_{net}
-add rule inet {t} net_{net} oifname @net_{net}_ports accept
+add rule inet {t} net_{net} oifname @net_{net}_ports oifname vmap @port_in
 add rule inet {t} net_{net} oifname @ports drop
-add rule inet {t} net_{net} {egress}
+{block}add rule inet {t} net_{net} {egress}
+"#
+        );
+        let chain = format!("in_{ifname}");
+        for group in port.groups {
+            let set = group_set(&group.id);
+            let _ = writeln!(script, "add set inet {t} {set} {{ type ifname; }}");
+            let _ = writeln!(script, "add element inet {t} {set} {{ {ifname} }}");
+            for rule in &group.rules {
+                if let Source::Group(id) = &rule.source {
+                    let set = group_set(id);
+                    let _ = writeln!(script, "add set inet {t} {set} {{ type ifname; }}");
+                }
+            }
+        }
+        let _ = write!(
+            script,
+            r#"add chain inet {t} {chain}
+flush chain inet {t} {chain}
+add rule inet {t} {chain} ct state established,related accept
+"#
+        );
+        if port.groups.is_empty() {
+            let _ = write!(
+                script,
+                r#"add rule inet {t} {chain} tcp dport 22 accept
+add rule inet {t} {chain} icmp type echo-request accept
+add rule inet {t} {chain} iifname @net_{net}_ports accept
+"#
+            );
+        }
+        for rule in port.groups.iter().flat_map(|g| &g.rules) {
+            if let Some(line) = rule_line(t, &chain, rule) {
+                script.push_str(&line);
+            }
+        }
+        let _ = write!(
+            script,
+            r#"add rule inet {t} {chain} drop
 add element inet {t} net_{net}_ports {{ {ifname} }}
 add element inet {t} ports {{ {ifname} }}
 add element inet {t} port_addr {{ {ifname} . {ip} }}
+add element inet {t} port_in {{ {ifname} : jump {chain} }}
 add element inet {t} port_net {{ {ifname} : jump net_{net} }}
 "#
         );
-        nft(&script).await
+        script
     }
 
-    /// Takes an instance's port out of the table; not there is fine.
-    pub async fn remove(&self, ifname: &str, ip: Ipv4Addr, net: &str) -> Result<(), AgentError> {
+    /// Takes an instance's port out of the table (and out of its groups'
+    /// sets); not there is fine.
+    pub async fn remove(
+        &self,
+        ifname: &str,
+        ip: Ipv4Addr,
+        net: &str,
+        groups: &[GroupRules],
+    ) -> Result<(), AgentError> {
         let t = &self.table;
         // Adding first makes each deletion sure to succeed, in one
-        // transaction; a port of another project under this name would
+        // transaction; a port of another network under this name would
         // make the map's add fail, so that one is deleted on its own.
         let _ = nft(&format!(
             "delete element inet {t} port_net {{ {ifname} }}\n"
         ))
         .await;
-        let script = format!(
+        let _ = nft(&format!("delete element inet {t} port_in {{ {ifname} }}\n")).await;
+        let mut script = format!(
             r#"add set inet {t} net_{net}_ports {{ type ifname; }}
 add element inet {t} net_{net}_ports {{ {ifname} }}
 delete element inet {t} net_{net}_ports {{ {ifname} }}
@@ -171,8 +266,19 @@ add element inet {t} ports {{ {ifname} }}
 delete element inet {t} ports {{ {ifname} }}
 add element inet {t} port_addr {{ {ifname} . {ip} }}
 delete element inet {t} port_addr {{ {ifname} . {ip} }}
+add chain inet {t} in_{ifname}
+delete chain inet {t} in_{ifname}
 "#
         );
+        for group in groups {
+            let set = group_set(&group.id);
+            let _ = write!(
+                script,
+                "add set inet {t} {set} {{ type ifname; }}\n\
+                 add element inet {t} {set} {{ {ifname} }}\n\
+                 delete element inet {t} {set} {{ {ifname} }}\n"
+            );
+        }
         nft(&script).await
     }
 }

@@ -1,13 +1,18 @@
 //! Host ports forwarded to instances: a userspace TCP proxy per instance.
+//! It admits only clients its instance's security groups let reach port 22
+//! (the proxy's own connection to the instance comes from the host, which
+//! the firewall does not filter).
 //!
 //! A forward is a task that owns its listener and its connections, so
 //! ending the task closes the port and every connection through it;
 //! [`Proxy::close`] waits until it has.
 
 use super::fail;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tessera_agent_api::AgentError;
+use tessera_core::network::GroupRules;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::{JoinHandle, JoinSet};
 
@@ -16,6 +21,10 @@ use tokio::task::{JoinHandle, JoinSet};
 pub(super) struct Proxy {
     pub port: u16,
     pub target: SocketAddr,
+    /// The instance's security groups, whose rules for TCP port 22 say
+    /// which clients are admitted; empty: any client (an instance made
+    /// without groups).
+    groups: Arc<RwLock<Vec<GroupRules>>>,
     /// `None` once closed.
     task: Option<JoinHandle<()>>,
 }
@@ -31,7 +40,11 @@ impl Drop for Proxy {
 impl Proxy {
     /// Listens on `0.0.0.0:port` and forwards every connection to `target`.
     /// A port still held (by a proxy being torn down) is retried a while.
-    pub async fn spawn(port: u16, target: SocketAddr) -> Result<Proxy, AgentError> {
+    pub async fn spawn(
+        port: u16,
+        target: SocketAddr,
+        groups: Vec<GroupRules>,
+    ) -> Result<Proxy, AgentError> {
         let mut tries = 0;
         let listener = loop {
             match TcpListener::bind(("0.0.0.0", port)).await {
@@ -47,12 +60,22 @@ impl Proxy {
                 }
             }
         };
-        let task = tokio::spawn(serve(listener, target));
+        let groups = Arc::new(RwLock::new(groups));
+        let task = tokio::spawn(serve(listener, target, groups.clone()));
         Ok(Proxy {
             port,
             target,
+            groups,
             task: Some(task),
         })
+    }
+
+    /// Admits clients by these groups' rules from now on.
+    pub fn set_groups(&self, groups: &[GroupRules]) {
+        let mut held = self.groups.write().unwrap_or_else(|p| p.into_inner());
+        if *held != groups {
+            *held = groups.to_vec();
+        }
     }
 
     pub fn is_alive(&self) -> bool {
@@ -68,14 +91,37 @@ impl Proxy {
     }
 }
 
-async fn serve(listener: TcpListener, target: SocketAddr) {
+/// Whether a client at `peer` may reach the instance's SSH server.
+fn admits(groups: &[GroupRules], peer: IpAddr) -> bool {
+    if groups.is_empty() {
+        return true;
+    }
+    let ip = match peer {
+        IpAddr::V4(ip) => ip,
+        IpAddr::V6(ip) => match ip.to_ipv4_mapped() {
+            Some(ip) => ip,
+            None => return false,
+        },
+    };
+    groups
+        .iter()
+        .flat_map(|g| &g.rules)
+        .any(|rule| rule.admits_tcp(ip, 22))
+}
+
+async fn serve(listener: TcpListener, target: SocketAddr, groups: Arc<RwLock<Vec<GroupRules>>>) {
     // Connections live in the set, so that aborting this task ends them.
     let mut conns = JoinSet::new();
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((client, _)) => {
-                    conns.spawn(relay(client, target));
+                Ok((client, peer)) => {
+                    let admitted = admits(&groups.read().unwrap_or_else(|p| p.into_inner()), peer.ip());
+                    if admitted {
+                        conns.spawn(relay(client, target));
+                    } else {
+                        tracing::debug!(%target, %peer, "forwarded connection refused by the instance's security groups");
+                    }
                 }
                 Err(e) => {
                     tracing::warn!(%target, error = %e, "accepting a forwarded connection");
@@ -103,4 +149,38 @@ async fn relay(mut client: TcpStream, target: SocketAddr) {
     let _ = client.set_nodelay(true);
     let _ = upstream.set_nodelay(true);
     let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tessera_core::network::{InboundRule, Ports, Protocol, Source};
+
+    #[test]
+    fn clients_are_admitted_by_the_groups_ssh_rules() {
+        let from = |ip: &str| ip.parse::<IpAddr>().expect("ip");
+        assert!(admits(&[], from("203.0.113.7")), "no groups: the defaults");
+        let office = GroupRules {
+            id: "sg-1".into(),
+            rules: vec![InboundRule {
+                protocol: Protocol::Tcp,
+                ports: Some(Ports { from: 22, to: 22 }),
+                source: Source::Cidr("192.0.2.0/24".into()),
+            }],
+        };
+        let web = GroupRules {
+            id: "sg-2".into(),
+            rules: vec![InboundRule {
+                protocol: Protocol::Tcp,
+                ports: Some(Ports { from: 80, to: 443 }),
+                source: Source::Cidr("0.0.0.0/0".into()),
+            }],
+        };
+        let groups = [office, web];
+        assert!(admits(&groups, from("192.0.2.9")));
+        assert!(admits(&groups, from("::ffff:192.0.2.9")));
+        assert!(!admits(&groups, from("203.0.113.7")));
+        assert!(!admits(&groups, from("2001:db8::1")));
+        assert!(!admits(&groups[1..], from("192.0.2.9")), "web only: no SSH");
+    }
 }

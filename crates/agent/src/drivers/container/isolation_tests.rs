@@ -726,3 +726,249 @@ async fn attacks_from_inside_instances_fail_and_what_they_need_works() {
     }
     drop(internet);
 }
+
+/// A network namespace outside the host's instance networks, routed from
+/// the host: a client of the instances that is no instance.
+struct Outside {
+    ns: String,
+    host_if: String,
+}
+
+impl Outside {
+    const HOST: &str = "10.253.10.1";
+    const CLIENT: &str = "10.253.10.2";
+
+    fn start(tag: &str) -> Outside {
+        let ns = format!("tso-{tag}");
+        let (host_if, peer) = (format!("tsoh{tag}"), format!("tsop{tag}"));
+        let _ = StdCommand::new("ip").args(["netns", "del", &ns]).output();
+        let _ = StdCommand::new("ip")
+            .args(["link", "del", &host_if])
+            .output();
+        ip(&["netns", "add", &ns]);
+        ip(&[
+            "link", "add", &host_if, "type", "veth", "peer", "name", &peer,
+        ]);
+        ip(&["link", "set", &peer, "netns", &ns]);
+        ip(&[
+            "addr",
+            "add",
+            &format!("{}/24", Self::HOST),
+            "dev",
+            &host_if,
+        ]);
+        ip(&["link", "set", &host_if, "up"]);
+        let client = format!("{}/24", Self::CLIENT);
+        ip(&["-n", &ns, "addr", "add", &client, "dev", &peer]);
+        ip(&["-n", &ns, "link", "set", &peer, "up"]);
+        ip(&["-n", &ns, "link", "set", "lo", "up"]);
+        ip(&["-n", &ns, "route", "add", "default", "via", Self::HOST]);
+        Outside { ns, host_if }
+    }
+
+    /// Runs a shell command in the namespace; answers whether it succeeded.
+    fn run(&self, command: &str) -> bool {
+        let out = StdCommand::new("ip")
+            .args(["netns", "exec", &self.ns, "busybox", "sh", "-c", command])
+            .output()
+            .expect("ip netns exec");
+        eprintln!(
+            "[outside] $ {command}\n  -> {}: {}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout).trim(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        out.status.success()
+    }
+}
+
+impl Drop for Outside {
+    fn drop(&mut self) {
+        let _ = StdCommand::new("ip")
+            .args(["netns", "del", &self.ns])
+            .output();
+        let _ = StdCommand::new("ip")
+            .args(["link", "del", &self.host_if])
+            .output();
+    }
+}
+
+/// A command that succeeds when an HTTP server at `addr`, port 8080,
+/// answers a request.
+fn http(addr: &str) -> String {
+    format!(
+        "printf 'GET / HTTP/1.0\\r\\n\\r\\n' | timeout 3 nc {addr} 8080 2>/tmp/nc.err | head -c 64 | grep -q HTTP; r=$?; cat /tmp/nc.err; exit $r"
+    )
+}
+
+/// Whether the host's SSH forward on `port` lets this host's client reach
+/// the instance's SSH server (its banner).
+async fn forward_admits(port: u16) -> bool {
+    use tokio::io::AsyncReadExt;
+    let Ok(mut stream) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
+        return false;
+    };
+    let mut banner = [0u8; 8];
+    matches!(
+        tokio::time::timeout(Duration::from_secs(5), stream.read_exact(&mut banner)).await,
+        Ok(Ok(_)) if banner.starts_with(b"SSH-")
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn security_groups_and_vpcs_decide_what_gets_in() {
+    use tessera_core::network::{InboundRule, Ports, Protocol, Source};
+    if let Some(reason) = skip_reason() {
+        eprintln!("skipped: {reason}");
+        return;
+    }
+    let tag = (std::process::id() % 100_000).to_string();
+    let bridge = format!("tsrg{tag}");
+    let f: Fixture = fixture(&bridge, "10.250.16.0/24", 43100);
+    let outside = Outside::start(&tag);
+    let driver = ContainerDriver::new(f.config.clone()).expect("driver");
+    if let Err(why) = &driver.isolation {
+        panic!("this host runs runc but cannot isolate instances: {why}");
+    }
+    let tcp_rule = |port: u16, source: Source| InboundRule {
+        protocol: Protocol::Tcp,
+        ports: Some(Ports {
+            from: port,
+            to: port,
+        }),
+        source,
+    };
+    // web lets in 8080 from members of client only; client lets in
+    // nothing; office lets in SSH from a block no one here has and 8080
+    // from the outside's.
+    let web = GroupRules {
+        id: "sg-web".into(),
+        rules: vec![tcp_rule(8080, Source::Group("sg-client".into()))],
+    };
+    let client = GroupRules {
+        id: "sg-client".into(),
+        rules: vec![],
+    };
+    let office = GroupRules {
+        id: "sg-office".into(),
+        rules: vec![
+            tcp_rule(22, Source::Cidr("192.0.2.0/24".into())),
+            tcp_rule(8080, Source::Cidr("10.253.10.0/24".into())),
+        ],
+    };
+    let vpc = |id: &str, block: &str, address: [u8; 4]| NetworkAttachment {
+        vpc_id: id.into(),
+        vpc_cidr: block.into(),
+        address: Ipv4Addr::from(address),
+        prefix: 24,
+    };
+    // One project, two VPCs: w, c and o in the first, x in the second
+    // (and in client, which does not take it across).
+    let mut specs = Vec::new();
+    for (id, network, groups) in [
+        (
+            "w",
+            vpc("vpc-1", "10.254.0.0/20", [10, 254, 0, 2]),
+            vec![web.clone()],
+        ),
+        (
+            "c",
+            vpc("vpc-1", "10.254.0.0/20", [10, 254, 0, 3]),
+            vec![client.clone()],
+        ),
+        (
+            "o",
+            vpc("vpc-1", "10.254.0.0/20", [10, 254, 0, 4]),
+            vec![office.clone()],
+        ),
+        (
+            "x",
+            vpc("vpc-2", "10.254.16.0/20", [10, 254, 16, 2]),
+            vec![client.clone()],
+        ),
+    ] {
+        let mut s = spec(&f, id, id);
+        s.user_data = None;
+        s.network = Some(network);
+        s.security_groups = groups;
+        specs.push(s);
+    }
+    let _cleanup = Cleanup {
+        state_dir: f.config.state_dir.clone(),
+        bridge: bridge.clone(),
+        netns: specs
+            .iter()
+            .map(|s| driver.net_names(&s.id).netns)
+            .collect(),
+    };
+    for s in &specs {
+        let report = driver.create(s).await.expect("create");
+        let want = s.network.as_ref().expect("network").address.to_string();
+        assert_eq!(report.private_ip, want, "the address its VPC gave it");
+    }
+    let inside = works(&driver, "w", "ip -4 -o addr show dev eth0", "its address").await;
+    assert!(inside.contains("10.254.0.2/24"), "{inside}");
+    for id in ["w", "o"] {
+        works(&driver, id, "httpd -p 8080 -h /tmp", "a web server").await;
+    }
+    let (w, o) = ("10.254.0.2", "10.254.0.4");
+
+    // Between instances of a VPC: what the target's groups say.
+    works(&driver, "c", &http(w), "8080 from a member of client").await;
+    refused(&driver, "c", &tcp(w, 22), "SSH, which web does not let in").await;
+    refused(&driver, "o", &http(w), "8080 from a non-member").await;
+    refused(&driver, "c", &http(o), "8080 from an instance, to office").await;
+    refused(&driver, "w", "ping -c 1 -W 2 10.254.0.3", "ping to client").await;
+    // Another VPC of the same project: nothing, whatever its groups.
+    refused(&driver, "x", &http(w), "8080 from another VPC").await;
+    refused(
+        &driver,
+        "x",
+        "ping -c 1 -W 2 10.254.0.4",
+        "ping from another VPC",
+    )
+    .await;
+    // Nothing leaves for the VPC's addresses no instance has.
+    refused(
+        &driver,
+        "c",
+        &tcp("10.254.0.9", 22),
+        "a free address of the VPC",
+    )
+    .await;
+    // The gateway (DNS, ping) stays, on-link from the VPC's subnet.
+    works(&driver, "c", "ping -c 1 -W 2 10.250.16.1", "the gateway").await;
+
+    // From outside the host: a block's rules.
+    assert!(outside.run(&http(o)), "8080 from the outside's block");
+    assert!(!outside.run(&tcp(o, 22)), "SSH from outside office's block");
+    assert!(!outside.run(&http(w)), "8080 to web from outside");
+    assert!(!outside.run(&tcp(w, 22)), "SSH to web from outside");
+
+    // The SSH forwards follow the groups too: this host's client is in no
+    // block that lets SSH in.
+    let forward = |id: &str| driver.load_record(id).expect("record").expect(id).ssh_port;
+    for id in ["w", "c", "o"] {
+        assert!(!forward_admits(forward(id)).await, "the forward of {id}");
+    }
+
+    // Changing office's rules reaches the running instance at once: SSH
+    // from anywhere, and 8080 no longer.
+    let mut s = specs[2].clone();
+    s.security_groups = vec![GroupRules {
+        id: "sg-office".into(),
+        rules: vec![tcp_rule(22, Source::Cidr("0.0.0.0/0".into()))],
+    }];
+    driver.start(&s).await.expect("converge");
+    assert!(outside.run(&tcp(o, 22)), "SSH from anywhere, once allowed");
+    assert!(!outside.run(&http(o)), "8080, no longer allowed");
+    assert!(
+        forward_admits(forward("o")).await,
+        "the forward, once allowed"
+    );
+    super::tests::ssh_ok(&f.key, "127.0.0.1", forward("o"), "true").await;
+
+    for s in &specs {
+        driver.delete(&s.id).await.expect("delete");
+    }
+}

@@ -84,9 +84,10 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tessera_agent_api::{
-    AgentError, InstanceObservation, InstanceReport, InstanceSpec, SessionRequest, VolumeReport,
-    VolumeSpec,
+    AgentError, InstanceObservation, InstanceReport, InstanceSpec, NetworkAttachment,
+    SessionRequest, VolumeReport, VolumeSpec,
 };
+use tessera_core::network::GroupRules;
 
 /// Where and how containers live on this host.
 #[derive(Clone, Debug)]
@@ -221,6 +222,14 @@ struct Record {
     /// from it when the agent adopts the instance).
     #[serde(default = "egress_on")]
     egress: bool,
+    /// Its place in its VPC, as the spec it was made with said; `None`: an
+    /// address of this host's instance network (made before VPCs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    network: Option<NetworkAttachment>,
+    /// Its security groups as its last spec said (the firewall and its SSH
+    /// forward admit from them; adopting remakes them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    groups: Vec<GroupRules>,
 }
 
 /// Records written before forwards could be turned off had one.
@@ -234,6 +243,33 @@ fn egress_on() -> bool {
 }
 
 impl Record {
+    /// The network its firewall chain is of: its VPC, or its project.
+    fn net_of(spec: &InstanceSpec) -> String {
+        match &spec.network {
+            Some(n) => firewall::net_of(&n.vpc_id),
+            None => firewall::net_of(&spec.project_id),
+        }
+    }
+
+    /// Its port in the firewall, on `ifname`, in network `net`.
+    fn port<'a>(&'a self, ifname: &'a str, net: &'a str) -> firewall::Port<'a> {
+        firewall::Port {
+            ifname,
+            ip: self.ip,
+            net,
+            egress: self.egress,
+            vpc_cidr: self.network.as_ref().map(|n| n.vpc_cidr.as_str()),
+            groups: &self.groups,
+        }
+    }
+
+    /// Its address's prefix length inside the instance.
+    fn prefix(&self, host_subnet: &Subnet) -> u8 {
+        self.network
+            .as_ref()
+            .map_or_else(|| host_subnet.prefix(), |n| n.prefix)
+    }
+
     fn report(&self) -> InstanceReport {
         InstanceReport {
             private_ip: self.ip.to_string(),
@@ -606,21 +642,16 @@ impl ContainerDriver {
                 // Its CPUs, limits and mounts stay as they are until its
                 // next start; its SSH forward and its project's egress
                 // follow the spec at once.
-                self.converge_forward(&mut rec, spec.ssh_forward).await?;
-                if rec.egress != spec.egress {
+                if rec.egress != spec.egress || rec.groups != spec.security_groups {
                     rec.egress = spec.egress;
+                    rec.groups = spec.security_groups.clone();
                     self.save_record(&rec)?;
                 }
+                self.converge_forward(&mut rec, spec.ssh_forward).await?;
                 if let Some(net) = &rec.net {
                     self.ensure_host_net().await?;
-                    self.firewall
-                        .add(&firewall::Port {
-                            ifname: &self.net_names(&id).host_veth,
-                            ip: rec.ip,
-                            net,
-                            egress: spec.egress,
-                        })
-                        .await?;
+                    let ifname = self.net_names(&id).host_veth;
+                    self.firewall.add(&rec.port(&ifname, net)).await?;
                 }
                 return Ok(rec.report());
             }
@@ -643,15 +674,16 @@ impl ContainerDriver {
         })
         .await?;
 
-        let net = firewall::net_of(&spec.project_id);
-        if rec.egress != spec.egress {
+        let net = Record::net_of(spec);
+        if rec.egress != spec.egress || rec.groups != spec.security_groups {
             rec.egress = spec.egress;
+            rec.groups = spec.security_groups.clone();
             self.save_record(&rec)?;
         }
         if rec.net.as_deref() != Some(net.as_str()) {
             if let Some(old) = rec.net.take() {
                 self.firewall
-                    .remove(&self.net_names(&id).host_veth, rec.ip, &old)
+                    .remove(&self.net_names(&id).host_veth, rec.ip, &old, &rec.groups)
                     .await?;
             }
             rec.net = Some(net);
@@ -807,16 +839,10 @@ impl ContainerDriver {
             .map(|s| s.pid)
             .filter(|pid| *pid > 0)
             .ok_or_else(|| fail(format!("`runc create {id}` left no init process")))?;
-        network::setup(names, &self.config.bridge, &self.subnet, rec.ip, pid).await?;
+        let address = (rec.ip, rec.prefix(&self.subnet));
+        network::setup(names, &self.config.bridge, &self.subnet, address, pid).await?;
         let net = rec.net.as_deref().unwrap_or_default();
-        self.firewall
-            .add(&firewall::Port {
-                ifname: &names.host_veth,
-                ip: rec.ip,
-                net,
-                egress: spec.egress,
-            })
-            .await?;
+        self.firewall.add(&rec.port(&names.host_veth, net)).await?;
         self.runc(&["start", id]).await?;
         Ok(())
     }
@@ -826,7 +852,10 @@ impl ContainerDriver {
     async fn unplug(&self, rec: &Record) {
         let names = self.net_names(&rec.id);
         if let Some(net) = &rec.net
-            && let Err(e) = self.firewall.remove(&names.host_veth, rec.ip, net).await
+            && let Err(e) = self
+                .firewall
+                .remove(&names.host_veth, rec.ip, net, &rec.groups)
+                .await
         {
             tracing::warn!(id = %rec.id, error = %e, "removing the instance's firewall port");
         }
@@ -1065,6 +1094,7 @@ impl ContainerDriver {
             let mut proxies = self.proxies.lock().unwrap_or_else(|p| p.into_inner());
             match proxies.get(&rec.id) {
                 Some(p) if p.is_alive() && p.port == rec.ssh_port && p.target == target => {
+                    p.set_groups(&rec.groups);
                     return Ok(());
                 }
                 _ => proxies.remove(&rec.id),
@@ -1073,13 +1103,13 @@ impl ContainerDriver {
         if let Some(old) = old {
             old.close().await;
         }
-        let proxy = match Proxy::spawn(rec.ssh_port, target).await {
+        let proxy = match Proxy::spawn(rec.ssh_port, target, rec.groups.clone()).await {
             Ok(proxy) => proxy,
             Err(e) => {
                 let _alloc = self.alloc.lock().await;
                 let port = self.free_port().await?;
                 tracing::warn!(id = %rec.id, error = %e, old = rec.ssh_port, new = port, "the instance's SSH port is taken; forwarding another one");
-                let proxy = Proxy::spawn(port, target).await?;
+                let proxy = Proxy::spawn(port, target, rec.groups.clone()).await?;
                 rec.ssh_port = port;
                 self.save_record(rec)?;
                 proxy
@@ -1106,14 +1136,33 @@ impl ContainerDriver {
         }
     }
 
-    /// The first free address and port (the caller holds `alloc`).
-    async fn allocate(&self) -> Result<(Ipv4Addr, u16), AgentError> {
+    /// The instance's address (its VPC's choice, or the first free one of
+    /// this host's instance network) and a free port (the caller holds
+    /// `alloc`).
+    async fn allocate(&self, spec: &InstanceSpec) -> Result<(Ipv4Addr, u16), AgentError> {
         let records = self.records()?;
-        let ip = self
-            .subnet
-            .instance_addresses()
-            .find(|a| records.iter().all(|r| r.ip != *a))
-            .ok_or_else(|| fail(format!("subnet {} has no free address", self.config.subnet)))?;
+        let ip = match &spec.network {
+            Some(network) => {
+                let ip = network.address;
+                if let Some(other) = records.iter().find(|r| r.ip == ip && r.id != spec.id) {
+                    return Err(fail(format!(
+                        "address {ip} is already instance {}'s on this host",
+                        other.id
+                    )));
+                }
+                if ip == self.subnet.gateway() {
+                    return Err(fail(format!("address {ip} is this host's gateway")));
+                }
+                ip
+            }
+            None => self
+                .subnet
+                .instance_addresses()
+                .find(|a| records.iter().all(|r| r.ip != *a))
+                .ok_or_else(|| {
+                    fail(format!("subnet {} has no free address", self.config.subnet))
+                })?,
+        };
         Ok((ip, self.free_port().await?))
     }
 
@@ -1317,7 +1366,7 @@ impl InstanceRuntime for ContainerDriver {
         };
         let rec = {
             let _alloc = self.alloc.lock().await;
-            let (ip, ssh_port) = self.allocate().await?;
+            let (ip, ssh_port) = self.allocate(spec).await?;
             let rec = Record {
                 id: spec.id.clone(),
                 name: spec.name.clone(),
@@ -1329,6 +1378,8 @@ impl InstanceRuntime for ContainerDriver {
                 ids,
                 net: None,
                 egress: spec.egress,
+                network: spec.network.clone(),
+                groups: spec.security_groups.clone(),
             };
             self.save_record(&rec)?;
             rec
@@ -1445,13 +1496,8 @@ impl InstanceRuntime for ContainerDriver {
                     // Its port in the firewall, should the table have been
                     // lost (a flushed ruleset); adding it again is a no-op.
                     if let Some(net) = rec.net.clone() {
-                        let port = firewall::Port {
-                            ifname: &self.net_names(&rec.id).host_veth,
-                            ip: rec.ip,
-                            net: &net,
-                            egress: rec.egress,
-                        };
-                        if let Err(e) = self.firewall.add(&port).await {
+                        let ifname = self.net_names(&rec.id).host_veth;
+                        if let Err(e) = self.firewall.add(&rec.port(&ifname, &net)).await {
                             tracing::warn!(id = %rec.id, error = %e, "putting the instance's port back in the firewall");
                             first_error.get_or_insert(e);
                         }

@@ -103,18 +103,22 @@ impl NetNames {
 
 /// Gives a created (not yet started) instance its network: names its
 /// network namespace (that of its init, `pid`, made by runc inside its user
-/// namespace) `names.netns`, and routes `ip` to it through a veth pair.
-/// The host end has no address of its own: it answers ARP for the subnet
-/// (proxy ARP), and the host routes `ip/32` to it, so every packet between
-/// instances crosses the host's filter. Any remains of an earlier attempt
-/// are removed first.
+/// namespace) `names.netns`, and routes `address` (its IP, and the prefix
+/// length of its subnet: this host's instance network, or its VPC subnet)
+/// to it through a veth pair. The host end has no address of its own: it
+/// answers ARP for the subnet (proxy ARP), and the host routes `ip/32` to
+/// it, so every packet between instances crosses the host's filter. The
+/// instance's gateway is the host's (`subnet`'s first address), on-link
+/// whatever its own subnet. Any remains of an earlier attempt are removed
+/// first.
 pub(super) async fn setup(
     names: &NetNames,
     gateway_dev: &str,
     subnet: &Subnet,
-    ip: Ipv4Addr,
+    address: (Ipv4Addr, u8),
     pid: i64,
 ) -> Result<(), AgentError> {
+    let (ip, prefix) = address;
     teardown(names).await;
     ensure_bridge(gateway_dev, subnet).await?;
     let ns = names.netns.as_str();
@@ -147,12 +151,18 @@ pub(super) async fn setup(
             &["-n", ns, "link", "set", &names.peer_veth, "name", "eth0"],
         )
         .await?;
-        let cidr = format!("{ip}/{}", subnet.prefix());
+        let cidr = format!("{ip}/{prefix}");
         run("ip", &["-n", ns, "addr", "add", &cidr, "dev", "eth0"]).await?;
         run("ip", &["-n", ns, "link", "set", "eth0", "up"]).await?;
         run("ip", &["-n", ns, "link", "set", "lo", "up"]).await?;
         let gw = subnet.gateway().to_string();
-        run("ip", &["-n", ns, "route", "add", "default", "via", &gw]).await?;
+        run(
+            "ip",
+            &[
+                "-n", ns, "route", "add", "default", "via", &gw, "dev", "eth0", "onlink",
+            ],
+        )
+        .await?;
         let route = format!("{ip}/32");
         run("ip", &["route", "replace", &route, "dev", host]).await?;
         Ok::<(), AgentError>(())

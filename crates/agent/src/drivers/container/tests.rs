@@ -174,6 +174,8 @@ pub(super) fn spec(f: &Fixture, id: &str, name: &str) -> InstanceSpec {
         ssh_forward: true,
         egress: true,
         privileged: false,
+        network: None,
+        security_groups: Vec::new(),
         storage: None,
     }
 }

@@ -1,0 +1,681 @@
+//! A project's private networks: VPCs, their subnets, security groups,
+//! which groups an instance is a member of, and the addresses instances
+//! are given in their subnets.
+
+use crate::db::{Conn, DbError};
+use crate::writer::Commit;
+use crate::{Result, Store, now};
+use ipnet::Ipv4Net;
+use std::sync::Arc;
+use tessera_core::network;
+
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct VpcRecord {
+    pub id: String,
+    pub project_id: String,
+    pub name: String,
+    pub cidr: String,
+    pub is_default: i64,
+    pub created_at: String,
+}
+
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct SubnetRecord {
+    pub id: String,
+    pub project_id: String,
+    pub vpc_id: String,
+    pub name: String,
+    pub cidr: String,
+    pub is_default: i64,
+    pub created_at: String,
+}
+
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct SecurityGroupRecord {
+    pub id: String,
+    pub project_id: String,
+    pub name: String,
+    pub description: String,
+    /// JSON: `Vec<tessera_core::network::InboundRule>`.
+    pub rules: String,
+    pub is_default: i64,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+const VPC_COLUMNS: &str = "id, project_id, name, cidr, is_default, created_at";
+const SUBNET_COLUMNS: &str = "id, project_id, vpc_id, name, cidr, is_default, created_at";
+const GROUP_COLUMNS: &str =
+    "id, project_id, name, description, rules, is_default, created_at, updated_at";
+
+/// Where a new VPC's or subnet's block comes from.
+#[derive(Clone, Debug)]
+pub enum Block {
+    /// As the user gave it.
+    Given(Ipv4Net),
+    /// The first free block of this size in a pool (the install's VPC
+    /// pool, or the VPC of a subnet).
+    From { pool: Ipv4Net, prefix: u8 },
+}
+
+/// A new VPC, with the subnet and security group made with it (the
+/// project's default ones).
+#[derive(Clone, Debug)]
+pub struct NewVpc {
+    /// Its `cidr` is set from `block`.
+    pub vpc: VpcRecord,
+    pub block: Block,
+    /// Its `cidr` empty: the VPC's whole block.
+    pub subnet: Option<SubnetRecord>,
+    pub group: Option<SecurityGroupRecord>,
+}
+
+/// How adding a VPC or subnet went; nothing changed unless `Added`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NetworkAdded {
+    Added {
+        cidr: String,
+    },
+    NameTaken,
+    /// The block overlaps this one (a VPC's anywhere in the install, or a
+    /// subnet's in the same VPC).
+    Overlaps(String),
+    /// No free block of the size is left in the pool.
+    Full,
+    /// The project already has a default VPC: nothing was added.
+    DefaultExists,
+}
+
+/// How deleting a network object went.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NetworkRemoved {
+    Removed,
+    NotFound,
+    /// Instances that are not terminated use it (one of their ids).
+    InUse(String),
+}
+
+/// What the store gives an instance in its network when recording it.
+#[derive(Clone, Debug)]
+pub struct NewAttachment {
+    pub subnet_id: String,
+    pub subnet_cidr: Ipv4Net,
+    pub groups: Vec<String>,
+}
+
+impl Store {
+    pub async fn vpcs(&self, project_id: &str) -> Result<Vec<VpcRecord>> {
+        self.fetch_all(
+            &format!(
+                "SELECT {VPC_COLUMNS} FROM vpcs WHERE project_id = $1 ORDER BY created_at, id"
+            ),
+            &[project_id.into()],
+        )
+        .await
+    }
+
+    /// A project's VPC by its id or name.
+    pub async fn vpc(&self, project_id: &str, id_or_name: &str) -> Result<Option<VpcRecord>> {
+        self.fetch_optional(
+            &format!(
+                "SELECT {VPC_COLUMNS} FROM vpcs WHERE project_id = $1 AND (id = $2 OR name = $2) \
+                 ORDER BY (id = $2) DESC LIMIT 1"
+            ),
+            &[project_id.into(), id_or_name.into()],
+        )
+        .await
+    }
+
+    pub async fn default_vpc(&self, project_id: &str) -> Result<Option<VpcRecord>> {
+        self.fetch_optional(
+            &format!("SELECT {VPC_COLUMNS} FROM vpcs WHERE project_id = $1 AND is_default = 1"),
+            &[project_id.into()],
+        )
+        .await
+    }
+
+    /// A project's subnets, or one VPC's.
+    pub async fn subnets(
+        &self,
+        project_id: &str,
+        vpc_id: Option<&str>,
+    ) -> Result<Vec<SubnetRecord>> {
+        self.fetch_all(
+            &format!(
+                "SELECT {SUBNET_COLUMNS} FROM subnets WHERE project_id = $1 \
+                 AND ($2 = '' OR vpc_id = $2) ORDER BY created_at, id"
+            ),
+            &[project_id.into(), vpc_id.unwrap_or("").into()],
+        )
+        .await
+    }
+
+    /// A project's subnet by its id, or by its name within `vpc_id`.
+    pub async fn subnet(
+        &self,
+        project_id: &str,
+        id_or_name: &str,
+        vpc_id: Option<&str>,
+    ) -> Result<Option<SubnetRecord>> {
+        self.fetch_optional(
+            &format!(
+                "SELECT {SUBNET_COLUMNS} FROM subnets WHERE project_id = $1 \
+                 AND (id = $2 OR (name = $2 AND vpc_id = $3)) ORDER BY (id = $2) DESC LIMIT 1"
+            ),
+            &[
+                project_id.into(),
+                id_or_name.into(),
+                vpc_id.unwrap_or("").into(),
+            ],
+        )
+        .await
+    }
+
+    /// How many instances that are not terminated have an address in a
+    /// subnet.
+    pub async fn subnet_addresses_used(&self, subnet_id: &str) -> Result<i64> {
+        let row: Option<(i64,)> = self
+            .fetch_optional(
+                "SELECT CAST(COUNT(*) AS BIGINT) FROM instance_addresses a \
+                 JOIN instances i ON i.id = a.instance_id \
+                 WHERE a.subnet_id = $1 AND i.state <> 'terminated'",
+                &[subnet_id.into()],
+            )
+            .await?;
+        Ok(row.map_or(0, |r| r.0))
+    }
+
+    pub async fn security_groups(&self, project_id: &str) -> Result<Vec<SecurityGroupRecord>> {
+        self.fetch_all(
+            &format!(
+                "SELECT {GROUP_COLUMNS} FROM security_groups WHERE project_id = $1 \
+                 ORDER BY created_at, id"
+            ),
+            &[project_id.into()],
+        )
+        .await
+    }
+
+    /// A project's security group by its id or name.
+    pub async fn security_group(
+        &self,
+        project_id: &str,
+        id_or_name: &str,
+    ) -> Result<Option<SecurityGroupRecord>> {
+        self.fetch_optional(
+            &format!(
+                "SELECT {GROUP_COLUMNS} FROM security_groups WHERE project_id = $1 \
+                 AND (id = $2 OR name = $2) ORDER BY (id = $2) DESC LIMIT 1"
+            ),
+            &[project_id.into(), id_or_name.into()],
+        )
+        .await
+    }
+
+    /// The security groups an instance is a member of, in the order of
+    /// their ids.
+    pub async fn instance_security_groups(
+        &self,
+        instance_id: &str,
+    ) -> Result<Vec<SecurityGroupRecord>> {
+        let columns = GROUP_COLUMNS
+            .split(", ")
+            .map(|c| format!("g.{c}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        self.fetch_all(
+            &format!(
+                "SELECT {columns} FROM security_groups g \
+                 JOIN instance_security_groups m ON m.group_id = g.id \
+                 WHERE m.instance_id = $1 ORDER BY g.id"
+            ),
+            &[instance_id.into()],
+        )
+        .await
+    }
+
+    /// The ids of instances that are not terminated and are members of a
+    /// group.
+    pub async fn security_group_members(&self, group_id: &str) -> Result<Vec<String>> {
+        let rows: Vec<(String,)> = self
+            .fetch_all(
+                "SELECT m.instance_id FROM instance_security_groups m \
+                 JOIN instances i ON i.id = m.instance_id \
+                 WHERE m.group_id = $1 AND i.state <> 'terminated' ORDER BY m.instance_id",
+                &[group_id.into()],
+            )
+            .await?;
+        Ok(rows.into_iter().map(|r| r.0).collect())
+    }
+
+    /// The subnet an instance has its address in, and the address, if it
+    /// has one.
+    pub async fn instance_address(
+        &self,
+        instance_id: &str,
+    ) -> Result<Option<(SubnetRecord, String)>> {
+        let found: Option<(String, String)> = self
+            .fetch_optional(
+                "SELECT subnet_id, address FROM instance_addresses WHERE instance_id = $1 LIMIT 1",
+                &[instance_id.into()],
+            )
+            .await?;
+        let Some((subnet_id, address)) = found else {
+            return Ok(None);
+        };
+        let subnet: Option<SubnetRecord> = self
+            .fetch_optional(
+                &format!("SELECT {SUBNET_COLUMNS} FROM subnets WHERE id = $1"),
+                &[subnet_id.into()],
+            )
+            .await?;
+        Ok(subnet.map(|s| (s, address)))
+    }
+
+    /// Adds a VPC (with its subnet and group), choosing its block when
+    /// asked. VPCs are made one at a time across the install, so two never
+    /// overlap.
+    pub async fn insert_vpc(&self, new: &NewVpc) -> Result<NetworkAdded> {
+        let new = Arc::new(new.clone());
+        self.write("insert_vpc", move |mut conn| {
+            let new = new.clone();
+            Box::pin(async move { insert_vpc(&mut conn, &new).await })
+        })
+        .await
+    }
+
+    /// Adds a subnet in its VPC, choosing its block when asked.
+    pub async fn insert_subnet(
+        &self,
+        subnet: &SubnetRecord,
+        block: &Block,
+    ) -> Result<NetworkAdded> {
+        let work = Arc::new((subnet.clone(), block.clone()));
+        self.write("insert_subnet", move |mut conn| {
+            let work = work.clone();
+            Box::pin(async move {
+                let (subnet, block) = &*work;
+                if conn.is_postgres() {
+                    conn.fetch_text(
+                        "SELECT id FROM vpcs WHERE id = $1 FOR UPDATE",
+                        &[(&subnet.vpc_id).into()],
+                    )
+                    .await?;
+                }
+                insert_subnet(&mut conn, subnet, block).await
+            })
+        })
+        .await
+    }
+
+    /// Deletes a VPC and its subnets, unless an instance is in one.
+    pub async fn delete_vpc(&self, project_id: &str, id: &str) -> Result<NetworkRemoved> {
+        let work = Arc::new((project_id.to_string(), id.to_string()));
+        self.write("delete_vpc", move |mut conn| {
+            let work = work.clone();
+            Box::pin(async move {
+                let (project_id, id) = &*work;
+                let found = conn
+                    .fetch_text(
+                        "SELECT id FROM vpcs WHERE id = $1 AND project_id = $2",
+                        &[id.into(), project_id.into()],
+                    )
+                    .await?;
+                if found.is_none() {
+                    return Ok(Commit::Undo(NetworkRemoved::NotFound));
+                }
+                let user = conn
+                    .fetch_text(
+                        "SELECT i.id FROM instances i JOIN instance_addresses a \
+                         ON a.instance_id = i.id JOIN subnets s ON s.id = a.subnet_id \
+                         WHERE s.vpc_id = $1 AND i.state <> 'terminated' LIMIT 1",
+                        &[id.into()],
+                    )
+                    .await?;
+                if let Some(user) = user {
+                    return Ok(Commit::Undo(NetworkRemoved::InUse(user)));
+                }
+                let in_vpc = "SELECT id FROM subnets WHERE vpc_id = $1";
+                conn.execute(
+                    &format!("DELETE FROM instance_addresses WHERE subnet_id IN ({in_vpc})"),
+                    &[id.into()],
+                )
+                .await?;
+                conn.execute("DELETE FROM subnets WHERE vpc_id = $1", &[id.into()])
+                    .await?;
+                conn.execute("DELETE FROM vpcs WHERE id = $1", &[id.into()])
+                    .await?;
+                Ok(Commit::Keep(NetworkRemoved::Removed))
+            })
+        })
+        .await
+    }
+
+    /// Deletes a subnet, unless an instance is in it.
+    pub async fn delete_subnet(&self, project_id: &str, id: &str) -> Result<NetworkRemoved> {
+        let work = Arc::new((project_id.to_string(), id.to_string()));
+        self.write("delete_subnet", move |mut conn| {
+            let work = work.clone();
+            Box::pin(async move {
+                let (project_id, id) = &*work;
+                let found = conn
+                    .fetch_text(
+                        "SELECT id FROM subnets WHERE id = $1 AND project_id = $2",
+                        &[id.into(), project_id.into()],
+                    )
+                    .await?;
+                if found.is_none() {
+                    return Ok(Commit::Undo(NetworkRemoved::NotFound));
+                }
+                let user = conn
+                    .fetch_text(
+                        "SELECT i.id FROM instances i JOIN instance_addresses a \
+                         ON a.instance_id = i.id \
+                         WHERE a.subnet_id = $1 AND i.state <> 'terminated' LIMIT 1",
+                        &[id.into()],
+                    )
+                    .await?;
+                if let Some(user) = user {
+                    return Ok(Commit::Undo(NetworkRemoved::InUse(user)));
+                }
+                conn.execute(
+                    "DELETE FROM instance_addresses WHERE subnet_id = $1",
+                    &[id.into()],
+                )
+                .await?;
+                conn.execute("DELETE FROM subnets WHERE id = $1", &[id.into()])
+                    .await?;
+                Ok(Commit::Keep(NetworkRemoved::Removed))
+            })
+        })
+        .await
+    }
+
+    /// Adds a security group; `false` when the project has one of its name.
+    pub async fn insert_security_group(&self, group: &SecurityGroupRecord) -> Result<bool> {
+        let group = Arc::new(group.clone());
+        self.write("insert_security_group", move |mut conn| {
+            let group = group.clone();
+            Box::pin(async move {
+                Ok(match insert_group(&mut conn, &group).await? {
+                    true => Commit::Keep(true),
+                    false => Commit::Undo(false),
+                })
+            })
+        })
+        .await
+    }
+
+    /// Replaces a group's rules (JSON); `false` when it is gone.
+    pub async fn set_security_group_rules(
+        &self,
+        project_id: &str,
+        id: &str,
+        description: &str,
+        rules: &str,
+    ) -> Result<bool> {
+        let counts = self
+            .run_statements(
+                "set_security_group_rules",
+                vec![(
+                    "UPDATE security_groups SET rules = $1, description = $2, updated_at = $3 \
+                     WHERE id = $4 AND project_id = $5"
+                        .into(),
+                    vec![
+                        rules.into(),
+                        description.into(),
+                        now().into(),
+                        id.into(),
+                        project_id.into(),
+                    ],
+                )],
+                |_| true,
+            )
+            .await?;
+        Ok(counts[0] == 1)
+    }
+
+    /// Deletes a security group no instance that is not terminated is a
+    /// member of.
+    pub async fn delete_security_group(
+        &self,
+        project_id: &str,
+        id: &str,
+    ) -> Result<NetworkRemoved> {
+        let work = Arc::new((project_id.to_string(), id.to_string()));
+        self.write("delete_security_group", move |mut conn| {
+            let work = work.clone();
+            Box::pin(async move {
+                let (project_id, id) = &*work;
+                let found = conn
+                    .fetch_text(
+                        "SELECT id FROM security_groups WHERE id = $1 AND project_id = $2",
+                        &[id.into(), project_id.into()],
+                    )
+                    .await?;
+                if found.is_none() {
+                    return Ok(Commit::Undo(NetworkRemoved::NotFound));
+                }
+                let user = conn
+                    .fetch_text(
+                        "SELECT i.id FROM instances i JOIN instance_security_groups m \
+                         ON m.instance_id = i.id \
+                         WHERE m.group_id = $1 AND i.state <> 'terminated' LIMIT 1",
+                        &[id.into()],
+                    )
+                    .await?;
+                if let Some(user) = user {
+                    return Ok(Commit::Undo(NetworkRemoved::InUse(user)));
+                }
+                conn.execute(
+                    "DELETE FROM instance_security_groups WHERE group_id = $1",
+                    &[id.into()],
+                )
+                .await?;
+                conn.execute("DELETE FROM security_groups WHERE id = $1", &[id.into()])
+                    .await?;
+                Ok(Commit::Keep(NetworkRemoved::Removed))
+            })
+        })
+        .await
+    }
+}
+
+async fn insert_vpc(conn: &mut Conn<'_>, new: &NewVpc) -> Result<Commit<NetworkAdded>, DbError> {
+    if conn.is_postgres() {
+        // One VPC at a time across the install: blocks never overlap.
+        conn.execute("LOCK TABLE vpcs IN SHARE ROW EXCLUSIVE MODE", &[])
+            .await?;
+    }
+    let vpc = &new.vpc;
+    if vpc.is_default == 1
+        && conn
+            .fetch_text(
+                "SELECT id FROM vpcs WHERE project_id = $1 AND is_default = 1",
+                &[(&vpc.project_id).into()],
+            )
+            .await?
+            .is_some()
+    {
+        return Ok(Commit::Undo(NetworkAdded::DefaultExists));
+    }
+    let taken = blocks(conn.fetch_texts("SELECT cidr FROM vpcs", &[]).await?);
+    let block = match choose(&new.block, &taken) {
+        Ok(block) => block,
+        Err(refused) => return Ok(Commit::Undo(refused)),
+    };
+    let cidr = block.to_string();
+    let added = conn
+        .execute(
+            &format!(
+                "INSERT INTO vpcs ({VPC_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6) \
+                 ON CONFLICT (project_id, name) DO NOTHING"
+            ),
+            &[
+                (&vpc.id).into(),
+                (&vpc.project_id).into(),
+                (&vpc.name).into(),
+                (&cidr).into(),
+                vpc.is_default.into(),
+                (&vpc.created_at).into(),
+            ],
+        )
+        .await?;
+    if added != 1 {
+        return Ok(Commit::Undo(NetworkAdded::NameTaken));
+    }
+    if let Some(subnet) = &new.subnet {
+        let mut subnet = subnet.clone();
+        subnet.vpc_id = vpc.id.clone();
+        let whole = Block::Given(block);
+        if let Commit::Undo(refused) = insert_subnet(conn, &subnet, &whole).await? {
+            return Ok(Commit::Undo(refused));
+        }
+    }
+    if let Some(group) = &new.group
+        && !insert_group(conn, group).await?
+    {
+        // The project made a group of that name itself: it keeps it, and
+        // the default VPC is made without one.
+        tracing::info!(project = %vpc.project_id, name = %group.name, "a security group of the default's name exists");
+    }
+    Ok(Commit::Keep(NetworkAdded::Added { cidr }))
+}
+
+async fn insert_subnet(
+    conn: &mut Conn<'_>,
+    subnet: &SubnetRecord,
+    block: &Block,
+) -> Result<Commit<NetworkAdded>, DbError> {
+    let taken = blocks(
+        conn.fetch_texts(
+            "SELECT cidr FROM subnets WHERE vpc_id = $1",
+            &[(&subnet.vpc_id).into()],
+        )
+        .await?,
+    );
+    let block = match choose(block, &taken) {
+        Ok(block) => block,
+        Err(refused) => return Ok(Commit::Undo(refused)),
+    };
+    let cidr = block.to_string();
+    let added = conn
+        .execute(
+            &format!(
+                "INSERT INTO subnets ({SUBNET_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7) \
+                 ON CONFLICT (vpc_id, name) DO NOTHING"
+            ),
+            &[
+                (&subnet.id).into(),
+                (&subnet.project_id).into(),
+                (&subnet.vpc_id).into(),
+                (&subnet.name).into(),
+                (&cidr).into(),
+                subnet.is_default.into(),
+                (&subnet.created_at).into(),
+            ],
+        )
+        .await?;
+    Ok(match added {
+        1 => Commit::Keep(NetworkAdded::Added { cidr }),
+        _ => Commit::Undo(NetworkAdded::NameTaken),
+    })
+}
+
+async fn insert_group(conn: &mut Conn<'_>, g: &SecurityGroupRecord) -> Result<bool, DbError> {
+    let added = conn
+        .execute(
+            &format!(
+                "INSERT INTO security_groups ({GROUP_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+                 ON CONFLICT (project_id, name) DO NOTHING"
+            ),
+            &[
+                (&g.id).into(),
+                (&g.project_id).into(),
+                (&g.name).into(),
+                (&g.description).into(),
+                (&g.rules).into(),
+                g.is_default.into(),
+                (&g.created_at).into(),
+                (&g.updated_at).into(),
+            ],
+        )
+        .await?;
+    Ok(added == 1)
+}
+
+fn blocks(texts: Vec<String>) -> Vec<Ipv4Net> {
+    texts.iter().filter_map(|t| t.parse().ok()).collect()
+}
+
+/// The block to use: the one given if it overlaps none taken, or the first
+/// free one of the pool.
+fn choose(block: &Block, taken: &[Ipv4Net]) -> std::result::Result<Ipv4Net, NetworkAdded> {
+    match block {
+        Block::Given(net) => match taken.iter().find(|t| network::overlap(net, t)) {
+            Some(other) => Err(NetworkAdded::Overlaps(other.to_string())),
+            None => Ok(*net),
+        },
+        Block::From { pool, prefix } => {
+            network::first_free_block(pool, *prefix, taken).ok_or(NetworkAdded::Full)
+        }
+    }
+}
+
+/// Gives a new instance (written in this transaction) the first free
+/// address of its subnet and makes it a member of its groups. `None`: the
+/// subnet is full. An address whose instance is terminated is free again.
+pub(crate) async fn attach_instance(
+    conn: &mut Conn<'_>,
+    instance_id: &str,
+    attachment: &NewAttachment,
+) -> Result<Option<String>, DbError> {
+    for group in &attachment.groups {
+        conn.execute(
+            "INSERT INTO instance_security_groups (instance_id, group_id) VALUES ($1, $2) \
+             ON CONFLICT (instance_id, group_id) DO NOTHING",
+            &[instance_id.into(), group.into()],
+        )
+        .await?;
+    }
+    let subnet = &attachment.subnet_id;
+    let used: std::collections::HashSet<String> = conn
+        .fetch_texts(
+            "SELECT a.address FROM instance_addresses a JOIN instances i ON i.id = a.instance_id \
+             WHERE a.subnet_id = $1 AND i.state <> 'terminated'",
+            &[subnet.into()],
+        )
+        .await?
+        .into_iter()
+        .collect();
+    for address in network::instance_addresses(&attachment.subnet_cidr) {
+        let address = address.to_string();
+        if used.contains(&address) {
+            continue;
+        }
+        // The row of a terminated instance that had it goes; a live one
+        // (given meanwhile by another replica) stays, and the next is tried.
+        conn.execute(
+            "DELETE FROM instance_addresses WHERE subnet_id = $1 AND address = $2 \
+             AND instance_id IN (SELECT id FROM instances WHERE state = 'terminated')",
+            &[subnet.into(), (&address).into()],
+        )
+        .await?;
+        let taken = conn
+            .execute(
+                "INSERT INTO instance_addresses (subnet_id, address, instance_id) \
+                 VALUES ($1, $2, $3) ON CONFLICT (subnet_id, address) DO NOTHING",
+                &[subnet.into(), (&address).into(), instance_id.into()],
+            )
+            .await?;
+        if taken == 1 {
+            conn.execute(
+                "UPDATE instances SET private_ip = $1 WHERE id = $2",
+                &[(&address).into(), instance_id.into()],
+            )
+            .await?;
+            return Ok(Some(address));
+        }
+    }
+    Ok(None)
+}

@@ -1,0 +1,630 @@
+//! Private networks through the native API: the default VPC, subnet and
+//! security group of a workspace; VPCs that never overlap, in any
+//! workspace; subnets within their VPC; security groups' rules; and
+//! instances that name them (by id or name), get addresses of their subnet
+//! and keep what they are in from being deleted.
+
+use crate::harness::{Backend, TOKEN, TestServer, assert_error};
+use crate::on_both_backends;
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+on_both_backends!(
+    a_workspace_has_a_default_network_and_makes_its_own,
+    instances_get_addresses_of_their_subnet_and_hold_their_network,
+);
+
+async fn call(
+    server: &TestServer,
+    token: &str,
+    method: Method,
+    path: &str,
+    body: Option<Value>,
+) -> (StatusCode, Value) {
+    server.call(method, path, body.as_ref(), token).await
+}
+
+async fn made(server: &TestServer, token: &str, path: &str, body: Value) -> Value {
+    let (status, made) = call(server, token, Method::POST, path, Some(body)).await;
+    assert_eq!(status, StatusCode::CREATED, "{path}: {made}");
+    made
+}
+
+fn bad(status: StatusCode, body: &Value, what: &str) {
+    assert_error(status, body, StatusCode::BAD_REQUEST, "INVALID_REQUEST");
+    assert!(
+        body["message"].as_str().is_some_and(|m| m.contains(what)),
+        "the message names {what}: {body}"
+    );
+}
+
+async fn a_workspace_has_a_default_network_and_makes_its_own(backend: Backend) {
+    let server = TestServer::start(backend).await;
+
+    // The default VPC, subnet and group, made on first sight.
+    let (status, vpcs) = call(&server, TOKEN, Method::GET, "/v1/vpcs", None).await;
+    assert_eq!(status, StatusCode::OK, "{vpcs}");
+    let vpcs = vpcs["items"].as_array().expect("items").clone();
+    assert_eq!(vpcs.len(), 1, "{vpcs:?}");
+    let default = &vpcs[0];
+    assert_eq!(
+        (
+            &default["name"],
+            &default["cidr_block"],
+            &default["is_default"]
+        ),
+        (&json!("default"), &json!("10.128.0.0/20"), &json!(true))
+    );
+    let default_id = default["id"].as_str().expect("id").to_string();
+    assert!(default_id.starts_with("vpc-"), "{default_id}");
+    let subnets = server.get_ok("/v1/subnets").await["items"].clone();
+    assert_eq!(subnets.as_array().map(Vec::len), Some(1), "{subnets}");
+    assert_eq!(subnets[0]["vpc_id"], json!(default_id));
+    assert_eq!(subnets[0]["cidr_block"], "10.128.0.0/20");
+    assert_eq!(subnets[0]["available_ips"], 4093);
+    let groups = server.get_ok("/v1/security-groups").await["items"].clone();
+    assert_eq!(groups.as_array().map(Vec::len), Some(1), "{groups}");
+    let group_id = groups[0]["id"].as_str().expect("id").to_string();
+    assert_eq!(groups[0]["name"], "default");
+    assert_eq!(
+        groups[0]["rules"],
+        json!([
+            {"protocol": "tcp", "port_range": "22", "cidr": "0.0.0.0/0"},
+            {"protocol": "icmp", "cidr": "0.0.0.0/0"},
+            {"protocol": "all", "source_security_group": group_id},
+        ])
+    );
+    // By id or by name.
+    assert_eq!(
+        server.get_ok("/v1/vpcs/default").await["id"],
+        json!(default_id)
+    );
+    assert_eq!(
+        server.get_ok("/v1/security-groups/default").await["id"],
+        json!(group_id)
+    );
+
+    // A VPC of its own: given a block of the pool, or given one.
+    let mine = made(
+        &server,
+        TOKEN,
+        "/v1/vpcs",
+        json!({"name": "mine", "cidr_block": "10.200.0.0/16"}),
+    )
+    .await;
+    assert_eq!(mine["cidr_block"], "10.200.0.0/16");
+    assert_eq!(mine["is_default"], false);
+    let chosen = made(&server, TOKEN, "/v1/vpcs", json!({"name": "chosen"})).await;
+    assert_eq!(chosen["cidr_block"], "10.128.16.0/20");
+    // What is refused, and changes nothing.
+    for (body, what) in [
+        (
+            json!({"name": "x", "cidr_block": "10.200.0.1/16"}),
+            "host bits",
+        ),
+        (json!({"name": "x", "cidr_block": "10.0.0.0/8"}), "/16"),
+        (json!({"name": "x", "cidr_block": "10.0.0.0/16"}), "pool"),
+        (json!({"name": "x", "cidr_block": "8.8.8.0/24"}), "pool"),
+        (json!({"name": "x", "cidr_block": "nope"}), "CIDR"),
+        (json!({"name": "bad name!"}), "name"),
+        (json!({"name": ""}), "name"),
+    ] {
+        let (status, body) = call(&server, TOKEN, Method::POST, "/v1/vpcs", Some(body)).await;
+        bad(status, &body, what);
+    }
+    let (status, body) = call(
+        &server,
+        TOKEN,
+        Method::POST,
+        "/v1/vpcs",
+        Some(json!({"name": "x", "cidr": "10.1.0.0/16"})),
+    )
+    .await;
+    assert_error(status, &body, StatusCode::BAD_REQUEST, "INVALID_REQUEST");
+    let (status, body) = call(
+        &server,
+        TOKEN,
+        Method::POST,
+        "/v1/vpcs",
+        Some(json!({"name": "over", "cidr_block": "10.200.4.0/24"})),
+    )
+    .await;
+    assert_error(status, &body, StatusCode::CONFLICT, "CONFLICT");
+    let (status, body) = call(
+        &server,
+        TOKEN,
+        Method::POST,
+        "/v1/vpcs",
+        Some(json!({"name": "mine"})),
+    )
+    .await;
+    assert_error(status, &body, StatusCode::CONFLICT, "CONFLICT");
+    assert_eq!(
+        server.get_ok("/v1/vpcs").await["items"]
+            .as_array()
+            .map(Vec::len),
+        Some(3)
+    );
+
+    // Another workspace: its default VPC overlaps none, it sees none of
+    // this one's, and its blocks cannot overlap this one's either.
+    let other = server.user_in("olga", "member", "other").await;
+    let (_, theirs) = call(&server, &other, Method::GET, "/v1/vpcs", None).await;
+    let theirs = theirs["items"].as_array().expect("items").clone();
+    assert_eq!(theirs.len(), 1, "{theirs:?}");
+    assert_eq!(theirs[0]["cidr_block"], "10.128.32.0/20");
+    let (status, body) = call(
+        &server,
+        &other,
+        Method::GET,
+        &format!("/v1/vpcs/{default_id}"),
+        None,
+    )
+    .await;
+    assert_error(status, &body, StatusCode::NOT_FOUND, "NOT_FOUND");
+    let (status, body) = call(
+        &server,
+        &other,
+        Method::GET,
+        &format!("/v1/security-groups/{group_id}"),
+        None,
+    )
+    .await;
+    assert_error(status, &body, StatusCode::NOT_FOUND, "NOT_FOUND");
+    let (status, body) = call(
+        &server,
+        &other,
+        Method::POST,
+        "/v1/vpcs",
+        Some(json!({"name": "mine", "cidr_block": "10.200.0.0/20"})),
+    )
+    .await;
+    assert_error(status, &body, StatusCode::CONFLICT, "CONFLICT");
+    let (status, body) = call(
+        &server,
+        &other,
+        Method::DELETE,
+        &format!("/v1/vpcs/{}", mine["id"].as_str().expect("id")),
+        None,
+    )
+    .await;
+    assert_error(status, &body, StatusCode::NOT_FOUND, "NOT_FOUND");
+    // A viewer reads, and makes nothing.
+    let viewer = server.user_in("vera", "viewer", "other").await;
+    let (status, _) = call(&server, &viewer, Method::GET, "/v1/subnets", None).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, body) = call(
+        &server,
+        &viewer,
+        Method::POST,
+        "/v1/security-groups",
+        Some(json!({"name": "v"})),
+    )
+    .await;
+    assert_error(status, &body, StatusCode::FORBIDDEN, "FORBIDDEN");
+
+    // Subnets: within their VPC, overlapping none of its others.
+    let first = made(
+        &server,
+        TOKEN,
+        "/v1/subnets",
+        json!({"vpc_id": "mine", "name": "a"}),
+    )
+    .await;
+    assert_eq!(first["cidr_block"], "10.200.0.0/24");
+    assert_eq!(first["available_ips"], 253);
+    let second = made(
+        &server,
+        TOKEN,
+        "/v1/subnets",
+        json!({"vpc_id": mine["id"], "name": "b", "cidr_block": "10.200.9.0/28"}),
+    )
+    .await;
+    assert_eq!(second["available_ips"], 13);
+    for (body, what) in [
+        (
+            json!({"vpc_id": "mine", "name": "c", "cidr_block": "10.201.0.0/24"}),
+            "within",
+        ),
+        (json!({"vpc_id": "nope", "name": "c"}), "nope"),
+        (
+            json!({"vpc_id": "mine", "name": "c", "cidr_block": "10.200.1.0/29"}),
+            "/28",
+        ),
+        (json!({"vpc_id": "", "name": "c"}), "vpc_id"),
+    ] {
+        let (status, body) = call(&server, TOKEN, Method::POST, "/v1/subnets", Some(body)).await;
+        bad(status, &body, what);
+    }
+    let (status, body) = call(
+        &server,
+        TOKEN,
+        Method::POST,
+        "/v1/subnets",
+        Some(json!({"vpc_id": "mine", "name": "c", "cidr_block": "10.200.9.0/24"})),
+    )
+    .await;
+    assert_error(status, &body, StatusCode::CONFLICT, "CONFLICT");
+    let only_mine = server.get_ok("/v1/subnets?vpc_id=mine").await["items"].clone();
+    assert_eq!(only_mine.as_array().map(Vec::len), Some(2), "{only_mine}");
+
+    // Security groups: rules checked, a source by name (its own too).
+    let web = made(
+        &server,
+        TOKEN,
+        "/v1/security-groups",
+        json!({
+            "name": "web", "description": "the web tier",
+            "rules": [
+                {"protocol": "tcp", "port_range": "80-443", "cidr": "0.0.0.0/0"},
+                {"protocol": "tcp", "port_range": "8080", "source_security_group": "web"},
+                {"protocol": "udp", "cidr": "192.0.2.7"},
+            ],
+        }),
+    )
+    .await;
+    let web_id = web["id"].as_str().expect("id").to_string();
+    assert_eq!(web["rules"][1]["source_security_group"], json!(web_id));
+    assert_eq!(web["rules"][2]["cidr"], "192.0.2.7/32");
+    let ssh = made(
+        &server,
+        TOKEN,
+        "/v1/security-groups",
+        json!({"name": "ssh"}),
+    )
+    .await;
+    assert_eq!(
+        ssh["rules"],
+        json!([{"protocol": "tcp", "port_range": "22", "cidr": "0.0.0.0/0"}])
+    );
+    for (rule, what) in [
+        (json!({"protocol": "sctp"}), "sctp"),
+        (
+            json!({"protocol": "icmp", "port_range": "22"}),
+            "port_range",
+        ),
+        (json!({"protocol": "tcp", "port_range": "90-80"}), "90-80"),
+        (json!({"protocol": "tcp", "port_range": "0"}), "port"),
+        (json!({"protocol": "tcp", "cidr": "10.0.0.0/33"}), "cidr"),
+        (
+            json!({"protocol": "tcp", "cidr": "0.0.0.0/0", "source_security_group": "web"}),
+            "both",
+        ),
+        (
+            json!({"protocol": "tcp", "source_security_group": "nope"}),
+            "nope",
+        ),
+    ] {
+        let (status, body) = call(
+            &server,
+            TOKEN,
+            Method::POST,
+            "/v1/security-groups",
+            Some(json!({"name": "x", "rules": [rule]})),
+        )
+        .await;
+        bad(status, &body, what);
+        let (status, body) = call(
+            &server,
+            TOKEN,
+            Method::PUT,
+            "/v1/security-groups/ssh",
+            Some(json!({"rules": [json!(rule)]})),
+        )
+        .await;
+        assert_error(status, &body, StatusCode::BAD_REQUEST, "INVALID_REQUEST");
+    }
+    let too_many: Vec<Value> = (0..65).map(|_| json!({"protocol": "all"})).collect();
+    let (status, body) = call(
+        &server,
+        TOKEN,
+        Method::PUT,
+        "/v1/security-groups/ssh",
+        Some(json!({"rules": too_many})),
+    )
+    .await;
+    bad(status, &body, "at most 64");
+    assert_eq!(
+        server.get_ok("/v1/security-groups/ssh").await["rules"],
+        ssh["rules"],
+        "refused changes changed nothing"
+    );
+    let (status, set) = call(
+        &server,
+        TOKEN,
+        Method::PUT,
+        "/v1/security-groups/ssh",
+        Some(json!({"rules": [{"protocol": "tcp", "port_range": "22", "cidr": "203.0.113.0/24"}]})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{set}");
+    assert_eq!(set["rules"][0]["cidr"], "203.0.113.0/24");
+    // web names itself; ssh is named by no rule and goes.
+    let (status, body) = call(
+        &server,
+        TOKEN,
+        Method::PUT,
+        "/v1/security-groups/ssh",
+        Some(json!({"rules": [{"protocol": "all", "source_security_group": "web"}]})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = call(
+        &server,
+        TOKEN,
+        Method::DELETE,
+        &format!("/v1/security-groups/{web_id}"),
+        None,
+    )
+    .await;
+    assert_error(status, &body, StatusCode::CONFLICT, "CONFLICT");
+    let (status, _) = call(
+        &server,
+        TOKEN,
+        Method::DELETE,
+        "/v1/security-groups/ssh",
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, _) = call(
+        &server,
+        TOKEN,
+        Method::DELETE,
+        &format!("/v1/security-groups/{web_id}"),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+
+    // The defaults stay; a VPC goes with its subnets.
+    for path in ["/v1/vpcs/default", "/v1/security-groups/default"] {
+        let (status, body) = call(&server, TOKEN, Method::DELETE, path, None).await;
+        assert_error(status, &body, StatusCode::CONFLICT, "CONFLICT");
+    }
+    let default_subnet = subnets[0]["id"].as_str().expect("id").to_string();
+    let (status, body) = call(
+        &server,
+        TOKEN,
+        Method::DELETE,
+        &format!("/v1/subnets/{default_subnet}"),
+        None,
+    )
+    .await;
+    assert_error(status, &body, StatusCode::CONFLICT, "CONFLICT");
+    let (status, _) = call(&server, TOKEN, Method::DELETE, "/v1/vpcs/mine", None).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, body) = call(
+        &server,
+        TOKEN,
+        Method::GET,
+        &format!("/v1/subnets/{}", first["id"].as_str().expect("id")),
+        None,
+    )
+    .await;
+    assert_error(status, &body, StatusCode::NOT_FOUND, "NOT_FOUND");
+    // Its block is free again.
+    made(
+        &server,
+        &other,
+        "/v1/vpcs",
+        json!({"name": "reuse", "cidr_block": "10.200.0.0/20"}),
+    )
+    .await;
+    server.stop().await;
+}
+
+async fn instances_get_addresses_of_their_subnet_and_hold_their_network(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    server.add_server("node-1", "0-31", "fin-01").await;
+    let create = |name: &str, spec: Value| {
+        let mut spec = spec;
+        spec["type"] = json!("cx11");
+        spec["image"] = json!("ubuntu-22.04");
+        json!({"metadata": {"name": name}, "spec": spec})
+    };
+
+    // Named nothing: the defaults, shown by id.
+    let (status, plain) = call(
+        &server,
+        TOKEN,
+        Method::POST,
+        "/v1/instances",
+        Some(create("plain", json!({}))),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{plain}");
+    let default_vpc = server.get_ok("/v1/vpcs/default").await;
+    let default_group = server.get_ok("/v1/security-groups/default").await;
+    assert_eq!(plain["spec"]["vpc_id"], default_vpc["id"]);
+    assert_eq!(
+        plain["spec"]["security_groups"],
+        json!([default_group["id"]])
+    );
+    assert_eq!(plain["status"]["private_ip"], "10.128.0.2");
+
+    // Named: a VPC and subnet and groups, by name.
+    let vpc = made(
+        &server,
+        TOKEN,
+        "/v1/vpcs",
+        json!({"name": "app", "cidr_block": "10.210.0.0/16"}),
+    )
+    .await;
+    let tiny = made(
+        &server,
+        TOKEN,
+        "/v1/subnets",
+        json!({"vpc_id": "app", "name": "tiny", "cidr_block": "10.210.5.0/28"}),
+    )
+    .await;
+    made(
+        &server,
+        TOKEN,
+        "/v1/subnets",
+        json!({"vpc_id": "app", "name": "other", "cidr_block": "10.210.6.0/24"}),
+    )
+    .await;
+    let group = made(
+        &server,
+        TOKEN,
+        "/v1/security-groups",
+        json!({"name": "app-sg"}),
+    )
+    .await;
+    let spec =
+        json!({"vpc_id": "app", "subnet_id": "tiny", "security_groups": ["app-sg", "default"]});
+    let (status, first) = call(
+        &server,
+        TOKEN,
+        Method::POST,
+        "/v1/instances",
+        Some(create("a-1", spec.clone())),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{first}");
+    assert_eq!(
+        first["spec"]["subnet_id"], "tiny",
+        "the spec shows what was asked"
+    );
+    assert_eq!(first["status"]["private_ip"], "10.210.5.2");
+    // Bad references change nothing.
+    for (spec, what) in [
+        (json!({"vpc_id": "nope"}), "nope"),
+        (json!({"subnet_id": "nope"}), "nope"),
+        (
+            json!({"vpc_id": "default", "subnet_id": tiny["id"]}),
+            "not in VPC",
+        ),
+        (json!({"security_groups": ["app-sg", "nope"]}), "nope"),
+    ] {
+        let (status, body) = call(
+            &server,
+            TOKEN,
+            Method::POST,
+            "/v1/instances",
+            Some(create("bad", spec)),
+        )
+        .await;
+        bad(status, &body, what);
+    }
+    let other = server.user_in("otto", "member", "elsewhere").await;
+    let (status, body) = call(
+        &server,
+        &other,
+        Method::POST,
+        "/v1/instances",
+        Some(create("x", json!({"vpc_id": vpc["id"]}))),
+    )
+    .await;
+    bad(status, &body, vpc["id"].as_str().expect("id"));
+    assert_eq!(
+        server
+            .get_ok(&format!("/v1/subnets/{}", tiny["id"].as_str().expect("id")))
+            .await["available_ips"],
+        12
+    );
+
+    // The subnet fills up: 13 addresses in a /28.
+    let mut ids = vec![first["id"].as_str().expect("id").to_string()];
+    for n in 2..=13 {
+        let (status, made) = call(
+            &server,
+            TOKEN,
+            Method::POST,
+            "/v1/instances",
+            Some(create(&format!("a-{n}"), spec.clone())),
+        )
+        .await;
+        assert_eq!(status, StatusCode::CREATED, "{made}");
+        assert_eq!(made["status"]["private_ip"], format!("10.210.5.{}", n + 1));
+        ids.push(made["id"].as_str().expect("id").to_string());
+    }
+    let (status, body) = call(
+        &server,
+        TOKEN,
+        Method::POST,
+        "/v1/instances",
+        Some(create("a-14", spec.clone())),
+    )
+    .await;
+    assert_error(status, &body, StatusCode::CONFLICT, "INSUFFICIENT_CAPACITY");
+    assert!(
+        body["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("no free address")),
+        "{body}"
+    );
+
+    // What instances are in cannot go.
+    for path in [
+        format!("/v1/subnets/{}", tiny["id"].as_str().expect("id")),
+        "/v1/vpcs/app".to_string(),
+        format!("/v1/security-groups/{}", group["id"].as_str().expect("id")),
+    ] {
+        let (status, body) = call(&server, TOKEN, Method::DELETE, &path, None).await;
+        assert_error(status, &body, StatusCode::CONFLICT, "CONFLICT");
+    }
+    // Deleting one frees its address for the next.
+    let gone = ids.remove(3);
+    let (status, deleted) = call(
+        &server,
+        TOKEN,
+        Method::DELETE,
+        &format!("/v1/instances/{gone}"),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{deleted}");
+    server
+        .wait_operation(deleted["operation_id"].as_str().expect("op"), TOKEN)
+        .await;
+    let (status, again) = call(
+        &server,
+        TOKEN,
+        Method::POST,
+        "/v1/instances",
+        Some(create("a-again", spec.clone())),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{again}");
+    assert_eq!(again["status"]["private_ip"], "10.210.5.5");
+    ids.push(again["id"].as_str().expect("id").to_string());
+    // Running, its host reports the address it was given.
+    let op = server
+        .wait_operation(again["operation_id"].as_str().expect("op"), TOKEN)
+        .await;
+    assert_eq!(op["status"], "completed", "{op}");
+    let running = server
+        .get_ok(&format!("/v1/instances/{}", ids.last().expect("id")))
+        .await;
+    assert_eq!(running["status"]["private_ip"], "10.210.5.5");
+
+    // Once they are all gone, so can their network be.
+    for id in &ids {
+        let (status, deleted) = call(
+            &server,
+            TOKEN,
+            Method::DELETE,
+            &format!("/v1/instances/{id}"),
+            None,
+        )
+        .await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{deleted}");
+        server
+            .wait_operation(deleted["operation_id"].as_str().expect("op"), TOKEN)
+            .await;
+    }
+    let (status, _) = call(
+        &server,
+        TOKEN,
+        Method::DELETE,
+        &format!("/v1/security-groups/{}", group["id"].as_str().expect("id")),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, _) = call(&server, TOKEN, Method::DELETE, "/v1/vpcs/app", None).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    server.stop().await;
+}
