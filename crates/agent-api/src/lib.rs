@@ -103,6 +103,12 @@ pub struct NetworkAttachment {
     pub vpc_id: String,
     /// The VPC's block: no packet to an address of it leaves the host.
     pub vpc_cidr: String,
+    /// The block every VPC of the install lies in (the control plane's
+    /// `--vpc-pool`): no instance's packet to it leaves the host, and no
+    /// packet from it reaches an instance but from an instance. Empty: the
+    /// VPC's block alone.
+    #[serde(default)]
+    pub pool: String,
     /// Its address, given by the control plane, and its subnet's prefix
     /// length.
     pub address: std::net::Ipv4Addr,

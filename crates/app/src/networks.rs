@@ -45,6 +45,10 @@ fn default_vpc_prefix(pool: &Ipv4Net) -> u8 {
 /// The size of a subnet's block when none is asked for (or the VPC's, if
 /// narrower).
 pub const DEFAULT_SUBNET_PREFIX: u8 = 24;
+/// The most VPCs a project may have, its default one included (as AWS's
+/// default quota per region): the install's VPC pool is shared by every
+/// project.
+pub const MAX_VPCS_PER_PROJECT: i64 = 5;
 /// The name of a project's default VPC, subnet and security group.
 pub const DEFAULT_NAME: &str = "default";
 
@@ -172,6 +176,15 @@ fn block(field: &'static str, text: &str) -> Result<Ipv4Net> {
     Ok(net)
 }
 
+/// A reference that names nothing is the request's fault (400, naming
+/// `field`); any other failure stays what it is.
+fn missing(field: &'static str, message: String) -> impl FnOnce(Error) -> Error {
+    move |e| match e {
+        Error::NotFound(_) => Error::invalid(field, message),
+        other => other,
+    }
+}
+
 fn parse_stored_block(what: &str, text: &str) -> Result<Ipv4Net> {
     text.parse()
         .map_err(|_| Error::corrupt(format!("{what} has the block {text:?}")))
@@ -231,6 +244,7 @@ impl App {
                     created_at: now.clone(),
                     updated_at: now,
                 }),
+                limit: None,
             };
             match self.store.insert_vpc(&new).await? {
                 NetworkAdded::Added { cidr } => {
@@ -245,10 +259,13 @@ impl App {
                          name the VPC and subnet of new instances (spec.vpc_id, spec.subnet_id)"
                     )));
                 }
-                NetworkAdded::Full | NetworkAdded::Overlaps(_) => {
-                    return Err(Error::Unavailable(format!(
-                        "the install's VPC pool {} has no free /{} left; \
-                         the operator can widen --vpc-pool",
+                NetworkAdded::Full
+                | NetworkAdded::Overlaps { .. }
+                | NetworkAdded::Limit(_)
+                | NetworkAdded::Gone => {
+                    return Err(Error::NoCapacity(format!(
+                        "the cloud's VPC pool {} has no free /{} left for this workspace's \
+                         default VPC; the operator can widen --vpc-pool",
                         self.config.vpc_pool,
                         default_vpc_prefix(&self.config.vpc_pool)
                     )));
@@ -334,6 +351,7 @@ impl App {
             block: chosen,
             subnet: None,
             group: None,
+            limit: Some(MAX_VPCS_PER_PROJECT),
         };
         match self.store.insert_vpc(&new).await? {
             NetworkAdded::Added { cidr } => {
@@ -346,15 +364,31 @@ impl App {
             NetworkAdded::NameTaken => Err(Error::Conflict(format!(
                 "a VPC named {name} already exists"
             ))),
-            NetworkAdded::Overlaps(other) => Err(Error::Conflict(format!(
-                "cidr_block {} overlaps {other}, a VPC block in use in this cloud (VPCs never overlap: choose another block, or none to be given one)",
+            NetworkAdded::Overlaps { block, own: true } => Err(Error::Conflict(format!(
+                "cidr_block {} overlaps {block}, the block of another VPC of this workspace",
                 req.cidr_block.unwrap_or_default()
             ))),
-            NetworkAdded::Full => Err(Error::Unavailable(format!(
-                "the install's VPC pool {} has no free block left; give a cidr_block",
-                self.config.vpc_pool
+            // Another project's block is not named.
+            NetworkAdded::Overlaps { own: false, .. } => Err(Error::Conflict(format!(
+                "cidr_block {} overlaps a VPC block in use in this cloud (VPCs never overlap); choose another block, or none to be given a free one",
+                req.cidr_block.unwrap_or_default()
             ))),
-            NetworkAdded::DefaultExists => Err(Error::corrupt("a second default VPC")),
+            NetworkAdded::Limit(have) => {
+                Err(Error::QuotaExceeded(tessera_core::quota::QuotaExceeded {
+                    resource: "vpcs",
+                    limit: MAX_VPCS_PER_PROJECT,
+                    used: have,
+                    requested: 1,
+                }))
+            }
+            NetworkAdded::Full => Err(Error::NoCapacity(format!(
+                "the cloud's VPC pool {} has no free /{} left; give a cidr_block",
+                self.config.vpc_pool,
+                default_vpc_prefix(&self.config.vpc_pool)
+            ))),
+            NetworkAdded::DefaultExists | NetworkAdded::Gone => {
+                Err(Error::corrupt("a VPC added as no VPC is"))
+            }
         }
     }
 
@@ -444,7 +478,7 @@ impl App {
         let vpc = self
             .project_vpc(&caller.project_id, &req.vpc_id)
             .await
-            .map_err(|_| Error::invalid("vpc_id", format!("VPC {} not found", req.vpc_id)))?;
+            .map_err(missing("vpc_id", format!("VPC {} not found", req.vpc_id)))?;
         let vpc_block = parse_stored_block("a VPC", &vpc.cidr)?;
         let chosen = match given {
             Some(net) if !vpc_block.contains(&net) => {
@@ -477,8 +511,12 @@ impl App {
                 "VPC {} has a subnet named {name} already",
                 vpc.id
             ))),
-            NetworkAdded::Overlaps(other) => Err(Error::Conflict(format!(
-                "cidr_block overlaps {other}, another subnet of VPC {}",
+            NetworkAdded::Overlaps { block, .. } => Err(Error::Conflict(format!(
+                "cidr_block overlaps {block}, another subnet of VPC {}",
+                vpc.id
+            ))),
+            NetworkAdded::Gone => Err(Error::Conflict(format!(
+                "VPC {} was deleted meanwhile",
                 vpc.id
             ))),
             NetworkAdded::Full => Err(Error::Conflict(format!(
@@ -486,7 +524,9 @@ impl App {
                 vpc.id,
                 DEFAULT_SUBNET_PREFIX.max(vpc_block.prefix_len())
             ))),
-            NetworkAdded::DefaultExists => Err(Error::corrupt("a subnet as a default VPC")),
+            NetworkAdded::DefaultExists | NetworkAdded::Limit(_) => {
+                Err(Error::corrupt("a subnet added as a VPC is"))
+            }
         }
     }
 
@@ -590,9 +630,13 @@ impl App {
                     Source::Group(own.0.to_string())
                 }
                 (None, Some(group)) => {
-                    let found = self.project_group(project_id, group).await.map_err(|_| {
-                        Error::invalid("rules", format!("source_security_group {group} not found"))
-                    })?;
+                    let found = self
+                        .project_group(project_id, group)
+                        .await
+                        .map_err(missing(
+                            "rules",
+                            format!("source_security_group {group} not found"),
+                        ))?;
                     Source::Group(found.id)
                 }
                 (None, None) => Source::Cidr("0.0.0.0/0".into()),
@@ -745,7 +789,7 @@ impl App {
             Some(id) => Some(
                 self.project_vpc(project_id, id)
                     .await
-                    .map_err(|_| Error::invalid("spec.vpc_id", format!("VPC {id:?} not found")))?,
+                    .map_err(missing("spec.vpc_id", format!("VPC {id:?} not found")))?,
             ),
         };
         let subnet = match &spec.subnet_id {
@@ -767,9 +811,10 @@ impl App {
                 let subnet = self
                     .project_subnet(project_id, id, within.or(Some(&default_vpc.id)))
                     .await
-                    .map_err(|_| {
-                        Error::invalid("spec.subnet_id", format!("subnet {id:?} not found"))
-                    })?;
+                    .map_err(missing(
+                        "spec.subnet_id",
+                        format!("subnet {id:?} not found"),
+                    ))?;
                 if let Some(vpc) = &vpc
                     && subnet.vpc_id != vpc.id
                 {
@@ -786,12 +831,10 @@ impl App {
             groups.push(self.default_group(project_id).await?.id);
         }
         for name in &spec.security_groups {
-            let group = self.project_group(project_id, name).await.map_err(|_| {
-                Error::invalid(
-                    "spec.security_groups",
-                    format!("security group {name:?} not found"),
-                )
-            })?;
+            let group = self.project_group(project_id, name).await.map_err(missing(
+                "spec.security_groups",
+                format!("security group {name:?} not found"),
+            ))?;
             if !groups.contains(&group.id) {
                 groups.push(group.id);
             }
@@ -845,6 +888,7 @@ impl App {
             Some(NetworkAttachment {
                 vpc_id: vpc.id,
                 vpc_cidr: vpc.cidr,
+                pool: self.config.vpc_pool.to_string(),
                 address,
                 prefix: net.prefix_len(),
             }),

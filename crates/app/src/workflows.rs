@@ -231,6 +231,9 @@ impl App {
             tessera_store::InstancesAdded::SubnetFull(subnet) => {
                 return Err(crate::instances::subnet_full(&subnet));
             }
+            tessera_store::InstancesAdded::NetworkGone => {
+                return Err(crate::instances::network_gone());
+            }
             tessera_store::InstancesAdded::Recorded
             | tessera_store::InstancesAdded::VolumeTaken => {}
         }

@@ -72,6 +72,8 @@ pub enum InstancesAdded {
     VolumeTaken,
     /// This subnet has no free address left.
     SubnetFull(String),
+    /// Its subnet or one of its security groups was deleted meanwhile.
+    NetworkGone,
 }
 
 /// What [`Store::claim_instance_cpus`] claims CPUs for.
@@ -231,14 +233,15 @@ impl Store {
                         }
                     }
                     for (id, network) in networks.iter() {
-                        if crate::networks::attach_instance(&mut conn, id, network)
-                            .await?
-                            .is_none()
-                        {
-                            return Ok(Commit::Undo(Ok(InstancesAdded::SubnetFull(
-                                network.subnet_id.clone(),
-                            ))));
-                        }
+                        let refused =
+                            match crate::networks::attach_instance(&mut conn, id, network).await? {
+                                crate::networks::Attached::Address(_) => continue,
+                                crate::networks::Attached::Full => {
+                                    InstancesAdded::SubnetFull(network.subnet_id.clone())
+                                }
+                                crate::networks::Attached::Gone => InstancesAdded::NetworkGone,
+                            };
+                        return Ok(Commit::Undo(Ok(refused)));
                     }
                     Ok(Commit::Keep(Ok(InstancesAdded::Recorded)))
                 })

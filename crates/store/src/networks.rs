@@ -68,6 +68,8 @@ pub struct NewVpc {
     /// Its `cidr` empty: the VPC's whole block.
     pub subnet: Option<SubnetRecord>,
     pub group: Option<SecurityGroupRecord>,
+    /// The most VPCs its project may have, this one included.
+    pub limit: Option<i64>,
 }
 
 /// How adding a VPC or subnet went; nothing changed unless `Added`.
@@ -78,12 +80,29 @@ pub enum NetworkAdded {
     },
     NameTaken,
     /// The block overlaps this one (a VPC's anywhere in the install, or a
-    /// subnet's in the same VPC).
-    Overlaps(String),
+    /// subnet's in the same VPC), of this project or another.
+    Overlaps {
+        block: String,
+        own: bool,
+    },
+    /// The project has this many VPCs already: its limit.
+    Limit(i64),
+    /// The subnet's VPC was deleted meanwhile.
+    Gone,
     /// No free block of the size is left in the pool.
     Full,
     /// The project already has a default VPC: nothing was added.
     DefaultExists,
+}
+
+/// How recording an instance's attachment went.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Attached {
+    Address(String),
+    /// The subnet has no free address.
+    Full,
+    /// The subnet or a group was deleted meanwhile.
+    Gone,
 }
 
 /// How deleting a network object went.
@@ -295,12 +314,16 @@ impl Store {
             let work = work.clone();
             Box::pin(async move {
                 let (subnet, block) = &*work;
-                if conn.is_postgres() {
-                    conn.fetch_text(
-                        "SELECT id FROM vpcs WHERE id = $1 FOR UPDATE",
+                // The VPC is held against its deletion meanwhile.
+                let lock = lock_clause(&conn, "FOR UPDATE");
+                let vpc = conn
+                    .fetch_text(
+                        &format!("SELECT id FROM vpcs WHERE id = $1{lock}"),
                         &[(&subnet.vpc_id).into()],
                     )
                     .await?;
+                if vpc.is_none() {
+                    return Ok(Commit::Undo(NetworkAdded::Gone));
                 }
                 insert_subnet(&mut conn, subnet, block).await
             })
@@ -315,9 +338,10 @@ impl Store {
             let work = work.clone();
             Box::pin(async move {
                 let (project_id, id) = &*work;
+                let lock = lock_clause(&conn, "FOR UPDATE");
                 let found = conn
                     .fetch_text(
-                        "SELECT id FROM vpcs WHERE id = $1 AND project_id = $2",
+                        &format!("SELECT id FROM vpcs WHERE id = $1 AND project_id = $2{lock}"),
                         &[id.into(), project_id.into()],
                     )
                     .await?;
@@ -335,6 +359,13 @@ impl Store {
                 if let Some(user) = user {
                     return Ok(Commit::Undo(NetworkRemoved::InUse(user)));
                 }
+                // Its subnets, held against instances given addresses there
+                // meanwhile (which hold them FOR SHARE).
+                conn.fetch_texts(
+                    &format!("SELECT id FROM subnets WHERE vpc_id = $1{lock}"),
+                    &[id.into()],
+                )
+                .await?;
                 let in_vpc = "SELECT id FROM subnets WHERE vpc_id = $1";
                 conn.execute(
                     &format!("DELETE FROM instance_addresses WHERE subnet_id IN ({in_vpc})"),
@@ -358,9 +389,10 @@ impl Store {
             let work = work.clone();
             Box::pin(async move {
                 let (project_id, id) = &*work;
+                let lock = lock_clause(&conn, "FOR UPDATE");
                 let found = conn
                     .fetch_text(
-                        "SELECT id FROM subnets WHERE id = $1 AND project_id = $2",
+                        &format!("SELECT id FROM subnets WHERE id = $1 AND project_id = $2{lock}"),
                         &[id.into(), project_id.into()],
                     )
                     .await?;
@@ -447,9 +479,12 @@ impl Store {
             let work = work.clone();
             Box::pin(async move {
                 let (project_id, id) = &*work;
+                let lock = lock_clause(&conn, "FOR UPDATE");
                 let found = conn
                     .fetch_text(
-                        "SELECT id FROM security_groups WHERE id = $1 AND project_id = $2",
+                        &format!(
+                            "SELECT id FROM security_groups WHERE id = $1 AND project_id = $2{lock}"
+                        ),
                         &[id.into(), project_id.into()],
                     )
                     .await?;
@@ -499,9 +534,32 @@ async fn insert_vpc(conn: &mut Conn<'_>, new: &NewVpc) -> Result<Commit<NetworkA
     {
         return Ok(Commit::Undo(NetworkAdded::DefaultExists));
     }
+    if let Some(limit) = new.limit {
+        let have = conn
+            .fetch_int(
+                "SELECT CAST(COUNT(*) AS BIGINT) FROM vpcs WHERE project_id = $1",
+                &[(&vpc.project_id).into()],
+            )
+            .await?
+            .unwrap_or(0);
+        if have >= limit {
+            return Ok(Commit::Undo(NetworkAdded::Limit(have)));
+        }
+    }
+    let own = blocks(
+        conn.fetch_texts(
+            "SELECT cidr FROM vpcs WHERE project_id = $1",
+            &[(&vpc.project_id).into()],
+        )
+        .await?,
+    );
     let taken = blocks(conn.fetch_texts("SELECT cidr FROM vpcs", &[]).await?);
     let block = match choose(&new.block, &taken) {
         Ok(block) => block,
+        Err(NetworkAdded::Overlaps { block, .. }) => {
+            let own = own.iter().any(|b| b.to_string() == block);
+            return Ok(Commit::Undo(NetworkAdded::Overlaps { block, own }));
+        }
         Err(refused) => return Ok(Commit::Undo(refused)),
     };
     let cidr = block.to_string();
@@ -613,7 +671,10 @@ fn blocks(texts: Vec<String>) -> Vec<Ipv4Net> {
 fn choose(block: &Block, taken: &[Ipv4Net]) -> std::result::Result<Ipv4Net, NetworkAdded> {
     match block {
         Block::Given(net) => match taken.iter().find(|t| network::overlap(net, t)) {
-            Some(other) => Err(NetworkAdded::Overlaps(other.to_string())),
+            Some(other) => Err(NetworkAdded::Overlaps {
+                block: other.to_string(),
+                own: true,
+            }),
             None => Ok(*net),
         },
         Block::From { pool, prefix } => {
@@ -629,7 +690,29 @@ pub(crate) async fn attach_instance(
     conn: &mut Conn<'_>,
     instance_id: &str,
     attachment: &NewAttachment,
-) -> Result<Option<String>, DbError> {
+) -> Result<Attached, DbError> {
+    // The subnet and groups are held against their deletion meanwhile.
+    let lock = lock_clause(conn, "FOR SHARE");
+    let subnet = conn
+        .fetch_text(
+            &format!("SELECT id FROM subnets WHERE id = $1{lock}"),
+            &[(&attachment.subnet_id).into()],
+        )
+        .await?;
+    if subnet.is_none() {
+        return Ok(Attached::Gone);
+    }
+    for group in &attachment.groups {
+        let found = conn
+            .fetch_text(
+                &format!("SELECT id FROM security_groups WHERE id = $1{lock}"),
+                &[group.into()],
+            )
+            .await?;
+        if found.is_none() {
+            return Ok(Attached::Gone);
+        }
+    }
     for group in &attachment.groups {
         conn.execute(
             "INSERT INTO instance_security_groups (instance_id, group_id) VALUES ($1, $2) \
@@ -674,8 +757,16 @@ pub(crate) async fn attach_instance(
                 &[(&address).into(), instance_id.into()],
             )
             .await?;
-            return Ok(Some(address));
+            return Ok(Attached::Address(address));
         }
     }
-    Ok(None)
+    Ok(Attached::Full)
+}
+
+/// A row lock on PostgreSQL (SQLite has one writer: nothing to lock).
+fn lock_clause(conn: &Conn<'_>, lock: &str) -> String {
+    match conn.is_postgres() {
+        true => format!(" {lock}"),
+        false => String::new(),
+    }
 }

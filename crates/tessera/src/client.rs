@@ -236,6 +236,16 @@ pub enum InstanceCommand {
         /// An SSH key id; repeat for several.
         #[arg(long = "ssh-key")]
         ssh_keys: Vec<String>,
+        /// Its VPC (id or name) [default: the workspace's default VPC].
+        #[arg(long)]
+        vpc: Option<String>,
+        /// Its subnet (id or name) [default: the VPC's first].
+        #[arg(long)]
+        subnet: Option<String>,
+        /// A security group (id or name); repeat for several [default: the
+        /// workspace's default group].
+        #[arg(long = "security-group")]
+        security_groups: Vec<String>,
         /// A label `key=value`; repeat for several.
         #[arg(long = "label")]
         labels: Vec<String>,
@@ -697,6 +707,9 @@ pub async fn instance(args: ClientArgs, command: InstanceCommand) -> Result<()> 
             memory_mb,
             location,
             ssh_keys,
+            vpc,
+            subnet,
+            security_groups,
             labels,
             user_data_file,
             no_wait,
@@ -719,7 +732,8 @@ pub async fn instance(args: ClientArgs, command: InstanceCommand) -> Result<()> 
             let body = json!({
                 "metadata": {"name": name, "labels": label_map},
                 "spec": {"type": instance_type, "image": image, "vcpus": vcpus, "memory_mb": memory_mb,
-                         "location": location, "ssh_key_ids": ssh_keys, "user_data": user_data},
+                         "location": location, "ssh_key_ids": ssh_keys, "user_data": user_data,
+                         "vpc_id": vpc, "subnet_id": subnet, "security_groups": security_groups},
             });
             let created = client
                 .call(reqwest::Method::POST, "/v1/instances", Some(body))

@@ -8,6 +8,7 @@ pub mod client;
 pub mod compute;
 pub mod ingress;
 pub mod logging;
+pub mod networks;
 pub mod server;
 pub mod settings;
 pub mod up;

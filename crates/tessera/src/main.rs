@@ -71,6 +71,28 @@ enum Command {
         #[command(subcommand)]
         command: SshKeyCommand,
     },
+    /// VPCs of your workspace, through a running server.
+    Vpc {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        command: tessera::networks::VpcCommand,
+    },
+    /// Subnets of your workspace's VPCs, through a running server.
+    Subnet {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        command: tessera::networks::SubnetCommand,
+    },
+    /// Security groups of your workspace (inbound rules its instances'
+    /// hosts enforce), through a running server.
+    SecurityGroup {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        command: tessera::networks::SecurityGroupCommand,
+    },
     /// Join tokens for new hosts' agents, through a running server.
     JoinToken {
         #[command(flatten)]
@@ -150,6 +172,11 @@ fn run(cli: Cli) -> Result<()> {
             Command::Token { client, command } => client::token(client, command).await,
             Command::Instance { client, command } => client::instance(client, command).await,
             Command::SshKey { client, command } => client::ssh_key(client, command).await,
+            Command::Vpc { client, command } => tessera::networks::vpc(client, command).await,
+            Command::Subnet { client, command } => tessera::networks::subnet(client, command).await,
+            Command::SecurityGroup { client, command } => {
+                tessera::networks::security_group(client, command).await
+            }
             Command::JoinToken { client, command } => client::join_token(client, command).await,
             Command::Credentials { client, command } => client::credentials(client, command).await,
             Command::Balance { client, command } => client::balance(client, command).await,

@@ -20,6 +20,13 @@ use tessera_store::{
     CpuClaim, InstanceUpdate, InstancesAdded, NewInstance, NewOperation, OperationEnd,
 };
 
+/// The error of a subnet or group deleted while an instance was made in it.
+pub(crate) fn network_gone() -> Error {
+    Error::Conflict(
+        "the instance's subnet or a security group was deleted meanwhile; try again".into(),
+    )
+}
+
 /// The error of a subnet with no address left.
 pub(crate) fn subnet_full(subnet: &str) -> Error {
     Error::NoCapacity(format!(
@@ -238,6 +245,7 @@ impl App {
                 ));
             }
             InstancesAdded::SubnetFull(subnet) => return Err(subnet_full(&subnet)),
+            InstancesAdded::NetworkGone => return Err(network_gone()),
         }
         self.tag_new(&caller.project_id, crate::tags::Tagged::Instance, &id, tags)
             .await?;

@@ -33,7 +33,7 @@ mod power;
 mod resync;
 mod validate;
 
-pub(crate) use create::{instances_usage, subnet_full};
+pub(crate) use create::{instances_usage, network_gone, subnet_full};
 pub use validate::parse_selector;
 pub(crate) use validate::validate;
 

@@ -108,6 +108,116 @@ async fn an_operator_sets_up_a_team_from_the_shell() {
     server.stop();
 }
 
+/// A workspace's network from the shell: a VPC, a subnet, a group with
+/// rules in the short form, an instance in them (on a simulated host).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_lays_out_a_network_from_the_shell() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = tessera_store::Store::sqlite_url(&dir.path().join("tessera.db"));
+    let server = ServerProcess::start(&url, dir.path(), &[]);
+    let run = |args: &[&str]| {
+        let (ok, out, err) = tessera(&server.url, TOKEN, args, None);
+        assert!(ok, "tessera {}: {out}{err}", args.join(" "));
+        out
+    };
+    let vpc = run(&["vpc", "create", "app", "--cidr-block", "10.200.0.0/16"]);
+    assert!(vpc.trim().starts_with("vpc-"), "{vpc}");
+    run(&[
+        "subnet",
+        "create",
+        "web",
+        "--vpc",
+        "app",
+        "--cidr-block",
+        "10.200.1.0/24",
+    ]);
+    let subnets = run(&["subnet", "list", "--vpc", "app"]);
+    assert!(
+        subnets.contains("10.200.1.0/24") && subnets.contains("free=253"),
+        "{subnets}"
+    );
+    run(&[
+        "security-group",
+        "create",
+        "web",
+        "--allow",
+        "tcp:80-443",
+        "--allow",
+        "tcp:22@203.0.113.0/24",
+        "--allow",
+        "all@web",
+    ]);
+    let groups = run(&["security-group", "list"]);
+    assert!(
+        groups.contains("tcp:80-443@0.0.0.0/0 tcp:22@203.0.113.0/24 all@sg-"),
+        "{groups}"
+    );
+    assert!(groups.contains("(default)"), "{groups}");
+    run(&["security-group", "set-rules", "web", "--allow", "icmp"]);
+    assert!(run(&["security-group", "list"]).contains("icmp@0.0.0.0/0"));
+    let vpcs = run(&["vpc", "list"]);
+    assert!(
+        vpcs.contains("default") && vpcs.contains("10.200.0.0/16"),
+        "{vpcs}"
+    );
+    let (ok, _, err) = tessera(
+        &server.url,
+        TOKEN,
+        &["security-group", "create", "x", "--allow", "tcp:"],
+        None,
+    );
+    assert!(!ok && err.contains("PROTOCOL[:PORTS][@SOURCE]"), "{err}");
+    let (ok, _, err) = tessera(
+        &server.url,
+        TOKEN,
+        &["vpc", "create", "y", "--cidr-block", "10.200.4.0/24"],
+        None,
+    );
+    assert!(!ok && err.contains("overlaps"), "{err}");
+    // An instance in them, on a simulated host.
+    let http = reqwest::Client::new();
+    let op: serde_json::Value = http
+        .post(format!("{}/v1/servers/create", server.url))
+        .bearer_auth(TOKEN)
+        .json(&serde_json::json!({"hostname": "sim-1", "ip_address": "192.0.2.20", "zone": "fin-01", "cpus": "0-3"}))
+        .send()
+        .await
+        .expect("servers/create")
+        .json()
+        .await
+        .expect("an operation");
+    let done: serde_json::Value = http
+        .get(format!(
+            "{}/v1/operations/{}/wait?timeout=30",
+            server.url,
+            op["id"].as_str().expect("id")
+        ))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .expect("wait")
+        .json()
+        .await
+        .expect("the operation");
+    assert_eq!(done["status"], "completed", "{done}");
+    let shown = run(&[
+        "instance",
+        "create",
+        "web-1",
+        "--vpc",
+        "app",
+        "--subnet",
+        "web",
+        "--security-group",
+        "web",
+        "--json",
+    ]);
+    let shown: serde_json::Value = serde_json::from_str(&shown).expect("json");
+    assert_eq!(shown["status"]["private_ip"], "10.200.1.2", "{shown}");
+    assert_eq!(shown["spec"]["security_groups"], serde_json::json!(["web"]));
+    server.stop();
+}
+
 /// `tessera bench gateway` runs end to end (a few requests: the figures
 /// are for people, never asserted on).
 #[test]

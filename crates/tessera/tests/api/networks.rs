@@ -130,6 +130,12 @@ async fn a_workspace_has_a_default_network_and_makes_its_own(backend: Backend) {
     )
     .await;
     assert_error(status, &body, StatusCode::CONFLICT, "CONFLICT");
+    assert!(
+        body["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("10.200.0.0/16")),
+        "its own block is named: {body}"
+    );
     let (status, body) = call(
         &server,
         TOKEN,
@@ -145,6 +151,31 @@ async fn a_workspace_has_a_default_network_and_makes_its_own(backend: Backend) {
             .map(Vec::len),
         Some(3)
     );
+
+    // At most five VPCs a workspace, its default one included.
+    for name in ["fourth", "fifth"] {
+        made(&server, TOKEN, "/v1/vpcs", json!({"name": name})).await;
+    }
+    let (status, body) = call(
+        &server,
+        TOKEN,
+        Method::POST,
+        "/v1/vpcs",
+        Some(json!({"name": "sixth"})),
+    )
+    .await;
+    assert_error(status, &body, StatusCode::FORBIDDEN, "QUOTA_EXCEEDED");
+    for name in ["fourth", "fifth"] {
+        let (status, _) = call(
+            &server,
+            TOKEN,
+            Method::DELETE,
+            &format!("/v1/vpcs/{name}"),
+            None,
+        )
+        .await;
+        assert_eq!(status, StatusCode::NO_CONTENT);
+    }
 
     // Another workspace: its default VPC overlaps none, it sees none of
     // this one's, and its blocks cannot overlap this one's either.
@@ -180,6 +211,10 @@ async fn a_workspace_has_a_default_network_and_makes_its_own(backend: Backend) {
     )
     .await;
     assert_error(status, &body, StatusCode::CONFLICT, "CONFLICT");
+    assert!(
+        !body.to_string().contains("10.200.0.0/16"),
+        "another workspace's block is not named: {body}"
+    );
     let (status, body) = call(
         &server,
         &other,

@@ -202,20 +202,38 @@ async fn the_verda_sdk_deploys_a_container_reached_over_ssh() {
             ("VERDA_IMAGE", "tiny".into()),
             ("VERDA_INSTANCE_TYPE", "cx11".into()),
             ("VERDA_PAUSE_FILE", pause.display().to_string()),
+            // A real disk on this machine: what the test needs of its free
+            // space (20 GB, the scenario's own size, may not be there).
+            ("VERDA_OS_VOLUME_SIZE", "2".into()),
         ],
     );
-    // Once the instance runs, the scenario writes its address and waits.
-    let ip = eventually(
-        Duration::from_secs(120),
-        "the scenario's instance",
-        || async {
-            std::fs::read_to_string(&pause)
-                .ok()
-                .map(|ip| ip.trim().to_string())
-                .filter(|ip| !ip.is_empty())
-        },
-    )
-    .await;
+    // Once the instance runs, the scenario writes its address and waits;
+    // a scenario that ends or hangs before then is shown.
+    let mut child = child;
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let ip = loop {
+        let written = std::fs::read_to_string(&pause)
+            .ok()
+            .map(|ip| ip.trim().to_string())
+            .filter(|ip| !ip.is_empty());
+        if let Some(ip) = written {
+            break ip;
+        }
+        let ended = child.try_wait().expect("the scenario").is_some();
+        if ended || std::time::Instant::now() > deadline {
+            if !ended {
+                let _ = child.kill();
+            }
+            let output = child.wait_with_output().expect("the scenario's output");
+            panic!(
+                "the scenario's instance never ran ({}):\n{}\n{}",
+                if ended { "it ended" } else { "timed out" },
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
     // The deploy's key logs in; the instance is pinned, sees its data
     // volume (1 GB) as /dev/vdb, and ran the startup script.
     let command = "hostname; grep Cpus_allowed_list /proc/self/status; \

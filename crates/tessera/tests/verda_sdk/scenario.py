@@ -12,6 +12,7 @@ Run by crates/tessera/tests/api/verda_sdk.rs. Environment:
   VERDA_PAUSE_FILE      optional: once the instance runs, its address is
                         written there and the scenario waits (up to 120 s)
                         until the file is removed (the caller SSHes in)
+  VERDA_OS_VOLUME_SIZE  default 20: the OS volume's size in GB
 
 Each step prints `ok <step> <detail>`; the last line is `scenario passed`.
 
@@ -51,6 +52,7 @@ TYPE = os.environ.get("VERDA_INSTANCE_TYPE", "CPU.4V.16G")
 IMAGE = os.environ.get("VERDA_IMAGE", "ubuntu-24.04")
 PUBLIC_KEY = os.environ["VERDA_SSH_PUBLIC_KEY"]
 PAUSE = os.environ.get("VERDA_PAUSE_FILE")
+OS_VOLUME_GB = int(os.environ.get("VERDA_OS_VOLUME_SIZE", "20"))
 
 
 def ok(step, detail=""):
@@ -146,7 +148,7 @@ def main():
         ssh_key_ids=[key.id],
         location=LOCATION,
         startup_script_id=script.id,
-        os_volume={"name": "scenario-os", "size": 20},
+        os_volume={"name": "scenario-os", "size": OS_VOLUME_GB},
         volumes=[{"name": "scenario-data", "size": 1, "type": "NVMe"}],
     )
     instance = wait_status(client, instance.id, "running")
@@ -159,7 +161,7 @@ def main():
         f"its volumes {mine}",
     )
     os_volume = next(v for v in mine if v.id == instance.os_volume_id)
-    check(os_volume.is_os_volume and os_volume.size == 20 and os_volume.target == "vda", f"{os_volume}")
+    check(os_volume.is_os_volume and os_volume.size == OS_VOLUME_GB and os_volume.target == "vda", f"{os_volume}")
     check(instance.id in [i.id for i in client.instances.get(status="running")], "listed as running")
     ok("deploy", f"instance {instance.id} ip={instance.ip}")
     print(f"ok instance {instance.id} ip={instance.ip}", flush=True)

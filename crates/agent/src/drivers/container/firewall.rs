@@ -11,14 +11,15 @@
 //!   its instance's address; IPv6 from instances is dropped.
 //! - **Networks per VPC** (`forward`): a port jumps to its VPC's chain
 //!   `net_<hash>` (its project's, for an instance made without one), which
-//!   sends what goes to a port of the same VPC through that port's inbound
-//!   chain, drops what goes to any other instance or to any other address
-//!   of the VPC's block, and then lets egress out (or drops it, when the
-//!   project has egress turned off).
+//!   lets replies pass, sends what goes to a port of the same VPC through
+//!   that port's inbound chain, drops what goes to any other instance or to
+//!   any other address of the install's VPC pool, and then lets egress out
+//!   (or drops it, when the project has egress turned off).
 //! - **Security groups** (`in_<port>`): each port has an inbound chain made
 //!   from its groups' rules: replies pass, then what a rule lets in (from a
 //!   block, or from the ports of a group's members: sets `sg_<hash>`), and
-//!   the rest is dropped. Traffic to an instance from outside its host goes
+//!   the rest is dropped. A source in the VPC pool that did not come from
+//!   an instance's port is forged, and dropped first. Traffic to an instance from outside its host goes
 //!   through it too. An instance made without groups gets what clouds'
 //!   default group gives: SSH and ping from anywhere, everything from its
 //!   project.
@@ -66,19 +67,35 @@ pub(super) struct Port<'a> {
     pub egress: bool,
     /// Its VPC's block, where nothing but the VPC's ports is reached.
     pub vpc_cidr: Option<&'a str>,
+    /// The install's VPC pool: no port reaches it but through the host's
+    /// routes to its own ports, and nothing from it reaches the instance
+    /// but from a port (a forged source on the host's other links).
+    pub pool: Option<&'a str>,
     /// Its security groups; empty: the defaults of an instance without.
     pub groups: &'a [GroupRules],
 }
 
 /// The chain suffix of a network (a VPC, or a project for instances made
-/// without one): 8 hex digits of a hash of its id.
+/// without one): 16 hex digits of a hash of its id (64 bits: two networks
+/// of one host never share a chain).
 pub(super) fn net_of(network_id: &str) -> String {
-    super::short_hash(&[b"net", network_id.as_bytes()])
+    long_hash(&[b"net", network_id.as_bytes()])
 }
 
-/// The set of a security group's member ports: `sg_` and 8 hex digits.
+/// The set of a security group's member ports: `sg_` and 16 hex digits.
 fn group_set(group_id: &str) -> String {
-    format!("sg_{}", super::short_hash(&[b"sg", group_id.as_bytes()]))
+    format!("sg_{}", long_hash(&[b"sg", group_id.as_bytes()]))
+}
+
+/// 16 hex digits of a SHA-256 of `parts`.
+fn long_hash(parts: &[&[u8]]) -> String {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    for p in parts {
+        h.update(p);
+        h.update([0u8]);
+    }
+    hex::encode(h.finalize())[..16].to_string()
 }
 
 /// One rule as nft writes it, in chain `chain`; `None` for a rule it
@@ -181,14 +198,20 @@ add rule inet {t} postrouting iifname @ports oifname != @ports masquerade
         let t = &self.table;
         let (ifname, ip, net) = (port.ifname, port.ip, port.net);
         let egress = if port.egress { "accept" } else { "drop" };
-        let block = match port.vpc_cidr.and_then(|c| parse_cidr(c).ok()) {
-            Some(block) => format!("add rule inet {t} net_{net} ip daddr {block} drop\n"),
-            None => String::new(),
-        };
+        let blocks: Vec<String> = [port.vpc_cidr, port.pool]
+            .into_iter()
+            .flatten()
+            .filter_map(|c| parse_cidr(c).ok())
+            .collect();
+        let block: String = blocks
+            .iter()
+            .map(|b| format!("add rule inet {t} net_{net} ip daddr {b} drop\n"))
+            .collect();
         let mut script = format!(
             r#"add set inet {t} net_{net}_ports {{ type ifname; }}
 add chain inet {t} net_{net}
 flush chain inet {t} net_{net}
+add rule inet {t} net_{net} ct state established,related accept
 add rule inet {t} net_{net} oifname @net_{net}_ports oifname vmap @port_in
 add rule inet {t} net_{net} oifname @ports drop
 {block}add rule inet {t} net_{net} {egress}
@@ -208,10 +231,19 @@ add rule inet {t} net_{net} oifname @ports drop
         }
         let _ = write!(
             script,
-            r#"add chain inet {t} {chain}
-flush chain inet {t} {chain}
-add rule inet {t} {chain} ct state established,related accept
-"#
+            "add chain inet {t} {chain}\nflush chain inet {t} {chain}\n"
+        );
+        // From the VPCs' addresses, only instances' ports send: the same
+        // source on another link is forged.
+        for block in &blocks {
+            let _ = writeln!(
+                script,
+                "add rule inet {t} {chain} iifname != @ports ip saddr {block} drop"
+            );
+        }
+        let _ = writeln!(
+            script,
+            "add rule inet {t} {chain} ct state established,related accept"
         );
         if port.groups.is_empty() {
             let _ = write!(

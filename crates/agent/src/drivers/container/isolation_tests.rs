@@ -732,6 +732,8 @@ async fn attacks_from_inside_instances_fail_and_what_they_need_works() {
 struct Outside {
     ns: String,
     host_if: String,
+    /// Host routes to its extra addresses, removed with it.
+    routes: Mutex<Vec<String>>,
 }
 
 impl Outside {
@@ -763,7 +765,38 @@ impl Outside {
         ip(&["-n", &ns, "link", "set", &peer, "up"]);
         ip(&["-n", &ns, "link", "set", "lo", "up"]);
         ip(&["-n", &ns, "route", "add", "default", "via", Self::HOST]);
-        Outside { ns, host_if }
+        Outside {
+            ns,
+            host_if,
+            routes: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Gives the namespace another address, which the host routes to it
+    /// (and does not filter by reverse path on that link).
+    fn add_source(&self, address: &str) {
+        ip(&[
+            "-n",
+            &self.ns,
+            "addr",
+            "add",
+            &format!("{address}/32"),
+            "dev",
+            "lo",
+        ]);
+        ip(&[
+            "route",
+            "replace",
+            &format!("{address}/32"),
+            "via",
+            Self::CLIENT,
+        ]);
+        let rp = format!("/proc/sys/net/ipv4/conf/{}/rp_filter", self.host_if);
+        std::fs::write(&rp, "0").expect("rp_filter");
+        self.routes
+            .lock()
+            .expect("routes")
+            .push(address.to_string());
     }
 
     /// Runs a shell command in the namespace; answers whether it succeeded.
@@ -784,6 +817,11 @@ impl Outside {
 
 impl Drop for Outside {
     fn drop(&mut self) {
+        for address in self.routes.lock().expect("routes").iter() {
+            let _ = StdCommand::new("ip")
+                .args(["route", "del", &format!("{address}/32")])
+                .output();
+        }
         let _ = StdCommand::new("ip")
             .args(["netns", "del", &self.ns])
             .output();
@@ -796,9 +834,23 @@ impl Drop for Outside {
 /// A command that succeeds when an HTTP server at `addr`, port 8080,
 /// answers a request.
 fn http(addr: &str) -> String {
-    format!(
-        "printf 'GET / HTTP/1.0\\r\\n\\r\\n' | timeout 3 nc {addr} 8080 2>/tmp/nc.err | head -c 64 | grep -q HTTP; r=$?; cat /tmp/nc.err; exit $r"
-    )
+    http_from(addr, 8080, None)
+}
+
+/// [`http`] to `port`; from the local address `source`, when given, with
+/// the host's Python (in a namespace of the host: busybox's `nc` cannot
+/// choose its source).
+fn http_from(addr: &str, port: u16, source: Option<&str>) -> String {
+    match source {
+        None => format!(
+            "printf 'GET / HTTP/1.0\\r\\n\\r\\n' | timeout 3 nc {addr} {port} 2>/tmp/nc.err | head -c 64 | grep -q HTTP; r=$?; cat /tmp/nc.err; exit $r"
+        ),
+        Some(source) => format!(
+            "python3 -c \"import socket, sys; s = socket.socket(); s.settimeout(3); s.bind(('{source}', 0)); \
+             s.connect(('{addr}', {port})); s.sendall(b'GET / HTTP/1.0\\\\r\\\\n\\\\r\\\\n'); \
+             sys.exit(0 if b'HTTP' in s.recv(64) else 1)\""
+        ),
+    }
 }
 
 /// Whether the host's SSH forward on `port` lets this host's client reach
@@ -854,11 +906,14 @@ async fn security_groups_and_vpcs_decide_what_gets_in() {
         rules: vec![
             tcp_rule(22, Source::Cidr("192.0.2.0/24".into())),
             tcp_rule(8080, Source::Cidr("10.253.10.0/24".into())),
+            tcp_rule(8081, Source::Cidr("10.254.0.0/20".into())),
+            tcp_rule(8081, Source::Cidr("10.253.11.0/24".into())),
         ],
     };
     let vpc = |id: &str, block: &str, address: [u8; 4]| NetworkAttachment {
         vpc_id: id.into(),
         vpc_cidr: block.into(),
+        pool: "10.254.0.0/16".into(),
         address: Ipv4Addr::from(address),
         prefix: 24,
     };
@@ -911,6 +966,7 @@ async fn security_groups_and_vpcs_decide_what_gets_in() {
     for id in ["w", "o"] {
         works(&driver, id, "httpd -p 8080 -h /tmp", "a web server").await;
     }
+    works(&driver, "o", "httpd -p 8081 -h /tmp", "a second web server").await;
     let (w, o) = ("10.254.0.2", "10.254.0.4");
 
     // Between instances of a VPC: what the target's groups say.
@@ -928,7 +984,9 @@ async fn security_groups_and_vpcs_decide_what_gets_in() {
         "ping from another VPC",
     )
     .await;
-    // Nothing leaves for the VPC's addresses no instance has.
+    // Nothing leaves for addresses of the VPC pool no instance here has:
+    // its own VPC's, or another's (which the host would otherwise send out
+    // its default route).
     refused(
         &driver,
         "c",
@@ -936,11 +994,41 @@ async fn security_groups_and_vpcs_decide_what_gets_in() {
         "a free address of the VPC",
     )
     .await;
+    refused(
+        &driver,
+        "c",
+        &tcp("10.254.200.9", 22),
+        "another VPC's address",
+    )
+    .await;
+    // A rule naming the VPC's block lets its instances in.
+    works(
+        &driver,
+        "c",
+        &http_from(o, 8081, None),
+        "8081 from the VPC's block",
+    )
+    .await;
     // The gateway (DNS, ping) stays, on-link from the VPC's subnet.
     works(&driver, "c", "ping -c 1 -W 2 10.250.16.1", "the gateway").await;
 
     // From outside the host: a block's rules.
     assert!(outside.run(&http(o)), "8080 from the outside's block");
+    // Sources behind the outside's link (the host routes them there): one
+    // of 10.253.11.0/24 gets in by its rule; one of the VPC pool is forged
+    // (no instance sends from there, on that link), though a rule names its
+    // block and its replies would route.
+    for source in ["10.253.11.50", "10.254.0.50"] {
+        outside.add_source(source);
+    }
+    assert!(
+        outside.run(&http_from(o, 8081, Some("10.253.11.50"))),
+        "8081 from a block a rule names, behind the outside"
+    );
+    assert!(
+        !outside.run(&http_from(o, 8081, Some("10.254.0.50"))),
+        "8081 from a forged VPC address"
+    );
     assert!(!outside.run(&tcp(o, 22)), "SSH from outside office's block");
     assert!(!outside.run(&http(w)), "8080 to web from outside");
     assert!(!outside.run(&tcp(w, 22)), "SSH to web from outside");

@@ -259,6 +259,11 @@ impl Record {
             net,
             egress: self.egress,
             vpc_cidr: self.network.as_ref().map(|n| n.vpc_cidr.as_str()),
+            pool: self
+                .network
+                .as_ref()
+                .map(|n| n.pool.as_str())
+                .filter(|p| !p.is_empty()),
             groups: &self.groups,
         }
     }
@@ -675,6 +680,7 @@ impl ContainerDriver {
         .await?;
 
         let net = Record::net_of(spec);
+        let old_groups = rec.groups.clone();
         if rec.egress != spec.egress || rec.groups != spec.security_groups {
             rec.egress = spec.egress;
             rec.groups = spec.security_groups.clone();
@@ -683,7 +689,7 @@ impl ContainerDriver {
         if rec.net.as_deref() != Some(net.as_str()) {
             if let Some(old) = rec.net.take() {
                 self.firewall
-                    .remove(&self.net_names(&id).host_veth, rec.ip, &old, &rec.groups)
+                    .remove(&self.net_names(&id).host_veth, rec.ip, &old, &old_groups)
                     .await?;
             }
             rec.net = Some(net);
