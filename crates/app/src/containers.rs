@@ -509,6 +509,9 @@ impl App {
         let network = self
             .attach_new_instance(&caller.project_id, &mut spec)
             .await?;
+        spec.privileged = self
+            .runs_privileged(&caller.project_id, &spec.image)
+            .await?;
         let id = self.new_container_id().await?;
         let instance = NewInstance {
             id: id.clone(),

@@ -29,6 +29,13 @@ pub struct SetPolicy {
 }
 
 impl App {
+    /// Whether a new instance of `image` in the project runs as the host's
+    /// root: its project is privileged, or its image is.
+    pub(crate) async fn runs_privileged(&self, project_id: &str, image: &str) -> Result<bool> {
+        let image = self.catalog.image(image).is_some_and(|i| i.privileged);
+        Ok(image || self.store.project_policy(project_id).await?.privileged)
+    }
+
     /// A project's policy: the caller's own (`workspace_read`), or any
     /// (`quota_admin`, install admins).
     pub async fn project_policy(&self, caller: &Principal, project: &str) -> Result<ProjectPolicy> {

@@ -179,6 +179,7 @@ impl App {
             let network = self
                 .attach_new_instance(&project_id, &mut node.spec)
                 .await?;
+            node.spec.privileged = self.runs_privileged(&project_id, &node.spec.image).await?;
             nodes.push(NewInstance {
                 id: new_id("inst"),
                 project_id: project_id.clone(),

@@ -70,6 +70,11 @@ pub struct Image {
     pub is_default: bool,
     #[serde(default)]
     pub is_cluster: bool,
+    /// Its instances run as the host's root, without a user namespace of
+    /// their own: an operator's explicit choice for an image that needs it
+    /// (and is trusted), shown on each instance (`status.privileged`).
+    #[serde(default)]
+    pub privileged: bool,
 }
 
 /// A size of instance.
@@ -435,6 +440,18 @@ mod tests {
         assert!(catalog.instance_type("cx11").is_some());
         assert!(catalog.image("ubuntu-24.04").is_some());
         assert!(catalog.volume_type("NVMe").is_some());
+        // No image runs privileged unless the operator says so.
+        assert!(catalog.images.iter().all(|i| !i.privileged));
+        let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/catalog.toml"))
+            .expect("catalog.toml")
+            .replacen(
+                "image_type = \"ubuntu-24.04\"",
+                "image_type = \"ubuntu-24.04\"\nprivileged = true",
+                1,
+            );
+        let marked = Catalog::from_toml(&text).expect("a catalog with a privileged image");
+        assert!(marked.image("ubuntu-24.04").is_some_and(|i| i.privileged));
+        assert!(marked.image("ubuntu-22.04").is_some_and(|i| !i.privileged));
     }
 
     #[test]

@@ -184,6 +184,9 @@ impl App {
         let network = self
             .attach_new_instance(&caller.project_id, &mut req.spec)
             .await?;
+        req.spec.privileged = self
+            .runs_privileged(&caller.project_id, &req.spec.image)
+            .await?;
         let id = new_id("inst");
         for volume in &mut volumes {
             volume.record.instance_id = Some(id.clone());

@@ -64,7 +64,9 @@ impl App {
             cpu_millis: self.placement_needs(spec).1,
             ssh_forward: container.as_ref().is_none_or(|c| c.ssh_enabled),
             egress: policy.egress,
-            privileged: policy.privileged,
+            // What it was made with; instances made before that was kept
+            // follow their project.
+            privileged: spec.privileged || policy.privileged,
             storage,
             network,
             security_groups,

@@ -161,6 +161,10 @@ pub struct InstanceSpecInput {
     /// The volumes made with it, which go if its creation fails.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub volumes_made: Vec<String>,
+    /// Made as the host's root (its project's policy or its image said so
+    /// when it was made); never taken from a request.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub privileged: bool,
 }
 
 #[derive(Clone, Debug, Default)]

@@ -143,6 +143,11 @@ pub struct InstanceStatus {
     /// Tessera extension: why the instance is in its state, when it failed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// Tessera extension: it runs as its host's root, without a user
+    /// namespace of its own (its project or its image is marked privileged
+    /// by an operator); absent otherwise.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub privileged: bool,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -159,6 +164,7 @@ pub struct InstanceBody {
 impl InstanceBody {
     fn new(i: Instance, tags: Vec<Tag>) -> Self {
         let cpus = i.cpu_list();
+        let privileged = i.spec.privileged;
         InstanceBody {
             metadata: Metadata {
                 name: i.name,
@@ -175,6 +181,7 @@ impl InstanceBody {
                 cpus,
                 ssh_endpoint: i.ssh_endpoint,
                 message: i.detail,
+                privileged,
             },
             operation_id: i.operation_id.map(|o| o.to_string()),
             id: i.id.to_string(),

@@ -997,6 +997,17 @@ async fn only_install_admins_set_a_projects_policy(backend: Backend) {
     );
     assert_eq!(policy(&server, "alpha", &alice).await.1, set);
     assert_eq!(policy(&server, "beta", TOKEN).await.1["egress"], true);
+    // Its new instances say they run privileged; another project's do not,
+    // and neither do alpha's once the policy is off again.
+    server.add_server("node-p", "0-3", "fin-01").await;
+    let made = server.create_instance(&alice, "priv-1", "cx11").await;
+    assert_eq!(made["status"]["privileged"], true, "{made}");
+    let bob = server.login("bob", "bob-password").await;
+    let made = server.create_instance(&bob, "plain-1", "cx11").await;
+    assert_eq!(made["status"].get("privileged"), None, "{made}");
+    put_policy(&server, "alpha", json!({"privileged": false}), TOKEN).await;
+    let made = server.create_instance(&alice, "plain-2", "cx11").await;
+    assert_eq!(made["status"].get("privileged"), None, "{made}");
     server.stop().await;
 }
 
