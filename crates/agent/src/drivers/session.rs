@@ -203,6 +203,24 @@ impl Drop for PtyWriter {
             // Best effort: a full terminal buffer or a gone process loses it.
             let _ = rustix::io::write(&self.master, &[END_OF_FILE]);
         }
+        // A ^D typed while the process is still setting its terminal's
+        // modes (a shell starting its line editor) can be lost with the
+        // switch: type it again a few times, until the terminal is gone.
+        // Closed input is the end of everything that reads it.
+        let (Ok(runtime), Ok(master)) = (
+            tokio::runtime::Handle::try_current(),
+            self.master.try_clone(),
+        ) else {
+            return;
+        };
+        runtime.spawn(async move {
+            for wait in [250, 500, 1000, 2000, 4000] {
+                tokio::time::sleep(std::time::Duration::from_millis(wait)).await;
+                if rustix::io::write(&master, &[END_OF_FILE]).is_err() {
+                    return;
+                }
+            }
+        });
     }
 }
 
