@@ -52,6 +52,10 @@ pub struct InstanceSpec {
     pub memory_mb: u64,
     pub disk_gb: u64,
     pub image: String,
+    /// Where a host that does not have `image` pulls it from (an OCI
+    /// registry reference the catalog gives), the first time it needs it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_ref: Option<String>,
     /// Public keys to install for the instance's login user.
     pub ssh_keys: Vec<String>,
     /// The startup script, decoded.

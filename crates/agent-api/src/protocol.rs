@@ -127,7 +127,7 @@ pub enum Desired {
     },
     /// An instance in this state.
     Instance {
-        spec: InstanceSpec,
+        spec: Box<InstanceSpec>,
         state: InstanceState,
     },
     /// A script to run once.

@@ -82,6 +82,8 @@ pub struct HostConfig {
     pub allow_privileged: bool,
     /// Destinations instances may never reach (IPv4 CIDRs).
     pub egress_denied: Vec<String>,
+    /// How images the catalog names by reference are pulled.
+    pub registry: crate::drivers::container::PullOptions,
     /// CPUs kept for the host itself (not in its [`HostAgent::report`]).
     pub reserved_cpus: CpuSet,
 }
@@ -147,6 +149,7 @@ impl LocalHost {
                             dns_upstreams: config.dns_upstreams.clone(),
                             allow_privileged: config.allow_privileged,
                             egress_denied: config.egress_denied.clone(),
+                            registry: config.registry.clone(),
                         })?))
                     }
                     _ => None,
@@ -540,6 +543,7 @@ mod tests {
             dns_upstreams: Vec::new(),
             allow_privileged: false,
             egress_denied: Vec::new(),
+            registry: Default::default(),
             reserved_cpus: CpuSet::default(),
         })
         .expect("a sim host needs nothing of the machine")
@@ -547,7 +551,7 @@ mod tests {
 
     fn instance(state: InstanceState) -> Desired {
         Desired::Instance {
-            spec: InstanceSpec {
+            spec: Box::new(InstanceSpec {
                 id: "i-1".into(),
                 name: "one".into(),
                 project_id: "p".into(),
@@ -566,9 +570,10 @@ mod tests {
                 egress: true,
                 privileged: false,
                 network: None,
+                image_ref: None,
                 security_groups: Vec::new(),
                 storage: None,
-            },
+            }),
             state,
         }
     }

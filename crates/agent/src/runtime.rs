@@ -49,6 +49,8 @@ pub struct AgentOptions {
     pub allow_privileged: bool,
     /// Destinations instances may never reach (IPv4 CIDRs).
     pub egress_denied: Vec<String>,
+    /// How images the catalog names by reference are pulled.
+    pub registry: crate::drivers::container::PullOptions,
     pub heartbeat_every: Duration,
 }
 
@@ -82,6 +84,7 @@ pub async fn run(options: AgentOptions, stop: CancellationToken) -> Result<()> {
             dns_upstreams: options.dns_upstreams.clone(),
             allow_privileged: options.allow_privileged,
             egress_denied: options.egress_denied.clone(),
+            registry: options.registry.clone(),
             reserved_cpus: options.reserved_cpus.clone(),
         })
         .map_err(|e| {

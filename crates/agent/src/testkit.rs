@@ -1,10 +1,19 @@
 //! For tests that log into what the drivers made: a fresh key pair, and an
-//! `ssh` command that trusts whatever host key it meets and never prompts.
+//! `ssh` command that trusts whatever host key it meets and never prompts;
+//! and a local OCI registry (Debian's `docker-registry`) that tests push
+//! their own images to.
 //! Built for this crate's tests and, with the `testkit` feature, for the
 //! integration tests of the `tessera` crate.
 
+use flate2::Compression;
+use flate2::write::GzEncoder;
+use oci_client::client::{ClientConfig, ClientProtocol, Config, ImageLayer};
+use oci_client::secrets::RegistryAuth;
+use oci_client::{Client, Reference};
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
 
 /// A fresh ed25519 key pair in `dir`: the private key's path and the public
 /// key line.
@@ -37,4 +46,152 @@ pub fn ssh_command(key: &Path, user: &str, host: &str, port: u16, command: &str)
         .arg(command)
         .stdin(Stdio::null());
     ssh
+}
+
+// --- A local OCI registry ---
+
+/// Why a registry cannot be started here, if it cannot.
+pub fn registry_missing() -> Option<String> {
+    if !Path::new(REGISTRY).exists() {
+        return Some(format!(
+            "{REGISTRY} is not installed (Debian's docker-registry; scripts/test-packages installs it)"
+        ));
+    }
+    None
+}
+
+const REGISTRY: &str = "/usr/bin/docker-registry";
+
+/// A registry serving a directory on a free port, stopped when dropped.
+pub struct Registry {
+    child: Child,
+    pub addr: String,
+    pub storage: PathBuf,
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Registry {
+    /// `users`: a user name and password it asks for; none: open.
+    pub async fn start(dir: &Path, users: Option<(&str, &str)>) -> Registry {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let storage = dir.join("storage");
+        std::fs::create_dir_all(&storage).expect("storage");
+        let auth = match users {
+            None => String::new(),
+            Some((user, password)) => {
+                let hash = bcrypt::hash(password, 4).expect("bcrypt");
+                let file = dir.join("htpasswd");
+                std::fs::write(&file, format!("{user}:{hash}\n")).expect("htpasswd");
+                format!(
+                    "auth:\n  htpasswd:\n    realm: tessera-test\n    path: {}\n",
+                    file.display()
+                )
+            }
+        };
+        let config = dir.join("config.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n{auth}",
+                storage.display()
+            ),
+        )
+        .expect("config");
+        let child = Command::new(REGISTRY)
+            .arg("serve")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("docker-registry");
+        let addr = format!("127.0.0.1:{port}");
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(&addr).is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Registry {
+            child,
+            addr,
+            storage,
+        }
+    }
+
+    pub fn client(&self) -> Client {
+        Client::new(ClientConfig {
+            protocol: ClientProtocol::HttpsExcept(vec![self.addr.clone()]),
+            ..ClientConfig::default()
+        })
+    }
+
+    /// Pushes an image of `layers` (each a list of files, bottom first) as
+    /// `repo:tag`; answers its manifest's digest.
+    pub async fn push(
+        &self,
+        repo: &str,
+        tag: &str,
+        layers: &[&[(&str, &[u8])]],
+        auth: &RegistryAuth,
+    ) -> String {
+        let reference: Reference = format!("{}/{repo}:{tag}", self.addr).parse().expect("ref");
+        let layers: Vec<ImageLayer> = layers
+            .iter()
+            .map(|files| ImageLayer::oci_v1_gzip(gzip_tar(files), None))
+            .collect();
+        let config = serde_json::json!({
+            "architecture": go_arch(), "os": "linux",
+            "config": {"Entrypoint": ["/bin/app"], "Cmd": ["serve"], "Env": ["MODE=test"]},
+            "rootfs": {"type": "layers", "diff_ids": []},
+        });
+        let client = self.client();
+        client
+            .push(
+                &reference,
+                &layers,
+                Config::oci_v1(config.to_string().into_bytes(), None),
+                auth,
+                None,
+            )
+            .await
+            .expect("push");
+        client
+            .pull_image_manifest(&reference, auth)
+            .await
+            .expect("the pushed manifest")
+            .1
+    }
+}
+
+/// The architecture as OCI images name it.
+pub fn go_arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "aarch64" => "arm64",
+        _ => "amd64",
+    }
+}
+
+fn gzip_tar(files: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut tar = tar::Builder::new(Vec::new());
+    for (path, data) in files {
+        let mut h = tar::Header::new_gnu();
+        h.set_mode(0o644);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(0);
+        h.set_size(data.len() as u64);
+        tar.append_data(&mut h, path, *data).expect("tar");
+    }
+    let mut gz = GzEncoder::new(Vec::new(), Compression::fast());
+    gz.write_all(&tar.into_inner().expect("tar")).expect("gzip");
+    gz.finish().expect("gzip")
 }

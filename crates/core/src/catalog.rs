@@ -75,6 +75,11 @@ pub struct Image {
     /// (and is trusted), shown on each instance (`status.privileged`).
     #[serde(default)]
     pub privileged: bool,
+    /// An OCI registry reference (`registry/name:tag` or `…@sha256:…`) a
+    /// host pulls the image from the first time an instance needs it, when
+    /// it has no image of this `image_type` imported.
+    #[serde(default)]
+    pub oci: Option<String>,
 }
 
 /// A size of instance.

@@ -67,6 +67,14 @@ pub struct AgentArgs {
     /// metadata) is always denied; add the host's management networks.
     #[arg(long = "egress-deny")]
     pub egress_deny: Vec<String>,
+    /// Pull REGISTRY's images from URL instead (repeatable), for images the
+    /// catalog names by reference: `docker.io=http://10.0.0.5:5000`.
+    #[arg(long = "registry-mirror", value_name = "REGISTRY=URL")]
+    pub registry_mirrors: Vec<tessera_agent::drivers::container::Mirror>,
+    /// Speak plain HTTP to this registry (`registry.internal:5000`;
+    /// repeatable).
+    #[arg(long = "insecure-registry", value_name = "HOST[:PORT]")]
+    pub insecure_registries: Vec<String>,
     /// Seconds between heartbeats; three missed make the host unreachable.
     #[arg(long, default_value_t = 5)]
     pub heartbeat_secs: u64,
@@ -92,6 +100,21 @@ fn parse_cpus(s: &str) -> Result<CpuSet, String> {
 
 /// The state directory when none is given: the system's as root, the
 /// user's otherwise.
+/// A byte count for people.
+fn size(bytes: u64) -> String {
+    match bytes {
+        b if b >= 1 << 20 => format!("{:.1} MB", b as f64 / f64::from(1 << 20)),
+        b if b >= 1 << 10 => format!("{:.1} kB", b as f64 / 1024.0),
+        b => format!("{b} B"),
+    }
+}
+
+/// A digest's first twelve hex digits, as registries' tools show them.
+fn short(digest: &str) -> &str {
+    let hex = digest.split_once(':').map_or(digest, |(_, h)| h);
+    &hex[..hex.len().min(12)]
+}
+
 pub fn default_state_dir() -> PathBuf {
     if is_root() {
         PathBuf::from("/var/lib/tessera/agent")
@@ -138,6 +161,11 @@ impl AgentArgs {
             dns_upstreams: self.dns,
             allow_privileged: self.allow_privileged_instances,
             egress_denied: self.egress_deny,
+            registry: tessera_agent::drivers::container::PullOptions {
+                credentials: None,
+                mirrors: self.registry_mirrors,
+                plain_http: self.insecure_registries,
+            },
             heartbeat_every: Duration::from_secs(self.heartbeat_secs),
         })
     }
@@ -159,9 +187,62 @@ pub enum ImageCommand {
         #[arg(long)]
         state_dir: Option<PathBuf>,
     },
+    /// Pull an image from an OCI registry (`registry/name:tag` or
+    /// `registry/name@sha256:...`; `busybox:1.36` is Docker Hub's) as image
+    /// NAME on this host. Digests are checked; layers already on the host
+    /// are not fetched again.
+    Pull {
+        reference: String,
+        /// The name instances use [default: the reference's last path part
+        /// and tag, as `busybox-1.36`].
+        #[arg(long)]
+        name: Option<String>,
+        /// A user name for the registry (the password or token is read from
+        /// standard input).
+        #[arg(long)]
+        username: Option<String>,
+        /// Pull REGISTRY's images from URL instead (repeatable):
+        /// `docker.io=http://10.0.0.5:5000`.
+        #[arg(long = "mirror", value_name = "REGISTRY=URL")]
+        mirrors: Vec<tessera_agent::drivers::container::Mirror>,
+        /// Speak plain HTTP to this registry (`localhost:5000`; repeatable).
+        #[arg(long = "insecure-registry", value_name = "HOST[:PORT]")]
+        insecure: Vec<String>,
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+    },
 }
 
-pub fn image(command: ImageCommand) -> Result<()> {
+/// The image name a reference gets when none is given: its last path part
+/// and its tag (or the start of its digest), as `busybox-1.36`.
+pub fn default_image_name(reference: &str) -> String {
+    let (path, version) = match reference.rsplit_once('@') {
+        Some((path, digest)) => (
+            path,
+            digest
+                .split_once(':')
+                .map_or(digest, |(_, hex)| &hex[..hex.len().min(12)]),
+        ),
+        None => match reference.rsplit_once(':') {
+            Some((path, tag)) if !tag.contains('/') => (path, tag),
+            _ => (reference, "latest"),
+        },
+    };
+    let base = path.rsplit('/').next().unwrap_or(path);
+    let name: String = format!("{base}-{version}")
+        .chars()
+        .map(
+            |c| match c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_') {
+                true => c,
+                false => '-',
+            },
+        )
+        .take(64)
+        .collect();
+    name.trim_start_matches('.').to_string()
+}
+
+pub async fn image(command: ImageCommand) -> Result<()> {
     match command {
         ImageCommand::Import {
             name,
@@ -172,6 +253,62 @@ pub fn image(command: ImageCommand) -> Result<()> {
             tessera_agent::drivers::container::import_image(&dir, &name, &file)
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
             println!("imported {name} into {}", dir.display());
+        }
+        ImageCommand::Pull {
+            reference,
+            name,
+            username,
+            mirrors,
+            insecure,
+            state_dir,
+        } => {
+            use std::io::BufRead;
+            use tessera_agent::drivers::container::{Progress, PullOptions, pull_image};
+            let dir = state_dir.unwrap_or_else(default_state_dir).join("images");
+            let name = name.unwrap_or_else(|| default_image_name(&reference));
+            let credentials = match username {
+                Some(user) => {
+                    let mut password = String::new();
+                    std::io::stdin()
+                        .lock()
+                        .read_line(&mut password)
+                        .context("reading the registry password from standard input")?;
+                    Some((user, password.trim_end_matches(['\r', '\n']).to_string()))
+                }
+                None => None,
+            };
+            let options = PullOptions {
+                credentials,
+                mirrors,
+                plain_http: insecure,
+            };
+            let mut report = |p: Progress| match p {
+                Progress::Manifest {
+                    digest,
+                    layers,
+                    bytes,
+                } => {
+                    let noun = if layers == 1 { "layer" } else { "layers" };
+                    eprintln!("{reference}: {digest}, {layers} {noun}, {}", size(bytes));
+                }
+                Progress::Cached { digest, bytes } => {
+                    eprintln!("  {} {} already here", short(&digest), size(bytes));
+                }
+                Progress::Fetched { digest, bytes } => {
+                    eprintln!("  {} {} fetched", short(&digest), size(bytes));
+                }
+                Progress::Unpacking => eprintln!("  unpacking"),
+            };
+            let pulled = pull_image(&dir, &name, &reference, &options, &mut report)
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            println!(
+                "pulled {reference} ({}) as {name} into {}: {} fetched, {} already here",
+                pulled.digest,
+                dir.display(),
+                size(pulled.fetched_bytes),
+                size(pulled.cached_bytes)
+            );
         }
         ImageCommand::List { state_dir } => {
             let dir = state_dir.unwrap_or_else(default_state_dir).join("images");

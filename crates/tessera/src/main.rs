@@ -154,7 +154,7 @@ fn run(cli: Cli) -> Result<()> {
             Command::Up(args) => tessera::up::run(args).await,
             Command::Server(args) => run_server(args).await,
             Command::Agent(args) => run_agent(args).await,
-            Command::Image(command) => command_image(command),
+            Command::Image(command) => tessera::agent::image(command).await,
             Command::Bench(command) => {
                 logging::init(logging::LogFormat::Text);
                 command.run().await
@@ -219,8 +219,4 @@ async fn run_agent(args: AgentArgs) -> Result<()> {
         stopping.cancel();
     });
     tessera_agent::runtime::run(options, stop).await
-}
-
-fn command_image(command: ImageCommand) -> Result<()> {
-    tessera::agent::image(command)
 }

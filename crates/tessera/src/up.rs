@@ -27,6 +27,13 @@ pub struct UpArgs {
     /// FIN-01 with the built-in catalog, so that Verda clients find it].
     #[arg(long)]
     pub location: Option<String>,
+    /// Pull REGISTRY's images from URL instead (repeatable):
+    /// `docker.io=http://10.0.0.5:5000`.
+    #[arg(long = "registry-mirror", value_name = "REGISTRY=URL")]
+    pub registry_mirrors: Vec<tessera_agent::drivers::container::Mirror>,
+    /// Speak plain HTTP to this registry (repeatable).
+    #[arg(long = "insecure-registry", value_name = "HOST[:PORT]")]
+    pub insecure_registries: Vec<String>,
 }
 
 fn parse_driver(s: &str) -> Result<DriverKind, String> {
@@ -186,6 +193,8 @@ pub async fn run(args: UpArgs) -> Result<()> {
         dns: Vec::new(),
         allow_privileged_instances: false,
         egress_deny: Vec::new(),
+        registry_mirrors: args.registry_mirrors.clone(),
+        insecure_registries: args.insecure_registries.clone(),
         heartbeat_secs: 5,
     }
     .options()?;

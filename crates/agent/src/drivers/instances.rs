@@ -261,6 +261,7 @@ mod tests {
             egress: true,
             privileged: false,
             network: None,
+            image_ref: None,
             security_groups: Vec::new(),
             storage: None,
         };

@@ -908,6 +908,7 @@ mod tests {
             egress: true,
             privileged: false,
             network: None,
+            image_ref: None,
             security_groups: Vec::new(),
             storage: None,
         };
@@ -942,6 +943,7 @@ mod tests {
             egress: true,
             privileged: false,
             network: None,
+            image_ref: None,
             security_groups: Vec::new(),
             storage: None,
         }

@@ -140,7 +140,7 @@ impl RemoteAgent {
     ) -> Result<Option<InstanceReport>, AgentError> {
         let key = protocol::instance_key(&spec.id);
         let desired = Desired::Instance {
-            spec: spec.clone(),
+            spec: Box::new(spec.clone()),
             state,
         };
         let (outcome, generation) = match state {
@@ -170,7 +170,7 @@ impl RemoteAgent {
             .map_err(store_error)?;
         Ok(
             row.and_then(|row| match serde_json::from_str::<Desired>(&row.desired) {
-                Ok(Desired::Instance { spec, .. }) => Some(spec),
+                Ok(Desired::Instance { spec, .. }) => Some(*spec),
                 _ => None,
             }),
         )

@@ -58,6 +58,7 @@ impl App {
             memory_mb: instance.memory_mb,
             disk_gb: spec.disk_gb.unwrap_or(0),
             image: spec.image.clone(),
+            image_ref: self.catalog.image(&spec.image).and_then(|i| i.oci.clone()),
             ssh_keys,
             user_data,
             volumes,

@@ -237,3 +237,89 @@ fn the_gateway_benchmark_runs_and_prints_its_rows() {
         assert_eq!(stdout.matches(row).count(), 3, "{row}: {stdout}");
     }
 }
+
+/// `tessera image pull` from a local registry: progress per layer, the
+/// image listed, a second pull of the same layers fetching nothing, and a
+/// private registry's password read from standard input.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_pulls_images_from_a_registry() {
+    use tessera_agent::testkit::{Registry, registry_missing};
+    if let Some(reason) = registry_missing() {
+        eprintln!("skipped: {reason}");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let open = Registry::start(&dir.path().join("open"), None).await;
+    let files: &[(&str, &[u8])] = &[("etc/motd", b"pulled\n")];
+    let anonymous = oci_client::secrets::RegistryAuth::Anonymous;
+    open.push("team/app", "v1", &[files], &anonymous).await;
+    let state = dir.path().join("agent");
+    let image = |args: &[&str], stdin: Option<&str>| {
+        let mut all = vec!["image"];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&["--state-dir", state.to_str().expect("path")]);
+        tessera("http://unused", TOKEN, &all, stdin)
+    };
+    let reference = format!("{}/team/app:v1", open.addr);
+    let (ok, out, err) = image(
+        &["pull", &reference, "--insecure-registry", &open.addr],
+        None,
+    );
+    assert!(ok, "{out}{err}");
+    assert!(
+        out.contains("as app-v1") && out.contains("fetched"),
+        "{out}"
+    );
+    eprintln!("$ tessera image pull {reference} --insecure-registry ...\n{err}{out}");
+    assert!(
+        err.contains("2 B") || err.contains("fetched"),
+        "progress: {err}"
+    );
+    let (ok, out, _) = image(&["list"], None);
+    assert!(ok && out.lines().any(|l| l == "app-v1"), "{out}");
+    assert_eq!(
+        std::fs::read(state.join("images/app-v1/rootfs/etc/motd")).expect("its file"),
+        b"pulled\n"
+    );
+    let (ok, out, err) = image(
+        &[
+            "pull",
+            &reference,
+            "--insecure-registry",
+            &open.addr,
+            "--name",
+            "again",
+        ],
+        None,
+    );
+    assert!(ok, "{out}{err}");
+    assert!(
+        err.contains("already here") && !err.contains(" fetched"),
+        "{err}"
+    );
+    // Plain HTTP only when asked.
+    let (ok, _, err) = image(&["pull", &reference, "--name", "tls"], None);
+    assert!(!ok && err.contains("error:"), "{err}");
+
+    let private = Registry::start(&dir.path().join("private"), Some(("ops", "pull-secret"))).await;
+    let auth = oci_client::secrets::RegistryAuth::Basic("ops".into(), "pull-secret".into());
+    private.push("team/secret", "v1", &[files], &auth).await;
+    let reference = format!("{}/team/secret:v1", private.addr);
+    let (ok, _, err) = image(
+        &["pull", &reference, "--insecure-registry", &private.addr],
+        None,
+    );
+    assert!(!ok && err.to_lowercase().contains("authoriz"), "{err}");
+    let (ok, out, err) = image(
+        &[
+            "pull",
+            &reference,
+            "--insecure-registry",
+            &private.addr,
+            "--username",
+            "ops",
+        ],
+        Some("pull-secret\n"),
+    );
+    assert!(ok, "{out}{err}");
+}

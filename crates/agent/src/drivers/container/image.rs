@@ -50,6 +50,17 @@ pub(super) fn read_meta(image_dir: &Path, name: &str) -> Result<ImageMeta, Agent
     serde_json::from_slice(&text).map_err(|e| fail(format!("reading {}: {e}", path.display())))
 }
 
+/// Records where image `name` came from (`image.json`'s `source`).
+pub(super) fn set_source(image_dir: &Path, name: &str, source: &str) -> Result<(), AgentError> {
+    let mut meta = read_meta(image_dir, name)?;
+    meta.source = source.to_string();
+    let path = image_dir.join(name).join("image.json");
+    let json = serde_json::to_vec_pretty(&meta).map_err(|e| fail(e.to_string()))?;
+    let tmp = path.with_extension("json.tmp");
+    fs::write(&tmp, json).map_err(|e| fail(format!("writing {}: {e}", tmp.display())))?;
+    fs::rename(&tmp, &path).map_err(|e| fail(format!("writing {}: {e}", path.display())))
+}
+
 /// The images imported into `image_dir`, sorted.
 pub fn list_images(image_dir: &Path) -> Result<Vec<String>, AgentError> {
     let entries = match fs::read_dir(image_dir) {

@@ -59,6 +59,9 @@ mod image;
 #[cfg(test)]
 mod isolation_tests;
 mod network;
+mod registry;
+#[cfg(test)]
+mod registry_tests;
 mod seccomp;
 mod storage;
 #[cfg(test)]
@@ -66,6 +69,7 @@ mod tests;
 mod volume;
 
 pub use image::{import_image, list_images};
+pub use registry::{Mirror, Progress, PullOptions, Pulled, pull_image};
 
 use super::instances::check_spec;
 use super::{InstanceRuntime, InstanceStatus, Session};
@@ -114,6 +118,8 @@ pub struct ContainerConfig {
     /// Destinations (IPv4 CIDRs) no instance may reach, besides
     /// [`firewall::DENIED_BY_DEFAULT`].
     pub egress_denied: Vec<String>,
+    /// How images the catalog names by reference are pulled on first use.
+    pub registry: PullOptions,
 }
 
 /// The most processes an instance may have.
@@ -1142,6 +1148,40 @@ impl ContainerDriver {
         }
     }
 
+    /// Makes sure the spec's image is on this host: pulled, the first time
+    /// an instance needs it, from the registry reference the catalog gives
+    /// (through the agent's mirrors), one pull at a time per image.
+    async fn ensure_image(&self, spec: &InstanceSpec) -> Result<(), AgentError> {
+        let root = image::image_rootfs(&self.config.image_dir, &spec.image);
+        if root.is_dir() {
+            return Ok(());
+        }
+        let Some(reference) = &spec.image_ref else {
+            return Err(fail(format!(
+                "image {name} is not on this host; import it with `tessera image import {name} FILE` or pull it with `tessera image pull REFERENCE --name {name}`",
+                name = spec.image
+            )));
+        };
+        let lock = self.lock(&format!("image:{}", spec.image));
+        let _held = lock.lock().await;
+        if root.is_dir() {
+            return Ok(());
+        }
+        tracing::info!(image = %spec.image, %reference, "pulling the image on its first use");
+        let name = spec.image.clone();
+        let mut progress = |p: Progress| tracing::info!(image = %name, progress = ?p, "pulling");
+        let pulled = registry::pull_image(
+            &self.config.image_dir,
+            &spec.image,
+            reference,
+            &self.config.registry,
+            &mut progress,
+        )
+        .await?;
+        tracing::info!(image = %spec.image, digest = %pulled.digest, fetched = pulled.fetched_bytes, "image pulled");
+        Ok(())
+    }
+
     /// The instance's address (its VPC's choice, or the first free one of
     /// this host's instance network) and a free port (the caller holds
     /// `alloc`).
@@ -1340,13 +1380,7 @@ impl InstanceRuntime for ContainerDriver {
         if spec.memory_mb == 0 {
             return Err(fail("an instance needs some memory"));
         }
-        let image_root = image::image_rootfs(&self.config.image_dir, &spec.image);
-        if !image_root.is_dir() {
-            return Err(fail(format!(
-                "image {} is not on this host; import it with `tessera image import {} FILE`",
-                spec.image, spec.image
-            )));
-        }
+        self.ensure_image(spec).await?;
         let ids = match &self.isolation {
             _ if spec.privileged => {
                 tracing::warn!(id = %spec.id, "making a privileged instance (its project's policy): root inside is the host's root");

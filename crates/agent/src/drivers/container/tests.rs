@@ -149,6 +149,7 @@ pub(super) fn fixture(bridge: &str, subnet: &str, ssh_port_base: u16) -> Fixture
         dns_upstreams: Vec::new(),
         allow_privileged: false,
         egress_denied: Vec::new(),
+        registry: PullOptions::default(),
     };
     Fixture {
         dir,
@@ -175,6 +176,7 @@ pub(super) fn spec(f: &Fixture, id: &str, name: &str) -> InstanceSpec {
         egress: true,
         privileged: false,
         network: None,
+        image_ref: None,
         security_groups: Vec::new(),
         storage: None,
     }

@@ -1,0 +1,357 @@
+//! Images from OCI registries: a host pulls an image by reference
+//! (`registry/name:tag` or `…@sha256:…`) with the `oci-client` crate,
+//! anonymously or with a user name and password, through the operator's
+//! mirrors (`docker.io` served by an internal mirror, say), and imports it
+//! as a named image like an OCI layout ([`super::image`]).
+//!
+//! Every manifest and blob is checked against its digest as it arrives
+//! (the client does). Blobs are kept in `IMAGES/.blobs/sha256/`, written
+//! there only once checked, so a layer two images share is fetched once.
+
+use super::fail;
+use super::image::{import_image, validate_image_name};
+use oci_client::client::{ClientConfig, ClientProtocol};
+use oci_client::manifest::{OciDescriptor, OciImageManifest};
+use oci_client::secrets::RegistryAuth;
+use oci_client::{Client, Reference};
+use sha2::Digest;
+use std::path::{Path, PathBuf};
+use tessera_agent_api::AgentError;
+
+/// A registry served from elsewhere: pulls of `registry` go to `endpoint`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Mirror {
+    /// As references name it: `docker.io`, `ghcr.io`, `registry.example:5000`.
+    pub registry: String,
+    /// `host[:port]` of the mirror.
+    pub endpoint: String,
+    /// Plain HTTP (a mirror on the operator's own network).
+    pub plain_http: bool,
+}
+
+impl std::str::FromStr for Mirror {
+    type Err = String;
+
+    /// `REGISTRY=URL`: `docker.io=http://10.0.0.5:5000`.
+    fn from_str(text: &str) -> Result<Mirror, String> {
+        let bad = || {
+            format!("bad mirror {text:?}: expected REGISTRY=URL, as docker.io=http://10.0.0.5:5000")
+        };
+        let (registry, url) = text.split_once('=').ok_or_else(bad)?;
+        let (plain_http, endpoint) = match url.split_once("://") {
+            Some(("http", rest)) => (true, rest),
+            Some(("https", rest)) => (false, rest),
+            Some(_) => return Err(bad()),
+            None => (false, url),
+        };
+        let endpoint = endpoint.trim_end_matches('/');
+        let host_ok = |s: &str| {
+            !s.is_empty()
+                && s.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']'))
+        };
+        if !host_ok(registry) || !host_ok(endpoint) {
+            return Err(bad());
+        }
+        Ok(Mirror {
+            registry: registry.to_string(),
+            endpoint: endpoint.to_string(),
+            plain_http,
+        })
+    }
+}
+
+/// How a host pulls.
+#[derive(Clone, Debug, Default)]
+pub struct PullOptions {
+    /// A user name and password (or token) for the registry; `None`:
+    /// anonymous.
+    pub credentials: Option<(String, String)>,
+    pub mirrors: Vec<Mirror>,
+    /// Registries spoken to over plain HTTP (`localhost:5000`).
+    pub plain_http: Vec<String>,
+}
+
+/// What a pull did, as it goes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Progress {
+    /// The manifest was read: this many layers, of this many bytes.
+    Manifest {
+        digest: String,
+        layers: usize,
+        bytes: u64,
+    },
+    /// A blob was already on the host.
+    Cached { digest: String, bytes: u64 },
+    /// A blob was fetched and checked.
+    Fetched { digest: String, bytes: u64 },
+    /// The layers are being unpacked into the image.
+    Unpacking,
+}
+
+/// What a pull made.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Pulled {
+    /// The manifest's digest: pull `REF@DIGEST` to get this image again.
+    pub digest: String,
+    pub fetched_bytes: u64,
+    pub cached_bytes: u64,
+}
+
+/// Where a reference is pulled from: its own registry, or its mirror.
+fn source(reference: &Reference, options: &PullOptions) -> (Reference, ClientProtocol) {
+    let mut plain = options.plain_http.clone();
+    let wanted = reference.resolve_registry().to_string();
+    let mirror = options
+        .mirrors
+        .iter()
+        .find(|m| m.registry == reference.registry() || m.registry == wanted);
+    let from = match mirror {
+        Some(m) => {
+            if m.plain_http {
+                plain.push(m.endpoint.clone());
+            }
+            match reference.digest() {
+                Some(digest) => Reference::with_digest(
+                    m.endpoint.clone(),
+                    reference.repository().to_string(),
+                    digest.to_string(),
+                ),
+                None => Reference::with_tag(
+                    m.endpoint.clone(),
+                    reference.repository().to_string(),
+                    reference.tag().unwrap_or("latest").to_string(),
+                ),
+            }
+        }
+        None => reference.clone(),
+    };
+    (from, ClientProtocol::HttpsExcept(plain))
+}
+
+fn blob_file(cache: &Path, digest: &str) -> Result<PathBuf, AgentError> {
+    let hex = digest
+        .strip_prefix("sha256:")
+        .filter(|h| h.len() == 64 && h.chars().all(|c| c.is_ascii_hexdigit()))
+        .ok_or_else(|| fail(format!("unsupported digest {digest:?}: only sha256 is")))?;
+    Ok(cache.join("sha256").join(hex))
+}
+
+fn registry_error(reference: &str, e: oci_client::errors::OciDistributionError) -> AgentError {
+    fail(format!("pulling {reference}: {e}"))
+}
+
+/// Pulls `reference` and imports it as image `name` in `image_dir`
+/// (replacing one of that name), telling `progress` what it does.
+pub async fn pull_image(
+    image_dir: &Path,
+    name: &str,
+    reference: &str,
+    options: &PullOptions,
+    progress: &mut (dyn FnMut(Progress) + Send),
+) -> Result<Pulled, AgentError> {
+    validate_image_name(name)?;
+    let wanted: Reference = reference
+        .parse()
+        .map_err(|e| fail(format!("bad image reference {reference:?}: {e}")))?;
+    let (from, protocol) = source(&wanted, options);
+    let client = Client::new(ClientConfig {
+        protocol,
+        connect_timeout: Some(std::time::Duration::from_secs(10)),
+        read_timeout: Some(std::time::Duration::from_secs(60)),
+        ..ClientConfig::default()
+    });
+    let auth = match &options.credentials {
+        Some((user, password)) => RegistryAuth::Basic(user.clone(), password.clone()),
+        None => RegistryAuth::Anonymous,
+    };
+    let (manifest, digest) = client
+        .pull_image_manifest(&from, &auth)
+        .await
+        .map_err(|e| registry_error(reference, e))?;
+    let bytes = manifest.layers.iter().map(|l| l.size.max(0) as u64).sum();
+    progress(Progress::Manifest {
+        digest: digest.clone(),
+        layers: manifest.layers.len(),
+        bytes,
+    });
+    let cache = image_dir.join(".blobs");
+    let mut pulled = Pulled {
+        digest: digest.clone(),
+        fetched_bytes: 0,
+        cached_bytes: 0,
+    };
+    for descriptor in std::iter::once(&manifest.config).chain(manifest.layers.iter()) {
+        fetch_blob(
+            &client,
+            &from,
+            descriptor,
+            &cache,
+            reference,
+            &mut pulled,
+            progress,
+        )
+        .await?;
+    }
+    progress(Progress::Unpacking);
+    let layout = write_layout(image_dir, &cache, &manifest)?;
+    let (dir, name2, layout2) = (image_dir.to_path_buf(), name.to_string(), layout.clone());
+    let imported = tokio::task::spawn_blocking(move || import_image(&dir, &name2, &layout2))
+        .await
+        .map_err(|e| fail(format!("importing {reference}: {e}")))?;
+    let _ = std::fs::remove_dir_all(&layout);
+    imported?;
+    super::image::set_source(image_dir, name, &format!("{reference}@{digest}"))?;
+    Ok(pulled)
+}
+
+/// Fetches one blob into the cache unless it is there, checked.
+async fn fetch_blob(
+    client: &Client,
+    from: &Reference,
+    descriptor: &OciDescriptor,
+    cache: &Path,
+    reference: &str,
+    pulled: &mut Pulled,
+    progress: &mut (dyn FnMut(Progress) + Send),
+) -> Result<(), AgentError> {
+    let path = blob_file(cache, &descriptor.digest)?;
+    let size = descriptor.size.max(0) as u64;
+    if path.is_file() {
+        pulled.cached_bytes += size;
+        progress(Progress::Cached {
+            digest: descriptor.digest.clone(),
+            bytes: size,
+        });
+        return Ok(());
+    }
+    let dir = path.parent().unwrap_or(cache);
+    tokio::fs::create_dir_all(dir)
+        .await
+        .map_err(|e| fail(format!("creating {}: {e}", dir.display())))?;
+    let part = dir.join(format!(".part-{:016x}", rand::random::<u64>()));
+    let file = tokio::fs::File::create(&part)
+        .await
+        .map_err(|e| fail(format!("creating {}: {e}", part.display())))?;
+    let mut out = tokio::io::BufWriter::new(file);
+    let fetched = client.pull_blob(from, descriptor, &mut out).await;
+    let flushed = tokio::io::AsyncWriteExt::flush(&mut out).await;
+    drop(out);
+    if let Err(e) = fetched {
+        let _ = tokio::fs::remove_file(&part).await;
+        return Err(registry_error(reference, e));
+    }
+    if let Err(e) = flushed {
+        let _ = tokio::fs::remove_file(&part).await;
+        return Err(fail(format!("writing {}: {e}", part.display())));
+    }
+    tokio::fs::rename(&part, &path)
+        .await
+        .map_err(|e| fail(format!("keeping {}: {e}", path.display())))?;
+    pulled.fetched_bytes += size;
+    progress(Progress::Fetched {
+        digest: descriptor.digest.clone(),
+        bytes: size,
+    });
+    Ok(())
+}
+
+/// An OCI image layout of the manifest over the cache's blobs, for the
+/// importer: `oci-layout`, `index.json`, the manifest, and `blobs` linked
+/// to the cache.
+fn write_layout(
+    image_dir: &Path,
+    cache: &Path,
+    manifest: &OciImageManifest,
+) -> Result<PathBuf, AgentError> {
+    let io = |what: &str, p: &Path, e: std::io::Error| fail(format!("{what} {}: {e}", p.display()));
+    let layout = image_dir.join(format!(".pull-{:016x}", rand::random::<u64>()));
+    std::fs::create_dir_all(&layout).map_err(|e| io("creating", &layout, e))?;
+    let body = serde_json::to_vec(manifest).map_err(|e| fail(e.to_string()))?;
+    let digest = format!("sha256:{}", hex::encode(sha2::Sha256::digest(&body)));
+    let manifest_file = blob_file(cache, &digest)?;
+    std::fs::write(&manifest_file, &body).map_err(|e| io("writing", &manifest_file, e))?;
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "manifests": [{
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": digest,
+            "size": body.len(),
+        }],
+    });
+    let write = |file: &str, text: String| {
+        let p = layout.join(file);
+        std::fs::write(&p, text).map_err(|e| io("writing", &p, e))
+    };
+    write(
+        "oci-layout",
+        r#"{"imageLayoutVersion":"1.0.0"}"#.to_string(),
+    )?;
+    write("index.json", index.to_string())?;
+    let cache = std::fs::canonicalize(cache).map_err(|e| io("resolving", cache, e))?;
+    std::os::unix::fs::symlink(&cache, layout.join("blobs"))
+        .map_err(|e| io("linking", &layout, e))?;
+    Ok(layout)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mirrors_are_read_and_used() {
+        let m: Mirror = "docker.io=http://10.0.0.5:5000".parse().expect("mirror");
+        assert_eq!(
+            m,
+            Mirror {
+                registry: "docker.io".into(),
+                endpoint: "10.0.0.5:5000".into(),
+                plain_http: true
+            }
+        );
+        for bad in [
+            "docker.io",
+            "=http://x",
+            "docker.io=ftp://x",
+            "a=http://b/c d",
+        ] {
+            assert!(bad.parse::<Mirror>().is_err(), "{bad}");
+        }
+        let options = PullOptions {
+            mirrors: vec![m],
+            ..PullOptions::default()
+        };
+        let busybox: Reference = "busybox:1.36".parse().expect("ref");
+        let (from, protocol) = source(&busybox, &options);
+        assert_eq!(from.registry(), "10.0.0.5:5000");
+        assert_eq!(from.repository(), "library/busybox");
+        assert_eq!(from.tag(), Some("1.36"));
+        assert_eq!(
+            protocol,
+            ClientProtocol::HttpsExcept(vec!["10.0.0.5:5000".into()])
+        );
+        let other: Reference = "ghcr.io/org/app@sha256:0123456789012345678901234567890123456789012345678901234567890123"
+            .parse()
+            .expect("ref");
+        let (from, _) = source(&other, &options);
+        assert_eq!(from.registry(), "ghcr.io", "no mirror for ghcr.io");
+    }
+
+    #[test]
+    fn only_sha256_digests_name_blobs() {
+        let cache = Path::new("/c");
+        let hex = "ab".repeat(32);
+        assert_eq!(
+            blob_file(cache, &format!("sha256:{hex}")).expect("fine"),
+            cache.join("sha256").join(&hex)
+        );
+        for bad in [
+            "sha512:ab",
+            "sha256:../../etc",
+            "sha256:",
+            &format!("sha256:{hex}/x"),
+        ] {
+            assert!(blob_file(cache, bad).is_err(), "{bad}");
+        }
+    }
+}
