@@ -333,89 +333,82 @@ impl Store {
 
     /// Deletes a VPC and its subnets, unless an instance is in one.
     pub async fn delete_vpc(&self, project_id: &str, id: &str) -> Result<NetworkRemoved> {
-        let work = Arc::new((project_id.to_string(), id.to_string()));
-        self.write("delete_vpc", move |mut conn| {
-            let work = work.clone();
-            Box::pin(async move {
-                let (project_id, id) = &*work;
-                let lock = lock_clause(&conn, "FOR UPDATE");
-                let found = conn
-                    .fetch_text(
-                        &format!("SELECT id FROM vpcs WHERE id = $1 AND project_id = $2{lock}"),
-                        &[id.into(), project_id.into()],
-                    )
-                    .await?;
-                if found.is_none() {
-                    return Ok(Commit::Undo(NetworkRemoved::NotFound));
-                }
-                let user = conn
-                    .fetch_text(
-                        "SELECT i.id FROM instances i JOIN instance_addresses a \
+        self.remove_unless_used(
+            "delete_vpc",
+            Removal {
+                table: "vpcs",
+                in_use: "SELECT i.id FROM instances i JOIN instance_addresses a \
                          ON a.instance_id = i.id JOIN subnets s ON s.id = a.subnet_id \
                          WHERE s.vpc_id = $1 AND i.state <> 'terminated' LIMIT 1",
-                        &[id.into()],
-                    )
-                    .await?;
-                if let Some(user) = user {
-                    return Ok(Commit::Undo(NetworkRemoved::InUse(user)));
-                }
-                // Its subnets, held against instances given addresses there
-                // meanwhile (which hold them FOR SHARE).
-                conn.fetch_texts(
-                    &format!("SELECT id FROM subnets WHERE vpc_id = $1{lock}"),
-                    &[id.into()],
-                )
-                .await?;
-                let in_vpc = "SELECT id FROM subnets WHERE vpc_id = $1";
-                conn.execute(
-                    &format!("DELETE FROM instance_addresses WHERE subnet_id IN ({in_vpc})"),
-                    &[id.into()],
-                )
-                .await?;
-                conn.execute("DELETE FROM subnets WHERE vpc_id = $1", &[id.into()])
-                    .await?;
-                conn.execute("DELETE FROM vpcs WHERE id = $1", &[id.into()])
-                    .await?;
-                Ok(Commit::Keep(NetworkRemoved::Removed))
-            })
-        })
+                // Its subnets are held against instances given addresses
+                // there meanwhile (which hold them FOR SHARE).
+                locked: Some("SELECT id FROM subnets WHERE vpc_id = $1"),
+                dependents: &[
+                    "DELETE FROM instance_addresses WHERE subnet_id IN \
+                     (SELECT id FROM subnets WHERE vpc_id = $1)",
+                    "DELETE FROM subnets WHERE vpc_id = $1",
+                ],
+            },
+            project_id,
+            id,
+        )
         .await
     }
 
     /// Deletes a subnet, unless an instance is in it.
     pub async fn delete_subnet(&self, project_id: &str, id: &str) -> Result<NetworkRemoved> {
+        self.remove_unless_used(
+            "delete_subnet",
+            Removal {
+                table: "subnets",
+                in_use: "SELECT i.id FROM instances i JOIN instance_addresses a \
+                         ON a.instance_id = i.id \
+                         WHERE a.subnet_id = $1 AND i.state <> 'terminated' LIMIT 1",
+                locked: None,
+                dependents: &["DELETE FROM instance_addresses WHERE subnet_id = $1"],
+            },
+            project_id,
+            id,
+        )
+        .await
+    }
+
+    /// Deletes a row of the project (held against concurrent use) unless
+    /// an instance that is not terminated uses it; its dependents go first.
+    async fn remove_unless_used(
+        &self,
+        what: &'static str,
+        removal: Removal,
+        project_id: &str,
+        id: &str,
+    ) -> Result<NetworkRemoved> {
         let work = Arc::new((project_id.to_string(), id.to_string()));
-        self.write("delete_subnet", move |mut conn| {
+        self.write(what, move |mut conn| {
             let work = work.clone();
             Box::pin(async move {
                 let (project_id, id) = &*work;
                 let lock = lock_clause(&conn, "FOR UPDATE");
+                let table = removal.table;
                 let found = conn
                     .fetch_text(
-                        &format!("SELECT id FROM subnets WHERE id = $1 AND project_id = $2{lock}"),
+                        &format!("SELECT id FROM {table} WHERE id = $1 AND project_id = $2{lock}"),
                         &[id.into(), project_id.into()],
                     )
                     .await?;
                 if found.is_none() {
                     return Ok(Commit::Undo(NetworkRemoved::NotFound));
                 }
-                let user = conn
-                    .fetch_text(
-                        "SELECT i.id FROM instances i JOIN instance_addresses a \
-                         ON a.instance_id = i.id \
-                         WHERE a.subnet_id = $1 AND i.state <> 'terminated' LIMIT 1",
-                        &[id.into()],
-                    )
-                    .await?;
-                if let Some(user) = user {
+                if let Some(locked) = removal.locked {
+                    conn.fetch_texts(&format!("{locked}{lock}"), &[id.into()])
+                        .await?;
+                }
+                if let Some(user) = conn.fetch_text(removal.in_use, &[id.into()]).await? {
                     return Ok(Commit::Undo(NetworkRemoved::InUse(user)));
                 }
-                conn.execute(
-                    "DELETE FROM instance_addresses WHERE subnet_id = $1",
-                    &[id.into()],
-                )
-                .await?;
-                conn.execute("DELETE FROM subnets WHERE id = $1", &[id.into()])
+                for statement in removal.dependents {
+                    conn.execute(statement, &[id.into()]).await?;
+                }
+                conn.execute(&format!("DELETE FROM {table} WHERE id = $1"), &[id.into()])
                     .await?;
                 Ok(Commit::Keep(NetworkRemoved::Removed))
             })
@@ -474,46 +467,32 @@ impl Store {
         project_id: &str,
         id: &str,
     ) -> Result<NetworkRemoved> {
-        let work = Arc::new((project_id.to_string(), id.to_string()));
-        self.write("delete_security_group", move |mut conn| {
-            let work = work.clone();
-            Box::pin(async move {
-                let (project_id, id) = &*work;
-                let lock = lock_clause(&conn, "FOR UPDATE");
-                let found = conn
-                    .fetch_text(
-                        &format!(
-                            "SELECT id FROM security_groups WHERE id = $1 AND project_id = $2{lock}"
-                        ),
-                        &[id.into(), project_id.into()],
-                    )
-                    .await?;
-                if found.is_none() {
-                    return Ok(Commit::Undo(NetworkRemoved::NotFound));
-                }
-                let user = conn
-                    .fetch_text(
-                        "SELECT i.id FROM instances i JOIN instance_security_groups m \
+        self.remove_unless_used(
+            "delete_security_group",
+            Removal {
+                table: "security_groups",
+                in_use: "SELECT i.id FROM instances i JOIN instance_security_groups m \
                          ON m.instance_id = i.id \
                          WHERE m.group_id = $1 AND i.state <> 'terminated' LIMIT 1",
-                        &[id.into()],
-                    )
-                    .await?;
-                if let Some(user) = user {
-                    return Ok(Commit::Undo(NetworkRemoved::InUse(user)));
-                }
-                conn.execute(
-                    "DELETE FROM instance_security_groups WHERE group_id = $1",
-                    &[id.into()],
-                )
-                .await?;
-                conn.execute("DELETE FROM security_groups WHERE id = $1", &[id.into()])
-                    .await?;
-                Ok(Commit::Keep(NetworkRemoved::Removed))
-            })
-        })
+                locked: None,
+                dependents: &["DELETE FROM instance_security_groups WHERE group_id = $1"],
+            },
+            project_id,
+            id,
+        )
         .await
     }
+}
+
+/// What [`Store::remove_unless_used`] removes: a row of `table`, unless
+/// `in_use` (its id as `$1`) names an instance; `locked` rows (by its id)
+/// are held first, and `dependents` (by its id) go before it.
+#[derive(Clone, Copy)]
+struct Removal {
+    table: &'static str,
+    in_use: &'static str,
+    locked: Option<&'static str>,
+    dependents: &'static [&'static str],
 }
 
 async fn insert_vpc(conn: &mut Conn<'_>, new: &NewVpc) -> Result<Commit<NetworkAdded>, DbError> {

@@ -233,7 +233,10 @@ async fn fetch_blob(
     let file = tokio::fs::File::create(&part)
         .await
         .map_err(|e| fail(format!("creating {}: {e}", part.display())))?;
-    let mut out = tokio::io::BufWriter::new(file);
+    let mut out = Capped {
+        inner: tokio::io::BufWriter::new(file),
+        left: size,
+    };
     let fetched = client.pull_blob(from, descriptor, &mut out).await;
     let flushed = tokio::io::AsyncWriteExt::flush(&mut out).await;
     drop(out);
@@ -254,6 +257,45 @@ async fn fetch_blob(
         bytes: size,
     });
     Ok(())
+}
+
+/// A writer that refuses more bytes than the blob's descriptor says it has:
+/// a registry cannot fill the host's disk with a blob it lies about (its
+/// digest would fail too, but only once it is all written).
+struct Capped<W> {
+    inner: W,
+    left: u64,
+}
+
+impl<W: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Capped<W> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        data: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        if data.len() as u64 > self.left {
+            return std::task::Poll::Ready(Err(std::io::Error::other(
+                "the blob is larger than its descriptor says",
+            )));
+        }
+        let written = std::task::ready!(std::pin::Pin::new(&mut self.inner).poll_write(cx, data))?;
+        self.left -= written as u64;
+        std::task::Poll::Ready(Ok(written))
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
 }
 
 /// An OCI image layout of the manifest over the cache's blobs, for the
@@ -335,6 +377,18 @@ mod tests {
             .expect("ref");
         let (from, _) = source(&other, &options);
         assert_eq!(from.registry(), "ghcr.io", "no mirror for ghcr.io");
+    }
+
+    #[tokio::test]
+    async fn a_blob_longer_than_its_descriptor_is_cut_off() {
+        use tokio::io::AsyncWriteExt;
+        let mut out = Capped {
+            inner: Vec::new(),
+            left: 4,
+        };
+        out.write_all(b"abcd").await.expect("as long as declared");
+        assert!(out.write_all(b"e").await.is_err(), "one byte more");
+        assert_eq!(out.inner, b"abcd");
     }
 
     #[test]
