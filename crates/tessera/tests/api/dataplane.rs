@@ -276,8 +276,24 @@ pub(crate) async fn container_agent(
 
 /// Builds the tiny image once and imports it into `state_dir`.
 pub(crate) fn import_tiny(state_dir: &Path) {
+    let imported = Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .args(["image", "import", "tiny"])
+        .arg(tiny_tarball())
+        .arg("--state-dir")
+        .arg(state_dir)
+        .output()
+        .expect("tessera image import");
+    assert!(
+        imported.status.success(),
+        "{}",
+        String::from_utf8_lossy(&imported.stderr)
+    );
+}
+
+/// The tiny image's root file system (gzipped tar), built once per run.
+pub(crate) fn tiny_tarball() -> &'static Path {
     static TARBALL: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    let tarball = TARBALL.get_or_init(|| {
+    TARBALL.get_or_init(|| {
         let out = std::env::temp_dir().join(format!("tessera-tiny-{}.tar.gz", std::process::id()));
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/images/tiny");
         let built = Command::new("bash")
@@ -291,19 +307,7 @@ pub(crate) fn import_tiny(state_dir: &Path) {
             String::from_utf8_lossy(&built.stderr)
         );
         out
-    });
-    let imported = Command::new(env!("CARGO_BIN_EXE_tessera"))
-        .args(["image", "import", "tiny"])
-        .arg(tarball)
-        .arg("--state-dir")
-        .arg(state_dir)
-        .output()
-        .expect("tessera image import");
-    assert!(
-        imported.status.success(),
-        "{}",
-        String::from_utf8_lossy(&imported.stderr)
-    );
+    })
 }
 
 /// Waits for an operation through the API of `url`.
@@ -872,5 +876,134 @@ async fn an_instance_on_a_kloigos_unit_of_a_real_host_is_pinned_to_it() {
         assert!(!user_exists(&unit_user), "{unit_user} removed");
     }
     drop(agent);
+    server.stop().await;
+}
+
+/// A catalog image that names an OCI reference: the control plane tells
+/// the host where to pull it, the host pulls it (through its
+/// `--insecure-registry`) the first time an instance needs it, and the
+/// instance runs from it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_catalog_image_is_pulled_from_its_registry_on_first_use() {
+    skip_unless_dataplane!();
+    if let Some(why) = tessera_agent::testkit::registry_missing() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let registry =
+        tessera_agent::testkit::Registry::start(&dir.path().join("registry"), None).await;
+    let reference = format!("{}/images/tiny:v1", registry.addr);
+    let config = json!({"architecture": tessera_agent::testkit::go_arch(), "os": "linux",
+        "config": {}, "rootfs": {"type": "layers", "diff_ids": []}});
+    registry
+        .client()
+        .push(
+            &reference.parse().expect("reference"),
+            &[oci_client::client::ImageLayer::oci_v1_gzip(
+                std::fs::read(tiny_tarball()).expect("the tiny image"),
+                None,
+            )],
+            oci_client::client::Config::oci_v1(config.to_string().into_bytes(), None),
+            &oci_client::secrets::RegistryAuth::Anonymous,
+            None,
+        )
+        .await
+        .expect("push");
+    // The built-in catalog, with an image from that registry that cx11 runs.
+    let catalog = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../core/catalog.toml"),
+    )
+    .expect("the built-in catalog")
+    .replace(
+        "\"debian-12\", \"tiny\"]",
+        "\"debian-12\", \"tiny\", \"tiny-oci\"]",
+    ) + &format!(
+        "\n[[images]]\nid = \"0b7c1c8e-0000-4000-8000-000000000008\"\nimage_type = \"tiny-oci\"\n\
+             name = \"Tiny, pulled\"\ncategory = \"tiny\"\noci = \"{reference}\"\n"
+    );
+    let catalog_file = dir.path().join("catalog.toml");
+    std::fs::write(&catalog_file, catalog).expect("catalog");
+    let server = TestServer::start_with(
+        Backend::Sqlite,
+        Options {
+            sim_hosts: false,
+            agent_timeout: Duration::from_secs(60),
+            vpc_pool: Some("10.252.8.0/24"),
+            catalog: Some(catalog_file),
+            ..Options::default()
+        },
+    )
+    .await;
+    let state = dir.path().join("agent");
+    let token = join_token(&server.url).await;
+    let _agent = AgentProcess::start(
+        &server.url,
+        Some(&token),
+        "pull-host",
+        &state,
+        "container",
+        &[
+            "--bridge",
+            "tsrt8",
+            "--subnet",
+            "10.251.8.0/24",
+            "--ssh-port-base",
+            "44800",
+            "--user-prefix",
+            "tc8-",
+            "--insecure-registry",
+            &registry.addr,
+        ],
+    );
+    eventually(Duration::from_secs(20), "the host running", || async {
+        let servers = server.get_ok("/v1/servers").await;
+        servers
+            .as_array()
+            .and_then(|l| l.iter().find(|s| s["hostname"] == "pull-host"))
+            .filter(|s| s["status"] == "running")
+            .map(|_| ())
+    })
+    .await;
+    assert!(!state.join("images/tiny-oci").exists(), "not there before");
+    let (key, public) = key_pair(dir.path());
+    let (status, made) = api(
+        &server.url,
+        Method::POST,
+        "/v1/ssh-keys",
+        Some(json!({"name": "puller", "public_key": public})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{made}");
+    let (status, created) = api(
+        &server.url,
+        Method::POST,
+        "/v1/instances",
+        Some(json!({"metadata": {"name": "pulled-1"},
+            "spec": {"type": "cx11", "image": "tiny-oci", "ssh_key_ids": [made["id"]]}})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let op = wait_op(&server.url, created["operation_id"].as_str().expect("op")).await;
+    assert_eq!(op["status"], "completed", "{op}");
+    let meta = std::fs::read_to_string(state.join("images/tiny-oci/image.json")).expect("pulled");
+    assert!(meta.contains(&format!("{reference}@sha256:")), "{meta}");
+    let ip = created["status"]["private_ip"]
+        .as_str()
+        .expect("ip")
+        .to_string();
+    let name = ssh_until(&key, "root", &ip, 22, "hostname").await;
+    assert_eq!(name.trim(), "pulled-1");
+    let id = created["id"].as_str().expect("id");
+    let (status, deleted) = api(
+        &server.url,
+        Method::DELETE,
+        &format!("/v1/instances/{id}"),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{deleted}");
+    wait_op(&server.url, deleted["operation_id"].as_str().expect("op")).await;
+    let _ = Command::new("ip").args(["link", "del", "tsrt8"]).status();
     server.stop().await;
 }

@@ -96,6 +96,8 @@ pub struct Options {
     pub gateway: bool,
     /// The addresses of instances (`--vpc-pool`); `None`: the default.
     pub vpc_pool: Option<&'static str>,
+    /// A catalog file (`--catalog`); `None`: the built-in one.
+    pub catalog: Option<std::path::PathBuf>,
 }
 
 impl Default for Options {
@@ -129,6 +131,7 @@ impl Default for Options {
             request_timeout: Duration::from_secs(60),
             gateway: false,
             vpc_pool: None,
+            catalog: None,
         }
     }
 }
@@ -182,6 +185,10 @@ impl TestServer {
                 },
             }),
             ..Settings::with_defaults(dir.path().to_path_buf(), database_url)
+        };
+        let settings = Settings {
+            catalog: options.catalog.clone(),
+            ..settings
         };
         let settings = match options.vpc_pool {
             Some(pool) => Settings {
