@@ -277,9 +277,9 @@ impl App {
         ))
     }
 
-    /// The project's default security group, made with its default VPC.
+    /// The project's default security group, made with its default VPC
+    /// (the caller has made sure of that).
     async fn default_group(&self, project_id: &str) -> Result<SecurityGroupRecord> {
-        self.default_network(project_id).await?;
         self.store
             .security_groups(project_id)
             .await?
@@ -861,15 +861,11 @@ impl App {
         &self,
         instance: &Instance,
     ) -> Result<(Option<NetworkAttachment>, Vec<GroupRules>)> {
-        let Some((subnet, address)) = self.store.instance_address(&instance.id).await? else {
+        let Some(place) = self.store.instance_address(&instance.id).await? else {
             return Ok((None, Vec::new()));
         };
-        let vpc = self
-            .store
-            .vpc(instance.project_id.as_str(), &subnet.vpc_id)
-            .await?
-            .ok_or_else(|| Error::corrupt(format!("subnet {} has no VPC", subnet.id)))?;
-        let net = parse_stored_block("a subnet", &subnet.cidr)?;
+        let net = parse_stored_block("a subnet", &place.subnet_cidr)?;
+        let address = place.address;
         let address = address.parse().map_err(|_| {
             Error::corrupt(format!(
                 "instance {} has the address {address:?}",
@@ -886,8 +882,8 @@ impl App {
         }
         Ok((
             Some(NetworkAttachment {
-                vpc_id: vpc.id,
-                vpc_cidr: vpc.cidr,
+                vpc_id: place.vpc_id,
+                vpc_cidr: place.vpc_cidr,
                 pool: self.config.vpc_pool.to_string(),
                 address,
                 prefix: net.prefix_len(),

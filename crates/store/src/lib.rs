@@ -41,8 +41,8 @@ pub use instances::{
     CpuClaim, InstanceFilter, InstanceRecord, InstanceUpdate, InstancesAdded, NewInstance, Switch,
 };
 pub use networks::{
-    Block, NetworkAdded, NetworkRemoved, NewAttachment, NewVpc, SecurityGroupRecord, SubnetRecord,
-    VpcRecord,
+    Block, InstancePlace, NetworkAdded, NetworkRemoved, NewAttachment, NewVpc, SecurityGroupRecord,
+    SubnetRecord, VpcRecord,
 };
 pub use oauth::OAuthClientRecord;
 pub use operations::{NewOperation, OperationEnd, OperationFilter, OperationRecord};

@@ -48,6 +48,15 @@ const SUBNET_COLUMNS: &str = "id, project_id, vpc_id, name, cidr, is_default, cr
 const GROUP_COLUMNS: &str =
     "id, project_id, name, description, rules, is_default, created_at, updated_at";
 
+/// Where an instance sits in its network.
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct InstancePlace {
+    pub address: String,
+    pub subnet_cidr: String,
+    pub vpc_id: String,
+    pub vpc_cidr: String,
+}
+
 /// Where a new VPC's or subnet's block comes from.
 #[derive(Clone, Debug)]
 pub enum Block {
@@ -267,28 +276,16 @@ impl Store {
         Ok(rows.into_iter().map(|r| r.0).collect())
     }
 
-    /// The subnet an instance has its address in, and the address, if it
-    /// has one.
-    pub async fn instance_address(
-        &self,
-        instance_id: &str,
-    ) -> Result<Option<(SubnetRecord, String)>> {
-        let found: Option<(String, String)> = self
-            .fetch_optional(
-                "SELECT subnet_id, address FROM instance_addresses WHERE instance_id = $1 LIMIT 1",
-                &[instance_id.into()],
-            )
-            .await?;
-        let Some((subnet_id, address)) = found else {
-            return Ok(None);
-        };
-        let subnet: Option<SubnetRecord> = self
-            .fetch_optional(
-                &format!("SELECT {SUBNET_COLUMNS} FROM subnets WHERE id = $1"),
-                &[subnet_id.into()],
-            )
-            .await?;
-        Ok(subnet.map(|s| (s, address)))
+    /// Where an instance sits: its address, its subnet's block and its
+    /// VPC's, in one read (every spec a host is sent asks it).
+    pub async fn instance_address(&self, instance_id: &str) -> Result<Option<InstancePlace>> {
+        self.fetch_optional(
+            "SELECT a.address, s.cidr AS subnet_cidr, v.id AS vpc_id, v.cidr AS vpc_cidr \
+             FROM instance_addresses a JOIN subnets s ON s.id = a.subnet_id \
+             JOIN vpcs v ON v.id = s.vpc_id WHERE a.instance_id = $1 LIMIT 1",
+            &[instance_id.into()],
+        )
+        .await
     }
 
     /// Adds a VPC (with its subnet and group), choosing its block when

@@ -378,7 +378,7 @@ impl Client {
     }
 }
 
-fn text(value: &Value) -> &str {
+pub(crate) fn text(value: &Value) -> &str {
     value.as_str().unwrap_or("-")
 }
 

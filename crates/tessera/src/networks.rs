@@ -3,7 +3,7 @@
 //! `PROTOCOL[:PORTS][@SOURCE]`: `tcp:22`, `tcp:80-443@203.0.113.0/24`,
 //! `icmp`, `all@web` (the members of group `web`).
 
-use crate::client::{Client, ClientArgs};
+use crate::client::{Client, ClientArgs, text};
 use anyhow::{Result, bail};
 use clap::Subcommand;
 use reqwest::Method;
@@ -119,12 +119,19 @@ fn show_rule(rule: &Value) -> String {
     }
 }
 
-fn items(list: &Value) -> impl Iterator<Item = &Value> {
-    list["items"].as_array().into_iter().flatten()
+/// A group's rules in the short form, space-separated.
+fn show_rules(group: &Value) -> String {
+    let rules: Vec<String> = group["rules"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(show_rule)
+        .collect();
+    rules.join(" ")
 }
 
-fn text(value: &Value) -> &str {
-    value.as_str().unwrap_or("-")
+fn items(list: &Value) -> impl Iterator<Item = &Value> {
+    list["items"].as_array().into_iter().flatten()
 }
 
 fn default_mark(value: &Value) -> &'static str {
@@ -235,17 +242,11 @@ pub async fn security_group(args: ClientArgs, command: SecurityGroupCommand) -> 
                 .await?;
             client.print(&list, |list| {
                 for g in items(list) {
-                    let rules: Vec<String> = g["rules"]
-                        .as_array()
-                        .into_iter()
-                        .flatten()
-                        .map(show_rule)
-                        .collect();
                     println!(
                         "{:<22} {:<16} {}{}",
                         text(&g["id"]),
                         text(&g["name"]),
-                        rules.join(" "),
+                        show_rules(g),
                         default_mark(g)
                     );
                 }
@@ -260,15 +261,7 @@ pub async fn security_group(args: ClientArgs, command: SecurityGroupCommand) -> 
                     Some(json!({"rules": rules})),
                 )
                 .await?;
-            client.print(&set, |g| {
-                let rules: Vec<String> = g["rules"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .map(show_rule)
-                    .collect();
-                println!("{} {}", text(&g["id"]), rules.join(" "));
-            });
+            client.print(&set, |g| println!("{} {}", text(&g["id"]), show_rules(g)));
         }
         SecurityGroupCommand::Delete { id } => {
             client

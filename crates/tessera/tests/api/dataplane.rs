@@ -244,23 +244,38 @@ pub(crate) async fn container_agent(
     state: &Path,
     net: u8,
 ) -> AgentProcess {
+    container_agent_with(server, hostname, state, net, &[]).await
+}
+
+/// [`container_agent`] with more of `tessera agent`'s flags.
+pub(crate) async fn container_agent_with(
+    server: &TestServer,
+    hostname: &str,
+    state: &Path,
+    net: u8,
+    extra: &[&str],
+) -> AgentProcess {
     let token = join_token(&server.url).await;
+    let (bridge, subnet) = (format!("tsrt{net}"), format!("10.251.{net}.0/24"));
+    let (ports, prefix) = (format!("44{net}00"), format!("tc{net}-"));
+    let mut args = vec![
+        "--bridge",
+        &bridge,
+        "--subnet",
+        &subnet,
+        "--ssh-port-base",
+        &ports,
+        "--user-prefix",
+        &prefix,
+    ];
+    args.extend_from_slice(extra);
     let agent = AgentProcess::start(
         &server.url,
         Some(&token),
         hostname,
         state,
         "container",
-        &[
-            "--bridge",
-            &format!("tsrt{net}"),
-            "--subnet",
-            &format!("10.251.{net}.0/24"),
-            "--ssh-port-base",
-            &format!("44{net}00"),
-            "--user-prefix",
-            &format!("tc{net}-"),
-        ],
+        &args,
     );
     eventually(Duration::from_secs(20), "the host running", || async {
         let servers = server.get_ok("/v1/servers").await;
@@ -936,34 +951,13 @@ async fn a_catalog_image_is_pulled_from_its_registry_on_first_use() {
     )
     .await;
     let state = dir.path().join("agent");
-    let token = join_token(&server.url).await;
-    let _agent = AgentProcess::start(
-        &server.url,
-        Some(&token),
+    let _agent = container_agent_with(
+        &server,
         "pull-host",
         &state,
-        "container",
-        &[
-            "--bridge",
-            "tsrt8",
-            "--subnet",
-            "10.251.8.0/24",
-            "--ssh-port-base",
-            "44800",
-            "--user-prefix",
-            "tc8-",
-            "--insecure-registry",
-            &registry.addr,
-        ],
-    );
-    eventually(Duration::from_secs(20), "the host running", || async {
-        let servers = server.get_ok("/v1/servers").await;
-        servers
-            .as_array()
-            .and_then(|l| l.iter().find(|s| s["hostname"] == "pull-host"))
-            .filter(|s| s["status"] == "running")
-            .map(|_| ())
-    })
+        8,
+        &["--insecure-registry", &registry.addr],
+    )
     .await;
     assert!(!state.join("images/tiny-oci").exists(), "not there before");
     let (key, public) = key_pair(dir.path());

@@ -34,6 +34,52 @@ fn ip(args: &[&str]) {
     );
 }
 
+/// A network namespace `ts<kind>-<tag>` joined to the host by a veth
+/// (`ts<kind>h<tag>` on the host with `host/24`, its peer inside with
+/// `inside/24` and a default route to the host), made afresh; answers the
+/// namespace, the host end and the peer.
+fn linked_netns(
+    kind: &str,
+    tag: &str,
+    host: Ipv4Addr,
+    inside: Ipv4Addr,
+) -> (String, String, String) {
+    let ns = format!("ts{kind}-{tag}");
+    let (host_if, peer) = (format!("ts{kind}h{tag}"), format!("ts{kind}p{tag}"));
+    let _ = StdCommand::new("ip").args(["netns", "del", &ns]).output();
+    let _ = StdCommand::new("ip")
+        .args(["link", "del", &host_if])
+        .output();
+    ip(&["netns", "add", &ns]);
+    ip(&[
+        "link", "add", &host_if, "type", "veth", "peer", "name", &peer,
+    ]);
+    ip(&["link", "set", &peer, "netns", &ns]);
+    ip(&["addr", "add", &format!("{host}/24"), "dev", &host_if]);
+    ip(&["link", "set", &host_if, "up"]);
+    ip(&[
+        "-n",
+        &ns,
+        "addr",
+        "add",
+        &format!("{inside}/24"),
+        "dev",
+        &peer,
+    ]);
+    ip(&["-n", &ns, "link", "set", &peer, "up"]);
+    ip(&["-n", &ns, "link", "set", "lo", "up"]);
+    ip(&[
+        "-n",
+        &ns,
+        "route",
+        "add",
+        "default",
+        "via",
+        &host.to_string(),
+    ]);
+    (ns, host_if, peer)
+}
+
 /// A network namespace standing for the internet, routed from the host.
 struct Internet {
     ns: String,
@@ -46,45 +92,7 @@ struct Internet {
 
 impl Internet {
     fn start(tag: &str) -> Internet {
-        let ns = format!("tsi-{tag}");
-        let (host_if, peer) = (format!("tsih{tag}"), format!("tsip{tag}"));
-        let _ = StdCommand::new("ip").args(["netns", "del", &ns]).output();
-        let _ = StdCommand::new("ip")
-            .args(["link", "del", &host_if])
-            .output();
-        ip(&["netns", "add", &ns]);
-        ip(&[
-            "link", "add", &host_if, "type", "veth", "peer", "name", &peer,
-        ]);
-        ip(&["link", "set", &peer, "netns", &ns]);
-        ip(&[
-            "addr",
-            "add",
-            &format!("{INTERNET_HOST}/24"),
-            "dev",
-            &host_if,
-        ]);
-        ip(&["link", "set", &host_if, "up"]);
-        ip(&[
-            "-n",
-            &ns,
-            "addr",
-            "add",
-            &format!("{INTERNET}/24"),
-            "dev",
-            &peer,
-        ]);
-        ip(&["-n", &ns, "link", "set", &peer, "up"]);
-        ip(&["-n", &ns, "link", "set", "lo", "up"]);
-        ip(&[
-            "-n",
-            &ns,
-            "route",
-            "add",
-            "default",
-            "via",
-            &INTERNET_HOST.to_string(),
-        ]);
+        let (ns, host_if, peer) = linked_netns("i", tag, INTERNET_HOST, INTERNET);
         ip(&[
             "-n",
             &ns,
@@ -741,30 +749,9 @@ impl Outside {
     const CLIENT: &str = "10.253.10.2";
 
     fn start(tag: &str) -> Outside {
-        let ns = format!("tso-{tag}");
-        let (host_if, peer) = (format!("tsoh{tag}"), format!("tsop{tag}"));
-        let _ = StdCommand::new("ip").args(["netns", "del", &ns]).output();
-        let _ = StdCommand::new("ip")
-            .args(["link", "del", &host_if])
-            .output();
-        ip(&["netns", "add", &ns]);
-        ip(&[
-            "link", "add", &host_if, "type", "veth", "peer", "name", &peer,
-        ]);
-        ip(&["link", "set", &peer, "netns", &ns]);
-        ip(&[
-            "addr",
-            "add",
-            &format!("{}/24", Self::HOST),
-            "dev",
-            &host_if,
-        ]);
-        ip(&["link", "set", &host_if, "up"]);
-        let client = format!("{}/24", Self::CLIENT);
-        ip(&["-n", &ns, "addr", "add", &client, "dev", &peer]);
-        ip(&["-n", &ns, "link", "set", &peer, "up"]);
-        ip(&["-n", &ns, "link", "set", "lo", "up"]);
-        ip(&["-n", &ns, "route", "add", "default", "via", Self::HOST]);
+        let host: Ipv4Addr = Self::HOST.parse().expect("address");
+        let client: Ipv4Addr = Self::CLIENT.parse().expect("address");
+        let (ns, host_if, _) = linked_netns("o", tag, host, client);
         Outside {
             ns,
             host_if,
