@@ -97,6 +97,91 @@ pub struct InstanceSpec {
     /// groups (SSH and ping from anywhere, everything from its project).
     #[serde(default)]
     pub security_groups: Vec<tessera_core::network::GroupRules>,
+    /// A serverless replica's application: what it runs instead of the
+    /// image's system (no init, no SSH), with its environment, mounts and
+    /// the login its image is pulled with. Holds opened secrets: the agent
+    /// keeps it only in the instance's own root-only directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload: Option<Workload>,
+}
+
+/// What a serverless replica runs.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Workload {
+    /// Replaces the image's entrypoint (and then its command too).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entrypoint: Option<Vec<String>>,
+    /// Replaces the image's command.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cmd: Option<Vec<String>>,
+    /// `NAME=value`, over the image's own.
+    #[serde(default)]
+    pub env: Vec<String>,
+    #[serde(default)]
+    pub mounts: Vec<WorkloadMount>,
+    /// The user name and password its image is pulled with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pull_login: Option<(String, String)>,
+}
+
+impl std::fmt::Debug for Workload {
+    /// Names only: values may be secrets.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Workload")
+            .field("entrypoint", &self.entrypoint)
+            .field("cmd", &self.cmd)
+            .field(
+                "env",
+                &self
+                    .env
+                    .iter()
+                    .map(|e| e.split('=').next().unwrap_or_default())
+                    .collect::<Vec<_>>(),
+            )
+            .field("mounts", &self.mounts.len())
+            .field(
+                "pull_login",
+                &self.pull_login.as_ref().map(|(user, _)| user),
+            )
+            .finish()
+    }
+}
+
+/// A mount of a serverless replica.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum WorkloadMount {
+    /// A directory of the replica's own disk.
+    Scratch { path: String },
+    /// A memory file system of `size_mb`.
+    Memory { path: String, size_mb: u32 },
+    /// Files, read-only: name to content (base64 in JSON).
+    Files {
+        path: String,
+        files: std::collections::BTreeMap<String, Base64Bytes>,
+    },
+}
+
+/// Bytes written as base64 in JSON.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Base64Bytes(pub Vec<u8>);
+
+impl Serialize for Base64Bytes {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use base64::Engine;
+        s.serialize_str(&base64::engine::general_purpose::STANDARD.encode(&self.0))
+    }
+}
+
+impl<'de> Deserialize<'de> for Base64Bytes {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use base64::Engine;
+        let text = String::deserialize(d)?;
+        base64::engine::general_purpose::STANDARD
+            .decode(text)
+            .map(Base64Bytes)
+            .map_err(serde::de::Error::custom)
+    }
 }
 
 /// Where an instance sits in its project's private network.

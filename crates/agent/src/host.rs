@@ -572,6 +572,7 @@ mod tests {
                 network: None,
                 image_ref: None,
                 security_groups: Vec::new(),
+                workload: None,
                 storage: None,
             }),
             state,

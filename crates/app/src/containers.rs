@@ -531,6 +531,7 @@ impl App {
                 ingress,
             }),
             network: Some(network),
+            replica: None,
         };
         self.record_instance(caller, &instance, &[]).await?;
         self.container(caller, &id).await

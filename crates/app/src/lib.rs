@@ -11,6 +11,7 @@ pub mod agents;
 pub mod billing;
 pub mod catalog;
 pub mod containers;
+pub mod deployments;
 pub mod error;
 pub mod events;
 pub mod hosts;
@@ -26,6 +27,7 @@ pub mod projects;
 pub mod quotas;
 pub mod reconciler;
 pub mod scripts;
+pub mod secrets;
 pub mod servers;
 pub mod ssh_keys;
 pub mod tags;
@@ -97,6 +99,13 @@ pub struct AppConfig {
     /// of it when none is asked for); no VPC overlaps another in the
     /// install.
     pub vpc_pool: ipnet::Ipv4Net,
+    /// Seals secrets and registry credentials at rest; `None`: none can
+    /// be stored.
+    pub secrets_key: Option<secrets::sealing::SealingKey>,
+    /// Where callers reach deployments' front door (a deployment's
+    /// `endpoint_base_url` is this and its name); `None`: the advertised
+    /// URL's `/inference`.
+    pub inference_url: Option<String>,
 }
 
 /// The default of [`AppConfig::vpc_pool`].
@@ -171,6 +180,8 @@ impl Default for AppConfig {
             compute: containers::ComputeConfig::default(),
             advertise_url: None,
             vpc_pool: DEFAULT_VPC_POOL.parse().unwrap_or_else(|_| unreachable!()),
+            secrets_key: None,
+            inference_url: None,
         }
     }
 }
@@ -197,6 +208,11 @@ pub struct App {
     sessions: Arc<agents::sessions::SessionHub>,
     /// The terminals open through this process, by container.
     terminals: Arc<Mutex<HashMap<String, usize>>>,
+    /// Serverless deployments' queues in this process.
+    front_door: Arc<deployments::front_door::FrontDoor>,
+    /// Wakes the scaler, and the front door's upkeep.
+    scaler_poke: Arc<tokio::sync::Notify>,
+    front_door_poke: Arc<tokio::sync::Notify>,
     /// Background work (host steps, the reconciler), waited for at shutdown.
     tasks: TaskTracker,
     stopping: CancellationToken,
@@ -228,6 +244,9 @@ impl App {
             terminals: Arc::default(),
             agent_of_host: Arc::default(),
             agent_signals: Arc::default(),
+            front_door: Arc::default(),
+            scaler_poke: Arc::default(),
+            front_door_poke: Arc::default(),
             tasks: TaskTracker::new(),
             stopping: CancellationToken::new(),
             started: Instant::now(),
@@ -268,6 +287,16 @@ impl App {
     }
 
     /// The containers API's settings.
+    /// Where a deployment's front door takes its requests.
+    pub fn endpoint_base_url(&self, deployment: &str) -> String {
+        let base = match (&self.config.inference_url, &self.config.advertise_url) {
+            (Some(url), _) => url.clone(),
+            (None, Some(url)) => format!("{url}/inference"),
+            (None, None) => "/inference".to_string(),
+        };
+        format!("{}/{deployment}", base.trim_end_matches('/'))
+    }
+
     pub fn compute_config(&self) -> &containers::ComputeConfig {
         &self.config.compute
     }

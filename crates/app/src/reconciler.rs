@@ -214,6 +214,7 @@ impl App {
             app.spawn_task::<PendingHosts>();
             app.spawn_task::<OverdueUnits>();
             app.spawn_task::<Prune>();
+            app.spawn_serverless();
         });
     }
 

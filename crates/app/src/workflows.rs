@@ -196,6 +196,7 @@ impl App {
                 attach: Vec::new(),
                 container: None,
                 network: Some(network),
+                replica: None,
             });
         }
         for key in &params.ssh_key_ids {
@@ -236,7 +237,8 @@ impl App {
                 return Err(crate::instances::network_gone());
             }
             tessera_store::InstancesAdded::Recorded
-            | tessera_store::InstancesAdded::VolumeTaken => {}
+            | tessera_store::InstancesAdded::VolumeTaken
+            | tessera_store::InstancesAdded::ReplicasEnough => {}
         }
         for node in &nodes {
             self.publish("instance", &node.id, Some(&op.project_id), "provisioning");

@@ -45,6 +45,46 @@ pub struct Catalog {
     /// The image a container gets when its request names none.
     #[serde(default)]
     pub compute_image: Option<String>,
+    /// What a replica of a serverless deployment gets, by `compute` name.
+    #[serde(default)]
+    pub serverless_compute: Vec<ServerlessCompute>,
+}
+
+/// A serverless compute resource without GPUs (Verda's "General
+/// Compute"): what one replica gets per unit of its deployment's
+/// `compute.size`.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ServerlessCompute {
+    pub name: String,
+    /// The host architecture its replicas run on.
+    pub arch: String,
+    /// CPU per unit, in thousandths: under 1000 in all, a share of a CPU
+    /// shared with other such replicas.
+    pub cpu_millis: u32,
+    pub memory_mb: u64,
+    /// The sizes a deployment may ask for.
+    pub sizes: Vec<u32>,
+    /// What one unit costs per hour while a replica runs.
+    pub price_per_hour: f64,
+}
+
+impl ServerlessCompute {
+    /// The CPU of a replica of `size` units, in thousandths.
+    pub fn cpu_millis(&self, size: u32) -> u32 {
+        self.cpu_millis.saturating_mul(size)
+    }
+
+    /// Its share of a shared CPU, if under one CPU, for `size` units.
+    pub fn share(&self, size: u32) -> Option<u32> {
+        let millis = self.cpu_millis(size);
+        (millis < crate::placement::CPU_MILLIS).then_some(millis)
+    }
+
+    /// The CPUs placement gives a replica of `size` units.
+    pub fn cpus(&self, size: u32) -> u32 {
+        self.cpu_millis(size).div_ceil(crate::placement::CPU_MILLIS)
+    }
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -408,6 +448,10 @@ impl Catalog {
 
     pub fn compute_type(&self, name: &str) -> Option<&ComputeType> {
         self.compute_types.iter().find(|t| t.name == name)
+    }
+
+    pub fn serverless_compute(&self, name: &str) -> Option<&ServerlessCompute> {
+        self.serverless_compute.iter().find(|t| t.name == name)
     }
 
     pub fn volume_type(&self, name: &str) -> Option<&VolumeType> {

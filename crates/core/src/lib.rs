@@ -15,6 +15,7 @@ pub mod ports;
 pub mod quota;
 pub mod range;
 pub mod scopes;
+pub mod serverless;
 pub mod status;
 
 pub use cpuset::CpuSet;

@@ -60,6 +60,8 @@ permissions! {
     VolumeWrite => "volume_write",
     ScriptRead => "script_read",
     ScriptWrite => "script_write",
+    SecretRead => "secret_read",
+    SecretWrite => "secret_write",
     BalanceRead => "balance_read",
     BalanceAdmin => "balance_admin",
     CredentialWrite => "credential_write",
@@ -165,6 +167,8 @@ impl Role {
                     | VolumeWrite
                     | ScriptRead
                     | ScriptWrite
+                    | SecretRead
+                    | SecretWrite
                     | BalanceRead
                     | CredentialWrite
                     | TokenWrite
@@ -180,6 +184,7 @@ impl Role {
                     | NetworkRead
                     | VolumeRead
                     | ScriptRead
+                    | SecretRead
                     | BalanceRead
                     | TokenWrite
             ),

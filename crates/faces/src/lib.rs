@@ -3,11 +3,13 @@
 //! a handler parses, calls one app function and shapes the answer.
 //!
 //! Faces: [`native`] at `/v1`; [`kloigos`] at `/api`; [`verda`] at
-//! `/verda/v1`; [`compute`] (the containers API) at `/compute`; [`system`]
+//! `/verda/v1`; [`compute`] (the containers API) at `/compute`; the
+//! [`front_door`] of serverless deployments at `/inference`; [`system`]
 //! (`/health`). Every face publishes
 //! an OpenAPI document built from this code ([`openapi_documents`]).
 
 pub mod compute;
+pub mod front_door;
 pub mod kit;
 pub mod kloigos;
 pub mod metrics;
@@ -35,6 +37,7 @@ pub fn router(app: App) -> Router {
         .nest("/api", kloigos::router(app.clone()))
         .nest("/verda/v1", verda::router(app.clone()))
         .nest("/compute", compute::router(app.clone()))
+        .nest("/inference", front_door::router(app.clone()))
         .nest("/v1", native::router(app))
         .layer(axum::middleware::from_fn_with_state(http, metrics::track))
         // The span names the path only: a query may carry a credential

@@ -48,4 +48,5 @@ pub use config::{CertificateSource, GatewayConfig, PortMapping, is_ingress_port}
 pub use gateway::{Gateway, StartError};
 pub use hostname::{Domain, InvalidDomain};
 pub use memory::MemoryRoutes;
+pub use proxy::strip_hop_by_hop;
 pub use routes::{NoRoute, RouteTable};

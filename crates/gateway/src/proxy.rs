@@ -249,7 +249,7 @@ fn upstream_request(
 
 /// Removes the hop-by-hop headers and those the `Connection` header names
 /// (but never `Host` or `Content-Length`, which frame and route the message).
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     let named: Vec<HeaderName> = connection_tokens(headers)
         .filter_map(|token| HeaderName::from_bytes(token.as_bytes()).ok())
         .filter(|name| *name != HOST && *name != CONTENT_LENGTH)

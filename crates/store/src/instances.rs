@@ -62,6 +62,8 @@ pub struct NewInstance {
     pub container: Option<crate::NewContainer>,
     /// Its subnet (an address is given to it there) and security groups.
     pub network: Option<crate::NewAttachment>,
+    /// The deployment it is a replica of, when it is one.
+    pub replica: Option<crate::NewReplica>,
 }
 
 /// How recording new instances went; nothing changed unless `Recorded`.
@@ -74,6 +76,8 @@ pub enum InstancesAdded {
     SubnetFull(String),
     /// Its subnet or one of its security groups was deleted meanwhile.
     NetworkGone,
+    /// Its deployment has all the replicas it may have, or is going.
+    ReplicasEnough,
 }
 
 /// What [`Store::claim_instance_cpus`] claims CPUs for.
@@ -212,13 +216,20 @@ impl Store {
                 .filter_map(|i| Some((i.id.clone(), i.network.clone()?)))
                 .collect(),
         );
+        let replicas: Arc<Vec<(String, crate::NewReplica)>> = Arc::new(
+            instances
+                .iter()
+                .filter_map(|i| Some((i.id.clone(), i.replica.clone()?)))
+                .collect(),
+        );
         let outcome = self
             .write("insert_instances", move |mut conn| {
-                let (statements, attaches, quota, networks) = (
+                let (statements, attaches, quota, networks, replicas) = (
                     statements.clone(),
                     attaches.clone(),
                     quota.clone(),
                     networks.clone(),
+                    replicas.clone(),
                 );
                 Box::pin(async move {
                     if let Some(quota) = quota.as_ref()
@@ -230,6 +241,11 @@ impl Store {
                         let changed = conn.execute(sql, args).await?;
                         if attaches.contains(&n) && changed != 1 {
                             return Ok(Commit::Undo(Ok(InstancesAdded::VolumeTaken)));
+                        }
+                    }
+                    for (id, replica) in replicas.iter() {
+                        if !crate::deployments::insert_replica(&mut conn, id, replica).await? {
+                            return Ok(Commit::Undo(Ok(InstancesAdded::ReplicasEnough)));
                         }
                     }
                     for (id, network) in networks.iter() {

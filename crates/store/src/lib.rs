@@ -13,6 +13,7 @@ mod agents;
 mod billing;
 mod containers;
 mod db;
+mod deployments;
 mod events;
 mod hosts;
 mod identity;
@@ -23,6 +24,7 @@ mod operations;
 mod policies;
 mod quotas;
 mod scripts;
+mod secrets;
 mod ssh_keys;
 mod tags;
 mod taskservs;
@@ -34,6 +36,9 @@ mod writer;
 pub use agents::{AgentRecord, JoinTokenRecord, SessionRequestRecord, WorkRecord};
 pub use billing::{Balance, now_ms};
 pub use containers::{ContainerRecord, IngressRoute, IngressRule, InstanceUsage, NewContainer};
+pub use deployments::{
+    DeploymentChange, DeploymentRecord, InferenceKeyRecord, NewReplica, ReplicaRecord,
+};
 pub use events::{EventRecord, NewEvent};
 pub use hosts::{DecommissionStart, HostRecord, NewHost, NewUnit};
 pub use identity::{MembershipRecord, NewUser, ProjectRecord, RefreshUse, UserRecord};
@@ -49,6 +54,7 @@ pub use operations::{NewOperation, OperationEnd, OperationFilter, OperationRecor
 pub use policies::ProjectPolicyRecord;
 pub use quotas::{QuotaCheck, QuotaExceeded, QuotaOverrides, Usage};
 pub use scripts::ScriptRecord;
+pub use secrets::{Recorded, RegistryCredentialRecord, SecretRecord};
 pub use sqlx::Error as SqlxError;
 pub use ssh_keys::{KeyAdded, SshKeyRecord};
 pub use tags::{TagAdded, TagRecord};

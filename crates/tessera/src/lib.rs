@@ -6,6 +6,7 @@ pub mod agent;
 pub mod bench;
 pub mod client;
 pub mod compute;
+pub mod deployments;
 pub mod ingress;
 pub mod logging;
 pub mod networks;

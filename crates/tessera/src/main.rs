@@ -93,6 +93,14 @@ enum Command {
         #[command(subcommand)]
         command: tessera::networks::SecurityGroupCommand,
     },
+    /// Keys that call your workspace's serverless deployments through the
+    /// front door (`/inference/<deployment>`), through a running server.
+    InferenceKey {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        command: tessera::deployments::InferenceKeyCommand,
+    },
     /// Join tokens for new hosts' agents, through a running server.
     JoinToken {
         #[command(flatten)]
@@ -176,6 +184,9 @@ fn run(cli: Cli) -> Result<()> {
             Command::Subnet { client, command } => tessera::networks::subnet(client, command).await,
             Command::SecurityGroup { client, command } => {
                 tessera::networks::security_group(client, command).await
+            }
+            Command::InferenceKey { client, command } => {
+                tessera::deployments::inference_key(client, command).await
             }
             Command::JoinToken { client, command } => client::join_token(client, command).await,
             Command::Credentials { client, command } => client::credentials(client, command).await,

@@ -108,6 +108,10 @@ pub async fn start(settings: &Settings) -> Result<RunningServer> {
         compute: settings.compute.clone(),
         advertise_url: Some(advertise_url),
         vpc_pool: settings.vpc_pool,
+        secrets_key: Some(
+            tessera_app::secrets::sealing::SealingKey::load_or_create(&settings.secrets_key)
+                .map_err(anyhow::Error::msg)?,
+        ),
         ..AppConfig::default()
     };
     let app = App::new(store, agents, config).await?;

@@ -17,7 +17,7 @@
 //! `quota_containers`, `quota_ssh_keys`, `script_quota`, `replica_id`,
 //! `compute_domain`, `compute_max_memory_mb`, `compute_max_storage_gb`,
 //! `gateway_listen`, `gateway_port_offset`, `gateway_certificate`,
-//! `gateway_private_key`, `advertise_url`, `vpc_pool`.
+//! `gateway_private_key`, `advertise_url`, `vpc_pool`, `secrets_key`.
 
 use crate::logging::LogFormat;
 use anyhow::{Context, Result, bail};
@@ -205,6 +205,12 @@ pub struct ServerArgs {
     /// 10.128.0.0/9]. No two VPCs of the install overlap.
     #[arg(long, env = "TESSERA_VPC_POOL")]
     pub vpc_pool: Option<String>,
+    /// The key that seals secrets and registry credentials at rest: 64 hex
+    /// digits in a file, made there on first start when missing. Every
+    /// replica of one install needs the same key [default:
+    /// DATA_DIR/secrets.key].
+    #[arg(long, env = "TESSERA_SECRETS_KEY")]
+    pub secrets_key: Option<PathBuf>,
 }
 
 /// Where the ingress gateway listens: an address, or nowhere.
@@ -294,6 +300,7 @@ struct FileSettings {
     gateway_private_key: Option<PathBuf>,
     advertise_url: Option<String>,
     vpc_pool: Option<String>,
+    secrets_key: Option<PathBuf>,
 }
 
 /// Resolved settings.
@@ -336,6 +343,8 @@ pub struct Settings {
     pub advertise_url: Option<String>,
     /// Where VPCs get their blocks.
     pub vpc_pool: ipnet::Ipv4Net,
+    /// The file holding the key that seals secrets.
+    pub secrets_key: PathBuf,
 }
 
 impl Settings {
@@ -550,7 +559,6 @@ impl ServerArgs {
             }
         };
         Ok(Settings {
-            data_dir,
             listen,
             database_url,
             sim,
@@ -656,6 +664,11 @@ impl ServerArgs {
                 }
                 pool
             },
+            secrets_key: self
+                .secrets_key
+                .or(file.secrets_key)
+                .unwrap_or_else(|| data_dir.join("secrets.key")),
+            data_dir,
         })
     }
 }

@@ -263,6 +263,7 @@ mod tests {
             network: None,
             image_ref: None,
             security_groups: Vec::new(),
+            workload: None,
             storage: None,
         };
         check_spec(&spec("1", None)).expect("exclusive");

@@ -910,6 +910,7 @@ mod tests {
             network: None,
             image_ref: None,
             security_groups: Vec::new(),
+            workload: None,
             storage: None,
         };
         // A volume that is not stored here cannot be attached.
@@ -945,6 +946,7 @@ mod tests {
             network: None,
             image_ref: None,
             security_groups: Vec::new(),
+            workload: None,
             storage: None,
         }
     }

@@ -63,8 +63,16 @@ impl App {
         if let Some(kind) = self.catalog.instance_type(&spec.instance_type) {
             return (Some(kind.arch.clone()), None);
         }
-        match self.catalog.compute_type(&spec.instance_type) {
-            Some(kind) => (Some(kind.arch.clone()), kind.share()),
+        if let Some(kind) = self.catalog.compute_type(&spec.instance_type) {
+            return (Some(kind.arch.clone()), kind.share());
+        }
+        // A serverless replica: its deployment's share of a CPU, if under one.
+        match self.catalog.serverless_compute(&spec.instance_type) {
+            Some(kind) => (
+                Some(kind.arch.clone()),
+                spec.cpu_millis
+                    .filter(|m| *m < tessera_core::placement::CPU_MILLIS),
+            ),
             None => (None, None),
         }
     }
@@ -207,6 +215,7 @@ impl App {
             attach,
             container: None,
             network: Some(network),
+            replica: None,
         };
         self.record_instance(caller, &instance, &tags).await
     }
@@ -249,6 +258,11 @@ impl App {
             }
             InstancesAdded::SubnetFull(subnet) => return Err(subnet_full(&subnet)),
             InstancesAdded::NetworkGone => return Err(network_gone()),
+            InstancesAdded::ReplicasEnough => {
+                return Err(Error::Conflict(
+                    "the deployment has all the replicas it may have, or is being deleted".into(),
+                ));
+            }
         }
         self.tag_new(&caller.project_id, crate::tags::Tagged::Instance, &id, tags)
             .await?;

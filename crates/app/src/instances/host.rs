@@ -58,12 +58,17 @@ impl App {
             memory_mb: instance.memory_mb,
             disk_gb: spec.disk_gb.unwrap_or(0),
             image: spec.image.clone(),
-            image_ref: self.catalog.image(&spec.image).and_then(|i| i.oci.clone()),
+            image_ref: match &spec.workload {
+                Some(w) => Some(w.image.clone()),
+                None => self.catalog.image(&spec.image).and_then(|i| i.oci.clone()),
+            },
             ssh_keys,
             user_data,
             volumes,
             cpu_millis: self.placement_needs(spec).1,
-            ssh_forward: container.as_ref().is_none_or(|c| c.ssh_enabled),
+            // A serverless replica has no SSH server to forward to.
+            ssh_forward: spec.workload.is_none()
+                && container.as_ref().is_none_or(|c| c.ssh_enabled),
             egress: policy.egress,
             // What it was made with; instances made before that was kept
             // follow their project.
@@ -71,6 +76,67 @@ impl App {
             storage,
             network,
             security_groups,
+            workload: match &spec.workload {
+                Some(w) => Some(
+                    self.replica_workload(instance.project_id.as_str(), w)
+                        .await?,
+                ),
+                None => None,
+            },
+        })
+    }
+
+    /// A replica's workload as its host runs it: secrets opened, and the
+    /// login its image is pulled with.
+    async fn replica_workload(
+        &self,
+        project_id: &str,
+        w: &tessera_core::serverless::Workload,
+    ) -> Result<tessera_agent_api::Workload> {
+        use tessera_core::serverless::Mount;
+        let mut env = Vec::new();
+        for var in &w.env {
+            let value = match var.secret {
+                true => String::from_utf8_lossy(&self.secret_value(project_id, &var.value).await?)
+                    .into_owned(),
+                false => var.value.clone(),
+            };
+            env.push(format!("{}={value}", var.name));
+        }
+        let mut mounts = Vec::new();
+        for mount in &w.mounts {
+            mounts.push(match mount {
+                Mount::Scratch { path } => {
+                    tessera_agent_api::WorkloadMount::Scratch { path: path.clone() }
+                }
+                Mount::Memory { path, size_mb } => tessera_agent_api::WorkloadMount::Memory {
+                    path: path.clone(),
+                    size_mb: *size_mb,
+                },
+                Mount::Secret { path, secret } => tessera_agent_api::WorkloadMount::Files {
+                    path: path.clone(),
+                    files: self
+                        .secret_files(project_id, secret)
+                        .await?
+                        .into_iter()
+                        .map(|(name, bytes)| (name, tessera_agent_api::Base64Bytes(bytes)))
+                        .collect(),
+                },
+            });
+        }
+        let pull_login = match &w.registry_credentials {
+            Some(name) => self
+                .pull_login(project_id, name, &w.image)
+                .await?
+                .map(|l| (l.username, l.password)),
+            None => None,
+        };
+        Ok(tessera_agent_api::Workload {
+            entrypoint: w.entrypoint.clone(),
+            cmd: w.cmd.clone(),
+            env,
+            mounts,
+            pull_login,
         })
     }
 

@@ -165,6 +165,13 @@ pub struct InstanceSpecInput {
     /// when it was made); never taken from a request.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub privileged: bool,
+    /// A serverless replica's CPU, in thousandths (a share of one CPU
+    /// under 1000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_millis: Option<u32>,
+    /// What a serverless replica runs (secrets named, not held).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload: Option<tessera_core::serverless::Workload>,
 }
 
 #[derive(Clone, Debug, Default)]

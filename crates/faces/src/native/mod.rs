@@ -12,6 +12,7 @@ mod agent_channel;
 mod auth;
 mod credentials;
 mod events;
+mod inference_keys;
 mod instances;
 mod join_tokens;
 mod networks;
@@ -88,6 +89,9 @@ pub(crate) use crate::kit::{Body, Caller, Path, Query};
         ssh_keys::create_ssh_key,
         ssh_keys::get_ssh_key,
         ssh_keys::delete_ssh_key,
+        inference_keys::list_keys,
+        inference_keys::create_key,
+        inference_keys::revoke_key,
         networks::list_vpcs,
         networks::create_vpc,
         networks::get_vpc,
@@ -286,6 +290,14 @@ pub fn router(app: App) -> Router {
         .route(
             "/ssh-keys/{id}",
             get(ssh_keys::get_ssh_key).delete(ssh_keys::delete_ssh_key),
+        )
+        .route(
+            "/inference-keys",
+            get(inference_keys::list_keys).post(inference_keys::create_key),
+        )
+        .route(
+            "/inference-keys/{id}",
+            axum::routing::delete(inference_keys::revoke_key),
         )
         .route("/vpcs", get(networks::list_vpcs).post(networks::create_vpc))
         .route(

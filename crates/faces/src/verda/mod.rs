@@ -12,9 +12,11 @@
 
 mod balance;
 mod catalog;
+mod deployments;
 mod instances;
 mod oauth;
 mod scripts;
+mod secrets;
 mod ssh_keys;
 mod tags;
 mod volumes;
@@ -36,7 +38,7 @@ pub(crate) use crate::kit::{Body, Caller, Path, Query};
     info(
         title = "Tessera: Verda Cloud compatible API",
         version = "1.0.0",
-        description = "Verda Cloud's public API (OAuth2, catalog, instances, volumes, SSH keys, startup scripts, balance) over Tessera. Rate limits, pagination and errors as Verda documents them."
+        description = "Verda Cloud's public API (OAuth2, catalog, instances, volumes, SSH keys, startup scripts, balance, container deployments, secrets, registry credentials) over Tessera. Rate limits, pagination and errors as Verda documents them."
     ),
     servers((url = "/verda")),
     paths(
@@ -87,6 +89,33 @@ pub(crate) use crate::kit::{Body, Caller, Path, Query};
         tags::delete_instance_tag,
         tags::add_volume_tag,
         tags::delete_volume_tag,
+        deployments::list_deployments,
+        deployments::create_deployment,
+        deployments::get_deployment,
+        deployments::patch_deployment,
+        deployments::delete_deployment,
+        deployments::deployment_status,
+        deployments::restart_deployment,
+        deployments::get_scaling,
+        deployments::patch_scaling,
+        deployments::replicas,
+        deployments::purge_queue,
+        deployments::pause,
+        deployments::resume,
+        deployments::get_env,
+        deployments::add_env,
+        deployments::set_env,
+        deployments::delete_env,
+        deployments::compute_resources,
+        secrets::list_secrets,
+        secrets::create_secret,
+        secrets::delete_secret,
+        secrets::list_file_secrets,
+        secrets::create_file_secret,
+        secrets::delete_file_secret,
+        secrets::list_registry_credentials,
+        secrets::create_registry_credential,
+        secrets::delete_registry_credential,
     ),
     components(schemas(ErrorBody)),
     modifiers(&BearerAuth),
@@ -228,6 +257,79 @@ pub fn router(app: App) -> Router {
         .route(
             "/scripts/{scriptId}",
             get(scripts::get_script).delete(scripts::delete_script),
+        )
+        .route(
+            "/container-deployments",
+            get(deployments::list_deployments).post(deployments::create_deployment),
+        )
+        .route(
+            "/container-deployments/{deployment_name}",
+            get(deployments::get_deployment)
+                .patch(deployments::patch_deployment)
+                .delete(deployments::delete_deployment),
+        )
+        .route(
+            "/container-deployments/{deployment_name}/status",
+            get(deployments::deployment_status),
+        )
+        .route(
+            "/container-deployments/{deployment_name}/restart",
+            post(deployments::restart_deployment),
+        )
+        .route(
+            "/container-deployments/{deployment_name}/scaling",
+            get(deployments::get_scaling).patch(deployments::patch_scaling),
+        )
+        .route(
+            "/container-deployments/{deployment_name}/replicas",
+            get(deployments::replicas),
+        )
+        .route(
+            "/container-deployments/{deployment_name}/purge-queue",
+            post(deployments::purge_queue),
+        )
+        .route(
+            "/container-deployments/{deployment_name}/pause",
+            post(deployments::pause),
+        )
+        .route(
+            "/container-deployments/{deployment_name}/resume",
+            post(deployments::resume),
+        )
+        .route(
+            "/container-deployments/{deployment_name}/environment-variables",
+            get(deployments::get_env)
+                .post(deployments::add_env)
+                .patch(deployments::set_env)
+                .delete(deployments::delete_env),
+        )
+        .route(
+            "/serverless-compute-resources",
+            get(deployments::compute_resources),
+        )
+        .route(
+            "/secrets",
+            get(secrets::list_secrets).post(secrets::create_secret),
+        )
+        .route(
+            "/secrets/{secret_name}",
+            axum::routing::delete(secrets::delete_secret),
+        )
+        .route(
+            "/file-secrets",
+            get(secrets::list_file_secrets).post(secrets::create_file_secret),
+        )
+        .route(
+            "/file-secrets/{secret_name}",
+            axum::routing::delete(secrets::delete_file_secret),
+        )
+        .route(
+            "/container-registry-credentials",
+            get(secrets::list_registry_credentials).post(secrets::create_registry_credential),
+        )
+        .route(
+            "/container-registry-credentials/{credentials_name}",
+            axum::routing::delete(secrets::delete_registry_credential),
         )
         .route_layer(axum::middleware::from_fn_with_state(
             state.app.clone(),

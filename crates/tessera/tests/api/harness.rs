@@ -327,6 +327,11 @@ impl TestServer {
             .id
     }
 
+    /// The server's data directory.
+    pub fn data_dir(&self) -> &std::path::Path {
+        self._dir.path()
+    }
+
     pub async fn stop(self) {
         self.running.shutdown().await.expect("clean shutdown");
     }

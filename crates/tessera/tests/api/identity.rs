@@ -557,6 +557,12 @@ fn probe(permission: Permission) -> Option<(Method, &'static str, Option<Value>)
             "/verda/v1/scripts",
             Some(json!({"name": "", "script": "echo"})),
         ),
+        SecretRead => (Method::GET, "/verda/v1/secrets", None),
+        SecretWrite => (
+            Method::POST,
+            "/verda/v1/secrets",
+            Some(json!({"name": "", "value": "x"})),
+        ),
         TokenWrite => (Method::POST, "/v1/tokens", Some(json!({"name": ""}))),
         QuotaAdmin => (
             Method::PUT,

@@ -20,9 +20,12 @@ mod observability;
 mod openapi;
 mod security;
 mod seed_examples;
+mod serverless_dataplane;
 mod system;
 mod taskservs;
 mod verda;
+mod verda_deployments;
 mod verda_sdk;
+mod verda_secrets;
 
 mod workflows;

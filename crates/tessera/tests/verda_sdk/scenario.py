@@ -17,7 +17,7 @@ Run by crates/tessera/tests/api/verda_sdk.rs. Environment:
 Each step prints `ok <step> <detail>`; the last line is `scenario passed`.
 
 The SDK's services and where they are called (in scope: everything but
-clusters, serverless containers and jobs, secrets, registry credentials):
+clusters, serverless containers and jobs):
 
   authentication  authenticate (VerdaClient()), refresh        step "auth"
   locations       get                                           "catalog"
@@ -35,7 +35,13 @@ clusters, serverless containers and jobs, secrets, registry credentials):
   volumes         create, get, get_by_id, attach, detach,       "volumes"
                   increase_size, rename, clone, delete,
                   delete_by_id, get_in_trash
-  out of scope:   clusters, containers, job_deployments, inference_client
+  containers      create_secret, get_secrets, delete_secret,    "secrets"
+                  create_fileset_secret_from_file_paths,
+                  get_fileset_secrets, delete_fileset_secret,
+                  add_registry_credentials, get_registry_credentials,
+                  delete_registry_credentials
+  out of scope:   clusters, container deployments, job_deployments,
+                  inference_client
 """
 
 import os
@@ -234,6 +240,43 @@ def main():
     check(key.id not in [k.id for k in client.ssh_keys.get()], "key still listed")
     check(script.id not in [s.id for s in client.startup_scripts.get()], "script still listed")
     ok("cleanup", "keys and scripts deleted")
+
+    # Secrets, file secrets and registry credentials: made, listed (never
+    # their values), refused as duplicates, deleted.
+    containers = client.containers
+    containers.create_secret("scenario-token", "tk_scenario-secret")
+    import tempfile
+    with tempfile.TemporaryDirectory() as files:
+        paths = []
+        for name, text in [("tokens.txt", "a=1\n"), ("config.json", "{}")]:
+            path = os.path.join(files, name)
+            with open(path, "w") as f:
+                f.write(text)
+            paths.append(path)
+        containers.create_fileset_secret_from_file_paths("scenario-files", paths)
+    listed = {s.name: s.secret_type for s in containers.get_secrets()}
+    check(listed == {"scenario-token": "generic", "scenario-files": "file-secret"}, f"secrets {listed}")
+    filesets = containers.get_fileset_secrets()
+    check([f.name for f in filesets] == ["scenario-files"], f"file secrets {filesets}")
+    try:
+        containers.create_secret("scenario-token", "again")
+        check(False, "a duplicate secret was accepted")
+    except APIException as err:
+        check(err.code == "conflict", f"duplicate secret: {err}")
+    from verda.containers import CustomRegistryCredentials, DockerHubCredentials, GithubCredentials
+    containers.add_registry_credentials(DockerHubCredentials("scenario-hub", "me", "dckr_pat_x"))
+    containers.add_registry_credentials(GithubCredentials("scenario-gh", "me", "ghp_x"))
+    containers.add_registry_credentials(
+        CustomRegistryCredentials("scenario-own", '{"auths": {"127.0.0.1:5000": {"auth": "bWU6cHc="}}}')
+    )
+    creds = sorted(c.name for c in containers.get_registry_credentials())
+    check(creds == ["scenario-gh", "scenario-hub", "scenario-own"], f"credentials {creds}")
+    containers.delete_secret("scenario-token")
+    containers.delete_fileset_secret("scenario-files")
+    for name in creds:
+        containers.delete_registry_credentials(name)
+    check(containers.get_secrets() == [] and containers.get_registry_credentials() == [], "left over")
+    ok("secrets", "2 secrets, 3 registry credentials")
     print("scenario passed", flush=True)
 
 

@@ -20,6 +20,8 @@ use tessera_agent_api::AgentError;
 pub(super) struct BundleParams {
     pub hostname: String,
     pub args: Vec<String>,
+    /// Where its process starts.
+    pub cwd: String,
     pub env: Vec<String>,
     /// A Linux CPU list: `1`, `0-3`.
     pub cpus: String,
@@ -39,6 +41,8 @@ pub(super) struct BundleParams {
     pub cpu_millis: Option<u32>,
     /// Host directories mounted into it (its persistent storage).
     pub binds: Vec<Bind>,
+    /// Memory file systems: `(path inside, size in MB)`.
+    pub tmpfs: Vec<(String, u32)>,
 }
 
 /// The CFS period of a shared-CPU instance's quota, in microseconds.
@@ -58,6 +62,8 @@ pub(super) struct Bind {
     /// Made just now, empty: it starts with what the image has at
     /// `destination`, as a new Docker volume does.
     pub fresh: bool,
+    /// Mounted read-only (a secret's files).
+    pub readonly: bool,
 }
 
 /// A block device inside an instance.
@@ -119,7 +125,7 @@ pub(super) fn build(p: &BundleParams) -> Result<Spec, AgentError> {
         )
         .args(p.args.clone())
         .env(p.env.clone())
-        .cwd("/")
+        .cwd(p.cwd.clone())
         .no_new_privileges(false)
         .capabilities(capabilities)
         .rlimits(vec![
@@ -157,9 +163,28 @@ pub(super) fn build(p: &BundleParams) -> Result<Spec, AgentError> {
                 .source(bind.source.clone())
                 .options(vec![
                     "rbind".to_string(),
-                    "rw".to_string(),
+                    match bind.readonly {
+                        true => "ro".to_string(),
+                        false => "rw".to_string(),
+                    },
                     "nosuid".to_string(),
                     "nodev".to_string(),
+                ])
+                .build()
+                .map_err(err)?,
+        );
+    }
+    for (path, size_mb) in &p.tmpfs {
+        mounts.push(
+            MountBuilder::default()
+                .destination(path.clone())
+                .typ("tmpfs")
+                .source("tmpfs")
+                .options(vec![
+                    "nosuid".to_string(),
+                    "nodev".to_string(),
+                    "mode=1777".to_string(),
+                    format!("size={}k", u64::from(*size_mb) * 1024),
                 ])
                 .build()
                 .map_err(err)?,

@@ -22,6 +22,15 @@ pub(super) struct ImageMeta {
     pub command: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub env: Vec<String>,
+    /// The OCI image's entrypoint and command apart (a serverless replica
+    /// may replace either).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub entrypoint: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cmd: Vec<String>,
+    /// Where its process starts (`WorkingDir`); empty: `/`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub workdir: String,
 }
 
 pub(super) fn validate_image_name(name: &str) -> Result<(), AgentError> {
@@ -389,9 +398,12 @@ fn apply_oci(layout: &Path, rootfs: &Path, meta: &mut ImageMeta) -> Result<(), A
                 })
                 .unwrap_or_default()
         };
-        meta.command = strings(&c["Entrypoint"]);
-        meta.command.extend(strings(&c["Cmd"]));
+        meta.entrypoint = strings(&c["Entrypoint"]);
+        meta.cmd = strings(&c["Cmd"]);
+        meta.command = meta.entrypoint.clone();
+        meta.command.extend(meta.cmd.iter().cloned());
         meta.env = strings(&c["Env"]);
+        meta.workdir = c["WorkingDir"].as_str().unwrap_or_default().to_string();
     }
     let layers = manifest["layers"]
         .as_array()

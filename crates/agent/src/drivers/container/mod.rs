@@ -89,7 +89,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tessera_agent_api::{
     AgentError, InstanceObservation, InstanceReport, InstanceSpec, NetworkAttachment,
-    SessionRequest, VolumeReport, VolumeSpec,
+    SessionRequest, VolumeReport, VolumeSpec, Workload, WorkloadMount,
 };
 use tessera_core::network::GroupRules;
 
@@ -458,6 +458,61 @@ async fn as_root_of<T: Send + 'static>(
     }
 }
 
+/// What a serverless replica runs: its own entrypoint or the image's,
+/// then its own command or (unless it replaced the entrypoint, as Docker
+/// does) the image's.
+fn workload_args(w: &Workload, meta: &image::ImageMeta) -> Result<Vec<String>, AgentError> {
+    let (image_entrypoint, image_cmd) = match meta.entrypoint.is_empty() && meta.cmd.is_empty() {
+        // Imported before entrypoint and command were kept apart.
+        true => (Vec::new(), meta.command.clone()),
+        false => (meta.entrypoint.clone(), meta.cmd.clone()),
+    };
+    let mut args = w.entrypoint.clone().unwrap_or(image_entrypoint);
+    match (&w.entrypoint, &w.cmd) {
+        (_, Some(cmd)) => args.extend(cmd.iter().cloned()),
+        (Some(_), None) => {}
+        (None, None) => args.extend(image_cmd),
+    }
+    match args.is_empty() {
+        true => Err(fail(
+            "the image names no command, and the deployment gives none".to_string(),
+        )),
+        false => Ok(args),
+    }
+}
+
+/// Writes a secret's files into `dir` (made anew), readable by the
+/// instance's root only.
+fn write_secret_files(
+    dir: &Path,
+    files: &std::collections::BTreeMap<String, tessera_agent_api::Base64Bytes>,
+    owner: u32,
+) -> Result<(), AgentError> {
+    if dir.exists() {
+        fs::remove_dir_all(dir).map_err(|e| io_fail("clearing", dir, e))?;
+    }
+    fs::create_dir_all(dir).map_err(|e| io_fail("making", dir, e))?;
+    for (name, content) in files {
+        if name.is_empty() || name.contains('/') || name == "." || name == ".." {
+            return Err(fail(format!("bad secret file name {name:?}")));
+        }
+        let path = dir.join(name);
+        let mut options = fs::OpenOptions::new();
+        options.write(true).create_new(true).mode(0o400);
+        let mut file = options
+            .open(&path)
+            .map_err(|e| io_fail("writing", &path, e))?;
+        file.write_all(&content.0)
+            .map_err(|e| io_fail("writing", &path, e))?;
+        std::os::unix::fs::chown(&path, Some(owner), Some(owner))
+            .map_err(|e| io_fail("writing", &path, e))?;
+    }
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o500))
+        .map_err(|e| io_fail("preparing", dir, e))?;
+    std::os::unix::fs::chown(dir, Some(owner), Some(owner))
+        .map_err(|e| io_fail("preparing", dir, e))
+}
+
 /// Makes a block device node at `path` owned by `owner`, as a volume of an
 /// unprivileged instance is bound in (replacing what is there).
 fn make_device_node(path: &Path, major: i64, minor: i64, owner: u32) -> Result<(), AgentError> {
@@ -719,8 +774,12 @@ impl ContainerDriver {
         }
         self.converge_forward(&mut rec, spec.ssh_forward).await?;
         // Answer once SSH does, as a cloud's "running" means reachable; an
-        // image without an SSH server still runs, so this only waits.
-        let ssh_answers = wait_for_port(SocketAddr::from((rec.ip, 22)), SSH_WAIT).await;
+        // image without an SSH server still runs, so this only waits. A
+        // serverless replica has none: its front door asks its health.
+        let ssh_answers = match spec.workload {
+            Some(_) => false,
+            None => wait_for_port(SocketAddr::from((rec.ip, 22)), SSH_WAIT).await,
+        };
         tracing::info!(%id, ip = %rec.ip, ssh_port = ?rec.report().ssh_port, ssh_answers, "instance running");
         Ok(rec.report())
     }
@@ -809,23 +868,40 @@ impl ContainerDriver {
         }
 
         let meta = image::read_meta(&self.config.image_dir, &rec.image).unwrap_or_default();
-        let args = if fs::symlink_metadata(rootfs.join("sbin/tessera-init")).is_ok() {
-            vec!["/sbin/tessera-init".to_string()]
-        } else if !meta.command.is_empty() {
-            meta.command.clone()
-        } else {
-            vec!["/sbin/init".to_string()]
-        };
         let mut env = vec![
             "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string(),
             "HOME=/root".to_string(),
             "container=tessera".to_string(),
         ];
         env.extend(meta.env.iter().filter(|e| !e.starts_with("PATH=")).cloned());
+        let mut tmpfs = Vec::new();
+        let (args, cwd) = match &spec.workload {
+            // A serverless replica runs its application, not a system.
+            Some(w) => {
+                self.mount_workload(w, &dir, &rootfs, rec.ids, &mut binds, &mut tmpfs)
+                    .await?;
+                for var in &w.env {
+                    let name = var.split('=').next().unwrap_or_default();
+                    env.retain(|e| e.split('=').next() != Some(name));
+                    env.push(var.clone());
+                }
+                (workload_args(w, &meta)?, meta.workdir.clone())
+            }
+            None if fs::symlink_metadata(rootfs.join("sbin/tessera-init")).is_ok() => {
+                (vec!["/sbin/tessera-init".to_string()], String::new())
+            }
+            None if !meta.command.is_empty() => (meta.command.clone(), meta.workdir.clone()),
+            None => (vec!["/sbin/init".to_string()], String::new()),
+        };
         let oci = bundle::build(&bundle::BundleParams {
             hostname: spec.name.clone(),
             args,
+            cwd: match cwd.starts_with('/') {
+                true => cwd,
+                false => "/".to_string(),
+            },
             env,
+            tmpfs,
             cpus: spec.cpus.to_string(),
             mems: self.mems.clone(),
             memory_bytes: i64::try_from(spec.memory_mb.saturating_mul(1024 * 1024))
@@ -1151,6 +1227,46 @@ impl ContainerDriver {
     /// Makes sure the spec's image is on this host: pulled, the first time
     /// an instance needs it, from the registry reference the catalog gives
     /// (through the agent's mirrors), one pull at a time per image.
+    /// A serverless replica's mounts: its scratch directories made, its
+    /// secrets' files written and bound in read-only, its memory file
+    /// systems listed for its bundle.
+    async fn mount_workload(
+        &self,
+        w: &Workload,
+        dir: &Path,
+        rootfs: &Path,
+        ids: Option<idmap::IdRange>,
+        binds: &mut Vec<bundle::Bind>,
+        tmpfs: &mut Vec<(String, u32)>,
+    ) -> Result<(), AgentError> {
+        let owner = ids.map_or(0, |ids| ids.base);
+        for (n, mount) in w.mounts.iter().enumerate() {
+            match mount {
+                WorkloadMount::Scratch { path } => {
+                    let (root, rel) = (rootfs.to_path_buf(), path.clone());
+                    as_root_of(ids, move || {
+                        safe_dir(&root, &rel).map(|_| ()).map_err(|e| {
+                            io_fail("preparing", &root.join(rel.trim_start_matches('/')), e)
+                        })
+                    })
+                    .await?;
+                }
+                WorkloadMount::Memory { path, size_mb } => tmpfs.push((path.clone(), *size_mb)),
+                WorkloadMount::Files { path, files } => {
+                    let source = dir.join("secrets").join(n.to_string());
+                    write_secret_files(&source, files, owner)?;
+                    binds.push(bundle::Bind {
+                        source,
+                        destination: path.clone(),
+                        fresh: false,
+                        readonly: true,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
     async fn ensure_image(&self, spec: &InstanceSpec) -> Result<(), AgentError> {
         let root = image::image_rootfs(&self.config.image_dir, &spec.image);
         if root.is_dir() {
@@ -1170,11 +1286,15 @@ impl ContainerDriver {
         tracing::info!(image = %spec.image, %reference, "pulling the image on its first use");
         let name = spec.image.clone();
         let mut progress = |p: Progress| tracing::info!(image = %name, progress = ?p, "pulling");
+        let mut options = self.config.registry.clone();
+        if let Some(login) = spec.workload.as_ref().and_then(|w| w.pull_login.clone()) {
+            options.credentials = Some(login);
+        }
         let pulled = registry::pull_image(
             &self.config.image_dir,
             &spec.image,
             reference,
-            &self.config.registry,
+            &options,
             &mut progress,
         )
         .await?;

@@ -110,6 +110,7 @@ pub(super) async fn mount(
             source,
             destination: path,
             fresh,
+            readonly: false,
         });
     }
     Ok(binds)

@@ -178,6 +178,7 @@ pub(super) fn spec(f: &Fixture, id: &str, name: &str) -> InstanceSpec {
         network: None,
         image_ref: None,
         security_groups: Vec::new(),
+        workload: None,
         storage: None,
     }
 }
@@ -1265,6 +1266,7 @@ fn root_keys_go_to_the_mount_path_that_covers_them() {
         source: PathBuf::from(source),
         destination: destination.to_string(),
         fresh: false,
+        readonly: false,
     };
     let binds = [bind("/s/root", "/root"), bind("/s/data", "/data")];
     assert_eq!(
@@ -1300,6 +1302,7 @@ async fn new_storage_starts_with_the_images_files_never_the_hosts() {
             source,
             destination: destination.to_string(),
             fresh: true,
+            readonly: false,
         }
     };
     let home = bind("root", "/root");

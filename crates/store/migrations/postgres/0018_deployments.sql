@@ -1,0 +1,53 @@
+-- Serverless deployments (Verda's container and job deployments). A
+-- deployment's replicas are instances of its project, recorded with the
+-- generation of the deployment they run (a change of its containers makes
+-- a new generation, and replicas of older ones are replaced). The scaler
+-- keeps `replicas` (its target) and the change it is waiting out
+-- (`pending`, JSON). Front doors report each deployment's queue here, one
+-- row per control-plane replica, so that every replica's scaler sees the
+-- whole load.
+CREATE TABLE deployments (
+    id         TEXT PRIMARY KEY,
+    project_id TEXT NOT NULL REFERENCES projects (id),
+    name       TEXT NOT NULL,
+    kind       TEXT NOT NULL,
+    spec       TEXT NOT NULL,
+    scaling    TEXT NOT NULL,
+    paused     BIGINT NOT NULL,
+    generation BIGINT NOT NULL,
+    replicas   BIGINT NOT NULL,
+    pending    TEXT NOT NULL,
+    deleting   BIGINT NOT NULL,
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL,
+    UNIQUE (project_id, name)
+);
+
+CREATE TABLE deployment_replicas (
+    instance_id   TEXT PRIMARY KEY REFERENCES instances (id),
+    deployment_id TEXT NOT NULL REFERENCES deployments (id),
+    generation    BIGINT NOT NULL,
+    created_at    TEXT NOT NULL
+);
+CREATE INDEX deployment_replicas_deployment ON deployment_replicas (deployment_id);
+
+CREATE TABLE deployment_load (
+    deployment_id TEXT NOT NULL,
+    replica       TEXT NOT NULL,
+    waiting       BIGINT NOT NULL,
+    in_flight     BIGINT NOT NULL,
+    updated_ms    BIGINT NOT NULL,
+    PRIMARY KEY (deployment_id, replica)
+);
+
+-- Keys that call a project's deployments through the front door, kept as
+-- their SHA-256 (they are random, 32 bytes).
+CREATE TABLE inference_keys (
+    id         TEXT PRIMARY KEY,
+    project_id TEXT NOT NULL REFERENCES projects (id),
+    name       TEXT NOT NULL,
+    hash       TEXT NOT NULL UNIQUE,
+    prefix     TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    UNIQUE (project_id, name)
+);

@@ -1,0 +1,489 @@
+//! Serverless deployments, their replicas (instances recorded with the
+//! generation they run), the load front doors measure, and inference keys.
+
+use crate::db::{Arg, Conn, DbError};
+use crate::secrets::Recorded;
+use crate::writer::Commit;
+use crate::{Result, Store, now};
+use std::sync::Arc;
+
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct DeploymentRecord {
+    pub id: String,
+    pub project_id: String,
+    pub name: String,
+    /// `container` or `job`.
+    pub kind: String,
+    /// JSON: what the app keeps of its containers, registry settings and
+    /// compute.
+    pub spec: String,
+    /// JSON: `tessera_core::serverless::Scaling`.
+    pub scaling: String,
+    pub paused: i64,
+    pub generation: i64,
+    /// The scaler's target.
+    pub replicas: i64,
+    /// JSON: `Option<tessera_core::serverless::Pending>`.
+    pub pending: String,
+    pub deleting: i64,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+const DEPLOYMENT_COLUMNS: &str = "id, project_id, name, kind, spec, scaling, paused, generation, \
+     replicas, pending, deleting, created_at, updated_at";
+
+/// A replica of a deployment, with its instance's state.
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct ReplicaRecord {
+    pub instance_id: String,
+    pub generation: i64,
+    pub created_at: String,
+    /// The instance's state (`provisioning`, `running`, ...).
+    pub state: String,
+    pub state_detail: Option<String>,
+    pub private_ip: String,
+    pub host_id: Option<String>,
+}
+
+/// A replica to record with its instance: refused when its deployment
+/// already has `limit` replicas that are not terminated, or is going.
+#[derive(Clone, Debug)]
+pub struct NewReplica {
+    pub deployment_id: String,
+    pub generation: i64,
+    pub limit: i64,
+}
+
+/// What a change of a deployment writes; `None` keeps what is there.
+#[derive(Clone, Debug, Default)]
+pub struct DeploymentChange {
+    pub spec: Option<String>,
+    pub scaling: Option<String>,
+    pub paused: Option<bool>,
+    /// Starts a new generation: its replicas are replaced.
+    pub new_generation: bool,
+}
+
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct InferenceKeyRecord {
+    pub id: String,
+    pub project_id: String,
+    pub name: String,
+    pub hash: String,
+    /// The key's first characters, to tell keys apart.
+    pub prefix: String,
+    pub created_at: String,
+}
+
+const KEY_COLUMNS: &str = "id, project_id, name, hash, prefix, created_at";
+
+/// Replicas whose instance is not terminated.
+const LIVE_REPLICAS: &str = "SELECT CAST(COUNT(*) AS BIGINT) FROM deployment_replicas r \
+     JOIN instances i ON i.id = r.instance_id \
+     WHERE r.deployment_id = $1 AND i.state <> 'terminated'";
+
+/// Records a replica in the transaction that records its instance, unless
+/// its deployment has enough or is going (its row held first, so that two
+/// scalers cannot both add the last one): whether it was recorded.
+pub(crate) async fn insert_replica(
+    conn: &mut Conn<'_>,
+    instance_id: &str,
+    replica: &NewReplica,
+) -> Result<bool, DbError> {
+    let lock = match conn.is_postgres() {
+        true => " FOR UPDATE",
+        false => "",
+    };
+    let open = conn
+        .fetch_int(
+            &format!("SELECT deleting FROM deployments WHERE id = $1{lock}"),
+            &[(&replica.deployment_id).into()],
+        )
+        .await?;
+    if open != Some(0) {
+        return Ok(false);
+    }
+    let live = conn
+        .fetch_int(
+            &format!("{LIVE_REPLICAS} AND r.generation = $2"),
+            &[(&replica.deployment_id).into(), replica.generation.into()],
+        )
+        .await?
+        .unwrap_or(0);
+    if live >= replica.limit {
+        return Ok(false);
+    }
+    conn.execute(
+        "INSERT INTO deployment_replicas (instance_id, deployment_id, generation, created_at) \
+         VALUES ($1, $2, $3, $4)",
+        &[
+            instance_id.into(),
+            (&replica.deployment_id).into(),
+            replica.generation.into(),
+            now().into(),
+        ],
+    )
+    .await?;
+    Ok(true)
+}
+
+impl Store {
+    /// Records a deployment unless its name is taken in its project or the
+    /// project has `limit` deployments.
+    pub async fn insert_deployment(
+        &self,
+        deployment: &DeploymentRecord,
+        limit: i64,
+    ) -> Result<Recorded> {
+        let d = deployment;
+        let args: Vec<Arg> = vec![
+            (&d.id).into(),
+            (&d.project_id).into(),
+            (&d.name).into(),
+            (&d.kind).into(),
+            (&d.spec).into(),
+            (&d.scaling).into(),
+            d.paused.into(),
+            d.generation.into(),
+            d.replicas.into(),
+            (&d.pending).into(),
+            d.deleting.into(),
+            (&d.created_at).into(),
+            (&d.updated_at).into(),
+            limit.into(),
+        ];
+        let counts = self
+            .run_statements(
+                "insert_deployment",
+                vec![(
+                    format!(
+                        "INSERT INTO deployments ({DEPLOYMENT_COLUMNS}) \
+                         SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13 \
+                         WHERE (SELECT COUNT(*) FROM deployments WHERE project_id = $2) < $14 \
+                         ON CONFLICT DO NOTHING"
+                    ),
+                    args,
+                )],
+                |_| true,
+            )
+            .await?;
+        if counts[0] == 1 {
+            return Ok(Recorded::Added);
+        }
+        Ok(
+            match self.deployment(&d.project_id, &d.name).await?.is_some() {
+                true => Recorded::NameTaken,
+                false => Recorded::Full,
+            },
+        )
+    }
+
+    /// The project's deployments of `kind`, oldest first.
+    pub async fn deployments(&self, project_id: &str, kind: &str) -> Result<Vec<DeploymentRecord>> {
+        self.fetch_all(
+            &format!(
+                "SELECT {DEPLOYMENT_COLUMNS} FROM deployments \
+                 WHERE project_id = $1 AND kind = $2 ORDER BY created_at, id"
+            ),
+            &[project_id.into(), kind.into()],
+        )
+        .await
+    }
+
+    /// Every deployment of the install, for the scaler.
+    pub async fn all_deployments(&self) -> Result<Vec<DeploymentRecord>> {
+        self.fetch_all(
+            &format!("SELECT {DEPLOYMENT_COLUMNS} FROM deployments ORDER BY id"),
+            &[],
+        )
+        .await
+    }
+
+    pub async fn deployment(
+        &self,
+        project_id: &str,
+        name: &str,
+    ) -> Result<Option<DeploymentRecord>> {
+        self.fetch_optional(
+            &format!(
+                "SELECT {DEPLOYMENT_COLUMNS} FROM deployments WHERE project_id = $1 AND name = $2"
+            ),
+            &[project_id.into(), name.into()],
+        )
+        .await
+    }
+
+    pub async fn deployment_by_id(&self, id: &str) -> Result<Option<DeploymentRecord>> {
+        self.fetch_optional(
+            &format!("SELECT {DEPLOYMENT_COLUMNS} FROM deployments WHERE id = $1"),
+            &[id.into()],
+        )
+        .await
+    }
+
+    /// Changes a deployment that is not going: whether it did.
+    pub async fn change_deployment(&self, id: &str, change: &DeploymentChange) -> Result<bool> {
+        let mut sets = vec!["updated_at = $2".to_string()];
+        let mut args: Vec<Arg> = vec![id.into(), now().into()];
+        for (column, value) in [("spec", &change.spec), ("scaling", &change.scaling)] {
+            if let Some(value) = value {
+                args.push(value.into());
+                sets.push(format!("{column} = ${}", args.len()));
+            }
+        }
+        if let Some(paused) = change.paused {
+            args.push(i64::from(paused).into());
+            sets.push(format!("paused = ${}", args.len()));
+        }
+        if change.new_generation {
+            sets.push("generation = generation + 1".into());
+        }
+        let counts = self
+            .run_statements(
+                "change_deployment",
+                vec![(
+                    format!(
+                        "UPDATE deployments SET {} WHERE id = $1 AND deleting = 0",
+                        sets.join(", ")
+                    ),
+                    args,
+                )],
+                |_| true,
+            )
+            .await?;
+        Ok(counts[0] == 1)
+    }
+
+    /// Records the scaler's decision.
+    pub async fn set_deployment_scale(&self, id: &str, replicas: i64, pending: &str) -> Result<()> {
+        self.run_statements(
+            "set_deployment_scale",
+            vec![(
+                "UPDATE deployments SET replicas = $2, pending = $3 WHERE id = $1".to_string(),
+                vec![id.into(), replicas.into(), pending.into()],
+            )],
+            |_| true,
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Marks a deployment as going: it gets no new replicas, and its name
+    /// is free once it is gone. Whether it was there.
+    pub async fn mark_deployment_deleting(&self, id: &str) -> Result<bool> {
+        let counts = self
+            .run_statements(
+                "mark_deployment_deleting",
+                vec![(
+                    "UPDATE deployments SET deleting = 1, replicas = 0 WHERE id = $1".to_string(),
+                    vec![id.into()],
+                )],
+                |_| true,
+            )
+            .await?;
+        Ok(counts[0] == 1)
+    }
+
+    /// Removes a going deployment once none of its replicas is left
+    /// running: whether it went.
+    pub async fn remove_deployment(&self, id: &str) -> Result<bool> {
+        let id = Arc::new(id.to_string());
+        self.write("remove_deployment", move |mut conn| {
+            let id = id.clone();
+            Box::pin(async move {
+                let live = conn
+                    .fetch_int(LIVE_REPLICAS, &[id.as_str().into()])
+                    .await?
+                    .unwrap_or(0);
+                if live > 0 {
+                    return Ok(Commit::Keep(false));
+                }
+                for sql in [
+                    "DELETE FROM deployment_replicas WHERE deployment_id = $1",
+                    "DELETE FROM deployment_load WHERE deployment_id = $1",
+                ] {
+                    conn.execute(sql, &[id.as_str().into()]).await?;
+                }
+                let gone = conn
+                    .execute(
+                        "DELETE FROM deployments WHERE id = $1 AND deleting = 1",
+                        &[id.as_str().into()],
+                    )
+                    .await?;
+                Ok(Commit::Keep(gone == 1))
+            })
+        })
+        .await
+    }
+
+    /// A deployment's replicas whose instances are not terminated, oldest
+    /// first.
+    pub async fn deployment_replicas(&self, deployment_id: &str) -> Result<Vec<ReplicaRecord>> {
+        self.fetch_all(
+            "SELECT r.instance_id, r.generation, r.created_at, i.state, i.state_detail, \
+             i.private_ip, i.host_id FROM deployment_replicas r \
+             JOIN instances i ON i.id = r.instance_id \
+             WHERE r.deployment_id = $1 AND i.state <> 'terminated' \
+             ORDER BY r.created_at, r.instance_id",
+            &[deployment_id.into()],
+        )
+        .await
+    }
+
+    /// How many replicas of a deployment's generation ended other than by
+    /// being deleted, and when the last of them did.
+    pub async fn deployment_failures(
+        &self,
+        deployment_id: &str,
+        generation: i64,
+    ) -> Result<(i64, Option<String>)> {
+        #[derive(sqlx::FromRow)]
+        struct Row {
+            n: i64,
+            last: Option<String>,
+        }
+        let row: Option<Row> = self
+            .fetch_optional(
+                "SELECT CAST(COUNT(*) AS BIGINT) AS n, MAX(i.updated_at) AS last \
+                 FROM deployment_replicas r JOIN instances i ON i.id = r.instance_id \
+                 WHERE r.deployment_id = $1 AND r.generation = $2 AND i.state = 'terminated' \
+                 AND COALESCE(i.end_cause, '') <> 'deleted'",
+                &[deployment_id.into(), generation.into()],
+            )
+            .await?;
+        Ok(row.map_or((0, None), |r| (r.n, r.last)))
+    }
+
+    /// The deployment a replica instance serves, if it is one.
+    pub async fn replica_deployment(&self, instance_id: &str) -> Result<Option<String>> {
+        #[derive(sqlx::FromRow)]
+        struct Row {
+            deployment_id: String,
+        }
+        let row: Option<Row> = self
+            .fetch_optional(
+                "SELECT deployment_id FROM deployment_replicas WHERE instance_id = $1",
+                &[instance_id.into()],
+            )
+            .await?;
+        Ok(row.map(|r| r.deployment_id))
+    }
+
+    /// What this control-plane replica's front door measured of a
+    /// deployment's queue.
+    pub async fn report_deployment_load(
+        &self,
+        deployment_id: &str,
+        replica: &str,
+        waiting: i64,
+        in_flight: i64,
+        at_ms: i64,
+    ) -> Result<()> {
+        let args: Vec<Arg> = vec![
+            deployment_id.into(),
+            replica.into(),
+            waiting.into(),
+            in_flight.into(),
+            at_ms.into(),
+        ];
+        self.run_statements(
+            "report_deployment_load",
+            vec![(
+                "INSERT INTO deployment_load (deployment_id, replica, waiting, in_flight, updated_ms) \
+                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (deployment_id, replica) DO UPDATE SET \
+                 waiting = excluded.waiting, in_flight = excluded.in_flight, \
+                 updated_ms = excluded.updated_ms"
+                    .to_string(),
+                args,
+            )],
+            |_| true,
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Every front door's load of each deployment reported since
+    /// `since_ms`: `(deployment, waiting, in flight)`, summed.
+    pub async fn deployment_loads(&self, since_ms: i64) -> Result<Vec<(String, i64, i64)>> {
+        #[derive(sqlx::FromRow)]
+        struct Row {
+            deployment_id: String,
+            waiting: i64,
+            in_flight: i64,
+        }
+        let rows: Vec<Row> = self
+            .fetch_all(
+                "SELECT deployment_id, CAST(SUM(waiting) AS BIGINT) AS waiting, \
+                 CAST(SUM(in_flight) AS BIGINT) AS in_flight FROM deployment_load \
+                 WHERE updated_ms >= $1 GROUP BY deployment_id",
+                &[since_ms.into()],
+            )
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| (r.deployment_id, r.waiting, r.in_flight))
+            .collect())
+    }
+
+    pub async fn insert_inference_key(&self, key: &InferenceKeyRecord) -> Result<Recorded> {
+        let counts = self
+            .run_statements(
+                "insert_inference_key",
+                vec![(
+                    format!(
+                        "INSERT INTO inference_keys ({KEY_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6) \
+                         ON CONFLICT DO NOTHING"
+                    ),
+                    vec![
+                        (&key.id).into(),
+                        (&key.project_id).into(),
+                        (&key.name).into(),
+                        (&key.hash).into(),
+                        (&key.prefix).into(),
+                        (&key.created_at).into(),
+                    ],
+                )],
+                |_| true,
+            )
+            .await?;
+        Ok(match counts[0] {
+            1 => Recorded::Added,
+            _ => Recorded::NameTaken,
+        })
+    }
+
+    pub async fn inference_keys(&self, project_id: &str) -> Result<Vec<InferenceKeyRecord>> {
+        self.fetch_all(
+            &format!(
+                "SELECT {KEY_COLUMNS} FROM inference_keys WHERE project_id = $1 \
+                 ORDER BY created_at, id"
+            ),
+            &[project_id.into()],
+        )
+        .await
+    }
+
+    pub async fn inference_key_by_hash(&self, hash: &str) -> Result<Option<InferenceKeyRecord>> {
+        self.fetch_optional(
+            &format!("SELECT {KEY_COLUMNS} FROM inference_keys WHERE hash = $1"),
+            &[hash.into()],
+        )
+        .await
+    }
+
+    /// Deletes one of the project's keys: whether it was there.
+    pub async fn delete_inference_key(&self, project_id: &str, id: &str) -> Result<bool> {
+        let counts = self
+            .run_statements(
+                "delete_inference_key",
+                vec![(
+                    "DELETE FROM inference_keys WHERE project_id = $1 AND id = $2".to_string(),
+                    vec![project_id.into(), id.into()],
+                )],
+                |_| true,
+            )
+            .await?;
+        Ok(counts[0] == 1)
+    }
+}

@@ -1,0 +1,382 @@
+//! Serverless deployments on the real `container` driver: an image the
+//! test builds (busybox's httpd serving a page, a health file and two CGI
+//! scripts) pushed to a private registry on localhost, deployed through
+//! the Verda face, called through the front door with an inference key.
+//! Root, runc and Debian's docker-registry are needed (see `dataplane.rs`;
+//! elsewhere it says why it is skipped).
+
+use crate::dataplane::{cannot_run, container_agent_with, tiny_tarball};
+use crate::harness::{Backend, Options, TOKEN, TestServer, eventually};
+use crate::verda::Verda;
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// The app's layer: a tar.gz of `files` (path, mode, text).
+fn layer(dir: &Path, files: &[(&str, u32, &str)]) -> Vec<u8> {
+    let root = dir.join("layer");
+    for (path, mode, text) in files {
+        let file = root.join(path);
+        std::fs::create_dir_all(file.parent().expect("parent")).expect("mkdir");
+        std::fs::write(&file, text).expect("write");
+        let mut perms = std::fs::metadata(&file).expect("meta").permissions();
+        std::os::unix::fs::PermissionsExt::set_mode(&mut perms, *mode);
+        std::fs::set_permissions(&file, perms).expect("chmod");
+    }
+    let out = dir.join("layer.tar.gz");
+    let made = Command::new("tar")
+        .args(["--owner=0", "--group=0", "-C"])
+        .arg(&root)
+        .arg("-czf")
+        .arg(&out)
+        .arg(".")
+        .output()
+        .expect("tar");
+    assert!(made.status.success(), "{made:?}");
+    std::fs::read(out).expect("layer")
+}
+
+/// Pushes the app image (the tiny image's root and the app's layer).
+async fn push_app(
+    registry: &tessera_agent::testkit::Registry,
+    dir: &Path,
+    auth: (&str, &str),
+) -> String {
+    let app = layer(
+        dir,
+        &[
+            ("www/index.html", 0o644, "hello from a replica\n"),
+            ("www/health", 0o644, "ok\n"),
+            (
+                "www/cgi-bin/env",
+                0o755,
+                "#!/bin/sh\nprintf 'Content-Type: text/plain\\r\\n\\r\\n'\n\
+                 echo \"API_TOKEN=$API_TOKEN\"\necho \"GREETING=$GREETING\"\n\
+                 cat /secret-files/tokens.txt\n\
+                 grep -q ' /dev/shm tmpfs' /proc/mounts && echo shm=tmpfs\n\
+                 [ -d /data ] && echo data=dir\n\
+                 echo \"host=$(hostname)\"\n",
+            ),
+            (
+                "www/cgi-bin/slow",
+                0o755,
+                "#!/bin/sh\nsleep \"${QUERY_STRING:-1}\"\nprintf 'Content-Type: text/plain\\r\\n\\r\\n'\necho \"done by $(hostname)\"\n",
+            ),
+        ],
+    );
+    let reference = format!("{}/apps/echo:v1", registry.addr);
+    let config = json!({"architecture": tessera_agent::testkit::go_arch(), "os": "linux",
+        "config": {"Entrypoint": ["/bin/busybox", "httpd", "-f", "-p", "8080", "-h", "/www"],
+                   "Env": ["GREETING=from-the-image"], "WorkingDir": "/www"},
+        "rootfs": {"type": "layers", "diff_ids": []}});
+    registry
+        .client()
+        .push(
+            &reference.parse().expect("reference"),
+            &[
+                oci_client::client::ImageLayer::oci_v1_gzip(
+                    std::fs::read(tiny_tarball()).expect("the tiny image"),
+                    None,
+                ),
+                oci_client::client::ImageLayer::oci_v1_gzip(app, None),
+            ],
+            oci_client::client::Config::oci_v1(config.to_string().into_bytes(), None),
+            &oci_client::secrets::RegistryAuth::Basic(auth.0.into(), auth.1.into()),
+            None,
+        )
+        .await
+        .expect("push");
+    reference
+}
+
+/// A request through the front door: status, body, time taken.
+async fn call(url: &str, key: &str) -> (StatusCode, String, Duration) {
+    let started = Instant::now();
+    let response = reqwest::Client::new()
+        .get(url)
+        .bearer_auth(key)
+        .send()
+        .await
+        .expect("the front door answers");
+    let status = response.status();
+    let body = response.text().await.unwrap_or_default();
+    (status, body, started.elapsed())
+}
+
+async fn replicas(verda: &Verda<'_>, name: &str) -> Vec<Value> {
+    verda
+        .get(&format!("/container-deployments/{name}/replicas"))
+        .await["list"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_deployment_scales_from_zero_serves_its_secrets_and_goes_back_to_zero() {
+    if let Some(why) = cannot_run() {
+        eprintln!("skipped: the real data plane cannot run here: {why}");
+        return;
+    }
+    if let Some(why) = tessera_agent::testkit::registry_missing() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let registry = tessera_agent::testkit::Registry::start(
+        &dir.path().join("registry"),
+        Some(("pusher", "s3cret-pw")),
+    )
+    .await;
+    let image = push_app(&registry, dir.path(), ("pusher", "s3cret-pw")).await;
+    let server = TestServer::start_with(
+        Backend::Sqlite,
+        Options {
+            sim_hosts: false,
+            agent_timeout: Duration::from_secs(60),
+            vpc_pool: Some("10.252.9.0/24"),
+            ..Options::default()
+        },
+    )
+    .await;
+    let state = dir.path().join("agent");
+    let _agent = container_agent_with(
+        &server,
+        "serverless-host",
+        &state,
+        9,
+        &["--insecure-registry", &registry.addr],
+    )
+    .await;
+    let verda = Verda::login(&server, "default").await;
+
+    // Secrets, file secrets and the registry's credentials.
+    for (path, body) in [
+        (
+            "/secrets",
+            json!({"name": "api-token", "value": "tk_live_123"}),
+        ),
+        (
+            "/file-secrets",
+            json!({"name": "conf", "files": [{"file_name": "tokens.txt", "base64_content": STANDARD.encode("file-secret-line\n")}]}),
+        ),
+        (
+            "/container-registry-credentials",
+            json!({"name": "local", "type": "custom", "docker_config_json":
+                json!({"auths": {registry.addr.clone(): {"auth": STANDARD.encode("pusher:s3cret-pw")}}}).to_string()}),
+        ),
+    ] {
+        let (status, answer) = verda.json(Method::POST, path, Some(body)).await;
+        assert_eq!(status, StatusCode::CREATED, "{path}: {answer}");
+    }
+    let (status, created) = verda
+        .json(
+            Method::POST,
+            "/container-deployments",
+            Some(json!({
+                "name": "echo",
+                "container_registry_settings": {"is_private": true, "credentials": {"name": "local"}},
+                "containers": [{
+                    "image": image,
+                    "exposed_port": 8080.0,
+                    "healthcheck": {"enabled": true, "port": 8080, "path": "/health"},
+                    "env": [
+                        {"name": "API_TOKEN", "value_or_reference_to_secret": "api-token", "type": "secret"},
+                    ],
+                    "volume_mounts": [
+                        {"type": "secret", "mount_path": "/secret-files", "secret_name": "conf"},
+                        {"type": "memory", "mount_path": "/dev/shm", "size_in_mb": 64},
+                        {"type": "scratch", "mount_path": "/data"},
+                    ],
+                }],
+                "compute": {"name": "General Compute", "size": 1},
+                "scaling": {
+                    "min_replica_count": 0, "max_replica_count": 2,
+                    "scale_up_policy": {"delay_seconds": 0},
+                    "scale_down_policy": {"delay_seconds": 2},
+                    "queue_message_ttl_seconds": 120,
+                    "concurrent_requests_per_replica": 1,
+                    "scaling_triggers": {"queue_load": {"threshold": 1}},
+                },
+            })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let endpoint = created["endpoint_base_url"]
+        .as_str()
+        .expect("endpoint")
+        .to_string();
+    assert!(endpoint.ends_with("/inference/echo"), "{endpoint}");
+    // While in use, its secrets and credentials stay.
+    for path in [
+        "/secrets/api-token",
+        "/file-secrets/conf",
+        "/container-registry-credentials/local",
+    ] {
+        let (status, answer) = verda.json(Method::DELETE, path, None).await;
+        assert_eq!(status, StatusCode::CONFLICT, "{path}: {answer}");
+    }
+    // At zero: healthy, no replica.
+    assert_eq!(
+        verda.get("/container-deployments/echo/status").await["status"],
+        "healthy"
+    );
+    assert!(replicas(&verda, "echo").await.is_empty());
+
+    let (status, key) = server
+        .call(
+            Method::POST,
+            "/v1/inference-keys",
+            Some(&json!({"name": "test"})),
+            TOKEN,
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{key}");
+    let key = key["key"].as_str().expect("key").to_string();
+    let (status, _, _) = call(&format!("{endpoint}/"), "tsk_inf_wrong").await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+
+    // A cold start: from zero to the first answer (the image is pulled
+    // from the private registry the first time).
+    let (status, body, cold) = call(&format!("{endpoint}/cgi-bin/env"), &key).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    eprintln!("cold start with the image pull: {} ms", cold.as_millis());
+    for line in [
+        "API_TOKEN=tk_live_123",
+        "GREETING=from-the-image",
+        "file-secret-line",
+        "shm=tmpfs",
+        "data=dir",
+    ] {
+        assert!(body.contains(line), "{line} not in {body}");
+    }
+    let (status, body, _) = call(&format!("{endpoint}/"), &key).await;
+    assert_eq!(
+        (status, body.as_str()),
+        (StatusCode::OK, "hello from a replica\n")
+    );
+    assert_eq!(replicas(&verda, "echo").await.len(), 1);
+
+    // A burst of slow requests: a second replica, no more than the max.
+    let burst: Vec<_> = (0..6)
+        .map(|_| {
+            let (url, key) = (format!("{endpoint}/cgi-bin/slow?2"), key.clone());
+            tokio::spawn(async move { call(&url, &key).await })
+        })
+        .collect();
+    let mut most = 0;
+    for _ in 0..40 {
+        most = most.max(replicas(&verda, "echo").await.len());
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let mut served_by = std::collections::BTreeSet::new();
+    for request in burst {
+        let (status, body, _) = request.await.expect("request");
+        assert_eq!(status, StatusCode::OK, "{body}");
+        served_by.insert(body.trim().to_string());
+    }
+    assert_eq!(
+        most, 2,
+        "the burst should take the deployment to its max of 2"
+    );
+    assert_eq!(served_by.len(), 2, "both replicas answered: {served_by:?}");
+
+    // Idle: back to zero after the down delay.
+    eventually(Duration::from_secs(60), "back to zero replicas", || async {
+        replicas(&verda, "echo").await.is_empty().then_some(())
+    })
+    .await;
+
+    // Paused: requests are refused; resumed, served again.
+    let (status, _) = verda
+        .json(Method::POST, "/container-deployments/echo/pause", None)
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert_eq!(
+        verda.get("/container-deployments/echo/status").await["status"],
+        "paused"
+    );
+    let (status, body, _) = call(&format!("{endpoint}/"), &key).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    let (status, _) = verda
+        .json(Method::POST, "/container-deployments/echo/resume", None)
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (status, body, warm_cold) = call(&format!("{endpoint}/"), &key).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    eprintln!("cold start, image cached: {} ms", warm_cold.as_millis());
+
+    // Purge: with one replica busy, waiting requests are dropped.
+    let (status, answer) = verda
+        .json(
+            Method::PATCH,
+            "/container-deployments/echo/scaling",
+            Some(json!({"max_replica_count": 1})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(answer["max_replica_count"], 1);
+    let busy = {
+        let (url, key) = (format!("{endpoint}/cgi-bin/slow?4"), key.clone());
+        tokio::spawn(async move { call(&url, &key).await })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let waiting: Vec<_> = (0..2)
+        .map(|_| {
+            let (url, key) = (format!("{endpoint}/"), key.clone());
+            tokio::spawn(async move { call(&url, &key).await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (status, _) = verda
+        .json(
+            Method::POST,
+            "/container-deployments/echo/purge-queue",
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    for request in waiting {
+        let (status, body, took) = request.await.expect("request");
+        assert_eq!(status, StatusCode::CONFLICT, "{body}");
+        assert!(
+            took < Duration::from_secs(3),
+            "dropped at once, not served: {took:?}"
+        );
+    }
+    let (status, body, _) = busy.await.expect("request");
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "the request being served is not dropped: {body}"
+    );
+
+    // Deleted: its replicas go, then it; its secrets can go then.
+    let (status, _) = verda
+        .json(
+            Method::DELETE,
+            "/container-deployments/echo?timeout=60000",
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = verda
+        .json(Method::GET, "/container-deployments/echo", None)
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, body, _) = call(&format!("{endpoint}/"), &key).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    for path in [
+        "/secrets/api-token",
+        "/file-secrets/conf",
+        "/container-registry-credentials/local",
+    ] {
+        let (status, answer) = verda.json(Method::DELETE, path, None).await;
+        assert_eq!(status, StatusCode::OK, "{path}: {answer}");
+    }
+    server.stop().await;
+}

@@ -1,0 +1,631 @@
+//! The Verda face's container deployments on simulated hosts: what is
+//! checked and refused, the shapes Verda's SDKs read, replicas following
+//! the scaling options and changes, pause and delete, compute resources,
+//! inference keys, and projects kept apart. (`serverless_dataplane.rs`
+//! calls a deployment through its front door on the real driver.)
+
+use crate::harness::{Backend, TOKEN, TestServer, eventually};
+use crate::on_both_backends;
+use crate::verda::{Verda, add_fin_host};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use std::time::Duration;
+
+on_both_backends!(
+    deployments_are_checked_and_answered_as_the_sdks_read_them,
+    replicas_follow_scaling_changes_pause_and_delete,
+    inference_keys_and_projects_guard_the_front_door,
+);
+
+fn refused(status: StatusCode, body: &Value, want: StatusCode, code: &str) {
+    assert_eq!(status, want, "{body}");
+    assert_eq!(body["code"], code, "{body}");
+}
+
+/// A deployment as Verda's Python SDK sends one: whole dataclasses, nulls
+/// included.
+fn deployment(name: &str, min: u32, max: u32) -> Value {
+    json!({
+        "name": name,
+        "container_registry_settings": {"is_private": false, "credentials": null},
+        "containers": [{
+            "image": "registry-1.docker.io/chentex/random-logger:v1.0.1",
+            "exposed_port": 8080,
+            "name": null,
+            "healthcheck": {"enabled": true, "port": 8081, "path": "/health"},
+            "entrypoint_overrides": {"enabled": true, "entrypoint": ["python3", "main.py"], "cmd": ["--port", "8080"]},
+            "env": [{"name": "MODE", "value_or_reference_to_secret": "test", "type": "plain"}],
+            "volume_mounts": [{"type": "scratch", "mount_path": "/data", "size_in_mb": null}],
+        }],
+        "compute": {"name": "General Compute", "size": 1, "is_available": null},
+        "is_spot": false,
+        "endpoint_base_url": null,
+        "created_at": null,
+        "scaling": {
+            "min_replica_count": min, "max_replica_count": max,
+            "scale_down_policy": {"delay_seconds": 300}, "scale_up_policy": {"delay_seconds": 0},
+            "queue_message_ttl_seconds": 500, "concurrent_requests_per_replica": 1,
+            "scaling_triggers": {"queue_load": {"threshold": 1}, "cpu_utilization": {"enabled": false, "threshold": null}, "gpu_utilization": null},
+        },
+    })
+}
+
+async fn running_replicas(verda: &Verda<'_>, name: &str, count: usize) -> Vec<Value> {
+    eventually(
+        Duration::from_secs(30),
+        &format!("{name} with {count} running replicas"),
+        || async {
+            let list = verda
+                .get(&format!("/container-deployments/{name}/replicas"))
+                .await["list"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            (list.len() == count && list.iter().all(|r| r["status"] == "running")).then_some(list)
+        },
+    )
+    .await
+}
+
+async fn deployments_are_checked_and_answered_as_the_sdks_read_them(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    add_fin_host(&server, "fin-d", "16xCPU-64GB").await;
+    let verda = Verda::login(&server, "default").await;
+
+    let (status, created) = verda
+        .json(
+            Method::POST,
+            "/container-deployments",
+            Some(deployment("logger", 0, 3)),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let container = &created["containers"][0];
+    assert_eq!(container["name"], "random-logger-0");
+    // The Go SDK reads `image` as an object.
+    assert_eq!(
+        container["image"]["image"],
+        "registry-1.docker.io/chentex/random-logger:v1.0.1"
+    );
+    assert!(container["image"]["last_updated_at"].is_string());
+    assert_eq!(container["exposed_port"], 8080);
+    assert_eq!(
+        container["healthcheck"],
+        json!({"enabled": true, "port": 8081, "path": "/health"})
+    );
+    assert_eq!(
+        container["volume_mounts"],
+        json!([{"type": "scratch", "mount_path": "/data"}])
+    );
+    assert_eq!(created["scaling"]["max_replica_count"], 3);
+    assert_eq!(
+        created["scaling"]["scaling_triggers"]["queue_load"]["threshold"],
+        1
+    );
+    assert_eq!(
+        created["compute"],
+        json!({"name": "General Compute", "size": 1})
+    );
+    assert!(
+        created["endpoint_base_url"]
+            .as_str()
+            .is_some_and(|u| u.starts_with("http://") && u.ends_with("/inference/logger")),
+        "{created}"
+    );
+    assert_eq!(verda.get("/container-deployments/logger").await, created);
+    assert_eq!(verda.get("/container-deployments").await, json!([created]));
+    assert_eq!(
+        verda.get("/container-deployments/logger/status").await,
+        json!({"status": "healthy"})
+    );
+    assert_eq!(
+        verda.get("/container-deployments/logger/replicas").await,
+        json!({"list": []})
+    );
+
+    // What is refused, and why; nothing is made.
+    let with = |patch: &dyn Fn(&mut Value)| {
+        let mut body = deployment("other", 0, 1);
+        patch(&mut body);
+        body
+    };
+    let bad = [
+        (
+            with(&|b| b["name"] = json!("Not_Valid")),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            with(&|b| b["name"] = json!("status")),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            with(&|b| b["name"] = json!("logger")),
+            StatusCode::CONFLICT,
+            "conflict",
+        ),
+        (
+            with(&|b| b["containers"] = json!([])),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            with(&|b| b["containers"][0]["exposed_port"] = json!(0)),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            with(&|b| b["containers"][0]["exposed_port"] = json!(80.5)),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            with(&|b| b["containers"][0]["image"] = json!("not an image")),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            with(&|b| b["containers"][0]["env"][0]["type"] = json!("secret")),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            with(&|b| b["containers"][0]["env"][0]["type"] = json!("other")),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            with(&|b| b["containers"][0]["env"][0]["name"] = json!("1BAD")),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            with(&|b| {
+                b["containers"][0]["volume_mounts"] =
+                    json!([{"type": "shared", "mount_path": "/s", "volume_id": "v"}])
+            }),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            with(&|b| {
+                b["containers"][0]["volume_mounts"] =
+                    json!([{"type": "memory", "mount_path": "/dev/shm", "size_in_mb": 100}])
+            }),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            with(&|b| {
+                b["containers"][0]["volume_mounts"] =
+                    json!([{"type": "secret", "mount_path": "/s", "secret_name": "none"}])
+            }),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            with(&|b| {
+                b["containers"][0]["volume_mounts"] =
+                    json!([{"type": "scratch", "mount_path": "/a/../b"}])
+            }),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            with(&|b| b["compute"] = json!({"name": "Quantum", "size": 1})),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            with(&|b| b["compute"] = json!({"name": "General Compute", "size": 3})),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            with(&|b| b["compute"] = json!({"name": "H100", "size": 1})),
+            StatusCode::SERVICE_UNAVAILABLE,
+            "service_unavailable",
+        ),
+        (
+            with(&|b| b["container_registry_settings"] = json!({"is_private": true})),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            with(&|b| {
+                b["container_registry_settings"] =
+                    json!({"is_private": true, "credentials": {"name": "none"}})
+            }),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            with(&|b| b["scaling"]["min_replica_count"] = json!(5)),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            with(&|b| b["scaling"]["max_replica_count"] = json!(0)),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            with(&|b| b["scaling"]["queue_message_ttl_seconds"] = json!(-1)),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+    ];
+    for (body, want, code) in bad {
+        let (status, answer) = verda
+            .json(Method::POST, "/container-deployments", Some(body.clone()))
+            .await;
+        refused(status, &answer, want, code);
+    }
+    assert_eq!(
+        verda
+            .get("/container-deployments")
+            .await
+            .as_array()
+            .map(Vec::len),
+        Some(1)
+    );
+
+    // Environment variables: each item names its container, with the
+    // container's whole list (Python) and one variable (Go).
+    let env = verda
+        .get("/container-deployments/logger/environment-variables")
+        .await;
+    assert_eq!(
+        env,
+        json!([{"container_name": "random-logger-0", "env": [{"name": "MODE", "value_or_reference_to_secret": "test", "type": "plain"}],
+                "name": "MODE", "value_or_reference_to_secret": "test", "type": "plain"}])
+    );
+    let (status, added) = verda
+        .json(
+            Method::POST,
+            "/container-deployments/logger/environment-variables",
+            Some(json!({"container_name": "random-logger-0", "env": [{"name": "LEVEL", "value_or_reference_to_secret": "debug", "type": "plain"}]})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{added}");
+    assert_eq!(added.as_array().map(Vec::len), Some(2));
+    let (status, again) = verda
+        .json(
+            Method::POST,
+            "/container-deployments/logger/environment-variables",
+            Some(json!({"container_name": "random-logger-0", "env": [{"name": "LEVEL", "value_or_reference_to_secret": "x", "type": "plain"}]})),
+        )
+        .await;
+    refused(status, &again, StatusCode::CONFLICT, "conflict");
+    let (status, set) = verda
+        .json(
+            Method::PATCH,
+            "/container-deployments/logger/environment-variables",
+            Some(json!({"container_name": "random-logger-0", "env": [{"name": "LEVEL", "value_or_reference_to_secret": "info", "type": "plain"}]})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{set}");
+    assert_eq!(set["container_name"], "random-logger-0");
+    assert_eq!(
+        set["env"][1],
+        json!({"name": "LEVEL", "value_or_reference_to_secret": "info", "type": "plain"})
+    );
+    let (status, gone) = verda
+        .json(
+            Method::DELETE,
+            "/container-deployments/logger/environment-variables",
+            Some(json!({"container_name": "random-logger-0", "env": ["MODE"]})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{gone}");
+    assert_eq!(
+        gone[0]["env"],
+        json!([{"name": "LEVEL", "value_or_reference_to_secret": "info", "type": "plain"}])
+    );
+    let (status, none) = verda
+        .json(
+            Method::POST,
+            "/container-deployments/logger/environment-variables",
+            Some(json!({"container_name": "no-such", "env": []})),
+        )
+        .await;
+    refused(status, &none, StatusCode::BAD_REQUEST, "invalid_request");
+
+    // Scaling: a PATCH of any subset answers all of them.
+    let (status, scaling) = verda
+        .json(
+            Method::PATCH,
+            "/container-deployments/logger/scaling",
+            Some(json!({"max_replica_count": 5, "scale_down_policy": {"delay_seconds": 30}})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{scaling}");
+    assert_eq!(scaling["max_replica_count"], 5);
+    assert_eq!(scaling["scale_down_policy"]["delay_seconds"], 30);
+    assert_eq!(scaling["queue_message_ttl_seconds"], 500);
+    assert_eq!(
+        verda.get("/container-deployments/logger/scaling").await,
+        scaling
+    );
+    let (status, answer) = verda
+        .json(
+            Method::PATCH,
+            "/container-deployments/logger/scaling",
+            Some(json!({"min_replica_count": 9})),
+        )
+        .await;
+    refused(status, &answer, StatusCode::BAD_REQUEST, "invalid_request");
+
+    // The Python SDK's update sends back what it read.
+    let mut read = verda.get("/container-deployments/logger").await;
+    read["is_spot"] = json!(true);
+    let (status, updated) = verda
+        .json(Method::PATCH, "/container-deployments/logger", Some(read))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{updated}");
+    assert_eq!(updated["is_spot"], true);
+    assert_eq!(updated["containers"][0]["name"], "random-logger-0");
+
+    // Compute resources: General Compute fits here, GPUs do not.
+    let resources = verda.get("/serverless-compute-resources").await;
+    let list = resources.as_array().expect("list");
+    assert!(
+        list.contains(&json!({"name": "General Compute", "size": 1, "is_available": true})),
+        "{resources}"
+    );
+    assert!(
+        list.contains(&json!({"name": "H100", "size": 1, "is_available": false})),
+        "{resources}"
+    );
+
+    for path in [
+        "/container-deployments/none",
+        "/container-deployments/none/status",
+        "/container-deployments/none/replicas",
+    ] {
+        let (status, answer) = verda.json(Method::GET, path, None).await;
+        refused(status, &answer, StatusCode::NOT_FOUND, "not_found");
+    }
+    let (status, answer) = verda
+        .json(
+            Method::DELETE,
+            "/container-deployments/logger?timeout=nope",
+            None,
+        )
+        .await;
+    refused(status, &answer, StatusCode::BAD_REQUEST, "invalid_request");
+    server.stop().await;
+}
+
+async fn replicas_follow_scaling_changes_pause_and_delete(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    add_fin_host(&server, "fin-e", "16xCPU-64GB").await;
+    let verda = Verda::login(&server, "default").await;
+    let (status, created) = verda
+        .json(
+            Method::POST,
+            "/container-deployments",
+            Some(deployment("web", 1, 3)),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let first = running_replicas(&verda, "web", 1).await;
+    assert_eq!(
+        verda.get("/container-deployments/web/status").await["status"],
+        "healthy"
+    );
+    let replica = &first[0];
+    assert_eq!(replica["image_name"], "random-logger");
+    assert_eq!(replica["image_tag"], "v1.0.1");
+    // A replica is an instance of the project, labelled with its deployment.
+    let instance = server
+        .get_ok(&format!(
+            "/v1/instances/{}",
+            replica["id"].as_str().expect("id")
+        ))
+        .await;
+    assert_eq!(
+        instance["metadata"]["labels"]["deployment"], "web",
+        "{instance}"
+    );
+
+    // More at least: made at once.
+    let (status, _) = verda
+        .json(
+            Method::PATCH,
+            "/container-deployments/web/scaling",
+            Some(json!({"min_replica_count": 2})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let two = running_replicas(&verda, "web", 2).await;
+
+    // A change of what it runs replaces every replica.
+    let (status, _) = verda
+        .json(
+            Method::POST,
+            "/container-deployments/web/environment-variables",
+            Some(json!({"container_name": "random-logger-0", "env": [{"name": "NEW", "value_or_reference_to_secret": "1", "type": "plain"}]})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let replaced = eventually(Duration::from_secs(30), "replicas replaced", || async {
+        let list = running_replicas(&verda, "web", 2).await;
+        let old: Vec<&Value> = list.iter().filter(|r| two.contains(r)).collect();
+        old.is_empty().then_some(list)
+    })
+    .await;
+    assert_eq!(replaced.len(), 2);
+    let (status, _) = verda
+        .json(Method::POST, "/container-deployments/web/restart", None)
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    eventually(Duration::from_secs(30), "replicas restarted", || async {
+        let list = running_replicas(&verda, "web", 2).await;
+        list.iter().all(|r| !replaced.contains(r)).then_some(())
+    })
+    .await;
+
+    // Paused: no replica; resumed: back to its minimum.
+    let (status, _) = verda
+        .json(Method::POST, "/container-deployments/web/pause", None)
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert_eq!(
+        verda.get("/container-deployments/web/status").await["status"],
+        "paused"
+    );
+    running_replicas(&verda, "web", 0).await;
+    let (status, _) = verda
+        .json(Method::POST, "/container-deployments/web/resume", None)
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    running_replicas(&verda, "web", 2).await;
+
+    // Deleted: its replicas end, then it goes; its name is free again.
+    let (status, _) = verda
+        .json(Method::DELETE, "/container-deployments/web", None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = verda
+        .json(Method::GET, "/container-deployments/web", None)
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let instances = server.get_ok("/v1/instances").await;
+    assert!(
+        instances["items"]
+            .as_array()
+            .expect("items")
+            .iter()
+            .all(|i| i["metadata"]["labels"]["deployment"] != "web"),
+        "{instances}"
+    );
+    let (status, again) = verda
+        .json(
+            Method::POST,
+            "/container-deployments",
+            Some(deployment("web", 0, 1)),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{again}");
+    server.stop().await;
+}
+
+async fn inference_keys_and_projects_guard_the_front_door(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    server.user_in("alice", "member", "alpha").await;
+    server.user_in("bob", "member", "beta").await;
+    let alpha = Verda::login(&server, "alpha").await;
+    let beta = Verda::login(&server, "beta").await;
+    let (status, created) = alpha
+        .json(
+            Method::POST,
+            "/container-deployments",
+            Some(deployment("private-app", 0, 1)),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let endpoint = created["endpoint_base_url"]
+        .as_str()
+        .expect("url")
+        .to_string();
+    for (method, path) in [
+        (Method::GET, "/container-deployments/private-app"),
+        (Method::PATCH, "/container-deployments/private-app/scaling"),
+        (Method::POST, "/container-deployments/private-app/pause"),
+        (Method::DELETE, "/container-deployments/private-app"),
+    ] {
+        let (status, answer) = beta.json(method, path, Some(json!({}))).await;
+        refused(status, &answer, StatusCode::NOT_FOUND, "not_found");
+    }
+    assert_eq!(beta.get("/container-deployments").await, json!([]));
+
+    // Keys: shown once, listed without the key, refused once revoked.
+    let beta_token = server.login("bob", "bob-password").await;
+    let (status, key) = server
+        .call(
+            Method::POST,
+            "/v1/inference-keys",
+            Some(&json!({"name": "prod"})),
+            &beta_token,
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{key}");
+    let beta_key = key["key"].as_str().expect("key").to_string();
+    assert!(
+        beta_key.starts_with("tsk_inf_")
+            && beta_key.starts_with(key["prefix"].as_str().expect("prefix"))
+    );
+    let (status, dup) = server
+        .call(
+            Method::POST,
+            "/v1/inference-keys",
+            Some(&json!({"name": "prod"})),
+            &beta_token,
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{dup}");
+    let (_, listed) = server
+        .call(Method::GET, "/v1/inference-keys", None, &beta_token)
+        .await;
+    assert_eq!(listed["items"].as_array().map(Vec::len), Some(1));
+    assert!(listed["items"][0].get("key").is_none(), "{listed}");
+    let (_, other) = server
+        .call(Method::GET, "/v1/inference-keys", None, TOKEN)
+        .await;
+    assert_eq!(
+        other["items"],
+        json!([]),
+        "another workspace's keys are not listed"
+    );
+
+    let call = |key: Option<String>| {
+        let url = format!("{endpoint}/anything");
+        async move {
+            let mut request = reqwest::Client::new().post(url).body("{}");
+            if let Some(key) = key {
+                request = request.bearer_auth(key);
+            }
+            let response = request.send().await.expect("the front door answers");
+            let status = response.status();
+            (
+                status,
+                response.json::<Value>().await.unwrap_or(Value::Null),
+            )
+        }
+    };
+    let (status, body) = call(None).await;
+    refused(
+        status,
+        &body,
+        StatusCode::UNAUTHORIZED,
+        "unauthorized_request",
+    );
+    let (status, body) = call(Some("tsk_inf_".to_string() + &"0".repeat(64))).await;
+    refused(
+        status,
+        &body,
+        StatusCode::UNAUTHORIZED,
+        "unauthorized_request",
+    );
+    // Beta's key does not reach alpha's deployment.
+    let (status, body) = call(Some(beta_key.clone())).await;
+    refused(status, &body, StatusCode::NOT_FOUND, "not_found");
+    let (status, _) = server
+        .call(Method::DELETE, "/v1/inference-keys/prod", None, &beta_token)
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, body) = call(Some(beta_key)).await;
+    refused(
+        status,
+        &body,
+        StatusCode::UNAUTHORIZED,
+        "unauthorized_request",
+    );
+    let (status, body) = server
+        .call(Method::DELETE, "/v1/inference-keys/prod", None, &beta_token)
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    server.stop().await;
+}
