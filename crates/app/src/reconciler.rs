@@ -183,12 +183,13 @@ struct Prune;
 impl Task for Prune {
     const NAME: &'static str = "prune";
     fn period(_: &App) -> Duration {
-        Duration::from_secs(3600)
+        Duration::from_secs(600)
     }
     async fn run(app: &App) -> Result<()> {
         app.prune_events().await?;
         let day_ago = tessera_store::timestamp(chrono::Utc::now() - chrono::Duration::days(1));
         app.store.prune_agent_work(&day_ago).await?;
+        app.prune_async_requests().await?;
         Ok(())
     }
 }

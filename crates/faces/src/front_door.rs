@@ -6,6 +6,13 @@
 //! headers and the key; the replica's answer streams back. The replica's
 //! room is held until its answer is fully sent.
 //!
+//! With `Prefer: respond-async` the front door answers 202 at once with
+//! `{"Id", "StatusPath", "ResultPath"}` (and `X-Inference-Id`); the request
+//! is queued and sent the same way, and `GET /inference/status/<deployment>`
+//! and `/inference/result/<deployment>` with `X-Inference-Id` tell where it
+//! is and give the replica's answer (as Verda's SDKs build those paths:
+//! siblings of the deployment's).
+//!
 //! Errors are Verda's `{code, message}`, as the SDKs that call deployments
 //! read them.
 
@@ -13,16 +20,21 @@ use crate::verda::VerdaError;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Path, Request, State};
-use axum::http::{HeaderValue, Uri, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::any;
+use axum::routing::{any, get};
 use futures::StreamExt;
 use http_body_util::BodyExt;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use std::time::Duration;
+use tessera_app::deployments::front_door::Slot;
+use tessera_app::deployments::requests::{AsyncRequest, AsyncStatus, MAX_ANSWER_BYTES};
 use tessera_app::{App, Error};
+
+const PREFER: HeaderName = HeaderName::from_static("prefer");
+const INFERENCE_ID: HeaderName = HeaderName::from_static("x-inference-id");
 
 #[derive(Clone)]
 struct FrontDoor {
@@ -39,6 +51,8 @@ pub fn router(app: App) -> Router {
         .pool_idle_timeout(Duration::from_secs(30))
         .build(connector);
     Router::new()
+        .route("/status/{name}", get(async_status))
+        .route("/result/{name}", get(async_result))
         .route("/{name}", any(call_root))
         .route("/{name}/", any(call_root))
         .route("/{name}/{*rest}", any(call))
@@ -65,70 +79,259 @@ fn refused(err: Error) -> Response {
     VerdaError(err).into_response()
 }
 
+/// The caller's inference key, from `Authorization: Bearer`.
+fn key(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+}
+
+/// Whether the caller asked to be answered at once (`Prefer:
+/// respond-async`, or `respond-async-proxy` when it will not ask again).
+fn wants_async(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(PREFER)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|p| p.trim().starts_with("respond-async"))
+}
+
 async fn forward(
     State(door): State<FrontDoor>,
     name: String,
     rest: String,
     request: Request,
 ) -> Response {
-    let key = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
-    let project = match door.app.inference_project(key).await {
+    let project = match door.app.inference_project(key(request.headers())).await {
         Ok(project) => project,
         Err(err) => return refused(err),
     };
-    let (mut parts, body) = request.into_parts();
+    if wants_async(request.headers()) {
+        return begin_async(door, project, name, rest, request).await;
+    }
     let slot = match door.app.deployment_slot(&project, &name).await {
         Ok(slot) => slot,
         Err(err) => return refused(err),
     };
-    let path = match parts.uri.query() {
-        Some(query) => format!("/{rest}?{query}"),
-        None => format!("/{rest}"),
-    };
-    parts.uri = match Uri::builder()
-        .scheme("http")
-        .authority(slot.addr.to_string())
-        .path_and_query(path)
-        .build()
-    {
-        Ok(uri) => uri,
-        Err(_) => {
-            return refused(Error::invalid("path", "the request path is not valid"));
-        }
-    };
-    parts.version = axum::http::Version::HTTP_11;
-    parts.extensions.clear();
-    let headers = &mut parts.headers;
-    tessera_gateway::strip_hop_by_hop(headers);
-    // The key is the caller's to the cloud, not the replica's to see.
-    headers.remove(header::AUTHORIZATION);
-    if let Ok(host) = HeaderValue::from_str(&slot.addr.to_string()) {
-        headers.insert(header::HOST, host);
-    }
-    let answer = match door
-        .replicas
-        .request(axum::http::Request::from_parts(parts, body))
-        .await
-    {
+    let answer = match send(&door, &slot, &name, &rest, request).await {
         Ok(answer) => answer,
-        Err(err) => {
-            tracing::debug!(deployment = %name, replica = %slot.addr, error = %err, "a replica did not answer");
-            return refused(Error::HostFailed(format!(
-                "the replica of deployment {name} did not answer: {err}"
-            )));
-        }
+        Err(err) => return refused(err),
     };
-    let (mut parts, incoming) = answer.into_parts();
-    tessera_gateway::strip_hop_by_hop(&mut parts.headers);
+    let (parts, incoming) = answer.into_parts();
     // The replica's room is given back when its answer has been sent.
     let body = incoming.into_data_stream().map(move |chunk| {
         let _held = &slot;
         chunk
     });
     Response::from_parts(parts, Body::from_stream(body))
+}
+
+/// Sends a request to the replica `slot` gave, as it came but for its
+/// hop-by-hop headers, the key and its `Prefer`.
+async fn send(
+    door: &FrontDoor,
+    slot: &Slot,
+    name: &str,
+    rest: &str,
+    request: Request,
+) -> Result<axum::http::Response<hyper::body::Incoming>, Error> {
+    let (mut parts, body) = request.into_parts();
+    let path = match parts.uri.query() {
+        Some(query) => format!("/{rest}?{query}"),
+        None => format!("/{rest}"),
+    };
+    parts.uri = Uri::builder()
+        .scheme("http")
+        .authority(slot.addr.to_string())
+        .path_and_query(path)
+        .build()
+        .map_err(|_| Error::invalid("path", "the request path is not valid"))?;
+    parts.version = axum::http::Version::HTTP_11;
+    parts.extensions.clear();
+    let headers = &mut parts.headers;
+    tessera_gateway::strip_hop_by_hop(headers);
+    // The key is the caller's to the cloud, not the replica's to see.
+    headers.remove(header::AUTHORIZATION);
+    headers.remove(PREFER);
+    if let Ok(host) = HeaderValue::from_str(&slot.addr.to_string()) {
+        headers.insert(header::HOST, host);
+    }
+    let mut answer = door
+        .replicas
+        .request(axum::http::Request::from_parts(parts, body))
+        .await
+        .map_err(|err| {
+            tracing::debug!(deployment = %name, replica = %slot.addr, error = %err, "a replica did not answer");
+            Error::HostFailed(format!("the replica of deployment {name} did not answer: {err}"))
+        })?;
+    tessera_gateway::strip_hop_by_hop(answer.headers_mut());
+    Ok(answer)
+}
+
+/// An async request: recorded, answered with its id at once, then queued
+/// and sent like any other, its answer kept for `status` and `result`.
+async fn begin_async(
+    door: FrontDoor,
+    project: String,
+    name: String,
+    rest: String,
+    request: Request,
+) -> Response {
+    let id = match door.app.begin_async_request(&project, &name).await {
+        Ok(id) => id,
+        Err(err) => return refused(err),
+    };
+    let (parts, body) = request.into_parts();
+    let body = match axum::body::to_bytes(body, MAX_ANSWER_BYTES).await {
+        Ok(body) => body,
+        Err(_) => {
+            return refused(Error::invalid(
+                "body",
+                format!("an async request's body is at most {MAX_ANSWER_BYTES} bytes"),
+            ));
+        }
+    };
+    let request = Request::from_parts(parts, Body::from(body));
+    let (task, job, deployment) = (door.clone(), id.clone(), name.clone());
+    tokio::spawn(async move {
+        let (code, content_type, body) =
+            run_async(&task, &project, &job, &deployment, &rest, request).await;
+        if let Err(err) = task
+            .app
+            .async_request_done(&job, code, &content_type, &body)
+            .await
+        {
+            tracing::warn!(request = %job, error = %err, "an async request's answer was not kept");
+        }
+    });
+    let status_path = format!("/status/{name}");
+    let mut answer = (
+        StatusCode::ACCEPTED,
+        axum::Json(serde_json::json!({
+            "Id": id,
+            "StatusPath": status_path,
+            "ResultPath": format!("/result/{name}"),
+        })),
+    )
+        .into_response();
+    if let Ok(value) = HeaderValue::from_str(&id) {
+        answer.headers_mut().insert(INFERENCE_ID, value);
+    }
+    if let Ok(value) = HeaderValue::from_str(&format!("/inference{status_path}")) {
+        answer.headers_mut().insert(header::LOCATION, value);
+    }
+    answer
+}
+
+/// Runs an async request to its end: the replica's answer, or why there
+/// is none (as the front door would have answered it).
+async fn run_async(
+    door: &FrontDoor,
+    project: &str,
+    id: &str,
+    name: &str,
+    rest: &str,
+    request: Request,
+) -> (u16, String, Vec<u8>) {
+    let failed = |err: Error| {
+        let answer = refused(err);
+        (answer.status().as_u16(), answer)
+    };
+    let outcome = async {
+        let slot = door.app.deployment_slot(project, name).await?;
+        door.app.async_request_started(id).await?;
+        let answer = send(door, &slot, name, rest, request).await?;
+        let (parts, incoming) = answer.into_parts();
+        let body = http_body_util::Limited::new(incoming, MAX_ANSWER_BYTES)
+            .collect()
+            .await
+            .map_err(|e| Error::HostFailed(format!("the replica's answer could not be kept: {e}")))?
+            .to_bytes();
+        drop(slot);
+        Ok::<_, Error>((parts, body))
+    }
+    .await;
+    match outcome {
+        Ok((parts, body)) => (
+            parts.status.as_u16(),
+            content_type(&parts.headers),
+            body.to_vec(),
+        ),
+        Err(err) => {
+            let (code, answer) = failed(err);
+            let content = content_type(answer.headers());
+            let body = axum::body::to_bytes(answer.into_body(), MAX_ANSWER_BYTES)
+                .await
+                .map(|b| b.to_vec())
+                .unwrap_or_default();
+            (code, content, body)
+        }
+    }
+}
+
+fn content_type(headers: &HeaderMap) -> String {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/octet-stream")
+        .to_string()
+}
+
+/// The async request the caller names (`X-Inference-Id`).
+async fn named_request(
+    door: &FrontDoor,
+    name: &str,
+    headers: &HeaderMap,
+) -> Result<AsyncRequest, Error> {
+    let project = door.app.inference_project(key(headers)).await?;
+    let id = headers
+        .get(INFERENCE_ID)
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(|| Error::invalid("X-Inference-Id", "X-Inference-Id names the request"))?;
+    door.app.async_request(&project, name, id.trim()).await
+}
+
+/// `GET /status/<deployment>`: where an async request is.
+async fn async_status(
+    State(door): State<FrontDoor>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    match named_request(&door, &name, &headers).await {
+        Ok(request) => axum::Json(serde_json::json!({
+            "Id": request.id,
+            "Status": request.status.as_str(),
+        }))
+        .into_response(),
+        Err(err) => refused(err),
+    }
+}
+
+/// `GET /result/<deployment>`: an async request's answer, as the replica
+/// gave it; while it has none, where it is (202).
+async fn async_result(
+    State(door): State<FrontDoor>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let request = match named_request(&door, &name, &headers).await {
+        Ok(request) => request,
+        Err(err) => return refused(err),
+    };
+    if request.status != AsyncStatus::Completed {
+        return (
+            StatusCode::ACCEPTED,
+            axum::Json(serde_json::json!({"Id": request.id, "Status": request.status.as_str()})),
+        )
+            .into_response();
+    }
+    let status = StatusCode::from_u16(request.status_code).unwrap_or(StatusCode::BAD_GATEWAY);
+    let mut answer = (status, request.body).into_response();
+    if let Ok(value) = HeaderValue::from_str(&request.content_type) {
+        answer.headers_mut().insert(header::CONTENT_TYPE, value);
+    }
+    answer
 }

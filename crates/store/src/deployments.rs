@@ -487,3 +487,112 @@ impl Store {
         Ok(counts[0] == 1)
     }
 }
+
+/// A request made with `Prefer: respond-async`.
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct InferenceRequestRecord {
+    pub id: String,
+    pub project_id: String,
+    pub deployment_id: String,
+    /// `Queue`, `Inference` or `Completed`.
+    pub status: String,
+    /// The replica's answer's status (0 until there is one).
+    pub status_code: i64,
+    pub content_type: String,
+    /// The answer's body, base64.
+    pub body: String,
+    pub created_ms: i64,
+    pub updated_ms: i64,
+}
+
+const REQUEST_COLUMNS: &str = "id, project_id, deployment_id, status, status_code, content_type, \
+     body, created_ms, updated_ms";
+
+impl Store {
+    pub async fn insert_inference_request(&self, r: &InferenceRequestRecord) -> Result<()> {
+        self.run_statements(
+            "insert_inference_request",
+            vec![(
+                format!(
+                    "INSERT INTO inference_requests ({REQUEST_COLUMNS}) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
+                ),
+                vec![
+                    (&r.id).into(),
+                    (&r.project_id).into(),
+                    (&r.deployment_id).into(),
+                    (&r.status).into(),
+                    r.status_code.into(),
+                    (&r.content_type).into(),
+                    (&r.body).into(),
+                    r.created_ms.into(),
+                    r.updated_ms.into(),
+                ],
+            )],
+            |_| true,
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Records where an async request is, and its answer once it has one.
+    pub async fn update_inference_request(
+        &self,
+        id: &str,
+        status: &str,
+        answer: Option<(i64, &str, &str)>,
+        at_ms: i64,
+    ) -> Result<()> {
+        let (code, content_type, body) = answer.unwrap_or((0, "", ""));
+        self.run_statements(
+            "update_inference_request",
+            vec![(
+                "UPDATE inference_requests SET status = $2, status_code = $3, content_type = $4, \
+                 body = $5, updated_ms = $6 WHERE id = $1"
+                    .to_string(),
+                vec![
+                    id.into(),
+                    status.into(),
+                    code.into(),
+                    content_type.into(),
+                    body.into(),
+                    at_ms.into(),
+                ],
+            )],
+            |_| true,
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// One of the project's async requests.
+    pub async fn inference_request(
+        &self,
+        project_id: &str,
+        id: &str,
+    ) -> Result<Option<InferenceRequestRecord>> {
+        self.fetch_optional(
+            &format!(
+                "SELECT {REQUEST_COLUMNS} FROM inference_requests \
+                 WHERE id = $1 AND project_id = $2"
+            ),
+            &[id.into(), project_id.into()],
+        )
+        .await
+    }
+
+    /// Forgets async requests made before `before_ms`.
+    pub async fn prune_inference_requests(&self, before_ms: i64) -> Result<u64> {
+        let counts = self
+            .run_statements(
+                "prune_inference_requests",
+                vec![(
+                    "DELETE FROM inference_requests WHERE created_ms < $1".to_string(),
+                    vec![before_ms.into()],
+                )],
+                |_| true,
+            )
+            .await?;
+        Ok(counts[0])
+    }
+}

@@ -37,7 +37,8 @@ pub use agents::{AgentRecord, JoinTokenRecord, SessionRequestRecord, WorkRecord}
 pub use billing::{Balance, now_ms};
 pub use containers::{ContainerRecord, IngressRoute, IngressRule, InstanceUsage, NewContainer};
 pub use deployments::{
-    DeploymentChange, DeploymentRecord, InferenceKeyRecord, NewReplica, ReplicaRecord,
+    DeploymentChange, DeploymentRecord, InferenceKeyRecord, InferenceRequestRecord, NewReplica,
+    ReplicaRecord,
 };
 pub use events::{EventRecord, NewEvent};
 pub use hosts::{DecommissionStart, HostRecord, NewHost, NewUnit};

@@ -108,6 +108,7 @@ pub async fn start(settings: &Settings) -> Result<RunningServer> {
         compute: settings.compute.clone(),
         advertise_url: Some(advertise_url),
         vpc_pool: settings.vpc_pool,
+        inference_url: settings.inference_url.clone(),
         secrets_key: Some(
             tessera_app::secrets::sealing::SealingKey::load_or_create(&settings.secrets_key)
                 .map_err(anyhow::Error::msg)?,

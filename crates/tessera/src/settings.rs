@@ -17,7 +17,8 @@
 //! `quota_containers`, `quota_ssh_keys`, `script_quota`, `replica_id`,
 //! `compute_domain`, `compute_max_memory_mb`, `compute_max_storage_gb`,
 //! `gateway_listen`, `gateway_port_offset`, `gateway_certificate`,
-//! `gateway_private_key`, `advertise_url`, `vpc_pool`, `secrets_key`.
+//! `gateway_private_key`, `advertise_url`, `vpc_pool`, `secrets_key`,
+//! `inference_url`.
 
 use crate::logging::LogFormat;
 use anyhow::{Context, Result, bail};
@@ -211,6 +212,11 @@ pub struct ServerArgs {
     /// DATA_DIR/secrets.key].
     #[arg(long, env = "TESSERA_SECRETS_KEY")]
     pub secrets_key: Option<PathBuf>,
+    /// Where callers reach serverless deployments' front door: a
+    /// deployment's `endpoint_base_url` is this and its name [default: the
+    /// advertised URL's /inference].
+    #[arg(long, env = "TESSERA_INFERENCE_URL")]
+    pub inference_url: Option<String>,
 }
 
 /// Where the ingress gateway listens: an address, or nowhere.
@@ -301,6 +307,7 @@ struct FileSettings {
     advertise_url: Option<String>,
     vpc_pool: Option<String>,
     secrets_key: Option<PathBuf>,
+    inference_url: Option<String>,
 }
 
 /// Resolved settings.
@@ -345,6 +352,8 @@ pub struct Settings {
     pub vpc_pool: ipnet::Ipv4Net,
     /// The file holding the key that seals secrets.
     pub secrets_key: PathBuf,
+    /// `None`: made from the advertised URL.
+    pub inference_url: Option<String>,
 }
 
 impl Settings {
@@ -663,6 +672,13 @@ impl ServerArgs {
                     );
                 }
                 pool
+            },
+            inference_url: match self.inference_url.or(file.inference_url) {
+                Some(url) if url.starts_with("http://") || url.starts_with("https://") => {
+                    Some(url.trim_end_matches('/').to_string())
+                }
+                Some(url) => bail!("inference_url {url:?} is not an http:// or https:// URL"),
+                None => None,
             },
             secrets_key: self
                 .secrets_key

@@ -18,6 +18,7 @@
 
 pub mod front_door;
 pub mod keys;
+pub mod requests;
 pub mod scaler;
 
 use crate::error::{Error, Result};
@@ -1173,7 +1174,7 @@ fn status_of(
 /// and one per project for a private registry's (another project naming
 /// the same reference must pull it with its own credentials, not find it
 /// cached).
-pub(crate) fn host_image_name(image: &str, private_project: Option<&str>) -> String {
+pub fn host_image_name(image: &str, private_project: Option<&str>) -> String {
     let mut hash = sha2::Sha256::new();
     hash.update(image.as_bytes());
     if let Some(project) = private_project {

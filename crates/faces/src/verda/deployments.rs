@@ -736,6 +736,16 @@ pub async fn patch_deployment(
     Body(req): Body<PatchDeploymentRequest>,
 ) -> Result<Json<DeploymentBody>> {
     let current = app.deployment(&caller, &name).await?;
+    if req.containers.is_none()
+        && req.container_registry_settings.is_none()
+        && req.compute.is_none()
+        && req.scaling.is_none()
+        && req.is_spot.is_none()
+    {
+        return Err(bad_request(
+            "nothing to change: give containers, container_registry_settings, compute, scaling or is_spot",
+        ));
+    }
     let patch = PatchDeployment {
         containers: req
             .containers
@@ -854,6 +864,14 @@ pub async fn patch_scaling(
     Body(req): Body<ScalingBody>,
 ) -> Result<Json<ScalingBody>> {
     let current = app.deployment(&caller, &name).await?;
+    if serde_json::to_value(&req).is_ok_and(|v| {
+        v.as_object()
+            .is_some_and(|fields| fields.values().all(Value::is_null))
+    }) {
+        return Err(bad_request(
+            "nothing to change: give at least one scaling option",
+        ));
+    }
     let changed = app
         .set_deployment_scaling(&caller, &name, scaling(&req, &current.scaling)?)
         .await?;

@@ -290,7 +290,9 @@ pub async fn list_instances(
                 },
             )
             .await?;
-        for instance in page.items {
+        // Serverless replicas are their deployment's, as on Verda: listed
+        // at `/container-deployments/{name}/replicas`, not here.
+        for instance in page.items.into_iter().filter(|i| i.spec.workload.is_none()) {
             let volumes = volumes_of.remove(instance.id.as_str()).unwrap_or_default();
             let tags = tags_of.remove(instance.id.as_str()).unwrap_or_default();
             let body = instance_body_with(&app, &caller, instance, volumes, tags).await;

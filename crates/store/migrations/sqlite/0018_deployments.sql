@@ -51,3 +51,18 @@ CREATE TABLE inference_keys (
     created_at TEXT NOT NULL,
     UNIQUE (project_id, name)
 );
+
+-- Requests made with `Prefer: respond-async`: what became of each, and the
+-- replica's answer (base64) once there is one, kept for an hour.
+CREATE TABLE inference_requests (
+    id            TEXT PRIMARY KEY,
+    project_id    TEXT NOT NULL REFERENCES projects (id),
+    deployment_id TEXT NOT NULL,
+    status        TEXT NOT NULL,
+    status_code   INTEGER NOT NULL,
+    content_type  TEXT NOT NULL,
+    body          TEXT NOT NULL,
+    created_ms    INTEGER NOT NULL,
+    updated_ms    INTEGER NOT NULL
+);
+CREATE INDEX inference_requests_created ON inference_requests (created_ms);

@@ -4,6 +4,7 @@
 mod api;
 mod gateway;
 mod placement;
+mod serverless;
 
 use anyhow::Result;
 
@@ -15,6 +16,9 @@ pub enum BenchCommand {
     Api(api::ApiArgs),
     /// Latency through the ingress gateway (HTTP and HTTPS) versus direct.
     Gateway(gateway::GatewayArgs),
+    /// Serverless deployments on the container driver: the front door's
+    /// added latency and cold starts (root).
+    Serverless(serverless::ServerlessArgs),
 }
 
 impl BenchCommand {
@@ -23,6 +27,7 @@ impl BenchCommand {
             BenchCommand::Placement(args) => placement::run(args),
             BenchCommand::Api(args) => api::run(args).await,
             BenchCommand::Gateway(args) => gateway::run(args).await,
+            BenchCommand::Serverless(args) => serverless::run(args).await,
         }
     }
 }

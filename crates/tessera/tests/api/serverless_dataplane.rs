@@ -261,6 +261,56 @@ async fn a_deployment_scales_from_zero_serves_its_secrets_and_goes_back_to_zero(
     );
     assert_eq!(replicas(&verda, "echo").await.len(), 1);
 
+    // Asynchronously: an id at once, then its status and its answer, at
+    // the deployment's sibling paths (as Verda's SDK builds them).
+    let accepted = reqwest::Client::new()
+        .post(format!("{endpoint}/cgi-bin/env"))
+        .bearer_auth(&key)
+        .header("Prefer", "respond-async")
+        .body("{}")
+        .send()
+        .await
+        .expect("the front door answers");
+    assert_eq!(accepted.status(), StatusCode::ACCEPTED);
+    let inference_id = accepted.headers()["x-inference-id"]
+        .to_str()
+        .expect("id")
+        .to_string();
+    let accepted: Value = accepted.json().await.expect("json");
+    assert_eq!(accepted["Id"], inference_id.as_str());
+    assert_eq!(accepted["StatusPath"], "/status/echo");
+    let base = endpoint.rsplit_once('/').expect("a path").0.to_string();
+    let ask = |what: &'static str| {
+        let (url, key, id) = (
+            format!("{base}/{what}/echo"),
+            key.clone(),
+            inference_id.clone(),
+        );
+        async move {
+            let response = reqwest::Client::new()
+                .get(url)
+                .bearer_auth(key)
+                .header("X-Inference-Id", id)
+                .send()
+                .await
+                .expect("answered");
+            (response.status(), response.text().await.unwrap_or_default())
+        }
+    };
+    eventually(
+        Duration::from_secs(30),
+        "the async request completed",
+        || async {
+            let (status, body) = ask("status").await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+            body.contains("\"Completed\"").then_some(())
+        },
+    )
+    .await;
+    let (status, result) = ask("result").await;
+    assert_eq!(status, StatusCode::OK, "{result}");
+    assert!(result.contains("API_TOKEN=tk_live_123"), "{result}");
+
     // A burst of slow requests: a second replica, no more than the max.
     let burst: Vec<_> = (0..6)
         .map(|_| {

@@ -429,6 +429,14 @@ async fn replicas_follow_scaling_changes_pause_and_delete(backend: Backend) {
         instance["metadata"]["labels"]["deployment"], "web",
         "{instance}"
     );
+    // Verda's instance list is the user's instances, not the deployment's.
+    let listed = verda.get("/instances").await;
+    assert!(
+        !listed
+            .to_string()
+            .contains(replica["id"].as_str().expect("id")),
+        "{listed}"
+    );
 
     // More at least: made at once.
     let (status, _) = verda

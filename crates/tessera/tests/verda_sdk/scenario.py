@@ -17,7 +17,7 @@ Run by crates/tessera/tests/api/verda_sdk.rs. Environment:
 Each step prints `ok <step> <detail>`; the last line is `scenario passed`.
 
 The SDK's services and where they are called (in scope: everything but
-clusters, serverless containers and jobs):
+clusters and jobs):
 
   authentication  authenticate (VerdaClient()), refresh        step "auth"
   locations       get                                           "catalog"
@@ -40,8 +40,14 @@ clusters, serverless containers and jobs):
                   get_fileset_secrets, delete_fileset_secret,
                   add_registry_credentials, get_registry_credentials,
                   delete_registry_credentials
-  out of scope:   clusters, container deployments, job_deployments,
-                  inference_client
+  containers      get_compute_resources, create_deployment,     "deployments"
+                  get_deployment_status, get_deployment_replicas,
+                  (update|get)_deployment_scaling_options, the
+                  environment variable calls, get_deployment_by_name,
+                  update_deployment, pause, resume, restart, purge,
+                  delete_deployment, get_deployments
+  out of scope:   clusters, job_deployments, inference_client (the
+                  real driver's test calls deployments)
 """
 
 import os
@@ -277,6 +283,77 @@ def main():
         containers.delete_registry_credentials(name)
     check(containers.get_secrets() == [] and containers.get_registry_credentials() == [], "left over")
     ok("secrets", "2 secrets, 3 registry credentials")
+
+    # A container deployment, driven as the SDK's examples do (its
+    # replicas run on the scenario's hosts; calling it needs the real
+    # driver, which serverless_dataplane.rs covers).
+    from verda.containers import (
+        ComputeResource, Container, ContainerDeploymentStatus, Deployment, EnvVar, EnvVarType,
+        GeneralStorageMount, HealthcheckSettings, QueueLoadScalingTrigger,
+        ScalingOptions, ScalingPolicy, ScalingTriggers,
+    )
+    from verda.containers._containers import MemoryMount  # not re-exported by the package
+    resources = containers.get_compute_resources()
+    check(any(r.name == "General Compute" and r.is_available for r in resources), f"resources {resources}")
+    containers.create_secret("scenario-app-token", "tk_app")
+    scaling = ScalingOptions(
+        min_replica_count=1, max_replica_count=2,
+        scale_down_policy=ScalingPolicy(delay_seconds=300), scale_up_policy=ScalingPolicy(delay_seconds=0),
+        queue_message_ttl_seconds=300, concurrent_requests_per_replica=1,
+        scaling_triggers=ScalingTriggers(queue_load=QueueLoadScalingTrigger(threshold=1)),
+    )
+    deployment = Deployment(
+        name="scenario-app",
+        containers=[Container(
+            image="registry-1.docker.io/library/nginx:1.27", exposed_port=80,
+            healthcheck=HealthcheckSettings(enabled=True, port=80, path="/"),
+            env=[EnvVar(name="TOKEN", value_or_reference_to_secret="scenario-app-token", type=EnvVarType.SECRET)],
+            volume_mounts=[GeneralStorageMount("/data"), MemoryMount(64)],
+        )],
+        compute=ComputeResource(name="General Compute", size=1),
+        scaling=scaling,
+    )
+    created = containers.create_deployment(deployment)
+    check(created.endpoint_base_url.endswith("/inference/scenario-app"), created.endpoint_base_url)
+    check(created.containers[0].name == "nginx-0", f"{created.containers[0]}")
+    deadline = time.monotonic() + 60
+    while True:
+        status = containers.get_deployment_status("scenario-app")
+        replicas = containers.get_deployment_replicas("scenario-app")
+        if status == ContainerDeploymentStatus.HEALTHY and len(replicas) == 1:
+            break
+        check(time.monotonic() < deadline, f"deployment {status}, replicas {replicas}")
+        time.sleep(0.3)
+    scaling.max_replica_count = 3
+    check(containers.update_deployment_scaling_options("scenario-app", scaling).max_replica_count == 3, "scaling")
+    check(containers.get_deployment_scaling_options("scenario-app").max_replica_count == 3, "scaling read")
+    envs = containers.get_deployment_environment_variables("scenario-app")
+    check([e.name for e in envs["nginx-0"]] == ["TOKEN"], f"env {envs}")
+    envs = containers.add_deployment_environment_variables(
+        "scenario-app", "nginx-0", [EnvVar(name="MODE", value_or_reference_to_secret="a", type=EnvVarType.PLAIN)])
+    check([e.name for e in envs["nginx-0"]] == ["TOKEN", "MODE"], f"env {envs}")
+    envs = containers.update_deployment_environment_variables(
+        "scenario-app", "nginx-0", [EnvVar(name="MODE", value_or_reference_to_secret="b", type=EnvVarType.PLAIN)])
+    check(envs["nginx-0"][1].value_or_reference_to_secret == "b", f"env {envs}")
+    envs = containers.delete_deployment_environment_variables("scenario-app", "nginx-0", ["MODE"])
+    check([e.name for e in envs["nginx-0"]] == ["TOKEN"], f"env {envs}")
+    read = containers.get_deployment_by_name("scenario-app")
+    read.is_spot = True
+    check(containers.update_deployment("scenario-app", read).is_spot, "update")
+    containers.pause_deployment("scenario-app")
+    check(containers.get_deployment_status("scenario-app") == ContainerDeploymentStatus.PAUSED, "paused")
+    containers.resume_deployment("scenario-app")
+    containers.restart_deployment("scenario-app")
+    containers.purge_deployment_queue("scenario-app")
+    try:
+        containers.delete_secret("scenario-app-token")
+        check(False, "a secret in use was deleted")
+    except APIException as err:
+        check(err.code == "conflict", f"secret in use: {err}")
+    containers.delete_deployment("scenario-app")
+    check("scenario-app" not in [d.name for d in containers.get_deployments()], "deployment still listed")
+    containers.delete_secret("scenario-app-token")
+    ok("deployments", "create, scale, env, pause, resume, restart, purge, delete")
     print("scenario passed", flush=True)
 
 

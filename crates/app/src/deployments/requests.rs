@@ -1,0 +1,148 @@
+//! Requests made with `Prefer: respond-async`: the front door answers at
+//! once with an id, the request waits in the queue and runs as any other,
+//! and what became of it (and the replica's answer) is kept in the store
+//! for an hour, so any control-plane process answers `status` and
+//! `result` for it.
+
+use crate::App;
+use crate::error::{Error, Result};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use tessera_store::InferenceRequestRecord;
+
+/// The largest answer kept for an async request.
+pub const MAX_ANSWER_BYTES: usize = 16 * 1024 * 1024;
+/// How long an async request and its answer are kept.
+pub const KEEP_MS: i64 = 3_600_000;
+
+/// Where an async request is, in Verda's words.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AsyncStatus {
+    Queue,
+    Inference,
+    Completed,
+}
+
+impl AsyncStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AsyncStatus::Queue => "Queue",
+            AsyncStatus::Inference => "Inference",
+            AsyncStatus::Completed => "Completed",
+        }
+    }
+}
+
+/// An async request, with its answer once it has one.
+#[derive(Clone, Debug)]
+pub struct AsyncRequest {
+    pub id: String,
+    pub status: AsyncStatus,
+    pub status_code: u16,
+    pub content_type: String,
+    pub body: Vec<u8>,
+}
+
+impl App {
+    /// Records an async request for the deployment: its id.
+    pub async fn begin_async_request(&self, project_id: &str, name: &str) -> Result<String> {
+        let deployment = self.project_deployment(project_id, name).await?;
+        if deployment.deleting {
+            return Err(Error::NotFound(format!("deployment {name} not found")));
+        }
+        if deployment.paused {
+            return Err(Error::Unavailable(format!(
+                "deployment {name} is paused; resume it to serve requests"
+            )));
+        }
+        let now = tessera_store::now_ms();
+        let id = uuid::Uuid::new_v4().to_string();
+        self.store
+            .insert_inference_request(&InferenceRequestRecord {
+                id: id.clone(),
+                project_id: project_id.to_string(),
+                deployment_id: deployment.id,
+                status: AsyncStatus::Queue.as_str().into(),
+                status_code: 0,
+                content_type: String::new(),
+                body: String::new(),
+                created_ms: now,
+                updated_ms: now,
+            })
+            .await?;
+        Ok(id)
+    }
+
+    /// Records that an async request is with a replica.
+    pub async fn async_request_started(&self, id: &str) -> Result<()> {
+        self.store
+            .update_inference_request(
+                id,
+                AsyncStatus::Inference.as_str(),
+                None,
+                tessera_store::now_ms(),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Records an async request's answer (the replica's, or why there is
+    /// none).
+    pub async fn async_request_done(
+        &self,
+        id: &str,
+        status_code: u16,
+        content_type: &str,
+        body: &[u8],
+    ) -> Result<()> {
+        self.store
+            .update_inference_request(
+                id,
+                AsyncStatus::Completed.as_str(),
+                Some((i64::from(status_code), content_type, &STANDARD.encode(body))),
+                tessera_store::now_ms(),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// One of the project's async requests to the deployment `name`.
+    pub async fn async_request(
+        &self,
+        project_id: &str,
+        name: &str,
+        id: &str,
+    ) -> Result<AsyncRequest> {
+        let not_found = || Error::NotFound(format!("request {id} of deployment {name} not found"));
+        let deployment = self.project_deployment(project_id, name).await?;
+        let record = match crate::has_nul(id) {
+            true => None,
+            false => self.store.inference_request(project_id, id).await?,
+        };
+        let record = record
+            .filter(|r| r.deployment_id == deployment.id)
+            .ok_or_else(not_found)?;
+        let status = match record.status.as_str() {
+            "Queue" => AsyncStatus::Queue,
+            "Inference" => AsyncStatus::Inference,
+            _ => AsyncStatus::Completed,
+        };
+        Ok(AsyncRequest {
+            id: record.id,
+            status,
+            status_code: u16::try_from(record.status_code).unwrap_or(0),
+            content_type: record.content_type,
+            body: STANDARD
+                .decode(record.body)
+                .map_err(|e| Error::corrupt(format!("async request {id}'s answer: {e}")))?,
+        })
+    }
+
+    /// Forgets async requests older than [`KEEP_MS`].
+    pub(crate) async fn prune_async_requests(&self) -> Result<()> {
+        self.store
+            .prune_inference_requests(tessera_store::now_ms() - KEEP_MS)
+            .await?;
+        Ok(())
+    }
+}
