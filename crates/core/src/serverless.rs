@@ -35,6 +35,10 @@ pub struct Workload {
     /// The project's registry credentials to pull the image with.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub registry_credentials: Option<String>,
+    /// A job's replica: it runs once, and is not started again when its
+    /// process ends.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub run_once: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -93,6 +97,9 @@ pub struct Scaling {
     pub cpu_utilization: Option<u32>,
     /// Average GPU use (percent) above which more replicas are wanted.
     pub gpu_utilization: Option<u32>,
+    /// A job's longest run, after which its replica is deleted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline_s: Option<u32>,
 }
 
 /// The largest deployment.
@@ -111,6 +118,7 @@ impl Default for Scaling {
             queue_load_threshold: 1.0,
             cpu_utilization: None,
             gpu_utilization: None,
+            deadline_s: None,
         }
     }
 }

@@ -121,6 +121,9 @@ upper_enum!(
         /// It kept dying on its host, so it was left stopped (its state is
         /// `stopped`, not `terminated`).
         Crashed => "crashed",
+        /// Its process ended and it is not started again: a job's replica
+        /// (its state is `stopped`).
+        Exited => "exited",
     }
 );
 

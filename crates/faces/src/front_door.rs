@@ -23,13 +23,16 @@ use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
+use base64::Engine;
 use futures::StreamExt;
 use http_body_util::BodyExt;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use std::time::Duration;
+use tessera_app::deployments::DeploymentKind;
 use tessera_app::deployments::front_door::Slot;
+use tessera_app::deployments::jobs::StoredRequest;
 use tessera_app::deployments::requests::{AsyncRequest, AsyncStatus, MAX_ANSWER_BYTES};
 use tessera_app::{App, Error};
 
@@ -114,6 +117,13 @@ async fn forward(
     }
     let slot = match door.app.deployment_slot(&project, &name).await {
         Ok(slot) => slot,
+        // A job deployment's requests are always answered at once.
+        Err(Error::NotFound(why)) => {
+            return match is_job(&door, &project, &name).await {
+                true => begin_job(door, project, name, rest, request).await,
+                false => refused(Error::NotFound(why)),
+            };
+        }
         Err(err) => return refused(err),
     };
     let answer = match send(&door, &slot, &name, &rest, request).await {
@@ -182,6 +192,9 @@ async fn begin_async(
 ) -> Response {
     let id = match door.app.begin_async_request(&project, &name).await {
         Ok(id) => id,
+        Err(Error::NotFound(_)) if is_job(&door, &project, &name).await => {
+            return begin_job(door, project, name, rest, request).await;
+        }
         Err(err) => return refused(err),
     };
     let (parts, body) = request.into_parts();
@@ -207,6 +220,66 @@ async fn begin_async(
             tracing::warn!(request = %job, error = %err, "an async request's answer was not kept");
         }
     });
+    accepted(&id, &name)
+}
+
+/// Whether the project's deployment `name` is a job deployment.
+async fn is_job(door: &FrontDoor, project: &str, name: &str) -> bool {
+    matches!(
+        door.app.project_deployment_any(project, name).await,
+        Ok(Some(d)) if d.kind == DeploymentKind::Job
+    )
+}
+
+/// A job's request: kept as it was asked, answered with its id at once;
+/// it runs on a replica of its own when the job deployment has room.
+async fn begin_job(
+    door: FrontDoor,
+    project: String,
+    name: String,
+    rest: String,
+    request: Request,
+) -> Response {
+    let (mut parts, body) = request.into_parts();
+    let body = match axum::body::to_bytes(body, MAX_ANSWER_BYTES).await {
+        Ok(body) => body,
+        Err(_) => {
+            return refused(Error::invalid(
+                "body",
+                format!("a job's request body is at most {MAX_ANSWER_BYTES} bytes"),
+            ));
+        }
+    };
+    tessera_gateway::strip_hop_by_hop(&mut parts.headers);
+    for name in [
+        header::AUTHORIZATION,
+        header::HOST,
+        PREFER,
+        header::CONTENT_LENGTH,
+    ] {
+        parts.headers.remove(name);
+    }
+    let stored = StoredRequest {
+        method: parts.method.to_string(),
+        path: match parts.uri.query() {
+            Some(query) => format!("/{rest}?{query}"),
+            None => format!("/{rest}"),
+        },
+        headers: parts
+            .headers
+            .iter()
+            .filter_map(|(k, v)| Some((k.to_string(), v.to_str().ok()?.to_string())))
+            .collect(),
+        body: base64::engine::general_purpose::STANDARD.encode(&body),
+    };
+    match door.app.begin_job_request(&project, &name, &stored).await {
+        Ok(id) => accepted(&id, &name),
+        Err(err) => refused(err),
+    }
+}
+
+/// The 202 of a request answered at once: its id and where to ask.
+fn accepted(id: &str, name: &str) -> Response {
     let status_path = format!("/status/{name}");
     let mut answer = (
         StatusCode::ACCEPTED,
@@ -217,7 +290,7 @@ async fn begin_async(
         })),
     )
         .into_response();
-    if let Ok(value) = HeaderValue::from_str(&id) {
+    if let Ok(value) = HeaderValue::from_str(id) {
         answer.headers_mut().insert(INFERENCE_ID, value);
     }
     if let Ok(value) = HeaderValue::from_str(&format!("/inference{status_path}")) {

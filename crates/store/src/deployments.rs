@@ -503,10 +503,16 @@ pub struct InferenceRequestRecord {
     pub body: String,
     pub created_ms: i64,
     pub updated_ms: i64,
+    /// A job's request as asked (JSON), to send to its replica.
+    pub request: String,
+    /// The replica running a job's request.
+    pub instance_id: Option<String>,
+    /// When a job's request must have ended (0: not running).
+    pub deadline_ms: i64,
 }
 
 const REQUEST_COLUMNS: &str = "id, project_id, deployment_id, status, status_code, content_type, \
-     body, created_ms, updated_ms";
+     body, created_ms, updated_ms, request, instance_id, deadline_ms";
 
 impl Store {
     pub async fn insert_inference_request(&self, r: &InferenceRequestRecord) -> Result<()> {
@@ -515,7 +521,7 @@ impl Store {
             vec![(
                 format!(
                     "INSERT INTO inference_requests ({REQUEST_COLUMNS}) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
                 ),
                 vec![
                     (&r.id).into(),
@@ -527,6 +533,9 @@ impl Store {
                     (&r.body).into(),
                     r.created_ms.into(),
                     r.updated_ms.into(),
+                    (&r.request).into(),
+                    r.instance_id.as_ref().into(),
+                    r.deadline_ms.into(),
                 ],
             )],
             |_| true,
@@ -579,6 +588,78 @@ impl Store {
             &[id.into(), project_id.into()],
         )
         .await
+    }
+
+    /// A job deployment's requests in any of `statuses`, oldest first.
+    pub async fn job_requests(
+        &self,
+        deployment_id: &str,
+        statuses: &[&str],
+    ) -> Result<Vec<InferenceRequestRecord>> {
+        let mut args: Vec<Arg> = vec![deployment_id.into()];
+        let mut wanted = Vec::new();
+        for status in statuses {
+            args.push((*status).into());
+            wanted.push(format!("${}", args.len()));
+        }
+        self.fetch_all(
+            &format!(
+                "SELECT {REQUEST_COLUMNS} FROM inference_requests \
+                 WHERE deployment_id = $1 AND status IN ({}) ORDER BY created_ms, id",
+                wanted.join(", ")
+            ),
+            &args,
+        )
+        .await
+    }
+
+    /// The job request a replica runs.
+    pub async fn job_request_of(
+        &self,
+        instance_id: &str,
+    ) -> Result<Option<InferenceRequestRecord>> {
+        self.fetch_optional(
+            &format!("SELECT {REQUEST_COLUMNS} FROM inference_requests WHERE instance_id = $1"),
+            &[instance_id.into()],
+        )
+        .await
+    }
+
+    /// Moves a request from `from` to `to` (giving it its replica and
+    /// deadline when they are given): whether this call moved it.
+    pub async fn move_job_request(
+        &self,
+        id: &str,
+        from: &str,
+        to: &str,
+        instance_id: Option<&str>,
+        deadline_ms: Option<i64>,
+    ) -> Result<bool> {
+        let counts = self
+            .run_statements(
+                "move_job_request",
+                vec![(
+                    "UPDATE inference_requests SET status = $3, \
+                     instance_id = COALESCE($4, instance_id), \
+                     deadline_ms = COALESCE($5, deadline_ms), updated_ms = $6 \
+                     WHERE id = $1 AND status = $2"
+                        .to_string(),
+                    vec![
+                        id.into(),
+                        from.into(),
+                        to.into(),
+                        instance_id.into(),
+                        match deadline_ms {
+                            Some(ms) => ms.into(),
+                            None => Arg::NullInt,
+                        },
+                        crate::now_ms().into(),
+                    ],
+                )],
+                |_| true,
+            )
+            .await?;
+        Ok(counts[0] == 1)
     }
 
     /// Forgets async requests made before `before_ms`.

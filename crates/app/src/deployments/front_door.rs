@@ -53,7 +53,7 @@ struct QueueState {
 }
 
 /// Where a replica's health is asked: a port and a path.
-type HealthPath = (u16, String);
+pub(crate) type HealthPath = (u16, String);
 
 #[derive(Clone, Debug)]
 struct Backend {
@@ -357,7 +357,7 @@ impl App {
 
 /// Whether a replica answers: its health check's 200, or a connection to
 /// its port when it has none.
-async fn probe(addr: SocketAddr, health: Option<HealthPath>) -> bool {
+pub(crate) async fn probe(addr: SocketAddr, health: Option<HealthPath>) -> bool {
     let Some((port, path)) = health else {
         return tokio::time::timeout(PROBE_TIMEOUT, tokio::net::TcpStream::connect(addr))
             .await

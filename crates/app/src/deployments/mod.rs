@@ -17,6 +17,7 @@
 //!   its replicas' instances, never stored twice.
 
 pub mod front_door;
+pub mod jobs;
 pub mod keys;
 pub mod requests;
 pub mod scaler;
@@ -33,11 +34,38 @@ use tessera_store::{DeploymentChange, DeploymentRecord, Recorded, ReplicaRecord}
 
 /// The most deployments a project may have.
 pub const MAX_DEPLOYMENTS: i64 = 50;
+/// A job's longest deadline (a week, as Verda's).
+pub const MAX_DEADLINE_S: u32 = 604_800;
 /// The sizes a memory mount may have, in MB (Verda's).
 pub const MEMORY_SIZES_MB: [u32; 10] = [64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768];
 /// Names the front door keeps for itself (its async status and result
 /// paths are siblings of the deployments').
 const RESERVED_NAMES: [&str; 2] = ["status", "result"];
+
+/// What a deployment is: replicas serving requests, or a job per request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeploymentKind {
+    /// Verda's container deployments.
+    Container,
+    /// Verda's job deployments: each request runs on its own replica.
+    Job,
+}
+
+impl DeploymentKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeploymentKind::Container => "container",
+            DeploymentKind::Job => "job",
+        }
+    }
+
+    fn noun(self) -> &'static str {
+        match self {
+            DeploymentKind::Container => "deployment",
+            DeploymentKind::Job => "job deployment",
+        }
+    }
+}
 
 /// What a deployment runs, as kept.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -46,6 +74,9 @@ pub struct DeploymentSpec {
     pub registry: RegistrySettings,
     pub compute: ComputeSpec,
     pub is_spot: bool,
+    /// Who made it (a job deployment shows it).
+    #[serde(default)]
+    pub created_by: String,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -138,6 +169,7 @@ pub struct MountInput {
 /// A new deployment, as a request gives it.
 #[derive(Clone, Debug)]
 pub struct CreateDeployment {
+    pub kind: DeploymentKind,
     pub name: String,
     pub containers: Vec<ContainerInput>,
     pub registry: RegistrySettings,
@@ -161,6 +193,7 @@ pub struct PatchDeployment {
 pub struct Deployment {
     pub id: String,
     pub project_id: String,
+    pub kind: DeploymentKind,
     pub name: String,
     pub spec: DeploymentSpec,
     pub scaling: Scaling,
@@ -214,7 +247,13 @@ impl TryFrom<DeploymentRecord> for Deployment {
         let corrupt = |what: &str, e: serde_json::Error| {
             Error::corrupt(format!("deployment {}'s {what}: {e}", r.id))
         };
+        let kind = match r.kind.as_str() {
+            "container" => DeploymentKind::Container,
+            "job" => DeploymentKind::Job,
+            other => return Err(Error::corrupt(format!("deployment kind {other:?}"))),
+        };
         Ok(Deployment {
+            kind,
             spec: serde_json::from_str(&r.spec).map_err(|e| corrupt("spec", e))?,
             scaling: serde_json::from_str(&r.scaling).map_err(|e| corrupt("scaling", e))?,
             id: r.id,
@@ -325,7 +364,17 @@ fn image_basename(image: &str) -> String {
 }
 
 /// Checks scaling options.
-pub(crate) fn check_scaling(s: &Scaling) -> Result<()> {
+pub(crate) fn check_scaling(kind: DeploymentKind, s: &Scaling) -> Result<()> {
+    if kind == DeploymentKind::Job
+        && !s
+            .deadline_s
+            .is_some_and(|d| (1..=MAX_DEADLINE_S).contains(&d))
+    {
+        return Err(Error::invalid(
+            "scaling.deadline_seconds",
+            format!("deadline_seconds must be 1 to {MAX_DEADLINE_S}"),
+        ));
+    }
     let max = tessera_core::serverless::MAX_REPLICAS;
     if s.max_replicas < 1 || s.max_replicas > max {
         return Err(Error::invalid(
@@ -658,7 +707,7 @@ impl App {
     ) -> Result<Deployment> {
         caller.require(Permission::InstanceCreate)?;
         check_name(&req.name)?;
-        check_scaling(&req.scaling)?;
+        check_scaling(req.kind, &req.scaling)?;
         self.check_compute(&req.compute)?;
         self.check_registry(&caller.project_id, &req.registry)
             .await?;
@@ -670,13 +719,14 @@ impl App {
             registry: req.registry,
             compute: req.compute,
             is_spot: req.is_spot,
+            created_by: caller.user_id.clone(),
         };
         let now = tessera_store::now();
         let record = DeploymentRecord {
             id: uuid::Uuid::new_v4().to_string(),
             project_id: caller.project_id.clone(),
             name: req.name.clone(),
-            kind: "container".into(),
+            kind: req.kind.as_str().into(),
             spec: serde_json::to_string(&spec).unwrap_or_default(),
             scaling: serde_json::to_string(&req.scaling).unwrap_or_default(),
             paused: 0,
@@ -695,7 +745,7 @@ impl App {
             Recorded::Added => {}
             Recorded::NameTaken => {
                 return Err(Error::Conflict(format!(
-                    "a deployment named {} already exists",
+                    "a deployment or job named {} already exists",
                     req.name
                 )));
             }
@@ -711,41 +761,78 @@ impl App {
         Deployment::try_from(record)
     }
 
-    pub async fn deployments(&self, caller: &Principal) -> Result<Vec<Deployment>> {
+    pub async fn deployments(
+        &self,
+        caller: &Principal,
+        kind: DeploymentKind,
+    ) -> Result<Vec<Deployment>> {
         caller.require(Permission::InstanceRead)?;
         self.store
-            .deployments(&caller.project_id, "container")
+            .deployments(&caller.project_id, kind.as_str())
             .await?
             .into_iter()
             .map(Deployment::try_from)
             .collect()
     }
 
-    pub async fn deployment(&self, caller: &Principal, name: &str) -> Result<Deployment> {
+    pub async fn deployment(
+        &self,
+        caller: &Principal,
+        kind: DeploymentKind,
+        name: &str,
+    ) -> Result<Deployment> {
         caller.require(Permission::InstanceRead)?;
-        self.project_deployment(&caller.project_id, name).await
+        self.project_deployment_of(&caller.project_id, kind, name)
+            .await
     }
 
+    /// One of the project's container deployments.
     pub(crate) async fn project_deployment(
         &self,
         project_id: &str,
         name: &str,
     ) -> Result<Deployment> {
+        self.project_deployment_of(project_id, DeploymentKind::Container, name)
+            .await
+    }
+
+    /// One of the project's deployments of `kind`.
+    pub(crate) async fn project_deployment_of(
+        &self,
+        project_id: &str,
+        kind: DeploymentKind,
+        name: &str,
+    ) -> Result<Deployment> {
+        self.project_deployment_any(project_id, name)
+            .await?
+            .filter(|d| d.kind == kind)
+            .ok_or_else(|| Error::NotFound(format!("{} {name} not found", kind.noun())))
+    }
+
+    /// One of the project's deployments, of either kind.
+    pub async fn project_deployment_any(
+        &self,
+        project_id: &str,
+        name: &str,
+    ) -> Result<Option<Deployment>> {
         let found = match has_nul(name) {
             true => None,
             false => self.store.deployment(project_id, name).await?,
         };
-        found
-            .filter(|d| d.kind == "container")
-            .map(Deployment::try_from)
-            .transpose()?
-            .ok_or_else(|| Error::NotFound(format!("deployment {name} not found")))
+        found.map(Deployment::try_from).transpose()
     }
 
     /// A deployment that is not being deleted, for a change.
-    async fn changeable(&self, caller: &Principal, name: &str) -> Result<Deployment> {
+    async fn changeable(
+        &self,
+        caller: &Principal,
+        kind: DeploymentKind,
+        name: &str,
+    ) -> Result<Deployment> {
         caller.require(Permission::InstanceCreate)?;
-        let deployment = self.project_deployment(&caller.project_id, name).await?;
+        let deployment = self
+            .project_deployment_of(&caller.project_id, kind, name)
+            .await?;
         if deployment.deleting {
             return Err(Error::Conflict(format!(
                 "deployment {name} is being deleted"
@@ -757,10 +844,11 @@ impl App {
     pub async fn patch_deployment(
         &self,
         caller: &Principal,
+        kind: DeploymentKind,
         name: &str,
         patch: PatchDeployment,
     ) -> Result<Deployment> {
-        let deployment = self.changeable(caller, name).await?;
+        let deployment = self.changeable(caller, kind, name).await?;
         let mut spec = deployment.spec.clone();
         if let Some(registry) = patch.registry {
             self.check_registry(&caller.project_id, &registry).await?;
@@ -779,7 +867,7 @@ impl App {
                 .await?;
         }
         if let Some(scaling) = &patch.scaling {
-            check_scaling(scaling)?;
+            check_scaling(kind, scaling)?;
         }
         self.change(
             &deployment,
@@ -793,7 +881,8 @@ impl App {
             },
         )
         .await?;
-        self.project_deployment(&caller.project_id, name).await
+        self.project_deployment_of(&caller.project_id, kind, name)
+            .await
     }
 
     async fn change(&self, deployment: &Deployment, change: DeploymentChange) -> Result<()> {
@@ -814,11 +903,12 @@ impl App {
     pub async fn set_deployment_scaling(
         &self,
         caller: &Principal,
+        kind: DeploymentKind,
         name: &str,
         scaling: Scaling,
     ) -> Result<Deployment> {
-        check_scaling(&scaling)?;
-        let deployment = self.changeable(caller, name).await?;
+        check_scaling(kind, &scaling)?;
+        let deployment = self.changeable(caller, kind, name).await?;
         self.change(
             &deployment,
             DeploymentChange {
@@ -827,7 +917,8 @@ impl App {
             },
         )
         .await?;
-        self.project_deployment(&caller.project_id, name).await
+        self.project_deployment_of(&caller.project_id, kind, name)
+            .await
     }
 
     /// Pauses or resumes a deployment: paused, it has no replicas and its
@@ -835,10 +926,11 @@ impl App {
     pub async fn pause_deployment(
         &self,
         caller: &Principal,
+        kind: DeploymentKind,
         name: &str,
         paused: bool,
     ) -> Result<()> {
-        let deployment = self.changeable(caller, name).await?;
+        let deployment = self.changeable(caller, kind, name).await?;
         self.change(
             &deployment,
             DeploymentChange {
@@ -855,7 +947,9 @@ impl App {
 
     /// Replaces every replica with a new one.
     pub async fn restart_deployment(&self, caller: &Principal, name: &str) -> Result<()> {
-        let deployment = self.changeable(caller, name).await?;
+        let deployment = self
+            .changeable(caller, DeploymentKind::Container, name)
+            .await?;
         self.change(
             &deployment,
             DeploymentChange {
@@ -868,9 +962,17 @@ impl App {
 
     /// Drops the requests waiting in the deployment's queue (in every
     /// control-plane process: each drops its own when it next reports).
-    pub async fn purge_deployment_queue(&self, caller: &Principal, name: &str) -> Result<()> {
-        let deployment = self.changeable(caller, name).await?;
+    pub async fn purge_deployment_queue(
+        &self,
+        caller: &Principal,
+        kind: DeploymentKind,
+        name: &str,
+    ) -> Result<()> {
+        let deployment = self.changeable(caller, kind, name).await?;
         self.front_door.purge(&deployment.id);
+        if kind == DeploymentKind::Job {
+            self.purge_jobs(&deployment).await?;
+        }
         Ok(())
     }
 
@@ -879,11 +981,14 @@ impl App {
     pub async fn delete_deployment(
         &self,
         caller: &Principal,
+        kind: DeploymentKind,
         name: &str,
         wait: std::time::Duration,
     ) -> Result<()> {
         caller.require(Permission::InstanceDelete)?;
-        let deployment = self.project_deployment(&caller.project_id, name).await?;
+        let deployment = self
+            .project_deployment_of(&caller.project_id, kind, name)
+            .await?;
         self.store.mark_deployment_deleting(&deployment.id).await?;
         self.front_door.purge(&deployment.id);
         self.poke_scaler();
@@ -903,7 +1008,9 @@ impl App {
         caller: &Principal,
         name: &str,
     ) -> Result<Vec<Replica>> {
-        let deployment = self.deployment(caller, name).await?;
+        let deployment = self
+            .deployment(caller, DeploymentKind::Container, name)
+            .await?;
         self.replicas_of(&deployment).await
     }
 
@@ -936,7 +1043,9 @@ impl App {
         caller: &Principal,
         name: &str,
     ) -> Result<DeploymentStatus> {
-        let deployment = self.deployment(caller, name).await?;
+        let deployment = self
+            .deployment(caller, DeploymentKind::Container, name)
+            .await?;
         let replicas = self.store.deployment_replicas(&deployment.id).await?;
         let blocked = self.scaler_note(&deployment.id).await?;
         Ok(status_of(&deployment, &replicas, blocked.as_deref()))
@@ -948,7 +1057,9 @@ impl App {
         caller: &Principal,
         name: &str,
     ) -> Result<Vec<(String, Vec<EnvVar>)>> {
-        let deployment = self.deployment(caller, name).await?;
+        let deployment = self
+            .deployment(caller, DeploymentKind::Container, name)
+            .await?;
         Ok(deployment
             .spec
             .containers
@@ -966,7 +1077,9 @@ impl App {
         container: &str,
         change: EnvChange,
     ) -> Result<Vec<(String, Vec<EnvVar>)>> {
-        let deployment = self.changeable(caller, name).await?;
+        let deployment = self
+            .changeable(caller, DeploymentKind::Container, name)
+            .await?;
         let Some(index) = deployment
             .spec
             .containers
@@ -1020,6 +1133,7 @@ impl App {
         inputs[index].env = env;
         self.patch_deployment(
             caller,
+            DeploymentKind::Container,
             name,
             PatchDeployment {
                 containers: Some(inputs),
@@ -1045,7 +1159,9 @@ impl App {
                     memory_mb: kind.memory_mb.saturating_mul(u64::from(*size)),
                     region: None,
                     zone: None,
-                    whole_units: true,
+                    // As a replica is placed: a share of a pooled CPU, or
+                    // whole units.
+                    whole_units: kind.share(*size).is_none(),
                     arch: Some(kind.arch.clone()),
                     share: kind.share(*size),
                 };
@@ -1243,6 +1359,7 @@ pub(crate) fn workload_of(deployment: &Deployment) -> Option<Workload> {
             .credentials
             .clone()
             .filter(|_| deployment.spec.registry.is_private),
+        run_once: deployment.kind == DeploymentKind::Job,
     })
 }
 

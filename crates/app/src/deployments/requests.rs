@@ -47,6 +47,17 @@ impl App {
     /// Records an async request for the deployment: its id.
     pub async fn begin_async_request(&self, project_id: &str, name: &str) -> Result<String> {
         let deployment = self.project_deployment(project_id, name).await?;
+        self.record_request(&deployment, String::new()).await
+    }
+
+    /// Records a request to a deployment (a job's with what it asked, to
+    /// send to its replica later): its id.
+    pub(crate) async fn record_request(
+        &self,
+        deployment: &super::Deployment,
+        request: String,
+    ) -> Result<String> {
+        let (project_id, name) = (deployment.project_id.as_str(), deployment.name.as_str());
         if deployment.deleting {
             return Err(Error::NotFound(format!("deployment {name} not found")));
         }
@@ -61,13 +72,16 @@ impl App {
             .insert_inference_request(&InferenceRequestRecord {
                 id: id.clone(),
                 project_id: project_id.to_string(),
-                deployment_id: deployment.id,
+                deployment_id: deployment.id.clone(),
                 status: AsyncStatus::Queue.as_str().into(),
                 status_code: 0,
                 content_type: String::new(),
                 body: String::new(),
                 created_ms: now,
                 updated_ms: now,
+                request,
+                instance_id: None,
+                deadline_ms: 0,
             })
             .await?;
         Ok(id)
@@ -114,7 +128,10 @@ impl App {
         id: &str,
     ) -> Result<AsyncRequest> {
         let not_found = || Error::NotFound(format!("request {id} of deployment {name} not found"));
-        let deployment = self.project_deployment(project_id, name).await?;
+        let deployment = self
+            .project_deployment_any(project_id, name)
+            .await?
+            .ok_or_else(not_found)?;
         let record = match crate::has_nul(id) {
             true => None,
             false => self.store.inference_request(project_id, id).await?,
@@ -123,7 +140,7 @@ impl App {
             .filter(|r| r.deployment_id == deployment.id)
             .ok_or_else(not_found)?;
         let status = match record.status.as_str() {
-            "Queue" => AsyncStatus::Queue,
+            "Queue" | "Starting" => AsyncStatus::Queue,
             "Inference" => AsyncStatus::Inference,
             _ => AsyncStatus::Completed,
         };

@@ -128,6 +128,9 @@ impl App {
             }
             return Ok(());
         }
+        if d.kind == super::DeploymentKind::Job {
+            return self.dispatch_jobs(d, &caller, &replicas, now_ms).await;
+        }
         let state: ScaleState = serde_json::from_str(pending).unwrap_or_default();
         let (current, old): (Vec<&ReplicaRecord>, Vec<&ReplicaRecord>) =
             replicas.iter().partition(|r| r.generation == d.generation);
@@ -142,7 +145,8 @@ impl App {
                 }
                 None => {
                     for _ in have..decision.replicas {
-                        match self.create_replica(&caller, d, decision.replicas).await {
+                        let id = crate::new_id("inst");
+                        match self.create_replica(&caller, d, id, decision.replicas).await {
                             Ok(()) => {}
                             Err(Error::QuotaExceeded(_) | Error::Forbidden(_)) => {
                                 blocked = Some("quota".into());
@@ -219,7 +223,7 @@ impl App {
     }
 
     /// Deletes a replica; one still being made is left for a later pass.
-    async fn retire_replica(&self, caller: &Principal, r: &ReplicaRecord) {
+    pub(crate) async fn retire_replica(&self, caller: &Principal, r: &ReplicaRecord) {
         if r.state == InstanceState::Provisioning.as_str()
             || r.state == InstanceState::Stopping.as_str()
         {
@@ -252,7 +256,13 @@ impl App {
 
     /// Records a new replica of the deployment's current generation
     /// (refused by the store past `limit`), and starts making it.
-    async fn create_replica(&self, caller: &Principal, d: &Deployment, limit: u32) -> Result<()> {
+    pub(crate) async fn create_replica(
+        &self,
+        caller: &Principal,
+        d: &Deployment,
+        id: String,
+        limit: u32,
+    ) -> Result<()> {
         let compute = &d.spec.compute;
         let kind = self
             .catalog
@@ -277,7 +287,6 @@ impl App {
         };
         let network = self.attach_new_instance(&d.project_id, &mut spec).await?;
         spec.privileged = self.store.project_policy(&d.project_id).await?.privileged;
-        let id = crate::new_id("inst");
         let short = id
             .rsplit('-')
             .next()

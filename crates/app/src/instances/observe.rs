@@ -83,6 +83,19 @@ impl App {
             .unwrap_or(usize::MAX)
             .saturating_add(1);
         let detail = detail.unwrap_or("it stopped running");
+        // A job's replica ran once: it is done, not dead.
+        if instance.spec.workload.as_ref().is_some_and(|w| w.run_once) {
+            let why = format!("its process ended: {detail}");
+            if self
+                .store
+                .set_instance_crashed(&instance.id, &why, TerminationCause::Exited)
+                .await?
+            {
+                tracing::info!(instance = %instance.id, detail, "a job's process ended");
+                self.poke_scaler();
+            }
+            return Ok(());
+        }
         if deaths > MAX_DEATHS {
             let why = format!(
                 "it kept dying: it stopped on its own {deaths} times in {} minutes (last: {detail}); start it again once it is fixed",

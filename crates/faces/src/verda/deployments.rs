@@ -13,15 +13,17 @@ use serde_json::Value;
 use std::time::Duration;
 use tessera_app::App;
 use tessera_app::deployments::{
-    ComputeSpec, ContainerInput, CreateDeployment, Deployment, DeploymentStatus,
+    ComputeSpec, ContainerInput, CreateDeployment, Deployment, DeploymentKind, DeploymentStatus,
     EntrypointOverrides, EnvChange, EnvVar, MountInput, PatchDeployment, RegistrySettings, Replica,
     ReplicaStatus,
 };
 use tessera_core::serverless::Scaling;
 use utoipa::{IntoParams, ToSchema};
 
+const CONTAINER: DeploymentKind = DeploymentKind::Container;
+
 /// A whole number from JSON (which may write it `8080.0`), within bounds.
-fn whole(field: &str, value: f64, min: u64, max: u64) -> Result<u64> {
+pub(super) fn whole(field: &str, value: f64, min: u64, max: u64) -> Result<u64> {
     if value.fract() != 0.0 || value < min as f64 || value > max as f64 {
         return Err(bad_request(format!(
             "{field} must be a whole number from {min} to {max}"
@@ -76,7 +78,8 @@ pub struct VolumeMountBody {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<u32>)]
     pub size_in_mb: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// Jobs' clients send `volumeId` too.
+    #[serde(skip_serializing_if = "Option::is_none", alias = "volumeId")]
     pub volume_id: Option<String>,
 }
 
@@ -309,7 +312,7 @@ fn env_vars(field: &str, vars: &[EnvVarBody]) -> Result<Vec<EnvVar>> {
         .collect()
 }
 
-fn container_input(c: &ContainerRequest) -> Result<ContainerInput> {
+pub(super) fn container_input(c: &ContainerRequest) -> Result<ContainerInput> {
     let image = match &c.image {
         Value::String(image) => image.clone(),
         Value::Object(o) => o
@@ -371,14 +374,14 @@ fn container_input(c: &ContainerRequest) -> Result<ContainerInput> {
     })
 }
 
-fn registry(body: &RegistrySettingsBody) -> RegistrySettings {
+pub(super) fn registry(body: &RegistrySettingsBody) -> RegistrySettings {
     RegistrySettings {
         is_private: body.is_private.unwrap_or(false),
         credentials: body.credentials.as_ref().map(|c| c.name.clone()),
     }
 }
 
-fn compute(body: &ComputeBody) -> Result<ComputeSpec> {
+pub(super) fn compute(body: &ComputeBody) -> Result<ComputeSpec> {
     Ok(ComputeSpec {
         name: body.name.clone(),
         size: whole("compute.size", body.size.unwrap_or(1.0), 1, 1024)? as u32,
@@ -498,7 +501,7 @@ fn env_body(vars: &[EnvVar]) -> Vec<EnvVarBody> {
         .collect()
 }
 
-fn deployment_body(app: &App, d: Deployment) -> DeploymentBody {
+pub(super) fn deployment_body(app: &App, d: Deployment) -> DeploymentBody {
     DeploymentBody {
         endpoint_base_url: app.endpoint_base_url(&d.name),
         containers: d
@@ -645,7 +648,7 @@ pub async fn list_deployments(
     State(app): State<App>,
     Caller(caller): Caller,
 ) -> Result<Json<Vec<DeploymentBody>>> {
-    let found = app.deployments(&caller).await?;
+    let found = app.deployments(&caller, CONTAINER).await?;
     Ok(Json(
         found
             .into_iter()
@@ -684,6 +687,7 @@ pub async fn create_deployment(
         .create_deployment(
             &caller,
             CreateDeployment {
+                kind: CONTAINER,
                 name: req.name,
                 containers,
                 registry: req
@@ -713,7 +717,7 @@ pub async fn get_deployment(
     Caller(caller): Caller,
     Path(name): Path<String>,
 ) -> Result<Json<DeploymentBody>> {
-    let found = app.deployment(&caller, &name).await?;
+    let found = app.deployment(&caller, CONTAINER, &name).await?;
     Ok(Json(deployment_body(&app, found)))
 }
 
@@ -735,7 +739,7 @@ pub async fn patch_deployment(
     Path(name): Path<String>,
     Body(req): Body<PatchDeploymentRequest>,
 ) -> Result<Json<DeploymentBody>> {
-    let current = app.deployment(&caller, &name).await?;
+    let current = app.deployment(&caller, CONTAINER, &name).await?;
     if req.containers.is_none()
         && req.container_registry_settings.is_none()
         && req.compute.is_none()
@@ -761,7 +765,9 @@ pub async fn patch_deployment(
             .map(|s| scaling(s, &current.scaling))
             .transpose()?,
     };
-    let changed = app.patch_deployment(&caller, &name, patch).await?;
+    let changed = app
+        .patch_deployment(&caller, CONTAINER, &name, patch)
+        .await?;
     Ok(Json(deployment_body(&app, changed)))
 }
 
@@ -789,7 +795,7 @@ pub async fn delete_deployment(
             .ok_or_else(|| bad_request("timeout must be a whole number of ms from 0 to 300000"))?
             as u64,
     };
-    app.delete_deployment(&caller, &name, Duration::from_millis(timeout))
+    app.delete_deployment(&caller, CONTAINER, &name, Duration::from_millis(timeout))
         .await?;
     Ok(StatusCode::OK)
 }
@@ -843,7 +849,7 @@ pub async fn get_scaling(
     Caller(caller): Caller,
     Path(name): Path<String>,
 ) -> Result<Json<ScalingBody>> {
-    let found = app.deployment(&caller, &name).await?;
+    let found = app.deployment(&caller, CONTAINER, &name).await?;
     Ok(Json(scaling_body(&found.scaling)))
 }
 
@@ -863,7 +869,7 @@ pub async fn patch_scaling(
     Path(name): Path<String>,
     Body(req): Body<ScalingBody>,
 ) -> Result<Json<ScalingBody>> {
-    let current = app.deployment(&caller, &name).await?;
+    let current = app.deployment(&caller, CONTAINER, &name).await?;
     if serde_json::to_value(&req).is_ok_and(|v| {
         v.as_object()
             .is_some_and(|fields| fields.values().all(Value::is_null))
@@ -873,7 +879,7 @@ pub async fn patch_scaling(
         ));
     }
     let changed = app
-        .set_deployment_scaling(&caller, &name, scaling(&req, &current.scaling)?)
+        .set_deployment_scaling(&caller, CONTAINER, &name, scaling(&req, &current.scaling)?)
         .await?;
     Ok(Json(scaling_body(&changed.scaling)))
 }
@@ -910,7 +916,8 @@ pub async fn purge_queue(
     Caller(caller): Caller,
     Path(name): Path<String>,
 ) -> Result<StatusCode> {
-    app.purge_deployment_queue(&caller, &name).await?;
+    app.purge_deployment_queue(&caller, CONTAINER, &name)
+        .await?;
     Ok(StatusCode::CREATED)
 }
 
@@ -928,7 +935,8 @@ pub async fn pause(
     Caller(caller): Caller,
     Path(name): Path<String>,
 ) -> Result<StatusCode> {
-    app.pause_deployment(&caller, &name, true).await?;
+    app.pause_deployment(&caller, CONTAINER, &name, true)
+        .await?;
     Ok(StatusCode::CREATED)
 }
 
@@ -945,7 +953,8 @@ pub async fn resume(
     Caller(caller): Caller,
     Path(name): Path<String>,
 ) -> Result<StatusCode> {
-    app.pause_deployment(&caller, &name, false).await?;
+    app.pause_deployment(&caller, CONTAINER, &name, false)
+        .await?;
     Ok(StatusCode::CREATED)
 }
 

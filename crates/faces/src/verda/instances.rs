@@ -127,7 +127,10 @@ async fn status(app: &App, caller: &Principal, instance: &Instance) -> String {
             Some(TerminationCause::NoCapacity) => "no_capacity",
             Some(TerminationCause::HostFailed) => "error",
             Some(
-                TerminationCause::Deleted | TerminationCause::Cancelled | TerminationCause::Crashed,
+                TerminationCause::Deleted
+                | TerminationCause::Cancelled
+                | TerminationCause::Crashed
+                | TerminationCause::Exited,
             )
             | None => "discontinued",
         },

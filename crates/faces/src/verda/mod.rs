@@ -14,6 +14,7 @@ mod balance;
 mod catalog;
 mod deployments;
 mod instances;
+mod jobs;
 mod oauth;
 mod scripts;
 mod secrets;
@@ -38,7 +39,7 @@ pub(crate) use crate::kit::{Body, Caller, Path, Query};
     info(
         title = "Tessera: Verda Cloud compatible API",
         version = "1.0.0",
-        description = "Verda Cloud's public API (OAuth2, catalog, instances, volumes, SSH keys, startup scripts, balance, container deployments, secrets, registry credentials) over Tessera. Rate limits, pagination and errors as Verda documents them."
+        description = "Verda Cloud's public API (OAuth2, catalog, instances, volumes, SSH keys, startup scripts, balance, container and job deployments, secrets, registry credentials) over Tessera. Rate limits, pagination and errors as Verda documents them."
     ),
     servers((url = "/verda")),
     paths(
@@ -107,6 +108,16 @@ pub(crate) use crate::kit::{Body, Caller, Path, Query};
         deployments::set_env,
         deployments::delete_env,
         deployments::compute_resources,
+        jobs::list_jobs,
+        jobs::create_job,
+        jobs::get_job,
+        jobs::patch_job,
+        jobs::delete_job,
+        jobs::get_job_scaling,
+        jobs::job_status,
+        jobs::purge_jobs,
+        jobs::pause_job,
+        jobs::resume_job,
         secrets::list_secrets,
         secrets::create_secret,
         secrets::delete_secret,
@@ -307,6 +318,27 @@ pub fn router(app: App) -> Router {
             "/serverless-compute-resources",
             get(deployments::compute_resources),
         )
+        .route(
+            "/job-deployments",
+            get(jobs::list_jobs).post(jobs::create_job),
+        )
+        .route(
+            "/job-deployments/{jobName}",
+            get(jobs::get_job)
+                .patch(jobs::patch_job)
+                .delete(jobs::delete_job),
+        )
+        .route(
+            "/job-deployments/{jobName}/scaling",
+            get(jobs::get_job_scaling),
+        )
+        .route("/job-deployments/{jobName}/status", get(jobs::job_status))
+        .route(
+            "/job-deployments/{jobName}/purge-queue",
+            post(jobs::purge_jobs),
+        )
+        .route("/job-deployments/{jobName}/pause", post(jobs::pause_job))
+        .route("/job-deployments/{jobName}/resume", post(jobs::resume_job))
         .route(
             "/secrets",
             get(secrets::list_secrets).post(secrets::create_secret),

@@ -430,3 +430,219 @@ async fn a_deployment_scales_from_zero_serves_its_secrets_and_goes_back_to_zero(
     }
     server.stop().await;
 }
+
+/// Asks the front door where an async request is: (status, result).
+async fn job_outcome(base: &str, name: &str, key: &str, id: &str) -> (Value, (StatusCode, String)) {
+    let client = reqwest::Client::new();
+    let status: Value = client
+        .get(format!("{base}/status/{name}"))
+        .bearer_auth(key)
+        .header("X-Inference-Id", id)
+        .send()
+        .await
+        .expect("status")
+        .json()
+        .await
+        .expect("json");
+    let result = client
+        .get(format!("{base}/result/{name}"))
+        .bearer_auth(key)
+        .header("X-Inference-Id", id)
+        .send()
+        .await
+        .expect("result");
+    let code = result.status();
+    (status, (code, result.text().await.unwrap_or_default()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_job_runs_to_completion_and_one_is_stopped_at_its_deadline() {
+    if let Some(why) = cannot_run() {
+        eprintln!("skipped: the real data plane cannot run here: {why}");
+        return;
+    }
+    if let Some(why) = tessera_agent::testkit::registry_missing() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let registry = tessera_agent::testkit::Registry::start(
+        &dir.path().join("registry"),
+        Some(("pusher", "pw")),
+    )
+    .await;
+    let image = push_app(&registry, dir.path(), ("pusher", "pw")).await;
+    let server = TestServer::start_with(
+        Backend::Sqlite,
+        Options {
+            sim_hosts: false,
+            agent_timeout: Duration::from_secs(60),
+            vpc_pool: Some("10.252.3.0/24"),
+            ..Options::default()
+        },
+    )
+    .await;
+    let state = dir.path().join("agent");
+    let _agent = container_agent_with(
+        &server,
+        "jobs-host",
+        &state,
+        3,
+        &["--insecure-registry", &registry.addr],
+    )
+    .await;
+    let verda = Verda::login(&server, "default").await;
+    let (status, answer) = verda
+        .json(
+            Method::POST,
+            "/container-registry-credentials",
+            Some(json!({"name": "local", "type": "custom", "docker_config_json":
+                json!({"auths": {registry.addr.clone(): {"auth": STANDARD.encode("pusher:pw")}}}).to_string()})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{answer}");
+    let job = |name: &str, entrypoint: Option<Value>, deadline: u32| {
+        json!({
+            "name": name,
+            "container_registry_settings": {"is_private": true, "credentials": {"name": "local"}},
+            "containers": [{
+                "image": image,
+                "exposed_port": 8080,
+                "healthcheck": {"enabled": true, "port": 8081, "path": "/health"},
+                "entrypoint_overrides": entrypoint.unwrap_or(json!({"enabled": true,
+                    "entrypoint": ["/bin/busybox", "sh", "-c", "/bin/busybox httpd -p 8081 -h /www; exec /bin/busybox httpd -f -p 8080 -h /www"]})),
+            }],
+            "compute": {"name": "General Compute", "size": 1},
+            "scaling": {"max_replica_count": 2, "queue_message_ttl_seconds": 120, "deadline_seconds": deadline},
+        })
+    };
+    // One that answers its request and exits.
+    let once = json!({"enabled": true, "entrypoint": ["/bin/busybox", "sh", "-c",
+        "/bin/busybox nc -l -p 8080 -e /bin/busybox httpd -i -h /www & sleep 1; /bin/busybox httpd -p 8081 -h /www; wait"]});
+    for body in [job("once", Some(once), 120), job("forever", None, 5)] {
+        let (status, created) = verda
+            .json(Method::POST, "/job-deployments", Some(body))
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{created}");
+        assert!(
+            created["endpoint_base_url"]
+                .as_str()
+                .is_some_and(|u| u.contains("/inference/"))
+        );
+        assert!(created["created_by_user_id"].is_string(), "{created}");
+    }
+    let listed = verda.get("/job-deployments").await;
+    assert_eq!(listed.as_array().map(Vec::len), Some(2), "{listed}");
+    assert_eq!(
+        verda.get("/job-deployments/once/status").await["status"],
+        "running"
+    );
+    assert_eq!(
+        verda.get("/job-deployments/forever/scaling").await,
+        json!({"max_replica_count": 2, "queue_message_ttl_seconds": 120, "deadline_seconds": 5})
+    );
+    let (status, key) = server
+        .call(
+            Method::POST,
+            "/v1/inference-keys",
+            Some(&json!({"name": "jobs"})),
+            TOKEN,
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{key}");
+    let key = key["key"].as_str().expect("key").to_string();
+    let base = format!("{}/inference", server.url);
+    let submit = |name: &'static str, path: &'static str| {
+        let (url, key) = (format!("{base}/{name}{path}"), key.clone());
+        async move {
+            let response = reqwest::Client::new()
+                .post(url)
+                .bearer_auth(key)
+                .body("{\"work\": 1}")
+                .send()
+                .await
+                .expect("the front door answers");
+            assert_eq!(response.status(), StatusCode::ACCEPTED);
+            let body: Value = response.json().await.expect("json");
+            body["Id"].as_str().expect("an id").to_string()
+        }
+    };
+
+    // A job runs on its own replica, answers, and its process ends.
+    let started = Instant::now();
+    let done = submit("once", "/cgi-bin/env").await;
+    let result = eventually(Duration::from_secs(60), "the job completed", || async {
+        let (status, result) = job_outcome(&base, "once", &key, &done).await;
+        (status["Status"] == "Completed").then_some(result)
+    })
+    .await;
+    assert_eq!(result.0, StatusCode::OK, "{}", result.1);
+    assert!(result.1.contains("GREETING=from-the-image"), "{}", result.1);
+    eprintln!(
+        "a job from request to answer: {} ms",
+        started.elapsed().as_millis()
+    );
+    eventually(
+        Duration::from_secs(60),
+        "its replica gone once it exited",
+        || async {
+            let instances = server.get_ok("/v1/instances").await;
+            let live = instances["items"]
+                .as_array()
+                .expect("items")
+                .iter()
+                .filter(|i| i["metadata"]["labels"]["deployment"] == "once")
+                .count();
+            (live == 0).then_some(())
+        },
+    )
+    .await;
+    assert_eq!(
+        verda.get("/job-deployments/once/status").await["status"],
+        "running"
+    );
+
+    // A job that outlives its deadline is stopped, and says so.
+    let overdue = submit("forever", "/cgi-bin/slow?300").await;
+    let (code, body) = eventually(
+        Duration::from_secs(60),
+        "the job stopped at its deadline",
+        || async {
+            let (status, result) = job_outcome(&base, "forever", &key, &overdue).await;
+            (status["Status"] == "Completed").then_some(result)
+        },
+    )
+    .await;
+    assert_eq!(code, StatusCode::GATEWAY_TIMEOUT, "{body}");
+    assert!(body.contains("deadline_exceeded"), "{body}");
+
+    // Paused: refused; purged: waiting jobs are dropped.
+    let (status, _) = verda
+        .json(Method::POST, "/job-deployments/forever/pause", None)
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert_eq!(
+        verda.get("/job-deployments/forever/status").await["status"],
+        "paused"
+    );
+    let response = reqwest::Client::new()
+        .post(format!("{base}/forever/"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .expect("answered");
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let (status, _) = verda
+        .json(Method::POST, "/job-deployments/forever/resume", None)
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+
+    for name in ["once", "forever"] {
+        let (status, _) = verda
+            .json(Method::DELETE, &format!("/job-deployments/{name}"), None)
+            .await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    assert_eq!(verda.get("/job-deployments").await, json!([]));
+    server.stop().await;
+}

@@ -15,6 +15,7 @@ on_both_backends!(
     deployments_are_checked_and_answered_as_the_sdks_read_them,
     replicas_follow_scaling_changes_pause_and_delete,
     inference_keys_and_projects_guard_the_front_door,
+    job_deployments_queue_purge_and_refuse_bad_input,
 );
 
 fn refused(status: StatusCode, body: &Value, want: StatusCode, code: &str) {
@@ -635,5 +636,165 @@ async fn inference_keys_and_projects_guard_the_front_door(backend: Backend) {
         .call(Method::DELETE, "/v1/inference-keys/prod", None, &beta_token)
         .await;
     assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    server.stop().await;
+}
+
+async fn job_deployments_queue_purge_and_refuse_bad_input(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    add_fin_host(&server, "fin-j", "16xCPU-64GB").await;
+    let verda = Verda::login(&server, "default").await;
+    let job = |name: &str, scaling: Value| {
+        json!({
+            "name": name,
+            "containers": [{"image": "registry-1.docker.io/library/busybox:1.36", "exposed_port": 8080,
+                "volume_mounts": [{"type": "scratch", "mount_path": "/work", "volumeId": null}]}],
+            "compute": {"name": "General Compute", "size": 1},
+            "scaling": scaling,
+        })
+    };
+    for scaling in [
+        json!({"max_replica_count": 1, "queue_message_ttl_seconds": 300}),
+        json!({"max_replica_count": 1, "queue_message_ttl_seconds": 300, "deadline_seconds": 0}),
+        json!({"max_replica_count": 1, "queue_message_ttl_seconds": 300, "deadline_seconds": 604801}),
+        json!({"max_replica_count": 0, "queue_message_ttl_seconds": 300, "deadline_seconds": 600}),
+    ] {
+        let (status, answer) = verda
+            .json(Method::POST, "/job-deployments", Some(job("bad", scaling)))
+            .await;
+        refused(status, &answer, StatusCode::BAD_REQUEST, "invalid_request");
+    }
+    let scaling =
+        json!({"max_replica_count": 1, "queue_message_ttl_seconds": 300, "deadline_seconds": 600});
+    let (status, created) = verda
+        .json(
+            Method::POST,
+            "/job-deployments",
+            Some(job("batch", scaling.clone())),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    assert_eq!(created["scaling"], scaling);
+    assert!(created["created_by_user_id"].is_string(), "{created}");
+    // One namespace with container deployments.
+    let (status, answer) = verda
+        .json(
+            Method::POST,
+            "/container-deployments",
+            Some(deployment("batch", 0, 1)),
+        )
+        .await;
+    refused(status, &answer, StatusCode::CONFLICT, "conflict");
+    let (status, answer) = verda
+        .json(Method::GET, "/container-deployments/batch", None)
+        .await;
+    refused(status, &answer, StatusCode::NOT_FOUND, "not_found");
+    let listed = verda.get("/job-deployments").await;
+    let mut keys: Vec<&String> = listed[0].as_object().expect("a job").keys().collect();
+    keys.sort();
+    assert_eq!(
+        keys,
+        ["compute", "created_at", "created_by_user_id", "name"]
+    );
+    assert_eq!(
+        verda.get("/job-deployments/batch/status").await["status"],
+        "running"
+    );
+    assert_eq!(verda.get("/job-deployments/batch/scaling").await, scaling);
+
+    // Requests are answered at once; with room for one job, the second
+    // waits, and a purge drops it.
+    let (status, key) = server
+        .call(
+            Method::POST,
+            "/v1/inference-keys",
+            Some(&json!({"name": "jobs"})),
+            TOKEN,
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{key}");
+    let key = key["key"].as_str().expect("key").to_string();
+    let base = format!("{}/inference", server.url);
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let response = reqwest::Client::new()
+            .post(format!("{base}/batch/run"))
+            .bearer_auth(&key)
+            .body("{}")
+            .send()
+            .await
+            .expect("answered");
+        assert_eq!(response.status(), StatusCode::ACCEPTED);
+        let body: Value = response.json().await.expect("json");
+        assert_eq!(body["StatusPath"], "/status/batch");
+        ids.push(body["Id"].as_str().expect("id").to_string());
+    }
+    let ask = |what: &'static str, id: String| {
+        let (url, key) = (format!("{base}/{what}/batch"), key.clone());
+        async move {
+            let response = reqwest::Client::new()
+                .get(url)
+                .bearer_auth(key)
+                .header("X-Inference-Id", id)
+                .send()
+                .await
+                .expect("answered");
+            let status = response.status();
+            (
+                status,
+                response.json::<Value>().await.unwrap_or(Value::Null),
+            )
+        }
+    };
+    // The first gets a replica of its own.
+    eventually(
+        Duration::from_secs(30),
+        "a replica for the first job",
+        || async {
+            let instances = server.get_ok("/v1/instances").await;
+            instances["items"]
+                .as_array()
+                .expect("items")
+                .iter()
+                .any(|i| i["metadata"]["labels"]["deployment"] == "batch")
+                .then_some(())
+        },
+    )
+    .await;
+    let (status, waiting) = ask("status", ids[1].clone()).await;
+    assert_eq!(status, StatusCode::OK, "{waiting}");
+    assert_eq!(waiting["Status"], "Queue");
+    let (status, _) = verda
+        .json(Method::POST, "/job-deployments/batch/purge-queue", None)
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (status, dropped) = ask("result", ids[1].clone()).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{dropped}");
+    assert_eq!(dropped["code"], "purged");
+    let (status, unknown) = ask("status", "not-a-request".into()).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{unknown}");
+
+    let (status, _) = verda
+        .json(Method::POST, "/job-deployments/batch/pause", None)
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert_eq!(
+        verda.get("/job-deployments/batch/status").await["status"],
+        "paused"
+    );
+    let refused_while_paused = reqwest::Client::new()
+        .post(format!("{base}/batch/run"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .expect("answered");
+    assert_eq!(
+        refused_while_paused.status(),
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    let (status, _) = verda
+        .json(Method::DELETE, "/job-deployments/batch", None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(verda.get("/job-deployments").await, json!([]));
     server.stop().await;
 }
