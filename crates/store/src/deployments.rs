@@ -25,13 +25,15 @@ pub struct DeploymentRecord {
     pub replicas: i64,
     /// JSON: `Option<tessera_core::serverless::Pending>`.
     pub pending: String,
-    pub deleting: i64,
+        pub deleting: i64,
     pub created_at: String,
     pub updated_at: String,
+    /// How many times its queue was purged.
+    pub purges: i64,
 }
 
 const DEPLOYMENT_COLUMNS: &str = "id, project_id, name, kind, spec, scaling, paused, generation, \
-     replicas, pending, deleting, created_at, updated_at";
+     replicas, pending, deleting, created_at, updated_at, purges";
 
 /// A replica of a deployment, with its instance's state.
 #[derive(Clone, Debug, sqlx::FromRow)]
@@ -150,8 +152,9 @@ impl Store {
             (&d.pending).into(),
             d.deleting.into(),
             (&d.created_at).into(),
-            (&d.updated_at).into(),
+                        (&d.updated_at).into(),
             limit.into(),
+            d.purges.into(),
         ];
         let counts = self
             .run_statements(
@@ -159,7 +162,7 @@ impl Store {
                 vec![(
                     format!(
                         "INSERT INTO deployments ({DEPLOYMENT_COLUMNS}) \
-                         SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13 \
+                                                  SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $15 \
                          WHERE (SELECT COUNT(*) FROM deployments WHERE project_id = $2) < $14 \
                          ON CONFLICT DO NOTHING"
                     ),
@@ -253,6 +256,20 @@ impl Store {
             )
             .await?;
         Ok(counts[0] == 1)
+    }
+
+        /// Counts a purge of a deployment's queue, for every process to see.
+    pub async fn count_purge(&self, id: &str) -> Result<()> {
+        self.run_statements(
+            "count_purge",
+            vec![(
+                "UPDATE deployments SET purges = purges + 1 WHERE id = $1".to_string(),
+                vec![id.into()],
+            )],
+            |_| true,
+        )
+        .await?;
+        Ok(())
     }
 
     /// Records the scaler's decision.

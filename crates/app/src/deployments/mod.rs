@@ -201,8 +201,11 @@ pub struct Deployment {
     pub generation: i64,
     /// The scaler's target.
     pub target: u32,
-    pub deleting: bool,
+        pub deleting: bool,
     pub created_at: String,
+    /// How many times its queue was purged (every process drops its
+    /// waiting requests when this grows).
+    pub purges: i64,
 }
 
 /// Where a deployment is, as Verda says it.
@@ -262,8 +265,9 @@ impl TryFrom<DeploymentRecord> for Deployment {
             paused: r.paused != 0,
             generation: r.generation,
             target: u32::try_from(r.replicas).unwrap_or(0),
-            deleting: r.deleting != 0,
+                        deleting: r.deleting != 0,
             created_at: r.created_at,
+            purges: r.purges,
         })
     }
 }
@@ -733,9 +737,10 @@ impl App {
             generation: 1,
             replicas: 0,
             pending: "null".into(),
-            deleting: 0,
+                        deleting: 0,
             created_at: now.clone(),
             updated_at: now,
+            purges: 0,
         };
         match self
             .store
@@ -939,8 +944,9 @@ impl App {
             },
         )
         .await?;
-        if paused {
-            self.front_door.purge(&deployment.id);
+                if paused {
+            self.store.count_purge(&deployment.id).await?;
+            self.front_door.purge(&deployment.id, deployment.purges + 1);
         }
         Ok(())
     }
@@ -960,16 +966,18 @@ impl App {
         .await
     }
 
-    /// Drops the requests waiting in the deployment's queue (in every
-    /// control-plane process: each drops its own when it next reports).
+    /// Drops the requests waiting in the deployment's queue: here at once,
+    /// in every other control-plane process when it next tends its queues
+    /// (within 100 ms), as it sees the purge counted in the store.
     pub async fn purge_deployment_queue(
         &self,
         caller: &Principal,
         kind: DeploymentKind,
         name: &str,
     ) -> Result<()> {
-        let deployment = self.changeable(caller, kind, name).await?;
-        self.front_door.purge(&deployment.id);
+                let deployment = self.changeable(caller, kind, name).await?;
+        self.store.count_purge(&deployment.id).await?;
+        self.front_door.purge(&deployment.id, deployment.purges + 1);
         if kind == DeploymentKind::Job {
             self.purge_jobs(&deployment).await?;
         }
@@ -989,8 +997,9 @@ impl App {
         let deployment = self
             .project_deployment_of(&caller.project_id, kind, name)
             .await?;
-        self.store.mark_deployment_deleting(&deployment.id).await?;
-        self.front_door.purge(&deployment.id);
+                self.store.mark_deployment_deleting(&deployment.id).await?;
+        self.store.count_purge(&deployment.id).await?;
+        self.front_door.purge(&deployment.id, deployment.purges + 1);
         self.poke_scaler();
         let deadline = tokio::time::Instant::now() + wait;
         while tokio::time::Instant::now() < deadline {

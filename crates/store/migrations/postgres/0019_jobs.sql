@@ -7,3 +7,7 @@ ALTER TABLE inference_requests ADD COLUMN instance_id TEXT;
 ALTER TABLE inference_requests ADD COLUMN deadline_ms BIGINT NOT NULL DEFAULT 0;
 CREATE INDEX inference_requests_deployment ON inference_requests (deployment_id, status);
 CREATE INDEX inference_requests_instance ON inference_requests (instance_id);
+
+-- How many times a deployment's queue was purged: each control-plane
+-- process drops its waiting requests when it sees the count grow.
+ALTER TABLE deployments ADD COLUMN purges BIGINT NOT NULL DEFAULT 0;
