@@ -25,7 +25,7 @@ pub struct DeploymentRecord {
     pub replicas: i64,
     /// JSON: `Option<tessera_core::serverless::Pending>`.
     pub pending: String,
-        pub deleting: i64,
+    pub deleting: i64,
     pub created_at: String,
     pub updated_at: String,
     /// How many times its queue was purged.
@@ -152,7 +152,7 @@ impl Store {
             (&d.pending).into(),
             d.deleting.into(),
             (&d.created_at).into(),
-                        (&d.updated_at).into(),
+            (&d.updated_at).into(),
             limit.into(),
             d.purges.into(),
         ];
@@ -258,7 +258,7 @@ impl Store {
         Ok(counts[0] == 1)
     }
 
-        /// Counts a purge of a deployment's queue, for every process to see.
+    /// Counts a purge of a deployment's queue, for every process to see.
     pub async fn count_purge(&self, id: &str) -> Result<()> {
         self.run_statements(
             "count_purge",

@@ -43,7 +43,7 @@ struct Queue {
 struct QueueState {
     waiting: VecDeque<u64>,
     next_ticket: u64,
-        /// Bumped by a purge: waiters of an older one give up.
+    /// Bumped by a purge: waiters of an older one give up.
     purges: u64,
     /// The deployment's purge count this queue has acted on.
     purges_seen: i64,
@@ -136,7 +136,7 @@ impl FrontDoor {
             .clone()
     }
 
-        /// Drops every request waiting for the deployment here, for its purge
+    /// Drops every request waiting for the deployment here, for its purge
     /// number `purge` (once: a purge already seen changes nothing).
     pub fn purge(&self, deployment_id: &str, purge: i64) {
         let queue = self.queue(deployment_id);
@@ -198,7 +198,7 @@ impl App {
         let started = Instant::now();
         let (number, purges) = {
             let mut state = queue.lock();
-                        state.concurrency = deployment.scaling.concurrent_requests_per_replica.max(1);
+            state.concurrency = deployment.scaling.concurrent_requests_per_replica.max(1);
             state.last_used = Some(started);
             // Purges before this request are not its.
             state.purges_seen = state.purges_seen.max(deployment.purges);
@@ -277,7 +277,7 @@ impl App {
             let Some(record) = self.store.deployment_by_id(&queue.deployment_id).await? else {
                 continue;
             };
-                        let deployment = super::Deployment::try_from(record)?;
+            let deployment = super::Deployment::try_from(record)?;
             // Another process's purge.
             self.front_door.purge(&deployment.id, deployment.purges);
             let health = deployment

@@ -201,7 +201,7 @@ pub struct Deployment {
     pub generation: i64,
     /// The scaler's target.
     pub target: u32,
-        pub deleting: bool,
+    pub deleting: bool,
     pub created_at: String,
     /// How many times its queue was purged (every process drops its
     /// waiting requests when this grows).
@@ -265,7 +265,7 @@ impl TryFrom<DeploymentRecord> for Deployment {
             paused: r.paused != 0,
             generation: r.generation,
             target: u32::try_from(r.replicas).unwrap_or(0),
-                        deleting: r.deleting != 0,
+            deleting: r.deleting != 0,
             created_at: r.created_at,
             purges: r.purges,
         })
@@ -737,7 +737,7 @@ impl App {
             generation: 1,
             replicas: 0,
             pending: "null".into(),
-                        deleting: 0,
+            deleting: 0,
             created_at: now.clone(),
             updated_at: now,
             purges: 0,
@@ -944,7 +944,7 @@ impl App {
             },
         )
         .await?;
-                if paused {
+        if paused {
             self.store.count_purge(&deployment.id).await?;
             self.front_door.purge(&deployment.id, deployment.purges + 1);
         }
@@ -975,7 +975,7 @@ impl App {
         kind: DeploymentKind,
         name: &str,
     ) -> Result<()> {
-                let deployment = self.changeable(caller, kind, name).await?;
+        let deployment = self.changeable(caller, kind, name).await?;
         self.store.count_purge(&deployment.id).await?;
         self.front_door.purge(&deployment.id, deployment.purges + 1);
         if kind == DeploymentKind::Job {
@@ -997,7 +997,7 @@ impl App {
         let deployment = self
             .project_deployment_of(&caller.project_id, kind, name)
             .await?;
-                self.store.mark_deployment_deleting(&deployment.id).await?;
+        self.store.mark_deployment_deleting(&deployment.id).await?;
         self.store.count_purge(&deployment.id).await?;
         self.front_door.purge(&deployment.id, deployment.purges + 1);
         self.poke_scaler();
