@@ -103,6 +103,11 @@ pub struct InstanceSpec {
     /// keeps it only in the instance's own root-only directory.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workload: Option<Workload>,
+    /// The control plane's own form of `workload` while it keeps the spec
+    /// in its store (sealed: it holds opened secrets); an agent is always
+    /// sent the workload itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sealed_workload: Option<String>,
 }
 
 /// What a serverless replica runs.

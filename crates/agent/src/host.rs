@@ -573,6 +573,7 @@ mod tests {
                 image_ref: None,
                 security_groups: Vec::new(),
                 workload: None,
+                sealed_workload: None,
                 storage: None,
             }),
             state,

@@ -72,9 +72,17 @@ async fn call_root(
 
 async fn call(
     state: State<FrontDoor>,
-    Path((name, rest)): Path<(String, String)>,
+    Path((name, _)): Path<(String, String)>,
     request: Request,
 ) -> Response {
+    // The path below the deployment as it came, not percent-decoded: the
+    // replica reads it as a client would have sent it to the replica.
+    let rest = request
+        .uri()
+        .path()
+        .strip_prefix(&format!("/{name}/"))
+        .unwrap_or_default()
+        .to_string();
     forward(state, name, rest, request).await
 }
 

@@ -530,6 +530,9 @@ pub struct InferenceRequestRecord {
 
 const REQUEST_COLUMNS: &str = "id, project_id, deployment_id, status, status_code, content_type, \
      body, created_ms, updated_ms, request, instance_id, deadline_ms";
+/// [`REQUEST_COLUMNS`] with the request and answer left empty.
+const LIGHT_REQUEST_COLUMNS: &str = "id, project_id, deployment_id, status, status_code, \
+     content_type, '' AS body, created_ms, updated_ms, '' AS request, instance_id, deadline_ms";
 
 impl Store {
     pub async fn insert_inference_request(&self, r: &InferenceRequestRecord) -> Result<()> {
@@ -619,9 +622,11 @@ impl Store {
             args.push((*status).into());
             wanted.push(format!("${}", args.len()));
         }
+        // Without what was asked and answered (up to megabytes each):
+        // `inference_request` reads those for the one being sent.
         self.fetch_all(
             &format!(
-                "SELECT {REQUEST_COLUMNS} FROM inference_requests \
+                "SELECT {LIGHT_REQUEST_COLUMNS} FROM inference_requests \
                  WHERE deployment_id = $1 AND status IN ({}) ORDER BY created_ms, id",
                 wanted.join(", ")
             ),
@@ -630,13 +635,31 @@ impl Store {
         .await
     }
 
+    /// How many of a deployment's async or job requests have not ended.
+    pub async fn open_requests(&self, deployment_id: &str) -> Result<i64> {
+        #[derive(sqlx::FromRow)]
+        struct Count {
+            n: i64,
+        }
+        let count: Option<Count> = self
+            .fetch_optional(
+                "SELECT CAST(COUNT(*) AS BIGINT) AS n FROM inference_requests \
+                 WHERE deployment_id = $1 AND status IN ('Queue', 'Starting', 'Inference')",
+                &[deployment_id.into()],
+            )
+            .await?;
+        Ok(count.map_or(0, |c| c.n))
+    }
+
     /// The job request a replica runs.
     pub async fn job_request_of(
         &self,
         instance_id: &str,
     ) -> Result<Option<InferenceRequestRecord>> {
         self.fetch_optional(
-            &format!("SELECT {REQUEST_COLUMNS} FROM inference_requests WHERE instance_id = $1"),
+            &format!(
+                "SELECT {LIGHT_REQUEST_COLUMNS} FROM inference_requests WHERE instance_id = $1"
+            ),
             &[instance_id.into()],
         )
         .await
@@ -679,13 +702,16 @@ impl Store {
         Ok(counts[0] == 1)
     }
 
-    /// Forgets async requests made before `before_ms`.
+    /// Forgets async requests that ended before `before_ms` (one still
+    /// waiting or running stays, however old).
     pub async fn prune_inference_requests(&self, before_ms: i64) -> Result<u64> {
         let counts = self
             .run_statements(
                 "prune_inference_requests",
                 vec![(
-                    "DELETE FROM inference_requests WHERE created_ms < $1".to_string(),
+                    "DELETE FROM inference_requests WHERE updated_ms < $1 \
+                     AND status IN ('Completed', 'Ending')"
+                        .to_string(),
                     vec![before_ms.into()],
                 )],
                 |_| true,

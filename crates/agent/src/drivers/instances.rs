@@ -264,6 +264,7 @@ mod tests {
             image_ref: None,
             security_groups: Vec::new(),
             workload: None,
+            sealed_workload: None,
             storage: None,
         };
         check_spec(&spec("1", None)).expect("exclusive");

@@ -911,6 +911,7 @@ mod tests {
             image_ref: None,
             security_groups: Vec::new(),
             workload: None,
+            sealed_workload: None,
             storage: None,
         };
         // A volume that is not stored here cannot be attached.
@@ -947,6 +948,7 @@ mod tests {
             image_ref: None,
             security_groups: Vec::new(),
             workload: None,
+            sealed_workload: None,
             storage: None,
         }
     }

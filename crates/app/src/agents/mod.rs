@@ -70,6 +70,7 @@ impl App {
             signals: self.agent_signals.clone(),
             sessions: self.sessions.clone(),
             advertise_url: self.config.advertise_url.clone(),
+            sealing: self.config.secrets_key.clone(),
         })))
     }
 }

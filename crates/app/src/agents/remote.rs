@@ -20,6 +20,14 @@ pub(super) struct RemoteAgent {
     pub(super) sessions: Arc<super::sessions::SessionHub>,
     /// This replica's own base URL, for agents to dial sessions back at.
     pub(super) advertise_url: Option<String>,
+    /// Seals a replica's workload (it holds opened secrets) in the desired
+    /// state the store keeps; the agent is sent it opened.
+    pub(super) sealing: Option<crate::secrets::sealing::SealingKey>,
+}
+
+/// What a replica's sealed workload is bound to.
+pub(crate) fn workload_context(instance_id: &str) -> String {
+    format!("desired/{instance_id}/workload")
 }
 
 impl RemoteAgent {
@@ -139,8 +147,19 @@ impl RemoteAgent {
         state: InstanceState,
     ) -> Result<Option<InstanceReport>, AgentError> {
         let key = protocol::instance_key(&spec.id);
+        let mut spec = spec.clone();
+        // Opened secrets are never kept in the store in clear.
+        if let Some(workload) = spec.workload.take() {
+            let sealing = self.sealing.as_ref().ok_or_else(|| {
+                AgentError::Failed(
+                    "this control plane has no secrets key to seal a workload".into(),
+                )
+            })?;
+            let plain = serde_json::to_vec(&workload).unwrap_or_default();
+            spec.sealed_workload = Some(sealing.seal_stable(&workload_context(&spec.id), &plain));
+        }
         let desired = Desired::Instance {
-            spec: Box::new(spec.clone()),
+            spec: Box::new(spec),
             state,
         };
         let (outcome, generation) = match state {

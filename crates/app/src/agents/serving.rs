@@ -77,6 +77,7 @@ impl App {
                     .into_iter()
                     .filter_map(|row| {
                         let desired = serde_json::from_str::<Desired>(&row.desired).ok()?;
+                        let desired = self.opened(desired)?;
                         Some(WorkItem {
                             observed: row.observed_generation >= row.generation,
                             key: row.key,
@@ -104,6 +105,34 @@ impl App {
                 _ = self.stopping.cancelled() => {
                     return Ok(DesiredPage { generation: record.generation, items: Vec::new() });
                 }
+            }
+        }
+    }
+
+    /// A desired state as an agent is sent it: a replica's workload opened.
+    /// One that cannot be opened (another replica's secrets key) is left
+    /// out, and said so, rather than sent without its workload.
+    fn opened(&self, desired: Desired) -> Option<Desired> {
+        let Desired::Instance { mut spec, state } = desired else {
+            return Some(desired);
+        };
+        let Some(sealed) = spec.sealed_workload.take() else {
+            return Some(Desired::Instance { spec, state });
+        };
+        let context = super::remote::workload_context(&spec.id);
+        let opened = self
+            .sealing_key()
+            .ok()
+            .and_then(|key| key.open(&context, &sealed).ok())
+            .and_then(|plain| serde_json::from_slice(&plain).ok());
+        match opened {
+            Some(workload) => {
+                spec.workload = Some(workload);
+                Some(Desired::Instance { spec, state })
+            }
+            None => {
+                tracing::error!(instance = %spec.id, "a replica's workload cannot be opened with this control plane's secrets key; every replica needs the same key");
+                None
             }
         }
     }

@@ -26,6 +26,9 @@ const RECHECK: Duration = Duration::from_secs(2);
 const IDLE: Duration = Duration::from_secs(600);
 /// How long one health check may take.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+/// The most requests one deployment's queue holds in this process; past
+/// it, new ones are refused (429) until some are taken.
+pub const MAX_WAITING: usize = 10_000;
 
 /// Every deployment's queue in this process.
 #[derive(Default)]
@@ -202,6 +205,14 @@ impl App {
             state.last_used = Some(started);
             // Purges before this request are not its.
             state.purges_seen = state.purges_seen.max(deployment.purges);
+            if state.waiting.len() >= MAX_WAITING {
+                return Err(Error::RateLimited {
+                    message: format!(
+                        "deployment {name} already has {MAX_WAITING} requests waiting; retry later"
+                    ),
+                    retry_after: 1,
+                });
+            }
             let number = state.next_ticket;
             state.next_ticket += 1;
             state.waiting.push_back(number);
@@ -375,9 +386,11 @@ pub(crate) async fn probe(addr: SocketAddr, health: Option<HealthPath>) -> bool 
             .is_ok_and(|c| c.is_ok());
     };
     let url = format!("http://{}:{port}{path}", addr.ip());
+    // Never to where a replica redirects: only the replica is asked.
     let client = reqwest::Client::builder()
         .timeout(PROBE_TIMEOUT)
         .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
         .build();
     match client {
         Ok(client) => client

@@ -158,6 +158,9 @@ impl App {
             .job_requests(&job.id, &["Starting", "Inference"])
             .await?;
         let mut busy = 0u32;
+        // Every replica not terminated holds a place, whatever its request
+        // is (one stopping after its job, one another process just made).
+        let live = replicas.len() as u32;
         for request in &running {
             let replica = request
                 .instance_id
@@ -210,6 +213,7 @@ impl App {
         if job.paused {
             return Ok(());
         }
+        let mut busy = busy.max(live);
         let max = job.scaling.max_replicas;
         let ttl_ms = i64::from(job.scaling.queue_message_ttl_s) * 1000;
         let deadline_ms = i64::from(job.scaling.deadline_s.unwrap_or(super::MAX_DEADLINE_S)) * 1000;
@@ -241,11 +245,28 @@ impl App {
                 continue;
             }
             busy += 1;
-            if let Err(err) = self.create_replica(caller, job, id, max).await {
-                tracing::warn!(job = %job.name, request = %request.id, error = %err, "a job's replica could not be made");
-                let why = format!("the job's replica could not be made: {err}");
-                self.end_job(&request, "Starting", error_answer("replica_failed", why))
-                    .await?;
+            match self.create_replica(caller, job, id, max).await {
+                Ok(()) => {}
+                // No room now (a replica still going, the quota, the
+                // fleet): it waits again, until its time in the queue ends.
+                Err(
+                    err @ (crate::Error::Conflict(_)
+                    | crate::Error::QuotaExceeded(_)
+                    | crate::Error::Forbidden(_)
+                    | crate::Error::NoCapacity(_)),
+                ) => {
+                    tracing::debug!(job = %job.name, request = %request.id, error = %err, "no room for a job yet");
+                    self.store
+                        .move_job_request(&request.id, "Starting", "Queue", None, None)
+                        .await?;
+                    break;
+                }
+                Err(err) => {
+                    tracing::warn!(job = %job.name, request = %request.id, error = %err, "a job's replica could not be made");
+                    let why = format!("the job's replica could not be made: {err}");
+                    self.end_job(&request, "Starting", error_answer("replica_failed", why))
+                        .await?;
+                }
             }
         }
         Ok(())
@@ -282,7 +303,13 @@ impl App {
         {
             return Ok(());
         }
-        let asked: StoredRequest = serde_json::from_str(&request.request).unwrap_or_default();
+        let full = self
+            .store
+            .inference_request(&request.project_id, &request.id)
+            .await?;
+        let asked: StoredRequest = full
+            .and_then(|r| serde_json::from_str(&r.request).ok())
+            .unwrap_or_default();
         let left = Duration::from_millis(
             u64::try_from(request.deadline_ms - tessera_store::now_ms()).unwrap_or(0),
         );
@@ -305,8 +332,11 @@ async fn send_job(
     asked: &StoredRequest,
     within: Duration,
 ) -> (u16, String, Vec<u8>) {
+    // A redirect is the replica's answer, never followed: the control
+    // plane fetches nothing a tenant's code points it at.
     let client = match reqwest::Client::builder()
         .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
         .timeout(within)
         .build()
     {
@@ -347,12 +377,24 @@ async fn send_job(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("application/octet-stream")
         .to_string();
-    match response.bytes().await {
-        Ok(body) if body.len() <= MAX_ANSWER_BYTES => (status, content_type, body.to_vec()),
-        Ok(_) => error_answer(
-            "replica_failed",
-            format!("the job's answer is larger than {MAX_ANSWER_BYTES} bytes"),
-        ),
-        Err(err) => error_answer("replica_failed", format!("reading the job's answer: {err}")),
+    // Read up to the limit, never more.
+    let mut response = response;
+    let mut body = Vec::new();
+    loop {
+        match response.chunk().await {
+            Ok(Some(chunk)) if body.len() + chunk.len() <= MAX_ANSWER_BYTES => {
+                body.extend_from_slice(&chunk);
+            }
+            Ok(Some(_)) => {
+                return error_answer(
+                    "replica_failed",
+                    format!("the job's answer is larger than {MAX_ANSWER_BYTES} bytes"),
+                );
+            }
+            Ok(None) => return (status, content_type, body),
+            Err(err) => {
+                return error_answer("replica_failed", format!("reading the job's answer: {err}"));
+            }
+        }
     }
 }

@@ -311,17 +311,26 @@ fn check_name(name: &str) -> Result<()> {
 
 /// Checks a path inside a container.
 fn check_path(field: &'static str, path: &str) -> Result<String> {
+    let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
+    let clean = format!("/{}", parts.join("/"));
+    // The kernel's file systems are the runtime's to mount; /dev/shm is
+    // where a memory mount goes.
+    let system = ["/proc", "/sys", "/dev"]
+        .iter()
+        .any(|s| clean == *s || clean.starts_with(&format!("{s}/")))
+        && clean != "/dev/shm";
     let ok = path.starts_with('/')
         && path.len() <= 255
-        && path != "/"
-        && !path.split('/').any(|p| p == ".." || p == ".")
+        && !parts.is_empty()
+        && !system
+        && !parts.iter().any(|p| *p == ".." || *p == ".")
         && !path.chars().any(char::is_control);
     match ok {
-        true => Ok(path.trim_end_matches('/').to_string()),
+        true => Ok(clean),
         false => Err(Error::invalid(
             field,
             format!(
-                "{field} {:?} must be an absolute path other than /, without . or .. parts",
+                "{field} {:?} must be an absolute path other than /, without . or .. parts, outside /proc, /sys and /dev (but /dev/shm)",
                 path.escape_debug().to_string()
             ),
         )),
@@ -648,6 +657,45 @@ impl App {
         Ok(())
     }
 
+    /// What a caller must be allowed to make a deployment use secrets:
+    /// their values end up where the deployment's code can print them.
+    /// Also checks that its registry credentials can log in to its
+    /// image's registry.
+    async fn check_secrets_use(&self, caller: &Principal, spec: &DeploymentSpec) -> Result<()> {
+        let uses_secrets = spec.containers.iter().any(|c| {
+            c.env.iter().any(|e| e.secret)
+                || c.volume_mounts
+                    .iter()
+                    .any(|m| matches!(m, VolumeMount::Secret { .. }))
+        });
+        let credentials = spec
+            .registry
+            .credentials
+            .as_deref()
+            .filter(|_| spec.registry.is_private);
+        if uses_secrets || credentials.is_some() {
+            caller.require(Permission::SecretRead)?;
+        }
+        if let Some(name) = credentials {
+            for container in &spec.containers {
+                let login = self
+                    .pull_login(&caller.project_id, name, &container.image)
+                    .await?;
+                if login.is_none() {
+                    return Err(Error::invalid(
+                        "container_registry_settings.credentials",
+                        format!(
+                            "registry credentials {name} hold no login for {}, the registry of {}",
+                            crate::secrets::registry::registry_of(&container.image),
+                            container.image
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Checks a compute resource against the catalog.
     fn check_compute(&self, compute: &ComputeSpec) -> Result<()> {
         match self.catalog.serverless_compute(&compute.name) {
@@ -725,6 +773,7 @@ impl App {
             is_spot: req.is_spot,
             created_by: caller.user_id.clone(),
         };
+        self.check_secrets_use(caller, &spec).await?;
         let now = tessera_store::now();
         let record = DeploymentRecord {
             id: uuid::Uuid::new_v4().to_string(),
@@ -873,6 +922,9 @@ impl App {
         }
         if let Some(scaling) = &patch.scaling {
             check_scaling(kind, scaling)?;
+        }
+        if spec != deployment.spec {
+            self.check_secrets_use(caller, &spec).await?;
         }
         self.change(
             &deployment,
@@ -1410,7 +1462,11 @@ mod tests {
             "echo-server"
         );
         assert_eq!(check_path("p", "/data/").expect("a value"), "/data");
-        for bad in ["data", "/", "/a/../b", "/a/./b"] {
+        assert_eq!(check_path("p", "//data//x").expect("a value"), "/data/x");
+        assert_eq!(check_path("p", "/dev/shm").expect("a value"), "/dev/shm");
+        for bad in [
+            "data", "/", "//", "/a/../b", "/a/./b", "/proc", "/sys/fs", "/dev/sda",
+        ] {
             assert!(check_path("p", bad).is_err(), "{bad}");
         }
     }

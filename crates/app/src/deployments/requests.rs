@@ -12,8 +12,11 @@ use tessera_store::InferenceRequestRecord;
 
 /// The largest answer kept for an async request.
 pub const MAX_ANSWER_BYTES: usize = 16 * 1024 * 1024;
-/// How long an async request and its answer are kept.
+/// How long an async request and its answer are kept once it has ended.
 pub const KEEP_MS: i64 = 3_600_000;
+/// The most async or job requests of one deployment that may wait or run
+/// at once: past it, new ones are refused (429) until some end.
+pub const MAX_OPEN_REQUESTS: i64 = 10_000;
 
 /// Where an async request is, in Verda's words.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -65,6 +68,14 @@ impl App {
             return Err(Error::Unavailable(format!(
                 "deployment {name} is paused; resume it to serve requests"
             )));
+        }
+        if self.store.open_requests(&deployment.id).await? >= MAX_OPEN_REQUESTS {
+            return Err(Error::RateLimited {
+                message: format!(
+                    "deployment {name} already has {MAX_OPEN_REQUESTS} requests waiting or running; retry later"
+                ),
+                retry_after: 10,
+            });
         }
         let now = tessera_store::now_ms();
         let id = uuid::Uuid::new_v4().to_string();

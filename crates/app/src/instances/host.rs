@@ -83,6 +83,7 @@ impl App {
                 ),
                 None => None,
             },
+            sealed_workload: None,
         })
     }
 
@@ -181,13 +182,26 @@ impl App {
     }
 
     /// Has the instance's host let it go. A host with no agent (gone for
-    /// good) has nothing left to let go of.
+    /// good) has nothing left to let go of. It needs no spec, so an
+    /// instance whose spec cannot be made (a replica whose secret is gone)
+    /// still goes.
     pub(crate) async fn remove_from_host(&self, instance: &Instance) -> Result<(), HostCallError> {
-        let removed = self
-            .on_host(instance, |agent, spec| async move {
-                agent.delete_instance(&spec.id).await
-            })
-            .await;
+        let host = instance.host_id.clone().ok_or(HostCallError::NoAgent);
+        let agent = match host {
+            Ok(host) => self
+                .agent(&host)
+                .await
+                .map_err(|e| HostCallError::Failed(e.to_string()))?,
+            Err(_) => None,
+        };
+        let removed = match agent {
+            None => Err(HostCallError::NoAgent),
+            Some(agent) => {
+                let id = instance.id.to_string();
+                self.host_call(async move { agent.delete_instance(&id).await })
+                    .await
+            }
+        };
         match removed {
             Ok(()) | Err(HostCallError::NoAgent) => Ok(()),
             Err(err) => Err(err),

@@ -37,7 +37,15 @@ impl App {
             {
                 continue;
             }
-            let spec = self.instance_spec(&instance).await?;
+            // One instance's spec that cannot be made (a replica whose
+            // secret is gone) holds up no other.
+            let spec = match self.instance_spec(&instance).await {
+                Ok(spec) => spec,
+                Err(err) => {
+                    tracing::warn!(instance = %instance.id, error = %err, "instance resync skipped");
+                    continue;
+                }
+            };
             let mut outcome = self
                 .host_call(agent.create_instance(&spec))
                 .await

@@ -3,8 +3,8 @@
 //! Verda lists is accepted and checked; each becomes a user name and a
 //! password for the registries it is good for, as `docker login` would
 //! use them. AWS ECR needs a token exchange with AWS at pull time, which
-//! this cloud does not make: its credentials are kept, and a pull with them
-//! says so.
+//! this cloud does not make: such credentials are accepted (their keys
+//! checked, not kept), and a deployment naming them is refused, saying so.
 
 use super::{MAX_SECRETS, check_name};
 use crate::error::{Error, Result};
@@ -58,8 +58,8 @@ impl RegistryKind {
 }
 
 /// What a user gives to make registry credentials; which fields count
-/// depends on the kind.
-#[derive(Clone, Debug, Default)]
+/// depends on the kind. (No `Debug`: it holds tokens and keys.)
+#[derive(Clone, Default)]
 pub struct RegistryCredentialInput {
     pub name: String,
     pub kind: String,
@@ -83,8 +83,9 @@ pub struct RegistryCredential {
     pub created_at: String,
 }
 
-/// What is sealed: logins by registry host.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+/// What is sealed: logins by registry host. (No `Debug`: it holds
+/// passwords.)
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 enum Sealed {
     /// One login for registries matching `registries` (a host, or
@@ -98,7 +99,9 @@ enum Sealed {
     DockerConfig {
         auths: BTreeMap<String, (String, String)>,
     },
-    /// AWS keys, which need AWS's token exchange.
+    /// AWS ECR: the repository and region only. Its keys are checked and
+    /// not kept, since a pull with them would need AWS's token exchange,
+    /// which this cloud does not make.
     AwsEcr { repository: String, region: String },
 }
 

@@ -106,6 +106,10 @@ impl SealingKey {
     pub fn seal(&self, context: &str, plain: &[u8]) -> String {
         let mut nonce = [0u8; NONCE_LEN];
         rand::rng().fill_bytes(&mut nonce);
+        self.seal_with(context, plain, nonce)
+    }
+
+    fn seal_with(&self, context: &str, plain: &[u8], nonce: [u8; NONCE_LEN]) -> String {
         let cipher = XChaCha20Poly1305::new(&self.key);
         let sealed = cipher
             .encrypt(
@@ -120,6 +124,23 @@ impl SealingKey {
         let mut joined = nonce.to_vec();
         joined.extend_from_slice(&sealed);
         format!("{VERSION}.{}.{}", self.id, STANDARD_NO_PAD.encode(joined))
+    }
+
+    /// Seals `plain` with a nonce derived from the key, the context and
+    /// `plain` itself (a synthetic nonce, as AES-SIV does): the same value
+    /// seals to the same text, so a desired state that did not change
+    /// compares equal. It reveals only that two texts hold the same value.
+    pub fn seal_stable(&self, context: &str, plain: &[u8]) -> String {
+        let mut hash = Sha256::new();
+        hash.update(b"tessera-synthetic-nonce\0");
+        hash.update(self.key.as_slice());
+        hash.update(context.as_bytes());
+        hash.update([0u8]);
+        hash.update(plain);
+        let digest = hash.finalize();
+        let mut nonce = [0u8; NONCE_LEN];
+        nonce.copy_from_slice(&digest[..NONCE_LEN]);
+        self.seal_with(context, plain, nonce)
     }
 
     /// Opens what [`SealingKey::seal`] sealed for the same `context`.

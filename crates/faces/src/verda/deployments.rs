@@ -114,13 +114,13 @@ pub struct RegistrySettingsBody {
 pub struct ComputeBody {
     #[schema(example = "General Compute")]
     pub name: String,
-    #[schema(value_type = u32, example = 1)]
+    #[schema(value_type = Option<u32>, example = 1)]
     pub size: Option<f64>,
 }
 
 #[derive(Deserialize, Serialize, ToSchema, Clone)]
 pub struct DelayBody {
-    #[schema(value_type = u32, example = 300)]
+    #[schema(value_type = Option<u32>, example = 300)]
     pub delay_seconds: Option<f64>,
 }
 
@@ -147,15 +147,15 @@ pub struct TriggersBody {
 /// Scaling options: every field in answers; any subset in a PATCH.
 #[derive(Deserialize, Serialize, ToSchema, Clone)]
 pub struct ScalingBody {
-    #[schema(value_type = u32, example = 0)]
+    #[schema(value_type = Option<u32>, example = 0)]
     pub min_replica_count: Option<f64>,
-    #[schema(value_type = u32, example = 3)]
+    #[schema(value_type = Option<u32>, example = 3)]
     pub max_replica_count: Option<f64>,
     pub scale_down_policy: Option<DelayBody>,
     pub scale_up_policy: Option<DelayBody>,
-    #[schema(value_type = u32, example = 300)]
+    #[schema(value_type = Option<u32>, example = 300)]
     pub queue_message_ttl_seconds: Option<f64>,
-    #[schema(value_type = u32, example = 1)]
+    #[schema(value_type = Option<u32>, example = 1)]
     pub concurrent_requests_per_replica: Option<f64>,
     pub scaling_triggers: Option<TriggersBody>,
 }

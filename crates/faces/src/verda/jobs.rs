@@ -27,12 +27,12 @@ const JOB: DeploymentKind = DeploymentKind::Job;
 #[derive(Deserialize, Serialize, ToSchema, Clone)]
 pub struct JobScalingBody {
     /// Jobs that run at once.
-    #[schema(value_type = u32, example = 1)]
+    #[schema(value_type = Option<u32>, example = 1)]
     pub max_replica_count: Option<f64>,
-    #[schema(value_type = u32, example = 300)]
+    #[schema(value_type = Option<u32>, example = 300)]
     pub queue_message_ttl_seconds: Option<f64>,
     /// How long a job may run before its replica is stopped.
-    #[schema(value_type = u32, example = 3600)]
+    #[schema(value_type = Option<u32>, example = 3600)]
     pub deadline_seconds: Option<f64>,
 }
 

@@ -245,6 +245,21 @@ async fn a_deployment_scales_from_zero_serves_its_secrets_and_goes_back_to_zero(
     let (status, body, cold) = call(&format!("{endpoint}/cgi-bin/env"), &key).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     eprintln!("cold start with the image pull: {} ms", cold.as_millis());
+    // The desired state kept for the agent holds the replica's workload
+    // sealed: no secret in clear in the database.
+    let kept = server
+        .running
+        .app
+        .store()
+        .work_after("serverless-host", 0)
+        .await
+        .expect("store");
+    assert!(kept.iter().any(|w| w.desired.contains("sealed_workload")));
+    for work in &kept {
+        for secret in ["tk_live_123", "file-secret-line", "s3cret-pw"] {
+            assert!(!work.desired.contains(secret), "{}", work.desired);
+        }
+    }
     for line in [
         "API_TOKEN=tk_live_123",
         "GREETING=from-the-image",

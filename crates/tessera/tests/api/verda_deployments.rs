@@ -124,6 +124,18 @@ async fn deployments_are_checked_and_answered_as_the_sdks_read_them(backend: Bac
         json!({"list": []})
     );
 
+    // Credentials that cannot pull its image: ECR's (no token exchange
+    // here), and GHCR's for an image on Docker Hub.
+    for body in [
+        json!({"name": "ecr", "type": "aws-ecr", "access_key_id": "AKIA", "secret_access_key": "s", "region": "eu-north-1", "ecr_repo": "1.dkr.ecr.eu-north-1.amazonaws.com"}),
+        json!({"name": "gh", "type": "ghcr", "username": "me", "access_token": "t"}),
+    ] {
+        let (status, answer) = verda
+            .json(Method::POST, "/container-registry-credentials", Some(body))
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{answer}");
+    }
+
     // What is refused, and why; nothing is made.
     let with = |patch: &dyn Fn(&mut Value)| {
         let mut body = deployment("other", 0, 1);
@@ -209,6 +221,38 @@ async fn deployments_are_checked_and_answered_as_the_sdks_read_them(backend: Bac
             with(&|b| {
                 b["containers"][0]["volume_mounts"] =
                     json!([{"type": "scratch", "mount_path": "/a/../b"}])
+            }),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            with(&|b| {
+                b["containers"][0]["volume_mounts"] =
+                    json!([{"type": "scratch", "mount_path": "//"}])
+            }),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            with(&|b| {
+                b["containers"][0]["volume_mounts"] =
+                    json!([{"type": "scratch", "mount_path": "/proc/x"}])
+            }),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            with(&|b| {
+                b["container_registry_settings"] =
+                    json!({"is_private": true, "credentials": {"name": "ecr"}})
+            }),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            with(&|b| {
+                b["container_registry_settings"] =
+                    json!({"is_private": true, "credentials": {"name": "gh"}})
             }),
             StatusCode::BAD_REQUEST,
             "invalid_request",

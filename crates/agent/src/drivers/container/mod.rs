@@ -916,7 +916,16 @@ impl ContainerDriver {
         })?;
         let config_path = dir.join("config.json");
         let json = serde_json::to_vec_pretty(&oci).map_err(|e| fail(e.to_string()))?;
-        fs::write(&config_path, json).map_err(|e| io_fail("writing", &config_path, e))?;
+        // Its environment may hold a replica's secrets: root's eyes only.
+        let mut options = fs::OpenOptions::new();
+        options.write(true).create(true).truncate(true).mode(0o600);
+        options
+            .open(&config_path)
+            .and_then(|mut file| {
+                file.set_permissions(fs::Permissions::from_mode(0o600))?;
+                file.write_all(&json)
+            })
+            .map_err(|e| io_fail("writing", &config_path, e))?;
 
         // Made but not started: its network goes into its namespace and its
         // port into the firewall before its init runs.

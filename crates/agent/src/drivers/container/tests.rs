@@ -179,6 +179,7 @@ pub(super) fn spec(f: &Fixture, id: &str, name: &str) -> InstanceSpec {
         image_ref: None,
         security_groups: Vec::new(),
         workload: None,
+        sealed_workload: None,
         storage: None,
     }
 }
