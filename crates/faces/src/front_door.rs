@@ -198,13 +198,10 @@ async fn begin_async(
     rest: String,
     request: Request,
 ) -> Response {
-    let id = match door.app.begin_async_request(&project, &name).await {
-        Ok(id) => id,
-        Err(Error::NotFound(_)) if is_job(&door, &project, &name).await => {
-            return begin_job(door, project, name, rest, request).await;
-        }
-        Err(err) => return refused(err),
-    };
+    if is_job(&door, &project, &name).await {
+        return begin_job(door, project, name, rest, request).await;
+    }
+    // The body first: a request recorded is one that can be sent.
     let (parts, body) = request.into_parts();
     let body = match axum::body::to_bytes(body, MAX_ANSWER_BYTES).await {
         Ok(body) => body,
@@ -214,6 +211,10 @@ async fn begin_async(
                 format!("an async request's body is at most {MAX_ANSWER_BYTES} bytes"),
             ));
         }
+    };
+    let id = match door.app.begin_async_request(&project, &name).await {
+        Ok(id) => id,
+        Err(err) => return refused(err),
     };
     let request = Request::from_parts(parts, Body::from(body));
     let (task, job, deployment) = (door.clone(), id.clone(), name.clone());

@@ -702,17 +702,18 @@ impl Store {
         Ok(counts[0] == 1)
     }
 
-    /// Forgets async requests that ended before `before_ms` (one still
-    /// waiting or running stays, however old).
-    pub async fn prune_inference_requests(&self, before_ms: i64) -> Result<u64> {
+    /// Forgets async requests that ended before `before_ms`, and any made
+    /// before `abandoned_ms` (longer ago than any can wait and run: its
+    /// process stopped under it).
+    pub async fn prune_inference_requests(&self, before_ms: i64, abandoned_ms: i64) -> Result<u64> {
         let counts = self
             .run_statements(
                 "prune_inference_requests",
                 vec![(
-                    "DELETE FROM inference_requests WHERE updated_ms < $1 \
-                     AND status IN ('Completed', 'Ending')"
+                    "DELETE FROM inference_requests WHERE (updated_ms < $1 \
+                     AND status IN ('Completed', 'Ending')) OR created_ms < $2"
                         .to_string(),
-                    vec![before_ms.into()],
+                    vec![before_ms.into(), abandoned_ms.into()],
                 )],
                 |_| true,
             )

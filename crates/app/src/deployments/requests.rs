@@ -168,8 +168,12 @@ impl App {
 
     /// Forgets async requests older than [`KEEP_MS`].
     pub(crate) async fn prune_async_requests(&self) -> Result<()> {
+        // The longest a request can wait (a day) and run (a week), and an
+        // hour to read its answer.
+        let longest = 86_400_000 + i64::from(super::MAX_DEADLINE_S) * 1000 + KEEP_MS;
+        let now = tessera_store::now_ms();
         self.store
-            .prune_inference_requests(tessera_store::now_ms() - KEEP_MS)
+            .prune_inference_requests(now - KEEP_MS, now - longest)
             .await?;
         Ok(())
     }
