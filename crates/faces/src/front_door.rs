@@ -203,14 +203,9 @@ async fn begin_async(
     }
     // The body first: a request recorded is one that can be sent.
     let (parts, body) = request.into_parts();
-    let body = match axum::body::to_bytes(body, MAX_ANSWER_BYTES).await {
+    let body = match kept_body(body).await {
         Ok(body) => body,
-        Err(_) => {
-            return refused(Error::invalid(
-                "body",
-                format!("an async request's body is at most {MAX_ANSWER_BYTES} bytes"),
-            ));
-        }
+        Err(err) => return refused(err),
     };
     let id = match door.app.begin_async_request(&project, &name).await {
         Ok(id) => id,
@@ -232,6 +227,18 @@ async fn begin_async(
     accepted(&id, &name)
 }
 
+/// The whole body of a request that is kept to be sent later.
+async fn kept_body(body: Body) -> Result<axum::body::Bytes, Error> {
+    axum::body::to_bytes(body, MAX_ANSWER_BYTES)
+        .await
+        .map_err(|_| {
+            Error::invalid(
+                "body",
+                format!("a request answered later has a body of at most {MAX_ANSWER_BYTES} bytes"),
+            )
+        })
+}
+
 /// Whether the project's deployment `name` is a job deployment.
 async fn is_job(door: &FrontDoor, project: &str, name: &str) -> bool {
     matches!(
@@ -250,14 +257,9 @@ async fn begin_job(
     request: Request,
 ) -> Response {
     let (mut parts, body) = request.into_parts();
-    let body = match axum::body::to_bytes(body, MAX_ANSWER_BYTES).await {
+    let body = match kept_body(body).await {
         Ok(body) => body,
-        Err(_) => {
-            return refused(Error::invalid(
-                "body",
-                format!("a job's request body is at most {MAX_ANSWER_BYTES} bytes"),
-            ));
-        }
+        Err(err) => return refused(err),
     };
     tessera_gateway::strip_hop_by_hop(&mut parts.headers);
     for name in [

@@ -285,21 +285,7 @@ impl From<&ReplicaRecord> for ReplicaStatus {
 
 /// Checks a deployment's name: as Verda's (a DNS label).
 fn check_name(name: &str) -> Result<()> {
-    let ok = (1..=63).contains(&name.len())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !name.starts_with('-')
-        && !name.ends_with('-');
-    if !ok {
-        return Err(Error::invalid(
-            "name",
-            format!(
-                "name {:?} must be 1 to 63 lowercase letters, digits and '-', starting and ending with a letter or digit",
-                name.escape_debug().to_string()
-            ),
-        ));
-    }
+    crate::secrets::check_name("name", "the deployment", name)?;
     if RESERVED_NAMES.contains(&name) {
         return Err(Error::invalid(
             "name",

@@ -133,7 +133,8 @@ pub struct QueueLoadBody {
 #[derive(Deserialize, Serialize, ToSchema, Clone)]
 pub struct UtilizationBody {
     pub enabled: Option<bool>,
-    #[schema(value_type = Option<u32>, example = 80)]
+    /// Percent, 1 to 100.
+    #[schema(value_type = Option<u32>, example = 80, minimum = 1, maximum = 100)]
     pub threshold: Option<f64>,
 }
 
@@ -288,6 +289,23 @@ pub struct DeleteQuery {
     /// How long to wait for the deployment to be gone, in ms (0 to 300000,
     /// default 60000; 0: do not wait).
     pub timeout: Option<String>,
+}
+
+impl DeleteQuery {
+    /// How long to wait for a deployment to be gone.
+    pub(super) fn wait(&self) -> Result<Duration> {
+        let ms = match self.timeout.as_deref().map(str::trim) {
+            None | Some("") => 60_000,
+            Some(text) => text
+                .parse::<f64>()
+                .ok()
+                .filter(|t| t.fract() == 0.0 && (0.0..=300_000.0).contains(t))
+                .ok_or_else(|| {
+                    bad_request("timeout must be a whole number of ms from 0 to 300000")
+                })? as u64,
+        };
+        Ok(Duration::from_millis(ms))
+    }
 }
 
 fn env_vars(field: &str, vars: &[EnvVarBody]) -> Result<Vec<EnvVar>> {
@@ -447,6 +465,15 @@ fn scaling(body: &ScalingBody, base: &Scaling) -> Result<Scaling> {
             ),
         ] {
             if let Some(t) = trigger {
+                // Checked even when off: a threshold given is one kept.
+                if let Some(threshold) = t.threshold {
+                    whole(
+                        &format!("scaling.scaling_triggers.{field}.threshold"),
+                        threshold,
+                        1,
+                        100,
+                    )?;
+                }
                 *target = match t.enabled.unwrap_or(false) {
                     true => Some(whole(
                         &format!("scaling.scaling_triggers.{field}.threshold"),
@@ -786,16 +813,7 @@ pub async fn delete_deployment(
     Path(name): Path<String>,
     Query(query): Query<DeleteQuery>,
 ) -> Result<StatusCode> {
-    let timeout = match query.timeout.as_deref().map(str::trim) {
-        None | Some("") => 60_000,
-        Some(text) => text
-            .parse::<f64>()
-            .ok()
-            .filter(|t| t.fract() == 0.0 && (0.0..=300_000.0).contains(t))
-            .ok_or_else(|| bad_request("timeout must be a whole number of ms from 0 to 300000"))?
-            as u64,
-    };
-    app.delete_deployment(&caller, CONTAINER, &name, Duration::from_millis(timeout))
+    app.delete_deployment(&caller, CONTAINER, &name, query.wait()?)
         .await?;
     Ok(StatusCode::OK)
 }

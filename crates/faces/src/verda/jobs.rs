@@ -14,7 +14,6 @@ use super::{Body, Caller, ErrorBody, Path, Query, Result, bad_request};
 use axum::extract::State;
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
-use std::time::Duration;
 use tessera_app::App;
 use tessera_app::deployments::jobs::JobStatus;
 use tessera_app::deployments::{CreateDeployment, Deployment, DeploymentKind, PatchDeployment};
@@ -272,16 +271,7 @@ pub async fn delete_job(
     Path(name): Path<String>,
     Query(query): Query<DeleteQuery>,
 ) -> Result<StatusCode> {
-    let timeout = match query.timeout.as_deref().map(str::trim) {
-        None | Some("") => 60_000,
-        Some(text) => text
-            .parse::<f64>()
-            .ok()
-            .filter(|t| t.fract() == 0.0 && (0.0..=300_000.0).contains(t))
-            .ok_or_else(|| bad_request("timeout must be a whole number of ms from 0 to 300000"))?
-            as u64,
-    };
-    app.delete_deployment(&caller, JOB, &name, Duration::from_millis(timeout))
+    app.delete_deployment(&caller, JOB, &name, query.wait()?)
         .await?;
     Ok(StatusCode::OK)
 }
