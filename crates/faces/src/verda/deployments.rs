@@ -92,9 +92,13 @@ pub struct ContainerRequest {
     pub image: Value,
     #[schema(value_type = u32, example = 8080)]
     pub exposed_port: Option<f64>,
+    #[serde(default, deserialize_with = "super::objects::optional")]
     pub healthcheck: Option<HealthcheckBody>,
+    #[serde(default, deserialize_with = "super::objects::optional")]
     pub entrypoint_overrides: Option<EntrypointOverridesBody>,
+    #[serde(default, deserialize_with = "super::objects::optional_list")]
     pub env: Option<Vec<EnvVarBody>>,
+    #[serde(default, deserialize_with = "super::objects::optional_list")]
     pub volume_mounts: Option<Vec<VolumeMountBody>>,
 }
 
@@ -107,6 +111,7 @@ pub struct CredentialsRef {
 #[derive(Deserialize, Serialize, ToSchema, Clone)]
 pub struct RegistrySettingsBody {
     pub is_private: Option<bool>,
+    #[serde(default, deserialize_with = "super::objects::optional")]
     pub credentials: Option<CredentialsRef>,
 }
 
@@ -140,8 +145,11 @@ pub struct UtilizationBody {
 
 #[derive(Deserialize, Serialize, ToSchema, Clone)]
 pub struct TriggersBody {
+    #[serde(default, deserialize_with = "super::objects::optional")]
     pub queue_load: Option<QueueLoadBody>,
+    #[serde(default, deserialize_with = "super::objects::optional")]
     pub cpu_utilization: Option<UtilizationBody>,
+    #[serde(default, deserialize_with = "super::objects::optional")]
     pub gpu_utilization: Option<UtilizationBody>,
 }
 
@@ -152,12 +160,15 @@ pub struct ScalingBody {
     pub min_replica_count: Option<f64>,
     #[schema(value_type = Option<u32>, example = 3)]
     pub max_replica_count: Option<f64>,
+    #[serde(default, deserialize_with = "super::objects::optional")]
     pub scale_down_policy: Option<DelayBody>,
+    #[serde(default, deserialize_with = "super::objects::optional")]
     pub scale_up_policy: Option<DelayBody>,
     #[schema(value_type = Option<u32>, example = 300)]
     pub queue_message_ttl_seconds: Option<f64>,
     #[schema(value_type = Option<u32>, example = 1)]
     pub concurrent_requests_per_replica: Option<f64>,
+    #[serde(default, deserialize_with = "super::objects::optional")]
     pub scaling_triggers: Option<TriggersBody>,
 }
 
@@ -165,18 +176,26 @@ pub struct ScalingBody {
 pub struct CreateDeploymentRequest {
     #[schema(example = "llm-inference")]
     pub name: String,
+    #[serde(default, deserialize_with = "super::objects::optional")]
     pub container_registry_settings: Option<RegistrySettingsBody>,
+    #[serde(deserialize_with = "super::objects::list")]
     pub containers: Vec<ContainerRequest>,
+    #[serde(deserialize_with = "super::objects::required")]
     pub compute: ComputeBody,
+    #[serde(default, deserialize_with = "super::objects::optional")]
     pub scaling: Option<ScalingBody>,
     pub is_spot: Option<bool>,
 }
 
 #[derive(Deserialize, ToSchema)]
 pub struct PatchDeploymentRequest {
+    #[serde(default, deserialize_with = "super::objects::optional")]
     pub container_registry_settings: Option<RegistrySettingsBody>,
+    #[serde(default, deserialize_with = "super::objects::optional_list")]
     pub containers: Option<Vec<ContainerRequest>>,
+    #[serde(default, deserialize_with = "super::objects::optional")]
     pub compute: Option<ComputeBody>,
+    #[serde(default, deserialize_with = "super::objects::optional")]
     pub scaling: Option<ScalingBody>,
     pub is_spot: Option<bool>,
 }
@@ -263,6 +282,7 @@ pub struct EnvItemBody {
 pub struct EnvRequest {
     #[schema(example = "random-logger-0")]
     pub container_name: String,
+    #[serde(deserialize_with = "super::objects::list")]
     pub env: Vec<EnvVarBody>,
 }
 

@@ -39,17 +39,25 @@ pub struct JobScalingBody {
 pub struct CreateJobRequest {
     #[schema(example = "flux-training")]
     pub name: String,
+    #[serde(default, deserialize_with = "super::objects::optional")]
     pub container_registry_settings: Option<RegistrySettingsBody>,
+    #[serde(deserialize_with = "super::objects::list")]
     pub containers: Vec<ContainerRequest>,
+    #[serde(deserialize_with = "super::objects::required")]
     pub compute: ComputeBody,
+    #[serde(deserialize_with = "super::objects::required")]
     pub scaling: JobScalingBody,
 }
 
 #[derive(Deserialize, ToSchema)]
 pub struct PatchJobRequest {
+    #[serde(default, deserialize_with = "super::objects::optional")]
     pub container_registry_settings: Option<RegistrySettingsBody>,
+    #[serde(default, deserialize_with = "super::objects::optional_list")]
     pub containers: Option<Vec<ContainerRequest>>,
+    #[serde(default, deserialize_with = "super::objects::optional")]
     pub compute: Option<ComputeBody>,
+    #[serde(default, deserialize_with = "super::objects::optional")]
     pub scaling: Option<JobScalingBody>,
 }
 

@@ -552,3 +552,59 @@ impl OneOrMany {
 }
 
 type Result<T, E = VerdaError> = std::result::Result<T, E>;
+
+/// Serde readers for the face's nested objects. serde's derived structs
+/// also read JSON arrays (`[null, 80]` as their fields in order), which no
+/// client sends and no schema of this face allows: these read objects
+/// only (and `null` as absent where the field is optional).
+pub(crate) mod objects {
+    use serde::Deserialize;
+    use serde::de::{DeserializeOwned, Deserializer, Error};
+    use serde_json::Value;
+
+    fn from<T: DeserializeOwned, E: Error>(value: Value) -> Result<T, E> {
+        match value {
+            Value::Object(_) => serde_json::from_value(value).map_err(E::custom),
+            other => Err(E::custom(format!("expected an object, not {other}"))),
+        }
+    }
+
+    fn all<T: DeserializeOwned, E: Error>(value: Value) -> Result<Vec<T>, E> {
+        match value {
+            Value::Array(items) => items.into_iter().map(from).collect(),
+            other => Err(E::custom(format!(
+                "expected a list of objects, not {other}"
+            ))),
+        }
+    }
+
+    /// An optional object.
+    pub fn optional<'de, D: Deserializer<'de>, T: DeserializeOwned>(
+        d: D,
+    ) -> Result<Option<T>, D::Error> {
+        match Option::<Value>::deserialize(d)? {
+            None | Some(Value::Null) => Ok(None),
+            Some(value) => from(value).map(Some),
+        }
+    }
+
+    /// A required object.
+    pub fn required<'de, D: Deserializer<'de>, T: DeserializeOwned>(d: D) -> Result<T, D::Error> {
+        from(Value::deserialize(d)?)
+    }
+
+    /// An optional list of objects.
+    pub fn optional_list<'de, D: Deserializer<'de>, T: DeserializeOwned>(
+        d: D,
+    ) -> Result<Option<Vec<T>>, D::Error> {
+        match Option::<Value>::deserialize(d)? {
+            None | Some(Value::Null) => Ok(None),
+            Some(value) => all(value).map(Some),
+        }
+    }
+
+    /// A required list of objects.
+    pub fn list<'de, D: Deserializer<'de>, T: DeserializeOwned>(d: D) -> Result<Vec<T>, D::Error> {
+        all(Value::deserialize(d)?)
+    }
+}

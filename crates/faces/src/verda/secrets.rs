@@ -75,6 +75,7 @@ pub struct SecretFile {
 pub struct CreateFileSecretRequest {
     #[schema(example = "secret-files")]
     pub name: String,
+    #[serde(deserialize_with = "super::objects::list")]
     pub files: Vec<SecretFile>,
 }
 

@@ -295,6 +295,17 @@ async fn deployments_are_checked_and_answered_as_the_sdks_read_them(backend: Bac
             StatusCode::BAD_REQUEST,
             "invalid_request",
         ),
+        // serde would read a struct from an array; no client sends one.
+        (
+            with(&|b| b["scaling"]["scaling_triggers"]["gpu_utilization"] = json!([null, null])),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            with(&|b| b["containers"][0]["env"] = json!([["A", "b", "plain"]])),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
         (
             with(&|b| b["scaling"]["queue_message_ttl_seconds"] = json!(-1)),
             StatusCode::BAD_REQUEST,
