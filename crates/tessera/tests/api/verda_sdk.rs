@@ -205,6 +205,11 @@ async fn the_verda_sdk_deploys_a_container_reached_over_ssh() {
             // A real disk on this machine: what the test needs of its free
             // space (20 GB, the scenario's own size, may not be there).
             ("VERDA_OS_VOLUME_SIZE", "2".into()),
+            // Its replicas would pull from the Internet on this host.
+            (
+                "VERDA_SKIP_DEPLOYMENTS",
+                "a real host pulls from the Internet; serverless_dataplane.rs covers it".into(),
+            ),
         ],
     );
     // Once the instance runs, the scenario writes its address and waits;
