@@ -75,6 +75,10 @@ pub struct AgentArgs {
     /// repeatable).
     #[arg(long = "insecure-registry", value_name = "HOST[:PORT]")]
     pub insecure_registries: Vec<String>,
+    /// The most an image pulled for an instance may weigh, downloaded and
+    /// again unpacked, in GiB (a tenant names any image; 0: no limit).
+    #[arg(long, default_value_t = 20)]
+    pub max_image_size_gb: u64,
     /// Seconds between heartbeats; three missed make the host unreachable.
     #[arg(long, default_value_t = 5)]
     pub heartbeat_secs: u64,
@@ -165,6 +169,9 @@ impl AgentArgs {
                 credentials: None,
                 mirrors: self.registry_mirrors,
                 plain_http: self.insecure_registries,
+                scope: None,
+                max_bytes: (self.max_image_size_gb > 0)
+                    .then(|| self.max_image_size_gb.saturating_mul(1 << 30)),
             },
             heartbeat_every: Duration::from_secs(self.heartbeat_secs),
         })
@@ -281,6 +288,10 @@ pub async fn image(command: ImageCommand) -> Result<()> {
                 credentials,
                 mirrors,
                 plain_http: insecure,
+                // The operator's own pull: no limit, and its blobs are
+                // shared (the image is one every tenant may run).
+                scope: None,
+                max_bytes: None,
             };
             let mut report = |p: Progress| match p {
                 Progress::Manifest {

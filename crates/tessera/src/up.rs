@@ -34,6 +34,10 @@ pub struct UpArgs {
     /// Speak plain HTTP to this registry (repeatable).
     #[arg(long = "insecure-registry", value_name = "HOST[:PORT]")]
     pub insecure_registries: Vec<String>,
+    /// The most an image pulled for an instance may weigh, downloaded and
+    /// again unpacked, in GiB (0: no limit).
+    #[arg(long, default_value_t = 20)]
+    pub max_image_size_gb: u64,
 }
 
 fn parse_driver(s: &str) -> Result<DriverKind, String> {
@@ -195,6 +199,7 @@ pub async fn run(args: UpArgs) -> Result<()> {
         egress_deny: Vec::new(),
         registry_mirrors: args.registry_mirrors.clone(),
         insecure_registries: args.insecure_registries.clone(),
+        max_image_size_gb: args.max_image_size_gb,
         heartbeat_secs: 5,
     }
     .options()?;

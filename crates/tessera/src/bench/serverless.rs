@@ -171,6 +171,7 @@ pub async fn run(args: ServerlessArgs) -> Result<()> {
         egress_deny: Vec::new(),
         registry_mirrors: Vec::new(),
         insecure_registries: Vec::new(),
+        max_image_size_gb: 20,
         heartbeat_secs: 5,
     }
     .options()?;

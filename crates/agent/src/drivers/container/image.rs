@@ -98,11 +98,28 @@ pub fn list_images(image_dir: &Path) -> Result<Vec<String>, AgentError> {
 /// layout (a directory, or a tar of one, plain or gzipped) as image `name`
 /// in `image_dir`, replacing an image of that name.
 pub fn import_image(image_dir: &Path, name: &str, file: &Path) -> Result<(), AgentError> {
+    import_image_within(image_dir, name, file, u64::MAX)
+}
+
+/// [`import_image`], refusing an image whose files come to more than
+/// `max_bytes` unpacked (each entry counted at least as a tar block, so a
+/// flood of empty files counts too): a layer that decompresses to far more
+/// than it weighs cannot fill the host's disk.
+pub fn import_image_within(
+    image_dir: &Path,
+    name: &str,
+    file: &Path,
+    max_bytes: u64,
+) -> Result<(), AgentError> {
     validate_image_name(name)?;
     fs::create_dir_all(image_dir)
         .map_err(|e| fail(format!("creating {}: {e}", image_dir.display())))?;
     let tmp = image_dir.join(format!(".import-{name}-{:016x}", rand::random::<u64>()));
-    let built = build(&tmp, name, file);
+    let mut budget = Budget {
+        left: max_bytes,
+        max: max_bytes,
+    };
+    let built = build(&tmp, name, file, &mut budget);
     if let Err(e) = built {
         let _ = remove_all(&tmp);
         return Err(e);
@@ -144,7 +161,26 @@ fn io_err(what: &str, path: &Path) -> impl FnOnce(std::io::Error) -> AgentError 
     move |e| fail(format!("{msg}: {e}"))
 }
 
-fn build(tmp: &Path, name: &str, file: &Path) -> Result<(), AgentError> {
+/// What an import may still unpack.
+struct Budget {
+    left: u64,
+    max: u64,
+}
+
+impl Budget {
+    fn spend(&mut self, bytes: u64, file: &Path) -> Result<(), AgentError> {
+        self.left = self.left.checked_sub(bytes.max(512)).ok_or_else(|| {
+            fail(format!(
+                "unpacking {}: the image is larger than this host allows ({} bytes unpacked)",
+                file.display(),
+                self.max
+            ))
+        })?;
+        Ok(())
+    }
+}
+
+fn build(tmp: &Path, name: &str, file: &Path, budget: &mut Budget) -> Result<(), AgentError> {
     fs::create_dir_all(tmp).map_err(io_err("creating", tmp))?;
     let rootfs = tmp.join("rootfs");
     let mut meta = ImageMeta {
@@ -165,14 +201,14 @@ fn build(tmp: &Path, name: &str, file: &Path) -> Result<(), AgentError> {
             )));
         }
         fs::create_dir_all(&rootfs).map_err(io_err("creating", &rootfs))?;
-        apply_oci(file, &rootfs, &mut meta)?;
+        apply_oci(file, &rootfs, &mut meta, budget)?;
     } else {
         let unpack = tmp.join("unpack");
         fs::create_dir_all(&unpack).map_err(io_err("creating", &unpack))?;
-        extract(file, &unpack, false)?;
+        extract(file, &unpack, false, budget)?;
         if is_oci_layout(&unpack) {
             fs::create_dir_all(&rootfs).map_err(io_err("creating", &rootfs))?;
-            apply_oci(&unpack, &rootfs, &mut meta)?;
+            apply_oci(&unpack, &rootfs, &mut meta, budget)?;
             remove_all(&unpack).map_err(io_err("removing", &unpack))?;
         } else {
             meta.format = "rootfs-tar".into();
@@ -250,7 +286,7 @@ fn parent_inside(dest: &Path, path: &Path) -> bool {
 
 /// Unpacks a tarball into `dest`. As an image layer (`layer`), whiteouts
 /// remove what earlier layers put there.
-fn extract(file: &Path, dest: &Path, layer: bool) -> Result<(), AgentError> {
+fn extract(file: &Path, dest: &Path, layer: bool, budget: &mut Budget) -> Result<(), AgentError> {
     let reader = open_tar(file)?;
     let mut archive = tar::Archive::new(reader);
     archive.set_preserve_permissions(true);
@@ -270,6 +306,7 @@ fn extract(file: &Path, dest: &Path, layer: bool) -> Result<(), AgentError> {
     };
     for entry in archive.entries().map_err(bad)? {
         let mut entry = entry.map_err(bad)?;
+        budget.spend(entry.header().size().map_err(bad)?, file)?;
         let path = entry.path().map_err(bad)?.into_owned();
         let kind = entry.header().entry_type();
         if kind.is_character_special() || kind.is_block_special() || kind.is_fifo() {
@@ -382,7 +419,12 @@ fn find_manifest(
     }
 }
 
-fn apply_oci(layout: &Path, rootfs: &Path, meta: &mut ImageMeta) -> Result<(), AgentError> {
+fn apply_oci(
+    layout: &Path,
+    rootfs: &Path,
+    meta: &mut ImageMeta,
+    budget: &mut Budget,
+) -> Result<(), AgentError> {
     meta.format = "oci".into();
     let index = read_json(&layout.join("index.json"))?;
     let manifest = find_manifest(layout, &index, 0)?;
@@ -412,7 +454,7 @@ fn apply_oci(layout: &Path, rootfs: &Path, meta: &mut ImageMeta) -> Result<(), A
         let digest = layer["digest"]
             .as_str()
             .ok_or_else(|| fail("an OCI layer has no digest".to_string()))?;
-        extract(&blob_path(layout, digest)?, rootfs, true)?;
+        extract(&blob_path(layout, digest)?, rootfs, true, budget)?;
     }
     Ok(())
 }
@@ -466,6 +508,35 @@ mod tests {
         assert!(validate_image_name("../x").is_err());
         assert!(validate_image_name(".hidden").is_err());
         assert!(validate_image_name(&"a".repeat(65)).is_err());
+    }
+
+    #[test]
+    fn an_image_larger_unpacked_than_allowed_is_refused_and_leaves_nothing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let images = dir.path().join("images");
+        // 4 MiB of zeros gzips to a few KiB: what counts is the unpacked size.
+        let zeros = vec![0u8; 4 << 20];
+        let bomb = dir.path().join("bomb.tar.gz");
+        fs::write(&bomb, gz(&tar_of(&[("./big", &zeros)]))).expect("w");
+        assert!(fs::metadata(&bomb).expect("m").len() < 64 << 10);
+        let err = import_image_within(&images, "bomb", &bomb, 1 << 20).expect_err("too big");
+        assert!(
+            err.to_string().contains("larger than this host allows"),
+            "{err}"
+        );
+        assert!(!images.join("bomb").exists());
+        let leftovers: Vec<_> = fs::read_dir(&images).expect("dir").collect();
+        assert!(
+            leftovers.is_empty(),
+            "nothing half-made is left: {leftovers:?}"
+        );
+        // Many empty files count too.
+        let names: Vec<String> = (0..3000).map(|i| format!("./f{i}")).collect();
+        let files: Vec<(&str, &[u8])> = names.iter().map(|n| (n.as_str(), &b""[..])).collect();
+        let many = dir.path().join("many.tar");
+        fs::write(&many, tar_of(&files)).expect("w");
+        assert!(import_image_within(&images, "many", &many, 1 << 20).is_err());
+        import_image_within(&images, "fits", &bomb, 8 << 20).expect("within the limit");
     }
 
     #[test]

@@ -1233,9 +1233,6 @@ impl ContainerDriver {
         }
     }
 
-    /// Makes sure the spec's image is on this host: pulled, the first time
-    /// an instance needs it, from the registry reference the catalog gives
-    /// (through the agent's mirrors), one pull at a time per image.
     /// A serverless replica's mounts: its scratch directories made, its
     /// secrets' files written and bound in read-only, its memory file
     /// systems listed for its bundle.
@@ -1276,6 +1273,9 @@ impl ContainerDriver {
         Ok(())
     }
 
+    /// Makes sure the spec's image is on this host: pulled, the first time
+    /// an instance needs it, from the registry reference the catalog gives
+    /// (through the agent's mirrors), one pull at a time per image.
     async fn ensure_image(&self, spec: &InstanceSpec) -> Result<(), AgentError> {
         let root = image::image_rootfs(&self.config.image_dir, &spec.image);
         if root.is_dir() {
@@ -1298,6 +1298,7 @@ impl ContainerDriver {
         let mut options = self.config.registry.clone();
         if let Some(login) = spec.workload.as_ref().and_then(|w| w.pull_login.clone()) {
             options.credentials = Some(login);
+            options.scope = Some(spec.project_id.clone());
         }
         let pulled = registry::pull_image(
             &self.config.image_dir,

@@ -7,9 +7,17 @@
 //! Every manifest and blob is checked against its digest as it arrives
 //! (the client does). Blobs are kept in `IMAGES/.blobs/sha256/`, written
 //! there only once checked, so a layer two images share is fetched once.
+//!
+//! Blobs fetched with credentials are kept apart, under their pull's
+//! scope (a project): a manifest only names digests, so a tenant who
+//! learnt the digest of a neighbour's private layer could otherwise write
+//! a manifest of their own naming it and be handed the layer from the
+//! cache without ever being let into the neighbour's registry. A pull finds
+//! the shared cache (blobs any anonymous pull could fetch) and its own
+//! scope's, never another's.
 
 use super::fail;
-use super::image::{import_image, validate_image_name};
+use super::image::{import_image_within, validate_image_name};
 use oci_client::client::{ClientConfig, ClientProtocol};
 use oci_client::manifest::{OciDescriptor, OciImageManifest};
 use oci_client::secrets::RegistryAuth;
@@ -70,6 +78,12 @@ pub struct PullOptions {
     pub mirrors: Vec<Mirror>,
     /// Registries spoken to over plain HTTP (`localhost:5000`).
     pub plain_http: Vec<String>,
+    /// Who the pull is for (a project): blobs fetched with credentials are
+    /// found only by pulls of the same scope.
+    pub scope: Option<String>,
+    /// The most an image may weigh, downloaded and unpacked; `None`: no
+    /// limit (an operator's own pulls).
+    pub max_bytes: Option<u64>,
 }
 
 /// What a pull did, as it goes.
@@ -129,6 +143,21 @@ fn source(reference: &Reference, options: &PullOptions) -> (Reference, ClientPro
     (from, ClientProtocol::HttpsExcept(plain))
 }
 
+/// The caches a pull reads, in order, and the one it writes.
+fn caches(image_dir: &Path, options: &PullOptions) -> (Vec<PathBuf>, PathBuf) {
+    let shared = image_dir.join(".blobs");
+    match (&options.credentials, &options.scope) {
+        (Some(_), Some(scope)) => {
+            let key = hex::encode(sha2::Sha256::digest(scope.as_bytes()));
+            let own = shared.join("scoped").join(&key[..32]);
+            (vec![shared, own.clone()], own)
+        }
+        // An operator's pull with credentials (`tessera image pull`) makes
+        // an image every tenant may run anyway.
+        _ => (vec![shared.clone()], shared),
+    }
+}
+
 fn blob_file(cache: &Path, digest: &str) -> Result<PathBuf, AgentError> {
     let hex = digest
         .strip_prefix("sha256:")
@@ -169,63 +198,78 @@ pub async fn pull_image(
         .pull_image_manifest(&from, &auth)
         .await
         .map_err(|e| registry_error(reference, e))?;
-    let bytes = manifest.layers.iter().map(|l| l.size.max(0) as u64).sum();
+    let bytes: u64 = manifest.layers.iter().map(|l| l.size.max(0) as u64).sum();
+    let max_bytes = options.max_bytes.unwrap_or(u64::MAX);
+    if bytes.saturating_add(manifest.config.size.max(0) as u64) > max_bytes {
+        return Err(fail(format!(
+            "pulling {reference}: the image weighs {bytes} bytes, more than this host allows ({max_bytes})"
+        )));
+    }
     progress(Progress::Manifest {
         digest: digest.clone(),
         layers: manifest.layers.len(),
         bytes,
     });
-    let cache = image_dir.join(".blobs");
+    let (found_in, kept_in) = caches(image_dir, options);
     let mut pulled = Pulled {
         digest: digest.clone(),
         fetched_bytes: 0,
         cached_bytes: 0,
     };
+    let mut blobs = Vec::new();
     for descriptor in std::iter::once(&manifest.config).chain(manifest.layers.iter()) {
-        fetch_blob(
-            &client,
-            &from,
-            descriptor,
-            &cache,
-            reference,
-            &mut pulled,
-            progress,
-        )
-        .await?;
+        blobs.push(
+            fetch_blob(
+                &client,
+                &from,
+                descriptor,
+                (&found_in, &kept_in),
+                reference,
+                &mut pulled,
+                progress,
+            )
+            .await?,
+        );
     }
     progress(Progress::Unpacking);
-    let layout = write_layout(image_dir, &cache, &manifest)?;
+    let layout = write_layout(image_dir, &blobs, &manifest)?;
     let (dir, name2, layout2) = (image_dir.to_path_buf(), name.to_string(), layout.clone());
-    let imported = tokio::task::spawn_blocking(move || import_image(&dir, &name2, &layout2))
-        .await
-        .map_err(|e| fail(format!("importing {reference}: {e}")))?;
+    let imported =
+        tokio::task::spawn_blocking(move || import_image_within(&dir, &name2, &layout2, max_bytes))
+            .await
+            .map_err(|e| fail(format!("importing {reference}: {e}")))?;
     let _ = std::fs::remove_dir_all(&layout);
     imported?;
     super::image::set_source(image_dir, name, &format!("{reference}@{digest}"))?;
     Ok(pulled)
 }
 
-/// Fetches one blob into the cache unless it is there, checked.
+/// Fetches one blob into the cache unless the pull's caches have it,
+/// checked; answers where it is.
 async fn fetch_blob(
     client: &Client,
     from: &Reference,
     descriptor: &OciDescriptor,
-    cache: &Path,
+    (found_in, kept_in): (&[PathBuf], &Path),
     reference: &str,
     pulled: &mut Pulled,
     progress: &mut (dyn FnMut(Progress) + Send),
-) -> Result<(), AgentError> {
-    let path = blob_file(cache, &descriptor.digest)?;
+) -> Result<(String, PathBuf), AgentError> {
     let size = descriptor.size.max(0) as u64;
-    if path.is_file() {
-        pulled.cached_bytes += size;
-        progress(Progress::Cached {
-            digest: descriptor.digest.clone(),
-            bytes: size,
-        });
-        return Ok(());
+    let digested = descriptor.digest.clone();
+    for cache in found_in {
+        let path = blob_file(cache, &descriptor.digest)?;
+        if path.is_file() {
+            pulled.cached_bytes += size;
+            progress(Progress::Cached {
+                digest: descriptor.digest.clone(),
+                bytes: size,
+            });
+            return Ok((digested, path));
+        }
     }
-    let dir = path.parent().unwrap_or(cache);
+    let path = blob_file(kept_in, &descriptor.digest)?;
+    let dir = path.parent().unwrap_or(kept_in);
     tokio::fs::create_dir_all(dir)
         .await
         .map_err(|e| fail(format!("creating {}: {e}", dir.display())))?;
@@ -256,7 +300,7 @@ async fn fetch_blob(
         digest: descriptor.digest.clone(),
         bytes: size,
     });
-    Ok(())
+    Ok((digested, path))
 }
 
 /// A writer that refuses more bytes than the blob's descriptor says it has:
@@ -298,21 +342,31 @@ impl<W: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Capped<W> {
     }
 }
 
-/// An OCI image layout of the manifest over the cache's blobs, for the
-/// importer: `oci-layout`, `index.json`, the manifest, and `blobs` linked
-/// to the cache.
+/// An OCI image layout of the manifest over the pull's blobs, for the
+/// importer: `oci-layout`, `index.json`, the manifest, and each blob linked
+/// from the cache it is in.
 fn write_layout(
     image_dir: &Path,
-    cache: &Path,
+    blobs: &[(String, PathBuf)],
     manifest: &OciImageManifest,
 ) -> Result<PathBuf, AgentError> {
     let io = |what: &str, p: &Path, e: std::io::Error| fail(format!("{what} {}: {e}", p.display()));
     let layout = image_dir.join(format!(".pull-{:016x}", rand::random::<u64>()));
-    std::fs::create_dir_all(&layout).map_err(|e| io("creating", &layout, e))?;
+    let dir = layout.join("blobs");
+    std::fs::create_dir_all(dir.join("sha256")).map_err(|e| io("creating", &layout, e))?;
     let body = serde_json::to_vec(manifest).map_err(|e| fail(e.to_string()))?;
     let digest = format!("sha256:{}", hex::encode(sha2::Sha256::digest(&body)));
-    let manifest_file = blob_file(cache, &digest)?;
+    let manifest_file = blob_file(&dir, &digest)?;
     std::fs::write(&manifest_file, &body).map_err(|e| io("writing", &manifest_file, e))?;
+    for (digest, path) in blobs {
+        let link = blob_file(&dir, digest)?;
+        let real = std::fs::canonicalize(path).map_err(|e| io("resolving", path, e))?;
+        match std::os::unix::fs::symlink(&real, &link) {
+            // The config and a layer may be one blob.
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            other => other.map_err(|e| io("linking", &link, e))?,
+        }
+    }
     let index = serde_json::json!({
         "schemaVersion": 2,
         "manifests": [{
@@ -330,9 +384,6 @@ fn write_layout(
         r#"{"imageLayoutVersion":"1.0.0"}"#.to_string(),
     )?;
     write("index.json", index.to_string())?;
-    let cache = std::fs::canonicalize(cache).map_err(|e| io("resolving", cache, e))?;
-    std::os::unix::fs::symlink(&cache, layout.join("blobs"))
-        .map_err(|e| io("linking", &layout, e))?;
     Ok(layout)
 }
 

@@ -237,6 +237,71 @@ async fn a_private_registry_wants_its_credentials() {
     assert!(images.join("secret/rootfs/etc/secret").is_file());
     let kept = std::fs::read_dir(images.join(".blobs/sha256")).map_or(0, |d| d.count());
     assert!(kept >= 2, "its blobs are kept for the next pull: {kept}");
+
+    // A tenant's pull with credentials keeps its blobs to its project: a
+    // pull for another project, even naming the same digests, fetches them
+    // again, so the registry decides whether it may have them.
+    let scoped = dir.path().join("tenants");
+    options.scope = Some("project-a".into());
+    let said = pull(&scoped, "secret-a", &reference, &options)
+        .await
+        .expect("project a");
+    assert!(fetched(&said) >= 2, "{said:?}");
+    assert!(
+        std::fs::read_dir(scoped.join(".blobs/sha256")).map_or(0, |d| d.count()) == 0,
+        "nothing fetched with credentials lands in the shared cache"
+    );
+    let again = pull(&scoped, "secret-a2", &reference, &options)
+        .await
+        .expect("project a again");
+    assert_eq!(fetched(&again), 0, "its own project finds them: {again:?}");
+    options.scope = Some("project-b".into());
+    let other = pull(&scoped, "secret-b", &reference, &options)
+        .await
+        .expect("project b, with its own credentials");
+    assert_eq!(fetched(&other), fetched(&said), "{other:?}");
+    options.credentials = Some(("puller".into(), "wrong".into()));
+    pull(&scoped, "secret-c", &reference, &options)
+        .await
+        .expect_err("wrong credentials find nothing cached to fall back on");
+}
+
+/// An image heavier than the host allows is refused before a byte of it
+/// is fetched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_image_over_the_size_limit_is_refused() {
+    if let Some(reason) = skip_reason() {
+        eprintln!("skipped: {reason}");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let registry = Registry::start(&dir.path().join("registry"), None).await;
+    // Random bytes: they weigh as much compressed.
+    let big: Vec<u8> = (0..64 << 10).map(|_| rand::random::<u8>()).collect();
+    registry
+        .push(
+            "team/big",
+            "v1",
+            &[&[("big", &big[..])]],
+            &RegistryAuth::Anonymous,
+        )
+        .await;
+    let images = dir.path().join("images");
+    let mut options = PullOptions {
+        plain_http: vec![registry.addr.clone()],
+        max_bytes: Some(1024),
+        ..PullOptions::default()
+    };
+    let reference = format!("{}/team/big:v1", registry.addr);
+    let refused = pull(&images, "big", &reference, &options)
+        .await
+        .expect_err("too heavy");
+    assert!(refused.contains("more than this host allows"), "{refused}");
+    assert!(!images.join(".blobs/sha256").exists(), "nothing fetched");
+    options.max_bytes = Some(1 << 20);
+    pull(&images, "big", &reference, &options)
+        .await
+        .expect("within the limit");
 }
 
 /// On the real container driver: an instance of an image the host does
