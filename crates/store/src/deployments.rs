@@ -65,6 +65,9 @@ pub struct DeploymentChange {
     pub paused: Option<bool>,
     /// Starts a new generation: its replicas are replaced.
     pub new_generation: bool,
+    /// Changes only a deployment still at this generation: a change made
+    /// from what was read then, which another change since would undo.
+    pub if_generation: Option<i64>,
 }
 
 #[derive(Clone, Debug, sqlx::FromRow)]
@@ -157,8 +160,9 @@ impl Store {
             d.purges.into(),
         ];
         let counts = self
-            .run_statements(
+            .run_statements_locked(
                 "insert_deployment",
+                (crate::quotas::LOCK_PROJECT, d.project_id.clone()),
                 vec![(
                     format!(
                         "INSERT INTO deployments ({DEPLOYMENT_COLUMNS}) \
@@ -225,7 +229,8 @@ impl Store {
         .await
     }
 
-    /// Changes a deployment that is not going: whether it did.
+    /// Changes a deployment that is not going (and, if asked, still at a
+    /// generation): whether it did.
     pub async fn change_deployment(&self, id: &str, change: &DeploymentChange) -> Result<bool> {
         let mut sets = vec!["updated_at = $2".to_string()];
         let mut args: Vec<Arg> = vec![id.into(), now().into()];
@@ -242,12 +247,17 @@ impl Store {
         if change.new_generation {
             sets.push("generation = generation + 1".into());
         }
+        let mut only = String::new();
+        if let Some(generation) = change.if_generation {
+            args.push(generation.into());
+            only = format!(" AND generation = ${}", args.len());
+        }
         let counts = self
             .run_statements(
                 "change_deployment",
                 vec![(
                     format!(
-                        "UPDATE deployments SET {} WHERE id = $1 AND deleting = 0",
+                        "UPDATE deployments SET {} WHERE id = $1 AND deleting = 0{only}",
                         sets.join(", ")
                     ),
                     args,
@@ -443,13 +453,21 @@ impl Store {
             .collect())
     }
 
-    pub async fn insert_inference_key(&self, key: &InferenceKeyRecord) -> Result<Recorded> {
+    /// Records a key unless its name is taken or the project has `limit`.
+    pub async fn insert_inference_key(
+        &self,
+        key: &InferenceKeyRecord,
+        limit: i64,
+    ) -> Result<Recorded> {
         let counts = self
-            .run_statements(
+            .run_statements_locked(
                 "insert_inference_key",
+                (crate::quotas::LOCK_PROJECT, key.project_id.clone()),
                 vec![(
                     format!(
-                        "INSERT INTO inference_keys ({KEY_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6) \
+                        "INSERT INTO inference_keys ({KEY_COLUMNS}) \
+                         SELECT $1, $2, $3, $4, $5, $6 \
+                         WHERE (SELECT COUNT(*) FROM inference_keys WHERE project_id = $2) < $7 \
                          ON CONFLICT DO NOTHING"
                     ),
                     vec![
@@ -459,14 +477,23 @@ impl Store {
                         (&key.hash).into(),
                         (&key.prefix).into(),
                         (&key.created_at).into(),
+                        limit.into(),
                     ],
                 )],
                 |_| true,
             )
             .await?;
-        Ok(match counts[0] {
-            1 => Recorded::Added,
-            _ => Recorded::NameTaken,
+        if counts[0] == 1 {
+            return Ok(Recorded::Added);
+        }
+        let taken = self
+            .inference_keys(&key.project_id)
+            .await?
+            .iter()
+            .any(|k| k.name == key.name);
+        Ok(match taken {
+            true => Recorded::NameTaken,
+            false => Recorded::Full,
         })
     }
 
@@ -535,33 +562,47 @@ const LIGHT_REQUEST_COLUMNS: &str = "id, project_id, deployment_id, status, stat
      content_type, '' AS body, created_ms, updated_ms, '' AS request, instance_id, deadline_ms";
 
 impl Store {
-    pub async fn insert_inference_request(&self, r: &InferenceRequestRecord) -> Result<()> {
-        self.run_statements(
-            "insert_inference_request",
-            vec![(
-                format!(
-                    "INSERT INTO inference_requests ({REQUEST_COLUMNS}) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
+    /// Records a request unless its deployment has `limit` open already
+    /// (answers whether it did).
+    pub async fn insert_inference_request(
+        &self,
+        r: &InferenceRequestRecord,
+        limit: i64,
+    ) -> Result<bool> {
+        let counts = self
+            .run_statements_locked(
+                "insert_inference_request",
+                (
+                    "SELECT id FROM deployments WHERE id = $1 FOR UPDATE",
+                    r.deployment_id.clone(),
                 ),
-                vec![
-                    (&r.id).into(),
-                    (&r.project_id).into(),
-                    (&r.deployment_id).into(),
-                    (&r.status).into(),
-                    r.status_code.into(),
-                    (&r.content_type).into(),
-                    (&r.body).into(),
-                    r.created_ms.into(),
-                    r.updated_ms.into(),
-                    (&r.request).into(),
-                    r.instance_id.as_ref().into(),
-                    r.deadline_ms.into(),
-                ],
-            )],
-            |_| true,
-        )
-        .await?;
-        Ok(())
+                vec![(
+                    format!(
+                        "INSERT INTO inference_requests ({REQUEST_COLUMNS}) \
+                     SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12 \
+                     WHERE (SELECT COUNT(*) FROM inference_requests WHERE deployment_id = $3 \
+                            AND status IN ('Queue', 'Starting', 'Inference')) < $13"
+                    ),
+                    vec![
+                        (&r.id).into(),
+                        (&r.project_id).into(),
+                        (&r.deployment_id).into(),
+                        (&r.status).into(),
+                        r.status_code.into(),
+                        (&r.content_type).into(),
+                        (&r.body).into(),
+                        r.created_ms.into(),
+                        r.updated_ms.into(),
+                        (&r.request).into(),
+                        r.instance_id.as_ref().into(),
+                        r.deadline_ms.into(),
+                        limit.into(),
+                    ],
+                )],
+                |_| true,
+            )
+            .await?;
+        Ok(counts[0] == 1)
     }
 
     /// Records where an async request is, and its answer once it has one.
@@ -633,22 +674,6 @@ impl Store {
             &args,
         )
         .await
-    }
-
-    /// How many of a deployment's async or job requests have not ended.
-    pub async fn open_requests(&self, deployment_id: &str) -> Result<i64> {
-        #[derive(sqlx::FromRow)]
-        struct Count {
-            n: i64,
-        }
-        let count: Option<Count> = self
-            .fetch_optional(
-                "SELECT CAST(COUNT(*) AS BIGINT) AS n FROM inference_requests \
-                 WHERE deployment_id = $1 AND status IN ('Queue', 'Starting', 'Inference')",
-                &[deployment_id.into()],
-            )
-            .await?;
-        Ok(count.map_or(0, |c| c.n))
     }
 
     /// The job request a replica runs.

@@ -269,6 +269,40 @@ impl Store {
         .await
     }
 
+    /// [`Store::run_statements`] holding a row lock first, on PostgreSQL
+    /// (`lock` is a `SELECT ... FOR UPDATE` of one row by `$1`): writes
+    /// that count rows before adding one (a project's secrets, a
+    /// deployment's open requests) then run one after the other, as
+    /// SQLite's single writer runs them, and no two both pass on the last
+    /// free place.
+    async fn run_statements_locked(
+        &self,
+        what: &'static str,
+        lock: (&'static str, String),
+        statements: Vec<(String, Vec<Arg>)>,
+        keep: fn(&[u64]) -> bool,
+    ) -> Result<Vec<u64>> {
+        let work = std::sync::Arc::new((lock, statements));
+        self.write(what, move |mut conn| {
+            let work = work.clone();
+            Box::pin(async move {
+                let ((lock, key), statements) = &*work;
+                if conn.is_postgres() {
+                    conn.fetch_text(lock, &[key.into()]).await?;
+                }
+                let mut counts = Vec::with_capacity(statements.len());
+                for (sql, args) in statements.iter() {
+                    counts.push(conn.execute(sql, args).await?);
+                }
+                Ok(match keep(&counts) {
+                    true => writer::Commit::Keep(counts),
+                    false => writer::Commit::Undo(counts),
+                })
+            })
+        })
+        .await
+    }
+
     /// [`Store::run_statements`] after `quota`'s check in the same
     /// transaction: [`StoreError::QuotaExceeded`], changing nothing, when the
     /// statements would take the project over a limit.

@@ -54,6 +54,10 @@ fn usage_of(row: &[i64]) -> Usage {
     }
 }
 
+/// Locks a project's row (on PostgreSQL) for a write that counts what the
+/// project has before adding to it.
+pub(crate) const LOCK_PROJECT: &str = "SELECT id FROM projects WHERE id = $1 FOR UPDATE";
+
 /// Runs a write's quota check inside its transaction: `Some` names the
 /// limit it would go over (the caller then undoes its write).
 pub(crate) async fn enforce(
@@ -65,11 +69,7 @@ pub(crate) async fn enforce(
     }
     let project = check.project_id.as_str();
     if conn.is_postgres() {
-        conn.fetch_text(
-            "SELECT id FROM projects WHERE id = $1 FOR UPDATE",
-            &[project.into()],
-        )
-        .await?;
+        conn.fetch_text(LOCK_PROJECT, &[project.into()]).await?;
     }
     let used = usage_of(&conn.fetch_ints(USAGE, &[project.into()]).await?);
     Ok(check.exceeded(&used))

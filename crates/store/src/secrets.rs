@@ -197,7 +197,10 @@ impl Store {
         project_id: &str,
         name: &str,
     ) -> Result<Recorded> {
-        let counts = self.run_statements(what, vec![statement], |_| true).await?;
+        let lock = (crate::quotas::LOCK_PROJECT, project_id.to_string());
+        let counts = self
+            .run_statements_locked(what, lock, vec![statement], |_| true)
+            .await?;
         if counts[0] == 1 {
             return Ok(Recorded::Added);
         }

@@ -103,11 +103,8 @@ async fn insert_key(
     quota: Option<&QuotaCheck>,
 ) -> std::result::Result<Commit<std::result::Result<KeyAdded, crate::QuotaExceeded>>, DbError> {
     if conn.is_postgres() {
-        conn.fetch_text(
-            "SELECT id FROM projects WHERE id = $1 FOR UPDATE",
-            &[(&key.project_id).into()],
-        )
-        .await?;
+        conn.fetch_text(crate::quotas::LOCK_PROJECT, &[(&key.project_id).into()])
+            .await?;
     }
     if let Some(quota) = quota
         && let Some(exceeded) = crate::quotas::enforce(conn, quota).await?

@@ -51,12 +51,6 @@ impl App {
     ) -> Result<(InferenceKey, String)> {
         caller.require(Permission::SecretWrite)?;
         crate::secrets::check_name("name", "the key", name)?;
-        if self.store.inference_keys(&caller.project_id).await?.len() >= MAX_KEYS {
-            return Err(Error::Forbidden(format!(
-                "project {} already has {MAX_KEYS} inference keys; revoke some first",
-                caller.project_name
-            )));
-        }
         let mut bytes = [0u8; 32];
         rand::rng().fill_bytes(&mut bytes);
         let key = format!("{KEY_PREFIX}{}", hex::encode(bytes));
@@ -68,10 +62,18 @@ impl App {
             prefix: key.chars().take(KEY_PREFIX.len() + 6).collect(),
             created_at: tessera_store::now(),
         };
-        match self.store.insert_inference_key(&record).await? {
+        match self
+            .store
+            .insert_inference_key(&record, MAX_KEYS as i64)
+            .await?
+        {
             Recorded::Added => Ok((record.into(), key)),
-            _ => Err(Error::Conflict(format!(
+            Recorded::NameTaken => Err(Error::Conflict(format!(
                 "an inference key named {name} already exists"
+            ))),
+            Recorded::Full => Err(Error::Forbidden(format!(
+                "project {} already has {MAX_KEYS} inference keys; revoke some first",
+                caller.project_name
             ))),
         }
     }

@@ -40,6 +40,20 @@ pub const MAX_DEADLINE_S: u32 = 604_800;
 pub const MEMORY_SIZES_MB: [u32; 10] = [64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768];
 /// Names the front door keeps for itself (its async status and result
 /// paths are siblings of the deployments').
+/// How often a change made from what was read is made again when another
+/// change came first (after a short random wait, so that racing changes
+/// spread out).
+const CHANGE_ATTEMPTS: u64 = 24;
+
+/// The wait before a change's next attempt.
+async fn change_backoff(attempt: u64) {
+    let most = 2 + 3 * attempt.min(10);
+    tokio::time::sleep(std::time::Duration::from_millis(rand::random_range(
+        1..=most,
+    )))
+    .await;
+}
+
 const RESERVED_NAMES: [&str; 2] = ["status", "result"];
 
 /// What a deployment is: replicas serving requests, or a job per request.
@@ -888,7 +902,59 @@ impl App {
         name: &str,
         patch: PatchDeployment,
     ) -> Result<Deployment> {
-        let deployment = self.changeable(caller, kind, name).await?;
+        self.patch_deployment_at(caller, kind, name, patch, None)
+            .await?
+            .ok_or_else(|| {
+                Error::Conflict(format!("deployment {name} is being changed; try again"))
+            })
+    }
+
+    /// Patches a deployment as read now, or only at `generation` (`None`
+    /// when it moved on): a change made meanwhile is never lost, as the
+    /// write is refused when the deployment moved on since it was read, and
+    /// the patch is then made again on what it has now.
+    async fn patch_deployment_at(
+        &self,
+        caller: &Principal,
+        kind: DeploymentKind,
+        name: &str,
+        patch: PatchDeployment,
+        generation: Option<i64>,
+    ) -> Result<Option<Deployment>> {
+        for attempt in 0..CHANGE_ATTEMPTS {
+            if attempt > 0 {
+                change_backoff(attempt).await;
+            }
+            let deployment = self.changeable(caller, kind, name).await?;
+            if generation.is_some_and(|g| g != deployment.generation) {
+                return Ok(None);
+            }
+            if self
+                .try_patch(caller, kind, &deployment, patch.clone())
+                .await?
+            {
+                return self
+                    .project_deployment_of(&caller.project_id, kind, name)
+                    .await
+                    .map(Some);
+            }
+            if generation.is_some() {
+                return Ok(None);
+            }
+        }
+        Err(Error::Conflict(format!(
+            "deployment {name} is being changed by others; try again"
+        )))
+    }
+
+    /// Patches the deployment as read: whether it was still so.
+    async fn try_patch(
+        &self,
+        caller: &Principal,
+        kind: DeploymentKind,
+        deployment: &Deployment,
+        patch: PatchDeployment,
+    ) -> Result<bool> {
         let mut spec = deployment.spec.clone();
         if let Some(registry) = patch.registry {
             self.check_registry(&caller.project_id, &registry).await?;
@@ -912,8 +978,8 @@ impl App {
         if spec != deployment.spec {
             self.check_secrets_use(caller, &spec).await?;
         }
-        self.change(
-            &deployment,
+        self.change_if_current(
+            deployment,
             DeploymentChange {
                 new_generation: spec != deployment.spec,
                 spec: Some(serde_json::to_string(&spec).unwrap_or_default()),
@@ -921,11 +987,10 @@ impl App {
                     .scaling
                     .map(|s| serde_json::to_string(&s).unwrap_or_default()),
                 paused: None,
+                if_generation: Some(deployment.generation),
             },
         )
-        .await?;
-        self.project_deployment_of(&caller.project_id, kind, name)
-            .await
+        .await
     }
 
     async fn change(&self, deployment: &Deployment, change: DeploymentChange) -> Result<()> {
@@ -941,6 +1006,30 @@ impl App {
         }
         self.poke_scaler();
         Ok(())
+    }
+
+    /// [`App::change`] for a change with `if_generation`: whether the
+    /// deployment was still at it.
+    async fn change_if_current(
+        &self,
+        deployment: &Deployment,
+        change: DeploymentChange,
+    ) -> Result<bool> {
+        if self
+            .store
+            .change_deployment(&deployment.id, &change)
+            .await?
+        {
+            self.poke_scaler();
+            return Ok(true);
+        }
+        match self.store.deployment_by_id(&deployment.id).await? {
+            Some(d) if d.deleting == 0 => Ok(false),
+            _ => Err(Error::Conflict(format!(
+                "deployment {} is being deleted",
+                deployment.name
+            ))),
+        }
     }
 
     pub async fn set_deployment_scaling(
@@ -1124,73 +1213,98 @@ impl App {
         container: &str,
         change: EnvChange,
     ) -> Result<Vec<(String, Vec<EnvVar>)>> {
-        let deployment = self
-            .changeable(caller, DeploymentKind::Container, name)
-            .await?;
-        let Some(index) = deployment
-            .spec
-            .containers
-            .iter()
-            .position(|c| c.name == container)
-        else {
-            return Err(Error::invalid(
-                "container_name",
-                format!("deployment {name} has no container {container:?}"),
-            ));
-        };
-        let mut env = deployment.spec.containers[index].env.clone();
-        match change {
-            EnvChange::Add(vars) => {
-                for var in vars {
-                    if env.iter().any(|e| e.name == var.name) {
-                        return Err(Error::Conflict(format!(
-                            "{} already has {}; PATCH it instead",
-                            container, var.name
-                        )));
-                    }
-                    env.push(var);
-                }
+        for attempt in 0..CHANGE_ATTEMPTS {
+            if attempt > 0 {
+                change_backoff(attempt).await;
             }
-            EnvChange::Set(vars) => {
-                for var in vars {
-                    match env.iter_mut().find(|e| e.name == var.name) {
-                        Some(existing) => *existing = var,
-                        None => env.push(var),
-                    }
-                }
-            }
-            EnvChange::Remove(names) => {
-                for name in &names {
-                    if !env.iter().any(|e| &e.name == name) {
-                        return Err(Error::invalid(
-                            "env",
-                            format!("{container} has no environment variable {name}"),
-                        ));
-                    }
-                }
-                env.retain(|e| !names.contains(&e.name));
+            let deployment = self
+                .changeable(caller, DeploymentKind::Container, name)
+                .await?;
+            let patch = env_patch(&deployment, container, change.clone())?;
+            let done = self
+                .patch_deployment_at(
+                    caller,
+                    DeploymentKind::Container,
+                    name,
+                    patch,
+                    Some(deployment.generation),
+                )
+                .await?;
+            if done.is_some() {
+                return self.deployment_env(caller, name).await;
             }
         }
-        let mut inputs: Vec<ContainerInput> = deployment
-            .spec
-            .containers
-            .iter()
-            .map(ContainerInput::from)
-            .collect();
-        inputs[index].env = env;
-        self.patch_deployment(
-            caller,
-            DeploymentKind::Container,
-            name,
-            PatchDeployment {
-                containers: Some(inputs),
-                ..PatchDeployment::default()
-            },
-        )
-        .await?;
-        self.deployment_env(caller, name).await
+        Err(Error::Conflict(format!(
+            "deployment {name} is being changed by others; try again"
+        )))
     }
+}
 
+/// The patch that makes `change` to one container's environment.
+fn env_patch(
+    deployment: &Deployment,
+    container: &str,
+    change: EnvChange,
+) -> Result<PatchDeployment> {
+    let name = &deployment.name;
+    let Some(index) = deployment
+        .spec
+        .containers
+        .iter()
+        .position(|c| c.name == container)
+    else {
+        return Err(Error::invalid(
+            "container_name",
+            format!("deployment {name} has no container {container:?}"),
+        ));
+    };
+    let mut env = deployment.spec.containers[index].env.clone();
+    match change {
+        EnvChange::Add(vars) => {
+            for var in vars {
+                if env.iter().any(|e| e.name == var.name) {
+                    return Err(Error::Conflict(format!(
+                        "{} already has {}; PATCH it instead",
+                        container, var.name
+                    )));
+                }
+                env.push(var);
+            }
+        }
+        EnvChange::Set(vars) => {
+            for var in vars {
+                match env.iter_mut().find(|e| e.name == var.name) {
+                    Some(existing) => *existing = var,
+                    None => env.push(var),
+                }
+            }
+        }
+        EnvChange::Remove(names) => {
+            for name in &names {
+                if !env.iter().any(|e| &e.name == name) {
+                    return Err(Error::invalid(
+                        "env",
+                        format!("{container} has no environment variable {name}"),
+                    ));
+                }
+            }
+            env.retain(|e| !names.contains(&e.name));
+        }
+    }
+    let mut inputs: Vec<ContainerInput> = deployment
+        .spec
+        .containers
+        .iter()
+        .map(ContainerInput::from)
+        .collect();
+    inputs[index].env = env;
+    Ok(PatchDeployment {
+        containers: Some(inputs),
+        ..PatchDeployment::default()
+    })
+}
+
+impl App {
     /// The serverless compute resources, and whether a replica of each
     /// could be placed now.
     pub async fn serverless_compute(&self, caller: &Principal) -> Result<Vec<(String, u32, bool)>> {

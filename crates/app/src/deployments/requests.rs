@@ -69,7 +69,29 @@ impl App {
                 "deployment {name} is paused; resume it to serve requests"
             )));
         }
-        if self.store.open_requests(&deployment.id).await? >= MAX_OPEN_REQUESTS {
+        let now = tessera_store::now_ms();
+        let id = uuid::Uuid::new_v4().to_string();
+        let recorded = self
+            .store
+            .insert_inference_request(
+                &InferenceRequestRecord {
+                    id: id.clone(),
+                    project_id: project_id.to_string(),
+                    deployment_id: deployment.id.clone(),
+                    status: AsyncStatus::Queue.as_str().into(),
+                    status_code: 0,
+                    content_type: String::new(),
+                    body: String::new(),
+                    created_ms: now,
+                    updated_ms: now,
+                    request,
+                    instance_id: None,
+                    deadline_ms: 0,
+                },
+                MAX_OPEN_REQUESTS,
+            )
+            .await?;
+        if !recorded {
             return Err(Error::RateLimited {
                 message: format!(
                     "deployment {name} already has {MAX_OPEN_REQUESTS} requests waiting or running; retry later"
@@ -77,24 +99,6 @@ impl App {
                 retry_after: 10,
             });
         }
-        let now = tessera_store::now_ms();
-        let id = uuid::Uuid::new_v4().to_string();
-        self.store
-            .insert_inference_request(&InferenceRequestRecord {
-                id: id.clone(),
-                project_id: project_id.to_string(),
-                deployment_id: deployment.id.clone(),
-                status: AsyncStatus::Queue.as_str().into(),
-                status_code: 0,
-                content_type: String::new(),
-                body: String::new(),
-                created_ms: now,
-                updated_ms: now,
-                request,
-                instance_id: None,
-                deadline_ms: 0,
-            })
-            .await?;
         Ok(id)
     }
 

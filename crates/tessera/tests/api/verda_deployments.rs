@@ -16,6 +16,7 @@ on_both_backends!(
     replicas_follow_scaling_changes_pause_and_delete,
     inference_keys_and_projects_guard_the_front_door,
     job_deployments_queue_purge_and_refuse_bad_input,
+    concurrent_changes_lose_nothing_and_limits_hold,
 );
 
 fn refused(status: StatusCode, body: &Value, want: StatusCode, code: &str) {
@@ -851,5 +852,97 @@ async fn job_deployments_queue_purge_and_refuse_bad_input(backend: Backend) {
         .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(verda.get("/job-deployments").await, json!([]));
+    server.stop().await;
+}
+
+/// Changes made at once are each kept (each is made on what the others
+/// left, never on a stale read), and limits checked by counting hold when
+/// many requests race for the last places.
+async fn concurrent_changes_lose_nothing_and_limits_hold(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    add_fin_host(&server, "fin-c", "16xCPU-64GB").await;
+    let verda = Verda::login(&server, "default").await;
+    let (status, created) = verda
+        .json(
+            Method::POST,
+            "/container-deployments",
+            Some(deployment("busy", 0, 2)),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+
+    // Twelve variables added at once, and the compute changed meanwhile:
+    // every one of them is there after.
+    let adds = (0..12).map(|i| {
+        verda.json(
+            Method::POST,
+            "/container-deployments/busy/environment-variables",
+            Some(json!({"container_name": "random-logger-0",
+                        "env": [{"name": format!("VAR_{i}"), "value_or_reference_to_secret": i.to_string(), "type": "plain"}]})),
+        )
+    });
+    let patch = verda.json(
+        Method::PATCH,
+        "/container-deployments/busy",
+        Some(json!({"compute": {"name": "General Compute", "size": 2}})),
+    );
+    let (answers, patched) = tokio::join!(futures::future::join_all(adds), patch);
+    assert_eq!(patched.0, StatusCode::OK, "{}", patched.1);
+    for (status, body) in &answers {
+        assert_eq!(*status, StatusCode::OK, "{body}");
+    }
+    let env = verda
+        .get("/container-deployments/busy/environment-variables")
+        .await;
+    let names: Vec<&str> = env[0]["env"]
+        .as_array()
+        .expect("env")
+        .iter()
+        .filter_map(|v| v["name"].as_str())
+        .collect();
+    for i in 0..12 {
+        assert!(
+            names.contains(&format!("VAR_{i}").as_str()),
+            "VAR_{i} kept: {names:?}"
+        );
+    }
+    let now = verda.get("/container-deployments/busy").await;
+    assert_eq!(now["compute"]["size"], 2, "{now}");
+
+    // Inference keys: 100 per project, however many ask at once.
+    for i in 0..95 {
+        let (status, key) = server
+            .call(
+                Method::POST,
+                "/v1/inference-keys",
+                Some(&json!({"name": format!("k{i}")})),
+                TOKEN,
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{key}");
+    }
+    let names: Vec<String> = (0..12).map(|i| format!("late{i}")).collect();
+    let bodies: Vec<Value> = names.iter().map(|n| json!({"name": n})).collect();
+    let answers = futures::future::join_all(
+        bodies
+            .iter()
+            .map(|b| server.call(Method::POST, "/v1/inference-keys", Some(b), TOKEN)),
+    )
+    .await;
+    let made = answers
+        .iter()
+        .filter(|(s, _)| *s == StatusCode::CREATED)
+        .count();
+    assert_eq!(made, 5, "{answers:?}");
+    for (status, body) in &answers {
+        assert!(
+            *status == StatusCode::CREATED || *status == StatusCode::FORBIDDEN,
+            "{status}: {body}"
+        );
+    }
+    let (_, listed) = server
+        .call(Method::GET, "/v1/inference-keys", None, TOKEN)
+        .await;
+    assert_eq!(listed["items"].as_array().map(Vec::len), Some(100));
     server.stop().await;
 }
