@@ -244,6 +244,11 @@ pub struct InstanceObservation {
     /// What its persistent storage holds (not the host's disk).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub storage_used_bytes: Option<u64>,
+    /// How busy its CPUs were since the host last looked, in percent of
+    /// what it is given (its pinned CPUs, or its share of shared ones):
+    /// 100 is all of it. `None` until the host has looked twice.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_percent: Option<u32>,
 }
 
 /// A terminal's size, in characters.

@@ -105,6 +105,10 @@ pub struct Scaling {
 /// The largest deployment.
 pub const MAX_REPLICAS: u32 = 100;
 
+/// How far the replicas' CPU use may be from its target before the CPU
+/// trigger asks for a change (Kubernetes' default tolerance).
+pub const CPU_TOLERANCE: f64 = 0.1;
+
 impl Default for Scaling {
     /// Verda's defaults.
     fn default() -> Self {
@@ -123,13 +127,22 @@ impl Default for Scaling {
     }
 }
 
-/// What a deployment's front doors measured.
+/// What a deployment's front doors and its replicas' hosts measured.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Load {
     /// Requests waiting for a replica.
     pub waiting: u32,
     /// Requests a replica is answering.
     pub in_flight: u32,
+    /// How busy the running replicas' CPUs were: how many were measured,
+    /// and their average use in percent of what each is given.
+    pub cpu: Option<CpuUse>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CpuUse {
+    pub replicas: u32,
+    pub average_percent: u32,
 }
 
 /// A change of size the scaler is waiting out: since when (ms) it has
@@ -148,12 +161,32 @@ pub struct Decision {
 }
 
 /// How many replicas the load asks for, within the deployment's bounds:
-/// one per `threshold` requests waiting or in flight.
+/// one per `threshold` requests waiting or in flight, or, with the CPU
+/// trigger on and the replicas' average CPU use past its threshold, as
+/// many as bring it down to the threshold (as Kubernetes' horizontal
+/// autoscaler reckons: measured replicas times use over threshold),
+/// whichever is more. Near the threshold the CPU keeps the replicas there
+/// are; below it, the queue alone decides (down to zero).
 pub fn wanted(scaling: &Scaling, load: Load) -> u32 {
     let demand = f64::from(load.waiting.saturating_add(load.in_flight));
     let threshold = scaling.queue_load_threshold.max(0.01);
     let by_load = (demand / threshold).ceil().min(f64::from(MAX_REPLICAS)) as u32;
-    by_load.clamp(
+    let by_cpu = match (scaling.cpu_utilization, load.cpu) {
+        (Some(target), Some(cpu)) if target > 0 && cpu.replicas > 0 => {
+            let ratio = f64::from(cpu.average_percent) / f64::from(target);
+            if ratio > 1.0 + CPU_TOLERANCE {
+                (f64::from(cpu.replicas) * ratio)
+                    .ceil()
+                    .min(f64::from(MAX_REPLICAS)) as u32
+            } else if ratio >= 1.0 - CPU_TOLERANCE {
+                cpu.replicas
+            } else {
+                0
+            }
+        }
+        _ => 0,
+    };
+    by_load.max(by_cpu).clamp(
         scaling.min_replicas,
         scaling.max_replicas.max(scaling.min_replicas),
     )
@@ -221,7 +254,45 @@ mod tests {
     }
 
     fn load(waiting: u32, in_flight: u32) -> Load {
-        Load { waiting, in_flight }
+        Load {
+            waiting,
+            in_flight,
+            cpu: None,
+        }
+    }
+
+    #[test]
+    fn with_its_trigger_on_busy_cpus_ask_for_more_replicas() {
+        let cpu = |replicas, average_percent| Load {
+            cpu: Some(CpuUse {
+                replicas,
+                average_percent,
+            }),
+            ..Load::default()
+        };
+        let off = scaling(1, 10);
+        assert_eq!(wanted(&off, cpu(2, 100)), 1, "the trigger is off");
+        let on = Scaling {
+            cpu_utilization: Some(50),
+            ..off.clone()
+        };
+        assert_eq!(
+            wanted(&on, cpu(2, 100)),
+            4,
+            "2 replicas at twice the target"
+        );
+        assert_eq!(wanted(&on, cpu(4, 52)), 4, "near enough the target");
+        assert_eq!(wanted(&on, cpu(4, 10)), 1, "idle: the queue decides");
+        let to_zero = Scaling {
+            min_replicas: 0,
+            ..on.clone()
+        };
+        assert_eq!(wanted(&to_zero, cpu(2, 5)), 0, "down to zero");
+        assert_eq!(wanted(&on, cpu(9, 100)), 10, "never past the most");
+        // The queue may ask for more than the CPU does.
+        let mut both = cpu(1, 60);
+        both.waiting = 6;
+        assert_eq!(wanted(&on, both), 6);
     }
 
     #[test]

@@ -65,6 +65,8 @@ pub struct InstanceUsage {
     pub detail: Option<String>,
     pub memory_used_bytes: Option<u64>,
     pub storage_used_bytes: Option<u64>,
+    /// How busy its CPUs were since the host's previous look (percent).
+    pub cpu_percent: Option<u32>,
     pub observed_at: String,
 }
 
@@ -328,9 +330,11 @@ impl Store {
             .map(|u| {
                 (
                     "INSERT INTO instance_usage (instance_id, running, detail, memory_used_bytes, \
-                     storage_used_bytes, observed_at) VALUES ($1, $2, $3, $4, $5, $6) \
+                     storage_used_bytes, observed_at, cpu_percent) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7) \
                      ON CONFLICT (instance_id) DO UPDATE SET running = $2, detail = $3, \
-                     memory_used_bytes = $4, storage_used_bytes = $5, observed_at = $6"
+                     memory_used_bytes = $4, storage_used_bytes = $5, observed_at = $6, \
+                     cpu_percent = $7"
                         .to_string(),
                     vec![
                         (&u.instance_id).into(),
@@ -339,6 +343,7 @@ impl Store {
                         bytes(u.memory_used_bytes).into(),
                         bytes(u.storage_used_bytes).into(),
                         (&u.observed_at).into(),
+                        u.cpu_percent.map(i64::from).into(),
                     ],
                 )
             })
@@ -357,21 +362,23 @@ impl Store {
             Option<i64>,
             Option<i64>,
             String,
+            Option<i64>,
         );
         let row: Option<Row> = self
             .fetch_optional(
                 "SELECT instance_id, running, detail, memory_used_bytes, storage_used_bytes, \
-                 observed_at FROM instance_usage WHERE instance_id = $1",
+                 observed_at, cpu_percent FROM instance_usage WHERE instance_id = $1",
                 &[instance_id.into()],
             )
             .await?;
         Ok(row.map(
-            |(instance_id, running, detail, memory, storage, observed_at)| InstanceUsage {
+            |(instance_id, running, detail, memory, storage, observed_at, cpu)| InstanceUsage {
                 instance_id,
                 running: running != 0,
                 detail,
                 memory_used_bytes: memory.and_then(|n| u64::try_from(n).ok()),
                 storage_used_bytes: storage.and_then(|n| u64::try_from(n).ok()),
+                cpu_percent: cpu.and_then(|n| u32::try_from(n).ok()),
                 observed_at,
             },
         ))

@@ -382,6 +382,30 @@ impl Store {
         Ok(row.map_or((0, None), |r| (r.n, r.last)))
     }
 
+    /// How busy each running replica of a deployment's generation was
+    /// (percent of its CPUs), as its host observed since `since`.
+    pub async fn replicas_cpu(
+        &self,
+        deployment_id: &str,
+        generation: i64,
+        since: &str,
+    ) -> Result<Vec<u32>> {
+        let rows: Vec<(i64,)> = self
+            .fetch_all(
+                "SELECT u.cpu_percent FROM deployment_replicas r \
+                 JOIN instances i ON i.id = r.instance_id \
+                 JOIN instance_usage u ON u.instance_id = r.instance_id \
+                 WHERE r.deployment_id = $1 AND r.generation = $2 AND i.state = 'running' \
+                 AND u.running = 1 AND u.cpu_percent IS NOT NULL AND u.observed_at >= $3",
+                &[deployment_id.into(), generation.into(), since.into()],
+            )
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(p,)| u32::try_from(p).unwrap_or(0))
+            .collect())
+    }
+
     /// The deployment a replica instance serves, if it is one.
     pub async fn replica_deployment(&self, instance_id: &str) -> Result<Option<String>> {
         #[derive(sqlx::FromRow)]

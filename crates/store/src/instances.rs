@@ -929,6 +929,26 @@ fn free_unshared(host_id: Option<&str>) -> (String, Vec<Arg>) {
     )
 }
 
+impl Store {
+    /// Sets the detail of an instance still being made on `host_id` (how
+    /// far its image's pull got): nothing else of it changes, and an
+    /// instance past provisioning keeps its own.
+    pub async fn note_provisioning(&self, id: &str, host_id: &str, detail: &str) -> Result<()> {
+        self.run_statements(
+            "note_provisioning",
+            vec![(
+                "UPDATE instances SET state_detail = $3 WHERE id = $1 AND host_id = $2 \
+                 AND state = 'provisioning' AND (state_detail IS NULL OR state_detail <> $3)"
+                    .into(),
+                vec![id.into(), host_id.into(), detail.into()],
+            )],
+            |_| true,
+        )
+        .await?;
+        Ok(())
+    }
+}
+
 /// Sets an instance's state; `operation` is the operation still under way
 /// on it, or `None` when none is.
 fn instance_set(

@@ -562,6 +562,7 @@ impl InstanceRuntime for SimHost {
                 detail: None,
                 memory_used_bytes: None,
                 storage_used_bytes: None,
+                cpu_percent: None,
             })
             .collect();
         seen.sort_by(|a, b| a.id.cmp(&b.id));

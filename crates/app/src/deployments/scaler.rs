@@ -1,5 +1,6 @@
 //! The scaler: for each deployment, decides how many replicas it should
-//! have from the load every front door reported, then makes or deletes
+//! have from the load every front door reported (and, with the CPU trigger
+//! on, how busy its replicas' hosts saw them), then makes or deletes
 //! replicas until it has them. It runs every [`PERIOD`], and at once when
 //! a front door or a change of a deployment wakes it. Replicas of an older
 //! generation are deleted once the current one has all its replicas
@@ -15,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::time::Duration;
 use tessera_core::Role;
-use tessera_core::serverless::{Load, Pending, decide};
+use tessera_core::serverless::{CpuUse, Load, Pending, decide};
 use tessera_core::status::InstanceState;
 use tessera_store::{NewInstance, NewReplica, ReplicaRecord};
 
@@ -23,6 +24,9 @@ use tessera_store::{NewInstance, NewReplica, ReplicaRecord};
 pub const PERIOD: Duration = Duration::from_millis(500);
 /// Load reports older than this are stale (their process stopped).
 const FRESH_MS: i64 = 5_000;
+/// Replicas' CPU use observed longer ago than this is not counted (their
+/// host's heartbeats stopped).
+const CPU_FRESH_MS: i64 = 20_000;
 /// The longest wait between two attempts at a replica that keeps failing.
 const MAX_BACKOFF_MS: i64 = 60_000;
 
@@ -96,6 +100,7 @@ impl App {
                 Load {
                     waiting: u32::try_from(waiting).unwrap_or(u32::MAX),
                     in_flight: u32::try_from(in_flight).unwrap_or(u32::MAX),
+                    cpu: None,
                 },
             );
         }
@@ -108,7 +113,10 @@ impl App {
         for record in self.store.all_deployments().await? {
             let pending = record.pending.clone();
             let deployment = Deployment::try_from(record)?;
-            let load = loads.get(&deployment.id).copied().unwrap_or_default();
+            let mut load = loads.get(&deployment.id).copied().unwrap_or_default();
+            if deployment.scaling.cpu_utilization.is_some() {
+                load.cpu = self.replicas_cpu(&deployment, now_ms).await?;
+            }
             if let Err(err) = self.scale(&deployment, &pending, load, now_ms).await {
                 tracing::warn!(deployment = %deployment.name, error = %err, "scaling failed");
             }
@@ -204,6 +212,21 @@ impl App {
                 .await?;
         }
         Ok(())
+    }
+
+    /// How busy the current generation's running replicas' CPUs were, as
+    /// their hosts observed lately.
+    async fn replicas_cpu(&self, d: &Deployment, now_ms: i64) -> Result<Option<CpuUse>> {
+        let since = chrono::DateTime::from_timestamp_millis(now_ms - CPU_FRESH_MS)
+            .map(tessera_store::timestamp)
+            .unwrap_or_default();
+        let seen = self.store.replicas_cpu(&d.id, d.generation, &since).await?;
+        let replicas = seen.len() as u32;
+        Ok((replicas > 0).then(|| CpuUse {
+            replicas,
+            average_percent: (seen.iter().map(|p| u64::from(*p)).sum::<u64>() / u64::from(replicas))
+                as u32,
+        }))
     }
 
     /// How long to wait before another replica, when the current

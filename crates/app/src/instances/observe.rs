@@ -37,10 +37,18 @@ impl App {
                 detail: o.detail.clone(),
                 memory_used_bytes: o.memory_used_bytes,
                 storage_used_bytes: o.storage_used_bytes,
+                cpu_percent: o.cpu_percent,
                 observed_at: at.clone(),
             })
             .collect();
         self.store.record_instance_usage(&usage).await?;
+        // What a host says of an instance it is still making (its image's
+        // pull, say) is its status's detail until it runs.
+        for o in observed.iter().filter(|o| !o.running) {
+            if let Some(detail) = &o.detail {
+                self.store.note_provisioning(&o.id, host_id, detail).await?;
+            }
+        }
         let settled = tessera_store::timestamp(chrono::Utc::now() - SETTLING);
         for observation in observed.into_iter().filter(|o| !o.running) {
             let Some(instance) = self.stored_instance(&observation.id).await? else {

@@ -62,6 +62,12 @@ async fn push_app(
                  echo \"host=$(hostname)\"\n",
             ),
             (
+                "www/cgi-bin/spin",
+                0o755,
+                "#!/bin/sh\n(timeout \"${QUERY_STRING:-5}\" sh -c 'while :; do :; done') </dev/null >/dev/null 2>&1 &\n\
+                 printf 'Content-Type: text/plain\\r\\n\\r\\n'\necho spinning\n",
+            ),
+            (
                 "www/cgi-bin/slow",
                 0o755,
                 "#!/bin/sh\nsleep \"${QUERY_STRING:-1}\"\nprintf 'Content-Type: text/plain\\r\\n\\r\\n'\necho \"done by $(hostname)\"\n",
@@ -374,6 +380,38 @@ async fn a_deployment_scales_from_zero_serves_its_secrets_and_goes_back_to_zero(
     let (status, body, warm_cold) = call(&format!("{endpoint}/"), &key).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     eprintln!("cold start, image cached: {} ms", warm_cold.as_millis());
+
+    // The CPU trigger: a replica kept busy past the threshold brings a
+    // second one (the queue alone would not), and at rest the deployment
+    // goes back to its least.
+    let (status, answer) = verda
+        .json(
+            Method::PATCH,
+            "/container-deployments/echo/scaling",
+            Some(json!({"min_replica_count": 1, "max_replica_count": 2,
+                        "scaling_triggers": {"queue_load": {"threshold": 100},
+                                             "cpu_utilization": {"enabled": true, "threshold": 40}}})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(
+        answer["scaling_triggers"]["cpu_utilization"]["enabled"],
+        true
+    );
+    let (status, body, _) = call(&format!("{endpoint}/cgi-bin/spin?25"), &key).await;
+    assert_eq!((status, body.trim()), (StatusCode::OK, "spinning"));
+    eventually(
+        Duration::from_secs(25),
+        "a second replica for a busy CPU",
+        || async { (replicas(&verda, "echo").await.len() == 2).then_some(()) },
+    )
+    .await;
+    eventually(
+        Duration::from_secs(60),
+        "back to one replica at rest",
+        || async { (replicas(&verda, "echo").await.len() == 1).then_some(()) },
+    )
+    .await;
 
     // Purge: with one replica busy, waiting requests are dropped.
     let (status, answer) = verda

@@ -555,6 +555,12 @@ pub struct ContainerDriver {
     /// adoption: the gateway's device, forwarding, the firewall's table and
     /// the DNS forwarder (held here while the driver lives).
     host_net: tokio::sync::Mutex<Option<dns::DnsForwarder>>,
+    /// Each running instance's CPU time when last observed, to tell how
+    /// busy it was since.
+    cpu_samples: Mutex<HashMap<String, CpuSample>>,
+    /// Instances waiting on their image's pull, and how far it got: what
+    /// the host reports of them until they run.
+    pulls: Mutex<HashMap<String, String>>,
 }
 
 impl ContainerDriver {
@@ -645,6 +651,8 @@ impl ContainerDriver {
             isolation,
             firewall,
             host_net: tokio::sync::Mutex::new(None),
+            cpu_samples: Mutex::new(HashMap::new()),
+            pulls: Mutex::new(HashMap::new()),
             runc,
             subnet,
             agent_tag,
@@ -1294,7 +1302,31 @@ impl ContainerDriver {
         }
         tracing::info!(image = %spec.image, %reference, "pulling the image on its first use");
         let name = spec.image.clone();
-        let mut progress = |p: Progress| tracing::info!(image = %name, progress = ?p, "pulling");
+        let mut told = PullProgress::new(reference);
+        // Told until the pull ends, however it ends (its future dropped
+        // included).
+        struct Telling<'a>(&'a Mutex<HashMap<String, String>>, &'a str);
+        impl Drop for Telling<'_> {
+            fn drop(&mut self) {
+                self.0
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(self.1);
+            }
+        }
+        let _telling = Telling(&self.pulls, &spec.id);
+        let say = |text: String| {
+            self.pulls
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(spec.id.clone(), text);
+        };
+        say(told.text());
+        let mut progress = |p: Progress| {
+            tracing::info!(image = %name, progress = ?p, "pulling");
+            told.add(&p);
+            say(told.text());
+        };
         let mut options = self.config.registry.clone();
         if let Some(login) = spec.workload.as_ref().and_then(|w| w.pull_login.clone()) {
             options.credentials = Some(login);
@@ -1707,15 +1739,43 @@ impl InstanceRuntime for ContainerDriver {
                 (rec, status, dir, cgroup)
             })
             .collect();
-        blocking(move || {
+        let mut observed: Vec<(InstanceObservation, Option<CpuSample>)> = blocking(move || {
             Ok(seen
                 .into_iter()
                 .map(|(rec, status, dir, cgroup)| {
-                    observe_one(&rec, status.as_deref(), &dir, &cgroup)
+                    let seen = observe_one(&rec, status.as_deref(), &dir, &cgroup);
+                    let sample = seen.running.then(|| cpu_sample(&cgroup)).flatten();
+                    (seen, sample)
                 })
                 .collect())
         })
-        .await
+        .await?;
+        // Those waiting on a pull have no record yet: their progress.
+        let pulls = self.pulls.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        for (id, text) in pulls {
+            if !observed.iter().any(|(o, _)| o.id == id) {
+                observed.push((
+                    InstanceObservation {
+                        id,
+                        running: false,
+                        detail: Some(text),
+                        memory_used_bytes: None,
+                        storage_used_bytes: None,
+                        cpu_percent: None,
+                    },
+                    None,
+                ));
+            }
+        }
+        let mut samples = self.cpu_samples.lock().unwrap_or_else(|p| p.into_inner());
+        samples.retain(|id, _| observed.iter().any(|(o, s)| &o.id == id && s.is_some()));
+        for (seen, sample) in &mut observed {
+            let Some(now) = sample else { continue };
+            if let Some(before) = samples.insert(seen.id.clone(), *now) {
+                seen.cpu_percent = now.busy_since(&before);
+            }
+        }
+        Ok(observed.into_iter().map(|(o, _)| o).collect())
     }
 
     async fn open_session(
@@ -1780,7 +1840,141 @@ fn observe_one(
         detail,
         memory_used_bytes: running.then(|| memory_used(cgroup)).flatten(),
         storage_used_bytes: storage::used_bytes(dir),
+        cpu_percent: None,
     }
+}
+
+/// How far an image's pull got, as an instance's status tells it.
+struct PullProgress {
+    reference: String,
+    layers: usize,
+    bytes: u64,
+    blobs_done: usize,
+    bytes_done: u64,
+    unpacking: bool,
+}
+
+impl PullProgress {
+    fn new(reference: &str) -> PullProgress {
+        PullProgress {
+            reference: reference.to_string(),
+            layers: 0,
+            bytes: 0,
+            blobs_done: 0,
+            bytes_done: 0,
+            unpacking: false,
+        }
+    }
+
+    fn add(&mut self, p: &Progress) {
+        match p {
+            Progress::Manifest { layers, bytes, .. } => {
+                self.layers = *layers;
+                self.bytes = *bytes;
+            }
+            Progress::Cached { bytes, .. } | Progress::Fetched { bytes, .. } => {
+                // The first is the image's config, not a layer.
+                if self.blobs_done > 0 {
+                    self.bytes_done += bytes;
+                }
+                self.blobs_done += 1;
+            }
+            Progress::Unpacking => self.unpacking = true,
+        }
+    }
+
+    /// `pulling image R: 2 of 3 layers, 41.2 of 80.0 MB`.
+    fn text(&self) -> String {
+        let mb = |b: u64| b as f64 / 1e6;
+        let what = match (self.unpacking, self.layers) {
+            (true, _) => "unpacking".to_string(),
+            (false, 0) => "reading its manifest".to_string(),
+            // The config blob comes first and is not a layer.
+            (false, layers) => format!(
+                "{} of {layers} layers, {:.1} of {:.1} MB",
+                self.blobs_done.saturating_sub(1).min(layers),
+                mb(self.bytes_done.min(self.bytes)),
+                mb(self.bytes)
+            ),
+        };
+        format!("pulling image {}: {what}", self.reference)
+    }
+}
+
+/// An instance's CPU time at a moment, and how much CPU it is given.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct CpuSample {
+    used_us: u64,
+    at: std::time::Instant,
+    /// Its CPUs' worth, in thousandths of a CPU.
+    given_millis: u64,
+}
+
+impl CpuSample {
+    /// How busy it was between `before` and this sample, in percent of
+    /// what it is given.
+    fn busy_since(&self, before: &CpuSample) -> Option<u32> {
+        let wall_us = self.at.checked_duration_since(before.at)?.as_micros() as u64;
+        let used_us = self.used_us.checked_sub(before.used_us)?;
+        let capacity_us = wall_us.checked_mul(self.given_millis)? / 1000;
+        (capacity_us > 0).then(|| u32::try_from(used_us * 100 / capacity_us).unwrap_or(u32::MAX))
+    }
+}
+
+/// A running instance's CPU time and what it is given, from its cgroup:
+/// `cpuacct.usage`, the CFS quota and the cpuset in cgroup v1, `cpu.stat`,
+/// `cpu.max` and the effective cpuset in v2.
+fn cpu_sample(cgroup: &str) -> Option<CpuSample> {
+    let read = |path: String| fs::read_to_string(path).ok();
+    let v1 = read(format!("/sys/fs/cgroup/cpuacct{cgroup}/cpuacct.usage"))
+        .and_then(|ns| ns.trim().parse::<u64>().ok())
+        .map(|ns| ns / 1000);
+    let at = std::time::Instant::now();
+    let (used_us, quota, cpus) = match v1 {
+        Some(used_us) => {
+            let quota = read(format!("/sys/fs/cgroup/cpu{cgroup}/cpu.cfs_quota_us"))
+                .zip(read(format!(
+                    "/sys/fs/cgroup/cpu{cgroup}/cpu.cfs_period_us"
+                )))
+                .and_then(|(q, p)| {
+                    Some((q.trim().parse::<i64>().ok()?, p.trim().parse::<i64>().ok()?))
+                });
+            let cpus = read(format!("/sys/fs/cgroup/cpuset{cgroup}/cpuset.cpus"));
+            (used_us, quota, cpus)
+        }
+        None => {
+            let stat = read(format!("/sys/fs/cgroup{cgroup}/cpu.stat"))?;
+            let used_us = stat.lines().find_map(|l| {
+                l.strip_prefix("usage_usec ")
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+            })?;
+            let quota = read(format!("/sys/fs/cgroup{cgroup}/cpu.max")).and_then(|m| {
+                let mut parts = m.split_whitespace();
+                let quota = parts.next()?.parse::<i64>().ok()?;
+                Some((quota, parts.next()?.parse::<i64>().ok()?))
+            });
+            let cpus = read(format!("/sys/fs/cgroup{cgroup}/cpuset.cpus.effective"));
+            (used_us, quota, cpus)
+        }
+    };
+    let pinned = cpus
+        .and_then(|c| tessera_core::cpuset::CpuSet::parse_list(c.trim()).ok())
+        .map_or(0, |set| set.len() as u64);
+    let given_millis = match quota {
+        Some((quota, period)) if quota > 0 && period > 0 => {
+            let share = (quota as u64).saturating_mul(1000) / period as u64;
+            match pinned {
+                0 => share,
+                n => share.min(n * 1000),
+            }
+        }
+        _ => pinned * 1000,
+    };
+    (given_millis > 0).then_some(CpuSample {
+        used_us,
+        at,
+        given_millis,
+    })
 }
 
 /// The memory a cgroup's processes use now: `memory.usage_in_bytes` in

@@ -336,7 +336,18 @@ async fn an_instance_pulls_its_image_on_first_use() {
         )
         .await
         .expect("push");
-    f.config.registry.plain_http = vec![registry.addr.clone()];
+    // A registry that takes connections and never answers.
+    let hung = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let hung_addr = hung.local_addr().expect("addr").to_string();
+    let held = tokio::spawn(async move {
+        let mut kept = Vec::new();
+        while let Ok((c, _)) = hung.accept().await {
+            kept.push(c);
+        }
+    });
+    f.config.registry.plain_http = vec![registry.addr.clone(), hung_addr.clone()];
     let driver = super::ContainerDriver::new(f.config.clone()).expect("driver");
     let _cleanup = Cleanup {
         state_dir: f.config.state_dir.clone(),
@@ -376,6 +387,34 @@ async fn an_instance_pulls_its_image_on_first_use() {
     third.image = "nowhere".into();
     let e = driver.create(&third).await.expect_err("no such image");
     assert!(e.to_string().contains("tessera image pull"), "{e}");
+    // While its image is pulled, an instance's observation says how far
+    // the pull got; once the pull is given up, nothing is said of it.
+    let mut fourth = spec(&f, "r4", "r4");
+    fourth.image = "stuck".into();
+    let stuck = format!("{hung_addr}/slow/app:v1");
+    fourth.image_ref = Some(stuck.clone());
+    let mut create = Box::pin(driver.create(&fourth));
+    let seen = tokio::select! {
+        made = &mut create => panic!("a registry that never answers made {made:?}"),
+        seen = async {
+            loop {
+                let all = driver.observe().await.expect("observe");
+                if let Some(o) = all.into_iter().find(|o| o.id == "r4") {
+                    break o;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        } => seen,
+    };
+    assert!(!seen.running, "{seen:?}");
+    assert_eq!(
+        seen.detail,
+        Some(format!("pulling image {stuck}: reading its manifest"))
+    );
+    drop(create);
+    let all = driver.observe().await.expect("observe");
+    assert!(all.iter().all(|o| o.id != "r4"), "{all:?}");
+    held.abort();
     for id in ["r1", "r2"] {
         driver.delete(id).await.expect("delete");
     }

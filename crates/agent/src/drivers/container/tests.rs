@@ -1017,6 +1017,26 @@ async fn persistent_storage_outlives_restarts_and_goes_with_the_instance() {
     let seen = observed(&driver, &s.id).await;
     assert!(seen.running && seen.detail.is_none(), "{seen:?}");
     assert!(seen.memory_used_bytes.is_some_and(|m| m > 0), "{seen:?}");
+    // How busy its CPU was since the last look: a spinning shell shows,
+    // and so does rest.
+    let (code, out) = in_instance(
+        &driver,
+        &s.id,
+        "timeout 2 sh -c 'while :; do :; done'; true",
+    )
+    .await;
+    assert_eq!(code, 0, "{out}");
+    let busy = observed(&driver, &s.id)
+        .await
+        .cpu_percent
+        .expect("measured");
+    assert!((30..=110).contains(&busy), "spinning: {busy}%");
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    let idle = observed(&driver, &s.id)
+        .await
+        .cpu_percent
+        .expect("measured");
+    assert!(idle < 20, "at rest: {idle}%");
     let used = seen.storage_used_bytes.expect("storage used");
     let (code, out) = in_instance(
         &driver,
@@ -1323,4 +1343,64 @@ async fn new_storage_starts_with_the_images_files_never_the_hosts() {
     let missing = bind("none", "/not/there");
     seed_from_image(&rootfs, &missing, None).await;
     assert_eq!(fs::read_dir(&missing.source).expect("dir").count(), 0);
+}
+
+#[test]
+fn a_pull_tells_how_far_it_got() {
+    let mut p = PullProgress::new("registry.example/app:v1");
+    assert_eq!(
+        p.text(),
+        "pulling image registry.example/app:v1: reading its manifest"
+    );
+    p.add(&Progress::Manifest {
+        digest: "sha256:m".into(),
+        layers: 2,
+        bytes: 3_000_000,
+    });
+    p.add(&Progress::Cached {
+        digest: "sha256:config".into(),
+        bytes: 900,
+    });
+    assert_eq!(
+        p.text(),
+        "pulling image registry.example/app:v1: 0 of 2 layers, 0.0 of 3.0 MB"
+    );
+    p.add(&Progress::Fetched {
+        digest: "sha256:l1".into(),
+        bytes: 1_000_000,
+    });
+    assert_eq!(
+        p.text(),
+        "pulling image registry.example/app:v1: 1 of 2 layers, 1.0 of 3.0 MB"
+    );
+    p.add(&Progress::Unpacking);
+    assert_eq!(p.text(), "pulling image registry.example/app:v1: unpacking");
+}
+
+#[test]
+fn cpu_use_is_a_share_of_what_an_instance_is_given() {
+    let at = std::time::Instant::now();
+    let before = CpuSample {
+        used_us: 1_000_000,
+        at,
+        given_millis: 500,
+    };
+    let later = |used_us, secs| CpuSample {
+        used_us,
+        at: at + std::time::Duration::from_secs(secs),
+        given_millis: 500,
+    };
+    // Half a CPU for two seconds is all of a half-CPU instance's share.
+    assert_eq!(later(2_000_000, 2).busy_since(&before), Some(100));
+    assert_eq!(later(1_250_000, 1).busy_since(&before), Some(50));
+    assert_eq!(
+        later(1_000_000, 0).busy_since(&before),
+        None,
+        "no time passed"
+    );
+    assert_eq!(
+        later(500, 1).busy_since(&before),
+        None,
+        "a counter that went back"
+    );
 }
