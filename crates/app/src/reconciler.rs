@@ -176,6 +176,19 @@ impl Task for OverdueUnits {
     }
 }
 
+/// Takes over the async requests of control-plane processes that stopped.
+struct RecoverRequests;
+
+impl Task for RecoverRequests {
+    const NAME: &'static str = "recover async requests";
+    fn period(_: &App) -> Duration {
+        Duration::from_secs(5)
+    }
+    async fn run(app: &App) -> Result<()> {
+        app.recover_async_requests().await
+    }
+}
+
 /// Forgets events older than their retention, and agents' answered
 /// scripts older than a day.
 struct Prune;
@@ -215,6 +228,7 @@ impl App {
             app.spawn_task::<PendingHosts>();
             app.spawn_task::<OverdueUnits>();
             app.spawn_task::<Prune>();
+            app.spawn_task::<RecoverRequests>();
             app.spawn_serverless();
         });
     }

@@ -33,7 +33,9 @@ use std::time::Duration;
 use tessera_app::deployments::DeploymentKind;
 use tessera_app::deployments::front_door::Slot;
 use tessera_app::deployments::jobs::StoredRequest;
-use tessera_app::deployments::requests::{AsyncRequest, AsyncStatus, MAX_ANSWER_BYTES};
+use tessera_app::deployments::requests::{
+    AsyncRequest, AsyncStatus, MAX_ANSWER_BYTES, RecoveredRequest,
+};
 use tessera_app::{App, Error};
 
 const PREFER: HeaderName = HeaderName::from_static("prefer");
@@ -53,13 +55,20 @@ pub fn router(app: App) -> Router {
         .pool_timer(TokioTimer::new())
         .pool_idle_timeout(Duration::from_secs(30))
         .build(connector);
+    let door = FrontDoor { app, replicas };
+    let runner = door.clone();
+    door.app
+        .run_recovered_requests_with(std::sync::Arc::new(move |recovered| {
+            let door = runner.clone();
+            tokio::spawn(async move { run_recovered(door, recovered).await });
+        }));
     Router::new()
         .route("/status/{name}", get(async_status))
         .route("/result/{name}", get(async_result))
         .route("/{name}", any(call_root))
         .route("/{name}/", any(call_root))
         .route("/{name}/{*rest}", any(call))
-        .with_state(FrontDoor { app, replicas })
+        .with_state(door)
 }
 
 async fn call_root(
@@ -207,24 +216,100 @@ async fn begin_async(
         Ok(body) => body,
         Err(err) => return refused(err),
     };
-    let id = match door.app.begin_async_request(&project, &name).await {
+    let stored = stored_request(parts.clone(), &rest, &body);
+    let id = match door.app.begin_async_request(&project, &name, &stored).await {
         Ok(id) => id,
         Err(err) => return refused(err),
     };
     let request = Request::from_parts(parts, Body::from(body));
     let (task, job, deployment) = (door.clone(), id.clone(), name.clone());
-    tokio::spawn(async move {
-        let (code, content_type, body) =
-            run_async(&task, &project, &job, &deployment, &rest, request).await;
-        if let Err(err) = task
-            .app
-            .async_request_done(&job, code, &content_type, &body)
-            .await
-        {
-            tracing::warn!(request = %job, error = %err, "an async request's answer was not kept");
-        }
-    });
+    tokio::spawn(async move { finish_async(task, project, job, deployment, rest, request).await });
     accepted(&id, &name)
+}
+
+/// Sends an async request and keeps its answer.
+async fn finish_async(
+    door: FrontDoor,
+    project: String,
+    id: String,
+    name: String,
+    rest: String,
+    request: Request,
+) {
+    let (code, content_type, body) = run_async(&door, &project, &id, &name, &rest, request).await;
+    if let Err(err) = door
+        .app
+        .async_request_done(&id, code, &content_type, &body)
+        .await
+    {
+        tracing::warn!(request = %id, error = %err, "an async request's answer was not kept");
+    }
+}
+
+/// Sends again an async request taken over from a process that stopped,
+/// rebuilt as it was asked.
+async fn run_recovered(door: FrontDoor, recovered: RecoveredRequest) {
+    let asked = &recovered.request;
+    let (path, query) = match asked.path.split_once('?') {
+        Some((path, query)) => (path, Some(query)),
+        None => (asked.path.as_str(), None),
+    };
+    let rest = path.trim_start_matches('/').to_string();
+    let mut builder = axum::http::Request::builder()
+        .method(asked.method.as_str())
+        .uri(match query {
+            Some(query) => format!("/{rest}?{query}"),
+            None => format!("/{rest}"),
+        });
+    for (name, value) in &asked.headers {
+        builder = builder.header(name, value);
+    }
+    let body = base64::engine::general_purpose::STANDARD
+        .decode(&asked.body)
+        .unwrap_or_default();
+    let request = match builder.body(Body::from(body)) {
+        Ok(request) => request,
+        Err(err) => {
+            tracing::warn!(request = %recovered.id, error = %err, "a recovered request could not be rebuilt");
+            return;
+        }
+    };
+    finish_async(
+        door,
+        recovered.project_id,
+        recovered.id,
+        recovered.deployment,
+        rest,
+        request,
+    )
+    .await;
+}
+
+/// A request as asked, kept to be sent later: less its hop-by-hop
+/// headers, the key and `Prefer`.
+fn stored_request(mut parts: axum::http::request::Parts, rest: &str, body: &[u8]) -> StoredRequest {
+    tessera_gateway::strip_hop_by_hop(&mut parts.headers);
+    for name in [
+        header::AUTHORIZATION,
+        header::HOST,
+        PREFER,
+        header::CONTENT_LENGTH,
+    ] {
+        parts.headers.remove(name);
+    }
+    StoredRequest {
+        method: parts.method.to_string(),
+        path: match parts.uri.query() {
+            Some(query) => format!("/{rest}?{query}"),
+            None => format!("/{rest}"),
+        },
+        headers: parts
+            .headers
+            .iter()
+            .filter_map(|(k, v)| Some((k.to_string(), v.to_str().ok()?.to_string())))
+            .collect(),
+        body: base64::engine::general_purpose::STANDARD.encode(body),
+    }
 }
 
 /// The whole body of a request that is kept to be sent later.
@@ -256,33 +341,12 @@ async fn begin_job(
     rest: String,
     request: Request,
 ) -> Response {
-    let (mut parts, body) = request.into_parts();
+    let (parts, body) = request.into_parts();
     let body = match kept_body(body).await {
         Ok(body) => body,
         Err(err) => return refused(err),
     };
-    tessera_gateway::strip_hop_by_hop(&mut parts.headers);
-    for name in [
-        header::AUTHORIZATION,
-        header::HOST,
-        PREFER,
-        header::CONTENT_LENGTH,
-    ] {
-        parts.headers.remove(name);
-    }
-    let stored = StoredRequest {
-        method: parts.method.to_string(),
-        path: match parts.uri.query() {
-            Some(query) => format!("/{rest}?{query}"),
-            None => format!("/{rest}"),
-        },
-        headers: parts
-            .headers
-            .iter()
-            .filter_map(|(k, v)| Some((k.to_string(), v.to_str().ok()?.to_string())))
-            .collect(),
-        body: base64::engine::general_purpose::STANDARD.encode(&body),
-    };
+    let stored = stored_request(parts, &rest, &body);
     match door.app.begin_job_request(&project, &name, &stored).await {
         Ok(id) => accepted(&id, &name),
         Err(err) => refused(err),

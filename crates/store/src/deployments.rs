@@ -46,6 +46,8 @@ pub struct ReplicaRecord {
     pub state_detail: Option<String>,
     pub private_ip: String,
     pub host_id: Option<String>,
+    /// Since when (ms) it is let go: no new requests; 0: it serves.
+    pub draining_ms: i64,
 }
 
 /// A replica to record with its instance: refused when its deployment
@@ -349,7 +351,7 @@ impl Store {
     pub async fn deployment_replicas(&self, deployment_id: &str) -> Result<Vec<ReplicaRecord>> {
         self.fetch_all(
             "SELECT r.instance_id, r.generation, r.created_at, i.state, i.state_detail, \
-             i.private_ip, i.host_id FROM deployment_replicas r \
+             i.private_ip, i.host_id, r.draining_ms FROM deployment_replicas r \
              JOIN instances i ON i.id = r.instance_id \
              WHERE r.deployment_id = $1 AND i.state <> 'terminated' \
              ORDER BY r.created_at, r.instance_id",
@@ -421,14 +423,49 @@ impl Store {
         Ok(row.map(|r| r.deployment_id))
     }
 
+    /// Lets a replica go (`since_ms`: from then it gets no new requests)
+    /// or, with 0, has it serve again.
+    pub async fn set_replica_draining(&self, instance_id: &str, since_ms: i64) -> Result<()> {
+        self.run_statements(
+            "set_replica_draining",
+            vec![(
+                "UPDATE deployment_replicas SET draining_ms = $2 WHERE instance_id = $1".into(),
+                vec![instance_id.into(), since_ms.into()],
+            )],
+            |_| true,
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// The replicas of a deployment that some front door reported having
+    /// requests in flight to, since `since_ms`.
+    pub async fn busy_replicas(
+        &self,
+        deployment_id: &str,
+        since_ms: i64,
+    ) -> Result<std::collections::HashSet<String>> {
+        let rows: Vec<(String,)> = self
+            .fetch_all(
+                "SELECT busy FROM deployment_load WHERE deployment_id = $1 AND updated_ms >= $2",
+                &[deployment_id.into(), since_ms.into()],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .flat_map(|(busy,)| busy.split(',').filter(|r| !r.is_empty()))
+            .map(str::to_string)
+            .collect())
+    }
+
     /// What this control-plane replica's front door measured of a
-    /// deployment's queue.
+    /// deployment's queue, and the replicas it has requests in flight to.
     pub async fn report_deployment_load(
         &self,
         deployment_id: &str,
         replica: &str,
-        waiting: i64,
-        in_flight: i64,
+        (waiting, in_flight): (i64, i64),
+        busy: &[String],
         at_ms: i64,
     ) -> Result<()> {
         let args: Vec<Arg> = vec![
@@ -437,14 +474,15 @@ impl Store {
             waiting.into(),
             in_flight.into(),
             at_ms.into(),
+            busy.join(",").into(),
         ];
         self.run_statements(
             "report_deployment_load",
             vec![(
-                "INSERT INTO deployment_load (deployment_id, replica, waiting, in_flight, updated_ms) \
-                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (deployment_id, replica) DO UPDATE SET \
+                "INSERT INTO deployment_load (deployment_id, replica, waiting, in_flight, updated_ms, busy) \
+                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (deployment_id, replica) DO UPDATE SET \
                  waiting = excluded.waiting, in_flight = excluded.in_flight, \
-                 updated_ms = excluded.updated_ms"
+                 updated_ms = excluded.updated_ms, busy = excluded.busy"
                     .to_string(),
                 args,
             )],
@@ -577,13 +615,17 @@ pub struct InferenceRequestRecord {
     pub instance_id: Option<String>,
     /// When a job's request must have ended (0: not running).
     pub deadline_ms: i64,
+    /// The control-plane process sending an async request (its store's
+    /// [`Store::owner`]).
+    pub owner: String,
 }
 
 const REQUEST_COLUMNS: &str = "id, project_id, deployment_id, status, status_code, content_type, \
-     body, created_ms, updated_ms, request, instance_id, deadline_ms";
+     body, created_ms, updated_ms, request, instance_id, deadline_ms, owner";
 /// [`REQUEST_COLUMNS`] with the request and answer left empty.
 const LIGHT_REQUEST_COLUMNS: &str = "id, project_id, deployment_id, status, status_code, \
-     content_type, '' AS body, created_ms, updated_ms, '' AS request, instance_id, deadline_ms";
+     content_type, '' AS body, created_ms, updated_ms, '' AS request, instance_id, deadline_ms, \
+     owner";
 
 impl Store {
     /// Records a request unless its deployment has `limit` open already
@@ -603,7 +645,7 @@ impl Store {
                 vec![(
                     format!(
                         "INSERT INTO inference_requests ({REQUEST_COLUMNS}) \
-                     SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12 \
+                     SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $14 \
                      WHERE (SELECT COUNT(*) FROM inference_requests WHERE deployment_id = $3 \
                             AND status IN ('Queue', 'Starting', 'Inference')) < $13"
                     ),
@@ -621,7 +663,54 @@ impl Store {
                         r.instance_id.as_ref().into(),
                         r.deadline_ms.into(),
                         limit.into(),
+                        (&r.owner).into(),
                     ],
+                )],
+                |_| true,
+            )
+            .await?;
+        Ok(counts[0] == 1)
+    }
+
+    /// Async requests to container deployments whose process stopped
+    /// before answering them: those of another process that has not
+    /// reported its front door's load since `stale_ms` (while it has a
+    /// request waiting or in flight it reports every second), and this
+    /// process's own from before it started (`started_ms`), at most 100.
+    pub async fn orphaned_requests(
+        &self,
+        me: &str,
+        started_ms: i64,
+        stale_ms: i64,
+    ) -> Result<Vec<InferenceRequestRecord>> {
+        self.fetch_all(
+            &format!(
+                "SELECT {REQUEST_COLUMNS} FROM inference_requests r \
+                 WHERE r.status IN ('Queue', 'Inference') AND r.request <> '' \
+                 AND r.deployment_id IN (SELECT d.id FROM deployments d \
+                                         WHERE d.kind = 'container' AND d.deleting = 0) \
+                 AND ((r.owner = $1 AND r.updated_ms < $2) \
+                      OR (r.owner <> $1 AND r.updated_ms < $3 AND NOT EXISTS ( \
+                          SELECT 1 FROM deployment_load l WHERE l.deployment_id = r.deployment_id \
+                          AND l.replica = r.owner AND l.updated_ms >= $3))) \
+                 ORDER BY r.created_ms LIMIT 100"
+            ),
+            &[me.into(), started_ms.into(), stale_ms.into()],
+        )
+        .await
+    }
+
+    /// Takes an orphaned async request over from `from`, back in the
+    /// queue: whether this process got it (another may have first).
+    pub async fn claim_request(&self, id: &str, from: &str, me: &str, now_ms: i64) -> Result<bool> {
+        let counts = self
+            .run_statements(
+                "claim_request",
+                vec![(
+                    "UPDATE inference_requests SET owner = $3, status = 'Queue', updated_ms = $4 \
+                     WHERE id = $1 AND owner = $2 AND status IN ('Queue', 'Inference')"
+                        .into(),
+                    vec![id.into(), from.into(), me.into(), now_ms.into()],
                 )],
                 |_| true,
             )

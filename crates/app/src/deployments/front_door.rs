@@ -8,7 +8,10 @@
 //! request that finds no replica wakes the scaler at once, so a deployment
 //! at zero starts a replica without waiting for the scaler's next pass.
 //! Replicas get requests only once their health check answers 200 (or,
-//! without one, once their port accepts connections).
+//! without one, once their port accepts connections), and none once the
+//! scaler lets them go (draining): the requests they have are answered,
+//! and each process reports which replicas it has requests in flight to,
+//! so that the scaler deletes a draining replica only once none has.
 
 use crate::App;
 use crate::error::{Error, Result};
@@ -34,6 +37,8 @@ pub const MAX_WAITING: usize = 10_000;
 #[derive(Default)]
 pub struct FrontDoor {
     queues: Mutex<HashMap<String, Arc<Queue>>>,
+    /// Sends the async requests this process takes over.
+    pub(crate) runner: std::sync::OnceLock<super::requests::AsyncRunner>,
 }
 
 struct Queue {
@@ -53,8 +58,8 @@ struct QueueState {
     backends: Vec<Backend>,
     concurrency: u32,
     last_used: Option<Instant>,
-    /// What was last reported, and when.
-    reported: Option<((u32, u32), Instant)>,
+    /// What was last reported (the load, the busy replicas), and when.
+    reported: Option<((u32, u32), Vec<String>, Instant)>,
 }
 
 /// Where a replica's health is asked: a port and a path.
@@ -68,6 +73,8 @@ struct Backend {
     healthy: bool,
     checked: Option<Instant>,
     in_flight: u32,
+    /// Let go by the scaler: no new requests.
+    draining: bool,
 }
 
 /// A replica's room for one request, given back when dropped.
@@ -114,6 +121,18 @@ impl Drop for Ticket<'_> {
 impl Queue {
     fn lock(&self) -> std::sync::MutexGuard<'_, QueueState> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The replicas with requests in flight from here, sorted.
+    fn busy(state: &QueueState) -> Vec<String> {
+        let mut busy: Vec<String> = state
+            .backends
+            .iter()
+            .filter(|b| b.in_flight > 0)
+            .map(|b| b.replica.clone())
+            .collect();
+        busy.sort();
+        busy
     }
 
     fn load(state: &QueueState) -> (u32, u32) {
@@ -170,6 +189,18 @@ impl FrontDoor {
                 (q.deployment_id.clone(), waiting, in_flight)
             })
             .collect()
+    }
+
+    /// The replicas of a deployment this process has requests in flight
+    /// to.
+    pub fn busy(&self, deployment_id: &str) -> Vec<String> {
+        let queue = self
+            .queues
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(deployment_id)
+            .cloned();
+        queue.map_or_else(Vec::new, |q| Queue::busy(&q.lock()))
     }
 
     fn active(&self) -> Vec<Arc<Queue>> {
@@ -238,7 +269,7 @@ impl App {
                 let free: u32 = state
                     .backends
                     .iter()
-                    .filter(|b| b.healthy)
+                    .filter(|b| b.healthy && !b.draining)
                     .map(|b| concurrency.saturating_sub(b.in_flight))
                     .sum();
                 let place = state.waiting.iter().position(|t| *t == number).unwrap_or(0);
@@ -247,7 +278,7 @@ impl App {
                     let backend = state
                         .backends
                         .iter_mut()
-                        .filter(|b| b.healthy && b.in_flight < concurrency)
+                        .filter(|b| b.healthy && !b.draining && b.in_flight < concurrency)
                         .min_by_key(|b| b.in_flight);
                     if let Some(backend) = backend {
                         backend.in_flight += 1;
@@ -297,14 +328,17 @@ impl App {
                 .first()
                 .map(|c| (c.exposed_port, c.healthcheck.clone()));
             let replicas = self.replicas_of(&deployment).await?;
-            let wanted: Vec<(String, SocketAddr, Option<HealthPath>)> = replicas
+            let wanted: Vec<(String, SocketAddr, Option<HealthPath>, bool)> = replicas
                 .iter()
-                .filter(|r| r.status == super::ReplicaStatus::Running)
+                .filter(|r| {
+                    r.status == super::ReplicaStatus::Running
+                        || (r.draining && r.status == super::ReplicaStatus::Terminating)
+                })
                 .filter_map(|r| {
                     let (port, check) = health.clone()?;
                     let addr = SocketAddr::new(r.address?.into(), port);
                     let probe = check.enabled.then(|| (check.port, check.path.clone()));
-                    Some((r.id.clone(), addr, probe))
+                    Some((r.id.clone(), addr, probe, r.draining))
                 })
                 .collect();
             let to_probe = {
@@ -314,18 +348,23 @@ impl App {
                 state.backends.retain(|b| {
                     wanted
                         .iter()
-                        .any(|(id, addr, _)| *id == b.replica && *addr == b.addr)
+                        .any(|(id, addr, _, _)| *id == b.replica && *addr == b.addr)
                 });
-                for (id, addr, probe) in &wanted {
-                    if !state.backends.iter().any(|b| &b.replica == id) {
-                        state.backends.push(Backend {
+                for (id, addr, probe, draining) in &wanted {
+                    match state.backends.iter_mut().find(|b| &b.replica == id) {
+                        Some(b) => b.draining = *draining,
+                        // A replica let go before this process used it is
+                        // not taken up.
+                        None if *draining => {}
+                        None => state.backends.push(Backend {
                             replica: id.clone(),
                             addr: *addr,
                             health: probe.clone(),
                             healthy: false,
                             checked: None,
                             in_flight: 0,
-                        });
+                            draining: false,
+                        }),
                     }
                 }
                 state
@@ -351,23 +390,26 @@ impl App {
                     }
                 }
                 let load = Queue::load(&state);
-                let due = match state.reported {
-                    Some((last, at)) => last != load || at.elapsed() >= Duration::from_secs(1),
+                let busy = Queue::busy(&state);
+                let due = match &state.reported {
+                    Some((last, was_busy, at)) => {
+                        *last != load || *was_busy != busy || at.elapsed() >= Duration::from_secs(1)
+                    }
                     None => true,
                 };
                 if due {
-                    state.reported = Some((load, Instant::now()));
+                    state.reported = Some((load, busy.clone(), Instant::now()));
                 }
-                due.then_some(load)
+                due.then_some((load, busy))
             };
             queue.changed.notify_waiters();
-            if let Some((waiting, in_flight)) = load {
+            if let Some(((waiting, in_flight), busy)) = load {
                 self.store
                     .report_deployment_load(
                         &queue.deployment_id,
                         self.store.owner(),
-                        i64::from(waiting),
-                        i64::from(in_flight),
+                        (i64::from(waiting), i64::from(in_flight)),
+                        &busy,
                         now_ms,
                     )
                     .await?;

@@ -255,6 +255,9 @@ pub struct Replica {
     pub generation: i64,
     /// Its address in the cloud's network, once it has one.
     pub address: Option<std::net::Ipv4Addr>,
+    /// Let go by the scaler: it answers the requests it has, and gets no
+    /// more.
+    pub draining: bool,
 }
 
 impl TryFrom<DeploymentRecord> for Deployment {
@@ -289,6 +292,7 @@ impl TryFrom<DeploymentRecord> for Deployment {
 impl From<&ReplicaRecord> for ReplicaStatus {
     fn from(r: &ReplicaRecord) -> ReplicaStatus {
         match r.state.parse::<InstanceState>() {
+            Ok(InstanceState::Running) if r.draining_ms > 0 => ReplicaStatus::Terminating,
             Ok(InstanceState::Running) => ReplicaStatus::Running,
             Ok(InstanceState::Provisioning) => ReplicaStatus::Initializing,
             Ok(InstanceState::Stopping) => ReplicaStatus::Terminating,
@@ -1169,6 +1173,7 @@ impl App {
                 image: image.clone(),
                 generation: r.generation,
                 address: r.private_ip.parse().ok(),
+                draining: r.draining_ms > 0,
             })
             .collect())
     }

@@ -4,6 +4,7 @@
 //! for an hour, so any control-plane process answers `status` and
 //! `result` for it.
 
+use super::jobs::StoredRequest;
 use crate::App;
 use crate::error::{Error, Result};
 use base64::Engine;
@@ -37,6 +38,24 @@ impl AsyncStatus {
 }
 
 /// An async request, with its answer once it has one.
+/// An async request taken over from a process that stopped, to send.
+#[derive(Clone, Debug)]
+pub struct RecoveredRequest {
+    pub id: String,
+    pub project_id: String,
+    /// The deployment's name.
+    pub deployment: String,
+    pub request: StoredRequest,
+}
+
+/// How this process sends the requests it takes over.
+pub type AsyncRunner = std::sync::Arc<dyn Fn(RecoveredRequest) + Send + Sync>;
+
+/// A process that has not reported its front door's load for this long
+/// (it reports every second while it holds requests) stopped: its async
+/// requests are taken over.
+const ORPHANED_AFTER_MS: i64 = 15_000;
+
 #[derive(Clone, Debug)]
 pub struct AsyncRequest {
     pub id: String,
@@ -47,10 +66,65 @@ pub struct AsyncRequest {
 }
 
 impl App {
-    /// Records an async request for the deployment: its id.
-    pub async fn begin_async_request(&self, project_id: &str, name: &str) -> Result<String> {
+    /// Records an async request for the deployment, as asked (so that
+    /// another process can send it should this one stop first): its id.
+    pub async fn begin_async_request(
+        &self,
+        project_id: &str,
+        name: &str,
+        request: &StoredRequest,
+    ) -> Result<String> {
         let deployment = self.project_deployment(project_id, name).await?;
-        self.record_request(&deployment, String::new()).await
+        self.record_request(
+            &deployment,
+            serde_json::to_string(request).unwrap_or_default(),
+        )
+        .await
+    }
+
+    /// Has `runner` send the async requests this process takes over from
+    /// one that stopped (the front door's face registers it: it sends
+    /// requests to replicas).
+    pub fn run_recovered_requests_with(&self, runner: AsyncRunner) {
+        let _ = self.front_door.runner.set(runner);
+    }
+
+    /// Takes over the async requests of processes that stopped before
+    /// answering them (and this one's own from before it started), and
+    /// has them sent again: a request is answered at least once.
+    pub(crate) async fn recover_async_requests(&self) -> Result<()> {
+        let Some(runner) = self.front_door.runner.get() else {
+            return Ok(());
+        };
+        let now = tessera_store::now_ms();
+        let started_ms = now - i64::try_from(self.started.elapsed().as_millis()).unwrap_or(0);
+        let me = self.store.owner().to_string();
+        for orphan in self
+            .store
+            .orphaned_requests(&me, started_ms, now - ORPHANED_AFTER_MS)
+            .await?
+        {
+            let Some(deployment) = self.store.deployment_by_id(&orphan.deployment_id).await? else {
+                continue;
+            };
+            let Ok(request) = serde_json::from_str::<StoredRequest>(&orphan.request) else {
+                continue;
+            };
+            if self
+                .store
+                .claim_request(&orphan.id, &orphan.owner, &me, now)
+                .await?
+            {
+                tracing::info!(request = %orphan.id, deployment = %deployment.name, from = %orphan.owner, "an async request whose process stopped is sent again");
+                runner(RecoveredRequest {
+                    id: orphan.id,
+                    project_id: orphan.project_id,
+                    deployment: deployment.name,
+                    request,
+                });
+            }
+        }
+        Ok(())
     }
 
     /// Records a request to a deployment (a job's with what it asked, to
@@ -87,6 +161,7 @@ impl App {
                     request,
                     instance_id: None,
                     deadline_ms: 0,
+                    owner: self.store.owner().to_string(),
                 },
                 MAX_OPEN_REQUESTS,
             )

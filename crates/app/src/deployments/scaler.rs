@@ -3,9 +3,12 @@
 //! on, how busy its replicas' hosts saw them), then makes or deletes
 //! replicas until it has them. It runs every [`PERIOD`], and at once when
 //! a front door or a change of a deployment wakes it. Replicas of an older
-//! generation are deleted once the current one has all its replicas
+//! generation are let go once the current one has all its replicas
 //! running, so a change never leaves a deployment without replicas that
-//! answer. A deployment being deleted loses its replicas, then goes.
+//! answer. A replica let go drains: it gets no new requests and is deleted
+//! once every front door's requests to it are answered, so scaling down
+//! cuts no request short. A deployment being deleted loses its replicas
+//! at once, then goes.
 
 use super::{Deployment, host_image_name, workload_of};
 use crate::App;
@@ -27,6 +30,12 @@ const FRESH_MS: i64 = 5_000;
 /// Replicas' CPU use observed longer ago than this is not counted (their
 /// host's heartbeats stopped).
 const CPU_FRESH_MS: i64 = 20_000;
+/// How long a draining replica is kept at least: every front door sees it
+/// draining (and reports the requests it has in flight to it) well within.
+const DRAIN_SETTLE_MS: i64 = 1_500;
+/// The longest a replica drains: one whose requests never end is deleted
+/// then.
+const DRAIN_MAX_MS: i64 = 300_000;
 /// The longest wait between two attempts at a replica that keeps failing.
 const MAX_BACKOFF_MS: i64 = 60_000;
 
@@ -142,19 +151,32 @@ impl App {
         let state: ScaleState = serde_json::from_str(pending).unwrap_or_default();
         let (current, old): (Vec<&ReplicaRecord>, Vec<&ReplicaRecord>) =
             replicas.iter().partition(|r| r.generation == d.generation);
+        let (current, draining): (Vec<&ReplicaRecord>, Vec<&ReplicaRecord>) =
+            current.into_iter().partition(|r| r.draining_ms == 0);
         let have = current.len() as u32;
         let decision = decide(&d.scaling, have, load, d.paused, state.pending, now_ms);
         let mut blocked = None;
-        if have < decision.replicas {
+        let mut missing = decision.replicas.saturating_sub(have);
+        // Replicas being let go serve again before new ones are made.
+        for r in draining
+            .iter()
+            .filter(|r| r.state == InstanceState::Running.as_str())
+            .take(missing as usize)
+        {
+            self.store.set_replica_draining(&r.instance_id, 0).await?;
+            missing -= 1;
+        }
+        let limit = decision.replicas + draining.len() as u32;
+        if missing > 0 {
             match self.backoff(d, now_ms).await? {
                 Some(wait_ms) => {
                     tracing::debug!(deployment = %d.name, wait_ms, "replicas keep failing; waiting");
                     blocked = Some("failed".to_string());
                 }
                 None => {
-                    for _ in have..decision.replicas {
+                    for _ in 0..missing {
                         let id = crate::new_id("inst");
-                        match self.create_replica(&caller, d, id, decision.replicas).await {
+                        match self.create_replica(&caller, d, id, limit).await {
                             Ok(()) => {}
                             Err(Error::QuotaExceeded(_) | Error::Forbidden(_)) => {
                                 blocked = Some("quota".into());
@@ -186,7 +208,7 @@ impl App {
                 )
             });
             for r in surplus.iter().take((have - decision.replicas) as usize) {
-                self.retire_replica(&caller, r).await;
+                self.let_go(&caller, r, now_ms).await?;
             }
         }
         let running = current
@@ -195,9 +217,10 @@ impl App {
             .count() as u32;
         if !old.is_empty() && (running >= decision.replicas || decision.replicas == 0) {
             for r in &old {
-                self.retire_replica(&caller, r).await;
+                self.let_go(&caller, r, now_ms).await?;
             }
         }
+        self.end_drains(d, &caller, &replicas, now_ms).await?;
         let next = ScaleState {
             pending: decision.pending,
             blocked,
@@ -243,6 +266,52 @@ impl App {
         let wait = (500i64 << failures.min(7)).min(MAX_BACKOFF_MS);
         let left = last_ms + wait - now_ms;
         Ok((left > 0).then_some(left))
+    }
+
+    /// Lets a replica go: one that serves gets no new requests and is
+    /// deleted once it has answered those it has ([`App::end_drains`]);
+    /// any other is deleted now.
+    async fn let_go(&self, caller: &Principal, r: &ReplicaRecord, now_ms: i64) -> Result<()> {
+        if r.draining_ms > 0 {
+            return Ok(());
+        }
+        if r.state == InstanceState::Running.as_str() {
+            self.store
+                .set_replica_draining(&r.instance_id, now_ms)
+                .await?;
+        } else {
+            self.retire_replica(caller, r).await;
+        }
+        Ok(())
+    }
+
+    /// Deletes the draining replicas no front door has a request in flight
+    /// to (once every process had time to see them draining), and those
+    /// that drained for longer than [`DRAIN_MAX_MS`].
+    async fn end_drains(
+        &self,
+        d: &Deployment,
+        caller: &Principal,
+        replicas: &[ReplicaRecord],
+        now_ms: i64,
+    ) -> Result<()> {
+        let draining: Vec<&ReplicaRecord> = replicas.iter().filter(|r| r.draining_ms > 0).collect();
+        if draining.is_empty() {
+            return Ok(());
+        }
+        let mut busy = self.store.busy_replicas(&d.id, now_ms - FRESH_MS).await?;
+        busy.extend(self.front_door.busy(&d.id));
+        for r in draining {
+            let since = now_ms - r.draining_ms;
+            let done = since >= DRAIN_SETTLE_MS && !busy.contains(&r.instance_id);
+            if done || since >= DRAIN_MAX_MS {
+                if !done {
+                    tracing::info!(deployment = %d.name, replica = %r.instance_id, "a replica still busy after draining for long is deleted");
+                }
+                self.retire_replica(caller, r).await;
+            }
+        }
+        Ok(())
     }
 
     /// Deletes a replica; one still being made is left for a later pass.

@@ -332,6 +332,60 @@ async fn a_deployment_scales_from_zero_serves_its_secrets_and_goes_back_to_zero(
     assert_eq!(status, StatusCode::OK, "{result}");
     assert!(result.contains("API_TOKEN=tk_live_123"), "{result}");
 
+    // An async request whose control-plane process stopped before sending
+    // it is taken over and answered: rebuilt as it was asked.
+    let store = server.running.app.store();
+    let d = store
+        .all_deployments()
+        .await
+        .expect("deployments")
+        .into_iter()
+        .find(|d| d.name == "echo")
+        .expect("the deployment");
+    let long_ago = tessera_store::now_ms() - 60_000;
+    let orphan = tessera_store::InferenceRequestRecord {
+        id: "orphaned-request".into(),
+        project_id: d.project_id.clone(),
+        deployment_id: d.id.clone(),
+        status: "Queue".into(),
+        status_code: 0,
+        content_type: String::new(),
+        body: String::new(),
+        created_ms: long_ago,
+        updated_ms: long_ago,
+        request:
+            json!({"method": "GET", "path": "/cgi-bin/env?from=orphan", "headers": [], "body": ""})
+                .to_string(),
+        instance_id: None,
+        deadline_ms: 0,
+        owner: "a-process-that-stopped".into(),
+    };
+    assert!(
+        store
+            .insert_inference_request(&orphan, 100)
+            .await
+            .expect("insert")
+    );
+    let recovered = eventually(
+        Duration::from_secs(30),
+        "the orphaned request answered",
+        || async {
+            let r = store
+                .inference_request(&d.project_id, "orphaned-request")
+                .await
+                .expect("read")
+                .expect("kept");
+            (r.status == "Completed").then_some(r)
+        },
+    )
+    .await;
+    assert_eq!(recovered.status_code, 200, "{recovered:?}");
+    let answer = STANDARD.decode(&recovered.body).expect("base64");
+    assert!(
+        String::from_utf8_lossy(&answer).contains("API_TOKEN=tk_live_123"),
+        "{recovered:?}"
+    );
+
     // A burst of slow requests: a second replica, no more than the max.
     let burst: Vec<_> = (0..6)
         .map(|_| {
@@ -341,7 +395,13 @@ async fn a_deployment_scales_from_zero_serves_its_secrets_and_goes_back_to_zero(
         .collect();
     let mut most = 0;
     for _ in 0..40 {
-        most = most.max(replicas(&verda, "echo").await.len());
+        // (One let go before the burst may still be stopping.)
+        let serving = replicas(&verda, "echo")
+            .await
+            .iter()
+            .filter(|r| r["status"] != "terminating")
+            .count();
+        most = most.max(serving);
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     let mut served_by = std::collections::BTreeSet::new();
@@ -403,17 +463,25 @@ async fn a_deployment_scales_from_zero_serves_its_secrets_and_goes_back_to_zero(
     eventually(
         Duration::from_secs(25),
         "a second replica for a busy CPU",
-        || async { (replicas(&verda, "echo").await.len() == 2).then_some(()) },
+        || async {
+            let now = replicas(&verda, "echo").await;
+            (now.len() == 2 && now.iter().all(|r| r["status"] == "running")).then_some(())
+        },
     )
     .await;
-    eventually(
-        Duration::from_secs(60),
-        "back to one replica at rest",
-        || async { (replicas(&verda, "echo").await.len() == 1).then_some(()) },
-    )
-    .await;
-
-    // Purge: with one replica busy, waiting requests are dropped.
+    // Scaling down lets a replica go without cutting its requests short:
+    // with both replicas answering slow requests, the max drops to one;
+    // one replica drains (terminating), both requests are answered, then
+    // it goes.
+    // (The front door finds the new replica healthy within a moment.)
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let slow: Vec<_> = (0..2)
+        .map(|_| {
+            let (url, key) = (format!("{endpoint}/cgi-bin/slow?5"), key.clone());
+            tokio::spawn(async move { call(&url, &key).await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     let (status, answer) = verda
         .json(
             Method::PATCH,
@@ -422,7 +490,35 @@ async fn a_deployment_scales_from_zero_serves_its_secrets_and_goes_back_to_zero(
         )
         .await;
     assert_eq!(status, StatusCode::OK, "{answer}");
-    assert_eq!(answer["max_replica_count"], 1);
+    eventually(Duration::from_secs(10), "a replica draining", || async {
+        let now = replicas(&verda, "echo").await;
+        (now.len() == 2 && now.iter().any(|r| r["status"] == "terminating")).then_some(())
+    })
+    .await;
+    let mut served_by = std::collections::BTreeSet::new();
+    for request in slow {
+        let (status, body, _) = request.await.expect("request");
+        assert_eq!(
+            status,
+            StatusCode::OK,
+            "a draining replica's request is answered: {body}"
+        );
+        served_by.insert(body.trim().to_string());
+    }
+    assert_eq!(
+        served_by.len(),
+        2,
+        "one request on each replica: {served_by:?}"
+    );
+    eventually(
+        Duration::from_secs(30),
+        "the drained replica gone",
+        || async { (replicas(&verda, "echo").await.len() == 1).then_some(()) },
+    )
+    .await;
+
+    // Purge: with one replica busy (its max is one now), waiting requests
+    // are dropped.
     let busy = {
         let (url, key) = (format!("{endpoint}/cgi-bin/slow?4"), key.clone());
         tokio::spawn(async move { call(&url, &key).await })

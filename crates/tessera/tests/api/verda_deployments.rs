@@ -17,6 +17,7 @@ on_both_backends!(
     inference_keys_and_projects_guard_the_front_door,
     job_deployments_queue_purge_and_refuse_bad_input,
     concurrent_changes_lose_nothing_and_limits_hold,
+    async_requests_of_a_stopped_process_are_taken_over,
 );
 
 fn refused(status: StatusCode, body: &Value, want: StatusCode, code: &str) {
@@ -944,5 +945,102 @@ async fn concurrent_changes_lose_nothing_and_limits_hold(backend: Backend) {
         .call(Method::GET, "/v1/inference-keys", None, TOKEN)
         .await;
     assert_eq!(listed["items"].as_array().map(Vec::len), Some(100));
+    server.stop().await;
+}
+
+/// An async request whose control-plane process stopped (its front door
+/// no longer reports) is taken over by another process and queued again;
+/// one whose process still reports is left alone.
+async fn async_requests_of_a_stopped_process_are_taken_over(backend: Backend) {
+    use tessera_store::InferenceRequestRecord;
+    let server = TestServer::start(backend).await;
+    add_fin_host(&server, "fin-o", "16xCPU-64GB").await;
+    let verda = Verda::login(&server, "default").await;
+    let (status, created) = verda
+        .json(
+            Method::POST,
+            "/container-deployments",
+            Some(deployment("orphans", 0, 1)),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let store = server.running.app.store();
+    let d = store
+        .all_deployments()
+        .await
+        .expect("deployments")
+        .into_iter()
+        .find(|d| d.name == "orphans")
+        .expect("the deployment");
+    let now = tessera_store::now_ms();
+    let request = |id: &str, owner: &str| {
+        InferenceRequestRecord {
+        id: id.into(),
+        project_id: d.project_id.clone(),
+        deployment_id: d.id.clone(),
+        status: "Inference".into(),
+        status_code: 0,
+        content_type: String::new(),
+        body: String::new(),
+        created_ms: now - 60_000,
+        updated_ms: now - 60_000,
+        request: json!({"method": "POST", "path": "/predict?x=1", "headers": [["content-type", "application/json"]], "body": "e30="}).to_string(),
+        instance_id: None,
+        deadline_ms: 0,
+        owner: owner.into(),
+    }
+    };
+    for (id, owner) in [("req-gone", "process-gone"), ("req-alive", "process-alive")] {
+        assert!(
+            store
+                .insert_inference_request(&request(id, owner), 100)
+                .await
+                .expect("insert")
+        );
+    }
+    // The live process reports its front door's load; the other does not.
+    let reporting = async {
+        loop {
+            store
+                .report_deployment_load(
+                    &d.id,
+                    "process-alive",
+                    (0, 1),
+                    &[],
+                    tessera_store::now_ms(),
+                )
+                .await
+                .expect("report");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    };
+    let taken = async {
+        eventually(Duration::from_secs(30), "the orphan taken over", || async {
+            let r = store
+                .inference_request(&d.project_id, "req-gone")
+                .await
+                .expect("read")
+                .expect("kept");
+            (r.owner == store.owner()).then_some(r)
+        })
+        .await
+    };
+    let taken = tokio::select! {
+        taken = taken => taken,
+        () = reporting => unreachable!("reporting ends never"),
+    };
+    assert!(
+        taken.status == "Queue" || taken.status == "Inference",
+        "{taken:?}"
+    );
+    let alive = store
+        .inference_request(&d.project_id, "req-alive")
+        .await
+        .expect("read")
+        .expect("kept");
+    assert_eq!(
+        alive.owner, "process-alive",
+        "a live process keeps its request"
+    );
     server.stop().await;
 }
