@@ -270,7 +270,20 @@ async fn run_recovered(door: FrontDoor, recovered: RecoveredRequest) {
     let request = match builder.body(Body::from(body)) {
         Ok(request) => request,
         Err(err) => {
+            // Ended, saying why, rather than left waiting for ever.
             tracing::warn!(request = %recovered.id, error = %err, "a recovered request could not be rebuilt");
+            let (code, content, body) = error_outcome(Error::invalid(
+                "request",
+                format!("the request could not be sent again: {err}"),
+            ))
+            .await;
+            if let Err(err) = door
+                .app
+                .async_request_done(&recovered.id, code, &content, &body)
+                .await
+            {
+                tracing::warn!(request = %recovered.id, error = %err, "an async request's answer was not kept");
+            }
             return;
         }
     };
@@ -384,10 +397,6 @@ async fn run_async(
     rest: &str,
     request: Request,
 ) -> (u16, String, Vec<u8>) {
-    let failed = |err: Error| {
-        let answer = refused(err);
-        (answer.status().as_u16(), answer)
-    };
     let outcome = async {
         let slot = door.app.deployment_slot(project, name).await?;
         door.app.async_request_started(id).await?;
@@ -408,16 +417,21 @@ async fn run_async(
             content_type(&parts.headers),
             body.to_vec(),
         ),
-        Err(err) => {
-            let (code, answer) = failed(err);
-            let content = content_type(answer.headers());
-            let body = axum::body::to_bytes(answer.into_body(), MAX_ANSWER_BYTES)
-                .await
-                .map(|b| b.to_vec())
-                .unwrap_or_default();
-            (code, content, body)
-        }
+        Err(err) => error_outcome(err).await,
     }
+}
+
+/// What an async request that failed keeps: the error the front door
+/// would have answered.
+async fn error_outcome(err: Error) -> (u16, String, Vec<u8>) {
+    let answer = refused(err);
+    let code = answer.status().as_u16();
+    let content = content_type(answer.headers());
+    let body = axum::body::to_bytes(answer.into_body(), MAX_ANSWER_BYTES)
+        .await
+        .map(|b| b.to_vec())
+        .unwrap_or_default();
+    (code, content, body)
 }
 
 fn content_type(headers: &HeaderMap) -> String {

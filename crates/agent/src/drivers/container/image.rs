@@ -31,6 +31,13 @@ pub(super) struct ImageMeta {
     /// Where its process starts (`WorkingDir`); empty: `/`.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub workdir: String,
+    /// Pulled by the host for an instance that needed it (not imported or
+    /// pulled by the operator): collected once no instance uses it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub on_demand: bool,
+    /// The cached blobs it was made of, relative to the image directory.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub blobs: Vec<String>,
 }
 
 pub(super) fn validate_image_name(name: &str) -> Result<(), AgentError> {
@@ -59,12 +66,103 @@ pub(super) fn read_meta(image_dir: &Path, name: &str) -> Result<ImageMeta, Agent
     serde_json::from_slice(&text).map_err(|e| fail(format!("reading {}: {e}", path.display())))
 }
 
-/// Records where image `name` came from (`image.json`'s `source`).
-pub(super) fn set_source(image_dir: &Path, name: &str, source: &str) -> Result<(), AgentError> {
+/// Records where a pulled image came from (`image.json`'s `source`) and
+/// the cached blobs it was made of.
+pub(super) fn set_pulled(
+    image_dir: &Path,
+    name: &str,
+    source: &str,
+    blobs: &[PathBuf],
+) -> Result<(), AgentError> {
     let mut meta = read_meta(image_dir, name)?;
     meta.source = source.to_string();
+    meta.blobs = blobs
+        .iter()
+        .filter_map(|b| b.strip_prefix(image_dir).ok())
+        .map(|b| b.display().to_string())
+        .collect();
+    write_meta(image_dir, name, &meta)
+}
+
+/// Marks an image as pulled on an instance's demand.
+pub(super) fn set_on_demand(image_dir: &Path, name: &str) -> Result<(), AgentError> {
+    let mut meta = read_meta(image_dir, name)?;
+    meta.on_demand = true;
+    write_meta(image_dir, name, &meta)
+}
+
+/// Notes that an instance is being made from the image now (the mtime of
+/// `IMAGES/<name>/used`).
+pub(super) fn mark_used(image_dir: &Path, name: &str) {
+    let path = image_dir.join(name).join("used");
+    let touched = File::create(&path).and_then(|f| f.set_modified(std::time::SystemTime::now()));
+    if let Err(e) = touched {
+        tracing::debug!(path = %path.display(), error = %e, "marking an image used");
+    }
+}
+
+/// What a collection removed.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Collected {
+    pub images: Vec<String>,
+    pub blobs: usize,
+}
+
+/// Removes the images pulled on demand that no instance here uses
+/// (`in_use`) and none was made from for `unused_for`, then the cached
+/// blobs no image left was made of and none fetched for `unused_for` (a
+/// pull under way keeps its own: the caller holds pulls off meanwhile).
+pub fn collect_images(
+    image_dir: &Path,
+    in_use: &std::collections::HashSet<String>,
+    unused_for: std::time::Duration,
+) -> Result<Collected, AgentError> {
+    let now = std::time::SystemTime::now();
+    let idle = |path: &Path| {
+        fs::symlink_metadata(path)
+            .and_then(|m| m.modified())
+            .map_or(true, |t| {
+                now.duration_since(t).is_ok_and(|d| d >= unused_for)
+            })
+    };
+    let mut collected = Collected::default();
+    let mut kept_blobs = std::collections::HashSet::new();
+    for name in list_images(image_dir)? {
+        let meta = read_meta(image_dir, &name).unwrap_or_default();
+        let dir = image_dir.join(&name);
+        let unused =
+            !in_use.contains(&name) && idle(&dir.join("used")) && idle(&dir.join("image.json"));
+        if meta.on_demand && unused {
+            let trash = image_dir.join(format!(".gone-{name}-{:016x}", rand::random::<u64>()));
+            fs::rename(&dir, &trash).map_err(io_err("removing", &dir))?;
+            remove_all(&trash).map_err(io_err("removing", &trash))?;
+            collected.images.push(name);
+        } else {
+            kept_blobs.extend(meta.blobs.into_iter().map(|b| image_dir.join(b)));
+        }
+    }
+    let cache = image_dir.join(".blobs");
+    let mut dirs = vec![cache.join("sha256")];
+    if let Ok(scoped) = fs::read_dir(cache.join("scoped")) {
+        dirs.extend(scoped.flatten().map(|e| e.path().join("sha256")));
+    }
+    for dir in dirs {
+        let Ok(entries) = fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if !kept_blobs.contains(&path) && idle(&path) && fs::remove_file(&path).is_ok() {
+                collected.blobs += 1;
+            }
+        }
+    }
+    Ok(collected)
+}
+
+fn write_meta(image_dir: &Path, name: &str, meta: &ImageMeta) -> Result<(), AgentError> {
     let path = image_dir.join(name).join("image.json");
-    let json = serde_json::to_vec_pretty(&meta).map_err(|e| fail(e.to_string()))?;
+    let json = serde_json::to_vec_pretty(meta).map_err(|e| fail(e.to_string()))?;
     let tmp = path.with_extension("json.tmp");
     fs::write(&tmp, json).map_err(|e| fail(format!("writing {}: {e}", tmp.display())))?;
     fs::rename(&tmp, &path).map_err(|e| fail(format!("writing {}: {e}", path.display())))
@@ -508,6 +606,78 @@ mod tests {
         assert!(validate_image_name("../x").is_err());
         assert!(validate_image_name(".hidden").is_err());
         assert!(validate_image_name(&"a".repeat(65)).is_err());
+    }
+
+    #[test]
+    fn unused_pulled_images_and_their_blobs_are_collected() {
+        use std::collections::HashSet;
+        use std::time::{Duration, SystemTime};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let images = dir.path().join("images");
+        let tarball = dir.path().join("root.tar");
+        fs::write(&tarball, tar_of(&[("etc/", b""), ("etc/os", b"x")])).expect("w");
+        let blobs = images.join(".blobs/sha256");
+        let scoped = images.join(".blobs/scoped/p1/sha256");
+        fs::create_dir_all(&blobs).expect("blobs");
+        fs::create_dir_all(&scoped).expect("scoped");
+        let blob = |dir: &Path, name: &str| {
+            let path = dir.join(name);
+            fs::write(&path, name).expect("blob");
+            path
+        };
+        let shared = blob(&blobs, "shared");
+        let only_old = blob(&scoped, "only-old");
+        let in_use_blob = blob(&blobs, "in-use");
+        let stray = blob(&blobs, "stray");
+        let fresh = blob(&blobs, "fresh");
+        // Imported by the operator, pulled on demand and unused, pulled on
+        // demand and used by an instance, and pulled on demand lately.
+        for (name, on_demand, made_of) in [
+            ("operator", false, vec![]),
+            ("old", true, vec![shared.clone(), only_old.clone()]),
+            ("busy", true, vec![shared.clone(), in_use_blob.clone()]),
+            ("recent", true, vec![]),
+        ] {
+            import_image(&images, name, &tarball).expect("import");
+            set_pulled(&images, name, "registry/x:v1@sha256:0", &made_of).expect("pulled");
+            if on_demand {
+                set_on_demand(&images, name).expect("on demand");
+            }
+            mark_used(&images, name);
+        }
+        let long_ago = SystemTime::now() - Duration::from_secs(7200);
+        let age = |path: &Path| {
+            File::options()
+                .write(true)
+                .open(path)
+                .and_then(|f| f.set_modified(long_ago))
+                .expect("aged");
+        };
+        for name in ["operator", "old", "busy"] {
+            age(&images.join(name).join("used"));
+            age(&images.join(name).join("image.json"));
+        }
+        for path in [&shared, &only_old, &in_use_blob, &stray] {
+            age(path);
+        }
+        let in_use: HashSet<String> = ["busy".to_string()].into();
+        let collected =
+            collect_images(&images, &in_use, Duration::from_secs(3600)).expect("collect");
+        assert_eq!(collected.images, ["old"]);
+        assert_eq!(collected.blobs, 2, "its own blob and the stray one");
+        assert_eq!(
+            list_images(&images).expect("list"),
+            ["busy", "operator", "recent"]
+        );
+        assert!(
+            shared.exists() && in_use_blob.exists(),
+            "what busy is made of stays"
+        );
+        assert!(!only_old.exists() && !stray.exists());
+        assert!(
+            fresh.exists(),
+            "a blob fetched lately stays (a pull may need it)"
+        );
     }
 
     #[test]

@@ -124,6 +124,10 @@ pub struct ContainerConfig {
 
 /// The most processes an instance may have.
 const PIDS_LIMIT: i64 = 1024;
+/// How often unused pulled images are looked for.
+const IMAGE_GC_EVERY: Duration = Duration::from_secs(600);
+/// How long an image pulled for instances is kept once none uses it.
+const IMAGE_GC_UNUSED: Duration = Duration::from_secs(3600);
 /// The size of the root disk of an instance whose spec gives none.
 const DEFAULT_DISK_GB: u64 = 10;
 /// How long an instance has to stop after TERM before it gets KILL.
@@ -561,6 +565,8 @@ pub struct ContainerDriver {
     /// Instances waiting on their image's pull, and how far it got: what
     /// the host reports of them until they run.
     pulls: Mutex<HashMap<String, String>>,
+    /// Held shared by pulls, alone by the collection of unused images.
+    image_gc: tokio::sync::RwLock<Option<std::time::Instant>>,
 }
 
 impl ContainerDriver {
@@ -653,6 +659,7 @@ impl ContainerDriver {
             host_net: tokio::sync::Mutex::new(None),
             cpu_samples: Mutex::new(HashMap::new()),
             pulls: Mutex::new(HashMap::new()),
+            image_gc: tokio::sync::RwLock::new(None),
             runc,
             subnet,
             agent_tag,
@@ -1285,8 +1292,10 @@ impl ContainerDriver {
     /// an instance needs it, from the registry reference the catalog gives
     /// (through the agent's mirrors), one pull at a time per image.
     async fn ensure_image(&self, spec: &InstanceSpec) -> Result<(), AgentError> {
+        let _pulls = self.image_gc.read().await;
         let root = image::image_rootfs(&self.config.image_dir, &spec.image);
         if root.is_dir() {
+            image::mark_used(&self.config.image_dir, &spec.image);
             return Ok(());
         }
         let Some(reference) = &spec.image_ref else {
@@ -1298,6 +1307,7 @@ impl ContainerDriver {
         let lock = self.lock(&format!("image:{}", spec.image));
         let _held = lock.lock().await;
         if root.is_dir() {
+            image::mark_used(&self.config.image_dir, &spec.image);
             return Ok(());
         }
         tracing::info!(image = %spec.image, %reference, "pulling the image on its first use");
@@ -1340,8 +1350,34 @@ impl ContainerDriver {
             &mut progress,
         )
         .await?;
+        image::set_on_demand(&self.config.image_dir, &spec.image)?;
+        image::mark_used(&self.config.image_dir, &spec.image);
         tracing::info!(image = %spec.image, digest = %pulled.digest, fetched = pulled.fetched_bytes, "image pulled");
         Ok(())
+    }
+
+    /// Removes, at most every [`IMAGE_GC_EVERY`], the images this host
+    /// pulled for instances that none has used for [`IMAGE_GC_UNUSED`],
+    /// and the blobs no image left needs, pulls held off meanwhile.
+    async fn collect_images(&self, records: &[Record]) {
+        // Never waits: with a pull under way, another time.
+        let Ok(mut last) = self.image_gc.try_write() else {
+            return;
+        };
+        if last.is_some_and(|t| t.elapsed() < IMAGE_GC_EVERY) {
+            return;
+        }
+        *last = Some(std::time::Instant::now());
+        let in_use: std::collections::HashSet<String> =
+            records.iter().map(|r| r.image.clone()).collect();
+        let dir = self.config.image_dir.clone();
+        match blocking(move || image::collect_images(&dir, &in_use, IMAGE_GC_UNUSED)).await {
+            Ok(c) if c.images.is_empty() && c.blobs == 0 => {}
+            Ok(c) => {
+                tracing::info!(images = ?c.images, blobs = c.blobs, "unused pulled images removed")
+            }
+            Err(e) => tracing::warn!(error = %e, "collecting unused images"),
+        }
     }
 
     /// The instance's address (its VPC's choice, or the first free one of
@@ -1729,6 +1765,7 @@ impl InstanceRuntime for ContainerDriver {
     /// storage: one `runc list` for all of them.
     async fn observe(&self) -> Result<Vec<InstanceObservation>, AgentError> {
         let records = self.records()?;
+        self.collect_images(&records).await;
         let states = self.runc_list().await?;
         let seen: Vec<(Record, Option<String>, PathBuf, String)> = records
             .into_iter()

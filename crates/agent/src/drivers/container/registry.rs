@@ -240,7 +240,8 @@ pub async fn pull_image(
             .map_err(|e| fail(format!("importing {reference}: {e}")))?;
     let _ = std::fs::remove_dir_all(&layout);
     imported?;
-    super::image::set_source(image_dir, name, &format!("{reference}@{digest}"))?;
+    let kept: Vec<PathBuf> = blobs.into_iter().map(|(_, path)| path).collect();
+    super::image::set_pulled(image_dir, name, &format!("{reference}@{digest}"), &kept)?;
     Ok(pulled)
 }
 
