@@ -249,6 +249,10 @@ pub struct InstanceObservation {
     /// 100 is all of it. `None` until the host has looked twice.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpu_percent: Option<u32>,
+    /// It is being made and waits on its image's pull; `detail` says how
+    /// far the pull got.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub pulling: bool,
 }
 
 /// A terminal's size, in characters.

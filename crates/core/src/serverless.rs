@@ -109,6 +109,10 @@ pub const MAX_REPLICAS: u32 = 100;
 /// trigger asks for a change (Kubernetes' default tolerance).
 pub const CPU_TOLERANCE: f64 = 0.1;
 
+/// Replicas' CPU work (in replicas at the threshold) below which the CPU
+/// trigger asks for none.
+pub const CPU_IDLE: f64 = 0.5;
+
 impl Default for Scaling {
     /// Verda's defaults.
     fn default() -> Self {
@@ -162,11 +166,12 @@ pub struct Decision {
 
 /// How many replicas the load asks for, within the deployment's bounds:
 /// one per `threshold` requests waiting or in flight, or, with the CPU
-/// trigger on and the replicas' average CPU use past its threshold, as
-/// many as bring it down to the threshold (as Kubernetes' horizontal
-/// autoscaler reckons: measured replicas times use over threshold),
-/// whichever is more. Near the threshold the CPU keeps the replicas there
-/// are; below it, the queue alone decides (down to zero).
+/// trigger on, as many as bring the replicas' average CPU use to its
+/// threshold (as Kubernetes' horizontal autoscaler reckons: measured
+/// replicas times use over threshold, up and down), whichever is more.
+/// Within [`CPU_TOLERANCE`] of the threshold the CPU keeps the replicas
+/// there are; when their work is less than half a replica's worth, the
+/// queue alone decides (down to zero).
 pub fn wanted(scaling: &Scaling, load: Load) -> u32 {
     let demand = f64::from(load.waiting.saturating_add(load.in_flight));
     let threshold = scaling.queue_load_threshold.max(0.01);
@@ -174,14 +179,14 @@ pub fn wanted(scaling: &Scaling, load: Load) -> u32 {
     let by_cpu = match (scaling.cpu_utilization, load.cpu) {
         (Some(target), Some(cpu)) if target > 0 && cpu.replicas > 0 => {
             let ratio = f64::from(cpu.average_percent) / f64::from(target);
-            if ratio > 1.0 + CPU_TOLERANCE {
-                (f64::from(cpu.replicas) * ratio)
-                    .ceil()
-                    .min(f64::from(MAX_REPLICAS)) as u32
-            } else if ratio >= 1.0 - CPU_TOLERANCE {
+            let needed = f64::from(cpu.replicas) * ratio;
+            if (ratio - 1.0).abs() <= CPU_TOLERANCE {
                 cpu.replicas
-            } else {
+            } else if needed < CPU_IDLE {
+                // Next to no work: the queue decides (down to zero).
                 0
+            } else {
+                needed.ceil().min(f64::from(MAX_REPLICAS)) as u32
             }
         }
         _ => 0,
@@ -282,7 +287,13 @@ mod tests {
             "2 replicas at twice the target"
         );
         assert_eq!(wanted(&on, cpu(4, 52)), 4, "near enough the target");
-        assert_eq!(wanted(&on, cpu(4, 10)), 1, "idle: the queue decides");
+        assert_eq!(wanted(&on, cpu(4, 10)), 1, "down to what the work needs");
+        assert_eq!(wanted(&on, cpu(4, 40)), 4, "4 x 40 / 50 = 3.2: still 4");
+        assert_eq!(wanted(&on, cpu(4, 30)), 3, "4 x 30 / 50 = 2.4: 3");
+        // No flapping: 2 replicas at 80% of a 50% target ask for 4, which
+        // at 40% each (the same work) ask for 4 again.
+        assert_eq!(wanted(&on, cpu(2, 80)), 4);
+        assert_eq!(wanted(&on, cpu(4, 40)), 4);
         let to_zero = Scaling {
             min_replicas: 0,
             ..on.clone()

@@ -397,8 +397,9 @@ impl Store {
                 "SELECT u.cpu_percent FROM deployment_replicas r \
                  JOIN instances i ON i.id = r.instance_id \
                  JOIN instance_usage u ON u.instance_id = r.instance_id \
-                 WHERE r.deployment_id = $1 AND r.generation = $2 AND i.state = 'running' \
-                 AND u.running = 1 AND u.cpu_percent IS NOT NULL AND u.observed_at >= $3",
+                 WHERE r.deployment_id = $1 AND r.generation = $2 AND r.draining_ms = 0 \
+                 AND i.state = 'running' AND u.running = 1 AND u.cpu_percent IS NOT NULL \
+                 AND u.observed_at >= $3",
                 &[deployment_id.into(), generation.into(), since.into()],
             )
             .await?;
@@ -718,29 +719,42 @@ impl Store {
         Ok(counts[0] == 1)
     }
 
-    /// Records where an async request is, and its answer once it has one.
+    /// Records where an async request this process sends is, and its
+    /// answer once it has one (not once another process took it over, nor
+    /// once it has ended); or a `job`'s answer, once it is ending.
     pub async fn update_inference_request(
         &self,
         id: &str,
         status: &str,
         answer: Option<(i64, &str, &str)>,
         at_ms: i64,
+        job: bool,
     ) -> Result<()> {
         let (code, content_type, body) = answer.unwrap_or((0, "", ""));
+        let mut args: Vec<Arg> = vec![
+            id.into(),
+            status.into(),
+            code.into(),
+            content_type.into(),
+            body.into(),
+            at_ms.into(),
+        ];
+        // A job is ended by whichever process moved it to `Ending`.
+        let only = match job {
+            true => "status = 'Ending'",
+            false => {
+                args.push(self.owner().into());
+                "owner = $7 AND status IN ('Queue', 'Inference')"
+            }
+        };
         self.run_statements(
             "update_inference_request",
             vec![(
-                "UPDATE inference_requests SET status = $2, status_code = $3, content_type = $4, \
-                 body = $5, updated_ms = $6 WHERE id = $1"
-                    .to_string(),
-                vec![
-                    id.into(),
-                    status.into(),
-                    code.into(),
-                    content_type.into(),
-                    body.into(),
-                    at_ms.into(),
-                ],
+                format!(
+                    "UPDATE inference_requests SET status = $2, status_code = $3, content_type = $4, \
+                     body = $5, updated_ms = $6 WHERE id = $1 AND {only}"
+                ),
+                args,
             )],
             |_| true,
         )

@@ -563,6 +563,7 @@ impl InstanceRuntime for SimHost {
                 memory_used_bytes: None,
                 storage_used_bytes: None,
                 cpu_percent: None,
+                pulling: false,
             })
             .collect();
         seen.sort_by(|a, b| a.id.cmp(&b.id));

@@ -314,7 +314,6 @@ impl App {
     /// learn its replicas, ask their health, and report the load.
     pub(crate) async fn tend_front_door(&self) -> Result<()> {
         let queues = self.front_door.active();
-        let now_ms = tessera_store::now_ms();
         for queue in queues {
             let Some(record) = self.store.deployment_by_id(&queue.deployment_id).await? else {
                 continue;
@@ -410,7 +409,8 @@ impl App {
                         self.store.owner(),
                         (i64::from(waiting), i64::from(in_flight)),
                         &busy,
-                        now_ms,
+                        // When it was measured, not when the pass began.
+                        tessera_store::now_ms(),
                     )
                     .await?;
             }

@@ -122,7 +122,7 @@ impl App {
             .move_job_request(&request.id, from, "Ending", None, None)
             .await?
         {
-            self.async_request_done(&request.id, code, &content_type, &body)
+            self.request_answered(&request.id, (code, &content_type, &body), true)
                 .await?;
         }
         Ok(())

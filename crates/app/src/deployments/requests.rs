@@ -185,6 +185,7 @@ impl App {
                 AsyncStatus::Inference.as_str(),
                 None,
                 tessera_store::now_ms(),
+                false,
             )
             .await?;
         Ok(())
@@ -199,12 +200,25 @@ impl App {
         content_type: &str,
         body: &[u8],
     ) -> Result<()> {
+        self.request_answered(id, (status_code, content_type, body), false)
+            .await
+    }
+
+    /// Keeps a request's answer: an async request's this process sends, or
+    /// a `job`'s being ended.
+    pub(crate) async fn request_answered(
+        &self,
+        id: &str,
+        (status_code, content_type, body): (u16, &str, &[u8]),
+        job: bool,
+    ) -> Result<()> {
         self.store
             .update_inference_request(
                 id,
                 AsyncStatus::Completed.as_str(),
                 Some((i64::from(status_code), content_type, &STANDARD.encode(body))),
                 tessera_store::now_ms(),
+                job,
             )
             .await?;
         Ok(())

@@ -31,8 +31,9 @@ const FRESH_MS: i64 = 5_000;
 /// host's heartbeats stopped).
 const CPU_FRESH_MS: i64 = 20_000;
 /// How long a draining replica is kept at least: every front door sees it
-/// draining (and reports the requests it has in flight to it) well within.
-const DRAIN_SETTLE_MS: i64 = 1_500;
+/// draining (and reports the requests it has in flight to it) within,
+/// even one whose pass is slowed by health checks that hang.
+const DRAIN_SETTLE_MS: i64 = 5_000;
 /// The longest a replica drains: one whose requests never end is deleted
 /// then.
 const DRAIN_MAX_MS: i64 = 300_000;
@@ -158,12 +159,14 @@ impl App {
         let mut blocked = None;
         let mut missing = decision.replicas.saturating_sub(have);
         // Replicas being let go serve again before new ones are made.
+        let mut revived = std::collections::HashSet::new();
         for r in draining
             .iter()
             .filter(|r| r.state == InstanceState::Running.as_str())
             .take(missing as usize)
         {
             self.store.set_replica_draining(&r.instance_id, 0).await?;
+            revived.insert(r.instance_id.clone());
             missing -= 1;
         }
         let limit = decision.replicas + draining.len() as u32;
@@ -220,7 +223,12 @@ impl App {
                 self.let_go(&caller, r, now_ms).await?;
             }
         }
-        self.end_drains(d, &caller, &replicas, now_ms).await?;
+        let still_draining: Vec<ReplicaRecord> = replicas
+            .iter()
+            .filter(|r| !revived.contains(&r.instance_id))
+            .cloned()
+            .collect();
+        self.end_drains(d, &caller, &still_draining, now_ms).await?;
         let next = ScaleState {
             pending: decision.pending,
             blocked,

@@ -44,7 +44,7 @@ impl App {
         self.store.record_instance_usage(&usage).await?;
         // What a host says of an instance it is still making (its image's
         // pull, say) is its status's detail until it runs.
-        for o in observed.iter().filter(|o| !o.running) {
+        for o in observed.iter().filter(|o| o.pulling) {
             if let Some(detail) = &o.detail {
                 self.store.note_provisioning(&o.id, host_id, detail).await?;
             }

@@ -1015,7 +1015,7 @@ async fn async_requests_of_a_stopped_process_are_taken_over(backend: Backend) {
         }
     };
     let taken = async {
-        eventually(Duration::from_secs(30), "the orphan taken over", || async {
+        let taken = eventually(Duration::from_secs(30), "the orphan taken over", || async {
             let r = store
                 .inference_request(&d.project_id, "req-gone")
                 .await
@@ -1023,7 +1023,10 @@ async fn async_requests_of_a_stopped_process_are_taken_over(backend: Backend) {
                 .expect("kept");
             (r.owner == store.owner()).then_some(r)
         })
-        .await
+        .await;
+        // Another recovery pass (every 5 s) leaves the live one alone too.
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        taken
     };
     let taken = tokio::select! {
         taken = taken => taken,

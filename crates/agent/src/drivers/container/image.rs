@@ -404,7 +404,8 @@ fn extract(file: &Path, dest: &Path, layer: bool, budget: &mut Budget) -> Result
     };
     for entry in archive.entries().map_err(bad)? {
         let mut entry = entry.map_err(bad)?;
-        budget.spend(entry.header().size().map_err(bad)?, file)?;
+        // What it unpacks: a PAX `size` record overrides the header's.
+        budget.spend(entry.size().max(entry.header().size().map_err(bad)?), file)?;
         let path = entry.path().map_err(bad)?.into_owned();
         let kind = entry.header().entry_type();
         if kind.is_character_special() || kind.is_block_special() || kind.is_fifo() {

@@ -566,7 +566,7 @@ pub struct ContainerDriver {
     /// the host reports of them until they run.
     pulls: Mutex<HashMap<String, String>>,
     /// Held shared by pulls, alone by the collection of unused images.
-    image_gc: tokio::sync::RwLock<Option<std::time::Instant>>,
+    image_gc: Arc<tokio::sync::RwLock<Option<std::time::Instant>>>,
 }
 
 impl ContainerDriver {
@@ -659,7 +659,7 @@ impl ContainerDriver {
             host_net: tokio::sync::Mutex::new(None),
             cpu_samples: Mutex::new(HashMap::new()),
             pulls: Mutex::new(HashMap::new()),
-            image_gc: tokio::sync::RwLock::new(None),
+            image_gc: Arc::new(tokio::sync::RwLock::new(None)),
             runc,
             subnet,
             agent_tag,
@@ -1358,10 +1358,12 @@ impl ContainerDriver {
 
     /// Removes, at most every [`IMAGE_GC_EVERY`], the images this host
     /// pulled for instances that none has used for [`IMAGE_GC_UNUSED`],
-    /// and the blobs no image left needs, pulls held off meanwhile.
-    async fn collect_images(&self, records: &[Record]) {
-        // Never waits: with a pull under way, another time.
-        let Ok(mut last) = self.image_gc.try_write() else {
+    /// and the blobs no image left needs, pulls held off meanwhile. It
+    /// runs on its own: the caller (a heartbeat's observation) never waits
+    /// for it.
+    fn collect_images(&self, records: &[Record]) {
+        // With a pull under way, another time.
+        let Ok(mut last) = self.image_gc.clone().try_write_owned() else {
             return;
         };
         if last.is_some_and(|t| t.elapsed() < IMAGE_GC_EVERY) {
@@ -1371,13 +1373,16 @@ impl ContainerDriver {
         let in_use: std::collections::HashSet<String> =
             records.iter().map(|r| r.image.clone()).collect();
         let dir = self.config.image_dir.clone();
-        match blocking(move || image::collect_images(&dir, &in_use, IMAGE_GC_UNUSED)).await {
-            Ok(c) if c.images.is_empty() && c.blobs == 0 => {}
-            Ok(c) => {
-                tracing::info!(images = ?c.images, blobs = c.blobs, "unused pulled images removed")
+        tokio::task::spawn_blocking(move || {
+            let _held = last;
+            match image::collect_images(&dir, &in_use, IMAGE_GC_UNUSED) {
+                Ok(c) if c.images.is_empty() && c.blobs == 0 => {}
+                Ok(c) => {
+                    tracing::info!(images = ?c.images, blobs = c.blobs, "unused pulled images removed")
+                }
+                Err(e) => tracing::warn!(error = %e, "collecting unused images"),
             }
-            Err(e) => tracing::warn!(error = %e, "collecting unused images"),
-        }
+        });
     }
 
     /// The instance's address (its VPC's choice, or the first free one of
@@ -1765,7 +1770,7 @@ impl InstanceRuntime for ContainerDriver {
     /// storage: one `runc list` for all of them.
     async fn observe(&self) -> Result<Vec<InstanceObservation>, AgentError> {
         let records = self.records()?;
-        self.collect_images(&records).await;
+        self.collect_images(&records);
         let states = self.runc_list().await?;
         let seen: Vec<(Record, Option<String>, PathBuf, String)> = records
             .into_iter()
@@ -1799,6 +1804,7 @@ impl InstanceRuntime for ContainerDriver {
                         memory_used_bytes: None,
                         storage_used_bytes: None,
                         cpu_percent: None,
+                        pulling: true,
                     },
                     None,
                 ));
@@ -1878,6 +1884,7 @@ fn observe_one(
         memory_used_bytes: running.then(|| memory_used(cgroup)).flatten(),
         storage_used_bytes: storage::used_bytes(dir),
         cpu_percent: None,
+        pulling: false,
     }
 }
 

@@ -260,10 +260,6 @@ async fn a_private_registry_wants_its_credentials() {
         .await
         .expect("project b, with its own credentials");
     assert_eq!(fetched(&other), fetched(&said), "{other:?}");
-    options.credentials = Some(("puller".into(), "wrong".into()));
-    pull(&scoped, "secret-c", &reference, &options)
-        .await
-        .expect_err("wrong credentials find nothing cached to fall back on");
 }
 
 /// An image heavier than the host allows is refused before a byte of it
@@ -406,7 +402,7 @@ async fn an_instance_pulls_its_image_on_first_use() {
             }
         } => seen,
     };
-    assert!(!seen.running, "{seen:?}");
+    assert!(!seen.running && seen.pulling, "{seen:?}");
     assert_eq!(
         seen.detail,
         Some(format!("pulling image {stuck}: reading its manifest"))
