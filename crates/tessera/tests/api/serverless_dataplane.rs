@@ -7,7 +7,7 @@
 
 use crate::dataplane::{cannot_run, container_agent_with, tiny_tarball};
 use crate::harness::{Backend, Options, TOKEN, TestServer, eventually};
-use crate::verda::Verda;
+use crate::verda::{Verda, plant_request};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use reqwest::{Method, StatusCode};
@@ -334,38 +334,14 @@ async fn a_deployment_scales_from_zero_serves_its_secrets_and_goes_back_to_zero(
 
     // An async request whose control-plane process stopped before sending
     // it is taken over and answered: rebuilt as it was asked.
+    let d = plant_request(
+        &server,
+        "echo",
+        ("orphaned-request", "a-process-that-stopped", "Queue"),
+        json!({"method": "GET", "path": "/cgi-bin/env?from=orphan", "headers": [], "body": ""}),
+    )
+    .await;
     let store = server.running.app.store();
-    let d = store
-        .all_deployments()
-        .await
-        .expect("deployments")
-        .into_iter()
-        .find(|d| d.name == "echo")
-        .expect("the deployment");
-    let long_ago = tessera_store::now_ms() - 60_000;
-    let orphan = tessera_store::InferenceRequestRecord {
-        id: "orphaned-request".into(),
-        project_id: d.project_id.clone(),
-        deployment_id: d.id.clone(),
-        status: "Queue".into(),
-        status_code: 0,
-        content_type: String::new(),
-        body: String::new(),
-        created_ms: long_ago,
-        updated_ms: long_ago,
-        request:
-            json!({"method": "GET", "path": "/cgi-bin/env?from=orphan", "headers": [], "body": ""})
-                .to_string(),
-        instance_id: None,
-        deadline_ms: 0,
-        owner: "a-process-that-stopped".into(),
-    };
-    assert!(
-        store
-            .insert_inference_request(&orphan, 100)
-            .await
-            .expect("insert")
-    );
     let recovered = eventually(
         Duration::from_secs(30),
         "the orphaned request answered",

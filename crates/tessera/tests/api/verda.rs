@@ -1613,3 +1613,46 @@ async fn tags_on_instances_and_volumes(backend: Backend) {
         .await;
     assert_error(status, &body, StatusCode::NOT_FOUND, "not_found");
 }
+
+/// Records an async request to the deployment `name` as if the process
+/// `owner` had taken it a minute ago (`status`, asked as `request`): what
+/// a control-plane process that stopped leaves behind. Answers the
+/// deployment's row.
+pub async fn plant_request(
+    server: &TestServer,
+    name: &str,
+    (id, owner, status): (&str, &str, &str),
+    request: Value,
+) -> tessera_store::DeploymentRecord {
+    let store = server.running.app.store();
+    let d = store
+        .all_deployments()
+        .await
+        .expect("deployments")
+        .into_iter()
+        .find(|d| d.name == name)
+        .expect("the deployment");
+    let long_ago = tessera_store::now_ms() - 60_000;
+    let planted = tessera_store::InferenceRequestRecord {
+        id: id.into(),
+        project_id: d.project_id.clone(),
+        deployment_id: d.id.clone(),
+        status: status.into(),
+        status_code: 0,
+        content_type: String::new(),
+        body: String::new(),
+        created_ms: long_ago,
+        updated_ms: long_ago,
+        request: request.to_string(),
+        instance_id: None,
+        deadline_ms: 0,
+        owner: owner.into(),
+    };
+    assert!(
+        store
+            .insert_inference_request(&planted, 100)
+            .await
+            .expect("insert")
+    );
+    d
+}

@@ -6,7 +6,7 @@
 
 use crate::harness::{Backend, TOKEN, TestServer, eventually};
 use crate::on_both_backends;
-use crate::verda::{Verda, add_fin_host};
+use crate::verda::{Verda, add_fin_host, plant_request};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use std::time::Duration;
@@ -952,7 +952,6 @@ async fn concurrent_changes_lose_nothing_and_limits_hold(backend: Backend) {
 /// no longer reports) is taken over by another process and queued again;
 /// one whose process still reports is left alone.
 async fn async_requests_of_a_stopped_process_are_taken_over(backend: Backend) {
-    use tessera_store::InferenceRequestRecord;
     let server = TestServer::start(backend).await;
     add_fin_host(&server, "fin-o", "16xCPU-64GB").await;
     let verda = Verda::login(&server, "default").await;
@@ -964,40 +963,14 @@ async fn async_requests_of_a_stopped_process_are_taken_over(backend: Backend) {
         )
         .await;
     assert_eq!(status, StatusCode::CREATED, "{created}");
-    let store = server.running.app.store();
-    let d = store
-        .all_deployments()
-        .await
-        .expect("deployments")
-        .into_iter()
-        .find(|d| d.name == "orphans")
-        .expect("the deployment");
-    let now = tessera_store::now_ms();
-    let request = |id: &str, owner: &str| {
-        InferenceRequestRecord {
-        id: id.into(),
-        project_id: d.project_id.clone(),
-        deployment_id: d.id.clone(),
-        status: "Inference".into(),
-        status_code: 0,
-        content_type: String::new(),
-        body: String::new(),
-        created_ms: now - 60_000,
-        updated_ms: now - 60_000,
-        request: json!({"method": "POST", "path": "/predict?x=1", "headers": [["content-type", "application/json"]], "body": "e30="}).to_string(),
-        instance_id: None,
-        deadline_ms: 0,
-        owner: owner.into(),
-    }
-    };
+    let asked = json!({"method": "POST", "path": "/predict?x=1",
+                       "headers": [["content-type", "application/json"]], "body": "e30="});
+    let mut d = None;
     for (id, owner) in [("req-gone", "process-gone"), ("req-alive", "process-alive")] {
-        assert!(
-            store
-                .insert_inference_request(&request(id, owner), 100)
-                .await
-                .expect("insert")
-        );
+        d = Some(plant_request(&server, "orphans", (id, owner, "Inference"), asked.clone()).await);
     }
+    let d = d.expect("planted");
+    let store = server.running.app.store();
     // The live process reports its front door's load; the other does not.
     let reporting = async {
         loop {
