@@ -246,7 +246,7 @@ pub(crate) fn any_query<'q>(
 
 /// A cached statement with `$n` parameters bound by number, as sqlx binds
 /// them (SQLite numbers named parameters by first appearance instead).
-fn sqlite_statement<'c>(
+pub(crate) fn sqlite_statement<'c>(
     conn: &'c rusqlite::Connection,
     sql: &str,
     args: &[Arg],

@@ -147,20 +147,14 @@ impl Store {
 
     pub async fn host_by_hostname(&self, hostname: &str) -> Result<Option<HostRecord>> {
         let sql = format!("SELECT {HOST_COLUMNS} FROM hosts WHERE hostname = $1");
-        let row = sqlx::query(&sql)
-            .bind(hostname)
-            .fetch_optional(&self.read)
-            .await?;
-        row.as_ref().map(host_from_row).transpose()
+        let rows = self.fetch_rows(&sql, &[hostname.into()], Some(1)).await?;
+        rows.first().map(host_from_row).transpose()
     }
 
     pub async fn host(&self, id: &str) -> Result<Option<HostRecord>> {
         let sql = format!("SELECT {HOST_COLUMNS} FROM hosts WHERE id = $1");
-        let row = sqlx::query(&sql)
-            .bind(id)
-            .fetch_optional(&self.read)
-            .await?;
-        row.as_ref().map(host_from_row).transpose()
+        let rows = self.fetch_rows(&sql, &[id.into()], Some(1)).await?;
+        rows.first().map(host_from_row).transpose()
     }
 
     /// Hosts in any of `statuses`, or all hosts when it is empty.
@@ -168,11 +162,20 @@ impl Store {
         let statuses: Vec<&'static str> = statuses.iter().map(|s| s.as_str()).collect();
         let guard = status_guard("status", &statuses, 1);
         let sql = format!("SELECT {HOST_COLUMNS} FROM hosts WHERE {guard} ORDER BY hostname");
-        let mut query = sqlx::query(&sql);
-        for value in &statuses {
-            query = query.bind(*value);
-        }
-        let rows = query.fetch_all(&self.read).await?;
+        let args: Vec<Arg> = statuses.iter().map(|s| Arg::from(*s)).collect();
+        let rows = self.fetch_rows(&sql, &args, None).await?;
+        rows.iter().map(host_from_row).collect()
+    }
+
+    /// A page of hosts in hostname order: at most `limit` after the
+    /// hostname `after`, on the hostname's unique index.
+    pub async fn hosts_page(&self, after: Option<&str>, limit: i64) -> Result<Vec<HostRecord>> {
+        let sql = format!(
+            "SELECT {HOST_COLUMNS} FROM hosts WHERE hostname > $1 ORDER BY hostname LIMIT $2"
+        );
+        let rows = self
+            .fetch_rows(&sql, &[after.unwrap_or("").into(), limit.into()], None)
+            .await?;
         rows.iter().map(host_from_row).collect()
     }
 
@@ -190,13 +193,15 @@ impl Store {
     /// generation plus its units' (every change to either bumps one), so
     /// claims on one host never contend for the host row just to say so.
     pub async fn host_versions(&self) -> Result<Vec<(String, i64)>> {
-        let rows = sqlx::query(
-            "SELECT h.id, CAST(h.generation + COALESCE(SUM(u.generation), 0) AS BIGINT) AS version \
-             FROM hosts h LEFT JOIN compute_units u ON u.host_id = h.id \
-             GROUP BY h.id, h.generation",
-        )
-        .fetch_all(&self.read)
-        .await?;
+        let rows = self
+            .fetch_rows(
+                "SELECT h.id, CAST(h.generation + COALESCE(SUM(u.generation), 0) AS BIGINT) \
+                 AS version FROM hosts h LEFT JOIN compute_units u ON u.host_id = h.id \
+                 GROUP BY h.id, h.generation",
+                &[],
+                None,
+            )
+            .await?;
         rows.iter()
             .map(|r| Ok((r.try_get("id")?, r.try_get("version")?)))
             .collect()

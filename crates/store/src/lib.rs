@@ -23,6 +23,7 @@ mod oauth;
 mod operations;
 mod policies;
 mod quotas;
+mod reader;
 mod scripts;
 mod secrets;
 mod ssh_keys;
@@ -66,7 +67,7 @@ pub use volumes::{MeterChange, NewVolume, VolumeRecord, VolumeSet};
 
 use db::{Arg, Conn};
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
-use sqlx::{AnyConnection, AnyPool, ConnectOptions, Executor};
+use sqlx::{AnyConnection, ConnectOptions, Executor};
 use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
@@ -130,8 +131,9 @@ pub struct Store {
     backend: Backend,
     /// This process, as the owner of the operations it drives.
     owner: std::sync::Arc<str>,
-    /// Reads. On SQLite a few connections that read the WAL beside the writer.
-    read: AnyPool,
+    /// Reads (see [`reader`]). On SQLite, connections that read the WAL
+    /// beside the writer.
+    read: std::sync::Arc<reader::Reader>,
     write: Writer,
 }
 
@@ -160,15 +162,13 @@ impl Store {
                     .await
                     .map_err(StoreError::Migrate)?;
                 let _ = sqlx::Connection::close(conn).await;
-                let read = AnyPoolOptions::new()
-                    .max_connections(4)
-                    .acquire_timeout(Duration::from_secs(30))
-                    .after_connect(|conn, _| Box::pin(sqlite_pragmas(conn)))
-                    .connect_with(options)
-                    .await
-                    .map_err(StoreError::Connect)?;
                 let path = sqlite_path(url)?;
+                // The writer first: it keeps the WAL's files that the
+                // read-only connections open.
                 let write = Writer::sqlite(&path).map_err(StoreError::Sqlite)?;
+                let read = std::sync::Arc::new(reader::Reader::Sqlite(
+                    reader::SqliteReaders::new(path.clone()).map_err(StoreError::Sqlite)?,
+                ));
                 Ok(Store {
                     backend,
                     owner: new_owner(),
@@ -190,7 +190,7 @@ impl Store {
                 Ok(Store {
                     backend,
                     owner: new_owner(),
-                    read: pool.clone(),
+                    read: std::sync::Arc::new(reader::Reader::Postgres(pool.clone())),
                     write: Writer::Postgres(pool),
                 })
             }
@@ -223,12 +223,11 @@ impl Store {
 
     /// Whether the database answers.
     pub async fn ping(&self) -> Result<()> {
-        sqlx::query("SELECT 1").execute(&self.read).await?;
+        self.fetch_rows("SELECT 1", &[], Some(1)).await?;
         Ok(())
     }
 
     pub async fn close(&self) {
-        self.read.close().await;
         if let Writer::Postgres(pool) = &self.write {
             pool.close().await;
         }
@@ -339,23 +338,56 @@ impl Store {
         outcome.map_err(StoreError::QuotaExceeded)
     }
 
+    /// Reads rows, at most `limit` of them (see [`reader`]).
+    async fn fetch_rows(
+        &self,
+        sql: &str,
+        args: &[Arg],
+        limit: Option<usize>,
+    ) -> Result<Vec<sqlx::any::AnyRow>> {
+        match &*self.read {
+            reader::Reader::Postgres(pool) => {
+                let query = db::any_query(sql, args);
+                Ok(match limit {
+                    Some(1) => query.fetch_optional(pool).await?.into_iter().collect(),
+                    _ => query.fetch_all(pool).await?,
+                })
+            }
+            reader::Reader::Sqlite(readers) => Ok(readers.rows(sql, args, limit)?),
+        }
+    }
+
     /// Reads rows of `T` (see [`db::bind_all`] for the parameters).
     async fn fetch_all<T>(&self, sql: &str, args: &[Arg]) -> Result<Vec<T>>
     where
         T: for<'r> sqlx::FromRow<'r, sqlx::any::AnyRow> + Send + Unpin,
     {
-        Ok(db::bind_all(sqlx::query_as::<_, T>(sql), args)
-            .fetch_all(&self.read)
-            .await?)
+        match &*self.read {
+            reader::Reader::Postgres(pool) => Ok(db::bind_all(sqlx::query_as::<_, T>(sql), args)
+                .fetch_all(pool)
+                .await?),
+            reader::Reader::Sqlite(readers) => Ok(readers
+                .rows(sql, args, None)?
+                .iter()
+                .map(T::from_row)
+                .collect::<std::result::Result<_, _>>()?),
+        }
     }
 
     async fn fetch_optional<T>(&self, sql: &str, args: &[Arg]) -> Result<Option<T>>
     where
         T: for<'r> sqlx::FromRow<'r, sqlx::any::AnyRow> + Send + Unpin,
     {
-        Ok(db::bind_all(sqlx::query_as::<_, T>(sql), args)
-            .fetch_optional(&self.read)
-            .await?)
+        match &*self.read {
+            reader::Reader::Postgres(pool) => Ok(db::bind_all(sqlx::query_as::<_, T>(sql), args)
+                .fetch_optional(pool)
+                .await?),
+            reader::Reader::Sqlite(readers) => Ok(readers
+                .rows(sql, args, Some(1))?
+                .first()
+                .map(T::from_row)
+                .transpose()?),
+        }
     }
 
     /// [`Store::write`] for a single statement kept whatever it changed,

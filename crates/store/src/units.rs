@@ -143,19 +143,14 @@ impl Store {
             sql.push_str(&conditions.join(" AND "));
         }
         sql.push_str(" ORDER BY h.hostname, u.position");
-        let rows = crate::db::any_query(&sql, &args)
-            .fetch_all(&self.read)
-            .await?;
+        let rows = self.fetch_rows(&sql, &args, None).await?;
         rows.iter().map(unit_from_row).collect()
     }
 
     pub async fn unit(&self, compute_id: &str) -> Result<Option<UnitRecord>> {
         let sql = format!("{UNIT_SELECT} WHERE u.compute_id = $1");
-        let row = sqlx::query(&sql)
-            .bind(compute_id)
-            .fetch_optional(&self.read)
-            .await?;
-        row.as_ref().map(unit_from_row).transpose()
+        let rows = self.fetch_rows(&sql, &[compute_id.into()], Some(1)).await?;
+        rows.first().map(unit_from_row).transpose()
     }
 
     /// Takes a FREE unit for a tenant: the unit becomes ALLOCATING and its
@@ -241,13 +236,26 @@ impl Store {
     /// Every held CPU as `(host id, cpu)`, or only `host_id`'s.
     /// Each shared CPU of one host (or all): `(host, cpu, thousandths held)`.
     pub async fn cpu_shares(&self, host_id: Option<&str>) -> Result<Vec<(String, u32, u32)>> {
-        let rows: Vec<(String, i64, i64)> = self
-            .fetch_all(
-                "SELECT host_id, cpu, CAST(SUM(millis) AS BIGINT) AS millis FROM cpu_shares \
-                 WHERE host_id = $1 OR $1 = '' GROUP BY host_id, cpu",
-                &[host_id.unwrap_or("").into()],
-            )
-            .await?;
+        // One host's on the primary key's lead column (no `OR $1 = ''`,
+        // which would read every host's).
+        let rows: Vec<(String, i64, i64)> = match host_id {
+            Some(id) => {
+                self.fetch_all(
+                    "SELECT host_id, cpu, CAST(SUM(millis) AS BIGINT) AS millis FROM cpu_shares \
+                     WHERE host_id = $1 GROUP BY host_id, cpu",
+                    &[id.into()],
+                )
+                .await?
+            }
+            None => {
+                self.fetch_all(
+                    "SELECT host_id, cpu, CAST(SUM(millis) AS BIGINT) AS millis FROM cpu_shares \
+                     GROUP BY host_id, cpu",
+                    &[],
+                )
+                .await?
+            }
+        };
         rows.into_iter()
             .map(|(host, cpu, millis)| {
                 let cpu = u32::try_from(cpu)
@@ -264,14 +272,15 @@ impl Store {
     pub async fn cpu_claims(&self, host_id: Option<&str>) -> Result<Vec<(String, u32)>> {
         let rows = match host_id {
             Some(id) => {
-                sqlx::query("SELECT host_id, cpu FROM cpu_claims WHERE host_id = $1")
-                    .bind(id)
-                    .fetch_all(&self.read)
-                    .await?
+                self.fetch_rows(
+                    "SELECT host_id, cpu FROM cpu_claims WHERE host_id = $1",
+                    &[id.into()],
+                    None,
+                )
+                .await?
             }
             None => {
-                sqlx::query("SELECT host_id, cpu FROM cpu_claims")
-                    .fetch_all(&self.read)
+                self.fetch_rows("SELECT host_id, cpu FROM cpu_claims", &[], None)
                     .await?
             }
         };
