@@ -203,6 +203,9 @@ pub struct App {
     /// does not start the same work twice.
     in_flight: Arc<Mutex<HashSet<String>>>,
     agent_of_host: Arc<Mutex<HashMap<HostId, Arc<dyn HostAgent>>>>,
+    /// What this process last wrote of each instance's usage, so that a
+    /// fleet's unchanged observations are not written again at every look.
+    usage_written: Arc<instances::observe::UsageWritten>,
     agent_signals: Arc<agents::AgentSignals>,
     /// Remote agents' control channels to this process, for sessions.
     sessions: Arc<agents::sessions::SessionHub>,
@@ -243,6 +246,7 @@ impl App {
             sessions: Arc::default(),
             terminals: Arc::default(),
             agent_of_host: Arc::default(),
+            usage_written: Arc::default(),
             agent_signals: Arc::default(),
             front_door: Arc::default(),
             scaler_poke: Arc::default(),

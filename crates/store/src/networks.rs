@@ -6,6 +6,8 @@ use crate::db::{Conn, DbError};
 use crate::writer::Commit;
 use crate::{Result, Store, now};
 use ipnet::Ipv4Net;
+use std::collections::HashMap;
+use std::net::Ipv4Addr;
 use std::sync::Arc;
 use tessera_core::network;
 
@@ -698,6 +700,23 @@ pub(crate) async fn attach_instance(
         .await?;
     }
     let subnet = &attachment.subnet_id;
+    // First the addresses after the last one this process gave in the
+    // subnet: while the subnet has not wrapped, the first of them is free,
+    // and a creation reads nothing of the subnet's other instances.
+    let hint = next_address_hint(subnet);
+    if let Some(next) = hint {
+        let last = network::instance_addresses(&attachment.subnet_cidr)
+            .last()
+            .map_or(0, u32::from);
+        for n in (next..=last).take(HINTED_PROBES) {
+            let address = Ipv4Addr::from(n);
+            if take_address(conn, subnet, &address, instance_id).await? {
+                remember_address(subnet, n);
+                return Ok(Attached::Address(address.to_string()));
+            }
+        }
+    }
+    // Then the lowest free address, reading which are used.
     let used: std::collections::HashSet<String> = conn
         .fetch_texts(
             "SELECT a.address FROM instance_addresses a JOIN instances i ON i.id = a.instance_id \
@@ -708,35 +727,72 @@ pub(crate) async fn attach_instance(
         .into_iter()
         .collect();
     for address in network::instance_addresses(&attachment.subnet_cidr) {
-        let address = address.to_string();
-        if used.contains(&address) {
+        if used.contains(&address.to_string()) {
             continue;
         }
-        // The row of a terminated instance that had it goes; a live one
-        // (given meanwhile by another replica) stays, and the next is tried.
-        conn.execute(
-            "DELETE FROM instance_addresses WHERE subnet_id = $1 AND address = $2 \
-             AND instance_id IN (SELECT id FROM instances WHERE state = 'terminated')",
-            &[subnet.into(), (&address).into()],
-        )
-        .await?;
-        let taken = conn
-            .execute(
-                "INSERT INTO instance_addresses (subnet_id, address, instance_id) \
-                 VALUES ($1, $2, $3) ON CONFLICT (subnet_id, address) DO NOTHING",
-                &[subnet.into(), (&address).into(), instance_id.into()],
-            )
-            .await?;
-        if taken == 1 {
-            conn.execute(
-                "UPDATE instances SET private_ip = $1 WHERE id = $2",
-                &[(&address).into(), instance_id.into()],
-            )
-            .await?;
-            return Ok(Attached::Address(address));
+        if take_address(conn, subnet, &address, instance_id).await? {
+            remember_address(subnet, u32::from(address));
+            return Ok(Attached::Address(address.to_string()));
         }
     }
     Ok(Attached::Full)
+}
+
+/// How many addresses after the hint are tried before reading the subnet.
+const HINTED_PROBES: usize = 8;
+
+/// The address after the last one this process gave in each subnet. Only a
+/// hint of where a free one likely is: the store's key on (subnet, address)
+/// decides, whatever other processes gave meanwhile.
+static ADDRESS_HINTS: std::sync::LazyLock<std::sync::Mutex<HashMap<String, u32>>> =
+    std::sync::LazyLock::new(Default::default);
+
+fn next_address_hint(subnet: &str) -> Option<u32> {
+    ADDRESS_HINTS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .get(subnet)
+        .copied()
+}
+
+fn remember_address(subnet: &str, given: u32) {
+    ADDRESS_HINTS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .insert(subnet.to_string(), given.saturating_add(1));
+}
+
+/// Gives `address` to the instance unless a live instance holds it. The
+/// row of a terminated instance that had it goes; a live one (given
+/// meanwhile by another replica) stays.
+async fn take_address(
+    conn: &mut Conn<'_>,
+    subnet: &str,
+    address: &Ipv4Addr,
+    instance_id: &str,
+) -> Result<bool, DbError> {
+    let address = address.to_string();
+    conn.execute(
+        "DELETE FROM instance_addresses WHERE subnet_id = $1 AND address = $2 \
+         AND instance_id IN (SELECT id FROM instances WHERE state = 'terminated')",
+        &[subnet.into(), (&address).into()],
+    )
+    .await?;
+    let taken = conn
+        .execute(
+            "INSERT INTO instance_addresses (subnet_id, address, instance_id) \
+             VALUES ($1, $2, $3) ON CONFLICT (subnet_id, address) DO NOTHING",
+            &[subnet.into(), (&address).into(), instance_id.into()],
+        )
+        .await?;
+    if taken == 1 {
+        conn.execute(
+            "UPDATE instances SET private_ip = $1 WHERE id = $2",
+            &[(&address).into(), instance_id.into()],
+        )
+        .await?;
+    }
+    Ok(taken == 1)
 }
 
 /// A row lock on PostgreSQL (SQLite has one writer: nothing to lock).

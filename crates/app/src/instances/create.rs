@@ -418,9 +418,14 @@ impl App {
                     (&run.op.id, &steps.to_json(), &self.deadline()),
                 )
                 .await;
-            self.placement
-                .refresh_host(&self.store, decision.host.as_str())
-                .await?;
+            // The view already holds the decision: the host is read again
+            // only when the store said otherwise (another replica's claim,
+            // a stale view), so a placement costs no reads of its host.
+            if !matches!(placed, Ok(true)) {
+                self.placement
+                    .refresh_host(&self.store, decision.host.as_str())
+                    .await?;
+            }
             if placed? {
                 run.steps = steps;
                 tracing::debug!(instance = %instance.id, host = %decision.host, cpus = %decision.cpus, ?purpose, "instance placed");

@@ -6,7 +6,9 @@
 
 use crate::App;
 use crate::error::Result;
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
 use tessera_agent_api::InstanceObservation;
 use tessera_core::status::{InstanceState, OperationKind, TerminationCause};
 use tessera_store::{InstanceUsage, NewOperation};
@@ -19,6 +21,87 @@ pub(crate) const DEATH_WINDOW: Duration = Duration::from_secs(600);
 const SETTLING: chrono::Duration = chrono::Duration::seconds(10);
 /// Who makes the operations that start a dead instance again.
 const RESTARTED_BY: &str = "tessera:restart";
+/// An unchanged observation carrying a CPU figure is written again after
+/// this long, so the scaler (which reads figures fresher than 20 s) keeps
+/// seeing it.
+const CPU_REWRITE: Duration = Duration::from_secs(8);
+/// What was written of an instance not observed for this long is forgotten.
+const FORGET_AFTER: Duration = Duration::from_secs(600);
+
+/// What this process last wrote of each instance's usage, and when.
+#[derive(Default)]
+pub(crate) struct UsageWritten {
+    written: Mutex<HashMap<String, (Written, Instant)>>,
+    last_sweep: Mutex<Option<Instant>>,
+}
+
+/// The part of an observation that decides whether it is news.
+#[derive(Clone, PartialEq)]
+struct Written {
+    running: bool,
+    detail: Option<String>,
+    /// Memory and storage in MiB: a few bytes' change is not worth a write.
+    memory_mib: Option<u64>,
+    storage_mib: Option<u64>,
+    cpu_percent: Option<u32>,
+}
+
+impl Written {
+    fn of(o: &InstanceObservation) -> Written {
+        Written {
+            running: o.running,
+            detail: o.detail.clone(),
+            memory_mib: o.memory_used_bytes.map(|b| b >> 20),
+            storage_mib: o.storage_used_bytes.map(|b| b >> 20),
+            cpu_percent: o.cpu_percent,
+        }
+    }
+}
+
+impl UsageWritten {
+    /// Keeps the observations worth writing: those that changed since this
+    /// process last wrote them, and CPU figures about to go stale. The
+    /// rest are already in the store as observed. A fleet at rest then
+    /// writes next to nothing, however many instances it runs.
+    fn news(&self, observed: &[InstanceObservation]) -> Vec<bool> {
+        let now = Instant::now();
+        let mut written = self.written.lock().unwrap_or_else(PoisonError::into_inner);
+        let news = observed
+            .iter()
+            .map(|o| {
+                let current = Written::of(o);
+                let news = match written.get(&o.id) {
+                    Some((last, at)) => {
+                        *last != current
+                            || (current.cpu_percent.is_some() && at.elapsed() >= CPU_REWRITE)
+                    }
+                    None => true,
+                };
+                if news {
+                    written.insert(o.id.clone(), (current, now));
+                }
+                news
+            })
+            .collect();
+        let mut last_sweep = self
+            .last_sweep
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if last_sweep.is_none_or(|at| at.elapsed() >= FORGET_AFTER) {
+            *last_sweep = Some(now);
+            written.retain(|_, (_, at)| at.elapsed() < FORGET_AFTER);
+        }
+        news
+    }
+
+    /// Forgets what was written, when a write failed.
+    fn forget(&self, ids: &[String]) {
+        let mut written = self.written.lock().unwrap_or_else(PoisonError::into_inner);
+        for id in ids {
+            written.remove(id);
+        }
+    }
+}
 
 impl App {
     /// Records what a host observed of its instances and acts on those
@@ -29,9 +112,12 @@ impl App {
         observed: Vec<InstanceObservation>,
     ) -> Result<()> {
         let at = tessera_store::now();
+        let news = self.usage_written.news(&observed);
         let usage: Vec<InstanceUsage> = observed
             .iter()
-            .map(|o| InstanceUsage {
+            .zip(&news)
+            .filter(|(_, news)| **news)
+            .map(|(o, _)| InstanceUsage {
                 instance_id: o.id.clone(),
                 running: o.running,
                 detail: o.detail.clone(),
@@ -41,7 +127,13 @@ impl App {
                 observed_at: at.clone(),
             })
             .collect();
-        self.store.record_instance_usage(&usage).await?;
+        if !usage.is_empty()
+            && let Err(err) = self.store.record_instance_usage(&usage).await
+        {
+            let ids: Vec<String> = usage.into_iter().map(|u| u.instance_id).collect();
+            self.usage_written.forget(&ids);
+            return Err(err.into());
+        }
         // What a host says of an instance it is still making (its image's
         // pull, say) is its status's detail until it runs.
         for o in observed.iter().filter(|o| o.pulling) {

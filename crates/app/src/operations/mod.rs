@@ -452,9 +452,18 @@ impl App {
             if self.cancel_requested(run).await? {
                 return Ok(());
             }
-            tokio::select! {
-                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
-                _ = changes.recv() => {}
+            // Woken by this process's changes to this operation (a cancel
+            // here publishes it); the poll catches other replicas' cancels.
+            let poll = tokio::time::sleep(Duration::from_millis(500));
+            tokio::pin!(poll);
+            loop {
+                tokio::select! {
+                    _ = &mut poll => break,
+                    changed = changes.recv() => match changed {
+                        Ok(id) if id != run.op.id => continue,
+                        _ => break,
+                    },
+                }
             }
         }
     }
