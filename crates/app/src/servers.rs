@@ -7,7 +7,7 @@
 use crate::error::{Error, Result};
 use crate::hosts::{Host, InitServer, Registration, validate_host};
 use crate::identity::Principal;
-use crate::operations::{Operation, Run, Step};
+use crate::operations::{Operation, Page, Run, Step, encode_page_token, page_request};
 use crate::{App, has_nul, new_id};
 use serde::{Deserialize, Serialize};
 use tessera_core::status::{HostStatus, OperationKind, OperationStatus};
@@ -59,10 +59,31 @@ fn plan_memory_mb(plan: &str) -> Option<i64> {
 }
 
 impl App {
-    pub async fn servers(&self, caller: &Principal) -> Result<Vec<Host>> {
+    /// A page of the servers, in hostname order (see [`Page`]).
+    pub async fn servers(
+        &self,
+        caller: &Principal,
+        limit: Option<u32>,
+        page_token: Option<&str>,
+    ) -> Result<Page<Host>> {
         caller.require(Permission::ServerRead)?;
-        let hosts = self.store.hosts(&[]).await?;
-        Ok(hosts.into_iter().map(Host::from).collect())
+        let (limit, after) = page_request(limit, page_token)?;
+        let mut hosts = self
+            .store
+            .hosts_page(
+                after.as_ref().map(|(hostname, _)| hostname.as_str()),
+                limit as i64 + 1,
+            )
+            .await?;
+        let mut next_page_token = None;
+        if hosts.len() > limit {
+            hosts.truncate(limit);
+            next_page_token = hosts.last().map(|h| encode_page_token(&h.hostname, &h.id));
+        }
+        Ok(Page {
+            items: hosts.into_iter().map(Host::from).collect(),
+            next_page_token,
+        })
     }
 
     /// A server by id or hostname.

@@ -106,6 +106,12 @@ pub struct InstanceFilter {
     /// Only instances after this `(created_at, id)`, for paging.
     pub after: Option<(String, String)>,
     pub include_terminated: bool,
+    /// Only instances in this state (terminated ones too).
+    pub state: Option<String>,
+    /// Only instances with every one of these labels.
+    pub labels: Vec<(String, String)>,
+    /// At most this many.
+    pub limit: Option<i64>,
 }
 
 /// The end of an instance operation: the operation's outcome and the
@@ -179,6 +185,24 @@ impl Store {
                     instance.vcpus.into(),
                 ],
             ));
+            if let Some(labels) = instance.labels.as_object() {
+                for (key, value) in labels {
+                    if let Some(value) = value.as_str() {
+                        statements.push((
+                            "INSERT INTO instance_labels (instance_id, project_id, key, value, \
+                             created_at) VALUES ($1, $2, $3, $4, $5)"
+                                .into(),
+                            vec![
+                                (&instance.id).into(),
+                                (&instance.project_id).into(),
+                                key.into(),
+                                value.into(),
+                                (&at).into(),
+                            ],
+                        ));
+                    }
+                }
+            }
             statements.push(meter_open(
                 &instance.id,
                 &instance.project_id,
@@ -347,31 +371,84 @@ impl Store {
         .await
     }
 
-    /// Oldest first.
+    /// Oldest first. With a project, a page reads about a page of rows
+    /// whatever the filters: a label selector walks its first label's
+    /// index (`instance_labels_by_value`) and looks up the others; a state
+    /// walks `instances_by_project_state_created`.
     pub async fn instances(&self, filter: &InstanceFilter) -> Result<Vec<InstanceRecord>> {
         let mut conditions = Vec::new();
         let mut args: Vec<Arg> = Vec::new();
+        // The table whose index orders the walk: the first label's rows, or
+        // the instances themselves.
+        let (from, order) = match (filter.labels.first(), &filter.project_id) {
+            (Some((key, value)), Some(project)) => {
+                args.push(project.into());
+                args.push(key.into());
+                args.push(value.into());
+                conditions.push("l.project_id = $1 AND l.key = $2 AND l.value = $3".to_string());
+                (
+                    "instance_labels l JOIN instances i ON i.id = l.instance_id",
+                    ("l.created_at", "l.instance_id"),
+                )
+            }
+            _ => ("instances i", ("i.created_at", "i.id")),
+        };
+        let labelled = from.starts_with("instance_labels");
         for (column, value) in [
-            ("project_id", &filter.project_id),
-            ("host_id", &filter.host_id),
+            ("i.project_id", &filter.project_id),
+            ("i.host_id", &filter.host_id),
         ] {
-            if let Some(value) = value {
+            if let Some(value) = value
+                && !(labelled && column == "i.project_id")
+            {
                 args.push(value.into());
                 conditions.push(format!("{column} = ${}", args.len()));
             }
         }
-        if let Some(after) = &filter.after {
-            conditions.push(crate::db::after_cursor(&mut args, after));
+        for (key, value) in filter.labels.iter().skip(usize::from(labelled)) {
+            args.push(key.into());
+            args.push(value.into());
+            let (k, v) = (args.len() - 1, args.len());
+            conditions.push(format!(
+                "EXISTS (SELECT 1 FROM instance_labels o WHERE o.instance_id = i.id \
+                 AND o.key = ${k} AND o.value = ${v})"
+            ));
         }
-        if !filter.include_terminated {
-            conditions.push("state <> 'terminated'".into());
+        if let Some((at, id)) = &filter.after {
+            args.push(at.into());
+            args.push(id.into());
+            let (a, b) = (args.len() - 1, args.len());
+            let (at_column, id_column) = order;
+            conditions.push(format!(
+                "({at_column} > ${a} OR ({at_column} = ${a} AND {id_column} > ${b}))"
+            ));
         }
-        let mut sql = format!("SELECT {INSTANCE_COLUMNS} FROM instances");
+        match &filter.state {
+            Some(state) => {
+                args.push(state.into());
+                conditions.push(format!("i.state = ${}", args.len()));
+            }
+            None if !filter.include_terminated => {
+                conditions.push("i.state <> 'terminated'".into());
+            }
+            None => {}
+        }
+        let columns = INSTANCE_COLUMNS
+            .split(", ")
+            .map(|c| format!("i.{c}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let mut sql = format!("SELECT {columns} FROM {from}");
         if !conditions.is_empty() {
             sql.push_str(" WHERE ");
             sql.push_str(&conditions.join(" AND "));
         }
-        sql.push_str(" ORDER BY created_at, id");
+        let (at_column, id_column) = order;
+        sql.push_str(&format!(" ORDER BY {at_column}, {id_column}"));
+        if let Some(limit) = filter.limit {
+            args.push(limit.into());
+            sql.push_str(&format!(" LIMIT ${}", args.len()));
+        }
         self.fetch_all(&sql, &args).await
     }
 
@@ -381,18 +458,28 @@ impl Store {
         host_id: Option<&str>,
     ) -> Result<Vec<(String, i64)>> {
         // As the store's own check counts it: instances on a host and
-        // those moving in (holding CPUs there).
-        // (The host filter is in both arms, so one host's figure reads only
-        // that host's rows.)
-        let sql = "SELECT h.host_id, CAST(SUM(i.memory_mb) AS BIGINT) AS memory_mb \
-                   FROM (SELECT id, host_id FROM instances \
-                         WHERE host_id IS NOT NULL AND (host_id = $1 OR $1 = '') \
-                         UNION SELECT DISTINCT SUBSTR(holder, 10), host_id FROM cpu_claims \
-                         WHERE holder LIKE 'instance:%' AND (host_id = $1 OR $1 = '') \
-                         UNION SELECT DISTINCT instance_id, host_id FROM cpu_shares \
-                         WHERE host_id = $1 OR $1 = '') h \
-                   JOIN instances i ON i.id = h.id GROUP BY h.host_id";
-        self.fetch_all(sql, &[host_id.unwrap_or("").into()]).await
+        // those moving in (holding CPUs there). One host's figure reads
+        // only that host's rows, on the indexes that lead with the host;
+        // no `$1 = ''` escape hatch, which would stop either engine from
+        // using them.
+        const ARMS: [&str; 3] = [
+            "SELECT id, host_id FROM instances WHERE host_id IS NOT NULL",
+            "SELECT DISTINCT SUBSTR(holder, 10), host_id FROM cpu_claims \
+             WHERE holder LIKE 'instance:%'",
+            "SELECT DISTINCT instance_id, host_id FROM cpu_shares WHERE 1 = 1",
+        ];
+        let filter = match host_id {
+            Some(_) => " AND host_id = $1",
+            None => "",
+        };
+        let arms: Vec<String> = ARMS.iter().map(|arm| format!("{arm}{filter}")).collect();
+        let sql = format!(
+            "SELECT h.host_id, CAST(SUM(i.memory_mb) AS BIGINT) AS memory_mb \
+             FROM ({}) h JOIN instances i ON i.id = h.id GROUP BY h.host_id",
+            arms.join(" UNION ")
+        );
+        let args: Vec<Arg> = host_id.map(Arg::from).into_iter().collect();
+        self.fetch_all(&sql, &args).await
     }
 
     /// How many instances are in each state.

@@ -28,7 +28,7 @@ use tessera_store::{InstanceFilter, InstanceRecord};
 
 mod create;
 mod host;
-mod observe;
+pub(crate) mod observe;
 mod power;
 mod resync;
 mod validate;
@@ -298,36 +298,33 @@ impl App {
     ) -> Result<Page<Instance>> {
         caller.require(Permission::InstanceRead)?;
         let (limit, after) = page_request(query.limit, query.page_token.as_deref())?;
-        let all = self
+        // Filtered and paged in SQL, on indexes: one more than a page tells
+        // whether there is a next one.
+        let records = self
             .store
             .instances(&InstanceFilter {
                 project_id: Some(caller.project_id.clone()),
-                host_id: None,
                 after,
-                include_terminated: query.state == Some(InstanceState::Terminated),
+                state: query.state.map(|s| s.as_str().to_string()),
+                labels: query
+                    .labels
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+                limit: Some(limit as i64 + 1),
+                ..InstanceFilter::default()
             })
             .await?;
-        let mut items = Vec::new();
+        let mut items = records
+            .into_iter()
+            .map(Instance::from_record)
+            .collect::<Result<Vec<_>>>()?;
         let mut next_page_token = None;
-        for record in all {
-            let instance = Instance::from_record(record)?;
-            if query.state.is_some_and(|s| s != instance.state) {
-                continue;
-            }
-            if !query
-                .labels
-                .iter()
-                .all(|(k, v)| instance.labels.get(k) == Some(v))
-            {
-                continue;
-            }
-            if items.len() == limit {
-                next_page_token = items
-                    .last()
-                    .map(|i: &Instance| encode_page_token(&i.created_at, i.id.as_str()));
-                break;
-            }
-            items.push(instance);
+        if items.len() > limit {
+            items.truncate(limit);
+            next_page_token = items
+                .last()
+                .map(|i: &Instance| encode_page_token(&i.created_at, i.id.as_str()));
         }
         self.mark_unknown(&mut items).await?;
         Ok(Page {

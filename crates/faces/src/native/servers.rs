@@ -5,7 +5,7 @@ use super::{Body, Caller, ErrorBody, Path, Query, Result, operation_location};
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::header;
+use axum::http::{HeaderMap, HeaderValue, header};
 use serde::{Deserialize, Serialize};
 use tessera_app::App;
 use tessera_app::hosts::Host;
@@ -144,19 +144,43 @@ pub struct DeleteParams {
 
 type Started = ([(header::HeaderName, String); 1], Json<OperationBody>);
 
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ListServersParams {
+    /// At most this many (1 to 1000, default 100), in hostname order; the
+    /// next page's token is in the `X-Next-Page-Token` header.
+    pub limit: Option<u32>,
+    pub page_token: Option<String>,
+}
+
 /// List servers.
-#[utoipa::path(get, path = "/v1/servers", tag = "servers",
+#[utoipa::path(get, path = "/v1/servers", tag = "servers", params(ListServersParams),
     responses(
-        (status = 200, description = "Servers", body = Vec<ServerBody>),
+        (status = 200, description = "Servers", body = Vec<ServerBody>,
+            headers(("X-Next-Page-Token" = String, description = "Token of the next page, if any"))),
+        (status = 400, description = "Invalid request", body = ErrorBody),
         (status = 401, description = "Unauthorized", body = ErrorBody),
         (status = 403, description = "Forbidden", body = ErrorBody),
     ))]
 pub async fn list_servers(
     State(app): State<App>,
     Caller(caller): Caller,
-) -> Result<Json<Vec<ServerBody>>> {
-    let hosts = app.servers(&caller).await?;
-    Ok(Json(hosts.into_iter().map(ServerBody::from).collect()))
+    Query(params): Query<ListServersParams>,
+) -> Result<(HeaderMap, Json<Vec<ServerBody>>)> {
+    let page = app
+        .servers(&caller, params.limit, params.page_token.as_deref())
+        .await?;
+    let mut headers = HeaderMap::new();
+    if let Some(token) = page
+        .next_page_token
+        .and_then(|t| HeaderValue::from_str(&t).ok())
+    {
+        headers.insert("x-next-page-token", token);
+    }
+    Ok((
+        headers,
+        Json(page.items.into_iter().map(ServerBody::from).collect()),
+    ))
 }
 
 /// Register a server; its agent prepares it. Answers the operation.

@@ -391,6 +391,83 @@ async fn instances_filter_by_labels_and_page(backend: Backend) {
         .await;
     assert_eq!(names(&second), ["d"]);
     assert!(second.get("next_page_token").is_none(), "{second}");
+
+    // A selector pages too, in creation order, with a state beside it.
+    let first = server
+        .get_ok("/v1/instances?labels=env=production&limit=2")
+        .await;
+    assert_eq!(names(&first), ["a", "b"]);
+    let token = first["next_page_token"].as_str().expect("a next page");
+    let second = server
+        .get_ok(&format!(
+            "/v1/instances?labels=env=production&limit=2&page_token={token}"
+        ))
+        .await;
+    assert_eq!(names(&second), ["d"]);
+    assert!(second.get("next_page_token").is_none(), "{second}");
+    let all = server.get_ok("/v1/instances").await;
+    for item in all["items"].as_array().expect("items") {
+        let op = item["operation_id"].as_str().map(str::to_string);
+        if let Some(op) = op {
+            server.wait_operation(&op, TOKEN).await;
+        }
+    }
+    assert_eq!(
+        names(
+            &server
+                .get_ok("/v1/instances?labels=team=platform,env=production&state=running")
+                .await
+        ),
+        ["a", "d"]
+    );
+    assert_eq!(
+        names(
+            &server
+                .get_ok("/v1/instances?labels=team=platform&state=terminated")
+                .await
+        ),
+        Vec::<String>::new()
+    );
+
+    // Servers page through a header, in hostname order.
+    server.add_server("node-0", "0-3", "fin-01").await;
+    server.add_server("node-2", "0-3", "fin-01").await;
+    let mut hostnames = Vec::new();
+    let mut token: Option<String> = None;
+    loop {
+        let path = match &token {
+            Some(t) => format!("{}/v1/servers?limit=2&page_token={t}", server.url),
+            None => format!("{}/v1/servers?limit=2", server.url),
+        };
+        let response = server
+            .client
+            .get(path)
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .expect("list");
+        assert_eq!(response.status(), StatusCode::OK);
+        token = response
+            .headers()
+            .get("x-next-page-token")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let page: Value = response.json().await.expect("servers");
+        let page = page.as_array().expect("an array, as before paging");
+        assert!(page.len() <= 2);
+        hostnames.extend(
+            page.iter()
+                .filter_map(|s| s["hostname"].as_str().map(str::to_string)),
+        );
+        if token.is_none() {
+            break;
+        }
+    }
+    assert_eq!(hostnames, ["node-0", "node-1", "node-2"]);
+    let (status, body) = server.get("/v1/servers?limit=0").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    let (status, body) = server.get("/v1/servers?page_token=%25%25").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     server.stop().await;
 }
 
