@@ -52,6 +52,12 @@ pub struct AgentOptions {
     /// How images the catalog names by reference are pulled.
     pub registry: crate::drivers::container::PullOptions,
     pub heartbeat_every: Duration,
+    /// What the host offers, instead of what is found on this machine
+    /// (benchmarks' simulated fleets).
+    pub inventory: Option<tessera_agent_api::protocol::Inventory>,
+    /// The HTTP client to speak to the control plane with, instead of one
+    /// of its own (benchmarks run thousands of agents in one process).
+    pub http: Option<reqwest::Client>,
 }
 
 /// What the agent keeps between runs.
@@ -97,10 +103,13 @@ pub async fn run(options: AgentOptions, stop: CancellationToken) -> Result<()> {
     host.adopt()
         .await
         .map_err(|e| anyhow::anyhow!("cannot take over what runs on the host: {e}"))?;
-    let http = reqwest::Client::builder()
-        .connect_timeout(Duration::from_secs(5))
-        .build()
-        .context("cannot build the HTTP client")?;
+    let http = match &options.http {
+        Some(http) => http.clone(),
+        None => reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .build()
+            .context("cannot build the HTTP client")?,
+    };
     let client = Client {
         http,
         base: options.server.trim_end_matches('/').to_string(),
@@ -224,7 +233,10 @@ async fn register(mut client: Client, options: &AgentOptions, host: &LocalHost) 
             client.base
         );
     };
-    let mut inventory = crate::inventory::discover(&options.state_dir, &options.reserved_cpus)?;
+    let mut inventory = match &options.inventory {
+        Some(inventory) => inventory.clone(),
+        None => crate::inventory::discover(&options.state_dir, &options.reserved_cpus)?,
+    };
     inventory.images = host.images();
     inventory.isolation = host.isolation();
     let request = RegisterRequest {
@@ -317,14 +329,17 @@ async fn heartbeats(
             _ = tick.tick() => {}
             _ = stop.cancelled() => return Ok(()),
         }
-        let mut inventory =
-            match crate::inventory::discover(&options.state_dir, &options.reserved_cpus) {
-                Ok(inventory) => inventory,
-                Err(err) => {
-                    tracing::warn!(error = %err, "cannot read the host's inventory");
-                    continue;
-                }
-            };
+        let found = match &options.inventory {
+            Some(inventory) => Ok(inventory.clone()),
+            None => crate::inventory::discover(&options.state_dir, &options.reserved_cpus),
+        };
+        let mut inventory = match found {
+            Ok(inventory) => inventory,
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot read the host's inventory");
+                continue;
+            }
+        };
         inventory.images = host.images();
         inventory.isolation = host.isolation();
         // What runs is news, not a condition of the heartbeat.

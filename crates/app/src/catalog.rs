@@ -65,9 +65,7 @@ impl App {
         let Some(kind) = self.catalog.instance_type(type_name) else {
             return Ok(false);
         };
-        self.placement
-            .refresh_changed(&self.store, std::time::Instant::now())
-            .await?;
+        self.refresh_for_availability().await?;
         Ok(match location {
             Some(code) => self.fits(kind, code),
             None => self
@@ -78,14 +76,27 @@ impl App {
         })
     }
 
+    /// Catches the placement view up with other replicas' changes, unless
+    /// it looked within the last second: a look reads every host's version,
+    /// too much for each of a fleet's availability reads, and an answer
+    /// about "now" a second old is as good as any.
+    async fn refresh_for_availability(&self) -> Result<()> {
+        let now = std::time::Instant::now();
+        let needed_at = now
+            .checked_sub(std::time::Duration::from_secs(1))
+            .unwrap_or(now);
+        self.placement
+            .refresh_changed(&self.store, needed_at)
+            .await?;
+        Ok(())
+    }
+
     /// The instance types that could be placed now, per location.
     pub async fn availability(&self, location: Option<&str>) -> Result<Vec<Availability>> {
         if let Some(code) = location {
             self.check_location("location_code", code)?;
         }
-        self.placement
-            .refresh_changed(&self.store, std::time::Instant::now())
-            .await?;
+        self.refresh_for_availability().await?;
         Ok(self
             .catalog
             .locations

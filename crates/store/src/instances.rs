@@ -558,6 +558,12 @@ impl Store {
             ));
             if update.state == InstanceState::Terminated {
                 statements.push(detach_all(instance_id));
+                // Its address is free again: the subnet's rows are its
+                // live instances', so counting them needs no join.
+                statements.push((
+                    "DELETE FROM instance_addresses WHERE instance_id = $1".into(),
+                    vec![(*instance_id).into()],
+                ));
             }
             if *release {
                 let (clear, host) = unplace_statements(instance_id);

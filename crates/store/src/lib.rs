@@ -149,6 +149,11 @@ impl Store {
         } else {
             return Err(StoreError::UnsupportedUrl(url.to_string()));
         };
+        let url = match backend {
+            Backend::Postgres => with_statement_cache(url),
+            Backend::Sqlite => url.to_string(),
+        };
+        let url = url.as_str();
         let options = AnyConnectOptions::from_str(url).map_err(StoreError::Connect)?;
         match backend {
             Backend::Sqlite => {
@@ -399,6 +404,20 @@ impl Store {
     {
         self.write.write(what, Shape::OneStatement, work).await
     }
+}
+
+/// Prepared statements each PostgreSQL connection keeps, unless the URL
+/// says otherwise. sqlx keeps 100: fewer than the store's distinct
+/// statements, so busy connections kept preparing (parsing and planning)
+/// what they had just evicted.
+const STATEMENT_CACHE: usize = 1024;
+
+fn with_statement_cache(url: &str) -> String {
+    if url.contains("statement-cache-capacity=") {
+        return url.to_string();
+    }
+    let joiner = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{joiner}statement-cache-capacity={STATEMENT_CACHE}")
 }
 
 /// A name for this process, unique across replicas and restarts.

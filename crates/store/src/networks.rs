@@ -202,13 +202,12 @@ impl Store {
     }
 
     /// How many instances that are not terminated have an address in a
-    /// subnet.
+    /// subnet (a terminated instance's address row goes with it), counted
+    /// on the subnet's key alone.
     pub async fn subnet_addresses_used(&self, subnet_id: &str) -> Result<i64> {
         let row: Option<(i64,)> = self
             .fetch_optional(
-                "SELECT CAST(COUNT(*) AS BIGINT) FROM instance_addresses a \
-                 JOIN instances i ON i.id = a.instance_id \
-                 WHERE a.subnet_id = $1 AND i.state <> 'terminated'",
+                "SELECT CAST(COUNT(*) AS BIGINT) FROM instance_addresses WHERE subnet_id = $1",
                 &[subnet_id.into()],
             )
             .await?;
@@ -719,8 +718,7 @@ pub(crate) async fn attach_instance(
     // Then the lowest free address, reading which are used.
     let used: std::collections::HashSet<String> = conn
         .fetch_texts(
-            "SELECT a.address FROM instance_addresses a JOIN instances i ON i.id = a.instance_id \
-             WHERE a.subnet_id = $1 AND i.state <> 'terminated'",
+            "SELECT address FROM instance_addresses WHERE subnet_id = $1",
             &[subnet.into()],
         )
         .await?
@@ -762,9 +760,8 @@ fn remember_address(subnet: &str, given: u32) {
         .insert(subnet.to_string(), given.saturating_add(1));
 }
 
-/// Gives `address` to the instance unless a live instance holds it. The
-/// row of a terminated instance that had it goes; a live one (given
-/// meanwhile by another replica) stays.
+/// Gives `address` to the instance unless another instance holds it (one
+/// given it meanwhile by another replica). Terminated instances hold none.
 async fn take_address(
     conn: &mut Conn<'_>,
     subnet: &str,
@@ -772,12 +769,6 @@ async fn take_address(
     instance_id: &str,
 ) -> Result<bool, DbError> {
     let address = address.to_string();
-    conn.execute(
-        "DELETE FROM instance_addresses WHERE subnet_id = $1 AND address = $2 \
-         AND instance_id IN (SELECT id FROM instances WHERE state = 'terminated')",
-        &[subnet.into(), (&address).into()],
-    )
-    .await?;
     let taken = conn
         .execute(
             "INSERT INTO instance_addresses (subnet_id, address, instance_id) \

@@ -174,6 +174,8 @@ impl AgentArgs {
                     .then(|| self.max_image_size_gb.saturating_mul(1 << 30)),
             },
             heartbeat_every: Duration::from_secs(self.heartbeat_secs),
+            inventory: None,
+            http: None,
         })
     }
 }

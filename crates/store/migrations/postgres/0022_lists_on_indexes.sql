@@ -23,3 +23,9 @@ WHERE jsonb_typeof(i.labels::jsonb -> j.key) = 'string';
 -- Instances of one state in creation order (`?state=running`).
 CREATE INDEX instances_by_project_state_created
     ON instances (project_id, state, created_at, id);
+
+-- A terminated instance's address is free: its row goes when it ends (it
+-- used to stay until the address was given again), so a subnet's count of
+-- used addresses reads only its own key.
+DELETE FROM instance_addresses
+WHERE instance_id IN (SELECT id FROM instances WHERE state = 'terminated');

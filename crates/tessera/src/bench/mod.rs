@@ -1,7 +1,9 @@
 //! `tessera bench`: benchmarks that print figures. Nothing here asserts on
 //! time; the figures go in the README with the command that printed them.
 
+mod agents;
 mod api;
+mod fleet;
 mod gateway;
 mod placement;
 mod serverless;
@@ -14,6 +16,13 @@ pub enum BenchCommand {
     Placement(placement::PlacementArgs),
     /// Allocate + deallocate round trips through the HTTP API.
     Api(api::ApiArgs),
+    /// A fleet of simulated hosts: creations per second to running, create
+    /// and read latencies of every list endpoint, memory.
+    Fleet(fleet::FleetArgs),
+    /// Thousands of real agents (the `sim` driver) against a server: what
+    /// `fleet --agents` starts in a process of its own.
+    #[command(hide = true)]
+    Agents(agents::AgentsArgs),
     /// Latency through the ingress gateway (HTTP and HTTPS) versus direct.
     Gateway(gateway::GatewayArgs),
     /// Serverless deployments on the container driver: the front door's
@@ -26,6 +35,8 @@ impl BenchCommand {
         match self {
             BenchCommand::Placement(args) => placement::run(args),
             BenchCommand::Api(args) => api::run(args).await,
+            BenchCommand::Fleet(args) => fleet::run(args).await,
+            BenchCommand::Agents(args) => agents::run(args).await,
             BenchCommand::Gateway(args) => gateway::run(args).await,
             BenchCommand::Serverless(args) => serverless::run(args).await,
         }
