@@ -467,6 +467,16 @@ where
 }
 
 /// `Location` of an operation, for answers that start one.
+/// The headers of a page whose answer is the documented array: the next
+/// page's token, if there is one, in `X-Next-Page-Token`.
+pub(crate) fn next_page_headers(next_page_token: Option<String>) -> axum::http::HeaderMap {
+    let mut headers = axum::http::HeaderMap::new();
+    if let Some(token) = next_page_token.and_then(|t| axum::http::HeaderValue::from_str(&t).ok()) {
+        headers.insert("x-next-page-token", token);
+    }
+    headers
+}
+
 fn operation_location(id: &str) -> [(header::HeaderName, String); 1] {
     [(header::LOCATION, format!("/v1/operations/{id}"))]
 }

@@ -3,7 +3,7 @@
 use super::{Caller, ErrorBody, Path, Query, Result, one_of};
 use axum::Json;
 use axum::extract::State;
-use axum::http::{HeaderMap, HeaderValue};
+use axum::http::HeaderMap;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 use tessera_app::App;
@@ -99,15 +99,8 @@ pub async fn list_operations(
             },
         )
         .await?;
-    let mut headers = HeaderMap::new();
-    if let Some(token) = page
-        .next_page_token
-        .and_then(|t| HeaderValue::from_str(&t).ok())
-    {
-        headers.insert("x-next-page-token", token);
-    }
     Ok((
-        headers,
+        super::next_page_headers(page.next_page_token),
         Json(page.items.into_iter().map(OperationBody::from).collect()),
     ))
 }

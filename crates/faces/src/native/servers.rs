@@ -5,7 +5,7 @@ use super::{Body, Caller, ErrorBody, Path, Query, Result, operation_location};
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::{HeaderMap, HeaderValue, header};
+use axum::http::{HeaderMap, header};
 use serde::{Deserialize, Serialize};
 use tessera_app::App;
 use tessera_app::hosts::Host;
@@ -170,15 +170,8 @@ pub async fn list_servers(
     let page = app
         .servers(&caller, params.limit, params.page_token.as_deref())
         .await?;
-    let mut headers = HeaderMap::new();
-    if let Some(token) = page
-        .next_page_token
-        .and_then(|t| HeaderValue::from_str(&t).ok())
-    {
-        headers.insert("x-next-page-token", token);
-    }
     Ok((
-        headers,
+        super::next_page_headers(page.next_page_token),
         Json(page.items.into_iter().map(ServerBody::from).collect()),
     ))
 }

@@ -4,7 +4,6 @@
 
 use super::{BENCH_SSH_KEY, quantile};
 use crate::server;
-use crate::settings::Settings;
 use anyhow::{Context, Result, bail};
 use rand::RngCore;
 use serde_json::{Value, json};
@@ -37,23 +36,7 @@ pub async fn run(args: ApiArgs) -> Result<()> {
         .database_url
         .clone()
         .unwrap_or_else(|| tessera_store::Store::sqlite_url(&dir.path().join("bench.db")));
-    let settings = Settings {
-        listen: "127.0.0.1:0".parse()?,
-        sim: Some(Default::default()),
-        agent_timeout: Duration::from_secs(30),
-        admin_token: Some(token.clone()),
-        // The benchmark measures allocations, not a tenant's limits.
-        quota_defaults: tessera_store::Usage {
-            instances: -1,
-            vcpus: -1,
-            memory_mb: -1,
-            volumes: -1,
-            volume_gb: -1,
-            containers: -1,
-            ssh_keys: -1,
-        },
-        ..Settings::with_defaults(dir.path().to_path_buf(), database_url)
-    };
+    let settings = super::bench_settings(dir.path(), database_url, &token, true)?;
     let running = server::start(&settings).await?;
     let base = running.url();
     let client = reqwest::Client::builder()

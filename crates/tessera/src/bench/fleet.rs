@@ -10,7 +10,6 @@
 
 use super::{BENCH_SSH_KEY, quantile};
 use crate::server;
-use crate::settings::Settings;
 use anyhow::{Context, Result, bail};
 use rand::RngCore;
 use serde_json::{Value, json};
@@ -188,25 +187,9 @@ pub async fn run(args: FleetArgs) -> Result<()> {
         client: u32::MAX,
         window: Duration::from_secs(60),
     };
-    let mut settings = Settings {
-        listen: "127.0.0.1:0".parse()?,
-        sim: (!args.agents).then(Default::default),
-        agent_timeout: Duration::from_secs(30),
-        admin_token: Some(token.clone()),
-        // The benchmark measures the fleet, not a tenant's limits.
-        quota_defaults: tessera_store::Usage {
-            instances: -1,
-            vcpus: -1,
-            memory_mb: -1,
-            volumes: -1,
-            volume_gb: -1,
-            containers: -1,
-            ssh_keys: -1,
-        },
-        rate_limits: unlimited.clone(),
-        native_rate_limits: unlimited,
-        ..Settings::with_defaults(dir.path().to_path_buf(), database_url)
-    };
+    let mut settings = super::bench_settings(dir.path(), database_url, &token, !args.agents)?;
+    settings.rate_limits = unlimited.clone();
+    settings.native_rate_limits = unlimited;
     settings.http.max_connections = 100_000;
     settings.http.max_per_address = 100_000;
     settings.credential_rate_limit = u32::MAX;
@@ -264,6 +247,11 @@ pub async fn run(args: FleetArgs) -> Result<()> {
         created.cpu_ms_per_creation, created.postgres_ms_per_creation
     );
 
+    println!(
+        "control plane memory with the fleet made: {:.0} MiB resident",
+        usage_of(pid)?.rss_mib
+    );
+
     // The reads.
     let endpoints = read_endpoints(&bench, &store).await?;
     println!(
@@ -309,7 +297,7 @@ pub async fn run(args: FleetArgs) -> Result<()> {
     );
     let after = usage_of(pid)?;
     println!(
-        "control plane memory: {:.0} MiB resident ({:.0} MiB at start); process CPU {:.1} s",
+        "control plane memory after the reads: {:.0} MiB resident ({:.0} MiB at start); process CPU {:.1} s",
         after.rss_mib,
         before.rss_mib,
         (after.cpu - before.cpu).as_secs_f64()

@@ -54,3 +54,30 @@ pub(crate) fn quantile<T: Copy + Default>(sorted: &[T], q: f64) -> T {
 
 /// An OpenSSH public key for benchmark tenants.
 pub(crate) const BENCH_SSH_KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAILmnyh5Zhh+xjmtoWSoe3i1RmWA29P+9P0gB1tgCQjT5 bench@tessera";
+
+/// A server's settings for a benchmark on `database_url`: simulated hosts
+/// (unless `sim` is false), the bootstrap admin's `token`, and no quota,
+/// since a benchmark measures the server, not a tenant's limits.
+pub(crate) fn bench_settings(
+    dir: &std::path::Path,
+    database_url: String,
+    token: &str,
+    sim: bool,
+) -> anyhow::Result<crate::settings::Settings> {
+    Ok(crate::settings::Settings {
+        listen: "127.0.0.1:0".parse()?,
+        sim: sim.then(Default::default),
+        agent_timeout: std::time::Duration::from_secs(30),
+        admin_token: Some(token.to_string()),
+        quota_defaults: tessera_store::Usage {
+            instances: -1,
+            vcpus: -1,
+            memory_mb: -1,
+            volumes: -1,
+            volume_gb: -1,
+            containers: -1,
+            ssh_keys: -1,
+        },
+        ..crate::settings::Settings::with_defaults(dir.to_path_buf(), database_url)
+    })
+}
