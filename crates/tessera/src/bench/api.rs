@@ -5,7 +5,6 @@
 use super::{BENCH_SSH_KEY, quantile};
 use crate::server;
 use anyhow::{Context, Result, bail};
-use rand::RngCore;
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -29,20 +28,14 @@ pub struct ApiArgs {
 
 pub async fn run(args: ApiArgs) -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let mut secret = [0u8; 16];
-    rand::rng().fill_bytes(&mut secret);
-    let token = format!("bench-{}", hex(&secret));
-    let database_url = args
-        .database_url
-        .clone()
-        .unwrap_or_else(|| tessera_store::Store::sqlite_url(&dir.path().join("bench.db")));
-    let settings = super::bench_settings(dir.path(), database_url, &token, true)?;
+    let settings = super::bench_settings(dir.path(), args.database_url.clone(), true)?;
+    let token = settings.admin_token.clone().unwrap_or_default();
     let running = server::start(&settings).await?;
     let base = running.url();
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(256)
         .build()?;
-    let prefix = format!("bench-{}", &hex(&secret)[..8]);
+    let prefix = token[..14].to_string();
     let ranges: Vec<String> = (0..16)
         .map(|i| format!("{}-{}", i * 4, i * 4 + 3))
         .collect();
@@ -196,8 +189,4 @@ async fn round_trip(
         bail!("deallocate answered {}", response.status());
     }
     Ok((allocated, start.elapsed()))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

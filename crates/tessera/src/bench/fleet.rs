@@ -11,7 +11,6 @@
 use super::{BENCH_SSH_KEY, quantile};
 use crate::server;
 use anyhow::{Context, Result, bail};
-use rand::RngCore;
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -174,20 +173,14 @@ impl Bench {
 pub async fn run(args: FleetArgs) -> Result<()> {
     raise_file_limit();
     let dir = tempfile::tempdir()?;
-    let mut secret = [0u8; 16];
-    rand::rng().fill_bytes(&mut secret);
-    let token = format!("bench-{}", hex(&secret));
-    let database_url = args
-        .database_url
-        .clone()
-        .unwrap_or_else(|| Store::sqlite_url(&dir.path().join("bench.db")));
     let unlimited = tessera_app::RateLimits {
         project: u32::MAX,
         endpoint: u32::MAX,
         client: u32::MAX,
         window: Duration::from_secs(60),
     };
-    let mut settings = super::bench_settings(dir.path(), database_url, &token, !args.agents)?;
+    let mut settings = super::bench_settings(dir.path(), args.database_url.clone(), !args.agents)?;
+    let token = settings.admin_token.clone().unwrap_or_default();
     settings.rate_limits = unlimited.clone();
     settings.native_rate_limits = unlimited;
     settings.http.max_connections = 100_000;
@@ -793,8 +786,4 @@ async fn start_agents(bench: &Bench, args: &FleetArgs) -> Result<tokio::process:
         .spawn()
         .context("starting the agents' process")?;
     Ok(child)
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -55,20 +55,26 @@ pub(crate) fn quantile<T: Copy + Default>(sorted: &[T], q: f64) -> T {
 /// An OpenSSH public key for benchmark tenants.
 pub(crate) const BENCH_SSH_KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAILmnyh5Zhh+xjmtoWSoe3i1RmWA29P+9P0gB1tgCQjT5 bench@tessera";
 
-/// A server's settings for a benchmark on `database_url`: simulated hosts
-/// (unless `sim` is false), the bootstrap admin's `token`, and no quota,
-/// since a benchmark measures the server, not a tenant's limits.
+/// A server's settings for a benchmark on `database_url` (a fresh SQLite
+/// file in `dir` when `None`): simulated hosts (unless `sim` is false), a
+/// random bootstrap admin token (`admin_token`), and no quota, since a
+/// benchmark measures the server, not a tenant's limits.
 pub(crate) fn bench_settings(
     dir: &std::path::Path,
-    database_url: String,
-    token: &str,
+    database_url: Option<String>,
     sim: bool,
 ) -> anyhow::Result<crate::settings::Settings> {
+    use rand::RngCore;
+    let mut secret = [0u8; 16];
+    rand::rng().fill_bytes(&mut secret);
+    let token: String = secret.iter().map(|b| format!("{b:02x}")).collect();
+    let database_url =
+        database_url.unwrap_or_else(|| tessera_store::Store::sqlite_url(&dir.join("bench.db")));
     Ok(crate::settings::Settings {
         listen: "127.0.0.1:0".parse()?,
         sim: sim.then(Default::default),
         agent_timeout: std::time::Duration::from_secs(30),
-        admin_token: Some(token.to_string()),
+        admin_token: Some(format!("bench-{token}")),
         quota_defaults: tessera_store::Usage {
             instances: -1,
             vcpus: -1,
