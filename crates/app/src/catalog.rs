@@ -65,7 +65,7 @@ impl App {
         let Some(kind) = self.catalog.instance_type(type_name) else {
             return Ok(false);
         };
-        self.refresh_for_availability().await?;
+        self.refresh_for_availability();
         Ok(match location {
             Some(code) => self.fits(kind, code),
             None => self
@@ -76,19 +76,26 @@ impl App {
         })
     }
 
-    /// Catches the placement view up with other replicas' changes, unless
-    /// it looked within the last second: a look reads every host's version,
-    /// too much for each of a fleet's availability reads, and an answer
-    /// about "now" a second old is as good as any.
-    async fn refresh_for_availability(&self) -> Result<()> {
+    /// Catches the placement view up with other replicas' changes, in the
+    /// background, unless it looked within the last second or is looking.
+    /// This process's own changes are in the view already; a look reads
+    /// every host's version, too much to wait for in each of a fleet's
+    /// availability reads, and an answer about "now" a second or two old
+    /// is as good as any.
+    fn refresh_for_availability(&self) {
         let now = std::time::Instant::now();
         let needed_at = now
             .checked_sub(std::time::Duration::from_secs(1))
             .unwrap_or(now);
-        self.placement
-            .refresh_changed(&self.store, needed_at)
-            .await?;
-        Ok(())
+        if self.placement.looked_since(needed_at) {
+            return;
+        }
+        let (placement, store) = (self.placement.clone(), self.store.clone());
+        tokio::spawn(async move {
+            if let Err(err) = placement.refresh_changed(&store, needed_at).await {
+                tracing::warn!(error = %err, "placement view: looking for other replicas' changes");
+            }
+        });
     }
 
     /// The instance types that could be placed now, per location.
@@ -96,7 +103,7 @@ impl App {
         if let Some(code) = location {
             self.check_location("location_code", code)?;
         }
-        self.refresh_for_availability().await?;
+        self.refresh_for_availability();
         Ok(self
             .catalog
             .locations

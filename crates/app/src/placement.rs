@@ -115,6 +115,15 @@ impl PlacementView {
         Ok(())
     }
 
+    /// Whether a look for changed hosts started at or after `at`, or one
+    /// is under way.
+    pub fn looked_since(&self, at: Instant) -> bool {
+        match self.last_look.try_lock() {
+            Ok(last_look) => last_look.is_some_and(|looked| looked >= at),
+            Err(_) => true,
+        }
+    }
+
     /// Reloads the hosts whose version in the store differs from the view's,
     /// and forgets those the store no longer has, unless a look that started
     /// after `needed_at` already did so. Answers how many hosts changed.

@@ -135,19 +135,50 @@ pub struct Decision {
 /// The engine's view of the fleet.
 ///
 /// Indexes keep a decision from scanning the fleet: schedulable hosts by free
-/// CPU count (for best fit), and hosts with a free unit of each size; each
-/// under the host's region and under "any region" (`None`).
+/// CPU count (for best fit), under every scope a request can name (anywhere,
+/// the host's region, its zone) and its architecture or any; and hosts with a
+/// free unit of each size, by scope. A request walks only the hosts of its
+/// zone or region and architecture, so asking for a place a fleet does not
+/// have costs as little as finding one.
 #[derive(Default)]
 pub struct PlacementEngine {
     hosts: BTreeMap<HostId, HostInventory>,
-    by_free: HashMap<Option<String>, BestFit>,
-    by_free_unit: HashMap<(usize, Option<String>), BestFit>,
+    by_free: HashMap<(Scope, Option<String>), BestFit>,
+    by_free_unit: HashMap<(usize, Scope), BestFit>,
     /// Schedulable hosts with a shared CPU that has some room left.
     with_shared_room: BTreeSet<HostId>,
 }
 
 /// Hosts ordered by free CPUs, fewest first: `(free CPUs, host)`.
 type BestFit = BTreeSet<(usize, HostId)>;
+
+/// The hosts an index entry covers.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum Scope {
+    Anywhere,
+    Region(String),
+    Zone(String),
+}
+
+impl Scope {
+    /// The narrowest scope a request names: its zone, else its region.
+    fn of(region: Option<&str>, zone: Option<&str>) -> Self {
+        match (zone, region) {
+            (Some(zone), _) => Self::Zone(zone.to_string()),
+            (None, Some(region)) => Self::Region(region.to_string()),
+            (None, None) => Self::Anywhere,
+        }
+    }
+
+    /// Every scope `host` is in.
+    fn all_of(host: &HostInventory) -> [Self; 3] {
+        [
+            Self::Anywhere,
+            Self::Region(host.region.clone()),
+            Self::Zone(host.zone.clone()),
+        ]
+    }
+}
 
 impl PlacementEngine {
     pub fn new() -> Self {
@@ -203,20 +234,16 @@ impl PlacementEngine {
             .filter(|u| u.free)
             .map(|u| u.cpus.len())
             .collect();
-        for region in [None, Some(host.region.clone())] {
-            let set = self.by_free.entry(region.clone()).or_default();
-            if add {
-                set.insert(entry.clone());
-            } else {
-                set.remove(&entry);
-            }
+        let change = |set: &mut BestFit| match add {
+            true => set.insert(entry.clone()),
+            false => set.remove(&entry),
+        };
+        for scope in Scope::all_of(host) {
             for &size in &sizes {
-                let set = self.by_free_unit.entry((size, region.clone())).or_default();
-                if add {
-                    set.insert(entry.clone());
-                } else {
-                    set.remove(&entry);
-                }
+                change(self.by_free_unit.entry((size, scope.clone())).or_default());
+            }
+            for arch in [None, Some(host.arch.clone())] {
+                change(self.by_free.entry((scope.clone(), arch)).or_default());
             }
         }
     }
@@ -248,15 +275,18 @@ impl PlacementEngine {
                 return on_shared;
             }
         }
-        let (candidates, need, zone) = match request {
+        let (candidates, need, region, zone) = match request {
             Request::Unit {
                 cpu_count,
                 region,
                 zone,
             } => (
-                self.by_free_unit
-                    .get(&(*cpu_count as usize, region.clone())),
+                self.by_free_unit.get(&(
+                    *cpu_count as usize,
+                    Scope::of(region.as_deref(), zone.as_deref()),
+                )),
                 *cpu_count,
+                region,
                 zone,
             ),
             Request::Cpus {
@@ -264,10 +294,13 @@ impl PlacementEngine {
                 region,
                 zone,
                 share,
+                arch,
                 ..
             } => (
-                self.by_free.get(region),
+                self.by_free
+                    .get(&(Scope::of(region.as_deref(), zone.as_deref()), arch.clone())),
                 if share.is_some() { 1 } else { *count },
+                region,
                 zone,
             ),
         };
@@ -275,7 +308,7 @@ impl PlacementEngine {
         candidates?
             .range(start..)
             .filter_map(|(_, id)| self.hosts.get(id))
-            .filter(|h| h.in_location(None, zone.as_deref()))
+            .filter(|h| h.in_location(region.as_deref(), zone.as_deref()))
             .find_map(|host| place_on(host, request))
     }
 
@@ -641,6 +674,67 @@ mod tests {
             zone: Some("z9".into()),
         };
         assert_eq!(engine.place(&in_z9), None);
+    }
+
+    #[test]
+    fn zones_and_architectures_are_indexed_apart() {
+        let mut engine = PlacementEngine::new();
+        // h1 has the fewest free CPUs, but is in another zone and arch.
+        let mut small = pooled("h1", "0-1", &[]);
+        small.zone = "z2".into();
+        small.arch = "arm64".into();
+        engine.upsert_host(small);
+        engine.upsert_host(pooled("h2", "0-7", &[]));
+        engine.upsert_host(pooled("h3", "0-3", &[]));
+        let request =
+            |region: Option<&str>, zone: Option<&str>, arch: Option<&str>| Request::Cpus {
+                count: 2,
+                memory_mb: 0,
+                region: region.map(Into::into),
+                zone: zone.map(Into::into),
+                whole_units: true,
+                arch: arch.map(Into::into),
+                share: None,
+            };
+        fn host(engine: &PlacementEngine, r: Request) -> Option<String> {
+            engine.place(&r).map(|d| d.host.to_string())
+        }
+        assert_eq!(
+            host(&engine, request(None, None, None)).as_deref(),
+            Some("h1")
+        );
+        assert_eq!(
+            host(&engine, request(None, Some("z1"), None)).as_deref(),
+            Some("h3")
+        );
+        assert_eq!(
+            host(&engine, request(None, None, Some("amd64"))).as_deref(),
+            Some("h3")
+        );
+        assert_eq!(
+            host(&engine, request(None, Some("z2"), Some("arm64"))).as_deref(),
+            Some("h1")
+        );
+        assert_eq!(
+            host(&engine, request(Some("r1"), Some("z2"), None)).as_deref(),
+            Some("h1")
+        );
+        // A zone named with a region it is not in has no host.
+        assert_eq!(host(&engine, request(Some("r9"), Some("z1"), None)), None);
+        assert_eq!(
+            host(&engine, request(None, Some("z2"), Some("amd64"))),
+            None
+        );
+        assert_eq!(host(&engine, request(None, Some("z9"), None)), None);
+        // Taking h1's CPUs moves it in every index it is in.
+        let taken = engine.place(&request(None, Some("z2"), None)).expect("h1");
+        engine.apply(&taken);
+        assert_eq!(host(&engine, request(None, None, Some("arm64"))), None);
+        engine.release(&taken);
+        assert_eq!(
+            host(&engine, request(None, None, Some("arm64"))).as_deref(),
+            Some("h1")
+        );
     }
 
     #[test]
