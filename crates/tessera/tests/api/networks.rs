@@ -590,6 +590,8 @@ async fn instances_get_addresses_of_their_subnet_and_hold_their_network(backend:
             .is_some_and(|m| m.contains("no free address")),
         "{body}"
     );
+    let tiny_path = format!("/v1/subnets/{}", tiny["id"].as_str().expect("id"));
+    assert_eq!(server.get_ok(&tiny_path).await["available_ips"], 0);
 
     // What instances are in cannot go.
     for path in [
@@ -614,6 +616,7 @@ async fn instances_get_addresses_of_their_subnet_and_hold_their_network(backend:
     server
         .wait_operation(deleted["operation_id"].as_str().expect("op"), TOKEN)
         .await;
+    assert_eq!(server.get_ok(&tiny_path).await["available_ips"], 1);
     let (status, again) = call(
         &server,
         TOKEN,
@@ -650,6 +653,7 @@ async fn instances_get_addresses_of_their_subnet_and_hold_their_network(backend:
             .wait_operation(deleted["operation_id"].as_str().expect("op"), TOKEN)
             .await;
     }
+    assert_eq!(server.get_ok(&tiny_path).await["available_ips"], 13);
     let (status, _) = call(
         &server,
         TOKEN,
