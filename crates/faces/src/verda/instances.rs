@@ -252,7 +252,7 @@ pub async fn list_instances(
     State(app): State<App>,
     Caller(caller): Caller,
     Query(query): Query<ListQuery>,
-) -> Result<Json<Vec<InstanceBody>>> {
+) -> Result<Response> {
     if let Some(wanted) = &query.status
         && !STATUSES.contains(&wanted.as_str())
     {
@@ -276,39 +276,117 @@ pub async fn list_instances(
                 .push(volume);
         }
     }
-    let mut tags_of = app
+    let tags_of = app
         .project_tags(&caller.project_id, tessera_app::tags::Tagged::Instance)
         .await?;
-    let mut bodies = Vec::new();
-    let mut page_token = None;
-    loop {
-        let page = app
+    let listing = Listing {
+        app,
+        caller,
+        status: query.status,
+        ended,
+        volumes_of,
+        tags_of,
+        opened: false,
+        listed: 0,
+    };
+    // The first page is read before answering, so that what fails early
+    // fails with its status; the rest is written as it is read.
+    let first = listing.page(None).await?;
+    let pages =
+        futures::stream::try_unfold((listing, Some(first)), |(mut listing, page)| async move {
+            let Some(page) = page else {
+                return Ok(None);
+            };
+            let mut chunk = listing.render(page.items).await;
+            if !listing.opened {
+                listing.opened = true;
+                chunk.insert(0, b'[');
+            }
+            let next = match page.next_page_token {
+                Some(token) => Some(listing.page(Some(token)).await?),
+                None => {
+                    chunk.push(b']');
+                    None
+                }
+            };
+            Ok::<_, VerdaError>(Some((chunk, (listing, next))))
+        });
+    let body = axum::body::Body::from_stream(futures::TryStreamExt::map_err(pages, |err| {
+        tracing::warn!(error = %err.0, "GET /instances: the list broke off");
+        std::io::Error::other(err.0.to_string())
+    }));
+    Ok((
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        body,
+    )
+        .into_response())
+}
+
+/// `GET /instances`' answer as it is written: Verda answers every instance
+/// at once, with no pages, so the list is read a page at a time from the
+/// store and each page written out before the next is read. A project's
+/// 100,000 instances take the memory of one page, not of all of them.
+struct Listing {
+    app: App,
+    caller: Principal,
+    status: Option<String>,
+    ended: bool,
+    volumes_of: std::collections::HashMap<String, Vec<tessera_app::volumes::Volume>>,
+    tags_of: std::collections::HashMap<String, Vec<tessera_app::tags::Tag>>,
+    /// Whether the list's `[` was written.
+    opened: bool,
+    /// How many instances were written so far.
+    listed: usize,
+}
+
+impl Listing {
+    async fn page(
+        &self,
+        page_token: Option<String>,
+    ) -> Result<tessera_app::operations::Page<Instance>> {
+        Ok(self
+            .app
             .instances(
-                &caller,
+                &self.caller,
                 &InstanceQuery {
-                    state: ended.then_some(InstanceState::Terminated),
-                    limit: Some(1000),
-                    page_token: page_token.take(),
+                    state: self.ended.then_some(InstanceState::Terminated),
+                    limit: Some(500),
+                    page_token,
                     ..InstanceQuery::default()
                 },
             )
-            .await?;
+            .await?)
+    }
+
+    /// The page's instances as JSON array elements, each after a comma but
+    /// the list's first.
+    async fn render(&mut self, items: Vec<Instance>) -> Vec<u8> {
+        let mut out = Vec::new();
         // Serverless replicas are their deployment's, as on Verda: listed
         // at `/container-deployments/{name}/replicas`, not here.
-        for instance in page.items.into_iter().filter(|i| i.spec.workload.is_none()) {
-            let volumes = volumes_of.remove(instance.id.as_str()).unwrap_or_default();
-            let tags = tags_of.remove(instance.id.as_str()).unwrap_or_default();
-            let body = instance_body_with(&app, &caller, instance, volumes, tags).await;
-            if query.status.as_ref().is_none_or(|s| *s == body.status) {
-                bodies.push(body);
+        for instance in items.into_iter().filter(|i| i.spec.workload.is_none()) {
+            let volumes = self
+                .volumes_of
+                .remove(instance.id.as_str())
+                .unwrap_or_default();
+            let tags = self
+                .tags_of
+                .remove(instance.id.as_str())
+                .unwrap_or_default();
+            let body = instance_body_with(&self.app, &self.caller, instance, volumes, tags).await;
+            if self.status.as_ref().is_some_and(|s| *s != body.status) {
+                continue;
+            }
+            if self.listed > 0 {
+                out.push(b',');
+            }
+            // An `InstanceBody` is strings and numbers: it always serializes.
+            if serde_json::to_writer(&mut out, &body).is_ok() {
+                self.listed += 1;
             }
         }
-        match page.next_page_token {
-            Some(token) => page_token = Some(token),
-            None => break,
-        }
+        out
     }
-    Ok(Json(bodies))
 }
 
 /// Get an instance.

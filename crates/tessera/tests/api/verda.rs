@@ -20,6 +20,7 @@ on_both_backends!(
     concurrent_attaches_never_share_a_device,
     go_clients_read_every_answer_and_add_their_keys,
     tags_on_instances_and_volumes,
+    a_long_instance_list_is_whole_json_across_pages,
 );
 
 /// A Verda client of one project.
@@ -1655,4 +1656,45 @@ pub async fn plant_request(
             .expect("insert")
     );
     d
+}
+
+/// Verda answers every instance at once; Tessera writes the list a page of
+/// 500 at a time. Across pages it is one JSON array, each instance once,
+/// and a filter that leaves a page empty leaves no stray comma.
+async fn a_long_instance_list_is_whole_json_across_pages(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    // No hosts: every creation ends `no_capacity`, quickly.
+    let mut ops = Vec::new();
+    for i in 0..1_001 {
+        let created = server
+            .create_instance(TOKEN, &format!("n-{i}"), "CPU.4V.16G")
+            .await;
+        ops.push(created["operation_id"].as_str().expect("op").to_string());
+    }
+    for op in &ops {
+        server.wait_operation(op, TOKEN).await;
+    }
+    let verda = Verda::login(&server, "default").await;
+    let (status, headers, text) = verda
+        .raw(
+            Method::GET,
+            "/instances?status=no_capacity",
+            None,
+            Some(&verda.token),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    assert_eq!(headers["content-type"], "application/json");
+    let listed: Vec<Value> = serde_json::from_str(&text).expect("one JSON array");
+    assert_eq!(listed.len(), 1_001);
+    let ids: std::collections::HashSet<&str> =
+        listed.iter().filter_map(|i| i["id"].as_str()).collect();
+    assert_eq!(ids.len(), 1_001, "each instance once");
+    assert!(listed.iter().all(|i| i["status"] == "no_capacity"));
+    // Every page filtered out, and no instance live: empty arrays.
+    for path in ["/instances?status=discontinued", "/instances"] {
+        let (status, _, text) = verda.raw(Method::GET, path, None, Some(&verda.token)).await;
+        assert_eq!(status, StatusCode::OK, "{text}");
+        assert_eq!(text, "[]", "{path}");
+    }
 }
