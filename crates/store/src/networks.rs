@@ -704,17 +704,16 @@ pub(crate) async fn attach_instance(
     // First the addresses after the last one this process gave in the
     // subnet: while the subnet has not wrapped, the first of them is free,
     // and a creation reads nothing of the subnet's other instances.
-    let hint = next_address_hint(subnet);
-    if let Some(next) = hint {
-        let last = network::instance_addresses(&attachment.subnet_cidr)
-            .last()
-            .map_or(0, u32::from);
-        for n in (next..=last).take(HINTED_PROBES) {
-            let address = Ipv4Addr::from(n);
-            if take_address(conn, subnet, &address, instance_id).await? {
-                remember_address(subnet, n);
-                return Ok(Attached::Address(address.to_string()));
-            }
+    let last = network::instance_addresses(&attachment.subnet_cidr)
+        .last()
+        .map_or(0, u32::from);
+    for _ in 0..HINTED_PROBES {
+        let Some(n) = next_address_hint(subnet, last) else {
+            break;
+        };
+        let address = Ipv4Addr::from(n);
+        if take_address(conn, subnet, &address, instance_id).await? {
+            return Ok(Attached::Address(address.to_string()));
         }
     }
     // Then the lowest free address, reading which are used.
@@ -741,18 +740,30 @@ pub(crate) async fn attach_instance(
 /// How many addresses after the hint are tried before reading the subnet.
 const HINTED_PROBES: usize = 8;
 
-/// The address after the last one this process gave in each subnet. Only a
-/// hint of where a free one likely is: the store's key on (subnet, address)
-/// decides, whatever other processes gave meanwhile.
+/// The next address this process will try in each subnet: after the last
+/// one it gave or tried. Only a hint of where a free one likely is: the
+/// store's key on (subnet, address) decides, whatever other processes gave
+/// meanwhile.
 static ADDRESS_HINTS: std::sync::LazyLock<std::sync::Mutex<HashMap<String, u32>>> =
     std::sync::LazyLock::new(Default::default);
 
-fn next_address_hint(subnet: &str) -> Option<u32> {
-    ADDRESS_HINTS
+/// An address to try in `subnet`, up to `last`, that no other creation in
+/// this process is trying: each is handed out once, so that concurrent
+/// creations do not all insert the same address and, on PostgreSQL, wait
+/// for each other's commit to learn that they lost. One whose transaction
+/// rolls back stays free, for the lowest-free search once the hint has
+/// passed the subnet's end.
+fn next_address_hint(subnet: &str, last: u32) -> Option<u32> {
+    let mut hints = ADDRESS_HINTS
         .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .get(subnet)
-        .copied()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let next = hints.get_mut(subnet)?;
+    let n = *next;
+    if n > last {
+        return None;
+    }
+    *next = n.saturating_add(1);
+    Some(n)
 }
 
 fn remember_address(subnet: &str, given: u32) {
