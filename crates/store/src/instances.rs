@@ -185,23 +185,38 @@ impl Store {
                     instance.vcpus.into(),
                 ],
             ));
-            if let Some(labels) = instance.labels.as_object() {
+            // Its labels in one statement: ($1, $2, $3) are the instance,
+            // its project and when; each label adds a key and a value.
+            let labels: Vec<(&String, &str)> = instance
+                .labels
+                .as_object()
+                .into_iter()
+                .flatten()
+                .filter_map(|(key, value)| Some((key, value.as_str()?)))
+                .collect();
+            if !labels.is_empty() {
+                let mut args: Vec<Arg> = vec![
+                    (&instance.id).into(),
+                    (&instance.project_id).into(),
+                    (&at).into(),
+                ];
+                let mut rows = Vec::new();
                 for (key, value) in labels {
-                    if let Some(value) = value.as_str() {
-                        statements.push((
-                            "INSERT INTO instance_labels (instance_id, project_id, key, value, \
-                             created_at) VALUES ($1, $2, $3, $4, $5)"
-                                .into(),
-                            vec![
-                                (&instance.id).into(),
-                                (&instance.project_id).into(),
-                                key.into(),
-                                value.into(),
-                                (&at).into(),
-                            ],
-                        ));
-                    }
+                    args.extend([key.into(), value.into()]);
+                    rows.push(format!(
+                        "($1, $2, ${}, ${}, $3)",
+                        args.len() - 1,
+                        args.len()
+                    ));
                 }
+                statements.push((
+                    format!(
+                        "INSERT INTO instance_labels (instance_id, project_id, key, value, \
+                         created_at) VALUES {}",
+                        rows.join(", ")
+                    ),
+                    args,
+                ));
             }
             statements.push(meter_open(
                 &instance.id,

@@ -278,7 +278,9 @@ impl App {
     /// Drives an `instance_create` operation (see the module doc).
     pub(crate) async fn run_instance_create(&self, run: &mut Run) -> Result<()> {
         let instance = self.run_instance(run).await?;
-        if self.cancel_requested(run).await? {
+        // The operation was read as this run took it: no need to read it
+        // again for a cancel.
+        if run.op.cancel_requested != 0 {
             return self
                 .unwind_create(run, TerminationCause::Cancelled, "creation cancelled")
                 .await;

@@ -445,13 +445,11 @@ impl App {
     }
 
     /// Resolves once a cancel of the run's operation is asked for (here or
-    /// on another replica).
+    /// on another replica). The caller has just looked (with
+    /// [`App::cancel_requested`]): this waits before it looks again.
     pub(crate) async fn until_cancel_requested(&self, run: &Run) -> Result<()> {
         let mut changes = self.changes();
         loop {
-            if self.cancel_requested(run).await? {
-                return Ok(());
-            }
             // Woken by this process's changes to this operation (a cancel
             // here publishes it); the poll catches other replicas' cancels.
             let poll = tokio::time::sleep(Duration::from_millis(500));
@@ -464,6 +462,9 @@ impl App {
                         _ => break,
                     },
                 }
+            }
+            if self.cancel_requested(run).await? {
+                return Ok(());
             }
         }
     }
