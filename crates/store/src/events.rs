@@ -25,31 +25,47 @@ pub struct NewEvent {
     pub at: String,
 }
 
+/// The most events one statement inserts. Each count of rows is a
+/// statement of its own in the connections' caches of prepared statements:
+/// a few of them, not hundreds.
+const EVENTS_PER_INSERT: usize = 16;
+
 const EVENT_COLUMNS: &str = "seq, origin, kind, resource_id, project_id, state, at";
 
 impl Store {
-    /// Appends events, in order, in one transaction.
+    /// Appends events, in order: a statement for each [`EVENTS_PER_INSERT`]
+    /// of them.
     pub async fn insert_events(&self, events: &[NewEvent]) -> Result<()> {
-        let statements: Vec<(String, Vec<Arg>)> = events
-            .iter()
-            .map(|e| {
-                (
-                    "INSERT INTO events (origin, kind, resource_id, project_id, state, at) \
-                     VALUES ($1, $2, $3, $4, $5, $6)"
-                        .to_string(),
-                    vec![
-                        (&e.origin).into(),
-                        (&e.kind).into(),
-                        (&e.resource_id).into(),
-                        e.project_id.as_ref().into(),
-                        (&e.state).into(),
-                        (&e.at).into(),
-                    ],
-                )
-            })
-            .collect();
-        self.run_statements("insert_events", statements, |_| true)
-            .await?;
+        for chunk in events.chunks(EVENTS_PER_INSERT) {
+            let mut args: Vec<Arg> = Vec::with_capacity(chunk.len() * 6);
+            let mut rows = Vec::with_capacity(chunk.len());
+            for e in chunk {
+                let n = args.len();
+                rows.push(format!(
+                    "(${}, ${}, ${}, ${}, ${}, ${})",
+                    n + 1,
+                    n + 2,
+                    n + 3,
+                    n + 4,
+                    n + 5,
+                    n + 6
+                ));
+                args.extend([
+                    (&e.origin).into(),
+                    (&e.kind).into(),
+                    (&e.resource_id).into(),
+                    e.project_id.as_ref().into(),
+                    (&e.state).into(),
+                    (&e.at).into(),
+                ]);
+            }
+            // Rows get their `seq` in the order of VALUES.
+            let sql = format!(
+                "INSERT INTO events (origin, kind, resource_id, project_id, state, at) VALUES {}",
+                rows.join(", ")
+            );
+            self.run_statement("insert_events", (sql, args)).await?;
+        }
         Ok(())
     }
 

@@ -273,6 +273,24 @@ impl Store {
         .await
     }
 
+    /// One statement, kept whatever it changed (on PostgreSQL without a
+    /// transaction around it); answers how many rows it changed.
+    async fn run_statement(
+        &self,
+        what: &'static str,
+        statement: (String, Vec<Arg>),
+    ) -> Result<u64> {
+        let statement = std::sync::Arc::new(statement);
+        self.write_one(what, move |mut conn| {
+            let statement = statement.clone();
+            Box::pin(async move {
+                let (sql, args) = &*statement;
+                Ok(writer::Commit::Keep(conn.execute(sql, args).await?))
+            })
+        })
+        .await
+    }
+
     /// [`Store::run_statements`] holding a row lock first, on PostgreSQL
     /// (`lock` is a `SELECT ... FOR UPDATE` of one row by `$1`): writes
     /// that count rows before adding one (a project's secrets, a

@@ -140,7 +140,7 @@ pub(crate) fn operation_progress(
 
 impl Store {
     pub async fn insert_operation(&self, op: &NewOperation) -> Result<()> {
-        self.run_statements("insert_operation", vec![operation_insert(op)], |_| true)
+        self.run_statement("insert_operation", operation_insert(op))
             .await?;
         Ok(())
     }
@@ -194,10 +194,8 @@ impl Store {
         lease_until: &str,
         reclaim: bool,
     ) -> Result<Option<OperationRecord>> {
-        let counts = self
-            .run_statements(
-                "acquire_operation",
-                vec![(
+        let changed = self
+            .run_statement("acquire_operation", (
                     "UPDATE operations SET status = 'running', lease_until = $1, updated_at = $2, \
                      lease_owner = $4, attempts = attempts + 1 WHERE id = $3 AND status IN ('pending', 'running') \
                      AND (lease_until IS NULL OR lease_until < $2 OR (lease_owner = $4 AND $5 = 1))"
@@ -209,11 +207,9 @@ impl Store {
                         self.owner.as_ref().into(),
                         i64::from(reclaim).into(),
                     ],
-                )],
-                |_| true,
-            )
+                ))
             .await?;
-        if counts[0] != 1 {
+        if changed != 1 {
             return Ok(None);
         }
         self.operation(id).await
@@ -222,26 +218,25 @@ impl Store {
     /// Extends this process's lease on an operation it drives; `false` when
     /// it is no longer this process's (or has ended).
     pub async fn renew_operation_lease(&self, id: &str, lease_until: &str) -> Result<bool> {
-        let counts = self
-            .run_statements(
+        let changed = self
+            .run_statement(
                 "renew_operation_lease",
-                vec![(
+                (
                     "UPDATE operations SET lease_until = $1 \
                      WHERE id = $2 AND status = 'running' AND lease_owner = $3"
                         .into(),
                     vec![lease_until.into(), id.into(), self.owner.as_ref().into()],
-                )],
-                |_| true,
+                ),
             )
             .await?;
-        Ok(counts[0] == 1)
+        Ok(changed == 1)
     }
 
     /// Notes why this process's attempt at an operation stopped short.
     pub async fn note_operation_error(&self, id: &str, error: &str) -> Result<()> {
-        self.run_statements(
+        self.run_statement(
             "note_operation_error",
-            vec![(
+            (
                 "UPDATE operations SET last_error = $1, updated_at = $2 \
                  WHERE id = $3 AND status = 'running' AND lease_owner = $4"
                     .into(),
@@ -251,8 +246,7 @@ impl Store {
                     id.into(),
                     self.owner.as_ref().into(),
                 ],
-            )],
-            |_| true,
+            ),
         )
         .await?;
         Ok(())
@@ -266,14 +260,13 @@ impl Store {
         steps: &str,
         lease_until: &str,
     ) -> Result<bool> {
-        let counts = self
-            .run_statements(
+        let changed = self
+            .run_statement(
                 "record_operation_progress",
-                vec![operation_progress(id, steps, lease_until, &self.owner)],
-                |_| true,
+                operation_progress(id, steps, lease_until, &self.owner),
             )
             .await?;
-        Ok(counts[0] == 1)
+        Ok(changed == 1)
     }
 
     /// Ends an operation with no resource of its own to update.
@@ -284,31 +277,29 @@ impl Store {
         result: Option<&serde_json::Value>,
         error: Option<&str>,
     ) -> Result<bool> {
-        let counts = self
-            .run_statements(
+        let changed = self
+            .run_statement(
                 "finish_operation",
-                vec![operation_finish(id, status, result, error, &self.owner)],
-                |_| true,
+                operation_finish(id, status, result, error, &self.owner),
             )
             .await?;
-        Ok(counts[0] == 1)
+        Ok(changed == 1)
     }
 
     /// Asks an unfinished operation to stop; `false` when it has finished.
     pub async fn request_operation_cancel(&self, id: &str) -> Result<bool> {
-        let counts = self
-            .run_statements(
+        let changed = self
+            .run_statement(
                 "request_operation_cancel",
-                vec![(
+                (
                     "UPDATE operations SET cancel_requested = 1, updated_at = $1 \
                      WHERE id = $2 AND status IN ('pending', 'running')"
                         .into(),
                     vec![now().into(), id.into()],
-                )],
-                |_| true,
+                ),
             )
             .await?;
-        Ok(counts[0] == 1)
+        Ok(changed == 1)
     }
 
     /// Unfinished operations that no process holds a live lease on.

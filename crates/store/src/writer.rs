@@ -104,7 +104,7 @@ impl Writer {
         F: for<'c> Fn(Conn<'c>) -> Work<'c, T> + Send + Sync + 'static,
     {
         match self {
-            Writer::Postgres(pool) => write_postgres(pool, what, &work).await,
+            Writer::Postgres(pool) => write_postgres(pool, what, shape, &work).await,
             Writer::Sqlite(jobs) => {
                 let (reply, answer) = oneshot::channel::<Result<T>>();
                 let run: RunJob = Box::new(move |conn: Conn<'_>| -> BoxFuture<'_, Outcome> {
@@ -144,7 +144,15 @@ impl Writer {
     }
 }
 
-async fn write_postgres<T, F>(pool: &AnyPool, what: &'static str, work: &F) -> Result<T>
+/// Runs `work` on PostgreSQL: in a transaction of its own, or for
+/// [`Shape::OneStatement`], as that statement alone, which is atomic by
+/// itself and saves the round trips of `BEGIN` and `COMMIT`.
+async fn write_postgres<T, F>(
+    pool: &AnyPool,
+    what: &'static str,
+    shape: Shape,
+    work: &F,
+) -> Result<T>
 where
     F: for<'c> Fn(Conn<'c>) -> Work<'c, T>,
 {
@@ -153,6 +161,12 @@ where
     loop {
         tries += 1;
         let attempt: std::result::Result<T, DbError> = async {
+            if shape == Shape::OneStatement {
+                let mut conn = pool.acquire().await?;
+                return match work(Conn::Postgres(&mut conn)).await? {
+                    Commit::Keep(value) | Commit::Undo(value) => Ok(value),
+                };
+            }
             let mut tx = pool.begin().await?;
             match work(Conn::Postgres(&mut tx)).await? {
                 Commit::Keep(value) => {
