@@ -716,21 +716,41 @@ pub(crate) async fn attach_instance(
             return Ok(Attached::Address(address.to_string()));
         }
     }
-    // Then the lowest free address, reading which are used.
-    let used: std::collections::HashSet<String> = conn
+    // Then read which are used: the hint starts again at the lowest free
+    // address (unless it is still live) and hands out the free ones from
+    // there, so creations that got here together each try their own.
+    let used: std::collections::HashSet<u32> = conn
         .fetch_texts(
             "SELECT address FROM instance_addresses WHERE subnet_id = $1",
             &[subnet.into()],
         )
         .await?
-        .into_iter()
+        .iter()
+        .filter_map(|a| a.parse::<Ipv4Addr>().ok())
+        .map(u32::from)
         .collect();
-    for address in network::instance_addresses(&attachment.subnet_cidr) {
-        if used.contains(&address.to_string()) {
+    let free = || {
+        network::instance_addresses(&attachment.subnet_cidr)
+            .map(u32::from)
+            .filter(|n| !used.contains(n))
+    };
+    if let Some(lowest) = free().next() {
+        restart_address_hint(subnet, lowest, last);
+    }
+    while let Some(n) = next_address_hint(subnet, last) {
+        if used.contains(&n) {
             continue;
         }
+        let address = Ipv4Addr::from(n);
         if take_address(conn, subnet, &address, instance_id).await? {
-            remember_address(subnet, u32::from(address));
+            return Ok(Attached::Address(address.to_string()));
+        }
+    }
+    // The hint ran out: free addresses it passed (those of creations that
+    // rolled back), lowest first.
+    for n in free() {
+        let address = Ipv4Addr::from(n);
+        if take_address(conn, subnet, &address, instance_id).await? {
             return Ok(Attached::Address(address.to_string()));
         }
     }
@@ -766,11 +786,16 @@ fn next_address_hint(subnet: &str, last: u32) -> Option<u32> {
     Some(n)
 }
 
-fn remember_address(subnet: &str, given: u32) {
-    ADDRESS_HINTS
+/// Starts `subnet`'s hint at `lowest`, the lowest free address a read
+/// found, unless it is still live (it has not passed the subnet's end).
+fn restart_address_hint(subnet: &str, lowest: u32, last: u32) {
+    let mut hints = ADDRESS_HINTS
         .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .insert(subnet.to_string(), given.saturating_add(1));
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let next = hints.entry(subnet.to_string()).or_insert(lowest);
+    if *next > last {
+        *next = lowest;
+    }
 }
 
 /// Gives `address` to the instance unless another instance holds it (one
