@@ -137,7 +137,21 @@ impl Store {
             conditions.push(sql);
             args.extend(statuses.iter().map(|s| Arg::from(*s)));
         }
-        let mut sql = UNIT_SELECT.to_string();
+        // A project's units are few: walk them first (its index), then
+        // their hosts. Left to itself SQLite's planner walks the hosts in
+        // hostname order to spare the sort, all of a fleet's for a zone
+        // they share. `CROSS JOIN` keeps SQLite's order as written;
+        // PostgreSQL plans it as the join it is.
+        let mut sql = match filter.project_id {
+            Some(_) => {
+                conditions.insert(0, "h.id = u.host_id".into());
+                UNIT_SELECT.replace(
+                    "FROM compute_units u JOIN hosts h ON h.id = u.host_id",
+                    "FROM compute_units u CROSS JOIN hosts h",
+                )
+            }
+            None => UNIT_SELECT.to_string(),
+        };
         if !conditions.is_empty() {
             sql.push_str(" WHERE ");
             sql.push_str(&conditions.join(" AND "));
