@@ -156,6 +156,11 @@ impl PlacementView {
         };
         for id in &stale {
             self.refresh_host(store, id).await?;
+            // SQLite reads complete where they are asked, without ever
+            // pending: a look that reloads thousands of hosts would
+            // otherwise hold its worker thread from every request for
+            // seconds.
+            tokio::task::yield_now().await;
         }
         Ok(stale.len())
     }
