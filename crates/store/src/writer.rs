@@ -61,6 +61,16 @@ pub(crate) struct Outcome {
 /// The most units of work one SQLite commit takes.
 const MAX_BATCH: usize = 512;
 
+/// The SQLite writer's page cache, in KiB.
+const WRITER_CACHE_KIB: i64 = 32 * 1024;
+
+/// WAL pages (4 KiB each) past which the writer checkpoints by itself: only
+/// when the checkpoint thread cannot keep up.
+const WRITER_CHECKPOINT_PAGES: i64 = 16 * 1024;
+
+/// The least time between two checkpoints of the checkpoint thread.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(50);
+
 #[derive(Clone)]
 pub(crate) enum Writer {
     Postgres(AnyPool),
@@ -88,11 +98,29 @@ impl Writer {
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.busy_timeout(Duration::from_secs(10))?;
         conn.set_prepared_statement_cache_capacity(256);
+        // A unit of work's savepoint journals the pages it changes: in
+        // memory, not in a temporary file written and deleted each time.
+        conn.pragma_update(None, "temp_store", "MEMORY")?;
+        // The writer alone changes the database, so the pages it read stay
+        // good across commits: keep more of them.
+        conn.pragma_update(None, "cache_size", -WRITER_CACHE_KIB)?;
+        // Checkpoints (copying the WAL into the database, with two fsyncs)
+        // run beside the writer, on their own connection; the writer does
+        // one itself only when that thread falls far behind.
+        conn.pragma_update(None, "wal_autocheckpoint", WRITER_CHECKPOINT_PAGES)?;
+        let checkpointer = rusqlite::Connection::open_with_flags(path, flags)?;
+        checkpointer.pragma_update(None, "synchronous", "FULL")?;
+        let (commits, committed) = std::sync::mpsc::sync_channel::<()>(1);
+        let spawn_error = |e| rusqlite::Error::ToSqlConversionFailure(Box::new(e));
+        std::thread::Builder::new()
+            .name("sqlite-checkpoint".into())
+            .spawn(move || run_checkpointer(checkpointer, committed))
+            .map_err(spawn_error)?;
         let (jobs, queue) = mpsc::channel::<Job>(4096);
         std::thread::Builder::new()
             .name("sqlite-writer".into())
-            .spawn(move || run_sqlite_writer(conn, queue))
-            .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+            .spawn(move || run_sqlite_writer(conn, queue, commits))
+            .map_err(spawn_error)?;
         Ok(Writer::Sqlite(jobs))
     }
 
@@ -191,7 +219,25 @@ where
     }
 }
 
-fn run_sqlite_writer(mut conn: rusqlite::Connection, mut queue: mpsc::Receiver<Job>) {
+/// Copies the WAL into the database after commits, at most once per
+/// [`CHECKPOINT_EVERY`], until the writer stops. A passive checkpoint takes
+/// no lock that would make the writer or a reader wait; it copies what no
+/// reader still needs, and SQLite starts the WAL over once all of it is
+/// copied.
+fn run_checkpointer(conn: rusqlite::Connection, commits: std::sync::mpsc::Receiver<()>) {
+    while commits.recv().is_ok() {
+        if let Err(err) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+            tracing::warn!(error = %err, "SQLite checkpoint failed; the next commit tries again");
+        }
+        std::thread::sleep(CHECKPOINT_EVERY);
+    }
+}
+
+fn run_sqlite_writer(
+    mut conn: rusqlite::Connection,
+    mut queue: mpsc::Receiver<Job>,
+    commits: std::sync::mpsc::SyncSender<()>,
+) {
     while let Some(first) = queue.blocking_recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -210,6 +256,8 @@ fn run_sqlite_writer(mut conn: rusqlite::Connection, mut queue: mpsc::Receiver<J
             }
         }
         run_batch(&mut conn, batch);
+        // Full means a checkpoint is due already.
+        let _ = commits.try_send(());
     }
 }
 
