@@ -11,11 +11,12 @@
 use crate::identity::Principal;
 use crate::{App, Result};
 use serde::Serialize;
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::PoisonError;
 use std::time::{Duration, Instant};
 use tessera_core::Permission;
 use tessera_store::{EventRecord, NewEvent};
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{broadcast, mpsc, watch};
 
 /// How often the log is polled for new events.
 const PUMP_EVERY: Duration = Duration::from_millis(200);
@@ -138,11 +139,77 @@ fn visible(caller: &Principal, event: &Event) -> bool {
 pub(crate) struct EventBus {
     /// Events from the log, for subscribers.
     pub(crate) public: broadcast::Sender<Event>,
-    /// Ids of resources this process just changed, for waiters.
-    pub(crate) changes: broadcast::Sender<String>,
+    /// Waiters on resources this process changes, by id.
+    pub(crate) changes: std::sync::Arc<ChangeWaiters>,
     outbox: mpsc::UnboundedSender<NewEvent>,
     inbox: std::sync::Mutex<Option<mpsc::UnboundedReceiver<NewEvent>>>,
     origin: String,
+}
+
+/// Who waits on which resource, so that a change wakes only its own
+/// waiters: with one channel for every change, each of a thousand creations
+/// in flight would wake at each of the others' changes.
+#[derive(Default)]
+pub(crate) struct ChangeWaiters {
+    /// A resource's change count, and how many watch it.
+    watched: std::sync::Mutex<HashMap<String, (watch::Sender<u64>, usize)>>,
+}
+
+impl ChangeWaiters {
+    fn changed(&self, id: &str) {
+        let watched = self.watched.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((count, _)) = watched.get(id) {
+            count.send_modify(|n| *n += 1);
+        }
+    }
+}
+
+/// A watch on one resource's changes in this process; dropping it stops
+/// watching.
+pub(crate) struct ChangeWatch {
+    waiters: std::sync::Arc<ChangeWaiters>,
+    id: String,
+    changes: watch::Receiver<u64>,
+}
+
+impl ChangeWatch {
+    fn new(waiters: &std::sync::Arc<ChangeWaiters>, id: &str) -> ChangeWatch {
+        let mut watched = waiters
+            .watched
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let (count, watchers) = watched
+            .entry(id.to_string())
+            .or_insert_with(|| (watch::channel(0).0, 0));
+        *watchers += 1;
+        ChangeWatch {
+            waiters: waiters.clone(),
+            id: id.to_string(),
+            changes: count.subscribe(),
+        }
+    }
+
+    /// Resolves at the next change since the last one this watch saw.
+    pub(crate) async fn changed(&mut self) {
+        // The sender lives as long as this watch does.
+        let _ = self.changes.changed().await;
+    }
+}
+
+impl Drop for ChangeWatch {
+    fn drop(&mut self) {
+        let mut watched = self
+            .waiters
+            .watched
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some((_, watchers)) = watched.get_mut(&self.id) {
+            *watchers -= 1;
+            if *watchers == 0 {
+                watched.remove(&self.id);
+            }
+        }
+    }
 }
 
 impl EventBus {
@@ -150,7 +217,7 @@ impl EventBus {
         let (outbox, inbox) = mpsc::unbounded_channel();
         EventBus {
             public: broadcast::channel(4096).0,
-            changes: broadcast::channel(1024).0,
+            changes: std::sync::Arc::default(),
             outbox,
             inbox: std::sync::Mutex::new(Some(inbox)),
             origin: uuid::Uuid::new_v4().to_string(),
@@ -167,7 +234,7 @@ impl App {
         state: &str,
     ) {
         // No receiver is not an error: nobody is waiting.
-        let _ = self.events.changes.send(id.to_string());
+        self.events.changes.changed(id);
         let _ = self.events.outbox.send(NewEvent {
             origin: self.events.origin.clone(),
             kind: kind.to_string(),
@@ -211,9 +278,9 @@ impl App {
         })
     }
 
-    /// Ids of what this process changes from now on.
-    pub(crate) fn changes(&self) -> broadcast::Receiver<String> {
-        self.events.changes.subscribe()
+    /// A watch on this process's changes to `id` from now on.
+    pub(crate) fn watch_changes(&self, id: &str) -> ChangeWatch {
+        ChangeWatch::new(&self.events.changes, id)
     }
 
     /// A project's events after `seq` from the log (with host events when

@@ -129,7 +129,7 @@ impl App {
             )));
         }
         let op = NewOperation {
-            id: uuid::Uuid::new_v4().to_string(),
+            id: crate::new_uuid(),
             project_id,
             kind: OperationKind::ServerCreate,
             resource_id: Some(req.server_id.clone()),
@@ -274,7 +274,7 @@ impl App {
         }
         self.placement.refresh_host(&self.store, &host.id).await?;
         let op = NewOperation {
-            id: uuid::Uuid::new_v4().to_string(),
+            id: crate::new_uuid(),
             project_id,
             kind: OperationKind::ServerDelete,
             resource_id: Some(host.id.clone()),

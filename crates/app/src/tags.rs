@@ -123,7 +123,7 @@ impl App {
         let (key, value) = check_tag("key", key, value)?;
         self.taggable(caller, kind, id).await?;
         let record = TagRecord {
-            id: uuid::Uuid::new_v4().to_string(),
+            id: crate::new_uuid(),
             project_id: caller.project_id.clone(),
             resource: kind.resource(id),
             key,
@@ -157,7 +157,7 @@ impl App {
     ) -> Result<()> {
         for (key, value) in tags {
             let record = TagRecord {
-                id: uuid::Uuid::new_v4().to_string(),
+                id: crate::new_uuid(),
                 project_id: project_id.to_string(),
                 resource: kind.resource(id),
                 key: key.clone(),

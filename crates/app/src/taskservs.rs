@@ -284,7 +284,7 @@ impl App {
         }
         let id = new_id("tsk");
         let op = NewOperation {
-            id: uuid::Uuid::new_v4().to_string(),
+            id: crate::new_uuid(),
             project_id: project_id.clone(),
             kind: OperationKind::TaskservCreate,
             resource_id: Some(id.clone()),
@@ -321,7 +321,7 @@ impl App {
         let project_id = self.workspace_of(caller, workspace).await?;
         let taskserv = self.project_taskserv(caller, id).await?;
         let op = NewOperation {
-            id: uuid::Uuid::new_v4().to_string(),
+            id: crate::new_uuid(),
             project_id,
             kind: OperationKind::TaskservDelete,
             resource_id: Some(taskserv.id.clone()),

@@ -104,7 +104,7 @@ impl App {
                     )));
                 }
                 let op = NewOperation {
-                    id: uuid::Uuid::new_v4().to_string(),
+                    id: crate::new_uuid(),
                     project_id,
                     kind: OperationKind::ServerDrain,
                     resource_id: Some(host.id.clone()),
@@ -155,7 +155,7 @@ impl App {
         }
         let mut labels = params.labels.clone();
         labels.insert("cluster".into(), name.clone());
-        let op_id = uuid::Uuid::new_v4().to_string();
+        let op_id = crate::new_uuid();
         let mut nodes = Vec::new();
         for n in 1..=params.node_count {
             let mut node = CreateInstance {

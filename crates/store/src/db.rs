@@ -193,6 +193,19 @@ impl Conn<'_> {
         }
     }
 
+    /// Every row, whole: for a statement with `RETURNING`, which is
+    /// stepped to its end.
+    pub(crate) async fn fetch_rows(
+        &mut self,
+        sql: &str,
+        args: &[Arg],
+    ) -> Result<Vec<sqlx::any::AnyRow>, DbError> {
+        match self {
+            Conn::Postgres(conn) => Ok(any_query(sql, args).fetch_all(&mut **conn).await?),
+            Conn::Sqlite(conn) => crate::reader::read_rows(conn, sql, args, None),
+        }
+    }
+
     /// The first column of the first row, as text, if there is a row.
     pub(crate) async fn fetch_text(
         &mut self,

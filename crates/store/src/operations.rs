@@ -6,7 +6,9 @@
 //! over and finish or unwind it from its step log.
 
 use crate::db::Arg;
+use crate::writer::Commit;
 use crate::{Result, Store, now};
+use sqlx::FromRow;
 use tessera_core::status::{OperationKind, OperationStatus};
 
 #[derive(Clone, Debug, sqlx::FromRow)]
@@ -194,25 +196,27 @@ impl Store {
         lease_until: &str,
         reclaim: bool,
     ) -> Result<Option<OperationRecord>> {
-        let changed = self
-            .run_statement("acquire_operation", (
-                    "UPDATE operations SET status = 'running', lease_until = $1, updated_at = $2, \
-                     lease_owner = $4, attempts = attempts + 1 WHERE id = $3 AND status IN ('pending', 'running') \
-                     AND (lease_until IS NULL OR lease_until < $2 OR (lease_owner = $4 AND $5 = 1))"
-                        .into(),
-                    vec![
-                        lease_until.into(),
-                        now().into(),
-                        id.into(),
-                        self.owner.as_ref().into(),
-                        i64::from(reclaim).into(),
-                    ],
-                ))
+        // The operation as taken comes back with the change: no read after.
+        let sql = std::sync::Arc::new(format!(
+            "UPDATE operations SET status = 'running', lease_until = $1, updated_at = $2, \
+             lease_owner = $4, attempts = attempts + 1 WHERE id = $3 AND status IN ('pending', 'running') \
+             AND (lease_until IS NULL OR lease_until < $2 OR (lease_owner = $4 AND $5 = 1)) \
+             RETURNING {OPERATION_COLUMNS}"
+        ));
+        let args = std::sync::Arc::new(vec![
+            lease_until.into(),
+            now().into(),
+            id.into(),
+            self.owner.as_ref().into(),
+            i64::from(reclaim).into(),
+        ]);
+        let rows = self
+            .write_one("acquire_operation", move |mut conn| {
+                let (sql, args) = (sql.clone(), args.clone());
+                Box::pin(async move { Ok(Commit::Keep(conn.fetch_rows(&sql, &args).await?)) })
+            })
             .await?;
-        if changed != 1 {
-            return Ok(None);
-        }
-        self.operation(id).await
+        Ok(rows.first().map(OperationRecord::from_row).transpose()?)
     }
 
     /// Extends this process's lease on an operation it drives; `false` when

@@ -89,7 +89,8 @@ impl SqliteReaders {
     }
 }
 
-fn read_rows(
+/// Reads the rows of `sql` on `conn` as sqlx's rows, at most `limit`.
+pub(crate) fn read_rows(
     conn: &rusqlite::Connection,
     sql: &str,
     args: &[Arg],

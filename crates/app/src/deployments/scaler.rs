@@ -387,13 +387,8 @@ impl App {
         };
         let network = self.attach_new_instance(&d.project_id, &mut spec).await?;
         spec.privileged = self.store.project_policy(&d.project_id).await?.privileged;
-        let short = id
-            .rsplit('-')
-            .next()
-            .unwrap_or(&id)
-            .chars()
-            .take(6)
-            .collect::<String>();
+        // The id's last digits are random (its first are the time).
+        let short = &id[id.len().saturating_sub(6)..];
         let instance = NewInstance {
             id: id.clone(),
             project_id: d.project_id.clone(),

@@ -231,7 +231,7 @@ impl App {
     ) -> Result<Instance> {
         let id = instance.id.clone();
         let op = NewOperation {
-            id: uuid::Uuid::new_v4().to_string(),
+            id: crate::new_uuid(),
             project_id: caller.project_id.clone(),
             kind: OperationKind::InstanceCreate,
             resource_id: Some(id.clone()),
@@ -299,11 +299,8 @@ impl App {
                 .await;
         }
         let instance = self.run_instance(run).await?;
-        if self.cancel_requested(run).await? {
-            return self
-                .unwind_create(run, TerminationCause::Cancelled, "creation cancelled")
-                .await;
-        }
+        // A cancel asked since the operation was taken is heard below, as
+        // soon as the host is asked: no read of the operation here.
         if let Err(why) = self.prepare_volumes(&instance).await {
             tracing::warn!(instance = %instance.id, error = %why, "preparing the instance's volumes failed");
             return self

@@ -217,7 +217,7 @@ impl App {
             return Ok(());
         }
         let op = NewOperation {
-            id: uuid::Uuid::new_v4().to_string(),
+            id: crate::new_uuid(),
             project_id: instance.project_id.to_string(),
             kind: OperationKind::InstanceStart,
             resource_id: Some(instance.id.to_string()),

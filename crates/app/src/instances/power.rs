@@ -66,7 +66,7 @@ impl App {
     ) -> Result<Instance> {
         let instance = self.project_instance(&caller.project_id, id).await?;
         let op = NewOperation {
-            id: uuid::Uuid::new_v4().to_string(),
+            id: crate::new_uuid(),
             project_id: caller.project_id.clone(),
             kind,
             resource_id: Some(instance.id.to_string()),

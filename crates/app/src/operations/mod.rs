@@ -158,6 +158,9 @@ impl Drop for AbortOnDrop {
 pub(crate) struct Run {
     pub op: OperationRecord,
     pub steps: StepLog,
+    /// This process's changes to the operation since before it was taken:
+    /// a cancel asked here wakes the run at once.
+    changes: crate::events::ChangeWatch,
 }
 
 impl Run {
@@ -270,7 +273,7 @@ impl App {
 
     async fn wait_for_end(&self, mut op: Operation, timeout: Duration) -> Result<Operation> {
         let deadline = tokio::time::Instant::now() + timeout;
-        let mut changes = self.changes();
+        let mut changes = self.watch_changes(&op.id);
         while !op.is_finished() {
             // Woken by this process's changes; the poll catches other replicas'.
             let poll = tokio::time::sleep(Duration::from_millis(500));
@@ -279,11 +282,7 @@ impl App {
                 // The server stops: answer the operation as it is.
                 _ = self.stopping.cancelled() => break,
                 _ = poll => {}
-                changed = changes.recv() => {
-                    if let Ok(id) = changed && id != *op.id {
-                        continue;
-                    }
-                }
+                _ = changes.changed() => {}
             }
             op = self
                 .stored_operation(&op.id)
@@ -354,6 +353,9 @@ impl App {
         let Some(_guard) = InFlight::enter(&self.in_flight, format!("op:{id}")) else {
             return;
         };
+        // Watching from before the operation is read, a cancel asked here
+        // after that read is never missed.
+        let changes = self.watch_changes(id);
         let op = match self
             .store
             .acquire_operation(id, &self.deadline(), reclaim)
@@ -380,7 +382,7 @@ impl App {
             }
         };
         let kind = op.kind.clone();
-        let mut run = Run { op, steps };
+        let mut run = Run { op, steps, changes };
         // Keep the lease while this process drives it, however long a host
         // takes; only a dead process lets it run out.
         let heartbeat = {
@@ -445,23 +447,15 @@ impl App {
     }
 
     /// Resolves once a cancel of the run's operation is asked for (here or
-    /// on another replica). The caller has just looked (with
-    /// [`App::cancel_requested`]): this waits before it looks again.
-    pub(crate) async fn until_cancel_requested(&self, run: &Run) -> Result<()> {
-        let mut changes = self.changes();
+    /// on another replica) after the operation was read as the run took it
+    /// or last looked with [`App::cancel_requested`].
+    pub(crate) async fn until_cancel_requested(&self, run: &mut Run) -> Result<()> {
         loop {
             // Woken by this process's changes to this operation (a cancel
             // here publishes it); the poll catches other replicas' cancels.
-            let poll = tokio::time::sleep(Duration::from_millis(500));
-            tokio::pin!(poll);
-            loop {
-                tokio::select! {
-                    _ = &mut poll => break,
-                    changed = changes.recv() => match changed {
-                        Ok(id) if id != run.op.id => continue,
-                        _ => break,
-                    },
-                }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                _ = run.changes.changed() => {}
             }
             if self.cancel_requested(run).await? {
                 return Ok(());
