@@ -202,6 +202,8 @@ pub struct App {
     /// Work this process is doing on hosts and units now, so the reconciler
     /// does not start the same work twice.
     in_flight: Arc<Mutex<HashSet<String>>>,
+    /// Projects' default networks, read once each.
+    defaults: Arc<networks::DefaultNetworks>,
     agent_of_host: Arc<Mutex<HashMap<HostId, Arc<dyn HostAgent>>>>,
     /// What this process last wrote of each instance's usage, so that a
     /// fleet's unchanged observations are not written again at every look.
@@ -243,6 +245,7 @@ impl App {
             placement,
             config: Arc::new(config),
             in_flight: Arc::default(),
+            defaults: Arc::default(),
             sessions: Arc::default(),
             terminals: Arc::default(),
             agent_of_host: Arc::default(),

@@ -25,6 +25,8 @@ use crate::identity::Principal;
 use crate::instances::{Instance, InstanceSpecInput};
 use crate::{App, has_nul, new_id};
 use ipnet::Ipv4Net;
+use std::collections::HashMap;
+use std::sync::PoisonError;
 use tessera_agent_api::NetworkAttachment;
 use tessera_core::Permission;
 use tessera_core::network::{self, GroupRules, InboundRule, Ports, Protocol, Source};
@@ -37,6 +39,49 @@ use tessera_store::{
 /// The size of a VPC's block when none is asked for (a sixteenth of a
 /// narrower pool, down to /28).
 pub const DEFAULT_VPC_PREFIX: u8 = 20;
+
+/// The most projects whose defaults one process keeps; past it, it starts
+/// over.
+const KNOWN_DEFAULTS: usize = 10_000;
+
+/// A project's default network, as a new instance is attached to it.
+#[derive(Clone)]
+struct KnownDefaults {
+    vpc: VpcRecord,
+    subnet: SubnetRecord,
+    /// `None`: the project has no default group (a group of its own took
+    /// the name), so new instances must name theirs.
+    group: Option<String>,
+}
+
+/// Projects' default networks, as this process read them.
+#[derive(Default)]
+pub(crate) struct DefaultNetworks(std::sync::Mutex<HashMap<String, KnownDefaults>>);
+
+impl DefaultNetworks {
+    fn get(&self, project_id: &str) -> Option<KnownDefaults> {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(project_id)
+            .cloned()
+    }
+
+    fn keep(&self, project_id: &str, known: &KnownDefaults) {
+        let mut map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if map.len() >= KNOWN_DEFAULTS {
+            map.clear();
+        }
+        map.insert(project_id.to_string(), known.clone());
+    }
+
+    fn forget(&self, project_id: &str) {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(project_id);
+    }
+}
 
 /// The size of VPCs' blocks when none is asked for, in `pool`.
 fn default_vpc_prefix(pool: &Ipv4Net) -> u8 {
@@ -279,6 +324,27 @@ impl App {
 
     /// The project's default security group, made with its default VPC
     /// (the caller has made sure of that).
+    /// A project's default VPC, subnet and group, as this process last
+    /// read them. None of them can be deleted or changed, so they are read
+    /// once per project, not at each creation; should the project go (and
+    /// them with it), the store refuses the attachment and
+    /// [`App::forget_defaults`] drops what was known.
+    async fn known_defaults(&self, project_id: &str) -> Result<KnownDefaults> {
+        if let Some(known) = self.defaults.get(project_id) {
+            return Ok(known);
+        }
+        let (vpc, subnet) = self.default_network(project_id).await?;
+        let group = self.default_group(project_id).await.ok().map(|g| g.id);
+        let known = KnownDefaults { vpc, subnet, group };
+        self.defaults.keep(project_id, &known);
+        Ok(known)
+    }
+
+    /// Forgets a project's defaults: the store said they are gone.
+    pub(crate) fn forget_defaults(&self, project_id: &str) {
+        self.defaults.forget(project_id);
+    }
+
     async fn default_group(&self, project_id: &str) -> Result<SecurityGroupRecord> {
         self.store
             .security_groups(project_id)
@@ -783,7 +849,8 @@ impl App {
         project_id: &str,
         spec: &mut InstanceSpecInput,
     ) -> Result<NewAttachment> {
-        let (default_vpc, default_subnet) = self.default_network(project_id).await?;
+        let known = self.known_defaults(project_id).await?;
+        let (default_vpc, default_subnet) = (known.vpc, known.subnet);
         let vpc = match &spec.vpc_id {
             None => None,
             Some(id) => Some(
@@ -828,7 +895,11 @@ impl App {
         };
         let mut groups = Vec::new();
         if spec.security_groups.is_empty() {
-            groups.push(self.default_group(project_id).await?.id);
+            groups.push(match known.group {
+                Some(group) => group,
+                // Says why there is none.
+                None => self.default_group(project_id).await?.id,
+            });
         }
         for name in &spec.security_groups {
             let group = self.project_group(project_id, name).await.map_err(missing(

@@ -257,7 +257,10 @@ impl App {
                 ));
             }
             InstancesAdded::SubnetFull(subnet) => return Err(subnet_full(&subnet)),
-            InstancesAdded::NetworkGone => return Err(network_gone()),
+            InstancesAdded::NetworkGone => {
+                self.forget_defaults(&caller.project_id);
+                return Err(network_gone());
+            }
             InstancesAdded::ReplicasEnough => {
                 return Err(Error::Conflict(
                     "the deployment has all the replicas it may have, or is being deleted".into(),
@@ -277,7 +280,7 @@ impl App {
 
     /// Drives an `instance_create` operation (see the module doc).
     pub(crate) async fn run_instance_create(&self, run: &mut Run) -> Result<()> {
-        let instance = self.run_instance(run).await?;
+        let mut instance = self.run_instance(run).await?;
         // The operation was read as this run took it: no need to read it
         // again for a cancel.
         if run.op.cancel_requested != 0 {
@@ -285,20 +288,26 @@ impl App {
                 .unwind_create(run, TerminationCause::Cancelled, "creation cancelled")
                 .await;
         }
-        if !run.done(&Step::Placed)
-            && let Err(why) = self
+        if !run.done(&Step::Placed) {
+            match self
                 .place(run, &instance, |_| Step::Placed, CpuClaim::Place)
                 .await
-        {
-            let why = match why {
-                Error::NoCapacity(why) => why,
-                other => return Err(other),
-            };
-            return self
-                .unwind_create(run, TerminationCause::NoCapacity, &why)
-                .await;
+            {
+                // The instance as the claim left it, without reading it
+                // again: on the host, holding the CPUs, one generation on.
+                Ok(decision) => {
+                    instance.host_id = Some(decision.host);
+                    instance.cpus = Some(decision.cpus);
+                    instance.generation += 1;
+                }
+                Err(Error::NoCapacity(why)) => {
+                    return self
+                        .unwind_create(run, TerminationCause::NoCapacity, &why)
+                        .await;
+                }
+                Err(other) => return Err(other),
+            }
         }
-        let instance = self.run_instance(run).await?;
         // A cancel asked since the operation was taken is heard below, as
         // soon as the host is asked: no read of the operation here.
         if let Err(why) = self.prepare_volumes(&instance).await {
