@@ -191,6 +191,10 @@ pub async fn run(args: FleetArgs) -> Result<()> {
     let bench = Bench {
         client: reqwest::Client::builder()
             .pool_max_idle_per_host(1024)
+            // Shorter than the server's 15 s for an idle connection, so the
+            // clients never send on one the server is closing (the creations'
+            // connections sit idle through the long Verda list reads).
+            .pool_idle_timeout(Duration::from_secs(5))
             .build()?,
         base: running.url(),
         token: token.clone(),
