@@ -322,8 +322,6 @@ impl App {
         ))
     }
 
-    /// The project's default security group, made with its default VPC
-    /// (the caller has made sure of that).
     /// A project's default VPC, subnet and group, as this process last
     /// read them. None of them can be deleted or changed, so they are read
     /// once per project, not at each creation; should the project go (and
@@ -334,7 +332,12 @@ impl App {
             return Ok(known);
         }
         let (vpc, subnet) = self.default_network(project_id).await?;
-        let group = self.default_group(project_id).await.ok().map(|g| g.id);
+        let group = match self.default_group(project_id).await {
+            Ok(group) => Some(group.id),
+            // A group of the project's own took the name: kept as known.
+            Err(Error::Conflict(_)) => None,
+            Err(err) => return Err(err),
+        };
         let known = KnownDefaults { vpc, subnet, group };
         self.defaults.keep(project_id, &known);
         Ok(known)
@@ -345,6 +348,8 @@ impl App {
         self.defaults.forget(project_id);
     }
 
+    /// The project's default security group, made with its default VPC
+    /// (the caller has made sure of that).
     async fn default_group(&self, project_id: &str) -> Result<SecurityGroupRecord> {
         self.store
             .security_groups(project_id)
