@@ -400,9 +400,7 @@ impl ServerArgs {
     fn resolve_with(self, file: FileSettings) -> Result<Settings> {
         let data_dir = match self.data_dir.or(file.data_dir) {
             Some(dir) => dir,
-            None => dirs::data_dir()
-                .context("no data directory is known for this user; pass --data-dir")?
-                .join("tessera"),
+            None => default_data_dir()?,
         };
         let listen = match self.listen.or(file.listen) {
             Some(addr) => addr,
@@ -708,6 +706,19 @@ fn read_file(path: &Path) -> Result<FileSettings> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read the config file {}", path.display()))?;
     toml::from_str(&text).with_context(|| format!("in the config file {}", path.display()))
+}
+
+/// Where Tessera keeps its state when not told: a system service's place as
+/// root, as `tessera agent` does (its containers' users must be able to
+/// reach their root file systems, and `/root` is closed to them); the
+/// user's data directory otherwise.
+fn default_data_dir() -> Result<PathBuf> {
+    if crate::agent::is_root() {
+        return Ok(PathBuf::from("/var/lib/tessera"));
+    }
+    Ok(dirs::data_dir()
+        .context("no data directory is known for this user; pass --data-dir")?
+        .join("tessera"))
 }
 
 #[cfg(test)]
