@@ -328,7 +328,7 @@ impl Store {
                         .fetch_texts(
                             "SELECT id FROM instances WHERE host_id = $1 AND state <> 'terminated' \
                              UNION SELECT DISTINCT SUBSTR(holder, 10) FROM cpu_claims \
-                             WHERE host_id = $1 AND holder LIKE 'instance:%' \
+                             WHERE host_id = $1 AND SUBSTR(holder, 1, 9) = 'instance:' \
                              UNION SELECT DISTINCT instance_id FROM cpu_shares \
                              WHERE host_id = $1 ORDER BY 1",
                             &[(&id).into()],

@@ -136,6 +136,10 @@ const INSTANCE_COLUMNS: &str = "id, project_id, name, labels, spec, state, state
      cpu_list, memory_mb, private_ip, public_ip, operation_id, generation, created_at, updated_at, \
      ssh_endpoint, end_cause";
 
+/// An instance's name in the CPU ledger. Statements pick instances' claims
+/// with `SUBSTR(holder, 1, 9) = 'instance:'`, not `LIKE 'instance:%'`: the
+/// latter can use the holder index, and PostgreSQL then walks every
+/// instance's claims in the fleet to intersect them with one host's.
 fn holder(instance_id: &str) -> String {
     format!("instance:{instance_id}")
 }
@@ -480,7 +484,7 @@ impl Store {
         const ARMS: [&str; 3] = [
             "SELECT id, host_id FROM instances WHERE host_id IS NOT NULL",
             "SELECT DISTINCT SUBSTR(holder, 10), host_id FROM cpu_claims \
-             WHERE holder LIKE 'instance:%'",
+             WHERE SUBSTR(holder, 1, 9) = 'instance:'",
             "SELECT DISTINCT instance_id, host_id FROM cpu_shares WHERE 1 = 1",
         ];
         let filter = match host_id {
@@ -681,7 +685,7 @@ impl Store {
         let rows: Vec<(String,)> = self
             .fetch_all(
                 "SELECT DISTINCT SUBSTR(holder, 10) FROM cpu_claims WHERE host_id = $1 \
-                 AND holder LIKE 'instance:%' \
+                 AND SUBSTR(holder, 1, 9) = 'instance:' \
                  UNION SELECT DISTINCT instance_id FROM cpu_shares WHERE host_id = $1 \
                  ORDER BY 1",
                 &[host_id.into()],
@@ -783,6 +787,12 @@ struct Placing {
 /// Claims `place.cpus` of a READY host for the instance and records the
 /// operation's progress; with `placing`, the instance (unplaced until now)
 /// is recorded there too.
+///
+/// The host row's lock comes last, just before the memory check and the
+/// commit: every claim on a host waits for it (as does a decommission), so
+/// on PostgreSQL it is held for two statements, not the whole claim. The
+/// CPUs need no lock: the ledger's key refuses a CPU twice. Locks are taken
+/// instance, ledger, host, the order a release takes them in too.
 async fn claim_cpus(
     mut conn: Conn<'_>,
     place: &Placing,
@@ -792,59 +802,6 @@ async fn claim_cpus(
         return Ok(Commit::Undo(false));
     }
     let at = now();
-    // The host row's lock: a decommission waits for this, and this for it.
-    let ready = conn
-        .execute(
-            "UPDATE hosts SET generation = generation + 1, updated_at = $1 \
-             WHERE id = $2 AND status = 'READY'",
-            &[(&at).into(), (&place.host_id).into()],
-        )
-        .await?;
-    if ready != 1 {
-        return Ok(Commit::Undo(false));
-    }
-    // Memory is checked here too, under the host row's lock, so replicas
-    // whose views are behind cannot overcommit it: the instances on the
-    // host and those moving in, plus this one.
-    let capacity = conn
-        .fetch_int(
-            "SELECT memory_mb FROM hosts WHERE id = $1",
-            &[(&place.host_id).into()],
-        )
-        .await?
-        .unwrap_or(0);
-    let used = conn
-        .fetch_int(
-            "SELECT CAST(COALESCE(SUM(memory_mb), 0) AS BIGINT) FROM instances \
-             WHERE id <> $2 AND (host_id = $1 OR id IN (SELECT SUBSTR(holder, 10) \
-             FROM cpu_claims WHERE host_id = $1 AND holder LIKE 'instance:%') \
-             OR id IN (SELECT instance_id FROM cpu_shares WHERE host_id = $1))",
-            &[(&place.host_id).into(), (&place.instance_id).into()],
-        )
-        .await?
-        .unwrap_or(0);
-    let own = conn
-        .fetch_int(
-            "SELECT memory_mb FROM instances WHERE id = $1",
-            &[(&place.instance_id).into()],
-        )
-        .await?
-        .unwrap_or(0);
-    if used + own > capacity {
-        return Ok(Commit::Undo(false));
-    }
-    if !placing {
-        let current = conn
-            .fetch_text(
-                "SELECT host_id FROM instances WHERE id = $1",
-                &[(&place.instance_id).into()],
-            )
-            .await?;
-        if current.as_deref() == Some(place.host_id.as_str()) {
-            // A move goes elsewhere.
-            return Ok(Commit::Undo(false));
-        }
-    }
     if placing {
         let cpu_list = tessera_core::CpuSet::from_iter(place.cpus.iter().copied()).to_string();
         let placed = conn
@@ -860,6 +817,17 @@ async fn claim_cpus(
             )
             .await?;
         if placed != 1 {
+            return Ok(Commit::Undo(false));
+        }
+    } else {
+        let current = conn
+            .fetch_text(
+                "SELECT host_id FROM instances WHERE id = $1",
+                &[(&place.instance_id).into()],
+            )
+            .await?;
+        if current.as_deref() == Some(place.host_id.as_str()) {
+            // A move goes elsewhere.
             return Ok(Commit::Undo(false));
         }
     }
@@ -887,30 +855,62 @@ async fn claim_cpus(
             return Ok(Commit::Undo(false));
         }
     }
-    match place.share {
-        Some(millis) => {
-            if !claim_share(&mut conn, place, millis).await? {
-                return Ok(Commit::Undo(false));
-            }
-        }
-        None => {
-            let values: Vec<String> = (0..place.cpus.len())
-                .map(|i| format!("($1, ${}, $2)", i + 3))
-                .collect();
-            let sql = format!(
-                "INSERT INTO cpu_claims (host_id, cpu, holder) VALUES {} ON CONFLICT DO NOTHING",
-                values.join(", ")
-            );
-            let mut args: Vec<Arg> =
-                vec![(&place.host_id).into(), holder(&place.instance_id).into()];
-            args.extend(place.cpus.iter().map(|&cpu| Arg::from(i64::from(cpu))));
-            if conn.execute(&sql, &args).await? != place.cpus.len() as u64 {
-                return Ok(Commit::Undo(false));
-            }
+    if place.share.is_none() {
+        let values: Vec<String> = (0..place.cpus.len())
+            .map(|i| format!("($1, ${}, $2)", i + 3))
+            .collect();
+        let sql = format!(
+            "INSERT INTO cpu_claims (host_id, cpu, holder) VALUES {} ON CONFLICT DO NOTHING",
+            values.join(", ")
+        );
+        let mut args: Vec<Arg> = vec![(&place.host_id).into(), holder(&place.instance_id).into()];
+        args.extend(place.cpus.iter().map(|&cpu| Arg::from(i64::from(cpu))));
+        if conn.execute(&sql, &args).await? != place.cpus.len() as u64 {
+            return Ok(Commit::Undo(false));
         }
     }
     if conn.execute(&place.progress.0, &place.progress.1).await? != 1 {
         // The operation was taken over or ended meanwhile.
+        return Ok(Commit::Undo(false));
+    }
+    // The host row's lock: a decommission waits for this, and this for it.
+    let Some(capacity) = conn
+        .fetch_int(
+            "UPDATE hosts SET generation = generation + 1, updated_at = $1 \
+             WHERE id = $2 AND status = 'READY' RETURNING memory_mb",
+            &[(&at).into(), (&place.host_id).into()],
+        )
+        .await?
+    else {
+        return Ok(Commit::Undo(false));
+    };
+    if let Some(millis) = place.share
+        && !claim_share(&mut conn, place, millis).await?
+    {
+        return Ok(Commit::Undo(false));
+    }
+    // Memory is checked under the host row's lock, so replicas whose views
+    // are behind cannot overcommit it: the instances on the host and those
+    // moving in, this one among them now. On PostgreSQL this statement's
+    // snapshot is taken after the lock was granted, so it sees every claim
+    // committed before ours. Each arm reads one host's rows and looks its
+    // instances up by key, whatever plan PostgreSQL keeps for the prepared
+    // statement: planned while the tables were small, a semi-join on
+    // `id IN (...)` scanned every instance at each claim.
+    let used = conn
+        .fetch_int(
+            "SELECT CAST(COALESCE(SUM(memory_mb), 0) AS BIGINT) FROM (\
+             SELECT id, memory_mb FROM instances WHERE host_id = $1 \
+             UNION SELECT SUBSTR(holder, 10), \
+             (SELECT memory_mb FROM instances WHERE id = SUBSTR(holder, 10)) \
+             FROM cpu_claims WHERE host_id = $1 AND SUBSTR(holder, 1, 9) = 'instance:' \
+             UNION SELECT instance_id, (SELECT memory_mb FROM instances WHERE id = instance_id) \
+             FROM cpu_shares WHERE host_id = $1) held",
+            &[(&place.host_id).into()],
+        )
+        .await?
+        .unwrap_or(0);
+    if used > capacity {
         return Ok(Commit::Undo(false));
     }
     Ok(Commit::Keep(true))
