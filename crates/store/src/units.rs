@@ -150,7 +150,13 @@ impl Store {
                     "FROM compute_units u CROSS JOIN hosts h",
                 )
             }
-            None => UNIT_SELECT.to_string(),
+            // Only a partitioned host has units (`cpu_ranges` are its
+            // units): this term lets a zone or region filter walk the
+            // partitioned hosts' index (migration 0024), not every host.
+            None => {
+                conditions.push("h.cpu_ranges <> '[]'".into());
+                UNIT_SELECT.to_string()
+            }
         };
         if !conditions.is_empty() {
             sql.push_str(" WHERE ");
