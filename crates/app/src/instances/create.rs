@@ -491,6 +491,7 @@ impl App {
             )
             .await?;
         if settled {
+            run.ended = Some(OperationStatus::Completed);
             tracing::info!(instance = %instance.id, host = ?instance.host_id, "instance running");
             self.publish(
                 "instance",

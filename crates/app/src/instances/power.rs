@@ -208,6 +208,7 @@ impl App {
             self.placement.refresh_host(&self.store, &host).await?;
         }
         if settled {
+            run.ended = Some(status);
             tracing::info!(instance = %instance.id, kind = %kind, status = %status, state = %state, "instance operation ended");
             self.publish(
                 "instance",

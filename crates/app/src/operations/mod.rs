@@ -161,6 +161,9 @@ pub(crate) struct Run {
     /// This process's changes to the operation since before it was taken:
     /// a cancel asked here wakes the run at once.
     changes: crate::events::ChangeWatch,
+    /// How the run ended the operation, when the saga says so as it
+    /// settles it: its end is then published without reading it back.
+    pub ended: Option<OperationStatus>,
 }
 
 impl Run {
@@ -382,7 +385,12 @@ impl App {
             }
         };
         let kind = op.kind.clone();
-        let mut run = Run { op, steps, changes };
+        let mut run = Run {
+            op,
+            steps,
+            changes,
+            ended: None,
+        };
         // Keep the lease while this process drives it, however long a host
         // takes; only a dead process lets it run out.
         let heartbeat = {
@@ -432,8 +440,15 @@ impl App {
             }
             return;
         }
-        if let Ok(Some(op)) = self.store.operation(id).await {
-            self.publish("operation", id, Some(&op.project_id), &op.status);
+        match run.ended {
+            Some(status) => {
+                self.publish("operation", id, Some(&run.op.project_id), status.as_str())
+            }
+            None => {
+                if let Ok(Some(op)) = self.store.operation(id).await {
+                    self.publish("operation", id, Some(&op.project_id), &op.status);
+                }
+            }
         }
     }
 
