@@ -2,7 +2,7 @@
 //! which groups an instance is a member of, and the addresses instances
 //! are given in their subnets.
 
-use crate::db::{Conn, DbError};
+use crate::db::{Arg, Conn, DbError};
 use crate::writer::Commit;
 use crate::{Result, Store, now};
 use ipnet::Ipv4Net;
@@ -670,33 +670,48 @@ pub(crate) async fn attach_instance(
     instance_id: &str,
     attachment: &NewAttachment,
 ) -> Result<Attached, DbError> {
-    // The subnet and groups are held against their deletion meanwhile.
+    // The subnet and groups are held against their deletion meanwhile,
+    // in one statement: the subnet's row and every group's.
     let lock = lock_clause(conn, "FOR SHARE");
-    let subnet = conn
-        .fetch_text(
-            &format!("SELECT id FROM subnets WHERE id = $1{lock}"),
-            &[(&attachment.subnet_id).into()],
+    let groups: std::collections::BTreeSet<&String> = attachment.groups.iter().collect();
+    let mut args: Vec<Arg> = vec![(&attachment.subnet_id).into()];
+    let mut listed = Vec::new();
+    for group in &groups {
+        args.push((*group).into());
+        listed.push(format!("${}", args.len()));
+    }
+    let group_rows = match listed.is_empty() {
+        true => "SELECT id FROM security_groups WHERE 1 = 0".to_string(),
+        false => format!(
+            "SELECT id FROM security_groups WHERE id IN ({}){lock}",
+            listed.join(", ")
+        ),
+    };
+    let found = conn
+        .fetch_ints(
+            &format!(
+                "WITH s AS (SELECT id FROM subnets WHERE id = $1{lock}), g AS ({group_rows}) \
+                 SELECT (SELECT COUNT(*) FROM s), (SELECT COUNT(*) FROM g)"
+            ),
+            &args,
         )
         .await?;
-    if subnet.is_none() {
+    if found[..] != [1, groups.len() as i64] {
         return Ok(Attached::Gone);
     }
-    for group in &attachment.groups {
-        let found = conn
-            .fetch_text(
-                &format!("SELECT id FROM security_groups WHERE id = $1{lock}"),
-                &[group.into()],
-            )
-            .await?;
-        if found.is_none() {
-            return Ok(Attached::Gone);
-        }
-    }
-    for group in &attachment.groups {
+    if !groups.is_empty() {
+        let values: Vec<String> = (0..groups.len())
+            .map(|i| format!("($1, ${})", i + 2))
+            .collect();
+        let mut args: Vec<Arg> = vec![instance_id.into()];
+        args.extend(groups.iter().map(|g| Arg::from(*g)));
         conn.execute(
-            "INSERT INTO instance_security_groups (instance_id, group_id) VALUES ($1, $2) \
-             ON CONFLICT (instance_id, group_id) DO NOTHING",
-            &[instance_id.into(), group.into()],
+            &format!(
+                "INSERT INTO instance_security_groups (instance_id, group_id) VALUES {} \
+                 ON CONFLICT (instance_id, group_id) DO NOTHING",
+                values.join(", ")
+            ),
+            &args,
         )
         .await?;
     }
@@ -807,11 +822,25 @@ async fn take_address(
     instance_id: &str,
 ) -> Result<bool, DbError> {
     let address = address.to_string();
+    let args: [Arg; 3] = [subnet.into(), (&address).into(), instance_id.into()];
+    if conn.is_postgres() {
+        // One round trip: the instance shows the address only if it got it.
+        let taken = conn
+            .execute(
+                "WITH taken AS (INSERT INTO instance_addresses (subnet_id, address, instance_id) \
+                 VALUES ($1, $2, $3) ON CONFLICT (subnet_id, address) DO NOTHING \
+                 RETURNING address) \
+                 UPDATE instances SET private_ip = taken.address FROM taken WHERE id = $3",
+                &args,
+            )
+            .await?;
+        return Ok(taken == 1);
+    }
     let taken = conn
         .execute(
             "INSERT INTO instance_addresses (subnet_id, address, instance_id) \
              VALUES ($1, $2, $3) ON CONFLICT (subnet_id, address) DO NOTHING",
-            &[subnet.into(), (&address).into(), instance_id.into()],
+            &args,
         )
         .await?;
     if taken == 1 {
