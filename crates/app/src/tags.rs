@@ -205,16 +205,39 @@ impl App {
         project_id: &str,
         kind: Tagged,
     ) -> Result<HashMap<String, Vec<Tag>>> {
-        let prefix = format!("{}:", kind.prefix());
-        let mut by_resource: HashMap<String, Vec<Tag>> = HashMap::new();
-        for record in self.store.project_tags(project_id).await? {
-            if let Some(id) = record.resource.strip_prefix(&prefix) {
-                by_resource
-                    .entry(id.to_string())
-                    .or_default()
-                    .push(record.into());
-            }
-        }
-        Ok(by_resource)
+        Ok(by_resource(
+            kind,
+            self.store.project_tags(project_id).await?,
+        ))
     }
+
+    /// The tags of some of a project's resources of a kind (a page of a
+    /// list), by resource id: reads only theirs.
+    pub async fn page_tags<'a>(
+        &self,
+        project_id: &str,
+        kind: Tagged,
+        ids: impl IntoIterator<Item = &'a str>,
+    ) -> Result<HashMap<String, Vec<Tag>>> {
+        let resources: Vec<String> = ids.into_iter().map(|id| kind.resource(id)).collect();
+        Ok(by_resource(
+            kind,
+            self.store.tags_of(project_id, &resources).await?,
+        ))
+    }
+}
+
+/// Tag records grouped by the id of their resource of `kind`, oldest first.
+fn by_resource(kind: Tagged, records: Vec<TagRecord>) -> HashMap<String, Vec<Tag>> {
+    let prefix = format!("{}:", kind.prefix());
+    let mut by_resource: HashMap<String, Vec<Tag>> = HashMap::new();
+    for record in records {
+        if let Some(id) = record.resource.strip_prefix(&prefix) {
+            by_resource
+                .entry(id.to_string())
+                .or_default()
+                .push(record.into());
+        }
+    }
+    by_resource
 }

@@ -110,6 +110,31 @@ impl Store {
         .await
     }
 
+    /// The tags of some of a project's resources (a page of a list),
+    /// oldest first: read on the resource key, whatever the project holds.
+    pub async fn tags_of(&self, project_id: &str, resources: &[String]) -> Result<Vec<TagRecord>> {
+        if resources.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut args: Vec<crate::db::Arg> = vec![project_id.into()];
+        let listed: Vec<String> = resources
+            .iter()
+            .map(|r| {
+                args.push(r.into());
+                format!("${}", args.len())
+            })
+            .collect();
+        self.fetch_all(
+            &format!(
+                "SELECT {TAG_COLUMNS} FROM tags WHERE project_id = $1 AND resource IN ({}) \
+                 ORDER BY created_at, id",
+                listed.join(", ")
+            ),
+            &args,
+        )
+        .await
+    }
+
     /// One resource's tags, oldest first.
     pub async fn resource_tags(&self, resource: &str) -> Result<Vec<TagRecord>> {
         self.fetch_all(

@@ -300,7 +300,11 @@ pub async fn list_instances(
         )
         .await?;
     let mut tags = app
-        .project_tags(&caller.project_id, Tagged::Instance)
+        .page_tags(
+            &caller.project_id,
+            Tagged::Instance,
+            page.items.iter().map(|i| i.id.as_str()),
+        )
         .await?;
     Ok(Json(InstanceList {
         items: page

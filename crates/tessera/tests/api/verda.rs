@@ -1523,6 +1523,18 @@ async fn tags_on_instances_and_volumes(backend: Backend) {
         Some(9),
         "{native}"
     );
+    // A page of the native list reads its own instances' tags.
+    let (_, page) = server
+        .call(Method::GET, "/v1/instances?limit=10", None, TOKEN)
+        .await;
+    let listed = page["items"]
+        .as_array()
+        .and_then(|items| items.iter().find(|i| i["id"] == id.as_str()))
+        .unwrap_or_else(|| panic!("{id} not in {page}"));
+    assert_eq!(
+        listed["metadata"]["tags"], native["metadata"]["tags"],
+        "{page}"
+    );
     let (status, _) = server
         .call(
             Method::DELETE,
