@@ -792,7 +792,8 @@ struct Placing {
 /// commit: every claim on a host waits for it (as does a decommission), so
 /// on PostgreSQL it is held for two statements, not the whole claim. The
 /// CPUs need no lock: the ledger's key refuses a CPU twice. Locks are taken
-/// instance, ledger, host, the order a release takes them in too.
+/// instance, ledger, host, the order a release takes them in too; a whole
+/// Kloigos unit takes the host first, as Kloigos' own claim of a unit does.
 async fn claim_cpus(
     mut conn: Conn<'_>,
     place: &Placing,
@@ -802,6 +803,16 @@ async fn claim_cpus(
         return Ok(Commit::Undo(false));
     }
     let at = now();
+    // A whole unit of a partitioned host: Kloigos' own claim of a unit
+    // holds the host's row before the unit's, so this one takes the host
+    // first too, or each could wait for the other.
+    let early_capacity = match &place.unit {
+        Some(_) => match lock_ready_host(&mut conn, &place.host_id, &at).await? {
+            Some(capacity) => Some(capacity),
+            None => return Ok(Commit::Undo(false)),
+        },
+        None => None,
+    };
     let cpu_args = || place.cpus.iter().map(|&cpu| Arg::from(i64::from(cpu)));
     // On PostgreSQL a placement of whole CPUs records the instance there
     // and claims its CPUs in one statement: one round trip fewer.
@@ -907,16 +918,12 @@ async fn claim_cpus(
         // The operation was taken over or ended meanwhile.
         return Ok(Commit::Undo(false));
     }
-    // The host row's lock: a decommission waits for this, and this for it.
-    let Some(capacity) = conn
-        .fetch_int(
-            "UPDATE hosts SET generation = generation + 1, updated_at = $1 \
-             WHERE id = $2 AND status = 'READY' RETURNING memory_mb",
-            &[(&at).into(), (&place.host_id).into()],
-        )
-        .await?
-    else {
-        return Ok(Commit::Undo(false));
+    let capacity = match early_capacity {
+        Some(capacity) => capacity,
+        None => match lock_ready_host(&mut conn, &place.host_id, &at).await? {
+            Some(capacity) => capacity,
+            None => return Ok(Commit::Undo(false)),
+        },
     };
     if let Some(millis) = place.share
         && !claim_share(&mut conn, place, millis).await?
@@ -948,6 +955,22 @@ async fn claim_cpus(
         return Ok(Commit::Undo(false));
     }
     Ok(Commit::Keep(true))
+}
+
+/// Takes a READY host's row lock for a claim (a decommission waits for
+/// it, and it for a decommission) and answers the host's memory; `None`
+/// when the host is not READY.
+async fn lock_ready_host(
+    conn: &mut Conn<'_>,
+    host_id: &str,
+    at: &str,
+) -> Result<Option<i64>, DbError> {
+    conn.fetch_int(
+        "UPDATE hosts SET generation = generation + 1, updated_at = $1 \
+         WHERE id = $2 AND status = 'READY' RETURNING memory_mb",
+        &[at.into(), host_id.into()],
+    )
+    .await
 }
 
 /// Gives a shared-CPU instance `millis` of its one CPU: the CPU becomes
