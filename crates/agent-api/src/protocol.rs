@@ -13,9 +13,13 @@
 //! keeps it only while that generation is the object's current one.
 //!
 //! Sessions into instances (a terminal) need the control plane to reach
-//! the host at once, which polling cannot do. So the agent also keeps a
-//! WebSocket open, `GET /v1/agent/channel` (its control channel), on which
-//! the control plane sends [`ChannelMessage`]s. For each `open`, the agent
+//! the host at once, which polling cannot do. So the agent also keeps its
+//! control channel open, `GET /v1/agent/channel`, on which the control
+//! plane sends [`ChannelMessage`]s: a streamed answer
+//! (`application/x-ndjson`, one message a line, an empty line every 20 s
+//! when idle), or a WebSocket (one message a text frame) when the agent
+//! asks for an upgrade. The agent speaks HTTP/2 when the control plane
+//! does, so its calls, its long-poll and its channel share one connection. For each `open`, the agent
 //! opens the session on its host and dials back
 //! `GET /v1/agent/sessions/{session}` (a WebSocket of its own per session,
 //! so a busy terminal never holds up another): binary frames carry the

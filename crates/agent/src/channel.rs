@@ -1,9 +1,11 @@
 //! The agent's control channel (see
-//! [`tessera_agent_api::protocol`]): a WebSocket the agent keeps open to
-//! the control plane, on which it is asked to open sessions into
-//! instances. For each, the agent opens the session on its host and dials
-//! back a WebSocket of the session's own, then carries its bytes: binary
-//! frames both ways, text frames for resizes and the exit code.
+//! [`tessera_agent_api::protocol`]): a streamed answer the agent keeps
+//! open from the control plane, one message a line, on which it is asked
+//! to open sessions into instances. Over HTTP/2 it shares the one
+//! connection of the agent's other calls. For each session, the agent
+//! opens it on its host and dials back a WebSocket of the session's own,
+//! then carries its bytes: binary frames both ways, text frames for
+//! resizes and the exit code.
 //!
 //! The design decision: the agent always dials, as it does for everything
 //! else, so a host behind NAT serves terminals too; and each session has
@@ -20,6 +22,10 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_util::sync::CancellationToken;
 
+/// How long the channel may stay silent before it is taken for dead and
+/// dialled again (the control plane sends an empty line every 20 s).
+const CHANNEL_SILENCE: Duration = Duration::from_secs(60);
+
 /// Where and how the agent reaches the control plane.
 #[derive(Clone)]
 pub(crate) struct Dialer {
@@ -27,6 +33,8 @@ pub(crate) struct Dialer {
     pub base: String,
     /// The host's credential.
     pub credential: String,
+    /// The client the agent's other calls go through (its connection).
+    pub http: reqwest::Client,
 }
 
 impl Dialer {
@@ -35,6 +43,7 @@ impl Dialer {
         Dialer {
             base: base.trim_end_matches('/').to_string(),
             credential: self.credential.clone(),
+            http: self.http.clone(),
         }
     }
 
@@ -87,45 +96,77 @@ async fn serve_channel(
     host: &Arc<LocalHost>,
     stop: &CancellationToken,
 ) -> Result<(), String> {
-    let (mut socket, _) = tokio_tungstenite::connect_async(dialer.request("/v1/agent/channel")?)
+    let mut response = dialer
+        .http
+        .get(format!("{}/v1/agent/channel", dialer.base))
+        .bearer_auth(&dialer.credential)
+        .send()
         .await
-        .map_err(|e| format!("dialling the control channel: {e}"))?;
+        .map_err(|e| {
+            format!(
+                "dialling the control channel: {}",
+                crate::runtime::error_chain(&e)
+            )
+        })?;
+    if !response.status().is_success() {
+        return Err(format!(
+            "the control plane refused the control channel: {}",
+            response.status()
+        ));
+    }
     tracing::debug!("control channel open");
+    let mut pending: Vec<u8> = Vec::new();
     loop {
-        let message = tokio::select! {
+        let chunk = tokio::select! {
             _ = stop.cancelled() => return Ok(()),
-            message = socket.next() => message,
+            chunk = tokio::time::timeout(CHANNEL_SILENCE, response.chunk()) => chunk,
         };
-        let text = match message {
-            Some(Ok(Message::Text(text))) => text,
-            Some(Ok(Message::Close(_))) | None => return Ok(()),
-            Some(Ok(_)) => continue,
-            Some(Err(e)) => return Err(e.to_string()),
+        let bytes = match chunk {
+            Err(_) => return Err("the control channel went silent".into()),
+            Ok(Err(e)) => return Err(crate::runtime::error_chain(&e)),
+            Ok(Ok(None)) => return Ok(()),
+            Ok(Ok(Some(bytes))) => bytes,
         };
-        match serde_json::from_str::<ChannelMessage>(&text) {
-            Ok(ChannelMessage::Open {
-                session,
-                instance_id,
-                request,
-                dial_back,
-            }) => {
-                let dialer = match &dial_back {
-                    Some(base) if base.starts_with("http://") || base.starts_with("https://") => {
-                        dialer.towards(base)
-                    }
-                    _ => dialer.clone(),
-                };
-                let host = host.clone();
-                tokio::spawn(async move {
-                    if let Err(why) =
-                        serve_session(&dialer, &host, &session, &instance_id, &request).await
-                    {
-                        tracing::warn!(%instance_id, error = %why, "session ended badly");
-                    }
-                });
+        pending.extend_from_slice(&bytes);
+        while let Some(end) = pending.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = pending.drain(..=end).collect();
+            let line = &line[..line.len() - 1];
+            if line.iter().all(u8::is_ascii_whitespace) {
+                continue;
             }
-            Err(e) => tracing::warn!(error = %e, "an unreadable control message"),
+            handle(dialer, host, line);
         }
+        if pending.len() > 1 << 20 {
+            return Err("the control channel sent a line over 1 MiB".into());
+        }
+    }
+}
+
+/// Acts on one message of the control channel.
+fn handle(dialer: &Dialer, host: &Arc<LocalHost>, line: &[u8]) {
+    match serde_json::from_slice::<ChannelMessage>(line) {
+        Ok(ChannelMessage::Open {
+            session,
+            instance_id,
+            request,
+            dial_back,
+        }) => {
+            let dialer = match &dial_back {
+                Some(base) if base.starts_with("http://") || base.starts_with("https://") => {
+                    dialer.towards(base)
+                }
+                _ => dialer.clone(),
+            };
+            let host = host.clone();
+            tokio::spawn(async move {
+                if let Err(why) =
+                    serve_session(&dialer, &host, &session, &instance_id, &request).await
+                {
+                    tracing::warn!(%instance_id, error = %why, "session ended badly");
+                }
+            });
+        }
+        Err(e) => tracing::warn!(error = %e, "an unreadable control message"),
     }
 }
 

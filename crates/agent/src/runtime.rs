@@ -103,16 +103,14 @@ pub async fn run(options: AgentOptions, stop: CancellationToken) -> Result<()> {
     host.adopt()
         .await
         .map_err(|e| anyhow::anyhow!("cannot take over what runs on the host: {e}"))?;
+    let base = options.server.trim_end_matches('/');
     let http = match &options.http {
         Some(http) => http.clone(),
-        None => reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(5))
-            .build()
-            .context("cannot build the HTTP client")?,
+        None => control_plane_client(base).await?,
     };
     let client = Client {
         http,
-        base: options.server.trim_end_matches('/').to_string(),
+        base: base.to_string(),
         credential: String::new(),
     };
     let client = tokio::select! {
@@ -125,6 +123,7 @@ pub async fn run(options: AgentOptions, stop: CancellationToken) -> Result<()> {
         crate::channel::Dialer {
             base: client.base.clone(),
             credential: client.credential.clone(),
+            http: client.http.clone(),
         },
         host.clone(),
         stop.clone(),
@@ -165,10 +164,12 @@ impl Client {
             true => request,
             false => request.bearer_auth(&self.credential),
         };
-        let response = request
-            .send()
-            .await
-            .map_err(|e| CallError::Retry(format!("cannot reach the control plane: {e}")))?;
+        let response = request.send().await.map_err(|e| {
+            CallError::Retry(format!(
+                "cannot reach the control plane: {}",
+                error_chain(&e)
+            ))
+        })?;
         let status = response.status();
         if status == reqwest::StatusCode::NO_CONTENT {
             return Ok(None);
@@ -191,6 +192,66 @@ impl Client {
             .map(Some)
             .map_err(|e| CallError::Retry(format!("unreadable answer: {e}")))
     }
+}
+
+/// An HTTP client for the control plane at `base`: HTTP/2 when it speaks
+/// it, so that this agent's calls, its long-poll and its control channel
+/// share one connection (at 10,000 hosts, 10,000 connections rather than
+/// 30,000); HTTP/1.1 when something between speaks only that (a proxy),
+/// with a connection per call under way. A control plane that cannot be
+/// reached yet is taken to speak HTTP/2, as Tessera's own listener does.
+async fn control_plane_client(base: &str) -> Result<reqwest::Client> {
+    let h2 = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(5))
+        .http2_prior_knowledge()
+        // A connection that stops answering is found and made again.
+        .http2_keep_alive_interval(Some(Duration::from_secs(30)))
+        .http2_keep_alive_timeout(Duration::from_secs(20))
+        .http2_keep_alive_while_idle(true)
+        .build()
+        .context("cannot build the HTTP client")?;
+    let probe = |client: &reqwest::Client| {
+        client
+            .get(format!("{base}/health"))
+            .timeout(Duration::from_secs(10))
+            .send()
+    };
+    let Err(h2_error) = probe(&h2).await else {
+        return Ok(h2);
+    };
+    let h1 = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(5))
+        .http1_only()
+        .build()
+        .context("cannot build the HTTP client")?;
+    match probe(&h1).await {
+        Ok(_) => {
+            tracing::warn!(
+                server = base,
+                error = %error_chain(&h2_error),
+                "the control plane does not answer HTTP/2 here (a proxy between?): speaking \
+                 HTTP/1.1, with a connection per call under way"
+            );
+            Ok(h1)
+        }
+        Err(_) => Ok(h2),
+    }
+}
+
+/// An error and its causes, as one line: reqwest's own message alone
+/// ("error sending request") says nothing of why.
+pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut line = error.to_string();
+    let mut cause = error.source();
+    while let Some(inner) = cause {
+        let text = inner.to_string();
+        if !line.ends_with(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+        cause = inner.source();
+    }
+    line
 }
 
 fn error_message(body: &str, status: reqwest::StatusCode) -> String {
@@ -576,5 +637,68 @@ impl Backoff {
         let now = self.0;
         self.0 = (self.0 * 2).min(Duration::from_secs(5));
         now
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A server that speaks only HTTP/1.1 (a proxy, say): every request,
+    /// whatever it is, gets `200` and the connection is closed.
+    async fn http1_only() -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut buffer = [0u8; 4096];
+                    let _ = stream.read(&mut buffer).await;
+                    let _ = stream
+                        .write_all(
+                            b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                        )
+                        .await;
+                });
+            }
+        });
+        format!("http://{addr}")
+    }
+
+    #[tokio::test]
+    async fn a_control_plane_behind_an_http1_proxy_is_spoken_to_in_http1() {
+        let base = http1_only().await;
+        let client = control_plane_client(&base).await.expect("client");
+        let answer = client
+            .get(format!("{base}/health"))
+            .send()
+            .await
+            .expect("answer");
+        assert_eq!(answer.version(), reqwest::Version::HTTP_11);
+    }
+
+    #[tokio::test]
+    async fn an_absent_control_plane_is_taken_to_speak_http2() {
+        // A port nobody listens on.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let base = format!("http://{}", listener.local_addr().expect("addr"));
+        drop(listener);
+        let client = control_plane_client(&base).await.expect("client");
+        // It tries HTTP/2 (prior knowledge) when the control plane is back:
+        // shown by its error against the HTTP/1.1-only server.
+        let h1 = http1_only().await;
+        let failed = client.get(format!("{h1}/health")).send().await;
+        assert!(failed.is_err(), "{failed:?}");
+    }
+
+    #[test]
+    fn an_error_says_its_causes() {
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        let outer = anyhow::Error::new(io).context("cannot reach the control plane");
+        let line = error_chain(outer.as_ref());
+        assert_eq!(line, "cannot reach the control plane: refused");
     }
 }

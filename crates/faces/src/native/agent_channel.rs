@@ -6,26 +6,78 @@
 
 use super::agent::Agent;
 use super::{NativeError, Path};
-use axum::extract::State;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
-use axum::response::Response;
+use axum::extract::{FromRequestParts, Request, State};
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
 use std::time::Duration;
 use tessera_agent_api::protocol::SessionControlFrame;
 use tessera_agent_api::{AgentError, Session, SessionControl, TtySize};
+use tessera_app::agents::AgentCaller;
 use tessera_app::{App, Error};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, watch};
 
-/// An agent's control channel: what the app asks of the agent goes out as
-/// text frames until either side closes.
-pub async fn channel(
-    State(app): State<App>,
-    Agent(agent): Agent,
-    upgrade: WebSocketUpgrade,
-) -> Response {
+/// How often an idle control channel sends something (a ping, or an empty
+/// line on a stream), so both sides and anything between know it lives.
+const CHANNEL_KEEPALIVE: Duration = Duration::from_secs(20);
+
+/// An agent's control channel: what the app asks of the agent, until
+/// either side closes. Two forms of one channel: a streamed answer, one
+/// [`ChannelMessage`](tessera_agent_api::protocol::ChannelMessage) a line
+/// (`application/x-ndjson`), which an agent speaking HTTP/2 carries on the
+/// one connection its other calls share; or, for an agent that asks for
+/// it, a WebSocket with one message a text frame.
+pub async fn channel(State(app): State<App>, Agent(agent): Agent, request: Request) -> Response {
+    let (mut parts, _) = request.into_parts();
+    if !parts.headers.contains_key(header::UPGRADE) {
+        return channel_stream(app, agent);
+    }
+    match WebSocketUpgrade::from_request_parts(&mut parts, &()).await {
+        Ok(upgrade) => channel_socket(app, agent, upgrade),
+        Err(rejection) => rejection.into_response(),
+    }
+}
+
+fn channel_stream(app: App, agent: AgentCaller) -> Response {
+    let (guard, asks) = app.agent_channel(&agent);
+    let start = tokio::time::Instant::now() + CHANNEL_KEEPALIVE;
+    let keepalive = tokio::time::interval_at(start, CHANNEL_KEEPALIVE);
+    let lines = futures::stream::unfold(
+        (guard, asks, keepalive),
+        |(guard, mut asks, mut keepalive)| async move {
+            let line = tokio::select! {
+                // None: a newer channel of this agent replaced this one.
+                ask = asks.recv() => {
+                    let mut line = serde_json::to_string(&ask?).unwrap_or_default();
+                    line.push('\n');
+                    line
+                }
+                _ = keepalive.tick() => "\n".to_string(),
+            };
+            Some((
+                Ok::<_, std::convert::Infallible>(axum::body::Bytes::from(line)),
+                (guard, asks, keepalive),
+            ))
+        },
+    );
+    (
+        [
+            (header::CONTENT_TYPE, "application/x-ndjson"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        axum::body::Body::from_stream(lines),
+    )
+        .into_response()
+}
+
+fn channel_socket(app: App, agent: AgentCaller, upgrade: WebSocketUpgrade) -> Response {
+    // Its messages are a few hundred bytes: no need for the default
+    // buffers of 128 KiB each way, per agent.
+    let upgrade = upgrade.read_buffer_size(4096).write_buffer_size(4096);
     upgrade.on_upgrade(move |mut socket| async move {
         let (_guard, mut asks) = app.agent_channel(&agent);
-        let mut ping = tokio::time::interval(Duration::from_secs(20));
+        let mut ping = tokio::time::interval(CHANNEL_KEEPALIVE);
         ping.reset();
         loop {
             tokio::select! {

@@ -14,6 +14,7 @@ on_both_backends!(
     agents_join_share_the_load_and_survive_a_lost_host,
     join_tokens_are_checked_and_agents_authenticated,
     a_server_registered_without_an_address_takes_its_agents,
+    an_agent_holds_one_connection_and_its_channel_has_two_forms,
 );
 
 async fn server_status(server: &TestServer, hostname: &str) -> Option<String> {
@@ -328,5 +329,86 @@ async fn a_server_registered_without_an_address_takes_its_agents(backend: Backen
         .wait_operation(op["id"].as_str().expect("id"), TOKEN)
         .await;
     assert_eq!(op["status"], "completed", "{op}");
+    server.stop().await;
+}
+
+/// An agent's heartbeats, long-poll, reports and control channel share one
+/// HTTP/2 connection (at 10,000 hosts: 10,000 connections, not 30,000).
+/// Its channel is a streamed answer; an agent that asks for a WebSocket
+/// (one of an earlier version) gets that.
+async fn an_agent_holds_one_connection_and_its_channel_has_two_forms(backend: Backend) {
+    let server = TestServer::start_with(
+        backend,
+        Options {
+            sim_hosts: false,
+            ..Options::default()
+        },
+    )
+    .await;
+    let token = join_token(&server.url).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let agent = AgentProcess::start(
+        &server.url,
+        Some(&token),
+        "node-one",
+        &dir.path().join("one"),
+        "sim",
+        &[],
+    );
+    eventually(Duration::from_secs(20), "node-one running", || async {
+        (server_status(&server, "node-one").await.as_deref() == Some("running")).then_some(())
+    })
+    .await;
+    // It works through the agent: an instance runs there.
+    let instance = server.run_instance(TOKEN, "solo", "cx11").await;
+    assert_eq!(instance["status"]["state"], "running", "{instance}");
+    let port = reqwest::Url::parse(&server.url)
+        .expect("url")
+        .port()
+        .expect("port");
+    // Heartbeats every second (the harness's agents), a long-poll always
+    // under way, the channel open: one connection all along.
+    for _ in 0..5 {
+        assert_eq!(agent.connections_to(port), 1, "{}", agent.log());
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+
+    let kept = std::fs::read_to_string(dir.path().join("one/credential.json")).expect("kept");
+    let kept: Value = serde_json::from_str(&kept).expect("json");
+    let credential = kept["credential"].as_str().expect("credential");
+    // The channel as a stream of lines.
+    let answer = reqwest::Client::new()
+        .get(format!("{}/v1/agent/channel", server.url))
+        .bearer_auth(credential)
+        .send()
+        .await
+        .expect("channel");
+    assert_eq!(answer.status(), StatusCode::OK);
+    assert_eq!(
+        answer.headers()["content-type"],
+        "application/x-ndjson",
+        "{:?}",
+        answer.headers()
+    );
+    drop(answer);
+    // And as a WebSocket.
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let url = format!("{}/v1/agent/channel", server.url.replacen("http", "ws", 1));
+    let mut request = url.into_client_request().expect("request");
+    request.headers_mut().insert(
+        "authorization",
+        format!("Bearer {credential}").parse().expect("header"),
+    );
+    let (socket, response) = tokio_tungstenite::connect_async(request)
+        .await
+        .expect("the channel as a WebSocket");
+    assert_eq!(response.status(), StatusCode::SWITCHING_PROTOCOLS);
+    drop(socket);
+    // Without a host credential, neither.
+    let (status, _) = server
+        .request(Method::GET, "/v1/agent/channel", None, Some(TOKEN))
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    drop(agent);
     server.stop().await;
 }

@@ -4,6 +4,7 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use sqlx::Connection;
 use sqlx::Executor;
+use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -693,6 +694,46 @@ impl AgentProcess {
 
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.state_dir.join("agent.log")).unwrap_or_default()
+    }
+
+    /// The agent's established TCP connections to `port` (its sockets,
+    /// found in `/proc/net/tcp{,6}` by inode).
+    pub fn connections_to(&self, port: u16) -> usize {
+        let fds = std::fs::read_dir(format!("/proc/{}/fd", self.child.id())).expect("its fds");
+        let sockets: BTreeSet<String> = fds
+            .filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
+            .filter_map(|target| {
+                let target = target.to_string_lossy().to_string();
+                Some(
+                    target
+                        .strip_prefix("socket:[")?
+                        .strip_suffix(']')?
+                        .to_string(),
+                )
+            })
+            .collect();
+        ["/proc/net/tcp", "/proc/net/tcp6"]
+            .iter()
+            .filter_map(|table| std::fs::read_to_string(table).ok())
+            .flat_map(|table| {
+                table
+                    .lines()
+                    .skip(1)
+                    .map(str::to_string)
+                    .collect::<Vec<_>>()
+            })
+            .filter(|line| {
+                // sl local rem st ... uid timeout inode
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                let remote_port = fields
+                    .get(2)
+                    .and_then(|rem| rem.rsplit(':').next())
+                    .and_then(|hex| u16::from_str_radix(hex, 16).ok());
+                fields.get(3) == Some(&"01")
+                    && remote_port == Some(port)
+                    && fields.get(9).is_some_and(|inode| sockets.contains(*inode))
+            })
+            .count()
     }
 }
 
