@@ -297,6 +297,7 @@ impl App {
             // Its agent, if it had one, is done: its credential stops
             // working and its desired state goes.
             self.store.forget_agent(&host.hostname).await?;
+            self.liveness.forget(&host.hostname);
         }
         self.placement.refresh_host(&self.store, &host.id).await
     }

@@ -209,6 +209,7 @@ pub struct App {
     /// fleet's unchanged observations are not written again at every look.
     usage_written: Arc<instances::observe::UsageWritten>,
     agent_signals: Arc<agents::AgentSignals>,
+    liveness: Arc<agents::Liveness>,
     /// Remote agents' control channels to this process, for sessions.
     sessions: Arc<agents::sessions::SessionHub>,
     /// The terminals open through this process, by container.
@@ -251,6 +252,7 @@ impl App {
             agent_of_host: Arc::default(),
             usage_written: Arc::default(),
             agent_signals: Arc::default(),
+            liveness: Arc::default(),
             front_door: Arc::default(),
             scaler_poke: Arc::default(),
             front_door_poke: Arc::default(),

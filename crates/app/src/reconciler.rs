@@ -67,6 +67,20 @@ impl Task for Heartbeats {
     }
 }
 
+/// Writes the agents' heartbeats heard since the last pass, in one
+/// transaction.
+struct NoteHeartbeats;
+
+impl Task for NoteHeartbeats {
+    const NAME: &'static str = "note heartbeats";
+    fn period(_: &App) -> Duration {
+        Duration::from_secs(1)
+    }
+    async fn run(app: &App) -> Result<()> {
+        app.note_heartbeats().await
+    }
+}
+
 /// Asks in-process hosts what they see of their instances: usage, and
 /// instances that died (remote agents report with their heartbeats).
 struct ObserveInstances;
@@ -212,6 +226,7 @@ impl App {
     /// own operations and pushed the desired state to its hosts; they run
     /// until [`App::shutdown`].
     pub fn spawn_reconciler(&self) {
+        self.spawn_agent_listener();
         let app = self.clone();
         self.tasks.spawn(async move {
             if let Err(err) = app.resume_own_operations().await {
@@ -222,6 +237,7 @@ impl App {
             }
             app.spawn_task::<ResumeOperations>();
             app.spawn_task::<Heartbeats>();
+            app.spawn_task::<NoteHeartbeats>();
             app.spawn_task::<ObserveInstances>();
             app.spawn_task::<RelaySessions>();
             app.spawn_task::<PurgeVolumes>();

@@ -240,6 +240,58 @@ impl Store {
         .await
     }
 
+    /// Notes that these agents were heard from at `at` (heartbeats a
+    /// replica gathered), in one transaction; answers those that were
+    /// unreachable and now are not (their hosts' desired states are bumped,
+    /// so their agents look again).
+    pub async fn agents_seen(&self, hostnames: &[String], at: &str) -> Result<Vec<String>> {
+        let (hostnames, at) = (hostnames.to_vec(), at.to_string());
+        self.write("agents_seen", move |mut conn| {
+            let (hostnames, at) = (hostnames.clone(), at.clone());
+            Box::pin(async move {
+                let mut back = Vec::new();
+                // A few hundred at a time: SQLite finds a statement's
+                // parameters by name, one walk of them each.
+                for chunk in hostnames.chunks(200) {
+                    let names: Vec<Arg> = chunk.iter().map(|h| Arg::from(h.as_str())).collect();
+                    let marks = |from: usize| -> String {
+                        (from..from + chunk.len())
+                            .map(|i| format!("${i}"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    };
+                    back.extend(
+                        conn.fetch_texts(
+                            &format!(
+                                "SELECT hostname FROM agents WHERE reachable = 0 \
+                                 AND hostname IN ({})",
+                                marks(1)
+                            ),
+                            &names,
+                        )
+                        .await?,
+                    );
+                    let mut args: Vec<Arg> = vec![at.as_str().into()];
+                    args.extend(names);
+                    conn.execute(
+                        &format!(
+                            "UPDATE agents SET last_seen = $1, reachable = 1 \
+                             WHERE hostname IN ({})",
+                            marks(2)
+                        ),
+                        &args,
+                    )
+                    .await?;
+                }
+                for hostname in &back {
+                    bump_host(&mut conn, hostname).await?;
+                }
+                Ok(Commit::Keep(back))
+            })
+        })
+        .await
+    }
+
     /// Marks unreachable every agent not heard from since `before`; answers
     /// their host names.
     pub async fn mark_agents_unreachable(&self, before: &str) -> Result<Vec<String>> {
@@ -492,23 +544,15 @@ impl Store {
         Ok(())
     }
 
-    /// The sessions asked of these hosts, oldest first.
-    pub async fn session_requests(
-        &self,
-        hostnames: &[String],
-    ) -> Result<Vec<SessionRequestRecord>> {
-        if hostnames.is_empty() {
-            return Ok(Vec::new());
-        }
-        let marks: Vec<String> = (1..=hostnames.len()).map(|i| format!("${i}")).collect();
-        let args: Vec<Arg> = hostnames.iter().map(Into::into).collect();
+    /// The sessions asked and not yet taken, oldest first (at most 1,000).
+    /// The table holds only requests seconds old, so a replica reads them
+    /// all and keeps those of the channels it holds: the read does not grow
+    /// with the fleet.
+    pub async fn pending_session_requests(&self) -> Result<Vec<SessionRequestRecord>> {
         self.fetch_all(
-            &format!(
-                "SELECT session, hostname, instance_id, request, dial_back, created_at \
-                 FROM session_requests WHERE hostname IN ({}) ORDER BY created_at, session",
-                marks.join(", ")
-            ),
-            &args,
+            "SELECT session, hostname, instance_id, request, dial_back, created_at \
+             FROM session_requests ORDER BY created_at, session LIMIT 1000",
+            &[],
         )
         .await
     }
@@ -527,5 +571,50 @@ impl Store {
             )
             .await?;
         Ok(counts[0] == 1)
+    }
+}
+
+/// The channel PostgreSQL's triggers (migration 0025) notify with a host
+/// name when its agent's desired state or a report changes.
+const AGENT_CHANNEL: &str = "tessera_agents";
+
+/// Changes of agents' desired states and reports, whichever replica made
+/// them, as host names (PostgreSQL's `LISTEN`, on a connection of its own).
+pub struct AgentChanges(sqlx::postgres::PgListener);
+
+/// What [`AgentChanges::next`] heard.
+pub enum AgentChange {
+    /// This host's desired state or a report of it changed.
+    Host(String),
+    /// The connection was lost and made again: changes meanwhile were
+    /// missed, so every waiter should look again.
+    Missed,
+}
+
+impl AgentChanges {
+    pub async fn next(&mut self) -> Result<AgentChange> {
+        match self.0.try_recv().await.map_err(crate::StoreError::Query)? {
+            Some(notification) => Ok(AgentChange::Host(notification.payload().to_string())),
+            None => Ok(AgentChange::Missed),
+        }
+    }
+}
+
+impl Store {
+    /// Listens for agents' changes made by any replica; `None` on SQLite,
+    /// whose store only this process writes (its own changes wake its
+    /// waiters directly).
+    pub async fn agent_changes(&self) -> Result<Option<AgentChanges>> {
+        let Some(url) = &self.listen_url else {
+            return Ok(None);
+        };
+        let mut listener = sqlx::postgres::PgListener::connect(url)
+            .await
+            .map_err(crate::StoreError::Query)?;
+        listener
+            .listen(AGENT_CHANNEL)
+            .await
+            .map_err(crate::StoreError::Query)?;
+        Ok(Some(AgentChanges(listener)))
     }
 }

@@ -34,7 +34,9 @@ mod units;
 mod volumes;
 mod writer;
 
-pub use agents::{AgentRecord, JoinTokenRecord, SessionRequestRecord, WorkRecord};
+pub use agents::{
+    AgentChange, AgentChanges, AgentRecord, JoinTokenRecord, SessionRequestRecord, WorkRecord,
+};
 pub use billing::{Balance, now_ms};
 pub use containers::{ContainerRecord, IngressRoute, IngressRule, InstanceUsage, NewContainer};
 pub use deployments::{
@@ -135,6 +137,8 @@ pub struct Store {
     /// beside the writer.
     read: std::sync::Arc<reader::Reader>,
     write: Writer,
+    /// PostgreSQL's URL, for [`Store::agent_changes`]'s own connection.
+    listen_url: Option<std::sync::Arc<str>>,
 }
 
 impl Store {
@@ -179,6 +183,7 @@ impl Store {
                     owner: new_owner(),
                     read,
                     write,
+                    listen_url: None,
                 })
             }
             Backend::Postgres => {
@@ -197,6 +202,7 @@ impl Store {
                     owner: new_owner(),
                     read: std::sync::Arc::new(reader::Reader::Postgres(pool.clone())),
                     write: Writer::Postgres(pool),
+                    listen_url: Some(url.into()),
                 })
             }
         }

@@ -9,37 +9,52 @@
 //!
 //! Rooms: `join_tokens` (made by admins), `registration` (a token traded
 //! for a host's credential), `serving` (heartbeats, the long-polled desired
-//! state, reports), `remote` (the [`RemoteAgent`] a host is driven through).
+//! state, reports), `liveness` (heartbeats written in batches, verified
+//! credentials kept), `remote` (the [`RemoteAgent`] a host is driven
+//! through).
 
 use crate::App;
 use crate::error::Result;
 use rand::RngCore;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 use tessera_agent_api::HostAgent;
+use tessera_store::AgentChange;
 use tokio::sync::Notify;
 
 mod join_tokens;
+mod liveness;
 mod registration;
 mod remote;
 mod serving;
 pub mod sessions;
 
 pub use join_tokens::JoinToken;
+pub(crate) use liveness::Liveness;
 use remote::RemoteAgent;
 
 /// How long a desired-state poll waits for a change before answering empty.
 pub const LONG_POLL: Duration = Duration::from_secs(20);
 
-/// How often a replica looks in the store for changes another replica made
-/// (a report, a new desired state), besides being woken by its own.
+/// How often a waiter looks in the store for changes another replica made
+/// (a report, a new desired state) while no notification of them can be
+/// heard (PostgreSQL's listener is down).
 const STORE_POLL: Duration = Duration::from_millis(250);
+/// How often a waiter looks anyway while notifications are heard: a
+/// safety net, not the way changes arrive.
+const HEARD_POLL: Duration = Duration::from_secs(5);
 
-/// Wakes whoever waits on a host's desired state or reports in this process.
+/// Wakes whoever waits on a host's desired state or reports in this
+/// process: at once for this process's changes, and for other replicas'
+/// through the store's notifications ([`App::spawn_agent_listener`]).
 #[derive(Default)]
 pub(crate) struct AgentSignals {
     hosts: Mutex<HashMap<String, Arc<Notify>>>,
+    /// Whether every change reaches this process as a signal (SQLite: one
+    /// process writes; PostgreSQL: while the listener is connected).
+    heard: AtomicBool,
 }
 
 impl AgentSignals {
@@ -51,6 +66,41 @@ impl AgentSignals {
             .or_default()
             .clone()
     }
+
+    /// Wakes whoever waits on `hostname` (none: nothing to do).
+    fn wake(&self, hostname: &str) {
+        let signal = self
+            .hosts
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(hostname)
+            .cloned();
+        if let Some(signal) = signal {
+            signal.notify_waiters();
+        }
+    }
+
+    /// Wakes every waiter: changes may have been missed.
+    fn wake_all(&self) {
+        let signals: Vec<Arc<Notify>> = self
+            .hosts
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .cloned()
+            .collect();
+        for signal in signals {
+            signal.notify_waiters();
+        }
+    }
+
+    /// How long a waiter may wait between looks in the store.
+    fn poll(&self) -> Duration {
+        match self.heard.load(Ordering::Relaxed) {
+            true => HEARD_POLL,
+            false => STORE_POLL,
+        }
+    }
 }
 
 /// The agent an authenticated agent request comes from.
@@ -59,6 +109,59 @@ pub struct AgentCaller {
     pub hostname: String,
 }
 impl App {
+    /// Hears the changes other replicas make to agents' desired states and
+    /// reports, and wakes this process's waiters on them, until the app
+    /// stops. On SQLite, this process makes every change: nothing to hear.
+    pub(crate) fn spawn_agent_listener(&self) {
+        let app = self.clone();
+        self.tasks.spawn(async move {
+            let signals = &app.agent_signals;
+            let mut pause = Duration::from_millis(250);
+            loop {
+                let listening = tokio::select! {
+                    listening = app.store.agent_changes() => listening,
+                    _ = app.stopping.cancelled() => return,
+                };
+                let mut changes = match listening {
+                    Ok(Some(changes)) => changes,
+                    Ok(None) => {
+                        signals.heard.store(true, Ordering::Relaxed);
+                        return;
+                    }
+                    Err(err) => {
+                        tracing::warn!(error = %err, "cannot listen for agents' changes; polling the store meanwhile");
+                        tokio::select! {
+                            _ = tokio::time::sleep(pause) => {}
+                            _ = app.stopping.cancelled() => return,
+                        }
+                        pause = (pause * 2).min(Duration::from_secs(10));
+                        continue;
+                    }
+                };
+                pause = Duration::from_millis(250);
+                signals.heard.store(true, Ordering::Relaxed);
+                // What changed before the listener was there.
+                signals.wake_all();
+                loop {
+                    let change = tokio::select! {
+                        change = changes.next() => change,
+                        _ = app.stopping.cancelled() => return,
+                    };
+                    match change {
+                        Ok(AgentChange::Host(hostname)) => signals.wake(&hostname),
+                        Ok(AgentChange::Missed) => signals.wake_all(),
+                        Err(err) => {
+                            tracing::warn!(error = %err, "listening for agents' changes failed; polling the store meanwhile");
+                            signals.heard.store(false, Ordering::Relaxed);
+                            signals.wake_all();
+                            break;
+                        }
+                    }
+                }
+            }
+        });
+    }
+
     /// The remote agent of a host, when one has registered.
     pub(crate) async fn remote_agent(&self, hostname: &str) -> Result<Option<Arc<dyn HostAgent>>> {
         if self.store.agent(hostname).await?.is_none() {

@@ -135,6 +135,8 @@ impl App {
                 &inventory,
             )
             .await?;
+        // The host's earlier credential stops working here at once.
+        self.liveness.forget(&req.hostname);
         let host_id = match (new_host, existing) {
             (Some(new), _) => {
                 if !self.store.insert_host(&new).await? {

@@ -2,7 +2,7 @@
 //! store and waiting for its agent's report, behind the same
 //! [`HostAgent`] trait as a simulated host.
 
-use super::{AgentSignals, STORE_POLL};
+use super::AgentSignals;
 use crate::error::Result;
 use std::sync::Arc;
 use tessera_agent_api::protocol::{self, Desired, InstanceState, Inventory, Outcome};
@@ -107,7 +107,7 @@ impl RemoteAgent {
             }
             tokio::select! {
                 _ = notified => {}
-                _ = tokio::time::sleep(STORE_POLL) => {}
+                _ = tokio::time::sleep(self.signals.poll()) => {}
             }
         }
     }

@@ -1,30 +1,35 @@
 //! Serving the agent protocol: heartbeats, the long-polled desired state,
 //! and what agents observed; silent agents make their hosts unreachable.
 
-use super::{AgentCaller, LONG_POLL, STORE_POLL};
+use super::{AgentCaller, LONG_POLL};
 use crate::App;
 use crate::error::{Error, Result};
-use crate::identity::hash_token;
+use crate::identity::{CACHE_TTL, hash_token};
 use std::time::Duration;
 use tessera_agent_api::protocol::{Desired, DesiredPage, Heartbeat, Observed, WorkItem};
 use tessera_store::AgentRecord;
 
 impl App {
-    /// The agent a bearer credential belongs to.
+    /// The agent a bearer credential belongs to. A credential verified is
+    /// trusted for [`CACHE_TTL`] without asking the store again, like a
+    /// user's.
     pub async fn authenticate_agent(&self, bearer: Option<&str>) -> Result<AgentCaller> {
         let Some(credential) = bearer else {
             return Err(Error::Unauthenticated(
                 "an agent credential is required".into(),
             ));
         };
-        match self
-            .store
-            .agent_by_credential(&hash_token(credential))
-            .await?
-        {
-            Some(agent) => Ok(AgentCaller {
-                hostname: agent.hostname,
-            }),
+        let hash = hash_token(credential);
+        if let Some(hostname) = self.liveness.verified(&hash, CACHE_TTL) {
+            return Ok(AgentCaller { hostname });
+        }
+        match self.store.agent_by_credential(&hash).await? {
+            Some(agent) => {
+                self.liveness.verify(&hash, &agent.hostname);
+                Ok(AgentCaller {
+                    hostname: agent.hostname,
+                })
+            }
             None => Err(Error::Unauthenticated(
                 "the agent credential is unknown or was replaced; register again with a join \
                  token"
@@ -33,7 +38,10 @@ impl App {
         }
     }
 
-    /// Notes an agent's heartbeat and what it reports of its host.
+    /// Notes an agent's heartbeat and what it reports of its host. The
+    /// host's time goes in the next batch when its inventory is the one
+    /// this replica wrote lately (see [`super::liveness`]); else it is
+    /// written now.
     pub async fn agent_heartbeat(&self, agent: &AgentCaller, beat: Heartbeat) -> Result<()> {
         let inventory = serde_json::to_string(&beat.inventory).unwrap_or_default();
         if !beat.instances.is_empty()
@@ -41,16 +49,26 @@ impl App {
         {
             self.instances_observed(&host.id, beat.instances).await?;
         }
-        if self
+        if self.liveness.heard(&agent.hostname, &inventory) {
+            return Ok(());
+        }
+        let back = self
             .store
             .agent_heartbeat(&agent.hostname, &inventory)
-            .await?
-        {
-            tracing::info!(hostname = %agent.hostname, "host reachable again");
-            if let Some(host) = self.store.host_by_hostname(&agent.hostname).await? {
-                self.placement.refresh_host(&self.store, &host.id).await?;
-                self.publish("host", &host.id, None, "reachable");
-            }
+            .await?;
+        self.liveness.written(&agent.hostname, &inventory);
+        if back {
+            self.host_reachable_again(&agent.hostname).await?;
+        }
+        Ok(())
+    }
+
+    /// A host whose agent had gone silent was heard from again.
+    pub(super) async fn host_reachable_again(&self, hostname: &str) -> Result<()> {
+        tracing::info!(%hostname, "host reachable again");
+        if let Some(host) = self.store.host_by_hostname(hostname).await? {
+            self.placement.refresh_host(&self.store, &host.id).await?;
+            self.publish("host", &host.id, None, "reachable");
         }
         Ok(())
     }
@@ -98,7 +116,7 @@ impl App {
                     items: Vec::new(),
                 });
             }
-            let nap = (deadline - now).min(STORE_POLL * 4);
+            let nap = (deadline - now).min(self.agent_signals.poll());
             tokio::select! {
                 _ = notified => {}
                 _ = tokio::time::sleep(nap) => {}

@@ -152,13 +152,20 @@ impl SessionHub {
     }
 
     /// The hosts whose agents' channels this process holds.
-    fn hostnames(&self) -> Vec<String> {
+    fn holds_any(&self) -> bool {
+        !self
+            .channels
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_empty()
+    }
+
+    /// Whether this process holds the host's control channel.
+    fn holds(&self, hostname: &str) -> bool {
         self.channels
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .keys()
-            .cloned()
-            .collect()
+            .contains_key(hostname)
     }
 
     /// Sends a message down a host's channel; `false` when this process no
@@ -202,15 +209,17 @@ impl App {
     /// asked of their hosts (each taken by one replica only); requests
     /// older than their asker waits are dropped.
     pub(crate) async fn relay_sessions(&self) -> Result<()> {
-        let hostnames = self.sessions.hostnames();
-        if hostnames.is_empty() {
+        if !self.sessions.holds_any() {
             return Ok(());
         }
         let stale = tessera_store::timestamp(
             chrono::Utc::now()
                 - chrono::Duration::from_std(DIAL_BACK).unwrap_or(chrono::Duration::zero()),
         );
-        for asked in self.store.session_requests(&hostnames).await? {
+        for asked in self.store.pending_session_requests().await? {
+            if !self.sessions.holds(&asked.hostname) {
+                continue;
+            }
             if !self.store.take_session_request(&asked.session).await? {
                 continue;
             }

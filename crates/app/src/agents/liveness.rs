@@ -1,0 +1,184 @@
+//! Heartbeats at fleet scale: what a replica heard is written to the store
+//! in batches, and a credential it verified is trusted a few seconds.
+//!
+//! At 10,000 hosts an agent's heartbeat every 5 s is 2,000 a second, and
+//! every agent request carries its credential. Written one by one, the
+//! heartbeats alone were a transaction each (the host's time and its
+//! whole inventory, unchanged); now a heartbeat whose inventory this
+//! replica wrote lately only marks its host heard, and [`App::note_heartbeats`]
+//! writes the hosts heard every second in one transaction. A new or
+//! changed inventory is written at once, as is the first heartbeat this
+//! replica hears from a host, and any after a minute (another replica may
+//! have written an older one since).
+
+use crate::App;
+use crate::error::Result;
+use std::collections::hash_map::DefaultHasher;
+use std::collections::{HashMap, HashSet};
+use std::hash::{Hash, Hasher};
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+/// How long an inventory this replica wrote is taken as the stored one.
+const INVENTORY_KEPT: Duration = Duration::from_secs(60);
+/// Credentials kept verified, at most (then forgotten all at once).
+const CREDENTIALS_KEPT: usize = 100_000;
+
+#[derive(Default)]
+pub(crate) struct Liveness {
+    /// Hosts heard from since the last batch.
+    heard: Mutex<HashSet<String>>,
+    /// Each host's inventory as this replica last wrote it (a digest), and
+    /// when.
+    written: Mutex<HashMap<String, (u64, Instant)>>,
+    /// Agents' verified credentials (their digest) and their host names.
+    credentials: Mutex<HashMap<String, (String, Instant)>>,
+}
+
+fn digest(text: &str) -> u64 {
+    let mut hasher = DefaultHasher::new();
+    text.hash(&mut hasher);
+    hasher.finish()
+}
+
+impl Liveness {
+    /// Notes a heartbeat whose inventory this replica wrote lately:
+    /// `true`, and the host goes in the next batch; `false`, and the
+    /// caller writes it at once.
+    pub(crate) fn heard(&self, hostname: &str, inventory: &str) -> bool {
+        let known = self
+            .written
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(hostname)
+            .is_some_and(|(kept, at)| *kept == digest(inventory) && at.elapsed() < INVENTORY_KEPT);
+        if known {
+            self.heard
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(hostname.to_string());
+        }
+        known
+    }
+
+    /// Notes the inventory written for a host.
+    pub(crate) fn written(&self, hostname: &str, inventory: &str) {
+        self.written
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(hostname.to_string(), (digest(inventory), Instant::now()));
+    }
+
+    fn take_heard(&self) -> Vec<String> {
+        std::mem::take(&mut *self.heard.lock().unwrap_or_else(PoisonError::into_inner))
+            .into_iter()
+            .collect()
+    }
+
+    fn put_back(&self, hostnames: Vec<String>) {
+        self.heard
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .extend(hostnames);
+    }
+
+    /// The host of a credential verified within `ttl`.
+    pub(crate) fn verified(&self, credential_hash: &str, ttl: Duration) -> Option<String> {
+        self.credentials
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(credential_hash)
+            .filter(|(_, at)| at.elapsed() < ttl)
+            .map(|(hostname, _)| hostname.clone())
+    }
+
+    pub(crate) fn verify(&self, credential_hash: &str, hostname: &str) {
+        let mut credentials = self
+            .credentials
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if credentials.len() >= CREDENTIALS_KEPT {
+            credentials.clear();
+        }
+        credentials.insert(
+            credential_hash.to_string(),
+            (hostname.to_string(), Instant::now()),
+        );
+    }
+
+    /// Forgets a host's credentials and inventory (its agent registered
+    /// again, or went with its host).
+    pub(crate) fn forget(&self, hostname: &str) {
+        self.credentials
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|_, (host, _)| host != hostname);
+        self.written
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(hostname);
+    }
+}
+
+impl App {
+    /// Writes the heartbeats heard since the last batch (every second, by
+    /// the reconciler); a host whose agent had gone silent is reachable
+    /// again.
+    pub(crate) async fn note_heartbeats(&self) -> Result<()> {
+        let heard = self.liveness.take_heard();
+        if heard.is_empty() {
+            return Ok(());
+        }
+        let back = match self.store.agents_seen(&heard, &tessera_store::now()).await {
+            Ok(back) => back,
+            Err(err) => {
+                self.liveness.put_back(heard);
+                return Err(err.into());
+            }
+        };
+        for hostname in back {
+            self.host_reachable_again(&hostname).await?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_heartbeat_is_batched_only_when_its_inventory_was_written_here() {
+        let liveness = Liveness::default();
+        // Never written by this replica: the caller writes it.
+        assert!(!liveness.heard("node-a", "{\"cpus\":\"0-3\"}"));
+        liveness.written("node-a", "{\"cpus\":\"0-3\"}");
+        assert!(liveness.heard("node-a", "{\"cpus\":\"0-3\"}"));
+        // A changed inventory is written at once.
+        assert!(!liveness.heard("node-a", "{\"cpus\":\"0-7\"}"));
+        // Another host's is its own.
+        assert!(!liveness.heard("node-b", "{\"cpus\":\"0-3\"}"));
+        assert_eq!(liveness.take_heard(), vec!["node-a".to_string()]);
+        assert!(liveness.take_heard().is_empty());
+        // A batch that could not be written is tried again.
+        liveness.put_back(vec!["node-a".into()]);
+        assert_eq!(liveness.take_heard(), vec!["node-a".to_string()]);
+        // Forgotten (registered again): written at once again.
+        liveness.forget("node-a");
+        assert!(!liveness.heard("node-a", "{\"cpus\":\"0-3\"}"));
+    }
+
+    #[test]
+    fn a_verified_credential_is_kept_a_while_and_forgotten_with_its_host() {
+        let liveness = Liveness::default();
+        let ttl = Duration::from_secs(5);
+        assert_eq!(liveness.verified("hash-a", ttl), None);
+        liveness.verify("hash-a", "node-a");
+        liveness.verify("hash-b", "node-b");
+        assert_eq!(liveness.verified("hash-a", ttl).as_deref(), Some("node-a"));
+        assert_eq!(liveness.verified("hash-a", Duration::ZERO), None);
+        liveness.forget("node-a");
+        assert_eq!(liveness.verified("hash-a", ttl), None);
+        assert_eq!(liveness.verified("hash-b", ttl).as_deref(), Some("node-b"));
+    }
+}
