@@ -216,8 +216,12 @@ async fn control_plane_client(base: &str) -> Result<reqwest::Client> {
             .timeout(Duration::from_secs(10))
             .send()
     };
-    let Err(h2_error) = probe(&h2).await else {
-        return Ok(h2);
+    let h2_error = match probe(&h2).await {
+        Ok(_) => return Ok(h2),
+        // Slow to answer (a busy control plane, a fleet joining at once)
+        // is not a sign of a protocol it does not speak.
+        Err(e) if e.is_timeout() => return Ok(h2),
+        Err(e) => e,
     };
     let h1 = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(5))

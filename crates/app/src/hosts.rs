@@ -7,7 +7,7 @@
 //! missing agent left undone, so every step here is safe to run twice.
 
 use crate::error::{Error, Result};
-use crate::{App, InFlight};
+use crate::{App, HostCallError, InFlight};
 use rand::RngCore;
 use std::net::IpAddr;
 use tessera_agent_api::{HostSpec, UnitSpec};
@@ -213,10 +213,10 @@ impl App {
             let report = self.host_call(agent.report()).await?;
             let missing = spec.cpus.difference(&report.cpus);
             if !missing.is_empty() {
-                return Err(format!(
+                return Err(HostCallError::Failed(format!(
                     "CPUs {missing} of the registered ranges are not on the host (it has {})",
                     report.cpus
-                ));
+                )));
             }
             self.host_call(agent.prepare_host(&spec)).await?;
             self.remember_agent(&spec.id, agent.clone());
@@ -224,6 +224,14 @@ impl App {
         }
         .await;
         match outcome {
+            // An agent that has registered but is slow to answer (a busy
+            // control plane or store, a fleet joining at once) has not
+            // failed: the host stays INITIALIZING and the reconciler asks
+            // again. Only an answer that says no fails it.
+            Err(HostCallError::Timeout(after)) => {
+                tracing::warn!(hostname = %host.hostname, ?after, "server preparation not answered in time; will retry");
+                return Ok(());
+            }
             Ok(report) => {
                 let memory = i64::try_from(report.memory_mb).unwrap_or(i64::MAX);
                 self.store.set_host_memory(&host.id, memory).await?;
@@ -244,6 +252,7 @@ impl App {
                 }
             }
             Err(why) => {
+                let why = why.to_string();
                 tracing::warn!(hostname = %host.hostname, error = %why, "server preparation failed");
                 self.store
                     .transition_host(

@@ -51,7 +51,7 @@ pub struct HttpLimits {
 impl Default for HttpLimits {
     fn default() -> Self {
         HttpLimits {
-            max_connections: 10_000,
+            max_connections: 20_000,
             max_per_address: 1_000,
             header_timeout: Duration::from_secs(15),
             write_timeout: Duration::from_secs(60),
@@ -92,11 +92,21 @@ fn descriptor_cap(wanted: usize) -> usize {
     let limit = rlimit::increase_nofile_limit(u64::MAX).unwrap_or(1024);
     let cap = usize::try_from(limit.saturating_sub(FD_RESERVE).max(64)).unwrap_or(usize::MAX);
     if cap < wanted {
-        tracing::warn!(
-            wanted,
-            allowed = cap,
-            "the file-descriptor limit allows fewer client connections than configured"
-        );
+        // The default is a ceiling, not a request: only a limit an
+        // operator asked for is worth a warning.
+        if wanted == HttpLimits::default().max_connections {
+            tracing::info!(
+                default = wanted,
+                allowed = cap,
+                "client connections held to the file-descriptor limit"
+            );
+        } else {
+            tracing::warn!(
+                wanted,
+                allowed = cap,
+                "the file-descriptor limit allows fewer client connections than configured"
+            );
+        }
     }
     wanted.min(cap)
 }

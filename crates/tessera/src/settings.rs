@@ -128,8 +128,8 @@ pub struct ServerArgs {
     /// connection is dropped [default: 60].
     #[arg(long, env = "TESSERA_WRITE_TIMEOUT_SECS")]
     pub write_timeout_secs: Option<u64>,
-    /// Client connections open at once [default: 10000, within the
-    /// file-descriptor limit].
+    /// Client connections open at once, agents' included (one each)
+    /// [default: 20000, within the file-descriptor limit].
     #[arg(long, env = "TESSERA_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
     /// Client connections open at once from one address [default: 1000].

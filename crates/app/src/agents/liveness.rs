@@ -1,5 +1,5 @@
 //! Heartbeats at fleet scale: what a replica heard is written to the store
-//! in batches, and a credential it verified is trusted a few seconds.
+//! in batches, and a credential it verified is trusted a while.
 //!
 //! At 10,000 hosts an agent's heartbeat every 5 s is 2,000 a second, and
 //! every agent request carries its credential. Written one by one, the
@@ -10,6 +10,12 @@
 //! changed inventory is written at once, as is the first heartbeat this
 //! replica hears from a host, and any after a minute (another replica may
 //! have written an older one since).
+//!
+//! A verified credential is trusted [`CREDENTIAL_KEPT`] while PostgreSQL's
+//! notifications reach this replica ([`App::spawn_agent_listener`] turns
+//! them into [`Liveness::forget_credential`] as soon as an agent registers
+//! again or goes), else a few seconds, as a user's token is (on SQLite,
+//! another process may share the file unheard).
 
 use crate::App;
 use crate::error::Result;
@@ -23,6 +29,9 @@ use std::time::{Duration, Instant};
 const INVENTORY_KEPT: Duration = Duration::from_secs(60);
 /// Credentials kept verified, at most (then forgotten all at once).
 const CREDENTIALS_KEPT: usize = 100_000;
+/// How long a verified credential is trusted while this replica hears of
+/// every change to agents.
+pub(crate) const CREDENTIAL_KEPT: Duration = Duration::from_secs(60);
 
 #[derive(Default)]
 pub(crate) struct Liveness {
@@ -31,8 +40,16 @@ pub(crate) struct Liveness {
     /// Each host's inventory as this replica last wrote it (a digest), and
     /// when.
     written: Mutex<HashMap<String, (u64, Instant)>>,
-    /// Agents' verified credentials (their digest) and their host names.
-    credentials: Mutex<HashMap<String, (String, Instant)>>,
+    /// Agents' verified credentials.
+    credentials: Mutex<Credentials>,
+}
+
+/// Verified credentials (their digest) with their host name and when, and
+/// each host's, so that forgetting a host costs one lookup.
+#[derive(Default)]
+struct Credentials {
+    by_hash: HashMap<String, (String, Instant)>,
+    by_host: HashMap<String, String>,
 }
 
 fn digest(text: &str) -> u64 {
@@ -87,6 +104,7 @@ impl Liveness {
         self.credentials
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
+            .by_hash
             .get(credential_hash)
             .filter(|(_, at)| at.elapsed() < ttl)
             .map(|(hostname, _)| hostname.clone())
@@ -97,22 +115,45 @@ impl Liveness {
             .credentials
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        if credentials.len() >= CREDENTIALS_KEPT {
-            credentials.clear();
+        if credentials.by_hash.len() >= CREDENTIALS_KEPT {
+            *credentials = Credentials::default();
         }
-        credentials.insert(
+        let earlier = credentials
+            .by_host
+            .insert(hostname.to_string(), credential_hash.to_string());
+        if let Some(earlier) = earlier.filter(|e| e != credential_hash) {
+            credentials.by_hash.remove(&earlier);
+        }
+        credentials.by_hash.insert(
             credential_hash.to_string(),
             (hostname.to_string(), Instant::now()),
         );
     }
 
+    /// Forgets every verified credential (changes may have been missed).
+    pub(crate) fn forget_credentials(&self) {
+        *self
+            .credentials
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Credentials::default();
+    }
+
+    /// Forgets a host's verified credential: the next request with it
+    /// reads the store.
+    pub(crate) fn forget_credential(&self, hostname: &str) {
+        let mut credentials = self
+            .credentials
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(hash) = credentials.by_host.remove(hostname) {
+            credentials.by_hash.remove(&hash);
+        }
+    }
+
     /// Forgets a host's credentials and inventory (its agent registered
     /// again, or went with its host).
     pub(crate) fn forget(&self, hostname: &str) {
-        self.credentials
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .retain(|_, (host, _)| host != hostname);
+        self.forget_credential(hostname);
         self.written
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -180,5 +221,11 @@ mod tests {
         liveness.forget("node-a");
         assert_eq!(liveness.verified("hash-a", ttl), None);
         assert_eq!(liveness.verified("hash-b", ttl).as_deref(), Some("node-b"));
+        // A host's new credential replaces its old one.
+        liveness.verify("hash-c", "node-b");
+        assert_eq!(liveness.verified("hash-b", ttl), None);
+        assert_eq!(liveness.verified("hash-c", ttl).as_deref(), Some("node-b"));
+        liveness.forget_credentials();
+        assert_eq!(liveness.verified("hash-c", ttl), None);
     }
 }

@@ -130,6 +130,7 @@ impl RemoteAgent {
             .map(|row| row.desired);
         let mut restore = RestoreOnDrop {
             store: self.store.clone(),
+            signals: self.signals.clone(),
             hostname: self.hostname.clone(),
             key: key.to_string(),
             previous,
@@ -199,6 +200,7 @@ impl RemoteAgent {
 /// Writes a key's earlier desired state back when dropped armed.
 struct RestoreOnDrop {
     store: Store,
+    signals: Arc<AgentSignals>,
     hostname: String,
     key: String,
     /// The desired state to write back; `None` disarms.
@@ -211,10 +213,15 @@ impl Drop for RestoreOnDrop {
             return;
         };
         let (store, hostname, key) = (self.store.clone(), self.hostname.clone(), self.key.clone());
+        let signals = self.signals.clone();
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(async move {
-                if let Err(err) = store.set_desired(&hostname, &key, &previous).await {
-                    tracing::warn!(%hostname, %key, error = %err, "restoring a desired state failed");
+                match store.set_desired(&hostname, &key, &previous).await {
+                    // The agent's long-poll hears of it at once.
+                    Ok(_) => signals.wake(&hostname),
+                    Err(err) => {
+                        tracing::warn!(%hostname, %key, error = %err, "restoring a desired state failed")
+                    }
                 }
             });
         }

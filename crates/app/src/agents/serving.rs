@@ -11,8 +11,9 @@ use tessera_store::AgentRecord;
 
 impl App {
     /// The agent a bearer credential belongs to. A credential verified is
-    /// trusted for [`CACHE_TTL`] without asking the store again, like a
-    /// user's.
+    /// trusted without asking the store again for a minute while the
+    /// store's notifications reach this replica (see [`super::liveness`]),
+    /// else for [`CACHE_TTL`], like a user's.
     pub async fn authenticate_agent(&self, bearer: Option<&str>) -> Result<AgentCaller> {
         let Some(credential) = bearer else {
             return Err(Error::Unauthenticated(
@@ -20,7 +21,11 @@ impl App {
             ));
         };
         let hash = hash_token(credential);
-        if let Some(hostname) = self.liveness.verified(&hash, CACHE_TTL) {
+        let ttl = match self.agent_signals.notified() {
+            true => super::liveness::CREDENTIAL_KEPT,
+            false => CACHE_TTL,
+        };
+        if let Some(hostname) = self.liveness.verified(&hash, ttl) {
             return Ok(AgentCaller { hostname });
         }
         match self.store.agent_by_credential(&hash).await? {
@@ -116,13 +121,24 @@ impl App {
                     items: Vec::new(),
                 });
             }
-            let nap = (deadline - now).min(self.agent_signals.poll());
+            let nap = match self.agent_signals.long_poll_nap() {
+                None => deadline - now,
+                Some(nap) => (deadline - now).min(nap),
+            };
+            let unchanged = DesiredPage {
+                generation: record.generation,
+                items: Vec::new(),
+            };
             tokio::select! {
                 _ = notified => {}
-                _ = tokio::time::sleep(nap) => {}
-                _ = self.stopping.cancelled() => {
-                    return Ok(DesiredPage { generation: record.generation, items: Vec::new() });
+                _ = tokio::time::sleep(nap) => {
+                    // Notified of every change, and none came: nothing to
+                    // look for in the store.
+                    if nap == deadline - now {
+                        return Ok(unchanged);
+                    }
                 }
+                _ = self.stopping.cancelled() => return Ok(unchanged),
             }
         }
     }

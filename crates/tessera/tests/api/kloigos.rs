@@ -17,6 +17,7 @@ crate::on_both_backends!(
     deallocate_wipes_the_unit_and_frees_it,
     decommission_guards_allocated_units,
     host_failures_surface_as_kloigos_states,
+    a_host_slow_to_prepare_is_not_failed,
     allocation_times_out_into_allocation_fail,
     nul_characters_are_user_errors_not_server_errors,
 );
@@ -553,6 +554,36 @@ async fn host_failures_surface_as_kloigos_states(backend: Backend) {
         460,
         "a unit that failed to wipe is not handed out"
     );
+    server.stop().await;
+}
+
+/// A preparation its agent does not answer in time is asked again, not
+/// failed: a busy control plane or a fleet joining at once is not a broken
+/// host. Only an answer that refuses (above) makes it INIT_FAIL.
+async fn a_host_slow_to_prepare_is_not_failed(backend: Backend) {
+    let options = Options {
+        faults: vec!["prepare:stuck-:hang"],
+        agent_timeout: Duration::from_millis(200),
+        ..Options::default()
+    };
+    let server = TestServer::start_with(backend, options).await;
+    server
+        .init_host_in("stuck-1", "eu-north", "a", &["0-3"])
+        .await;
+    // Several timeouts' worth: it never fails, and its units never serve.
+    for _ in 0..20 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let host = server
+            .running
+            .app
+            .store()
+            .host_by_hostname("stuck-1")
+            .await
+            .expect("host")
+            .expect("registered");
+        assert_eq!(host.status.as_str(), "INITIALIZING");
+    }
+    assert!(server.units("?status=FREE").await.is_empty());
     server.stop().await;
 }
 

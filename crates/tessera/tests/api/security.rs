@@ -29,6 +29,7 @@ on_both_backends!(
     racing_creations_never_pass_a_quota,
     the_native_api_and_token_issuance_are_rate_limited,
     a_join_token_does_not_take_over_a_host,
+    a_replaced_agent_credential_stops_working_on_every_replica,
     a_login_burst_leaves_memory_and_health_as_they_were,
 );
 
@@ -1291,6 +1292,91 @@ async fn a_join_token_does_not_take_over_a_host(backend: Backend) {
     let (status, body) = register(plain).await;
     assert_error(status, &body, StatusCode::CONFLICT, "CONFLICT");
     server.stop().await;
+}
+
+/// Two replicas of one store; an agent's credential, verified (and so
+/// kept) by the second, is replaced through the first. The second stops
+/// taking it: on PostgreSQL as soon as it is notified (it would otherwise
+/// trust it for a minute), on SQLite within the 5 s it trusts any.
+async fn a_replaced_agent_credential_stops_working_on_every_replica(backend: Backend) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let database_url = match backend {
+        Backend::Sqlite => tessera_store::Store::sqlite_url(&dir.path().join("shared.db")),
+        Backend::Postgres => fresh_postgres_database().await,
+    };
+    let silence = Duration::from_millis(500);
+    let replica = |url: String| async move {
+        TestServer::start_with(
+            backend,
+            Options {
+                database_url: Some(url),
+                agent_silence: silence,
+                ..Options::default()
+            },
+        )
+        .await
+    };
+    let first = replica(database_url.clone()).await;
+    let second = replica(database_url).await;
+    let register = |token: String| {
+        let first = &first;
+        async move {
+            let body = json!({
+                "join_token": token, "hostname": "moved", "ip": "192.0.2.67",
+                "location": null, "driver": "sim",
+                "inventory": {"cpus": "0-3", "numa_nodes": ["0-3"], "memory_mb": 8192},
+            });
+            let (status, joined) = first
+                .request(
+                    Method::POST,
+                    "/v1/agent/register",
+                    Some(&body.to_string()),
+                    None,
+                )
+                .await;
+            assert_eq!(status, StatusCode::CREATED, "{joined}");
+            joined["credential"]
+                .as_str()
+                .expect("credential")
+                .to_string()
+        }
+    };
+    let desired = |server: &TestServer, credential: &str| {
+        let (server, credential) = (server.url.clone(), credential.to_string());
+        async move {
+            reqwest::Client::new()
+                .get(format!("{server}/v1/agent/desired?after=0&wait=0"))
+                .bearer_auth(credential)
+                .send()
+                .await
+                .expect("desired")
+                .status()
+        }
+    };
+    let old = register(crate::harness::join_token(&first.url).await).await;
+    assert_eq!(desired(&second, &old).await, StatusCode::OK);
+    // Silent past its time: an admin hands the host to a new agent.
+    tokio::time::sleep(silence * 2).await;
+    let (status, made) = first
+        .call(
+            Method::POST,
+            "/v1/servers/join-tokens",
+            Some(&json!({"replaces": "moved"})),
+            TOKEN,
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{made}");
+    let new = register(made["token"].as_str().expect("token").to_string()).await;
+    assert_eq!(desired(&first, &old).await, StatusCode::UNAUTHORIZED);
+    crate::harness::eventually(
+        Duration::from_secs(15),
+        "the other replica refuses the replaced credential",
+        || async { (desired(&second, &old).await == StatusCode::UNAUTHORIZED).then_some(()) },
+    )
+    .await;
+    assert_eq!(desired(&second, &new).await, StatusCode::OK);
+    second.stop().await;
+    first.stop().await;
 }
 
 async fn a_login_burst_leaves_memory_and_health_as_they_were(backend: Backend) {
