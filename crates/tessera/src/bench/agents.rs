@@ -4,10 +4,10 @@
 //! `tessera bench fleet --agents` starts it against its server, so that a
 //! fleet's protocol traffic is measured rather than assumed.
 //!
-//! Each agent has its own HTTP client and connections, as a host's agent
-//! does: about three sockets per host on each side (its long-poll, its
-//! heartbeat, its channel), so one process's open-file limit bounds how
-//! many can run here.
+//! Each agent has its own HTTP client and its one HTTP/2 connection, as a
+//! host's agent does (its calls, long-poll and control channel share it):
+//! a socket per host on each side, so one process's open-file limit
+//! bounds how many can run here.
 
 use anyhow::Result;
 use std::time::Duration;
@@ -31,6 +31,9 @@ pub struct AgentsArgs {
     /// Seconds between each agent's heartbeats (as `tessera agent`).
     #[arg(long, default_value_t = 5)]
     heartbeat_secs: u64,
+    /// Agents joining per second, as a fleet's hosts come up.
+    #[arg(long, default_value_t = 500)]
+    join_rate: u32,
     /// The join token (or `TESSERA_JOIN_TOKEN`).
     #[arg(long, env = "TESSERA_JOIN_TOKEN", hide_env_values = true)]
     join_token: String,
@@ -54,7 +57,14 @@ pub async fn run(args: AgentsArgs) -> Result<()> {
     };
     let stop = CancellationToken::new();
     let mut agents = tokio::task::JoinSet::new();
+    // Joins spread over time, as a fleet's hosts come up: a tick of 10 ms
+    // lets a hundredth of the second's joins in.
+    let mut joins = tokio::time::interval(Duration::from_millis(10));
+    let per_tick = (args.join_rate.max(100) / 100) as usize;
     for i in 0..args.count {
+        if i % per_tick == 0 {
+            joins.tick().await;
+        }
         let options = AgentOptions {
             server: args.server.clone(),
             join_token: Some(args.join_token.clone()),
@@ -82,10 +92,6 @@ pub async fn run(args: AgentsArgs) -> Result<()> {
                 eprintln!("an agent stopped: {err:#}");
             }
         });
-        // Joins spread over time, as a fleet's hosts come up.
-        if i % 100 == 99 {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
     }
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}

@@ -51,6 +51,10 @@ pub struct FleetArgs {
     /// Seconds to measure the server at rest (with `--agents`).
     #[arg(long, default_value_t = 30)]
     rest_seconds: u64,
+    /// Agents joining per second (with `--agents`), as a fleet's hosts come
+    /// up: each join is a registration and its host's preparation.
+    #[arg(long, default_value_t = 500)]
+    join_rate: u32,
 }
 
 /// What the control plane's process has used so far.
@@ -369,8 +373,9 @@ async fn wait_hosts_ready(store: &Store, hosts: usize) -> Result<()> {
             last_change = Instant::now();
         }
         if last_change.elapsed() > Duration::from_secs(120) {
+            let counts = store.host_counts().await?;
             bail!(
-                "only {ready} of {hosts} hosts became ready in {:.0} s",
+                "only {ready} of {hosts} hosts became ready in {:.0} s (by status: {counts:?})",
                 started.elapsed().as_secs_f64()
             );
         }
@@ -785,6 +790,7 @@ async fn start_agents(bench: &Bench, args: &FleetArgs) -> Result<tokio::process:
         .args(["bench", "agents", "--server", &bench.base])
         .args(["--count", &args.hosts.to_string()])
         .args(["--cpus", &args.cpus.to_string()])
+        .args(["--join-rate", &args.join_rate.to_string()])
         .env("TESSERA_JOIN_TOKEN", join_token)
         .kill_on_drop(true)
         .spawn()
