@@ -26,6 +26,26 @@ async fn server_status(server: &TestServer, hostname: &str) -> Option<String> {
         .and_then(|s| s["status"].as_str().map(str::to_string))
 }
 
+/// A `sim` agent joined to `server` as `hostname`, once its host runs.
+async fn running_agent(
+    server: &TestServer,
+    token: &str,
+    hostname: &str,
+    state: &std::path::Path,
+    extra: &[&str],
+) -> AgentProcess {
+    let agent = AgentProcess::start(&server.url, Some(token), hostname, state, "sim", extra);
+    eventually(
+        Duration::from_secs(20),
+        &format!("{hostname} running"),
+        || async {
+            (server_status(server, hostname).await.as_deref() == Some("running")).then_some(())
+        },
+    )
+    .await;
+    agent
+}
+
 async fn instances(server: &TestServer) -> Vec<Value> {
     let (status, list) = server.call(Method::GET, "/v1/instances", None, TOKEN).await;
     assert_eq!(status, StatusCode::OK, "{list}");
@@ -219,18 +239,7 @@ async fn join_tokens_are_checked_and_agents_authenticated(backend: Backend) {
     // A host name with a live agent cannot be taken over by another
     // machine holding a join token.
     let token = join_token(&server.url).await;
-    let _live = AgentProcess::start(
-        &server.url,
-        Some(&token),
-        "node-live",
-        &dir.path().join("live"),
-        "sim",
-        &[],
-    );
-    eventually(Duration::from_secs(20), "node-live running", || async {
-        (server_status(&server, "node-live").await.as_deref() == Some("running")).then_some(())
-    })
-    .await;
+    let _live = running_agent(&server, &token, "node-live", &dir.path().join("live"), &[]).await;
     let usurper = AgentProcess::start(
         &server.url,
         Some(&token),
@@ -309,17 +318,13 @@ async fn a_server_registered_without_an_address_takes_its_agents(backend: Backen
     );
     let token = join_token(&server.url).await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let _agent = AgentProcess::start(
-        &server.url,
-        Some(&token),
+    let _agent = running_agent(
+        &server,
+        &token,
         "web-01",
         &dir.path().join("web-01"),
-        "sim",
         &["--ip", "192.0.2.77"],
-    );
-    eventually(Duration::from_secs(20), "web-01 running", || async {
-        (server_status(&server, "web-01").await.as_deref() == Some("running")).then_some(())
-    })
+    )
     .await;
     let (_, shown) = server
         .call(Method::GET, "/v1/servers/web-01/status", None, TOKEN)
@@ -347,18 +352,7 @@ async fn an_agent_holds_one_connection_and_its_channel_has_two_forms(backend: Ba
     .await;
     let token = join_token(&server.url).await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let agent = AgentProcess::start(
-        &server.url,
-        Some(&token),
-        "node-one",
-        &dir.path().join("one"),
-        "sim",
-        &[],
-    );
-    eventually(Duration::from_secs(20), "node-one running", || async {
-        (server_status(&server, "node-one").await.as_deref() == Some("running")).then_some(())
-    })
-    .await;
+    let agent = running_agent(&server, &token, "node-one", &dir.path().join("one"), &[]).await;
     // It works through the agent: an instance runs there.
     let instance = server.run_instance(TOKEN, "solo", "cx11").await;
     assert_eq!(instance["status"]["state"], "running", "{instance}");
