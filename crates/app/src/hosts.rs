@@ -7,10 +7,10 @@
 //! missing agent left undone, so every step here is safe to run twice.
 
 use crate::error::{Error, Result};
-use crate::{App, HostCallError, InFlight};
+use crate::{App, InFlight};
 use rand::RngCore;
 use std::net::IpAddr;
-use tessera_agent_api::{HostSpec, UnitSpec};
+use tessera_agent_api::{AgentError, HostSpec, UnitSpec};
 use tessera_core::ports::{PortRange, unit_port_ranges};
 use tessera_core::range::parse_ranges;
 use tessera_core::status::HostStatus;
@@ -101,6 +101,14 @@ impl From<HostRecord> for Host {
 pub enum Decommission {
     Started,
     AlreadyDone,
+}
+
+/// Why a host's preparation did not finish.
+enum Unprepared {
+    /// Not reached or not answered in time: asked again later.
+    Later(String),
+    /// The host said no (or lacks what it was registered with).
+    Refused(String),
 }
 
 impl App {
@@ -210,26 +218,27 @@ impl App {
             return Ok(());
         };
         let outcome = async {
-            let report = self.host_call(agent.report()).await?;
+            let report = self.preparation_call(agent.report()).await?;
             let missing = spec.cpus.difference(&report.cpus);
             if !missing.is_empty() {
-                return Err(HostCallError::Failed(format!(
+                return Err(Unprepared::Refused(format!(
                     "CPUs {missing} of the registered ranges are not on the host (it has {})",
                     report.cpus
                 )));
             }
-            self.host_call(agent.prepare_host(&spec)).await?;
+            self.preparation_call(agent.prepare_host(&spec)).await?;
             self.remember_agent(&spec.id, agent.clone());
             Ok(report)
         }
         .await;
         match outcome {
-            // An agent that has registered but is slow to answer (a busy
-            // control plane or store, a fleet joining at once) has not
-            // failed: the host stays INITIALIZING and the reconciler asks
-            // again. Only an answer that says no fails it.
-            Err(HostCallError::Timeout(after)) => {
-                tracing::warn!(hostname = %host.hostname, ?after, "server preparation not answered in time; will retry");
+            // An agent that has registered but is slow to answer or out of
+            // reach a moment (a busy control plane or store, a fleet
+            // joining at once) has not failed: the host stays
+            // INITIALIZING and the reconciler asks again. Only an answer
+            // that says no fails it.
+            Err(Unprepared::Later(why)) => {
+                tracing::warn!(hostname = %host.hostname, %why, "server preparation not done; will retry");
                 return Ok(());
             }
             Ok(report) => {
@@ -251,8 +260,7 @@ impl App {
                     self.resume_operations_on("server_create", &host.id).await?;
                 }
             }
-            Err(why) => {
-                let why = why.to_string();
+            Err(Unprepared::Refused(why)) => {
                 tracing::warn!(hostname = %host.hostname, error = %why, "server preparation failed");
                 self.store
                     .transition_host(
@@ -265,6 +273,22 @@ impl App {
             }
         }
         self.placement.refresh_host(&self.store, &host.id).await
+    }
+
+    /// One call of a host's preparation, bounded by the agent timeout.
+    async fn preparation_call<T>(
+        &self,
+        call: impl std::future::Future<Output = Result<T, AgentError>>,
+    ) -> Result<T, Unprepared> {
+        match tokio::time::timeout(self.config.agent_timeout, call).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(AgentError::Failed(why))) => Err(Unprepared::Refused(why)),
+            Ok(Err(err @ AgentError::Unreachable(_))) => Err(Unprepared::Later(err.to_string())),
+            Err(_) => Err(Unprepared::Later(format!(
+                "not answered within {:?}",
+                self.config.agent_timeout
+            ))),
+        }
     }
 
     async fn retire(&self, host: &HostRecord) -> Result<()> {

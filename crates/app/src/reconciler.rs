@@ -109,6 +109,19 @@ impl Task for RelaySessions {
     }
 }
 
+/// Removes terminal-session requests nobody waits for any more.
+struct PruneSessionRequests;
+
+impl Task for PruneSessionRequests {
+    const NAME: &'static str = "prune session requests";
+    fn period(app: &App) -> Duration {
+        app.config.reconcile_every
+    }
+    async fn run(app: &App) -> Result<()> {
+        app.prune_session_requests().await
+    }
+}
+
 /// Destroys the storage of volumes whose time in the trash is up.
 struct PurgeVolumes;
 
@@ -240,6 +253,7 @@ impl App {
             app.spawn_task::<NoteHeartbeats>();
             app.spawn_task::<ObserveInstances>();
             app.spawn_task::<RelaySessions>();
+            app.spawn_task::<PruneSessionRequests>();
             app.spawn_task::<PurgeVolumes>();
             app.spawn_task::<PendingHosts>();
             app.spawn_task::<OverdueUnits>();

@@ -548,13 +548,33 @@ impl Store {
     /// The table holds only requests seconds old, so a replica reads them
     /// all and keeps those of the channels it holds: the read does not grow
     /// with the fleet.
-    pub async fn pending_session_requests(&self) -> Result<Vec<SessionRequestRecord>> {
+    /// Requests made before `since` are left out: one whose asker went
+    /// without withdrawing it (a client gone, a replica crashed) and
+    /// whose host nobody holds would otherwise stay first in line.
+    pub async fn pending_session_requests(&self, since: &str) -> Result<Vec<SessionRequestRecord>> {
         self.fetch_all(
             "SELECT session, hostname, instance_id, request, dial_back, created_at \
-             FROM session_requests ORDER BY created_at, session LIMIT 1000",
-            &[],
+             FROM session_requests WHERE created_at >= $1 \
+             ORDER BY created_at, session LIMIT 1000",
+            &[since.into()],
         )
         .await
+    }
+
+    /// Removes the session requests made before `before`: nobody waits
+    /// for them any more.
+    pub async fn prune_session_requests(&self, before: &str) -> Result<u64> {
+        let counts = self
+            .run_statements(
+                "prune_session_requests",
+                vec![(
+                    "DELETE FROM session_requests WHERE created_at < $1".into(),
+                    vec![before.into()],
+                )],
+                |_| true,
+            )
+            .await?;
+        Ok(counts[0])
     }
 
     /// Removes a session request; `true` for the one caller that removed

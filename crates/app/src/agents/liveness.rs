@@ -50,7 +50,19 @@ pub(crate) struct Liveness {
 struct Credentials {
     by_hash: HashMap<String, (String, Instant)>,
     by_host: HashMap<String, String>,
+    /// Counts forgettings; each host's last one. A credential read from
+    /// the store before its host was forgotten is not kept: the change
+    /// that made it stale may have been heard between the read and
+    /// [`Liveness::verify`].
+    epoch: u64,
+    forgotten: HashMap<String, u64>,
+    /// The last forgetting of every host at once.
+    forgotten_all: u64,
 }
+
+/// Where the forgettings stood when a credential was read from the store.
+#[derive(Clone, Copy)]
+pub(crate) struct Epoch(u64);
 
 fn digest(text: &str) -> u64 {
     let mut hasher = DefaultHasher::new();
@@ -110,13 +122,40 @@ impl Liveness {
             .map(|(hostname, _)| hostname.clone())
     }
 
-    pub(crate) fn verify(&self, credential_hash: &str, hostname: &str) {
+    /// Taken before reading a credential from the store, for
+    /// [`Liveness::verify`].
+    pub(crate) fn epoch(&self) -> Epoch {
+        Epoch(
+            self.credentials
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .epoch,
+        )
+    }
+
+    /// Keeps a credential read from the store at `read`, unless its host
+    /// was forgotten since.
+    pub(crate) fn verify(&self, credential_hash: &str, hostname: &str, read: Epoch) {
         let mut credentials = self
             .credentials
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
+        let forgotten = credentials
+            .forgotten
+            .get(hostname)
+            .copied()
+            .unwrap_or_default()
+            .max(credentials.forgotten_all);
+        if forgotten > read.0 {
+            return;
+        }
         if credentials.by_hash.len() >= CREDENTIALS_KEPT {
+            // Each host's last forgetting goes too: count them all as
+            // forgotten now.
+            let epoch = credentials.epoch;
             *credentials = Credentials::default();
+            credentials.epoch = epoch;
+            credentials.forgotten_all = epoch;
         }
         let earlier = credentials
             .by_host
@@ -130,12 +169,17 @@ impl Liveness {
         );
     }
 
-    /// Forgets every verified credential (changes may have been missed).
+    /// Forgets every verified credential (changes may have been missed):
+    /// none read before is kept either.
     pub(crate) fn forget_credentials(&self) {
-        *self
+        let mut credentials = self
             .credentials
             .lock()
-            .unwrap_or_else(PoisonError::into_inner) = Credentials::default();
+            .unwrap_or_else(PoisonError::into_inner);
+        let epoch = credentials.epoch + 1;
+        *credentials = Credentials::default();
+        credentials.epoch = epoch;
+        credentials.forgotten_all = epoch;
     }
 
     /// Forgets a host's verified credential: the next request with it
@@ -148,6 +192,9 @@ impl Liveness {
         if let Some(hash) = credentials.by_host.remove(hostname) {
             credentials.by_hash.remove(&hash);
         }
+        credentials.epoch += 1;
+        let epoch = credentials.epoch;
+        credentials.forgotten.insert(hostname.to_string(), epoch);
     }
 
     /// Forgets a host's credentials and inventory (its agent registered
@@ -214,18 +261,41 @@ mod tests {
         let liveness = Liveness::default();
         let ttl = Duration::from_secs(5);
         assert_eq!(liveness.verified("hash-a", ttl), None);
-        liveness.verify("hash-a", "node-a");
-        liveness.verify("hash-b", "node-b");
+        liveness.verify("hash-a", "node-a", liveness.epoch());
+        liveness.verify("hash-b", "node-b", liveness.epoch());
         assert_eq!(liveness.verified("hash-a", ttl).as_deref(), Some("node-a"));
         assert_eq!(liveness.verified("hash-a", Duration::ZERO), None);
         liveness.forget("node-a");
         assert_eq!(liveness.verified("hash-a", ttl), None);
         assert_eq!(liveness.verified("hash-b", ttl).as_deref(), Some("node-b"));
         // A host's new credential replaces its old one.
-        liveness.verify("hash-c", "node-b");
+        liveness.verify("hash-c", "node-b", liveness.epoch());
         assert_eq!(liveness.verified("hash-b", ttl), None);
         assert_eq!(liveness.verified("hash-c", ttl).as_deref(), Some("node-b"));
         liveness.forget_credentials();
         assert_eq!(liveness.verified("hash-c", ttl), None);
+    }
+
+    #[test]
+    fn a_credential_read_before_its_host_was_forgotten_is_not_kept() {
+        let liveness = Liveness::default();
+        let ttl = Duration::from_secs(60);
+        // Read from the store, then the host's agent is replaced (and
+        // forgotten) before the read is kept: not kept.
+        let read = liveness.epoch();
+        liveness.forget_credential("node-a");
+        liveness.verify("hash-old", "node-a", read);
+        assert_eq!(liveness.verified("hash-old", ttl), None);
+        // Another host's is.
+        liveness.verify("hash-b", "node-b", read);
+        assert_eq!(liveness.verified("hash-b", ttl).as_deref(), Some("node-b"));
+        // After everything was forgotten, nothing read before is kept.
+        let read = liveness.epoch();
+        liveness.forget_credentials();
+        liveness.verify("hash-c", "node-c", read);
+        assert_eq!(liveness.verified("hash-c", ttl), None);
+        // A read after the forgetting is.
+        liveness.verify("hash-a", "node-a", liveness.epoch());
+        assert_eq!(liveness.verified("hash-a", ttl).as_deref(), Some("node-a"));
     }
 }

@@ -28,9 +28,10 @@ impl App {
         if let Some(hostname) = self.liveness.verified(&hash, ttl) {
             return Ok(AgentCaller { hostname });
         }
+        let read = self.liveness.epoch();
         match self.store.agent_by_credential(&hash).await? {
             Some(agent) => {
-                self.liveness.verify(&hash, &agent.hostname);
+                self.liveness.verify(&hash, &agent.hostname, read);
                 Ok(AgentCaller {
                     hostname: agent.hostname,
                 })

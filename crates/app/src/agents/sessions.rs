@@ -205,6 +205,16 @@ impl App {
         (guard, rx)
     }
 
+    /// Removes the session requests nobody waits for any more (an asker
+    /// that went without withdrawing its own).
+    pub(crate) async fn prune_session_requests(&self) -> Result<()> {
+        let pruned = self.store.prune_session_requests(&stale_requests()).await?;
+        if pruned > 0 {
+            tracing::debug!(pruned, "stale session requests removed");
+        }
+        Ok(())
+    }
+
     /// Sends down this process's channels the sessions other replicas
     /// asked of their hosts (each taken by one replica only); requests
     /// older than their asker waits are dropped.
@@ -212,11 +222,8 @@ impl App {
         if !self.sessions.holds_any() {
             return Ok(());
         }
-        let stale = tessera_store::timestamp(
-            chrono::Utc::now()
-                - chrono::Duration::from_std(DIAL_BACK).unwrap_or(chrono::Duration::zero()),
-        );
-        for asked in self.store.pending_session_requests().await? {
+        let stale = stale_requests();
+        for asked in self.store.pending_session_requests(&stale).await? {
             if !self.sessions.holds(&asked.hostname) {
                 continue;
             }
@@ -288,4 +295,12 @@ impl App {
             .get(session_id)
             .is_some_and(|(hostname, _)| *hostname == agent.hostname)
     }
+}
+
+/// Session requests made before this no longer have an asker waiting.
+fn stale_requests() -> String {
+    tessera_store::timestamp(
+        chrono::Utc::now()
+            - chrono::Duration::from_std(DIAL_BACK).unwrap_or(chrono::Duration::zero()),
+    )
 }
