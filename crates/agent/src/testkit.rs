@@ -195,3 +195,63 @@ fn gzip_tar(files: &[(&str, &[u8])]) -> Vec<u8> {
     gz.write_all(&tar.into_inner().expect("tar")).expect("gzip");
     gz.finish().expect("gzip")
 }
+
+/// Removes what a `container`-driver agent keeping `state_dir` left on the
+/// machine: its runc containers, the network namespaces `netns`, mounts
+/// under the directory, its bridge and its nftables table. For tests,
+/// whose agents' state directories go with them.
+pub fn remove_container_leftovers(state_dir: &Path, bridge: &str, netns: &[String]) {
+    let quiet = |program: &Path, args: &[&std::ffi::OsStr]| {
+        let _ = Command::new(program)
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    };
+    let root = state_dir.join("runc");
+    if let Some(runc) = crate::drivers::container::find_runc()
+        && let Ok(out) = Command::new(&runc)
+            .arg("--root")
+            .arg(&root)
+            .args(["list", "-q"])
+            .output()
+    {
+        for id in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+            quiet(
+                &runc,
+                &[
+                    "--root".as_ref(),
+                    root.as_os_str(),
+                    "delete".as_ref(),
+                    "--force".as_ref(),
+                    id.as_ref(),
+                ],
+            );
+        }
+    }
+    let ip = Path::new("ip");
+    for ns in netns {
+        quiet(ip, &["netns".as_ref(), "del".as_ref(), ns.as_ref()]);
+    }
+    let prefix = state_dir.to_string_lossy().to_string();
+    if let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") {
+        for mp in info.lines().filter_map(|l| l.split(' ').nth(4)) {
+            if mp.starts_with(&prefix) {
+                let _ = nix::mount::umount2(mp, nix::mount::MntFlags::MNT_DETACH);
+            }
+        }
+    }
+    quiet(ip, &["link".as_ref(), "del".as_ref(), bridge.as_ref()]);
+    if let Ok(state_dir) = std::fs::canonicalize(state_dir) {
+        let table = crate::drivers::container::firewall_table(&state_dir);
+        quiet(
+            Path::new("nft"),
+            &[
+                "delete".as_ref(),
+                "table".as_ref(),
+                "inet".as_ref(),
+                table.as_ref(),
+            ],
+        );
+    }
+}

@@ -372,7 +372,6 @@ async fn a_container_walks_the_seed_on_the_real_driver() {
     .await;
     assert_eq!(routed_instances(5), links - 1, "its veth is gone");
     drop(agent);
-    let _ = Command::new("ip").args(["link", "del", "tsrt5"]).status();
     server.stop().await;
 }
 
@@ -479,7 +478,6 @@ async fn a_container_that_keeps_dying_ends_failed_with_why() {
     let why = failed["status_reason"].as_str().unwrap_or_default();
     assert!(why.contains("debian-12"), "{failed}");
     drop(agent);
-    let _ = Command::new("ip").args(["link", "del", "tsrt6"]).status();
     server.stop().await;
 }
 

@@ -309,7 +309,9 @@ pub(crate) fn import_tiny(state_dir: &Path) {
 pub(crate) fn tiny_tarball() -> &'static Path {
     static TARBALL: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     TARBALL.get_or_init(|| {
-        let out = std::env::temp_dir().join(format!("tessera-tiny-{}.tar.gz", std::process::id()));
+        // Cargo's scratch directory for integration tests: one file,
+        // rebuilt by each run, not one left in /tmp per run.
+        let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("tessera-tiny.tar.gz");
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/images/tiny");
         let built = Command::new("bash")
             .arg(script)
@@ -614,7 +616,6 @@ async fn a_container_instance_is_reached_over_ssh_and_leaves_nothing() {
     assert_eq!(traces_of(&state, &id), Vec::<String>::new(), "left behind");
     assert_eq!(routed_instances(1), links - 1, "its veth is gone");
     drop(agent);
-    let _ = Command::new("ip").args(["link", "del", "tsrt1"]).status();
     server.stop().await;
 }
 
@@ -760,7 +761,6 @@ async fn instances_survive_restarts_of_the_agent_and_the_server() {
     assert_eq!(op["status"], "completed", "{op}");
     assert_eq!(traces_of(&state, &id), Vec::<String>::new());
     drop(agent);
-    let _ = Command::new("ip").args(["link", "del", "tsrt2"]).status();
     server.stop();
 }
 
@@ -998,6 +998,5 @@ async fn a_catalog_image_is_pulled_from_its_registry_on_first_use() {
     .await;
     assert_eq!(status, StatusCode::ACCEPTED, "{deleted}");
     wait_op(&server.url, deleted["operation_id"].as_str().expect("op")).await;
-    let _ = Command::new("ip").args(["link", "del", "tsrt8"]).status();
     server.stop().await;
 }

@@ -627,10 +627,17 @@ pub async fn join_token(url: &str) -> String {
     reply["token"].as_str().expect("token").to_string()
 }
 
-/// A `tessera agent` process; its log goes to `STATE/agent.log`.
+/// A `tessera agent` process; its log goes to `STATE/agent.log`. Dropped,
+/// it is killed and what its driver left on the machine for a restart
+/// (a container agent's nftables table and bridge) is removed, unless it
+/// was [`AgentProcess::crash`]ed: then a later agent on the same state
+/// directory takes them over.
 pub struct AgentProcess {
     child: Child,
     pub state_dir: std::path::PathBuf,
+    /// A container agent's bridge: it, the agent's table and containers
+    /// go when dropped.
+    leftovers: Option<String>,
 }
 
 impl AgentProcess {
@@ -665,16 +672,28 @@ impl AgentProcess {
             command.args(["--join-token", token]);
         }
         let child = command.spawn().expect("spawn tessera agent");
+        // A container agent's bridge, when the test names one (else none:
+        // the default is the machine's own).
+        let leftovers = (driver == "container").then(|| {
+            args.iter()
+                .position(|a| *a == "--bridge")
+                .and_then(|i| args.get(i + 1))
+                .map(|b| b.to_string())
+                .unwrap_or_default()
+        });
         AgentProcess {
             child,
             state_dir: state_dir.to_path_buf(),
+            leftovers,
         }
     }
 
-    /// SIGKILL: the agent dies with no chance to clean up.
+    /// SIGKILL: the agent dies with no chance to clean up, and what it
+    /// left on the machine stays for the next agent of its state directory.
     pub fn crash(mut self) {
         self.child.kill().expect("kill -9");
         self.child.wait().expect("wait");
+        self.leftovers = None;
     }
 
     /// Waits for the agent to exit by itself; answers its exit status and
@@ -741,6 +760,9 @@ impl Drop for AgentProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if let Some(bridge) = self.leftovers.take() {
+            tessera_agent::testkit::remove_container_leftovers(&self.state_dir, &bridge, &[]);
+        }
     }
 }
 

@@ -121,9 +121,9 @@ fn rule_line(t: &str, chain: &str, rule: &InboundRule) -> Option<String> {
 }
 
 impl Firewall {
-    pub fn new(agent_tag: &str, gateway: Ipv4Addr, denied: Vec<String>) -> Firewall {
+    pub fn new(table: String, gateway: Ipv4Addr, denied: Vec<String>) -> Firewall {
         Firewall {
-            table: format!("tessera-{agent_tag}"),
+            table,
             gateway,
             denied,
         }

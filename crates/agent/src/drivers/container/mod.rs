@@ -317,7 +317,7 @@ pub(super) fn validate_id(id: &str) -> Result<(), AgentError> {
     }
 }
 
-fn find_runc() -> Option<PathBuf> {
+pub(crate) fn find_runc() -> Option<PathBuf> {
     let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
         .map(|p| std::env::split_paths(&p).collect())
         .unwrap_or_default();
@@ -362,6 +362,18 @@ fn nofile_limit() -> u64 {
             line.split_whitespace().nth(4)?.parse::<u64>().ok()
         });
     hard.map_or(1024, |h| h.min(65536))
+}
+
+/// The nftables table (family `inet`) of the container driver of an agent
+/// keeping `state_dir` (absolute, symlinks resolved): named from the
+/// directory, so a restarted agent finds its own. It stays when the agent
+/// stops, so its instances stay filtered; once the host has left the cloud,
+/// `nft delete table inet NAME` removes it.
+pub fn firewall_table(state_dir: &Path) -> String {
+    format!(
+        "tessera-{}",
+        short_hash(&[state_dir.as_os_str().as_encoded_bytes()])
+    )
 }
 
 fn short_hash(parts: &[&[u8]]) -> String {
@@ -652,7 +664,8 @@ impl ContainerDriver {
         for cidr in &config.egress_denied {
             denied.push(firewall::parse_cidr(cidr)?);
         }
-        let firewall = firewall::Firewall::new(&agent_tag, subnet.gateway(), denied);
+        let firewall =
+            firewall::Firewall::new(firewall_table(&config.state_dir), subnet.gateway(), denied);
         Ok(Self {
             isolation,
             firewall,

@@ -70,43 +70,7 @@ pub(super) struct Cleanup {
 
 impl Drop for Cleanup {
     fn drop(&mut self) {
-        let root = self.state_dir.join("runc");
-        if let Some(runc) = find_runc()
-            && let Ok(out) = StdCommand::new(&runc)
-                .arg("--root")
-                .arg(&root)
-                .args(["list", "-q"])
-                .output()
-        {
-            for id in String::from_utf8_lossy(&out.stdout).split_whitespace() {
-                let _ = StdCommand::new(&runc)
-                    .arg("--root")
-                    .arg(&root)
-                    .args(["delete", "--force", id])
-                    .output();
-            }
-        }
-        for ns in &self.netns {
-            let _ = StdCommand::new("ip").args(["netns", "del", ns]).output();
-        }
-        let prefix = self.state_dir.to_string_lossy().to_string();
-        if let Ok(info) = fs::read_to_string("/proc/self/mountinfo") {
-            for mp in info.lines().filter_map(|l| l.split(' ').nth(4)) {
-                if mp.starts_with(&prefix) {
-                    let _ = nix::mount::umount2(mp, nix::mount::MntFlags::MNT_DETACH);
-                }
-            }
-        }
-        let _ = StdCommand::new("ip")
-            .args(["link", "del", &self.bridge])
-            .output();
-        // The agent's firewall table (named after its state directory).
-        if let Ok(state_dir) = fs::canonicalize(&self.state_dir) {
-            let tag = short_hash(&[state_dir.as_os_str().as_encoded_bytes()]);
-            let _ = StdCommand::new("nft")
-                .args(["delete", "table", "inet", &format!("tessera-{tag}")])
-                .output();
-        }
+        crate::testkit::remove_container_leftovers(&self.state_dir, &self.bridge, &self.netns);
     }
 }
 
