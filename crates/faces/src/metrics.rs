@@ -180,6 +180,21 @@ pub async fn scrape(
         "Seconds since this process started",
         uptime,
     );
+    let (listening, lost) = state.app.agent_listener();
+    let heard: Gauge = Gauge::default();
+    heard.set(i64::from(listening));
+    registry.register(
+        "agent_changes_heard",
+        "1 while this process hears other replicas' changes to agents through the store's notifications (PostgreSQL); 0 while it polls the store for them",
+        heard,
+    );
+    let losses: Counter = Counter::default();
+    losses.inc_by(lost);
+    registry.register(
+        "agent_changes_listener_lost",
+        "Times the listener for those notifications was lost (closed, or silent: its echo not heard) and made again",
+        losses,
+    );
     let mut text = String::new();
     if encode(&mut text, &registry).is_err() {
         return Err(NativeError(tessera_app::Error::Unavailable(

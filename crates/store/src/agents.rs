@@ -602,6 +602,10 @@ const AGENT_CHANNEL: &str = "tessera_agents";
 /// them, as host names (PostgreSQL's `LISTEN`, on a connection of its own).
 pub struct AgentChanges(sqlx::postgres::PgListener);
 
+/// The start of an echo's payload ([`Store::echo_agent_changes`]): no
+/// host name has a space.
+const ECHO: &str = "echo ";
+
 /// What [`AgentChanges::next`] heard.
 pub enum AgentChange {
     /// This host's desired state or a report of it changed.
@@ -609,12 +613,18 @@ pub enum AgentChange {
     /// The connection was lost and made again: changes meanwhile were
     /// missed, so every waiter should look again.
     Missed,
+    /// An echo some replica sent ([`Store::echo_agent_changes`]), with its
+    /// token.
+    Echo(String),
 }
 
 impl AgentChanges {
     pub async fn next(&mut self) -> Result<AgentChange> {
         match self.0.try_recv().await.map_err(crate::StoreError::Query)? {
-            Some(notification) => Ok(AgentChange::Host(notification.payload().to_string())),
+            Some(notification) => Ok(match notification.payload().strip_prefix(ECHO) {
+                Some(token) => AgentChange::Echo(token.to_string()),
+                None => AgentChange::Host(notification.payload().to_string()),
+            }),
             None => Ok(AgentChange::Missed),
         }
     }
@@ -636,5 +646,25 @@ impl Store {
             .await
             .map_err(crate::StoreError::Query)?;
         Ok(Some(AgentChanges(listener)))
+    }
+
+    /// Notifies `token` as an echo on the agents' channel, through the
+    /// store's pool: a listener that hears its own echo still hears the
+    /// others' changes. A listening connection may die silently (a peer
+    /// gone without closing, a middlebox dropping it): nothing else would
+    /// tell. Nothing to do on SQLite.
+    pub async fn echo_agent_changes(&self, token: &str) -> Result<()> {
+        if self.listen_url.is_none() {
+            return Ok(());
+        }
+        self.run_statement(
+            "echo_agent_changes",
+            (
+                "SELECT pg_notify($1, $2)".into(),
+                vec![AGENT_CHANNEL.into(), format!("{ECHO}{token}").into()],
+            ),
+        )
+        .await?;
+        Ok(())
     }
 }

@@ -17,7 +17,7 @@ use crate::App;
 use crate::error::Result;
 use rand::RngCore;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 use tessera_agent_api::HostAgent;
@@ -45,6 +45,11 @@ const STORE_POLL: Duration = Duration::from_millis(250);
 /// How often a waiter looks anyway while notifications are heard: a
 /// safety net, not the way changes arrive.
 const HEARD_POLL: Duration = Duration::from_secs(5);
+/// How often the listener for other replicas' changes sends itself an echo.
+const ECHO_EVERY: Duration = Duration::from_secs(5);
+/// How long an echo may take to come back before the listener is taken
+/// for dead (and made again).
+const ECHO_WITHIN: Duration = Duration::from_secs(10);
 
 /// Wakes whoever waits on a host's desired state or reports in this
 /// process: at once for this process's changes, and for other replicas'
@@ -60,6 +65,8 @@ pub(crate) struct AgentSignals {
     /// are heard too, not only assumed absent. Two processes may share a
     /// SQLite file; neither hears the other.
     notified: AtomicBool,
+    /// How many times the listener was lost (PostgreSQL).
+    listener_lost: AtomicU64,
 }
 
 impl AgentSignals {
@@ -174,31 +181,85 @@ impl App {
                 // What changed before the listener was there.
                 app.liveness.forget_credentials();
                 signals.wake_all();
-                loop {
-                    let change = tokio::select! {
-                        change = changes.next() => change,
-                        _ = app.stopping.cancelled() => return,
-                    };
-                    match change {
-                        Ok(AgentChange::Host(hostname)) => {
-                            // Its credential may be another now, or gone.
-                            app.liveness.forget_credential(&hostname);
-                            signals.wake(&hostname);
-                        }
-                        Ok(AgentChange::Missed) => {
-                            app.liveness.forget_credentials();
-                            signals.wake_all();
-                        }
-                        Err(err) => {
-                            tracing::warn!(error = %err, "listening for agents' changes failed; polling the store meanwhile");
-                            signals.set_notified(false);
-                            signals.wake_all();
-                            break;
-                        }
-                    }
-                }
+                let lost = tokio::select! {
+                    lost = app.hear_agent_changes(&mut changes) => lost,
+                    _ = app.stopping.cancelled() => return,
+                };
+                tracing::warn!("{lost}; listening again, polling the store meanwhile");
+                signals.listener_lost.fetch_add(1, Ordering::Relaxed);
+                signals.set_notified(false);
+                signals.wake_all();
             }
         });
+    }
+
+    /// Wakes the waiters of each change `changes` hears until it no longer
+    /// hears: answers why. Every [`ECHO_EVERY`] it sends itself an echo
+    /// through the store's pool; one not heard within [`ECHO_WITHIN`] means
+    /// the listening connection died without a word (a peer gone without
+    /// closing, a middlebox dropping it), which would otherwise leave this
+    /// replica trusting credentials and waiting on long-polls for changes
+    /// it will never hear of.
+    async fn hear_agent_changes(&self, changes: &mut tessera_store::AgentChanges) -> String {
+        let signals = &self.agent_signals;
+        let mut echo = tokio::time::interval(ECHO_EVERY);
+        echo.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut awaited: Option<(String, tokio::time::Instant)> = None;
+        loop {
+            // Not cancelled by the echo's turns: a notification half read
+            // would be lost.
+            let next = changes.next();
+            tokio::pin!(next);
+            let change = loop {
+                tokio::select! {
+                    change = &mut next => break change,
+                    _ = echo.tick() => match &awaited {
+                        Some((_, sent)) if sent.elapsed() >= ECHO_WITHIN => {
+                            return format!(
+                                "the listener for agents' changes did not hear its echo within {} s",
+                                ECHO_WITHIN.as_secs()
+                            );
+                        }
+                        Some(_) => {}
+                        None => {
+                            let token = secret("echo");
+                            match self.store.echo_agent_changes(&token).await {
+                                Ok(()) => awaited = Some((token, tokio::time::Instant::now())),
+                                Err(err) => tracing::debug!(error = %err, "cannot send the agents' listener its echo"),
+                            }
+                        }
+                    },
+                }
+            };
+            match change {
+                Ok(AgentChange::Host(hostname)) => {
+                    // Its credential may be another now, or gone.
+                    self.liveness.forget_credential(&hostname);
+                    signals.wake(&hostname);
+                }
+                Ok(AgentChange::Echo(token)) => {
+                    if awaited.as_ref().is_some_and(|(sent, _)| *sent == token) {
+                        awaited = None;
+                    }
+                }
+                Ok(AgentChange::Missed) => {
+                    self.liveness.forget_credentials();
+                    signals.wake_all();
+                }
+                Err(err) => return format!("listening for agents' changes failed: {err}"),
+            }
+        }
+    }
+
+    /// Whether this replica hears the store's notifications of agents'
+    /// changes now (PostgreSQL; else it polls the store for other
+    /// processes' changes), and how many times its listener was lost.
+    pub fn agent_listener(&self) -> (bool, u64) {
+        let signals = &self.agent_signals;
+        (
+            signals.notified(),
+            signals.listener_lost.load(Ordering::Relaxed),
+        )
     }
 
     /// The remote agent of a host, when one has registered.

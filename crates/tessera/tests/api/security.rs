@@ -1379,6 +1379,162 @@ async fn a_replaced_agent_credential_stops_working_on_every_replica(backend: Bac
     first.stop().await;
 }
 
+/// PostgreSQL only: a replica's listener for agents' changes whose
+/// connection goes silent (its server process stopped, the socket open: a
+/// peer gone without closing) is noticed by its echo not coming back and
+/// made again; the new one hears a credential replaced on the other
+/// replica. Without, the replica would trust credentials for a minute and
+/// its long-polls would sleep through changes until restarted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silently_dead_agents_listener_is_made_again() {
+    let database_url = fresh_postgres_database().await;
+    let replica = || {
+        TestServer::start_with(
+            Backend::Postgres,
+            Options {
+                database_url: Some(database_url.clone()),
+                agent_silence: Duration::from_millis(500),
+                ..Options::default()
+            },
+        )
+    };
+    let (first, second) = (replica().await, replica().await);
+    let listeners = |server: &TestServer| {
+        let request = server.client.get(format!("{}/metrics", server.url));
+        async move {
+            let text = request
+                .bearer_auth(TOKEN)
+                .send()
+                .await
+                .expect("scrape")
+                .text()
+                .await
+                .expect("metrics");
+            let value = |name: &str| {
+                text.lines()
+                    .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<u64>().ok())
+                    .unwrap_or_else(|| panic!("{name} in {text}"))
+            };
+            (
+                value("tessera_agent_changes_heard"),
+                value("tessera_agent_changes_listener_lost_total"),
+            )
+        }
+    };
+    for server in [&first, &second] {
+        crate::harness::eventually(Duration::from_secs(10), "the listener up", || async {
+            (listeners(server).await == (1, 0)).then_some(())
+        })
+        .await;
+    }
+    // Both replicas' listening server processes, stopped (SIGSTOP): their
+    // sockets stay open, nothing more comes through them.
+    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&database_url)
+        .await
+        .expect("connect");
+    let pids: Vec<i32> = sqlx::query_scalar(
+        "SELECT pid FROM pg_stat_activity WHERE datname = current_database() \
+         AND query LIKE 'LISTEN %'",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .expect("listeners");
+    assert_eq!(pids.len(), 2, "one listener a replica: {pids:?}");
+    let local = pids.iter().all(|pid| {
+        std::fs::read_to_string(format!("/proc/{pid}/cmdline"))
+            .is_ok_and(|cmd| cmd.starts_with("postgres"))
+    });
+    let signal = |which: &str, pid: i32| {
+        std::process::Command::new("kill")
+            .args([which, &pid.to_string()])
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if !local || !pids.iter().all(|pid| signal("-STOP", *pid)) {
+        pids.iter().for_each(|pid| _ = signal("-CONT", *pid));
+        eprintln!(
+            "SKIPPED a_silently_dead_agents_listener_is_made_again: the test PostgreSQL's \
+             processes are not this machine's to stop (root and a local cluster needed)"
+        );
+        return;
+    }
+    /// Resumes them however the test ends.
+    struct Stopped(Vec<i32>);
+    impl Drop for Stopped {
+        fn drop(&mut self) {
+            for pid in &self.0 {
+                let _ = std::process::Command::new("kill")
+                    .args(["-CONT", &pid.to_string()])
+                    .status();
+            }
+        }
+    }
+    let stopped = Stopped(pids.clone());
+    for server in [&first, &second] {
+        crate::harness::eventually(
+            Duration::from_secs(40),
+            "the silent listener noticed and made again",
+            || async { (listeners(server).await == (1, 1)).then_some(()) },
+        )
+        .await;
+    }
+    drop(stopped);
+    // The new listeners hear: a credential the second replica verified (and
+    // would keep a minute) is replaced through the first.
+    let register = |token: String| {
+        let first = &first;
+        async move {
+            let body = json!({
+                "join_token": token, "hostname": "heard", "ip": "192.0.2.68",
+                "location": null, "driver": "sim",
+                "inventory": {"cpus": "0-3", "numa_nodes": ["0-3"], "memory_mb": 8192},
+            });
+            let (status, joined) = first
+                .request(
+                    Method::POST,
+                    "/v1/agent/register",
+                    Some(&body.to_string()),
+                    None,
+                )
+                .await;
+            assert_eq!(status, StatusCode::CREATED, "{joined}");
+            joined["credential"]
+                .as_str()
+                .expect("credential")
+                .to_string()
+        }
+    };
+    let desired = |credential: &str| {
+        let request = second
+            .client
+            .get(format!("{}/v1/agent/desired?after=0&wait=0", second.url))
+            .bearer_auth(credential);
+        async move { request.send().await.expect("desired").status() }
+    };
+    let old = register(crate::harness::join_token(&first.url).await).await;
+    assert_eq!(desired(&old).await, StatusCode::OK);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (status, made) = first
+        .call(
+            Method::POST,
+            "/v1/servers/join-tokens",
+            Some(&json!({"replaces": "heard"})),
+            TOKEN,
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{made}");
+    register(made["token"].as_str().expect("token").to_string()).await;
+    crate::harness::eventually(
+        Duration::from_secs(15),
+        "the other replica refuses the replaced credential",
+        || async { (desired(&old).await == StatusCode::UNAUTHORIZED).then_some(()) },
+    )
+    .await;
+    second.stop().await;
+    first.stop().await;
+}
+
 async fn a_login_burst_leaves_memory_and_health_as_they_were(backend: Backend) {
     let dir = tempfile::tempdir().expect("tempdir");
     let database_url = match backend {
