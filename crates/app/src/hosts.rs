@@ -325,6 +325,8 @@ impl App {
             .transition_host(&host.id, &[HostStatus::Decommissioning], to, detail)
             .await?;
         tracing::info!(hostname = %host.hostname, status = %to, detail, "server decommission ended");
+        // A registration still waiting for this host ends now.
+        self.resume_operations_on("server_create", &host.id).await?;
         if to == HostStatus::Decommissioned {
             self.forget_agent(&HostId::new(host.id.as_str()));
             // Its agent, if it had one, is done: its credential stops

@@ -384,7 +384,18 @@ impl App {
                 self.publish("host", &host.id, None, host.status.as_str());
                 Ok(())
             }
-            // No agent yet: the operation goes on when the host is ready.
+            // Deleted before it was ready: it will not be.
+            HostStatus::Decommissioning
+            | HostStatus::Decommissioned
+            | HostStatus::DecommissionFail => {
+                let why = format!("server {} was deleted before it was ready", host.hostname);
+                self.store
+                    .finish_operation(&run.op.id, OperationStatus::Failed, None, Some(&why))
+                    .await?;
+                Ok(())
+            }
+            // Not prepared yet (no agent, or one still to answer): the
+            // operation goes on when the host is ready.
             _ => Err(Error::Unavailable(format!(
                 "server {} waits for its agent",
                 host.hostname

@@ -14,6 +14,7 @@ on_both_backends!(
     agents_join_share_the_load_and_survive_a_lost_host,
     join_tokens_are_checked_and_agents_authenticated,
     a_server_registered_without_an_address_takes_its_agents,
+    a_server_deleted_before_its_agent_came_ends_its_registration,
     an_agent_holds_one_connection_and_its_channel_has_two_forms,
 );
 
@@ -334,6 +335,51 @@ async fn a_server_registered_without_an_address_takes_its_agents(backend: Backen
         .wait_operation(op["id"].as_str().expect("id"), TOKEN)
         .await;
     assert_eq!(op["status"], "completed", "{op}");
+    server.stop().await;
+}
+
+/// A registration waits for the server's agent; the server deleted first,
+/// it fails at once, saying so, instead of waiting for ever.
+async fn a_server_deleted_before_its_agent_came_ends_its_registration(backend: Backend) {
+    let server = TestServer::start_with(
+        backend,
+        Options {
+            sim_hosts: false,
+            ..Options::default()
+        },
+    )
+    .await;
+    let (status, created) = server
+        .post(
+            "/v1/servers/create",
+            &json!({"hostname": "never-01", "plan": "2xCPU-4GB", "zone": "de-fra1"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{created}");
+    let shown = eventually(Duration::from_secs(10), "never-01 registered", || async {
+        let (status, shown) = server
+            .call(Method::GET, "/v1/servers/never-01/status", None, TOKEN)
+            .await;
+        (status == StatusCode::OK).then_some(shown)
+    })
+    .await;
+    assert_eq!(shown["status"], "initializing", "{shown}");
+    let (status, deleted) = server
+        .call(Method::DELETE, "/v1/servers/never-01", None, TOKEN)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{deleted}");
+    let deleted = server
+        .wait_operation(deleted["id"].as_str().expect("id"), TOKEN)
+        .await;
+    assert_eq!(deleted["status"], "completed", "{deleted}");
+    let created = server
+        .wait_operation(created["id"].as_str().expect("id"), TOKEN)
+        .await;
+    assert_eq!(created["status"], "failed", "{created}");
+    assert_eq!(
+        created["error"], "server never-01 was deleted before it was ready",
+        "{created}"
+    );
     server.stop().await;
 }
 
