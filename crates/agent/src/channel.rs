@@ -34,7 +34,7 @@ pub(crate) struct Dialer {
     /// The host's credential.
     pub credential: String,
     /// The client the agent's other calls go through (its connection).
-    pub http: reqwest::Client,
+    pub transport: Arc<crate::transport::Transport>,
 }
 
 impl Dialer {
@@ -43,7 +43,7 @@ impl Dialer {
         Dialer {
             base: base.trim_end_matches('/').to_string(),
             credential: self.credential.clone(),
-            http: self.http.clone(),
+            transport: self.transport.clone(),
         }
     }
 
@@ -97,17 +97,20 @@ async fn serve_channel(
     stop: &CancellationToken,
 ) -> Result<(), String> {
     let mut response = dialer
-        .http
+        .transport
+        .http()
         .get(format!("{}/v1/agent/channel", dialer.base))
         .bearer_auth(&dialer.credential)
         .send()
         .await
         .map_err(|e| {
+            dialer.transport.unreached();
             format!(
                 "dialling the control channel: {}",
                 crate::runtime::error_chain(&e)
             )
         })?;
+    dialer.transport.reached();
     if !response.status().is_success() {
         return Err(format!(
             "the control plane refused the control channel: {}",

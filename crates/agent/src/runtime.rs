@@ -11,6 +11,7 @@
 //! running.
 
 use crate::host::{DriverKind, HostConfig, LocalHost};
+use crate::transport::Transport;
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet};
@@ -104,12 +105,12 @@ pub async fn run(options: AgentOptions, stop: CancellationToken) -> Result<()> {
         .await
         .map_err(|e| anyhow::anyhow!("cannot take over what runs on the host: {e}"))?;
     let base = options.server.trim_end_matches('/');
-    let http = match &options.http {
-        Some(http) => http.clone(),
-        None => control_plane_client(base).await?,
-    };
+    let transport = Arc::new(match &options.http {
+        Some(http) => Transport::fixed(base, http.clone()),
+        None => Transport::connect(base).await?,
+    });
     let client = Client {
-        http,
+        transport,
         base: base.to_string(),
         credential: String::new(),
     };
@@ -123,7 +124,7 @@ pub async fn run(options: AgentOptions, stop: CancellationToken) -> Result<()> {
         crate::channel::Dialer {
             base: client.base.clone(),
             credential: client.credential.clone(),
-            http: client.http.clone(),
+            transport: client.transport.clone(),
         },
         host.clone(),
         stop.clone(),
@@ -142,7 +143,7 @@ pub async fn run(options: AgentOptions, stop: CancellationToken) -> Result<()> {
 }
 
 struct Client {
-    http: reqwest::Client,
+    transport: Arc<Transport>,
     base: String,
     credential: String,
 }
@@ -165,11 +166,13 @@ impl Client {
             false => request.bearer_auth(&self.credential),
         };
         let response = request.send().await.map_err(|e| {
+            self.transport.unreached();
             CallError::Retry(format!(
                 "cannot reach the control plane: {}",
                 error_chain(&e)
             ))
         })?;
+        self.transport.reached();
         let status = response.status();
         if status == reqwest::StatusCode::NO_CONTENT {
             return Ok(None);
@@ -191,54 +194,6 @@ impl Client {
         serde_json::from_str(&body)
             .map(Some)
             .map_err(|e| CallError::Retry(format!("unreadable answer: {e}")))
-    }
-}
-
-/// An HTTP client for the control plane at `base`: HTTP/2 when it speaks
-/// it, so that this agent's calls, its long-poll and its control channel
-/// share one connection (at 10,000 hosts, 10,000 connections rather than
-/// 30,000); HTTP/1.1 when something between speaks only that (a proxy),
-/// with a connection per call under way. A control plane that cannot be
-/// reached yet is taken to speak HTTP/2, as Tessera's own listener does.
-async fn control_plane_client(base: &str) -> Result<reqwest::Client> {
-    let h2 = reqwest::Client::builder()
-        .connect_timeout(Duration::from_secs(5))
-        .http2_prior_knowledge()
-        // A connection that stops answering is found and made again.
-        .http2_keep_alive_interval(Some(Duration::from_secs(30)))
-        .http2_keep_alive_timeout(Duration::from_secs(20))
-        .http2_keep_alive_while_idle(true)
-        .build()
-        .context("cannot build the HTTP client")?;
-    let probe = |client: &reqwest::Client| {
-        client
-            .get(format!("{base}/health"))
-            .timeout(Duration::from_secs(10))
-            .send()
-    };
-    let h2_error = match probe(&h2).await {
-        Ok(_) => return Ok(h2),
-        // Slow to answer (a busy control plane, a fleet joining at once)
-        // is not a sign of a protocol it does not speak.
-        Err(e) if e.is_timeout() => return Ok(h2),
-        Err(e) => e,
-    };
-    let h1 = reqwest::Client::builder()
-        .connect_timeout(Duration::from_secs(5))
-        .http1_only()
-        .build()
-        .context("cannot build the HTTP client")?;
-    match probe(&h1).await {
-        Ok(_) => {
-            tracing::warn!(
-                server = base,
-                error = %error_chain(&h2_error),
-                "the control plane does not answer HTTP/2 here (a proxy between?): speaking \
-                 HTTP/1.1, with a connection per call under way"
-            );
-            Ok(h1)
-        }
-        Err(_) => Ok(h2),
     }
 }
 
@@ -317,7 +272,8 @@ async fn register(mut client: Client, options: &AgentOptions, host: &LocalHost) 
         let call = client
             .call(
                 client
-                    .http
+                    .transport
+                    .http()
                     .post(format!("{}/v1/agent/register", client.base))
                     .json(&request),
             )
@@ -350,7 +306,8 @@ async fn verify(client: &Client) -> Result<(), String> {
     let call = client
         .call::<serde_json::Value>(
             client
-                .http
+                .transport
+                .http()
                 .get(format!("{}/v1/agent/desired", client.base))
                 .query(&[("after", "0"), ("wait", "0")])
                 .timeout(Duration::from_secs(10)),
@@ -418,7 +375,8 @@ async fn heartbeats(
         let call = client
             .call::<serde_json::Value>(
                 client
-                    .http
+                    .transport
+                    .http()
                     .post(format!("{}/v1/agent/heartbeat", client.base))
                     .timeout(Duration::from_secs(10))
                     .json(&Heartbeat {
@@ -460,7 +418,8 @@ async fn reconcile(
     loop {
         let poll = client.call::<serde_json::Value>(
             client
-                .http
+                .transport
+                .http()
                 .get(format!("{}/v1/agent/desired", client.base))
                 .query(&[("after", after.to_string()), ("wait", "20".to_string())])
                 .timeout(Duration::from_secs(40)),
@@ -606,7 +565,8 @@ async fn report_observed(client: Arc<Client>, report: Observed) {
         let call = client
             .call::<serde_json::Value>(
                 client
-                    .http
+                    .transport
+                    .http()
                     .post(format!("{}/v1/agent/observed", client.base))
                     .timeout(Duration::from_secs(10))
                     .json(&report),
@@ -647,56 +607,6 @@ impl Backoff {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-    /// A server that speaks only HTTP/1.1 (a proxy, say): every request,
-    /// whatever it is, gets `200` and the connection is closed.
-    async fn http1_only() -> String {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        tokio::spawn(async move {
-            while let Ok((mut stream, _)) = listener.accept().await {
-                tokio::spawn(async move {
-                    let mut buffer = [0u8; 4096];
-                    let _ = stream.read(&mut buffer).await;
-                    let _ = stream
-                        .write_all(
-                            b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
-                        )
-                        .await;
-                });
-            }
-        });
-        format!("http://{addr}")
-    }
-
-    #[tokio::test]
-    async fn a_control_plane_behind_an_http1_proxy_is_spoken_to_in_http1() {
-        let base = http1_only().await;
-        let client = control_plane_client(&base).await.expect("client");
-        let answer = client
-            .get(format!("{base}/health"))
-            .send()
-            .await
-            .expect("answer");
-        assert_eq!(answer.version(), reqwest::Version::HTTP_11);
-    }
-
-    #[tokio::test]
-    async fn an_absent_control_plane_is_taken_to_speak_http2() {
-        // A port nobody listens on.
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        let base = format!("http://{}", listener.local_addr().expect("addr"));
-        drop(listener);
-        let client = control_plane_client(&base).await.expect("client");
-        // It tries HTTP/2 (prior knowledge) when the control plane is back:
-        // shown by its error against the HTTP/1.1-only server.
-        let h1 = http1_only().await;
-        let failed = client.get(format!("{h1}/health")).send().await;
-        assert!(failed.is_err(), "{failed:?}");
-    }
 
     #[test]
     fn an_error_says_its_causes() {
