@@ -306,19 +306,43 @@ impl App {
             return Ok(());
         }
         let spec = self.host_spec(host).await?;
-        let outcome: Result<(), String> = match self.agent_for(&spec).await? {
+        // Ok: retired, with what to say of it; Err: why not.
+        let outcome: Result<Option<String>, String> = match self.agent_for(&spec).await? {
             // A host that never had an agent has nothing to undo.
-            None => Ok(()),
+            None => Ok(None),
             Some(agent) => {
                 async {
                     self.release_held_units(&host.id).await?;
-                    Ok(self.host_call(agent.retire_host(&spec)).await?)
+                    let retired =
+                        tokio::time::timeout(self.config.agent_timeout, agent.retire_host(&spec))
+                            .await;
+                    let silent = match retired {
+                        Ok(Ok(())) => return Ok(None),
+                        Ok(Err(AgentError::Failed(why))) => return Err(why),
+                        Ok(Err(err @ AgentError::Unreachable(_))) => err.to_string(),
+                        Err(_) => {
+                            crate::HostCallError::Timeout(self.config.agent_timeout).to_string()
+                        }
+                    };
+                    // An agent gone for good (or never done preparing) would
+                    // keep its host in the fleet for ever: forced, the host
+                    // goes without it.
+                    let now = self.store.host(&host.id).await.map_err(|e| e.to_string())?;
+                    match now.is_some_and(|h| h.decommission_forced) {
+                        true => Ok(Some(format!(
+                            "retired without its agent ({silent}): what the agent made on the \
+                             machine is still there"
+                        ))),
+                        false => Err(format!(
+                            "{silent}; delete the server with force to retire it without its agent"
+                        )),
+                    }
                 }
                 .await
             }
         };
         let (to, detail) = match &outcome {
-            Ok(()) => (HostStatus::Decommissioned, None),
+            Ok(detail) => (HostStatus::Decommissioned, detail.as_deref()),
             Err(why) => (HostStatus::DecommissionFail, Some(why.as_str())),
         };
         self.store

@@ -460,7 +460,12 @@ impl App {
         };
         match host.status {
             HostStatus::Decommissioned => {
-                let result = serde_json::json!({ "server_id": host.id, "hostname": host.hostname });
+                let mut result =
+                    serde_json::json!({ "server_id": host.id, "hostname": host.hostname });
+                if let Some(detail) = &host.status_detail {
+                    // Retired without its agent: what was left behind.
+                    result["detail"] = detail.as_str().into();
+                }
                 self.store
                     .finish_operation(&run.op.id, OperationStatus::Completed, Some(&result), None)
                     .await?;

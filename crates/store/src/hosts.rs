@@ -39,6 +39,9 @@ pub struct HostRecord {
     pub arch: String,
     /// What isolation its agent gives instances (its last inventory).
     pub isolation: Option<String>,
+    /// Being (or been) retired with force: without its agent, if that
+    /// does not answer.
+    pub decommission_forced: bool,
 }
 
 /// How [`Store::begin_decommission`] went.
@@ -84,6 +87,7 @@ pub struct NewUnit {
 
 const HOST_COLUMNS: &str = "id, hostname, ip, region, zone, status, status_detail, cpu_ranges, \
      numa_nodes, memory_mb, generation, created_at, updated_at, cpus, provider, plan, tags, arch, \
+     decommission_forced, \
      COALESCE((SELECT reachable FROM agents WHERE agents.hostname = hosts.hostname), 1) AS reachable, \
      COALESCE((SELECT driver FROM agents WHERE agents.hostname = hosts.hostname), '') AS agent_driver, \
      (SELECT inventory FROM agents WHERE agents.hostname = hosts.hostname) AS agent_inventory";
@@ -117,6 +121,7 @@ fn host_from_row(row: &AnyRow) -> Result<HostRecord> {
         reachable: row.try_get::<i64, _>("reachable")? != 0,
         runs_instances: row.try_get::<String, _>("agent_driver")? != "unit",
         arch: row.try_get("arch")?,
+        decommission_forced: row.try_get::<i64, _>("decommission_forced")? != 0,
         // What its agent last said of its isolation (a newer field of the
         // inventory: absent from older agents' and simulated hosts').
         isolation: row
@@ -273,7 +278,9 @@ impl Store {
     /// while instances are there or moving there. The checks and the change
     /// are one transaction behind the host row's exclusive lock, which waits
     /// for every claim in flight (they hold it shared), so no claim can slip
-    /// between them.
+    /// between them. With `force`, the host is retired without its agent if
+    /// that does not answer (recorded, so a retirement already under way
+    /// goes so too).
     pub async fn begin_decommission(
         &self,
         id: &str,
@@ -308,6 +315,16 @@ impl Store {
                     None | Some("DECOMMISSIONED") => {
                         return Ok(Commit::Undo(DecommissionStart::AlreadyDecommissioned));
                     }
+                    // Asked again with force: the retirement under way may
+                    // now go without the agent.
+                    Some("DECOMMISSIONING") if force => {
+                        conn.execute(
+                            "UPDATE hosts SET decommission_forced = 1 WHERE id = $1",
+                            &[(&id).into()],
+                        )
+                        .await?;
+                        return Ok(Commit::Keep(DecommissionStart::AlreadyDecommissioning));
+                    }
                     Some("DECOMMISSIONING") => {
                         return Ok(Commit::Undo(DecommissionStart::AlreadyDecommissioning));
                     }
@@ -339,8 +356,9 @@ impl Store {
                     }
                 }
                 conn.execute(
-                    "UPDATE hosts SET status = 'DECOMMISSIONING', status_detail = NULL WHERE id = $1",
-                    &[(&id).into()],
+                    "UPDATE hosts SET status = 'DECOMMISSIONING', status_detail = NULL, \
+                     decommission_forced = $1 WHERE id = $2",
+                    &[i64::from(force).into(), (&id).into()],
                 )
                 .await?;
                 conn.execute(

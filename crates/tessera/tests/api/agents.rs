@@ -15,6 +15,8 @@ on_both_backends!(
     join_tokens_are_checked_and_agents_authenticated,
     a_server_registered_without_an_address_takes_its_agents,
     a_server_deleted_before_its_agent_came_ends_its_registration,
+    a_server_whose_agent_does_not_answer_leaves_when_deleted_with_force,
+    a_server_whose_agent_died_leaves_and_the_agent_is_shut_out,
     an_agent_holds_one_connection_and_its_channel_has_two_forms,
 );
 
@@ -380,6 +382,135 @@ async fn a_server_deleted_before_its_agent_came_ends_its_registration(backend: B
         created["error"], "server never-01 was deleted before it was ready",
         "{created}"
     );
+    server.stop().await;
+}
+
+/// A server whose agent never answers (here its preparation and its
+/// retirement hang) stays in the fleet when deleted: the deletion fails,
+/// saying so and how to go on. Deleted with force, it leaves without its
+/// agent, saying what stays on the machine, and its registration ends.
+async fn a_server_whose_agent_does_not_answer_leaves_when_deleted_with_force(backend: Backend) {
+    let server = TestServer::start_with(
+        backend,
+        Options {
+            faults: vec!["prepare:dead-:hang", "retire:dead-:hang"],
+            agent_timeout: Duration::from_millis(300),
+            ..Options::default()
+        },
+    )
+    .await;
+    let (status, created) = server
+        .post(
+            "/v1/servers/create",
+            &json!({"hostname": "dead-1", "plan": "2xCPU-4GB", "zone": "de-fra1"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{created}");
+    let status_of = || async {
+        let (status, shown) = server
+            .call(Method::GET, "/v1/servers/dead-1/status", None, TOKEN)
+            .await;
+        assert_eq!(status, StatusCode::OK, "{shown}");
+        shown
+    };
+    eventually(Duration::from_secs(10), "dead-1 registered", || async {
+        let (status, _) = server
+            .call(Method::GET, "/v1/servers/dead-1/status", None, TOKEN)
+            .await;
+        (status == StatusCode::OK).then_some(())
+    })
+    .await;
+    assert_eq!(status_of().await["status"], "initializing");
+    let delete = |path: &'static str| {
+        let server = &server;
+        async move {
+            let (status, op) = server.call(Method::DELETE, path, None, TOKEN).await;
+            assert_eq!(status, StatusCode::OK, "{op}");
+            server
+                .wait_operation(op["id"].as_str().expect("id"), TOKEN)
+                .await
+        }
+    };
+    let refused = delete("/v1/servers/dead-1").await;
+    assert_eq!(refused["status"], "failed", "{refused}");
+    let why = refused["error"].as_str().unwrap_or_default();
+    assert!(why.contains("did not answer"), "{refused}");
+    assert!(why.contains("delete the server with force"), "{refused}");
+    assert_eq!(status_of().await["status"], "decommission_failed");
+
+    let forced = delete("/v1/servers/dead-1?force=true").await;
+    assert_eq!(forced["status"], "completed", "{forced}");
+    let detail = forced["result"]["detail"].as_str().unwrap_or_default();
+    assert!(detail.starts_with("retired without its agent"), "{forced}");
+    assert_eq!(status_of().await["status"], "decommissioned");
+    let created = server
+        .wait_operation(created["id"].as_str().expect("id"), TOKEN)
+        .await;
+    assert_eq!(created["status"], "failed", "{created}");
+    server.stop().await;
+}
+
+/// A real agent dies for good: its server cannot be retired by it, but
+/// deleted with force it leaves the fleet, and the agent's credential stops
+/// working (were it to come back, it would be refused and stop).
+async fn a_server_whose_agent_died_leaves_and_the_agent_is_shut_out(backend: Backend) {
+    let server = TestServer::start_with(
+        backend,
+        Options {
+            sim_hosts: false,
+            agent_silence: Duration::from_millis(1500),
+            ..Options::default()
+        },
+    )
+    .await;
+    let token = join_token(&server.url).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("gone-1");
+    running_agent(&server, &token, "gone-1", &state, &[])
+        .await
+        .crash();
+    let kept = std::fs::read_to_string(state.join("credential.json")).expect("kept");
+    let kept: Value = serde_json::from_str(&kept).expect("json");
+    let credential = kept["credential"].as_str().expect("credential").to_string();
+    let desired = || {
+        let request = server
+            .client
+            .get(format!("{}/v1/agent/desired?after=0&wait=0", server.url))
+            .bearer_auth(&credential);
+        async move { request.send().await.expect("desired").status() }
+    };
+    assert_eq!(desired().await, StatusCode::OK);
+    eventually(Duration::from_secs(20), "gone-1 unreachable", || async {
+        (server_status(&server, "gone-1").await.as_deref() == Some("unreachable")).then_some(())
+    })
+    .await;
+    let delete = |path: &'static str| {
+        let server = &server;
+        async move {
+            let (status, op) = server.call(Method::DELETE, path, None, TOKEN).await;
+            assert_eq!(status, StatusCode::OK, "{op}");
+            server
+                .wait_operation(op["id"].as_str().expect("id"), TOKEN)
+                .await
+        }
+    };
+    let refused = delete("/v1/servers/gone-1").await;
+    assert_eq!(refused["status"], "failed", "{refused}");
+    assert!(
+        refused["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("missed its heartbeats") && e.contains("with force")),
+        "{refused}"
+    );
+    let forced = delete("/v1/servers/gone-1?force=true").await;
+    assert_eq!(forced["status"], "completed", "{forced}");
+    assert!(
+        forced["result"]["detail"]
+            .as_str()
+            .is_some_and(|d| d.starts_with("retired without its agent")),
+        "{forced}"
+    );
+    assert_eq!(desired().await, StatusCode::UNAUTHORIZED);
     server.stop().await;
 }
 
