@@ -7,9 +7,11 @@
 //! The choice is made at start, and made again when it turns out wrong:
 //! after [`RECHOOSE_AFTER`] calls in a row that do not reach the control
 //! plane (it was away at start and taken to speak HTTP/2, and a proxy that
-//! speaks only HTTP/1.1 is what answers now, or hangs on HTTP/2's
-//! preface), and, while on HTTP/1.1, every [`HTTP2_AGAIN_EVERY`] (the
-//! proxy gone, or HTTP/2 only slow when it was chosen against).
+//! refuses HTTP/2 is what answers now), and, while on HTTP/1.1, every
+//! [`HTTP2_AGAIN_EVERY`] (the proxy gone). A control plane slow to answer
+//! is never taken for one that does not speak HTTP/2: a proxy that hangs
+//! on HTTP/2's preface instead of refusing it is not told apart from an
+//! overloaded control plane.
 
 use anyhow::{Context, Result};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -151,42 +153,44 @@ impl Transport {
         });
     }
 
-    /// Probes HTTP/2, then (failing, or answered late) HTTP/1.1, and keeps
-    /// whichever answers, HTTP/2 first; neither: the control plane is away,
-    /// and the client stays as it is.
+    /// Probes HTTP/2 on a new connection, and keeps it if it answers (the
+    /// connection calls were failing on may be the stuck one). HTTP/2
+    /// refused where HTTP/1.1 answers: HTTP/1.1. A probe answered late is
+    /// no sign of a protocol not spoken (a busy control plane would send a
+    /// fleet to HTTP/1.1 while it is overloaded): the client stays, as it
+    /// does when neither answers (the control plane is away).
     async fn rechoose(&self, why: Rechoice) -> Result<()> {
         let base = &self.base;
         let speaks_h2 = self.speaks_http2();
-        let h2 = match speaks_h2 {
-            true => self.http(),
-            false => http2_client()?,
-        };
+        let h2 = http2_client()?;
         *self
             .http2_tried
             .lock()
             .unwrap_or_else(PoisonError::into_inner) = Instant::now();
-        if probe(&h2, base).await.is_ok() {
-            if !speaks_h2 {
-                tracing::info!(
-                    server = %base,
-                    "the control plane answers HTTP/2 again: one connection for every call"
-                );
+        let h2_error = match probe(&h2, base).await {
+            Ok(()) => {
+                if !speaks_h2 {
+                    tracing::info!(
+                        server = %base,
+                        "the control plane answers HTTP/2 again: one connection for every call"
+                    );
+                }
                 self.set(h2, true);
+                return Ok(());
             }
-            return Ok(());
-        }
-        if why == Rechoice::Http2Again {
-            return Ok(());
-        }
-        let h1 = match speaks_h2 {
-            true => http1_client()?,
-            false => self.http(),
+            Err(e) if e.is_timeout() => return Ok(()),
+            Err(e) => e,
         };
-        if speaks_h2 && probe(&h1, base).await.is_ok() {
+        if why == Rechoice::Http2Again || !speaks_h2 {
+            return Ok(());
+        }
+        let h1 = http1_client()?;
+        if probe(&h1, base).await.is_ok() {
             tracing::warn!(
                 server = %base,
-                "the control plane is not reached in HTTP/2 but answers HTTP/1.1 (a proxy \
-                 between?): speaking HTTP/1.1, with a connection per call under way"
+                error = %crate::runtime::error_chain(&h2_error),
+                "the control plane does not answer HTTP/2 here (a proxy between?): speaking \
+                 HTTP/1.1, with a connection per call under way"
             );
             self.set(h1, false);
         }

@@ -103,6 +103,16 @@ pub enum Decommission {
     AlreadyDone,
 }
 
+/// How retiring a host through its agent ended.
+enum Retirement {
+    /// Retired; what to say of it (retired without its agent).
+    Done(Option<String>),
+    /// Not retired: why.
+    Failed(String),
+    /// Not done yet: asked again.
+    Later(String),
+}
+
 /// Why a host's preparation did not finish.
 enum Unprepared {
     /// Not reached or not answered in time: asked again later.
@@ -306,51 +316,23 @@ impl App {
             return Ok(());
         }
         let spec = self.host_spec(host).await?;
-        // Ok: retired, with what to say of it; Err: why not.
-        let outcome: Result<Option<String>, String> = match self.agent_for(&spec).await? {
+        let outcome = match self.agent_for(&spec).await? {
             // A host that never had an agent has nothing to undo.
-            None => Ok(None),
-            Some(agent) => {
-                async {
-                    self.release_held_units(&host.id).await?;
-                    let retired =
-                        tokio::time::timeout(self.config.agent_timeout, agent.retire_host(&spec))
-                            .await;
-                    let silent = match retired {
-                        Ok(Ok(())) => return Ok(None),
-                        Ok(Err(AgentError::Failed(why))) => return Err(why),
-                        Ok(Err(err @ AgentError::Unreachable(_))) => err.to_string(),
-                        Err(_) => {
-                            crate::HostCallError::Timeout(self.config.agent_timeout).to_string()
-                        }
-                    };
-                    // An agent gone for good (or never done preparing) would
-                    // keep its host in the fleet for ever: forced, the host
-                    // goes without it.
-                    let now = self.store.host(&host.id).await.map_err(|e| e.to_string())?;
-                    match now.is_some_and(|h| h.decommission_forced) {
-                        true => Ok(Some(format!(
-                            "retired without its agent ({silent}): what the agent made on the \
-                             machine is still there"
-                        ))),
-                        false => Err(format!(
-                            "{silent}; delete the server with force to retire it without its agent"
-                        )),
-                    }
-                }
-                .await
-            }
+            None => Retirement::Done(None),
+            Some(agent) => self.retire_through(host, &spec, agent).await?,
         };
         let (to, detail) = match &outcome {
-            Ok(detail) => (HostStatus::Decommissioned, detail.as_deref()),
-            Err(why) => (HostStatus::DecommissionFail, Some(why.as_str())),
+            Retirement::Later(why) => {
+                tracing::warn!(hostname = %host.hostname, %why, "server retirement not done; will retry");
+                return Ok(());
+            }
+            Retirement::Done(detail) => (HostStatus::Decommissioned, detail.as_deref()),
+            Retirement::Failed(why) => (HostStatus::DecommissionFail, Some(why.as_str())),
         };
         self.store
             .transition_host(&host.id, &[HostStatus::Decommissioning], to, detail)
             .await?;
         tracing::info!(hostname = %host.hostname, status = %to, detail, "server decommission ended");
-        // A registration still waiting for this host ends now.
-        self.resume_operations_on("server_create", &host.id).await?;
         if to == HostStatus::Decommissioned {
             self.forget_agent(&HostId::new(host.id.as_str()));
             // Its agent, if it had one, is done: its credential stops
@@ -358,7 +340,57 @@ impl App {
             self.store.forget_agent(&host.hostname).await?;
             self.liveness.forget(&host.hostname);
         }
+        // A registration still waiting for this host ends now (else when
+        // its operation next looks).
+        if let Err(err) = self.resume_operations_on("server_create", &host.id).await {
+            tracing::warn!(hostname = %host.hostname, error = %err, "cannot resume the server's registration");
+        }
         self.placement.refresh_host(&self.store, &host.id).await
+    }
+
+    /// Retires a host through its agent: its held units given back, then
+    /// the agent undoes what it made. An agent that does not answer (it
+    /// missed its heartbeats, or let the agent timeout pass) fails the
+    /// retirement, unless it was forced: then the host goes without it. An
+    /// agent still heard from that is "unreachable" was not reached for
+    /// another reason (the store, a moment): asked again later.
+    async fn retire_through(
+        &self,
+        host: &HostRecord,
+        spec: &HostSpec,
+        agent: std::sync::Arc<dyn tessera_agent_api::HostAgent>,
+    ) -> Result<Retirement> {
+        if let Err(why) = self.release_held_units(&host.id).await {
+            return Ok(Retirement::Failed(why));
+        }
+        let retired =
+            tokio::time::timeout(self.config.agent_timeout, agent.retire_host(spec)).await;
+        let (silent, unreachable) = match retired {
+            Ok(Ok(())) => return Ok(Retirement::Done(None)),
+            Ok(Err(AgentError::Failed(why))) => return Ok(Retirement::Failed(why)),
+            Ok(Err(err @ AgentError::Unreachable(_))) => (err.to_string(), true),
+            Err(_) => (
+                crate::HostCallError::Timeout(self.config.agent_timeout).to_string(),
+                false,
+            ),
+        };
+        let Some(now) = self.store.host(&host.id).await? else {
+            return Ok(Retirement::Done(None));
+        };
+        if unreachable && now.reachable {
+            return Ok(Retirement::Later(silent));
+        }
+        // An agent gone for good (or never done preparing) would keep its
+        // host in the fleet for ever: forced, the host goes without it.
+        Ok(match now.decommission_forced {
+            true => Retirement::Done(Some(format!(
+                "retired without its agent ({silent}): what the agent made on the machine is \
+                 still there"
+            ))),
+            false => Retirement::Failed(format!(
+                "{silent}; delete the server with force to retire it without its agent"
+            )),
+        })
     }
 
     /// Gives back every unit still held on a host being retired (a forced

@@ -211,24 +211,22 @@ impl App {
             let next = changes.next();
             tokio::pin!(next);
             let change = loop {
+                let overdue = awaited.as_ref().map(|(_, sent)| *sent + ECHO_WITHIN);
                 tokio::select! {
                     change = &mut next => break change,
-                    _ = echo.tick() => match &awaited {
-                        Some((_, sent)) if sent.elapsed() >= ECHO_WITHIN => {
-                            return format!(
-                                "the listener for agents' changes did not hear its echo within {} s",
-                                ECHO_WITHIN.as_secs()
-                            );
+                    _ = tokio::time::sleep_until(overdue.unwrap_or_else(far_future)), if overdue.is_some() => {
+                        return format!(
+                            "the listener for agents' changes did not hear its echo within {} s",
+                            ECHO_WITHIN.as_secs()
+                        );
+                    }
+                    _ = echo.tick(), if awaited.is_none() => {
+                        let token = secret("echo");
+                        match self.store.echo_agent_changes(&token).await {
+                            Ok(()) => awaited = Some((token, tokio::time::Instant::now())),
+                            Err(err) => tracing::debug!(error = %err, "cannot send the agents' listener its echo"),
                         }
-                        Some(_) => {}
-                        None => {
-                            let token = secret("echo");
-                            match self.store.echo_agent_changes(&token).await {
-                                Ok(()) => awaited = Some((token, tokio::time::Instant::now())),
-                                Err(err) => tracing::debug!(error = %err, "cannot send the agents' listener its echo"),
-                            }
-                        }
-                    },
+                    }
                 }
             };
             match change {
@@ -243,6 +241,9 @@ impl App {
                     }
                 }
                 Ok(AgentChange::Missed) => {
+                    // A new connection: an echo sent before is lost with
+                    // the old one.
+                    awaited = None;
                     self.liveness.forget_credentials();
                     signals.wake_all();
                 }
@@ -276,6 +277,11 @@ impl App {
             sealing: self.config.secrets_key.clone(),
         })))
     }
+}
+
+/// A deadline that never comes (a disabled `select!` branch's).
+fn far_future() -> tokio::time::Instant {
+    tokio::time::Instant::now() + Duration::from_secs(86_400 * 365)
 }
 
 /// A high-entropy secret: `prefix_` and 64 hex digits.
