@@ -537,13 +537,16 @@ impl App {
         self.container(caller, &id).await
     }
 
-    /// Refuses at once a type whose architecture no host has.
+    /// Refuses at once a type whose architecture no host has. Asks the
+    /// placement view (every host, in memory), not the store: reading the
+    /// fleet at each creation would make its cost grow with the fleet.
     async fn check_arch_exists(&self, kind: &ComputeType) -> Result<()> {
-        let hosts = self.store.hosts(&[]).await?;
-        if hosts
-            .iter()
-            .any(|h| h.arch == kind.arch && h.runs_instances)
-        {
+        let exists = self.placement.with_engine(|engine| {
+            engine
+                .hosts()
+                .any(|h| h.arch == kind.arch && h.runs_instances)
+        });
+        if exists {
             return Ok(());
         }
         Err(Error::invalid(
