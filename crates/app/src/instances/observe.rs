@@ -249,57 +249,31 @@ impl App {
     /// Asks every ready host that answers in process what it sees of its
     /// instances (remote agents report with their heartbeats).
     pub(crate) async fn observe_hosts(&self) -> Result<()> {
-        // A page of hosts at a time, yielding between hosts: at 10,000
-        // hosts a pass read and walked the whole fleet on one worker
-        // thread at once, and requests waiting on that thread waited
-        // for it.
-        let mut after: Option<String> = None;
-        loop {
-            let page = self
-                .store
-                .hosts_page(after.as_deref(), OBSERVE_PAGE)
-                .await?;
-            let Some(last) = page.last() else {
-                return Ok(());
-            };
-            after = Some(last.hostname.clone());
-            let full = page.len() as i64 == OBSERVE_PAGE;
-            for host in page
-                .iter()
-                .filter(|h| h.status == tessera_core::status::HostStatus::Ready)
-            {
-                self.observe_host(host).await?;
-                tokio::task::yield_now().await;
-            }
-            if !full {
-                return Ok(());
-            }
-        }
-    }
-
-    async fn observe_host(&self, host: &tessera_store::HostRecord) -> Result<()> {
-        let Some(agent) = self
-            .agent(&tessera_core::HostId::new(host.id.as_str()))
+        for host in self
+            .store
+            .hosts(&[tessera_core::status::HostStatus::Ready])
             .await?
-        else {
-            return Ok(());
-        };
-        if agent.keeps_desired_state() {
-            // A remote agent: its heartbeats carry what it sees.
-            return Ok(());
-        }
-        match self.host_call(agent.observe_instances()).await {
-            Ok(observed) if !observed.is_empty() => {
-                self.instances_observed(&host.id, observed).await?;
+        {
+            let Some(agent) = self
+                .agent(&tessera_core::HostId::new(host.id.as_str()))
+                .await?
+            else {
+                continue;
+            };
+            if agent.keeps_desired_state() {
+                // A remote agent: its heartbeats carry what it sees.
+                continue;
             }
-            Ok(_) => {}
-            Err(err) => {
-                tracing::debug!(hostname = %host.hostname, error = %err, "observing the host's instances failed");
+            match self.host_call(agent.observe_instances()).await {
+                Ok(observed) if !observed.is_empty() => {
+                    self.instances_observed(&host.id, observed).await?;
+                }
+                Ok(_) => {}
+                Err(err) => {
+                    tracing::debug!(hostname = %host.hostname, error = %err, "observing the host's instances failed");
+                }
             }
         }
         Ok(())
     }
 }
-
-/// Hosts read at a time by a pass of [`App::observe_hosts`].
-const OBSERVE_PAGE: i64 = 500;
