@@ -538,15 +538,24 @@ impl App {
     }
 
     /// Refuses at once a type whose architecture no host has. Asks the
-    /// placement view (every host, in memory), not the store: reading the
-    /// fleet at each creation would make its cost grow with the fleet.
+    /// placement view (every host, in memory) first: reading the fleet at
+    /// each creation made its cost grow with the fleet. The store only
+    /// when the view says no (this replica may not have caught up with a
+    /// host another one registered).
     async fn check_arch_exists(&self, kind: &ComputeType) -> Result<()> {
-        let exists = self.placement.with_engine(|engine| {
+        let known = self.placement.with_engine(|engine| {
             engine
                 .hosts()
                 .any(|h| h.arch == kind.arch && h.runs_instances)
         });
-        if exists {
+        if known
+            || self
+                .store
+                .hosts(&[])
+                .await?
+                .iter()
+                .any(|h| h.arch == kind.arch && h.runs_instances)
+        {
             return Ok(());
         }
         Err(Error::invalid(

@@ -172,6 +172,21 @@ impl Store {
         rows.iter().map(host_from_row).collect()
     }
 
+    /// Ready hosts no agent has registered for (those served in process:
+    /// simulated hosts), in hostname order. A fleet of remote agents has
+    /// none: the hosts are walked on the agents' key, not read whole.
+    pub async fn ready_hosts_without_agents(&self) -> Result<Vec<HostRecord>> {
+        let sql = format!(
+            "SELECT {HOST_COLUMNS} FROM hosts WHERE status = $1 \
+             AND NOT EXISTS (SELECT 1 FROM agents WHERE agents.hostname = hosts.hostname) \
+             ORDER BY hostname"
+        );
+        let rows = self
+            .fetch_rows(&sql, &[HostStatus::Ready.as_str().into()], None)
+            .await?;
+        rows.iter().map(host_from_row).collect()
+    }
+
     /// A page of hosts in hostname order: at most `limit` after the
     /// hostname `after`, on the hostname's unique index.
     pub async fn hosts_page(&self, after: Option<&str>, limit: i64) -> Result<Vec<HostRecord>> {
