@@ -49,6 +49,29 @@ async fn running_agent(
     agent
 }
 
+/// Once `hostname` is registered: its status as `GET /v1/servers/{id}/status` shows it.
+async fn registered(server: &TestServer, hostname: &str) -> Value {
+    let path = format!("/v1/servers/{hostname}/status");
+    eventually(
+        Duration::from_secs(10),
+        &format!("{hostname} registered"),
+        || async {
+            let (status, shown) = server.call(Method::GET, &path, None, TOKEN).await;
+            (status == StatusCode::OK).then_some(shown)
+        },
+    )
+    .await
+}
+
+/// `DELETE path` (a server), and the operation it answered, ended.
+async fn delete_server(server: &TestServer, path: &str) -> Value {
+    let (status, op) = server.call(Method::DELETE, path, None, TOKEN).await;
+    assert_eq!(status, StatusCode::OK, "{op}");
+    server
+        .wait_operation(op["id"].as_str().expect("id"), TOKEN)
+        .await
+}
+
 async fn instances(server: &TestServer) -> Vec<Value> {
     let (status, list) = server.call(Method::GET, "/v1/instances", None, TOKEN).await;
     assert_eq!(status, StatusCode::OK, "{list}");
@@ -307,13 +330,7 @@ async fn a_server_registered_without_an_address_takes_its_agents(backend: Backen
         )
         .await;
     assert_eq!(status, StatusCode::OK, "{op}");
-    let shown = eventually(Duration::from_secs(10), "web-01 registered", || async {
-        let (status, shown) = server
-            .call(Method::GET, "/v1/servers/web-01/status", None, TOKEN)
-            .await;
-        (status == StatusCode::OK).then_some(shown)
-    })
-    .await;
+    let shown = registered(&server, "web-01").await;
     assert_eq!(shown["ip_address"], "", "{shown}");
     assert_eq!(
         shown["status"], "initializing",
@@ -358,21 +375,9 @@ async fn a_server_deleted_before_its_agent_came_ends_its_registration(backend: B
         )
         .await;
     assert_eq!(status, StatusCode::OK, "{created}");
-    let shown = eventually(Duration::from_secs(10), "never-01 registered", || async {
-        let (status, shown) = server
-            .call(Method::GET, "/v1/servers/never-01/status", None, TOKEN)
-            .await;
-        (status == StatusCode::OK).then_some(shown)
-    })
-    .await;
+    let shown = registered(&server, "never-01").await;
     assert_eq!(shown["status"], "initializing", "{shown}");
-    let (status, deleted) = server
-        .call(Method::DELETE, "/v1/servers/never-01", None, TOKEN)
-        .await;
-    assert_eq!(status, StatusCode::OK, "{deleted}");
-    let deleted = server
-        .wait_operation(deleted["id"].as_str().expect("id"), TOKEN)
-        .await;
+    let deleted = delete_server(&server, "/v1/servers/never-01").await;
     assert_eq!(deleted["status"], "completed", "{deleted}");
     let created = server
         .wait_operation(created["id"].as_str().expect("id"), TOKEN)
@@ -406,43 +411,24 @@ async fn a_server_whose_agent_does_not_answer_leaves_when_deleted_with_force(bac
         )
         .await;
     assert_eq!(status, StatusCode::OK, "{created}");
-    let status_of = || async {
-        let (status, shown) = server
-            .call(Method::GET, "/v1/servers/dead-1/status", None, TOKEN)
-            .await;
-        assert_eq!(status, StatusCode::OK, "{shown}");
-        shown
-    };
-    eventually(Duration::from_secs(10), "dead-1 registered", || async {
-        let (status, _) = server
-            .call(Method::GET, "/v1/servers/dead-1/status", None, TOKEN)
-            .await;
-        (status == StatusCode::OK).then_some(())
-    })
-    .await;
-    assert_eq!(status_of().await["status"], "initializing");
-    let delete = |path: &'static str| {
-        let server = &server;
-        async move {
-            let (status, op) = server.call(Method::DELETE, path, None, TOKEN).await;
-            assert_eq!(status, StatusCode::OK, "{op}");
-            server
-                .wait_operation(op["id"].as_str().expect("id"), TOKEN)
-                .await
-        }
-    };
+    assert_eq!(
+        registered(&server, "dead-1").await["status"],
+        "initializing"
+    );
+    let status_of = || async { registered(&server, "dead-1").await["status"].clone() };
+    let delete = |path: &'static str| delete_server(&server, path);
     let refused = delete("/v1/servers/dead-1").await;
     assert_eq!(refused["status"], "failed", "{refused}");
     let why = refused["error"].as_str().unwrap_or_default();
     assert!(why.contains("did not answer"), "{refused}");
     assert!(why.contains("delete the server with force"), "{refused}");
-    assert_eq!(status_of().await["status"], "decommission_failed");
+    assert_eq!(status_of().await, "decommission_failed");
 
     let forced = delete("/v1/servers/dead-1?force=true").await;
     assert_eq!(forced["status"], "completed", "{forced}");
     let detail = forced["result"]["detail"].as_str().unwrap_or_default();
     assert!(detail.starts_with("retired without its agent"), "{forced}");
-    assert_eq!(status_of().await["status"], "decommissioned");
+    assert_eq!(status_of().await, "decommissioned");
     let created = server
         .wait_operation(created["id"].as_str().expect("id"), TOKEN)
         .await;
@@ -484,16 +470,7 @@ async fn a_server_whose_agent_died_leaves_and_the_agent_is_shut_out(backend: Bac
         (server_status(&server, "gone-1").await.as_deref() == Some("unreachable")).then_some(())
     })
     .await;
-    let delete = |path: &'static str| {
-        let server = &server;
-        async move {
-            let (status, op) = server.call(Method::DELETE, path, None, TOKEN).await;
-            assert_eq!(status, StatusCode::OK, "{op}");
-            server
-                .wait_operation(op["id"].as_str().expect("id"), TOKEN)
-                .await
-        }
-    };
+    let delete = |path: &'static str| delete_server(&server, path);
     let refused = delete("/v1/servers/gone-1").await;
     assert_eq!(refused["status"], "failed", "{refused}");
     assert!(

@@ -1294,6 +1294,41 @@ async fn a_join_token_does_not_take_over_a_host(backend: Backend) {
     server.stop().await;
 }
 
+/// Registers a `sim` agent for `hostname` with `token` through `server`;
+/// answers its credential.
+async fn register_sim_agent(server: &TestServer, token: String, hostname: &str) -> String {
+    let body = json!({
+        "join_token": token, "hostname": hostname, "ip": "192.0.2.67",
+        "location": null, "driver": "sim",
+        "inventory": {"cpus": "0-3", "numa_nodes": ["0-3"], "memory_mb": 8192},
+    });
+    let (status, joined) = server
+        .request(
+            Method::POST,
+            "/v1/agent/register",
+            Some(&body.to_string()),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{joined}");
+    joined["credential"]
+        .as_str()
+        .expect("credential")
+        .to_string()
+}
+
+/// How `server` answers an agent's desired-state read (not waiting) with
+/// `credential`.
+async fn agent_desired_status(server: &TestServer, credential: &str) -> StatusCode {
+    reqwest::Client::new()
+        .get(format!("{}/v1/agent/desired?after=0&wait=0", server.url))
+        .bearer_auth(credential)
+        .send()
+        .await
+        .expect("desired")
+        .status()
+}
+
 /// Two replicas of one store; an agent's credential, verified (and so
 /// kept) by the second, is replaced through the first. The second stops
 /// taking it: on PostgreSQL as soon as it is notified (it would otherwise
@@ -1318,41 +1353,8 @@ async fn a_replaced_agent_credential_stops_working_on_every_replica(backend: Bac
     };
     let first = replica(database_url.clone()).await;
     let second = replica(database_url).await;
-    let register = |token: String| {
-        let first = &first;
-        async move {
-            let body = json!({
-                "join_token": token, "hostname": "moved", "ip": "192.0.2.67",
-                "location": null, "driver": "sim",
-                "inventory": {"cpus": "0-3", "numa_nodes": ["0-3"], "memory_mb": 8192},
-            });
-            let (status, joined) = first
-                .request(
-                    Method::POST,
-                    "/v1/agent/register",
-                    Some(&body.to_string()),
-                    None,
-                )
-                .await;
-            assert_eq!(status, StatusCode::CREATED, "{joined}");
-            joined["credential"]
-                .as_str()
-                .expect("credential")
-                .to_string()
-        }
-    };
-    let desired = |server: &TestServer, credential: &str| {
-        let (server, credential) = (server.url.clone(), credential.to_string());
-        async move {
-            reqwest::Client::new()
-                .get(format!("{server}/v1/agent/desired?after=0&wait=0"))
-                .bearer_auth(credential)
-                .send()
-                .await
-                .expect("desired")
-                .status()
-        }
-    };
+    let register = |token: String| register_sim_agent(&first, token, "moved");
+    let desired = agent_desired_status;
     let old = register(crate::harness::join_token(&first.url).await).await;
     assert_eq!(desired(&second, &old).await, StatusCode::OK);
     // Silent past its time: an admin hands the host to a new agent.
@@ -1482,38 +1484,9 @@ async fn a_silently_dead_agents_listener_is_made_again() {
     drop(stopped);
     // The new listeners hear: a credential the second replica verified (and
     // would keep a minute) is replaced through the first.
-    let register = |token: String| {
-        let first = &first;
-        async move {
-            let body = json!({
-                "join_token": token, "hostname": "heard", "ip": "192.0.2.68",
-                "location": null, "driver": "sim",
-                "inventory": {"cpus": "0-3", "numa_nodes": ["0-3"], "memory_mb": 8192},
-            });
-            let (status, joined) = first
-                .request(
-                    Method::POST,
-                    "/v1/agent/register",
-                    Some(&body.to_string()),
-                    None,
-                )
-                .await;
-            assert_eq!(status, StatusCode::CREATED, "{joined}");
-            joined["credential"]
-                .as_str()
-                .expect("credential")
-                .to_string()
-        }
-    };
-    let desired = |credential: &str| {
-        let request = second
-            .client
-            .get(format!("{}/v1/agent/desired?after=0&wait=0", second.url))
-            .bearer_auth(credential);
-        async move { request.send().await.expect("desired").status() }
-    };
+    let register = |token: String| register_sim_agent(&first, token, "heard");
     let old = register(crate::harness::join_token(&first.url).await).await;
-    assert_eq!(desired(&old).await, StatusCode::OK);
+    assert_eq!(agent_desired_status(&second, &old).await, StatusCode::OK);
     tokio::time::sleep(Duration::from_secs(1)).await;
     let (status, made) = first
         .call(
@@ -1528,7 +1501,9 @@ async fn a_silently_dead_agents_listener_is_made_again() {
     crate::harness::eventually(
         Duration::from_secs(15),
         "the other replica refuses the replaced credential",
-        || async { (desired(&old).await == StatusCode::UNAUTHORIZED).then_some(()) },
+        || async {
+            (agent_desired_status(&second, &old).await == StatusCode::UNAUTHORIZED).then_some(())
+        },
     )
     .await;
     second.stop().await;
