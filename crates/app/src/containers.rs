@@ -548,14 +548,7 @@ impl App {
                 .hosts()
                 .any(|h| h.arch == kind.arch && h.runs_instances)
         });
-        if known
-            || self
-                .store
-                .hosts(&[])
-                .await?
-                .iter()
-                .any(|h| h.arch == kind.arch && h.runs_instances)
-        {
+        if known || self.store.instance_host_of_arch_exists(&kind.arch).await? {
             return Ok(());
         }
         Err(Error::invalid(

@@ -172,6 +172,21 @@ impl Store {
         rows.iter().map(host_from_row).collect()
     }
 
+    /// Whether any host of architecture `arch` can run instances (its
+    /// agent, if it has one, does not serve Kloigos units only): one
+    /// matching row, not the fleet.
+    pub async fn instance_host_of_arch_exists(&self, arch: &str) -> Result<bool> {
+        let rows = self
+            .fetch_rows(
+                "SELECT id FROM hosts WHERE arch = $1 AND COALESCE((SELECT driver FROM agents \
+                 WHERE agents.hostname = hosts.hostname), '') <> 'unit' LIMIT 1",
+                &[arch.into()],
+                None,
+            )
+            .await?;
+        Ok(!rows.is_empty())
+    }
+
     /// Ready hosts no agent has registered for (those served in process:
     /// simulated hosts), in hostname order. A fleet of remote agents has
     /// none: the hosts are walked on the agents' key, not read whole.
