@@ -464,11 +464,15 @@ impl Store {
         }
         let (at_column, id_column) = order;
         sql.push_str(&format!(" ORDER BY {at_column}, {id_column}"));
-        if let Some(limit) = filter.limit {
-            args.push(limit.into());
-            sql.push_str(&format!(" LIMIT ${}", args.len()));
+        match filter.limit {
+            Some(limit) => {
+                args.push(limit.into());
+                sql.push_str(&format!(" LIMIT ${}", args.len()));
+                self.fetch_all(&sql, &args).await
+            }
+            // Every instance that matches (Verda's list has no pages).
+            None => self.fetch_all_bulk(&sql, &args).await,
         }
-        self.fetch_all(&sql, &args).await
     }
 
     /// Memory held by the instances on each host: `(host id, MB)`.
@@ -498,12 +502,15 @@ impl Store {
             arms.join(" UNION ")
         );
         let args: Vec<Arg> = host_id.map(Arg::from).into_iter().collect();
-        self.fetch_all(&sql, &args).await
+        match host_id {
+            Some(_) => self.fetch_all(&sql, &args).await,
+            None => self.fetch_all_bulk(&sql, &args).await,
+        }
     }
 
     /// How many instances are in each state.
     pub async fn instance_counts(&self) -> Result<Vec<(String, i64)>> {
-        self.fetch_all(
+        self.fetch_all_bulk(
             "SELECT state, COUNT(*) AS n FROM instances GROUP BY state ORDER BY state",
             &[],
         )

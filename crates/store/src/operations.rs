@@ -372,7 +372,7 @@ impl Store {
 
     /// How many operations are in each status.
     pub async fn operation_counts(&self) -> Result<Vec<(String, i64)>> {
-        self.fetch_all(
+        self.fetch_all_bulk(
             "SELECT status, COUNT(*) AS n FROM operations GROUP BY status ORDER BY status",
             &[],
         )

@@ -47,6 +47,10 @@ struct Written {
 }
 
 impl Written {
+    fn has_figures(&self) -> bool {
+        self.memory_mib.is_some() || self.storage_mib.is_some() || self.cpu_percent.is_some()
+    }
+
     fn of(o: &InstanceObservation) -> Written {
         Written {
             running: o.running,
@@ -63,6 +67,11 @@ impl UsageWritten {
     /// process last wrote them, and CPU figures about to go stale. The
     /// rest are already in the store as observed. A fleet at rest then
     /// writes next to nothing, however many instances it runs.
+    ///
+    /// The store keeps an instance's figures (memory, storage, CPU); a
+    /// first sighting without any has nothing to keep and is not written
+    /// (a simulated fleet's 100,000 new instances each cost a write while
+    /// they were being created, competing with the creations).
     fn news(&self, observed: &[InstanceObservation]) -> Vec<bool> {
         let now = Instant::now();
         let mut written = self.written.lock().unwrap_or_else(PoisonError::into_inner);
@@ -75,7 +84,7 @@ impl UsageWritten {
                         *last != current
                             || (current.cpu_percent.is_some() && at.elapsed() >= CPU_REWRITE)
                     }
-                    None => true,
+                    None => current.has_figures(),
                 };
                 if news {
                     written.insert(o.id.clone(), (current, now));
@@ -246,15 +255,19 @@ impl App {
         Ok(())
     }
 
-    /// Asks every ready host that answers in process what it sees of its
+    /// Asks every ready host that answers in process what it sees of their
     /// instances (remote agents report with their heartbeats).
     pub(crate) async fn observe_hosts(&self) -> Result<()> {
         // Hosts with a remote agent are left out unread: their heartbeats
         // carry what they see (at 10,000 agents, every pass read 10,000
         // host rows, and their inventories, to skip them all).
-        for host in self.store.ready_hosts_without_agents().await? {
+        for (host_id, hostname) in self.store.ready_hosts_without_agents().await? {
+            // Thousands of in-process hosts answer without ever waiting:
+            // give the worker back now and then, so requests queued behind
+            // the pass are not held up for all of it.
+            tokio::task::consume_budget().await;
             let Some(agent) = self
-                .agent(&tessera_core::HostId::new(host.id.as_str()))
+                .agent(&tessera_core::HostId::new(host_id.as_str()))
                 .await?
             else {
                 continue;
@@ -265,14 +278,59 @@ impl App {
             }
             match self.host_call(agent.observe_instances()).await {
                 Ok(observed) if !observed.is_empty() => {
-                    self.instances_observed(&host.id, observed).await?;
+                    self.instances_observed(&host_id, observed).await?;
                 }
                 Ok(_) => {}
                 Err(err) => {
-                    tracing::debug!(hostname = %host.hostname, error = %err, "observing the host's instances failed");
+                    tracing::debug!(hostname = %hostname, error = %err, "observing the host's instances failed");
                 }
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seen(id: &str, memory: Option<u64>) -> InstanceObservation {
+        InstanceObservation {
+            id: id.into(),
+            running: true,
+            detail: None,
+            memory_used_bytes: memory,
+            storage_used_bytes: None,
+            cpu_percent: None,
+            pulling: false,
+        }
+    }
+
+    #[test]
+    fn only_figures_that_changed_are_written() {
+        let written = UsageWritten::default();
+        // A first sighting without figures has nothing to keep; with
+        // figures it is written.
+        assert_eq!(
+            written.news(&[seen("a", None), seen("b", Some(64 << 20))]),
+            [false, true]
+        );
+        // Unchanged (to the MiB): not again.
+        assert_eq!(
+            written.news(&[seen("a", None), seen("b", Some((64 << 20) + 5))]),
+            [false, false]
+        );
+        // Figures that appear, change or go away are news.
+        assert_eq!(
+            written.news(&[seen("a", Some(1 << 20)), seen("b", None)]),
+            [true, true]
+        );
+        assert_eq!(
+            written.news(&[seen("a", Some(2 << 20)), seen("b", None)]),
+            [true, false]
+        );
+        // A failed write is forgotten, so the next look writes it again.
+        written.forget(&["a".to_string()]);
+        assert_eq!(written.news(&[seen("a", Some(2 << 20))]), [true]);
     }
 }
