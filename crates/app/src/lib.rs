@@ -221,6 +221,8 @@ pub struct App {
     front_door_poke: Arc<tokio::sync::Notify>,
     /// Background work (host steps, the reconciler), waited for at shutdown.
     tasks: TaskTracker,
+    /// What the reconciler's passes cost.
+    passes: Arc<reconciler::PassStats>,
     stopping: CancellationToken,
     started: Instant,
 }
@@ -257,6 +259,7 @@ impl App {
             scaler_poke: Arc::default(),
             front_door_poke: Arc::default(),
             tasks: TaskTracker::new(),
+            passes: Arc::default(),
             stopping: CancellationToken::new(),
             started: Instant::now(),
         })

@@ -234,7 +234,60 @@ impl Task for Prune {
     }
 }
 
+/// What each background task's passes have cost in this process, for
+/// `/metrics` and the fleet benchmark: a pass that takes longer than its
+/// period means the task no longer keeps up.
+#[derive(Default)]
+pub struct PassStats {
+    tasks: std::sync::Mutex<std::collections::BTreeMap<&'static str, TaskPasses>>,
+}
+
+/// One task's passes so far.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TaskPasses {
+    /// Passes finished.
+    pub passes: u64,
+    /// Of those, passes that failed.
+    pub failed: u64,
+    /// Their time, summed.
+    pub total: Duration,
+    /// The longest one.
+    pub longest: Duration,
+    /// The last one.
+    pub last: Duration,
+}
+
+impl PassStats {
+    fn record(&self, task: &'static str, took: Duration, ok: bool) {
+        let mut tasks = self
+            .tasks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let passes = tasks.entry(task).or_default();
+        passes.passes += 1;
+        passes.failed += u64::from(!ok);
+        passes.total += took;
+        passes.longest = passes.longest.max(took);
+        passes.last = took;
+    }
+
+    /// Every task that has finished a pass, by name.
+    pub fn snapshot(&self) -> Vec<(&'static str, TaskPasses)> {
+        self.tasks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .map(|(name, passes)| (*name, *passes))
+            .collect()
+    }
+}
+
 impl App {
+    /// What the background tasks' passes have cost so far in this process.
+    pub fn background_passes(&self) -> Vec<(&'static str, TaskPasses)> {
+        self.passes.snapshot()
+    }
+
     /// Starts the reconciler's tasks, after this replica has taken back its
     /// own operations and pushed the desired state to its hosts; they run
     /// until [`App::shutdown`].
@@ -275,7 +328,10 @@ impl App {
                     _ = tick.tick() => {}
                     _ = app.stopping.cancelled() => return,
                 }
-                if let Err(err) = T::run(&app).await {
+                let began = std::time::Instant::now();
+                let result = T::run(&app).await;
+                app.passes.record(T::NAME, began.elapsed(), result.is_ok());
+                if let Err(err) = result {
                     tracing::warn!(task = T::NAME, error = %err, "background task failed; it runs again");
                 }
             }

@@ -44,6 +44,11 @@ struct StateLabels {
     state: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TaskLabels {
+    task: String,
+}
+
 type Latencies = Family<RouteLabels, Histogram, fn() -> Histogram>;
 
 /// This process's HTTP metrics. Cheap to clone (the families are shared).
@@ -136,6 +141,46 @@ fn gauge_family(name: &str, help: &str, registry: &mut Registry, values: &[(Stri
     registry.register(name, help, family);
 }
 
+/// The reconciler's tasks: passes, failures and their time, by task.
+fn background_passes(registry: &mut Registry, app: &App) {
+    use std::sync::atomic::AtomicU64;
+    let passes: Family<TaskLabels, Counter> = Family::default();
+    let failed: Family<TaskLabels, Counter> = Family::default();
+    let seconds: Family<TaskLabels, Counter<f64, AtomicU64>> = Family::default();
+    let longest: Family<TaskLabels, Gauge<f64, AtomicU64>> = Family::default();
+    for (task, stats) in app.background_passes() {
+        let labels = TaskLabels { task: task.into() };
+        passes.get_or_create(&labels).inc_by(stats.passes);
+        failed.get_or_create(&labels).inc_by(stats.failed);
+        seconds
+            .get_or_create(&labels)
+            .inc_by(stats.total.as_secs_f64());
+        longest
+            .get_or_create(&labels)
+            .set(stats.longest.as_secs_f64());
+    }
+    registry.register(
+        "background_passes",
+        "Passes of each background task (the reconciler's) finished in this process",
+        passes,
+    );
+    registry.register(
+        "background_pass_failures",
+        "Of those, passes that failed (logged; the task runs again)",
+        failed,
+    );
+    registry.register(
+        "background_pass_seconds",
+        "Time spent in each background task's passes",
+        seconds,
+    );
+    registry.register(
+        "background_pass_longest_seconds",
+        "The longest pass of each background task since this process started",
+        longest,
+    );
+}
+
 /// The metrics in OpenMetrics text, for a caller of the native face.
 pub async fn scrape(
     State(state): State<MetricsState>,
@@ -195,6 +240,7 @@ pub async fn scrape(
         "Times the listener for those notifications was lost (closed, or silent: its echo not heard) and made again",
         losses,
     );
+    background_passes(&mut registry, &state.app);
     let mut text = String::new();
     if encode(&mut text, &registry).is_err() {
         return Err(NativeError(tessera_app::Error::Unavailable(

@@ -51,6 +51,10 @@ pub struct FleetArgs {
     /// Seconds to measure the server at rest (with `--agents`).
     #[arg(long, default_value_t = 30)]
     rest_seconds: u64,
+    /// Seconds to measure the server at rest once the instances are made,
+    /// before the reads (0: not measured).
+    #[arg(long, default_value_t = 10)]
+    idle_seconds: u64,
     /// Agents joining per second (with `--agents`), as a fleet's hosts come
     /// up: each join is a registration and its host's preparation.
     #[arg(long, default_value_t = 500)]
@@ -252,6 +256,19 @@ pub async fn run(args: FleetArgs) -> Result<()> {
         "control plane memory with the fleet made: {:.0} MiB resident",
         usage_of(pid)?.rss_mib
     );
+    if args.idle_seconds > 0 {
+        let passes_before = running.app.background_passes();
+        let (cpu, rss) = at_rest(pid, args.idle_seconds).await?;
+        println!(
+            "at rest with the fleet made for {} s: control plane CPU {:.1}% of one core, memory {:.0} MiB",
+            args.idle_seconds, cpu, rss
+        );
+        print_passes(
+            "background task at rest",
+            &passes_before,
+            &running.app.background_passes(),
+        );
+    }
 
     // The reads.
     let endpoints = read_endpoints(&bench, &store).await?;
@@ -291,10 +308,25 @@ pub async fn run(args: FleetArgs) -> Result<()> {
         );
     }
     let paged: Vec<Endpoint> = endpoints.into_iter().filter(|e| !e.whole).collect();
-    let (p50, p99, done, errors) = loaded_reads(&bench, &paged, &args).await;
+    let passes_before = running.app.background_passes();
+    let loaded = loaded_reads(&bench, &paged, &args).await;
+    let passes_after = running.app.background_passes();
     println!(
         "reads at {} requests/s for {} s, every paged endpoint in turn: {} answered, p50 {:.2} ms, p99 {:.2} ms, {} errors",
-        args.read_rate, args.read_seconds, done, p50, p99, errors
+        args.read_rate, args.read_seconds, loaded.answered, loaded.p50, loaded.p99, loaded.errors
+    );
+    let mut slowest = loaded.by_endpoint;
+    slowest.sort_by(|a, b| b.1.total_cmp(&a.1));
+    let slowest: Vec<String> = slowest
+        .iter()
+        .take(5)
+        .map(|(label, p99)| format!("{label} {p99:.2}"))
+        .collect();
+    println!("slowest p99 under that load (ms): {}", slowest.join("; "));
+    print_passes(
+        "background task during the reads",
+        &passes_before,
+        &passes_after,
     );
     let after = usage_of(pid)?;
     println!(
@@ -724,13 +756,18 @@ async fn read_endpoints(bench: &Bench, store: &Store) -> Result<Vec<Endpoint>> {
     Ok(endpoints)
 }
 
-/// Reads at a steady rate, every endpoint in turn: p50 and p99 in ms, how
-/// many answered, how many failed.
-async fn loaded_reads(
-    bench: &Bench,
-    endpoints: &[Endpoint],
-    args: &FleetArgs,
-) -> (f64, f64, usize, u64) {
+/// What a loaded read run measured: p50 and p99 in ms over every read,
+/// how many answered and failed, and each endpoint's p99 in ms.
+struct Loaded {
+    p50: f64,
+    p99: f64,
+    answered: usize,
+    errors: u64,
+    by_endpoint: Vec<(String, f64)>,
+}
+
+/// Reads at a steady rate, every endpoint in turn.
+async fn loaded_reads(bench: &Bench, endpoints: &[Endpoint], args: &FleetArgs) -> Loaded {
     let errors = Arc::new(AtomicU64::new(0));
     let every = Duration::from_secs_f64(1.0 / args.read_rate.max(1) as f64);
     let total = (args.read_rate * args.read_seconds) as usize;
@@ -760,18 +797,74 @@ async fn loaded_reads(
         }));
     }
     let mut times = Vec::new();
-    for task in tasks {
+    let mut by_endpoint = vec![Vec::new(); endpoints.len()];
+    for (i, task) in tasks.into_iter().enumerate() {
         if let Ok(Some(t)) = task.await {
             times.push(t);
+            by_endpoint[i % endpoints.len()].push(t);
         }
     }
     times.sort_unstable();
-    (
-        ms(quantile(&times, 0.5)),
-        ms(quantile(&times, 0.99)),
-        times.len(),
-        errors.load(Ordering::Relaxed),
-    )
+    let by_endpoint = endpoints
+        .iter()
+        .zip(by_endpoint)
+        .map(|(endpoint, mut times)| {
+            times.sort_unstable();
+            (
+                format!("{} {}", endpoint.face, endpoint.label),
+                ms(quantile(&times, 0.99)),
+            )
+        })
+        .collect();
+    Loaded {
+        p50: ms(quantile(&times, 0.5)),
+        p99: ms(quantile(&times, 0.99)),
+        answered: times.len(),
+        errors: errors.load(Ordering::Relaxed),
+        by_endpoint,
+    }
+}
+
+/// Prints what the background tasks' passes cost between two snapshots,
+/// the costliest first.
+fn print_passes(
+    title: &str,
+    before: &[(&'static str, tessera_app::reconciler::TaskPasses)],
+    after: &[(&'static str, tessera_app::reconciler::TaskPasses)],
+) {
+    let mut rows: Vec<(&str, u64, Duration, Duration)> = after
+        .iter()
+        .map(|(task, now)| {
+            let was = before
+                .iter()
+                .find(|(t, _)| t == task)
+                .map(|(_, p)| *p)
+                .unwrap_or_default();
+            (
+                *task,
+                now.passes - was.passes,
+                now.total.saturating_sub(was.total),
+                now.longest,
+            )
+        })
+        .filter(|(_, passes, _, _)| *passes > 0)
+        .collect();
+    rows.sort_by_key(|row| std::cmp::Reverse(row.2));
+    println!(
+        "{:<36} {:>7} {:>10} {:>10} {:>12}",
+        title, "passes", "total ms", "mean ms", "longest ms*"
+    );
+    for (task, passes, total, longest) in rows {
+        println!(
+            "{:<36} {:>7} {:>10.1} {:>10.2} {:>12.1}",
+            task,
+            passes,
+            ms(total),
+            ms(total) / passes as f64,
+            ms(longest)
+        );
+    }
+    println!("(* since the server started)");
 }
 
 /// Starts `tessera bench agents` in a child process with a join token.

@@ -48,6 +48,30 @@ async fn metrics_count_requests_and_the_fleet(backend: Backend) {
     );
     // Route templates, never raw ids.
     assert!(text.contains("route=\"/v1/instances/{id}\""), "{text}");
+    // The reconciler's tasks, each by name: every one has run its first
+    // pass by now (they start at once).
+    for task in ["resume operations", "observe instances", "check heartbeats"] {
+        let passes = format!("tessera_background_passes_total{{task=\"{task}\"}} ");
+        let counted = text
+            .lines()
+            .find_map(|l| l.strip_prefix(passes.as_str()))
+            .and_then(|n| n.parse::<u64>().ok());
+        assert!(
+            counted.is_some_and(|n| n >= 1),
+            "{passes} missing from\n{text}"
+        );
+        for family in [
+            "tessera_background_pass_failures_total",
+            "tessera_background_pass_seconds_total",
+            "tessera_background_pass_longest_seconds",
+        ] {
+            let line = format!("{family}{{task=\"{task}\"}} ");
+            assert!(
+                text.lines().any(|l| l.starts_with(&line)),
+                "{line} missing from\n{text}"
+            );
+        }
+    }
     assert!(!text.contains("inst-"), "{text}");
     let (status, _) = scrape(&server, None).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
