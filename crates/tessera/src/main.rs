@@ -11,6 +11,13 @@ use tessera::client::{
 use tessera::settings::ServerArgs;
 use tessera::{logging, server};
 
+/// mimalloc, not glibc's allocator: a request's rows, JSON and buffers
+/// are many small short-lived allocations, and glibc's malloc and free
+/// were a third of a busy control plane's CPU (`tessera bench fleet`
+/// under perf; README, Benchmarks).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "tessera",
