@@ -6,10 +6,16 @@
 //! commit loses (another replica, or a stale view), the host is reloaded and
 //! placement asked again; when the view finds no room, the hosts whose
 //! generation changed in the store are reloaded before answering "none".
+//!
+//! A decision is [`Taken`] until its claim's commit is over: its host counts
+//! as busy meanwhile, and the engine places other requests elsewhere while
+//! another host fits. On PostgreSQL a claim holds its host's row until it
+//! commits, so packed claims on one host ran one commit after another; at
+//! 32 concurrent creations that bounded a fleet to one host's commit rate.
 
 use crate::error::Result;
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 use tessera_core::placement::{Decision, HostInventory, PlacementEngine, Request, UnitSlot};
 use tessera_core::status::{HostStatus, UnitStatus};
@@ -29,6 +35,33 @@ struct ViewState {
     engine: PlacementEngine,
     /// The store version (see `Store::host_versions`) each host was loaded at.
     versions: HashMap<HostId, i64>,
+    /// Claims being committed, by host.
+    claiming: HashMap<HostId, usize>,
+}
+
+/// A decision taken on the view, its host busy until this is dropped (once
+/// the claim's commit is over, whichever way it went).
+pub struct Taken {
+    decision: Decision,
+    view: Arc<PlacementView>,
+}
+
+impl Taken {
+    pub fn decision(&self) -> &Decision {
+        &self.decision
+    }
+}
+
+impl Drop for Taken {
+    fn drop(&mut self) {
+        let mut state = self.view.state();
+        if let Some(n) = state.claiming.get_mut(&self.decision.host) {
+            *n -= 1;
+            if *n == 0 {
+                state.claiming.remove(&self.decision.host);
+            }
+        }
+    }
 }
 
 /// A host's version as `Store::host_versions` computes it.
@@ -165,12 +198,20 @@ impl PlacementView {
         Ok(stale.len())
     }
 
-    /// Decides where `request` goes and marks the decision taken in the view.
-    pub fn take(&self, request: &Request) -> Option<Decision> {
+    /// Decides where `request` goes and marks the decision taken in the
+    /// view; its host is busy for other requests while the answer lives.
+    pub fn take(self: &Arc<Self>, request: &Request) -> Option<Taken> {
         let mut state = self.state();
-        let decision = state.engine.place(request)?;
+        let claiming = &state.claiming;
+        let decision = state
+            .engine
+            .place_avoiding(request, |host| claiming.contains_key(host))?;
         state.engine.apply(&decision);
-        Some(decision)
+        *state.claiming.entry(decision.host.clone()).or_default() += 1;
+        Some(Taken {
+            decision,
+            view: self.clone(),
+        })
     }
 
     /// Marks a unit free again in the view after its release was committed.

@@ -148,7 +148,7 @@ impl App {
         let mut looked_again = false;
         let mut attempts = 0;
         let decision = loop {
-            let Some(decision) = self.placement.take(&request) else {
+            let Some(taken) = self.placement.take(&request) else {
                 if looked_again {
                     return Err(Error::NoCapacity(NO_FREE_UNIT.into()));
                 }
@@ -159,6 +159,7 @@ impl App {
                 looked_again = true;
                 continue;
             };
+            let decision = taken.decision().clone();
             let compute_id = decision
                 .unit
                 .clone()
@@ -179,6 +180,7 @@ impl App {
                 quota: Some(&quota),
             };
             let claimed = self.store.claim_unit(&claim).await;
+            drop(taken);
             if let Ok(Some(generation)) = claimed {
                 break (decision, generation);
             }

@@ -9,6 +9,11 @@
 //! Policies:
 //! - hosts are packed: the fitting host with the fewest free CPUs wins, which
 //!   keeps whole hosts free for large requests (ties go to the lower host id);
+//!   a host the caller says is busy (a claim on it is being committed) is
+//!   passed over for the next fitting one, and taken only when every
+//!   fitting host is busy: concurrent claims then land on different hosts,
+//!   instead of queueing on one host's row lock in the store (a shared-CPU
+//!   instance still goes to a CPU shared already, busy or not);
 //! - a Kloigos unit request takes a free unit of exactly `cpu_count` CPUs;
 //! - on a partitioned host an instance takes the smallest free unit that fits;
 //! - on a pooled host an instance gets exclusive CPUs inside one NUMA node
@@ -250,6 +255,16 @@ impl PlacementEngine {
 
     /// Decides where `request` goes, or `None` when no host has room.
     pub fn place(&self, request: &Request) -> Option<Decision> {
+        self.place_avoiding(request, |_| false)
+    }
+
+    /// [`PlacementEngine::place`], passing over the hosts `busy` names while
+    /// another fitting host is not busy.
+    pub fn place_avoiding(
+        &self,
+        request: &Request,
+        busy: impl Fn(&HostId) -> bool,
+    ) -> Option<Decision> {
         if let Request::Cpus {
             share: Some(millis),
             region,
@@ -267,6 +282,7 @@ impl PlacementEngine {
                 .filter_map(|host| place_on(host, request))
                 .min_by_key(|d| {
                     (
+                        busy(&d.host),
                         self.hosts.get(&d.host).map(|h| h.free_cpus().len()),
                         d.host.clone(),
                     )
@@ -305,11 +321,18 @@ impl PlacementEngine {
             ),
         };
         let start = (need as usize, HostId::new(String::new()));
-        candidates?
+        let mut fitting = candidates?
             .range(start..)
             .filter_map(|(_, id)| self.hosts.get(id))
             .filter(|h| h.in_location(region.as_deref(), zone.as_deref()))
-            .find_map(|host| place_on(host, request))
+            .filter_map(|host| place_on(host, request));
+        // Busy hosts are few (one per claim under way), so this looks at a
+        // handful of hosts past the packed choice at most.
+        let first = fitting.next()?;
+        if !busy(&first.host) {
+            return Some(first);
+        }
+        Some(fitting.find(|d| !busy(&d.host)).unwrap_or(first))
     }
 
     /// Records a committed decision in the view.
@@ -634,6 +657,51 @@ mod tests {
         assert_eq!(c.cpus.to_string(), "8-15");
         engine.release(&a);
         assert_eq!(engine.place(&unit(4)), Some(a));
+    }
+
+    #[test]
+    fn busy_hosts_are_passed_over_while_another_fits() {
+        let mut engine = PlacementEngine::new();
+        engine.upsert_host(pooled("h1", "0-3", &[]));
+        engine.upsert_host(pooled("h2", "0-7", &[]));
+        engine.upsert_host(pooled("h3", "0-7", &[]));
+        let on = |d: Option<Decision>| d.map(|d| d.host.to_string());
+        // Packed: h1 has the fewest free CPUs.
+        assert_eq!(on(engine.place(&cpus(2))), Some("h1".into()));
+        // h1 busy: the next packed choice.
+        let busy = |h: &HostId| h.as_str() == "h1";
+        assert_eq!(on(engine.place_avoiding(&cpus(2), busy)), Some("h2".into()));
+        let two_busy = |h: &HostId| h.as_str() != "h3";
+        assert_eq!(
+            on(engine.place_avoiding(&cpus(2), two_busy)),
+            Some("h3".into())
+        );
+        // Every fitting host busy: the packed choice all the same, never
+        // "no room".
+        assert_eq!(
+            on(engine.place_avoiding(&cpus(2), |_| true)),
+            Some("h1".into())
+        );
+        // Only h2 and h3 fit 6 CPUs; h2 busy leaves h3.
+        let h2_busy = |h: &HostId| h.as_str() == "h2";
+        assert_eq!(
+            on(engine.place_avoiding(&cpus(6), h2_busy)),
+            Some("h3".into())
+        );
+        // A shared-CPU instance goes where a CPU is shared already, busy
+        // or not (free CPUs stay whole); with none shared, busy hosts are
+        // passed over as above.
+        assert_eq!(
+            on(engine.place_avoiding(&shared(500, "amd64"), busy)),
+            Some("h2".into())
+        );
+        let a = engine.place(&shared(500, "amd64")).expect("a");
+        assert_eq!(a.host.as_str(), "h1");
+        engine.apply(&a);
+        assert_eq!(
+            on(engine.place_avoiding(&shared(500, "amd64"), busy)),
+            Some("h1".into())
+        );
     }
 
     #[test]

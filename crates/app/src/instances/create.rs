@@ -373,7 +373,7 @@ impl App {
         let mut looked_again = false;
         for _ in 0..MAX_PLACE_ATTEMPTS {
             // A location names a region or, failing that, a zone.
-            let mut decision = None;
+            let mut taken = None;
             let wanted = match &spec.location {
                 None => vec![(None, None)],
                 Some(l) => vec![(Some(l.clone()), None), (None, Some(l.clone()))],
@@ -389,12 +389,12 @@ impl App {
                     arch: arch.clone(),
                     share,
                 };
-                if let Some(d) = self.placement.take(&request) {
-                    decision = Some(d);
+                if let Some(t) = self.placement.take(&request) {
+                    taken = Some(t);
                     break;
                 }
             }
-            let Some(decision) = decision else {
+            let Some(taken) = taken else {
                 if looked_again {
                     let place = spec
                         .location
@@ -411,6 +411,7 @@ impl App {
                 looked_again = true;
                 continue;
             };
+            let decision = taken.decision().clone();
             let cpus: Vec<u32> = decision.cpus.iter().collect();
             let steps = run.with(step(&decision));
             let placed = self
@@ -426,6 +427,7 @@ impl App {
                     (&run.op.id, &steps.to_json(), &self.deadline()),
                 )
                 .await;
+            drop(taken);
             // The view already holds the decision: the host is read again
             // only when the store said otherwise (another replica's claim,
             // a stale view), so a placement costs no reads of its host.
