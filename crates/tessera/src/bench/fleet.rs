@@ -270,7 +270,9 @@ pub async fn run(args: FleetArgs) -> Result<()> {
         );
     }
 
-    // The reads.
+    // The reads, on fresh planner statistics (PostgreSQL), as after any
+    // bulk load: autovacuum's would come within a minute or so.
+    store.analyze().await?;
     let endpoints = read_endpoints(&bench, &store).await?;
     println!(
         "{:<58} {:>9} {:>9} {:>8}",
