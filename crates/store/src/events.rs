@@ -33,8 +33,9 @@ const EVENTS_PER_INSERT: usize = 16;
 const EVENT_COLUMNS: &str = "seq, origin, kind, resource_id, project_id, state, at";
 
 impl Store {
-    /// Appends events, in order, in one transaction: a statement for each
-    /// [`EVENTS_PER_INSERT`] of them. (Each statement was a transaction of
+    /// Appends events, in order, in one transaction (one at a time across
+    /// replicas, on PostgreSQL): a statement for each [`EVENTS_PER_INSERT`]
+    /// of them. (Each statement was a transaction of
     /// its own, waited for in turn: a batch of 500 events cost 32 commits
     /// one after the other, and under a fleet's creations the log fell
     /// behind by tens of thousands of events, written long after, at rest.)
@@ -73,7 +74,16 @@ impl Store {
         if statements.is_empty() {
             return Ok(());
         }
-        self.run_statements("insert_events", statements, |_| true)
+        // On PostgreSQL `seq` is taken at insert and seen at commit: two
+        // replicas' batches could commit out of order, and a feed that has
+        // shown the higher numbers never shows the lower ones. The log's
+        // writers take turns (one per replica), so it commits in `seq`
+        // order.
+        let lock = (
+            "SELECT 'locked' FROM (SELECT pg_advisory_xact_lock(hashtext($1))) AS l",
+            "tessera event log".to_string(),
+        );
+        self.run_statements_locked("insert_events", lock, statements, |_| true)
             .await?;
         Ok(())
     }

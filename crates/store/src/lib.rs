@@ -414,7 +414,7 @@ impl Store {
                 let (sql, args) = (sql.to_string(), args.to_vec());
                 let rows = tokio::task::spawn_blocking(move || match &*read {
                     reader::Reader::Sqlite(readers) => readers.rows(&sql, &args, None),
-                    reader::Reader::Postgres(_) => Ok(Vec::new()),
+                    reader::Reader::Postgres(_) => unreachable!("matched as SQLite above"),
                 })
                 .await;
                 match rows {

@@ -255,7 +255,7 @@ impl App {
         Ok(())
     }
 
-    /// Asks every ready host that answers in process what it sees of their
+    /// Asks every ready host that answers in process what it sees of its
     /// instances (remote agents report with their heartbeats).
     pub(crate) async fn observe_hosts(&self) -> Result<()> {
         // Hosts with a remote agent are left out unread: their heartbeats
