@@ -41,6 +41,7 @@ struct ViewState {
 
 /// A decision taken on the view, its host busy until this is dropped (once
 /// the claim's commit is over, whichever way it went).
+#[must_use = "dropping it at once frees its host for other claims"]
 pub struct Taken {
     decision: Decision,
     view: Arc<PlacementView>,

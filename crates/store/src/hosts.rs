@@ -194,15 +194,13 @@ impl Store {
     /// more than its hosts did. A fleet of remote agents has none: the
     /// hosts are walked on the agents' key, not read whole.
     pub async fn ready_hosts_without_agents(&self) -> Result<Vec<(String, String)>> {
-        let rows: Vec<(String, String)> = self
-            .fetch_all_bulk(
-                "SELECT id, hostname FROM hosts WHERE status = $1 \
+        self.fetch_all_bulk(
+            "SELECT id, hostname FROM hosts WHERE status = $1 \
                  AND NOT EXISTS (SELECT 1 FROM agents WHERE agents.hostname = hosts.hostname) \
                  ORDER BY hostname",
-                &[HostStatus::Ready.as_str().into()],
-            )
-            .await?;
-        Ok(rows)
+            &[HostStatus::Ready.as_str().into()],
+        )
+        .await
     }
 
     /// A page of hosts in hostname order: at most `limit` after the
