@@ -253,8 +253,6 @@ pub struct TaskPasses {
     pub total: Duration,
     /// The longest one.
     pub longest: Duration,
-    /// The last one.
-    pub last: Duration,
 }
 
 impl PassStats {
@@ -268,7 +266,6 @@ impl PassStats {
         passes.failed += u64::from(!ok);
         passes.total += took;
         passes.longest = passes.longest.max(took);
-        passes.last = took;
     }
 
     /// Every task that has finished a pass, by name.
