@@ -21,6 +21,7 @@ mod instances;
 mod networks;
 mod oauth;
 mod operations;
+mod pg;
 mod policies;
 mod quotas;
 mod reader;
@@ -68,11 +69,10 @@ pub use units::{UnitClaim, UnitFilter, UnitRecord};
 pub use volumes::{MeterChange, NewVolume, VolumeRecord, VolumeSet};
 
 use db::{Arg, Conn};
-use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::any::AnyConnectOptions;
 use sqlx::{AnyConnection, ConnectOptions, Executor};
 use std::path::Path;
 use std::str::FromStr;
-use std::time::Duration;
 use writer::{Shape, Work, Writer};
 
 #[derive(Debug, thiserror::Error)]
@@ -187,14 +187,11 @@ impl Store {
                 })
             }
             Backend::Postgres => {
-                let pool = AnyPoolOptions::new()
-                    .max_connections(16)
-                    .acquire_timeout(Duration::from_secs(30))
-                    .connect_with(options)
+                let pool = pg::PgPool::connect(options)
                     .await
                     .map_err(StoreError::Connect)?;
                 migrator(backend)
-                    .run(&pool)
+                    .run(pool.sqlx())
                     .await
                     .map_err(StoreError::Migrate)?;
                 Ok(Store {
@@ -246,7 +243,10 @@ impl Store {
     /// millisecond). SQLite plans without such statistics: nothing to do.
     pub async fn analyze(&self) -> Result<()> {
         if let Writer::Postgres(pool) = &self.write {
-            sqlx::query("ANALYZE").execute(pool).await?;
+            let mut conn = pool.get().await?;
+            let done = sqlx::query("ANALYZE").execute(&mut *conn).await;
+            conn.release(&done);
+            done?;
         }
         Ok(())
     }
@@ -389,11 +389,22 @@ impl Store {
     ) -> Result<Vec<sqlx::any::AnyRow>> {
         match &*self.read {
             reader::Reader::Postgres(pool) => {
-                let query = db::any_query(sql, args);
-                Ok(match limit {
-                    Some(1) => query.fetch_optional(pool).await?.into_iter().collect(),
-                    _ => query.fetch_all(pool).await?,
-                })
+                let mut tries = 0;
+                loop {
+                    tries += 1;
+                    let query = db::any_query(sql, args);
+                    let mut conn = pool.get().await?;
+                    let rows = match limit {
+                        Some(1) => query
+                            .fetch_optional(&mut *conn)
+                            .await
+                            .map(|row| row.into_iter().collect()),
+                        _ => query.fetch_all(&mut *conn).await,
+                    };
+                    if !conn.release(&rows) || tries == pg::READ_TRIES {
+                        return Ok(rows?);
+                    }
+                }
             }
             reader::Reader::Sqlite(readers) => Ok(readers.rows(sql, args, limit)?),
         }
@@ -449,9 +460,19 @@ impl Store {
         T: for<'r> sqlx::FromRow<'r, sqlx::any::AnyRow> + Send + Unpin,
     {
         match &*self.read {
-            reader::Reader::Postgres(pool) => Ok(db::bind_all(sqlx::query_as::<_, T>(sql), args)
-                .fetch_all(pool)
-                .await?),
+            reader::Reader::Postgres(pool) => {
+                let mut tries = 0;
+                loop {
+                    tries += 1;
+                    let mut conn = pool.get().await?;
+                    let rows = db::bind_all(sqlx::query_as::<_, T>(sql), args)
+                        .fetch_all(&mut *conn)
+                        .await;
+                    if !conn.release(&rows) || tries == pg::READ_TRIES {
+                        return Ok(rows?);
+                    }
+                }
+            }
             reader::Reader::Sqlite(readers) => Ok(readers
                 .rows(sql, args, None)?
                 .iter()
@@ -465,9 +486,19 @@ impl Store {
         T: for<'r> sqlx::FromRow<'r, sqlx::any::AnyRow> + Send + Unpin,
     {
         match &*self.read {
-            reader::Reader::Postgres(pool) => Ok(db::bind_all(sqlx::query_as::<_, T>(sql), args)
-                .fetch_optional(pool)
-                .await?),
+            reader::Reader::Postgres(pool) => {
+                let mut tries = 0;
+                loop {
+                    tries += 1;
+                    let mut conn = pool.get().await?;
+                    let row = db::bind_all(sqlx::query_as::<_, T>(sql), args)
+                        .fetch_optional(&mut *conn)
+                        .await;
+                    if !conn.release(&row) || tries == pg::READ_TRIES {
+                        return Ok(row?);
+                    }
+                }
+            }
             reader::Reader::Sqlite(readers) => Ok(readers
                 .rows(sql, args, Some(1))?
                 .first()

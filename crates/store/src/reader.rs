@@ -11,7 +11,6 @@
 //! `FromRow` of the store reads both backends alike.
 
 use crate::db::{Arg, DbError, sqlite_statement};
-use sqlx::AnyPool;
 use sqlx::any::AnyRow;
 use sqlx_core::any::{AnyColumn, AnyTypeInfo, AnyTypeInfoKind, AnyValue, AnyValueKind};
 use sqlx_core::ext::ustr::UStr;
@@ -22,7 +21,7 @@ use std::time::Duration;
 
 /// Where reads go.
 pub(crate) enum Reader {
-    Postgres(AnyPool),
+    Postgres(crate::pg::PgPool),
     Sqlite(SqliteReaders),
 }
 

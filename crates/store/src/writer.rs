@@ -14,7 +14,6 @@ use crate::db::{Conn, DbError};
 use crate::{Result, StoreError};
 use futures::FutureExt;
 use futures::future::BoxFuture;
-use sqlx::AnyPool;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::path::Path;
@@ -73,7 +72,7 @@ const CHECKPOINT_EVERY: Duration = Duration::from_millis(50);
 
 #[derive(Clone)]
 pub(crate) enum Writer {
-    Postgres(AnyPool),
+    Postgres(crate::pg::PgPool),
     Sqlite(mpsc::Sender<Job>),
 }
 
@@ -176,7 +175,7 @@ impl Writer {
 /// [`Shape::OneStatement`], as that statement alone, which is atomic by
 /// itself and saves the round trips of `BEGIN` and `COMMIT`.
 async fn write_postgres<T, F>(
-    pool: &AnyPool,
+    pool: &crate::pg::PgPool,
     what: &'static str,
     shape: Shape,
     work: &F,
@@ -189,32 +188,50 @@ where
     loop {
         tries += 1;
         let attempt: std::result::Result<T, DbError> = async {
-            if shape == Shape::OneStatement {
-                let mut conn = pool.acquire().await?;
-                return match work(Conn::Postgres(&mut conn)).await? {
-                    Commit::Keep(value) | Commit::Undo(value) => Ok(value),
-                };
-            }
-            let mut tx = pool.begin().await?;
-            match work(Conn::Postgres(&mut tx)).await? {
-                Commit::Keep(value) => {
-                    tx.commit().await?;
-                    Ok(value)
-                }
-                Commit::Undo(value) => {
-                    tx.rollback().await?;
-                    Ok(value)
-                }
-            }
+            let mut conn = pool.get().await?;
+            let done = match shape {
+                Shape::OneStatement => match work(Conn::Postgres(&mut conn)).await {
+                    Ok(Commit::Keep(value) | Commit::Undo(value)) => Ok(value),
+                    Err(err) => Err(err),
+                },
+                Shape::Statements => in_transaction(&mut conn, work).await,
+            };
+            conn.release(&done);
+            done
         }
         .await;
         match attempt {
-            Err(DbError::Sqlx(err)) if tries < 8 && crate::is_transient(&err) => {
+            // A session the server had ended (a restart) ran nothing:
+            // tried again, as what PostgreSQL rolled back is.
+            Err(DbError::Sqlx(err))
+                if tries < 8 && (crate::is_transient(&err) || crate::pg::ended_by_server(&err)) =>
+            {
                 tracing::debug!(what, tries, error = %err, "transient conflict, retrying");
                 tokio::time::sleep(pause).await;
                 pause *= 2;
             }
             other => return other.map_err(StoreError::from),
+        }
+    }
+}
+
+/// Runs `work` on `conn` in a transaction, committed if it says so.
+async fn in_transaction<T, F>(
+    conn: &mut sqlx::AnyConnection,
+    work: &F,
+) -> std::result::Result<T, DbError>
+where
+    F: for<'c> Fn(Conn<'c>) -> Work<'c, T>,
+{
+    let mut tx = sqlx::Connection::begin(conn).await?;
+    match work(Conn::Postgres(&mut tx)).await? {
+        Commit::Keep(value) => {
+            tx.commit().await?;
+            Ok(value)
+        }
+        Commit::Undo(value) => {
+            tx.rollback().await?;
+            Ok(value)
         }
     }
 }
@@ -362,6 +379,7 @@ fn ends_the_transaction(err: &DbError) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sqlx::AnyPool;
 
     async fn writer() -> (Writer, AnyPool, tempfile::TempDir) {
         sqlx::any::install_default_drivers();

@@ -1,7 +1,10 @@
 //! A control plane killed with SIGKILL in the middle of host work finishes
-//! or settles that work when it starts again.
+//! or settles that work when it starts again; one whose PostgreSQL ended
+//! its sessions goes on without an error.
 
-use crate::harness::{Backend, KEY, ServerProcess, TOKEN, fresh_postgres_database, wait_for};
+use crate::harness::{
+    Backend, KEY, Options, ServerProcess, TOKEN, TestServer, fresh_postgres_database, wait_for,
+};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use std::collections::HashSet;
@@ -411,4 +414,84 @@ async fn a_restarted_replica_resumes_its_own_operations_at_once(backend: Backend
         assert_eq!(instance["status"]["state"], "running", "{instance}");
     }
     second.stop();
+}
+
+/// PostgreSQL ending every session of the control plane (a restart, a
+/// failover, an operator's `pg_terminate_backend`) fails no request: the
+/// connections the store kept at hand without a ping are replaced, reads
+/// are read again and writes that never ran are run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_postgresql_ended_fail_no_request() {
+    use sqlx::Connection;
+    let database_url = fresh_postgres_database().await;
+    let server = TestServer::start_with(
+        Backend::Postgres,
+        Options {
+            database_url: Some(database_url.clone()),
+            ..Options::default()
+        },
+    )
+    .await;
+    // Connections in use, then kept.
+    busy_reads(&server).await;
+    token_writes(&server, 0).await;
+    let name = database_url.rsplit('/').next().expect("a database name");
+    let admin = std::env::var("TESSERA_TEST_POSTGRES_URL").expect("the test PostgreSQL");
+    let mut conn = sqlx::PgConnection::connect(&admin).await.expect("connect");
+    let pids: Vec<i32> = sqlx::query_scalar(
+        "SELECT pid FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
+    )
+    .bind(name)
+    .fetch_all(&mut conn)
+    .await
+    .expect("the server's sessions");
+    assert!(!pids.is_empty(), "the server had no session to end");
+    sqlx::query("SELECT pg_terminate_backend(pid) FROM unnest($1::int[]) AS ended (pid)")
+        .bind(&pids)
+        .execute(&mut conn)
+        .await
+        .expect("end the sessions");
+    // They are gone once PostgreSQL no longer lists them.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let left: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM pg_stat_activity WHERE pid = ANY($1)")
+                .bind(&pids)
+                .fetch_one(&mut conn)
+                .await
+                .expect("count the sessions");
+        if left == 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "sessions still listed: {left}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    busy_reads(&server).await;
+    token_writes(&server, 1).await;
+    busy_reads(&server).await;
+    server.stop().await;
+}
+
+/// Sixteen reads at once, each answered.
+async fn busy_reads(server: &TestServer) {
+    let calls = (0..16).map(|_| server.call(reqwest::Method::GET, "/v1/instances", None, TOKEN));
+    for (status, body) in futures::future::join_all(calls).await {
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+}
+
+/// Four API tokens made at once, each made.
+async fn token_writes(server: &TestServer, round: usize) {
+    let bodies: Vec<Value> = (0..4)
+        .map(|i| json!({"name": format!("t-{round}-{i}")}))
+        .collect();
+    let calls = bodies
+        .iter()
+        .map(|body| server.call(reqwest::Method::POST, "/v1/tokens", Some(body), TOKEN));
+    for (status, body) in futures::future::join_all(calls).await {
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+    }
 }
