@@ -225,6 +225,60 @@ pub(crate) fn after_cursor(args: &mut Vec<Arg>, (at, id): &(String, String)) -> 
     format!("(created_at > ${a} OR (created_at = ${a} AND id > ${b}))")
 }
 
+/// `sql` with each `$n` parameter made `$(n + by)`.
+pub(crate) fn shift_parameters(sql: &str, by: usize) -> String {
+    let mut out = String::with_capacity(sql.len() + 8);
+    let mut rest = sql;
+    while let Some(at) = rest.find('$') {
+        out.push_str(&rest[..=at]);
+        rest = &rest[at + 1..];
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        match rest[..digits].parse::<usize>() {
+            Ok(n) => out.push_str(&(n + by).to_string()),
+            Err(_) => out.push_str(&rest[..digits]),
+        }
+        rest = &rest[digits..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// One PostgreSQL statement that runs `guard` and each of `rest` only if
+/// `guard` changed a row; its one row counts what each changed, `guard`
+/// first. A transaction of the same statements costs `BEGIN`, one round
+/// trip each and `COMMIT`; this is one. Each of `rest` must be an
+/// `UPDATE` ending in its `WHERE` clause (without a top-level `OR`: the
+/// guard is ANDed to it), of rows no other changes, and none may need to
+/// see another's change: they share one snapshot.
+pub(crate) fn guarded_statement(
+    guard: &(String, Vec<Arg>),
+    rest: &[(String, Vec<Arg>)],
+) -> (String, Vec<Arg>) {
+    let mut sql = format!("WITH g0 AS ({} RETURNING 1)", guard.0);
+    let mut args = guard.1.clone();
+    for (n, (statement, statement_args)) in rest.iter().enumerate() {
+        debug_assert!(
+            statement.starts_with("UPDATE ")
+                && statement
+                    .rsplit_once(" WHERE ")
+                    .is_some_and(|(_, condition)| !condition.contains(" OR ")
+                        && !condition.contains("RETURNING")),
+            "not an UPDATE ending in a WHERE of ANDs: {statement}"
+        );
+        sql.push_str(&format!(
+            ", g{} AS ({} AND EXISTS (SELECT 1 FROM g0) RETURNING 1)",
+            n + 1,
+            shift_parameters(statement, args.len())
+        ));
+        args.extend(statement_args.iter().cloned());
+    }
+    let counts: Vec<String> = (0..=rest.len())
+        .map(|n| format!("(SELECT COUNT(*) FROM g{n})"))
+        .collect();
+    sql.push_str(&format!(" SELECT {}", counts.join(", ")));
+    (sql, args)
+}
+
 /// Binds `args` to a read query, in order.
 pub(crate) fn bind_all<'q, T>(
     mut query: sqlx::query::QueryAs<'q, sqlx::Any, T, sqlx::any::AnyArguments<'q>>,
@@ -284,4 +338,44 @@ pub(crate) fn sqlite_statement<'c>(
         }
     }
     Ok(statement)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parameters_shift_wherever_they_are() {
+        assert_eq!(
+            shift_parameters("SET a = $1, b = COALESCE($10, b) WHERE x > $1", 3),
+            "SET a = $4, b = COALESCE($13, b) WHERE x > $4"
+        );
+        assert_eq!(shift_parameters("no parameters", 5), "no parameters");
+        assert_eq!(shift_parameters("a lone $ sign", 2), "a lone $ sign");
+    }
+
+    #[test]
+    fn a_guarded_statement_runs_the_rest_only_after_its_guard() {
+        let (sql, args) = guarded_statement(
+            &(
+                "UPDATE a SET s = $1 WHERE id = $2".into(),
+                vec!["x".into(), "1".into()],
+            ),
+            &[
+                (
+                    "UPDATE b SET t = $1 WHERE id = $2".into(),
+                    vec!["y".into(), "2".into()],
+                ),
+                ("UPDATE c SET u = $1 WHERE id = $1".into(), vec!["3".into()]),
+            ],
+        );
+        assert_eq!(
+            sql,
+            "WITH g0 AS (UPDATE a SET s = $1 WHERE id = $2 RETURNING 1), \
+             g1 AS (UPDATE b SET t = $3 WHERE id = $4 AND EXISTS (SELECT 1 FROM g0) RETURNING 1), \
+             g2 AS (UPDATE c SET u = $5 WHERE id = $5 AND EXISTS (SELECT 1 FROM g0) RETURNING 1) \
+             SELECT (SELECT COUNT(*) FROM g0), (SELECT COUNT(*) FROM g1), (SELECT COUNT(*) FROM g2)"
+        );
+        assert_eq!(args.len(), 5);
+    }
 }

@@ -292,6 +292,35 @@ impl Store {
         .await
     }
 
+    /// Runs `guard` and then `rest`, keeping their changes only if `guard`
+    /// changed one row; answers whether it did. On PostgreSQL as one
+    /// statement ([`db::guarded_statement`], whose conditions `rest` must
+    /// meet), on SQLite as [`Store::run_statements`].
+    async fn run_guarded(
+        &self,
+        what: &'static str,
+        guard: (String, Vec<Arg>),
+        rest: Vec<(String, Vec<Arg>)>,
+    ) -> Result<bool> {
+        if self.backend == Backend::Sqlite {
+            let mut statements = vec![guard];
+            statements.extend(rest);
+            let counts = self.run_statements(what, statements, |c| c[0] == 1).await?;
+            return Ok(counts[0] == 1);
+        }
+        let statement = std::sync::Arc::new(db::guarded_statement(&guard, &rest));
+        let counts = self
+            .write_one(what, move |mut conn| {
+                let statement = statement.clone();
+                Box::pin(async move {
+                    let (sql, args) = &*statement;
+                    Ok(writer::Commit::Keep(conn.fetch_ints(sql, args).await?))
+                })
+            })
+            .await?;
+        Ok(counts.first() == Some(&1))
+    }
+
     /// One statement, kept whatever it changed (on PostgreSQL without a
     /// transaction around it); answers how many rows it changed.
     async fn run_statement(

@@ -41,8 +41,15 @@ struct Inner {
     /// One per connection, in use or kept: sqlx's pool never has all its
     /// connections kept here while a caller waits on it.
     permits: Arc<Semaphore>,
-    /// The connections kept, the most recently used last.
-    hot: Mutex<Vec<(PoolConnection<Any>, Instant)>>,
+    hot: Mutex<Hot>,
+}
+
+/// The connections kept, the most recently used last; none once the pool
+/// is closing (sqlx's `close` waits for every connection checked out).
+#[derive(Default)]
+struct Hot {
+    kept: Vec<(PoolConnection<Any>, Instant)>,
+    closed: bool,
 }
 
 /// A connection taken from a [`PgPool`]: give it back with
@@ -73,7 +80,7 @@ impl PgPool {
         Ok(PgPool(Arc::new(Inner {
             pool,
             permits: Arc::new(Semaphore::new(MAX_CONNECTIONS as usize)),
-            hot: Mutex::new(Vec::new()),
+            hot: Mutex::new(Hot::default()),
         })))
     }
 
@@ -105,32 +112,30 @@ impl PgPool {
     /// Older ones (all the others are older) go back to sqlx's pool.
     fn take_hot(&self) -> Option<PoolConnection<Any>> {
         let mut hot = self.0.hot.lock().unwrap_or_else(PoisonError::into_inner);
-        let (conn, at) = hot.pop()?;
+        let (conn, at) = hot.kept.pop()?;
         if at.elapsed() < HOT_FOR {
             return Some(conn);
         }
-        let stale: Vec<_> = hot.drain(..).collect();
+        let stale: Vec<_> = hot.kept.drain(..).collect();
         drop(hot);
         drop(conn);
         drop(stale);
         None
     }
 
-    /// Gives every kept connection back to sqlx's pool, which pings them.
-    fn cool(&self) {
-        let stale: Vec<_> = self
-            .0
-            .hot
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .drain(..)
-            .collect();
+    /// Gives every kept connection back to sqlx's pool, which pings them;
+    /// `closing`, none is kept from now on.
+    fn cool(&self, closing: bool) {
+        let mut hot = self.0.hot.lock().unwrap_or_else(PoisonError::into_inner);
+        hot.closed |= closing;
+        let stale: Vec<_> = hot.kept.drain(..).collect();
+        drop(hot);
         drop(stale);
     }
 
     /// Closes every connection.
     pub(crate) async fn close(&self) {
-        self.cool();
+        self.cool(true);
         self.0.permits.close();
         self.0.pool.close().await;
     }
@@ -148,19 +153,22 @@ impl PgConn {
         };
         match result {
             Ok(_) => {
-                self.pool
+                let mut hot = self
+                    .pool
                     .0
                     .hot
                     .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .push((conn, Instant::now()));
+                    .unwrap_or_else(PoisonError::into_inner);
+                if !hot.closed {
+                    hot.kept.push((conn, Instant::now()));
+                }
                 false
             }
             Err(err) => {
                 drop(conn);
                 let lost = err.as_sqlx().is_some_and(is_lost_connection);
                 if lost {
-                    self.pool.cool();
+                    self.pool.cool(false);
                 }
                 lost
             }
