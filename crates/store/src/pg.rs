@@ -44,8 +44,8 @@ struct Inner {
     hot: Mutex<Hot>,
 }
 
-/// The connections kept, the most recently used last; none once the pool
-/// is closing (sqlx's `close` waits for every connection checked out).
+/// The connections kept, the oldest first; none once the pool is closing
+/// (sqlx's `close` waits for every connection checked out).
 #[derive(Default)]
 struct Hot {
     kept: Vec<(PoolConnection<Any>, Instant)>,
@@ -77,11 +77,36 @@ impl PgPool {
             })
             .connect_with(options)
             .await?;
-        Ok(PgPool(Arc::new(Inner {
+        let inner = Arc::new(Inner {
             pool,
             permits: Arc::new(Semaphore::new(MAX_CONNECTIONS as usize)),
             hot: Mutex::new(Hot::default()),
-        })))
+        });
+        // Connections kept and left unused go back to sqlx, whose idle
+        // timeout closes them when the store stays quiet.
+        let weak = Arc::downgrade(&inner);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(HOT_FOR).await;
+                let Some(inner) = weak.upgrade() else { break };
+                PgPool(inner).cool_stale();
+            }
+        });
+        Ok(PgPool(inner))
+    }
+
+    /// Gives back to sqlx's pool the kept connections unused for
+    /// [`HOT_FOR`].
+    fn cool_stale(&self) {
+        let mut hot = self.0.hot.lock().unwrap_or_else(PoisonError::into_inner);
+        let stale = hot
+            .kept
+            .iter()
+            .take_while(|(_, at)| at.elapsed() >= HOT_FOR)
+            .count();
+        let stale: Vec<_> = hot.kept.drain(..stale).collect();
+        drop(hot);
+        drop(stale);
     }
 
     /// sqlx's pool, for what runs outside the hot path (migrations).
@@ -98,7 +123,8 @@ impl PgPool {
             .map_err(|_| sqlx::Error::PoolClosed)?;
         let conn = match self.take_hot() {
             Some(conn) => conn,
-            // Never waits on sqlx: the permit says a connection is free.
+            // The permit says one is free in sqlx's pool, or about to be
+            // once the ping of one given back answers.
             None => self.0.pool.acquire().await?,
         };
         Ok(PgConn {
