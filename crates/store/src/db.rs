@@ -243,40 +243,67 @@ pub(crate) fn shift_parameters(sql: &str, by: usize) -> String {
     out
 }
 
+/// One PostgreSQL statement that runs every one of `statements` (each an
+/// `INSERT`, `UPDATE` or `DELETE` without `RETURNING`); its one row counts
+/// the rows each changed. A transaction of the same statements costs one
+/// round trip each; this is one. They share one snapshot, so none may
+/// need to see another's change (foreign keys are checked at the
+/// statement's end, so rows may refer to rows another inserts), and no
+/// two may change the same row.
+pub(crate) fn combined_statement(statements: &[(String, Vec<Arg>)]) -> (String, Vec<Arg>) {
+    with_counts(statements, |_, statement| statement)
+}
+
 /// One PostgreSQL statement that runs `guard` and each of `rest` only if
 /// `guard` changed a row; its one row counts what each changed, `guard`
-/// first. A transaction of the same statements costs `BEGIN`, one round
-/// trip each and `COMMIT`; this is one. Each of `rest` must be an
-/// `UPDATE` ending in its `WHERE` clause (without a top-level `OR`: the
-/// guard is ANDed to it), of rows no other changes, and none may need to
-/// see another's change: they share one snapshot.
+/// first: [`combined_statement`] with the guard ANDed to each of `rest`,
+/// which must be `UPDATE`s ending in their `WHERE` clause (without a
+/// top-level `OR`).
 pub(crate) fn guarded_statement(
     guard: &(String, Vec<Arg>),
     rest: &[(String, Vec<Arg>)],
 ) -> (String, Vec<Arg>) {
-    let mut sql = format!("WITH g0 AS ({} RETURNING 1)", guard.0);
-    let mut args = guard.1.clone();
-    for (n, (statement, statement_args)) in rest.iter().enumerate() {
+    let mut statements = vec![guard.clone()];
+    statements.extend(rest.iter().cloned());
+    with_counts(&statements, |n, statement| {
+        if n == 0 {
+            return statement;
+        }
         debug_assert!(
             statement.starts_with("UPDATE ")
                 && statement
                     .rsplit_once(" WHERE ")
-                    .is_some_and(|(_, condition)| !condition.contains(" OR ")
-                        && !condition.contains("RETURNING")),
+                    .is_some_and(|(_, condition)| !condition.contains(" OR ")),
             "not an UPDATE ending in a WHERE of ANDs: {statement}"
         );
-        sql.push_str(&format!(
-            ", g{} AS ({} AND EXISTS (SELECT 1 FROM g0) RETURNING 1)",
-            n + 1,
-            shift_parameters(statement, args.len())
-        ));
+        format!("{statement} AND EXISTS (SELECT 1 FROM s0)")
+    })
+}
+
+/// `WITH s0 AS (... RETURNING 1), s1 AS (...) SELECT` the count of each,
+/// the `n`th statement as `shape(n, it)` with its parameters renumbered.
+fn with_counts(
+    statements: &[(String, Vec<Arg>)],
+    shape: impl Fn(usize, String) -> String,
+) -> (String, Vec<Arg>) {
+    let mut ctes = Vec::with_capacity(statements.len());
+    let mut args = Vec::new();
+    for (n, (statement, statement_args)) in statements.iter().enumerate() {
+        debug_assert!(
+            !statement.contains("RETURNING"),
+            "a statement of its own RETURNING: {statement}"
+        );
+        let statement = shape(n, shift_parameters(statement, args.len()));
+        ctes.push(format!("s{n} AS ({statement} RETURNING 1)"));
         args.extend(statement_args.iter().cloned());
     }
-    let counts: Vec<String> = (0..=rest.len())
-        .map(|n| format!("(SELECT COUNT(*) FROM g{n})"))
+    let counts: Vec<String> = (0..statements.len())
+        .map(|n| format!("(SELECT COUNT(*) FROM s{n})"))
         .collect();
-    sql.push_str(&format!(" SELECT {}", counts.join(", ")));
-    (sql, args)
+    (
+        format!("WITH {} SELECT {}", ctes.join(", "), counts.join(", ")),
+        args,
+    )
 }
 
 /// Binds `args` to a read query, in order.
@@ -371,11 +398,29 @@ mod tests {
         );
         assert_eq!(
             sql,
-            "WITH g0 AS (UPDATE a SET s = $1 WHERE id = $2 RETURNING 1), \
-             g1 AS (UPDATE b SET t = $3 WHERE id = $4 AND EXISTS (SELECT 1 FROM g0) RETURNING 1), \
-             g2 AS (UPDATE c SET u = $5 WHERE id = $5 AND EXISTS (SELECT 1 FROM g0) RETURNING 1) \
-             SELECT (SELECT COUNT(*) FROM g0), (SELECT COUNT(*) FROM g1), (SELECT COUNT(*) FROM g2)"
+            "WITH s0 AS (UPDATE a SET s = $1 WHERE id = $2 RETURNING 1), \
+             s1 AS (UPDATE b SET t = $3 WHERE id = $4 AND EXISTS (SELECT 1 FROM s0) RETURNING 1), \
+             s2 AS (UPDATE c SET u = $5 WHERE id = $5 AND EXISTS (SELECT 1 FROM s0) RETURNING 1) \
+             SELECT (SELECT COUNT(*) FROM s0), (SELECT COUNT(*) FROM s1), (SELECT COUNT(*) FROM s2)"
         );
         assert_eq!(args.len(), 5);
+    }
+
+    #[test]
+    fn a_combined_statement_counts_each_of_its_statements() {
+        let (sql, args) = combined_statement(&[
+            ("INSERT INTO a (x) VALUES ($1)".into(), vec!["x".into()]),
+            (
+                "INSERT INTO b (y, z) VALUES ($2, $1)".into(),
+                vec!["z".into(), "y".into()],
+            ),
+        ]);
+        assert_eq!(
+            sql,
+            "WITH s0 AS (INSERT INTO a (x) VALUES ($1) RETURNING 1), \
+             s1 AS (INSERT INTO b (y, z) VALUES ($3, $2) RETURNING 1) \
+             SELECT (SELECT COUNT(*) FROM s0), (SELECT COUNT(*) FROM s1)"
+        );
+        assert_eq!(args.len(), 3);
     }
 }

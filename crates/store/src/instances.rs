@@ -251,6 +251,12 @@ impl Store {
         }
         statements.push(operation_insert(op));
         let attaches = Arc::new(attaches);
+        // On PostgreSQL the instances' rows go in as one statement: one
+        // round trip instead of one each.
+        let combined = Arc::new(
+            (self.backend == crate::Backend::Postgres)
+                .then(|| crate::db::combined_statement(&statements)),
+        );
         let statements = Arc::new(statements);
         let quota = Arc::new(quota.cloned());
         let networks: Arc<Vec<(String, crate::NewAttachment)>> = Arc::new(
@@ -267,8 +273,9 @@ impl Store {
         );
         let outcome = self
             .write("insert_instances", move |mut conn| {
-                let (statements, attaches, quota, networks, replicas) = (
+                let (statements, combined, attaches, quota, networks, replicas) = (
                     statements.clone(),
+                    combined.clone(),
                     attaches.clone(),
                     quota.clone(),
                     networks.clone(),
@@ -280,11 +287,18 @@ impl Store {
                     {
                         return Ok(Commit::Undo(Err(exceeded)));
                     }
-                    for (n, (sql, args)) in statements.iter().enumerate() {
-                        let changed = conn.execute(sql, args).await?;
-                        if attaches.contains(&n) && changed != 1 {
-                            return Ok(Commit::Undo(Ok(InstancesAdded::VolumeTaken)));
+                    let changed = match (conn.is_postgres(), combined.as_ref()) {
+                        (true, Some((sql, args))) => conn.fetch_ints(sql, args).await?,
+                        _ => {
+                            let mut changed = Vec::with_capacity(statements.len());
+                            for (sql, args) in statements.iter() {
+                                changed.push(conn.execute(sql, args).await? as i64);
+                            }
+                            changed
                         }
+                    };
+                    if attaches.iter().any(|&n| changed.get(n) != Some(&1)) {
+                        return Ok(Commit::Undo(Ok(InstancesAdded::VolumeTaken)));
                     }
                     for (id, replica) in replicas.iter() {
                         if !crate::deployments::insert_replica(&mut conn, id, replica).await? {
