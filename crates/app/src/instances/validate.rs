@@ -49,6 +49,13 @@ pub(crate) fn validate(catalog: &Catalog, req: &mut CreateInstance) -> Result<Op
     if req.labels.len() > 64 {
         return Err(Error::invalid("metadata.labels", "at most 64 labels"));
     }
+    let mut listed = std::collections::HashSet::new();
+    if let Some(twice) = req.existing_volumes.iter().find(|v| !listed.insert(*v)) {
+        return Err(Error::invalid(
+            "existing_volumes",
+            format!("volume {twice} is listed twice"),
+        ));
+    }
     for (key, value) in &req.labels {
         let key_ok = !key.is_empty()
             && key.len() <= 63

@@ -612,6 +612,10 @@ async fn instances_and_volumes_through_their_lifecycle_and_billed(backend: Backe
             "volume type",
         ),
         (deploy("x", json!({"existing_volumes": ["nope"]})), "volume"),
+        (
+            deploy("x", json!({"existing_volumes": ["v-1", "v-1"]})),
+            "listed twice",
+        ),
         (deploy("x", json!({"contract": "FOREVER"})), "contract"),
         (deploy("bad name!", json!({})), "name"),
     ] {
