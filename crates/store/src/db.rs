@@ -306,22 +306,7 @@ fn with_counts(
     )
 }
 
-/// Binds `args` to a read query, in order.
-pub(crate) fn bind_all<'q, T>(
-    mut query: sqlx::query::QueryAs<'q, sqlx::Any, T, sqlx::any::AnyArguments<'q>>,
-    args: &'q [Arg],
-) -> sqlx::query::QueryAs<'q, sqlx::Any, T, sqlx::any::AnyArguments<'q>> {
-    for arg in args {
-        query = match arg {
-            Arg::Text(text) => query.bind(text.as_str()),
-            Arg::Int(n) => query.bind(*n),
-            Arg::Null => query.bind(None::<String>),
-            Arg::NullInt => query.bind(None::<i64>),
-        };
-    }
-    query
-}
-
+/// A query with `args` bound to its `$n` parameters, in order.
 pub(crate) fn any_query<'q>(
     sql: &'q str,
     args: &'q [Arg],

@@ -472,68 +472,37 @@ impl Store {
     where
         T: for<'r> sqlx::FromRow<'r, sqlx::any::AnyRow> + Send + Unpin,
     {
-        match &*self.read {
-            reader::Reader::Postgres(_) => self.fetch_all(sql, args).await,
-            reader::Reader::Sqlite(_) => Ok(self
-                .fetch_rows_bulk(sql, args)
-                .await?
-                .iter()
-                .map(T::from_row)
-                .collect::<std::result::Result<_, _>>()?),
-        }
+        Ok(self
+            .fetch_rows_bulk(sql, args)
+            .await?
+            .iter()
+            .map(T::from_row)
+            .collect::<std::result::Result<_, _>>()?)
     }
 
-    /// Reads rows of `T` (see [`db::bind_all`] for the parameters).
+    /// Reads rows of `T` (see [`db::any_query`] for the parameters).
     async fn fetch_all<T>(&self, sql: &str, args: &[Arg]) -> Result<Vec<T>>
     where
         T: for<'r> sqlx::FromRow<'r, sqlx::any::AnyRow> + Send + Unpin,
     {
-        match &*self.read {
-            reader::Reader::Postgres(pool) => {
-                let mut tries = 0;
-                loop {
-                    tries += 1;
-                    let mut conn = pool.get().await?;
-                    let rows = db::bind_all(sqlx::query_as::<_, T>(sql), args)
-                        .fetch_all(&mut *conn)
-                        .await;
-                    if !conn.release(&rows) || tries == pg::READ_TRIES {
-                        return Ok(rows?);
-                    }
-                }
-            }
-            reader::Reader::Sqlite(readers) => Ok(readers
-                .rows(sql, args, None)?
-                .iter()
-                .map(T::from_row)
-                .collect::<std::result::Result<_, _>>()?),
-        }
+        Ok(self
+            .fetch_rows(sql, args, None)
+            .await?
+            .iter()
+            .map(T::from_row)
+            .collect::<std::result::Result<_, _>>()?)
     }
 
     async fn fetch_optional<T>(&self, sql: &str, args: &[Arg]) -> Result<Option<T>>
     where
         T: for<'r> sqlx::FromRow<'r, sqlx::any::AnyRow> + Send + Unpin,
     {
-        match &*self.read {
-            reader::Reader::Postgres(pool) => {
-                let mut tries = 0;
-                loop {
-                    tries += 1;
-                    let mut conn = pool.get().await?;
-                    let row = db::bind_all(sqlx::query_as::<_, T>(sql), args)
-                        .fetch_optional(&mut *conn)
-                        .await;
-                    if !conn.release(&row) || tries == pg::READ_TRIES {
-                        return Ok(row?);
-                    }
-                }
-            }
-            reader::Reader::Sqlite(readers) => Ok(readers
-                .rows(sql, args, Some(1))?
-                .first()
-                .map(T::from_row)
-                .transpose()?),
-        }
+        Ok(self
+            .fetch_rows(sql, args, Some(1))
+            .await?
+            .first()
+            .map(T::from_row)
+            .transpose()?)
     }
 
     /// [`Store::write`] for a single statement kept whatever it changed,

@@ -134,19 +134,12 @@ impl PgPool {
         })
     }
 
-    /// The most recently given back connection, if it is recent enough.
-    /// Older ones (all the others are older) go back to sqlx's pool.
+    /// The most recently given back connection, if it is recent enough
+    /// (older ones go back to sqlx's pool).
     fn take_hot(&self) -> Option<PoolConnection<Any>> {
+        self.cool_stale();
         let mut hot = self.0.hot.lock().unwrap_or_else(PoisonError::into_inner);
-        let (conn, at) = hot.kept.pop()?;
-        if at.elapsed() < HOT_FOR {
-            return Some(conn);
-        }
-        let stale: Vec<_> = hot.kept.drain(..).collect();
-        drop(hot);
-        drop(conn);
-        drop(stale);
-        None
+        hot.kept.pop().map(|(conn, _)| conn)
     }
 
     /// Gives every kept connection back to sqlx's pool, which pings them;
