@@ -216,13 +216,22 @@ impl Conn<'_> {
     }
 }
 
-/// The condition of a page that starts after `(created_at, id)`, with its
-/// two parameters added to `args`.
-pub(crate) fn after_cursor(args: &mut Vec<Arg>, (at, id): &(String, String)) -> String {
+/// The condition of a page that starts after `(at, id)` in the order of the
+/// columns `at_column, id_column`, with its two parameters added to `args`.
+///
+/// A row-value comparison, not `at > $a OR (at = $a AND id > $b)`: both
+/// stores seek an index on `(..., at, id)` to the row-value's start, while
+/// PostgreSQL reads the `OR` as a filter over every row before it, so
+/// page n of a list cost n pages (61 ms for a page of 500 at 100,000).
+pub(crate) fn after_cursor(
+    args: &mut Vec<Arg>,
+    (at_column, id_column): (&str, &str),
+    (at, id): &(String, String),
+) -> String {
     args.push(at.into());
     args.push(id.into());
     let (a, b) = (args.len() - 1, args.len());
-    format!("(created_at > ${a} OR (created_at = ${a} AND id > ${b}))")
+    format!("({at_column}, {id_column}) > (${a}, ${b})")
 }
 
 /// `sql` with each `$n` parameter made `$(n + by)`.

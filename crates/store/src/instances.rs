@@ -447,14 +447,8 @@ impl Store {
                  AND o.key = ${k} AND o.value = ${v})"
             ));
         }
-        if let Some((at, id)) = &filter.after {
-            args.push(at.into());
-            args.push(id.into());
-            let (a, b) = (args.len() - 1, args.len());
-            let (at_column, id_column) = order;
-            conditions.push(format!(
-                "({at_column} > ${a} OR ({at_column} = ${a} AND {id_column} > ${b}))"
-            ));
+        if let Some(after) = &filter.after {
+            conditions.push(crate::db::after_cursor(&mut args, order, after));
         }
         match &filter.state {
             Some(state) => {

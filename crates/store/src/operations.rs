@@ -170,7 +170,11 @@ impl Store {
             }
         }
         if let Some(after) = &filter.after {
-            conditions.push(crate::db::after_cursor(&mut args, after));
+            conditions.push(crate::db::after_cursor(
+                &mut args,
+                ("created_at", "id"),
+                after,
+            ));
         }
         let mut sql = format!("SELECT {OPERATION_COLUMNS} FROM operations");
         if !conditions.is_empty() {

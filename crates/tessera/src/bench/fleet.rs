@@ -578,6 +578,37 @@ async fn running_or_ended(store: &Store) -> Result<(usize, usize)> {
     Ok((count("running"), count("terminated")))
 }
 
+/// The token of a page near the end of a paged list at `path` (`?` or `&`
+/// already in it), walked a thousand at a time as a client would: the
+/// token of the last page but one, so that what follows it is between one
+/// and two thousand rows deep in the list. `None` for a list of one page.
+/// A page read with it must cost what the first page costs.
+async fn deep_page_token(bench: &Bench, path: &str) -> Result<Option<String>> {
+    let (mut before, mut last) = (None, None);
+    loop {
+        let mut url = format!("{path}limit=1000");
+        if let Some(token) = &last {
+            url.push_str(&format!("&page_token={token}"));
+        }
+        let (status, headers, bytes) = bench
+            .send(reqwest::Method::GET, &url, None, &bench.token)
+            .await?;
+        if !status.is_success() {
+            bail!("GET {url} answered {status}");
+        }
+        // In the body (`/v1/instances`) or in a header (`/v1/operations`).
+        let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        let next = body["next_page_token"]
+            .as_str()
+            .or_else(|| headers.get("x-next-page-token")?.to_str().ok())
+            .map(str::to_string);
+        match next {
+            Some(token) => (before, last) = (last, Some(token)),
+            None => return Ok(before.or(last)),
+        }
+    }
+}
+
 struct Endpoint {
     face: &'static str,
     label: String,
@@ -644,6 +675,18 @@ async fn read_endpoints(bench: &Bench, store: &Store) -> Result<Vec<Endpoint>> {
         .map(|h| h.id.clone())
         .unwrap_or_default();
     let key_id = key["id"].as_str().unwrap_or("none").to_string();
+    let deep = |path: &str, token: Option<String>| match token {
+        Some(token) => format!("{path}?limit=100&page_token={token}"),
+        None => format!("{path}?limit=100"),
+    };
+    let deep_instances = deep(
+        "/v1/instances",
+        deep_page_token(bench, "/v1/instances?").await?,
+    );
+    let deep_operations = deep(
+        "/v1/operations",
+        deep_page_token(bench, "/v1/operations?").await?,
+    );
     let native = |label: &str, path: String| Endpoint {
         face: "native",
         label: label.to_string(),
@@ -671,6 +714,14 @@ async fn read_endpoints(bench: &Bench, store: &Store) -> Result<Vec<Endpoint>> {
         native(
             "GET /v1/operations?limit=100",
             "/v1/operations?limit=100".into(),
+        ),
+        native(
+            "GET /v1/instances?limit=100 (a page at the end)",
+            deep_instances,
+        ),
+        native(
+            "GET /v1/operations?limit=100 (a page at the end)",
+            deep_operations,
         ),
         native(
             "GET /v1/operations/{id}",
