@@ -985,16 +985,18 @@ async fn claim_cpus(
     // committed before ours. Each arm reads one host's rows and looks its
     // instances up by key, whatever plan PostgreSQL keeps for the prepared
     // statement: planned while the tables were small, a semi-join on
-    // `id IN (...)` scanned every instance at each claim.
+    // `id IN (...)` scanned every instance at each claim. The ledger's
+    // holders are made distinct before they are looked up: one lookup per
+    // instance, not one per CPU it holds.
     let used = conn
         .fetch_int(
             "SELECT CAST(COALESCE(SUM(memory_mb), 0) AS BIGINT) FROM (\
              SELECT id, memory_mb FROM instances WHERE host_id = $1 \
-             UNION SELECT SUBSTR(holder, 10), \
-             (SELECT memory_mb FROM instances WHERE id = SUBSTR(holder, 10)) \
-             FROM cpu_claims WHERE host_id = $1 AND SUBSTR(holder, 1, 9) = 'instance:' \
-             UNION SELECT instance_id, (SELECT memory_mb FROM instances WHERE id = instance_id) \
-             FROM cpu_shares WHERE host_id = $1) held",
+             UNION SELECT c.id, (SELECT memory_mb FROM instances WHERE id = c.id) \
+             FROM (SELECT DISTINCT SUBSTR(holder, 10) AS id FROM cpu_claims \
+             WHERE host_id = $1 AND SUBSTR(holder, 1, 9) = 'instance:') c \
+             UNION SELECT s.id, (SELECT memory_mb FROM instances WHERE id = s.id) \
+             FROM (SELECT DISTINCT instance_id AS id FROM cpu_shares WHERE host_id = $1) s) held",
             &[(&place.host_id).into()],
         )
         .await?
