@@ -298,14 +298,25 @@ mod tests {
     /// through, the agent speaks HTTP/1.1 to it.
     #[tokio::test]
     async fn an_agent_that_guessed_http2_wrong_speaks_http1_after_a_few_failed_calls() {
-        // A port nobody listens on yet.
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        let addr = listener.local_addr().expect("addr");
+        // A port nobody listens on yet: bound (so that no other test or
+        // process takes it meanwhile), not listening (so a connection to
+        // it is refused), until the proxy starts listening on it.
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+            .expect("socket");
+        let any_port: std::net::SocketAddr = "127.0.0.1:0".parse().expect("address");
+        socket.bind(&any_port.into()).expect("bind");
+        let addr = socket
+            .local_addr()
+            .expect("addr")
+            .as_socket()
+            .expect("an IP address");
         let base = format!("http://{addr}");
-        drop(listener);
         let transport = Arc::new(Transport::connect(&base).await.expect("transport"));
         assert!(transport.speaks_http2());
-        serve_http1_only(tokio::net::TcpListener::bind(addr).await.expect("rebind"));
+        socket.listen(128).expect("listen");
+        socket.set_nonblocking(true).expect("nonblocking");
+        let listener = std::net::TcpListener::from(socket);
+        serve_http1_only(tokio::net::TcpListener::from_std(listener).expect("listener"));
         assert_eq!(version(&transport, &base).await, None, "HTTP/2 fails there");
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
