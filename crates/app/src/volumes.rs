@@ -818,19 +818,21 @@ impl App {
 
     /// Makes sure the storage of every volume of an instance placed on a
     /// host is there, at its size; a volume without a home gets the
-    /// instance's host.
+    /// instance's host. Answers the volumes as the host attaches them (for
+    /// [`App::on_host_with`]), or `None` for an instance on no host.
     pub(crate) async fn prepare_volumes(
         &self,
         instance: &crate::instances::Instance,
-    ) -> Result<(), HostCallError> {
+    ) -> Result<Option<Vec<tessera_agent_api::AttachedVolume>>, HostCallError> {
         let Some(host) = instance.host_id.clone() else {
-            return Ok(());
+            return Ok(None);
         };
         let volumes = self
             .store
             .instance_volumes(&instance.id)
             .await
             .map_err(|e| HostCallError::Failed(e.to_string()))?;
+        let attached = crate::instances::attached_volumes(volumes.clone());
         // The OS volume is the instance's root file system, which the host
         // makes with the instance.
         for volume in volumes.into_iter().filter(|v| v.is_os_volume == 0) {
@@ -868,7 +870,7 @@ impl App {
             )
             .await?;
         }
-        Ok(())
+        Ok(Some(attached))
     }
 
     /// Destroys the storage of volumes deleted for good or in the trash for

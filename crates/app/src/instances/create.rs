@@ -310,17 +310,20 @@ impl App {
         }
         // A cancel asked since the operation was taken is heard below, as
         // soon as the host is asked: no read of the operation here.
-        if let Err(why) = self.prepare_volumes(&instance).await {
-            tracing::warn!(instance = %instance.id, error = %why, "preparing the instance's volumes failed");
-            return self
-                .unwind_create(
-                    run,
-                    TerminationCause::HostFailed,
-                    &format!("the host could not prepare the instance's volumes: {why}"),
-                )
-                .await;
-        }
-        let create = self.on_host(&instance, |agent, spec| async move {
+        let volumes = match self.prepare_volumes(&instance).await {
+            Ok(volumes) => volumes,
+            Err(why) => {
+                tracing::warn!(instance = %instance.id, error = %why, "preparing the instance's volumes failed");
+                return self
+                    .unwind_create(
+                        run,
+                        TerminationCause::HostFailed,
+                        &format!("the host could not prepare the instance's volumes: {why}"),
+                    )
+                    .await;
+            }
+        };
+        let create = self.on_host_with(&instance, volumes, |agent, spec| async move {
             agent.create_instance(&spec).await
         });
         // A cancel does not wait for the host to answer.

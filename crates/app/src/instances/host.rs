@@ -10,6 +10,15 @@ use tessera_agent_api::InstanceSpec;
 impl App {
     /// What the host must run for `instance`.
     pub(super) async fn instance_spec(&self, instance: &Instance) -> Result<InstanceSpec> {
+        self.instance_spec_with(instance, None).await
+    }
+
+    /// [`App::instance_spec`] with its volumes, when they were just read.
+    async fn instance_spec_with(
+        &self,
+        instance: &Instance,
+        volumes: Option<Vec<tessera_agent_api::AttachedVolume>>,
+    ) -> Result<InstanceSpec> {
         let spec = &instance.spec;
         let mut ssh_keys = Vec::new();
         for id in &spec.ssh_key_ids {
@@ -23,20 +32,10 @@ impl App {
                 .decode(u.trim())
                 .ok()
         });
-        let volumes = self
-            .store
-            .instance_volumes(&instance.id)
-            .await?
-            .into_iter()
-            // The OS volume is the instance's own root file system.
-            .filter(|v| v.is_os_volume == 0)
-            .filter_map(|v| {
-                Some(tessera_agent_api::AttachedVolume {
-                    target: v.target?,
-                    id: v.id,
-                })
-            })
-            .collect();
+        let volumes = match volumes {
+            Some(volumes) => volumes,
+            None => attached_volumes(self.store.instance_volumes(&instance.id).await?),
+        };
         // A container's SSH switch and storage.
         let container = self.store.container(&instance.id).await?;
         let storage = container
@@ -168,17 +167,54 @@ impl App {
         F: FnOnce(std::sync::Arc<dyn tessera_agent_api::HostAgent>, InstanceSpec) -> Fut,
         Fut: std::future::Future<Output = Result<T, tessera_agent_api::AgentError>>,
     {
-        let host = instance.host_id.clone().ok_or(HostCallError::NoAgent)?;
-        let agent = self
-            .agent(&host)
-            .await
-            .map_err(|e| HostCallError::Failed(e.to_string()))?
-            .ok_or(HostCallError::NoAgent)?;
+        self.on_host_with(instance, None, call).await
+    }
+
+    /// [`App::on_host`] with the instance's volumes as
+    /// [`App::prepare_volumes`] just read them, not read again.
+    pub(crate) async fn on_host_with<T, F, Fut>(
+        &self,
+        instance: &Instance,
+        volumes: Option<Vec<tessera_agent_api::AttachedVolume>>,
+        call: F,
+    ) -> Result<T, HostCallError>
+    where
+        F: FnOnce(std::sync::Arc<dyn tessera_agent_api::HostAgent>, InstanceSpec) -> Fut,
+        Fut: std::future::Future<Output = Result<T, tessera_agent_api::AgentError>>,
+    {
+        let agent = self.host_agent(instance).await?;
         let spec = self
-            .instance_spec(instance)
+            .instance_spec_with(instance, volumes)
             .await
             .map_err(|e| HostCallError::Failed(e.to_string()))?;
         self.host_call(call(agent, spec)).await
+    }
+
+    /// Calls the instance's host with what needs only the instance's id (a
+    /// stop, a delete): its spec, a dozen reads, is not made.
+    pub(crate) async fn on_host_by_id<T, F, Fut>(
+        &self,
+        instance: &Instance,
+        call: F,
+    ) -> Result<T, HostCallError>
+    where
+        F: FnOnce(std::sync::Arc<dyn tessera_agent_api::HostAgent>, String) -> Fut,
+        Fut: std::future::Future<Output = Result<T, tessera_agent_api::AgentError>>,
+    {
+        let agent = self.host_agent(instance).await?;
+        self.host_call(call(agent, instance.id.to_string())).await
+    }
+
+    /// The agent of the instance's host.
+    async fn host_agent(
+        &self,
+        instance: &Instance,
+    ) -> Result<std::sync::Arc<dyn tessera_agent_api::HostAgent>, HostCallError> {
+        let host = instance.host_id.clone().ok_or(HostCallError::NoAgent)?;
+        self.agent(&host)
+            .await
+            .map_err(|e| HostCallError::Failed(e.to_string()))?
+            .ok_or(HostCallError::NoAgent)
     }
 
     /// Has the instance's host let it go. A host with no agent (gone for
@@ -245,4 +281,21 @@ impl App {
                 })?;
         opened.map_err(|e| Error::HostFailed(format!("opening a session into {id}: {e}")))
     }
+}
+
+/// An instance's volumes as its host attaches them: every one but the OS
+/// volume, which is the instance's own root file system.
+pub(crate) fn attached_volumes(
+    volumes: Vec<tessera_store::VolumeRecord>,
+) -> Vec<tessera_agent_api::AttachedVolume> {
+    volumes
+        .into_iter()
+        .filter(|v| v.is_os_volume == 0)
+        .filter_map(|v| {
+            Some(tessera_agent_api::AttachedVolume {
+                target: v.target?,
+                id: v.id,
+            })
+        })
+        .collect()
 }

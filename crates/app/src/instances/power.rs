@@ -113,21 +113,21 @@ impl App {
         let instance = self.run_instance(run).await?;
         let outcome = match kind {
             OperationKind::InstanceDelete => self
-                .on_host(&instance, |agent, spec| async move {
-                    agent.delete_instance(&spec.id).await
+                .on_host_by_id(&instance, |agent, id| async move {
+                    agent.delete_instance(&id).await
                 })
                 .await
                 .map(|()| None),
             OperationKind::InstanceStop => self
-                .on_host(&instance, |agent, spec| async move {
-                    agent.stop_instance(&spec.id).await
+                .on_host_by_id(&instance, |agent, id| async move {
+                    agent.stop_instance(&id).await
                 })
                 .await
                 .map(|()| None),
             _ => match self.prepare_volumes(&instance).await {
                 Err(why) => Err(why),
-                Ok(()) => self
-                    .on_host(&instance, |agent, spec| async move {
+                Ok(volumes) => self
+                    .on_host_with(&instance, volumes, |agent, spec| async move {
                         agent.start_instance(&spec).await
                     })
                     .await
