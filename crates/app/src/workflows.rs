@@ -237,7 +237,7 @@ impl App {
                 self.forget_defaults(&op.project_id);
                 return Err(crate::instances::network_gone());
             }
-            tessera_store::InstancesAdded::Recorded
+            tessera_store::InstancesAdded::Recorded(_)
             | tessera_store::InstancesAdded::VolumeTaken
             | tessera_store::InstancesAdded::ReplicasEnough => {}
         }

@@ -16,7 +16,7 @@ use crate::{QuotaCheck, Result, Store, now};
 use std::sync::Arc;
 use tessera_core::status::{InstanceState, TerminationCause};
 
-#[derive(Clone, Debug, sqlx::FromRow)]
+#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
 pub struct InstanceRecord {
     pub id: String,
     pub project_id: String,
@@ -69,7 +69,9 @@ pub struct NewInstance {
 /// How recording new instances went; nothing changed unless `Recorded`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum InstancesAdded {
-    Recorded,
+    /// The instances as they were written (as a read of them would answer
+    /// until their operation changes them).
+    Recorded(Vec<InstanceRecord>),
     /// A volume to attach is no longer detached.
     VolumeTaken,
     /// This subnet has no free address left.
@@ -170,8 +172,29 @@ impl Store {
         let base = chrono::Utc::now();
         let mut statements: Vec<(String, Vec<Arg>)> = Vec::new();
         let mut attaches = Vec::new();
+        let mut written = Vec::with_capacity(instances.len());
         for (n, instance) in instances.iter().enumerate() {
             let at = crate::timestamp(base + chrono::Duration::microseconds(n as i64));
+            written.push(InstanceRecord {
+                id: instance.id.clone(),
+                project_id: instance.project_id.clone(),
+                name: instance.name.clone(),
+                labels: instance.labels.to_string(),
+                spec: instance.spec.to_string(),
+                state: "provisioning".into(),
+                state_detail: None,
+                host_id: None,
+                cpu_list: None,
+                memory_mb: instance.memory_mb,
+                private_ip: String::new(),
+                public_ip: String::new(),
+                operation_id: Some(op.id.clone()),
+                generation: 1,
+                created_at: at.clone(),
+                updated_at: at.clone(),
+                ssh_endpoint: None,
+                end_cause: None,
+            });
             statements.push((
                 format!(
                     "INSERT INTO instances ({INSERT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, \
@@ -271,15 +294,17 @@ impl Store {
                 .filter_map(|i| Some((i.id.clone(), i.replica.clone()?)))
                 .collect(),
         );
+        let written = Arc::new(written);
         let outcome = self
             .write("insert_instances", move |mut conn| {
-                let (statements, combined, attaches, quota, networks, replicas) = (
+                let (statements, combined, attaches, quota, networks, replicas, written) = (
                     statements.clone(),
                     combined.clone(),
                     attaches.clone(),
                     quota.clone(),
                     networks.clone(),
                     replicas.clone(),
+                    written.clone(),
                 );
                 Box::pin(async move {
                     if let Some(quota) = quota.as_ref()
@@ -305,10 +330,16 @@ impl Store {
                             return Ok(Commit::Undo(Ok(InstancesAdded::ReplicasEnough)));
                         }
                     }
+                    let mut written = written.as_ref().clone();
                     for (id, network) in networks.iter() {
                         let refused =
                             match crate::networks::attach_instance(&mut conn, id, network).await? {
-                                crate::networks::Attached::Address(_) => continue,
+                                crate::networks::Attached::Address(address) => {
+                                    if let Some(record) = written.iter_mut().find(|r| r.id == *id) {
+                                        record.private_ip = address;
+                                    }
+                                    continue;
+                                }
                                 crate::networks::Attached::Full => {
                                     InstancesAdded::SubnetFull(network.subnet_id.clone())
                                 }
@@ -316,7 +347,7 @@ impl Store {
                             };
                         return Ok(Commit::Undo(Ok(refused)));
                     }
-                    Ok(Commit::Keep(Ok(InstancesAdded::Recorded)))
+                    Ok(Commit::Keep(Ok(InstancesAdded::Recorded(written))))
                 })
             })
             .await?;

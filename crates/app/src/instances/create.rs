@@ -244,12 +244,12 @@ impl App {
                 instances_usage(std::slice::from_ref(instance)),
             )
             .await?;
-        match self
+        let written = match self
             .store
             .insert_instance(instance, &op, Some(&quota))
             .await?
         {
-            InstancesAdded::Recorded => {}
+            InstancesAdded::Recorded(written) => written,
             InstancesAdded::VolumeTaken => {
                 return Err(Error::Conflict(
                     "a volume in existing_volumes was attached elsewhere meanwhile; try again"
@@ -266,14 +266,18 @@ impl App {
                     "the deployment has all the replicas it may have, or is being deleted".into(),
                 ));
             }
-        }
+        };
         self.tag_new(&caller.project_id, crate::tags::Tagged::Instance, &id, tags)
             .await?;
         tracing::info!(instance = %id, name = %instance.name, project = %caller.project_name, "instance requested");
         self.publish("instance", &id, Some(&caller.project_id), "provisioning");
-        // Read before the operation starts, so the answer shows what was
-        // recorded, whatever the operation does next.
-        let recorded = self.project_instance(&caller.project_id, &id).await?;
+        // The answer is what was recorded, as written (not read back),
+        // whatever the operation does next.
+        let recorded = written
+            .into_iter()
+            .next()
+            .ok_or_else(|| Error::corrupt(format!("instance {id} was recorded without its row")))
+            .and_then(Instance::from_record)?;
         self.spawn_operation(&op.id);
         Ok(recorded)
     }

@@ -266,7 +266,14 @@ pub async fn create_instance(
             },
         )
         .await?;
-    accepted(&app, StatusCode::CREATED, instance).await
+    // A new instance has no tags: this API takes none at creation (they
+    // are added after, at `/v1/instances/{id}/tags`), so none are read.
+    let location = operation_location(instance.operation_id.as_deref().unwrap_or_default());
+    Ok((
+        StatusCode::CREATED,
+        location,
+        Json(InstanceBody::new(instance, Vec::new())),
+    ))
 }
 
 /// List instances, oldest first.

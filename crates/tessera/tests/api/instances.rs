@@ -211,6 +211,12 @@ async fn an_instance_lives_its_whole_lifecycle(backend: Backend) {
     // given).
     assert_eq!(running["status"]["private_ip"], "10.200.1.2");
     assert_eq!(running["operation_id"], json!(null));
+    // The creation's answer is the instance as recorded (its address given
+    // with it), as a read of it answers but for what the operation did.
+    assert_eq!(created["status"]["private_ip"], "10.200.1.2");
+    assert_eq!(created["metadata"], running["metadata"]);
+    assert_eq!(created["spec"], running["spec"]);
+    assert_eq!(created["metadata"]["tags"], json!([]));
     let cpus =
         CpuSet::parse_list(running["status"]["cpus"].as_str().expect("cpus")).expect("cpu list");
     assert_eq!(cpus.len(), 2);
