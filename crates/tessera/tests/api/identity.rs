@@ -688,12 +688,24 @@ async fn another_projects_objects_are_not_found(backend: Backend) {
     for (method, path) in [
         (Method::DELETE, format!("/v1/instances/{instance_id}")),
         (Method::POST, format!("/v1/instances/{instance_id}/stop")),
+        (Method::POST, format!("/v1/instances/{instance_id}/start")),
         (Method::DELETE, format!("/v1/ssh-keys/{key_id}")),
         (Method::POST, format!("/v1/operations/{op_id}/cancel")),
     ] {
         let (status, body) = server.call(method, &path, None, &eve).await;
         assert_error(status, &body, StatusCode::NOT_FOUND, "NOT_FOUND");
     }
+    // And none of it touched alice's instance.
+    let (_, still) = server
+        .call(
+            Method::GET,
+            &format!("/v1/instances/{instance_id}"),
+            None,
+            &alice,
+        )
+        .await;
+    assert_eq!(still["status"]["state"], "running", "{still}");
+    assert_eq!(still["operation_id"], json!(null), "{still}");
     let (_, listed) = server.call(Method::GET, "/v1/instances", None, &eve).await;
     assert_eq!(listed["items"], json!([]));
     let (_, listed) = server.call(Method::GET, "/v1/operations", None, &eve).await;
