@@ -59,6 +59,12 @@ pub struct FleetArgs {
     /// up: each join is a registration and its host's preparation.
     #[arg(long, default_value_t = 500)]
     join_rate: u32,
+    /// Set no quota at all, so creations skip the quota check (as a
+    /// project whose every limit is -1). By default every limit is set far
+    /// above what the run uses: each creation is checked against its
+    /// project's quota, as it is with the server's default quotas.
+    #[arg(long)]
+    unlimited_quotas: bool,
 }
 
 /// What the control plane's process has used so far.
@@ -194,6 +200,18 @@ pub async fn run(args: FleetArgs) -> Result<()> {
     settings.http.max_connections = 100_000;
     settings.http.max_per_address = 100_000;
     settings.credential_rate_limit = u32::MAX;
+    if !args.unlimited_quotas {
+        let far = 1 << 40;
+        settings.quota_defaults = tessera_store::Usage {
+            instances: far,
+            vcpus: far,
+            memory_mb: far,
+            volumes: far,
+            volume_gb: far,
+            containers: far,
+            ssh_keys: far,
+        };
+    }
     let running = server::start(&settings).await?;
     let store = running.app.store().clone();
     let bench = Bench {
@@ -209,7 +227,7 @@ pub async fn run(args: FleetArgs) -> Result<()> {
     };
     let backend = store.backend().name();
     println!(
-        "fleet on {backend}: {} hosts of {} CPUs ({}), {} instances by {} clients",
+        "fleet on {backend}: {} hosts of {} CPUs ({}), {} instances by {} clients, {}",
         args.hosts,
         args.cpus,
         if args.agents {
@@ -218,7 +236,12 @@ pub async fn run(args: FleetArgs) -> Result<()> {
             "simulated in the server's process"
         },
         args.instances,
-        args.clients
+        args.clients,
+        if args.unlimited_quotas {
+            "no quota checked"
+        } else {
+            "each creation checked against its project's quota"
+        }
     );
     let pid = std::process::id();
     let before = usage_of(pid)?;
