@@ -5,7 +5,9 @@
 //! The check is atomic across replicas: on PostgreSQL it first locks the
 //! project's row (`SELECT ... FOR UPDATE`), so two creations for one
 //! project never both pass on the same free room; on SQLite the single
-//! writer already runs them one after the other.
+//! writer already runs them one after the other. What a project uses is
+//! kept by the schema's triggers as its rows change (migration 0028), so a
+//! check reads a few rows however many instances the project has.
 
 use crate::db::{Conn, DbError};
 use crate::{Result, Store, now};
@@ -20,12 +22,23 @@ pub struct QuotaCheck {
     pub adds: Usage,
 }
 
-/// One row of what a project uses: instances that are not terminated
-/// (and the Kloigos units it holds, as instances of their CPU count; a unit
-/// an instance holds is that instance's), volumes not yet purged (the trash
-/// holds storage), OS volumes too, the containers among its live instances,
-/// and its SSH keys.
+/// What a project uses, as the store keeps it (migration 0028: the sum of
+/// the project's rows in `project_usage`, changed by trigger whenever an
+/// instance, unit, volume, container or key is): a few rows, however much
+/// the project has.
 const USAGE: &str = "SELECT \
+     CAST(COALESCE(SUM(instances), 0) AS BIGINT), CAST(COALESCE(SUM(vcpus), 0) AS BIGINT), \
+     CAST(COALESCE(SUM(memory_mb), 0) AS BIGINT), CAST(COALESCE(SUM(volumes), 0) AS BIGINT), \
+     CAST(COALESCE(SUM(volume_gb), 0) AS BIGINT), CAST(COALESCE(SUM(containers), 0) AS BIGINT), \
+     CAST(COALESCE(SUM(ssh_keys), 0) AS BIGINT) \
+     FROM project_usage WHERE project_id = $1";
+
+/// What a project uses, counted from its rows: what `project_usage` keeps.
+/// Instances that are not terminated (and the Kloigos units it holds, as
+/// instances of their CPU count; a unit an instance holds is that
+/// instance's), volumes not yet purged (the trash holds storage), OS
+/// volumes too, the containers among its live instances, and its SSH keys.
+const COUNTED: &str = "SELECT \
      (SELECT COUNT(*) FROM instances WHERE project_id = $1 AND state <> 'terminated') \
      + (SELECT COUNT(*) FROM compute_units WHERE project_id = $1 AND instance_id IS NULL), \
      (SELECT CAST(COALESCE(SUM(vcpus), 0) AS BIGINT) FROM instances \
@@ -173,8 +186,28 @@ impl Store {
 
     /// What a project uses now.
     pub async fn project_usage(&self, project_id: &str) -> Result<Usage> {
+        self.usage_by(USAGE, project_id).await
+    }
+
+    /// What a project uses as the store keeps it, and as counted from
+    /// every row it has, read together (one statement, one snapshot): the
+    /// two agree, and checks of that (the tests, an operator's doubt)
+    /// compare them.
+    pub async fn project_usage_audit(&self, project_id: &str) -> Result<(Usage, Usage)> {
+        let sql = format!("SELECT * FROM ({USAGE}) AS kept CROSS JOIN ({COUNTED}) AS counted");
+        let rows = self.fetch_rows(&sql, &[project_id.into()], Some(1)).await?;
+        let row = match rows.first() {
+            Some(row) => (0..14)
+                .map(|i| sqlx::Row::try_get::<i64, _>(row, i))
+                .collect::<std::result::Result<Vec<i64>, _>>()?,
+            None => vec![0; 14],
+        };
+        Ok((usage_of(&row), usage_of(row.get(7..).unwrap_or_default())))
+    }
+
+    async fn usage_by(&self, sql: &str, project_id: &str) -> Result<Usage> {
         let row: Option<(i64, i64, i64, i64, i64, i64, i64)> =
-            self.fetch_optional(USAGE, &[project_id.into()]).await?;
+            self.fetch_optional(sql, &[project_id.into()]).await?;
         let (a, b, c, d, e, f, g) = row.unwrap_or_default();
         Ok(usage_of(&[a, b, c, d, e, f, g]))
     }

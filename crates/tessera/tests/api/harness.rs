@@ -333,7 +333,19 @@ impl TestServer {
         self._dir.path()
     }
 
+    /// Stops the server, once every project's usage as the store keeps it
+    /// (migration 0028) is checked against its rows: whatever the test did
+    /// through whichever face, the two agree.
     pub async fn stop(self) {
+        let store = self.running.app.store().clone();
+        for project in store.projects().await.expect("projects") {
+            let (kept, counted) = store.project_usage_audit(&project.id).await.expect("usage");
+            assert_eq!(
+                kept, counted,
+                "project {}: the usage the store keeps is not its rows'",
+                project.id
+            );
+        }
         self.running.shutdown().await.expect("clean shutdown");
     }
 
