@@ -307,11 +307,6 @@ impl Store {
                     written.clone(),
                 );
                 Box::pin(async move {
-                    if let Some(quota) = quota.as_ref()
-                        && let Some(exceeded) = crate::quotas::enforce(&mut conn, quota).await?
-                    {
-                        return Ok(Commit::Undo(Err(exceeded)));
-                    }
                     let changed = match (conn.is_postgres(), combined.as_ref()) {
                         (true, Some((sql, args))) => conn.fetch_ints(sql, args).await?,
                         _ => {
@@ -346,6 +341,14 @@ impl Store {
                                 crate::networks::Attached::Gone => InstancesAdded::NetworkGone,
                             };
                         return Ok(Commit::Undo(Ok(refused)));
+                    }
+                    // Last, so that the project is locked only until the
+                    // commit.
+                    if let Some(quota) = quota.as_ref()
+                        && let Some(exceeded) =
+                            crate::quotas::enforce_written(&mut conn, quota).await?
+                    {
+                        return Ok(Commit::Undo(Err(exceeded)));
                     }
                     Ok(Commit::Keep(Ok(InstancesAdded::Recorded(written))))
                 })

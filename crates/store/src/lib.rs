@@ -373,9 +373,10 @@ impl Store {
         .await
     }
 
-    /// [`Store::run_statements`] after `quota`'s check in the same
-    /// transaction: [`StoreError::QuotaExceeded`], changing nothing, when the
-    /// statements would take the project over a limit.
+    /// [`Store::run_statements`] with `quota`'s check in the same
+    /// transaction, after the statements (`quotas::enforce_written`):
+    /// [`StoreError::QuotaExceeded`], changing nothing, when they take the
+    /// project over a limit.
     async fn run_statements_within(
         &self,
         what: &'static str,
@@ -392,17 +393,17 @@ impl Store {
                 let work = work.clone();
                 Box::pin(async move {
                     let (statements, quota) = &*work;
-                    if let Some(exceeded) = quotas::enforce(&mut conn, quota).await? {
-                        return Ok(writer::Commit::Undo(Err(exceeded)));
-                    }
                     let mut counts = Vec::with_capacity(statements.len());
                     for (sql, args) in statements.iter() {
                         counts.push(conn.execute(sql, args).await?);
                     }
-                    Ok(match keep(&counts) {
-                        true => writer::Commit::Keep(Ok(counts)),
-                        false => writer::Commit::Undo(Ok(counts)),
-                    })
+                    if !keep(&counts) {
+                        return Ok(writer::Commit::Undo(Ok(counts)));
+                    }
+                    if let Some(exceeded) = quotas::enforce_written(&mut conn, quota).await? {
+                        return Ok(writer::Commit::Undo(Err(exceeded)));
+                    }
+                    Ok(writer::Commit::Keep(Ok(counts)))
                 })
             })
             .await?;

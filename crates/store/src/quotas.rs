@@ -68,11 +68,15 @@ fn usage_of(row: &[i64]) -> Usage {
 }
 
 /// Locks a project's row (on PostgreSQL) for a write that counts what the
-/// project has before adding to it.
-pub(crate) const LOCK_PROJECT: &str = "SELECT id FROM projects WHERE id = $1 FOR UPDATE";
+/// project has before adding to it. `NO KEY UPDATE`: the writes that count
+/// wait for one another, but not the rows that merely refer to the project
+/// (a foreign key's check takes `KEY SHARE`), so another creation's own
+/// rows go in while this one holds the lock.
+pub(crate) const LOCK_PROJECT: &str = "SELECT id FROM projects WHERE id = $1 FOR NO KEY UPDATE";
 
-/// Runs a write's quota check inside its transaction: `Some` names the
-/// limit it would go over (the caller then undoes its write).
+/// Runs a write's quota check inside its transaction, before the write's
+/// own changes: `Some` names the limit it would go over (the caller then
+/// undoes its write). The project stays locked until the commit.
 pub(crate) async fn enforce(
     conn: &mut Conn<'_>,
     check: &QuotaCheck,
@@ -80,12 +84,35 @@ pub(crate) async fn enforce(
     if check.is_unbounded() {
         return Ok(None);
     }
-    let project = check.project_id.as_str();
+    let used = locked_usage(conn, &check.project_id).await?;
+    Ok(check.exceeded(&used))
+}
+
+/// Runs a write's quota check inside its transaction, after the write's
+/// own changes and last before its commit: what the project uses then
+/// counts them already (the triggers of migration 0028), and it is over a
+/// limit when that is. On PostgreSQL the project's lock is taken here, so
+/// it is held from this statement to the commit alone, not through the
+/// write: creations of one project wait for one another only that long.
+/// Each reads, once it holds the lock, what every write checked before it
+/// committed (a statement of READ COMMITTED sees what committed before it
+/// began); a write not yet checked counts itself when it is.
+pub(crate) async fn enforce_written(
+    conn: &mut Conn<'_>,
+    check: &QuotaCheck,
+) -> std::result::Result<Option<QuotaExceeded>, DbError> {
+    if check.is_unbounded() {
+        return Ok(None);
+    }
+    let after = locked_usage(conn, &check.project_id).await?;
+    Ok(check.exceeded_after(&after))
+}
+
+async fn locked_usage(conn: &mut Conn<'_>, project: &str) -> std::result::Result<Usage, DbError> {
     if conn.is_postgres() {
         conn.fetch_text(LOCK_PROJECT, &[project.into()]).await?;
     }
-    let used = usage_of(&conn.fetch_ints(USAGE, &[project.into()]).await?);
-    Ok(check.exceeded(&used))
+    Ok(usage_of(&conn.fetch_ints(USAGE, &[project.into()]).await?))
 }
 
 impl QuotaCheck {
@@ -96,6 +123,26 @@ impl QuotaCheck {
             .into_iter()
             .zip(self.adds.items())
             .all(|((_, limit), (_, asked))| limit < 0 || asked <= 0)
+    }
+
+    /// The first limit that `after`, what the project uses with the
+    /// write's changes made, is over, among those the write adds to.
+    pub fn exceeded_after(&self, after: &Usage) -> Option<QuotaExceeded> {
+        self.limits
+            .items()
+            .into_iter()
+            .zip(after.items().into_iter().zip(self.adds.items()))
+            .find(|((_, limit), ((_, after), (_, asked)))| {
+                *asked > 0 && *limit >= 0 && after > limit
+            })
+            .map(
+                |((resource, limit), ((_, after), (_, asked)))| QuotaExceeded {
+                    resource,
+                    limit,
+                    used: (after - asked).max(0),
+                    requested: asked,
+                },
+            )
     }
 
     /// The first limit that `used` plus what the write adds goes over.

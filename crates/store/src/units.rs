@@ -354,11 +354,6 @@ async fn claim_unit(
     if status.as_deref() != Some("READY") {
         return Ok(Commit::Undo(Ok(None)));
     }
-    if let Some(quota) = &claim.quota
-        && let Some(exceeded) = crate::quotas::enforce(&mut conn, quota).await?
-    {
-        return Ok(Commit::Undo(Err(exceeded)));
-    }
     let generation = conn
         .fetch_int(
             "UPDATE compute_units SET status = 'ALLOCATING', status_detail = NULL, \
@@ -395,6 +390,11 @@ async fn claim_unit(
     let claimed = conn.execute(&sql, &args).await?;
     if claimed != claim.cpus.len() as u64 {
         return Ok(Commit::Undo(Ok(None)));
+    }
+    if let Some(quota) = &claim.quota
+        && let Some(exceeded) = crate::quotas::enforce_written(&mut conn, quota).await?
+    {
+        return Ok(Commit::Undo(Err(exceeded)));
     }
     Ok(Commit::Keep(Ok(Some(generation))))
 }
