@@ -65,6 +65,10 @@ pub struct FleetArgs {
     /// project's quota, as it is with the server's default quotas.
     #[arg(long)]
     unlimited_quotas: bool,
+    /// Instances deleted at the end, by the same clients, through
+    /// `DELETE /v1/instances/{id}` [default: a tenth of them].
+    #[arg(long)]
+    deletions: Option<usize>,
 }
 
 /// What the control plane's process has used so far.
@@ -272,7 +276,7 @@ pub async fn run(args: FleetArgs) -> Result<()> {
     );
     println!(
         "CPU per creation: control plane {:.2} ms (this process, clients included), PostgreSQL {:.2} ms",
-        created.cpu_ms_per_creation, created.postgres_ms_per_creation
+        created.cpu_ms_each, created.postgres_ms_each
     );
 
     println!(
@@ -360,6 +364,18 @@ pub async fn run(args: FleetArgs) -> Result<()> {
         before.rss_mib,
         (after.cpu - before.cpu).as_secs_f64()
     );
+    let deletions = args.deletions.unwrap_or(args.instances / 10);
+    if deletions > 0 {
+        let deleted = delete_instances(&bench, &store, &args, pid, deletions).await?;
+        println!(
+            "deleted {} instances: {:.0} deletions/s to terminated; delete p50 {:.1} ms, p99 {:.1} ms; {} failed",
+            deleted.count, deleted.rate, deleted.p50_ms, deleted.p99_ms, deleted.failed,
+        );
+        println!(
+            "CPU per deletion: control plane {:.2} ms (this process, clients included), PostgreSQL {:.2} ms",
+            deleted.cpu_ms_each, deleted.postgres_ms_each
+        );
+    }
     if let Some(mut agents) = agents {
         let _ = agents.kill().await;
     }
@@ -449,14 +465,15 @@ async fn at_rest(pid: u32, seconds: u64) -> Result<(f64, f64)> {
     Ok((cpu, after.rss_mib))
 }
 
-struct Created {
+/// What a phase of creations or deletions measured.
+struct Phase {
     count: usize,
     failed: usize,
     rate: f64,
     p50_ms: f64,
     p99_ms: f64,
-    cpu_ms_per_creation: f64,
-    postgres_ms_per_creation: f64,
+    cpu_ms_each: f64,
+    postgres_ms_each: f64,
 }
 
 async fn create_instances(
@@ -464,7 +481,7 @@ async fn create_instances(
     store: &Store,
     args: &FleetArgs,
     pid: u32,
-) -> Result<Created> {
+) -> Result<Phase> {
     let bench = Arc::new(Bench {
         client: bench.client.clone(),
         base: bench.base.clone(),
@@ -578,14 +595,120 @@ async fn create_instances(
     let cpu = usage_of(pid)?.cpu - cpu_before;
     let postgres = postgres_cpu().saturating_sub(postgres_before);
     times.sort_unstable();
-    Ok(Created {
+    Ok(Phase {
         count: accepted,
         failed: failed + errors.load(Ordering::Relaxed) as usize,
         rate: accepted as f64 / ended.as_secs_f64(),
         p50_ms: ms(quantile(&times, 0.5)),
         p99_ms: ms(quantile(&times, 0.99)),
-        cpu_ms_per_creation: cpu.as_secs_f64() * 1000.0 / accepted.max(1) as f64,
-        postgres_ms_per_creation: postgres.as_secs_f64() * 1000.0 / accepted.max(1) as f64,
+        cpu_ms_each: cpu.as_secs_f64() * 1000.0 / accepted.max(1) as f64,
+        postgres_ms_each: postgres.as_secs_f64() * 1000.0 / accepted.max(1) as f64,
+    })
+}
+
+/// Deletes `count` running instances (the first of the list), `clients` at
+/// a time, and waits until each has ended.
+async fn delete_instances(
+    bench: &Bench,
+    store: &Store,
+    args: &FleetArgs,
+    pid: u32,
+    count: usize,
+) -> Result<Phase> {
+    let mut ids = Vec::with_capacity(count);
+    let mut token: Option<String> = None;
+    while ids.len() < count {
+        let mut url = "/v1/instances?state=running&limit=1000".to_string();
+        if let Some(token) = &token {
+            url.push_str(&format!("&page_token={token}"));
+        }
+        let page = bench
+            .json(reqwest::Method::GET, &url, None, &bench.token)
+            .await?;
+        for item in page["items"].as_array().into_iter().flatten() {
+            if ids.len() < count {
+                ids.push(item["id"].as_str().context("no instance id")?.to_string());
+            }
+        }
+        match page["next_page_token"].as_str() {
+            Some(next) => token = Some(next.to_string()),
+            None => break,
+        }
+    }
+    let (_, ended_before) = running_or_ended(store).await?;
+    let cpu_before = usage_of(pid)?.cpu;
+    let postgres_before = postgres_cpu();
+    let ids = Arc::new(ids);
+    let next = Arc::new(AtomicUsize::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..args.clients {
+        let (next, ids, errors) = (next.clone(), ids.clone(), errors.clone());
+        let bench = Bench {
+            client: bench.client.clone(),
+            base: bench.base.clone(),
+            token: bench.token.clone(),
+        };
+        tasks.push(tokio::spawn(async move {
+            let mut times = Vec::new();
+            while let Some(id) = ids.get(next.fetch_add(1, Ordering::Relaxed)) {
+                let start = Instant::now();
+                let path = format!("/v1/instances/{id}");
+                match bench
+                    .send(reqwest::Method::DELETE, &path, None, &bench.token)
+                    .await
+                {
+                    Ok((status, _, _)) if status.is_success() => times.push(start.elapsed()),
+                    Ok((status, _, body)) => {
+                        if errors.fetch_add(1, Ordering::Relaxed) < 3 {
+                            eprintln!(
+                                "delete answered {status}: {}",
+                                String::from_utf8_lossy(&body)
+                            );
+                        }
+                    }
+                    Err(err) => {
+                        if errors.fetch_add(1, Ordering::Relaxed) < 3 {
+                            eprintln!("delete failed: {err}");
+                        }
+                    }
+                }
+            }
+            times
+        }));
+    }
+    let mut times = Vec::new();
+    for task in tasks {
+        times.extend(task.await.context("a client")?);
+    }
+    let accepted = times.len();
+    let mut last = (0, Instant::now());
+    let ended = loop {
+        let (_, terminated) = running_or_ended(store).await?;
+        let terminated = terminated - ended_before;
+        if terminated >= accepted {
+            break started.elapsed();
+        }
+        if terminated != last.0 {
+            last = (terminated, Instant::now());
+        }
+        if last.1.elapsed() > Duration::from_secs(120) {
+            bail!("only {terminated} of {accepted} deletions ended; none for 120 s");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let cpu = usage_of(pid)?.cpu - cpu_before;
+    let postgres = postgres_cpu().saturating_sub(postgres_before);
+    times.sort_unstable();
+    Ok(Phase {
+        count: accepted,
+        failed: errors.load(Ordering::Relaxed) as usize,
+        rate: accepted as f64 / ended.as_secs_f64(),
+        p50_ms: ms(quantile(&times, 0.5)),
+        p99_ms: ms(quantile(&times, 0.99)),
+        cpu_ms_each: cpu.as_secs_f64() * 1000.0 / accepted.max(1) as f64,
+        postgres_ms_each: postgres.as_secs_f64() * 1000.0 / accepted.max(1) as f64,
     })
 }
 
