@@ -1168,6 +1168,33 @@ async fn racing_creations_never_pass_a_quota(backend: Backend) {
         .call(Method::GET, "/v1/instances", None, &alice)
         .await;
     assert_eq!(list["items"].as_array().map(Vec::len), Some(5));
+
+    // Volumes, checked last in their write as instances are: 20 at once
+    // against a limit of 3.
+    set_quota(&server, "alpha", json!({"volumes": 3})).await;
+    crate::verda::add_fin_host(&server, "fin-race", "32xCPU-128GB").await;
+    top_up(&server, "alpha", 1000.0).await;
+    let verda = Verda::login(&server, "alpha").await;
+    let attempts = (0..20).map(|n| {
+        let verda = &verda;
+        async move {
+            let body = json!({"type": "NVMe", "location_code": "FIN-01", "size": 10, "name": format!("v-{n}")});
+            verda.json(Method::POST, "/volumes", Some(body)).await
+        }
+    });
+    let answers = futures::future::join_all(attempts).await;
+    let created = answers.iter().filter(|(s, _)| s.is_success()).count();
+    assert_eq!(created, 3, "{answers:?}");
+    for (status, body) in &answers {
+        if !status.is_success() {
+            assert_eq!(*status, StatusCode::FORBIDDEN, "{body}");
+        }
+    }
+    let (_, volumes) = verda.json(Method::GET, "/volumes", None).await;
+    assert_eq!(volumes.as_array().map(Vec::len), Some(3), "{volumes}");
+    let shown = quota(&server, "alpha", &alice).await;
+    assert_eq!(shown["usage"]["volumes"], 3, "{shown}");
+    assert_eq!(shown["usage"]["volume_gb"], 30, "{shown}");
     server.stop().await;
 }
 
