@@ -4,11 +4,11 @@
 -- changes them, so that a quota check or a project's usage reads a few rows
 -- rather than counting the project's instances and volumes: with quotas
 -- on, every creation counted every live instance of its project. The
--- usage is the sum of up to 16 rows per project, each change going to one
--- at random (as subnets' address counts, migration 0023): on PostgreSQL
--- changes outside a quota check (a termination, a purge) seldom wait for
--- one another's row. What a row counts is what the quota's count counted:
--- instances not terminated; units of a project no instance holds (as
+-- usage is the sum of up to 17 rows per project, each transaction's
+-- changes going to one of them (below): on PostgreSQL changes outside a quota
+-- check (a termination, a purge) seldom wait for one another's row. What
+-- a row counts is what the quota's count counted: instances not
+-- terminated; units of a project no instance holds (as
 -- instances of their CPU count); volumes not purged; containers whose
 -- instance is not terminated; every SSH key.
 CREATE TABLE project_usage (
@@ -54,12 +54,20 @@ WHERE true
 GROUP BY project_id
 ON CONFLICT (project_id, shard) DO UPDATE SET instances = project_usage.instances + excluded.instances, vcpus = project_usage.vcpus + excluded.vcpus, memory_mb = project_usage.memory_mb + excluded.memory_mb, volumes = project_usage.volumes + excluded.volumes, volume_gb = project_usage.volume_gb + excluded.volume_gb, containers = project_usage.containers + excluded.containers, ssh_keys = project_usage.ssh_keys + excluded.ssh_keys;
 
--- Adds to a project's usage, in one of its 16 rows at random.
+-- Adds to a project's usage, in one of its 16 rows: the same one for
+-- every change of a transaction (by its id), so that a transaction holds
+-- one row of a project, and two creations, each adding an instance and its
+-- volume, never hold one row each and wait for the other's. SSH keys
+-- count in a 17th row of their own: a key goes in under the project's
+-- lock (it numbers itself), while a creation takes that lock last,
+-- holding its own row; were the key's row the creation's, each would wait
+-- for the other.
 CREATE FUNCTION add_project_usage(project TEXT, d_instances BIGINT, d_vcpus BIGINT,
     d_memory_mb BIGINT, d_volumes BIGINT, d_volume_gb BIGINT, d_containers BIGINT,
     d_ssh_keys BIGINT) RETURNS void LANGUAGE sql AS $$
     INSERT INTO project_usage (project_id, shard, instances, vcpus, memory_mb, volumes, volume_gb, containers, ssh_keys)
-    VALUES (project, floor(random() * 16)::INTEGER, d_instances, d_vcpus, d_memory_mb,
+    VALUES (project, CASE WHEN d_ssh_keys <> 0 THEN 16 ELSE mod(txid_current(), 16)::INTEGER END,
+            d_instances, d_vcpus, d_memory_mb,
             d_volumes, d_volume_gb, d_containers, d_ssh_keys)
     ON CONFLICT (project_id, shard) DO UPDATE SET
         instances = project_usage.instances + excluded.instances,

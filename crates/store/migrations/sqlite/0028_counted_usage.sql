@@ -5,7 +5,7 @@
 -- rather than counting the project's instances and volumes: with quotas
 -- on, every creation counted every live instance of its project. The
 -- usage is the sum of up to 16 rows per project, each change going to one
--- at random (as subnets' address counts, migration 0023): on PostgreSQL
+-- at random (on PostgreSQL, one per transaction, by its id): on PostgreSQL
 -- changes outside a quota check (a termination, a purge) seldom wait for
 -- one another's row. What a row counts is what the quota's count counted:
 -- instances not terminated; units of a project no instance holds (as
