@@ -105,7 +105,17 @@ pub(crate) async fn enforce_written(
         return Ok(None);
     }
     let after = locked_usage(conn, &check.project_id).await?;
-    Ok(check.exceeded_after(&after))
+    let adds = &check.adds;
+    let before = Usage {
+        instances: after.instances - adds.instances,
+        vcpus: after.vcpus - adds.vcpus,
+        memory_mb: after.memory_mb - adds.memory_mb,
+        volumes: after.volumes - adds.volumes,
+        volume_gb: after.volume_gb - adds.volume_gb,
+        containers: after.containers - adds.containers,
+        ssh_keys: after.ssh_keys - adds.ssh_keys,
+    };
+    Ok(check.exceeded(&before))
 }
 
 async fn locked_usage(conn: &mut Conn<'_>, project: &str) -> std::result::Result<Usage, DbError> {
@@ -123,26 +133,6 @@ impl QuotaCheck {
             .into_iter()
             .zip(self.adds.items())
             .all(|((_, limit), (_, asked))| limit < 0 || asked <= 0)
-    }
-
-    /// The first limit that `after`, what the project uses with the
-    /// write's changes made, is over, among those the write adds to.
-    pub fn exceeded_after(&self, after: &Usage) -> Option<QuotaExceeded> {
-        self.limits
-            .items()
-            .into_iter()
-            .zip(after.items().into_iter().zip(self.adds.items()))
-            .find(|((_, limit), ((_, after), (_, asked)))| {
-                *asked > 0 && *limit >= 0 && after > limit
-            })
-            .map(
-                |((resource, limit), ((_, after), (_, asked)))| QuotaExceeded {
-                    resource,
-                    limit,
-                    used: (after - asked).max(0),
-                    requested: asked,
-                },
-            )
     }
 
     /// The first limit that `used` plus what the write adds goes over.
@@ -233,7 +223,10 @@ impl Store {
 
     /// What a project uses now.
     pub async fn project_usage(&self, project_id: &str) -> Result<Usage> {
-        self.usage_by(USAGE, project_id).await
+        let row: Option<(i64, i64, i64, i64, i64, i64, i64)> =
+            self.fetch_optional(USAGE, &[project_id.into()]).await?;
+        let (a, b, c, d, e, f, g) = row.unwrap_or_default();
+        Ok(usage_of(&[a, b, c, d, e, f, g]))
     }
 
     /// What a project uses as the store keeps it, and as counted from
@@ -250,12 +243,5 @@ impl Store {
             None => vec![0; 14],
         };
         Ok((usage_of(&row), usage_of(row.get(7..).unwrap_or_default())))
-    }
-
-    async fn usage_by(&self, sql: &str, project_id: &str) -> Result<Usage> {
-        let row: Option<(i64, i64, i64, i64, i64, i64, i64)> =
-            self.fetch_optional(sql, &[project_id.into()]).await?;
-        let (a, b, c, d, e, f, g) = row.unwrap_or_default();
-        Ok(usage_of(&[a, b, c, d, e, f, g]))
     }
 }
