@@ -482,11 +482,6 @@ async fn create_instances(
     args: &FleetArgs,
     pid: u32,
 ) -> Result<Phase> {
-    let bench = Arc::new(Bench {
-        client: bench.client.clone(),
-        base: bench.base.clone(),
-        token: bench.token.clone(),
-    });
     // A /16 subnet holds 65,534 instances: enough subnets for them all.
     let mut subnets = Vec::new();
     for n in 0..args.instances.div_ceil(60_000) {
@@ -512,98 +507,38 @@ async fn create_instances(
         subnets.push(subnet["id"].as_str().context("no subnet id")?.to_string());
     }
     let subnets = Arc::new(subnets);
-    let baseline = running_or_ended(store).await?;
-    let cpu_before = usage_of(pid)?.cpu;
-    let postgres_before = postgres_cpu();
-    let next = Arc::new(AtomicUsize::new(0));
-    let errors = Arc::new(AtomicU64::new(0));
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for _ in 0..args.clients {
-        let (next, bench, errors) = (next.clone(), bench.clone(), errors.clone());
-        let subnets = subnets.clone();
-        let total = args.instances;
-        tasks.push(tokio::spawn(async move {
-            let mut times = Vec::new();
-            loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= total {
-                    return times;
-                }
-                let body = json!({
-                    "metadata": {
-                        "name": format!("i-{i:06}"),
-                        "labels": {"app": "bench", "shard": format!("s{}", i % 100)},
-                    },
-                    "spec": {
-                        "type": "CPU.4V.16G", "image": "ubuntu-22.04",
-                        "subnet_id": subnets[i % subnets.len()],
-                    },
-                });
-                let start = Instant::now();
-                match bench
-                    .send(
-                        reqwest::Method::POST,
-                        "/v1/instances",
-                        Some(&body),
-                        &bench.token,
-                    )
-                    .await
-                {
-                    Ok((status, _, _)) if status.is_success() => times.push(start.elapsed()),
-                    Ok((status, _, body)) => {
-                        if errors.fetch_add(1, Ordering::Relaxed) < 3 {
-                            eprintln!(
-                                "create answered {status}: {}",
-                                String::from_utf8_lossy(&body)
-                            );
-                        }
-                    }
-                    Err(err) => {
-                        if errors.fetch_add(1, Ordering::Relaxed) < 3 {
-                            eprintln!("create failed: {err}");
-                        }
-                    }
-                }
-            }
-        }));
-    }
-    let mut times = Vec::new();
-    for task in tasks {
-        times.extend(task.await.context("a client")?);
-    }
-    let accepted = times.len();
-    // Then until each accepted creation has ended.
-    let mut last = (0, Instant::now());
-    let (ended, failed) = loop {
-        let (running, terminated) = running_or_ended(store).await?;
-        let (running, terminated) = (running - baseline.0, terminated - baseline.1);
-        if running + terminated >= accepted {
-            break (started.elapsed(), terminated);
-        }
-        if running + terminated != last.0 {
-            last = (running + terminated, Instant::now());
-        }
-        if last.1.elapsed() > Duration::from_secs(120) {
-            bail!(
-                "only {} of {accepted} creations ended; none for 120 s",
-                running + terminated
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    let request = move |i: usize| {
+        let body = json!({
+            "metadata": {
+                "name": format!("i-{i:06}"),
+                "labels": {"app": "bench", "shard": format!("s{}", i % 100)},
+            },
+            "spec": {
+                "type": "CPU.4V.16G", "image": "ubuntu-22.04",
+                "subnet_id": subnets[i % subnets.len()],
+            },
+        });
+        (
+            reqwest::Method::POST,
+            "/v1/instances".to_string(),
+            Some(body),
+        )
     };
-    let cpu = usage_of(pid)?.cpu - cpu_before;
-    let postgres = postgres_cpu().saturating_sub(postgres_before);
-    times.sort_unstable();
-    Ok(Phase {
-        count: accepted,
-        failed: failed + errors.load(Ordering::Relaxed) as usize,
-        rate: accepted as f64 / ended.as_secs_f64(),
-        p50_ms: ms(quantile(&times, 0.5)),
-        p99_ms: ms(quantile(&times, 0.99)),
-        cpu_ms_each: cpu.as_secs_f64() * 1000.0 / accepted.max(1) as f64,
-        postgres_ms_each: postgres.as_secs_f64() * 1000.0 / accepted.max(1) as f64,
-    })
+    // Each accepted creation ends running, or terminated (failed).
+    let ended = |(running, terminated): (usize, usize), (r0, t0): (usize, usize)| {
+        let terminated = terminated.saturating_sub(t0);
+        (running.saturating_sub(r0) + terminated, terminated)
+    };
+    measure_phase(
+        bench,
+        store,
+        args.clients,
+        args.instances,
+        pid,
+        request,
+        ended,
+    )
+    .await
 }
 
 /// Deletes `count` running instances (the first of the list), `clients` at
@@ -635,16 +570,44 @@ async fn delete_instances(
             None => break,
         }
     }
-    let (_, ended_before) = running_or_ended(store).await?;
+    let total = ids.len();
+    let request = move |i: usize| {
+        let path = format!("/v1/instances/{}", ids[i]);
+        (reqwest::Method::DELETE, path, None)
+    };
+    let ended = |(_, terminated): (usize, usize), (_, t0): (usize, usize)| {
+        (terminated.saturating_sub(t0), 0)
+    };
+    measure_phase(bench, store, args.clients, total, pid, request, ended).await
+}
+
+/// Has `clients` clients send `request(i)` for each `i` below `total`,
+/// timing each answer, then waits until `ended` (from the instances
+/// running and terminated, now and before) says every accepted request
+/// has ended; answers the phase's rate, latency, failures and CPU.
+async fn measure_phase<R, E>(
+    bench: &Bench,
+    store: &Store,
+    clients: usize,
+    total: usize,
+    pid: u32,
+    request: R,
+    ended: E,
+) -> Result<Phase>
+where
+    R: Fn(usize) -> (reqwest::Method, String, Option<Value>) + Send + Sync + 'static,
+    E: Fn((usize, usize), (usize, usize)) -> (usize, usize),
+{
+    let baseline = running_or_ended(store).await?;
     let cpu_before = usage_of(pid)?.cpu;
     let postgres_before = postgres_cpu();
-    let ids = Arc::new(ids);
+    let request = Arc::new(request);
     let next = Arc::new(AtomicUsize::new(0));
     let errors = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     let mut tasks = Vec::new();
-    for _ in 0..args.clients {
-        let (next, ids, errors) = (next.clone(), ids.clone(), errors.clone());
+    for _ in 0..clients {
+        let (next, errors, request) = (next.clone(), errors.clone(), request.clone());
         let bench = Bench {
             client: bench.client.clone(),
             base: bench.base.clone(),
@@ -652,30 +615,33 @@ async fn delete_instances(
         };
         tasks.push(tokio::spawn(async move {
             let mut times = Vec::new();
-            while let Some(id) = ids.get(next.fetch_add(1, Ordering::Relaxed)) {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= total {
+                    return times;
+                }
+                let (method, path, body) = request(i);
                 let start = Instant::now();
-                let path = format!("/v1/instances/{id}");
                 match bench
-                    .send(reqwest::Method::DELETE, &path, None, &bench.token)
+                    .send(method.clone(), &path, body.as_ref(), &bench.token)
                     .await
                 {
                     Ok((status, _, _)) if status.is_success() => times.push(start.elapsed()),
                     Ok((status, _, body)) => {
                         if errors.fetch_add(1, Ordering::Relaxed) < 3 {
                             eprintln!(
-                                "delete answered {status}: {}",
+                                "{method} {path} answered {status}: {}",
                                 String::from_utf8_lossy(&body)
                             );
                         }
                     }
                     Err(err) => {
                         if errors.fetch_add(1, Ordering::Relaxed) < 3 {
-                            eprintln!("delete failed: {err}");
+                            eprintln!("{method} {path} failed: {err}");
                         }
                     }
                 }
             }
-            times
         }));
     }
     let mut times = Vec::new();
@@ -683,18 +649,18 @@ async fn delete_instances(
         times.extend(task.await.context("a client")?);
     }
     let accepted = times.len();
+    // Then until each accepted request has ended.
     let mut last = (0, Instant::now());
-    let ended = loop {
-        let (_, terminated) = running_or_ended(store).await?;
-        let terminated = terminated - ended_before;
-        if terminated >= accepted {
-            break started.elapsed();
+    let (elapsed, failed) = loop {
+        let (done, failed) = ended(running_or_ended(store).await?, baseline);
+        if done >= accepted {
+            break (started.elapsed(), failed);
         }
-        if terminated != last.0 {
-            last = (terminated, Instant::now());
+        if done != last.0 {
+            last = (done, Instant::now());
         }
         if last.1.elapsed() > Duration::from_secs(120) {
-            bail!("only {terminated} of {accepted} deletions ended; none for 120 s");
+            bail!("only {done} of {accepted} ended; none for 120 s");
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
@@ -703,8 +669,8 @@ async fn delete_instances(
     times.sort_unstable();
     Ok(Phase {
         count: accepted,
-        failed: errors.load(Ordering::Relaxed) as usize,
-        rate: accepted as f64 / ended.as_secs_f64(),
+        failed: failed + errors.load(Ordering::Relaxed) as usize,
+        rate: accepted as f64 / elapsed.as_secs_f64(),
         p50_ms: ms(quantile(&times, 0.5)),
         p99_ms: ms(quantile(&times, 0.99)),
         cpu_ms_each: cpu.as_secs_f64() * 1000.0 / accepted.max(1) as f64,
