@@ -930,14 +930,16 @@ impl App {
         })
     }
 
-    /// Where an instance sits in its network, and its groups' rules, as
-    /// its host is told. An instance recorded before networks existed has
-    /// neither (its host gives it an address and the old defaults).
+    /// Where an instance sits in its network (`place`, as read with its
+    /// other surroundings), and its groups' rules, as its host is told. An
+    /// instance recorded before networks existed has neither (its host
+    /// gives it an address and the old defaults).
     pub(crate) async fn instance_network(
         &self,
         instance: &Instance,
+        place: Option<tessera_store::InstancePlace>,
     ) -> Result<(Option<NetworkAttachment>, Vec<GroupRules>)> {
-        let Some(place) = self.store.instance_address(&instance.id).await? else {
+        let Some(place) = place else {
             return Ok((None, Vec::new()));
         };
         let net = parse_stored_block("a subnet", &place.subnet_cidr)?;

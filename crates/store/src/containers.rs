@@ -73,9 +73,9 @@ pub struct InstanceUsage {
 const CONTAINER_COLUMNS: &str =
     "id, project_id, ssh_enabled, mount_paths, storage_gb, generation, updated_at";
 
-type ContainerRow = (String, String, i64, String, i64, i64, String);
+pub(crate) type ContainerRow = (String, String, i64, String, i64, i64, String);
 
-fn container_from(row: ContainerRow) -> Result<ContainerRecord> {
+pub(crate) fn container_from(row: ContainerRow) -> Result<ContainerRecord> {
     let (id, project_id, ssh_enabled, mount_paths, storage_gb, generation, updated_at) = row;
     let mount_paths = serde_json::from_str(&mount_paths).map_err(|e| {
         StoreError::Corrupt(format!(

@@ -66,6 +66,35 @@ pub struct NewInstance {
     pub replica: Option<crate::NewReplica>,
 }
 
+/// What an instance's host is told besides the instance's own row: its
+/// project's policy, its container's fields (when it is one) and where it
+/// sits on its network. A spec a host is sent needs all three; they are
+/// read in one statement, not three.
+#[derive(Clone, Debug)]
+pub struct InstanceSurroundings {
+    pub policy: crate::ProjectPolicyRecord,
+    pub container: Option<crate::ContainerRecord>,
+    pub place: Option<crate::InstancePlace>,
+}
+
+/// [`InstanceSurroundings`] as read: every column may be missing (no
+/// policy set, not a container, no address).
+type SurroundingsRow = (
+    Option<i64>,
+    Option<i64>,
+    Option<String>,
+    Option<String>,
+    Option<i64>,
+    Option<String>,
+    Option<i64>,
+    Option<i64>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+);
+
 /// How recording new instances went; nothing changed unless `Recorded`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum InstancesAdded {
@@ -147,6 +176,80 @@ fn holder(instance_id: &str) -> String {
 }
 
 impl Store {
+    /// An instance's [`InstanceSurroundings`], in one read.
+    pub async fn instance_surroundings(
+        &self,
+        instance_id: &str,
+        project_id: &str,
+    ) -> Result<InstanceSurroundings> {
+        let row: Option<SurroundingsRow> = self
+            .fetch_optional(
+                "SELECT p.egress, p.privileged, \
+                 c.id, c.project_id, c.ssh_enabled, c.mount_paths, c.storage_gb, c.generation, \
+                 c.updated_at, a.address, s.cidr, v.id, v.cidr \
+                 FROM (SELECT 1 AS one) o \
+                 LEFT JOIN project_policies p ON p.project_id = $2 \
+                 LEFT JOIN containers c ON c.id = $1 \
+                 LEFT JOIN instance_addresses a ON a.instance_id = $1 \
+                 LEFT JOIN subnets s ON s.id = a.subnet_id \
+                 LEFT JOIN vpcs v ON v.id = s.vpc_id LIMIT 1",
+                &[instance_id.into(), project_id.into()],
+            )
+            .await?;
+        let (egress, privileged, c_id, c_project, ssh, mounts, storage, generation, updated) =
+            match &row {
+                Some(r) => (
+                    r.0,
+                    r.1,
+                    r.2.clone(),
+                    r.3.clone(),
+                    r.4,
+                    r.5.clone(),
+                    r.6,
+                    r.7,
+                    r.8.clone(),
+                ),
+                None => Default::default(),
+            };
+        let policy = match (egress, privileged) {
+            (Some(egress), Some(privileged)) => crate::ProjectPolicyRecord {
+                egress: egress != 0,
+                privileged: privileged != 0,
+            },
+            _ => crate::ProjectPolicyRecord::default(),
+        };
+        let container = match (c_id, c_project, ssh, mounts, storage, generation, updated) {
+            (
+                Some(id),
+                Some(project),
+                Some(ssh),
+                Some(mounts),
+                Some(gb),
+                Some(generation),
+                Some(at),
+            ) => Some(crate::containers::container_from((
+                id, project, ssh, mounts, gb, generation, at,
+            ))?),
+            _ => None,
+        };
+        let place = match row {
+            Some((.., Some(address), Some(subnet_cidr), Some(vpc_id), Some(vpc_cidr))) => {
+                Some(crate::InstancePlace {
+                    address,
+                    subnet_cidr,
+                    vpc_id,
+                    vpc_cidr,
+                })
+            }
+            _ => None,
+        };
+        Ok(InstanceSurroundings {
+            policy,
+            container,
+            place,
+        })
+    }
+
     /// Records a new instance, `provisioning`, with the operation that
     /// creates it, its meter and its volumes, in one transaction. `false`,
     /// changing nothing, when a volume to attach is no longer detached.

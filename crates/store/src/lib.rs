@@ -48,7 +48,8 @@ pub use events::{EventRecord, NewEvent};
 pub use hosts::{DecommissionStart, HostRecord, NewHost, NewUnit};
 pub use identity::{MembershipRecord, NewUser, ProjectRecord, RefreshUse, UserRecord};
 pub use instances::{
-    CpuClaim, InstanceFilter, InstanceRecord, InstanceUpdate, InstancesAdded, NewInstance, Switch,
+    CpuClaim, InstanceFilter, InstanceRecord, InstanceSurroundings, InstanceUpdate, InstancesAdded,
+    NewInstance, Switch,
 };
 pub use networks::{
     Block, InstancePlace, NetworkAdded, NetworkRemoved, NewAttachment, NewVpc, SecurityGroupRecord,

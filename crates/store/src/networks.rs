@@ -279,18 +279,6 @@ impl Store {
         Ok(rows.into_iter().map(|r| r.0).collect())
     }
 
-    /// Where an instance sits: its address, its subnet's block and its
-    /// VPC's, in one read (every spec a host is sent asks it).
-    pub async fn instance_address(&self, instance_id: &str) -> Result<Option<InstancePlace>> {
-        self.fetch_optional(
-            "SELECT a.address, s.cidr AS subnet_cidr, v.id AS vpc_id, v.cidr AS vpc_cidr \
-             FROM instance_addresses a JOIN subnets s ON s.id = a.subnet_id \
-             JOIN vpcs v ON v.id = s.vpc_id WHERE a.instance_id = $1 LIMIT 1",
-            &[instance_id.into()],
-        )
-        .await
-    }
-
     /// Adds a VPC (with its subnet and group), choosing its block when
     /// asked. VPCs are made one at a time across the install, so two never
     /// overlap.
@@ -687,19 +675,39 @@ pub(crate) async fn attach_instance(
             listed.join(", ")
         ),
     };
+    // On PostgreSQL the instance joins its groups in the same statement
+    // (one round trip, not two): when the subnet or a group is gone the
+    // caller undoes the whole write, memberships with it.
+    let join_now = conn.is_postgres() && !groups.is_empty();
+    let joined = match join_now {
+        true => {
+            args.push(instance_id.into());
+            format!(
+                ", m AS (INSERT INTO instance_security_groups (instance_id, group_id) \
+                 SELECT ${}, id FROM g WHERE EXISTS (SELECT 1 FROM s) \
+                 ON CONFLICT (instance_id, group_id) DO NOTHING RETURNING 1)",
+                args.len()
+            )
+        }
+        false => String::new(),
+    };
+    let counted_joins = match join_now {
+        true => ", (SELECT COUNT(*) FROM m)",
+        false => "",
+    };
     let found = conn
         .fetch_ints(
             &format!(
-                "WITH s AS (SELECT id FROM subnets WHERE id = $1{lock}), g AS ({group_rows}) \
-                 SELECT (SELECT COUNT(*) FROM s), (SELECT COUNT(*) FROM g)"
+                "WITH s AS (SELECT id FROM subnets WHERE id = $1{lock}), g AS ({group_rows}){joined} \
+                 SELECT (SELECT COUNT(*) FROM s), (SELECT COUNT(*) FROM g){counted_joins}"
             ),
             &args,
         )
         .await?;
-    if found[..] != [1, groups.len() as i64] {
+    if found.get(..2) != Some(&[1, groups.len() as i64][..]) {
         return Ok(Attached::Gone);
     }
-    if !groups.is_empty() {
+    if !groups.is_empty() && !join_now {
         let values: Vec<String> = (0..groups.len())
             .map(|i| format!("($1, ${})", i + 2))
             .collect();

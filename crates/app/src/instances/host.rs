@@ -36,19 +36,22 @@ impl App {
             Some(volumes) => volumes,
             None => attached_volumes(self.store.instance_volumes(&instance.id).await?),
         };
-        // A container's SSH switch and storage.
-        let container = self.store.container(&instance.id).await?;
+        // Its project's policy, a container's SSH switch and storage, and
+        // its address: one read.
+        let surroundings = self
+            .store
+            .instance_surroundings(&instance.id, &instance.project_id)
+            .await?;
+        let container = surroundings.container;
         let storage = container
             .as_ref()
             .map(|c| tessera_agent_api::InstanceStorage {
                 size_gb: u64::try_from(c.storage_gb).unwrap_or(0),
                 mount_paths: c.mount_paths.clone(),
             });
-        let policy = self
-            .store
-            .project_policy(instance.project_id.as_str())
-            .await?;
-        let (network, security_groups) = self.instance_network(instance).await?;
+        let policy = surroundings.policy;
+        let (network, security_groups) =
+            self.instance_network(instance, surroundings.place).await?;
         Ok(InstanceSpec {
             id: instance.id.to_string(),
             name: instance.name.clone(),
