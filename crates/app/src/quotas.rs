@@ -44,18 +44,6 @@ pub struct SetQuota {
     pub ssh_keys: Option<Option<i64>>,
 }
 
-fn resolve(defaults: &Usage, own: &QuotaOverrides) -> Usage {
-    Usage {
-        instances: own.instances.unwrap_or(defaults.instances),
-        vcpus: own.vcpus.unwrap_or(defaults.vcpus),
-        memory_mb: own.memory_mb.unwrap_or(defaults.memory_mb),
-        volumes: own.volumes.unwrap_or(defaults.volumes),
-        volume_gb: own.volume_gb.unwrap_or(defaults.volume_gb),
-        containers: own.containers.unwrap_or(defaults.containers),
-        ssh_keys: own.ssh_keys.unwrap_or(defaults.ssh_keys),
-    }
-}
-
 /// Checks configured or requested limits: `-1` or 0 to [`MAX_LIMIT`].
 pub fn validate_limits(limits: &Usage) -> std::result::Result<(), String> {
     for (name, value) in limits.items() {
@@ -69,20 +57,14 @@ pub fn validate_limits(limits: &Usage) -> std::result::Result<(), String> {
 }
 
 impl App {
-    /// The limits that apply to a project now.
-    pub(crate) async fn quota_limits(&self, project_id: &str) -> Result<Usage> {
-        let own = self.store.project_quota(project_id).await?;
-        Ok(resolve(&self.config.quota_defaults, &own))
-    }
-
     /// The check a write that adds `adds` to a project runs in its
-    /// transaction.
-    pub(crate) async fn quota_check(&self, project_id: &str, adds: Usage) -> Result<QuotaCheck> {
-        Ok(QuotaCheck {
+    /// transaction, where it reads the project's own limits too.
+    pub(crate) fn quota_check(&self, project_id: &str, adds: Usage) -> QuotaCheck {
+        QuotaCheck {
             project_id: project_id.to_string(),
-            limits: self.quota_limits(project_id).await?,
+            defaults: self.config.quota_defaults,
             adds,
-        })
+        }
     }
 
     /// A project's quota and usage: the caller's own (`workspace_read`), or
@@ -92,7 +74,7 @@ impl App {
         let overrides = self.store.project_quota(&record.id).await?;
         Ok(Quota {
             project: record.name,
-            limits: resolve(&self.config.quota_defaults, &overrides),
+            limits: overrides.over(&self.config.quota_defaults),
             overrides,
             usage: self.store.project_usage(&record.id).await?,
         })

@@ -166,15 +166,13 @@ impl App {
             created_at: tessera_store::now(),
             number: 0,
         };
-        let quota = self
-            .quota_check(
-                &caller.project_id,
-                Usage {
-                    ssh_keys: 1,
-                    ..Usage::default()
-                },
-            )
-            .await?;
+        let quota = self.quota_check(
+            &caller.project_id,
+            Usage {
+                ssh_keys: 1,
+                ..Usage::default()
+            },
+        );
         match self.store.insert_ssh_key(&key, Some(&quota)).await? {
             KeyAdded::Added(number) => key.number = number,
             KeyAdded::NameTaken => {

@@ -135,16 +135,14 @@ impl App {
             region: req.region.clone(),
             zone: req.zone.clone(),
         };
-        let quota = self
-            .quota_check(
-                &req.project_id,
-                Usage {
-                    instances: 1,
-                    vcpus: i64::from(req.cpu_count),
-                    ..Usage::default()
-                },
-            )
-            .await?;
+        let quota = self.quota_check(
+            &req.project_id,
+            Usage {
+                instances: 1,
+                vcpus: i64::from(req.cpu_count),
+                ..Usage::default()
+            },
+        );
         let mut looked_again = false;
         let mut attempts = 0;
         let decision = loop {

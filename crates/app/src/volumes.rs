@@ -213,8 +213,9 @@ impl App {
     /// A quota check ahead of work on a host that cannot wait for the
     /// store's own (atomic) check at the end.
     pub(crate) async fn check_quota_now(&self, quota: &tessera_store::QuotaCheck) -> Result<()> {
+        let own = self.store.project_quota(&quota.project_id).await?;
         let used = self.store.project_usage(&quota.project_id).await?;
-        match quota.exceeded(&used) {
+        match quota.exceeded(&quota.limits(&own), &used) {
             Some(exceeded) => Err(Error::QuotaExceeded(exceeded)),
             None => Ok(()),
         }
@@ -281,9 +282,7 @@ impl App {
         }
         self.check_volume_room("size", &req.location, req.volume.size_gb)
             .await?;
-        let quota = self
-            .quota_check(&caller.project_id, volumes_usage(&[req.volume.size_gb]))
-            .await?;
+        let quota = self.quota_check(&caller.project_id, volumes_usage(&[req.volume.size_gb]));
         self.store
             .insert_volumes(std::slice::from_ref(&volume), Some(&quota))
             .await?;
@@ -557,15 +556,13 @@ impl App {
         self.check_volume_room("size", &volume.location, size_gb)
             .await?;
         let growth = volumes_usage(&[size_gb.saturating_sub(volume.size_gb as u64)]);
-        let quota = self
-            .quota_check(
-                &caller.project_id,
-                tessera_core::quota::Usage {
-                    volumes: 0,
-                    ..growth
-                },
-            )
-            .await?;
+        let quota = self.quota_check(
+            &caller.project_id,
+            tessera_core::quota::Usage {
+                volumes: 0,
+                ..growth
+            },
+        );
         // Checked before the host grows the disk, and again, atomically,
         // when the new size is recorded.
         self.check_quota_now(&quota).await?;
@@ -759,9 +756,7 @@ impl App {
         };
         let rate = self.check_volume("name", &input)?;
         self.check_funds(caller, rate, "the clone").await?;
-        let quota = self
-            .quota_check(&caller.project_id, volumes_usage(&[input.size_gb]))
-            .await?;
+        let quota = self.quota_check(&caller.project_id, volumes_usage(&[input.size_gb]));
         self.check_quota_now(&quota).await?;
         let mut clone = self.new_volume(caller, &input, &volume.location, false, rate);
         clone.record.host_id = volume.host_id.clone();

@@ -222,9 +222,7 @@ impl App {
             }),
             created_by: caller.username.clone(),
         };
-        let quota = self
-            .quota_check(&op.project_id, crate::instances::instances_usage(&nodes))
-            .await?;
+        let quota = self.quota_check(&op.project_id, crate::instances::instances_usage(&nodes));
         match self
             .store
             .insert_instances(&nodes, &op, Some(&quota))

@@ -42,6 +42,21 @@ pub struct QuotaOverrides {
     pub ssh_keys: Option<i64>,
 }
 
+impl QuotaOverrides {
+    /// The limits that apply: these where set, else `defaults`.
+    pub fn over(&self, defaults: &Usage) -> Usage {
+        Usage {
+            instances: self.instances.unwrap_or(defaults.instances),
+            vcpus: self.vcpus.unwrap_or(defaults.vcpus),
+            memory_mb: self.memory_mb.unwrap_or(defaults.memory_mb),
+            volumes: self.volumes.unwrap_or(defaults.volumes),
+            volume_gb: self.volume_gb.unwrap_or(defaults.volume_gb),
+            containers: self.containers.unwrap_or(defaults.containers),
+            ssh_keys: self.ssh_keys.unwrap_or(defaults.ssh_keys),
+        }
+    }
+}
+
 /// Which limit a write would have gone over.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct QuotaExceeded {

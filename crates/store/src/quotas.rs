@@ -9,16 +9,19 @@
 //! kept by the schema's triggers as its rows change (migration 0028), so a
 //! check reads a few rows however many instances the project has.
 
-use crate::db::{Conn, DbError};
+use crate::db::{Arg, Conn, DbError};
 use crate::{Result, Store, now};
 
 pub use tessera_core::quota::{QuotaExceeded, QuotaOverrides, Usage};
 
-/// A write's quota check: the project, its limits, and what the write adds.
+/// A write's quota check: the project, the limits where it set none of
+/// its own, and what the write adds. The project's own limits are read
+/// inside the write's transaction (on PostgreSQL with the statement that
+/// locks the project), so a check never runs on limits read before it.
 #[derive(Clone, Debug)]
 pub struct QuotaCheck {
     pub project_id: String,
-    pub limits: Usage,
+    pub defaults: Usage,
     pub adds: Usage,
 }
 
@@ -74,6 +77,91 @@ fn usage_of(row: &[i64]) -> Usage {
 /// rows go in while this one holds the lock.
 pub(crate) const LOCK_PROJECT: &str = "SELECT id FROM projects WHERE id = $1 FOR NO KEY UPDATE";
 
+/// [`LOCK_PROJECT`] answering the limits the project set for itself, in
+/// the same round trip.
+const LOCK_PROJECT_WITH_LIMITS: &str = "SELECT q.instances, q.vcpus, q.memory_mb, q.volumes, \
+     q.volume_gb, q.containers, q.ssh_keys FROM projects p \
+     LEFT JOIN project_quotas q ON q.project_id = p.id WHERE p.id = $1 FOR NO KEY UPDATE OF p";
+
+/// The limits a project set for itself.
+const OWN_LIMITS: &str = "SELECT instances, vcpus, memory_mb, volumes, volume_gb, containers, \
+     ssh_keys FROM project_quotas WHERE project_id = $1";
+
+type LimitsRow = (
+    Option<i64>,
+    Option<i64>,
+    Option<i64>,
+    Option<i64>,
+    Option<i64>,
+    Option<i64>,
+    Option<i64>,
+);
+
+fn overrides_of(row: Option<LimitsRow>) -> QuotaOverrides {
+    row.map(
+        |(instances, vcpus, memory_mb, volumes, volume_gb, containers, ssh_keys)| QuotaOverrides {
+            instances,
+            vcpus,
+            memory_mb,
+            volumes,
+            volume_gb,
+            containers,
+            ssh_keys,
+        },
+    )
+    .unwrap_or_default()
+}
+
+/// The limits that apply to the check's project and, unless nothing the
+/// write adds is limited, what the project uses: read in the write's
+/// transaction. On PostgreSQL the statement that reads the limits locks
+/// the project, and the usage is read once the lock is held; on SQLite,
+/// whose one writer runs the checks one after the other, both are one
+/// statement.
+async fn limits_and_usage(
+    conn: &mut Conn<'_>,
+    check: &QuotaCheck,
+) -> std::result::Result<Option<(Usage, Usage)>, DbError> {
+    let project = [Arg::from(&check.project_id)];
+    if conn.is_postgres() {
+        let rows = conn.fetch_rows(LOCK_PROJECT_WITH_LIMITS, &project).await?;
+        let row = rows
+            .first()
+            .map(<LimitsRow as sqlx::FromRow<'_, sqlx::any::AnyRow>>::from_row)
+            .transpose()?;
+        let limits = check.limits(&overrides_of(row));
+        if check.unbounded_under(&limits) {
+            return Ok(None);
+        }
+        let used = usage_of(&conn.fetch_ints(USAGE, &project).await?);
+        return Ok(Some((limits, used)));
+    }
+    let sql = format!("SELECT * FROM ({USAGE}) AS used LEFT JOIN ({OWN_LIMITS}) AS own ON 1 = 1");
+    let rows = conn.fetch_rows(&sql, &project).await?;
+    let Some(row) = rows.first() else {
+        return Ok(None);
+    };
+    let column = |n: usize| sqlx::Row::try_get::<Option<i64>, _>(row, n);
+    let mut used = Vec::with_capacity(7);
+    for n in 0..7 {
+        used.push(column(n)?.unwrap_or(0));
+    }
+    let own = overrides_of(Some((
+        column(7)?,
+        column(8)?,
+        column(9)?,
+        column(10)?,
+        column(11)?,
+        column(12)?,
+        column(13)?,
+    )));
+    let limits = check.limits(&own);
+    if check.unbounded_under(&limits) {
+        return Ok(None);
+    }
+    Ok(Some((limits, usage_of(&used))))
+}
+
 /// Runs a write's quota check inside its transaction, before the write's
 /// own changes: `Some` names the limit it would go over (the caller then
 /// undoes its write). The project stays locked until the commit.
@@ -81,11 +169,9 @@ pub(crate) async fn enforce(
     conn: &mut Conn<'_>,
     check: &QuotaCheck,
 ) -> std::result::Result<Option<QuotaExceeded>, DbError> {
-    if check.is_unbounded() {
-        return Ok(None);
-    }
-    let used = locked_usage(conn, &check.project_id).await?;
-    Ok(check.exceeded(&used))
+    Ok(limits_and_usage(conn, check)
+        .await?
+        .and_then(|(limits, used)| check.exceeded(&limits, &used)))
 }
 
 /// Runs a write's quota check inside its transaction, after the write's
@@ -101,10 +187,9 @@ pub(crate) async fn enforce_written(
     conn: &mut Conn<'_>,
     check: &QuotaCheck,
 ) -> std::result::Result<Option<QuotaExceeded>, DbError> {
-    if check.is_unbounded() {
+    let Some((limits, after)) = limits_and_usage(conn, check).await? else {
         return Ok(None);
-    }
-    let after = locked_usage(conn, &check.project_id).await?;
+    };
     let adds = &check.adds;
     let before = Usage {
         instances: after.instances - adds.instances,
@@ -115,29 +200,29 @@ pub(crate) async fn enforce_written(
         containers: after.containers - adds.containers,
         ssh_keys: after.ssh_keys - adds.ssh_keys,
     };
-    Ok(check.exceeded(&before))
-}
-
-async fn locked_usage(conn: &mut Conn<'_>, project: &str) -> std::result::Result<Usage, DbError> {
-    if conn.is_postgres() {
-        conn.fetch_text(LOCK_PROJECT, &[project.into()]).await?;
-    }
-    Ok(usage_of(&conn.fetch_ints(USAGE, &[project.into()]).await?))
+    Ok(check.exceeded(&limits, &before))
 }
 
 impl QuotaCheck {
-    /// Whether nothing the write adds has a limit (so nothing is counted).
-    pub fn is_unbounded(&self) -> bool {
-        self.limits
+    /// The limits that apply, given those the project set for itself.
+    pub fn limits(&self, own: &QuotaOverrides) -> Usage {
+        own.over(&self.defaults)
+    }
+
+    /// Whether nothing the write adds has a limit under `limits` (so
+    /// nothing is counted).
+    pub fn unbounded_under(&self, limits: &Usage) -> bool {
+        limits
             .items()
             .into_iter()
             .zip(self.adds.items())
             .all(|((_, limit), (_, asked))| limit < 0 || asked <= 0)
     }
 
-    /// The first limit that `used` plus what the write adds goes over.
-    pub fn exceeded(&self, used: &Usage) -> Option<QuotaExceeded> {
-        self.limits
+    /// The first of `limits` that `used` plus what the write adds goes
+    /// over.
+    pub fn exceeded(&self, limits: &Usage, used: &Usage) -> Option<QuotaExceeded> {
+        limits
             .items()
             .into_iter()
             .zip(used.items().into_iter().zip(self.adds.items()))
@@ -158,37 +243,10 @@ impl QuotaCheck {
 impl Store {
     /// The limits a project has set, if it has any.
     pub async fn project_quota(&self, project_id: &str) -> Result<QuotaOverrides> {
-        type Row = (
-            Option<i64>,
-            Option<i64>,
-            Option<i64>,
-            Option<i64>,
-            Option<i64>,
-            Option<i64>,
-            Option<i64>,
-        );
-        let row: Option<Row> = self
-            .fetch_optional(
-                "SELECT instances, vcpus, memory_mb, volumes, volume_gb, containers, ssh_keys \
-                 FROM project_quotas WHERE project_id = $1",
-                &[project_id.into()],
-            )
+        let row: Option<LimitsRow> = self
+            .fetch_optional(OWN_LIMITS, &[project_id.into()])
             .await?;
-        Ok(row
-            .map(
-                |(instances, vcpus, memory_mb, volumes, volume_gb, containers, ssh_keys)| {
-                    QuotaOverrides {
-                        instances,
-                        vcpus,
-                        memory_mb,
-                        volumes,
-                        volume_gb,
-                        containers,
-                        ssh_keys,
-                    }
-                },
-            )
-            .unwrap_or_default())
+        Ok(overrides_of(row))
     }
 
     /// Sets a project's own limits (`None`: the default).

@@ -238,12 +238,10 @@ impl App {
             params: serde_json::json!({ "instance_id": id }),
             created_by: caller.username.clone(),
         };
-        let quota = self
-            .quota_check(
-                &caller.project_id,
-                instances_usage(std::slice::from_ref(instance)),
-            )
-            .await?;
+        let quota = self.quota_check(
+            &caller.project_id,
+            instances_usage(std::slice::from_ref(instance)),
+        );
         let written = match self
             .store
             .insert_instance(instance, &op, Some(&quota))
