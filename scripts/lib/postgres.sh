@@ -24,7 +24,7 @@ pg_bin() {
 
 pg_free_port() {
     local port
-    for port in $(seq 55432 55532); do
+    for port in $(seq "${1:-55432}" 55532); do
         if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
             echo "$port"
             return
@@ -50,9 +50,21 @@ pg_start() {
     fi
     "${as_pg[@]}" "$bin/initdb" -D "$PG_DIR/data" -U postgres --auth=trust -E UTF8 --no-locale >"$PG_DIR/initdb.log" 2>&1 \
         || { cat "$PG_DIR/initdb.log" >&2; return 1; }
-    "${as_pg[@]}" "$bin/pg_ctl" -D "$PG_DIR/data" -l "$PG_DIR/server.log" -w -t 60 \
-        -o "-p $port -k $PG_DIR $settings" start >/dev/null \
-        || { cat "$PG_DIR/server.log" >&2; return 1; }
+    # A port nobody listens on may still be taken (a closed connection of
+    # an earlier cluster in TIME_WAIT): then the next one is tried.
+    local tries
+    for tries in 1 2 3 4 5; do
+        if "${as_pg[@]}" "$bin/pg_ctl" -D "$PG_DIR/data" -l "$PG_DIR/server.log" -w -t 60 \
+            -o "-p $port -k $PG_DIR $settings" start >/dev/null 2>&1; then
+            break
+        fi
+        if [ "$tries" = 5 ] || ! grep -q "Address already in use" "$PG_DIR/server.log"; then
+            cat "$PG_DIR/server.log" >&2
+            return 1
+        fi
+        : >"$PG_DIR/server.log"
+        port=$(pg_free_port $((port + 1))) || return 1
+    done
     PG_CTL=("${as_pg[@]}" "$bin/pg_ctl")
     export TESSERA_PG_URL="postgres://postgres@127.0.0.1:$port/postgres"
     echo "PostgreSQL $("$bin/postgres" --version | awk '{print $3}') on port $port ($PG_DIR)" >&2
