@@ -594,9 +594,17 @@ impl Store {
     }
 }
 
-/// The channel PostgreSQL's triggers (migration 0025) notify with a host
-/// name when its agent's desired state or a report changes.
+/// The channel PostgreSQL's triggers (migrations 0025 and 0029) notify on:
+/// `desired <hostname>` when a host's desired state changes, `report
+/// <hostname>` when its agent reports, the bare host name when its agent's
+/// credential changes or the agent goes.
 const AGENT_CHANNEL: &str = "tessera_agents";
+
+/// The start of a payload that names a host with a new desired state.
+const DESIRED: &str = "desired ";
+
+/// The start of a payload that names a host whose agent reported.
+const REPORT: &str = "report ";
 
 /// Changes of agents' desired states and reports, whichever replica made
 /// them, as host names (PostgreSQL's `LISTEN`, on a connection of its own).
@@ -608,7 +616,12 @@ const ECHO: &str = "echo ";
 
 /// What [`AgentChanges::next`] heard.
 pub enum AgentChange {
-    /// This host's desired state or a report of it changed.
+    /// This host's desired state changed.
+    Desired(String),
+    /// This host's agent reported.
+    Reported(String),
+    /// This host's agent has another credential, or is gone (or, from a
+    /// replica before migration 0029, anything of it changed).
     Host(String),
     /// The connection was lost and made again: changes meanwhile were
     /// missed, so every waiter should look again.
@@ -621,10 +634,19 @@ pub enum AgentChange {
 impl AgentChanges {
     pub async fn next(&mut self) -> Result<AgentChange> {
         match self.0.try_recv().await.map_err(crate::StoreError::Query)? {
-            Some(notification) => Ok(match notification.payload().strip_prefix(ECHO) {
-                Some(token) => AgentChange::Echo(token.to_string()),
-                None => AgentChange::Host(notification.payload().to_string()),
-            }),
+            Some(notification) => {
+                let payload = notification.payload();
+                let change = if let Some(token) = payload.strip_prefix(ECHO) {
+                    AgentChange::Echo(token.to_string())
+                } else if let Some(hostname) = payload.strip_prefix(DESIRED) {
+                    AgentChange::Desired(hostname.to_string())
+                } else if let Some(hostname) = payload.strip_prefix(REPORT) {
+                    AgentChange::Reported(hostname.to_string())
+                } else {
+                    AgentChange::Host(payload.to_string())
+                };
+                Ok(change)
+            }
             None => Ok(AgentChange::Missed),
         }
     }

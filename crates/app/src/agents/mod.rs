@@ -56,7 +56,7 @@ const ECHO_WITHIN: Duration = Duration::from_secs(10);
 /// through the store's notifications ([`App::spawn_agent_listener`]).
 #[derive(Default)]
 pub(crate) struct AgentSignals {
-    hosts: Mutex<HashMap<String, Arc<Notify>>>,
+    hosts: Mutex<HashMap<String, Arc<HostSignals>>>,
     /// Whether every change reaches this process as a signal (SQLite: one
     /// process writes; PostgreSQL: while the listener is connected).
     heard: AtomicBool,
@@ -69,8 +69,37 @@ pub(crate) struct AgentSignals {
     listener_lost: AtomicU64,
 }
 
+/// A host's two signals: its long-polls wait for a new desired state, its
+/// operations for its agent's reports; neither is woken by the other's
+/// changes (each wake-up is a read of the store).
+#[derive(Default)]
+pub(crate) struct HostSignals {
+    desired: Notify,
+    reported: Notify,
+}
+
+/// What changed of a host, for [`AgentSignals::wake`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum HostChange {
+    Desired,
+    Reported,
+    /// Anything (its agent's credential, its removal, a change missed).
+    Any,
+}
+
+impl HostSignals {
+    fn wake(&self, change: HostChange) {
+        if change != HostChange::Reported {
+            self.desired.notify_waiters();
+        }
+        if change != HostChange::Desired {
+            self.reported.notify_waiters();
+        }
+    }
+}
+
 impl AgentSignals {
-    fn of(&self, hostname: &str) -> Arc<Notify> {
+    fn of(&self, hostname: &str) -> Arc<HostSignals> {
         self.hosts
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -79,8 +108,8 @@ impl AgentSignals {
             .clone()
     }
 
-    /// Wakes whoever waits on `hostname` (none: nothing to do).
-    fn wake(&self, hostname: &str) {
+    /// Wakes whoever waits on `change` of `hostname` (none: nothing to do).
+    fn wake(&self, hostname: &str, change: HostChange) {
         let signal = self
             .hosts
             .lock()
@@ -88,13 +117,13 @@ impl AgentSignals {
             .get(hostname)
             .cloned();
         if let Some(signal) = signal {
-            signal.notify_waiters();
+            signal.wake(change);
         }
     }
 
     /// Wakes every waiter: changes may have been missed.
     fn wake_all(&self) {
-        let signals: Vec<Arc<Notify>> = self
+        let signals: Vec<Arc<HostSignals>> = self
             .hosts
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -102,7 +131,7 @@ impl AgentSignals {
             .cloned()
             .collect();
         for signal in signals {
-            signal.notify_waiters();
+            signal.wake(HostChange::Any);
         }
     }
 
@@ -230,10 +259,14 @@ impl App {
                 }
             };
             match change {
+                Ok(AgentChange::Desired(hostname)) => signals.wake(&hostname, HostChange::Desired),
+                Ok(AgentChange::Reported(hostname)) => {
+                    signals.wake(&hostname, HostChange::Reported);
+                }
                 Ok(AgentChange::Host(hostname)) => {
                     // Its credential may be another now, or gone.
                     self.liveness.forget_credential(&hostname);
-                    signals.wake(&hostname);
+                    signals.wake(&hostname, HostChange::Any);
                 }
                 Ok(AgentChange::Echo(token)) => {
                     if awaited.as_ref().is_some_and(|(sent, _)| *sent == token) {

@@ -34,14 +34,25 @@ impl RemoteAgent {
     /// Sets `key`'s desired state and waits for the agent's report on it;
     /// answers the report and the generation it answers.
     async fn converge(&self, key: &str, desired: &Desired) -> Result<(Outcome, i64), AgentError> {
-        let body = serde_json::to_string(desired)
-            .map_err(|e| AgentError::Failed(format!("cannot encode the desired state: {e}")))?;
-        let pending = self
+        let current = self
             .store
             .work(&self.hostname, key)
             .await
-            .map_err(store_error)?
-            .filter(|row| row.desired == body && row.observed_generation < row.generation);
+            .map_err(store_error)?;
+        self.converge_from(key, desired, current).await
+    }
+
+    /// [`RemoteAgent::converge`] from the key's row as just read.
+    async fn converge_from(
+        &self,
+        key: &str,
+        desired: &Desired,
+        current: Option<tessera_store::WorkRecord>,
+    ) -> Result<(Outcome, i64), AgentError> {
+        let body = serde_json::to_string(desired)
+            .map_err(|e| AgentError::Failed(format!("cannot encode the desired state: {e}")))?;
+        let pending =
+            current.filter(|row| row.desired == body && row.observed_generation < row.generation);
         let generation = match pending {
             // The same change is still under way (a call repeated after a
             // timeout): wait for it rather than ask for it twice.
@@ -55,8 +66,10 @@ impl RemoteAgent {
                     AgentError::Unreachable(format!("{} has no registered agent", self.hostname))
                 })?,
         };
+        // The host's long-polls on this replica hear of it at once.
+        self.signals
+            .wake(&self.hostname, super::HostChange::Desired);
         let signal = self.signals.of(&self.hostname);
-        signal.notify_waiters();
         let agent = self
             .store
             .agent(&self.hostname)
@@ -70,7 +83,7 @@ impl RemoteAgent {
         }
         let mut generation = generation;
         loop {
-            let notified = signal.notified();
+            let notified = signal.reported.notified();
             let row = self
                 .store
                 .work(&self.hostname, key)
@@ -122,12 +135,12 @@ impl RemoteAgent {
         key: &str,
         desired: &Desired,
     ) -> Result<(Outcome, i64), AgentError> {
-        let previous = self
+        let current = self
             .store
             .work(&self.hostname, key)
             .await
-            .map_err(store_error)?
-            .map(|row| row.desired);
+            .map_err(store_error)?;
+        let previous = current.as_ref().map(|row| row.desired.clone());
         let mut restore = RestoreOnDrop {
             store: self.store.clone(),
             signals: self.signals.clone(),
@@ -135,7 +148,7 @@ impl RemoteAgent {
             key: key.to_string(),
             previous,
         };
-        let outcome = self.converge(key, desired).await;
+        let outcome = self.converge_from(key, desired, current).await;
         if outcome.is_ok() {
             restore.previous = None;
         }
@@ -218,7 +231,7 @@ impl Drop for RestoreOnDrop {
             runtime.spawn(async move {
                 match store.set_desired(&hostname, &key, &previous).await {
                     // The agent's long-poll hears of it at once.
-                    Ok(_) => signals.wake(&hostname),
+                    Ok(_) => signals.wake(&hostname, super::HostChange::Desired),
                     Err(err) => {
                         tracing::warn!(%hostname, %key, error = %err, "restoring a desired state failed")
                     }

@@ -90,7 +90,7 @@ impl App {
         let signal = self.agent_signals.of(&agent.hostname);
         let deadline = tokio::time::Instant::now() + wait.min(LONG_POLL);
         loop {
-            let notified = signal.notified();
+            let notified = signal.desired.notified();
             let record = self.agent_record(&agent.hostname).await?;
             if record.generation != after {
                 // Newer work, or a generation from before a reset of the
@@ -182,7 +182,8 @@ impl App {
         if !kept {
             tracing::debug!(hostname = %agent.hostname, key = %observed.key, generation = observed.generation, "stale report ignored");
         }
-        self.agent_signals.of(&agent.hostname).notify_waiters();
+        self.agent_signals
+            .wake(&agent.hostname, super::HostChange::Reported);
         Ok(())
     }
 
