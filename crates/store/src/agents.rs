@@ -374,14 +374,15 @@ impl Store {
     }
 
     /// Sets the desired state of `key` on `hostname` under the host's next
-    /// generation; answers that generation, or `None` when the host has no
-    /// agent.
+    /// generation; answers that generation and whether the agent is
+    /// reachable (as its heartbeats last said), or `None` when the host has
+    /// no agent.
     pub async fn set_desired(
         &self,
         hostname: &str,
         key: &str,
         desired: &str,
-    ) -> Result<Option<i64>> {
+    ) -> Result<Option<(i64, bool)>> {
         let (hostname, key, desired) = (hostname.to_string(), key.to_string(), desired.to_string());
         self.write("set_desired", move |conn| {
             let (hostname, key, desired) = (hostname.clone(), key.clone(), desired.clone());
@@ -476,15 +477,15 @@ async fn set_desired(
     hostname: &str,
     key: &str,
     desired: &str,
-) -> std::result::Result<Commit<Option<i64>>, DbError> {
-    let generation = conn
-        .fetch_int(
+) -> std::result::Result<Commit<Option<(i64, bool)>>, DbError> {
+    let bumped = conn
+        .fetch_ints(
             "UPDATE agents SET generation = generation + 1 WHERE hostname = $1 \
-             RETURNING generation",
+             RETURNING generation, reachable",
             &[hostname.into()],
         )
         .await?;
-    let Some(generation) = generation else {
+    let [generation, reachable] = bumped[..] else {
         return Ok(Commit::Undo(None));
     };
     let args: Vec<Arg> = vec![
@@ -502,7 +503,7 @@ async fn set_desired(
         &args,
     )
     .await?;
-    Ok(Commit::Keep(Some(generation)))
+    Ok(Commit::Keep(Some((generation, reachable != 0))))
 }
 
 /// A terminal session asked of a replica that does not hold the host's

@@ -53,29 +53,41 @@ impl RemoteAgent {
             .map_err(|e| AgentError::Failed(format!("cannot encode the desired state: {e}")))?;
         let pending =
             current.filter(|row| row.desired == body && row.observed_generation < row.generation);
-        let generation = match pending {
+        let (generation, reachable) = match pending {
             // The same change is still under way (a call repeated after a
             // timeout): wait for it rather than ask for it twice.
-            Some(row) => row.generation,
-            None => self
-                .store
-                .set_desired(&self.hostname, key, &body)
-                .await
-                .map_err(store_error)?
-                .ok_or_else(|| {
-                    AgentError::Unreachable(format!("{} has no registered agent", self.hostname))
-                })?,
+            Some(row) => (row.generation, None),
+            None => {
+                let (generation, reachable) = self
+                    .store
+                    .set_desired(&self.hostname, key, &body)
+                    .await
+                    .map_err(store_error)?
+                    .ok_or_else(|| {
+                        AgentError::Unreachable(format!(
+                            "{} has no registered agent",
+                            self.hostname
+                        ))
+                    })?;
+                (generation, Some(reachable))
+            }
         };
         // The host's long-polls on this replica hear of it at once.
         self.signals
             .wake(&self.hostname, super::HostChange::Desired);
         let signal = self.signals.of(&self.hostname);
-        let agent = self
-            .store
-            .agent(&self.hostname)
-            .await
-            .map_err(store_error)?;
-        if agent.is_some_and(|a| a.reachable == 0) {
+        // Whether its agent still beats, as the write of the change read
+        // it (else read now).
+        let reachable = match reachable {
+            Some(reachable) => reachable,
+            None => self
+                .store
+                .agent(&self.hostname)
+                .await
+                .map_err(store_error)?
+                .is_none_or(|a| a.reachable != 0),
+        };
+        if !reachable {
             return Err(AgentError::Unreachable(format!(
                 "the agent of {} missed its heartbeats",
                 self.hostname
