@@ -79,21 +79,22 @@ pub struct InstanceSurroundings {
 
 /// [`InstanceSurroundings`] as read: every column may be missing (no
 /// policy set, not a container, no address).
-type SurroundingsRow = (
-    Option<i64>,
-    Option<i64>,
-    Option<String>,
-    Option<String>,
-    Option<i64>,
-    Option<String>,
-    Option<i64>,
-    Option<i64>,
-    Option<String>,
-    Option<String>,
-    Option<String>,
-    Option<String>,
-    Option<String>,
-);
+#[derive(Default, sqlx::FromRow)]
+struct SurroundingsRow {
+    egress: Option<i64>,
+    privileged: Option<i64>,
+    container_id: Option<String>,
+    container_project_id: Option<String>,
+    ssh_enabled: Option<i64>,
+    mount_paths: Option<String>,
+    storage_gb: Option<i64>,
+    container_generation: Option<i64>,
+    container_updated_at: Option<String>,
+    address: Option<String>,
+    subnet_cidr: Option<String>,
+    vpc_id: Option<String>,
+    vpc_cidr: Option<String>,
+}
 
 /// How recording new instances went; nothing changed unless `Recorded`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -182,11 +183,13 @@ impl Store {
         instance_id: &str,
         project_id: &str,
     ) -> Result<InstanceSurroundings> {
-        let row: Option<SurroundingsRow> = self
+        let row: SurroundingsRow = self
             .fetch_optional(
-                "SELECT p.egress, p.privileged, \
-                 c.id, c.project_id, c.ssh_enabled, c.mount_paths, c.storage_gb, c.generation, \
-                 c.updated_at, a.address, s.cidr, v.id, v.cidr \
+                "SELECT p.egress, p.privileged, c.id AS container_id, \
+                 c.project_id AS container_project_id, c.ssh_enabled, c.mount_paths, \
+                 c.storage_gb, c.generation AS container_generation, \
+                 c.updated_at AS container_updated_at, a.address, s.cidr AS subnet_cidr, \
+                 v.id AS vpc_id, v.cidr AS vpc_cidr \
                  FROM (SELECT 1 AS one) o \
                  LEFT JOIN project_policies p ON p.project_id = $2 \
                  LEFT JOIN containers c ON c.id = $1 \
@@ -195,30 +198,24 @@ impl Store {
                  LEFT JOIN vpcs v ON v.id = s.vpc_id LIMIT 1",
                 &[instance_id.into(), project_id.into()],
             )
-            .await?;
-        let (egress, privileged, c_id, c_project, ssh, mounts, storage, generation, updated) =
-            match &row {
-                Some(r) => (
-                    r.0,
-                    r.1,
-                    r.2.clone(),
-                    r.3.clone(),
-                    r.4,
-                    r.5.clone(),
-                    r.6,
-                    r.7,
-                    r.8.clone(),
-                ),
-                None => Default::default(),
-            };
-        let policy = match (egress, privileged) {
+            .await?
+            .unwrap_or_default();
+        let policy = match (row.egress, row.privileged) {
             (Some(egress), Some(privileged)) => crate::ProjectPolicyRecord {
                 egress: egress != 0,
                 privileged: privileged != 0,
             },
             _ => crate::ProjectPolicyRecord::default(),
         };
-        let container = match (c_id, c_project, ssh, mounts, storage, generation, updated) {
+        let container = match (
+            row.container_id,
+            row.container_project_id,
+            row.ssh_enabled,
+            row.mount_paths,
+            row.storage_gb,
+            row.container_generation,
+            row.container_updated_at,
+        ) {
             (
                 Some(id),
                 Some(project),
@@ -232,8 +229,8 @@ impl Store {
             ))?),
             _ => None,
         };
-        let place = match row {
-            Some((.., Some(address), Some(subnet_cidr), Some(vpc_id), Some(vpc_cidr))) => {
+        let place = match (row.address, row.subnet_cidr, row.vpc_id, row.vpc_cidr) {
+            (Some(address), Some(subnet_cidr), Some(vpc_id), Some(vpc_cidr)) => {
                 Some(crate::InstancePlace {
                     address,
                     subnet_cidr,

@@ -123,43 +123,46 @@ async fn limits_and_usage(
     check: &QuotaCheck,
 ) -> std::result::Result<Option<(Usage, Usage)>, DbError> {
     let project = [Arg::from(&check.project_id)];
-    if conn.is_postgres() {
+    // The project's own limits, and on SQLite its usage with them.
+    let (own, used) = if conn.is_postgres() {
         let rows = conn.fetch_rows(LOCK_PROJECT_WITH_LIMITS, &project).await?;
-        let row = rows
+        let own = rows
             .first()
             .map(<LimitsRow as sqlx::FromRow<'_, sqlx::any::AnyRow>>::from_row)
             .transpose()?;
-        let limits = check.limits(&overrides_of(row));
-        if check.unbounded_under(&limits) {
+        (own, None)
+    } else {
+        let sql =
+            format!("SELECT * FROM ({USAGE}) AS used LEFT JOIN ({OWN_LIMITS}) AS own ON 1 = 1");
+        let columns = conn.fetch_rows(&sql, &project).await?;
+        let Some(row) = columns.first() else {
             return Ok(None);
+        };
+        let column = |n: usize| sqlx::Row::try_get::<Option<i64>, _>(row, n);
+        let mut used = Vec::with_capacity(7);
+        for n in 0..7 {
+            used.push(column(n)?.unwrap_or(0));
         }
-        let used = usage_of(&conn.fetch_ints(USAGE, &project).await?);
-        return Ok(Some((limits, used)));
-    }
-    let sql = format!("SELECT * FROM ({USAGE}) AS used LEFT JOIN ({OWN_LIMITS}) AS own ON 1 = 1");
-    let rows = conn.fetch_rows(&sql, &project).await?;
-    let Some(row) = rows.first() else {
-        return Ok(None);
+        let own = (
+            column(7)?,
+            column(8)?,
+            column(9)?,
+            column(10)?,
+            column(11)?,
+            column(12)?,
+            column(13)?,
+        );
+        (Some(own), Some(usage_of(&used)))
     };
-    let column = |n: usize| sqlx::Row::try_get::<Option<i64>, _>(row, n);
-    let mut used = Vec::with_capacity(7);
-    for n in 0..7 {
-        used.push(column(n)?.unwrap_or(0));
-    }
-    let own = overrides_of(Some((
-        column(7)?,
-        column(8)?,
-        column(9)?,
-        column(10)?,
-        column(11)?,
-        column(12)?,
-        column(13)?,
-    )));
-    let limits = check.limits(&own);
+    let limits = check.limits(&overrides_of(own));
     if check.unbounded_under(&limits) {
         return Ok(None);
     }
-    Ok(Some((limits, usage_of(&used))))
+    let used = match used {
+        Some(used) => used,
+        None => usage_of(&conn.fetch_ints(USAGE, &project).await?),
+    };
+    Ok(Some((limits, used)))
 }
 
 /// Runs a write's quota check inside its transaction, before the write's
