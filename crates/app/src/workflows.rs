@@ -225,7 +225,7 @@ impl App {
         let quota = self.quota_check(&op.project_id, crate::instances::instances_usage(&nodes));
         match self
             .store
-            .insert_instances(&nodes, &op, Some(&quota))
+            .insert_instances(&nodes, &op, Some(&quota), None)
             .await?
         {
             tessera_store::InstancesAdded::SubnetFull(subnet) => {
@@ -235,7 +235,7 @@ impl App {
                 self.forget_defaults(&op.project_id);
                 return Err(crate::instances::network_gone());
             }
-            tessera_store::InstancesAdded::Recorded(_)
+            tessera_store::InstancesAdded::Recorded { .. }
             | tessera_store::InstancesAdded::VolumeTaken
             | tessera_store::InstancesAdded::ReplicasEnough => {}
         }

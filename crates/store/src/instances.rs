@@ -8,7 +8,8 @@
 use crate::billing::{meter_open, meter_set};
 use crate::db::{Arg, Conn, DbError};
 use crate::operations::{
-    NewOperation, OperationEnd, operation_finish, operation_insert, operation_progress,
+    NewOperation, OperationEnd, operation_finish, operation_insert, operation_insert_taken,
+    operation_progress,
 };
 use crate::volumes::{volume_attach, volume_insert};
 use crate::writer::Commit;
@@ -100,8 +101,12 @@ struct SurroundingsRow {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum InstancesAdded {
     /// The instances as they were written (as a read of them would answer
-    /// until their operation changes them).
-    Recorded(Vec<InstanceRecord>),
+    /// until their operation changes them), and their operation when it
+    /// went in taken by this process.
+    Recorded {
+        instances: Vec<InstanceRecord>,
+        taken: Option<Box<crate::OperationRecord>>,
+    },
     /// A volume to attach is no longer detached.
     VolumeTaken,
     /// This subnet has no free address left.
@@ -250,13 +255,16 @@ impl Store {
     /// Records a new instance, `provisioning`, with the operation that
     /// creates it, its meter and its volumes, in one transaction. `false`,
     /// changing nothing, when a volume to attach is no longer detached.
+    /// With `taken`, the operation goes in already taken by this process
+    /// until then (it drives it at once): no take to write after.
     pub async fn insert_instance(
         &self,
         instance: &NewInstance,
         op: &NewOperation,
         quota: Option<&QuotaCheck>,
+        taken: Option<&str>,
     ) -> Result<InstancesAdded> {
-        self.insert_instances(std::slice::from_ref(instance), op, quota)
+        self.insert_instances(std::slice::from_ref(instance), op, quota, taken)
             .await
     }
 
@@ -267,6 +275,7 @@ impl Store {
         instances: &[NewInstance],
         op: &NewOperation,
         quota: Option<&QuotaCheck>,
+        taken: Option<&str>,
     ) -> Result<InstancesAdded> {
         // A microsecond apart, so that they list in their order.
         let base = chrono::Utc::now();
@@ -372,7 +381,18 @@ impl Store {
                 ));
             }
         }
-        statements.push(operation_insert(op));
+        let taken = match taken {
+            Some(lease_until) => {
+                let (insert, record) = operation_insert_taken(op, &self.owner, lease_until);
+                statements.push(insert);
+                Some(record)
+            }
+            None => {
+                statements.push(operation_insert(op));
+                None
+            }
+        };
+        let taken = Arc::new(taken);
         let attaches = Arc::new(attaches);
         // On PostgreSQL the instances' rows go in as one statement: one
         // round trip instead of one each.
@@ -397,7 +417,7 @@ impl Store {
         let written = Arc::new(written);
         let outcome = self
             .write("insert_instances", move |mut conn| {
-                let (statements, combined, attaches, quota, networks, replicas, written) = (
+                let (statements, combined, attaches, quota, networks, replicas, written, taken) = (
                     statements.clone(),
                     combined.clone(),
                     attaches.clone(),
@@ -405,6 +425,7 @@ impl Store {
                     networks.clone(),
                     replicas.clone(),
                     written.clone(),
+                    taken.clone(),
                 );
                 Box::pin(async move {
                     let changed = match (conn.is_postgres(), combined.as_ref()) {
@@ -450,7 +471,10 @@ impl Store {
                     {
                         return Ok(Commit::Undo(Err(exceeded)));
                     }
-                    Ok(Commit::Keep(Ok(InstancesAdded::Recorded(written))))
+                    Ok(Commit::Keep(Ok(InstancesAdded::Recorded {
+                        instances: written,
+                        taken: taken.as_ref().clone().map(Box::new),
+                    })))
                 })
             })
             .await?;
@@ -889,15 +913,18 @@ impl Store {
     }
 
     /// Starts an operation on an instance in one of `from` that has none
-    /// under way: it moves to `to` and records `op`. `false`, changing
-    /// nothing, otherwise.
+    /// under way: it moves to `to` and records `op`, taken by this process
+    /// until `lease_until` (it drives it at once). Answers the operation as
+    /// written; `None`, changing nothing, otherwise.
     pub async fn begin_instance_operation(
         &self,
         instance_id: &str,
         from: &[&str],
         to: &str,
         op: &NewOperation,
-    ) -> Result<bool> {
+        lease_until: &str,
+    ) -> Result<Option<crate::OperationRecord>> {
+        let (insert, taken) = operation_insert_taken(op, &self.owner, lease_until);
         let mut args: Vec<Arg> = vec![to.into(), (&op.id).into(), now().into(), instance_id.into()];
         let params: Vec<String> = from
             .iter()
@@ -919,12 +946,12 @@ impl Store {
                         ),
                         args,
                     ),
-                    operation_insert(op),
+                    insert,
                 ],
                 |c| c[0] == 1,
             )
             .await?;
-        Ok(counts[0] == 1)
+        Ok((counts[0] == 1).then_some(taken))
     }
 }
 
@@ -1321,4 +1348,120 @@ fn instance_set(
             update.cause.map(TerminationCause::as_str).into(),
         ],
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{ProjectRecord, timestamp};
+
+    fn creation(project: &str) -> (NewInstance, NewOperation) {
+        let instance = NewInstance {
+            id: "inst-1".into(),
+            project_id: project.into(),
+            name: "web-1".into(),
+            labels: serde_json::json!({}),
+            spec: serde_json::json!({}),
+            memory_mb: 1024,
+            vcpus: 1,
+            micros_per_hour: 0,
+            volumes: Vec::new(),
+            attach: Vec::new(),
+            container: None,
+            network: None,
+            replica: None,
+        };
+        let op = NewOperation {
+            id: "op-1".into(),
+            project_id: project.into(),
+            kind: tessera_core::status::OperationKind::InstanceCreate,
+            resource_id: Some("inst-1".into()),
+            params: serde_json::json!({ "instance_id": "inst-1" }),
+            created_by: "alice".into(),
+        };
+        (instance, op)
+    }
+
+    /// A creation recorded taken is its recorder's, as a take would have
+    /// left it: another replica cannot take it while the lease holds (were
+    /// the recorder to die at once, it waits the lease out, as for any
+    /// driver), the recorder restarted takes it back at once, and the row
+    /// the store answers is the row it wrote.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_creation_recorded_taken_is_its_recorders_until_its_lease_passes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = Store::sqlite_url(&dir.path().join("tessera.db"));
+        let mine = Store::open(&url).await.expect("open").with_owner("one");
+        let other = Store::open(&url).await.expect("open").with_owner("two");
+        let project = ProjectRecord {
+            id: "proj-1".into(),
+            name: "p".into(),
+            path: "p".into(),
+            created_at: now(),
+        };
+        assert!(mine.insert_project(&project, None).await.expect("project"));
+        let (instance, op) = creation(&project.id);
+        let lease = timestamp(chrono::Utc::now() + chrono::Duration::seconds(60));
+        let InstancesAdded::Recorded {
+            instances,
+            taken: Some(taken),
+        } = mine
+            .insert_instance(&instance, &op, None, Some(&lease))
+            .await
+            .expect("insert")
+        else {
+            panic!("recorded, and taken");
+        };
+        assert_eq!(instances.len(), 1);
+        assert_eq!(taken.status, "running");
+        assert_eq!(taken.attempts, 1);
+        assert_eq!(
+            mine.operation(&op.id).await.expect("read"),
+            Some(*taken.clone()),
+            "the answer is the row"
+        );
+        assert_eq!(
+            other
+                .acquire_operation(&op.id, &lease, false)
+                .await
+                .expect("take"),
+            None,
+            "another replica waits for the lease"
+        );
+        assert_eq!(
+            other.own_operations().await.expect("own"),
+            Vec::<String>::new()
+        );
+        assert_eq!(
+            mine.own_operations().await.expect("own"),
+            vec![op.id.clone()]
+        );
+        let back = mine
+            .acquire_operation(&op.id, &lease, true)
+            .await
+            .expect("take back")
+            .expect("its own");
+        assert_eq!(back.attempts, 2);
+
+        // Without the taken lease, a creation goes in pending, for anyone.
+        let (mut instance, mut op) = creation(&project.id);
+        instance.id = "inst-2".into();
+        instance.name = "web-2".into();
+        op.id = "op-2".into();
+        op.resource_id = Some("inst-2".into());
+        let added = mine
+            .insert_instance(&instance, &op, None, None)
+            .await
+            .expect("insert");
+        assert!(matches!(
+            added,
+            InstancesAdded::Recorded { taken: None, .. }
+        ));
+        let taken = other
+            .acquire_operation(&op.id, &lease, false)
+            .await
+            .expect("take")
+            .expect("anyone's");
+        assert_eq!((taken.status.as_str(), taken.attempts), ("running", 1));
+    }
 }

@@ -11,7 +11,7 @@ use crate::{Result, Store, now};
 use sqlx::FromRow;
 use tessera_core::status::{OperationKind, OperationStatus};
 
-#[derive(Clone, Debug, sqlx::FromRow)]
+#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
 pub struct OperationRecord {
     pub id: String,
     pub project_id: String,
@@ -93,6 +93,53 @@ pub(crate) fn operation_insert(op: &NewOperation) -> (String, Vec<Arg>) {
             at.into(),
         ],
     )
+}
+
+/// An operation inserted already taken by `owner` until `lease_until`,
+/// for a process that drives it at once: the `running` row a take of a
+/// `pending` one would leave, without the take's write, and that row.
+pub(crate) fn operation_insert_taken(
+    op: &NewOperation,
+    owner: &str,
+    lease_until: &str,
+) -> ((String, Vec<Arg>), OperationRecord) {
+    let at = now();
+    let record = OperationRecord {
+        id: op.id.clone(),
+        project_id: op.project_id.clone(),
+        kind: op.kind.as_str().to_string(),
+        status: OperationStatus::Running.as_str().to_string(),
+        resource_id: op.resource_id.clone(),
+        params: op.params.to_string(),
+        steps: "[]".into(),
+        result: None,
+        error: None,
+        cancel_requested: 0,
+        lease_until: Some(lease_until.to_string()),
+        created_by: op.created_by.clone(),
+        created_at: at.clone(),
+        updated_at: at.clone(),
+        attempts: 1,
+        last_error: None,
+    };
+    let statement = (
+        format!(
+            "INSERT INTO operations ({OPERATION_COLUMNS}, lease_owner) \
+             VALUES ($1, $2, $3, 'running', $4, $5, '[]', NULL, NULL, 0, $8, $6, $7, $7, 1, NULL, $9)"
+        ),
+        vec![
+            (&op.id).into(),
+            (&op.project_id).into(),
+            op.kind.as_str().into(),
+            op.resource_id.as_ref().into(),
+            (&record.params).into(),
+            (&op.created_by).into(),
+            at.into(),
+            lease_until.into(),
+            owner.into(),
+        ],
+    );
+    (statement, record)
 }
 
 /// Ends an operation this process drives (`owner`).

@@ -242,12 +242,16 @@ impl App {
             &caller.project_id,
             instances_usage(std::slice::from_ref(instance)),
         );
-        let written = match self
+        // The operation goes in taken by this process, which drives it at
+        // once: watched from before it is written, so a cancel asked from
+        // now on is heard.
+        let changes = self.watch_changes(&op.id);
+        let (written, taken) = match self
             .store
-            .insert_instance(instance, &op, Some(&quota))
+            .insert_instance(instance, &op, Some(&quota), Some(&self.deadline()))
             .await?
         {
-            InstancesAdded::Recorded(written) => written,
+            InstancesAdded::Recorded { instances, taken } => (instances, taken),
             InstancesAdded::VolumeTaken => {
                 return Err(Error::Conflict(
                     "a volume in existing_volumes was attached elsewhere meanwhile; try again"
@@ -265,8 +269,6 @@ impl App {
                 ));
             }
         };
-        self.tag_new(&caller.project_id, crate::tags::Tagged::Instance, &id, tags)
-            .await?;
         tracing::info!(instance = %id, name = %instance.name, project = %caller.project_name, "instance requested");
         self.publish("instance", &id, Some(&caller.project_id), "provisioning");
         // The answer is what was recorded, as written (not read back),
@@ -275,14 +277,27 @@ impl App {
             .into_iter()
             .next()
             .ok_or_else(|| Error::corrupt(format!("instance {id} was recorded without its row")))
-            .and_then(Instance::from_record)?;
-        self.spawn_operation(&op.id);
+            .and_then(Instance::from_record);
+        // Driven from now on, whatever happens to this request: an
+        // operation taken by this process is otherwise left until its lease
+        // passes.
+        match taken {
+            Some(taken) => self.spawn_taken(*taken, changes, recorded.as_ref().ok().cloned()),
+            None => self.spawn_operation(&op.id),
+        }
+        let recorded = recorded?;
+        self.tag_new(&caller.project_id, crate::tags::Tagged::Instance, &id, tags)
+            .await?;
         Ok(recorded)
     }
 
     /// Drives an `instance_create` operation (see the module doc).
     pub(crate) async fn run_instance_create(&self, run: &mut Run) -> Result<()> {
-        let mut instance = self.run_instance(run).await?;
+        // As this process recorded it, when it did: no read.
+        let mut instance = match run.instance.take() {
+            Some(instance) => instance,
+            None => self.run_instance(run).await?,
+        };
         // The operation was read as this run took it: no need to read it
         // again for a cancel.
         if run.op.cancel_requested != 0 {

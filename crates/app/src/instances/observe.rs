@@ -233,6 +233,7 @@ impl App {
             params: serde_json::json!({ "instance_id": instance.id, "restart": true }),
             created_by: RESTARTED_BY.into(),
         };
+        let changes = self.watch_changes(&op.id);
         let began = self
             .store
             .begin_instance_operation(
@@ -240,9 +241,10 @@ impl App {
                 &[InstanceState::Running.as_str()],
                 InstanceState::Provisioning.as_str(),
                 &op,
+                &self.deadline(),
             )
             .await?;
-        if began {
+        if let Some(taken) = began {
             tracing::warn!(instance = %instance.id, deaths, detail, "instance stopped on its own; starting it again");
             self.publish(
                 "instance",
@@ -250,7 +252,7 @@ impl App {
                 Some(&instance.project_id),
                 InstanceState::Provisioning.as_str(),
             );
-            self.spawn_operation(&op.id);
+            self.spawn_taken(taken, changes, None);
         }
         Ok(())
     }

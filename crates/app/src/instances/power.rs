@@ -74,11 +74,14 @@ impl App {
             created_by: caller.username.clone(),
         };
         let from: Vec<&str> = from.iter().map(|s| s.as_str()).collect();
-        if !self
+        // Taken by this process as it goes in (it drives it at once), and
+        // watched from before.
+        let changes = self.watch_changes(&op.id);
+        let Some(taken) = self
             .store
-            .begin_instance_operation(&instance.id, &from, to.as_str(), &op)
+            .begin_instance_operation(&instance.id, &from, to.as_str(), &op, &self.deadline())
             .await?
-        {
+        else {
             let now = self.project_instance(&caller.project_id, id).await?;
             let why = match &now.operation_id {
                 Some(op) => format!("operation {op} is still under way on it"),
@@ -88,16 +91,19 @@ impl App {
             return Err(Error::Conflict(format!(
                 "instance {id} cannot {verb}: {why}"
             )));
-        }
+        };
         self.publish(
             "instance",
             &instance.id,
             Some(&caller.project_id),
             to.as_str(),
         );
-        let instance = self.project_instance(&caller.project_id, id).await?;
-        self.spawn_operation(&op.id);
-        Ok(instance)
+        // The answer is the instance as the operation began (read before
+        // the operation is driven), but the operation is driven whatever
+        // the read does.
+        let instance = self.project_instance(&caller.project_id, id).await;
+        self.spawn_taken(taken, changes, None);
+        instance
     }
 
     /// Drives an `instance_delete`, `instance_stop` or `instance_start`

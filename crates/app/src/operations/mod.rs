@@ -164,6 +164,9 @@ pub(crate) struct Run {
     /// How the run ended the operation, when the saga says so as it
     /// settles it: its end is then published without reading it back.
     pub ended: Option<OperationStatus>,
+    /// The instance a creation acts on, as recorded with the operation by
+    /// this process: its first step need not read it.
+    pub instance: Option<crate::instances::Instance>,
 }
 
 impl Run {
@@ -371,6 +374,40 @@ impl App {
                 return;
             }
         };
+        self.drive_taken(op, changes, None).await;
+    }
+
+    /// Drives, in the background, an operation this process recorded
+    /// already taken (see [`tessera_store::Store::insert_instance`]):
+    /// `changes` watches it from before it was written, and `instance` is
+    /// the instance it acts on as written with it, so neither is read
+    /// again.
+    pub(crate) fn spawn_taken(
+        &self,
+        op: OperationRecord,
+        changes: crate::events::ChangeWatch,
+        instance: Option<crate::instances::Instance>,
+    ) {
+        let app = self.clone();
+        self.tasks.spawn(async move {
+            let id = op.id.clone();
+            // A new operation: no other driver here can hold it.
+            let Some(_guard) = InFlight::enter(&app.in_flight, format!("op:{id}")) else {
+                return;
+            };
+            app.drive_taken(op, changes, instance).await;
+        });
+    }
+
+    /// Carries an operation this process holds as far as it goes.
+    async fn drive_taken(
+        &self,
+        op: OperationRecord,
+        changes: crate::events::ChangeWatch,
+        instance: Option<crate::instances::Instance>,
+    ) {
+        let id = op.id.clone();
+        let id = id.as_str();
         let steps = match StepLog::read(&op.id, &op.steps) {
             Ok(steps) => steps,
             Err(err) => {
@@ -390,6 +427,7 @@ impl App {
             steps,
             changes,
             ended: None,
+            instance,
         };
         // Keep the lease while this process drives it, however long a host
         // takes; only a dead process lets it run out.
