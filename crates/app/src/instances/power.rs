@@ -99,10 +99,12 @@ impl App {
             to.as_str(),
         );
         // The answer is the instance as the operation began (read before
-        // the operation is driven), but the operation is driven whatever
-        // the read does.
+        // the operation is driven, which starts from this read: while the
+        // operation is under way nothing else changes where the instance
+        // is or what it is), but the operation is driven whatever the read
+        // does.
         let instance = self.project_instance(&caller.project_id, id).await;
-        self.spawn_taken(taken, changes, None);
+        self.spawn_taken(taken, changes, instance.as_ref().ok().cloned());
         instance
     }
 
@@ -116,7 +118,11 @@ impl App {
         let _guard = self
             .instance_guard(run.op.resource_id.as_deref().unwrap_or(""))
             .await?;
-        let instance = self.run_instance(run).await?;
+        // As read when this process began the operation, or from the store.
+        let instance = match run.instance.take() {
+            Some(instance) => instance,
+            None => self.run_instance(run).await?,
+        };
         let outcome = match kind {
             OperationKind::InstanceDelete => self
                 .on_host_by_id(&instance, |agent, id| async move {

@@ -164,8 +164,8 @@ pub(crate) struct Run {
     /// How the run ended the operation, when the saga says so as it
     /// settles it: its end is then published without reading it back.
     pub ended: Option<OperationStatus>,
-    /// The instance a creation acts on, as recorded with the operation by
-    /// this process: its first step need not read it.
+    /// The instance the operation acts on, as this process wrote or read
+    /// it when it began the operation: its first step need not read it.
     pub instance: Option<crate::instances::Instance>,
 }
 
