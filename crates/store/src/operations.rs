@@ -77,22 +77,7 @@ const OPERATION_COLUMNS: &str = "id, project_id, kind, status, resource_id, para
      error, cancel_requested, lease_until, created_by, created_at, updated_at, attempts, last_error";
 
 pub(crate) fn operation_insert(op: &NewOperation) -> (String, Vec<Arg>) {
-    let at = now();
-    (
-        format!(
-            "INSERT INTO operations ({OPERATION_COLUMNS}) \
-             VALUES ($1, $2, $3, 'pending', $4, $5, '[]', NULL, NULL, 0, NULL, $6, $7, $7, 0, NULL)"
-        ),
-        vec![
-            (&op.id).into(),
-            (&op.project_id).into(),
-            op.kind.as_str().into(),
-            op.resource_id.as_ref().into(),
-            op.params.to_string().into(),
-            (&op.created_by).into(),
-            at.into(),
-        ],
-    )
+    operation_row(op, &now(), None)
 }
 
 /// An operation inserted already taken by `owner` until `lease_until`,
@@ -122,24 +107,35 @@ pub(crate) fn operation_insert_taken(
         attempts: 1,
         last_error: None,
     };
-    let statement = (
+    (operation_row(op, &at, Some((owner, lease_until))), record)
+}
+
+/// The insert of a new operation at `at`: `pending`, or `running` and
+/// taken by `(owner, until)`.
+fn operation_row(op: &NewOperation, at: &str, taken: Option<(&str, &str)>) -> (String, Vec<Arg>) {
+    let status = match taken {
+        Some(_) => OperationStatus::Running,
+        None => OperationStatus::Pending,
+    };
+    (
         format!(
             "INSERT INTO operations ({OPERATION_COLUMNS}, lease_owner) \
-             VALUES ($1, $2, $3, 'running', $4, $5, '[]', NULL, NULL, 0, $8, $6, $7, $7, 1, NULL, $9)"
+             VALUES ($1, $2, $3, $8, $4, $5, '[]', NULL, NULL, 0, $9, $6, $7, $7, $10, NULL, $11)"
         ),
         vec![
             (&op.id).into(),
             (&op.project_id).into(),
             op.kind.as_str().into(),
             op.resource_id.as_ref().into(),
-            (&record.params).into(),
+            op.params.to_string().into(),
             (&op.created_by).into(),
             at.into(),
-            lease_until.into(),
-            owner.into(),
+            status.as_str().into(),
+            taken.map(|(_, until)| until).into(),
+            i64::from(taken.is_some()).into(),
+            taken.map(|(owner, _)| owner).into(),
         ],
-    );
-    (statement, record)
+    )
 }
 
 /// Ends an operation this process drives (`owner`).
