@@ -392,7 +392,6 @@ impl Store {
                 None
             }
         };
-        let taken = Arc::new(taken);
         let attaches = Arc::new(attaches);
         // On PostgreSQL the instances' rows go in as one statement: one
         // round trip instead of one each.
@@ -417,7 +416,7 @@ impl Store {
         let written = Arc::new(written);
         let outcome = self
             .write("insert_instances", move |mut conn| {
-                let (statements, combined, attaches, quota, networks, replicas, written, taken) = (
+                let (statements, combined, attaches, quota, networks, replicas, written) = (
                     statements.clone(),
                     combined.clone(),
                     attaches.clone(),
@@ -425,7 +424,6 @@ impl Store {
                     networks.clone(),
                     replicas.clone(),
                     written.clone(),
-                    taken.clone(),
                 );
                 Box::pin(async move {
                     let changed = match (conn.is_postgres(), combined.as_ref()) {
@@ -473,12 +471,19 @@ impl Store {
                     }
                     Ok(Commit::Keep(Ok(InstancesAdded::Recorded {
                         instances: written,
-                        taken: taken.as_ref().clone().map(Box::new),
+                        taken: None,
                     })))
                 })
             })
             .await?;
-        outcome.map_err(crate::StoreError::QuotaExceeded)
+        // The operation as written goes with the rows it was written with.
+        match outcome.map_err(crate::StoreError::QuotaExceeded)? {
+            InstancesAdded::Recorded { instances, .. } => Ok(InstancesAdded::Recorded {
+                instances,
+                taken: taken.map(Box::new),
+            }),
+            refused => Ok(refused),
+        }
     }
 
     /// Leaves a running instance (with no operation under way) stopped,

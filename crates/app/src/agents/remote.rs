@@ -69,12 +69,12 @@ impl RemoteAgent {
                             self.hostname
                         ))
                     })?;
+                // The host's long-polls on this replica hear of it at once.
+                self.signals
+                    .wake(&self.hostname, super::HostChange::Desired);
                 (generation, Some(reachable))
             }
         };
-        // The host's long-polls on this replica hear of it at once.
-        self.signals
-            .wake(&self.hostname, super::HostChange::Desired);
         let signal = self.signals.of(&self.hostname);
         // Whether its agent still beats, as the write of the change read
         // it (else read now).

@@ -293,11 +293,7 @@ impl App {
 
     /// Drives an `instance_create` operation (see the module doc).
     pub(crate) async fn run_instance_create(&self, run: &mut Run) -> Result<()> {
-        // As this process recorded it, when it did: no read.
-        let mut instance = match run.instance.take() {
-            Some(instance) => instance,
-            None => self.run_instance(run).await?,
-        };
+        let mut instance = self.begun_instance(run).await?;
         // The operation was read as this run took it: no need to read it
         // again for a cancel.
         if run.op.cancel_requested != 0 {
@@ -362,6 +358,15 @@ impl App {
                 )
                 .await
             }
+        }
+    }
+
+    /// The instance a run starts from: as this process wrote or read it
+    /// when it began the operation (no read), or as the store has it.
+    pub(super) async fn begun_instance(&self, run: &mut Run) -> Result<Instance> {
+        match run.instance.take() {
+            Some(instance) => Ok(instance),
+            None => self.run_instance(run).await,
         }
     }
 

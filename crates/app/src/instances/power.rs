@@ -118,11 +118,7 @@ impl App {
         let _guard = self
             .instance_guard(run.op.resource_id.as_deref().unwrap_or(""))
             .await?;
-        // As read when this process began the operation, or from the store.
-        let instance = match run.instance.take() {
-            Some(instance) => instance,
-            None => self.run_instance(run).await?,
-        };
+        let instance = self.begun_instance(run).await?;
         let outcome = match kind {
             OperationKind::InstanceDelete => self
                 .on_host_by_id(&instance, |agent, id| async move {
