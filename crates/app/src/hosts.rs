@@ -7,7 +7,7 @@
 //! missing agent left undone, so every step here is safe to run twice.
 
 use crate::error::{Error, Result};
-use crate::{App, InFlight};
+use crate::{App, HostCallError, InFlight};
 use rand::RngCore;
 use std::net::IpAddr;
 use tessera_agent_api::{AgentError, HostSpec, UnitSpec};
@@ -360,13 +360,26 @@ impl App {
         spec: &HostSpec,
         agent: std::sync::Arc<dyn tessera_agent_api::HostAgent>,
     ) -> Result<Retirement> {
-        if let Err(why) = self.release_held_units(&host.id).await {
-            return Ok(Retirement::Failed(why));
-        }
+        let unwiped = match self.release_held_units(&host.id).await {
+            Ok(unwiped) => unwiped,
+            Err(why) => return Ok(Retirement::Failed(why)),
+        };
+        // Units given back without their wipe: said whatever comes next.
+        let unwiped = match unwiped.is_empty() {
+            true => String::new(),
+            false => format!(
+                "; compute unit(s) {} went back to the pool without being wiped",
+                unwiped.join(", ")
+            ),
+        };
         let retired =
             tokio::time::timeout(self.config.agent_timeout, agent.retire_host(spec)).await;
         let (silent, unreachable) = match retired {
-            Ok(Ok(())) => return Ok(Retirement::Done(None)),
+            Ok(Ok(())) => {
+                return Ok(Retirement::Done(
+                    (!unwiped.is_empty()).then(|| format!("retired{unwiped}")),
+                ));
+            }
             Ok(Err(AgentError::Failed(why))) => return Ok(Retirement::Failed(why)),
             Ok(Err(err @ AgentError::Unreachable(_))) => (err.to_string(), true),
             Err(_) => (
@@ -385,7 +398,7 @@ impl App {
         Ok(match now.decommission_forced {
             true => Retirement::Done(Some(format!(
                 "retired without its agent ({silent}): what the agent made on the machine is \
-                 still there"
+                 still there{unwiped}"
             ))),
             false => Retirement::Failed(format!(
                 "{silent}; delete the server with force to retire it without its agent"
@@ -398,21 +411,67 @@ impl App {
     /// Units instances hold are theirs: they go when their instances leave.
     /// Units that move meanwhile (an allocation settling) are looked at
     /// again; any still held after a few rounds fail the decommission.
-    async fn release_held_units(&self, host_id: &str) -> Result<(), String> {
+    /// A unit whose host's agent is gone for good (see
+    /// [`App::retiring_without_agent`]) goes back without its wipe: what
+    /// its tenant left there stays on a machine that leaves the fleet.
+    /// Answers those.
+    async fn release_held_units(&self, host_id: &str) -> Result<Vec<String>, String> {
+        let mut unwiped = Vec::new();
         for _ in 0..5 {
             let held = self.held_units(host_id).await.map_err(|e| e.to_string())?;
             if held.is_empty() {
-                return Ok(());
+                return Ok(unwiped);
             }
             for unit in held {
-                if let Some(unit) = self.begin_release(unit).await.map_err(|e| e.to_string())? {
-                    self.release(&unit).await.map_err(|e| e.to_string())?;
+                let Some(unit) = self.begin_release(unit).await.map_err(|e| e.to_string())? else {
+                    continue;
+                };
+                let gone = self
+                    .retiring_without_agent(host_id, None)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let failed = match gone {
+                    true => None,
+                    false => match self.release(&unit).await {
+                        Ok(()) => continue,
+                        Err(err) => Some(err),
+                    },
+                };
+                // Not wiped: given back only when the agent is gone for
+                // good (it missed its heartbeats, or the wipe did not
+                // finish in time and the retirement was forced).
+                let unanswered = match failed {
+                    Some(Error::HostTimeout(_)) => {
+                        Some(HostCallError::Timeout(self.config.agent_timeout))
+                    }
+                    Some(Error::Unavailable(_)) => Some(HostCallError::NoAgent),
+                    _ => None,
+                };
+                if failed.is_some()
+                    && !self
+                        .retiring_without_agent(host_id, unanswered.as_ref())
+                        .await
+                        .map_err(|e| e.to_string())?
+                {
+                    return Err(failed.map(|e| e.to_string()).unwrap_or_default());
+                }
+                if self
+                    .store
+                    .release_unit(&unit.compute_id, unit.generation)
+                    .await
+                    .map_err(|e| e.to_string())?
+                {
+                    let spec = unit_spec(&unit).map_err(|e| e.to_string())?;
+                    self.placement
+                        .release_unit(&HostId::new(host_id), &spec.compute_id, spec.cpus);
+                    tracing::warn!(compute_id = %unit.compute_id, "unit given back without its wipe: its host's agent is gone");
+                    unwiped.push(unit.compute_id.clone());
                 }
             }
         }
         let held = self.held_units(host_id).await.map_err(|e| e.to_string())?;
         match held.is_empty() {
-            true => Ok(()),
+            true => Ok(unwiped),
             false => Err(format!(
                 "compute units still held: {}",
                 held.iter()
@@ -421,6 +480,27 @@ impl App {
                     .join(", ")
             )),
         }
+    }
+
+    /// Whether a forced retirement of `host_id` goes on without its agent:
+    /// it was forced, and the agent missed its heartbeats, or `failed` (a
+    /// call to it) was not answered within the agent timeout. An agent
+    /// still heard from that answered no is not gone: its answer stands.
+    pub(crate) async fn retiring_without_agent(
+        &self,
+        host_id: &str,
+        failed: Option<&HostCallError>,
+    ) -> Result<bool> {
+        let Some(host) = self.store.host(host_id).await? else {
+            return Ok(false);
+        };
+        let silent = matches!(
+            failed,
+            Some(HostCallError::Timeout(_) | HostCallError::NoAgent)
+        );
+        Ok(host.status == HostStatus::Decommissioning
+            && host.decommission_forced
+            && (!host.reachable || silent))
     }
 
     async fn held_units(&self, host_id: &str) -> Result<Vec<UnitRecord>> {

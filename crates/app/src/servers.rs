@@ -433,16 +433,21 @@ impl App {
             .ok()
             .and_then(|p| p["force"].as_bool())
             .unwrap_or(false);
+        let mut left_behind = Vec::new();
         if force {
             // Forced: its instances move elsewhere first.
-            if let Err(why) = self.drain_instances(run, &id).await? {
-                self.store.release_instances_of(&run.op.id).await?;
-                let why =
-                    format!("{why}; the server stays decommissioning until its instances are gone");
-                self.store
-                    .finish_operation(&run.op.id, OperationStatus::Failed, None, Some(&why))
-                    .await?;
-                return Ok(());
+            match self.drain_instances(run, &id, true).await? {
+                Ok(drained) => left_behind = drained.left_behind,
+                Err(why) => {
+                    self.store.release_instances_of(&run.op.id).await?;
+                    let why = format!(
+                        "{why}; the server stays decommissioning until its instances are gone"
+                    );
+                    self.store
+                        .finish_operation(&run.op.id, OperationStatus::Failed, None, Some(&why))
+                        .await?;
+                    return Ok(());
+                }
             }
             self.store.release_instances_of(&run.op.id).await?;
         }
@@ -462,9 +467,17 @@ impl App {
             HostStatus::Decommissioned => {
                 let mut result =
                     serde_json::json!({ "server_id": host.id, "hostname": host.hostname });
-                if let Some(detail) = &host.status_detail {
-                    // Retired without its agent: what was left behind.
-                    result["detail"] = detail.as_str().into();
+                // Retired without its agent: what was left behind, the
+                // old copies of instances moved meanwhile among it.
+                let mut said: Vec<String> = host.status_detail.iter().cloned().collect();
+                if !left_behind.is_empty() {
+                    said.push(format!(
+                        "instance(s) {} moved to other servers without this one letting them go",
+                        left_behind.join(", ")
+                    ));
+                }
+                if !said.is_empty() {
+                    result["detail"] = said.join("; ").into();
                 }
                 self.store
                     .finish_operation(&run.op.id, OperationStatus::Completed, Some(&result), None)

@@ -9,7 +9,8 @@
 //!   the target run the instance, has the source let it go, then gives the
 //!   source's CPUs back: at no point does the instance lack CPUs, and after
 //!   a crash the log says where each move stands. A forced server delete
-//!   drains the same way.
+//!   drains the same way, except that a source whose agent is gone for
+//!   good is not waited for (the instance moves without it).
 //!
 //! Workflows are operations (kind = workflow type), so `/v1/operations`
 //! lists them too.
@@ -478,8 +479,11 @@ impl App {
             return Ok(());
         }
         self.placement.refresh_host(&self.store, &host.id).await?;
-        let (to, end_status, result, error) = match self.drain_instances(run, &host.id).await? {
-            Ok(moved) => (
+        let (to, end_status, result, error) = match self
+            .drain_instances(run, &host.id, false)
+            .await?
+        {
+            Ok(Drained { moved, .. }) => (
                 HostStatus::Drained,
                 OperationStatus::Completed,
                 Some(
@@ -524,7 +528,8 @@ impl App {
         &self,
         run: &mut Run,
         host_id: &str,
-    ) -> Result<Result<Vec<String>, String>> {
+        forced: bool,
+    ) -> Result<Result<Drained, String>> {
         // Those that run there, and those that still hold CPUs there (a move
         // of this drain cut short after the switch).
         let mut on_host = self
@@ -552,33 +557,39 @@ impl App {
                 busy.join(", ")
             )));
         }
-        let mut moved = Vec::new();
+        let mut drained = Drained::default();
         for instance in on_host {
-            if let Err(why) = self.move_instance(run, &instance, host_id).await? {
-                return Ok(Err(why));
+            match self.move_instance(run, &instance, host_id, forced).await? {
+                Err(why) => return Ok(Err(why)),
+                Ok(Source::LetGo) => {}
+                Ok(Source::Gone) => drained.left_behind.push(instance.id.to_string()),
             }
-            moved.push(instance.id.to_string());
+            drained.moved.push(instance.id.to_string());
         }
-        Ok(Ok(moved))
+        Ok(Ok(drained))
     }
 
     /// Moves one instance from `from` to another host (see the module doc):
     /// `reserved:<id>:<host>:<cpus>` (CPUs held on the target), the target
     /// runs it, `switched:<id>` (the instance is recorded there), the source
-    /// lets it go, `moved:<id>` (the source's CPUs are free).
+    /// lets it go, `moved:<id>` (the source's CPUs are free). `forced` (a
+    /// forced server delete): a source whose agent is gone for good (see
+    /// [`App::retiring_without_agent`]) is not waited for; what the
+    /// instance ran there stays on a machine that leaves the fleet.
     async fn move_instance(
         &self,
         run: &mut Run,
         instance: &Instance,
         from: &str,
-    ) -> Result<Result<(), String>> {
+        forced: bool,
+    ) -> Result<Result<Source, String>> {
         // No resync of this process touches it on a host meanwhile.
         let _guard = self.instance_guard(&instance.id).await?;
         let done = Step::Moved {
             instance: instance.id.clone(),
         };
         if run.done(&done) {
-            return Ok(Ok(()));
+            return Ok(Ok(Source::LetGo));
         }
         let switched = Step::Switched {
             instance: instance.id.clone(),
@@ -695,11 +706,16 @@ impl App {
         // The source lets it go; its CPUs there stay held until it has.
         let mut left = instance.clone();
         left.host_id = Some(HostId::new(from));
+        let mut source = Source::LetGo;
         if let Err(why) = self.remove_from_host(&left).await {
-            return Err(Error::HostFailed(format!(
-                "{from} did not let instance {} go: {why}",
-                instance.id
-            )));
+            if !(forced && self.retiring_without_agent(from, Some(&why)).await?) {
+                return Err(Error::HostFailed(format!(
+                    "{from} did not let instance {} go: {why}",
+                    instance.id
+                )));
+            }
+            tracing::warn!(instance = %instance.id, from, error = %why, "instance moved without its old host letting it go: that host's agent is gone");
+            source = Source::Gone;
         }
         let steps = run.with(done);
         if !self
@@ -725,6 +741,22 @@ impl App {
             Some(&instance.project_id),
             instance.state.as_str(),
         );
-        Ok(Ok(()))
+        Ok(Ok(source))
     }
+}
+
+/// What a drain did: the instances it moved, and those of them whose old
+/// host did not let them go (its agent gone for good, the drain forced).
+#[derive(Default)]
+pub(crate) struct Drained {
+    pub moved: Vec<String>,
+    pub left_behind: Vec<String>,
+}
+
+/// How a move's source took it.
+enum Source {
+    /// It let the instance go.
+    LetGo,
+    /// Its agent is gone for good: the instance moved without it.
+    Gone,
 }

@@ -3,7 +3,9 @@
 //! found again, and the protocol's refusals. The agents use the `sim`
 //! driver, so these run anywhere; `dataplane.rs` runs the real drivers.
 
-use crate::harness::{AgentProcess, Backend, Options, TOKEN, TestServer, eventually, join_token};
+use crate::harness::{
+    AgentProcess, Backend, Options, TOKEN, TestServer, eventually, join_token, unit_request,
+};
 use crate::on_both_backends;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -17,6 +19,8 @@ on_both_backends!(
     a_server_deleted_before_its_agent_came_ends_its_registration,
     a_server_whose_agent_does_not_answer_leaves_when_deleted_with_force,
     a_server_whose_agent_died_leaves_and_the_agent_is_shut_out,
+    a_server_whose_agent_does_not_answer_is_deleted_with_force_with_its_instances_and_units,
+    a_dead_server_deleted_with_force_moves_its_instances_without_it,
     an_agent_holds_one_connection_and_its_channel_has_two_forms,
 );
 
@@ -488,6 +492,127 @@ async fn a_server_whose_agent_died_leaves_and_the_agent_is_shut_out(backend: Bac
         "{forced}"
     );
     assert_eq!(desired().await, StatusCode::UNAUTHORIZED);
+    server.stop().await;
+}
+
+/// A carved server whose agent no longer answers (every call to it hangs)
+/// while it runs an instance and a Kloigos unit is allocated there: deleted
+/// with force, the instance moves to another server without the old one
+/// letting it go, the unit goes back without its wipe, and the server
+/// leaves; the deletion's result says what stays on the machine.
+async fn a_server_whose_agent_does_not_answer_is_deleted_with_force_with_its_instances_and_units(
+    backend: Backend,
+) {
+    let server = TestServer::start_with(
+        backend,
+        Options {
+            faults: vec![
+                "delete:dead-:hang",
+                "release:dead-:hang",
+                "retire:dead-:hang",
+            ],
+            agent_timeout: Duration::from_millis(300),
+            ..Options::default()
+        },
+    )
+    .await;
+    server.init_host("dead-a", &["0-3", "4-7"]).await;
+    let instance = server.run_instance(TOKEN, "web", "cx21").await;
+    let id = instance["id"].as_str().expect("id").to_string();
+    assert_eq!(instance["status"]["cpus"], "0-3", "{instance}");
+    let (status, unit) = server.allocate(unit_request(4, Value::Null)).await;
+    assert_eq!(status, StatusCode::OK, "{unit}");
+    assert_eq!(unit["compute_id"], "dead-a_c4-7", "{unit}");
+    let live = server.add_server("live-b", "0-3", "fin-01").await;
+    let dead = server.host_id("dead-a").await;
+
+    // Not forced: refused while it runs the instance.
+    let (status, refused) = server.delete(&format!("/v1/servers/{dead}")).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{refused}");
+
+    let done = delete_server(&server, &format!("/v1/servers/{dead}?force=true")).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    let detail = done["result"]["detail"].as_str().unwrap_or_default();
+    assert!(detail.starts_with("retired without its agent"), "{done}");
+    assert!(
+        detail.contains("compute unit(s) dead-a_c4-7 went back to the pool without being wiped"),
+        "{done}"
+    );
+    assert!(
+        detail.contains(&format!(
+            "instance(s) {id} moved to other servers without this one letting them go"
+        )),
+        "{done}"
+    );
+    assert_eq!(
+        server.get_ok(&format!("/v1/servers/{dead}/status")).await["status"],
+        "decommissioned"
+    );
+    let now = server.get_ok(&format!("/v1/instances/{id}")).await;
+    assert_eq!(now["status"]["host_id"], json!(live), "{now}");
+    assert_eq!(now["status"]["state"], "running", "{now}");
+    assert_eq!(now["operation_id"], json!(null), "{now}");
+    // Nothing is held on the server that left.
+    for unit in server.units("?hostname=dead-a").await {
+        assert!(
+            !["ALLOCATED", "DEALLOCATING", "DEALLOCATION_FAIL"]
+                .contains(&unit["status"].as_str().unwrap_or_default()),
+            "{unit}"
+        );
+        assert_eq!(unit["tags"], json!(null), "{unit}");
+    }
+    // The moved instance still works: stopped and deleted on its new host.
+    let (status, deleting) = server
+        .call(Method::DELETE, &format!("/v1/instances/{id}"), None, TOKEN)
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{deleting}");
+    let deleted = server
+        .wait_operation(deleting["operation_id"].as_str().expect("op"), TOKEN)
+        .await;
+    assert_eq!(deleted["status"], "completed", "{deleted}");
+    server.stop().await;
+}
+
+/// A real agent dies for good while its server runs an instance: deleted
+/// with force, the server's instance comes up on another server (from its
+/// image) without the dead one letting it go, and the server leaves.
+async fn a_dead_server_deleted_with_force_moves_its_instances_without_it(backend: Backend) {
+    let server = TestServer::start_with(
+        backend,
+        Options {
+            sim_hosts: false,
+            agent_silence: Duration::from_millis(1500),
+            ..Options::default()
+        },
+    )
+    .await;
+    let token = join_token(&server.url).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let gone = running_agent(&server, &token, "gone-2", &dir.path().join("gone"), &[]).await;
+    let instance = server.run_instance(TOKEN, "keeper", "cx11").await;
+    assert_eq!(instance["status"]["state"], "running", "{instance}");
+    let id = instance["id"].as_str().expect("id").to_string();
+    let gone_id = server.host_id("gone-2").await;
+    assert_eq!(instance["status"]["host_id"], json!(gone_id), "{instance}");
+    let _live = running_agent(&server, &token, "live-2", &dir.path().join("live"), &[]).await;
+    let live_id = server.host_id("live-2").await;
+    gone.crash();
+    eventually(Duration::from_secs(20), "gone-2 unreachable", || async {
+        (server_status(&server, "gone-2").await.as_deref() == Some("unreachable")).then_some(())
+    })
+    .await;
+    let done = delete_server(&server, "/v1/servers/gone-2?force=true").await;
+    assert_eq!(done["status"], "completed", "{done}");
+    let detail = done["result"]["detail"].as_str().unwrap_or_default();
+    assert!(detail.starts_with("retired without its agent"), "{done}");
+    assert!(detail.contains(&id), "{done}");
+    let now = server.get_ok(&format!("/v1/instances/{id}")).await;
+    assert_eq!(now["status"]["host_id"], json!(live_id), "{now}");
+    assert_eq!(now["status"]["state"], "running", "{now}");
+    assert_eq!(
+        server_status(&server, "gone-2").await.as_deref(),
+        Some("decommissioned")
+    );
     server.stop().await;
 }
 
