@@ -208,6 +208,8 @@ pub struct App {
     /// What this process last wrote of each instance's usage, so that a
     /// fleet's unchanged observations are not written again at every look.
     usage_written: Arc<instances::observe::UsageWritten>,
+    /// The last count of operations ended and instances terminated.
+    history: Arc<operations::HistoryCounts>,
     agent_signals: Arc<agents::AgentSignals>,
     liveness: Arc<agents::Liveness>,
     /// Remote agents' control channels to this process, for sessions.
@@ -253,6 +255,7 @@ impl App {
             terminals: Arc::default(),
             agent_of_host: Arc::default(),
             usage_written: Arc::default(),
+            history: Arc::default(),
             agent_signals: Arc::default(),
             liveness: Arc::default(),
             front_door: Arc::default(),

@@ -679,7 +679,20 @@ impl Store {
         }
     }
 
-    /// How many instances are in each state.
+    /// How many instances are in each state but `terminated`: from a
+    /// partial index (migration 0031), so it costs what the live fleet
+    /// is, whatever history the table keeps.
+    pub async fn live_instance_counts(&self) -> Result<Vec<(String, i64)>> {
+        self.fetch_all(
+            "SELECT state, COUNT(*) AS n FROM instances WHERE state <> 'terminated' \
+             GROUP BY state ORDER BY state",
+            &[],
+        )
+        .await
+    }
+
+    /// How many instances are in each state, terminated ones included:
+    /// every row read.
     pub async fn instance_counts(&self) -> Result<Vec<(String, i64)>> {
         self.fetch_all_bulk(
             "SELECT state, COUNT(*) AS n FROM instances GROUP BY state ORDER BY state",

@@ -417,7 +417,18 @@ impl Store {
         Ok(rows.first().map_or(0, |(n,)| *n))
     }
 
-    /// How many operations are in each status.
+    /// How many operations are pending and running: on the status index,
+    /// so it costs what is under way, whatever history the table keeps.
+    pub async fn active_operation_counts(&self) -> Result<Vec<(String, i64)>> {
+        self.fetch_all(
+            "SELECT status, COUNT(*) AS n FROM operations \
+             WHERE status IN ('pending', 'running') GROUP BY status ORDER BY status",
+            &[],
+        )
+        .await
+    }
+
+    /// How many operations are in each status: every row read.
     pub async fn operation_counts(&self) -> Result<Vec<(String, i64)>> {
         self.fetch_all_bulk(
             "SELECT status, COUNT(*) AS n FROM operations GROUP BY status ORDER BY status",

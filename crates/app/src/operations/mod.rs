@@ -579,9 +579,11 @@ impl App {
 /// Counts for the system metrics, fleet-wide.
 #[derive(Clone, Debug)]
 pub struct SystemCounts {
-    /// Operations by status.
+    /// Operations by status: those under way as they are now, those ended
+    /// as of [`HISTORY_EVERY`] ago at most.
     pub operations: Vec<(String, i64)>,
-    /// Instances by state.
+    /// Instances by state: live ones as they are now, terminated ones as of
+    /// [`HISTORY_EVERY`] ago at most.
     pub instances: Vec<(String, i64)>,
     /// Hosts by status.
     pub hosts: Vec<(String, i64)>,
@@ -590,9 +592,62 @@ pub struct SystemCounts {
     pub cpus_free: u64,
 }
 
+/// How long this process answers the counts of history (operations that
+/// ended, instances terminated) from its last count of them. Those tables
+/// keep every row ever made, so counting them reads every row: once a
+/// minute at most, not at every scrape of every scraper.
+pub const HISTORY_EVERY: Duration = Duration::from_secs(60);
+
+/// Counts by status or state.
+type Counts = Vec<(String, i64)>;
+
+/// The last count of history: when, operations by status, instances by
+/// state (every row of each).
+#[derive(Default)]
+pub(crate) struct HistoryCounts(tokio::sync::Mutex<Option<(std::time::Instant, Counts, Counts)>>);
+
 impl App {
+    /// Operations by status and instances by state: what is under way or
+    /// live read now on indexes (it costs what is live); what ended from
+    /// a count at most [`HISTORY_EVERY`] old.
+    async fn operation_and_instance_counts(&self) -> Result<(Counts, Counts)> {
+        let (operations, instances) = {
+            let mut last = self.history.0.lock().await;
+            match last.as_ref() {
+                Some((at, operations, instances)) if at.elapsed() < HISTORY_EVERY => {
+                    (operations.clone(), instances.clone())
+                }
+                _ => {
+                    let operations = self.store.operation_counts().await?;
+                    let instances = self.store.instance_counts().await?;
+                    *last = Some((
+                        std::time::Instant::now(),
+                        operations.clone(),
+                        instances.clone(),
+                    ));
+                    (operations, instances)
+                }
+            }
+        };
+        let under_way = ["pending", "running"];
+        let mut operations: Counts = operations
+            .into_iter()
+            .filter(|(status, _)| !under_way.contains(&status.as_str()))
+            .chain(self.store.active_operation_counts().await?)
+            .collect();
+        operations.sort();
+        let mut instances: Counts = instances
+            .into_iter()
+            .filter(|(state, _)| state == "terminated")
+            .chain(self.store.live_instance_counts().await?)
+            .collect();
+        instances.sort();
+        Ok((operations, instances))
+    }
+
     pub async fn system_counts(&self, caller: &Principal) -> Result<SystemCounts> {
         caller.require(Permission::SystemMetrics)?;
+        let (operations, instances) = self.operation_and_instance_counts().await?;
         let (cpus_total, cpus_free) = self.placement.with_engine(|engine| {
             engine
                 .hosts()
@@ -605,8 +660,8 @@ impl App {
                 })
         });
         Ok(SystemCounts {
-            operations: self.store.operation_counts().await?,
-            instances: self.store.instance_counts().await?,
+            operations,
+            instances,
             hosts: self.store.host_counts().await?,
             cpus_total,
             cpus_free,

@@ -25,7 +25,7 @@ async fn scrape(server: &TestServer, token: Option<&str>) -> (StatusCode, String
 async fn metrics_count_requests_and_the_fleet(backend: Backend) {
     let server = TestServer::start(backend).await;
     server.add_server("node-1", "0-7", "fin-01").await;
-    server.run_instance(TOKEN, "web", "cx21").await;
+    let web = server.run_instance(TOKEN, "web", "cx21").await;
     let (status, text) = scrape(&server, Some(TOKEN)).await;
     assert_eq!(status, StatusCode::OK, "{text}");
     for line in [
@@ -73,6 +73,29 @@ async fn metrics_count_requests_and_the_fleet(backend: Backend) {
         }
     }
     assert!(!text.contains("inst-"), "{text}");
+    // What is live is counted at every scrape (history, ended operations
+    // and terminated instances, once a minute at most): the instance
+    // deleted is no longer running at the next.
+    let id = web["id"].as_str().expect("id");
+    let (status, deleting) = server
+        .request(
+            reqwest::Method::DELETE,
+            &format!("/v1/instances/{id}"),
+            None,
+            Some(TOKEN),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{deleting}");
+    server
+        .wait_operation(deleting["operation_id"].as_str().expect("op"), TOKEN)
+        .await;
+    let (_, text) = scrape(&server, Some(TOKEN)).await;
+    assert!(
+        !text.contains("tessera_instances{state=\"running\"}"),
+        "{text}"
+    );
+    assert!(!text.contains("state=\"running\"} 1"), "{text}");
+    assert!(text.lines().any(|l| l == "tessera_cpus_free 8"), "{text}");
     let (status, _) = scrape(&server, None).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     let viewer = server.user_in("vic", "viewer", "default").await;
