@@ -220,29 +220,6 @@ impl App {
             .ok_or(HostCallError::NoAgent)
     }
 
-    /// When `host`'s agent has missed its heartbeats: what to say of an
-    /// instance deleted meanwhile (see [`App::run_instance_power`]).
-    pub(crate) async fn host_silent(
-        &self,
-        host: Option<&tessera_core::HostId>,
-    ) -> Result<Option<String>> {
-        let Some(host) = host else {
-            return Ok(None);
-        };
-        Ok(self
-            .store
-            .host(host.as_str())
-            .await?
-            .filter(|h| !h.reachable)
-            .map(|h| {
-                format!(
-                    "deleted while its host {} was unreachable: the host removes it when its \
-                     agent is back",
-                    h.hostname
-                )
-            }))
-    }
-
     /// Has the instance's host let it go. A host with no agent (gone for
     /// good) has nothing left to let go of. It needs no spec, so an
     /// instance whose spec cannot be made (a replica whose secret is gone)

@@ -142,26 +142,8 @@ impl App {
                     .map(Some),
             },
         };
-        // A delete whose host's agent has missed its heartbeats: the host
-        // was told all the same (its desired state says the instance is
-        // absent: its agent applies that with the first desired state it
-        // reads when it is back), so the instance is gone for its project
-        // now: no longer billed, counted or waited for. Nothing new is
-        // placed on the host while it is unreachable.
-        let told_in_absence = match (&outcome, kind) {
-            (Err(HostCallError::Failed(_)), OperationKind::InstanceDelete) => {
-                self.host_silent(instance.host_id.as_ref()).await?
-            }
-            _ => None,
-        };
         use InstanceState::{Running, Stopped, Terminated};
         let (status, error, state, release) = match (&outcome, kind) {
-            (Err(_), OperationKind::InstanceDelete) if told_in_absence.is_some() => (
-                OperationStatus::Completed,
-                told_in_absence,
-                Terminated,
-                true,
-            ),
             (Ok(_) | Err(HostCallError::NoAgent), OperationKind::InstanceDelete)
                 if instance.host_id.is_none() =>
             {
@@ -208,11 +190,7 @@ impl App {
             ),
             _ => (None, None),
         };
-        let mut result = serde_json::json!({ "instance_id": instance.id, "state": state.as_str() });
-        if let (OperationStatus::Completed, Some(detail)) = (status, &error) {
-            // Done, with something to say (deleted in its host's absence).
-            result["detail"] = detail.as_str().into();
-        }
+        let result = serde_json::json!({ "instance_id": instance.id, "state": state.as_str() });
         let host = instance.host_id.clone();
         let settled = self
             .store
@@ -221,9 +199,7 @@ impl App {
                     id: &run.op.id,
                     status,
                     result: (status == OperationStatus::Completed).then_some(&result),
-                    error: (status != OperationStatus::Completed)
-                        .then_some(error.as_deref())
-                        .flatten(),
+                    error: error.as_deref(),
                 },
                 &instance.id,
                 &InstanceUpdate {

@@ -708,25 +708,6 @@ impl AgentProcess {
         self.leftovers = None;
     }
 
-    /// SIGSTOP: the agent stands still (a host cut off from the control
-    /// plane) until [`AgentProcess::resume`].
-    pub fn pause(&self) {
-        self.signal("-STOP");
-    }
-
-    /// SIGCONT: a paused agent goes on where it stood.
-    pub fn resume(&self) {
-        self.signal("-CONT");
-    }
-
-    fn signal(&self, which: &str) {
-        let status = Command::new("kill")
-            .args([which, &self.child.id().to_string()])
-            .status()
-            .expect("kill");
-        assert!(status.success(), "kill {which}");
-    }
-
     /// Waits for the agent to exit by itself; answers its exit status and
     /// log.
     pub fn wait_exit(mut self, within: Duration) -> (std::process::ExitStatus, String) {
