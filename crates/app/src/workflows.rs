@@ -588,8 +588,14 @@ impl App {
         let done = Step::Moved {
             instance: instance.id.clone(),
         };
+        let done_without = Step::MovedWithoutSource {
+            instance: instance.id.clone(),
+        };
         if run.done(&done) {
             return Ok(Ok(Source::LetGo));
+        }
+        if run.done(&done_without) {
+            return Ok(Ok(Source::Gone));
         }
         let switched = Step::Switched {
             instance: instance.id.clone(),
@@ -717,7 +723,10 @@ impl App {
             tracing::warn!(instance = %instance.id, from, error = %why, "instance moved without its old host letting it go: that host's agent is gone");
             source = Source::Gone;
         }
-        let steps = run.with(done);
+        let steps = run.with(match source {
+            Source::LetGo => done,
+            Source::Gone => done_without,
+        });
         if !self
             .store
             .release_instance_host(

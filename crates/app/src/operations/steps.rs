@@ -34,6 +34,9 @@ pub(crate) enum Step {
     /// `server_drain`: the old host let the instance go and its CPUs there
     /// are free.
     Moved { instance: InstanceId },
+    /// A forced server delete: the instance moved without the old host
+    /// letting it go (its agent gone for good); its CPUs there are free.
+    MovedWithoutSource { instance: InstanceId },
 }
 
 impl Step {
@@ -159,6 +162,18 @@ mod tests {
                 CpuSet::parse_list("4-7").expect("cpus")
             ))
         );
+        // A move without its source reads back as itself, not as a move.
+        let without = log.with(Step::MovedWithoutSource {
+            instance: InstanceId::new("inst-1"),
+        });
+        let read = StepLog::read("op", &without.to_json()).expect("read");
+        assert_eq!(read, without);
+        assert!(read.done(&Step::MovedWithoutSource {
+            instance: InstanceId::new("inst-1")
+        }));
+        assert!(!read.done(&Step::Moved {
+            instance: InstanceId::new("inst-1")
+        }));
         assert!(StepLog::read("op", r#"["exploded"]"#).is_err());
         assert!(StepLog::read("op", "not json").is_err());
         assert_eq!(
