@@ -545,6 +545,24 @@ impl App {
                 on_host.push(instance);
             }
         }
+        if forced {
+            // Instances being deleted leave by themselves: a delete on a
+            // host retired without its agent ends without it (see
+            // `run_instance_power`), and the retirement waits for them.
+            let mut moving = Vec::with_capacity(on_host.len());
+            for instance in on_host {
+                if let Some(op) = &instance.operation_id
+                    && let Some(op) = self.store.operation(op.as_str()).await?
+                    && op.kind == OperationKind::InstanceDelete.as_str()
+                    && matches!(op.status.as_str(), "pending" | "running")
+                {
+                    tracing::info!(instance = %instance.id, operation = %op.id, "not moved: it is being deleted");
+                    continue;
+                }
+                moving.push(instance);
+            }
+            on_host = moving;
+        }
         let ids: Vec<String> = on_host.iter().map(|i| i.id.to_string()).collect();
         if !self.store.claim_instances_for(&run.op.id, &ids).await? {
             let busy: Vec<String> = on_host

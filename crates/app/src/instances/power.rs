@@ -142,8 +142,27 @@ impl App {
                     .map(Some),
             },
         };
+        // A delete on a host that leaves the fleet without its agent (a
+        // forced server delete, the agent gone for good) ends without it:
+        // nothing will ever be told there again.
+        let host_gone = match (&outcome, kind, &instance.host_id) {
+            (Err(why), OperationKind::InstanceDelete, Some(host)) => {
+                self.retiring_without_agent(host.as_str(), Some(why))
+                    .await?
+            }
+            _ => false,
+        };
         use InstanceState::{Running, Stopped, Terminated};
         let (status, error, state, release) = match (&outcome, kind) {
+            (Err(why), OperationKind::InstanceDelete) if host_gone => (
+                OperationStatus::Completed,
+                Some(format!(
+                    "deleted as its host left the fleet without its agent ({why}): what the \
+                     instance had there is still on that machine"
+                )),
+                Terminated,
+                true,
+            ),
             (Ok(_) | Err(HostCallError::NoAgent), OperationKind::InstanceDelete)
                 if instance.host_id.is_none() =>
             {
@@ -190,7 +209,11 @@ impl App {
             ),
             _ => (None, None),
         };
-        let result = serde_json::json!({ "instance_id": instance.id, "state": state.as_str() });
+        let mut result = serde_json::json!({ "instance_id": instance.id, "state": state.as_str() });
+        if let (OperationStatus::Completed, Some(detail)) = (status, &error) {
+            // Done, with something to say (deleted as its host left).
+            result["detail"] = detail.as_str().into();
+        }
         let host = instance.host_id.clone();
         let settled = self
             .store
@@ -199,7 +222,9 @@ impl App {
                     id: &run.op.id,
                     status,
                     result: (status == OperationStatus::Completed).then_some(&result),
-                    error: error.as_deref(),
+                    error: (status != OperationStatus::Completed)
+                        .then_some(error.as_deref())
+                        .flatten(),
                 },
                 &instance.id,
                 &InstanceUpdate {

@@ -496,9 +496,10 @@ async fn a_server_whose_agent_died_leaves_and_the_agent_is_shut_out(backend: Bac
 }
 
 /// A carved server whose agent no longer answers (every call to it hangs)
-/// while it runs an instance and a Kloigos unit is allocated there: deleted
-/// with force, the instance moves to another server without the old one
-/// letting it go, the unit goes back without its wipe, and the server
+/// while it runs an instance, another is being deleted there and a
+/// Kloigos unit is allocated there: deleted with force, the instance moves
+/// to another server without the old one letting it go, the delete ends
+/// without it, the unit goes back without its wipe, and the server
 /// leaves; the deletion's result says what stays on the machine.
 async fn a_server_whose_agent_does_not_answer_is_deleted_with_force_with_its_instances_and_units(
     backend: Backend,
@@ -516,15 +517,29 @@ async fn a_server_whose_agent_does_not_answer_is_deleted_with_force_with_its_ins
         },
     )
     .await;
-    server.init_host("dead-a", &["0-3", "4-7"]).await;
+    server.init_host("dead-a", &["0-3", "4-7", "8-11"]).await;
     let instance = server.run_instance(TOKEN, "web", "cx21").await;
     let id = instance["id"].as_str().expect("id").to_string();
     assert_eq!(instance["status"]["cpus"], "0-3", "{instance}");
+    let doomed = server.run_instance(TOKEN, "doomed", "cx21").await;
+    let doomed = doomed["id"].as_str().expect("id").to_string();
     let (status, unit) = server.allocate(unit_request(4, Value::Null)).await;
     assert_eq!(status, StatusCode::OK, "{unit}");
-    assert_eq!(unit["compute_id"], "dead-a_c4-7", "{unit}");
+    assert_eq!(unit["compute_id"], "dead-a_c8-11", "{unit}");
     let live = server.add_server("live-b", "0-3", "fin-01").await;
     let dead = server.host_id("dead-a").await;
+    // Its project deletes one: the host does not answer, so the delete
+    // stays under way (tried again when its lease ends).
+    let (status, deleting) = server
+        .call(
+            Method::DELETE,
+            &format!("/v1/instances/{doomed}"),
+            None,
+            TOKEN,
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{deleting}");
+    let deleting = deleting["operation_id"].as_str().expect("op").to_string();
 
     // Not forced: refused while it runs the instance.
     let (status, refused) = server.delete(&format!("/v1/servers/{dead}")).await;
@@ -535,9 +550,22 @@ async fn a_server_whose_agent_does_not_answer_is_deleted_with_force_with_its_ins
     let detail = done["result"]["detail"].as_str().unwrap_or_default();
     assert!(detail.starts_with("retired without its agent"), "{done}");
     assert!(
-        detail.contains("compute unit(s) dead-a_c4-7 went back to the pool without being wiped"),
+        detail.contains("compute unit(s) dead-a_c8-11 went back to the pool without being wiped"),
         "{done}"
     );
+    assert!(!detail.contains(&doomed), "{done}");
+    // The instance being deleted was not moved: its delete ended as its
+    // host left.
+    let deleted = server.wait_operation(&deleting, TOKEN).await;
+    assert_eq!(deleted["status"], "completed", "{deleted}");
+    assert!(
+        deleted["result"]["detail"]
+            .as_str()
+            .is_some_and(|d| d.starts_with("deleted as its host left the fleet without its agent")),
+        "{deleted}"
+    );
+    let gone = server.get_ok(&format!("/v1/instances/{doomed}")).await;
+    assert_eq!(gone["status"]["state"], "terminated", "{gone}");
     assert!(
         detail.contains(&format!(
             "instance(s) {id} moved to other servers without this one letting them go"
