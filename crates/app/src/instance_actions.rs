@@ -36,6 +36,13 @@ impl App {
         id: &str,
         action: &InstanceAction,
     ) -> Result<ActionOutcome> {
+        // Allowed or not before anything is said of the instance's state:
+        // a caller who may not act is refused even where nothing was to be
+        // done (the native face refuses it the same).
+        caller.require(match action {
+            InstanceAction::Start | InstanceAction::Stop => Permission::InstanceCreate,
+            InstanceAction::Delete { .. } => Permission::InstanceDelete,
+        })?;
         let instance = self.instance(caller, id).await?;
         let creating = instance.state == InstanceState::Provisioning && instance.host_id.is_none();
         match action {

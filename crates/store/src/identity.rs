@@ -318,6 +318,15 @@ impl Store {
                             .into(),
                         vec![user_id.into(), project_id.into(), now().into()],
                     ),
+                    // And the OAuth credentials that act as it there, for
+                    // good: a membership given again does not bring them
+                    // back.
+                    (
+                        "UPDATE oauth_clients SET revoked_at = $3 WHERE acts_as = $1 \
+                         AND project_id = $2 AND revoked_at IS NULL"
+                            .into(),
+                        vec![user_id.into(), project_id.into(), now().into()],
+                    ),
                 ],
                 |c| c[0] == 1,
             )

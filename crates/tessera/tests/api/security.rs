@@ -601,6 +601,9 @@ async fn credentials_act_with_their_users_current_role(backend: Backend) {
     };
     let (status, reply) = add_key("one", access.clone()).await;
     assert_eq!(status, StatusCode::CREATED, "{reply}");
+    server.add_server("node-1", "0-3", "fin-01").await;
+    let web = server.run_instance(&alice, "web", "cx11").await;
+    assert_eq!(web["status"]["state"], "running", "{web}");
 
     // Demoted to viewer, she takes her credential down with her.
     server
@@ -613,10 +616,47 @@ async fn credentials_act_with_their_users_current_role(backend: Backend) {
         .await;
     let (status, reply) = add_key("two", access.clone()).await;
     assert_eq!(status, StatusCode::FORBIDDEN, "{reply}");
+    // Even an action with nothing to do (booting a running instance) is
+    // refused, not answered as done.
+    let boot = json!({"action": "boot", "id": web["id"]}).to_string();
+    let (status, reply) = server
+        .request(
+            Method::PUT,
+            "/verda/v1/instances",
+            Some(&boot),
+            Some(&access),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{reply}");
     let (status, _) = server
         .request(Method::GET, "/verda/v1/sshkeys", None, Some(&access))
         .await;
     assert_eq!(status, StatusCode::OK);
+
+    // Out of the workspace, a member's credential there is revoked for
+    // good: given the membership again, neither it nor its tokens work.
+    let carol = server.user_in("carol", "member", "alpha").await;
+    let carol_id = user_id(&server, "carol").await;
+    let (carol_client, carol_secret) = oauth_credential(&server, json!({}), &carol).await;
+    let (_, tokens) = oauth_token(&server, &carol_client, &carol_secret).await;
+    let carol_access = tokens["access_token"].as_str().expect("access").to_string();
+    for role in ["none", "member"] {
+        let (status, reply) = server
+            .call(
+                Method::PATCH,
+                &format!("/v1/users/{carol_id}"),
+                Some(&json!({"workspace": "alpha", "role": role})),
+                TOKEN,
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{reply}");
+    }
+    let (status, _) = server
+        .request(Method::GET, "/verda/v1/sshkeys", None, Some(&carol_access))
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, body) = oauth_token(&server, &carol_client, &carol_secret).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
 
     // Deleted, her credential issues nothing and its tokens stop working.
     let (status, _) = server
