@@ -660,12 +660,19 @@ impl App {
             let recorded = match &started {
                 Ok(report) => {
                     let steps = run.with(switched.clone());
+                    // The port its new host forwards to its SSH server.
+                    let ssh = self.ssh_endpoint(Some(&target), report).await;
                     match self
                         .store
                         .switch_instance_host(
                             &instance.id,
                             from,
-                            (&target, &cpus.to_string(), &report.private_ip),
+                            (
+                                &target,
+                                &cpus.to_string(),
+                                &report.private_ip,
+                                ssh.as_deref(),
+                            ),
                             (&run.op.id, &steps.to_json(), &self.deadline()),
                         )
                         .await?

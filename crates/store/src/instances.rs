@@ -808,13 +808,13 @@ impl Store {
         &self,
         instance_id: &str,
         from: &str,
-        to: (&str, &str, &str),
+        to: (&str, &str, &str, Option<&str>),
         op: (&str, &str, &str),
     ) -> Result<Switch> {
-        let (to, cpu_list, private_ip) = to;
+        let (to, cpu_list, private_ip, ssh_endpoint) = to;
         let statements = vec![
             (
-                "UPDATE instances SET host_id = $1, cpu_list = $2, private_ip = $3, ssh_endpoint = NULL, \
+                "UPDATE instances SET host_id = $1, cpu_list = $2, private_ip = $3, ssh_endpoint = $8, \
                  updated_at = $4, generation = generation + 1 \
                  WHERE id = $5 AND host_id = $6 AND $1 <> $6 \
                  AND (EXISTS (SELECT 1 FROM cpu_claims WHERE holder = $7 AND host_id = $1) \
@@ -829,6 +829,7 @@ impl Store {
                     instance_id.into(),
                     from.into(),
                     holder(instance_id).into(),
+                    ssh_endpoint.into(),
                 ],
             ),
             operation_progress(op.0, op.1, op.2, &self.owner),
