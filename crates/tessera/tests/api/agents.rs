@@ -622,7 +622,7 @@ async fn a_dead_server_deleted_with_force_moves_its_instances_without_it(backend
     let id = instance["id"].as_str().expect("id").to_string();
     let gone_id = server.host_id("gone-2").await;
     assert_eq!(instance["status"]["host_id"], json!(gone_id), "{instance}");
-    let _live = running_agent(&server, &token, "live-2", &dir.path().join("live"), &[]).await;
+    let live = running_agent(&server, &token, "live-2", &dir.path().join("live"), &[]).await;
     let live_id = server.host_id("live-2").await;
     gone.crash();
     eventually(Duration::from_secs(20), "gone-2 unreachable", || async {
@@ -641,6 +641,8 @@ async fn a_dead_server_deleted_with_force_moves_its_instances_without_it(backend
         server_status(&server, "gone-2").await.as_deref(),
         Some("decommissioned")
     );
+    // Its long-poll ends with it, not after the server waited for it.
+    drop(live);
     server.stop().await;
 }
 
