@@ -386,9 +386,43 @@ impl Store {
         let (hostname, key, desired) = (hostname.to_string(), key.to_string(), desired.to_string());
         self.write("set_desired", move |conn| {
             let (hostname, key, desired) = (hostname.clone(), key.clone(), desired.clone());
-            Box::pin(async move { set_desired(conn, &hostname, &key, &desired).await })
+            Box::pin(async move { set_desired(conn, &hostname, &key, &desired, None).await })
         })
         .await
+    }
+
+    /// Writes `previous` back as `key`'s desired state, as
+    /// [`Store::set_desired`] does, but only while the key still holds
+    /// `ours`: a change that failed is undone without undoing one written
+    /// over it meanwhile. `false`: another change is there, nothing
+    /// written.
+    pub async fn restore_desired(
+        &self,
+        hostname: &str,
+        key: &str,
+        ours: &str,
+        previous: &str,
+    ) -> Result<bool> {
+        let (hostname, key, ours, previous) = (
+            hostname.to_string(),
+            key.to_string(),
+            ours.to_string(),
+            previous.to_string(),
+        );
+        let written = self
+            .write("restore_desired", move |conn| {
+                let (hostname, key, ours, previous) = (
+                    hostname.clone(),
+                    key.clone(),
+                    ours.clone(),
+                    previous.clone(),
+                );
+                Box::pin(
+                    async move { set_desired(conn, &hostname, &key, &previous, Some(&ours)).await },
+                )
+            })
+            .await?;
+        Ok(written.is_some())
     }
 
     /// The objects of `hostname` changed after generation `after`, oldest
@@ -472,11 +506,15 @@ async fn bump_host(conn: &mut Conn<'_>, hostname: &str) -> std::result::Result<(
     Ok(())
 }
 
+/// Sets `key`'s desired state at the agent's next generation; with
+/// `only_over`, only while the key holds that (checked under the agent
+/// row's lock, which every write of its desired state takes first).
 async fn set_desired(
     mut conn: Conn<'_>,
     hostname: &str,
     key: &str,
     desired: &str,
+    only_over: Option<&str>,
 ) -> std::result::Result<Commit<Option<(i64, bool)>>, DbError> {
     let bumped = conn
         .fetch_ints(
@@ -488,6 +526,17 @@ async fn set_desired(
     let [generation, reachable] = bumped[..] else {
         return Ok(Commit::Undo(None));
     };
+    if let Some(ours) = only_over {
+        let now = conn
+            .fetch_text(
+                "SELECT desired FROM agent_work WHERE hostname = $1 AND key = $2",
+                &[hostname.into(), key.into()],
+            )
+            .await?;
+        if now.as_deref() != Some(ours) {
+            return Ok(Commit::Undo(None));
+        }
+    }
     let args: Vec<Arg> = vec![
         hostname.into(),
         key.into(),
@@ -689,5 +738,62 @@ impl Store {
         )
         .await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A failed change is undone only while it is still the key's: one
+    /// written over it meanwhile (the next operation) stays.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_restore_does_not_undo_a_later_change() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = Store::sqlite_url(&dir.path().join("tessera.db"));
+        let store = Store::open(&url).await.expect("open");
+        store
+            .register_agent("h", "hash", "sim", "{}")
+            .await
+            .expect("agent");
+        let desired = |store: Store| async move {
+            store
+                .work("h", "instance:i")
+                .await
+                .expect("work")
+                .map(|w| w.desired)
+        };
+        store
+            .set_desired("h", "instance:i", "running")
+            .await
+            .expect("set");
+        store
+            .set_desired("h", "instance:i", "stopped")
+            .await
+            .expect("set");
+        // The stop failed: undone.
+        assert!(
+            store
+                .restore_desired("h", "instance:i", "stopped", "running")
+                .await
+                .expect("restore")
+        );
+        assert_eq!(desired(store.clone()).await.as_deref(), Some("running"));
+        // A stop failed, but a delete was written over it meanwhile: kept.
+        store
+            .set_desired("h", "instance:i", "stopped")
+            .await
+            .expect("set");
+        store
+            .set_desired("h", "instance:i", "absent")
+            .await
+            .expect("set");
+        assert!(
+            !store
+                .restore_desired("h", "instance:i", "stopped", "running")
+                .await
+                .expect("restore")
+        );
+        assert_eq!(desired(store.clone()).await.as_deref(), Some("absent"));
     }
 }

@@ -158,6 +158,7 @@ impl RemoteAgent {
             signals: self.signals.clone(),
             hostname: self.hostname.clone(),
             key: key.to_string(),
+            ours: serde_json::to_string(desired).unwrap_or_default(),
             previous,
         };
         let outcome = self.converge_from(key, desired, current).await;
@@ -222,12 +223,16 @@ impl RemoteAgent {
     }
 }
 
-/// Writes a key's earlier desired state back when dropped armed.
+/// Writes a key's earlier desired state back when dropped armed, unless
+/// another change was written over this one meanwhile (the next operation
+/// on the instance: undoing this one must not undo it).
 struct RestoreOnDrop {
     store: Store,
     signals: Arc<AgentSignals>,
     hostname: String,
     key: String,
+    /// The desired state this change wrote.
+    ours: String,
     /// The desired state to write back; `None` disarms.
     previous: Option<String>,
 }
@@ -238,12 +243,15 @@ impl Drop for RestoreOnDrop {
             return;
         };
         let (store, hostname, key) = (self.store.clone(), self.hostname.clone(), self.key.clone());
-        let signals = self.signals.clone();
+        let (signals, ours) = (self.signals.clone(), std::mem::take(&mut self.ours));
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(async move {
-                match store.set_desired(&hostname, &key, &previous).await {
+                match store.restore_desired(&hostname, &key, &ours, &previous).await {
                     // The agent's long-poll hears of it at once.
-                    Ok(_) => signals.wake(&hostname, super::HostChange::Desired),
+                    Ok(true) => signals.wake(&hostname, super::HostChange::Desired),
+                    Ok(false) => {
+                        tracing::debug!(%hostname, %key, "not restored: changed again meanwhile")
+                    }
                     Err(err) => {
                         tracing::warn!(%hostname, %key, error = %err, "restoring a desired state failed")
                     }
