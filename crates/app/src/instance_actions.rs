@@ -39,10 +39,16 @@ impl App {
         // Allowed or not before anything is said of the instance's state:
         // a caller who may not act is refused even where nothing was to be
         // done (the native face refuses it the same).
-        caller.require(match action {
-            InstanceAction::Start | InstanceAction::Stop => Permission::InstanceCreate,
-            InstanceAction::Delete { .. } => Permission::InstanceDelete,
-        })?;
+        match action {
+            InstanceAction::Start | InstanceAction::Stop => {
+                caller.require(Permission::InstanceCreate)?;
+            }
+            // Its volumes may go with it.
+            InstanceAction::Delete { .. } => {
+                caller.require(Permission::InstanceDelete)?;
+                caller.require(Permission::VolumeWrite)?;
+            }
+        }
         let instance = self.instance(caller, id).await?;
         let creating = instance.state == InstanceState::Provisioning && instance.host_id.is_none();
         match action {
@@ -65,7 +71,6 @@ impl App {
                 if instance.state == InstanceState::Terminated {
                     return Ok(ActionOutcome::Already);
                 }
-                caller.require(Permission::VolumeWrite)?;
                 let attached = self.instance_volumes(&instance.id).await?;
                 let going: Vec<_> = match volume_ids {
                     None => attached,

@@ -433,11 +433,10 @@ impl App {
             .ok()
             .and_then(|p| p["force"].as_bool())
             .unwrap_or(false);
-        let mut left_behind = Vec::new();
         if force {
             // Forced: its instances move elsewhere first.
             match self.drain_instances(run, &id, true).await? {
-                Ok(drained) => left_behind = drained.left_behind,
+                Ok(_) => {}
                 Err(why) => {
                     self.store.release_instances_of(&run.op.id).await?;
                     let why = format!(
@@ -470,6 +469,13 @@ impl App {
                 // Retired without its agent: what was left behind, the
                 // old copies of instances moved meanwhile among it.
                 let mut said: Vec<String> = host.status_detail.iter().cloned().collect();
+                // From the step log: this run may be a resumed one.
+                let left_behind: Vec<String> = run
+                    .steps
+                    .moved_without_source()
+                    .iter()
+                    .map(|id| id.to_string())
+                    .collect();
                 if !left_behind.is_empty() {
                     said.push(format!(
                         "instance(s) {} moved to other servers without this one letting them go",

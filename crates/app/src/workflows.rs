@@ -483,7 +483,7 @@ impl App {
             .drain_instances(run, &host.id, false)
             .await?
         {
-            Ok(Drained { moved, .. }) => (
+            Ok(moved) => (
                 HostStatus::Drained,
                 OperationStatus::Completed,
                 Some(
@@ -529,7 +529,7 @@ impl App {
         run: &mut Run,
         host_id: &str,
         forced: bool,
-    ) -> Result<Result<Drained, String>> {
+    ) -> Result<Result<Vec<String>, String>> {
         // Those that run there, and those that still hold CPUs there (a move
         // of this drain cut short after the switch).
         let mut on_host = self
@@ -575,16 +575,14 @@ impl App {
                 busy.join(", ")
             )));
         }
-        let mut drained = Drained::default();
+        let mut moved = Vec::new();
         for instance in on_host {
-            match self.move_instance(run, &instance, host_id, forced).await? {
-                Err(why) => return Ok(Err(why)),
-                Ok(Source::LetGo) => {}
-                Ok(Source::Gone) => drained.left_behind.push(instance.id.to_string()),
+            if let Err(why) = self.move_instance(run, &instance, host_id, forced).await? {
+                return Ok(Err(why));
             }
-            drained.moved.push(instance.id.to_string());
+            moved.push(instance.id.to_string());
         }
-        Ok(Ok(drained))
+        Ok(Ok(moved))
     }
 
     /// Moves one instance from `from` to another host (see the module doc):
@@ -593,14 +591,15 @@ impl App {
     /// lets it go, `moved:<id>` (the source's CPUs are free). `forced` (a
     /// forced server delete): a source whose agent is gone for good (see
     /// [`App::retiring_without_agent`]) is not waited for; what the
-    /// instance ran there stays on a machine that leaves the fleet.
+    /// instance ran there stays on a machine that leaves the fleet, and
+    /// the step log says so (`moved_without_source`).
     async fn move_instance(
         &self,
         run: &mut Run,
         instance: &Instance,
         from: &str,
         forced: bool,
-    ) -> Result<Result<Source, String>> {
+    ) -> Result<Result<(), String>> {
         // No resync of this process touches it on a host meanwhile.
         let _guard = self.instance_guard(&instance.id).await?;
         let done = Step::Moved {
@@ -609,11 +608,8 @@ impl App {
         let done_without = Step::MovedWithoutSource {
             instance: instance.id.clone(),
         };
-        if run.done(&done) {
-            return Ok(Ok(Source::LetGo));
-        }
-        if run.done(&done_without) {
-            return Ok(Ok(Source::Gone));
+        if run.done(&done) || run.done(&done_without) {
+            return Ok(Ok(()));
         }
         let switched = Step::Switched {
             instance: instance.id.clone(),
@@ -775,16 +771,8 @@ impl App {
             Some(&instance.project_id),
             instance.state.as_str(),
         );
-        Ok(Ok(source))
+        Ok(Ok(()))
     }
-}
-
-/// What a drain did: the instances it moved, and those of them whose old
-/// host did not let them go (its agent gone for good, the drain forced).
-#[derive(Default)]
-pub(crate) struct Drained {
-    pub moved: Vec<String>,
-    pub left_behind: Vec<String>,
 }
 
 /// How a move's source took it.

@@ -118,6 +118,17 @@ impl StepLog {
         StepLog(self.0.iter().filter(|s| !drop(s)).cloned().collect())
     }
 
+    /// The instances moved without their old host letting them go.
+    pub(crate) fn moved_without_source(&self) -> Vec<InstanceId> {
+        self.0
+            .iter()
+            .filter_map(|step| match step {
+                Step::MovedWithoutSource { instance } => Some(instance.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// Where CPUs are held for `instance` to move to, if they are.
     pub(crate) fn reservation(&self, of: &InstanceId) -> Option<(HostId, CpuSet)> {
         self.0.iter().find_map(|step| match step {
@@ -171,6 +182,7 @@ mod tests {
         assert!(read.done(&Step::MovedWithoutSource {
             instance: InstanceId::new("inst-1")
         }));
+        assert_eq!(read.moved_without_source(), [InstanceId::new("inst-1")]);
         assert!(!read.done(&Step::Moved {
             instance: InstanceId::new("inst-1")
         }));
