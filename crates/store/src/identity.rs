@@ -296,6 +296,11 @@ impl Store {
     /// Takes a user out of a project; its active project moves to another
     /// of its projects (or none). `false` when it was not a member.
     pub async fn delete_membership(&self, user_id: &str, project_id: &str) -> Result<bool> {
+        /// The user's (`$1`) tokens in the project (`$2`), and everything
+        /// made with them: the tokens made with those, and so on.
+        const MEMBERSHIP_LINEAGE: &str = "WITH RECURSIVE lineage (id) AS (SELECT id FROM \
+             api_tokens WHERE user_id = $1 AND project_id = $2 \
+             UNION SELECT t.id FROM api_tokens t JOIN lineage l ON t.parent_id = l.id)";
         let counts = self
             .run_statements(
                 "delete_membership",
@@ -311,11 +316,22 @@ impl Store {
                             .into(),
                         vec![user_id.into(), project_id.into(), now().into()],
                     ),
-                    // Its tokens there stop working with it.
+                    // Its tokens there stop working with it, and everything
+                    // made with them (as a token's revocation takes it):
+                    // first the OAuth credentials, then the tokens.
                     (
-                        "UPDATE api_tokens SET revoked_at = $3 WHERE user_id = $1 \
-                         AND project_id = $2 AND revoked_at IS NULL"
-                            .into(),
+                        format!(
+                            "{MEMBERSHIP_LINEAGE} UPDATE oauth_clients SET revoked_at = $3 \
+                             WHERE revoked_at IS NULL AND parent_token_id IN \
+                             (SELECT id FROM lineage)"
+                        ),
+                        vec![user_id.into(), project_id.into(), now().into()],
+                    ),
+                    (
+                        format!(
+                            "{MEMBERSHIP_LINEAGE} UPDATE api_tokens SET revoked_at = $3 \
+                             WHERE revoked_at IS NULL AND id IN (SELECT id FROM lineage)"
+                        ),
                         vec![user_id.into(), project_id.into(), now().into()],
                     ),
                     // And the OAuth credentials that act as it there, for
