@@ -532,6 +532,7 @@ impl App {
             }),
             network: Some(network),
             replica: None,
+            created_by: caller.acting_user(),
         };
         self.record_instance(caller, &instance, &[]).await?;
         self.container(caller, &id).await

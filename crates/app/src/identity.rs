@@ -60,6 +60,12 @@ pub struct Principal {
 }
 
 impl Principal {
+    /// The user the caller acts as; `None` for a credential that acts for
+    /// no user (a fixed role).
+    pub fn acting_user(&self) -> Option<String> {
+        (!self.user_id.is_empty()).then(|| self.user_id.clone())
+    }
+
     /// Whether the credential's containers-API grants (if any) allow
     /// `action` on `path` (`compute.<uid>.containers.<id>`).
     pub fn compute_allows(&self, path: &str, action: ComputeAction) -> bool {

@@ -198,6 +198,7 @@ impl App {
                 container: None,
                 network: Some(network),
                 replica: None,
+                created_by: caller.acting_user(),
             });
         }
         for key in &params.ssh_key_ids {

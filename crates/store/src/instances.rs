@@ -42,6 +42,9 @@ pub struct InstanceRecord {
     pub ssh_endpoint: Option<String>,
     /// Why a terminated instance ended (a `TerminationCause`).
     pub end_cause: Option<String>,
+    /// The user who made it (none: the control plane, or made before this
+    /// was kept).
+    pub created_by: Option<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -65,6 +68,8 @@ pub struct NewInstance {
     pub network: Option<crate::NewAttachment>,
     /// The deployment it is a replica of, when it is one.
     pub replica: Option<crate::NewReplica>,
+    /// The user making it (none: the control plane itself).
+    pub created_by: Option<String>,
 }
 
 /// What an instance's host is told besides the instance's own row: its
@@ -168,10 +173,10 @@ pub struct InstanceUpdate {
 /// The columns a new instance is written with.
 const INSERT_COLUMNS: &str = "id, project_id, name, labels, spec, state, state_detail, host_id, \
      cpu_list, memory_mb, private_ip, public_ip, operation_id, generation, created_at, updated_at, \
-     vcpus";
+     vcpus, created_by";
 const INSTANCE_COLUMNS: &str = "id, project_id, name, labels, spec, state, state_detail, host_id, \
      cpu_list, memory_mb, private_ip, public_ip, operation_id, generation, created_at, updated_at, \
-     ssh_endpoint, end_cause";
+     ssh_endpoint, end_cause, created_by";
 
 /// An instance's name in the CPU ledger. Statements pick instances' claims
 /// with `SUBSTR(holder, 1, 9) = 'instance:'`, not `LIKE 'instance:%'`: the
@@ -303,11 +308,12 @@ impl Store {
                 updated_at: at.clone(),
                 ssh_endpoint: None,
                 end_cause: None,
+                created_by: instance.created_by.clone(),
             });
             statements.push((
                 format!(
                     "INSERT INTO instances ({INSERT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, \
-                     'provisioning', NULL, NULL, NULL, $6, '', '', $7, 1, $8, $8, $9)"
+                     'provisioning', NULL, NULL, NULL, $6, '', '', $7, 1, $8, $8, $9, $10)"
                 ),
                 vec![
                     (&instance.id).into(),
@@ -319,6 +325,7 @@ impl Store {
                     (&op.id).into(),
                     (&at).into(),
                     instance.vcpus.into(),
+                    instance.created_by.as_deref().into(),
                 ],
             ));
             // Its labels in one statement: ($1, $2, $3) are the instance,
@@ -1389,6 +1396,7 @@ mod tests {
             container: None,
             network: None,
             replica: None,
+            created_by: Some("user-1".into()),
         };
         let op = NewOperation {
             id: "op-1".into(),

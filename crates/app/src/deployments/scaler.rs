@@ -404,6 +404,8 @@ impl App {
             attach: Vec::new(),
             container: None,
             network: Some(network),
+            // The control plane makes replicas itself.
+            created_by: None,
             replica: Some(NewReplica {
                 deployment_id: d.id.clone(),
                 generation: d.generation,

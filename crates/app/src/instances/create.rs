@@ -216,6 +216,7 @@ impl App {
             container: None,
             network: Some(network),
             replica: None,
+            created_by: caller.acting_user(),
         };
         self.record_instance(caller, &instance, &tags).await
     }

@@ -69,6 +69,9 @@ pub struct Instance {
     pub generation: i64,
     pub created_at: String,
     pub updated_at: String,
+    /// The user who made it; `None` when the control plane did (a
+    /// deployment's replica) or it was made before this was kept.
+    pub created_by: Option<String>,
 }
 
 impl Instance {
@@ -114,6 +117,7 @@ impl Instance {
             generation: r.generation,
             created_at: r.created_at,
             updated_at: r.updated_at,
+            created_by: r.created_by,
         })
     }
 

@@ -171,7 +171,8 @@ async fn instance_body_with(
         ip: (!i.private_ip.is_empty()).then(|| i.private_ip.clone()),
         status,
         created_at: i.created_at.clone(),
-        created_by_user_id: caller.user_id.clone(),
+        // Its maker's, not the caller's; empty when no user made it.
+        created_by_user_id: i.created_by.clone().unwrap_or_default(),
         cpu: CountBody {
             description: format!("{vcpus} CPU"),
             number_of_cores: vcpus,

@@ -640,6 +640,13 @@ async fn credentials_act_with_their_users_current_role(backend: Backend) {
     let (carol_client, carol_secret) = oauth_credential(&server, json!({}), &carol).await;
     let (_, tokens) = oauth_token(&server, &carol_client, &carol_secret).await;
     let carol_access = tokens["access_token"].as_str().expect("access").to_string();
+    // Verda says who made an instance, whoever asks.
+    let path = format!("/verda/v1/instances/{}", web["id"].as_str().expect("id"));
+    let (status, shown) = server
+        .request(Method::GET, &path, None, Some(&carol_access))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{shown}");
+    assert_eq!(shown["created_by_user_id"], json!(alice_id), "{shown}");
     for role in ["none", "member"] {
         let (status, reply) = server
             .call(
