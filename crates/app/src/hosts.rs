@@ -7,7 +7,7 @@
 //! missing agent left undone, so every step here is safe to run twice.
 
 use crate::error::{Error, Result};
-use crate::{App, HostCallError, InFlight};
+use crate::{App, InFlight};
 use rand::RngCore;
 use std::net::IpAddr;
 use tessera_agent_api::{AgentError, HostSpec, UnitSpec};
@@ -426,34 +426,25 @@ impl App {
                 let Some(unit) = self.begin_release(unit).await.map_err(|e| e.to_string())? else {
                     continue;
                 };
+                // Not wiped: given back only when the agent is gone for
+                // good (it missed its heartbeats, or, the retirement
+                // forced, the wipe did not finish in time).
                 let gone = self
-                    .retiring_without_agent(host_id, None)
+                    .retiring_without_agent(host_id, false)
                     .await
                     .map_err(|e| e.to_string())?;
-                let failed = match gone {
-                    true => None,
-                    false => match self.release(&unit).await {
-                        Ok(()) => continue,
-                        Err(err) => Some(err),
-                    },
-                };
-                // Not wiped: given back only when the agent is gone for
-                // good (it missed its heartbeats, or the wipe did not
-                // finish in time and the retirement was forced).
-                let unanswered = match failed {
-                    Some(Error::HostTimeout(_)) => {
-                        Some(HostCallError::Timeout(self.config.agent_timeout))
-                    }
-                    Some(Error::Unavailable(_)) => Some(HostCallError::NoAgent),
-                    _ => None,
-                };
-                if failed.is_some()
-                    && !self
-                        .retiring_without_agent(host_id, unanswered.as_ref())
+                if !gone {
+                    let Err(err) = self.release(&unit).await else {
+                        continue;
+                    };
+                    let silent = matches!(err, Error::HostTimeout(_) | Error::Unavailable(_));
+                    if !self
+                        .retiring_without_agent(host_id, silent)
                         .await
                         .map_err(|e| e.to_string())?
-                {
-                    return Err(failed.map(|e| e.to_string()).unwrap_or_default());
+                    {
+                        return Err(err.to_string());
+                    }
                 }
                 if self
                     .store
@@ -483,21 +474,13 @@ impl App {
     }
 
     /// Whether a forced retirement of `host_id` goes on without its agent:
-    /// it was forced, and the agent missed its heartbeats, or `failed` (a
-    /// call to it) was not answered within the agent timeout. An agent
-    /// still heard from that answered no is not gone: its answer stands.
-    pub(crate) async fn retiring_without_agent(
-        &self,
-        host_id: &str,
-        failed: Option<&HostCallError>,
-    ) -> Result<bool> {
+    /// it was forced, and the agent missed its heartbeats, or a call to it
+    /// went `silent` (see [`HostCallError::is_silence`]). An agent still
+    /// heard from that answered no is not gone: its answer stands.
+    pub(crate) async fn retiring_without_agent(&self, host_id: &str, silent: bool) -> Result<bool> {
         let Some(host) = self.store.host(host_id).await? else {
             return Ok(false);
         };
-        let silent = matches!(
-            failed,
-            Some(HostCallError::Timeout(_) | HostCallError::NoAgent)
-        );
         Ok(host.status == HostStatus::Decommissioning
             && host.decommission_forced
             && (!host.reachable || silent))

@@ -455,6 +455,14 @@ pub(crate) enum HostCallError {
     NoAgent,
 }
 
+impl HostCallError {
+    /// The host said nothing: no answer within the agent timeout, or no
+    /// agent to ask (as against an answer that said no).
+    pub(crate) fn is_silence(&self) -> bool {
+        matches!(self, HostCallError::Timeout(_) | HostCallError::NoAgent)
+    }
+}
+
 impl From<HostCallError> for String {
     fn from(err: HostCallError) -> Self {
         err.to_string()

@@ -435,18 +435,14 @@ impl App {
             .unwrap_or(false);
         if force {
             // Forced: its instances move elsewhere first.
-            match self.drain_instances(run, &id, true).await? {
-                Ok(_) => {}
-                Err(why) => {
-                    self.store.release_instances_of(&run.op.id).await?;
-                    let why = format!(
-                        "{why}; the server stays decommissioning until its instances are gone"
-                    );
-                    self.store
-                        .finish_operation(&run.op.id, OperationStatus::Failed, None, Some(&why))
-                        .await?;
-                    return Ok(());
-                }
+            if let Err(why) = self.drain_instances(run, &id, true).await? {
+                self.store.release_instances_of(&run.op.id).await?;
+                let why =
+                    format!("{why}; the server stays decommissioning until its instances are gone");
+                self.store
+                    .finish_operation(&run.op.id, OperationStatus::Failed, None, Some(&why))
+                    .await?;
+                return Ok(());
             }
             self.store.release_instances_of(&run.op.id).await?;
         }

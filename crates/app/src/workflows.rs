@@ -736,7 +736,7 @@ impl App {
         left.host_id = Some(HostId::new(from));
         let mut source = Source::LetGo;
         if let Err(why) = self.remove_from_host(&left).await {
-            if !(forced && self.retiring_without_agent(from, Some(&why)).await?) {
+            if !(forced && self.retiring_without_agent(from, why.is_silence()).await?) {
                 return Err(Error::HostFailed(format!(
                     "{from} did not let instance {} go: {why}",
                     instance.id

@@ -147,7 +147,7 @@ impl App {
         // nothing will ever be told there again.
         let host_gone = match (&outcome, kind, &instance.host_id) {
             (Err(why), OperationKind::InstanceDelete, Some(host)) => {
-                self.retiring_without_agent(host.as_str(), Some(why))
+                self.retiring_without_agent(host.as_str(), why.is_silence())
                     .await?
             }
             _ => false,
