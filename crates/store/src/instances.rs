@@ -15,7 +15,7 @@ use crate::volumes::{volume_attach, volume_insert};
 use crate::writer::Commit;
 use crate::{QuotaCheck, Result, Store, now};
 use std::sync::Arc;
-use tessera_core::status::{InstanceState, TerminationCause};
+use tessera_core::status::{InstanceState, OperationKind, TerminationCause};
 
 #[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
 pub struct InstanceRecord {
@@ -942,6 +942,11 @@ impl Store {
     /// under way: it moves to `to` and records `op`, taken by this process
     /// until `lease_until` (it drives it at once). Answers the operation as
     /// written; `None`, changing nothing, otherwise.
+    ///
+    /// A delete stops the instance's meter as it begins: once asked for it
+    /// cannot be undone (it is tried until its host confirms or leaves the
+    /// fleet), so the tenant pays nothing while a host that does not answer
+    /// keeps it waiting.
     pub async fn begin_instance_operation(
         &self,
         instance_id: &str,
@@ -973,7 +978,13 @@ impl Store {
                         args,
                     ),
                     insert,
-                ],
+                ]
+                .into_iter()
+                .chain(
+                    (op.kind == OperationKind::InstanceDelete)
+                        .then(|| meter_set(instance_id, false, None)),
+                )
+                .collect(),
                 |c| c[0] == 1,
             )
             .await?;

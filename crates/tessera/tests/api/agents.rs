@@ -21,6 +21,7 @@ on_both_backends!(
     a_server_whose_agent_died_leaves_and_the_agent_is_shut_out,
     a_server_whose_agent_does_not_answer_is_deleted_with_force_with_its_instances_and_units,
     a_dead_server_deleted_with_force_moves_its_instances_without_it,
+    a_delete_waiting_for_a_host_that_does_not_answer_costs_nothing,
     an_agent_holds_one_connection_and_its_channel_has_two_forms,
 );
 
@@ -601,6 +602,56 @@ async fn a_server_whose_agent_does_not_answer_is_deleted_with_force_with_its_ins
         .wait_operation(deleting["operation_id"].as_str().expect("op"), TOKEN)
         .await;
     assert_eq!(deleted["status"], "completed", "{deleted}");
+    server.stop().await;
+}
+
+/// The default workspace's balance, in dollars (to the micro-dollar).
+async fn balance(server: &TestServer) -> f64 {
+    let body = server.get_ok("/v1/workspaces/default/balance").await;
+    body["amount"].as_f64().expect("amount")
+}
+
+/// An instance is deleted while its host does not answer: the delete
+/// waits for the host (tried again until it answers or leaves the fleet)
+/// and the instance keeps its CPUs meanwhile, but its meter stopped when
+/// the delete was asked for: the tenant does not pay for the wait.
+async fn a_delete_waiting_for_a_host_that_does_not_answer_costs_nothing(backend: Backend) {
+    let server = TestServer::start_with(
+        backend,
+        Options {
+            faults: vec!["delete:dead-:hang"],
+            agent_timeout: Duration::from_millis(300),
+            ..Options::default()
+        },
+    )
+    .await;
+    server.init_host("dead-a", &["0-3", "4-7"]).await;
+    let instance = server.run_instance(TOKEN, "web", "cx21").await;
+    let id = instance["id"].as_str().expect("id").to_string();
+    // It costs while it runs (cx21: $0.015 an hour, 4 micro-dollars a second).
+    let before = balance(&server).await;
+    eventually(Duration::from_secs(10), "the instance billed", || async {
+        (balance(&server).await < before).then_some(())
+    })
+    .await;
+    let (status, deleting) = server
+        .call(Method::DELETE, &format!("/v1/instances/{id}"), None, TOKEN)
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{deleting}");
+    let op = deleting["operation_id"].as_str().expect("op").to_string();
+    let asked = balance(&server).await;
+    // Several of the host's timeouts later the delete is still under way,
+    // its CPUs still held, and nothing more was charged.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let waiting = server.get_ok(&format!("/v1/operations/{op}")).await;
+    assert!(
+        ["pending", "running"].contains(&waiting["status"].as_str().unwrap_or_default()),
+        "{waiting}"
+    );
+    let now = server.get_ok(&format!("/v1/instances/{id}")).await;
+    assert_eq!(now["status"]["cpus"], instance["status"]["cpus"], "{now}");
+    assert_ne!(now["status"]["state"], "terminated", "{now}");
+    assert_eq!(balance(&server).await, asked);
     server.stop().await;
 }
 
