@@ -54,9 +54,11 @@ pub struct Inventory {
     pub disk_gb: u64,
     #[serde(default)]
     pub gpus: Vec<Gpu>,
-    /// Images present on the host.
+    /// Images present on the host; `None` when its driver runs no images
+    /// of its own (a simulated host, Kloigos units): any image will do.
+    /// (An older agent sends a list for every driver.)
     #[serde(default)]
-    pub images: Vec<String>,
+    pub images: Option<Vec<String>>,
     /// The host's CPU architecture, as instance types name it: `amd64` or
     /// `arm64`.
     #[serde(default = "default_arch")]

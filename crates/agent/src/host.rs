@@ -209,14 +209,15 @@ impl LocalHost {
             .and_then(|driver| driver.isolation())
     }
 
-    /// Images present on the host.
-    pub fn images(&self) -> Vec<String> {
+    /// Images present on the host; `None` for a driver that runs no image
+    /// of its own (any instance's image will do).
+    pub fn images(&self) -> Option<Vec<String>> {
         match self.config.driver {
-            DriverKind::Container => {
+            DriverKind::Container => Some(
                 crate::drivers::container::list_images(&self.config.state_dir.join("images"))
-                    .unwrap_or_default()
-            }
-            _ => Vec::new(),
+                    .unwrap_or_default(),
+            ),
+            _ => None,
         }
     }
 

@@ -23,7 +23,7 @@ pub fn discover(state_dir: &Path, reserved: &CpuSet) -> anyhow::Result<Inventory
         memory_mb: memory_mb()?,
         disk_gb: disk_gb(state_dir),
         gpus: gpus(),
-        images: Vec::new(),
+        images: None,
         arch: tessera_agent_api::protocol::this_arch(),
         isolation: None,
     })

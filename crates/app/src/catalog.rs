@@ -32,6 +32,8 @@ impl App {
                 whole_units: true,
                 arch: Some(kind.arch.clone()),
                 share: None,
+                // A type, whatever image it is asked with.
+                image: None,
             };
             self.placement
                 .with_engine(|engine| engine.place(&request).is_some())

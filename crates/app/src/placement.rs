@@ -279,6 +279,10 @@ pub(crate) fn inventory(
         runs_instances: host.runs_instances,
         arch: host.arch.clone(),
         shared,
+        images: host
+            .images
+            .as_ref()
+            .map(|images| Arc::new(images.iter().cloned().collect())),
     }
 }
 

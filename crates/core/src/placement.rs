@@ -24,10 +24,13 @@
 //!   none has, makes a free CPU shared. A shared CPU is held in the same
 //!   ledger as exclusive ones, so no shared instance ever runs on a CPU
 //!   another instance has to itself, nor the reverse;
-//! - an instance type's architecture must be its host's.
+//! - an instance type's architecture must be its host's;
+//! - an instance of an image its host must have (one no registry reference
+//!   lets the host pull) goes only where the host said it has that image.
 
 use crate::{ComputeId, CpuSet, HostId};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 
 /// One host as placement sees it.
 #[derive(Clone, Debug)]
@@ -56,6 +59,9 @@ pub struct HostInventory {
     /// Its shared CPUs, each with the thousandths of it that shared-CPU
     /// instances hold (at most [`CPU_MILLIS`]). They are in `held` too.
     pub shared: BTreeMap<u32, u32>,
+    /// The images the host has, as its agent last said; `None` when it
+    /// says none (a simulated host, a driver that needs no image): any.
+    pub images: Option<Arc<BTreeSet<String>>>,
 }
 
 /// A whole CPU, in the thousandths shared-CPU instances are measured in.
@@ -86,6 +92,11 @@ impl HostInventory {
 
     fn in_location(&self, region: Option<&str>, zone: Option<&str>) -> bool {
         region.is_none_or(|r| r == self.region) && zone.is_none_or(|z| z == self.zone)
+    }
+
+    /// Whether an instance of `image` can run here.
+    pub fn has_image(&self, image: &str) -> bool {
+        self.images.as_ref().is_none_or(|have| have.contains(image))
     }
 
     /// The shared CPU with room for `millis` that has the least room left.
@@ -122,6 +133,9 @@ pub enum Request {
         /// A shared-CPU instance's share of a CPU, in thousandths (1 to
         /// [`CPU_MILLIS`]).
         share: Option<u32>,
+        /// The image its host must have; `None`: any host will do (the
+        /// host pulls it, or needs none).
+        image: Option<String>,
     },
 }
 
@@ -408,12 +422,16 @@ fn place_on(host: &HostInventory, request: &Request) -> Option<Decision> {
             whole_units,
             arch,
             share,
+            image,
             ..
         } => {
             if !host.runs_instances || host.memory_held_mb + memory_mb > host.memory_mb {
                 return None;
             }
             if arch.as_ref().is_some_and(|a| *a != host.arch) {
+                return None;
+            }
+            if image.as_ref().is_some_and(|i| !host.has_image(i)) {
                 return None;
             }
             if let Some(millis) = share {
@@ -550,6 +568,7 @@ mod tests {
             runs_instances: true,
             arch: "amd64".into(),
             shared: BTreeMap::new(),
+            images: None,
         }
     }
 
@@ -590,6 +609,7 @@ mod tests {
             whole_units: true,
             arch: None,
             share: None,
+            image: None,
         }
     }
 
@@ -602,6 +622,7 @@ mod tests {
             whole_units: false,
             arch: Some(arch.into()),
             share: Some(millis),
+            image: None,
         }
     }
 
@@ -763,6 +784,7 @@ mod tests {
                 whole_units: true,
                 arch: arch.map(Into::into),
                 share: None,
+                image: None,
             };
         fn host(engine: &PlacementEngine, r: Request) -> Option<String> {
             engine.place(&r).map(|d| d.host.to_string())
@@ -890,7 +912,45 @@ mod tests {
             whole_units: false,
             arch: None,
             share: None,
+            image: None,
         };
         assert_eq!(engine.place(&big), None);
+    }
+
+    #[test]
+    fn an_image_a_host_must_have_sends_the_instance_where_it_is() {
+        let mut engine = PlacementEngine::new();
+        // h1 is the packed choice but has only `tiny`; h2 has both; h3
+        // said nothing of its images (it takes any).
+        let mut h1 = pooled("h1", "0-1", &[]);
+        h1.images = Some(Arc::new(["tiny".to_string()].into()));
+        let mut h2 = pooled("h2", "0-3", &[]);
+        h2.images = Some(Arc::new(
+            ["debian-12".to_string(), "tiny".to_string()].into(),
+        ));
+        engine.upsert_host(h1);
+        engine.upsert_host(h2);
+        fn with_image(mut request: Request, wanted: &str) -> Request {
+            if let Request::Cpus { image, .. } = &mut request {
+                *image = Some(wanted.into());
+            }
+            request
+        }
+        let of = |image: &str| with_image(cpus(2), image);
+        let host =
+            |engine: &PlacementEngine, r: &Request| engine.place(r).map(|d| d.host.to_string());
+        assert_eq!(host(&engine, &of("tiny")).as_deref(), Some("h1"));
+        assert_eq!(host(&engine, &of("debian-12")).as_deref(), Some("h2"));
+        assert_eq!(host(&engine, &of("ubuntu-24.04")), None);
+        // An image any host can get (pulled from a registry) asks nothing.
+        assert_eq!(host(&engine, &cpus(2)).as_deref(), Some("h1"));
+        engine.upsert_host(pooled("h3", "0-7", &[]));
+        assert_eq!(host(&engine, &of("ubuntu-24.04")).as_deref(), Some("h3"));
+        // Shared CPUs too.
+        let shared_of = |image: &str| with_image(shared(250, "amd64"), image);
+        assert_eq!(
+            host(&engine, &shared_of("ubuntu-24.04")).as_deref(),
+            Some("h3")
+        );
     }
 }

@@ -128,17 +128,19 @@ impl Store {
         hostname: &str,
         credential_hash: &str,
         driver: &str,
-        inventory: &str,
+        (inventory, images): (&str, Option<&str>),
     ) -> Result<()> {
         let at = now();
         self.run_statements(
             "register_agent",
             vec![(
                 "INSERT INTO agents (hostname, credential_hash, driver, inventory, generation, \
-                 reachable, last_seen, registered_at) VALUES ($1, $2, $3, $4, 0, 1, $5, $5) \
+                 reachable, last_seen, registered_at, images) \
+                 VALUES ($1, $2, $3, $4, 0, 1, $5, $5, $6) \
                  ON CONFLICT (hostname) DO UPDATE SET credential_hash = excluded.credential_hash, \
                  driver = excluded.driver, inventory = excluded.inventory, reachable = 1, \
-                 last_seen = excluded.last_seen, registered_at = excluded.registered_at"
+                 last_seen = excluded.last_seen, registered_at = excluded.registered_at, \
+                 images = excluded.images"
                     .into(),
                 vec![
                     hostname.into(),
@@ -146,7 +148,12 @@ impl Store {
                     driver.into(),
                     inventory.into(),
                     at.into(),
+                    images.into(),
                 ],
+            ), (
+                // Its host's images may have changed: placement reads it again.
+                "UPDATE hosts SET generation = generation + 1 WHERE hostname = $1".into(),
+                vec![hostname.into()],
             ), (
                 // A new agent (its host reinstalled, its state lost) reports
                 // afresh on everything: what the last one saw is not true.
@@ -209,16 +216,33 @@ impl Store {
     }
 
     /// Notes that the agent of `hostname` was heard from, with what it now
-    /// reports of its host. Answers whether it had been unreachable.
-    pub async fn agent_heartbeat(&self, hostname: &str, inventory: &str) -> Result<bool> {
+    /// reports of its host (its inventory, and apart the images it has, if
+    /// its driver runs any). Answers whether it had been unreachable, and
+    /// whether its images changed; either bumps its host.
+    pub async fn agent_heartbeat(
+        &self,
+        hostname: &str,
+        inventory: &str,
+        images: Option<&str>,
+    ) -> Result<HeartbeatNews> {
         let (hostname, inventory) = (hostname.to_string(), inventory.to_string());
+        let images = images.map(str::to_string);
         self.write("agent_heartbeat", move |mut conn| {
-            let (hostname, inventory) = (hostname.clone(), inventory.clone());
+            let (hostname, inventory, images) =
+                (hostname.clone(), inventory.clone(), images.clone());
             Box::pin(async move {
                 let back = conn
                     .execute(
                         "UPDATE agents SET reachable = 1 WHERE hostname = $1 AND reachable = 0",
                         &[hostname.as_str().into()],
+                    )
+                    .await?
+                    == 1;
+                let images_changed = conn
+                    .execute(
+                        "UPDATE agents SET images = $1 WHERE hostname = $2 \
+                         AND images IS DISTINCT FROM $1",
+                        &[images.into(), hostname.as_str().into()],
                     )
                     .await?
                     == 1;
@@ -231,10 +255,13 @@ impl Store {
                     ],
                 )
                 .await?;
-                if back {
+                if back || images_changed {
                     bump_host(&mut conn, &hostname).await?;
                 }
-                Ok(Commit::Keep(back))
+                Ok(Commit::Keep(HeartbeatNews {
+                    back,
+                    images_changed,
+                }))
             })
         })
         .await
@@ -497,6 +524,15 @@ impl Store {
 
 /// Moves a host's version, so that every replica's placement view reloads
 /// it (its reachability changed).
+/// What a heartbeat written changed (see [`Store::agent_heartbeat`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HeartbeatNews {
+    /// The agent had been unreachable.
+    pub back: bool,
+    /// The images it has are not those it said before.
+    pub images_changed: bool,
+}
+
 async fn bump_host(conn: &mut Conn<'_>, hostname: &str) -> std::result::Result<(), DbError> {
     conn.execute(
         "UPDATE hosts SET generation = generation + 1 WHERE hostname = $1",
@@ -753,7 +789,7 @@ mod tests {
         let url = Store::sqlite_url(&dir.path().join("tessera.db"));
         let store = Store::open(&url).await.expect("open");
         store
-            .register_agent("h", "hash", "sim", "{}")
+            .register_agent("h", "hash", "sim", ("{}", None))
             .await
             .expect("agent");
         let desired = |store: Store| async move {

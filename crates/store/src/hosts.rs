@@ -39,6 +39,9 @@ pub struct HostRecord {
     pub arch: String,
     /// What isolation its agent gives instances (its last inventory).
     pub isolation: Option<String>,
+    /// The images its agent said it has; `None` when it runs no image of
+    /// its own (a simulated host, no agent yet): any image will do.
+    pub images: Option<Vec<String>>,
     /// Being (or been) retired with force: without its agent, if that
     /// does not answer.
     pub decommission_forced: bool,
@@ -90,7 +93,8 @@ const HOST_COLUMNS: &str = "id, hostname, ip, region, zone, status, status_detai
      decommission_forced, \
      COALESCE((SELECT reachable FROM agents WHERE agents.hostname = hosts.hostname), 1) AS reachable, \
      COALESCE((SELECT driver FROM agents WHERE agents.hostname = hosts.hostname), '') AS agent_driver, \
-     (SELECT inventory FROM agents WHERE agents.hostname = hosts.hostname) AS agent_inventory";
+     (SELECT inventory FROM agents WHERE agents.hostname = hosts.hostname) AS agent_inventory, \
+     (SELECT images FROM agents WHERE agents.hostname = hosts.hostname) AS agent_images";
 
 fn host_from_row(row: &AnyRow) -> Result<HostRecord> {
     let status: String = row.try_get("status")?;
@@ -128,6 +132,11 @@ fn host_from_row(row: &AnyRow) -> Result<HostRecord> {
             .try_get::<Option<String>, _>("agent_inventory")?
             .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
             .and_then(|inventory| inventory["isolation"].as_str().map(str::to_string)),
+        images: row
+            .try_get::<Option<String>, _>("agent_images")?
+            .map(|t| serde_json::from_str(&t))
+            .transpose()
+            .map_err(|e| StoreError::Corrupt(format!("agents.images is not a JSON list: {e}")))?,
         tags: row
             .try_get::<Option<String>, _>("tags")?
             .map(|t| serde_json::from_str(&t))

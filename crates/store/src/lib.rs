@@ -36,7 +36,8 @@ mod volumes;
 mod writer;
 
 pub use agents::{
-    AgentChange, AgentChanges, AgentRecord, JoinTokenRecord, SessionRequestRecord, WorkRecord,
+    AgentChange, AgentChanges, AgentRecord, HeartbeatNews, JoinTokenRecord, SessionRequestRecord,
+    WorkRecord,
 };
 pub use billing::{Balance, now_ms};
 pub use containers::{ContainerRecord, IngressRoute, IngressRule, InstanceUsage, NewContainer};

@@ -175,6 +175,15 @@ impl AgentSignals {
 pub struct AgentCaller {
     pub hostname: String,
 }
+
+/// The images an agent says its host has, as stored (a sorted JSON list);
+/// `None` when its driver runs no image of its own.
+fn images_json(inventory: &tessera_agent_api::protocol::Inventory) -> Option<String> {
+    let mut images = inventory.images.clone()?;
+    images.sort();
+    images.dedup();
+    Some(serde_json::to_string(&images).unwrap_or_default())
+}
 impl App {
     /// Hears the changes other replicas make to agents' desired states and
     /// reports, and wakes this process's waiters on them, until the app

@@ -58,13 +58,19 @@ impl App {
         if self.liveness.heard(&agent.hostname, &inventory) {
             return Ok(());
         }
-        let back = self
+        let images = super::images_json(&beat.inventory);
+        let news = self
             .store
-            .agent_heartbeat(&agent.hostname, &inventory)
+            .agent_heartbeat(&agent.hostname, &inventory, images.as_deref())
             .await?;
         self.liveness.written(&agent.hostname, &inventory);
-        if back {
+        if news.back {
             self.host_reachable_again(&agent.hostname).await?;
+        } else if news.images_changed
+            && let Some(host) = self.store.host_by_hostname(&agent.hostname).await?
+        {
+            tracing::info!(hostname = %agent.hostname, images = ?beat.inventory.images, "server's images changed");
+            self.placement.refresh_host(&self.store, &host.id).await?;
         }
         Ok(())
     }

@@ -1330,6 +1330,8 @@ impl App {
                     whole_units: kind.share(*size).is_none(),
                     arch: Some(kind.arch.clone()),
                     share: kind.share(*size),
+                    // A replica's image is pulled where it lands.
+                    image: None,
                 };
                 let fits = self
                     .placement

@@ -77,6 +77,52 @@ impl App {
         }
     }
 
+    /// The registry reference its host pulls the instance's image from
+    /// when it lacks it: a serverless replica's image, or what the catalog
+    /// gives for the image it names.
+    pub(crate) fn image_ref(&self, spec: &super::InstanceSpecInput) -> Option<String> {
+        match &spec.workload {
+            Some(w) => Some(w.image.clone()),
+            None => self.catalog.image(&spec.image).and_then(|i| i.oci.clone()),
+        }
+    }
+
+    /// The image the instance's host must have already (none when it can
+    /// pull it).
+    fn image_needed(&self, spec: &super::InstanceSpecInput) -> Option<String> {
+        self.image_ref(spec).is_none().then(|| spec.image.clone())
+    }
+
+    /// What placement is asked for an instance of `spec` with `memory_mb`,
+    /// in the order to ask: a location names a region or, failing that, a
+    /// zone. Each asks for a pooled host's CPUs or a whole unit of a
+    /// partitioned one; with `image`, on a host that has it.
+    fn placement_requests(
+        &self,
+        spec: &super::InstanceSpecInput,
+        memory_mb: u64,
+        image: Option<&str>,
+    ) -> Vec<Request> {
+        let (arch, share) = self.placement_needs(spec);
+        let wanted = match &spec.location {
+            None => vec![(None, None)],
+            Some(l) => vec![(Some(l.clone()), None), (None, Some(l.clone()))],
+        };
+        wanted
+            .into_iter()
+            .map(|(region, zone)| Request::Cpus {
+                count: spec.vcpus.unwrap_or(1),
+                memory_mb,
+                region,
+                zone,
+                whole_units: share.is_none(),
+                arch: arch.clone(),
+                share,
+                image: image.map(str::to_string),
+            })
+            .collect()
+    }
+
     /// Records an instance and starts the operation that creates it.
     pub async fn create_instance(
         &self,
@@ -395,31 +441,11 @@ impl App {
         let spec = &instance.spec;
         let count = spec.vcpus.unwrap_or(1);
         let memory_mb = instance.memory_mb;
-        let (arch, share) = self.placement_needs(spec);
+        let image = self.image_needed(spec);
+        let requests = self.placement_requests(spec, memory_mb, image.as_deref());
         let mut looked_again = false;
         for _ in 0..MAX_PLACE_ATTEMPTS {
-            // A location names a region or, failing that, a zone.
-            let mut taken = None;
-            let wanted = match &spec.location {
-                None => vec![(None, None)],
-                Some(l) => vec![(Some(l.clone()), None), (None, Some(l.clone()))],
-            };
-            for (region, zone) in wanted {
-                // A pooled host's CPUs, or a whole unit of a partitioned one.
-                let request = Request::Cpus {
-                    count,
-                    memory_mb,
-                    region,
-                    zone,
-                    whole_units: share.is_none(),
-                    arch: arch.clone(),
-                    share,
-                };
-                if let Some(t) = self.placement.take(&request) {
-                    taken = Some(t);
-                    break;
-                }
-            }
+            let taken = requests.iter().find_map(|r| self.placement.take(r));
             let Some(taken) = taken else {
                 if looked_again {
                     let place = spec
@@ -427,6 +453,19 @@ impl App {
                         .as_ref()
                         .map(|l| format!(" in {l}"))
                         .unwrap_or_default();
+                    if let Some(image) = &image
+                        && self
+                            .placement_requests(spec, memory_mb, None)
+                            .iter()
+                            .any(|r| self.placement.with_engine(|e| e.place(r).is_some()))
+                    {
+                        return Err(Error::NoCapacity(format!(
+                            "no host{place} with {count} free CPUs and {memory_mb} MB of \
+                             memory has image {image} (an operator puts it on a server with \
+                             `tessera image import {image} FILE`, or gives the catalog's image \
+                             a registry reference to pull it from)"
+                        )));
+                    }
                     return Err(Error::NoCapacity(format!(
                         "no host{place} has {count} free CPUs and {memory_mb} MB of memory"
                     )));

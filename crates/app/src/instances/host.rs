@@ -60,10 +60,7 @@ impl App {
             memory_mb: instance.memory_mb,
             disk_gb: spec.disk_gb.unwrap_or(0),
             image: spec.image.clone(),
-            image_ref: match &spec.workload {
-                Some(w) => Some(w.image.clone()),
-                None => self.catalog.image(&spec.image).and_then(|i| i.oci.clone()),
-            },
+            image_ref: self.image_ref(spec),
             ssh_keys,
             user_data,
             volumes,

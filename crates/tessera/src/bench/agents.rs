@@ -51,7 +51,7 @@ pub async fn run(args: AgentsArgs) -> Result<()> {
         memory_mb: u64::from(args.cpus) * 8192,
         disk_gb: 1024,
         gpus: Vec::new(),
-        images: Vec::new(),
+        images: None,
         arch: tessera_agent_api::protocol::this_arch(),
         isolation: None,
     };

@@ -29,6 +29,11 @@ fn fleet(n: usize) -> PlacementEngine {
     ])
     .unwrap_or_default();
     let mut engine = PlacementEngine::new();
+    let images: std::sync::Arc<std::collections::BTreeSet<String>> = std::sync::Arc::new(
+        ["debian-12", "tiny", "ubuntu-22.04", "ubuntu-24.04"]
+            .map(String::from)
+            .into(),
+    );
     for i in 0..n {
         let id = format!("host-{i:06}");
         let partitioned = i % 2 == 0;
@@ -58,6 +63,9 @@ fn fleet(n: usize) -> PlacementEngine {
             runs_instances: true,
             arch: "amd64".into(),
             shared: Default::default(),
+            // As a container host reports them: what each instance asks
+            // for is checked against them.
+            images: Some(images.clone()),
         });
     }
     engine
@@ -83,6 +91,7 @@ fn random_request(rng: &mut impl Rng) -> Request {
             whole_units: true,
             arch: Some("amd64".into()),
             share: None,
+            image: Some("ubuntu-24.04".into()),
         }
     }
 }

@@ -291,8 +291,13 @@ pub(crate) async fn container_agent_with(
 
 /// Builds the tiny image once and imports it into `state_dir`.
 pub(crate) fn import_tiny(state_dir: &Path) {
+    import_tiny_as(state_dir, "tiny");
+}
+
+/// Imports the tiny image into `state_dir` as image `name`.
+fn import_tiny_as(state_dir: &Path, name: &str) {
     let imported = Command::new(env!("CARGO_BIN_EXE_tessera"))
-        .args(["image", "import", "tiny"])
+        .args(["image", "import", name])
         .arg(tiny_tarball())
         .arg("--state-dir")
         .arg(state_dir)
@@ -615,6 +620,88 @@ async fn a_container_instance_is_reached_over_ssh_and_leaves_nothing() {
     assert_eq!(op["status"], "completed", "{op}");
     assert_eq!(traces_of(&state, &id), Vec::<String>::new(), "left behind");
     assert_eq!(routed_instances(1), links - 1, "its veth is gone");
+    drop(agent);
+    server.stop().await;
+}
+
+/// Creates an instance of `image` and answers its operation once ended.
+async fn create_of_image(url: &str, name: &str, image: &str) -> Value {
+    let (status, created) = api(
+        url,
+        Method::POST,
+        "/v1/instances",
+        Some(json!({
+            "metadata": {"name": name},
+            "spec": {"type": "cx11", "image": image},
+        })),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    wait_op(url, created["operation_id"].as_str().expect("op")).await
+}
+
+/// A host has the images its agent says it has: an instance of an image
+/// no host has (and none can pull) is refused without any host being
+/// asked, saying so; once an operator imports it, the agent's next
+/// heartbeat says so and the instance goes there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_goes_only_where_its_image_is() {
+    skip_unless_dataplane!();
+    let server = TestServer::start_with(
+        Backend::Sqlite,
+        Options {
+            sim_hosts: false,
+            agent_timeout: Duration::from_secs(60),
+            vpc_pool: Some("10.252.2.0/24"),
+            ..Options::default()
+        },
+    )
+    .await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("agent");
+    import_tiny(&state);
+    let agent = container_agent(&server, "image-host", &state, 2).await;
+    let refused = create_of_image(&server.url, "deb-1", "debian-12").await;
+    assert_eq!(refused["status"], "failed", "{refused}");
+    let error = refused["error"].as_str().unwrap_or_default();
+    assert!(error.contains("has image debian-12"), "{refused}");
+    assert!(
+        !agent.log().contains("debian-12"),
+        "the host was never asked: {}",
+        agent.log()
+    );
+    // Imported on the host (the tiny image, named so): the agent says so
+    // within a heartbeat (1 s here), and the next instance runs there.
+    import_tiny_as(&state, "debian-12");
+    let tries = std::sync::atomic::AtomicUsize::new(2);
+    let done = eventually(Duration::from_secs(20), "debian-12 placed", || async {
+        let name = format!(
+            "deb-{}",
+            tries.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
+        let op = create_of_image(&server.url, &name, "debian-12").await;
+        (op["status"] == "completed").then_some(op)
+    })
+    .await;
+    let id = done["result"]["instance_id"].as_str().expect("id");
+    let (_, instance) = api(
+        &server.url,
+        Method::GET,
+        &format!("/v1/instances/{id}"),
+        None,
+    )
+    .await;
+    assert_eq!(instance["status"]["state"], "running", "{instance}");
+    let (status, deleted) = api(
+        &server.url,
+        Method::DELETE,
+        &format!("/v1/instances/{id}"),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{deleted}");
+    let op = wait_op(&server.url, deleted["operation_id"].as_str().expect("op")).await;
+    assert_eq!(op["status"], "completed", "{op}");
     drop(agent);
     server.stop().await;
 }
