@@ -251,16 +251,32 @@ pub(crate) fn inventory(
     (held, shared): (CpuSet, BTreeMap<u32, u32>),
     memory_held_mb: i64,
 ) -> HostInventory {
+    // CPUs its agent does not offer (offline, or reserved for the host
+    // since it registered) take nothing new; what holds them keeps them.
+    let offered = host
+        .offered_cpus
+        .as_deref()
+        .and_then(|list| CpuSet::parse_list(list).ok());
     let slots: Vec<UnitSlot> = units
         .iter()
-        .map(|u| UnitSlot {
-            id: ComputeId::new(u.compute_id.as_str()),
-            cpus: CpuSet::parse_list(&u.cpu_list).unwrap_or_default(),
-            free: u.status == UnitStatus::Free,
+        .map(|u| {
+            let cpus = CpuSet::parse_list(&u.cpu_list).unwrap_or_default();
+            UnitSlot {
+                id: ComputeId::new(u.compute_id.as_str()),
+                free: u.status == UnitStatus::Free
+                    && offered.as_ref().is_none_or(|o| cpus.is_subset(o)),
+                cpus,
+            }
         })
         .collect();
     let cpus = match &host.cpus {
-        Some(list) => CpuSet::parse_list(list).unwrap_or_default(),
+        Some(list) => {
+            let registered = CpuSet::parse_list(list).unwrap_or_default();
+            match &offered {
+                Some(offered) => registered.intersection(offered),
+                None => registered,
+            }
+        }
         None => slots
             .iter()
             .fold(CpuSet::new(), |all, u| all.union(&u.cpus)),

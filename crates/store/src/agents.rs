@@ -128,19 +128,20 @@ impl Store {
         hostname: &str,
         credential_hash: &str,
         driver: &str,
-        (inventory, images): (&str, Option<&str>),
+        inventory: &str,
+        offer: &AgentOffer,
     ) -> Result<()> {
         let at = now();
         self.run_statements(
             "register_agent",
             vec![(
                 "INSERT INTO agents (hostname, credential_hash, driver, inventory, generation, \
-                 reachable, last_seen, registered_at, images) \
-                 VALUES ($1, $2, $3, $4, 0, 1, $5, $5, $6) \
+                 reachable, last_seen, registered_at, images, cpus) \
+                 VALUES ($1, $2, $3, $4, 0, 1, $5, $5, $6, CASE WHEN $3 = 'sim' THEN NULL ELSE $7 END) \
                  ON CONFLICT (hostname) DO UPDATE SET credential_hash = excluded.credential_hash, \
                  driver = excluded.driver, inventory = excluded.inventory, reachable = 1, \
                  last_seen = excluded.last_seen, registered_at = excluded.registered_at, \
-                 images = excluded.images"
+                 images = excluded.images, cpus = excluded.cpus"
                     .into(),
                 vec![
                     hostname.into(),
@@ -148,10 +149,11 @@ impl Store {
                     driver.into(),
                     inventory.into(),
                     at.into(),
-                    images.into(),
+                    offer.images.as_deref().into(),
+                    offer.cpus.as_str().into(),
                 ],
             ), (
-                // Its host's images may have changed: placement reads it again.
+                // What it offers may have changed: placement reads it again.
                 "UPDATE hosts SET generation = generation + 1 WHERE hostname = $1".into(),
                 vec![hostname.into()],
             ), (
@@ -216,20 +218,19 @@ impl Store {
     }
 
     /// Notes that the agent of `hostname` was heard from, with what it now
-    /// reports of its host (its inventory, and apart the images it has, if
-    /// its driver runs any). Answers whether it had been unreachable, and
-    /// whether its images changed; either bumps its host.
+    /// reports of its host (its inventory, and apart what it offers
+    /// placement). Answers whether it had been unreachable, and whether
+    /// its offer changed; either bumps its host.
     pub async fn agent_heartbeat(
         &self,
         hostname: &str,
         inventory: &str,
-        images: Option<&str>,
+        offer: &AgentOffer,
     ) -> Result<HeartbeatNews> {
-        let (hostname, inventory) = (hostname.to_string(), inventory.to_string());
-        let images = images.map(str::to_string);
+        let (hostname, inventory, offer) =
+            (hostname.to_string(), inventory.to_string(), offer.clone());
         self.write("agent_heartbeat", move |mut conn| {
-            let (hostname, inventory, images) =
-                (hostname.clone(), inventory.clone(), images.clone());
+            let (hostname, inventory, offer) = (hostname.clone(), inventory.clone(), offer.clone());
             Box::pin(async move {
                 let back = conn
                     .execute(
@@ -238,11 +239,19 @@ impl Store {
                     )
                     .await?
                     == 1;
-                let images_changed = conn
+                // A simulated host's agent reports the machine it runs on,
+                // not its host's CPUs.
+                let offer_changed = conn
                     .execute(
-                        "UPDATE agents SET images = $1 WHERE hostname = $2 \
-                         AND images IS DISTINCT FROM $1",
-                        &[images.into(), hostname.as_str().into()],
+                        "UPDATE agents SET images = $1, \
+                         cpus = CASE WHEN driver = 'sim' THEN NULL ELSE $2 END \
+                         WHERE hostname = $3 AND (images IS DISTINCT FROM $1 \
+                         OR cpus IS DISTINCT FROM CASE WHEN driver = 'sim' THEN NULL ELSE $2 END)",
+                        &[
+                            offer.images.into(),
+                            offer.cpus.into(),
+                            hostname.as_str().into(),
+                        ],
                     )
                     .await?
                     == 1;
@@ -255,12 +264,12 @@ impl Store {
                     ],
                 )
                 .await?;
-                if back || images_changed {
+                if back || offer_changed {
                     bump_host(&mut conn, &hostname).await?;
                 }
                 Ok(Commit::Keep(HeartbeatNews {
                     back,
-                    images_changed,
+                    offer_changed,
                 }))
             })
         })
@@ -529,8 +538,17 @@ impl Store {
 pub struct HeartbeatNews {
     /// The agent had been unreachable.
     pub back: bool,
-    /// The images it has are not those it said before.
-    pub images_changed: bool,
+    /// What it offers placement is not what it said before.
+    pub offer_changed: bool,
+}
+
+/// What an agent offers placement (migration 0033): the CPUs instances may
+/// have (Linux list format), and the images its host has, if its driver
+/// runs any.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AgentOffer {
+    pub cpus: String,
+    pub images: Option<String>,
 }
 
 async fn bump_host(conn: &mut Conn<'_>, hostname: &str) -> std::result::Result<(), DbError> {
@@ -789,7 +807,7 @@ mod tests {
         let url = Store::sqlite_url(&dir.path().join("tessera.db"));
         let store = Store::open(&url).await.expect("open");
         store
-            .register_agent("h", "hash", "sim", ("{}", None))
+            .register_agent("h", "hash", "sim", "{}", &AgentOffer::default())
             .await
             .expect("agent");
         let desired = |store: Store| async move {

@@ -42,6 +42,9 @@ pub struct HostRecord {
     /// The images its agent said it has; `None` when it runs no image of
     /// its own (a simulated host, no agent yet): any image will do.
     pub images: Option<Vec<String>>,
+    /// The CPUs its agent offers instances (Linux list format); `None`
+    /// when it said nothing of them (a simulated host, no agent yet).
+    pub offered_cpus: Option<String>,
     /// Being (or been) retired with force: without its agent, if that
     /// does not answer.
     pub decommission_forced: bool,
@@ -94,7 +97,8 @@ const HOST_COLUMNS: &str = "id, hostname, ip, region, zone, status, status_detai
      COALESCE((SELECT reachable FROM agents WHERE agents.hostname = hosts.hostname), 1) AS reachable, \
      COALESCE((SELECT driver FROM agents WHERE agents.hostname = hosts.hostname), '') AS agent_driver, \
      (SELECT inventory FROM agents WHERE agents.hostname = hosts.hostname) AS agent_inventory, \
-     (SELECT images FROM agents WHERE agents.hostname = hosts.hostname) AS agent_images";
+     (SELECT images FROM agents WHERE agents.hostname = hosts.hostname) AS agent_images, \
+     (SELECT cpus FROM agents WHERE agents.hostname = hosts.hostname) AS agent_cpus";
 
 fn host_from_row(row: &AnyRow) -> Result<HostRecord> {
     let status: String = row.try_get("status")?;
@@ -137,6 +141,7 @@ fn host_from_row(row: &AnyRow) -> Result<HostRecord> {
             .map(|t| serde_json::from_str(&t))
             .transpose()
             .map_err(|e| StoreError::Corrupt(format!("agents.images is not a JSON list: {e}")))?,
+        offered_cpus: row.try_get("agent_cpus")?,
         tags: row
             .try_get::<Option<String>, _>("tags")?
             .map(|t| serde_json::from_str(&t))

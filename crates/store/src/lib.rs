@@ -36,8 +36,8 @@ mod volumes;
 mod writer;
 
 pub use agents::{
-    AgentChange, AgentChanges, AgentRecord, HeartbeatNews, JoinTokenRecord, SessionRequestRecord,
-    WorkRecord,
+    AgentChange, AgentChanges, AgentOffer, AgentRecord, HeartbeatNews, JoinTokenRecord,
+    SessionRequestRecord, WorkRecord,
 };
 pub use billing::{Balance, now_ms};
 pub use containers::{ContainerRecord, IngressRoute, IngressRule, InstanceUsage, NewContainer};

@@ -176,13 +176,19 @@ pub struct AgentCaller {
     pub hostname: String,
 }
 
-/// The images an agent says its host has, as stored (a sorted JSON list);
-/// `None` when its driver runs no image of its own.
-fn images_json(inventory: &tessera_agent_api::protocol::Inventory) -> Option<String> {
-    let mut images = inventory.images.clone()?;
-    images.sort();
-    images.dedup();
-    Some(serde_json::to_string(&images).unwrap_or_default())
+/// What an agent's inventory offers placement, as stored: its CPUs, and
+/// the images its host has (a sorted JSON list), unless its driver runs no
+/// image of its own.
+fn offer(inventory: &tessera_agent_api::protocol::Inventory) -> tessera_store::AgentOffer {
+    let images = inventory.images.clone().map(|mut images| {
+        images.sort();
+        images.dedup();
+        serde_json::to_string(&images).unwrap_or_default()
+    });
+    tessera_store::AgentOffer {
+        cpus: inventory.cpus.to_string(),
+        images,
+    }
 }
 impl App {
     /// Hears the changes other replicas make to agents' desired states and

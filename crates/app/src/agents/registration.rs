@@ -127,13 +127,13 @@ impl App {
         };
         let credential = secret("tsh");
         let inventory = serde_json::to_string(&req.inventory).unwrap_or_default();
-        let images = super::images_json(&req.inventory);
         self.store
             .register_agent(
                 &req.hostname,
                 &hash_token(&credential),
                 &req.driver,
-                (&inventory, images.as_deref()),
+                &inventory,
+                &super::offer(&req.inventory),
             )
             .await?;
         // The host's earlier credential stops working here at once.

@@ -58,18 +58,17 @@ impl App {
         if self.liveness.heard(&agent.hostname, &inventory) {
             return Ok(());
         }
-        let images = super::images_json(&beat.inventory);
         let news = self
             .store
-            .agent_heartbeat(&agent.hostname, &inventory, images.as_deref())
+            .agent_heartbeat(&agent.hostname, &inventory, &super::offer(&beat.inventory))
             .await?;
         self.liveness.written(&agent.hostname, &inventory);
         if news.back {
             self.host_reachable_again(&agent.hostname).await?;
-        } else if news.images_changed
+        } else if news.offer_changed
             && let Some(host) = self.store.host_by_hostname(&agent.hostname).await?
         {
-            tracing::info!(hostname = %agent.hostname, images = ?beat.inventory.images, "server's images changed");
+            tracing::info!(hostname = %agent.hostname, cpus = %beat.inventory.cpus, images = ?beat.inventory.images, "what the server offers changed");
             self.placement.refresh_host(&self.store, &host.id).await?;
         }
         Ok(())

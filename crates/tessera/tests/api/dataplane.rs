@@ -14,6 +14,7 @@ use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
+use tessera_core::CpuSet;
 
 /// Why this machine cannot run the real drivers, if it cannot.
 pub(crate) fn cannot_run() -> Option<String> {
@@ -640,12 +641,14 @@ async fn create_of_image(url: &str, name: &str, image: &str) -> Value {
     wait_op(url, created["operation_id"].as_str().expect("op")).await
 }
 
-/// A host has the images its agent says it has: an instance of an image
-/// no host has (and none can pull) is refused without any host being
-/// asked, saying so; once an operator imports it, the agent's next
-/// heartbeat says so and the instance goes there.
+/// A host takes what its agent offers. The images it says it has: an
+/// instance of an image no host has (and none can pull) is refused without
+/// any host being asked, saying so; once an operator imports it, the
+/// agent's next heartbeat says so and the instance goes there. Its CPUs:
+/// restarted with CPUs reserved for the host, its agent offers fewer, and
+/// no instance is placed on the reserved ones.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_instance_goes_only_where_its_image_is() {
+async fn a_host_takes_only_what_its_agent_offers() {
     skip_unless_dataplane!();
     let server = TestServer::start_with(
         Backend::Sqlite,
@@ -702,7 +705,68 @@ async fn an_instance_goes_only_where_its_image_is() {
     assert_eq!(status, StatusCode::ACCEPTED, "{deleted}");
     let op = wait_op(&server.url, deleted["operation_id"].as_str().expect("op")).await;
     assert_eq!(op["status"], "completed", "{op}");
-    drop(agent);
+
+    // Every CPU but the first reserved for the host itself.
+    let online = std::fs::read_to_string("/sys/devices/system/cpu/online").expect("online");
+    let online = CpuSet::parse_list(online.trim()).expect("online CPUs");
+    let first = online.first().expect("a CPU");
+    let reserved: CpuSet = online.iter().filter(|c| *c != first).collect();
+    if reserved.is_empty() {
+        eprintln!("skipped the reserved CPUs' part: this machine has one CPU");
+    } else {
+        drop(agent);
+        let reserved = reserved.to_string();
+        let agent = container_agent_with(
+            &server,
+            "image-host",
+            &state,
+            2,
+            &["--reserved-cpus", &reserved],
+        )
+        .await;
+        eventually(Duration::from_secs(20), "one CPU scheduled", || async {
+            let client = reqwest::Client::new();
+            let text = client
+                .get(format!("{}/metrics", server.url))
+                .bearer_auth(TOKEN)
+                .send()
+                .await
+                .ok()?
+                .text()
+                .await
+                .ok()?;
+            text.lines().any(|l| l == "tessera_cpus 1").then_some(())
+        })
+        .await;
+        let placed = create_of_image(&server.url, "pinned", "tiny").await;
+        assert_eq!(placed["status"], "completed", "{placed}");
+        let id = placed["result"]["instance_id"].as_str().expect("id");
+        let (_, instance) = api(
+            &server.url,
+            Method::GET,
+            &format!("/v1/instances/{id}"),
+            None,
+        )
+        .await;
+        assert_eq!(instance["status"]["cpus"], first.to_string(), "{instance}");
+        let refused = create_of_image(&server.url, "no-room", "tiny").await;
+        assert_eq!(refused["status"], "failed", "{refused}");
+        assert!(
+            refused["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("no host has 1 free CPUs")),
+            "{refused}"
+        );
+        let (_, deleted) = api(
+            &server.url,
+            Method::DELETE,
+            &format!("/v1/instances/{id}"),
+            None,
+        )
+        .await;
+        wait_op(&server.url, deleted["operation_id"].as_str().expect("op")).await;
+        drop(agent);
+    }
     server.stop().await;
 }
 
