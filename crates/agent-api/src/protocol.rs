@@ -56,8 +56,9 @@ pub struct Inventory {
     pub gpus: Vec<Gpu>,
     /// Images present on the host; `None` when its driver runs no images
     /// of its own (a simulated host, Kloigos units): any image will do.
-    /// (An older agent sends a list for every driver.)
-    #[serde(default)]
+    /// (An older agent sends a list for every driver; an older control
+    /// plane reads none as an empty list.)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub images: Option<Vec<String>>,
     /// The host's CPU architecture, as instance types name it: `amd64` or
     /// `arm64`.

@@ -67,6 +67,25 @@ impl Task for Heartbeats {
     }
 }
 
+/// Catches the placement view up with the hosts other replicas changed
+/// (what an agent offers, heard by the replica its heartbeat reached):
+/// a view is otherwise reloaded only where this replica's own claims
+/// lose, or when it finds no room. Not run on SQLite (one process).
+struct CatchUpPlacement;
+
+impl Task for CatchUpPlacement {
+    const NAME: &'static str = "catch up placement";
+    fn period(_: &App) -> Duration {
+        Duration::from_secs(10)
+    }
+    async fn run(app: &App) -> Result<()> {
+        app.placement
+            .refresh_changed(&app.store, std::time::Instant::now())
+            .await
+            .map(drop)
+    }
+}
+
 /// Writes the agents' heartbeats heard since the last pass, in one
 /// transaction.
 struct NoteHeartbeats;
@@ -309,6 +328,9 @@ impl App {
             app.spawn_task::<OverdueUnits>();
             app.spawn_task::<Prune>();
             app.spawn_task::<RecoverRequests>();
+            if app.store.backend() != tessera_store::Backend::Sqlite {
+                app.spawn_task::<CatchUpPlacement>();
+            }
             app.spawn_serverless();
         });
     }

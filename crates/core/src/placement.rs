@@ -99,11 +99,12 @@ impl HostInventory {
         self.images.as_ref().is_none_or(|have| have.contains(image))
     }
 
-    /// The shared CPU with room for `millis` that has the least room left.
+    /// The shared CPU with room for `millis` that has the least room left
+    /// (of the host's CPUs: one taken out of scheduling takes no more).
     fn shared_cpu_for(&self, millis: u32) -> Option<u32> {
         self.shared
             .iter()
-            .filter(|(_, used)| **used + millis <= CPU_MILLIS)
+            .filter(|(cpu, used)| **used + millis <= CPU_MILLIS && self.cpus.contains(**cpu))
             .max_by_key(|(cpu, used)| (**used, std::cmp::Reverse(**cpu)))
             .map(|(cpu, _)| *cpu)
     }
@@ -915,6 +916,19 @@ mod tests {
             image: None,
         };
         assert_eq!(engine.place(&big), None);
+    }
+
+    #[test]
+    fn a_shared_cpu_taken_out_of_scheduling_takes_no_more() {
+        let mut engine = PlacementEngine::new();
+        // CPU 3 is shared, half used, but no longer the host's to give
+        // (its agent stopped offering it).
+        let mut host = pooled("h1", "0-2", &[]);
+        host.held = set("3");
+        host.shared = [(3, 500)].into();
+        engine.upsert_host(host);
+        let placed = engine.place(&shared(250, "amd64")).expect("placed");
+        assert_ne!(placed.cpus, set("3"), "{placed:?}");
     }
 
     #[test]

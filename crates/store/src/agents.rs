@@ -137,7 +137,8 @@ impl Store {
             vec![(
                 "INSERT INTO agents (hostname, credential_hash, driver, inventory, generation, \
                  reachable, last_seen, registered_at, images, cpus) \
-                 VALUES ($1, $2, $3, $4, 0, 1, $5, $5, $6, CASE WHEN $3 = 'sim' THEN NULL ELSE $7 END) \
+                 VALUES ($1, $2, $3, $4, 0, 1, $5, $5, CASE WHEN $3 = 'sim' THEN NULL ELSE $6 END, \
+                 CASE WHEN $3 = 'sim' THEN NULL ELSE $7 END) \
                  ON CONFLICT (hostname) DO UPDATE SET credential_hash = excluded.credential_hash, \
                  driver = excluded.driver, inventory = excluded.inventory, reachable = 1, \
                  last_seen = excluded.last_seen, registered_at = excluded.registered_at, \
@@ -239,14 +240,13 @@ impl Store {
                     )
                     .await?
                     == 1;
-                // A simulated host's agent reports the machine it runs on,
-                // not its host's CPUs.
                 let offer_changed = conn
                     .execute(
-                        "UPDATE agents SET images = $1, \
-                         cpus = CASE WHEN driver = 'sim' THEN NULL ELSE $2 END \
-                         WHERE hostname = $3 AND (images IS DISTINCT FROM $1 \
-                         OR cpus IS DISTINCT FROM CASE WHEN driver = 'sim' THEN NULL ELSE $2 END)",
+                        &format!(
+                            "UPDATE agents SET images = {SIM_NONE_1}, cpus = {SIM_NONE_2} \
+                             WHERE hostname = $3 AND (images IS DISTINCT FROM {SIM_NONE_1} \
+                             OR cpus IS DISTINCT FROM {SIM_NONE_2})"
+                        ),
                         &[
                             offer.images.into(),
                             offer.cpus.into(),
@@ -533,6 +533,13 @@ impl Store {
 
 /// Moves a host's version, so that every replica's placement view reloads
 /// it (its reachability changed).
+/// A simulated host offers nothing of its own: its agent reports the
+/// machine it runs on, not its host's CPUs, and it takes any image (an
+/// older sim agent still reports an empty list of images). In the
+/// agent's row, the first or second parameter, or none for a sim agent.
+const SIM_NONE_1: &str = "CASE WHEN driver = 'sim' THEN NULL ELSE $1 END";
+const SIM_NONE_2: &str = "CASE WHEN driver = 'sim' THEN NULL ELSE $2 END";
+
 /// What a heartbeat written changed (see [`Store::agent_heartbeat`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct HeartbeatNews {
