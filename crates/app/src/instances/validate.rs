@@ -6,9 +6,13 @@ use crate::error::{Error, Result};
 use base64::Engine;
 use tessera_core::catalog::{Catalog, MAX_DISK_GB, MAX_MEMORY_MB, MAX_VCPUS};
 
-/// Parses a label selector: `env=production,team=platform`.
+/// The most labels an instance has, and terms a selector names.
+const MAX_LABELS: usize = 64;
+
+/// Parses a label selector: `env=production,team=platform`, each term a
+/// label an instance could have (so at most 64 of them).
 pub fn parse_selector(selector: &str) -> Result<Vec<(String, String)>> {
-    selector
+    let terms: Vec<(String, String)> = selector
         .split(',')
         .filter(|part| !part.trim().is_empty())
         .map(|part| {
@@ -18,9 +22,40 @@ pub fn parse_selector(selector: &str) -> Result<Vec<(String, String)>> {
                     format!("label selector {part:?} is not key=value (e.g. labels=env=production,team=platform)"),
                 )
             })?;
-            Ok((key.trim().to_string(), value.trim().to_string()))
+            let (key, value) = (key.trim(), value.trim());
+            check_label("labels", key, value)?;
+            Ok((key.to_string(), value.to_string()))
         })
-        .collect()
+        .collect::<Result<_>>()?;
+    if terms.len() > MAX_LABELS {
+        return Err(Error::invalid(
+            "labels",
+            format!("a label selector names at most {MAX_LABELS} labels, as an instance has"),
+        ));
+    }
+    Ok(terms)
+}
+
+/// Checks one label (of a request's `field`).
+fn check_label(field: &'static str, key: &str, value: &str) -> Result<()> {
+    let key_ok = !key.is_empty()
+        && key.len() <= 63
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'/'));
+    if !key_ok
+        || value.len() > 63
+        || value.contains([',', '='])
+        || value.chars().any(char::is_control)
+    {
+        return Err(Error::invalid(
+            field,
+            format!(
+                "label {key:?}={value:?}: keys are 1 to 63 letters, digits, '-', '_', '.' or '/'; values at most 63 printable characters without ',' or '='"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 pub(super) fn check_text(field: &'static str, value: &str, max: usize) -> Result<()> {
@@ -46,8 +81,11 @@ pub(crate) fn validate(catalog: &Catalog, req: &mut CreateInstance) -> Result<Op
             "metadata.name must be 1 to 63 letters, digits, '-', '_' or '.'",
         ));
     }
-    if req.labels.len() > 64 {
-        return Err(Error::invalid("metadata.labels", "at most 64 labels"));
+    if req.labels.len() > MAX_LABELS {
+        return Err(Error::invalid(
+            "metadata.labels",
+            format!("at most {MAX_LABELS} labels"),
+        ));
     }
     let mut listed = std::collections::HashSet::new();
     if let Some(twice) = req.existing_volumes.iter().find(|v| !listed.insert(*v)) {
@@ -57,23 +95,7 @@ pub(crate) fn validate(catalog: &Catalog, req: &mut CreateInstance) -> Result<Op
         ));
     }
     for (key, value) in &req.labels {
-        let key_ok = !key.is_empty()
-            && key.len() <= 63
-            && key
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'/'));
-        if !key_ok
-            || value.len() > 63
-            || value.contains([',', '='])
-            || value.chars().any(char::is_control)
-        {
-            return Err(Error::invalid(
-                "metadata.labels",
-                format!(
-                    "label {key:?}={value:?}: keys are 1 to 63 letters, digits, '-', '_', '.' or '/'; values at most 63 printable characters without ',' or '='"
-                ),
-            ));
-        }
+        check_label("metadata.labels", key, value)?;
     }
     let spec = &mut req.spec;
     let Some(kind) = catalog.instance_type(&spec.instance_type) else {
