@@ -1,12 +1,13 @@
 //! SSH public keys of a project, which instances name in `ssh_key_ids`.
 //!
 //! A key is taken as Verda takes it: one line of a known key type and a
-//! base64 body, with an optional comment. Its body is not parsed further (a
-//! client may send a key real Verda accepts that the `ssh-key` crate would
-//! not), so a host copes with a key it cannot use: it writes the line to
-//! `authorized_keys`, where the SSH server ignores what it cannot read.
-//! What is clearly not a key (no type, an unknown type, NUL, line breaks,
-//! a body that is not base64) is refused.
+//! base64 body, with an optional comment. Its body is checked only as far
+//! as every SSH key's is alike (a client may send a key real Verda accepts
+//! that the `ssh-key` crate would not): it must name the line's key type
+//! (`ssh-rsa` on an Ed25519 body can never log in), an Ed25519 key must be
+//! whole, and no key may be larger than OpenSSH takes. What is clearly not
+//! a key (no type, an unknown type, NUL, line breaks, a body that is not
+//! base64) is refused.
 
 use crate::error::{Error, Result};
 use crate::identity::Principal;
@@ -111,19 +112,49 @@ pub fn check_public_key(field: &'static str, key: &str) -> Result<(String, Strin
             ),
         ));
     }
-    let decoded = base64::engine::general_purpose::STANDARD
-        .decode(body)
-        .ok()
-        .filter(|d| d.len() >= 16);
-    let Some(decoded) = decoded else {
+    let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(body) else {
         return Err(Error::invalid(
             field,
             format!("{field}: the key's body after {kind} is not base64"),
         ));
     };
+    if let Err(why) = check_key_body(kind, &decoded) {
+        return Err(Error::invalid(
+            field,
+            format!("{field}: the key's body is not an {kind} key ({why})"),
+        ));
+    }
     let fingerprint =
         base64::engine::general_purpose::STANDARD_NO_PAD.encode(sha2::Sha256::digest(&decoded));
     Ok((key.to_string(), format!("SHA256:{fingerprint}")))
+}
+
+/// The most a key's body may weigh: OpenSSH takes RSA keys of up to 16,384
+/// bits (2 KiB of modulus); a certificate carries more, never this much.
+const MAX_KEY_BODY: usize = 16 * 1024;
+
+/// Checks what every SSH key body shares: it starts with its type's name
+/// (a 32-bit big-endian length, then the name), which is the line's; an
+/// Ed25519 key is that and its 32 bytes, nothing more.
+fn check_key_body(kind: &str, body: &[u8]) -> std::result::Result<(), String> {
+    if body.len() > MAX_KEY_BODY {
+        return Err(format!("{} bytes, more than any SSH key", body.len()));
+    }
+    let named = body
+        .get(..4)
+        .map(|n| u32::from_be_bytes([n[0], n[1], n[2], n[3]]) as usize)
+        .and_then(|n| body.get(4..4 + n))
+        .ok_or("it does not start with its key type")?;
+    if named != kind.as_bytes() {
+        return Err(format!(
+            "it names {:?}",
+            String::from_utf8_lossy(named).escape_debug().to_string()
+        ));
+    }
+    if kind == "ssh-ed25519" && body.len() != 4 + kind.len() + 4 + 32 {
+        return Err("an Ed25519 key is 32 bytes".into());
+    }
+    Ok(())
 }
 
 impl App {
@@ -245,5 +276,34 @@ mod tests {
         ] {
             assert!(check_public_key("key", bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn a_body_that_cannot_be_its_type_is_refused() {
+        use base64::Engine;
+        let b64 = |bytes: &[u8]| base64::engine::general_purpose::STANDARD.encode(bytes);
+        let body = KEY.split(' ').nth(1).expect("body");
+        let refused = |line: &str| match check_public_key("key", line) {
+            Err(Error::Invalid { message, .. }) => message,
+            other => panic!("{line:?}: {other:?}"),
+        };
+        // Another type's body under this type's name.
+        let rsa = "AAAAB3NzaC1yc2EAAAADAQABAAABgQC7c2VjcmV0IHN0dWZm";
+        let why = refused(&format!("ssh-ed25519 {rsa}"));
+        assert!(why.contains("names \"ssh-rsa\""), "{why}");
+        assert!(refused(&format!("ssh-rsa {body}")).contains("ssh-ed25519"));
+        // An Ed25519 key cut short, or with more than its key.
+        refused("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAABQEBAQEB");
+        let mut long = base64::engine::general_purpose::STANDARD
+            .decode(body)
+            .expect("base64");
+        long.push(0);
+        refused(&format!("ssh-ed25519 {}", b64(&long)));
+        // Base64 that is no key at all.
+        assert!(refused("ssh-ed25519 AAAAAAAA").contains("not an ssh-ed25519 key"));
+        // Larger than any key OpenSSH takes.
+        let mut huge = b"\0\0\0\x07ssh-rsa".to_vec();
+        huge.resize(200_000, 0xff);
+        assert!(refused(&format!("ssh-rsa {}", b64(&huge))).contains("more than any SSH key"));
     }
 }
