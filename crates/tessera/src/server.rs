@@ -116,6 +116,12 @@ pub async fn start(settings: &Settings) -> Result<RunningServer> {
         ..AppConfig::default()
     };
     let app = App::new(store, agents, config).await?;
+    let gateway = match &settings.gateway {
+        Some(gateway) => Some(RunningGateway::start(app.clone(), gateway).await?),
+        None => None,
+    };
+    // The last step that can fail: a token generated here is shown only
+    // once, so nothing may fail between its making and its showing.
     let new_admin_token = app
         .bootstrap_admin(
             settings.admin_token.as_deref(),
@@ -124,10 +130,6 @@ pub async fn start(settings: &Settings) -> Result<RunningServer> {
         .await?;
     app.spawn_reconciler();
     app.spawn_event_tasks();
-    let gateway = match &settings.gateway {
-        Some(gateway) => Some(RunningGateway::start(app.clone(), gateway).await?),
-        None => None,
-    };
     let (stop, stopped) = oneshot::channel::<()>();
     let router = tessera_faces::router(app.clone());
     let limits = settings.http.clone();

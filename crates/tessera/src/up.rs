@@ -167,6 +167,13 @@ pub async fn run(args: UpArgs) -> Result<()> {
         ensure_tiny_image(&state_dir)?;
     }
     let running = server::start(&settings).await?;
+    // Shown at once: it is shown only this once, and what follows may fail.
+    if let Some(token) = &running.new_admin_token {
+        println!(
+            "\nThe bootstrap admin token, shown this once (only its hash is stored):\n\n    \
+             export TESSERA_TOKEN={token}\n"
+        );
+    }
     let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
         .ok()
@@ -219,10 +226,7 @@ pub async fn run(args: UpArgs) -> Result<()> {
         );
     }
     match &running.new_admin_token {
-        Some(token) => println!(
-            "\nThe bootstrap admin token, shown this once (only its hash is stored):\n\n    \
-             export TESSERA_TOKEN={token}\n"
-        ),
+        Some(_) => println!("\nUse the admin token printed above (export TESSERA_TOKEN=...).\n"),
         None => println!(
             "\nUse the admin token printed at the first start (export TESSERA_TOKEN=...).\n"
         ),

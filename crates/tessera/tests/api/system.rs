@@ -77,3 +77,65 @@ async fn unknown_routes_answer_fastapi_errors(backend: Backend) {
     );
     server.stop().await;
 }
+
+/// The bootstrap admin token is shown once, so nothing may fail between
+/// its making and its showing: a first start that fails (here the ingress
+/// gateway's port is taken) makes none, and the next start shows one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_first_start_does_not_lose_the_admin_token() {
+    use std::io::BufRead;
+    use std::process::{Command, Stdio};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("a port");
+    let port = taken.local_addr().expect("address").port();
+    // External port 80 is served on 80 + offset: the port just taken.
+    let offset = (port - 80).to_string();
+    let server = |data: &std::path::Path| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_tessera"));
+        command
+            .args(["server", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data)
+            .args([
+                "--gateway-listen",
+                "127.0.0.1",
+                "--gateway-port-offset",
+                &offset,
+            ])
+            .env_remove("TESSERA_ADMIN_TOKEN")
+            .env_remove("TESSERA_DATABASE_URL")
+            .env("TESSERA_LOG", "warn");
+        command
+    };
+    let failed = server(dir.path()).output().expect("tessera server");
+    assert!(!failed.status.success(), "the first start failed");
+    let said = String::from_utf8_lossy(&failed.stderr);
+    assert!(said.contains("ingress gateway"), "{said}");
+    drop(taken);
+    let mut child = server(dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("tessera server");
+    let mut lines = std::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let mut token = None;
+    let url = loop {
+        let line = lines.next().expect("a line").expect("stdout");
+        if let Some(t) = line.trim().strip_prefix("export TESSERA_TOKEN=") {
+            token = Some(t.to_string());
+        }
+        if let Some(url) = line.strip_prefix("Tessera is serving on ") {
+            break url.trim().to_string();
+        }
+    };
+    let token = token.expect("the admin token shown at the second start");
+    let status = reqwest::Client::new()
+        .get(format!("{url}/v1/workspaces"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .expect("request")
+        .status();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(status, StatusCode::OK);
+}
