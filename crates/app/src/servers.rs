@@ -45,17 +45,34 @@ pub struct CreateServer {
     pub server_id: String,
 }
 
-/// CPUs of a plan such as `2xCPU-4GB`.
-fn plan_cpus(plan: &str) -> Option<u32> {
-    let (cpus, _) = plan.split_once("xCPU")?;
-    cpus.parse().ok().filter(|n| *n > 0 && *n <= 8192)
-}
-
-/// Memory of a plan such as `2xCPU-4GB`, in MB.
-fn plan_memory_mb(plan: &str) -> Option<i64> {
-    let (_, rest) = plan.split_once("xCPU-")?;
-    let gb: i64 = rest.strip_suffix("GB")?.parse().ok()?;
-    (1..=64 * 1024).contains(&gb).then_some(gb * 1024)
+/// The CPUs and memory (MB) of a plan such as `2xCPU-4GB`; `None` for a
+/// plan of another form (a provider's own name), an error for one of this
+/// form that says what no server has.
+fn parse_plan(plan: &str) -> Result<Option<(u32, i64)>> {
+    let Some((cpus, rest)) = plan.split_once("xCPU") else {
+        return Ok(None);
+    };
+    if cpus.is_empty() || !cpus.bytes().all(|b| b.is_ascii_digit()) {
+        return Ok(None);
+    }
+    let bad = |why: &str| {
+        Error::invalid(
+            "plan",
+            format!("plan {plan:?}: {why} (a plan such as \"16xCPU-64GB\")"),
+        )
+    };
+    let cpus: u32 = cpus
+        .parse()
+        .ok()
+        .filter(|n| (1..=8192).contains(n))
+        .ok_or_else(|| bad("1 to 8192 CPUs"))?;
+    let gb: i64 = rest
+        .strip_prefix('-')
+        .and_then(|r| r.strip_suffix("GB"))
+        .and_then(|gb| gb.parse().ok())
+        .filter(|gb| (1..=64 * 1024).contains(gb))
+        .ok_or_else(|| bad("1 to 65536 GB of memory"))?;
+    Ok(Some((cpus, gb * 1024)))
 }
 
 impl App {
@@ -145,13 +162,27 @@ impl App {
 
     pub(crate) fn new_host(&self, req: &CreateServer) -> Result<tessera_store::NewHost> {
         let pooled = req.cpu_ranges.is_empty();
-        let cpus = match (&req.cpus, req.plan.as_deref().and_then(plan_cpus)) {
+        let plan = req.plan.as_deref().map(parse_plan).transpose()?.flatten();
+        let cpus = match (&req.cpus, plan) {
             _ if !pooled => None,
-            (Some(list), _) => Some(
-                CpuSet::parse_list(list)
-                    .map_err(|e| Error::invalid("cpus", format!("cpus: {e}")))?,
-            ),
-            (None, Some(n)) => Some((0..n).collect::<CpuSet>()),
+            (Some(list), plan) => {
+                let cpus = CpuSet::parse_list(list)
+                    .map_err(|e| Error::invalid("cpus", format!("cpus: {e}")))?;
+                if let Some((n, _)) = plan
+                    && n as usize != cpus.len()
+                {
+                    return Err(Error::invalid(
+                        "plan",
+                        format!(
+                            "plan {:?} has {n} CPUs but cpus names {}",
+                            req.plan.as_deref().unwrap_or_default(),
+                            cpus.len()
+                        ),
+                    ));
+                }
+                Some(cpus)
+            }
+            (None, Some((n, _))) => Some((0..n).collect::<CpuSet>()),
             (None, None) => {
                 return Err(Error::invalid(
                     "cpus",
@@ -212,7 +243,7 @@ impl App {
         new.provider = Some(req.provider.clone().unwrap_or_else(|| "tessera".into()));
         new.plan = req.plan.clone();
         // What the host is expected to have, until its agent reports.
-        new.memory_mb = req.plan.as_deref().and_then(plan_memory_mb).unwrap_or(0);
+        new.memory_mb = plan.map_or(0, |(_, mb)| mb);
         new.tags = req.tags.clone();
         new.arch = match req.arch.as_deref() {
             None => "amd64".into(),
