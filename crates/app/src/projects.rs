@@ -135,7 +135,7 @@ impl App {
             name: project.name,
             path: project.path,
             role: Some(role.to_string()),
-            active: req.activate,
+            active: req.activate && acts_in_active(caller, &project.id),
             last_used: membership.and_then(|m| m.last_used),
         })
     }
@@ -158,7 +158,7 @@ impl App {
             name: project.name,
             path: project.path,
             role: membership.as_ref().map(|m| m.role.clone()),
-            active: true,
+            active: acts_in_active(caller, &project.id),
             last_used: membership.and_then(|m| m.last_used),
         })
     }
@@ -183,4 +183,11 @@ impl App {
             caller.project_name
         )))
     }
+}
+
+/// Whether `caller` acts in `project_id` once it is the user's active
+/// workspace: a login does; an API token acts in its own workspace
+/// whatever the user activates (`active` then says so, as the list does).
+fn acts_in_active(caller: &Principal, project_id: &str) -> bool {
+    caller.token_id.is_none() || caller.project_id == project_id
 }

@@ -433,6 +433,18 @@ async fn workspaces_list_create_and_activate(backend: Backend) {
         .await;
     assert_error(status, &body, StatusCode::CONFLICT, "CONFLICT");
 
+    // An API token acts in its own workspace: activating another moves
+    // the user's logins, and the answer says the token is not there.
+    let (status, body) = server
+        .call(Method::POST, "/v1/workspaces/staging/activate", None, TOKEN)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["active"], false, "{body}");
+    let (_, list) = server
+        .call(Method::GET, "/v1/workspaces", None, TOKEN)
+        .await;
+    assert_eq!(list[0]["name"], "default", "{list}");
+    assert_eq!(list[0]["active"], true, "{list}");
     // A login acts in the active workspace; activating another moves it.
     let admin = server.login("admin", ADMIN_PASSWORD).await;
     let (status, body) = server
