@@ -436,11 +436,13 @@ impl App {
                 .verify(token, "access")
                 .ok_or_else(unauthenticated)?;
             // Every access token belongs to a login; one whose refresh token
-            // was reused is revoked, and its access tokens with it.
+            // was reused is revoked, and its access tokens with it, as are
+            // a user's logins when its password changes or it is disabled.
             let family = claims.fam.as_deref().ok_or_else(unauthenticated)?;
             if self.store.refresh_family_revoked(family).await? {
                 return Err(Error::Unauthenticated(
-                    "this login was revoked (its refresh token was used twice); log in again"
+                    "this login was revoked (its refresh token was used twice, or its user's \
+                     password changed, or its user was disabled); log in again"
                         .into(),
                 ));
             }
