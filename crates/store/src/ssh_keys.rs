@@ -30,7 +30,8 @@ pub enum KeyAdded {
 }
 
 impl Store {
-    /// Adds a key (its `number` is chosen here), after `quota`'s check in
+    /// Adds a key (its `number` is chosen here: the project's next, never
+    /// one given before), after `quota`'s check in
     /// the same transaction ([`StoreError::QuotaExceeded`], changing
     /// nothing, over a limit). The project's row is locked on PostgreSQL,
     /// so racing additions number their keys one after the other.
@@ -111,9 +112,11 @@ async fn insert_key(
     {
         return Ok(Commit::Undo(Err(exceeded)));
     }
+    // Undone with the rest when the name is taken.
     let number = conn
         .fetch_int(
-            "SELECT CAST(COALESCE(MAX(number), 0) + 1 AS BIGINT) FROM ssh_keys WHERE project_id = $1",
+            "UPDATE projects SET ssh_keys_numbered = ssh_keys_numbered + 1 WHERE id = $1 \
+             RETURNING ssh_keys_numbered",
             &[(&key.project_id).into()],
         )
         .await?

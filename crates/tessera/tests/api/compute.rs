@@ -300,6 +300,9 @@ async fn a_container_lives_its_whole_life_through_the_seed(backend: Backend) {
     assert_eq!(status, StatusCode::OK);
     let (status, body) = compute(&server, Method::DELETE, "/ssh-keys/1", None).await;
     assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    // Its number is not given again: an id a client kept never names a
+    // newer key (upstream's serial ids are never reused either).
+    assert_eq!(add_key(&server, "laptop-2").await, 2);
     server.stop().await;
 }
 
