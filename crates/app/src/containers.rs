@@ -150,6 +150,22 @@ impl ContainerStatus {
         }
     }
 
+    /// The status a change of its instance to `state` (an event's) showed,
+    /// read with the instance as it is now: exact while the instance is
+    /// still in that state; once it has moved on, what the state alone
+    /// says (a provisioning that is over was `pending` when told).
+    pub fn at_change(state: &str, now: &Instance) -> ContainerStatus {
+        if state == now.state.as_str() {
+            return ContainerStatus::of(now);
+        }
+        match state.parse::<InstanceState>() {
+            Ok(InstanceState::Provisioning) => ContainerStatus::Pending,
+            Ok(InstanceState::Running | InstanceState::Stopping) => ContainerStatus::Running,
+            Ok(InstanceState::Stopped | InstanceState::Terminated) => ContainerStatus::Stopped,
+            Ok(InstanceState::Unknown) | Err(_) => ContainerStatus::of(now),
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             ContainerStatus::Pending => "pending",

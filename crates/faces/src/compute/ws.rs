@@ -17,8 +17,9 @@ use axum::extract::{Query, State};
 use axum::http::{HeaderMap, Method};
 use axum::response::Response;
 use serde::Deserialize;
-use serde_json::json;
-use std::collections::BTreeSet;
+use serde_json::{Value, json};
+use std::collections::{BTreeMap, BTreeSet};
+use tessera_app::containers::ContainerStatus;
 use tessera_app::events::{EventFeed, FeedItem};
 use tessera_app::{App, Error, Principal};
 
@@ -79,6 +80,9 @@ async fn stream(
     containers: Vec<tessera_app::containers::Container>,
 ) {
     let mut known: BTreeSet<String> = containers.iter().map(|c| c.id().to_string()).collect();
+    // What each container's last frame said: a change that shows nothing
+    // new (two events read after both happened) sends nothing.
+    let mut told: BTreeMap<String, Value> = BTreeMap::new();
     if send(&mut socket, list_message(containers, "containers"))
         .await
         .is_err()
@@ -100,20 +104,28 @@ async fn stream(
                         match app.container(&caller, &event.id).await {
                             Ok(container) => {
                                 known.insert(container.id().to_string());
+                                let status = ContainerStatus::at_change(&event.state, &container.instance);
                                 let mut data = json!({
                                     "container_id": container.id(),
-                                    "status": container.status.as_str(),
+                                    "status": status.as_str(),
                                 });
                                 if !container.instance.private_ip.is_empty() {
                                     data["external_ip"] = json!(container.instance.private_ip);
                                 }
+                                if told.get(container.id()) == Some(&data) {
+                                    continue;
+                                }
+                                told.insert(container.id().to_string(), data.clone());
                                 json!({ "type": "container_status", "data": data }).to_string()
                             }
-                            Err(Error::NotFound(_)) if known.remove(&event.id) => json!({
-                                "type": "container_deleted",
-                                "data": { "container_id": event.id },
-                            })
-                            .to_string(),
+                            Err(Error::NotFound(_)) if known.remove(&event.id) => {
+                                told.remove(&event.id);
+                                json!({
+                                    "type": "container_deleted",
+                                    "data": { "container_id": event.id },
+                                })
+                                .to_string()
+                            }
                             Err(_) => continue,
                         }
                     }
@@ -121,6 +133,7 @@ async fn stream(
                     FeedItem::Lagged(_) => match app.containers(&caller).await {
                         Ok(containers) => {
                             known = containers.iter().map(|c| c.id().to_string()).collect();
+                            told.clear();
                             list_message(containers, "resync")
                         }
                         Err(_) => return,

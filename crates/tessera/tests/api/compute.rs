@@ -891,6 +891,22 @@ pub(crate) async fn next_json(
     }
 }
 
+/// The statuses the socket tells of container `id`, up to `last`.
+async fn statuses_until(ws: &mut Socket, id: &str, last: &str) -> Vec<String> {
+    let mut seen = Vec::new();
+    while let Some(message) = next_json(ws).await {
+        if message["type"] == "container_status" && message["data"]["container_id"] == json!(id) {
+            let status = message["data"]["status"].as_str().unwrap_or("").to_string();
+            let done = status == last;
+            seen.push(status);
+            if done {
+                break;
+            }
+        }
+    }
+    seen
+}
+
 async fn the_status_socket_streams_every_change(backend: Backend) {
     let server = TestServer::start(backend).await;
     server.add_server("node-1", "0-7", "fin-01").await;
@@ -931,17 +947,29 @@ async fn the_status_socket_streams_every_change(backend: Backend) {
     )
     .await;
     let second = second["id"].as_str().expect("id").to_string();
-    let mut saw_running = false;
-    while let Some(message) = next_json(&mut ws).await {
-        if message["type"] == "container_status"
-            && message["data"]["container_id"] == json!(second)
-            && message["data"]["status"] == "running"
-        {
-            saw_running = true;
-            break;
-        }
-    }
-    assert!(saw_running, "the new container's running status came");
+    // Each change once, in order, from pending to running (on simulated
+    // hosts the states between may pass before they are read: a frame
+    // then says what the change was, never the same thing twice).
+    let seen = statuses_until(&mut ws, &second, "running").await;
+    assert_eq!(
+        seen.first().map(String::as_str),
+        Some("pending"),
+        "{seen:?}"
+    );
+    assert_eq!(seen.last().map(String::as_str), Some("running"), "{seen:?}");
+    assert!(seen.windows(2).all(|w| w[0] != w[1]), "{seen:?}");
+    let (status, _) = compute(
+        &server,
+        Method::POST,
+        &format!("/containers/{second}/stop"),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        statuses_until(&mut ws, &second, "stopped").await,
+        ["stopped"]
+    );
     compute(
         &server,
         Method::DELETE,
@@ -949,15 +977,10 @@ async fn the_status_socket_streams_every_change(backend: Backend) {
         None,
     )
     .await;
-    let mut saw_delete = false;
-    while let Some(message) = next_json(&mut ws).await {
-        if message["type"] == "container_deleted" && message["data"]["container_id"] == json!(first)
-        {
-            saw_delete = true;
-            break;
-        }
-    }
-    assert!(saw_delete, "the deletion came");
+    // The next frame is the deletion: the stop was told once.
+    let next = next_json(&mut ws).await.expect("a frame");
+    assert_eq!(next["type"], "container_deleted", "{next}");
+    assert_eq!(next["data"]["container_id"], json!(first), "{next}");
     server.stop().await;
 }
 
