@@ -14,6 +14,7 @@
 
 use super::ws::socket_caller;
 use super::{ComputeError, bad_request};
+use axum::extract::rejection::QueryRejection;
 use axum::extract::ws::{
     Message, WebSocket, WebSocketUpgrade, rejection::WebSocketUpgradeRejection,
 };
@@ -48,9 +49,11 @@ pub async fn terminal(
     State(app): State<App>,
     Path(id): Path<String>,
     headers: HeaderMap,
-    Query(params): Query<TerminalParams>,
+    params: Result<Query<TerminalParams>, QueryRejection>,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ComputeError> {
+    let Query(params) =
+        params.map_err(|e| bad_request(format!("invalid query: {}", e.body_text())))?;
     let path = format!("/containers/{id}/terminal");
     let (caller, _) = socket_caller(&app, &headers, params.token, &path).await?;
     let container = app.container(&caller, &id).await?;

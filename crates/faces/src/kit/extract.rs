@@ -47,11 +47,18 @@ impl<F: Face, T: DeserializeOwned> FromRequest<FaceState<F>> for Body<T> {
         if !value.is_object() {
             return Err(unreadable::<F>("the body must be a JSON object".into()));
         }
-        serde_json::from_value(value)
+        serde_path_to_error::deserialize(value)
             .map(Body)
-            .map_err(|e| match F::BODY {
-                BodyRule::Strict => unreadable::<F>(format!("invalid JSON body: {e}")),
-                BodyRule::Lenient => unreadable::<F>(e.to_string()),
+            .map_err(|e| {
+                // Which field, when it is not the body itself.
+                let why = match e.path().to_string().as_str() {
+                    "." => e.inner().to_string(),
+                    path => format!("{path}: {}", e.inner()),
+                };
+                match F::BODY {
+                    BodyRule::Strict => unreadable::<F>(format!("invalid JSON body: {why}")),
+                    BodyRule::Lenient => unreadable::<F>(why),
+                }
             })
     }
 }

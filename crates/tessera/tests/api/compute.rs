@@ -643,6 +643,15 @@ async fn bad_requests_are_clear_and_change_nothing(backend: Backend) {
             json!({"name": "x", "instance_type": "tiny", "ssh_key_ids": [99]}),
             "99",
         ),
+        // A value of the wrong type names its field.
+        (
+            json!({"name": "x", "instance_type": "tiny", "ssh_key_ids": ["1"]}),
+            "ssh_key_ids[0]: invalid type",
+        ),
+        (
+            json!({"name": "x", "instance_type": "tiny", "ssh_key_ids": [key], "memory_mb": "big"}),
+            "memory_mb: invalid type",
+        ),
         (
             json!({"name": "x", "instance_type": "huge", "ssh_key_ids": [key]}),
             "huge",
