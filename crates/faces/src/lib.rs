@@ -39,6 +39,7 @@ pub fn router(app: App) -> Router {
         .nest("/compute", compute::router(app.clone()))
         .nest("/inference", front_door::router(app.clone()))
         .nest("/v1", native::router(app))
+        .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(http, metrics::track))
         // The span names the path only: a query may carry a credential
         // (`/v1/events?access_token=`).
@@ -51,6 +52,22 @@ pub fn router(app: App) -> Router {
                 )
             },
         ))
+}
+
+/// A path no face's router took (`/compute/`, `/nowhere`): the 404 of the
+/// face its prefix names, else the native API's, as JSON.
+async fn not_found(request: axum::extract::Request) -> axum::response::Response {
+    let path = request.uri().path();
+    let under = |prefix: &str| path == prefix || path.starts_with(&format!("{prefix}/"));
+    if under("/compute") {
+        kit::not_found::<compute::Compute>(request).await
+    } else if under("/api") {
+        kit::not_found::<kloigos::Kloigos>(request).await
+    } else if under("/verda") {
+        kit::not_found::<verda::Verda>(request).await
+    } else {
+        kit::not_found::<native::Native>(request).await
+    }
 }
 
 /// Declares the `bearer` security scheme the faces' documents refer to.

@@ -75,6 +75,17 @@ async fn unknown_routes_answer_fastapi_errors(backend: Backend) {
             json!({"detail": "Method Not Allowed"})
         )
     );
+    // A path under no face's routes is a JSON 404 too: its prefix's face's,
+    // else the native API's.
+    let (status, body) = server.get("/nowhere").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(body["error"], "NOT_FOUND", "{body}");
+    let (status, body) = server.get("/compute/").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(body["error"].is_string(), "{body}");
+    let (status, body) = server.get("/verda/").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(body["code"], "not_found", "{body}");
     server.stop().await;
 }
 
