@@ -172,6 +172,9 @@ pub(crate) fn validate(catalog: &Catalog, req: &mut CreateInstance) -> Result<Op
     if spec.ssh_key_ids.len() > 32 {
         return Err(Error::invalid("spec.ssh_key_ids", "at most 32 SSH keys"));
     }
+    // A key named twice is one key (as the containers API takes it).
+    let mut named = std::collections::HashSet::new();
+    spec.ssh_key_ids.retain(|key| named.insert(key.clone()));
     let user_data = match &spec.user_data {
         None => None,
         Some(text) => {

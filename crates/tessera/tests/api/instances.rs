@@ -679,6 +679,30 @@ async fn ssh_keys_are_validated_and_installed(backend: Backend) {
             "{body} -> {status} {reply}"
         );
     }
+    // A key named twice in an instance's spec is one key.
+    server.add_server("node-1", "0-3", "fin-01").await;
+    let (status, made) = server
+        .post(
+            "/v1/instances",
+            &json!({"metadata": {"name": "twice"}, "spec": {"type": "cx11", "image": "ubuntu-22.04", "ssh_key_ids": [id, id]}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{made}");
+    assert_eq!(made["spec"]["ssh_key_ids"], json!([id]), "{made}");
+    let done = server
+        .wait_operation(made["operation_id"].as_str().expect("op"), TOKEN)
+        .await;
+    assert_eq!(done["status"], "completed", "{done}");
+    let (status, gone) = server
+        .delete(&format!(
+            "/v1/instances/{}",
+            made["id"].as_str().expect("id")
+        ))
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{gone}");
+    server
+        .wait_operation(gone["operation_id"].as_str().expect("op"), TOKEN)
+        .await;
     let (status, _) = server.delete(&format!("/v1/ssh-keys/{id}")).await;
     assert_eq!(status, StatusCode::NO_CONTENT);
     let (status, _) = server.get(&format!("/v1/ssh-keys/{id}")).await;
