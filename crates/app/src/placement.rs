@@ -20,7 +20,7 @@ use std::time::Instant;
 use tessera_core::placement::{Decision, HostInventory, PlacementEngine, Request, UnitSlot};
 use tessera_core::status::{HostStatus, UnitStatus};
 use tessera_core::{ComputeId, CpuSet, HostId};
-use tessera_store::{HostRecord, Store, UnitFilter, UnitRecord};
+use tessera_store::{AgentOfferSeen, HostRecord, Store, UnitFilter, UnitRecord};
 
 #[derive(Default)]
 pub struct PlacementView {
@@ -37,6 +37,8 @@ struct ViewState {
     versions: HashMap<HostId, i64>,
     /// Claims being committed, by host.
     claiming: HashMap<HostId, usize>,
+    /// What each host's agent offered when the host was loaded.
+    offers: HashMap<HostId, AgentOfferSeen>,
 }
 
 /// A decision taken on the view, its host busy until this is dropped (once
@@ -109,6 +111,7 @@ impl PlacementView {
             state.put(
                 inventory(&host, &units, (held, shared), memory_held),
                 version(&host, &units),
+                host.offer,
             );
         }
         Ok(())
@@ -145,8 +148,32 @@ impl PlacementView {
         self.state().put(
             inventory(&host, &units, (held, shared), memory_held),
             version(&host, &units),
+            host.offer,
         );
         Ok(())
+    }
+
+    /// Reloads the hosts whose agent's offer (CPUs, images) is not what
+    /// the view loaded: another replica heard it change. One read of the
+    /// offers, and a reload only of the hosts that differ. Answers how
+    /// many.
+    pub async fn catch_up_offers(&self, store: &Store) -> Result<usize> {
+        let offers = store.agent_offers().await?;
+        let stale: Vec<String> = {
+            let state = self.state();
+            offers
+                .into_iter()
+                .filter(|(id, offer)| {
+                    let id = HostId::new(id.as_str());
+                    state.versions.contains_key(&id) && state.offers.get(&id) != Some(offer)
+                })
+                .map(|(id, _)| id)
+                .collect()
+        };
+        for id in &stale {
+            self.refresh_host(store, id).await?;
+        }
+        Ok(stale.len())
     }
 
     /// Whether a look for changed hosts started at or after `at`, or one
@@ -233,13 +260,15 @@ impl PlacementView {
 }
 
 impl ViewState {
-    fn put(&mut self, inventory: HostInventory, version: i64) {
+    fn put(&mut self, inventory: HostInventory, version: i64, offer: AgentOfferSeen) {
         self.versions.insert(inventory.id.clone(), version);
+        self.offers.insert(inventory.id.clone(), offer);
         self.engine.upsert_host(inventory);
     }
 
     fn forget(&mut self, id: &HostId) {
         self.versions.remove(id);
+        self.offers.remove(id);
         self.engine.remove_host(id);
     }
 }
@@ -254,7 +283,8 @@ pub(crate) fn inventory(
     // CPUs its agent does not offer (offline, or reserved for the host
     // since it registered) take nothing new; what holds them keeps them.
     let offered = host
-        .offered_cpus
+        .offer
+        .cpus
         .as_deref()
         .and_then(|list| CpuSet::parse_list(list).ok());
     let slots: Vec<UnitSlot> = units
@@ -296,6 +326,7 @@ pub(crate) fn inventory(
         arch: host.arch.clone(),
         shared,
         images: host
+            .offer
             .images
             .as_ref()
             .map(|images| Arc::new(images.iter().cloned().collect())),

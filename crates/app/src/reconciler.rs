@@ -67,10 +67,11 @@ impl Task for Heartbeats {
     }
 }
 
-/// Catches the placement view up with the hosts other replicas changed
-/// (what an agent offers, heard by the replica its heartbeat reached):
-/// a view is otherwise reloaded only where this replica's own claims
-/// lose, or when it finds no room. Not run on SQLite (one process).
+/// Catches the placement view up with what agents offer (CPUs, images),
+/// heard by whichever replica their heartbeats reached: a view is
+/// otherwise reloaded only where this replica's own claims lose, or when
+/// it finds no room. One read of the offers a pass. Not run on SQLite (one
+/// process).
 struct CatchUpPlacement;
 
 impl Task for CatchUpPlacement {
@@ -79,10 +80,7 @@ impl Task for CatchUpPlacement {
         Duration::from_secs(10)
     }
     async fn run(app: &App) -> Result<()> {
-        app.placement
-            .refresh_changed(&app.store, std::time::Instant::now())
-            .await
-            .map(drop)
+        app.placement.catch_up_offers(&app.store).await.map(drop)
     }
 }
 

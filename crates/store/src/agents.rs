@@ -857,4 +857,87 @@ mod tests {
         );
         assert_eq!(desired(store.clone()).await.as_deref(), Some("absent"));
     }
+
+    /// What an agent offers is kept apart from its inventory, read back
+    /// with its host, and said to have changed only when it did; a
+    /// simulated host's agent offers nothing of its own.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_agents_offer_is_kept_and_its_changes_told() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = Store::sqlite_url(&dir.path().join("tessera.db"));
+        let store = Store::open(&url).await.expect("open");
+        for (id, hostname) in [("host-a", "a"), ("host-s", "s")] {
+            let host = crate::NewHost {
+                id: id.into(),
+                hostname: hostname.into(),
+                ip: "10.0.0.1".into(),
+                region: "r".into(),
+                zone: "z".into(),
+                cpu_ranges: vec![],
+                numa_nodes: vec![],
+                memory_mb: 1024,
+                units: vec![],
+                cpus: Some("0-3".into()),
+                provider: None,
+                plan: None,
+                tags: vec![],
+                arch: "amd64".into(),
+            };
+            assert!(store.insert_host(&host).await.expect("host"));
+        }
+        let offer = |cpus: &str, images: Option<&str>| AgentOffer {
+            cpus: cpus.into(),
+            images: images.map(str::to_string),
+        };
+        store
+            .register_agent(
+                "a",
+                "ha",
+                "container",
+                "{}",
+                &offer("0-3", Some(r#"["tiny"]"#)),
+            )
+            .await
+            .expect("agent a");
+        store
+            .register_agent("s", "hs", "sim", "{}", &offer("0-1", Some("[]")))
+            .await
+            .expect("agent s");
+        let seen = |cpus: Option<&str>, images: Option<&[&str]>| crate::AgentOfferSeen {
+            cpus: cpus.map(str::to_string),
+            images: images.map(|i| i.iter().map(|s| s.to_string()).collect()),
+        };
+        let mut offers = store.agent_offers().await.expect("offers");
+        offers.sort_by(|x, y| x.0.cmp(&y.0));
+        assert_eq!(
+            offers,
+            [
+                ("host-a".to_string(), seen(Some("0-3"), Some(&["tiny"]))),
+                ("host-s".to_string(), seen(None, None)),
+            ]
+        );
+        let host = store.host("host-a").await.expect("read").expect("host");
+        assert_eq!(host.offer, seen(Some("0-3"), Some(&["tiny"])));
+        // The same offer again is no news; fewer CPUs are.
+        let same = store
+            .agent_heartbeat("a", "{}", &offer("0-3", Some(r#"["tiny"]"#)))
+            .await
+            .expect("beat");
+        assert!(!same.offer_changed);
+        let before = store.host("host-a").await.expect("read").expect("host");
+        let fewer = store
+            .agent_heartbeat("a", "{}", &offer("0-2", Some(r#"["tiny"]"#)))
+            .await
+            .expect("beat");
+        assert!(fewer.offer_changed);
+        let after = store.host("host-a").await.expect("read").expect("host");
+        assert_eq!(after.offer.cpus.as_deref(), Some("0-2"));
+        assert!(after.generation > before.generation, "the host was bumped");
+        // A sim agent's offer stays nothing, however it reports.
+        let sim = store
+            .agent_heartbeat("s", "{}", &offer("0-7", Some(r#"["x"]"#)))
+            .await
+            .expect("beat");
+        assert!(!sim.offer_changed);
+    }
 }

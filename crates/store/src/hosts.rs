@@ -39,12 +39,8 @@ pub struct HostRecord {
     pub arch: String,
     /// What isolation its agent gives instances (its last inventory).
     pub isolation: Option<String>,
-    /// The images its agent said it has; `None` when it runs no image of
-    /// its own (a simulated host, no agent yet): any image will do.
-    pub images: Option<Vec<String>>,
-    /// The CPUs its agent offers instances (Linux list format); `None`
-    /// when it said nothing of them (a simulated host, no agent yet).
-    pub offered_cpus: Option<String>,
+    /// What its agent offers placement.
+    pub offer: AgentOfferSeen,
     /// Being (or been) retired with force: without its agent, if that
     /// does not answer.
     pub decommission_forced: bool,
@@ -100,6 +96,23 @@ const HOST_COLUMNS: &str = "id, hostname, ip, region, zone, status, status_detai
      (SELECT images FROM agents WHERE agents.hostname = hosts.hostname) AS agent_images, \
      (SELECT cpus FROM agents WHERE agents.hostname = hosts.hostname) AS agent_cpus";
 
+/// What a host's agent offers placement, as stored (migration 0033).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AgentOfferSeen {
+    /// The CPUs it offers instances (Linux list format); `None` when it
+    /// said nothing of them (a simulated host, no agent yet).
+    pub cpus: Option<String>,
+    /// The images it said it has; `None` when it runs no image of its own
+    /// (a simulated host, no agent yet): any image will do.
+    pub images: Option<Vec<String>>,
+}
+
+fn parse_images(text: Option<String>) -> Result<Option<Vec<String>>> {
+    text.map(|t| serde_json::from_str(&t))
+        .transpose()
+        .map_err(|e| StoreError::Corrupt(format!("agents.images is not a JSON list: {e}")))
+}
+
 fn host_from_row(row: &AnyRow) -> Result<HostRecord> {
     let status: String = row.try_get("status")?;
     let json_list = |column: &str| -> Result<Vec<String>> {
@@ -136,12 +149,10 @@ fn host_from_row(row: &AnyRow) -> Result<HostRecord> {
             .try_get::<Option<String>, _>("agent_inventory")?
             .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
             .and_then(|inventory| inventory["isolation"].as_str().map(str::to_string)),
-        images: row
-            .try_get::<Option<String>, _>("agent_images")?
-            .map(|t| serde_json::from_str(&t))
-            .transpose()
-            .map_err(|e| StoreError::Corrupt(format!("agents.images is not a JSON list: {e}")))?,
-        offered_cpus: row.try_get("agent_cpus")?,
+        offer: AgentOfferSeen {
+            cpus: row.try_get("agent_cpus")?,
+            images: parse_images(row.try_get("agent_images")?)?,
+        },
         tags: row
             .try_get::<Option<String>, _>("tags")?
             .map(|t| serde_json::from_str(&t))
@@ -253,6 +264,30 @@ impl Store {
             .await?;
         rows.iter()
             .map(|r| Ok((r.try_get("id")?, r.try_get("version")?)))
+            .collect()
+    }
+
+    /// What each host's agent offers placement (see [`HostRecord`]'s
+    /// `offered_cpus` and `images`), by host id: one read for a replica to
+    /// find the hosts whose offer another replica heard change.
+    pub async fn agent_offers(&self) -> Result<Vec<(String, AgentOfferSeen)>> {
+        let rows = self
+            .fetch_rows_bulk(
+                "SELECT h.id, a.cpus, a.images FROM hosts h JOIN agents a ON a.hostname = h.hostname",
+                &[],
+            )
+            .await?;
+        rows.iter()
+            .map(|r| {
+                let images: Option<String> = r.try_get("images")?;
+                Ok((
+                    r.try_get("id")?,
+                    AgentOfferSeen {
+                        cpus: r.try_get("cpus")?,
+                        images: parse_images(images)?,
+                    },
+                ))
+            })
             .collect()
     }
 
