@@ -20,7 +20,7 @@ use std::time::Instant;
 use tessera_core::placement::{Decision, HostInventory, PlacementEngine, Request, UnitSlot};
 use tessera_core::status::{HostStatus, UnitStatus};
 use tessera_core::{ComputeId, CpuSet, HostId};
-use tessera_store::{AgentOfferSeen, HostRecord, Store, UnitFilter, UnitRecord};
+use tessera_store::{HostRecord, HostSighting, Store, UnitFilter, UnitRecord};
 
 #[derive(Default)]
 pub struct PlacementView {
@@ -37,8 +37,9 @@ struct ViewState {
     versions: HashMap<HostId, i64>,
     /// Claims being committed, by host.
     claiming: HashMap<HostId, usize>,
-    /// What each host's agent offered when the host was loaded.
-    offers: HashMap<HostId, AgentOfferSeen>,
+    /// Each host as it was when loaded: its status, whether its agent was
+    /// heard, what the agent offered.
+    sightings: HashMap<HostId, HostSighting>,
 }
 
 /// A decision taken on the view, its host busy until this is dropped (once
@@ -111,7 +112,7 @@ impl PlacementView {
             state.put(
                 inventory(&host, &units, (held, shared), memory_held),
                 version(&host, &units),
-                host.offer,
+                host.sighting(),
             );
         }
         Ok(())
@@ -148,30 +149,40 @@ impl PlacementView {
         self.state().put(
             inventory(&host, &units, (held, shared), memory_held),
             version(&host, &units),
-            host.offer,
+            host.sighting(),
         );
         Ok(())
     }
 
-    /// Reloads the hosts whose agent's offer (CPUs, images) is not what
-    /// the view loaded: another replica heard it change. One read of the
-    /// offers, and a reload only of the hosts that differ. Answers how
-    /// many.
-    pub async fn catch_up_offers(&self, store: &Store) -> Result<usize> {
-        let offers = store.agent_offers().await?;
+    /// Catches the view up with what other replicas saw of the hosts:
+    /// one read of every host's status, reachability and agent's offer,
+    /// then a reload of those that differ from the view's (and of hosts
+    /// it lacks), and the gone forgotten. A replica's own claims change
+    /// none of these, so a busy fleet costs the read alone. Answers how
+    /// many hosts changed.
+    pub async fn catch_up(&self, store: &Store) -> Result<usize> {
+        let sightings = store.host_sightings().await?;
         let stale: Vec<String> = {
-            let state = self.state();
-            offers
+            let mut state = self.state();
+            let known: HashSet<&str> = sightings.iter().map(|(id, _)| id.as_str()).collect();
+            let gone: Vec<HostId> = state
+                .versions
+                .keys()
+                .filter(|id| !known.contains(id.as_str()))
+                .cloned()
+                .collect();
+            for id in &gone {
+                state.forget(id);
+            }
+            sightings
                 .into_iter()
-                .filter(|(id, offer)| {
-                    let id = HostId::new(id.as_str());
-                    state.versions.contains_key(&id) && state.offers.get(&id) != Some(offer)
-                })
+                .filter(|(id, seen)| state.sightings.get(&HostId::new(id.as_str())) != Some(seen))
                 .map(|(id, _)| id)
                 .collect()
         };
         for id in &stale {
             self.refresh_host(store, id).await?;
+            tokio::task::yield_now().await;
         }
         Ok(stale.len())
     }
@@ -260,15 +271,15 @@ impl PlacementView {
 }
 
 impl ViewState {
-    fn put(&mut self, inventory: HostInventory, version: i64, offer: AgentOfferSeen) {
+    fn put(&mut self, inventory: HostInventory, version: i64, seen: HostSighting) {
         self.versions.insert(inventory.id.clone(), version);
-        self.offers.insert(inventory.id.clone(), offer);
+        self.sightings.insert(inventory.id.clone(), seen);
         self.engine.upsert_host(inventory);
     }
 
     fn forget(&mut self, id: &HostId) {
         self.versions.remove(id);
-        self.offers.remove(id);
+        self.sightings.remove(id);
         self.engine.remove_host(id);
     }
 }

@@ -67,11 +67,12 @@ impl Task for Heartbeats {
     }
 }
 
-/// Catches the placement view up with what agents offer (CPUs, images),
-/// heard by whichever replica their heartbeats reached: a view is
-/// otherwise reloaded only where this replica's own claims lose, or when
-/// it finds no room. One read of the offers a pass. Not run on SQLite (one
-/// process).
+/// Catches the placement view up with what other replicas saw of the
+/// hosts (a host registered, retired, gone silent or heard again, what its
+/// agent offers): a view is otherwise reloaded only where this replica's
+/// own claims lose, or when it finds no room, so it placed on a host whose
+/// agent another replica found silent. One read of every host a pass. Not
+/// run on SQLite (one process).
 struct CatchUpPlacement;
 
 impl Task for CatchUpPlacement {
@@ -80,7 +81,7 @@ impl Task for CatchUpPlacement {
         Duration::from_secs(10)
     }
     async fn run(app: &App) -> Result<()> {
-        app.placement.catch_up_offers(&app.store).await.map(drop)
+        app.placement.catch_up(&app.store).await.map(drop)
     }
 }
 

@@ -907,17 +907,23 @@ mod tests {
             cpus: cpus.map(str::to_string),
             images: images.map(|i| i.iter().map(|s| s.to_string()).collect()),
         };
-        let mut offers = store.agent_offers().await.expect("offers");
-        offers.sort_by(|x, y| x.0.cmp(&y.0));
+        let mut sightings = store.host_sightings().await.expect("sightings");
+        sightings.sort_by(|x, y| x.0.cmp(&y.0));
+        let offers: Vec<_> = sightings
+            .iter()
+            .map(|(id, s)| (id.as_str(), s.offer.clone(), s.reachable))
+            .collect();
         assert_eq!(
             offers,
             [
-                ("host-a".to_string(), seen(Some("0-3"), Some(&["tiny"]))),
-                ("host-s".to_string(), seen(None, None)),
+                ("host-a", seen(Some("0-3"), Some(&["tiny"])), true),
+                ("host-s", seen(None, None), true),
             ]
         );
         let host = store.host("host-a").await.expect("read").expect("host");
         assert_eq!(host.offer, seen(Some("0-3"), Some(&["tiny"])));
+        // What the sightings read is what a host's record says.
+        assert_eq!(host.sighting(), sightings[0].1);
         // The same offer again is no news; fewer CPUs are.
         let same = store
             .agent_heartbeat("a", "{}", &offer("0-3", Some(r#"["tiny"]"#)))

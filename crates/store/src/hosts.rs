@@ -107,6 +107,25 @@ pub struct AgentOfferSeen {
     pub images: Option<Vec<String>>,
 }
 
+/// What [`Store::host_sightings`] reads of a host.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HostSighting {
+    pub status: HostStatus,
+    pub reachable: bool,
+    pub offer: AgentOfferSeen,
+}
+
+impl HostRecord {
+    /// The host as [`Store::host_sightings`] reads it.
+    pub fn sighting(&self) -> HostSighting {
+        HostSighting {
+            status: self.status,
+            reachable: self.reachable,
+            offer: self.offer.clone(),
+        }
+    }
+}
+
 fn parse_images(text: Option<String>) -> Result<Option<Vec<String>>> {
     text.map(|t| serde_json::from_str(&t))
         .transpose()
@@ -267,24 +286,33 @@ impl Store {
             .collect()
     }
 
-    /// What each host's agent offers placement (see [`HostRecord`]'s
-    /// `offered_cpus` and `images`), by host id: one read for a replica to
-    /// find the hosts whose offer another replica heard change.
-    pub async fn agent_offers(&self) -> Result<Vec<(String, AgentOfferSeen)>> {
+    /// Every host as placement must know it beyond its claims (its
+    /// status, whether its agent is heard, what the agent offers), by
+    /// host id: one read for a replica to find the hosts another replica
+    /// changed (see [`HostRecord::sighting`]).
+    pub async fn host_sightings(&self) -> Result<Vec<(String, HostSighting)>> {
         let rows = self
             .fetch_rows_bulk(
-                "SELECT h.id, a.cpus, a.images FROM hosts h JOIN agents a ON a.hostname = h.hostname",
+                "SELECT h.id, h.status, CAST(COALESCE(a.reachable, 1) AS BIGINT) AS reachable, \
+                 a.cpus, a.images FROM hosts h LEFT JOIN agents a ON a.hostname = h.hostname",
                 &[],
             )
             .await?;
         rows.iter()
             .map(|r| {
+                let status: String = r.try_get("status")?;
                 let images: Option<String> = r.try_get("images")?;
                 Ok((
                     r.try_get("id")?,
-                    AgentOfferSeen {
-                        cpus: r.try_get("cpus")?,
-                        images: parse_images(images)?,
+                    HostSighting {
+                        status: status
+                            .parse()
+                            .map_err(|e| StoreError::Corrupt(format!("hosts.status: {e}")))?,
+                        reachable: r.try_get::<i64, _>("reachable")? != 0,
+                        offer: AgentOfferSeen {
+                            cpus: r.try_get("cpus")?,
+                            images: parse_images(images)?,
+                        },
                     },
                 ))
             })

@@ -46,7 +46,7 @@ pub use deployments::{
     ReplicaRecord,
 };
 pub use events::{EventRecord, NewEvent};
-pub use hosts::{AgentOfferSeen, DecommissionStart, HostRecord, NewHost, NewUnit};
+pub use hosts::{AgentOfferSeen, DecommissionStart, HostRecord, HostSighting, NewHost, NewUnit};
 pub use identity::{MembershipRecord, NewUser, ProjectRecord, RefreshUse, UserRecord};
 pub use instances::{
     CpuClaim, InstanceFilter, InstanceRecord, InstanceSurroundings, InstanceUpdate, InstancesAdded,
