@@ -168,8 +168,10 @@ impl App {
             (Some(list), plan) => {
                 let cpus = CpuSet::parse_list(list)
                     .map_err(|e| Error::invalid("cpus", format!("cpus: {e}")))?;
+                // Fewer is fine: CPUs the plan has that are kept for the
+                // host itself.
                 if let Some((n, _)) = plan
-                    && n as usize != cpus.len()
+                    && cpus.len() > n as usize
                 {
                     return Err(Error::invalid(
                         "plan",

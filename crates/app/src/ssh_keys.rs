@@ -140,16 +140,21 @@ fn check_key_body(kind: &str, body: &[u8]) -> std::result::Result<(), String> {
     if body.len() > MAX_KEY_BODY {
         return Err(format!("{} bytes, more than any SSH key", body.len()));
     }
-    let named = body
+    let end = body
         .get(..4)
         .map(|n| u32::from_be_bytes([n[0], n[1], n[2], n[3]]) as usize)
-        .and_then(|n| body.get(4..4 + n))
+        .and_then(|n| n.checked_add(4))
+        .filter(|end| *end <= body.len())
         .ok_or("it does not start with its key type")?;
+    let named = &body[4..end];
     if named != kind.as_bytes() {
         return Err(format!(
             "it names {:?}",
             String::from_utf8_lossy(named).escape_debug().to_string()
         ));
+    }
+    if end == body.len() {
+        return Err("it is its type's name and no key".into());
     }
     if kind == "ssh-ed25519" && body.len() != 4 + kind.len() + 4 + 32 {
         return Err("an Ed25519 key is 32 bytes".into());
@@ -299,8 +304,9 @@ mod tests {
             .expect("base64");
         long.push(0);
         refused(&format!("ssh-ed25519 {}", b64(&long)));
-        // Base64 that is no key at all.
+        // Base64 that is no key at all, or a type's name alone.
         assert!(refused("ssh-ed25519 AAAAAAAA").contains("not an ssh-ed25519 key"));
+        assert!(refused("ssh-rsa AAAAB3NzaC1yc2E=").contains("no key"));
         // Larger than any key OpenSSH takes.
         let mut huge = b"\0\0\0\x07ssh-rsa".to_vec();
         huge.resize(200_000, 0xff);

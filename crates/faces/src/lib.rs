@@ -55,7 +55,8 @@ pub fn router(app: App) -> Router {
 }
 
 /// A path no face's router took (`/compute/`, `/nowhere`): the 404 of the
-/// face its prefix names, else the native API's, as JSON.
+/// face its prefix names (the front door's is Verda's), else the native
+/// API's, as JSON.
 async fn not_found(request: axum::extract::Request) -> axum::response::Response {
     let path = request.uri().path();
     let under = |prefix: &str| path == prefix || path.starts_with(&format!("{prefix}/"));
@@ -63,7 +64,7 @@ async fn not_found(request: axum::extract::Request) -> axum::response::Response 
         kit::not_found::<compute::Compute>(request).await
     } else if under("/api") {
         kit::not_found::<kloigos::Kloigos>(request).await
-    } else if under("/verda") {
+    } else if under("/verda") || under("/inference") {
         kit::not_found::<verda::Verda>(request).await
     } else {
         kit::not_found::<native::Native>(request).await

@@ -92,38 +92,6 @@ async fn servers_are_created_listed_and_deleted_through_operations(backend: Back
         (status, body["error"].as_str()),
         (StatusCode::CONFLICT, Some("CONFLICT"))
     );
-    // A plan of the NxCPU-MGB form must say what a server can have, and
-    // agree with cpus; a provider's own plan name is taken as it is.
-    for plan in [
-        "2xCPU-999999999999GB",
-        "2xCPU-0GB",
-        "2xCPU",
-        "2xCPU-4",
-        "0xCPU-4GB",
-    ] {
-        let (status, body) = server
-            .post(
-                "/v1/servers/create",
-                &json!({"hostname": "web-02", "zone": "z", "plan": plan}),
-            )
-            .await;
-        assert_eq!(status, StatusCode::BAD_REQUEST, "{plan}: {body}");
-        assert_eq!(body["error"], "INVALID_REQUEST", "{body}");
-    }
-    let (status, body) = server
-        .post(
-            "/v1/servers/create",
-            &json!({"hostname": "web-02", "zone": "z", "cpus": "0-3", "plan": "64xCPU-4GB"}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
-    let (status, body) = server
-        .post(
-            "/v1/servers/create",
-            &json!({"hostname": "web-02", "zone": "z", "cpus": "0-3", "plan": "standard-4"}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
     // Kloigos sees the same hosts: a pooled one has no units.
     let (_, units) = server.get("/api/compute_units/?hostname=web-01").await;
     assert_eq!(units, json!([]));
@@ -164,6 +132,45 @@ async fn servers_are_created_listed_and_deleted_through_operations(backend: Back
     assert_eq!(done["status"], "completed", "{done}");
     let status_now = server.get_ok(&format!("/v1/servers/{id}/status")).await;
     assert_eq!(status_now["status"], "decommissioned");
+    // A plan of the NxCPU-MGB form must say what a server can have, and
+    // agree with cpus; a provider's own plan name is taken as it is.
+    for plan in [
+        "2xCPU-999999999999GB",
+        "2xCPU-0GB",
+        "2xCPU",
+        "2xCPU-4",
+        "0xCPU-4GB",
+    ] {
+        let (status, body) = server
+            .post(
+                "/v1/servers/create",
+                &json!({"hostname": "web-02", "zone": "z", "plan": plan}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{plan}: {body}");
+        assert_eq!(body["error"], "INVALID_REQUEST", "{body}");
+    }
+    let (status, body) = server
+        .post(
+            "/v1/servers/create",
+            &json!({"hostname": "web-02", "zone": "z", "cpus": "0-7", "plan": "4xCPU-4GB"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    // Fewer CPUs than the plan's (some kept for the host), or a provider's
+    // own plan name, are taken.
+    for (hostname, cpus, plan) in [
+        ("web-02", "1-3", "4xCPU-8GB"),
+        ("web-03", "0-3", "standard-4"),
+    ] {
+        let (status, body) = server
+            .post(
+                "/v1/servers/create",
+                &json!({"hostname": hostname, "zone": "z", "cpus": cpus, "plan": plan}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
     server.stop().await;
 }
 

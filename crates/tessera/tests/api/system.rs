@@ -83,9 +83,11 @@ async fn unknown_routes_answer_fastapi_errors(backend: Backend) {
     let (status, body) = server.get("/compute/").await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert!(body["error"].is_string(), "{body}");
-    let (status, body) = server.get("/verda/").await;
-    assert_eq!(status, StatusCode::NOT_FOUND);
-    assert_eq!(body["code"], "not_found", "{body}");
+    for path in ["/verda/", "/inference/"] {
+        let (status, body) = server.get(path).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert_eq!(body["code"], "not_found", "{path}: {body}");
+    }
     server.stop().await;
 }
 
