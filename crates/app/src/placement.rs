@@ -162,29 +162,10 @@ impl PlacementView {
     /// many hosts changed.
     pub async fn catch_up(&self, store: &Store) -> Result<usize> {
         let sightings = store.host_sightings().await?;
-        let stale: Vec<String> = {
-            let mut state = self.state();
-            let known: HashSet<&str> = sightings.iter().map(|(id, _)| id.as_str()).collect();
-            let gone: Vec<HostId> = state
-                .versions
-                .keys()
-                .filter(|id| !known.contains(id.as_str()))
-                .cloned()
-                .collect();
-            for id in &gone {
-                state.forget(id);
-            }
-            sightings
-                .into_iter()
-                .filter(|(id, seen)| state.sightings.get(&HostId::new(id.as_str())) != Some(seen))
-                .map(|(id, _)| id)
-                .collect()
-        };
-        for id in &stale {
-            self.refresh_host(store, id).await?;
-            tokio::task::yield_now().await;
-        }
-        Ok(stale.len())
+        self.reload_where(store, sightings, |state, id, seen| {
+            state.sightings.get(id) != Some(seen)
+        })
+        .await
     }
 
     /// Whether a look for changed hosts started at or after `at`, or one
@@ -206,6 +187,21 @@ impl PlacementView {
         }
         *last_look = Some(Instant::now());
         let current = store.host_versions().await?;
+        self.reload_where(store, current, |state, id, version| {
+            state.versions.get(id) != Some(version)
+        })
+        .await
+    }
+
+    /// Forgets the hosts `current` (every host in the store, with what is
+    /// compared of it) no longer has, and reloads those `differs` says the
+    /// view has otherwise. Answers how many were reloaded.
+    async fn reload_where<T>(
+        &self,
+        store: &Store,
+        current: Vec<(String, T)>,
+        differs: impl Fn(&ViewState, &HostId, &T) -> bool,
+    ) -> Result<usize> {
         let stale: Vec<String> = {
             let mut state = self.state();
             let known: HashSet<&str> = current.iter().map(|(id, _)| id.as_str()).collect();
@@ -220,9 +216,7 @@ impl PlacementView {
             }
             current
                 .into_iter()
-                .filter(|(id, version)| {
-                    state.versions.get(&HostId::new(id.as_str())) != Some(version)
-                })
+                .filter(|(id, value)| differs(&state, &HostId::new(id.as_str()), value))
                 .map(|(id, _)| id)
                 .collect()
         };
