@@ -42,6 +42,9 @@ pub enum Error {
     /// The work cannot be done now (no agent on the host, database down).
     #[error("{0}")]
     Unavailable(String),
+    /// The request's body is larger than the server reads.
+    #[error("{0}")]
+    TooLarge(String),
     #[error("internal error")]
     Internal(#[source] StoreError),
 }

@@ -330,10 +330,9 @@ async fn kept_body(body: Body) -> Result<axum::body::Bytes, Error> {
     axum::body::to_bytes(body, MAX_ANSWER_BYTES)
         .await
         .map_err(|_| {
-            Error::invalid(
-                "body",
-                format!("a request answered later has a body of at most {MAX_ANSWER_BYTES} bytes"),
-            )
+            Error::TooLarge(format!(
+                "a request answered later has a body of at most {MAX_ANSWER_BYTES} bytes"
+            ))
         })
 }
 

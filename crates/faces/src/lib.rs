@@ -40,6 +40,9 @@ pub fn router(app: App) -> Router {
         .nest("/inference", front_door::router(app.clone()))
         .nest("/v1", native::router(app))
         .fallback(not_found)
+        .layer(axum::extract::DefaultBodyLimit::max(
+            kit::extract::BODY_LIMIT,
+        ))
         .layer(axum::middleware::from_fn_with_state(http, metrics::track))
         // The span names the path only: a query may carry a credential
         // (`/v1/events?access_token=`).

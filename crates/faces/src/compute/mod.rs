@@ -261,6 +261,7 @@ impl IntoResponse for ComputeError {
             Error::HostFailed(_) => StatusCode::BAD_GATEWAY,
             Error::HostTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             Error::NoCapacity(_) | Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Error::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         kit::answer(&self.0, status, |message| {

@@ -8,6 +8,7 @@ use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::StatusCode;
 use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
 use tessera_app::{Error, Principal};
@@ -18,6 +19,18 @@ fn unreadable<F: Face>(message: String) -> F::Error {
         message,
     })
 }
+
+/// A body past the limit every route reads (axum's, 2 MB): a 413, which
+/// says that sending it again will not help.
+fn too_large<F: Face>() -> F::Error {
+    F::Error::from(Error::TooLarge(format!(
+        "the body is larger than the {} bytes a request may send",
+        BODY_LIMIT
+    )))
+}
+
+/// The most bytes a body read whole may have (`faces::router` sets it).
+pub(crate) const BODY_LIMIT: usize = 2 * 1024 * 1024;
 
 /// A JSON object body, read by the face's [`BodyRule`]. (serde would also
 /// read a struct from a JSON array; the documents say object.)
@@ -30,12 +43,21 @@ impl<F: Face, T: DeserializeOwned> FromRequest<FaceState<F>> for Body<T> {
         let value = match F::BODY {
             BodyRule::Strict => {
                 let read = Json::<serde_json::Value>::from_request(request, state).await;
-                read.map(|Json(value)| value)
-                    .map_err(|rejection| unreadable::<F>(strict_message(rejection)))?
+                read.map(|Json(value)| value).map_err(|rejection| {
+                    match rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                        true => too_large::<F>(),
+                        false => unreadable::<F>(strict_message(rejection)),
+                    }
+                })?
             }
             BodyRule::Lenient => {
                 let bytes = Bytes::from_request(request, state).await.map_err(|e| {
-                    unreadable::<F>(format!("cannot read the body: {}", e.body_text()))
+                    match e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                        true => too_large::<F>(),
+                        false => {
+                            unreadable::<F>(format!("cannot read the body: {}", e.body_text()))
+                        }
+                    }
                 })?;
                 match bytes.iter().all(u8::is_ascii_whitespace) {
                     true => serde_json::Value::Object(Default::default()),
@@ -69,6 +91,24 @@ fn strict_message(rejection: JsonRejection) -> String {
             "the body must be JSON, sent with Content-Type: application/json".to_string()
         }
         other => format!("invalid JSON body: {}", other.body_text()),
+    }
+}
+
+/// A body as bytes, for handlers that read it their own way (an optional
+/// body, Kloigos's validation); past the limit, the face's 413.
+pub struct RawBody(pub Bytes);
+
+impl<F: Face> FromRequest<FaceState<F>> for RawBody {
+    type Rejection = F::Error;
+
+    async fn from_request(request: Request, state: &FaceState<F>) -> Result<Self, F::Error> {
+        Bytes::from_request(request, state)
+            .await
+            .map(RawBody)
+            .map_err(|e| match e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                true => too_large::<F>(),
+                false => unreadable::<F>(format!("cannot read the body: {}", e.body_text())),
+            })
     }
 }
 

@@ -16,11 +16,11 @@
 //!   masked, `Retry-After` on 429, `WWW-Authenticate` on 401);
 //! - [`bearer`], the one parser of `Authorization: Bearer`.
 
-mod extract;
+pub(crate) mod extract;
 pub mod limits;
 pub mod ratelimit;
 
-pub use extract::{Body, Caller, Path, Query};
+pub use extract::{Body, Caller, Path, Query, RawBody};
 
 use axum::extract::{FromRef, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};

@@ -2,8 +2,8 @@
 
 use super::validation::{BodyReader, ValidationError, parse_bool_text, query_error};
 use super::{Detail, KloigosError};
+use crate::kit::RawBody;
 use axum::Json;
-use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, State};
 use serde_json::{Map, Value};
 use tessera_app::App;
@@ -101,7 +101,10 @@ fn parse_init(body: &[u8]) -> Result<InitServerRequest, Vec<ValidationError>> {
         (status = 422, description = "Validation Error", body = super::HttpValidationError),
     )
 )]
-pub async fn init_server(State(app): State<App>, body: Bytes) -> Result<Json<Value>, KloigosError> {
+pub async fn init_server(
+    State(app): State<App>,
+    RawBody(body): RawBody,
+) -> Result<Json<Value>, KloigosError> {
     let request = parse_init(&body).map_err(KloigosError::Validation)?;
     app.init_server(request.into()).await?;
     Ok(Json(Value::Object(Map::new())))

@@ -3,8 +3,8 @@
 use super::validation::{BodyReader, ValidationError, parse_int_text, query_error};
 use super::{Detail, KloigosError};
 use crate::kit::Caller;
+use crate::kit::RawBody;
 use axum::Json;
-use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, State};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -141,7 +141,7 @@ fn parse_allocate(body: &[u8]) -> Result<ComputeUnitRequest, Vec<ValidationError
 pub async fn allocate(
     State(app): State<App>,
     Caller(caller): Caller,
-    body: Bytes,
+    RawBody(body): RawBody,
 ) -> Result<Json<ComputeUnitResponse>, KloigosError> {
     let request = parse_allocate(&body).map_err(KloigosError::Validation)?;
     let mut request: AllocateUnit = request.into();

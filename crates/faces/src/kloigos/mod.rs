@@ -174,6 +174,7 @@ impl IntoResponse for KloigosError {
             Error::HostFailed(_) => StatusCode::BAD_GATEWAY,
             Error::HostTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Error::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         kit::answer(&err, status, |detail| Json(Detail { detail }))

@@ -410,6 +410,7 @@ impl IntoResponse for NativeError {
             Error::HostFailed(_) => (StatusCode::BAD_GATEWAY, "HOST_FAILED"),
             Error::HostTimeout(_) => (StatusCode::GATEWAY_TIMEOUT, "HOST_TIMEOUT"),
             Error::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "SERVICE_UNAVAILABLE"),
+            Error::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "PAYLOAD_TOO_LARGE"),
             Error::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL_ERROR"),
         };
         kit::answer(&self.0, status, |message| {

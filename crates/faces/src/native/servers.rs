@@ -2,8 +2,8 @@
 
 use super::operations::OperationBody;
 use super::{Body, Caller, ErrorBody, Path, Query, Result, operation_location};
+use crate::kit::RawBody;
 use axum::Json;
-use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, header};
 use serde::{Deserialize, Serialize};
@@ -233,7 +233,7 @@ pub async fn delete_server(
     Caller(caller): Caller,
     Path(id): Path<String>,
     Query(params): Query<DeleteParams>,
-    body: Bytes,
+    RawBody(body): RawBody,
 ) -> Result<Started> {
     let req: DeleteServerRequest = super::optional_body(&body)?;
     if let Some(named) = &req.server_id

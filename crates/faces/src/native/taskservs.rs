@@ -2,8 +2,8 @@
 
 use super::operations::OperationBody;
 use super::{Body, Caller, ErrorBody, Path, Result, operation_location};
+use crate::kit::RawBody;
 use axum::Json;
-use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::header;
 use serde::{Deserialize, Serialize};
@@ -185,7 +185,7 @@ pub async fn delete_taskserv(
     State(app): State<App>,
     Caller(caller): Caller,
     Path(id): Path<String>,
-    body: Bytes,
+    RawBody(body): RawBody,
 ) -> Result<Started> {
     let req: DeleteTaskservRequest = super::optional_body(&body)?;
     if let Some(named) = &req.taskserv_id

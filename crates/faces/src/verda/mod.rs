@@ -470,6 +470,7 @@ pub(crate) fn status_of(err: &Error) -> (StatusCode, &'static str) {
         | Error::HostFailed(_)
         | Error::HostTimeout(_)
         | Error::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "service_unavailable"),
+        Error::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
         Error::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "server_error"),
     }
 }
