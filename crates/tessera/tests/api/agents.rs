@@ -4,7 +4,8 @@
 //! driver, so these run anywhere; `dataplane.rs` runs the real drivers.
 
 use crate::harness::{
-    AgentProcess, Backend, Options, TOKEN, TestServer, eventually, join_token, unit_request,
+    AgentProcess, Backend, Options, TOKEN, TestServer, eventually, fresh_postgres_database,
+    join_token, unit_request,
 };
 use crate::on_both_backends;
 use reqwest::{Method, StatusCode};
@@ -768,4 +769,99 @@ async fn an_agent_holds_one_connection_and_its_channel_has_two_forms(backend: Ba
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     drop(agent);
     server.stop().await;
+}
+
+/// How many passes `server`'s background task `task` has made.
+async fn passes(server: &TestServer, task: &str) -> u64 {
+    let (status, text) = crate::observability::scrape(server, Some(TOKEN)).await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    let prefix = format!("tessera_background_passes_total{{task=\"{task}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+/// PostgreSQL only: two replicas, the agents speaking to the first. A host
+/// whose agent the first finds silent takes nothing new from the second,
+/// though the second never heard from the agent and never judges it silent
+/// itself (its silence is ten minutes), and its view had the dead host as
+/// the emptiest: the second learns it from its catch-up with the hosts
+/// (every 10 s; waited for here), or else from its claim there losing to
+/// the host's bumped generation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_another_replica_found_silent_takes_nothing_new() {
+    let database_url = fresh_postgres_database().await;
+    let replica = |silence: Duration| {
+        let url = database_url.clone();
+        async move {
+            TestServer::start_with(
+                Backend::Postgres,
+                Options {
+                    database_url: Some(url),
+                    sim_hosts: false,
+                    agent_silence: silence,
+                    ..Options::default()
+                },
+            )
+            .await
+        }
+    };
+    let first = replica(Duration::from_secs(2)).await;
+    let second = replica(Duration::from_secs(600)).await;
+    let token = join_token(&first.url).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut agents = Vec::new();
+    for name in ["node-a", "node-b"] {
+        let state = dir.path().join(name);
+        agents.push((name, running_agent(&first, &token, name, &state, &[]).await));
+    }
+    for (name, _) in &agents {
+        eventually(
+            Duration::from_secs(20),
+            "the second sees it run",
+            || async {
+                (server_status(&second, name).await.as_deref() == Some("running")).then_some(())
+            },
+        )
+        .await;
+    }
+    // One instance through the second: the other host is then the
+    // emptiest, and its agent dies.
+    let warm = second.run_instance(TOKEN, "warm", "cx11").await;
+    assert_eq!(warm["status"]["state"], "running", "{warm}");
+    let busy = warm["status"]["host_id"]
+        .as_str()
+        .expect("host")
+        .to_string();
+    let dead = match second.host_id("node-a").await == busy {
+        true => "node-b",
+        false => "node-a",
+    };
+    let index = agents
+        .iter()
+        .position(|(name, _)| *name == dead)
+        .expect("agent");
+    agents.remove(index).1.crash();
+    eventually(
+        Duration::from_secs(20),
+        "the first finds it silent",
+        || async {
+            (server_status(&first, dead).await.as_deref() == Some("unreachable")).then_some(())
+        },
+    )
+    .await;
+    // A whole catch-up pass of the second's after that.
+    let task = "catch up placement";
+    let seen = passes(&second, task).await;
+    eventually(Duration::from_secs(30), "a catch-up pass", || async {
+        (passes(&second, task).await >= seen + 2).then_some(())
+    })
+    .await;
+    let placed = second.run_instance(TOKEN, "after", "cx11").await;
+    assert_eq!(placed["status"]["state"], "running", "{placed}");
+    assert_eq!(placed["status"]["host_id"], busy.as_str(), "{placed}");
+    drop(agents);
+    second.stop().await;
+    first.stop().await;
 }

@@ -13,7 +13,7 @@ crate::on_both_backends!(
     events_are_logged_and_reach_every_replica
 );
 
-async fn scrape(server: &TestServer, token: Option<&str>) -> (StatusCode, String) {
+pub async fn scrape(server: &TestServer, token: Option<&str>) -> (StatusCode, String) {
     let mut request = server.client.get(format!("{}/metrics", server.url));
     if let Some(token) = token {
         request = request.bearer_auth(token);
