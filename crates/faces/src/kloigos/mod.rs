@@ -15,7 +15,7 @@ pub mod validation;
 
 use crate::BearerAuth;
 use crate::kit::{self, BodyRule, Face, FaceState};
-use axum::extract::Request;
+use axum::extract::{MatchedPath, Request};
 use axum::http::{Method, StatusCode};
 use axum::middleware;
 use axum::response::{IntoResponse, Response};
@@ -66,17 +66,19 @@ impl Face for Kloigos {
     /// Kloigos has no roles of its own: its routes need the native
     /// permissions of what they do.
     fn authorize(caller: &Principal, request: &Request) -> Result<(), Error> {
-        let path = request.uri().path();
-        let needed = if path.contains("/admin/init_server") {
-            Permission::ServerCreate
-        } else if path.contains("/admin/") {
-            Permission::ServerDelete
-        } else if path.contains("/allocate") {
-            Permission::InstanceCreate
-        } else if path.contains("/deallocate") {
-            Permission::InstanceDelete
-        } else {
-            Permission::InstanceRead
+        // By the route matched, never the path's text: a unit on a server
+        // named `allocate...` is `/deallocate/allocate_c0-3`.
+        let route = request
+            .extensions()
+            .get::<MatchedPath>()
+            .map_or("", MatchedPath::as_str);
+        let needed = match route.strip_prefix("/api").unwrap_or(route) {
+            "/admin/init_server" => Permission::ServerCreate,
+            "/compute_units/allocate" => Permission::InstanceCreate,
+            "/compute_units/deallocate/{compute_id}" => Permission::InstanceDelete,
+            "/compute_units" | "/compute_units/" => Permission::InstanceRead,
+            // Decommissioning, and any route added without a line here.
+            _ => Permission::ServerDelete,
         };
         caller.require(needed)
     }

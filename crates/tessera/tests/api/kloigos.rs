@@ -20,6 +20,7 @@ crate::on_both_backends!(
     a_host_slow_to_prepare_is_not_failed,
     allocation_times_out_into_allocation_fail,
     nul_characters_are_user_errors_not_server_errors,
+    a_routes_permission_follows_the_route_not_the_paths_text,
 );
 
 async fn nul_characters_are_user_errors_not_server_errors(backend: Backend) {
@@ -632,4 +633,54 @@ where
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     panic!("condition not met within 10 s");
+}
+
+/// An API token scoped to its permissions (made by the admin).
+async fn scoped_token(server: &TestServer, scopes: &[&str]) -> String {
+    let (status, made) = server
+        .call(
+            reqwest::Method::POST,
+            "/v1/tokens",
+            Some(&json!({"name": "scoped", "scopes": scopes})),
+            crate::harness::TOKEN,
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{made}");
+    made["token"].as_str().expect("token").to_string()
+}
+
+/// The permission a route needs is the route's: a unit of a server named
+/// `allocate` (`/deallocate/allocate_c0-3`) still needs `instance_delete`
+/// to deallocate, and `instance_create` does not do it.
+async fn a_routes_permission_follows_the_route_not_the_paths_text(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    server.init_host("allocate", &["0-3"]).await;
+    let (status, unit) = server.allocate(unit_request(4, json!(null))).await;
+    assert_eq!(status, StatusCode::OK, "{unit}");
+    let path = "/api/compute_units/deallocate/allocate_c0-3";
+    let creator = scoped_token(&server, &["instance_create", "instance_read"]).await;
+    let (status, body) = server
+        .request(reqwest::Method::DELETE, path, None, Some(&creator))
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert_eq!(server.units("").await[0]["status"], "ALLOCATED");
+    let deleter = scoped_token(&server, &["instance_delete", "instance_read"]).await;
+    let (status, body) = server
+        .request(reqwest::Method::DELETE, path, None, Some(&deleter))
+        .await;
+    assert_eq!((status, body), (StatusCode::OK, json!({})));
+    assert_eq!(server.units("").await[0]["status"], "FREE");
+    // Nor does a path that merely contains `/admin/` need less or more
+    // than its route: listing with a read-only token works.
+    let reader = scoped_token(&server, &["instance_read"]).await;
+    let (status, body) = server
+        .request(
+            reqwest::Method::GET,
+            "/api/compute_units/?hostname=admin",
+            None,
+            Some(&reader),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    server.stop().await;
 }
