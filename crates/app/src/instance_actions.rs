@@ -14,7 +14,8 @@ pub enum InstanceAction {
     Start,
     /// Shut down, keeping CPUs, volumes and disk.
     Stop,
-    /// `volume_ids`: which of its volumes go too (`None`: all of them).
+    /// `volume_ids`: which of its volumes go too (`None`: its OS volume,
+    /// as Verda's document says; the others are detached and kept).
     Delete {
         volume_ids: Option<Vec<String>>,
         permanently: bool,
@@ -73,7 +74,7 @@ impl App {
                 }
                 let attached = self.instance_volumes(&instance.id).await?;
                 let going: Vec<_> = match volume_ids {
-                    None => attached,
+                    None => attached.into_iter().filter(|v| v.is_os_volume).collect(),
                     Some(ids) => {
                         let mut going = Vec::new();
                         for volume_id in ids {

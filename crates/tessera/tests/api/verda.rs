@@ -967,6 +967,35 @@ async fn instances_and_volumes_through_their_lifecycle_and_billed(backend: Backe
     assert_eq!(status, StatusCode::NO_CONTENT);
     let gone = verda.get(&format!("/volumes/{os_volume}")).await;
     assert_eq!(gone["status"], "deleted");
+    // Without `volume_ids` only the OS volume went, as Verda's document
+    // says: the data volume is detached and kept (the SDK's
+    // `instances.action(id, "delete")` sends `volume_ids: null`).
+    let data = running["volume_ids"]
+        .as_array()
+        .expect("volume ids")
+        .iter()
+        .filter_map(Value::as_str)
+        .find(|v| *v != os_volume)
+        .expect("data volume")
+        .to_string();
+    let kept = verda.get(&format!("/volumes/{data}")).await;
+    assert_eq!(
+        (kept["status"].as_str(), &kept["instance_id"]),
+        (Some("detached"), &Value::Null),
+        "{kept}"
+    );
+    let (status, _) = verda
+        .put(
+            "/volumes",
+            json!({"action": "delete", "id": data, "is_permanent": true}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    eventually(Duration::from_secs(15), "purge", || async {
+        let v = verda.get(&format!("/volumes/{data}")).await;
+        (v["is_permanently_deleted"] == true).then_some(())
+    })
+    .await;
     // Once nothing runs and every volume is purged, the balance stays put.
     let trash = verda.get("/volumes/trash").await;
     let live = verda.get("/volumes").await;
