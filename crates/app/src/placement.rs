@@ -247,6 +247,12 @@ impl PlacementView {
         })
     }
 
+    /// Whether decisions taken are still being claimed in the store: what
+    /// they hold may come free again if their claims fail.
+    pub fn claims_in_flight(&self) -> bool {
+        !self.state().claiming.is_empty()
+    }
+
     /// Marks a unit free again in the view after its release was committed.
     pub fn release_unit(&self, host: &HostId, unit: &ComputeId, cpus: CpuSet) {
         self.state().engine.release(&Decision {

@@ -88,6 +88,10 @@ pub const NO_FREE_UNIT: &str = "No free Compute Unit found to match your request
 /// How many times an allocation looks again after losing a race.
 const MAX_CLAIM_ATTEMPTS: usize = 64;
 
+/// How many times (2 ms apart) an allocation that finds no free unit waits
+/// for other requests' claims to settle before it answers that none is.
+const MAX_CLAIM_WAITS: usize = 250;
+
 #[derive(Clone, Debug)]
 pub struct AllocateUnit {
     pub cpu_count: u32,
@@ -143,10 +147,24 @@ impl App {
                 ..Usage::default()
             },
         );
+        // A project already at its quota is refused before it takes a unit
+        // in the view: units taken by claims bound to fail would look
+        // allocated to other projects' requests meanwhile. (The claim
+        // checks again, in its transaction.)
+        self.check_quota_now(&quota).await?;
         let mut looked_again = false;
         let mut attempts = 0;
+        let mut waited = 0;
         let decision = loop {
             let Some(taken) = self.placement.take(&request) else {
+                // Units other requests are claiming may come free again (a
+                // claim that loses a race or meets its quota): "no free
+                // unit" only once they are settled.
+                if self.placement.claims_in_flight() && waited < MAX_CLAIM_WAITS {
+                    waited += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+                    continue;
+                }
                 if looked_again {
                     return Err(Error::NoCapacity(NO_FREE_UNIT.into()));
                 }

@@ -32,6 +32,7 @@ on_both_backends!(
     a_replaced_agent_credential_stops_working_on_every_replica,
     a_login_burst_leaves_memory_and_health_as_they_were,
     a_body_past_the_limit_is_a_413_in_each_faces_format,
+    a_project_at_its_quota_takes_no_unit_from_others,
 );
 
 /// The id of user `name`, as the admin sees it.
@@ -1755,5 +1756,55 @@ async fn a_body_past_the_limit_is_a_413_in_each_faces_format(backend: Backend) {
         .request(Method::POST, "/v1/ssh-keys", Some(&under), Some(TOKEN))
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    server.stop().await;
+}
+
+/// A project at its quota that keeps asking for units gets 403s, never a
+/// 460, and never makes another project's allocation a 460 while units
+/// are free: its requests are refused before they take a unit in the
+/// placement view, and an allocation finding nothing free waits for the
+/// claims under way to settle.
+async fn a_project_at_its_quota_takes_no_unit_from_others(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    server
+        .init_host("qh", &["0-3", "4-7", "8-11", "12-15", "16-19", "20-23"])
+        .await;
+    let alice = server.user_in("alice", "member", "alpha").await;
+    set_quota(&server, "alpha", json!({"vcpus": 8})).await;
+    let body = crate::harness::unit_request(4, json!(null));
+    for _ in 0..2 {
+        let (status, unit) = server
+            .call(
+                Method::POST,
+                "/api/compute_units/allocate",
+                Some(&body),
+                &alice,
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{unit}");
+    }
+    for round in 0..3 {
+        let flood: Vec<_> = (0..30)
+            .map(|_| {
+                server.call(
+                    Method::POST,
+                    "/api/compute_units/allocate",
+                    Some(&body),
+                    &alice,
+                )
+            })
+            .collect();
+        let admin = server.allocate(body.clone());
+        let (flood, (status, unit)) = tokio::join!(futures::future::join_all(flood), admin);
+        assert_eq!(status, StatusCode::OK, "round {round}: {unit}");
+        for (status, answer) in flood {
+            assert_eq!(status, StatusCode::FORBIDDEN, "round {round}: {answer}");
+        }
+        let id = unit["compute_id"].as_str().expect("compute id");
+        let (status, _) = server
+            .delete(&format!("/api/compute_units/deallocate/{id}"))
+            .await;
+        assert_eq!(status, StatusCode::OK);
+    }
     server.stop().await;
 }
