@@ -17,6 +17,10 @@ pub struct Availability {
 
 impl App {
     fn fits(&self, kind: &InstanceType, location: &str) -> bool {
+        // No host offers GPUs yet (agents do not report them).
+        if kind.gpus > 0 {
+            return false;
+        }
         // A location names a region or, failing that, a zone.
         [
             (Some(location.to_string()), None),

@@ -161,6 +161,15 @@ impl App {
             .instance_type(&req.spec.instance_type)
             .cloned()
             .unwrap_or_else(|| unreachable!("validate checked the type"));
+        if kind.gpus > 0 {
+            // Agents report no GPUs, and placement counts none: such an
+            // instance would run without its GPUs, billed for them.
+            return Err(Error::NoCapacity(format!(
+                "instance type {} needs {} GPU(s) ({}); no host here offers GPUs (Tessera does \
+                 not place GPUs yet): choose a CPU type",
+                kind.name, kind.gpus, kind.gpu_name
+            )));
+        }
         let mut micros_per_hour = tessera_core::catalog::to_micros(kind.hourly(req.spec.is_spot));
         let location = req.spec.location.clone().unwrap_or_default();
         // The OS volume is `vda`; the others follow from `vdb`.

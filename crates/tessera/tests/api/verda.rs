@@ -504,6 +504,28 @@ async fn the_catalog_and_availability_follow_the_hosts(backend: Backend) {
         listed.contains(&"CPU.8V.32G") && !listed.contains(&"CPU.16V.64G"),
         "{fin}"
     );
+    // A GPU type would fit the host's CPUs and memory, but no host offers
+    // GPUs: not available, not listed, and a deploy is refused at once,
+    // making nothing (it ran without its GPU, billed for one).
+    assert_eq!(
+        available("/instance-availability/1V100.6V?location_code=FIN-01").await,
+        false
+    );
+    assert!(!listed.contains(&"1V100.6V"), "{fin}");
+    let mut gpu = deploy("gpu-1", json!({}));
+    gpu["instance_type"] = json!("1V100.6V");
+    let (status, body) = verda.json(Method::POST, "/instances", Some(gpu)).await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "service_unavailable",
+    );
+    assert!(
+        body["message"].as_str().is_some_and(|m| m.contains("GPU")),
+        "{body}"
+    );
+    assert_eq!(verda.get("/instances").await, json!([]));
     // Of a type the catalog does not have, as Verda answers: not available,
     // no images, and no price history (a map).
     assert_eq!(available("/instance-availability/NOPE").await, false);
