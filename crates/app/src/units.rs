@@ -275,6 +275,11 @@ impl App {
     /// other is a 404).
     pub async fn deallocate_unit(&self, compute_id: &str, project: Option<&str>) -> Result<()> {
         let unit = self.unit_or_404(compute_id).await?;
+        // Not allocated: nothing to do, for anyone, so a retried deallocate
+        // is safe for the tenant whose unit it was (FREE is no one's).
+        if matches!(unit.status, UnitStatus::Free | UnitStatus::Unavailable) {
+            return Ok(());
+        }
         if let Some(project) = project
             && unit.project_id.as_deref() != Some(project)
         {
@@ -294,7 +299,6 @@ impl App {
             .as_deref()
             .is_some_and(|d| d < tessera_store::now().as_str());
         match unit.status {
-            UnitStatus::Free | UnitStatus::Unavailable => return Ok(()),
             UnitStatus::Allocating if !expired => {
                 return Err(Error::Conflict(format!(
                     "compute unit {compute_id} is being allocated; deallocate it once it is ALLOCATED"
@@ -304,12 +308,46 @@ impl App {
         }
         // Only from the state just seen: a unit that changed meanwhile (given
         // back and handed to someone else) is not taken from its new tenant.
-        let unit = self.begin_release(unit).await?.ok_or_else(|| {
+        let owner = unit.project_id.clone();
+        match self.begin_release(unit).await? {
+            Some(unit) => self.release(&unit).await,
+            // Another request is deallocating it (a retry sent while the
+            // first was under way): answered as that one ends.
+            None => self.released_by_another(compute_id, owner.as_deref()).await,
+        }
+    }
+
+    /// Waits for the deallocation of `compute_id` another request began
+    /// to end (FREE: done; failed: its failure), as long as the unit is
+    /// still `owner`'s being released. A unit that changed otherwise (given
+    /// back and handed to someone else) is not taken from its new tenant.
+    async fn released_by_another(&self, compute_id: &str, owner: Option<&str>) -> Result<()> {
+        let changed = || {
             Error::Conflict(format!(
                 "compute unit {compute_id} changed while being deallocated; look at it again"
             ))
-        })?;
-        self.release(&unit).await
+        };
+        let until = tokio::time::Instant::now() + self.config.agent_timeout;
+        loop {
+            let unit = self.unit_or_404(compute_id).await?;
+            match unit.status {
+                UnitStatus::Free | UnitStatus::Unavailable => return Ok(()),
+                UnitStatus::Deallocating if unit.project_id.as_deref() == owner => {}
+                UnitStatus::DeallocationFail if unit.project_id.as_deref() == owner => {
+                    return Err(Error::HostFailed(format!(
+                        "the host failed to wipe compute unit {compute_id} (now DEALLOCATION_FAIL)"
+                    )));
+                }
+                _ => return Err(changed()),
+            }
+            if tokio::time::Instant::now() >= until {
+                return Err(Error::HostTimeout(format!(
+                    "compute unit {compute_id} is still being deallocated; it is retried in the \
+                     background"
+                )));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
     }
 
     /// Moves a held unit, as last seen, to DEALLOCATING with a new deadline;

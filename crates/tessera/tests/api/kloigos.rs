@@ -21,6 +21,7 @@ crate::on_both_backends!(
     allocation_times_out_into_allocation_fail,
     nul_characters_are_user_errors_not_server_errors,
     a_routes_permission_follows_the_route_not_the_paths_text,
+    a_retried_deallocate_is_safe,
 );
 
 async fn nul_characters_are_user_errors_not_server_errors(backend: Backend) {
@@ -682,5 +683,45 @@ async fn a_routes_permission_follows_the_route_not_the_paths_text(backend: Backe
         )
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
+    server.stop().await;
+}
+
+/// A deallocate sent again, after the first answered or while it is under
+/// way, answers 200 as the first did: for a tenant (whose unit, once FREE,
+/// is no longer its own) as for an admin.
+async fn a_retried_deallocate_is_safe(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    server.init_host("host1", &["0-3", "4-7"]).await;
+    let alice = server.user_in("alice", "member", "alpha").await;
+    let (status, unit) = server
+        .call(
+            reqwest::Method::POST,
+            "/api/compute_units/allocate",
+            Some(&unit_request(4, json!(null))),
+            &alice,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{unit}");
+    let path = format!(
+        "/api/compute_units/deallocate/{}",
+        unit["compute_id"].as_str().expect("id")
+    );
+    for _ in 0..2 {
+        let (status, body) = server
+            .call(reqwest::Method::DELETE, &path, None, &alice)
+            .await;
+        assert_eq!((status, body), (StatusCode::OK, json!({})));
+    }
+    // Twenty at once: every one answers 200, and the unit is FREE.
+    let (status, unit) = server.allocate(unit_request(4, json!(null))).await;
+    assert_eq!(status, StatusCode::OK, "{unit}");
+    let id = unit["compute_id"].as_str().expect("id").to_string();
+    let path = format!("/api/compute_units/deallocate/{id}");
+    let answers = futures::future::join_all((0..20).map(|_| server.delete(&path))).await;
+    for (status, body) in answers {
+        assert_eq!((status, body), (StatusCode::OK, json!({})));
+    }
+    let units = server.units("").await;
+    assert!(units.iter().all(|u| u["status"] == "FREE"), "{units:?}");
     server.stop().await;
 }
