@@ -34,13 +34,17 @@ pub struct ComputeUnitRequest {
     pub tags: Option<Map<String, Value>>,
 }
 
+/// Every field is always present, as the seed's schema requires; some are
+/// `null`.
 #[derive(Serialize, ToSchema)]
 pub struct ComputeUnitResponse {
+    #[schema(required)]
     pub started_at: Option<String>,
     pub ip: String,
+    #[schema(required)]
     pub ports_range: Option<String>,
     pub cpu_range: String,
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = Option<Object>, required)]
     pub tags: Option<Value>,
     pub compute_id: String,
     pub region: String,
