@@ -20,6 +20,9 @@ pub enum InstanceAction {
         volume_ids: Option<Vec<String>>,
         permanently: bool,
     },
+    /// Delete a shut-down instance and keep every volume, detached (Verda's
+    /// `hibernate`); refused while it runs.
+    Hibernate,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -44,8 +47,8 @@ impl App {
             InstanceAction::Start | InstanceAction::Stop => {
                 caller.require(Permission::InstanceCreate)?;
             }
-            // Its volumes may go with it.
-            InstanceAction::Delete { .. } => {
+            // Its volumes may go with it (or stay, detached).
+            InstanceAction::Delete { .. } | InstanceAction::Hibernate => {
                 caller.require(Permission::InstanceDelete)?;
                 caller.require(Permission::VolumeWrite)?;
             }
@@ -64,6 +67,22 @@ impl App {
                     return Ok(ActionOutcome::Already);
                 }
                 self.stop_instance(caller, id).await?;
+            }
+            InstanceAction::Hibernate => {
+                if instance.state == InstanceState::Terminated {
+                    return Ok(ActionOutcome::Already);
+                }
+                if instance.state != InstanceState::Stopped {
+                    return Err(Error::invalid(
+                        "action",
+                        format!(
+                            "instance {id} is {}: shut it down before hibernating it",
+                            instance.state
+                        ),
+                    ));
+                }
+                // Every volume stays, detached once the instance is gone.
+                self.delete_instance(caller, id).await?;
             }
             InstanceAction::Delete {
                 volume_ids,

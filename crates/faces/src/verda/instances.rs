@@ -600,7 +600,8 @@ pub struct ActionRequest {
     /// One instance id or several.
     #[schema(value_type = Vec<String>)]
     pub id: Option<OneOrMany>,
-    /// For `delete`: which of its volumes go too (absent: all; empty: none).
+    /// For `delete`: which of its volumes go too (absent: its OS volume;
+    /// empty: none).
     pub volume_ids: Option<Vec<String>>,
     /// For `delete`: delete those volumes for good instead of moving them
     /// to the trash.
@@ -627,7 +628,8 @@ fn parse_action(req: &ActionRequest) -> Result<(String, InstanceAction)> {
         .ok_or_else(|| bad_request("action is required"))?;
     let action = match name.as_str() {
         "boot" | "start" => InstanceAction::Start,
-        "shutdown" | "force_shutdown" | "hibernate" => InstanceAction::Stop,
+        "shutdown" | "force_shutdown" => InstanceAction::Stop,
+        "hibernate" => InstanceAction::Hibernate,
         "delete" | "discontinue" | "delete_stuck" => InstanceAction::Delete {
             volume_ids: req.volume_ids.clone(),
             permanently: req.delete_permanently.unwrap_or(false),

@@ -21,6 +21,7 @@ on_both_backends!(
     go_clients_read_every_answer_and_add_their_keys,
     tags_on_instances_and_volumes,
     a_long_instance_list_is_whole_json_across_pages,
+    hibernate_deletes_a_shut_down_instance_and_keeps_its_volumes,
 );
 
 /// A Verda client of one project.
@@ -1771,4 +1772,65 @@ async fn a_long_instance_list_is_whole_json_across_pages(backend: Backend) {
         assert_eq!(status, StatusCode::OK, "{text}");
         assert_eq!(text, "[]", "{path}");
     }
+}
+
+/// `hibernate`, as Verda's document has it: refused while the instance
+/// runs ("you must first `shutdown` it"); then the instance is deleted and
+/// every volume, its OS volume too, stays, detached.
+async fn hibernate_deletes_a_shut_down_instance_and_keeps_its_volumes(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    add_fin_host(&server, "fin-h", "16xCPU-64GB").await;
+    top_up(&server, "default", 10.0).await;
+    let verda = Verda::login(&server, "default").await;
+    let id = verda
+        .create(
+            "/instances",
+            deploy(
+                "sleepy",
+                json!({"volumes": [{"name": "data", "size": 5, "type": "NVMe"}]}),
+            ),
+        )
+        .await;
+    let running = verda.wait_status(&id, "running").await;
+    let volumes: Vec<String> = running["volume_ids"]
+        .as_array()
+        .expect("volume ids")
+        .iter()
+        .filter_map(Value::as_str)
+        .map(str::to_string)
+        .collect();
+    assert_eq!(volumes.len(), 2, "{running}");
+    let hibernate = json!({"action": "hibernate", "id": id});
+    let (status, body) = verda.put("/instances", hibernate.clone()).await;
+    assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_request");
+    assert!(
+        body["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("shut it down")),
+        "{body}"
+    );
+    assert_eq!(
+        verda.get(&format!("/instances/{id}")).await["status"],
+        "running"
+    );
+    let (status, _) = verda
+        .put("/instances", json!({"action": "shutdown", "id": id}))
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    verda.wait_status(&id, "offline").await;
+    let (status, body) = verda.put("/instances", hibernate.clone()).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    verda.wait_status(&id, "discontinued").await;
+    for volume in &volumes {
+        let kept = eventually(Duration::from_secs(15), "detached", || async {
+            let v = verda.get(&format!("/volumes/{volume}")).await;
+            (v["status"] == "detached").then_some(v)
+        })
+        .await;
+        assert_eq!(kept["instance_id"], Value::Null, "{kept}");
+    }
+    assert_eq!(verda.get("/volumes/trash").await, json!([]));
+    // Again: the instance is already gone.
+    let (status, _) = verda.put("/instances", hibernate).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
 }
