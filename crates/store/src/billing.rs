@@ -25,6 +25,8 @@ pub struct Balance {
     pub credit_micros: i64,
     /// Everything the project's resources have cost up to now.
     pub spent_micros: i64,
+    /// What the project's running meters cost per hour now.
+    pub running_micros_per_hour: i64,
 }
 
 impl Balance {
@@ -77,13 +79,15 @@ impl Store {
         struct Row {
             credit: i64,
             spent: i64,
+            hourly: i64,
         }
         let row: Option<Row> = self
             .fetch_optional(
                 &format!(
                     "SELECT \
                      CAST(COALESCE((SELECT credit_micros FROM balances WHERE project_id = $2), 0) AS BIGINT) AS credit, \
-                     CAST(COALESCE((SELECT SUM(charged_micros + {ACCRUED}) FROM meters WHERE project_id = $2), 0) AS BIGINT) AS spent"
+                     CAST(COALESCE((SELECT SUM(charged_micros + {ACCRUED}) FROM meters WHERE project_id = $2), 0) AS BIGINT) AS spent, \
+                     CAST(COALESCE((SELECT SUM(micros_per_hour) FROM meters WHERE project_id = $2 AND running_since IS NOT NULL), 0) AS BIGINT) AS hourly"
                 ),
                 &[now_ms().into(), project_id.into()],
             )
@@ -92,10 +96,12 @@ impl Store {
             Balance {
                 credit_micros: 0,
                 spent_micros: 0,
+                running_micros_per_hour: 0,
             },
             |r| Balance {
                 credit_micros: r.credit,
                 spent_micros: r.spent,
+                running_micros_per_hour: r.hourly,
             },
         ))
     }

@@ -22,6 +22,7 @@ on_both_backends!(
     tags_on_instances_and_volumes,
     a_long_instance_list_is_whole_json_across_pages,
     hibernate_deletes_a_shut_down_instance_and_keeps_its_volumes,
+    a_deploy_needs_an_hour_of_everything_the_project_runs,
 );
 
 /// A Verda client of one project.
@@ -1833,4 +1834,48 @@ async fn hibernate_deletes_a_shut_down_instance_and_keeps_its_volumes(backend: B
     // Again: the instance is already gone.
     let (status, _) = verda.put("/instances", hibernate).await;
     assert_eq!(status, StatusCode::NO_CONTENT);
+}
+
+/// A deploy needs the balance to cover an hour of the new instance on top
+/// of what the project already runs, not of the new one alone.
+async fn a_deploy_needs_an_hour_of_everything_the_project_runs(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    add_fin_host(&server, "fin-f", "16xCPU-64GB").await;
+    let verda = Verda::login(&server, "default").await;
+    let small = |name: &str| {
+        let mut body = deploy(name, json!({"os_volume": {"name": "os", "size": 1}}));
+        body["instance_type"] = json!("cx11");
+        body
+    };
+    // One costs 0.0075 + 0.2 / 730 (its 1 GB OS volume) = 0.0078 an hour:
+    // the balance covers an hour of one, not of two.
+    top_up(&server, "default", 0.012).await;
+    let first = verda.create("/instances", small("a")).await;
+    verda.wait_status(&first, "running").await;
+    let (status, body) = verda
+        .json(Method::POST, "/instances", Some(small("b")))
+        .await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::PAYMENT_REQUIRED,
+        "insufficient_funds",
+    );
+    assert!(
+        body["message"].as_str().is_some_and(|m| m.contains("runs")),
+        "{body}"
+    );
+    assert_eq!(
+        verda.get("/instances").await.as_array().map(Vec::len),
+        Some(1)
+    );
+    // Once the first is gone, there is room for one again.
+    let (status, _) = verda
+        .put("/instances", json!({"action": "delete", "id": first}))
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    verda.wait_status(&first, "discontinued").await;
+    let second = verda.create("/instances", small("b")).await;
+    verda.wait_status(&second, "running").await;
+    server.stop().await;
 }
