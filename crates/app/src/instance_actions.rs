@@ -7,7 +7,7 @@ use crate::App;
 use crate::error::{Error, Result};
 use crate::identity::Principal;
 use tessera_core::Permission;
-use tessera_core::status::InstanceState;
+use tessera_core::status::{InstanceState, OperationKind};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum InstanceAction {
@@ -82,7 +82,9 @@ impl App {
                     ));
                 }
                 // Every volume stays, detached once the instance is gone.
-                self.delete_instance(caller, id).await?;
+                if !self.delete_started(caller, id).await? {
+                    return Ok(ActionOutcome::Already);
+                }
             }
             InstanceAction::Delete {
                 volume_ids,
@@ -109,7 +111,9 @@ impl App {
                         going
                     }
                 };
-                self.delete_instance(caller, id).await?;
+                if !self.delete_started(caller, id).await? {
+                    return Ok(ActionOutcome::Already);
+                }
                 for volume in going {
                     // Its storage is destroyed once the instance is gone
                     // from its host. Read again if it changed meanwhile (its
@@ -120,5 +124,31 @@ impl App {
             }
         }
         Ok(ActionOutcome::Started)
+    }
+
+    /// Starts deleting instance `id`: `false` when another request's
+    /// delete got there first (under way or done), which a repeated delete
+    /// takes as done, as it does a delete asked of a terminated instance.
+    async fn delete_started(&self, caller: &Principal, id: &str) -> Result<bool> {
+        let err = match self.delete_instance(caller, id).await {
+            Ok(_) => return Ok(true),
+            Err(err @ Error::Conflict(_)) => err,
+            Err(err) => return Err(err),
+        };
+        let instance = self.instance(caller, id).await?;
+        if instance.state == InstanceState::Terminated {
+            return Ok(false);
+        }
+        let deleting = match &instance.operation_id {
+            Some(op) => self
+                .operation(caller, op)
+                .await
+                .is_ok_and(|op| op.kind == OperationKind::InstanceDelete),
+            None => false,
+        };
+        match deleting {
+            true => Ok(false),
+            false => Err(err),
+        }
     }
 }

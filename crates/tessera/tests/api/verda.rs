@@ -23,6 +23,7 @@ on_both_backends!(
     a_long_instance_list_is_whole_json_across_pages,
     hibernate_deletes_a_shut_down_instance_and_keeps_its_volumes,
     a_deploy_needs_an_hour_of_everything_the_project_runs,
+    deletes_sent_together_start_one_and_the_rest_answer_204,
 );
 
 /// A Verda client of one project.
@@ -1386,7 +1387,7 @@ async fn concurrent_attaches_never_share_a_device(backend: Backend) {
     });
     for (status, body) in futures::future::join_all(attaches).await {
         assert!(
-            status == StatusCode::ACCEPTED || status == StatusCode::CONFLICT,
+            status == StatusCode::ACCEPTED || status == StatusCode::BAD_REQUEST,
             "{status} {body}"
         );
     }
@@ -1533,7 +1534,7 @@ async fn tags_on_instances_and_volumes(backend: Backend) {
             Some(json!({"key": "ENV", "value": "dev"})),
         )
         .await;
-    assert_error(status, &body, StatusCode::CONFLICT, "conflict");
+    assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_request");
     // Bad tags change nothing.
     for bad in [
         json!({"value": "no key"}),
@@ -1878,4 +1879,33 @@ async fn a_deploy_needs_an_hour_of_everything_the_project_runs(backend: Backend)
     let second = verda.create("/instances", small("b")).await;
     verda.wait_status(&second, "running").await;
     server.stop().await;
+}
+
+/// Six deletes of one instance at once: one starts it (202), the others
+/// find it under way or done and answer 204, as a delete of a deleted
+/// instance does; then a delete sent again is 204 too.
+async fn deletes_sent_together_start_one_and_the_rest_answer_204(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    add_fin_host(&server, "fin-d", "16xCPU-64GB").await;
+    top_up(&server, "default", 10.0).await;
+    let verda = Verda::login(&server, "default").await;
+    let id = verda.create("/instances", deploy("twice", json!({}))).await;
+    verda.wait_status(&id, "running").await;
+    let delete = json!({"action": "delete", "id": id});
+    let answers =
+        futures::future::join_all((0..6).map(|_| verda.put("/instances", delete.clone()))).await;
+    let started = answers
+        .iter()
+        .filter(|(status, _)| *status == StatusCode::ACCEPTED)
+        .count();
+    assert_eq!(started, 1, "{answers:?}");
+    for (status, body) in &answers {
+        assert!(
+            [StatusCode::ACCEPTED, StatusCode::NO_CONTENT].contains(status),
+            "{status} {body}"
+        );
+    }
+    verda.wait_status(&id, "discontinued").await;
+    let (status, _) = verda.put("/instances", delete).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
 }
