@@ -112,13 +112,26 @@ pub struct CreateVolume {
 /// An action on volumes (`PUT /volumes` in the Verda face).
 #[derive(Clone, Debug)]
 pub enum VolumeAction {
-    Attach { instance_id: String },
+    Attach {
+        instance_id: String,
+    },
     Detach,
-    Rename { name: String },
-    Resize { size_gb: u64 },
-    Delete { permanently: bool },
+    Rename {
+        name: String,
+    },
+    Resize {
+        size_gb: u64,
+    },
+    Delete {
+        permanently: bool,
+    },
     Restore,
-    Clone { name: Option<String> },
+    /// A copy, named `name` (absent: the source's name and `-clone`), of
+    /// `volume_type` (absent: the source's).
+    Clone {
+        name: Option<String>,
+        volume_type: Option<String>,
+    },
 }
 
 impl VolumeAction {
@@ -170,19 +183,29 @@ impl App {
                 format!("a volume size must be 1 to {MAX_DISK_GB} GB"),
             ));
         }
-        let Some(kind) = self.catalog.volume_type(&input.volume_type) else {
-            return Err(Error::invalid(
+        let kind = self.volume_kind(field, &input.volume_type)?;
+        Ok(to_micros(kind.hourly(input.size_gb)))
+    }
+
+    /// The catalog's volume type `name`, or a 400 on `field` naming the
+    /// known ones.
+    fn volume_kind(
+        &self,
+        field: &'static str,
+        name: &str,
+    ) -> Result<&tessera_core::catalog::VolumeType> {
+        self.catalog.volume_type(name).ok_or_else(|| {
+            Error::invalid(
                 field,
                 format!(
                     "unknown volume type {:?}; known types: {}",
-                    input.volume_type.escape_debug().to_string(),
+                    name.escape_debug().to_string(),
                     tessera_core::catalog::Catalog::names(
                         self.catalog.volume_types.iter().map(|t| t.name.as_str())
                     )
                 ),
-            ));
-        };
-        Ok(to_micros(kind.hourly(input.size_gb)))
+            )
+        })
     }
 
     /// Refuses a volume larger than any host of `location` can hold: a
@@ -367,9 +390,9 @@ impl App {
                 next.trashed_at = None;
                 self.write_volume(&next, volume.generation, None).await?;
             }
-            VolumeAction::Clone { name } => {
+            VolumeAction::Clone { name, volume_type } => {
                 return self
-                    .clone_volume(caller, id, name.as_deref())
+                    .clone_volume(caller, id, name.as_deref(), volume_type.as_deref())
                     .await
                     .map(Some);
             }
@@ -670,10 +693,13 @@ impl App {
             VolumeAction::Restore => {
                 restorable(&self.project_volume(&caller.project_id, id).await?)?;
             }
-            VolumeAction::Clone { name } => {
+            VolumeAction::Clone { name, volume_type } => {
                 self.live_volume(caller, id).await?;
                 if let Some(name) = name {
                     check_name("name", name)?;
+                }
+                if let Some(kind) = volume_type {
+                    self.volume_kind("type", kind)?;
                 }
             }
         }
@@ -747,13 +773,17 @@ impl App {
         caller: &Principal,
         id: &str,
         name: Option<&str>,
+        volume_type: Option<&str>,
     ) -> Result<String> {
         let volume = self.live_volume(caller, id).await?;
         let input = VolumeInput {
             name: name.map_or_else(|| format!("{}-clone", volume.name), str::to_string),
             size_gb: u64::try_from(volume.size_gb).unwrap_or(1),
-            volume_type: volume.volume_type.clone(),
+            volume_type: volume_type.unwrap_or(&volume.volume_type).to_string(),
         };
+        // Storage of any type is the same kind on a host: the type is the
+        // clone's label and price.
+        self.volume_kind("type", &input.volume_type)?;
         let rate = self.check_volume("name", &input)?;
         self.check_funds(caller, rate, "the clone").await?;
         let quota = self.quota_check(&caller.project_id, volumes_usage(&[input.size_gb]));

@@ -351,8 +351,7 @@ pub struct VolumeActionRequest {
     pub instance_ids: Option<Vec<String>>,
     /// For `rename`, and the clone's name for `clone`.
     pub name: Option<String>,
-    /// Accepted for `clone`; the clone has the source's type.
-    #[allow(dead_code)]
+    /// For `clone`: the clone's type (absent: the source's).
     #[serde(rename = "type")]
     pub volume_type: Option<String>,
     /// For `delete`: for good instead of to the trash.
@@ -403,6 +402,7 @@ fn parse_volume_action(req: &VolumeActionRequest) -> Result<VolumeAction> {
         "restore" => VolumeAction::Restore,
         "clone" => VolumeAction::Clone {
             name: req.name.clone(),
+            volume_type: req.volume_type.clone(),
         },
         "cancel" | "create" | "export" | "transfer" => {
             return Err(bad_request(format!(

@@ -827,18 +827,30 @@ async fn instances_and_volumes_through_their_lifecycle_and_billed(backend: Backe
         )
         .await;
     assert_eq!(status, StatusCode::ACCEPTED);
+    // A clone of another type (an unknown one changes nothing).
+    let (status, body) = verda
+        .put(
+            "/volumes",
+            json!({"action": "clone", "id": volume, "name": "copy", "type": "TAPE"}),
+        )
+        .await;
+    assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_request");
     let (status, clones) = verda
         .put(
             "/volumes",
-            json!({"action": "clone", "id": volume, "name": "copy"}),
+            json!({"action": "clone", "id": volume, "name": "copy", "type": "HDD"}),
         )
         .await;
     assert_eq!(status, StatusCode::ACCEPTED, "{clones}");
     let clone = clones[0].as_str().expect("clone id").to_string();
     let copy = verda.get(&format!("/volumes/{clone}")).await;
     assert_eq!(
-        (copy["name"].as_str(), copy["size"].as_f64()),
-        (Some("copy"), Some(8.0))
+        (
+            copy["name"].as_str(),
+            copy["size"].as_f64(),
+            copy["type"].as_str()
+        ),
+        (Some("copy"), Some(8.0), Some("HDD"))
     );
     // A bulk action checks every volume first: one bad id changes none.
     let (status, body) = verda
