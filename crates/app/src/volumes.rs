@@ -300,8 +300,8 @@ impl App {
         let id = volume.record.id.clone();
         if let Some(instance_id) = req.instance_ids.first() {
             // Refused before anything is made when the instance cannot
-            // take it now.
-            self.stopped_instance(caller, instance_id).await?;
+            // take it now (its state, its location, its host).
+            self.attachable(caller, &volume.record, instance_id).await?;
         }
         self.check_volume_room("size", &req.location, req.volume.size_gb)
             .await?;

@@ -769,6 +769,40 @@ async fn instances_and_volumes_through_their_lifecycle_and_billed(backend: Backe
         .put("/instances", json!({"action": "shutdown", "id": id}))
         .await;
     assert_eq!(status, StatusCode::NO_CONTENT);
+    // A new volume for an instance that cannot take it (in another
+    // location) is refused and leaves nothing behind.
+    let count = |list: Value| list.as_array().map_or(0, Vec::len);
+    let before = (
+        count(verda.get("/volumes").await),
+        count(verda.get("/volumes/trash").await),
+    );
+    let (status, body) = verda
+        .json(
+            Method::POST,
+            "/volumes",
+            Some(
+                json!({"type": "NVMe", "location_code": "ICE-01", "size": 1, "name": "far",
+                        "instance_id": id}),
+            ),
+        )
+        .await;
+    assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_request");
+    let after = (
+        count(verda.get("/volumes").await),
+        count(verda.get("/volumes/trash").await),
+    );
+    assert_eq!(before, after);
+    // Not even a deleted record under the id the refusal names.
+    let named = body["message"]
+        .as_str()
+        .and_then(|m| m.strip_prefix("volume "))
+        .and_then(|m| m.split(' ').next())
+        .expect("the volume named")
+        .to_string();
+    let (status, _) = verda
+        .json(Method::GET, &format!("/volumes/{named}"), None)
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
     // Volume actions.
     let (status, body) = verda
         .put(
