@@ -552,6 +552,7 @@ impl App {
         let Some(instance_id) = volume.instance_id.clone() else {
             return Ok(());
         };
+        not_a_root(&volume, "detached")?;
         self.stopped_instance(caller, &instance_id).await?;
         let mut next = volume.clone();
         next.status = VolumeStatus::Detached.to_string();
@@ -644,6 +645,7 @@ impl App {
     /// `Ok` unless the volume's instance runs.
     async fn deletable(&self, caller: &Principal, volume: &VolumeRecord) -> Result<()> {
         if let Some(instance_id) = &volume.instance_id {
+            not_a_root(volume, "deleted")?;
             let instance = self
                 .project_instance(&caller.project_id, instance_id)
                 .await?;
@@ -676,6 +678,7 @@ impl App {
             VolumeAction::Detach => {
                 let volume = self.live_volume(caller, id).await?;
                 if let Some(instance_id) = &volume.instance_id {
+                    not_a_root(&volume, "detached")?;
                     self.stopped_instance(caller, instance_id).await?;
                 }
             }
@@ -931,6 +934,24 @@ impl App {
             }
         }
         Ok(())
+    }
+}
+
+/// Refuses to take an instance's OS volume (its root file system) from it:
+/// the instance would be left with no root to boot. It goes with its
+/// instance, or stays when the instance is deleted keeping it.
+fn not_a_root(volume: &VolumeRecord, done: &str) -> Result<()> {
+    match (volume.is_os_volume != 0, &volume.instance_id) {
+        (true, Some(instance)) => Err(Error::invalid(
+            "id",
+            format!(
+                "volume {} is the OS volume of instance {instance}; it cannot be {done} while \
+                 the instance exists (delete the instance, naming the volume in volume_ids to \
+                 delete it too)",
+                volume.id
+            ),
+        )),
+        _ => Ok(()),
     }
 }
 

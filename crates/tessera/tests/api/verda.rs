@@ -831,6 +831,28 @@ async fn instances_and_volumes_through_their_lifecycle_and_billed(backend: Backe
         StatusCode::ACCEPTED,
         "attaching again is a no-op: {body}"
     );
+    // Its OS volume is the instance's root: neither detached nor deleted
+    // while the instance exists (it stopped, too).
+    for action in ["detach", "delete"] {
+        let (status, body) = verda
+            .put("/volumes", json!({"action": action, "id": os_volume}))
+            .await;
+        assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_request");
+        assert!(
+            body["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("OS volume")),
+            "{body}"
+        );
+    }
+    let (status, body) = verda
+        .json(Method::DELETE, &format!("/volumes/{os_volume}"), None)
+        .await;
+    assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_request");
+    assert_eq!(
+        verda.get(&format!("/volumes/{os_volume}")).await["status"],
+        "attached"
+    );
     let (status, _) = verda
         .put("/volumes", json!({"action": "detach", "id": volume}))
         .await;
