@@ -587,9 +587,21 @@ pub async fn deploy_instance(
                 tags,
             },
         )
-        .await?;
+        .await
+        .map_err(|e| super::in_verda_names(e, DEPLOY_FIELDS))?;
     Ok(id_text(StatusCode::ACCEPTED, instance.id.to_string()))
 }
+
+/// The native request's fields a deploy fills, by the deploy's names.
+const DEPLOY_FIELDS: &[(&str, &str)] = &[
+    ("metadata.name", "hostname"),
+    ("spec.disk_gb", "os_volume.size"),
+    ("disk_gb", "os_volume.size"),
+    ("spec.ssh_key_ids", "ssh_key_ids"),
+    ("spec.type", "instance_type"),
+    ("spec.image", "image"),
+    ("spec.location", "location_code"),
+];
 
 #[derive(Deserialize, ToSchema)]
 pub struct ActionRequest {

@@ -490,6 +490,27 @@ impl IntoResponse for VerdaError {
     }
 }
 
+/// An app error about its own request's fields told in Verda's names:
+/// `names` pairs the native field (`metadata.name`) with the field of
+/// Verda's request it came from (`hostname`), longest native names first.
+pub(crate) fn in_verda_names(err: Error, names: &[(&str, &'static str)]) -> Error {
+    match err {
+        Error::Invalid { field, message } => {
+            let message = names
+                .iter()
+                .fold(message, |m, (native, verda)| m.replace(native, verda));
+            let field = field.map(|f| {
+                names
+                    .iter()
+                    .find(|(native, _)| *native == f)
+                    .map_or(f, |(_, verda)| *verda)
+            });
+            Error::Invalid { field, message }
+        }
+        other => other,
+    }
+}
+
 pub(crate) fn bad_request(message: impl Into<String>) -> VerdaError {
     VerdaError(Error::Invalid {
         field: None,

@@ -88,7 +88,8 @@ pub async fn add_key(
                 public_key: req.key,
             },
         )
-        .await?;
+        .await
+        .map_err(|e| super::in_verda_names(e, &[("public_key", "key")]))?;
     Ok(id_text(StatusCode::CREATED, key.id))
 }
 

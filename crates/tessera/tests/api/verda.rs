@@ -642,15 +642,36 @@ async fn instances_and_volumes_through_their_lifecycle_and_billed(backend: Backe
             "listed twice",
         ),
         (deploy("x", json!({"contract": "FOREVER"})), "contract"),
-        (deploy("bad name!", json!({})), "name"),
+        // In the deploy's own words, not the native request's.
+        (deploy("bad name!", json!({})), "hostname must be"),
+        (
+            deploy("x", json!({"os_volume": {"name": "o", "size": 1e12}})),
+            "os_volume.size must be",
+        ),
     ] {
         let (status, reply) = verda.json(Method::POST, "/instances", Some(body)).await;
         assert_error(status, &reply, StatusCode::BAD_REQUEST, "invalid_request");
+        let message = reply["message"].as_str().unwrap_or("");
+        assert!(message.contains(why), "{why}: {reply}");
         assert!(
-            reply["message"].as_str().unwrap_or("").contains(why),
-            "{why}: {reply}"
+            !message.contains("metadata.") && !message.contains("disk_gb"),
+            "{reply}"
         );
     }
+    let (status, reply) = verda
+        .json(
+            Method::POST,
+            "/sshkeys",
+            Some(json!({"name": "k", "key": "ssh-ed25519 !!!"})),
+        )
+        .await;
+    assert_error(status, &reply, StatusCode::BAD_REQUEST, "invalid_request");
+    assert!(
+        reply["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("key") && !m.contains("public_key")),
+        "{reply}"
+    );
     assert_eq!(verda.get("/instances").await, json!([]));
     // Too big for any host: it ends `no_capacity`, and the volumes made
     // for it go with it.
