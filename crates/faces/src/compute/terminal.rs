@@ -14,11 +14,12 @@
 
 use super::ws::socket_caller;
 use super::{ComputeError, bad_request};
+use crate::kit::Path;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::ws::{
     Message, WebSocket, WebSocketUpgrade, rejection::WebSocketUpgradeRejection,
 };
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
 use serde::Deserialize;

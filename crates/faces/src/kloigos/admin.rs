@@ -2,9 +2,10 @@
 
 use super::validation::{BodyReader, ValidationError, parse_bool_text, query_error};
 use super::{Detail, KloigosError};
+use crate::kit::Path;
 use crate::kit::RawBody;
 use axum::Json;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{RawQuery, State};
 use serde_json::{Map, Value};
 use tessera_app::App;
 use tessera_app::hosts::InitServer;

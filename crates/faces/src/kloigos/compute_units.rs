@@ -3,9 +3,10 @@
 use super::validation::{BodyReader, ValidationError, parse_int_text, query_error};
 use super::{Detail, KloigosError};
 use crate::kit::Caller;
+use crate::kit::Path;
 use crate::kit::RawBody;
 use axum::Json;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{RawQuery, State};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use tessera_app::App;

@@ -117,13 +117,50 @@ pub fn router(app: App) -> Router {
             "/admin/decommission_server/{hostname}",
             delete(admin::decommission_server),
         )
-        .fallback(kit::not_found::<Kloigos>)
+        .fallback(unrouted)
         .method_not_allowed_fallback(kit::method_not_allowed::<Kloigos>)
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             kit::authenticate::<Kloigos>,
         ))
         .with_state(state)
+}
+
+/// A path no route takes: a route's path with a trailing slash is sent to
+/// the route with a 307, as FastAPI's `redirect_slashes` does (its clients
+/// follow it, method and body kept); anything else is a 404.
+async fn unrouted(request: Request) -> Response {
+    let full = request
+        .extensions()
+        .get::<axum::extract::OriginalUri>()
+        .map_or_else(|| request.uri().clone(), |o| o.0.clone());
+    let inner = request.uri().path();
+    let routed = |path: &str| {
+        let parts: Vec<&str> = path.split('/').skip(1).collect();
+        parts.iter().all(|p| !p.is_empty())
+            && matches!(
+                parts.as_slice(),
+                ["compute_units", "allocate"]
+                    | ["compute_units", "deallocate", _]
+                    | ["admin", "init_server"]
+                    | ["admin", "decommission_server", _]
+            )
+    };
+    if let Some(trimmed) = inner.strip_suffix('/')
+        && routed(trimmed)
+        && let Some(path) = full.path().strip_suffix('/')
+    {
+        let location = match full.query() {
+            Some(query) => format!("{path}?{query}"),
+            None => path.to_string(),
+        };
+        return (
+            StatusCode::TEMPORARY_REDIRECT,
+            [(axum::http::header::LOCATION, location)],
+        )
+            .into_response();
+    }
+    kit::not_found::<Kloigos>(request).await
 }
 
 /// FastAPI's error body for everything but validation.

@@ -22,6 +22,7 @@ crate::on_both_backends!(
     nul_characters_are_user_errors_not_server_errors,
     a_routes_permission_follows_the_route_not_the_paths_text,
     a_retried_deallocate_is_safe,
+    a_trailing_slash_is_redirected_as_fastapi_does,
 );
 
 async fn nul_characters_are_user_errors_not_server_errors(backend: Backend) {
@@ -44,6 +45,16 @@ async fn nul_characters_are_user_errors_not_server_errors(backend: Backend) {
         .delete("/api/admin/decommission_server/host1%00")
         .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
+    // A path that is not UTF-8 is a validation error in FastAPI's shape
+    // (the harness fails on a body that is not JSON).
+    for path in [
+        "/api/compute_units/deallocate/%FF%FE",
+        "/api/admin/decommission_server/%FF%FE",
+    ] {
+        let (status, body) = server.delete(path).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+        assert!(body["detail"].is_array(), "{body}");
+    }
     let (status, body) = server
         .allocate(json!({"ssh_public_key": KEY, "tags": {"deployment_id": "a\u{0}b"}}))
         .await;
@@ -723,5 +734,51 @@ async fn a_retried_deallocate_is_safe(backend: Backend) {
     }
     let units = server.units("").await;
     assert!(units.iter().all(|u| u["status"] == "FREE"), "{units:?}");
+    server.stop().await;
+}
+
+/// A route's path with a trailing slash answers 307 to the route, query
+/// kept, as FastAPI does; a client that follows it (method and body kept)
+/// gets the route's answer.
+async fn a_trailing_slash_is_redirected_as_fastapi_does(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    server.init_host("host1", &["0-3"]).await;
+    let plain = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client");
+    let answer = plain
+        .post(format!("{}/api/compute_units/allocate/?x=1", server.url))
+        .bearer_auth(crate::harness::TOKEN)
+        .json(&unit_request(4, json!(null)))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(answer.status(), StatusCode::TEMPORARY_REDIRECT);
+    assert_eq!(
+        answer.headers()["location"],
+        "/api/compute_units/allocate?x=1"
+    );
+    // Followed, as FastAPI's clients do.
+    let (status, unit) = server
+        .post(
+            "/api/compute_units/allocate/",
+            &unit_request(4, json!(null)),
+        )
+        .await;
+    assert_eq!(
+        (status, &unit["status"]),
+        (StatusCode::OK, &json!("ALLOCATED")),
+        "{unit}"
+    );
+    let (status, body) = server
+        .delete("/api/compute_units/deallocate/host1_c0-3/")
+        .await;
+    assert_eq!((status, body), (StatusCode::OK, json!({})));
+    // What is no route with or without the slash stays a 404.
+    let (status, body) = server.post("/api/nowhere/", &json!({})).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    let (status, _) = server.delete("/api/compute_units/deallocate//").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
     server.stop().await;
 }
