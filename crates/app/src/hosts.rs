@@ -561,6 +561,39 @@ pub(crate) enum Registration {
     Native { pooled: bool },
 }
 
+/// Checks a server's address: an IP address a host can have (not
+/// `0.0.0.0`, `::`, a broadcast or multicast one), or a host name, whose
+/// last label is not all digits (`256.1.1.1` and `1.2.3` are mistyped
+/// addresses, not names).
+fn check_address(ip: &str) -> Result<()> {
+    let refused = |why: &str| {
+        Err(Error::invalid(
+            "ip",
+            format!("{:?} {why}", ip.escape_debug().to_string()),
+        ))
+    };
+    match ip.parse::<IpAddr>() {
+        Ok(addr) if addr.is_unspecified() || addr.is_multicast() => {
+            refused("is not an address a server can have")
+        }
+        Ok(IpAddr::V4(v4)) if v4.is_broadcast() => refused("is not an address a server can have"),
+        Ok(_) => Ok(()),
+        Err(_) => {
+            let numeric = ip
+                .trim_end_matches('.')
+                .rsplit('.')
+                .next()
+                .is_some_and(|label| {
+                    !label.is_empty() && label.bytes().all(|b| b.is_ascii_digit())
+                });
+            match numeric || validate_hostname(ip).is_err() {
+                true => refused("is neither an IP address nor a host name"),
+                false => Ok(()),
+            }
+        }
+    }
+}
+
 /// Checks a host to register. Unless pooled, its CPUs are Kloigos
 /// `cpu_ranges` carved into units, which must be given.
 pub(crate) fn validate_host(req: InitServer, how: Registration) -> Result<NewHost> {
@@ -569,14 +602,14 @@ pub(crate) fn validate_host(req: InitServer, how: Registration) -> Result<NewHos
     // A server registered through the native API may come without an
     // address: it takes the one its agent reports when it joins.
     let unknown = matches!(how, Registration::Native { .. }) && req.ip.is_empty();
-    if !unknown && req.ip.parse::<IpAddr>().is_err() && validate_hostname(&req.ip).is_err() {
-        return Err(Error::invalid(
-            "ip",
-            format!("{:?} is neither an IP address nor a host name", req.ip),
-        ));
+    if !unknown {
+        check_address(&req.ip)?;
     }
     for (field, value) in [("region", &req.region), ("zone", &req.zone)] {
-        if value.trim().is_empty() || value.len() > 64 || value.chars().any(char::is_control) {
+        if value.trim().is_empty()
+            || value.chars().count() > 64
+            || value.chars().any(char::is_control)
+        {
             return Err(Error::invalid(
                 field,
                 format!("{field} must be 1 to 64 printable characters"),

@@ -208,6 +208,25 @@ async fn init_server_rejects_bad_bodies_with_every_problem(backend: Backend) {
             "{request}"
         );
     }
+    // Addresses no server has, and mistyped ones that are no host names;
+    // a region's length is in characters.
+    for (ip, region) in [
+        ("256.1.1.1", "r"),
+        ("1.2.3", "r"),
+        ("0.0.0.0", "r"),
+        ("::", "r"),
+        ("224.0.0.1", "r"),
+        ("255.255.255.255", "r"),
+    ] {
+        let request = json!({"hostname": "h", "ip": ip, "region": region, "zone": "z", "cpu_ranges": ["0-3"]});
+        let (status, body) = server.post("/api/admin/init_server", &request).await;
+        assert_eq!(
+            status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{request}: {body}"
+        );
+        assert_eq!(body["detail"][0]["loc"], json!(["body", "ip"]), "{body}");
+    }
     for raw in ["", "{not json", "[1, 2]", "\"host\""] {
         let (status, body) = server.post_raw("/api/admin/init_server", raw).await;
         assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{raw:?}: {body}");
@@ -215,6 +234,15 @@ async fn init_server_rejects_bad_bodies_with_every_problem(backend: Backend) {
     }
     // None of it registered anything.
     assert_eq!(server.units("").await, Vec::<Value>::new());
+    // A name for an address, and 40 characters of region (80 bytes).
+    for (hostname, ip, region) in [
+        ("h1", "host-1.example.com", "r".to_string()),
+        ("h2", "10.0.0.9", "Ω".repeat(40)),
+    ] {
+        let request = json!({"hostname": hostname, "ip": ip, "region": region, "zone": "z", "cpu_ranges": ["0-3"]});
+        let (status, body) = server.post("/api/admin/init_server", &request).await;
+        assert_eq!(status, StatusCode::OK, "{request}: {body}");
+    }
     server.stop().await;
 }
 
