@@ -137,7 +137,13 @@ impl CpuSet {
     /// Kloigos's expanded `cpu_list`.
     pub fn parse_list(text: &str) -> Result<CpuSet, String> {
         let mut set = CpuSet::new();
-        for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        if text.trim().is_empty() {
+            return Ok(set);
+        }
+        for part in text.split(',').map(str::trim) {
+            if part.is_empty() {
+                return Err(format!("{text:?} has an empty item between commas"));
+            }
             let (a, b) = match part.split_once('-') {
                 Some((a, b)) => (a, b),
                 None => (part, part),
@@ -261,5 +267,10 @@ mod tests {
         );
         assert!(CpuSet::parse_list("3-1").is_err());
         assert!(CpuSet::parse_list("x").is_err());
+        // Linux's list format: no empty items; an empty list is the empty set.
+        assert!(CpuSet::parse_list("0-3,,4").is_err());
+        assert!(CpuSet::parse_list("0-3,").is_err());
+        assert_eq!(CpuSet::parse_list(" \n").map(|s| s.len()), Ok(0));
+        assert_eq!(CpuSet::parse_list("0-1\n").map(|s| s.len()), Ok(2));
     }
 }
