@@ -292,7 +292,7 @@ impl App {
         if req.instance_ids.len() > 1 {
             return Err(Error::invalid(
                 "instance_ids",
-                "a volume can be attached to one instance only",
+                "a volume can be attached to one instance only (shared file systems, NVMe_Shared included, are not offered yet)",
             ));
         }
         self.check_funds(caller, rate, "the volume").await?;
@@ -501,7 +501,9 @@ impl App {
         if volume.instance_id.is_some() {
             return Err(Error::invalid(
                 "id",
-                format!("volume {id} is attached to another instance; detach it first"),
+                format!(
+                    "volume {id} is attached to another instance; detach it first (a volume is attached to one instance at a time)"
+                ),
             ));
         }
         if volume.is_os_volume != 0 {

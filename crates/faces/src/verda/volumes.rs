@@ -379,7 +379,9 @@ fn parse_volume_action(req: &VolumeActionRequest) -> Result<VolumeAction> {
                 },
                 [] => return Err(bad_request("attach needs instance_id")),
                 _ => {
-                    return Err(bad_request("a volume can be attached to one instance only"));
+                    return Err(bad_request(
+                        "a volume can be attached to one instance only (shared file systems, NVMe_Shared included, are not offered yet)",
+                    ));
                 }
             }
         }
