@@ -597,45 +597,83 @@ fn check_address(ip: &str) -> Result<()> {
 /// Checks a host to register. Unless pooled, its CPUs are Kloigos
 /// `cpu_ranges` carved into units, which must be given.
 pub(crate) fn validate_host(req: InitServer, how: Registration) -> Result<NewHost> {
-    validate_hostname(&req.hostname)?;
+    validate_host_all(req, how).map_err(|mut problems| problems.swap_remove(0))
+}
+
+/// Every problem of a host to register through Kloigos (`init_server`),
+/// in the order of its fields; none when it may be registered.
+pub fn host_problems(req: &InitServer) -> Vec<Error> {
+    validate_host_all(req.clone(), Registration::Kloigos)
+        .err()
+        .unwrap_or_default()
+}
+
+/// [`validate_host`], with every problem found, not the first alone.
+fn validate_host_all(
+    req: InitServer,
+    how: Registration,
+) -> std::result::Result<NewHost, Vec<Error>> {
+    let mut problems = Vec::new();
+    let mut note = |checked: Result<()>| {
+        if let Err(err) = checked {
+            problems.push(err);
+        }
+    };
     let pooled = how == Registration::Native { pooled: true };
     // A server registered through the native API may come without an
     // address: it takes the one its agent reports when it joins.
     let unknown = matches!(how, Registration::Native { .. }) && req.ip.is_empty();
     if !unknown {
-        check_address(&req.ip)?;
+        note(check_address(&req.ip));
     }
     for (field, value) in [("region", &req.region), ("zone", &req.zone)] {
         if value.trim().is_empty()
             || value.chars().count() > 64
             || value.chars().any(char::is_control)
         {
-            return Err(Error::invalid(
+            note(Err(Error::invalid(
                 field,
                 format!("{field} must be 1 to 64 printable characters"),
-            ));
+            )));
         }
     }
     let ranges = match pooled && req.cpu_ranges.is_empty() {
         true => Vec::new(),
-        false => parse_ranges(&req.cpu_ranges)
-            .map_err(|e| Error::invalid("cpu_ranges", e.to_string()))?,
+        false => parse_ranges(&req.cpu_ranges).unwrap_or_else(|e| {
+            note(Err(Error::invalid("cpu_ranges", e.to_string())));
+            Vec::new()
+        }),
     };
-    let ports =
-        unit_port_ranges(&ranges).map_err(|e| Error::invalid("cpu_ranges", e.to_string()))?;
+    let ports = unit_port_ranges(&ranges).unwrap_or_else(|e| {
+        note(Err(Error::invalid("cpu_ranges", e.to_string())));
+        Vec::new()
+    });
     let mut numa_seen = CpuSet::new();
     let mut numa_nodes = Vec::with_capacity(req.numa_nodes.len());
     for (i, node) in req.numa_nodes.iter().enumerate() {
-        let cpus = CpuSet::parse_list(node)
-            .map_err(|e| Error::invalid("numa_nodes", format!("NUMA node {i}: {e}")))?;
+        let cpus = match CpuSet::parse_list(node) {
+            Ok(cpus) => cpus,
+            Err(e) => {
+                note(Err(Error::invalid(
+                    "numa_nodes",
+                    format!("NUMA node {i}: {e}"),
+                )));
+                break;
+            }
+        };
         if cpus.is_empty() || !cpus.is_disjoint(&numa_seen) {
-            return Err(Error::invalid(
+            note(Err(Error::invalid(
                 "numa_nodes",
                 format!("NUMA node {i} ({node:?}) is empty or shares CPUs with an earlier node"),
-            ));
+            )));
+            break;
         }
         numa_seen = numa_seen.union(&cpus);
         numa_nodes.push(cpus.to_string());
+    }
+    note(validate_hostname(&req.hostname));
+    if !problems.is_empty() {
+        return Err(problems);
     }
     let mut id = [0u8; 8];
     rand::rng().fill_bytes(&mut id);

@@ -466,24 +466,37 @@ impl App {
 }
 
 fn validate_allocation(req: &AllocateUnit) -> Result<()> {
-    if req.cpu_count == 0 || req.cpu_count > tessera_core::cpuset::MAX_CPU_ID + 1 {
-        return Err(Error::invalid(
-            "cpu_count",
-            "cpu_count must be a positive number of CPUs",
-        ));
+    match allocation_problems(req).into_iter().next() {
+        Some(problem) => Err(problem),
+        None => Ok(()),
     }
-    crate::ssh_keys::parse_public_key("ssh_public_key", &req.ssh_public_key)?;
+}
+
+/// Every problem of an allocation's request, in the order of its fields;
+/// none when it may be tried.
+pub fn allocation_problems(req: &AllocateUnit) -> Vec<Error> {
+    let mut problems = Vec::new();
+    if let Err(err) = crate::ssh_keys::parse_public_key("ssh_public_key", &req.ssh_public_key) {
+        problems.push(err);
+    }
     if req.tags.as_ref().is_some_and(|t| !t.is_object()) {
-        return Err(Error::invalid("tags", "tags must be an object or null"));
+        problems.push(Error::invalid("tags", "tags must be an object or null"));
     }
     let deployment_id = req.tags.as_ref().and_then(|t| t.get("deployment_id"));
     if deployment_id.and_then(|d| d.as_str()).is_some_and(has_nul) {
-        return Err(Error::invalid(
+        problems.push(Error::invalid(
             "tags",
             "tags.deployment_id must not contain NUL characters",
         ));
     }
-    Ok(())
+    let most = tessera_core::cpuset::MAX_CPU_ID + 1;
+    if req.cpu_count == 0 || req.cpu_count > most {
+        problems.push(Error::invalid(
+            "cpu_count",
+            format!("cpu_count must be 1 to {most} CPUs"),
+        ));
+    }
+    problems
 }
 
 /// An allocation that lost its unit before it finished.

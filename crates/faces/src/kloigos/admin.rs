@@ -1,6 +1,6 @@
 //! `/api/admin`: register and retire servers.
 
-use super::validation::{BodyReader, ValidationError, parse_bool_text, query_error};
+use super::validation::{BodyReader, ValidationError, parse_bool_text, query_error, value_errors};
 use super::{Detail, KloigosError};
 use crate::kit::Path;
 use crate::kit::RawBody;
@@ -106,8 +106,13 @@ pub async fn init_server(
     State(app): State<App>,
     RawBody(body): RawBody,
 ) -> Result<Json<Value>, KloigosError> {
-    let request = parse_init(&body).map_err(KloigosError::Validation)?;
-    app.init_server(request.into()).await?;
+    let request: InitServer = parse_init(&body).map_err(KloigosError::Validation)?.into();
+    // Every problem at once, as FastAPI reports them.
+    let problems = value_errors(tessera_app::hosts::host_problems(&request));
+    if !problems.is_empty() {
+        return Err(KloigosError::Validation(problems));
+    }
+    app.init_server(request).await?;
     Ok(Json(Value::Object(Map::new())))
 }
 

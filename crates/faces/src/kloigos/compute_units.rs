@@ -1,6 +1,8 @@
 //! `/api/compute_units`: allocate, deallocate, list.
 
-use super::validation::{BodyReader, ValidationError, parse_int_text, query_error};
+use super::validation::{
+    BodyReader, ValidationError, parse_int_text, query_error, value_error, value_errors,
+};
 use super::{Detail, KloigosError};
 use crate::kit::Caller;
 use crate::kit::Path;
@@ -102,12 +104,28 @@ fn parse_allocate(body: &[u8]) -> Result<ComputeUnitRequest, Vec<ValidationError
     let cpu_count = reader.optional_int("cpu_count");
     let region = reader.optional_string("region");
     let zone = reader.optional_string("zone");
+    // The key's value here too, so that its problem is listed with the
+    // others (an empty one is the app's to refuse).
+    if !ssh_public_key.is_empty()
+        && let Err(tessera_app::Error::Invalid { field, message }) =
+            tessera_app::ssh_keys::parse_public_key("ssh_public_key", &ssh_public_key)
+    {
+        reader.errors.push(value_error(field, &message));
+    }
     let cpu_count = cpu_count.unwrap_or(DEFAULT_CPU_COUNT);
-    if u32::try_from(cpu_count).map_or(true, |n| n == 0) {
+    let most = i64::from(tessera_core::cpuset::MAX_CPU_ID) + 1;
+    if cpu_count <= 0 {
         reader.errors.push(ValidationError::new(
             "greater_than",
             vec!["body".into(), "cpu_count".into()],
             "Input should be greater than 0",
+            Some(cpu_count.into()),
+        ));
+    } else if cpu_count > most {
+        reader.errors.push(ValidationError::new(
+            "less_than_equal",
+            vec!["body".into(), "cpu_count".into()],
+            format!("Input should be less than or equal to {most}"),
             Some(cpu_count.into()),
         ));
     }
@@ -151,6 +169,11 @@ pub async fn allocate(
     let request = parse_allocate(&body).map_err(KloigosError::Validation)?;
     let mut request: AllocateUnit = request.into();
     request.project_id = caller.project_id;
+    // Every problem at once, as FastAPI reports them.
+    let problems = value_errors(tessera_app::units::allocation_problems(&request));
+    if !problems.is_empty() {
+        return Err(KloigosError::Validation(problems));
+    }
     let unit = app.allocate_unit(request).await?;
     Ok(Json(unit.into()))
 }

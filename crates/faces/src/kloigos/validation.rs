@@ -262,6 +262,17 @@ pub fn value_error(field: Option<&str>, message: &str) -> ValidationError {
     ValidationError::new("value_error", at, format!("Value error, {message}"), None)
 }
 
+/// The app's problems with a request's values, as FastAPI lists them.
+pub fn value_errors(problems: Vec<tessera_app::Error>) -> Vec<ValidationError> {
+    problems
+        .into_iter()
+        .map(|problem| match problem {
+            tessera_app::Error::Invalid { field, message } => value_error(field, &message),
+            other => value_error(None, &other.to_string()),
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -208,6 +208,28 @@ async fn init_server_rejects_bad_bodies_with_every_problem(backend: Backend) {
             "{request}"
         );
     }
+    // Every problem of the values at once, in the fields' order.
+    let request = json!({"hostname": "bad_host", "ip": "not an ip!", "region": "", "zone": "",
+                         "cpu_ranges": ["7-0"]});
+    let (status, body) = server.post("/api/admin/init_server", &request).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    let locs: Vec<&Value> = body["detail"]
+        .as_array()
+        .expect("detail")
+        .iter()
+        .map(|e| &e["loc"][1])
+        .collect();
+    assert_eq!(
+        locs,
+        [
+            &json!("ip"),
+            &json!("region"),
+            &json!("zone"),
+            &json!("cpu_ranges"),
+            &json!("hostname")
+        ],
+        "{body}"
+    );
     // Addresses no server has, and mistyped ones that are no host names;
     // a region's length is in characters.
     for (ip, region) in [
@@ -328,6 +350,33 @@ async fn allocate_without_a_free_unit_is_460(backend: Backend) {
 
 async fn allocate_rejects_bad_bodies(backend: Backend) {
     let server = TestServer::start(backend).await;
+    // Every problem at once, and cpu_count's bounds said as they are.
+    let (status, body) = server
+        .allocate(json!({"cpu_count": 0, "ssh_public_key": "garbage", "tags": null}))
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    let locs: Vec<&Value> = body["detail"]
+        .as_array()
+        .expect("detail")
+        .iter()
+        .map(|e| &e["loc"][1])
+        .collect();
+    assert_eq!(
+        locs,
+        [&json!("ssh_public_key"), &json!("cpu_count")],
+        "{body}"
+    );
+    for (count, kind) in [
+        (4_294_967_296_i64, "less_than_equal"),
+        (9000, "less_than_equal"),
+        (-1, "greater_than"),
+    ] {
+        let (status, body) = server
+            .allocate(json!({"cpu_count": count, "ssh_public_key": KEY, "tags": null}))
+            .await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+        assert_eq!(body["detail"][0]["type"], kind, "{body}");
+    }
     server.init_host("host1", &["0-3"]).await;
     let cases: [(Value, &str, Value); 7] = [
         (
