@@ -7,7 +7,7 @@ use axum::Json;
 use axum::extract::State;
 use serde::{Deserialize, Serialize};
 use tessera_app::App;
-use tessera_app::ssh_keys::{CreateSshKey, SshKey};
+use tessera_app::ssh_keys::{CreateSshKey, KeyCheck, SshKey};
 use utoipa::ToSchema;
 
 /// The key types this API accepts.
@@ -93,7 +93,14 @@ pub async fn add_key(
         )));
     }
     let key = app
-        .create_ssh_key(&caller, CreateSshKey { name, public_key })
+        .create_ssh_key(
+            &caller,
+            CreateSshKey {
+                name,
+                public_key,
+                check: KeyCheck::Whole,
+            },
+        )
         .await?;
     Ok(Json(key.into()))
 }

@@ -6,7 +6,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use tessera_app::App;
-use tessera_app::ssh_keys::{CreateSshKey, SshKey};
+use tessera_app::ssh_keys::{CreateSshKey, KeyCheck, SshKey};
 use utoipa::ToSchema;
 
 #[derive(Serialize, ToSchema)]
@@ -78,6 +78,7 @@ pub async fn create_ssh_key(
             CreateSshKey {
                 name: req.name,
                 public_key: req.public_key,
+                check: KeyCheck::Whole,
             },
         )
         .await?;

@@ -8,7 +8,7 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use serde::{Deserialize, Serialize};
 use tessera_app::App;
-use tessera_app::ssh_keys::{CreateSshKey, SshKey};
+use tessera_app::ssh_keys::{CreateSshKey, KeyCheck, SshKey};
 use utoipa::ToSchema;
 
 #[derive(Serialize, ToSchema)]
@@ -86,6 +86,7 @@ pub async fn add_key(
             CreateSshKey {
                 name: req.name,
                 public_key: req.key,
+                check: KeyCheck::AsVerda,
             },
         )
         .await

@@ -1509,6 +1509,21 @@ async fn go_clients_read_every_answer_and_add_their_keys(backend: Backend) {
     let key = verda
         .create("/sshkeys", json!({"name": "k", "key": crate::harness::KEY}))
         .await;
+    // Bodies of base64's letters that no base64 decodes (305 characters;
+    // padding left off), as the Terraform provider's and the Go SDK's own
+    // tests send them to Verda, which takes them.
+    let terraform = format!("ssh-rsa AAAAB3NzaC1yc2E{} terraform@test", "Q".repeat(290));
+    let sdk = format!("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5{}", "x".repeat(154));
+    let mut loose = Vec::new();
+    for (name, line) in [("tf", &terraform), ("sdk", &sdk)] {
+        loose.push(
+            verda
+                .create("/sshkeys", json!({"name": name, "key": line}))
+                .await,
+        );
+    }
+    let shown = verda.get(&format!("/sshkeys/{}", loose[0])).await;
+    assert_eq!(shown[0]["key"], terraform.as_str(), "{shown}");
     for bad in [
         "AAAAB3NzaC1yc2EAAAADAQABAAABgQC7c2VjcmV0IHN0dWZm",
         "ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAABgQC7\\nssh-rsa AAAA",
@@ -1526,12 +1541,16 @@ async fn go_clients_read_every_answer_and_add_their_keys(backend: Backend) {
             "/instances",
             deploy(
                 "go-1",
-                json!({"ssh_key_ids": [key, odd_key], "os_volume": {"name": "root", "size": 50}}),
+                json!({"ssh_key_ids": [key, odd_key, loose[0], loose[1]],
+                       "os_volume": {"name": "root", "size": 50}}),
             ),
         )
         .await;
     let instance = verda.wait_status(&id, "running").await;
-    assert_eq!(instance["ssh_key_ids"], json!([key, odd_key]));
+    assert_eq!(
+        instance["ssh_key_ids"],
+        json!([key, odd_key, loose[0], loose[1]])
+    );
     let volume = verda
         .create(
             "/volumes",
