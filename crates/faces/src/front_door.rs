@@ -95,18 +95,8 @@ async fn call(
     forward(state, name, rest, request).await
 }
 
-/// The front door's refusal, in Verda's error body. It is not Verda's REST
-/// API, whose error table has no 409 or 413: a request dropped by a purge
-/// is a 409 `conflict` (its caller may send it again), a body too large to
-/// keep a 413.
 fn refused(err: Error) -> Response {
-    let (status, code) = match &err {
-        Error::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
-        Error::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
-        _ => return VerdaError(err).into_response(),
-    };
-    let body = serde_json::json!({"code": code, "message": err.to_string()});
-    (status, axum::Json(body)).into_response()
+    VerdaError(err).into_response()
 }
 
 /// The caller's inference key, from `Authorization: Bearer`.

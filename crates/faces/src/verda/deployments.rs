@@ -710,9 +710,10 @@ pub async fn list_deployments(
     request_body = CreateDeploymentRequest,
     responses(
         (status = 201, description = "The deployment", body = DeploymentBody),
-        (status = 400, description = "Invalid request; or the name is taken", body = ErrorBody),
+        (status = 400, description = "Invalid request", body = ErrorBody),
         (status = 401, description = "Unauthorized", body = ErrorBody),
         (status = 403, description = "Not allowed, or too many deployments", body = ErrorBody),
+        (status = 409, description = "The name is taken", body = ErrorBody),
         (status = 503, description = "No capacity for the compute asked", body = ErrorBody),
     ))]
 pub async fn create_deployment(
@@ -774,9 +775,10 @@ pub async fn get_deployment(
     request_body = PatchDeploymentRequest,
     responses(
         (status = 200, description = "The deployment", body = DeploymentBody),
-        (status = 400, description = "Invalid request; or being deleted", body = ErrorBody),
+        (status = 400, description = "Invalid request", body = ErrorBody),
         (status = 401, description = "Unauthorized", body = ErrorBody),
         (status = 404, description = "Not found", body = ErrorBody),
+        (status = 409, description = "Being deleted", body = ErrorBody),
     ))]
 pub async fn patch_deployment(
     State(app): State<App>,
@@ -1016,9 +1018,10 @@ pub async fn get_env(
     request_body = EnvRequest,
     responses(
         (status = 200, description = "Each variable of each container", body = Vec<EnvItemBody>),
-        (status = 400, description = "Invalid request; or a variable exists", body = ErrorBody),
+        (status = 400, description = "Invalid request", body = ErrorBody),
         (status = 401, description = "Unauthorized", body = ErrorBody),
         (status = 404, description = "Not found", body = ErrorBody),
+        (status = 409, description = "A variable exists", body = ErrorBody),
     ))]
 pub async fn add_env(
     State(app): State<App>,

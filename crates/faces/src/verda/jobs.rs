@@ -162,9 +162,10 @@ pub async fn list_jobs(
 #[utoipa::path(post, path = "/v1/job-deployments", tag = "Jobs", request_body = CreateJobRequest,
     responses(
         (status = 201, description = "The job deployment", body = JobBody),
-        (status = 400, description = "Invalid request; or the name is taken", body = ErrorBody),
+        (status = 400, description = "Invalid request", body = ErrorBody),
         (status = 401, description = "Unauthorized", body = ErrorBody),
         (status = 403, description = "Not allowed, or too many deployments", body = ErrorBody),
+        (status = 409, description = "The name is taken", body = ErrorBody),
     ))]
 pub async fn create_job(
     State(app): State<App>,

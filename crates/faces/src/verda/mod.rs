@@ -457,23 +457,20 @@ pub(crate) fn error_response(status: StatusCode, code: &str, message: String) ->
 /// The status and code of an app error, as Verda answers it.
 pub(crate) fn status_of(err: &Error) -> (StatusCode, &'static str) {
     match err {
-        // Verda's error table has no 409 nor 413: what conflicts with the
-        // resource's state (a name taken, an action its state refuses) and
-        // a body too large are invalid requests there.
-        Error::Invalid { .. } | Error::Conflict(_) | Error::TooLarge(_) => {
-            (StatusCode::BAD_REQUEST, "invalid_request")
-        }
+        Error::Invalid { .. } => (StatusCode::BAD_REQUEST, "invalid_request"),
         Error::Unauthenticated(_) => (StatusCode::UNAUTHORIZED, "unauthorized_request"),
         Error::InsufficientFunds(_) => (StatusCode::PAYMENT_REQUIRED, "insufficient_funds"),
         Error::Forbidden(_) | Error::QuotaExceeded(_) => {
             (StatusCode::FORBIDDEN, "forbidden_action")
         }
         Error::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+        Error::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
         Error::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limit_exceeded"),
         Error::NoCapacity(_)
         | Error::HostFailed(_)
         | Error::HostTimeout(_)
         | Error::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "service_unavailable"),
+        Error::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
         Error::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "server_error"),
     }
 }

@@ -161,9 +161,10 @@ pub async fn list_secrets(
 #[utoipa::path(post, path = "/v1/secrets", tag = "Secrets", request_body = CreateSecretRequest,
     responses(
         (status = 201, description = "Created"),
-        (status = 400, description = "Invalid request; or the name is taken", body = ErrorBody),
+        (status = 400, description = "Invalid request", body = ErrorBody),
         (status = 401, description = "Unauthorized", body = ErrorBody),
         (status = 403, description = "Not allowed, or the project has too many", body = ErrorBody),
+        (status = 409, description = "The name is taken", body = ErrorBody),
     ))]
 pub async fn create_secret(
     State(app): State<App>,
@@ -180,10 +181,11 @@ pub async fn create_secret(
     params(("secret_name" = String, Path, description = "The secret's name"), ForceQuery),
     responses(
         (status = 200, description = "Deleted"),
-        (status = 400, description = "Invalid request; or a deployment uses it", body = ErrorBody),
+        (status = 400, description = "Invalid request", body = ErrorBody),
         (status = 401, description = "Unauthorized", body = ErrorBody),
         (status = 403, description = "Not allowed", body = ErrorBody),
         (status = 404, description = "Not found", body = ErrorBody),
+        (status = 409, description = "A deployment uses it", body = ErrorBody),
     ))]
 pub async fn delete_secret(
     State(app): State<App>,
@@ -225,9 +227,10 @@ pub async fn list_file_secrets(
 #[utoipa::path(post, path = "/v1/file-secrets", tag = "Secrets", request_body = CreateFileSecretRequest,
     responses(
         (status = 201, description = "Created"),
-        (status = 400, description = "Invalid request; or the name is taken", body = ErrorBody),
+        (status = 400, description = "Invalid request", body = ErrorBody),
         (status = 401, description = "Unauthorized", body = ErrorBody),
         (status = 403, description = "Not allowed, or the project has too many", body = ErrorBody),
+        (status = 409, description = "The name is taken", body = ErrorBody),
     ))]
 pub async fn create_file_secret(
     State(app): State<App>,
@@ -248,10 +251,11 @@ pub async fn create_file_secret(
     params(("secret_name" = String, Path, description = "The file secret's name"), ForceQuery),
     responses(
         (status = 200, description = "Deleted"),
-        (status = 400, description = "Invalid request; or a deployment uses it", body = ErrorBody),
+        (status = 400, description = "Invalid request", body = ErrorBody),
         (status = 401, description = "Unauthorized", body = ErrorBody),
         (status = 403, description = "Not allowed", body = ErrorBody),
         (status = 404, description = "Not found", body = ErrorBody),
+        (status = 409, description = "A deployment uses it", body = ErrorBody),
     ))]
 pub async fn delete_file_secret(
     State(app): State<App>,
@@ -289,9 +293,10 @@ pub async fn list_registry_credentials(
     request_body = CreateRegistryCredentialRequest,
     responses(
         (status = 201, description = "Created"),
-        (status = 400, description = "Invalid request; or the name is taken", body = ErrorBody),
+        (status = 400, description = "Invalid request", body = ErrorBody),
         (status = 401, description = "Unauthorized", body = ErrorBody),
         (status = 403, description = "Not allowed, or the project has too many", body = ErrorBody),
+        (status = 409, description = "The name is taken", body = ErrorBody),
     ))]
 pub async fn create_registry_credential(
     State(app): State<App>,
@@ -323,10 +328,11 @@ pub async fn create_registry_credential(
     params(("credentials_name" = String, Path, description = "The credentials' name"), ForceQuery),
     responses(
         (status = 200, description = "Deleted"),
-        (status = 400, description = "Invalid request; or a deployment uses them", body = ErrorBody),
+        (status = 400, description = "Invalid request", body = ErrorBody),
         (status = 401, description = "Unauthorized", body = ErrorBody),
         (status = 403, description = "Not allowed", body = ErrorBody),
         (status = 404, description = "Not found", body = ErrorBody),
+        (status = 409, description = "A deployment uses them", body = ErrorBody),
     ))]
 pub async fn delete_registry_credential(
     State(app): State<App>,

@@ -70,9 +70,10 @@ pub async fn list_keys(
 #[utoipa::path(post, path = "/v1/sshkeys", tag = "SSH Keys", request_body = AddKeyRequest,
     responses(
         (status = 201, description = "The new key's id", body = String, content_type = "text/plain"),
-        (status = 400, description = "Invalid request; or the name is taken", body = ErrorBody),
+        (status = 400, description = "Invalid request", body = ErrorBody),
         (status = 401, description = "Unauthorized", body = ErrorBody),
         (status = 403, description = "Not allowed: the credential's role or scopes, or the project's key quota", body = ErrorBody),
+        (status = 409, description = "The name is taken", body = ErrorBody),
         (status = 429, description = "Too many requests", body = ErrorBody),
     ))]
 pub async fn add_key(
@@ -167,9 +168,10 @@ pub async fn list_keys_alias(state: State<App>, caller: Caller) -> Result<Json<V
 #[utoipa::path(post, path = "/v1/ssh-keys", tag = "SSH Keys", request_body = AddKeyRequest,
     responses(
         (status = 201, description = "The new key's id", body = String, content_type = "text/plain"),
-        (status = 400, description = "Invalid request; or the name is taken", body = ErrorBody),
+        (status = 400, description = "Invalid request", body = ErrorBody),
         (status = 401, description = "Unauthorized", body = ErrorBody),
         (status = 403, description = "Not allowed: the credential's role or scopes, or the project's key quota", body = ErrorBody),
+        (status = 409, description = "The name is taken", body = ErrorBody),
         (status = 429, description = "Too many requests", body = ErrorBody),
     ))]
 pub async fn add_key_alias(

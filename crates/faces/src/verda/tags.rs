@@ -75,10 +75,11 @@ async fn add(
     request_body = TagRequest,
     responses(
         (status = 201, description = "The new tag", body = TagBody),
-        (status = 400, description = "Invalid request, or 10 tags already; or the instance has a tag with that key", body = ErrorBody),
+        (status = 400, description = "Invalid request, or 10 tags already", body = ErrorBody),
         (status = 401, description = "Unauthorized", body = ErrorBody),
         (status = 403, description = "Not allowed", body = ErrorBody),
         (status = 404, description = "Not found", body = ErrorBody),
+        (status = 409, description = "The instance has a tag with that key", body = ErrorBody),
         (status = 429, description = "Too many requests", body = ErrorBody),
     ))]
 pub async fn add_instance_tag(
@@ -118,10 +119,11 @@ pub async fn delete_instance_tag(
     request_body = TagRequest,
     responses(
         (status = 201, description = "The new tag", body = TagBody),
-        (status = 400, description = "Invalid request, or 10 tags already; or the volume has a tag with that key", body = ErrorBody),
+        (status = 400, description = "Invalid request, or 10 tags already", body = ErrorBody),
         (status = 401, description = "Unauthorized", body = ErrorBody),
         (status = 403, description = "Not allowed", body = ErrorBody),
         (status = 404, description = "Not found", body = ErrorBody),
+        (status = 409, description = "The volume has a tag with that key", body = ErrorBody),
         (status = 429, description = "Too many requests", body = ErrorBody),
     ))]
 pub async fn add_volume_tag(

@@ -1476,7 +1476,7 @@ async fn concurrent_attaches_never_share_a_device(backend: Backend) {
     });
     for (status, body) in futures::future::join_all(attaches).await {
         assert!(
-            status == StatusCode::ACCEPTED || status == StatusCode::BAD_REQUEST,
+            status == StatusCode::ACCEPTED || status == StatusCode::CONFLICT,
             "{status} {body}"
         );
     }
@@ -1642,7 +1642,7 @@ async fn tags_on_instances_and_volumes(backend: Backend) {
             Some(json!({"key": "ENV", "value": "dev"})),
         )
         .await;
-    assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_request");
+    assert_error(status, &body, StatusCode::CONFLICT, "conflict");
     // Bad tags change nothing.
     for bad in [
         json!({"value": "no key"}),

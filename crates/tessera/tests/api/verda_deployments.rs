@@ -157,8 +157,8 @@ async fn deployments_are_checked_and_answered_as_the_sdks_read_them(backend: Bac
         ),
         (
             with(&|b| b["name"] = json!("logger")),
-            StatusCode::BAD_REQUEST,
-            "invalid_request",
+            StatusCode::CONFLICT,
+            "conflict",
         ),
         (
             with(&|b| b["containers"] = json!([])),
@@ -355,7 +355,7 @@ async fn deployments_are_checked_and_answered_as_the_sdks_read_them(backend: Bac
             Some(json!({"container_name": "random-logger-0", "env": [{"name": "LEVEL", "value_or_reference_to_secret": "x", "type": "plain"}]})),
         )
         .await;
-    refused(status, &again, StatusCode::BAD_REQUEST, "invalid_request");
+    refused(status, &again, StatusCode::CONFLICT, "conflict");
     let (status, set) = verda
         .json(
             Method::PATCH,
@@ -740,7 +740,7 @@ async fn job_deployments_queue_purge_and_refuse_bad_input(backend: Backend) {
             Some(deployment("batch", 0, 1)),
         )
         .await;
-    refused(status, &answer, StatusCode::BAD_REQUEST, "invalid_request");
+    refused(status, &answer, StatusCode::CONFLICT, "conflict");
     let (status, answer) = verda
         .json(Method::GET, "/container-deployments/batch", None)
         .await;

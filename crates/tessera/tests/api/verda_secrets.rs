@@ -129,8 +129,8 @@ async fn secrets_are_sealed_listed_by_kind_and_never_answered(backend: Backend) 
         (
             "/secrets",
             json!({"name": "api-token", "value": "again"}),
-            StatusCode::BAD_REQUEST,
-            "invalid_request",
+            StatusCode::CONFLICT,
+            "conflict",
         ),
         (
             "/secrets",
@@ -171,8 +171,8 @@ async fn secrets_are_sealed_listed_by_kind_and_never_answered(backend: Backend) 
         (
             "/secrets",
             json!({"name": "secret-files", "value": "v"}),
-            StatusCode::BAD_REQUEST,
-            "invalid_request",
+            StatusCode::CONFLICT,
+            "conflict",
         ),
         (
             "/file-secrets",
@@ -378,7 +378,7 @@ async fn registry_credentials_of_every_kind(backend: Backend) {
             Some(good[0].clone()),
         )
         .await;
-    refused(status, &answer, StatusCode::BAD_REQUEST, "invalid_request");
+    refused(status, &answer, StatusCode::CONFLICT, "conflict");
     assert_eq!(alpha.get("/container-registry-credentials").await, listed);
 
     let (status, body) = alpha

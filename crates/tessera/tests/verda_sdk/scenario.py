@@ -281,7 +281,7 @@ def main():
         containers.create_secret("scenario-token", "again")
         check(False, "a duplicate secret was accepted")
     except APIException as err:
-        check(err.code == "invalid_request", f"duplicate secret: {err}")
+        check(err.code == "conflict", f"duplicate secret: {err}")
     from verda.containers import CustomRegistryCredentials, DockerHubCredentials, GithubCredentials
     containers.add_registry_credentials(DockerHubCredentials("scenario-hub", "me", "dckr_pat_x"))
     containers.add_registry_credentials(GithubCredentials("scenario-gh", "me", "ghp_x"))
@@ -374,7 +374,7 @@ def main():
         containers.delete_secret("scenario-app-token")
         check(False, "a secret in use was deleted")
     except APIException as err:
-        check(err.code == "invalid_request", f"secret in use: {err}")
+        check(err.code == "conflict", f"secret in use: {err}")
     containers.delete_deployment("scenario-app")
     check("scenario-app" not in [d.name for d in containers.get_deployments()], "deployment still listed")
     containers.delete_secret("scenario-app-token")
