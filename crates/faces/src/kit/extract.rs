@@ -8,7 +8,6 @@ use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{FromRequest, FromRequestParts, Request};
-use axum::http::StatusCode;
 use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
 use tessera_app::{Error, Principal};
@@ -42,23 +41,15 @@ impl<F: Face, T: DeserializeOwned> FromRequest<FaceState<F>> for Body<T> {
     async fn from_request(request: Request, state: &FaceState<F>) -> Result<Self, F::Error> {
         let value = match F::BODY {
             BodyRule::Strict => {
+                let (parts, body) = request.into_parts();
+                let bytes = read_body::<F>(body).await?;
+                let request = Request::from_parts(parts, axum::body::Body::from(bytes));
                 let read = Json::<serde_json::Value>::from_request(request, state).await;
-                read.map(|Json(value)| value).map_err(|rejection| {
-                    match rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                        true => too_large::<F>(),
-                        false => unreadable::<F>(strict_message(rejection)),
-                    }
-                })?
+                read.map(|Json(value)| value)
+                    .map_err(|rejection| unreadable::<F>(strict_message(rejection)))?
             }
             BodyRule::Lenient => {
-                let bytes = Bytes::from_request(request, state).await.map_err(|e| {
-                    match e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                        true => too_large::<F>(),
-                        false => {
-                            unreadable::<F>(format!("cannot read the body: {}", e.body_text()))
-                        }
-                    }
-                })?;
+                let bytes = read_body::<F>(request.into_body()).await?;
                 match bytes.iter().all(u8::is_ascii_whitespace) {
                     true => serde_json::Value::Object(Default::default()),
                     false => serde_json::from_slice(&bytes)
@@ -101,15 +92,43 @@ pub struct RawBody(pub Bytes);
 impl<F: Face> FromRequest<FaceState<F>> for RawBody {
     type Rejection = F::Error;
 
-    async fn from_request(request: Request, state: &FaceState<F>) -> Result<Self, F::Error> {
-        Bytes::from_request(request, state)
-            .await
-            .map(RawBody)
-            .map_err(|e| match e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                true => too_large::<F>(),
-                false => unreadable::<F>(format!("cannot read the body: {}", e.body_text())),
-            })
+    async fn from_request(request: Request, _: &FaceState<F>) -> Result<Self, F::Error> {
+        read_body::<F>(request.into_body()).await.map(RawBody)
     }
+}
+
+/// The most of a body past the limit that is read and dropped before the
+/// 413 is answered, and for how long.
+const DRAIN_LIMIT: usize = 4 * BODY_LIMIT;
+const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// A body read whole, up to [`BODY_LIMIT`]. Past it, the rest is read and
+/// dropped (up to [`DRAIN_LIMIT`], for at most [`DRAIN_TIME`]) before the
+/// 413 goes out: a client still sending when the server answered and
+/// closed would see its connection reset rather than the answer (the
+/// lingering close web servers do).
+async fn read_body<F: Face>(body: axum::body::Body) -> Result<Bytes, F::Error> {
+    use futures::StreamExt;
+    let mut body = body.into_data_stream();
+    let mut kept = Vec::new();
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(|e| unreadable::<F>(format!("cannot read the body: {e}")))?;
+        if kept.len() + chunk.len() > BODY_LIMIT {
+            let mut seen = kept.len() + chunk.len();
+            let drain = async {
+                while let Some(Ok(chunk)) = body.next().await {
+                    seen += chunk.len();
+                    if seen > DRAIN_LIMIT {
+                        break;
+                    }
+                }
+            };
+            let _ = tokio::time::timeout(DRAIN_TIME, drain).await;
+            return Err(too_large::<F>());
+        }
+        kept.extend_from_slice(&chunk);
+    }
+    Ok(Bytes::from(kept))
 }
 
 /// Query parameters.
