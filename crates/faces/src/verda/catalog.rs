@@ -213,6 +213,54 @@ pub async fn instance_types(
     ))
 }
 
+/// One instance type (public): what [`instance_types`] lists of it.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct InstanceTypeQuery {
+    /// `usd` or `eur`: must be the catalog's currency.
+    pub currency: Option<String>,
+    /// A location: must be one of the catalog's (prices are the same
+    /// everywhere).
+    pub location_code: Option<String>,
+    /// `true` or `false`: the spot price is listed beside the fixed one.
+    pub is_spot: Option<String>,
+}
+
+/// One instance type (public).
+#[utoipa::path(get, path = "/v1/instance-types/{instance_type}", tag = "Instance Types",
+    params(("instance_type" = String, Path, description = "Instance type"), InstanceTypeQuery),
+    security(()),
+    responses(
+        (status = 200, description = "The instance type", body = InstanceTypeBody),
+        (status = 400, description = "Invalid request", body = ErrorBody),
+        (status = 404, description = "No such instance type", body = ErrorBody),
+    ))]
+pub async fn instance_type(
+    State(app): State<App>,
+    Path(name): Path<String>,
+    Query(query): Query<InstanceTypeQuery>,
+) -> Result<Json<InstanceTypeBody>> {
+    check_currency(&app, query.currency.as_deref())?;
+    AvailabilityQuery {
+        location_code: None,
+        location_code_camel: None,
+        is_spot: query.is_spot,
+        is_spot_camel: None,
+    }
+    .check()?;
+    if let Some(code) = query.location_code.as_deref().filter(|c| !c.is_empty()) {
+        app.check_location("location_code", code)?;
+    }
+    let catalog = app.catalog();
+    let kind = catalog.instance_type(&name).ok_or_else(|| {
+        tessera_app::Error::NotFound(format!(
+            "instance type {:?} not found",
+            name.escape_debug().to_string()
+        ))
+    })?;
+    Ok(Json(instance_type_body(kind, &catalog.currency)))
+}
+
 /// List the instance types (deprecated path).
 #[utoipa::path(get, path = "/v1/instances/types", tag = "Instances",
     responses(
@@ -577,7 +625,7 @@ pub async fn cluster_types(
 pub struct AvailabilityBody {
     #[schema(example = "FIN-01")]
     pub location_code: String,
-    /// The instance types that could be deployed there now.
+    /// The instance (or cluster) types that could be deployed there now.
     pub availabilities: Vec<String>,
 }
 
@@ -646,6 +694,78 @@ pub async fn availabilities(
             })
             .collect(),
     ))
+}
+
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ClusterAvailabilityQuery {
+    /// Only this location.
+    pub location_code: Option<String>,
+}
+
+impl ClusterAvailabilityQuery {
+    /// The locations asked about, each checked.
+    fn locations(&self, app: &App) -> Result<Vec<String>> {
+        match self.location_code.as_deref().filter(|c| !c.is_empty()) {
+            Some(code) => {
+                app.check_location("location_code", code)?;
+                Ok(vec![code.to_string()])
+            }
+            None => Ok(app
+                .catalog()
+                .locations
+                .iter()
+                .map(|l| l.code.clone())
+                .collect()),
+        }
+    }
+}
+
+/// Cluster types that could be deployed now, per location: none, as
+/// clusters are not offered yet (their types are listed, with prices).
+#[utoipa::path(get, path = "/v1/cluster-availability", tag = "Clusters",
+    params(ClusterAvailabilityQuery),
+    responses(
+        (status = 200, description = "Availability", body = Vec<AvailabilityBody>),
+        (status = 400, description = "Invalid request", body = ErrorBody),
+        (status = 401, description = "Unauthorized", body = ErrorBody),
+        (status = 429, description = "Too many requests", body = ErrorBody),
+    ))]
+pub async fn cluster_availabilities(
+    State(app): State<App>,
+    _caller: Caller,
+    Query(query): Query<ClusterAvailabilityQuery>,
+) -> Result<Json<Vec<AvailabilityBody>>> {
+    Ok(Json(
+        query
+            .locations(&app)?
+            .into_iter()
+            .map(|location_code| AvailabilityBody {
+                location_code,
+                availabilities: Vec::new(),
+            })
+            .collect(),
+    ))
+}
+
+/// Whether a cluster type could be deployed now: `false`, as clusters are
+/// not offered yet.
+#[utoipa::path(get, path = "/v1/cluster-availability/{cluster_type}", tag = "Clusters",
+    params(("cluster_type" = String, Path, description = "Cluster type"), ClusterAvailabilityQuery),
+    responses(
+        (status = 200, description = "Whether it is available", body = bool, content_type = "application/json"),
+        (status = 400, description = "Invalid request", body = ErrorBody),
+        (status = 401, description = "Unauthorized", body = ErrorBody),
+        (status = 429, description = "Too many requests", body = ErrorBody),
+    ))]
+pub async fn cluster_availability(
+    State(app): State<App>,
+    _caller: Caller,
+    Path(_cluster_type): Path<String>,
+    Query(query): Query<ClusterAvailabilityQuery>,
+) -> Result<Response> {
+    query.locations(&app)?;
+    Ok(json_bool(false))
 }
 
 /// Whether an instance type could be deployed now: a bare `true` or

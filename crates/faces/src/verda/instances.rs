@@ -521,10 +521,17 @@ pub async fn deploy_instance(
             "contract must be LONG_TERM, PAY_AS_YOU_GO or SPOT",
         ));
     }
-    if let Some(pricing) = &req.pricing
-        && !matches!(pricing.as_str(), "FIXED_PRICE" | "DYNAMIC_PRICE")
-    {
-        return Err(bad_request("pricing must be FIXED_PRICE"));
+    // Verda removed dynamic pricing: an instance asked for at a dynamic
+    // price would be billed at the fixed one, so it is refused, not
+    // answered as if taken.
+    match req.pricing.as_deref() {
+        None | Some("FIXED_PRICE") => {}
+        Some("DYNAMIC_PRICE") => {
+            return Err(bad_request(
+                "pricing DYNAMIC_PRICE is no longer offered: only FIXED_PRICE",
+            ));
+        }
+        Some(_) => return Err(bad_request("pricing must be FIXED_PRICE")),
     }
     let is_spot = req.is_spot.unwrap_or(false) || req.contract.as_deref() == Some("SPOT");
     let default_type = catalog

@@ -47,6 +47,7 @@ pub(crate) use crate::kit::{Body, Caller, Path, Query};
         balance::balance,
         catalog::locations,
         catalog::instance_types,
+        catalog::instance_type,
         catalog::instance_types_deprecated,
         catalog::price_history,
         catalog::images,
@@ -60,6 +61,8 @@ pub(crate) use crate::kit::{Body, Caller, Path, Query};
         catalog::availabilities,
         catalog::availability,
         catalog::availability_deprecated,
+        catalog::cluster_availabilities,
+        catalog::cluster_availability,
         instances::list_instances,
         instances::get_instance,
         instances::deploy_instance,
@@ -177,6 +180,10 @@ pub fn router(app: App) -> Router {
         .route("/oauth2/token", post(oauth::token))
         .route("/instance-types", get(catalog::instance_types))
         .route("/instance-types/price-history", get(catalog::price_history))
+        .route(
+            "/instance-types/{instance_type}",
+            get(catalog::instance_type),
+        )
         .route("/volume-types", get(catalog::volume_types))
         .route("/long-term/periods", get(catalog::long_term_periods))
         .route(
@@ -195,6 +202,14 @@ pub fn router(app: App) -> Router {
         .route("/images", get(catalog::images))
         .route("/images/cluster", get(catalog::cluster_images))
         .route("/instance-availability", get(catalog::availabilities))
+        .route(
+            "/cluster-availability",
+            get(catalog::cluster_availabilities),
+        )
+        .route(
+            "/cluster-availability/{cluster_type}",
+            get(catalog::cluster_availability),
+        )
         .route(
             "/instance-availability/{instance_type}",
             get(catalog::availability),

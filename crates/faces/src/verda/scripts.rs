@@ -23,6 +23,8 @@ pub struct ScriptBody {
     pub name: String,
     #[schema(example = "#!/bin/bash\n\necho hello world")]
     pub script: String,
+    #[schema(example = "2026-01-15T10:30:00Z")]
+    pub created_at: String,
 }
 
 impl From<Script> for ScriptBody {
@@ -31,6 +33,7 @@ impl From<Script> for ScriptBody {
             id: s.id,
             name: s.name,
             script: s.script,
+            created_at: s.created_at,
         }
     }
 }

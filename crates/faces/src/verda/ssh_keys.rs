@@ -22,6 +22,11 @@ pub struct KeyBody {
         example = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGVsmRr3wG4Xd2hHjGqhp7I9z6T4z8ZmWbRkKq0aHcFs you@laptop"
     )]
     pub key: String,
+    /// OpenSSH's SHA-256 fingerprint of the key, as `ssh-keygen -l` prints it.
+    #[schema(example = "SHA256:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU")]
+    pub fingerprint: String,
+    #[schema(example = "2026-01-15T10:30:00Z")]
+    pub created_at: String,
 }
 
 impl From<SshKey> for KeyBody {
@@ -30,6 +35,8 @@ impl From<SshKey> for KeyBody {
             id: k.id,
             name: k.name,
             key: k.public_key,
+            fingerprint: k.fingerprint,
+            created_at: k.created_at,
         }
     }
 }

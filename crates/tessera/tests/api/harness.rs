@@ -16,6 +16,8 @@ pub const TOKEN: &str = "test-admin-token-0123456789";
 pub const ADMIN_PASSWORD: &str = "admin-password-for-tests";
 pub const KEY: &str =
     "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAILmnyh5Zhh+xjmtoWSoe3i1RmWA29P+9P0gB1tgCQjT5 test@tessera";
+/// [`KEY`]'s fingerprint, as `ssh-keygen -lf` prints it.
+pub const KEY_FINGERPRINT: &str = "SHA256:FvkVF1pKIac5OiRxuehP7jrq9VSUMMoi59wf7711yuE";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Backend {

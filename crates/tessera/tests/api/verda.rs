@@ -450,6 +450,70 @@ async fn the_catalog_and_availability_follow_the_hosts(backend: Backend) {
         .json(Method::GET, "/instance-types?currency=gbp", None)
         .await;
     assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_request");
+    // One type, as the Go SDK's GetByInstanceType reads it.
+    let one = verda
+        .get("/instance-types/CPU.4V.16G?is_spot=true&location_code=FIN-03&currency=usd")
+        .await;
+    assert_eq!(one, cpu, "{one}");
+    for (path, status, code) in [
+        (
+            "/instance-types/CPU.4V.17G",
+            StatusCode::NOT_FOUND,
+            "not_found",
+        ),
+        (
+            "/instance-types/CPU.4V.16G?location_code=MARS-1",
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            "/instance-types/CPU.4V.16G?is_spot=maybe",
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            "/instance-types/CPU.4V.16G?currency=gbp",
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+    ] {
+        let (got, body) = verda.json(Method::GET, path, None).await;
+        assert_error(got, &body, status, code);
+    }
+    // The price history is still its own path, not a type's.
+    assert!(verda.get("/instance-types/price-history").await.is_object());
+    // Clusters are not offered yet: no type available anywhere.
+    let clusters = verda.get("/cluster-availability").await;
+    let places: Vec<&str> = clusters
+        .as_array()
+        .expect("list")
+        .iter()
+        .filter_map(|a| a["location_code"].as_str())
+        .collect();
+    assert_eq!(places, codes, "{clusters}");
+    assert!(
+        clusters
+            .as_array()
+            .expect("list")
+            .iter()
+            .all(|a| a["availabilities"] == json!([])),
+        "{clusters}"
+    );
+    assert_eq!(
+        verda
+            .get("/cluster-availability?location_code=FIN-03")
+            .await,
+        json!([{"location_code": "FIN-03", "availabilities": []}])
+    );
+    assert_eq!(verda.get("/cluster-availability/16B200").await, false);
+    let (status, body) = verda
+        .json(
+            Method::GET,
+            "/cluster-availability/16B200?location_code=MARS-1",
+            None,
+        )
+        .await;
+    assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_request");
     // Nothing can be placed before there are hosts.
     let available = |path: &'static str| {
         let verda = &verda;
@@ -642,6 +706,11 @@ async fn instances_and_volumes_through_their_lifecycle_and_billed(backend: Backe
             "listed twice",
         ),
         (deploy("x", json!({"contract": "FOREVER"})), "contract"),
+        // Dynamic pricing is gone: not taken and billed at another price.
+        (
+            deploy("x", json!({"pricing": "DYNAMIC_PRICE"})),
+            "only FIXED_PRICE",
+        ),
         // In the deploy's own words, not the native request's.
         (deploy("bad name!", json!({})), "hostname must be"),
         (
@@ -1524,6 +1593,35 @@ async fn go_clients_read_every_answer_and_add_their_keys(backend: Backend) {
     }
     let shown = verda.get(&format!("/sshkeys/{}", loose[0])).await;
     assert_eq!(shown[0]["key"], terraform.as_str(), "{shown}");
+    // The Go SDK's SSHKey and StartupScript read `fingerprint` and an RFC
+    // 3339 `created_at`.
+    let script = verda
+        .create("/scripts", json!({"name": "s", "script": "echo"}))
+        .await;
+    let script = verda.get(&format!("/scripts/{script}")).await;
+    for (what, shown) in [("key", &shown[0]), ("script", &script[0])] {
+        let created = shown["created_at"].as_str().unwrap_or_default();
+        assert!(
+            chrono::DateTime::parse_from_rfc3339(created).is_ok(),
+            "{what}: {shown}"
+        );
+    }
+    let listed = verda.get("/sshkeys").await;
+    let mine = listed
+        .as_array()
+        .and_then(|keys| keys.iter().find(|k| k["id"] == key.as_str()))
+        .expect("listed");
+    assert_eq!(
+        mine["fingerprint"],
+        crate::harness::KEY_FINGERPRINT,
+        "{mine}"
+    );
+    assert!(
+        shown[0]["fingerprint"]
+            .as_str()
+            .is_some_and(|f| f.starts_with("SHA256:")),
+        "{shown}"
+    );
     for bad in [
         "AAAAB3NzaC1yc2EAAAADAQABAAABgQC7c2VjcmV0IHN0dWZm",
         "ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAABgQC7\\nssh-rsa AAAA",
