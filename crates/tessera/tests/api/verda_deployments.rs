@@ -96,6 +96,22 @@ async fn deployments_are_checked_and_answered_as_the_sdks_read_them(backend: Bac
         container["healthcheck"],
         json!({"enabled": true, "port": 8081, "path": "/health"})
     );
+    // A check enabled with neither port nor path, as the Python SDK's
+    // HealthcheckSettings() sends it: the exposed port, at /health.
+    let mut bare = deployment("bare-check", 0, 1);
+    bare["containers"][0]["healthcheck"] = json!({"enabled": true, "port": null, "path": null});
+    let (status, made) = verda
+        .json(Method::POST, "/container-deployments", Some(bare))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{made}");
+    assert_eq!(
+        made["containers"][0]["healthcheck"],
+        json!({"enabled": true, "port": 8080, "path": "/health"})
+    );
+    let (status, _) = verda
+        .json(Method::DELETE, "/container-deployments/bare-check", None)
+        .await;
+    assert!(status.is_success(), "{status}");
     assert_eq!(
         container["volume_mounts"],
         json!([{"type": "scratch", "mount_path": "/data"}])
