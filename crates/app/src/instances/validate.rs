@@ -70,15 +70,17 @@ pub(super) fn check_text(field: &'static str, value: &str, max: usize) -> Result
 
 pub(crate) fn validate(catalog: &Catalog, req: &mut CreateInstance) -> Result<Option<Vec<u8>>> {
     let name = &req.name;
-    let name_ok = !name.is_empty()
-        && name.len() <= 63
+    // The name is the instance's host name: a leading '-' or '.' would be
+    // read as an option or a relative name by what it is handed to.
+    let name_ok = name.len() <= 63
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
         && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
     if !name_ok {
         return Err(Error::invalid(
             "metadata.name",
-            "metadata.name must be 1 to 63 letters, digits, '-', '_' or '.'",
+            "metadata.name must be 1 to 63 letters, digits, '-', '_' or '.', starting with a letter or digit",
         ));
     }
     if req.labels.len() > MAX_LABELS {

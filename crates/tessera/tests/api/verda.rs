@@ -713,6 +713,15 @@ async fn instances_and_volumes_through_their_lifecycle_and_billed(backend: Backe
         ),
         // In the deploy's own words, not the native request's.
         (deploy("bad name!", json!({})), "hostname must be"),
+        // A host name read as an option (`hostname -lead`).
+        (
+            deploy("-lead", json!({})),
+            "starting with a letter or digit",
+        ),
+        (
+            deploy(".hidden", json!({})),
+            "starting with a letter or digit",
+        ),
         (
             deploy("x", json!({"os_volume": {"name": "o", "size": 1e12}})),
             "os_volume.size must be",
