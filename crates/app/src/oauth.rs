@@ -328,7 +328,12 @@ impl App {
         let claims = self
             .identity
             .verify(token, ACCESS_TYP)
-            .ok_or_else(|| Error::Unauthenticated("Access token is invalid or expired".into()))?;
+            .ok_or_else(|| {
+                Error::Unauthenticated(
+                    "Access token is invalid or expired: this API takes the access tokens of POST /oauth2/token, not other credentials"
+                        .into(),
+                )
+            })?;
         let record = self
             .store
             .oauth_client(&claims.sub)

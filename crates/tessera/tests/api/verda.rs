@@ -316,12 +316,22 @@ async fn oauth_tokens_refresh_once_and_guard_every_private_path(backend: Backend
     ] {
         for token in [None, Some("garbage"), Some(TOKEN)] {
             let (status, headers, text) = anonymous.raw(Method::GET, path, None, token).await;
+            let body = parse(path, status, &text);
             assert_error(
                 status,
-                &parse(path, status, &text),
+                &body,
                 StatusCode::UNAUTHORIZED,
                 "unauthorized_request",
             );
+            if token.is_some() {
+                // It says which credential this API takes.
+                assert!(
+                    body["message"]
+                        .as_str()
+                        .is_some_and(|m| m.contains("POST /oauth2/token")),
+                    "{body}"
+                );
+            }
             assert!(!headers.contains_key("ratelimit"), "{path}");
         }
     }
