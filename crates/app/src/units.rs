@@ -103,6 +103,18 @@ pub struct AllocateUnit {
     pub project_id: String,
 }
 
+/// Whose units a caller may deallocate.
+#[derive(Clone, Copy, Debug)]
+pub enum UnitReach<'a> {
+    /// Every unit (the fleet's operators).
+    Every,
+    /// Its project's; it sees every unit (`server_read`), so another's is
+    /// refused, not hidden.
+    SeeEvery(&'a str),
+    /// Its project's; others' are not there for it.
+    Own(&'a str),
+}
+
 impl App {
     pub async fn compute_units(&self, filter: &UnitQuery) -> Result<Vec<ComputeUnit>> {
         let texts = [
@@ -270,10 +282,15 @@ impl App {
     }
 
     /// Takes a unit back from its tenant and wipes it. A unit that is not
-    /// allocated is left as it is.
-    /// Deallocates a unit; with `project`, only one allocated to it (any
-    /// other is a 404).
-    pub async fn deallocate_unit(&self, compute_id: &str, project: Option<&str>) -> Result<()> {
+    /// allocated is left as it is. With `reach` [`UnitReach::Own`], only a
+    /// unit of that project: another's is a 404 to a caller that cannot
+    /// see it, a 403 to one that can ([`UnitReach::SeeEvery`]).
+    pub async fn deallocate_unit(&self, compute_id: &str, reach: UnitReach<'_>) -> Result<()> {
+        let (project, sees_every) = match reach {
+            UnitReach::Every => (None, true),
+            UnitReach::SeeEvery(project) => (Some(project), true),
+            UnitReach::Own(project) => (Some(project), false),
+        };
         let unit = self.unit_or_404(compute_id).await?;
         // Not allocated: nothing to do, for anyone, so a retried deallocate
         // is safe for the tenant whose unit it was (FREE is no one's).
@@ -283,10 +300,16 @@ impl App {
         if let Some(project) = project
             && unit.project_id.as_deref() != Some(project)
         {
-            return Err(Error::NotFound(format!(
-                "Compute unit {} not found",
-                compute_id.escape_debug()
-            )));
+            return Err(match sees_every {
+                true => Error::Forbidden(format!(
+                    "compute unit {compute_id} is another workspace's: deallocating it needs \
+                     server_delete"
+                )),
+                false => Error::NotFound(format!(
+                    "Compute unit {} not found",
+                    compute_id.escape_debug()
+                )),
+            });
         }
         if let Some(instance) = &unit.instance_id {
             return Err(Error::Conflict(format!(

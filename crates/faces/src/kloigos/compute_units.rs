@@ -12,7 +12,7 @@ use axum::extract::{RawQuery, State};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use tessera_app::App;
-use tessera_app::units::{AllocateUnit, ComputeUnit, UnitQuery};
+use tessera_app::units::{AllocateUnit, ComputeUnit, UnitQuery, UnitReach};
 use tessera_core::Permission;
 use tessera_core::status::UnitStatus;
 use utoipa::{IntoParams, ToSchema};
@@ -204,8 +204,16 @@ pub async fn deallocate(
     Path(compute_id): Path<String>,
 ) -> Result<Json<Value>, KloigosError> {
     // Tenants deallocate their own units; the fleet's operators any.
-    let project = (!caller.can(Permission::ServerDelete)).then_some(caller.project_id.as_str());
-    app.deallocate_unit(&compute_id, project).await?;
+    let project = caller.project_id.as_str();
+    let reach = match (
+        caller.can(Permission::ServerDelete),
+        caller.can(Permission::ServerRead),
+    ) {
+        (true, _) => UnitReach::Every,
+        (false, true) => UnitReach::SeeEvery(project),
+        (false, false) => UnitReach::Own(project),
+    };
+    app.deallocate_unit(&compute_id, reach).await?;
     Ok(Json(Value::Object(Map::new())))
 }
 

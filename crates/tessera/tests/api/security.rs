@@ -363,6 +363,39 @@ async fn fleet_powers_belong_to_install_roles(backend: Backend) {
         .request(Method::GET, "/api/compute_units/", None, Some(&oscar))
         .await;
     assert_eq!(names(&units, "compute_id").len(), 2, "{units}");
+    // A token of his that may look at the fleet but not change it sees
+    // bob's unit, and is told it may not take it back (not that it is not
+    // there).
+    let (_, looker) = api_token(
+        &server,
+        json!({"name": "look", "scopes": ["server_read", "instance_read", "instance_delete"]}),
+        &oscar,
+    )
+    .await;
+    let (_, units) = server
+        .request(Method::GET, "/api/compute_units/", None, Some(&looker))
+        .await;
+    assert_eq!(names(&units, "compute_id").len(), 2, "{units}");
+    let (status, body) = server
+        .request(
+            Method::DELETE,
+            &format!("/api/compute_units/deallocate/{unit_id}"),
+            None,
+            Some(&looker),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert!(
+        body["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("server_delete")),
+        "{body}"
+    );
+    let units = server.units("?hostname=k-1").await;
+    assert!(
+        units.iter().any(|u| u["status"] == "ALLOCATED"),
+        "{units:?}"
+    );
     // ... but grants nothing and makes no workspace, user or money.
     for (method, path, body) in [
         (
