@@ -248,6 +248,26 @@ impl App {
                 Some(asked)
             }
         };
+        // A token limited by compute_scopes alone (no scopes) acts on the
+        // containers API with its user's whole role, within those grants:
+        // more than a scoped token may give, unless it is such a token.
+        // (Without scopes, a token with compute_scopes has none elsewhere.)
+        let compute_only =
+            |scopes: Option<usize>, compute: bool| compute && scopes.is_none_or(|n| n == 0);
+        if compute_only(scopes.as_ref().map(Vec::len), compute_scopes.is_some())
+            && caller.scopes.is_some()
+            && !compute_only(
+                caller.scopes.as_ref().map(Vec::len),
+                caller.compute_scopes.is_some(),
+            )
+        {
+            return Err(Error::invalid(
+                "compute_scopes",
+                "a token made with a scoped token cannot be limited by compute_scopes alone (it \
+                 would act on the containers API with the whole of its user's role): give it \
+                 scopes too",
+            ));
+        }
         let secret = generate_token();
         let id = new_id("tok");
         self.store

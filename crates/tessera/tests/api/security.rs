@@ -538,6 +538,46 @@ async fn nothing_made_with_a_scoped_token_does_more_than_its_scopes(backend: Bac
         .await;
     assert_error(status, &body, StatusCode::FORBIDDEN, "FORBIDDEN");
 
+    // Nor can a read-only token that mints tokens make one limited by
+    // containers-API grants alone, which acts there with alice's whole
+    // role (keys, containers, terminals); grants beside its own scopes
+    // stay within them.
+    let (_, reader) = api_token(
+        &server,
+        json!({"name": "reader", "scopes": ["instance_read", "token_write"]}),
+        &alice,
+    )
+    .await;
+    let alice_id = user_id(&server, "alice").await;
+    let grants = json!({format!("compute.{alice_id}"): ["read", "create", "update", "delete"]});
+    for scopes in [Some(json!([])), None::<Value>] {
+        let mut body = json!({"name": "child", "compute_scopes": grants});
+        if let Some(scopes) = &scopes {
+            body["scopes"] = scopes.clone();
+        }
+        let (status, reply) = server
+            .call(Method::POST, "/v1/tokens", Some(&body), &reader)
+            .await;
+        if scopes.is_some() {
+            assert_error(status, &reply, StatusCode::BAD_REQUEST, "INVALID_REQUEST");
+            continue;
+        }
+        // Without scopes asked for, it gets its parent's.
+        assert_eq!(status, StatusCode::CREATED, "{reply}");
+        let child = reply["token"].as_str().expect("secret");
+        let (status, body) = server
+            .request(
+                Method::POST,
+                "/compute/ssh-keys",
+                Some(&json!({"name": "k", "public_key": KEY}).to_string()),
+                Some(child),
+            )
+            .await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    }
+    let (_, keys) = server.call(Method::GET, "/v1/ssh-keys", None, &alice).await;
+    assert_eq!(keys, json!([]), "{keys}");
+
     // Revoking a token revokes what was made with it: tokens made with it
     // (and with those), and credentials.
     let (parent_id, parent) = api_token(
