@@ -57,9 +57,9 @@ impl From<EventRecord> for Event {
     }
 }
 
-/// How often a feed checks that its credential still holds (a revoked
-/// token or a disabled user is cut off).
-const RECHECK_EVERY: Duration = Duration::from_secs(15);
+/// How often a feed, or any long-lived session, checks that its
+/// credential still holds (a revoked token or a disabled user is cut off).
+pub const RECHECK_EVERY: Duration = Duration::from_secs(15);
 
 /// What a feed gives next.
 #[derive(Debug)]

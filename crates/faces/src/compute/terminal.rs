@@ -12,7 +12,7 @@
 //! subprotocol no text is ever taken for a control message, so pasted text
 //! is always input.
 
-use super::ws::socket_caller;
+use super::ws::{credential_caller, socket_caller};
 use super::{ComputeError, bad_request};
 use crate::kit::Path;
 use axum::extract::rejection::QueryRejection;
@@ -26,6 +26,8 @@ use serde::Deserialize;
 use tessera_agent_api::{Session, SessionRequest, TtySize};
 use tessera_app::App;
 use tessera_app::containers::ContainerStatus;
+use tessera_app::events::RECHECK_EVERY;
+use tessera_core::Permission;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// The subprotocol that turns text frames into control messages.
@@ -56,7 +58,7 @@ pub async fn terminal(
     let Query(params) =
         params.map_err(|e| bad_request(format!("invalid query: {}", e.body_text())))?;
     let path = format!("/containers/{id}/terminal");
-    let (caller, _) = socket_caller(&app, &headers, params.token, &path).await?;
+    let (caller, credential) = socket_caller(&app, &headers, params.token, &path).await?;
     let container = app.container(&caller, &id).await?;
     if container.status != ContainerStatus::Running {
         return Err(bad_request("container not running"));
@@ -84,16 +86,47 @@ pub async fn terminal(
         .protocols([CONTROL_PROTOCOL])
         .max_message_size(MAX_INPUT_MESSAGE)
         .max_frame_size(MAX_INPUT_MESSAGE);
+    let allowed = Allowed {
+        app,
+        credential,
+        path,
+        id,
+    };
     Ok(upgrade.on_upgrade(move |socket| async move {
         let control = socket.protocol().is_some_and(|p| p == CONTROL_PROTOCOL);
-        pipe(socket, session, control).await;
+        pipe(socket, session, control, allowed).await;
         drop(slot);
     }))
 }
 
+/// What opened a terminal, asked again every [`RECHECK_EVERY`] while it is
+/// open: a revoked token, a user taken out of the workspace or a role that
+/// no longer opens terminals closes it.
+struct Allowed {
+    app: App,
+    credential: Option<String>,
+    path: String,
+    id: String,
+}
+
+impl Allowed {
+    async fn still(&self) -> bool {
+        let Ok(caller) = credential_caller(&self.app, self.credential.as_deref(), &self.path).await
+        else {
+            return false;
+        };
+        caller.can(Permission::InstanceCreate)
+            && self
+                .app
+                .container(&caller, &self.id)
+                .await
+                .is_ok_and(|c| c.status == ContainerStatus::Running)
+    }
+}
+
 /// Carries input and output between the socket and the session until
-/// either ends.
-async fn pipe(mut socket: WebSocket, session: Session, control: bool) {
+/// either ends, or the caller may no longer have it.
+async fn pipe(mut socket: WebSocket, session: Session, control: bool, allowed: Allowed) {
     let Session {
         mut input,
         mut output,
@@ -101,8 +134,23 @@ async fn pipe(mut socket: WebSocket, session: Session, control: bool) {
     } = session;
     let mut buffer = vec![0u8; 16 * 1024];
     let mut output_open = true;
+    let mut recheck = tokio::time::interval(RECHECK_EVERY);
+    recheck.reset();
     loop {
         tokio::select! {
+            _ = recheck.tick() => {
+                if !allowed.still().await {
+                    let reason = "the credential that opened this terminal no longer allows it";
+                    let _ = socket.send(Message::Text(format!("error: {reason}").into())).await;
+                    let _ = socket
+                        .send(Message::Close(Some(axum::extract::ws::CloseFrame {
+                            code: axum::extract::ws::close_code::POLICY,
+                            reason: reason.into(),
+                        })))
+                        .await;
+                    return;
+                }
+            }
             read = output.read(&mut buffer), if output_open => match read {
                 Ok(0) | Err(_) => output_open = false,
                 Ok(n) => {

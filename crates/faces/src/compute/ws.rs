@@ -39,17 +39,25 @@ pub(crate) async fn socket_caller(
 ) -> Result<(Principal, Option<String>), ComputeError> {
     check_origin(headers)?;
     let credential = socket_credential(headers, token);
-    let caller = app
-        .authenticate(credential.as_deref())
-        .await?
-        .on_compute_face();
+    let caller = credential_caller(app, credential.as_deref(), path).await?;
+    Ok((caller, credential))
+}
+
+/// The caller `credential` stands for now, if it may still `GET` `path`
+/// (a socket open for a while asks again).
+pub(crate) async fn credential_caller(
+    app: &App,
+    credential: Option<&str>,
+    path: &str,
+) -> Result<Principal, ComputeError> {
+    let caller = app.authenticate(credential).await?.on_compute_face();
     let (grant, action) = grant_needed(&caller.user_id, &Method::GET, path);
     if !caller.compute_allows(&grant, action) {
         return Err(ComputeError(Error::Forbidden(format!(
             "this token is not granted {action} on {grant}"
         ))));
     }
-    Ok((caller, credential))
+    Ok(caller)
 }
 
 pub async fn status(

@@ -23,7 +23,8 @@ crate::on_both_backends!(
     the_terminal_socket_runs_a_shell,
     a_remote_agents_container_has_a_terminal_through_its_channel,
     the_gateway_follows_the_rules_and_says_why_it_cannot_route,
-    a_terminal_asked_of_another_replica_is_relayed_to_the_agents
+    a_terminal_asked_of_another_replica_is_relayed_to_the_agents,
+    a_terminal_closes_once_its_token_is_revoked
 );
 
 /// Registers a pooled simulated server of an architecture and waits for
@@ -1076,6 +1077,76 @@ async fn the_terminal_socket_runs_a_shell(backend: Backend) {
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
     assert_eq!(answer["error"], "container not running");
+    server.stop().await;
+}
+
+/// A terminal asks again, while open, whether its credential still holds:
+/// revoking the token that opened it closes it (at the next check, within
+/// 15 s), as the event feeds are cut off.
+async fn a_terminal_closes_once_its_token_is_revoked(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    server.add_server("node-1", "0-7", "fin-01").await;
+    let key = add_key(&server, "k").await;
+    let (_, made) = compute(
+        &server,
+        Method::POST,
+        "/containers",
+        Some(json!({"name": "t", "instance_type": "tiny", "ssh_key_ids": [key]})),
+    )
+    .await;
+    let id = made["id"].as_str().expect("id").to_string();
+    wait_status(&server, &id, "running").await;
+    let (status, token) = server
+        .call(
+            Method::POST,
+            "/v1/tokens",
+            Some(&json!({"name": "terminal"})),
+            TOKEN,
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{token}");
+    let secret = token["token"].as_str().expect("secret");
+    let mut term = socket(
+        &server,
+        &format!("/compute/containers/{id}/terminal?token={secret}"),
+        None,
+    )
+    .await;
+    term.send(Message::Binary(b"echo still-here\n".to_vec().into()))
+        .await
+        .expect("send");
+    let mut output = Vec::new();
+    while !String::from_utf8_lossy(&output).contains("still-here") {
+        match tokio::time::timeout(Duration::from_secs(10), term.next()).await {
+            Ok(Some(Ok(Message::Binary(bytes)))) => output.extend_from_slice(&bytes),
+            Ok(Some(Ok(_))) => {}
+            other => panic!("no output: {other:?}"),
+        }
+    }
+    let (status, _) = server
+        .call(
+            Method::DELETE,
+            &format!("/v1/tokens/{}", token["id"].as_str().expect("id")),
+            None,
+            TOKEN,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let mut said = String::new();
+    let closed = loop {
+        match tokio::time::timeout(Duration::from_secs(40), term.next()).await {
+            Ok(Some(Ok(Message::Text(text)))) => said.push_str(text.as_str()),
+            Ok(Some(Ok(Message::Close(frame)))) => break frame,
+            Ok(Some(Ok(_))) => {}
+            Ok(None) | Ok(Some(Err(_))) => break None,
+            Err(_) => panic!("the terminal stayed open after its token was revoked"),
+        }
+    };
+    assert!(said.contains("no longer allows"), "{said:?}");
+    assert!(
+        closed.is_some_and(|f| f.reason.contains("no longer allows")),
+        "{said:?}"
+    );
     server.stop().await;
 }
 
