@@ -270,6 +270,12 @@ impl Identity {
         verified
             .get(hash)
             .filter(|(_, at)| at.elapsed() < CACHE_TTL)
+            // Not past the credential's own expiry, however recently seen.
+            .filter(|(p, _)| {
+                p.expires_at
+                    .as_deref()
+                    .is_none_or(|end| end > tessera_store::now().as_str())
+            })
             .map(|(p, _)| p.clone())
     }
 

@@ -361,6 +361,25 @@ impl App {
                 Some(names.iter().filter_map(|n| n.parse().ok()).collect())
             }
         };
+        // Made with an API token that expires: it expires with it, as a
+        // token made with that token does (revoking it revokes this too).
+        let expires_at = match &record.parent_token_id {
+            Some(parent) => self
+                .store
+                .token(parent)
+                .await?
+                .and_then(|token| token.expires_at),
+            None => None,
+        };
+        if expires_at
+            .as_deref()
+            .is_some_and(|at| at <= tessera_store::now().as_str())
+        {
+            return Err(Error::Unauthenticated(
+                "this credential was made with an API token that has expired, and expired with it"
+                    .into(),
+            ));
+        }
         let (user_id, project_id, project_name, role) = match &record.acts_as {
             Some(user) => {
                 let holder = self
@@ -398,7 +417,7 @@ impl App {
             install_role: None,
             scopes,
             token_id: Some(record.client_id.clone()),
-            expires_at: None,
+            expires_at,
             compute_scopes: None,
         })
     }

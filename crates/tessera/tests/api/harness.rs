@@ -72,6 +72,9 @@ pub struct TestServer {
     pub running: RunningServer,
     pub url: String,
     pub client: reqwest::Client,
+    /// The store's database, for what a test must do behind the server's
+    /// back ([`TestServer::sql`]).
+    database_url: String,
     _dir: tempfile::TempDir,
 }
 
@@ -159,6 +162,7 @@ impl TestServer {
             }
             (None, Backend::Postgres) => fresh_postgres_database().await,
         };
+        let kept_url = database_url.clone();
         let settings = Settings {
             listen: "127.0.0.1:0".parse().expect("addr"),
             sim: options.sim_hosts.then(|| SimConfig {
@@ -205,8 +209,31 @@ impl TestServer {
             url: running.url(),
             running,
             client: reqwest::Client::new(),
+            database_url: kept_url,
             _dir: dir,
         }
+    }
+
+    /// Runs one statement with one text argument (`$1`) on the store,
+    /// behind the server's back: for what only time would do (a token
+    /// that has expired).
+    pub async fn sql(&self, statement: &str, arg: &str) {
+        match self.database_url.starts_with("sqlite") {
+            true => {
+                let mut conn = sqlx::SqliteConnection::connect(&self.database_url)
+                    .await
+                    .expect("the SQLite store");
+                let query = sqlx::query(statement).bind(arg.to_string());
+                query.execute(&mut conn).await.expect("the statement");
+            }
+            false => {
+                let mut conn = sqlx::PgConnection::connect(&self.database_url)
+                    .await
+                    .expect("the PostgreSQL store");
+                let query = sqlx::query(statement).bind(arg.to_string());
+                query.execute(&mut conn).await.expect("the statement");
+            }
+        };
     }
 
     pub async fn request(

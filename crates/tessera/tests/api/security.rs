@@ -5,8 +5,8 @@
 //! while the allowed paths still work.
 
 use crate::harness::{
-    Backend, KEY, Options, ServerProcess, TOKEN, TestServer, assert_error, fresh_postgres_database,
-    unit_request,
+    Backend, KEY, Options, ServerProcess, TOKEN, TestServer, assert_error, eventually,
+    fresh_postgres_database, unit_request,
 };
 use crate::on_both_backends;
 use crate::verda::{Verda, top_up};
@@ -577,6 +577,49 @@ async fn nothing_made_with_a_scoped_token_does_more_than_its_scopes(backend: Bac
     }
     let (_, keys) = server.call(Method::GET, "/v1/ssh-keys", None, &alice).await;
     assert_eq!(keys, json!([]), "{keys}");
+
+    // A credential made with a token that expires expires with it, as a
+    // token made with it does.
+    let (short_id, short) = api_token(
+        &server,
+        json!({"name": "short", "expires_in_days": 1}),
+        &alice,
+    )
+    .await;
+    let (short_client, short_secret) = oauth_credential(&server, json!({}), &short).await;
+    let (status, tokens) = oauth_token(&server, &short_client, &short_secret).await;
+    assert_eq!(status, StatusCode::OK, "{tokens}");
+    let short_access = tokens["access_token"].as_str().expect("access").to_string();
+    let (status, _) = server
+        .request(Method::GET, "/verda/v1/scripts", None, Some(&short_access))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let yesterday = tessera_store::timestamp(chrono::Utc::now() - chrono::Duration::days(1));
+    server
+        .sql(
+            &format!("UPDATE api_tokens SET expires_at = '{yesterday}' WHERE id = $1"),
+            &short_id,
+        )
+        .await;
+    // Within the few seconds a verified credential is trusted.
+    eventually(Duration::from_secs(20), "the token expired", || async {
+        let (status, _) = server
+            .call(Method::GET, "/v1/instances", None, &short)
+            .await;
+        (status == StatusCode::UNAUTHORIZED).then_some(())
+    })
+    .await;
+    let (status, reply) = server
+        .request(
+            Method::POST,
+            "/verda/v1/scripts",
+            Some(&json!({"name": "after", "script": "x"}).to_string()),
+            Some(&short_access),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{reply}");
+    let (status, reply) = oauth_token(&server, &short_client, &short_secret).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{reply}");
 
     // Revoking a token revokes what was made with it: tokens made with it
     // (and with those), and credentials.
