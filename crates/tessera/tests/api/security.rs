@@ -350,6 +350,20 @@ async fn fleet_powers_belong_to_install_roles(backend: Backend) {
     assert_eq!(reply["install_role"], "operator");
     let (status, _) = server.call(Method::GET, "/v1/servers", None, &oscar).await;
     assert_eq!(status, StatusCode::OK);
+    // An admin of alpha, his only workspace, cannot take him out of it,
+    // which would lock him out of the fleet.
+    let ada = server.user_in("ada", "admin", "alpha").await;
+    let (status, body) = server
+        .call(
+            Method::PATCH,
+            &format!("/v1/users/{oscar_id}"),
+            Some(&json!({"workspace": "alpha", "role": "none"})),
+            &ada,
+        )
+        .await;
+    assert_error(status, &body, StatusCode::FORBIDDEN, "FORBIDDEN");
+    let (status, _) = server.call(Method::GET, "/v1/servers", None, &oscar).await;
+    assert_eq!(status, StatusCode::OK);
     let (status, _) = server
         .call(
             Method::POST,
