@@ -134,10 +134,15 @@ impl App {
         }
         let membership = self.store.membership(&user_id, &project.id).await?;
         let Some(membership) = membership else {
-            return Err(Error::NotFound(format!(
-                "workspace {} not found (the token's user is not a member of it)",
-                project.name
-            )));
+            // Said as of a workspace that does not exist, unless the caller
+            // may see every workspace: a name is no one else's to learn.
+            return Err(Error::NotFound(match caller.is_install_admin() {
+                true => format!(
+                    "workspace {} not found (the token's user is not a member of it)",
+                    project.name
+                ),
+                false => format!("workspace {} not found", project.name),
+            }));
         };
         let role: tessera_core::Role = membership
             .role

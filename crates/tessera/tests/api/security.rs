@@ -297,6 +297,24 @@ async fn fleet_powers_belong_to_install_roles(backend: Backend) {
     assert_eq!(status, StatusCode::OK, "{unit}");
     let unit_id = unit["compute_id"].as_str().expect("compute_id").to_string();
 
+    // A member of beta cannot tell alpha, which exists, from a workspace
+    // that does not.
+    let mut answers = Vec::new();
+    for workspace in ["alpha", "nowhere"] {
+        let (status, body) = server
+            .call(
+                Method::POST,
+                "/v1/tokens",
+                Some(&json!({"name": "x", "workspace": workspace})),
+                &bob,
+            )
+            .await;
+        let message = body["message"].as_str().unwrap_or_default();
+        answers.push((status, message.replace(workspace, "W")));
+    }
+    assert_eq!(answers[0], answers[1], "{answers:?}");
+    assert_eq!(answers[0].0, StatusCode::NOT_FOUND, "{answers:?}");
+
     // An operator of alpha sees none of beta's units, wipes none, and
     // administers no host.
     let (status, units) = server
