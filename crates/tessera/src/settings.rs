@@ -106,7 +106,8 @@ pub struct ServerArgs {
     #[arg(long, env = "TESSERA_NATIVE_RATE_LIMIT_CLIENT")]
     pub native_rate_limit_client: Option<u32>,
     /// Requests per window to login, refresh and the OAuth token endpoint,
-    /// per client address and per named user or client [default: 60].
+    /// per client address, and per client id at the token endpoint
+    /// [default: 60].
     #[arg(long, env = "TESSERA_CREDENTIAL_RATE_LIMIT")]
     pub credential_rate_limit: Option<u32>,
     /// Password logins a client address may try per minute [default: 30].

@@ -1455,6 +1455,51 @@ async fn the_native_api_and_token_issuance_are_rate_limited(backend: Backend) {
     let (status, body) = oauth_token(&server, &id, &secret).await;
     assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
     assert_eq!(body["code"], "rate_limit_exceeded");
+
+    // Logins count per address, not per username: a guesser elsewhere
+    // spends its own address's logins, and the user still logs in.
+    let (status, body) = server
+        .call(
+            Method::POST,
+            "/v1/users",
+            Some(&json!({"username": "victim", "password": "victim-password", "workspace": "default", "role": "member"})),
+            TOKEN,
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let from = |address: &str| {
+        reqwest::Client::builder()
+            .local_address(Some(address.parse().expect("address")))
+            .build()
+            .expect("client")
+    };
+    let login = |client: reqwest::Client, password: &'static str| {
+        let url = format!("{}/v1/auth/login", server.url);
+        async move {
+            client
+                .post(url)
+                .json(&json!({"username": "victim", "password": password}))
+                .send()
+                .await
+                .expect("login sent")
+                .status()
+        }
+    };
+    let guesser = from("127.0.0.9");
+    for _ in 0..3 {
+        assert_eq!(
+            login(guesser.clone(), "a guess").await,
+            StatusCode::UNAUTHORIZED
+        );
+    }
+    assert_eq!(
+        login(guesser, "a guess").await,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    assert_eq!(
+        login(from("127.0.0.5"), "victim-password").await,
+        StatusCode::OK
+    );
     server.stop().await;
 }
 
