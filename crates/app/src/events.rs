@@ -82,6 +82,8 @@ pub enum FeedItem {
 pub struct EventFeed {
     app: App,
     bearer: Option<String>,
+    /// Read as the containers API reads credentials.
+    compute: bool,
     caller: Principal,
     /// The logged events replayed before the live ones.
     pub replay: Vec<Event>,
@@ -99,9 +101,9 @@ impl EventFeed {
         loop {
             tokio::select! {
                 _ = self.recheck.tick() => {
-                    match self.app.authenticate(self.bearer.as_deref()).await {
-                        Ok(now) if now.can(Permission::OperationRead) => self.caller = now,
-                        _ => return FeedItem::Ended,
+                    match self.app.feed_caller(self.bearer.as_deref(), self.compute).await {
+                        Ok(now) => self.caller = now,
+                        Err(_) => return FeedItem::Ended,
                     }
                 }
                 _ = self.app.stopping.cancelled() => return FeedItem::Ended,
@@ -253,8 +255,33 @@ impl App {
     /// Opens a feed of the events a bearer credential's caller may see,
     /// replaying the logged ones after `since` first.
     pub async fn event_feed(&self, bearer: Option<&str>, since: Option<i64>) -> Result<EventFeed> {
+        self.feed(bearer, since, false).await
+    }
+
+    /// [`App::event_feed`] for the containers API's socket: its credential
+    /// is read as that API reads it ([`Principal::on_compute_face`]), so a
+    /// token limited by containers-API grants alone has its feed.
+    pub async fn compute_event_feed(&self, bearer: Option<&str>) -> Result<EventFeed> {
+        self.feed(bearer, None, true).await
+    }
+
+    async fn feed_caller(&self, bearer: Option<&str>, compute: bool) -> Result<Principal> {
         let caller = self.authenticate(bearer).await?;
+        let caller = match compute {
+            true => caller.on_compute_face(),
+            false => caller,
+        };
         caller.require(Permission::OperationRead)?;
+        Ok(caller)
+    }
+
+    async fn feed(
+        &self,
+        bearer: Option<&str>,
+        since: Option<i64>,
+        compute: bool,
+    ) -> Result<EventFeed> {
+        let caller = self.feed_caller(bearer, compute).await?;
         // Subscribed before the replay is read, so nothing falls between.
         let live = self.subscribe();
         let (replay, truncated) = match since {
@@ -269,6 +296,7 @@ impl App {
         Ok(EventFeed {
             app: self.clone(),
             bearer: bearer.map(str::to_string),
+            compute,
             last: replay.last().map_or(i64::MIN, |e| e.seq),
             caller,
             replay,

@@ -70,7 +70,7 @@ pub async fn status(
     let upgrade = upgrade.map_err(|_| {
         super::bad_request("GET /compute/ws speaks WebSocket: connect with `Upgrade: websocket`")
     })?;
-    let feed = app.event_feed(credential.as_deref(), None).await?;
+    let feed = app.compute_event_feed(credential.as_deref()).await?;
     let containers = app.containers(&caller).await?;
     Ok(upgrade.on_upgrade(move |socket| stream(socket, app, caller, feed, containers)))
 }

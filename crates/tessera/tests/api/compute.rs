@@ -607,6 +607,13 @@ async fn token_grants_reach_only_what_they_name(backend: Backend) {
         .await,
         StatusCode::OK
     );
+    // A read grant on the whole API opens the status socket, whose feed
+    // reads the credential as this API does.
+    let watcher = token_with(&server, json!({"compute.{uid}": ["read"]})).await;
+    let mut ws = socket(&server, &format!("/compute/ws?token={watcher}"), None).await;
+    let list = next_json(&mut ws).await.expect("the list");
+    assert_eq!(list["type"], "containers", "{list}");
+    drop(ws);
     // Grants must be the token user's own and read as grants.
     for bad in [
         json!({"compute.someone-else": ["read"]}),
