@@ -29,8 +29,9 @@ pub trait RouteTable: Send + Sync + 'static {
 }
 
 /// Why a request has nowhere to go. Each is answered 502 with a body saying
-/// which, so a user can tell a typo from a stopped container from a missing
-/// rule.
+/// which, so a user can tell a stopped container from a missing rule; an
+/// unknown container is answered as one without a rule for the port, so
+/// nobody can learn, without a credential, which containers exist.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NoRoute {
     /// No container has this id.
@@ -45,18 +46,18 @@ impl NoRoute {
     /// A short machine-readable word for the answer's `reason` field.
     pub fn code(self) -> &'static str {
         match self {
-            NoRoute::UnknownContainer => "unknown_container",
             NoRoute::NotRunning => "not_running",
-            NoRoute::NoRule => "no_rule",
+            NoRoute::UnknownContainer | NoRoute::NoRule => "no_rule",
         }
     }
 
     /// The sentence the 502 body carries.
     pub fn describe(self, container: &str, port: u16) -> String {
         match self {
-            NoRoute::UnknownContainer => format!("no container {container}"),
             NoRoute::NotRunning => format!("container {container} is not running"),
-            NoRoute::NoRule => format!("no ingress rule for port {port} on container {container}"),
+            NoRoute::UnknownContainer | NoRoute::NoRule => {
+                format!("no ingress rule for port {port} on container {container}")
+            }
         }
     }
 }

@@ -100,7 +100,10 @@ async fn a_443_rule_is_served_over_tls_with_the_generated_certificate() {
     )
     .await;
     assert_eq!(other.status, StatusCode::BAD_GATEWAY);
-    assert_eq!(other.error(), "no container deadbeef");
+    assert_eq!(
+        other.error(),
+        "no ingress rule for port 443 on container deadbeef"
+    );
 
     // Kept on disk, the key readable by its owner only.
     let key = dir.path().join("wildcard.compute.localhost.key.pem");
@@ -217,17 +220,19 @@ async fn requests_with_nowhere_to_go_get_a_502_saying_why() {
     let port_80 = port_of(&gateway, 80);
 
     let cases = [
+        // No such container reads as one without a rule: which exist is
+        // not told to whoever asks.
         (
             port_80,
             "deadbeef.compute.localhost",
-            "no container deadbeef",
-            "unknown_container",
+            "no ingress rule for port 80 on container deadbeef",
+            "no_rule",
         ),
         (
             port_80,
             "www.compute.localhost",
-            "no container www",
-            "unknown_container",
+            "no ingress rule for port 80 on container www",
+            "no_rule",
         ),
         (
             port_80,
