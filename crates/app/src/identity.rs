@@ -423,6 +423,32 @@ impl App {
     }
 
     /// The principal a bearer credential stands for.
+    /// The principal `bearer` stands for in project `project_id`, for a
+    /// session opened there that asks again while it lasts: a login acts
+    /// in whichever project its user has made active since, so the session
+    /// holds on to its own (and ends if its user is no longer a member).
+    pub async fn authenticate_in(
+        &self,
+        bearer: Option<&str>,
+        project_id: &str,
+    ) -> Result<Principal> {
+        let caller = self.authenticate(bearer).await?;
+        if caller.project_id == project_id {
+            return Ok(caller);
+        }
+        let mut there = self
+            .principal_of_user(
+                &caller.user_id,
+                Some(project_id),
+                caller.scopes.clone(),
+                caller.token_id.clone(),
+            )
+            .await?;
+        there.expires_at = caller.expires_at;
+        there.compute_scopes = caller.compute_scopes;
+        Ok(there)
+    }
+
     pub async fn authenticate(&self, bearer: Option<&str>) -> Result<Principal> {
         let Some(token) = bearer.filter(|t| !t.is_empty()) else {
             return Err(Error::Unauthenticated("Not authenticated".into()));

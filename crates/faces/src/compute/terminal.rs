@@ -12,7 +12,8 @@
 //! subprotocol no text is ever taken for a control message, so pasted text
 //! is always input.
 
-use super::ws::{credential_caller, socket_caller};
+use super::grant_needed;
+use super::ws::socket_caller;
 use super::{ComputeError, bad_request};
 use crate::kit::Path;
 use axum::extract::rejection::QueryRejection;
@@ -20,13 +21,13 @@ use axum::extract::ws::{
     Message, WebSocket, WebSocketUpgrade, rejection::WebSocketUpgradeRejection,
 };
 use axum::extract::{Query, State};
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, Method};
 use axum::response::Response;
 use serde::Deserialize;
 use tessera_agent_api::{Session, SessionRequest, TtySize};
-use tessera_app::App;
 use tessera_app::containers::ContainerStatus;
 use tessera_app::events::RECHECK_EVERY;
+use tessera_app::{App, Error};
 use tessera_core::Permission;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -89,6 +90,7 @@ pub async fn terminal(
     let allowed = Allowed {
         app,
         credential,
+        project: caller.project_id.clone(),
         path,
         id,
     };
@@ -105,22 +107,40 @@ pub async fn terminal(
 struct Allowed {
     app: App,
     credential: Option<String>,
+    /// The workspace it was opened in (a login may make another active).
+    project: String,
     path: String,
     id: String,
 }
 
 impl Allowed {
-    async fn still(&self) -> bool {
-        let Ok(caller) = credential_caller(&self.app, self.credential.as_deref(), &self.path).await
-        else {
-            return false;
+    /// Whether the terminal may stay open; `None` when that cannot be told
+    /// now (the store unreachable): asked again at the next check.
+    async fn still(&self) -> Option<bool> {
+        let settled = |err: &Error| {
+            matches!(
+                err,
+                Error::Unauthenticated(_) | Error::Forbidden(_) | Error::NotFound(_)
+            )
         };
-        caller.can(Permission::InstanceCreate)
-            && self
-                .app
-                .container(&caller, &self.id)
-                .await
-                .is_ok_and(|c| c.status == ContainerStatus::Running)
+        let caller = match self
+            .app
+            .authenticate_in(self.credential.as_deref(), &self.project)
+            .await
+        {
+            Ok(caller) => caller.on_compute_face(),
+            Err(err) if settled(&err) => return Some(false),
+            Err(_) => return None,
+        };
+        let (grant, action) = grant_needed(&caller.user_id, &Method::GET, &self.path);
+        if !caller.compute_allows(&grant, action) || !caller.can(Permission::InstanceCreate) {
+            return Some(false);
+        }
+        match self.app.container(&caller, &self.id).await {
+            Ok(_) => Some(true),
+            Err(err) if settled(&err) => Some(false),
+            Err(_) => None,
+        }
     }
 }
 
@@ -139,7 +159,7 @@ async fn pipe(mut socket: WebSocket, session: Session, control: bool, allowed: A
     loop {
         tokio::select! {
             _ = recheck.tick() => {
-                if !allowed.still().await {
+                if allowed.still().await == Some(false) {
                     let reason = "the credential that opened this terminal no longer allows it";
                     let _ = socket.send(Message::Text(format!("error: {reason}").into())).await;
                     let _ = socket

@@ -1103,6 +1103,36 @@ async fn a_terminal_closes_once_its_token_is_revoked(backend: Backend) {
     .await;
     let id = made["id"].as_str().expect("id").to_string();
     wait_status(&server, &id, "running").await;
+    // A member logged in, with a second workspace, opens one too, then
+    // makes the other workspace active: her terminal stays, in its own.
+    let tina = server.user_in("tina", "member", "default").await;
+    server.user_in("other-admin", "admin", "other").await;
+    let (_, users) = server.call(Method::GET, "/v1/users", None, TOKEN).await;
+    let tina_id = users
+        .as_array()
+        .and_then(|u| u.iter().find(|u| u["username"] == "tina"))
+        .and_then(|u| u["id"].as_str())
+        .expect("tina")
+        .to_string();
+    let (status, body) = server
+        .call(
+            Method::PATCH,
+            &format!("/v1/users/{tina_id}"),
+            Some(&json!({"workspace": "other", "role": "member"})),
+            TOKEN,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let mut hers = socket(
+        &server,
+        &format!("/compute/containers/{id}/terminal?token={tina}"),
+        None,
+    )
+    .await;
+    let (status, body) = server
+        .call(Method::POST, "/v1/workspaces/other/activate", None, &tina)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
     let (status, token) = server
         .call(
             Method::POST,
@@ -1154,6 +1184,21 @@ async fn a_terminal_closes_once_its_token_is_revoked(backend: Backend) {
         closed.is_some_and(|f| f.reason.contains("no longer allows")),
         "{said:?}"
     );
+    // Tina's, opened first, has been checked again by now, and answers.
+    hers.send(Message::Binary(b"echo hers-still\n".to_vec().into()))
+        .await
+        .expect("send");
+    let mut output = Vec::new();
+    while !String::from_utf8_lossy(&output).contains("hers-still") {
+        match tokio::time::timeout(Duration::from_secs(10), hers.next()).await {
+            Ok(Some(Ok(Message::Binary(bytes)))) => output.extend_from_slice(&bytes),
+            Ok(Some(Ok(Message::Close(_)))) | Ok(None) => {
+                panic!("her terminal closed: {}", String::from_utf8_lossy(&output))
+            }
+            Ok(Some(Ok(_))) => {}
+            other => panic!("no output: {other:?}"),
+        }
+    }
     server.stop().await;
 }
 
