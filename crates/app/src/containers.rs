@@ -292,8 +292,10 @@ pub fn check_mount_paths(field: &'static str, paths: &[String]) -> Result<Vec<St
 
 fn check_name(name: &str) -> Result<String> {
     let name = name.trim();
-    let ok = !name.is_empty()
-        && name.len() <= MAX_NAME
+    // The container's host name, as an instance's: a leading '-' or '.'
+    // would be read as an option or a relative name.
+    let ok = name.len() <= MAX_NAME
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
         && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
@@ -301,7 +303,9 @@ fn check_name(name: &str) -> Result<String> {
         true => Ok(name.to_string()),
         false => Err(Error::invalid(
             "name",
-            format!("name must be 1 to {MAX_NAME} letters, digits, '-', '_' or '.'"),
+            format!(
+                "name must be 1 to {MAX_NAME} letters, digits, '-', '_' or '.', starting with a letter or digit"
+            ),
         )),
     }
 }

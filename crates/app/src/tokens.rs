@@ -121,18 +121,21 @@ impl App {
                 .await?
                 .ok_or_else(|| Error::NotFound("your project no longer exists".into()))?,
         };
+        let membership = self.store.membership(&user_id, &project.id).await?;
         // A token made with an API token stays in that token's project,
-        // unless the token is an unrestricted install admin's.
+        // unless the token is an unrestricted install admin's. (Said only
+        // of a workspace its user is in: of others, as of none, that it is
+        // not found, below.)
         if caller.token_id.is_some()
             && project.id != caller.project_id
             && !caller.is_install_admin()
+            && membership.is_some()
         {
             return Err(Error::Forbidden(format!(
                 "a token made with an API token acts in its workspace, {}; log in to make one for {}",
                 caller.project_name, project.name
             )));
         }
-        let membership = self.store.membership(&user_id, &project.id).await?;
         let Some(membership) = membership else {
             // Said as of a workspace that does not exist, unless the caller
             // may see every workspace: a name is no one else's to learn.

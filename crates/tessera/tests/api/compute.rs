@@ -643,6 +643,11 @@ async fn bad_requests_are_clear_and_change_nothing(backend: Backend) {
             "name",
         ),
         (json!({"name": "x", "instance_type": "tiny"}), "ssh_key_ids"),
+        // Its host name, read as an option by hostname(1).
+        (
+            json!({"name": "-lead", "instance_type": "tiny", "ssh_key_ids": [key]}),
+            "starting with a letter or digit",
+        ),
         (
             json!({"name": "x", "instance_type": "tiny", "ssh_key_ids": []}),
             "ssh",

@@ -298,22 +298,25 @@ async fn fleet_powers_belong_to_install_roles(backend: Backend) {
     let unit_id = unit["compute_id"].as_str().expect("compute_id").to_string();
 
     // A member of beta cannot tell alpha, which exists, from a workspace
-    // that does not.
-    let mut answers = Vec::new();
-    for workspace in ["alpha", "nowhere"] {
-        let (status, body) = server
-            .call(
-                Method::POST,
-                "/v1/tokens",
-                Some(&json!({"name": "x", "workspace": workspace})),
-                &bob,
-            )
-            .await;
-        let message = body["message"].as_str().unwrap_or_default();
-        answers.push((status, message.replace(workspace, "W")));
+    // that does not, logged in or with an API token.
+    let (_, bobs_token) = api_token(&server, json!({"name": "bob's"}), &bob).await;
+    for credential in [&bob, &bobs_token] {
+        let mut answers = Vec::new();
+        for workspace in ["alpha", "nowhere"] {
+            let (status, body) = server
+                .call(
+                    Method::POST,
+                    "/v1/tokens",
+                    Some(&json!({"name": "x", "workspace": workspace})),
+                    credential,
+                )
+                .await;
+            let message = body["message"].as_str().unwrap_or_default();
+            answers.push((status, message.replace(workspace, "W")));
+        }
+        assert_eq!(answers[0], answers[1], "{answers:?}");
+        assert_eq!(answers[0].0, StatusCode::NOT_FOUND, "{answers:?}");
     }
-    assert_eq!(answers[0], answers[1], "{answers:?}");
-    assert_eq!(answers[0].0, StatusCode::NOT_FOUND, "{answers:?}");
 
     // An operator of alpha sees none of beta's units, wipes none, and
     // administers no host.
