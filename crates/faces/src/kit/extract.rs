@@ -41,6 +41,12 @@ impl<F: Face, T: DeserializeOwned> FromRequest<FaceState<F>> for Body<T> {
     async fn from_request(request: Request, state: &FaceState<F>) -> Result<Self, F::Error> {
         let value = match F::BODY {
             BodyRule::Strict => {
+                // A body that does not say it is JSON is refused unread.
+                if !json_content_type(request.headers()) {
+                    return Err(unreadable::<F>(strict_message(
+                        JsonRejection::MissingJsonContentType(Default::default()),
+                    )));
+                }
                 let (parts, body) = request.into_parts();
                 let bytes = read_body::<F>(body).await?;
                 let request = Request::from_parts(parts, axum::body::Body::from(bytes));
@@ -74,6 +80,25 @@ impl<F: Face, T: DeserializeOwned> FromRequest<FaceState<F>> for Body<T> {
                 }
             })
     }
+}
+
+/// Whether a request says its body is JSON (`application/json`, or a
+/// `+json` type), as axum's `Json` reads `Content-Type`.
+fn json_content_type(headers: &axum::http::HeaderMap) -> bool {
+    let Some(value) = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let essence = value
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
 }
 
 fn strict_message(rejection: JsonRejection) -> String {

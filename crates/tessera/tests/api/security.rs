@@ -1903,6 +1903,24 @@ async fn a_body_past_the_limit_is_a_413_in_each_faces_format(backend: Backend) {
         .await;
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
     assert_eq!(body["error"], "PAYLOAD_TOO_LARGE", "{body}");
+    // One that does not say it is JSON is refused for that, unread.
+    let response = server
+        .client
+        .post(format!("{}/v1/ssh-keys", server.url))
+        .bearer_auth(TOKEN)
+        .header("content-type", "text/plain")
+        .body(big.clone())
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    let refused: Value = response.json().await.expect("JSON");
+    assert!(
+        refused["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("Content-Type")),
+        "{refused}"
+    );
     assert!(
         body["message"]
             .as_str()
