@@ -171,6 +171,8 @@ impl App {
             scopes,
             parent_token_id: caller.token_id.clone(),
             acts_as: own_role.map(|_| caller.user_id.clone()),
+            // No later than the token it is made with.
+            expires_at: caller.expires_at.clone(),
         };
         self.store.insert_oauth_client(&record).await?;
         tracing::info!(client_id = %client_id, project = %project_name, %role, "OAuth credential created");
@@ -361,16 +363,9 @@ impl App {
                 Some(names.iter().filter_map(|n| n.parse().ok()).collect())
             }
         };
-        // Made with an API token that expires: it expires with it, as a
+        // Made with an API token that expires, it expires with it, as a
         // token made with that token does (revoking it revokes this too).
-        let expires_at = match &record.parent_token_id {
-            Some(parent) => self
-                .store
-                .token(parent)
-                .await?
-                .and_then(|token| token.expires_at),
-            None => None,
-        };
+        let expires_at = record.expires_at.clone();
         if expires_at
             .as_deref()
             .is_some_and(|at| at <= tessera_store::now().as_str())

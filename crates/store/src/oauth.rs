@@ -20,10 +20,12 @@ pub struct OAuthClientRecord {
     /// The user whose current membership and role it acts with; `None` for
     /// a credential with a fixed role.
     pub acts_as: Option<String>,
+    /// When it stops working: the end of the API token it was made with.
+    pub expires_at: Option<String>,
 }
 
 const CLIENT_COLUMNS: &str = "client_id, secret_hash, project_id, role, description, created_by, \
-     created_at, revoked_at, scopes, parent_token_id, acts_as";
+     created_at, revoked_at, scopes, parent_token_id, acts_as, expires_at";
 
 impl Store {
     pub async fn insert_oauth_client(&self, client: &OAuthClientRecord) -> Result<()> {
@@ -32,7 +34,7 @@ impl Store {
             vec![(
                 format!(
                     "INSERT INTO oauth_clients ({CLIENT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, \
-                     NULL, $8, $9, $10)"
+                     NULL, $8, $9, $10, $11)"
                 ),
                 vec![
                     (&client.client_id).into(),
@@ -45,6 +47,7 @@ impl Store {
                     client.scopes.as_ref().into(),
                     client.parent_token_id.as_ref().into(),
                     client.acts_as.as_ref().into(),
+                    client.expires_at.as_ref().into(),
                 ],
             )],
             |_| true,

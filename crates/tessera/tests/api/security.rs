@@ -630,10 +630,17 @@ async fn nothing_made_with_a_scoped_token_does_more_than_its_scopes(backend: Bac
         .await;
     assert_eq!(status, StatusCode::OK);
     let yesterday = tessera_store::timestamp(chrono::Utc::now() - chrono::Duration::days(1));
+    // A day passes (both ends are kept as the token's).
     server
         .sql(
             &format!("UPDATE api_tokens SET expires_at = '{yesterday}' WHERE id = $1"),
             &short_id,
+        )
+        .await;
+    server
+        .sql(
+            &format!("UPDATE oauth_clients SET expires_at = '{yesterday}' WHERE client_id = $1"),
+            &short_client,
         )
         .await;
     // Within the few seconds a verified credential is trusted.
