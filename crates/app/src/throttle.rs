@@ -15,8 +15,10 @@
 //!   [`LoginLimits::max_backoff`]: per user and address after
 //!   [`LoginLimits::free_failures`] failures in a row, and per user from
 //!   all addresses after [`LoginLimits::user_free_failures`], so guessing
-//!   one account from many addresses is slowed too, while a user who
-//!   mistypes is not locked out by somebody else's guessing.
+//!   one account from many addresses is slowed too; an address the user
+//!   logged in from in the last 30 days is spared that per-user backoff
+//!   (its own failures still count), so somebody else's guessing does not
+//!   lock its owner out.
 //!
 //! An attempt over a limit is refused before any password is checked. The
 //! counters live in this process: behind a load balancer, each replica
@@ -84,7 +86,15 @@ struct Bucket {
 struct Counters {
     failures: HashMap<String, Failures>,
     buckets: HashMap<IpAddr, Bucket>,
+    /// When a user last logged in from an address (by user-and-address
+    /// key): such an address is spared the user's backoff from all
+    /// addresses, so guessers elsewhere do not lock its owner out.
+    trusted: HashMap<String, Instant>,
 }
+
+/// How long an address a user logged in from is spared the backoff that
+/// others' failures put on the user.
+const TRUSTED_FOR: Duration = Duration::from_secs(30 * 24 * 3600);
 
 /// The login limits of this process, and its password-check slots.
 pub struct Throttle {
@@ -147,6 +157,9 @@ impl Throttle {
             counters
                 .buckets
                 .retain(|_, b| now.duration_since(b.at) < Duration::from_secs(60));
+            counters
+                .trusted
+                .retain(|_, at| now.duration_since(*at) < TRUSTED_FOR);
         }
         if let Some(ip) = client {
             let rate = f64::from(self.limits.per_address_per_minute.max(1)) / 60.0;
@@ -170,7 +183,13 @@ impl Throttle {
             }
             bucket.tokens -= 1.0;
         }
-        for key in &keys {
+        let trusted = counters
+            .trusted
+            .get(&keys[1])
+            .is_some_and(|at| now.duration_since(*at) < TRUSTED_FOR);
+        // The user's backoff from all addresses spares one it logged in
+        // from; that address's own failures still count against it.
+        for key in keys.iter().skip(usize::from(trusted)) {
             if let Some(until) = counters.failures.get(key).and_then(|f| f.blocked_until)
                 && until > now
             {
@@ -280,7 +299,11 @@ impl LoginAttempt<'_> {
     /// The password was right: this user's failures from this address are
     /// forgotten.
     pub fn succeeded(self) {
-        self.throttle.counters().failures.remove(&self.keys[1]);
+        let mut counters = self.throttle.counters();
+        counters.failures.remove(&self.keys[1]);
+        counters
+            .trusted
+            .insert(self.keys[1].clone(), Instant::now());
     }
 }
 
@@ -409,5 +432,11 @@ mod tests {
             throttle.begin_login("alice", Some(fresh)),
             Err(Error::RateLimited { .. })
         ));
+        // ... but not from where alice logged in before: her guessers do
+        // not lock her out.
+        throttle
+            .begin_login("alice", Some(owner))
+            .expect("the owner, from where she logged in, is spared")
+            .succeeded();
     }
 }

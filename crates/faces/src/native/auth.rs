@@ -60,7 +60,7 @@ pub async fn login(
     // Per address only: a limit per username would let anyone keep a user
     // from logging in by trying its name from elsewhere. Guessing one
     // user's password from many addresses is slowed by the app's failure
-    // backoff, which spares the addresses that have not failed.
+    // backoff, which spares the addresses the user logged in from.
     let verdict = crate::kit::limits::credential_request(&state.limiter, &state.app, client, None);
     let answer = match verdict.error() {
         Some(err) => Err(NativeError(err)),
