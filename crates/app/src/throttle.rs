@@ -95,6 +95,8 @@ struct Counters {
 /// How long an address a user logged in from is spared the backoff that
 /// others' failures put on the user.
 const TRUSTED_FOR: Duration = Duration::from_secs(30 * 24 * 3600);
+/// The most such addresses kept.
+const MAX_TRUSTED: usize = 100_000;
 
 /// The login limits of this process, and its password-check slots.
 pub struct Throttle {
@@ -301,9 +303,17 @@ impl LoginAttempt<'_> {
     pub fn succeeded(self) {
         let mut counters = self.throttle.counters();
         counters.failures.remove(&self.keys[1]);
-        counters
-            .trusted
-            .insert(self.keys[1].clone(), Instant::now());
+        let now = Instant::now();
+        if counters.trusted.len() >= MAX_TRUSTED {
+            counters
+                .trusted
+                .retain(|_, at| now.duration_since(*at) < TRUSTED_FOR);
+            if counters.trusted.len() >= MAX_TRUSTED {
+                // Bounded memory first: the exemption is lost, not safety.
+                counters.trusted.clear();
+            }
+        }
+        counters.trusted.insert(self.keys[1].clone(), now);
     }
 }
 
