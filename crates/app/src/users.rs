@@ -367,7 +367,28 @@ impl App {
                     }
                 }
                 None => {
-                    self.store.delete_membership(&user.id, &project.id).await?;
+                    // Checked again with the store's rows, under a lock:
+                    // two admins each taking one of its last two.
+                    let keep_last = !caller.is_install_admin();
+                    let taken = self
+                        .store
+                        .delete_membership(&user.id, &project.id, keep_last)
+                        .await?;
+                    let still = || async {
+                        Ok::<_, Error>(
+                            self.store
+                                .membership(&user.id, &project.id)
+                                .await?
+                                .is_some(),
+                        )
+                    };
+                    if !taken && still().await? {
+                        return Err(Error::Forbidden(format!(
+                            "only an install admin may take user {} out of its last workspace: \
+                             it holds an install role",
+                            user.username
+                        )));
+                    }
                 }
             }
         }

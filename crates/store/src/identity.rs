@@ -295,19 +295,40 @@ impl Store {
 
     /// Takes a user out of a project; its active project moves to another
     /// of its projects (or none). `false` when it was not a member.
-    pub async fn delete_membership(&self, user_id: &str, project_id: &str) -> Result<bool> {
+    /// Takes a user out of a project; with `keep_last`, not out of its
+    /// last one if it holds an install role (answers `false`, changing
+    /// nothing): checked under a lock of the user's row, so that two
+    /// removals at once cannot both take one of its last two.
+    pub async fn delete_membership(
+        &self,
+        user_id: &str,
+        project_id: &str,
+        keep_last: bool,
+    ) -> Result<bool> {
         /// The user's (`$1`) tokens in the project (`$2`), and everything
         /// made with them: the tokens made with those, and so on.
         const MEMBERSHIP_LINEAGE: &str = "WITH RECURSIVE lineage (id) AS (SELECT id FROM \
              api_tokens WHERE user_id = $1 AND project_id = $2 \
              UNION SELECT t.id FROM api_tokens t JOIN lineage l ON t.parent_id = l.id)";
         let counts = self
-            .run_statements(
+            .run_statements_locked(
                 "delete_membership",
+                (
+                    "SELECT id FROM users WHERE id = $1 FOR UPDATE",
+                    user_id.to_string(),
+                ),
                 vec![
                     (
-                        "DELETE FROM memberships WHERE user_id = $1 AND project_id = $2".into(),
-                        vec![user_id.into(), project_id.into()],
+                        "DELETE FROM memberships WHERE user_id = $1 AND project_id = $2 \
+                         AND ($3 = 0 OR EXISTS (SELECT 1 FROM memberships o \
+                              WHERE o.user_id = $1 AND o.project_id <> $2) \
+                              OR (SELECT install_role FROM users WHERE id = $1) IS NULL)"
+                            .into(),
+                        vec![
+                            user_id.into(),
+                            project_id.into(),
+                            i64::from(keep_last).into(),
+                        ],
                     ),
                     (
                         "UPDATE users SET active_project_id = (SELECT MIN(project_id) FROM \

@@ -385,6 +385,50 @@ async fn fleet_powers_belong_to_install_roles(backend: Backend) {
     assert_error(status, &body, StatusCode::FORBIDDEN, "FORBIDDEN");
     let (status, _) = server.call(Method::GET, "/v1/servers", None, &oscar).await;
     assert_eq!(status, StatusCode::OK);
+    // Another install operator, in two workspaces, is taken out of both
+    // at once by their two admins: one of them is refused, and he keeps
+    // one.
+    let ivan = server.user_in("ivan", "operator", "alpha").await;
+    let ivan_id = user_id(&server, "ivan").await;
+    for change in [
+        json!({"install_role": "operator"}),
+        json!({"workspace": "beta", "role": "operator"}),
+    ] {
+        let (status, body) = server
+            .call(
+                Method::PATCH,
+                &format!("/v1/users/{ivan_id}"),
+                Some(&change),
+                TOKEN,
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    let bea = server.user_in("bea", "admin", "beta").await;
+    let path = format!("/v1/users/{ivan_id}");
+    let (alpha_out, beta_out) = (
+        json!({"workspace": "alpha", "role": "none"}),
+        json!({"workspace": "beta", "role": "none"}),
+    );
+    let (first, second) = tokio::join!(
+        server.call(Method::PATCH, &path, Some(&alpha_out), &ada),
+        server.call(Method::PATCH, &path, Some(&beta_out), &bea),
+    );
+    let mut statuses = vec![first.0, second.0];
+    statuses.sort();
+    assert_eq!(
+        statuses,
+        [StatusCode::OK, StatusCode::FORBIDDEN],
+        "{first:?} {second:?}"
+    );
+    let (_, shown) = server.call(Method::GET, &path, None, TOKEN).await;
+    assert_eq!(
+        shown["workspaces"].as_array().map(Vec::len),
+        Some(1),
+        "{shown}"
+    );
+    let (status, _) = server.call(Method::GET, "/v1/servers", None, &ivan).await;
+    assert_eq!(status, StatusCode::OK);
     let (status, _) = server
         .call(
             Method::POST,
