@@ -59,6 +59,11 @@ pub struct Principal {
     pub compute_scopes: Option<ComputeScopes>,
 }
 
+/// Whether a credential whose end is `at` has expired.
+pub(crate) fn expired(at: Option<&str>) -> bool {
+    at.is_some_and(|at| at <= tessera_store::now().as_str())
+}
+
 impl Principal {
     /// The user the caller acts as; `None` for a credential that acts for
     /// no user (a fixed role).
@@ -271,11 +276,7 @@ impl Identity {
             .get(hash)
             .filter(|(_, at)| at.elapsed() < CACHE_TTL)
             // Not past the credential's own expiry, however recently seen.
-            .filter(|(p, _)| {
-                p.expires_at
-                    .as_deref()
-                    .is_none_or(|end| end > tessera_store::now().as_str())
-            })
+            .filter(|(p, _)| !expired(p.expires_at.as_deref()))
             .map(|(p, _)| p.clone())
     }
 
@@ -491,11 +492,7 @@ impl App {
             .token_by_hash(hash)
             .await?
             .ok_or_else(unauthenticated)?;
-        let expired = record
-            .expires_at
-            .as_deref()
-            .is_some_and(|at| at <= tessera_store::now().as_str());
-        if record.revoked_at.is_some() || expired {
+        if record.revoked_at.is_some() || expired(record.expires_at.as_deref()) {
             return Err(unauthenticated());
         }
         let (Some(user_id), Some(project_id)) = (&record.user_id, &record.project_id) else {

@@ -366,10 +366,7 @@ impl App {
         // Made with an API token that expires, it expires with it, as a
         // token made with that token does (revoking it revokes this too).
         let expires_at = record.expires_at.clone();
-        if expires_at
-            .as_deref()
-            .is_some_and(|at| at <= tessera_store::now().as_str())
-        {
+        if crate::identity::expired(expires_at.as_deref()) {
             return Err(Error::Unauthenticated(
                 "this credential was made with an API token that has expired, and expired with it"
                     .into(),

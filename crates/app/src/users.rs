@@ -322,24 +322,6 @@ impl App {
                         "you cannot take yourself out of a workspace".into(),
                     ));
                 }
-                // A user is let in through a workspace: out of its last,
-                // an install operator could no longer reach the fleet it
-                // runs, which only an install admin may decide.
-                let last = user
-                    .memberships
-                    .iter()
-                    .all(|m| *m.project_id == *project.id);
-                if role.is_none()
-                    && last
-                    && user.install_role.is_some()
-                    && !caller.is_install_admin()
-                {
-                    return Err(Error::Forbidden(format!(
-                        "only an install admin may take user {} out of its last workspace: it \
-                         holds an install role",
-                        user.username
-                    )));
-                }
                 Some((project, role))
             }
         };
@@ -367,8 +349,12 @@ impl App {
                     }
                 }
                 None => {
-                    // Checked again with the store's rows, under a lock:
-                    // two admins each taking one of its last two.
+                    // A user is let in through a workspace: out of its
+                    // last, an install operator could no longer reach the
+                    // fleet it runs, which only an install admin may
+                    // decide. The store checks it under a lock of the
+                    // user's row (two admins each taking one of its last
+                    // two).
                     let keep_last = !caller.is_install_admin();
                     let taken = self
                         .store

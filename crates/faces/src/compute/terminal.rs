@@ -12,8 +12,7 @@
 //! subprotocol no text is ever taken for a control message, so pasted text
 //! is always input.
 
-use super::grant_needed;
-use super::ws::socket_caller;
+use super::ws::{credential_caller, socket_caller};
 use super::{ComputeError, bad_request};
 use crate::kit::Path;
 use axum::extract::rejection::QueryRejection;
@@ -21,7 +20,7 @@ use axum::extract::ws::{
     Message, WebSocket, WebSocketUpgrade, rejection::WebSocketUpgradeRejection,
 };
 use axum::extract::{Query, State};
-use axum::http::{HeaderMap, Method};
+use axum::http::HeaderMap;
 use axum::response::Response;
 use serde::Deserialize;
 use tessera_agent_api::{Session, SessionRequest, TtySize};
@@ -123,17 +122,19 @@ impl Allowed {
                 Error::Unauthenticated(_) | Error::Forbidden(_) | Error::NotFound(_)
             )
         };
-        let caller = match self
-            .app
-            .authenticate_in(self.credential.as_deref(), &self.project)
-            .await
+        let caller = match credential_caller(
+            &self.app,
+            self.credential.as_deref(),
+            Some(&self.project),
+            &self.path,
+        )
+        .await
         {
-            Ok(caller) => caller.on_compute_face(),
-            Err(err) if settled(&err) => return Some(false),
+            Ok(caller) => caller,
+            Err(ComputeError(err)) if settled(&err) => return Some(false),
             Err(_) => return None,
         };
-        let (grant, action) = grant_needed(&caller.user_id, &Method::GET, &self.path);
-        if !caller.compute_allows(&grant, action) || !caller.can(Permission::InstanceCreate) {
+        if !caller.can(Permission::InstanceCreate) {
             return Some(false);
         }
         match self.app.container(&caller, &self.id).await {

@@ -39,18 +39,24 @@ pub(crate) async fn socket_caller(
 ) -> Result<(Principal, Option<String>), ComputeError> {
     check_origin(headers)?;
     let credential = socket_credential(headers, token);
-    let caller = credential_caller(app, credential.as_deref(), path).await?;
+    let caller = credential_caller(app, credential.as_deref(), None, path).await?;
     Ok((caller, credential))
 }
 
-/// The caller `credential` stands for now, if it may still `GET` `path`
-/// (a socket open for a while asks again).
+/// The caller `credential` stands for now, if it may `GET` `path`; with
+/// `project`, in that workspace (a socket open for a while asks again in
+/// the one it was opened in).
 pub(crate) async fn credential_caller(
     app: &App,
     credential: Option<&str>,
+    project: Option<&str>,
     path: &str,
 ) -> Result<Principal, ComputeError> {
-    let caller = app.authenticate(credential).await?.on_compute_face();
+    let caller = match project {
+        Some(project) => app.authenticate_in(credential, project).await?,
+        None => app.authenticate(credential).await?,
+    }
+    .on_compute_face();
     let (grant, action) = grant_needed(&caller.user_id, &Method::GET, path);
     if !caller.compute_allows(&grant, action) {
         return Err(ComputeError(Error::Forbidden(format!(

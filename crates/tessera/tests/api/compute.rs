@@ -1010,15 +1010,7 @@ async fn the_terminal_socket_runs_a_shell(backend: Backend) {
     let server = TestServer::start(backend).await;
     server.add_server("node-1", "0-7", "fin-01").await;
     let key = add_key(&server, "k").await;
-    let (_, made) = compute(
-        &server,
-        Method::POST,
-        "/containers",
-        Some(json!({"name": "t", "instance_type": "tiny", "ssh_key_ids": [key]})),
-    )
-    .await;
-    let id = made["id"].as_str().expect("id").to_string();
-    wait_status(&server, &id, "running").await;
+    let id = running_container(&server, "t", key).await;
     let mut term = socket(
         &server,
         &format!("/compute/containers/{id}/terminal?token={TOKEN}"),
@@ -1092,6 +1084,40 @@ async fn the_terminal_socket_runs_a_shell(backend: Backend) {
     server.stop().await;
 }
 
+/// A `tiny` container named `name` with key `key`, once it runs; its id.
+async fn running_container(server: &TestServer, name: &str, key: i64) -> String {
+    let (_, made) = compute(
+        server,
+        Method::POST,
+        "/containers",
+        Some(json!({"name": name, "instance_type": "tiny", "ssh_key_ids": [key]})),
+    )
+    .await;
+    let id = made["id"].as_str().expect("id").to_string();
+    wait_status(server, &id, "running").await;
+    id
+}
+
+/// Sends `echo MARKER` into a terminal and reads until it answers.
+async fn echoes(term: &mut Socket, marker: &str) {
+    term.send(Message::Binary(
+        format!("echo {marker}\n").into_bytes().into(),
+    ))
+    .await
+    .expect("send");
+    let mut output = Vec::new();
+    while !String::from_utf8_lossy(&output).contains(marker) {
+        match tokio::time::timeout(Duration::from_secs(10), term.next()).await {
+            Ok(Some(Ok(Message::Binary(bytes)))) => output.extend_from_slice(&bytes),
+            Ok(Some(Ok(Message::Close(_)))) | Ok(None) => {
+                panic!("the terminal closed: {}", String::from_utf8_lossy(&output))
+            }
+            Ok(Some(Ok(_))) => {}
+            other => panic!("no output: {other:?}"),
+        }
+    }
+}
+
 /// A terminal asks again, while open, whether its credential still holds:
 /// revoking the token that opened it closes it (at the next check, within
 /// 15 s), as the event feeds are cut off.
@@ -1099,15 +1125,7 @@ async fn a_terminal_closes_once_its_token_is_revoked(backend: Backend) {
     let server = TestServer::start(backend).await;
     server.add_server("node-1", "0-7", "fin-01").await;
     let key = add_key(&server, "k").await;
-    let (_, made) = compute(
-        &server,
-        Method::POST,
-        "/containers",
-        Some(json!({"name": "t", "instance_type": "tiny", "ssh_key_ids": [key]})),
-    )
-    .await;
-    let id = made["id"].as_str().expect("id").to_string();
-    wait_status(&server, &id, "running").await;
+    let id = running_container(&server, "t", key).await;
     // A member logged in, with a second workspace, opens one too, then
     // makes the other workspace active: her terminal stays, in its own.
     let tina = server.user_in("tina", "member", "default").await;
@@ -1154,17 +1172,7 @@ async fn a_terminal_closes_once_its_token_is_revoked(backend: Backend) {
         None,
     )
     .await;
-    term.send(Message::Binary(b"echo still-here\n".to_vec().into()))
-        .await
-        .expect("send");
-    let mut output = Vec::new();
-    while !String::from_utf8_lossy(&output).contains("still-here") {
-        match tokio::time::timeout(Duration::from_secs(10), term.next()).await {
-            Ok(Some(Ok(Message::Binary(bytes)))) => output.extend_from_slice(&bytes),
-            Ok(Some(Ok(_))) => {}
-            other => panic!("no output: {other:?}"),
-        }
-    }
+    echoes(&mut term, "still-here").await;
     let (status, _) = server
         .call(
             Method::DELETE,
@@ -1190,20 +1198,7 @@ async fn a_terminal_closes_once_its_token_is_revoked(backend: Backend) {
         "{said:?}"
     );
     // Tina's, opened first, has been checked again by now, and answers.
-    hers.send(Message::Binary(b"echo hers-still\n".to_vec().into()))
-        .await
-        .expect("send");
-    let mut output = Vec::new();
-    while !String::from_utf8_lossy(&output).contains("hers-still") {
-        match tokio::time::timeout(Duration::from_secs(10), hers.next()).await {
-            Ok(Some(Ok(Message::Binary(bytes)))) => output.extend_from_slice(&bytes),
-            Ok(Some(Ok(Message::Close(_)))) | Ok(None) => {
-                panic!("her terminal closed: {}", String::from_utf8_lossy(&output))
-            }
-            Ok(Some(Ok(_))) => {}
-            other => panic!("no output: {other:?}"),
-        }
-    }
+    echoes(&mut hers, "hers-still").await;
     server.stop().await;
 }
 
