@@ -41,8 +41,12 @@ impl<F: Face, T: DeserializeOwned> FromRequest<FaceState<F>> for Body<T> {
     async fn from_request(request: Request, state: &FaceState<F>) -> Result<Self, F::Error> {
         let value = match F::BODY {
             BodyRule::Strict => {
-                // A body that does not say it is JSON is refused unread.
+                // A body that does not say it is JSON is refused for
+                // that, whatever its size: read and dropped first, as one
+                // too large is, so that a client still sending sees the
+                // answer rather than a reset.
                 if !json_content_type(request.headers()) {
+                    let _ = read_body::<F>(request.into_body()).await;
                     return Err(unreadable::<F>(strict_message(
                         JsonRejection::MissingJsonContentType(Default::default()),
                     )));
