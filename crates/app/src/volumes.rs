@@ -274,7 +274,8 @@ impl App {
                 instance_id: None,
                 target: None,
                 host_id: None,
-                created_by: Some(caller.username.clone()),
+                // Its user's id, as an instance's (Verda's `created_by_user_id`).
+                created_by: caller.acting_user(),
                 created_at: tessera_store::now(),
                 trashed_at: None,
                 purged_at: None,

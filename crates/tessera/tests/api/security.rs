@@ -808,6 +808,19 @@ async fn credentials_act_with_their_users_current_role(backend: Backend) {
     server.add_server("node-1", "0-3", "fin-01").await;
     let web = server.run_instance(&alice, "web", "cx11").await;
     assert_eq!(web["status"]["state"], "running", "{web}");
+    top_up(&server, "alpha", 10.0).await;
+    let body = json!({"type": "NVMe", "location_code": "FIN-01", "size": 5, "name": "extra"});
+    let response = server
+        .client
+        .post(format!("{}/verda/v1/volumes", server.url))
+        .bearer_auth(&access)
+        .json(&body)
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    // Verda answers a new id as bare text.
+    let volume = response.text().await.expect("a volume's id");
 
     // Demoted to viewer, she takes her credential down with her.
     server
@@ -848,6 +861,18 @@ async fn credentials_act_with_their_users_current_role(backend: Backend) {
     let path = format!("/verda/v1/instances/{}", web["id"].as_str().expect("id"));
     let (status, shown) = server
         .request(Method::GET, &path, None, Some(&carol_access))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{shown}");
+    assert_eq!(shown["created_by_user_id"], json!(alice_id), "{shown}");
+    // And a volume she made, by the same id (not a username, not the
+    // credential).
+    let (status, shown) = server
+        .request(
+            Method::GET,
+            &format!("/verda/v1/volumes/{volume}"),
+            None,
+            Some(&carol_access),
+        )
         .await;
     assert_eq!(status, StatusCode::OK, "{shown}");
     assert_eq!(shown["created_by_user_id"], json!(alice_id), "{shown}");
