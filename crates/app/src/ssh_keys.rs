@@ -66,25 +66,6 @@ pub enum KeyCheck {
     AsVerda,
 }
 
-/// Parses one OpenSSH public key line, as `field` of a request.
-pub fn parse_public_key(field: &'static str, key: &str) -> Result<ssh_key::PublicKey> {
-    let key = key.trim();
-    if key.chars().any(char::is_control) {
-        return Err(Error::invalid(
-            field,
-            format!("{field} must be a single OpenSSH public key line, without control characters"),
-        ));
-    }
-    ssh_key::PublicKey::from_openssh(key).map_err(|e| {
-        Error::invalid(
-            field,
-            format!(
-                "{field} is not an OpenSSH public key ({e}); expected e.g. \"ssh-ed25519 AAAA... user@host\""
-            ),
-        )
-    })
-}
-
 /// The key types an OpenSSH `authorized_keys` line may name.
 const KEY_TYPES: &[&str] = &[
     "ssh-ed25519",

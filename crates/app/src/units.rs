@@ -499,7 +499,7 @@ fn validate_allocation(req: &AllocateUnit) -> Result<()> {
 /// none when it may be tried.
 pub fn allocation_problems(req: &AllocateUnit) -> Vec<Error> {
     let mut problems = Vec::new();
-    if let Err(err) = crate::ssh_keys::parse_public_key("ssh_public_key", &req.ssh_public_key) {
+    if let Err(err) = crate::ssh_keys::check_public_key("ssh_public_key", &req.ssh_public_key) {
         problems.push(err);
     }
     if req.tags.as_ref().is_some_and(|t| !t.is_object()) {

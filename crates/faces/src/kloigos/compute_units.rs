@@ -108,7 +108,7 @@ fn parse_allocate(body: &[u8]) -> Result<ComputeUnitRequest, Vec<ValidationError
     // others (an empty one is the app's to refuse).
     if !ssh_public_key.is_empty()
         && let Err(tessera_app::Error::Invalid { field, message }) =
-            tessera_app::ssh_keys::parse_public_key("ssh_public_key", &ssh_public_key)
+            tessera_app::ssh_keys::check_public_key("ssh_public_key", &ssh_public_key)
     {
         reader.errors.push(value_error(field, &message));
     }

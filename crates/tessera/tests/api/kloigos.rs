@@ -289,6 +289,9 @@ async fn init_server_refuses_a_registered_hostname(backend: Backend) {
     server.stop().await;
 }
 
+/// `ssh-keygen -t ecdsa -b 384`'s public key.
+const ECDSA_KEY: &str = "ecdsa-sha2-nistp384 AAAAE2VjZHNhLXNoYTItbmlzdHAzODQAAAAIbmlzdHAzODQAAABhBDN8SeQYD4olgiV2aIulurIvIDBLtIJfxtbBhTYykyBvVaISWbBlSdhRhkFswtHFZU/BAPi6svHnzW6VRMslU/+oZ2QV61LLHqTFEgNKM+yNIa2O75KGZHj/eGAqs+SGWw== probe@ecdsa";
+
 async fn allocate_installs_the_key_and_answers_the_real_state(backend: Backend) {
     let server = TestServer::start(backend).await;
     server.init_host("host1", &["0-3", "4-11"]).await;
@@ -316,14 +319,19 @@ async fn allocate_installs_the_key_and_answers_the_real_state(backend: Backend) 
     // The list shows the same unit in the same state.
     let listed = server.units("?compute_id=host1_c0-3").await;
     assert_eq!(listed, vec![unit]);
-    // An 8-CPU unit exists; nulls are accepted for the optional fields.
+    // An 8-CPU unit exists; nulls are accepted for the optional fields;
+    // ECDSA keys (ssh-keygen -t ecdsa) as well as any other.
     let (status, unit) = server
-        .allocate(json!({"cpu_count": 8, "region": null, "zone": null, "ssh_public_key": KEY, "tags": null}))
+        .allocate(json!({"cpu_count": 8, "region": null, "zone": null, "ssh_public_key": ECDSA_KEY, "tags": null}))
         .await;
     assert_eq!(status, StatusCode::OK, "{unit}");
     assert_eq!(
         (unit["compute_id"].as_str(), unit["status"].as_str()),
         (Some("host1_c4-11"), Some("ALLOCATED"))
+    );
+    assert_eq!(
+        server.installed_key(&host, "c4-11").as_deref(),
+        Some(ECDSA_KEY)
     );
     server.stop().await;
 }
