@@ -72,14 +72,24 @@ impl Face for Kloigos {
             .extensions()
             .get::<MatchedPath>()
             .map_or("", MatchedPath::as_str);
-        let needed = match route.strip_prefix("/api").unwrap_or(route) {
-            "/admin/init_server" => Permission::ServerCreate,
-            "/compute_units/allocate" => Permission::InstanceCreate,
-            "/compute_units/deallocate/{compute_id}" => Permission::InstanceDelete,
-            "/compute_units" | "/compute_units/" => Permission::InstanceRead,
+        // A tenant's permission on its workspace's units, or the fleet's
+        // on every unit (an install operator's, whatever its role in the
+        // workspace it acts in); the handler then says which units.
+        let (needed, or_fleet) = match route.strip_prefix("/api").unwrap_or(route) {
+            "/admin/init_server" => (Permission::ServerCreate, None),
+            "/compute_units/allocate" => (Permission::InstanceCreate, None),
+            "/compute_units/deallocate/{compute_id}" => {
+                (Permission::InstanceDelete, Some(Permission::ServerDelete))
+            }
+            "/compute_units" | "/compute_units/" => {
+                (Permission::InstanceRead, Some(Permission::ServerRead))
+            }
             // Decommissioning, and any route added without a line here.
-            _ => Permission::ServerDelete,
+            _ => (Permission::ServerDelete, None),
         };
+        if or_fleet.is_some_and(|fleet| caller.can(fleet)) {
+            return Ok(());
+        }
         caller.require(needed)
     }
 

@@ -475,6 +475,39 @@ async fn fleet_powers_belong_to_install_roles(backend: Backend) {
         units.iter().any(|u| u["status"] == "ALLOCATED"),
         "{units:?}"
     );
+    // The fleet's permissions act on every unit whatever the workspace
+    // role: tokens scoped to them alone look at and take back bob's unit.
+    let (_, fleet_reader) = api_token(
+        &server,
+        json!({"name": "fr", "scopes": ["server_read"]}),
+        &oscar,
+    )
+    .await;
+    let (status, units) = server
+        .request(
+            Method::GET,
+            "/api/compute_units/",
+            None,
+            Some(&fleet_reader),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{units}");
+    assert_eq!(names(&units, "compute_id").len(), 2, "{units}");
+    let (_, fleet_admin) = api_token(
+        &server,
+        json!({"name": "fa", "scopes": ["server_read", "server_delete"]}),
+        &oscar,
+    )
+    .await;
+    let (status, body) = server
+        .request(
+            Method::DELETE,
+            &format!("/api/compute_units/deallocate/{unit_id}"),
+            None,
+            Some(&fleet_admin),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
     // ... but grants nothing and makes no workspace, user or money.
     for (method, path, body) in [
         (
