@@ -82,15 +82,15 @@ impl App {
     ) -> Result<()> {
         let balance = self.store.balance(&caller.project_id).await?;
         let hourly = balance
-            .running_micros_per_hour
+            .committed_micros_per_hour
             .saturating_add(micros_per_hour);
         if balance.amount_micros() < hourly {
             return Err(Error::InsufficientFunds(format!(
-                "{what} costs {:.4} {cur} per hour, and what project {} runs {:.4} more; its \
-                 balance of {:.4} {cur} does not cover an hour of both",
+                "{what} costs {:.4} {cur} per hour, and what project {} runs or is creating \
+                 {:.4} more; its balance of {:.4} {cur} does not cover an hour of both",
                 from_micros(micros_per_hour),
                 caller.project_name,
-                from_micros(balance.running_micros_per_hour),
+                from_micros(balance.committed_micros_per_hour),
                 from_micros(balance.amount_micros()),
                 cur = self.catalog.currency,
             )));

@@ -554,7 +554,7 @@ impl App {
             replica: None,
             created_by: caller.acting_user(),
         };
-        self.record_instance(caller, &instance, &[]).await?;
+        self.record_instance(caller, &instance, &[], false).await?;
         self.container(caller, &id).await
     }
 

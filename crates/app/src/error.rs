@@ -71,6 +71,14 @@ impl From<StoreError> for Error {
                 Error::Unavailable("the database is unavailable; try again".into())
             }
             StoreError::QuotaExceeded(exceeded) => Error::QuotaExceeded(exceeded),
+            // The pre-check (`App::check_funds`) words it better; this is a
+            // write that lost a race to another one.
+            StoreError::InsufficientFunds(short) => Error::InsufficientFunds(format!(
+                "the project's balance of {:.4} does not cover an hour of what it runs and is \
+                 creating ({:.4} per hour), this included",
+                tessera_core::catalog::from_micros(short.balance_micros),
+                tessera_core::catalog::from_micros(short.hourly_micros),
+            )),
             other => Error::Internal(other),
         }
     }

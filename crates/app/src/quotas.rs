@@ -64,6 +64,17 @@ impl App {
             project_id: project_id.to_string(),
             defaults: self.config.quota_defaults,
             adds,
+            funds: false,
+        }
+    }
+
+    /// [`App::quota_check`] for a write the project's balance must cover
+    /// too (an hour of it and all the project runs or is creating), checked
+    /// in the same transaction.
+    pub(crate) fn paid_check(&self, project_id: &str, adds: Usage) -> QuotaCheck {
+        QuotaCheck {
+            funds: true,
+            ..self.quota_check(project_id, adds)
         }
     }
 

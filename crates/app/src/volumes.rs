@@ -306,7 +306,7 @@ impl App {
         }
         self.check_volume_room("size", &req.location, req.volume.size_gb)
             .await?;
-        let quota = self.quota_check(&caller.project_id, volumes_usage(&[req.volume.size_gb]));
+        let quota = self.paid_check(&caller.project_id, volumes_usage(&[req.volume.size_gb]));
         self.store
             .insert_volumes(std::slice::from_ref(&volume), Some(&quota))
             .await?;
@@ -583,7 +583,7 @@ impl App {
         self.check_volume_room("size", &volume.location, size_gb)
             .await?;
         let growth = volumes_usage(&[size_gb.saturating_sub(volume.size_gb as u64)]);
-        let quota = self.quota_check(
+        let quota = self.paid_check(
             &caller.project_id,
             tessera_core::quota::Usage {
                 volumes: 0,
@@ -792,7 +792,7 @@ impl App {
         self.volume_kind("type", &input.volume_type)?;
         let rate = self.check_volume("name", &input)?;
         self.check_funds(caller, rate, "the clone").await?;
-        let quota = self.quota_check(&caller.project_id, volumes_usage(&[input.size_gb]));
+        let quota = self.paid_check(&caller.project_id, volumes_usage(&[input.size_gb]));
         self.check_quota_now(&quota).await?;
         let mut clone = self.new_volume(caller, &input, &volume.location, false, rate);
         clone.record.host_id = volume.host_id.clone();

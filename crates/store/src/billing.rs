@@ -7,7 +7,7 @@
 //! exact to the millisecond without a background job, and any replica reads
 //! the same figure. Amounts are integers in millionths of the currency.
 
-use crate::db::Arg;
+use crate::db::{Arg, Conn, DbError};
 use crate::{Result, Store, now};
 
 /// Now in milliseconds since the epoch, as meters count time.
@@ -19,14 +19,68 @@ pub fn now_ms() -> i64 {
 const ACCRUED: &str = "CASE WHEN running_since IS NULL OR running_since > $1 THEN 0 \
      ELSE ($1 - running_since) * micros_per_hour / 3600000 END";
 
+/// A project's balance (`$2`) at `$1` (ms): what was put in, what its
+/// resources have cost, and what it is committed to per hour: its running
+/// meters, and those of instances being created, which start once they
+/// run (counted from the moment they are asked for, so that deploys one
+/// after the other cannot each pass on the same money while the earlier
+/// ones are still being made).
+const BALANCE: &str = "SELECT \
+     CAST(COALESCE((SELECT credit_micros FROM balances WHERE project_id = $2), 0) AS BIGINT), \
+     CAST(COALESCE((SELECT SUM(charged_micros + {ACCRUED}) FROM meters \
+        WHERE project_id = $2), 0) AS BIGINT), \
+     CAST(COALESCE((SELECT SUM(micros_per_hour) FROM meters AS m WHERE m.project_id = $2 \
+        AND (m.running_since IS NOT NULL OR (m.kind = 'instance' AND EXISTS (SELECT 1 \
+        FROM instances AS i WHERE i.id = m.resource_id AND i.state = 'provisioning')))), 0) \
+        AS BIGINT)";
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Balance {
     /// Everything ever put in.
     pub credit_micros: i64,
     /// Everything the project's resources have cost up to now.
     pub spent_micros: i64,
-    /// What the project's running meters cost per hour now.
-    pub running_micros_per_hour: i64,
+    /// What the project's running meters cost per hour now, with those of
+    /// the instances it is creating.
+    pub committed_micros_per_hour: i64,
+}
+
+/// A project whose balance does not cover an hour of what it is committed
+/// to: its balance, and that hour.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FundsShort {
+    pub balance_micros: i64,
+    pub hourly_micros: i64,
+}
+
+fn balance_of(row: &[i64]) -> Balance {
+    let at = |n: usize| row.get(n).copied().unwrap_or(0);
+    Balance {
+        credit_micros: at(0),
+        spent_micros: at(1),
+        committed_micros_per_hour: at(2),
+    }
+}
+
+/// Whether `project_id`'s balance falls short of an hour of what it is
+/// committed to, read in a write's transaction (after the write's own
+/// meter went in).
+pub(crate) async fn funds_short(
+    conn: &mut Conn<'_>,
+    project_id: &str,
+) -> std::result::Result<Option<FundsShort>, DbError> {
+    let sql = BALANCE.replace("{ACCRUED}", ACCRUED);
+    let balance = balance_of(
+        &conn
+            .fetch_ints(&sql, &[now_ms().into(), project_id.into()])
+            .await?,
+    );
+    Ok(
+        (balance.amount_micros() < balance.committed_micros_per_hour).then_some(FundsShort {
+            balance_micros: balance.amount_micros(),
+            hourly_micros: balance.committed_micros_per_hour,
+        }),
+    )
 }
 
 impl Balance {
@@ -75,35 +129,12 @@ impl Store {
     }
 
     pub async fn balance(&self, project_id: &str) -> Result<Balance> {
-        #[derive(sqlx::FromRow)]
-        struct Row {
-            credit: i64,
-            spent: i64,
-            hourly: i64,
-        }
-        let row: Option<Row> = self
-            .fetch_optional(
-                &format!(
-                    "SELECT \
-                     CAST(COALESCE((SELECT credit_micros FROM balances WHERE project_id = $2), 0) AS BIGINT) AS credit, \
-                     CAST(COALESCE((SELECT SUM(charged_micros + {ACCRUED}) FROM meters WHERE project_id = $2), 0) AS BIGINT) AS spent, \
-                     CAST(COALESCE((SELECT SUM(micros_per_hour) FROM meters WHERE project_id = $2 AND running_since IS NOT NULL), 0) AS BIGINT) AS hourly"
-                ),
-                &[now_ms().into(), project_id.into()],
-            )
+        let sql = BALANCE.replace("{ACCRUED}", ACCRUED);
+        let row: Option<(i64, i64, i64)> = self
+            .fetch_optional(&sql, &[now_ms().into(), project_id.into()])
             .await?;
-        Ok(row.map_or(
-            Balance {
-                credit_micros: 0,
-                spent_micros: 0,
-                running_micros_per_hour: 0,
-            },
-            |r| Balance {
-                credit_micros: r.credit,
-                spent_micros: r.spent,
-                running_micros_per_hour: r.hourly,
-            },
-        ))
+        let (credit, spent, hourly) = row.unwrap_or_default();
+        Ok(balance_of(&[credit, spent, hourly]))
     }
 }
 

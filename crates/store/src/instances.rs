@@ -471,10 +471,10 @@ impl Store {
                     // Last, so that the project is locked only until the
                     // commit.
                     if let Some(quota) = quota.as_ref()
-                        && let Some(exceeded) =
+                        && let Some(refused) =
                             crate::quotas::enforce_written(&mut conn, quota).await?
                     {
-                        return Ok(Commit::Undo(Err(exceeded)));
+                        return Ok(Commit::Undo(Err(refused)));
                     }
                     Ok(Commit::Keep(Ok(InstancesAdded::Recorded {
                         instances: written,
@@ -484,7 +484,7 @@ impl Store {
             })
             .await?;
         // The operation as written goes with the rows it was written with.
-        match outcome.map_err(crate::StoreError::QuotaExceeded)? {
+        match outcome.map_err(crate::StoreError::from)? {
             InstancesAdded::Recorded { instances, .. } => Ok(InstancesAdded::Recorded {
                 instances,
                 taken: taken.map(Box::new),

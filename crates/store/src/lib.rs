@@ -39,7 +39,7 @@ pub use agents::{
     AgentChange, AgentChanges, AgentOffer, AgentRecord, HeartbeatNews, JoinTokenRecord,
     SessionRequestRecord, WorkRecord,
 };
-pub use billing::{Balance, now_ms};
+pub use billing::{Balance, FundsShort, now_ms};
 pub use containers::{ContainerRecord, IngressRoute, IngressRule, InstanceUsage, NewContainer};
 pub use deployments::{
     DeploymentChange, DeploymentRecord, InferenceKeyRecord, InferenceRequestRecord, NewReplica,
@@ -59,7 +59,7 @@ pub use networks::{
 pub use oauth::OAuthClientRecord;
 pub use operations::{NewOperation, OperationEnd, OperationFilter, OperationRecord};
 pub use policies::ProjectPolicyRecord;
-pub use quotas::{QuotaCheck, QuotaExceeded, QuotaOverrides, Usage};
+pub use quotas::{QuotaCheck, QuotaExceeded, QuotaOverrides, Refusal, Usage};
 pub use scripts::ScriptRecord;
 pub use secrets::{Recorded, RegistryCredentialRecord, SecretRecord};
 pub use sqlx::Error as SqlxError;
@@ -98,6 +98,10 @@ pub enum StoreError {
     /// A write would have taken a project over a quota; nothing changed.
     #[error("{0}")]
     QuotaExceeded(QuotaExceeded),
+    /// A write would have cost its project more than its balance covers;
+    /// nothing changed.
+    #[error("the balance does not cover an hour of what the project runs")]
+    InsufficientFunds(billing::FundsShort),
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -377,8 +381,9 @@ impl Store {
 
     /// [`Store::run_statements`] with `quota`'s check in the same
     /// transaction, after the statements (`quotas::enforce_written`):
-    /// [`StoreError::QuotaExceeded`], changing nothing, when they take the
-    /// project over a limit.
+    /// [`StoreError::QuotaExceeded`] (or [`StoreError::InsufficientFunds`]),
+    /// changing nothing, when they take the project over a limit (or its
+    /// balance).
     async fn run_statements_within(
         &self,
         what: &'static str,
@@ -402,14 +407,14 @@ impl Store {
                     if !keep(&counts) {
                         return Ok(writer::Commit::Undo(Ok(counts)));
                     }
-                    if let Some(exceeded) = quotas::enforce_written(&mut conn, quota).await? {
-                        return Ok(writer::Commit::Undo(Err(exceeded)));
+                    if let Some(refused) = quotas::enforce_written(&mut conn, quota).await? {
+                        return Ok(writer::Commit::Undo(Err(refused)));
                     }
                     Ok(writer::Commit::Keep(Ok(counts)))
                 })
             })
             .await?;
-        outcome.map_err(StoreError::QuotaExceeded)
+        outcome.map_err(StoreError::from)
     }
 
     /// Reads rows, at most `limit` of them (see [`reader`]).

@@ -23,6 +23,27 @@ pub struct QuotaCheck {
     pub project_id: String,
     pub defaults: Usage,
     pub adds: Usage,
+    /// Whether the project's balance must also cover an hour of all it
+    /// runs or is creating, the write included ([`crate::billing`]),
+    /// checked under the same lock: deploys racing one another cannot each
+    /// pass on the same money.
+    pub funds: bool,
+}
+
+/// Why a write checked by [`enforce_written`] was undone.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    Quota(QuotaExceeded),
+    Funds(crate::billing::FundsShort),
+}
+
+impl From<Refusal> for crate::StoreError {
+    fn from(refusal: Refusal) -> Self {
+        match refusal {
+            Refusal::Quota(exceeded) => crate::StoreError::QuotaExceeded(exceeded),
+            Refusal::Funds(short) => crate::StoreError::InsufficientFunds(short),
+        }
+    }
 }
 
 /// What a project uses, as the store keeps it (migration 0028: the sum of
@@ -189,21 +210,30 @@ pub(crate) async fn enforce(
 pub(crate) async fn enforce_written(
     conn: &mut Conn<'_>,
     check: &QuotaCheck,
-) -> std::result::Result<Option<QuotaExceeded>, DbError> {
-    let Some((limits, after)) = limits_and_usage(conn, check).await? else {
-        return Ok(None);
-    };
-    let adds = &check.adds;
-    let before = Usage {
-        instances: after.instances - adds.instances,
-        vcpus: after.vcpus - adds.vcpus,
-        memory_mb: after.memory_mb - adds.memory_mb,
-        volumes: after.volumes - adds.volumes,
-        volume_gb: after.volume_gb - adds.volume_gb,
-        containers: after.containers - adds.containers,
-        ssh_keys: after.ssh_keys - adds.ssh_keys,
-    };
-    Ok(check.exceeded(&limits, &before))
+) -> std::result::Result<Option<Refusal>, DbError> {
+    if let Some((limits, after)) = limits_and_usage(conn, check).await? {
+        let adds = &check.adds;
+        let before = Usage {
+            instances: after.instances - adds.instances,
+            vcpus: after.vcpus - adds.vcpus,
+            memory_mb: after.memory_mb - adds.memory_mb,
+            volumes: after.volumes - adds.volumes,
+            volume_gb: after.volume_gb - adds.volume_gb,
+            containers: after.containers - adds.containers,
+            ssh_keys: after.ssh_keys - adds.ssh_keys,
+        };
+        if let Some(exceeded) = check.exceeded(&limits, &before) {
+            return Ok(Some(Refusal::Quota(exceeded)));
+        }
+    }
+    // The project is locked now (on PostgreSQL by the limits' read; on
+    // SQLite by its one writer), and the write's meter is in.
+    if check.funds
+        && let Some(short) = crate::billing::funds_short(conn, &check.project_id).await?
+    {
+        return Ok(Some(Refusal::Funds(short)));
+    }
+    Ok(None)
 }
 
 impl QuotaCheck {

@@ -200,7 +200,7 @@ impl Store {
             Box::pin(async move { claim_unit(conn, &claim).await })
         })
         .await?
-        .map_err(crate::StoreError::QuotaExceeded)
+        .map_err(crate::StoreError::from)
     }
 
     /// Moves a unit from one of `from` to `to`, setting its detail and
@@ -329,7 +329,7 @@ struct OwnedClaim {
     quota: Option<crate::QuotaCheck>,
 }
 
-type ClaimOutcome = std::result::Result<Option<i64>, crate::QuotaExceeded>;
+type ClaimOutcome = std::result::Result<Option<i64>, crate::quotas::Refusal>;
 
 async fn claim_unit(
     mut conn: Conn<'_>,
@@ -392,9 +392,9 @@ async fn claim_unit(
         return Ok(Commit::Undo(Ok(None)));
     }
     if let Some(quota) = &claim.quota
-        && let Some(exceeded) = crate::quotas::enforce_written(&mut conn, quota).await?
+        && let Some(refused) = crate::quotas::enforce_written(&mut conn, quota).await?
     {
-        return Ok(Commit::Undo(Err(exceeded)));
+        return Ok(Commit::Undo(Err(refused)));
     }
     Ok(Commit::Keep(Ok(Some(generation))))
 }

@@ -412,7 +412,7 @@ impl App {
                 limit: i64::from(limit),
             }),
         };
-        self.record_instance(caller, &instance, &[]).await?;
+        self.record_instance(caller, &instance, &[], false).await?;
         tracing::info!(deployment = %d.name, replica = %id, "replica requested");
         Ok(())
     }

@@ -273,17 +273,19 @@ impl App {
             replica: None,
             created_by: caller.acting_user(),
         };
-        self.record_instance(caller, &instance, &tags).await
+        self.record_instance(caller, &instance, &tags, req.require_funds)
+            .await
     }
 
-    /// Records a new instance (within its project's quota) with the
-    /// operation that creates it, tags it, and starts the operation.
-    /// Answers the instance as recorded.
+    /// Records a new instance (within its project's quota, and its
+    /// balance when `paid`) with the operation that creates it, tags it,
+    /// and starts the operation. Answers the instance as recorded.
     pub(crate) async fn record_instance(
         &self,
         caller: &Principal,
         instance: &NewInstance,
         tags: &[(String, String)],
+        paid: bool,
     ) -> Result<Instance> {
         let id = instance.id.clone();
         let op = NewOperation {
@@ -294,10 +296,11 @@ impl App {
             params: serde_json::json!({ "instance_id": id }),
             created_by: caller.username.clone(),
         };
-        let quota = self.quota_check(
-            &caller.project_id,
-            instances_usage(std::slice::from_ref(instance)),
-        );
+        let usage = instances_usage(std::slice::from_ref(instance));
+        let quota = match paid {
+            true => self.paid_check(&caller.project_id, usage),
+            false => self.quota_check(&caller.project_id, usage),
+        };
         // The operation goes in taken by this process, which drives it at
         // once: watched from before it is written, so a cancel asked from
         // now on is heard.

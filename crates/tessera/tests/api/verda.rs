@@ -23,6 +23,7 @@ on_both_backends!(
     a_long_instance_list_is_whole_json_across_pages,
     hibernate_deletes_a_shut_down_instance_and_keeps_its_volumes,
     a_deploy_needs_an_hour_of_everything_the_project_runs,
+    a_deploy_counts_the_instances_still_being_made,
     deletes_sent_together_start_one_and_the_rest_answer_204,
 );
 
@@ -2103,6 +2104,63 @@ async fn a_deploy_needs_an_hour_of_everything_the_project_runs(backend: Backend)
     verda.wait_status(&first, "discontinued").await;
     let second = verda.create("/instances", small("b")).await;
     verda.wait_status(&second, "running").await;
+    server.stop().await;
+}
+
+/// The balance covers what the project is making as well as what it
+/// runs: deploys one after the other while the first is still being made,
+/// or all at once, cannot each pass on the same money.
+async fn a_deploy_counts_the_instances_still_being_made(backend: Backend) {
+    let server = TestServer::start_with(
+        backend,
+        Options {
+            // Its instances stay `provisioning`.
+            faults: vec!["create:slow-:hang"],
+            agent_timeout: Duration::from_secs(10),
+            ..Options::default()
+        },
+    )
+    .await;
+    add_fin_host(&server, "slow-fin", "16xCPU-64GB").await;
+    let verda = Verda::login(&server, "default").await;
+    let small = |name: &str| {
+        let mut body = deploy(name, json!({"os_volume": {"name": "os", "size": 1}}));
+        body["instance_type"] = json!("cx11");
+        body
+    };
+    // An hour of one (0.0078, as above), not of two.
+    top_up(&server, "default", 0.012).await;
+    let first = verda.create("/instances", small("a")).await;
+    verda.wait_status(&first, "provisioning").await;
+    let (status, body) = verda
+        .json(Method::POST, "/instances", Some(small("b")))
+        .await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::PAYMENT_REQUIRED,
+        "insufficient_funds",
+    );
+    // With room for one more, six at once: one gets it.
+    top_up(&server, "default", 0.008).await;
+    let tries =
+        (0..6).map(|n| verda.json(Method::POST, "/instances", Some(small(&format!("c{n}")))));
+    let answers = futures::future::join_all(tries).await;
+    let statuses: Vec<StatusCode> = answers.iter().map(|(status, _)| *status).collect();
+    assert_eq!(
+        statuses
+            .iter()
+            .filter(|s| **s == StatusCode::ACCEPTED)
+            .count(),
+        1,
+        "{answers:?}"
+    );
+    assert!(
+        statuses
+            .iter()
+            .all(|s| [StatusCode::ACCEPTED, StatusCode::PAYMENT_REQUIRED].contains(s)),
+        "{answers:?}"
+    );
     server.stop().await;
 }
 
