@@ -127,16 +127,7 @@ impl App {
     pub async fn init_server(&self, req: InitServer) -> Result<Host> {
         let new = validate_host(req, Registration::Kloigos)?;
         if !self.store.insert_host(&new).await? {
-            let status = self
-                .store
-                .host_by_hostname(&new.hostname)
-                .await?
-                .map(|h| h.status.to_string())
-                .unwrap_or_default();
-            return Err(Error::Conflict(format!(
-                "server {} is already registered (status {status}); decommission it first",
-                new.hostname
-            )));
+            return Err(self.name_taken(&new.hostname).await?);
         }
         tracing::info!(hostname = %new.hostname, id = %new.id, "server registered");
         let host = self
@@ -149,6 +140,25 @@ impl App {
         let id = host.id.clone();
         self.tasks.spawn(async move { app.drive_host(&id).await });
         Ok(host.into())
+    }
+
+    /// The conflict of registering `hostname` while a host of that name,
+    /// in any case, is registered.
+    pub(crate) async fn name_taken(&self, hostname: &str) -> Result<Error> {
+        Ok(Error::Conflict(
+            match self.store.host_named_in_any_case(hostname).await? {
+                Some(host) if host.hostname == hostname => format!(
+                    "server {hostname} is already registered (status {}); decommission it first",
+                    host.status
+                ),
+                Some(host) => format!(
+                    "server {} is already registered (status {}), and host names know no \
+                     case; decommission it first",
+                    host.hostname, host.status
+                ),
+                None => format!("server {hostname} was registered meanwhile; try again"),
+            },
+        ))
     }
 
     /// Retires a host. Refused while units are held unless `force`, which

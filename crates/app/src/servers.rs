@@ -134,16 +134,13 @@ impl App {
         let project_id = self.workspace_of(caller, req.workspace.as_deref()).await?;
         req.server_id = new_id("host");
         self.new_host(&req)?;
-        if let Some(existing) = self.store.host_by_hostname(&req.hostname).await?
+        if let Some(existing) = self.store.host_named_in_any_case(&req.hostname).await?
             && !matches!(
                 existing.status,
                 HostStatus::Decommissioned | HostStatus::InitFail
             )
         {
-            return Err(Error::Conflict(format!(
-                "server {} is already registered (status {})",
-                req.hostname, existing.status
-            )));
+            return Err(self.name_taken(&req.hostname).await?);
         }
         let op = NewOperation {
             id: crate::new_uuid(),
@@ -363,7 +360,7 @@ impl App {
                     }
                 };
                 if !self.store.insert_host(&new).await? {
-                    let why = format!("server {} is already registered", req.hostname);
+                    let why = self.name_taken(&req.hostname).await?.to_string();
                     self.store
                         .finish_operation(&run.op.id, OperationStatus::Failed, None, Some(&why))
                         .await?;

@@ -194,6 +194,18 @@ impl Store {
         .await
     }
 
+    /// The host named `hostname` in any case (host names are DNS names),
+    /// the one spelt so first: the host a new registration of that name
+    /// meets.
+    pub async fn host_named_in_any_case(&self, hostname: &str) -> Result<Option<HostRecord>> {
+        let sql = format!(
+            "SELECT {HOST_COLUMNS} FROM hosts WHERE lower(hostname) = lower($1) \
+             ORDER BY CASE WHEN hostname = $1 THEN 0 ELSE 1 END LIMIT 1"
+        );
+        let rows = self.fetch_rows(&sql, &[hostname.into()], Some(1)).await?;
+        rows.first().map(host_from_row).transpose()
+    }
+
     pub async fn host_by_hostname(&self, hostname: &str) -> Result<Option<HostRecord>> {
         let sql = format!("SELECT {HOST_COLUMNS} FROM hosts WHERE hostname = $1");
         let rows = self.fetch_rows(&sql, &[hostname.into()], Some(1)).await?;
@@ -535,10 +547,20 @@ impl Store {
 async fn insert_host(mut conn: Conn<'_>, host: &NewHost) -> Result<Commit<bool>, DbError> {
     let cpu_ranges = serde_json::to_string(&host.cpu_ranges).unwrap_or_default();
     let numa_nodes = serde_json::to_string(&host.numa_nodes).unwrap_or_default();
+    // Host names are DNS names, which know no case: one is taken by a
+    // host of the same name in any case. On PostgreSQL, registrations of
+    // one name in any case wait for one another (SQLite has one writer).
+    if conn.is_postgres() {
+        conn.execute(
+            "SELECT pg_advisory_xact_lock(hashtext(lower($1)))",
+            &[(&host.hostname).into()],
+        )
+        .await?;
+    }
     // A host that was retired, or whose preparation failed, may be
     // registered again under the same name.
-    let retired =
-        "(SELECT id FROM hosts WHERE hostname = $1 AND status IN ('DECOMMISSIONED', 'INIT_FAIL'))";
+    let retired = "(SELECT id FROM hosts WHERE lower(hostname) = lower($1) \
+         AND status IN ('DECOMMISSIONED', 'INIT_FAIL'))";
     conn.execute(
         &format!("UPDATE instances SET host_id = NULL WHERE host_id IN {retired}"),
         &[(&host.hostname).into()],
@@ -552,10 +574,20 @@ async fn insert_host(mut conn: Conn<'_>, host: &NewHost) -> Result<Commit<bool>,
         .await?;
     }
     conn.execute(
-        "DELETE FROM hosts WHERE hostname = $1 AND status IN ('DECOMMISSIONED', 'INIT_FAIL')",
+        "DELETE FROM hosts WHERE lower(hostname) = lower($1) \
+         AND status IN ('DECOMMISSIONED', 'INIT_FAIL')",
         &[(&host.hostname).into()],
     )
     .await?;
+    let taken = conn
+        .fetch_text(
+            "SELECT hostname FROM hosts WHERE lower(hostname) = lower($1) LIMIT 1",
+            &[(&host.hostname).into()],
+        )
+        .await?;
+    if taken.is_some() {
+        return Ok(Commit::Undo(false));
+    }
     let at = now();
     let inserted = conn
         .execute(

@@ -67,6 +67,16 @@ impl App {
             ));
         }
         let location = req.location.clone().unwrap_or_else(|| "local".into());
+        // Another host's name in another case is not this one's to join.
+        if let Some(other) = self.store.host_named_in_any_case(&req.hostname).await?
+            && other.hostname != req.hostname
+            && !matches!(
+                other.status,
+                HostStatus::Decommissioned | HostStatus::InitFail
+            )
+        {
+            return Err(self.name_taken(&req.hostname).await?);
+        }
         let existing = self.store.host_by_hostname(&req.hostname).await?;
         // A host that has had an agent (or is served without one, as a
         // simulated host is) is handed to a new agent only with a join token
@@ -141,10 +151,7 @@ impl App {
         let host_id = match (new_host, existing) {
             (Some(new), _) => {
                 if !self.store.insert_host(&new).await? {
-                    return Err(Error::Conflict(format!(
-                        "server {} was registered meanwhile; register the agent again",
-                        new.hostname
-                    )));
+                    return Err(self.name_taken(&new.hostname).await?);
                 }
                 self.placement.refresh_host(&self.store, &new.id).await?;
                 new.id

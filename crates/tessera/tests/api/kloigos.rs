@@ -1,7 +1,7 @@
 //! The Kloigos face, endpoint by endpoint: success and error paths.
 
-use crate::harness::{Backend, KEY, Options, TestServer, unit_request};
-use reqwest::StatusCode;
+use crate::harness::{Backend, KEY, Options, TOKEN, TestServer, eventually, unit_request};
+use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use std::time::Duration;
 
@@ -282,10 +282,46 @@ async fn init_server_refuses_a_registered_hostname(backend: Backend) {
         body["detail"].as_str().is_some_and(|d| d.contains("host1")),
         "{body}"
     );
-    // The registered host is unchanged.
+    // Host names know no case: HOST1 is host1 too, on either API.
+    let (status, body) = server
+        .post(
+            "/api/admin/init_server",
+            &json!({"hostname": "HOST1", "ip": "192.0.2.99", "region": "x", "zone": "y", "cpu_ranges": ["0-3"]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert!(
+        body["detail"].as_str().is_some_and(|d| d.contains("host1")),
+        "{body}"
+    );
+    let (status, body) = server
+        .post(
+            "/v1/servers/create",
+            &json!({"hostname": "Host1", "ip_address": "192.0.2.98", "zone": "z", "cpus": "0-3"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    // The registered host is unchanged, and alone.
     let units = server.units("?hostname=host1").await;
     assert_eq!(units.len(), 1);
     assert_eq!(units[0]["ip"], "192.0.2.10");
+    assert_eq!(server.units("").await.len(), 1);
+    // Once retired, the name is free again, in any case.
+    let (status, body) = server
+        .request(
+            Method::DELETE,
+            "/api/admin/decommission_server/host1",
+            None,
+            Some(TOKEN),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let again = json!({"hostname": "HOST1", "ip": "192.0.2.10", "region": "x", "zone": "y", "cpu_ranges": ["0-3"]});
+    eventually(Duration::from_secs(20), "host1 retired", || async {
+        let (status, _) = server.post("/api/admin/init_server", &again).await;
+        (status == StatusCode::OK).then_some(())
+    })
+    .await;
     server.stop().await;
 }
 
