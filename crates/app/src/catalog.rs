@@ -16,7 +16,7 @@ pub struct Availability {
 }
 
 impl App {
-    fn fits(&self, kind: &InstanceType, location: &str) -> bool {
+    pub(crate) fn fits(&self, kind: &InstanceType, location: &str) -> bool {
         // No host offers GPUs yet (agents do not report them).
         if kind.gpus > 0 {
             return false;

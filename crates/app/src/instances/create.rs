@@ -170,8 +170,21 @@ impl App {
                 kind.name, kind.gpus, kind.gpu_name
             )));
         }
-        let mut micros_per_hour = tessera_core::catalog::to_micros(kind.hourly(req.spec.is_spot));
         let location = req.spec.location.clone().unwrap_or_default();
+        if req.require_room && !self.fits(&kind, &location) {
+            // The view may miss what other replicas freed or added.
+            self.placement
+                .refresh_changed(&self.store, std::time::Instant::now())
+                .await?;
+            if !self.fits(&kind, &location) {
+                return Err(Error::NoCapacity(format!(
+                    "no host in {location} has room for a {} now; GET /instance-availability \
+                     says which types fit where",
+                    kind.name
+                )));
+            }
+        }
+        let mut micros_per_hour = tessera_core::catalog::to_micros(kind.hourly(req.spec.is_spot));
         // The OS volume is `vda`; the others follow from `vdb`.
         let mut volumes = Vec::new();
         let mut next_target = 1;

@@ -193,6 +193,10 @@ pub struct CreateInstance {
     /// Refuse with `InsufficientFunds` unless the project's balance covers
     /// an hour of it.
     pub require_funds: bool,
+    /// Refuse with `NoCapacity`, making nothing, when no host could take
+    /// it now (Verda's deploy answers so), rather than record it to end
+    /// `no_capacity` once placement finds no host.
+    pub require_room: bool,
     /// Tags to put on it: `(key, value)`.
     pub tags: Vec<(String, String)>,
 }

@@ -478,6 +478,7 @@ fn check_policy(field: &str, policy: &Option<String>) -> Result<()> {
         (status = 402, description = "The balance does not cover an hour of it", body = ErrorBody),
         (status = 403, description = "Not allowed: the credential's role or scopes, or the project's quota", body = ErrorBody),
         (status = 429, description = "Too many requests", body = ErrorBody),
+        (status = 503, description = "Not enough resources: no host has room for the type in the location now", body = ErrorBody),
     ))]
 pub async fn deploy_instance(
     State(app): State<App>,
@@ -591,6 +592,7 @@ pub async fn deploy_instance(
                 volumes,
                 existing_volumes: req.existing_volumes.unwrap_or_default(),
                 require_funds: true,
+                require_room: true,
                 tags,
             },
         )

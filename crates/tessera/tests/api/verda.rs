@@ -762,21 +762,29 @@ async fn instances_and_volumes_through_their_lifecycle_and_billed(backend: Backe
         "{reply}"
     );
     assert_eq!(verda.get("/instances").await, json!([]));
-    // Too big for any host: it ends `no_capacity`, and the volumes made
-    // for it go with it.
-    let big = verda
-        .create(
+    // Too big for any host: 503, as Verda answers "not enough resources"
+    // (its SDK raises it), and nothing is made.
+    let (status, reply) = verda
+        .json(
+            Method::POST,
             "/instances",
-            deploy("big-1", json!({"instance_type": "CPU.32V.128G"})),
+            Some(deploy("big-1", json!({"instance_type": "CPU.32V.128G"}))),
         )
         .await;
-    verda.wait_status(&big, "no_capacity").await;
-    eventually(
-        Duration::from_secs(15),
-        "the failed deploy's volumes gone",
-        || async { (verda.get("/volumes").await == json!([])).then_some(()) },
-    )
-    .await;
+    assert_error(
+        status,
+        &reply,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "service_unavailable",
+    );
+    assert!(
+        reply["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("CPU.32V.128G")),
+        "{reply}"
+    );
+    assert_eq!(verda.get("/instances?status=no_capacity").await, json!([]));
+    assert_eq!(verda.get("/volumes").await, json!([]));
     // A key, a script, and an instance with an extra volume.
     let key = verda
         .create(
