@@ -301,8 +301,18 @@ fn sealed_for(kind: RegistryKind, input: &RegistryCredentialInput) -> Result<Sea
             required("secret_access_key", kind, &input.secret_access_key)?;
             let region = required("region", kind, &input.region)?;
             let repository = required("ecr_repo", kind, &input.ecr_repo)?;
+            // Its host, as the spec's example gives it, or a repository's
+            // URI (`<account>.dkr.ecr.<region>.amazonaws.com/<name>`), as
+            // the SDK's documentation calls it: the credentials are the
+            // registry's.
+            let host = repository
+                .trim()
+                .trim_start_matches("https://")
+                .split('/')
+                .next()
+                .unwrap_or_default();
             Sealed::AwsEcr {
-                repository: check_host("ecr_repo", &repository)?,
+                repository: check_host("ecr_repo", host)?,
                 region,
             }
         }
@@ -582,5 +592,14 @@ mod tests {
         let err =
             login_for(&sealed, "1.dkr.ecr.eu-north-1.amazonaws.com", "c").expect_err("an error");
         assert!(err.to_string().contains("not supported here"), "{err}");
+        // A repository's URI names the same registry.
+        ecr.ecr_repo = Some("https://1.dkr.ecr.eu-north-1.amazonaws.com/team/app".into());
+        let from_uri = sealed_for(RegistryKind::AwsEcr, &ecr).expect("a value");
+        assert_eq!(
+            serde_json::to_value(&from_uri).expect("json"),
+            serde_json::to_value(&sealed).expect("json")
+        );
+        ecr.ecr_repo = Some("/app".into());
+        assert!(sealed_for(RegistryKind::AwsEcr, &ecr).is_err());
     }
 }

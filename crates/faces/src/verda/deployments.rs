@@ -218,6 +218,10 @@ pub struct ContainerBody {
     pub entrypoint_overrides: EntrypointOverridesBody,
     pub env: Vec<EnvVarBody>,
     pub volume_mounts: Vec<VolumeMountBody>,
+    /// Whether the image comes through a cached-image proxy: never here (a
+    /// host keeps what it pulled for a deployment while its replicas use
+    /// it; the request's flag is read and ignored).
+    pub should_use_cached_image: bool,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -573,6 +577,7 @@ pub(super) fn deployment_body(app: &App, d: Deployment) -> DeploymentBody {
                     cmd: c.entrypoint_overrides.cmd.clone(),
                 },
                 env: env_body(&c.env),
+                should_use_cached_image: false,
                 volume_mounts: c
                     .volume_mounts
                     .iter()

@@ -445,8 +445,8 @@ pub struct DeployRequest {
     pub location_code: Option<String>,
     pub os_volume: Option<OsVolumeRequest>,
     pub is_spot: Option<bool>,
-    /// Accepted; Tessera has no coupons.
-    #[allow(dead_code)]
+    /// Tessera has no coupons: none (null or empty) is taken, any other is
+    /// not valid.
     pub coupon: Option<String>,
     pub volumes: Option<Vec<VolumeRequest>>,
     pub existing_volumes: Option<Vec<String>>,
@@ -533,6 +533,14 @@ pub async fn deploy_instance(
             ));
         }
         Some(_) => return Err(bad_request("pricing must be FIXED_PRICE")),
+    }
+    // An instance asked for with a coupon would be billed in full: a
+    // coupon is refused as one Verda does not know would be.
+    if let Some(coupon) = req.coupon.as_deref().filter(|c| !c.trim().is_empty()) {
+        return Err(bad_request(format!(
+            "coupon {:?} is not valid: this cloud offers no coupons",
+            coupon.chars().take(64).collect::<String>()
+        )));
     }
     let is_spot = req.is_spot.unwrap_or(false) || req.contract.as_deref() == Some("SPOT");
     let default_type = catalog

@@ -722,6 +722,8 @@ async fn instances_and_volumes_through_their_lifecycle_and_billed(backend: Backe
             deploy("x", json!({"pricing": "DYNAMIC_PRICE"})),
             "only FIXED_PRICE",
         ),
+        // Nor with a coupon it would not honour.
+        (deploy("x", json!({"coupon": "DISCOUNT20"})), "no coupons"),
         // In the deploy's own words, not the native request's.
         (deploy("bad name!", json!({})), "hostname must be"),
         // A host name read as an option (`hostname -lead`).

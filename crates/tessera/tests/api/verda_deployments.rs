@@ -748,6 +748,13 @@ async fn job_deployments_queue_purge_and_refuse_bad_input(backend: Backend) {
     assert_eq!(status, StatusCode::CREATED, "{created}");
     assert_eq!(created["scaling"], scaling);
     assert!(created["created_by_user_id"].is_string(), "{created}");
+    // A job's container says it (the spec requires it): no cached-image
+    // proxy here.
+    assert_eq!(
+        created["containers"][0]["should_use_cached_image"],
+        json!(false),
+        "{created}"
+    );
     // One namespace with container deployments.
     let (status, answer) = verda
         .json(
