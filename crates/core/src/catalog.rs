@@ -23,8 +23,13 @@ const BUILT_IN: &str = include_str!("../catalog.toml");
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Catalog {
-    /// `usd` or `eur`: every price is in it.
+    /// `usd` or `eur`: every price is in it, and balances are kept in it.
     pub currency: String,
+    /// Prices shown in another currency when a client asks for it (Verda's
+    /// `?currency=eur`): how many of that currency one of `currency` is.
+    /// Balances and charges stay in `currency`.
+    #[serde(default)]
+    pub exchange_rates: std::collections::BTreeMap<String, f64>,
     #[serde(default)]
     pub locations: Vec<Location>,
     #[serde(default)]
@@ -311,6 +316,15 @@ impl Catalog {
         Catalog::from_toml(BUILT_IN).expect("the built-in catalog is valid")
     }
 
+    /// How many of `currency` one of the catalog's is: 1 for its own,
+    /// its exchange rate for another it offers, `None` for the rest.
+    pub fn rate_to(&self, currency: &str) -> Option<f64> {
+        match currency == self.currency {
+            true => Some(1.0),
+            false => self.exchange_rates.get(currency).copied(),
+        }
+    }
+
     /// Reads and checks a catalog file's text.
     pub fn from_toml(text: &str) -> Result<Catalog, String> {
         let catalog: Catalog = toml::from_str(text).map_err(|e| e.to_string())?;
@@ -324,6 +338,19 @@ impl Catalog {
                 "currency must be \"usd\" or \"eur\", not {:?}",
                 self.currency
             ));
+        }
+        for (other, rate) in &self.exchange_rates {
+            if !matches!(other.as_str(), "usd" | "eur") || *other == self.currency {
+                return Err(format!(
+                    "exchange_rates: {other:?} is not a currency other than {:?} (usd or eur)",
+                    self.currency
+                ));
+            }
+            if !(rate.is_finite() && *rate > 0.0) {
+                return Err(format!(
+                    "exchange_rates: the rate of {other} must be a positive number, not {rate}"
+                ));
+            }
         }
         unique("location", self.locations.iter().map(|l| l.code.as_str()))?;
         unique("image", self.images.iter().map(|i| i.image_type.as_str()))?;
@@ -507,6 +534,14 @@ mod tests {
     fn a_catalog_that_does_not_hold_together_is_refused() {
         let bad = [
             ("currency = \"gbp\"", "currency"),
+            (
+                "currency = \"usd\"\nexchange_rates = { usd = 1.0 }",
+                "exchange_rates",
+            ),
+            (
+                "currency = \"usd\"\nexchange_rates = { eur = 0 }",
+                "exchange_rates",
+            ),
             ("currency = \"usd\"\nbogus = 1", "unknown field"),
             (
                 "currency = \"usd\"\n[[locations]]\ncode = \"A\"\nname = \"a\"\ncountry_code = \"X\"\n[[locations]]\ncode = \"A\"\nname = \"b\"\ncountry_code = \"X\"",

@@ -118,16 +118,16 @@ pub struct InstanceTypeBody {
     pub deploy_warning: String,
 }
 
-fn instance_type_body(t: &cat::InstanceType, currency: &str) -> InstanceTypeBody {
+fn instance_type_body(t: &cat::InstanceType, priced: &Priced) -> InstanceTypeBody {
     InstanceTypeBody {
         id: t.id.clone(),
         instance_type: t.name.clone(),
-        price_per_hour: price(t.price_per_hour),
-        spot_price: price(t.spot_price),
-        dynamic_price: price(t.price_per_hour),
-        max_dynamic_price: price(t.price_per_hour),
-        serverless_price: price(t.price_per_hour),
-        serverless_spot_price: price(t.spot_price),
+        price_per_hour: priced.price(t.price_per_hour),
+        spot_price: priced.price(t.spot_price),
+        dynamic_price: priced.price(t.price_per_hour),
+        max_dynamic_price: priced.price(t.price_per_hour),
+        serverless_price: priced.price(t.price_per_hour),
+        serverless_spot_price: priced.price(t.spot_price),
         description: t.description.clone(),
         cpu: cpu(t.vcpus),
         gpu: gpu(t.gpus, &t.gpu_name),
@@ -140,7 +140,7 @@ fn instance_type_body(t: &cat::InstanceType, currency: &str) -> InstanceTypeBody
         model: t.model.clone(),
         name: t.gpu_name.clone(),
         p2p: t.p2p.clone(),
-        currency: currency.to_string(),
+        currency: priced.currency.clone(),
         manufacturer: t.manufacturer.clone(),
         display_name: match t.display_name.is_empty() {
             true => t.name.clone(),
@@ -154,18 +154,43 @@ fn instance_type_body(t: &cat::InstanceType, currency: &str) -> InstanceTypeBody
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct CurrencyQuery {
-    /// `usd` or `eur`: must be the catalog's currency.
+    /// `usd` or `eur`: the catalog's currency, or one it has an exchange
+    /// rate for (prices are shown in it; balances stay in the catalog's).
     pub currency: Option<String>,
 }
 
-fn check_currency(app: &App, asked: Option<&str>) -> Result<()> {
-    match asked {
-        Some(c) if c != app.catalog().currency => Err(bad_request(format!(
-            "prices are kept in {}; currency {:?} is not offered",
-            app.catalog().currency,
-            c.escape_debug().to_string()
+/// The currency a list's prices are shown in, and how many of it one of
+/// the catalog's is: the catalog's own unless the client asks for one the
+/// catalog has an exchange rate for.
+struct Priced {
+    currency: String,
+    rate: f64,
+}
+
+impl Priced {
+    fn price(&self, amount: f64) -> String {
+        price(amount * self.rate)
+    }
+}
+
+fn priced_in(app: &App, asked: Option<&str>) -> Result<Priced> {
+    let catalog = app.catalog();
+    let currency = asked.unwrap_or(&catalog.currency);
+    match catalog.rate_to(currency) {
+        Some(rate) => Ok(Priced {
+            currency: currency.to_string(),
+            rate,
+        }),
+        None => Err(bad_request(format!(
+            "prices are kept in {}{}; currency {:?} is not offered",
+            catalog.currency,
+            catalog
+                .exchange_rates
+                .keys()
+                .map(|c| format!(" and shown in {c}"))
+                .collect::<String>(),
+            currency.escape_debug().to_string()
         ))),
-        _ => Ok(()),
     }
 }
 
@@ -202,13 +227,12 @@ pub async fn instance_types(
     State(app): State<App>,
     Query(query): Query<CurrencyQuery>,
 ) -> Result<Json<Vec<InstanceTypeBody>>> {
-    check_currency(&app, query.currency.as_deref())?;
-    let currency = &app.catalog().currency;
+    let priced = priced_in(&app, query.currency.as_deref())?;
     Ok(Json(
         app.catalog()
             .instance_types
             .iter()
-            .map(|t| instance_type_body(t, currency))
+            .map(|t| instance_type_body(t, &priced))
             .collect(),
     ))
 }
@@ -217,7 +241,8 @@ pub async fn instance_types(
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct InstanceTypeQuery {
-    /// `usd` or `eur`: must be the catalog's currency.
+    /// `usd` or `eur`: the catalog's currency, or one it has an exchange
+    /// rate for (prices are shown in it; balances stay in the catalog's).
     pub currency: Option<String>,
     /// A location: must be one of the catalog's (prices are the same
     /// everywhere).
@@ -240,7 +265,7 @@ pub async fn instance_type(
     Path(name): Path<String>,
     Query(query): Query<InstanceTypeQuery>,
 ) -> Result<Json<InstanceTypeBody>> {
-    check_currency(&app, query.currency.as_deref())?;
+    let priced = priced_in(&app, query.currency.as_deref())?;
     AvailabilityQuery {
         location_code: None,
         location_code_camel: None,
@@ -258,7 +283,7 @@ pub async fn instance_type(
             name.escape_debug().to_string()
         ))
     })?;
-    Ok(Json(instance_type_body(kind, &catalog.currency)))
+    Ok(Json(instance_type_body(kind, &priced)))
 }
 
 /// List the instance types (deprecated path).
@@ -272,12 +297,15 @@ pub async fn instance_types_deprecated(
     State(app): State<App>,
     _caller: Caller,
 ) -> Json<Vec<InstanceTypeBody>> {
-    let currency = &app.catalog().currency;
+    let priced = Priced {
+        currency: app.catalog().currency.clone(),
+        rate: 1.0,
+    };
     Json(
         app.catalog()
             .instance_types
             .iter()
-            .map(|t| instance_type_body(t, currency))
+            .map(|t| instance_type_body(t, &priced))
             .collect(),
     )
 }
@@ -543,7 +571,7 @@ pub async fn container_types(
     State(app): State<App>,
     Query(query): Query<CurrencyQuery>,
 ) -> Result<Json<Vec<ContainerTypeBody>>> {
-    check_currency(&app, query.currency.as_deref())?;
+    let priced = priced_in(&app, query.currency.as_deref())?;
     let catalog = app.catalog();
     Ok(Json(
         catalog
@@ -558,9 +586,9 @@ pub async fn container_types(
                 gpu: gpu(t.gpus, &t.gpu_name),
                 gpu_memory: gpu_memory(t.gpu_memory_gb),
                 memory: memory(t.memory_gb),
-                serverless_price: price(t.serverless_price),
-                serverless_spot_price: price(t.serverless_spot_price),
-                currency: catalog.currency.clone(),
+                serverless_price: priced.price(t.serverless_price),
+                serverless_spot_price: priced.price(t.serverless_spot_price),
+                currency: priced.currency.clone(),
                 manufacturer: t.manufacturer.clone(),
             })
             .collect(),
@@ -596,7 +624,7 @@ pub async fn cluster_types(
     State(app): State<App>,
     Query(query): Query<CurrencyQuery>,
 ) -> Result<Json<Vec<ClusterTypeBody>>> {
-    check_currency(&app, query.currency.as_deref())?;
+    let priced = priced_in(&app, query.currency.as_deref())?;
     let catalog = app.catalog();
     Ok(Json(
         catalog
@@ -611,8 +639,8 @@ pub async fn cluster_types(
                 gpu: gpu(t.gpus, &t.gpu_name),
                 gpu_memory: gpu_memory(t.gpu_memory_gb),
                 memory: memory(t.memory_gb),
-                price_per_hour: price(t.price_per_hour),
-                currency: catalog.currency.clone(),
+                price_per_hour: priced.price(t.price_per_hour),
+                currency: priced.currency.clone(),
                 manufacturer: t.manufacturer.clone(),
                 node_details: t.node_details.clone(),
                 supported_os: t.supported_os.clone(),

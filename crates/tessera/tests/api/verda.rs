@@ -461,6 +461,26 @@ async fn the_catalog_and_availability_follow_the_hosts(backend: Backend) {
         .json(Method::GET, "/instance-types?currency=gbp", None)
         .await;
     assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_request");
+    // In euros, as the SDKs may ask: at the catalog's rate (0.86 a dollar).
+    let euros = verda.get("/instance-types/CPU.4V.16G?currency=eur").await;
+    assert_eq!(euros["currency"], "eur", "{euros}");
+    let amount = |body: &Value| {
+        body["price_per_hour"]
+            .as_str()
+            .and_then(|p| p.parse::<f64>().ok())
+            .expect("a price")
+    };
+    assert!(
+        (amount(&euros) - amount(&cpu) * 0.86).abs() < 0.0001,
+        "{euros} {cpu}"
+    );
+    let containers = verda.get("/container-types?currency=eur").await;
+    assert!(
+        containers
+            .as_array()
+            .is_some_and(|l| l.iter().all(|t| t["currency"] == "eur")),
+        "{containers}"
+    );
     // One type, as the Go SDK's GetByInstanceType reads it.
     let one = verda
         .get("/instance-types/CPU.4V.16G?is_spot=true&location_code=FIN-03&currency=usd")
