@@ -186,11 +186,16 @@ impl Store {
             cpus: claim.cpus.to_vec(),
             ssh_public_key: claim.ssh_public_key.to_string(),
             tags: claim.tags.map(|t| t.to_string()),
-            deployment_id: claim.tags.and_then(|t| t.get("deployment_id")).map(|d| {
-                d.as_str()
-                    .map(str::to_string)
-                    .unwrap_or_else(|| d.to_string())
-            }),
+            // As `tags->>'deployment_id'` reads it: a JSON null is no id.
+            deployment_id: claim
+                .tags
+                .and_then(|t| t.get("deployment_id"))
+                .filter(|d| !d.is_null())
+                .map(|d| {
+                    d.as_str()
+                        .map(str::to_string)
+                        .unwrap_or_else(|| d.to_string())
+                }),
             deadline: claim.deadline.to_string(),
             project_id: claim.project_id.to_string(),
             quota: claim.quota.cloned(),

@@ -514,6 +514,17 @@ async fn list_filters_match_kloigos(backend: Backend) {
     for (query, want) in cases {
         assert_eq!(ids(server.units(query).await), want, "{query}");
     }
+    // A null deployment_id is none (as `tags->>'deployment_id'` reads it),
+    // not the text "null".
+    let (status, unit) = server
+        .allocate(json!({"cpu_count": 4, "region": "us", "ssh_public_key": KEY, "tags": {"deployment_id": null}}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{unit}");
+    assert_eq!(unit["tags"], json!({"deployment_id": null}));
+    assert_eq!(
+        ids(server.units("?deployment_id=null").await),
+        Vec::<String>::new()
+    );
     // The path without the trailing slash lists too.
     let (status, body) = server.get("/api/compute_units?hostname=h2").await;
     assert_eq!(
