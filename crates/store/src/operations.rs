@@ -68,6 +68,8 @@ pub struct OperationFilter {
     pub project_id: Option<String>,
     pub kind: Option<OperationKind>,
     pub status: Option<OperationStatus>,
+    /// Operations of these kinds are left out.
+    pub hidden_kinds: Vec<OperationKind>,
     /// Only operations after this `(created_at, id)`, for paging.
     pub after: Option<(String, String)>,
     pub limit: Option<i64>,
@@ -211,6 +213,14 @@ impl Store {
                 args.push(value.into());
                 conditions.push(format!("{column} = ${}", args.len()));
             }
+        }
+        if !filter.hidden_kinds.is_empty() {
+            let mut slots = Vec::with_capacity(filter.hidden_kinds.len());
+            for kind in &filter.hidden_kinds {
+                args.push(kind.as_str().into());
+                slots.push(format!("${}", args.len()));
+            }
+            conditions.push(format!("kind NOT IN ({})", slots.join(", ")));
         }
         if let Some(after) = &filter.after {
             conditions.push(crate::db::after_cursor(

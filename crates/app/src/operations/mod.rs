@@ -92,6 +92,24 @@ const CANCELLABLE: &[OperationKind] = &[
     OperationKind::ServerCreate,
     OperationKind::ClusterCreate,
 ];
+/// The fleet permission an operation on the fleet (not on a workspace's
+/// resources) acts with: whoever has it, or `server_read`, sees the
+/// operation whichever workspace it was asked in, and only who has it
+/// cancels it. Workspace operations need the workspace's permissions.
+fn fleet_permission(kind: OperationKind) -> Option<Permission> {
+    match kind {
+        OperationKind::ServerCreate => Some(Permission::ServerCreate),
+        OperationKind::ServerDelete | OperationKind::ServerDrain => Some(Permission::ServerDelete),
+        OperationKind::TaskservCreate => Some(Permission::TaskservCreate),
+        OperationKind::TaskservDelete => Some(Permission::TaskservDelete),
+        OperationKind::InstanceCreate
+        | OperationKind::InstanceDelete
+        | OperationKind::InstanceStart
+        | OperationKind::InstanceStop
+        | OperationKind::ClusterCreate => None,
+    }
+}
+
 /// The longest a client may wait on one request.
 pub const MAX_WAIT: Duration = Duration::from_secs(300);
 
@@ -194,12 +212,23 @@ impl App {
     ) -> Result<Page<Operation>> {
         caller.require(Permission::OperationRead)?;
         let (limit, after) = page_request(query.limit, query.page_token.as_deref())?;
+        // The fleet's operations asked in this workspace are the fleet's
+        // staff's to see, not every member's.
+        let hidden_kinds = match caller.can(Permission::ServerRead) {
+            true => Vec::new(),
+            false => OperationKind::ALL
+                .iter()
+                .copied()
+                .filter(|kind| fleet_permission(*kind).is_some())
+                .collect(),
+        };
         let mut items = self
             .store
             .operations(&OperationFilter {
                 project_id: Some(caller.project_id.clone()),
                 kind: query.kind,
                 status: query.status,
+                hidden_kinds,
                 after,
                 limit: Some(limit as i64 + 1),
             })
@@ -227,6 +256,9 @@ impl App {
         self.project_operation(caller, id).await
     }
 
+    /// An operation the caller may see: one of its workspace's, unless it
+    /// is the fleet's (then its staff's, whichever workspace it was asked
+    /// in); another's is a 404.
     pub(crate) async fn project_operation(
         &self,
         caller: &Principal,
@@ -234,12 +266,15 @@ impl App {
     ) -> Result<Operation> {
         self.stored_operation(id)
             .await?
-            .filter(|op| op.project_id == *caller.project_id)
+            .filter(|op| match fleet_permission(op.kind) {
+                Some(acts) => caller.can(Permission::ServerRead) || caller.can(acts),
+                None => op.project_id == *caller.project_id,
+            })
             .ok_or_else(|| Error::NotFound(format!("operation {id} not found")))
     }
 
     /// An operation as the store has it now.
-    async fn stored_operation(&self, id: &str) -> Result<Option<Operation>> {
+    pub(crate) async fn stored_operation(&self, id: &str) -> Result<Option<Operation>> {
         match has_nul(id) {
             true => Ok(None),
             false => self
@@ -303,6 +338,9 @@ impl App {
     pub async fn cancel_operation(&self, caller: &Principal, id: &str) -> Result<Operation> {
         caller.require(Permission::OperationCancel)?;
         let op = self.project_operation(caller, id).await?;
+        if let Some(acts) = fleet_permission(op.kind) {
+            caller.require(acts)?;
+        }
         self.cancel(op).await
     }
 

@@ -33,7 +33,79 @@ on_both_backends!(
     a_login_burst_leaves_memory_and_health_as_they_were,
     a_body_past_the_limit_is_a_413_in_each_faces_format,
     a_project_at_its_quota_takes_no_unit_from_others,
+    fleet_operations_are_the_fleets_staffs,
 );
+
+/// The fleet's operations (a server's registration) are its staff's: a
+/// member, even an admin, of the workspace one was asked in neither sees
+/// nor cancels it, and an install admin active elsewhere sees it.
+async fn fleet_operations_are_the_fleets_staffs(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let ivan = server.user_in("ivan", "member", "alpha").await;
+    let ivan_id = user_id(&server, "ivan").await;
+    let (status, body) = server
+        .call(
+            Method::PATCH,
+            &format!("/v1/users/{ivan_id}"),
+            Some(&json!({"install_role": "operator"})),
+            TOKEN,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let mia = server.user_in("mia", "admin", "alpha").await;
+    let (status, op) = server
+        .call(
+            Method::POST,
+            "/v1/servers/create",
+            Some(&json!({"hostname": "fleet-1", "ip_address": "192.0.2.77", "zone": "z", "cpus": "0-3"})),
+            &ivan,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{op}");
+    let id = op["id"].as_str().expect("id").to_string();
+    for (who, token, sees) in [
+        ("ivan", &ivan as &str, true),
+        ("the install admin", TOKEN, true),
+        ("mia", &mia, false),
+    ] {
+        let (status, body) = server
+            .call(Method::GET, &format!("/v1/operations/{id}"), None, token)
+            .await;
+        let expected = match sees {
+            true => StatusCode::OK,
+            false => StatusCode::NOT_FOUND,
+        };
+        assert_eq!(status, expected, "{who}: {body}");
+        let (status, listed) = server
+            .call(
+                Method::GET,
+                "/v1/operations?kind=server_create",
+                None,
+                token,
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{who}: {listed}");
+        let listed = listed.as_array().cloned().expect("a list");
+        // The install admin lists its own workspace's; the others alpha's.
+        if who != "the install admin" {
+            assert_eq!(
+                listed.iter().any(|o| o["id"] == id.as_str()),
+                sees,
+                "{who}: {listed:?}"
+            );
+        }
+    }
+    let (status, body) = server
+        .call(
+            Method::POST,
+            &format!("/v1/operations/{id}/cancel"),
+            None,
+            &mia,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    server.stop().await;
+}
 
 /// The id of user `name`, as the admin sees it.
 async fn user_id(server: &TestServer, name: &str) -> String {
