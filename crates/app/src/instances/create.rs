@@ -184,7 +184,10 @@ impl App {
                 )));
             }
         }
-        let mut micros_per_hour = tessera_core::catalog::to_micros(kind.hourly(req.spec.is_spot));
+        // The instance's own meter runs at its type's price; the volumes
+        // made with it bill through theirs. The funds check covers both.
+        let micros_per_hour = tessera_core::catalog::to_micros(kind.hourly(req.spec.is_spot));
+        let mut with_volumes = micros_per_hour;
         // The OS volume is `vda`; the others follow from `vdb`.
         let mut volumes = Vec::new();
         let mut next_target = 1;
@@ -197,7 +200,7 @@ impl App {
             let rate = self.check_volume(field, input)?;
             self.check_volume_room(field, &location, input.size_gb)
                 .await?;
-            micros_per_hour += rate;
+            with_volumes += rate;
             let os = field == "os_volume";
             let mut volume = self.new_volume(caller, input, &location, os, rate);
             volume.record.status = VolumeStatus::Attached.to_string();
@@ -254,7 +257,7 @@ impl App {
             ));
         }
         if req.require_funds {
-            self.check_funds(caller, micros_per_hour, &format!("instance {}", req.name))
+            self.check_funds(caller, with_volumes, &format!("instance {}", req.name))
                 .await?;
         }
         let network = self

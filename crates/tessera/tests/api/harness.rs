@@ -236,6 +236,36 @@ impl TestServer {
         };
     }
 
+    /// The first column of the first row `statement` (with `$1` = `arg`)
+    /// reads from the store: an integer.
+    pub async fn sql_int(&self, statement: &str, arg: &str) -> i64 {
+        use sqlx::Row;
+        match self.database_url.starts_with("sqlite") {
+            true => {
+                let mut conn = sqlx::SqliteConnection::connect(&self.database_url)
+                    .await
+                    .expect("the SQLite store");
+                let row = sqlx::query(statement)
+                    .bind(arg.to_string())
+                    .fetch_one(&mut conn)
+                    .await
+                    .expect("a row");
+                row.get::<i64, _>(0)
+            }
+            false => {
+                let mut conn = sqlx::PgConnection::connect(&self.database_url)
+                    .await
+                    .expect("the PostgreSQL store");
+                let row = sqlx::query(statement)
+                    .bind(arg.to_string())
+                    .fetch_one(&mut conn)
+                    .await
+                    .expect("a row");
+                row.get::<i64, _>(0)
+            }
+        }
+    }
+
     pub async fn request(
         &self,
         method: reqwest::Method,

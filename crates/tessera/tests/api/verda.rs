@@ -2109,6 +2109,15 @@ async fn a_deploy_needs_an_hour_of_everything_the_project_runs(backend: Backend)
     top_up(&server, "default", 0.012).await;
     let first = verda.create("/instances", small("a")).await;
     verda.wait_status(&first, "running").await;
+    // Each pays once: the instance at its type's price, its OS volume
+    // through its own meter (not in the instance's too).
+    let rate = "SELECT micros_per_hour FROM meters WHERE resource_id = $1";
+    assert_eq!(server.sql_int(rate, &first).await, 7_500);
+    let os_volume = verda.get(&format!("/instances/{first}")).await["os_volume_id"]
+        .as_str()
+        .expect("an OS volume")
+        .to_string();
+    assert_eq!(server.sql_int(rate, &os_volume).await, 274);
     let (status, body) = verda
         .json(Method::POST, "/instances", Some(small("b")))
         .await;
