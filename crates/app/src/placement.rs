@@ -12,6 +12,11 @@
 //! another host fits. On PostgreSQL a claim holds its host's row until it
 //! commits, so packed claims on one host ran one commit after another; at
 //! 32 concurrent creations that bounded a fleet to one host's commit rate.
+//!
+//! A host that just failed to make what was placed on it (an instance, a
+//! unit) is passed over the same way for [`FAILING_FOR`], unless nothing
+//! else fits: packing would otherwise send every request to the one broken
+//! host, as it has the fewest free CPUs.
 
 use crate::error::Result;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -21,6 +26,9 @@ use tessera_core::placement::{Decision, HostInventory, PlacementEngine, Request,
 use tessera_core::status::{HostStatus, UnitStatus};
 use tessera_core::{ComputeId, CpuSet, HostId};
 use tessera_store::{HostRecord, HostSighting, Store, UnitFilter, UnitRecord};
+
+/// How long a host that failed to make what was placed on it is passed over.
+pub const FAILING_FOR: std::time::Duration = std::time::Duration::from_secs(120);
 
 #[derive(Default)]
 pub struct PlacementView {
@@ -37,6 +45,8 @@ struct ViewState {
     versions: HashMap<HostId, i64>,
     /// Claims being committed, by host.
     claiming: HashMap<HostId, usize>,
+    /// Hosts that failed to make what was placed on them, and when.
+    failing: HashMap<HostId, Instant>,
     /// Each host as it was when loaded: its status, whether its agent was
     /// heard, what the agent offered.
     sightings: HashMap<HostId, HostSighting>,
@@ -235,16 +245,36 @@ impl PlacementView {
     /// view; its host is busy for other requests while the answer lives.
     pub fn take(self: &Arc<Self>, request: &Request) -> Option<Taken> {
         let mut state = self.state();
-        let claiming = &state.claiming;
-        let decision = state
-            .engine
-            .place_avoiding(request, |host| claiming.contains_key(host))?;
+        let (claiming, failing) = (&state.claiming, &state.failing);
+        let decision = state.engine.place_avoiding(request, |host| {
+            claiming.contains_key(host)
+                || failing
+                    .get(host)
+                    .is_some_and(|at| at.elapsed() < FAILING_FOR)
+        })?;
         state.engine.apply(&decision);
         *state.claiming.entry(decision.host.clone()).or_default() += 1;
         Some(Taken {
             decision,
             view: self.clone(),
         })
+    }
+
+    /// Notes that `host` failed to make what was placed on it: it is passed
+    /// over while another host fits, for [`FAILING_FOR`] or until it makes
+    /// something again.
+    pub fn host_failed(&self, host: &HostId) {
+        let mut state = self.state();
+        state.failing.retain(|_, at| at.elapsed() < FAILING_FOR);
+        state.failing.insert(host.clone(), Instant::now());
+    }
+
+    /// Notes that `host` made what was placed on it.
+    pub fn host_succeeded(&self, host: &HostId) {
+        let mut state = self.state();
+        if !state.failing.is_empty() {
+            state.failing.remove(host);
+        }
     }
 
     /// Whether decisions taken are still being claimed in the store: what

@@ -251,9 +251,13 @@ impl App {
             },
         };
         let (to, detail) = match &outcome {
-            Ok(()) => (UnitStatus::Allocated, None),
+            Ok(()) => {
+                self.placement.host_succeeded(&decision.host);
+                (UnitStatus::Allocated, None)
+            }
             Err(why) => {
                 tracing::warn!(compute_id, error = %why, "allocation failed on the host");
+                self.placement.host_failed(&decision.host);
                 (UnitStatus::AllocationFail, Some(why.to_string()))
             }
         };

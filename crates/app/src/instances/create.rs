@@ -402,6 +402,9 @@ impl App {
             Ok(volumes) => volumes,
             Err(why) => {
                 tracing::warn!(instance = %instance.id, error = %why, "preparing the instance's volumes failed");
+                if let Some(host) = &instance.host_id {
+                    self.placement.host_failed(host);
+                }
                 return self
                     .unwind_create(
                         run,
@@ -423,9 +426,17 @@ impl App {
             }
         };
         match created {
-            Ok(report) => self.settle_running(run, &instance, report).await,
+            Ok(report) => {
+                if let Some(host) = &instance.host_id {
+                    self.placement.host_succeeded(host);
+                }
+                self.settle_running(run, &instance, report).await
+            }
             Err(why) => {
                 tracing::warn!(instance = %instance.id, error = %why, "creating the instance failed");
+                if let Some(host) = &instance.host_id {
+                    self.placement.host_failed(host);
+                }
                 self.unwind_create(
                     run,
                     TerminationCause::HostFailed,

@@ -18,6 +18,7 @@ crate::on_both_backends!(
     ssh_keys_are_validated_and_installed,
     replicas_never_overcommit_a_hosts_memory,
     a_delete_the_host_refuses_is_retried_and_says_why,
+    a_host_that_fails_a_creation_is_passed_over,
     operations_page_and_refuse_bad_queries
 );
 
@@ -831,6 +832,45 @@ async fn a_delete_the_host_refuses_is_retried_and_says_why(backend: Backend) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(op["attempts"].as_i64().unwrap_or(0) >= 2, "{op}");
+    server.stop().await;
+}
+
+/// Packing sends a creation to the host with the fewest free CPUs: one
+/// that fails every creation would get them all. Once it fails one, the
+/// next goes to another host that fits.
+async fn a_host_that_fails_a_creation_is_passed_over(backend: Backend) {
+    let server = TestServer::start_with(
+        backend,
+        Options {
+            faults: vec!["create:bad-"],
+            ..Options::default()
+        },
+    )
+    .await;
+    server.add_server("bad-1", "0-3", "fin-01").await;
+    server.add_server("node-1", "0-15", "fin-01").await;
+    let bad = server.get_ok("/v1/servers").await;
+    let host_of = |name: &str| {
+        bad.as_array()
+            .expect("servers")
+            .iter()
+            .find(|s| s["hostname"] == name)
+            .map(|s| s["id"].clone())
+            .expect("listed")
+    };
+    let first = server.run_instance(TOKEN, "first", "cx11").await;
+    assert_eq!(first["status"]["state"], "terminated", "{first}");
+    assert!(
+        first["status"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("simulated")),
+        "{first}"
+    );
+    for name in ["second", "third"] {
+        let next = server.run_instance(TOKEN, name, "cx11").await;
+        assert_eq!(next["status"]["state"], "running", "{next}");
+        assert_eq!(next["status"]["host_id"], host_of("node-1"), "{next}");
+    }
     server.stop().await;
 }
 
