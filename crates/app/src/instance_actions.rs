@@ -6,8 +6,9 @@
 use crate::App;
 use crate::error::{Error, Result};
 use crate::identity::Principal;
+use crate::instances::Deletion;
 use tessera_core::Permission;
-use tessera_core::status::{InstanceState, OperationKind};
+use tessera_core::status::InstanceState;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum InstanceAction {
@@ -128,27 +129,11 @@ impl App {
 
     /// Starts deleting instance `id`: `false` when another request's
     /// delete got there first (under way or done), which a repeated delete
-    /// takes as done, as it does a delete asked of a terminated instance.
+    /// takes as done.
     async fn delete_started(&self, caller: &Principal, id: &str) -> Result<bool> {
-        let err = match self.delete_instance(caller, id).await {
-            Ok(_) => return Ok(true),
-            Err(err @ Error::Conflict(_)) => err,
-            Err(err) => return Err(err),
-        };
-        let instance = self.instance(caller, id).await?;
-        if instance.state == InstanceState::Terminated {
-            return Ok(false);
-        }
-        let deleting = match &instance.operation_id {
-            Some(op) => self
-                .operation(caller, op)
-                .await
-                .is_ok_and(|op| op.kind == OperationKind::InstanceDelete),
-            None => false,
-        };
-        match deleting {
-            true => Ok(false),
-            false => Err(err),
-        }
+        Ok(match self.delete_instance(caller, id).await? {
+            Deletion::Begun(_) | Deletion::Gone(_) => true,
+            Deletion::Joined(_) => false,
+        })
     }
 }

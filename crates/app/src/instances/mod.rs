@@ -30,6 +30,7 @@ mod create;
 mod host;
 pub(crate) mod observe;
 mod power;
+pub use power::Deletion;
 mod resync;
 mod validate;
 

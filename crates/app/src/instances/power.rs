@@ -10,26 +10,64 @@ use tessera_core::Permission;
 use tessera_core::status::{InstanceState, OperationKind, OperationStatus, TerminationCause};
 use tessera_store::{InstanceUpdate, NewOperation, OperationEnd};
 
+/// How a delete was answered: deleting is idempotent.
+#[derive(Clone, Debug)]
+pub enum Deletion {
+    /// This request began it: the instance with the operation doing it.
+    Begun(Instance),
+    /// Another request's delete is under way (or ended as this one was
+    /// asked): the instance as it is, with that operation while it runs.
+    Joined(Instance),
+    /// It was terminated already (a creation that failed, or a delete done
+    /// before): the instance as it is.
+    Gone(Instance),
+}
+
+impl Deletion {
+    pub fn instance(self) -> Instance {
+        match self {
+            Deletion::Begun(i) | Deletion::Joined(i) | Deletion::Gone(i) => i,
+        }
+    }
+}
+
 impl App {
-    /// Starts deleting an instance: it stops, leaves its host and gives its
-    /// CPUs back; answers the instance with the operation doing it. One
-    /// that is terminated already (a creation that failed, or a delete done
-    /// before) is answered as it is, with no operation: deleting is
-    /// idempotent.
-    pub async fn delete_instance(&self, caller: &Principal, id: &str) -> Result<Instance> {
+    /// Deletes an instance: it stops, leaves its host and gives its CPUs
+    /// back, through an operation.
+    pub async fn delete_instance(&self, caller: &Principal, id: &str) -> Result<Deletion> {
         caller.require(Permission::InstanceDelete)?;
         let instance = self.project_instance(&caller.project_id, id).await?;
         if instance.state == InstanceState::Terminated && instance.operation_id.is_none() {
-            return Ok(instance);
+            return Ok(Deletion::Gone(instance));
         }
-        self.begin_power(
-            caller,
-            id,
-            OperationKind::InstanceDelete,
-            &[InstanceState::Running, InstanceState::Stopped],
-            InstanceState::Stopping,
-        )
-        .await
+        let begun = self
+            .begin_power(
+                caller,
+                id,
+                OperationKind::InstanceDelete,
+                &[InstanceState::Running, InstanceState::Stopped],
+                InstanceState::Stopping,
+            )
+            .await;
+        let why = match begun {
+            Ok(instance) => return Ok(Deletion::Begun(instance)),
+            Err(Error::Conflict(why)) => why,
+            Err(other) => return Err(other),
+        };
+        // Deletes are idempotent: one sent while another is under way, or
+        // as it ends, answers as that one does, not with a 409.
+        let now = self.project_instance(&caller.project_id, id).await?;
+        let deleting = match now.operation_id.as_deref() {
+            None => now.state == InstanceState::Terminated,
+            Some(op) => self
+                .stored_operation(op)
+                .await?
+                .is_some_and(|op| op.kind == OperationKind::InstanceDelete),
+        };
+        match deleting {
+            true => Ok(Deletion::Joined(now)),
+            false => Err(Error::Conflict(why)),
+        }
     }
 
     pub async fn stop_instance(&self, caller: &Principal, id: &str) -> Result<Instance> {

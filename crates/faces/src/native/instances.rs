@@ -361,7 +361,7 @@ pub async fn delete_instance(
     Caller(caller): Caller,
     Path(id): Path<String>,
 ) -> Result<Deleted> {
-    let instance = app.delete_instance(&caller, &id).await?;
+    let instance = app.delete_instance(&caller, &id).await?.instance();
     let location = instance.operation_id.as_deref().map(operation_location);
     let status = match location {
         Some(_) => StatusCode::ACCEPTED,

@@ -823,6 +823,11 @@ async fn a_delete_the_host_refuses_is_retried_and_says_why(backend: Backend) {
     let now = server.get_ok(&format!("/v1/instances/{id}")).await;
     assert_eq!(now["status"]["state"], "stopping");
     assert_ne!(now["status"]["cpus"], "");
+    // Deletes are idempotent: another, sent meanwhile, answers as the one
+    // under way (its operation), not with a 409.
+    let (status, again) = server.delete(&format!("/v1/instances/{id}")).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{again}");
+    assert_eq!(again["operation_id"], op_id, "{again}");
     // Taken up again once its lease has passed (2 x 1 s + 5 s).
     for _ in 0..200 {
         op = server.get_ok(&format!("/v1/operations/{op_id}")).await;
