@@ -332,16 +332,44 @@ impl App {
                 .await?;
             return Ok(());
         }
-        if self.cancel_requested(run).await? && !run.done(&Step::Registered) {
-            self.store
-                .finish_operation(
-                    &run.op.id,
-                    OperationStatus::Cancelled,
-                    None,
-                    Some("cancelled before the server was registered"),
-                )
-                .await?;
-            return Ok(());
+        if self.cancel_requested(run).await? {
+            if !run.done(&Step::Registered) {
+                self.store
+                    .finish_operation(
+                        &run.op.id,
+                        OperationStatus::Cancelled,
+                        None,
+                        Some("cancelled before the server was registered"),
+                    )
+                    .await?;
+                return Ok(());
+            }
+            // Registered already: retired again, unless it is ready and
+            // holds something already (then the cancel came too late).
+            if let DecommissionStart::Started
+            | DecommissionStart::AlreadyDecommissioning
+            | DecommissionStart::AlreadyDecommissioned = self
+                .store
+                .begin_decommission(&req.server_id, false, false)
+                .await?
+            {
+                self.placement
+                    .refresh_host(&self.store, &req.server_id)
+                    .await?;
+                let app = self.clone();
+                let id = req.server_id.clone();
+                self.tasks.spawn(async move { app.drive_host(&id).await });
+                self.store
+                    .finish_operation(
+                        &run.op.id,
+                        OperationStatus::Cancelled,
+                        None,
+                        Some("cancelled once the server was registered: it is retired again"),
+                    )
+                    .await?;
+                self.publish("host", &req.server_id, None, "decommissioning");
+                return Ok(());
+            }
         }
         if !run.done(&Step::Registered) {
             if self.store.host(&req.server_id).await?.is_none() {

@@ -1,6 +1,8 @@
 //! Servers, instances, SSH keys and operations through the native API.
 
-use crate::harness::{Backend, KEY, Options, TOKEN, TestServer, fresh_postgres_database};
+use crate::harness::{
+    Backend, KEY, Options, TOKEN, TestServer, eventually, fresh_postgres_database,
+};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use std::collections::HashSet;
@@ -15,6 +17,7 @@ crate::on_both_backends!(
     concurrent_instances_never_share_a_cpu,
     a_creation_without_room_fails_and_holds_nothing,
     a_cancelled_creation_is_unwound,
+    a_server_registration_cancelled_midway_is_retired,
     ssh_keys_are_validated_and_installed,
     replicas_never_overcommit_a_hosts_memory,
     a_delete_the_host_refuses_is_retried_and_says_why,
@@ -652,6 +655,46 @@ async fn a_cancelled_creation_is_unwound(backend: Backend) {
     let instance = server.get_ok(&format!("/v1/instances/{id}")).await;
     assert_eq!(instance["status"]["state"], "terminated");
     assert_eq!(instance["status"]["cpus"], "");
+    server.stop().await;
+}
+
+/// A server's registration cancelled while its host is being prepared
+/// ends cancelled, and the server is retired again.
+async fn a_server_registration_cancelled_midway_is_retired(backend: Backend) {
+    let server = TestServer::start_with(
+        backend,
+        Options {
+            faults: vec!["prepare:hang-:hang"],
+            agent_timeout: Duration::from_secs(2),
+            ..Options::default()
+        },
+    )
+    .await;
+    let (status, op) = server
+        .post(
+            "/v1/servers/create",
+            &json!({"hostname": "hang-1", "ip_address": "192.0.2.40", "zone": "z", "cpus": "0-3"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{op}");
+    let op_id = op["id"].as_str().expect("id");
+    let id = op["resource_id"].as_str().expect("server id").to_string();
+    eventually(Duration::from_secs(10), "hang-1 registered", || async {
+        let (status, _) = server.get(&format!("/v1/servers/{id}/status")).await;
+        (status == StatusCode::OK).then_some(())
+    })
+    .await;
+    let (status, cancelling) = server
+        .post_raw(&format!("/v1/operations/{op_id}/cancel"), "")
+        .await;
+    assert_eq!(status, StatusCode::OK, "{cancelling}");
+    let op = server.wait_operation(op_id, TOKEN).await;
+    assert_eq!(op["status"], "cancelled", "{op}");
+    eventually(Duration::from_secs(30), "hang-1 retired", || async {
+        let now = server.get_ok(&format!("/v1/servers/{id}/status")).await;
+        (now["status"] == "decommissioned").then_some(())
+    })
+    .await;
     server.stop().await;
 }
 
