@@ -167,7 +167,7 @@ impl App {
     pub async fn decommission_server(&self, hostname: &str, force: bool) -> Result<Decommission> {
         let host = match crate::units::has_nul(hostname) {
             true => None,
-            false => self.store.host_by_hostname(hostname).await?,
+            false => self.store.host_named_in_any_case(hostname).await?,
         };
         let host = host.ok_or_else(|| {
             Error::NotFound(format!("Server {} not found", hostname.escape_debug()))

@@ -118,7 +118,7 @@ impl App {
         }
         let host = match self.store.host(id).await? {
             Some(host) => Some(host),
-            None => self.store.host_by_hostname(id).await?,
+            None => self.store.host_named_in_any_case(id).await?,
         };
         host.ok_or_else(|| Error::NotFound(format!("server {id} not found")))
     }

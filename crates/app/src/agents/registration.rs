@@ -67,7 +67,9 @@ impl App {
             ));
         }
         let location = req.location.clone().unwrap_or_else(|| "local".into());
-        // Another host's name in another case is not this one's to join.
+        // A host registered under this name in another case: the agent
+        // joins it under its name as registered (agents and hosts go by
+        // one spelling).
         if let Some(other) = self.store.host_named_in_any_case(&req.hostname).await?
             && other.hostname != req.hostname
             && !matches!(
@@ -75,7 +77,11 @@ impl App {
                 HostStatus::Decommissioned | HostStatus::InitFail
             )
         {
-            return Err(self.name_taken(&req.hostname).await?);
+            return Err(Error::Conflict(format!(
+                "server {} is registered as {} (host names know no case); start the agent \
+                 with --hostname {}",
+                req.hostname, other.hostname, other.hostname
+            )));
         }
         let existing = self.store.host_by_hostname(&req.hostname).await?;
         // A host that has had an agent (or is served without one, as a
