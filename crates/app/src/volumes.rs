@@ -590,23 +590,11 @@ impl App {
                 ..growth
             },
         );
-        // Checked before the host grows the disk, and again, atomically,
-        // when the new size is recorded.
         self.check_quota_now(&quota).await?;
-        if let Some(host) = &volume.host_id {
-            self.ensure_on_host(
-                host,
-                &VolumeSpec {
-                    id: volume.id.clone(),
-                    size_gb,
-                    clone_of: None,
-                },
-            )
-            .await
-            .map_err(|e| {
-                Error::HostFailed(format!("resizing volume {id} on its host failed: {e}"))
-            })?;
-        }
+        // The new size is recorded first, within the quota and the balance
+        // (atomically), then the host grows the disk: a refusal changes
+        // nothing anywhere, and a host that does not answer is told the
+        // recorded size when its agent resyncs.
         if !self
             .store
             .update_volume(
@@ -619,6 +607,35 @@ impl App {
         {
             return Err(Error::Conflict(format!(
                 "volume {id} changed meanwhile; try again"
+            )));
+        }
+        if let Some(host) = &volume.host_id
+            && let Err(why) = self
+                .ensure_on_host(
+                    host,
+                    &VolumeSpec {
+                        id: volume.id.clone(),
+                        size_gb,
+                        clone_of: None,
+                    },
+                )
+                .await
+        {
+            // The host could not grow it: back to the size it has there.
+            let undone = self
+                .store
+                .update_volume(
+                    &volume,
+                    volume.generation + 1,
+                    Some(MeterChange::Rerate(self.volume_rate(&volume))),
+                    None,
+                )
+                .await?;
+            if !undone {
+                tracing::warn!(volume = %id, "a failed resize was not undone: the volume changed meanwhile");
+            }
+            return Err(Error::HostFailed(format!(
+                "resizing volume {id} on its host failed: {why}"
             )));
         }
         tracing::info!(volume = %id, size_gb, "volume resized");
@@ -810,9 +827,28 @@ impl App {
                 Error::HostFailed(format!("cloning volume {id} on its host failed: {e}"))
             })?;
         }
-        self.store
+        if let Err(refused) = self
+            .store
             .insert_volumes(std::slice::from_ref(&clone), Some(&quota))
-            .await?;
+            .await
+        {
+            // Over the quota or the balance meanwhile (or the store
+            // failed): the copy made on the host goes again.
+            if let Some(host) = &volume.host_id {
+                let removed = match self.agent(&HostId::new(host.clone())).await {
+                    Ok(Some(agent)) => self
+                        .host_call(agent.delete_volume(&clone.record.id))
+                        .await
+                        .map_err(|e| e.to_string()),
+                    Ok(None) => Err("no agent".to_string()),
+                    Err(e) => Err(e.to_string()),
+                };
+                if let Err(why) = removed {
+                    tracing::warn!(clone = %clone.record.id, error = %why, "a refused clone's copy stays on its host");
+                }
+            }
+            return Err(refused.into());
+        }
         tracing::info!(volume = %id, clone = %clone.record.id, "volume cloned");
         Ok(clone.record.id)
     }
