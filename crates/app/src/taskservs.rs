@@ -268,7 +268,10 @@ impl App {
             }
         };
         if req.servers.is_empty() || req.servers.len() > 256 {
-            return Err(Error::invalid("servers", "name 1 to 256 servers"));
+            return Err(Error::invalid(
+                "servers",
+                "servers must list 1 to 256 servers (ids or host names)",
+            ));
         }
         let mut servers = req.servers.clone();
         servers.sort();
