@@ -161,11 +161,15 @@ impl App {
     }
 
     /// A user as `caller` may see it: a workspace admin sees its role in
-    /// the workspace only.
+    /// the workspace only (not its other workspaces, nor a role over the
+    /// install, unless the user is itself).
     fn shown(&self, caller: &Principal, mut user: User) -> User {
         if !caller.is_install_admin() {
             user.memberships
                 .retain(|m| *m.project_id == *caller.project_id);
+            if user.id.to_string() != caller.user_id {
+                user.install_role = None;
+            }
         }
         user
     }
@@ -198,7 +202,8 @@ impl App {
             .any(|m| *m.project_id != *caller.project_id);
         if elsewhere || user.install_role.is_some() {
             return Err(Error::Forbidden(format!(
-                "only an install admin may {what} user {}: it belongs to more than workspace {}",
+                "only an install admin may {what} user {}: it belongs to more than workspace {}, \
+                 or has a role over the install",
                 user.username, caller.project_name
             )));
         }

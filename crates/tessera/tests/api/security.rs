@@ -349,6 +349,30 @@ async fn a_workspace_admin_administers_only_its_workspace(backend: Backend) {
         alice_now["workspaces"],
         json!([{"workspace": "alpha", "role": "admin"}])
     );
+    // A member's role over the install is not alpha's admin's to see.
+    server.user_in("olga", "member", "alpha").await;
+    let olga_id = user_id(&server, "olga").await;
+    let (status, _) = server
+        .call(
+            Method::PATCH,
+            &format!("/v1/users/{olga_id}"),
+            Some(&json!({"install_role": "operator"})),
+            TOKEN,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (_, olga) = server
+        .call(Method::GET, &format!("/v1/users/{olga_id}"), None, &alice)
+        .await;
+    assert_eq!(olga["username"], "olga", "{olga}");
+    assert_eq!(olga["install_role"], Value::Null, "{olga}");
+    let (_, listed) = server.call(Method::GET, "/v1/users", None, &alice).await;
+    let listed = listed.as_array().cloned().expect("a list");
+    assert!(listed.iter().any(|u| u["username"] == "olga"), "{listed:?}");
+    assert!(
+        listed.iter().all(|u| u["install_role"].is_null()),
+        "{listed:?}"
+    );
     server.stop().await;
 }
 
