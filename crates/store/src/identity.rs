@@ -124,7 +124,8 @@ impl Store {
                 (&project.created_at).into(),
             ],
         );
-        let member = owner.map(|(user_id, role)| membership_upsert(user_id, &project.id, role));
+        let member =
+            owner.map(|(user_id, role)| membership_upsert(user_id, &project.id, role, false));
         let work = std::sync::Arc::new((insert, member));
         self.write("insert_project", move |mut conn| {
             let work = work.clone();
@@ -184,7 +185,8 @@ impl Store {
                 (&at).into(),
             ],
         );
-        let member = membership_upsert(&user.id, &user.project_id, &user.role);
+        // Its first workspace is its active one: used from now on.
+        let member = membership_upsert(&user.id, &user.project_id, &user.role, true);
         let work = std::sync::Arc::new((insert, member));
         self.write("insert_user", move |mut conn| {
             let work = work.clone();
@@ -406,7 +408,7 @@ impl Store {
     pub async fn put_membership(&self, user_id: &str, project_id: &str, role: &str) -> Result<()> {
         self.run_statements(
             "put_membership",
-            vec![membership_upsert(user_id, project_id, role)],
+            vec![membership_upsert(user_id, project_id, role, false)],
             |_| true,
         )
         .await?;
@@ -514,12 +516,27 @@ impl Store {
     }
 }
 
-fn membership_upsert(user_id: &str, project_id: &str, role: &str) -> (String, Vec<Arg>) {
+/// A user's membership of a project, `role` there (replacing the role it
+/// had); `active` when it becomes the user's active project, as it is used
+/// from now on.
+fn membership_upsert(
+    user_id: &str,
+    project_id: &str,
+    role: &str,
+    active: bool,
+) -> (String, Vec<Arg>) {
+    let at = now();
     (
-        "INSERT INTO memberships (user_id, project_id, role, created_at) VALUES ($1, $2, $3, $4) \
-         ON CONFLICT (user_id, project_id) DO UPDATE SET role = $3"
+        "INSERT INTO memberships (user_id, project_id, role, created_at, last_used) \
+         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (user_id, project_id) DO UPDATE SET role = $3"
             .into(),
-        vec![user_id.into(), project_id.into(), role.into(), now().into()],
+        vec![
+            user_id.into(),
+            project_id.into(),
+            role.into(),
+            (&at).into(),
+            active.then_some(at.as_str()).into(),
+        ],
     )
 }
 

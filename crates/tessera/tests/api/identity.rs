@@ -400,6 +400,14 @@ async fn workspaces_list_create_and_activate(backend: Backend) {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(list[0]["name"], "default");
     assert_eq!(list[0]["active"], true);
+    // The active workspace has been used, from the user's creation on.
+    assert!(list[0]["last_used"].is_string(), "{list}");
+    let newcomer = server.user_in("newcomer", "member", "sandbox").await;
+    let (_, theirs) = server
+        .call(Method::GET, "/v1/workspaces", None, &newcomer)
+        .await;
+    assert_eq!(theirs[0]["name"], "sandbox", "{theirs}");
+    assert!(theirs[0]["last_used"].is_string(), "{theirs}");
     let (status, created) = server
         .call(
             Method::POST,
