@@ -168,7 +168,8 @@ async fn instance_body_with(
     let memory_gb = spec.memory_mb.unwrap_or(0) / 1024;
     let status = status(app, caller, &i).await;
     InstanceBody {
-        ip: (!i.private_ip.is_empty()).then(|| i.private_ip.clone()),
+        // One that never got a host never had its address.
+        ip: (!i.private_ip.is_empty() && status != "no_capacity").then(|| i.private_ip.clone()),
         status,
         created_at: i.created_at.clone(),
         // Its maker's, not the caller's; empty when no user made it.

@@ -2024,6 +2024,8 @@ async fn a_long_instance_list_is_whole_json_across_pages(backend: Backend) {
         listed.iter().filter_map(|i| i["id"].as_str()).collect();
     assert_eq!(ids.len(), 1_001, "each instance once");
     assert!(listed.iter().all(|i| i["status"] == "no_capacity"));
+    // Never placed, they never had an address.
+    assert!(listed.iter().all(|i| i["ip"].is_null()), "{}", listed[0]);
     // Every page filtered out, and no instance live: empty arrays.
     for path in ["/instances?status=discontinued", "/instances"] {
         let (status, _, text) = verda.raw(Method::GET, path, None, Some(&verda.token)).await;
