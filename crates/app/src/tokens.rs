@@ -52,6 +52,9 @@ impl App {
     /// The caller's tokens; every token of its workspace with
     /// `credential_admin`; every token for an install admin.
     pub async fn tokens(&self, caller: &Principal) -> Result<Vec<ApiToken>> {
+        // Every role may; a token scoped away from it (one of the
+        // containers API's, say) may not.
+        caller.require(Permission::TokenWrite)?;
         let owner = if caller.is_install_admin() {
             TokenOwner::Everyone
         } else if caller.can(Permission::CredentialAdmin) {
@@ -317,6 +320,11 @@ impl App {
         let Some(record) = visible.filter(|r| r.revoked_at.is_none()) else {
             return Err(Error::NotFound(format!("token {id} not found")));
         };
+        // Any token may revoke itself; only one not scoped away from it
+        // revokes others.
+        if caller.token_id.as_deref() != Some(record.id.as_str()) {
+            caller.require(Permission::TokenWrite)?;
+        }
         if record.id == BOOTSTRAP_TOKEN_ID && caller.token_id.as_deref() == Some(BOOTSTRAP_TOKEN_ID)
         {
             return Err(Error::Conflict(

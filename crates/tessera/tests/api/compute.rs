@@ -457,8 +457,18 @@ async fn token_grants_reach_only_what_they_name(backend: Backend) {
     wait_status(&server, b, "running").await;
     // Read on the list only: no create, no keys.
     let reader = token_with(&server, json!({"compute.{uid}.containers": ["read"]})).await;
+    let (status, spare) = server
+        .call(
+            Method::POST,
+            "/v1/tokens",
+            Some(&json!({"name": "spare"})),
+            TOKEN,
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{spare}");
+    let spare = spare["id"].as_str().expect("id").to_string();
     // Grants on this API alone reach nothing on the others: not the
-    // instances, not a stop, not a new token.
+    // instances, not a stop, not a new token, not the user's other tokens.
     for (method, path, body) in [
         (Method::GET, "/v1/instances".to_string(), None),
         (Method::POST, format!("/v1/instances/{a}/stop"), None),
@@ -467,12 +477,21 @@ async fn token_grants_reach_only_what_they_name(backend: Backend) {
             "/v1/tokens".to_string(),
             Some(json!({"name": "child"}).to_string()),
         ),
+        (Method::GET, "/v1/tokens".to_string(), None),
+        (Method::DELETE, format!("/v1/tokens/{spare}"), None),
     ] {
         let (status, body) = server
             .request(method.clone(), &path, body.as_deref(), Some(&reader))
             .await;
         assert_eq!(status, StatusCode::FORBIDDEN, "{method} {path}: {body}");
     }
+    let (_, tokens) = server.call(Method::GET, "/v1/tokens", None, TOKEN).await;
+    assert!(
+        tokens.as_array().is_some_and(|t| t
+            .iter()
+            .any(|t| t["id"] == spare.as_str() && t["revoked_at"].is_null())),
+        "{tokens}"
+    );
     assert_eq!(
         as_token(&server, &reader, Method::GET, "/containers", None).await,
         StatusCode::OK
