@@ -116,6 +116,10 @@ const MAX_NAME: usize = 63;
 /// How long a start or stop is waited for before the answer.
 const POWER_WAIT: Duration = Duration::from_secs(30);
 
+/// How many times a start or stop looks again after another change got
+/// there first (each time once that change is over).
+const POWER_TRIES: usize = 4;
+
 /// Where a container is in its life, as the containers API names it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ContainerStatus {
@@ -619,13 +623,20 @@ impl App {
     /// way is answered as it is.
     pub async fn start_container(&self, caller: &Principal, id: &str) -> Result<Container> {
         caller.require(Permission::InstanceCreate)?;
-        let container = self.settled_container(caller, id).await?;
-        if container.instance.state != InstanceState::Stopped
-            || container.instance.operation_id.is_some()
-        {
-            return Ok(container);
+        for _ in 0..POWER_TRIES {
+            let container = self.settled_container(caller, id).await?;
+            if container.instance.state != InstanceState::Stopped
+                || container.instance.operation_id.is_some()
+            {
+                return Ok(container);
+            }
+            match self.start_instance(caller, container.id()).await {
+                Ok(_) => return self.container(caller, id).await,
+                // Another change got there first: wait for it, look again.
+                Err(Error::Conflict(_)) => continue,
+                Err(err) => return Err(err),
+            }
         }
-        self.start_instance(caller, container.id()).await?;
         self.container(caller, id).await
     }
 
@@ -647,15 +658,24 @@ impl App {
     /// wait is over); one that is not running is answered as it is.
     pub async fn stop_container(&self, caller: &Principal, id: &str) -> Result<Container> {
         caller.require(Permission::InstanceCreate)?;
-        let container = self.settled_container(caller, id).await?;
-        if container.instance.state != InstanceState::Running
-            || container.instance.operation_id.is_some()
-        {
-            return Ok(container);
-        }
-        let stopping = self.stop_instance(caller, container.id()).await?;
-        if let Some(op) = &stopping.operation_id {
-            self.wait_operation_quietly(op, POWER_WAIT).await?;
+        for _ in 0..POWER_TRIES {
+            let container = self.settled_container(caller, id).await?;
+            if container.instance.state != InstanceState::Running
+                || container.instance.operation_id.is_some()
+            {
+                return Ok(container);
+            }
+            match self.stop_instance(caller, container.id()).await {
+                Ok(stopping) => {
+                    if let Some(op) = &stopping.operation_id {
+                        self.wait_operation_quietly(op, POWER_WAIT).await?;
+                    }
+                    return self.container(caller, id).await;
+                }
+                // Another change got there first: wait for it, look again.
+                Err(Error::Conflict(_)) => continue,
+                Err(err) => return Err(err),
+            }
         }
         self.container(caller, id).await
     }
@@ -670,18 +690,15 @@ impl App {
     ) -> Result<bool> {
         caller.require(Permission::InstanceCreate)?;
         let container = self.container(caller, id).await?;
-        let Some(mut record) = self.store.container(container.id()).await? else {
-            return Err(Error::NotFound(format!("container {id} not found")));
-        };
-        if record.ssh_enabled == enabled {
+        let changed = self
+            .change_container(id, container.id(), |record| {
+                let changed = record.ssh_enabled != enabled;
+                record.ssh_enabled = enabled;
+                changed
+            })
+            .await?;
+        if !changed {
             return Ok(enabled);
-        }
-        let read = record.generation;
-        record.ssh_enabled = enabled;
-        if !self.store.update_container(&record, read).await? {
-            return Err(Error::Conflict(format!(
-                "container {id} changed meanwhile; try again"
-            )));
         }
         self.converge_running(&container.instance).await?;
         self.publish(
@@ -691,6 +708,32 @@ impl App {
             container.instance.state.as_str(),
         );
         Ok(enabled)
+    }
+
+    /// Changes a container's record with `change` (which says whether it
+    /// changed anything), read again and changed again when another write
+    /// got there first. Answers whether it changed anything.
+    async fn change_container(
+        &self,
+        id: &str,
+        container_id: &str,
+        change: impl Fn(&mut ContainerRecord) -> bool,
+    ) -> Result<bool> {
+        for _ in 0..POWER_TRIES {
+            let Some(mut record) = self.store.container(container_id).await? else {
+                return Err(Error::NotFound(format!("container {id} not found")));
+            };
+            let read = record.generation;
+            if !change(&mut record) {
+                return Ok(false);
+            }
+            if self.store.update_container(&record, read).await? {
+                return Ok(true);
+            }
+        }
+        Err(Error::Conflict(format!(
+            "container {id} kept changing meanwhile; try again"
+        )))
     }
 
     /// Has a running container's host apply its settings again (the SSH
@@ -747,6 +790,7 @@ impl App {
             .store
             .put_ingress_rule(container.id(), port, target)
             .await?
+            .ok_or_else(|| Error::NotFound(format!("container {id} not found")))?
             .into();
         self.publish(
             "instance",
@@ -786,16 +830,11 @@ impl App {
         caller.require(Permission::InstanceCreate)?;
         let paths = check_mount_paths("mount_paths", paths)?;
         let container = self.container(caller, id).await?;
-        let Some(mut record) = self.store.container(container.id()).await? else {
-            return Err(Error::NotFound(format!("container {id} not found")));
-        };
-        let read = record.generation;
-        record.mount_paths = paths.clone();
-        if !self.store.update_container(&record, read).await? {
-            return Err(Error::Conflict(format!(
-                "container {id} changed meanwhile; try again"
-            )));
-        }
+        self.change_container(id, container.id(), |record| {
+            record.mount_paths = paths.clone();
+            true
+        })
+        .await?;
         let restart = matches!(
             container.status,
             ContainerStatus::Running | ContainerStatus::Initializing

@@ -4,7 +4,9 @@
 //! storage's mount paths and size, and its ingress rules.
 
 use crate::db::Arg;
+use crate::writer::Commit;
 use crate::{Result, Store, StoreError, now};
+use std::sync::Arc;
 
 /// What the containers API adds to an instance.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -220,53 +222,68 @@ impl Store {
 
     /// Sets the rule for a container's external `port`: a new one gets the
     /// next number; an existing one keeps its number and gets the new
-    /// target port.
+    /// target port. Answers the rule as written (in the same transaction:
+    /// a delete racing it never leaves it unanswered), or `None` when the
+    /// container is gone. Writes to one container's rules run one after
+    /// the other (on PostgreSQL under its row's lock), so two new ports
+    /// never take one number.
     pub async fn put_ingress_rule(
         &self,
         container_id: &str,
         port: u16,
         target_port: u16,
-    ) -> Result<IngressRule> {
+    ) -> Result<Option<IngressRule>> {
         let created = chrono::Utc::now().timestamp();
-        self.run_statements(
-            "put_ingress_rule",
-            vec![
-                (
-                    "UPDATE ingress_rules SET target_port = $3 WHERE container_id = $1 AND port = $2"
-                        .into(),
-                    vec![
-                        container_id.into(),
-                        i64::from(port).into(),
-                        i64::from(target_port).into(),
-                    ],
-                ),
-                (
+        let container = Arc::new(container_id.to_string());
+        self.write("put_ingress_rule", move |mut conn| {
+            let container = container.clone();
+            Box::pin(async move {
+                let id = container.as_str();
+                let lock = if conn.is_postgres() { " FOR UPDATE" } else { "" };
+                let there = conn
+                    .fetch_text(
+                        &format!("SELECT id FROM containers WHERE id = $1{lock}"),
+                        &[id.into()],
+                    )
+                    .await?;
+                if there.is_none() {
+                    return Ok(Commit::Undo(None));
+                }
+                let (port, target) = (i64::from(port), i64::from(target_port));
+                conn.execute(
+                    "UPDATE ingress_rules SET target_port = $3 WHERE container_id = $1 AND port = $2",
+                    &[id.into(), port.into(), target.into()],
+                )
+                .await?;
+                conn.execute(
                     "INSERT INTO ingress_rules (container_id, port, target_port, number, created_at) \
                      SELECT $1, $2, $3, next.n, $4 FROM \
                      (SELECT COALESCE(MAX(number), 0) + 1 AS n FROM ingress_rules \
                       WHERE container_id = $1) AS next \
-                     WHERE NOT EXISTS (SELECT 1 FROM ingress_rules WHERE container_id = $1 AND port = $2)"
-                        .into(),
-                    vec![
-                        container_id.into(),
-                        i64::from(port).into(),
-                        i64::from(target_port).into(),
-                        created.into(),
-                    ],
-                ),
-            ],
-            |_| true,
-        )
-        .await?;
-        self.ingress_rules(container_id)
-            .await?
-            .into_iter()
-            .find(|r| r.port == port)
-            .ok_or_else(|| {
-                StoreError::Corrupt(format!(
-                    "the ingress rule for port {port} of {container_id} is not there after its write"
-                ))
+                     WHERE NOT EXISTS (SELECT 1 FROM ingress_rules WHERE container_id = $1 AND port = $2)",
+                    &[id.into(), port.into(), target.into(), created.into()],
+                )
+                .await?;
+                let row = conn
+                    .fetch_ints(
+                        "SELECT number, created_at FROM ingress_rules \
+                         WHERE container_id = $1 AND port = $2",
+                        &[id.into(), port.into()],
+                    )
+                    .await?;
+                let (Some(&number), Some(&created_at)) = (row.first(), row.get(1)) else {
+                    return Ok(Commit::Undo(None));
+                };
+                Ok(Commit::Keep(Some(IngressRule {
+                    container_id: id.to_string(),
+                    port: port as u16,
+                    target_port,
+                    number,
+                    created_at,
+                })))
             })
+        })
+        .await
     }
 
     /// Removes the rule for a container's external `port`; `false` when

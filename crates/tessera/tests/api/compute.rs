@@ -388,6 +388,53 @@ async fn limits_hold_under_racing_requests(backend: Backend) {
     )
     .await;
     assert_eq!(status, StatusCode::OK, "{body}");
+    // Racing changes to one container wait for one another: stops, starts,
+    // ingress rules and deletes sent at once all succeed, none a 409 or 500.
+    let id = body["id"].as_str().expect("id").to_string();
+    wait_status(&server, &id, "running").await;
+    let at_once = |method: Method, path: String, body: Option<Value>, n: usize| {
+        let server = &server;
+        futures::future::join_all((0..n).map(move |_| {
+            let (method, path, body) = (method.clone(), path.clone(), body.clone());
+            async move { compute(server, method, &path, body).await }
+        }))
+    };
+    for action in ["stop", "start"] {
+        let answers = at_once(Method::POST, format!("/containers/{id}/{action}"), None, 4).await;
+        assert!(
+            answers.iter().all(|(s, _)| *s == StatusCode::OK),
+            "{action}: {answers:?}"
+        );
+    }
+    wait_status(&server, &id, "running").await;
+    let ingress = format!("/containers/{id}/ingress");
+    let (puts, deletes) = futures::future::join(
+        at_once(
+            Method::POST,
+            ingress.clone(),
+            Some(json!({"port": 8123})),
+            4,
+        ),
+        at_once(Method::DELETE, format!("{ingress}/8123"), None, 4),
+    )
+    .await;
+    assert!(
+        puts.iter().chain(&deletes).all(|(s, _)| s.is_success()),
+        "{puts:?} {deletes:?}"
+    );
+    // Deletes: done, or (once it is gone) not found; never a conflict.
+    let answers = at_once(Method::DELETE, format!("/containers/{id}"), None, 4).await;
+    assert!(
+        answers
+            .iter()
+            .all(|(s, b)| (*s == StatusCode::OK && b["status"] == "ok")
+                || *s == StatusCode::NOT_FOUND),
+        "{answers:?}"
+    );
+    assert!(
+        answers.iter().any(|(s, _)| *s == StatusCode::OK),
+        "{answers:?}"
+    );
     server.stop().await;
 }
 
