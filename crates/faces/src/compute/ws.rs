@@ -19,7 +19,7 @@ use axum::response::Response;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
-use tessera_app::containers::ContainerStatus;
+use tessera_app::containers::{Container, ContainerStatus};
 use tessera_app::events::{EventFeed, FeedItem};
 use tessera_app::{App, Error, Principal};
 
@@ -94,9 +94,13 @@ async fn stream(
     containers: Vec<tessera_app::containers::Container>,
 ) {
     let mut known: BTreeSet<String> = containers.iter().map(|c| c.id().to_string()).collect();
-    // What each container's last frame said: a change that shows nothing
-    // new (two events read after both happened) sends nothing.
-    let mut told: BTreeMap<String, Value> = BTreeMap::new();
+    // What each container's last frame said (the list, to begin with): a
+    // change that shows nothing new (two events read after both happened,
+    // or one the list showed already) sends nothing.
+    let mut told: BTreeMap<String, Value> = containers
+        .iter()
+        .map(|c| (c.id().to_string(), status_data(c, c.status)))
+        .collect();
     if send(&mut socket, list_message(containers, "containers"))
         .await
         .is_err()
@@ -119,13 +123,7 @@ async fn stream(
                             Ok(container) => {
                                 known.insert(container.id().to_string());
                                 let status = ContainerStatus::at_change(&event.state, &container.instance);
-                                let mut data = json!({
-                                    "container_id": container.id(),
-                                    "status": status.as_str(),
-                                });
-                                if !container.instance.private_ip.is_empty() {
-                                    data["external_ip"] = json!(container.instance.private_ip);
-                                }
+                                let data = status_data(&container, status);
                                 if told.get(container.id()) == Some(&data) {
                                     continue;
                                 }
@@ -147,7 +145,10 @@ async fn stream(
                     FeedItem::Lagged(_) => match app.containers(&caller).await {
                         Ok(containers) => {
                             known = containers.iter().map(|c| c.id().to_string()).collect();
-                            told.clear();
+                            told = containers
+                                .iter()
+                                .map(|c| (c.id().to_string(), status_data(c, c.status)))
+                                .collect();
                             list_message(containers, "resync")
                         }
                         Err(_) => return,
@@ -171,4 +172,17 @@ async fn stream(
 
 async fn send(socket: &mut WebSocket, text: String) -> Result<(), axum::Error> {
     socket.send(Message::Text(text.into())).await
+}
+
+/// A `container_status` frame's data: the container's id, `status`, and
+/// its address once it has one.
+fn status_data(container: &Container, status: ContainerStatus) -> Value {
+    let mut data = json!({
+        "container_id": container.id(),
+        "status": status.as_str(),
+    });
+    if !container.instance.private_ip.is_empty() {
+        data["external_ip"] = json!(container.instance.private_ip);
+    }
+    data
 }

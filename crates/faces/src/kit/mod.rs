@@ -174,10 +174,19 @@ pub async fn authenticate<F: Face>(
 
 /// The fallback for paths the face does not have.
 pub async fn not_found<F: Face>(request: Request) -> Response {
-    F::not_found(request.method(), request.uri().path())
+    F::not_found(request.method(), asked_path(&request))
 }
 
 /// The fallback for methods a path does not take.
 pub async fn method_not_allowed<F: Face>(request: Request) -> Response {
-    F::method_not_allowed(request.method(), request.uri().path())
+    F::method_not_allowed(request.method(), asked_path(&request))
+}
+
+/// The path as the client sent it (a face's router sees it without the
+/// face's prefix, which its messages would then leave out).
+fn asked_path(request: &Request) -> &str {
+    request
+        .extensions()
+        .get::<axum::extract::OriginalUri>()
+        .map_or_else(|| request.uri().path(), |uri| uri.0.path())
 }

@@ -840,6 +840,28 @@ async fn bad_requests_are_clear_and_change_nothing(backend: Backend) {
             .await;
         assert_eq!(status, StatusCode::NOT_FOUND, "{method} {path}");
     }
+    // A path or method the API lacks is named as the client sent it.
+    let (status, body) = server
+        .request(
+            Method::PATCH,
+            &format!("/compute/containers/{id}"),
+            None,
+            Some(TOKEN),
+        )
+        .await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED, "{body}");
+    assert_eq!(
+        body["error"],
+        format!("PATCH is not allowed on /compute/containers/{id}")
+    );
+    let (status, body) = server
+        .request(Method::GET, "/compute/nothing", None, Some(TOKEN))
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    assert_eq!(
+        body["error"],
+        "GET /compute/nothing is not a path of this API"
+    );
     server.stop().await;
 }
 
