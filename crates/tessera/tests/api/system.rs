@@ -103,28 +103,33 @@ async fn a_failed_first_start_does_not_lose_the_admin_token() {
     let port = taken.local_addr().expect("address").port();
     // External port 80 is served on 80 + offset: the port just taken.
     let offset = (port - 80).to_string();
-    let server = |data: &std::path::Path| {
+    let server = |data: &std::path::Path, gateway: &[&str]| {
         let mut command = Command::new(env!("CARGO_BIN_EXE_tessera"));
         command
             .args(["server", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data)
-            .args([
-                "--gateway-listen",
-                "127.0.0.1",
-                "--gateway-port-offset",
-                &offset,
-            ])
+            .args(gateway)
             .env_remove("TESSERA_ADMIN_TOKEN")
             .env_remove("TESSERA_DATABASE_URL")
             .env("TESSERA_LOG", "warn");
         command
     };
-    let failed = server(dir.path()).output().expect("tessera server");
+    let gateway = [
+        "--gateway-listen",
+        "127.0.0.1",
+        "--gateway-port-offset",
+        &offset,
+    ];
+    let failed = server(dir.path(), &gateway)
+        .output()
+        .expect("tessera server");
     assert!(!failed.status.success(), "the first start failed");
     let said = String::from_utf8_lossy(&failed.stderr);
     assert!(said.contains("ingress gateway"), "{said}");
     drop(taken);
-    let mut child = server(dir.path())
+    // Without the gateway: a port freed here may be any other test's by
+    // now (the suite runs in parallel).
+    let mut child = server(dir.path(), &["--gateway-listen", "off"])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
