@@ -97,4 +97,29 @@ impl App {
         }
         Ok(())
     }
+
+    /// Instances made with volumes of their own (Verda's OS volume) before
+    /// 2026-12-06 had a meter at their type's price plus those volumes'
+    /// prices, which their volumes' own meters charged too. Each such meter
+    /// over its type's catalog price books what it accrued and runs on at
+    /// that price. Run at every start (a replica of the version before may
+    /// still have made some); answers how many were repaired.
+    pub(crate) async fn repair_instance_meters(&self) -> Result<usize> {
+        let mut repaired = 0;
+        for (id, micros, spec) in self.store.meters_of_instances_made_with_volumes().await? {
+            let Ok(spec) = serde_json::from_str::<crate::instances::InstanceSpecInput>(&spec)
+            else {
+                continue;
+            };
+            let Some(kind) = self.catalog.instance_type(&spec.instance_type) else {
+                continue;
+            };
+            let price = to_micros(kind.hourly(spec.is_spot));
+            if micros > price {
+                self.store.rerate_meter(&id, price).await?;
+                repaired += 1;
+            }
+        }
+        Ok(repaired)
+    }
 }

@@ -316,6 +316,14 @@ impl App {
             if let Err(err) = app.resync_hosts().await {
                 tracing::warn!(error = %err, "pushing desired state to hosts failed");
             }
+            match app.repair_instance_meters().await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(
+                    meters = n,
+                    "instance meters that billed their volumes too repaired"
+                ),
+                Err(err) => tracing::warn!(error = %err, "repairing instance meters failed"),
+            }
             app.spawn_task::<ResumeOperations>();
             app.spawn_task::<Heartbeats>();
             app.spawn_task::<NoteHeartbeats>();

@@ -182,3 +182,42 @@ pub(crate) fn meter_set(
         ],
     )
 }
+
+impl Store {
+    /// The meters of live instances made with volumes of their own, with
+    /// their hourly price and the instance's spec: `(instance id,
+    /// micros per hour, spec)`. Such an instance's meter once counted its
+    /// volumes' prices too (see `App::repair_instance_meters`).
+    pub async fn meters_of_instances_made_with_volumes(
+        &self,
+    ) -> Result<Vec<(String, i64, String)>> {
+        self.fetch_all_bulk(
+            "SELECT m.resource_id, m.micros_per_hour, i.spec FROM meters AS m \
+             JOIN instances AS i ON i.id = m.resource_id \
+             WHERE m.kind = 'instance' AND i.state <> 'terminated' \
+             AND i.spec LIKE '%\"volumes_made\":[\"%'",
+            &[],
+        )
+        .await
+    }
+
+    /// Books what a meter accrued at its old price, and runs it on (or
+    /// keeps it stopped) at `micros_per_hour`.
+    pub async fn rerate_meter(&self, resource_id: &str, micros_per_hour: i64) -> Result<()> {
+        let at = now_ms();
+        self.run_statements(
+            "rerate_meter",
+            vec![(
+                format!(
+                    "UPDATE meters SET charged_micros = charged_micros + {ACCRUED}, \
+                     running_since = CASE WHEN running_since IS NULL THEN NULL ELSE $1 END, \
+                     micros_per_hour = $2 WHERE resource_id = $3"
+                ),
+                vec![at.into(), micros_per_hour.into(), resource_id.into()],
+            )],
+            |_| true,
+        )
+        .await?;
+        Ok(())
+    }
+}

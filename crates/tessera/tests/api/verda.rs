@@ -24,6 +24,7 @@ on_both_backends!(
     hibernate_deletes_a_shut_down_instance_and_keeps_its_volumes,
     a_deploy_needs_an_hour_of_everything_the_project_runs,
     a_deploy_counts_the_instances_still_being_made,
+    meters_that_billed_volumes_twice_are_repaired_at_start,
     deletes_sent_together_start_one_and_the_rest_answer_204,
 );
 
@@ -2203,6 +2204,46 @@ async fn a_deploy_counts_the_instances_still_being_made(backend: Backend) {
         "{answers:?}"
     );
     server.stop().await;
+}
+
+/// An instance made with its OS volume before 2026-12-06 had a meter at
+/// its type's price plus its volume's, which the volume's own meter
+/// charged too: the next start books what it accrued and runs it on at the
+/// type's price.
+async fn meters_that_billed_volumes_twice_are_repaired_at_start(backend: Backend) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let database_url = match backend {
+        Backend::Sqlite => tessera_store::Store::sqlite_url(&dir.path().join("tessera.db")),
+        Backend::Postgres => crate::harness::fresh_postgres_database().await,
+    };
+    let options = || Options {
+        database_url: Some(database_url.clone()),
+        ..Options::default()
+    };
+    let server = TestServer::start_with(backend, options()).await;
+    add_fin_host(&server, "fin-r", "16xCPU-64GB").await;
+    let verda = Verda::login(&server, "default").await;
+    top_up(&server, "default", 10.0).await;
+    let mut body = deploy("old", json!({"os_volume": {"name": "os", "size": 1}}));
+    body["instance_type"] = json!("cx11");
+    let id = verda.create("/instances", body).await;
+    verda.wait_status(&id, "running").await;
+    // As the version before made it: 0.0075 + 0.000274 an hour.
+    server
+        .sql(
+            "UPDATE meters SET micros_per_hour = 7774 WHERE resource_id = $1",
+            &id,
+        )
+        .await;
+    drop(verda);
+    server.stop().await;
+    let again = TestServer::start_with(backend, options()).await;
+    let rate = "SELECT micros_per_hour FROM meters WHERE resource_id = $1";
+    eventually(Duration::from_secs(15), "the meter repaired", || async {
+        (again.sql_int(rate, &id).await == 7_500).then_some(())
+    })
+    .await;
+    again.stop().await;
 }
 
 /// Six deletes of one instance at once: one starts it (202), the others
