@@ -267,6 +267,7 @@ impl App {
         if !WORKFLOW_TYPES.contains(&op.kind) || has_nul(id) {
             return Err(Error::NotFound(format!("workflow {id} not found")));
         }
+        crate::operations::may_cancel(caller, &op)?;
         self.cancel(op).await
     }
 

@@ -110,6 +110,34 @@ fn fleet_permission(kind: OperationKind) -> Option<Permission> {
     }
 }
 
+/// What cancelling `op` needs beside `operation_cancel`: the fleet's
+/// permission it acts with, for the fleet's; and, for a server's
+/// registration (a cancel once it is registered retires the server), a
+/// removal's too.
+pub(crate) fn may_cancel(caller: &Principal, op: &Operation) -> Result<()> {
+    if let Some(acts) = fleet_permission(op.kind) {
+        caller.require(acts)?;
+    }
+    if op.kind == OperationKind::ServerCreate {
+        caller.require(Permission::ServerDelete)?;
+    }
+    Ok(())
+}
+
+/// The project an operation's events are the project's of: none for the
+/// fleet's (then they are its staff's, as events of no project are).
+fn event_project(kind: OperationKind, project_id: &str) -> Option<&str> {
+    fleet_permission(kind).is_none().then_some(project_id)
+}
+
+/// [`event_project`] of an operation as stored.
+fn stored_event_project(op: &OperationRecord) -> Option<&str> {
+    match op.kind.parse::<OperationKind>() {
+        Ok(kind) => event_project(kind, &op.project_id),
+        Err(_) => None,
+    }
+}
+
 /// The longest a client may wait on one request.
 pub const MAX_WAIT: Duration = Duration::from_secs(300);
 
@@ -338,9 +366,7 @@ impl App {
     pub async fn cancel_operation(&self, caller: &Principal, id: &str) -> Result<Operation> {
         caller.require(Permission::OperationCancel)?;
         let op = self.project_operation(caller, id).await?;
-        if let Some(acts) = fleet_permission(op.kind) {
-            caller.require(acts)?;
-        }
+        may_cancel(caller, &op)?;
         self.cancel(op).await
     }
 
@@ -365,7 +391,12 @@ impl App {
             )));
         }
         tracing::info!(operation = %op.id, kind = %op.kind, "cancel requested");
-        self.publish("operation", &op.id, Some(&op.project_id), "cancelling");
+        self.publish(
+            "operation",
+            &op.id,
+            event_project(op.kind, &op.project_id),
+            "cancelling",
+        );
         self.spawn_operation(&op.id);
         self.wait_for_end(op, self.config.agent_timeout).await
     }
@@ -517,12 +548,15 @@ impl App {
             return;
         }
         match run.ended {
-            Some(status) => {
-                self.publish("operation", id, Some(&run.op.project_id), status.as_str())
-            }
+            Some(status) => self.publish(
+                "operation",
+                id,
+                stored_event_project(&run.op),
+                status.as_str(),
+            ),
             None => {
                 if let Ok(Some(op)) = self.store.operation(id).await {
-                    self.publish("operation", id, Some(&op.project_id), &op.status);
+                    self.publish("operation", id, stored_event_project(&op), &op.status);
                 }
             }
         }

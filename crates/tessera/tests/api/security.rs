@@ -104,6 +104,29 @@ async fn fleet_operations_are_the_fleets_staffs(backend: Backend) {
         )
         .await;
     assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    // Cancelling a registration may retire the server: a token that may
+    // register servers but not remove them may not.
+    let (_, registrar) = api_token(
+        &server,
+        json!({"name": "reg", "scopes": ["server_create", "operation_read", "operation_cancel"]}),
+        &ivan,
+    )
+    .await;
+    let (status, body) = server
+        .call(
+            Method::POST,
+            &format!("/v1/operations/{id}/cancel"),
+            None,
+            &registrar,
+        )
+        .await;
+    assert_error(status, &body, StatusCode::FORBIDDEN, "FORBIDDEN");
+    assert!(
+        body["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("server_delete")),
+        "{body}"
+    );
     server.stop().await;
 }
 
