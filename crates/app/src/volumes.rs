@@ -621,7 +621,16 @@ impl App {
                 )
                 .await
         {
-            // The host could not grow it: back to the size it has there.
+            // A host that did not answer may grow it yet (a disk never
+            // shrinks), and is told the recorded size when its agent
+            // resyncs: the new size stands. One that said no: back to the
+            // size it has there.
+            if why.is_silence() {
+                return Err(Error::HostTimeout(format!(
+                    "volume {id} is resized; its host did not confirm in time and is told again \
+                     when it answers"
+                )));
+            }
             let undone = self
                 .store
                 .update_volume(

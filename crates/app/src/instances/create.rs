@@ -402,9 +402,6 @@ impl App {
             Ok(volumes) => volumes,
             Err(why) => {
                 tracing::warn!(instance = %instance.id, error = %why, "preparing the instance's volumes failed");
-                if let Some(host) = &instance.host_id {
-                    self.placement.host_failed(host);
-                }
                 return self
                     .unwind_create(
                         run,
