@@ -218,52 +218,30 @@ impl TestServer {
     /// behind the server's back: for what only time would do (a token
     /// that has expired).
     pub async fn sql(&self, statement: &str, arg: &str) {
-        match self.database_url.starts_with("sqlite") {
-            true => {
-                let mut conn = sqlx::SqliteConnection::connect(&self.database_url)
-                    .await
-                    .expect("the SQLite store");
-                let query = sqlx::query(statement).bind(arg.to_string());
-                query.execute(&mut conn).await.expect("the statement");
-            }
-            false => {
-                let mut conn = sqlx::PgConnection::connect(&self.database_url)
-                    .await
-                    .expect("the PostgreSQL store");
-                let query = sqlx::query(statement).bind(arg.to_string());
-                query.execute(&mut conn).await.expect("the statement");
-            }
-        };
+        let mut conn = self.store_connection().await;
+        let query = sqlx::query(statement).bind(arg.to_string());
+        query.execute(&mut conn).await.expect("the statement");
     }
 
     /// The first column of the first row `statement` (with `$1` = `arg`)
     /// reads from the store: an integer.
     pub async fn sql_int(&self, statement: &str, arg: &str) -> i64 {
         use sqlx::Row;
-        match self.database_url.starts_with("sqlite") {
-            true => {
-                let mut conn = sqlx::SqliteConnection::connect(&self.database_url)
-                    .await
-                    .expect("the SQLite store");
-                let row = sqlx::query(statement)
-                    .bind(arg.to_string())
-                    .fetch_one(&mut conn)
-                    .await
-                    .expect("a row");
-                row.get::<i64, _>(0)
-            }
-            false => {
-                let mut conn = sqlx::PgConnection::connect(&self.database_url)
-                    .await
-                    .expect("the PostgreSQL store");
-                let row = sqlx::query(statement)
-                    .bind(arg.to_string())
-                    .fetch_one(&mut conn)
-                    .await
-                    .expect("a row");
-                row.get::<i64, _>(0)
-            }
-        }
+        let mut conn = self.store_connection().await;
+        let row = sqlx::query(statement)
+            .bind(arg.to_string())
+            .fetch_one(&mut conn)
+            .await
+            .expect("a row");
+        row.get::<i64, _>(0)
+    }
+
+    /// A connection of its own to the server's store, either backend.
+    async fn store_connection(&self) -> sqlx::AnyConnection {
+        sqlx::any::install_default_drivers();
+        sqlx::AnyConnection::connect(&self.database_url)
+            .await
+            .expect("the store")
     }
 
     pub async fn request(

@@ -649,6 +649,14 @@ async fn the_catalog_and_availability_follow_the_hosts(backend: Backend) {
     assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_request");
 }
 
+/// A deploy body for a `cx11` with a 1 GB OS volume in FIN-01: 0.0075 +
+/// 0.2 / 730 = 0.0078 an hour.
+fn small_deploy(hostname: &str) -> Value {
+    let mut body = deploy(hostname, json!({"os_volume": {"name": "os", "size": 1}}));
+    body["instance_type"] = json!("cx11");
+    body
+}
+
 /// A deploy body for `CPU.4V.16G` in FIN-01.
 fn deploy(hostname: &str, extra: Value) -> Value {
     let mut body = json!({
@@ -2102,15 +2110,10 @@ async fn a_deploy_needs_an_hour_of_everything_the_project_runs(backend: Backend)
     let server = TestServer::start(backend).await;
     add_fin_host(&server, "fin-f", "16xCPU-64GB").await;
     let verda = Verda::login(&server, "default").await;
-    let small = |name: &str| {
-        let mut body = deploy(name, json!({"os_volume": {"name": "os", "size": 1}}));
-        body["instance_type"] = json!("cx11");
-        body
-    };
     // One costs 0.0075 + 0.2 / 730 (its 1 GB OS volume) = 0.0078 an hour:
     // the balance covers an hour of one, not of two.
     top_up(&server, "default", 0.012).await;
-    let first = verda.create("/instances", small("a")).await;
+    let first = verda.create("/instances", small_deploy("a")).await;
     verda.wait_status(&first, "running").await;
     // Each pays once: the instance at its type's price, its OS volume
     // through its own meter (not in the instance's too).
@@ -2122,7 +2125,7 @@ async fn a_deploy_needs_an_hour_of_everything_the_project_runs(backend: Backend)
         .to_string();
     assert_eq!(server.sql_int(rate, &os_volume).await, 274);
     let (status, body) = verda
-        .json(Method::POST, "/instances", Some(small("b")))
+        .json(Method::POST, "/instances", Some(small_deploy("b")))
         .await;
     assert_error(
         status,
@@ -2144,7 +2147,7 @@ async fn a_deploy_needs_an_hour_of_everything_the_project_runs(backend: Backend)
         .await;
     assert_eq!(status, StatusCode::ACCEPTED);
     verda.wait_status(&first, "discontinued").await;
-    let second = verda.create("/instances", small("b")).await;
+    let second = verda.create("/instances", small_deploy("b")).await;
     verda.wait_status(&second, "running").await;
     server.stop().await;
 }
@@ -2165,17 +2168,12 @@ async fn a_deploy_counts_the_instances_still_being_made(backend: Backend) {
     .await;
     add_fin_host(&server, "slow-fin", "16xCPU-64GB").await;
     let verda = Verda::login(&server, "default").await;
-    let small = |name: &str| {
-        let mut body = deploy(name, json!({"os_volume": {"name": "os", "size": 1}}));
-        body["instance_type"] = json!("cx11");
-        body
-    };
     // An hour of one (0.0078, as above), not of two.
     top_up(&server, "default", 0.012).await;
-    let first = verda.create("/instances", small("a")).await;
+    let first = verda.create("/instances", small_deploy("a")).await;
     verda.wait_status(&first, "provisioning").await;
     let (status, body) = verda
-        .json(Method::POST, "/instances", Some(small("b")))
+        .json(Method::POST, "/instances", Some(small_deploy("b")))
         .await;
     assert_error(
         status,
@@ -2185,8 +2183,13 @@ async fn a_deploy_counts_the_instances_still_being_made(backend: Backend) {
     );
     // With room for one more, six at once: one gets it.
     top_up(&server, "default", 0.008).await;
-    let tries =
-        (0..6).map(|n| verda.json(Method::POST, "/instances", Some(small(&format!("c{n}")))));
+    let tries = (0..6).map(|n| {
+        verda.json(
+            Method::POST,
+            "/instances",
+            Some(small_deploy(&format!("c{n}"))),
+        )
+    });
     let answers = futures::future::join_all(tries).await;
     let statuses: Vec<StatusCode> = answers.iter().map(|(status, _)| *status).collect();
     assert_eq!(
@@ -2224,9 +2227,7 @@ async fn meters_that_billed_volumes_twice_are_repaired_at_start(backend: Backend
     add_fin_host(&server, "fin-r", "16xCPU-64GB").await;
     let verda = Verda::login(&server, "default").await;
     top_up(&server, "default", 10.0).await;
-    let mut body = deploy("old", json!({"os_volume": {"name": "os", "size": 1}}));
-    body["instance_type"] = json!("cx11");
-    let id = verda.create("/instances", body).await;
+    let id = verda.create("/instances", small_deploy("old")).await;
     verda.wait_status(&id, "running").await;
     // As the version before made it: 0.0075 + 0.000274 an hour.
     server
