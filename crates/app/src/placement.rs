@@ -323,6 +323,8 @@ pub(crate) fn inventory(
 ) -> HostInventory {
     // CPUs its agent does not offer (offline, or reserved for the host
     // since it registered) take nothing new; what holds them keeps them.
+    // Nor does a FREE unit one of whose CPUs the ledger holds for another
+    // (its claim would fail on the ledger's key, again and again).
     let offered = host
         .offer
         .cpus
@@ -335,7 +337,8 @@ pub(crate) fn inventory(
             UnitSlot {
                 id: ComputeId::new(u.compute_id.as_str()),
                 free: u.status == UnitStatus::Free
-                    && offered.as_ref().is_none_or(|o| cpus.is_subset(o)),
+                    && offered.as_ref().is_none_or(|o| cpus.is_subset(o))
+                    && cpus.is_disjoint(&held),
                 cpus,
             }
         })

@@ -161,9 +161,12 @@ impl App {
         );
         // A project already at its quota is refused before it takes a unit
         // in the view: units taken by claims bound to fail would look
-        // allocated to other projects' requests meanwhile. (The claim
-        // checks again, in its transaction.)
-        self.check_quota_now(&quota).await?;
+        // allocated to other projects' requests meanwhile. The claim checks
+        // again, in its transaction, if any limit applies: with none, it
+        // takes no lock on the project (on PostgreSQL, it is then one
+        // statement), and a limit set while it runs applies to the
+        // allocations after it, as one set just after it would.
+        let limited = self.check_quota_now(&quota).await?;
         let mut looked_again = false;
         let mut attempts = 0;
         let mut waited = 0;
@@ -205,7 +208,7 @@ impl App {
                 tags: req.tags.as_ref(),
                 deadline: &deadline,
                 project_id: &req.project_id,
-                quota: Some(&quota),
+                quota: limited.then_some(&quota),
             };
             let claimed = self.store.claim_unit(&claim).await;
             drop(taken);

@@ -234,13 +234,19 @@ impl App {
     }
 
     /// A quota check ahead of work on a host that cannot wait for the
-    /// store's own (atomic) check at the end.
-    pub(crate) async fn check_quota_now(&self, quota: &tessera_store::QuotaCheck) -> Result<()> {
+    /// store's own (atomic) check at the end. Answers whether any limit
+    /// applies to what the write adds at all (when none does, what the
+    /// project uses is not read).
+    pub(crate) async fn check_quota_now(&self, quota: &tessera_store::QuotaCheck) -> Result<bool> {
         let own = self.store.project_quota(&quota.project_id).await?;
+        let limits = quota.limits(&own);
+        if quota.unbounded_under(&limits) {
+            return Ok(false);
+        }
         let used = self.store.project_usage(&quota.project_id).await?;
-        match quota.exceeded(&quota.limits(&own), &used) {
+        match quota.exceeded(&limits, &used) {
             Some(exceeded) => Err(Error::QuotaExceeded(exceeded)),
-            None => Ok(()),
+            None => Ok(true),
         }
     }
 

@@ -146,6 +146,24 @@ async fn limits_and_usage(
     let project = [Arg::from(&check.project_id)];
     // The project's own limits, and on SQLite its usage with them.
     let (own, used) = if conn.is_postgres() {
+        // Where the configuration bounds nothing this write adds, only the
+        // project's own limits could: read them first, without a lock, and
+        // lock nothing when they bound nothing either (and the balance is
+        // not checked, which needs the lock). Creations of a project
+        // without limits then never wait for one another. A limit set while
+        // this write runs applies to the writes after it, as a limit set
+        // just after this one committed would.
+        if !check.funds && check.unbounded_under(&check.defaults) {
+            let own = conn
+                .fetch_rows(OWN_LIMITS, &project)
+                .await?
+                .first()
+                .map(<LimitsRow as sqlx::FromRow<'_, sqlx::any::AnyRow>>::from_row)
+                .transpose()?;
+            if check.unbounded_under(&check.limits(&overrides_of(own))) {
+                return Ok(None);
+            }
+        }
         let rows = conn.fetch_rows(LOCK_PROJECT_WITH_LIMITS, &project).await?;
         let own = rows
             .first()
@@ -188,7 +206,8 @@ async fn limits_and_usage(
 
 /// Runs a write's quota check inside its transaction, before the write's
 /// own changes: `Some` names the limit it would go over (the caller then
-/// undoes its write). The project stays locked until the commit.
+/// undoes its write). The project stays locked until the commit, unless no
+/// limit applied to what the write adds.
 pub(crate) async fn enforce(
     conn: &mut Conn<'_>,
     check: &QuotaCheck,

@@ -2,7 +2,7 @@
 
 use crate::db::{Arg, Conn, DbError};
 use crate::hosts::status_guard;
-use crate::writer::Commit;
+use crate::writer::{Commit, Shape};
 use crate::{Result, Store, StoreError, now};
 use sqlx::Row;
 use sqlx::any::AnyRow;
@@ -200,12 +200,19 @@ impl Store {
             project_id: claim.project_id.to_string(),
             quota: claim.quota.cloned(),
         });
-        self.write("claim_unit", move |conn| {
-            let claim = owned.clone();
-            Box::pin(async move { claim_unit(conn, &claim).await })
-        })
-        .await?
-        .map_err(crate::StoreError::from)
+        // On PostgreSQL a claim without a quota check is one statement,
+        // atomic by itself: no transaction around it.
+        let shape = match (self.backend(), &owned.quota) {
+            (crate::Backend::Postgres, None) => Shape::OneStatement,
+            _ => Shape::Statements,
+        };
+        self.write
+            .write("claim_unit", shape, move |conn| {
+                let claim = owned.clone();
+                Box::pin(async move { claim_unit(conn, &claim).await })
+            })
+            .await?
+            .map_err(crate::StoreError::from)
     }
 
     /// Moves a unit from one of `from` to `to`, setting its detail and
@@ -251,11 +258,17 @@ impl Store {
     /// out of the ledger. `false`, changing nothing, otherwise.
     pub async fn release_unit(&self, compute_id: &str, generation: i64) -> Result<bool> {
         let compute_id = compute_id.to_string();
-        self.write("release_unit", move |conn| {
-            let compute_id = compute_id.clone();
-            Box::pin(async move { release_unit(conn, &compute_id, generation).await })
-        })
-        .await
+        // One statement on PostgreSQL (see `release_unit`).
+        let shape = match self.backend() {
+            crate::Backend::Postgres => Shape::OneStatement,
+            crate::Backend::Sqlite => Shape::Statements,
+        };
+        self.write
+            .write("release_unit", shape, move |conn| {
+                let compute_id = compute_id.clone();
+                Box::pin(async move { release_unit(conn, &compute_id, generation).await })
+            })
+            .await
     }
 
     /// Every held CPU as `(host id, cpu)`, or only `host_id`'s.
@@ -344,20 +357,35 @@ async fn claim_unit(
         // Only a corrupt unit has no CPUs; never hand it out.
         return Ok(Commit::Undo(Ok(None)));
     }
-    let at = now();
-    // The host must be READY, and stay so until this commits: on PostgreSQL
-    // a shared lock on its row, which a decommission's update waits for
-    // (claims on one host do not wait for each other). SQLite has one
-    // writer, so nothing can change between the check and the commit.
-    let lock = if conn.is_postgres() { " FOR SHARE" } else { "" };
+    let claimed = match conn.is_postgres() {
+        true => claim_on_postgres(&mut conn, claim).await?,
+        false => claim_on_sqlite(&mut conn, claim).await?,
+    };
+    let Some(generation) = claimed else {
+        return Ok(Commit::Undo(Ok(None)));
+    };
+    if let Some(quota) = &claim.quota
+        && let Some(refused) = crate::quotas::enforce_written(&mut conn, quota).await?
+    {
+        return Ok(Commit::Undo(Err(refused)));
+    }
+    Ok(Commit::Keep(Ok(Some(generation))))
+}
+
+/// Marks the unit ALLOCATING for the claim and takes its CPUs in the
+/// ledger, if its host is READY and it is FREE: its new generation, or
+/// `None` (the caller undoes whatever was changed).
+async fn claim_on_sqlite(conn: &mut Conn<'_>, claim: &OwnedClaim) -> Result<Option<i64>, DbError> {
+    // SQLite has one writer, so nothing can change between the host's
+    // check and the commit.
     let status = conn
         .fetch_text(
-            &format!("SELECT status FROM hosts WHERE id = $1{lock}"),
+            "SELECT status FROM hosts WHERE id = $1",
             &[(&claim.host_id).into()],
         )
         .await?;
     if status.as_deref() != Some("READY") {
-        return Ok(Commit::Undo(Ok(None)));
+        return Ok(None);
     }
     let generation = conn
         .fetch_int(
@@ -365,20 +393,11 @@ async fn claim_unit(
              ssh_public_key = $1, tags = $2, deployment_id = $3, started_at = $4, \
              deadline = $5, updated_at = $4, generation = generation + 1, project_id = $8 \
              WHERE compute_id = $6 AND host_id = $7 AND status = 'FREE' RETURNING generation",
-            &[
-                (&claim.ssh_public_key).into(),
-                claim.tags.as_ref().into(),
-                claim.deployment_id.as_ref().into(),
-                (&at).into(),
-                (&claim.deadline).into(),
-                (&claim.compute_id).into(),
-                (&claim.host_id).into(),
-                (&claim.project_id).into(),
-            ],
+            &claim_args(claim),
         )
         .await?;
     let Some(generation) = generation else {
-        return Ok(Commit::Undo(Ok(None)));
+        return Ok(None);
     };
     let values: Vec<String> = (0..claim.cpus.len())
         .map(|i| format!("($1, ${}, $2)", i + 3))
@@ -393,15 +412,60 @@ async fn claim_unit(
     ];
     args.extend(claim.cpus.iter().map(|&cpu| Arg::from(i64::from(cpu))));
     let claimed = conn.execute(&sql, &args).await?;
-    if claimed != claim.cpus.len() as u64 {
-        return Ok(Commit::Undo(Ok(None)));
+    Ok((claimed == claim.cpus.len() as u64).then_some(generation))
+}
+
+/// [`claim_on_sqlite`] as one statement, one round trip: the host's row is
+/// share-locked while READY (a decommission's update waits for the commit;
+/// claims on one host do not wait for each other), the unit moves only if
+/// FREE, and the CPUs go into the ledger only if it moved. A CPU the ledger
+/// already holds fails the whole statement on the ledger's key, changing
+/// nothing: the claim lost, as when the unit was not FREE.
+async fn claim_on_postgres(
+    conn: &mut Conn<'_>,
+    claim: &OwnedClaim,
+) -> Result<Option<i64>, DbError> {
+    let cpus: Vec<String> = (0..claim.cpus.len())
+        .map(|i| format!("(CAST(${} AS BIGINT))", i + 10))
+        .collect();
+    let sql = format!(
+        "WITH host AS (SELECT 1 FROM hosts WHERE id = $7 AND status = 'READY' FOR SHARE), \
+         unit AS (UPDATE compute_units SET status = 'ALLOCATING', status_detail = NULL, \
+           ssh_public_key = $1, tags = $2, deployment_id = $3, started_at = $4, deadline = $5, \
+           updated_at = $4, generation = generation + 1, project_id = $8 \
+           WHERE compute_id = $6 AND host_id = $7 AND status = 'FREE' \
+           AND EXISTS (SELECT 1 FROM host) RETURNING generation), \
+         claimed AS (INSERT INTO cpu_claims (host_id, cpu, holder) \
+           SELECT $7, v.cpu, $9 FROM (VALUES {}) AS v (cpu) WHERE EXISTS (SELECT 1 FROM unit)) \
+         SELECT generation FROM unit",
+        cpus.join(", ")
+    );
+    let mut args = claim_args(claim);
+    args.push(holder(&claim.compute_id).as_str().into());
+    args.extend(claim.cpus.iter().map(|&cpu| Arg::from(i64::from(cpu))));
+    match conn.fetch_int(&sql, &args).await {
+        Err(DbError::Sqlx(sqlx::Error::Database(db)))
+            if db.code().as_deref() == Some("23505")
+                && db.constraint() == Some("cpu_claims_pkey") =>
+        {
+            Ok(None)
+        }
+        other => other,
     }
-    if let Some(quota) = &claim.quota
-        && let Some(refused) = crate::quotas::enforce_written(&mut conn, quota).await?
-    {
-        return Ok(Commit::Undo(Err(refused)));
-    }
-    Ok(Commit::Keep(Ok(Some(generation))))
+}
+
+/// The first eight parameters of a claim's statements.
+fn claim_args(claim: &OwnedClaim) -> Vec<Arg> {
+    vec![
+        (&claim.ssh_public_key).into(),
+        claim.tags.as_ref().into(),
+        claim.deployment_id.as_ref().into(),
+        now().as_str().into(),
+        (&claim.deadline).into(),
+        (&claim.compute_id).into(),
+        (&claim.host_id).into(),
+        (&claim.project_id).into(),
+    ]
 }
 
 async fn release_unit(
@@ -410,15 +474,39 @@ async fn release_unit(
     generation: i64,
 ) -> Result<Commit<bool>, DbError> {
     let at = now();
-    // Whether the unit goes back to the pool depends on its host, which must
-    // not change meanwhile: on PostgreSQL a shared lock, as for claims.
-    let lock = if conn.is_postgres() { " FOR SHARE" } else { "" };
+    if conn.is_postgres() {
+        // One statement: whether the unit goes back to the pool depends on
+        // its host, which must not change meanwhile (a shared lock, as for
+        // claims); its CPUs leave the ledger only if it moved.
+        let freed = conn
+            .fetch_int(
+                "WITH host AS (SELECT status FROM hosts WHERE id = \
+                   (SELECT host_id FROM compute_units WHERE compute_id = $3) FOR SHARE), \
+                 freed AS (UPDATE compute_units SET status = CASE WHEN EXISTS \
+                   (SELECT 1 FROM host WHERE status = 'READY') THEN 'FREE' ELSE 'UNAVAILABLE' END, \
+                   status_detail = NULL, ssh_public_key = NULL, tags = NULL, \
+                   deployment_id = NULL, started_at = NULL, deadline = NULL, updated_at = $1, \
+                   project_id = NULL, generation = generation + 1 \
+                   WHERE compute_id = $3 AND generation = $4 AND status = 'DEALLOCATING' \
+                   RETURNING 1), \
+                 unclaimed AS (DELETE FROM cpu_claims WHERE holder = $2 \
+                   AND EXISTS (SELECT 1 FROM freed)) \
+                 SELECT COUNT(*) FROM freed",
+                &[
+                    (&at).into(),
+                    holder(compute_id).as_str().into(),
+                    compute_id.into(),
+                    generation.into(),
+                ],
+            )
+            .await?;
+        return Ok(Commit::Keep(freed == Some(1)));
+    }
+    // SQLite has one writer: the host cannot change before the commit.
     let host_status = conn
         .fetch_text(
-            &format!(
-                "SELECT status FROM hosts WHERE id = \
-                 (SELECT host_id FROM compute_units WHERE compute_id = $1){lock}"
-            ),
+            "SELECT status FROM hosts WHERE id = \
+             (SELECT host_id FROM compute_units WHERE compute_id = $1)",
             &[compute_id.into()],
         )
         .await?;

@@ -11,6 +11,7 @@ crate::on_both_backends!(
     init_server_refuses_a_registered_hostname,
     allocate_installs_the_key_and_answers_the_real_state,
     allocate_without_a_free_unit_is_460,
+    a_unit_whose_cpus_the_ledger_holds_is_not_handed_out,
     allocate_rejects_bad_bodies,
     list_filters_match_kloigos,
     list_rejects_bad_queries,
@@ -380,6 +381,34 @@ async fn allocate_without_a_free_unit_is_460(backend: Backend) {
     assert_eq!(status, StatusCode::OK);
     let (status, body) = server.allocate(unit_request(4, json!(null))).await;
     assert_eq!((status.as_u16(), body), (460, no_unit));
+    server.stop().await;
+}
+
+/// A FREE unit one of whose CPUs the ledger already holds (here written
+/// behind the server's back, so its view still sees the unit free) loses
+/// its claim whole: no half-claimed CPUs, the unit stays FREE, and the
+/// allocation goes to a unit whose CPUs are free.
+async fn a_unit_whose_cpus_the_ledger_holds_is_not_handed_out(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    server.init_host("host1", &["0-3", "4-7"]).await;
+    let host = server.host_id("host1").await;
+    server
+        .sql(
+            "INSERT INTO cpu_claims (host_id, cpu, holder) VALUES ($1, 2, 'instance:ghost')",
+            &host,
+        )
+        .await;
+    let (status, unit) = server.allocate(unit_request(4, json!(null))).await;
+    assert_eq!(status, StatusCode::OK, "{unit}");
+    assert_eq!(unit["compute_id"], "host1_c4-7");
+    let first = server.units("?compute_id=host1_c0-3").await;
+    assert_eq!(first[0]["status"], "FREE", "{first:?}");
+    let held = |holder: &'static str| {
+        server.sql_int("SELECT COUNT(*) FROM cpu_claims WHERE holder = $1", holder)
+    };
+    assert_eq!(held("unit:host1_c0-3").await, 0);
+    assert_eq!(held("unit:host1_c4-7").await, 4);
+    assert_eq!(held("instance:ghost").await, 1);
     server.stop().await;
 }
 
