@@ -8,7 +8,7 @@ use crate::error::{Error, Result};
 use crate::identity::Principal;
 use crate::instances::Deletion;
 use tessera_core::Permission;
-use tessera_core::status::InstanceState;
+use tessera_core::status::{InstanceState, VolumeStatus};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum InstanceAction {
@@ -100,27 +100,40 @@ impl App {
                     Some(ids) => {
                         let mut going = Vec::new();
                         for volume_id in ids {
-                            let Some(volume) = attached.iter().find(|v| *v.id == **volume_id)
-                            else {
+                            if let Some(volume) = attached.iter().find(|v| *v.id == **volume_id) {
+                                going.push(volume.clone());
+                                continue;
+                            }
+                            // One of the project's volumes deleted already
+                            // (by this request sent before): nothing left
+                            // to do for it.
+                            let deleted = self.store.volume(volume_id).await?.is_some_and(|v| {
+                                *v.project_id == *instance.project_id
+                                    && v.status == VolumeStatus::Deleted.as_str()
+                            });
+                            if !deleted {
                                 return Err(Error::invalid(
                                     "volume_ids",
                                     format!("volume {volume_id} is not attached to instance {id}"),
                                 ));
-                            };
-                            going.push(volume.clone());
+                            }
                         }
                         going
                     }
                 };
-                if !self.delete_started(caller, id).await? {
-                    return Ok(ActionOutcome::Already);
-                }
+                // A delete that joins another one under way (answered as
+                // that one is) still takes the volumes it names: they would
+                // otherwise stay, billed, after the caller was told they went.
+                let begun = self.delete_started(caller, id).await?;
                 for volume in going {
                     // Its storage is destroyed once the instance is gone
                     // from its host. Read again if it changed meanwhile (its
                     // host reporting on it): the delete is under way, so it
                     // goes with the instance whatever changed.
                     self.trash_volume_as_it_is(&volume.id, *permanently).await?;
+                }
+                if !begun {
+                    return Ok(ActionOutcome::Already);
                 }
             }
         }

@@ -22,6 +22,7 @@ on_both_backends!(
     tags_on_instances_and_volumes,
     a_long_instance_list_is_whole_json_across_pages,
     hibernate_deletes_a_shut_down_instance_and_keeps_its_volumes,
+    a_delete_joining_another_still_takes_the_volumes_it_names,
     a_deploy_needs_an_hour_of_everything_the_project_runs,
     a_deploy_counts_the_instances_still_being_made,
     meters_that_billed_volumes_twice_are_repaired_at_start,
@@ -2102,6 +2103,70 @@ async fn hibernate_deletes_a_shut_down_instance_and_keeps_its_volumes(backend: B
     // Again: the instance is already gone.
     let (status, _) = verda.put("/instances", hibernate).await;
     assert_eq!(status, StatusCode::NO_CONTENT);
+}
+
+/// A delete sent while another delete of the same instance is under way
+/// joins it (204, as Verda answers a delete of a deleted instance), and
+/// still deletes the volumes it names: they would otherwise stay, and be
+/// billed, after the caller was told they went. Sent again, it has nothing
+/// left to do.
+async fn a_delete_joining_another_still_takes_the_volumes_it_names(backend: Backend) {
+    let server = TestServer::start_with(
+        backend,
+        Options {
+            // The host never answers a delete: the first stays under way.
+            faults: vec!["delete:slow-:hang"],
+            agent_timeout: Duration::from_secs(5),
+            ..Options::default()
+        },
+    )
+    .await;
+    add_fin_host(&server, "slow-fin", "16xCPU-64GB").await;
+    top_up(&server, "default", 10.0).await;
+    let verda = Verda::login(&server, "default").await;
+    let id = verda
+        .create(
+            "/instances",
+            deploy(
+                "two-deletes",
+                json!({"volumes": [{"name": "data", "size": 5, "type": "NVMe"}]}),
+            ),
+        )
+        .await;
+    let running = verda.wait_status(&id, "running").await;
+    let os_volume = running["os_volume_id"].as_str().expect("OS volume");
+    let data = running["volume_ids"]
+        .as_array()
+        .expect("volume ids")
+        .iter()
+        .filter_map(Value::as_str)
+        .find(|v| *v != os_volume)
+        .expect("a data volume")
+        .to_string();
+    // The first delete keeps every volume.
+    let (status, body) = verda
+        .put(
+            "/instances",
+            json!({"action": "delete", "id": id, "volume_ids": []}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    // Answered as a delete under way is (204), and the volume goes.
+    let second = json!({"action": "delete", "id": id, "volume_ids": [data]});
+    let (status, body) = verda.put("/instances", second.clone()).await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+    let trashed = verda.get("/volumes/trash").await;
+    let trashed: Vec<&str> = trashed
+        .as_array()
+        .expect("a list")
+        .iter()
+        .filter_map(|v| v["id"].as_str())
+        .collect();
+    assert_eq!(trashed, vec![data.as_str()]);
+    // Again: the volume is gone already, the instance still going.
+    let (status, body) = verda.put("/instances", second).await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+    server.stop().await;
 }
 
 /// A deploy needs the balance to cover an hour of the new instance on top
