@@ -738,6 +738,42 @@ impl Store {
         .await
     }
 
+    /// Takes an instance its host failed to create off that host, to be
+    /// placed again: its CPUs (shares, unit) free, no host, the volumes of
+    /// `rehome` (made for it, their storage destroyed on that host) without
+    /// a home, and `op`'s steps `(id, steps, lease)` recorded, in one
+    /// transaction. `false`, changing nothing, when the operation is no
+    /// longer this process's.
+    pub async fn unplace_instance(
+        &self,
+        instance_id: &str,
+        rehome: &[String],
+        op: (&str, &str, &str),
+    ) -> Result<bool> {
+        let (clear, host) = unplace_statements(instance_id);
+        let mut statements = vec![
+            operation_progress(op.0, op.1, op.2, &self.owner),
+            host,
+            clear_claims(instance_id),
+            clear_shares(instance_id, None),
+            free_unshared(None),
+            free_units(instance_id, None),
+            clear,
+        ];
+        for volume in rehome {
+            statements.push((
+                "UPDATE volumes SET host_id = NULL, generation = generation + 1 \
+                 WHERE id = $1 AND instance_id = $2"
+                    .into(),
+                vec![volume.into(), instance_id.into()],
+            ));
+        }
+        let counts = self
+            .run_statements("unplace_instance", statements, |c| c[0] == 1)
+            .await?;
+        Ok(counts[0] == 1)
+    }
+
     /// Ends an instance's operation and sets the instance's state together.
     /// `release` also takes back its CPUs. `false` when the operation had
     /// already ended (another process settled it).

@@ -1,14 +1,16 @@
 //! Creating an instance: the `instance_create` saga. `placed` commits a
 //! placement decision to the CPU ledger with its step log entry in one
-//! transaction; `created` is the host running it. Undo: delete it on the
-//! host, then return its CPUs.
+//! transaction; `created` is the host running it. A host that fails to
+//! create it lets it go, and `failed_on` takes `placed` back with its CPUs
+//! (one transaction), so it is placed again, up to [`CREATE_ATTEMPTS`]
+//! hosts. Undo: delete it on the host, then return its CPUs.
 
 use super::validate::validate;
 use super::{CreateInstance, Instance, MAX_PLACE_ATTEMPTS};
 use crate::error::{Error, Result};
 use crate::identity::Principal;
 use crate::operations::{Run, Step};
-use crate::{App, new_id};
+use crate::{App, HostCallError, new_id};
 use base64::Engine;
 use tessera_agent_api::InstanceReport;
 use tessera_core::Permission;
@@ -19,6 +21,11 @@ use tessera_core::status::{
 use tessera_store::{
     CpuClaim, InstanceUpdate, InstancesAdded, NewInstance, NewOperation, OperationEnd,
 };
+
+/// How many hosts a creation tries before it fails, as Nova's default
+/// `max_attempts`: the first and, each time one fails to create the
+/// instance, another.
+pub(crate) const CREATE_ATTEMPTS: usize = 3;
 
 /// The error of a subnet or group deleted while an instance was made in it.
 pub(crate) fn network_gone() -> Error {
@@ -376,72 +383,142 @@ impl App {
                 .unwind_create(run, TerminationCause::Cancelled, "creation cancelled")
                 .await;
         }
-        if !run.done(&Step::Placed) {
-            match self
-                .place(run, &instance, |_| Step::Placed, CpuClaim::Place)
-                .await
-            {
-                // The instance as the claim left it, without reading it
-                // again: on the host, holding the CPUs, one generation on.
-                Ok(decision) => {
-                    instance.host_id = Some(decision.host);
-                    instance.cpus = Some(decision.cpus);
-                    instance.generation += 1;
+        loop {
+            if !run.done(&Step::Placed) {
+                match self
+                    .place(run, &instance, |_| Step::Placed, CpuClaim::Place)
+                    .await
+                {
+                    // The instance as the claim left it, without reading it
+                    // again: on the host, holding the CPUs, one generation on.
+                    Ok(decision) => {
+                        instance.host_id = Some(decision.host);
+                        instance.cpus = Some(decision.cpus);
+                        instance.generation += 1;
+                    }
+                    Err(Error::NoCapacity(why)) => {
+                        return self
+                            .unwind_create(run, TerminationCause::NoCapacity, &why)
+                            .await;
+                    }
+                    Err(other) => return Err(other),
                 }
-                Err(Error::NoCapacity(why)) => {
+            }
+            // A cancel asked since the operation was taken is heard below, as
+            // soon as the host is asked: no read of the operation here.
+            let volumes = match self.prepare_volumes(&instance).await {
+                Ok(volumes) => volumes,
+                Err(why) => {
+                    tracing::warn!(instance = %instance.id, error = %why, "preparing the instance's volumes failed");
                     return self
-                        .unwind_create(run, TerminationCause::NoCapacity, &why)
+                        .unwind_create(
+                            run,
+                            TerminationCause::HostFailed,
+                            &format!("the host could not prepare the instance's volumes: {why}"),
+                        )
                         .await;
                 }
-                Err(other) => return Err(other),
+            };
+            let create = self.on_host_with(&instance, volumes, |agent, spec| async move {
+                agent.create_instance(&spec).await
+            });
+            // A cancel does not wait for the host to answer.
+            let created = tokio::select! {
+                created = create => created,
+                cancelled = self.until_cancel_requested(run) => {
+                    cancelled?;
+                    return self.unwind_create(run, TerminationCause::Cancelled, "creation cancelled").await;
+                }
+            };
+            match created {
+                Ok(report) => {
+                    if let Some(host) = &instance.host_id {
+                        self.placement.host_succeeded(host);
+                    }
+                    return self.settle_running(run, &instance, report).await;
+                }
+                Err(why) => {
+                    tracing::warn!(instance = %instance.id, error = %why, "creating the instance failed");
+                    if let Some(host) = &instance.host_id {
+                        self.placement.host_failed(host);
+                    }
+                    if let Some(again) = self.place_again(run, &instance).await? {
+                        instance = again;
+                        continue;
+                    }
+                    return self
+                        .unwind_create(
+                            run,
+                            TerminationCause::HostFailed,
+                            &format!("the host could not create the instance: {why}"),
+                        )
+                        .await;
+                }
             }
         }
-        // A cancel asked since the operation was taken is heard below, as
-        // soon as the host is asked: no read of the operation here.
-        let volumes = match self.prepare_volumes(&instance).await {
-            Ok(volumes) => volumes,
-            Err(why) => {
-                tracing::warn!(instance = %instance.id, error = %why, "preparing the instance's volumes failed");
-                return self
-                    .unwind_create(
-                        run,
-                        TerminationCause::HostFailed,
-                        &format!("the host could not prepare the instance's volumes: {why}"),
-                    )
-                    .await;
-            }
+    }
+
+    /// Takes an instance its host failed to create off that host, to be
+    /// placed again (the placement passes over a failing host while
+    /// another fits), as Nova reschedules a failed build: the instance as
+    /// it is then, or `None` when it stays where it failed and the creation
+    /// fails. It stays when [`CREATE_ATTEMPTS`] hosts have failed it, when
+    /// it takes a volume not made for it (a volume lives on its host), or
+    /// when the host does not let go of it or of the storage of the
+    /// volumes made for it there.
+    async fn place_again(&self, run: &mut Run, instance: &Instance) -> Result<Option<Instance>> {
+        let Some(host) = instance.host_id.clone() else {
+            return Ok(None);
         };
-        let create = self.on_host_with(&instance, volumes, |agent, spec| async move {
-            agent.create_instance(&spec).await
-        });
-        // A cancel does not wait for the host to answer.
-        let created = tokio::select! {
-            created = create => created,
-            cancelled = self.until_cancel_requested(run) => {
-                cancelled?;
-                return self.unwind_create(run, TerminationCause::Cancelled, "creation cancelled").await;
-            }
-        };
-        match created {
-            Ok(report) => {
-                if let Some(host) = &instance.host_id {
-                    self.placement.host_succeeded(host);
-                }
-                self.settle_running(run, &instance, report).await
-            }
-            Err(why) => {
-                tracing::warn!(instance = %instance.id, error = %why, "creating the instance failed");
-                if let Some(host) = &instance.host_id {
-                    self.placement.host_failed(host);
-                }
-                self.unwind_create(
-                    run,
-                    TerminationCause::HostFailed,
-                    &format!("the host could not create the instance: {why}"),
-                )
-                .await
-            }
+        if run.steps.failed_hosts() + 1 >= CREATE_ATTEMPTS {
+            return Ok(None);
         }
+        let volumes = self.store.instance_volumes(&instance.id).await?;
+        let made = &instance.spec.volumes_made;
+        let data = || volumes.iter().filter(|v| v.is_os_volume == 0);
+        if data().any(|v| !made.contains(&v.id)) {
+            return Ok(None);
+        }
+        if let Err(err) = self.remove_from_host(instance).await {
+            tracing::warn!(instance = %instance.id, %host, error = %err, "the host did not let go of the instance it failed to create");
+            return Ok(None);
+        }
+        let mut rehome = Vec::new();
+        for volume in data().filter(|v| v.host_id.as_deref() == Some(host.as_str())) {
+            let destroyed = match self.agent(&host).await? {
+                Some(agent) => self.host_call(agent.delete_volume(&volume.id)).await,
+                None => Err(HostCallError::NoAgent),
+            };
+            if let Err(err) = destroyed {
+                tracing::warn!(instance = %instance.id, volume = %volume.id, %host, error = %err, "the host did not destroy a volume made for the instance it failed to create");
+                return Ok(None);
+            }
+            rehome.push(volume.id.clone());
+        }
+        let steps = run
+            .steps
+            .without(|step| *step == Step::Placed)
+            .with(Step::FailedOn { host: host.clone() });
+        let unplaced = self
+            .store
+            .unplace_instance(
+                &instance.id,
+                &rehome,
+                (&run.op.id, &steps.to_json(), &self.deadline()),
+            )
+            .await?;
+        self.placement
+            .refresh_host(&self.store, host.as_str())
+            .await?;
+        if !unplaced {
+            return Err(Error::Conflict(format!(
+                "operation {} was taken over by another process",
+                run.op.id
+            )));
+        }
+        run.steps = steps;
+        tracing::info!(instance = %instance.id, %host, "the host failed to create the instance; placing it again");
+        Ok(Some(self.run_instance(run).await?))
     }
 
     /// The instance a run starts from: as this process wrote or read it

@@ -16,6 +16,9 @@ use tessera_core::{CpuSet, HostId, InstanceId};
 pub(crate) enum Step {
     /// `instance_create`: the instance holds its CPUs on a host.
     Placed,
+    /// `instance_create`: the host failed to create the instance, which
+    /// was taken off it to be placed again.
+    FailedOn { host: HostId },
     /// `cluster_create`: a node holds its CPUs on a host.
     NodePlaced { instance: InstanceId },
     /// `server_create`: the server is registered and prepared.
@@ -129,6 +132,14 @@ impl StepLog {
             .collect()
     }
 
+    /// How many hosts failed to create the instance and let it go.
+    pub(crate) fn failed_hosts(&self) -> usize {
+        self.0
+            .iter()
+            .filter(|step| matches!(step, Step::FailedOn { .. }))
+            .count()
+    }
+
     /// Where CPUs are held for `instance` to move to, if they are.
     pub(crate) fn reservation(&self, of: &InstanceId) -> Option<(HostId, CpuSet)> {
         self.0.iter().find_map(|step| match step {
@@ -186,6 +197,18 @@ mod tests {
         assert!(!read.done(&Step::Moved {
             instance: InstanceId::new("inst-1")
         }));
+        // The hosts a creation failed on count, and come back as written.
+        let failed = StepLog::default()
+            .with(Step::FailedOn {
+                host: HostId::new("host-1"),
+            })
+            .with(Step::FailedOn {
+                host: HostId::new("host-2"),
+            })
+            .with(Step::Placed);
+        let read = StepLog::read("op", &failed.to_json()).expect("read");
+        assert_eq!((read.failed_hosts(), read.done(&Step::Placed)), (2, true));
+        assert_eq!(read.without(|s| *s == Step::Placed).failed_hosts(), 2);
         assert!(StepLog::read("op", r#"["exploded"]"#).is_err());
         assert!(StepLog::read("op", "not json").is_err());
         assert_eq!(

@@ -21,7 +21,8 @@ crate::on_both_backends!(
     ssh_keys_are_validated_and_installed,
     replicas_never_overcommit_a_hosts_memory,
     a_delete_the_host_refuses_is_retried_and_says_why,
-    a_host_that_fails_a_creation_is_passed_over,
+    a_creation_its_host_fails_is_placed_again,
+    a_creation_three_hosts_fail_fails,
     operations_page_and_refuse_bad_queries
 );
 
@@ -884,9 +885,10 @@ async fn a_delete_the_host_refuses_is_retried_and_says_why(backend: Backend) {
 }
 
 /// Packing sends a creation to the host with the fewest free CPUs: one
-/// that fails every creation would get them all. Once it fails one, the
-/// next goes to another host that fits.
-async fn a_host_that_fails_a_creation_is_passed_over(backend: Backend) {
+/// that fails every creation would get them all. A creation it fails is
+/// taken off it and placed again, on another host that fits, and runs;
+/// the next ones go to that host without trying the failing one.
+async fn a_creation_its_host_fails_is_placed_again(backend: Backend) {
     let server = TestServer::start_with(
         backend,
         Options {
@@ -896,30 +898,67 @@ async fn a_host_that_fails_a_creation_is_passed_over(backend: Backend) {
     )
     .await;
     server.add_server("bad-1", "0-3", "fin-01").await;
-    server.add_server("node-1", "0-15", "fin-01").await;
-    let bad = server.get_ok("/v1/servers").await;
-    let host_of = |name: &str| {
-        bad.as_array()
-            .expect("servers")
-            .iter()
-            .find(|s| s["hostname"] == name)
-            .map(|s| s["id"].clone())
-            .expect("listed")
-    };
-    let first = server.run_instance(TOKEN, "first", "cx11").await;
-    assert_eq!(first["status"]["state"], "terminated", "{first}");
-    assert!(
-        first["status"]["message"]
-            .as_str()
-            .is_some_and(|m| m.contains("simulated")),
-        "{first}"
-    );
-    for name in ["second", "third"] {
+    let node = server.add_server("node-1", "0-15", "fin-01").await;
+    for name in ["first", "second", "third"] {
         let next = server.run_instance(TOKEN, name, "cx11").await;
         assert_eq!(next["status"]["state"], "running", "{next}");
-        assert_eq!(next["status"]["host_id"], host_of("node-1"), "{next}");
+        assert_eq!(next["status"]["host_id"], node.as_str(), "{next}");
+        // Only the first tried the failing host.
+        let id = next["id"].as_str().expect("id");
+        let tried = if name == "first" { 1 } else { 0 };
+        assert_eq!(hosts_failed(&server, id).await, tried, "{name}");
     }
+    // The failing host holds nothing of the creation it failed.
+    let held = "SELECT COUNT(*) FROM cpu_claims c JOIN hosts h ON h.id = c.host_id \
+                WHERE h.hostname = $1";
+    assert_eq!(server.sql_int(held, "bad-1").await, 0);
+    assert_eq!(server.sql_int(held, "node-1").await, 3);
     server.stop().await;
+}
+
+/// A creation that three hosts fail in turn fails, holding nothing, as
+/// Nova's builds do after `max_attempts`; the fourth host is not tried.
+async fn a_creation_three_hosts_fail_fails(backend: Backend) {
+    let server = TestServer::start_with(
+        backend,
+        Options {
+            faults: vec!["create:bad-"],
+            ..Options::default()
+        },
+    )
+    .await;
+    for name in ["bad-1", "bad-2", "bad-3", "bad-4"] {
+        server.add_server(name, "0-3", "fin-01").await;
+    }
+    let failed = server.run_instance(TOKEN, "unlucky", "cx11").await;
+    assert_eq!(failed["status"]["state"], "terminated", "{failed}");
+    assert!(
+        failed["status"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("simulated")),
+        "{failed}"
+    );
+    let id = failed["id"].as_str().expect("id");
+    assert_eq!(hosts_failed(&server, id).await, 2);
+    assert_eq!(
+        server
+            .sql_int("SELECT COUNT(*) FROM cpu_claims WHERE holder <> $1", "")
+            .await,
+        0
+    );
+    server.stop().await;
+}
+
+/// How many hosts failed to create `instance` and let it go, as its
+/// creation's step log has them.
+async fn hosts_failed(server: &TestServer, instance: &str) -> i64 {
+    server
+        .sql_int(
+            "SELECT CAST((LENGTH(steps) - LENGTH(REPLACE(steps, 'failed_on', ''))) / 9 AS BIGINT) \
+             FROM operations WHERE resource_id = $1 AND kind = 'instance_create'",
+            instance,
+        )
+        .await
 }
 
 async fn operations_page_and_refuse_bad_queries(backend: Backend) {

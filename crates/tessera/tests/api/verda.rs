@@ -23,6 +23,7 @@ on_both_backends!(
     a_long_instance_list_is_whole_json_across_pages,
     hibernate_deletes_a_shut_down_instance_and_keeps_its_volumes,
     a_delete_joining_another_still_takes_the_volumes_it_names,
+    a_deploy_its_host_fails_runs_elsewhere_with_its_volumes,
     a_deploy_needs_an_hour_of_everything_the_project_runs,
     a_deploy_counts_the_instances_still_being_made,
     meters_that_billed_volumes_twice_are_repaired_at_start,
@@ -2166,6 +2167,56 @@ async fn a_delete_joining_another_still_takes_the_volumes_it_names(backend: Back
     // Again: the volume is gone already, the instance still going.
     let (status, body) = verda.put("/instances", second).await;
     assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+    server.stop().await;
+}
+
+/// A deploy whose host fails to create it runs on another host, with the
+/// volume made for it: the failing host destroyed the volume's storage,
+/// and the volume is stored where the instance runs.
+async fn a_deploy_its_host_fails_runs_elsewhere_with_its_volumes(backend: Backend) {
+    let server = TestServer::start_with(
+        backend,
+        Options {
+            faults: vec!["create:bad-"],
+            ..Options::default()
+        },
+    )
+    .await;
+    // Packing tries the host with the fewest free CPUs first: the bad one.
+    add_fin_host(&server, "bad-fin", "16xCPU-64GB").await;
+    add_fin_host(&server, "good-fin", "32xCPU-128GB").await;
+    top_up(&server, "default", 10.0).await;
+    let verda = Verda::login(&server, "default").await;
+    let id = verda
+        .create(
+            "/instances",
+            deploy(
+                "rescued",
+                json!({"volumes": [{"name": "data", "size": 5, "type": "NVMe"}]}),
+            ),
+        )
+        .await;
+    let running = verda.wait_status(&id, "running").await;
+    let os_volume = running["os_volume_id"].as_str().expect("OS volume");
+    let data = running["volume_ids"]
+        .as_array()
+        .expect("volume ids")
+        .iter()
+        .filter_map(Value::as_str)
+        .find(|v| *v != os_volume)
+        .expect("a data volume")
+        .to_string();
+    let on_good = |table: &str| {
+        format!(
+            "SELECT COUNT(*) FROM {table} r JOIN hosts h ON h.id = r.host_id \
+             WHERE r.id = $1 AND h.hostname = 'good-fin'"
+        )
+    };
+    assert_eq!(server.sql_int(&on_good("instances"), &id).await, 1);
+    assert_eq!(server.sql_int(&on_good("volumes"), &data).await, 1);
+    let failed_on = "SELECT COUNT(*) FROM operations WHERE resource_id = $1 \
+                     AND steps LIKE '%failed_on%'";
+    assert_eq!(server.sql_int(failed_on, &id).await, 1);
     server.stop().await;
 }
 
