@@ -9,7 +9,7 @@
 //! the store for the others'.
 
 use crate::identity::Principal;
-use crate::{App, Result};
+use crate::{App, Error, Result};
 use serde::Serialize;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::PoisonError;
@@ -69,9 +69,33 @@ pub enum FeedItem {
     /// The feed fell behind and skipped this many events: reconnect with
     /// the last `seq` seen to catch up.
     Lagged(u64),
-    /// The feed is over: the credential no longer holds, or the server
-    /// stops.
-    Ended,
+    /// The feed is over, for this reason.
+    Ended(FeedEnd),
+}
+
+/// Why an event feed ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FeedEnd {
+    /// The credential it was opened with no longer allows it (revoked,
+    /// expired, its user disabled, its grants changed).
+    CredentialGone,
+    /// The credential could not be checked again (the store failed).
+    Unchecked,
+    /// The server is stopping.
+    Stopping,
+}
+
+impl FeedEnd {
+    /// Why, as the stream's last words.
+    pub fn reason(self) -> &'static str {
+        match self {
+            FeedEnd::CredentialGone => {
+                "the credential this stream was opened with no longer allows it"
+            }
+            FeedEnd::Unchecked => "the credential could not be checked again; reconnect",
+            FeedEnd::Stopping => "the server is stopping; reconnect",
+        }
+    }
 }
 
 /// A caller's live view of the event log: first the logged events after
@@ -103,10 +127,13 @@ impl EventFeed {
                 _ = self.recheck.tick() => {
                     match self.app.feed_caller(self.bearer.as_deref(), self.compute).await {
                         Ok(now) => self.caller = now,
-                        Err(_) => return FeedItem::Ended,
+                        Err(Error::Unauthenticated(_) | Error::Forbidden(_)) => {
+                            return FeedItem::Ended(FeedEnd::CredentialGone);
+                        }
+                        Err(_) => return FeedItem::Ended(FeedEnd::Unchecked),
                     }
                 }
-                _ = self.app.stopping.cancelled() => return FeedItem::Ended,
+                _ = self.app.stopping.cancelled() => return FeedItem::Ended(FeedEnd::Stopping),
                 event = self.live.recv() => match event {
                     Ok(event) if event.seq > self.last && visible(&self.caller, &event) => {
                         self.last = event.seq;
@@ -116,7 +143,9 @@ impl EventFeed {
                     Err(broadcast::error::RecvError::Lagged(missed)) => {
                         return FeedItem::Lagged(missed);
                     }
-                    Err(broadcast::error::RecvError::Closed) => return FeedItem::Ended,
+                    Err(broadcast::error::RecvError::Closed) => {
+                        return FeedItem::Ended(FeedEnd::Stopping);
+                    }
                 },
             }
         }

@@ -153,8 +153,8 @@ async fn stream(
                         }
                         Err(_) => return,
                     },
-                    FeedItem::Ended => {
-                        let _ = socket.send(Message::Close(None)).await;
+                    FeedItem::Ended(end) => {
+                        let _ = socket.send(crate::kit::feed_closed(end)).await;
                         return;
                     }
                 };

@@ -14,7 +14,8 @@
 //! - [`not_found`] and [`method_not_allowed`], the fallbacks;
 //! - [`answer`], what every error answer shares (internal errors logged and
 //!   masked, `Retry-After` on 429, `WWW-Authenticate` on 401);
-//! - [`bearer`], the one parser of `Authorization: Bearer`.
+//! - [`bearer`], the one parser of `Authorization: Bearer`;
+//! - [`feed_closed`], the close frame of an event stream whose feed ended.
 
 pub(crate) mod extract;
 pub mod limits;
@@ -189,4 +190,22 @@ fn asked_path(request: &Request) -> &str {
         .extensions()
         .get::<axum::extract::OriginalUri>()
         .map_or_else(|| request.uri().path(), |uri| uri.0.path())
+}
+
+/// The close frame that ends an event stream whose feed ended, saying why:
+/// 1008 (policy) when its credential no longer allows it, 1001 (going
+/// away) when the server stops, 1013 (try again later) when the
+/// credential could not be checked.
+pub(crate) fn feed_closed(end: tessera_app::events::FeedEnd) -> axum::extract::ws::Message {
+    use axum::extract::ws::{CloseFrame, Message, close_code};
+    use tessera_app::events::FeedEnd;
+    let code = match end {
+        FeedEnd::CredentialGone => close_code::POLICY,
+        FeedEnd::Stopping => close_code::AWAY,
+        FeedEnd::Unchecked => close_code::AGAIN,
+    };
+    Message::Close(Some(CloseFrame {
+        code,
+        reason: end.reason().into(),
+    }))
 }

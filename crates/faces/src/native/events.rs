@@ -80,8 +80,8 @@ async fn stream(mut socket: WebSocket, mut feed: EventFeed) {
                     FeedItem::Lagged(missed) => {
                         serde_json::json!({"kind": "lagged", "missed": missed}).to_string()
                     }
-                    FeedItem::Ended => {
-                        let _ = socket.send(Message::Close(None)).await;
+                    FeedItem::Ended(end) => {
+                        let _ = socket.send(crate::kit::feed_closed(end)).await;
                         return;
                     }
                 };

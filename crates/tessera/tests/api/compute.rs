@@ -1208,7 +1208,7 @@ async fn echoes(term: &mut Socket, marker: &str) {
 
 /// A terminal asks again, while open, whether its credential still holds:
 /// revoking the token that opened it closes it (at the next check, within
-/// 15 s), as the event feeds are cut off.
+/// 15 s), as the status stream opened with it is cut off, both saying why.
 async fn a_terminal_closes_once_its_token_is_revoked(backend: Backend) {
     let server = TestServer::start(backend).await;
     server.add_server("node-1", "0-7", "fin-01").await;
@@ -1261,6 +1261,8 @@ async fn a_terminal_closes_once_its_token_is_revoked(backend: Backend) {
     )
     .await;
     echoes(&mut term, "still-here").await;
+    // The status stream opened with it ends too, saying why.
+    let mut status_stream = socket(&server, &format!("/compute/ws?token={secret}"), None).await;
     let (status, _) = server
         .call(
             Method::DELETE,
@@ -1285,6 +1287,17 @@ async fn a_terminal_closes_once_its_token_is_revoked(backend: Backend) {
         closed.is_some_and(|f| f.reason.contains("no longer allows")),
         "{said:?}"
     );
+    let ended = loop {
+        match tokio::time::timeout(Duration::from_secs(40), status_stream.next()).await {
+            Ok(Some(Ok(Message::Close(frame)))) => break frame,
+            Ok(Some(Ok(_))) => {}
+            Ok(None) | Ok(Some(Err(_))) => break None,
+            Err(_) => panic!("the status stream stayed open after its token was revoked"),
+        }
+    }
+    .expect("a close frame");
+    assert_eq!(u16::from(ended.code), 1008, "{ended:?}");
+    assert!(ended.reason.contains("no longer allows"), "{ended:?}");
     // Tina's, opened first, has been checked again by now, and answers.
     echoes(&mut hers, "hers-still").await;
     server.stop().await;
