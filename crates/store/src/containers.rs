@@ -124,7 +124,10 @@ pub(crate) fn container_insert(
 ) -> Vec<(String, Vec<Arg>)> {
     let at = now();
     let mut statements = vec![(
-        format!("INSERT INTO containers ({CONTAINER_COLUMNS}) VALUES ($1, $2, $3, $4, $5, 1, $6)"),
+        format!(
+            "INSERT INTO containers ({CONTAINER_COLUMNS}, ingress_numbers) \
+             VALUES ($1, $2, $3, $4, $5, 1, $6, $7)"
+        ),
         vec![
             id.into(),
             project_id.into(),
@@ -134,6 +137,7 @@ pub(crate) fn container_insert(
                 .into(),
             container.storage_gb.into(),
             at.into(),
+            (container.ingress.len() as i64).into(),
         ],
     )];
     let created = chrono::Utc::now().timestamp();
@@ -255,15 +259,24 @@ impl Store {
                     &[id.into(), port.into(), target.into()],
                 )
                 .await?;
-                conn.execute(
-                    "INSERT INTO ingress_rules (container_id, port, target_port, number, created_at) \
-                     SELECT $1, $2, $3, next.n, $4 FROM \
-                     (SELECT COALESCE(MAX(number), 0) + 1 AS n FROM ingress_rules \
-                      WHERE container_id = $1) AS next \
-                     WHERE NOT EXISTS (SELECT 1 FROM ingress_rules WHERE container_id = $1 AND port = $2)",
-                    &[id.into(), port.into(), target.into(), created.into()],
-                )
-                .await?;
+                // A new port takes the container's next number, never one
+                // given before (migration 0041).
+                let new = conn
+                    .execute(
+                        "UPDATE containers SET ingress_numbers = ingress_numbers + 1 \
+                         WHERE id = $1 AND NOT EXISTS \
+                         (SELECT 1 FROM ingress_rules WHERE container_id = $1 AND port = $2)",
+                        &[id.into(), port.into()],
+                    )
+                    .await?;
+                if new == 1 {
+                    conn.execute(
+                        "INSERT INTO ingress_rules (container_id, port, target_port, number, created_at) \
+                         SELECT $1, $2, $3, ingress_numbers, $4 FROM containers WHERE id = $1",
+                        &[id.into(), port.into(), target.into(), created.into()],
+                    )
+                    .await?;
+                }
                 let row = conn
                     .fetch_ints(
                         "SELECT number, created_at FROM ingress_rules \

@@ -214,6 +214,12 @@ async fn a_container_lives_its_whole_life_through_the_seed(backend: Backend) {
     }
     let (_, shown) = compute(&server, Method::GET, &format!("/containers/{id}"), None).await;
     assert_eq!(shown["https_enabled"], false);
+    // A number is never given twice: 443's 2 stays gone.
+    let (status, rule) =
+        compute(&server, Method::POST, &ingress, Some(json!({"port": 8001}))).await;
+    assert_eq!((status, &rule["id"]), (StatusCode::OK, &json!(3)), "{rule}");
+    let (status, _) = compute(&server, Method::DELETE, &format!("{ingress}/8001"), None).await;
+    assert_eq!(status, StatusCode::OK);
     // Mounts: a running container restarts to take them.
     let mounts = format!("/containers/{id}/mounts");
     let (status, changed) = compute(
