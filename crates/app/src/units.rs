@@ -164,8 +164,10 @@ impl App {
         // allocated to other projects' requests meanwhile. The claim checks
         // again, in its transaction, if any limit applies: with none, it
         // takes no lock on the project (on PostgreSQL, it is then one
-        // statement), and a limit set while it runs applies to the
-        // allocations after it, as one set just after it would.
+        // statement). A limit set while allocations run binds those after
+        // it; those under way (and checks that count usage before they
+        // commit) may take the project past it, as a limit set below what
+        // a project uses does.
         let limited = self.check_quota_now(&quota).await?;
         let mut looked_again = false;
         let mut attempts = 0;

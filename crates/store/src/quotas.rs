@@ -151,8 +151,10 @@ async fn limits_and_usage(
         // lock nothing when they bound nothing either (and the balance is
         // not checked, which needs the lock). Creations of a project
         // without limits then never wait for one another. A limit set while
-        // this write runs applies to the writes after it, as a limit set
-        // just after this one committed would.
+        // this write runs binds the writes after it; a check running
+        // beside this write does not count it, so the writes under way may
+        // take the project past the new limit, as a limit set below what a
+        // project uses does.
         if !check.funds && check.unbounded_under(&check.defaults) {
             let own = conn
                 .fetch_rows(OWN_LIMITS, &project)

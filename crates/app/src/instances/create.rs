@@ -442,7 +442,18 @@ impl App {
                     if let Some(host) = &instance.host_id {
                         self.placement.host_failed(host);
                     }
-                    if let Some(again) = self.place_again(run, &instance).await? {
+                    if let Some(again) = self.place_again(run, &instance, &why).await? {
+                        // A cancel asked meanwhile (on any replica) is
+                        // heard before the next host is tried.
+                        if self.cancel_requested(run).await? {
+                            return self
+                                .unwind_create(
+                                    run,
+                                    TerminationCause::Cancelled,
+                                    "creation cancelled",
+                                )
+                                .await;
+                        }
                         instance = again;
                         continue;
                     }
@@ -462,16 +473,35 @@ impl App {
     /// placed again (the placement passes over a failing host while
     /// another fits), as Nova reschedules a failed build: the instance as
     /// it is then, or `None` when it stays where it failed and the creation
-    /// fails. It stays when [`CREATE_ATTEMPTS`] hosts have failed it, when
-    /// it takes a volume not made for it (a volume lives on its host), or
-    /// when the host does not let go of it or of the storage of the
-    /// volumes made for it there.
-    async fn place_again(&self, run: &mut Run, instance: &Instance) -> Result<Option<Instance>> {
+    /// fails. It stays after [`CREATE_ATTEMPTS`] attempts (the same host
+    /// may have failed it more than once, when no other fits), when the
+    /// host did not answer in time (it may still be making it), when it
+    /// takes a volume not made for it (a volume lives on its host), when
+    /// the host does not let go of it or of the storage of the volumes
+    /// made for it there, and when the operation is no longer this
+    /// process's (checked before the host is asked anything).
+    async fn place_again(
+        &self,
+        run: &mut Run,
+        instance: &Instance,
+        why: &HostCallError,
+    ) -> Result<Option<Instance>> {
         let Some(host) = instance.host_id.clone() else {
             return Ok(None);
         };
-        if run.steps.failed_hosts() + 1 >= CREATE_ATTEMPTS {
+        let attempt = run.steps.failed_hosts() + 1;
+        if attempt >= CREATE_ATTEMPTS || matches!(why, HostCallError::Timeout(_)) {
             return Ok(None);
+        }
+        if !self
+            .store
+            .record_operation_progress(&run.op.id, &run.steps.to_json(), &self.deadline())
+            .await?
+        {
+            return Err(Error::Conflict(format!(
+                "operation {} was taken over by another process",
+                run.op.id
+            )));
         }
         let volumes = self.store.instance_volumes(&instance.id).await?;
         let made = &instance.spec.volumes_made;
@@ -498,7 +528,10 @@ impl App {
         let steps = run
             .steps
             .without(|step| *step == Step::Placed)
-            .with(Step::FailedOn { host: host.clone() });
+            .with(Step::FailedOn {
+                host: host.clone(),
+                attempt: u32::try_from(attempt).unwrap_or(u32::MAX),
+            });
         let unplaced = self
             .store
             .unplace_instance(

@@ -16,9 +16,11 @@ use tessera_core::{CpuSet, HostId, InstanceId};
 pub(crate) enum Step {
     /// `instance_create`: the instance holds its CPUs on a host.
     Placed,
-    /// `instance_create`: the host failed to create the instance, which
-    /// was taken off it to be placed again.
-    FailedOn { host: HostId },
+    /// `instance_create`: the host failed to create the instance (its
+    /// `attempt`th, from 1), which was taken off it to be placed again.
+    /// The same host may fail it again (the only one that fits): each
+    /// failure is its own step.
+    FailedOn { host: HostId, attempt: u32 },
     /// `cluster_create`: a node holds its CPUs on a host.
     NodePlaced { instance: InstanceId },
     /// `server_create`: the server is registered and prepared.
@@ -198,12 +200,15 @@ mod tests {
             instance: InstanceId::new("inst-1")
         }));
         // The hosts a creation failed on count, and come back as written.
+        // The same host failing twice is two steps.
         let failed = StepLog::default()
             .with(Step::FailedOn {
                 host: HostId::new("host-1"),
+                attempt: 1,
             })
             .with(Step::FailedOn {
-                host: HostId::new("host-2"),
+                host: HostId::new("host-1"),
+                attempt: 2,
             })
             .with(Step::Placed);
         let read = StepLog::read("op", &failed.to_json()).expect("read");
