@@ -8,7 +8,7 @@ use crate::error::{Error, Result};
 use crate::identity::Principal;
 use crate::instances::Deletion;
 use tessera_core::Permission;
-use tessera_core::status::{InstanceState, VolumeStatus};
+use tessera_core::status::{InstanceState, OperationKind, VolumeStatus};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum InstanceAction {
@@ -95,28 +95,41 @@ impl App {
                     return Ok(ActionOutcome::Already);
                 }
                 let attached = self.instance_volumes(&instance.id).await?;
-                let going: Vec<_> = match volume_ids {
-                    None => attached.into_iter().filter(|v| v.is_os_volume).collect(),
+                // With a delete of it under way (this request sent before,
+                // another's), a volume named may be deleted already.
+                let deleting = match instance.operation_id.as_deref() {
+                    Some(op) => self
+                        .stored_operation(op)
+                        .await?
+                        .is_some_and(|op| op.kind == OperationKind::InstanceDelete),
+                    None => false,
+                };
+                let going: Vec<String> = match volume_ids {
+                    None => attached
+                        .into_iter()
+                        .filter(|v| v.is_os_volume)
+                        .map(|v| v.id.to_string())
+                        .collect(),
                     Some(ids) => {
                         let mut going = Vec::new();
                         for volume_id in ids {
-                            if let Some(volume) = attached.iter().find(|v| *v.id == **volume_id) {
-                                going.push(volume.clone());
-                                continue;
-                            }
-                            // One of the project's volumes deleted already
-                            // (by this request sent before): nothing left
-                            // to do for it.
-                            let deleted = self.store.volume(volume_id).await?.is_some_and(|v| {
-                                *v.project_id == *instance.project_id
-                                    && v.status == VolumeStatus::Deleted.as_str()
-                            });
-                            if !deleted {
+                            let known = attached.iter().any(|v| *v.id == **volume_id)
+                                || (deleting
+                                    && match self
+                                        .project_volume(&caller.project_id, volume_id)
+                                        .await
+                                    {
+                                        Ok(v) => v.status == VolumeStatus::Deleted.as_str(),
+                                        Err(Error::NotFound(_)) => false,
+                                        Err(other) => return Err(other),
+                                    });
+                            if !known {
                                 return Err(Error::invalid(
                                     "volume_ids",
                                     format!("volume {volume_id} is not attached to instance {id}"),
                                 ));
                             }
+                            going.push(volume_id.clone());
                         }
                         going
                     }
@@ -125,12 +138,14 @@ impl App {
                 // that one is) still takes the volumes it names: they would
                 // otherwise stay, billed, after the caller was told they went.
                 let begun = self.delete_started(caller, id).await?;
-                for volume in going {
+                for volume_id in going {
                     // Its storage is destroyed once the instance is gone
                     // from its host. Read again if it changed meanwhile (its
                     // host reporting on it): the delete is under way, so it
-                    // goes with the instance whatever changed.
-                    self.trash_volume_as_it_is(&volume.id, *permanently).await?;
+                    // goes with the instance whatever changed, unless it
+                    // was attached to another instance meanwhile.
+                    self.trash_volume_as_it_is(&volume_id, *permanently, &instance.id)
+                        .await?;
                 }
                 if !begun {
                     return Ok(ActionOutcome::Already);

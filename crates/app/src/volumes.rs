@@ -786,14 +786,27 @@ impl App {
         Ok(())
     }
 
-    /// [`App::trash_volume`] of a volume as the store has it now, again
-    /// when it changes under the write; one deleted meanwhile is left so.
-    pub(crate) async fn trash_volume_as_it_is(&self, id: &str, permanently: bool) -> Result<()> {
+    /// [`App::trash_volume`] of a volume of `instance` being deleted, as
+    /// the store has it now, again when it changes under the write. One
+    /// deleted already is left so (or, in the trash, deleted for good if
+    /// `permanently`); one attached to another instance meanwhile is not
+    /// this delete's to take.
+    pub(crate) async fn trash_volume_as_it_is(
+        &self,
+        id: &str,
+        permanently: bool,
+        instance: &str,
+    ) -> Result<()> {
         for _ in 0..5 {
             let Some(volume) = self.store.volume(id).await? else {
                 return Ok(());
             };
-            if volume.status == VolumeStatus::Deleted.as_str() {
+            if volume.instance_id.as_deref().is_some_and(|i| i != instance) {
+                return Ok(());
+            }
+            if volume.status == VolumeStatus::Deleted.as_str()
+                && (volume.trashed_at.is_none() || !permanently)
+            {
                 return Ok(());
             }
             match self.trash_volume(&volume, permanently).await {

@@ -2167,6 +2167,25 @@ async fn a_delete_joining_another_still_takes_the_volumes_it_names(backend: Back
     // Again: the volume is gone already, the instance still going.
     let (status, body) = verda.put("/instances", second).await;
     assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+    // Again, for good: out of the trash too.
+    let (status, body) = verda
+        .put(
+            "/instances",
+            json!({"action": "delete", "id": id, "volume_ids": [data], "delete_permanently": true}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+    assert_eq!(verda.get("/volumes/trash").await, json!([]));
+    // A volume it never had is still refused, a NUL in its id too.
+    for bad in [os_volume.replace('-', "0"), "a\u{0}b".to_string()] {
+        let (status, body) = verda
+            .put(
+                "/instances",
+                json!({"action": "delete", "id": id, "volume_ids": [bad]}),
+            )
+            .await;
+        assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_request");
+    }
     server.stop().await;
 }
 
