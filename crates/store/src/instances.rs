@@ -750,16 +750,8 @@ impl Store {
         rehome: &[String],
         op: (&str, &str, &str),
     ) -> Result<bool> {
-        let (clear, host) = unplace_statements(instance_id);
-        let mut statements = vec![
-            operation_progress(op.0, op.1, op.2, &self.owner),
-            host,
-            clear_claims(instance_id),
-            clear_shares(instance_id, None),
-            free_unshared(None),
-            free_units(instance_id, None),
-            clear,
-        ];
+        let mut statements = vec![operation_progress(op.0, op.1, op.2, &self.owner)];
+        statements.extend(release_statements(instance_id));
         for volume in rehome {
             statements.push((
                 "UPDATE volumes SET host_id = NULL, generation = generation + 1 \
@@ -825,15 +817,7 @@ impl Store {
                 ));
             }
             if *release {
-                let (clear, host) = unplace_statements(instance_id);
-                statements.extend([
-                    host,
-                    clear_claims(instance_id),
-                    clear_shares(instance_id, None),
-                    free_unshared(None),
-                    free_units(instance_id, None),
-                    clear,
-                ]);
+                statements.extend(release_statements(instance_id));
             }
         }
         let counts = self
@@ -1321,6 +1305,21 @@ fn unplace_statements(instance_id: &str) -> ((String, Vec<Arg>), (String, Vec<Ar
             vec![at.into(), instance_id.into()],
         ),
     )
+}
+
+/// Takes back all an instance holds on its host (CPUs, shares, unit) and
+/// its host: the host's generation moves on first, while the instance
+/// still names it.
+fn release_statements(instance_id: &str) -> [(String, Vec<Arg>); 6] {
+    let (clear, host) = unplace_statements(instance_id);
+    [
+        host,
+        clear_claims(instance_id),
+        clear_shares(instance_id, None),
+        free_unshared(None),
+        free_units(instance_id, None),
+        clear,
+    ]
 }
 
 /// Detaches every volume of an instance that is gone.

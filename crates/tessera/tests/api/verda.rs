@@ -2125,25 +2125,7 @@ async fn a_delete_joining_another_still_takes_the_volumes_it_names(backend: Back
     add_fin_host(&server, "slow-fin", "16xCPU-64GB").await;
     top_up(&server, "default", 10.0).await;
     let verda = Verda::login(&server, "default").await;
-    let id = verda
-        .create(
-            "/instances",
-            deploy(
-                "two-deletes",
-                json!({"volumes": [{"name": "data", "size": 5, "type": "NVMe"}]}),
-            ),
-        )
-        .await;
-    let running = verda.wait_status(&id, "running").await;
-    let os_volume = running["os_volume_id"].as_str().expect("OS volume");
-    let data = running["volume_ids"]
-        .as_array()
-        .expect("volume ids")
-        .iter()
-        .filter_map(Value::as_str)
-        .find(|v| *v != os_volume)
-        .expect("a data volume")
-        .to_string();
+    let (id, os_volume, data) = running_with_data_volume(&verda, "two-deletes").await;
     // The first delete keeps every volume.
     let (status, body) = verda
         .put(
@@ -2206,25 +2188,7 @@ async fn a_deploy_its_host_fails_runs_elsewhere_with_its_volumes(backend: Backen
     add_fin_host(&server, "good-fin", "32xCPU-128GB").await;
     top_up(&server, "default", 10.0).await;
     let verda = Verda::login(&server, "default").await;
-    let id = verda
-        .create(
-            "/instances",
-            deploy(
-                "rescued",
-                json!({"volumes": [{"name": "data", "size": 5, "type": "NVMe"}]}),
-            ),
-        )
-        .await;
-    let running = verda.wait_status(&id, "running").await;
-    let os_volume = running["os_volume_id"].as_str().expect("OS volume");
-    let data = running["volume_ids"]
-        .as_array()
-        .expect("volume ids")
-        .iter()
-        .filter_map(Value::as_str)
-        .find(|v| *v != os_volume)
-        .expect("a data volume")
-        .to_string();
+    let (id, _, data) = running_with_data_volume(&verda, "rescued").await;
     let on_good = |table: &str| {
         format!(
             "SELECT COUNT(*) FROM {table} r JOIN hosts h ON h.id = r.host_id \
@@ -2237,6 +2201,34 @@ async fn a_deploy_its_host_fails_runs_elsewhere_with_its_volumes(backend: Backen
                      AND steps LIKE '%failed_on%'";
     assert_eq!(server.sql_int(failed_on, &id).await, 1);
     server.stop().await;
+}
+
+/// Deploys `name` with a 5 GB data volume and waits for it to run:
+/// its id, its OS volume's and its data volume's.
+async fn running_with_data_volume(verda: &Verda<'_>, name: &str) -> (String, String, String) {
+    let id = verda
+        .create(
+            "/instances",
+            deploy(
+                name,
+                json!({"volumes": [{"name": "data", "size": 5, "type": "NVMe"}]}),
+            ),
+        )
+        .await;
+    let running = verda.wait_status(&id, "running").await;
+    let os_volume = running["os_volume_id"]
+        .as_str()
+        .expect("OS volume")
+        .to_string();
+    let data = running["volume_ids"]
+        .as_array()
+        .expect("volume ids")
+        .iter()
+        .filter_map(Value::as_str)
+        .find(|v| *v != os_volume)
+        .expect("a data volume")
+        .to_string();
+    (id, os_volume, data)
 }
 
 /// A deploy needs the balance to cover an hour of the new instance on top
