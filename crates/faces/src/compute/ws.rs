@@ -151,7 +151,17 @@ async fn stream(
                                 .collect();
                             list_message(containers, "resync")
                         }
-                        Err(_) => return,
+                        Err(_) => {
+                            // Said, as every end of the stream is.
+                            let _ = socket
+                                .send(Message::Close(Some(axum::extract::ws::CloseFrame {
+                                    code: axum::extract::ws::close_code::ERROR,
+                                    reason: "the server could not read the containers again; reconnect"
+                                        .into(),
+                                })))
+                                .await;
+                            return;
+                        }
                     },
                     FeedItem::Ended(end) => {
                         let _ = socket.send(crate::kit::feed_closed(end)).await;
