@@ -10,6 +10,7 @@
 //! write that can lose a race says so in its return value.
 
 mod agents;
+mod batch;
 mod billing;
 mod containers;
 mod db;
@@ -145,6 +146,9 @@ pub struct Store {
     write: Writer,
     /// PostgreSQL's URL, for [`Store::agent_changes`]'s own connection.
     listen_url: Option<std::sync::Arc<str>>,
+    /// On PostgreSQL, the Kloigos unit writes gathered into one statement
+    /// under load (see [`batch`]).
+    unit_batches: Option<std::sync::Arc<units::UnitBatches>>,
 }
 
 impl Store {
@@ -190,6 +194,7 @@ impl Store {
                     read,
                     write,
                     listen_url: None,
+                    unit_batches: None,
                 })
             }
             Backend::Postgres => {
@@ -204,6 +209,7 @@ impl Store {
                     backend,
                     owner: new_owner(),
                     read: std::sync::Arc::new(reader::Reader::Postgres(pool.clone())),
+                    unit_batches: Some(std::sync::Arc::new(units::UnitBatches::start(&pool))),
                     write: Writer::Postgres(pool),
                     listen_url: Some(url.into()),
                 })

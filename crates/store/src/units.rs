@@ -1,9 +1,11 @@
 //! Kloigos compute units and the CPU ledger that backs their allocation.
 
+use crate::batch::{Batch, Batcher};
 use crate::db::{Arg, Conn, DbError};
 use crate::hosts::status_guard;
-use crate::writer::{Commit, Shape};
+use crate::writer::{Commit, Shape, Writer};
 use crate::{Result, Store, StoreError, now};
+use futures::future::BoxFuture;
 use sqlx::Row;
 use sqlx::any::AnyRow;
 use std::sync::Arc;
@@ -201,18 +203,13 @@ impl Store {
             quota: claim.quota.cloned(),
         });
         // On PostgreSQL a claim without a quota check is one statement,
-        // atomic by itself: no transaction around it.
-        let shape = match (self.backend(), &owned.quota) {
-            (crate::Backend::Postgres, None) => Shape::OneStatement,
-            _ => Shape::Statements,
-        };
-        self.write
-            .write("claim_unit", shape, move |conn| {
-                let claim = owned.clone();
-                Box::pin(async move { claim_unit(conn, &claim).await })
-            })
-            .await?
-            .map_err(crate::StoreError::from)
+        // atomic by itself: no transaction around it, and it may run in
+        // one statement with other such claims.
+        match (&self.unit_batches, owned.quota.is_none()) {
+            (Some(batches), true) if !owned.cpus.is_empty() => batches.claim.call(owned).await,
+            (Some(_), true) => write_claim(&self.write, owned, Shape::OneStatement).await,
+            _ => write_claim(&self.write, owned, Shape::Statements).await,
+        }
     }
 
     /// Moves a unit from one of `from` to `to`, setting its detail and
@@ -228,47 +225,32 @@ impl Store {
         detail: Option<&str>,
         deadline: Option<&str>,
     ) -> Result<Option<i64>> {
-        let from: Vec<&'static str> = from.iter().map(|s| s.as_str()).collect();
-        let guard = status_guard("status", &from, 7);
-        let sql = Arc::new(format!(
-            "UPDATE compute_units SET status = $1, status_detail = $2, deadline = $3, \
-             updated_at = $4, generation = generation + 1 \
-             WHERE compute_id = $5 AND generation = $6 AND {guard} RETURNING generation"
-        ));
-        let compute_id = compute_id.to_string();
-        let (detail, deadline) = (detail.map(str::to_string), deadline.map(str::to_string));
-        self.write_one("transition_unit", move |mut conn| {
-            let mut args: Vec<Arg> = vec![
-                to.as_str().into(),
-                detail.as_deref().into(),
-                deadline.as_deref().into(),
-                now().as_str().into(),
-                compute_id.as_str().into(),
-                generation.into(),
-            ];
-            args.extend(from.iter().map(|v| Arg::from(*v)));
-            let sql = sql.clone();
-            Box::pin(async move { Ok(Commit::Keep(conn.fetch_int(&sql, &args).await?)) })
-        })
-        .await
+        let step = UnitStep {
+            compute_id: compute_id.to_string(),
+            generation,
+            from: from.iter().map(|s| s.as_str()).collect(),
+            to: to.as_str(),
+            detail: detail.map(str::to_string),
+            deadline: deadline.map(str::to_string),
+        };
+        match &self.unit_batches {
+            Some(batches) => batches.transition.call(Arc::new(step)).await,
+            None => write_step(&self.write, Arc::new(step)).await,
+        }
     }
 
     /// Returns a DEALLOCATING unit still at `generation` to the pool: FREE
     /// (UNAVAILABLE if its host is not READY), no key, no tags, and its CPUs
     /// out of the ledger. `false`, changing nothing, otherwise.
     pub async fn release_unit(&self, compute_id: &str, generation: i64) -> Result<bool> {
-        let compute_id = compute_id.to_string();
-        // One statement on PostgreSQL (see `release_unit`).
-        let shape = match self.backend() {
-            crate::Backend::Postgres => Shape::OneStatement,
-            crate::Backend::Sqlite => Shape::Statements,
+        let release = UnitRelease {
+            compute_id: compute_id.to_string(),
+            generation,
         };
-        self.write
-            .write("release_unit", shape, move |conn| {
-                let compute_id = compute_id.clone();
-                Box::pin(async move { release_unit(conn, &compute_id, generation).await })
-            })
-            .await
+        match &self.unit_batches {
+            Some(batches) => batches.release.call(Arc::new(release)).await,
+            None => write_release(&self.write, Arc::new(release)).await,
+        }
     }
 
     /// Every held CPU as `(host id, cpu)`, or only `host_id`'s.
@@ -348,6 +330,17 @@ struct OwnedClaim {
 }
 
 type ClaimOutcome = std::result::Result<Option<i64>, crate::quotas::Refusal>;
+
+/// A claim as one unit of work (see [`claim_unit`]).
+async fn write_claim(writer: &Writer, claim: Arc<OwnedClaim>, shape: Shape) -> Result<Option<i64>> {
+    writer
+        .write("claim_unit", shape, move |conn| {
+            let claim = claim.clone();
+            Box::pin(async move { claim_unit(conn, &claim).await })
+        })
+        .await?
+        .map_err(StoreError::from)
+}
 
 async fn claim_unit(
     mut conn: Conn<'_>,
@@ -534,4 +527,279 @@ async fn release_unit(
     )
     .await?;
     Ok(Commit::Keep(true))
+}
+
+/// A unit's move from one of `from` to `to` ([`Store::transition_unit`]).
+pub(crate) struct UnitStep {
+    compute_id: String,
+    generation: i64,
+    from: Vec<&'static str>,
+    to: &'static str,
+    detail: Option<String>,
+    deadline: Option<String>,
+}
+
+async fn write_step(writer: &Writer, step: Arc<UnitStep>) -> Result<Option<i64>> {
+    let guard = status_guard("status", &step.from, 7);
+    let sql = Arc::new(format!(
+        "UPDATE compute_units SET status = $1, status_detail = $2, deadline = $3, \
+         updated_at = $4, generation = generation + 1 \
+         WHERE compute_id = $5 AND generation = $6 AND {guard} RETURNING generation"
+    ));
+    writer
+        .write("transition_unit", Shape::OneStatement, move |mut conn| {
+            let mut args: Vec<Arg> = vec![
+                step.to.into(),
+                step.detail.as_deref().into(),
+                step.deadline.as_deref().into(),
+                now().as_str().into(),
+                step.compute_id.as_str().into(),
+                step.generation.into(),
+            ];
+            args.extend(step.from.iter().map(|v| Arg::from(*v)));
+            let sql = sql.clone();
+            Box::pin(async move { Ok(Commit::Keep(conn.fetch_int(&sql, &args).await?)) })
+        })
+        .await
+}
+
+/// A DEALLOCATING unit going back to the pool ([`Store::release_unit`]).
+pub(crate) struct UnitRelease {
+    compute_id: String,
+    generation: i64,
+}
+
+async fn write_release(writer: &Writer, release: Arc<UnitRelease>) -> Result<bool> {
+    // One statement on PostgreSQL (see `release_unit`).
+    let shape = match writer {
+        Writer::Postgres(_) => Shape::OneStatement,
+        Writer::Sqlite(_) => Shape::Statements,
+    };
+    writer
+        .write("release_unit", shape, move |conn| {
+            let release = release.clone();
+            Box::pin(
+                async move { release_unit(conn, &release.compute_id, release.generation).await },
+            )
+        })
+        .await
+}
+
+/// The writes of a Kloigos allocation and release, each gathered with the
+/// same writes of other requests into one statement on PostgreSQL (see
+/// [`crate::batch`]). Each batch statement does for every call what the
+/// call's own statement does, with the same guards.
+pub(crate) struct UnitBatches {
+    claim: Batcher<ClaimBatch>,
+    transition: Batcher<StepBatch>,
+    release: Batcher<ReleaseBatch>,
+}
+
+impl UnitBatches {
+    pub(crate) fn start(pool: &crate::pg::PgPool) -> UnitBatches {
+        let writer = Writer::Postgres(pool.clone());
+        UnitBatches {
+            claim: Batcher::start(ClaimBatch(writer.clone()), pool.clone()),
+            transition: Batcher::start(StepBatch(writer.clone()), pool.clone()),
+            release: Batcher::start(ReleaseBatch(writer), pool.clone()),
+        }
+    }
+}
+
+/// Each call's answer from rows of `(n, value)`, `n` the call's index;
+/// `None` for the calls no row answers.
+fn answers_by_index<T>(
+    rows: &[AnyRow],
+    calls: usize,
+    value: impl Fn(&AnyRow) -> std::result::Result<T, sqlx::Error>,
+) -> std::result::Result<Vec<Option<T>>, DbError> {
+    let mut answers: Vec<Option<T>> = std::iter::repeat_with(|| None).take(calls).collect();
+    for row in rows {
+        let n: i64 = row.try_get("n")?;
+        if let Some(slot) = usize::try_from(n).ok().and_then(|n| answers.get_mut(n)) {
+            *slot = Some(value(row)?);
+        }
+    }
+    Ok(answers)
+}
+
+/// Claims without a quota check (see [`claim_on_postgres`]).
+struct ClaimBatch(Writer);
+
+/// [`claim_on_postgres`] for many claims: the hosts are share-locked while
+/// READY, each unit moves only if FREE, and its CPUs enter the ledger only
+/// if it moved. A CPU already held fails the whole statement.
+const CLAIM_MANY: &str = "WITH input AS (SELECT * FROM json_to_recordset(CAST($1 AS json)) AS i \
+       (n BIGINT, compute_id TEXT, host_id TEXT, ssh_public_key TEXT, tags TEXT, \
+        deployment_id TEXT, deadline TEXT, project_id TEXT, holder TEXT, cpus TEXT)), \
+     host AS (SELECT id FROM hosts WHERE id IN (SELECT host_id FROM input) \
+       AND status = 'READY' FOR SHARE), \
+     unit AS (UPDATE compute_units u SET status = 'ALLOCATING', status_detail = NULL, \
+       ssh_public_key = i.ssh_public_key, tags = i.tags, deployment_id = i.deployment_id, \
+       started_at = $2, deadline = i.deadline, updated_at = $2, \
+       generation = u.generation + 1, project_id = i.project_id \
+       FROM input i WHERE u.compute_id = i.compute_id AND u.host_id = i.host_id \
+       AND u.status = 'FREE' AND u.host_id IN (SELECT id FROM host) \
+       RETURNING i.n, u.generation, u.host_id, i.holder, i.cpus), \
+     claimed AS (INSERT INTO cpu_claims (host_id, cpu, holder) \
+       SELECT unit.host_id, CAST(c.cpu AS BIGINT), unit.holder FROM unit \
+       CROSS JOIN LATERAL unnest(string_to_array(unit.cpus, ',')) AS c (cpu)) \
+     SELECT n, generation FROM unit";
+
+impl Batch for ClaimBatch {
+    type Input = OwnedClaim;
+    type Answer = Option<i64>;
+    const WHAT: &'static str = "claim_unit";
+
+    fn one(&self, claim: Arc<OwnedClaim>) -> BoxFuture<'static, Result<Option<i64>>> {
+        let writer = self.0.clone();
+        Box::pin(async move { write_claim(&writer, claim, Shape::OneStatement).await })
+    }
+
+    fn many<'c>(
+        &'c self,
+        mut conn: Conn<'c>,
+        claims: &'c [Arc<OwnedClaim>],
+    ) -> BoxFuture<'c, std::result::Result<Vec<Option<i64>>, DbError>> {
+        Box::pin(async move {
+            let input: Vec<serde_json::Value> = claims
+                .iter()
+                .enumerate()
+                .map(|(n, claim)| {
+                    let cpus: Vec<String> = claim.cpus.iter().map(u32::to_string).collect();
+                    serde_json::json!({
+                        "n": n,
+                        "compute_id": claim.compute_id,
+                        "host_id": claim.host_id,
+                        "ssh_public_key": claim.ssh_public_key,
+                        "tags": claim.tags,
+                        "deployment_id": claim.deployment_id,
+                        "deadline": claim.deadline,
+                        "project_id": claim.project_id,
+                        "holder": holder(&claim.compute_id),
+                        "cpus": cpus.join(","),
+                    })
+                })
+                .collect();
+            let args = [
+                serde_json::Value::from(input).to_string().into(),
+                now().into(),
+            ];
+            let rows = conn.fetch_rows(CLAIM_MANY, &args).await?;
+            answers_by_index(&rows, claims.len(), |row| row.try_get("generation"))
+        })
+    }
+}
+
+/// Unit moves (see [`write_step`]).
+struct StepBatch(Writer);
+
+/// [`write_step`] for many moves; an empty `from` moves from any status.
+const STEP_MANY: &str = "UPDATE compute_units u SET status = i.status, status_detail = i.detail, \
+     deadline = i.deadline, updated_at = $2, generation = u.generation + 1 \
+     FROM json_to_recordset(CAST($1 AS json)) AS i \
+       (n BIGINT, compute_id TEXT, generation BIGINT, from_statuses TEXT, status TEXT, \
+        detail TEXT, deadline TEXT) \
+     WHERE u.compute_id = i.compute_id AND u.generation = i.generation \
+     AND (i.from_statuses = '' OR u.status = ANY (string_to_array(i.from_statuses, ','))) \
+     RETURNING i.n, u.generation";
+
+impl Batch for StepBatch {
+    type Input = UnitStep;
+    type Answer = Option<i64>;
+    const WHAT: &'static str = "transition_unit";
+
+    fn one(&self, step: Arc<UnitStep>) -> BoxFuture<'static, Result<Option<i64>>> {
+        let writer = self.0.clone();
+        Box::pin(async move { write_step(&writer, step).await })
+    }
+
+    fn many<'c>(
+        &'c self,
+        mut conn: Conn<'c>,
+        steps: &'c [Arc<UnitStep>],
+    ) -> BoxFuture<'c, std::result::Result<Vec<Option<i64>>, DbError>> {
+        Box::pin(async move {
+            let input: Vec<serde_json::Value> = steps
+                .iter()
+                .enumerate()
+                .map(|(n, step)| {
+                    serde_json::json!({
+                        "n": n,
+                        "compute_id": step.compute_id,
+                        "generation": step.generation,
+                        "from_statuses": step.from.join(","),
+                        "status": step.to,
+                        "detail": step.detail,
+                        "deadline": step.deadline,
+                    })
+                })
+                .collect();
+            let args = [
+                serde_json::Value::from(input).to_string().into(),
+                now().into(),
+            ];
+            let rows = conn.fetch_rows(STEP_MANY, &args).await?;
+            answers_by_index(&rows, steps.len(), |row| row.try_get("generation"))
+        })
+    }
+}
+
+/// Releases (see [`release_unit`]).
+struct ReleaseBatch(Writer);
+
+/// [`release_unit`]'s statement for many units: each goes back FREE if its
+/// host (share-locked) is READY, else UNAVAILABLE, and its CPUs leave the
+/// ledger, if it is still DEALLOCATING at the caller's generation.
+const RELEASE_MANY: &str = "WITH input AS (SELECT * FROM json_to_recordset(CAST($1 AS json)) \
+       AS i (n BIGINT, compute_id TEXT, generation BIGINT, holder TEXT)), \
+     host AS (SELECT id, status FROM hosts WHERE id IN (SELECT u.host_id FROM compute_units u \
+       JOIN input i ON u.compute_id = i.compute_id) FOR SHARE), \
+     freed AS (UPDATE compute_units u SET status = CASE WHEN EXISTS (SELECT 1 FROM host \
+         WHERE host.id = u.host_id AND host.status = 'READY') THEN 'FREE' ELSE 'UNAVAILABLE' END, \
+       status_detail = NULL, ssh_public_key = NULL, tags = NULL, deployment_id = NULL, \
+       started_at = NULL, deadline = NULL, updated_at = $2, project_id = NULL, \
+       generation = u.generation + 1 \
+       FROM input i WHERE u.compute_id = i.compute_id AND u.generation = i.generation \
+       AND u.status = 'DEALLOCATING' RETURNING i.n, i.holder), \
+     unclaimed AS (DELETE FROM cpu_claims c USING freed WHERE c.holder = freed.holder) \
+     SELECT n FROM freed";
+
+impl Batch for ReleaseBatch {
+    type Input = UnitRelease;
+    type Answer = bool;
+    const WHAT: &'static str = "release_unit";
+
+    fn one(&self, release: Arc<UnitRelease>) -> BoxFuture<'static, Result<bool>> {
+        let writer = self.0.clone();
+        Box::pin(async move { write_release(&writer, release).await })
+    }
+
+    fn many<'c>(
+        &'c self,
+        mut conn: Conn<'c>,
+        releases: &'c [Arc<UnitRelease>],
+    ) -> BoxFuture<'c, std::result::Result<Vec<bool>, DbError>> {
+        Box::pin(async move {
+            let input: Vec<serde_json::Value> = releases
+                .iter()
+                .enumerate()
+                .map(|(n, release)| {
+                    serde_json::json!({
+                        "n": n,
+                        "compute_id": release.compute_id,
+                        "generation": release.generation,
+                        "holder": holder(&release.compute_id),
+                    })
+                })
+                .collect();
+            let args = [
+                serde_json::Value::from(input).to_string().into(),
+                now().into(),
+            ];
+            let rows = conn.fetch_rows(RELEASE_MANY, &args).await?;
+            let freed = answers_by_index(&rows, releases.len(), |_| Ok(()))?;
+            Ok(freed.into_iter().map(|f| f.is_some()).collect())
+        })
+    }
 }

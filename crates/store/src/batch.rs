@@ -1,0 +1,161 @@
+//! Group commit on PostgreSQL for the hottest one-statement writes.
+//!
+//! SQLite's writer runs the units of work that queue up while a commit is
+//! in flight together, with one commit ([`crate::writer`]). On PostgreSQL
+//! every write is its own statement, round trip and commit, and under load
+//! that fixed cost per statement, on both sides, was most of the cost of a
+//! Kloigos allocation. A [`Batcher`] gathers the calls of one kind of write
+//! that arrive while [`IN_FLIGHT`] statements of that kind are running, and
+//! runs them as one statement over a JSON list of their inputs (a constant
+//! text, so it stays prepared whatever the batch's size). A caller alone
+//! runs at once, as without batching. Every caller hears its answer only
+//! once the statement committed, so durability stays per request.
+//!
+//! A batch is all or nothing, as a statement is. One that fails (a CPU that
+//! another replica claimed meanwhile fails a claim's batch on the ledger's
+//! key; a deadlock with another replica) is run again call by call, each as
+//! it runs alone, so a call only ever hears of its own failure.
+
+use crate::db::{Conn, DbError};
+use crate::pg::PgPool;
+use crate::{Result, StoreError};
+use futures::future::BoxFuture;
+use std::sync::Arc;
+use tokio::sync::{Semaphore, mpsc, oneshot};
+
+/// Statements of one kind running at once. One: a call that arrives while
+/// one runs waits for it, and goes with every other that arrived
+/// meanwhile. With 32 clients allocating and releasing, one gave 35% more
+/// round trips per second than four (`tessera bench api`), and batches of
+/// 7-8 calls; with four clients, 10% fewer.
+const IN_FLIGHT: usize = 1;
+
+/// The most calls one statement takes.
+const MAX_BATCH: usize = 256;
+
+/// One kind of write that can run alone or for many callers at once.
+pub(crate) trait Batch: Send + Sync + 'static {
+    type Input: Send + Sync + 'static;
+    type Answer: Send + 'static;
+
+    /// What the write is, for the logs.
+    const WHAT: &'static str;
+
+    /// Runs one call as it runs without batching: its own statement,
+    /// tried again on a transient failure.
+    fn one(&self, input: Arc<Self::Input>) -> BoxFuture<'static, Result<Self::Answer>>;
+
+    /// Runs several calls as one statement on `conn`: an answer for each
+    /// input, in their order, or an error that changed nothing.
+    fn many<'c>(
+        &'c self,
+        conn: Conn<'c>,
+        inputs: &'c [Arc<Self::Input>],
+    ) -> BoxFuture<'c, std::result::Result<Vec<Self::Answer>, DbError>>;
+}
+
+struct Call<B: Batch> {
+    input: Arc<B::Input>,
+    reply: oneshot::Sender<Result<B::Answer>>,
+}
+
+/// Gathers the calls of one [`Batch`]: see the module's documentation.
+pub(crate) struct Batcher<B: Batch> {
+    calls: mpsc::Sender<Call<B>>,
+}
+
+impl<B: Batch> Batcher<B> {
+    /// Starts the task that gathers and runs the calls; it ends once the
+    /// batcher is dropped.
+    pub(crate) fn start(batch: B, pool: PgPool) -> Batcher<B> {
+        let (calls, queue) = mpsc::channel(4096);
+        tokio::spawn(gather(Arc::new(batch), pool, queue));
+        Batcher { calls }
+    }
+
+    /// Runs `input`, alone or with others, and answers once it committed.
+    pub(crate) async fn call(&self, input: Arc<B::Input>) -> Result<B::Answer> {
+        let (reply, answer) = oneshot::channel();
+        self.calls
+            .send(Call { input, reply })
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        answer.await.map_err(|_| StoreError::Closed)?
+    }
+}
+
+async fn gather<B: Batch>(batch: Arc<B>, pool: PgPool, mut queue: mpsc::Receiver<Call<B>>) {
+    let slots = Arc::new(Semaphore::new(IN_FLIGHT));
+    while let Some(first) = queue.recv().await {
+        // The calls that arrive while every slot is taken join this one.
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            break;
+        };
+        let mut group = vec![first];
+        while group.len() < MAX_BATCH {
+            match queue.try_recv() {
+                Ok(call) => group.push(call),
+                Err(_) => break,
+            }
+        }
+        let (batch, pool) = (batch.clone(), pool.clone());
+        tokio::spawn(async move {
+            run(&batch, &pool, group).await;
+            drop(slot);
+        });
+    }
+}
+
+async fn run<B: Batch>(batch: &Arc<B>, pool: &PgPool, group: Vec<Call<B>>) {
+    if group.len() > 1 {
+        let inputs: Vec<Arc<B::Input>> = group.iter().map(|call| call.input.clone()).collect();
+        let answers = async {
+            let mut conn = pool.get().await?;
+            let done = batch.many(Conn::Postgres(&mut conn), &inputs).await;
+            conn.release(&done);
+            done
+        }
+        .await;
+        match answers {
+            Ok(answers) if answers.len() == group.len() => {
+                for (call, answer) in group.into_iter().zip(answers) {
+                    let _ = call.reply.send(Ok(answer));
+                }
+                return;
+            }
+            Ok(answers) => tracing::error!(
+                what = B::WHAT,
+                calls = group.len(),
+                answers = answers.len(),
+                "a batch answered for the wrong number of calls; running them one by one"
+            ),
+            // The connection was lost: the statement may have committed
+            // with its answer lost, so running the calls again could
+            // answer them wrongly. Each hears the failure, as when alone.
+            Err(DbError::Sqlx(err))
+                if crate::pg::is_lost_connection(&err) && !crate::pg::ended_by_server(&err) =>
+            {
+                let why = format!("database connection lost during a batched {}", B::WHAT);
+                tracing::warn!(what = B::WHAT, error = %err, "{why}");
+                for call in group {
+                    let _ = call.reply.send(Err(StoreError::Commit(why.clone())));
+                }
+                return;
+            }
+            Err(err) => tracing::debug!(
+                what = B::WHAT,
+                calls = group.len(),
+                error = %err,
+                "a batch failed; running its calls one by one"
+            ),
+        }
+    }
+    futures::future::join_all(group.into_iter().map(|call| {
+        let batch = batch.clone();
+        async move {
+            let answer = batch.one(call.input).await;
+            let _ = call.reply.send(answer);
+        }
+    }))
+    .await;
+}

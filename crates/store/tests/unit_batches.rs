@@ -1,0 +1,315 @@
+//! Kloigos unit writes made by many callers at once mean what each means
+//! alone. On PostgreSQL the store gathers such calls into one statement
+//! (its `batch` module); these tests make them concurrently, so that most
+//! go in batches, including ones that fail as a whole (two claims of one
+//! CPU) and are run again call by call. SQLite, which runs them one by one
+//! in its writer, must answer the same.
+//!
+//! PostgreSQL is the one `scripts/test` starts (`TESSERA_TEST_POSTGRES_URL`);
+//! without it the PostgreSQL test fails rather than pass having run nothing.
+
+use futures::future::join_all;
+use sqlx::{Connection, Executor, PgConnection};
+use std::collections::HashSet;
+use tessera_core::status::{HostStatus, UnitStatus};
+use tessera_store::{NewHost, NewUnit, Store, UnitClaim};
+
+/// Units on each host, one CPU each.
+const UNITS: u32 = 48;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unit_writes_at_once_on_sqlite() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let store = Store::open(&Store::sqlite_url(&dir.path().join("tessera.db")))
+        .await
+        .expect("open SQLite");
+    writes_at_once(&store).await;
+    store.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unit_writes_at_once_on_postgres() {
+    let admin_url = std::env::var("TESSERA_TEST_POSTGRES_URL").unwrap_or_else(|_| {
+        panic!(
+            "TESSERA_TEST_POSTGRES_URL is not set: run the suite with scripts/test, which \
+             starts a throwaway PostgreSQL"
+        )
+    });
+    let name = format!("tessera_batches_{:016x}", rand::random::<u64>());
+    let mut admin = PgConnection::connect(&admin_url)
+        .await
+        .expect("connect to the test PostgreSQL");
+    admin
+        .execute(format!("CREATE DATABASE {name}").as_str())
+        .await
+        .expect("create a test database");
+    let (base, _) = admin_url.rsplit_once('/').expect("a database URL");
+    let store = Store::open(&format!("{base}/{name}"))
+        .await
+        .expect("open PostgreSQL");
+    writes_at_once(&store).await;
+    store.close().await;
+    admin
+        .execute(format!("DROP DATABASE {name} WITH (FORCE)").as_str())
+        .await
+        .expect("drop the test database");
+}
+
+fn unit_id(host: &str, cpu: u32) -> String {
+    format!("{host}-u{cpu}")
+}
+
+/// A READY host `name` with [`UNITS`] units, CPU `i` in unit `i`, and one
+/// more unit (`{name}-dup`) over CPU 0, which only one of it and unit 0
+/// can hold at a time.
+async fn ready_host(store: &Store, name: &str) -> String {
+    let mut units: Vec<NewUnit> = (0..UNITS)
+        .map(|cpu| NewUnit {
+            compute_id: unit_id(name, cpu),
+            cpu_range: format!("{cpu}-{cpu}"),
+            cpu_list: cpu.to_string(),
+            cpu_count: 1,
+            ports_range: "10000-10099".into(),
+        })
+        .collect();
+    units.push(NewUnit {
+        compute_id: format!("{name}-dup"),
+        cpu_range: "0-0".into(),
+        cpu_list: "0".into(),
+        cpu_count: 1,
+        ports_range: "10100-10199".into(),
+    });
+    let id = format!("id-{name}");
+    let host = NewHost {
+        id: id.clone(),
+        hostname: name.into(),
+        ip: "192.0.2.1".into(),
+        region: "r".into(),
+        zone: "z".into(),
+        cpu_ranges: vec![format!("0-{}", UNITS - 1)],
+        numa_nodes: vec![],
+        memory_mb: 1024,
+        units,
+        cpus: None,
+        provider: None,
+        plan: None,
+        tags: vec![],
+        arch: "amd64".into(),
+    };
+    assert!(store.insert_host(&host).await.expect("insert the host"));
+    let ready = store
+        .transition_host(&id, &[HostStatus::Initializing], HostStatus::Ready, None)
+        .await
+        .expect("make the host READY");
+    assert!(ready);
+    id
+}
+
+async fn claim(store: &Store, host_id: &str, compute_id: &str, cpu: u32) -> Option<i64> {
+    store
+        .claim_unit(&UnitClaim {
+            compute_id,
+            host_id,
+            cpus: &[cpu],
+            ssh_public_key: "ssh-ed25519 AAAA test",
+            tags: None,
+            deadline: "2100-01-01T00:00:00Z",
+            project_id: "p1",
+            quota: None,
+        })
+        .await
+        .expect("a claim answers")
+}
+
+async fn status_of(store: &Store, compute_id: &str) -> (UnitStatus, i64) {
+    let unit = store
+        .unit(compute_id)
+        .await
+        .expect("read")
+        .expect("the unit");
+    (unit.status, unit.generation)
+}
+
+async fn writes_at_once(store: &Store) {
+    let hosts = [ready_host(store, "b1").await, ready_host(store, "b2").await];
+
+    // Every unit of the first host claimed at once, each twice: each goes
+    // to one claim. Then the second host's, and the extra units over CPU 0
+    // of both: of the second host's unit 0 and its extra unit, exactly one
+    // is claimed (the batch of claims fails as a whole on the ledger, and
+    // its claims run again one by one); the first host's extra unit loses
+    // to its unit 0, claimed already.
+    let round = |host: &str, dup: bool| {
+        let name = &host[3..];
+        let mut claims: Vec<(String, String, u32)> = (0..UNITS)
+            .flat_map(|cpu| [cpu, cpu])
+            .map(|cpu| (host.to_string(), unit_id(name, cpu), cpu))
+            .collect();
+        if dup {
+            claims.push((host.to_string(), format!("{name}-dup"), 0));
+        }
+        claims
+    };
+    let first = round(&hosts[0], false);
+    let mut answers = join_all(first.iter().map(|(h, u, cpu)| claim(store, h, u, *cpu))).await;
+    let mut second = round(&hosts[1], true);
+    second.push((hosts[0].clone(), "b1-dup".into(), 0));
+    answers.extend(join_all(second.iter().map(|(h, u, cpu)| claim(store, h, u, *cpu))).await);
+    let claims: Vec<_> = first.into_iter().chain(second).collect();
+    assert_eq!(answers.last(), Some(&None), "b1-dup took a CPU held");
+    let mut won: Vec<(String, i64)> = Vec::new();
+    for ((_, unit, _), answer) in claims.iter().zip(&answers) {
+        if let Some(generation) = answer {
+            assert!(
+                !won.iter().any(|(w, _)| w == unit),
+                "{unit} was claimed twice"
+            );
+            won.push((unit.clone(), *generation));
+        }
+    }
+    assert_eq!(
+        won.len(),
+        2 * UNITS as usize,
+        "one claim of each CPU: {won:?}"
+    );
+    for (unit, generation) in &won {
+        assert_eq!(
+            status_of(store, unit).await,
+            (UnitStatus::Allocating, *generation)
+        );
+    }
+    let ledger = store.cpu_claims(None).await.expect("the ledger");
+    assert_eq!(ledger.len(), 2 * UNITS as usize);
+    assert_eq!(ledger.iter().collect::<HashSet<_>>().len(), ledger.len());
+
+    // Each ALLOCATING unit moved on twice at once, and once more at a
+    // generation it no longer has: one move each.
+    let mut steps = Vec::new();
+    for (unit, generation) in &won {
+        steps.push((unit.clone(), *generation));
+        steps.push((unit.clone(), *generation));
+        steps.push((unit.clone(), generation - 1));
+    }
+    let moved = join_all(steps.iter().map(|(unit, generation)| {
+        store.transition_unit(
+            unit,
+            *generation,
+            &[UnitStatus::Allocating],
+            UnitStatus::Allocated,
+            None,
+            None,
+        )
+    }))
+    .await;
+    let mut allocated: Vec<(String, i64)> = Vec::new();
+    for ((unit, generation), answer) in steps.iter().zip(moved) {
+        if let Some(new) = answer.expect("a move answers") {
+            assert_eq!(new, generation + 1);
+            assert!(
+                !allocated.iter().any(|(a, _)| a == unit),
+                "{unit} moved twice"
+            );
+            allocated.push((unit.clone(), new));
+        }
+    }
+    assert_eq!(allocated.len(), won.len());
+    // A move at a generation a unit had before is refused, whatever else
+    // matches.
+    let stale = join_all(won.iter().map(|(unit, generation)| {
+        store.transition_unit(
+            unit,
+            *generation,
+            &[UnitStatus::Allocated],
+            UnitStatus::AllocationFail,
+            Some("stale"),
+            None,
+        )
+    }))
+    .await;
+    for ((unit, _), answer) in won.iter().zip(stale) {
+        assert_eq!(
+            answer.expect("a move answers"),
+            None,
+            "{unit} moved from a stale generation"
+        );
+    }
+
+    // From ALLOCATED to DEALLOCATING, with a `from` it is not in as well.
+    let moved = join_all(allocated.iter().flat_map(|(unit, generation)| {
+        [
+            store.transition_unit(
+                unit,
+                *generation,
+                &[UnitStatus::Allocating],
+                UnitStatus::AllocationFail,
+                Some("not from here"),
+                None,
+            ),
+            store.transition_unit(
+                unit,
+                *generation,
+                &[UnitStatus::Allocated, UnitStatus::AllocationFail],
+                UnitStatus::Deallocating,
+                None,
+                Some("2100-01-01T00:00:00Z"),
+            ),
+        ]
+    }))
+    .await;
+    let mut releasing: Vec<(String, i64)> = Vec::new();
+    for (i, answer) in moved.into_iter().enumerate() {
+        let (unit, generation) = &allocated[i / 2];
+        match (i % 2, answer.expect("a move answers")) {
+            (0, None) => {}
+            (1, Some(new)) => releasing.push((unit.clone(), new)),
+            (which, answer) => panic!("{unit} at {generation}: move {which} answered {answer:?}"),
+        }
+    }
+    for (unit, generation) in &releasing {
+        assert_eq!(
+            status_of(store, unit).await,
+            (UnitStatus::Deallocating, *generation)
+        );
+    }
+
+    // The second host leaves READY: its units go back UNAVAILABLE, the
+    // first's FREE. Each release is asked twice, and once at a generation
+    // the unit no longer has.
+    assert!(
+        store
+            .transition_host(&hosts[1], &[HostStatus::Ready], HostStatus::Draining, None)
+            .await
+            .expect("drain")
+    );
+    let mut releases = Vec::new();
+    for (unit, generation) in &releasing {
+        releases.push((unit.clone(), *generation));
+        releases.push((unit.clone(), *generation));
+        releases.push((unit.clone(), generation - 1));
+    }
+    let freed = join_all(
+        releases
+            .iter()
+            .map(|(unit, generation)| store.release_unit(unit, *generation)),
+    )
+    .await;
+    let mut released = HashSet::new();
+    for ((unit, _), answer) in releases.iter().zip(freed) {
+        if answer.expect("a release answers") {
+            assert!(released.insert(unit.clone()), "{unit} released twice");
+        }
+    }
+    assert_eq!(released.len(), releasing.len());
+    for (unit, generation) in &releasing {
+        let expected = if unit.starts_with("b1") {
+            UnitStatus::Free
+        } else {
+            UnitStatus::Unavailable
+        };
+        assert_eq!(status_of(store, unit).await, (expected, generation + 1));
+        let record = store.unit(unit).await.expect("read").expect("the unit");
+        assert_eq!(record.project_id, None);
+        assert_eq!(record.ssh_public_key, None);
+    }
+    assert!(store.cpu_claims(None).await.expect("the ledger").is_empty());
+}
