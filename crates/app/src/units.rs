@@ -214,8 +214,8 @@ impl App {
             };
             let claimed = self.store.claim_unit(&claim).await;
             drop(taken);
-            if let Ok(Some(generation)) = claimed {
-                break (decision, generation);
+            if let Ok(Some(unit)) = claimed {
+                break (decision, unit);
             }
             if let Err(tessera_store::StoreError::QuotaExceeded(exceeded)) = claimed {
                 // The unit stays free for others.
@@ -236,14 +236,11 @@ impl App {
                 ));
             }
         };
-        let (decision, generation) = decision;
-        let compute_id = decision.unit.map(|u| u.to_string()).unwrap_or_default();
-        let unit = self.store.unit(&compute_id).await?;
-        let Some(mut unit) = unit.filter(|u| u.generation == generation) else {
-            // Taken back before the host was asked (a forced decommission):
-            // the unit is no longer this request's to show.
-            return Err(interrupted(&compute_id));
-        };
+        // The unit as claimed: its generation fences every later step (a
+        // forced decommission that takes it back meanwhile moves it on).
+        let (decision, mut unit) = decision;
+        let compute_id = unit.compute_id.clone();
+        let generation = unit.generation;
         tracing::debug!(compute_id, host = %decision.host, "unit claimed");
         let outcome = match self.agent(&decision.host).await? {
             None => Err(HostCallError::NoAgent),

@@ -178,10 +178,11 @@ impl Store {
     /// Takes a FREE unit for a tenant: the unit becomes ALLOCATING and its
     /// CPUs enter the ledger. `false`, changing nothing, when the unit is no
     /// longer FREE, its host is no longer READY, or any of its CPUs is held:
-    /// the caller lost a race and should look again. Answers the unit's new
-    /// generation, which fences every later step of this allocation, or
-    /// [`crate::StoreError::QuotaExceeded`] when the project is at a limit.
-    pub async fn claim_unit(&self, claim: &UnitClaim<'_>) -> Result<Option<i64>> {
+    /// the caller lost a race and should look again. Answers the unit as
+    /// claimed, whose generation fences every later step of this
+    /// allocation, or [`crate::StoreError::QuotaExceeded`] when the project
+    /// is at a limit.
+    pub async fn claim_unit(&self, claim: &UnitClaim<'_>) -> Result<Option<UnitRecord>> {
         let owned = Arc::new(OwnedClaim {
             compute_id: claim.compute_id.to_string(),
             host_id: claim.host_id.to_string(),
@@ -205,11 +206,12 @@ impl Store {
         // On PostgreSQL a claim without a quota check is one statement,
         // atomic by itself: no transaction around it, and it may run in
         // one statement with other such claims.
-        match (&self.unit_batches, owned.quota.is_none()) {
+        let row = match (&self.unit_batches, owned.quota.is_none()) {
             (Some(batches), true) if !owned.cpus.is_empty() => batches.claim.call(owned).await,
             (Some(_), true) => write_claim(&self.write, owned, Shape::OneStatement).await,
             _ => write_claim(&self.write, owned, Shape::Statements).await,
-        }
+        }?;
+        row.as_ref().map(unit_from_row).transpose()
     }
 
     /// Moves a unit from one of `from` to `to`, setting its detail and
@@ -329,10 +331,15 @@ struct OwnedClaim {
     quota: Option<crate::QuotaCheck>,
 }
 
-type ClaimOutcome = std::result::Result<Option<i64>, crate::quotas::Refusal>;
+/// The claimed unit's row, as [`UNIT_SELECT`] reads it, or a refusal.
+type ClaimOutcome = std::result::Result<Option<AnyRow>, crate::quotas::Refusal>;
 
 /// A claim as one unit of work (see [`claim_unit`]).
-async fn write_claim(writer: &Writer, claim: Arc<OwnedClaim>, shape: Shape) -> Result<Option<i64>> {
+async fn write_claim(
+    writer: &Writer,
+    claim: Arc<OwnedClaim>,
+    shape: Shape,
+) -> Result<Option<AnyRow>> {
     writer
         .write("claim_unit", shape, move |conn| {
             let claim = claim.clone();
@@ -354,7 +361,7 @@ async fn claim_unit(
         true => claim_on_postgres(&mut conn, claim).await?,
         false => claim_on_sqlite(&mut conn, claim).await?,
     };
-    let Some(generation) = claimed else {
+    let Some(row) = claimed else {
         return Ok(Commit::Undo(Ok(None)));
     };
     if let Some(quota) = &claim.quota
@@ -362,13 +369,16 @@ async fn claim_unit(
     {
         return Ok(Commit::Undo(Err(refused)));
     }
-    Ok(Commit::Keep(Ok(Some(generation))))
+    Ok(Commit::Keep(Ok(Some(row))))
 }
 
 /// Marks the unit ALLOCATING for the claim and takes its CPUs in the
-/// ledger, if its host is READY and it is FREE: its new generation, or
+/// ledger, if its host is READY and it is FREE: its row as claimed, or
 /// `None` (the caller undoes whatever was changed).
-async fn claim_on_sqlite(conn: &mut Conn<'_>, claim: &OwnedClaim) -> Result<Option<i64>, DbError> {
+async fn claim_on_sqlite(
+    conn: &mut Conn<'_>,
+    claim: &OwnedClaim,
+) -> Result<Option<AnyRow>, DbError> {
     // SQLite has one writer, so nothing can change between the host's
     // check and the commit.
     let status = conn
@@ -405,7 +415,14 @@ async fn claim_on_sqlite(conn: &mut Conn<'_>, claim: &OwnedClaim) -> Result<Opti
     ];
     args.extend(claim.cpus.iter().map(|&cpu| Arg::from(i64::from(cpu))));
     let claimed = conn.execute(&sql, &args).await?;
-    Ok((claimed == claim.cpus.len() as u64).then_some(generation))
+    if claimed != claim.cpus.len() as u64 {
+        return Ok(None);
+    }
+    let sql = format!("{UNIT_SELECT} WHERE u.compute_id = $1 AND u.generation = $2");
+    let rows = conn
+        .fetch_rows(&sql, &[(&claim.compute_id).into(), generation.into()])
+        .await?;
+    Ok(rows.into_iter().next())
 }
 
 /// [`claim_on_sqlite`] as one statement, one round trip: the host's row is
@@ -417,7 +434,7 @@ async fn claim_on_sqlite(conn: &mut Conn<'_>, claim: &OwnedClaim) -> Result<Opti
 async fn claim_on_postgres(
     conn: &mut Conn<'_>,
     claim: &OwnedClaim,
-) -> Result<Option<i64>, DbError> {
+) -> Result<Option<AnyRow>, DbError> {
     let cpus: Vec<String> = (0..claim.cpus.len())
         .map(|i| format!("(CAST(${} AS BIGINT))", i + 10))
         .collect();
@@ -427,23 +444,24 @@ async fn claim_on_postgres(
            ssh_public_key = $1, tags = $2, deployment_id = $3, started_at = $4, deadline = $5, \
            updated_at = $4, generation = generation + 1, project_id = $8 \
            WHERE compute_id = $6 AND host_id = $7 AND status = 'FREE' \
-           AND EXISTS (SELECT 1 FROM host) RETURNING generation), \
+           AND EXISTS (SELECT 1 FROM host) RETURNING *), \
          claimed AS (INSERT INTO cpu_claims (host_id, cpu, holder) \
            SELECT $7, v.cpu, $9 FROM (VALUES {}) AS v (cpu) WHERE EXISTS (SELECT 1 FROM unit)) \
-         SELECT generation FROM unit",
+         SELECT unit.*, h.hostname, h.ip, h.region, h.zone FROM unit \
+           JOIN hosts h ON h.id = unit.host_id",
         cpus.join(", ")
     );
     let mut args = claim_args(claim);
     args.push(holder(&claim.compute_id).as_str().into());
     args.extend(claim.cpus.iter().map(|&cpu| Arg::from(i64::from(cpu))));
-    match conn.fetch_int(&sql, &args).await {
+    match conn.fetch_rows(&sql, &args).await {
         Err(DbError::Sqlx(sqlx::Error::Database(db)))
             if db.code().as_deref() == Some("23505")
                 && db.constraint() == Some("cpu_claims_pkey") =>
         {
             Ok(None)
         }
-        other => other,
+        other => Ok(other?.into_iter().next()),
     }
 }
 
@@ -609,9 +627,9 @@ impl UnitBatches {
 /// Each call's answer from rows of `(n, value)`, `n` the call's index;
 /// `None` for the calls no row answers.
 fn answers_by_index<T>(
-    rows: &[AnyRow],
+    rows: Vec<AnyRow>,
     calls: usize,
-    value: impl Fn(&AnyRow) -> std::result::Result<T, sqlx::Error>,
+    value: impl Fn(AnyRow) -> std::result::Result<T, sqlx::Error>,
 ) -> std::result::Result<Vec<Option<T>>, DbError> {
     let mut answers: Vec<Option<T>> = std::iter::repeat_with(|| None).take(calls).collect();
     for row in rows {
@@ -640,18 +658,19 @@ const CLAIM_MANY: &str = "WITH input AS (SELECT * FROM json_to_recordset(CAST($1
        generation = u.generation + 1, project_id = i.project_id \
        FROM input i WHERE u.compute_id = i.compute_id AND u.host_id = i.host_id \
        AND u.status = 'FREE' AND u.host_id IN (SELECT id FROM host) \
-       RETURNING i.n, u.generation, u.host_id, i.holder, i.cpus), \
+       RETURNING i.n, i.holder, i.cpus, u.*), \
      claimed AS (INSERT INTO cpu_claims (host_id, cpu, holder) \
        SELECT unit.host_id, CAST(c.cpu AS BIGINT), unit.holder FROM unit \
        CROSS JOIN LATERAL unnest(string_to_array(unit.cpus, ',')) AS c (cpu)) \
-     SELECT n, generation FROM unit";
+     SELECT unit.*, h.hostname, h.ip, h.region, h.zone FROM unit \
+       JOIN hosts h ON h.id = unit.host_id";
 
 impl Batch for ClaimBatch {
     type Input = OwnedClaim;
-    type Answer = Option<i64>;
+    type Answer = Option<AnyRow>;
     const WHAT: &'static str = "claim_unit";
 
-    fn one(&self, claim: Arc<OwnedClaim>) -> BoxFuture<'static, Result<Option<i64>>> {
+    fn one(&self, claim: Arc<OwnedClaim>) -> BoxFuture<'static, Result<Option<AnyRow>>> {
         let writer = self.0.clone();
         Box::pin(async move { write_claim(&writer, claim, Shape::OneStatement).await })
     }
@@ -660,7 +679,7 @@ impl Batch for ClaimBatch {
         &'c self,
         mut conn: Conn<'c>,
         claims: &'c [Arc<OwnedClaim>],
-    ) -> BoxFuture<'c, std::result::Result<Vec<Option<i64>>, DbError>> {
+    ) -> BoxFuture<'c, std::result::Result<Vec<Option<AnyRow>>, DbError>> {
         Box::pin(async move {
             let input: Vec<serde_json::Value> = claims
                 .iter()
@@ -686,7 +705,7 @@ impl Batch for ClaimBatch {
                 now().into(),
             ];
             let rows = conn.fetch_rows(CLAIM_MANY, &args).await?;
-            answers_by_index(&rows, claims.len(), |row| row.try_get("generation"))
+            answers_by_index(rows, claims.len(), Ok)
         })
     }
 }
@@ -740,7 +759,7 @@ impl Batch for StepBatch {
                 now().into(),
             ];
             let rows = conn.fetch_rows(STEP_MANY, &args).await?;
-            answers_by_index(&rows, steps.len(), |row| row.try_get("generation"))
+            answers_by_index(rows, steps.len(), |row| row.try_get("generation"))
         })
     }
 }
@@ -798,7 +817,7 @@ impl Batch for ReleaseBatch {
                 now().into(),
             ];
             let rows = conn.fetch_rows(RELEASE_MANY, &args).await?;
-            let freed = answers_by_index(&rows, releases.len(), |_| Ok(()))?;
+            let freed = answers_by_index(rows, releases.len(), |_| Ok(()))?;
             Ok(freed.into_iter().map(|f| f.is_some()).collect())
         })
     }

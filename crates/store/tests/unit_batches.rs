@@ -119,6 +119,19 @@ async fn claim(store: &Store, host_id: &str, compute_id: &str, cpu: u32) -> Opti
         })
         .await
         .expect("a claim answers")
+        .map(|unit| {
+            // The unit as claimed, with its host's fields.
+            assert_eq!(unit.compute_id, compute_id);
+            assert_eq!(unit.status, UnitStatus::Allocating);
+            assert_eq!(unit.hostname, host_id["id-".len()..]);
+            assert_eq!(unit.project_id.as_deref(), Some("p1"));
+            assert_eq!(
+                unit.ssh_public_key.as_deref(),
+                Some("ssh-ed25519 AAAA test")
+            );
+            assert_eq!(unit.cpu_list, cpu.to_string());
+            unit.generation
+        })
 }
 
 async fn status_of(store: &Store, compute_id: &str) -> (UnitStatus, i64) {
