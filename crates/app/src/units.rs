@@ -10,10 +10,10 @@ use crate::error::{Error, Result};
 use crate::hosts::unit_spec;
 use crate::{App, HostCallError};
 use tessera_core::placement::Request;
-use tessera_core::quota::Usage;
+use tessera_core::quota::{QuotaOverrides, Usage};
 use tessera_core::status::UnitStatus;
 use tessera_core::{ComputeId, HostId, InstanceId, ProjectId};
-use tessera_store::{UnitClaim, UnitFilter, UnitRecord};
+use tessera_store::{ClaimQuota, UnitClaim, UnitFilter, UnitRecord};
 
 /// A Kloigos compute unit: a fixed slice of a host's CPUs and ports that a
 /// tenant (or an instance) takes whole.
@@ -159,16 +159,18 @@ impl App {
                 ..Usage::default()
             },
         );
-        // A project already at its quota is refused before it takes a unit
-        // in the view: units taken by claims bound to fail would look
-        // allocated to other projects' requests meanwhile. The claim checks
-        // again, in its transaction, if any limit applies: with none, it
-        // takes no lock on the project (on PostgreSQL, it is then one
-        // statement). A limit set while allocations run binds those after
-        // it; those under way (and checks that count usage before they
-        // commit) may take the project past it, as a limit set below what
-        // a project uses does.
-        let limited = self.check_quota_now(&quota).await?;
+        // When no configured default limits what a unit adds, the claim is
+        // made only while the project sets no limit of its own either,
+        // which the claim's own statement reads: nothing is counted or
+        // locked (on PostgreSQL, the claim is one statement, and may share
+        // it with others). A claim so refused, like one that lost a race,
+        // has the project's limits read; a project with limits, or limited
+        // by default, has its quota checked before it takes a unit in the
+        // view (units taken by claims bound to fail would look allocated
+        // to other projects' requests meanwhile), then again in the claim's
+        // transaction, under the project's lock.
+        let bound_by_default = !quota.unbounded_under(&quota.limits(&QuotaOverrides::default()));
+        let mut limited = bound_by_default && self.check_quota_now(&quota).await?;
         let mut looked_again = false;
         let mut attempts = 0;
         let mut waited = 0;
@@ -210,7 +212,10 @@ impl App {
                 tags: req.tags.as_ref(),
                 deadline: &deadline,
                 project_id: &req.project_id,
-                quota: limited.then_some(&quota),
+                quota: match limited {
+                    true => ClaimQuota::Check(&quota),
+                    false => ClaimQuota::NoOwnLimit,
+                },
             };
             let claimed = self.store.claim_unit(&claim).await;
             drop(taken);
@@ -229,6 +234,12 @@ impl App {
                 .refresh_host(&self.store, decision.host.as_str())
                 .await?;
             claimed?;
+            // Or the project has limits of its own: checked from now on
+            // (over them, the allocation is refused here).
+            if !limited && self.check_quota_now(&quota).await? {
+                limited = true;
+                continue;
+            }
             attempts += 1;
             if attempts >= MAX_CLAIM_ATTEMPTS {
                 return Err(Error::Unavailable(

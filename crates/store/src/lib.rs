@@ -68,7 +68,7 @@ pub use ssh_keys::{KeyAdded, SshKeyRecord};
 pub use tags::{TagAdded, TagRecord};
 pub use taskservs::{NewTaskserv, TaskservRecord};
 pub use tokens::{NewToken, TokenOwner, TokenRecord};
-pub use units::{UnitClaim, UnitFilter, UnitRecord};
+pub use units::{ClaimQuota, UnitClaim, UnitFilter, UnitRecord};
 pub use volumes::{MeterChange, NewVolume, VolumeRecord, VolumeSet};
 
 use db::{Arg, Conn};

@@ -64,8 +64,30 @@ pub struct UnitClaim<'a> {
     pub tags: Option<&'a serde_json::Value>,
     pub deadline: &'a str,
     pub project_id: &'a str,
-    /// The project's quota, checked in the claim's transaction.
-    pub quota: Option<&'a crate::QuotaCheck>,
+    pub quota: ClaimQuota<'a>,
+}
+
+/// How a unit claim keeps to its project's quota.
+#[derive(Clone, Copy, Debug)]
+pub enum ClaimQuota<'a> {
+    /// Checked in the claim's transaction, under the project's lock.
+    Check(&'a crate::QuotaCheck),
+    /// No configured default limits what a unit adds (an instance and its
+    /// vCPUs): the claim is made only while the project sets no such limit
+    /// of its own either, which its own statement reads. Nothing is counted
+    /// and nothing locked. A claim so refused answers `None`, as a lost
+    /// race does; the caller then reads the project's limits.
+    NoOwnLimit,
+}
+
+/// The claim's condition for [`ClaimQuota::NoOwnLimit`], `project` the
+/// claim's project: no limit of the project's own on instances or vCPUs
+/// (NULL takes the default, -1 is none).
+fn no_own_unit_limit(project: &str) -> String {
+    format!(
+        "NOT EXISTS (SELECT 1 FROM project_quotas q WHERE q.project_id = {project} \
+         AND (q.instances >= 0 OR q.vcpus >= 0))"
+    )
 }
 
 const UNIT_SELECT: &str = "SELECT u.compute_id, u.host_id, h.hostname, h.ip, h.region, h.zone, \
@@ -201,7 +223,10 @@ impl Store {
                 }),
             deadline: claim.deadline.to_string(),
             project_id: claim.project_id.to_string(),
-            quota: claim.quota.cloned(),
+            quota: match claim.quota {
+                ClaimQuota::Check(check) => Some(check.clone()),
+                ClaimQuota::NoOwnLimit => None,
+            },
         });
         // On PostgreSQL a claim without a quota check is one statement,
         // atomic by itself: no transaction around it, and it may run in
@@ -328,6 +353,7 @@ struct OwnedClaim {
     deployment_id: Option<String>,
     deadline: String,
     project_id: String,
+    /// `None` for [`ClaimQuota::NoOwnLimit`].
     quota: Option<crate::QuotaCheck>,
 }
 
@@ -373,8 +399,9 @@ async fn claim_unit(
 }
 
 /// Marks the unit ALLOCATING for the claim and takes its CPUs in the
-/// ledger, if its host is READY and it is FREE: its row as claimed, or
-/// `None` (the caller undoes whatever was changed).
+/// ledger, if its host is READY and it is FREE (and, for
+/// [`ClaimQuota::NoOwnLimit`], its project sets no limit of its own): its
+/// row as claimed, or `None` (the caller undoes whatever was changed).
 async fn claim_on_sqlite(
     conn: &mut Conn<'_>,
     claim: &OwnedClaim,
@@ -390,12 +417,19 @@ async fn claim_on_sqlite(
     if status.as_deref() != Some("READY") {
         return Ok(None);
     }
+    let unlimited = match claim.quota {
+        Some(_) => String::new(),
+        None => format!("AND {}", no_own_unit_limit("$8")),
+    };
     let generation = conn
         .fetch_int(
-            "UPDATE compute_units SET status = 'ALLOCATING', status_detail = NULL, \
-             ssh_public_key = $1, tags = $2, deployment_id = $3, started_at = $4, \
-             deadline = $5, updated_at = $4, generation = generation + 1, project_id = $8 \
-             WHERE compute_id = $6 AND host_id = $7 AND status = 'FREE' RETURNING generation",
+            &format!(
+                "UPDATE compute_units SET status = 'ALLOCATING', status_detail = NULL, \
+                 ssh_public_key = $1, tags = $2, deployment_id = $3, started_at = $4, \
+                 deadline = $5, updated_at = $4, generation = generation + 1, project_id = $8 \
+                 WHERE compute_id = $6 AND host_id = $7 AND status = 'FREE' {unlimited} \
+                 RETURNING generation"
+            ),
             &claim_args(claim),
         )
         .await?;
@@ -428,7 +462,8 @@ async fn claim_on_sqlite(
 /// [`claim_on_sqlite`] as one statement, one round trip: the host's row is
 /// share-locked while READY (a decommission's update waits for the commit;
 /// claims on one host do not wait for each other), the unit moves only if
-/// FREE, and the CPUs go into the ledger only if it moved. A CPU the ledger
+/// FREE (and as [`claim_on_sqlite`] says for the project's own limits), and
+/// the CPUs go into the ledger only if it moved. A CPU the ledger
 /// already holds fails the whole statement on the ledger's key, changing
 /// nothing: the claim lost, as when the unit was not FREE.
 async fn claim_on_postgres(
@@ -443,12 +478,16 @@ async fn claim_on_postgres(
          unit AS (UPDATE compute_units SET status = 'ALLOCATING', status_detail = NULL, \
            ssh_public_key = $1, tags = $2, deployment_id = $3, started_at = $4, deadline = $5, \
            updated_at = $4, generation = generation + 1, project_id = $8 \
-           WHERE compute_id = $6 AND host_id = $7 AND status = 'FREE' \
+           WHERE compute_id = $6 AND host_id = $7 AND status = 'FREE' {} \
            AND EXISTS (SELECT 1 FROM host) RETURNING *), \
          claimed AS (INSERT INTO cpu_claims (host_id, cpu, holder) \
            SELECT $7, v.cpu, $9 FROM (VALUES {}) AS v (cpu) WHERE EXISTS (SELECT 1 FROM unit)) \
          SELECT unit.*, h.hostname, h.ip, h.region, h.zone FROM unit \
            JOIN hosts h ON h.id = unit.host_id",
+        match claim.quota {
+            Some(_) => String::new(),
+            None => format!("AND {}", no_own_unit_limit("$8")),
+        },
         cpus.join(", ")
     );
     let mut args = claim_args(claim);
@@ -641,12 +680,13 @@ fn answers_by_index<T>(
     Ok(answers)
 }
 
-/// Claims without a quota check (see [`claim_on_postgres`]).
+/// Claims of [`ClaimQuota::NoOwnLimit`] (see [`claim_on_postgres`]).
 struct ClaimBatch(Writer);
 
 /// [`claim_on_postgres`] for many claims: the hosts are share-locked while
-/// READY, each unit moves only if FREE, and its CPUs enter the ledger only
-/// if it moved. A CPU already held fails the whole statement.
+/// READY, each unit moves only if FREE and its project sets no limit of its
+/// own (as [`no_own_unit_limit`] reads it), and its CPUs enter the ledger
+/// only if it moved. A CPU already held fails the whole statement.
 const CLAIM_MANY: &str = "WITH input AS (SELECT * FROM json_to_recordset(CAST($1 AS json)) AS i \
        (n BIGINT, compute_id TEXT, host_id TEXT, ssh_public_key TEXT, tags TEXT, \
         deployment_id TEXT, deadline TEXT, project_id TEXT, holder TEXT, cpus TEXT)), \
@@ -658,6 +698,8 @@ const CLAIM_MANY: &str = "WITH input AS (SELECT * FROM json_to_recordset(CAST($1
        generation = u.generation + 1, project_id = i.project_id \
        FROM input i WHERE u.compute_id = i.compute_id AND u.host_id = i.host_id \
        AND u.status = 'FREE' AND u.host_id IN (SELECT id FROM host) \
+       AND NOT EXISTS (SELECT 1 FROM project_quotas q WHERE q.project_id = i.project_id \
+         AND (q.instances >= 0 OR q.vcpus >= 0)) \
        RETURNING i.n, i.holder, i.cpus, u.*), \
      claimed AS (INSERT INTO cpu_claims (host_id, cpu, holder) \
        SELECT unit.host_id, CAST(c.cpu AS BIGINT), unit.holder FROM unit \

@@ -106,6 +106,16 @@ async fn ready_host(store: &Store, name: &str) -> String {
 }
 
 async fn claim(store: &Store, host_id: &str, compute_id: &str, cpu: u32) -> Option<i64> {
+    claim_for(store, "p1", host_id, compute_id, cpu).await
+}
+
+async fn claim_for(
+    store: &Store,
+    project_id: &str,
+    host_id: &str,
+    compute_id: &str,
+    cpu: u32,
+) -> Option<i64> {
     store
         .claim_unit(&UnitClaim {
             compute_id,
@@ -114,8 +124,8 @@ async fn claim(store: &Store, host_id: &str, compute_id: &str, cpu: u32) -> Opti
             ssh_public_key: "ssh-ed25519 AAAA test",
             tags: None,
             deadline: "2100-01-01T00:00:00Z",
-            project_id: "p1",
-            quota: None,
+            project_id,
+            quota: tessera_store::ClaimQuota::NoOwnLimit,
         })
         .await
         .expect("a claim answers")
@@ -124,7 +134,7 @@ async fn claim(store: &Store, host_id: &str, compute_id: &str, cpu: u32) -> Opti
             assert_eq!(unit.compute_id, compute_id);
             assert_eq!(unit.status, UnitStatus::Allocating);
             assert_eq!(unit.hostname, host_id["id-".len()..]);
-            assert_eq!(unit.project_id.as_deref(), Some("p1"));
+            assert_eq!(unit.project_id.as_deref(), Some(project_id));
             assert_eq!(
                 unit.ssh_public_key.as_deref(),
                 Some("ssh-ed25519 AAAA test")
@@ -325,4 +335,36 @@ async fn writes_at_once(store: &Store) {
         assert_eq!(record.ssh_public_key, None);
     }
     assert!(store.cpu_claims(None).await.expect("the ledger").is_empty());
+
+    // A claim that counts nothing is not made for a project with a limit
+    // of its own, alone or with others; the others' are.
+    let limited = tessera_store::ProjectRecord {
+        id: "p2".into(),
+        name: "limited".into(),
+        path: "limited".into(),
+        created_at: tessera_store::now(),
+    };
+    assert!(
+        store
+            .insert_project(&limited, None)
+            .await
+            .expect("a project")
+    );
+    let limit = tessera_store::QuotaOverrides {
+        vcpus: Some(100),
+        ..Default::default()
+    };
+    store
+        .set_project_quota("p2", &limit)
+        .await
+        .expect("a quota");
+    let units: Vec<String> = (0..UNITS).map(|cpu| unit_id("b1", cpu)).collect();
+    let answers = join_all(units.iter().zip(0..).map(|(unit, cpu)| {
+        let project = if cpu % 2 == 0 { "p1" } else { "p2" };
+        claim_for(store, project, &hosts[0], unit, cpu)
+    }))
+    .await;
+    for (cpu, answer) in answers.iter().enumerate() {
+        assert_eq!(answer.is_some(), cpu % 2 == 0, "CPU {cpu}: {answer:?}");
+    }
 }

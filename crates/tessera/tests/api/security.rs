@@ -33,6 +33,7 @@ on_both_backends!(
     a_login_burst_leaves_memory_and_health_as_they_were,
     a_body_past_the_limit_is_a_413_in_each_faces_format,
     a_project_at_its_quota_takes_no_unit_from_others,
+    a_limit_set_binds_the_next_unit_without_defaults,
     fleet_operations_are_the_fleets_staffs,
 );
 
@@ -2198,6 +2199,73 @@ async fn a_body_past_the_limit_is_a_413_in_each_faces_format(backend: Backend) {
         .request(Method::POST, "/v1/ssh-keys", Some(&under), Some(TOKEN))
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    server.stop().await;
+}
+
+/// With no configured default limit, a unit claim counts nothing and
+/// locks nothing: it is made only while the project sets no limit of its
+/// own, which the claim's statement reads. A limit set binds the next
+/// claim, a limit lifted (-1) frees it again, and a project over its
+/// limit takes no unit.
+async fn a_limit_set_binds_the_next_unit_without_defaults(backend: Backend) {
+    let unlimited = tessera_store::Usage {
+        instances: -1,
+        vcpus: -1,
+        memory_mb: -1,
+        volumes: -1,
+        volume_gb: -1,
+        containers: -1,
+        ssh_keys: -1,
+    };
+    let server = TestServer::start_with(
+        backend,
+        Options {
+            quota_defaults: unlimited,
+            ..Options::default()
+        },
+    )
+    .await;
+    server
+        .init_host("lh", &["0-3", "4-7", "8-11", "12-15", "16-19", "20-23"])
+        .await;
+    let alice = server.user_in("alice", "member", "alpha").await;
+    let body = crate::harness::unit_request(4, json!(null));
+    let allocate = || {
+        server.call(
+            Method::POST,
+            "/api/compute_units/allocate",
+            Some(&body),
+            &alice,
+        )
+    };
+    let (status, unit) = allocate().await;
+    assert_eq!(status, StatusCode::OK, "{unit}");
+    // A limit of vCPUs: 8 takes one more unit of 4, then no more.
+    set_quota(&server, "alpha", json!({"vcpus": 8})).await;
+    let (status, unit) = allocate().await;
+    assert_eq!(status, StatusCode::OK, "{unit}");
+    for _ in 0..2 {
+        let (status, refused) = allocate().await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{refused}");
+        assert!(
+            refused["detail"]
+                .as_str()
+                .is_some_and(|d| d.contains("vcpus")),
+            "{refused}"
+        );
+    }
+    let mine = server.units("?status=ALLOCATED").await;
+    assert_eq!(mine.len(), 2, "the refused claims took no unit");
+    assert_eq!(server.units("?status=FREE").await.len(), 4);
+    // Lifted: the project takes units again, without a check.
+    set_quota(&server, "alpha", json!({"vcpus": -1})).await;
+    let (status, unit) = allocate().await;
+    assert_eq!(status, StatusCode::OK, "{unit}");
+    // A limit on instances binds as well.
+    set_quota(&server, "alpha", json!({"instances": 3})).await;
+    let (status, refused) = allocate().await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{refused}");
+    assert_eq!(server.units("?status=ALLOCATED").await.len(), 3);
     server.stop().await;
 }
 
