@@ -212,7 +212,9 @@ impl App {
                 tags: req.tags.as_ref(),
                 deadline: &deadline,
                 project_id: &req.project_id,
-                quota: match limited {
+                // Limited by default, the project's own -1 may go back to
+                // the default meanwhile: checked, not guarded.
+                quota: match limited || bound_by_default {
                     true => ClaimQuota::Check(&quota),
                     false => ClaimQuota::NoOwnLimit,
                 },
@@ -236,7 +238,7 @@ impl App {
             claimed?;
             // Or the project has limits of its own: checked from now on
             // (over them, the allocation is refused here).
-            if !limited && self.check_quota_now(&quota).await? {
+            if !limited && !bound_by_default && self.check_quota_now(&quota).await? {
                 limited = true;
                 continue;
             }

@@ -14,14 +14,16 @@
 //! A batch is all or nothing, as a statement is. One that fails (a CPU that
 //! another replica claimed meanwhile fails a claim's batch on the ledger's
 //! key; a deadlock with another replica) is run again call by call, each as
-//! it runs alone, so a call only ever hears of its own failure.
+//! it runs alone, so a call only ever hears of its own failure; those calls
+//! no longer hold up the next batch. A call is made even if its caller
+//! stopped waiting once it was queued, as a statement sent is.
 
 use crate::db::{Conn, DbError};
 use crate::pg::PgPool;
 use crate::{Result, StoreError};
 use futures::future::BoxFuture;
 use std::sync::Arc;
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
 /// Statements of one kind running at once. One: a call that arrives while
 /// one runs waits for it, and goes with every other that arrived
@@ -99,57 +101,27 @@ async fn gather<B: Batch>(batch: Arc<B>, pool: PgPool, mut queue: mpsc::Receiver
             }
         }
         let (batch, pool) = (batch.clone(), pool.clone());
-        tokio::spawn(async move {
-            run(&batch, &pool, group).await;
-            drop(slot);
-        });
+        tokio::spawn(async move { run(&batch, &pool, group, slot).await });
     }
 }
 
-async fn run<B: Batch>(batch: &Arc<B>, pool: &PgPool, group: Vec<Call<B>>) {
-    if group.len() > 1 {
-        let inputs: Vec<Arc<B::Input>> = group.iter().map(|call| call.input.clone()).collect();
-        let answers = async {
-            let mut conn = pool.get().await?;
-            let done = batch.many(Conn::Postgres(&mut conn), &inputs).await;
-            conn.release(&done);
-            done
-        }
-        .await;
-        match answers {
-            Ok(answers) if answers.len() == group.len() => {
-                for (call, answer) in group.into_iter().zip(answers) {
-                    let _ = call.reply.send(Ok(answer));
-                }
-                return;
-            }
-            Ok(answers) => tracing::error!(
-                what = B::WHAT,
-                calls = group.len(),
-                answers = answers.len(),
-                "a batch answered for the wrong number of calls; running them one by one"
-            ),
-            // The connection was lost: the statement may have committed
-            // with its answer lost, so running the calls again could
-            // answer them wrongly. Each hears the failure, as when alone.
-            Err(DbError::Sqlx(err))
-                if crate::pg::is_lost_connection(&err) && !crate::pg::ended_by_server(&err) =>
-            {
-                let why = format!("database connection lost during a batched {}", B::WHAT);
-                tracing::warn!(what = B::WHAT, error = %err, "{why}");
-                for call in group {
-                    let _ = call.reply.send(Err(StoreError::Commit(why.clone())));
-                }
-                return;
-            }
-            Err(err) => tracing::debug!(
-                what = B::WHAT,
-                calls = group.len(),
-                error = %err,
-                "a batch failed; running its calls one by one"
-            ),
-        }
-    }
+/// Runs a group of calls: together while it holds `slot`, then, if that
+/// failed, one by one without it, so that calls that have to wait (on a
+/// lock, for a connection) hold up only themselves.
+async fn run<B: Batch>(
+    batch: &Arc<B>,
+    pool: &PgPool,
+    group: Vec<Call<B>>,
+    slot: OwnedSemaphorePermit,
+) {
+    let group = match group.len() {
+        1 => group,
+        _ => match together(batch, pool, group).await {
+            Some(group) => group,
+            None => return,
+        },
+    };
+    drop(slot);
     futures::future::join_all(group.into_iter().map(|call| {
         let batch = batch.clone();
         async move {
@@ -158,4 +130,74 @@ async fn run<B: Batch>(batch: &Arc<B>, pool: &PgPool, group: Vec<Call<B>>) {
         }
     }))
     .await;
+}
+
+/// Runs `group` as one statement and answers its calls, or gives the
+/// group back, nothing changed, to be run one by one.
+async fn together<B: Batch>(
+    batch: &Arc<B>,
+    pool: &PgPool,
+    group: Vec<Call<B>>,
+) -> Option<Vec<Call<B>>> {
+    let mut conn = match pool.get().await {
+        Ok(conn) => conn,
+        // Nothing was sent: each call waits for a connection on its own.
+        Err(err) => {
+            tracing::debug!(what = B::WHAT, error = %err, "no connection for a batch");
+            return Some(group);
+        }
+    };
+    let inputs: Vec<Arc<B::Input>> = group.iter().map(|call| call.input.clone()).collect();
+    let done = batch.many(Conn::Postgres(&mut conn), &inputs).await;
+    conn.release(&done);
+    match done {
+        Ok(answers) if answers.len() == group.len() => {
+            for (call, answer) in group.into_iter().zip(answers) {
+                let _ = call.reply.send(Ok(answer));
+            }
+            None
+        }
+        // Committed, so not to be run again; cannot happen while `many`
+        // keeps its contract.
+        Ok(answers) => {
+            let why = format!(
+                "a batched {} answered {} of {} calls",
+                B::WHAT,
+                answers.len(),
+                group.len()
+            );
+            tracing::error!("{why}");
+            for call in group {
+                let _ = call.reply.send(Err(StoreError::Corrupt(why.clone())));
+            }
+            None
+        }
+        // The connection was lost: the statement may have committed with
+        // its answer lost, so running the calls again could answer them
+        // wrongly. Each hears the failure as when alone (a lost
+        // connection, which callers may try again).
+        Err(DbError::Sqlx(err))
+            if crate::pg::is_lost_connection(&err) && !crate::pg::ended_by_server(&err) =>
+        {
+            tracing::warn!(what = B::WHAT, error = %err, "connection lost during a batch");
+            let why = format!("connection lost during a batched {}: {err}", B::WHAT);
+            for call in group {
+                let lost = std::io::Error::new(std::io::ErrorKind::ConnectionAborted, why.clone());
+                let _ = call
+                    .reply
+                    .send(Err(StoreError::Query(sqlx::Error::Io(lost))));
+            }
+            None
+        }
+        // A failed statement changed nothing.
+        Err(err) => {
+            tracing::debug!(
+                what = B::WHAT,
+                calls = group.len(),
+                error = %err,
+                "a batch failed; running its calls one by one"
+            );
+            Some(group)
+        }
+    }
 }

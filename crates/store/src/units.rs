@@ -683,6 +683,14 @@ fn answers_by_index<T>(
 /// Claims of [`ClaimQuota::NoOwnLimit`] (see [`claim_on_postgres`]).
 struct ClaimBatch(Writer);
 
+/// The usage trigger (migration 0028) adds each claimed or released unit
+/// to its project's row of this transaction's shard when the statement
+/// ends; with several projects in one batch, two batches could take those
+/// rows in opposite orders and wait for each other until PostgreSQL's
+/// deadlock check (a second, with every call of both kinds waiting behind
+/// them). So a batch first takes its projects' rows (`usage`, adding
+/// nothing) in the projects' order, as every batch does.
+///
 /// [`claim_on_postgres`] for many claims: the hosts are share-locked while
 /// READY, each unit moves only if FREE and its project sets no limit of its
 /// own (as [`no_own_unit_limit`] reads it), and its CPUs enter the ledger
@@ -690,6 +698,11 @@ struct ClaimBatch(Writer);
 const CLAIM_MANY: &str = "WITH input AS (SELECT * FROM json_to_recordset(CAST($1 AS json)) AS i \
        (n BIGINT, compute_id TEXT, host_id TEXT, ssh_public_key TEXT, tags TEXT, \
         deployment_id TEXT, deadline TEXT, project_id TEXT, holder TEXT, cpus TEXT)), \
+     usage AS (INSERT INTO project_usage (project_id, shard, instances, vcpus, memory_mb, \
+         volumes, volume_gb, containers, ssh_keys) \
+       SELECT DISTINCT project_id, CAST(mod(txid_current(), 16) AS INTEGER), \
+         0, 0, 0, 0, 0, 0, 0 FROM input ORDER BY 1 \
+       ON CONFLICT (project_id, shard) DO UPDATE SET instances = project_usage.instances), \
      host AS (SELECT id FROM hosts WHERE id IN (SELECT host_id FROM input) \
        AND status = 'READY' FOR SHARE), \
      unit AS (UPDATE compute_units u SET status = 'ALLOCATING', status_detail = NULL, \
@@ -811,9 +824,16 @@ struct ReleaseBatch(Writer);
 
 /// [`release_unit`]'s statement for many units: each goes back FREE if its
 /// host (share-locked) is READY, else UNAVAILABLE, and its CPUs leave the
-/// ledger, if it is still DEALLOCATING at the caller's generation.
+/// ledger, if it is still DEALLOCATING at the caller's generation. Its
+/// projects' usage rows are taken first, in order, as for [`CLAIM_MANY`].
 const RELEASE_MANY: &str = "WITH input AS (SELECT * FROM json_to_recordset(CAST($1 AS json)) \
        AS i (n BIGINT, compute_id TEXT, generation BIGINT, holder TEXT)), \
+     usage AS (INSERT INTO project_usage (project_id, shard, instances, vcpus, memory_mb, \
+         volumes, volume_gb, containers, ssh_keys) \
+       SELECT DISTINCT u.project_id, CAST(mod(txid_current(), 16) AS INTEGER), \
+         0, 0, 0, 0, 0, 0, 0 FROM compute_units u JOIN input i ON u.compute_id = i.compute_id \
+       WHERE u.project_id IS NOT NULL AND u.instance_id IS NULL ORDER BY 1 \
+       ON CONFLICT (project_id, shard) DO UPDATE SET instances = project_usage.instances), \
      host AS (SELECT id, status FROM hosts WHERE id IN (SELECT u.host_id FROM compute_units u \
        JOIN input i ON u.compute_id = i.compute_id) FOR SHARE), \
      freed AS (UPDATE compute_units u SET status = CASE WHEN EXISTS (SELECT 1 FROM host \

@@ -105,8 +105,23 @@ async fn ready_host(store: &Store, name: &str) -> String {
     id
 }
 
+/// The projects the claims are for, so that a batch holds several (each
+/// batch's usage rows are taken in their order).
+const PROJECTS: [&str; 3] = ["p1", "p3", "p4"];
+
 async fn claim(store: &Store, host_id: &str, compute_id: &str, cpu: u32) -> Option<i64> {
-    claim_for(store, "p1", host_id, compute_id, cpu).await
+    let project = PROJECTS[cpu as usize % PROJECTS.len()];
+    claim_for(store, project, host_id, compute_id, cpu).await
+}
+
+/// Instances and vCPUs the [`PROJECTS`] use, in all.
+async fn used(store: &Store) -> (i64, i64) {
+    let mut total = (0, 0);
+    for project in PROJECTS {
+        let usage = store.project_usage(project).await.expect("usage");
+        total = (total.0 + usage.instances, total.1 + usage.vcpus);
+    }
+    total
 }
 
 async fn claim_for(
@@ -203,6 +218,8 @@ async fn writes_at_once(store: &Store) {
     }
     let ledger = store.cpu_claims(None).await.expect("the ledger");
     assert_eq!(ledger.len(), 2 * UNITS as usize);
+    let units = i64::from(2 * UNITS);
+    assert_eq!(used(store).await, (units, units), "each unit counted once");
     assert_eq!(ledger.iter().collect::<HashSet<_>>().len(), ledger.len());
 
     // Each ALLOCATING unit moved on twice at once, and once more at a
@@ -335,6 +352,7 @@ async fn writes_at_once(store: &Store) {
         assert_eq!(record.ssh_public_key, None);
     }
     assert!(store.cpu_claims(None).await.expect("the ledger").is_empty());
+    assert_eq!(used(store).await, (0, 0), "each unit uncounted once");
 
     // A claim that counts nothing is not made for a project with a limit
     // of its own, alone or with others; the others' are.
