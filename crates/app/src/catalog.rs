@@ -61,6 +61,35 @@ impl App {
         Ok(())
     }
 
+    /// A native `spec.location`: a region or zone of a server here that is
+    /// not retired, or a location of the catalog. One that names none is
+    /// refused, as a cloud refuses an availability zone it does not have,
+    /// rather than recorded to fail later for want of a host.
+    pub(crate) async fn check_fleet_location(
+        &self,
+        field: &'static str,
+        location: &str,
+    ) -> Result<()> {
+        let in_view = self.placement.with_engine(|engine| {
+            engine
+                .hosts()
+                .any(|host| host.region == location || host.zone == location)
+        });
+        if in_view
+            || self.catalog.location(location).is_some()
+            || self.store.location_in_use(location).await?
+        {
+            return Ok(());
+        }
+        Err(Error::invalid(
+            field,
+            format!(
+                "unknown {field} {:?}: no server here is in a region or zone of that name",
+                location.escape_debug().to_string()
+            ),
+        ))
+    }
+
     /// Whether an instance of `type_name` could be placed now, in
     /// `location` or anywhere. A type the catalog does not have is not
     /// available (as Verda answers), not an error.

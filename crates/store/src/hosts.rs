@@ -197,6 +197,20 @@ impl Store {
     /// The host named `hostname` in any case (host names are DNS names),
     /// the one spelt so first: the host a new registration of that name
     /// meets.
+    /// Whether a host that is not retired is in region or zone
+    /// `location`.
+    pub async fn location_in_use(&self, location: &str) -> Result<bool> {
+        let rows = self
+            .fetch_rows(
+                "SELECT 1 FROM hosts WHERE (region = $1 OR zone = $1) \
+                 AND status <> 'DECOMMISSIONED'",
+                &[location.into()],
+                Some(1),
+            )
+            .await?;
+        Ok(!rows.is_empty())
+    }
+
     pub async fn host_named_in_any_case(&self, hostname: &str) -> Result<Option<HostRecord>> {
         let sql = format!(
             "SELECT {HOST_COLUMNS} FROM hosts WHERE lower(hostname) = lower($1) \

@@ -138,6 +138,9 @@ impl App {
     ) -> Result<Instance> {
         caller.require(Permission::InstanceCreate)?;
         validate(&self.catalog, &mut req)?;
+        if let Some(location) = &req.spec.location {
+            self.check_fleet_location("spec.location", location).await?;
+        }
         let tags = crate::tags::check_tags("tags", &req.tags)?;
         for key in &req.spec.ssh_key_ids {
             if self.project_ssh_key(&caller.project_id, key).await.is_err() {

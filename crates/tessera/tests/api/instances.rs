@@ -602,8 +602,25 @@ async fn a_creation_without_room_fails_and_holds_nothing(backend: Backend) {
         assert_eq!(deleted["status"]["state"], "terminated");
         assert_eq!(deleted["operation_id"], Value::Null);
     }
-    // A location nobody has.
+    // A location no server is in is refused at once, and nothing is
+    // recorded.
     let body = json!({"metadata": {"name": "far"}, "spec": {"type": "cx11", "image": "ubuntu-22.04", "location": "mars-01"}});
+    let (status, refused) = server.post("/v1/instances", &body).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{refused}");
+    assert_eq!(refused["error"], "INVALID_REQUEST");
+    assert!(
+        refused["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("spec.location") && m.contains("mars-01")),
+        "{refused}"
+    );
+    let listed = server.get_ok("/v1/instances?state=terminated").await;
+    assert!(
+        !listed.to_string().contains("\"far\""),
+        "nothing recorded: {listed}"
+    );
+    // A server's zone without room: recorded, and failed for want of a host.
+    let body = json!({"metadata": {"name": "near"}, "spec": {"type": "cx51", "image": "ubuntu-22.04", "location": "fin-01"}});
     let (_, created) = server.post("/v1/instances", &body).await;
     let op = server
         .wait_operation(created["operation_id"].as_str().expect("op"), TOKEN)
