@@ -458,7 +458,11 @@ impl App {
                 }
                 if self
                     .store
-                    .release_unit(&unit.compute_id, unit.generation)
+                    .release_unit(
+                        &unit.compute_id,
+                        unit.generation,
+                        unit.project_id.as_deref(),
+                    )
                     .await
                     .map_err(|e| e.to_string())?
                 {

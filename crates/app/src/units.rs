@@ -428,7 +428,11 @@ impl App {
         };
         match outcome {
             Ok(()) => {
-                if self.store.release_unit(compute_id, unit.generation).await? {
+                if self
+                    .store
+                    .release_unit(compute_id, unit.generation, unit.project_id.as_deref())
+                    .await?
+                {
                     let spec = unit_spec(unit)?;
                     self.placement
                         .release_unit(&host, &spec.compute_id, spec.cpus);

@@ -105,21 +105,23 @@ async fn gather<B: Batch>(batch: Arc<B>, pool: PgPool, mut queue: mpsc::Receiver
     }
 }
 
-/// Runs a group of calls: together while it holds `slot`, then, if that
-/// failed, one by one without it, so that calls that have to wait (on a
-/// lock, for a connection) hold up only themselves.
+/// Runs a group of calls while it holds `slot`: a lone call as it runs
+/// alone, several together. Those of a group that failed then run one by
+/// one without the slot, so that calls that have to wait (on a lock, for a
+/// connection) hold up only themselves.
 async fn run<B: Batch>(
     batch: &Arc<B>,
     pool: &PgPool,
-    group: Vec<Call<B>>,
+    mut group: Vec<Call<B>>,
     slot: OwnedSemaphorePermit,
 ) {
-    let group = match group.len() {
-        1 => group,
-        _ => match together(batch, pool, group).await {
-            Some(group) => group,
-            None => return,
-        },
+    if group.len() == 1 {
+        let call = group.remove(0);
+        let _ = call.reply.send(batch.one(call.input).await);
+        return;
+    }
+    let Some(group) = together(batch, pool, group).await else {
+        return;
     };
     drop(slot);
     futures::future::join_all(group.into_iter().map(|call| {

@@ -323,18 +323,18 @@ async fn writes_at_once(store: &Store) {
     );
     let mut releases = Vec::new();
     for (unit, generation) in &releasing {
-        releases.push((unit.clone(), *generation));
-        releases.push((unit.clone(), *generation));
-        releases.push((unit.clone(), generation - 1));
+        let record = store.unit(unit).await.expect("read").expect("the unit");
+        let project = record.project_id;
+        releases.push((unit.clone(), *generation, project.clone()));
+        releases.push((unit.clone(), *generation, project.clone()));
+        releases.push((unit.clone(), generation - 1, project));
     }
-    let freed = join_all(
-        releases
-            .iter()
-            .map(|(unit, generation)| store.release_unit(unit, *generation)),
-    )
+    let freed = join_all(releases.iter().map(|(unit, generation, project)| {
+        store.release_unit(unit, *generation, project.as_deref())
+    }))
     .await;
     let mut released = HashSet::new();
-    for ((unit, _), answer) in releases.iter().zip(freed) {
+    for ((unit, _, _), answer) in releases.iter().zip(freed) {
         if answer.expect("a release answers") {
             assert!(released.insert(unit.clone()), "{unit} released twice");
         }
