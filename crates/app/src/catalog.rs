@@ -81,10 +81,26 @@ impl App {
         {
             return Ok(());
         }
+        let mut known: Vec<String> = self.placement.with_engine(|engine| {
+            engine
+                .hosts()
+                .flat_map(|host| [host.region.clone(), host.zone.clone()])
+                .collect::<std::collections::BTreeSet<_>>()
+                .into_iter()
+                .filter(|name| !name.is_empty())
+                .collect()
+        });
+        let more = known.len() > 20;
+        known.truncate(20);
+        let known = match known.is_empty() {
+            true => "none yet".to_string(),
+            false => format!("{}{}", known.join(", "), if more { ", ..." } else { "" }),
+        };
         Err(Error::invalid(
             field,
             format!(
-                "unknown {field} {:?}: no server here is in a region or zone of that name",
+                "unknown {field} {:?}: no server here is in a region or zone of that name \
+                 (names are exact; servers here are in: {known})",
                 location.escape_debug().to_string()
             ),
         ))

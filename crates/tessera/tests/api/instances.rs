@@ -611,7 +611,10 @@ async fn a_creation_without_room_fails_and_holds_nothing(backend: Backend) {
     assert!(
         refused["message"]
             .as_str()
-            .is_some_and(|m| m.contains("spec.location") && m.contains("mars-01")),
+            .is_some_and(|m| m.contains("spec.location")
+                && m.contains("mars-01")
+                && m.contains("servers here are in: ")
+                && m.contains("fin-01")),
         "{refused}"
     );
     let listed = server.get_ok("/v1/instances?state=terminated").await;
