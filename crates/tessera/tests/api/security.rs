@@ -840,12 +840,16 @@ async fn nothing_made_with_a_scoped_token_does_more_than_its_scopes(backend: Bac
             &short_client,
         )
         .await;
-    // Within the few seconds a verified credential is trusted.
+    // Within the few seconds a verified credential is trusted: the token,
+    // and on its own clock the access token made with its credential.
     eventually(Duration::from_secs(20), "the token expired", || async {
         let (status, _) = server
             .call(Method::GET, "/v1/instances", None, &short)
             .await;
-        (status == StatusCode::UNAUTHORIZED).then_some(())
+        let (access, _) = server
+            .request(Method::GET, "/verda/v1/scripts", None, Some(&short_access))
+            .await;
+        (status == StatusCode::UNAUTHORIZED && access == StatusCode::UNAUTHORIZED).then_some(())
     })
     .await;
     let (status, reply) = server
