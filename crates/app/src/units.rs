@@ -231,17 +231,22 @@ impl App {
                     .await?;
                 return Err(Error::QuotaExceeded(exceeded));
             }
+            // Refused because the project has limits of its own (the unit
+            // is still free, as the view says): checked from now on, and
+            // over them, the allocation is refused here.
+            if matches!(claimed, Ok(None))
+                && !limited
+                && !bound_by_default
+                && self.check_quota_now(&quota).await?
+            {
+                limited = true;
+                continue;
+            }
             // Lost a race, or the store failed: the view is wrong about this host.
             self.placement
                 .refresh_host(&self.store, decision.host.as_str())
                 .await?;
             claimed?;
-            // Or the project has limits of its own: checked from now on
-            // (over them, the allocation is refused here).
-            if !limited && !bound_by_default && self.check_quota_now(&quota).await? {
-                limited = true;
-                continue;
-            }
             attempts += 1;
             if attempts >= MAX_CLAIM_ATTEMPTS {
                 return Err(Error::Unavailable(
