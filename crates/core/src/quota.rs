@@ -16,6 +16,17 @@ pub struct Usage {
 }
 
 impl Usage {
+    /// Limits that limit nothing.
+    pub const UNLIMITED: Usage = Usage {
+        instances: -1,
+        vcpus: -1,
+        memory_mb: -1,
+        volumes: -1,
+        volume_gb: -1,
+        containers: -1,
+        ssh_keys: -1,
+    };
+
     /// `(name, value)` of each resource.
     pub fn items(&self) -> [(&'static str, i64); 7] {
         [

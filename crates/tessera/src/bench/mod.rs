@@ -75,15 +75,7 @@ pub(crate) fn bench_settings(
         sim: sim.then(Default::default),
         agent_timeout: std::time::Duration::from_secs(30),
         admin_token: Some(format!("bench-{token}")),
-        quota_defaults: tessera_store::Usage {
-            instances: -1,
-            vcpus: -1,
-            memory_mb: -1,
-            volumes: -1,
-            volume_gb: -1,
-            containers: -1,
-            ssh_keys: -1,
-        },
+        quota_defaults: tessera_store::Usage::UNLIMITED,
         ..crate::settings::Settings::with_defaults(dir.to_path_buf(), database_url)
     })
 }

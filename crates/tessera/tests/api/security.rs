@@ -2212,19 +2212,10 @@ async fn a_body_past_the_limit_is_a_413_in_each_faces_format(backend: Backend) {
 /// claim, a limit lifted (-1) frees it again, and a project over its
 /// limit takes no unit.
 async fn a_limit_set_binds_the_next_unit_without_defaults(backend: Backend) {
-    let unlimited = tessera_store::Usage {
-        instances: -1,
-        vcpus: -1,
-        memory_mb: -1,
-        volumes: -1,
-        volume_gb: -1,
-        containers: -1,
-        ssh_keys: -1,
-    };
     let server = TestServer::start_with(
         backend,
         Options {
-            quota_defaults: unlimited,
+            quota_defaults: tessera_store::Usage::UNLIMITED,
             ..Options::default()
         },
     )
