@@ -673,6 +673,27 @@ impl UnitBatches {
     }
 }
 
+/// Runs a batch statement: `$1` the calls' inputs as a JSON list, each
+/// numbered `n` by its place in it, `$2` now.
+async fn fetch_many(
+    conn: &mut Conn<'_>,
+    sql: &str,
+    inputs: impl Iterator<Item = serde_json::Value>,
+) -> std::result::Result<Vec<AnyRow>, DbError> {
+    let input: Vec<serde_json::Value> = inputs
+        .enumerate()
+        .map(|(n, mut input)| {
+            input["n"] = n.into();
+            input
+        })
+        .collect();
+    let args = [
+        serde_json::Value::from(input).to_string().into(),
+        now().into(),
+    ];
+    conn.fetch_rows(sql, &args).await
+}
+
 /// Each call's answer from rows of `(n, value)`, `n` the call's index;
 /// `None` for the calls no row answers.
 fn answers_by_index<T>(
@@ -766,33 +787,23 @@ impl Batch for ClaimBatch {
         claims: &'c [Arc<OwnedClaim>],
     ) -> BoxFuture<'c, std::result::Result<Vec<Option<AnyRow>>, DbError>> {
         Box::pin(async move {
-            let input: Vec<serde_json::Value> = claims
-                .iter()
-                .enumerate()
-                .map(|(n, claim)| {
-                    let cpus: Vec<String> = claim.cpus.iter().map(u32::to_string).collect();
-                    serde_json::json!({
-                        "n": n,
-                        "compute_id": claim.compute_id,
-                        "host_id": claim.host_id,
-                        "ssh_public_key": claim.ssh_public_key,
-                        "tags": claim.tags,
-                        "deployment_id": claim.deployment_id,
-                        "deadline": claim.deadline,
-                        "project_id": claim.project_id,
-                        "holder": holder(&claim.compute_id),
-                        "cpus": cpus.join(","),
-                    })
+            let inputs = claims.iter().map(|claim| {
+                let cpus: Vec<String> = claim.cpus.iter().map(u32::to_string).collect();
+                serde_json::json!({
+                    "compute_id": claim.compute_id,
+                    "host_id": claim.host_id,
+                    "ssh_public_key": claim.ssh_public_key,
+                    "tags": claim.tags,
+                    "deployment_id": claim.deployment_id,
+                    "deadline": claim.deadline,
+                    "project_id": claim.project_id,
+                    "holder": holder(&claim.compute_id),
+                    "cpus": cpus.join(","),
                 })
-                .collect();
-            let args = [
-                serde_json::Value::from(input).to_string().into(),
-                now().into(),
-            ];
+            });
             let several = claims.iter().any(|c| c.project_id != claims[0].project_id);
-            let rows = conn
-                .fetch_rows(&CLAIM_MANY[usize::from(several)], &args)
-                .await?;
+            let sql = &CLAIM_MANY[usize::from(several)];
+            let rows = fetch_many(&mut conn, sql, inputs).await?;
             answers_by_index(rows, claims.len(), Ok)
         })
     }
@@ -827,26 +838,17 @@ impl Batch for StepBatch {
         steps: &'c [Arc<UnitStep>],
     ) -> BoxFuture<'c, std::result::Result<Vec<Option<i64>>, DbError>> {
         Box::pin(async move {
-            let input: Vec<serde_json::Value> = steps
-                .iter()
-                .enumerate()
-                .map(|(n, step)| {
-                    serde_json::json!({
-                        "n": n,
-                        "compute_id": step.compute_id,
-                        "generation": step.generation,
-                        "from_statuses": step.from.join(","),
-                        "status": step.to,
-                        "detail": step.detail,
-                        "deadline": step.deadline,
-                    })
+            let inputs = steps.iter().map(|step| {
+                serde_json::json!({
+                    "compute_id": step.compute_id,
+                    "generation": step.generation,
+                    "from_statuses": step.from.join(","),
+                    "status": step.to,
+                    "detail": step.detail,
+                    "deadline": step.deadline,
                 })
-                .collect();
-            let args = [
-                serde_json::Value::from(input).to_string().into(),
-                now().into(),
-            ];
-            let rows = conn.fetch_rows(STEP_MANY, &args).await?;
+            });
+            let rows = fetch_many(&mut conn, STEP_MANY, inputs).await?;
             answers_by_index(rows, steps.len(), |row| row.try_get("generation"))
         })
     }
@@ -905,28 +907,18 @@ impl Batch for ReleaseBatch {
         releases: &'c [Arc<UnitRelease>],
     ) -> BoxFuture<'c, std::result::Result<Vec<bool>, DbError>> {
         Box::pin(async move {
-            let input: Vec<serde_json::Value> = releases
-                .iter()
-                .enumerate()
-                .map(|(n, release)| {
-                    serde_json::json!({
-                        "n": n,
-                        "compute_id": release.compute_id,
-                        "generation": release.generation,
-                        "holder": holder(&release.compute_id),
-                    })
+            let inputs = releases.iter().map(|release| {
+                serde_json::json!({
+                    "compute_id": release.compute_id,
+                    "generation": release.generation,
+                    "holder": holder(&release.compute_id),
                 })
-                .collect();
-            let args = [
-                serde_json::Value::from(input).to_string().into(),
-                now().into(),
-            ];
+            });
             let several = releases
                 .iter()
                 .any(|r| r.project_id.is_none() || r.project_id != releases[0].project_id);
-            let rows = conn
-                .fetch_rows(&RELEASE_MANY[usize::from(several)], &args)
-                .await?;
+            let sql = &RELEASE_MANY[usize::from(several)];
+            let rows = fetch_many(&mut conn, sql, inputs).await?;
             let freed = answers_by_index(rows, releases.len(), |_| Ok(()))?;
             Ok(freed.into_iter().map(|f| f.is_some()).collect())
         })
