@@ -988,12 +988,28 @@ async fn async_requests_of_a_stopped_process_are_taken_over(backend: Backend) {
     assert_eq!(status, StatusCode::CREATED, "{created}");
     let asked = json!({"method": "POST", "path": "/predict?x=1",
                        "headers": [["content-type", "application/json"]], "body": "e30="});
-    let mut d = None;
-    for (id, owner) in [("req-gone", "process-gone"), ("req-alive", "process-alive")] {
-        d = Some(plant_request(&server, "orphans", (id, owner, "Inference"), asked.clone()).await);
-    }
-    let d = d.expect("planted");
     let store = server.running.app.store();
+    let d = plant_request(
+        &server,
+        "orphans",
+        ("req-gone", "process-gone", "Inference"),
+        asked.clone(),
+    )
+    .await;
+    // The live process has reported before its request is there: a
+    // recovery pass between the two would rightly take an unreported
+    // process's request over.
+    store
+        .report_deployment_load(&d.id, "process-alive", (0, 1), &[], tessera_store::now_ms())
+        .await
+        .expect("report");
+    plant_request(
+        &server,
+        "orphans",
+        ("req-alive", "process-alive", "Inference"),
+        asked,
+    )
+    .await;
     // The live process reports its front door's load; the other does not.
     let reporting = async {
         loop {
