@@ -315,6 +315,18 @@ impl App {
             UnitReach::SeeEvery(project) => (Some(project), true),
             UnitReach::Own(project) => (Some(project), false),
         };
+        // The usual case in one write: an ALLOCATED unit the caller may
+        // deallocate moves to DEALLOCATING. Any other finds it unmoved and
+        // looks at it: to say why not, or to begin from another state. (An
+        // id with a NUL names no unit, and PostgreSQL refuses it.)
+        if !has_nul(compute_id)
+            && let Some(unit) = self
+                .store
+                .begin_unit_release(compute_id, project, &self.deadline())
+                .await?
+        {
+            return self.release(&unit).await;
+        }
         let unit = self.unit_or_404(compute_id).await?;
         // Not allocated: nothing to do, for anyone, so a retried deallocate
         // is safe for the tenant whose unit it was (FREE is no one's).

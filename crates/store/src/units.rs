@@ -288,6 +288,30 @@ impl Store {
         }
     }
 
+    /// Begins a deallocation in one write: an ALLOCATED unit no instance
+    /// holds (and `project_id`'s, when given) moves to DEALLOCATING with
+    /// `deadline`, its CPUs still held. Answers the unit as moved, whose
+    /// generation fences the release, or `None`, changing nothing, when
+    /// the unit is in any other state: the caller then looks at it to say
+    /// why, or to begin from another state.
+    pub async fn begin_unit_release(
+        &self,
+        compute_id: &str,
+        project_id: Option<&str>,
+        deadline: &str,
+    ) -> Result<Option<UnitRecord>> {
+        let start = Arc::new(ReleaseStart {
+            compute_id: compute_id.to_string(),
+            project_id: project_id.map(str::to_string),
+            deadline: deadline.to_string(),
+        });
+        let row = match &self.unit_batches {
+            Some(batches) => batches.begin_release.call(start).await,
+            None => write_release_start(&self.write, start).await,
+        }?;
+        row.as_ref().map(unit_from_row).transpose()
+    }
+
     /// Every held CPU as `(host id, cpu)`, or only `host_id`'s.
     /// Each shared CPU of one host (or all): `(host, cpu, thousandths held)`.
     pub async fn cpu_shares(&self, host_id: Option<&str>) -> Result<Vec<(String, u32, u32)>> {
@@ -628,6 +652,67 @@ async fn write_step(writer: &Writer, step: Arc<UnitStep>) -> Result<Option<i64>>
         .await
 }
 
+/// An ALLOCATED unit moving to DEALLOCATING ([`Store::begin_unit_release`]).
+pub(crate) struct ReleaseStart {
+    compute_id: String,
+    /// Only this project's unit (`None`: anyone's).
+    project_id: Option<String>,
+    deadline: String,
+}
+
+/// The guard of [`Store::begin_unit_release`], `u` the unit, `project` the
+/// caller's project or NULL.
+fn release_start_guard(project: &str) -> String {
+    format!(
+        "u.status = 'ALLOCATED' AND u.instance_id IS NULL \
+         AND ({project} IS NULL OR u.project_id = {project})"
+    )
+}
+
+async fn write_release_start(writer: &Writer, start: Arc<ReleaseStart>) -> Result<Option<AnyRow>> {
+    writer
+        .write("begin_unit_release", Shape::OneStatement, move |mut conn| {
+            let start = start.clone();
+            Box::pin(async move {
+                let args: Vec<Arg> = vec![
+                    now().as_str().into(),
+                    start.compute_id.as_str().into(),
+                    start.project_id.as_deref().into(),
+                    start.deadline.as_str().into(),
+                ];
+                let moved = format!(
+                    "UPDATE compute_units AS u SET status = 'DEALLOCATING', status_detail = NULL, \
+                     deadline = $4, updated_at = $1, generation = u.generation + 1 \
+                     WHERE u.compute_id = $2 AND {}",
+                    release_start_guard("CAST($3 AS TEXT)")
+                );
+                if conn.is_postgres() {
+                    let sql = format!(
+                        "WITH moved AS ({moved} RETURNING u.*) \
+                         SELECT moved.*, h.hostname, h.ip, h.region, h.zone FROM moved \
+                         JOIN hosts h ON h.id = moved.host_id"
+                    );
+                    let rows = conn.fetch_rows(&sql, &args).await?;
+                    return Ok(Commit::Keep(rows.into_iter().next()));
+                }
+                // SQLite's RETURNING names no other table: the unit is read
+                // back in the same transaction (one writer).
+                let Some(generation) = conn
+                    .fetch_int(&format!("{moved} RETURNING generation"), &args)
+                    .await?
+                else {
+                    return Ok(Commit::Keep(None));
+                };
+                let sql = format!("{UNIT_SELECT} WHERE u.compute_id = $1 AND u.generation = $2");
+                let rows = conn
+                    .fetch_rows(&sql, &[start.compute_id.as_str().into(), generation.into()])
+                    .await?;
+                Ok(Commit::Keep(rows.into_iter().next()))
+            })
+        })
+        .await
+}
+
 /// A DEALLOCATING unit going back to the pool ([`Store::release_unit`]).
 pub(crate) struct UnitRelease {
     compute_id: String,
@@ -659,6 +744,7 @@ async fn write_release(writer: &Writer, release: Arc<UnitRelease>) -> Result<boo
 pub(crate) struct UnitBatches {
     claim: Batcher<ClaimBatch>,
     transition: Batcher<StepBatch>,
+    begin_release: Batcher<ReleaseStartBatch>,
     release: Batcher<ReleaseBatch>,
 }
 
@@ -668,6 +754,7 @@ impl UnitBatches {
         UnitBatches {
             claim: Batcher::start(ClaimBatch(writer.clone()), pool.clone()),
             transition: Batcher::start(StepBatch(writer.clone()), pool.clone()),
+            begin_release: Batcher::start(ReleaseStartBatch(writer.clone()), pool.clone()),
             release: Batcher::start(ReleaseBatch(writer), pool.clone()),
         }
     }
@@ -850,6 +937,52 @@ impl Batch for StepBatch {
             });
             let rows = fetch_many(&mut conn, STEP_MANY, inputs).await?;
             answers_by_index(rows, steps.len(), |row| row.try_get("generation"))
+        })
+    }
+}
+
+/// Deallocations beginning (see [`write_release_start`]).
+struct ReleaseStartBatch(Writer);
+
+/// [`write_release_start`]'s statement for many units.
+static RELEASE_START_MANY: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "WITH input AS (SELECT * FROM json_to_recordset(CAST($1 AS json)) \
+           AS i (n BIGINT, compute_id TEXT, project_id TEXT, deadline TEXT)), \
+         moved AS (UPDATE compute_units u SET status = 'DEALLOCATING', status_detail = NULL, \
+           deadline = i.deadline, updated_at = $2, generation = u.generation + 1 \
+           FROM input i WHERE u.compute_id = i.compute_id AND {} RETURNING i.n, u.*) \
+         SELECT moved.*, h.hostname, h.ip, h.region, h.zone FROM moved \
+           JOIN hosts h ON h.id = moved.host_id",
+        release_start_guard("i.project_id")
+    )
+});
+
+impl Batch for ReleaseStartBatch {
+    type Input = ReleaseStart;
+    type Answer = Option<AnyRow>;
+    const WHAT: &'static str = "begin_unit_release";
+
+    fn one(&self, start: Arc<ReleaseStart>) -> BoxFuture<'static, Result<Option<AnyRow>>> {
+        let writer = self.0.clone();
+        Box::pin(async move { write_release_start(&writer, start).await })
+    }
+
+    fn many<'c>(
+        &'c self,
+        mut conn: Conn<'c>,
+        starts: &'c [Arc<ReleaseStart>],
+    ) -> BoxFuture<'c, std::result::Result<Vec<Option<AnyRow>>, DbError>> {
+        Box::pin(async move {
+            let inputs = starts.iter().map(|start| {
+                serde_json::json!({
+                    "compute_id": start.compute_id,
+                    "project_id": start.project_id,
+                    "deadline": start.deadline,
+                })
+            });
+            let rows = fetch_many(&mut conn, &RELEASE_START_MANY, inputs).await?;
+            answers_by_index(rows, starts.len(), Ok)
         })
     }
 }

@@ -222,6 +222,20 @@ async fn writes_at_once(store: &Store) {
     assert_eq!(used(store).await, (units, units), "each unit counted once");
     assert_eq!(ledger.iter().collect::<HashSet<_>>().len(), ledger.len());
 
+    // A deallocation does not begin in one write while a unit is being
+    // allocated.
+    let begun = join_all(
+        won.iter()
+            .map(|(unit, _)| store.begin_unit_release(unit, None, "2100-01-01T00:00:00Z")),
+    )
+    .await;
+    for ((unit, _), answer) in won.iter().zip(begun) {
+        assert!(
+            answer.expect("a start answers").is_none(),
+            "{unit} began its release while ALLOCATING"
+        );
+    }
+
     // Each ALLOCATING unit moved on twice at once, and once more at a
     // generation it no longer has: one move each.
     let mut steps = Vec::new();
@@ -274,7 +288,51 @@ async fn writes_at_once(store: &Store) {
         );
     }
 
-    // From ALLOCATED to DEALLOCATING, with a `from` it is not in as well.
+    // Half of the units begin their deallocation in one write: asked for
+    // another project, none does; asked for their own and for anyone, at
+    // once, each begins once.
+    let (starting, allocated) = allocated.split_at(allocated.len() / 2);
+    let mut owners = Vec::new();
+    for (unit, _) in starting {
+        let record = store.unit(unit).await.expect("read").expect("the unit");
+        owners.push(record.project_id.expect("held"));
+    }
+    let others = join_all(starting.iter().zip(&owners).map(|((unit, _), owner)| {
+        let other = PROJECTS.iter().find(|p| **p != owner).expect("another");
+        store.begin_unit_release(unit, Some(other), "2100-01-01T00:00:00Z")
+    }))
+    .await;
+    for ((unit, _), answer) in starting.iter().zip(others) {
+        assert!(
+            answer.expect("a start answers").is_none(),
+            "{unit} began its release for another project"
+        );
+    }
+    let begun = join_all(starting.iter().zip(&owners).flat_map(|((unit, _), owner)| {
+        [Some(owner.as_str()), None]
+            .map(|project| store.begin_unit_release(unit, project, "2100-01-01T00:00:00Z"))
+    }))
+    .await;
+    let mut releasing: Vec<(String, i64)> = Vec::new();
+    for (i, answer) in begun.into_iter().enumerate() {
+        let (unit, generation) = &starting[i / 2];
+        if let Some(moved) = answer.expect("a start answers") {
+            assert_eq!(&moved.compute_id, unit);
+            assert_eq!(moved.status, UnitStatus::Deallocating);
+            assert_eq!(moved.generation, generation + 1);
+            assert_eq!(moved.hostname, moved.host_id["id-".len()..]);
+            assert_eq!(moved.deadline.as_deref(), Some("2100-01-01T00:00:00Z"));
+            assert!(
+                !releasing.iter().any(|(r, _)| r == unit),
+                "{unit} began its release twice"
+            );
+            releasing.push((unit.clone(), moved.generation));
+        }
+    }
+    assert_eq!(releasing.len(), starting.len());
+
+    // The others from ALLOCATED to DEALLOCATING, with a `from` they are
+    // not in as well.
     let moved = join_all(allocated.iter().flat_map(|(unit, generation)| {
         [
             store.transition_unit(
@@ -296,7 +354,6 @@ async fn writes_at_once(store: &Store) {
         ]
     }))
     .await;
-    let mut releasing: Vec<(String, i64)> = Vec::new();
     for (i, answer) in moved.into_iter().enumerate() {
         let (unit, generation) = &allocated[i / 2];
         match (i % 2, answer.expect("a move answers")) {
