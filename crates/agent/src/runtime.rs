@@ -61,6 +61,13 @@ pub struct AgentOptions {
     pub http: Option<reqwest::Client>,
 }
 
+/// Why an agent stopped for good: the control plane refused its
+/// credential (its host was retired, or the credential replaced). Running
+/// again needs a new join token.
+#[derive(Debug, thiserror::Error)]
+#[error("the control plane no longer accepts this agent: {0}")]
+pub struct Rejected(pub String);
+
 /// What the agent keeps between runs.
 #[derive(Serialize, Deserialize)]
 struct Credential {
@@ -393,7 +400,7 @@ async fn heartbeats(
             Ok(_) => {}
             Err(CallError::Rejected(why)) => {
                 stop.cancel();
-                bail!("the control plane no longer accepts this agent: {why}");
+                return Err(Rejected(why).into());
             }
             Err(CallError::Retry(why)) => {
                 if !failing {
@@ -434,9 +441,7 @@ async fn reconcile(
                 page
             }
             Ok(None) => continue,
-            Err(CallError::Rejected(why)) => {
-                bail!("the control plane no longer accepts this agent: {why}")
-            }
+            Err(CallError::Rejected(why)) => return Err(Rejected(why).into()),
             Err(CallError::Retry(why)) => {
                 tracing::warn!(error = %why, "reading the desired state failed; retrying");
                 tokio::select! {

@@ -255,6 +255,22 @@ pub async fn run(args: UpArgs) -> Result<()> {
         _ = server::stop_signal() => None,
         ended = &mut agent_task => Some(ended),
     };
+    // The local host retired (`decommission_server`, `DELETE
+    // /v1/servers/{id}`): the agent is refused, and stops, but the cloud
+    // goes on for its other hosts until asked to stop.
+    if let Some(Ok(Err(err))) = &agent_ended
+        && let Some(rejected) = err.downcast_ref::<tessera_agent::runtime::Rejected>()
+    {
+        tracing::warn!(
+            hostname,
+            why = %rejected.0,
+            "the local host no longer has an agent (retired?); the control plane keeps \
+             running; start `tessera up` again to add this machine back"
+        );
+        server::stop_signal().await;
+        stop.cancel();
+        return running.shutdown().await;
+    }
     stop.cancel();
     let agent_result = match agent_ended {
         Some(ended) => ended,

@@ -103,9 +103,19 @@ impl App {
                 req.hostname, req.hostname
             )));
         }
+        // A retired host comes back only as an admin says: registered again
+        // (then `existing` is that new registration), or, for `tessera up`'s
+        // own machine, with the join token it makes naming it (the API makes
+        // none for a retired host): registered again from what its agent
+        // reports, as `up` starting again means.
+        let returning = existing.as_ref().is_some_and(|host| {
+            host.status == HostStatus::Decommissioned
+                && token.replaces.as_deref() == Some(host.hostname.as_str())
+                && req.driver != "unit"
+        });
         let new_host = match &existing {
             Some(host) if host.status != HostStatus::Decommissioned => None,
-            Some(host) => {
+            Some(host) if !returning => {
                 return Err(Error::Conflict(format!(
                     "server {} was decommissioned; register it again (POST /v1/servers/create \
                      or Kloigos init_server) before its agent rejoins",
@@ -115,7 +125,7 @@ impl App {
             // A units-only host serves the Kloigos partition an operator
             // registers for it (`init_server`), and nothing before that.
             None if req.driver == "unit" => None,
-            None => {
+            _ => {
                 let numa_nodes = req
                     .inventory
                     .numa_nodes

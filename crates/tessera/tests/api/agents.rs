@@ -494,6 +494,56 @@ async fn a_server_whose_agent_died_leaves_and_the_agent_is_shut_out(backend: Bac
         "{forced}"
     );
     assert_eq!(desired().await, StatusCode::UNAUTHORIZED);
+
+    // Retired, it does not come back with any join token (nor may the API
+    // make one to replace its agent), but with the one `tessera up` makes
+    // for its own machine when started again.
+    let plain = join_token(&server.url).await;
+    let refused = AgentProcess::start(
+        &server.url,
+        Some(&plain),
+        "gone-1",
+        &dir.path().join("gone-1-plain"),
+        "sim",
+        &[],
+    );
+    let (status, log) = refused.wait_exit(Duration::from_secs(20));
+    assert!(!status.success());
+    assert!(log.contains("was decommissioned"), "{log}");
+    assert_eq!(
+        server_status(&server, "gone-1").await.as_deref(),
+        Some("decommissioned")
+    );
+    let (status, made) = server
+        .call(
+            Method::POST,
+            "/v1/servers/join-tokens",
+            Some(&json!({"replaces": "gone-1"})),
+            TOKEN,
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{made}");
+    let up_token = server
+        .running
+        .app
+        .local_join_token("gone-1")
+        .await
+        .expect("a join token");
+    let back = running_agent(&server, &up_token, "gone-1", &state, &[]).await;
+    let (status, instance) = server
+        .call(
+            Method::POST,
+            "/v1/instances",
+            Some(&json!({"metadata": {"name": "back"},
+                         "spec": {"type": "cx11", "image": "ubuntu-22.04"}})),
+            TOKEN,
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{instance}");
+    let op = instance["operation_id"].as_str().expect("operation");
+    let done = server.wait_operation(op, TOKEN).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    drop(back);
     server.stop().await;
 }
 
