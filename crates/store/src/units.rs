@@ -670,8 +670,14 @@ fn release_start_guard(project: &str) -> String {
 }
 
 async fn write_release_start(writer: &Writer, start: Arc<ReleaseStart>) -> Result<Option<AnyRow>> {
+    // One statement on PostgreSQL; on SQLite the move and the read back,
+    // in a savepoint of their own.
+    let shape = match writer {
+        Writer::Postgres(_) => Shape::OneStatement,
+        Writer::Sqlite(_) => Shape::Statements,
+    };
     writer
-        .write("begin_unit_release", Shape::OneStatement, move |mut conn| {
+        .write("begin_unit_release", shape, move |mut conn| {
             let start = start.clone();
             Box::pin(async move {
                 let args: Vec<Arg> = vec![

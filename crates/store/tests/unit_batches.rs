@@ -331,6 +331,19 @@ async fn writes_at_once(store: &Store) {
     }
     assert_eq!(releasing.len(), starting.len());
 
+    // Asked for anyone alone (an operator's deallocation), a unit begins
+    // too.
+    let (anyones, allocated) = allocated.split_at(2);
+    for (unit, generation) in anyones {
+        let moved = store
+            .begin_unit_release(unit, None, "2100-01-01T00:00:00Z")
+            .await
+            .expect("a start answers")
+            .unwrap_or_else(|| panic!("{unit} did not begin for anyone"));
+        assert_eq!(moved.generation, generation + 1);
+        releasing.push((unit.clone(), moved.generation));
+    }
+
     // The others from ALLOCATED to DEALLOCATING, with a `from` they are
     // not in as well.
     let moved = join_all(allocated.iter().flat_map(|(unit, generation)| {

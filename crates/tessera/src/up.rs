@@ -251,8 +251,11 @@ pub async fn run(args: UpArgs) -> Result<()> {
         running.url()
     );
     let mut agent_task = agent_task;
+    // One wait for the signal throughout: none is missed between two.
+    let stop_signal = server::stop_signal();
+    tokio::pin!(stop_signal);
     let agent_ended = tokio::select! {
-        _ = server::stop_signal() => None,
+        _ = &mut stop_signal => None,
         ended = &mut agent_task => Some(ended),
     };
     // The local host retired (`decommission_server`, `DELETE
@@ -267,7 +270,7 @@ pub async fn run(args: UpArgs) -> Result<()> {
             "the local host no longer has an agent (retired?); the control plane keeps \
              running; start `tessera up` again to add this machine back"
         );
-        server::stop_signal().await;
+        stop_signal.await;
         stop.cancel();
         return running.shutdown().await;
     }

@@ -105,12 +105,14 @@ impl App {
         }
         // A retired host comes back only as an admin says: registered again
         // (then `existing` is that new registration), or, for `tessera up`'s
-        // own machine, with the join token it makes naming it (the API makes
-        // none for a retired host): registered again from what its agent
+        // own machine, with the join token it makes naming it (no user made
+        // it; a token an admin made to replace the host's agent before it
+        // retired does not do): registered again from what its agent
         // reports, as `up` starting again means.
         let returning = existing.as_ref().is_some_and(|host| {
             host.status == HostStatus::Decommissioned
                 && token.replaces.as_deref() == Some(host.hostname.as_str())
+                && token.created_by.is_none()
                 && req.driver != "unit"
         });
         let new_host = match &existing {

@@ -476,6 +476,17 @@ async fn a_server_whose_agent_died_leaves_and_the_agent_is_shut_out(backend: Bac
         (server_status(&server, "gone-1").await.as_deref() == Some("unreachable")).then_some(())
     })
     .await;
+    // A token an admin makes to replace its agent, before it retires.
+    let (status, early) = server
+        .call(
+            Method::POST,
+            "/v1/servers/join-tokens",
+            Some(&json!({"replaces": "gone-1"})),
+            TOKEN,
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{early}");
+    let early = early["token"].as_str().expect("token").to_string();
     let delete = |path: &'static str| delete_server(&server, path);
     let refused = delete("/v1/servers/gone-1").await;
     assert_eq!(refused["status"], "failed", "{refused}");
@@ -495,21 +506,24 @@ async fn a_server_whose_agent_died_leaves_and_the_agent_is_shut_out(backend: Bac
     );
     assert_eq!(desired().await, StatusCode::UNAUTHORIZED);
 
-    // Retired, it does not come back with any join token (nor may the API
-    // make one to replace its agent), but with the one `tessera up` makes
-    // for its own machine when started again.
+    // Retired, it does not come back with any join token, not even one
+    // made to replace its agent before (nor may the API make one now), but
+    // with the one `tessera up` makes for its own machine when started
+    // again.
     let plain = join_token(&server.url).await;
-    let refused = AgentProcess::start(
-        &server.url,
-        Some(&plain),
-        "gone-1",
-        &dir.path().join("gone-1-plain"),
-        "sim",
-        &[],
-    );
-    let (status, log) = refused.wait_exit(Duration::from_secs(20));
-    assert!(!status.success());
-    assert!(log.contains("was decommissioned"), "{log}");
+    for (token, name) in [(plain.as_str(), "plain"), (early.as_str(), "early")] {
+        let refused = AgentProcess::start(
+            &server.url,
+            Some(token),
+            "gone-1",
+            &dir.path().join(format!("gone-1-{name}")),
+            "sim",
+            &[],
+        );
+        let (status, log) = refused.wait_exit(Duration::from_secs(20));
+        assert!(!status.success(), "{name}");
+        assert!(log.contains("was decommissioned"), "{name}: {log}");
+    }
     assert_eq!(
         server_status(&server, "gone-1").await.as_deref(),
         Some("decommissioned")
