@@ -91,6 +91,26 @@ fn usage_of(row: &[i64]) -> Usage {
     }
 }
 
+/// A row of [`LOCK_PROJECT_WITH_USAGE`]: the project's seven own limits
+/// (NULL: none set), then the seven counts of what it uses.
+fn limits_and_counts(row: &sqlx::any::AnyRow) -> std::result::Result<(LimitsRow, Usage), DbError> {
+    let column = |n: usize| sqlx::Row::try_get::<Option<i64>, _>(row, n);
+    let own = (
+        column(0)?,
+        column(1)?,
+        column(2)?,
+        column(3)?,
+        column(4)?,
+        column(5)?,
+        column(6)?,
+    );
+    let mut used = Vec::with_capacity(7);
+    for n in 7..14 {
+        used.push(column(n)?.unwrap_or(0));
+    }
+    Ok((own, usage_of(&used)))
+}
+
 /// Locks a project's row (on PostgreSQL) for a write that counts what the
 /// project has before adding to it. `NO KEY UPDATE`: the writes that count
 /// wait for one another, but not the rows that merely refer to the project
@@ -98,11 +118,11 @@ fn usage_of(row: &[i64]) -> Usage {
 /// rows go in while this one holds the lock.
 pub(crate) const LOCK_PROJECT: &str = "SELECT id FROM projects WHERE id = $1 FOR NO KEY UPDATE";
 
-/// [`LOCK_PROJECT`] answering the limits the project set for itself, in
-/// the same round trip.
-const LOCK_PROJECT_WITH_LIMITS: &str = "SELECT q.instances, q.vcpus, q.memory_mb, q.volumes, \
-     q.volume_gb, q.containers, q.ssh_keys FROM projects p \
-     LEFT JOIN project_quotas q ON q.project_id = p.id WHERE p.id = $1 FOR NO KEY UPDATE OF p";
+/// [`LOCK_PROJECT`] answering the limits the project set for itself and,
+/// read once the lock is held, what it uses, in the same round trip
+/// (PostgreSQL's migration 0042): the seven limits, then the seven
+/// counts; no row when there is no such project.
+const LOCK_PROJECT_WITH_USAGE: &str = "SELECT * FROM lock_project_usage($1)";
 
 /// The limits a project set for itself.
 const OWN_LIMITS: &str = "SELECT instances, vcpus, memory_mb, volumes, volume_gb, containers, \
@@ -135,10 +155,10 @@ fn overrides_of(row: Option<LimitsRow>) -> QuotaOverrides {
 
 /// The limits that apply to the check's project and, unless nothing the
 /// write adds is limited, what the project uses: read in the write's
-/// transaction. On PostgreSQL the statement that reads the limits locks
-/// the project, and the usage is read once the lock is held; on SQLite,
-/// whose one writer runs the checks one after the other, both are one
-/// statement.
+/// transaction. On PostgreSQL one call locks the project, then reads its
+/// limits and, once the lock is held, its usage (migration 0042); on
+/// SQLite, whose one writer runs the checks one after the other, both are
+/// one statement.
 async fn limits_and_usage(
     conn: &mut Conn<'_>,
     check: &QuotaCheck,
@@ -166,12 +186,14 @@ async fn limits_and_usage(
                 return Ok(None);
             }
         }
-        let rows = conn.fetch_rows(LOCK_PROJECT_WITH_LIMITS, &project).await?;
-        let own = rows
-            .first()
-            .map(<LimitsRow as sqlx::FromRow<'_, sqlx::any::AnyRow>>::from_row)
-            .transpose()?;
-        (own, None)
+        let rows = conn.fetch_rows(LOCK_PROJECT_WITH_USAGE, &project).await?;
+        match rows.first() {
+            Some(row) => {
+                let (own, used) = limits_and_counts(row)?;
+                (Some(own), Some(used))
+            }
+            None => (None, None),
+        }
     } else {
         let sql =
             format!("SELECT * FROM ({USAGE}) AS used LEFT JOIN ({OWN_LIMITS}) AS own ON 1 = 1");
