@@ -91,8 +91,8 @@ fn usage_of(row: &[i64]) -> Usage {
     }
 }
 
-/// A row of [`LOCK_PROJECT_WITH_USAGE`]: the project's seven own limits
-/// (NULL: none set), then the seven counts of what it uses.
+/// A row of the project's seven own limits (NULL: none set), then the
+/// seven counts of what it uses, as both stores' reads answer it.
 fn limits_and_counts(row: &sqlx::any::AnyRow) -> std::result::Result<(LimitsRow, Usage), DbError> {
     let column = |n: usize| sqlx::Row::try_get::<Option<i64>, _>(row, n);
     let own = (
@@ -195,27 +195,16 @@ async fn limits_and_usage(
             None => (None, None),
         }
     } else {
-        let sql =
-            format!("SELECT * FROM ({USAGE}) AS used LEFT JOIN ({OWN_LIMITS}) AS own ON 1 = 1");
+        // The limits first, as PostgreSQL's function answers them.
+        let sql = format!(
+            "SELECT own.*, used.* FROM ({USAGE}) AS used LEFT JOIN ({OWN_LIMITS}) AS own ON 1 = 1"
+        );
         let columns = conn.fetch_rows(&sql, &project).await?;
         let Some(row) = columns.first() else {
             return Ok(None);
         };
-        let column = |n: usize| sqlx::Row::try_get::<Option<i64>, _>(row, n);
-        let mut used = Vec::with_capacity(7);
-        for n in 0..7 {
-            used.push(column(n)?.unwrap_or(0));
-        }
-        let own = (
-            column(7)?,
-            column(8)?,
-            column(9)?,
-            column(10)?,
-            column(11)?,
-            column(12)?,
-            column(13)?,
-        );
-        (Some(own), Some(usage_of(&used)))
+        let (own, used) = limits_and_counts(row)?;
+        (Some(own), Some(used))
     };
     let limits = check.limits(&overrides_of(own));
     if check.unbounded_under(&limits) {

@@ -670,12 +670,8 @@ fn release_start_guard(project: &str) -> String {
 }
 
 async fn write_release_start(writer: &Writer, start: Arc<ReleaseStart>) -> Result<Option<AnyRow>> {
-    // One statement on PostgreSQL; on SQLite the move and the read back,
-    // in a savepoint of their own.
-    let shape = match writer {
-        Writer::Postgres(_) => Shape::OneStatement,
-        Writer::Sqlite(_) => Shape::Statements,
-    };
+    // On SQLite the move and the read back.
+    let shape = writer.one_statement_on_postgres();
     writer
         .write("begin_unit_release", shape, move |mut conn| {
             let start = start.clone();
@@ -728,11 +724,8 @@ pub(crate) struct UnitRelease {
 }
 
 async fn write_release(writer: &Writer, release: Arc<UnitRelease>) -> Result<bool> {
-    // One statement on PostgreSQL (see `release_unit`).
-    let shape = match writer {
-        Writer::Postgres(_) => Shape::OneStatement,
-        Writer::Sqlite(_) => Shape::Statements,
-    };
+    // See `release_unit`.
+    let shape = writer.one_statement_on_postgres();
     writer
         .write("release_unit", shape, move |conn| {
             let release = release.clone();

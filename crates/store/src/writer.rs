@@ -123,6 +123,16 @@ impl Writer {
         Ok(Writer::Sqlite(jobs))
     }
 
+    /// The shape of a write that is one statement on PostgreSQL and
+    /// several on SQLite (where it reads back, or checks first, what one
+    /// PostgreSQL statement does at once).
+    pub(crate) fn one_statement_on_postgres(&self) -> Shape {
+        match self {
+            Writer::Postgres(_) => Shape::OneStatement,
+            Writer::Sqlite(_) => Shape::Statements,
+        }
+    }
+
     /// Runs `work` in a transaction and answers what it answered, once its
     /// changes (if kept) are durable.
     pub(crate) async fn write<T, F>(&self, what: &'static str, shape: Shape, work: F) -> Result<T>

@@ -78,6 +78,18 @@ async fn delete_server(server: &TestServer, path: &str) -> Value {
         .await
 }
 
+/// An admin's request for a join token that replaces `hostname`'s agent.
+async fn replace_token(server: &TestServer, hostname: &str) -> (StatusCode, Value) {
+    server
+        .call(
+            Method::POST,
+            "/v1/servers/join-tokens",
+            Some(&json!({"replaces": hostname})),
+            TOKEN,
+        )
+        .await
+}
+
 async fn instances(server: &TestServer) -> Vec<Value> {
     let (status, list) = server.call(Method::GET, "/v1/instances", None, TOKEN).await;
     assert_eq!(status, StatusCode::OK, "{list}");
@@ -477,14 +489,7 @@ async fn a_server_whose_agent_died_leaves_and_the_agent_is_shut_out(backend: Bac
     })
     .await;
     // A token an admin makes to replace its agent, before it retires.
-    let (status, early) = server
-        .call(
-            Method::POST,
-            "/v1/servers/join-tokens",
-            Some(&json!({"replaces": "gone-1"})),
-            TOKEN,
-        )
-        .await;
+    let (status, early) = replace_token(&server, "gone-1").await;
     assert_eq!(status, StatusCode::CREATED, "{early}");
     let early = early["token"].as_str().expect("token").to_string();
     let delete = |path: &'static str| delete_server(&server, path);
@@ -528,14 +533,7 @@ async fn a_server_whose_agent_died_leaves_and_the_agent_is_shut_out(backend: Bac
         server_status(&server, "gone-1").await.as_deref(),
         Some("decommissioned")
     );
-    let (status, made) = server
-        .call(
-            Method::POST,
-            "/v1/servers/join-tokens",
-            Some(&json!({"replaces": "gone-1"})),
-            TOKEN,
-        )
-        .await;
+    let (status, made) = replace_token(&server, "gone-1").await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{made}");
     let up_token = server
         .running
