@@ -263,6 +263,38 @@ pub(crate) fn combined_statement(statements: &[(String, Vec<Arg>)]) -> (String, 
     with_counts(statements, |_, statement| statement)
 }
 
+/// [`combined_statement`] after `first`, common table expressions
+/// (`name AS (...)`, each with its parameters from `$1`) that the
+/// statements may refer to by name; its row counts the statements' rows,
+/// then answers each of `more` (expressions over `first`).
+pub(crate) fn combined_statement_after(
+    first: &[(String, Vec<Arg>)],
+    statements: &[(String, Vec<Arg>)],
+    more: &[String],
+) -> (String, Vec<Arg>) {
+    let mut ctes = Vec::with_capacity(first.len());
+    let mut args = Vec::new();
+    for (cte, cte_args) in first {
+        ctes.push(shift_parameters(cte, args.len()));
+        args.extend(cte_args.iter().cloned());
+    }
+    let shifted: Vec<(String, Vec<Arg>)> = statements
+        .iter()
+        .map(|(sql, statement_args)| (shift_parameters(sql, args.len()), statement_args.clone()))
+        .collect();
+    let (rest, rest_args) = combined_statement(&shifted);
+    let mut sql = match rest.strip_prefix("WITH ") {
+        Some(rest) if !ctes.is_empty() => format!("WITH {}, {rest}", ctes.join(", ")),
+        _ => rest,
+    };
+    for expression in more {
+        sql.push_str(", ");
+        sql.push_str(expression);
+    }
+    args.extend(rest_args);
+    (sql, args)
+}
+
 /// One PostgreSQL statement that runs `guard` and each of `rest` only if
 /// `guard` changed a row; its one row counts what each changed, `guard`
 /// first: [`combined_statement`] with the guard ANDed to each of `rest`,

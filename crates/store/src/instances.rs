@@ -174,6 +174,19 @@ pub struct InstanceUpdate {
 const INSERT_COLUMNS: &str = "id, project_id, name, labels, spec, state, state_detail, host_id, \
      cpu_list, memory_mb, private_ip, public_ip, operation_id, generation, created_at, updated_at, \
      vcpus, created_by";
+/// A new instance's row with `private_ip` (SQL) as its address: its
+/// parameters are its id, project, name, labels, spec, memory, operation,
+/// when, vCPUs and creator.
+fn instance_insert(private_ip: &str) -> String {
+    format!(
+        "INSERT INTO instances ({INSERT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, 'provisioning', \
+         NULL, NULL, NULL, $6, {private_ip}, '', $7, 1, $8, $8, $9, $10)"
+    )
+}
+
+/// A new instance's address until its network gives it one.
+const PRIVATE_IP_UNSET: &str = "''";
+
 const INSTANCE_COLUMNS: &str = "id, project_id, name, labels, spec, state, state_detail, host_id, \
      cpu_list, memory_mb, private_ip, public_ip, operation_id, generation, created_at, updated_at, \
      ssh_endpoint, end_cause, created_by";
@@ -287,6 +300,8 @@ impl Store {
         let mut statements: Vec<(String, Vec<Arg>)> = Vec::new();
         let mut attaches = Vec::new();
         let mut written = Vec::with_capacity(instances.len());
+        // Where each instance's own row is among the statements.
+        let mut rows = Vec::with_capacity(instances.len());
         for (n, instance) in instances.iter().enumerate() {
             let at = crate::timestamp(base + chrono::Duration::microseconds(n as i64));
             written.push(InstanceRecord {
@@ -310,11 +325,9 @@ impl Store {
                 end_cause: None,
                 created_by: instance.created_by.clone(),
             });
+            rows.push(statements.len());
             statements.push((
-                format!(
-                    "INSERT INTO instances ({INSERT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, \
-                     'provisioning', NULL, NULL, NULL, $6, '', '', $7, 1, $8, $8, $9, $10)"
-                ),
+                instance_insert(PRIVATE_IP_UNSET),
                 vec![
                     (&instance.id).into(),
                     (&instance.project_id).into(),
@@ -400,14 +413,6 @@ impl Store {
             }
         };
         let attaches = Arc::new(attaches);
-        // On PostgreSQL the instances' rows go in as one statement: one
-        // round trip instead of one each.
-        let combined = Arc::new(
-            (self.backend == crate::Backend::Postgres)
-                .then(|| crate::db::combined_statement(&statements)),
-        );
-        let statements = Arc::new(statements);
-        let quota = Arc::new(quota.cloned());
         let networks: Arc<Vec<(String, crate::NewAttachment)>> = Arc::new(
             instances
                 .iter()
@@ -420,10 +425,46 @@ impl Store {
                 .filter_map(|i| Some((i.id.clone(), i.replica.clone()?)))
                 .collect(),
         );
+        // On PostgreSQL the instances' rows go in as one statement: one
+        // round trip instead of one each. Their networks' first round
+        // trip joins it, unless replicas go in too (whose deployment is
+        // locked before the networks are).
+        let postgres = self.backend == crate::Backend::Postgres;
+        let begun: Arc<Vec<crate::networks::AttachInStatement>> =
+            Arc::new(match postgres && replicas.is_empty() {
+                true => networks
+                    .iter()
+                    .enumerate()
+                    .map(|(n, (id, network))| crate::networks::attach_in_statement(n, id, network))
+                    .collect(),
+                false => Vec::new(),
+            });
+        let combined = Arc::new(postgres.then(|| match begun.is_empty() {
+            true => crate::db::combined_statement(&statements),
+            false => {
+                let mut statements = statements.clone();
+                for ((id, _), begun) in networks.iter().zip(begun.iter()) {
+                    if let Some(&row) = instances
+                        .iter()
+                        .position(|i| i.id == *id)
+                        .and_then(|n| rows.get(n))
+                        && let Some(statement) = statements.get_mut(row)
+                    {
+                        statement.0 = instance_insert(&begun.private_ip);
+                    }
+                }
+                let first: Vec<(String, Vec<Arg>)> =
+                    begun.iter().flat_map(|b| b.ctes.iter().cloned()).collect();
+                let more: Vec<String> = begun.iter().flat_map(|b| b.counts.clone()).collect();
+                crate::db::combined_statement_after(&first, &statements, &more)
+            }
+        }));
+        let statements = Arc::new(statements);
+        let quota = Arc::new(quota.cloned());
         let written = Arc::new(written);
         let outcome = self
             .write("insert_instances", move |mut conn| {
-                let (statements, combined, attaches, quota, networks, replicas, written) = (
+                let (statements, combined, attaches, quota, networks, replicas, written, begun) = (
                     statements.clone(),
                     combined.clone(),
                     attaches.clone(),
@@ -431,6 +472,7 @@ impl Store {
                     networks.clone(),
                     replicas.clone(),
                     written.clone(),
+                    begun.clone(),
                 );
                 Box::pin(async move {
                     let changed = match (conn.is_postgres(), combined.as_ref()) {
@@ -452,20 +494,32 @@ impl Store {
                         }
                     }
                     let mut written = written.as_ref().clone();
-                    for (id, network) in networks.iter() {
-                        let refused =
-                            match crate::networks::attach_instance(&mut conn, id, network).await? {
-                                crate::networks::Attached::Address(address) => {
-                                    if let Some(record) = written.iter_mut().find(|r| r.id == *id) {
-                                        record.private_ip = address;
-                                    }
-                                    continue;
+                    for (n, (id, network)) in networks.iter().enumerate() {
+                        let attached = match begun.get(n) {
+                            Some(begun) => {
+                                let counts =
+                                    changed.get(statements.len() + 3 * n..).unwrap_or_default();
+                                crate::networks::attached_after(
+                                    &mut conn, id, network, begun, counts,
+                                )
+                                .await?
+                            }
+                            None => {
+                                crate::networks::attach_instance(&mut conn, id, network).await?
+                            }
+                        };
+                        let refused = match attached {
+                            crate::networks::Attached::Address(address) => {
+                                if let Some(record) = written.iter_mut().find(|r| r.id == *id) {
+                                    record.private_ip = address;
                                 }
-                                crate::networks::Attached::Full => {
-                                    InstancesAdded::SubnetFull(network.subnet_id.clone())
-                                }
-                                crate::networks::Attached::Gone => InstancesAdded::NetworkGone,
-                            };
+                                continue;
+                            }
+                            crate::networks::Attached::Full => {
+                                InstancesAdded::SubnetFull(network.subnet_id.clone())
+                            }
+                            crate::networks::Attached::Gone => InstancesAdded::NetworkGone,
+                        };
                         return Ok(Commit::Undo(Ok(refused)));
                     }
                     // Last, so that the project is locked only until the

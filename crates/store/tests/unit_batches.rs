@@ -4,12 +4,10 @@
 //! go in batches, including ones that fail as a whole (two claims of one
 //! CPU) and are run again call by call. SQLite, which runs them one by one
 //! in its writer, must answer the same.
-//!
-//! PostgreSQL is the one `scripts/test` starts (`TESSERA_TEST_POSTGRES_URL`);
-//! without it the PostgreSQL test fails rather than pass having run nothing.
+
+mod common;
 
 use futures::future::join_all;
-use sqlx::{Connection, Executor, PgConnection};
 use std::collections::HashSet;
 use tessera_core::status::{HostStatus, UnitStatus};
 use tessera_store::{NewHost, NewUnit, Store, UnitClaim};
@@ -19,40 +17,17 @@ const UNITS: u32 = 48;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unit_writes_at_once_on_sqlite() {
-    let dir = tempfile::tempdir().expect("a temporary directory");
-    let store = Store::open(&Store::sqlite_url(&dir.path().join("tessera.db")))
-        .await
-        .expect("open SQLite");
+    let (store, _dir) = common::sqlite().await;
     writes_at_once(&store).await;
     store.close().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unit_writes_at_once_on_postgres() {
-    let admin_url = std::env::var("TESSERA_TEST_POSTGRES_URL").unwrap_or_else(|_| {
-        panic!(
-            "TESSERA_TEST_POSTGRES_URL is not set: run the suite with scripts/test, which \
-             starts a throwaway PostgreSQL"
-        )
-    });
-    let name = format!("tessera_batches_{:016x}", rand::random::<u64>());
-    let mut admin = PgConnection::connect(&admin_url)
-        .await
-        .expect("connect to the test PostgreSQL");
-    admin
-        .execute(format!("CREATE DATABASE {name}").as_str())
-        .await
-        .expect("create a test database");
-    let (base, _) = admin_url.rsplit_once('/').expect("a database URL");
-    let store = Store::open(&format!("{base}/{name}"))
-        .await
-        .expect("open PostgreSQL");
+    let (store, database) = common::postgres("tessera_batches").await;
     writes_at_once(&store).await;
     store.close().await;
-    admin
-        .execute(format!("DROP DATABASE {name} WITH (FORCE)").as_str())
-        .await
-        .expect("drop the test database");
+    database.drop().await;
 }
 
 fn unit_id(host: &str, cpu: u32) -> String {

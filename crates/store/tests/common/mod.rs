@@ -1,0 +1,58 @@
+//! What the store's tests share: a store on each backend, made fresh.
+//!
+//! PostgreSQL is the one `scripts/test` starts (`TESSERA_TEST_POSTGRES_URL`);
+//! without it a PostgreSQL test fails rather than pass having run nothing.
+//! Each test binary compiles this module and uses what it needs of it.
+#![allow(dead_code)]
+
+use sqlx::{Connection, Executor, PgConnection};
+use tessera_store::Store;
+
+/// A store on a fresh SQLite file, open while the directory lives.
+pub async fn sqlite() -> (Store, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let store = Store::open(&Store::sqlite_url(&dir.path().join("tessera.db")))
+        .await
+        .expect("open SQLite");
+    (store, dir)
+}
+
+/// A store on a fresh database of the test PostgreSQL; [`Dropper::drop`]
+/// removes the database once the store is closed.
+pub async fn postgres(prefix: &str) -> (Store, Dropper) {
+    let admin_url = std::env::var("TESSERA_TEST_POSTGRES_URL").unwrap_or_else(|_| {
+        panic!(
+            "TESSERA_TEST_POSTGRES_URL is not set: run the suite with scripts/test, which \
+             starts a throwaway PostgreSQL"
+        )
+    });
+    let name = format!("{prefix}_{:016x}", rand::random::<u64>());
+    let mut admin = PgConnection::connect(&admin_url)
+        .await
+        .expect("connect to the test PostgreSQL");
+    admin
+        .execute(format!("CREATE DATABASE {name}").as_str())
+        .await
+        .expect("create a test database");
+    let (base, _) = admin_url.rsplit_once('/').expect("a database URL");
+    let url = format!("{base}/{name}");
+    let store = Store::open(&url).await.expect("open PostgreSQL");
+    (store, Dropper { admin, name, url })
+}
+
+/// The test database [`postgres`] made.
+pub struct Dropper {
+    admin: PgConnection,
+    name: String,
+    /// Where the database is, for a test's own connection to it.
+    pub url: String,
+}
+
+impl Dropper {
+    pub async fn drop(mut self) {
+        self.admin
+            .execute(format!("DROP DATABASE {} WITH (FORCE)", self.name).as_str())
+            .await
+            .expect("drop the test database");
+    }
+}

@@ -1,0 +1,268 @@
+//! A new instance's place on its network is written with it: an address of
+//! its subnet (never one another instance holds, even one another replica
+//! gave meanwhile) and its security groups. When the subnet or a group is
+//! gone by then, nothing is written. On PostgreSQL the first of these
+//! writes rides in the instance's own statement; SQLite, one statement at a
+//! time, must answer the same.
+
+mod common;
+
+use sqlx::{Connection, Executor, PgConnection, SqliteConnection};
+use tessera_core::status::OperationKind;
+use tessera_store::{
+    Block, InstancesAdded, NetworkAdded, NewAttachment, NewInstance, NewOperation, NewVpc,
+    ProjectRecord, SecurityGroupRecord, Store, SubnetRecord, VpcRecord,
+};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_join_their_network_on_sqlite() {
+    let (store, dir) = common::sqlite().await;
+    let path = dir.path().join("tessera.db");
+    joins(&store, Raw::Sqlite(path.display().to_string())).await;
+    store.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_join_their_network_on_postgres() {
+    let (store, database) = common::postgres("tessera_networks").await;
+    joins(&store, Raw::Postgres(database.url.clone())).await;
+    store.close().await;
+    database.drop().await;
+}
+
+/// A plain connection to the store's database, for what another replica
+/// writes.
+enum Raw {
+    Sqlite(String),
+    Postgres(String),
+}
+
+impl Raw {
+    async fn execute(&self, sql: &str) {
+        match self {
+            Raw::Sqlite(path) => {
+                let mut conn = SqliteConnection::connect(&format!("sqlite://{path}"))
+                    .await
+                    .expect("connect to SQLite");
+                conn.execute(sql).await.expect("a raw write");
+            }
+            Raw::Postgres(url) => {
+                let mut conn = PgConnection::connect(url)
+                    .await
+                    .expect("connect to PostgreSQL");
+                conn.execute(sql).await.expect("a raw write");
+            }
+        }
+    }
+}
+
+const AT: &str = "2026-12-06T00:00:00.000000Z";
+
+fn new_instance(project: &str, name: &str, network: NewAttachment) -> NewInstance {
+    NewInstance {
+        id: format!("inst-{name}-{:08x}", rand::random::<u32>()),
+        project_id: project.into(),
+        name: name.into(),
+        labels: serde_json::json!({}),
+        spec: serde_json::json!({}),
+        memory_mb: 1024,
+        vcpus: 1,
+        micros_per_hour: 0,
+        volumes: Vec::new(),
+        attach: Vec::new(),
+        container: None,
+        network: Some(network),
+        replica: None,
+        created_by: None,
+    }
+}
+
+/// Records `instances` with one operation: their addresses, or how it was
+/// refused.
+async fn record(
+    store: &Store,
+    project: &str,
+    instances: &[NewInstance],
+) -> Result<Vec<String>, InstancesAdded> {
+    let op = NewOperation {
+        id: format!("op-{:08x}", rand::random::<u32>()),
+        project_id: project.into(),
+        kind: OperationKind::ClusterCreate,
+        resource_id: None,
+        params: serde_json::json!({}),
+        created_by: "test".into(),
+    };
+    match store
+        .insert_instances(instances, &op, None, None)
+        .await
+        .expect("the write runs")
+    {
+        InstancesAdded::Recorded { instances, .. } => {
+            Ok(instances.into_iter().map(|i| i.private_ip).collect())
+        }
+        refused => Err(refused),
+    }
+}
+
+async fn joins(store: &Store, raw: Raw) {
+    let project = format!("prj-{:08x}", rand::random::<u32>());
+    assert!(
+        store
+            .insert_project(
+                &ProjectRecord {
+                    id: project.clone(),
+                    name: project.clone(),
+                    path: project.clone(),
+                    created_at: AT.into(),
+                },
+                None,
+            )
+            .await
+            .expect("a project")
+    );
+    let (vpc, subnet, group) = (
+        format!("vpc-{project}"),
+        format!("sub-{project}"),
+        format!("sg-{project}"),
+    );
+    let added = store
+        .insert_vpc(&NewVpc {
+            vpc: VpcRecord {
+                id: vpc.clone(),
+                project_id: project.clone(),
+                name: "app".into(),
+                cidr: String::new(),
+                is_default: 0,
+                created_at: AT.into(),
+            },
+            block: Block::Given("10.77.0.0/28".parse().expect("a block")),
+            subnet: Some(SubnetRecord {
+                id: subnet.clone(),
+                project_id: project.clone(),
+                vpc_id: vpc.clone(),
+                name: "app".into(),
+                cidr: String::new(),
+                is_default: 0,
+                created_at: AT.into(),
+            }),
+            group: Some(SecurityGroupRecord {
+                id: group.clone(),
+                project_id: project.clone(),
+                name: "app".into(),
+                description: String::new(),
+                rules: "[]".into(),
+                is_default: 0,
+                created_at: AT.into(),
+                updated_at: AT.into(),
+            }),
+            limit: None,
+        })
+        .await
+        .expect("the write runs");
+    assert!(matches!(added, NetworkAdded::Added { .. }), "{added:?}");
+    let network = |subnet: &str, groups: &[&str]| NewAttachment {
+        subnet_id: subnet.into(),
+        subnet_cidr: "10.77.0.0/28".parse().expect("a block"),
+        groups: groups.iter().map(|g| g.to_string()).collect(),
+    };
+
+    // The first instances take the first addresses, and join their group.
+    let first = new_instance(&project, "a", network(&subnet, &[&group]));
+    assert_eq!(
+        record(store, &project, std::slice::from_ref(&first)).await,
+        Ok(vec!["10.77.0.2".to_string()])
+    );
+    let pair = [
+        new_instance(&project, "b", network(&subnet, &[&group])),
+        new_instance(&project, "c", network(&subnet, &[&group])),
+    ];
+    assert_eq!(
+        record(store, &project, &pair).await,
+        Ok(vec!["10.77.0.3".to_string(), "10.77.0.4".to_string()])
+    );
+    for instance in [&first, &pair[0], &pair[1]] {
+        let groups = store
+            .instance_security_groups(&instance.id)
+            .await
+            .expect("a read");
+        assert_eq!(
+            groups.iter().map(|g| g.id.as_str()).collect::<Vec<_>>(),
+            vec![group.as_str()]
+        );
+        let written = store.instance(&instance.id).await.expect("a read");
+        let place = store
+            .instance_surroundings(&instance.id, &project)
+            .await
+            .expect("a read")
+            .place
+            .expect("a place");
+        assert_eq!(
+            written.map(|w| w.private_ip),
+            Some(place.address),
+            "the row and the network agree"
+        );
+    }
+
+    // Another replica gives the next address meanwhile: this one takes
+    // the one after.
+    raw.execute(&format!(
+        "INSERT INTO instance_addresses (subnet_id, address, instance_id) \
+         VALUES ('{subnet}', '10.77.0.5', '{}')",
+        first.id
+    ))
+    .await;
+    let after = new_instance(&project, "d", network(&subnet, &[&group]));
+    assert_eq!(
+        record(store, &project, std::slice::from_ref(&after)).await,
+        Ok(vec!["10.77.0.6".to_string()])
+    );
+
+    // A subnet or group gone by then: nothing is written, and no address
+    // is used up.
+    for gone in [
+        new_instance(&project, "e", network("sub-gone", &[&group])),
+        new_instance(&project, "f", network(&subnet, &[&group, "sg-gone"])),
+    ] {
+        assert_eq!(
+            record(store, &project, std::slice::from_ref(&gone)).await,
+            Err(InstancesAdded::NetworkGone)
+        );
+        assert!(
+            store.instance(&gone.id).await.expect("a read").is_none(),
+            "{} was not written",
+            gone.id
+        );
+        assert!(
+            store
+                .instance_security_groups(&gone.id)
+                .await
+                .expect("a read")
+                .is_empty()
+        );
+    }
+    // The subnet fills up: 13 addresses in a /28, five of them given.
+    let mut given = Vec::new();
+    for n in 0..8 {
+        let next = new_instance(&project, &format!("g{n}"), network(&subnet, &[]));
+        given.extend(
+            record(store, &project, std::slice::from_ref(&next))
+                .await
+                .expect("an address"),
+        );
+    }
+    // Each once, in whatever order: on PostgreSQL the refused creation
+    // above tried the next address in its statement, and a creation takes
+    // an address passed over like that once the subnet's end is reached.
+    let mut given: Vec<u32> = given
+        .iter()
+        .map(|a| u32::from(a.parse::<std::net::Ipv4Addr>().expect("an address")) & 0xff)
+        .collect();
+    given.sort_unstable();
+    assert_eq!(given, (7..=14).collect::<Vec<u32>>());
+    let full = new_instance(&project, "h", network(&subnet, &[]));
+    assert_eq!(
+        record(store, &project, std::slice::from_ref(&full)).await,
+        Err(InstancesAdded::SubnetFull(subnet.clone()))
+    );
+    assert!(store.instance(&full.id).await.expect("a read").is_none());
+}
