@@ -777,6 +777,54 @@ impl Store {
         (cpus, share): (&[u32], Option<u32>),
         op: (&str, &str, &str),
     ) -> Result<bool> {
+        // On PostgreSQL a placement on whole CPUs of a pooled host is one
+        // call (migration 0043), outside any transaction: one round trip,
+        // not four.
+        if self.backend == crate::Backend::Postgres
+            && purpose == CpuClaim::Place
+            && share.is_none()
+            && unit.is_none()
+            && !cpus.is_empty()
+        {
+            let cpu_list = tessera_core::CpuSet::from_iter(cpus.iter().copied()).to_string();
+            let listed: Vec<String> = cpus.iter().map(u32::to_string).collect();
+            let (op_id, steps, lease_until) = op;
+            let args: Arc<Vec<Arg>> = Arc::new(vec![
+                op_id.into(),
+                self.owner.as_ref().into(),
+                steps.into(),
+                lease_until.into(),
+                now().into(),
+                instance_id.into(),
+                host_id.into(),
+                cpu_list.into(),
+                holder(instance_id).into(),
+                listed.join(",").into(),
+            ]);
+            return self
+                .write_one("claim_instance_cpus", move |mut conn| {
+                    let args = args.clone();
+                    Box::pin(async move {
+                        let claimed = conn
+                            .fetch_int(
+                                "SELECT claim_instance_cpus($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                                &args,
+                            )
+                            .await;
+                        match claimed {
+                            Ok(claimed) => Ok(Commit::Keep(claimed == Some(1))),
+                            // Refused, the statement undone.
+                            Err(DbError::Sqlx(sqlx::Error::Database(db)))
+                                if db.code().as_deref() == Some(CLAIM_REFUSED) =>
+                            {
+                                Ok(Commit::Undo(false))
+                            }
+                            Err(err) => Err(err),
+                        }
+                    })
+                })
+                .await;
+        }
         let place = Arc::new(Placing {
             instance_id: instance_id.to_string(),
             host_id: host_id.to_string(),
@@ -1066,6 +1114,9 @@ impl Store {
     }
 }
 
+/// The SQLSTATE of a placement migration 0043's function refused.
+const CLAIM_REFUSED: &str = "TS001";
+
 struct Placing {
     instance_id: String,
     host_id: String,
@@ -1088,7 +1139,9 @@ struct Placing {
 /// instance, ledger, host, the order a release takes them in too (on
 /// PostgreSQL a placement of whole CPUs takes the operation's row first,
 /// as a settle does); a whole Kloigos unit takes the host first, as
-/// Kloigos' own claim of a unit does.
+/// Kloigos' own claim of a unit does. PostgreSQL's function of migration
+/// 0043 does the same for a placement on a pooled host's CPUs, in one call:
+/// a change to what this checks belongs there too.
 async fn claim_cpus(
     mut conn: Conn<'_>,
     place: &Placing,
@@ -1109,10 +1162,12 @@ async fn claim_cpus(
         None => None,
     };
     let cpu_args = || place.cpus.iter().map(|&cpu| Arg::from(i64::from(cpu)));
-    // On PostgreSQL a placement of whole CPUs is one statement up to the
-    // memory check: the operation's progress, the instance recorded on the
-    // host, its CPUs in the ledger, and the host's lock (last, as below).
-    // Three round trips fewer than a statement each.
+    // On PostgreSQL a placement of whole CPUs (here, a whole unit of a
+    // partitioned host: a pooled host's are one call, migration 0043) is
+    // one statement up to the memory check: the operation's progress, the
+    // instance recorded on the host, its CPUs in the ledger, and the
+    // host's lock (last, as below). Three round trips fewer than a
+    // statement each.
     let placed_with_claims = placing && place.share.is_none() && conn.is_postgres();
     let mut early_capacity = early_capacity;
     if placed_with_claims {

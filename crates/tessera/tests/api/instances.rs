@@ -20,6 +20,7 @@ crate::on_both_backends!(
     a_server_registration_cancelled_midway_is_retired,
     ssh_keys_are_validated_and_installed,
     replicas_never_overcommit_a_hosts_memory,
+    replicas_never_place_two_instances_on_one_cpu,
     a_delete_the_host_refuses_is_retried_and_says_why,
     a_creation_its_host_fails_is_placed_again,
     a_creation_three_hosts_fail_fails,
@@ -782,7 +783,11 @@ async fn ssh_keys_are_validated_and_installed(backend: Backend) {
     server.stop().await;
 }
 
-async fn replicas_never_overcommit_a_hosts_memory(backend: Backend) {
+/// Two replicas, A and B, of one cloud with one host, `node-1`: 4 CPUs,
+/// 32 GB (simulated hosts have 8 GB per CPU). B has seen the host once,
+/// as it started; what A places there later, B's placement view does not
+/// see.
+async fn two_replicas_one_host(backend: Backend) -> (TestServer, TestServer, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("tempdir");
     let database_url = match backend {
         Backend::Sqlite => tessera_store::Store::sqlite_url(&dir.path().join("shared.db")),
@@ -793,7 +798,6 @@ async fn replicas_never_overcommit_a_hosts_memory(backend: Backend) {
         ..Options::default()
     };
     let a = TestServer::start_with(backend, shared()).await;
-    // 4 CPUs, 32 GB (simulated hosts have 8 GB per CPU).
     a.add_server("node-1", "0-3", "fin-01").await;
     let b = TestServer::start_with(backend, shared()).await;
     // B pushes the hosts' desired state to its own simulated hosts as it
@@ -812,6 +816,29 @@ async fn replicas_never_overcommit_a_hosts_memory(backend: Backend) {
     )
     .await;
     tokio::time::sleep(Duration::from_millis(100)).await;
+    (a, b, dir)
+}
+
+async fn replicas_never_place_two_instances_on_one_cpu(backend: Backend) {
+    let (a, b, _dir) = two_replicas_one_host(backend).await;
+    let on_a = a.run_instance(TOKEN, "on-a", "cx11").await;
+    assert_eq!(on_a["status"]["cpus"], "0", "{on_a}");
+    // B's view has CPU 0 free and picks it; the ledger refuses it, and B
+    // places the instance on a CPU no one holds.
+    let on_b = b.run_instance(TOKEN, "on-b", "cx11").await;
+    assert_eq!(on_b["status"]["state"], "running", "{on_b}");
+    assert_ne!(on_b["status"]["cpus"], "0", "{on_b}");
+    for (server, instance) in [(&a, &on_a), (&b, &on_b)] {
+        let id = instance["id"].as_str().expect("id");
+        let now = server.get_ok(&format!("/v1/instances/{id}")).await;
+        assert_eq!(now["status"]["cpus"], instance["status"]["cpus"], "{now}");
+    }
+    a.stop().await;
+    b.stop().await;
+}
+
+async fn replicas_never_overcommit_a_hosts_memory(backend: Backend) {
+    let (a, b, _dir) = two_replicas_one_host(backend).await;
     let big = |name: &str| json!({"metadata": {"name": name}, "spec": {"type": "cx11", "image": "ubuntu-22.04", "memory_mb": 20480}});
     // On A: instances on CPUs 0, 1 and 2 (the last with 20 GB); the one on
     // CPU 0 goes again, leaving CPUs 0 and 3 and 10 GB free.
