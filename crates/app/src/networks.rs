@@ -143,8 +143,7 @@ pub struct SecurityGroup {
 
 impl SecurityGroup {
     fn from_record(r: SecurityGroupRecord) -> Result<SecurityGroup> {
-        let rules = serde_json::from_str(&r.rules)
-            .map_err(|e| Error::corrupt(format!("rules of security group {}: {e}", r.id)))?;
+        let rules = stored_rules(&r.id, &r.rules)?;
         Ok(SecurityGroup {
             id: r.id,
             name: r.name,
@@ -155,6 +154,12 @@ impl SecurityGroup {
             updated_at: r.updated_at,
         })
     }
+}
+
+/// A security group's rules as the store keeps them (JSON).
+fn stored_rules(id: &str, rules: &str) -> Result<Vec<InboundRule>> {
+    serde_json::from_str(rules)
+        .map_err(|e| Error::corrupt(format!("rules of security group {id}: {e}")))
 }
 
 #[derive(Clone, Debug, Default)]
@@ -930,14 +935,16 @@ impl App {
         })
     }
 
-    /// Where an instance sits in its network (`place`, as read with its
-    /// other surroundings), and its groups' rules, as its host is told. An
-    /// instance recorded before networks existed has neither (its host
-    /// gives it an address and the old defaults).
-    pub(crate) async fn instance_network(
+    /// Where an instance sits in its network (`place`), and its groups'
+    /// rules (`groups`: id and stored rules), as read with its other
+    /// surroundings, as its host is told. An instance recorded before
+    /// networks existed has neither (its host gives it an address and the
+    /// old defaults).
+    pub(crate) fn instance_network(
         &self,
         instance: &Instance,
         place: Option<tessera_store::InstancePlace>,
+        groups: Vec<(String, String)>,
     ) -> Result<(Option<NetworkAttachment>, Vec<GroupRules>)> {
         let Some(place) = place else {
             return Ok((None, Vec::new()));
@@ -950,14 +957,13 @@ impl App {
                 instance.id
             ))
         })?;
-        let mut groups = Vec::new();
-        for record in self.store.instance_security_groups(&instance.id).await? {
-            let group = SecurityGroup::from_record(record)?;
-            groups.push(GroupRules {
-                id: group.id,
-                rules: group.rules,
-            });
-        }
+        let groups = groups
+            .into_iter()
+            .map(|(id, rules)| {
+                let rules = stored_rules(&id, &rules)?;
+                Ok(GroupRules { id, rules })
+            })
+            .collect::<Result<Vec<_>>>()?;
         Ok((
             Some(NetworkAttachment {
                 vpc_id: place.vpc_id,

@@ -81,6 +81,8 @@ pub struct InstanceSurroundings {
     pub policy: crate::ProjectPolicyRecord,
     pub container: Option<crate::ContainerRecord>,
     pub place: Option<crate::InstancePlace>,
+    /// Its security groups, by id: each one's id and rules as stored.
+    pub groups: Vec<(String, String)>,
 }
 
 /// [`InstanceSurroundings`] as read: every column may be missing (no
@@ -100,6 +102,8 @@ struct SurroundingsRow {
     subnet_cidr: Option<String>,
     vpc_id: Option<String>,
     vpc_cidr: Option<String>,
+    /// JSON: `[[id, rules], ...]`.
+    groups: Option<String>,
 }
 
 /// How recording new instances went; nothing changed unless `Recorded`.
@@ -206,23 +210,43 @@ impl Store {
         instance_id: &str,
         project_id: &str,
     ) -> Result<InstanceSurroundings> {
+        // Its groups as one JSON value: a column, not a row each.
+        let groups = match self.backend {
+            crate::Backend::Postgres => {
+                "CAST(json_agg(json_build_array(gs.id, gs.rules) ORDER BY gs.id) AS TEXT)"
+            }
+            crate::Backend::Sqlite => "json_group_array(json_array(gs.id, gs.rules))",
+        };
         let row: SurroundingsRow = self
             .fetch_optional(
-                "SELECT p.egress, p.privileged, c.id AS container_id, \
-                 c.project_id AS container_project_id, c.ssh_enabled, c.mount_paths, \
-                 c.storage_gb, c.generation AS container_generation, \
-                 c.updated_at AS container_updated_at, a.address, s.cidr AS subnet_cidr, \
-                 v.id AS vpc_id, v.cidr AS vpc_cidr \
-                 FROM (SELECT 1 AS one) o \
-                 LEFT JOIN project_policies p ON p.project_id = $2 \
-                 LEFT JOIN containers c ON c.id = $1 \
-                 LEFT JOIN instance_addresses a ON a.instance_id = $1 \
-                 LEFT JOIN subnets s ON s.id = a.subnet_id \
-                 LEFT JOIN vpcs v ON v.id = s.vpc_id LIMIT 1",
+                &format!(
+                    "SELECT p.egress, p.privileged, c.id AS container_id, \
+                     c.project_id AS container_project_id, c.ssh_enabled, c.mount_paths, \
+                     c.storage_gb, c.generation AS container_generation, \
+                     c.updated_at AS container_updated_at, a.address, s.cidr AS subnet_cidr, \
+                     v.id AS vpc_id, v.cidr AS vpc_cidr, \
+                     (SELECT {groups} FROM (SELECT g.id, g.rules FROM instance_security_groups m \
+                      JOIN security_groups g ON g.id = m.group_id WHERE m.instance_id = $1 \
+                      ORDER BY g.id) gs) AS groups \
+                     FROM (SELECT 1 AS one) o \
+                     LEFT JOIN project_policies p ON p.project_id = $2 \
+                     LEFT JOIN containers c ON c.id = $1 \
+                     LEFT JOIN instance_addresses a ON a.instance_id = $1 \
+                     LEFT JOIN subnets s ON s.id = a.subnet_id \
+                     LEFT JOIN vpcs v ON v.id = s.vpc_id LIMIT 1"
+                ),
                 &[instance_id.into(), project_id.into()],
             )
             .await?
             .unwrap_or_default();
+        let groups = match row.groups.as_deref() {
+            None => Vec::new(),
+            Some(json) => serde_json::from_str(json).map_err(|e| {
+                crate::StoreError::Corrupt(format!(
+                    "the security groups of instance {instance_id}: {e}"
+                ))
+            })?,
+        };
         let policy = match (row.egress, row.privileged) {
             (Some(egress), Some(privileged)) => crate::ProjectPolicyRecord {
                 egress: egress != 0,
@@ -267,6 +291,7 @@ impl Store {
             policy,
             container,
             place,
+            groups,
         })
     }
 

@@ -190,12 +190,13 @@ async fn joins(store: &Store, raw: Raw) {
             vec![group.as_str()]
         );
         let written = store.instance(&instance.id).await.expect("a read");
-        let place = store
+        let surroundings = store
             .instance_surroundings(&instance.id, &project)
             .await
-            .expect("a read")
-            .place
-            .expect("a place");
+            .expect("a read");
+        // Its host is told its groups' rules with the rest.
+        assert_eq!(surroundings.groups, vec![(group.clone(), "[]".to_string())]);
+        let place = surroundings.place.expect("a place");
         assert_eq!(
             written.map(|w| w.private_ip),
             Some(place.address),
@@ -249,6 +250,11 @@ async fn joins(store: &Store, raw: Raw) {
                 .await
                 .expect("an address"),
         );
+        let surroundings = store
+            .instance_surroundings(&next.id, &project)
+            .await
+            .expect("a read");
+        assert!(surroundings.groups.is_empty(), "{:?}", surroundings.groups);
     }
     // Each once, in whatever order: on PostgreSQL the refused creation
     // above tried the next address in its statement, and a creation takes

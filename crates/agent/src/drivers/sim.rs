@@ -168,6 +168,9 @@ struct SimInstance {
     /// A shared-CPU instance (its CPUs may be other shared ones' too).
     shared: bool,
     running: bool,
+    /// The security groups it was made with, as a real host's firewall
+    /// enforces them.
+    groups: Vec<tessera_core::network::GroupRules>,
 }
 
 #[derive(Default, Debug)]
@@ -269,6 +272,11 @@ impl SimHost {
     /// Whether instance `id` exists here, and if so whether it runs.
     pub fn instance(&self, id: &str) -> Option<bool> {
         self.state().instances.get(id).map(|i| i.running)
+    }
+
+    /// The security groups instance `id` was made with here, if it is here.
+    pub fn instance_groups(&self, id: &str) -> Option<Vec<tessera_core::network::GroupRules>> {
+        self.state().instances.get(id).map(|i| i.groups.clone())
     }
 
     /// The directory that is this host's file system.
@@ -389,6 +397,7 @@ impl HostAgent for SimHost {
                 cpus: instance.cpus.clone(),
                 shared,
                 running: true,
+                groups: instance.security_groups.clone(),
             },
         );
         Ok(InstanceReport {

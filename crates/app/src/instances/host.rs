@@ -36,8 +36,8 @@ impl App {
             Some(volumes) => volumes,
             None => attached_volumes(self.store.instance_volumes(&instance.id).await?),
         };
-        // Its project's policy, a container's SSH switch and storage, and
-        // its address: one read.
+        // Its project's policy, a container's SSH switch and storage, its
+        // address and its groups: one read.
         let surroundings = self
             .store
             .instance_surroundings(&instance.id, &instance.project_id)
@@ -51,7 +51,7 @@ impl App {
             });
         let policy = surroundings.policy;
         let (network, security_groups) =
-            self.instance_network(instance, surroundings.place).await?;
+            self.instance_network(instance, surroundings.place, surroundings.groups)?;
         Ok(InstanceSpec {
             id: instance.id.to_string(),
             name: instance.name.clone(),

@@ -523,6 +523,43 @@ async fn instances_get_addresses_of_their_subnet_and_hold_their_network(backend:
         "the spec shows what was asked"
     );
     assert_eq!(first["status"]["private_ip"], "10.210.5.2");
+    // Its host is told its groups and their rules.
+    let op = server
+        .wait_operation(first["operation_id"].as_str().expect("op"), TOKEN)
+        .await;
+    assert_eq!(op["status"], "completed", "{op}");
+    let first_id = first["id"].as_str().expect("id");
+    let running = server.get_ok(&format!("/v1/instances/{first_id}")).await;
+    let host = tessera_core::HostId::new(running["status"]["host_id"].as_str().expect("host"));
+    let told = server
+        .running
+        .sim
+        .clone()
+        .expect("simulated hosts")
+        .host(&host)
+        .and_then(|h| h.instance_groups(first_id))
+        .expect("the instance on its host");
+    let default_group = server.get_ok("/v1/security-groups/default").await;
+    let default_id = default_group["id"].as_str().expect("id");
+    let group_id = group["id"].as_str().expect("id");
+    let mut ids: Vec<&str> = told.iter().map(|g| g.id.as_str()).collect();
+    ids.sort_unstable();
+    let mut expected = vec![default_id, group_id];
+    expected.sort_unstable();
+    assert_eq!(ids, expected);
+    for g in &told {
+        let rules = match g.id == default_id {
+            true => tessera_core::network::default_rules(default_id).len(),
+            false => group["rules"].as_array().map_or(0, Vec::len),
+        };
+        assert_eq!(g.rules.len(), rules, "{g:?}");
+    }
+    assert_eq!(
+        told.iter()
+            .find(|g| g.id == default_id)
+            .map(|g| g.rules.clone()),
+        Some(tessera_core::network::default_rules(default_id))
+    );
     // Bad references change nothing.
     for (spec, what) in [
         (json!({"vpc_id": "nope"}), "nope"),
