@@ -464,34 +464,25 @@ impl Store {
                     .collect(),
                 false => Vec::new(),
             });
-        // So does the quota check (when it is not the balance's too): the
-        // project locked and its usage read in the statement, which then
-        // commits one round trip after it.
-        let in_statement = Arc::new(
-            quota
-                .filter(|_| postgres && replicas.is_empty())
-                .and_then(crate::quotas::check_in_statement),
-        );
-        let combined = Arc::new(postgres.then(|| {
-            let mut statements = statements.clone();
-            for ((id, _), begun) in networks.iter().zip(begun.iter()) {
-                if let Some(&row) = instances
-                    .iter()
-                    .position(|i| i.id == *id)
-                    .and_then(|n| rows.get(n))
-                    && let Some(statement) = statements.get_mut(row)
-                {
-                    statement.0 = instance_insert(&begun.private_ip);
+        let combined = Arc::new(postgres.then(|| match begun.is_empty() {
+            true => crate::db::combined_statement(&statements),
+            false => {
+                let mut statements = statements.clone();
+                for ((id, _), begun) in networks.iter().zip(begun.iter()) {
+                    if let Some(&row) = instances
+                        .iter()
+                        .position(|i| i.id == *id)
+                        .and_then(|n| rows.get(n))
+                        && let Some(statement) = statements.get_mut(row)
+                    {
+                        statement.0 = instance_insert(&begun.private_ip);
+                    }
                 }
+                let first: Vec<(String, Vec<Arg>)> =
+                    begun.iter().flat_map(|b| b.ctes.iter().cloned()).collect();
+                let more: Vec<String> = begun.iter().flat_map(|b| b.counts.clone()).collect();
+                crate::db::combined_statement_after(&first, &statements, &more)
             }
-            let mut first: Vec<(String, Vec<Arg>)> =
-                begun.iter().flat_map(|b| b.ctes.iter().cloned()).collect();
-            let mut more: Vec<String> = begun.iter().flat_map(|b| b.counts.clone()).collect();
-            if let Some(check) = in_statement.as_ref() {
-                first.push(check.cte.clone());
-                more.extend(check.columns.iter().cloned());
-            }
-            crate::db::combined_statement_after(&first, &statements, &more)
         }));
         let statements = Arc::new(statements);
         let quota = Arc::new(quota.cloned());
@@ -508,32 +499,15 @@ impl Store {
                     written.clone(),
                     begun.clone(),
                 );
-                let in_statement = in_statement.clone();
                 Box::pin(async move {
-                    let (changed, exceeded) = match (conn.is_postgres(), combined.as_ref()) {
-                        (true, Some((sql, args))) => {
-                            let rows = conn.fetch_rows(sql, args).await?;
-                            let row = rows.first().ok_or(sqlx::Error::RowNotFound)?;
-                            // The statements' counts, the networks' (three
-                            // each), then the quota's figures.
-                            let own = statements.len() + 3 * begun.len();
-                            let changed = (0..own)
-                                .map(|n| sqlx::Row::try_get::<i64, _>(row, n))
-                                .collect::<std::result::Result<Vec<_>, _>>()?;
-                            let exceeded = match (in_statement.as_ref(), quota.as_ref()) {
-                                (Some(_), Some(check)) => {
-                                    crate::quotas::exceeded_in_statement(check, row, own)?
-                                }
-                                _ => None,
-                            };
-                            (changed, exceeded)
-                        }
+                    let changed = match (conn.is_postgres(), combined.as_ref()) {
+                        (true, Some((sql, args))) => conn.fetch_ints(sql, args).await?,
                         _ => {
                             let mut changed = Vec::with_capacity(statements.len());
                             for (sql, args) in statements.iter() {
                                 changed.push(conn.execute(sql, args).await? as i64);
                             }
-                            (changed, None)
+                            changed
                         }
                     };
                     if attaches.iter().any(|&n| changed.get(n) != Some(&1)) {
@@ -574,12 +548,8 @@ impl Store {
                         return Ok(Commit::Undo(Ok(refused)));
                     }
                     // Last, so that the project is locked only until the
-                    // commit (unless the statement checked it already).
-                    if let Some(exceeded) = exceeded {
-                        return Ok(Commit::Undo(Err(crate::quotas::Refusal::Quota(exceeded))));
-                    }
-                    if in_statement.is_none()
-                        && let Some(quota) = quota.as_ref()
+                    // commit.
+                    if let Some(quota) = quota.as_ref()
                         && let Some(refused) =
                             crate::quotas::enforce_written(&mut conn, quota).await?
                     {

@@ -3,7 +3,7 @@
 //! transaction that would take more.
 //!
 //! The check is atomic across replicas: on PostgreSQL it first locks the
-//! project's row (`SELECT ... FOR UPDATE`), so two creations for one
+//! project's row (`SELECT ... FOR NO KEY UPDATE`), so two creations for one
 //! project never both pass on the same free room; on SQLite the single
 //! writer already runs them one after the other. What a project uses is
 //! kept by the schema's triggers as its rows change (migration 0028), so a
@@ -94,15 +94,7 @@ fn usage_of(row: &[i64]) -> Usage {
 /// A row of the project's seven own limits (NULL: none set), then the
 /// seven counts of what it uses, as both stores' reads answer it.
 fn limits_and_counts(row: &sqlx::any::AnyRow) -> std::result::Result<(LimitsRow, Usage), DbError> {
-    limits_and_counts_from(row, 0)
-}
-
-/// [`limits_and_counts`] from the row's `first` column on.
-fn limits_and_counts_from(
-    row: &sqlx::any::AnyRow,
-    first: usize,
-) -> std::result::Result<(LimitsRow, Usage), DbError> {
-    let column = |n: usize| sqlx::Row::try_get::<Option<i64>, _>(row, first + n);
+    let column = |n: usize| sqlx::Row::try_get::<Option<i64>, _>(row, n);
     let own = (
         column(0)?,
         column(1)?,
@@ -223,70 +215,6 @@ async fn limits_and_usage(
         None => usage_of(&conn.fetch_ints(USAGE, &project).await?),
     };
     Ok(Some((limits, used)))
-}
-
-/// On PostgreSQL, a write's quota check inside the statement that makes
-/// its changes: [`LOCK_PROJECT_WITH_USAGE`] as one of its common table
-/// expressions, and the fourteen figures it answers (the limits, then the
-/// usage) as columns the statement answers after its own. The usage it
-/// reads is the project's before the statement: the triggers that count
-/// the statement's rows (migration 0028) fire at its end, after the
-/// function has locked the project and read, with a snapshot of its own
-/// taken once the lock was held, what the writes before it committed. The
-/// project stays locked until the commit; nothing the write does after
-/// the statement may change what the project uses.
-///
-/// `None` when the check goes [`enforce_written`]'s way: a balance to check
-/// too, or limits only the project's own could set (read first, without a
-/// lock, so that a project without limits locks nothing).
-pub(crate) struct QuotaInStatement {
-    /// `quota AS (...)`, its one parameter `$1`.
-    pub cte: (String, Vec<Arg>),
-    /// What the statement answers after its own columns.
-    pub columns: Vec<String>,
-}
-
-pub(crate) fn check_in_statement(check: &QuotaCheck) -> Option<QuotaInStatement> {
-    if check.funds || check.unbounded_under(&check.defaults) {
-        return None;
-    }
-    let names = [
-        "instances",
-        "vcpus",
-        "memory_mb",
-        "volumes",
-        "volume_gb",
-        "containers",
-        "ssh_keys",
-    ];
-    let columns = names
-        .iter()
-        .map(|n| n.to_string())
-        .chain(names.iter().map(|n| format!("used_{n}")))
-        .map(|c| format!("(SELECT q.{c} FROM quota q)"))
-        .collect();
-    Some(QuotaInStatement {
-        cte: (
-            format!("quota AS ({LOCK_PROJECT_WITH_USAGE})"),
-            vec![Arg::from(&check.project_id)],
-        ),
-        columns,
-    })
-}
-
-/// The limit a write checked by [`check_in_statement`] goes over, from the
-/// statement's `row` whose quota columns begin at `first`.
-pub(crate) fn exceeded_in_statement(
-    check: &QuotaCheck,
-    row: &sqlx::any::AnyRow,
-    first: usize,
-) -> std::result::Result<Option<QuotaExceeded>, DbError> {
-    let (own, before) = limits_and_counts_from(row, first)?;
-    let limits = check.limits(&overrides_of(Some(own)));
-    if check.unbounded_under(&limits) {
-        return Ok(None);
-    }
-    Ok(check.exceeded(&limits, &before))
 }
 
 /// Runs a write's quota check inside its transaction, before the write's
