@@ -73,6 +73,14 @@ pub fn instance_addresses(subnet: &Ipv4Net) -> impl Iterator<Item = Ipv4Addr> + 
     (first..=last).map(Ipv4Addr::from)
 }
 
+/// The last of [`instance_addresses`], without walking them: `None` when
+/// the subnet has none.
+pub fn last_instance_address(subnet: &Ipv4Net) -> Option<Ipv4Addr> {
+    let first = u32::from(subnet.network()) + 2;
+    let last = u32::from(subnet.broadcast()).saturating_sub(1);
+    (first <= last).then(|| Ipv4Addr::from(last))
+}
+
 /// How many addresses instances may have in a subnet.
 pub fn instance_capacity(subnet: &Ipv4Net) -> u64 {
     (1u64 << (32 - subnet.prefix_len())).saturating_sub(3)
@@ -272,6 +280,10 @@ mod tests {
     fn addresses_skip_network_gateway_and_broadcast() {
         let net = parse_block("10.0.1.0/28").expect("fine");
         let all: Vec<_> = instance_addresses(&net).collect();
+        assert_eq!(last_instance_address(&net), all.last().copied());
+        let tiny: Ipv4Net = "10.0.1.0/31".parse().expect("a block");
+        assert_eq!(instance_addresses(&tiny).count(), 0);
+        assert_eq!(last_instance_address(&tiny), None);
         assert_eq!(all.first(), Some(&Ipv4Addr::new(10, 0, 1, 2)));
         assert_eq!(all.last(), Some(&Ipv4Addr::new(10, 0, 1, 14)));
         assert_eq!(all.len() as u64, instance_capacity(&net));

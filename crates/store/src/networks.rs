@@ -785,9 +785,7 @@ pub(crate) fn attach_in_statement(
             ));
         }
     }
-    let last = network::instance_addresses(&attachment.subnet_cidr)
-        .last()
-        .map_or(0, u32::from);
+    let last = network::last_instance_address(&attachment.subnet_cidr).map_or(0, u32::from);
     let tried =
         next_address_hint(&attachment.subnet_id, last).map(|n| Ipv4Addr::from(n).to_string());
     let private_ip = match &tried {
@@ -857,9 +855,7 @@ async fn take_free_address(
     // First the addresses after the last one this process gave in the
     // subnet: while the subnet has not wrapped, the first of them is free,
     // and a creation reads nothing of the subnet's other instances.
-    let last = network::instance_addresses(&attachment.subnet_cidr)
-        .last()
-        .map_or(0, u32::from);
+    let last = network::last_instance_address(&attachment.subnet_cidr).map_or(0, u32::from);
     for _ in 0..HINTED_PROBES {
         let Some(n) = next_address_hint(subnet, last) else {
             break;
