@@ -368,8 +368,14 @@ impl App {
         }
     }
 
-    /// Starts the writer and the pump (once).
-    pub fn spawn_event_tasks(&self) {
+    /// Starts the writer and the pump (once). The pump starts from the
+    /// log's end as it is now, before this process serves anyone: a client
+    /// that connects once it serves hears every event recorded after, by
+    /// any replica. (Read at the pump's first tick, the end could be later
+    /// than a client's connection, on a loaded machine, and what was
+    /// recorded between was never streamed.)
+    pub async fn spawn_event_tasks(&self) -> crate::Result<()> {
+        let start = self.store.max_event_seq().await?;
         let Some(mut inbox) = self
             .events
             .inbox
@@ -377,7 +383,7 @@ impl App {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .take()
         else {
-            return;
+            return Ok(());
         };
         let app = self.clone();
         self.tasks.spawn(async move {
@@ -411,7 +417,11 @@ impl App {
         });
         let app = self.clone();
         self.tasks.spawn(async move {
-            let mut pump = Pump::default();
+            let mut pump = Pump {
+                cursor: start,
+                ahead: BTreeSet::new(),
+                gap_since: None,
+            };
             let mut tick = tokio::time::interval(PUMP_EVERY);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
@@ -424,6 +434,7 @@ impl App {
                 }
             }
         });
+        Ok(())
     }
 
     /// Forgets events older than [`RETENTION`].
@@ -438,10 +449,9 @@ impl App {
 }
 
 /// Reads the log in `seq` order and publishes what is new.
-#[derive(Default)]
 struct Pump {
     /// Every event up to here has been published (or given up on).
-    cursor: Option<i64>,
+    cursor: i64,
     /// Published events beyond a gap.
     ahead: BTreeSet<i64>,
     /// Since when the gap after `cursor` has been open.
@@ -450,11 +460,7 @@ struct Pump {
 
 impl Pump {
     async fn poll(&mut self, app: &App) -> crate::Result<()> {
-        let cursor = match self.cursor {
-            Some(cursor) => cursor,
-            // Start from now: subscribers want what happens next.
-            None => *self.cursor.insert(app.store.max_event_seq().await?),
-        };
+        let cursor = self.cursor;
         let rows = app.store.events_after_seq(cursor, 2000).await?;
         for row in rows {
             if self.ahead.insert(row.seq) {
@@ -479,7 +485,7 @@ impl Pump {
             cursor = next - 1;
             self.gap_since = None;
         }
-        self.cursor = Some(cursor);
+        self.cursor = cursor;
         Ok(())
     }
 }

@@ -120,6 +120,9 @@ pub async fn start(settings: &Settings) -> Result<RunningServer> {
         Some(gateway) => Some(RunningGateway::start(app.clone(), gateway).await?),
         None => None,
     };
+    // The event log's pump starts from the log's end before anyone is
+    // served.
+    app.spawn_event_tasks().await?;
     // The last step that can fail: a token generated here is shown only
     // once, so nothing may fail between its making and its showing.
     let new_admin_token = app
@@ -129,7 +132,6 @@ pub async fn start(settings: &Settings) -> Result<RunningServer> {
         )
         .await?;
     app.spawn_reconciler();
-    app.spawn_event_tasks();
     let (stop, stopped) = oneshot::channel::<()>();
     let router = tessera_faces::router(app.clone());
     let limits = settings.http.clone();
