@@ -171,6 +171,8 @@ struct SimInstance {
     /// The security groups it was made with, as a real host's firewall
     /// enforces them.
     groups: Vec<tessera_core::network::GroupRules>,
+    /// The public keys it was last made or started with.
+    ssh_keys: Vec<String>,
 }
 
 #[derive(Default, Debug)]
@@ -277,6 +279,12 @@ impl SimHost {
     /// The security groups instance `id` was made with here, if it is here.
     pub fn instance_groups(&self, id: &str) -> Option<Vec<tessera_core::network::GroupRules>> {
         self.state().instances.get(id).map(|i| i.groups.clone())
+    }
+
+    /// The public keys instance `id` was last made or started with here,
+    /// if it is here.
+    pub fn instance_ssh_keys(&self, id: &str) -> Option<Vec<String>> {
+        self.state().instances.get(id).map(|i| i.ssh_keys.clone())
     }
 
     /// The directory that is this host's file system.
@@ -398,6 +406,7 @@ impl HostAgent for SimHost {
                 shared,
                 running: true,
                 groups: instance.security_groups.clone(),
+                ssh_keys: instance.ssh_keys.clone(),
             },
         );
         Ok(InstanceReport {
@@ -414,7 +423,10 @@ impl HostAgent for SimHost {
             state.attach(instance, &self.hostname)?;
         }
         match state.instances.get_mut(&instance.id) {
-            Some(found) => found.running = true,
+            Some(found) => {
+                found.running = true;
+                found.ssh_keys = instance.ssh_keys.clone();
+            }
             None => {
                 return Err(AgentError::Failed(format!(
                     "instance {} does not exist on {}",

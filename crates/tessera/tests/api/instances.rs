@@ -270,6 +270,8 @@ async fn an_instance_lives_its_whole_lifecycle(backend: Backend) {
         .host(&tessera_core::HostId::new(host.as_str()))
         .expect("sim host");
     assert_eq!(sim_host.instance(&id), Some(true), "the host runs it");
+    // Its host was told its key, read with the rest of what it is told.
+    assert_eq!(sim_host.instance_ssh_keys(&id), Some(vec![KEY.to_string()]));
 
     // Stop, start, and the 409s of wrong states.
     let (status, stopping) = server
@@ -292,6 +294,14 @@ async fn an_instance_lives_its_whole_lifecycle(backend: Backend) {
         (status, body["error"].as_str()),
         (StatusCode::CONFLICT, Some("CONFLICT"))
     );
+    // A key deleted meanwhile is not installed again when it starts.
+    let (status, body) = server
+        .delete(&format!(
+            "/v1/ssh-keys/{}",
+            key["id"].as_str().expect("key id")
+        ))
+        .await;
+    assert!(status.is_success(), "{status} {body}");
     let (status, starting) = server
         .post_raw(&format!("/v1/instances/{id}/start"), "")
         .await;
@@ -299,6 +309,7 @@ async fn an_instance_lives_its_whole_lifecycle(backend: Backend) {
     server
         .wait_operation(starting["operation_id"].as_str().expect("op"), TOKEN)
         .await;
+    assert_eq!(sim_host.instance_ssh_keys(&id), Some(Vec::new()));
     let again = server.get_ok(&format!("/v1/instances/{id}")).await;
     assert_eq!(again["status"]["state"], "running");
     assert_eq!(
