@@ -54,13 +54,24 @@ struct KnownDefaults {
     group: Option<String>,
 }
 
-/// Projects' default networks, as this process read them.
+/// The most subnets named by new instances that one process keeps; past
+/// it, it starts over.
+const KNOWN_SUBNETS: usize = 10_000;
+
+/// Projects' default networks, and the subnets new instances named, as
+/// this process read them. A subnet never changes (its block, VPC and
+/// name are fixed); it can only go, and an instance's write refuses a
+/// subnet that is gone (`NetworkGone`), which forgets its project's.
 #[derive(Default)]
-pub(crate) struct DefaultNetworks(std::sync::Mutex<HashMap<String, KnownDefaults>>);
+pub(crate) struct DefaultNetworks {
+    defaults: std::sync::Mutex<HashMap<String, KnownDefaults>>,
+    /// By project, the VPC a name is looked for in, and the id or name.
+    subnets: std::sync::Mutex<HashMap<(String, String, String), SubnetRecord>>,
+}
 
 impl DefaultNetworks {
     fn get(&self, project_id: &str) -> Option<KnownDefaults> {
-        self.0
+        self.defaults
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .get(project_id)
@@ -68,18 +79,41 @@ impl DefaultNetworks {
     }
 
     fn keep(&self, project_id: &str, known: &KnownDefaults) {
-        let mut map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut map = self.defaults.lock().unwrap_or_else(PoisonError::into_inner);
         if map.len() >= KNOWN_DEFAULTS {
             map.clear();
         }
         map.insert(project_id.to_string(), known.clone());
     }
 
+    fn subnet(&self, project_id: &str, within: &str, reference: &str) -> Option<SubnetRecord> {
+        self.subnets
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&(project_id.into(), within.into(), reference.into()))
+            .cloned()
+    }
+
+    fn keep_subnet(&self, project_id: &str, within: &str, reference: &str, subnet: &SubnetRecord) {
+        let mut map = self.subnets.lock().unwrap_or_else(PoisonError::into_inner);
+        if map.len() >= KNOWN_SUBNETS {
+            map.clear();
+        }
+        map.insert(
+            (project_id.into(), within.into(), reference.into()),
+            subnet.clone(),
+        );
+    }
+
     fn forget(&self, project_id: &str) {
-        self.0
+        self.defaults
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .remove(project_id);
+        self.subnets
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|(project, _, _), _| project != project_id);
     }
 }
 
@@ -478,7 +512,11 @@ impl App {
             )));
         }
         match self.store.delete_vpc(&caller.project_id, &vpc.id).await? {
-            NetworkRemoved::Removed => Ok(()),
+            NetworkRemoved::Removed => {
+                // What this process knew of its subnets is forgotten.
+                self.forget_defaults(&caller.project_id);
+                Ok(())
+            }
             NetworkRemoved::NotFound => Err(Error::NotFound(format!("VPC {id} not found"))),
             NetworkRemoved::InUse(instance) => Err(Error::Conflict(format!(
                 "VPC {} has instances (such as {instance}); delete them first",
@@ -620,7 +658,11 @@ impl App {
             .delete_subnet(&caller.project_id, &subnet.id)
             .await?
         {
-            NetworkRemoved::Removed => Ok(()),
+            NetworkRemoved::Removed => {
+                // What this process knew of its subnets is forgotten.
+                self.forget_defaults(&caller.project_id);
+                Ok(())
+            }
             NetworkRemoved::NotFound => Err(Error::NotFound(format!("subnet {id} not found"))),
             NetworkRemoved::InUse(instance) => Err(Error::Conflict(format!(
                 "subnet {} has instances (such as {instance}); delete them first",
@@ -884,14 +926,23 @@ impl App {
                 }
             },
             Some(id) => {
-                let within = vpc.as_ref().map(|v| v.id.as_str());
-                let subnet = self
-                    .project_subnet(project_id, id, within.or(Some(&default_vpc.id)))
-                    .await
-                    .map_err(missing(
-                        "spec.subnet_id",
-                        format!("subnet {id:?} not found"),
-                    ))?;
+                let within = vpc
+                    .as_ref()
+                    .map_or(default_vpc.id.as_str(), |v| v.id.as_str());
+                let subnet = match self.defaults.subnet(project_id, within, id) {
+                    Some(known) => known,
+                    None => {
+                        let subnet = self
+                            .project_subnet(project_id, id, Some(within))
+                            .await
+                            .map_err(missing(
+                                "spec.subnet_id",
+                                format!("subnet {id:?} not found"),
+                            ))?;
+                        self.defaults.keep_subnet(project_id, within, id, &subnet);
+                        subnet
+                    }
+                };
                 if let Some(vpc) = &vpc
                     && subnet.vpc_id != vpc.id
                 {

@@ -27,11 +27,17 @@ use tessera_store::{
 /// instance, another.
 pub(crate) const CREATE_ATTEMPTS: usize = 3;
 
+const NETWORK_GONE: &str =
+    "the instance's subnet or a security group was deleted meanwhile; try again";
+
 /// The error of a subnet or group deleted while an instance was made in it.
 pub(crate) fn network_gone() -> Error {
-    Error::Conflict(
-        "the instance's subnet or a security group was deleted meanwhile; try again".into(),
-    )
+    Error::Conflict(NETWORK_GONE.into())
+}
+
+/// Whether `err` is [`network_gone`]'s.
+fn is_network_gone(err: &Error) -> bool {
+    matches!(err, Error::Conflict(why) if why == NETWORK_GONE)
 }
 
 /// The error of a subnet with no address left.
@@ -270,37 +276,53 @@ impl App {
             self.check_funds(caller, with_volumes, &format!("instance {}", req.name))
                 .await?;
         }
-        let network = self
-            .attach_new_instance(&caller.project_id, &mut req.spec)
-            .await?;
-        req.spec.privileged = self
-            .runs_privileged(&caller.project_id, &req.spec.image)
-            .await?;
-        let id = new_id("inst");
-        for volume in &mut volumes {
-            volume.record.instance_id = Some(id.clone());
+        // The network as this process knows it: a subnet it read before may
+        // be gone since, which the write finds and refuses, forgetting what
+        // it knew of the project's network. It is then looked for once more,
+        // so that a subnet deleted long ago is answered as not found.
+        let asked = req.spec.clone();
+        let mut looked_again = false;
+        loop {
+            let network = self
+                .attach_new_instance(&caller.project_id, &mut req.spec)
+                .await?;
+            req.spec.privileged = self
+                .runs_privileged(&caller.project_id, &req.spec.image)
+                .await?;
+            let id = new_id("inst");
+            for volume in &mut volumes {
+                volume.record.instance_id = Some(id.clone());
+            }
+            req.spec.volumes_made = volumes.iter().map(|v| v.record.id.clone()).collect();
+            let spec = serde_json::to_value(&req.spec).unwrap_or_default();
+            let labels = serde_json::to_value(&req.labels).unwrap_or_default();
+            let instance = NewInstance {
+                id: id.clone(),
+                project_id: caller.project_id.clone(),
+                name: req.name.clone(),
+                labels,
+                spec,
+                memory_mb: req.spec.memory_mb.unwrap_or(0) as i64,
+                vcpus: i64::from(req.spec.vcpus.unwrap_or(1)),
+                micros_per_hour,
+                volumes: volumes.clone(),
+                attach: attach.clone(),
+                container: None,
+                network: Some(network),
+                replica: None,
+                created_by: caller.acting_user(),
+            };
+            match self
+                .record_instance(caller, &instance, &tags, req.require_funds)
+                .await
+            {
+                Err(err) if is_network_gone(&err) && !looked_again => {
+                    looked_again = true;
+                    req.spec = asked.clone();
+                }
+                recorded => return recorded,
+            }
         }
-        req.spec.volumes_made = volumes.iter().map(|v| v.record.id.clone()).collect();
-        let spec = serde_json::to_value(&req.spec).unwrap_or_default();
-        let labels = serde_json::to_value(&req.labels).unwrap_or_default();
-        let instance = NewInstance {
-            id: id.clone(),
-            project_id: caller.project_id.clone(),
-            name: req.name.clone(),
-            labels,
-            spec,
-            memory_mb: req.spec.memory_mb.unwrap_or(0) as i64,
-            vcpus: i64::from(req.spec.vcpus.unwrap_or(1)),
-            micros_per_hour,
-            volumes,
-            attach,
-            container: None,
-            network: Some(network),
-            replica: None,
-            created_by: caller.acting_user(),
-        };
-        self.record_instance(caller, &instance, &tags, req.require_funds)
-            .await
     }
 
     /// Records a new instance (within its project's quota, and its

@@ -4,7 +4,7 @@
 //! instances that name them (by id or name), get addresses of their subnet
 //! and keep what they are in from being deleted.
 
-use crate::harness::{Backend, TOKEN, TestServer, assert_error};
+use crate::harness::{Backend, Options, TOKEN, TestServer, assert_error, fresh_postgres_database};
 use crate::on_both_backends;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -12,6 +12,7 @@ use serde_json::{Value, json};
 on_both_backends!(
     a_workspace_has_a_default_network_and_makes_its_own,
     instances_get_addresses_of_their_subnet_and_hold_their_network,
+    a_subnet_another_replica_deleted_is_not_found,
 );
 
 async fn call(
@@ -703,4 +704,109 @@ async fn instances_get_addresses_of_their_subnet_and_hold_their_network(backend:
     let (status, _) = call(&server, TOKEN, Method::DELETE, "/v1/vpcs/app", None).await;
     assert_eq!(status, StatusCode::NO_CONTENT);
     server.stop().await;
+}
+
+/// A replica keeps the subnets new instances named (a subnet never
+/// changes), so one another replica deleted since is still known there;
+/// the instance's write finds it gone, and the creation looks again and
+/// answers what a creation anywhere answers: not found, nothing made.
+async fn a_subnet_another_replica_deleted_is_not_found(backend: Backend) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let database_url = match backend {
+        Backend::Sqlite => tessera_store::Store::sqlite_url(&dir.path().join("shared.db")),
+        Backend::Postgres => fresh_postgres_database().await,
+    };
+    let shared = || Options {
+        database_url: Some(database_url.clone()),
+        ..Options::default()
+    };
+    let a = TestServer::start_with(backend, shared()).await;
+    let b = TestServer::start_with(backend, shared()).await;
+    a.add_server("node-1", "0-15", "fin-01").await;
+    made(
+        &a,
+        TOKEN,
+        "/v1/vpcs",
+        json!({"name": "app", "cidr_block": "10.211.0.0/16"}),
+    )
+    .await;
+    let web = made(
+        &a,
+        TOKEN,
+        "/v1/subnets",
+        json!({"vpc_id": "app", "name": "web", "cidr_block": "10.211.1.0/24"}),
+    )
+    .await;
+    let web_id = web["id"].as_str().expect("id").to_string();
+    let create = |name: &str, spec: Value| {
+        let mut spec = spec;
+        spec["type"] = json!("cx11");
+        spec["image"] = json!("ubuntu-22.04");
+        json!({"metadata": {"name": name}, "spec": spec})
+    };
+    // Replica A makes instances in it, by id and by name, and deletes them.
+    for (name, spec) in [
+        ("by-id", json!({"subnet_id": web_id})),
+        ("by-name", json!({"vpc_id": "app", "subnet_id": "web"})),
+    ] {
+        let (status, body) = call(
+            &a,
+            TOKEN,
+            Method::POST,
+            "/v1/instances",
+            Some(create(name, spec)),
+        )
+        .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        a.wait_operation(body["operation_id"].as_str().expect("op"), TOKEN)
+            .await;
+        let id = body["id"].as_str().expect("id");
+        let (status, gone) = a.delete(&format!("/v1/instances/{id}")).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{gone}");
+        a.wait_operation(gone["operation_id"].as_str().expect("op"), TOKEN)
+            .await;
+    }
+    // Replica B deletes the subnet.
+    let (status, body) = b.delete(&format!("/v1/subnets/{web_id}")).await;
+    assert!(status.is_success(), "{status} {body}");
+    // On A, by id or by name: not found, and nothing made.
+    for spec in [
+        json!({"subnet_id": web_id}),
+        json!({"vpc_id": "app", "subnet_id": "web"}),
+    ] {
+        let (status, body) = call(
+            &a,
+            TOKEN,
+            Method::POST,
+            "/v1/instances",
+            Some(create("late", spec)),
+        )
+        .await;
+        bad(status, &body, "not found");
+    }
+    let listed = a.get_ok("/v1/instances?state=provisioning").await;
+    assert_eq!(listed["items"], json!([]), "{listed}");
+    // A subnet of the same name made again is the one used.
+    let again = made(
+        &b,
+        TOKEN,
+        "/v1/subnets",
+        json!({"vpc_id": "app", "name": "web", "cidr_block": "10.211.2.0/24"}),
+    )
+    .await;
+    let (status, body) = call(
+        &a,
+        TOKEN,
+        Method::POST,
+        "/v1/instances",
+        Some(create(
+            "renewed",
+            json!({"vpc_id": "app", "subnet_id": "web"}),
+        )),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(body["status"]["private_ip"], "10.211.2.2", "{body} {again}");
+    a.stop().await;
+    b.stop().await;
 }
