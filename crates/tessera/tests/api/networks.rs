@@ -709,7 +709,8 @@ async fn instances_get_addresses_of_their_subnet_and_hold_their_network(backend:
 /// A replica keeps the subnets new instances named (a subnet never
 /// changes), so one another replica deleted since is still known there;
 /// the instance's write finds it gone, and the creation looks again and
-/// answers what a creation anywhere answers: not found, nothing made.
+/// answers what a creation anywhere answers: not found, nothing made. By
+/// id and by name, each known to replica A when replica B deletes it.
 async fn a_subnet_another_replica_deleted_is_not_found(backend: Backend) {
     let dir = tempfile::tempdir().expect("tempdir");
     let database_url = match backend {
@@ -730,31 +731,33 @@ async fn a_subnet_another_replica_deleted_is_not_found(backend: Backend) {
         json!({"name": "app", "cidr_block": "10.211.0.0/16"}),
     )
     .await;
-    let web = made(
-        &a,
-        TOKEN,
-        "/v1/subnets",
-        json!({"vpc_id": "app", "name": "web", "cidr_block": "10.211.1.0/24"}),
-    )
-    .await;
-    let web_id = web["id"].as_str().expect("id").to_string();
     let create = |name: &str, spec: Value| {
         let mut spec = spec;
         spec["type"] = json!("cx11");
         spec["image"] = json!("ubuntu-22.04");
         json!({"metadata": {"name": name}, "spec": spec})
     };
-    // Replica A makes instances in it, by id and by name, and deletes them.
-    for (name, spec) in [
-        ("by-id", json!({"subnet_id": web_id})),
-        ("by-name", json!({"vpc_id": "app", "subnet_id": "web"})),
-    ] {
+    for (n, name, by_id) in [(1, "web", true), (2, "api", false)] {
+        let subnet = made(
+            &a,
+            TOKEN,
+            "/v1/subnets",
+            json!({"vpc_id": "app", "name": name, "cidr_block": format!("10.211.{n}.0/24")}),
+        )
+        .await;
+        let subnet_id = subnet["id"].as_str().expect("id").to_string();
+        let spec = match by_id {
+            true => json!({"subnet_id": subnet_id}),
+            false => json!({"vpc_id": "app", "subnet_id": name}),
+        };
+        // Replica A makes an instance in it (and so knows it), then
+        // deletes the instance.
         let (status, body) = call(
             &a,
             TOKEN,
             Method::POST,
             "/v1/instances",
-            Some(create(name, spec)),
+            Some(create(&format!("{name}-1"), spec.clone())),
         )
         .await;
         assert_eq!(status, StatusCode::CREATED, "{body}");
@@ -765,33 +768,36 @@ async fn a_subnet_another_replica_deleted_is_not_found(backend: Backend) {
         assert_eq!(status, StatusCode::ACCEPTED, "{gone}");
         a.wait_operation(gone["operation_id"].as_str().expect("op"), TOKEN)
             .await;
-    }
-    // Replica B deletes the subnet.
-    let (status, body) = b.delete(&format!("/v1/subnets/{web_id}")).await;
-    assert!(status.is_success(), "{status} {body}");
-    // On A, by id or by name: not found, and nothing made.
-    for spec in [
-        json!({"subnet_id": web_id}),
-        json!({"vpc_id": "app", "subnet_id": "web"}),
-    ] {
+        // Replica B deletes the subnet.
+        let (status, body) = b.delete(&format!("/v1/subnets/{subnet_id}")).await;
+        assert!(status.is_success(), "{status} {body}");
+        // On A, asked as before: not found, and nothing made.
+        let late = format!("{name}-late");
         let (status, body) = call(
             &a,
             TOKEN,
             Method::POST,
             "/v1/instances",
-            Some(create("late", spec)),
+            Some(create(&late, spec)),
         )
         .await;
         bad(status, &body, "not found");
+        let listed = a.get_ok("/v1/instances?limit=100").await;
+        assert_eq!(listed["items"], json!([]), "{listed}");
+        let ended = a.get_ok("/v1/instances?state=terminated&limit=100").await;
+        let ended = ended["items"].as_array().expect("items");
+        assert_eq!(ended.len(), n, "{ended:?}");
+        assert!(
+            ended.iter().all(|i| i["metadata"]["name"] != json!(late)),
+            "{ended:?}"
+        );
     }
-    let listed = a.get_ok("/v1/instances?state=provisioning").await;
-    assert_eq!(listed["items"], json!([]), "{listed}");
-    // A subnet of the same name made again is the one used.
+    // A subnet of a gone one's name, made again, is the one used.
     let again = made(
         &b,
         TOKEN,
         "/v1/subnets",
-        json!({"vpc_id": "app", "name": "web", "cidr_block": "10.211.2.0/24"}),
+        json!({"vpc_id": "app", "name": "api", "cidr_block": "10.211.9.0/24"}),
     )
     .await;
     let (status, body) = call(
@@ -801,12 +807,12 @@ async fn a_subnet_another_replica_deleted_is_not_found(backend: Backend) {
         "/v1/instances",
         Some(create(
             "renewed",
-            json!({"vpc_id": "app", "subnet_id": "web"}),
+            json!({"vpc_id": "app", "subnet_id": "api"}),
         )),
     )
     .await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
-    assert_eq!(body["status"]["private_ip"], "10.211.2.2", "{body} {again}");
+    assert_eq!(body["status"]["private_ip"], "10.211.9.2", "{body} {again}");
     a.stop().await;
     b.stop().await;
 }
