@@ -157,11 +157,14 @@ impl App {
 
     /// Starts deleting instance `id`: `false` when another request's
     /// delete got there first (under way or done), which a repeated delete
-    /// takes as done.
+    /// takes as done. Terminated since the caller read it (`Gone`: a delete
+    /// sent with this one ended meanwhile, or its creation failed) is done
+    /// too; answered as started, six deletes sent together could answer
+    /// 202 twice, the first and one that came after it ended.
     async fn delete_started(&self, caller: &Principal, id: &str) -> Result<bool> {
         Ok(match self.delete_instance(caller, id).await? {
-            Deletion::Begun(_) | Deletion::Gone(_) => true,
-            Deletion::Joined(_) => false,
+            Deletion::Begun(_) => true,
+            Deletion::Joined(_) | Deletion::Gone(_) => false,
         })
     }
 }
