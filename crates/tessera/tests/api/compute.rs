@@ -1488,11 +1488,7 @@ async fn the_gateway_follows_the_rules_and_says_why_it_cannot_route(backend: Bac
 /// terminal asked of the second is relayed through the store and the agent
 /// dials the second back directly.
 async fn a_terminal_asked_of_another_replica_is_relayed_to_the_agents(backend: Backend) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let database_url = match backend {
-        Backend::Sqlite => tessera_store::Store::sqlite_url(&dir.path().join("shared.db")),
-        Backend::Postgres => crate::harness::fresh_postgres_database().await,
-    };
+    let database = crate::harness::SharedDatabase::new(backend).await;
     let replica = |url: String| async move {
         TestServer::start_with(
             backend,
@@ -1503,13 +1499,13 @@ async fn a_terminal_asked_of_another_replica_is_relayed_to_the_agents(backend: B
         )
         .await
     };
-    let first = replica(database_url.clone()).await;
-    let second = replica(database_url).await;
+    let first = replica(database.url.clone()).await;
+    let second = replica(database.url.clone()).await;
     let (_agent, id) = remote_container(
         &first,
         &second,
         "remote-2",
-        &dir.path().join("agent"),
+        &database.dir.path().join("agent"),
         "relayed",
     )
     .await;

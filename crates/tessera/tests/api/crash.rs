@@ -18,16 +18,12 @@ crate::on_both_backends!(
 );
 
 async fn work_cut_short_by_a_crash_is_settled_at_restart(backend: Backend) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let database_url = match backend {
-        Backend::Sqlite => tessera_store::Store::sqlite_url(&dir.path().join("tessera.db")),
-        Backend::Postgres => fresh_postgres_database().await,
-    };
+    let database = crate::harness::SharedDatabase::new(backend).await;
     let client = reqwest::Client::new();
     // First life: preparing "stuck-1" and installing keys on "slow-*" never finish.
     let first = ServerProcess::start(
-        &database_url,
-        dir.path(),
+        &database.url,
+        database.dir.path(),
         &[
             "--sim-faults",
             "prepare:stuck-:hang,activate:slow-:hang",
@@ -67,7 +63,7 @@ async fn work_cut_short_by_a_crash_is_settled_at_restart(backend: Backend) {
     // Second life, healthy hosts: the stuck host is prepared, and the
     // interrupted allocation (nobody learnt its id) is unwound once its
     // deadline passes: wiped and back in the pool, its tags gone.
-    let second = ServerProcess::start(&database_url, dir.path(), &[]);
+    let second = ServerProcess::start(&database.url, database.dir.path(), &[]);
     wait_for(&client, &second.url, "?hostname=stuck-1&status=FREE", 1).await;
     let unwound = wait_for(&client, &second.url, "?hostname=slow-1&status=FREE", 1).await;
     assert_eq!(unwound[0]["tags"], json!(null));
@@ -116,15 +112,11 @@ async fn wait_operation(client: &reqwest::Client, url: &str, id: &str) -> Value 
 /// pooled) never finishes creating an instance.
 async fn first_life_with_a_hanging_host(
     backend: Backend,
-) -> (tempfile::TempDir, String, ServerProcess) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let database_url = match backend {
-        Backend::Sqlite => tessera_store::Store::sqlite_url(&dir.path().join("tessera.db")),
-        Backend::Postgres => fresh_postgres_database().await,
-    };
+) -> (crate::harness::SharedDatabase, ServerProcess) {
+    let database = crate::harness::SharedDatabase::new(backend).await;
     let first = ServerProcess::start(
-        &database_url,
-        dir.path(),
+        &database.url,
+        database.dir.path(),
         &[
             "--sim-faults",
             "create:slow-:hang",
@@ -143,11 +135,11 @@ async fn first_life_with_a_hanging_host(
     assert_eq!(status, StatusCode::OK, "{op}");
     let done = wait_operation(&client, &first.url, op["id"].as_str().expect("id")).await;
     assert_eq!(done["status"], "completed", "{done}");
-    (dir, database_url, first)
+    (database, first)
 }
 
 async fn an_instance_creation_cut_short_by_a_crash_is_finished_at_restart(backend: Backend) {
-    let (dir, database_url, first) = first_life_with_a_hanging_host(backend).await;
+    let (database, first) = first_life_with_a_hanging_host(backend).await;
     let client = reqwest::Client::new();
     let (status, created) = call(
         &client,
@@ -181,7 +173,11 @@ async fn an_instance_creation_cut_short_by_a_crash_is_finished_at_restart(backen
     // Another replica, healthy hosts: once the dead driver's lease has
     // passed (not before: the dead one might have been alive), it takes the
     // operation over and finishes it from its step log.
-    let second = ServerProcess::start(&database_url, dir.path(), &["--replica-id", "another"]);
+    let second = ServerProcess::start(
+        &database.url,
+        database.dir.path(),
+        &["--replica-id", "another"],
+    );
     let op = wait_operation(&client, &second.url, &op_id).await;
     assert_eq!(op["status"], "completed", "{op}");
     let (_, instance) = call(
@@ -245,7 +241,7 @@ async fn an_instance_creation_cut_short_by_a_crash_is_finished_at_restart(backen
 }
 
 async fn a_cluster_creation_cut_short_by_a_crash_is_finished_at_restart(backend: Backend) {
-    let (dir, database_url, first) = first_life_with_a_hanging_host(backend).await;
+    let (database, first) = first_life_with_a_hanging_host(backend).await;
     let client = reqwest::Client::new();
     let (status, workflow) = call(
         &client,
@@ -283,7 +279,7 @@ async fn a_cluster_creation_cut_short_by_a_crash_is_finished_at_restart(backend:
     }
     first.crash();
 
-    let second = ServerProcess::start(&database_url, dir.path(), &[]);
+    let second = ServerProcess::start(&database.url, database.dir.path(), &[]);
     let done = wait_operation(&client, &second.url, &workflow_id).await;
     assert_eq!(done["status"], "completed", "{done}");
     let (_, list) = call(
@@ -326,15 +322,11 @@ async fn a_cluster_creation_cut_short_by_a_crash_is_finished_at_restart(backend:
 }
 
 async fn a_restarted_replica_resumes_its_own_operations_at_once(backend: Backend) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let database_url = match backend {
-        Backend::Sqlite => tessera_store::Store::sqlite_url(&dir.path().join("tessera.db")),
-        Backend::Postgres => fresh_postgres_database().await,
-    };
+    let database = crate::harness::SharedDatabase::new(backend).await;
     // Leases of over a minute (twice the agent timeout, and a margin).
     let first = ServerProcess::start(
-        &database_url,
-        dir.path(),
+        &database.url,
+        database.dir.path(),
         &[
             "--sim-faults",
             "create:slow-:hang",
@@ -390,7 +382,11 @@ async fn a_restarted_replica_resumes_its_own_operations_at_once(backend: Backend
 
     // The same replica (its name kept in the data directory) restarts: it
     // takes its operations back at once instead of waiting out its leases.
-    let second = ServerProcess::start(&database_url, dir.path(), &["--agent-timeout-ms", "30000"]);
+    let second = ServerProcess::start(
+        &database.url,
+        database.dir.path(),
+        &["--agent-timeout-ms", "30000"],
+    );
     for (id, op_id) in &creations {
         let (status, op) = call(
             &client,

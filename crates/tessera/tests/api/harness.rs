@@ -49,6 +49,34 @@ macro_rules! on_both_backends {
     };
 }
 
+/// A database that outlives one server: several replicas of one cloud
+/// share it, or one server's restarts find it again. A SQLite file in a
+/// directory of its own (`dir`, kept while this lives), or a fresh
+/// PostgreSQL database.
+pub struct SharedDatabase {
+    pub url: String,
+    pub dir: tempfile::TempDir,
+}
+
+impl SharedDatabase {
+    pub async fn new(backend: Backend) -> SharedDatabase {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = match backend {
+            Backend::Sqlite => tessera_store::Store::sqlite_url(&dir.path().join("tessera.db")),
+            Backend::Postgres => fresh_postgres_database().await,
+        };
+        SharedDatabase { url, dir }
+    }
+
+    /// A server's options on this database.
+    pub fn options(&self) -> Options {
+        Options {
+            database_url: Some(self.url.clone()),
+            ..Options::default()
+        }
+    }
+}
+
 /// A fresh, empty PostgreSQL database on the server `scripts/test` started.
 pub async fn fresh_postgres_database() -> String {
     let admin = std::env::var("TESSERA_TEST_POSTGRES_URL").unwrap_or_else(|_| {

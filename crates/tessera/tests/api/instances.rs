@@ -1,8 +1,6 @@
 //! Servers, instances, SSH keys and operations through the native API.
 
-use crate::harness::{
-    Backend, KEY, Options, TOKEN, TestServer, eventually, fresh_postgres_database,
-};
+use crate::harness::{Backend, KEY, Options, TOKEN, TestServer, eventually};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use std::collections::HashSet;
@@ -798,16 +796,11 @@ async fn ssh_keys_are_validated_and_installed(backend: Backend) {
 /// 32 GB (simulated hosts have 8 GB per CPU). B has seen the host once,
 /// as it started; what A places there later, B's placement view does not
 /// see.
-async fn two_replicas_one_host(backend: Backend) -> (TestServer, TestServer, tempfile::TempDir) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let database_url = match backend {
-        Backend::Sqlite => tessera_store::Store::sqlite_url(&dir.path().join("shared.db")),
-        Backend::Postgres => fresh_postgres_database().await,
-    };
-    let shared = || Options {
-        database_url: Some(database_url.clone()),
-        ..Options::default()
-    };
+async fn two_replicas_one_host(
+    backend: Backend,
+) -> (TestServer, TestServer, crate::harness::SharedDatabase) {
+    let database = crate::harness::SharedDatabase::new(backend).await;
+    let shared = || database.options();
     let a = TestServer::start_with(backend, shared()).await;
     a.add_server("node-1", "0-3", "fin-01").await;
     let b = TestServer::start_with(backend, shared()).await;
@@ -827,11 +820,11 @@ async fn two_replicas_one_host(backend: Backend) -> (TestServer, TestServer, tem
     )
     .await;
     tokio::time::sleep(Duration::from_millis(100)).await;
-    (a, b, dir)
+    (a, b, database)
 }
 
 async fn replicas_never_place_two_instances_on_one_cpu(backend: Backend) {
-    let (a, b, _dir) = two_replicas_one_host(backend).await;
+    let (a, b, _database) = two_replicas_one_host(backend).await;
     let on_a = a.run_instance(TOKEN, "on-a", "cx11").await;
     assert_eq!(on_a["status"]["cpus"], "0", "{on_a}");
     // B's view has CPU 0 free and picks it; the ledger refuses it, and B
@@ -849,7 +842,7 @@ async fn replicas_never_place_two_instances_on_one_cpu(backend: Backend) {
 }
 
 async fn replicas_never_overcommit_a_hosts_memory(backend: Backend) {
-    let (a, b, _dir) = two_replicas_one_host(backend).await;
+    let (a, b, _database) = two_replicas_one_host(backend).await;
     let big = |name: &str| json!({"metadata": {"name": name}, "spec": {"type": "cx11", "image": "ubuntu-22.04", "memory_mb": 20480}});
     // On A: instances on CPUs 0, 1 and 2 (the last with 20 GB); the one on
     // CPU 0 goes again, leaving CPUs 0 and 3 and 10 GB free.

@@ -4,7 +4,7 @@
 //! instances that name them (by id or name), get addresses of their subnet
 //! and keep what they are in from being deleted.
 
-use crate::harness::{Backend, Options, TOKEN, TestServer, assert_error, fresh_postgres_database};
+use crate::harness::{Backend, TOKEN, TestServer, assert_error};
 use crate::on_both_backends;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -712,15 +712,8 @@ async fn instances_get_addresses_of_their_subnet_and_hold_their_network(backend:
 /// answers what a creation anywhere answers: not found, nothing made. By
 /// id and by name, each known to replica A when replica B deletes it.
 async fn a_subnet_another_replica_deleted_is_not_found(backend: Backend) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let database_url = match backend {
-        Backend::Sqlite => tessera_store::Store::sqlite_url(&dir.path().join("shared.db")),
-        Backend::Postgres => fresh_postgres_database().await,
-    };
-    let shared = || Options {
-        database_url: Some(database_url.clone()),
-        ..Options::default()
-    };
+    let database = crate::harness::SharedDatabase::new(backend).await;
+    let shared = || database.options();
     let a = TestServer::start_with(backend, shared()).await;
     let b = TestServer::start_with(backend, shared()).await;
     a.add_server("node-1", "0-15", "fin-01").await;

@@ -1,6 +1,6 @@
 //! `GET /metrics` (Prometheus) and `GET /v1/events` (WebSocket).
 
-use crate::harness::{Backend, Options, TOKEN, TestServer, fresh_postgres_database};
+use crate::harness::{Backend, TOKEN, TestServer};
 use futures::StreamExt;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -193,15 +193,8 @@ async fn events_stream_the_projects_state_changes(backend: Backend) {
 }
 
 async fn events_are_logged_and_reach_every_replica(backend: Backend) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let database_url = match backend {
-        Backend::Sqlite => tessera_store::Store::sqlite_url(&dir.path().join("shared.db")),
-        Backend::Postgres => fresh_postgres_database().await,
-    };
-    let shared = || Options {
-        database_url: Some(database_url.clone()),
-        ..Options::default()
-    };
+    let database = crate::harness::SharedDatabase::new(backend).await;
+    let shared = || database.options();
     let a = TestServer::start_with(backend, shared()).await;
     let b = TestServer::start_with(backend, shared()).await;
     a.add_server("node-1", "0-7", "fin-01").await;

@@ -1839,11 +1839,7 @@ async fn agent_desired_status(server: &TestServer, credential: &str) -> StatusCo
 /// taking it: on PostgreSQL as soon as it is notified (it would otherwise
 /// trust it for a minute), on SQLite within the 5 s it trusts any.
 async fn a_replaced_agent_credential_stops_working_on_every_replica(backend: Backend) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let database_url = match backend {
-        Backend::Sqlite => tessera_store::Store::sqlite_url(&dir.path().join("shared.db")),
-        Backend::Postgres => fresh_postgres_database().await,
-    };
+    let database = crate::harness::SharedDatabase::new(backend).await;
     let silence = Duration::from_millis(500);
     let replica = |url: String| async move {
         TestServer::start_with(
@@ -1856,8 +1852,8 @@ async fn a_replaced_agent_credential_stops_working_on_every_replica(backend: Bac
         )
         .await
     };
-    let first = replica(database_url.clone()).await;
-    let second = replica(database_url).await;
+    let first = replica(database.url.clone()).await;
+    let second = replica(database.url.clone()).await;
     let register = |token: String| register_sim_agent(&first, token, "moved");
     let desired = agent_desired_status;
     let old = register(crate::harness::join_token(&first.url).await).await;
@@ -2016,15 +2012,11 @@ async fn a_silently_dead_agents_listener_is_made_again() {
 }
 
 async fn a_login_burst_leaves_memory_and_health_as_they_were(backend: Backend) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let database_url = match backend {
-        Backend::Sqlite => tessera_store::Store::sqlite_url(&dir.path().join("t.db")),
-        Backend::Postgres => fresh_postgres_database().await,
-    };
+    let database = crate::harness::SharedDatabase::new(backend).await;
     // Every login reaches a password check: no address limit to hide behind.
     let server = ServerProcess::start(
-        &database_url,
-        dir.path(),
+        &database.url,
+        database.dir.path(),
         &[
             "--login-attempts-per-minute",
             "1000000",

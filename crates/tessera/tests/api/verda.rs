@@ -2341,15 +2341,8 @@ async fn a_deploy_counts_the_instances_still_being_made(backend: Backend) {
 /// charged too: the next start books what it accrued and runs it on at the
 /// type's price.
 async fn meters_that_billed_volumes_twice_are_repaired_at_start(backend: Backend) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let database_url = match backend {
-        Backend::Sqlite => tessera_store::Store::sqlite_url(&dir.path().join("tessera.db")),
-        Backend::Postgres => crate::harness::fresh_postgres_database().await,
-    };
-    let options = || Options {
-        database_url: Some(database_url.clone()),
-        ..Options::default()
-    };
+    let database = crate::harness::SharedDatabase::new(backend).await;
+    let options = || database.options();
     let server = TestServer::start_with(backend, options()).await;
     add_fin_host(&server, "fin-r", "16xCPU-64GB").await;
     let verda = Verda::login(&server, "default").await;
