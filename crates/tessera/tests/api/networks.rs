@@ -31,6 +31,14 @@ async fn made(server: &TestServer, token: &str, path: &str, body: Value) -> Valu
     made
 }
 
+/// A creation's body: a `cx11` of `ubuntu-22.04` named `name`, with
+/// `spec`'s network fields.
+fn create(name: &str, mut spec: Value) -> Value {
+    spec["type"] = json!("cx11");
+    spec["image"] = json!("ubuntu-22.04");
+    json!({"metadata": {"name": name}, "spec": spec})
+}
+
 fn bad(status: StatusCode, body: &Value, what: &str) {
     assert_error(status, body, StatusCode::BAD_REQUEST, "INVALID_REQUEST");
     assert!(
@@ -453,12 +461,6 @@ async fn a_workspace_has_a_default_network_and_makes_its_own(backend: Backend) {
 async fn instances_get_addresses_of_their_subnet_and_hold_their_network(backend: Backend) {
     let server = TestServer::start(backend).await;
     server.add_server("node-1", "0-31", "fin-01").await;
-    let create = |name: &str, spec: Value| {
-        let mut spec = spec;
-        spec["type"] = json!("cx11");
-        spec["image"] = json!("ubuntu-22.04");
-        json!({"metadata": {"name": name}, "spec": spec})
-    };
 
     // Named nothing: the defaults, shown by id.
     let (status, plain) = call(
@@ -724,12 +726,6 @@ async fn a_subnet_another_replica_deleted_is_not_found(backend: Backend) {
         json!({"name": "app", "cidr_block": "10.211.0.0/16"}),
     )
     .await;
-    let create = |name: &str, spec: Value| {
-        let mut spec = spec;
-        spec["type"] = json!("cx11");
-        spec["image"] = json!("ubuntu-22.04");
-        json!({"metadata": {"name": name}, "spec": spec})
-    };
     for (n, name, by_id) in [(1, "web", true), (2, "api", false)] {
         let subnet = made(
             &a,
