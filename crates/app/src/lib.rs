@@ -202,8 +202,9 @@ pub struct App {
     /// Work this process is doing on hosts and units now, so the reconciler
     /// does not start the same work twice.
     in_flight: Arc<Mutex<HashSet<String>>>,
-    /// Projects' default networks, read once each.
-    defaults: Arc<networks::DefaultNetworks>,
+    /// Projects' default networks and the subnets new instances named,
+    /// read once each.
+    networks: Arc<networks::KnownNetworks>,
     agent_of_host: Arc<Mutex<HashMap<HostId, Arc<dyn HostAgent>>>>,
     /// What this process last wrote of each instance's usage, so that a
     /// fleet's unchanged observations are not written again at every look.
@@ -250,7 +251,7 @@ impl App {
             placement,
             config: Arc::new(config),
             in_flight: Arc::default(),
-            defaults: Arc::default(),
+            networks: Arc::default(),
             sessions: Arc::default(),
             terminals: Arc::default(),
             agent_of_host: Arc::default(),

@@ -63,13 +63,13 @@ const KNOWN_SUBNETS: usize = 10_000;
 /// name are fixed); it can only go, and an instance's write refuses a
 /// subnet that is gone (`NetworkGone`), which forgets its project's.
 #[derive(Default)]
-pub(crate) struct DefaultNetworks {
+pub(crate) struct KnownNetworks {
     defaults: std::sync::Mutex<HashMap<String, KnownDefaults>>,
     /// By project, the VPC a name is looked for in, and the id or name.
     subnets: std::sync::Mutex<HashMap<(String, String, String), SubnetRecord>>,
 }
 
-impl DefaultNetworks {
+impl KnownNetworks {
     fn get(&self, project_id: &str) -> Option<KnownDefaults> {
         self.defaults
             .lock()
@@ -365,9 +365,9 @@ impl App {
     /// read them. None of them can be deleted or changed, so they are read
     /// once per project, not at each creation; should the project go (and
     /// them with it), the store refuses the attachment and
-    /// [`App::forget_defaults`] drops what was known.
+    /// [`App::forget_networks`] drops what was known.
     async fn known_defaults(&self, project_id: &str) -> Result<KnownDefaults> {
-        if let Some(known) = self.defaults.get(project_id) {
+        if let Some(known) = self.networks.get(project_id) {
             return Ok(known);
         }
         let (vpc, subnet) = self.default_network(project_id).await?;
@@ -378,13 +378,14 @@ impl App {
             Err(err) => return Err(err),
         };
         let known = KnownDefaults { vpc, subnet, group };
-        self.defaults.keep(project_id, &known);
+        self.networks.keep(project_id, &known);
         Ok(known)
     }
 
-    /// Forgets a project's defaults: the store said they are gone.
-    pub(crate) fn forget_defaults(&self, project_id: &str) {
-        self.defaults.forget(project_id);
+    /// Forgets what this process knew of a project's networks: the store
+    /// said some are gone, or one was deleted here.
+    pub(crate) fn forget_networks(&self, project_id: &str) {
+        self.networks.forget(project_id);
     }
 
     /// The project's default security group, made with its default VPC
@@ -514,7 +515,7 @@ impl App {
         match self.store.delete_vpc(&caller.project_id, &vpc.id).await? {
             NetworkRemoved::Removed => {
                 // What this process knew of its subnets is forgotten.
-                self.forget_defaults(&caller.project_id);
+                self.forget_networks(&caller.project_id);
                 Ok(())
             }
             NetworkRemoved::NotFound => Err(Error::NotFound(format!("VPC {id} not found"))),
@@ -660,7 +661,7 @@ impl App {
         {
             NetworkRemoved::Removed => {
                 // What this process knew of its subnets is forgotten.
-                self.forget_defaults(&caller.project_id);
+                self.forget_networks(&caller.project_id);
                 Ok(())
             }
             NetworkRemoved::NotFound => Err(Error::NotFound(format!("subnet {id} not found"))),
@@ -929,7 +930,7 @@ impl App {
                 let within = vpc
                     .as_ref()
                     .map_or(default_vpc.id.as_str(), |v| v.id.as_str());
-                let subnet = match self.defaults.subnet(project_id, within, id) {
+                let subnet = match self.networks.subnet(project_id, within, id) {
                     Some(known) => known,
                     None => {
                         let subnet = self
@@ -939,7 +940,7 @@ impl App {
                                 "spec.subnet_id",
                                 format!("subnet {id:?} not found"),
                             ))?;
-                        self.defaults.keep_subnet(project_id, within, id, &subnet);
+                        self.networks.keep_subnet(project_id, within, id, &subnet);
                         subnet
                     }
                 };

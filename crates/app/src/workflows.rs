@@ -234,7 +234,7 @@ impl App {
                 return Err(crate::instances::subnet_full(&subnet));
             }
             tessera_store::InstancesAdded::NetworkGone => {
-                self.forget_defaults(&op.project_id);
+                self.forget_networks(&op.project_id);
                 return Err(crate::instances::network_gone());
             }
             tessera_store::InstancesAdded::Recorded { .. }

@@ -367,7 +367,7 @@ impl App {
             }
             InstancesAdded::SubnetFull(subnet) => return Err(subnet_full(&subnet)),
             InstancesAdded::NetworkGone => {
-                self.forget_defaults(&caller.project_id);
+                self.forget_networks(&caller.project_id);
                 return Err(network_gone());
             }
             InstancesAdded::ReplicasEnough => {
