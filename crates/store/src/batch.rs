@@ -20,8 +20,10 @@
 
 use crate::db::{Conn, DbError};
 use crate::pg::PgPool;
-use crate::{Result, StoreError};
+use crate::{Result, StoreError, now};
 use futures::future::BoxFuture;
+use sqlx::Row;
+use sqlx::any::AnyRow;
 use std::sync::Arc;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
@@ -202,4 +204,42 @@ async fn together<B: Batch>(
             Some(group)
         }
     }
+}
+
+/// Runs a batch statement: `$1` the calls' inputs as a JSON list, each
+/// numbered `n` by its place in it, `$2` now.
+pub(crate) async fn fetch_many(
+    conn: &mut Conn<'_>,
+    sql: &str,
+    inputs: impl Iterator<Item = serde_json::Value>,
+) -> std::result::Result<Vec<AnyRow>, DbError> {
+    let input: Vec<serde_json::Value> = inputs
+        .enumerate()
+        .map(|(n, mut input)| {
+            input["n"] = n.into();
+            input
+        })
+        .collect();
+    let args = [
+        serde_json::Value::from(input).to_string().into(),
+        now().into(),
+    ];
+    conn.fetch_rows(sql, &args).await
+}
+
+/// Each call's answer from rows of `(n, value)`, `n` the call's index;
+/// `None` for the calls no row answers.
+pub(crate) fn answers_by_index<T>(
+    rows: Vec<AnyRow>,
+    calls: usize,
+    value: impl Fn(AnyRow) -> std::result::Result<T, sqlx::Error>,
+) -> std::result::Result<Vec<Option<T>>, DbError> {
+    let mut answers: Vec<Option<T>> = std::iter::repeat_with(|| None).take(calls).collect();
+    for row in rows {
+        let n: i64 = row.try_get("n")?;
+        if let Some(slot) = usize::try_from(n).ok().and_then(|n| answers.get_mut(n)) {
+            *slot = Some(value(row)?);
+        }
+    }
+    Ok(answers)
 }

@@ -5,6 +5,8 @@
 //! given twice whichever face asked. A claim also bumps the host's
 //! generation, which is how other replicas' placement views learn of it.
 
+mod batches;
+
 use crate::billing::{meter_open, meter_set};
 use crate::db::{Arg, Conn, DbError};
 use crate::operations::{
@@ -14,6 +16,8 @@ use crate::operations::{
 use crate::volumes::{volume_attach, volume_insert};
 use crate::writer::Commit;
 use crate::{QuotaCheck, Result, Store, now};
+pub(crate) use batches::InstanceBatches;
+use batches::{Placement, Settlement, place_alone};
 use std::sync::Arc;
 use tessera_core::status::{InstanceState, OperationKind, TerminationCause};
 
@@ -804,51 +808,31 @@ impl Store {
     ) -> Result<bool> {
         // On PostgreSQL a placement on whole CPUs of a pooled host is one
         // call (migration 0043), outside any transaction: one round trip,
-        // not four.
+        // not four, and under load one of a batch (see
+        // [`batches`]).
         if self.backend == crate::Backend::Postgres
             && purpose == CpuClaim::Place
             && share.is_none()
             && unit.is_none()
             && !cpus.is_empty()
         {
-            let cpu_list = tessera_core::CpuSet::from_iter(cpus.iter().copied()).to_string();
+            let (operation, steps, lease_until) = op;
             let listed: Vec<String> = cpus.iter().map(u32::to_string).collect();
-            let (op_id, steps, lease_until) = op;
-            let args: Arc<Vec<Arg>> = Arc::new(vec![
-                op_id.into(),
-                self.owner.as_ref().into(),
-                steps.into(),
-                lease_until.into(),
-                now().into(),
-                instance_id.into(),
-                host_id.into(),
-                cpu_list.into(),
-                holder(instance_id).into(),
-                listed.join(",").into(),
-            ]);
-            return self
-                .write_one("claim_instance_cpus", move |mut conn| {
-                    let args = args.clone();
-                    Box::pin(async move {
-                        let claimed = conn
-                            .fetch_int(
-                                "SELECT claim_instance_cpus($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-                                &args,
-                            )
-                            .await;
-                        match claimed {
-                            Ok(claimed) => Ok(Commit::Keep(claimed == Some(1))),
-                            // Refused, the statement undone.
-                            Err(DbError::Sqlx(sqlx::Error::Database(db)))
-                                if db.code().as_deref() == Some(CLAIM_REFUSED) =>
-                            {
-                                Ok(Commit::Undo(false))
-                            }
-                            Err(err) => Err(err),
-                        }
-                    })
-                })
-                .await;
+            let placement = Arc::new(Placement {
+                operation: operation.to_string(),
+                owner: self.owner.to_string(),
+                steps: steps.to_string(),
+                lease_until: lease_until.to_string(),
+                instance: instance_id.to_string(),
+                host: host_id.to_string(),
+                cpu_list: tessera_core::CpuSet::from_iter(cpus.iter().copied()).to_string(),
+                holder: holder(instance_id),
+                cpus: listed.join(","),
+            });
+            return match &self.instance_batches {
+                Some(batches) => batches.place.call(placement).await,
+                None => place_alone(&self.write, placement).await,
+            };
         }
         let place = Arc::new(Placing {
             instance_id: instance_id.to_string(),
@@ -920,11 +904,31 @@ impl Store {
         if let [(instance_id, update, false)] = instances
             && update.state != InstanceState::Terminated
         {
+            let running = update.state == InstanceState::Running;
             let rest = vec![
                 instance_set(instance_id, update, None),
-                meter_set(instance_id, update.state == InstanceState::Running, None),
+                meter_set(instance_id, running, None),
             ];
-            return self.run_guarded("settle_instances", finish, rest).await;
+            let Some(batches) = &self.instance_batches else {
+                return self.run_guarded("settle_instances", finish, rest).await;
+            };
+            let settlement = Settlement {
+                operation: end.id.to_string(),
+                owner: self.owner.to_string(),
+                status: end.status.as_str().to_string(),
+                result: end.result.map(|r| r.to_string()),
+                error: end.error.map(str::to_string),
+                instance: instance_id.to_string(),
+                state: update.state.as_str().to_string(),
+                state_detail: update.state_detail.clone(),
+                private_ip: update.private_ip.clone(),
+                ssh_endpoint: update.ssh_endpoint.clone(),
+                cause: update.cause.map(|c| c.as_str().to_string()),
+                running,
+                at_ms: crate::billing::now_ms(),
+                alone: crate::db::guarded_statement(&finish, &rest),
+            };
+            return batches.settle.call(Arc::new(settlement)).await;
         }
         let mut statements = vec![finish];
         for (instance_id, update, release) in instances {
@@ -1138,9 +1142,6 @@ impl Store {
         Ok((counts[0] == 1).then_some(taken))
     }
 }
-
-/// The SQLSTATE of a placement migration 0043's function refused.
-const CLAIM_REFUSED: &str = "TS001";
 
 struct Placing {
     instance_id: String,

@@ -149,6 +149,9 @@ pub struct Store {
     /// On PostgreSQL, the Kloigos unit writes gathered into one statement
     /// under load (see [`batch`]).
     unit_batches: Option<std::sync::Arc<units::UnitBatches>>,
+    /// On PostgreSQL, the writes of instances' creations gathered the same
+    /// way (see `instances::batches`).
+    instance_batches: Option<std::sync::Arc<instances::InstanceBatches>>,
 }
 
 impl Store {
@@ -195,6 +198,7 @@ impl Store {
                     write,
                     listen_url: None,
                     unit_batches: None,
+                    instance_batches: None,
                 })
             }
             Backend::Postgres => {
@@ -210,6 +214,9 @@ impl Store {
                     owner: new_owner(),
                     read: std::sync::Arc::new(reader::Reader::Postgres(pool.clone())),
                     unit_batches: Some(std::sync::Arc::new(units::UnitBatches::start(&pool))),
+                    instance_batches: Some(std::sync::Arc::new(instances::InstanceBatches::start(
+                        &pool,
+                    ))),
                     write: Writer::Postgres(pool),
                     listen_url: Some(url.into()),
                 })

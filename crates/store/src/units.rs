@@ -1,6 +1,6 @@
 //! Kloigos compute units and the CPU ledger that backs their allocation.
 
-use crate::batch::{Batch, Batcher};
+use crate::batch::{Batch, Batcher, answers_by_index, fetch_many};
 use crate::db::{Arg, Conn, DbError};
 use crate::hosts::status_guard;
 use crate::writer::{Commit, Shape, Writer};
@@ -757,44 +757,6 @@ impl UnitBatches {
             release: Batcher::start(ReleaseBatch(writer), pool.clone()),
         }
     }
-}
-
-/// Runs a batch statement: `$1` the calls' inputs as a JSON list, each
-/// numbered `n` by its place in it, `$2` now.
-async fn fetch_many(
-    conn: &mut Conn<'_>,
-    sql: &str,
-    inputs: impl Iterator<Item = serde_json::Value>,
-) -> std::result::Result<Vec<AnyRow>, DbError> {
-    let input: Vec<serde_json::Value> = inputs
-        .enumerate()
-        .map(|(n, mut input)| {
-            input["n"] = n.into();
-            input
-        })
-        .collect();
-    let args = [
-        serde_json::Value::from(input).to_string().into(),
-        now().into(),
-    ];
-    conn.fetch_rows(sql, &args).await
-}
-
-/// Each call's answer from rows of `(n, value)`, `n` the call's index;
-/// `None` for the calls no row answers.
-fn answers_by_index<T>(
-    rows: Vec<AnyRow>,
-    calls: usize,
-    value: impl Fn(AnyRow) -> std::result::Result<T, sqlx::Error>,
-) -> std::result::Result<Vec<Option<T>>, DbError> {
-    let mut answers: Vec<Option<T>> = std::iter::repeat_with(|| None).take(calls).collect();
-    for row in rows {
-        let n: i64 = row.try_get("n")?;
-        if let Some(slot) = usize::try_from(n).ok().and_then(|n| answers.get_mut(n)) {
-            *slot = Some(value(row)?);
-        }
-    }
-    Ok(answers)
 }
 
 /// Claims of [`ClaimQuota::NoOwnLimit`] (see [`claim_on_postgres`]).
