@@ -17,7 +17,7 @@ use crate::volumes::{volume_attach, volume_insert};
 use crate::writer::Commit;
 use crate::{QuotaCheck, Result, Store, now};
 pub(crate) use batches::InstanceBatches;
-use batches::{Placement, Settlement, place_alone};
+use batches::{Creation, Placement, Settlement, place_alone};
 use std::sync::Arc;
 use tessera_core::status::{InstanceState, OperationKind, TerminationCause};
 
@@ -324,175 +324,220 @@ impl Store {
         quota: Option<&QuotaCheck>,
         taken: Option<&str>,
     ) -> Result<InstancesAdded> {
-        // A microsecond apart, so that they list in their order.
-        let base = chrono::Utc::now();
-        let mut statements: Vec<(String, Vec<Arg>)> = Vec::new();
-        let mut attaches = Vec::new();
-        let mut written = Vec::with_capacity(instances.len());
-        // Where each instance's own row is among the statements.
-        let mut rows = Vec::with_capacity(instances.len());
-        for (n, instance) in instances.iter().enumerate() {
-            let at = crate::timestamp(base + chrono::Duration::microseconds(n as i64));
-            written.push(InstanceRecord {
-                id: instance.id.clone(),
-                project_id: instance.project_id.clone(),
-                name: instance.name.clone(),
-                labels: instance.labels.to_string(),
-                spec: instance.spec.to_string(),
-                state: "provisioning".into(),
-                state_detail: None,
-                host_id: None,
-                cpu_list: None,
-                memory_mb: instance.memory_mb,
-                private_ip: String::new(),
-                public_ip: String::new(),
-                operation_id: Some(op.id.clone()),
-                generation: 1,
-                created_at: at.clone(),
-                updated_at: at.clone(),
-                ssh_endpoint: None,
-                end_cause: None,
-                created_by: instance.created_by.clone(),
-            });
-            rows.push(statements.len());
-            statements.push((
-                instance_insert(PRIVATE_IP_UNSET),
-                vec![
-                    (&instance.id).into(),
-                    (&instance.project_id).into(),
-                    (&instance.name).into(),
-                    instance.labels.to_string().into(),
-                    instance.spec.to_string().into(),
-                    instance.memory_mb.into(),
-                    (&op.id).into(),
-                    (&at).into(),
-                    instance.vcpus.into(),
-                    instance.created_by.as_deref().into(),
-                ],
-            ));
-            // Its labels in one statement: ($1, $2, $3) are the instance,
-            // its project and when; each label adds a key and a value.
-            let labels: Vec<(&String, &str)> = instance
-                .labels
-                .as_object()
-                .into_iter()
-                .flatten()
-                .filter_map(|(key, value)| Some((key, value.as_str()?)))
-                .collect();
-            if !labels.is_empty() {
-                let mut args: Vec<Arg> = vec![
-                    (&instance.id).into(),
-                    (&instance.project_id).into(),
-                    (&at).into(),
-                ];
-                let mut rows = Vec::new();
-                for (key, value) in labels {
-                    args.extend([key.into(), value.into()]);
-                    rows.push(format!(
-                        "($1, $2, ${}, ${}, $3)",
-                        args.len() - 1,
-                        args.len()
-                    ));
-                }
-                statements.push((
-                    format!(
-                        "INSERT INTO instance_labels (instance_id, project_id, key, value, \
-                         created_at) VALUES {}",
-                        rows.join(", ")
-                    ),
-                    args,
+        // On PostgreSQL the common creation (one instance, driven at once
+        // by this process) is one of a batch under load.
+        if let Some(batches) = &self.instance_batches
+            && let [instance] = instances
+            && let Some(lease_until) = taken
+            && let Some(creation) =
+                Creation::batchable(instance, op, quota, lease_until, &self.owner)
+        {
+            return batches.create.call(Arc::new(creation)).await;
+        }
+        write_instances(
+            (&self.write, self.backend, &self.owner),
+            instances,
+            op,
+            quota,
+            taken,
+            None,
+        )
+        .await
+    }
+}
+
+/// [`Store::insert_instances`] as its own transaction, written by `writer`
+/// on `backend` for this process (`owner`); `hint`, the address
+/// to try first for the first instance's network, when one was taken from
+/// this process's hints already.
+pub(crate) async fn write_instances(
+    (writer, backend, owner): (&crate::writer::Writer, crate::Backend, &str),
+    instances: &[NewInstance],
+    op: &NewOperation,
+    quota: Option<&QuotaCheck>,
+    taken: Option<&str>,
+    hint: Option<&str>,
+) -> Result<InstancesAdded> {
+    // A microsecond apart, so that they list in their order.
+    let base = chrono::Utc::now();
+    let mut statements: Vec<(String, Vec<Arg>)> = Vec::new();
+    let mut attaches = Vec::new();
+    let mut written = Vec::with_capacity(instances.len());
+    // Where each instance's own row is among the statements.
+    let mut rows = Vec::with_capacity(instances.len());
+    for (n, instance) in instances.iter().enumerate() {
+        let at = crate::timestamp(base + chrono::Duration::microseconds(n as i64));
+        written.push(InstanceRecord {
+            id: instance.id.clone(),
+            project_id: instance.project_id.clone(),
+            name: instance.name.clone(),
+            labels: instance.labels.to_string(),
+            spec: instance.spec.to_string(),
+            state: "provisioning".into(),
+            state_detail: None,
+            host_id: None,
+            cpu_list: None,
+            memory_mb: instance.memory_mb,
+            private_ip: String::new(),
+            public_ip: String::new(),
+            operation_id: Some(op.id.clone()),
+            generation: 1,
+            created_at: at.clone(),
+            updated_at: at.clone(),
+            ssh_endpoint: None,
+            end_cause: None,
+            created_by: instance.created_by.clone(),
+        });
+        rows.push(statements.len());
+        statements.push((
+            instance_insert(PRIVATE_IP_UNSET),
+            vec![
+                (&instance.id).into(),
+                (&instance.project_id).into(),
+                (&instance.name).into(),
+                instance.labels.to_string().into(),
+                instance.spec.to_string().into(),
+                instance.memory_mb.into(),
+                (&op.id).into(),
+                (&at).into(),
+                instance.vcpus.into(),
+                instance.created_by.as_deref().into(),
+            ],
+        ));
+        // Its labels in one statement: ($1, $2, $3) are the instance,
+        // its project and when; each label adds a key and a value.
+        let labels: Vec<(&String, &str)> = instance
+            .labels
+            .as_object()
+            .into_iter()
+            .flatten()
+            .filter_map(|(key, value)| Some((key, value.as_str()?)))
+            .collect();
+        if !labels.is_empty() {
+            let mut args: Vec<Arg> = vec![
+                (&instance.id).into(),
+                (&instance.project_id).into(),
+                (&at).into(),
+            ];
+            let mut rows = Vec::new();
+            for (key, value) in labels {
+                args.extend([key.into(), value.into()]);
+                rows.push(format!(
+                    "($1, $2, ${}, ${}, $3)",
+                    args.len() - 1,
+                    args.len()
                 ));
             }
-            statements.push(meter_open(
+            statements.push((
+                format!(
+                    "INSERT INTO instance_labels (instance_id, project_id, key, value, \
+                         created_at) VALUES {}",
+                    rows.join(", ")
+                ),
+                args,
+            ));
+        }
+        statements.push(meter_open(
+            &instance.id,
+            &instance.project_id,
+            "instance",
+            instance.micros_per_hour,
+            false,
+        ));
+        for volume in &instance.volumes {
+            statements.extend(volume_insert(volume));
+        }
+        if let Some(container) = &instance.container {
+            statements.extend(crate::containers::container_insert(
                 &instance.id,
                 &instance.project_id,
-                "instance",
-                instance.micros_per_hour,
-                false,
+                container,
             ));
-            for volume in &instance.volumes {
-                statements.extend(volume_insert(volume));
-            }
-            if let Some(container) = &instance.container {
-                statements.extend(crate::containers::container_insert(
-                    &instance.id,
-                    &instance.project_id,
-                    container,
-                ));
-            }
-            for (volume, target) in &instance.attach {
-                attaches.push(statements.len());
-                statements.push(volume_attach(
-                    volume,
-                    &instance.project_id,
-                    &instance.id,
-                    target,
-                ));
-            }
         }
-        let taken = match taken {
-            Some(lease_until) => {
-                let (insert, record) = operation_insert_taken(op, &self.owner, lease_until);
-                statements.push(insert);
-                Some(record)
-            }
-            None => {
-                statements.push(operation_insert(op));
-                None
-            }
-        };
-        let attaches = Arc::new(attaches);
-        let networks: Arc<Vec<(String, crate::NewAttachment)>> = Arc::new(
-            instances
+        for (volume, target) in &instance.attach {
+            attaches.push(statements.len());
+            statements.push(volume_attach(
+                volume,
+                &instance.project_id,
+                &instance.id,
+                target,
+            ));
+        }
+    }
+    let taken = match taken {
+        Some(lease_until) => {
+            let (insert, record) = operation_insert_taken(op, owner, lease_until);
+            statements.push(insert);
+            Some(record)
+        }
+        None => {
+            statements.push(operation_insert(op));
+            None
+        }
+    };
+    let attaches = Arc::new(attaches);
+    let networks: Arc<Vec<(String, crate::NewAttachment)>> = Arc::new(
+        instances
+            .iter()
+            .filter_map(|i| Some((i.id.clone(), i.network.clone()?)))
+            .collect(),
+    );
+    let replicas: Arc<Vec<(String, crate::NewReplica)>> = Arc::new(
+        instances
+            .iter()
+            .filter_map(|i| Some((i.id.clone(), i.replica.clone()?)))
+            .collect(),
+    );
+    // On PostgreSQL the instances' rows go in as one statement: one
+    // round trip instead of one each. Their networks' first round
+    // trip joins it, unless replicas go in too (whose deployment is
+    // locked before the networks are).
+    let postgres = backend == crate::Backend::Postgres;
+    let begun: Arc<Vec<crate::networks::AttachInStatement>> =
+        Arc::new(match postgres && replicas.is_empty() {
+            true => networks
                 .iter()
-                .filter_map(|i| Some((i.id.clone(), i.network.clone()?)))
+                .enumerate()
+                .map(|(n, (id, network))| {
+                    // The address to try: the one a batch was to try (its
+                    // hint taken already), or the next the hint gives.
+                    let tried = match (n, hint) {
+                        (0, Some(hint)) => Some(hint.to_string()),
+                        _ => crate::networks::address_hint(network),
+                    };
+                    crate::networks::attach_in_statement(n, id, network, tried)
+                })
                 .collect(),
-        );
-        let replicas: Arc<Vec<(String, crate::NewReplica)>> = Arc::new(
-            instances
-                .iter()
-                .filter_map(|i| Some((i.id.clone(), i.replica.clone()?)))
-                .collect(),
-        );
-        // On PostgreSQL the instances' rows go in as one statement: one
-        // round trip instead of one each. Their networks' first round
-        // trip joins it, unless replicas go in too (whose deployment is
-        // locked before the networks are).
-        let postgres = self.backend == crate::Backend::Postgres;
-        let begun: Arc<Vec<crate::networks::AttachInStatement>> =
-            Arc::new(match postgres && replicas.is_empty() {
-                true => networks
+            false => Vec::new(),
+        });
+    let combined = Arc::new(postgres.then(|| match begun.is_empty() {
+        true => crate::db::combined_statement(&statements),
+        false => {
+            let mut statements = statements.clone();
+            for ((id, _), begun) in networks.iter().zip(begun.iter()) {
+                if let Some(&row) = instances
                     .iter()
-                    .enumerate()
-                    .map(|(n, (id, network))| crate::networks::attach_in_statement(n, id, network))
-                    .collect(),
-                false => Vec::new(),
-            });
-        let combined = Arc::new(postgres.then(|| match begun.is_empty() {
-            true => crate::db::combined_statement(&statements),
-            false => {
-                let mut statements = statements.clone();
-                for ((id, _), begun) in networks.iter().zip(begun.iter()) {
-                    if let Some(&row) = instances
-                        .iter()
-                        .position(|i| i.id == *id)
-                        .and_then(|n| rows.get(n))
-                        && let Some(statement) = statements.get_mut(row)
-                    {
-                        statement.0 = instance_insert(&begun.private_ip);
-                    }
+                    .position(|i| i.id == *id)
+                    .and_then(|n| rows.get(n))
+                    && let Some(statement) = statements.get_mut(row)
+                {
+                    statement.0 = instance_insert(&begun.private_ip);
                 }
-                let first: Vec<(String, Vec<Arg>)> =
-                    begun.iter().flat_map(|b| b.ctes.iter().cloned()).collect();
-                let more: Vec<String> = begun.iter().flat_map(|b| b.counts.clone()).collect();
-                crate::db::combined_statement_after(&first, &statements, &more)
             }
-        }));
-        let statements = Arc::new(statements);
-        let quota = Arc::new(quota.cloned());
-        let written = Arc::new(written);
-        let outcome = self
-            .write("insert_instances", move |mut conn| {
+            let first: Vec<(String, Vec<Arg>)> =
+                begun.iter().flat_map(|b| b.ctes.iter().cloned()).collect();
+            let more: Vec<String> = begun.iter().flat_map(|b| b.counts.clone()).collect();
+            crate::db::combined_statement_after(&first, &statements, &more)
+        }
+    }));
+    let statements = Arc::new(statements);
+    let quota = Arc::new(quota.cloned());
+    let written = Arc::new(written);
+    let outcome = writer
+        .write(
+            "insert_instances",
+            crate::writer::Shape::Statements,
+            move |mut conn| {
                 let (statements, combined, attaches, quota, networks, replicas, written, begun) = (
                     statements.clone(),
                     combined.clone(),
@@ -564,18 +609,20 @@ impl Store {
                         taken: None,
                     })))
                 })
-            })
-            .await?;
-        // The operation as written goes with the rows it was written with.
-        match outcome.map_err(crate::StoreError::from)? {
-            InstancesAdded::Recorded { instances, .. } => Ok(InstancesAdded::Recorded {
-                instances,
-                taken: taken.map(Box::new),
-            }),
-            refused => Ok(refused),
-        }
+            },
+        )
+        .await?;
+    // The operation as written goes with the rows it was written with.
+    match outcome.map_err(crate::StoreError::from)? {
+        InstancesAdded::Recorded { instances, .. } => Ok(InstancesAdded::Recorded {
+            instances,
+            taken: taken.map(Box::new),
+        }),
+        refused => Ok(refused),
     }
+}
 
+impl Store {
     /// Leaves a running instance (with no operation under way) stopped,
     /// with why and its cause. `false` when it changed meanwhile.
     pub async fn set_instance_crashed(

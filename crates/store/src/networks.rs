@@ -749,6 +749,7 @@ pub(crate) fn attach_in_statement(
     n: usize,
     instance_id: &str,
     attachment: &NewAttachment,
+    tried: Option<String>,
 ) -> AttachInStatement {
     let groups: std::collections::BTreeSet<&String> = attachment.groups.iter().collect();
     let (subnet, held, joined, taken) = (
@@ -785,9 +786,6 @@ pub(crate) fn attach_in_statement(
             ));
         }
     }
-    let last = network::last_instance_address(&attachment.subnet_cidr).map_or(0, u32::from);
-    let tried =
-        next_address_hint(&attachment.subnet_id, last).map(|n| Ipv4Addr::from(n).to_string());
     let private_ip = match &tried {
         Some(address) => {
             ctes.push((
@@ -825,6 +823,14 @@ pub(crate) fn attach_in_statement(
     }
 }
 
+/// The address this process's hint gives a new instance in its subnet, to
+/// try first; `None` until the process has looked at the subnet's used
+/// addresses once.
+pub(crate) fn address_hint(attachment: &NewAttachment) -> Option<String> {
+    let last = network::last_instance_address(&attachment.subnet_cidr).map_or(0, u32::from);
+    next_address_hint(&attachment.subnet_id, last).map(|n| Ipv4Addr::from(n).to_string())
+}
+
 /// How the attachment begun in the instance's statement went, from its
 /// [`AttachInStatement::counts`], looking further for an address (as
 /// [`attach_instance`] does) when the one tried was taken.
@@ -846,7 +852,7 @@ pub(crate) async fn attached_after(
 
 /// Gives a new instance, held in its subnet, the first free address there
 /// ([`attach_instance`]).
-async fn take_free_address(
+pub(crate) async fn take_free_address(
     conn: &mut Conn<'_>,
     instance_id: &str,
     attachment: &NewAttachment,

@@ -1,8 +1,9 @@
-//! Instances placed and their creations ended by many callers at once mean
-//! what each means alone. On PostgreSQL the store gathers such calls into
+//! Instances recorded, placed and their creations ended by many callers at
+//! once mean what each means alone. On PostgreSQL the store gathers such calls into
 //! one statement (its `instance_batches` module); these tests make them
 //! concurrently, so that most go in batches, including ones refused as a
-//! whole (two placements on one CPU, a host's memory run out) and run again
+//! whole (two placements on one CPU, a host's memory run out, an address
+//! another replica took, a quota the batch would exceed) and run again
 //! call by call. SQLite, which runs them one by one in its writer, must
 //! answer the same.
 
@@ -12,8 +13,9 @@ use futures::future::join_all;
 use std::collections::{HashMap, HashSet};
 use tessera_core::status::{HostStatus, InstanceState, OperationKind, OperationStatus};
 use tessera_store::{
-    CpuClaim, InstanceUpdate, InstancesAdded, NewHost, NewInstance, NewOperation, OperationEnd,
-    ProjectRecord, Store,
+    Block, CpuClaim, InstanceFilter, InstanceUpdate, InstancesAdded, NetworkAdded, NewAttachment,
+    NewHost, NewInstance, NewOperation, NewVpc, OperationEnd, ProjectRecord, QuotaCheck,
+    SecurityGroupRecord, Store, StoreError, SubnetRecord, Usage, VpcRecord,
 };
 
 /// What each instance costs an hour while it runs.
@@ -34,6 +36,22 @@ async fn placements_and_settlements_at_once_on_sqlite() {
 async fn placements_and_settlements_at_once_on_postgres() {
     let (store, database) = common::postgres("tessera_instance_batches").await;
     at_once(&store).await;
+    store.close().await;
+    database.drop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn creations_at_once_on_sqlite() {
+    let (store, dir) = common::sqlite().await;
+    let path = dir.path().join("tessera.db");
+    creations(&store, common::Raw::Sqlite(path.display().to_string())).await;
+    store.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn creations_at_once_on_postgres() {
+    let (store, database) = common::postgres("tessera_creation_batches").await;
+    creations(&store, common::Raw::Postgres(database.url.clone())).await;
     store.close().await;
     database.drop().await;
 }
@@ -283,4 +301,276 @@ async fn at_once(store: &Store) {
         PRICE * (running + provisioning) as i64,
         "{running} running, {provisioning} being made"
     );
+}
+
+/// The most instances the project of [`creations`] may have.
+const LIMIT: i64 = 30;
+
+const AT: &str = "2026-12-06T00:00:00.000000Z";
+
+/// A group of the project, with no rules.
+fn group(project: &str, id: &str) -> SecurityGroupRecord {
+    SecurityGroupRecord {
+        id: id.into(),
+        project_id: project.into(),
+        name: id.into(),
+        description: String::new(),
+        rules: "[]".into(),
+        is_default: 0,
+        created_at: AT.into(),
+        updated_at: AT.into(),
+    }
+}
+
+/// Records instance `name` in `network` (labelled with it), checked
+/// against [`LIMIT`] and driven by this store at once: its address, or why
+/// it was refused.
+async fn create_in(
+    store: &Store,
+    project: &str,
+    name: &str,
+    network: &NewAttachment,
+) -> (String, String, Result<String, String>) {
+    let (id, op_id) = (format!("inst-{name}"), format!("op-{name}"));
+    let instance = NewInstance {
+        id: id.clone(),
+        project_id: project.into(),
+        name: name.into(),
+        // A label that is not text is kept in the instance's labels, not
+        // among those selectors find.
+        labels: serde_json::json!({ "app": "web", "name": name, "size": 4 }),
+        spec: serde_json::json!({}),
+        memory_mb: MEMORY_MB,
+        vcpus: 1,
+        micros_per_hour: PRICE,
+        volumes: Vec::new(),
+        attach: Vec::new(),
+        container: None,
+        network: Some(network.clone()),
+        replica: None,
+        created_by: Some("alice".into()),
+    };
+    let op = NewOperation {
+        id: op_id.clone(),
+        project_id: project.into(),
+        kind: OperationKind::InstanceCreate,
+        resource_id: Some(id.clone()),
+        params: serde_json::json!({ "instance_id": id }),
+        created_by: "alice".into(),
+    };
+    let unlimited = Usage {
+        instances: -1,
+        vcpus: -1,
+        memory_mb: -1,
+        volumes: -1,
+        volume_gb: -1,
+        containers: -1,
+        ssh_keys: -1,
+    };
+    let quota = QuotaCheck {
+        project_id: project.into(),
+        defaults: Usage {
+            instances: LIMIT,
+            ..unlimited
+        },
+        adds: Usage {
+            instances: 1,
+            vcpus: 1,
+            memory_mb: MEMORY_MB,
+            ..Usage::default()
+        },
+        funds: false,
+    };
+    let added = store
+        .insert_instance(&instance, &op, Some(&quota), Some(LEASE.as_str()))
+        .await;
+    let answer = match added {
+        Ok(InstancesAdded::Recorded {
+            instances,
+            taken: Some(taken),
+        }) => {
+            assert_eq!(instances.len(), 1);
+            assert_eq!(taken.id, op_id);
+            assert_eq!(taken.status, "running");
+            assert_eq!(instances[0].id, id);
+            Ok(instances[0].private_ip.clone())
+        }
+        Ok(other) => Err(format!("{other:?}")),
+        Err(StoreError::QuotaExceeded(exceeded)) => Err(format!("quota: {exceeded:?}")),
+        Err(err) => panic!("{name}: {err}"),
+    };
+    (id, op_id, answer)
+}
+
+async fn creations(store: &Store, raw: common::Raw) {
+    let project = "proj-c".to_string();
+    let record = ProjectRecord {
+        id: project.clone(),
+        name: "c".into(),
+        path: "c".into(),
+        created_at: tessera_store::now(),
+    };
+    assert!(store.insert_project(&record, None).await.expect("project"));
+    // This process's address hints are by subnet: each run its own.
+    let suffix = format!("{:08x}", rand::random::<u32>());
+    let (vpc, subnet) = (format!("vpc-{suffix}"), format!("sub-{suffix}"));
+    let added = store
+        .insert_vpc(&NewVpc {
+            vpc: VpcRecord {
+                id: vpc.clone(),
+                project_id: project.clone(),
+                name: "app".into(),
+                cidr: String::new(),
+                is_default: 0,
+                created_at: AT.into(),
+            },
+            block: Block::Given("10.88.0.0/24".parse().expect("a block")),
+            subnet: Some(SubnetRecord {
+                id: subnet.clone(),
+                project_id: project.clone(),
+                vpc_id: vpc.clone(),
+                name: "app".into(),
+                cidr: String::new(),
+                is_default: 0,
+                created_at: AT.into(),
+            }),
+            group: Some(group(&project, "sg-a")),
+            limit: None,
+        })
+        .await
+        .expect("the write runs");
+    assert!(matches!(added, NetworkAdded::Added { .. }), "{added:?}");
+    assert!(
+        store
+            .insert_security_group(&group(&project, "sg-b"))
+            .await
+            .expect("a group")
+    );
+    let network = NewAttachment {
+        subnet_id: subnet.clone(),
+        subnet_cidr: "10.88.0.0/24".parse().expect("a block"),
+        groups: vec!["sg-b".into(), "sg-a".into(), "sg-b".into()],
+    };
+    // The first learns the subnet's addresses; those after it go together.
+    let (_, _, first) = create_in(store, &project, "first", &network).await;
+    assert_eq!(first, Ok("10.88.0.2".to_string()));
+    // Three waves at once, each most likely one batch: ten that all fit;
+    // five of which another replica took the addresses the hint gives
+    // meanwhile, whose creations look for the next free ones; then
+    // twice as many as the quota leaves room for, a batch that would
+    // exceed it, run call by call: those that pass are recorded whole, the
+    // rest not at all.
+    let mut made = Vec::new();
+    let mut taken = vec!["10.88.0.2".to_string()];
+    for (wave, count) in [("a", 10), ("b", 5), ("c", 2 * (LIMIT - 16))] {
+        if wave == "b" {
+            for address in ["10.88.0.13", "10.88.0.15", "10.88.0.17"] {
+                raw.execute(&format!(
+                    "INSERT INTO instance_addresses (subnet_id, address, instance_id) \
+                     VALUES ('{subnet}', '{address}', 'inst-first')"
+                ))
+                .await;
+                taken.push(address.to_string());
+            }
+        }
+        let names: Vec<String> = (0..count).map(|n| format!("{wave}{n}")).collect();
+        made.extend(
+            join_all(
+                names
+                    .iter()
+                    .map(|name| create_in(store, &project, name, &network)),
+            )
+            .await,
+        );
+    }
+    let recorded: Vec<&(String, String, Result<String, String>)> =
+        made.iter().filter(|(_, _, made)| made.is_ok()).collect();
+    assert_eq!(recorded.len() as i64, LIMIT - 1, "{made:?}");
+    let mut addresses: HashSet<String> = taken.into_iter().collect();
+    let own = store.own_operations().await.expect("own");
+    for (id, op, answer) in &made {
+        let instance = store.instance(id).await.expect("read");
+        let operation = store.operation(op).await.expect("read");
+        let groups = store.instance_security_groups(id).await.expect("read");
+        let name = id.trim_start_matches("inst-");
+        let labelled = store
+            .instances(&InstanceFilter {
+                project_id: Some(project.clone()),
+                labels: vec![("name".into(), name.into())],
+                ..InstanceFilter::default()
+            })
+            .await
+            .expect("a label selector");
+        match answer {
+            Ok(address) => {
+                assert!(
+                    addresses.insert(address.clone()),
+                    "{id}: {address} given twice"
+                );
+                assert!(address.starts_with("10.88.0."), "{id}: {address}");
+                let instance = instance.expect("written");
+                assert_eq!(
+                    &instance.private_ip, address,
+                    "{id}: the row and the answer"
+                );
+                assert_eq!(instance.state, "provisioning");
+                assert_eq!(instance.operation_id.as_ref(), Some(op));
+                let place = store
+                    .instance_surroundings(id, &project)
+                    .await
+                    .expect("read")
+                    .place
+                    .expect("a place");
+                assert_eq!(&place.address, address, "{id}: its network agrees");
+                let operation = operation.expect("written");
+                assert_eq!(operation.status, "running", "{id}");
+                assert!(own.contains(op), "{id}: its operation is this store's");
+                assert_eq!(
+                    groups.iter().map(|g| g.id.as_str()).collect::<Vec<_>>(),
+                    vec!["sg-a", "sg-b"],
+                    "{id}: each group once"
+                );
+                assert_eq!(
+                    labelled.iter().map(|i| i.id.as_str()).collect::<Vec<_>>(),
+                    vec![id.as_str()],
+                    "{id}: found by its label"
+                );
+            }
+            Err(why) => {
+                assert!(why.starts_with("quota"), "{id}: {why}");
+                assert!(instance.is_none(), "{id}: nothing written");
+                assert!(operation.is_none(), "{id}: no operation");
+                assert!(groups.is_empty(), "{id}: in no group");
+                assert!(labelled.is_empty(), "{id}: no labels");
+            }
+        }
+    }
+    let all = store
+        .instances(&InstanceFilter {
+            project_id: Some(project.clone()),
+            ..InstanceFilter::default()
+        })
+        .await
+        .expect("a list");
+    assert_eq!(all.len() as i64, LIMIT, "the quota holds");
+    let sized = store
+        .instances(&InstanceFilter {
+            project_id: Some(project.clone()),
+            labels: vec![("size".into(), "4".into())],
+            ..InstanceFilter::default()
+        })
+        .await
+        .expect("a label selector");
+    assert!(
+        sized.is_empty(),
+        "a label that is not text is not selected on"
+    );
+    assert_eq!(
+        store.subnet_addresses_used(&subnet).await.expect("read"),
+        LIMIT + 3,
+        "the instances' addresses and the other replica's"
+    );
+    // Every meter is in, each committed to while its instance is made.
+    let balance = store.balance(&project).await.expect("balance");
+    assert_eq!(balance.committed_micros_per_hour, PRICE * LIMIT);
 }

@@ -7,7 +7,6 @@
 
 mod common;
 
-use sqlx::{Connection, Executor, PgConnection, SqliteConnection};
 use tessera_core::status::OperationKind;
 use tessera_store::{
     Block, InstancesAdded, NetworkAdded, NewAttachment, NewInstance, NewOperation, NewVpc,
@@ -18,42 +17,16 @@ use tessera_store::{
 async fn instances_join_their_network_on_sqlite() {
     let (store, dir) = common::sqlite().await;
     let path = dir.path().join("tessera.db");
-    joins(&store, Raw::Sqlite(path.display().to_string())).await;
+    joins(&store, common::Raw::Sqlite(path.display().to_string())).await;
     store.close().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn instances_join_their_network_on_postgres() {
     let (store, database) = common::postgres("tessera_networks").await;
-    joins(&store, Raw::Postgres(database.url.clone())).await;
+    joins(&store, common::Raw::Postgres(database.url.clone())).await;
     store.close().await;
     database.drop().await;
-}
-
-/// A plain connection to the store's database, for what another replica
-/// writes.
-enum Raw {
-    Sqlite(String),
-    Postgres(String),
-}
-
-impl Raw {
-    async fn execute(&self, sql: &str) {
-        match self {
-            Raw::Sqlite(path) => {
-                let mut conn = SqliteConnection::connect(&format!("sqlite://{path}"))
-                    .await
-                    .expect("connect to SQLite");
-                conn.execute(sql).await.expect("a raw write");
-            }
-            Raw::Postgres(url) => {
-                let mut conn = PgConnection::connect(url)
-                    .await
-                    .expect("connect to PostgreSQL");
-                conn.execute(sql).await.expect("a raw write");
-            }
-        }
-    }
 }
 
 const AT: &str = "2026-12-06T00:00:00.000000Z";
@@ -104,7 +77,7 @@ async fn record(
     }
 }
 
-async fn joins(store: &Store, raw: Raw) {
+async fn joins(store: &Store, raw: common::Raw) {
     let project = format!("prj-{:08x}", rand::random::<u32>());
     assert!(
         store

@@ -1,17 +1,22 @@
-//! The writes of an instance's creation after its request is answered,
-//! gathered across creations into one statement on PostgreSQL (see
-//! [`crate::batch`]): its placement on a pooled host's CPUs and the end of
-//! its operation. Each is a durable commit of its own when alone; with
-//! many creations under way, a batch shares one statement and one commit.
-//! Each batch statement does for every call what the call's own statement
-//! does, with the same guards; a batch refused as a whole (a CPU, a host or
-//! memory gone to another placement) runs again call by call, so that each
-//! call hears only of its own refusal.
+//! The writes of an instance's creation, gathered across creations into
+//! one statement on PostgreSQL (see [`crate::batch`]): its record (the
+//! instance, its operation, meter, labels, address and groups, checked
+//! against its project's quota), its placement on a pooled host's CPUs and
+//! the end of its operation. Each is a durable commit of its own when
+//! alone; with many creations under way, a batch shares one statement (the
+//! record: one transaction) and one commit. Each batch does for every call
+//! what the call does alone, with the same guards; a batch refused as a
+//! whole (a CPU, a host or memory gone to another placement; an address
+//! another replica took; a quota or balance the batch together would
+//! exceed) runs again call by call, so that each call hears only of its
+//! own refusal.
 
-use crate::Result;
+use super::{InstanceRecord, InstancesAdded, NewInstance};
 use crate::batch::{Batch, Batcher, answers_by_index, fetch_many};
 use crate::db::{Conn, DbError};
+use crate::operations::NewOperation;
 use crate::writer::{Commit, Shape, Writer};
+use crate::{OperationRecord, QuotaCheck, Result};
 use futures::future::BoxFuture;
 use sqlx::Row;
 use std::sync::Arc;
@@ -21,6 +26,7 @@ const CLAIM_REFUSED: &str = "TS001";
 
 /// The two batched writes, started with the store on PostgreSQL.
 pub(crate) struct InstanceBatches {
+    pub(crate) create: Batcher<CreateBatch>,
     pub(crate) place: Batcher<PlaceBatch>,
     pub(crate) settle: Batcher<SettleBatch>,
 }
@@ -29,6 +35,7 @@ impl InstanceBatches {
     pub(crate) fn start(pool: &crate::pg::PgPool) -> InstanceBatches {
         let writer = Writer::Postgres(pool.clone());
         InstanceBatches {
+            create: Batcher::start(CreateBatch(writer.clone()), pool.clone()),
             place: Batcher::start(PlaceBatch(writer.clone()), pool.clone()),
             settle: Batcher::start(SettleBatch(writer), pool.clone()),
         }
@@ -253,6 +260,337 @@ impl Batch for SettleBatch {
             let rows = fetch_many(&mut conn, &SETTLE_MANY, inputs).await?;
             let ended = answers_by_index(rows, settlements.len(), |_| Ok(()))?;
             Ok(ended.into_iter().map(|e| e.is_some()).collect())
+        })
+    }
+}
+
+/// A creation of one instance that this process drives at once: recorded
+/// as [`super::write_instances`] records it, alone or in a batch. Only the
+/// common shape is batched: no volumes or container of its own, none to
+/// attach, not a replica, and, when it has a network, an address hint to
+/// try (see [`Creation::batchable`]).
+#[derive(Debug)]
+pub(crate) struct Creation {
+    instance: NewInstance,
+    op: NewOperation,
+    quota: Option<QuotaCheck>,
+    lease_until: String,
+    owner: String,
+    /// Its inputs to [`CREATE_MANY`].
+    row: serde_json::Value,
+    /// What the answer holds once written, its address aside.
+    written: InstanceRecord,
+    taken: OperationRecord,
+    /// Its distinct groups, and the address tried, when it has a network.
+    network: Option<(usize, String)>,
+}
+
+impl Creation {
+    /// The creation of `instance` by `op`, taken by `owner` until
+    /// `lease_until`, when it is of the batched shape.
+    pub(crate) fn batchable(
+        instance: &NewInstance,
+        op: &NewOperation,
+        quota: Option<&QuotaCheck>,
+        lease_until: &str,
+        owner: &str,
+    ) -> Option<Creation> {
+        if !instance.volumes.is_empty()
+            || !instance.attach.is_empty()
+            || instance.container.is_some()
+            || instance.replica.is_some()
+        {
+            return None;
+        }
+        let network = match &instance.network {
+            None => None,
+            Some(attachment) => {
+                let groups: std::collections::BTreeSet<&String> =
+                    attachment.groups.iter().collect();
+                let address = crate::networks::address_hint(attachment)?;
+                Some((attachment.subnet_id.clone(), groups, address))
+            }
+        };
+        let at = crate::now();
+        let (_, taken) = crate::operations::operation_insert_taken(op, owner, lease_until);
+        // Its labels as its own write keeps them: those of text values.
+        let labels: serde_json::Map<String, serde_json::Value> = instance
+            .labels
+            .as_object()
+            .into_iter()
+            .flatten()
+            .filter(|(_, value)| value.is_string())
+            .map(|(key, value)| (key.clone(), value.clone()))
+            .collect();
+        let row = serde_json::json!({
+            "id": instance.id,
+            "project_id": instance.project_id,
+            "name": instance.name,
+            "labels": instance.labels.to_string(),
+            "text_labels": labels,
+            "spec": instance.spec.to_string(),
+            "memory_mb": instance.memory_mb,
+            "vcpus": instance.vcpus,
+            "created_by": instance.created_by,
+            "micros_per_hour": instance.micros_per_hour,
+            "at": at,
+            "subnet": network.as_ref().map(|(subnet, _, _)| subnet),
+            "groups": network.as_ref().map_or_else(Vec::new, |(_, groups, _)| {
+                groups.iter().map(|g| g.as_str()).collect()
+            }),
+            "address": network.as_ref().map(|(_, _, address)| address),
+            "operation": op.id,
+            "op_project_id": op.project_id,
+            "kind": op.kind.as_str(),
+            "resource_id": op.resource_id,
+            "params": op.params.to_string(),
+            "op_created_by": op.created_by,
+            "op_at": taken.created_at,
+            "lease_until": lease_until,
+            "owner": owner,
+        });
+        let written = InstanceRecord {
+            id: instance.id.clone(),
+            project_id: instance.project_id.clone(),
+            name: instance.name.clone(),
+            labels: instance.labels.to_string(),
+            spec: instance.spec.to_string(),
+            state: "provisioning".into(),
+            state_detail: None,
+            host_id: None,
+            cpu_list: None,
+            memory_mb: instance.memory_mb,
+            private_ip: String::new(),
+            public_ip: String::new(),
+            operation_id: Some(op.id.clone()),
+            generation: 1,
+            created_at: at.clone(),
+            updated_at: at,
+            ssh_endpoint: None,
+            end_cause: None,
+            created_by: instance.created_by.clone(),
+        };
+        Some(Creation {
+            instance: instance.clone(),
+            op: op.clone(),
+            quota: quota.cloned(),
+            lease_until: lease_until.to_string(),
+            owner: owner.to_string(),
+            row,
+            written,
+            taken,
+            network: network.map(|(_, groups, address)| (groups.len(), address)),
+        })
+    }
+
+    /// Its answer once written, with `address` when it has a network.
+    fn recorded(&self, address: Option<String>) -> InstancesAdded {
+        let mut written = self.written.clone();
+        written.private_ip = address.unwrap_or_default();
+        InstancesAdded::Recorded {
+            instances: vec![written],
+            taken: Some(Box::new(self.taken.clone())),
+        }
+    }
+}
+
+/// Creations (see [`Creation`]).
+pub(crate) struct CreateBatch(Writer);
+
+/// [`super::write_instances`] for many creations, as one statement: their
+/// subnets and groups held against deletion, the address each one's hint
+/// gives taken in address order (none if another took it), the instances
+/// (in their projects' order, so that two batches take the projects' usage
+/// rows in one order), their groups joined, their labels, meters and
+/// operations.
+/// It answers, for each creation, whether its subnet was held, how many of
+/// its groups were joined and the address it got; the batch is kept only
+/// if every creation got its subnet and groups. One whose address was
+/// taken meanwhile looks for the next free one, as it would alone.
+const CREATE_MANY: &str = "WITH input AS (SELECT * FROM json_to_recordset(CAST($1 AS json)) \
+       AS i (n BIGINT, id TEXT, project_id TEXT, name TEXT, labels TEXT, text_labels json, \
+       spec TEXT, memory_mb BIGINT, vcpus BIGINT, created_by TEXT, micros_per_hour BIGINT, \
+       at TEXT, subnet TEXT, groups json, address TEXT, operation TEXT, op_project_id TEXT, \
+       kind TEXT, resource_id TEXT, params TEXT, op_created_by TEXT, op_at TEXT, \
+       lease_until TEXT, owner TEXT)), \
+     held AS (SELECT id FROM subnets WHERE id IN (SELECT subnet FROM input) \
+       ORDER BY id FOR SHARE), \
+     grouped AS (SELECT id FROM security_groups WHERE id IN \
+       (SELECT json_array_elements_text(groups) FROM input) \
+       ORDER BY id FOR SHARE), \
+     addressed AS (INSERT INTO instance_addresses (subnet_id, address, instance_id) \
+       SELECT i.subnet, i.address, i.id FROM input i WHERE i.subnet IN (SELECT id FROM held) \
+       ORDER BY i.subnet, i.address \
+       ON CONFLICT (subnet_id, address) DO NOTHING RETURNING instance_id, address), \
+     made AS (INSERT INTO instances (id, project_id, name, labels, spec, state, state_detail, \
+       host_id, cpu_list, memory_mb, private_ip, public_ip, operation_id, generation, \
+       created_at, updated_at, vcpus, created_by) \
+       SELECT i.id, i.project_id, i.name, i.labels, i.spec, 'provisioning', NULL, NULL, NULL, \
+       i.memory_mb, COALESCE((SELECT a.address FROM addressed a WHERE a.instance_id = i.id), ''), \
+       '', i.operation, 1, i.at, i.at, i.vcpus, i.created_by FROM input i \
+       ORDER BY i.project_id, i.n RETURNING id), \
+     joined AS (INSERT INTO instance_security_groups (instance_id, group_id) \
+       SELECT i.id, g.id FROM input i \
+       CROSS JOIN LATERAL json_array_elements_text(i.groups) AS j (group_id) \
+       JOIN grouped g ON g.id = j.group_id WHERE i.subnet IN (SELECT id FROM held) \
+       ON CONFLICT (instance_id, group_id) DO NOTHING RETURNING instance_id), \
+     labelled AS (INSERT INTO instance_labels (instance_id, project_id, key, value, created_at) \
+       SELECT i.id, i.project_id, l.key, l.value, i.at FROM input i \
+       CROSS JOIN LATERAL json_each_text(i.text_labels) AS l RETURNING 1), \
+     metered AS (INSERT INTO meters (resource_id, project_id, kind, micros_per_hour, \
+       running_since, charged_micros) \
+       SELECT i.id, i.project_id, 'instance', i.micros_per_hour, NULL, 0 FROM input i \
+       ON CONFLICT (resource_id) DO NOTHING RETURNING 1), \
+     begun AS (INSERT INTO operations (id, project_id, kind, status, resource_id, params, \
+       steps, result, error, cancel_requested, lease_until, created_by, created_at, \
+       updated_at, attempts, last_error, lease_owner) \
+       SELECT i.operation, i.op_project_id, i.kind, 'running', i.resource_id, i.params, '[]', \
+       NULL, NULL, 0, i.lease_until, i.op_created_by, i.op_at, i.op_at, 1, NULL, i.owner \
+       FROM input i RETURNING 1) \
+     SELECT i.n, CAST((SELECT COUNT(*) FROM held h WHERE h.id = i.subnet) AS BIGINT) AS held, \
+       CAST((SELECT COUNT(*) FROM joined j WHERE j.instance_id = i.id) AS BIGINT) AS joined, \
+       (SELECT a.address FROM addressed a WHERE a.instance_id = i.id) AS address \
+     FROM input i";
+
+/// Why a batch of creations is run again call by call: one of them would
+/// be refused, or answered otherwise than written, alone.
+fn run_alone(why: &str) -> DbError {
+    DbError::Sqlx(sqlx::Error::Protocol(format!(
+        "a batch of creations is run call by call: {why}"
+    )))
+}
+
+/// The quota check of all of a batch's creations of one project: what
+/// they add together, under the limits each would be checked against.
+/// `None` when they are not checked alike (the batch runs call by call).
+fn project_check(checks: &[&QuotaCheck]) -> Option<QuotaCheck> {
+    let (first, rest) = checks.split_first()?;
+    let mut check = (*first).clone();
+    for other in rest {
+        if other.defaults != check.defaults || other.funds != check.funds {
+            return None;
+        }
+        let (adds, more) = (&mut check.adds, &other.adds);
+        adds.instances += more.instances;
+        adds.vcpus += more.vcpus;
+        adds.memory_mb += more.memory_mb;
+        adds.volumes += more.volumes;
+        adds.volume_gb += more.volume_gb;
+        adds.containers += more.containers;
+        adds.ssh_keys += more.ssh_keys;
+    }
+    Some(check)
+}
+
+/// Writes `creations` in the transaction `conn` has begun: their answers,
+/// or [`run_alone`]'s error when one of them is not as written alone.
+async fn create_many(
+    conn: &mut Conn<'_>,
+    creations: &[Arc<Creation>],
+) -> std::result::Result<Vec<InstancesAdded>, DbError> {
+    let rows = fetch_many(conn, CREATE_MANY, creations.iter().map(|c| c.row.clone())).await?;
+    let got = answers_by_index(rows, creations.len(), |row| {
+        Ok((
+            row.try_get::<i64, _>("held")?,
+            row.try_get::<i64, _>("joined")?,
+            row.try_get::<Option<String>, _>("address")?,
+        ))
+    })?;
+    let mut answers = Vec::with_capacity(creations.len());
+    for (creation, got) in creations.iter().zip(got) {
+        let Some((held, joined, address)) = got else {
+            return Err(run_alone("a creation went unanswered"));
+        };
+        let (Some((groups, tried)), Some(attachment)) =
+            (&creation.network, &creation.instance.network)
+        else {
+            answers.push(creation.recorded(None));
+            continue;
+        };
+        // Its subnet or a group gone: answered alone (as not found).
+        if held != 1 || joined != *groups as i64 {
+            return Err(run_alone("a subnet or a group is gone"));
+        }
+        if address.as_ref() == Some(tried) {
+            answers.push(creation.recorded(address));
+            continue;
+        }
+        // The address its hint gave was taken (by another replica): the
+        // next free one, as alone.
+        match crate::networks::take_free_address(conn, &creation.instance.id, attachment).await? {
+            crate::networks::Attached::Address(address) => {
+                answers.push(creation.recorded(Some(address)))
+            }
+            _ => return Err(run_alone("a subnet is full")),
+        }
+    }
+    // Each project's quota, the projects in order (each check locks its
+    // project until the commit), for what its creations add together.
+    let mut projects: std::collections::BTreeMap<&str, Vec<&QuotaCheck>> = Default::default();
+    for creation in creations {
+        let project = creation.instance.project_id.as_str();
+        match &creation.quota {
+            Some(check) if check.project_id == project => {
+                projects.entry(project).or_default().push(check)
+            }
+            None => {}
+            Some(_) => return Err(run_alone("a check of another project")),
+        }
+    }
+    for (project, checks) in projects {
+        let unchecked = creations
+            .iter()
+            .any(|c| c.instance.project_id == project && c.quota.is_none());
+        let Some(check) = project_check(&checks).filter(|_| !unchecked) else {
+            return Err(run_alone("a project's creations are checked differently"));
+        };
+        if crate::quotas::enforce_written(conn, &check)
+            .await?
+            .is_some()
+        {
+            return Err(run_alone(
+                "together they would exceed a quota or the balance",
+            ));
+        }
+    }
+    Ok(answers)
+}
+
+impl Batch for CreateBatch {
+    type Input = Creation;
+    type Answer = InstancesAdded;
+    const WHAT: &'static str = "insert_instances";
+
+    fn one(&self, creation: Arc<Creation>) -> BoxFuture<'static, Result<InstancesAdded>> {
+        let writer = self.0.clone();
+        Box::pin(async move {
+            super::write_instances(
+                (&writer, crate::Backend::Postgres, &creation.owner),
+                std::slice::from_ref(&creation.instance),
+                &creation.op,
+                creation.quota.as_ref(),
+                Some(&creation.lease_until),
+                creation.network.as_ref().map(|(_, tried)| tried.as_str()),
+            )
+            .await
+        })
+    }
+
+    fn many<'c>(
+        &'c self,
+        conn: Conn<'c>,
+        creations: &'c [Arc<Creation>],
+    ) -> BoxFuture<'c, std::result::Result<Vec<InstancesAdded>, DbError>> {
+        Box::pin(async move {
+            let Conn::Postgres(conn) = conn else {
+                return Err(run_alone("not on PostgreSQL"));
+            };
+            // Rolled back when dropped unfinished, before the connection
+            // runs anything else.
+            let mut tx = sqlx::Connection::begin(conn).await?;
+            let answers = create_many(&mut Conn::Postgres(&mut tx), creations).await?;
+            tx.commit().await?;
+            Ok(answers)
         })
     }
 }

@@ -5,7 +5,7 @@
 //! Each test binary compiles this module and uses what it needs of it.
 #![allow(dead_code)]
 
-use sqlx::{Connection, Executor, PgConnection};
+use sqlx::{Connection, Executor, PgConnection, SqliteConnection};
 use tessera_store::Store;
 
 /// A store on a fresh SQLite file, open while the directory lives.
@@ -54,5 +54,31 @@ impl Dropper {
             .execute(format!("DROP DATABASE {} WITH (FORCE)", self.name).as_str())
             .await
             .expect("drop the test database");
+    }
+}
+
+/// A plain connection to the store's database, for what another replica
+/// writes.
+pub enum Raw {
+    Sqlite(String),
+    Postgres(String),
+}
+
+impl Raw {
+    pub async fn execute(&self, sql: &str) {
+        match self {
+            Raw::Sqlite(path) => {
+                let mut conn = SqliteConnection::connect(&format!("sqlite://{path}"))
+                    .await
+                    .expect("connect to SQLite");
+                conn.execute(sql).await.expect("a raw write");
+            }
+            Raw::Postgres(url) => {
+                let mut conn = PgConnection::connect(url)
+                    .await
+                    .expect("connect to PostgreSQL");
+                conn.execute(sql).await.expect("a raw write");
+            }
+        }
     }
 }
