@@ -346,6 +346,32 @@ impl Store {
     }
 }
 
+/// A new instance's row as it is written, `provisioning` since `at` under
+/// operation `op_id`, its address aside.
+pub(crate) fn new_record(instance: &NewInstance, op_id: &str, at: String) -> InstanceRecord {
+    InstanceRecord {
+        id: instance.id.clone(),
+        project_id: instance.project_id.clone(),
+        name: instance.name.clone(),
+        labels: instance.labels.to_string(),
+        spec: instance.spec.to_string(),
+        state: "provisioning".into(),
+        state_detail: None,
+        host_id: None,
+        cpu_list: None,
+        memory_mb: instance.memory_mb,
+        private_ip: String::new(),
+        public_ip: String::new(),
+        operation_id: Some(op_id.to_string()),
+        generation: 1,
+        created_at: at.clone(),
+        updated_at: at,
+        ssh_endpoint: None,
+        end_cause: None,
+        created_by: instance.created_by.clone(),
+    }
+}
+
 /// [`Store::insert_instances`] as its own transaction, written by `writer`
 /// on `backend` for this process (`owner`); `hint`, the address
 /// to try first for the first instance's network, when one was taken from
@@ -367,27 +393,7 @@ pub(crate) async fn write_instances(
     let mut rows = Vec::with_capacity(instances.len());
     for (n, instance) in instances.iter().enumerate() {
         let at = crate::timestamp(base + chrono::Duration::microseconds(n as i64));
-        written.push(InstanceRecord {
-            id: instance.id.clone(),
-            project_id: instance.project_id.clone(),
-            name: instance.name.clone(),
-            labels: instance.labels.to_string(),
-            spec: instance.spec.to_string(),
-            state: "provisioning".into(),
-            state_detail: None,
-            host_id: None,
-            cpu_list: None,
-            memory_mb: instance.memory_mb,
-            private_ip: String::new(),
-            public_ip: String::new(),
-            operation_id: Some(op.id.clone()),
-            generation: 1,
-            created_at: at.clone(),
-            updated_at: at.clone(),
-            ssh_endpoint: None,
-            end_cause: None,
-            created_by: instance.created_by.clone(),
-        });
+        written.push(new_record(instance, &op.id, at.clone()));
         rows.push(statements.len());
         statements.push((
             instance_insert(PRIVATE_IP_UNSET),

@@ -84,9 +84,8 @@ async fn ready_host(store: &Store, name: &str, cpus: u32, memory_mb: i64) -> Str
     id
 }
 
-/// A new instance `name` and its creation, taken by this store (`taken`)
-/// or left pending for anyone: `(instance, operation)`.
-async fn created(store: &Store, project: &str, name: &str, taken: bool) -> (String, String) {
+/// Instance `name` of `project` and the operation creating it.
+fn creation_of(project: &str, name: &str) -> (NewInstance, NewOperation) {
     let (id, op_id) = (format!("inst-{name}"), format!("op-{name}"));
     let instance = NewInstance {
         id: id.clone(),
@@ -105,13 +104,21 @@ async fn created(store: &Store, project: &str, name: &str, taken: bool) -> (Stri
         created_by: None,
     };
     let op = NewOperation {
-        id: op_id.clone(),
+        id: op_id,
         project_id: project.into(),
         kind: OperationKind::InstanceCreate,
         resource_id: Some(id.clone()),
         params: serde_json::json!({ "instance_id": id }),
         created_by: "alice".into(),
     };
+    (instance, op)
+}
+
+/// A new instance `name` and its creation, taken by this store (`taken`)
+/// or left pending for anyone: `(instance, operation)`.
+async fn created(store: &Store, project: &str, name: &str, taken: bool) -> (String, String) {
+    let (instance, op) = creation_of(project, name);
+    let (id, op_id) = (instance.id.clone(), op.id.clone());
     let added = store
         .insert_instance(&instance, &op, None, taken.then_some(LEASE.as_str()))
         .await
@@ -331,47 +338,18 @@ async fn create_in(
     name: &str,
     network: &NewAttachment,
 ) -> (String, String, Result<String, String>) {
-    let (id, op_id) = (format!("inst-{name}"), format!("op-{name}"));
-    let instance = NewInstance {
-        id: id.clone(),
-        project_id: project.into(),
-        name: name.into(),
-        // A label that is not text is kept in the instance's labels, not
-        // among those selectors find.
-        labels: serde_json::json!({ "app": "web", "name": name, "size": 4 }),
-        spec: serde_json::json!({}),
-        memory_mb: MEMORY_MB,
-        vcpus: 1,
-        micros_per_hour: PRICE,
-        volumes: Vec::new(),
-        attach: Vec::new(),
-        container: None,
-        network: Some(network.clone()),
-        replica: None,
-        created_by: Some("alice".into()),
-    };
-    let op = NewOperation {
-        id: op_id.clone(),
-        project_id: project.into(),
-        kind: OperationKind::InstanceCreate,
-        resource_id: Some(id.clone()),
-        params: serde_json::json!({ "instance_id": id }),
-        created_by: "alice".into(),
-    };
-    let unlimited = Usage {
-        instances: -1,
-        vcpus: -1,
-        memory_mb: -1,
-        volumes: -1,
-        volume_gb: -1,
-        containers: -1,
-        ssh_keys: -1,
-    };
+    let (mut instance, op) = creation_of(project, name);
+    let (id, op_id) = (instance.id.clone(), op.id.clone());
+    // A label that is not text is kept in the instance's labels, not among
+    // those selectors find.
+    instance.labels = serde_json::json!({ "app": "web", "name": name, "size": 4 });
+    instance.network = Some(network.clone());
+    instance.created_by = Some("alice".into());
     let quota = QuotaCheck {
         project_id: project.into(),
         defaults: Usage {
             instances: LIMIT,
-            ..unlimited
+            ..Usage::UNLIMITED
         },
         adds: Usage {
             instances: 1,

@@ -349,27 +349,7 @@ impl Creation {
             "lease_until": lease_until,
             "owner": owner,
         });
-        let written = InstanceRecord {
-            id: instance.id.clone(),
-            project_id: instance.project_id.clone(),
-            name: instance.name.clone(),
-            labels: instance.labels.to_string(),
-            spec: instance.spec.to_string(),
-            state: "provisioning".into(),
-            state_detail: None,
-            host_id: None,
-            cpu_list: None,
-            memory_mb: instance.memory_mb,
-            private_ip: String::new(),
-            public_ip: String::new(),
-            operation_id: Some(op.id.clone()),
-            generation: 1,
-            created_at: at.clone(),
-            updated_at: at,
-            ssh_endpoint: None,
-            end_cause: None,
-            created_by: instance.created_by.clone(),
-        };
+        let written = super::new_record(instance, &op.id, at);
         Some(Creation {
             instance: instance.clone(),
             op: op.clone(),
