@@ -332,7 +332,7 @@ impl Store {
             && let Some(creation) =
                 Creation::batchable(instance, op, quota, lease_until, &self.owner)
         {
-            return batches.create.call(Arc::new(creation)).await;
+            return batches.create.call(Arc::new(creation)).await?;
         }
         write_instances(
             (&self.write, self.backend, &self.owner),

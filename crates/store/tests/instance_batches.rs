@@ -336,14 +336,14 @@ async fn create_in(
     store: &Store,
     project: &str,
     name: &str,
-    network: &NewAttachment,
+    network: Option<&NewAttachment>,
 ) -> (String, String, Result<String, String>) {
     let (mut instance, op) = creation_of(project, name);
     let (id, op_id) = (instance.id.clone(), op.id.clone());
     // A label that is not text is kept in the instance's labels, not among
     // those selectors find.
     instance.labels = serde_json::json!({ "app": "web", "name": name, "size": 4 });
-    instance.network = Some(network.clone());
+    instance.network = network.cloned();
     instance.created_by = Some("alice".into());
     let quota = QuotaCheck {
         project_id: project.into(),
@@ -430,7 +430,7 @@ async fn creations(store: &Store, raw: common::Raw) {
         groups: vec!["sg-b".into(), "sg-a".into(), "sg-b".into()],
     };
     // The first learns the subnet's addresses; those after it go together.
-    let (_, _, first) = create_in(store, &project, "first", &network).await;
+    let (_, _, first) = create_in(store, &project, "first", Some(&network)).await;
     assert_eq!(first, Ok("10.88.0.2".to_string()));
     // Three waves at once, each most likely one batch: ten that all fit;
     // five of which another replica took the addresses the hint gives
@@ -456,7 +456,7 @@ async fn creations(store: &Store, raw: common::Raw) {
             join_all(
                 names
                     .iter()
-                    .map(|name| create_in(store, &project, name, &network)),
+                    .map(|name| create_in(store, &project, name, Some(&network))),
             )
             .await,
         );
@@ -551,4 +551,39 @@ async fn creations(store: &Store, raw: common::Raw) {
     // Every meter is in, each committed to while its instance is made.
     let balance = store.balance(&project).await.expect("balance");
     assert_eq!(balance.committed_micros_per_hour, PRICE * LIMIT);
+
+    // A project at its quota that keeps creating, beside another's
+    // creations at once: its own are refused, the other's recorded.
+    let other = ProjectRecord {
+        id: format!("proj-{suffix}"),
+        name: format!("d{suffix}"),
+        path: format!("d{suffix}"),
+        created_at: tessera_store::now(),
+    };
+    assert!(store.insert_project(&other, None).await.expect("project"));
+    let mixed = join_all((0..12).map(|n| {
+        let (project, name) = match n % 2 {
+            0 => (project.as_str(), format!("full{n}")),
+            _ => (other.id.as_str(), format!("{suffix}-{n}")),
+        };
+        async move { (project, create_in(store, project, &name, None).await) }
+    }))
+    .await;
+    for (owner, (id, _, answer)) in &mixed {
+        match *owner == project {
+            true => assert!(
+                answer.as_ref().is_err_and(|why| why.starts_with("quota")),
+                "{id}: {answer:?}"
+            ),
+            false => assert_eq!(answer, &Ok(String::new()), "{id}: recorded"),
+        }
+    }
+    let others = store
+        .instances(&InstanceFilter {
+            project_id: Some(other.id.clone()),
+            ..InstanceFilter::default()
+        })
+        .await
+        .expect("a list");
+    assert_eq!(others.len(), 6, "the other project's, every one");
 }

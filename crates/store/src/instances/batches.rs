@@ -462,12 +462,14 @@ fn project_check(checks: &[&QuotaCheck]) -> Option<QuotaCheck> {
     Some(check)
 }
 
-/// Writes `creations` in the transaction `conn` has begun: their answers,
-/// or [`run_alone`]'s error when one of them is not as written alone.
+/// Writes `creations` in the transaction `conn` has begun: their answers;
+/// or the projects whose quota or balance their creations together would
+/// exceed (the transaction to be rolled back); or [`run_alone`]'s error
+/// when one of them is not as written alone.
 async fn create_many(
     conn: &mut Conn<'_>,
     creations: &[Arc<Creation>],
-) -> std::result::Result<Vec<InstancesAdded>, DbError> {
+) -> std::result::Result<std::result::Result<Vec<InstancesAdded>, Vec<String>>, DbError> {
     let rows = fetch_many(conn, CREATE_MANY, creations.iter().map(|c| c.row.clone())).await?;
     let got = answers_by_index(rows, creations.len(), |row| {
         Ok((
@@ -517,6 +519,7 @@ async fn create_many(
             Some(_) => return Err(run_alone("a check of another project")),
         }
     }
+    let mut refused = Vec::new();
     for (project, checks) in projects {
         let unchecked = creations
             .iter()
@@ -528,49 +531,99 @@ async fn create_many(
             .await?
             .is_some()
         {
-            return Err(run_alone(
-                "together they would exceed a quota or the balance",
-            ));
+            refused.push(project.to_string());
         }
     }
-    Ok(answers)
+    Ok(match refused.is_empty() {
+        true => Ok(answers),
+        false => Err(refused),
+    })
+}
+
+/// One creation as it runs alone.
+async fn create_alone(writer: &Writer, creation: &Creation) -> Result<InstancesAdded> {
+    super::write_instances(
+        (writer, crate::Backend::Postgres, &creation.owner),
+        std::slice::from_ref(&creation.instance),
+        &creation.op,
+        creation.quota.as_ref(),
+        Some(&creation.lease_until),
+        creation.network.as_ref().map(|(_, tried)| tried.as_str()),
+    )
+    .await
 }
 
 impl Batch for CreateBatch {
     type Input = Creation;
-    type Answer = InstancesAdded;
+    /// A creation's own refusal (its quota, its balance) is its answer:
+    /// the batch commits the others'.
+    type Answer = Result<InstancesAdded>;
     const WHAT: &'static str = "insert_instances";
 
-    fn one(&self, creation: Arc<Creation>) -> BoxFuture<'static, Result<InstancesAdded>> {
+    fn one(&self, creation: Arc<Creation>) -> BoxFuture<'static, Result<Result<InstancesAdded>>> {
         let writer = self.0.clone();
-        Box::pin(async move {
-            super::write_instances(
-                (&writer, crate::Backend::Postgres, &creation.owner),
-                std::slice::from_ref(&creation.instance),
-                &creation.op,
-                creation.quota.as_ref(),
-                Some(&creation.lease_until),
-                creation.network.as_ref().map(|(_, tried)| tried.as_str()),
-            )
-            .await
-        })
+        Box::pin(async move { Ok(create_alone(&writer, &creation).await) })
     }
 
     fn many<'c>(
         &'c self,
         conn: Conn<'c>,
         creations: &'c [Arc<Creation>],
-    ) -> BoxFuture<'c, std::result::Result<Vec<InstancesAdded>, DbError>> {
+    ) -> BoxFuture<'c, std::result::Result<Vec<Result<InstancesAdded>>, DbError>> {
         Box::pin(async move {
             let Conn::Postgres(conn) = conn else {
                 return Err(run_alone("not on PostgreSQL"));
             };
             // Rolled back when dropped unfinished, before the connection
             // runs anything else.
-            let mut tx = sqlx::Connection::begin(conn).await?;
-            let answers = create_many(&mut Conn::Postgres(&mut tx), creations).await?;
-            tx.commit().await?;
-            Ok(answers)
+            let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+            let refused = match create_many(&mut Conn::Postgres(&mut tx), creations).await? {
+                Ok(answers) => {
+                    tx.commit().await?;
+                    return Ok(answers.into_iter().map(Ok).collect());
+                }
+                Err(refused) => refused,
+            };
+            tx.rollback().await?;
+            // A project its creations together would take past its quota
+            // or balance: the others' go in again as one batch, and its
+            // own one by one, each answered as alone. A tenant creating
+            // past its quota thus costs the others one statement more,
+            // not a batch run call by call.
+            let (kept, alone): (Vec<usize>, Vec<usize>) = (0..creations.len())
+                .partition(|&n| !refused.contains(&creations[n].instance.project_id));
+            let mut answers: Vec<Option<Result<InstancesAdded>>> = std::iter::repeat_with(|| None)
+                .take(creations.len())
+                .collect();
+            if !kept.is_empty() {
+                let again: Vec<Arc<Creation>> =
+                    kept.iter().map(|&n| creations[n].clone()).collect();
+                let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+                let Ok(written) = create_many(&mut Conn::Postgres(&mut tx), &again).await? else {
+                    return Err(run_alone("another project's quota refused them again"));
+                };
+                tx.commit().await?;
+                for (n, answer) in kept.into_iter().zip(written) {
+                    answers[n] = Some(Ok(answer));
+                }
+            }
+            let alone_answers = futures::future::join_all(
+                alone.iter().map(|&n| create_alone(&self.0, &creations[n])),
+            )
+            .await;
+            for (n, answer) in alone.into_iter().zip(alone_answers) {
+                answers[n] = Some(answer);
+            }
+            Ok(answers
+                .into_iter()
+                .map(|answer| {
+                    answer.unwrap_or_else(|| {
+                        Err(crate::StoreError::Corrupt(
+                            "a batched creation went unanswered".into(),
+                        ))
+                    })
+                })
+                .collect())
         })
     }
 }
