@@ -15,6 +15,19 @@ pub struct Usage {
     pub ssh_keys: i64,
 }
 
+/// What two writes add together.
+impl std::ops::AddAssign for Usage {
+    fn add_assign(&mut self, more: Usage) {
+        self.instances += more.instances;
+        self.vcpus += more.vcpus;
+        self.memory_mb += more.memory_mb;
+        self.volumes += more.volumes;
+        self.volume_gb += more.volume_gb;
+        self.containers += more.containers;
+        self.ssh_keys += more.ssh_keys;
+    }
+}
+
 impl Usage {
     /// Limits that limit nothing.
     pub const UNLIMITED: Usage = Usage {

@@ -24,7 +24,7 @@ use std::sync::Arc;
 /// The SQLSTATE of a placement migration 0043's function refused.
 const CLAIM_REFUSED: &str = "TS001";
 
-/// The two batched writes, started with the store on PostgreSQL.
+/// The batched writes of a creation, started with the store on PostgreSQL.
 pub(crate) struct InstanceBatches {
     pub(crate) create: Batcher<CreateBatch>,
     pub(crate) place: Batcher<PlaceBatch>,
@@ -450,14 +450,7 @@ fn project_check(checks: &[&QuotaCheck]) -> Option<QuotaCheck> {
         if other.defaults != check.defaults || other.funds != check.funds {
             return None;
         }
-        let (adds, more) = (&mut check.adds, &other.adds);
-        adds.instances += more.instances;
-        adds.vcpus += more.vcpus;
-        adds.memory_mb += more.memory_mb;
-        adds.volumes += more.volumes;
-        adds.volume_gb += more.volume_gb;
-        adds.containers += more.containers;
-        adds.ssh_keys += more.ssh_keys;
+        check.adds += other.adds;
     }
     Some(check)
 }
