@@ -1388,23 +1388,9 @@ async fn claim_cpus(
     // are behind cannot overcommit it: the instances on the host and those
     // moving in, this one among them now. On PostgreSQL this statement's
     // snapshot is taken after the lock was granted, so it sees every claim
-    // committed before ours. Each arm reads one host's rows and looks its
-    // instances up by key, whatever plan PostgreSQL keeps for the prepared
-    // statement: planned while the tables were small, a semi-join on
-    // `id IN (...)` scanned every instance at each claim. The ledger's
-    // holders are made distinct before they are looked up: one lookup per
-    // instance, not one per CPU it holds.
+    // committed before ours.
     let used = conn
-        .fetch_int(
-            "SELECT CAST(COALESCE(SUM(memory_mb), 0) AS BIGINT) FROM (\
-             SELECT id, memory_mb FROM instances WHERE host_id = $1 \
-             UNION SELECT c.id, (SELECT memory_mb FROM instances WHERE id = c.id) \
-             FROM (SELECT DISTINCT SUBSTR(holder, 10) AS id FROM cpu_claims \
-             WHERE host_id = $1 AND SUBSTR(holder, 1, 9) = 'instance:') c \
-             UNION SELECT s.id, (SELECT memory_mb FROM instances WHERE id = s.id) \
-             FROM (SELECT DISTINCT instance_id AS id FROM cpu_shares WHERE host_id = $1) s) held",
-            &[(&place.host_id).into()],
-        )
+        .fetch_int(HOST_MEMORY_HELD, &[(&place.host_id).into()])
         .await?
         .unwrap_or(0);
     if used > capacity {
@@ -1412,6 +1398,24 @@ async fn claim_cpus(
     }
     Ok(Commit::Keep(true))
 }
+
+/// The memory held on host `$1`: its instances', and those of instances
+/// moving in (holding its CPUs or shares while placed elsewhere). Each
+/// part reads one host's rows on an index that leads with the host,
+/// whatever plan a prepared statement keeps; the ledger's and shares'
+/// holders already on the host are set aside before any is looked up, so
+/// a host whose instances are all placed costs no lookup per instance
+/// (its ledger holds one row per CPU of each). Migration 0045's function
+/// counts the same.
+const HOST_MEMORY_HELD: &str = "WITH here AS MATERIALIZED (\
+     SELECT id, memory_mb FROM instances WHERE host_id = $1), \
+     moving AS (SELECT SUBSTR(holder, 10) AS id FROM cpu_claims \
+     WHERE host_id = $1 AND SUBSTR(holder, 1, 9) = 'instance:' \
+     UNION SELECT instance_id FROM cpu_shares WHERE host_id = $1 \
+     EXCEPT SELECT id FROM here) \
+     SELECT CAST(COALESCE((SELECT SUM(memory_mb) FROM here), 0) \
+     + COALESCE((SELECT SUM(i.memory_mb) FROM moving m JOIN instances i ON i.id = m.id), 0) \
+     AS BIGINT)";
 
 /// Takes a READY host's row lock for a claim (a decommission waits for
 /// it, and it for a decommission) and answers the host's memory; `None`

@@ -587,3 +587,66 @@ async fn creations(store: &Store, raw: common::Raw) {
         .expect("a list");
     assert_eq!(others.len(), 6, "the other project's, every one");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hosts_memory_counts_instances_moving_in_on_sqlite() {
+    let (store, _dir) = common::sqlite().await;
+    moving_in(&store).await;
+    store.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hosts_memory_counts_instances_moving_in_on_postgres() {
+    let (store, database) = common::postgres("tessera_memory_moving_in").await;
+    moving_in(&store).await;
+    store.close().await;
+    database.drop().await;
+}
+
+/// A host's memory holds what is placed on it, each instance once though
+/// the ledger holds its CPUs there too, and what is moving in: an
+/// instance placed elsewhere that reserved CPUs on it.
+async fn moving_in(store: &Store) {
+    let project = ProjectRecord {
+        id: "proj-1".into(),
+        name: "p".into(),
+        path: "p".into(),
+        created_at: tessera_store::now(),
+    };
+    assert!(store.insert_project(&project, None).await.expect("project"));
+    let from = ready_host(store, "from", 4, 1 << 20).await;
+    let to = ready_host(store, "to", 4, 2 * MEMORY_MB).await;
+    let mover = created(store, &project.id, "mover", true).await;
+    assert!(place(store, &mover, &from, 0).await);
+    let (id, op) = &mover;
+    let reserved = store
+        .claim_instance_cpus(
+            CpuClaim::MoveTo,
+            id,
+            (&to, None),
+            (&[0], None),
+            (op, &steps_of(id), &LEASE),
+        )
+        .await
+        .expect("reserve");
+    assert!(reserved, "the mover's memory fits where it moves");
+    let first = created(store, &project.id, "first", true).await;
+    assert!(
+        place(store, &first, &to, 1).await,
+        "the mover and this one fill the host, each counted once"
+    );
+    let second = created(store, &project.id, "second", true).await;
+    assert!(
+        !place(store, &second, &to, 2).await,
+        "the mover's memory is held where it moves"
+    );
+    assert_eq!(
+        store
+            .instance(&second.0)
+            .await
+            .expect("read")
+            .expect("there")
+            .host_id,
+        None
+    );
+}
