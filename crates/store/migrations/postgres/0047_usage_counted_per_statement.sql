@@ -35,30 +35,22 @@ CREATE TRIGGER instances_usage_added AFTER INSERT ON instances
 DROP TRIGGER instance_addresses_counted ON instance_addresses;
 DROP FUNCTION count_subnet_addresses();
 
-CREATE FUNCTION count_addresses_given() RETURNS trigger LANGUAGE plpgsql AS $$
+-- One function for addresses given and freed: each trigger names its
+-- rows `changed`, and the operation gives the sign.
+CREATE FUNCTION count_addresses_changed() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     INSERT INTO subnet_address_counts (subnet_id, shard, used)
-    SELECT a.subnet_id, CAST(mod(txid_current(), 16) AS INTEGER), COUNT(*)
-    FROM given a GROUP BY a.subnet_id ORDER BY a.subnet_id
+    SELECT c.subnet_id, CAST(mod(txid_current(), 16) AS INTEGER),
+        CASE WHEN TG_OP = 'INSERT' THEN COUNT(*) ELSE -COUNT(*) END
+    FROM changed c GROUP BY c.subnet_id ORDER BY c.subnet_id
     ON CONFLICT (subnet_id, shard)
     DO UPDATE SET used = subnet_address_counts.used + excluded.used;
     RETURN NULL;
 END;
 $$;
 CREATE TRIGGER instance_addresses_given AFTER INSERT ON instance_addresses
-    REFERENCING NEW TABLE AS given
-    FOR EACH STATEMENT EXECUTE FUNCTION count_addresses_given();
-
-CREATE FUNCTION count_addresses_freed() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    INSERT INTO subnet_address_counts (subnet_id, shard, used)
-    SELECT a.subnet_id, CAST(mod(txid_current(), 16) AS INTEGER), -COUNT(*)
-    FROM freed a GROUP BY a.subnet_id ORDER BY a.subnet_id
-    ON CONFLICT (subnet_id, shard)
-    DO UPDATE SET used = subnet_address_counts.used + excluded.used;
-    RETURN NULL;
-END;
-$$;
+    REFERENCING NEW TABLE AS changed
+    FOR EACH STATEMENT EXECUTE FUNCTION count_addresses_changed();
 CREATE TRIGGER instance_addresses_freed AFTER DELETE ON instance_addresses
-    REFERENCING OLD TABLE AS freed
-    FOR EACH STATEMENT EXECUTE FUNCTION count_addresses_freed();
+    REFERENCING OLD TABLE AS changed
+    FOR EACH STATEMENT EXECUTE FUNCTION count_addresses_changed();
