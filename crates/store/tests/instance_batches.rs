@@ -56,6 +56,18 @@ async fn creations_at_once_on_postgres() {
     database.drop().await;
 }
 
+/// A new project `id` at path `path`.
+async fn new_project(store: &Store, id: &str, path: &str) -> ProjectRecord {
+    let project = ProjectRecord {
+        id: id.into(),
+        name: path.into(),
+        path: path.into(),
+        created_at: tessera_store::now(),
+    };
+    assert!(store.insert_project(&project, None).await.expect("project"));
+    project
+}
+
 /// A READY host of `cpus` CPUs and `memory_mb`, no units: a pooled host.
 async fn ready_host(store: &Store, name: &str, cpus: u32, memory_mb: i64) -> String {
     let id = format!("id-{name}");
@@ -170,13 +182,7 @@ async fn settle(store: &Store, (id, op): &(String, String), state: InstanceState
 }
 
 async fn at_once(store: &Store) {
-    let project = ProjectRecord {
-        id: "proj-1".into(),
-        name: "p".into(),
-        path: "p".into(),
-        created_at: tessera_store::now(),
-    };
-    assert!(store.insert_project(&project, None).await.expect("project"));
+    let project = new_project(store, "proj-1", "p").await;
     // Twelve CPUs each wanted by two instances; a host whose memory holds
     // ten of the sixteen that want it; and creations this store does not
     // drive (pending), whose placement changes nothing.
@@ -381,14 +387,7 @@ async fn create_in(
 }
 
 async fn creations(store: &Store, raw: common::Raw) {
-    let project = "proj-c".to_string();
-    let record = ProjectRecord {
-        id: project.clone(),
-        name: "c".into(),
-        path: "c".into(),
-        created_at: tessera_store::now(),
-    };
-    assert!(store.insert_project(&record, None).await.expect("project"));
+    let project = new_project(store, "proj-c", "c").await.id;
     // This process's address hints are by subnet: each run its own.
     let suffix = format!("{:08x}", rand::random::<u32>());
     let (vpc, subnet) = (format!("vpc-{suffix}"), format!("sub-{suffix}"));
@@ -554,13 +553,7 @@ async fn creations(store: &Store, raw: common::Raw) {
 
     // A project at its quota that keeps creating, beside another's
     // creations at once: its own are refused, the other's recorded.
-    let other = ProjectRecord {
-        id: format!("proj-{suffix}"),
-        name: format!("d{suffix}"),
-        path: format!("d{suffix}"),
-        created_at: tessera_store::now(),
-    };
-    assert!(store.insert_project(&other, None).await.expect("project"));
+    let other = new_project(store, &format!("proj-{suffix}"), &format!("d{suffix}")).await;
     let mixed = join_all((0..12).map(|n| {
         let (project, name) = match n % 2 {
             0 => (project.as_str(), format!("full{n}")),
@@ -607,13 +600,7 @@ async fn a_hosts_memory_counts_instances_moving_in_on_postgres() {
 /// the ledger holds its CPUs there too, and what is moving in: an
 /// instance placed elsewhere that reserved CPUs on it.
 async fn moving_in(store: &Store) {
-    let project = ProjectRecord {
-        id: "proj-1".into(),
-        name: "p".into(),
-        path: "p".into(),
-        created_at: tessera_store::now(),
-    };
-    assert!(store.insert_project(&project, None).await.expect("project"));
+    let project = new_project(store, "proj-1", "p").await;
     let from = ready_host(store, "from", 4, 1 << 20).await;
     let to = ready_host(store, "to", 4, 2 * MEMORY_MB).await;
     let mover = created(store, &project.id, "mover", true).await;
