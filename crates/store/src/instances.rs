@@ -530,8 +530,16 @@ pub(crate) async fn write_instances(
                     statement.0 = instance_insert(&begun.private_ip);
                 }
             }
-            let first: Vec<(String, Vec<Arg>)> =
-                begun.iter().flat_map(|b| b.ctes.iter().cloned()).collect();
+            // The instances' usage rows before their addresses (see
+            // `quotas::usage_rows_first`): each subnet waits for them.
+            let projects: Vec<&str> = instances.iter().map(|i| i.project_id.as_str()).collect();
+            let mut first: Vec<(String, Vec<Arg>)> = vec![(
+                crate::quotas::usage_rows_first(
+                    "SELECT json_array_elements_text(CAST($1 AS json)) AS project_id",
+                ),
+                vec![serde_json::json!(projects).to_string().into()],
+            )];
+            first.extend(begun.iter().flat_map(|b| b.ctes.iter().cloned()));
             let more: Vec<String> = begun.iter().flat_map(|b| b.counts.clone()).collect();
             crate::db::combined_statement_after(&first, &statements, &more)
         }

@@ -728,7 +728,9 @@ pub(crate) async fn attach_instance(
 
 /// [`attach_instance`]'s first round trip as common table expressions of
 /// the PostgreSQL statement that writes the instance (the `n`th of its
-/// instances): the subnet and the groups held against their deletion, the
+/// instances), after the statement's `usage` (its usage rows, taken before
+/// any address: `quotas::usage_rows_first`): the subnet and the groups
+/// held against their deletion, the
 /// groups joined, and the address this process's hint gives tried. The
 /// statement's instance row takes [`AttachInStatement::private_ip`] as
 /// its address, and the statement answers [`AttachInStatement::counts`];
@@ -759,7 +761,10 @@ pub(crate) fn attach_in_statement(
         format!("a{n}_t"),
     );
     let mut ctes = vec![(
-        format!("{subnet} AS (SELECT id FROM subnets WHERE id = $1 FOR SHARE)"),
+        format!(
+            "{subnet} AS (SELECT id FROM subnets WHERE id = $1 \
+             AND (SELECT COUNT(*) FROM usage) >= 0 FOR SHARE)"
+        ),
         vec![Arg::from(&attachment.subnet_id)],
     )];
     match groups.is_empty() {
@@ -954,7 +959,8 @@ fn restart_address_hint(subnet: &str, lowest: u32, last: u32) {
 }
 
 /// Gives `address` to the instance unless another instance holds it (one
-/// given it meanwhile by another replica). Terminated instances hold none.
+/// given it meanwhile by another replica) or, on PostgreSQL, a transaction
+/// in flight is giving or freeing it. Terminated instances hold none.
 async fn take_address(
     conn: &mut Conn<'_>,
     subnet: &str,
@@ -964,17 +970,17 @@ async fn take_address(
     let address = address.to_string();
     let args: [Arg; 3] = [subnet.into(), (&address).into(), instance_id.into()];
     if conn.is_postgres() {
-        // One round trip: the instance shows the address only if it got it.
+        // One round trip: the instance shows the address only if it got
+        // it. An address a transaction in flight holds is passed over, not
+        // waited for: this transaction holds its counter rows by now, and
+        // that one may be about to wait for them (migration 0048).
         let taken = conn
-            .execute(
-                "WITH taken AS (INSERT INTO instance_addresses (subnet_id, address, instance_id) \
-                 VALUES ($1, $2, $3) ON CONFLICT (subnet_id, address) DO NOTHING \
-                 RETURNING address) \
-                 UPDATE instances SET private_ip = taken.address FROM taken WHERE id = $3",
+            .fetch_int(
+                "SELECT CASE WHEN take_address_unless_busy($1, $2, $3) THEN 1 ELSE 0 END",
                 &args,
             )
             .await?;
-        return Ok(taken == 1);
+        return Ok(taken == Some(1));
     }
     let taken = conn
         .execute(

@@ -46,6 +46,36 @@ impl From<Refusal> for crate::StoreError {
     }
 }
 
+/// A common table expression, `usage`, that takes the usage rows of this
+/// transaction's shard of the projects `projects` (a query of their ids),
+/// in the projects' order, adding nothing: a row each, as its `RETURNING`.
+/// A statement that writes usage takes the rows at its end, by trigger;
+/// taking them first puts them before whatever else the statement locks.
+///
+/// A creation on PostgreSQL takes, in this order: its project's usage row,
+/// then its addresses, then its subnets' address counts (migration 0044:
+/// at the end of the statement that gives an address, or in
+/// `take_address_unless_busy`, migration 0048). Its instance's statement
+/// takes the usage row first, by this; without it the statement's
+/// triggers took the subnet's count first when its address was given in
+/// the statement, and the usage row first when it was not (the address
+/// was then looked for after the statement): two creations of one
+/// project, subnet and shard could each hold one row and wait for the
+/// other's, until PostgreSQL's deadlock check a second later. An
+/// instance's end takes its usage row (the state's statement) before
+/// freeing its address, in the same order.
+pub(crate) fn usage_rows_first(projects: &str) -> String {
+    format!(
+        "usage AS (INSERT INTO project_usage (project_id, shard, instances, vcpus, memory_mb, \
+           volumes, volume_gb, containers, ssh_keys) \
+         SELECT DISTINCT p.project_id, CAST(mod(txid_current(), 16) AS INTEGER), \
+           0, 0, 0, 0, 0, 0, 0 FROM ({projects}) AS p WHERE p.project_id IS NOT NULL \
+         ORDER BY 1 \
+         ON CONFLICT (project_id, shard) DO UPDATE SET instances = project_usage.instances \
+         RETURNING 1)"
+    )
+}
+
 /// What a project uses, as the store keeps it (migration 0028: the sum of
 /// the project's rows in `project_usage`, changed by trigger whenever an
 /// instance, unit, volume, container or key is): a few rows, however much

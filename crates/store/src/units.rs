@@ -762,24 +762,16 @@ impl UnitBatches {
 /// Claims of [`ClaimQuota::NoOwnLimit`] (see [`claim_on_postgres`]).
 struct ClaimBatch(Writer);
 
-/// A batch's first step when it holds units of several projects: it takes
-/// their usage rows of this transaction's shard, adding nothing, in the
-/// projects' order. The usage trigger (migration 0028) adds each claimed
-/// or released unit to its project's row when the statement ends, so two
-/// batches of several projects could take those rows in opposite orders
-/// and wait for each other until PostgreSQL's deadlock check (a second,
-/// with every call of both kinds waiting behind them). A batch of one
-/// project takes one row and cannot: it skips the step, which costs a
-/// tenth of the batch. `projects` is a query of the project ids.
-fn usage_rows_first(projects: &str) -> String {
-    format!(
-        "usage AS (INSERT INTO project_usage (project_id, shard, instances, vcpus, memory_mb, \
-           volumes, volume_gb, containers, ssh_keys) \
-         SELECT DISTINCT p.project_id, CAST(mod(txid_current(), 16) AS INTEGER), \
-           0, 0, 0, 0, 0, 0, 0 FROM ({projects}) AS p WHERE p.project_id IS NOT NULL \
-         ORDER BY 1 \
-         ON CONFLICT (project_id, shard) DO UPDATE SET instances = project_usage.instances), "
-    )
+/// A batch's first step when it holds units of several projects:
+/// [`crate::quotas::usage_rows_first`]. The usage trigger (migration 0028)
+/// adds each claimed or released unit to its project's row when the
+/// statement ends, so two batches of several projects could take those
+/// rows in opposite orders and wait for each other until PostgreSQL's
+/// deadlock check (a second, with every call of both kinds waiting behind
+/// them). A batch of one project takes one row and cannot: it skips the
+/// step, which costs a tenth of the batch.
+fn usage_first(projects: &str) -> String {
+    format!("{}, ", crate::quotas::usage_rows_first(projects))
 }
 
 /// [`claim_on_postgres`] for many claims: the hosts are share-locked while
@@ -815,7 +807,7 @@ fn claim_many(usage: &str) -> String {
 static CLAIM_MANY: LazyLock<[String; 2]> = LazyLock::new(|| {
     [
         claim_many(""),
-        claim_many(&usage_rows_first("SELECT project_id FROM input")),
+        claim_many(&usage_first("SELECT project_id FROM input")),
     ]
 });
 
@@ -954,7 +946,7 @@ struct ReleaseBatch(Writer);
 /// [`release_unit`]'s statement for many units: each goes back FREE if its
 /// host (share-locked) is READY, else UNAVAILABLE, and its CPUs leave the
 /// ledger, if it is still DEALLOCATING at the caller's generation. With
-/// several projects, [`usage_rows_first`].
+/// several projects, [`usage_first`].
 fn release_many(usage: &str) -> String {
     format!(
         "WITH input AS (SELECT * FROM json_to_recordset(CAST($1 AS json)) \
@@ -978,7 +970,7 @@ fn release_many(usage: &str) -> String {
 static RELEASE_MANY: LazyLock<[String; 2]> = LazyLock::new(|| {
     [
         release_many(""),
-        release_many(&usage_rows_first(
+        release_many(&usage_first(
             "SELECT u.project_id FROM compute_units u JOIN input i ON u.compute_id = i.compute_id \
              WHERE u.instance_id IS NULL",
         )),

@@ -386,8 +386,9 @@ async fn create_in(
     (id, op_id, answer)
 }
 
-async fn creations(store: &Store, raw: common::Raw) {
-    let project = new_project(store, "proj-c", "c").await.id;
+/// A VPC of `project` on `block`, with its one subnet, all of `block`, and
+/// group `sg-a`: the subnet's id.
+async fn new_vpc(store: &Store, project: &str, block: &str) -> String {
     // This process's address hints are by subnet: each run its own.
     let suffix = format!("{:08x}", rand::random::<u32>());
     let (vpc, subnet) = (format!("vpc-{suffix}"), format!("sub-{suffix}"));
@@ -395,28 +396,35 @@ async fn creations(store: &Store, raw: common::Raw) {
         .insert_vpc(&NewVpc {
             vpc: VpcRecord {
                 id: vpc.clone(),
-                project_id: project.clone(),
+                project_id: project.to_string(),
                 name: "app".into(),
                 cidr: String::new(),
                 is_default: 0,
                 created_at: AT.into(),
             },
-            block: Block::Given("10.88.0.0/24".parse().expect("a block")),
+            block: Block::Given(block.parse().expect("a block")),
             subnet: Some(SubnetRecord {
                 id: subnet.clone(),
-                project_id: project.clone(),
+                project_id: project.to_string(),
                 vpc_id: vpc.clone(),
                 name: "app".into(),
                 cidr: String::new(),
                 is_default: 0,
                 created_at: AT.into(),
             }),
-            group: Some(group(&project, "sg-a")),
+            group: Some(group(project, "sg-a")),
             limit: None,
         })
         .await
         .expect("the write runs");
     assert!(matches!(added, NetworkAdded::Added { .. }), "{added:?}");
+    subnet
+}
+
+async fn creations(store: &Store, raw: common::Raw) {
+    let project = new_project(store, "proj-c", "c").await.id;
+    let subnet = new_vpc(store, &project, "10.88.0.0/24").await;
+    let suffix = subnet.trim_start_matches("sub-").to_string();
     assert!(
         store
             .insert_security_group(&group(&project, "sg-b"))
@@ -581,6 +589,15 @@ async fn creations(store: &Store, raw: common::Raw) {
     assert_eq!(others.len(), 6, "the other project's, every one");
 }
 
+/// Only PostgreSQL has row locks to take in an order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn creations_take_usage_before_addresses_on_postgres() {
+    let (store, database) = common::postgres("tessera_batches").await;
+    usage_first(&store, &database.url).await;
+    store.close().await;
+    database.drop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hosts_memory_counts_instances_moving_in_on_sqlite() {
     let (store, _dir) = common::sqlite().await;
@@ -636,4 +653,136 @@ async fn moving_in(store: &Store) {
             .host_id,
         None
     );
+}
+
+/// Creations take their project's usage row before any address or
+/// address count, alone and in a batch: while another transaction holds
+/// the project's usage rows, a creation waiting for them holds none of its
+/// subnet's counts. (Taken the other way round by some creations, two of
+/// one project, subnet and shard each held a row the other waited for,
+/// until PostgreSQL's deadlock check.)
+async fn usage_first(store: &Store, url: &str) {
+    use sqlx::{Connection, Executor};
+    let project = new_project(store, "proj-u", "u").await.id;
+    let other_project = new_project(store, "proj-v", "v").await.id;
+    let subnet = new_vpc(store, &project, "10.89.0.0/24").await;
+    let network = NewAttachment {
+        subnet_id: subnet.clone(),
+        subnet_cidr: "10.89.0.0/24".parse().expect("a block"),
+        groups: vec!["sg-a".into()],
+    };
+    // The first learns the subnet's addresses: those after it try theirs
+    // in their statement.
+    let (_, _, first) = create_in(store, &project, "first", Some(&network)).await;
+    assert_eq!(first, Ok("10.89.0.2".to_string()));
+    let connect = || async {
+        sqlx::PgConnection::connect(url)
+            .await
+            .expect("connect to PostgreSQL")
+    };
+    // Every shard's rows exist, so that a creation locks one rather than
+    // writing it anew.
+    let mut watch = connect().await;
+    watch
+        .execute(
+            format!(
+                "INSERT INTO subnet_address_counts (subnet_id, shard, used) \
+                 SELECT '{subnet}', s, 0 FROM generate_series(0, 15) AS s \
+                 ON CONFLICT (subnet_id, shard) DO NOTHING; \
+                 INSERT INTO project_usage (project_id, shard, instances, vcpus, memory_mb, \
+                 volumes, volume_gb, containers, ssh_keys) \
+                 SELECT p, s, 0, 0, 0, 0, 0, 0, 0 FROM generate_series(0, 15) AS s \
+                 CROSS JOIN (VALUES ('{project}'), ('{other_project}')) AS v (p) \
+                 ON CONFLICT (project_id, shard) DO NOTHING"
+            )
+            .as_str(),
+        )
+        .await
+        .expect("the counter rows");
+    // Another transaction holding `project`'s usage rows.
+    let hold = |project: String| async move {
+        let mut conn = connect().await;
+        conn.execute("BEGIN").await.expect("a transaction");
+        conn.execute(
+            format!("SELECT 1 FROM project_usage WHERE project_id = '{project}' FOR UPDATE")
+                .as_str(),
+        )
+        .await
+        .expect("the project's usage rows");
+        conn
+    };
+    let spawn = |names: Vec<String>, project: String, network: Option<NewAttachment>| {
+        let store = store.clone();
+        tokio::spawn(async move {
+            join_all(
+                names
+                    .iter()
+                    .map(|name| create_in(&store, &project, name, network.as_ref())),
+            )
+            .await
+        })
+    };
+
+    // Alone.
+    let mut holder = hold(project.clone()).await;
+    let alone = spawn(vec!["alone".into()], project.clone(), Some(network.clone()));
+    let waiting = lock_waiter(&mut watch).await;
+    assert!(!waiting.contains("json_to_recordset"), "{waiting}");
+    assert_eq!(counts_unlocked(&mut watch, &subnet).await, 16, "{waiting}");
+    holder.execute("COMMIT").await.expect("a commit");
+    let mut addresses: HashSet<String> = HashSet::new();
+    for (_, _, made) in alone.await.expect("the creation") {
+        addresses.insert(made.expect("an address"));
+    }
+
+    // In a batch: they gather while a creation of another project, whose
+    // usage another transaction holds too, takes the batches' one slot.
+    let mut holder = hold(project.clone()).await;
+    let mut blocker = hold(other_project.clone()).await;
+    let blocked = spawn(vec!["blocker".into()], other_project.clone(), None);
+    lock_waiter(&mut watch).await;
+    let names: Vec<String> = (0..5).map(|n| format!("b{n}")).collect();
+    let batched = spawn(names, project.clone(), Some(network.clone()));
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    blocker.execute("COMMIT").await.expect("a commit");
+    for (_, _, made) in blocked.await.expect("the creation") {
+        made.expect("recorded");
+    }
+    let waiting = lock_waiter(&mut watch).await;
+    assert!(waiting.contains("json_to_recordset"), "{waiting}");
+    assert_eq!(counts_unlocked(&mut watch, &subnet).await, 16, "{waiting}");
+    holder.execute("COMMIT").await.expect("a commit");
+    for (_, _, made) in batched.await.expect("the creations") {
+        addresses.insert(made.expect("an address"));
+    }
+    assert_eq!(addresses.len(), 6, "{addresses:?}");
+}
+
+/// The statement of the session that waits for a lock, once there is one.
+async fn lock_waiter(watch: &mut sqlx::PgConnection) -> String {
+    for _ in 0..600 {
+        let waiting: Option<String> = sqlx::query_scalar(
+            "SELECT query FROM pg_stat_activity \
+             WHERE datname = current_database() AND wait_event_type = 'Lock' LIMIT 1",
+        )
+        .fetch_optional(&mut *watch)
+        .await
+        .expect("a read");
+        if let Some(waiting) = waiting {
+            return waiting;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("no creation waits for the usage rows");
+}
+
+/// How many of `subnet`'s address counts no transaction holds.
+async fn counts_unlocked(watch: &mut sqlx::PgConnection, subnet: &str) -> i64 {
+    sqlx::query_scalar(&format!(
+        "SELECT COUNT(*) FROM (SELECT 1 FROM subnet_address_counts \
+         WHERE subnet_id = '{subnet}' FOR UPDATE SKIP LOCKED) AS c"
+    ))
+    .fetch_one(watch)
+    .await
+    .expect("a read")
 }

@@ -29,6 +29,15 @@ async fn instances_join_their_network_on_postgres() {
     database.drop().await;
 }
 
+/// Only PostgreSQL has transactions in flight beside the store's own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_address_a_transaction_in_flight_holds_is_passed_over_on_postgres() {
+    let (store, database) = common::postgres("tessera_networks").await;
+    passes_over_busy_address(&store, &database.url).await;
+    store.close().await;
+    database.drop().await;
+}
+
 const AT: &str = "2026-12-06T00:00:00.000000Z";
 
 fn new_instance(project: &str, name: &str, network: NewAttachment) -> NewInstance {
@@ -77,7 +86,9 @@ async fn record(
     }
 }
 
-async fn joins(store: &Store, raw: common::Raw) {
+/// A new project with a VPC of `block`, its one subnet and group: the
+/// project, subnet and group ids.
+async fn new_network(store: &Store, block: &str) -> (String, String, String) {
     let project = format!("prj-{:08x}", rand::random::<u32>());
     assert!(
         store
@@ -108,7 +119,7 @@ async fn joins(store: &Store, raw: common::Raw) {
                 is_default: 0,
                 created_at: AT.into(),
             },
-            block: Block::Given("10.77.0.0/28".parse().expect("a block")),
+            block: Block::Given(block.parse().expect("a block")),
             subnet: Some(SubnetRecord {
                 id: subnet.clone(),
                 project_id: project.clone(),
@@ -133,6 +144,11 @@ async fn joins(store: &Store, raw: common::Raw) {
         .await
         .expect("the write runs");
     assert!(matches!(added, NetworkAdded::Added { .. }), "{added:?}");
+    (project, subnet, group)
+}
+
+async fn joins(store: &Store, raw: common::Raw) {
+    let (project, subnet, group) = new_network(store, "10.77.0.0/28").await;
     let network = |subnet: &str, groups: &[&str]| NewAttachment {
         subnet_id: subnet.into(),
         subnet_cidr: "10.77.0.0/28".parse().expect("a block"),
@@ -244,4 +260,60 @@ async fn joins(store: &Store, raw: common::Raw) {
         Err(InstancesAdded::SubnetFull(subnet.clone()))
     );
     assert!(store.instance(&full.id).await.expect("a read").is_none());
+}
+
+/// A creation whose address search meets an address that another
+/// transaction, still in flight, has just given takes the next one rather
+/// than wait: by then it holds its project's usage row and its subnet's
+/// count, which that transaction may be about to wait for (a deadlock).
+async fn passes_over_busy_address(store: &Store, url: &str) {
+    use sqlx::{Connection, Executor};
+    let (project, subnet, _) = new_network(store, "10.78.0.0/28").await;
+    // An instance of the project with no network, for the other
+    // transaction's address to belong to.
+    let mut holder = new_instance(&project, "holder", network_of(&subnet));
+    holder.network = None;
+    record(store, &project, std::slice::from_ref(&holder))
+        .await
+        .expect("an instance");
+    // Another replica gives the subnet's first address and has not
+    // committed: this process has not looked at the subnet yet, so its
+    // search reads the used addresses (none it can see) and starts there.
+    let mut other = sqlx::PgConnection::connect(url)
+        .await
+        .expect("connect to PostgreSQL");
+    other.execute("BEGIN").await.expect("a transaction");
+    other
+        .execute(
+            format!(
+                "INSERT INTO instance_addresses (subnet_id, address, instance_id) \
+                 VALUES ('{subnet}', '10.78.0.2', '{}')",
+                holder.id
+            )
+            .as_str(),
+        )
+        .await
+        .expect("an address given in flight");
+    let next = new_instance(&project, "next", network_of(&subnet));
+    let recorded = tokio::time::timeout(
+        std::time::Duration::from_secs(60),
+        record(store, &project, std::slice::from_ref(&next)),
+    )
+    .await
+    .expect("the creation waited for the transaction in flight");
+    assert_eq!(recorded, Ok(vec!["10.78.0.3".to_string()]));
+    other.execute("COMMIT").await.expect("the other commits");
+    // The subnet counts both, the one in flight once it committed.
+    assert_eq!(
+        store.subnet_addresses_used(&subnet).await.expect("a read"),
+        2
+    );
+}
+
+fn network_of(subnet: &str) -> NewAttachment {
+    NewAttachment {
+        subnet_id: subnet.into(),
+        subnet_cidr: "10.78.0.0/28".parse().expect("a block"),
+        groups: Vec::new(),
+    }
 }

@@ -387,14 +387,20 @@ pub(crate) struct CreateBatch(Writer);
 /// its groups were joined and the address it got; the batch is kept only
 /// if every creation got its subnet and groups. One whose address was
 /// taken meanwhile looks for the next free one, as it would alone.
-const CREATE_MANY: &str = "WITH input AS (SELECT * FROM json_to_recordset(CAST($1 AS json)) \
+///
+/// Its first step takes its projects' usage rows, before any address (the
+/// order [`crate::quotas::usage_rows_first`] gives creations).
+static CREATE_MANY: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "WITH input AS (SELECT * FROM json_to_recordset(CAST($1 AS json)) \
        AS i (n BIGINT, id TEXT, project_id TEXT, name TEXT, labels TEXT, text_labels json, \
        spec TEXT, memory_mb BIGINT, vcpus BIGINT, created_by TEXT, micros_per_hour BIGINT, \
        at TEXT, subnet TEXT, groups json, address TEXT, operation TEXT, op_project_id TEXT, \
        kind TEXT, resource_id TEXT, params TEXT, op_created_by TEXT, op_at TEXT, \
        lease_until TEXT, owner TEXT)), \
+     {usage}, \
      held AS (SELECT id FROM subnets WHERE id IN (SELECT subnet FROM input) \
-       ORDER BY id FOR SHARE), \
+       AND (SELECT COUNT(*) FROM usage) >= 0 ORDER BY id FOR SHARE), \
      grouped AS (SELECT id FROM security_groups WHERE id IN \
        (SELECT json_array_elements_text(groups) FROM input) \
        ORDER BY id FOR SHARE), \
@@ -430,7 +436,10 @@ const CREATE_MANY: &str = "WITH input AS (SELECT * FROM json_to_recordset(CAST($
      SELECT i.n, CAST((SELECT COUNT(*) FROM held h WHERE h.id = i.subnet) AS BIGINT) AS held, \
        CAST((SELECT COUNT(*) FROM joined j WHERE j.instance_id = i.id) AS BIGINT) AS joined, \
        (SELECT a.address FROM addressed a WHERE a.instance_id = i.id) AS address \
-     FROM input i";
+     FROM input i",
+        usage = crate::quotas::usage_rows_first("SELECT project_id FROM input")
+    )
+});
 
 /// Why a batch of creations is run again call by call: one of them would
 /// be refused, or answered otherwise than written, alone.
@@ -463,7 +472,7 @@ async fn create_many(
     conn: &mut Conn<'_>,
     creations: &[Arc<Creation>],
 ) -> std::result::Result<std::result::Result<Vec<InstancesAdded>, Vec<String>>, DbError> {
-    let rows = fetch_many(conn, CREATE_MANY, creations.iter().map(|c| c.row.clone())).await?;
+    let rows = fetch_many(conn, &CREATE_MANY, creations.iter().map(|c| c.row.clone())).await?;
     let got = answers_by_index(rows, creations.len(), |row| {
         Ok((
             row.try_get::<i64, _>("held")?,
