@@ -913,24 +913,25 @@ impl App {
 
     /// Makes sure the storage of every volume of an instance placed on a
     /// host is there, at its size; a volume without a home gets the
-    /// instance's host. Answers the volumes as the host attaches them (for
-    /// [`App::on_host_with`]), or `None` for an instance on no host.
+    /// instance's host. Answers the instance's surroundings, its volumes
+    /// among them, as read before (for [`App::on_host_with`], which sends
+    /// them to the host without reading them again), or `None` for an
+    /// instance on no host.
     pub(crate) async fn prepare_volumes(
         &self,
         instance: &crate::instances::Instance,
-    ) -> Result<Option<Vec<tessera_agent_api::AttachedVolume>>, HostCallError> {
+    ) -> Result<Option<tessera_store::InstanceSurroundings>, HostCallError> {
         let Some(host) = instance.host_id.clone() else {
             return Ok(None);
         };
-        let volumes = self
+        let surroundings = self
             .store
-            .instance_volumes(&instance.id)
+            .instance_surroundings(&instance.id, &instance.project_id)
             .await
             .map_err(|e| HostCallError::Failed(e.to_string()))?;
-        let attached = crate::instances::attached_volumes(volumes.clone());
         // The OS volume is the instance's root file system, which the host
         // makes with the instance.
-        for volume in volumes.into_iter().filter(|v| v.is_os_volume == 0) {
+        for volume in surroundings.volumes.iter().filter(|v| v.is_os_volume == 0) {
             match &volume.host_id {
                 Some(home) if home.as_str() != host.as_str() => {
                     return Err(HostCallError::Failed(format!(
@@ -965,7 +966,7 @@ impl App {
             )
             .await?;
         }
-        Ok(Some(attached))
+        Ok(Some(surroundings))
     }
 
     /// Destroys the storage of volumes deleted for good or in the trash for

@@ -87,6 +87,8 @@ pub struct InstanceSurroundings {
     pub place: Option<crate::InstancePlace>,
     /// Its security groups, by id: each one's id and rules as stored.
     pub groups: Vec<(String, String)>,
+    /// Its volumes, by target (as [`Store::instance_volumes`] lists them).
+    pub volumes: Vec<crate::VolumeRecord>,
 }
 
 /// [`InstanceSurroundings`] as read: every column may be missing (no
@@ -108,6 +110,8 @@ struct SurroundingsRow {
     vpc_cidr: Option<String>,
     /// JSON: `[[id, rules], ...]`.
     groups: Option<String>,
+    /// JSON: `[{column: value, ...}, ...]`, each a volume's columns.
+    volumes: Option<String>,
 }
 
 /// How recording new instances went; nothing changed unless `Recorded`.
@@ -207,6 +211,50 @@ fn holder(instance_id: &str) -> String {
     format!("instance:{instance_id}")
 }
 
+/// The read of an instance's [`InstanceSurroundings`], on PostgreSQL and on
+/// SQLite: `$1` the instance, `$2` its project. Its groups and its volumes
+/// come as a JSON value each: a column, not a row each.
+static SURROUNDINGS: std::sync::LazyLock<[String; 2]> = std::sync::LazyLock::new(|| {
+    let volume = crate::volumes::VOLUME_COLUMNS
+        .split(',')
+        .map(|column| format!("'{0}', vs.{0}", column.trim()))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let read = |groups: &str, volumes: &str| {
+        format!(
+            "SELECT p.egress, p.privileged, c.id AS container_id, \
+             c.project_id AS container_project_id, c.ssh_enabled, c.mount_paths, \
+             c.storage_gb, c.generation AS container_generation, \
+             c.updated_at AS container_updated_at, a.address, s.cidr AS subnet_cidr, \
+             v.id AS vpc_id, v.cidr AS vpc_cidr, \
+             (SELECT {groups} FROM (SELECT g.id, g.rules FROM instance_security_groups m \
+              JOIN security_groups g ON g.id = m.group_id WHERE m.instance_id = $1 \
+              ORDER BY g.id) gs) AS groups, \
+             (SELECT {volumes} FROM (SELECT {columns} FROM volumes \
+              WHERE instance_id = $1 ORDER BY target, id) vs) AS volumes \
+             FROM (SELECT 1 AS one) o \
+             LEFT JOIN project_policies p ON p.project_id = $2 \
+             LEFT JOIN containers c ON c.id = $1 \
+             LEFT JOIN instance_addresses a ON a.instance_id = $1 \
+             LEFT JOIN subnets s ON s.id = a.subnet_id \
+             LEFT JOIN vpcs v ON v.id = s.vpc_id LIMIT 1",
+            columns = crate::volumes::VOLUME_COLUMNS,
+        )
+    };
+    [
+        read(
+            "CAST(json_agg(json_build_array(gs.id, gs.rules) ORDER BY gs.id) AS TEXT)",
+            &format!(
+                "CAST(json_agg(json_build_object({volume}) ORDER BY vs.target, vs.id) AS TEXT)"
+            ),
+        ),
+        read(
+            "json_group_array(json_array(gs.id, gs.rules))",
+            &format!("json_group_array(json_object({volume}))"),
+        ),
+    ]
+});
+
 impl Store {
     /// An instance's [`InstanceSurroundings`], in one read.
     pub async fn instance_surroundings(
@@ -214,35 +262,20 @@ impl Store {
         instance_id: &str,
         project_id: &str,
     ) -> Result<InstanceSurroundings> {
-        // Its groups as one JSON value: a column, not a row each.
-        let groups = match self.backend {
-            crate::Backend::Postgres => {
-                "CAST(json_agg(json_build_array(gs.id, gs.rules) ORDER BY gs.id) AS TEXT)"
-            }
-            crate::Backend::Sqlite => "json_group_array(json_array(gs.id, gs.rules))",
-        };
         let row: SurroundingsRow = self
             .fetch_optional(
-                &format!(
-                    "SELECT p.egress, p.privileged, c.id AS container_id, \
-                     c.project_id AS container_project_id, c.ssh_enabled, c.mount_paths, \
-                     c.storage_gb, c.generation AS container_generation, \
-                     c.updated_at AS container_updated_at, a.address, s.cidr AS subnet_cidr, \
-                     v.id AS vpc_id, v.cidr AS vpc_cidr, \
-                     (SELECT {groups} FROM (SELECT g.id, g.rules FROM instance_security_groups m \
-                      JOIN security_groups g ON g.id = m.group_id WHERE m.instance_id = $1 \
-                      ORDER BY g.id) gs) AS groups \
-                     FROM (SELECT 1 AS one) o \
-                     LEFT JOIN project_policies p ON p.project_id = $2 \
-                     LEFT JOIN containers c ON c.id = $1 \
-                     LEFT JOIN instance_addresses a ON a.instance_id = $1 \
-                     LEFT JOIN subnets s ON s.id = a.subnet_id \
-                     LEFT JOIN vpcs v ON v.id = s.vpc_id LIMIT 1"
-                ),
+                &SURROUNDINGS[usize::from(self.backend == crate::Backend::Sqlite)],
                 &[instance_id.into(), project_id.into()],
             )
             .await?
             .unwrap_or_default();
+        // SQLite answers an empty array for no volumes, PostgreSQL NULL.
+        let volumes = match row.volumes.as_deref() {
+            None => Vec::new(),
+            Some(json) => serde_json::from_str(json).map_err(|e| {
+                crate::StoreError::Corrupt(format!("the volumes of instance {instance_id}: {e}"))
+            })?,
+        };
         let groups = match row.groups.as_deref() {
             None => Vec::new(),
             Some(json) => serde_json::from_str(json).map_err(|e| {
@@ -296,6 +329,7 @@ impl Store {
             container,
             place,
             groups,
+            volumes,
         })
     }
 

@@ -8,12 +8,15 @@ use crate::billing::{meter_open, meter_set};
 use crate::db::Arg;
 use crate::{QuotaCheck, Result, Store};
 
-#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
+/// A volume as stored. It is also read as JSON (an instance's volumes, in
+/// [`Store::instance_surroundings`]): each field named as its column.
+#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow, serde::Deserialize)]
 pub struct VolumeRecord {
     pub id: String,
     pub project_id: String,
     pub name: String,
     #[sqlx(rename = "type")]
+    #[serde(rename = "type")]
     pub volume_type: String,
     pub size_gb: i64,
     pub location: String,
@@ -57,7 +60,7 @@ pub enum VolumeSet {
     Trash,
 }
 
-const VOLUME_COLUMNS: &str = "id, project_id, name, type, size_gb, location, status, is_os_volume, \
+pub(crate) const VOLUME_COLUMNS: &str = "id, project_id, name, type, size_gb, location, status, is_os_volume, \
      instance_id, target, host_id, created_by, created_at, trashed_at, purged_at, generation";
 
 pub(crate) fn volume_insert(volume: &NewVolume) -> Vec<(String, Vec<Arg>)> {

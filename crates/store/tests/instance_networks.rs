@@ -9,8 +9,8 @@ mod common;
 
 use tessera_core::status::OperationKind;
 use tessera_store::{
-    Block, InstancesAdded, NetworkAdded, NewAttachment, NewInstance, NewOperation, NewVpc,
-    ProjectRecord, SecurityGroupRecord, Store, SubnetRecord, VpcRecord,
+    Block, InstancesAdded, NetworkAdded, NewAttachment, NewInstance, NewOperation, NewVolume,
+    NewVpc, ProjectRecord, SecurityGroupRecord, Store, SubnetRecord, VolumeRecord, VpcRecord,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -156,7 +156,33 @@ async fn joins(store: &Store, raw: common::Raw) {
     };
 
     // The first instances take the first addresses, and join their group.
-    let first = new_instance(&project, "a", network(&subnet, &[&group]));
+    // The first has volumes too, its OS volume and a data volume: what its
+    // host is told reads them with the rest.
+    let mut first = new_instance(&project, "a", network(&subnet, &[&group]));
+    first.volumes = [("vda", 1), ("vdb", 0)]
+        .into_iter()
+        .map(|(target, os)| NewVolume {
+            record: VolumeRecord {
+                id: format!("vol-{target}-{}", first.id),
+                project_id: project.clone(),
+                name: target.into(),
+                volume_type: "NVMe".into(),
+                size_gb: 5,
+                location: "FIN-01".into(),
+                status: "attached".into(),
+                is_os_volume: os,
+                instance_id: Some(first.id.clone()),
+                target: Some(target.into()),
+                host_id: None,
+                created_by: None,
+                created_at: AT.into(),
+                trashed_at: None,
+                purged_at: None,
+                generation: 1,
+            },
+            micros_per_hour: 0,
+        })
+        .collect();
     assert_eq!(
         record(store, &project, std::slice::from_ref(&first)).await,
         Ok(vec!["10.77.0.2".to_string()])
@@ -185,6 +211,14 @@ async fn joins(store: &Store, raw: common::Raw) {
             .expect("a read");
         // Its host is told its groups' rules with the rest.
         assert_eq!(surroundings.groups, vec![(group.clone(), "[]".to_string())]);
+        assert_eq!(
+            surroundings.volumes,
+            store.instance_volumes(&instance.id).await.expect("a read")
+        );
+        assert_eq!(
+            surroundings.volumes.len(),
+            if instance.id == first.id { 2 } else { 0 }
+        );
         let place = surroundings.place.expect("a place");
         assert_eq!(
             written.map(|w| w.private_ip),

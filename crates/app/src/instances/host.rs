@@ -13,11 +13,12 @@ impl App {
         self.instance_spec_with(instance, None).await
     }
 
-    /// [`App::instance_spec`] with its volumes, when they were just read.
+    /// [`App::instance_spec`] with its surroundings, when they were just
+    /// read (by [`App::prepare_volumes`]).
     async fn instance_spec_with(
         &self,
         instance: &Instance,
-        volumes: Option<Vec<tessera_agent_api::AttachedVolume>>,
+        surroundings: Option<tessera_store::InstanceSurroundings>,
     ) -> Result<InstanceSpec> {
         let spec = &instance.spec;
         let mut ssh_keys = Vec::new();
@@ -32,16 +33,17 @@ impl App {
                 .decode(u.trim())
                 .ok()
         });
-        let volumes = match volumes {
-            Some(volumes) => volumes,
-            None => attached_volumes(self.store.instance_volumes(&instance.id).await?),
-        };
         // Its project's policy, a container's SSH switch and storage, its
-        // address and its groups: one read.
-        let surroundings = self
-            .store
-            .instance_surroundings(&instance.id, &instance.project_id)
-            .await?;
+        // address, its groups and its volumes: one read.
+        let surroundings = match surroundings {
+            Some(surroundings) => surroundings,
+            None => {
+                self.store
+                    .instance_surroundings(&instance.id, &instance.project_id)
+                    .await?
+            }
+        };
+        let volumes = attached_volumes(surroundings.volumes);
         let container = surroundings.container;
         let storage = container
             .as_ref()
@@ -170,12 +172,12 @@ impl App {
         self.on_host_with(instance, None, call).await
     }
 
-    /// [`App::on_host`] with the instance's volumes as
-    /// [`App::prepare_volumes`] just read them, not read again.
+    /// [`App::on_host`] with the instance's surroundings (its volumes among
+    /// them) as [`App::prepare_volumes`] just read them, not read again.
     pub(crate) async fn on_host_with<T, F, Fut>(
         &self,
         instance: &Instance,
-        volumes: Option<Vec<tessera_agent_api::AttachedVolume>>,
+        surroundings: Option<tessera_store::InstanceSurroundings>,
         call: F,
     ) -> Result<T, HostCallError>
     where
@@ -184,7 +186,7 @@ impl App {
     {
         let agent = self.host_agent(instance).await?;
         let spec = self
-            .instance_spec_with(instance, volumes)
+            .instance_spec_with(instance, surroundings)
             .await
             .map_err(|e| HostCallError::Failed(e.to_string()))?;
         self.host_call(call(agent, spec)).await
@@ -285,7 +287,7 @@ impl App {
 
 /// An instance's volumes as its host attaches them: every one but the OS
 /// volume, which is the instance's own root file system.
-pub(crate) fn attached_volumes(
+fn attached_volumes(
     volumes: Vec<tessera_store::VolumeRecord>,
 ) -> Vec<tessera_agent_api::AttachedVolume> {
     volumes

@@ -35,7 +35,6 @@ mod resync;
 mod validate;
 
 pub(crate) use create::{instances_usage, network_gone, subnet_full};
-pub(crate) use host::attached_volumes;
 pub use validate::parse_selector;
 pub(crate) use validate::validate;
 
