@@ -730,12 +730,12 @@ pub(crate) async fn attach_instance(
 /// the PostgreSQL statement that writes the instance (the `n`th of its
 /// instances), after the statement's `usage` (its usage rows, taken before
 /// any address: `quotas::usage_rows_first`): the subnet and the groups
-/// held against their deletion, the
-/// groups joined, and the address this process's hint gives tried. The
-/// statement's instance row takes [`AttachInStatement::private_ip`] as
-/// its address, and the statement answers [`AttachInStatement::counts`];
-/// [`attached_after`] reads them and, when the tried address was taken,
-/// looks further. Two round trips fewer per creation.
+/// held against their deletion, the groups joined, and the address this
+/// process's hint gives tried. The statement's instance row takes
+/// [`AttachInStatement::private_ip`] as its address, and the statement
+/// answers [`AttachInStatement::counts`]; [`attached_after`] reads them
+/// and, when the tried address was taken, looks further. Two round trips
+/// fewer per creation.
 pub(crate) struct AttachInStatement {
     /// `name AS (...)` each, parameters from `$1`.
     pub ctes: Vec<(String, Vec<Arg>)>,
