@@ -269,6 +269,21 @@ impl PlacementView {
         state.failing.insert(host.clone(), Instant::now());
     }
 
+    /// Notes that a claim of this process on whole CPUs of pooled `host`
+    /// (no unit) committed. The store moved the host's generation on by one
+    /// with it (`Store::claim_instance_cpus`), and the view, which applied
+    /// the decision already, moves the version it holds for the host with
+    /// it: a look for changed hosts then passes over the hosts this
+    /// process placed on, where it reloaded each of them (five reads) at
+    /// every look, up to once a second under availability reads. Another
+    /// replica's change still leaves the versions apart, and a count off by
+    /// a concurrent reload of the host only costs that reload.
+    pub fn claimed_on(&self, host: &HostId) {
+        if let Some(version) = self.state().versions.get_mut(host) {
+            *version += 1;
+        }
+    }
+
     /// Notes that `host` made what was placed on it.
     pub fn host_succeeded(&self, host: &HostId) {
         let mut state = self.state();

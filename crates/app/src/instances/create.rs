@@ -673,6 +673,9 @@ impl App {
                     .await?;
             }
             if placed? {
+                if purpose == CpuClaim::Place && decision.unit.is_none() {
+                    self.placement.claimed_on(&decision.host);
+                }
                 run.steps = steps;
                 tracing::debug!(instance = %instance.id, host = %decision.host, cpus = %decision.cpus, ?purpose, "instance placed");
                 return Ok(decision);
