@@ -276,8 +276,11 @@ impl PlacementView {
     /// it: a look for changed hosts then passes over the hosts this
     /// process placed on, where it reloaded each of them (five reads) at
     /// every look, up to once a second under availability reads. Another
-    /// replica's change still leaves the versions apart, and a count off by
-    /// a concurrent reload of the host only costs that reload.
+    /// replica's change still leaves the versions apart. A reload of the
+    /// host that ran beside the claim may have read it before its commit:
+    /// the view then shows its CPUs free until a claim on them fails in the
+    /// store and reloads the host, as with any stale view (the store's
+    /// conditional writes decide).
     pub fn claimed_on(&self, host: &HostId) {
         if let Some(version) = self.state().versions.get_mut(host) {
             *version += 1;
