@@ -264,7 +264,10 @@ impl Store {
     ) -> Result<InstanceSurroundings> {
         let row: SurroundingsRow = self
             .fetch_optional(
-                &SURROUNDINGS[usize::from(self.backend == crate::Backend::Sqlite)],
+                match self.backend {
+                    crate::Backend::Postgres => &SURROUNDINGS[0],
+                    crate::Backend::Sqlite => &SURROUNDINGS[1],
+                },
                 &[instance_id.into(), project_id.into()],
             )
             .await?

@@ -762,8 +762,8 @@ pub(crate) fn attach_in_statement(
     );
     let mut ctes = vec![(
         format!(
-            "{subnet} AS (SELECT id FROM subnets WHERE id = $1 \
-             AND (SELECT COUNT(*) FROM usage) >= 0 FOR SHARE)"
+            "{subnet} AS (SELECT id FROM subnets WHERE id = $1 AND {} FOR SHARE)",
+            crate::quotas::AFTER_USAGE_ROWS
         ),
         vec![Arg::from(&attachment.subnet_id)],
     )];

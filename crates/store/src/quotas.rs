@@ -46,6 +46,11 @@ impl From<Refusal> for crate::StoreError {
     }
 }
 
+/// A condition that holds once the statement's [`usage_rows_first`] has
+/// taken every row: a common table expression that checks it runs after
+/// them (PostgreSQL runs a data-modifying one only as it is read).
+pub(crate) const AFTER_USAGE_ROWS: &str = "(SELECT COUNT(*) FROM usage) >= 0";
+
 /// A common table expression, `usage`, that takes the usage rows of this
 /// transaction's shard of the projects `projects` (a query of their ids),
 /// in the projects' order, adding nothing: a row each, as its `RETURNING`.
@@ -53,7 +58,7 @@ impl From<Refusal> for crate::StoreError {
 /// taking them first puts them before whatever else the statement locks.
 ///
 /// A creation on PostgreSQL takes, in this order: its project's usage row,
-/// then its addresses, then its subnets' address counts (migration 0044:
+/// then its addresses, then its subnets' address counts (migration 0047:
 /// at the end of the statement that gives an address, or in
 /// `take_address_unless_busy`, migration 0048). Its instance's statement
 /// takes the usage row first, by this; without it the statement's

@@ -400,7 +400,7 @@ static CREATE_MANY: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
        lease_until TEXT, owner TEXT)), \
      {usage}, \
      held AS (SELECT id FROM subnets WHERE id IN (SELECT subnet FROM input) \
-       AND (SELECT COUNT(*) FROM usage) >= 0 ORDER BY id FOR SHARE), \
+       AND {after_usage} ORDER BY id FOR SHARE), \
      grouped AS (SELECT id FROM security_groups WHERE id IN \
        (SELECT json_array_elements_text(groups) FROM input) \
        ORDER BY id FOR SHARE), \
@@ -437,7 +437,8 @@ static CREATE_MANY: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
        CAST((SELECT COUNT(*) FROM joined j WHERE j.instance_id = i.id) AS BIGINT) AS joined, \
        (SELECT a.address FROM addressed a WHERE a.instance_id = i.id) AS address \
      FROM input i",
-        usage = crate::quotas::usage_rows_first("SELECT project_id FROM input")
+        usage = crate::quotas::usage_rows_first("SELECT project_id FROM input"),
+        after_usage = crate::quotas::AFTER_USAGE_ROWS,
     )
 });
 
