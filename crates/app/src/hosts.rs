@@ -344,10 +344,10 @@ impl App {
             .await?;
         tracing::info!(hostname = %host.hostname, status = %to, detail, "server decommission ended");
         if to == HostStatus::Decommissioned {
+            // Its agent, if it had one, is done: the store forgot it with
+            // the transition (its credential, its desired state); so does
+            // this process.
             self.forget_agent(&HostId::new(host.id.as_str()));
-            // Its agent, if it had one, is done: its credential stops
-            // working and its desired state goes.
-            self.store.forget_agent(&host.hostname).await?;
             self.liveness.forget(&host.hostname);
         }
         // A registration still waiting for this host ends now (else when

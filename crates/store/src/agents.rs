@@ -366,27 +366,6 @@ impl Store {
         Ok(lost)
     }
 
-    /// Forgets the agent of `hostname` and its desired state: its host was
-    /// retired. Its credential stops working at once.
-    pub async fn forget_agent(&self, hostname: &str) -> Result<()> {
-        self.run_statements(
-            "forget_agent",
-            vec![
-                (
-                    "DELETE FROM agent_work WHERE hostname = $1".into(),
-                    vec![hostname.into()],
-                ),
-                (
-                    "DELETE FROM agents WHERE hostname = $1".into(),
-                    vec![hostname.into()],
-                ),
-            ],
-            |_| true,
-        )
-        .await?;
-        Ok(())
-    }
-
     /// Forgets answered scripts and join tokens expired before `before`.
     pub async fn prune_agent_work(&self, before: &str) -> Result<()> {
         self.run_statements(

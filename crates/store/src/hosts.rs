@@ -349,7 +349,7 @@ impl Store {
     /// them (someone else moved it first). Units follow: a host that becomes
     /// READY publishes its UNAVAILABLE units as FREE; a host that leaves READY
     /// takes its FREE units out of service; a DECOMMISSIONED host's units are
-    /// retired.
+    /// retired, and its agent forgotten.
     pub async fn transition_host(
         &self,
         id: &str,
@@ -691,6 +691,19 @@ async fn transition_host(
         for table in ["cpu_shares", "cpu_claims", "compute_units"] {
             conn.execute(
                 &format!("DELETE FROM {table} WHERE host_id = $1"),
+                &[id.into()],
+            )
+            .await?;
+        }
+        // Its agent is done: its credential stops working and its desired
+        // state goes, with the retirement that any returning agent (`tessera
+        // up` starting again on the host) waits to see. Written after it, an
+        // agent that came back in between lost its new registration.
+        for table in ["agent_work", "agents"] {
+            conn.execute(
+                &format!(
+                    "DELETE FROM {table} WHERE hostname = (SELECT hostname FROM hosts WHERE id = $1)"
+                ),
                 &[id.into()],
             )
             .await?;

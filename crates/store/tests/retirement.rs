@@ -1,0 +1,156 @@
+//! A host's retirement and its agent: the store forgets the agent (its
+//! credential, its desired state) in the transaction that marks the host
+//! DECOMMISSIONED, so an agent that comes back once it sees the host
+//! retired (`tessera up` starting again) is never forgotten after it
+//! registered again.
+
+mod common;
+
+use tessera_core::status::HostStatus;
+use tessera_store::{AgentOffer, NewHost, Store};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retired_hosts_agent_goes_with_the_retirement_on_sqlite() {
+    let (store, _dir) = common::sqlite().await;
+    let id = retiring_host(&store, "retiring-s").await;
+    let retired = store
+        .transition_host(
+            &id,
+            &[HostStatus::Decommissioning],
+            HostStatus::Decommissioned,
+            None,
+        )
+        .await
+        .expect("the transition runs");
+    assert!(retired);
+    assert_forgotten(&store, "retiring-s").await;
+}
+
+/// Only PostgreSQL has another transaction to see the retirement half
+/// done: while the agent's row is locked, the host is still
+/// DECOMMISSIONING to every reader, and both change at the one commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retired_hosts_agent_goes_with_the_retirement_on_postgres() {
+    use sqlx::{Connection, Executor};
+    let (store, database) = common::postgres("tessera_retirement").await;
+    let id = retiring_host(&store, "retiring-p").await;
+    let mut locker = sqlx::PgConnection::connect(&database.url)
+        .await
+        .expect("connect to PostgreSQL");
+    locker.execute("BEGIN").await.expect("a transaction");
+    locker
+        .execute("SELECT 1 FROM agents WHERE hostname = 'retiring-p' FOR UPDATE")
+        .await
+        .expect("the agent's row");
+    let retiring = {
+        let (store, id) = (store.clone(), id.clone());
+        tokio::spawn(async move {
+            store
+                .transition_host(
+                    &id,
+                    &[HostStatus::Decommissioning],
+                    HostStatus::Decommissioned,
+                    None,
+                )
+                .await
+        })
+    };
+    let mut watch = sqlx::PgConnection::connect(&database.url)
+        .await
+        .expect("connect to PostgreSQL");
+    let mut waited = false;
+    for _ in 0..600 {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM pg_stat_activity \
+             WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        )
+        .fetch_one(&mut watch)
+        .await
+        .expect("a read");
+        if waiting > 0 {
+            waited = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(waited, "the retirement waits for the agent's row");
+    let host = store.host(&id).await.expect("read").expect("the host");
+    assert_eq!(
+        host.status,
+        HostStatus::Decommissioning,
+        "not retired before its agent is forgotten"
+    );
+    assert!(store.agent("retiring-p").await.expect("read").is_some());
+    locker.execute("COMMIT").await.expect("a commit");
+    let retired = retiring.await.expect("the retirement").expect("it runs");
+    assert!(retired);
+    assert_forgotten(&store, "retiring-p").await;
+    store.close().await;
+    database.drop().await;
+}
+
+/// A READY host `name` with an agent and some desired state, then
+/// DECOMMISSIONING: its id.
+async fn retiring_host(store: &Store, name: &str) -> String {
+    let id = format!("id-{name}");
+    let host = NewHost {
+        id: id.clone(),
+        hostname: name.into(),
+        ip: "192.0.2.1".into(),
+        region: "r".into(),
+        zone: "z".into(),
+        cpu_ranges: vec!["0-3".into()],
+        numa_nodes: vec![],
+        memory_mb: 8192,
+        units: vec![],
+        cpus: None,
+        provider: None,
+        plan: None,
+        tags: vec![],
+        arch: "amd64".into(),
+    };
+    assert!(store.insert_host(&host).await.expect("insert the host"));
+    store
+        .register_agent(
+            name,
+            "hash",
+            "sim",
+            "{}",
+            &AgentOffer {
+                cpus: "0-3".into(),
+                images: None,
+            },
+        )
+        .await
+        .expect("an agent");
+    store
+        .set_desired(name, "instance:inst-1", "{}")
+        .await
+        .expect("desired state");
+    for (from, to) in [
+        (HostStatus::Initializing, HostStatus::Ready),
+        (HostStatus::Ready, HostStatus::Decommissioning),
+    ] {
+        let moved = store
+            .transition_host(&id, &[from], to, None)
+            .await
+            .expect("the transition runs");
+        assert!(moved, "{from} -> {to}");
+    }
+    assert!(store.agent(name).await.expect("read").is_some());
+    assert_eq!(store.work_after(name, 0).await.expect("read").len(), 1);
+    id
+}
+
+async fn assert_forgotten(store: &Store, name: &str) {
+    let host = store.host(&format!("id-{name}")).await.expect("read");
+    assert_eq!(host.expect("the host").status, HostStatus::Decommissioned);
+    assert!(
+        store.agent(name).await.expect("read").is_none(),
+        "its agent is forgotten"
+    );
+    assert!(
+        store.work_after(name, 0).await.expect("read").is_empty(),
+        "and its desired state"
+    );
+}
