@@ -631,7 +631,16 @@ impl App {
                 return Ok(container);
             }
             match self.start_instance(caller, container.id()).await {
-                Ok(_) => return self.container(caller, id).await,
+                Ok(_) => {
+                    // Started again: `pending` until it runs, as the API's
+                    // start answers (its host, which it keeps, is making it
+                    // meanwhile); the status stream tells the rest.
+                    let mut started = self.container(caller, id).await?;
+                    if started.status == ContainerStatus::Initializing {
+                        started.status = ContainerStatus::Pending;
+                    }
+                    return Ok(started);
+                }
                 // Another change got there first: wait for it, look again.
                 Err(Error::Conflict(_)) => continue,
                 Err(err) => return Err(err),

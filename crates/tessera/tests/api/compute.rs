@@ -3,7 +3,9 @@
 //! shared-CPU and exclusive instances on one host, architectures, and the
 //! status and terminal WebSockets.
 
-use crate::harness::{AgentProcess, Backend, KEY, TOKEN, TestServer, eventually, join_token};
+use crate::harness::{
+    AgentProcess, Backend, KEY, Options, TOKEN, TestServer, eventually, join_token,
+};
 use futures::{SinkExt, StreamExt};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -24,7 +26,8 @@ crate::on_both_backends!(
     a_remote_agents_container_has_a_terminal_through_its_channel,
     the_gateway_follows_the_rules_and_says_why_it_cannot_route,
     a_terminal_asked_of_another_replica_is_relayed_to_the_agents,
-    a_terminal_closes_once_its_token_is_revoked
+    a_terminal_closes_once_its_token_is_revoked,
+    a_container_started_again_is_answered_pending
 );
 
 /// Registers a pooled simulated server of an architecture and waits for
@@ -1190,6 +1193,50 @@ async fn running_container(server: &TestServer, name: &str, key: i64) -> String 
     let id = made["id"].as_str().expect("id").to_string();
     wait_status(server, &id, "running").await;
     id
+}
+
+/// A start answers `pending`, as the seed's does, while its host makes the
+/// container again (here a host that never finishes a start), not
+/// `initializing`; a start of a running container answers `running`.
+async fn a_container_started_again_is_answered_pending(backend: Backend) {
+    let server = TestServer::start_with(
+        backend,
+        Options {
+            faults: vec!["start:slow-:hang"],
+            agent_timeout: Duration::from_secs(2),
+            ..Options::default()
+        },
+    )
+    .await;
+    server.add_server("slow-1", "0-3", "fin-01").await;
+    let key = add_key(&server, "laptop").await;
+    let id = running_container(&server, "app", key).await;
+    let (_, running) = compute(
+        &server,
+        Method::POST,
+        &format!("/containers/{id}/start"),
+        None,
+    )
+    .await;
+    assert_eq!(running["status"], "running", "{running}");
+    let (status, _) = compute(
+        &server,
+        Method::POST,
+        &format!("/containers/{id}/stop"),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    wait_status(&server, &id, "stopped").await;
+    let (status, started) = compute(
+        &server,
+        Method::POST,
+        &format!("/containers/{id}/start"),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{started}");
+    assert_eq!(started["status"], "pending", "{started}");
 }
 
 /// Sends `echo MARKER` into a terminal and reads until it answers.
