@@ -84,7 +84,7 @@ impl App {
         page_token: Option<&str>,
     ) -> Result<Page<Host>> {
         caller.require(Permission::ServerRead)?;
-        let (limit, after) = page_request(limit, page_token)?;
+        let (limit, after) = page_request(limit, page_token, "servers")?;
         let mut hosts = self
             .store
             .hosts_page(
@@ -95,7 +95,9 @@ impl App {
         let mut next_page_token = None;
         if hosts.len() > limit {
             hosts.truncate(limit);
-            next_page_token = hosts.last().map(|h| encode_page_token(&h.hostname, &h.id));
+            next_page_token = hosts
+                .last()
+                .map(|h| encode_page_token(&h.hostname, &h.id, "servers"));
         }
         Ok(Page {
             items: hosts.into_iter().map(Host::from).collect(),

@@ -306,7 +306,10 @@ impl App {
         query: &InstanceQuery,
     ) -> Result<Page<Instance>> {
         caller.require(Permission::InstanceRead)?;
-        let (limit, after) = page_request(query.limit, query.page_token.as_deref())?;
+        let mut labels = query.labels.clone();
+        labels.sort();
+        let listing = format!("instances state={:?} labels={labels:?}", query.state);
+        let (limit, after) = page_request(query.limit, query.page_token.as_deref(), &listing)?;
         // Filtered and paged in SQL, on indexes: one more than a page tells
         // whether there is a next one.
         let records = self
@@ -333,7 +336,7 @@ impl App {
             items.truncate(limit);
             next_page_token = items
                 .last()
-                .map(|i: &Instance| encode_page_token(&i.created_at, i.id.as_str()));
+                .map(|i: &Instance| encode_page_token(&i.created_at, i.id.as_str(), &listing));
         }
         self.mark_unknown(&mut items).await?;
         Ok(Page {

@@ -156,30 +156,59 @@ pub struct Page<T> {
     pub next_page_token: Option<String>,
 }
 
-/// A page token: where the previous page ended, `(created_at, id)`.
-pub(crate) fn encode_page_token(created_at: &str, id: &str) -> String {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("{created_at}|{id}"))
+/// A page token: where the previous page ended, `(created_at, id)`, and
+/// which listing it pages (see [`listing_mark`]).
+pub(crate) fn encode_page_token(created_at: &str, id: &str, listing: &str) -> String {
+    let mark = listing_mark(listing);
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("{created_at}|{id}|{mark}"))
 }
 
-fn decode_page_token(token: &str) -> Result<(String, String)> {
+/// What a token keeps of the listing it was given for (the list and its
+/// filters, as its caller writes them): a token given for one listing is
+/// refused by another, as real clouds refuse it, rather than paging it
+/// from a place the other listing never had.
+fn listing_mark(listing: &str) -> String {
+    use sha2::Digest;
+    hex::encode(&sha2::Sha256::digest(listing.as_bytes())[..8])
+}
+
+fn decode_page_token(token: &str, listing: &str) -> Result<(String, String)> {
     let invalid = || Error::invalid("page_token", "page_token is not a token this API gave out");
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(token)
         .map_err(|_| invalid())?;
     let text = String::from_utf8(bytes).map_err(|_| invalid())?;
-    let (at, id) = text.split_once('|').ok_or_else(invalid)?;
     if has_nul(&text) {
         return Err(invalid());
+    }
+    let mut parts = text.splitn(3, '|');
+    let (Some(at), Some(id)) = (parts.next(), parts.next()) else {
+        return Err(invalid());
+    };
+    // A token without its listing's mark was given before tokens had one:
+    // taken as it was then.
+    if let Some(mark) = parts.next()
+        && mark != listing_mark(listing)
+    {
+        return Err(Error::invalid(
+            "page_token",
+            "page_token was given for another listing (other filters); keep the filters of \
+             the request that gave it, or start again without it",
+        ));
     }
     Ok((at.to_string(), id.to_string()))
 }
 
-/// A list request's page size and where it starts.
+/// A list request's page size and where it starts, for `listing` (the
+/// list and its filters: a token only pages the listing it was given for).
 pub(crate) fn page_request(
     limit: Option<u32>,
     page_token: Option<&str>,
+    listing: &str,
 ) -> Result<(usize, Option<(String, String)>)> {
-    let after = page_token.map(decode_page_token).transpose()?;
+    let after = page_token
+        .map(|token| decode_page_token(token, listing))
+        .transpose()?;
     Ok((page_limit(limit)?, after))
 }
 
@@ -239,7 +268,8 @@ impl App {
         query: &OperationQuery,
     ) -> Result<Page<Operation>> {
         caller.require(Permission::OperationRead)?;
-        let (limit, after) = page_request(query.limit, query.page_token.as_deref())?;
+        let listing = format!("operations kind={:?} status={:?}", query.kind, query.status);
+        let (limit, after) = page_request(query.limit, query.page_token.as_deref(), &listing)?;
         // The fleet's operations asked in this workspace are the fleet's
         // staff's to see, not every member's.
         let hidden_kinds = match caller.can(Permission::ServerRead) {
@@ -265,7 +295,7 @@ impl App {
             items.truncate(limit);
             items
                 .last()
-                .map(|op| encode_page_token(&op.created_at, &op.id))
+                .map(|op| encode_page_token(&op.created_at, &op.id, &listing))
         } else {
             None
         };
