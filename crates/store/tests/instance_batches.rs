@@ -726,7 +726,7 @@ async fn usage_first(store: &Store, url: &str) {
     // Alone.
     let mut holder = hold(project.clone()).await;
     let alone = spawn(vec!["alone".into()], project.clone(), Some(network.clone()));
-    let waiting = lock_waiter(&mut watch).await;
+    let waiting = common::lock_waiter(&mut watch).await;
     assert!(!waiting.contains("json_to_recordset"), "{waiting}");
     assert_eq!(counts_unlocked(&mut watch, &subnet).await, 16, "{waiting}");
     holder.execute("COMMIT").await.expect("a commit");
@@ -740,7 +740,7 @@ async fn usage_first(store: &Store, url: &str) {
     let mut holder = hold(project.clone()).await;
     let mut blocker = hold(other_project.clone()).await;
     let blocked = spawn(vec!["blocker".into()], other_project.clone(), None);
-    lock_waiter(&mut watch).await;
+    common::lock_waiter(&mut watch).await;
     let names: Vec<String> = (0..5).map(|n| format!("b{n}")).collect();
     let batched = spawn(names, project.clone(), Some(network.clone()));
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
@@ -748,7 +748,7 @@ async fn usage_first(store: &Store, url: &str) {
     for (_, _, made) in blocked.await.expect("the creation") {
         made.expect("recorded");
     }
-    let waiting = lock_waiter(&mut watch).await;
+    let waiting = common::lock_waiter(&mut watch).await;
     assert!(waiting.contains("json_to_recordset"), "{waiting}");
     assert_eq!(counts_unlocked(&mut watch, &subnet).await, 16, "{waiting}");
     holder.execute("COMMIT").await.expect("a commit");
@@ -756,24 +756,6 @@ async fn usage_first(store: &Store, url: &str) {
         addresses.insert(made.expect("an address"));
     }
     assert_eq!(addresses.len(), 6, "{addresses:?}");
-}
-
-/// The statement of the session that waits for a lock, once there is one.
-async fn lock_waiter(watch: &mut sqlx::PgConnection) -> String {
-    for _ in 0..600 {
-        let waiting: Option<String> = sqlx::query_scalar(
-            "SELECT query FROM pg_stat_activity \
-             WHERE datname = current_database() AND wait_event_type = 'Lock' LIMIT 1",
-        )
-        .fetch_optional(&mut *watch)
-        .await
-        .expect("a read");
-        if let Some(waiting) = waiting {
-            return waiting;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    panic!("no creation waits for the usage rows");
 }
 
 /// How many of `subnet`'s address counts no transaction holds.

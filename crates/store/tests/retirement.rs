@@ -58,22 +58,8 @@ async fn a_retired_hosts_agent_goes_with_the_retirement_on_postgres() {
     let mut watch = sqlx::PgConnection::connect(&database.url)
         .await
         .expect("connect to PostgreSQL");
-    let mut waited = false;
-    for _ in 0..600 {
-        let waiting: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM pg_stat_activity \
-             WHERE datname = current_database() AND wait_event_type = 'Lock'",
-        )
-        .fetch_one(&mut watch)
-        .await
-        .expect("a read");
-        if waiting > 0 {
-            waited = true;
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    assert!(waited, "the retirement waits for the agent's row");
+    let waiting = common::lock_waiter(&mut watch).await;
+    assert!(waiting.contains("DELETE FROM agents"), "{waiting}");
     let host = store.host(&id).await.expect("read").expect("the host");
     assert_eq!(
         host.status,

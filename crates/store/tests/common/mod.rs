@@ -82,3 +82,23 @@ impl Raw {
         }
     }
 }
+
+/// The statement of the session that waits for a lock on PostgreSQL, once
+/// there is one (`watch` is a connection of the test's own, to the same
+/// database); fails after 30 s without one.
+pub async fn lock_waiter(watch: &mut PgConnection) -> String {
+    for _ in 0..600 {
+        let waiting: Option<String> = sqlx::query_scalar(
+            "SELECT query FROM pg_stat_activity \
+             WHERE datname = current_database() AND wait_event_type = 'Lock' LIMIT 1",
+        )
+        .fetch_optional(&mut *watch)
+        .await
+        .expect("a read");
+        if let Some(waiting) = waiting {
+            return waiting;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("no session waits for a lock");
+}
