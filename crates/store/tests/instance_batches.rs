@@ -11,10 +11,10 @@ mod common;
 
 use futures::future::join_all;
 use std::collections::{HashMap, HashSet};
-use tessera_core::status::{HostStatus, InstanceState, OperationKind, OperationStatus};
+use tessera_core::status::{InstanceState, OperationKind, OperationStatus};
 use tessera_store::{
     Block, CpuClaim, InstanceFilter, InstanceUpdate, InstancesAdded, NetworkAdded, NewAttachment,
-    NewHost, NewInstance, NewOperation, NewVpc, OperationEnd, ProjectRecord, QuotaCheck,
+    NewInstance, NewOperation, NewVpc, OperationEnd, ProjectRecord, QuotaCheck,
     SecurityGroupRecord, Store, StoreError, SubnetRecord, Usage, VpcRecord,
 };
 
@@ -68,32 +68,9 @@ async fn new_project(store: &Store, id: &str, path: &str) -> ProjectRecord {
     project
 }
 
-/// A READY host of `cpus` CPUs and `memory_mb`, no units: a pooled host.
+/// A READY pooled host of `cpus` CPUs and `memory_mb`.
 async fn ready_host(store: &Store, name: &str, cpus: u32, memory_mb: i64) -> String {
-    let id = format!("id-{name}");
-    let host = NewHost {
-        id: id.clone(),
-        hostname: name.into(),
-        ip: "192.0.2.1".into(),
-        region: "r".into(),
-        zone: "z".into(),
-        cpu_ranges: vec![format!("0-{}", cpus - 1)],
-        numa_nodes: vec![],
-        memory_mb,
-        units: vec![],
-        cpus: None,
-        provider: None,
-        plan: None,
-        tags: vec![],
-        arch: "amd64".into(),
-    };
-    assert!(store.insert_host(&host).await.expect("insert the host"));
-    let ready = store
-        .transition_host(&id, &[HostStatus::Initializing], HostStatus::Ready, None)
-        .await
-        .expect("make the host READY");
-    assert!(ready);
-    id
+    common::ready_host(store, name, cpus, memory_mb, Vec::new()).await
 }
 
 /// Instance `name` of `project` and the operation creating it.

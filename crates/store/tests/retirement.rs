@@ -7,22 +7,13 @@
 mod common;
 
 use tessera_core::status::HostStatus;
-use tessera_store::{AgentOffer, NewHost, Store};
+use tessera_store::{AgentOffer, Store};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retired_hosts_agent_goes_with_the_retirement_on_sqlite() {
     let (store, _dir) = common::sqlite().await;
     let id = retiring_host(&store, "retiring-s").await;
-    let retired = store
-        .transition_host(
-            &id,
-            &[HostStatus::Decommissioning],
-            HostStatus::Decommissioned,
-            None,
-        )
-        .await
-        .expect("the transition runs");
-    assert!(retired);
+    assert!(retire(&store, &id).await.expect("the transition runs"));
     assert_forgotten(&store, "retiring-s").await;
 }
 
@@ -44,16 +35,7 @@ async fn a_retired_hosts_agent_goes_with_the_retirement_on_postgres() {
         .expect("the agent's row");
     let retiring = {
         let (store, id) = (store.clone(), id.clone());
-        tokio::spawn(async move {
-            store
-                .transition_host(
-                    &id,
-                    &[HostStatus::Decommissioning],
-                    HostStatus::Decommissioned,
-                    None,
-                )
-                .await
-        })
+        tokio::spawn(async move { retire(&store, &id).await })
     };
     let mut watch = sqlx::PgConnection::connect(&database.url)
         .await
@@ -75,27 +57,10 @@ async fn a_retired_hosts_agent_goes_with_the_retirement_on_postgres() {
     database.drop().await;
 }
 
-/// A READY host `name` with an agent and some desired state, then
-/// DECOMMISSIONING: its id.
+/// A host `name` with an agent and some desired state, DECOMMISSIONING:
+/// its id.
 async fn retiring_host(store: &Store, name: &str) -> String {
-    let id = format!("id-{name}");
-    let host = NewHost {
-        id: id.clone(),
-        hostname: name.into(),
-        ip: "192.0.2.1".into(),
-        region: "r".into(),
-        zone: "z".into(),
-        cpu_ranges: vec!["0-3".into()],
-        numa_nodes: vec![],
-        memory_mb: 8192,
-        units: vec![],
-        cpus: None,
-        provider: None,
-        plan: None,
-        tags: vec![],
-        arch: "amd64".into(),
-    };
-    assert!(store.insert_host(&host).await.expect("insert the host"));
+    let id = common::ready_host(store, name, 4, 8192, Vec::new()).await;
     store
         .register_agent(
             name,
@@ -113,19 +78,26 @@ async fn retiring_host(store: &Store, name: &str) -> String {
         .set_desired(name, "instance:inst-1", "{}")
         .await
         .expect("desired state");
-    for (from, to) in [
-        (HostStatus::Initializing, HostStatus::Ready),
-        (HostStatus::Ready, HostStatus::Decommissioning),
-    ] {
-        let moved = store
-            .transition_host(&id, &[from], to, None)
-            .await
-            .expect("the transition runs");
-        assert!(moved, "{from} -> {to}");
-    }
+    let decommissioning = store
+        .transition_host(&id, &[HostStatus::Ready], HostStatus::Decommissioning, None)
+        .await
+        .expect("the transition runs");
+    assert!(decommissioning);
     assert!(store.agent(name).await.expect("read").is_some());
     assert_eq!(store.work_after(name, 0).await.expect("read").len(), 1);
     id
+}
+
+/// The retirement's end: DECOMMISSIONING to DECOMMISSIONED.
+async fn retire(store: &Store, id: &str) -> tessera_store::Result<bool> {
+    store
+        .transition_host(
+            id,
+            &[HostStatus::Decommissioning],
+            HostStatus::Decommissioned,
+            None,
+        )
+        .await
 }
 
 async fn assert_forgotten(store: &Store, name: &str) {

@@ -10,7 +10,7 @@ mod common;
 use futures::future::join_all;
 use std::collections::HashSet;
 use tessera_core::status::{HostStatus, UnitStatus};
-use tessera_store::{NewHost, NewUnit, Store, UnitClaim};
+use tessera_store::{NewUnit, Store, UnitClaim};
 
 /// Units on each host, one CPU each.
 const UNITS: u32 = 48;
@@ -54,30 +54,7 @@ async fn ready_host(store: &Store, name: &str) -> String {
         cpu_count: 1,
         ports_range: "10100-10199".into(),
     });
-    let id = format!("id-{name}");
-    let host = NewHost {
-        id: id.clone(),
-        hostname: name.into(),
-        ip: "192.0.2.1".into(),
-        region: "r".into(),
-        zone: "z".into(),
-        cpu_ranges: vec![format!("0-{}", UNITS - 1)],
-        numa_nodes: vec![],
-        memory_mb: 1024,
-        units,
-        cpus: None,
-        provider: None,
-        plan: None,
-        tags: vec![],
-        arch: "amd64".into(),
-    };
-    assert!(store.insert_host(&host).await.expect("insert the host"));
-    let ready = store
-        .transition_host(&id, &[HostStatus::Initializing], HostStatus::Ready, None)
-        .await
-        .expect("make the host READY");
-    assert!(ready);
-    id
+    common::ready_host(store, name, UNITS, 1024, units).await
 }
 
 /// The projects the claims are for, so that a batch holds several (each

@@ -102,3 +102,43 @@ pub async fn lock_waiter(watch: &mut PgConnection) -> String {
     }
     panic!("no session waits for a lock");
 }
+
+/// A READY host `name` (id `id-<name>`) of CPUs `0..cpus` and `memory_mb`,
+/// with `units` (none: a pooled host): its id.
+pub async fn ready_host(
+    store: &Store,
+    name: &str,
+    cpus: u32,
+    memory_mb: i64,
+    units: Vec<tessera_store::NewUnit>,
+) -> String {
+    let id = format!("id-{name}");
+    let host = tessera_store::NewHost {
+        id: id.clone(),
+        hostname: name.into(),
+        ip: "192.0.2.1".into(),
+        region: "r".into(),
+        zone: "z".into(),
+        cpu_ranges: vec![format!("0-{}", cpus - 1)],
+        numa_nodes: vec![],
+        memory_mb,
+        units,
+        cpus: None,
+        provider: None,
+        plan: None,
+        tags: vec![],
+        arch: "amd64".into(),
+    };
+    assert!(store.insert_host(&host).await.expect("insert the host"));
+    let ready = store
+        .transition_host(
+            &id,
+            &[tessera_core::status::HostStatus::Initializing],
+            tessera_core::status::HostStatus::Ready,
+            None,
+        )
+        .await
+        .expect("make the host READY");
+    assert!(ready);
+    id
+}
