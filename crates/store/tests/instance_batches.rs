@@ -705,7 +705,11 @@ async fn usage_first(store: &Store, url: &str) {
     let alone = spawn(vec!["alone".into()], project.clone(), Some(network.clone()));
     let waiting = common::lock_waiter(&mut watch).await;
     assert!(!waiting.contains("json_to_recordset"), "{waiting}");
-    assert_eq!(counts_unlocked(&mut watch, &subnet).await, 16, "{waiting}");
+    assert_eq!(
+        common::counts_unlocked(&mut watch, &subnet).await,
+        16,
+        "{waiting}"
+    );
     holder.execute("COMMIT").await.expect("a commit");
     let mut addresses: HashSet<String> = HashSet::new();
     for (_, _, made) in alone.await.expect("the creation") {
@@ -727,21 +731,14 @@ async fn usage_first(store: &Store, url: &str) {
     }
     let waiting = common::lock_waiter(&mut watch).await;
     assert!(waiting.contains("json_to_recordset"), "{waiting}");
-    assert_eq!(counts_unlocked(&mut watch, &subnet).await, 16, "{waiting}");
+    assert_eq!(
+        common::counts_unlocked(&mut watch, &subnet).await,
+        16,
+        "{waiting}"
+    );
     holder.execute("COMMIT").await.expect("a commit");
     for (_, _, made) in batched.await.expect("the creations") {
         addresses.insert(made.expect("an address"));
     }
     assert_eq!(addresses.len(), 6, "{addresses:?}");
-}
-
-/// How many of `subnet`'s address counts no transaction holds.
-async fn counts_unlocked(watch: &mut sqlx::PgConnection, subnet: &str) -> i64 {
-    sqlx::query_scalar(&format!(
-        "SELECT COUNT(*) FROM (SELECT 1 FROM subnet_address_counts \
-         WHERE subnet_id = '{subnet}' FOR UPDATE SKIP LOCKED) AS c"
-    ))
-    .fetch_one(watch)
-    .await
-    .expect("a read")
 }

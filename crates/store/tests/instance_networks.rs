@@ -38,6 +38,15 @@ async fn an_address_a_transaction_in_flight_holds_is_passed_over_on_postgres() {
     database.drop().await;
 }
 
+/// Only PostgreSQL has transactions in flight beside the store's own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_creation_waits_for_an_address_being_freed_holding_no_count_on_postgres() {
+    let (store, database) = common::postgres("tessera_networks").await;
+    waits_for_address_freed(&store, &database.url).await;
+    store.close().await;
+    database.drop().await;
+}
+
 const AT: &str = "2026-12-06T00:00:00.000000Z";
 
 fn new_instance(project: &str, name: &str, network: NewAttachment) -> NewInstance {
@@ -338,6 +347,90 @@ async fn passes_over_busy_address(store: &Store, url: &str) {
     assert_eq!(recorded, Ok(vec!["10.78.0.3".to_string()]));
     other.execute("COMMIT").await.expect("the other commits");
     // The subnet counts both, the one in flight once it committed.
+    assert_eq!(
+        store.subnet_addresses_used(&subnet).await.expect("a read"),
+        2
+    );
+}
+
+/// A creation whose address another transaction is freeing (an instance
+/// of another replica ending) waits for that transaction while holding
+/// none of its subnet's counts, which the one freeing it takes as its
+/// delete ends (the lock order ARCHITECTURE.md gives: usage row, then
+/// addresses, then counts), and gets the address once it is free.
+async fn waits_for_address_freed(store: &Store, url: &str) {
+    use sqlx::{Connection, Executor};
+    let (project, subnet, _) = new_network(store, "10.78.0.0/28").await;
+    let connect = || async {
+        sqlx::PgConnection::connect(url)
+            .await
+            .expect("connect to PostgreSQL")
+    };
+    let mut watch = connect().await;
+    // Every shard's count exists, so that a write locks one rather than
+    // making it.
+    watch
+        .execute(
+            format!(
+                "INSERT INTO subnet_address_counts (subnet_id, shard, used) \
+                 SELECT '{subnet}', s, 0 FROM generate_series(0, 15) AS s \
+                 ON CONFLICT (subnet_id, shard) DO NOTHING"
+            )
+            .as_str(),
+        )
+        .await
+        .expect("the count rows");
+    // This process learns the subnet: its first instance gets .2, and its
+    // next creation will try .3.
+    let first = new_instance(&project, "first", network_of(&subnet));
+    let given = record(store, &project, std::slice::from_ref(&first)).await;
+    assert_eq!(given, Ok(vec!["10.78.0.2".to_string()]));
+    // Another replica gave .3 to an instance of its own, and is ending
+    // that instance now: the address is being freed, not yet free.
+    let mut other = new_instance(&project, "other", network_of(&subnet));
+    other.network = None;
+    record(store, &project, std::slice::from_ref(&other))
+        .await
+        .expect("an instance");
+    let mut ending = connect().await;
+    ending
+        .execute(
+            format!(
+                "INSERT INTO instance_addresses (subnet_id, address, instance_id) \
+                 VALUES ('{subnet}', '10.78.0.3', '{}')",
+                other.id
+            )
+            .as_str(),
+        )
+        .await
+        .expect("the other replica's address");
+    ending.execute("BEGIN").await.expect("a transaction");
+    ending
+        .execute(
+            format!(
+                "DELETE FROM instance_addresses WHERE instance_id = '{}'",
+                other.id
+            )
+            .as_str(),
+        )
+        .await
+        .expect("the address freed in flight");
+    assert_eq!(common::counts_unlocked(&mut watch, &subnet).await, 15);
+    let next = new_instance(&project, "next", network_of(&subnet));
+    let creating = {
+        let (store, project) = (store.clone(), project.clone());
+        tokio::spawn(async move { record(&store, &project, std::slice::from_ref(&next)).await })
+    };
+    let waiting = common::lock_waiter(&mut watch).await;
+    assert!(waiting.contains("INSERT INTO instances"), "{waiting}");
+    assert_eq!(
+        common::counts_unlocked(&mut watch, &subnet).await,
+        15,
+        "the creation holds none of the counts while it waits"
+    );
+    ending.execute("COMMIT").await.expect("a commit");
+    let given = creating.await.expect("the creation");
+    assert_eq!(given, Ok(vec!["10.78.0.3".to_string()]));
     assert_eq!(
         store.subnet_addresses_used(&subnet).await.expect("a read"),
         2

@@ -142,3 +142,15 @@ pub async fn ready_host(
     assert!(ready);
     id
 }
+
+/// How many of `subnet`'s address counts no transaction holds, on
+/// PostgreSQL.
+pub async fn counts_unlocked(watch: &mut PgConnection, subnet: &str) -> i64 {
+    sqlx::query_scalar(&format!(
+        "SELECT COUNT(*) FROM (SELECT 1 FROM subnet_address_counts \
+         WHERE subnet_id = '{subnet}' FOR UPDATE SKIP LOCKED) AS c"
+    ))
+    .fetch_one(watch)
+    .await
+    .expect("a read")
+}
