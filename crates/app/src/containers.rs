@@ -154,20 +154,27 @@ impl ContainerStatus {
         }
     }
 
-    /// The status a change of its instance to `state` (an event's) showed,
-    /// read with the instance as it is now: exact while the instance is
-    /// still in that state; once it has moved on, what the state alone
-    /// says (a provisioning that is over was `pending` when told).
-    pub fn at_change(state: &str, now: &Instance) -> ContainerStatus {
+    /// The statuses a change of its instance to `state` (an event's)
+    /// showed, in order, read with the instance as it is now: exact while
+    /// the instance is still in that state; once it has moved on, what the
+    /// state alone says. A provisioning (a creation, a start) was `pending`
+    /// when told, and is `initializing` after it while its host makes it,
+    /// so that a stream shows both however late it reads the change.
+    pub fn at_change(state: &str, now: &Instance) -> Vec<ContainerStatus> {
         if state == now.state.as_str() {
-            return ContainerStatus::of(now);
+            return match ContainerStatus::of(now) {
+                ContainerStatus::Initializing => {
+                    vec![ContainerStatus::Pending, ContainerStatus::Initializing]
+                }
+                status => vec![status],
+            };
         }
-        match state.parse::<InstanceState>() {
+        vec![match state.parse::<InstanceState>() {
             Ok(InstanceState::Provisioning) => ContainerStatus::Pending,
             Ok(InstanceState::Running | InstanceState::Stopping) => ContainerStatus::Running,
             Ok(InstanceState::Stopped | InstanceState::Terminated) => ContainerStatus::Stopped,
             Ok(InstanceState::Unknown) | Err(_) => ContainerStatus::of(now),
-        }
+        }]
     }
 
     pub fn as_str(self) -> &'static str {
@@ -925,6 +932,55 @@ fn ssh_command(endpoint: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_change_shows_what_it_was_and_what_followed_it() {
+        let instance = |state: InstanceState, host: Option<&str>| Instance {
+            id: tessera_core::InstanceId::new("inst-1"),
+            project_id: tessera_core::ProjectId::new("p"),
+            name: "c".into(),
+            labels: Default::default(),
+            spec: Default::default(),
+            state,
+            detail: None,
+            cause: None,
+            host_id: host.map(tessera_core::HostId::new),
+            cpus: None,
+            memory_mb: 512,
+            private_ip: String::new(),
+            public_ip: String::new(),
+            operation_id: None,
+            ssh_endpoint: None,
+            generation: 1,
+            created_at: String::new(),
+            updated_at: String::new(),
+            created_by: None,
+        };
+        use ContainerStatus::{Initializing, Pending, Running, Stopped};
+        let provisioning = InstanceState::Provisioning.as_str();
+        // A creation or a start read before its host was chosen, while its
+        // host makes it, and once it runs: `pending` first whenever it is
+        // read, `initializing` after it only while that is still so.
+        for (now, shown) in [
+            (instance(InstanceState::Provisioning, None), vec![Pending]),
+            (
+                instance(InstanceState::Provisioning, Some("h")),
+                vec![Pending, Initializing],
+            ),
+            (instance(InstanceState::Running, Some("h")), vec![Pending]),
+        ] {
+            assert_eq!(ContainerStatus::at_change(provisioning, &now), shown);
+        }
+        let running = instance(InstanceState::Running, Some("h"));
+        assert_eq!(
+            ContainerStatus::at_change("running", &running),
+            vec![Running]
+        );
+        assert_eq!(
+            ContainerStatus::at_change("stopped", &running),
+            vec![Stopped]
+        );
+    }
 
     #[test]
     fn mount_paths_are_checked_for_collisions_and_shape() {

@@ -117,26 +117,48 @@ async fn stream(
                 }
             }
             item = feed.next() => {
-                let text = match item {
+                let texts = match item {
                     FeedItem::Event(event) if event.kind == "instance" => {
                         match app.container(&caller, &event.id).await {
                             Ok(container) => {
                                 known.insert(container.id().to_string());
-                                let status = ContainerStatus::at_change(&event.state, &container.instance);
-                                let data = status_data(&container, status);
-                                if told.get(container.id()) == Some(&data) {
-                                    continue;
+                                // What the change showed, from after what
+                                // was last said of the container when that
+                                // is among it (a list that showed it
+                                // `initializing` is not followed by its
+                                // `pending`).
+                                let shown: Vec<Value> =
+                                    ContainerStatus::at_change(&event.state, &container.instance)
+                                        .into_iter()
+                                        .map(|status| status_data(&container, status))
+                                        .collect();
+                                let last = told.get(container.id());
+                                let from = shown
+                                    .iter()
+                                    .position(|data| Some(data) == last)
+                                    .map_or(0, |p| p + 1);
+                                let frames: Vec<String> = shown[from..]
+                                    .iter()
+                                    .map(|data| {
+                                        json!({ "type": "container_status", "data": data })
+                                            .to_string()
+                                    })
+                                    .collect();
+                                match shown.last() {
+                                    Some(data) if from < shown.len() => {
+                                        told.insert(container.id().to_string(), data.clone());
+                                    }
+                                    _ => continue,
                                 }
-                                told.insert(container.id().to_string(), data.clone());
-                                json!({ "type": "container_status", "data": data }).to_string()
+                                frames
                             }
                             Err(Error::NotFound(_)) if known.remove(&event.id) => {
                                 told.remove(&event.id);
-                                json!({
+                                vec![json!({
                                     "type": "container_deleted",
                                     "data": { "container_id": event.id },
                                 })
-                                .to_string()
+                                .to_string()]
                             }
                             Err(_) => continue,
                         }
@@ -149,7 +171,7 @@ async fn stream(
                                 .iter()
                                 .map(|c| (c.id().to_string(), status_data(c, c.status)))
                                 .collect();
-                            list_message(containers, "resync")
+                            vec![list_message(containers, "resync")]
                         }
                         Err(_) => {
                             // Said, as every end of the stream is.
@@ -168,8 +190,10 @@ async fn stream(
                         return;
                     }
                 };
-                if send(&mut socket, text).await.is_err() {
-                    return;
+                for text in texts {
+                    if send(&mut socket, text).await.is_err() {
+                        return;
+                    }
                 }
             }
             incoming = socket.recv() => match incoming {

@@ -48,18 +48,29 @@ async fn metrics_count_requests_and_the_fleet(backend: Backend) {
     );
     // Route templates, never raw ids.
     assert!(text.contains("route=\"/v1/instances/{id}\""), "{text}");
-    // The reconciler's tasks, each by name: every one has run its first
-    // pass by now (they start at once).
-    for task in ["resume operations", "observe instances", "check heartbeats"] {
+    // The reconciler's tasks, each by name: every one runs its first pass
+    // at once (counted once it is over, which a loaded machine may take a
+    // while to reach).
+    const TASKS: [&str; 3] = ["resume operations", "observe instances", "check heartbeats"];
+    let passes = |text: &str, task: &str| {
         let passes = format!("tessera_background_passes_total{{task=\"{task}\"}} ");
-        let counted = text
-            .lines()
+        text.lines()
             .find_map(|l| l.strip_prefix(passes.as_str()))
-            .and_then(|n| n.parse::<u64>().ok());
-        assert!(
-            counted.is_some_and(|n| n >= 1),
-            "{passes} missing from\n{text}"
-        );
+            .and_then(|n| n.parse::<u64>().ok())
+    };
+    let text = crate::harness::eventually(
+        Duration::from_secs(30),
+        "every task's first pass",
+        || async {
+            let (_, text) = scrape(&server, Some(TOKEN)).await;
+            TASKS
+                .iter()
+                .all(|task| passes(&text, task).is_some_and(|n| n >= 1))
+                .then_some(text)
+        },
+    )
+    .await;
+    for task in TASKS {
         for family in [
             "tessera_background_pass_failures_total",
             "tessera_background_pass_seconds_total",
