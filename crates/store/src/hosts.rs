@@ -660,6 +660,24 @@ async fn transition_host(
     detail: Option<&str>,
 ) -> Result<Commit<bool>, DbError> {
     let at = now();
+    if to == HostStatus::Decommissioned {
+        // Its agent is done: its credential stops working and its desired
+        // state goes, with the retirement that any returning agent (`tessera
+        // up` starting again on the host) waits to see. Written after it, an
+        // agent that came back in between lost its new registration. Taken
+        // before the host's row, in the order an agent's own writes take
+        // them (its row, then its work or its host), so that neither waits
+        // for the other; undone with the rest if the host was not in `from`.
+        for table in ["agents", "agent_work"] {
+            conn.execute(
+                &format!(
+                    "DELETE FROM {table} WHERE hostname = (SELECT hostname FROM hosts WHERE id = $1)"
+                ),
+                &[id.into()],
+            )
+            .await?;
+        }
+    }
     let guard = status_guard("status", from, 5);
     let update = format!(
         "UPDATE hosts SET status = $1, status_detail = $2, updated_at = $3, \
@@ -691,19 +709,6 @@ async fn transition_host(
         for table in ["cpu_shares", "cpu_claims", "compute_units"] {
             conn.execute(
                 &format!("DELETE FROM {table} WHERE host_id = $1"),
-                &[id.into()],
-            )
-            .await?;
-        }
-        // Its agent is done: its credential stops working and its desired
-        // state goes, with the retirement that any returning agent (`tessera
-        // up` starting again on the host) waits to see. Written after it, an
-        // agent that came back in between lost its new registration.
-        for table in ["agent_work", "agents"] {
-            conn.execute(
-                &format!(
-                    "DELETE FROM {table} WHERE hostname = (SELECT hostname FROM hosts WHERE id = $1)"
-                ),
                 &[id.into()],
             )
             .await?;

@@ -13,6 +13,18 @@ use tessera_store::{AgentOffer, Store};
 async fn a_retired_hosts_agent_goes_with_the_retirement_on_sqlite() {
     let (store, _dir) = common::sqlite().await;
     let id = retiring_host(&store, "retiring-s").await;
+    // A retirement from a status the host is not in changes nothing, its
+    // agent included.
+    let moved = store
+        .transition_host(&id, &[HostStatus::Ready], HostStatus::Decommissioned, None)
+        .await
+        .expect("the transition runs");
+    assert!(!moved);
+    assert!(store.agent("retiring-s").await.expect("read").is_some());
+    assert_eq!(
+        store.work_after("retiring-s", 0).await.expect("read").len(),
+        1
+    );
     assert!(retire(&store, &id).await.expect("the transition runs"));
     assert_forgotten(&store, "retiring-s").await;
 }

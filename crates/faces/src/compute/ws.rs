@@ -122,9 +122,9 @@ async fn stream(
                         match app.container(&caller, &event.id).await {
                             Ok(container) => {
                                 known.insert(container.id().to_string());
-                                // What the change showed, from after what
-                                // was last said of the container when that
-                                // is among it (a list that showed it
+                                // What the change showed, from after the
+                                // status last said of the container when
+                                // that is among it (a list that showed it
                                 // `initializing` is not followed by its
                                 // `pending`).
                                 let shown: Vec<Value> =
@@ -133,10 +133,16 @@ async fn stream(
                                         .map(|status| status_data(&container, status))
                                         .collect();
                                 let last = told.get(container.id());
-                                let from = shown
-                                    .iter()
-                                    .position(|data| Some(data) == last)
-                                    .map_or(0, |p| p + 1);
+                                let at = shown.iter().position(|data| {
+                                    last.is_some_and(|l| l["status"] == data["status"])
+                                });
+                                let from = match at {
+                                    // Said already, as it is.
+                                    Some(p) if Some(&shown[p]) == last => p + 1,
+                                    // Its status said, its address new.
+                                    Some(p) => p,
+                                    None => 0,
+                                };
                                 let frames: Vec<String> = shown[from..]
                                     .iter()
                                     .map(|data| {
