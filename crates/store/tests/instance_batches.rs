@@ -639,7 +639,7 @@ async fn moving_in(store: &Store) {
 /// one project, subnet and shard each held a row the other waited for,
 /// until PostgreSQL's deadlock check.)
 async fn usage_first(store: &Store, url: &str) {
-    use sqlx::{Connection, Executor};
+    use sqlx::Executor;
     let project = new_project(store, "proj-u", "u").await.id;
     let other_project = new_project(store, "proj-v", "v").await.id;
     let subnet = new_vpc(store, &project, "10.89.0.0/24").await;
@@ -652,21 +652,15 @@ async fn usage_first(store: &Store, url: &str) {
     // in their statement.
     let (_, _, first) = create_in(store, &project, "first", Some(&network)).await;
     assert_eq!(first, Ok("10.89.0.2".to_string()));
-    let connect = || async {
-        sqlx::PgConnection::connect(url)
-            .await
-            .expect("connect to PostgreSQL")
-    };
+    let connect = || common::connect(url);
     // Every shard's rows exist, so that a creation locks one rather than
     // writing it anew.
     let mut watch = connect().await;
+    common::every_count_shard(&mut watch, &subnet).await;
     watch
         .execute(
             format!(
-                "INSERT INTO subnet_address_counts (subnet_id, shard, used) \
-                 SELECT '{subnet}', s, 0 FROM generate_series(0, 15) AS s \
-                 ON CONFLICT (subnet_id, shard) DO NOTHING; \
-                 INSERT INTO project_usage (project_id, shard, instances, vcpus, memory_mb, \
+                "INSERT INTO project_usage (project_id, shard, instances, vcpus, memory_mb, \
                  volumes, volume_gb, containers, ssh_keys) \
                  SELECT p, s, 0, 0, 0, 0, 0, 0, 0 FROM generate_series(0, 15) AS s \
                  CROSS JOIN (VALUES ('{project}'), ('{other_project}')) AS v (p) \

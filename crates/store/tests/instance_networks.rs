@@ -310,7 +310,7 @@ async fn joins(store: &Store, raw: common::Raw) {
 /// than wait: by then it holds its project's usage row and its subnet's
 /// count, which that transaction may be about to wait for (a deadlock).
 async fn passes_over_busy_address(store: &Store, url: &str) {
-    use sqlx::{Connection, Executor};
+    use sqlx::Executor;
     let (project, subnet, _) = new_network(store, "10.78.0.0/28").await;
     // An instance of the project with no network, for the other
     // transaction's address to belong to.
@@ -322,21 +322,9 @@ async fn passes_over_busy_address(store: &Store, url: &str) {
     // Another replica gives the subnet's first address and has not
     // committed: this process has not looked at the subnet yet, so its
     // search reads the used addresses (none it can see) and starts there.
-    let mut other = sqlx::PgConnection::connect(url)
-        .await
-        .expect("connect to PostgreSQL");
+    let mut other = common::connect(url).await;
     other.execute("BEGIN").await.expect("a transaction");
-    other
-        .execute(
-            format!(
-                "INSERT INTO instance_addresses (subnet_id, address, instance_id) \
-                 VALUES ('{subnet}', '10.78.0.2', '{}')",
-                holder.id
-            )
-            .as_str(),
-        )
-        .await
-        .expect("an address given in flight");
+    give_address(&mut other, &subnet, "10.78.0.2", &holder.id).await;
     let next = new_instance(&project, "next", network_of(&subnet));
     let recorded = tokio::time::timeout(
         std::time::Duration::from_secs(60),
@@ -359,27 +347,10 @@ async fn passes_over_busy_address(store: &Store, url: &str) {
 /// delete ends (the lock order ARCHITECTURE.md gives: usage row, then
 /// addresses, then counts), and gets the address once it is free.
 async fn waits_for_address_freed(store: &Store, url: &str) {
-    use sqlx::{Connection, Executor};
+    use sqlx::Executor;
     let (project, subnet, _) = new_network(store, "10.78.0.0/28").await;
-    let connect = || async {
-        sqlx::PgConnection::connect(url)
-            .await
-            .expect("connect to PostgreSQL")
-    };
-    let mut watch = connect().await;
-    // Every shard's count exists, so that a write locks one rather than
-    // making it.
-    watch
-        .execute(
-            format!(
-                "INSERT INTO subnet_address_counts (subnet_id, shard, used) \
-                 SELECT '{subnet}', s, 0 FROM generate_series(0, 15) AS s \
-                 ON CONFLICT (subnet_id, shard) DO NOTHING"
-            )
-            .as_str(),
-        )
-        .await
-        .expect("the count rows");
+    let mut watch = common::connect(url).await;
+    common::every_count_shard(&mut watch, &subnet).await;
     // This process learns the subnet: its first instance gets .2, and its
     // next creation will try .3.
     let first = new_instance(&project, "first", network_of(&subnet));
@@ -392,18 +363,8 @@ async fn waits_for_address_freed(store: &Store, url: &str) {
     record(store, &project, std::slice::from_ref(&other))
         .await
         .expect("an instance");
-    let mut ending = connect().await;
-    ending
-        .execute(
-            format!(
-                "INSERT INTO instance_addresses (subnet_id, address, instance_id) \
-                 VALUES ('{subnet}', '10.78.0.3', '{}')",
-                other.id
-            )
-            .as_str(),
-        )
-        .await
-        .expect("the other replica's address");
+    let mut ending = common::connect(url).await;
+    give_address(&mut ending, &subnet, "10.78.0.3", &other.id).await;
     ending.execute("BEGIN").await.expect("a transaction");
     ending
         .execute(
@@ -435,6 +396,21 @@ async fn waits_for_address_freed(store: &Store, url: &str) {
         store.subnet_addresses_used(&subnet).await.expect("a read"),
         2
     );
+}
+
+/// Gives `address` of `subnet` to `instance` on `conn`, as another
+/// replica does.
+async fn give_address(conn: &mut sqlx::PgConnection, subnet: &str, address: &str, instance: &str) {
+    use sqlx::Executor;
+    conn.execute(
+        format!(
+            "INSERT INTO instance_addresses (subnet_id, address, instance_id) \
+             VALUES ('{subnet}', '{address}', '{instance}')"
+        )
+        .as_str(),
+    )
+    .await
+    .expect("an address given by another replica");
 }
 
 fn network_of(subnet: &str) -> NewAttachment {

@@ -34,12 +34,10 @@ async fn a_retired_hosts_agent_goes_with_the_retirement_on_sqlite() {
 /// DECOMMISSIONING to every reader, and both change at the one commit.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retired_hosts_agent_goes_with_the_retirement_on_postgres() {
-    use sqlx::{Connection, Executor};
+    use sqlx::Executor;
     let (store, database) = common::postgres("tessera_retirement").await;
     let id = retiring_host(&store, "retiring-p").await;
-    let mut locker = sqlx::PgConnection::connect(&database.url)
-        .await
-        .expect("connect to PostgreSQL");
+    let mut locker = common::connect(&database.url).await;
     locker.execute("BEGIN").await.expect("a transaction");
     locker
         .execute("SELECT 1 FROM agents WHERE hostname = 'retiring-p' FOR UPDATE")
@@ -49,9 +47,7 @@ async fn a_retired_hosts_agent_goes_with_the_retirement_on_postgres() {
         let (store, id) = (store.clone(), id.clone());
         tokio::spawn(async move { retire(&store, &id).await })
     };
-    let mut watch = sqlx::PgConnection::connect(&database.url)
-        .await
-        .expect("connect to PostgreSQL");
+    let mut watch = common::connect(&database.url).await;
     let waiting = common::lock_waiter(&mut watch).await;
     assert!(waiting.contains("DELETE FROM agents"), "{waiting}");
     let host = store.host(&id).await.expect("read").expect("the host");

@@ -154,3 +154,25 @@ pub async fn counts_unlocked(watch: &mut PgConnection, subnet: &str) -> i64 {
     .await
     .expect("a read")
 }
+
+/// A connection of the test's own to PostgreSQL database `url`.
+pub async fn connect(url: &str) -> PgConnection {
+    PgConnection::connect(url)
+        .await
+        .expect("connect to PostgreSQL")
+}
+
+/// Makes every shard's address count of `subnet`, so that a write locks
+/// one rather than making it.
+pub async fn every_count_shard(conn: &mut PgConnection, subnet: &str) {
+    conn.execute(
+        format!(
+            "INSERT INTO subnet_address_counts (subnet_id, shard, used) \
+             SELECT '{subnet}', s, 0 FROM generate_series(0, 15) AS s \
+             ON CONFLICT (subnet_id, shard) DO NOTHING"
+        )
+        .as_str(),
+    )
+    .await
+    .expect("the count rows");
+}
