@@ -438,6 +438,16 @@ pub(crate) fn new_id(prefix: &str) -> String {
     format!("{prefix}-{millis:012x}{}", hex::encode(bytes))
 }
 
+/// Whether `text` has the shape of an id [`new_id`] makes with `prefix`.
+/// A name of that shape is refused where a resource is found by id or
+/// name: once the resource with that id is gone, the name would answer for
+/// it, and whatever still holds the id would get the impostor.
+pub(crate) fn has_id_shape(prefix: &str, text: &str) -> bool {
+    text.strip_prefix(prefix)
+        .and_then(|rest| rest.strip_prefix('-'))
+        .is_some_and(|digits| digits.len() == 28 && digits.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
 /// A new id in the shape of a UUID, ordered by time (version 7) for the
 /// same reason as [`new_id`]. Not for secrets: a token's id or a session's
 /// is a random (version 4) UUID.

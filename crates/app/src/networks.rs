@@ -238,20 +238,32 @@ pub struct SetRules {
     pub rules: Vec<RuleInput>,
 }
 
-fn check_name(field: &'static str, name: &str) -> Result<String> {
+/// A VPC's, subnet's or group's name (`id_prefix`: its kind's ids). Each
+/// is found by id or name, so a name may not have the shape of the kind's
+/// ids (a `vpc-abc123` of the seed's examples may).
+fn check_name(field: &'static str, name: &str, id_prefix: &str) -> Result<String> {
     let name = name.trim();
     let ok = !name.is_empty()
         && name.len() <= 63
         && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
-    match ok {
-        true => Ok(name.to_string()),
-        false => Err(Error::invalid(
+    if !ok {
+        return Err(Error::invalid(
             field,
             format!("{field} must be 1 to 63 letters, digits, '-', '_' or '.'"),
-        )),
+        ));
     }
+    if crate::has_id_shape(id_prefix, name) {
+        return Err(Error::invalid(
+            field,
+            format!(
+                "{field} {name:?} has the shape of an id ({id_prefix}- and 28 hex digits); \
+                 ids are found by name too, so choose another"
+            ),
+        ));
+    }
+    Ok(name.to_string())
 }
 
 fn block(field: &'static str, text: &str) -> Result<Ipv4Net> {
@@ -427,7 +439,7 @@ impl App {
 
     pub async fn create_vpc(&self, caller: &Principal, req: CreateVpc) -> Result<Vpc> {
         caller.require(Permission::NetworkWrite)?;
-        let name = check_name("name", &req.name)?;
+        let name = check_name("name", &req.name, "vpc")?;
         let pool = self.config.vpc_pool;
         let chosen = match &req.cidr_block {
             // Within the pool only: hosts route VPC addresses, so a block
@@ -581,7 +593,7 @@ impl App {
 
     pub async fn create_subnet(&self, caller: &Principal, req: CreateSubnet) -> Result<Subnet> {
         caller.require(Permission::NetworkWrite)?;
-        let name = check_name("name", &req.name)?;
+        let name = check_name("name", &req.name, "subnet")?;
         if req.vpc_id.trim().is_empty() {
             return Err(Error::invalid("vpc_id", "vpc_id names the subnet's VPC"));
         }
@@ -786,7 +798,7 @@ impl App {
         req: CreateSecurityGroup,
     ) -> Result<SecurityGroup> {
         caller.require(Permission::NetworkWrite)?;
-        let name = check_name("name", &req.name)?;
+        let name = check_name("name", &req.name, "sg")?;
         let description = Self::check_description(req.description.as_deref())?;
         self.default_network(&caller.project_id).await?;
         let id = new_id("sg");

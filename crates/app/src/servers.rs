@@ -225,7 +225,18 @@ impl App {
                 numa_nodes: req.numa_nodes.clone(),
             },
             Registration::Native { pooled },
-        )?;
+        )
+        .map_err(|err| match err {
+            // The region the client left out is its zone: a bad one is
+            // the zone's fault, not a field the client never sent.
+            Error::Invalid {
+                field: Some("region"),
+                ..
+            } if req.region.is_none() => {
+                Error::invalid("zone", "zone must be 1 to 64 printable characters")
+            }
+            other => other,
+        })?;
         if let Some(cpus) = &cpus {
             let numa: CpuSet = new
                 .numa_nodes

@@ -154,6 +154,19 @@ impl App {
                 "cluster_name must be 1 to 56 letters, digits or '-'",
             ));
         }
+        // `cluster` is the workflow's own label, which finds its nodes: one
+        // the client sends would be lost, so it is refused.
+        if let Some(given) = params.labels.get("cluster")
+            && given != name
+        {
+            return Err(Error::invalid(
+                "parameters",
+                format!(
+                    "labels.cluster is the cluster's name ({name:?}), set by the workflow; \
+                     leave it out or give the cluster_name"
+                ),
+            ));
+        }
         let mut labels = params.labels.clone();
         labels.insert("cluster".into(), name.clone());
         let op_id = crate::new_uuid();

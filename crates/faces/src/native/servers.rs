@@ -236,14 +236,24 @@ pub async fn delete_server(
     RawBody(body): RawBody,
 ) -> Result<Started> {
     let req: DeleteServerRequest = super::optional_body(&body)?;
+    // The path and the body may name one server two ways (its id, its
+    // hostname): compared as servers, not as text.
     if let Some(named) = &req.server_id
         && *named != id
     {
-        return Err(tessera_app::Error::invalid(
-            "server_id",
-            format!("server_id {named:?} does not match the path's {id:?}"),
-        )
-        .into());
+        let path_names = app.server(&caller, &id).await?.id;
+        let same = match app.server(&caller, named).await {
+            Ok(server) => server.id == path_names,
+            Err(tessera_app::Error::NotFound(_)) => false,
+            Err(other) => return Err(other.into()),
+        };
+        if !same {
+            return Err(tessera_app::Error::invalid(
+                "server_id",
+                format!("server_id {named:?} does not match the path's {id:?}"),
+            )
+            .into());
+        }
     }
     let force = req.force || params.force.unwrap_or(false);
     let op = app

@@ -46,6 +46,18 @@ async fn servers_are_created_listed_and_deleted_through_operations(backend: Back
         )
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "no CPUs: {body}");
+    // A blank zone is named as the zone, though the region left out is it.
+    let (status, body) = server
+        .post(
+            "/v1/servers/create",
+            &json!({"hostname": "h", "zone": "", "cpus": "0-3"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(
+        body["message"].as_str().is_some_and(|m| m.starts_with("zone")),
+        "{body}"
+    );
     let (status, op) = server
         .post("/v1/servers/create", &json!({"hostname": "web-01", "ip_address": "10.0.0.1", "zone": "de-fra1", "plan": "4xCPU-8GB", "check_mode": true}))
         .await;
@@ -121,10 +133,25 @@ async fn servers_are_created_listed_and_deleted_through_operations(backend: Back
     server
         .wait_operation(gone["operation_id"].as_str().expect("op"), TOKEN)
         .await;
+    // The body's server_id names the path's server, or is a 400 (a
+    // server named two ways, its hostname and its id, is one server).
+    let (status, body) = server
+        .request(
+            Method::DELETE,
+            "/v1/servers/web-01",
+            Some(&json!({"server_id": "no-such"}).to_string()),
+            Some(TOKEN),
+        )
+        .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("INVALID_REQUEST")),
+        "{body}"
+    );
     let (status, op) = server
         .request(
             Method::DELETE,
-            &format!("/v1/servers/{id}"),
+            "/v1/servers/web-01",
             Some(&json!({"workspace": "default", "server_id": id, "force": false}).to_string()),
             Some(TOKEN),
         )

@@ -13,6 +13,7 @@ on_both_backends!(
     a_workspace_has_a_default_network_and_makes_its_own,
     instances_get_addresses_of_their_subnet_and_hold_their_network,
     a_subnet_another_replica_deleted_is_not_found,
+    a_name_with_the_shape_of_an_id_is_refused,
 );
 
 async fn call(
@@ -804,4 +805,91 @@ async fn a_subnet_another_replica_deleted_is_not_found(backend: Backend) {
     assert_eq!(body["status"]["private_ip"], "10.211.9.2", "{body} {again}");
     a.stop().await;
     b.stop().await;
+}
+
+/// VPCs, subnets and groups are found by id or name, so a name with the
+/// shape of its kind's ids would answer for that id once the resource
+/// holding it is gone: an instance made later naming the old group would
+/// get the impostor's rules. Such a name is a 400 and makes nothing.
+async fn a_name_with_the_shape_of_an_id_is_refused(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let group = made(
+        &server,
+        TOKEN,
+        "/v1/security-groups",
+        json!({"name": "web", "rules": []}),
+    )
+    .await;
+    let group_id = group["id"].as_str().expect("id").to_string();
+    let vpc = made(
+        &server,
+        TOKEN,
+        "/v1/vpcs",
+        json!({"name": "vpc-abc123", "cidr_block": "10.130.0.0/16"}),
+    )
+    .await;
+    let vpc_id = vpc["id"].as_str().expect("id").to_string();
+    let subnet = made(
+        &server,
+        TOKEN,
+        "/v1/subnets",
+        json!({"vpc_id": "vpc-abc123", "name": "subnet-def456", "cidr_block": "10.130.1.0/24"}),
+    )
+    .await;
+    let subnet_id = subnet["id"].as_str().expect("id").to_string();
+    let before = (
+        server.get_ok("/v1/security-groups").await["items"].clone(),
+        server.get_ok("/v1/vpcs").await["items"].clone(),
+        server.get_ok("/v1/subnets").await["items"].clone(),
+    );
+
+    let open = json!([{"protocol": "all", "cidr": "0.0.0.0/0"}]);
+    for (path, body) in [
+        (
+            "/v1/security-groups",
+            json!({"name": group_id, "rules": open}),
+        ),
+        // Another, unused id of the kind (the shape is enough).
+        (
+            "/v1/security-groups",
+            json!({"name": "sg-0123456789abcdef0123456789ab"}),
+        ),
+        (
+            "/v1/vpcs",
+            json!({"name": vpc_id, "cidr_block": "10.131.0.0/16"}),
+        ),
+        (
+            "/v1/subnets",
+            json!({"vpc_id": vpc_id, "name": subnet_id, "cidr_block": "10.130.2.0/24"}),
+        ),
+    ] {
+        let (status, body) = call(&server, TOKEN, Method::POST, path, Some(body)).await;
+        bad(status, &body, "shape of an id");
+    }
+    let after = (
+        server.get_ok("/v1/security-groups").await["items"].clone(),
+        server.get_ok("/v1/vpcs").await["items"].clone(),
+        server.get_ok("/v1/subnets").await["items"].clone(),
+    );
+    assert_eq!(before, after, "a refused name makes nothing");
+
+    // The group's id names nothing once it is gone.
+    let (status, body) = call(
+        &server,
+        TOKEN,
+        Method::DELETE,
+        &format!("/v1/security-groups/{group_id}"),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+    let (status, body) = call(
+        &server,
+        TOKEN,
+        Method::GET,
+        &format!("/v1/security-groups/{group_id}"),
+        None,
+    )
+    .await;
+    assert_error(status, &body, StatusCode::NOT_FOUND, "NOT_FOUND");
 }

@@ -309,6 +309,7 @@ async fn bad_workflows_are_400(backend: Backend) {
         json!({"workflow_type": "cluster_create", "parameters": {"cluster_name": "bad name", "node_count": 1}}),
         json!({"workflow_type": "cluster_create", "parameters": {"cluster_name": "x", "node_count": 1, "type": "zz"}}),
         json!({"workflow_type": "cluster_create", "parameters": {"cluster_name": "x", "node_count": 1, "colour": 1}}),
+        json!({"workflow_type": "cluster_create", "parameters": {"cluster_name": "x", "node_count": 1, "labels": {"cluster": "other"}}}),
         json!({"workflow_type": "server_drain", "parameters": {}}),
         json!({"workflow_type": "cluster_create"}),
     ] {
