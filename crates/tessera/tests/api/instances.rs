@@ -55,7 +55,9 @@ async fn servers_are_created_listed_and_deleted_through_operations(backend: Back
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     assert!(
-        body["message"].as_str().is_some_and(|m| m.starts_with("zone")),
+        body["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("zone")),
         "{body}"
     );
     let (status, op) = server
