@@ -701,6 +701,46 @@ impl App {
     }
 
     /// Checks a compute resource against the catalog.
+    /// What a deployment's replicas always running (its minimum) cost an
+    /// hour, in micros.
+    fn always_running_micros(&self, compute: &ComputeSpec, scaling: &Scaling) -> i64 {
+        self.catalog
+            .serverless_compute(&compute.name)
+            .map_or(0, |kind| {
+                tessera_core::catalog::to_micros(
+                    kind.price_per_hour * f64::from(compute.size) * f64::from(scaling.min_replicas),
+                )
+            })
+    }
+
+    /// Refuses (402, as an instance the balance cannot pay for is) a
+    /// deployment, or a change to one, whose replicas always running would
+    /// not be paid for: `before` is what it had (none for a new one). That
+    /// is the answer its client gets; the scaler, which checks each replica
+    /// as it records it, could only leave it at `quota_reached`.
+    async fn check_replica_funds(
+        &self,
+        caller: &Principal,
+        name: &str,
+        before: Option<(&ComputeSpec, &Scaling)>,
+        after: (&ComputeSpec, &Scaling),
+    ) -> Result<()> {
+        let had = before.map_or(0, |(c, s)| self.always_running_micros(c, s));
+        let adds = self.always_running_micros(after.0, after.1) - had;
+        if adds <= 0 {
+            return Ok(());
+        }
+        self.check_funds(
+            caller,
+            adds,
+            &format!(
+                "deployment {name} (a minimum of {} running)",
+                after.1.min_replicas
+            ),
+        )
+        .await
+    }
+
     fn check_compute(&self, compute: &ComputeSpec) -> Result<()> {
         match self.catalog.serverless_compute(&compute.name) {
             Some(kind) if kind.sizes.contains(&compute.size) => Ok(()),
@@ -778,6 +818,8 @@ impl App {
             created_by: caller.user_id.clone(),
         };
         self.check_secrets_use(caller, &spec).await?;
+        self.check_replica_funds(caller, &req.name, None, (&spec.compute, &req.scaling))
+            .await?;
         let now = tessera_store::now();
         let record = DeploymentRecord {
             id: uuid::Uuid::new_v4().to_string(),
@@ -982,6 +1024,16 @@ impl App {
         if spec != deployment.spec {
             self.check_secrets_use(caller, &spec).await?;
         }
+        self.check_replica_funds(
+            caller,
+            &deployment.name,
+            Some((&deployment.spec.compute, &deployment.scaling)),
+            (
+                &spec.compute,
+                patch.scaling.as_ref().unwrap_or(&deployment.scaling),
+            ),
+        )
+        .await?;
         self.change_if_current(
             deployment,
             DeploymentChange {
@@ -1045,6 +1097,14 @@ impl App {
     ) -> Result<Deployment> {
         check_scaling(kind, &scaling)?;
         let deployment = self.changeable(caller, kind, name).await?;
+        let compute = &deployment.spec.compute;
+        self.check_replica_funds(
+            caller,
+            name,
+            Some((compute, &deployment.scaling)),
+            (compute, &scaling),
+        )
+        .await?;
         self.change(
             &deployment,
             DeploymentChange {
@@ -1430,7 +1490,9 @@ fn status_of(
         .iter()
         .filter(|r| ReplicaStatus::from(**r) == ReplicaStatus::Running)
         .count() as u32;
-    if blocked == Some("quota") && running < deployment.target {
+    // The balance is a limit of the account as its quota is: Verda's API
+    // has no status of its own for it.
+    if matches!(blocked, Some("quota" | "funds")) && running < deployment.target {
         return DeploymentStatus::QuotaReached;
     }
     if replicas

@@ -185,6 +185,11 @@ impl App {
                                 blocked = Some("quota".into());
                                 break;
                             }
+                            Err(err @ Error::InsufficientFunds(_)) => {
+                                tracing::debug!(deployment = %d.name, error = %err, "no replica until the balance is topped up");
+                                blocked = Some("funds".into());
+                                break;
+                            }
                             Err(Error::NoCapacity(_)) => {
                                 blocked = Some("capacity".into());
                                 break;
@@ -412,7 +417,10 @@ impl App {
                 limit: i64::from(limit),
             }),
         };
-        self.record_instance(caller, &instance, &[], false).await?;
+        // Paid for as an instance of the Verda face is: refused, in the
+        // transaction that records it, when the project's balance does not
+        // cover an hour of it with what else it runs.
+        self.record_instance(caller, &instance, &[], true).await?;
         tracing::info!(deployment = %d.name, replica = %id, "replica requested");
         Ok(())
     }

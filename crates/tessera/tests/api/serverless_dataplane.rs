@@ -7,7 +7,7 @@
 
 use crate::dataplane::{cannot_run, container_agent_with, tiny_tarball};
 use crate::harness::{Backend, Options, TOKEN, TestServer, eventually};
-use crate::verda::{Verda, plant_request};
+use crate::verda::{Verda, plant_request, top_up};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use reqwest::{Method, StatusCode};
@@ -159,6 +159,7 @@ async fn a_deployment_scales_from_zero_serves_its_secrets_and_goes_back_to_zero(
     )
     .await;
     let verda = Verda::login(&server, "default").await;
+    top_up(&server, "default", 1000.0).await;
 
     // Secrets, file secrets and the registry's credentials.
     for (path, body) in [
@@ -617,6 +618,7 @@ async fn a_job_runs_to_completion_and_one_is_stopped_at_its_deadline() {
     )
     .await;
     let verda = Verda::login(&server, "default").await;
+    top_up(&server, "default", 1000.0).await;
     let (status, answer) = verda
         .json(
             Method::POST,

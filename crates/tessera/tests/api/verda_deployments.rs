@@ -6,7 +6,7 @@
 
 use crate::harness::{Backend, TOKEN, TestServer, eventually};
 use crate::on_both_backends;
-use crate::verda::{Verda, add_fin_host, plant_request};
+use crate::verda::{Verda, add_fin_host, plant_request, top_up};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use std::time::Duration;
@@ -18,6 +18,7 @@ on_both_backends!(
     job_deployments_queue_purge_and_refuse_bad_input,
     concurrent_changes_lose_nothing_and_limits_hold,
     async_requests_of_a_stopped_process_are_taken_over,
+    replicas_the_balance_cannot_pay_for_are_not_made,
 );
 
 fn refused(status: StatusCode, body: &Value, want: StatusCode, code: &str) {
@@ -74,6 +75,7 @@ async fn deployments_are_checked_and_answered_as_the_sdks_read_them(backend: Bac
     let server = TestServer::start(backend).await;
     add_fin_host(&server, "fin-d", "16xCPU-64GB").await;
     let verda = Verda::login(&server, "default").await;
+    top_up(&server, "default", 1000.0).await;
 
     let (status, created) = verda
         .json(
@@ -476,6 +478,7 @@ async fn replicas_follow_scaling_changes_pause_and_delete(backend: Backend) {
     let server = TestServer::start(backend).await;
     add_fin_host(&server, "fin-e", "16xCPU-64GB").await;
     let verda = Verda::login(&server, "default").await;
+    top_up(&server, "default", 1000.0).await;
     let (status, created) = verda
         .json(
             Method::POST,
@@ -599,7 +602,9 @@ async fn inference_keys_and_projects_guard_the_front_door(backend: Backend) {
     server.user_in("alice", "member", "alpha").await;
     server.user_in("bob", "member", "beta").await;
     let alpha = Verda::login(&server, "alpha").await;
+    top_up(&server, "alpha", 1000.0).await;
     let beta = Verda::login(&server, "beta").await;
+    top_up(&server, "beta", 1000.0).await;
     let (status, created) = alpha
         .json(
             Method::POST,
@@ -716,6 +721,7 @@ async fn job_deployments_queue_purge_and_refuse_bad_input(backend: Backend) {
     let server = TestServer::start(backend).await;
     add_fin_host(&server, "fin-j", "16xCPU-64GB").await;
     let verda = Verda::login(&server, "default").await;
+    top_up(&server, "default", 1000.0).await;
     let job = |name: &str, scaling: Value| {
         json!({
             "name": name,
@@ -886,6 +892,7 @@ async fn concurrent_changes_lose_nothing_and_limits_hold(backend: Backend) {
     let server = TestServer::start(backend).await;
     add_fin_host(&server, "fin-c", "16xCPU-64GB").await;
     let verda = Verda::login(&server, "default").await;
+    top_up(&server, "default", 1000.0).await;
     let (status, created) = verda
         .json(
             Method::POST,
@@ -978,6 +985,7 @@ async fn async_requests_of_a_stopped_process_are_taken_over(backend: Backend) {
     let server = TestServer::start(backend).await;
     add_fin_host(&server, "fin-o", "16xCPU-64GB").await;
     let verda = Verda::login(&server, "default").await;
+    top_up(&server, "default", 1000.0).await;
     let (status, created) = verda
         .json(
             Method::POST,
@@ -1057,5 +1065,116 @@ async fn async_requests_of_a_stopped_process_are_taken_over(backend: Backend) {
         alive.owner, "process-alive",
         "a live process keeps its request"
     );
+    server.stop().await;
+}
+
+/// Replicas are paid for as Verda's instances are: a deployment whose
+/// minimum the balance cannot cover for an hour (with what else the project
+/// runs) is a 402, as is a change that raises it; and the scaler records
+/// no replica the balance cannot pay for (it answers `quota_reached`).
+async fn replicas_the_balance_cannot_pay_for_are_not_made(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    add_fin_host(&server, "fin-f", "16xCPU-64GB").await;
+    let verda = Verda::login(&server, "default").await;
+
+    // Nothing in the balance: a minimum of one is refused, none is not.
+    let (status, answer) = verda
+        .json(
+            Method::POST,
+            "/container-deployments",
+            Some(deployment("paid", 1, 2)),
+        )
+        .await;
+    refused(
+        status,
+        &answer,
+        StatusCode::PAYMENT_REQUIRED,
+        "insufficient_funds",
+    );
+    let (status, answer) = verda
+        .json(
+            Method::POST,
+            "/container-deployments",
+            Some(deployment("idle", 0, 2)),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{answer}");
+    let names = |list: Value| -> Vec<String> {
+        list.as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|d| d["name"].as_str().map(str::to_string))
+            .collect()
+    };
+    assert_eq!(names(verda.get("/container-deployments").await), ["idle"]);
+
+    // An hour of one replica (0.01 an hour) and a half: one runs, a
+    // second is refused, by a new deployment or a raised minimum.
+    top_up(&server, "default", 0.015).await;
+    let (status, answer) = verda
+        .json(
+            Method::POST,
+            "/container-deployments",
+            Some(deployment("paid", 1, 2)),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{answer}");
+    running_replicas(&verda, "paid", 1).await;
+    for (method, path, body) in [
+        (
+            Method::PATCH,
+            "/container-deployments/idle/scaling",
+            json!({"min_replica_count": 1}),
+        ),
+        (
+            Method::PATCH,
+            "/container-deployments/paid/scaling",
+            json!({"min_replica_count": 2}),
+        ),
+    ] {
+        let (status, answer) = verda.json(method, path, Some(body)).await;
+        refused(
+            status,
+            &answer,
+            StatusCode::PAYMENT_REQUIRED,
+            "insufficient_funds",
+        );
+    }
+    assert_eq!(
+        verda.get("/container-deployments/idle/scaling").await["min_replica_count"],
+        0
+    );
+
+    // A minimum raised behind the API's back (as a balance spent after a
+    // deployment was made leaves it): the scaler makes no replica.
+    let store = server.running.app.store();
+    let idle = store
+        .all_deployments()
+        .await
+        .expect("deployments")
+        .into_iter()
+        .find(|d| d.name == "idle")
+        .expect("idle");
+    let mut scaling: Value = serde_json::from_str(&idle.scaling).expect("scaling");
+    scaling["min_replicas"] = json!(1);
+    assert!(
+        store
+            .change_deployment(
+                &idle.id,
+                &tessera_store::DeploymentChange {
+                    scaling: Some(scaling.to_string()),
+                    ..tessera_store::DeploymentChange::default()
+                },
+            )
+            .await
+            .expect("changed")
+    );
+    eventually(Duration::from_secs(30), "idle at quota_reached", || async {
+        (verda.get("/container-deployments/idle/status").await["status"] == "quota_reached")
+            .then_some(())
+    })
+    .await;
+    let replicas = verda.get("/container-deployments/idle/replicas").await;
+    assert_eq!(replicas["list"], json!([]), "{replicas}");
     server.stop().await;
 }
