@@ -744,6 +744,61 @@ impl App {
         Ok(())
     }
 
+    /// What clones or a resize of every volume in `ids` add to the
+    /// project's usage and hourly cost, checked together before any is
+    /// done: one by one, the first would be made before the last found the
+    /// quota or the balance short. (Each is checked again, atomically, as
+    /// it is recorded.)
+    async fn check_batch_adds(
+        &self,
+        caller: &Principal,
+        ids: &[String],
+        action: &VolumeAction,
+    ) -> Result<()> {
+        let mut adds = tessera_core::quota::Usage::default();
+        let mut rate = 0i64;
+        match action {
+            VolumeAction::Clone { volume_type, .. } if ids.len() > 1 => {
+                for id in ids {
+                    let volume = self.live_volume(caller, id).await?;
+                    let size_gb = u64::try_from(volume.size_gb).unwrap_or(0);
+                    let kind = self.volume_kind(
+                        "type",
+                        volume_type.as_deref().unwrap_or(&volume.volume_type),
+                    )?;
+                    rate = rate.saturating_add(to_micros(kind.hourly(size_gb)));
+                    adds += volumes_usage(&[size_gb]);
+                }
+            }
+            VolumeAction::Resize { size_gb } if ids.len() > 1 => {
+                // A volume named twice grows once.
+                let distinct: std::collections::BTreeSet<&String> = ids.iter().collect();
+                for id in distinct {
+                    let volume = self.live_volume(caller, id).await?;
+                    let mut grown = volume.clone();
+                    grown.size_gb = i64::try_from(*size_gb).unwrap_or(i64::MAX);
+                    rate =
+                        rate.saturating_add(self.volume_rate(&grown) - self.volume_rate(&volume));
+                    adds.volume_gb = adds
+                        .volume_gb
+                        .saturating_add(grown.size_gb.saturating_sub(volume.size_gb));
+                }
+            }
+            _ => return Ok(()),
+        }
+        // Nothing added is nothing to check (a balance already short, a
+        // limit set below the usage, only stop growth).
+        if rate > 0 {
+            self.check_funds(caller, rate, "these volumes together")
+                .await?;
+        }
+        if adds != tessera_core::quota::Usage::default() {
+            self.check_quota_now(&self.paid_check(&caller.project_id, adds))
+                .await?;
+        }
+        Ok(())
+    }
+
     /// Does `action` to every volume in `ids`, after checking that it could
     /// be done to each: bad input changes nothing. Answers the new ids of
     /// clones.
@@ -757,6 +812,7 @@ impl App {
         for id in ids {
             self.check_volume_action(caller, id, action).await?;
         }
+        self.check_batch_adds(caller, ids, action).await?;
         let mut made = Vec::new();
         for id in ids {
             if let Some(new_id) = self.volume_action(caller, id, action).await? {

@@ -1079,6 +1079,47 @@ async fn instances_and_volumes_through_their_lifecycle_and_billed(backend: Backe
         verda.get(&format!("/volumes/{clone}")).await["name"],
         "copy"
     );
+    // Clones and a resize of several volumes are checked against the quota
+    // together: short for all of them, none is made or grown.
+    let usage = server.get_ok("/v1/workspaces/default/quota").await["usage"].clone();
+    let volumes_listed = verda.get("/volumes").await.as_array().map(Vec::len);
+    let quota = |limits: Value| {
+        let server = &server;
+        async move {
+            let (status, body) = server
+                .call(
+                    Method::PUT,
+                    "/v1/workspaces/default/quota",
+                    Some(&limits),
+                    TOKEN,
+                )
+                .await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+        }
+    };
+    quota(json!({"volumes": usage["volumes"].as_i64().expect("volumes") + 1})).await;
+    let (status, body) = verda
+        .put(
+            "/volumes",
+            json!({"action": "clone", "id": [clone, clone], "name": "twice"}),
+        )
+        .await;
+    assert_error(status, &body, StatusCode::FORBIDDEN, "forbidden_action");
+    assert_eq!(
+        verda.get("/volumes").await.as_array().map(Vec::len),
+        volumes_listed
+    );
+    quota(json!({"volumes": null, "volume_gb": usage["volume_gb"].as_i64().expect("gb") + 1}))
+        .await;
+    let (status, body) = verda
+        .put(
+            "/volumes",
+            json!({"action": "resize", "id": [clone, volume], "size": 9}),
+        )
+        .await;
+    assert_error(status, &body, StatusCode::FORBIDDEN, "forbidden_action");
+    assert_eq!(verda.get(&format!("/volumes/{clone}")).await["size"], 8.0);
+    quota(json!({"volume_gb": null})).await;
     let (status, body) = verda
         .put("/volumes", json!({"action": "teleport", "id": volume}))
         .await;
