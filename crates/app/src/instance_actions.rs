@@ -155,6 +155,86 @@ impl App {
         Ok(ActionOutcome::Started)
     }
 
+    /// `action` on every instance of `ids`, as one request naming them
+    /// all (Verda's `PUT /instances`): each answered on its own. A delete's
+    /// `volume_ids` name the volumes going with any of the instances: each
+    /// instance takes those attached to it. One attached to none of them is
+    /// a 400 for the whole request, before anything is done (unless a
+    /// delete of one of them is under way, which may have taken it).
+    pub async fn instances_action(
+        &self,
+        caller: &Principal,
+        ids: &[String],
+        action: &InstanceAction,
+    ) -> Result<Vec<Result<ActionOutcome>>> {
+        let InstanceAction::Delete {
+            volume_ids: Some(volume_ids),
+            permanently,
+        } = action
+        else {
+            let mut outcomes = Vec::with_capacity(ids.len());
+            for id in ids {
+                outcomes.push(self.instance_action(caller, id, action).await);
+            }
+            return Ok(outcomes);
+        };
+        caller.require(Permission::InstanceDelete)?;
+        caller.require(Permission::VolumeWrite)?;
+        // Each instance's share; `None`: not found (its own error follows).
+        let mut shares: Vec<Option<Vec<String>>> = Vec::with_capacity(ids.len());
+        let mut deleting = Vec::new();
+        let mut unplaced: Vec<&String> = volume_ids.iter().collect();
+        for (i, id) in ids.iter().enumerate() {
+            let Ok(instance) = self.instance(caller, id).await else {
+                shares.push(None);
+                continue;
+            };
+            let attached = self.instance_volumes(&instance.id).await?;
+            let share: Vec<String> = volume_ids
+                .iter()
+                .filter(|v| attached.iter().any(|a| *a.id == ***v))
+                .cloned()
+                .collect();
+            unplaced.retain(|v| !share.contains(v));
+            if let Some(op) = instance.operation_id.as_deref()
+                && self
+                    .stored_operation(op)
+                    .await?
+                    .is_some_and(|op| op.kind == OperationKind::InstanceDelete)
+            {
+                deleting.push(i);
+            }
+            shares.push(Some(share));
+        }
+        if !unplaced.is_empty() {
+            if deleting.is_empty() {
+                return Err(Error::invalid(
+                    "volume_ids",
+                    format!(
+                        "volume {} is not attached to any of the instances named",
+                        unplaced[0]
+                    ),
+                ));
+            }
+            // Perhaps deleted with one of them already: each such delete
+            // checks it again.
+            for &i in &deleting {
+                if let Some(share) = &mut shares[i] {
+                    share.extend(unplaced.iter().map(|v| (*v).clone()));
+                }
+            }
+        }
+        let mut outcomes = Vec::with_capacity(ids.len());
+        for (id, share) in ids.iter().zip(shares) {
+            let action = InstanceAction::Delete {
+                volume_ids: Some(share.unwrap_or_default()),
+                permanently: *permanently,
+            };
+            outcomes.push(self.instance_action(caller, id, &action).await);
+        }
+        Ok(outcomes)
+    }
+
     /// Starts deleting instance `id`: `false` when another request's
     /// delete got there first (under way or done), which a repeated delete
     /// takes as done. Terminated since the caller read it (`Gone`: a delete

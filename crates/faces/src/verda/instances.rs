@@ -722,8 +722,8 @@ pub async fn instance_actions(
     }
     let mut results = Vec::new();
     let mut failed = false;
-    for id in ids {
-        let outcome = app.instance_action(&caller, &id, &action).await;
+    let outcomes = app.instances_action(&caller, &ids, &action).await?;
+    for (id, outcome) in ids.into_iter().zip(outcomes) {
         let (status, error, status_code) = match outcome {
             Ok(_) => ("success", None, None),
             Err(Error::Internal(source)) => return Err(VerdaError(Error::Internal(source))),

@@ -28,6 +28,7 @@ on_both_backends!(
     a_deploy_counts_the_instances_still_being_made,
     meters_that_billed_volumes_twice_are_repaired_at_start,
     deletes_sent_together_start_one_and_the_rest_answer_204,
+    a_bulk_delete_takes_each_instance_its_own_volumes,
 );
 
 /// A Verda client of one project.
@@ -2435,4 +2436,86 @@ async fn deletes_sent_together_start_one_and_the_rest_answer_204(backend: Backen
     verda.wait_status(&id, "discontinued").await;
     let (status, _) = verda.put("/instances", delete).await;
     assert_eq!(status, StatusCode::NO_CONTENT);
+}
+
+/// `PUT /instances` deleting several instances with `volume_ids` naming
+/// the volumes of all of them: each instance takes its own (as the SDK's
+/// `instances.action(ids, "delete", volume_ids=...)` means); a volume of
+/// none of them refuses the request whole, before anything is deleted.
+async fn a_bulk_delete_takes_each_instance_its_own_volumes(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    add_fin_host(&server, "fin-e", "16xCPU-64GB").await;
+    top_up(&server, "default", 10.0).await;
+    let verda = Verda::login(&server, "default").await;
+    let mut instances = Vec::new();
+    let mut data = Vec::new();
+    for name in ["bulk-1", "bulk-2"] {
+        let id = verda
+            .create(
+                "/instances",
+                deploy(
+                    name,
+                    json!({"volumes": [{"name": "data", "size": 5, "type": "NVMe"}]}),
+                ),
+            )
+            .await;
+        let running = verda.wait_status(&id, "running").await;
+        let os = running["os_volume_id"].as_str().expect("os volume");
+        let own: Vec<String> = running["volume_ids"]
+            .as_array()
+            .expect("volume ids")
+            .iter()
+            .filter_map(Value::as_str)
+            .filter(|v| *v != os)
+            .map(str::to_string)
+            .collect();
+        assert_eq!(own.len(), 1, "{running}");
+        data.push(own[0].clone());
+        instances.push(id);
+    }
+    let loose = verda
+        .create(
+            "/volumes",
+            json!({"name": "loose", "size": 1, "type": "NVMe", "location_code": "FIN-01"}),
+        )
+        .await;
+
+    let (status, body) = verda
+        .put(
+            "/instances",
+            json!({"action": "delete", "id": instances, "volume_ids": [data[0], loose]}),
+        )
+        .await;
+    assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_request");
+    for id in &instances {
+        assert_eq!(
+            verda.get(&format!("/instances/{id}")).await["status"],
+            "running"
+        );
+    }
+
+    let (status, body) = verda
+        .put(
+            "/instances",
+            json!({"action": "delete", "id": instances, "volume_ids": data}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    assert!(
+        body.as_array()
+            .is_some_and(|r| r.len() == 2 && r.iter().all(|r| r["status"] == "success")),
+        "{body}"
+    );
+    for id in &instances {
+        verda.wait_status(id, "discontinued").await;
+    }
+    for volume in &data {
+        let v = verda.get(&format!("/volumes/{volume}")).await;
+        assert_eq!(v["status"], "deleted", "{v}");
+    }
+    assert_eq!(
+        verda.get(&format!("/volumes/{loose}")).await["status"],
+        "detached"
+    );
+    server.stop().await;
 }
