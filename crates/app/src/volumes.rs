@@ -50,6 +50,8 @@ pub struct Volume {
     pub trashed_at: Option<String>,
     /// When its storage was destroyed for good.
     pub purged_at: Option<String>,
+    /// When it was deleted, to the trash or for good.
+    pub deleted_at: Option<String>,
 }
 
 impl Volume {
@@ -74,6 +76,7 @@ impl Volume {
             created_at: r.created_at,
             trashed_at: r.trashed_at,
             purged_at: r.purged_at,
+            deleted_at: r.deleted_at,
         })
     }
 }
@@ -286,6 +289,7 @@ impl App {
                 trashed_at: None,
                 purged_at: None,
                 generation: 1,
+                deleted_at: None,
             },
             micros_per_hour,
         }
@@ -324,6 +328,7 @@ impl App {
             let mut gone = record.clone();
             gone.status = VolumeStatus::Deleted.to_string();
             gone.purged_at = Some(tessera_store::now());
+            gone.deleted_at.clone_from(&gone.purged_at);
             self.store
                 .update_volume(&gone, record.generation, Some(MeterChange::Stop), None)
                 .await?;
@@ -342,6 +347,23 @@ impl App {
             VolumeSet::Trash => tessera_store::VolumeSet::Trash,
         };
         models(self.store.volumes(&caller.project_id, set).await?)
+    }
+
+    /// The project's volumes attached to its instances, as part of what
+    /// its instances are (Verda's instance names its volumes): for a
+    /// caller that may read instances, whether or not it may read volumes,
+    /// as an instance read alone shows them too.
+    pub async fn attached_volumes(&self, caller: &Principal) -> Result<Vec<Volume>> {
+        caller.require(Permission::InstanceRead)?;
+        let live = self
+            .store
+            .volumes(&caller.project_id, tessera_store::VolumeSet::Live)
+            .await?;
+        models(
+            live.into_iter()
+                .filter(|v| v.instance_id.is_some())
+                .collect(),
+        )
     }
 
     /// A volume of the project, deleted ones included.
@@ -395,6 +417,7 @@ impl App {
                 let mut next = volume.clone();
                 next.status = VolumeStatus::Detached.to_string();
                 next.trashed_at = None;
+                next.deleted_at = None;
                 self.write_volume(&next, volume.generation, None).await?;
             }
             VolumeAction::Clone { name, volume_type } => {
@@ -833,10 +856,12 @@ impl App {
         next.status = VolumeStatus::Deleted.to_string();
         next.instance_id = None;
         next.target = None;
+        let now = tessera_store::now();
         next.trashed_at = match permanently {
             true => None,
-            false => Some(tessera_store::now()),
+            false => Some(now.clone()),
         };
+        next.deleted_at = Some(now);
         self.write_volume(&next, volume.generation, None).await?;
         tracing::info!(volume = %volume.id, permanently, "volume deleted");
         Ok(())

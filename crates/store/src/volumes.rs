@@ -33,6 +33,8 @@ pub struct VolumeRecord {
     /// When its storage was destroyed for good.
     pub purged_at: Option<String>,
     pub generation: i64,
+    /// When it was deleted (to the trash, or for good); none while live.
+    pub deleted_at: Option<String>,
 }
 
 /// A new volume and what it costs per hour.
@@ -61,7 +63,7 @@ pub enum VolumeSet {
 }
 
 pub(crate) const VOLUME_COLUMNS: &str = "id, project_id, name, type, size_gb, location, status, is_os_volume, \
-     instance_id, target, host_id, created_by, created_at, trashed_at, purged_at, generation";
+     instance_id, target, host_id, created_by, created_at, trashed_at, purged_at, generation, deleted_at";
 
 pub(crate) fn volume_insert(volume: &NewVolume) -> Vec<(String, Vec<Arg>)> {
     let v = &volume.record;
@@ -69,7 +71,7 @@ pub(crate) fn volume_insert(volume: &NewVolume) -> Vec<(String, Vec<Arg>)> {
         (
             format!(
                 "INSERT INTO volumes ({VOLUME_COLUMNS}) VALUES \
-                 ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, NULL, NULL, 1)"
+                 ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, NULL, NULL, 1, NULL)"
             ),
             vec![
                 (&v.id).into(),
@@ -244,8 +246,8 @@ impl Store {
     ) -> Result<bool> {
         let mut statements = vec![(
             "UPDATE volumes SET name = $1, type = $2, size_gb = $3, status = $4, instance_id = $5, \
-             target = $6, host_id = $7, trashed_at = $8, purged_at = $9, generation = generation + 1 \
-             WHERE id = $10 AND generation = $11"
+             target = $6, host_id = $7, trashed_at = $8, purged_at = $9, deleted_at = $12, \
+             generation = generation + 1 WHERE id = $10 AND generation = $11"
                 .to_string(),
             vec![
                 (&volume.name).into(),
@@ -259,6 +261,7 @@ impl Store {
                 volume.purged_at.as_ref().into(),
                 (&volume.id).into(),
                 read_generation.into(),
+                volume.deleted_at.as_ref().into(),
             ],
         )];
         match meter {

@@ -187,6 +187,7 @@ async fn joins(store: &Store, raw: common::Raw) {
                 created_at: AT.into(),
                 trashed_at: None,
                 purged_at: None,
+                deleted_at: None,
                 generation: 1,
             },
             micros_per_hour: 0,

@@ -17,7 +17,7 @@ use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use tessera_app::instance_actions::{ActionOutcome, InstanceAction};
 use tessera_app::instances::{CreateInstance, Instance, InstanceQuery, InstanceSpecInput};
-use tessera_app::volumes::{VolumeInput, VolumeSet};
+use tessera_app::volumes::VolumeInput;
 use tessera_app::{App, Error, Principal};
 use tessera_core::status::{InstanceState, OperationKind, TerminationCause};
 use utoipa::{IntoParams, ToSchema};
@@ -270,7 +270,7 @@ pub async fn list_instances(
     // Every attached volume in one read, rather than one per instance.
     let mut volumes_of: std::collections::HashMap<String, Vec<tessera_app::volumes::Volume>> =
         std::collections::HashMap::new();
-    for volume in app.volumes(&caller, VolumeSet::Live).await? {
+    for volume in app.attached_volumes(&caller).await? {
         if let Some(instance) = volume.instance_id.clone() {
             volumes_of
                 .entry(instance.to_string())

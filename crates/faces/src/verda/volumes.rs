@@ -171,7 +171,12 @@ async fn volume_body(app: &App, caller: &Principal, v: Volume, tags: Vec<Tag>) -
         monthly_price: monthly,
         currency: catalog.currency.clone(),
         long_term: None,
-        deleted_at: deleted.then(|| v.trashed_at.clone().unwrap_or_else(|| v.created_at.clone())),
+        deleted_at: deleted.then(|| {
+            v.deleted_at
+                .clone()
+                .or_else(|| v.trashed_at.clone())
+                .unwrap_or_else(|| v.created_at.clone())
+        }),
         is_permanently_deleted: deleted.then(|| v.trashed_at.is_none()),
         tags: tags.into_iter().map(Into::into).collect(),
         id: v.id.to_string(),

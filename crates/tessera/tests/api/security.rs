@@ -875,6 +875,19 @@ async fn nothing_made_with_a_scoped_token_does_more_than_its_scopes(backend: Bac
     let (_, child) = api_token(&server, json!({"name": "child"}), &parent).await;
     let (_, grandchild) = api_token(&server, json!({"name": "grandchild"}), &child).await;
     let (child_client, child_secret) = oauth_credential(&server, json!({}), &grandchild).await;
+    // Scoped to reading instances: Verda's instance list (which names the
+    // instances' volumes) as well as one instance, but not the volumes.
+    let (status, tokens) = oauth_token(&server, &child_client, &child_secret).await;
+    assert_eq!(status, StatusCode::OK, "{tokens}");
+    let reader = tokens["access_token"].as_str().expect("access").to_string();
+    for (path, want) in [
+        ("/verda/v1/instances", StatusCode::OK),
+        ("/verda/v1/instances?status=running", StatusCode::OK),
+        ("/verda/v1/volumes", StatusCode::FORBIDDEN),
+    ] {
+        let (status, body) = server.request(Method::GET, path, None, Some(&reader)).await;
+        assert_eq!(status, want, "{path}: {body}");
+    }
     for token in [&child, &grandchild] {
         let (status, _) = server.call(Method::GET, "/v1/instances", None, token).await;
         assert_eq!(status, StatusCode::OK);

@@ -1193,11 +1193,18 @@ async fn instances_and_volumes_through_their_lifecycle_and_billed(backend: Backe
         )
         .await;
     assert_eq!(status, StatusCode::ACCEPTED);
-    eventually(Duration::from_secs(15), "purge", || async {
+    let purged = eventually(Duration::from_secs(15), "purge", || async {
         let v = verda.get(&format!("/volumes/{volume}")).await;
-        (v["is_permanently_deleted"] == true).then_some(())
+        (v["is_permanently_deleted"] == true).then_some(v)
     })
     .await;
+    // Deleted for good when it was, not when it was made or first trashed.
+    let (made, first, last) = (
+        purged["created_at"].as_str().expect("created_at"),
+        trashed["deleted_at"].as_str().expect("trashed"),
+        purged["deleted_at"].as_str().expect("deleted_at"),
+    );
+    assert!(made < first && first < last, "{made} {first} {last}");
     // Boot, then delete the instance with its volumes.
     let (status, _) = verda
         .put("/instances", json!({"action": "boot", "id": id}))
