@@ -249,7 +249,6 @@ pub fn check_mount_paths(field: &'static str, paths: &[String]) -> Result<Vec<St
         ));
     }
     for path in paths {
-        let shown = path.escape_debug().to_string();
         let normal = path.starts_with('/')
             && path.len() <= 255
             && !path.ends_with('/')
@@ -267,7 +266,7 @@ pub fn check_mount_paths(field: &'static str, paths: &[String]) -> Result<Vec<St
             return Err(Error::invalid(
                 field,
                 format!(
-                    "mount path {shown:?} must be absolute and normal (no trailing /, no empty, . or .. parts), at most 255 characters"
+                    "mount path {path:?} must be absolute and normal (no trailing /, no empty, . or .. parts), at most 255 characters"
                 ),
             ));
         }
@@ -276,7 +275,7 @@ pub fn check_mount_paths(field: &'static str, paths: &[String]) -> Result<Vec<St
             return Err(Error::invalid(
                 field,
                 format!(
-                    "mount path {shown:?} is under /{top}, which the container's kernel file systems use"
+                    "mount path {path:?} is under /{top}, which the container's kernel file systems use"
                 ),
             ));
         }
@@ -348,7 +347,7 @@ impl App {
                 "instance_type",
                 format!(
                     "unknown instance_type {:?}; one of {}",
-                    name.escape_debug().to_string(),
+                    name,
                     tessera_core::catalog::Catalog::names(
                         self.catalog.compute_types.iter().map(|t| t.name.as_str())
                     )
@@ -516,7 +515,7 @@ impl App {
                 "image",
                 format!(
                     "unknown image {:?}; known images: {}",
-                    image.escape_debug().to_string(),
+                    image,
                     tessera_core::catalog::Catalog::names(
                         self.catalog.images.iter().map(|i| i.image_type.as_str())
                     )
@@ -626,12 +625,31 @@ impl App {
         Ok(())
     }
 
-    /// Starts a stopped (or failed) container; one that runs or is on its
-    /// way is answered as it is.
+    /// Starts a stopped container (one that crashed, shown failed,
+    /// included); one that runs or is on its way is answered as it is. One
+    /// that was never made, or whose host does not answer, is a 409.
     pub async fn start_container(&self, caller: &Principal, id: &str) -> Result<Container> {
         caller.require(Permission::InstanceCreate)?;
         for _ in 0..POWER_TRIES {
             let container = self.settled_container(caller, id).await?;
+            match container.instance.state {
+                // Never made (no room, its host lost): there is nothing to
+                // start, and a 200 answering it failed would say it was.
+                InstanceState::Terminated => {
+                    return Err(Error::Conflict(format!(
+                        "container {id} could not be made ({}) and cannot be started; delete it \
+                         and create it again",
+                        container.instance.detail.as_deref().unwrap_or("it ended")
+                    )));
+                }
+                InstanceState::Unknown => {
+                    return Err(Error::Conflict(format!(
+                        "container {id} is on a host that does not answer; it cannot be started \
+                         until its host is back"
+                    )));
+                }
+                _ => {}
+            }
             if container.instance.state != InstanceState::Stopped
                 || container.instance.operation_id.is_some()
             {
@@ -851,29 +869,53 @@ impl App {
             true
         })
         .await?;
-        let restart = matches!(
-            container.status,
-            ContainerStatus::Running | ContainerStatus::Initializing
-        );
-        if restart {
-            self.restart_container(caller, &container).await?;
-        }
-        Ok((paths, restart))
+        // The paths are stored: they are what the container runs with from
+        // its next start. One running (or starting) is restarted for them
+        // now; one stopped meanwhile by another request stays stopped.
+        let restarted = match container.status {
+            ContainerStatus::Running | ContainerStatus::Initializing => {
+                self.restart_container(caller, id).await?
+            }
+            _ => false,
+        };
+        Ok((paths, restarted))
     }
 
-    /// Stops a container and starts it again (with its settings as they
-    /// are now), waiting for each.
-    async fn restart_container(&self, caller: &Principal, container: &Container) -> Result<()> {
-        let id = container.id();
-        if let Some(op) = &container.instance.operation_id {
-            self.wait_operation_quietly(op, POWER_WAIT).await?;
+    /// Stops a running container and starts it again (with its settings as
+    /// they are now), once the change under way on it is over, waiting for
+    /// each: whether it did. A container another request stopped (or that
+    /// ended) meanwhile is left as it is: its settings apply when it starts.
+    async fn restart_container(&self, caller: &Principal, id: &str) -> Result<bool> {
+        for _ in 0..POWER_TRIES {
+            let container = self.settled_container(caller, id).await?;
+            if container.instance.operation_id.is_some() {
+                // Still under way after the wait: look again.
+                continue;
+            }
+            if container.instance.state != InstanceState::Running {
+                return Ok(false);
+            }
+            let stopping = match self.stop_instance(caller, container.id()).await {
+                Ok(stopping) => stopping,
+                // Another change got there first: wait for it, look again.
+                Err(Error::Conflict(_)) => continue,
+                Err(err) => return Err(err),
+            };
+            if let Some(op) = &stopping.operation_id {
+                self.wait_operation_quietly(op, POWER_WAIT).await?;
+            }
+            return match self.start_instance(caller, container.id()).await {
+                Ok(_) => Ok(true),
+                // Started (or deleted) by another request since the stop:
+                // it starts with the settings as they are now all the same.
+                Err(Error::Conflict(_)) => Ok(true),
+                Err(err) => Err(err),
+            };
         }
-        let stopping = self.stop_instance(caller, id).await?;
-        if let Some(op) = &stopping.operation_id {
-            self.wait_operation_quietly(op, POWER_WAIT).await?;
-        }
-        self.start_instance(caller, id).await?;
-        Ok(())
+        // Changed by others all the while: not restarted here; the new
+        // settings apply at its next start.
+        tracing::info!(container = %id, "not restarted for its new settings: it kept changing");
+        Ok(false)
     }
 
     /// A place for one more terminal into a container, held until dropped:

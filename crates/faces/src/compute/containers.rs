@@ -241,6 +241,7 @@ pub async fn delete_container(
         (status = 200, description = "The container", body = ContainerBody),
         (status = 401, description = "Unauthorized", body = ErrorBody),
         (status = 404, description = "Not found", body = ErrorBody),
+        (status = 409, description = "It was never made (no capacity), or its host does not answer", body = ErrorBody),
     ))]
 pub async fn start_container(
     State(app): State<App>,

@@ -10,6 +10,7 @@
 
 use super::containers::ContainerBody;
 use super::{ComputeError, check_origin, grant_needed, socket_credential};
+use axum::extract::rejection::QueryRejection;
 use axum::extract::ws::{
     Message, WebSocket, WebSocketUpgrade, rejection::WebSocketUpgradeRejection,
 };
@@ -69,9 +70,11 @@ pub(crate) async fn credential_caller(
 pub async fn status(
     State(app): State<App>,
     headers: HeaderMap,
-    Query(params): Query<SocketParams>,
+    params: Result<Query<SocketParams>, QueryRejection>,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ComputeError> {
+    let Query(params) =
+        params.map_err(|e| super::bad_request(format!("invalid query: {}", e.body_text())))?;
     let (caller, credential) = socket_caller(&app, &headers, params.token, "/ws").await?;
     let upgrade = upgrade.map_err(|_| {
         super::bad_request("GET /compute/ws speaks WebSocket: connect with `Upgrade: websocket`")

@@ -416,6 +416,57 @@ async fn limits_hold_under_racing_requests(backend: Backend) {
         );
     }
     wait_status(&server, &id, "running").await;
+    // Mount changes sent together wait for one another's restart; one
+    // sent with a stop stores its paths and leaves the container stopped
+    // (they apply at its next start). Neither is a 409 after its paths
+    // were stored.
+    let mounts = format!("/containers/{id}/mounts");
+    let changes = futures::future::join_all(["/a", "/b", "/c"].map(|path| {
+        compute(
+            &server,
+            Method::PUT,
+            &mounts,
+            Some(json!({"mount_paths": [path]})),
+        )
+    }))
+    .await;
+    // (One that finds the container stopped halfway through another's
+    // restart leaves it to that restart, which starts it with its paths.)
+    assert!(
+        changes.iter().all(|(s, _)| *s == StatusCode::OK)
+            && changes.iter().any(|(_, b)| b["restarted"] == true),
+        "{changes:?}"
+    );
+    let (_, now) = compute(&server, Method::GET, &mounts, None).await;
+    wait_status(&server, &id, "running").await;
+    let (change, stop) = futures::future::join(
+        compute(
+            &server,
+            Method::PUT,
+            &mounts,
+            Some(json!({"mount_paths": ["/d"]})),
+        ),
+        compute(
+            &server,
+            Method::POST,
+            &format!("/containers/{id}/stop"),
+            None,
+        ),
+    )
+    .await;
+    assert_eq!(change.0, StatusCode::OK, "{change:?} (before: {now})");
+    assert_eq!(stop.0, StatusCode::OK, "{stop:?}");
+    let (_, now) = compute(&server, Method::GET, &mounts, None).await;
+    assert_eq!(now, json!({"mount_paths": ["/d"]}));
+    let (status, _) = compute(
+        &server,
+        Method::POST,
+        &format!("/containers/{id}/start"),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    wait_status(&server, &id, "running").await;
     let ingress = format!("/containers/{id}/ingress");
     let (puts, deletes) = futures::future::join(
         at_once(
@@ -712,6 +763,35 @@ async fn bad_requests_are_clear_and_change_nothing(backend: Backend) {
     let server = TestServer::start(backend).await;
     server.add_server("node-1", "0-7", "fin-01").await;
     let key = add_key(&server, "k").await;
+    // A value is quoted in a message once, escaped once.
+    let (status, body) = compute(
+        &server,
+        Method::POST,
+        "/containers",
+        Some(json!({"name": "x", "instance_type": "huge\u{0}", "ssh_key_ids": [key]})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .is_some_and(|e| e.starts_with("unknown instance_type \"huge\\0\";")),
+        "{body}"
+    );
+    // The sockets' queries are checked in the API's error format too.
+    for path in [
+        "/ws?token=a&token=b",
+        "/containers/x/terminal?token=a&token=b",
+    ] {
+        let (status, body) = compute(&server, Method::GET, path, None).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{path}: {body}");
+        assert!(
+            body["error"]
+                .as_str()
+                .is_some_and(|e| e.starts_with("invalid query")),
+            "{path}: {body}"
+        );
+    }
     let bad_creates = [
         (
             json!({"instance_type": "tiny", "ssh_key_ids": [key]}),
@@ -940,6 +1020,21 @@ async fn shared_and_exclusive_cpus_share_a_host_without_overlap(backend: Backend
             .as_str()
             .is_some_and(|r| r.contains("CPU")),
         "{failed}"
+    );
+    // Never made: there is nothing to start, and a start says so.
+    let (status, body) = compute(
+        &server,
+        Method::POST,
+        &format!("/containers/{}/start", made["id"].as_str().expect("id")),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("create it again")),
+        "{body}"
     );
     // A nano still fits beside the lone half.
     let (_, made) = compute(
