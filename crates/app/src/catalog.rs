@@ -51,7 +51,7 @@ impl App {
                 field,
                 format!(
                     "unknown location {:?}; known locations: {}",
-                    code.escape_debug().to_string(),
+                    code,
                     tessera_core::catalog::Catalog::names(
                         self.catalog.locations.iter().map(|l| l.code.as_str())
                     )
@@ -101,7 +101,7 @@ impl App {
             format!(
                 "unknown {field} {:?}: no server here is in a region or zone of that name \
                  (names are exact; servers here are in: {known})",
-                location.escape_debug().to_string()
+                location
             ),
         ))
     }

@@ -580,12 +580,7 @@ pub(crate) enum Registration {
 /// last label is not all digits (`256.1.1.1` and `1.2.3` are mistyped
 /// addresses, not names).
 fn check_address(ip: &str) -> Result<()> {
-    let refused = |why: &str| {
-        Err(Error::invalid(
-            "ip",
-            format!("{:?} {why}", ip.escape_debug().to_string()),
-        ))
-    };
+    let refused = |why: &str| Err(Error::invalid("ip", format!("{:?} {why}", ip)));
     match ip.parse::<IpAddr>() {
         Ok(addr) if addr.is_unspecified() || addr.is_multicast() => {
             refused("is not an address a server can have")

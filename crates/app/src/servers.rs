@@ -263,10 +263,7 @@ impl App {
             Some(other) => {
                 return Err(Error::invalid(
                     "arch",
-                    format!(
-                        "arch {:?} is not amd64 or arm64",
-                        other.escape_debug().to_string()
-                    ),
+                    format!("arch {:?} is not amd64 or arm64", other),
                 ));
             }
         };

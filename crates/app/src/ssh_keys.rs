@@ -197,10 +197,7 @@ fn check_key_body(kind: &str, body: &[u8]) -> std::result::Result<(), String> {
         .ok_or("it does not start with its key type")?;
     let named = &body[4..end];
     if named != kind.as_bytes() {
-        return Err(format!(
-            "it names {:?}",
-            String::from_utf8_lossy(named).escape_debug().to_string()
-        ));
+        return Err(format!("it names {:?}", String::from_utf8_lossy(named)));
     }
     if end == body.len() {
         return Err("it is its type's name and no key".into());

@@ -236,7 +236,7 @@ impl App {
                 "name",
                 format!(
                     "no taskserv {:?} in the catalog; it has: {}",
-                    req.name.escape_debug().to_string(),
+                    req.name,
                     known.join(", ")
                 ),
             ));

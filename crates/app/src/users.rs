@@ -108,7 +108,7 @@ pub fn validate_name(field: &'static str, name: &str) -> Result<()> {
             field,
             format!(
                 "{field} {:?} must be 1 to 64 letters, digits, '-', '_' or '.', starting with a letter or digit",
-                name.escape_debug().to_string()
+                name
             ),
         ))
     }

@@ -202,7 +202,7 @@ impl App {
                 field,
                 format!(
                     "unknown volume type {:?}; known types: {}",
-                    name.escape_debug().to_string(),
+                    name,
                     tessera_core::catalog::Catalog::names(
                         self.catalog.volume_types.iter().map(|t| t.name.as_str())
                     )

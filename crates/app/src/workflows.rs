@@ -121,7 +121,7 @@ impl App {
                 "workflow_type",
                 format!(
                     "unknown workflow_type {:?}; known: {}",
-                    other.escape_debug().to_string(),
+                    other,
                     WORKFLOW_TYPES
                         .iter()
                         .map(|k| k.as_str())

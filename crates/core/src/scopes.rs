@@ -63,7 +63,7 @@ impl FromStr for ComputeAction {
             .ok_or_else(|| {
                 format!(
                     "unknown action {:?}: read, create, update, delete, start or stop",
-                    s.escape_debug().to_string()
+                    s
                 )
             })
     }
@@ -94,7 +94,7 @@ impl ComputeScopes {
             if !ok {
                 return Err(format!(
                     "scope path {:?} must be `compute` or `compute.<uid>...`: dot-separated letters, digits, '-' and '_'",
-                    path.escape_debug().to_string()
+                    path
                 ));
             }
             let actions = actions

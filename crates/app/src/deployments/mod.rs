@@ -335,7 +335,7 @@ fn check_path(field: &'static str, path: &str) -> Result<String> {
             field,
             format!(
                 "{field} {:?} must be an absolute path other than /, without . or .. parts, outside /proc, /sys and /dev (but /dev/shm)",
-                path.escape_debug().to_string()
+                path
             ),
         )),
     }
@@ -356,7 +356,7 @@ fn check_image(image: &str) -> Result<()> {
             "containers.image",
             format!(
                 "image {:?} is not an image reference (registry/name:tag or @sha256:digest)",
-                image.escape_debug().to_string()
+                image
             ),
         )),
     }
@@ -532,7 +532,7 @@ impl App {
                         "containers.env",
                         format!(
                             "environment variable name {:?} must be letters, digits and _, not starting with a digit",
-                            var.name.escape_debug().to_string()
+                            var.name
                         ),
                     ));
                 }
@@ -610,7 +610,7 @@ impl App {
                             "containers.volume_mounts.type",
                             format!(
                                 "type must be scratch, secret, memory or shared, not {:?}",
-                                other.escape_debug().to_string()
+                                other
                             ),
                         ));
                     }
@@ -755,7 +755,7 @@ impl App {
                 "compute.name",
                 format!(
                     "unknown compute {:?}; known: {}",
-                    compute.name.escape_debug().to_string(),
+                    compute.name,
                     tessera_core::catalog::Catalog::names(
                         self.catalog
                             .serverless_compute

@@ -105,7 +105,7 @@ pub(crate) fn validate(catalog: &Catalog, req: &mut CreateInstance) -> Result<Op
             "spec.type",
             format!(
                 "unknown instance type {:?}; known types: {}",
-                spec.instance_type.escape_debug().to_string(),
+                spec.instance_type,
                 Catalog::names(catalog.instance_types.iter().map(|t| t.name.as_str()))
             ),
         ));
@@ -115,7 +115,7 @@ pub(crate) fn validate(catalog: &Catalog, req: &mut CreateInstance) -> Result<Op
             "spec.image",
             format!(
                 "unknown image {:?}; known images: {}",
-                spec.image.escape_debug().to_string(),
+                spec.image,
                 Catalog::names(catalog.images.iter().map(|i| i.image_type.as_str()))
             ),
         ));

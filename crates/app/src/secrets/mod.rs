@@ -93,7 +93,7 @@ pub(crate) fn check_name(field: &'static str, what: &str, name: &str) -> Result<
             format!(
                 "{what} name {:?} must be 1 to 63 lowercase letters, digits and '-', \
                  starting and ending with a letter or digit",
-                name.escape_debug().to_string()
+                name
             ),
         )),
     }
@@ -112,7 +112,7 @@ fn check_file_name(name: &str) -> Result<()> {
             "files",
             format!(
                 "file name {:?} must be 1 to 255 printable characters without '/', and not '.' or '..'",
-                name.escape_debug().to_string()
+                name
             ),
         )),
     }

@@ -180,10 +180,7 @@ fn check_host(field: &'static str, host: &str) -> Result<String> {
         true => Ok(host.to_ascii_lowercase()),
         false => Err(Error::invalid(
             field,
-            format!(
-                "{field} must be a registry host name, not {:?}",
-                host.escape_debug().to_string()
-            ),
+            format!("{field} must be a registry host name, not {:?}", host),
         )),
     }
 }
@@ -358,7 +355,7 @@ impl App {
                 format!(
                     "type must be one of {}, not {:?}",
                     RegistryKind::ALL.map(RegistryKind::as_str).join(", "),
-                    input.kind.escape_debug().to_string()
+                    input.kind
                 ),
             )
         })?;

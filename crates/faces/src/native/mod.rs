@@ -457,11 +457,7 @@ where
         let known: Vec<String> = all.iter().map(ToString::to_string).collect();
         Error::invalid(
             field,
-            format!(
-                "unknown {field} {:?}; one of {}",
-                value.escape_debug().to_string(),
-                known.join(", ")
-            ),
+            format!("unknown {field} {:?}; one of {}", value, known.join(", ")),
         )
         .into()
     })

@@ -189,7 +189,7 @@ fn priced_in(app: &App, asked: Option<&str>) -> Result<Priced> {
                 .keys()
                 .map(|c| format!(" and shown in {c}"))
                 .collect::<String>(),
-            currency.escape_debug().to_string()
+            currency
         ))),
     }
 }
@@ -278,10 +278,7 @@ pub async fn instance_type(
     }
     let catalog = app.catalog();
     let kind = catalog.instance_type(&name).ok_or_else(|| {
-        tessera_app::Error::NotFound(format!(
-            "instance type {:?} not found",
-            name.escape_debug().to_string()
-        ))
+        tessera_app::Error::NotFound(format!("instance type {:?} not found", name))
     })?;
     Ok(Json(instance_type_body(kind, &priced)))
 }
@@ -690,7 +687,7 @@ impl AvailabilityQuery {
             ) {
                 return Err(bad_request(format!(
                     "is_spot must be true or false, not {:?}",
-                    value.escape_debug().to_string()
+                    value
                 )));
             }
         }

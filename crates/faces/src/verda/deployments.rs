@@ -341,7 +341,7 @@ fn env_vars(field: &str, vars: &[EnvVarBody]) -> Result<Vec<EnvVar>> {
                 other => {
                     return Err(bad_request(format!(
                         "{field}: type must be plain or secret, not {:?}",
-                        other.escape_debug().to_string()
+                        other
                     )));
                 }
             };

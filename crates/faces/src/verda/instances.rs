@@ -464,7 +464,7 @@ fn check_policy(field: &str, policy: &Option<String>) -> Result<()> {
         None | Some("keep_detached" | "move_to_trash" | "delete_permanently") => Ok(()),
         Some(other) => Err(bad_request(format!(
             "{field} must be keep_detached, move_to_trash or delete_permanently, not {:?}",
-            other.escape_debug().to_string()
+            other
         ))),
     }
 }
@@ -507,13 +507,13 @@ pub async fn deploy_instance(
     let Some(kind) = catalog.instance_type(&instance_type) else {
         return Err(bad_request(format!(
             "unknown instance_type {:?}; see GET /instance-types",
-            instance_type.escape_debug().to_string()
+            instance_type
         )));
     };
     if catalog.image(&image).is_none() {
         return Err(bad_request(format!(
             "unknown image {:?}: use an image_type from GET /images (booting from an existing OS volume is not supported)",
-            image.escape_debug().to_string()
+            image
         )));
     }
     if let Some(contract) = &req.contract
@@ -672,7 +672,7 @@ fn parse_action(req: &ActionRequest) -> Result<(String, InstanceAction)> {
         other => {
             return Err(bad_request(format!(
                 "unknown action {:?}: use boot, start, shutdown, force_shutdown, hibernate, delete, discontinue or delete_stuck",
-                other.escape_debug().to_string()
+                other
             )));
         }
     };

@@ -100,7 +100,7 @@ async fn grant(app: &App, req: TokenRequest) -> Result<Json<TokenResponse>> {
         other => {
             return Err(bad_request(format!(
                 "grant_type {:?} is not supported: use client_credentials or refresh_token",
-                other.escape_debug().to_string()
+                other
             )));
         }
     };

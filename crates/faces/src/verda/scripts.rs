@@ -70,7 +70,7 @@ fn number(field: &str, value: &str, max: u32) -> Result<u32> {
         Ok(n) if (1..=max).contains(&n) => Ok(n),
         _ => Err(bad_request(format!(
             "{field} must be a whole number from 1 to {max}, not {:?}",
-            value.escape_debug().to_string()
+            value
         ))),
     }
 }

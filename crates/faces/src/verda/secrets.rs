@@ -136,7 +136,7 @@ impl ForceQuery {
             Some("true") | Some("1") => Ok(true),
             Some(other) => Err(bad_request(format!(
                 "force must be true or false, not {:?}",
-                other.escape_debug().to_string()
+                other
             ))),
         }
     }

@@ -419,7 +419,7 @@ fn parse_volume_action(req: &VolumeActionRequest) -> Result<VolumeAction> {
         other => {
             return Err(bad_request(format!(
                 "unknown action {:?}: use attach, detach, rename, resize, delete, restore or clone",
-                other.escape_debug().to_string()
+                other
             )));
         }
     })
