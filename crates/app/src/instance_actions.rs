@@ -55,6 +55,11 @@ impl App {
             }
         }
         let instance = self.instance(caller, id).await?;
+        // The scaler's to start, stop and delete: one shut down from here
+        // would be left so, its deployment short of a replica.
+        if instance.spec.workload.is_some() {
+            return Err(replica_refused(id));
+        }
         let creating = instance.state == InstanceState::Provisioning && instance.host_id.is_none();
         match action {
             InstanceAction::Start => {
@@ -247,4 +252,15 @@ impl App {
             Deletion::Joined(_) | Deletion::Gone(_) => false,
         })
     }
+}
+
+/// An action on a serverless replica, which is its deployment's to change.
+pub(crate) fn replica_refused(id: &str) -> Error {
+    Error::invalid(
+        "id",
+        format!(
+            "instance {id} is a replica of a serverless deployment; scale, pause, restart or \
+             delete the deployment instead"
+        ),
+    )
 }

@@ -474,6 +474,15 @@ impl App {
             .map_err(|_| {
                 Error::invalid("instance_id", format!("instance {instance_id} not found"))
             })?;
+        if instance.spec.workload.is_some() {
+            return Err(crate::instance_actions::replica_refused(instance_id));
+        }
+        if instance.state == InstanceState::Terminated {
+            return Err(Error::invalid(
+                "instance_id",
+                format!("instance {instance_id} is terminated; volumes attach to live instances"),
+            ));
+        }
         if instance.state != InstanceState::Stopped || instance.operation_id.is_some() {
             return Err(Error::invalid(
                 "instance_id",

@@ -549,17 +549,27 @@ impl App {
                     ));
                 }
                 if var.secret {
-                    self.secret_value(project_id, &var.value)
-                        .await
-                        .map_err(|_| {
-                            Error::invalid(
+                    match self.secret_value(project_id, &var.value).await {
+                        Ok(_) => {}
+                        // No such secret (a store that failed is not the
+                        // request's fault, and stays what it is).
+                        Err(Error::Invalid { .. }) => {
+                            let files = !has_nul(&var.value)
+                                && self.store.secret(project_id, &var.value).await?.is_some();
+                            let why = match files {
+                                true => {
+                                    "a file secret: it is mounted as files (a volume_mount of \
+                                     type secret), not given as a variable's value"
+                                }
+                                false => "which this project does not have",
+                            };
+                            return Err(Error::invalid(
                                 "containers.env",
-                                format!(
-                                    "{} names secret {:?}, which this project does not have",
-                                    var.name, var.value
-                                ),
-                            )
-                        })?;
+                                format!("{} names secret {:?}, {why}", var.name, var.value),
+                            ));
+                        }
+                        Err(other) => return Err(other),
+                    }
                 }
             }
             let mut mounts = Vec::new();

@@ -406,6 +406,12 @@ pub async fn get_instance(
     Path(id): Path<String>,
 ) -> Result<Json<InstanceBody>> {
     let instance = app.instance(&caller, &id).await?;
+    // A serverless replica is its deployment's, as the list has it.
+    if instance.spec.workload.is_some() {
+        return Err(VerdaError(tessera_app::Error::NotFound(format!(
+            "instance {id} not found"
+        ))));
+    }
     Ok(Json(instance_body(&app, &caller, instance).await))
 }
 

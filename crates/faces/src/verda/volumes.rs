@@ -449,6 +449,7 @@ pub async fn volume_actions(
         .filter(|ids| !ids.is_empty())
         .ok_or_else(|| bad_request("id is required: one volume id or a list of them"))?;
     if let (VolumeAction::Clone { .. }, Some(code)) = (&action, &req.location_code) {
+        app.check_location("location_code", code)?;
         for id in &ids {
             let volume = app.volume(&caller, id).await?;
             if volume.location != *code {

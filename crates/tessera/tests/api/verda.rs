@@ -1043,6 +1043,19 @@ async fn instances_and_volumes_through_their_lifecycle_and_billed(backend: Backe
         )
         .await;
     assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_request");
+    let (status, body) = verda
+        .put(
+            "/volumes",
+            json!({"action": "clone", "id": volume, "location_code": "XX"}),
+        )
+        .await;
+    assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_request");
+    assert!(
+        body["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("unknown location")),
+        "{body}"
+    );
     let (status, clones) = verda
         .put(
             "/volumes",

@@ -28,7 +28,7 @@ fn refused(status: StatusCode, body: &Value, want: StatusCode, code: &str) {
 
 /// A deployment as Verda's Python SDK sends one: whole dataclasses, nulls
 /// included.
-fn deployment(name: &str, min: u32, max: u32) -> Value {
+pub fn deployment(name: &str, min: u32, max: u32) -> Value {
     json!({
         "name": name,
         "container_registry_settings": {"is_private": false, "credentials": null},
@@ -513,6 +513,39 @@ async fn replicas_follow_scaling_changes_pause_and_delete(backend: Backend) {
             .to_string()
             .contains(replica["id"].as_str().expect("id")),
         "{listed}"
+    );
+    // Nor is one found, shut down or given a volume through `/instances`:
+    // it is its deployment's.
+    let replica_id = replica["id"].as_str().expect("id");
+    let (status, body) = verda
+        .json(Method::GET, &format!("/instances/{replica_id}"), None)
+        .await;
+    refused(status, &body, StatusCode::NOT_FOUND, "not_found");
+    let (status, body) = verda
+        .json(
+            Method::PUT,
+            "/instances",
+            Some(json!({"action": "shutdown", "id": replica_id})),
+        )
+        .await;
+    refused(status, &body, StatusCode::BAD_REQUEST, "invalid_request");
+    let volume = verda
+        .create(
+            "/volumes",
+            json!({"name": "v", "size": 1, "type": "NVMe", "location_code": "FIN-01"}),
+        )
+        .await;
+    let (status, body) = verda
+        .json(
+            Method::PUT,
+            "/volumes",
+            Some(json!({"action": "attach", "id": volume, "instance_id": replica_id})),
+        )
+        .await;
+    refused(status, &body, StatusCode::BAD_REQUEST, "invalid_request");
+    assert_eq!(
+        verda.get("/container-deployments/web/status").await["status"],
+        "healthy"
     );
 
     // More at least: made at once.

@@ -222,6 +222,21 @@ async fn secrets_are_sealed_listed_by_kind_and_never_answered(backend: Backend) 
         .json(Method::DELETE, "/file-secrets/api-token", None)
         .await;
     refused(status, &body, StatusCode::NOT_FOUND, "not_found");
+    // A variable takes a secret's value; a file secret it names is refused
+    // saying what it is.
+    let mut uses_files = crate::verda_deployments::deployment("uses-files", 0, 1);
+    uses_files["containers"][0]["env"] =
+        json!([{"name": "CONF", "value_or_reference_to_secret": "secret-files", "type": "secret"}]);
+    let (status, body) = alpha
+        .json(Method::POST, "/container-deployments", Some(uses_files))
+        .await;
+    refused(status, &body, StatusCode::BAD_REQUEST, "invalid_request");
+    assert!(
+        body["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("a file secret")),
+        "{body}"
+    );
     let (status, body) = alpha
         .json(Method::DELETE, "/secrets/api-token?force=maybe", None)
         .await;
