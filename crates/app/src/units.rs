@@ -535,6 +535,9 @@ fn validate_allocation(req: &AllocateUnit) -> Result<()> {
     }
 }
 
+/// The most an allocation's tags may hold, as JSON.
+pub const MAX_TAGS_BYTES: usize = 16 * 1024;
+
 /// Every problem of an allocation's request, in the order of its fields;
 /// none when it may be tried.
 pub fn allocation_problems(req: &AllocateUnit) -> Vec<Error> {
@@ -544,6 +547,18 @@ pub fn allocation_problems(req: &AllocateUnit) -> Vec<Error> {
     }
     if req.tags.as_ref().is_some_and(|t| !t.is_object()) {
         problems.push(Error::invalid("tags", "tags must be an object or null"));
+    }
+    // Kept with the unit and answered in every list of units: bounded, as
+    // a cloud's tags are, not by the body's 2 MiB alone.
+    if req
+        .tags
+        .as_ref()
+        .is_some_and(|t| t.to_string().len() > MAX_TAGS_BYTES)
+    {
+        problems.push(Error::invalid(
+            "tags",
+            format!("tags must be at most {MAX_TAGS_BYTES} bytes of JSON"),
+        ));
     }
     let deployment_id = req.tags.as_ref().and_then(|t| t.get("deployment_id"));
     if deployment_id.and_then(|d| d.as_str()).is_some_and(has_nul) {

@@ -67,6 +67,9 @@ pub(crate) async fn credential_caller(
     Ok(caller)
 }
 
+/// The largest message a client of the status stream may send.
+const MAX_CLIENT_MESSAGE: usize = 4 * 1024;
+
 pub async fn status(
     State(app): State<App>,
     headers: HeaderMap,
@@ -76,9 +79,16 @@ pub async fn status(
     let Query(params) =
         params.map_err(|e| super::bad_request(format!("invalid query: {}", e.body_text())))?;
     let (caller, credential) = socket_caller(&app, &headers, params.token, "/ws").await?;
-    let upgrade = upgrade.map_err(|_| {
-        super::bad_request("GET /compute/ws speaks WebSocket: connect with `Upgrade: websocket`")
-    })?;
+    let upgrade = upgrade
+        .map_err(|_| {
+            super::bad_request(
+                "GET /compute/ws speaks WebSocket: connect with `Upgrade: websocket`",
+            )
+        })?
+        // What a client sends is read only to be dropped (and to answer
+        // pings): nothing of megabytes is held for it.
+        .max_message_size(MAX_CLIENT_MESSAGE)
+        .max_frame_size(MAX_CLIENT_MESSAGE);
     let feed = app.compute_event_feed(credential.as_deref()).await?;
     let containers = app.containers(&caller).await?;
     Ok(upgrade.on_upgrade(move |socket| stream(socket, app, caller, feed, containers)))

@@ -93,8 +93,10 @@ impl Face for Kloigos {
         caller.require(needed)
     }
 
-    fn rate_limits(_: &App) -> Option<&RateLimits> {
-        None
+    /// The native API's: one workspace's allocations, which reach its
+    /// hosts, are as bounded as its other requests.
+    fn rate_limits(app: &App) -> Option<&RateLimits> {
+        Some(app.native_rate_limits())
     }
 
     fn not_found(_: &Method, _: &str) -> Response {

@@ -191,19 +191,10 @@ impl Bench {
 pub async fn run(args: FleetArgs) -> Result<()> {
     raise_file_limit();
     let dir = tempfile::tempdir()?;
-    let unlimited = tessera_app::RateLimits {
-        project: u32::MAX,
-        endpoint: u32::MAX,
-        client: u32::MAX,
-        window: Duration::from_secs(60),
-    };
     let mut settings = super::bench_settings(dir.path(), args.database_url.clone(), !args.agents)?;
     let token = settings.admin_token.clone().unwrap_or_default();
-    settings.rate_limits = unlimited.clone();
-    settings.native_rate_limits = unlimited;
     settings.http.max_connections = 100_000;
     settings.http.max_per_address = 100_000;
-    settings.credential_rate_limit = u32::MAX;
     if !args.unlimited_quotas {
         let far = 1 << 40;
         settings.quota_defaults = tessera_store::Usage {

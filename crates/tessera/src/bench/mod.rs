@@ -57,8 +57,8 @@ pub(crate) const BENCH_SSH_KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAILmn
 
 /// A server's settings for a benchmark on `database_url` (a fresh SQLite
 /// file in `dir` when `None`): simulated hosts (unless `sim` is false), a
-/// random bootstrap admin token (`admin_token`), and no quota, since a
-/// benchmark measures the server, not a tenant's limits.
+/// random bootstrap admin token (`admin_token`), and no quota or rate
+/// limit, since a benchmark measures the server, not a tenant's limits.
 pub(crate) fn bench_settings(
     dir: &std::path::Path,
     database_url: Option<String>,
@@ -76,6 +76,19 @@ pub(crate) fn bench_settings(
         agent_timeout: std::time::Duration::from_secs(30),
         admin_token: Some(format!("bench-{token}")),
         quota_defaults: tessera_store::Usage::UNLIMITED,
+        rate_limits: unlimited_rates(),
+        native_rate_limits: unlimited_rates(),
+        credential_rate_limit: u32::MAX,
         ..crate::settings::Settings::with_defaults(dir.to_path_buf(), database_url)
     })
+}
+
+/// Rate limits no benchmark reaches.
+fn unlimited_rates() -> tessera_app::RateLimits {
+    tessera_app::RateLimits {
+        project: u32::MAX,
+        endpoint: u32::MAX,
+        client: u32::MAX,
+        window: std::time::Duration::from_secs(60),
+    }
 }

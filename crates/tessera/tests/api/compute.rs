@@ -1153,6 +1153,23 @@ async fn the_status_socket_streams_every_change(backend: Backend) {
         list["data"][0]["instance_type"], "tiny",
         "full container objects"
     );
+    // What a client sends is dropped, and no large message is taken: a
+    // socket sent one is closed.
+    let mut big = socket(&server, &format!("/compute/ws?token={TOKEN}"), None).await;
+    next_json(&mut big).await.expect("the list");
+    big.send(Message::Text("x".repeat(64 * 1024).into()))
+        .await
+        .expect("sent");
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match big.next().await {
+                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return,
+                Some(Ok(_)) => {}
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "a 64 KiB message ends the socket");
     let (_, second) = compute(
         &server,
         Method::POST,

@@ -61,6 +61,12 @@ async fn nul_characters_are_user_errors_not_server_errors(backend: Backend) {
         .await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
     assert_eq!(body["detail"][0]["loc"], json!(["body", "tags"]));
+    // Tags are bounded (16 KiB of JSON), as they are kept and listed.
+    let (status, body) = server
+        .allocate(json!({"ssh_public_key": KEY, "tags": {"note": "x".repeat(17 * 1024)}}))
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(body["detail"][0]["loc"], json!(["body", "tags"]));
     let (status, body) = server
         .post(
             "/api/admin/init_server",

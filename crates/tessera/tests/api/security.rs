@@ -1694,6 +1694,17 @@ async fn the_native_api_and_token_issuance_are_rate_limited(backend: Backend) {
     // Another endpoint is still open.
     let (status, _) = server.call(Method::GET, "/v1/ssh-keys", None, TOKEN).await;
     assert_eq!(status, StatusCode::OK);
+    // Kloigos's routes count as the native API's, answered in its format.
+    for _ in 0..3 {
+        let (status, body) = server.get("/api/compute_units/").await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    let (status, body) = server.get("/api/compute_units/").await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+    assert!(
+        body["detail"].is_string() || body["detail"].is_array(),
+        "{body}"
+    );
 
     // The OAuth token endpoint counts per client id (and address).
     let (id, secret) = oauth_credential(&server, json!({}), TOKEN).await;
