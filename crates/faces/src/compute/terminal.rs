@@ -113,9 +113,11 @@ struct Allowed {
 }
 
 impl Allowed {
-    /// Whether the terminal may stay open; `None` when that cannot be told
-    /// now (the store unreachable): asked again at the next check.
-    async fn still(&self) -> Option<bool> {
+    /// Whether the terminal may stay open (`Err`: why not); `None` when
+    /// that cannot be told now (the store unreachable): asked again at the
+    /// next check.
+    async fn still(&self) -> Option<Result<(), &'static str>> {
+        const REVOKED: &str = "the credential that opened this terminal no longer allows it";
         let settled = |err: &Error| {
             matches!(
                 err,
@@ -131,15 +133,19 @@ impl Allowed {
         .await
         {
             Ok(caller) => caller,
-            Err(ComputeError(err)) if settled(&err) => return Some(false),
+            Err(ComputeError(err)) if settled(&err) => return Some(Err(REVOKED)),
             Err(_) => return None,
         };
         if !caller.can(Permission::InstanceCreate) {
-            return Some(false);
+            return Some(Err(REVOKED));
         }
         match self.app.container(&caller, &self.id).await {
-            Ok(_) => Some(true),
-            Err(err) if settled(&err) => Some(false),
+            Ok(container) => match container.status {
+                ContainerStatus::Running => Some(Ok(())),
+                _ => Some(Err("the container is no longer running")),
+            },
+            Err(Error::NotFound(_)) => Some(Err("the container was deleted")),
+            Err(err) if settled(&err) => Some(Err(REVOKED)),
             Err(_) => None,
         }
     }
@@ -160,8 +166,7 @@ async fn pipe(mut socket: WebSocket, session: Session, control: bool, allowed: A
     loop {
         tokio::select! {
             _ = recheck.tick() => {
-                if allowed.still().await == Some(false) {
-                    let reason = "the credential that opened this terminal no longer allows it";
+                if let Some(Err(reason)) = allowed.still().await {
                     let _ = socket.send(Message::Text(format!("error: {reason}").into())).await;
                     let _ = socket
                         .send(Message::Close(Some(axum::extract::ws::CloseFrame {

@@ -1465,6 +1465,27 @@ async fn a_terminal_closes_once_its_token_is_revoked(backend: Backend) {
     assert!(ended.reason.contains("no longer allows"), "{ended:?}");
     // Tina's, opened first, has been checked again by now, and answers.
     echoes(&mut hers, "hers-still").await;
+    // A terminal ends with its container, saying so (a simulated host's
+    // shell outlives the stop; a real one's dies with the container).
+    let (status, stopped) = compute(
+        &server,
+        Method::POST,
+        &format!("/containers/{id}/stop"),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(stopped["status"], "stopped", "{stopped}");
+    let ended = loop {
+        match tokio::time::timeout(Duration::from_secs(40), hers.next()).await {
+            Ok(Some(Ok(Message::Close(frame)))) => break frame,
+            Ok(Some(Ok(_))) => {}
+            Ok(None) | Ok(Some(Err(_))) => break None,
+            Err(_) => panic!("the terminal stayed open after its container stopped"),
+        }
+    }
+    .expect("a close frame");
+    assert!(ended.reason.contains("no longer running"), "{ended:?}");
     server.stop().await;
 }
 
