@@ -96,18 +96,21 @@ pub fn check_tags(field: &'static str, tags: &[(String, String)]) -> Result<Vec<
 impl App {
     /// Refuses unless the caller may change `kind` and the resource is one
     /// of its project's (404 otherwise).
-    async fn taggable(&self, caller: &Principal, kind: Tagged, id: &str) -> Result<()> {
-        match kind {
+    /// Whether the resource is live (a terminated instance, a deleted
+    /// volume are not: they keep their tags, and take no new one).
+    async fn taggable(&self, caller: &Principal, kind: Tagged, id: &str) -> Result<bool> {
+        Ok(match kind {
             Tagged::Instance => {
                 caller.require(Permission::InstanceCreate)?;
-                self.project_instance(&caller.project_id, id).await?;
+                let instance = self.project_instance(&caller.project_id, id).await?;
+                instance.state != tessera_core::status::InstanceState::Terminated
             }
             Tagged::Volume => {
                 caller.require(Permission::VolumeWrite)?;
-                self.project_volume(&caller.project_id, id).await?;
+                let volume = self.project_volume(&caller.project_id, id).await?;
+                volume.status != tessera_core::status::VolumeStatus::Deleted.as_str()
             }
-        }
-        Ok(())
+        })
     }
 
     /// Adds a tag: 409 when the resource has one with that key, 400 when
@@ -121,7 +124,12 @@ impl App {
         value: &str,
     ) -> Result<Tag> {
         let (key, value) = check_tag("key", key, value)?;
-        self.taggable(caller, kind, id).await?;
+        if !self.taggable(caller, kind, id).await? {
+            return Err(Error::invalid(
+                "id",
+                format!("{} {id} is deleted: it takes no new tags", kind.prefix()),
+            ));
+        }
         let record = TagRecord {
             id: crate::new_uuid(),
             project_id: caller.project_id.clone(),

@@ -549,6 +549,16 @@ pub async fn deploy_instance(
             coupon.chars().take(64).collect::<String>()
         )));
     }
+    // A spot instance's contract is SPOT: one asked for as spot under
+    // another contract would be shown under it at the spot price.
+    if req.is_spot == Some(true)
+        && let Some(contract) = req.contract.as_deref().filter(|c| *c != "SPOT")
+    {
+        return Err(bad_request(format!(
+            "is_spot is true but contract is {contract}: a spot instance's contract is SPOT \
+             (leave contract out, or set it to SPOT)"
+        )));
+    }
     let is_spot = req.is_spot.unwrap_or(false) || req.contract.as_deref() == Some("SPOT");
     let default_type = catalog
         .default_volume_type()

@@ -749,6 +749,10 @@ async fn instances_and_volumes_through_their_lifecycle_and_billed(backend: Backe
             "listed twice",
         ),
         (deploy("x", json!({"contract": "FOREVER"})), "contract"),
+        (
+            deploy("x", json!({"is_spot": true, "contract": "PAY_AS_YOU_GO"})),
+            "contract is SPOT",
+        ),
         // Dynamic pricing is gone: not taken and billed at another price.
         (
             deploy("x", json!({"pricing": "DYNAMIC_PRICE"})),
@@ -1992,6 +1996,40 @@ async fn tags_on_instances_and_volumes(backend: Backend) {
         )
         .await;
     assert_eq!(status, StatusCode::NO_CONTENT);
+    // A deleted volume keeps its tags and takes no new one.
+    let trashed = verda
+        .create(
+            "/volumes",
+            json!({"type": "NVMe", "location_code": "FIN-01", "size": 1, "name": "gone",
+                   "tags": [{"key": "kept", "value": "yes"}]}),
+        )
+        .await;
+    let (status, _, _) = verda
+        .raw(
+            Method::DELETE,
+            &format!("/volumes/{trashed}"),
+            None,
+            Some(&verda.token),
+        )
+        .await;
+    assert!(status.is_success(), "{status}");
+    let (status, body) = verda
+        .json(
+            Method::POST,
+            &format!("/volumes/{trashed}/tags"),
+            Some(json!({"key": "late", "value": "no"})),
+        )
+        .await;
+    assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_request");
+    let gone = verda.get(&format!("/volumes/{trashed}")).await;
+    assert_eq!(
+        (
+            gone["tags"].as_array().map(Vec::len),
+            &gone["tags"][0]["key"]
+        ),
+        (Some(1), &json!("kept")),
+        "{gone}"
+    );
     // Eleven tags at creation, or a key twice: nothing is made.
     let many: Vec<Value> = (0..11).map(|n| json!({"key": format!("t{n}")})).collect();
     for tags in [json!(many), json!([{"key": "a"}, {"key": "A"}])] {
