@@ -2508,27 +2508,8 @@ async fn a_bulk_delete_takes_each_instance_its_own_volumes(backend: Backend) {
     let mut instances = Vec::new();
     let mut data = Vec::new();
     for name in ["bulk-1", "bulk-2"] {
-        let id = verda
-            .create(
-                "/instances",
-                deploy(
-                    name,
-                    json!({"volumes": [{"name": "data", "size": 5, "type": "NVMe"}]}),
-                ),
-            )
-            .await;
-        let running = verda.wait_status(&id, "running").await;
-        let os = running["os_volume_id"].as_str().expect("os volume");
-        let own: Vec<String> = running["volume_ids"]
-            .as_array()
-            .expect("volume ids")
-            .iter()
-            .filter_map(Value::as_str)
-            .filter(|v| *v != os)
-            .map(str::to_string)
-            .collect();
-        assert_eq!(own.len(), 1, "{running}");
-        data.push(own[0].clone());
+        let (id, _, own) = running_with_data_volume(&verda, name).await;
+        data.push(own);
         instances.push(id);
     }
     let loose = verda
