@@ -904,18 +904,39 @@ impl App {
             if let Some(op) = &stopping.operation_id {
                 self.wait_operation_quietly(op, POWER_WAIT).await?;
             }
-            return match self.start_instance(caller, container.id()).await {
-                Ok(_) => Ok(true),
-                // Started (or deleted) by another request since the stop:
-                // it starts with the settings as they are now all the same.
-                Err(Error::Conflict(_)) => Ok(true),
-                Err(err) => Err(err),
-            };
+            return self.start_after_restart_stop(caller, id).await;
         }
         // Changed by others all the while: not restarted here; the new
         // settings apply at its next start.
         tracing::info!(container = %id, "not restarted for its new settings: it kept changing");
         Ok(false)
+    }
+
+    /// The second half of a restart: starts the container this request
+    /// stopped, once its stop is over (a slow one outlasts a wait). One
+    /// started by another request meanwhile starts with the settings as
+    /// they are now all the same; one deleted meanwhile is not started.
+    async fn start_after_restart_stop(&self, caller: &Principal, id: &str) -> Result<bool> {
+        for _ in 0..POWER_TRIES {
+            let container = self.settled_container(caller, id).await?;
+            if container.instance.operation_id.is_some() {
+                continue;
+            }
+            match container.instance.state {
+                InstanceState::Stopped => {}
+                InstanceState::Running | InstanceState::Provisioning => return Ok(true),
+                _ => return Ok(false),
+            }
+            match self.start_instance(caller, container.id()).await {
+                Ok(_) => return Ok(true),
+                Err(Error::Conflict(_)) => continue,
+                Err(err) => return Err(err),
+            }
+        }
+        Err(Error::HostTimeout(format!(
+            "container {id} was stopped to take its new settings and is still changing; start \
+             it once it is stopped"
+        )))
     }
 
     /// A place for one more terminal into a container, held until dropped:
