@@ -104,10 +104,32 @@ impl Principal {
             .is_none_or(|scopes| scopes.contains(&permission))
     }
 
-    /// An install admin, unscoped for users: acts on the users, tokens and
-    /// credentials of every workspace.
+    /// An install admin acting with its whole power (a login, or a token
+    /// with no scopes): acts on the users, tokens and credentials of every
+    /// workspace. A scoped token of an install admin is not one: scoped to
+    /// `user_admin`, it could otherwise set any password, its user's too,
+    /// and become more than its scopes.
     pub fn is_install_admin(&self) -> bool {
-        self.install_role == Some(InstallRole::Admin) && self.scope_allows(Permission::UserAdmin)
+        self.install_role == Some(InstallRole::Admin) && self.unscoped()
+    }
+
+    /// Whether the credential carries no scopes at all: a login, or an API
+    /// token (or OAuth credential) made without them.
+    pub fn unscoped(&self) -> bool {
+        self.scopes.is_none() && self.compute_scopes.is_none()
+    }
+
+    /// Refuses what would let a scoped credential become more than its
+    /// scopes (setting a password, which then logs in with the whole role):
+    /// that takes a login or an unscoped token.
+    pub fn require_unscoped(&self, what: &str) -> Result<()> {
+        match self.unscoped() {
+            true => Ok(()),
+            false => Err(Error::Forbidden(format!(
+                "{what} needs a login or a token without scopes: a scoped token could \
+                 otherwise act beyond its scopes"
+            ))),
+        }
     }
 
     /// `Forbidden` unless the caller has `permission`.

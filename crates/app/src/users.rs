@@ -264,6 +264,7 @@ impl App {
             }
         };
         if let Some(password) = &req.password {
+            caller.require_unscoped("giving a user a password")?;
             validate_password(password)?;
         }
         if self.store.user_by_name(&req.username).await?.is_some() {
@@ -331,6 +332,7 @@ impl App {
             }
         };
         if req.password.is_some() {
+            caller.require_unscoped("changing a password")?;
             self.require_whole_user(caller, &user, "change the password of")?;
         }
         if req.disabled.is_some() {

@@ -35,6 +35,7 @@ on_both_backends!(
     a_project_at_its_quota_takes_no_unit_from_others,
     a_limit_set_binds_the_next_unit_without_defaults,
     fleet_operations_are_the_fleets_staffs,
+    a_scoped_token_sets_no_password,
 );
 
 /// The fleet's operations (a server's registration) are its staff's: a
@@ -2327,5 +2328,70 @@ async fn a_project_at_its_quota_takes_no_unit_from_others(backend: Backend) {
             .await;
         assert_eq!(status, StatusCode::OK);
     }
+    server.stop().await;
+}
+
+/// A password logs in with the user's whole role: a token scoped to
+/// `user_admin` (a workspace admin's, or an install admin's) neither sets
+/// one, for its user or another, nor makes a user with one. Only a login
+/// or a token without scopes does.
+async fn a_scoped_token_sets_no_password(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let dave = server.user_in("dave", "admin", "alpha").await;
+    let dave_id = user_id(&server, "dave").await;
+    let (_, dave_scoped) = api_token(
+        &server,
+        json!({"name": "users only", "scopes": ["user_admin"]}),
+        &dave,
+    )
+    .await;
+    let (_, root_scoped) = api_token(
+        &server,
+        json!({"name": "users only", "scopes": ["user_admin"]}),
+        TOKEN,
+    )
+    .await;
+    server.user_in("frank", "member", "default").await;
+    let frank_id = user_id(&server, "frank").await;
+    for (token, user) in [(&dave_scoped, &dave_id), (&root_scoped, &frank_id)] {
+        let (status, body) = server
+            .call(
+                Method::PATCH,
+                &format!("/v1/users/{user}"),
+                Some(&json!({"password": "dave-new-pass-1"})),
+                token,
+            )
+            .await;
+        assert_error(status, &body, StatusCode::FORBIDDEN, "FORBIDDEN");
+    }
+    let (status, body) = server
+        .call(
+            Method::POST,
+            "/v1/users",
+            Some(&json!({"username": "eve", "password": "eve-password-1",
+                         "workspace": "alpha", "role": "admin"})),
+            &dave_scoped,
+        )
+        .await;
+    assert_error(status, &body, StatusCode::FORBIDDEN, "FORBIDDEN");
+    let (status, body) = server
+        .call(
+            Method::POST,
+            "/v1/auth/login",
+            Some(&json!({"username": "dave", "password": "dave-new-pass-1"})),
+            TOKEN,
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    // Her login sets her own.
+    let (status, body) = server
+        .call(
+            Method::PATCH,
+            &format!("/v1/users/{dave_id}"),
+            Some(&json!({"password": "dave-new-pass-1"})),
+            &dave,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
     server.stop().await;
 }
