@@ -35,6 +35,24 @@ impl CpuSet {
         absent
     }
 
+    /// Adds every CPU from `first` to `last`, a word at a time.
+    pub fn insert_range(&mut self, first: u32, last: u32) {
+        assert!(last <= MAX_CPU_ID, "CPU id {last} above {MAX_CPU_ID}");
+        if first > last {
+            return;
+        }
+        let (fw, lw) = ((first / 64) as usize, (last / 64) as usize);
+        if self.words.len() <= lw {
+            self.words.resize(lw + 1, 0);
+        }
+        for w in fw..=lw {
+            let low = if w == fw { first % 64 } else { 0 };
+            let high = if w == lw { last % 64 } else { 63 };
+            let mask = (u64::MAX >> (63 - high)) & (u64::MAX << low);
+            self.words[w] |= mask;
+        }
+    }
+
     pub fn remove(&mut self, cpu: u32) -> bool {
         let (w, b) = ((cpu / 64) as usize, cpu % 64);
         let Some(word) = self.words.get_mut(w) else {
@@ -140,6 +158,12 @@ impl CpuSet {
         if text.trim().is_empty() {
             return Ok(set);
         }
+        // No list of this machine's CPUs needs more items than there are
+        // CPU ids: more is a request built to cost its reader.
+        let most = MAX_CPU_ID as usize + 1;
+        if text.split(',').nth(most).is_some() {
+            return Err(format!("a CPU list has at most {most} items"));
+        }
         for part in text.split(',').map(str::trim) {
             if part.is_empty() {
                 return Err(format!("{text:?} has an empty item between commas"));
@@ -159,9 +183,7 @@ impl CpuSet {
             if a > b {
                 return Err(format!("{part:?} runs backwards"));
             }
-            (a..=b).for_each(|c| {
-                set.insert(c);
-            });
+            set.insert_range(a, b);
         }
         Ok(set)
     }
@@ -246,6 +268,40 @@ mod tests {
         assert!(!b.is_subset(&a));
         assert_eq!(a.runs(), vec![(0, 3), (64, 65)]);
         assert_eq!(a.to_list(), "0,1,2,3,64,65");
+    }
+
+    #[test]
+    fn ranges_fill_a_word_at_a_time_as_one_by_one() {
+        for (first, last) in [
+            (0, 0),
+            (0, 63),
+            (1, 62),
+            (60, 70),
+            (63, 64),
+            (5, 200),
+            (0, 8191),
+        ] {
+            let mut by_range = CpuSet::new();
+            by_range.insert_range(first, last);
+            let one_by_one: CpuSet = (first..=last).collect();
+            assert_eq!(by_range, one_by_one, "{first}-{last}");
+            assert_eq!(by_range.len(), (last - first + 1) as usize);
+        }
+        let mut grown: CpuSet = [3, 300].into_iter().collect();
+        grown.insert_range(100, 130);
+        assert_eq!(grown.to_string(), "3,100-130,300");
+    }
+
+    #[test]
+    fn a_list_has_at_most_as_many_items_as_cpu_ids() {
+        let most = MAX_CPU_ID as usize + 1;
+        let every: Vec<String> = (0..most).map(|c| c.to_string()).collect();
+        assert_eq!(
+            CpuSet::parse_list(&every.join(",")).map(|s| s.len()),
+            Ok(most)
+        );
+        let over = vec!["0-8191"; most + 1].join(",");
+        assert!(CpuSet::parse_list(&over).is_err());
     }
 
     #[test]

@@ -18,21 +18,29 @@ impl App {
     /// its agent serves units only); one
     /// registered before (Kloigos `init_server`, `POST /v1/servers`) gets
     /// its agent, and its preparation, waiting for it, goes on.
+    /// Refuses a join token that is unknown, expired or revoked: what a
+    /// registration checks first, before the rest of its body is read.
+    pub async fn check_join_token(&self, secret: &str) -> Result<()> {
+        self.live_join_token(secret).await.map(|_| ())
+    }
+
+    async fn live_join_token(&self, secret: &str) -> Result<tessera_store::JoinTokenRecord> {
+        let token = self.store.join_token_by_hash(&hash_token(secret)).await?;
+        token
+            .filter(|t| {
+                t.revoked_at.is_none() && t.expires_at.as_str() > tessera_store::now().as_str()
+            })
+            .ok_or_else(|| {
+                Error::Unauthenticated(
+                    "the join token is unknown, expired or revoked; create one with `tessera \
+                     join-token create`"
+                        .into(),
+                )
+            })
+    }
+
     pub async fn register_agent(&self, req: RegisterRequest) -> Result<RegisterResponse> {
-        let token = self
-            .store
-            .join_token_by_hash(&hash_token(&req.join_token))
-            .await?;
-        let token = token.filter(|t| {
-            t.revoked_at.is_none() && t.expires_at.as_str() > tessera_store::now().as_str()
-        });
-        let Some(token) = token else {
-            return Err(Error::Unauthenticated(
-                "the join token is unknown, expired or revoked; create one with `tessera \
-                 join-token create`"
-                    .into(),
-            ));
-        };
+        let token = self.live_join_token(&req.join_token).await?;
         crate::hosts::validate_hostname(&req.hostname)?;
         if req.ip.parse::<std::net::IpAddr>().is_err()
             && crate::hosts::validate_hostname(&req.ip).is_err()

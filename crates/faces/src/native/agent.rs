@@ -47,8 +47,18 @@ where
 
 async fn register(
     State(app): State<App>,
-    Body(req): Body<RegisterRequest>,
+    Body(body): Body<serde_json::Value>,
 ) -> Result<(StatusCode, Json<RegisterResponse>)> {
+    // The join token first: a caller without one has nothing more read (a
+    // host's inventory, its CPU sets above all, is what costs to read).
+    let token = body.get("join_token").and_then(|t| t.as_str());
+    app.check_join_token(token.unwrap_or_default()).await?;
+    let req: RegisterRequest = serde_path_to_error::deserialize(body).map_err(|e| {
+        tessera_app::Error::invalid(
+            "body",
+            format!("invalid JSON body: {}: {}", e.path(), e.inner()),
+        )
+    })?;
     let registered = app.register_agent(req).await?;
     Ok((StatusCode::CREATED, Json(registered)))
 }

@@ -308,6 +308,22 @@ async fn join_tokens_are_checked_and_agents_authenticated(backend: Backend) {
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     assert_eq!(body["error"], "INVALID_REQUEST");
 
+    // A registration's join token is checked before the rest is read: one
+    // without a good token is a 401 whatever its inventory holds (a list
+    // of CPUs built to cost its reader is not parsed).
+    let costly = json!({
+        "join_token": "not-a-token", "hostname": "h1", "ip": "192.0.2.9", "driver": "sim",
+        "inventory": {"cpus": vec!["0-8191"; 9000].join(","), "numa_nodes": ["x"]},
+    });
+    let (status, body) = server
+        .request(
+            Method::POST,
+            "/v1/agent/register",
+            Some(&costly.to_string()),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
     // The agent protocol wants a host credential, not a user's token.
     for (method, path) in [
         (Method::GET, "/v1/agent/desired"),
