@@ -348,11 +348,17 @@ impl Store {
         Ok(routes)
     }
 
-    /// Records what hosts observed of their instances (one row each, the
-    /// latest).
-    pub async fn record_instance_usage(&self, observed: &[InstanceUsage]) -> Result<()> {
+    /// Records what host `host_id` observed of its instances (one row
+    /// each, the latest): of instances placed on it only, whatever else it
+    /// names (another host's instance, one that does not exist). Answers
+    /// which were recorded.
+    pub async fn record_instance_usage(
+        &self,
+        host_id: &str,
+        observed: &[InstanceUsage],
+    ) -> Result<Vec<bool>> {
         if observed.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
         let bytes = |n: Option<u64>| n.map(|n| i64::try_from(n).unwrap_or(i64::MAX));
         let statements = observed
@@ -361,7 +367,8 @@ impl Store {
                 (
                     "INSERT INTO instance_usage (instance_id, running, detail, memory_used_bytes, \
                      storage_used_bytes, observed_at, cpu_percent) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7) \
+                     SELECT $1, $2, $3, $4, $5, $6, $7 FROM instances \
+                     WHERE id = $1 AND host_id = $8 \
                      ON CONFLICT (instance_id) DO UPDATE SET running = $2, detail = $3, \
                      memory_used_bytes = $4, storage_used_bytes = $5, observed_at = $6, \
                      cpu_percent = $7"
@@ -374,13 +381,15 @@ impl Store {
                         bytes(u.storage_used_bytes).into(),
                         (&u.observed_at).into(),
                         u.cpu_percent.map(i64::from).into(),
+                        host_id.into(),
                     ],
                 )
             })
             .collect();
-        self.run_statements("record_instance_usage", statements, |_| true)
+        let counts = self
+            .run_statements("record_instance_usage", statements, |_| true)
             .await?;
-        Ok(())
+        Ok(counts.into_iter().map(|n| n > 0).collect())
     }
 
     /// What an instance's host last observed of it.

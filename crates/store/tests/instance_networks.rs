@@ -197,6 +197,7 @@ async fn joins(store: &Store, raw: common::Raw) {
         record(store, &project, std::slice::from_ref(&first)).await,
         Ok(vec!["10.77.0.2".to_string()])
     );
+    usage_only_from_its_host(store, &raw, &first.id).await;
     let pair = [
         new_instance(&project, "b", network(&subnet, &[&group])),
         new_instance(&project, "c", network(&subnet, &[&group])),
@@ -420,4 +421,59 @@ fn network_of(subnet: &str) -> NewAttachment {
         subnet_cidr: "10.78.0.0/28".parse().expect("a block"),
         groups: Vec::new(),
     }
+}
+
+/// What a host reports of an instance is kept only when the instance is on
+/// that host: another host's report of it, or of an instance that does not
+/// exist, leaves nothing (a host's credential writes its own instances'
+/// figures alone, which the containers API shows and the scaler reads).
+async fn usage_only_from_its_host(store: &Store, raw: &common::Raw, instance: &str) {
+    let home = common::ready_host(store, "usage-home", 4, 8192, Vec::new()).await;
+    let other = common::ready_host(store, "usage-other", 4, 8192, Vec::new()).await;
+    raw.execute(&format!(
+        "UPDATE instances SET host_id = '{home}' WHERE id = '{instance}'"
+    ))
+    .await;
+    let usage = |id: &str, memory: u64| tessera_store::InstanceUsage {
+        instance_id: id.into(),
+        running: true,
+        detail: None,
+        memory_used_bytes: Some(memory),
+        storage_used_bytes: None,
+        cpu_percent: Some(100),
+        observed_at: AT.into(),
+    };
+    let forged = store
+        .record_instance_usage(&other, &[usage(instance, 7 << 30)])
+        .await
+        .expect("recorded");
+    assert_eq!(forged, [false]);
+    assert!(
+        store
+            .instance_usage(instance)
+            .await
+            .expect("read")
+            .is_none()
+    );
+    let reported = store
+        .record_instance_usage(
+            &home,
+            &[usage(instance, 50 << 20), usage("inst-made-up", 1)],
+        )
+        .await
+        .expect("recorded");
+    assert_eq!(reported, [true, false]);
+    let kept = store
+        .instance_usage(instance)
+        .await
+        .expect("read")
+        .expect("kept");
+    assert_eq!(kept.memory_used_bytes, Some(50 << 20));
+    assert!(
+        store
+            .instance_usage("inst-made-up")
+            .await
+            .expect("read")
+            .is_none()
+    );
 }

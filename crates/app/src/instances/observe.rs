@@ -25,6 +25,10 @@ const RESTARTED_BY: &str = "tessera:restart";
 /// this long, so the scaler (which reads figures fresher than 20 s) keeps
 /// seeing it.
 const CPU_REWRITE: Duration = Duration::from_secs(8);
+/// The most instances one report may name.
+const MAX_OBSERVED: usize = 20_000;
+/// The longest detail kept of an observation, in characters.
+const MAX_DETAIL_CHARS: usize = 1024;
 /// What was written of an instance not observed for this long is forgotten.
 const FORGET_AFTER: Duration = Duration::from_secs(600);
 
@@ -120,6 +124,27 @@ impl App {
         host_id: &str,
         observed: Vec<InstanceObservation>,
     ) -> Result<()> {
+        // A host runs far fewer; an id or a detail longer than these is
+        // not one of its instances' (nor worth keeping).
+        if observed.len() > MAX_OBSERVED {
+            return Err(crate::Error::invalid(
+                "instances",
+                format!("a host reports at most {MAX_OBSERVED} instances at once"),
+            ));
+        }
+        let observed: Vec<InstanceObservation> = observed
+            .into_iter()
+            .filter(|o| o.id.len() <= 128 && !crate::has_nul(&o.id))
+            .map(|mut o| {
+                o.detail = o.detail.map(|d| {
+                    d.chars()
+                        .filter(|c| *c != '\0')
+                        .take(MAX_DETAIL_CHARS)
+                        .collect()
+                });
+                o
+            })
+            .collect();
         let at = tessera_store::now();
         let news = self.usage_written.news(&observed);
         let usage: Vec<InstanceUsage> = observed
@@ -136,12 +161,26 @@ impl App {
                 observed_at: at.clone(),
             })
             .collect();
-        if !usage.is_empty()
-            && let Err(err) = self.store.record_instance_usage(&usage).await
-        {
-            let ids: Vec<String> = usage.into_iter().map(|u| u.instance_id).collect();
-            self.usage_written.forget(&ids);
-            return Err(err.into());
+        if !usage.is_empty() {
+            match self.store.record_instance_usage(host_id, &usage).await {
+                // What was not recorded (not this host's instance) is not
+                // remembered either: a host naming others' instances, or
+                // made-up ones, leaves nothing behind.
+                Ok(recorded) => {
+                    let refused: Vec<String> = usage
+                        .iter()
+                        .zip(recorded)
+                        .filter(|(_, recorded)| !recorded)
+                        .map(|(u, _)| u.instance_id.clone())
+                        .collect();
+                    self.usage_written.forget(&refused);
+                }
+                Err(err) => {
+                    let ids: Vec<String> = usage.into_iter().map(|u| u.instance_id).collect();
+                    self.usage_written.forget(&ids);
+                    return Err(err.into());
+                }
+            }
         }
         // What a host says of an instance it is still making (its image's
         // pull, say) is its status's detail until it runs.
