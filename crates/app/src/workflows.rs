@@ -350,7 +350,7 @@ impl App {
                     state_detail: None,
                     cause: None,
                     ssh_endpoint: self.ssh_endpoint(node.host_id.as_ref(), &report).await,
-                    private_ip: Some(report.private_ip),
+                    private_ip: Some(node.address_from_report(&report.private_ip)),
                 }),
                 Err(why) => {
                     let why = format!("node {} could not be created on its host: {why}", node.name);
@@ -681,7 +681,7 @@ impl App {
                             (
                                 &target,
                                 &cpus.to_string(),
-                                &report.private_ip,
+                                &instance.address_from_report(&report.private_ip),
                                 ssh.as_deref(),
                             ),
                             (&run.op.id, &steps.to_json(), &self.deadline()),

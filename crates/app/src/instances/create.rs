@@ -706,10 +706,11 @@ impl App {
         instance: &Instance,
         report: InstanceReport,
     ) -> Result<()> {
+        let private_ip = instance.address_from_report(&report.private_ip);
         let result = serde_json::json!({
             "instance_id": instance.id,
             "host_id": instance.host_id,
-            "private_ip": report.private_ip,
+            "private_ip": private_ip,
         });
         let settled = self
             .store
@@ -726,7 +727,7 @@ impl App {
                     state_detail: None,
                     cause: None,
                     ssh_endpoint: self.ssh_endpoint(instance.host_id.as_ref(), &report).await,
-                    private_ip: Some(report.private_ip),
+                    private_ip: Some(private_ip),
                 },
                 false,
             )

@@ -75,6 +75,37 @@ pub struct Instance {
 }
 
 impl Instance {
+    /// The address to keep of what its host reported. An instance given an
+    /// address on its network keeps that one, whatever the report says:
+    /// the ingress gateway, the front door and the job runner connect to
+    /// it, so a host saying otherwise could have them connect anywhere (the
+    /// control plane's own loopback, another tenant's instance). One
+    /// without (made before networks) takes the report, unless it names
+    /// no instance's address at all (loopback, link-local, unspecified,
+    /// multicast).
+    pub(crate) fn address_from_report(&self, reported: &str) -> String {
+        if self.spec.subnet_id.is_some() && !self.private_ip.is_empty() {
+            if reported != self.private_ip {
+                tracing::warn!(instance = %self.id, assigned = %self.private_ip, reported, "its host reported another address than the one it was given; the given one stands");
+            }
+            return self.private_ip.clone();
+        }
+        match reported.parse::<std::net::IpAddr>() {
+            Ok(ip)
+                if !ip.is_loopback()
+                    && !ip.is_unspecified()
+                    && !ip.is_multicast()
+                    && !matches!(ip, std::net::IpAddr::V4(v4) if v4.is_link_local() || v4.is_broadcast()) =>
+            {
+                reported.to_string()
+            }
+            _ => {
+                tracing::warn!(instance = %self.id, reported, "its host reported an address no instance has; not kept");
+                String::new()
+            }
+        }
+    }
+
     /// The instance a store row records; a row the app cannot read is
     /// corrupt.
     pub(crate) fn from_record(r: InstanceRecord) -> Result<Instance> {
@@ -343,5 +374,62 @@ impl App {
             items,
             next_page_token,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn instance(spec: serde_json::Value, private_ip: &str) -> Instance {
+        Instance::from_record(tessera_store::InstanceRecord {
+            id: "inst-1".into(),
+            project_id: "prj-1".into(),
+            name: "web".into(),
+            labels: "{}".into(),
+            spec: spec.to_string(),
+            state: "provisioning".into(),
+            state_detail: None,
+            host_id: Some("host-a".into()),
+            cpu_list: None,
+            memory_mb: 512,
+            private_ip: private_ip.into(),
+            public_ip: String::new(),
+            operation_id: None,
+            generation: 1,
+            created_at: "2026-12-07T00:00:00Z".into(),
+            updated_at: "2026-12-07T00:00:00Z".into(),
+            ssh_endpoint: None,
+            end_cause: None,
+            created_by: None,
+        })
+        .expect("an instance")
+    }
+
+    #[test]
+    fn a_host_reports_no_address_but_the_one_given() {
+        let spec = serde_json::json!({"type": "cx11", "image": "tiny",
+            "vpc_id": "vpc-1", "subnet_id": "subnet-1"});
+        let given = instance(spec, "10.128.0.2");
+        for reported in ["127.0.0.1", "10.128.0.9", "169.254.169.254", "10.128.0.2"] {
+            assert_eq!(
+                given.address_from_report(reported),
+                "10.128.0.2",
+                "{reported}"
+            );
+        }
+        // Made before networks: the report, unless it is no instance's.
+        let older = instance(serde_json::json!({"type": "cx11", "image": "tiny"}), "");
+        assert_eq!(older.address_from_report("192.0.2.31"), "192.0.2.31");
+        for reported in [
+            "127.0.0.1",
+            "0.0.0.0",
+            "169.254.169.254",
+            "224.0.0.1",
+            "::1",
+            "x",
+        ] {
+            assert_eq!(older.address_from_report(reported), "", "{reported}");
+        }
     }
 }

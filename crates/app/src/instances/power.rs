@@ -242,7 +242,7 @@ impl App {
         };
         let (private_ip, ssh_endpoint) = match &outcome {
             Ok(Some(report)) => (
-                Some(report.private_ip.clone()),
+                Some(instance.address_from_report(&report.private_ip)),
                 self.ssh_endpoint(instance.host_id.as_ref(), report).await,
             ),
             _ => (None, None),
