@@ -62,6 +62,11 @@ const USER_COLUMNS: &str = "id, username, password_hash, active_project_id, disa
 const MEMBERSHIP_SELECT: &str = "SELECT m.user_id, m.project_id, p.name AS project_name, \
      p.path, m.role, m.last_used FROM memberships m JOIN projects p ON p.id = m.project_id";
 
+/// A user's API tokens and every token made with them (and with those):
+/// `$1` the user.
+const USER_LINEAGE: &str = "WITH RECURSIVE lineage (id) AS (SELECT id FROM api_tokens \
+     WHERE user_id = $1 UNION SELECT t.id FROM api_tokens t JOIN lineage l ON t.parent_id = l.id)";
+
 impl Store {
     /// The value of a shared setting, set to `value` first if it has none:
     /// every replica ends up with the same one.
@@ -230,9 +235,29 @@ impl Store {
         Ok(counts[0] == 1)
     }
 
-    /// Deletes a user with its memberships, refresh tokens and API tokens.
+    /// Deletes a user with its memberships, refresh tokens and API tokens,
+    /// and revokes what was made on its authority: the tokens made with its
+    /// tokens (and with those), for whoever they are, and the OAuth
+    /// credentials made with any of them or by it (a fixed role's, which
+    /// acts for no user, too).
     pub async fn delete_user(&self, id: &str) -> Result<bool> {
+        let at = now();
         let statements = vec![
+            (
+                format!(
+                    "{USER_LINEAGE} UPDATE oauth_clients SET revoked_at = $2 \
+                     WHERE revoked_at IS NULL \
+                     AND (created_by = $1 OR parent_token_id IN (SELECT id FROM lineage))"
+                ),
+                vec![id.into(), (&at).into()],
+            ),
+            (
+                format!(
+                    "{USER_LINEAGE} UPDATE api_tokens SET revoked_at = $2 \
+                     WHERE revoked_at IS NULL AND id IN (SELECT id FROM lineage)"
+                ),
+                vec![id.into(), (&at).into()],
+            ),
             (
                 "DELETE FROM memberships WHERE user_id = $1".to_string(),
                 vec![id.into()],
@@ -257,23 +282,31 @@ impl Store {
             ),
         ];
         let counts = self
-            .run_statements("delete_user", statements, |c| c[3] == 1)
+            .run_statements("delete_user", statements, |c| c[5] == 1)
             .await?;
-        Ok(counts[3] == 1)
+        Ok(counts[5] == 1)
     }
 
     /// Sets or clears a user's install role. `false` when there is no such
     /// user.
+    /// A user no longer an install admin loses the OAuth credentials it
+    /// made with a fixed role (which act for no user, on the install
+    /// admin's authority alone).
     pub async fn set_install_role(&self, id: &str, role: Option<&str>) -> Result<bool> {
+        let mut statements = vec![(
+            "UPDATE users SET install_role = $1, updated_at = $2 WHERE id = $3".to_string(),
+            vec![role.into(), now().into(), id.into()],
+        )];
+        if role != Some("admin") {
+            statements.push((
+                "UPDATE oauth_clients SET revoked_at = $2 \
+                 WHERE created_by = $1 AND acts_as IS NULL AND revoked_at IS NULL"
+                    .to_string(),
+                vec![id.into(), now().into()],
+            ));
+        }
         let counts = self
-            .run_statements(
-                "set_install_role",
-                vec![(
-                    "UPDATE users SET install_role = $1, updated_at = $2 WHERE id = $3".into(),
-                    vec![role.into(), now().into(), id.into()],
-                )],
-                |c| c[0] == 1,
-            )
+            .run_statements("set_install_role", statements, |c| c[0] == 1)
             .await?;
         Ok(counts[0] == 1)
     }

@@ -36,6 +36,7 @@ on_both_backends!(
     a_limit_set_binds_the_next_unit_without_defaults,
     fleet_operations_are_the_fleets_staffs,
     a_scoped_token_sets_no_password,
+    what_a_user_made_goes_with_its_authority,
 );
 
 /// The fleet's operations (a server's registration) are its staff's: a
@@ -2393,5 +2394,88 @@ async fn a_scoped_token_sets_no_password(backend: Backend) {
         )
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
+    server.stop().await;
+}
+
+/// What a user made on its authority goes with it: an install admin's
+/// fixed-role credentials (which act for no user) when it is no longer an
+/// install admin or is deleted, and the tokens and credentials made with a
+/// deleted user's tokens, whoever they are for.
+async fn what_a_user_made_goes_with_its_authority(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    server.user_in("someone", "member", "alpha").await;
+    let mut fixed = Vec::new();
+    for name in ["ia-demoted", "ia-deleted"] {
+        let login = server.user_in(name, "member", "default").await;
+        let id = user_id(&server, name).await;
+        let (status, body) = server
+            .call(
+                Method::PATCH,
+                &format!("/v1/users/{id}"),
+                Some(&json!({"install_role": "admin"})),
+                TOKEN,
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let (client, secret) = oauth_credential(
+            &server,
+            json!({"project": "alpha", "role": "admin", "fixed_role": true}),
+            &login,
+        )
+        .await;
+        let (status, body) = oauth_token(&server, &client, &secret).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        fixed.push((id, client, secret));
+    }
+    // A token the deleted one made for another user, and a credential that
+    // user made with it.
+    let someone = user_id(&server, "someone").await;
+    let (_, ia_token) = api_token(
+        &server,
+        json!({"name": "mine"}),
+        &server.login("ia-deleted", "ia-deleted-password").await,
+    )
+    .await;
+    let (status, made) = server
+        .call(
+            Method::POST,
+            "/v1/tokens",
+            Some(&json!({"name": "for someone", "user_id": someone, "workspace": "alpha"})),
+            &ia_token,
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{made}");
+    let theirs = made["token"].as_str().expect("secret").to_string();
+    let (status, _) = server
+        .call(Method::GET, "/v1/instances", None, &theirs)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+
+    let (status, body) = server
+        .call(
+            Method::PATCH,
+            &format!("/v1/users/{}", fixed[0].0),
+            Some(&json!({"install_role": "none"})),
+            TOKEN,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = server
+        .call(
+            Method::DELETE,
+            &format!("/v1/users/{}", fixed[1].0),
+            None,
+            TOKEN,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+    for (_, client, secret) in &fixed {
+        let (status, body) = oauth_token(&server, client, secret).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    }
+    let (status, body) = server
+        .call(Method::GET, "/v1/instances", None, &theirs)
+        .await;
+    assert_error(status, &body, StatusCode::UNAUTHORIZED, "UNAUTHORIZED");
     server.stop().await;
 }
