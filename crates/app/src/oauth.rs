@@ -229,6 +229,13 @@ impl App {
         let record = record
             .filter(|r| Self::manages_credential(caller, r))
             .ok_or_else(|| Error::NotFound(format!("credential {client_id} not found")))?;
+        self.require_reach_over(
+            caller,
+            record.created_by.as_deref(),
+            "credential",
+            client_id,
+        )
+        .await?;
         self.store.revoke_oauth_client(&record.client_id).await?;
         self.identity.forget_all();
         Ok(())

@@ -303,6 +303,37 @@ impl App {
         self.shown_token(record, Some(secret)).await
     }
 
+    /// Refuses a workspace's `credential_admin` the token or credential of
+    /// a user with a role over the install (the bootstrap admin's token,
+    /// say): no workspace role reaches the fleet's credentials. Its own,
+    /// and any for an install admin, pass.
+    pub(crate) async fn require_reach_over(
+        &self,
+        caller: &Principal,
+        owner: Option<&str>,
+        what: &str,
+        id: &str,
+    ) -> Result<()> {
+        let Some(owner) = owner else {
+            return Ok(());
+        };
+        if caller.is_install_admin() || owner == caller.user_id {
+            return Ok(());
+        }
+        let holds_install_role = self
+            .store
+            .user(owner)
+            .await?
+            .is_some_and(|u| u.install_role.is_some());
+        match holds_install_role {
+            true => Err(Error::Forbidden(format!(
+                "{what} {id} is of a user with a role over the install; only an install admin \
+                 may revoke it"
+            ))),
+            false => Ok(()),
+        }
+    }
+
     /// Revokes a token, with every token and credential made with it: the
     /// caller's own; any of its workspace's with `credential_admin`; any
     /// for an install admin. Another token is a 404.
@@ -320,6 +351,8 @@ impl App {
         let Some(record) = visible.filter(|r| r.revoked_at.is_none()) else {
             return Err(Error::NotFound(format!("token {id} not found")));
         };
+        self.require_reach_over(caller, record.user_id.as_deref(), "token", id)
+            .await?;
         // Any token may revoke itself; only one not scoped away from it
         // revokes others.
         if caller.token_id.as_deref() != Some(record.id.as_str()) {

@@ -2477,5 +2477,26 @@ async fn what_a_user_made_goes_with_its_authority(backend: Backend) {
         .call(Method::GET, "/v1/instances", None, &theirs)
         .await;
     assert_error(status, &body, StatusCode::UNAUTHORIZED, "UNAUTHORIZED");
+
+    // A workspace's credential_admin revokes its members' tokens, not
+    // those of a user with a role over the install (the bootstrap admin's).
+    let erin = server.user_in("erin", "operator", "default").await;
+    let member = server.user_in("mel", "member", "default").await;
+    let (mel_token, _) = api_token(&server, json!({"name": "mel's"}), &member).await;
+    let (status, body) = server
+        .call(Method::DELETE, "/v1/tokens/bootstrap-admin", None, &erin)
+        .await;
+    assert_error(status, &body, StatusCode::FORBIDDEN, "FORBIDDEN");
+    let (status, _) = server.call(Method::GET, "/v1/users", None, TOKEN).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, body) = server
+        .call(
+            Method::DELETE,
+            &format!("/v1/tokens/{mel_token}"),
+            None,
+            &erin,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
     server.stop().await;
 }
