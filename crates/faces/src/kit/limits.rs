@@ -27,28 +27,18 @@ where
     }
 }
 
-/// Counts a request to an endpoint that hands out credentials: per client
-/// address and, when the request names one, per client (a username, an
-/// OAuth client id), each at the app's credential rate.
-pub fn credential_request(
-    limiter: &RateLimiter,
-    app: &App,
-    address: Option<IpAddr>,
-    client: Option<&str>,
-) -> Verdict {
+/// Counts a request for a credential (a login, a refresh, an OAuth
+/// token) per client address. Not per username or client id: anyone could
+/// then keep a user or a credential from logging in, by sending bad
+/// passwords or secrets for it from elsewhere; a client secret (256 random
+/// bits) is not guessed, and a user's password has its own throttle.
+pub fn credential_request(limiter: &RateLimiter, app: &App, address: Option<IpAddr>) -> Verdict {
     let quota = app.credential_rate_limit();
-    let mut limits = Vec::with_capacity(2);
+    let mut limits = Vec::with_capacity(1);
     if let Some(ip) = address {
         limits.push(Limit {
             name: "address",
             key: format!("a\0{ip}"),
-            quota,
-        });
-    }
-    if let Some(client) = client {
-        limits.push(Limit {
-            name: "client",
-            key: format!("n\0{}", client.chars().take(128).collect::<String>()),
             quota,
         });
     }

@@ -61,7 +61,7 @@ pub async fn login(
     // from logging in by trying its name from elsewhere. Guessing one
     // user's password from many addresses is slowed by the app's failure
     // backoff, which spares the addresses the user logged in from.
-    let verdict = crate::kit::limits::credential_request(&state.limiter, &state.app, client, None);
+    let verdict = crate::kit::limits::credential_request(&state.limiter, &state.app, client);
     let answer = match verdict.error() {
         Some(err) => Err(NativeError(err)),
         None => state
@@ -90,7 +90,7 @@ pub async fn refresh(
     ClientAddress(client): ClientAddress,
     Body(req): Body<RefreshRequest>,
 ) -> Response {
-    let verdict = crate::kit::limits::credential_request(&state.limiter, &state.app, client, None);
+    let verdict = crate::kit::limits::credential_request(&state.limiter, &state.app, client);
     let answer: Result<Json<TokenResponse>> = match verdict.error() {
         Some(err) => Err(NativeError(err)),
         None => match state.app.refresh(&req.refresh_token).await {

@@ -68,14 +68,9 @@ pub async fn token(
     ClientAddress(client): ClientAddress,
     Body(req): Body<TokenRequest>,
 ) -> Response {
-    // Counted per client address, and per client id when one is named.
-    let address = client;
-    let verdict = crate::kit::limits::credential_request(
-        &state.limiter,
-        &state.app,
-        address,
-        req.client_id.as_deref().filter(|id| !id.is_empty()),
-    );
+    // Counted per client address (not per client id: see
+    // `credential_request`).
+    let verdict = crate::kit::limits::credential_request(&state.limiter, &state.app, client);
     let answer = match verdict.error() {
         Some(err) => Err(VerdaError(err)),
         None => grant(&state.app, req).await,
