@@ -123,6 +123,11 @@ impl Store {
     /// one of an earlier agent of the same host (a host reinstalled, or an
     /// agent that lost its state). Its desired state stays: the new agent
     /// works towards it.
+    /// Records a host's new agent, in place of the one whose credential
+    /// hash is `replacing` (none: the host had no agent). `false`, changing
+    /// nothing, when another agent registered meanwhile: of two agents
+    /// registering as one host at once, one gets the host, and the other's
+    /// credential does not overwrite the winner's.
     pub async fn register_agent(
         &self,
         hostname: &str,
@@ -130,11 +135,13 @@ impl Store {
         driver: &str,
         inventory: &str,
         offer: &AgentOffer,
-    ) -> Result<()> {
+        replacing: Option<&str>,
+    ) -> Result<bool> {
         let at = now();
-        self.run_statements(
-            "register_agent",
-            vec![(
+        let counts = self
+            .run_statements(
+                "register_agent",
+                vec![(
                 "INSERT INTO agents (hostname, credential_hash, driver, inventory, generation, \
                  reachable, last_seen, registered_at, images, cpus) \
                  VALUES ($1, $2, $3, $4, 0, 1, $5, $5, CASE WHEN $3 = 'sim' THEN NULL ELSE $6 END, \
@@ -142,7 +149,8 @@ impl Store {
                  ON CONFLICT (hostname) DO UPDATE SET credential_hash = excluded.credential_hash, \
                  driver = excluded.driver, inventory = excluded.inventory, reachable = 1, \
                  last_seen = excluded.last_seen, registered_at = excluded.registered_at, \
-                 images = excluded.images, cpus = excluded.cpus"
+                 images = excluded.images, cpus = excluded.cpus \
+                 WHERE agents.credential_hash = $8"
                     .into(),
                 vec![
                     hostname.into(),
@@ -152,6 +160,8 @@ impl Store {
                     at.into(),
                     offer.images.as_deref().into(),
                     offer.cpus.as_str().into(),
+                    // No agent before: any row found is another's, new.
+                    replacing.unwrap_or("").into(),
                 ],
             ), (
                 // What it offers may have changed: placement reads it again.
@@ -163,10 +173,10 @@ impl Store {
                 "UPDATE agent_work SET observed_generation = 0 WHERE hostname = $1".into(),
                 vec![hostname.into()],
             )],
-            |_| true,
-        )
-        .await?;
-        Ok(())
+                |c| c[0] == 1,
+            )
+            .await?;
+        Ok(counts[0] == 1)
     }
 
     /// The most free disk (GB) any ready host of `location` reported
@@ -788,12 +798,33 @@ mod tests {
     /// A failed change is undone only while it is still the key's: one
     /// written over it meanwhile (the next operation) stays.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_agent_replaces_only_the_one_it_read() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(&Store::sqlite_url(&dir.path().join("tessera.db")))
+            .await
+            .expect("open");
+        let offer = AgentOffer::default();
+        let first = store.register_agent("h", "first", "sim", "{}", &offer, None);
+        assert!(first.await.expect("first"));
+        // A second agent that read no agent: another registered meanwhile.
+        let second = store.register_agent("h", "second", "sim", "{}", &offer, None);
+        assert!(!second.await.expect("second"));
+        let kept = store.agent("h").await.expect("read").expect("an agent");
+        assert_eq!(kept.credential_hash, "first");
+        // One that read the first replaces it.
+        let third = store.register_agent("h", "third", "sim", "{}", &offer, Some("first"));
+        assert!(third.await.expect("third"));
+        let now = store.agent("h").await.expect("read").expect("an agent");
+        assert_eq!(now.credential_hash, "third");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_restore_does_not_undo_a_later_change() {
         let dir = tempfile::tempdir().expect("tempdir");
         let url = Store::sqlite_url(&dir.path().join("tessera.db"));
         let store = Store::open(&url).await.expect("open");
         store
-            .register_agent("h", "hash", "sim", "{}", &AgentOffer::default())
+            .register_agent("h", "hash", "sim", "{}", &AgentOffer::default(), None)
             .await
             .expect("agent");
         let desired = |store: Store| async move {
@@ -875,11 +906,12 @@ mod tests {
                 "container",
                 "{}",
                 &offer("0-3", Some(r#"["tiny"]"#)),
+                None,
             )
             .await
             .expect("agent a");
         store
-            .register_agent("s", "hs", "sim", "{}", &offer("0-1", Some("[]")))
+            .register_agent("s", "hs", "sim", "{}", &offer("0-1", Some("[]")), None)
             .await
             .expect("agent s");
         let seen = |cpus: Option<&str>, images: Option<&[&str]>| crate::AgentOfferSeen {

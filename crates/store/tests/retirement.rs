@@ -79,6 +79,7 @@ async fn retiring_host(store: &Store, name: &str) -> String {
                 cpus: "0-3".into(),
                 images: None,
             },
+            None,
         )
         .await
         .expect("an agent");

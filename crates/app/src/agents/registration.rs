@@ -161,24 +161,36 @@ impl App {
                 Some(host)
             }
         };
+        // A new host first: of two agents registering one new name at
+        // once, the one whose host is refused writes nothing more.
+        if let Some(new) = &new_host
+            && !self.store.insert_host(new).await?
+        {
+            return Err(self.name_taken(&new.hostname).await?);
+        }
         let credential = secret("tsh");
         let inventory = serde_json::to_string(&req.inventory).unwrap_or_default();
-        self.store
+        let registered = self
+            .store
             .register_agent(
                 &req.hostname,
                 &hash_token(&credential),
                 &req.driver,
                 &inventory,
                 &super::offer(&req.inventory),
+                previous_agent.as_ref().map(|a| a.credential_hash.as_str()),
             )
             .await?;
+        if !registered {
+            return Err(Error::Conflict(format!(
+                "another agent registered as {} meanwhile; stop one of them",
+                req.hostname
+            )));
+        }
         // The host's earlier credential stops working here at once.
         self.liveness.forget(&req.hostname);
         let host_id = match (new_host, existing) {
             (Some(new), _) => {
-                if !self.store.insert_host(&new).await? {
-                    return Err(self.name_taken(&new.hostname).await?);
-                }
                 self.placement.refresh_host(&self.store, &new.id).await?;
                 new.id
             }
