@@ -74,7 +74,13 @@ fn channel_stream(app: App, agent: AgentCaller) -> Response {
 fn channel_socket(app: App, agent: AgentCaller, upgrade: WebSocketUpgrade) -> Response {
     // Its messages are a few hundred bytes: no need for the default
     // buffers of 128 KiB each way, per agent.
-    let upgrade = upgrade.read_buffer_size(4096).write_buffer_size(4096);
+    // What an agent sends on it is read only to be dropped: nothing large
+    // is taken.
+    let upgrade = upgrade
+        .read_buffer_size(4096)
+        .write_buffer_size(4096)
+        .max_message_size(16 * 1024)
+        .max_frame_size(16 * 1024);
     upgrade.on_upgrade(move |mut socket| async move {
         let (_guard, mut asks) = app.agent_channel(&agent);
         let mut ping = tokio::time::interval(CHANNEL_KEEPALIVE);
