@@ -763,21 +763,6 @@ async fn bad_requests_are_clear_and_change_nothing(backend: Backend) {
     let server = TestServer::start(backend).await;
     server.add_server("node-1", "0-7", "fin-01").await;
     let key = add_key(&server, "k").await;
-    // A value is quoted in a message once, escaped once.
-    let (status, body) = compute(
-        &server,
-        Method::POST,
-        "/containers",
-        Some(json!({"name": "x", "instance_type": "huge\u{0}", "ssh_key_ids": [key]})),
-    )
-    .await;
-    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
-    assert!(
-        body["error"]
-            .as_str()
-            .is_some_and(|e| e.starts_with("unknown instance_type \"huge\\0\";")),
-        "{body}"
-    );
     // The sockets' queries are checked in the API's error format too.
     for path in [
         "/ws?token=a&token=b",
@@ -796,6 +781,11 @@ async fn bad_requests_are_clear_and_change_nothing(backend: Backend) {
         (
             json!({"instance_type": "tiny", "ssh_key_ids": [key]}),
             "name",
+        ),
+        // A value is quoted in a message once, escaped once.
+        (
+            json!({"name": "x", "instance_type": "huge\u{0}", "ssh_key_ids": [key]}),
+            "unknown instance_type \"huge\\0\";",
         ),
         (json!({"name": "x", "instance_type": "tiny"}), "ssh_key_ids"),
         // Its host name, read as an option by hostname(1).
