@@ -621,8 +621,23 @@ impl App {
             );
             return Ok(());
         }
-        self.delete_instance(caller, container.id()).await?;
-        Ok(())
+        // A change under way (a start, a stop, a restart for new mounts)
+        // is waited for, then the container goes: a delete is not refused
+        // for a change the caller may have just asked for.
+        let mut conflict = None;
+        for _ in 0..POWER_TRIES {
+            match self.delete_instance(caller, container.id()).await {
+                Ok(_) => return Ok(()),
+                Err(Error::Conflict(why)) => {
+                    conflict = Some(why);
+                    self.settled_container(caller, id).await?;
+                }
+                Err(err) => return Err(err),
+            }
+        }
+        Err(Error::Conflict(conflict.unwrap_or_else(|| {
+            format!("container {id} keeps changing; try again")
+        })))
     }
 
     /// Starts a stopped container (one that crashed, shown failed,

@@ -1339,6 +1339,14 @@ async fn a_container_started_again_is_answered_pending(backend: Backend) {
     .await;
     assert_eq!(status, StatusCode::OK, "{started}");
     assert_eq!(started["status"], "pending", "{started}");
+    // A delete sent while that start is under way waits for it to end,
+    // then deletes: not a 409 for a change the caller just asked for.
+    let (status, body) = compute(&server, Method::DELETE, &format!("/containers/{id}"), None).await;
+    assert_eq!(
+        (status, &body),
+        (StatusCode::OK, &json!({"status": "ok"})),
+        "{body}"
+    );
 }
 
 /// Sends `echo MARKER` into a terminal and reads until it answers.
