@@ -102,13 +102,7 @@ impl App {
                 let attached = self.instance_volumes(&instance.id).await?;
                 // With a delete of it under way (this request sent before,
                 // another's), a volume named may be deleted already.
-                let deleting = match instance.operation_id.as_deref() {
-                    Some(op) => self
-                        .stored_operation(op)
-                        .await?
-                        .is_some_and(|op| op.kind == OperationKind::InstanceDelete),
-                    None => false,
-                };
+                let deleting = self.delete_under_way(&instance).await?;
                 let going: Vec<String> = match volume_ids {
                     None => attached
                         .into_iter()
@@ -201,12 +195,7 @@ impl App {
                 .cloned()
                 .collect();
             unplaced.retain(|v| !share.contains(v));
-            if let Some(op) = instance.operation_id.as_deref()
-                && self
-                    .stored_operation(op)
-                    .await?
-                    .is_some_and(|op| op.kind == OperationKind::InstanceDelete)
-            {
+            if self.delete_under_way(&instance).await? {
                 deleting.push(i);
             }
             shares.push(Some(share));
@@ -238,6 +227,18 @@ impl App {
             outcomes.push(self.instance_action(caller, id, &action).await);
         }
         Ok(outcomes)
+    }
+
+    /// Whether the change under way on `instance` is its delete (this
+    /// request sent before, or another's).
+    async fn delete_under_way(&self, instance: &crate::instances::Instance) -> Result<bool> {
+        Ok(match instance.operation_id.as_deref() {
+            Some(op) => self
+                .stored_operation(op)
+                .await?
+                .is_some_and(|op| op.kind == OperationKind::InstanceDelete),
+            None => false,
+        })
     }
 
     /// Starts deleting instance `id`: `false` when another request's

@@ -1435,29 +1435,22 @@ async fn a_terminal_closes_once_its_token_is_revoked(backend: Backend) {
         )
         .await;
     assert_eq!(status, StatusCode::NO_CONTENT);
-    let mut said = String::new();
-    let closed = loop {
-        match tokio::time::timeout(Duration::from_secs(40), term.next()).await {
-            Ok(Some(Ok(Message::Text(text)))) => said.push_str(text.as_str()),
-            Ok(Some(Ok(Message::Close(frame)))) => break frame,
-            Ok(Some(Ok(_))) => {}
-            Ok(None) | Ok(Some(Err(_))) => break None,
-            Err(_) => panic!("the terminal stayed open after its token was revoked"),
-        }
-    };
+    let (said, closed) = until_closed(
+        &mut term,
+        "the terminal stayed open after its token was revoked",
+    )
+    .await;
     assert!(said.contains("no longer allows"), "{said:?}");
     assert!(
         closed.is_some_and(|f| f.reason.contains("no longer allows")),
         "{said:?}"
     );
-    let ended = loop {
-        match tokio::time::timeout(Duration::from_secs(40), status_stream.next()).await {
-            Ok(Some(Ok(Message::Close(frame)))) => break frame,
-            Ok(Some(Ok(_))) => {}
-            Ok(None) | Ok(Some(Err(_))) => break None,
-            Err(_) => panic!("the status stream stayed open after its token was revoked"),
-        }
-    }
+    let ended = until_closed(
+        &mut status_stream,
+        "the status stream stayed open after its token was revoked",
+    )
+    .await
+    .1
     .expect("a close frame");
     assert_eq!(u16::from(ended.code), 1008, "{ended:?}");
     assert!(ended.reason.contains("no longer allows"), "{ended:?}");
@@ -1474,17 +1467,37 @@ async fn a_terminal_closes_once_its_token_is_revoked(backend: Backend) {
     .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(stopped["status"], "stopped", "{stopped}");
-    let ended = loop {
-        match tokio::time::timeout(Duration::from_secs(40), hers.next()).await {
-            Ok(Some(Ok(Message::Close(frame)))) => break frame,
-            Ok(Some(Ok(_))) => {}
-            Ok(None) | Ok(Some(Err(_))) => break None,
-            Err(_) => panic!("the terminal stayed open after its container stopped"),
-        }
-    }
+    let ended = until_closed(
+        &mut hers,
+        "the terminal stayed open after its container stopped",
+    )
+    .await
+    .1
     .expect("a close frame");
     assert!(ended.reason.contains("no longer running"), "{ended:?}");
     server.stop().await;
+}
+
+/// Reads `socket` until it ends, each message within 40 s (else panics
+/// with `stayed_open`): the text it sent on the way, and its close frame
+/// if it sent one.
+async fn until_closed(
+    socket: &mut Socket,
+    stayed_open: &str,
+) -> (
+    String,
+    Option<tokio_tungstenite::tungstenite::protocol::CloseFrame>,
+) {
+    let mut said = String::new();
+    loop {
+        match tokio::time::timeout(Duration::from_secs(40), socket.next()).await {
+            Ok(Some(Ok(Message::Text(text)))) => said.push_str(text.as_str()),
+            Ok(Some(Ok(Message::Close(frame)))) => return (said, frame),
+            Ok(Some(Ok(_))) => {}
+            Ok(None) | Ok(Some(Err(_))) => return (said, None),
+            Err(_) => panic!("{stayed_open}"),
+        }
+    }
 }
 
 /// Runs `exit`-terminated input through a terminal socket; answers its

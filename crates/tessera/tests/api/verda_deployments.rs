@@ -1109,28 +1109,23 @@ async fn replicas_the_balance_cannot_pay_for_are_not_made(backend: Backend) {
     let server = TestServer::start(backend).await;
     add_fin_host(&server, "fin-f", "16xCPU-64GB").await;
     let verda = Verda::login(&server, "default").await;
-
-    // Nothing in the balance: a minimum of one is refused, none is not.
-    let (status, answer) = verda
-        .json(
+    let deploy = |name: &'static str, min: u32| {
+        verda.json(
             Method::POST,
             "/container-deployments",
-            Some(deployment("paid", 1, 2)),
+            Some(deployment(name, min, 2)),
         )
-        .await;
+    };
+
+    // Nothing in the balance: a minimum of one is refused, none is not.
+    let (status, answer) = deploy("paid", 1).await;
     refused(
         status,
         &answer,
         StatusCode::PAYMENT_REQUIRED,
         "insufficient_funds",
     );
-    let (status, answer) = verda
-        .json(
-            Method::POST,
-            "/container-deployments",
-            Some(deployment("idle", 0, 2)),
-        )
-        .await;
+    let (status, answer) = deploy("idle", 0).await;
     assert_eq!(status, StatusCode::CREATED, "{answer}");
     let names = |list: Value| -> Vec<String> {
         list.as_array()
@@ -1144,13 +1139,7 @@ async fn replicas_the_balance_cannot_pay_for_are_not_made(backend: Backend) {
     // An hour of one replica (0.01 an hour) and a half: one runs, a
     // second is refused, by a new deployment or a raised minimum.
     top_up(&server, "default", 0.015).await;
-    let (status, answer) = verda
-        .json(
-            Method::POST,
-            "/container-deployments",
-            Some(deployment("paid", 1, 2)),
-        )
-        .await;
+    let (status, answer) = deploy("paid", 1).await;
     assert_eq!(status, StatusCode::CREATED, "{answer}");
     running_replicas(&verda, "paid", 1).await;
     for (method, path, body) in [
