@@ -51,6 +51,11 @@ pub enum JobStatus {
     Running,
 }
 
+/// Whether a request's deadline has passed.
+fn overdue(request: &InferenceRequestRecord, now_ms: i64) -> bool {
+    request.deadline_ms > 0 && now_ms > request.deadline_ms
+}
+
 /// An answer the front door would give, kept as a job's result.
 fn error_answer(code: &str, message: String) -> (u16, String, Vec<u8>) {
     let status = match code {
@@ -128,6 +133,24 @@ impl App {
         Ok(())
     }
 
+    /// Ends a request that ran past its deadline, from where it is.
+    async fn end_overdue_job(
+        &self,
+        job: &Deployment,
+        request: &InferenceRequestRecord,
+    ) -> Result<()> {
+        let why = format!(
+            "the job ran past its deadline_seconds ({} s) and was stopped",
+            job.scaling.deadline_s.unwrap_or(0)
+        );
+        self.end_job(
+            request,
+            &request.status,
+            error_answer("deadline_exceeded", why),
+        )
+        .await
+    }
+
     /// One pass over a job deployment: ends what is done or overdue, sends
     /// waiting requests to replicas that are up, and starts replicas for
     /// the oldest requests while there is room.
@@ -139,14 +162,21 @@ impl App {
         now_ms: i64,
     ) -> Result<()> {
         // Replicas whose job is over: their process ended, their deadline
-        // passed, or their request is gone.
+        // passed, or their request is gone. An overdue job is answered
+        // before its replica is stopped: stopping it ends the request under
+        // way, and that broken answer must not be taken for the job's.
         for replica in replicas {
             let request = self.store.job_request_of(&replica.instance_id).await?;
             let over = match &request {
                 None => true,
+                Some(r) if overdue(r, now_ms) => {
+                    if matches!(r.status.as_str(), "Starting" | "Inference") {
+                        self.end_overdue_job(job, r).await?;
+                    }
+                    true
+                }
                 Some(r) => {
-                    (r.status == "Completed" && replica.state == InstanceState::Stopped.as_str())
-                        || (r.deadline_ms > 0 && now_ms > r.deadline_ms)
+                    r.status == "Completed" && replica.state == InstanceState::Stopped.as_str()
                 }
             };
             if over {
@@ -166,17 +196,8 @@ impl App {
                 .instance_id
                 .as_ref()
                 .and_then(|id| replicas.iter().find(|r| &r.instance_id == id));
-            if request.deadline_ms > 0 && now_ms > request.deadline_ms {
-                let why = format!(
-                    "the job ran past its deadline_seconds ({} s) and was stopped",
-                    job.scaling.deadline_s.unwrap_or(0)
-                );
-                self.end_job(
-                    request,
-                    &request.status,
-                    error_answer("deadline_exceeded", why),
-                )
-                .await?;
+            if overdue(request, now_ms) {
+                self.end_overdue_job(job, request).await?;
                 continue;
             }
             match replica {
