@@ -114,6 +114,17 @@ pub fn validate_name(field: &'static str, name: &str) -> Result<()> {
     }
 }
 
+/// Why `wanted` cannot be a new user's name: `taken` has it, in this case
+/// or another (usernames are unique whatever their case).
+fn taken_username(wanted: &str, taken: &str) -> Error {
+    match wanted == taken {
+        true => Error::Conflict(format!("user {wanted} already exists")),
+        false => Error::Conflict(format!(
+            "user {wanted} would differ from user {taken} only in case: usernames are unique whatever their case"
+        )),
+    }
+}
+
 fn parse_role(role: &str) -> Result<Role> {
     role.parse().map_err(|e: String| Error::invalid("role", e))
 }
@@ -267,11 +278,8 @@ impl App {
             caller.require_unscoped("giving a user a password")?;
             validate_password(password)?;
         }
-        if self.store.user_by_name(&req.username).await?.is_some() {
-            return Err(Error::Conflict(format!(
-                "user {} already exists",
-                req.username
-            )));
+        if let Some(taken) = self.store.user_by_folded_name(&req.username).await? {
+            return Err(taken_username(&req.username, &taken.username));
         }
         let password_hash = match &req.password {
             Some(password) => Some(self.hash(password).await?),
@@ -290,10 +298,9 @@ impl App {
             })
             .await?;
         if !created {
-            return Err(Error::Conflict(format!(
-                "user {} already exists",
-                req.username
-            )));
+            let taken = self.store.user_by_folded_name(&req.username).await?;
+            let taken = taken.map_or_else(|| req.username.clone(), |t| t.username);
+            return Err(taken_username(&req.username, &taken));
         }
         tracing::info!(username = %req.username, %role, project = %req.project, by = %caller.username, "user created");
         let user = self.load_user(&id).await?;

@@ -172,14 +172,28 @@ impl Store {
         .await
     }
 
+    /// The user whose name is `username` in any case, if any: the one a
+    /// new user of that name would clash with.
+    pub async fn user_by_folded_name(&self, username: &str) -> Result<Option<UserRecord>> {
+        self.fetch_optional(
+            &format!(
+                "SELECT {USER_COLUMNS} FROM users WHERE username_key = $1 OR username = $2 \
+                 ORDER BY username_key = $1 DESC LIMIT 1"
+            ),
+            &[username.to_ascii_lowercase().into(), username.into()],
+        )
+        .await
+    }
+
     /// Creates a user, a member of its first project, which is its active
-    /// one. `false`, changing nothing, when the username is taken.
+    /// one. `false`, changing nothing, when the username is taken in any
+    /// case.
     pub async fn insert_user(&self, user: &NewUser) -> Result<bool> {
         let at = now();
         let insert = (
             "INSERT INTO users (id, username, password_hash, active_project_id, \
-             disabled, install_role, created_at, updated_at) VALUES ($1, $2, $3, $4, 0, $5, $6, $6) \
-             ON CONFLICT (username) DO NOTHING"
+             disabled, install_role, created_at, updated_at, username_key) \
+             VALUES ($1, $2, $3, $4, 0, $5, $6, $6, $7) ON CONFLICT DO NOTHING"
                 .to_string(),
             vec![
                 (&user.id).into(),
@@ -188,6 +202,7 @@ impl Store {
                 (&user.project_id).into(),
                 user.install_role.as_ref().into(),
                 (&at).into(),
+                user.username.to_ascii_lowercase().into(),
             ],
         );
         // Its first workspace is its active one: used from now on.

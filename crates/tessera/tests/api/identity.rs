@@ -290,6 +290,17 @@ async fn admins_manage_users(backend: Backend) {
             StatusCode::CONFLICT,
             "CONFLICT",
         ),
+        // Another case of a taken name is taken: `Bob` would read as bob.
+        (
+            json!({"username": "Bob", "password": "long-enough", "workspace": "default", "role": "member"}),
+            StatusCode::CONFLICT,
+            "CONFLICT",
+        ),
+        (
+            json!({"username": "ADMIN", "workspace": "default", "role": "member"}),
+            StatusCode::CONFLICT,
+            "CONFLICT",
+        ),
         (
             json!({"username": "carl", "password": "long-enough", "workspace": "default", "role": "root"}),
             StatusCode::BAD_REQUEST,
