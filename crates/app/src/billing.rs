@@ -114,7 +114,13 @@ impl App {
             let Some(kind) = self.catalog.instance_type(&spec.instance_type) else {
                 continue;
             };
-            let price = to_micros(kind.hourly(spec.is_spot));
+            let os_volume = self
+                .store
+                .instance_volumes(&id)
+                .await?
+                .iter()
+                .any(|v| v.is_os_volume != 0);
+            let price = to_micros(spec.hourly(kind, os_volume));
             if micros > price {
                 self.store.rerate_meter(&id, price).await?;
                 repaired += 1;

@@ -205,7 +205,9 @@ impl App {
                 micros_per_hour: self
                     .catalog
                     .instance_type(&node.spec.instance_type)
-                    .map_or(0, |t| tessera_core::catalog::to_micros(t.hourly(false))),
+                    .map_or(0, |t| {
+                        tessera_core::catalog::to_micros(node.spec.hourly(t, false))
+                    }),
                 volumes: Vec::new(),
                 attach: Vec::new(),
                 container: None,

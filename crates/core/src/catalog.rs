@@ -217,6 +217,32 @@ impl InstanceType {
             self.price_per_hour
         }
     }
+
+    /// The hourly price of an instance of this type sized as asked (the
+    /// native API lets a request give its own vCPUs, memory and disk):
+    /// the type's price times the largest of those over the type's own,
+    /// never below the type's price. A type is a floor, and no resource
+    /// grows for free: 14 vCPUs on a one-vCPU type cost 14 of it.
+    pub fn hourly_sized(
+        &self,
+        spot: bool,
+        vcpus: Option<u32>,
+        memory_mb: Option<u64>,
+        disk_gb: Option<u64>,
+    ) -> f64 {
+        let ratio = |asked: Option<u64>, own: u64| match (asked, own) {
+            (Some(asked), own) if own > 0 => asked as f64 / own as f64,
+            _ => 1.0,
+        };
+        let scale = [
+            ratio(vcpus.map(u64::from), u64::from(self.vcpus)),
+            ratio(memory_mb, self.memory_mb()),
+            ratio(disk_gb, self.disk_gb),
+        ]
+        .into_iter()
+        .fold(1.0, f64::max);
+        self.hourly(spot) * scale
+    }
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]

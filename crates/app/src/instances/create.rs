@@ -200,9 +200,11 @@ impl App {
                 )));
             }
         }
-        // The instance's own meter runs at its type's price; the volumes
-        // made with it bill through theirs. The funds check covers both.
-        let micros_per_hour = tessera_core::catalog::to_micros(kind.hourly(req.spec.is_spot));
+        // The instance's own meter runs at its type's price, for the size
+        // asked; the volumes made with it bill through theirs. The funds
+        // check covers both.
+        let micros_per_hour =
+            tessera_core::catalog::to_micros(req.spec.hourly(&kind, req.os_volume.is_some()));
         let mut with_volumes = micros_per_hour;
         // The OS volume is `vda`; the others follow from `vdb`.
         let mut volumes = Vec::new();

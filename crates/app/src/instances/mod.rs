@@ -210,6 +210,16 @@ pub struct InstanceSpecInput {
     pub workload: Option<tessera_core::serverless::Workload>,
 }
 
+impl InstanceSpecInput {
+    /// Its hourly price: its type's, for the size it asks. Its disk counts
+    /// unless it is an OS volume of its own, which its volume's meter
+    /// bills (`os_volume`).
+    pub fn hourly(&self, kind: &tessera_core::catalog::InstanceType, os_volume: bool) -> f64 {
+        let disk_gb = self.disk_gb.filter(|_| !os_volume);
+        kind.hourly_sized(self.is_spot, self.vcpus, self.memory_mb, disk_gb)
+    }
+}
+
 #[derive(Clone, Debug, Default)]
 pub struct CreateInstance {
     pub name: String,

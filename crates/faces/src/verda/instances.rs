@@ -163,7 +163,7 @@ async fn instance_body_with(
         .iter()
         .find(|v| v.is_os_volume)
         .map(|v| v.id.to_string());
-    let price_per_hour = kind.map_or(0.0, |k| k.hourly(spec.is_spot));
+    let price_per_hour = kind.map_or(0.0, |k| spec.hourly(k, os_volume_id.is_some()));
     let vcpus = spec.vcpus.unwrap_or(0);
     let memory_gb = spec.memory_mb.unwrap_or(0) / 1024;
     let status = status(app, caller, &i).await;

@@ -27,6 +27,7 @@ on_both_backends!(
     a_deploy_needs_an_hour_of_everything_the_project_runs,
     a_deploy_counts_the_instances_still_being_made,
     meters_that_billed_volumes_twice_are_repaired_at_start,
+    an_instance_sized_past_its_type_is_billed_for_its_size,
     deletes_sent_together_start_one_and_the_rest_answer_204,
     a_bulk_delete_takes_each_instance_its_own_volumes,
 );
@@ -2465,6 +2466,49 @@ async fn meters_that_billed_volumes_twice_are_repaired_at_start(backend: Backend
     })
     .await;
     again.stop().await;
+}
+
+/// The native API lets a creation give its own vCPUs, memory and root
+/// disk: its meter runs at its type's price times the largest of those
+/// over the type's own (never below the type's price), and Verda shows
+/// that price. 14 vCPUs on a one-vCPU cx11 were billed as one.
+async fn an_instance_sized_past_its_type_is_billed_for_its_size(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    add_fin_host(&server, "fin-z", "16xCPU-64GB").await;
+    let verda = Verda::login(&server, "default").await;
+    let rate = "SELECT micros_per_hour FROM meters WHERE resource_id = $1";
+    // cx11: 1 vCPU, 2 GB, 20 GB of disk, 0.0075 an hour.
+    for (name, size, micros, price) in [
+        ("vcpus", json!({"vcpus": 4}), 30_000, 0.03),
+        (
+            "memory",
+            json!({"vcpus": 2, "memory_mb": 16384}),
+            60_000,
+            0.06,
+        ),
+        ("disk", json!({"disk_gb": 100}), 37_500, 0.0375),
+        (
+            "smaller",
+            json!({"memory_mb": 512, "disk_gb": 5}),
+            7_500,
+            0.0075,
+        ),
+    ] {
+        let mut spec = json!({"type": "cx11", "image": "ubuntu-22.04", "location": "FIN-01"});
+        spec.as_object_mut()
+            .expect("spec")
+            .extend(size.as_object().expect("size").clone());
+        let body = json!({"metadata": {"name": name}, "spec": spec});
+        let (status, created) = server
+            .call(Method::POST, "/v1/instances", Some(&body), TOKEN)
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{created}");
+        let id = created["id"].as_str().expect("id").to_string();
+        assert_eq!(server.sql_int(rate, &id).await, micros, "{name}");
+        let shown = verda.get(&format!("/instances/{id}")).await;
+        assert_eq!(shown["price_per_hour"], price, "{name}: {shown}");
+    }
+    server.stop().await;
 }
 
 /// Six deletes of one instance at once: one starts it (202), the others
