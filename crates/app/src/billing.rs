@@ -72,6 +72,32 @@ impl App {
         self.project_balance(&record.id, &record.name).await
     }
 
+    /// `InsufficientFunds` unless the caller's balance covers an hour of
+    /// the instances of `ids` that are not running, on top of what the
+    /// project already runs: a start is a deploy's spending again, so
+    /// shutting down, spending the money and starting again cannot run
+    /// past it. Ids not of the project count nothing (their action says
+    /// why).
+    pub async fn check_start_funds(&self, caller: &Principal, ids: &[String]) -> Result<()> {
+        let mut seen = std::collections::HashSet::new();
+        let mut adds = 0i64;
+        let mut count = 0;
+        for id in ids.iter().filter(|id| seen.insert(id.as_str())) {
+            if let Some((rate, false)) = self.store.meter_rate(&caller.project_id, id).await? {
+                adds = adds.saturating_add(rate);
+                count += 1;
+            }
+        }
+        if adds == 0 {
+            return Ok(());
+        }
+        let what = match (count, ids) {
+            (1, [id]) => format!("instance {id}"),
+            _ => format!("starting {count} instances"),
+        };
+        self.check_funds(caller, adds, &what).await
+    }
+
     /// `InsufficientFunds` unless the project's balance covers an hour of
     /// `micros_per_hour` on top of what it already runs.
     pub(crate) async fn check_funds(

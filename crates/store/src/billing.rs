@@ -128,6 +128,22 @@ impl Store {
         Ok(())
     }
 
+    /// A meter of `project_id`'s: its hourly price, and whether it runs.
+    pub async fn meter_rate(
+        &self,
+        project_id: &str,
+        resource_id: &str,
+    ) -> Result<Option<(i64, bool)>> {
+        let row: Option<(i64, i64)> = self
+            .fetch_optional(
+                "SELECT micros_per_hour, CASE WHEN running_since IS NULL THEN 0 ELSE 1 END \
+                 FROM meters WHERE resource_id = $1 AND project_id = $2",
+                &[resource_id.into(), project_id.into()],
+            )
+            .await?;
+        Ok(row.map(|(rate, running)| (rate, running != 0)))
+    }
+
     pub async fn balance(&self, project_id: &str) -> Result<Balance> {
         let sql = BALANCE.replace("{ACCRUED}", ACCRUED);
         let row: Option<(i64, i64, i64)> = self

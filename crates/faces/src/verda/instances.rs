@@ -705,6 +705,7 @@ fn parse_action(req: &ActionRequest) -> Result<(String, InstanceAction)> {
         (status = 207, description = "Some actions failed", body = Vec<ActionResultBody>),
         (status = 400, description = "Invalid request", body = ErrorBody),
         (status = 401, description = "Unauthorized", body = ErrorBody),
+        (status = 402, description = "A start the balance cannot cover for an hour, with what the project runs", body = ErrorBody),
         (status = 403, description = "Not allowed: the credential's role or scopes, or the project's quota", body = ErrorBody),
         (status = 404, description = "Not found", body = ErrorBody),
         (status = 429, description = "Too many requests", body = ErrorBody),
@@ -720,6 +721,9 @@ pub async fn instance_actions(
         .map(OneOrMany::into_vec)
         .filter(|ids| !ids.is_empty())
         .ok_or_else(|| bad_request("id is required: one instance id or a list of them"))?;
+    if matches!(action, InstanceAction::Start) {
+        app.check_start_funds(&caller, &ids).await?;
+    }
     if let [id] = ids.as_slice() {
         return match app.instance_action(&caller, id, &action).await? {
             ActionOutcome::Already => Ok(StatusCode::NO_CONTENT.into_response()),
@@ -772,6 +776,7 @@ pub async fn instance_actions(
         (status = 207, description = "Some actions failed", body = Vec<ActionResultBody>),
         (status = 400, description = "Invalid request", body = ErrorBody),
         (status = 401, description = "Unauthorized", body = ErrorBody),
+        (status = 402, description = "A start the balance cannot cover for an hour, with what the project runs", body = ErrorBody),
         (status = 403, description = "Not allowed: the credential's role or scopes, or the project's quota", body = ErrorBody),
         (status = 404, description = "Not found", body = ErrorBody),
         (status = 429, description = "Too many requests", body = ErrorBody),

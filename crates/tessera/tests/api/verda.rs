@@ -26,6 +26,7 @@ on_both_backends!(
     a_deploy_its_host_fails_runs_elsewhere_with_its_volumes,
     a_deploy_needs_an_hour_of_everything_the_project_runs,
     a_deploy_counts_the_instances_still_being_made,
+    a_start_needs_an_hour_of_everything_the_project_runs,
     meters_that_billed_volumes_twice_are_repaired_at_start,
     an_instance_sized_past_its_type_is_billed_for_its_size,
     deletes_sent_together_start_one_and_the_rest_answer_204,
@@ -2434,6 +2435,53 @@ async fn a_deploy_counts_the_instances_still_being_made(backend: Backend) {
             .all(|s| [StatusCode::ACCEPTED, StatusCode::PAYMENT_REQUIRED].contains(s)),
         "{answers:?}"
     );
+    server.stop().await;
+}
+
+/// A start spends as a deploy does: shutting an instance down, spending
+/// the money on another and starting the first again is a 402, for one
+/// id or a list, and changes nothing.
+async fn a_start_needs_an_hour_of_everything_the_project_runs(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    add_fin_host(&server, "fin-s", "16xCPU-64GB").await;
+    let verda = Verda::login(&server, "default").await;
+    // An hour of one small instance (0.0078 with its OS volume), not two.
+    top_up(&server, "default", 0.012).await;
+    let first = verda.create("/instances", small_deploy("a")).await;
+    verda.wait_status(&first, "running").await;
+    let (status, _) = verda
+        .put("/instances", json!({"action": "shutdown", "id": first}))
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    verda.wait_status(&first, "offline").await;
+    let second = verda.create("/instances", small_deploy("b")).await;
+    verda.wait_status(&second, "running").await;
+    for id in [json!(first), json!([first, second])] {
+        let (status, body) = verda
+            .put("/instances", json!({"action": "start", "id": id}))
+            .await;
+        assert_error(
+            status,
+            &body,
+            StatusCode::PAYMENT_REQUIRED,
+            "insufficient_funds",
+        );
+    }
+    assert_eq!(
+        verda.get(&format!("/instances/{first}")).await["status"],
+        "offline"
+    );
+    // With the second gone, the first may run again.
+    let (status, _) = verda
+        .put("/instances", json!({"action": "delete", "id": second}))
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    verda.wait_status(&second, "discontinued").await;
+    let (status, body) = verda
+        .put("/instances", json!({"action": "start", "id": first}))
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    verda.wait_status(&first, "running").await;
     server.stop().await;
 }
 
