@@ -51,7 +51,14 @@ int main(void) {
     report("mknod_disk", mknod("/tmp/tessera-sda", S_IFBLK | 0600, makedev(8, 0)));
     report("perf_event_open", syscall(SYS_perf_event_open, buf, 0, -1, -1, 0));
     report("io_uring_setup", syscall(SYS_io_uring_setup, 1, buf));
-    /* Still allowed: an ordinary fork. */
+    /* The loop device's requests, refused before the descriptor is looked
+     * at (EPERM, not EBADF), with the high 32 bits set too. */
+    report("loop_clr_fd", syscall(SYS_ioctl, -1, 0x4C01UL));
+    report("loop_clr_fd_high_bits", syscall(SYS_ioctl, -1, 0xFFFFFFFF00004C01UL));
+    report("loop_get_status64", syscall(SYS_ioctl, -1, 0x4C05UL));
+    report("loop_ctl_get_free", syscall(SYS_ioctl, -1, 0x4C82UL));
+    /* Still allowed: other requests (EBADF on no descriptor), an ordinary fork. */
+    report("ioctl_tcgets", syscall(SYS_ioctl, -1, 0x5401UL));
     pid = fork();
     if (pid == 0) _exit(0);
     if (pid > 0) waitpid(pid, NULL, 0);

@@ -598,6 +598,10 @@ async fn attacks_from_inside_instances_fail_and_what_they_need_works() {
                 "io_uring_setup",
                 "mount_tmpfs",
                 "mknod_disk",
+                "loop_clr_fd",
+                "loop_clr_fd_high_bits",
+                "loop_get_status64",
+                "loop_ctl_get_free",
             ] {
                 assert_eq!(
                     results.get(call),
@@ -617,6 +621,12 @@ async fn attacks_from_inside_instances_fail_and_what_they_need_works() {
                 );
             }
             assert_eq!(results.get("fork"), Some(&0), "fork is broken: {out}");
+            const EBADF: i32 = 9;
+            assert_eq!(
+                results.get("ioctl_tcgets"),
+                Some(&EBADF),
+                "other ioctls are refused too: {out}"
+            );
         }
         Err(why) => eprintln!(
             "!!! SYSCALL PROBE SKIPPED: {why}; the seccomp profile is checked only by the tools below"

@@ -33,6 +33,14 @@
 //! capabilities over new namespaces, and that is how most kernel privilege
 //! escalations from inside a container begin.
 //!
+//! And `ioctl` refuses the loop device's requests (`0x4C00`-`0x4CFF`: the
+//! request's low 32 bits, which is all the kernel reads). A volume is a
+//! loop device on the host that the instance sees as `/dev/vdb`, and
+//! `LOOP_CLR_FD` needs no capability: an instance could release its own
+//! device while keeping it open, and read and write whatever the host
+//! bound to that device next (another tenant's volume). `LOOP_GET_STATUS`
+//! would show the host path of its file.
+//!
 //! Names are those libseccomp 2.5.4 knows; runc skips a name that does not
 //! exist on one of the architectures listed (`stime`, `vm86` and the `*64`
 //! time calls exist only on 32-bit ones).
@@ -145,6 +153,13 @@ const DENIED: &[&[&str]] = &[
 /// (argument 0 of both on x86_64 and aarch64) carry `CLONE_NEWUSER`.
 const NEW_USER_NAMESPACE: &[&str] = &["unshare", "clone"];
 
+/// The loop device's `ioctl` requests (`LOOP_SET_FD` = `0x4C00` to
+/// `LOOP_CONFIGURE` = `0x4C0A`, `LOOP_CTL_*` from `0x4C80`): the request
+/// (argument 1) under this mask is this value. The mask keeps the high 32
+/// bits out: the kernel ignores them, so setting them cannot step around it.
+const LOOP_IOCTL_MASK: u64 = 0xFFFF_FF00;
+const LOOP_IOCTL: u64 = 0x4C00;
+
 /// Calls that answer `ENOSYS`: `clone3` passes its flags in memory, where a
 /// filter cannot see `CLONE_NEWUSER`, so callers must fall back to `clone`.
 const NOT_IMPLEMENTED: &[&str] = &["clone3"];
@@ -199,7 +214,24 @@ pub(super) fn default_profile() -> Result<LinuxSeccomp, AgentError> {
         .args(vec![new_user])
         .build()
         .map_err(err)?;
-    let syscalls: Vec<LinuxSyscall> = vec![denied, not_implemented, new_user_namespace];
+    // For a masked comparison, `value` is the mask and `valueTwo` what the
+    // masked argument must equal (runc's and libseccomp's order).
+    let loop_request = LinuxSeccompArgBuilder::default()
+        .index(1usize)
+        .value(LOOP_IOCTL_MASK)
+        .value_two(LOOP_IOCTL)
+        .op(LinuxSeccompOperator::ScmpCmpMaskedEq)
+        .build()
+        .map_err(err)?;
+    let loop_ioctls = LinuxSyscallBuilder::default()
+        .names(names(&["ioctl"]))
+        .action(LinuxSeccompAction::ScmpActErrno)
+        .errno_ret(EPERM)
+        .args(vec![loop_request])
+        .build()
+        .map_err(err)?;
+    let syscalls: Vec<LinuxSyscall> =
+        vec![denied, not_implemented, new_user_namespace, loop_ioctls];
 
     let mut builder = LinuxSeccompBuilder::default()
         .default_action(LinuxSeccompAction::ScmpActAllow)
@@ -307,6 +339,35 @@ mod tests {
             ),
             "{json}"
         );
+    }
+
+    #[test]
+    fn ioctl_refuses_the_loop_devices_requests_only() {
+        let rule = rule_for(&profile(), "ioctl").expect("a rule for ioctl");
+        assert_eq!(rule.action(), LinuxSeccompAction::ScmpActErrno);
+        assert_eq!(rule.errno_ret(), Some(EPERM));
+        let args = rule.args().as_ref().expect("conditional on the request");
+        assert_eq!(args.len(), 1);
+        let arg = args[0];
+        assert_eq!(arg.index(), 1);
+        assert_eq!(arg.op(), LinuxSeccompOperator::ScmpCmpMaskedEq);
+        let refused = |request: u64| request & arg.value() == arg.value_two().expect("a value");
+        // LOOP_SET_FD, LOOP_CLR_FD, LOOP_GET_STATUS64, LOOP_CONFIGURE,
+        // LOOP_CTL_GET_FREE, and LOOP_CLR_FD with the high bits set.
+        for request in [
+            0x4C00,
+            0x4C01,
+            0x4C05,
+            0x4C0A,
+            0x4C82,
+            0xFFFF_FFFF_0000_4C01,
+        ] {
+            assert!(refused(request), "{request:#x}");
+        }
+        // TCGETS, FIONREAD, BLKGETSIZE64, BLKDISCARD: a disk's own requests stay.
+        for request in [0x5401, 0x541B, 0x8008_1272, 0x1277] {
+            assert!(!refused(request), "{request:#x}");
+        }
     }
 
     #[test]
