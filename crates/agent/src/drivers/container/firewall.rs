@@ -194,6 +194,10 @@ add rule inet {t} postrouting iifname @ports oifname != @ports masquerade
         nft(&self.add_script(port)).await
     }
 
+    /// The network's chain takes what is `related` (ICMP errors) only
+    /// after the drop of other networks' ports: an error a tenant makes up,
+    /// quoting a neighbour's flow, is related to that flow and was let into
+    /// another VPC.
     fn add_script(&self, port: &Port<'_>) -> String {
         let t = &self.table;
         let (ifname, ip, net) = (port.ifname, port.ip, port.net);
@@ -211,10 +215,11 @@ add rule inet {t} postrouting iifname @ports oifname != @ports masquerade
             r#"add set inet {t} net_{net}_ports {{ type ifname; }}
 add chain inet {t} net_{net}
 flush chain inet {t} net_{net}
-add rule inet {t} net_{net} ct state established,related accept
+add rule inet {t} net_{net} ct state established accept
 add rule inet {t} net_{net} oifname @net_{net}_ports oifname vmap @port_in
 add rule inet {t} net_{net} oifname @ports drop
-{block}add rule inet {t} net_{net} {egress}
+{block}add rule inet {t} net_{net} ct state related accept
+add rule inet {t} net_{net} {egress}
 "#
         );
         let chain = format!("in_{ifname}");
@@ -396,6 +401,41 @@ pub(super) async fn enable_forwarding(marker: &std::path::Path) -> Result<bool, 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A network's chain lets nothing `related` through to another
+    /// network's ports: it accepts related packets (ICMP errors) only after
+    /// dropping whatever goes to ports not of its network.
+    #[test]
+    fn related_packets_never_cross_to_another_network() {
+        let firewall = Firewall::new("tessera-t".into(), Ipv4Addr::new(10, 250, 0, 1), Vec::new());
+        let script = firewall.add_script(&Port {
+            ifname: "tvabc",
+            ip: Ipv4Addr::new(10, 254, 0, 2),
+            net: "n1",
+            egress: true,
+            vpc_cidr: Some("10.254.0.0/20"),
+            pool: Some("10.254.0.0/16"),
+            groups: &[],
+        });
+        let chain: Vec<&str> = script
+            .lines()
+            .filter(|l| l.starts_with("add rule inet tessera-t net_n1 "))
+            .map(|l| l.trim_start_matches("add rule inet tessera-t net_n1 "))
+            .collect();
+        let at = |rule: &str| {
+            chain
+                .iter()
+                .position(|r| *r == rule)
+                .unwrap_or_else(|| panic!("no rule {rule:?} in {chain:#?}"))
+        };
+        assert!(at("ct state established accept") < at("oifname @ports drop"));
+        assert!(at("oifname @ports drop") < at("ct state related accept"));
+        assert!(at("ip daddr 10.254.0.0/16 drop") < at("ct state related accept"));
+        assert!(
+            chain.iter().all(|r| !r.contains("established,related")),
+            "{chain:#?}"
+        );
+    }
 
     #[test]
     fn cidrs_are_checked_and_written_as_networks() {
