@@ -174,7 +174,7 @@ impl Store {
         let options = AnyConnectOptions::from_str(url).map_err(StoreError::Connect)?;
         match backend {
             Backend::Sqlite => {
-                sqlite_path(url)?;
+                restrict_sqlite_files(&sqlite_path(url)?)?;
                 let mut conn = options.connect().await.map_err(StoreError::Connect)?;
                 sqlite_pragmas(&mut conn)
                     .await
@@ -574,6 +574,40 @@ fn sqlite_path(url: &str) -> Result<std::path::PathBuf> {
     Ok(path)
 }
 
+/// The database holds every credential's hash and the key that signs
+/// access tokens: its file and the WAL's are the owner's alone (`0600`).
+/// A new file is made so before SQLite opens it (SQLite gives the WAL's
+/// files the database's mode); files an older version made readable by
+/// all are closed now.
+fn restrict_sqlite_files(path: &std::path::Path) -> Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let io = |e: std::io::Error| StoreError::Connect(sqlx::Error::Io(e));
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(io(e)),
+    }
+    for suffix in ["", "-wal", "-shm", "-journal"] {
+        let mut file = path.as_os_str().to_owned();
+        file.push(suffix);
+        match std::fs::metadata(&file) {
+            Ok(meta) if meta.permissions().mode() & 0o077 != 0 => {
+                std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600))
+                    .map_err(io)?;
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io(e)),
+        }
+    }
+    Ok(())
+}
+
 fn migrator(backend: Backend) -> sqlx::migrate::Migrator {
     match backend {
         Backend::Sqlite => sqlx::migrate!("./migrations/sqlite"),
@@ -616,6 +650,31 @@ pub fn timestamp(at: chrono::DateTime<chrono::Utc>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_database_files_are_the_owners_alone() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mode =
+            |p: &std::path::Path| std::fs::metadata(p).expect("there").permissions().mode() & 0o777;
+        // A new database is made 0600 before SQLite opens it.
+        let new = dir.path().join("new.db");
+        restrict_sqlite_files(&new).expect("made");
+        assert_eq!(mode(&new), 0o600);
+        // An older version's files, readable by all, are closed.
+        let old = dir.path().join("old.db");
+        for file in ["old.db", "old.db-wal", "old.db-shm"] {
+            let path = dir.path().join(file);
+            std::fs::write(&path, b"x").expect("written");
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644))
+                .expect("opened");
+        }
+        restrict_sqlite_files(&old).expect("closed");
+        for file in ["old.db", "old.db-wal", "old.db-shm"] {
+            assert_eq!(mode(&dir.path().join(file)), 0o600, "{file}");
+        }
+        assert_eq!(std::fs::read(&old).expect("kept"), b"x");
+    }
 
     #[test]
     fn the_writer_opens_the_file_sqlx_opens() {

@@ -37,6 +37,24 @@ impl AgentDirectory for NoAgents {
     }
 }
 
+/// Nobody but its owner may list or write the data directory (its
+/// database, keys, an agent's volumes): it keeps only the search bit for
+/// others, which instances' roots need to reach their own directories
+/// under an agent's state directory within it (`tessera up`).
+fn close_data_dir(dir: &std::path::Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(dir)
+        .with_context(|| format!("cannot read the data directory {}", dir.display()))?
+        .permissions()
+        .mode();
+    let closed = mode & !0o066;
+    if closed != mode {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(closed & 0o7777))
+            .with_context(|| format!("cannot protect the data directory {}", dir.display()))?;
+    }
+    Ok(())
+}
+
 /// Opens the store, bootstraps access, and serves the API on
 /// `settings.listen` (port 0 picks a free port; see [`RunningServer::addr`]).
 pub async fn start(settings: &Settings) -> Result<RunningServer> {
@@ -46,6 +64,7 @@ pub async fn start(settings: &Settings) -> Result<RunningServer> {
             settings.data_dir.display()
         )
     })?;
+    close_data_dir(&settings.data_dir)?;
     let replica = replica_id(settings)?;
     let store = Store::open(&settings.database_url)
         .await

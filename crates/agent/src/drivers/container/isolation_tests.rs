@@ -632,6 +632,42 @@ async fn attacks_from_inside_instances_fail_and_what_they_need_works() {
             "!!! SYSCALL PROBE SKIPPED: {why}; the seccomp profile is checked only by the tools below"
         ),
     }
+    // From the host: its directory is searchable by its own root's host
+    // id alone, so no other account (a host user, another instance's
+    // escaped root) reads its files through its `rootfs`.
+    {
+        use std::os::unix::fs::MetadataExt;
+        use std::os::unix::process::CommandExt;
+        let rec = driver.load_record("a1").expect("record").expect("a1");
+        let ids = rec.ids.expect("a1 is unprivileged");
+        let dir = driver.dir("a1");
+        let meta = fs::metadata(&dir).expect("its directory");
+        assert_eq!(
+            (meta.mode() & 0o7777, meta.uid(), meta.gid()),
+            (0o710, 0, ids.base),
+            "{}",
+            dir.display()
+        );
+        let hostname = dir.join("rootfs/etc/hostname");
+        assert!(fs::read(&hostname).is_ok(), "the host's root reads it");
+        for (who, uid) in [
+            ("nobody", 65534),
+            ("another instance's root", ids.base + 65536 * 7),
+        ] {
+            let read = StdCommand::new("cat")
+                .arg(&hostname)
+                .uid(uid)
+                .gid(uid)
+                .output()
+                .expect("cat runs");
+            assert!(
+                !read.status.success(),
+                "{who} read {}: {}",
+                hostname.display(),
+                String::from_utf8_lossy(&read.stdout)
+            );
+        }
+    }
     refused(&driver, "a1", "mount -t tmpfs none /tmp", "mounting").await;
     refused(
         &driver,

@@ -1129,6 +1129,9 @@ impl ContainerDriver {
     /// under an overlay.
     async fn ensure_rootfs(&self, rec: &Record, disk_gb: u64) -> Result<(), AgentError> {
         let dir = self.dir(&rec.id);
+        // An instance made by an earlier version has a directory any
+        // account could search.
+        protect_dir(&dir, rec.ids)?;
         let lower = dir.join("lower");
         if !lower.is_dir() {
             let image_root = image::image_rootfs(&self.config.image_dir, &rec.image);
@@ -1612,14 +1615,12 @@ impl InstanceRuntime for ContainerDriver {
         };
         let dir = self.dir(&spec.id);
         fs::create_dir_all(&dir).map_err(|e| io_fail("creating", &dir, e))?;
-        // Traversable by the instance's root (runc mounts its root from
-        // here), listable by no one but the host's root.
-        fs::set_permissions(&dir, fs::Permissions::from_mode(0o711))
-            .map_err(|e| io_fail("protecting", &dir, e))?;
+        protect_dir(&dir, None)?;
         let ids = match ids {
             Some(none) => none,
             None => Some(idmap::claim(dir.clone()).await?),
         };
+        protect_dir(&dir, ids)?;
         let rec = {
             let _alloc = self.alloc.lock().await;
             let (ip, ssh_port) = self.allocate(spec).await?;
@@ -2105,6 +2106,24 @@ fn mount_overlay(target: &Path, lower: &Path, upper: &Path, work: &Path) -> Resu
 /// idmapped mounts of its layers (`lower/`, and `rw/` holding `upper/` and
 /// `work/`), mounted as the instance's root. The layers' mounts are
 /// detached at once: the overlay holds them, and nothing else may.
+/// An instance's directory (its root file system, its disk, its storage,
+/// its console, its runtime configuration) is the host root's; the
+/// instance's own root may search it (`0710`, its group its root's host
+/// id: runc mounts its root from here as that user), and no other account,
+/// on the host or another instance's, may search or list it: through its
+/// `rootfs` they would read the instance's files. A privileged instance's
+/// root is the host's: `0700`.
+fn protect_dir(dir: &Path, ids: Option<idmap::IdRange>) -> Result<(), AgentError> {
+    let (group, mode) = match ids {
+        Some(ids) => (Some(nix::unistd::Gid::from_raw(ids.base)), 0o710),
+        None => (None, 0o700),
+    };
+    nix::unistd::chown(dir, Some(nix::unistd::Uid::from_raw(0)), group)
+        .map_err(|e| fail(format!("protecting {}: {e}", dir.display())))?;
+    fs::set_permissions(dir, fs::Permissions::from_mode(mode))
+        .map_err(|e| io_fail("protecting", dir, e))
+}
+
 async fn mount_idmapped_root(dir: &Path, ids: idmap::IdRange) -> Result<(), AgentError> {
     let dir = dir.to_path_buf();
     blocking(move || {

@@ -9,7 +9,7 @@
 
 use super::{blocking, fail, io_fail, validate_id};
 use std::fs;
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use tessera_agent_api::{AgentError, VolumeReport, VolumeSpec};
 
@@ -58,6 +58,10 @@ pub(super) async fn ensure(
         None => {
             let parent = dir(state_dir);
             fs::create_dir_all(&parent).map_err(|e| io_fail("creating", &parent, e))?;
+            // Tenants' disks: the host root's alone (no instance reaches
+            // them but through its loop device).
+            fs::set_permissions(&parent, fs::Permissions::from_mode(0o700))
+                .map_err(|e| io_fail("protecting", &parent, e))?;
             // Made aside and renamed into place: a crash leaves no half copy.
             let partial = path.with_extension("partial");
             match &spec.clone_of {
@@ -80,7 +84,13 @@ pub(super) async fn ensure(
                     .await?;
                 }
                 None => {
-                    fs::File::create(&partial).map_err(|e| io_fail("creating", &partial, e))?;
+                    fs::OpenOptions::new()
+                        .write(true)
+                        .create(true)
+                        .truncate(true)
+                        .mode(0o600)
+                        .open(&partial)
+                        .map_err(|e| io_fail("creating", &partial, e))?;
                 }
             }
             fs::rename(&partial, &path).map_err(|e| io_fail("renaming", &partial, e))?;
