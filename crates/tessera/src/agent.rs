@@ -172,6 +172,7 @@ impl AgentArgs {
                 scope: None,
                 max_bytes: (self.max_image_size_gb > 0)
                     .then(|| self.max_image_size_gb.saturating_mul(1 << 30)),
+                public_only: None,
             },
             heartbeat_every: Duration::from_secs(self.heartbeat_secs),
             inventory: None,
@@ -294,6 +295,7 @@ pub async fn image(command: ImageCommand) -> Result<()> {
                 // shared (the image is one every tenant may run).
                 scope: None,
                 max_bytes: None,
+                public_only: None,
             };
             let mut report = |p: Progress| match p {
                 Progress::Manifest {

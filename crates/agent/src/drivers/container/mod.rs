@@ -1354,6 +1354,8 @@ impl ContainerDriver {
             say(told.text());
         };
         let mut options = self.config.registry.clone();
+        // A tenant's image: from public registries, or one the operator named.
+        options.public_only = Some(self.config.egress_denied.clone());
         if let Some(login) = spec.workload.as_ref().and_then(|w| w.pull_login.clone()) {
             options.credentials = Some(login);
             options.scope = Some(spec.project_id.clone());

@@ -84,6 +84,12 @@ pub struct PullOptions {
     /// The most an image may weigh, downloaded and unpacked; `None`: no
     /// limit (an operator's own pulls).
     pub max_bytes: Option<u64>,
+    /// A tenant's pull: the registry must be at public addresses, not the
+    /// host's own, its private networks' or these blocks (`--egress-deny`),
+    /// unless the operator named it (a mirror, an insecure registry). A
+    /// pull runs in the host's network, past the firewall that keeps
+    /// instances from those addresses.
+    pub public_only: Option<Vec<String>>,
 }
 
 /// What a pull did, as it goes.
@@ -143,6 +149,103 @@ fn source(reference: &Reference, options: &PullOptions) -> (Reference, ClientPro
     (from, ClientProtocol::HttpsExcept(plain))
 }
 
+/// `Err` (why) unless the registry `from` names is one the operator
+/// named, or each of its addresses is public and outside `denied`.
+async fn check_public(
+    from: &Reference,
+    options: &PullOptions,
+    denied: &[String],
+) -> Result<(), String> {
+    let registry = from.resolve_registry();
+    let named = options.plain_http.iter().any(|r| r == registry)
+        || options.mirrors.iter().any(|m| m.endpoint == registry);
+    if named {
+        return Ok(());
+    }
+    let (host, port) =
+        split_host_port(registry).ok_or_else(|| format!("bad registry address {registry:?}"))?;
+    let addresses: Vec<std::net::IpAddr> = match host.parse() {
+        Ok(ip) => vec![ip],
+        Err(_) => tokio::net::lookup_host((host, port))
+            .await
+            .map_err(|e| format!("registry {host} not found: {e}"))?
+            .map(|a| a.ip())
+            .collect(),
+    };
+    let denied: Vec<ipnet::IpNet> = denied
+        .iter()
+        .filter_map(|d| {
+            let d = d.trim();
+            d.parse()
+                .ok()
+                .or_else(|| d.parse::<std::net::IpAddr>().ok().map(Into::into))
+        })
+        .collect();
+    for ip in addresses {
+        let ip = match ip {
+            std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, Into::into),
+            v4 => v4,
+        };
+        if !is_public(ip) || denied.iter().any(|d| d.contains(&ip)) {
+            return Err(format!(
+                "registry {registry} is at {ip}, an address of this host's or of a private \
+                 network: images are pulled for instances from public registries only (an \
+                 operator names others with the agent's --insecure-registry or --registry-mirror)"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// `host` and port (443 unless given) of `host[:port]` or `[v6][:port]`.
+fn split_host_port(registry: &str) -> Option<(&str, u16)> {
+    if let Some(rest) = registry.strip_prefix('[') {
+        let (host, after) = rest.split_once(']')?;
+        let port = match after.strip_prefix(':') {
+            Some(port) => port.parse().ok()?,
+            None if after.is_empty() => 443,
+            None => return None,
+        };
+        return Some((host, port));
+    }
+    match registry.rsplit_once(':') {
+        Some((host, port)) => Some((host, port.parse().ok()?)),
+        None => Some((registry, 443)),
+    }
+}
+
+/// Whether `ip` is an address of the internet at large: not loopback,
+/// unspecified, link-local (metadata services), multicast or broadcast,
+/// and not of a private, shared (carrier-grade NAT), benchmarking,
+/// documentation or reserved block.
+fn is_public(ip: std::net::IpAddr) -> bool {
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            let [a, b, ..] = v4.octets();
+            !(v4.is_loopback()
+                || v4.is_unspecified()
+                || v4.is_link_local()
+                || v4.is_multicast()
+                || v4.is_broadcast()
+                || v4.is_private()
+                || v4.is_documentation()
+                || a == 0
+                || (a == 100 && (64..128).contains(&b))
+                || (a == 198 && (18..20).contains(&b))
+                || a >= 240)
+        }
+        std::net::IpAddr::V6(v6) => {
+            let first = v6.segments()[0];
+            !(v6.is_loopback()
+                || v6.is_unspecified()
+                || v6.is_multicast()
+                || (first & 0xfe00) == 0xfc00
+                || (first & 0xffc0) == 0xfe80
+                || first == 0x2001 && v6.segments()[1] == 0x0db8)
+        }
+    }
+}
+
 /// The caches a pull reads, in order, and the one it writes.
 fn caches(image_dir: &Path, options: &PullOptions) -> (Vec<PathBuf>, PathBuf) {
     let shared = image_dir.join(".blobs");
@@ -184,6 +287,11 @@ pub async fn pull_image(
         .parse()
         .map_err(|e| fail(format!("bad image reference {reference:?}: {e}")))?;
     let (from, protocol) = source(&wanted, options);
+    if let Some(denied) = &options.public_only {
+        check_public(&from, options, denied)
+            .await
+            .map_err(|why| fail(format!("pulling {reference}: {why}")))?;
+    }
     let client = Client::new(ClientConfig {
         protocol,
         connect_timeout: Some(std::time::Duration::from_secs(10)),
@@ -391,6 +499,75 @@ fn write_layout(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn public_addresses_are_the_internets() {
+        for ip in ["8.8.8.8", "1.1.1.1", "2606:4700::1111"] {
+            assert!(is_public(ip.parse().expect("ip")), "{ip}");
+        }
+        for ip in [
+            "127.0.0.1",
+            "0.0.0.0",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "198.18.0.1",
+            "192.0.2.1",
+            "224.0.0.1",
+            "255.255.255.255",
+            "::1",
+            "::",
+            "fd00::1",
+            "fe80::1",
+            "2001:db8::1",
+        ] {
+            assert!(!is_public(ip.parse().expect("ip")), "{ip}");
+        }
+    }
+
+    /// A tenant's image from the host's own or private addresses is
+    /// refused before any connection, unless the operator named the
+    /// registry; so is one in the operator's denied blocks.
+    #[tokio::test]
+    async fn a_tenants_pull_reaches_public_registries_only() {
+        let check = |reference: &str, named: &[&str], denied: &[&str]| {
+            let reference: Reference = reference.parse().expect("reference");
+            let options = PullOptions {
+                plain_http: named.iter().map(|s| (*s).to_string()).collect(),
+                ..PullOptions::default()
+            };
+            let denied: Vec<String> = denied.iter().map(|s| (*s).to_string()).collect();
+            async move { check_public(&reference, &options, &denied).await }
+        };
+        for reference in [
+            "127.0.0.1:9443/apps/echo:v1",
+            "localhost:5000/apps/echo:v1",
+            "169.254.169.254/latest:x",
+            "10.0.0.5:5000/internal/app:1",
+        ] {
+            let refused = check(reference, &[], &[]).await;
+            assert!(
+                refused
+                    .as_ref()
+                    .is_err_and(|why| why.contains("public registries only")),
+                "{reference}: {refused:?}"
+            );
+        }
+        assert!(
+            check("127.0.0.1:9443/a/b:1", &["127.0.0.1:9443"], &[])
+                .await
+                .is_ok()
+        );
+        assert!(check("8.8.8.8/a/b:1", &[], &[]).await.is_ok());
+        assert!(
+            check("8.8.8.8:5000/a/b:1", &[], &["8.8.8.0/24"])
+                .await
+                .is_err()
+        );
+        assert!(check("8.8.8.8/a/b:1", &[], &["8.8.8.8"]).await.is_err());
+    }
 
     #[test]
     fn mirrors_are_read_and_used() {
