@@ -84,6 +84,8 @@ pub struct HostConfig {
     pub egress_denied: Vec<String>,
     /// How images the catalog names by reference are pulled.
     pub registry: crate::drivers::container::PullOptions,
+    /// How many times the disk's free space instances' disks may promise.
+    pub disk_overcommit: f64,
     /// CPUs kept for the host itself (not in its [`HostAgent::report`]).
     pub reserved_cpus: CpuSet,
 }
@@ -150,6 +152,7 @@ impl LocalHost {
                             allow_privileged: config.allow_privileged,
                             egress_denied: config.egress_denied.clone(),
                             registry: config.registry.clone(),
+                            disk_overcommit: config.disk_overcommit,
                         })?))
                     }
                     _ => None,
@@ -545,6 +548,7 @@ mod tests {
             allow_privileged: false,
             egress_denied: Vec::new(),
             registry: Default::default(),
+            disk_overcommit: 1.0,
             reserved_cpus: CpuSet::default(),
         })
         .expect("a sim host needs nothing of the machine")

@@ -52,6 +52,8 @@ pub struct AgentOptions {
     pub egress_denied: Vec<String>,
     /// How images the catalog names by reference are pulled.
     pub registry: crate::drivers::container::PullOptions,
+    /// How many times the disk's free space instances' disks may promise.
+    pub disk_overcommit: f64,
     pub heartbeat_every: Duration,
     /// What the host offers, instead of what is found on this machine
     /// (benchmarks' simulated fleets).
@@ -99,6 +101,7 @@ pub async fn run(options: AgentOptions, stop: CancellationToken) -> Result<()> {
             allow_privileged: options.allow_privileged,
             egress_denied: options.egress_denied.clone(),
             registry: options.registry.clone(),
+            disk_overcommit: options.disk_overcommit,
             reserved_cpus: options.reserved_cpus.clone(),
         })
         .map_err(|e| {

@@ -75,6 +75,12 @@ pub struct AgentArgs {
     /// repeatable).
     #[arg(long = "insecure-registry", value_name = "HOST[:PORT]")]
     pub insecure_registries: Vec<String>,
+    /// How many times the disk's free space instances' disks (sparse files:
+    /// root disks, persistent storage, volumes) may promise together. At 1
+    /// no disk is made that the free space could not hold once written in
+    /// full; above it, one tenant filling its disk may fill the host's.
+    #[arg(long, env = "TESSERA_DISK_OVERCOMMIT", default_value_t = 1.0, value_parser = parse_overcommit)]
+    pub disk_overcommit: f64,
     /// The most an image pulled for an instance may weigh, downloaded and
     /// again unpacked, in GiB (a tenant names any image; 0: no limit).
     #[arg(long, default_value_t = 20)]
@@ -82,6 +88,14 @@ pub struct AgentArgs {
     /// Seconds between heartbeats; three missed make the host unreachable.
     #[arg(long, default_value_t = 5)]
     pub heartbeat_secs: u64,
+}
+
+/// A disk overcommit: a finite number above 0.
+pub(crate) fn parse_overcommit(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(x) if x.is_finite() && x > 0.0 => Ok(x),
+        _ => Err(format!("{s:?} is not a number above 0 (1: no overcommit)")),
+    }
 }
 
 fn parse_resolver(s: &str) -> Result<std::net::SocketAddr, String> {
@@ -174,6 +188,7 @@ impl AgentArgs {
                     .then(|| self.max_image_size_gb.saturating_mul(1 << 30)),
                 public_only: None,
             },
+            disk_overcommit: self.disk_overcommit,
             heartbeat_every: Duration::from_secs(self.heartbeat_secs),
             inventory: None,
             http: None,

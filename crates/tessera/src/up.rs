@@ -38,6 +38,11 @@ pub struct UpArgs {
     /// again unpacked, in GiB (0: no limit).
     #[arg(long, default_value_t = 20)]
     pub max_image_size_gb: u64,
+    /// How many times the disk's free space instances' disks (sparse files)
+    /// may promise together; 1: none is made that the free space could not
+    /// hold written in full.
+    #[arg(long, env = "TESSERA_DISK_OVERCOMMIT", default_value_t = 1.0, value_parser = crate::agent::parse_overcommit)]
+    pub disk_overcommit: f64,
 }
 
 fn parse_driver(s: &str) -> Result<DriverKind, String> {
@@ -207,6 +212,7 @@ pub async fn run(args: UpArgs) -> Result<()> {
         registry_mirrors: args.registry_mirrors.clone(),
         insecure_registries: args.insecure_registries.clone(),
         max_image_size_gb: args.max_image_size_gb,
+        disk_overcommit: args.disk_overcommit,
         heartbeat_secs: 5,
     }
     .options()?;

@@ -82,6 +82,7 @@ pub async fn run(args: AgentsArgs) -> Result<()> {
             allow_privileged: false,
             egress_denied: Vec::new(),
             registry: Default::default(),
+            disk_overcommit: 1.0,
             heartbeat_every: Duration::from_secs(args.heartbeat_secs.max(1)),
             inventory: Some(inventory.clone()),
             http: None,

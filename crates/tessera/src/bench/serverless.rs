@@ -172,6 +172,8 @@ pub async fn run(args: ServerlessArgs) -> Result<()> {
         registry_mirrors: Vec::new(),
         insecure_registries: Vec::new(),
         max_image_size_gb: 20,
+        // Its replicas' disks are sparse and barely written.
+        disk_overcommit: 100.0,
         heartbeat_secs: 5,
     }
     .options()?;

@@ -706,6 +706,59 @@ async fn a_host_takes_only_what_its_agent_offers() {
     let op = wait_op(&server.url, deleted["operation_id"].as_str().expect("op")).await;
     assert_eq!(op["status"], "completed", "{op}");
 
+    // Its disk: at --disk-overcommit 1 a root disk the host's free space
+    // could not hold written in full is refused, saying why; a small one
+    // runs.
+    drop(agent);
+    let agent = container_agent_with(
+        &server,
+        "image-host",
+        &state,
+        2,
+        &["--disk-overcommit", "1"],
+    )
+    .await;
+    for (name, disk_gb, fits) in [("huge-disk", 60_000, false), ("small-disk", 1, true)] {
+        let (status, created) = api(
+            &server.url,
+            Method::POST,
+            "/v1/instances",
+            Some(json!({
+                "metadata": {"name": name},
+                "spec": {"type": "cx11", "image": "tiny", "disk_gb": disk_gb},
+            })),
+        )
+        .await;
+        assert_eq!(status, StatusCode::CREATED, "{created}");
+        let op = wait_op(&server.url, created["operation_id"].as_str().expect("op")).await;
+        let id = created["id"].as_str().expect("id");
+        if fits {
+            assert_eq!(op["status"], "completed", "{op}");
+        } else {
+            assert_eq!(op["status"], "failed", "{op}");
+            assert!(
+                op["error"]
+                    .as_str()
+                    .is_some_and(|e| e.contains("--disk-overcommit")),
+                "{op}"
+            );
+            assert!(
+                !state.join(format!("containers/{id}/rw.img")).exists(),
+                "no disk made"
+            );
+        }
+        let (_, deleted) = api(
+            &server.url,
+            Method::DELETE,
+            &format!("/v1/instances/{id}"),
+            None,
+        )
+        .await;
+        if let Some(op) = deleted["operation_id"].as_str() {
+            wait_op(&server.url, op).await;
+        }
+    }
+
     // Every CPU but the first reserved for the host itself.
     let online = std::fs::read_to_string("/sys/devices/system/cpu/online").expect("online");
     let online = CpuSet::parse_list(online.trim()).expect("online CPUs");

@@ -50,6 +50,7 @@
 //! CFS quota besides its CPUs (see `bundle.rs`).
 
 mod bundle;
+mod disk;
 mod dns;
 mod exec;
 mod firewall;
@@ -120,6 +121,9 @@ pub struct ContainerConfig {
     pub egress_denied: Vec<String>,
     /// How images the catalog names by reference are pulled on first use.
     pub registry: PullOptions,
+    /// How many times the host disk's free space instances' disks may
+    /// promise together (they are sparse); 1: no more than is free.
+    pub disk_overcommit: f64,
 }
 
 /// The most processes an instance may have.
@@ -562,6 +566,8 @@ pub struct ContainerDriver {
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Held while choosing addresses and ports.
     alloc: tokio::sync::Mutex<()>,
+    /// Held while a disk is checked against the host's and made or grown.
+    disk: tokio::sync::Mutex<()>,
     proxies: Mutex<HashMap<String, Proxy>>,
     /// Whether instances can have user namespaces of their own here, or
     /// why not (found at start).
@@ -679,6 +685,7 @@ impl ContainerDriver {
             mems: host_mems(),
             locks: Mutex::new(HashMap::new()),
             alloc: tokio::sync::Mutex::new(()),
+            disk: tokio::sync::Mutex::new(()),
             proxies: Mutex::new(HashMap::new()),
             config,
         })
@@ -850,7 +857,13 @@ impl ContainerDriver {
         // Its persistent storage, mounted on the host and bound in (through
         // an idmapped clone of its mount, for an unprivileged instance).
         let mut binds = match &spec.storage {
-            Some(storage) => storage::mount(&dir, id, storage).await?,
+            Some(storage) => {
+                let wanted = storage.size_gb.saturating_mul(storage::GIB);
+                let _disk = self
+                    .disk_room(&storage::image(&dir), wanted, "its persistent storage")
+                    .await?;
+                storage::mount(&dir, id, storage).await?
+            }
             None => Vec::new(),
         };
         if let (Some(ids), false) = (rec.ids, binds.is_empty()) {
@@ -1178,6 +1191,13 @@ impl ContainerDriver {
                 disk_gb
             };
             let rw = dir.join("rw");
+            let _disk = self
+                .disk_room(
+                    &dir.join("rw.img"),
+                    gb.saturating_mul(storage::GIB),
+                    "its root disk",
+                )
+                .await?;
             // The instance's writes land in a file system of its disk's
             // size: filling it fills its disk, never the host's.
             storage::ensure_fs(
@@ -1530,6 +1550,26 @@ impl ContainerDriver {
         NetNames::new(&self.tag(id))
     }
 
+    /// Holds the host's disk for a file about to be made or grown to
+    /// `bytes`, once what it adds fits (see [`disk`]); the guard is held
+    /// until the file has its size.
+    async fn disk_room(
+        &self,
+        file: &Path,
+        bytes: u64,
+        what: &str,
+    ) -> Result<tokio::sync::MutexGuard<'_, ()>, AgentError> {
+        let held = self.disk.lock().await;
+        let (state_dir, file2) = (self.config.state_dir.clone(), file.to_path_buf());
+        let overcommit = self.config.disk_overcommit;
+        let what = what.to_string();
+        blocking(move || {
+            disk::check_room(&state_dir, disk::growth(&file2, bytes), overcommit, &what)
+        })
+        .await?;
+        Ok(held)
+    }
+
     fn cgroups_path(&self, id: &str) -> String {
         format!("/tessera-{}-{id}", self.agent_tag)
     }
@@ -1718,6 +1758,11 @@ impl InstanceRuntime for ContainerDriver {
 
     /// Makes a volume's storage, or grows it (see [`volume`]).
     async fn ensure_volume(&self, spec: &VolumeSpec) -> Result<VolumeReport, AgentError> {
+        let file = volume::file(&self.config.state_dir, &spec.id);
+        let what = format!("volume {}", spec.id);
+        let _disk = self
+            .disk_room(&file, spec.size_gb.saturating_mul(storage::GIB), &what)
+            .await?;
         volume::ensure(&self.config.state_dir, spec).await
     }
 

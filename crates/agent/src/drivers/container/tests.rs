@@ -114,6 +114,8 @@ pub(super) fn fixture(bridge: &str, subnet: &str, ssh_port_base: u16) -> Fixture
         allow_privileged: false,
         egress_denied: Vec::new(),
         registry: PullOptions::default(),
+        // Tests make more (sparse) disks than a test machine's disk holds.
+        disk_overcommit: 1000.0,
     };
     Fixture {
         dir,
