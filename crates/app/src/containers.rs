@@ -539,9 +539,10 @@ impl App {
         let network = self
             .attach_new_instance(&caller.project_id, &mut spec)
             .await?;
-        spec.privileged = self
-            .runs_privileged(&caller.project_id, &spec.image)
+        let (privileged, prepaid) = self
+            .new_instance_policy(&caller.project_id, &spec.image)
             .await?;
+        spec.privileged = privileged;
         let id = self.new_container_id().await?;
         let instance = NewInstance {
             id: id.clone(),
@@ -564,7 +565,10 @@ impl App {
             replica: None,
             created_by: caller.acting_user(),
         };
-        self.record_instance(caller, &instance, &[], false).await?;
+        // A prepaid project's containers need its balance (checked with the
+        // quota, in the write's transaction).
+        self.record_instance(caller, &instance, &[], prepaid)
+            .await?;
         self.container(caller, &id).await
     }
 

@@ -1,7 +1,8 @@
 //! Per-project policies: whether a project's instances may reach beyond
 //! their host and their project (egress), and whether its new instances run
 //! as the host's root (privileged) instead of in user namespaces of their
-//! own. Install admins (`quota_admin`) set them, explicitly; a project's
+//! own, and whether its instances and containers need its balance on every
+//! face (prepaid). Install admins (`quota_admin`) set them, explicitly; a project's
 //! members see their own. A change of egress reaches running instances at
 //! once; privileged applies to instances made afterwards (an instance keeps
 //! the ids it was made with).
@@ -19,6 +20,7 @@ pub struct ProjectPolicy {
     pub project: String,
     pub egress: bool,
     pub privileged: bool,
+    pub prepaid: bool,
 }
 
 /// Changes to a policy; `None` keeps what there is.
@@ -26,14 +28,27 @@ pub struct ProjectPolicy {
 pub struct SetPolicy {
     pub egress: Option<bool>,
     pub privileged: Option<bool>,
+    pub prepaid: Option<bool>,
 }
 
 impl App {
     /// Whether a new instance of `image` in the project runs as the host's
     /// root: its project is privileged, or its image is.
     pub(crate) async fn runs_privileged(&self, project_id: &str, image: &str) -> Result<bool> {
+        Ok(self.new_instance_policy(project_id, image).await?.0)
+    }
+
+    /// For a new instance of `image` in the project: whether it runs as the
+    /// host's root, and whether the project's balance must cover it
+    /// (prepaid), in one read.
+    pub(crate) async fn new_instance_policy(
+        &self,
+        project_id: &str,
+        image: &str,
+    ) -> Result<(bool, bool)> {
         let image = self.catalog.image(image).is_some_and(|i| i.privileged);
-        Ok(image || self.store.project_policy(project_id).await?.privileged)
+        let policy = self.store.project_policy(project_id).await?;
+        Ok((image || policy.privileged, policy.prepaid))
     }
 
     /// A project's policy: the caller's own (`workspace_read`), or any
@@ -45,6 +60,7 @@ impl App {
             project: record.name,
             egress: policy.egress,
             privileged: policy.privileged,
+            prepaid: policy.prepaid,
         })
     }
 
@@ -62,6 +78,7 @@ impl App {
         let after = ProjectPolicyRecord {
             egress: req.egress.unwrap_or(before.egress),
             privileged: req.privileged.unwrap_or(before.privileged),
+            prepaid: req.prepaid.unwrap_or(before.prepaid),
         };
         self.store.set_project_policy(&record.id, &after).await?;
         tracing::info!(project = %record.name, by = %caller.username, ?after, "project policy set");

@@ -291,6 +291,7 @@ impl Store {
             (Some(egress), Some(privileged)) => crate::ProjectPolicyRecord {
                 egress: egress != 0,
                 privileged: privileged != 0,
+                ..crate::ProjectPolicyRecord::default()
             },
             _ => crate::ProjectPolicyRecord::default(),
         };

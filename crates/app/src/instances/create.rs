@@ -274,6 +274,12 @@ impl App {
                 ),
             ));
         }
+        // A prepaid project's instances need its balance, whichever face
+        // asks (Verda's always do).
+        let (privileged, prepaid) = self
+            .new_instance_policy(&caller.project_id, &req.spec.image)
+            .await?;
+        req.require_funds |= prepaid;
         if req.require_funds {
             self.check_funds(caller, with_volumes, &format!("instance {}", req.name))
                 .await?;
@@ -288,9 +294,7 @@ impl App {
             let network = self
                 .attach_new_instance(&caller.project_id, &mut req.spec)
                 .await?;
-            req.spec.privileged = self
-                .runs_privileged(&caller.project_id, &req.spec.image)
-                .await?;
+            req.spec.privileged = privileged;
             let id = new_id("inst");
             for volume in &mut volumes {
                 volume.record.instance_id = Some(id.clone());

@@ -22,6 +22,10 @@ pub struct PolicyBody {
     /// of their own: only for projects whose instances are all trusted. An
     /// instance keeps what it was made with.
     pub privileged: bool,
+    /// Its instances and containers need its balance to cover an hour of
+    /// them (with all it runs), on every face, as Verda's deploys and every
+    /// volume always do: `402` otherwise. Off, only those do.
+    pub prepaid: bool,
 }
 
 impl From<ProjectPolicy> for PolicyBody {
@@ -30,6 +34,7 @@ impl From<ProjectPolicy> for PolicyBody {
             workspace: p.project,
             egress: p.egress,
             privileged: p.privileged,
+            prepaid: p.prepaid,
         }
     }
 }
@@ -42,6 +47,8 @@ pub struct SetPolicyRequest {
     pub egress: Option<bool>,
     #[schema(example = false)]
     pub privileged: Option<bool>,
+    #[schema(example = true)]
+    pub prepaid: Option<bool>,
 }
 
 /// A project's policy: your workspace's, or any for an install admin.
@@ -61,7 +68,7 @@ pub async fn get_policy(
     Ok(Json(app.project_policy(&caller, &name).await?.into()))
 }
 
-/// Set a project's egress and privilege (`quota_admin`: install admins).
+/// Set a project's egress, privilege and prepayment (`quota_admin`: install admins).
 #[utoipa::path(put, path = "/v1/workspaces/{name}/policy", tag = "quotas",
     params(("name" = String, Path, description = "Workspace (project) name")),
     request_body = SetPolicyRequest,
@@ -81,6 +88,7 @@ pub async fn set_policy(
     let set = SetPolicy {
         egress: req.egress,
         privileged: req.privileged,
+        prepaid: req.prepaid,
     };
     Ok(Json(
         app.set_project_policy(&caller, &name, set).await?.into(),

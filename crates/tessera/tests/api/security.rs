@@ -1410,7 +1410,7 @@ async fn only_install_admins_set_a_projects_policy(backend: Backend) {
     assert_eq!(status, StatusCode::OK, "{shown}");
     assert_eq!(
         shown,
-        json!({"workspace": "alpha", "egress": true, "privileged": false})
+        json!({"workspace": "alpha", "egress": true, "privileged": false, "prepaid": false})
     );
     // Not another's, and nobody but an install admin sets one, not even
     // the workspace's own admin.
@@ -1437,12 +1437,12 @@ async fn only_install_admins_set_a_projects_policy(backend: Backend) {
     assert_eq!(status, StatusCode::OK, "{set}");
     assert_eq!(
         set,
-        json!({"workspace": "alpha", "egress": false, "privileged": false})
+        json!({"workspace": "alpha", "egress": false, "privileged": false, "prepaid": false})
     );
     let (_, set) = put_policy(&server, "alpha", json!({"privileged": true}), TOKEN).await;
     assert_eq!(
         set,
-        json!({"workspace": "alpha", "egress": false, "privileged": true})
+        json!({"workspace": "alpha", "egress": false, "privileged": true, "prepaid": false})
     );
     assert_eq!(policy(&server, "alpha", &alice).await.1, set);
     assert_eq!(policy(&server, "beta", TOKEN).await.1["egress"], true);
@@ -1457,6 +1457,57 @@ async fn only_install_admins_set_a_projects_policy(backend: Backend) {
     put_policy(&server, "alpha", json!({"privileged": false}), TOKEN).await;
     let made = server.create_instance(&alice, "plain-2", "cx11").await;
     assert_eq!(made["status"].get("privileged"), None, "{made}");
+
+    // Prepaid: its instances and containers need its balance on every face
+    // (Verda's deploys always did); a 402 makes nothing.
+    let (_, set) = put_policy(&server, "alpha", json!({"prepaid": true}), TOKEN).await;
+    assert_eq!(set["prepaid"], true, "{set}");
+    let body =
+        json!({"metadata": {"name": "unpaid"}, "spec": {"type": "cx11", "image": "ubuntu-22.04"}});
+    let (status, reply) = server
+        .call(Method::POST, "/v1/instances", Some(&body), &alice)
+        .await;
+    assert_error(
+        status,
+        &reply,
+        StatusCode::PAYMENT_REQUIRED,
+        "INSUFFICIENT_FUNDS",
+    );
+    let (status, key) = server
+        .request(
+            Method::POST,
+            "/compute/ssh-keys",
+            Some(&json!({"name": "alice", "public_key": crate::harness::KEY}).to_string()),
+            Some(&alice),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{key}");
+    let (status, reply) = server
+        .request(
+            Method::POST,
+            "/compute/containers",
+            Some(
+                &json!({"name": "unpaid-box", "instance_type": "tiny", "ssh_key_ids": [key["id"]]})
+                    .to_string(),
+            ),
+            Some(&alice),
+        )
+        .await;
+    assert_eq!(status, StatusCode::PAYMENT_REQUIRED, "{reply}");
+    let (_, listed) = server
+        .call(Method::GET, "/v1/instances", None, &alice)
+        .await;
+    let names: Vec<&str> = listed["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter_map(|i| i["metadata"]["name"].as_str())
+        .collect();
+    assert!(!names.iter().any(|n| n.starts_with("unpaid")), "{names:?}");
+    // Another project is not prepaid; alpha, topped up, makes it.
+    server.create_instance(&bob, "plain-3", "cx11").await;
+    crate::verda::top_up(&server, "alpha", 1.0).await;
+    server.create_instance(&alice, "paid-1", "cx11").await;
     server.stop().await;
 }
 
