@@ -239,7 +239,12 @@ impl App {
             }),
             created_by: caller.username.clone(),
         };
-        let quota = self.quota_check(&op.project_id, crate::instances::instances_usage(&nodes));
+        // A prepaid project's nodes need its balance, as its instances do.
+        let usage = crate::instances::instances_usage(&nodes);
+        let quota = match self.store.project_policy(&op.project_id).await?.prepaid {
+            true => self.paid_check(&op.project_id, usage),
+            false => self.quota_check(&op.project_id, usage),
+        };
         match self
             .store
             .insert_instances(&nodes, &op, Some(&quota), None)

@@ -1504,6 +1504,17 @@ async fn only_install_admins_set_a_projects_policy(backend: Backend) {
         .filter_map(|i| i["metadata"]["name"].as_str())
         .collect();
     assert!(!names.iter().any(|n| n.starts_with("unpaid")), "{names:?}");
+    let cluster = json!({"workspace": "alpha", "workflow_type": "cluster_create",
+        "parameters": {"cluster_name": "unpaid", "node_count": 2, "type": "cx11"}});
+    let (status, op) = server
+        .call(Method::POST, "/v1/workflows/submit", Some(&cluster), &alice)
+        .await;
+    assert_error(
+        status,
+        &op,
+        StatusCode::PAYMENT_REQUIRED,
+        "INSUFFICIENT_FUNDS",
+    );
     // Another project is not prepaid; alpha, topped up, makes it.
     server.create_instance(&bob, "plain-3", "cx11").await;
     crate::verda::top_up(&server, "alpha", 1.0).await;
