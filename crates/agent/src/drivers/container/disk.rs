@@ -28,13 +28,13 @@ pub(super) fn promised_bytes(state_dir: &Path) -> u64 {
         .flatten()
         .flatten()
         .flat_map(|entry| {
-            [
-                "rw.img",
-                "storage.img",
-                "storage.img.partial",
-                "rw.img.partial",
-            ]
-            .map(|name| entry.path().join(name))
+            let root = entry.path().join("rw.img");
+            let storage = super::storage::image(&entry.path());
+            // Each as its partial too, while it is being made.
+            [root, storage]
+                .map(|f| [f.with_extension("img.partial"), f])
+                .into_iter()
+                .flatten()
         });
     let volumes = fs::read_dir(super::volume::dir(state_dir))
         .into_iter()

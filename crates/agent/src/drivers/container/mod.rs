@@ -672,6 +672,7 @@ impl ContainerDriver {
         }
         let firewall =
             firewall::Firewall::new(firewall_table(&config.state_dir), subnet.gateway(), denied);
+        close_earlier_state(&config);
         Ok(Self {
             isolation,
             firewall,
@@ -1374,8 +1375,12 @@ impl ContainerDriver {
             say(told.text());
         };
         let mut options = self.config.registry.clone();
-        // A tenant's image: from public registries, or one the operator named.
-        options.public_only = Some(self.config.egress_denied.clone());
+        // A serverless replica's image is the tenant's choice: from public
+        // registries, or one the operator named. A catalog image's
+        // reference is the operator's own (its registry may be internal).
+        if spec.workload.is_some() {
+            options.public_only = Some(self.config.egress_denied.clone());
+        }
         if let Some(login) = spec.workload.as_ref().and_then(|w| w.pull_login.clone()) {
             options.credentials = Some(login);
             options.scope = Some(spec.project_id.clone());
@@ -2153,6 +2158,45 @@ fn mount_overlay(target: &Path, lower: &Path, upper: &Path, work: &Path) -> Resu
 /// idmapped mounts of its layers (`lower/`, and `rw/` holding `upper/` and
 /// `work/`), mounted as the instance's root. The layers' mounts are
 /// detached at once: the overlay holds them, and nothing else may.
+/// What an earlier version left open to every host account: the volumes'
+/// directory, and instances' directories (each is closed again at its next
+/// start too). Says so when the host's disks already promise more than its
+/// free space allows: new disks are refused until some go (or the operator
+/// raises `--disk-overcommit`). Failures are logged: the agent runs on.
+fn close_earlier_state(config: &ContainerConfig) {
+    let volumes = volume::dir(&config.state_dir);
+    if volumes.is_dir()
+        && let Err(e) = fs::set_permissions(&volumes, fs::Permissions::from_mode(0o700))
+    {
+        tracing::warn!(dir = %volumes.display(), error = %e, "closing the volumes' directory");
+    }
+    let containers = config.state_dir.join("containers");
+    for entry in fs::read_dir(&containers).into_iter().flatten().flatten() {
+        let dir = entry.path();
+        let ids = fs::read(dir.join("instance.json"))
+            .ok()
+            .and_then(|text| serde_json::from_slice::<Record>(&text).ok())
+            .map(|rec| rec.ids);
+        if let Some(ids) = ids
+            && let Err(e) = protect_dir(&dir, ids)
+        {
+            tracing::warn!(dir = %dir.display(), error = %e, "closing an instance's directory");
+        }
+    }
+    if let Ok(stat) = nix::sys::statvfs::statvfs(&config.state_dir) {
+        let free = stat.blocks_available().saturating_mul(stat.fragment_size());
+        let promised = disk::promised_bytes(&config.state_dir);
+        if promised as f64 > free as f64 * config.disk_overcommit {
+            tracing::warn!(
+                promised_gb = promised >> 30,
+                free_gb = free >> 30,
+                overcommit = config.disk_overcommit,
+                "this host's disks already promise more than its free space allows: new disks and volumes are refused until some go (--disk-overcommit raises the limit)"
+            );
+        }
+    }
+}
+
 /// An instance's directory (its root file system, its disk, its storage,
 /// its console, its runtime configuration) is the host root's; the
 /// instance's own root may search it (`0710`, its group its root's host
