@@ -73,17 +73,22 @@ impl App {
     }
 
     /// `InsufficientFunds` unless the caller's balance covers an hour of
-    /// the instances of `ids` that are not running, on top of what the
+    /// the stopped instances of `ids`, on top of what the
     /// project already runs: a start is a deploy's spending again, so
     /// shutting down, spending the money and starting again cannot run
     /// past it. Ids not of the project count nothing (their action says
     /// why).
     pub async fn check_start_funds(&self, caller: &Principal, ids: &[String]) -> Result<()> {
+        caller.require(Permission::InstanceCreate)?;
         let mut seen = std::collections::HashSet::new();
         let mut adds = 0i64;
         let mut count = 0;
         for id in ids.iter().filter(|id| seen.insert(id.as_str())) {
-            if let Some((rate, false)) = self.store.meter_rate(&caller.project_id, id).await? {
+            if let Some(rate) = self
+                .store
+                .stopped_instance_rate(&caller.project_id, id)
+                .await?
+            {
                 adds = adds.saturating_add(rate);
                 count += 1;
             }

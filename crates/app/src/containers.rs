@@ -946,7 +946,7 @@ impl App {
                 InstanceState::Running | InstanceState::Provisioning => return Ok(true),
                 _ => return Ok(false),
             }
-            match self.start_instance(caller, container.id()).await {
+            match self.start_again(caller, container.id()).await {
                 Ok(_) => return Ok(true),
                 Err(Error::Conflict(_)) => continue,
                 Err(err) => return Err(err),

@@ -128,20 +128,23 @@ impl Store {
         Ok(())
     }
 
-    /// A meter of `project_id`'s: its hourly price, and whether it runs.
-    pub async fn meter_rate(
+    /// The hourly price of a stopped instance of `project_id`'s (what a
+    /// start adds to what the project runs); `None` for any other (one
+    /// running, being made, gone, or not the project's).
+    pub async fn stopped_instance_rate(
         &self,
         project_id: &str,
-        resource_id: &str,
-    ) -> Result<Option<(i64, bool)>> {
-        let row: Option<(i64, i64)> = self
+        instance_id: &str,
+    ) -> Result<Option<i64>> {
+        let row: Option<(i64,)> = self
             .fetch_optional(
-                "SELECT micros_per_hour, CASE WHEN running_since IS NULL THEN 0 ELSE 1 END \
-                 FROM meters WHERE resource_id = $1 AND project_id = $2",
-                &[resource_id.into(), project_id.into()],
+                "SELECT m.micros_per_hour FROM meters m JOIN instances i ON i.id = m.resource_id \
+                 WHERE m.resource_id = $1 AND m.project_id = $2 AND i.project_id = $2 \
+                 AND i.state = 'stopped' AND m.running_since IS NULL",
+                &[instance_id.into(), project_id.into()],
             )
             .await?;
-        Ok(row.map(|(rate, running)| (rate, running != 0)))
+        Ok(row.map(|(rate,)| rate))
     }
 
     pub async fn balance(&self, project_id: &str) -> Result<Balance> {

@@ -82,7 +82,20 @@ impl App {
         .await
     }
 
+    /// Starts a stopped instance. A prepaid project's balance must cover
+    /// an hour of it on top of what the project runs (as Verda's starts
+    /// always do).
     pub async fn start_instance(&self, caller: &Principal, id: &str) -> Result<Instance> {
+        caller.require(Permission::InstanceCreate)?;
+        if self.store.project_policy(&caller.project_id).await?.prepaid {
+            self.check_start_funds(caller, &[id.to_string()]).await?;
+        }
+        self.start_again(caller, id).await
+    }
+
+    /// Starts a stopped instance with no look at the balance: what a
+    /// restart stopped (it was running, and paid for, a moment before).
+    pub(crate) async fn start_again(&self, caller: &Principal, id: &str) -> Result<Instance> {
         caller.require(Permission::InstanceCreate)?;
         self.begin_power(
             caller,

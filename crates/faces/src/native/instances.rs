@@ -376,6 +376,7 @@ pub async fn delete_instance(
     responses(
         (status = 202, description = "Starting; follow operation_id", body = InstanceBody),
         (status = 401, description = "Unauthorized", body = ErrorBody),
+        (status = 402, description = "A prepaid project's balance does not cover an hour of it with what the project runs", body = ErrorBody),
         (status = 403, description = "Forbidden", body = ErrorBody),
         (status = 404, description = "Not found", body = ErrorBody),
         (status = 409, description = "Not stopped, or another operation is under way", body = ErrorBody),

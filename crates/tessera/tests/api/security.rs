@@ -1515,10 +1515,44 @@ async fn only_install_admins_set_a_projects_policy(backend: Backend) {
         StatusCode::PAYMENT_REQUIRED,
         "INSUFFICIENT_FUNDS",
     );
-    // Another project is not prepaid; alpha, topped up, makes it.
+    // Another project is not prepaid; alpha, topped up for an hour of its
+    // two running cx11s (0.0075 each) and one more, makes one.
+    server.add_server("node-q", "0-3", "fin-01").await;
     server.create_instance(&bob, "plain-3", "cx11").await;
-    crate::verda::top_up(&server, "alpha", 1.0).await;
-    server.create_instance(&alice, "paid-1", "cx11").await;
+    crate::verda::top_up(&server, "alpha", 0.025).await;
+    let first = server.run_instance(&alice, "paid-1", "cx11").await;
+    let first = first["id"].as_str().expect("id").to_string();
+    // Stopped, its money goes to a second; it cannot start again until
+    // the second goes (a 402 changes nothing).
+    let power = |id: String, action: &'static str| {
+        let (server, alice) = (&server, alice.clone());
+        async move {
+            let path = format!("/v1/instances/{id}/{action}");
+            let (status, reply) = server.call(Method::POST, &path, None, &alice).await;
+            if status == StatusCode::ACCEPTED {
+                let op = reply["operation_id"].as_str().expect("operation_id");
+                server.wait_operation(op, &alice).await;
+            }
+            (status, reply)
+        }
+    };
+    let stopped = power(first.clone(), "stop").await;
+    assert_eq!(stopped.0, StatusCode::ACCEPTED, "{}", stopped.1);
+    let second = server.run_instance(&alice, "paid-2", "cx11").await;
+    let second = second["id"].as_str().expect("id").to_string();
+    let (status, reply) = power(first.clone(), "start").await;
+    assert_error(
+        status,
+        &reply,
+        StatusCode::PAYMENT_REQUIRED,
+        "INSUFFICIENT_FUNDS",
+    );
+    let (_, shown) = server
+        .call(Method::GET, &format!("/v1/instances/{first}"), None, &alice)
+        .await;
+    assert_eq!(shown["status"]["state"], "stopped", "{shown}");
+    assert_eq!(power(second, "stop").await.0, StatusCode::ACCEPTED);
+    assert_eq!(power(first, "start").await.0, StatusCode::ACCEPTED);
     server.stop().await;
 }
 
