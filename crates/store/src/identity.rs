@@ -177,8 +177,8 @@ impl Store {
     pub async fn user_by_folded_name(&self, username: &str) -> Result<Option<UserRecord>> {
         self.fetch_optional(
             &format!(
-                "SELECT {USER_COLUMNS} FROM users WHERE username_key = $1 OR username = $2 \
-                 ORDER BY username_key = $1 DESC LIMIT 1"
+                "SELECT {USER_COLUMNS} FROM users WHERE lower(username) = $1 \
+                 ORDER BY username = $2 DESC LIMIT 1"
             ),
             &[username.to_ascii_lowercase().into(), username.into()],
         )

@@ -597,8 +597,15 @@ fn restrict_sqlite_files(path: &std::path::Path) -> Result<()> {
         file.push(suffix);
         match std::fs::metadata(&file) {
             Ok(meta) if meta.permissions().mode() & 0o077 != 0 => {
-                std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600))
-                    .map_err(io)?;
+                match std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)) {
+                    Ok(()) => {}
+                    // Not this process's file (a service user given a
+                    // database root made): its owner decides.
+                    Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                        tracing::warn!(file = ?file, error = %e, "the database file is readable by others, and this process may not change that");
+                    }
+                    Err(e) => return Err(io(e)),
+                }
             }
             Ok(_) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}

@@ -49,8 +49,19 @@ fn close_data_dir(dir: &std::path::Path) -> Result<()> {
         .mode();
     let closed = mode & !0o066;
     if closed != mode {
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(closed & 0o7777))
-            .with_context(|| format!("cannot protect the data directory {}", dir.display()))?;
+        match std::fs::set_permissions(dir, std::fs::Permissions::from_mode(closed & 0o7777)) {
+            Ok(()) => {}
+            // Not this process's directory (a service user in the group of
+            // a directory root made): its owner decides.
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                tracing::warn!(dir = %dir.display(), error = %e, "the data directory is open to others, and this process may not change that");
+            }
+            Err(e) => {
+                return Err(e).with_context(|| {
+                    format!("cannot protect the data directory {}", dir.display())
+                });
+            }
+        }
     }
     Ok(())
 }

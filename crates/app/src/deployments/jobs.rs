@@ -141,7 +141,7 @@ impl App {
     ) -> Result<()> {
         let why = format!(
             "the job ran past its deadline_seconds ({} s) and was stopped",
-            job.scaling.deadline_s.unwrap_or(0)
+            job.scaling.deadline_s.unwrap_or(super::MAX_DEADLINE_S)
         );
         self.end_job(
             request,

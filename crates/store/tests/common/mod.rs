@@ -20,6 +20,13 @@ pub async fn sqlite() -> (Store, tempfile::TempDir) {
 /// A store on a fresh database of the test PostgreSQL; [`Dropper::drop`]
 /// removes the database once the store is closed.
 pub async fn postgres(prefix: &str) -> (Store, Dropper) {
+    let database = empty_postgres(prefix).await;
+    let store = Store::open(&database.url).await.expect("open PostgreSQL");
+    (store, database)
+}
+
+/// A fresh PostgreSQL database with nothing in it (no migration run).
+pub async fn empty_postgres(prefix: &str) -> Dropper {
     let admin_url = std::env::var("TESSERA_TEST_POSTGRES_URL").unwrap_or_else(|_| {
         panic!(
             "TESSERA_TEST_POSTGRES_URL is not set: run the suite with scripts/test, which \
@@ -36,8 +43,7 @@ pub async fn postgres(prefix: &str) -> (Store, Dropper) {
         .expect("create a test database");
     let (base, _) = admin_url.rsplit_once('/').expect("a database URL");
     let url = format!("{base}/{name}");
-    let store = Store::open(&url).await.expect("open PostgreSQL");
-    (store, Dropper { admin, name, url })
+    Dropper { admin, name, url }
 }
 
 /// The test database [`postgres`] made.
