@@ -129,11 +129,20 @@ impl Firewall {
         }
     }
 
+    /// An instance's packet to the host that conntrack calls related (an
+    /// ICMP error) is taken only when it is about a flow to that instance
+    /// (the host's SSH forward to it, say): one quoting another of the
+    /// host's flows (the DNS forwarder's to its resolvers) is made up.
+    ///
     /// Makes the table and its base chains (replacing their rules, keeping
     /// the ports the sets hold): run at every agent start. `route_only_instances`:
     /// the host forwards nothing but its instances' traffic (it did not
     /// route before the agent turned forwarding on).
     pub async fn ensure(&self, route_only_instances: bool) -> Result<(), AgentError> {
+        nft(&self.ensure_script(route_only_instances)).await
+    }
+
+    fn ensure_script(&self, route_only_instances: bool) -> String {
         let t = &self.table;
         let gw = self.gateway;
         let denied = match self.denied.is_empty() {
@@ -148,7 +157,7 @@ impl Firewall {
             }
             false => String::new(),
         };
-        let script = format!(
+        format!(
             r#"add table inet {t}
 add set inet {t} ports {{ type ifname; }}
 add set inet {t} port_addr {{ type ifname . ipv4_addr; }}
@@ -170,7 +179,8 @@ delete chain inet {t} inbound
 add rule inet {t} prerouting iifname @ports meta nfproto ipv6 drop
 add rule inet {t} prerouting iifname @ports iifname . ip saddr != @port_addr drop
 add rule inet {t} input iifname != @ports accept
-add rule inet {t} input ct state established,related accept
+add rule inet {t} input ct state established accept
+add rule inet {t} input ct state related iifname . ct original ip daddr @port_addr accept
 add rule inet {t} input ip daddr {gw} udp dport 53 accept
 add rule inet {t} input ip daddr {gw} tcp dport 53 accept
 add rule inet {t} input ip daddr {gw} icmp type echo-request accept
@@ -182,8 +192,7 @@ add rule inet {t} forward oifname @ports oifname vmap @port_in
 add rule inet {t} forward oifname @ports drop
 add rule inet {t} postrouting iifname @ports oifname != @ports masquerade
 {others}"#
-        );
-        nft(&script).await
+        )
     }
 
     /// Puts an instance's port in the table, or leaves it there, and makes
@@ -401,6 +410,27 @@ pub(super) async fn enable_forwarding(marker: &std::path::Path) -> Result<bool, 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The host takes an instance's related packets only about flows to
+    /// that instance.
+    #[test]
+    fn the_host_takes_related_packets_only_about_the_instances_own_flows() {
+        let firewall = Firewall::new("tessera-t".into(), Ipv4Addr::new(10, 250, 0, 1), Vec::new());
+        let script = firewall.ensure_script(false);
+        let input: Vec<&str> = script
+            .lines()
+            .filter_map(|l| l.strip_prefix("add rule inet tessera-t input "))
+            .collect();
+        assert!(input.contains(&"ct state established accept"), "{input:#?}");
+        assert!(
+            input.contains(&"ct state related iifname . ct original ip daddr @port_addr accept"),
+            "{input:#?}"
+        );
+        assert!(
+            input.iter().all(|r| !r.contains("established,related")),
+            "{input:#?}"
+        );
+    }
 
     /// A network's chain lets nothing `related` through to another
     /// network's ports: it accepts related packets (ICMP errors) only after
