@@ -78,7 +78,9 @@ pub struct AgentArgs {
     /// How many times the disk's free space instances' disks (sparse files:
     /// root disks, persistent storage, volumes) may promise together. At 1
     /// no disk is made that the free space could not hold once written in
-    /// full; above it, one tenant filling its disk may fill the host's.
+    /// full; above it, several tenants filling their disks may fill the
+    /// host's (no one disk is ever larger than what is free, unless
+    /// `unlimited`: no check at all).
     #[arg(long, env = "TESSERA_DISK_OVERCOMMIT", default_value_t = 1.0, value_parser = parse_overcommit)]
     pub disk_overcommit: f64,
     /// The most an image pulled for an instance may weigh, downloaded and
@@ -90,11 +92,16 @@ pub struct AgentArgs {
     pub heartbeat_secs: u64,
 }
 
-/// A disk overcommit: a finite number above 0.
+/// A disk overcommit: a finite number above 0, or `unlimited` (no check).
 pub(crate) fn parse_overcommit(s: &str) -> Result<f64, String> {
-    match s.trim().parse::<f64>() {
-        Ok(x) if x.is_finite() && x > 0.0 => Ok(x),
-        _ => Err(format!("{s:?} is not a number above 0 (1: no overcommit)")),
+    match s.trim() {
+        "unlimited" => Ok(f64::INFINITY),
+        number => match number.parse::<f64>() {
+            Ok(x) if x.is_finite() && x > 0.0 => Ok(x),
+            _ => Err(format!(
+                "{s:?} is not a number above 0 (1: no overcommit) or `unlimited`"
+            )),
+        },
     }
 }
 

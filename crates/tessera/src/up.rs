@@ -40,8 +40,10 @@ pub struct UpArgs {
     pub max_image_size_gb: u64,
     /// How many times the disk's free space instances' disks (sparse files)
     /// may promise together; 1: none is made that the free space could not
-    /// hold written in full.
-    #[arg(long, env = "TESSERA_DISK_OVERCOMMIT", default_value_t = 1.0, value_parser = crate::agent::parse_overcommit)]
+    /// hold written in full. One machine's cloud promises 4 times by
+    /// default (a few instances and containers on a laptop's disk); no one
+    /// disk may be larger than what is free.
+    #[arg(long, env = "TESSERA_DISK_OVERCOMMIT", default_value_t = 4.0, value_parser = crate::agent::parse_overcommit)]
     pub disk_overcommit: f64,
 }
 

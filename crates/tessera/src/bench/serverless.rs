@@ -173,7 +173,7 @@ pub async fn run(args: ServerlessArgs) -> Result<()> {
         insecure_registries: Vec::new(),
         max_image_size_gb: 20,
         // Its replicas' disks are sparse and barely written.
-        disk_overcommit: 100.0,
+        disk_overcommit: f64::INFINITY,
         heartbeat_secs: 5,
     }
     .options()?;

@@ -743,7 +743,7 @@ impl AgentProcess {
             .env("TESSERA_LOG", "info")
             // Tests make more (sparse, barely written) disks than a test
             // machine's disk holds; the test of the limit sets its own.
-            .env("TESSERA_DISK_OVERCOMMIT", "1000")
+            .env("TESSERA_DISK_OVERCOMMIT", "unlimited")
             .env_remove("TESSERA_JOIN_TOKEN")
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))

@@ -8,7 +8,9 @@
 //! instance's). So a disk is made or grown only while what the host's disk
 //! has free covers what every disk on it may still write, this one's
 //! growth included: `free * overcommit >= promised + growth` (`overcommit`
-//! is 1 unless the operator says otherwise, `--disk-overcommit`).
+//! is 1 for an agent unless the operator says otherwise, `--disk-overcommit`;
+//! 4 for `tessera up`'s single machine), and no one disk grows by more than
+//! is free, whatever the overcommit.
 
 use super::fail;
 use std::fs;
@@ -57,7 +59,8 @@ pub(super) fn check_room(
     overcommit: f64,
     what: &str,
 ) -> Result<(), AgentError> {
-    if growth == 0 {
+    // `unlimited`: the operator's choice to promise anything.
+    if growth == 0 || overcommit.is_infinite() {
         return Ok(());
     }
     let stat = nix::sys::statvfs::statvfs(state_dir).map_err(|e| {
@@ -68,8 +71,10 @@ pub(super) fn check_room(
     })?;
     let free = stat.blocks_available().saturating_mul(stat.fragment_size());
     let promised = promised_bytes(state_dir);
+    // No one disk may be larger than what is free, whatever the
+    // overcommit: one tenant alone never fills the host's disk.
     let room = free as f64 * overcommit.max(0.0);
-    if promised as f64 + growth as f64 <= room {
+    if growth <= free && promised as f64 + growth as f64 <= room {
         return Ok(());
     }
     Err(fail(format!(
@@ -125,7 +130,10 @@ mod tests {
             "{refused}"
         );
         assert!(check_room(state, gib, 1000.0, "a disk").is_ok());
+        // One disk larger than what is free, whatever the overcommit.
+        assert!(check_room(state, free + gib, 1000.0, "a disk").is_err());
         assert!(check_room(state, 0, 0.0, "nothing").is_ok());
+        assert!(check_room(state, free * 10, f64::INFINITY, "unlimited").is_ok());
         assert_eq!(growth(&instance.join("rw.img"), 12 * gib), 2 * gib);
         assert_eq!(growth(&instance.join("none.img"), gib), gib);
     }

@@ -115,7 +115,7 @@ pub(super) fn fixture(bridge: &str, subnet: &str, ssh_port_base: u16) -> Fixture
         egress_denied: Vec::new(),
         registry: PullOptions::default(),
         // Tests make more (sparse) disks than a test machine's disk holds.
-        disk_overcommit: 1000.0,
+        disk_overcommit: f64::INFINITY,
     };
     Fixture {
         dir,
