@@ -163,7 +163,13 @@ async fn instance_body_with(
         .iter()
         .find(|v| v.is_os_volume)
         .map(|v| v.id.to_string());
-    let price_per_hour = kind.map_or(0.0, |k| spec.hourly(k, os_volume_id.is_some()));
+    // A container of the containers API is priced by its compute type.
+    let price_per_hour = match kind {
+        Some(k) => spec.hourly(k, os_volume_id.is_some()),
+        None => catalog
+            .compute_type(&spec.instance_type)
+            .map_or(0.0, |c| c.price_per_hour),
+    };
     let vcpus = spec.vcpus.unwrap_or(0);
     let memory_gb = spec.memory_mb.unwrap_or(0) / 1024;
     let status = status(app, caller, &i).await;

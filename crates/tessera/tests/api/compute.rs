@@ -138,6 +138,17 @@ async fn a_container_lives_its_whole_life_through_the_seed(backend: Backend) {
     assert_eq!(created["mount_paths"], json!(["/root"]));
     assert_eq!(created["hostname"], format!("{id}.compute.localhost"));
     assert_ne!(created["created_at"], "0001-01-01T00:00:00Z");
+    // Verda shows it at its compute type's price (it showed 0).
+    let verda = crate::verda::Verda::login(&server, "default").await;
+    let tiny = tessera_core::catalog::Catalog::built_in()
+        .compute_type("tiny")
+        .map(|t| t.price_per_hour)
+        .expect("tiny");
+    assert!(tiny > 0.0);
+    assert_eq!(
+        verda.get(&format!("/instances/{id}")).await["price_per_hour"],
+        tiny
+    );
     let running = wait_status(&server, &id, "running").await;
     // A simulated host forwards no real SSH server; where one does, the
     // command names its port (the data-plane test SSHes in with it).
