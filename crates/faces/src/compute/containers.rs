@@ -152,6 +152,7 @@ pub async fn list_containers(
         (status = 200, description = "The new container", body = ContainerBody),
         (status = 400, description = "Invalid request, or a limit reached", body = ErrorBody),
         (status = 401, description = "Unauthorized", body = ErrorBody),
+        (status = 402, description = "A prepaid project's balance does not cover an hour of it with what the project runs", body = ErrorBody),
         (status = 403, description = "Forbidden", body = ErrorBody),
     ))]
 pub async fn create_container(
@@ -240,6 +241,7 @@ pub async fn delete_container(
     responses(
         (status = 200, description = "The container", body = ContainerBody),
         (status = 401, description = "Unauthorized", body = ErrorBody),
+        (status = 402, description = "A prepaid project's balance does not cover an hour of it with what the project runs", body = ErrorBody),
         (status = 404, description = "Not found", body = ErrorBody),
         (status = 409, description = "It was never made (no capacity), or its host does not answer", body = ErrorBody),
     ))]

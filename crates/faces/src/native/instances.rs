@@ -248,6 +248,7 @@ type Deleted = (
         (status = 201, description = "Created; follow operation_id", body = InstanceBody),
         (status = 400, description = "Invalid request", body = ErrorBody),
         (status = 401, description = "Unauthorized", body = ErrorBody),
+        (status = 402, description = "A prepaid project's balance does not cover an hour of it with what the project runs", body = ErrorBody),
         (status = 403, description = "Forbidden, or over the project's quota", body = ErrorBody),
     ))]
 pub async fn create_instance(

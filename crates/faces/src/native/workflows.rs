@@ -58,6 +58,7 @@ impl From<Operation> for WorkflowBody {
         (status = 200, description = "Submitted; follow the operation", body = OperationBody),
         (status = 400, description = "Invalid request", body = ErrorBody),
         (status = 401, description = "Unauthorized", body = ErrorBody),
+        (status = 402, description = "A prepaid project's balance does not cover an hour of the cluster's nodes with what the project runs", body = ErrorBody),
         (status = 403, description = "Forbidden", body = ErrorBody),
         (status = 404, description = "No such server or workspace", body = ErrorBody),
         (status = 409, description = "The server cannot be drained now", body = ErrorBody),

@@ -192,6 +192,19 @@ pub fn list_images(image_dir: &Path) -> Result<Vec<String>, AgentError> {
     Ok(names)
 }
 
+/// Makes the image store, the host root's alone (`0700`): images keep
+/// their files' owners and modes, set-user-id bits included, and a
+/// tenant's image (a serverless replica's) could otherwise hand any host
+/// account a set-user-id root program; blobs pulled with a tenant's
+/// registry login are there too.
+pub fn close_image_dir(image_dir: &Path) -> Result<(), AgentError> {
+    use std::os::unix::fs::PermissionsExt;
+    fs::create_dir_all(image_dir)
+        .map_err(|e| fail(format!("creating {}: {e}", image_dir.display())))?;
+    fs::set_permissions(image_dir, fs::Permissions::from_mode(0o700))
+        .map_err(|e| fail(format!("protecting {}: {e}", image_dir.display())))
+}
+
 /// Imports a root filesystem tarball (plain or gzipped) or an OCI image
 /// layout (a directory, or a tar of one, plain or gzipped) as image `name`
 /// in `image_dir`, replacing an image of that name.
@@ -210,8 +223,7 @@ pub fn import_image_within(
     max_bytes: u64,
 ) -> Result<(), AgentError> {
     validate_image_name(name)?;
-    fs::create_dir_all(image_dir)
-        .map_err(|e| fail(format!("creating {}: {e}", image_dir.display())))?;
+    close_image_dir(image_dir)?;
     let tmp = image_dir.join(format!(".import-{name}-{:016x}", rand::random::<u64>()));
     let mut budget = Budget {
         left: max_bytes,

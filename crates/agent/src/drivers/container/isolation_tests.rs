@@ -650,10 +650,27 @@ async fn attacks_from_inside_instances_fail_and_what_they_need_works() {
         );
         let hostname = dir.join("rootfs/etc/hostname");
         assert!(fs::read(&hostname).is_ok(), "the host's root reads it");
+        // The image store (images keep their set-user-id files) is the
+        // host root's alone.
+        let images = &f.config.image_dir;
+        let meta = fs::metadata(images).expect("the image store");
+        assert_eq!(
+            (meta.mode() & 0o7777, meta.uid()),
+            (0o700, 0),
+            "{}",
+            images.display()
+        );
         for (who, uid) in [
             ("nobody", 65534),
             ("another instance's root", ids.base + 65536 * 7),
         ] {
+            let listed = StdCommand::new("ls")
+                .arg(images.join("tiny/rootfs/bin"))
+                .uid(uid)
+                .gid(uid)
+                .output()
+                .expect("ls runs");
+            assert!(!listed.status.success(), "{who} listed the image store");
             let read = StdCommand::new("cat")
                 .arg(&hostname)
                 .uid(uid)

@@ -2158,12 +2158,17 @@ fn mount_overlay(target: &Path, lower: &Path, upper: &Path, work: &Path) -> Resu
 /// idmapped mounts of its layers (`lower/`, and `rw/` holding `upper/` and
 /// `work/`), mounted as the instance's root. The layers' mounts are
 /// detached at once: the overlay holds them, and nothing else may.
-/// What an earlier version left open to every host account: the volumes'
-/// directory, and instances' directories (each is closed again at its next
+/// What an earlier version left open to every host account: the image
+/// store, the volumes' directory, and instances' directories (each is closed again at its next
 /// start too). Says so when the host's disks already promise more than its
 /// free space allows: new disks are refused until some go (or the operator
 /// raises `--disk-overcommit`). Failures are logged: the agent runs on.
 fn close_earlier_state(config: &ContainerConfig) {
+    if config.image_dir.is_dir()
+        && let Err(e) = image::close_image_dir(&config.image_dir)
+    {
+        tracing::warn!(dir = %config.image_dir.display(), error = %e, "closing the image store");
+    }
     let volumes = volume::dir(&config.state_dir);
     if volumes.is_dir()
         && let Err(e) = fs::set_permissions(&volumes, fs::Permissions::from_mode(0o700))

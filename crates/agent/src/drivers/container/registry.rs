@@ -283,6 +283,7 @@ pub async fn pull_image(
     progress: &mut (dyn FnMut(Progress) + Send),
 ) -> Result<Pulled, AgentError> {
     validate_image_name(name)?;
+    super::image::close_image_dir(image_dir)?;
     let wanted: Reference = reference
         .parse()
         .map_err(|e| fail(format!("bad image reference {reference:?}: {e}")))?;
