@@ -275,6 +275,10 @@ impl App {
                     .await?;
                 if ready {
                     tracing::info!(hostname = %host.hostname, "server ready");
+                    // In the view before its registration may end: one that
+                    // ended first answered "completed" while this process
+                    // still could not place there.
+                    self.placement.refresh_host(&self.store, &host.id).await?;
                     // A registration that gave up waiting for this host
                     // goes on now.
                     self.resume_operations_on("server_create", &host.id).await?;
