@@ -9,6 +9,12 @@ use tessera_store::{NewUser, Store};
 /// The migrations before 0050 (usernames unique whatever their case).
 const BEFORE_FOLDED_NAMES: usize = 49;
 
+/// A store's migrations up to those before 0050.
+fn before_folded_names(mut all: sqlx::migrate::Migrator) -> sqlx::migrate::Migrator {
+    all.migrations = all.migrations[..BEFORE_FOLDED_NAMES].to_vec().into();
+    all
+}
+
 /// Users an earlier version let in: two names that differ only in case,
 /// and one alone.
 const EARLIER_USERS: &str = "\
@@ -60,8 +66,7 @@ async fn usernames_differing_in_case_survive_the_upgrade_on_sqlite() {
     let mut conn = sqlx::SqliteConnection::connect(&url)
         .await
         .expect("connect");
-    let mut earlier = sqlx::migrate!("./migrations/sqlite");
-    earlier.migrations = earlier.migrations[..BEFORE_FOLDED_NAMES].to_vec().into();
+    let earlier = before_folded_names(sqlx::migrate!("./migrations/sqlite"));
     earlier
         .run(&mut conn)
         .await
@@ -79,8 +84,7 @@ async fn usernames_differing_in_case_survive_the_upgrade_on_sqlite() {
 async fn usernames_differing_in_case_survive_the_upgrade_on_postgres() {
     let database = common::empty_postgres("tessera_upgrades").await;
     let mut conn = common::connect(&database.url).await;
-    let mut earlier = sqlx::migrate!("./migrations/postgres");
-    earlier.migrations = earlier.migrations[..BEFORE_FOLDED_NAMES].to_vec().into();
+    let earlier = before_folded_names(sqlx::migrate!("./migrations/postgres"));
     earlier
         .run(&mut conn)
         .await

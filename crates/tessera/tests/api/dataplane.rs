@@ -362,6 +362,14 @@ async fn api(url: &str, method: Method, path: &str, body: Option<Value>) -> (Sta
     (status, serde_json::from_str(&text).unwrap_or(Value::Null))
 }
 
+/// Deletes an instance and waits for its deletion to complete.
+async fn delete_instance(url: &str, id: &str) {
+    let (status, deleted) = api(url, Method::DELETE, &format!("/v1/instances/{id}"), None).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{deleted}");
+    let op = wait_op(url, deleted["operation_id"].as_str().expect("op")).await;
+    assert_eq!(op["status"], "completed", "{op}");
+}
+
 /// Creates an instance of the tiny image with `key` and a startup script,
 /// and waits for it to run.
 async fn create_tiny(url: &str, name: &str, public: &str) -> Value {
@@ -609,16 +617,7 @@ async fn a_container_instance_is_reached_over_ssh_and_leaves_nothing() {
     // Delete leaves no process, mount, cgroup, veth or file.
     let links = routed_instances(1);
     assert!(links >= 1, "the host routes to the instance's veth");
-    let (status, deleted) = api(
-        &server.url,
-        Method::DELETE,
-        &format!("/v1/instances/{id}"),
-        None,
-    )
-    .await;
-    assert_eq!(status, StatusCode::ACCEPTED, "{deleted}");
-    let op = wait_op(&server.url, deleted["operation_id"].as_str().expect("op")).await;
-    assert_eq!(op["status"], "completed", "{op}");
+    delete_instance(&server.url, &id).await;
     assert_eq!(traces_of(&state, &id), Vec::<String>::new(), "left behind");
     assert_eq!(routed_instances(1), links - 1, "its veth is gone");
     drop(agent);
@@ -695,16 +694,7 @@ async fn a_host_takes_only_what_its_agent_offers() {
     )
     .await;
     assert_eq!(instance["status"]["state"], "running", "{instance}");
-    let (status, deleted) = api(
-        &server.url,
-        Method::DELETE,
-        &format!("/v1/instances/{id}"),
-        None,
-    )
-    .await;
-    assert_eq!(status, StatusCode::ACCEPTED, "{deleted}");
-    let op = wait_op(&server.url, deleted["operation_id"].as_str().expect("op")).await;
-    assert_eq!(op["status"], "completed", "{op}");
+    delete_instance(&server.url, id).await;
 
     // Its disk: at --disk-overcommit 1 a root disk the host's free space
     // could not hold written in full is refused, saying why; a small one
@@ -747,15 +737,8 @@ async fn a_host_takes_only_what_its_agent_offers() {
                 "no disk made"
             );
         }
-        let (_, deleted) = api(
-            &server.url,
-            Method::DELETE,
-            &format!("/v1/instances/{id}"),
-            None,
-        )
-        .await;
-        if let Some(op) = deleted["operation_id"].as_str() {
-            wait_op(&server.url, op).await;
+        if fits {
+            delete_instance(&server.url, id).await;
         }
     }
 
@@ -810,14 +793,7 @@ async fn a_host_takes_only_what_its_agent_offers() {
                 .is_some_and(|e| e.contains("no host has 1 free CPUs")),
             "{refused}"
         );
-        let (_, deleted) = api(
-            &server.url,
-            Method::DELETE,
-            &format!("/v1/instances/{id}"),
-            None,
-        )
-        .await;
-        wait_op(&server.url, deleted["operation_id"].as_str().expect("op")).await;
+        delete_instance(&server.url, id).await;
         drop(agent);
     }
     server.stop().await;
@@ -1057,16 +1033,7 @@ async fn an_instance_on_a_kloigos_unit_of_a_real_host_is_pinned_to_it() {
         .await;
     assert_eq!(status.as_u16(), 460);
     // Deleting the instance frees its unit; then everything is retired.
-    let (status, deleting) = api(
-        &server.url,
-        Method::DELETE,
-        &format!("/v1/instances/{id}"),
-        None,
-    )
-    .await;
-    assert_eq!(status, StatusCode::ACCEPTED, "{deleting}");
-    let op = wait_op(&server.url, deleting["operation_id"].as_str().expect("op")).await;
-    assert_eq!(op["status"], "completed", "{op}");
+    delete_instance(&server.url, &id).await;
     let freed = server.units("?hostname=carved-host&status=FREE").await;
     assert_eq!(freed.len(), 1, "{freed:?}");
     let compute_id = unit["compute_id"].as_str().expect("compute_id");
@@ -1193,14 +1160,6 @@ async fn a_catalog_image_is_pulled_from_its_registry_on_first_use() {
     let name = ssh_until(&key, "root", &ip, 22, "hostname").await;
     assert_eq!(name.trim(), "pulled-1");
     let id = created["id"].as_str().expect("id");
-    let (status, deleted) = api(
-        &server.url,
-        Method::DELETE,
-        &format!("/v1/instances/{id}"),
-        None,
-    )
-    .await;
-    assert_eq!(status, StatusCode::ACCEPTED, "{deleted}");
-    wait_op(&server.url, deleted["operation_id"].as_str().expect("op")).await;
+    delete_instance(&server.url, id).await;
     server.stop().await;
 }

@@ -161,6 +161,16 @@ impl<'a> Verda<'a> {
         self.json(Method::PUT, path, Some(body)).await
     }
 
+    /// `PUT /instances {"action": ACTION, "id": ID}`, which must start;
+    /// then waits for the instance to be `until`.
+    pub async fn act(&self, action: &str, id: &str, until: &str) {
+        let (status, body) = self
+            .put("/instances", json!({"action": action, "id": id}))
+            .await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{action} {id}: {body}");
+        self.wait_status(id, until).await;
+    }
+
     pub async fn wait_status(&self, id: &str, status: &str) -> Value {
         eventually(
             Duration::from_secs(20),
@@ -2449,11 +2459,7 @@ async fn a_start_needs_an_hour_of_everything_the_project_runs(backend: Backend) 
     top_up(&server, "default", 0.012).await;
     let first = verda.create("/instances", small_deploy("a")).await;
     verda.wait_status(&first, "running").await;
-    let (status, _) = verda
-        .put("/instances", json!({"action": "shutdown", "id": first}))
-        .await;
-    assert_eq!(status, StatusCode::ACCEPTED);
-    verda.wait_status(&first, "offline").await;
+    verda.act("shutdown", &first, "offline").await;
     let second = verda.create("/instances", small_deploy("b")).await;
     verda.wait_status(&second, "running").await;
     for id in [json!(first), json!([first, second])] {
@@ -2472,16 +2478,8 @@ async fn a_start_needs_an_hour_of_everything_the_project_runs(backend: Backend) 
         "offline"
     );
     // With the second gone, the first may run again.
-    let (status, _) = verda
-        .put("/instances", json!({"action": "delete", "id": second}))
-        .await;
-    assert_eq!(status, StatusCode::ACCEPTED);
-    verda.wait_status(&second, "discontinued").await;
-    let (status, body) = verda
-        .put("/instances", json!({"action": "start", "id": first}))
-        .await;
-    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
-    verda.wait_status(&first, "running").await;
+    verda.act("delete", &second, "discontinued").await;
+    verda.act("start", &first, "running").await;
     server.stop().await;
 }
 

@@ -121,6 +121,12 @@ fn rule_line(t: &str, chain: &str, rule: &InboundRule) -> Option<String> {
 }
 
 impl Firewall {
+    /// The blocks no instance reaches (the defaults and the operator's),
+    /// as networks (`a.b.c.d/n`).
+    pub fn denied(&self) -> &[String] {
+        &self.denied
+    }
+
     pub fn new(table: String, gateway: Ipv4Addr, denied: Vec<String>) -> Firewall {
         Firewall {
             table,

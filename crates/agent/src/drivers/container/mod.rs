@@ -1379,7 +1379,7 @@ impl ContainerDriver {
         // registries, or one the operator named. A catalog image's
         // reference is the operator's own (its registry may be internal).
         if spec.workload.is_some() {
-            options.public_only = Some(self.config.egress_denied.clone());
+            options.public_only = Some(self.firewall.denied().to_vec());
         }
         if let Some(login) = spec.workload.as_ref().and_then(|w| w.pull_login.clone()) {
             options.credentials = Some(login);

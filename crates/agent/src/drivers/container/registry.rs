@@ -85,7 +85,8 @@ pub struct PullOptions {
     /// limit (an operator's own pulls).
     pub max_bytes: Option<u64>,
     /// A tenant's pull: the registry must be at public addresses, not the
-    /// host's own, its private networks' or these blocks (`--egress-deny`),
+    /// host's own, its private networks' or these blocks (the firewall's
+    /// denied ones, as networks: `--egress-deny` and the defaults),
     /// unless the operator named it (a mirror, an insecure registry). A
     /// pull runs in the host's network, past the firewall that keeps
     /// instances from those addresses.
@@ -172,15 +173,7 @@ async fn check_public(
             .map(|a| a.ip())
             .collect(),
     };
-    let denied: Vec<ipnet::IpNet> = denied
-        .iter()
-        .filter_map(|d| {
-            let d = d.trim();
-            d.parse()
-                .ok()
-                .or_else(|| d.parse::<std::net::IpAddr>().ok().map(Into::into))
-        })
-        .collect();
+    let denied: Vec<ipnet::IpNet> = denied.iter().filter_map(|d| d.parse().ok()).collect();
     for ip in addresses {
         let ip = match ip {
             std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, Into::into),
@@ -197,17 +190,9 @@ async fn check_public(
     Ok(())
 }
 
-/// `host` and port (443 unless given) of `host[:port]` or `[v6][:port]`.
+/// `host` and port (443 unless given) of `host[:port]` (references
+/// take no bracketed IPv6 address).
 fn split_host_port(registry: &str) -> Option<(&str, u16)> {
-    if let Some(rest) = registry.strip_prefix('[') {
-        let (host, after) = rest.split_once(']')?;
-        let port = match after.strip_prefix(':') {
-            Some(port) => port.parse().ok()?,
-            None if after.is_empty() => 443,
-            None => return None,
-        };
-        return Some((host, port));
-    }
     match registry.rsplit_once(':') {
         Some((host, port)) => Some((host, port.parse().ok()?)),
         None => Some((registry, 443)),
@@ -567,7 +552,7 @@ mod tests {
                 .await
                 .is_err()
         );
-        assert!(check("8.8.8.8/a/b:1", &[], &["8.8.8.8"]).await.is_err());
+        assert!(check("8.8.8.8/a/b:1", &[], &["8.8.8.8/32"]).await.is_err());
     }
 
     #[test]
