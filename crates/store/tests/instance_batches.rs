@@ -181,12 +181,23 @@ async fn at_once(store: &Store) {
         pending.push(created.0);
     }
     // First the placements that all succeed but the pending ones, whose
-    // batches commit; then those refused, whose batches fail as a whole
-    // and run again call by call.
+    // batches commit; then the small host's, whose batch passes its memory
+    // only counted together (each CPU free); then the CPUs taken. Refused
+    // batches fail as a whole and run again call by call.
     let (first, then): (Vec<usize>, Vec<usize>) =
         (0..wants.len()).partition(|&n| (n < 12) || pending.contains(&wants[n].0.0));
+    let (small_ones, taken): (Vec<usize>, Vec<usize>) =
+        then.into_iter().partition(|&n| wants[n].1 == small);
+    let generation = |host: String| async move {
+        let record = store.host(&host).await.expect("read").expect("there");
+        record.generation
+    };
+    let generations = (
+        generation(crowded.clone()).await,
+        generation(small.clone()).await,
+    );
     let mut placed = vec![false; wants.len()];
-    for wave in [first, then] {
+    for wave in [first, small_ones, taken] {
         let answers = join_all(wave.iter().map(|&n| {
             let (created, host, cpu) = &wants[n];
             place(store, created, host, *cpu)
@@ -206,6 +217,13 @@ async fn at_once(store: &Store) {
     };
     assert_eq!(won(&crowded), 12, "each CPU goes to one of its two");
     assert_eq!(won(&small), SMALL_HOLDS, "as many as the memory holds");
+    // Each placement moves its host's generation on by one, as the
+    // placement view counts.
+    assert_eq!(generation(crowded.clone()).await, generations.0 + 12);
+    assert_eq!(
+        generation(small.clone()).await,
+        generations.1 + SMALL_HOLDS as i64
+    );
     let claims = store.cpu_claims(None).await.expect("the ledger");
     assert_eq!(claims.len(), 12 + SMALL_HOLDS, "{claims:?}");
     let claimed: HashSet<(String, u32)> = claims.into_iter().collect();
