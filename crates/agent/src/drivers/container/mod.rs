@@ -60,6 +60,7 @@ mod image;
 #[cfg(test)]
 mod isolation_tests;
 mod network;
+mod pull_guard;
 mod registry;
 #[cfg(test)]
 mod registry_tests;

@@ -18,6 +18,7 @@
 
 use super::fail;
 use super::image::{import_image_within, validate_image_name};
+use super::pull_guard::{Allowed, PullGuard};
 use oci_client::client::{ClientConfig, ClientProtocol};
 use oci_client::manifest::{OciDescriptor, OciImageManifest};
 use oci_client::secrets::RegistryAuth;
@@ -150,19 +151,43 @@ fn source(reference: &Reference, options: &PullOptions) -> (Reference, ClientPro
     (from, ClientProtocol::HttpsExcept(plain))
 }
 
+/// Whether the registry `from` names is one the operator named (a
+/// mirror, an insecure registry): a tenant's pull of it is not guarded.
+fn operator_named(from: &Reference, options: &PullOptions) -> bool {
+    let registry = from.resolve_registry();
+    options.plain_http.iter().any(|r| r == registry)
+        || options.mirrors.iter().any(|m| m.endpoint == registry)
+}
+
+/// Why a tenant's pull may not connect to `ip`, if it may not: an address
+/// of the host's, of a private network, or in `denied`.
+fn tenant_may_reach(ip: std::net::IpAddr, denied: &[ipnet::IpNet]) -> Result<(), String> {
+    let ip = super::pull_guard::canonical(ip);
+    if !is_public(ip) || denied.iter().any(|d| d.contains(&ip)) {
+        return Err(format!(
+            "an address of this host's or of a private network: {PUBLIC_ONLY}"
+        ));
+    }
+    Ok(())
+}
+
+const PUBLIC_ONLY: &str = "images are pulled for instances from public registries only (an \
+     operator names others with the agent's --insecure-registry or --registry-mirror)";
+
 /// `Err` (why) unless the registry `from` names is one the operator
-/// named, or each of its addresses is public and outside `denied`.
+/// named, or each of its addresses is public and outside `denied`. This
+/// is the first look, for a clear answer before anything is fetched; the
+/// pull's connections themselves, redirects and token realms included,
+/// go through a [`PullGuard`] that checks each again.
 async fn check_public(
     from: &Reference,
     options: &PullOptions,
     denied: &[String],
 ) -> Result<(), String> {
-    let registry = from.resolve_registry();
-    let named = options.plain_http.iter().any(|r| r == registry)
-        || options.mirrors.iter().any(|m| m.endpoint == registry);
-    if named {
+    if operator_named(from, options) {
         return Ok(());
     }
+    let registry = from.resolve_registry();
     let (host, port) =
         split_host_port(registry).ok_or_else(|| format!("bad registry address {registry:?}"))?;
     let addresses: Vec<std::net::IpAddr> = match host.parse() {
@@ -173,21 +198,20 @@ async fn check_public(
             .map(|a| a.ip())
             .collect(),
     };
-    let denied: Vec<ipnet::IpNet> = denied.iter().filter_map(|d| d.parse().ok()).collect();
+    let denied = denied_networks(denied);
     for ip in addresses {
-        let ip = match ip {
-            std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, Into::into),
-            v4 => v4,
-        };
-        if !is_public(ip) || denied.iter().any(|d| d.contains(&ip)) {
-            return Err(format!(
-                "registry {registry} is at {ip}, an address of this host's or of a private \
-                 network: images are pulled for instances from public registries only (an \
-                 operator names others with the agent's --insecure-registry or --registry-mirror)"
-            ));
-        }
+        tenant_may_reach(ip, &denied).map_err(|why| {
+            format!(
+                "registry {registry} is at {}, {why}",
+                super::pull_guard::canonical(ip)
+            )
+        })?;
     }
     Ok(())
+}
+
+fn denied_networks(denied: &[String]) -> Vec<ipnet::IpNet> {
+    denied.iter().filter_map(|d| d.parse().ok()).collect()
 }
 
 /// `host` and port (443 unless given) of `host[:port]` (references
@@ -272,24 +296,79 @@ pub async fn pull_image(
     let wanted: Reference = reference
         .parse()
         .map_err(|e| fail(format!("bad image reference {reference:?}: {e}")))?;
+    let from = source(&wanted, options).0;
+    let allowed = match &options.public_only {
+        Some(denied) if !operator_named(&from, options) => {
+            check_public(&from, options, denied)
+                .await
+                .map_err(|why| fail(format!("pulling {reference}: {why}")))?;
+            let denied = denied_networks(denied);
+            let allowed: Allowed = std::sync::Arc::new(move |ip| tenant_may_reach(ip, &denied));
+            Some(allowed)
+        }
+        _ => None,
+    };
+    pull_through(image_dir, name, reference, options, allowed, progress).await
+}
+
+/// [`pull_image`], every connection through a [`PullGuard`] letting
+/// through what `allowed` allows, if given.
+async fn pull_through(
+    image_dir: &Path,
+    name: &str,
+    reference: &str,
+    options: &PullOptions,
+    allowed: Option<Allowed>,
+    progress: &mut (dyn FnMut(Progress) + Send),
+) -> Result<Pulled, AgentError> {
+    let wanted: Reference = reference
+        .parse()
+        .map_err(|e| fail(format!("bad image reference {reference:?}: {e}")))?;
     let (from, protocol) = source(&wanted, options);
-    if let Some(denied) = &options.public_only {
-        check_public(&from, options, denied)
-            .await
-            .map_err(|why| fail(format!("pulling {reference}: {why}")))?;
-    }
+    let guard = match allowed {
+        Some(allowed) => Some(
+            PullGuard::start(allowed)
+                .await
+                .map_err(|e| fail(format!("pulling {reference}: starting its guard: {e}")))?,
+        ),
+        None => None,
+    };
+    let proxy = guard.as_ref().map(PullGuard::url);
     let client = Client::new(ClientConfig {
         protocol,
         connect_timeout: Some(std::time::Duration::from_secs(10)),
         read_timeout: Some(std::time::Duration::from_secs(60)),
+        https_proxy: proxy.clone(),
+        http_proxy: proxy,
         ..ClientConfig::default()
     });
+    let pulled = fetch_and_import(
+        image_dir, name, reference, options, &client, &from, progress,
+    )
+    .await;
+    match (pulled, guard.as_ref().and_then(PullGuard::refused)) {
+        (Err(_), Some(why)) => Err(fail(format!("pulling {reference}: {why}"))),
+        (pulled, _) => pulled,
+    }
+}
+
+/// The pull itself, through `client`: the manifest, the blobs the caches
+/// lack, and the image made of them.
+async fn fetch_and_import(
+    image_dir: &Path,
+    name: &str,
+    reference: &str,
+    options: &PullOptions,
+    client: &Client,
+    from: &Reference,
+    progress: &mut (dyn FnMut(Progress) + Send),
+) -> Result<Pulled, AgentError> {
     let auth = match &options.credentials {
         Some((user, password)) => RegistryAuth::Basic(user.clone(), password.clone()),
         None => RegistryAuth::Anonymous,
     };
     let (manifest, digest) = client
-        .pull_image_manifest(&from, &auth)
+        .pull_image_manifest(from, &auth)
         .await
         .map_err(|e| registry_error(reference, e))?;
     let bytes: u64 = manifest.layers.iter().map(|l| l.size.max(0) as u64).sum();
@@ -314,8 +393,8 @@ pub async fn pull_image(
     for descriptor in std::iter::once(&manifest.config).chain(manifest.layers.iter()) {
         blobs.push(
             fetch_blob(
-                &client,
-                &from,
+                client,
+                from,
                 descriptor,
                 (&found_in, &kept_in),
                 reference,
@@ -553,6 +632,42 @@ mod tests {
                 .is_err()
         );
         assert!(check("8.8.8.8/a/b:1", &[], &["8.8.8.8/32"]).await.is_err());
+    }
+
+    /// Every connection of a guarded pull goes through its guard: one to
+    /// a destination the guard refuses fails with the guard's reason, and
+    /// a plain HTTP one (a redirect to `http://` makes one) is refused.
+    #[tokio::test]
+    async fn a_guarded_pull_connects_through_its_guard() {
+        let dir = tempfile::tempdir().expect("dir");
+        let pull = |reference: &'static str, plain: Vec<String>, allow: bool| {
+            let dir = dir.path().to_path_buf();
+            async move {
+                let options = PullOptions {
+                    plain_http: plain,
+                    ..PullOptions::default()
+                };
+                let allowed: Allowed = std::sync::Arc::new(move |_| {
+                    if allow {
+                        Ok(())
+                    } else {
+                        Err("refused here".into())
+                    }
+                });
+                let mut quiet = |_| {};
+                pull_through(&dir, "app", reference, &options, Some(allowed), &mut quiet)
+                    .await
+                    .expect_err("refused")
+                    .to_string()
+            }
+        };
+        let why = pull("127.0.0.1:1/apps/echo:v1", Vec::new(), false).await;
+        assert!(
+            why.contains("127.0.0.1 is at 127.0.0.1: refused here"),
+            "{why}"
+        );
+        let why = pull("127.0.0.1:1/apps/echo:v1", vec!["127.0.0.1:1".into()], true).await;
+        assert!(why.contains("only HTTPS"), "{why}");
     }
 
     #[test]
