@@ -293,7 +293,7 @@ pub(super) fn build(p: &BundleParams) -> Result<Spec, AgentError> {
         .namespaces(namespaces)
         .resources(resources)
         .cgroups_path(p.cgroups_path.clone())
-        .masked_paths(get_default_maskedpaths())
+        .masked_paths(masked_paths())
         .readonly_paths(get_default_readonly_paths())
         .build()
         .map_err(err)?;
@@ -313,4 +313,22 @@ pub(super) fn build(p: &BundleParams) -> Result<Spec, AgentError> {
         .linux(linux)
         .build()
         .map_err(err)
+}
+
+/// What an instance cannot see of the host's `/proc` and `/sys`: runc's
+/// usual list, with two of Docker's: `powercap` (the CPUs' energy
+/// counters, a side channel on a neighbour's computation) and the host's
+/// virtual block devices, whose loop devices name the files behind
+/// them: every instance's and volume's disk on the host, other tenants'
+/// ids among them.
+fn masked_paths() -> Vec<String> {
+    let mut paths = get_default_maskedpaths();
+    paths.extend(
+        [
+            "/sys/devices/virtual/powercap",
+            "/sys/devices/virtual/block",
+        ]
+        .map(String::from),
+    );
+    paths
 }

@@ -717,6 +717,34 @@ async fn attacks_from_inside_instances_fail_and_what_they_need_works() {
         "writing /sys",
     )
     .await;
+    // The host's loop devices name the disks behind them (a neighbour's
+    // among them): an instance sees none of them.
+    let disk = f.config.state_dir.join("neighbours-disk.img");
+    std::fs::write(&disk, vec![0u8; 1 << 20]).expect("a disk");
+    let attached = std::process::Command::new("losetup")
+        .args(["--find", "--show"])
+        .arg(&disk)
+        .output()
+        .expect("losetup");
+    assert!(attached.status.success(), "losetup: {attached:?}");
+    let device = String::from_utf8_lossy(&attached.stdout).trim().to_string();
+    let name = device.trim_start_matches("/dev/");
+    let (_, seen) = run_in(
+        &driver,
+        "a1",
+        &format!(
+            "cat /sys/block/{name}/loop/backing_file \
+             /sys/devices/virtual/block/{name}/loop/backing_file"
+        ),
+    )
+    .await;
+    let _ = std::process::Command::new("losetup")
+        .args(["--detach", &device])
+        .status();
+    assert!(
+        !seen.contains("neighbours-disk"),
+        "an instance saw the host's loop device {device}: {seen}"
+    );
     // Root inside owns nothing of the host's: a file of the host's root,
     // seen inside through /proc, is not root's there.
     let owner = works(
