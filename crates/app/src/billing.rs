@@ -111,16 +111,42 @@ impl App {
         micros_per_hour: i64,
         what: &str,
     ) -> Result<()> {
-        let balance = self.store.balance(&caller.project_id).await?;
+        self.check_project_funds(
+            &caller.project_id,
+            Some(&caller.project_name),
+            micros_per_hour,
+            what,
+        )
+        .await
+    }
+
+    /// [`App::check_funds`] for `project_id` (named `project_name`, or as
+    /// the store names it).
+    pub(crate) async fn check_project_funds(
+        &self,
+        project_id: &str,
+        project_name: Option<&str>,
+        micros_per_hour: i64,
+        what: &str,
+    ) -> Result<()> {
+        let balance = self.store.balance(project_id).await?;
         let hourly = balance
             .committed_micros_per_hour
             .saturating_add(micros_per_hour);
         if balance.amount_micros() < hourly {
+            let name = match project_name {
+                Some(name) => name.to_string(),
+                None => self
+                    .store
+                    .project(project_id)
+                    .await?
+                    .map_or_else(|| project_id.to_string(), |p| p.name),
+            };
             return Err(Error::InsufficientFunds(format!(
                 "{what} costs {:.4} {cur} per hour, and what project {} runs or is creating \
                  {:.4} more; its balance of {:.4} {cur} does not cover an hour of both",
                 from_micros(micros_per_hour),
-                caller.project_name,
+                name,
                 from_micros(balance.committed_micros_per_hour),
                 from_micros(balance.amount_micros()),
                 cur = self.catalog.currency,

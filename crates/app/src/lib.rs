@@ -239,6 +239,9 @@ impl App {
     ) -> Result<App> {
         let placement = Arc::new(PlacementView::default());
         placement.load_all(&store).await?;
+        store
+            .set_unit_price(config.catalog.compute_unit_micros_per_cpu_hour())
+            .await?;
         let identity = Arc::new(Identity::load(&store).await?);
         Ok(App {
             identity,

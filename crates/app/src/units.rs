@@ -146,6 +146,17 @@ impl App {
 
     pub async fn allocate_unit(&self, req: AllocateUnit) -> Result<ComputeUnit> {
         validate_allocation(&req)?;
+        // A unit is metered while allocated (migration 0052); a prepaid
+        // project's balance must cover an hour of it with what the project
+        // already runs, as its instances' must. Checked before the claim,
+        // not in its statement (the meter starts once the unit is
+        // ALLOCATED): allocations racing one another may each pass.
+        let price = i64::from(req.cpu_count) * self.catalog.compute_unit_micros_per_cpu_hour();
+        if price > 0 && self.store.project_policy(&req.project_id).await?.prepaid {
+            let what = format!("a compute unit of {} CPUs", req.cpu_count);
+            self.check_project_funds(&req.project_id, None, price, &what)
+                .await?;
+        }
         let request = Request::Unit {
             cpu_count: req.cpu_count,
             region: req.region.clone(),

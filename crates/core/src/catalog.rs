@@ -53,6 +53,10 @@ pub struct Catalog {
     /// What a replica of a serverless deployment gets, by `compute` name.
     #[serde(default)]
     pub serverless_compute: Vec<ServerlessCompute>,
+    /// What a Kloigos compute unit costs per CPU and hour while it is
+    /// allocated to a tenant; none: units are free.
+    #[serde(default)]
+    pub compute_unit_price_per_cpu_hour: Option<f64>,
 }
 
 /// A serverless compute resource without GPUs (Verda's "General
@@ -342,6 +346,12 @@ impl Catalog {
         Catalog::from_toml(BUILT_IN).expect("the built-in catalog is valid")
     }
 
+    /// What a Kloigos unit costs per CPU and hour while allocated, in
+    /// millionths of the currency.
+    pub fn compute_unit_micros_per_cpu_hour(&self) -> i64 {
+        self.compute_unit_price_per_cpu_hour.map_or(0, to_micros)
+    }
+
     /// How many of `currency` one of the catalog's is: 1 for its own,
     /// its exchange rate for another it offers, `None` for the rest.
     pub fn rate_to(&self, currency: &str) -> Option<f64> {
@@ -377,6 +387,13 @@ impl Catalog {
                     "exchange_rates: the rate of {other} must be a positive number, not {rate}"
                 ));
             }
+        }
+        if let Some(price) = self.compute_unit_price_per_cpu_hour
+            && !(price.is_finite() && price >= 0.0)
+        {
+            return Err(format!(
+                "compute_unit_price_per_cpu_hour must be a price of zero or more, not {price}"
+            ));
         }
         unique("location", self.locations.iter().map(|l| l.code.as_str()))?;
         unique("image", self.images.iter().map(|i| i.image_type.as_str()))?;

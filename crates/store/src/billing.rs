@@ -147,6 +147,24 @@ impl Store {
         Ok(row.map(|(rate,)| rate))
     }
 
+    /// Sets what a Kloigos unit costs per CPU and hour while allocated
+    /// (migration 0052's `unit_prices`): each allocation's meter takes
+    /// the price set when it starts.
+    pub async fn set_unit_price(&self, micros_per_cpu_hour: i64) -> Result<()> {
+        self.run_statements(
+            "set_unit_price",
+            vec![(
+                "INSERT INTO unit_prices (id, micros_per_cpu_hour) VALUES (1, $1) \
+                 ON CONFLICT (id) DO UPDATE SET micros_per_cpu_hour = excluded.micros_per_cpu_hour"
+                    .into(),
+                vec![micros_per_cpu_hour.into()],
+            )],
+            |_| true,
+        )
+        .await?;
+        Ok(())
+    }
+
     pub async fn balance(&self, project_id: &str) -> Result<Balance> {
         let sql = BALANCE.replace("{ACCRUED}", ACCRUED);
         let row: Option<(i64, i64, i64)> = self

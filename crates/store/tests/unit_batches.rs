@@ -30,6 +30,95 @@ async fn unit_writes_at_once_on_postgres() {
     database.drop().await;
 }
 
+#[tokio::test]
+async fn a_units_meter_runs_while_allocated_on_sqlite() {
+    let (store, _dir) = common::sqlite().await;
+    metered_allocations(&store).await;
+    store.close().await;
+}
+
+#[tokio::test]
+async fn a_units_meter_runs_while_allocated_on_postgres() {
+    let (store, database) = common::postgres("tessera_unit_meters").await;
+    metered_allocations(&store).await;
+    store.close().await;
+    database.drop().await;
+}
+
+/// A unit allocated, deallocated and allocated again: a meter per
+/// allocation, running only while the unit is ALLOCATED, at its CPUs
+/// times the price set when it started.
+async fn metered_allocations(store: &Store) {
+    projects_and_price(store).await;
+    let host = ready_host(store, "m1").await;
+    let unit = unit_id("m1", 3);
+    let mut charged = 0;
+    for round in 0..2 {
+        let generation = claim_for(store, "p1", &host, &unit, 3)
+            .await
+            .expect("claimed");
+        assert_eq!(
+            metered(store).await,
+            (0, charged),
+            "round {round}: allocating"
+        );
+        let generation = store
+            .transition_unit(
+                &unit,
+                generation,
+                &[UnitStatus::Allocating],
+                UnitStatus::Allocated,
+                None,
+                None,
+            )
+            .await
+            .expect("moved")
+            .expect("allocated");
+        assert_eq!(metered(store).await.0, PRICE, "round {round}: allocated");
+        tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+        let begun = store
+            .begin_unit_release(&unit, Some("p1"), "2100-01-01T00:00:00Z")
+            .await
+            .expect("begun")
+            .expect("deallocating");
+        let (committed, spent) = metered(store).await;
+        assert_eq!(committed, 0, "round {round}: deallocating");
+        // 30 ms at a millionth per millisecond (and what the statements
+        // between took).
+        assert!(
+            (charged + 30..charged + 5_000).contains(&spent),
+            "round {round}: charged {spent} after {charged}"
+        );
+        charged = spent;
+        assert!(
+            store
+                .release_unit(&unit, begun.generation, Some("p1"))
+                .await
+                .expect("released")
+        );
+        assert_eq!(metered(store).await, (0, charged), "round {round}: free");
+        let _ = generation;
+    }
+    // A price set later holds for allocations that start after it.
+    store.set_unit_price(2 * PRICE).await.expect("the price");
+    let generation = claim_for(store, "p3", &host, &unit, 3)
+        .await
+        .expect("claimed");
+    store
+        .transition_unit(
+            &unit,
+            generation,
+            &[UnitStatus::Allocating],
+            UnitStatus::Allocated,
+            None,
+            None,
+        )
+        .await
+        .expect("moved")
+        .expect("allocated");
+    assert_eq!(metered(store).await.0, 2 * PRICE);
+}
+
 fn unit_id(host: &str, cpu: u32) -> String {
     format!("{host}-u{cpu}")
 }
@@ -72,6 +161,40 @@ async fn used(store: &Store) -> (i64, i64) {
     for project in PROJECTS {
         let usage = store.project_usage(project).await.expect("usage");
         total = (total.0 + usage.instances, total.1 + usage.vcpus);
+    }
+    total
+}
+
+/// What a Kloigos unit costs per CPU and hour in these tests: a
+/// millionth of the currency per millisecond, so that what a meter
+/// charges shows after a few of them.
+const PRICE: i64 = 3_600_000;
+
+/// Makes the [`PROJECTS`] (a meter names its project) and sets the units'
+/// price.
+async fn projects_and_price(store: &Store) {
+    for id in PROJECTS {
+        let project = tessera_store::ProjectRecord {
+            id: id.into(),
+            name: id.into(),
+            path: id.into(),
+            created_at: tessera_store::now(),
+        };
+        store
+            .insert_project(&project, None)
+            .await
+            .expect("a project");
+    }
+    store.set_unit_price(PRICE).await.expect("the price");
+}
+
+/// What the [`PROJECTS`] are committed to per hour, and have spent, in all.
+async fn metered(store: &Store) -> (i64, i64) {
+    let mut total = (0, 0);
+    for project in PROJECTS {
+        let balance = store.balance(project).await.expect("balance");
+        total.0 += balance.committed_micros_per_hour;
+        total.1 += balance.spent_micros;
     }
     total
 }
@@ -121,6 +244,7 @@ async fn status_of(store: &Store, compute_id: &str) -> (UnitStatus, i64) {
 }
 
 async fn writes_at_once(store: &Store) {
+    projects_and_price(store).await;
     let hosts = [ready_host(store, "b1").await, ready_host(store, "b2").await];
 
     // Every unit of the first host claimed at once, each twice: each goes
@@ -172,6 +296,7 @@ async fn writes_at_once(store: &Store) {
     assert_eq!(ledger.len(), 2 * UNITS as usize);
     let units = i64::from(2 * UNITS);
     assert_eq!(used(store).await, (units, units), "each unit counted once");
+    assert_eq!(metered(store).await, (0, 0), "not metered while allocating");
     assert_eq!(ledger.iter().collect::<HashSet<_>>().len(), ledger.len());
 
     // A deallocation does not begin in one write while a unit is being
@@ -219,6 +344,12 @@ async fn writes_at_once(store: &Store) {
         }
     }
     assert_eq!(allocated.len(), won.len());
+    assert_eq!(
+        metered(store).await.0,
+        units * PRICE,
+        "each unit metered once it is allocated"
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     // A move at a generation a unit had before is refused, whatever else
     // matches.
     let stale = join_all(won.iter().map(|(unit, generation)| {
@@ -333,6 +464,16 @@ async fn writes_at_once(store: &Store) {
             (UnitStatus::Deallocating, *generation)
         );
     }
+    // Each meter stopped as its deallocation began, with what it charged.
+    let (committed, spent) = metered(store).await;
+    assert_eq!(committed, 0, "no meter runs once deallocations began");
+    assert!(spent >= units, "each unit charged a millisecond at least");
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    assert_eq!(
+        metered(store).await,
+        (0, spent),
+        "stopped meters charge no more"
+    );
 
     // The second host leaves READY: its units go back UNAVAILABLE, the
     // first's FREE. Each release is asked twice, and once at a generation
@@ -375,6 +516,7 @@ async fn writes_at_once(store: &Store) {
     }
     assert!(store.cpu_claims(None).await.expect("the ledger").is_empty());
     assert_eq!(used(store).await, (0, 0), "each unit uncounted once");
+    assert_eq!(metered(store).await, (0, spent), "released: nothing more");
 
     // A claim that counts nothing is not made for a project with a limit
     // of its own, alone or with others; the others' are.

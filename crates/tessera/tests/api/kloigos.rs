@@ -24,6 +24,7 @@ crate::on_both_backends!(
     a_routes_permission_follows_the_route_not_the_paths_text,
     a_retried_deallocate_is_safe,
     a_trailing_slash_is_redirected_as_fastapi_does,
+    an_allocated_unit_is_charged_until_its_deallocation,
 );
 
 async fn nul_characters_are_user_errors_not_server_errors(backend: Backend) {
@@ -938,5 +939,37 @@ async fn a_trailing_slash_is_redirected_as_fastapi_does(backend: Backend) {
     assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
     let (status, _) = server.delete("/api/compute_units/deallocate//").await;
     assert_eq!(status, StatusCode::NOT_FOUND);
+    server.stop().await;
+}
+
+/// A tenant's unit is metered like an instance: its CPUs at the catalog's
+/// price per CPU and hour (0.02 in the built-in one) while it is
+/// allocated, and nothing once it is deallocated.
+async fn an_allocated_unit_is_charged_until_its_deallocation(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    server.init_host("host1", &["0-3"]).await;
+    crate::verda::top_up(&server, "default", 1.0).await;
+    let balance = || async {
+        let body = server.get_ok("/v1/workspaces/default/balance").await;
+        body["amount"].as_f64().expect("amount")
+    };
+    let (status, unit) = server
+        .allocate(json!({"ssh_public_key": KEY, "tags": null}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{unit}");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // 4 CPUs at 0.02 an hour: 0.08 an hour, 0.0000333 in 1.5 s.
+    let charged = 1.0 - balance().await;
+    assert!(
+        (0.000_032..0.001).contains(&charged),
+        "charged {charged} for 1.5 s of a 4-CPU unit"
+    );
+    let (status, body) = server
+        .delete("/api/compute_units/deallocate/host1_c0-3")
+        .await;
+    assert_eq!((status, body), (StatusCode::OK, json!({})));
+    let after = balance().await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(balance().await, after, "a free unit costs nothing");
     server.stop().await;
 }

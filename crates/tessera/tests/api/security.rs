@@ -1504,6 +1504,26 @@ async fn only_install_admins_set_a_projects_policy(backend: Backend) {
         .filter_map(|i| i["metadata"]["name"].as_str())
         .collect();
     assert!(!names.iter().any(|n| n.starts_with("unpaid")), "{names:?}");
+    // A Kloigos unit is metered too: 402, and no unit allocated.
+    server.init_host("units-q", &["0-3"]).await;
+    let unit = json!({"cpu_count": 4, "ssh_public_key": crate::harness::KEY, "tags": null});
+    let (status, reply) = server
+        .call(
+            Method::POST,
+            "/api/compute_units/allocate",
+            Some(&unit),
+            &alice,
+        )
+        .await;
+    assert_eq!(status, StatusCode::PAYMENT_REQUIRED, "{reply}");
+    assert!(
+        reply["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("compute unit of 4 CPUs")),
+        "{reply}"
+    );
+    let units = server.units("?compute_id=units-q_c0-3").await;
+    assert_eq!(units[0]["status"], "FREE", "{units:?}");
     let cluster = json!({"workspace": "alpha", "workflow_type": "cluster_create",
         "parameters": {"cluster_name": "unpaid", "node_count": 2, "type": "cx11"}});
     let (status, op) = server
