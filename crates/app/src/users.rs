@@ -119,8 +119,11 @@ pub fn validate_name(field: &'static str, name: &str) -> Result<()> {
 fn taken_username(wanted: &str, taken: &str) -> Error {
     match wanted == taken {
         true => Error::Conflict(format!("user {wanted} already exists")),
+        // The other's spelling is not told: it may be a user of another
+        // workspace, whose name the caller has no business learning.
         false => Error::Conflict(format!(
-            "user {wanted} would differ from user {taken} only in case: usernames are unique whatever their case"
+            "user {wanted} would differ from an existing user only in case: usernames are \
+             unique whatever their case"
         )),
     }
 }
@@ -334,6 +337,17 @@ impl App {
                     return Err(Error::Conflict(
                         "you cannot take yourself out of a workspace".into(),
                     ));
+                }
+                // A user with a role over the install is an install
+                // admin's to place: taken out of a workspace (or demoted
+                // in it) by that workspace's admin, its tokens there died
+                // with its membership, the fleet's automation among them.
+                if user.install_role.is_some() && !caller.is_install_admin() {
+                    return Err(Error::Forbidden(format!(
+                        "only an install admin may change the workspaces of user {}: \
+                         it has a role over the install",
+                        user.username
+                    )));
                 }
                 Some((project, role))
             }

@@ -326,6 +326,16 @@ async fn admins_manage_users(backend: Backend) {
             .call(Method::POST, "/v1/users", Some(&body), TOKEN)
             .await;
         assert_error(got, &reply, status, code);
+        // A name taken in another case is not spelt out: it may be a user
+        // of another workspace.
+        let (wanted, message) = (
+            body["username"].as_str().unwrap_or_default(),
+            reply["message"].as_str().unwrap_or_default(),
+        );
+        if wanted != wanted.to_lowercase() {
+            let existing = format!("user {}", wanted.to_lowercase());
+            assert!(!message.contains(&existing), "{message}");
+        }
     }
     // A role goes with a workspace.
     let (status, body) = server
