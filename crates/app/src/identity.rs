@@ -57,6 +57,9 @@ pub struct Principal {
     /// An API token's grants on the containers API; `None`: not limited
     /// that way.
     pub compute_scopes: Option<ComputeScopes>,
+    /// The login (refresh-token family) the caller used, if it used one:
+    /// what it makes with it is revoked with it.
+    pub login: Option<String>,
 }
 
 /// Whether a credential whose end is `at` has expired.
@@ -469,6 +472,7 @@ impl App {
             .await?;
         there.expires_at = caller.expires_at;
         there.compute_scopes = caller.compute_scopes;
+        there.login = caller.login;
         Ok(there)
     }
 
@@ -501,8 +505,11 @@ impl App {
                         .into(),
                 ));
             }
-            self.principal_of_user(&claims.sub, None, None, None)
-                .await?
+            let mut principal = self
+                .principal_of_user(&claims.sub, None, None, None)
+                .await?;
+            principal.login = Some(family.to_string());
+            principal
         };
         self.identity.remember(hash, &principal);
         Ok(principal)
@@ -576,6 +583,7 @@ impl App {
             token_id,
             expires_at: None,
             compute_scopes: None,
+            login: None,
         })
     }
 

@@ -173,6 +173,11 @@ impl App {
             acts_as: own_role.map(|_| caller.user_id.clone()),
             // No later than the token it is made with.
             expires_at: caller.expires_at.clone(),
+            login_family: caller
+                .token_id
+                .is_none()
+                .then(|| caller.login.clone())
+                .flatten(),
         };
         self.store.insert_oauth_client(&record).await?;
         tracing::info!(client_id = %client_id, project = %project_name, %role, "OAuth credential created");
@@ -418,6 +423,7 @@ impl App {
             token_id: Some(record.client_id.clone()),
             expires_at,
             compute_scopes: None,
+            login: None,
         })
     }
 }

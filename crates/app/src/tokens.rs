@@ -291,6 +291,11 @@ impl App {
                 scopes,
                 expires_at,
                 parent_id: caller.token_id.clone(),
+                login_family: caller
+                    .token_id
+                    .is_none()
+                    .then(|| caller.login.clone())
+                    .flatten(),
                 compute_scopes: compute_scopes
                     .map(|s| serde_json::to_string(&s.to_map()).unwrap_or_default()),
             })

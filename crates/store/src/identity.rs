@@ -243,6 +243,11 @@ impl Store {
         )];
         if password_hash.is_some() || disabled == Some(true) {
             statements.push(revoke_refresh_of(id));
+            statements.extend(crate::tokens::revoke_login_made(
+                "r.user_id = $1 AND r.login_family IS NOT NULL",
+                "c.created_by = $1 AND c.login_family IS NOT NULL",
+                id,
+            ));
         }
         let counts = self
             .run_statements("update_user", statements, |c| c[0] == 1)
@@ -543,10 +548,25 @@ impl Store {
                             &[(&id).into()],
                         )
                         .await?;
-                    return Ok(Commit::Keep(match reused {
-                        0 => RefreshUse::Invalid,
-                        _ => RefreshUse::Reused,
-                    }));
+                    if reused == 0 {
+                        return Ok(Commit::Keep(RefreshUse::Invalid));
+                    }
+                    // What the stolen login made goes with it.
+                    let family = conn
+                        .fetch_text(
+                            "SELECT family FROM refresh_tokens WHERE id = $1",
+                            &[(&id).into()],
+                        )
+                        .await?
+                        .unwrap_or_default();
+                    for (sql, args) in crate::tokens::revoke_login_made(
+                        "r.login_family = $1",
+                        "c.login_family = $1",
+                        &family,
+                    ) {
+                        conn.execute(&sql, &args).await?;
+                    }
+                    return Ok(Commit::Keep(RefreshUse::Reused));
                 };
                 let (sql, args) = refresh_insert(&next_id, &user_id, &family, &next_expires_at);
                 conn.execute(&sql, &args).await?;

@@ -22,10 +22,13 @@ pub struct OAuthClientRecord {
     pub acts_as: Option<String>,
     /// When it stops working: the end of the API token it was made with.
     pub expires_at: Option<String>,
+    /// The login (refresh-token family) it was made with, if it was: it is
+    /// revoked with it.
+    pub login_family: Option<String>,
 }
 
 const CLIENT_COLUMNS: &str = "client_id, secret_hash, project_id, role, description, created_by, \
-     created_at, revoked_at, scopes, parent_token_id, acts_as, expires_at";
+     created_at, revoked_at, scopes, parent_token_id, acts_as, expires_at, login_family";
 
 impl Store {
     pub async fn insert_oauth_client(&self, client: &OAuthClientRecord) -> Result<()> {
@@ -34,7 +37,7 @@ impl Store {
             vec![(
                 format!(
                     "INSERT INTO oauth_clients ({CLIENT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, \
-                     NULL, $8, $9, $10, $11)"
+                     NULL, $8, $9, $10, $11, $12)"
                 ),
                 vec![
                     (&client.client_id).into(),
@@ -48,6 +51,7 @@ impl Store {
                     client.parent_token_id.as_ref().into(),
                     client.acts_as.as_ref().into(),
                     client.expires_at.as_ref().into(),
+                    client.login_family.as_ref().into(),
                 ],
             )],
             |_| true,

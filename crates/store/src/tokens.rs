@@ -21,6 +21,8 @@ pub struct TokenRecord {
     /// Its grants on the containers API (JSON: path to actions), if it is
     /// limited that way.
     pub compute_scopes: Option<String>,
+    /// The login (refresh-token family) it was made with, if it was.
+    pub login_family: Option<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -35,6 +37,8 @@ pub struct NewToken {
     pub parent_id: Option<String>,
     /// Its grants on the containers API, as JSON.
     pub compute_scopes: Option<String>,
+    /// The login it is made with (not a token): it is revoked with it.
+    pub login_family: Option<String>,
 }
 
 /// Whose tokens to list.
@@ -46,12 +50,46 @@ pub enum TokenOwner<'a> {
 }
 
 const TOKEN_COLUMNS: &str = "id, name, token_hash, user_id, project_id, scopes, expires_at, \
-     revoked_at, created_at, parent_id, compute_scopes";
+     revoked_at, created_at, parent_id, compute_scopes, login_family";
 
 /// Everything made with token `$1`, itself included: the tokens made with
 /// it, with those, and so on.
 const LINEAGE: &str = "WITH RECURSIVE lineage (id) AS (SELECT id FROM api_tokens WHERE id = $1 \
      UNION SELECT t.id FROM api_tokens t JOIN lineage l ON t.parent_id = l.id)";
+
+/// Revokes what was made with logins: the API tokens made with a login
+/// that `roots` (SQL naming `api_tokens` as `r`, over `$1`) picks, with
+/// everything made with them, and the OAuth credentials made with any of
+/// them or with a login `clients` (SQL naming `oauth_clients` as `c`,
+/// over `$1`) picks. Two statements, `$1` the login or user and `$2` now.
+pub(crate) fn revoke_login_made(
+    roots: &str,
+    clients: &str,
+    who: &str,
+) -> Vec<(String, Vec<crate::db::Arg>)> {
+    let lineage = format!(
+        "WITH RECURSIVE lineage (id) AS (SELECT r.id FROM api_tokens r WHERE {roots} \
+         UNION SELECT t.id FROM api_tokens t JOIN lineage l ON t.parent_id = l.id)"
+    );
+    let at = now();
+    vec![
+        (
+            format!(
+                "{lineage} UPDATE oauth_clients SET revoked_at = $2 WHERE revoked_at IS NULL \
+                 AND (parent_token_id IN (SELECT id FROM lineage) OR client_id IN \
+                 (SELECT c.client_id FROM oauth_clients c WHERE {clients}))"
+            ),
+            vec![who.into(), (&at).into()],
+        ),
+        (
+            format!(
+                "{lineage} UPDATE api_tokens SET revoked_at = $2 \
+                 WHERE revoked_at IS NULL AND id IN (SELECT id FROM lineage)"
+            ),
+            vec![who.into(), (&at).into()],
+        ),
+    ]
+}
 
 impl Store {
     pub async fn token_by_hash(&self, token_hash: &str) -> Result<Option<TokenRecord>> {
@@ -95,8 +133,8 @@ impl Store {
             "insert_token",
             vec![(
                 "INSERT INTO api_tokens (id, name, token_hash, user_id, project_id, scopes, \
-                 expires_at, created_at, parent_id, compute_scopes) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+                 expires_at, created_at, parent_id, compute_scopes, login_family) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
                     .into(),
                 vec![
                     (&token.id).into(),
@@ -109,6 +147,7 @@ impl Store {
                     now().into(),
                     token.parent_id.as_ref().into(),
                     token.compute_scopes.as_ref().into(),
+                    token.login_family.as_ref().into(),
                 ],
             )],
             |_| true,

@@ -356,6 +356,7 @@ impl App {
             token_id: None,
             expires_at: None,
             compute_scopes: None,
+            login: None,
         })
     }
 

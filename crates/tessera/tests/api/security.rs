@@ -37,6 +37,7 @@ on_both_backends!(
     fleet_operations_are_the_fleets_staffs,
     a_scoped_token_sets_no_password,
     what_a_user_made_goes_with_its_authority,
+    what_a_login_made_goes_with_it,
 );
 
 /// The fleet's operations (a server's registration) are its staff's: a
@@ -2641,5 +2642,88 @@ async fn what_a_user_made_goes_with_its_authority(backend: Backend) {
         )
         .await;
     assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+    server.stop().await;
+}
+
+/// API tokens and OAuth credentials made with a login, and what was made
+/// with those, are revoked with the login: when its refresh token is used
+/// twice (stolen), or its user's password changes. A reviewer's stolen
+/// session minted a token that outlived both.
+async fn what_a_login_made_goes_with_it(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    server.user_in("alice", "member", "alpha").await;
+    let login = || async {
+        let body = json!({"username": "alice", "password": "alice-password"}).to_string();
+        let (status, reply) = server
+            .request(Method::POST, "/v1/auth/login", Some(&body), None)
+            .await;
+        assert_eq!(status, StatusCode::OK, "{reply}");
+        reply
+    };
+    let works = |token: String| {
+        let server = &server;
+        async move {
+            let (status, _) = server
+                .call(Method::GET, "/v1/instances", None, &token)
+                .await;
+            status == StatusCode::OK
+        }
+    };
+    let stolen = login().await;
+    let access = stolen["token"].as_str().expect("token").to_string();
+    let (_, minted) = api_token(&server, json!({"name": "minted"}), &access).await;
+    let (_, child) = api_token(&server, json!({"name": "child"}), &minted).await;
+    let (client, secret) = oauth_credential(&server, json!({}), &access).await;
+    let other = login().await;
+    let other_access = other["token"].as_str().expect("token").to_string();
+    let (_, kept) = api_token(&server, json!({"name": "kept"}), &other_access).await;
+    // Made by an install admin for her: not made with her logins.
+    let alice_id = user_id(&server, "alice").await;
+    let (_, given) = api_token(
+        &server,
+        json!({"name": "given", "user_id": alice_id, "workspace": "alpha"}),
+        TOKEN,
+    )
+    .await;
+    for token in [&minted, &child, &kept, &given] {
+        assert!(works(token.clone()).await, "works before");
+    }
+    assert_eq!(
+        oauth_token(&server, &client, &secret).await.0,
+        StatusCode::OK
+    );
+
+    // The stolen login's refresh token is used twice.
+    let refresh = json!({"refresh_token": stolen["refresh_token"]}).to_string();
+    for expected in [StatusCode::OK, StatusCode::UNAUTHORIZED] {
+        let (status, reply) = server
+            .request(Method::POST, "/v1/auth/refresh", Some(&refresh), None)
+            .await;
+        assert_eq!(status, expected, "{reply}");
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    for token in [&minted, &child] {
+        assert!(!works(token.clone()).await, "made with the stolen login");
+    }
+    assert_ne!(
+        oauth_token(&server, &client, &secret).await.0,
+        StatusCode::OK
+    );
+    assert!(works(kept.clone()).await, "another login's");
+    assert!(works(given.clone()).await, "an admin's");
+
+    // Her password changes: every login of hers ends, and what they made.
+    let (status, reply) = server
+        .call(
+            Method::PATCH,
+            &format!("/v1/users/{alice_id}"),
+            Some(&json!({"password": "a-new-password"})),
+            TOKEN,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{reply}");
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    assert!(!works(kept).await, "made with a login of hers");
+    assert!(works(given).await, "an admin's");
     server.stop().await;
 }
