@@ -86,11 +86,18 @@ impl Drop for Slot {
     }
 }
 
-/// The connection limit the process's descriptors allow: raises the soft
-/// limit to the hard one first.
-fn descriptor_cap(wanted: usize) -> usize {
+/// The file descriptors the process may give to client connections (the
+/// API's, and the ingress gateway's when it runs in the same process):
+/// raises the soft limit to the hard one first, and keeps a reserve for
+/// the store and the hosts.
+pub fn descriptor_budget() -> usize {
     let limit = rlimit::increase_nofile_limit(u64::MAX).unwrap_or(1024);
-    let cap = usize::try_from(limit.saturating_sub(FD_RESERVE).max(64)).unwrap_or(usize::MAX);
+    usize::try_from(limit.saturating_sub(FD_RESERVE).max(64)).unwrap_or(usize::MAX)
+}
+
+/// The connection limit the process's descriptors allow.
+fn descriptor_cap(wanted: usize) -> usize {
+    let cap = descriptor_budget();
     if cap < wanted {
         // The default is a ceiling, not a request: only a limit an
         // operator asked for is worth a warning.

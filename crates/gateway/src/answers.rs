@@ -45,6 +45,13 @@ pub(crate) enum Refusal {
         port: u16,
         target_port: u16,
     },
+    /// The container did not begin its answer in time.
+    UpstreamTimeout {
+        container: String,
+        port: u16,
+        target_port: u16,
+        after: std::time::Duration,
+    },
 }
 
 impl Refusal {
@@ -56,6 +63,7 @@ impl Refusal {
             Refusal::NoRoute { .. }
             | Refusal::Unreachable { .. }
             | Refusal::UpstreamFailed { .. } => StatusCode::BAD_GATEWAY,
+            Refusal::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
         }
     }
 
@@ -67,6 +75,7 @@ impl Refusal {
             Refusal::NoRoute { why, .. } => why.code(),
             Refusal::Unreachable { .. } => "container_unreachable",
             Refusal::UpstreamFailed { .. } => "container_failed",
+            Refusal::UpstreamTimeout { .. } => "container_timeout",
         }
     }
 
@@ -97,6 +106,15 @@ impl Refusal {
                 target_port,
             } => format!(
                 "container {container} closed the connection on its port {target_port} (ingress port {port}) without a complete answer"
+            ),
+            Refusal::UpstreamTimeout {
+                container,
+                port,
+                target_port,
+                after,
+            } => format!(
+                "container {container} did not begin its answer on its port {target_port} (ingress port {port}) within {} s",
+                after.as_secs()
             ),
         }
     }

@@ -42,9 +42,18 @@ pub struct GatewayConfig {
     pub upstream_connect_timeout: Duration,
     /// On stop, how long requests in flight have to finish (default 10 s).
     pub drain_timeout: Duration,
-    /// Client connections served at once; further ones are closed at
-    /// accept (default 10 000).
+    /// Client connections served at once, upgraded ones (WebSockets)
+    /// included; further ones are closed at accept (default 10 000). Each
+    /// may hold a connection to a container too: the process needs twice
+    /// as many file descriptors.
     pub max_connections: usize,
+    /// Client connections one address may hold at once (default 1 000), so
+    /// that no single client fills the gateway for everyone.
+    pub max_per_address: usize,
+    /// How long a container may take to begin its answer (its status line
+    /// and headers) before the client gets a 504 (default 60 s). What
+    /// follows (a streamed body, an upgraded connection) is not bounded.
+    pub upstream_response_timeout: Duration,
 }
 
 impl GatewayConfig {
@@ -65,6 +74,8 @@ impl GatewayConfig {
             upstream_connect_timeout: Duration::from_secs(5),
             drain_timeout: Duration::from_secs(10),
             max_connections: 10_000,
+            max_per_address: 1_000,
+            upstream_response_timeout: Duration::from_secs(60),
         }
     }
 }

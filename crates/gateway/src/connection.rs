@@ -7,6 +7,7 @@
 //! `peek` so the byte stays for whichever protocol gets it.
 
 use crate::gateway::Shared;
+use crate::gateway::Slot;
 use crate::proxy;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -16,7 +17,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
-use tokio::sync::OwnedSemaphorePermit;
 
 /// The first byte of a TLS record carrying a handshake (a ClientHello).
 const TLS_HANDSHAKE: u8 = 0x16;
@@ -32,14 +32,15 @@ pub(crate) struct Arrival {
     pub(crate) tls: bool,
 }
 
-/// Serves one connection accepted on external `port`. The permit counts it
-/// against the connection limit until it ends.
+/// Serves one connection accepted on external `port`. The slot counts it
+/// against the connection limits until it ends, and any tunnel it is
+/// upgraded to with it.
 pub(crate) async fn serve(
     stream: TcpStream,
     peer: SocketAddr,
     port: u16,
     shared: Arc<Shared>,
-    _permit: OwnedSemaphorePermit,
+    slot: Arc<Slot>,
 ) {
     if let Err(error) = stream.set_nodelay(true) {
         tracing::debug!(%peer, error = &error as &dyn std::error::Error, "cannot set TCP_NODELAY");
@@ -54,12 +55,12 @@ pub(crate) async fn serve(
     };
     let arrival = Arrival { peer, port, tls };
     if !tls {
-        serve_http(stream, arrival, shared).await;
+        serve_http(stream, arrival, shared, slot).await;
         return;
     }
     let handshake = shared.tls.accept(stream);
     match tokio::time::timeout(shared.tls_handshake_timeout, handshake).await {
-        Ok(Ok(stream)) => serve_http(stream, arrival, shared).await,
+        Ok(Ok(stream)) => serve_http(stream, arrival, shared, slot).await,
         Ok(Err(error)) => {
             tracing::debug!(%peer, port, error = &error as &dyn std::error::Error, "TLS handshake failed");
         }
@@ -83,14 +84,14 @@ async fn first_byte(stream: &TcpStream, shared: &Shared) -> Option<u8> {
 
 /// HTTP/1.1 (with upgrades) on a plain or TLS stream. On stop, the
 /// connection finishes the request in flight and closes; on abort, at once.
-async fn serve_http<I>(io: I, arrival: Arrival, shared: Arc<Shared>)
+async fn serve_http<I>(io: I, arrival: Arrival, shared: Arc<Shared>, slot: Arc<Slot>)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let service_shared = shared.clone();
     let service = service_fn(move |request| {
-        let shared = service_shared.clone();
-        async move { Ok::<_, Infallible>(proxy::forward(request, &shared, &arrival).await) }
+        let (shared, slot) = (service_shared.clone(), slot.clone());
+        async move { Ok::<_, Infallible>(proxy::forward(request, &shared, &arrival, slot).await) }
     });
     let connection = http1::Builder::new()
         .timer(TokioTimer::new())

@@ -173,18 +173,14 @@ async fn accept(listener: TcpListener, port: u16, shared: Arc<Shared>, stop: Can
             accepted = listener.accept() => accepted,
         };
         match accepted {
-            Ok((stream, peer)) => match shared.connections.clone().try_acquire_owned() {
-                Ok(permit) => {
-                    shared.tasks.spawn(connection::serve(
-                        stream,
-                        peer,
-                        port,
-                        shared.clone(),
-                        permit,
-                    ));
+            Ok((stream, peer)) => match crate::gateway::admit(&shared, peer.ip()) {
+                Some(slot) => {
+                    shared
+                        .tasks
+                        .spawn(connection::serve(stream, peer, port, shared.clone(), slot));
                 }
-                Err(_) => {
-                    tracing::warn!(port, %peer, "connection limit reached; closing a new connection");
+                None => {
+                    tracing::warn!(port, %peer, "connection limit reached (in all, or of this address); closing a new connection");
                 }
             },
             Err(error) => {

@@ -10,7 +10,7 @@
 
 use crate::answers::{ProxyBody, Refusal};
 use crate::connection::Arrival;
-use crate::gateway::Shared;
+use crate::gateway::{Shared, Slot};
 use crate::hostname::HostMismatch;
 use crate::routes::NoRoute;
 use http_body_util::BodyExt;
@@ -24,6 +24,7 @@ use hyper::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper_util::rt::TokioIo;
 use std::error::Error as _;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -50,10 +51,11 @@ pub(crate) async fn forward(
     request: Request<Incoming>,
     shared: &Shared,
     arrival: &Arrival,
+    slot: Arc<Slot>,
 ) -> Response<ProxyBody> {
     let method = request.method().clone();
     let path = request.uri().path().to_string();
-    match forward_or_refuse(request, shared, arrival).await {
+    match forward_or_refuse(request, shared, arrival, slot).await {
         Ok(response) => response,
         Err(refusal) => {
             tracing::debug!(
@@ -74,6 +76,7 @@ async fn forward_or_refuse(
     mut request: Request<Incoming>,
     shared: &Shared,
     arrival: &Arrival,
+    slot: Arc<Slot>,
 ) -> Result<Response<ProxyBody>, Refusal> {
     if request.method() == Method::CONNECT {
         return Err(Refusal::MethodNotAllowed(
@@ -109,7 +112,18 @@ async fn forward_or_refuse(
     let upgrade = requested_upgrade(&request);
     let client_side = upgrade.is_some().then(|| hyper::upgrade::on(&mut request));
     let outgoing = upstream_request(request, target, &host, arrival, upgrade)?;
-    let mut response = shared.upstream.request(outgoing).await.map_err(|error| {
+    let answer = tokio::time::timeout(
+        shared.upstream_response_timeout,
+        shared.upstream.request(outgoing),
+    )
+    .await
+    .map_err(|_| Refusal::UpstreamTimeout {
+        container: container.clone(),
+        port: arrival.port,
+        target_port: target.port(),
+        after: shared.upstream_response_timeout,
+    })?;
+    let mut response = answer.map_err(|error| {
         tracing::debug!(
             container,
             %target,
@@ -142,9 +156,12 @@ async fn forward_or_refuse(
             });
         };
         let upstream_side = hyper::upgrade::on(&mut response);
-        shared
-            .tasks
-            .spawn(tunnel(client_side, upstream_side, shared.stop.clone()));
+        shared.tasks.spawn(tunnel(
+            client_side,
+            upstream_side,
+            shared.stop.clone(),
+            slot,
+        ));
         let protocol = response.headers().get(UPGRADE).cloned();
         strip_hop_by_hop(response.headers_mut());
         if let Some(protocol) = protocol {
@@ -294,7 +311,14 @@ fn connect_cause(error: &hyper_util::client::legacy::Error) -> &'static str {
 
 /// Copies bytes both ways between an upgraded client connection and the
 /// container's, until either side closes or the gateway stops.
-async fn tunnel(client: OnUpgrade, upstream: OnUpgrade, stop: CancellationToken) {
+async fn tunnel(
+    client: OnUpgrade,
+    upstream: OnUpgrade,
+    stop: CancellationToken,
+    // The client connection's place under the limits, held while the
+    // tunnel lasts.
+    _slot: Arc<Slot>,
+) {
     let (client, upstream) = match tokio::try_join!(client, upstream) {
         Ok(pair) => pair,
         Err(error) => {

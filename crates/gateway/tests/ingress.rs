@@ -492,3 +492,92 @@ async fn configuration_errors_stop_the_start() {
         other => panic!("expected a bind error, got {:?}", other.err()),
     }
 }
+
+/// A gateway with `adjust` applied to its configuration.
+async fn start_with(
+    dir: &std::path::Path,
+    routes: &Arc<MemoryRoutes>,
+    adjust: impl FnOnce(&mut GatewayConfig),
+) -> Gateway {
+    let mut config = config(dir);
+    adjust(&mut config);
+    Gateway::start(config, routes.clone())
+        .await
+        .expect("the gateway starts")
+}
+
+/// Whether the gateway closes a connection on `addr` at once (over a
+/// limit) rather than keeping it for a request.
+async fn turned_away(addr: std::net::SocketAddr) -> bool {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    let mut byte = [0u8; 1];
+    matches!(
+        tokio::time::timeout(Duration::from_millis(500), stream.read(&mut byte)).await,
+        Ok(Ok(0) | Err(_))
+    )
+}
+
+/// A container that takes connections and never answers gets its clients
+/// a 504 once the wait is over, and its connections back: before, each
+/// request held a connection to it (and a file descriptor) for ever.
+#[tokio::test]
+async fn a_container_that_never_answers_is_a_504() {
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let upstream = silent.local_addr().expect("address");
+    let held = tokio::spawn(async move {
+        let mut kept = Vec::new();
+        while let Ok((stream, _)) = silent.accept().await {
+            kept.push(stream);
+        }
+    });
+    let routes = routes_to(80, upstream);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let gateway = start_with(dir.path(), &routes, |c| {
+        c.upstream_response_timeout = Duration::from_millis(300);
+    })
+    .await;
+    let answer = tokio::time::timeout(
+        Duration::from_secs(10),
+        get(port_of(&gateway, 80), HOST, "/"),
+    )
+    .await
+    .expect("an answer, not a wait for ever");
+    assert_eq!(answer.status, StatusCode::GATEWAY_TIMEOUT);
+    assert!(
+        answer.error().contains("did not begin its answer"),
+        "{answer:?}"
+    );
+    gateway.stop().await;
+    held.abort();
+}
+
+/// One address holds at most its share of the gateway's connections, an
+/// upgraded one (a WebSocket) included, so no client fills it for
+/// everyone; a connection that ends gives its place back.
+#[tokio::test]
+async fn an_address_holds_at_most_its_share_of_connections() {
+    let upstream = websocket_upstream().await;
+    let routes = routes_to(8080, upstream);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let gateway = start_with(dir.path(), &routes, |c| c.max_per_address = 2).await;
+    let port = port_of(&gateway, 8080);
+
+    let idle = TcpStream::connect(port).await.expect("connect");
+    let stream = TcpStream::connect(port).await.expect("connect");
+    let (socket, _) =
+        tokio_tungstenite::client_async("ws://abc12345.compute.localhost:8080/chat", stream)
+            .await
+            .expect("the WebSocket handshake goes through");
+    assert!(turned_away(port).await, "a third connection of one address");
+    drop(idle);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!turned_away(port).await, "a place came free");
+    // The upgraded connection still holds its place.
+    let _third = TcpStream::connect(port).await.expect("connect");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(turned_away(port).await, "the tunnel counts");
+    drop(socket);
+    gateway.stop().await;
+}

@@ -30,16 +30,23 @@ pub struct RunningGateway {
 
 impl RunningGateway {
     /// Reads the table once (so the gateway starts with every port it
-    /// needs), opens the gateway and starts keeping the table.
-    pub async fn start(app: App, settings: &GatewaySettings) -> Result<RunningGateway> {
+    /// needs), opens the gateway and starts keeping the table, with at
+    /// most `max_connections` client connections (fewer when the
+    /// gateway's own default is lower).
+    pub async fn start(
+        app: App,
+        settings: &GatewaySettings,
+        max_connections: usize,
+    ) -> Result<RunningGateway> {
         let table = Arc::new(MemoryRoutes::new());
         replace(&table, app.ingress_table().await?);
-        let config = GatewayConfig::new(
+        let mut config = GatewayConfig::new(
             app.compute_config().domain.clone(),
             settings.listen,
             settings.ports,
             settings.certificate.clone(),
         );
+        config.max_connections = config.max_connections.min(max_connections);
         let gateway = Gateway::start(config, table.clone())
             .await
             .context("cannot start the ingress gateway")?;

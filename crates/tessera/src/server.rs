@@ -146,8 +146,20 @@ pub async fn start(settings: &Settings) -> Result<RunningServer> {
         ..AppConfig::default()
     };
     let app = App::new(store, agents, config).await?;
+    // The ingress gateway shares the process's file descriptors with the
+    // API: each of its connections may hold one to a container too. Half
+    // of them go to the API, a quarter to the gateway's clients (and a
+    // quarter to its containers), so neither can starve the other, the
+    // store or the agent (a tenant's containers that never answer held
+    // every descriptor once).
+    let mut limits = settings.http.clone();
     let gateway = match &settings.gateway {
-        Some(gateway) => Some(RunningGateway::start(app.clone(), gateway).await?),
+        Some(gateway) => {
+            let budget = tessera_faces::serve::descriptor_budget();
+            limits.max_connections = limits.max_connections.min(budget / 2).max(1);
+            let clients = (budget / 4).max(1);
+            Some(RunningGateway::start(app.clone(), gateway, clients).await?)
+        }
         None => None,
     };
     // The event log's pump starts from the log's end before anyone is
@@ -164,7 +176,6 @@ pub async fn start(settings: &Settings) -> Result<RunningServer> {
     app.spawn_reconciler();
     let (stop, stopped) = oneshot::channel::<()>();
     let router = tessera_faces::router(app.clone());
-    let limits = settings.http.clone();
     let serving = tokio::spawn(async move {
         tessera_faces::serve::serve(listener, router, limits, async {
             let _ = stopped.await;
