@@ -6,15 +6,33 @@
 //! A forward is a task that owns its listener and its connections, so
 //! ending the task closes the port and every connection through it;
 //! [`Proxy::close`] waits until it has.
+//!
+//! Each connection holds two of the process's file descriptors (the
+//! client's and the instance's), and the instance, whose SSH server is its
+//! tenant's to replace, may keep them open for ever: a forward relays at
+//! most [`MAX_PER_FORWARD`] connections at once, and all of this process's
+//! forwards [`MAX_FORWARDED`]; a connection over either is closed as it is
+//! accepted. Without them one tenant's instance held every descriptor of
+//! the agent (and, under `tessera up`, of the API).
 
 use super::fail;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, LazyLock, RwLock};
 use std::time::Duration;
 use tessera_agent_api::AgentError;
 use tessera_core::network::GroupRules;
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
 use tokio::task::{JoinHandle, JoinSet};
+
+/// Connections one forward relays at once.
+const MAX_PER_FORWARD: usize = 64;
+
+/// Connections all of this process's forwards relay at once.
+const MAX_FORWARDED: usize = 4096;
+
+static FORWARDED: LazyLock<Arc<Semaphore>> =
+    LazyLock::new(|| Arc::new(Semaphore::new(MAX_FORWARDED)));
 
 /// A running forward; dropping it closes the port and its connections
 /// (soon after: [`Proxy::close`] to know when).
@@ -117,8 +135,17 @@ async fn serve(listener: TcpListener, target: SocketAddr, groups: Arc<RwLock<Vec
             accepted = listener.accept() => match accepted {
                 Ok((client, peer)) => {
                     let admitted = admits(&groups.read().unwrap_or_else(|p| p.into_inner()), peer.ip());
-                    if admitted {
-                        conns.spawn(relay(client, target));
+                    let permit = match conns.len() < MAX_PER_FORWARD {
+                        true => FORWARDED.clone().try_acquire_owned().ok(),
+                        false => None,
+                    };
+                    if admitted && let Some(permit) = permit {
+                        conns.spawn(async move {
+                            relay(client, target).await;
+                            drop(permit);
+                        });
+                    } else if admitted {
+                        tracing::warn!(%target, %peer, "too many forwarded connections; closing a new one");
                     } else {
                         tracing::debug!(%target, %peer, "forwarded connection refused by the instance's security groups");
                     }
@@ -148,13 +175,72 @@ async fn relay(mut client: TcpStream, target: SocketAddr) {
     };
     let _ = client.set_nodelay(true);
     let _ = upstream.set_nodelay(true);
-    let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+    // The connection ends when either side is done: an SSH client that
+    // goes away leaves nothing held open by an instance that keeps its
+    // side open.
+    let (mut client_reads, mut client_writes) = client.split();
+    let (mut instance_reads, mut instance_writes) = upstream.split();
+    tokio::select! {
+        _ = tokio::io::copy(&mut client_reads, &mut instance_writes) => {}
+        _ = tokio::io::copy(&mut instance_reads, &mut client_writes) => {}
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use tessera_core::network::{InboundRule, Ports, Protocol, Source};
+    use tokio::io::AsyncReadExt;
+
+    /// An instance that takes connections and never lets go holds at most
+    /// [`MAX_PER_FORWARD`] of them through its forward; a connection over
+    /// that is closed at once, and one that ends makes room.
+    #[tokio::test]
+    async fn a_forward_relays_a_bounded_number_of_connections() {
+        let holder = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let target = holder.local_addr().expect("address");
+        let held = tokio::spawn(async move {
+            let mut kept = Vec::new();
+            while let Ok((stream, _)) = holder.accept().await {
+                kept.push(stream);
+            }
+        });
+        let port = {
+            let free = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+            free.local_addr().expect("address").port()
+        };
+        let proxy = Proxy::spawn(port, target, Vec::new())
+            .await
+            .expect("forward");
+        let closed_at_once = |mut stream: TcpStream| async move {
+            let mut byte = [0u8; 1];
+            matches!(
+                tokio::time::timeout(Duration::from_millis(300), stream.read(&mut byte)).await,
+                Ok(Ok(0) | Err(_))
+            )
+        };
+        let mut open = Vec::new();
+        for _ in 0..MAX_PER_FORWARD {
+            open.push(
+                TcpStream::connect(("127.0.0.1", port))
+                    .await
+                    .expect("connect"),
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let extra = TcpStream::connect(("127.0.0.1", port))
+            .await
+            .expect("connect");
+        assert!(closed_at_once(extra).await, "one over the limit");
+        drop(open.pop());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let again = TcpStream::connect(("127.0.0.1", port))
+            .await
+            .expect("connect");
+        assert!(!closed_at_once(again).await, "room again");
+        proxy.close().await;
+        held.abort();
+    }
 
     #[test]
     fn clients_are_admitted_by_the_groups_ssh_rules() {
