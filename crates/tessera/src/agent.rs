@@ -14,9 +14,14 @@ pub struct AgentArgs {
     #[arg(long, env = "TESSERA_SERVER")]
     pub server: String,
     /// A join token (`tessera join-token create`); needed on the first start
-    /// only, the agent keeps its own credential afterwards.
+    /// only, the agent keeps its own credential afterwards. Give it in the
+    /// environment or with --join-token-file: on the command line every
+    /// account of the host can read it (/proc/PID/cmdline).
     #[arg(long, env = "TESSERA_JOIN_TOKEN", hide_env_values = true)]
     pub join_token: Option<String>,
+    /// A file holding the join token (read once, at start).
+    #[arg(long, conflicts_with = "join_token")]
+    pub join_token_file: Option<PathBuf>,
     /// The host's name in the cloud (default: the machine's host name).
     #[arg(long)]
     pub hostname: Option<String>,
@@ -159,6 +164,20 @@ pub(crate) fn is_root() -> bool {
 }
 
 impl AgentArgs {
+    /// Warns when the join token was given on the command line (as
+    /// `tessera agent` parsed it), where every account of the host reads it.
+    pub fn warn_of_a_visible_token(&self) {
+        if let Some(token) = &self.join_token
+            && std::env::var("TESSERA_JOIN_TOKEN").ok().as_deref() != Some(token.as_str())
+        {
+            tracing::warn!(
+                "the join token is on the command line, where every account of this host \
+                 can read it while the agent runs (/proc/PID/cmdline); give it in \
+                 TESSERA_JOIN_TOKEN or with --join-token-file"
+            );
+        }
+    }
+
     pub fn options(self) -> Result<AgentOptions> {
         let hostname = match self.hostname {
             Some(name) => name,
@@ -170,9 +189,18 @@ impl AgentArgs {
         if self.heartbeat_secs == 0 {
             anyhow::bail!("--heartbeat-secs must be at least 1");
         }
+        let join_token = match (&self.join_token, &self.join_token_file) {
+            (_, Some(file)) => Some(
+                std::fs::read_to_string(file)
+                    .with_context(|| format!("cannot read the join token in {}", file.display()))?
+                    .trim()
+                    .to_string(),
+            ),
+            (token, None) => token.clone(),
+        };
         Ok(AgentOptions {
             server: self.server,
-            join_token: self.join_token,
+            join_token,
             hostname,
             ip: self.ip,
             location: self.location,

@@ -880,7 +880,7 @@ pub async fn join_token(args: ClientArgs, command: JoinTokenCommand) -> Result<(
             client.print(&created, |t| {
                 eprintln!(
                     "join token {} (shown once), valid until {}; on the new host run\n  \
-                     tessera agent --server {} --join-token TOKEN",
+                     TESSERA_JOIN_TOKEN=TOKEN tessera agent --server {}",
                     text(&t["id"]),
                     text(&t["expires_at"]),
                     client.base()

@@ -229,6 +229,7 @@ async fn run_server(args: ServerArgs) -> Result<()> {
 
 async fn run_agent(args: AgentArgs) -> Result<()> {
     logging::init(logging::LogFormat::Text);
+    args.warn_of_a_visible_token();
     let options = args.options()?;
     let stop = tokio_util::sync::CancellationToken::new();
     let stopping = stop.clone();

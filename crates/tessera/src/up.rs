@@ -198,6 +198,7 @@ pub async fn run(args: UpArgs) -> Result<()> {
     let agent = AgentArgs {
         server: running.url(),
         join_token: Some(join_token),
+        join_token_file: None,
         hostname: Some(hostname.clone()),
         ip: "127.0.0.1".into(),
         location: location.clone(),

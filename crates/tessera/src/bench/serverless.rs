@@ -156,6 +156,7 @@ pub async fn run(args: ServerlessArgs) -> Result<()> {
     let agent = AgentArgs {
         server: base.clone(),
         join_token: Some(join_token),
+        join_token_file: None,
         hostname: Some("bench-serverless".into()),
         ip: "127.0.0.1".into(),
         location: Some("FIN-01".into()),
