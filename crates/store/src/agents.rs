@@ -23,6 +23,22 @@ pub struct JoinTokenRecord {
     pub revoked_at: Option<String>,
     /// The one host whose agent this token may replace, if any.
     pub replaces: Option<String>,
+    /// How many more hosts it may admit; `None`: any number.
+    pub uses_left: Option<i64>,
+}
+
+/// A join token to keep ([`Store::insert_join_token`]).
+#[derive(Clone, Copy, Debug)]
+pub struct NewJoinToken<'a> {
+    pub id: &'a str,
+    pub token_hash: &'a str,
+    pub description: &'a str,
+    pub created_by: Option<&'a str>,
+    pub expires_at: &'a str,
+    /// The one host whose agent it may replace.
+    pub replaces: Option<&'a str>,
+    /// How many hosts it admits; `None`: any number.
+    pub uses: Option<i64>,
 }
 
 #[derive(Clone, Debug, sqlx::FromRow)]
@@ -49,36 +65,29 @@ pub struct WorkRecord {
     pub observed: Option<String>,
 }
 
-const JOIN_TOKEN_COLUMNS: &str =
-    "id, token_hash, description, created_by, created_at, expires_at, revoked_at, replaces";
+const JOIN_TOKEN_COLUMNS: &str = "id, token_hash, description, created_by, created_at, expires_at, revoked_at, replaces, \
+     uses_left";
 const AGENT_COLUMNS: &str =
     "hostname, credential_hash, driver, inventory, generation, reachable, last_seen, registered_at";
 const WORK_COLUMNS: &str = "hostname, key, generation, desired, observed_generation, observed";
 
 impl Store {
-    pub async fn insert_join_token(
-        &self,
-        id: &str,
-        token_hash: &str,
-        description: &str,
-        created_by: Option<&str>,
-        expires_at: &str,
-        replaces: Option<&str>,
-    ) -> Result<()> {
+    pub async fn insert_join_token(&self, token: &NewJoinToken<'_>) -> Result<()> {
         self.run_statements(
             "insert_join_token",
             vec![(
                 "INSERT INTO join_tokens (id, token_hash, description, created_by, created_at, \
-                 expires_at, replaces) VALUES ($1, $2, $3, $4, $5, $6, $7)"
+                 expires_at, replaces, uses_left) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
                     .into(),
                 vec![
-                    id.into(),
-                    token_hash.into(),
-                    description.into(),
-                    created_by.into(),
+                    token.id.into(),
+                    token.token_hash.into(),
+                    token.description.into(),
+                    token.created_by.into(),
                     now().into(),
-                    expires_at.into(),
-                    replaces.into(),
+                    token.expires_at.into(),
+                    token.replaces.into(),
+                    token.uses.into(),
                 ],
             )],
             |_| true,
@@ -101,6 +110,25 @@ impl Store {
             &[],
         )
         .await
+    }
+
+    /// Takes one of a join token's uses; `false`, changing nothing, when
+    /// it has none left (or is revoked). A token of any number of uses
+    /// always has one.
+    pub async fn use_join_token(&self, id: &str) -> Result<bool> {
+        let counts = self
+            .run_statements(
+                "use_join_token",
+                vec![(
+                    "UPDATE join_tokens SET uses_left = uses_left - 1 WHERE id = $1 \
+                     AND revoked_at IS NULL AND (uses_left IS NULL OR uses_left > 0)"
+                        .into(),
+                    vec![id.into()],
+                )],
+                |_| true,
+            )
+            .await?;
+        Ok(counts[0] == 1)
     }
 
     /// Revokes a join token; `false` when it does not exist or already was.

@@ -38,7 +38,7 @@ mod writer;
 
 pub use agents::{
     AgentChange, AgentChanges, AgentOffer, AgentRecord, HeartbeatNews, JoinTokenRecord,
-    SessionRequestRecord, WorkRecord,
+    NewJoinToken, SessionRequestRecord, WorkRecord,
 };
 pub use billing::{Balance, FundsShort, now_ms};
 pub use containers::{ContainerRecord, IngressRoute, IngressRule, InstanceUsage, NewContainer};

@@ -167,6 +167,10 @@ pub enum JoinTokenCommand {
         /// one that is gone): no other token can.
         #[arg(long, value_name = "HOSTNAME")]
         replace: Option<String>,
+        /// How many hosts may join with it (by default any number until it
+        /// expires).
+        #[arg(long)]
+        uses: Option<i64>,
     },
     /// List join tokens.
     List,
@@ -869,12 +873,13 @@ pub async fn join_token(args: ClientArgs, command: JoinTokenCommand) -> Result<(
             description,
             ttl_seconds,
             replace,
+            uses,
         } => {
             let created = client
                 .call(
                     reqwest::Method::POST,
                     "/v1/servers/join-tokens",
-                    Some(json!({"description": description, "ttl_seconds": ttl_seconds, "replaces": replace})),
+                    Some(json!({"description": description, "ttl_seconds": ttl_seconds, "replaces": replace, "uses": uses})),
                 )
                 .await?;
             client.print(&created, |t| {

@@ -8,6 +8,7 @@ use crate::{App, new_id};
 use std::time::Duration;
 use tessera_core::Permission;
 use tessera_core::status::HostStatus;
+use tessera_store::NewJoinToken;
 
 /// A new join token.
 #[derive(Clone, Debug, serde::Serialize)]
@@ -24,7 +25,12 @@ pub struct JoinToken {
     pub expired: bool,
     /// The one host whose agent it may replace, if any.
     pub replaces: Option<String>,
+    /// How many more hosts it admits; `None`: any number until it expires.
+    pub uses_left: Option<i64>,
 }
+
+/// The most hosts one join token may be made to admit by count.
+const MAX_USES: i64 = 100_000;
 
 impl App {
     /// Creates a join token a new host's agent registers with. With
@@ -36,8 +42,17 @@ impl App {
         description: Option<String>,
         ttl: Option<Duration>,
         replaces: Option<String>,
+        uses: Option<i64>,
     ) -> Result<JoinToken> {
         caller.require(Permission::ServerCreate)?;
+        if let Some(uses) = uses
+            && !(1..=MAX_USES).contains(&uses)
+        {
+            return Err(Error::invalid(
+                "uses",
+                format!("uses must be between 1 and {MAX_USES}"),
+            ));
+        }
         if let Some(hostname) = &replaces {
             let host = self.find_server(hostname).await.map_err(|_| {
                 Error::invalid(
@@ -76,14 +91,15 @@ impl App {
             chrono::Utc::now() + chrono::Duration::from_std(ttl).unwrap_or_default(),
         );
         self.store
-            .insert_join_token(
-                &id,
-                &hash_token(&token),
-                &description,
-                Some(&caller.username),
-                &expires_at,
-                replaces.as_deref(),
-            )
+            .insert_join_token(&NewJoinToken {
+                id: &id,
+                token_hash: &hash_token(&token),
+                description: &description,
+                created_by: Some(&caller.username),
+                expires_at: &expires_at,
+                replaces: replaces.as_deref(),
+                uses,
+            })
             .await?;
         if let Some(hostname) = &replaces {
             tracing::warn!(%hostname, by = %caller.username, "join token made to replace a host's agent");
@@ -97,6 +113,7 @@ impl App {
             revoked: false,
             expired: false,
             replaces,
+            uses_left: uses,
         })
     }
 
@@ -108,14 +125,15 @@ impl App {
         let token = secret("tsj");
         let expires_at = tessera_store::timestamp(chrono::Utc::now() + chrono::Duration::hours(1));
         self.store
-            .insert_join_token(
-                &new_id("jt"),
-                &hash_token(&token),
-                "tessera up: the local agent",
-                None,
-                &expires_at,
-                Some(hostname),
-            )
+            .insert_join_token(&NewJoinToken {
+                id: &new_id("jt"),
+                token_hash: &hash_token(&token),
+                description: "tessera up: the local agent",
+                created_by: None,
+                expires_at: &expires_at,
+                replaces: Some(hostname),
+                uses: None,
+            })
             .await?;
         Ok(token)
     }
@@ -136,6 +154,7 @@ impl App {
                 expires_at: t.expires_at,
                 revoked: t.revoked_at.is_some(),
                 replaces: t.replaces,
+                uses_left: t.uses_left,
             })
             .collect())
     }

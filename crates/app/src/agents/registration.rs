@@ -28,15 +28,11 @@ impl App {
         let token = self.store.join_token_by_hash(&hash_token(secret)).await?;
         token
             .filter(|t| {
-                t.revoked_at.is_none() && t.expires_at.as_str() > tessera_store::now().as_str()
+                t.revoked_at.is_none()
+                    && t.expires_at.as_str() > tessera_store::now().as_str()
+                    && t.uses_left != Some(0)
             })
-            .ok_or_else(|| {
-                Error::Unauthenticated(
-                    "the join token is unknown, expired or revoked; create one with `tessera \
-                     join-token create`"
-                        .into(),
-                )
-            })
+            .ok_or_else(used_up)
     }
 
     pub async fn register_agent(&self, req: RegisterRequest) -> Result<RegisterResponse> {
@@ -161,6 +157,11 @@ impl App {
                 Some(host)
             }
         };
+        // A token of counted uses gives one up, whatever comes of the
+        // rest (an admin makes another).
+        if token.uses_left.is_some() && !self.store.use_join_token(&token.id).await? {
+            return Err(used_up());
+        }
         // A new host first: of two agents registering one new name at
         // once, the one whose host is refused writes nothing more.
         if let Some(new) = &new_host
@@ -231,4 +232,12 @@ impl App {
             hostname: req.hostname,
         })
     }
+}
+
+fn used_up() -> Error {
+    Error::Unauthenticated(
+        "the join token is unknown, expired, revoked or used up; create one with `tessera \
+         join-token create`"
+            .into(),
+    )
 }

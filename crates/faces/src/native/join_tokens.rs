@@ -22,8 +22,10 @@ pub struct JoinTokenBody {
     pub expired: bool,
     /// The one registered host whose agent this token may replace.
     pub replaces: Option<String>,
+    /// How many more hosts it admits; null: any number until it expires.
+    pub uses_left: Option<i64>,
     /// The secret: shown once, in the answer that creates the token. Give
-    /// it to `tessera agent --join-token`.
+    /// it to `tessera agent` (in `TESSERA_JOIN_TOKEN` or a file).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub token: Option<String>,
 }
@@ -38,6 +40,7 @@ impl From<JoinToken> for JoinTokenBody {
             revoked: t.revoked,
             expired: t.expired,
             replaces: t.replaces,
+            uses_left: t.uses_left,
             token: t.token,
         }
     }
@@ -48,8 +51,10 @@ impl From<JoinToken> for JoinTokenBody {
 pub struct CreateJoinTokenRequest {
     pub description: Option<String>,
     /// Seconds until the token expires (60 to 31536000; a day by default).
-    /// Any number of hosts may join with it until then.
     pub ttl_seconds: Option<u64>,
+    /// How many hosts may join with it (1 to 100000); by default any
+    /// number until it expires.
+    pub uses: Option<i64>,
     /// A registered host (hostname or id) whose agent this token may
     /// replace. Without it, a token admits only hosts that never had an
     /// agent.
@@ -92,6 +97,7 @@ pub async fn create_join_token(
             req.description,
             req.ttl_seconds.map(Duration::from_secs),
             req.replaces,
+            req.uses,
         )
         .await?;
     Ok((StatusCode::CREATED, Json(token.into())))

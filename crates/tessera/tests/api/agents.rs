@@ -280,6 +280,49 @@ async fn join_tokens_are_checked_and_agents_authenticated(backend: Backend) {
     assert!(log.contains("registration refused"), "{log}");
     assert_eq!(server_status(&server, "node-z").await, None);
 
+    // A token made for one host admits one, then no other.
+    let (status, created) = server
+        .call(
+            Method::POST,
+            "/v1/servers/join-tokens",
+            Some(&json!({"uses": 1})),
+            TOKEN,
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    assert_eq!(created["uses_left"], 1, "{created}");
+    let once = created["token"].as_str().expect("token").to_string();
+    let _first = running_agent(&server, &once, "node-once", &dir.path().join("once"), &[]).await;
+    let second = AgentProcess::start(
+        &server.url,
+        Some(&once),
+        "node-twice",
+        &dir.path().join("twice"),
+        "sim",
+        &[],
+    );
+    let (status, log) = second.wait_exit(Duration::from_secs(20));
+    assert!(!status.success(), "{log}");
+    assert!(log.contains("used up"), "{log}");
+    assert_eq!(server_status(&server, "node-twice").await, None);
+    let listed = server.get_ok("/v1/servers/join-tokens").await;
+    let shown = listed
+        .as_array()
+        .and_then(|l| l.iter().find(|t| t["id"] == created["id"]))
+        .expect("listed");
+    assert_eq!(shown["uses_left"], 0, "{shown}");
+    for uses in [0, -1, 100_001] {
+        let (status, body) = server
+            .call(
+                Method::POST,
+                "/v1/servers/join-tokens",
+                Some(&json!({ "uses": uses })),
+                TOKEN,
+            )
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{uses}: {body}");
+    }
+
     // A host name with a live agent cannot be taken over by another
     // machine holding a join token.
     let token = join_token(&server.url).await;
