@@ -278,6 +278,13 @@ impl App {
         self.stopping.cancel();
     }
 
+    /// Resolves once the server begins to stop: streams that would
+    /// otherwise run for ever (an agent's control channel) end then, so the
+    /// drain does not wait for them.
+    pub async fn stopping(&self) {
+        self.stopping.cancelled().await;
+    }
+
     /// Stops the reconciler and waits for host work under way, up to the
     /// agent timeout; what is cut short is finished by the next start.
     pub async fn shutdown(&self) {

@@ -44,9 +44,13 @@ fn channel_stream(app: App, agent: AgentCaller) -> Response {
     let start = tokio::time::Instant::now() + CHANNEL_KEEPALIVE;
     let keepalive = tokio::time::interval_at(start, CHANNEL_KEEPALIVE);
     let lines = futures::stream::unfold(
-        (guard, asks, keepalive),
-        |(guard, mut asks, mut keepalive)| async move {
+        (guard, asks, keepalive, app),
+        |(guard, mut asks, mut keepalive, app)| async move {
             let line = tokio::select! {
+                // The server is stopping: the answer ends (the agent dials
+                // again, elsewhere or once it is back), so the drain does
+                // not wait half a minute for it.
+                () = app.stopping() => return None,
                 // None: a newer channel of this agent replaced this one.
                 ask = asks.recv() => {
                     let mut line = serde_json::to_string(&ask?).unwrap_or_default();
@@ -57,7 +61,7 @@ fn channel_stream(app: App, agent: AgentCaller) -> Response {
             };
             Some((
                 Ok::<_, std::convert::Infallible>(axum::body::Bytes::from(line)),
-                (guard, asks, keepalive),
+                (guard, asks, keepalive, app),
             ))
         },
     );
@@ -87,6 +91,10 @@ fn channel_socket(app: App, agent: AgentCaller, upgrade: WebSocketUpgrade) -> Re
         ping.reset();
         loop {
             tokio::select! {
+                () = app.stopping() => {
+                    let _ = socket.send(Message::Close(None)).await;
+                    return;
+                }
                 ask = asks.recv() => {
                     let Some(ask) = ask else { return };
                     let text = serde_json::to_string(&ask).unwrap_or_default();

@@ -14,6 +14,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 on_both_backends!(
+    a_stopping_server_does_not_wait_for_its_agents_channels,
     agents_join_share_the_load_and_survive_a_lost_host,
     join_tokens_are_checked_and_agents_authenticated,
     a_server_registered_without_an_address_takes_its_agents,
@@ -985,4 +986,26 @@ async fn a_host_another_replica_found_silent_takes_nothing_new() {
     drop(agents);
     second.stop().await;
     first.stop().await;
+}
+
+/// A stopping server does not wait for its agents' control channels: each
+/// is an answer that never ends (a line every 20 s), and the drain waited
+/// its whole half minute for them before giving up (2026-12-07).
+async fn a_stopping_server_does_not_wait_for_its_agents_channels(backend: Backend) {
+    let server = TestServer::start_with(
+        backend,
+        Options {
+            sim_hosts: false,
+            ..Options::default()
+        },
+    )
+    .await;
+    let token = join_token(&server.url).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let _agent = running_agent(&server, &token, "node-s", &dir.path().join("s"), &[]).await;
+    // Its channel is dialled as it starts.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    tokio::time::timeout(Duration::from_secs(20), server.stop())
+        .await
+        .expect("stopped without waiting out the drain for the agent's channel");
 }
