@@ -179,7 +179,9 @@ impl App {
                 .then(|| caller.login.clone())
                 .flatten(),
         };
-        self.store.insert_oauth_client(&record).await?;
+        if !self.store.insert_oauth_client(&record).await? {
+            return Err(crate::tokens::login_revoked());
+        }
         tracing::info!(client_id = %client_id, project = %project_name, %role, "OAuth credential created");
         Ok(NewCredential {
             client_id,

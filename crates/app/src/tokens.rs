@@ -281,7 +281,14 @@ impl App {
         }
         let secret = generate_token();
         let id = new_id("tok");
-        self.store
+        // Made with a login (not a token), it goes with that login.
+        let login = caller
+            .token_id
+            .is_none()
+            .then(|| caller.login.clone())
+            .flatten();
+        let kept = self
+            .store
             .insert_token(&NewToken {
                 id: id.clone(),
                 name: name.to_string(),
@@ -291,15 +298,15 @@ impl App {
                 scopes,
                 expires_at,
                 parent_id: caller.token_id.clone(),
-                login_family: caller
-                    .token_id
-                    .is_none()
-                    .then(|| caller.login.clone())
-                    .flatten(),
+                login_family: login.clone(),
+                login_user: login.as_ref().map(|_| caller.user_id.clone()),
                 compute_scopes: compute_scopes
                     .map(|s| serde_json::to_string(&s.to_map()).unwrap_or_default()),
             })
             .await?;
+        if !kept {
+            return Err(login_revoked());
+        }
         let record = self
             .store
             .token(&id)
@@ -374,4 +381,13 @@ impl App {
         self.identity.forget_all();
         Ok(())
     }
+}
+
+/// The answer to a credential made with a login revoked meanwhile.
+pub(crate) fn login_revoked() -> Error {
+    Error::Unauthenticated(
+        "this login was revoked (its refresh token was used twice, or its user's password \
+         changed, or its user was disabled); log in again"
+            .into(),
+    )
 }

@@ -244,7 +244,7 @@ impl Store {
         if password_hash.is_some() || disabled == Some(true) {
             statements.push(revoke_refresh_of(id));
             statements.extend(crate::tokens::revoke_login_made(
-                "r.user_id = $1 AND r.login_family IS NOT NULL",
+                "r.login_user = $1",
                 "c.created_by = $1 AND c.login_family IS NOT NULL",
                 id,
             ));

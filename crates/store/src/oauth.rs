@@ -31,33 +31,37 @@ const CLIENT_COLUMNS: &str = "client_id, secret_hash, project_id, role, descript
      created_at, revoked_at, scopes, parent_token_id, acts_as, expires_at, login_family";
 
 impl Store {
-    pub async fn insert_oauth_client(&self, client: &OAuthClientRecord) -> Result<()> {
-        self.run_statements(
-            "insert_oauth_client",
-            vec![(
-                format!(
-                    "INSERT INTO oauth_clients ({CLIENT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, \
-                     NULL, $8, $9, $10, $11, $12)"
-                ),
-                vec![
-                    (&client.client_id).into(),
-                    (&client.secret_hash).into(),
-                    (&client.project_id).into(),
-                    (&client.role).into(),
-                    (&client.description).into(),
-                    client.created_by.as_ref().into(),
-                    (&client.created_at).into(),
-                    client.scopes.as_ref().into(),
-                    client.parent_token_id.as_ref().into(),
-                    client.acts_as.as_ref().into(),
-                    client.expires_at.as_ref().into(),
-                    client.login_family.as_ref().into(),
-                ],
-            )],
-            |_| true,
-        )
-        .await?;
-        Ok(())
+    /// Keeps a new client; `false`, keeping nothing, when the login it is
+    /// made with was revoked meanwhile (see [`Store::insert_token`]).
+    pub async fn insert_oauth_client(&self, client: &OAuthClientRecord) -> Result<bool> {
+        let counts = self
+            .run_statements(
+                "insert_oauth_client",
+                vec![(
+                    format!(
+                        "INSERT INTO oauth_clients ({CLIENT_COLUMNS}) SELECT $1, $2, $3, $4, $5, \
+                         $6, $7, NULL, $8, $9, $10, $11, $12 WHERE {}",
+                        crate::tokens::login_live("$12")
+                    ),
+                    vec![
+                        (&client.client_id).into(),
+                        (&client.secret_hash).into(),
+                        (&client.project_id).into(),
+                        (&client.role).into(),
+                        (&client.description).into(),
+                        client.created_by.as_ref().into(),
+                        (&client.created_at).into(),
+                        client.scopes.as_ref().into(),
+                        client.parent_token_id.as_ref().into(),
+                        client.acts_as.as_ref().into(),
+                        client.expires_at.as_ref().into(),
+                        client.login_family.as_ref().into(),
+                    ],
+                )],
+                |_| true,
+            )
+            .await?;
+        Ok(counts[0] == 1)
     }
 
     pub async fn oauth_client(&self, client_id: &str) -> Result<Option<OAuthClientRecord>> {

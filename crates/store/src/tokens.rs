@@ -23,6 +23,8 @@ pub struct TokenRecord {
     pub compute_scopes: Option<String>,
     /// The login (refresh-token family) it was made with, if it was.
     pub login_family: Option<String>,
+    /// The user whose login that was.
+    pub login_user: Option<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -39,6 +41,8 @@ pub struct NewToken {
     pub compute_scopes: Option<String>,
     /// The login it is made with (not a token): it is revoked with it.
     pub login_family: Option<String>,
+    /// The user whose login that is.
+    pub login_user: Option<String>,
 }
 
 /// Whose tokens to list.
@@ -50,7 +54,7 @@ pub enum TokenOwner<'a> {
 }
 
 const TOKEN_COLUMNS: &str = "id, name, token_hash, user_id, project_id, scopes, expires_at, \
-     revoked_at, created_at, parent_id, compute_scopes, login_family";
+     revoked_at, created_at, parent_id, compute_scopes, login_family, login_user";
 
 /// Everything made with token `$1`, itself included: the tokens made with
 /// it, with those, and so on.
@@ -91,6 +95,15 @@ pub(crate) fn revoke_login_made(
     ]
 }
 
+/// SQL true unless the login (refresh-token family) `param` names was
+/// revoked; a NULL `param` (no login) is live.
+pub(crate) fn login_live(param: &str) -> String {
+    format!(
+        "(CAST({param} AS TEXT) IS NULL OR NOT EXISTS (SELECT 1 FROM refresh_tokens \
+         WHERE family = {param} AND status = 'revoked'))"
+    )
+}
+
 impl Store {
     pub async fn token_by_hash(&self, token_hash: &str) -> Result<Option<TokenRecord>> {
         self.fetch_optional(
@@ -124,36 +137,45 @@ impl Store {
         .await
     }
 
-    pub async fn insert_token(&self, token: &NewToken) -> Result<()> {
+    /// Keeps a new token; `false`, keeping nothing, when the login it is
+    /// made with was revoked meanwhile (checked in the insert, so that a
+    /// login revoked between its caller's check and this write cannot leave
+    /// a token behind).
+    pub async fn insert_token(&self, token: &NewToken) -> Result<bool> {
         let scopes = token
             .scopes
             .as_ref()
             .map(|s| serde_json::to_string(s).unwrap_or_default());
-        self.run_statements(
-            "insert_token",
-            vec![(
-                "INSERT INTO api_tokens (id, name, token_hash, user_id, project_id, scopes, \
-                 expires_at, created_at, parent_id, compute_scopes, login_family) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
-                    .into(),
-                vec![
-                    (&token.id).into(),
-                    (&token.name).into(),
-                    (&token.token_hash).into(),
-                    (&token.user_id).into(),
-                    (&token.project_id).into(),
-                    scopes.into(),
-                    token.expires_at.as_ref().into(),
-                    now().into(),
-                    token.parent_id.as_ref().into(),
-                    token.compute_scopes.as_ref().into(),
-                    token.login_family.as_ref().into(),
-                ],
-            )],
-            |_| true,
-        )
-        .await?;
-        Ok(())
+        let counts = self
+            .run_statements(
+                "insert_token",
+                vec![(
+                    format!(
+                        "INSERT INTO api_tokens (id, name, token_hash, user_id, project_id, scopes, \
+                         expires_at, created_at, parent_id, compute_scopes, login_family, \
+                         login_user) \
+                         SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12 WHERE {}",
+                        login_live("$11")
+                    ),
+                    vec![
+                        (&token.id).into(),
+                        (&token.name).into(),
+                        (&token.token_hash).into(),
+                        (&token.user_id).into(),
+                        (&token.project_id).into(),
+                        scopes.into(),
+                        token.expires_at.as_ref().into(),
+                        now().into(),
+                        token.parent_id.as_ref().into(),
+                        token.compute_scopes.as_ref().into(),
+                        token.login_family.as_ref().into(),
+                        token.login_user.as_ref().into(),
+                    ],
+                )],
+                |_| true,
+            )
+            .await?;
+        Ok(counts[0] == 1)
     }
 
     /// Revokes a token with everything made with it: the tokens made with

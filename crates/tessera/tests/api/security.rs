@@ -2677,8 +2677,24 @@ async fn what_a_login_made_goes_with_it(backend: Backend) {
     let other = login().await;
     let other_access = other["token"].as_str().expect("token").to_string();
     let (_, kept) = api_token(&server, json!({"name": "kept"}), &other_access).await;
-    // Made by an install admin for her: not made with her logins.
+    // Made by an install admin for her: not made with her logins (one
+    // with the admin's API token, one with the admin's login).
     let alice_id = user_id(&server, "alice").await;
+    let admin_login = {
+        let body =
+            json!({"username": "admin", "password": crate::harness::ADMIN_PASSWORD}).to_string();
+        let (status, reply) = server
+            .request(Method::POST, "/v1/auth/login", Some(&body), None)
+            .await;
+        assert_eq!(status, StatusCode::OK, "{reply}");
+        reply
+    };
+    let (_, by_admin_login) = api_token(
+        &server,
+        json!({"name": "by-admin", "user_id": alice_id, "workspace": "alpha"}),
+        admin_login["token"].as_str().expect("token"),
+    )
+    .await;
     let (_, given) = api_token(
         &server,
         json!({"name": "given", "user_id": alice_id, "workspace": "alpha"}),
@@ -2725,5 +2741,23 @@ async fn what_a_login_made_goes_with_it(backend: Backend) {
     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     assert!(!works(kept).await, "made with a login of hers");
     assert!(works(given).await, "an admin's");
+    assert!(
+        works(by_admin_login.clone()).await,
+        "made with the admin's login"
+    );
+
+    // The admin's login is stolen: what it made for her goes with it.
+    let refresh = json!({"refresh_token": admin_login["refresh_token"]}).to_string();
+    for expected in [StatusCode::OK, StatusCode::UNAUTHORIZED] {
+        let (status, reply) = server
+            .request(Method::POST, "/v1/auth/refresh", Some(&refresh), None)
+            .await;
+        assert_eq!(status, expected, "{reply}");
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    assert!(
+        !works(by_admin_login).await,
+        "made with the admin's stolen login"
+    );
     server.stop().await;
 }
