@@ -19,8 +19,9 @@ pub struct AgentArgs {
     /// account of the host can read it (/proc/PID/cmdline).
     #[arg(long, env = "TESSERA_JOIN_TOKEN", hide_env_values = true)]
     pub join_token: Option<String>,
-    /// A file holding the join token (read once, at start).
-    #[arg(long, conflicts_with = "join_token")]
+    /// A file holding the join token (read once, at start; it wins over
+    /// TESSERA_JOIN_TOKEN).
+    #[arg(long)]
     pub join_token_file: Option<PathBuf>,
     /// The host's name in the cloud (default: the machine's host name).
     #[arg(long)]

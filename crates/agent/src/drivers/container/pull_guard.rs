@@ -102,16 +102,22 @@ async fn relay(mut client: TcpStream, allowed: &Allowed, said: &Mutex<Option<Str
             return refuse(&mut client, said, why).await;
         }
     }
-    let Some(addr) = addresses.first() else {
-        return;
-    };
-    let mut upstream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
-        Ok(Ok(upstream)) => upstream,
-        Ok(Err(e)) => {
-            let why = format!("{addr}: {e}");
-            return answer(&mut client, "502 Bad Gateway", &why).await;
+    // Each address passed the check: the first that answers is used, as a
+    // client trying them in turn would.
+    let mut failures = Vec::new();
+    let mut connected = None;
+    for addr in &addresses {
+        match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
+            Ok(Ok(upstream)) => {
+                connected = Some(upstream);
+                break;
+            }
+            Ok(Err(e)) => failures.push(format!("{addr}: {e}")),
+            Err(_) => failures.push(format!("{addr}: no answer in {CONNECT_TIMEOUT:?}")),
         }
-        Err(_) => return answer(&mut client, "504 Gateway Timeout", &addr.to_string()).await,
+    }
+    let Some(mut upstream) = connected else {
+        return answer(&mut client, "502 Bad Gateway", &failures.join("; ")).await;
     };
     if client
         .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")

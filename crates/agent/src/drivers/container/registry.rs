@@ -244,13 +244,38 @@ fn is_public(ip: std::net::IpAddr) -> bool {
                 || a >= 240)
         }
         std::net::IpAddr::V6(v6) => {
-            let first = v6.segments()[0];
+            let s = v6.segments();
+            let first = s[0];
+            let v4 = |hi: u16, lo: u16| {
+                let [a, b] = hi.to_be_bytes();
+                let [c, d] = lo.to_be_bytes();
+                std::net::IpAddr::V4(std::net::Ipv4Addr::new(a, b, c, d))
+            };
+            // Forms that carry an IPv4 address a gateway delivers to: the
+            // address is judged as that IPv4 one. NAT64 (64:ff9b::/96, and
+            // the local-use 64:ff9b:1::/48), 6to4 (2002::/16), and the old
+            // IPv4-compatible ::/96.
+            if s[0] == 0x64 && s[1] == 0xff9b && s[2..6] == [0, 0, 0, 0] {
+                return is_public(v4(s[6], s[7]));
+            }
+            if s[0] == 0x2002 {
+                return is_public(v4(s[1], s[2]));
+            }
+            if s[..6] == [0, 0, 0, 0, 0, 0] && !v6.is_loopback() && !v6.is_unspecified() {
+                return is_public(v4(s[6], s[7]));
+            }
             !(v6.is_loopback()
                 || v6.is_unspecified()
                 || v6.is_multicast()
                 || (first & 0xfe00) == 0xfc00
                 || (first & 0xffc0) == 0xfe80
-                || first == 0x2001 && v6.segments()[1] == 0x0db8)
+                // Site-local (deprecated, still routed by some).
+                || (first & 0xffc0) == 0xfec0
+                // Local-use NAT64, and Teredo, which tunnels to addresses
+                // no check here sees.
+                || (first == 0x64 && s[1] == 0xff9b && s[2] == 1)
+                || (first == 0x2001 && s[1] == 0)
+                || first == 0x2001 && s[1] == 0x0db8)
         }
     }
 }
@@ -567,7 +592,13 @@ mod tests {
 
     #[test]
     fn public_addresses_are_the_internets() {
-        for ip in ["8.8.8.8", "1.1.1.1", "2606:4700::1111"] {
+        for ip in [
+            "8.8.8.8",
+            "1.1.1.1",
+            "2606:4700::1111",
+            "64:ff9b::808:808",
+            "2002:808:808::1",
+        ] {
             assert!(is_public(ip.parse().expect("ip")), "{ip}");
         }
         for ip in [
@@ -587,6 +618,17 @@ mod tests {
             "fd00::1",
             "fe80::1",
             "2001:db8::1",
+            // IPv4 carried in IPv6: NAT64, 6to4, IPv4-compatible.
+            "64:ff9b::a00:5",
+            "64:ff9b::7f00:1",
+            "64:ff9b:1::1",
+            "2002:a00:5::1",
+            "2002:a9fe:a9fe::1",
+            "::10.0.0.5",
+            "::127.0.0.1",
+            // Site-local, Teredo.
+            "fec0::1",
+            "2001:0:4136:e378::1",
         ] {
             assert!(!is_public(ip.parse().expect("ip")), "{ip}");
         }
