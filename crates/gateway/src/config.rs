@@ -51,8 +51,9 @@ pub struct GatewayConfig {
     /// that no single client fills the gateway for everyone.
     pub max_per_address: usize,
     /// How long a container may take to begin its answer (its status line
-    /// and headers) before the client gets a 504 (default 60 s). What
-    /// follows (a streamed body, an upgraded connection) is not bounded.
+    /// and headers), from the request's last byte, before the client gets
+    /// a 504 (default 60 s). What follows (a streamed body, an upgraded
+    /// connection) is not bounded.
     pub upstream_response_timeout: Duration,
 }
 

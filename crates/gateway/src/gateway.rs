@@ -12,7 +12,6 @@ use crate::config::{ALWAYS_OPEN, GatewayConfig, PortMapping};
 use crate::hostname::{Domain, InvalidDomain};
 use crate::listeners::Listeners;
 use crate::routes::RouteTable;
-use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
@@ -97,7 +96,7 @@ pub(crate) struct Shared {
     pub(crate) table: Arc<dyn RouteTable>,
     pub(crate) tls: TlsAcceptor,
     /// Pooled keep-alive connections to containers.
-    pub(crate) upstream: Client<HttpConnector, Incoming>,
+    pub(crate) upstream: Client<HttpConnector, crate::proxy::SentBody>,
     pub(crate) header_read_timeout: Duration,
     pub(crate) tls_handshake_timeout: Duration,
     pub(crate) connections: Arc<Semaphore>,

@@ -112,17 +112,25 @@ async fn forward_or_refuse(
     let upgrade = requested_upgrade(&request);
     let client_side = upgrade.is_some().then(|| hyper::upgrade::on(&mut request));
     let outgoing = upstream_request(request, target, &host, arrival, upgrade)?;
-    let answer = tokio::time::timeout(
-        shared.upstream_response_timeout,
-        shared.upstream.request(outgoing),
-    )
-    .await
-    .map_err(|_| Refusal::UpstreamTimeout {
-        container: container.clone(),
-        port: arrival.port,
-        target_port: target.port(),
-        after: shared.upstream_response_timeout,
-    })?;
+    // The container's time to answer runs from the moment the whole
+    // request has been sent: a slow upload is not the container's delay.
+    let (sent, all_sent) = tokio::sync::oneshot::channel();
+    let outgoing = outgoing.map(|body| SentBody::new(body, sent));
+    let wait = shared.upstream_response_timeout;
+    let answer = tokio::select! {
+        answer = shared.upstream.request(outgoing) => answer,
+        () = async move {
+            let _ = all_sent.await;
+            tokio::time::sleep(wait).await;
+        } => {
+            return Err(Refusal::UpstreamTimeout {
+                container: container.clone(),
+                port: arrival.port,
+                target_port: target.port(),
+                after: wait,
+            });
+        }
+    };
     let mut response = answer.map_err(|error| {
         tracing::debug!(
             container,
@@ -209,6 +217,60 @@ fn requested_upgrade(request: &Request<Incoming>) -> Option<HeaderValue> {
         .any(|token| token.eq_ignore_ascii_case("upgrade"))
         .then(|| request.headers().get(UPGRADE).cloned())
         .flatten()
+}
+
+/// A request body on its way to a container, which says when it has all
+/// been sent (or failed): the container's time to answer starts then.
+pub(crate) struct SentBody {
+    inner: Incoming,
+    sent: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl SentBody {
+    fn new(inner: Incoming, sent: tokio::sync::oneshot::Sender<()>) -> SentBody {
+        let mut body = SentBody {
+            inner,
+            sent: Some(sent),
+        };
+        // An empty body may never be read.
+        if hyper::body::Body::is_end_stream(&body.inner) {
+            body.all_sent();
+        }
+        body
+    }
+
+    fn all_sent(&mut self) {
+        if let Some(sent) = self.sent.take() {
+            let _ = sent.send(());
+        }
+    }
+}
+
+impl hyper::body::Body for SentBody {
+    type Data = bytes::Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        let this = self.get_mut();
+        let polled = std::pin::Pin::new(&mut this.inner).poll_frame(cx);
+        match &polled {
+            std::task::Poll::Ready(None | Some(Err(_))) => this.all_sent(),
+            std::task::Poll::Ready(Some(Ok(_))) if this.inner.is_end_stream() => this.all_sent(),
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 /// The request as sent to the container: same method, path, headers and

@@ -581,3 +581,39 @@ async fn an_address_holds_at_most_its_share_of_connections() {
     drop(socket);
     gateway.stop().await;
 }
+
+/// The container's time to answer runs once the request is all sent: an
+/// upload slower than that time reaches a container that answers when it
+/// has read it.
+#[tokio::test]
+async fn a_slow_upload_is_not_the_containers_delay() {
+    let upstream = upstream().await;
+    let routes = routes_to(80, upstream);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let gateway = start_with(dir.path(), &routes, |c| {
+        c.upstream_response_timeout = Duration::from_millis(300);
+    })
+    .await;
+    let mut stream = TcpStream::connect(port_of(&gateway, 80))
+        .await
+        .expect("connect");
+    stream
+        .write_all(
+            b"POST /upload HTTP/1.1\r\nHost: abc12345.compute.localhost\r\nContent-Length: 8\r\nConnection: close\r\n\r\n",
+        )
+        .await
+        .expect("head");
+    for byte in b"8 bytes!" {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        stream.write_all(&[*byte]).await.expect("a byte");
+    }
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer))
+        .await
+        .expect("an answer")
+        .expect("read");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("8 bytes!"), "{answer}");
+    gateway.stop().await;
+}
