@@ -25,13 +25,12 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::service::TowerToHyperService;
-use std::collections::HashMap;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
+use tessera_gateway::ConnectionLimits;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tower::ServiceExt;
 
 /// Descriptors kept for everything but client connections.
@@ -55,33 +54,6 @@ impl Default for HttpLimits {
             max_per_address: 1_000,
             header_timeout: Duration::from_secs(15),
             write_timeout: Duration::from_secs(60),
-        }
-    }
-}
-
-/// Open connections per client address.
-#[derive(Default)]
-struct PerAddress(Mutex<HashMap<IpAddr, usize>>);
-
-/// One accepted connection's place under the limits, given back on drop.
-struct Slot {
-    _global: tokio::sync::OwnedSemaphorePermit,
-    addresses: Arc<PerAddress>,
-    ip: IpAddr,
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        let mut map = self
-            .addresses
-            .0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if let Some(n) = map.get_mut(&self.ip) {
-            *n -= 1;
-            if *n == 0 {
-                map.remove(&self.ip);
-            }
         }
     }
 }
@@ -126,8 +98,10 @@ pub async fn serve(
     limits: HttpLimits,
     shutdown: impl Future<Output = ()> + Send,
 ) -> std::io::Result<()> {
-    let connections = Arc::new(Semaphore::new(descriptor_cap(limits.max_connections)));
-    let addresses = Arc::new(PerAddress::default());
+    let connections = ConnectionLimits::new(
+        descriptor_cap(limits.max_connections),
+        limits.max_per_address,
+    );
     let mut builder = Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -157,7 +131,7 @@ pub async fn serve(
             },
             () = &mut shutdown => break,
         };
-        let Some(slot) = admit(&connections, &addresses, &limits, remote.ip()) else {
+        let Some(slot) = connections.admit(remote.ip()) else {
             refused += 1;
             if refused.is_power_of_two() {
                 tracing::warn!(client = %remote.ip(), refused, "connection refused: over the connection limits");
@@ -195,28 +169,6 @@ pub async fn serve(
         tracing::warn!("requests still under way after {DRAIN:?}; stopping anyway");
     }
     Ok(())
-}
-
-/// A place for a new connection from `ip`, or `None` over a limit.
-fn admit(
-    connections: &Arc<Semaphore>,
-    addresses: &Arc<PerAddress>,
-    limits: &HttpLimits,
-    ip: IpAddr,
-) -> Option<Slot> {
-    let global = connections.clone().try_acquire_owned().ok()?;
-    let mut map = addresses.0.lock().unwrap_or_else(PoisonError::into_inner);
-    let n = map.entry(ip).or_insert(0);
-    if *n >= limits.max_per_address {
-        return None;
-    }
-    *n += 1;
-    drop(map);
-    Some(Slot {
-        _global: global,
-        addresses: addresses.clone(),
-        ip,
-    })
 }
 
 /// The address a request came from (`None` when it was not served by

@@ -7,7 +7,7 @@
 //! `peek` so the byte stays for whichever protocol gets it.
 
 use crate::gateway::Shared;
-use crate::gateway::Slot;
+use crate::limits::Slot;
 use crate::proxy;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;

@@ -10,16 +10,17 @@
 use crate::certificate::{self, CertificateError};
 use crate::config::{ALWAYS_OPEN, GatewayConfig, PortMapping};
 use crate::hostname::{Domain, InvalidDomain};
+use crate::limits::ConnectionLimits;
 use crate::listeners::Listeners;
 use crate::routes::RouteTable;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
-use std::collections::{BTreeMap, HashMap};
-use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
+use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
@@ -46,50 +47,6 @@ pub enum StartError {
     },
 }
 
-/// One client connection's place under the gateway's limits, given back
-/// when the connection, and any tunnel it was upgraded to, ends.
-pub(crate) struct Slot {
-    _global: OwnedSemaphorePermit,
-    shared: Arc<Shared>,
-    ip: IpAddr,
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        let mut open = self
-            .shared
-            .per_address
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if let Some(n) = open.get_mut(&self.ip) {
-            *n -= 1;
-            if *n == 0 {
-                open.remove(&self.ip);
-            }
-        }
-    }
-}
-
-/// A place for a new connection from `ip`, or `None` over a limit.
-pub(crate) fn admit(shared: &Arc<Shared>, ip: IpAddr) -> Option<Arc<Slot>> {
-    let global = shared.connections.clone().try_acquire_owned().ok()?;
-    let mut open = shared
-        .per_address
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner);
-    let n = open.entry(ip).or_insert(0);
-    if *n >= shared.max_per_address {
-        return None;
-    }
-    *n += 1;
-    drop(open);
-    Some(Arc::new(Slot {
-        _global: global,
-        shared: shared.clone(),
-        ip,
-    }))
-}
-
 /// What every connection task shares.
 pub(crate) struct Shared {
     pub(crate) domain: Domain,
@@ -99,10 +56,8 @@ pub(crate) struct Shared {
     pub(crate) upstream: Client<HttpConnector, crate::proxy::SentBody>,
     pub(crate) header_read_timeout: Duration,
     pub(crate) tls_handshake_timeout: Duration,
-    pub(crate) connections: Arc<Semaphore>,
-    /// Client connections open per address.
-    pub(crate) per_address: Mutex<HashMap<IpAddr, usize>>,
-    pub(crate) max_per_address: usize,
+    /// Client connections open, in all and per address.
+    pub(crate) connections: Arc<ConnectionLimits>,
     pub(crate) upstream_response_timeout: Duration,
     /// Listeners, client connections and upgraded tunnels.
     pub(crate) tasks: TaskTracker,
@@ -157,9 +112,7 @@ impl Gateway {
             upstream,
             header_read_timeout: config.header_read_timeout,
             tls_handshake_timeout: config.tls_handshake_timeout,
-            connections: Arc::new(Semaphore::new(config.max_connections)),
-            per_address: Mutex::default(),
-            max_per_address: config.max_per_address,
+            connections: ConnectionLimits::new(config.max_connections, config.max_per_address),
             upstream_response_timeout: config.upstream_response_timeout,
             tasks: TaskTracker::new(),
             stop: CancellationToken::new(),

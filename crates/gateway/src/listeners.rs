@@ -173,11 +173,15 @@ async fn accept(listener: TcpListener, port: u16, shared: Arc<Shared>, stop: Can
             accepted = listener.accept() => accepted,
         };
         match accepted {
-            Ok((stream, peer)) => match crate::gateway::admit(&shared, peer.ip()) {
+            Ok((stream, peer)) => match shared.connections.admit(peer.ip()) {
                 Some(slot) => {
-                    shared
-                        .tasks
-                        .spawn(connection::serve(stream, peer, port, shared.clone(), slot));
+                    shared.tasks.spawn(connection::serve(
+                        stream,
+                        peer,
+                        port,
+                        shared.clone(),
+                        Arc::new(slot),
+                    ));
                 }
                 None => {
                     tracing::warn!(port, %peer, "connection limit reached (in all, or of this address); closing a new connection");

@@ -10,8 +10,9 @@
 
 use crate::answers::{ProxyBody, Refusal};
 use crate::connection::Arrival;
-use crate::gateway::{Shared, Slot};
+use crate::gateway::Shared;
 use crate::hostname::HostMismatch;
+use crate::limits::Slot;
 use crate::routes::NoRoute;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
