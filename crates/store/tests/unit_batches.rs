@@ -62,18 +62,7 @@ async fn metered_allocations(store: &Store) {
             (0, charged),
             "round {round}: allocating"
         );
-        let generation = store
-            .transition_unit(
-                &unit,
-                generation,
-                &[UnitStatus::Allocating],
-                UnitStatus::Allocated,
-                None,
-                None,
-            )
-            .await
-            .expect("moved")
-            .expect("allocated");
+        allocated(store, &unit, generation).await;
         assert_eq!(metered(store).await.0, PRICE, "round {round}: allocated");
         tokio::time::sleep(std::time::Duration::from_millis(30)).await;
         let begun = store
@@ -97,16 +86,21 @@ async fn metered_allocations(store: &Store) {
                 .expect("released")
         );
         assert_eq!(metered(store).await, (0, charged), "round {round}: free");
-        let _ = generation;
     }
     // A price set later holds for allocations that start after it.
     store.set_unit_price(2 * PRICE).await.expect("the price");
     let generation = claim_for(store, "p3", &host, &unit, 3)
         .await
         .expect("claimed");
+    allocated(store, &unit, generation).await;
+    assert_eq!(metered(store).await.0, 2 * PRICE);
+}
+
+/// Moves an ALLOCATING unit at `generation` to ALLOCATED.
+async fn allocated(store: &Store, unit: &str, generation: i64) {
     store
         .transition_unit(
-            &unit,
+            unit,
             generation,
             &[UnitStatus::Allocating],
             UnitStatus::Allocated,
@@ -116,7 +110,6 @@ async fn metered_allocations(store: &Store) {
         .await
         .expect("moved")
         .expect("allocated");
-    assert_eq!(metered(store).await.0, 2 * PRICE);
 }
 
 fn unit_id(host: &str, cpu: u32) -> String {

@@ -56,6 +56,20 @@ async fn running_agent(
     agent
 }
 
+/// Starts an agent the control plane refuses; it exits saying `why`.
+fn refused_agent(
+    server: &TestServer,
+    token: Option<&str>,
+    hostname: &str,
+    state: &std::path::Path,
+    why: &str,
+) {
+    let agent = AgentProcess::start(&server.url, token, hostname, state, "sim", &[]);
+    let (status, log) = agent.wait_exit(Duration::from_secs(20));
+    assert!(!status.success(), "{log}");
+    assert!(log.contains(why), "{log}");
+}
+
 /// Once `hostname` is registered: its status as `GET /v1/servers/{id}/status` shows it.
 async fn registered(server: &TestServer, hostname: &str) -> Value {
     let path = format!("/v1/servers/{hostname}/status");
@@ -215,31 +229,23 @@ async fn join_tokens_are_checked_and_agents_authenticated(backend: Backend) {
     let dir = tempfile::tempdir().expect("tempdir");
 
     // A made-up join token: the agent says why and exits.
-    let bogus = AgentProcess::start(
-        &server.url,
+    refused_agent(
+        &server,
         Some("tsj_not-a-real-token"),
         "node-x",
         &dir.path().join("x"),
-        "sim",
-        &[],
+        "registration refused",
     );
-    let (status, log) = bogus.wait_exit(Duration::from_secs(20));
-    assert!(!status.success());
-    assert!(log.contains("registration refused"), "{log}");
     assert_eq!(server_status(&server, "node-x").await, None);
 
     // Without any token or kept credential, it says what to do.
-    let none = AgentProcess::start(
-        &server.url,
+    refused_agent(
+        &server,
         None,
         "node-y",
         &dir.path().join("y"),
-        "sim",
-        &[],
+        "--join-token",
     );
-    let (status, log) = none.wait_exit(Duration::from_secs(20));
-    assert!(!status.success());
-    assert!(log.contains("--join-token"), "{log}");
 
     // A revoked token no longer admits anyone.
     let (status, created) = server
@@ -268,17 +274,13 @@ async fn join_tokens_are_checked_and_agents_authenticated(backend: Backend) {
         )
         .await;
     assert_eq!(status, StatusCode::NO_CONTENT);
-    let revoked = AgentProcess::start(
-        &server.url,
+    refused_agent(
+        &server,
         Some(secret),
         "node-z",
         &dir.path().join("z"),
-        "sim",
-        &[],
+        "registration refused",
     );
-    let (status, log) = revoked.wait_exit(Duration::from_secs(20));
-    assert!(!status.success(), "{log}");
-    assert!(log.contains("registration refused"), "{log}");
     assert_eq!(server_status(&server, "node-z").await, None);
 
     // A token made for one host admits one, then no other.
@@ -294,17 +296,13 @@ async fn join_tokens_are_checked_and_agents_authenticated(backend: Backend) {
     assert_eq!(created["uses_left"], 1, "{created}");
     let once = created["token"].as_str().expect("token").to_string();
     let _first = running_agent(&server, &once, "node-once", &dir.path().join("once"), &[]).await;
-    let second = AgentProcess::start(
-        &server.url,
+    refused_agent(
+        &server,
         Some(&once),
         "node-twice",
         &dir.path().join("twice"),
-        "sim",
-        &[],
+        "used up",
     );
-    let (status, log) = second.wait_exit(Duration::from_secs(20));
-    assert!(!status.success(), "{log}");
-    assert!(log.contains("used up"), "{log}");
     assert_eq!(server_status(&server, "node-twice").await, None);
     let listed = server.get_ok("/v1/servers/join-tokens").await;
     let shown = listed
@@ -328,17 +326,13 @@ async fn join_tokens_are_checked_and_agents_authenticated(backend: Backend) {
     // machine holding a join token.
     let token = join_token(&server.url).await;
     let _live = running_agent(&server, &token, "node-live", &dir.path().join("live"), &[]).await;
-    let usurper = AgentProcess::start(
-        &server.url,
+    refused_agent(
+        &server,
         Some(&token),
         "node-live",
         &dir.path().join("usurper"),
-        "sim",
-        &[],
+        "already has a live agent",
     );
-    let (status, log) = usurper.wait_exit(Duration::from_secs(20));
-    assert!(!status.success(), "{log}");
-    assert!(log.contains("already has a live agent"), "{log}");
 
     // Bad input to the token API is the face's 400.
     let (status, body) = server
