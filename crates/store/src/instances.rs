@@ -1240,6 +1240,52 @@ impl Store {
             .await?;
         Ok((counts[0] == 1).then_some(taken))
     }
+
+    /// Ends an instance's operation (`end`, which this process drives)
+    /// and hands the instance to `delete`, a delete taken by this process
+    /// until `lease_until`: the instance is `stopping`, with `detail`, and
+    /// keeps what it holds on its host (CPUs, address, volumes) until the
+    /// delete's host confirms. For a creation whose host did not let go of
+    /// what it was making: the creation ends now, its clean-up goes on as a
+    /// delete does. Answers the delete as written; `None`, changing
+    /// nothing, when `end` was no longer this process's to end.
+    pub async fn hand_instance_to_delete(
+        &self,
+        end: &OperationEnd<'_>,
+        instance_id: &str,
+        detail: &str,
+        delete: &NewOperation,
+        lease_until: &str,
+    ) -> Result<Option<crate::OperationRecord>> {
+        let finish = operation_finish(end.id, end.status, end.result, end.error, &self.owner);
+        let (insert, taken) = operation_insert_taken(delete, &self.owner, lease_until);
+        let counts = self
+            .run_statements(
+                "hand_instance_to_delete",
+                vec![
+                    finish,
+                    (
+                        "UPDATE instances SET state = $1, state_detail = $2, operation_id = $3, \
+                         updated_at = $4, generation = generation + 1 \
+                         WHERE id = $5 AND operation_id = $6"
+                            .into(),
+                        vec![
+                            InstanceState::Stopping.as_str().into(),
+                            detail.into(),
+                            (&delete.id).into(),
+                            now().into(),
+                            instance_id.into(),
+                            end.id.into(),
+                        ],
+                    ),
+                    insert,
+                    meter_set(instance_id, false, None),
+                ],
+                |c| c[0] == 1 && c[1] == 1,
+            )
+            .await?;
+        Ok((counts[0] == 1 && counts[1] == 1).then_some(taken))
+    }
 }
 
 struct Placing {

@@ -58,7 +58,9 @@ pub use networks::{
     SubnetRecord, VpcRecord,
 };
 pub use oauth::OAuthClientRecord;
-pub use operations::{NewOperation, OperationEnd, OperationFilter, OperationRecord};
+pub use operations::{
+    CANCELLED_BY_DELETE, NewOperation, OperationEnd, OperationFilter, OperationRecord,
+};
 pub use policies::ProjectPolicyRecord;
 pub use quotas::{QuotaCheck, QuotaExceeded, QuotaOverrides, Refusal, Usage};
 pub use scripts::ScriptRecord;

@@ -53,6 +53,12 @@ pub struct NewOperation {
     pub created_by: String,
 }
 
+/// An operation's `cancel_requested` once a cancel was asked for.
+pub const CANCELLED: i64 = 1;
+/// An operation's `cancel_requested` once a delete of what it makes
+/// superseded it.
+pub const CANCELLED_BY_DELETE: i64 = 2;
+
 /// How an operation ended.
 #[derive(Clone, Debug)]
 pub struct OperationEnd<'a> {
@@ -349,14 +355,31 @@ impl Store {
 
     /// Asks an unfinished operation to stop; `false` when it has finished.
     pub async fn request_operation_cancel(&self, id: &str) -> Result<bool> {
+        self.request_cancel(id, CANCELLED).await
+    }
+
+    /// [`Store::request_operation_cancel`] of a creation, for a delete of
+    /// what it makes: the operation's `cancel_requested` says so
+    /// ([`CANCELLED_BY_DELETE`]), whatever cancel was asked before or after.
+    pub async fn request_operation_cancel_by_delete(&self, id: &str) -> Result<bool> {
+        self.request_cancel(id, CANCELLED_BY_DELETE).await
+    }
+
+    async fn request_cancel(&self, id: &str, how: i64) -> Result<bool> {
         let changed = self
             .run_statement(
                 "request_operation_cancel",
                 (
-                    "UPDATE operations SET cancel_requested = 1, updated_at = $1 \
+                    "UPDATE operations SET cancel_requested = CASE WHEN cancel_requested = $3 \
+                     THEN $3 ELSE $4 END, updated_at = $1 \
                      WHERE id = $2 AND status IN ('pending', 'running')"
                         .into(),
-                    vec![now().into(), id.into()],
+                    vec![
+                        now().into(),
+                        id.into(),
+                        CANCELLED_BY_DELETE.into(),
+                        how.into(),
+                    ],
                 ),
             )
             .await?;

@@ -19,13 +19,17 @@ use tessera_core::status::{
     InstanceState, OperationKind, OperationStatus, TerminationCause, VolumeStatus,
 };
 use tessera_store::{
-    CpuClaim, InstanceUpdate, InstancesAdded, NewInstance, NewOperation, OperationEnd,
+    CANCELLED_BY_DELETE, CpuClaim, InstanceUpdate, InstancesAdded, NewInstance, NewOperation,
+    OperationEnd,
 };
 
 /// How many hosts a creation tries before it fails, as Nova's default
 /// `max_attempts`: the first and, each time one fails to create the
 /// instance, another.
 pub(crate) const CREATE_ATTEMPTS: usize = 3;
+
+/// Who makes the delete that finishes an unwound creation on its host.
+const UNWOUND_BY: &str = "tessera:unwind";
 
 const NETWORK_GONE: &str =
     "the instance's subnet or a security group was deleted meanwhile; try again";
@@ -760,19 +764,33 @@ impl App {
         cause: TerminationCause,
         why: &str,
     ) -> Result<()> {
+        // A cancel a delete of the instance asked for ends it deleted.
+        let (cause, why) = match cause {
+            TerminationCause::Cancelled
+                if self
+                    .store
+                    .operation(&run.op.id)
+                    .await?
+                    .is_some_and(|op| op.cancel_requested == CANCELLED_BY_DELETE) =>
+            {
+                (
+                    TerminationCause::Deleted,
+                    "deleted while it was being created",
+                )
+            }
+            cause => (cause, why),
+        };
         let status = match cause {
-            TerminationCause::Cancelled => OperationStatus::Cancelled,
+            TerminationCause::Cancelled | TerminationCause::Deleted => OperationStatus::Cancelled,
             _ => OperationStatus::Failed,
         };
         let instance = self.run_instance(run).await?;
         if instance.host_id.is_some()
             && let Err(err) = self.remove_from_host(&instance).await
         {
-            // Its CPUs stay held until the host confirms.
-            return Err(Error::HostFailed(format!(
-                "undoing the creation of {} on its host failed: {err}",
-                instance.id
-            )));
+            return self
+                .hand_to_delete(run, instance, (status, cause), why, &err)
+                .await;
         }
         let host = instance.host_id.clone();
         let settled = self
@@ -798,15 +816,7 @@ impl App {
         if let Some(host) = host {
             self.placement.refresh_host(&self.store, &host).await?;
         }
-        // The volumes made for it go too (for good: they never held
-        // anything); volumes it was to take are detached again.
-        for volume_id in &instance.spec.volumes_made {
-            if let Some(volume) = self.store.volume(volume_id).await?
-                && volume.status != VolumeStatus::Deleted.as_str()
-            {
-                self.trash_volume(&volume, true).await?;
-            }
-        }
+        self.discard_made_volumes(&instance).await?;
         if settled {
             tracing::info!(instance = %instance.id, status = %status, why, "instance creation unwound");
             self.publish(
@@ -815,6 +825,91 @@ impl App {
                 Some(&instance.project_id),
                 "terminated",
             );
+        }
+        Ok(())
+    }
+
+    /// Ends an unwound creation whose host did not let go of the instance
+    /// (`err`): the creation ends now as `status` with `why`, and a delete
+    /// takes the instance over, `stopping`, holding its CPUs there. The
+    /// delete is tried until the host confirms or leaves the fleet, as a
+    /// tenant's is; then the instance is terminated for `cause`. So neither
+    /// the creation's caller nor the tenant waits on a host that does not
+    /// act (a tenant's delete joins this one), and no CPU is given to
+    /// another while the host may still run something on it.
+    async fn hand_to_delete(
+        &self,
+        run: &mut Run,
+        instance: Instance,
+        (status, cause): (OperationStatus, TerminationCause),
+        why: &str,
+        err: &HostCallError,
+    ) -> Result<()> {
+        let detail = format!(
+            "{why}; its host has not let go of it yet ({err}), so it keeps its CPUs there \
+             until the host does (or leaves the fleet)"
+        );
+        let delete = NewOperation {
+            id: crate::new_uuid(),
+            project_id: instance.project_id.to_string(),
+            kind: OperationKind::InstanceDelete,
+            resource_id: Some(instance.id.to_string()),
+            params: serde_json::to_value(super::power::DeleteParams {
+                instance_id: instance.id.to_string(),
+                unwinds: Some(super::power::Unwinding {
+                    cause,
+                    why: why.to_string(),
+                }),
+            })
+            .map_err(|e| Error::corrupt(format!("a delete's parameters: {e}")))?,
+            created_by: UNWOUND_BY.into(),
+        };
+        let changes = self.watch_changes(&delete.id);
+        let end = OperationEnd {
+            id: &run.op.id,
+            status,
+            result: None,
+            error: Some(&detail),
+        };
+        let Some(taken) = self
+            .store
+            .hand_instance_to_delete(&end, &instance.id, &detail, &delete, &self.deadline())
+            .await?
+        else {
+            return Err(Error::Conflict(format!(
+                "operation {} was settled by another process",
+                run.op.id
+            )));
+        };
+        run.ended = Some(status);
+        tracing::warn!(instance = %instance.id, host = ?instance.host_id, operation = %taken.id, error = %err, "the host did not let go of an unwound creation; a delete takes it over");
+        self.publish(
+            "instance",
+            &instance.id,
+            Some(&instance.project_id),
+            InstanceState::Stopping.as_str(),
+        );
+        let handed = Instance {
+            state: InstanceState::Stopping,
+            detail: Some(detail),
+            operation_id: Some(tessera_core::OperationId::new(taken.id.clone())),
+            generation: instance.generation + 1,
+            ..instance
+        };
+        self.spawn_taken(taken, changes, Some(handed));
+        Ok(())
+    }
+
+    /// Trashes, for good, the volumes made for an instance whose creation
+    /// was undone (they never held anything); volumes it was to take are
+    /// detached again with it.
+    pub(super) async fn discard_made_volumes(&self, instance: &Instance) -> Result<()> {
+        for volume_id in &instance.spec.volumes_made {
+            if let Some(volume) = self.store.volume(volume_id).await?
+                && volume.status != VolumeStatus::Deleted.as_str()
+            {
+                self.trash_volume(&volume, true).await?;
+            }
         }
         Ok(())
     }

@@ -10,6 +10,24 @@ use tessera_core::Permission;
 use tessera_core::status::{InstanceState, OperationKind, OperationStatus, TerminationCause};
 use tessera_store::{InstanceUpdate, NewOperation, OperationEnd};
 
+/// A delete's parameters.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub(crate) struct DeleteParams {
+    pub instance_id: String,
+    /// The creation this delete finishes undoing on its host, when it is
+    /// one (see `App::hand_to_delete`); a tenant's delete has none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unwinds: Option<Unwinding>,
+}
+
+/// Why the creation a delete finishes undoing ended.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub(crate) struct Unwinding {
+    /// The instance's cause of termination once its host lets it go.
+    pub cause: TerminationCause,
+    pub why: String,
+}
+
 /// How a delete was answered: deleting is idempotent.
 #[derive(Clone, Debug)]
 pub enum Deletion {
@@ -40,34 +58,53 @@ impl App {
         if instance.state == InstanceState::Terminated && instance.operation_id.is_none() {
             return Ok(Deletion::Gone(instance));
         }
-        let begun = self
-            .begin_power(
-                caller,
-                id,
-                OperationKind::InstanceDelete,
-                &[InstanceState::Running, InstanceState::Stopped],
-                InstanceState::Stopping,
-            )
-            .await;
-        let why = match begun {
-            Ok(instance) => return Ok(Deletion::Begun(instance)),
-            Err(Error::Conflict(why)) => why,
-            Err(other) => return Err(other),
-        };
-        // Deletes are idempotent: one sent while another is under way, or
-        // as it ends, answers as that one does, not with a 409.
-        let now = self.project_instance(&caller.project_id, id).await?;
-        let deleting = match now.operation_id.as_deref() {
-            None => now.state == InstanceState::Terminated,
-            Some(op) => self
-                .stored_operation(op)
-                .await?
-                .is_some_and(|op| op.kind == OperationKind::InstanceDelete),
-        };
-        match deleting {
-            true => Ok(Deletion::Joined(now)),
-            false => Err(Error::Conflict(why)),
+        // Twice at most: a creation that ended as it was to be cancelled
+        // leaves an instance to delete.
+        let mut why = String::new();
+        for _ in 0..2 {
+            let begun = self
+                .begin_power(
+                    caller,
+                    id,
+                    OperationKind::InstanceDelete,
+                    &[InstanceState::Running, InstanceState::Stopped],
+                    InstanceState::Stopping,
+                )
+                .await;
+            why = match begun {
+                Ok(instance) => return Ok(Deletion::Begun(instance)),
+                Err(Error::Conflict(why)) => why,
+                Err(other) => return Err(other),
+            };
+            // Deletes are idempotent: one sent while another is under way,
+            // or as it ends, answers as that one does, not with a 409.
+            let now = self.project_instance(&caller.project_id, id).await?;
+            let Some(op) = now.operation_id.as_deref() else {
+                match now.state {
+                    InstanceState::Terminated => return Ok(Deletion::Joined(now)),
+                    _ => continue,
+                }
+            };
+            match self.stored_operation(op).await?.map(|op| op.kind) {
+                Some(OperationKind::InstanceDelete) => return Ok(Deletion::Joined(now)),
+                // A delete supersedes a creation under way, as clouds let a
+                // pending instance be terminated: the creation is cancelled
+                // (undone, its host told to let go) and the instance ends
+                // terminated, or goes on to a delete if its host is slow to.
+                Some(OperationKind::InstanceCreate) => {
+                    if self.store.request_operation_cancel_by_delete(op).await? {
+                        self.cancel_requested_of(
+                            op,
+                            OperationKind::InstanceCreate,
+                            &now.project_id,
+                        );
+                        return Ok(Deletion::Joined(now));
+                    }
+                }
+                _ => break,
+            }
         }
+        Err(Error::Conflict(why))
     }
 
     pub async fn stop_instance(&self, caller: &Principal, id: &str) -> Result<Instance> {
@@ -170,6 +207,10 @@ impl App {
             .instance_guard(run.op.resource_id.as_deref().unwrap_or(""))
             .await?;
         let instance = self.begun_instance(run).await?;
+        let unwinds = match kind {
+            OperationKind::InstanceDelete => run.params::<DeleteParams>()?.unwinds,
+            _ => None,
+        };
         let outcome = match kind {
             OperationKind::InstanceDelete => self
                 .on_host_by_id(&instance, |agent, id| async move {
@@ -265,6 +306,12 @@ impl App {
             // Done, with something to say (deleted as its host left).
             result["detail"] = detail.as_str().into();
         }
+        // A creation's undo ends the instance for the creation's cause,
+        // with its reason (unless its host left, which says more).
+        let (cause, detail) = match &unwinds {
+            Some(u) if state == Terminated => (u.cause, error.clone().or(Some(u.why.clone()))),
+            _ => (TerminationCause::Deleted, error.clone()),
+        };
         let host = instance.host_id.clone();
         let settled = self
             .store
@@ -280,8 +327,8 @@ impl App {
                 &instance.id,
                 &InstanceUpdate {
                     state,
-                    state_detail: error.clone(),
-                    cause: (state == Terminated).then_some(TerminationCause::Deleted),
+                    state_detail: detail,
+                    cause: (state == Terminated).then_some(cause),
                     private_ip,
                     ssh_endpoint,
                 },
@@ -290,6 +337,9 @@ impl App {
             .await?;
         if release && let Some(host) = host {
             self.placement.refresh_host(&self.store, &host).await?;
+        }
+        if settled && unwinds.is_some() && state == Terminated {
+            self.discard_made_volumes(&instance).await?;
         }
         if settled {
             run.ended = Some(status);

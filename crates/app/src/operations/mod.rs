@@ -420,15 +420,21 @@ impl App {
                 op.id, op.status
             )));
         }
-        tracing::info!(operation = %op.id, kind = %op.kind, "cancel requested");
+        self.cancel_requested_of(&op.id, op.kind, &op.project_id);
+        self.wait_for_end(op, self.config.agent_timeout).await
+    }
+
+    /// Goes on with an operation whose cancel was just recorded: its
+    /// driver here hears of it at once, and one is started if none runs.
+    pub(crate) fn cancel_requested_of(&self, id: &str, kind: OperationKind, project_id: &str) {
+        tracing::info!(operation = %id, %kind, "cancel requested");
         self.publish(
             "operation",
-            &op.id,
-            event_project(op.kind, &op.project_id),
+            id,
+            event_project(kind, project_id),
             "cancelling",
         );
-        self.spawn_operation(&op.id);
-        self.wait_for_end(op, self.config.agent_timeout).await
+        self.spawn_operation(id);
     }
 
     /// Drives an operation in the background.

@@ -351,11 +351,11 @@ pub async fn get_instance(
     params(("id" = String, Path, description = "Instance id")),
     responses(
         (status = 200, description = "Terminated already: nothing to do", body = InstanceBody),
-        (status = 202, description = "Deleting; follow operation_id", body = InstanceBody),
+        (status = 202, description = "Deleting, or its creation is cancelled; follow operation_id", body = InstanceBody),
         (status = 401, description = "Unauthorized", body = ErrorBody),
         (status = 403, description = "Forbidden", body = ErrorBody),
         (status = 404, description = "Not found", body = ErrorBody),
-        (status = 409, description = "Another operation is under way on it", body = ErrorBody),
+        (status = 409, description = "A start or stop is under way on it", body = ErrorBody),
     ))]
 pub async fn delete_instance(
     State(app): State<App>,

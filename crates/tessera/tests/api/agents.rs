@@ -24,6 +24,7 @@ on_both_backends!(
     a_server_whose_agent_does_not_answer_is_deleted_with_force_with_its_instances_and_units,
     a_dead_server_deleted_with_force_moves_its_instances_without_it,
     a_delete_waiting_for_a_host_that_does_not_answer_costs_nothing,
+    a_creation_whose_host_does_not_let_go_is_handed_to_a_delete,
     an_agent_holds_one_connection_and_its_channel_has_two_forms,
 );
 
@@ -769,6 +770,69 @@ async fn a_delete_waiting_for_a_host_that_does_not_answer_costs_nothing(backend:
     assert_eq!(now["status"]["cpus"], instance["status"]["cpus"], "{now}");
     assert_ne!(now["status"]["state"], "terminated", "{now}");
     assert_eq!(balance(&server).await, asked);
+    server.stop().await;
+}
+
+/// A creation whose host neither makes the instance nor lets it go (it
+/// heartbeats but never acts) ends failed after the host's timeouts, not
+/// never: a delete takes the instance over, `stopping`, its CPUs held
+/// until the host lets go or leaves the fleet; a tenant's delete joins it
+/// rather than being refused, and nothing is charged. When the host
+/// leaves, the instance ends terminated, holding nothing.
+async fn a_creation_whose_host_does_not_let_go_is_handed_to_a_delete(backend: Backend) {
+    let server = TestServer::start_with(
+        backend,
+        Options {
+            faults: vec!["create:dead-:hang", "delete:dead-:hang"],
+            agent_timeout: Duration::from_millis(300),
+            ..Options::default()
+        },
+    )
+    .await;
+    let host = server.add_server("dead-1", "0-3", "fin-01").await;
+    let before = balance(&server).await;
+    let created = server.create_instance(TOKEN, "stuck", "cx21").await;
+    let id = created["id"].as_str().expect("id").to_string();
+    let creation = created["operation_id"].as_str().expect("op").to_string();
+    let failed = server.wait_operation(&creation, TOKEN).await;
+    assert_eq!(failed["status"], "failed", "{failed}");
+    let error = failed["error"].as_str().unwrap_or_default();
+    assert!(error.contains("has not let go of it yet"), "{failed}");
+    let now = server.get_ok(&format!("/v1/instances/{id}")).await;
+    assert_eq!(now["status"]["state"], "stopping", "{now}");
+    assert_eq!(now["status"]["host_id"], json!(host), "{now}");
+    assert_ne!(now["status"]["cpus"], "", "{now}");
+    let deleting = now["operation_id"].as_str().expect("a delete").to_string();
+    assert_ne!(deleting, creation);
+    let delete = server.get_ok(&format!("/v1/operations/{deleting}")).await;
+    assert_eq!(delete["kind"], "instance_delete", "{delete}");
+    // The tenant's delete joins it.
+    let (status, joined) = server
+        .call(Method::DELETE, &format!("/v1/instances/{id}"), None, TOKEN)
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{joined}");
+    assert_eq!(joined["operation_id"], json!(deleting), "{joined}");
+    // Several of the host's timeouts later it still waits, holding its
+    // CPUs, and nothing was charged.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let waiting = server.get_ok(&format!("/v1/operations/{deleting}")).await;
+    assert!(
+        ["pending", "running"].contains(&waiting["status"].as_str().unwrap_or_default()),
+        "{waiting}"
+    );
+    let now = server.get_ok(&format!("/v1/instances/{id}")).await;
+    assert_eq!(now["status"]["state"], "stopping", "{now}");
+    assert_ne!(now["status"]["cpus"], "", "{now}");
+    assert_eq!(balance(&server).await, before);
+    // The host leaves the fleet: the delete ends without it.
+    let done = delete_server(&server, &format!("/v1/servers/{host}?force=true")).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    let deleted = server.wait_operation(&deleting, TOKEN).await;
+    assert_eq!(deleted["status"], "completed", "{deleted}");
+    let gone = server.get_ok(&format!("/v1/instances/{id}")).await;
+    assert_eq!(gone["status"]["state"], "terminated", "{gone}");
+    assert_eq!(gone["status"]["cpus"], "", "{gone}");
+    assert_eq!(gone["operation_id"], json!(null), "{gone}");
     server.stop().await;
 }
 

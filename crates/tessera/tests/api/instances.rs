@@ -15,6 +15,7 @@ crate::on_both_backends!(
     concurrent_instances_never_share_a_cpu,
     a_creation_without_room_fails_and_holds_nothing,
     a_cancelled_creation_is_unwound,
+    a_delete_supersedes_a_creation_under_way,
     a_server_registration_cancelled_midway_is_retired,
     ssh_keys_are_validated_and_installed,
     replicas_never_overcommit_a_hosts_memory,
@@ -731,9 +732,6 @@ async fn a_cancelled_creation_is_unwound(backend: Backend) {
         .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(waited["status"], "running", "{waited}");
-    // Deleting meanwhile is refused: the creation is under way.
-    let (status, _) = server.delete(&format!("/v1/instances/{id}")).await;
-    assert_eq!(status, StatusCode::CONFLICT);
     let (status, cancelled) = server
         .post_raw(&format!("/v1/operations/{op_id}/cancel"), "")
         .await;
@@ -743,6 +741,67 @@ async fn a_cancelled_creation_is_unwound(backend: Backend) {
     let instance = server.get_ok(&format!("/v1/instances/{id}")).await;
     assert_eq!(instance["status"]["state"], "terminated");
     assert_eq!(instance["status"]["cpus"], "");
+    server.stop().await;
+}
+
+/// A delete of an instance still being created supersedes the creation,
+/// as clouds let a pending instance be terminated: the creation is
+/// cancelled and undone on its host, and the instance ends deleted,
+/// holding nothing. A delete sent again answers as done.
+async fn a_delete_supersedes_a_creation_under_way(backend: Backend) {
+    let server = TestServer::start_with(
+        backend,
+        Options {
+            faults: vec!["create:slow-:hang"],
+            agent_timeout: Duration::from_secs(20),
+            ..Options::default()
+        },
+    )
+    .await;
+    let host = server.add_server("slow-1", "0-3", "fin-01").await;
+    let created = server.create_instance(TOKEN, "hangs", "cx21").await;
+    let op_id = created["operation_id"].as_str().expect("op");
+    let id = created["id"].as_str().expect("id");
+    eventually(Duration::from_secs(10), "the instance placed", || async {
+        let now = server.get_ok(&format!("/v1/instances/{id}")).await;
+        (now["status"]["host_id"] == json!(host)).then_some(())
+    })
+    .await;
+    let (status, deleting) = server.delete(&format!("/v1/instances/{id}")).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{deleting}");
+    assert_eq!(deleting["operation_id"], json!(op_id), "{deleting}");
+    let op = server.wait_operation(op_id, TOKEN).await;
+    assert_eq!(op["status"], "cancelled", "{op}");
+    let instance = server.get_ok(&format!("/v1/instances/{id}")).await;
+    assert_eq!(instance["status"]["state"], "terminated", "{instance}");
+    assert_eq!(instance["status"]["cpus"], "", "{instance}");
+    assert_eq!(
+        instance["status"]["message"], "deleted while it was being created",
+        "{instance}"
+    );
+    let (status, again) = server.delete(&format!("/v1/instances/{id}")).await;
+    assert_eq!(status, StatusCode::OK, "{again}");
+    // Its CPUs are free: the whole host is another's.
+    let (_, all) = server
+        .post(
+            "/v1/instances",
+            &json!({"metadata": {"name": "all"}, "spec": {"type": "cx41", "image": "ubuntu-22.04"}}),
+        )
+        .await;
+    eventually(
+        Duration::from_secs(10),
+        "the next instance placed",
+        || async {
+            let now = server
+                .get_ok(&format!(
+                    "/v1/instances/{}",
+                    all["id"].as_str().expect("id")
+                ))
+                .await;
+            (now["status"]["cpus"] == "0-3").then_some(())
+        },
+    )
+    .await;
     server.stop().await;
 }
 
