@@ -148,13 +148,13 @@ impl App {
         validate_allocation(&req)?;
         // A unit is metered while allocated (migration 0052); a prepaid
         // project's balance must cover an hour of it with what the project
-        // already runs, as its instances' must. Checked before the claim,
-        // not in its statement (the meter starts once the unit is
-        // ALLOCATED): allocations racing one another may each pass.
+        // already runs, as its instances' must: checked before the claim,
+        // and again once the unit is claimed (see below).
         let price = i64::from(req.cpu_count) * self.catalog.compute_unit_micros_per_cpu_hour();
-        if price > 0 && self.store.project_policy(&req.project_id).await?.prepaid {
-            let what = format!("a compute unit of {} CPUs", req.cpu_count);
-            self.check_project_funds(&req.project_id, None, price, &what)
+        let what = format!("a compute unit of {} CPUs", req.cpu_count);
+        let paid = price > 0 && self.store.project_policy(&req.project_id).await?.prepaid;
+        if paid {
+            self.check_project_funds(&req.project_id, None, (price, false), &what)
                 .await?;
         }
         let request = Request::Unit {
@@ -271,6 +271,24 @@ impl App {
         let compute_id = unit.compute_id.clone();
         let generation = unit.generation;
         tracing::debug!(compute_id, host = %decision.host, "unit claimed");
+        // The claim counts in the project's balance now (a unit being
+        // allocated does): checked again, so allocations racing one
+        // another cannot each pass on the same money. Of two that raced,
+        // the later check sees both claims; one refused gives its unit
+        // back (wiped, though it was never handed over).
+        if paid
+            && let Err(short) = self
+                .check_project_funds(&req.project_id, None, (price, true), &what)
+                .await
+        {
+            if let Some(unit) = self.begin_release(unit).await?
+                && let Err(err) = self.release(&unit).await
+            {
+                // Wiped again by the reconciler, as a stalled wipe is.
+                tracing::warn!(compute_id, error = %err, "giving back a unit refused for funds failed");
+            }
+            return Err(short);
+        }
         let outcome = match self.agent(&decision.host).await? {
             None => Err(HostCallError::NoAgent),
             Some(agent) => match unit_spec(&unit) {

@@ -21,10 +21,11 @@ const ACCRUED: &str = "CASE WHEN running_since IS NULL OR running_since > $1 THE
 
 /// A project's balance (`$2`) at `$1` (ms): what was put in, what its
 /// resources have cost, and what it is committed to per hour: its running
-/// meters, and those of instances being created, which start once they
-/// run (counted from the moment they are asked for, so that deploys one
-/// after the other cannot each pass on the same money while the earlier
-/// ones are still being made).
+/// meters, those of instances being created, which start once they run,
+/// and the Kloigos units being allocated to it, whose meters start once
+/// they are ALLOCATED (each counted from the moment it is asked for, so
+/// that deploys one after the other cannot each pass on the same money
+/// while the earlier ones are still being made).
 const BALANCE: &str = "SELECT \
      CAST(COALESCE((SELECT credit_micros FROM balances WHERE project_id = $2), 0) AS BIGINT), \
      CAST(COALESCE((SELECT SUM(charged_micros + {ACCRUED}) FROM meters \
@@ -32,6 +33,9 @@ const BALANCE: &str = "SELECT \
      CAST(COALESCE((SELECT SUM(micros_per_hour) FROM meters AS m WHERE m.project_id = $2 \
         AND (m.running_since IS NOT NULL OR (m.kind = 'instance' AND EXISTS (SELECT 1 \
         FROM instances AS i WHERE i.id = m.resource_id AND i.state = 'provisioning')))), 0) \
+        + COALESCE((SELECT SUM(u.cpu_count) FROM compute_units AS u WHERE u.project_id = $2 \
+        AND u.status = 'ALLOCATING' AND u.instance_id IS NULL), 0) \
+        * COALESCE((SELECT p.micros_per_cpu_hour FROM unit_prices AS p WHERE p.id = 1), 0) \
         AS BIGINT)";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

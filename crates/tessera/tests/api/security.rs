@@ -27,6 +27,7 @@ on_both_backends!(
     quotas_hold_on_every_face,
     only_install_admins_set_a_projects_policy,
     racing_creations_never_pass_a_quota,
+    racing_unit_allocations_never_pass_a_prepaid_balance,
     the_native_api_and_token_issuance_are_rate_limited,
     a_join_token_does_not_take_over_a_host,
     a_replaced_agent_credential_stops_working_on_every_replica,
@@ -1577,6 +1578,69 @@ async fn only_install_admins_set_a_projects_policy(backend: Backend) {
     assert_eq!(shown["status"]["state"], "stopped", "{shown}");
     assert_eq!(power(second, "stop").await.0, StatusCode::ACCEPTED);
     assert_eq!(power(first, "start").await.0, StatusCode::ACCEPTED);
+    server.stop().await;
+}
+
+/// A prepaid workspace whose balance covers an hour of one unit sends
+/// eight allocations at once: at most one is allocated (of two that race,
+/// the later check sees both claims), the rest are 402s that leave their
+/// units FREE, and once the race is over the one it can pay for is
+/// allocated.
+async fn racing_unit_allocations_never_pass_a_prepaid_balance(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let alice = server.user_in("alice", "member", "alpha").await;
+    server
+        .init_host(
+            "units-r",
+            &["0-0", "1-1", "2-2", "3-3", "4-4", "5-5", "6-6", "7-7"],
+        )
+        .await;
+    put_policy(&server, "alpha", json!({"prepaid": true}), TOKEN).await;
+    // A 1-CPU unit costs 0.02 an hour: 0.03 pays for one, not two.
+    top_up(&server, "alpha", 0.03).await;
+    let unit = json!({"cpu_count": 1, "ssh_public_key": KEY, "tags": null});
+    let allocate = || {
+        let (server, alice, unit) = (&server, alice.clone(), unit.clone());
+        async move {
+            server
+                .call(
+                    Method::POST,
+                    "/api/compute_units/allocate",
+                    Some(&unit),
+                    &alice,
+                )
+                .await
+        }
+    };
+    let answers = futures::future::join_all((0..8).map(|_| allocate())).await;
+    let allocated = answers
+        .iter()
+        .filter(|(status, _)| *status == StatusCode::OK)
+        .count();
+    assert!(allocated <= 1, "{answers:?}");
+    for (status, reply) in &answers {
+        assert!(
+            [StatusCode::OK, StatusCode::PAYMENT_REQUIRED].contains(status),
+            "{status} {reply}"
+        );
+    }
+    let held = |units: &[Value]| {
+        units
+            .iter()
+            .filter(|u| u["status"] != "FREE")
+            .map(|u| u["status"].as_str().unwrap_or_default().to_string())
+            .collect::<Vec<_>>()
+    };
+    let units = server.units("?hostname=units-r").await;
+    assert_eq!(held(&units).len(), allocated, "{units:?}");
+    if allocated == 0 {
+        let (status, reply) = allocate().await;
+        assert_eq!(status, StatusCode::OK, "{reply}");
+    }
+    let (status, reply) = allocate().await;
+    assert_eq!(status, StatusCode::PAYMENT_REQUIRED, "{reply}");
+    let units = server.units("?hostname=units-r").await;
+    assert_eq!(held(&units), vec!["ALLOCATED".to_string()], "{units:?}");
     server.stop().await;
 }
 
