@@ -66,7 +66,8 @@ impl App {
                 if instance.state == InstanceState::Running || creating {
                     return Ok(ActionOutcome::Already);
                 }
-                self.start_instance(caller, id).await?;
+                // The face checked the balance for the whole request.
+                self.start_paid(caller, id).await?;
             }
             InstanceAction::Stop => {
                 if instance.state == InstanceState::Stopped {

@@ -1197,6 +1197,15 @@ impl Store {
     /// cannot be undone (it is tried until its host confirms or leaves the
     /// fleet), so the tenant pays nothing while a host that does not answer
     /// keeps it waiting.
+    ///
+    /// With `paid` (a start of a prepaid project's instance, or Verda's),
+    /// the project's balance must cover an hour of all it runs or is
+    /// creating, this instance included, checked in the same transaction
+    /// under the project's lock: starts racing one another cannot each pass
+    /// on the same money ([`StoreError::InsufficientFunds`] otherwise,
+    /// changing nothing).
+    ///
+    /// [`StoreError::InsufficientFunds`]: crate::StoreError::InsufficientFunds
     pub async fn begin_instance_operation(
         &self,
         instance_id: &str,
@@ -1204,6 +1213,7 @@ impl Store {
         to: &str,
         op: &NewOperation,
         lease_until: &str,
+        paid: Option<&QuotaCheck>,
     ) -> Result<Option<crate::OperationRecord>> {
         let (insert, taken) = operation_insert_taken(op, &self.owner, lease_until);
         let mut args: Vec<Arg> = vec![to.into(), (&op.id).into(), now().into(), instance_id.into()];
@@ -1215,7 +1225,7 @@ impl Store {
             })
             .collect();
         let counts = self
-            .run_statements(
+            .run_statements_within(
                 "begin_instance_operation",
                 vec![
                     (
@@ -1236,6 +1246,7 @@ impl Store {
                 )
                 .collect(),
                 |c| c[0] == 1,
+                paid,
             )
             .await?;
         Ok((counts[0] == 1).then_some(taken))

@@ -281,6 +281,7 @@ impl App {
                 InstanceState::Provisioning.as_str(),
                 &op,
                 &self.deadline(),
+                None,
             )
             .await?;
         if let Some(taken) = began {

@@ -69,6 +69,7 @@ impl App {
                     OperationKind::InstanceDelete,
                     &[InstanceState::Running, InstanceState::Stopped],
                     InstanceState::Stopping,
+                    false,
                 )
                 .await;
             why = match begun {
@@ -115,6 +116,7 @@ impl App {
             OperationKind::InstanceStop,
             &[InstanceState::Running],
             InstanceState::Stopping,
+            false,
         )
         .await
     }
@@ -124,15 +126,31 @@ impl App {
     /// always do).
     pub async fn start_instance(&self, caller: &Principal, id: &str) -> Result<Instance> {
         caller.require(Permission::InstanceCreate)?;
-        if self.store.project_policy(&caller.project_id).await?.prepaid {
+        let prepaid = self.store.project_policy(&caller.project_id).await?.prepaid;
+        if prepaid {
             self.check_start_funds(caller, &[id.to_string()]).await?;
         }
-        self.start_again(caller, id).await
+        self.start(caller, id, prepaid).await
+    }
+
+    /// Starts a stopped instance whose face checked the balance first
+    /// (Verda's starts always do, every instance of a request at once):
+    /// checked again in the start's own transaction.
+    pub(crate) async fn start_paid(&self, caller: &Principal, id: &str) -> Result<Instance> {
+        self.start(caller, id, true).await
     }
 
     /// Starts a stopped instance with no look at the balance: what a
     /// restart stopped (it was running, and paid for, a moment before).
     pub(crate) async fn start_again(&self, caller: &Principal, id: &str) -> Result<Instance> {
+        self.start(caller, id, false).await
+    }
+
+    /// Starts a stopped instance; `paid`: the project's balance must cover
+    /// an hour of it with all the project runs, checked in the write that
+    /// begins the start, so starts racing one another cannot each pass on
+    /// the same money (the check before it only answers sooner).
+    async fn start(&self, caller: &Principal, id: &str, paid: bool) -> Result<Instance> {
         caller.require(Permission::InstanceCreate)?;
         self.begin_power(
             caller,
@@ -140,6 +158,7 @@ impl App {
             OperationKind::InstanceStart,
             &[InstanceState::Stopped],
             InstanceState::Provisioning,
+            paid,
         )
         .await
     }
@@ -151,6 +170,7 @@ impl App {
         kind: OperationKind,
         from: &[InstanceState],
         to: InstanceState,
+        paid: bool,
     ) -> Result<Instance> {
         let instance = self.project_instance(&caller.project_id, id).await?;
         let op = NewOperation {
@@ -167,7 +187,15 @@ impl App {
         let changes = self.watch_changes(&op.id);
         let Some(taken) = self
             .store
-            .begin_instance_operation(&instance.id, &from, to.as_str(), &op, &self.deadline())
+            .begin_instance_operation(
+                &instance.id,
+                &from,
+                to.as_str(),
+                &op,
+                &self.deadline(),
+                paid.then(|| self.paid_check(&caller.project_id, Default::default()))
+                    .as_ref(),
+            )
             .await?
         else {
             let now = self.project_instance(&caller.project_id, id).await?;

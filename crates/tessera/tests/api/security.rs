@@ -28,6 +28,7 @@ on_both_backends!(
     only_install_admins_set_a_projects_policy,
     racing_creations_never_pass_a_quota,
     racing_unit_allocations_never_pass_a_prepaid_balance,
+    racing_starts_never_pass_a_prepaid_balance,
     the_native_api_and_token_issuance_are_rate_limited,
     a_join_token_does_not_take_over_a_host,
     a_replaced_agent_credential_stops_working_on_every_replica,
@@ -1641,6 +1642,74 @@ async fn racing_unit_allocations_never_pass_a_prepaid_balance(backend: Backend) 
     assert_eq!(status, StatusCode::PAYMENT_REQUIRED, "{reply}");
     let units = server.units("?hostname=units-r").await;
     assert_eq!(held(&units), vec!["ALLOCATED".to_string()], "{units:?}");
+    server.stop().await;
+}
+
+/// Two stopped instances of a prepaid workspace whose balance covers an
+/// hour of one are started at once: one starts, the other is a 402 and
+/// stays stopped (the balance is checked in the write that begins a
+/// start, under the project's lock, not only before it).
+async fn racing_starts_never_pass_a_prepaid_balance(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let alice = server.user_in("alice", "member", "alpha").await;
+    server.add_server("node-s", "0-3", "fin-01").await;
+    let mut ids = Vec::new();
+    for name in ["one", "two"] {
+        let made = server.run_instance(&alice, name, "cx11").await;
+        ids.push(made["id"].as_str().expect("id").to_string());
+    }
+    let power = |id: String, action: &'static str| {
+        let (server, alice) = (&server, alice.clone());
+        async move {
+            let path = format!("/v1/instances/{id}/{action}");
+            let (status, reply) = server.call(Method::POST, &path, None, &alice).await;
+            if status == StatusCode::ACCEPTED {
+                let op = reply["operation_id"].as_str().expect("operation_id");
+                server.wait_operation(op, &alice).await;
+            }
+            (status, reply)
+        }
+    };
+    for id in &ids {
+        assert_eq!(power(id.clone(), "stop").await.0, StatusCode::ACCEPTED);
+    }
+    // A cx11 costs 0.0075 an hour: 0.01 pays for one, not two.
+    put_policy(&server, "alpha", json!({"prepaid": true}), TOKEN).await;
+    top_up(&server, "alpha", 0.01).await;
+    let (a, b) = tokio::join!(
+        power(ids[0].clone(), "start"),
+        power(ids[1].clone(), "start")
+    );
+    let answers = [a, b];
+    let started = answers
+        .iter()
+        .filter(|(status, _)| *status == StatusCode::ACCEPTED)
+        .count();
+    assert_eq!(started, 1, "{answers:?}");
+    let refused = answers
+        .iter()
+        .find(|(status, _)| *status != StatusCode::ACCEPTED)
+        .expect("one refused");
+    assert_error(
+        refused.0,
+        &refused.1,
+        StatusCode::PAYMENT_REQUIRED,
+        "INSUFFICIENT_FUNDS",
+    );
+    let mut states = Vec::new();
+    for id in &ids {
+        let (_, shown) = server
+            .call(Method::GET, &format!("/v1/instances/{id}"), None, &alice)
+            .await;
+        states.push(
+            shown["status"]["state"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+        );
+    }
+    states.sort();
+    assert_eq!(states, ["running", "stopped"], "{states:?}");
     server.stop().await;
 }
 
