@@ -11,7 +11,8 @@
 //! past its deadline (its request died with a crashed process, so nobody
 //! learnt its id) unwound: wiped and returned to the pool. Every unit step
 //! is fenced by the unit's generation, so a late request never undoes what
-//! the reconciler did, nor the reverse.
+//! the reconciler did, nor the reverse. Meters that can never run again
+//! are folded into their projects' balances.
 //!
 //! At start it first takes back this replica's own operations and pushes
 //! the desired state to every ready host, so a host that lost its state (a
@@ -252,6 +253,25 @@ impl Task for Prune {
     }
 }
 
+/// Folds the meters that can never run again into their projects'
+/// balances, so a balance read (and a prepaid creation's check) costs what
+/// the project has now, not all it ever had.
+struct FoldMeters;
+
+impl Task for FoldMeters {
+    const NAME: &'static str = "fold meters";
+    fn period(_: &App) -> Duration {
+        Duration::from_secs(600)
+    }
+    async fn run(app: &App) -> Result<()> {
+        let folded = app.store.fold_meters().await?;
+        if folded > 0 {
+            tracing::debug!(folded, "closed meters folded into balances");
+        }
+        Ok(())
+    }
+}
+
 /// What each background task's passes have cost in this process, for
 /// `/metrics` and the fleet benchmark: a pass that takes longer than its
 /// period means the task no longer keeps up.
@@ -334,6 +354,7 @@ impl App {
             app.spawn_task::<PendingHosts>();
             app.spawn_task::<OverdueUnits>();
             app.spawn_task::<Prune>();
+            app.spawn_task::<FoldMeters>();
             app.spawn_task::<RecoverRequests>();
             if app.store.backend() != tessera_store::Backend::Sqlite {
                 app.spawn_task::<CatchUpPlacement>();

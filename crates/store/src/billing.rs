@@ -28,7 +28,8 @@ const ACCRUED: &str = "CASE WHEN running_since IS NULL OR running_since > $1 THE
 /// while the earlier ones are still being made).
 const BALANCE: &str = "SELECT \
      CAST(COALESCE((SELECT credit_micros FROM balances WHERE project_id = $2), 0) AS BIGINT), \
-     CAST(COALESCE((SELECT SUM(charged_micros + {ACCRUED}) FROM meters \
+     CAST(COALESCE((SELECT spent_micros FROM balances WHERE project_id = $2), 0) \
+        + COALESCE((SELECT SUM(charged_micros + {ACCRUED}) FROM meters \
         WHERE project_id = $2), 0) AS BIGINT), \
      CAST(COALESCE((SELECT SUM(micros_per_hour) FROM meters AS m WHERE m.project_id = $2 \
         AND (m.running_since IS NOT NULL OR (m.kind = 'instance' AND EXISTS (SELECT 1 \
@@ -37,6 +38,19 @@ const BALANCE: &str = "SELECT \
         AND u.status = 'ALLOCATING' AND u.instance_id IS NULL), 0) \
         * COALESCE((SELECT p.micros_per_cpu_hour FROM unit_prices AS p WHERE p.id = 1), 0) \
         AS BIGINT)";
+
+/// The meters that can never run again: stopped, of a terminated (or
+/// forgotten) instance, a purged (or forgotten) volume, or a unit
+/// allocation that ended (each allocation has its own). A stopped
+/// instance's may run again, as may a volume in the trash.
+const CLOSED_METER: &str = "m.running_since IS NULL AND (m.kind = 'unit' \
+     OR (m.kind = 'instance' AND NOT EXISTS (SELECT 1 FROM instances AS i \
+        WHERE i.id = m.resource_id AND i.state <> 'terminated')) \
+     OR (m.kind = 'volume' AND NOT EXISTS (SELECT 1 FROM volumes AS v \
+        WHERE v.id = m.resource_id AND v.purged_at IS NULL)))";
+
+/// How many closed meters one statement folds, on PostgreSQL.
+const FOLD_BATCH: i64 = 5000;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Balance {
@@ -167,6 +181,71 @@ impl Store {
         )
         .await?;
         Ok(())
+    }
+
+    /// Folds the meters that can never run again ([`CLOSED_METER`]) into
+    /// their projects' balances (`spent_micros`, migration 0056) and
+    /// deletes them, so a balance costs what its project has now, not
+    /// everything it ever had. Each meter's charge moves in the
+    /// transaction that deletes it. Answers how many balance rows took
+    /// some (a project once per batch of meters).
+    pub async fn fold_meters(&self) -> Result<u64> {
+        let at = now();
+        let mut folded = 0;
+        if self.backend == crate::Backend::Sqlite {
+            // One writer: the sum and the delete see the same meters.
+            let counts = self
+                .run_statements(
+                    "fold_meters",
+                    vec![
+                        (
+                            format!(
+                                "INSERT INTO balances (project_id, credit_micros, spent_micros, \
+                                 updated_at) SELECT m.project_id, 0, SUM(m.charged_micros), $1 \
+                                 FROM meters AS m WHERE {CLOSED_METER} GROUP BY m.project_id \
+                                 ON CONFLICT (project_id) DO UPDATE SET \
+                                 spent_micros = balances.spent_micros + excluded.spent_micros"
+                            ),
+                            vec![(&at).into()],
+                        ),
+                        (
+                            format!("DELETE FROM meters AS m WHERE {CLOSED_METER}"),
+                            vec![],
+                        ),
+                    ],
+                    |_| true,
+                )
+                .await?;
+            return Ok(counts[0]);
+        }
+        // The meters deleted are those summed: the statement's own rows.
+        loop {
+            let counts = self
+                .run_statements(
+                    "fold_meters",
+                    vec![(
+                        format!(
+                            "WITH closed AS (SELECT m.resource_id FROM meters AS m \
+                             WHERE {CLOSED_METER} LIMIT $2), \
+                             gone AS (DELETE FROM meters AS m USING closed AS c \
+                             WHERE m.resource_id = c.resource_id AND m.running_since IS NULL \
+                             RETURNING m.project_id, m.charged_micros) \
+                             INSERT INTO balances (project_id, credit_micros, spent_micros, \
+                             updated_at) SELECT project_id, 0, SUM(charged_micros), $1 \
+                             FROM gone GROUP BY project_id \
+                             ON CONFLICT (project_id) DO UPDATE SET \
+                             spent_micros = balances.spent_micros + excluded.spent_micros"
+                        ),
+                        vec![(&at).into(), FOLD_BATCH.into()],
+                    )],
+                    |_| true,
+                )
+                .await?;
+            if counts[0] == 0 {
+                return Ok(folded);
+            }
+            folded += counts[0];
+        }
     }
 
     pub async fn balance(&self, project_id: &str) -> Result<Balance> {

@@ -56,6 +56,123 @@ async fn creations_at_once_on_postgres() {
     database.drop().await;
 }
 
+#[tokio::test]
+async fn closed_meters_fold_into_the_balance_on_sqlite() {
+    let (store, _dir) = common::sqlite().await;
+    closed_meters_fold(&store).await;
+    store.close().await;
+}
+
+#[tokio::test]
+async fn closed_meters_fold_into_the_balance_on_postgres() {
+    let (store, database) = common::postgres("tessera_folded_meters").await;
+    closed_meters_fold(&store).await;
+    store.close().await;
+    database.drop().await;
+}
+
+/// A terminated instance's meter is folded into its project's balance and
+/// deleted; a running one's and a stopped one's (it may start again)
+/// stay meters. The balance reads the same before and after, and a
+/// second fold finds nothing.
+async fn closed_meters_fold(store: &Store) {
+    let project = new_project(store, "p-fold", "fold").await;
+    let host = ready_host(store, "fold-1", 4, 64 * 1024).await;
+    let mut made = Vec::new();
+    for (n, name) in ["fa", "fb", "fc"].into_iter().enumerate() {
+        // A millionth of the currency a millisecond, so that a few of
+        // them show.
+        let (mut instance, op) = creation_of(&project.id, name);
+        instance.micros_per_hour = FOLD_PRICE;
+        let added = store
+            .insert_instance(&instance, &op, None, Some(LEASE.as_str()))
+            .await
+            .expect("record the instance");
+        assert!(matches!(added, InstancesAdded::Recorded { .. }));
+        let creation = (instance.id, op.id);
+        assert!(place(store, &creation, &host, n as u32).await, "{name}");
+        made.push(creation);
+    }
+    assert!(settle(store, &made[0], InstanceState::Running).await);
+    assert!(settle(store, &made[1], InstanceState::Stopped).await);
+    assert!(settle(store, &made[2], InstanceState::Running).await);
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    // fc is deleted: its meter stops, for good.
+    let (id, _) = &made[2];
+    let delete = NewOperation {
+        id: "op-fc-delete".into(),
+        project_id: project.id.clone(),
+        kind: OperationKind::InstanceDelete,
+        resource_id: Some(id.clone()),
+        params: serde_json::json!({ "instance_id": id }),
+        created_by: "alice".into(),
+    };
+    store
+        .begin_instance_operation(id, &["running"], "stopping", &delete, &LEASE, None)
+        .await
+        .expect("begin")
+        .expect("begun");
+    let end = OperationEnd {
+        id: &delete.id,
+        status: OperationStatus::Completed,
+        result: None,
+        error: None,
+    };
+    let gone = InstanceUpdate {
+        state: InstanceState::Terminated,
+        state_detail: None,
+        cause: Some(tessera_core::status::TerminationCause::Deleted),
+        private_ip: None,
+        ssh_endpoint: None,
+    };
+    assert!(
+        store
+            .settle_instance_operation(&end, id, &gone, true)
+            .await
+            .expect("settle")
+    );
+    // fa stops too, so that nothing runs on while the balance is read.
+    let stop = NewOperation {
+        id: "op-fa-stop".into(),
+        kind: OperationKind::InstanceStop,
+        resource_id: Some(made[0].0.clone()),
+        ..delete.clone()
+    };
+    store
+        .begin_instance_operation(&made[0].0, &["running"], "stopping", &stop, &LEASE, None)
+        .await
+        .expect("begin")
+        .expect("begun");
+    assert!(
+        settle(
+            store,
+            &(made[0].0.clone(), stop.id.clone()),
+            InstanceState::Stopped
+        )
+        .await
+    );
+    let before = store.balance(&project.id).await.expect("balance");
+    assert!(before.spent_micros > 0, "{before:?}");
+    assert_eq!(store.fold_meters().await.expect("fold"), 1);
+    assert_eq!(store.balance(&project.id).await.expect("balance"), before);
+    assert_eq!(store.fold_meters().await.expect("fold"), 0);
+    assert_eq!(store.balance(&project.id).await.expect("balance"), before);
+    // The stopped ones keep their meters: each may start again.
+    for (id, _) in &made[..2] {
+        assert_eq!(
+            store
+                .stopped_instance_rate(&project.id, id)
+                .await
+                .expect("rate"),
+            Some(FOLD_PRICE),
+            "{id}"
+        );
+    }
+}
+
+/// What each instance of [`closed_meters_fold`] costs an hour.
+const FOLD_PRICE: i64 = 3_600_000;
+
 /// A new project `id` at path `path`.
 async fn new_project(store: &Store, id: &str, path: &str) -> ProjectRecord {
     let project = ProjectRecord {

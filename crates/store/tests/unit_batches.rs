@@ -57,9 +57,10 @@ async fn metered_allocations(store: &Store) {
         let generation = claim_for(store, "p1", &host, &unit, 3)
             .await
             .expect("claimed");
+        // Being allocated, it counts at its price, before its meter runs.
         assert_eq!(
             metered(store).await,
-            (0, charged),
+            (PRICE, charged),
             "round {round}: allocating"
         );
         allocated(store, &unit, generation).await;
@@ -93,6 +94,16 @@ async fn metered_allocations(store: &Store) {
         .await
         .expect("claimed");
     allocated(store, &unit, generation).await;
+    assert_eq!(metered(store).await.0, 2 * PRICE);
+    // The ended allocations' meters fold into p1's balance, which reads
+    // the same; p3's running one stays a meter, and a second fold finds
+    // nothing.
+    let p1 = store.balance("p1").await.expect("balance");
+    assert_eq!(p1.spent_micros, charged);
+    assert_eq!(store.fold_meters().await.expect("fold"), 1);
+    assert_eq!(store.balance("p1").await.expect("balance"), p1);
+    assert_eq!(store.fold_meters().await.expect("fold"), 0);
+    assert_eq!(store.balance("p1").await.expect("balance"), p1);
     assert_eq!(metered(store).await.0, 2 * PRICE);
 }
 
@@ -289,7 +300,13 @@ async fn writes_at_once(store: &Store) {
     assert_eq!(ledger.len(), 2 * UNITS as usize);
     let units = i64::from(2 * UNITS);
     assert_eq!(used(store).await, (units, units), "each unit counted once");
-    assert_eq!(metered(store).await, (0, 0), "not metered while allocating");
+    // Not metered while allocating, but counted in what the projects are
+    // committed to, at the price.
+    assert_eq!(
+        metered(store).await,
+        (units * PRICE, 0),
+        "counted, not metered, while allocating"
+    );
     assert_eq!(ledger.iter().collect::<HashSet<_>>().len(), ledger.len());
 
     // A deallocation does not begin in one write while a unit is being
