@@ -25,6 +25,8 @@ pub struct JoinTokenRecord {
     pub replaces: Option<String>,
     /// How many more hosts it may admit; `None`: any number.
     pub uses_left: Option<i64>,
+    /// The one host name it admits an agent under; `None`: any new one.
+    pub hostname: Option<String>,
 }
 
 /// A join token to keep ([`Store::insert_join_token`]).
@@ -39,6 +41,8 @@ pub struct NewJoinToken<'a> {
     pub replaces: Option<&'a str>,
     /// How many hosts it admits; `None`: any number.
     pub uses: Option<i64>,
+    /// The one host name it admits an agent under; `None`: any new one.
+    pub hostname: Option<&'a str>,
 }
 
 #[derive(Clone, Debug, sqlx::FromRow)]
@@ -66,7 +70,7 @@ pub struct WorkRecord {
 }
 
 const JOIN_TOKEN_COLUMNS: &str = "id, token_hash, description, created_by, created_at, expires_at, revoked_at, replaces, \
-     uses_left";
+     uses_left, hostname";
 const AGENT_COLUMNS: &str =
     "hostname, credential_hash, driver, inventory, generation, reachable, last_seen, registered_at";
 const WORK_COLUMNS: &str = "hostname, key, generation, desired, observed_generation, observed";
@@ -77,7 +81,7 @@ impl Store {
             "insert_join_token",
             vec![(
                 "INSERT INTO join_tokens (id, token_hash, description, created_by, created_at, \
-                 expires_at, replaces, uses_left) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
+                 expires_at, replaces, uses_left, hostname) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
                     .into(),
                 vec![
                     token.id.into(),
@@ -88,6 +92,7 @@ impl Store {
                     token.expires_at.into(),
                     token.replaces.into(),
                     token.uses.into(),
+                    token.hostname.into(),
                 ],
             )],
             |_| true,

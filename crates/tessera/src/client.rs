@@ -171,6 +171,10 @@ pub enum JoinTokenCommand {
         /// expires).
         #[arg(long)]
         uses: Option<i64>,
+        /// Admit an agent under this host name only (register the server
+        /// first, with its CPUs, to keep its capacity yours to say).
+        #[arg(long, value_name = "HOSTNAME")]
+        hostname: Option<String>,
     },
     /// List join tokens.
     List,
@@ -874,12 +878,13 @@ pub async fn join_token(args: ClientArgs, command: JoinTokenCommand) -> Result<(
             ttl_seconds,
             replace,
             uses,
+            hostname,
         } => {
             let created = client
                 .call(
                     reqwest::Method::POST,
                     "/v1/servers/join-tokens",
-                    Some(json!({"description": description, "ttl_seconds": ttl_seconds, "replaces": replace, "uses": uses})),
+                    Some(json!({"description": description, "ttl_seconds": ttl_seconds, "replaces": replace, "uses": uses, "hostname": hostname})),
                 )
                 .await?;
             client.print(&created, |t| {

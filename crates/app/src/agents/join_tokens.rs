@@ -27,6 +27,9 @@ pub struct JoinToken {
     pub replaces: Option<String>,
     /// How many more hosts it admits; `None`: any number until it expires.
     pub uses_left: Option<i64>,
+    /// The one host name an agent may join under with it; `None`: any
+    /// name no host has had an agent under.
+    pub hostname: Option<String>,
 }
 
 /// The most hosts one join token may be made to admit by count.
@@ -35,16 +38,22 @@ const MAX_USES: i64 = 100_000;
 impl App {
     /// Creates a join token a new host's agent registers with. With
     /// `replaces`, it also admits a new agent for that one registered host,
-    /// which no other token does once the host has had an agent.
+    /// which no other token does once the host has had an agent. With
+    /// `hostname`, it admits an agent under that name only (a token that
+    /// replaces a host's agent is for that host's name).
     pub async fn create_join_token(
         &self,
         caller: &Principal,
         description: Option<String>,
         ttl: Option<Duration>,
-        replaces: Option<String>,
+        (replaces, hostname): (Option<String>, Option<String>),
         uses: Option<i64>,
     ) -> Result<JoinToken> {
         caller.require(Permission::ServerCreate)?;
+        if let Some(name) = &hostname {
+            crate::hosts::validate_hostname(name)
+                .map_err(|_| Error::invalid("hostname", format!("{name:?} is not a host name")))?;
+        }
         if let Some(uses) = uses
             && !(1..=MAX_USES).contains(&uses)
         {
@@ -70,6 +79,18 @@ impl App {
         let replaces = match replaces {
             Some(name) => Some(self.find_server(&name).await?.hostname),
             None => None,
+        };
+        let hostname = match (hostname, &replaces) {
+            (Some(name), Some(host)) if !name.eq_ignore_ascii_case(host) => {
+                return Err(Error::invalid(
+                    "hostname",
+                    format!(
+                        "the token replaces the agent of {host}: its hostname is {host}, not {name}"
+                    ),
+                ));
+            }
+            (_, Some(host)) => Some(host.clone()),
+            (name, None) => name,
         };
         let description = description.unwrap_or_default();
         if description.len() > 200 || description.chars().any(char::is_control) {
@@ -99,6 +120,7 @@ impl App {
                 expires_at: &expires_at,
                 replaces: replaces.as_deref(),
                 uses,
+                hostname: hostname.as_deref(),
             })
             .await?;
         if let Some(hostname) = &replaces {
@@ -114,6 +136,7 @@ impl App {
             expired: false,
             replaces,
             uses_left: uses,
+            hostname,
         })
     }
 
@@ -133,6 +156,7 @@ impl App {
                 expires_at: &expires_at,
                 replaces: Some(hostname),
                 uses: None,
+                hostname: Some(hostname),
             })
             .await?;
         Ok(token)
@@ -155,6 +179,7 @@ impl App {
                 revoked: t.revoked_at.is_some(),
                 replaces: t.replaces,
                 uses_left: t.uses_left,
+                hostname: t.hostname,
             })
             .collect())
     }

@@ -38,6 +38,17 @@ impl App {
     pub async fn register_agent(&self, req: RegisterRequest) -> Result<RegisterResponse> {
         let token = self.live_join_token(&req.join_token).await?;
         crate::hosts::validate_hostname(&req.hostname)?;
+        // A token made for one host admits no other name (and gives up
+        // none of its uses to one).
+        if let Some(name) = &token.hostname
+            && !name.eq_ignore_ascii_case(&req.hostname)
+        {
+            return Err(Error::Forbidden(format!(
+                "this join token is for host {name}, not {}; start the agent with --hostname \
+                 {name}, or create a token for {}",
+                req.hostname, req.hostname
+            )));
+        }
         if req.ip.parse::<std::net::IpAddr>().is_err()
             && crate::hosts::validate_hostname(&req.ip).is_err()
         {

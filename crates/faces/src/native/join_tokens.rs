@@ -24,6 +24,9 @@ pub struct JoinTokenBody {
     pub replaces: Option<String>,
     /// How many more hosts it admits; null: any number until it expires.
     pub uses_left: Option<i64>,
+    /// The one host name an agent may join under with it; null: any name
+    /// no host has had an agent under.
+    pub hostname: Option<String>,
     /// The secret: shown once, in the answer that creates the token. Give
     /// it to `tessera agent` (in `TESSERA_JOIN_TOKEN` or a file).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -41,6 +44,7 @@ impl From<JoinToken> for JoinTokenBody {
             expired: t.expired,
             replaces: t.replaces,
             uses_left: t.uses_left,
+            hostname: t.hostname,
             token: t.token,
         }
     }
@@ -59,6 +63,11 @@ pub struct CreateJoinTokenRequest {
     /// replace. Without it, a token admits only hosts that never had an
     /// agent.
     pub replaces: Option<String>,
+    /// The one host name an agent may join under with it: with a server
+    /// registered beforehand under that name (`POST /v1/servers/create`,
+    /// its CPUs as you say), whoever holds the token cannot declare a host
+    /// of their own. By default any new name.
+    pub hostname: Option<String>,
 }
 
 /// List join tokens, without their secrets.
@@ -96,7 +105,7 @@ pub async fn create_join_token(
             &caller,
             req.description,
             req.ttl_seconds.map(Duration::from_secs),
-            req.replaces,
+            (req.replaces, req.hostname),
             req.uses,
         )
         .await?;

@@ -323,6 +323,55 @@ async fn join_tokens_are_checked_and_agents_authenticated(backend: Backend) {
         assert_eq!(status, StatusCode::BAD_REQUEST, "{uses}: {body}");
     }
 
+    // A token made for one host name admits an agent under that name
+    // only; one under another name takes none of its uses. The server,
+    // registered first, keeps the CPUs its registration gave it.
+    let (status, op) = server
+        .post(
+            "/v1/servers/create",
+            &json!({"hostname": "node-named", "zone": "z", "cpus": "0-1"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{op}");
+    let (status, created) = server
+        .call(
+            Method::POST,
+            "/v1/servers/join-tokens",
+            Some(&json!({"hostname": "node-named", "uses": 1})),
+            TOKEN,
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    assert_eq!(created["hostname"], "node-named", "{created}");
+    let named = created["token"].as_str().expect("token").to_string();
+    refused_agent(
+        &server,
+        Some(&named),
+        "node-impostor",
+        &dir.path().join("impostor"),
+        "is for host node-named",
+    );
+    assert_eq!(server_status(&server, "node-impostor").await, None);
+    let _named = running_agent(
+        &server,
+        &named,
+        "node-named",
+        &dir.path().join("named"),
+        &[],
+    )
+    .await;
+    let shown = registered(&server, "node-named").await;
+    assert_eq!(shown["cpus"], "0-1", "{shown}");
+    for bad in [
+        json!({"hostname": "-bad"}),
+        json!({"hostname": "node-live", "replaces": "node-once"}),
+    ] {
+        let (status, body) = server
+            .call(Method::POST, "/v1/servers/join-tokens", Some(&bad), TOKEN)
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {body}");
+    }
+
     // A host name with a live agent cannot be taken over by another
     // machine holding a join token.
     let token = join_token(&server.url).await;
