@@ -171,8 +171,10 @@ pub async fn serve(
     Ok(())
 }
 
-/// The address a request came from (`None` when it was not served by
-/// [`serve`], as in a test calling the router directly).
+/// The address a request came from, as limits per client address count
+/// it ([`tessera_gateway::client_block`]: an IPv6 client's /64); `None`
+/// when it was not served by [`serve`], as in a test calling the router
+/// directly.
 pub struct ClientAddress(pub Option<IpAddr>);
 
 impl<S: Send + Sync> axum::extract::FromRequestParts<S> for ClientAddress {
@@ -186,7 +188,7 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for ClientAddress {
             parts
                 .extensions
                 .get::<ConnectInfo<SocketAddr>>()
-                .map(|ConnectInfo(addr)| addr.ip()),
+                .map(|ConnectInfo(addr)| tessera_gateway::client_block(addr.ip())),
         ))
     }
 }

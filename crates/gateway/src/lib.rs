@@ -48,7 +48,7 @@ pub use certificate::CertificateError;
 pub use config::{CertificateSource, GatewayConfig, PortMapping, is_ingress_port};
 pub use gateway::{Gateway, StartError};
 pub use hostname::{Domain, InvalidDomain};
-pub use limits::{ConnectionLimits, Slot};
+pub use limits::{ConnectionLimits, Slot, client_block};
 pub use memory::MemoryRoutes;
 pub use proxy::strip_hop_by_hop;
 pub use routes::{NoRoute, RouteTable};
