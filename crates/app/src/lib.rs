@@ -242,6 +242,13 @@ impl App {
         store
             .set_unit_price(config.catalog.compute_unit_micros_per_cpu_hour())
             .await?;
+        let metered = store.meter_unmetered_units().await?;
+        if metered > 0 {
+            tracing::info!(
+                units = metered,
+                "units allocated before units were metered are metered from now"
+            );
+        }
         let identity = Arc::new(Identity::load(&store).await?);
         Ok(App {
             identity,

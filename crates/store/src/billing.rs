@@ -248,6 +248,34 @@ impl Store {
         }
     }
 
+    /// Gives a meter, running from now, to each unit ALLOCATED to a
+    /// tenant without one: those allocated before migration 0052 metered
+    /// units (its triggers meter only allocations that start after it).
+    /// Run at start, once the price is set; answers how many it metered.
+    pub async fn meter_unmetered_units(&self) -> Result<u64> {
+        let key = "'unit:' || u.compute_id || '@' || COALESCE(u.started_at, '')";
+        let counts = self
+            .run_statements(
+                "meter_unmetered_units",
+                vec![(
+                    format!(
+                        "INSERT INTO meters (resource_id, project_id, kind, micros_per_hour, \
+                         running_since, charged_micros) \
+                         SELECT {key}, u.project_id, 'unit', u.cpu_count * COALESCE((SELECT \
+                         p.micros_per_cpu_hour FROM unit_prices AS p WHERE p.id = 1), 0), $1, 0 \
+                         FROM compute_units AS u WHERE u.status = 'ALLOCATED' \
+                         AND u.project_id IS NOT NULL AND u.instance_id IS NULL \
+                         AND NOT EXISTS (SELECT 1 FROM meters AS m WHERE m.resource_id = {key}) \
+                         ON CONFLICT (resource_id) DO NOTHING"
+                    ),
+                    vec![now_ms().into()],
+                )],
+                |_| true,
+            )
+            .await?;
+        Ok(counts[0])
+    }
+
     pub async fn balance(&self, project_id: &str) -> Result<Balance> {
         let sql = BALANCE.replace("{ACCRUED}", ACCRUED);
         let row: Option<(i64, i64, i64)> = self

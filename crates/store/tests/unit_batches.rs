@@ -45,6 +45,51 @@ async fn a_units_meter_runs_while_allocated_on_postgres() {
     database.drop().await;
 }
 
+#[tokio::test]
+async fn units_allocated_before_meters_get_one_on_sqlite() {
+    let (store, dir) = common::sqlite().await;
+    let path = dir.path().join("tessera.db");
+    unmetered_units(&store, common::Raw::Sqlite(path.display().to_string())).await;
+    store.close().await;
+}
+
+#[tokio::test]
+async fn units_allocated_before_meters_get_one_on_postgres() {
+    let (store, database) = common::postgres("tessera_unmetered_units").await;
+    unmetered_units(&store, common::Raw::Postgres(database.url.clone())).await;
+    store.close().await;
+    database.drop().await;
+}
+
+/// A unit ALLOCATED without a meter (allocated before units were
+/// metered) gets one, running from then at its CPUs times the price; one
+/// that has one, or is not a tenant's, gets none, and a second pass
+/// meters nothing.
+async fn unmetered_units(store: &Store, raw: common::Raw) {
+    projects_and_price(store).await;
+    let host = ready_host(store, "um1").await;
+    for cpu in [1, 2] {
+        let unit = unit_id("um1", cpu);
+        let generation = claim_for(store, "p1", &host, &unit, cpu)
+            .await
+            .expect("claimed");
+        allocated(store, &unit, generation).await;
+    }
+    assert_eq!(metered(store).await.0, 2 * PRICE);
+    // As before migration 0052: unit 1 has no meter.
+    raw.execute(&format!(
+        "DELETE FROM meters WHERE resource_id LIKE 'unit:{}@%'",
+        unit_id("um1", 1)
+    ))
+    .await;
+    assert_eq!(metered(store).await.0, PRICE);
+    assert_eq!(store.meter_unmetered_units().await.expect("metered"), 1);
+    assert_eq!(metered(store).await.0, 2 * PRICE);
+    assert_eq!(store.meter_unmetered_units().await.expect("metered"), 0);
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    assert!(metered(store).await.1 >= 2 * 20, "both run");
+}
+
 /// A unit allocated, deallocated and allocated again: a meter per
 /// allocation, running only while the unit is ALLOCATED, at its CPUs
 /// times the price set when it started.
