@@ -10,14 +10,17 @@
 //! Each connection holds two of the process's file descriptors (the
 //! client's and the instance's), and the instance, whose SSH server is its
 //! tenant's to replace, may keep them open for ever: a forward relays at
-//! most [`MAX_PER_FORWARD`] connections at once, and all of this process's
-//! forwards [`MAX_FORWARDED`]; a connection over either is closed as it is
+//! most [`MAX_PER_FORWARD`] connections at once, the forwards of one
+//! project's instances [`MAX_PER_PROJECT`], and all of this process's
+//! forwards [`MAX_FORWARDED`]; a connection over any is closed as it is
 //! accepted. Without them one tenant's instance held every descriptor of
-//! the agent (and, under `tessera up`, of the API).
+//! the agent (and, under `tessera up`, of the API); without the project's
+//! bound, one tenant's many instances held every place of the others'.
 
 use super::fail;
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, LazyLock, RwLock};
+use std::sync::{Arc, LazyLock, Mutex, RwLock, Weak};
 use std::time::Duration;
 use tessera_agent_api::AgentError;
 use tessera_core::network::GroupRules;
@@ -31,8 +34,27 @@ const MAX_PER_FORWARD: usize = 64;
 /// Connections all of this process's forwards relay at once.
 const MAX_FORWARDED: usize = 4096;
 
+/// Connections the forwards of one project's instances relay at once: a
+/// quarter of all.
+const MAX_PER_PROJECT: usize = MAX_FORWARDED / 4;
+
 static FORWARDED: LazyLock<Arc<Semaphore>> =
     LazyLock::new(|| Arc::new(Semaphore::new(MAX_FORWARDED)));
+
+/// Each project's places, shared by its forwards while any is open.
+static PROJECTS: LazyLock<Mutex<HashMap<String, Weak<Semaphore>>>> = LazyLock::new(Mutex::default);
+
+/// The places of `project`'s forwards.
+fn project_places(project: &str) -> Arc<Semaphore> {
+    let mut projects = PROJECTS.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(places) = projects.get(project).and_then(Weak::upgrade) {
+        return places;
+    }
+    projects.retain(|_, places| places.strong_count() > 0);
+    let places = Arc::new(Semaphore::new(MAX_PER_PROJECT));
+    projects.insert(project.to_string(), Arc::downgrade(&places));
+    places
+}
 
 /// A running forward; dropping it closes the port and its connections
 /// (soon after: [`Proxy::close`] to know when).
@@ -56,12 +78,14 @@ impl Drop for Proxy {
 }
 
 impl Proxy {
-    /// Listens on `0.0.0.0:port` and forwards every connection to `target`.
-    /// A port still held (by a proxy being torn down) is retried a while.
+    /// Listens on `0.0.0.0:port` and forwards every connection to `target`,
+    /// an instance of `project`'s. A port still held (by a proxy being torn
+    /// down) is retried a while.
     pub async fn spawn(
         port: u16,
         target: SocketAddr,
         groups: Vec<GroupRules>,
+        project: &str,
     ) -> Result<Proxy, AgentError> {
         let mut tries = 0;
         let listener = loop {
@@ -79,7 +103,8 @@ impl Proxy {
             }
         };
         let groups = Arc::new(RwLock::new(groups));
-        let task = tokio::spawn(serve(listener, target, groups.clone()));
+        let places = project_places(project);
+        let task = tokio::spawn(serve(listener, target, groups.clone(), places));
         Ok(Proxy {
             port,
             target,
@@ -127,7 +152,12 @@ fn admits(groups: &[GroupRules], peer: IpAddr) -> bool {
         .any(|rule| rule.admits_tcp(ip, 22))
 }
 
-async fn serve(listener: TcpListener, target: SocketAddr, groups: Arc<RwLock<Vec<GroupRules>>>) {
+async fn serve(
+    listener: TcpListener,
+    target: SocketAddr,
+    groups: Arc<RwLock<Vec<GroupRules>>>,
+    project: Arc<Semaphore>,
+) {
     // Connections live in the set, so that aborting this task ends them.
     let mut conns = JoinSet::new();
     loop {
@@ -136,7 +166,11 @@ async fn serve(listener: TcpListener, target: SocketAddr, groups: Arc<RwLock<Vec
                 Ok((client, peer)) => {
                     let admitted = admits(&groups.read().unwrap_or_else(|p| p.into_inner()), peer.ip());
                     let permit = match conns.len() < MAX_PER_FORWARD {
-                        true => FORWARDED.clone().try_acquire_owned().ok(),
+                        true => project
+                            .clone()
+                            .try_acquire_owned()
+                            .ok()
+                            .and_then(|ours| Some((ours, FORWARDED.clone().try_acquire_owned().ok()?))),
                         false => None,
                     };
                     if admitted && let Some(permit) = permit {
@@ -209,7 +243,7 @@ mod tests {
             let free = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
             free.local_addr().expect("address").port()
         };
-        let proxy = Proxy::spawn(port, target, Vec::new())
+        let proxy = Proxy::spawn(port, target, Vec::new(), "p-bounded")
             .await
             .expect("forward");
         let closed_at_once = |mut stream: TcpStream| async move {
@@ -240,6 +274,81 @@ mod tests {
         assert!(!closed_at_once(again).await, "room again");
         proxy.close().await;
         held.abort();
+    }
+
+    /// The forwards of one project's instances share its places: with
+    /// three, two connections through one forward and one through another
+    /// fill them, and a fourth through either is closed at once, while
+    /// another project's forward still relays. The places are the
+    /// project's while any of its forwards is open.
+    #[tokio::test]
+    async fn a_projects_forwards_share_a_bound() {
+        let holder = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let target = holder.local_addr().expect("address");
+        let held = tokio::spawn(async move {
+            let mut kept = Vec::new();
+            while let Ok((stream, _)) = holder.accept().await {
+                kept.push(stream);
+            }
+        });
+        let ours = Arc::new(Semaphore::new(3));
+        let theirs = Arc::new(Semaphore::new(3));
+        let mut ports = Vec::new();
+        let mut forwards = Vec::new();
+        for places in [&ours, &ours, &theirs] {
+            let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            ports.push(listener.local_addr().expect("address").port());
+            forwards.push(tokio::spawn(serve(
+                listener,
+                target,
+                Arc::default(),
+                (*places).clone(),
+            )));
+        }
+        let closed_at_once = |mut stream: TcpStream| async move {
+            let mut byte = [0u8; 1];
+            matches!(
+                tokio::time::timeout(Duration::from_millis(300), stream.read(&mut byte)).await,
+                Ok(Ok(0) | Err(_))
+            )
+        };
+        let connect = |port: u16| async move {
+            let stream = TcpStream::connect(("127.0.0.1", port))
+                .await
+                .expect("connect");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            stream
+        };
+        let _open = [
+            connect(ports[0]).await,
+            connect(ports[0]).await,
+            connect(ports[1]).await,
+        ];
+        assert!(
+            closed_at_once(connect(ports[1]).await).await,
+            "the project's fourth"
+        );
+        assert!(
+            closed_at_once(connect(ports[0]).await).await,
+            "the project's fourth"
+        );
+        assert!(
+            !closed_at_once(connect(ports[2]).await).await,
+            "another project's"
+        );
+        for forward in forwards {
+            forward.abort();
+        }
+        held.abort();
+
+        let first = project_places("p-shared");
+        let second = project_places("p-shared");
+        assert!(Arc::ptr_eq(&first, &second), "one project, one bound");
+        assert!(!Arc::ptr_eq(&first, &project_places("p-other")));
+        assert_eq!(first.available_permits(), MAX_PER_PROJECT);
+        drop((first, second));
+        let again = project_places("p-shared");
+        assert_eq!(again.available_permits(), MAX_PER_PROJECT, "made anew");
     }
 
     #[test]

@@ -245,6 +245,10 @@ struct Record {
     /// forward admit from them; adopting remakes them).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     groups: Vec<GroupRules>,
+    /// Its project, whose forwards share a bound ([`forward`]); empty in
+    /// records written before, until its next start.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    project: String,
 }
 
 /// Records written before forwards could be turned off had one.
@@ -745,9 +749,13 @@ impl ContainerDriver {
                 // Its CPUs, limits and mounts stay as they are until its
                 // next start; its SSH forward and its project's egress
                 // follow the spec at once.
-                if rec.egress != spec.egress || rec.groups != spec.security_groups {
+                if rec.egress != spec.egress
+                    || rec.groups != spec.security_groups
+                    || rec.project != spec.project_id
+                {
                     rec.egress = spec.egress;
                     rec.groups = spec.security_groups.clone();
+                    rec.project = spec.project_id.clone();
                     self.save_record(&rec)?;
                 }
                 self.converge_forward(&mut rec, spec.ssh_forward).await?;
@@ -779,9 +787,13 @@ impl ContainerDriver {
 
         let net = Record::net_of(spec);
         let old_groups = rec.groups.clone();
-        if rec.egress != spec.egress || rec.groups != spec.security_groups {
+        if rec.egress != spec.egress
+            || rec.groups != spec.security_groups
+            || rec.project != spec.project_id
+        {
             rec.egress = spec.egress;
             rec.groups = spec.security_groups.clone();
+            rec.project = spec.project_id.clone();
             self.save_record(&rec)?;
         }
         if rec.net.as_deref() != Some(net.as_str()) {
@@ -1253,13 +1265,14 @@ impl ContainerDriver {
         if let Some(old) = old {
             old.close().await;
         }
-        let proxy = match Proxy::spawn(rec.ssh_port, target, rec.groups.clone()).await {
+        let proxy = match Proxy::spawn(rec.ssh_port, target, rec.groups.clone(), &rec.project).await
+        {
             Ok(proxy) => proxy,
             Err(e) => {
                 let _alloc = self.alloc.lock().await;
                 let port = self.free_port().await?;
                 tracing::warn!(id = %rec.id, error = %e, old = rec.ssh_port, new = port, "the instance's SSH port is taken; forwarding another one");
-                let proxy = Proxy::spawn(port, target, rec.groups.clone()).await?;
+                let proxy = Proxy::spawn(port, target, rec.groups.clone(), &rec.project).await?;
                 rec.ssh_port = port;
                 self.save_record(rec)?;
                 proxy
@@ -1685,6 +1698,7 @@ impl InstanceRuntime for ContainerDriver {
                 egress: spec.egress,
                 network: spec.network.clone(),
                 groups: spec.security_groups.clone(),
+                project: spec.project_id.clone(),
             };
             self.save_record(&rec)?;
             rec
