@@ -997,12 +997,19 @@ impl Store {
         end: &OperationEnd<'_>,
         instances: &[(&str, &InstanceUpdate, bool)],
     ) -> Result<bool> {
-        let finish = operation_finish(end.id, end.status, end.result, end.error, &self.owner);
+        let mut finish = operation_finish(end.id, end.status, end.result, end.error, &self.owner);
         // The common end (an instance running, or stopped, nothing to let
         // go): three rows of three tables, in one statement on PostgreSQL.
+        // Not of a creation a delete superseded: that one is undone (its
+        // driver sees why it was refused), however near its end the delete
+        // came.
         if let [(instance_id, update, false)] = instances
             && update.state != InstanceState::Terminated
         {
+            finish.0.push_str(&format!(
+                " AND cancel_requested <> {}",
+                crate::operations::CANCELLED_BY_DELETE
+            ));
             let running = update.state == InstanceState::Running;
             let rest = vec![
                 instance_set(instance_id, update, None),

@@ -173,6 +173,64 @@ async fn closed_meters_fold(store: &Store) {
 /// What each instance of [`closed_meters_fold`] costs an hour.
 const FOLD_PRICE: i64 = 3_600_000;
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_creation_a_delete_superseded_does_not_end_running_on_sqlite() {
+    let (store, _dir) = common::sqlite().await;
+    superseded(&store).await;
+    store.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_creation_a_delete_superseded_does_not_end_running_on_postgres() {
+    let (store, database) = common::postgres("tessera_superseded").await;
+    superseded(&store).await;
+    store.close().await;
+    database.drop().await;
+}
+
+/// Creations ended running at once (so that, on PostgreSQL, they go in
+/// one batch), two of which a delete superseded: those two do not end
+/// (their drivers undo them), the others do.
+async fn superseded(store: &Store) {
+    let project = new_project(store, "p-sup", "sup").await;
+    let host = ready_host(store, "sup-1", 8, 64 * 1024).await;
+    let mut made = Vec::new();
+    for n in 0..6u32 {
+        let creation = created(store, &project.id, &format!("s{n}"), true).await;
+        assert!(place(store, &creation, &host, n).await);
+        made.push(creation);
+    }
+    for (_, op) in &made[..2] {
+        assert!(
+            store
+                .request_operation_cancel_by_delete(op)
+                .await
+                .expect("cancel")
+        );
+    }
+    let ended = join_all(
+        made.iter()
+            .map(|creation| settle(store, creation, InstanceState::Running)),
+    )
+    .await;
+    assert_eq!(ended, [false, false, true, true, true, true]);
+    for (n, (id, op)) in made.iter().enumerate() {
+        let instance = store.instance(id).await.expect("read").expect("there");
+        let operation = store.operation(op).await.expect("read").expect("there");
+        match n < 2 {
+            true => {
+                assert_eq!(instance.state, "provisioning", "{id}");
+                assert_eq!(operation.status, "running", "{id}");
+                assert_eq!(
+                    operation.cancel_requested,
+                    tessera_store::CANCELLED_BY_DELETE
+                );
+            }
+            false => assert_eq!(instance.state, "running", "{id}"),
+        }
+    }
+}
+
 /// A new project `id` at path `path`.
 async fn new_project(store: &Store, id: &str, path: &str) -> ProjectRecord {
     let project = ProjectRecord {

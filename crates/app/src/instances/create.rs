@@ -751,6 +751,16 @@ impl App {
                 Some(&instance.project_id),
                 "running",
             );
+        } else if self.store.operation(&run.op.id).await?.is_some_and(|op| {
+            op.status == OperationStatus::Running.as_str()
+                && op.cancel_requested == CANCELLED_BY_DELETE
+        }) {
+            // A delete superseded the creation as its host made it: the
+            // store kept it from ending, and it is undone as the delete
+            // was promised.
+            return self
+                .unwind_create(run, TerminationCause::Cancelled, "creation cancelled")
+                .await;
         }
         Ok(())
     }

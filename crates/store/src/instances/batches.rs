@@ -211,6 +211,7 @@ static SETTLE_MANY: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
          ended AS (UPDATE operations o SET status = i.status, result = i.result, \
            error = i.error, lease_until = NULL, updated_at = $2 FROM input i \
            WHERE o.id = i.operation AND o.status = 'running' AND o.lease_owner = i.owner \
+           AND o.cancel_requested <> {cancelled_by_delete} \
            RETURNING i.*), \
          set AS (UPDATE instances t SET state = e.state, state_detail = e.state_detail, \
            private_ip = COALESCE(e.private_ip, t.private_ip), operation_id = NULL, \
@@ -220,7 +221,8 @@ static SETTLE_MANY: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
          metered AS (UPDATE meters m SET charged_micros = m.charged_micros + {accrued}, \
            running_since = CASE WHEN e.running THEN e.at_ms END \
            FROM ended e WHERE m.resource_id = e.instance RETURNING 1) \
-         SELECT n FROM ended"
+         SELECT n FROM ended",
+        cancelled_by_delete = crate::operations::CANCELLED_BY_DELETE
     )
 });
 
