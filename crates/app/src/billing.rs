@@ -114,28 +114,22 @@ impl App {
         self.check_project_funds(
             &caller.project_id,
             Some(&caller.project_name),
-            (micros_per_hour, false),
+            micros_per_hour,
             what,
         )
         .await
     }
 
     /// [`App::check_funds`] for `project_id` (named `project_name`, or as
-    /// the store names it), of `(micros_per_hour, counted)`: `counted`
-    /// when the project's commitments count it already (a unit claimed).
+    /// the store names it).
     pub(crate) async fn check_project_funds(
         &self,
         project_id: &str,
         project_name: Option<&str>,
-        (micros_per_hour, counted): (i64, bool),
+        micros_per_hour: i64,
         what: &str,
     ) -> Result<()> {
-        let mut balance = self.store.balance(project_id).await?;
-        if counted {
-            balance.committed_micros_per_hour = balance
-                .committed_micros_per_hour
-                .saturating_sub(micros_per_hour);
-        }
+        let balance = self.store.balance(project_id).await?;
         let hourly = balance
             .committed_micros_per_hour
             .saturating_add(micros_per_hour);

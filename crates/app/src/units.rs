@@ -13,7 +13,7 @@ use tessera_core::placement::Request;
 use tessera_core::quota::{QuotaOverrides, Usage};
 use tessera_core::status::UnitStatus;
 use tessera_core::{ComputeId, HostId, InstanceId, ProjectId};
-use tessera_store::{ClaimQuota, UnitClaim, UnitFilter, UnitRecord};
+use tessera_store::{ClaimQuota, QuotaCheck, UnitClaim, UnitFilter, UnitRecord};
 
 /// A Kloigos compute unit: a fixed slice of a host's CPUs and ports that a
 /// tenant (or an instance) takes whole.
@@ -148,13 +148,16 @@ impl App {
         validate_allocation(&req)?;
         // A unit is metered while allocated (migration 0052); a prepaid
         // project's balance must cover an hour of it with what the project
-        // already runs, as its instances' must: checked before the claim,
-        // and again once the unit is claimed (see below).
+        // already runs, as its instances' must: checked before the claim
+        // (to answer soon), and in the claim's transaction under the
+        // project's lock, where the unit being claimed counts (as a unit
+        // being allocated does), so that nothing racing it (another unit,
+        // an instance's start or creation) passes on the same money.
         let price = i64::from(req.cpu_count) * self.catalog.compute_unit_micros_per_cpu_hour();
         let what = format!("a compute unit of {} CPUs", req.cpu_count);
         let paid = price > 0 && self.store.project_policy(&req.project_id).await?.prepaid;
         if paid {
-            self.check_project_funds(&req.project_id, None, (price, false), &what)
+            self.check_project_funds(&req.project_id, None, price, &what)
                 .await?;
         }
         let request = Request::Unit {
@@ -162,14 +165,17 @@ impl App {
             region: req.region.clone(),
             zone: req.zone.clone(),
         };
-        let quota = self.quota_check(
-            &req.project_id,
-            Usage {
-                instances: 1,
-                vcpus: i64::from(req.cpu_count),
-                ..Usage::default()
-            },
-        );
+        let quota = QuotaCheck {
+            funds: paid,
+            ..self.quota_check(
+                &req.project_id,
+                Usage {
+                    instances: 1,
+                    vcpus: i64::from(req.cpu_count),
+                    ..Usage::default()
+                },
+            )
+        };
         // When no configured default limits what a unit adds, the claim is
         // made only while the project sets no limit of its own either,
         // which the claim's own statement reads: nothing is counted or
@@ -225,7 +231,7 @@ impl App {
                 project_id: &req.project_id,
                 // Limited by default, the project's own -1 may go back to
                 // the default meanwhile: checked, not guarded.
-                quota: match limited || bound_by_default {
+                quota: match paid || limited || bound_by_default {
                     true => ClaimQuota::Check(&quota),
                     false => ClaimQuota::NoOwnLimit,
                 },
@@ -271,24 +277,6 @@ impl App {
         let compute_id = unit.compute_id.clone();
         let generation = unit.generation;
         tracing::debug!(compute_id, host = %decision.host, "unit claimed");
-        // The claim counts in the project's balance now (a unit being
-        // allocated does): checked again, so allocations racing one
-        // another cannot each pass on the same money. Of two that raced,
-        // the later check sees both claims; one refused gives its unit
-        // back (wiped, though it was never handed over).
-        if paid
-            && let Err(short) = self
-                .check_project_funds(&req.project_id, None, (price, true), &what)
-                .await
-        {
-            if let Some(unit) = self.begin_release(unit).await?
-                && let Err(err) = self.release(&unit).await
-            {
-                // Wiped again by the reconciler, as a stalled wipe is.
-                tracing::warn!(compute_id, error = %err, "giving back a unit refused for funds failed");
-            }
-            return Err(short);
-        }
         let outcome = match self.agent(&decision.host).await? {
             None => Err(HostCallError::NoAgent),
             Some(agent) => match unit_spec(&unit) {

@@ -1583,10 +1583,10 @@ async fn only_install_admins_set_a_projects_policy(backend: Backend) {
 }
 
 /// A prepaid workspace whose balance covers an hour of one unit sends
-/// eight allocations at once: at most one is allocated (of two that race,
-/// the later check sees both claims), the rest are 402s that leave their
-/// units FREE, and once the race is over the one it can pay for is
-/// allocated.
+/// eight allocations at once: at most one is allocated (each claim checks
+/// the balance in its transaction, under the project's lock, its own unit
+/// counted), the rest are 402s that leave their units FREE, and once the
+/// race is over the one it can pay for is allocated.
 async fn racing_unit_allocations_never_pass_a_prepaid_balance(backend: Backend) {
     let server = TestServer::start(backend).await;
     let alice = server.user_in("alice", "member", "alpha").await;
