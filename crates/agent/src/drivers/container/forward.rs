@@ -65,6 +65,10 @@ pub(super) struct Proxy {
     /// which clients are admitted; empty: any client (an instance made
     /// without groups).
     groups: Arc<RwLock<Vec<GroupRules>>>,
+    /// Whose places its new connections take ([`project_places`]), and
+    /// those places.
+    project: RwLock<String>,
+    places: Arc<RwLock<Arc<Semaphore>>>,
     /// `None` once closed.
     task: Option<JoinHandle<()>>,
 }
@@ -103,14 +107,27 @@ impl Proxy {
             }
         };
         let groups = Arc::new(RwLock::new(groups));
-        let places = project_places(project);
-        let task = tokio::spawn(serve(listener, target, groups.clone(), places));
+        let places = Arc::new(RwLock::new(project_places(project)));
+        let task = tokio::spawn(serve(listener, target, groups.clone(), places.clone()));
         Ok(Proxy {
             port,
             target,
             groups,
+            project: RwLock::new(project.to_string()),
+            places,
             task: Some(task),
         })
+    }
+
+    /// Takes its new connections' places from `project`'s from now on (an
+    /// instance's record that did not name its project, adopted before
+    /// its spec came); connections open keep theirs.
+    pub fn set_project(&self, project: &str) {
+        let mut held = self.project.write().unwrap_or_else(|p| p.into_inner());
+        if *held != project {
+            *self.places.write().unwrap_or_else(|p| p.into_inner()) = project_places(project);
+            *held = project.to_string();
+        }
     }
 
     /// Admits clients by these groups' rules from now on.
@@ -156,7 +173,7 @@ async fn serve(
     listener: TcpListener,
     target: SocketAddr,
     groups: Arc<RwLock<Vec<GroupRules>>>,
-    project: Arc<Semaphore>,
+    places: Arc<RwLock<Arc<Semaphore>>>,
 ) {
     // Connections live in the set, so that aborting this task ends them.
     let mut conns = JoinSet::new();
@@ -166,7 +183,9 @@ async fn serve(
                 Ok((client, peer)) => {
                     let admitted = admits(&groups.read().unwrap_or_else(|p| p.into_inner()), peer.ip());
                     let permit = match conns.len() < MAX_PER_FORWARD {
-                        true => project
+                        true => places
+                            .read()
+                            .unwrap_or_else(|p| p.into_inner())
                             .clone()
                             .try_acquire_owned()
                             .ok()
@@ -302,7 +321,7 @@ mod tests {
                 listener,
                 target,
                 Arc::default(),
-                (*places).clone(),
+                Arc::new(RwLock::new((*places).clone())),
             )));
         }
         let closed_at_once = |mut stream: TcpStream| async move {
@@ -349,6 +368,22 @@ mod tests {
         drop((first, second));
         let again = project_places("p-shared");
         assert_eq!(again.available_permits(), MAX_PER_PROJECT, "made anew");
+
+        // A forward adopted before its project was known takes its
+        // project's places once it is.
+        let port = {
+            let free = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+            free.local_addr().expect("address").port()
+        };
+        let proxy = Proxy::spawn(port, target, Vec::new(), "instance i-1")
+            .await
+            .expect("forward");
+        let places = || proxy.places.read().expect("places").clone();
+        assert!(Arc::ptr_eq(&places(), &project_places("instance i-1")));
+        proxy.set_project("p-known");
+        let known = project_places("p-known");
+        assert!(Arc::ptr_eq(&places(), &known));
+        proxy.close().await;
     }
 
     #[test]

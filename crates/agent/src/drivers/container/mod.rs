@@ -262,6 +262,16 @@ fn egress_on() -> bool {
 }
 
 impl Record {
+    /// Whose places its SSH forward's connections take: its project's,
+    /// or, in a record that does not name its project yet (written before
+    /// they did), its own.
+    fn forward_places(&self) -> String {
+        match self.project.is_empty() {
+            true => format!("instance {}", self.id),
+            false => self.project.clone(),
+        }
+    }
+
     /// The network its firewall chain is of: its VPC, or its project.
     fn net_of(spec: &InstanceSpec) -> String {
         match &spec.network {
@@ -1257,6 +1267,7 @@ impl ContainerDriver {
             match proxies.get(&rec.id) {
                 Some(p) if p.is_alive() && p.port == rec.ssh_port && p.target == target => {
                     p.set_groups(&rec.groups);
+                    p.set_project(&rec.forward_places());
                     return Ok(());
                 }
                 _ => proxies.remove(&rec.id),
@@ -1265,14 +1276,21 @@ impl ContainerDriver {
         if let Some(old) = old {
             old.close().await;
         }
-        let proxy = match Proxy::spawn(rec.ssh_port, target, rec.groups.clone(), &rec.project).await
+        let proxy = match Proxy::spawn(
+            rec.ssh_port,
+            target,
+            rec.groups.clone(),
+            &rec.forward_places(),
+        )
+        .await
         {
             Ok(proxy) => proxy,
             Err(e) => {
                 let _alloc = self.alloc.lock().await;
                 let port = self.free_port().await?;
                 tracing::warn!(id = %rec.id, error = %e, old = rec.ssh_port, new = port, "the instance's SSH port is taken; forwarding another one");
-                let proxy = Proxy::spawn(port, target, rec.groups.clone(), &rec.project).await?;
+                let proxy =
+                    Proxy::spawn(port, target, rec.groups.clone(), &rec.forward_places()).await?;
                 rec.ssh_port = port;
                 self.save_record(rec)?;
                 proxy
