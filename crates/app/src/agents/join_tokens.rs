@@ -156,7 +156,7 @@ impl App {
                 expires_at: &expires_at,
                 replaces: Some(hostname),
                 uses: None,
-                hostname: Some(hostname),
+                hostname: None,
             })
             .await?;
         Ok(token)

@@ -99,6 +99,21 @@ impl App {
             )));
         }
         let existing = self.store.host_by_hostname(&req.hostname).await?;
+        // A token made for one host admits its agent, not a host of the
+        // agent's own declaring: the server must be registered (its CPUs
+        // as the operator said) and not retired.
+        if token.hostname.is_some()
+            && token.replaces.is_none()
+            && existing
+                .as_ref()
+                .is_none_or(|host| host.status == HostStatus::Decommissioned)
+        {
+            return Err(Error::Forbidden(format!(
+                "this join token is for server {}, which is not registered; register it first \
+                 (POST /v1/servers/create with its cpus, or Kloigos init_server)",
+                req.hostname
+            )));
+        }
         // A host that has had an agent (or is served without one, as a
         // simulated host is) is handed to a new agent only with a join token
         // an admin made for that: holding a join token is not enough to

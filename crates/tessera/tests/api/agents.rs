@@ -362,6 +362,25 @@ async fn join_tokens_are_checked_and_agents_authenticated(backend: Backend) {
     .await;
     let shown = registered(&server, "node-named").await;
     assert_eq!(shown["cpus"], "0-1", "{shown}");
+    // Made for a name no server is registered under, it admits no host
+    // of the agent's own declaring.
+    let (status, created) = server
+        .call(
+            Method::POST,
+            "/v1/servers/join-tokens",
+            Some(&json!({"hostname": "node-unregistered"})),
+            TOKEN,
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    refused_agent(
+        &server,
+        created["token"].as_str(),
+        "node-unregistered",
+        &dir.path().join("unregistered"),
+        "which is not registered",
+    );
+    assert_eq!(server_status(&server, "node-unregistered").await, None);
     for bad in [
         json!({"hostname": "-bad"}),
         json!({"hostname": "node-live", "replaces": "node-once"}),
