@@ -152,6 +152,14 @@ impl App {
     /// the same money (the check before it only answers sooner).
     async fn start(&self, caller: &Principal, id: &str, paid: bool) -> Result<Instance> {
         caller.require(Permission::InstanceCreate)?;
+        // One that costs nothing starts whatever the balance, as the check
+        // before it lets it.
+        let paid = paid
+            && self
+                .store
+                .stopped_instance_rate(&caller.project_id, id)
+                .await?
+                .is_some_and(|rate| rate > 0);
         self.begin_power(
             caller,
             id,
