@@ -703,7 +703,9 @@ async fn a_creation_without_room_fails_and_holds_nothing(backend: Backend) {
     server.stop().await;
 }
 
-async fn a_cancelled_creation_is_unwound(backend: Backend) {
+/// A server whose host never answers a creation (within a 20 s agent
+/// timeout), its id, and an instance being created there (its 201 body).
+async fn creating_on_a_hanging_host(backend: Backend) -> (TestServer, String, Value) {
     let server = TestServer::start_with(
         backend,
         Options {
@@ -715,6 +717,11 @@ async fn a_cancelled_creation_is_unwound(backend: Backend) {
     .await;
     let host = server.add_server("slow-1", "0-3", "fin-01").await;
     let created = server.create_instance(TOKEN, "hangs", "cx21").await;
+    (server, host, created)
+}
+
+async fn a_cancelled_creation_is_unwound(backend: Backend) {
+    let (server, host, created) = creating_on_a_hanging_host(backend).await;
     let op_id = created["operation_id"].as_str().expect("op");
     // It is placed, and waits on the host.
     let id = created["id"].as_str().expect("id");
@@ -749,17 +756,7 @@ async fn a_cancelled_creation_is_unwound(backend: Backend) {
 /// cancelled and undone on its host, and the instance ends deleted,
 /// holding nothing. A delete sent again answers as done.
 async fn a_delete_supersedes_a_creation_under_way(backend: Backend) {
-    let server = TestServer::start_with(
-        backend,
-        Options {
-            faults: vec!["create:slow-:hang"],
-            agent_timeout: Duration::from_secs(20),
-            ..Options::default()
-        },
-    )
-    .await;
-    let host = server.add_server("slow-1", "0-3", "fin-01").await;
-    let created = server.create_instance(TOKEN, "hangs", "cx21").await;
+    let (server, host, created) = creating_on_a_hanging_host(backend).await;
     let op_id = created["operation_id"].as_str().expect("op");
     let id = created["id"].as_str().expect("id");
     eventually(Duration::from_secs(10), "the instance placed", || async {

@@ -1390,6 +1390,23 @@ async fn policy(server: &TestServer, project: &str, token: &str) -> (StatusCode,
         .await
 }
 
+/// `POST /v1/instances/{id}/{action}` as `token`, and, when it began,
+/// the operation's end: the answer.
+async fn power(
+    server: &TestServer,
+    token: &str,
+    id: String,
+    action: &'static str,
+) -> (StatusCode, Value) {
+    let path = format!("/v1/instances/{id}/{action}");
+    let (status, reply) = server.call(Method::POST, &path, None, token).await;
+    if status == StatusCode::ACCEPTED {
+        let op = reply["operation_id"].as_str().expect("operation_id");
+        server.wait_operation(op, token).await;
+    }
+    (status, reply)
+}
+
 async fn put_policy(
     server: &TestServer,
     project: &str,
@@ -1550,18 +1567,7 @@ async fn only_install_admins_set_a_projects_policy(backend: Backend) {
     let first = first["id"].as_str().expect("id").to_string();
     // Stopped, its money goes to a second; it cannot start again until
     // the second goes (a 402 changes nothing).
-    let power = |id: String, action: &'static str| {
-        let (server, alice) = (&server, alice.clone());
-        async move {
-            let path = format!("/v1/instances/{id}/{action}");
-            let (status, reply) = server.call(Method::POST, &path, None, &alice).await;
-            if status == StatusCode::ACCEPTED {
-                let op = reply["operation_id"].as_str().expect("operation_id");
-                server.wait_operation(op, &alice).await;
-            }
-            (status, reply)
-        }
-    };
+    let power = |id: String, action: &'static str| power(&server, &alice, id, action);
     let stopped = power(first.clone(), "stop").await;
     assert_eq!(stopped.0, StatusCode::ACCEPTED, "{}", stopped.1);
     let second = server.run_instance(&alice, "paid-2", "cx11").await;
@@ -1658,18 +1664,7 @@ async fn racing_starts_never_pass_a_prepaid_balance(backend: Backend) {
         let made = server.run_instance(&alice, name, "cx11").await;
         ids.push(made["id"].as_str().expect("id").to_string());
     }
-    let power = |id: String, action: &'static str| {
-        let (server, alice) = (&server, alice.clone());
-        async move {
-            let path = format!("/v1/instances/{id}/{action}");
-            let (status, reply) = server.call(Method::POST, &path, None, &alice).await;
-            if status == StatusCode::ACCEPTED {
-                let op = reply["operation_id"].as_str().expect("operation_id");
-                server.wait_operation(op, &alice).await;
-            }
-            (status, reply)
-        }
-    };
+    let power = |id: String, action: &'static str| power(&server, &alice, id, action);
     for id in &ids {
         assert_eq!(power(id.clone(), "stop").await.0, StatusCode::ACCEPTED);
     }

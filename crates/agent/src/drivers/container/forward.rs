@@ -245,11 +245,9 @@ mod tests {
     use tessera_core::network::{InboundRule, Ports, Protocol, Source};
     use tokio::io::AsyncReadExt;
 
-    /// An instance that takes connections and never lets go holds at most
-    /// [`MAX_PER_FORWARD`] of them through its forward; a connection over
-    /// that is closed at once, and one that ends makes room.
-    #[tokio::test]
-    async fn a_forward_relays_a_bounded_number_of_connections() {
+    /// An instance's SSH server that takes connections and never lets go:
+    /// its address, and the task that holds them.
+    async fn holder() -> (SocketAddr, JoinHandle<()>) {
         let holder = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let target = holder.local_addr().expect("address");
         let held = tokio::spawn(async move {
@@ -258,20 +256,33 @@ mod tests {
                 kept.push(stream);
             }
         });
-        let port = {
-            let free = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
-            free.local_addr().expect("address").port()
-        };
+        (target, held)
+    }
+
+    fn free_port() -> u16 {
+        let free = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+        free.local_addr().expect("address").port()
+    }
+
+    /// Whether the forward closed `stream` as it accepted it.
+    async fn closed_at_once(mut stream: TcpStream) -> bool {
+        let mut byte = [0u8; 1];
+        matches!(
+            tokio::time::timeout(Duration::from_millis(300), stream.read(&mut byte)).await,
+            Ok(Ok(0) | Err(_))
+        )
+    }
+
+    /// An instance that takes connections and never lets go holds at most
+    /// [`MAX_PER_FORWARD`] of them through its forward; a connection over
+    /// that is closed at once, and one that ends makes room.
+    #[tokio::test]
+    async fn a_forward_relays_a_bounded_number_of_connections() {
+        let (target, held) = holder().await;
+        let port = free_port();
         let proxy = Proxy::spawn(port, target, Vec::new(), "p-bounded")
             .await
             .expect("forward");
-        let closed_at_once = |mut stream: TcpStream| async move {
-            let mut byte = [0u8; 1];
-            matches!(
-                tokio::time::timeout(Duration::from_millis(300), stream.read(&mut byte)).await,
-                Ok(Ok(0) | Err(_))
-            )
-        };
         let mut open = Vec::new();
         for _ in 0..MAX_PER_FORWARD {
             open.push(
@@ -302,14 +313,7 @@ mod tests {
     /// project's while any of its forwards is open.
     #[tokio::test]
     async fn a_projects_forwards_share_a_bound() {
-        let holder = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let target = holder.local_addr().expect("address");
-        let held = tokio::spawn(async move {
-            let mut kept = Vec::new();
-            while let Ok((stream, _)) = holder.accept().await {
-                kept.push(stream);
-            }
-        });
+        let (target, held) = holder().await;
         let ours = Arc::new(Semaphore::new(3));
         let theirs = Arc::new(Semaphore::new(3));
         let mut ports = Vec::new();
@@ -324,13 +328,6 @@ mod tests {
                 Arc::new(RwLock::new((*places).clone())),
             )));
         }
-        let closed_at_once = |mut stream: TcpStream| async move {
-            let mut byte = [0u8; 1];
-            matches!(
-                tokio::time::timeout(Duration::from_millis(300), stream.read(&mut byte)).await,
-                Ok(Ok(0) | Err(_))
-            )
-        };
         let connect = |port: u16| async move {
             let stream = TcpStream::connect(("127.0.0.1", port))
                 .await
@@ -371,10 +368,7 @@ mod tests {
 
         // A forward adopted before its project was known takes its
         // project's places once it is.
-        let port = {
-            let free = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
-            free.local_addr().expect("address").port()
-        };
+        let port = free_port();
         let proxy = Proxy::spawn(port, target, Vec::new(), "instance i-1")
             .await
             .expect("forward");
