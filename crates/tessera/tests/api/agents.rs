@@ -57,6 +57,26 @@ async fn running_agent(
     agent
 }
 
+/// A server of real agents only (no simulated hosts; agents silent for
+/// `silence` unreachable, when given), a join token, and a directory for
+/// the agents' states.
+async fn agents_only(
+    backend: Backend,
+    silence: Option<Duration>,
+) -> (TestServer, String, tempfile::TempDir) {
+    let mut options = Options {
+        sim_hosts: false,
+        ..Options::default()
+    };
+    if let Some(silence) = silence {
+        options.agent_silence = silence;
+    }
+    let server = TestServer::start_with(backend, options).await;
+    let token = join_token(&server.url).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    (server, token, dir)
+}
+
 /// Starts an agent the control plane refuses; it exits saying `why`.
 fn refused_agent(
     server: &TestServer,
@@ -113,17 +133,7 @@ async fn instances(server: &TestServer) -> Vec<Value> {
 }
 
 async fn agents_join_share_the_load_and_survive_a_lost_host(backend: Backend) {
-    let server = TestServer::start_with(
-        backend,
-        Options {
-            sim_hosts: false,
-            agent_silence: Duration::from_secs(3),
-            ..Options::default()
-        },
-    )
-    .await;
-    let token = join_token(&server.url).await;
-    let dir = tempfile::tempdir().expect("tempdir");
+    let (server, token, dir) = agents_only(backend, Some(Duration::from_secs(3))).await;
     let mut agents = Vec::new();
     for name in ["node-a", "node-b"] {
         agents.push(AgentProcess::start(
@@ -581,17 +591,7 @@ async fn a_server_whose_agent_does_not_answer_leaves_when_deleted_with_force(bac
 /// deleted with force it leaves the fleet, and the agent's credential stops
 /// working (were it to come back, it would be refused and stop).
 async fn a_server_whose_agent_died_leaves_and_the_agent_is_shut_out(backend: Backend) {
-    let server = TestServer::start_with(
-        backend,
-        Options {
-            sim_hosts: false,
-            agent_silence: Duration::from_millis(1500),
-            ..Options::default()
-        },
-    )
-    .await;
-    let token = join_token(&server.url).await;
-    let dir = tempfile::tempdir().expect("tempdir");
+    let (server, token, dir) = agents_only(backend, Some(Duration::from_millis(1500))).await;
     let state = dir.path().join("gone-1");
     running_agent(&server, &token, "gone-1", &state, &[])
         .await
@@ -908,17 +908,7 @@ async fn a_creation_whose_host_does_not_let_go_is_handed_to_a_delete(backend: Ba
 /// with force, the server's instance comes up on another server (from its
 /// image) without the dead one letting it go, and the server leaves.
 async fn a_dead_server_deleted_with_force_moves_its_instances_without_it(backend: Backend) {
-    let server = TestServer::start_with(
-        backend,
-        Options {
-            sim_hosts: false,
-            agent_silence: Duration::from_millis(1500),
-            ..Options::default()
-        },
-    )
-    .await;
-    let token = join_token(&server.url).await;
-    let dir = tempfile::tempdir().expect("tempdir");
+    let (server, token, dir) = agents_only(backend, Some(Duration::from_millis(1500))).await;
     let gone = running_agent(&server, &token, "gone-2", &dir.path().join("gone"), &[]).await;
     let instance = server.run_instance(TOKEN, "keeper", "cx11").await;
     assert_eq!(instance["status"]["state"], "running", "{instance}");
@@ -954,16 +944,7 @@ async fn a_dead_server_deleted_with_force_moves_its_instances_without_it(backend
 /// Its channel is a streamed answer; an agent that asks for a WebSocket
 /// (one of an earlier version) gets that.
 async fn an_agent_holds_one_connection_and_its_channel_has_two_forms(backend: Backend) {
-    let server = TestServer::start_with(
-        backend,
-        Options {
-            sim_hosts: false,
-            ..Options::default()
-        },
-    )
-    .await;
-    let token = join_token(&server.url).await;
-    let dir = tempfile::tempdir().expect("tempdir");
+    let (server, token, dir) = agents_only(backend, None).await;
     let agent = running_agent(&server, &token, "node-one", &dir.path().join("one"), &[]).await;
     // It works through the agent: an instance runs there.
     let instance = server.run_instance(TOKEN, "solo", "cx11").await;
@@ -1118,16 +1099,7 @@ async fn a_host_another_replica_found_silent_takes_nothing_new() {
 /// is an answer that never ends (a line every 20 s), and the drain waited
 /// its whole half minute for them before giving up (2026-12-07).
 async fn a_stopping_server_does_not_wait_for_its_agents_channels(backend: Backend) {
-    let server = TestServer::start_with(
-        backend,
-        Options {
-            sim_hosts: false,
-            ..Options::default()
-        },
-    )
-    .await;
-    let token = join_token(&server.url).await;
-    let dir = tempfile::tempdir().expect("tempdir");
+    let (server, token, dir) = agents_only(backend, None).await;
     let _agent = running_agent(&server, &token, "node-s", &dir.path().join("s"), &[]).await;
     // Its channel is dialled as it starts.
     tokio::time::sleep(Duration::from_secs(2)).await;
