@@ -77,8 +77,8 @@ impl App {
     /// project already runs: a start is a deploy's spending again, so
     /// shutting down, spending the money and starting again cannot run
     /// past it. Ids not of the project count nothing (their action says
-    /// why).
-    pub async fn check_start_funds(&self, caller: &Principal, ids: &[String]) -> Result<()> {
+    /// why). Answers what they add per hour.
+    pub async fn check_start_funds(&self, caller: &Principal, ids: &[String]) -> Result<i64> {
         caller.require(Permission::InstanceCreate)?;
         let mut seen = std::collections::HashSet::new();
         let mut adds = 0i64;
@@ -94,13 +94,14 @@ impl App {
             }
         }
         if adds == 0 {
-            return Ok(());
+            return Ok(0);
         }
         let what = match (count, ids) {
             (1, [id]) => format!("instance {id}"),
             _ => format!("starting {count} instances"),
         };
-        self.check_funds(caller, adds, &what).await
+        self.check_funds(caller, adds, &what).await?;
+        Ok(adds)
     }
 
     /// `InsufficientFunds` unless the project's balance covers an hour of

@@ -126,18 +126,24 @@ impl App {
     /// always do).
     pub async fn start_instance(&self, caller: &Principal, id: &str) -> Result<Instance> {
         caller.require(Permission::InstanceCreate)?;
-        let prepaid = self.store.project_policy(&caller.project_id).await?.prepaid;
-        if prepaid {
-            self.check_start_funds(caller, &[id.to_string()]).await?;
-        }
-        self.start(caller, id, prepaid).await
+        // One that costs nothing starts whatever the balance, as the
+        // check before the write lets it.
+        let paid = self.store.project_policy(&caller.project_id).await?.prepaid
+            && self.check_start_funds(caller, &[id.to_string()]).await? > 0;
+        self.start(caller, id, paid).await
     }
 
     /// Starts a stopped instance whose face checked the balance first
     /// (Verda's starts always do, every instance of a request at once):
-    /// checked again in the start's own transaction.
+    /// checked again in the start's own transaction, unless it costs
+    /// nothing.
     pub(crate) async fn start_paid(&self, caller: &Principal, id: &str) -> Result<Instance> {
-        self.start(caller, id, true).await
+        let paid = self
+            .store
+            .stopped_instance_rate(&caller.project_id, id)
+            .await?
+            .is_some_and(|rate| rate > 0);
+        self.start(caller, id, paid).await
     }
 
     /// Starts a stopped instance with no look at the balance: what a
@@ -152,14 +158,6 @@ impl App {
     /// the same money (the check before it only answers sooner).
     async fn start(&self, caller: &Principal, id: &str, paid: bool) -> Result<Instance> {
         caller.require(Permission::InstanceCreate)?;
-        // One that costs nothing starts whatever the balance, as the check
-        // before it lets it.
-        let paid = paid
-            && self
-                .store
-                .stopped_instance_rate(&caller.project_id, id)
-                .await?
-                .is_some_and(|rate| rate > 0);
         self.begin_power(
             caller,
             id,
