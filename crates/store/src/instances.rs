@@ -1133,7 +1133,7 @@ impl Store {
             operation_progress(op.0, op.1, op.2, &self.owner),
             free_units(instance_id, Some(host_id)),
             clear_shares(instance_id, Some(host_id)),
-            free_unshared(Some(host_id)),
+            free_unshared(host_id),
         ];
         let counts = self
             .run_statements("release_instance_host", statements, |c| c[2] == 1)
@@ -1617,11 +1617,26 @@ fn release_statements(instance_id: &str) -> [(String, Vec<Arg>); 6] {
     [
         host,
         clear_claims(instance_id),
+        free_shared_by(instance_id),
         clear_shares(instance_id, None),
-        free_unshared(None),
         free_units(instance_id, None),
         clear,
     ]
+}
+
+/// Frees the shared CPUs whose only shares are `instance_id`'s, before
+/// its shares go: they are whole again. Found from the instance's own
+/// shares (on its index), so a release reads the CPUs it shared, not
+/// every shared CPU of the fleet.
+fn free_shared_by(instance_id: &str) -> (String, Vec<Arg>) {
+    (
+        "DELETE FROM cpu_claims WHERE holder = 'shared' \
+         AND (host_id, cpu) IN (SELECT host_id, cpu FROM cpu_shares WHERE instance_id = $1) \
+         AND NOT EXISTS (SELECT 1 FROM cpu_shares s WHERE s.host_id = cpu_claims.host_id \
+                         AND s.cpu = cpu_claims.cpu AND s.instance_id <> $1)"
+            .into(),
+        vec![instance_id.into()],
+    )
 }
 
 /// Detaches every volume of an instance that is gone.
@@ -1667,15 +1682,15 @@ fn clear_shares(instance_id: &str, host_id: Option<&str>) -> (String, Vec<Arg>) 
     )
 }
 
-/// Frees the shared CPUs (of `host_id`, or anywhere) whose last share is
-/// gone: they are whole again.
-fn free_unshared(host_id: Option<&str>) -> (String, Vec<Arg>) {
+/// Frees the shared CPUs of `host_id` whose last share is gone: they are
+/// whole again.
+fn free_unshared(host_id: &str) -> (String, Vec<Arg>) {
     (
-        "DELETE FROM cpu_claims WHERE holder = 'shared' AND (host_id = $1 OR $1 = '') \
+        "DELETE FROM cpu_claims WHERE holder = 'shared' AND host_id = $1 \
          AND NOT EXISTS (SELECT 1 FROM cpu_shares s \
                          WHERE s.host_id = cpu_claims.host_id AND s.cpu = cpu_claims.cpu)"
             .into(),
-        vec![host_id.unwrap_or("").into()],
+        vec![host_id.into()],
     )
 }
 

@@ -71,6 +71,83 @@ async fn closed_meters_fold_into_the_balance_on_postgres() {
     database.drop().await;
 }
 
+#[tokio::test]
+async fn a_shared_cpu_is_whole_again_with_its_last_share_on_sqlite() {
+    let (store, _dir) = common::sqlite().await;
+    shared_cpu_freed(&store).await;
+    store.close().await;
+}
+
+#[tokio::test]
+async fn a_shared_cpu_is_whole_again_with_its_last_share_on_postgres() {
+    let (store, database) = common::postgres("tessera_shared_release").await;
+    shared_cpu_freed(&store).await;
+    store.close().await;
+    database.drop().await;
+}
+
+/// Two instances share a CPU (half each). When one ends, its release
+/// leaves the CPU shared by the other, so no instance may take it whole;
+/// when the other ends too, the CPU is whole again and one may. What
+/// decides is the ledger: no placement view stands in front of it here,
+/// as none does for another replica's stale one.
+async fn shared_cpu_freed(store: &Store) {
+    let project = new_project(store, "p-share", "share").await;
+    let host = ready_host(store, "share-1", 2, 64 * 1024).await;
+    let halves = [
+        created(store, &project.id, "half-a", true).await,
+        created(store, &project.id, "half-b", true).await,
+    ];
+    for half in &halves {
+        let shared = store
+            .claim_instance_cpus(
+                CpuClaim::Place,
+                &half.0,
+                (&host, None),
+                (&[0], Some(500)),
+                (&half.1, &steps_of(&half.0), &LEASE),
+            )
+            .await
+            .expect("place a half");
+        assert!(shared, "{} shares CPU 0", half.0);
+    }
+    let whole = created(store, &project.id, "whole", true).await;
+    let ended = |(id, op): &(String, String)| {
+        let (id, op) = (id.clone(), op.clone());
+        async move {
+            let update = InstanceUpdate {
+                state: InstanceState::Terminated,
+                state_detail: None,
+                cause: None,
+                private_ip: None,
+                ssh_endpoint: None,
+            };
+            let end = OperationEnd {
+                id: &op,
+                status: OperationStatus::Failed,
+                result: None,
+                error: Some("ended for the test"),
+            };
+            assert!(
+                store
+                    .settle_instance_operation(&end, &id, &update, true)
+                    .await
+                    .expect("end it")
+            );
+        }
+    };
+    ended(&halves[0]).await;
+    assert!(
+        !place(store, &whole, &host, 0).await,
+        "half-b still shares CPU 0: it is nobody's whole"
+    );
+    ended(&halves[1]).await;
+    assert!(
+        place(store, &whole, &host, 0).await,
+        "CPU 0's last share is gone: it is whole again"
+    );
+}
+
 /// A terminated instance's meter is folded into its project's balance and
 /// deleted; a running one's and a stopped one's (it may start again)
 /// stay meters. The balance reads the same before and after, and a

@@ -1047,7 +1047,43 @@ async fn shared_and_exclusive_cpus_share_a_host_without_overlap(backend: Backend
         ),
     )
     .await;
-    wait_status(&server, made["id"].as_str().expect("id"), "running").await;
+    let n4 = made["id"].as_str().expect("id").to_string();
+    wait_status(&server, &n4, "running").await;
+    // A shared CPU is whole again only when its last share goes: with n3
+    // deleted, n4 still holds half of it and a micro still finds no room;
+    // with n4 deleted too, a micro runs there.
+    let micro = |name: &'static str| {
+        let server = &server;
+        async move {
+            let (status, made) = compute(server, Method::POST, "/containers", Some(json!({"name": name, "instance_type": "micro", "ssh_key_ids": [key], "memory_mb": 128}))).await;
+            assert_eq!(status, StatusCode::OK, "{made}");
+            made["id"].as_str().expect("id").to_string()
+        }
+    };
+    let n3 = ids[3].1.clone();
+    for (gone, then) in [(n3, "failed"), (n4, "running")] {
+        let (status, body) = compute(
+            &server,
+            Method::DELETE,
+            &format!("/containers/{gone}"),
+            None,
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        eventually(Duration::from_secs(10), "the nano is gone", || async {
+            let (status, _) =
+                compute(&server, Method::GET, &format!("/containers/{gone}"), None).await;
+            (status == StatusCode::NOT_FOUND).then_some(())
+        })
+        .await;
+        let id = micro(if then == "failed" {
+            "micro-1"
+        } else {
+            "micro-2"
+        })
+        .await;
+        wait_status(&server, &id, then).await;
+    }
     // amd64 types find no host of theirs.
     let (status, answer) = compute(
         &server,
