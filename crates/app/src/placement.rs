@@ -301,6 +301,40 @@ impl PlacementView {
         !self.state().claiming.is_empty()
     }
 
+    /// Frees in the view what an instance of whole CPUs held on a pooled
+    /// host (its CPUs, its memory) once the store's release of them was
+    /// committed, and moves the host's version on by the one step that
+    /// release moved its generation: a deletion costs no reads of its
+    /// host. `false`, changing nothing, where the view cannot tell what
+    /// the release freed (a share of a CPU, a host of units, whose units'
+    /// generations moved too, or a host it does not hold): reload the
+    /// host then.
+    pub fn released(
+        &self,
+        host: &HostId,
+        cpus: &CpuSet,
+        memory_mb: u64,
+        share: Option<u32>,
+    ) -> bool {
+        let mut state = self.state();
+        let pooled = state.engine.host(host).is_some_and(|h| h.units.is_empty());
+        if share.is_some() || !pooled {
+            return false;
+        }
+        let Some(version) = state.versions.get_mut(host) else {
+            return false;
+        };
+        *version += 1;
+        state.engine.release(&Decision {
+            host: host.clone(),
+            unit: None,
+            cpus: cpus.clone(),
+            memory_mb,
+            share: None,
+        });
+        true
+    }
+
     /// Marks a unit free again in the view after its release was committed.
     pub fn release_unit(&self, host: &HostId, unit: &ComputeId, cpus: CpuSet) {
         self.state().engine.release(&Decision {

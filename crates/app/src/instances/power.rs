@@ -370,7 +370,20 @@ impl App {
             )
             .await?;
         if release && let Some(host) = host {
-            self.placement.refresh_host(&self.store, &host).await?;
+            // What this release freed is known (this process settled it):
+            // the view frees it without reading the host, where it can.
+            let freed = settled
+                && instance.cpus.as_ref().is_some_and(|cpus| {
+                    self.placement.released(
+                        &host,
+                        cpus,
+                        instance.memory_mb,
+                        self.placement_needs(&instance.spec).1,
+                    )
+                });
+            if !freed {
+                self.placement.refresh_host(&self.store, &host).await?;
+            }
         }
         if settled && unwinds.is_some() && state == Terminated {
             self.discard_made_volumes(&instance).await?;

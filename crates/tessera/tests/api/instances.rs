@@ -700,6 +700,19 @@ async fn a_creation_without_room_fails_and_holds_nothing(backend: Backend) {
     // The whole host is still free.
     let all = server.run_instance(TOKEN, "fits", "cx41").await;
     assert_eq!(all["status"]["cpus"], "0-3", "{all}");
+    // Deleted, its CPUs and memory are placed again at once.
+    let (status, deleting) = server
+        .delete(&format!(
+            "/v1/instances/{}",
+            all["id"].as_str().expect("id")
+        ))
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{deleting}");
+    server
+        .wait_operation(deleting["operation_id"].as_str().expect("op"), TOKEN)
+        .await;
+    let again = server.run_instance(TOKEN, "fits-again", "cx41").await;
+    assert_eq!(again["status"]["cpus"], "0-3", "{again}");
     server.stop().await;
 }
 
