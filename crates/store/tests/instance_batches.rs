@@ -99,53 +99,137 @@ async fn shared_cpu_freed(store: &Store) {
         created(store, &project.id, "half-b", true).await,
     ];
     for half in &halves {
-        let shared = store
-            .claim_instance_cpus(
-                CpuClaim::Place,
-                &half.0,
-                (&host, None),
-                (&[0], Some(500)),
-                (&half.1, &steps_of(&half.0), &LEASE),
-            )
-            .await
-            .expect("place a half");
-        assert!(shared, "{} shares CPU 0", half.0);
+        assert!(
+            place_share(store, half, &host, 0, Some(500)).await,
+            "{} shares CPU 0",
+            half.0
+        );
     }
     let whole = created(store, &project.id, "whole", true).await;
-    let ended = |(id, op): &(String, String)| {
-        let (id, op) = (id.clone(), op.clone());
-        async move {
-            let update = InstanceUpdate {
-                state: InstanceState::Terminated,
-                state_detail: None,
-                cause: None,
-                private_ip: None,
-                ssh_endpoint: None,
-            };
-            let end = OperationEnd {
-                id: &op,
-                status: OperationStatus::Failed,
-                result: None,
-                error: Some("ended for the test"),
-            };
-            assert!(
-                store
-                    .settle_instance_operation(&end, &id, &update, true)
-                    .await
-                    .expect("end it")
-            );
-        }
-    };
-    ended(&halves[0]).await;
+    assert!(terminated(store, &halves[0]).await);
     assert!(
         !place(store, &whole, &host, 0).await,
         "half-b still shares CPU 0: it is nobody's whole"
     );
-    ended(&halves[1]).await;
+    assert!(terminated(store, &halves[1]).await);
     assert!(
         place(store, &whole, &host, 0).await,
         "CPU 0's last share is gone: it is whole again"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn terminations_at_once_on_sqlite() {
+    let (store, _dir) = common::sqlite().await;
+    terminations_at_once(&store).await;
+    store.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn terminations_at_once_on_postgres() {
+    let (store, database) = common::postgres("tessera_terminations").await;
+    terminations_at_once(&store).await;
+    store.close().await;
+    database.drop().await;
+}
+
+/// Instances on two hosts end at once, each twice (on PostgreSQL most of
+/// them in batches): each ends once, without its host, CPUs or meter; a
+/// CPU shared by two of them is whole again, one shared with an instance
+/// that lives on stays shared; each host's generation moves on once per
+/// instance it let go (as the placement view counts); the project's usage
+/// as kept agrees with its rows.
+async fn terminations_at_once(store: &Store) {
+    let project = new_project(store, "p-end", "end").await;
+    let one = ready_host(store, "end-1", 8, 1 << 20).await;
+    let two = ready_host(store, "end-2", 8, 1 << 20).await;
+    // (name, host, CPU, share); "stays" lives on.
+    let plan: [(&str, &String, u32, Option<u32>); 8] = [
+        ("half-1", &one, 0, Some(500)),
+        ("half-2", &one, 0, Some(500)),
+        ("c1", &one, 1, None),
+        ("c2", &one, 2, None),
+        ("c3", &two, 0, None),
+        ("c4", &two, 1, None),
+        ("half-3", &two, 2, Some(400)),
+        ("stays", &two, 2, Some(400)),
+    ];
+    let mut made = Vec::new();
+    for (name, host, cpu, share) in plan {
+        let creation = created(store, &project.id, name, true).await;
+        assert!(
+            place_share(store, &creation, host, cpu, share).await,
+            "{name}"
+        );
+        made.push(creation);
+    }
+    let generations = (
+        store
+            .host(&one)
+            .await
+            .expect("read")
+            .expect("there")
+            .generation,
+        store
+            .host(&two)
+            .await
+            .expect("read")
+            .expect("there")
+            .generation,
+    );
+    let ending = &made[..7];
+    let ended = join_all(ending.iter().chain(ending).map(|c| terminated(store, c))).await;
+    for (n, (id, op)) in ending.iter().enumerate() {
+        let times = usize::from(ended[n]) + usize::from(ended[n + ending.len()]);
+        assert_eq!(times, 1, "{id}: ended once");
+        let instance = store.instance(id).await.expect("read").expect("there");
+        assert_eq!(instance.state, "terminated", "{id}");
+        assert_eq!(instance.state_detail.as_deref(), Some("ended for the test"));
+        assert_eq!((instance.host_id, instance.cpu_list), (None, None), "{id}");
+        assert_eq!(instance.operation_id, None, "{id}");
+        let operation = store.operation(op).await.expect("read").expect("there");
+        assert_eq!(operation.status, "failed", "{id}");
+    }
+    let mut claims = store.cpu_claims(None).await.expect("the ledger");
+    claims.sort();
+    assert_eq!(
+        claims,
+        vec![(two.clone(), 2)],
+        "only the CPU \"stays\" shares is held"
+    );
+    let shares = store.cpu_shares(None).await.expect("shares");
+    assert_eq!(shares, vec![(two.clone(), 2, 400)], "{shares:?}");
+    assert_eq!(
+        store
+            .host(&one)
+            .await
+            .expect("read")
+            .expect("there")
+            .generation,
+        generations.0 + 4
+    );
+    assert_eq!(
+        store
+            .host(&two)
+            .await
+            .expect("read")
+            .expect("there")
+            .generation,
+        generations.1 + 3
+    );
+    let (kept, counted) = store.project_usage_audit(&project.id).await.expect("usage");
+    assert_eq!(kept, counted);
+    assert_eq!((kept.instances, kept.vcpus), (1, 1), "{kept:?}");
+    let balance = store.balance(&project.id).await.expect("balance");
+    assert_eq!(
+        balance.committed_micros_per_hour, PRICE,
+        "only the one still being made is committed to"
+    );
+    // The CPUs are free again: whole ones for whole instances.
+    for (n, cpu) in [(0, 0), (1, 1), (2, 2)] {
+        let again = created(store, &project.id, &format!("again-{n}"), true).await;
+        assert!(place(store, &again, &one, cpu).await, "CPU {cpu} of end-1");
+    }
 }
 
 /// A terminated instance's meter is folded into its project's balance and
@@ -374,6 +458,49 @@ static LEASE: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
 
 fn steps_of(name: &str) -> String {
     serde_json::json!([{ "step": "placed", "of": name }]).to_string()
+}
+
+/// Ends a creation with its instance terminated and all it held given
+/// back, as an undone creation or a deletion ends: whether this call
+/// ended it.
+async fn terminated(store: &Store, (id, op): &(String, String)) -> bool {
+    let update = InstanceUpdate {
+        state: InstanceState::Terminated,
+        state_detail: Some("ended for the test".into()),
+        cause: None,
+        private_ip: None,
+        ssh_endpoint: None,
+    };
+    let end = OperationEnd {
+        id: op,
+        status: OperationStatus::Failed,
+        result: None,
+        error: Some("ended for the test"),
+    };
+    store
+        .settle_instance_operation(&end, id, &update, true)
+        .await
+        .expect("end it")
+}
+
+/// One placement of `share` of a CPU: `true` when the instance has it.
+async fn place_share(
+    store: &Store,
+    (id, op): &(String, String),
+    host: &str,
+    cpu: u32,
+    share: Option<u32>,
+) -> bool {
+    store
+        .claim_instance_cpus(
+            CpuClaim::Place,
+            id,
+            (host, None),
+            (&[cpu], share),
+            (op, &steps_of(id), &LEASE),
+        )
+        .await
+        .expect("place")
 }
 
 /// One placement: `true` when the CPU is the instance's.

@@ -29,6 +29,7 @@ pub(crate) struct InstanceBatches {
     pub(crate) create: Batcher<CreateBatch>,
     pub(crate) place: Batcher<PlaceBatch>,
     pub(crate) settle: Batcher<SettleBatch>,
+    pub(crate) terminate: Batcher<TerminateBatch>,
 }
 
 impl InstanceBatches {
@@ -37,7 +38,8 @@ impl InstanceBatches {
         InstanceBatches {
             create: Batcher::start(CreateBatch(writer.clone()), pool.clone()),
             place: Batcher::start(PlaceBatch(writer.clone()), pool.clone()),
-            settle: Batcher::start(SettleBatch(writer), pool.clone()),
+            settle: Batcher::start(SettleBatch(writer.clone()), pool.clone()),
+            terminate: Batcher::start(TerminateBatch(writer), pool.clone()),
         }
     }
 }
@@ -263,6 +265,164 @@ impl Batch for SettleBatch {
             let ended = answers_by_index(rows, settlements.len(), |_| Ok(()))?;
             Ok(ended.into_iter().map(|e| e.is_some()).collect())
         })
+    }
+}
+
+/// An instance's operation ending with the instance terminated and all it
+/// held on its host given back: the operation's end, the instance's last
+/// state without a host, its meter stopped, its volumes detached, its
+/// address freed, and its CPUs (its shares, a unit) free, written only if
+/// the operation was still running and the caller's. As
+/// [`crate::Store::settle_instances`] writes it call by call on SQLite.
+#[derive(Debug)]
+pub(crate) struct Termination {
+    pub(crate) operation: String,
+    pub(crate) owner: String,
+    pub(crate) status: String,
+    pub(crate) result: Option<String>,
+    pub(crate) error: Option<String>,
+    pub(crate) instance: String,
+    pub(crate) state_detail: Option<String>,
+    pub(crate) private_ip: Option<String>,
+    pub(crate) ssh_endpoint: Option<String>,
+    pub(crate) cause: Option<String>,
+    /// Now, in milliseconds, for the meter.
+    pub(crate) at_ms: i64,
+}
+
+impl Termination {
+    fn input(&self) -> serde_json::Value {
+        serde_json::json!({
+            "operation": self.operation,
+            "owner": self.owner,
+            "status": self.status,
+            "result": self.result,
+            "error": self.error,
+            "instance": self.instance,
+            "state_detail": self.state_detail,
+            "private_ip": self.private_ip,
+            "ssh_endpoint": self.ssh_endpoint,
+            "cause": self.cause,
+            "at_ms": self.at_ms,
+        })
+    }
+}
+
+/// Terminations (see [`Termination`]): alone or many, one statement, so
+/// that every termination takes its rows' locks in one order: its
+/// projects' usage rows first, in the projects' order (as a creation
+/// does, and as the state's row trigger takes them again), then the
+/// operations, instances, meters, volumes, addresses, the ledger's rows
+/// and units, and the hosts (their generations moved on once per
+/// instance, as a release alone moves them), in the hosts' order; the
+/// subnets' address counts at the statement's end, by trigger. What each
+/// part changes is read from the statement's snapshot: the instances
+/// still name their hosts, and a shared CPU is whole again once no
+/// instance outside the batch shares it.
+pub(crate) struct TerminateBatch(Writer);
+
+static TERMINATE_MANY: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    let accrued = "CASE WHEN m.running_since IS NULL OR m.running_since > e.at_ms THEN 0 \
+         ELSE (e.at_ms - m.running_since) * m.micros_per_hour / 3600000 END";
+    format!(
+        "WITH input AS (SELECT * FROM json_to_recordset(CAST($1 AS json)) AS i (n BIGINT, \
+           operation TEXT, owner TEXT, status TEXT, result TEXT, error TEXT, instance TEXT, \
+           state_detail TEXT, private_ip TEXT, ssh_endpoint TEXT, cause TEXT, at_ms BIGINT)), \
+         {usage}, \
+         ended AS (UPDATE operations o SET status = i.status, result = i.result, \
+           error = i.error, lease_until = NULL, updated_at = $2 FROM input i \
+           WHERE o.id = i.operation AND o.status = 'running' AND o.lease_owner = i.owner \
+           AND {after_usage} RETURNING i.*), \
+         placed AS (SELECT t.host_id, COUNT(*) AS n FROM instances t \
+           JOIN ended e ON t.id = e.instance WHERE t.host_id IS NOT NULL GROUP BY t.host_id), \
+         set AS (UPDATE instances t SET state = 'terminated', state_detail = e.state_detail, \
+           private_ip = COALESCE(e.private_ip, t.private_ip), operation_id = NULL, \
+           updated_at = $2, generation = t.generation + 2, \
+           ssh_endpoint = COALESCE(e.ssh_endpoint, t.ssh_endpoint), end_cause = e.cause, \
+           host_id = NULL, cpu_list = NULL \
+           FROM ended e WHERE t.id = e.instance RETURNING 1), \
+         metered AS (UPDATE meters m SET charged_micros = m.charged_micros + {accrued}, \
+           running_since = NULL FROM ended e WHERE m.resource_id = e.instance RETURNING 1), \
+         detached AS (UPDATE volumes v SET instance_id = NULL, target = NULL, \
+           status = 'detached', generation = v.generation + 1 FROM ended e \
+           WHERE v.instance_id = e.instance AND v.status = 'attached' RETURNING 1), \
+         unaddressed AS (DELETE FROM instance_addresses a USING ended e \
+           WHERE a.instance_id = e.instance RETURNING 1), \
+         unclaimed AS (DELETE FROM cpu_claims c USING ended e \
+           WHERE c.holder = 'instance:' || e.instance RETURNING 1), \
+         unshared AS (DELETE FROM cpu_claims c WHERE c.holder = 'shared' \
+           AND (c.host_id, c.cpu) IN (SELECT s.host_id, s.cpu FROM cpu_shares s \
+             JOIN ended e ON s.instance_id = e.instance) \
+           AND NOT EXISTS (SELECT 1 FROM cpu_shares s WHERE s.host_id = c.host_id \
+             AND s.cpu = c.cpu AND s.instance_id NOT IN (SELECT instance FROM ended)) \
+           RETURNING 1), \
+         unshared_too AS (DELETE FROM cpu_shares s USING ended e \
+           WHERE s.instance_id = e.instance RETURNING 1), \
+         freed AS (UPDATE compute_units u SET status = 'FREE', status_detail = NULL, \
+           instance_id = NULL, project_id = NULL, tags = NULL, deployment_id = NULL, \
+           ssh_public_key = NULL, started_at = NULL, deadline = NULL, updated_at = $2, \
+           generation = u.generation + 1 FROM ended e WHERE u.instance_id = e.instance \
+           RETURNING 1), \
+         locked AS (SELECT h.id FROM hosts h WHERE h.id IN (SELECT host_id FROM placed) \
+           ORDER BY h.id FOR NO KEY UPDATE), \
+         moved AS (UPDATE hosts h SET generation = h.generation + p.n, updated_at = $2 \
+           FROM placed p WHERE h.id = p.host_id AND h.id IN (SELECT id FROM locked) \
+           RETURNING 1) \
+         SELECT n FROM ended",
+        usage = crate::quotas::usage_rows_first(
+            "SELECT t.project_id FROM instances t JOIN input i ON t.id = i.instance"
+        ),
+        after_usage = crate::quotas::AFTER_USAGE_ROWS,
+    )
+});
+
+/// Runs terminations as [`TERMINATE_MANY`] on `conn`: whether each ended
+/// its operation (`false`: it had ended already, or is not the caller's,
+/// and nothing of it changed).
+async fn terminate(
+    conn: &mut Conn<'_>,
+    terminations: &[Arc<Termination>],
+) -> std::result::Result<Vec<bool>, DbError> {
+    let rows = fetch_many(
+        conn,
+        &TERMINATE_MANY,
+        terminations.iter().map(|t| t.input()),
+    )
+    .await?;
+    let ended = answers_by_index(rows, terminations.len(), |_| Ok(()))?;
+    Ok(ended.into_iter().map(|e| e.is_some()).collect())
+}
+
+impl Batch for TerminateBatch {
+    type Input = Termination;
+    type Answer = bool;
+    const WHAT: &'static str = "terminate_instances";
+
+    fn one(&self, termination: Arc<Termination>) -> BoxFuture<'static, Result<bool>> {
+        let writer = self.0.clone();
+        Box::pin(async move {
+            writer
+                .write(
+                    "terminate_instances",
+                    Shape::OneStatement,
+                    move |mut conn| {
+                        let termination = termination.clone();
+                        Box::pin(async move {
+                            let ended = terminate(&mut conn, &[termination]).await?;
+                            Ok(Commit::Keep(ended.first() == Some(&true)))
+                        })
+                    },
+                )
+                .await
+        })
+    }
+
+    fn many<'c>(
+        &'c self,
+        mut conn: Conn<'c>,
+        terminations: &'c [Arc<Termination>],
+    ) -> BoxFuture<'c, std::result::Result<Vec<bool>, DbError>> {
+        Box::pin(async move { terminate(&mut conn, terminations).await })
     }
 }
 
