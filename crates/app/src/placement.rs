@@ -308,7 +308,11 @@ impl PlacementView {
     /// host. `false`, changing nothing, where the view cannot tell what
     /// the release freed (a share of a CPU, a host of units, whose units'
     /// generations moved too, or a host it does not hold): reload the
-    /// host then.
+    /// host then. A reload that read the host's generation before the
+    /// release committed and its holdings after has freed them already:
+    /// the view then shows them freed twice until a claim the store
+    /// refuses reloads the host, as with any stale view (the store's
+    /// conditional writes decide).
     pub fn released(
         &self,
         host: &HostId,

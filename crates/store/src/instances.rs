@@ -1645,14 +1645,17 @@ fn release_statements(instance_id: &str) -> [(String, Vec<Arg>); 6] {
     ]
 }
 
-/// Frees the shared CPUs whose only shares are `instance_id`'s, before
-/// its shares go: they are whole again. Found from the instance's own
-/// shares (on its index), so a release reads the CPUs it shared, not
-/// every shared CPU of the fleet.
+/// Frees the shared CPUs that no instance but `instance_id` shares, on
+/// the hosts where it is or holds a share, before its shares go: they are
+/// whole again (and so is any shared CPU there left with no share at
+/// all). A host's shared CPUs are read, not the fleet's. The release's
+/// first statement holds the instance's host, so every share committed
+/// there is seen.
 fn free_shared_by(instance_id: &str) -> (String, Vec<Arg>) {
     (
         "DELETE FROM cpu_claims WHERE holder = 'shared' \
-         AND (host_id, cpu) IN (SELECT host_id, cpu FROM cpu_shares WHERE instance_id = $1) \
+         AND host_id IN (SELECT host_id FROM instances WHERE id = $1 \
+                         UNION SELECT host_id FROM cpu_shares WHERE instance_id = $1) \
          AND NOT EXISTS (SELECT 1 FROM cpu_shares s WHERE s.host_id = cpu_claims.host_id \
                          AND s.cpu = cpu_claims.cpu AND s.instance_id <> $1)"
             .into(),

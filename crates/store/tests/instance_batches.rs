@@ -134,7 +134,8 @@ async fn terminations_at_once_on_postgres() {
 }
 
 /// Instances on two hosts end at once, each twice (on PostgreSQL most of
-/// them in batches): each ends once, without its host, CPUs or meter; a
+/// them in batches), with one whose creation this store does not drive
+/// (unchanged): each ends once, without its host, CPUs or meter; a
 /// CPU shared by two of them is whole again, one shared with an instance
 /// that lives on stays shared; each host's generation moves on once per
 /// instance it let go (as the placement view counts); the project's usage
@@ -177,8 +178,25 @@ async fn terminations_at_once(store: &Store) {
             .expect("there")
             .generation,
     );
+    // A creation this store does not drive (pending) ends with them in
+    // a batch: changing nothing.
+    let idle = created(store, &project.id, "idle", false).await;
     let ending = &made[..7];
-    let ended = join_all(ending.iter().chain(ending).map(|c| terminated(store, c))).await;
+    let ended = join_all(
+        ending
+            .iter()
+            .chain(ending)
+            .chain([&idle, &idle])
+            .map(|c| terminated(store, c)),
+    )
+    .await;
+    assert_eq!(
+        &ended[ending.len() * 2..],
+        [false, false],
+        "not this store's"
+    );
+    let unchanged = store.instance(&idle.0).await.expect("read").expect("there");
+    assert_eq!(unchanged.state, "provisioning");
     for (n, (id, op)) in ending.iter().enumerate() {
         let times = usize::from(ended[n]) + usize::from(ended[n + ending.len()]);
         assert_eq!(times, 1, "{id}: ended once");
@@ -219,11 +237,12 @@ async fn terminations_at_once(store: &Store) {
     );
     let (kept, counted) = store.project_usage_audit(&project.id).await.expect("usage");
     assert_eq!(kept, counted);
-    assert_eq!((kept.instances, kept.vcpus), (1, 1), "{kept:?}");
+    assert_eq!((kept.instances, kept.vcpus), (2, 2), "{kept:?}");
     let balance = store.balance(&project.id).await.expect("balance");
     assert_eq!(
-        balance.committed_micros_per_hour, PRICE,
-        "only the one still being made is committed to"
+        balance.committed_micros_per_hour,
+        2 * PRICE,
+        "only the two still being made are committed to"
     );
     // The CPUs are free again: whole ones for whole instances.
     for (n, cpu) in [(0, 0), (1, 1), (2, 2)] {
@@ -961,6 +980,71 @@ async fn creations(store: &Store, raw: common::Raw) {
         .await
         .expect("a list");
     assert_eq!(others.len(), 6, "the other project's, every one");
+}
+
+/// A termination frees a shared CPU by the shares it sees once it holds
+/// the CPU's host, under whose lock a share is claimed: a share claimed
+/// while the termination waited for the host keeps the CPU shared.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_termination_sees_shares_claimed_while_it_waited_on_postgres() {
+    use sqlx::Executor;
+    let (store, database) = common::postgres("tessera_termination_shares").await;
+    let project = new_project(&store, "p-wait", "wait").await;
+    let host = ready_host(&store, "wait-1", 2, 64 * 1024).await;
+    let leaving = created(&store, &project.id, "leaving", true).await;
+    assert!(place_share(&store, &leaving, &host, 0, Some(500)).await);
+    let coming = created(&store, &project.id, "coming", true).await;
+    let mut watch = common::connect(&database.url).await;
+    let mut holder = common::connect(&database.url).await;
+    holder.execute("BEGIN").await.expect("a transaction");
+    holder
+        .execute(format!("SELECT 1 FROM hosts WHERE id = '{host}' FOR NO KEY UPDATE").as_str())
+        .await
+        .expect("the host's row");
+    // The share's claim waits for the host first, the termination after.
+    let claim = tokio::spawn({
+        let (store, coming, host) = (store.clone(), coming.clone(), host.clone());
+        async move { place_share(&store, &coming, &host, 0, Some(500)).await }
+    });
+    lock_waiters(&mut watch, 1).await;
+    let ending = tokio::spawn({
+        let store = store.clone();
+        async move { terminated(&store, &leaving).await }
+    });
+    lock_waiters(&mut watch, 2).await;
+    holder.execute("COMMIT").await.expect("a commit");
+    assert!(claim.await.expect("the claim"), "coming shares CPU 0");
+    assert!(ending.await.expect("the termination"), "leaving ended");
+    assert_eq!(
+        store.cpu_claims(Some(&host)).await.expect("the ledger"),
+        vec![(host.clone(), 0)],
+        "CPU 0 is still shared: coming's share is on it"
+    );
+    assert_eq!(
+        store.cpu_shares(Some(&host)).await.expect("shares"),
+        vec![(host.clone(), 0, 500)]
+    );
+    store.close().await;
+    database.drop().await;
+}
+
+/// Waits until `n` sessions wait for a lock (`watch`: a connection of the
+/// test's own to the same database); fails after 30 s.
+async fn lock_waiters(watch: &mut sqlx::PgConnection, n: i64) {
+    for _ in 0..600 {
+        let count: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM pg_stat_activity \
+             WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        )
+        .fetch_one(&mut *watch)
+        .await
+        .expect("a read");
+        if count >= n {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("fewer than {n} sessions wait for a lock");
 }
 
 /// Only PostgreSQL has row locks to take in an order.

@@ -308,17 +308,16 @@ impl Termination {
     }
 }
 
-/// Terminations (see [`Termination`]): alone or many, one statement, so
-/// that every termination takes its rows' locks in one order: its
-/// projects' usage rows first, in the projects' order (as a creation
-/// does, and as the state's row trigger takes them again), then the
-/// operations, instances, meters, volumes, addresses, the ledger's rows
-/// and units, and the hosts (their generations moved on once per
-/// instance, as a release alone moves them), in the hosts' order; the
-/// subnets' address counts at the statement's end, by trigger. What each
-/// part changes is read from the statement's snapshot: the instances
-/// still name their hosts, and a shared CPU is whole again once no
-/// instance outside the batch shares it.
+/// Terminations (see [`Termination`]): alone or many, the same two
+/// statements in a transaction, so that every termination takes its
+/// rows' locks in one order. The first ([`HOLD_FOR_TERMINATION`]) takes
+/// the projects' usage rows, in the projects' order (as a creation does;
+/// the state's row trigger takes them again), then the hosts the
+/// instances are on or share a CPU of, in the hosts' order. The second
+/// ([`TERMINATE_MANY`]) writes the rest, its snapshot taken once it holds
+/// the hosts: a share of a CPU is claimed under its host's lock, so it
+/// sees every share there, and frees a shared CPU only when no instance
+/// outside the batch shares it.
 pub(crate) struct TerminateBatch(Writer);
 
 static TERMINATE_MANY: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
@@ -328,11 +327,10 @@ static TERMINATE_MANY: std::sync::LazyLock<String> = std::sync::LazyLock::new(||
         "WITH input AS (SELECT * FROM json_to_recordset(CAST($1 AS json)) AS i (n BIGINT, \
            operation TEXT, owner TEXT, status TEXT, result TEXT, error TEXT, instance TEXT, \
            state_detail TEXT, private_ip TEXT, ssh_endpoint TEXT, cause TEXT, at_ms BIGINT)), \
-         {usage}, \
          ended AS (UPDATE operations o SET status = i.status, result = i.result, \
            error = i.error, lease_until = NULL, updated_at = $2 FROM input i \
            WHERE o.id = i.operation AND o.status = 'running' AND o.lease_owner = i.owner \
-           AND {after_usage} RETURNING i.*), \
+           RETURNING i.*), \
          placed AS (SELECT t.host_id, COUNT(*) AS n FROM instances t \
            JOIN ended e ON t.id = e.instance WHERE t.host_id IS NOT NULL GROUP BY t.host_id), \
          set AS (UPDATE instances t SET state = 'terminated', state_detail = e.state_detail, \
@@ -351,8 +349,8 @@ static TERMINATE_MANY: std::sync::LazyLock<String> = std::sync::LazyLock::new(||
          unclaimed AS (DELETE FROM cpu_claims c USING ended e \
            WHERE c.holder = 'instance:' || e.instance RETURNING 1), \
          unshared AS (DELETE FROM cpu_claims c WHERE c.holder = 'shared' \
-           AND (c.host_id, c.cpu) IN (SELECT s.host_id, s.cpu FROM cpu_shares s \
-             JOIN ended e ON s.instance_id = e.instance) \
+           AND c.host_id IN (SELECT host_id FROM placed UNION SELECT s.host_id \
+             FROM cpu_shares s JOIN ended e ON s.instance_id = e.instance) \
            AND NOT EXISTS (SELECT 1 FROM cpu_shares s WHERE s.host_id = c.host_id \
              AND s.cpu = c.cpu AND s.instance_id NOT IN (SELECT instance FROM ended)) \
            RETURNING 1), \
@@ -363,12 +361,23 @@ static TERMINATE_MANY: std::sync::LazyLock<String> = std::sync::LazyLock::new(||
            ssh_public_key = NULL, started_at = NULL, deadline = NULL, updated_at = $2, \
            generation = u.generation + 1 FROM ended e WHERE u.instance_id = e.instance \
            RETURNING 1), \
-         locked AS (SELECT h.id FROM hosts h WHERE h.id IN (SELECT host_id FROM placed) \
-           ORDER BY h.id FOR NO KEY UPDATE), \
          moved AS (UPDATE hosts h SET generation = h.generation + p.n, updated_at = $2 \
-           FROM placed p WHERE h.id = p.host_id AND h.id IN (SELECT id FROM locked) \
-           RETURNING 1) \
-         SELECT n FROM ended",
+           FROM placed p WHERE h.id = p.host_id RETURNING 1) \
+         SELECT n FROM ended"
+    )
+});
+
+/// The first statement of a termination (see [`TerminateBatch`]): the
+/// usage rows of the instances' projects, then their hosts, each in order.
+static HOLD_FOR_TERMINATION: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "WITH input AS (SELECT * FROM json_to_recordset(CAST($1 AS json)) AS i (instance TEXT)), \
+         {usage}, \
+         theirs AS (SELECT t.host_id FROM instances t JOIN input i ON t.id = i.instance \
+           WHERE t.host_id IS NOT NULL \
+           UNION SELECT s.host_id FROM cpu_shares s JOIN input i ON s.instance_id = i.instance) \
+         SELECT h.id FROM hosts h WHERE h.id IN (SELECT host_id FROM theirs) AND {after_usage} \
+         ORDER BY h.id FOR NO KEY UPDATE",
         usage = crate::quotas::usage_rows_first(
             "SELECT t.project_id FROM instances t JOIN input i ON t.id = i.instance"
         ),
@@ -376,13 +385,19 @@ static TERMINATE_MANY: std::sync::LazyLock<String> = std::sync::LazyLock::new(||
     )
 });
 
-/// Runs terminations as [`TERMINATE_MANY`] on `conn`: whether each ended
-/// its operation (`false`: it had ended already, or is not the caller's,
-/// and nothing of it changed).
+/// Runs terminations in the transaction `conn` has begun (see
+/// [`TerminateBatch`]): whether each ended its operation (`false`: it had
+/// ended already, or is not the caller's, and nothing of it changed).
 async fn terminate(
     conn: &mut Conn<'_>,
     terminations: &[Arc<Termination>],
 ) -> std::result::Result<Vec<bool>, DbError> {
+    let instances = terminations
+        .iter()
+        .map(|t| serde_json::json!({ "instance": t.instance }));
+    let instances = serde_json::Value::from(instances.collect::<Vec<_>>()).to_string();
+    conn.fetch_rows(&HOLD_FOR_TERMINATION, &[instances.into()])
+        .await?;
     let rows = fetch_many(
         conn,
         &TERMINATE_MANY,
@@ -402,27 +417,35 @@ impl Batch for TerminateBatch {
         let writer = self.0.clone();
         Box::pin(async move {
             writer
-                .write(
-                    "terminate_instances",
-                    Shape::OneStatement,
-                    move |mut conn| {
-                        let termination = termination.clone();
-                        Box::pin(async move {
-                            let ended = terminate(&mut conn, &[termination]).await?;
-                            Ok(Commit::Keep(ended.first() == Some(&true)))
-                        })
-                    },
-                )
+                .write("terminate_instances", Shape::Statements, move |mut conn| {
+                    let termination = termination.clone();
+                    Box::pin(async move {
+                        let ended = terminate(&mut conn, &[termination]).await?;
+                        Ok(Commit::Keep(ended.first() == Some(&true)))
+                    })
+                })
                 .await
         })
     }
 
     fn many<'c>(
         &'c self,
-        mut conn: Conn<'c>,
+        conn: Conn<'c>,
         terminations: &'c [Arc<Termination>],
     ) -> BoxFuture<'c, std::result::Result<Vec<bool>, DbError>> {
-        Box::pin(async move { terminate(&mut conn, terminations).await })
+        Box::pin(async move {
+            let Conn::Postgres(conn) = conn else {
+                return Err(DbError::Sqlx(sqlx::Error::Protocol(
+                    "terminations are batched on PostgreSQL only".into(),
+                )));
+            };
+            // Rolled back when dropped unfinished, before the connection
+            // runs anything else.
+            let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+            let ended = terminate(&mut Conn::Postgres(&mut tx), terminations).await?;
+            tx.commit().await?;
+            Ok(ended)
+        })
     }
 }
 

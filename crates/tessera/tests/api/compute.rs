@@ -1049,6 +1049,12 @@ async fn shared_and_exclusive_cpus_share_a_host_without_overlap(backend: Backend
     .await;
     let n4 = made["id"].as_str().expect("id").to_string();
     wait_status(&server, &n4, "running").await;
+    let beside = server.get_ok(&format!("/v1/instances/{n4}")).await;
+    assert_eq!(
+        beside["status"]["cpus"],
+        shared[2].to_string(),
+        "n4 shares n3's CPU"
+    );
     // A shared CPU is whole again only when its last share goes: with n3
     // deleted, n4 still holds half of it and a micro still finds no room;
     // with n4 deleted too, a micro runs there.
@@ -1082,7 +1088,14 @@ async fn shared_and_exclusive_cpus_share_a_host_without_overlap(backend: Backend
             "micro-2"
         })
         .await;
-        wait_status(&server, &id, then).await;
+        let ended = wait_status(&server, &id, then).await;
+        assert!(
+            then == "running"
+                || ended["status_reason"]
+                    .as_str()
+                    .is_some_and(|r| r.contains("CPU")),
+            "{ended}"
+        );
     }
     // amd64 types find no host of theirs.
     let (status, answer) = compute(
