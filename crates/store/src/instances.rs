@@ -17,7 +17,7 @@ use crate::volumes::{volume_attach, volume_insert};
 use crate::writer::Commit;
 use crate::{QuotaCheck, Result, Store, now};
 pub(crate) use batches::InstanceBatches;
-use batches::{Creation, Placement, Settlement, Termination, place_alone};
+use batches::{Creation, InstanceEnd, Placement, Settlement, place_alone};
 use std::sync::Arc;
 use tessera_core::status::{InstanceState, OperationKind, TerminationCause};
 
@@ -1019,19 +1019,8 @@ impl Store {
                 return self.run_guarded("settle_instances", finish, rest).await;
             };
             let settlement = Settlement {
-                operation: end.id.to_string(),
-                owner: self.owner.to_string(),
-                status: end.status.as_str().to_string(),
-                result: end.result.map(|r| r.to_string()),
-                error: end.error.map(str::to_string),
-                instance: instance_id.to_string(),
-                state: update.state.as_str().to_string(),
-                state_detail: update.state_detail.clone(),
-                private_ip: update.private_ip.clone(),
-                ssh_endpoint: update.ssh_endpoint.clone(),
-                cause: update.cause.map(|c| c.as_str().to_string()),
+                end: InstanceEnd::new(end, &self.owner, instance_id, update),
                 running,
-                at_ms: crate::billing::now_ms(),
                 alone: crate::db::guarded_statement(&finish, &rest),
             };
             return batches.settle.call(Arc::new(settlement)).await;
@@ -1042,19 +1031,7 @@ impl Store {
             && update.state == InstanceState::Terminated
             && let Some(batches) = &self.instance_batches
         {
-            let termination = Termination {
-                operation: end.id.to_string(),
-                owner: self.owner.to_string(),
-                status: end.status.as_str().to_string(),
-                result: end.result.map(|r| r.to_string()),
-                error: end.error.map(str::to_string),
-                instance: instance_id.to_string(),
-                state_detail: update.state_detail.clone(),
-                private_ip: update.private_ip.clone(),
-                ssh_endpoint: update.ssh_endpoint.clone(),
-                cause: update.cause.map(|c| c.as_str().to_string()),
-                at_ms: crate::billing::now_ms(),
-            };
+            let termination = InstanceEnd::new(end, &self.owner, instance_id, update);
             return batches.terminate.call(Arc::new(termination)).await;
         }
         let mut statements = vec![finish];

@@ -156,27 +156,76 @@ impl Batch for PlaceBatch {
     }
 }
 
+/// How an instance's operation ends, as a batch gets it: the operation's
+/// end, written only if the operation was still running and `owner`'s, and
+/// the instance's last state.
+#[derive(Debug)]
+pub(crate) struct InstanceEnd {
+    operation: String,
+    owner: String,
+    status: String,
+    result: Option<String>,
+    error: Option<String>,
+    instance: String,
+    state: String,
+    state_detail: Option<String>,
+    private_ip: Option<String>,
+    ssh_endpoint: Option<String>,
+    cause: Option<String>,
+    /// Now, in milliseconds, for the meter.
+    at_ms: i64,
+}
+
+impl InstanceEnd {
+    pub(crate) fn new(
+        end: &crate::OperationEnd<'_>,
+        owner: &str,
+        instance: &str,
+        update: &crate::InstanceUpdate,
+    ) -> InstanceEnd {
+        InstanceEnd {
+            operation: end.id.to_string(),
+            owner: owner.to_string(),
+            status: end.status.as_str().to_string(),
+            result: end.result.map(|r| r.to_string()),
+            error: end.error.map(str::to_string),
+            instance: instance.to_string(),
+            state: update.state.as_str().to_string(),
+            state_detail: update.state_detail.clone(),
+            private_ip: update.private_ip.clone(),
+            ssh_endpoint: update.ssh_endpoint.clone(),
+            cause: update.cause.map(|c| c.as_str().to_string()),
+            at_ms: crate::billing::now_ms(),
+        }
+    }
+
+    /// Its inputs to a batch's statement.
+    fn input(&self) -> serde_json::Value {
+        serde_json::json!({
+            "operation": self.operation,
+            "owner": self.owner,
+            "status": self.status,
+            "result": self.result,
+            "error": self.error,
+            "instance": self.instance,
+            "state": self.state,
+            "state_detail": self.state_detail,
+            "private_ip": self.private_ip,
+            "ssh_endpoint": self.ssh_endpoint,
+            "cause": self.cause,
+            "at_ms": self.at_ms,
+        })
+    }
+}
+
 /// An instance's operation ending with the instance in a state other than
 /// terminated and its CPUs kept: the operation's end, the instance's new
-/// state and its meter, written only if the operation was still running
-/// and the caller's.
+/// state and its meter.
 #[derive(Debug)]
 pub(crate) struct Settlement {
-    pub(crate) operation: String,
-    pub(crate) owner: String,
-    pub(crate) status: String,
-    pub(crate) result: Option<String>,
-    pub(crate) error: Option<String>,
-    pub(crate) instance: String,
-    pub(crate) state: String,
-    pub(crate) state_detail: Option<String>,
-    pub(crate) private_ip: Option<String>,
-    pub(crate) ssh_endpoint: Option<String>,
-    pub(crate) cause: Option<String>,
+    pub(crate) end: InstanceEnd,
     /// Whether the meter runs from now on.
     pub(crate) running: bool,
-    /// Now, in milliseconds, for the meter.
-    pub(crate) at_ms: i64,
     /// The call's own statement (the guarded statement
     /// [`crate::Store::settle_instances`] runs alone).
     pub(crate) alone: (String, Vec<crate::db::Arg>),
@@ -245,21 +294,9 @@ impl Batch for SettleBatch {
     ) -> BoxFuture<'c, std::result::Result<Vec<bool>, DbError>> {
         Box::pin(async move {
             let inputs = settlements.iter().map(|s| {
-                serde_json::json!({
-                    "operation": s.operation,
-                    "owner": s.owner,
-                    "status": s.status,
-                    "result": s.result,
-                    "error": s.error,
-                    "instance": s.instance,
-                    "state": s.state,
-                    "state_detail": s.state_detail,
-                    "private_ip": s.private_ip,
-                    "ssh_endpoint": s.ssh_endpoint,
-                    "cause": s.cause,
-                    "running": s.running,
-                    "at_ms": s.at_ms,
-                })
+                let mut input = s.end.input();
+                input["running"] = s.running.into();
+                input
             });
             let rows = fetch_many(&mut conn, &SETTLE_MANY, inputs).await?;
             let ended = answers_by_index(rows, settlements.len(), |_| Ok(()))?;
@@ -271,42 +308,9 @@ impl Batch for SettleBatch {
 /// An instance's operation ending with the instance terminated and all it
 /// held on its host given back: the operation's end, the instance's last
 /// state without a host, its meter stopped, its volumes detached, its
-/// address freed, and its CPUs (its shares, a unit) free, written only if
-/// the operation was still running and the caller's. As
+/// address freed, and its CPUs (its shares, a unit) free. As
 /// [`crate::Store::settle_instances`] writes it call by call on SQLite.
-#[derive(Debug)]
-pub(crate) struct Termination {
-    pub(crate) operation: String,
-    pub(crate) owner: String,
-    pub(crate) status: String,
-    pub(crate) result: Option<String>,
-    pub(crate) error: Option<String>,
-    pub(crate) instance: String,
-    pub(crate) state_detail: Option<String>,
-    pub(crate) private_ip: Option<String>,
-    pub(crate) ssh_endpoint: Option<String>,
-    pub(crate) cause: Option<String>,
-    /// Now, in milliseconds, for the meter.
-    pub(crate) at_ms: i64,
-}
-
-impl Termination {
-    fn input(&self) -> serde_json::Value {
-        serde_json::json!({
-            "operation": self.operation,
-            "owner": self.owner,
-            "status": self.status,
-            "result": self.result,
-            "error": self.error,
-            "instance": self.instance,
-            "state_detail": self.state_detail,
-            "private_ip": self.private_ip,
-            "ssh_endpoint": self.ssh_endpoint,
-            "cause": self.cause,
-            "at_ms": self.at_ms,
-        })
-    }
-}
+pub(crate) type Termination = InstanceEnd;
 
 /// Terminations (see [`Termination`]): alone or many, the same two
 /// statements in a transaction, so that every termination takes its
