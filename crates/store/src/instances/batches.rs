@@ -246,24 +246,34 @@ pub(crate) async fn settle_alone(writer: &Writer, settlement: Arc<Settlement>) -
     Ok(counts.first() == Some(&1))
 }
 
-/// Settlements (see [`settle_alone`]).
-pub(crate) struct SettleBatch(Writer);
+/// What a meter `m` accrued up to its end `e` ([`InstanceEnd`]'s `at_ms`).
+const ACCRUED: &str = "CASE WHEN m.running_since IS NULL OR m.running_since > e.at_ms THEN 0 \
+     ELSE (e.at_ms - m.running_since) * m.micros_per_hour / 3600000 END";
 
-/// [`settle_alone`] for many: the instance and its meter change only with
-/// their operation's end, as the guarded statement has them.
-static SETTLE_MANY: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-    let accrued = "CASE WHEN m.running_since IS NULL OR m.running_since > e.at_ms THEN 0 \
-         ELSE (e.at_ms - m.running_since) * m.micros_per_hour / 3600000 END";
+/// The first expressions of a statement over [`InstanceEnd`]s: their
+/// inputs as rows, `input`, and `ended`, those whose operation this call
+/// ended (still running, the caller's, and `guard`), with its inputs.
+fn ended_where(guard: &str) -> String {
     format!(
-        "WITH input AS (SELECT * FROM json_to_recordset(CAST($1 AS json)) AS i (n BIGINT, \
+        "input AS (SELECT * FROM json_to_recordset(CAST($1 AS json)) AS i (n BIGINT, \
            operation TEXT, owner TEXT, status TEXT, result TEXT, error TEXT, instance TEXT, \
            state TEXT, state_detail TEXT, private_ip TEXT, ssh_endpoint TEXT, cause TEXT, \
            running BOOLEAN, at_ms BIGINT)), \
          ended AS (UPDATE operations o SET status = i.status, result = i.result, \
            error = i.error, lease_until = NULL, updated_at = $2 FROM input i \
            WHERE o.id = i.operation AND o.status = 'running' AND o.lease_owner = i.owner \
-           AND o.cancel_requested <> {cancelled_by_delete} \
-           RETURNING i.*), \
+           AND {guard} RETURNING i.*)"
+    )
+}
+
+/// Settlements (see [`settle_alone`]).
+pub(crate) struct SettleBatch(Writer);
+
+/// [`settle_alone`] for many: the instance and its meter change only with
+/// their operation's end, as the guarded statement has them.
+static SETTLE_MANY: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "WITH {ended}, \
          set AS (UPDATE instances t SET state = e.state, state_detail = e.state_detail, \
            private_ip = COALESCE(e.private_ip, t.private_ip), operation_id = NULL, \
            updated_at = $2, generation = t.generation + 1, \
@@ -273,7 +283,11 @@ static SETTLE_MANY: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
            running_since = CASE WHEN e.running THEN e.at_ms END \
            FROM ended e WHERE m.resource_id = e.instance RETURNING 1) \
          SELECT n FROM ended",
-        cancelled_by_delete = crate::operations::CANCELLED_BY_DELETE
+        ended = ended_where(&format!(
+            "o.cancel_requested <> {}",
+            crate::operations::CANCELLED_BY_DELETE
+        )),
+        accrued = ACCRUED,
     )
 });
 
@@ -325,16 +339,8 @@ pub(crate) type Termination = InstanceEnd;
 pub(crate) struct TerminateBatch(Writer);
 
 static TERMINATE_MANY: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-    let accrued = "CASE WHEN m.running_since IS NULL OR m.running_since > e.at_ms THEN 0 \
-         ELSE (e.at_ms - m.running_since) * m.micros_per_hour / 3600000 END";
     format!(
-        "WITH input AS (SELECT * FROM json_to_recordset(CAST($1 AS json)) AS i (n BIGINT, \
-           operation TEXT, owner TEXT, status TEXT, result TEXT, error TEXT, instance TEXT, \
-           state_detail TEXT, private_ip TEXT, ssh_endpoint TEXT, cause TEXT, at_ms BIGINT)), \
-         ended AS (UPDATE operations o SET status = i.status, result = i.result, \
-           error = i.error, lease_until = NULL, updated_at = $2 FROM input i \
-           WHERE o.id = i.operation AND o.status = 'running' AND o.lease_owner = i.owner \
-           RETURNING i.*), \
+        "WITH {ended}, \
          placed AS (SELECT t.host_id, COUNT(*) AS n FROM instances t \
            JOIN ended e ON t.id = e.instance WHERE t.host_id IS NOT NULL GROUP BY t.host_id), \
          set AS (UPDATE instances t SET state = 'terminated', state_detail = e.state_detail, \
@@ -367,7 +373,9 @@ static TERMINATE_MANY: std::sync::LazyLock<String> = std::sync::LazyLock::new(||
            RETURNING 1), \
          moved AS (UPDATE hosts h SET generation = h.generation + p.n, updated_at = $2 \
            FROM placed p WHERE h.id = p.host_id RETURNING 1) \
-         SELECT n FROM ended"
+         SELECT n FROM ended",
+        ended = ended_where("TRUE"),
+        accrued = ACCRUED,
     )
 });
 
