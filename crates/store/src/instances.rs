@@ -1626,8 +1626,10 @@ fn release_statements(instance_id: &str) -> [(String, Vec<Arg>); 6] {
 /// the hosts where it is or holds a share, before its shares go: they are
 /// whole again (and so is any shared CPU there left with no share at
 /// all). A host's shared CPUs are read, not the fleet's. The release's
-/// first statement holds the instance's host, so every share committed
-/// there is seen.
+/// first statement holds the instance's own host, so every share
+/// committed there is seen; a share on another host (which only a move
+/// leaves, and a move's own release sweeps under that host's lock) is
+/// swept without it.
 fn free_shared_by(instance_id: &str) -> (String, Vec<Arg>) {
     (
         "DELETE FROM cpu_claims WHERE holder = 'shared' \

@@ -1028,6 +1028,70 @@ async fn a_termination_sees_shares_claimed_while_it_waited_on_postgres() {
     database.drop().await;
 }
 
+/// A termination takes its project's usage rows before its instance and
+/// host, as a creation takes them before anything else: while another
+/// transaction holds the usage rows, a termination waiting for them holds
+/// neither.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_termination_takes_usage_before_its_instance_and_host_on_postgres() {
+    use sqlx::Executor;
+    let (store, database) = common::postgres("tessera_termination_order").await;
+    let project = new_project(&store, "p-order", "order").await;
+    let host = ready_host(&store, "order-1", 2, 64 * 1024).await;
+    let leaving = created(&store, &project.id, "leaving", true).await;
+    assert!(place(&store, &leaving, &host, 0).await);
+    let mut watch = common::connect(&database.url).await;
+    // Every shard's row exists, so that the termination locks one.
+    watch
+        .execute(
+            format!(
+                "INSERT INTO project_usage (project_id, shard, instances, vcpus, memory_mb, \
+                 volumes, volume_gb, containers, ssh_keys) \
+                 SELECT '{}', s, 0, 0, 0, 0, 0, 0, 0 FROM generate_series(0, 15) AS s \
+                 ON CONFLICT (project_id, shard) DO NOTHING",
+                project.id
+            )
+            .as_str(),
+        )
+        .await
+        .expect("the usage rows");
+    let mut holder = common::connect(&database.url).await;
+    holder.execute("BEGIN").await.expect("a transaction");
+    holder
+        .execute(
+            format!(
+                "SELECT 1 FROM project_usage WHERE project_id = '{}' FOR UPDATE",
+                project.id
+            )
+            .as_str(),
+        )
+        .await
+        .expect("the usage rows");
+    let ending = tokio::spawn({
+        let store = store.clone();
+        let leaving = leaving.clone();
+        async move { terminated(&store, &leaving).await }
+    });
+    let waiting = common::lock_waiter(&mut watch).await;
+    assert!(waiting.contains("project_usage"), "{waiting}");
+    for row in [
+        format!("SELECT 1 FROM hosts WHERE id = '{host}' FOR UPDATE NOWAIT"),
+        format!(
+            "SELECT 1 FROM instances WHERE id = '{}' FOR UPDATE NOWAIT",
+            leaving.0
+        ),
+    ] {
+        watch
+            .execute(row.as_str())
+            .await
+            .unwrap_or_else(|e| panic!("{row}: held while waiting for usage: {e}"));
+    }
+    holder.execute("COMMIT").await.expect("a commit");
+    assert!(ending.await.expect("the termination"), "leaving ended");
+    store.close().await;
+    database.drop().await;
+}
+
 /// Waits until `n` sessions wait for a lock (`watch`: a connection of the
 /// test's own to the same database); fails after 30 s.
 async fn lock_waiters(watch: &mut sqlx::PgConnection, n: i64) {

@@ -330,8 +330,8 @@ pub(crate) type Termination = InstanceEnd;
 /// statements in a transaction, so that every termination takes its
 /// rows' locks in one order. The first ([`HOLD_FOR_TERMINATION`]) takes
 /// the projects' usage rows, in the projects' order (as a creation does;
-/// the state's row trigger takes them again), then the hosts the
-/// instances are on or share a CPU of, in the hosts' order. The second
+/// the state's row trigger takes them again), then the instances, then
+/// the hosts they are on or share a CPU of, in the hosts' order. The second
 /// ([`TERMINATE_MANY`]) writes the rest, its snapshot taken once it holds
 /// the hosts: a share of a CPU is claimed under its host's lock, so it
 /// sees every share there, and frees a shared CPU only when no instance
@@ -380,15 +380,20 @@ static TERMINATE_MANY: std::sync::LazyLock<String> = std::sync::LazyLock::new(||
 });
 
 /// The first statement of a termination (see [`TerminateBatch`]): the
-/// usage rows of the instances' projects, then their hosts, each in order.
+/// usage rows of the instances' projects, then the instances, then their
+/// hosts, each in order. Instances before their host, as a placement and a
+/// host's registration take them; and with the instances held, the hosts
+/// the second statement reads them on are the hosts held here.
 static HOLD_FOR_TERMINATION: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     format!(
         "WITH input AS (SELECT * FROM json_to_recordset(CAST($1 AS json)) AS i (instance TEXT)), \
          {usage}, \
-         theirs AS (SELECT t.host_id FROM instances t JOIN input i ON t.id = i.instance \
-           WHERE t.host_id IS NOT NULL \
+         mine AS (SELECT t.id, t.host_id FROM instances t \
+           WHERE t.id IN (SELECT instance FROM input) AND {after_usage} \
+           ORDER BY t.id FOR NO KEY UPDATE), \
+         theirs AS (SELECT host_id FROM mine WHERE host_id IS NOT NULL \
            UNION SELECT s.host_id FROM cpu_shares s JOIN input i ON s.instance_id = i.instance) \
-         SELECT h.id FROM hosts h WHERE h.id IN (SELECT host_id FROM theirs) AND {after_usage} \
+         SELECT h.id FROM hosts h WHERE h.id IN (SELECT host_id FROM theirs) \
          ORDER BY h.id FOR NO KEY UPDATE",
         usage = crate::quotas::usage_rows_first(
             "SELECT t.project_id FROM instances t JOIN input i ON t.id = i.instance"
