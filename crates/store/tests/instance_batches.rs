@@ -1006,12 +1006,12 @@ async fn a_termination_sees_shares_claimed_while_it_waited_on_postgres() {
         let (store, coming, host) = (store.clone(), coming.clone(), host.clone());
         async move { place_share(&store, &coming, &host, 0, Some(500)).await }
     });
-    lock_waiters(&mut watch, 1).await;
+    common::lock_waiters(&mut watch, 1).await;
     let ending = tokio::spawn({
         let store = store.clone();
         async move { terminated(&store, &leaving).await }
     });
-    lock_waiters(&mut watch, 2).await;
+    common::lock_waiters(&mut watch, 2).await;
     holder.execute("COMMIT").await.expect("a commit");
     assert!(claim.await.expect("the claim"), "coming shares CPU 0");
     assert!(ending.await.expect("the termination"), "leaving ended");
@@ -1090,25 +1090,6 @@ async fn a_termination_takes_usage_before_its_instance_and_host_on_postgres() {
     assert!(ending.await.expect("the termination"), "leaving ended");
     store.close().await;
     database.drop().await;
-}
-
-/// Waits until `n` sessions wait for a lock (`watch`: a connection of the
-/// test's own to the same database); fails after 30 s.
-async fn lock_waiters(watch: &mut sqlx::PgConnection, n: i64) {
-    for _ in 0..600 {
-        let count: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM pg_stat_activity \
-             WHERE datname = current_database() AND wait_event_type = 'Lock'",
-        )
-        .fetch_one(&mut *watch)
-        .await
-        .expect("a read");
-        if count >= n {
-            return;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    panic!("fewer than {n} sessions wait for a lock");
 }
 
 /// Only PostgreSQL has row locks to take in an order.

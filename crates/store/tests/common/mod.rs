@@ -109,6 +109,25 @@ pub async fn lock_waiter(watch: &mut PgConnection) -> String {
     panic!("no session waits for a lock");
 }
 
+/// Waits until `n` sessions wait for a lock (`watch`: a connection of the
+/// test's own to the same database); fails after 30 s.
+pub async fn lock_waiters(watch: &mut PgConnection, n: i64) {
+    for _ in 0..600 {
+        let count: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM pg_stat_activity \
+             WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        )
+        .fetch_one(&mut *watch)
+        .await
+        .expect("a read");
+        if count >= n {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("fewer than {n} sessions wait for a lock");
+}
+
 /// A READY host `name` (id `id-<name>`) of CPUs `0..cpus` and `memory_mb`,
 /// with `units` (none: a pooled host): its id.
 pub async fn ready_host(
