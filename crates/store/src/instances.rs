@@ -17,7 +17,7 @@ use crate::volumes::{volume_attach, volume_insert};
 use crate::writer::Commit;
 use crate::{QuotaCheck, Result, Store, now};
 pub(crate) use batches::InstanceBatches;
-use batches::{Creation, InstanceEnd, Placement, Settlement, place_alone};
+use batches::{Beginning, Creation, InstanceEnd, Placement, Settlement, place_alone};
 use std::sync::Arc;
 use tessera_core::status::{InstanceState, OperationKind, TerminationCause};
 
@@ -1221,6 +1221,16 @@ impl Store {
         paid: Option<&QuotaCheck>,
     ) -> Result<Option<crate::OperationRecord>> {
         let (insert, taken) = operation_insert_taken(op, &self.owner, lease_until);
+        let stop_meter = op.kind == OperationKind::InstanceDelete;
+        // One statement on PostgreSQL, alone or batched, unless the
+        // project's balance is checked in the same transaction.
+        if paid.is_none()
+            && let Some(batches) = &self.instance_batches
+        {
+            let beginning = Beginning::new(instance_id, from, to, &taken, &self.owner, stop_meter);
+            let began = batches.begin.call(Arc::new(beginning)).await?;
+            return Ok(began.then_some(taken));
+        }
         let mut args: Vec<Arg> = vec![to.into(), (&op.id).into(), now().into(), instance_id.into()];
         let params: Vec<String> = from
             .iter()
@@ -1245,10 +1255,7 @@ impl Store {
                     insert,
                 ]
                 .into_iter()
-                .chain(
-                    (op.kind == OperationKind::InstanceDelete)
-                        .then(|| meter_set(instance_id, false, None)),
-                )
+                .chain(stop_meter.then(|| meter_set(instance_id, false, None)))
                 .collect(),
                 |c| c[0] == 1,
                 paid,

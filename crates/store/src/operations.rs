@@ -81,7 +81,7 @@ pub struct OperationFilter {
     pub limit: Option<i64>,
 }
 
-const OPERATION_COLUMNS: &str = "id, project_id, kind, status, resource_id, params, steps, result, \
+pub(crate) const OPERATION_COLUMNS: &str = "id, project_id, kind, status, resource_id, params, steps, result, \
      error, cancel_requested, lease_until, created_by, created_at, updated_at, attempts, last_error";
 
 pub(crate) fn operation_insert(op: &NewOperation) -> (String, Vec<Arg>) {

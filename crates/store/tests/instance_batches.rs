@@ -251,6 +251,148 @@ async fn terminations_at_once(store: &Store) {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn beginnings_at_once_on_sqlite() {
+    let (store, dir) = common::sqlite().await;
+    let path = dir.path().join("tessera.db");
+    beginnings_at_once(&store, common::Raw::Sqlite(path.display().to_string())).await;
+    store.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn beginnings_at_once_on_postgres() {
+    let (store, database) = common::postgres("tessera_beginnings").await;
+    beginnings_at_once(&store, common::Raw::Postgres(database.url.clone())).await;
+    store.close().await;
+    database.drop().await;
+}
+
+/// Deletes, a stop and a start begin at once (each delete asked twice, as
+/// a client that retries asks; on PostgreSQL most in batches), with three
+/// that cannot: a delete of an instance whose creation is under way, one
+/// of a running instance with another operation under way on it, and a
+/// stop of a stopped instance. Each that begins does so once: the instance
+/// takes its operation and new state, the operation is as the call
+/// answered it (running, taken), and a delete's meter stops; those that
+/// cannot change nothing.
+async fn beginnings_at_once(store: &Store, raw: common::Raw) {
+    use InstanceState::{Running, Stopped};
+    let project = new_project(store, "p-begin", "begin").await;
+    let host = ready_host(store, "begin-1", 8, 1 << 20).await;
+    let plan = [
+        ("d1", Running),
+        ("d2", Running),
+        ("d3", Running),
+        ("d4", Running),
+        ("s1", Running),
+        ("st", Stopped),
+        ("sd", Stopped),
+        ("held", Running),
+    ];
+    let mut made = HashMap::new();
+    for (cpu, (name, state)) in plan.into_iter().enumerate() {
+        let creation = created(store, &project.id, name, true).await;
+        assert!(place(store, &creation, &host, cpu as u32).await, "{name}");
+        assert!(settle(store, &creation, state).await, "{name}");
+        made.insert(name, creation.0);
+    }
+    let busy = created(store, &project.id, "busy", true).await;
+    made.insert("busy", busy.0.clone());
+    // Running, with an operation of another kind under way on it.
+    raw.execute(&format!(
+        "UPDATE instances SET operation_id = 'op-other' WHERE id = '{}'",
+        made["held"]
+    ))
+    .await;
+    const DELETE: (OperationKind, &[&str], &str) = (
+        OperationKind::InstanceDelete,
+        &["running", "stopped"],
+        "stopping",
+    );
+    const STOP: (OperationKind, &[&str], &str) =
+        (OperationKind::InstanceStop, &["running"], "stopping");
+    const START: (OperationKind, &[&str], &str) =
+        (OperationKind::InstanceStart, &["stopped"], "provisioning");
+    let calls = [
+        ("d1", DELETE, 1),
+        ("d2", DELETE, 1),
+        ("d3", DELETE, 1),
+        ("d4", DELETE, 1),
+        ("s1", STOP, 1),
+        ("st", START, 1),
+        ("sd", DELETE, 1),
+        ("sd", STOP, 1),
+        ("busy", DELETE, 1),
+        ("held", DELETE, 1),
+        ("d1", DELETE, 2),
+        ("d2", DELETE, 2),
+        ("d3", DELETE, 2),
+        ("d4", DELETE, 2),
+    ];
+    let began = join_all(calls.iter().map(|(name, (kind, from, to), n)| {
+        let id = made[name].clone();
+        let project = project.id.clone();
+        async move {
+            let op = NewOperation {
+                id: format!("op-{}-{name}-{n}", kind.as_str()),
+                project_id: project,
+                kind: *kind,
+                resource_id: Some(id.clone()),
+                params: serde_json::json!({ "instance_id": id }),
+                created_by: "alice".into(),
+            };
+            let taken = store
+                .begin_instance_operation(&id, from, to, &op, &LEASE, None)
+                .await
+                .expect("begin");
+            (op.id, taken)
+        }
+    }))
+    .await;
+    let mut ops_of: HashMap<&str, Vec<&str>> = HashMap::new();
+    for ((name, (_, _, to), _), (op, taken)) in calls.iter().zip(&began) {
+        let stored = store.operation(op).await.expect("read");
+        let Some(taken) = taken else {
+            assert_eq!(stored, None, "{op} did not begin: no such operation");
+            continue;
+        };
+        assert_eq!(stored.as_ref(), Some(taken), "{op}: as answered");
+        assert_eq!(taken.status, "running");
+        let instance = store
+            .instance(&made[name])
+            .await
+            .expect("read")
+            .expect("there");
+        assert_eq!(instance.state, *to, "{op}");
+        assert_eq!(instance.operation_id.as_deref(), Some(op.as_str()));
+        ops_of.entry(name).or_default().push(op);
+    }
+    for name in ["d1", "d2", "d3", "d4", "s1", "st", "sd"] {
+        assert_eq!(ops_of.get(name).map(Vec::len), Some(1), "{name} began once");
+    }
+    assert_eq!(ops_of.get("busy"), None, "its creation is under way");
+    assert_eq!(ops_of.get("held"), None, "another operation is under way");
+    let held = store
+        .instance(&made["held"])
+        .await
+        .expect("read")
+        .expect("there");
+    assert_eq!(
+        (held.state.as_str(), held.operation_id.as_deref()),
+        ("running", Some("op-other"))
+    );
+    let busy_now = store.instance(&busy.0).await.expect("read").expect("there");
+    assert_eq!(
+        (busy_now.state.as_str(), busy_now.operation_id.as_deref()),
+        ("provisioning", Some(busy.1.as_str()))
+    );
+    // Committed to: the instance stopping (its meter runs until it has
+    // stopped), the one held, the one starting and the one being made;
+    // not the deleted.
+    let balance = store.balance(&project.id).await.expect("balance");
+    assert_eq!(balance.committed_micros_per_hour, 4 * PRICE);
+}
+
 /// A terminated instance's meter is folded into its project's balance and
 /// deleted; a running one's and a stopped one's (it may start again)
 /// stay meters. The balance reads the same before and after, and a

@@ -10,6 +10,32 @@ use tessera_core::Permission;
 use tessera_core::status::{InstanceState, OperationKind, OperationStatus, TerminationCause};
 use tessera_store::{InstanceUpdate, NewOperation, OperationEnd};
 
+/// What a one-step operation does to its instance's state: `kind` begins
+/// on an instance in one of `from`, which goes to `to` while it runs.
+struct Power {
+    kind: OperationKind,
+    from: &'static [InstanceState],
+    to: InstanceState,
+}
+
+const DELETE: Power = Power {
+    kind: OperationKind::InstanceDelete,
+    from: &[InstanceState::Running, InstanceState::Stopped],
+    to: InstanceState::Stopping,
+};
+
+const STOP: Power = Power {
+    kind: OperationKind::InstanceStop,
+    from: &[InstanceState::Running],
+    to: InstanceState::Stopping,
+};
+
+const START: Power = Power {
+    kind: OperationKind::InstanceStart,
+    from: &[InstanceState::Stopped],
+    to: InstanceState::Provisioning,
+};
+
 /// A delete's parameters.
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub(crate) struct DeleteParams {
@@ -61,16 +87,14 @@ impl App {
         // Twice at most: a creation that ended as it was to be cancelled
         // leaves an instance to delete.
         let mut why = String::new();
+        let mut read = Some(instance);
         for _ in 0..2 {
+            let instance = match read.take() {
+                Some(instance) => instance,
+                None => self.project_instance(&caller.project_id, id).await?,
+            };
             let begun = self
-                .begin_power(
-                    caller,
-                    id,
-                    OperationKind::InstanceDelete,
-                    &[InstanceState::Running, InstanceState::Stopped],
-                    InstanceState::Stopping,
-                    false,
-                )
+                .begin_power_of(caller, id, instance, &DELETE, false)
                 .await;
             why = match begun {
                 Ok(instance) => return Ok(Deletion::Begun(instance)),
@@ -110,15 +134,7 @@ impl App {
 
     pub async fn stop_instance(&self, caller: &Principal, id: &str) -> Result<Instance> {
         caller.require(Permission::InstanceCreate)?;
-        self.begin_power(
-            caller,
-            id,
-            OperationKind::InstanceStop,
-            &[InstanceState::Running],
-            InstanceState::Stopping,
-            false,
-        )
-        .await
+        self.begin_power(caller, id, &STOP, false).await
     }
 
     /// Starts a stopped instance. A prepaid project's balance must cover
@@ -158,27 +174,31 @@ impl App {
     /// the same money (the check before it only answers sooner).
     async fn start(&self, caller: &Principal, id: &str, paid: bool) -> Result<Instance> {
         caller.require(Permission::InstanceCreate)?;
-        self.begin_power(
-            caller,
-            id,
-            OperationKind::InstanceStart,
-            &[InstanceState::Stopped],
-            InstanceState::Provisioning,
-            paid,
-        )
-        .await
+        self.begin_power(caller, id, &START, paid).await
     }
 
-    pub(super) async fn begin_power(
+    async fn begin_power(
         &self,
         caller: &Principal,
         id: &str,
-        kind: OperationKind,
-        from: &[InstanceState],
-        to: InstanceState,
+        power: &Power,
         paid: bool,
     ) -> Result<Instance> {
         let instance = self.project_instance(&caller.project_id, id).await?;
+        self.begin_power_of(caller, id, instance, power, paid).await
+    }
+
+    /// [`App::begin_power`] of `instance`, the caller's instance `id` as
+    /// just read.
+    async fn begin_power_of(
+        &self,
+        caller: &Principal,
+        id: &str,
+        instance: Instance,
+        power: &Power,
+        paid: bool,
+    ) -> Result<Instance> {
+        let Power { kind, from, to } = *power;
         let op = NewOperation {
             id: crate::new_uuid(),
             project_id: caller.project_id.clone(),

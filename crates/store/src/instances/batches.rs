@@ -2,7 +2,8 @@
 //! one statement on PostgreSQL (see [`crate::batch`]): its record (the
 //! instance, its operation, meter, labels, address and groups, checked
 //! against its project's quota), its placement on a pooled host's CPUs and
-//! the end of its operation. Each is a durable commit of its own when
+//! the end of its operation; and of its deletion (or stop, or start): its
+//! operation's beginning and its end. Each is a durable commit of its own when
 //! alone; with many creations under way, a batch shares one statement (the
 //! record: one transaction) and one commit. Each batch does for every call
 //! what the call does alone, with the same guards; a batch refused as a
@@ -30,6 +31,7 @@ pub(crate) struct InstanceBatches {
     pub(crate) place: Batcher<PlaceBatch>,
     pub(crate) settle: Batcher<SettleBatch>,
     pub(crate) terminate: Batcher<TerminateBatch>,
+    pub(crate) begin: Batcher<BeginBatch>,
 }
 
 impl InstanceBatches {
@@ -39,7 +41,8 @@ impl InstanceBatches {
             create: Batcher::start(CreateBatch(writer.clone()), pool.clone()),
             place: Batcher::start(PlaceBatch(writer.clone()), pool.clone()),
             settle: Batcher::start(SettleBatch(writer.clone()), pool.clone()),
-            terminate: Batcher::start(TerminateBatch(writer), pool.clone()),
+            terminate: Batcher::start(TerminateBatch(writer.clone()), pool.clone()),
+            begin: Batcher::start(BeginBatch(writer), pool.clone()),
         }
     }
 }
@@ -463,6 +466,137 @@ impl Batch for TerminateBatch {
             tx.commit().await?;
             Ok(ended)
         })
+    }
+}
+
+/// The beginning of an instance's one-step operation (a delete, a stop, a
+/// start that needs no look at the balance) that this process drives at
+/// once: the instance takes the operation and its new state if it is in
+/// one of `from` with none under way, the operation is inserted taken
+/// (the row of [`crate::operations::operation_insert_taken`]), and a
+/// delete's meter stops. Alone or many, the same one statement: the
+/// instance's guarded `UPDATE` first, the rest only for those it changed.
+#[derive(Debug)]
+pub(crate) struct Beginning {
+    instance: String,
+    /// The states it may begin from, comma-separated.
+    from: String,
+    to: String,
+    operation: OperationRecord,
+    owner: String,
+    stop_meter: bool,
+    /// Now, in milliseconds, for the meter.
+    at_ms: i64,
+}
+
+impl Beginning {
+    pub(crate) fn new(
+        instance: &str,
+        from: &[&str],
+        to: &str,
+        operation: &OperationRecord,
+        owner: &str,
+        stop_meter: bool,
+    ) -> Beginning {
+        Beginning {
+            instance: instance.to_string(),
+            from: from.join(","),
+            to: to.to_string(),
+            operation: operation.clone(),
+            owner: owner.to_string(),
+            stop_meter,
+            at_ms: crate::billing::now_ms(),
+        }
+    }
+
+    fn input(&self) -> serde_json::Value {
+        let op = &self.operation;
+        serde_json::json!({
+            "instance": self.instance,
+            "from_states": self.from,
+            "to_state": self.to,
+            "operation": op.id,
+            "project_id": op.project_id,
+            "kind": op.kind,
+            "resource_id": op.resource_id,
+            "params": op.params,
+            "created_by": op.created_by,
+            "at": op.created_at,
+            "lease_until": op.lease_until,
+            "owner": self.owner,
+            "stop_meter": self.stop_meter,
+            "at_ms": self.at_ms,
+        })
+    }
+}
+
+/// Beginnings (see [`Beginning`]), in their instances' order.
+pub(crate) struct BeginBatch(Writer);
+
+static BEGIN_MANY: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "WITH input AS (SELECT * FROM json_to_recordset(CAST($1 AS json)) AS i (n BIGINT, \
+           instance TEXT, from_states TEXT, to_state TEXT, operation TEXT, project_id TEXT, \
+           kind TEXT, resource_id TEXT, params TEXT, created_by TEXT, at TEXT, \
+           lease_until TEXT, owner TEXT, stop_meter BOOLEAN, at_ms BIGINT)), \
+         began AS (UPDATE instances t SET state = i.to_state, state_detail = NULL, \
+           operation_id = i.operation, updated_at = $2, generation = t.generation + 1 \
+           FROM (SELECT * FROM input ORDER BY instance, n) i \
+           WHERE t.id = i.instance AND t.operation_id IS NULL \
+           AND t.state = ANY (string_to_array(i.from_states, ',')) RETURNING i.*), \
+         taken AS (INSERT INTO operations ({columns}, lease_owner) \
+           SELECT b.operation, b.project_id, b.kind, 'running', b.resource_id, b.params, '[]', \
+           NULL, NULL, 0, b.lease_until, b.created_by, b.at, b.at, 1, NULL, b.owner \
+           FROM began b RETURNING 1), \
+         metered AS (UPDATE meters m SET charged_micros = m.charged_micros + {accrued}, \
+           running_since = NULL FROM began e WHERE e.stop_meter AND m.resource_id = e.instance \
+           RETURNING 1) \
+         SELECT n FROM began",
+        columns = crate::operations::OPERATION_COLUMNS,
+        accrued = ACCRUED,
+    )
+});
+
+/// Runs beginnings as one statement: whether each began.
+async fn begin(
+    conn: &mut Conn<'_>,
+    beginnings: &[Arc<Beginning>],
+) -> std::result::Result<Vec<bool>, DbError> {
+    let rows = fetch_many(conn, &BEGIN_MANY, beginnings.iter().map(|b| b.input())).await?;
+    let began = answers_by_index(rows, beginnings.len(), |_| Ok(()))?;
+    Ok(began.into_iter().map(|b| b.is_some()).collect())
+}
+
+impl Batch for BeginBatch {
+    type Input = Beginning;
+    type Answer = bool;
+    const WHAT: &'static str = "begin_instance_operation";
+
+    fn one(&self, beginning: Arc<Beginning>) -> BoxFuture<'static, Result<bool>> {
+        let writer = self.0.clone();
+        Box::pin(async move {
+            writer
+                .write(
+                    "begin_instance_operation",
+                    Shape::OneStatement,
+                    move |mut conn| {
+                        let beginning = beginning.clone();
+                        Box::pin(async move {
+                            let began = begin(&mut conn, &[beginning]).await?;
+                            Ok(Commit::Keep(began.first() == Some(&true)))
+                        })
+                    },
+                )
+                .await
+        })
+    }
+
+    fn many<'c>(
+        &'c self,
+        mut conn: Conn<'c>,
+        beginnings: &'c [Arc<Beginning>],
+    ) -> BoxFuture<'c, std::result::Result<Vec<bool>, DbError>> {
+        Box::pin(async move { begin(&mut conn, beginnings).await })
     }
 }
 
