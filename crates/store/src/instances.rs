@@ -1157,8 +1157,11 @@ impl Store {
     /// Marks instances as acted on by `op_id` (none may have another
     /// operation under way). `false`, changing nothing, otherwise.
     pub async fn claim_instances_for(&self, op_id: &str, instance_ids: &[String]) -> Result<bool> {
-        let statements = instance_ids
-            .iter()
+        // In their ids' order, as a batch of beginnings holds them.
+        let mut ids: Vec<&String> = instance_ids.iter().collect();
+        ids.sort();
+        let statements = ids
+            .into_iter()
             .map(|id| {
                 (
                     "UPDATE instances SET operation_id = $1, updated_at = $2 \
@@ -1193,8 +1196,8 @@ impl Store {
         Ok(())
     }
 
-    /// Starts an operation on an instance in one of `from` that has none
-    /// under way: it moves to `to` and records `op`, taken by this process
+    /// Starts an operation on an instance of `op`'s project in one of `from`
+    /// that has none under way: it moves to `to` and records `op`, taken by this process
     /// until `lease_until` (it drives it at once). Answers the operation as
     /// written; `None`, changing nothing, otherwise.
     ///
@@ -1231,7 +1234,13 @@ impl Store {
             let began = batches.begin.call(Arc::new(beginning)).await?;
             return Ok(began.then_some(taken));
         }
-        let mut args: Vec<Arg> = vec![to.into(), (&op.id).into(), now().into(), instance_id.into()];
+        let mut args: Vec<Arg> = vec![
+            to.into(),
+            (&op.id).into(),
+            now().into(),
+            instance_id.into(),
+            (&op.project_id).into(),
+        ];
         let params: Vec<String> = from
             .iter()
             .map(|state| {
@@ -1247,7 +1256,8 @@ impl Store {
                         format!(
                             "UPDATE instances SET state = $1, state_detail = NULL, operation_id = $2, \
                              updated_at = $3, generation = generation + 1 \
-                             WHERE id = $4 AND operation_id IS NULL AND state IN ({})",
+                             WHERE id = $4 AND project_id = $5 AND operation_id IS NULL \
+                             AND state IN ({})",
                             params.join(", ")
                         ),
                         args,

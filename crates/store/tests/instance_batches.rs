@@ -255,27 +255,34 @@ async fn terminations_at_once(store: &Store) {
 async fn beginnings_at_once_on_sqlite() {
     let (store, dir) = common::sqlite().await;
     let path = dir.path().join("tessera.db");
-    beginnings_at_once(&store, common::Raw::Sqlite(path.display().to_string())).await;
+    let raw = common::Raw::Sqlite(path.display().to_string());
+    beginnings_at_once(&store, &store, raw).await;
     store.close().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn beginnings_at_once_on_postgres() {
     let (store, database) = common::postgres("tessera_beginnings").await;
-    beginnings_at_once(&store, common::Raw::Postgres(database.url.clone())).await;
+    // Another replica on the same database.
+    let other = Store::open(&database.url).await.expect("open PostgreSQL");
+    let raw = common::Raw::Postgres(database.url.clone());
+    beginnings_at_once(&store, &other, raw).await;
+    other.close().await;
     store.close().await;
     database.drop().await;
 }
 
 /// Deletes, a stop and a start begin at once (each delete asked twice, as
-/// a client that retries asks; on PostgreSQL most in batches), with three
-/// that cannot: a delete of an instance whose creation is under way, one
-/// of a running instance with another operation under way on it, and a
-/// stop of a stopped instance. Each that begins does so once: the instance
-/// takes its operation and new state, the operation is as the call
-/// answered it (running, taken), and a delete's meter stops; those that
-/// cannot change nothing.
-async fn beginnings_at_once(store: &Store, raw: common::Raw) {
+/// a client that retries asks, the second time through `other`, another
+/// replica on PostgreSQL; there most go in batches), a stop and a delete of
+/// one running instance race, and three cannot begin: a delete of an
+/// instance whose creation is under way, one of a running instance with
+/// another operation under way on it, and a stop of a stopped instance.
+/// Each that begins does so once: the instance takes its operation and new
+/// state, the operation is as the call answered it (running, taken), and a
+/// delete's meter stops, booking what it ran for; those that cannot change
+/// nothing.
+async fn beginnings_at_once(store: &Store, other: &Store, raw: common::Raw) {
     use InstanceState::{Running, Stopped};
     let project = new_project(store, "p-begin", "begin").await;
     let host = ready_host(store, "begin-1", 8, 1 << 20).await;
@@ -288,6 +295,8 @@ async fn beginnings_at_once(store: &Store, raw: common::Raw) {
         ("st", Stopped),
         ("sd", Stopped),
         ("held", Running),
+        ("sx", Running),
+        ("s2", Running),
     ];
     let mut made = HashMap::new();
     for (cpu, (name, state)) in plan.into_iter().enumerate() {
@@ -313,6 +322,12 @@ async fn beginnings_at_once(store: &Store, raw: common::Raw) {
         (OperationKind::InstanceStop, &["running"], "stopping");
     const START: (OperationKind, &[&str], &str) =
         (OperationKind::InstanceStart, &["stopped"], "provisioning");
+    // d1 has run an hour: its delete books that hour.
+    raw.execute(&format!(
+        "UPDATE meters SET running_since = running_since - 3600000 WHERE resource_id = '{}'",
+        made["d1"]
+    ))
+    .await;
     let calls = [
         ("d1", DELETE, 1),
         ("d2", DELETE, 1),
@@ -324,6 +339,8 @@ async fn beginnings_at_once(store: &Store, raw: common::Raw) {
         ("sd", STOP, 1),
         ("busy", DELETE, 1),
         ("held", DELETE, 1),
+        ("sx", STOP, 1),
+        ("sx", DELETE, 2),
         ("d1", DELETE, 2),
         ("d2", DELETE, 2),
         ("d3", DELETE, 2),
@@ -341,7 +358,8 @@ async fn beginnings_at_once(store: &Store, raw: common::Raw) {
                 params: serde_json::json!({ "instance_id": id }),
                 created_by: "alice".into(),
             };
-            let taken = store
+            let via = if *n == 2 { other } else { store };
+            let taken = via
                 .begin_instance_operation(&id, from, to, &op, &LEASE, None)
                 .await
                 .expect("begin");
@@ -367,7 +385,7 @@ async fn beginnings_at_once(store: &Store, raw: common::Raw) {
         assert_eq!(instance.operation_id.as_deref(), Some(op.as_str()));
         ops_of.entry(name).or_default().push(op);
     }
-    for name in ["d1", "d2", "d3", "d4", "s1", "st", "sd"] {
+    for name in ["d1", "d2", "d3", "d4", "s1", "st", "sd", "sx"] {
         assert_eq!(ops_of.get(name).map(Vec::len), Some(1), "{name} began once");
     }
     assert_eq!(ops_of.get("busy"), None, "its creation is under way");
@@ -386,11 +404,43 @@ async fn beginnings_at_once(store: &Store, raw: common::Raw) {
         (busy_now.state.as_str(), busy_now.operation_id.as_deref()),
         ("provisioning", Some(busy.1.as_str()))
     );
+    // Another project's operation does not begin on this one's instance.
+    let stranger = new_project(store, "p-stranger", "stranger").await;
+    let op = NewOperation {
+        id: "op-stranger".into(),
+        project_id: stranger.id.clone(),
+        kind: OperationKind::InstanceStop,
+        resource_id: Some(made["s2"].clone()),
+        params: serde_json::json!({ "instance_id": made["s2"] }),
+        created_by: "mallory".into(),
+    };
+    let (_, from, to) = STOP;
+    let taken = store
+        .begin_instance_operation(&made["s2"], from, to, &op, &LEASE, None)
+        .await
+        .expect("begin");
+    assert_eq!(taken, None, "not the stranger's instance");
+    let s2 = store
+        .instance(&made["s2"])
+        .await
+        .expect("read")
+        .expect("there");
+    assert_eq!((s2.state.as_str(), s2.operation_id), ("running", None));
     // Committed to: the instance stopping (its meter runs until it has
-    // stopped), the one held, the one starting and the one being made;
-    // not the deleted.
+    // stopped), s2, the one held, the one starting and the one being made;
+    // not the deleted. sx is one or the other, as its race went.
+    let sx_stopped = ops_of["sx"][0].starts_with("op-instance_stop-");
     let balance = store.balance(&project.id).await.expect("balance");
-    assert_eq!(balance.committed_micros_per_hour, 4 * PRICE);
+    assert_eq!(
+        balance.committed_micros_per_hour,
+        (5 + i64::from(sx_stopped)) * PRICE
+    );
+    // What was spent: d1's hour, booked once, and a few seconds' worth at
+    // most of the meters that ran for the test.
+    assert!(
+        (PRICE..PRICE + 100).contains(&balance.spent_micros),
+        "{balance:?}"
+    );
 }
 
 /// A terminated instance's meter is folded into its project's balance and

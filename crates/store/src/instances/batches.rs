@@ -530,7 +530,12 @@ impl Beginning {
     }
 }
 
-/// Beginnings (see [`Beginning`]), in their instances' order.
+/// Beginnings (see [`Beginning`]). The statement first holds the
+/// instances that have no operation under way, in their ids' order, so
+/// that two batches (of two replicas) take them in one order; then begins
+/// each input whose instance it holds, is its project's and is in one of
+/// its states (the newest version of the row, once held). Two inputs for
+/// one instance: one begins, the other does not.
 pub(crate) struct BeginBatch(Writer);
 
 static BEGIN_MANY: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
@@ -539,10 +544,13 @@ static BEGIN_MANY: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
            instance TEXT, from_states TEXT, to_state TEXT, operation TEXT, project_id TEXT, \
            kind TEXT, resource_id TEXT, params TEXT, created_by TEXT, at TEXT, \
            lease_until TEXT, owner TEXT, stop_meter BOOLEAN, at_ms BIGINT)), \
+         held AS (SELECT t.id FROM instances t WHERE t.id IN (SELECT instance FROM input) \
+           AND t.operation_id IS NULL ORDER BY t.id FOR NO KEY UPDATE), \
          began AS (UPDATE instances t SET state = i.to_state, state_detail = NULL, \
            operation_id = i.operation, updated_at = $2, generation = t.generation + 1 \
            FROM (SELECT * FROM input ORDER BY instance, n) i \
-           WHERE t.id = i.instance AND t.operation_id IS NULL \
+           WHERE t.id = i.instance AND t.id IN (SELECT id FROM held) \
+           AND t.project_id = i.project_id AND t.operation_id IS NULL \
            AND t.state = ANY (string_to_array(i.from_states, ',')) RETURNING i.*), \
          taken AS (INSERT INTO operations ({columns}, lease_owner) \
            SELECT b.operation, b.project_id, b.kind, 'running', b.resource_id, b.params, '[]', \
