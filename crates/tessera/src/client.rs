@@ -271,20 +271,36 @@ pub enum InstanceCommand {
         labels: Option<String>,
     },
     /// Show an instance.
-    Get { id: String },
+    Get {
+        /// The instance's id, or its name (of one not terminated).
+        #[arg(value_name = "ID_OR_NAME")]
+        id: String,
+    },
     /// Delete an instance and wait until it is gone.
     Delete {
+        /// The instance's id, or its name (of one not terminated).
+        #[arg(value_name = "ID_OR_NAME")]
         id: String,
         #[arg(long)]
         no_wait: bool,
     },
     /// Stop an instance (its disk stays) and wait.
-    Stop { id: String },
+    Stop {
+        /// The instance's id, or its name (of one not terminated).
+        #[arg(value_name = "ID_OR_NAME")]
+        id: String,
+    },
     /// Start a stopped instance and wait.
-    Start { id: String },
+    Start {
+        /// The instance's id, or its name (of one not terminated).
+        #[arg(value_name = "ID_OR_NAME")]
+        id: String,
+    },
     /// SSH into an instance as root: at its address, or with `--forwarded`
     /// through the port its host forwards (from another machine).
     Ssh {
+        /// The instance's id, or its name (of one not terminated).
+        #[arg(value_name = "ID_OR_NAME")]
         id: String,
         /// The private key to log in with.
         #[arg(short = 'i', long)]
@@ -762,14 +778,8 @@ pub async fn instance(args: ClientArgs, command: InstanceCommand) -> Result<()> 
             client.print(&shown, print_instance);
         }
         InstanceCommand::List { labels } => {
-            let path = match labels {
-                Some(selector) => format!(
-                    "/v1/instances?labels={}",
-                    form_urlencoded::byte_serialize(selector.as_bytes()).collect::<String>()
-                ),
-                None => "/v1/instances".to_string(),
-            };
-            let list = client.call(reqwest::Method::GET, &path, None).await?;
+            let items = all_instances(&client, labels.as_deref()).await?;
+            let list = json!({ "items": items });
             client.print(&list, |list| {
                 for i in list["items"].as_array().into_iter().flatten() {
                     print_instance(i);
@@ -777,12 +787,14 @@ pub async fn instance(args: ClientArgs, command: InstanceCommand) -> Result<()> 
             });
         }
         InstanceCommand::Get { id } => {
+            let id = instance_id(&client, &id).await?;
             let got = client
                 .call(reqwest::Method::GET, &format!("/v1/instances/{id}"), None)
                 .await?;
             client.print(&got, print_instance);
         }
         InstanceCommand::Delete { id, no_wait } => {
+            let id = instance_id(&client, &id).await?;
             let deleting = client
                 .call(
                     reqwest::Method::DELETE,
@@ -801,6 +813,7 @@ pub async fn instance(args: ClientArgs, command: InstanceCommand) -> Result<()> 
             }
         }
         InstanceCommand::Stop { id } | InstanceCommand::Start { id } => {
+            let id = instance_id(&client, &id).await?;
             let verb = match &command_verb {
                 Some(verb) => *verb,
                 None => "start",
@@ -829,6 +842,7 @@ pub async fn instance(args: ClientArgs, command: InstanceCommand) -> Result<()> 
             forwarded,
             command,
         } => {
+            let id = instance_id(&client, &id).await?;
             let shown = client
                 .call(reqwest::Method::GET, &format!("/v1/instances/{id}"), None)
                 .await?;
@@ -868,6 +882,57 @@ pub async fn instance(args: ClientArgs, command: InstanceCommand) -> Result<()> 
         }
     }
     Ok(())
+}
+
+/// Every instance of the caller's workspace that is not terminated (with
+/// `labels`, those the selector matches), page after page.
+async fn all_instances(client: &Client, labels: Option<&str>) -> Result<Vec<Value>> {
+    let mut items = Vec::new();
+    let mut page_token: Option<String> = None;
+    loop {
+        let mut query = form_urlencoded::Serializer::new(String::new());
+        query.append_pair("limit", "1000");
+        if let Some(selector) = labels {
+            query.append_pair("labels", selector);
+        }
+        if let Some(token) = &page_token {
+            query.append_pair("page_token", token);
+        }
+        let path = format!("/v1/instances?{}", query.finish());
+        let mut page = client.call(reqwest::Method::GET, &path, None).await?;
+        if let Value::Array(more) = page["items"].take() {
+            items.extend(more);
+        }
+        match page["next_page_token"].as_str() {
+            Some(token) => page_token = Some(token.to_string()),
+            None => return Ok(items),
+        }
+    }
+}
+
+/// The id of the instance `id_or_name` names: an id (`inst-...`) as it is,
+/// else the one instance of the workspace, not terminated, of that name.
+async fn instance_id(client: &Client, id_or_name: &str) -> Result<String> {
+    if id_or_name.starts_with("inst-") {
+        return Ok(id_or_name.to_string());
+    }
+    let named: Vec<String> = all_instances(client, None)
+        .await?
+        .iter()
+        .filter(|i| i["metadata"]["name"] == id_or_name)
+        .map(|i| text(&i["id"]).to_string())
+        .collect();
+    match named.as_slice() {
+        [id] => Ok(id.clone()),
+        [] => {
+            bail!("no instance is named {id_or_name:?} (a terminated one is known by its id only)")
+        }
+        ids => bail!(
+            "{} instances are named {id_or_name:?} ({}): give the id of one",
+            ids.len(),
+            ids.join(", ")
+        ),
+    }
 }
 
 pub async fn join_token(args: ClientArgs, command: JoinTokenCommand) -> Result<()> {

@@ -215,6 +215,38 @@ async fn a_user_lays_out_a_network_from_the_shell() {
     let shown: serde_json::Value = serde_json::from_str(&shown).expect("json");
     assert_eq!(shown["status"]["private_ip"], "10.200.1.2", "{shown}");
     assert_eq!(shown["spec"]["security_groups"], serde_json::json!(["web"]));
+    // Known by its name as by its id: stopped, started, shown.
+    let id = shown["id"].as_str().expect("an id").to_string();
+    let stopped = run(&["instance", "stop", "web-1"]);
+    assert!(
+        stopped.starts_with(&id) && stopped.contains(" stopped "),
+        "{stopped}"
+    );
+    assert!(run(&["instance", "start", "web-1"]).contains(" running "));
+    let got: serde_json::Value =
+        serde_json::from_str(&run(&["instance", "get", "web-1", "--json"])).expect("json");
+    assert_eq!(got["id"], id.as_str(), "{got}");
+    // A name two instances have, or none has, is an error that says so.
+    let twin: serde_json::Value =
+        serde_json::from_str(&run(&["instance", "create", "web-1", "--json"])).expect("json");
+    let twin = twin["id"].as_str().expect("an id").to_string();
+    let (ok, _, err) = tessera(&server.url, TOKEN, &["instance", "get", "web-1"], None);
+    assert!(!ok, "{err}");
+    assert!(
+        err.contains("2 instances are named \"web-1\"") && err.contains(&id) && err.contains(&twin),
+        "{err}"
+    );
+    let (ok, _, err) = tessera(&server.url, TOKEN, &["instance", "delete", "web-9"], None);
+    assert!(
+        !ok && err.contains("no instance is named \"web-9\""),
+        "{err}"
+    );
+    // Deleted by id, the name is one instance's again.
+    run(&["instance", "delete", &twin]);
+    assert!(run(&["instance", "delete", "web-1"]).contains(&format!("instance {id} deleted")));
+    let (ok, _, err) = tessera(&server.url, TOKEN, &["instance", "get", "web-1"], None);
+    assert!(!ok && err.contains("no instance is named"), "{err}");
+    assert!(run(&["instance", "get", &id]).contains(" terminated "));
     server.stop();
 }
 
