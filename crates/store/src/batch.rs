@@ -227,6 +227,13 @@ pub(crate) async fn fetch_many(
     conn.fetch_rows(sql, &args).await
 }
 
+/// Which of `calls` calls rows of `n` (each call's index) answer: those a
+/// statement did what they asked, the others `false`.
+pub(crate) fn answered(rows: Vec<AnyRow>, calls: usize) -> std::result::Result<Vec<bool>, DbError> {
+    let answers = answers_by_index(rows, calls, |_| Ok(()))?;
+    Ok(answers.into_iter().map(|a| a.is_some()).collect())
+}
+
 /// Each call's answer from rows of `(n, value)`, `n` the call's index;
 /// `None` for the calls no row answers.
 pub(crate) fn answers_by_index<T>(

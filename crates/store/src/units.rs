@@ -1,6 +1,6 @@
 //! Kloigos compute units and the CPU ledger that backs their allocation.
 
-use crate::batch::{Batch, Batcher, answers_by_index, fetch_many};
+use crate::batch::{Batch, Batcher, answered, answers_by_index, fetch_many};
 use crate::db::{Arg, Conn, DbError};
 use crate::hosts::status_guard;
 use crate::writer::{Commit, Shape, Writer};
@@ -1005,8 +1005,7 @@ impl Batch for ReleaseBatch {
                 .any(|r| r.project_id.is_none() || r.project_id != releases[0].project_id);
             let sql = &RELEASE_MANY[usize::from(several)];
             let rows = fetch_many(&mut conn, sql, inputs).await?;
-            let freed = answers_by_index(rows, releases.len(), |_| Ok(()))?;
-            Ok(freed.into_iter().map(|f| f.is_some()).collect())
+            answered(rows, releases.len())
         })
     }
 }

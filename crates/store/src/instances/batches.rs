@@ -13,7 +13,7 @@
 //! own refusal.
 
 use super::{InstanceRecord, InstancesAdded, NewInstance};
-use crate::batch::{Batch, Batcher, answers_by_index, fetch_many};
+use crate::batch::{Batch, Batcher, answered, answers_by_index, fetch_many};
 use crate::db::{Conn, DbError};
 use crate::operations::NewOperation;
 use crate::writer::{Commit, Shape, Writer};
@@ -316,8 +316,7 @@ impl Batch for SettleBatch {
                 input
             });
             let rows = fetch_many(&mut conn, &SETTLE_MANY, inputs).await?;
-            let ended = answers_by_index(rows, settlements.len(), |_| Ok(()))?;
-            Ok(ended.into_iter().map(|e| e.is_some()).collect())
+            answered(rows, settlements.len())
         })
     }
 }
@@ -424,8 +423,7 @@ async fn terminate(
         terminations.iter().map(|t| t.input()),
     )
     .await?;
-    let ended = answers_by_index(rows, terminations.len(), |_| Ok(()))?;
-    Ok(ended.into_iter().map(|e| e.is_some()).collect())
+    answered(rows, terminations.len())
 }
 
 impl Batch for TerminateBatch {
@@ -571,8 +569,7 @@ async fn begin(
     beginnings: &[Arc<Beginning>],
 ) -> std::result::Result<Vec<bool>, DbError> {
     let rows = fetch_many(conn, &BEGIN_MANY, beginnings.iter().map(|b| b.input())).await?;
-    let began = answers_by_index(rows, beginnings.len(), |_| Ok(()))?;
-    Ok(began.into_iter().map(|b| b.is_some()).collect())
+    answered(rows, beginnings.len())
 }
 
 impl Batch for BeginBatch {
