@@ -11,7 +11,7 @@ use crate::billing::{meter_open, meter_set};
 use crate::db::{Arg, Conn, DbError};
 use crate::operations::{
     NewOperation, OperationEnd, operation_finish, operation_insert, operation_insert_taken,
-    operation_progress,
+    operation_progress, operation_taken,
 };
 use crate::volumes::{volume_attach, volume_insert};
 use crate::writer::Commit;
@@ -1223,17 +1223,18 @@ impl Store {
         lease_until: &str,
         paid: Option<&QuotaCheck>,
     ) -> Result<Option<crate::OperationRecord>> {
-        let (insert, taken) = operation_insert_taken(op, &self.owner, lease_until);
         let stop_meter = op.kind == OperationKind::InstanceDelete;
         // One statement on PostgreSQL, alone or batched, unless the
         // project's balance is checked in the same transaction.
         if paid.is_none()
             && let Some(batches) = &self.instance_batches
         {
+            let taken = operation_taken(op, lease_until);
             let beginning = Beginning::new(instance_id, from, to, &taken, &self.owner, stop_meter);
             let began = batches.begin.call(Arc::new(beginning)).await?;
             return Ok(began.then_some(taken));
         }
+        let (insert, taken) = operation_insert_taken(op, &self.owner, lease_until);
         let mut args: Vec<Arg> = vec![
             to.into(),
             (&op.id).into(),

@@ -96,8 +96,16 @@ pub(crate) fn operation_insert_taken(
     owner: &str,
     lease_until: &str,
 ) -> ((String, Vec<Arg>), OperationRecord) {
+    let record = operation_taken(op, lease_until);
+    let insert = operation_row(op, &record.created_at, Some((owner, lease_until)));
+    (insert, record)
+}
+
+/// The row [`operation_insert_taken`] inserts, made now, for a batch that
+/// writes it with its own statement.
+pub(crate) fn operation_taken(op: &NewOperation, lease_until: &str) -> OperationRecord {
     let at = now();
-    let record = OperationRecord {
+    OperationRecord {
         id: op.id.clone(),
         project_id: op.project_id.clone(),
         kind: op.kind.as_str().to_string(),
@@ -114,8 +122,7 @@ pub(crate) fn operation_insert_taken(
         updated_at: at.clone(),
         attempts: 1,
         last_error: None,
-    };
-    (operation_row(op, &at, Some((owner, lease_until))), record)
+    }
 }
 
 /// The insert of a new operation at `at`: `pending`, or `running` and

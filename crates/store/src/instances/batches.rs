@@ -653,7 +653,7 @@ impl Creation {
             }
         };
         let at = crate::now();
-        let (_, taken) = crate::operations::operation_insert_taken(op, owner, lease_until);
+        let taken = crate::operations::operation_taken(op, lease_until);
         // Its labels as its own write keeps them: those of text values.
         let labels: serde_json::Map<String, serde_json::Value> = instance
             .labels
