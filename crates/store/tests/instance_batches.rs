@@ -25,20 +25,11 @@ const PRICE: i64 = 3_600;
 const MEMORY_MB: i64 = 1024;
 const SMALL_HOLDS: usize = 10;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn placements_and_settlements_at_once_on_sqlite() {
-    let (store, _dir) = common::sqlite().await;
-    at_once(&store).await;
-    store.close().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn placements_and_settlements_at_once_on_postgres() {
-    let (store, database) = common::postgres("tessera_instance_batches").await;
-    at_once(&store).await;
-    store.close().await;
-    database.drop().await;
-}
+on_both_stores!(
+    placements_and_settlements_at_once,
+    at_once,
+    "tessera_instance_batches"
+);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn creations_at_once_on_sqlite() {
@@ -56,35 +47,17 @@ async fn creations_at_once_on_postgres() {
     database.drop().await;
 }
 
-#[tokio::test]
-async fn closed_meters_fold_into_the_balance_on_sqlite() {
-    let (store, _dir) = common::sqlite().await;
-    closed_meters_fold(&store).await;
-    store.close().await;
-}
+on_both_stores!(
+    closed_meters_fold_into_the_balance,
+    closed_meters_fold,
+    "tessera_folded_meters"
+);
 
-#[tokio::test]
-async fn closed_meters_fold_into_the_balance_on_postgres() {
-    let (store, database) = common::postgres("tessera_folded_meters").await;
-    closed_meters_fold(&store).await;
-    store.close().await;
-    database.drop().await;
-}
-
-#[tokio::test]
-async fn a_shared_cpu_is_whole_again_with_its_last_share_on_sqlite() {
-    let (store, _dir) = common::sqlite().await;
-    shared_cpu_freed(&store).await;
-    store.close().await;
-}
-
-#[tokio::test]
-async fn a_shared_cpu_is_whole_again_with_its_last_share_on_postgres() {
-    let (store, database) = common::postgres("tessera_shared_release").await;
-    shared_cpu_freed(&store).await;
-    store.close().await;
-    database.drop().await;
-}
+on_both_stores!(
+    a_shared_cpu_is_whole_again_with_its_last_share,
+    shared_cpu_freed,
+    "tessera_shared_release"
+);
 
 /// Two instances share a CPU (half each). When one ends, its release
 /// leaves the CPU shared by the other, so no instance may take it whole;
@@ -118,20 +91,11 @@ async fn shared_cpu_freed(store: &Store) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn terminations_at_once_on_sqlite() {
-    let (store, _dir) = common::sqlite().await;
-    terminations_at_once(&store).await;
-    store.close().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn terminations_at_once_on_postgres() {
-    let (store, database) = common::postgres("tessera_terminations").await;
-    terminations_at_once(&store).await;
-    store.close().await;
-    database.drop().await;
-}
+on_both_stores!(
+    terminations_at_once,
+    terminations_at_once,
+    "tessera_terminations"
+);
 
 /// Instances on two hosts end at once, each twice (on PostgreSQL most of
 /// them in batches), with one whose creation this store does not drive
@@ -545,20 +509,11 @@ async fn closed_meters_fold(store: &Store) {
 /// What each instance of [`closed_meters_fold`] costs an hour.
 const FOLD_PRICE: i64 = 3_600_000;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_creation_a_delete_superseded_does_not_end_running_on_sqlite() {
-    let (store, _dir) = common::sqlite().await;
-    superseded(&store).await;
-    store.close().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_creation_a_delete_superseded_does_not_end_running_on_postgres() {
-    let (store, database) = common::postgres("tessera_superseded").await;
-    superseded(&store).await;
-    store.close().await;
-    database.drop().await;
-}
+on_both_stores!(
+    a_creation_a_delete_superseded_does_not_end_running,
+    superseded,
+    "tessera_superseded"
+);
 
 /// Creations ended running at once (so that, on PostgreSQL, they go in
 /// one batch), two of which a delete superseded: those two do not end
@@ -1293,20 +1248,11 @@ async fn creations_take_usage_before_addresses_on_postgres() {
     database.drop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_hosts_memory_counts_instances_moving_in_on_sqlite() {
-    let (store, _dir) = common::sqlite().await;
-    moving_in(&store).await;
-    store.close().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_hosts_memory_counts_instances_moving_in_on_postgres() {
-    let (store, database) = common::postgres("tessera_memory_moving_in").await;
-    moving_in(&store).await;
-    store.close().await;
-    database.drop().await;
-}
+on_both_stores!(
+    a_hosts_memory_counts_instances_moving_in,
+    moving_in,
+    "tessera_memory_moving_in"
+);
 
 /// A host's memory holds what is placed on it, each instance once though
 /// the ledger holds its CPUs there too, and what is moving in: an

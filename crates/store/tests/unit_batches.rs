@@ -15,35 +15,13 @@ use tessera_store::{NewUnit, Store, UnitClaim};
 /// Units on each host, one CPU each.
 const UNITS: u32 = 48;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn unit_writes_at_once_on_sqlite() {
-    let (store, _dir) = common::sqlite().await;
-    writes_at_once(&store).await;
-    store.close().await;
-}
+on_both_stores!(unit_writes_at_once, writes_at_once, "tessera_batches");
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn unit_writes_at_once_on_postgres() {
-    let (store, database) = common::postgres("tessera_batches").await;
-    writes_at_once(&store).await;
-    store.close().await;
-    database.drop().await;
-}
-
-#[tokio::test]
-async fn a_units_meter_runs_while_allocated_on_sqlite() {
-    let (store, _dir) = common::sqlite().await;
-    metered_allocations(&store).await;
-    store.close().await;
-}
-
-#[tokio::test]
-async fn a_units_meter_runs_while_allocated_on_postgres() {
-    let (store, database) = common::postgres("tessera_unit_meters").await;
-    metered_allocations(&store).await;
-    store.close().await;
-    database.drop().await;
-}
+on_both_stores!(
+    a_units_meter_runs_while_allocated,
+    metered_allocations,
+    "tessera_unit_meters"
+);
 
 #[tokio::test]
 async fn units_allocated_before_meters_get_one_on_sqlite() {

@@ -201,3 +201,28 @@ pub async fn every_count_shard(conn: &mut PgConnection, subnet: &str) {
     .await
     .expect("the count rows");
 }
+
+/// Two tests of `$check(&Store)`, `$name::on_sqlite` and
+/// `$name::on_postgres`: on a fresh SQLite file, and on a fresh database
+/// (`$prefix`) of the test PostgreSQL.
+#[macro_export]
+macro_rules! on_both_stores {
+    ($name:ident, $check:ident, $prefix:literal) => {
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn on_sqlite() {
+                let (store, _dir) = $crate::common::sqlite().await;
+                super::$check(&store).await;
+                store.close().await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn on_postgres() {
+                let (store, database) = $crate::common::postgres($prefix).await;
+                super::$check(&store).await;
+                store.close().await;
+                database.drop().await;
+            }
+        }
+    };
+}
