@@ -9,8 +9,10 @@
 //! generation than the row's changes nothing.
 
 use crate::db::{Arg, Conn, DbError};
-use crate::writer::Commit;
+use crate::writer::{Commit, Shape};
 use crate::{Result, Store, now};
+use futures::future::BoxFuture;
+use std::sync::Arc;
 
 #[derive(Clone, Debug, sqlx::FromRow)]
 pub struct JoinTokenRecord {
@@ -67,6 +69,18 @@ pub struct WorkRecord {
     pub desired: String,
     pub observed_generation: i64,
     pub observed: Option<String>,
+}
+
+/// A row of [`Store::desired_since`]: the agent's generation, and one
+/// object changed since, if any.
+#[derive(sqlx::FromRow)]
+struct DesiredRow {
+    agent_generation: i64,
+    key: Option<String>,
+    generation: Option<i64>,
+    desired: Option<String>,
+    observed_generation: Option<i64>,
+    observed: Option<String>,
 }
 
 const JOIN_TOKEN_COLUMNS: &str = "id, token_hash, description, created_by, created_at, expires_at, revoked_at, replaces, \
@@ -441,12 +455,20 @@ impl Store {
         key: &str,
         desired: &str,
     ) -> Result<Option<(i64, bool)>> {
-        let (hostname, key, desired) = (hostname.to_string(), key.to_string(), desired.to_string());
-        self.write("set_desired", move |conn| {
-            let (hostname, key, desired) = (hostname.clone(), key.clone(), desired.clone());
-            Box::pin(async move { set_desired(conn, &hostname, &key, &desired, None).await })
-        })
-        .await
+        let host = hostname.to_string();
+        let (key, desired) = (key.to_string(), desired.to_string());
+        let shape = self.write.one_statement_on_postgres();
+        let written = self
+            .write
+            .write("set_desired", shape, move |conn| {
+                let (hostname, key, desired) = (host.clone(), key.clone(), desired.clone());
+                Box::pin(async move { set_desired(conn, &hostname, &key, &desired, None).await })
+            })
+            .await?;
+        if written.is_some() {
+            self.tell_replicas(format!("{DESIRED}{hostname}")).await;
+        }
+        Ok(written)
     }
 
     /// Writes `previous` back as `key`'s desired state, as
@@ -461,6 +483,7 @@ impl Store {
         ours: &str,
         previous: &str,
     ) -> Result<bool> {
+        let host = hostname.to_string();
         let (hostname, key, ours, previous) = (
             hostname.to_string(),
             key.to_string(),
@@ -480,6 +503,9 @@ impl Store {
                 )
             })
             .await?;
+        if written.is_some() {
+            self.tell_replicas(format!("{DESIRED}{host}")).await;
+        }
         Ok(written.is_some())
     }
 
@@ -494,6 +520,49 @@ impl Store {
             &[hostname.into(), after.into()],
         )
         .await
+    }
+
+    /// What a long-poll of `hostname`'s agent after generation `after`
+    /// reads, in one statement: the agent's generation now and the objects
+    /// changed since `after`, oldest change first (every object when
+    /// `after` is ahead of the agent: a generation from before the store
+    /// was reset). `None`: the host has no agent.
+    pub async fn desired_since(
+        &self,
+        hostname: &str,
+        after: i64,
+    ) -> Result<Option<(i64, Vec<WorkRecord>)>> {
+        let read = |after: i64| async move {
+            self.fetch_all::<DesiredRow>(
+                "SELECT a.generation AS agent_generation, w.key, w.generation, w.desired, \
+                 w.observed_generation, w.observed FROM agents a LEFT JOIN agent_work w \
+                 ON w.hostname = a.hostname AND w.generation > $2 \
+                 WHERE a.hostname = $1 ORDER BY w.generation",
+                &[hostname.into(), after.into()],
+            )
+            .await
+        };
+        let mut rows = read(after).await?;
+        let Some(now) = rows.first().map(|row| row.agent_generation) else {
+            return Ok(None);
+        };
+        if after > now {
+            rows = read(0).await?;
+        }
+        let work = rows
+            .into_iter()
+            .filter_map(|row| {
+                Some(WorkRecord {
+                    hostname: hostname.to_string(),
+                    key: row.key?,
+                    generation: row.generation?,
+                    desired: row.desired?,
+                    observed_generation: row.observed_generation?,
+                    observed: row.observed,
+                })
+            })
+            .collect();
+        Ok(Some((now, work)))
     }
 
     pub async fn work(&self, hostname: &str, key: &str) -> Result<Option<WorkRecord>> {
@@ -514,10 +583,10 @@ impl Store {
         generation: i64,
         observed: &str,
     ) -> Result<bool> {
-        let counts = self
-            .run_statements(
+        let count = self
+            .run_statement(
                 "set_observed",
-                vec![(
+                (
                     "UPDATE agent_work SET observed_generation = $1, observed = $2, updated_at = $3 \
                      WHERE hostname = $4 AND key = $5 AND generation = $1 \
                      AND observed_generation < $1"
@@ -529,24 +598,25 @@ impl Store {
                         hostname.into(),
                         key.into(),
                     ],
-                )],
-                |_| true,
+                ),
             )
             .await?;
-        Ok(counts[0] == 1)
+        if count == 1 {
+            self.tell_replicas(format!("{REPORT}{hostname}")).await;
+        }
+        Ok(count == 1)
     }
 
     /// Forgets an object whose desired state was reached for good (an
     /// instance deleted), unless it changed since `generation`.
     pub async fn forget_work(&self, hostname: &str, key: &str, generation: i64) -> Result<()> {
-        self.run_statements(
+        self.run_statement(
             "forget_work",
-            vec![(
+            (
                 "DELETE FROM agent_work WHERE hostname = $1 AND key = $2 AND generation <= $3"
                     .into(),
                 vec![hostname.into(), key.into(), generation.into()],
-            )],
-            |_| true,
+            ),
         )
         .await?;
         Ok(())
@@ -589,6 +659,21 @@ async fn bump_host(conn: &mut Conn<'_>, hostname: &str) -> std::result::Result<(
     Ok(())
 }
 
+/// [`set_desired`] on PostgreSQL as one statement, run without a
+/// transaction around it: the agent's row taken and moved to its next
+/// generation first, then the key's row written at it (nothing, when the
+/// host has no agent). One round trip a change instead of four (`BEGIN`,
+/// two statements, `COMMIT`): every instance made, stopped, started or
+/// deleted on a host with an agent writes one.
+const SET_DESIRED_AT_ONCE: &str = "WITH bumped AS (\
+     UPDATE agents SET generation = generation + 1 WHERE hostname = $1 \
+     RETURNING generation, reachable), \
+     written AS (INSERT INTO agent_work (hostname, key, generation, desired, \
+     observed_generation, updated_at) SELECT $1, $2, generation, $3, 0, $4 FROM bumped \
+     ON CONFLICT (hostname, key) DO UPDATE SET generation = excluded.generation, \
+     desired = excluded.desired, updated_at = excluded.updated_at) \
+     SELECT generation, reachable FROM bumped";
+
 /// Sets `key`'s desired state at the agent's next generation; with
 /// `only_over`, only while the key holds that (checked under the agent
 /// row's lock, which every write of its desired state takes first).
@@ -599,6 +684,14 @@ async fn set_desired(
     desired: &str,
     only_over: Option<&str>,
 ) -> std::result::Result<Commit<Option<(i64, bool)>>, DbError> {
+    if only_over.is_none() && conn.is_postgres() {
+        let args: Vec<Arg> = vec![hostname.into(), key.into(), desired.into(), now().into()];
+        let bumped = conn.fetch_ints(SET_DESIRED_AT_ONCE, &args).await?;
+        return Ok(Commit::Keep(match bumped[..] {
+            [generation, reachable] => Some((generation, reachable != 0)),
+            _ => None,
+        }));
+    }
     let bumped = conn
         .fetch_ints(
             "UPDATE agents SET generation = generation + 1 WHERE hostname = $1 \
@@ -727,11 +820,76 @@ impl Store {
     }
 }
 
-/// The channel PostgreSQL's triggers (migrations 0025 and 0029) notify on:
-/// `desired <hostname>` when a host's desired state changes, `report
-/// <hostname>` when its agent reports, the bare host name when its agent's
-/// credential changes or the agent goes.
+/// The channel agents' changes are told on, on PostgreSQL: `desired
+/// <hostname>` when a host's desired state changes and `report
+/// <hostname>` when its agent reports, each sent once its write committed
+/// ([`Store::tell_replicas`]); the bare host name, by a trigger (migration
+/// 0059), when its agent's credential changes or the agent goes.
 const AGENT_CHANNEL: &str = "tessera_agents";
+
+/// Tells every replica's listener of agents' changes, on PostgreSQL: the
+/// notices that callers ask for while one statement of them runs go
+/// together in the next ([`crate::batch`]). Its transaction commits
+/// without waiting for the WAL to reach the disk: a notice is a wake-up,
+/// not a record, and PostgreSQL lets one notifying transaction commit at
+/// a time (it holds a lock on the notification queue from its commit's
+/// start to its end). When the notices were sent by triggers in the
+/// writes themselves (migrations 0025 and 0029), that lock made every
+/// desired state and report commit one after another, each waiting for
+/// its own flush: with real agents, backends waiting for it were most of
+/// what a sample of PostgreSQL's activity saw during creations.
+pub(crate) struct NoticeBatch(crate::writer::Writer);
+
+impl NoticeBatch {
+    pub(crate) fn start(pool: &crate::pg::PgPool) -> crate::batch::Batcher<NoticeBatch> {
+        let writer = crate::writer::Writer::Postgres(pool.clone());
+        crate::batch::Batcher::start(NoticeBatch(writer), pool.clone())
+    }
+}
+
+/// [`NoticeBatch`]'s statement: `$1` the channel, `$2` the notices as a
+/// JSON list of text.
+const NOTIFY_MANY: &str = "SELECT set_config('synchronous_commit', 'off', true) AS durable, \
+     (SELECT COUNT(pg_notify($1, n)) FROM json_array_elements_text(CAST($2 AS json)) AS n) AS sent";
+
+async fn notify(conn: &mut Conn<'_>, notices: &[Arc<String>]) -> std::result::Result<(), DbError> {
+    let list = serde_json::Value::from(notices.iter().map(|n| n.as_str()).collect::<Vec<_>>());
+    let args: Vec<Arg> = vec![AGENT_CHANNEL.into(), list.to_string().into()];
+    conn.fetch_rows(NOTIFY_MANY, &args).await?;
+    Ok(())
+}
+
+impl crate::batch::Batch for NoticeBatch {
+    type Input = String;
+    type Answer = ();
+    const WHAT: &'static str = "tell_replicas";
+
+    fn one(&self, notice: Arc<String>) -> BoxFuture<'static, Result<()>> {
+        let writer = self.0.clone();
+        Box::pin(async move {
+            writer
+                .write("tell_replicas", Shape::OneStatement, move |mut conn| {
+                    let notice = notice.clone();
+                    Box::pin(async move {
+                        notify(&mut conn, &[notice]).await?;
+                        Ok(Commit::Keep(()))
+                    })
+                })
+                .await
+        })
+    }
+
+    fn many<'c>(
+        &'c self,
+        mut conn: Conn<'c>,
+        notices: &'c [Arc<String>],
+    ) -> BoxFuture<'c, std::result::Result<Vec<()>, DbError>> {
+        Box::pin(async move {
+            notify(&mut conn, notices).await?;
+            Ok(vec![(); notices.len()])
+        })
+    }
+}
 
 /// The start of a payload that names a host with a new desired state.
 const DESIRED: &str = "desired ";
@@ -801,6 +959,21 @@ impl Store {
             .await
             .map_err(crate::StoreError::Query)?;
         Ok(Some(AgentChanges(listener)))
+    }
+
+    /// Tells the other replicas of a change of an agent's work once it
+    /// committed (see [`NoticeBatch`]); nothing to do on SQLite, whose one
+    /// process wakes its own waiters. A notice that cannot be sent is
+    /// logged and dropped, the change kept: the replicas that missed it
+    /// find the change when their waiters next look (a report within 5 s,
+    /// a new desired state when the agent's long-poll ends, within 20 s).
+    async fn tell_replicas(&self, notice: String) {
+        let Some(notices) = &self.agent_notices else {
+            return;
+        };
+        if let Err(err) = notices.call(Arc::new(notice)).await {
+            tracing::warn!(error = %err, "telling the other replicas of an agent's change failed");
+        }
     }
 
     /// Notifies `token` as an echo on the agents' channel, through the

@@ -154,6 +154,9 @@ pub struct Store {
     /// On PostgreSQL, the writes of instances' creations gathered the same
     /// way (see `instances::batches`).
     instance_batches: Option<std::sync::Arc<instances::InstanceBatches>>,
+    /// On PostgreSQL, the notices of agents' changes, gathered the same
+    /// way (see `agents::NoticeBatch`).
+    agent_notices: Option<std::sync::Arc<batch::Batcher<agents::NoticeBatch>>>,
 }
 
 impl Store {
@@ -201,6 +204,7 @@ impl Store {
                     listen_url: None,
                     unit_batches: None,
                     instance_batches: None,
+                    agent_notices: None,
                 })
             }
             Backend::Postgres => {
@@ -219,6 +223,7 @@ impl Store {
                     instance_batches: Some(std::sync::Arc::new(instances::InstanceBatches::start(
                         &pool,
                     ))),
+                    agent_notices: Some(std::sync::Arc::new(agents::NoticeBatch::start(&pool))),
                     write: Writer::Postgres(pool),
                     listen_url: Some(url.into()),
                 })

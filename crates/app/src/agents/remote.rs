@@ -53,6 +53,12 @@ impl RemoteAgent {
             .map_err(|e| AgentError::Failed(format!("cannot encode the desired state: {e}")))?;
         let pending =
             current.filter(|row| row.desired == body && row.observed_generation < row.generation);
+        let signal = self.signals.of(&self.hostname);
+        // Listening before the change is written: its report cannot come
+        // unheard, so a change just written needs no look before the
+        // first wake-up.
+        let mut notified = Box::pin(signal.reported.notified());
+        let mut look = pending.is_some();
         let (generation, reachable) = match pending {
             // The same change is still under way (a call repeated after a
             // timeout): wait for it rather than ask for it twice.
@@ -75,7 +81,6 @@ impl RemoteAgent {
                 (generation, Some(reachable))
             }
         };
-        let signal = self.signals.of(&self.hostname);
         // Whether its agent still beats, as the write of the change read
         // it (else read now).
         let reachable = match reachable {
@@ -95,45 +100,51 @@ impl RemoteAgent {
         }
         let mut generation = generation;
         loop {
-            let notified = signal.reported.notified();
-            let row = self
-                .store
-                .work(&self.hostname, key)
-                .await
-                .map_err(store_error)?;
-            match row {
-                None => {
-                    return Err(AgentError::Failed(format!(
-                        "{key} on {} was superseded",
-                        self.hostname
-                    )));
+            if look {
+                let row = self
+                    .store
+                    .work(&self.hostname, key)
+                    .await
+                    .map_err(store_error)?;
+                match row {
+                    None => {
+                        return Err(AgentError::Failed(format!(
+                            "{key} on {} was superseded",
+                            self.hostname
+                        )));
+                    }
+                    // The same change asked again meanwhile (two replicas
+                    // preparing one host at once): its answer is ours too.
+                    Some(row) if row.generation > generation && row.desired == body => {
+                        generation = row.generation;
+                        continue;
+                    }
+                    Some(row) if row.generation > generation => {
+                        return Err(AgentError::Failed(format!(
+                            "{key} on {} was superseded by a newer change",
+                            self.hostname
+                        )));
+                    }
+                    Some(row) if row.observed_generation >= generation => {
+                        let observed = row.observed.unwrap_or_default();
+                        let outcome =
+                            serde_json::from_str::<Result<Outcome, AgentError>>(&observed)
+                                .map_err(|e| {
+                                    AgentError::Failed(format!(
+                                        "the agent's report is unreadable: {e}"
+                                    ))
+                                })??;
+                        return Ok((outcome, generation));
+                    }
+                    Some(_) => {}
                 }
-                // The same change asked again meanwhile (two replicas
-                // preparing one host at once): its answer is ours too.
-                Some(row) if row.generation > generation && row.desired == body => {
-                    generation = row.generation;
-                    continue;
-                }
-                Some(row) if row.generation > generation => {
-                    return Err(AgentError::Failed(format!(
-                        "{key} on {} was superseded by a newer change",
-                        self.hostname
-                    )));
-                }
-                Some(row) if row.observed_generation >= generation => {
-                    let observed = row.observed.unwrap_or_default();
-                    let outcome = serde_json::from_str::<Result<Outcome, AgentError>>(&observed)
-                        .map_err(|e| {
-                        AgentError::Failed(format!("the agent's report is unreadable: {e}"))
-                    })??;
-                    return Ok((outcome, generation));
-                }
-                Some(_) => {}
             }
             tokio::select! {
-                _ = notified => {}
+                _ = &mut notified => {}
                 _ = tokio::time::sleep(self.signals.poll()) => {}
             }
+            notified = Box::pin(signal.reported.notified());
+            look = true;
         }
     }
 

@@ -7,7 +7,6 @@ use crate::error::{Error, Result};
 use crate::identity::{CACHE_TTL, hash_token};
 use std::time::Duration;
 use tessera_agent_api::protocol::{Desired, DesiredPage, Heartbeat, Observed, WorkItem};
-use tessera_store::AgentRecord;
 
 impl App {
     /// The agent a bearer credential belongs to. A credential verified is
@@ -96,12 +95,14 @@ impl App {
         let deadline = tokio::time::Instant::now() + wait.min(LONG_POLL);
         loop {
             let notified = signal.desired.notified();
-            let record = self.agent_record(&agent.hostname).await?;
-            if record.generation != after {
-                // Newer work, or a generation from before a reset of the
-                // store: answer from scratch in the second case.
-                let from = if after > record.generation { 0 } else { after };
-                let rows = self.store.work_after(&agent.hostname, from).await?;
+            // Newer work, or a generation from before a reset of the
+            // store (then every object, from scratch).
+            let (generation, rows) = self
+                .store
+                .desired_since(&agent.hostname, after)
+                .await?
+                .ok_or_else(|| no_longer_registered(&agent.hostname))?;
+            if generation != after {
                 let items = rows
                     .into_iter()
                     .filter_map(|row| {
@@ -115,15 +116,12 @@ impl App {
                         })
                     })
                     .collect();
-                return Ok(DesiredPage {
-                    generation: record.generation,
-                    items,
-                });
+                return Ok(DesiredPage { generation, items });
             }
             let now = tokio::time::Instant::now();
             if now >= deadline {
                 return Ok(DesiredPage {
-                    generation: record.generation,
+                    generation,
                     items: Vec::new(),
                 });
             }
@@ -132,7 +130,7 @@ impl App {
                 Some(nap) => (deadline - now).min(nap),
             };
             let unchanged = DesiredPage {
-                generation: record.generation,
+                generation,
                 items: Vec::new(),
             };
             tokio::select! {
@@ -192,12 +190,6 @@ impl App {
         Ok(())
     }
 
-    pub(super) async fn agent_record(&self, hostname: &str) -> Result<AgentRecord> {
-        self.store.agent(hostname).await?.ok_or_else(|| {
-            Error::Unauthenticated(format!("the agent of {hostname} is no longer registered"))
-        })
-    }
-
     /// Marks hosts whose agent missed its heartbeats as unreachable.
     pub(crate) async fn check_heartbeats(&self) -> Result<()> {
         let silence = chrono::Duration::from_std(self.config.agent_silence).unwrap_or_default();
@@ -211,4 +203,9 @@ impl App {
         }
         Ok(())
     }
+}
+
+/// An agent's request after its host's agent was removed.
+fn no_longer_registered(hostname: &str) -> Error {
+    Error::Unauthenticated(format!("the agent of {hostname} is no longer registered"))
 }
