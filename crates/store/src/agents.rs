@@ -455,20 +455,23 @@ impl Store {
         key: &str,
         desired: &str,
     ) -> Result<Option<(i64, bool)>> {
-        let host = hostname.to_string();
-        let (key, desired) = (key.to_string(), desired.to_string());
-        let shape = self.write.one_statement_on_postgres();
-        let written = self
-            .write
-            .write("set_desired", shape, move |conn| {
-                let (hostname, key, desired) = (host.clone(), key.clone(), desired.clone());
-                Box::pin(async move { set_desired(conn, &hostname, &key, &desired, None).await })
-            })
-            .await?;
-        if written.is_some() {
-            self.tell_replicas(format!("{DESIRED}{hostname}")).await;
-        }
-        Ok(written)
+        let (host, key, desired) = (hostname.to_string(), key.to_string(), desired.to_string());
+        let store = self.clone();
+        let notice = format!("{DESIRED}{hostname}");
+        let write = async move {
+            let shape = store.write.one_statement_on_postgres();
+            store
+                .write
+                .write("set_desired", shape, move |conn| {
+                    let (hostname, key, desired) = (host.clone(), key.clone(), desired.clone());
+                    Box::pin(
+                        async move { set_desired(conn, &hostname, &key, &desired, None).await },
+                    )
+                })
+                .await
+        };
+        self.written_then_told(write, move |written| written.map(|_| notice))
+            .await
     }
 
     /// Writes `previous` back as `key`'s desired state, as
@@ -483,29 +486,32 @@ impl Store {
         ours: &str,
         previous: &str,
     ) -> Result<bool> {
-        let host = hostname.to_string();
+        let notice = format!("{DESIRED}{hostname}");
         let (hostname, key, ours, previous) = (
             hostname.to_string(),
             key.to_string(),
             ours.to_string(),
             previous.to_string(),
         );
+        let store = self.clone();
+        let write = async move {
+            store
+                .write("restore_desired", move |conn| {
+                    let (hostname, key, ours, previous) = (
+                        hostname.clone(),
+                        key.clone(),
+                        ours.clone(),
+                        previous.clone(),
+                    );
+                    Box::pin(async move {
+                        set_desired(conn, &hostname, &key, &previous, Some(&ours)).await
+                    })
+                })
+                .await
+        };
         let written = self
-            .write("restore_desired", move |conn| {
-                let (hostname, key, ours, previous) = (
-                    hostname.clone(),
-                    key.clone(),
-                    ours.clone(),
-                    previous.clone(),
-                );
-                Box::pin(
-                    async move { set_desired(conn, &hostname, &key, &previous, Some(&ours)).await },
-                )
-            })
+            .written_then_told(write, move |written| written.map(|_| notice))
             .await?;
-        if written.is_some() {
-            self.tell_replicas(format!("{DESIRED}{host}")).await;
-        }
         Ok(written.is_some())
     }
 
@@ -583,27 +589,24 @@ impl Store {
         generation: i64,
         observed: &str,
     ) -> Result<bool> {
+        let statement = (
+            "UPDATE agent_work SET observed_generation = $1, observed = $2, updated_at = $3 \
+             WHERE hostname = $4 AND key = $5 AND generation = $1 AND observed_generation < $1"
+                .to_string(),
+            vec![
+                generation.into(),
+                observed.into(),
+                now().into(),
+                hostname.into(),
+                key.into(),
+            ],
+        );
+        let store = self.clone();
+        let write = async move { store.run_statement("set_observed", statement).await };
+        let notice = format!("{REPORT}{hostname}");
         let count = self
-            .run_statement(
-                "set_observed",
-                (
-                    "UPDATE agent_work SET observed_generation = $1, observed = $2, updated_at = $3 \
-                     WHERE hostname = $4 AND key = $5 AND generation = $1 \
-                     AND observed_generation < $1"
-                        .into(),
-                    vec![
-                        generation.into(),
-                        observed.into(),
-                        now().into(),
-                        hostname.into(),
-                        key.into(),
-                    ],
-                ),
-            )
+            .written_then_told(write, move |count| (*count == 1).then_some(notice))
             .await?;
-        if count == 1 {
-            self.tell_replicas(format!("{REPORT}{hostname}")).await;
-        }
         Ok(count == 1)
     }
 
@@ -961,9 +964,37 @@ impl Store {
         Ok(Some(AgentChanges(listener)))
     }
 
+    /// Runs `write`, and once it has committed tells the replicas what
+    /// `notice` makes of its answer (nothing: `None`). Both run to their
+    /// end in a task of their own: a caller dropped while its write was
+    /// committing (a request's timeout) still has its change told, and
+    /// the caller has its answer as soon as the write has committed,
+    /// without waiting for the notice. On SQLite, where nothing is told,
+    /// `write` runs as it is.
+    async fn written_then_told<T, W, N>(&self, write: W, notice: N) -> Result<T>
+    where
+        T: Send + 'static,
+        W: std::future::Future<Output = Result<T>> + Send + 'static,
+        N: FnOnce(&T) -> Option<String> + Send + 'static,
+    {
+        if self.agent_notices.is_none() {
+            return write.await;
+        }
+        let store = self.clone();
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            let written = write.await;
+            let told = written.as_ref().ok().and_then(notice);
+            let _ = reply.send(written);
+            if let Some(told) = told {
+                store.tell_replicas(told).await;
+            }
+        });
+        answer.await.map_err(|_| crate::StoreError::Closed)?
+    }
+
     /// Tells the other replicas of a change of an agent's work once it
-    /// committed (see [`NoticeBatch`]); nothing to do on SQLite, whose one
-    /// process wakes its own waiters. A notice that cannot be sent is
+    /// committed (see [`NoticeBatch`]). A notice that cannot be sent is
     /// logged and dropped, the change kept: the replicas that missed it
     /// find the change when their waiters next look (a report within 5 s,
     /// a new desired state when the agent's long-poll ends, within 20 s).

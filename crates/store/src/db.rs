@@ -136,8 +136,13 @@ impl Conn<'_> {
     ) -> Result<Vec<i64>, DbError> {
         match self {
             Conn::Postgres(conn) => {
-                let row = any_query(sql, args).fetch_optional(&mut **conn).await?;
-                let Some(row) = row else {
+                // Every row read, to the statement's end: sqlx's `Any`
+                // answers `fetch_optional` at the first row, before the
+                // server's word that the statement (alone, without a
+                // transaction, it commits there) went through, and an
+                // error it sends after the row would go unheard.
+                let rows = any_query(sql, args).fetch_all(&mut **conn).await?;
+                let Some(row) = rows.into_iter().next() else {
                     return Ok(Vec::new());
                 };
                 (0..sqlx::Row::len(&row))

@@ -68,10 +68,7 @@ async fn changes_and_reports(store: &Store) {
     assert_eq!(now, start + 24);
     assert_eq!(work.len(), 12);
     assert!(work.windows(2).all(|w| w[0].generation < w[1].generation));
-    assert!(
-        work.iter()
-            .all(|w| w.hostname == "h" && w.observed_generation == 0)
-    );
+    assert!(work.iter().all(|w| w.observed_generation == 0));
     for row in &work {
         let stored = store.work("h", &row.key).await.expect("read").expect("row");
         assert_eq!(
@@ -98,11 +95,12 @@ async fn changes_and_reports(store: &Store) {
     assert!(none.is_empty());
     // A generation ahead of the agent's (the store was reset since):
     // everything, from scratch.
-    let (_, all) = store
+    let (reset, all) = store
         .desired_since("h", now + 100)
         .await
         .expect("read")
         .expect("agent");
+    assert_eq!(reset, now);
     assert_eq!(all.len(), 12);
 
     // A report counts for the generation it answers, once.
@@ -160,17 +158,21 @@ async fn replicas_hear_changes_once_committed() {
         .expect("listen")
         .expect("PostgreSQL");
 
-    let (generation, _) = store
-        .set_desired("h", "instance:i", "running")
-        .await
-        .expect("set")
-        .expect("agent");
+    // What a replica reads once it heard of a change holds the change:
+    // heard, and read, while its writer may still be waiting.
+    let writing = tokio::spawn({
+        let store = store.clone();
+        async move { store.set_desired("h", "instance:i", "running").await }
+    });
     assert!(matches!(heard(&mut changes).await, AgentChange::Desired(h) if h == "h"));
     let row = store
         .work("h", "instance:i")
         .await
         .expect("read")
         .expect("written");
+    assert_eq!(row.desired, "running");
+    let written = writing.await.expect("the writer").expect("set");
+    let (generation, _) = written.expect("agent");
     assert_eq!(row.generation, generation);
 
     // A stale report changes nothing and tells nobody (the next change
@@ -210,6 +212,27 @@ async fn replicas_hear_changes_once_committed() {
     assert!(undone.await.expect("restore"));
     assert!(matches!(heard(&mut changes).await, AgentChange::Desired(h) if h == "h"));
 
+    // Many changes at once, on many hosts: each host heard, whichever
+    // notices went out together.
+    let hosts: Vec<String> = (0..24).map(|n| format!("h{n}")).collect();
+    for host in &hosts {
+        let registered = store.register_agent(host, host, "sim", "{}", &offer, None);
+        assert!(registered.await.expect("register"));
+    }
+    let writes = hosts
+        .iter()
+        .map(|host| store.set_desired(host, "instance:i", "running"));
+    for written in futures::future::join_all(writes).await {
+        assert!(written.expect("set").is_some());
+    }
+    let mut unheard: BTreeSet<String> = hosts.iter().cloned().collect();
+    while !unheard.is_empty() {
+        match heard(&mut changes).await {
+            AgentChange::Desired(host) => assert!(unheard.remove(&host), "{host} heard twice"),
+            other => panic!("heard {}", describe(&other)),
+        }
+    }
+
     // A new credential: the bare host name, as before.
     let replaced = store.register_agent("h", "other", "sim", "{}", &offer, Some("hash"));
     assert!(replaced.await.expect("replace"));
@@ -224,4 +247,15 @@ async fn heard(changes: &mut tessera_store::AgentChanges) -> tessera_store::Agen
         .await
         .expect("a change heard within a minute")
         .expect("listening")
+}
+
+fn describe(change: &tessera_store::AgentChange) -> String {
+    use tessera_store::AgentChange;
+    match change {
+        AgentChange::Desired(host) => format!("desired {host}"),
+        AgentChange::Reported(host) => format!("report {host}"),
+        AgentChange::Host(host) => format!("host {host}"),
+        AgentChange::Missed => "missed".into(),
+        AgentChange::Echo(token) => format!("echo {token}"),
+    }
 }
