@@ -230,7 +230,7 @@ pub async fn scrape(
     heard.set(i64::from(listening));
     registry.register(
         "agent_changes_heard",
-        "1 while this process hears other replicas' changes to agents through the store's notifications (PostgreSQL); 0 while it polls the store for them",
+        "1 while every change to agents reaches this process (PostgreSQL: the store's notifications; SQLite: while no other process writes the file); 0 while it polls the store for them",
         heard,
     );
     let losses: Counter = Counter::default();

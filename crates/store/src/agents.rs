@@ -223,6 +223,10 @@ impl Store {
                 |c| c[0] == 1,
             )
             .await?;
+        if counts[0] == 1 {
+            // An earlier credential of the host no longer holds.
+            self.tell_locally(AgentChange::Host(hostname.to_string()));
+        }
         Ok(counts[0] == 1)
     }
 
@@ -902,13 +906,85 @@ const REPORT: &str = "report ";
 
 /// Changes of agents' desired states and reports, whichever replica made
 /// them, as host names (PostgreSQL's `LISTEN`, on a connection of its own).
-pub struct AgentChanges(sqlx::postgres::PgListener);
+/// On SQLite, the changes this process makes to agents' credentials, and
+/// whether another process writes the same file (see [`LocalChanges`]).
+pub struct AgentChanges(Listening);
+
+enum Listening {
+    Postgres(sqlx::postgres::PgListener),
+    Sqlite(LocalChanges),
+}
+
+/// How often a SQLite store looks whether another process committed to its
+/// file (`PRAGMA data_version` on the writer's connection, which moves only
+/// for other connections' commits).
+const LOOK_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+/// How long no other process must have written a SQLite file before its
+/// changes are taken as all heard again.
+const QUIET_FOR: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// What a SQLite store's listener hears: its own process's changes to
+/// agents' credentials and its echoes, as told in the process, and another
+/// process's commits to the file, which nothing tells: those are looked
+/// for every [`LOOK_EVERY`], and the first of them is
+/// [`AgentChange::Unheard`] (this process cannot know what it changed).
+/// Once none has come for [`QUIET_FOR`], [`AgentChange::Heard`].
+struct LocalChanges {
+    store: Store,
+    told: tokio::sync::broadcast::Receiver<AgentChange>,
+    look: tokio::time::Interval,
+    /// The writer's `data_version` at the last look.
+    version: i64,
+    /// When another process's commit was last seen, while it is taken as
+    /// writing.
+    elsewhere: Option<tokio::time::Instant>,
+    quiet_for: std::time::Duration,
+}
+
+impl LocalChanges {
+    async fn next(&mut self) -> Result<AgentChange> {
+        loop {
+            tokio::select! {
+                told = self.told.recv() => {
+                    return match told {
+                        Ok(change) => Ok(change),
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                            Ok(AgentChange::Missed)
+                        }
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => {
+                            Err(crate::StoreError::Closed)
+                        }
+                    };
+                }
+                _ = self.look.tick() => {
+                    let version = self.store.data_version().await?;
+                    let now = tokio::time::Instant::now();
+                    if version != self.version {
+                        self.version = version;
+                        let first = self.elsewhere.is_none();
+                        self.elsewhere = Some(now);
+                        if first {
+                            return Ok(AgentChange::Unheard);
+                        }
+                    } else if self
+                        .elsewhere
+                        .is_some_and(|at| now.duration_since(at) >= self.quiet_for)
+                    {
+                        self.elsewhere = None;
+                        return Ok(AgentChange::Heard);
+                    }
+                }
+            }
+        }
+    }
+}
 
 /// The start of an echo's payload ([`Store::echo_agent_changes`]): no
 /// host name has a space.
 const ECHO: &str = "echo ";
 
 /// What [`AgentChanges::next`] heard.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum AgentChange {
     /// This host's desired state changed.
     Desired(String),
@@ -923,36 +999,83 @@ pub enum AgentChange {
     /// An echo some replica sent ([`Store::echo_agent_changes`]), with its
     /// token.
     Echo(String),
+    /// SQLite: another process wrote the file, and goes on doing so for
+    /// all this process knows. Its changes are not told: anything may have
+    /// changed, now and until [`AgentChange::Heard`].
+    Unheard,
+    /// SQLite: no other process has written the file for a while (after
+    /// [`AgentChange::Unheard`]); each change is heard again.
+    Heard,
+}
+
+/// The change a notice's payload tells.
+fn change_told(payload: &str) -> AgentChange {
+    if let Some(token) = payload.strip_prefix(ECHO) {
+        AgentChange::Echo(token.to_string())
+    } else if let Some(hostname) = payload.strip_prefix(DESIRED) {
+        AgentChange::Desired(hostname.to_string())
+    } else if let Some(hostname) = payload.strip_prefix(REPORT) {
+        AgentChange::Reported(hostname.to_string())
+    } else {
+        AgentChange::Host(payload.to_string())
+    }
 }
 
 impl AgentChanges {
     pub async fn next(&mut self) -> Result<AgentChange> {
-        match self.0.try_recv().await.map_err(crate::StoreError::Query)? {
-            Some(notification) => {
-                let payload = notification.payload();
-                let change = if let Some(token) = payload.strip_prefix(ECHO) {
-                    AgentChange::Echo(token.to_string())
-                } else if let Some(hostname) = payload.strip_prefix(DESIRED) {
-                    AgentChange::Desired(hostname.to_string())
-                } else if let Some(hostname) = payload.strip_prefix(REPORT) {
-                    AgentChange::Reported(hostname.to_string())
-                } else {
-                    AgentChange::Host(payload.to_string())
-                };
-                Ok(change)
-            }
+        let listener = match &mut self.0 {
+            Listening::Postgres(listener) => listener,
+            Listening::Sqlite(local) => return local.next().await,
+        };
+        match listener
+            .try_recv()
+            .await
+            .map_err(crate::StoreError::Query)?
+        {
+            Some(notification) => Ok(change_told(notification.payload())),
             None => Ok(AgentChange::Missed),
         }
+    }
+
+    /// Looks for another process's commits every `look` and takes the
+    /// file as written by this process alone after `quiet` without one
+    /// (SQLite; tests shorten [`LOOK_EVERY`] and [`QUIET_FOR`]).
+    #[doc(hidden)]
+    pub fn looking(mut self, look: std::time::Duration, quiet: std::time::Duration) -> Self {
+        if let Listening::Sqlite(local) = &mut self.0 {
+            local.look = tokio::time::interval(look);
+            local
+                .look
+                .set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            local.quiet_for = quiet;
+        }
+        self
     }
 }
 
 impl Store {
-    /// Listens for agents' changes made by any replica; `None` on SQLite,
-    /// whose store only this process writes (its own changes wake its
-    /// waiters directly).
-    pub async fn agent_changes(&self) -> Result<Option<AgentChanges>> {
+    /// Listens for agents' changes made by any replica (PostgreSQL). On
+    /// SQLite, where this process's changes of desired states and reports
+    /// wake its waiters directly, the changes to agents' credentials it
+    /// makes, and whether another process writes the file.
+    pub async fn agent_changes(&self) -> Result<AgentChanges> {
         let Some(url) = &self.listen_url else {
-            return Ok(None);
+            let told = match &self.local_changes {
+                Some(sender) => sender.subscribe(),
+                None => return Err(crate::StoreError::Closed),
+            };
+            // From here on, another process's commit moves it.
+            let version = self.data_version().await?;
+            let mut look = tokio::time::interval(LOOK_EVERY);
+            look.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            return Ok(AgentChanges(Listening::Sqlite(LocalChanges {
+                store: self.clone(),
+                told,
+                look,
+                version,
+                elsewhere: None,
+                quiet_for: QUIET_FOR,
+            })));
         };
         let mut listener = sqlx::postgres::PgListener::connect(url)
             .await
@@ -961,7 +1084,28 @@ impl Store {
             .listen(AGENT_CHANNEL)
             .await
             .map_err(crate::StoreError::Query)?;
-        Ok(Some(AgentChanges(listener)))
+        Ok(AgentChanges(Listening::Postgres(listener)))
+    }
+
+    /// SQLite: the writer connection's `data_version`, which other
+    /// connections' commits move (this process's writes go through that
+    /// connection, its checkpoints commit nothing).
+    async fn data_version(&self) -> Result<i64> {
+        self.write_one("data_version", |mut conn| {
+            Box::pin(async move {
+                let version = conn.fetch_int("PRAGMA data_version", &[]).await?;
+                Ok(Commit::Undo(version.unwrap_or_default()))
+            })
+        })
+        .await
+    }
+
+    /// SQLite: tells this process's listener of a change to agents that
+    /// PostgreSQL's triggers would tell (nobody listening: nothing to do).
+    pub(crate) fn tell_locally(&self, change: AgentChange) {
+        if let Some(sender) = &self.local_changes {
+            let _ = sender.send(change);
+        }
     }
 
     /// Runs `write`, and once it has committed tells the replicas what
@@ -969,17 +1113,14 @@ impl Store {
     /// end in a task of their own: a caller dropped while its write was
     /// committing (a request's timeout) still has its change told, and
     /// the caller has its answer as soon as the write has committed,
-    /// without waiting for the notice. On SQLite, where nothing is told,
-    /// `write` runs as it is.
+    /// without waiting for the notice. On SQLite the notice goes to this
+    /// process's listener, which wakes the change's waiters.
     async fn written_then_told<T, W, N>(&self, write: W, notice: N) -> Result<T>
     where
         T: Send + 'static,
         W: std::future::Future<Output = Result<T>> + Send + 'static,
         N: FnOnce(&T) -> Option<String> + Send + 'static,
     {
-        if self.agent_notices.is_none() {
-            return write.await;
-        }
         let store = self.clone();
         let (reply, answer) = tokio::sync::oneshot::channel();
         tokio::spawn(async move {
@@ -1000,6 +1141,7 @@ impl Store {
     /// a new desired state when the agent's long-poll ends, within 20 s).
     async fn tell_replicas(&self, notice: String) {
         let Some(notices) = &self.agent_notices else {
+            self.tell_locally(change_told(&notice));
             return;
         };
         if let Err(err) = notices.call(Arc::new(notice)).await {
@@ -1014,6 +1156,7 @@ impl Store {
     /// tell. Nothing to do on SQLite.
     pub async fn echo_agent_changes(&self, token: &str) -> Result<()> {
         if self.listen_url.is_none() {
+            self.tell_locally(AgentChange::Echo(token.to_string()));
             return Ok(());
         }
         self.run_statement(

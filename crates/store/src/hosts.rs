@@ -358,12 +358,36 @@ impl Store {
         detail: Option<&str>,
     ) -> Result<bool> {
         let from: Vec<&'static str> = from.iter().map(|s| s.as_str()).collect();
+        let retiring = self.retiring_agent(id, to).await?;
         let (id, detail) = (id.to_string(), detail.map(str::to_string));
-        self.write("transition_host", move |conn| {
-            let (id, detail, from) = (id.clone(), detail.clone(), from.clone());
-            Box::pin(async move { transition_host(conn, &id, &from, to, detail.as_deref()).await })
-        })
-        .await
+        let moved = self
+            .write("transition_host", move |conn| {
+                let (id, detail, from) = (id.clone(), detail.clone(), from.clone());
+                Box::pin(
+                    async move { transition_host(conn, &id, &from, to, detail.as_deref()).await },
+                )
+            })
+            .await?;
+        self.retired_agent(moved, retiring);
+        Ok(moved)
+    }
+
+    /// The host name of `id` when its move `to` removes its agent and this
+    /// process's listener is told so by the store itself (SQLite; on
+    /// PostgreSQL a trigger tells every replica).
+    async fn retiring_agent(&self, id: &str, to: HostStatus) -> Result<Option<String>> {
+        if to != HostStatus::Decommissioned || self.local_changes.is_none() {
+            return Ok(None);
+        }
+        Ok(self.host(id).await?.map(|host| host.hostname))
+    }
+
+    /// Tells this process's listener that the agent of `hostname` is gone,
+    /// once its host's move has committed (`moved`).
+    fn retired_agent(&self, moved: bool, hostname: Option<String>) {
+        if moved && let Some(hostname) = hostname {
+            self.tell_locally(crate::AgentChange::Host(hostname));
+        }
     }
 
     /// Moves a host from `from` to `to` as a step of an operation this
@@ -389,20 +413,24 @@ impl Store {
             ),
             None => crate::operations::operation_progress(op.0, op.1, op.2, &self.owner),
         };
+        let retiring = self.retiring_agent(id, to).await?;
         let (id, mark) = (id.to_string(), Arc::new(mark));
-        self.write("transition_host_for", move |mut conn| {
-            let (id, mark) = (id.clone(), mark.clone());
-            Box::pin(async move {
-                if conn.execute(&mark.0, &mark.1).await? != 1 {
-                    return Ok(Commit::Undo(false));
-                }
-                match transition_host(conn, &id, &[from.as_str()], to, None).await? {
-                    Commit::Keep(true) => Ok(Commit::Keep(true)),
-                    _ => Ok(Commit::Undo(false)),
-                }
+        let moved = self
+            .write("transition_host_for", move |mut conn| {
+                let (id, mark) = (id.clone(), mark.clone());
+                Box::pin(async move {
+                    if conn.execute(&mark.0, &mark.1).await? != 1 {
+                        return Ok(Commit::Undo(false));
+                    }
+                    match transition_host(conn, &id, &[from.as_str()], to, None).await? {
+                        Commit::Keep(true) => Ok(Commit::Keep(true)),
+                        _ => Ok(Commit::Undo(false)),
+                    }
+                })
             })
-        })
-        .await
+            .await?;
+        self.retired_agent(moved, retiring);
+        Ok(moved)
     }
 
     /// Starts retiring a host: DECOMMISSIONING, its FREE units out of

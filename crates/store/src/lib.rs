@@ -157,6 +157,9 @@ pub struct Store {
     /// On PostgreSQL, the notices of agents' changes, gathered the same
     /// way (see `agents::NoticeBatch`).
     agent_notices: Option<std::sync::Arc<batch::Batcher<agents::NoticeBatch>>>,
+    /// On SQLite, the changes to agents' credentials this process makes,
+    /// for its listener (see [`Store::agent_changes`]).
+    local_changes: Option<tokio::sync::broadcast::Sender<agents::AgentChange>>,
 }
 
 impl Store {
@@ -205,6 +208,7 @@ impl Store {
                     unit_batches: None,
                     instance_batches: None,
                     agent_notices: None,
+                    local_changes: Some(tokio::sync::broadcast::channel(1024).0),
                 })
             }
             Backend::Postgres => {
@@ -226,6 +230,7 @@ impl Store {
                     agent_notices: Some(std::sync::Arc::new(agents::NoticeBatch::start(&pool))),
                     write: Writer::Postgres(pool),
                     listen_url: Some(url.into()),
+                    local_changes: None,
                 })
             }
         }

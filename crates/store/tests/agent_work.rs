@@ -152,11 +152,7 @@ async fn replicas_hear_changes_once_committed() {
     let offer = AgentOffer::default();
     let registered = store.register_agent("h", "hash", "sim", "{}", &offer, None);
     assert!(registered.await.expect("register"));
-    let mut changes = store
-        .agent_changes()
-        .await
-        .expect("listen")
-        .expect("PostgreSQL");
+    let mut changes = store.agent_changes().await.expect("listen");
 
     // What a replica reads once it heard of a change holds the change:
     // heard, and read, while its writer may still be waiting.
@@ -242,6 +238,102 @@ async fn replicas_hear_changes_once_committed() {
 }
 
 /// The next change heard, skipping none (a test that hangs here lost one).
+/// SQLite: a process's listener hears the store's own word of an agent's
+/// new credential and of an agent gone with its retired host, and its
+/// echoes, but nothing of its other writes (their checkpoints included);
+/// another process's commit to the file is `Unheard`, once however many
+/// follow, and `Heard` once none has come for a while.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sqlite_listener_hears_its_process_and_notices_another() {
+    use std::time::Duration;
+    use tessera_core::status::HostStatus;
+    use tessera_store::AgentChange;
+    let (store, dir) = common::sqlite().await;
+    let quiet = Duration::from_millis(500);
+    let mut changes = store
+        .agent_changes()
+        .await
+        .expect("listen")
+        .looking(Duration::from_millis(20), quiet);
+    let id = common::ready_host(&store, "h", 4, 8192, Vec::new()).await;
+    let offer = AgentOffer::default();
+    let register = |credential: &'static str, replacing: Option<&'static str>| {
+        store.register_agent("h", credential, "sim", "{}", &offer, replacing)
+    };
+    assert!(register("first", None).await.expect("register"));
+    assert_eq!(heard(&mut changes).await, AgentChange::Host("h".into()));
+    // One in place of the first is told; one that lost (the credential it
+    // replaces is no longer the host's) changed nothing, and is not.
+    assert!(register("second", Some("first")).await.expect("register"));
+    assert!(!register("third", Some("first")).await.expect("register"));
+    assert_eq!(heard(&mut changes).await, AgentChange::Host("h".into()));
+
+    // This process's desired states and reports, each a commit, with the
+    // checkpoints they bring: each is told, a stale report not, and the
+    // looks between them see no other process. Then the echo comes back.
+    let mut generation = 0;
+    for i in 0..300 {
+        let key = format!("instance:i{i}");
+        let set = store.set_desired("h", &key, "running").await.expect("set");
+        generation = set.expect("an agent").0;
+    }
+    let observed = store.set_observed("h", "instance:i299", generation, "{}");
+    assert!(observed.await.expect("report"));
+    let stale = store.set_observed("h", "instance:i299", generation - 1, "{}");
+    assert!(!stale.await.expect("report"));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    store.echo_agent_changes("e1").await.expect("echo");
+    let mut told = Vec::new();
+    loop {
+        match heard(&mut changes).await {
+            AgentChange::Echo(token) if token == "e1" => break,
+            change => told.push(describe(&change)),
+        }
+    }
+    // (Each is told from the task that wrote it: not necessarily in order.)
+    told.sort();
+    let mut expected = vec!["desired h".to_string(); 300];
+    expected.push("report h".into());
+    assert_eq!(told, expected);
+
+    // The host retired: its agent is gone.
+    for (from, to) in [
+        (HostStatus::Ready, HostStatus::Decommissioning),
+        (HostStatus::Decommissioning, HostStatus::Decommissioned),
+    ] {
+        let moved = store.transition_host(&id, &[from], to, None).await;
+        assert!(moved.expect("the transition runs"));
+    }
+    assert_eq!(heard(&mut changes).await, AgentChange::Host("h".into()));
+    assert!(store.agent("h").await.expect("read").is_none());
+
+    // Another process on the same file: its first commit is heard as
+    // such; those while it goes on writing are not heard again; once it
+    // has stopped for `quiet`, every change is heard again.
+    let url = Store::sqlite_url(&dir.path().join("tessera.db"));
+    let other = Store::open(&url).await.expect("a second process's store");
+    let writing = tokio::spawn(async move {
+        let offer = AgentOffer::default();
+        for i in 0..20 {
+            let hostname = format!("g{i}");
+            let made = other.register_agent(&hostname, &hostname, "sim", "{}", &offer, None);
+            assert!(made.await.expect("register"));
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    assert_eq!(heard(&mut changes).await, AgentChange::Unheard);
+    let meanwhile = tokio::time::timeout(Duration::from_millis(700), changes.next()).await;
+    assert!(
+        meanwhile.is_err(),
+        "heard while the other process writes: {:?}",
+        meanwhile.map(|c| c.map(|c| describe(&c)))
+    );
+    writing.await.expect("the other process's writes");
+    assert_eq!(heard(&mut changes).await, AgentChange::Heard);
+    store.echo_agent_changes("e2").await.expect("echo");
+    assert_eq!(heard(&mut changes).await, AgentChange::Echo("e2".into()));
+}
+
 async fn heard(changes: &mut tessera_store::AgentChanges) -> tessera_store::AgentChange {
     tokio::time::timeout(std::time::Duration::from_secs(60), changes.next())
         .await
@@ -257,5 +349,7 @@ fn describe(change: &tessera_store::AgentChange) -> String {
         AgentChange::Host(host) => format!("host {host}"),
         AgentChange::Missed => "missed".into(),
         AgentChange::Echo(token) => format!("echo {token}"),
+        AgentChange::Unheard => "unheard".into(),
+        AgentChange::Heard => "heard".into(),
     }
 }

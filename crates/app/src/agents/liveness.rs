@@ -11,11 +11,12 @@
 //! replica hears from a host, and any after a minute (another replica may
 //! have written an older one since).
 //!
-//! A verified credential is trusted [`CREDENTIAL_KEPT`] while PostgreSQL's
-//! notifications reach this replica ([`App::spawn_agent_listener`] turns
+//! A verified credential is trusted [`CREDENTIAL_KEPT`] while every change
+//! to agents reaches this replica ([`App::spawn_agent_listener`] turns
 //! them into [`Liveness::forget_credential`] as soon as an agent registers
-//! again or goes), else a few seconds, as a user's token is (on SQLite,
-//! another process may share the file unheard).
+//! again or goes: PostgreSQL's notifications, or on SQLite the store's own
+//! word while no other process writes the file), else a few seconds, as a
+//! user's token is.
 
 use crate::App;
 use crate::error::Result;

@@ -57,13 +57,16 @@ const ECHO_WITHIN: Duration = Duration::from_secs(10);
 #[derive(Default)]
 pub(crate) struct AgentSignals {
     hosts: Mutex<HashMap<String, Arc<HostSignals>>>,
-    /// Whether every change reaches this process as a signal (SQLite: one
-    /// process writes; PostgreSQL: while the listener is connected).
+    /// Whether every change this process makes reaches its waiters as a
+    /// signal (while the listener is there: PostgreSQL's own notices come
+    /// through it).
     heard: AtomicBool,
-    /// Whether the store's notifications reach this process (PostgreSQL,
-    /// while the listener is connected): then other processes' changes
-    /// are heard too, not only assumed absent. Two processes may share a
-    /// SQLite file; neither hears the other.
+    /// Whether every change, whichever process made it, reaches this
+    /// process: PostgreSQL's notifications while the listener is connected;
+    /// on SQLite, while no other process writes the file (two may share
+    /// one: the listener looks every second whether another committed, and
+    /// takes everything as changed when one did, see
+    /// [`tessera_store::AgentChange::Unheard`]).
     notified: AtomicBool,
     /// How many times the listener was lost (PostgreSQL).
     listener_lost: AtomicU64,
@@ -193,7 +196,8 @@ fn offer(inventory: &tessera_agent_api::protocol::Inventory) -> tessera_store::A
 impl App {
     /// Hears the changes other replicas make to agents' desired states and
     /// reports, and wakes this process's waiters on them, until the app
-    /// stops. On SQLite, this process makes every change: nothing to hear.
+    /// stops. On SQLite, it hears this process's changes to credentials,
+    /// and whether another process writes the file.
     pub(crate) fn spawn_agent_listener(&self) {
         let app = self.clone();
         self.tasks.spawn(async move {
@@ -205,11 +209,7 @@ impl App {
                     _ = app.stopping.cancelled() => return,
                 };
                 let mut changes = match listening {
-                    Ok(Some(changes)) => changes,
-                    Ok(None) => {
-                        signals.heard.store(true, Ordering::Relaxed);
-                        return;
-                    }
+                    Ok(changes) => changes,
                     Err(err) => {
                         tracing::warn!(error = %err, "cannot listen for agents' changes; polling the store meanwhile");
                         tokio::select! {
@@ -294,6 +294,23 @@ impl App {
                     awaited = None;
                     self.liveness.forget_credentials();
                     signals.wake_all();
+                }
+                Ok(AgentChange::Unheard) => {
+                    // Another process writes this SQLite file: what it
+                    // changed is not told. Look again now, and in the store
+                    // as when nothing is heard until it has stopped.
+                    tracing::info!(
+                        "another process writes this SQLite store: agents' credentials are trusted 5 s and long-polls look in the store every 5 s while it does"
+                    );
+                    signals.notified.store(false, Ordering::Relaxed);
+                    self.liveness.forget_credentials();
+                    signals.wake_all();
+                }
+                Ok(AgentChange::Heard) => {
+                    tracing::info!(
+                        "no other process has written this SQLite store for a minute: every change to agents is heard again"
+                    );
+                    signals.notified.store(true, Ordering::Relaxed);
                 }
                 Err(err) => return format!("listening for agents' changes failed: {err}"),
             }
