@@ -241,6 +241,18 @@ async fn a_user_lays_out_a_network_from_the_shell() {
         !ok && err.contains("no instance is named \"web-9\""),
         "{err}"
     );
+    // A name that looks like an id is still a name.
+    let named_like_an_id: serde_json::Value =
+        serde_json::from_str(&run(&["instance", "create", "inst-web", "--json"])).expect("json");
+    let got: serde_json::Value =
+        serde_json::from_str(&run(&["instance", "get", "inst-web", "--json"])).expect("json");
+    assert_eq!(got["id"], named_like_an_id["id"], "{got}");
+    assert!(run(&["instance", "delete", "inst-web"]).contains(" deleted"));
+    let (ok, _, err) = tessera(&server.url, TOKEN, &["instance", "get", "inst-0000"], None);
+    assert!(
+        !ok && err.contains("no instance has the id or the name \"inst-0000\""),
+        "{err}"
+    );
     // Deleted by id, the name is one instance's again.
     run(&["instance", "delete", &twin]);
     assert!(run(&["instance", "delete", "web-1"]).contains(&format!("instance {id} deleted")));
