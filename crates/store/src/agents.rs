@@ -906,8 +906,8 @@ const REPORT: &str = "report ";
 
 /// Changes of agents' desired states and reports, whichever replica made
 /// them, as host names (PostgreSQL's `LISTEN`, on a connection of its own).
-/// On SQLite, the changes this process makes to agents' credentials, and
-/// whether another process writes the same file (see [`LocalChanges`]).
+/// On SQLite, the same changes as this process makes them, and whether
+/// another process writes the same file (see [`LocalChanges`]).
 pub struct AgentChanges(Listening);
 
 enum Listening {
@@ -923,8 +923,9 @@ const LOOK_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 /// changes are taken as all heard again.
 const QUIET_FOR: std::time::Duration = std::time::Duration::from_secs(60);
 
-/// What a SQLite store's listener hears: its own process's changes to
-/// agents' credentials and its echoes, as told in the process, and another
+/// What a SQLite store's listener hears: its own process's changes (a
+/// desired state, a report, a credential) and its echoes, as the store
+/// tells them in the process once committed, and another
 /// process's commits to the file, which nothing tells: those are looked
 /// for every [`LOOK_EVERY`], and the first of them is
 /// [`AgentChange::Unheard`] (this process cannot know what it changed).
@@ -1055,9 +1056,8 @@ impl AgentChanges {
 
 impl Store {
     /// Listens for agents' changes made by any replica (PostgreSQL). On
-    /// SQLite, where this process's changes of desired states and reports
-    /// wake its waiters directly, the changes to agents' credentials it
-    /// makes, and whether another process writes the file.
+    /// SQLite, for the changes this process makes, and whether another
+    /// process writes the file.
     pub async fn agent_changes(&self) -> Result<AgentChanges> {
         let Some(url) = &self.listen_url else {
             let told = match &self.local_changes {
@@ -1101,7 +1101,8 @@ impl Store {
     }
 
     /// SQLite: tells this process's listener of a change to agents that
-    /// PostgreSQL's triggers would tell (nobody listening: nothing to do).
+    /// PostgreSQL's notices and triggers would tell (nobody listening:
+    /// nothing to do).
     pub(crate) fn tell_locally(&self, change: AgentChange) {
         if let Some(sender) = &self.local_changes {
             let _ = sender.send(change);
@@ -1153,7 +1154,7 @@ impl Store {
     /// store's pool: a listener that hears its own echo still hears the
     /// others' changes. A listening connection may die silently (a peer
     /// gone without closing, a middlebox dropping it): nothing else would
-    /// tell. Nothing to do on SQLite.
+    /// tell. On SQLite the echo goes through this process's own listener.
     pub async fn echo_agent_changes(&self, token: &str) -> Result<()> {
         if self.listen_url.is_none() {
             self.tell_locally(AgentChange::Echo(token.to_string()));

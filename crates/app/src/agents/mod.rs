@@ -196,8 +196,8 @@ fn offer(inventory: &tessera_agent_api::protocol::Inventory) -> tessera_store::A
 impl App {
     /// Hears the changes other replicas make to agents' desired states and
     /// reports, and wakes this process's waiters on them, until the app
-    /// stops. On SQLite, it hears this process's changes to credentials,
-    /// and whether another process writes the file.
+    /// stops. On SQLite, it hears this process's own changes as the store
+    /// tells them, and whether another process writes the file.
     pub(crate) fn spawn_agent_listener(&self) {
         let app = self.clone();
         self.tasks.spawn(async move {
