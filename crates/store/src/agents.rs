@@ -907,7 +907,7 @@ const REPORT: &str = "report ";
 /// Changes of agents' desired states and reports, whichever replica made
 /// them, as host names (PostgreSQL's `LISTEN`, on a connection of its own).
 /// On SQLite, the same changes as this process makes them, and whether
-/// another process writes the same file (see [`LocalChanges`]).
+/// another process writes the same file.
 pub struct AgentChanges(Listening);
 
 enum Listening {
