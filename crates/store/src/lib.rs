@@ -208,7 +208,7 @@ impl Store {
                     unit_batches: None,
                     instance_batches: None,
                     agent_notices: None,
-                    local_changes: Some(tokio::sync::broadcast::channel(1024).0),
+                    local_changes: Some(tokio::sync::broadcast::channel(LOCAL_CHANGES).0),
                 })
             }
             Backend::Postgres => {
@@ -548,6 +548,11 @@ impl Store {
         self.write.write(what, Shape::OneStatement, work).await
     }
 }
+
+/// Changes a SQLite store's listener may fall behind by before it hears
+/// that it missed some (and wakes every waiter): a creation tells two or
+/// three, and a burst of them must not wake every agent's long-poll.
+const LOCAL_CHANGES: usize = 16_384;
 
 /// Prepared statements each PostgreSQL connection keeps, unless the URL
 /// says otherwise. sqlx keeps 100: fewer than the store's distinct
