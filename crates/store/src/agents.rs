@@ -185,10 +185,8 @@ impl Store {
         replacing: Option<&str>,
     ) -> Result<bool> {
         let at = now();
-        let counts = self
-            .run_statements(
-                "register_agent",
-                vec![(
+        let statements =
+            vec![(
                 "INSERT INTO agents (hostname, credential_hash, driver, inventory, generation, \
                  reachable, last_seen, registered_at, images, cpus) \
                  VALUES ($1, $2, $3, $4, 0, 1, $5, $5, CASE WHEN $3 = 'sim' THEN NULL ELSE $6 END, \
@@ -219,15 +217,18 @@ impl Store {
                 // afresh on everything: what the last one saw is not true.
                 "UPDATE agent_work SET observed_generation = 0 WHERE hostname = $1".into(),
                 vec![hostname.into()],
-            )],
-                |c| c[0] == 1,
-            )
-            .await?;
-        if counts[0] == 1 {
-            // An earlier credential of the host no longer holds.
-            self.tell_locally(AgentChange::Host(hostname.to_string()));
-        }
-        Ok(counts[0] == 1)
+            )];
+        let store = self.clone();
+        let write = async move {
+            let counts = store
+                .run_statements("register_agent", statements, |c| c[0] == 1)
+                .await?;
+            Ok(counts[0] == 1)
+        };
+        // An earlier credential of the host no longer holds.
+        let host = AgentChange::Host(hostname.to_string());
+        self.written_then_told_here(write, move |registered| registered.then_some(host))
+            .await
     }
 
     /// The most free disk (GB) any ready host of `location` reported
@@ -934,6 +935,10 @@ struct LocalChanges {
     store: Store,
     told: tokio::sync::broadcast::Receiver<AgentChange>,
     look: tokio::time::Interval,
+    /// The look under way: a write job, which may wait for the writer
+    /// (another process holding the file's lock), so it runs beside what
+    /// is told rather than before it.
+    looking: Option<futures::future::BoxFuture<'static, Result<i64>>>,
     /// The writer's `data_version` at the last look.
     version: i64,
     /// When another process's commit was last seen, while it is taken as
@@ -957,8 +962,13 @@ impl LocalChanges {
                         }
                     };
                 }
-                _ = self.look.tick() => {
-                    let version = self.store.data_version().await?;
+                _ = self.look.tick(), if self.looking.is_none() => {
+                    let store = self.store.clone();
+                    self.looking = Some(Box::pin(async move { store.data_version().await }));
+                }
+                version = async { self.looking.as_mut().expect("a look").await }, if self.looking.is_some() => {
+                    self.looking = None;
+                    let version = version?;
                     let now = tokio::time::Instant::now();
                     if version != self.version {
                         self.version = version;
@@ -1073,6 +1083,7 @@ impl Store {
                 told,
                 look,
                 version,
+                looking: None,
                 elsewhere: None,
                 quiet_for: QUIET_FOR,
             })));
@@ -1098,6 +1109,32 @@ impl Store {
             })
         })
         .await
+    }
+
+    /// Runs `write` to its end in a task of its own and, once it has
+    /// committed, tells this process's listener what `change` makes of its
+    /// answer (SQLite; on PostgreSQL the triggers tell every replica, and
+    /// `write` runs as it is). A caller dropped meanwhile (a request's
+    /// timeout) still has its change told.
+    pub(crate) async fn written_then_told_here<T, W, C>(&self, write: W, change: C) -> Result<T>
+    where
+        T: Send + 'static,
+        W: std::future::Future<Output = Result<T>> + Send + 'static,
+        C: FnOnce(&T) -> Option<AgentChange> + Send + 'static,
+    {
+        if self.local_changes.is_none() {
+            return write.await;
+        }
+        let store = self.clone();
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            let written = write.await;
+            if let Some(change) = written.as_ref().ok().and_then(change) {
+                store.tell_locally(change);
+            }
+            let _ = reply.send(written);
+        });
+        answer.await.map_err(|_| crate::StoreError::Closed)?
     }
 
     /// SQLite: tells this process's listener of a change to agents that

@@ -360,16 +360,19 @@ impl Store {
         let from: Vec<&'static str> = from.iter().map(|s| s.as_str()).collect();
         let retiring = self.retiring_agent(id, to).await?;
         let (id, detail) = (id.to_string(), detail.map(str::to_string));
-        let moved = self
-            .write("transition_host", move |conn| {
-                let (id, detail, from) = (id.clone(), detail.clone(), from.clone());
-                Box::pin(
-                    async move { transition_host(conn, &id, &from, to, detail.as_deref()).await },
-                )
-            })
-            .await?;
-        self.retired_agent(moved, retiring);
-        Ok(moved)
+        let store = self.clone();
+        let write = async move {
+            store
+                .write("transition_host", move |conn| {
+                    let (id, detail, from) = (id.clone(), detail.clone(), from.clone());
+                    Box::pin(async move {
+                        transition_host(conn, &id, &from, to, detail.as_deref()).await
+                    })
+                })
+                .await
+        };
+        self.written_then_told_here(write, retired_agent(retiring))
+            .await
     }
 
     /// The host name of `id` when its move `to` removes its agent and this
@@ -380,14 +383,6 @@ impl Store {
             return Ok(None);
         }
         Ok(self.host(id).await?.map(|host| host.hostname))
-    }
-
-    /// Tells this process's listener that the agent of `hostname` is gone,
-    /// once its host's move has committed (`moved`).
-    fn retired_agent(&self, moved: bool, hostname: Option<String>) {
-        if moved && let Some(hostname) = hostname {
-            self.tell_locally(crate::AgentChange::Host(hostname));
-        }
     }
 
     /// Moves a host from `from` to `to` as a step of an operation this
@@ -415,22 +410,25 @@ impl Store {
         };
         let retiring = self.retiring_agent(id, to).await?;
         let (id, mark) = (id.to_string(), Arc::new(mark));
-        let moved = self
-            .write("transition_host_for", move |mut conn| {
-                let (id, mark) = (id.clone(), mark.clone());
-                Box::pin(async move {
-                    if conn.execute(&mark.0, &mark.1).await? != 1 {
-                        return Ok(Commit::Undo(false));
-                    }
-                    match transition_host(conn, &id, &[from.as_str()], to, None).await? {
-                        Commit::Keep(true) => Ok(Commit::Keep(true)),
-                        _ => Ok(Commit::Undo(false)),
-                    }
+        let store = self.clone();
+        let write = async move {
+            store
+                .write("transition_host_for", move |mut conn| {
+                    let (id, mark) = (id.clone(), mark.clone());
+                    Box::pin(async move {
+                        if conn.execute(&mark.0, &mark.1).await? != 1 {
+                            return Ok(Commit::Undo(false));
+                        }
+                        match transition_host(conn, &id, &[from.as_str()], to, None).await? {
+                            Commit::Keep(true) => Ok(Commit::Keep(true)),
+                            _ => Ok(Commit::Undo(false)),
+                        }
+                    })
                 })
-            })
-            .await?;
-        self.retired_agent(moved, retiring);
-        Ok(moved)
+                .await
+        };
+        self.written_then_told_here(write, retired_agent(retiring))
+            .await
     }
 
     /// Starts retiring a host: DECOMMISSIONING, its FREE units out of
@@ -678,6 +676,13 @@ async fn insert_host(mut conn: Conn<'_>, host: &NewHost) -> Result<Commit<bool>,
         .await?;
     }
     Ok(Commit::Keep(true))
+}
+
+/// What a host's move tells this process's listener once it committed:
+/// that the agent of `hostname` (a retirement's, see
+/// [`Store::retiring_agent`]) is gone.
+fn retired_agent(hostname: Option<String>) -> impl FnOnce(&bool) -> Option<crate::AgentChange> {
+    move |moved| hostname.filter(|_| *moved).map(crate::AgentChange::Host)
 }
 
 async fn transition_host(

@@ -237,19 +237,20 @@ async fn replicas_hear_changes_once_committed() {
     database.drop().await;
 }
 
-/// The next change heard, skipping none (a test that hangs here lost one).
-/// SQLite: a process's listener hears the store's own word of an agent's
-/// new credential and of an agent gone with its retired host, and its
-/// echoes, but nothing of its other writes (their checkpoints included);
-/// another process's commit to the file is `Unheard`, once however many
-/// follow, and `Heard` once none has come for a while.
+/// SQLite: a process's listener hears the store's own word of each of its
+/// changes to agents (a new credential, a desired state, a report, an
+/// agent gone with its retired host) and its echoes; its commits and
+/// their checkpoints are not taken for another process's; another
+/// process's commit to the file is `Unheard`, once however many follow,
+/// and `Heard` once none has come for a while.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sqlite_listener_hears_its_process_and_notices_another() {
     use std::time::Duration;
     use tessera_core::status::HostStatus;
     use tessera_store::AgentChange;
     let (store, dir) = common::sqlite().await;
-    let quiet = Duration::from_millis(500);
+    // Far longer than the other process's pauses between its commits below.
+    let quiet = Duration::from_secs(2);
     let mut changes = store
         .agent_changes()
         .await
@@ -267,6 +268,13 @@ async fn a_sqlite_listener_hears_its_process_and_notices_another() {
     assert!(register("second", Some("first")).await.expect("register"));
     assert!(!register("third", Some("first")).await.expect("register"));
     assert_eq!(heard(&mut changes).await, AgentChange::Host("h".into()));
+    // One whose caller stopped waiting (a request's timeout) is still
+    // written, and told.
+    let dropped = futures::FutureExt::now_or_never(register("fourth", Some("second")));
+    assert!(dropped.is_none(), "answered before its commit: {dropped:?}");
+    assert_eq!(heard(&mut changes).await, AgentChange::Host("h".into()));
+    let agent = store.agent("h").await.expect("read").expect("the agent");
+    assert_eq!(agent.credential_hash, "fourth");
 
     // This process's desired states and reports, each a commit, with the
     // checkpoints they bring: each is told, a stale report not, and the
@@ -314,7 +322,7 @@ async fn a_sqlite_listener_hears_its_process_and_notices_another() {
     let other = Store::open(&url).await.expect("a second process's store");
     let writing = tokio::spawn(async move {
         let offer = AgentOffer::default();
-        for i in 0..20 {
+        for i in 0..40 {
             let hostname = format!("g{i}");
             let made = other.register_agent(&hostname, &hostname, "sim", "{}", &offer, None);
             assert!(made.await.expect("register"));
@@ -322,7 +330,7 @@ async fn a_sqlite_listener_hears_its_process_and_notices_another() {
         }
     });
     assert_eq!(heard(&mut changes).await, AgentChange::Unheard);
-    let meanwhile = tokio::time::timeout(Duration::from_millis(700), changes.next()).await;
+    let meanwhile = tokio::time::timeout(Duration::from_millis(1500), changes.next()).await;
     assert!(
         meanwhile.is_err(),
         "heard while the other process writes: {:?}",
@@ -334,6 +342,7 @@ async fn a_sqlite_listener_hears_its_process_and_notices_another() {
     assert_eq!(heard(&mut changes).await, AgentChange::Echo("e2".into()));
 }
 
+/// The next change heard, skipping none (a test that hangs here lost one).
 async fn heard(changes: &mut tessera_store::AgentChanges) -> tessera_store::AgentChange {
     tokio::time::timeout(std::time::Duration::from_secs(60), changes.next())
         .await

@@ -336,28 +336,6 @@ impl Client {
         path: &str,
         body: Option<Value>,
     ) -> Result<Value> {
-        let (status, value) = self.answer(method, path, body).await?;
-        self.checked(status, value)
-    }
-
-    /// Whether `GET path` finds what it names: `false` on a 404, an error
-    /// on any other refusal.
-    pub(crate) async fn found(&self, path: &str) -> Result<bool> {
-        let (status, value) = self.answer(reqwest::Method::GET, path, None).await?;
-        if status == reqwest::StatusCode::NOT_FOUND {
-            return Ok(false);
-        }
-        self.checked(status, value).map(|_| true)
-    }
-
-    /// The status and body of a request (a body that is not JSON as a
-    /// string).
-    async fn answer(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        body: Option<Value>,
-    ) -> Result<(reqwest::StatusCode, Value)> {
         let url = format!("{}{path}", self.args.server.trim_end_matches('/'));
         let mut request = self.http.request(method, &url);
         if let Some(token) = self.args.token.as_deref().filter(|t| !t.is_empty()) {
@@ -377,11 +355,6 @@ impl Client {
         } else {
             serde_json::from_str(&text).unwrap_or(Value::String(text))
         };
-        Ok((status, value))
-    }
-
-    /// `value`, or the error its refusal `status` says.
-    fn checked(&self, status: reqwest::StatusCode, value: Value) -> Result<Value> {
         if !status.is_success() {
             // The native faces' `message`, the containers API's `error`.
             let message = value["message"]
@@ -937,14 +910,14 @@ async fn all_instances(client: &Client, labels: Option<&str>) -> Result<Vec<Valu
     }
 }
 
-/// The id of the instance `id_or_name` names: an instance's id
-/// (`inst-...`) as it is, else the one instance of the workspace, not
-/// terminated, of that name (a name may look like an id).
+/// The id of the instance `id_or_name` names: an id (`inst-` and 28 hex
+/// digits) as it is, else the one instance of the workspace, not
+/// terminated, of that name (`inst-web` is a name).
 async fn instance_id(client: &Client, id_or_name: &str) -> Result<String> {
-    let like_an_id = id_or_name
+    let id_shaped = id_or_name
         .strip_prefix("inst-")
-        .is_some_and(|rest| !rest.is_empty() && rest.chars().all(|c| c.is_ascii_alphanumeric()));
-    if like_an_id && client.found(&format!("/v1/instances/{id_or_name}")).await? {
+        .is_some_and(|digits| digits.len() == 28 && digits.bytes().all(|b| b.is_ascii_hexdigit()));
+    if id_shaped {
         return Ok(id_or_name.to_string());
     }
     let named: Vec<String> = all_instances(client, None)
@@ -955,7 +928,6 @@ async fn instance_id(client: &Client, id_or_name: &str) -> Result<String> {
         .collect();
     match named.as_slice() {
         [id] => Ok(id.clone()),
-        [] if like_an_id => bail!("no instance has the id or the name {id_or_name:?}"),
         [] => {
             bail!("no instance is named {id_or_name:?} (a terminated one is known by its id only)")
         }

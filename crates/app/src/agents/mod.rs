@@ -310,6 +310,10 @@ impl App {
                     tracing::info!(
                         "no other process has written this SQLite store for a minute: every change to agents is heard again"
                     );
+                    // A credential read while the other process wrote may
+                    // have been kept since: trusted a minute from now on,
+                    // it is read again first.
+                    self.liveness.forget_credentials();
                     signals.notified.store(true, Ordering::Relaxed);
                 }
                 Err(err) => return format!("listening for agents' changes failed: {err}"),

@@ -250,7 +250,7 @@ async fn a_user_lays_out_a_network_from_the_shell() {
     assert!(run(&["instance", "delete", "inst-web"]).contains(" deleted"));
     let (ok, _, err) = tessera(&server.url, TOKEN, &["instance", "get", "inst-0000"], None);
     assert!(
-        !ok && err.contains("no instance has the id or the name \"inst-0000\""),
+        !ok && err.contains("no instance is named \"inst-0000\""),
         "{err}"
     );
     // Deleted by id, the name is one instance's again.

@@ -2146,7 +2146,9 @@ async fn agent_desired_status(server: &TestServer, credential: &str) -> StatusCo
 /// Two replicas of one store; an agent's credential, verified (and so
 /// kept) by the second, is replaced through the first. The second stops
 /// taking it: on PostgreSQL as soon as it is notified (it would otherwise
-/// trust it for a minute), on SQLite within the 5 s it trusts any.
+/// trust it for a minute), on SQLite within the 5 s it trusts any while
+/// another process writes the file (each replica sees the other's
+/// commits).
 async fn a_replaced_agent_credential_stops_working_on_every_replica(backend: Backend) {
     let database = crate::harness::SharedDatabase::new(backend).await;
     let silence = Duration::from_millis(500);
