@@ -236,7 +236,13 @@ impl TestServer {
         TestServer {
             url: running.url(),
             running,
-            client: reqwest::Client::new(),
+            // Idle connections are dropped well before the server closes
+            // them (15 s without a request), so a request never goes out on
+            // one the server is closing (a test that waits 15 s, then calls).
+            client: reqwest::Client::builder()
+                .pool_idle_timeout(Duration::from_secs(5))
+                .build()
+                .expect("a client"),
             database_url: kept_url,
             _dir: dir,
         }
