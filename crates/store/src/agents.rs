@@ -226,7 +226,7 @@ impl Store {
             Ok(counts[0] == 1)
         };
         // An earlier credential of the host no longer holds.
-        let host = AgentChange::Host(hostname.to_string());
+        let host = hostname.to_string();
         self.written_then_told_here(write, move |registered| registered.then_some(host))
             .await
     }
@@ -1111,30 +1111,21 @@ impl Store {
         .await
     }
 
-    /// Runs `write` to its end in a task of its own and, once it has
-    /// committed, tells this process's listener what `change` makes of its
-    /// answer (SQLite; on PostgreSQL the triggers tell every replica, and
-    /// `write` runs as it is). A caller dropped meanwhile (a request's
-    /// timeout) still has its change told.
-    pub(crate) async fn written_then_told_here<T, W, C>(&self, write: W, change: C) -> Result<T>
+    /// [`Store::written_then_told`] for a change PostgreSQL's trigger tells
+    /// every replica (a new credential, an agent gone): `host` makes of the
+    /// answer the host whose agent changed, told on SQLite to this
+    /// process's listener as the trigger's payload is (the bare host name).
+    /// On PostgreSQL `write` runs as it is.
+    pub(crate) async fn written_then_told_here<T, W, H>(&self, write: W, host: H) -> Result<T>
     where
         T: Send + 'static,
         W: std::future::Future<Output = Result<T>> + Send + 'static,
-        C: FnOnce(&T) -> Option<AgentChange> + Send + 'static,
+        H: FnOnce(&T) -> Option<String> + Send + 'static,
     {
         if self.local_changes.is_none() {
             return write.await;
         }
-        let store = self.clone();
-        let (reply, answer) = tokio::sync::oneshot::channel();
-        tokio::spawn(async move {
-            let written = write.await;
-            if let Some(change) = written.as_ref().ok().and_then(change) {
-                store.tell_locally(change);
-            }
-            let _ = reply.send(written);
-        });
-        answer.await.map_err(|_| crate::StoreError::Closed)?
+        self.written_then_told(write, host).await
     }
 
     /// SQLite: tells this process's listener of a change to agents that

@@ -681,8 +681,8 @@ async fn insert_host(mut conn: Conn<'_>, host: &NewHost) -> Result<Commit<bool>,
 /// What a host's move tells this process's listener once it committed:
 /// that the agent of `hostname` (a retirement's, see
 /// [`Store::retiring_agent`]) is gone.
-fn retired_agent(hostname: Option<String>) -> impl FnOnce(&bool) -> Option<crate::AgentChange> {
-    move |moved| hostname.filter(|_| *moved).map(crate::AgentChange::Host)
+fn retired_agent(hostname: Option<String>) -> impl FnOnce(&bool) -> Option<String> {
+    move |moved| hostname.filter(|_| *moved)
 }
 
 async fn transition_host(
